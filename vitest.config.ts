@@ -1,0 +1,29 @@
+import { defineConfig } from 'vitest/config';
+
+// Two projects: fast unit tests (no services), and end-to-end tests that start real
+// daemons (kube-apiserver, etcd, libvirtd, QEMU). The e2e project runs its files one at a
+// time: the machines have 2 cores and the daemons are heavy.
+export default defineConfig({
+  test: {
+    projects: [
+      {
+        test: {
+          name: 'unit',
+          include: ['operator/**/*.test.ts', 'test/unit/**/*.test.ts'],
+          environment: 'node',
+        },
+      },
+      {
+        test: {
+          name: 'e2e',
+          include: ['test/e2e/**/*.e2e.test.ts'],
+          environment: 'node',
+          fileParallelism: false,
+          testTimeout: 300_000,
+          hookTimeout: 1_800_000,
+          teardownTimeout: 120_000,
+        },
+      },
+    ],
+  },
+});
