@@ -1,0 +1,175 @@
+/**
+ * BlockPull API types: zod schemas mirroring crds/blockpull.dev_blockpulls.yaml (the source
+ * of truth). types.test.ts walks both and fails when they drift apart.
+ */
+import { z } from 'zod';
+
+export const GROUP = 'blockpull.dev';
+export const VERSION = 'v1alpha1';
+export const API_VERSION = `${GROUP}/${VERSION}`;
+export const KIND = 'BlockPull';
+export const PLURAL = 'blockpulls';
+export const FINALIZER = 'blockpull.dev/abort-on-delete';
+
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+// Built from strings so the JSON-schema patterns read exactly as in the CRD.
+const CONDITION_TYPE = new RegExp(
+  '^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$',
+);
+const ABSOLUTE_PATH = new RegExp('^/[^\\x00]*$');
+const CONDITION_REASON = /^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$/;
+const int32 = () => z.number().int().min(-2147483648).max(2147483647);
+const int64 = () => z.number().int();
+const dateTime = () => z.iso.datetime({ offset: true });
+
+/**
+ * Phases (stable; documented in the CRD and the README):
+ * - Pending: waiting: VMI absent or not running, migration in progress, disk busy, no slot.
+ * - Running: a block pull job runs on the disk (started or adopted by the operator).
+ * - Paused: spec.paused stopped the job; what was streamed stays in the active image.
+ * - Completed: the chain is at its goal (terminal).
+ * - Failed: the pull cannot or will not complete (terminal): disk absent, invalid base, retries exhausted.
+ */
+export const PHASES = ['Pending', 'Running', 'Paused', 'Completed', 'Failed'] as const;
+export const PhaseSchema = z.enum(PHASES);
+export type Phase = z.infer<typeof PhaseSchema>;
+export const TERMINAL_PHASES: readonly Phase[] = ['Completed', 'Failed'];
+
+/** Condition types. Progressing: a job runs (True) or waits (False). Complete/Failed: terminal outcomes. */
+export const CONDITION_TYPES = ['Progressing', 'Complete', 'Failed'] as const;
+export type ConditionType = (typeof CONDITION_TYPES)[number];
+
+/** CamelCase reasons of phases and conditions (stable API). */
+export const REASONS = [
+  'Created', // first look not done yet
+  'VMINotFound', // Pending: no VMI of that name in the namespace
+  'VMINotRunning', // Pending: VMI not Running, or no current launcher pod
+  'LauncherNotFound', // Pending: the VMI runs but its current virt-launcher pod is not found/registered
+  'MigrationInProgress', // Pending: status.migrationState shows a running migration
+  'DomainNotFound', // Pending: libvirt does not (yet) know the domain
+  'HypervisorUnreachable', // phase kept: libvirt/exec unreachable; retried with backoff
+  'DiskBusy', // Pending: another BlockPull or another block job uses the disk
+  'WaitingForSlot', // Pending: the cluster-wide or per-node limit of concurrent pulls is reached
+  'Pulling', // Running
+  'Adopted', // Running: a pull already running on the disk was adopted
+  'Retrying', // Running: a job ended short of the goal and was started again
+  'Paused', // Paused
+  'NothingToDo', // Completed: the chain was already at its goal at the first look
+  'Completed', // Completed: the job ended and the chain is at its goal
+  'DiskNotFound', // Failed: the VMI has no such disk
+  'InvalidBase', // Failed: spec.base is not in the disk's chain
+  'InvalidBandwidth', // Failed: spec.bandwidth could not be parsed (the CRD normally rejects it)
+  'JobFailed', // Failed: starting the job failed permanently
+  'RetryLimitExceeded', // Failed: the job ended short of the goal more than maxRetries times
+] as const;
+export type Reason = (typeof REASONS)[number];
+
+export const BaseSchema = z
+  .object({
+    position: int32().min(1).max(255).optional(),
+    path: z.string().min(2).max(4096).regex(ABSOLUTE_PATH).optional(),
+  })
+  .refine((b) => (b.position === undefined) !== (b.path === undefined), {
+    message: 'base needs exactly one of position or path',
+  });
+export type Base = z.infer<typeof BaseSchema>;
+
+export const BlockPullSpecSchema = z.object({
+  vmiName: z.string().min(1).max(63).regex(DNS1123_LABEL),
+  disk: z.string().min(1).max(63).regex(DNS1123_LABEL),
+  base: BaseSchema.optional(),
+  bandwidth: z.union([z.number().int(), z.string()]).optional(),
+  paused: z.boolean().default(false),
+  maxRetries: int32().min(0).max(100).default(3),
+});
+export type BlockPullSpec = z.infer<typeof BlockPullSpecSchema>;
+
+export const ConditionSchema = z.object({
+  type: z.string().max(316).regex(CONDITION_TYPE),
+  status: z.enum(['True', 'False', 'Unknown']),
+  observedGeneration: int64().min(0).optional(),
+  lastTransitionTime: dateTime(),
+  reason: z.string().min(1).max(1024).regex(CONDITION_REASON),
+  message: z.string().max(32768),
+});
+export type Condition = z.infer<typeof ConditionSchema>;
+
+export const ChainLayerSchema = z.object({
+  position: int32().min(0),
+  path: z.string(),
+  format: z.string(),
+});
+export type ChainLayerStatus = z.infer<typeof ChainLayerSchema>;
+
+export const ProgressSchema = z.object({
+  currentBytes: int64().min(0).optional(),
+  totalBytes: int64().min(0).optional(),
+  percent: z.string().max(8).optional(),
+  bytesPerSecond: int64().min(0).optional(),
+  etaSeconds: int64().min(0).optional(),
+});
+export type Progress = z.infer<typeof ProgressSchema>;
+
+export const LauncherStatusSchema = z.object({
+  pod: z.string().optional(),
+  node: z.string().optional(),
+  container: z.string().optional(),
+  domain: z.string().optional(),
+  target: z.string().optional(),
+});
+export type LauncherStatus = z.infer<typeof LauncherStatusSchema>;
+
+export const BlockPullStatusSchema = z.object({
+  phase: PhaseSchema.optional(),
+  reason: z.string().max(1024).optional(),
+  message: z.string().max(32768).optional(),
+  observedGeneration: int64().min(0).optional(),
+  conditions: z.array(ConditionSchema).max(16).optional(),
+  progress: ProgressSchema.optional(),
+  backingChain: z
+    .object({
+      before: z.array(ChainLayerSchema).max(256).optional(),
+      current: z.array(ChainLayerSchema).max(256).optional(),
+      basePath: z.string().optional(),
+    })
+    .optional(),
+  launcher: LauncherStatusSchema.optional(),
+  startTime: dateTime().optional(),
+  completionTime: dateTime().optional(),
+  attempts: int32().min(0).optional(),
+  retries: int32().min(0).optional(),
+});
+export type BlockPullStatus = z.infer<typeof BlockPullStatusSchema>;
+
+export const ObjectMetaSchema = z.looseObject({
+  name: z.string(),
+  namespace: z.string(),
+  uid: z.string(),
+  generation: z.number().int().optional(),
+  resourceVersion: z.string().optional(),
+  creationTimestamp: z.union([z.string(), z.date()]).optional(),
+  deletionTimestamp: z.union([z.string(), z.date()]).optional(),
+  finalizers: z.array(z.string()).optional(),
+});
+
+export const BlockPullSchema = z.object({
+  apiVersion: z.string().optional(),
+  kind: z.string().optional(),
+  metadata: ObjectMetaSchema,
+  spec: BlockPullSpecSchema,
+  status: BlockPullStatusSchema.optional(),
+});
+export type BlockPull = z.infer<typeof BlockPullSchema>;
+
+/** Parse an object from the API server; throws a ZodError naming the bad field. */
+export function parseBlockPull(obj: unknown): BlockPull {
+  return BlockPullSchema.parse(obj);
+}
+
+export function blockPullKey(bp: { metadata: { namespace: string; name: string } }): string {
+  return `${bp.metadata.namespace}/${bp.metadata.name}`;
+}
+
+export function isTerminal(phase: Phase | undefined): boolean {
+  return phase !== undefined && TERMINAL_PHASES.includes(phase);
+}
