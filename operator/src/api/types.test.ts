@@ -39,7 +39,7 @@ function compare(path: string, c: Json, zs: Json, diffs: string[]): void {
     if (c[k] === undefined) continue;
     // RegExp#source (what zod emits) escapes '/'; compare patterns in that normal form.
     const cv = k === 'pattern' ? new RegExp(c[k] as string).source : c[k];
-    if (cv !== zs[k]) diffs.push(`${path}: ${k} crd=${String(c[k])} zod=${String(zs[k])}`);
+    if (cv !== zs[k]) diffs.push(`${path}: ${k} crd=${JSON.stringify(c[k])} zod=${JSON.stringify(zs[k])}`);
   }
   if (ct === 'object' && c.properties) {
     const cp = c.properties as Record<string, Json>;

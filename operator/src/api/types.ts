@@ -16,6 +16,7 @@ const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const CONDITION_TYPE = new RegExp(
   '^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$',
 );
+// eslint-disable-next-line no-control-regex -- NUL is exactly what a path must not contain
 const ABSOLUTE_PATH = new RegExp('^/[^\\x00]*$');
 const CONDITION_REASON = /^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$/;
 const int32 = () => z.number().int().min(-2147483648).max(2147483647);
