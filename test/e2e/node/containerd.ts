@@ -1,0 +1,234 @@
+/**
+ * containerd for the test node: Debian's containerd + runc + CNI plugins, started with our own
+ * config (root, state, socket and CNI config under one run dir), the CRI plugin on, overlayfs
+ * snapshotter, cgroupfs (no systemd as PID 1 here; the hierarchy is cgroup v1 with a v2 "unified"
+ * mount beside it). stop() leaves no process, mount, network namespace or bridge behind.
+ */
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import {
+  ensureDebianPackages,
+  findProcesses,
+  killPid,
+  mountsUnder,
+  startDaemon,
+  tailFile,
+  tool,
+  unmountAllUnder,
+  waitFor,
+  type Daemon,
+  type ToolResult,
+} from './proc.ts';
+
+export const CONTAINERD_PACKAGES = ['containerd', 'runc', 'containernetworking-plugins', 'iproute2', 'iptables'] as const;
+
+/** Name of the CNI bridge our config creates (kept short: interface names are <= 15 bytes). */
+export const CNI_BRIDGE = 'bpcni0';
+export const POD_CIDR = '10.244.0.0/24';
+export const SANDBOX_IMAGE = 'localhost/blockpull/pause:local';
+
+export interface ContainerdOptions {
+  /** Everything of this containerd lives below this directory. */
+  readonly runDir: string;
+  /** Pod CIDR for the bridge CNI config (host-local IPAM). */
+  readonly podCidr?: string;
+}
+
+export interface Containerd {
+  readonly runDir: string;
+  /** unix socket path (CRI and containerd API). */
+  readonly socket: string;
+  readonly endpoint: string;
+  readonly logPath: string;
+  readonly version: string;
+  /** Run `ctr --address <socket> ...args`. */
+  ctr(args: readonly string[], options?: { allowFailure?: boolean; timeoutMs?: number }): Promise<ToolResult>;
+  /** Import an OCI/docker archive into the k8s.io namespace; returns the image names. */
+  importImage(archivePath: string): Promise<string[]>;
+  stop(): Promise<void>;
+}
+
+function containerdConfig(runDir: string): string {
+  const root = join(runDir, 'root');
+  const state = join(runDir, 'state');
+  const socket = join(runDir, 'containerd.sock');
+  const cniConf = join(runDir, 'cni', 'net.d');
+  // TOML written by hand: few keys, all strings we control (no user input).
+  return [
+    'version = 2',
+    `root = ${JSON.stringify(root)}`,
+    `state = ${JSON.stringify(state)}`,
+    'disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]',
+    '[grpc]',
+    `  address = ${JSON.stringify(socket)}`,
+    '[ttrpc]',
+    `  address = ${JSON.stringify(`${socket}.ttrpc`)}`,
+    '[debug]',
+    '  level = "info"',
+    '[metrics]',
+    '  address = ""',
+    '[plugins."io.containerd.internal.v1.opt"]',
+    `  path = ${JSON.stringify(join(runDir, 'opt'))}`,
+    '[plugins."io.containerd.grpc.v1.cri"]',
+    `  sandbox_image = ${JSON.stringify(SANDBOX_IMAGE)}`,
+    '  stream_server_address = "127.0.0.1"',
+    '  stream_server_port = "0"',
+    '  netns_mounts_under_state_dir = true',
+    '  enable_selinux = false',
+    '  disable_apparmor = true',
+    '  restrict_oom_score_adj = false',
+    '  max_container_log_line_size = 16384',
+    '  [plugins."io.containerd.grpc.v1.cri".containerd]',
+    '    snapshotter = "overlayfs"',
+    '    default_runtime_name = "runc"',
+    '    discard_unpacked_layers = false',
+    '    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]',
+    '      runtime_type = "io.containerd.runc.v2"',
+    '      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]',
+    '        SystemdCgroup = false',
+    '        BinaryName = "/usr/sbin/runc"',
+    `        Root = ${JSON.stringify(join(runDir, 'runc'))}`,
+    '  [plugins."io.containerd.grpc.v1.cri".cni]',
+    '    bin_dir = "/usr/lib/cni"',
+    `    conf_dir = ${JSON.stringify(cniConf)}`,
+    '    max_conf_num = 1',
+    '',
+  ].join('\n');
+}
+
+/** CNI: a Linux bridge with host-local IPAM, plus loopback. No masquerade: pods talk to the host. */
+function cniConfig(podCidr: string): string {
+  return JSON.stringify(
+    {
+      cniVersion: '0.4.0',
+      name: 'blockpull-node',
+      plugins: [
+        {
+          type: 'bridge',
+          bridge: CNI_BRIDGE,
+          isGateway: true,
+          ipMasq: false,
+          hairpinMode: true,
+          ipam: { type: 'host-local', ranges: [[{ subnet: podCidr }]], routes: [{ dst: '0.0.0.0/0' }] },
+        },
+      ],
+    },
+    null,
+    2,
+  );
+}
+
+const TaskList = z.array(z.object({ id: z.string(), pid: z.number() }));
+
+function parseTasks(text: string): z.infer<typeof TaskList> {
+  // `ctr tasks ls` prints: TASK  PID  STATUS
+  const rows = text
+    .split('\n')
+    .slice(1)
+    .map((l) => l.trim().split(/\s+/))
+    .filter((f) => f.length >= 2 && f[0] !== '')
+    .map((f) => ({ id: f[0] ?? '', pid: Number(f[1]) }));
+  return TaskList.parse(rows);
+}
+
+export async function startContainerd(options: ContainerdOptions): Promise<Containerd> {
+  await ensureDebianPackages(CONTAINERD_PACKAGES);
+  const runDir = options.runDir;
+  mkdirSync(join(runDir, 'cni', 'net.d'), { recursive: true });
+  mkdirSync(join(runDir, 'cni', 'state'), { recursive: true });
+  writeFileSync(join(runDir, 'config.toml'), containerdConfig(runDir));
+  writeFileSync(join(runDir, 'cni', 'net.d', '10-blockpull.conflist'), cniConfig(options.podCidr ?? POD_CIDR));
+  const socket = join(runDir, 'containerd.sock');
+  const logPath = join(runDir, 'containerd.log');
+  const version = (await tool(['containerd', '--version'])).stdout.trim();
+
+  // host-local IPAM keeps its leases in /var/lib/cni/networks/<name>: ours is "blockpull-node".
+  const daemon: Daemon = startDaemon('containerd', ['containerd', '--config', join(runDir, 'config.toml')], logPath, {
+    ...process.env,
+    PATH: `/usr/sbin:/usr/bin:/sbin:/bin`,
+  });
+
+  const ctr = (args: readonly string[], o: { allowFailure?: boolean; timeoutMs?: number } = {}): Promise<ToolResult> =>
+    tool(['ctr', '--address', socket, ...args], { allowFailure: o.allowFailure, timeoutMs: o.timeoutMs ?? 300_000 });
+
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    // 1. Kill every task (container) this containerd runs, in every namespace.
+    if (daemon.isRunning()) {
+      const nsList = await ctr(['namespaces', 'ls', '-q'], { allowFailure: true, timeoutMs: 20_000 });
+      for (const ns of nsList.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) {
+        const tasks = await ctr(['-n', ns, 'tasks', 'ls'], { allowFailure: true, timeoutMs: 20_000 });
+        for (const t of parseTasks(tasks.stdout)) {
+          await ctr(['-n', ns, 'tasks', 'kill', '-s', 'SIGKILL', t.id], { allowFailure: true, timeoutMs: 20_000 });
+        }
+        for (const t of parseTasks(tasks.stdout)) {
+          await waitFor(`task ${t.id} to stop`, async () => {
+            const r = await ctr(['-n', ns, 'tasks', 'delete', t.id], { allowFailure: true, timeoutMs: 20_000 });
+            return r.exitCode === 0 || /not found/.test(r.stderr);
+          }, 15_000, 300).catch(() => undefined);
+        }
+      }
+    }
+    // 2. Stop containerd itself.
+    await daemon.stop(15_000);
+    // 3. Shims started for this containerd (they outlive it by design) and their containers.
+    for (const p of findProcesses(['containerd-shim', socket])) await killPid(p.pid);
+    // 4. Mounts (rootfs overlays, sandbox netns bind mounts, shm) below the run dir.
+    await unmountAllUnder(runDir);
+    // 5. Network: the bridge, and host-local leases of our network.
+    await tool(['ip', 'link', 'del', CNI_BRIDGE], { allowFailure: true });
+    rmSync('/var/lib/cni/networks/blockpull-node', { recursive: true, force: true });
+    // 6. Files. The root holds only content imported this run (images are cached as archives).
+    if (mountsUnder(runDir).length === 0) rmSync(runDir, { recursive: true, force: true });
+  };
+
+  try {
+    await waitFor(
+      'containerd socket',
+      async () => {
+        if (!daemon.isRunning()) throw new Error(`containerd exited:\n${tailFile(logPath)}`);
+        if (!existsSync(socket)) return false;
+        const r = await ctr(['version'], { allowFailure: true, timeoutMs: 5000 });
+        return r.exitCode === 0;
+      },
+      60_000,
+    );
+    // The CRI plugin must have loaded (it reports errors, not exits, when it cannot).
+    const plugins = await ctr(['plugins', 'ls']);
+    const cri = plugins.stdout.split('\n').find((l) => /\bcri\b/.test(l) && l.includes('io.containerd.grpc.v1'));
+    if (!cri || !/\bok\b/.test(cri)) throw new Error(`containerd CRI plugin not ok: ${cri ?? 'absent'}\n${tailFile(logPath)}`);
+    const overlay = plugins.stdout.split('\n').find((l) => l.includes('io.containerd.snapshotter.v1') && /\boverlayfs\b/.test(l));
+    if (!overlay || !/\bok\b/.test(overlay)) throw new Error(`overlayfs snapshotter not ok: ${overlay ?? 'absent'}`);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+
+  return {
+    runDir,
+    socket,
+    endpoint: `unix://${socket}`,
+    logPath,
+    version,
+    ctr,
+    async importImage(archivePath: string): Promise<string[]> {
+      const r = await ctr(['-n', 'k8s.io', 'images', 'import', '--snapshotter', 'overlayfs', archivePath], { timeoutMs: 600_000 });
+      const names = [...r.stdout.matchAll(/^unpacking (\S+) /gm), ...r.stdout.matchAll(/^(\S+)\s+saved/gm)].map((m) => m[1] ?? '');
+      return names.filter(Boolean);
+    },
+    stop,
+  };
+}
+
+/** Leftovers of any containerd started from runDir: for tests that assert a clean stop. */
+export function leftovers(runDir: string): string[] {
+  const found: string[] = [];
+  for (const p of findProcesses([runDir])) found.push(`process ${p.pid}: ${p.cmdline.join(' ')}`);
+  for (const m of mountsUnder(runDir)) found.push(`mount ${m}`);
+  if (existsSync(`/sys/class/net/${CNI_BRIDGE}`)) found.push(`network device ${CNI_BRIDGE}`);
+  if (existsSync(runDir)) found.push(`directory ${runDir}: ${readdirSync(runDir).join(', ')}`);
+  return found;
+}

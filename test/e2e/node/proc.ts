@@ -1,0 +1,251 @@
+/**
+ * Small process helpers for the node tooling: run a tool with an argv array, start a daemon
+ * with its output in a log file, stop it (TERM, then KILL), install Debian packages idempotently.
+ * No shell strings anywhere: every command is an argv array.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export interface ToolResult {
+  readonly exitCode: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export interface ToolOptions {
+  readonly env?: NodeJS.ProcessEnv;
+  readonly cwd?: string;
+  readonly input?: string | Buffer;
+  readonly timeoutMs?: number;
+  /** Resolve with a non-zero exit instead of rejecting. */
+  readonly allowFailure?: boolean;
+}
+
+export class ToolError extends Error {
+  readonly result: ToolResult;
+  constructor(argv: readonly string[], result: ToolResult) {
+    super(`${argv.join(' ')} exited ${result.exitCode}: ${(result.stderr || result.stdout).trim().slice(-2000)}`);
+    this.name = 'ToolError';
+    this.result = result;
+  }
+}
+
+/** Run argv to completion; reject on non-zero exit unless allowFailure. */
+export function tool(argv: readonly string[], options: ToolOptions = {}): Promise<ToolResult> {
+  const [file, ...args] = argv;
+  if (file === undefined) throw new Error('empty argv');
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, {
+      env: options.env ?? process.env,
+      cwd: options.cwd,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    let timer: NodeJS.Timeout | undefined;
+    if (options.timeoutMs !== undefined) {
+      timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs);
+    }
+    child.on('error', (e) => {
+      if (timer) clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      const result: ToolResult = {
+        exitCode: code ?? (signal ? 128 : 1),
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8') + (signal ? `\n(killed by ${signal})` : ''),
+      };
+      if (result.exitCode !== 0 && !options.allowFailure) reject(new ToolError(argv, result));
+      else resolve(result);
+    });
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(options.input ?? '');
+  });
+}
+
+export interface Daemon {
+  readonly name: string;
+  readonly pid: number;
+  readonly logPath: string;
+  readonly child: ChildProcess;
+  /** Resolves once the process has exited. */
+  readonly exited: Promise<void>;
+  isRunning(): boolean;
+  /** SIGTERM, wait up to graceMs, then SIGKILL. Idempotent. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+/** Start a long-running process; stdout and stderr go to logPath. */
+export function startDaemon(name: string, argv: readonly string[], logPath: string, env?: NodeJS.ProcessEnv): Daemon {
+  const [file, ...args] = argv;
+  if (file === undefined) throw new Error('empty argv');
+  const log = createWriteStream(logPath, { flags: 'a' });
+  const child = spawn(file, args, { env: env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout?.pipe(log, { end: false });
+  child.stderr?.pipe(log, { end: false });
+  let running = true;
+  const exited = new Promise<void>((resolve) => {
+    child.on('exit', () => {
+      running = false;
+      resolve();
+    });
+    child.on('error', () => {
+      running = false;
+      resolve();
+    });
+  });
+  void exited.then(() => log.end());
+  if (child.pid === undefined) throw new Error(`${name}: could not start ${file}`);
+  const pid = child.pid;
+  return {
+    name,
+    pid,
+    logPath,
+    child,
+    exited,
+    isRunning: () => running,
+    async stop(graceMs = 10_000) {
+      if (!running) return;
+      child.kill('SIGTERM');
+      const done = await Promise.race([exited.then(() => true), sleep(graceMs).then(() => false)]);
+      if (!done) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+    },
+  };
+}
+
+/** Poll until fn returns a truthy value or the deadline passes. */
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, intervalMs = 250): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      lastError = e;
+    }
+    if (Date.now() > deadline) {
+      const detail = lastError instanceof Error ? `: ${lastError.message}` : '';
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+/** The last lines of a log file, for error messages. */
+export function tailFile(path: string, lines = 30): string {
+  if (!existsSync(path)) return '';
+  return readFileSync(path, 'utf8').split('\n').slice(-lines).join('\n');
+}
+
+/**
+ * Install Debian packages that are missing (idempotent; waits for the dpkg lock, since other
+ * test tooling may install packages at the same time).
+ */
+export async function ensureDebianPackages(packages: readonly string[]): Promise<void> {
+  const missing: string[] = [];
+  for (const p of packages) {
+    const r = await tool(['dpkg-query', '-W', '-f=${Status}', p], { allowFailure: true });
+    if (r.exitCode !== 0 || !r.stdout.includes('install ok installed')) missing.push(p);
+  }
+  if (missing.length === 0) return;
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const lock = ['-o', 'DPkg::Lock::Timeout=900'];
+  const first = await tool(['apt-get', 'install', '-y', '--no-install-recommends', ...lock, ...missing], { env, allowFailure: true });
+  if (first.exitCode === 0) return;
+  await tool(['apt-get', 'update', ...lock], { env });
+  await tool(['apt-get', 'install', '-y', '--no-install-recommends', ...lock, ...missing], { env });
+}
+
+/** Processes whose command line contains every needle (read from /proc; for cleanup checks). */
+export function findProcesses(needles: readonly string[]): { pid: number; cmdline: string[] }[] {
+  const found: { pid: number; cmdline: string[] }[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    if (pid === process.pid) continue;
+    let cmdline: string[];
+    try {
+      cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').filter((s) => s !== '');
+    } catch {
+      continue;
+    }
+    const joined = cmdline.join(' ');
+    if (cmdline.length > 0 && needles.every((n) => joined.includes(n))) found.push({ pid, cmdline });
+  }
+  return found;
+}
+
+/** Mount points at or below dir (from /proc/self/mountinfo), deepest first. */
+export function mountsUnder(dir: string): string[] {
+  const prefix = dir.endsWith('/') ? dir : `${dir}/`;
+  const text = readFileSync('/proc/self/mountinfo', 'utf8');
+  const points: string[] = [];
+  for (const line of text.split('\n')) {
+    const fields = line.split(' ');
+    const mp = fields[4];
+    if (mp === undefined) continue;
+    const decoded = mp.replace(/\\(\d{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+    if (decoded === dir || decoded.startsWith(prefix)) points.push(decoded);
+  }
+  return points.sort((a, b) => b.length - a.length);
+}
+
+/** Unmount everything at or below dir (lazy unmount as a last resort). */
+export async function unmountAllUnder(dir: string): Promise<void> {
+  for (let round = 0; round < 5; round++) {
+    const points = mountsUnder(dir);
+    if (points.length === 0) return;
+    for (const p of points) {
+      const r = await tool(['umount', p], { allowFailure: true });
+      if (r.exitCode !== 0) await tool(['umount', '-l', p], { allowFailure: true });
+    }
+  }
+}
+
+/** Kill a process by pid: TERM, wait, KILL. */
+export async function killPid(pid: number, graceMs = 5000): Promise<void> {
+  const alive = (): boolean => {
+    try {
+      process.kill(pid, 0);
+      // a zombie still answers kill(0); treat it as gone
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      return !/\) Z /.test(stat);
+    } catch {
+      return false;
+    }
+  };
+  if (!alive()) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + graceMs;
+  while (alive() && Date.now() < deadline) await sleep(100);
+  if (alive()) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    while (alive()) await sleep(50);
+  }
+}
+
+/** Network namespace inode of a process (to tell our netns files apart). */
+export function netnsOf(pid: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/net`);
+  } catch {
+    return undefined;
+  }
+}
