@@ -1,0 +1,147 @@
+// A real `helm` for the chart tests. Debian 12 has no helm package, so it is built from the Go
+// module proxy through the pinned wrapper module in ./helm-go (go.mod + go.sum, `tool` directive),
+// cached by version in <cache>/bin/helm-<version>/helm, where <cache> is $BLOCKPULL_CACHE_DIR or
+// ~/.cache/blockpull-operator. Concurrent callers (several processes) serialise on a lock directory;
+// a lock left by a dead process is taken over.
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+
+export const HELM_VERSION = 'v3.22.0';
+const wrapperDir = join(dirname(fileURLToPath(import.meta.url)), 'helm-go');
+
+export interface RunResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs argv (no shell), collects output; non-zero exit is returned, not thrown. */
+export function run(
+  argv: readonly string[],
+  options: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {},
+): Promise<RunResult> {
+  const [command, ...args] = argv;
+  if (command === undefined) throw new Error('run: empty argv');
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, {
+      cwd: options.cwd,
+      env: options.env ?? process.env,
+      stdio: ['pipe', 'pipe', 'pipe'],
+      timeout: options.timeoutMs ?? 600_000,
+      killSignal: 'SIGKILL',
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      resolve({
+        exitCode: code ?? (signal ? 128 : 1),
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8') + (signal ? `\n(killed by ${signal})` : ''),
+      });
+    });
+    child.stdin.end(options.input ?? '');
+  });
+}
+
+export function cacheRoot(): string {
+  const fromEnv = z.string().min(1).optional().parse(process.env.BLOCKPULL_CACHE_DIR || undefined);
+  return fromEnv ?? join(homedir(), '.cache', 'blockpull-operator');
+}
+
+export function helmPath(version = HELM_VERSION): string {
+  return join(cacheRoot(), 'bin', `helm-${version}`, 'helm');
+}
+
+function findGo(): string {
+  for (const dir of (process.env.PATH ?? '').split(':').concat('/usr/local/go/bin')) {
+    if (dir && existsSync(join(dir, 'go'))) return join(dir, 'go');
+  }
+  throw new Error('helm: the Go toolchain (go) is needed to build helm and was not found on PATH or in /usr/local/go/bin');
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** mkdir-based lock across processes; returns the release function. */
+export async function acquireLock(lockDir: string, timeoutMs: number): Promise<() => Promise<void>> {
+  const deadline = Date.now() + timeoutMs;
+  await mkdir(dirname(lockDir), { recursive: true });
+  for (;;) {
+    try {
+      await mkdir(lockDir);
+      await writeFile(join(lockDir, 'pid'), String(process.pid));
+      return () => rm(lockDir, { recursive: true, force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    const owner = Number.parseInt(await readFile(join(lockDir, 'pid'), 'utf8').catch(() => ''), 10);
+    if (Number.isInteger(owner) && !alive(owner)) {
+      await rm(lockDir, { recursive: true, force: true });
+      continue;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${lockDir} (held by pid ${owner})`);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+/** Returns the path of a working helm binary of the pinned version, building it when missing. */
+export async function ensureHelm(options: { log?: (line: string) => void } = {}): Promise<string> {
+  const target = helmPath();
+  const ok = async (): Promise<boolean> => {
+    if (!existsSync(target)) return false;
+    const v = await run([target, 'version', '--short'], { timeoutMs: 30_000 });
+    return v.exitCode === 0 && v.stdout.startsWith(HELM_VERSION);
+  };
+  if (await ok()) return target;
+  const release = await acquireLock(`${dirname(target)}.lock`, 30 * 60_000);
+  try {
+    if (await ok()) return target;
+    const go = findGo();
+    await mkdir(dirname(target), { recursive: true });
+    const tmp = `${target}.tmp-${process.pid}`;
+    const started = Date.now();
+    options.log?.(`building helm ${HELM_VERSION} from the Go module proxy into ${target}`);
+    const res = await run(
+      [
+        go, 'build', '-trimpath',
+        '-ldflags', `-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}`,
+        '-o', tmp, 'helm.sh/helm/v3/cmd/helm',
+      ],
+      {
+        cwd: wrapperDir,
+        env: { ...process.env, GOFLAGS: '-buildvcs=false -mod=readonly', GOTOOLCHAIN: 'local', CGO_ENABLED: '0' },
+        timeoutMs: 30 * 60_000,
+      },
+    );
+    if (res.exitCode !== 0) {
+      await rm(tmp, { force: true });
+      throw new Error(`go build helm ${HELM_VERSION} failed (exit ${res.exitCode}):\n${res.stderr}`);
+    }
+    await rename(tmp, target);
+    options.log?.(`built helm ${HELM_VERSION} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    if (!(await ok())) throw new Error(`built ${target} but \`helm version --short\` does not report ${HELM_VERSION}`);
+    return target;
+  } finally {
+    await release();
+  }
+}
+
+// `node test/e2e/ship/helm.ts` builds (or finds) helm and prints its path.
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const path = await ensureHelm({ log: (l) => console.error(l) });
+  console.log(path);
+}
