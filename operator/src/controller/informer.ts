@@ -1,0 +1,325 @@
+/**
+ * An informer with a watchdog, over client-node's ListWatch (what makeInformer builds).
+ *
+ * client-node's informer re-lists on 410 Gone but STOPS FOR GOOD on any other error (a failed
+ * list, a watch answered 403/404/500, a connection refused). This wrapper:
+ * - restarts it after an error with exponential backoff (initialBackoffMs doubling up to
+ *   maxBackoffMs; reset once it is healthy again), counting restarts in
+ *   `blockpull_informer_restarts_total{resource}`;
+ * - raises an alert (an error log line with `alert: 'InformerStalled'` and the gauge
+ *   `blockpull_informer_stalled{resource}` = 1) when it has not been healthy for stallAfterMs;
+ * - exposes the cache (get by namespace/name, list), hasSynced() (the first list has been
+ *   applied: like client-go, it stays true afterwards), healthy(), and add/update/delete
+ *   handlers; `enqueueOnChange(queue)` feeds "namespace/name" keys into a WorkQueue;
+ * - optional resync: every resyncPeriodMs the update handlers are called for every cached
+ *   object (client-node has no resync of its own).
+ *
+ * "Healthy" = the last list succeeded and a watch request is open, with no error since.
+ */
+import {
+  ListWatch,
+  Watch,
+  type CoreV1Api,
+  type CustomObjectsApi,
+  type KubeConfig,
+  type KubernetesListObject,
+  type KubernetesObject,
+  type V1Pod,
+} from '@kubernetes/client-node';
+import type { Logger } from '../log.ts';
+import type { ResourceRef } from '../kube/client.ts';
+import { describeApiError } from '../kube/client.ts';
+
+export type ObjectHandler<T> = (obj: T) => void;
+
+export interface InformerSource<T extends KubernetesObject> {
+  /** Watch path, e.g. /apis/blockpull.dev/v1alpha1/blockpulls or /api/v1/namespaces/ns/pods. */
+  readonly path: string;
+  /** Lists the same collection as `path`. */
+  readonly list: () => Promise<KubernetesListObject<T>>;
+  readonly labelSelector?: string;
+  readonly fieldSelector?: string;
+}
+
+export interface InformerMetrics {
+  readonly informerRestarts: { inc(labels: { resource: string }): void };
+  readonly informerStalled: { set(labels: { resource: string }, v: number): void };
+  readonly informerHealthy: { set(labels: { resource: string }, v: number): void };
+}
+
+export interface WatchdogInformerOptions<T extends KubernetesObject> {
+  readonly kc: KubeConfig;
+  readonly source: InformerSource<T>;
+  /** Name for logs and metric labels, e.g. "blockpulls". */
+  readonly resource: string;
+  readonly logger?: Logger;
+  readonly metrics?: InformerMetrics;
+  readonly initialBackoffMs?: number;
+  readonly maxBackoffMs?: number;
+  /** Alert when not healthy for this long. Default 60 s. */
+  readonly stallAfterMs?: number;
+  /** Call update handlers for every cached object this often; 0/undefined = never. */
+  readonly resyncPeriodMs?: number;
+}
+
+export interface InformerHandlers<T> {
+  add?: ObjectHandler<T>;
+  update?: ObjectHandler<T>;
+  delete?: ObjectHandler<T>;
+}
+
+/** "namespace/name" (or "name" for cluster-scoped objects). */
+export function objectKeyOf(obj: KubernetesObject): string {
+  const ns = obj.metadata?.namespace;
+  const name = obj.metadata?.name ?? '';
+  return ns ? `${ns}/${name}` : name;
+}
+
+export class WatchdogInformer<T extends KubernetesObject> {
+  readonly resource: string;
+  readonly #o: WatchdogInformerOptions<T>;
+  readonly #lw: ListWatch<T>;
+  readonly #log: Logger | undefined;
+  readonly #initialBackoff: number;
+  readonly #maxBackoff: number;
+  readonly #stallAfter: number;
+  readonly #updateHandlers: ObjectHandler<T>[] = [];
+  #synced = false;
+  #healthy = false;
+  #unhealthySince = performance.now();
+  #stalled = false;
+  #backoff: number;
+  #restarts = 0;
+  #lastError: string | undefined;
+  #started = false;
+  #stopped = false;
+  #restartTimer: NodeJS.Timeout | undefined;
+  #checkTimer: NodeJS.Timeout | undefined;
+  #resyncTimer: NodeJS.Timeout | undefined;
+  readonly #syncWaiters: (() => void)[] = [];
+
+  constructor(options: WatchdogInformerOptions<T>) {
+    this.#o = options;
+    this.resource = options.resource;
+    this.#log = options.logger?.child({ component: 'informer', resource: options.resource });
+    this.#initialBackoff = options.initialBackoffMs ?? 1_000;
+    this.#maxBackoff = options.maxBackoffMs ?? 30_000;
+    this.#stallAfter = options.stallAfterMs ?? 60_000;
+    this.#backoff = this.#initialBackoff;
+
+    const real = new Watch(options.kc);
+    // Our Watch stand-in: the ListWatch calls watch() only after it has applied a list, so the
+    // first call means "synced"; an open watch means healthy. Bookmarks keep quiet watches alive.
+    const watch = {
+      watch: async (
+        path: string,
+        params: Record<string, string | number | boolean | undefined>,
+        callback: (phase: string, obj: unknown, watchObj?: unknown) => void,
+        done: (err: unknown) => void,
+      ): Promise<AbortController> => {
+        this.#markSynced();
+        const controller = await real.watch(path, { ...params, allowWatchBookmarks: true }, callback, done);
+        if (!controller.signal.aborted) this.#markHealthy();
+        return controller;
+      },
+    };
+    const listFn = async (): Promise<KubernetesListObject<T>> => options.source.list();
+    this.#lw = new ListWatch<T>(
+      options.source.path,
+      watch as unknown as Watch,
+      listFn,
+      false,
+      options.source.labelSelector,
+      options.source.fieldSelector,
+    );
+    this.#lw.on('error', (err?: unknown) => this.#onError(err));
+    this.#lw.on('update', (obj: T) => {
+      for (const h of this.#updateHandlers) h(obj);
+    });
+  }
+
+  /** Register handlers (before or after start). */
+  addEventHandler(handlers: InformerHandlers<T>): void {
+    if (handlers.add) this.#lw.on('add', handlers.add);
+    if (handlers.update) this.#updateHandlers.push(handlers.update);
+    if (handlers.delete) this.#lw.on('delete', handlers.delete);
+  }
+
+  /** Enqueue the object's key on add, update and delete (and on resync). */
+  enqueueOnChange(queue: { add(key: string): void }, keyOf: (obj: T) => string | undefined = objectKeyOf): void {
+    const h = (obj: T) => {
+      const k = keyOf(obj);
+      if (k !== undefined && k !== '') queue.add(k);
+    };
+    this.addEventHandler({ add: h, update: h, delete: h });
+  }
+
+  /** Start listing and watching; resolves after the first attempt (success or not). */
+  async start(): Promise<void> {
+    if (this.#started) return;
+    this.#started = true;
+    this.#stopped = false;
+    this.#o.metrics?.informerHealthy.set({ resource: this.resource }, 0);
+    this.#o.metrics?.informerStalled.set({ resource: this.resource }, 0);
+    const checkEvery = Math.max(50, Math.min(5_000, Math.floor(this.#stallAfter / 4)));
+    this.#checkTimer = setInterval(() => this.#checkStall(), checkEvery);
+    if (this.#o.resyncPeriodMs) {
+      this.#resyncTimer = setInterval(() => this.#resync(), this.#o.resyncPeriodMs);
+    }
+    this.#unhealthySince = performance.now();
+    this.#log?.info({ path: this.#o.source.path }, 'informer starting');
+    await this.#startListWatch();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#started = false;
+    clearTimeout(this.#restartTimer);
+    clearInterval(this.#checkTimer);
+    clearInterval(this.#resyncTimer);
+    this.#setHealthy(false);
+    await this.#lw.stop();
+    for (const w of this.#syncWaiters.splice(0)) w();
+  }
+
+  hasSynced(): boolean {
+    return this.#synced;
+  }
+
+  healthy(): boolean {
+    return this.#healthy;
+  }
+
+  /** How many times the watchdog restarted the informer. */
+  restarts(): number {
+    return this.#restarts;
+  }
+
+  lastError(): string | undefined {
+    return this.#lastError;
+  }
+
+  /** Resolves once synced (or when the informer is stopped / the signal aborts). */
+  waitForSync(signal?: AbortSignal): Promise<boolean> {
+    if (this.#synced) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const onAbort = () => resolve(false);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#syncWaiters.push(() => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve(this.#synced);
+      });
+    });
+  }
+
+  get(namespace: string | undefined, name: string): T | undefined {
+    return this.#lw.get(name, namespace);
+  }
+
+  getByKey(key: string): T | undefined {
+    const i = key.indexOf('/');
+    return i < 0 ? this.#lw.get(key) : this.#lw.get(key.slice(i + 1), key.slice(0, i));
+  }
+
+  list(namespace?: string): readonly T[] {
+    return this.#lw.list(namespace);
+  }
+
+  async #startListWatch(): Promise<void> {
+    try {
+      await this.#lw.start();
+    } catch (err) {
+      // ListWatch reports most failures through the error callback; anything thrown is one too.
+      this.#onError(err);
+    }
+  }
+
+  #markSynced(): void {
+    if (this.#synced) return;
+    this.#synced = true;
+    this.#log?.info({ objects: this.#lw.list().length }, 'informer synced');
+    for (const w of this.#syncWaiters.splice(0)) w();
+  }
+
+  #markHealthy(): void {
+    if (this.#stopped) return;
+    if (!this.#healthy && this.#stalled) {
+      this.#log?.info({ restarts: this.#restarts }, 'informer recovered');
+    }
+    this.#setHealthy(true);
+    this.#backoff = this.#initialBackoff;
+    this.#stalled = false;
+    this.#o.metrics?.informerStalled.set({ resource: this.resource }, 0);
+  }
+
+  #setHealthy(v: boolean): void {
+    if (this.#healthy && !v) this.#unhealthySince = performance.now();
+    this.#healthy = v;
+    this.#o.metrics?.informerHealthy.set({ resource: this.resource }, v ? 1 : 0);
+  }
+
+  #onError(err: unknown): void {
+    if (this.#stopped) return;
+    this.#lastError = describeApiError(err);
+    this.#setHealthy(false);
+    if (this.#restartTimer !== undefined) return; // a restart is already scheduled
+    const delay = this.#backoff;
+    this.#backoff = Math.min(this.#backoff * 2, this.#maxBackoff);
+    this.#log?.warn({ error: this.#lastError, restartInMs: delay }, 'informer stopped on an error; restarting');
+    this.#restartTimer = setTimeout(() => {
+      this.#restartTimer = undefined;
+      if (this.#stopped) return;
+      this.#restarts += 1;
+      this.#o.metrics?.informerRestarts.inc({ resource: this.resource });
+      void this.#startListWatch();
+    }, delay);
+  }
+
+  #checkStall(): void {
+    if (this.#stopped || this.#healthy || this.#stalled) return;
+    const down = performance.now() - this.#unhealthySince;
+    if (down >= this.#stallAfter) {
+      this.#stalled = true;
+      this.#o.metrics?.informerStalled.set({ resource: this.resource }, 1);
+      this.#log?.error(
+        { alert: 'InformerStalled', downForMs: Math.round(down), restarts: this.#restarts, error: this.#lastError },
+        'informer has not been healthy for longer than the stall threshold',
+      );
+    }
+  }
+
+  #resync(): void {
+    if (!this.#synced) return;
+    for (const obj of this.#lw.list()) for (const h of this.#updateHandlers) h(obj);
+  }
+}
+
+// --- sources ------------------------------------------------------------------------------
+
+/** All objects of a custom resource, cluster-wide or in one namespace. */
+export function customResourceSource<T extends KubernetesObject>(
+  custom: CustomObjectsApi,
+  ref: ResourceRef,
+  namespace?: string,
+): InformerSource<T> {
+  const base = `/apis/${ref.group}/${ref.version}`;
+  return {
+    path: namespace ? `${base}/namespaces/${namespace}/${ref.plural}` : `${base}/${ref.plural}`,
+    list: async () =>
+      (namespace
+        ? await custom.listNamespacedCustomObject({ ...ref, namespace })
+        : await custom.listClusterCustomObject({ ...ref })) as KubernetesListObject<T>,
+  };
+}
+
+/** Pods, cluster-wide or in one namespace, optionally filtered by a label selector. */
+export function podSource(core: CoreV1Api, namespace?: string, labelSelector?: string): InformerSource<V1Pod> {
+  return {
+    path: namespace ? `/api/v1/namespaces/${namespace}/pods` : '/api/v1/pods',
+    list: async () =>
+      namespace
+        ? await core.listNamespacedPod({ namespace, ...(labelSelector ? { labelSelector } : {}) })
+        : await core.listPodForAllNamespaces({ ...(labelSelector ? { labelSelector } : {}) }),
+    ...(labelSelector ? { labelSelector } : {}),
+  };
+}
