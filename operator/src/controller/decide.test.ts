@@ -1,0 +1,382 @@
+/**
+ * Table tests of the pure state machine: every row of the architecture sketch's table, and
+ * deletion, pause/unpause, bandwidth change, adoption, NothingToDo vs Completed, retries,
+ * slot limits and the final status.
+ */
+import { describe, expect, it } from 'vitest';
+import { getCondition } from '../api/conditions.ts';
+import { FINALIZER, parseBlockPull, type BlockPull, type BlockPullStatus } from '../api/types.ts';
+import { HypervisorError } from '../hypervisor/errors.ts';
+import type { BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
+import { decide, decideActionError, diskHolder, type HypervisorObservation, type LauncherObservation, type Observation } from './decide.ts';
+
+const NOW = new Date('2026-11-27T10:00:00Z');
+const TOP = '/d/top.qcow2';
+const MID = '/d/mid.qcow2';
+const BASE = '/d/base.qcow2';
+const CHAIN3: DiskInfo = {
+  target: 'vda',
+  alias: 'ua-rootdisk',
+  chain: [
+    { position: 0, index: 1, path: TOP, format: 'qcow2' },
+    { position: 1, index: 2, path: MID, format: 'qcow2' },
+    { position: 2, index: 3, path: BASE, format: 'qcow2' },
+  ],
+};
+const FLAT: DiskInfo = { target: 'vda', alias: 'ua-rootdisk', chain: [{ position: 0, index: 1, path: TOP, format: 'qcow2' }] };
+const PARTIAL: DiskInfo = {
+  target: 'vda',
+  chain: [
+    { position: 0, index: 1, path: TOP, format: 'qcow2' },
+    { position: 1, index: 4, path: BASE, format: 'qcow2' },
+  ],
+};
+const before3 = CHAIN3.chain.map(({ position, path, format }) => ({ position, path, format }));
+const FOUND: LauncherObservation = {
+  kind: 'found',
+  launcher: { pod: 'virt-launcher-vm1-abcde', node: 'node1', container: 'compute', domain: 'ns_vm1' },
+};
+const job = (cur: number, end: number, bandwidth = 0): BlockJobInfo => ({ type: 'Block Pull', cur, end, bandwidth });
+const ok = (disk: DiskInfo, j: BlockJobInfo | null = null): HypervisorObservation => ({ kind: 'ok', disk, job: j });
+
+function bp(opts: { spec?: Record<string, unknown>; status?: BlockPullStatus; finalizer?: boolean; deleting?: boolean; name?: string; created?: string } = {}): BlockPull {
+  return parseBlockPull({
+    metadata: {
+      name: opts.name ?? 'pull1',
+      namespace: 'ns',
+      uid: 'uid-1',
+      generation: 2,
+      creationTimestamp: opts.created ?? '2026-11-27T09:00:00Z',
+      ...(opts.finalizer === false ? {} : { finalizers: [FINALIZER] }),
+      ...(opts.deleting ? { deletionTimestamp: '2026-11-27T09:59:00Z' } : {}),
+    },
+    spec: { vmiName: 'vm1', disk: 'rootdisk', ...opts.spec },
+    ...(opts.status ? { status: opts.status } : {}),
+  });
+}
+
+function obs(o: Partial<Observation> & { bp: BlockPull }): Observation {
+  return {
+    now: NOW,
+    launcher: FOUND,
+    diskHolder: 'ns/pull1',
+    slots: { running: 0, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
+    pollIntervalMs: 500,
+    waitRequeueMs: 5000,
+    ...o,
+  };
+}
+
+const running = (extra: BlockPullStatus = {}): BlockPullStatus => ({
+  phase: 'Running',
+  reason: 'Pulling',
+  attempts: 1,
+  retries: 0,
+  backingChain: { before: before3 },
+  ...extra,
+});
+
+describe('decide: the state table', () => {
+  it('adds the finalizer first, with an initial Pending status', () => {
+    const d = decide(obs({ bp: bp({ finalizer: false }), hypervisor: ok(CHAIN3) }));
+    expect(d.action).toEqual({ type: 'addFinalizer' });
+    expect(d.status.phase).toBe('Pending');
+    expect(d.status.reason).toBe('Created');
+    expect(d.status.observedGeneration).toBe(2);
+    expect(d.requeueAfterMs).toBe(0);
+  });
+
+  it.each([
+    ['vmiNotFound', 'VMINotFound'],
+    ['vmiNotRunning', 'VMINotRunning'],
+    ['migrationInProgress', 'MigrationInProgress'],
+    ['launcherNotFound', 'LauncherNotFound'],
+  ] as const)('launcher %s → Pending/%s, requeue, no action', (kind, reason) => {
+    const d = decide(obs({ bp: bp(), launcher: { kind, message: `msg ${kind}` } }));
+    expect(d.status.phase).toBe('Pending');
+    expect(d.status.reason).toBe(reason);
+    expect(d.status.message).toBe(`msg ${kind}`);
+    expect(d.action.type).toBe('none');
+    expect(d.requeueAfterMs).toBe(5000);
+    const progressing = getCondition(d.status.conditions, 'Progressing');
+    expect(progressing).toMatchObject({ status: 'False', reason, observedGeneration: 2 });
+  });
+
+  it('disk absent in the domain → Failed/DiskNotFound, no requeue', () => {
+    const d = decide(obs({ bp: bp(), hypervisor: { kind: 'diskNotFound', message: 'no disk rootdisk in ns_vm1' } }));
+    expect(d.status).toMatchObject({ phase: 'Failed', reason: 'DiskNotFound', message: 'no disk rootdisk in ns_vm1', completionTime: '2026-11-27T10:00:00Z' });
+    expect(getCondition(d.status.conditions, 'Failed')?.status).toBe('True');
+    expect(d.requeueAfterMs).toBeNull();
+  });
+
+  it('domain not (yet) known → Pending/DomainNotFound', () => {
+    const d = decide(obs({ bp: bp(), hypervisor: { kind: 'domainNotFound', message: 'no domain' } }));
+    expect(d.status).toMatchObject({ phase: 'Pending', reason: 'DomainNotFound' });
+  });
+
+  it('chain at goal on the first look → Completed/NothingToDo', () => {
+    const d = decide(obs({ bp: bp(), hypervisor: ok(FLAT) }));
+    expect(d.status).toMatchObject({ phase: 'Completed', reason: 'NothingToDo' });
+    expect(d.status.message).toContain('nothing to do');
+    expect(d.status.backingChain?.before).toEqual([{ position: 0, path: TOP, format: 'qcow2' }]);
+    expect(getCondition(d.status.conditions, 'Complete')).toMatchObject({ status: 'True', reason: 'NothingToDo' });
+    expect(d.action.type).toBe('none');
+  });
+
+  it('chain at goal after our job → Completed/Completed with the final status', () => {
+    const d = decide(obs({ bp: bp({ status: running({ progress: { currentBytes: 5, totalBytes: 100, percent: '5%' }, startTime: '2026-11-27T09:59:00Z' }) }), hypervisor: ok(FLAT) }));
+    expect(d.status).toMatchObject({
+      phase: 'Completed',
+      reason: 'Completed',
+      progress: { currentBytes: 100, totalBytes: 100, percent: '100%', etaSeconds: 0 },
+      backingChain: { before: before3, current: [{ position: 0, path: TOP, format: 'qcow2' }] },
+      completionTime: '2026-11-27T10:00:00Z',
+      startTime: '2026-11-27T09:59:00Z',
+      attempts: 1,
+    });
+    expect(getCondition(d.status.conditions, 'Progressing')?.status).toBe('False');
+    expect(getCondition(d.status.conditions, 'Complete')?.status).toBe('True');
+    expect(getCondition(d.status.conditions, 'Failed')?.status).toBe('False');
+    expect(d.requeueAfterMs).toBeNull();
+  });
+
+  it('a non-pull block job on the disk → Pending/DiskBusy', () => {
+    const d = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3, { type: 'Block Copy', cur: 1, end: 10, bandwidth: 0 }) }));
+    expect(d.status).toMatchObject({ phase: 'Pending', reason: 'DiskBusy' });
+    expect(d.status.message).toContain('Block Copy');
+    expect(d.action.type).toBe('none');
+  });
+
+  it('the pull of another BlockPull on the disk → Pending/DiskBusy, no first look recorded', () => {
+    const d = decide(obs({ bp: bp({ name: 'pull2' }), diskHolder: 'ns/pull1', hypervisor: ok(CHAIN3, job(10, 100)) }));
+    expect(d.status).toMatchObject({ phase: 'Pending', reason: 'DiskBusy' });
+    expect(d.status.message).toContain('ns/pull1');
+    expect(d.status.backingChain).toBeUndefined();
+  });
+
+  it('another BlockPull holds the disk (no job yet) → DiskBusy', () => {
+    const d = decide(obs({ bp: bp({ name: 'pull2' }), diskHolder: 'ns/pull1', hypervisor: ok(CHAIN3) }));
+    expect(d.status.reason).toBe('DiskBusy');
+    expect(d.action.type).toBe('none');
+  });
+
+  it('the second BlockPull, after the first completed the disk → NothingToDo', () => {
+    const d = decide(obs({ bp: bp({ name: 'pull2', status: { phase: 'Pending', reason: 'DiskBusy' } }), diskHolder: 'ns/pull2', hypervisor: ok(FLAT) }));
+    expect(d.status).toMatchObject({ phase: 'Completed', reason: 'NothingToDo' });
+  });
+
+  it('no job, chain not at goal, slot free → Running, start pull (attempt 1)', () => {
+    const d = decide(obs({ bp: bp({ spec: { bandwidth: '10Mi' } }), hypervisor: ok(CHAIN3) }));
+    expect(d.action).toEqual({ type: 'startPull', domain: 'ns_vm1', target: 'vda', bandwidth: 10 * 1024 * 1024 });
+    expect(d.status).toMatchObject({
+      phase: 'Running',
+      reason: 'Pulling',
+      attempts: 1,
+      retries: 0,
+      startTime: '2026-11-27T10:00:00Z',
+      launcher: { pod: 'virt-launcher-vm1-abcde', node: 'node1', container: 'compute', domain: 'ns_vm1', target: 'vda' },
+      backingChain: { before: before3, current: before3 },
+    });
+    expect(getCondition(d.status.conditions, 'Progressing')).toMatchObject({ status: 'True', reason: 'Pulling' });
+    expect(d.requeueAfterMs).toBe(500);
+  });
+
+  it('partial pull by position: starts with the base path; completes when the base follows the top', () => {
+    const p = bp({ spec: { base: { position: 2 } } });
+    const d = decide(obs({ bp: p, hypervisor: ok(CHAIN3) }));
+    expect(d.action).toEqual({ type: 'startPull', domain: 'ns_vm1', target: 'vda', base: { path: BASE }, bandwidth: 0 });
+    expect(d.status.backingChain?.basePath).toBe(BASE);
+    const later = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: d.status }), hypervisor: ok(PARTIAL) }));
+    expect(later.status).toMatchObject({ phase: 'Completed', reason: 'Completed' });
+    // The chain flattened completely is NOT the goal of a partial pull.
+    const wrong = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: d.status }), hypervisor: ok(FLAT) }));
+    expect(wrong.status.phase).not.toBe('Completed');
+  });
+
+  it('partial pull by path; a base not in the chain → Failed/InvalidBase', () => {
+    const d = decide(obs({ bp: bp({ spec: { base: { path: BASE } } }), hypervisor: ok(CHAIN3) }));
+    expect(d.action).toMatchObject({ type: 'startPull', base: { path: BASE } });
+    // The base is already the top's backing image: nothing to pull.
+    const noop = decide(obs({ bp: bp({ spec: { base: { path: MID } } }), hypervisor: ok(CHAIN3) }));
+    expect(noop.status).toMatchObject({ phase: 'Completed', reason: 'NothingToDo' });
+    const bad = decide(obs({ bp: bp({ spec: { base: { path: '/nope.qcow2' } } }), hypervisor: ok(CHAIN3) }));
+    expect(bad.status).toMatchObject({ phase: 'Failed', reason: 'InvalidBase' });
+    expect(bad.status.message).toContain('/nope.qcow2');
+    const tooDeep = decide(obs({ bp: bp({ spec: { base: { position: 3 } } }), hypervisor: ok(CHAIN3) }));
+    expect(tooDeep.status).toMatchObject({ phase: 'Failed', reason: 'InvalidBase' });
+  });
+
+  it('no slot free cluster-wide or on the node → Pending/WaitingForSlot', () => {
+    const cluster = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: { running: 4, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
+    expect(cluster.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot' });
+    expect(cluster.status.message).toContain('cluster-wide');
+    expect(cluster.action.type).toBe('none');
+    const node = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: { running: 2, runningOnNode: 2, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
+    expect(node.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot' });
+    expect(node.status.message).toContain('node1');
+  });
+
+  it('job running → Running with progress; rate and ETA from the previous sample', () => {
+    const d = decide(
+      obs({
+        bp: bp({ status: running() }),
+        hypervisor: ok(CHAIN3, job(300, 1000)),
+        previousSample: { cur: 100, atMs: NOW.getTime() - 1000 },
+      }),
+    );
+    expect(d.action.type).toBe('none');
+    expect(d.status.progress).toEqual({ currentBytes: 300, totalBytes: 1000, percent: '30%', bytesPerSecond: 200, etaSeconds: 4 });
+    expect(d.sample).toEqual({ cur: 300, atMs: NOW.getTime() });
+    expect(d.status.reason).toBe('Pulling');
+    expect(d.requeueAfterMs).toBe(500);
+  });
+
+  it('a job not started yet (cur=0 end=1) reads 0%', () => {
+    const d = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(0, 1)) }));
+    expect(d.status.progress).toMatchObject({ currentBytes: 0, totalBytes: 0, percent: '0%' });
+  });
+
+  it('bandwidth changed while running → set speed', () => {
+    const d = decide(obs({ bp: bp({ spec: { bandwidth: '2Mi' }, status: running() }), hypervisor: ok(CHAIN3, job(10, 100, 1048576)) }));
+    expect(d.action).toEqual({ type: 'setBandwidth', domain: 'ns_vm1', target: 'vda', bandwidth: 2097152 });
+    const same = decide(obs({ bp: bp({ spec: { bandwidth: 2097152 }, status: running() }), hypervisor: ok(CHAIN3, job(10, 100, 2097152)) }));
+    expect(same.action.type).toBe('none');
+    const unlimited = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(10, 100, 2097152)) }));
+    expect(unlimited.action).toMatchObject({ type: 'setBandwidth', bandwidth: 0 });
+  });
+
+  it('a pull already running at the first look is adopted, not restarted', () => {
+    const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(CHAIN3, job(50, 100)) }));
+    expect(d.action.type).toBe('none');
+    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 1 });
+    expect(d.status.backingChain?.before).toEqual(before3);
+    // A restarted operator with the status still Running just continues: attempts stay 1.
+    const cont = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(60, 100)) }));
+    expect(cont.status).toMatchObject({ phase: 'Running', attempts: 1 });
+    expect(cont.action.type).toBe('none');
+  });
+
+  it('spec.paused with our job running → Paused, abort (data kept)', () => {
+    const d = decide(obs({ bp: bp({ spec: { paused: true }, status: running() }), hypervisor: ok(CHAIN3, job(40, 100)) }));
+    expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
+    expect(d.status).toMatchObject({ phase: 'Paused', reason: 'Paused', progress: { percent: '40%' } });
+    expect(getCondition(d.status.conditions, 'Progressing')?.status).toBe('False');
+  });
+
+  it('paused with no job → stays Paused; unpaused → starts again without counting a retry', () => {
+    const pausedStatus: BlockPullStatus = { ...running(), phase: 'Paused', reason: 'Paused', progress: { percent: '40%' } };
+    const still = decide(obs({ bp: bp({ spec: { paused: true }, status: pausedStatus }), hypervisor: ok(CHAIN3) }));
+    expect(still.status).toMatchObject({ phase: 'Paused', reason: 'Paused' });
+    expect(still.action.type).toBe('none');
+    const resumed = decide(obs({ bp: bp({ spec: { paused: false }, status: pausedStatus }), hypervisor: ok(CHAIN3) }));
+    expect(resumed.action.type).toBe('startPull');
+    expect(resumed.status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 2, retries: 0 });
+  });
+
+  it('paused from the start → Paused, no job started', () => {
+    const d = decide(obs({ bp: bp({ spec: { paused: true } }), hypervisor: ok(CHAIN3) }));
+    expect(d.status.phase).toBe('Paused');
+    expect(d.action.type).toBe('none');
+  });
+
+  it('our job gone short of the goal → retry (attempts+1), then Failed/RetryLimitExceeded', () => {
+    const d = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: running() }), hypervisor: ok(CHAIN3) }));
+    expect(d.action.type).toBe('startPull');
+    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Retrying', attempts: 2, retries: 1 });
+    const again = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: d.status }), hypervisor: ok(CHAIN3) }));
+    expect(again.action.type).toBe('none');
+    expect(again.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
+    expect(getCondition(again.status.conditions, 'Failed')).toMatchObject({ status: 'True', reason: 'RetryLimitExceeded' });
+    const none = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: running() }), hypervisor: ok(CHAIN3) }));
+    expect(none.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
+  });
+
+  it('libvirt unreachable → phase kept, Progressing Unknown, requeue', () => {
+    const d = decide(obs({ bp: bp({ status: running() }), hypervisor: { kind: 'unreachable', message: 'cannot connect' } }));
+    expect(d.status).toMatchObject({ phase: 'Running', reason: 'HypervisorUnreachable' });
+    expect(getCondition(d.status.conditions, 'Progressing')?.status).toBe('Unknown');
+    expect(d.requeueAfterMs).toBe(5000);
+  });
+
+  it('terminal phases are sticky: re-applying starts nothing', () => {
+    const done: BlockPullStatus = { phase: 'Completed', reason: 'Completed', backingChain: { before: before3 } };
+    const d = decide(obs({ bp: bp({ status: done }), hypervisor: ok(CHAIN3) }));
+    expect(d.action.type).toBe('none');
+    expect(d.status.phase).toBe('Completed');
+    expect(d.requeueAfterMs).toBeNull();
+    const f = decide(obs({ bp: bp({ status: { phase: 'Failed', reason: 'DiskNotFound' } }), hypervisor: ok(CHAIN3) }));
+    expect(f.action.type).toBe('none');
+  });
+
+  it('an unparsable bandwidth → Failed/InvalidBandwidth', () => {
+    const d = decide(obs({ bp: bp({ spec: { bandwidth: '5 MB' } }), hypervisor: ok(CHAIN3) }));
+    expect(d.status).toMatchObject({ phase: 'Failed', reason: 'InvalidBandwidth' });
+  });
+});
+
+describe('decide: deletion', () => {
+  it('being deleted with our job running → abort, keep the finalizer', () => {
+    const d = decide(obs({ bp: bp({ deleting: true, status: running() }), hypervisor: ok(CHAIN3, job(1, 10)) }));
+    expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
+    expect(d.requeueAfterMs).toBe(500);
+  });
+  it('being deleted, job gone → remove the finalizer', () => {
+    const d = decide(obs({ bp: bp({ deleting: true, status: running() }), hypervisor: ok(CHAIN3) }));
+    expect(d.action).toEqual({ type: 'removeFinalizer' });
+  });
+  it('being deleted while another BlockPull pulls the disk → do not abort theirs', () => {
+    const d = decide(obs({ bp: bp({ name: 'pull2', deleting: true, status: { phase: 'Pending', reason: 'DiskBusy' } }), diskHolder: 'ns/pull1', hypervisor: ok(CHAIN3, job(1, 10)) }));
+    expect(d.action).toEqual({ type: 'removeFinalizer' });
+  });
+  it('being deleted after Completed, or with the VMI gone → remove the finalizer', () => {
+    expect(decide(obs({ bp: bp({ deleting: true, status: { phase: 'Completed' } }) })).action.type).toBe('removeFinalizer');
+    expect(decide(obs({ bp: bp({ deleting: true, status: running() }), launcher: { kind: 'vmiNotFound', message: 'gone' } })).action.type).toBe('removeFinalizer');
+  });
+  it('being deleted, libvirt unreachable while Running → keep the finalizer, retry', () => {
+    const d = decide(obs({ bp: bp({ deleting: true, status: running() }), hypervisor: { kind: 'unreachable', message: 'x' } }));
+    expect(d.action.type).toBe('none');
+    expect(d.requeueAfterMs).toBe(5000);
+  });
+  it('deleted without our finalizer → nothing', () => {
+    expect(decide(obs({ bp: bp({ deleting: true, finalizer: false }) })).action.type).toBe('none');
+  });
+});
+
+describe('decideActionError', () => {
+  const o = obs({ bp: bp(), hypervisor: ok(CHAIN3) });
+  const started = decide(o);
+  it('busy disk at start → Pending/DiskBusy, attempt not counted', () => {
+    const d = decideActionError(o, started, new HypervisorError('DiskBusy', "disk 'vda' already in active block job"));
+    expect(d?.status).toMatchObject({ phase: 'Pending', reason: 'DiskBusy', attempts: 0 });
+    expect(d?.requeueAfterMs).toBe(5000);
+  });
+  it('invalid base at start → Failed/InvalidBase', () => {
+    expect(decideActionError(o, started, new HypervisorError('InvalidBase', 'bad'))?.status).toMatchObject({ phase: 'Failed', reason: 'InvalidBase' });
+  });
+  it('other failures count against maxRetries, then Failed/JobFailed', () => {
+    const d = decideActionError(o, started, new Error('virsh exploded'));
+    expect(d?.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', retries: 1 });
+    const last = obs({ bp: bp({ spec: { maxRetries: 0 } }), hypervisor: ok(CHAIN3) });
+    expect(decideActionError(last, decide(last), new Error('virsh exploded'))?.status).toMatchObject({ phase: 'Failed', reason: 'JobFailed' });
+  });
+  it('only start failures are mapped', () => {
+    const r = decide(obs({ bp: bp({ spec: { bandwidth: 1 }, status: running() }), hypervisor: ok(CHAIN3, job(1, 10)) }));
+    expect(decideActionError(o, r, new Error('x'))).toBeUndefined();
+  });
+});
+
+describe('diskHolder', () => {
+  const mk = (name: string, created: string, status?: BlockPullStatus, disk = 'rootdisk') =>
+    bp({ name, created, ...(status ? { status } : {}), spec: { disk } });
+  it('the Running/Paused one holds the disk, else the oldest; terminal ones never', () => {
+    const a = mk('a', '2026-11-27T09:00:00Z', { phase: 'Completed' });
+    const b = mk('b', '2026-11-27T09:01:00Z', { phase: 'Pending' });
+    const c = mk('c', '2026-11-27T09:02:00Z', { phase: 'Running' });
+    const other = mk('x', '2026-11-27T08:00:00Z', { phase: 'Pending' }, 'datadisk');
+    expect(diskHolder([a, b, c, other], b)).toBe('ns/c');
+    expect(diskHolder([a, b, other], b)).toBe('ns/b');
+    const b2 = mk('b2', '2026-11-27T09:01:00Z');
+    expect(diskHolder([b2, b], b2)).toBe('ns/b');
+    expect(diskHolder([a], a)).toBeNull();
+  });
+});

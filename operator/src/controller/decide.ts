@@ -1,0 +1,515 @@
+/**
+ * The BlockPull state machine, PURE: observations in; the next status, at most ONE action and
+ * a requeue delay out. No I/O, no clock (the caller passes `now`), so every row of the state
+ * table is unit-tested without a cluster (decide.test.ts).
+ *
+ * The truth is the disk: a block pull job running on the disk is adopted, not restarted;
+ * no job + chain at its goal = Completed (NothingToDo when it was so at the first look).
+ */
+import { setCondition, timestamp } from '../api/conditions.ts';
+import { parseQuantity, formatBytes } from '../api/quantity.ts';
+import {
+  FINALIZER,
+  isTerminal,
+  type BlockPull,
+  type BlockPullStatus,
+  type ChainLayerStatus,
+  type Phase,
+  type Progress,
+  type Reason,
+} from '../api/types.ts';
+import { computeGoal, isPullComplete, type PullGoal } from '../hypervisor/completion.ts';
+import { isHypervisorError } from '../hypervisor/errors.ts';
+import type { BaseRef, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
+
+/** Where the VMI's current launcher is (from kubevirt/launcher.ts). */
+export interface LauncherLocation {
+  readonly pod: string;
+  readonly node: string;
+  readonly container: string;
+  readonly domain: string;
+}
+
+export type LauncherObservation =
+  | { readonly kind: 'vmiNotFound'; readonly message: string }
+  | { readonly kind: 'vmiNotRunning'; readonly message: string }
+  | { readonly kind: 'migrationInProgress'; readonly message: string }
+  | { readonly kind: 'launcherNotFound'; readonly message: string }
+  | { readonly kind: 'found'; readonly launcher: LauncherLocation };
+
+export type HypervisorObservation =
+  | { readonly kind: 'unreachable'; readonly message: string }
+  | { readonly kind: 'domainNotFound'; readonly message: string }
+  | { readonly kind: 'diskNotFound'; readonly message: string }
+  | { readonly kind: 'ok'; readonly disk: DiskInfo; readonly job: BlockJobInfo | null };
+
+export interface SlotUsage {
+  /** Pulls running cluster-wide, this BlockPull excluded. */
+  readonly running: number;
+  /** Pulls running on the launcher's node, this BlockPull excluded. */
+  readonly runningOnNode: number;
+  readonly maxConcurrentPulls: number;
+  readonly maxPullsPerNode: number;
+}
+
+export interface ProgressSample {
+  readonly cur: number;
+  readonly atMs: number;
+}
+
+export interface Observation {
+  readonly now: Date;
+  readonly bp: BlockPull;
+  /** Undefined when not looked at (terminal phases, or deletion that needs no look). */
+  readonly launcher?: LauncherObservation;
+  /** Undefined when the launcher was not found. */
+  readonly hypervisor?: HypervisorObservation;
+  /** Key (ns/name) of the BlockPull holding the disk (see diskHolder), or null. */
+  readonly diskHolder: string | null;
+  readonly slots: SlotUsage;
+  /** The previous job sample of this BlockPull, for the rate. */
+  readonly previousSample?: ProgressSample;
+  readonly pollIntervalMs: number;
+  /** Requeue delay while waiting (VMI, launcher, disk, slot). */
+  readonly waitRequeueMs: number;
+}
+
+export type Action =
+  | { readonly type: 'none' }
+  | { readonly type: 'addFinalizer' }
+  | { readonly type: 'removeFinalizer' }
+  | { readonly type: 'startPull'; readonly domain: string; readonly target: string; readonly base?: BaseRef; readonly bandwidth: number }
+  | { readonly type: 'setBandwidth'; readonly domain: string; readonly target: string; readonly bandwidth: number }
+  | { readonly type: 'abort'; readonly domain: string; readonly target: string };
+
+export interface Decision {
+  /** The status to write (the reconciler writes it only if it differs, with progress throttled). */
+  readonly status: BlockPullStatus;
+  readonly action: Action;
+  /** null = no requeue (terminal, or wait for a watch event). */
+  readonly requeueAfterMs: number | null;
+  /** The job sample taken (store it for the next rate). */
+  readonly sample?: ProgressSample;
+}
+
+const JOB_TYPE_PULL = 'Block Pull';
+
+export function blockPullKeyOf(bp: BlockPull): string {
+  return `${bp.metadata.namespace}/${bp.metadata.name}`;
+}
+
+function createdMs(bp: BlockPull): number {
+  const t = bp.metadata.creationTimestamp;
+  if (t === undefined) return 0;
+  return t instanceof Date ? t.getTime() : Date.parse(t);
+}
+
+/**
+ * Which BlockPull holds a disk (one job per disk): among the non-terminal BlockPulls naming
+ * the same namespace/VMI/disk, the one Running or Paused, else the oldest (then by name).
+ * Deterministic, so every reconcile (and every operator replica) agrees.
+ */
+export function diskHolder(all: readonly BlockPull[], self: BlockPull): string | null {
+  const same = all.filter(
+    (b) =>
+      b.metadata.namespace === self.metadata.namespace &&
+      b.spec.vmiName === self.spec.vmiName &&
+      b.spec.disk === self.spec.disk &&
+      !isTerminal(b.status?.phase),
+  );
+  if (same.length === 0) return null;
+  const active = same.filter((b) => b.status?.phase === 'Running' || b.status?.phase === 'Paused');
+  const pool = active.length > 0 ? active : same;
+  const sorted = [...pool].sort((a, b) => createdMs(a) - createdMs(b) || a.metadata.name.localeCompare(b.metadata.name));
+  return blockPullKeyOf(sorted[0]!);
+}
+
+function layers(chain: DiskInfo['chain']): ChainLayerStatus[] {
+  return chain.map((l) => ({ position: l.position, path: l.path, format: l.format }));
+}
+
+function percentOf(cur: number, end: number): string {
+  if (end <= 1) return '0%';
+  return `${Math.min(100, Math.floor((cur * 100) / end))}%`;
+}
+
+interface PhaseInput {
+  readonly phase: Phase;
+  readonly reason: Reason;
+  readonly message: string;
+}
+
+/** Apply phase/reason/message and the three conditions consistently. */
+function withPhase(status: BlockPullStatus, p: PhaseInput, generation: number | undefined, now: Date): BlockPullStatus {
+  let conditions = status.conditions;
+  const progressing = p.phase === 'Running' ? 'True' : 'False';
+  conditions = setCondition(conditions, { type: 'Progressing', status: progressing, reason: p.reason, message: p.message }, generation, now);
+  conditions = setCondition(
+    conditions,
+    { type: 'Complete', status: p.phase === 'Completed' ? 'True' : 'False', reason: p.reason, message: p.message },
+    generation,
+    now,
+  );
+  conditions = setCondition(
+    conditions,
+    { type: 'Failed', status: p.phase === 'Failed' ? 'True' : 'False', reason: p.reason, message: p.message },
+    generation,
+    now,
+  );
+  const terminal = p.phase === 'Completed' || p.phase === 'Failed';
+  return {
+    ...status,
+    phase: p.phase,
+    reason: p.reason,
+    message: p.message,
+    conditions,
+    ...(terminal && status.completionTime === undefined ? { completionTime: timestamp(now) } : {}),
+  };
+}
+
+function waitingStatus(
+  obs: Observation,
+  base: BlockPullStatus,
+  reason: Reason,
+  message: string,
+  phase: Phase = 'Pending',
+): Decision {
+  return {
+    status: withPhase(base, { phase, reason, message }, obs.bp.metadata.generation, obs.now),
+    action: { type: 'none' },
+    requeueAfterMs: obs.waitRequeueMs,
+  };
+}
+
+function failed(obs: Observation, base: BlockPullStatus, reason: Reason, message: string): Decision {
+  return {
+    status: withPhase(base, { phase: 'Failed', reason, message }, obs.bp.metadata.generation, obs.now),
+    action: { type: 'none' },
+    requeueAfterMs: null,
+  };
+}
+
+/** The goal of this pull, from the chain recorded at the first look. */
+export function goalOf(bp: BlockPull, target: string, before: readonly ChainLayerStatus[]): PullGoal {
+  const disk: DiskInfo = { target, chain: before.map((l) => ({ position: l.position, path: l.path, format: l.format })) };
+  return computeGoal(disk, toBaseRef(bp.spec.base));
+}
+
+export function toBaseRef(base: BlockPull['spec']['base']): BaseRef | undefined {
+  if (base === undefined) return undefined;
+  if (base.position !== undefined) return { position: base.position };
+  if (base.path !== undefined) return { path: base.path };
+  return undefined;
+}
+
+function progressFrom(job: BlockJobInfo, prev: ProgressSample | undefined, nowMs: number): { progress: Progress; sample: ProgressSample } {
+  const cur = job.end <= 1 ? 0 : job.cur;
+  const total = job.end <= 1 ? 0 : job.end;
+  let rate = 0;
+  if (prev !== undefined && nowMs > prev.atMs && cur >= prev.cur) rate = Math.round(((cur - prev.cur) * 1000) / (nowMs - prev.atMs));
+  const progress: Progress = {
+    currentBytes: cur,
+    totalBytes: total,
+    percent: percentOf(cur, total),
+    bytesPerSecond: rate,
+    ...(rate > 0 ? { etaSeconds: Math.ceil((total - cur) / rate) } : {}),
+  };
+  return { progress, sample: { cur, atMs: nowMs } };
+}
+
+function bandwidthMessage(bytesPerSecond: number): string {
+  return bytesPerSecond > 0 ? ` at most ${formatBytes(bytesPerSecond)}/s` : '';
+}
+
+/** The pure decision. */
+export function decide(obs: Observation): Decision {
+  const { bp, now } = obs;
+  const generation = bp.metadata.generation;
+  const self = blockPullKeyOf(bp);
+  const prior: BlockPullStatus = { ...(bp.status ?? {}), ...(generation !== undefined ? { observedGeneration: generation } : {}) };
+  const hasFinalizer = bp.metadata.finalizers?.includes(FINALIZER) ?? false;
+  const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
+  const hv = obs.hypervisor;
+  const launcher = obs.launcher?.kind === 'found' ? obs.launcher.launcher : undefined;
+  const target = hv?.kind === 'ok' ? hv.disk.target : prior.launcher?.target;
+  const job = hv?.kind === 'ok' ? hv.job : null;
+  const jobIsPull = job !== null && job.type === JOB_TYPE_PULL;
+  // A pull on the disk is ours when no other BlockPull holds the disk.
+  const holdsDisk = obs.diskHolder === null || obs.diskHolder === self;
+  const ourJob = jobIsPull && holdsDisk;
+
+  // --- deletion: abort our running job, then let the object go ---------------------------
+  if (deleting) {
+    if (!hasFinalizer) return { status: prior, action: { type: 'none' }, requeueAfterMs: null };
+    if (ourJob && launcher !== undefined && target !== undefined && !isTerminal(prior.phase)) {
+      return {
+        status: prior,
+        action: { type: 'abort', domain: launcher.domain, target },
+        requeueAfterMs: obs.pollIntervalMs,
+      };
+    }
+    if (hv?.kind === 'unreachable' && prior.phase === 'Running') {
+      // Cannot confirm the job is gone; keep the finalizer and try again.
+      return { status: prior, action: { type: 'none' }, requeueAfterMs: obs.waitRequeueMs };
+    }
+    return { status: prior, action: { type: 'removeFinalizer' }, requeueAfterMs: null };
+  }
+
+  // --- terminal phases are sticky: re-applying the manifest starts nothing -----------------
+  if (isTerminal(prior.phase)) return { status: prior, action: { type: 'none' }, requeueAfterMs: null };
+
+  if (!hasFinalizer) {
+    const status =
+      prior.phase === undefined
+        ? withPhase(prior, { phase: 'Pending', reason: 'Created', message: 'Looking at the VMI and its disk' }, generation, now)
+        : prior;
+    return { status, action: { type: 'addFinalizer' }, requeueAfterMs: 0 };
+  }
+
+  let bandwidth = 0;
+  if (bp.spec.bandwidth !== undefined) {
+    try {
+      bandwidth = parseQuantity(bp.spec.bandwidth);
+    } catch (err) {
+      return failed(obs, prior, 'InvalidBandwidth', (err as Error).message);
+    }
+  }
+
+  // --- the VMI and its launcher -------------------------------------------------------------
+  const lo = obs.launcher;
+  if (lo === undefined) return waitingStatus(obs, prior, 'VMINotFound', `VMI ${bp.spec.vmiName} was not looked at`);
+  switch (lo.kind) {
+    case 'vmiNotFound':
+      return waitingStatus(obs, prior, 'VMINotFound', lo.message);
+    case 'vmiNotRunning':
+      return waitingStatus(obs, prior, 'VMINotRunning', lo.message);
+    case 'migrationInProgress':
+      return waitingStatus(obs, prior, 'MigrationInProgress', lo.message);
+    case 'launcherNotFound':
+      return waitingStatus(obs, prior, 'LauncherNotFound', lo.message);
+    case 'found':
+      break;
+  }
+  const loc = lo.launcher;
+  const withLauncher: BlockPullStatus = {
+    ...prior,
+    launcher: { pod: loc.pod, node: loc.node, container: loc.container, domain: loc.domain, ...(target !== undefined ? { target } : {}) },
+  };
+
+  // --- the hypervisor -----------------------------------------------------------------------
+  if (hv === undefined) return waitingStatus(obs, withLauncher, 'HypervisorUnreachable', 'libvirt was not looked at', prior.phase ?? 'Pending');
+  switch (hv.kind) {
+    case 'unreachable': {
+      const base = { ...withLauncher };
+      const d = waitingStatus(obs, base, 'HypervisorUnreachable', hv.message, prior.phase ?? 'Pending');
+      const conditions = setCondition(
+        prior.conditions,
+        { type: 'Progressing', status: 'Unknown', reason: 'HypervisorUnreachable', message: hv.message },
+        generation,
+        now,
+      );
+      return { ...d, status: { ...d.status, conditions } };
+    }
+    case 'domainNotFound':
+      return waitingStatus(obs, withLauncher, 'DomainNotFound', hv.message);
+    case 'diskNotFound':
+      return failed(obs, withLauncher, 'DiskNotFound', hv.message);
+    case 'ok':
+      break;
+  }
+  const disk = hv.disk;
+
+  // Another block job on the disk (not a pull, or a pull of another BlockPull): wait.
+  if (job !== null && !ourJob) {
+    const who = jobIsPull ? `BlockPull ${obs.diskHolder ?? '?'}` : 'another program';
+    return waitingStatus(obs, withLauncher, 'DiskBusy', `disk ${bp.spec.disk} (${disk.target}) is busy: a ${job.type} job of ${who} runs on it`);
+  }
+  if (!holdsDisk) {
+    return waitingStatus(obs, withLauncher, 'DiskBusy', `disk ${bp.spec.disk} is held by BlockPull ${obs.diskHolder ?? '?'}; waiting until it ends`);
+  }
+
+  // We hold the disk: record the chain at the first look and resolve the goal.
+  const firstLook = prior.backingChain?.before === undefined;
+  const before = prior.backingChain?.before ?? layers(disk.chain);
+  let goal: PullGoal;
+  try {
+    goal = goalOf(bp, disk.target, before);
+  } catch (err) {
+    if (isHypervisorError(err, 'InvalidBase')) return failed(obs, withLauncher, 'InvalidBase', err.message);
+    throw err;
+  }
+  const chained: BlockPullStatus = {
+    ...withLauncher,
+    backingChain: {
+      before,
+      current: layers(disk.chain),
+      ...(goal.basePath !== undefined ? { basePath: goal.basePath } : {}),
+    },
+  };
+  const attempts = prior.attempts ?? 0;
+  const retries = prior.retries ?? 0;
+
+  // --- the disk says it is done --------------------------------------------------------------
+  if (isPullComplete(job, disk, goal)) {
+    const total = prior.progress?.totalBytes;
+    const progress: Progress = {
+      ...(total !== undefined ? { currentBytes: total, totalBytes: total } : {}),
+      percent: '100%',
+      bytesPerSecond: 0,
+      etaSeconds: 0,
+    };
+    const nothing = firstLook && attempts === 0;
+    const chainText = disk.chain.map((l) => l.path).join(' <- ');
+    const message = nothing
+      ? `nothing to do: the chain of ${disk.target} is already at its goal (${chainText})`
+      : `pulled: the chain of ${disk.target} is now ${chainText}`;
+    return {
+      status: withPhase({ ...chained, progress }, { phase: 'Completed', reason: nothing ? 'NothingToDo' : 'Completed', message }, generation, now),
+      action: { type: 'none' },
+      requeueAfterMs: null,
+    };
+  }
+
+  // --- our pull runs -------------------------------------------------------------------------
+  if (ourJob) {
+    const { progress, sample } = progressFrom(job, obs.previousSample, now.getTime());
+    if (bp.spec.paused) {
+      return {
+        status: withPhase(
+          { ...chained, progress },
+          { phase: 'Paused', reason: 'Paused', message: `paused at ${progress.percent}: aborting the job, streamed data is kept` },
+          generation,
+          now,
+        ),
+        action: { type: 'abort', domain: loc.domain, target: disk.target },
+        requeueAfterMs: obs.pollIntervalMs,
+        sample,
+      };
+    }
+    const adopted = prior.phase !== 'Running';
+    const reason: Reason = adopted ? 'Adopted' : prior.reason === 'Adopted' || prior.reason === 'Retrying' ? prior.reason : 'Pulling';
+    const status = withPhase(
+      {
+        ...chained,
+        progress,
+        attempts: Math.max(attempts, 1),
+        ...(prior.startTime === undefined ? { startTime: timestamp(now) } : {}),
+      },
+      {
+        phase: 'Running',
+        reason,
+        message: `${adopted || reason === 'Adopted' ? 'adopted the running pull' : 'pulling'} ${bp.spec.disk} (${disk.target}): ${progress.percent} of ${formatBytes(progress.totalBytes ?? 0)}${bandwidthMessage(bandwidth)}`,
+      },
+      generation,
+      now,
+    );
+    const action: Action =
+      job.bandwidth !== bandwidth ? { type: 'setBandwidth', domain: loc.domain, target: disk.target, bandwidth } : { type: 'none' };
+    return { status, action, requeueAfterMs: obs.pollIntervalMs, sample };
+  }
+
+  // --- no job, chain not at its goal --------------------------------------------------------
+  if (bp.spec.paused) {
+    return {
+      status: withPhase(
+        chained,
+        { phase: 'Paused', reason: 'Paused', message: `paused${prior.progress?.percent ? ` at ${prior.progress.percent}` : ''}; set spec.paused to false to continue` },
+        generation,
+        now,
+      ),
+      action: { type: 'none' },
+      requeueAfterMs: null,
+    };
+  }
+
+  let nextRetries = retries;
+  let reason: Reason = 'Pulling';
+  if (prior.phase === 'Running') {
+    // Our job ended (failed or was canceled) short of the goal.
+    if (retries >= bp.spec.maxRetries) {
+      return failed(
+        obs,
+        chained,
+        'RetryLimitExceeded',
+        `the pull ended short of its goal ${retries + 1} time(s) (maxRetries ${bp.spec.maxRetries}); chain is ${disk.chain.map((l) => l.path).join(' <- ')}`,
+      );
+    }
+    nextRetries = retries + 1;
+    reason = 'Retrying';
+  }
+
+  if (obs.slots.running >= obs.slots.maxConcurrentPulls) {
+    return waitingStatus(obs, chained, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.slots.maxConcurrentPulls})`);
+  }
+  if (obs.slots.runningOnNode >= obs.slots.maxPullsPerNode) {
+    return waitingStatus(obs, chained, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${loc.node} (limit ${obs.slots.maxPullsPerNode})`);
+  }
+
+  const startBase: BaseRef | undefined = goal.basePath !== undefined ? { path: goal.basePath } : undefined;
+  const status = withPhase(
+    {
+      ...chained,
+      attempts: attempts + 1,
+      retries: nextRetries,
+      progress: { currentBytes: 0, totalBytes: prior.progress?.totalBytes ?? 0, percent: prior.progress?.percent ?? '0%', bytesPerSecond: 0 },
+      ...(prior.startTime === undefined ? { startTime: timestamp(now) } : {}),
+    },
+    {
+      phase: 'Running',
+      reason,
+      message: `${reason === 'Retrying' ? `retry ${nextRetries}/${bp.spec.maxRetries}: ` : ''}started pulling ${bp.spec.disk} (${disk.target}) ${goal.basePath !== undefined ? `down to ${goal.basePath}` : 'into a single image'}${bandwidthMessage(bandwidth)}`,
+    },
+    generation,
+    now,
+  );
+  return {
+    status,
+    action: { type: 'startPull', domain: loc.domain, target: disk.target, ...(startBase !== undefined ? { base: startBase } : {}), bandwidth },
+    requeueAfterMs: obs.pollIntervalMs,
+  };
+}
+
+/**
+ * After a failed action: the status to write. Typed hypervisor errors become reasons; other
+ * errors leave the status and let the work queue retry with backoff.
+ */
+export function decideActionError(obs: Observation, decided: Decision, err: unknown): Decision | undefined {
+  const { bp, now } = obs;
+  const prior: BlockPullStatus = bp.status ?? {};
+  const generation = bp.metadata.generation;
+  if (decided.action.type !== 'startPull') return undefined;
+  // The job was not started: do not count it.
+  const base: BlockPullStatus = { ...decided.status, attempts: prior.attempts ?? 0, retries: prior.retries ?? 0 };
+  if (isHypervisorError(err, 'DiskBusy')) {
+    return {
+      status: withPhase({ ...base, phase: prior.phase ?? 'Pending' }, { phase: 'Pending', reason: 'DiskBusy', message: err.message }, generation, now),
+      action: { type: 'none' },
+      requeueAfterMs: obs.waitRequeueMs,
+    };
+  }
+  if (isHypervisorError(err, 'InvalidBase')) {
+    return { status: withPhase(base, { phase: 'Failed', reason: 'InvalidBase', message: err.message }, generation, now), action: { type: 'none' }, requeueAfterMs: null };
+  }
+  if (isHypervisorError(err, 'DiskNotFound')) {
+    return { status: withPhase(base, { phase: 'Failed', reason: 'DiskNotFound', message: err.message }, generation, now), action: { type: 'none' }, requeueAfterMs: null };
+  }
+  if (isHypervisorError(err, 'DomainNotFound') || isHypervisorError(err, 'Unreachable')) {
+    const reason: Reason = isHypervisorError(err, 'DomainNotFound') ? 'DomainNotFound' : 'HypervisorUnreachable';
+    return {
+      status: withPhase(base, { phase: 'Pending', reason, message: (err as Error).message }, generation, now),
+      action: { type: 'none' },
+      requeueAfterMs: obs.waitRequeueMs,
+    };
+  }
+  // Any other failure to start (virsh error, job failed at once): counts against maxRetries.
+  const message = `starting the pull failed: ${err instanceof Error ? err.message : String(err)}`;
+  const retries = prior.retries ?? 0;
+  if (retries >= bp.spec.maxRetries) {
+    return { status: withPhase(base, { phase: 'Failed', reason: 'JobFailed', message }, generation, now), action: { type: 'none' }, requeueAfterMs: null };
+  }
+  return {
+    status: withPhase({ ...base, retries: retries + 1 }, { phase: 'Pending', reason: 'JobFailed', message: `${message} (retry ${retries + 1}/${bp.spec.maxRetries})` }, generation, now),
+    action: { type: 'none' },
+    requeueAfterMs: obs.waitRequeueMs,
+  };
+}
