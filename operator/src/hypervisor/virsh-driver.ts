@@ -1,0 +1,188 @@
+/**
+ * BlockJobDriver over `virsh` run by a CommandRunner (local or pods/exec).
+ * Every command is `virsh -c <uri> <op> ...` as an argv array; bandwidth is always given with --bytes
+ * (virsh's default unit is MiB/s).
+ */
+import { computeGoal, resolveBase, virshBaseArg } from './chain.ts';
+import { HypervisorError } from './errors.ts';
+import { RunTimeoutError, RunTransportError, type CommandRunner, type RunResult } from './runner.ts';
+import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, StartPullOptions } from './types.ts';
+import { findDisk, parseBlockJobEventLine, parseBlockJobRaw, parseDomainDisks, virshError } from './virsh-parse.ts';
+
+export interface VirshDriverOptions {
+  /** virsh binary (default "virsh", found on PATH). */
+  readonly virsh?: string;
+  /** Per-command timeout (default 30 s). */
+  readonly timeoutMs?: number;
+  /** Delay before the event stream is restarted after it ended (default 1 s). */
+  readonly eventRestartDelayMs?: number;
+  /** Polling interval of the fallback used while the event stream is down (default 500 ms). */
+  readonly eventPollIntervalMs?: number;
+}
+
+export class VirshDriver implements BlockJobDriver {
+  readonly runner: CommandRunner;
+  readonly uri: string;
+  readonly #virsh: string;
+  readonly #timeoutMs: number;
+  readonly #restartDelayMs: number;
+  readonly #pollMs: number;
+
+  constructor(runner: CommandRunner, uri: string, options: VirshDriverOptions = {}) {
+    this.runner = runner;
+    this.uri = uri;
+    this.#virsh = options.virsh ?? 'virsh';
+    this.#timeoutMs = options.timeoutMs ?? 30_000;
+    this.#restartDelayMs = options.eventRestartDelayMs ?? 1000;
+    this.#pollMs = options.eventPollIntervalMs ?? 500;
+  }
+
+  #argv(args: readonly string[]): string[] {
+    return [this.#virsh, '-q', '-c', this.uri, ...args];
+  }
+
+  /** Run one virsh command; a failure becomes a typed HypervisorError. */
+  async #virshRun(args: readonly string[], signal?: AbortSignal): Promise<RunResult> {
+    const argv = this.#argv(args);
+    let result: RunResult;
+    try {
+      result = await this.runner.run(argv, { timeoutMs: this.#timeoutMs, ...(signal === undefined ? {} : { signal }) });
+    } catch (err) {
+      if (err instanceof RunTimeoutError || err instanceof RunTransportError) {
+        throw new HypervisorError('Unreachable', `${this.runner.description}: ${err.message}`, { cause: err });
+      }
+      throw err;
+    }
+    if (result.exitCode !== 0) throw virshError(argv, result.exitCode, result.stderr);
+    return result;
+  }
+
+  async listDisks(domain: string): Promise<DiskInfo[]> {
+    const { stdout } = await this.#virshRun(['dumpxml', '--domain', domain]);
+    return parseDomainDisks(stdout);
+  }
+
+  async getDisk(domain: string, disk: DiskRef): Promise<DiskInfo> {
+    const disks = await this.listDisks(domain);
+    const found = findDisk(disks, disk);
+    if (found === undefined) {
+      const what = 'name' in disk ? `disk ${disk.name} (alias ua-${disk.name})` : `disk target ${disk.target}`;
+      throw new HypervisorError('DiskNotFound', `${what} not found in domain ${domain}; disks: ${disks.map((d) => `${d.target}/${d.alias ?? '-'}`).join(', ') || 'none'}`);
+    }
+    return found;
+  }
+
+  async startPull(domain: string, target: string, options: StartPullOptions = {}): Promise<void> {
+    const args = ['blockpull', '--domain', domain, '--path', target];
+    if (options.base !== undefined) {
+      const disk = await this.getDisk(domain, { target });
+      const layer = resolveBase(disk, options.base);
+      args.push('--base', virshBaseArg(disk, layer));
+    }
+    if (options.bandwidth !== undefined && options.bandwidth > 0) args.push('--bandwidth', String(Math.trunc(options.bandwidth)), '--bytes');
+    await this.#virshRun(args);
+  }
+
+  async getJob(domain: string, target: string): Promise<BlockJobInfo | null> {
+    const { stdout } = await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--raw', '--bytes']);
+    return parseBlockJobRaw(stdout);
+  }
+
+  async setBandwidth(domain: string, target: string, bytesPerSecond: number): Promise<void> {
+    if (!Number.isInteger(bytesPerSecond) || bytesPerSecond < 0) throw new RangeError(`bandwidth must be a non-negative integer, got ${bytesPerSecond}`);
+    await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--bandwidth', String(bytesPerSecond), '--bytes']);
+  }
+
+  async abort(domain: string, target: string): Promise<void> {
+    await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--async']);
+  }
+
+  /** The goal of a pull on this disk: the chain expected once it is done. */
+  async goal(domain: string, target: string, base?: StartPullOptions['base']): Promise<ReturnType<typeof computeGoal>> {
+    return computeGoal(await this.getDisk(domain, { target }), base);
+  }
+
+  /**
+   * block-job-2 events from `virsh event --loop`. The stream is restarted when it ends (daemon
+   * restart, exec dropped); while it is down a poller synthesizes 'completed' when a job that was
+   * seen running disappears, so a caller waiting on events is still woken. Callers confirm with
+   * getJob + getDisk either way.
+   */
+  watchEvents(domain: string, onEvent: (event: BlockJobEvent) => void): EventSubscription {
+    let stopped = false;
+    let handle: ReturnType<CommandRunner['stream']> | undefined;
+    let restartTimer: NodeJS.Timeout | undefined;
+    let pollTimer: NodeJS.Timeout | undefined;
+    const running = new Set<string>();
+    const emit = (ev: BlockJobEvent): void => {
+      if (!stopped) onEvent(ev);
+    };
+
+    const poll = async (): Promise<void> => {
+      try {
+        const disks = await this.listDisks(domain);
+        for (const d of disks) {
+          const job = await this.getJob(domain, d.target);
+          if (job !== null) running.add(d.target);
+          else if (running.delete(d.target)) emit({ domain, target: d.target, kind: 'completed' });
+        }
+      } catch {
+        /* unreachable while the daemon restarts: try again next tick */
+      }
+    };
+    const startPolling = (): void => {
+      if (pollTimer !== undefined || stopped) return;
+      const tick = (): void => {
+        void poll().finally(() => {
+          if (pollTimer !== undefined && !stopped) pollTimer = setTimeout(tick, this.#pollMs);
+        });
+      };
+      pollTimer = setTimeout(tick, 0);
+    };
+    const stopPolling = (): void => {
+      if (pollTimer !== undefined) clearTimeout(pollTimer);
+      pollTimer = undefined;
+    };
+
+    const start = (): void => {
+      if (stopped) return;
+      const h = this.runner.stream(this.#argv(['event', '--domain', domain, '--event', 'block-job-2', '--loop', '--timestamp']));
+      handle = h;
+      let ended = false;
+      void (async () => {
+        try {
+          for await (const line of h.lines) {
+            const ev = parseBlockJobEventLine(line);
+            if (ev !== null) {
+              running.delete(ev.target);
+              emit(ev);
+            }
+          }
+          await h.done;
+        } catch {
+          /* transport error: restart below */
+        }
+        ended = true;
+        if (stopped) return;
+        // The stream ended (daemon restart, exec dropped): poll until a new stream has held up.
+        startPolling();
+        restartTimer = setTimeout(start, this.#restartDelayMs);
+      })();
+      // A stream that is still up after two restart delays is considered established.
+      setTimeout(() => {
+        if (!stopped && !ended && handle === h) stopPolling();
+      }, this.#restartDelayMs * 2).unref();
+    };
+    start();
+    // Seed the set of running jobs so that the poller can detect a disappearance.
+    void poll();
+    return {
+      stop: () => {
+        stopped = true;
+        stopPolling();
+        if (restartTimer !== undefined) clearTimeout(restartTimer);
+        handle?.stop();
+      },
+    };
+  }
+}
