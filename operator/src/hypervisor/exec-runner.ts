@@ -149,7 +149,7 @@ export class ExecRunner implements CommandRunner {
   constructor(options: ExecRunnerOptions) {
     this.#o = options;
     this.#container = options.container ?? 'compute';
-    this.#exec = options.exec ?? (new Exec(options.kc) as unknown as ExecLike);
+    this.#exec = options.exec ?? new Exec(options.kc);
     this.description = `exec ${options.namespace}/${options.pod}/${this.#container}`;
   }
 
@@ -191,8 +191,9 @@ export class ExecRunner implements CommandRunner {
       return { exitCode: Promise.reject(options.signal.reason as Error), stop: () => {} };
     }
     options.signal?.addEventListener('abort', onAbort, { once: true });
-    if (options.timeoutMs !== undefined) {
-      timer = setTimeout(() => stop(new RunTimeoutError(argv, options.timeoutMs as number)), options.timeoutMs);
+    const timeoutMs = options.timeoutMs;
+    if (timeoutMs !== undefined) {
+      timer = setTimeout(() => stop(new RunTimeoutError(argv, timeoutMs)), timeoutMs);
     }
 
     let outcome: ExecOutcome | undefined;
