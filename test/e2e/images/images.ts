@@ -1,0 +1,122 @@
+/**
+ * The images the test node runs, built locally (no registry) and cached by content:
+ *  - test:     busybox-static from Debian (a few MB), for plain pods
+ *  - pause:    the same busybox rootfs, as containerd's sandbox ("pause") image
+ *  - launcher: Debian + libvirt + QEMU + the virt-launcher stand-in entrypoint (uid 107)
+ * Each is an OCI archive under ~/.cache/blockpull-operator/images/, named by a hash of
+ * everything that goes into it; the image tag is that hash, so a changed input is a new image.
+ */
+import { createHash } from 'node:crypto';
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SANDBOX_IMAGE } from '../node/containerd.ts';
+import { writeOciArchive, type ImageConfig } from './oci.ts';
+import { busyboxRootfs, cacheRoot, candidateVersion, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
+
+/** Bump when the way images are made changes (invalidates every cached archive). */
+const BUILDER_VERSION = '1';
+
+export interface BuiltImage {
+  /** Full image reference as containerd and pods know it. */
+  readonly name: string;
+  readonly archivePath: string;
+  /** true when the archive came from the cache. */
+  readonly cached: boolean;
+  readonly buildMs: number;
+}
+
+function key(parts: unknown): string {
+  return createHash('sha256').update(JSON.stringify(parts)).digest('hex').slice(0, 16);
+}
+
+async function cachedImage(
+  repo: string,
+  fixedName: string | undefined,
+  keyParts: unknown,
+  build: (workDir: string) => Promise<{ rootfs: string; config: ImageConfig }>,
+): Promise<BuiltImage> {
+  const t0 = Date.now();
+  const hash = key({ BUILDER_VERSION, repo, keyParts });
+  const name = fixedName ?? `localhost/blockpull/${repo}:${hash}`;
+  const archivePath = join(cacheRoot(), `${repo}-${hash}.oci.tar`);
+  if (existsSync(archivePath)) return { name, archivePath, cached: true, buildMs: Date.now() - t0 };
+  mkdirSync(cacheRoot(), { recursive: true });
+  const workDir = mkdtempSync(join(cacheRoot(), `.build-${repo}-`));
+  try {
+    const { rootfs, config } = await build(workDir);
+    await writeOciArchive(rootfs, name, config, archivePath);
+  } finally {
+    rmSync(workDir, { recursive: true, force: true });
+  }
+  return { name, archivePath, cached: false, buildMs: Date.now() - t0 };
+}
+
+/** A tiny image: busybox-static. Default command: a shell. */
+export async function testImage(): Promise<BuiltImage> {
+  const version = await candidateVersion('busybox-static');
+  return cachedImage('test', undefined, { busybox: version }, async (workDir) => ({
+    rootfs: await busyboxRootfs(workDir),
+    config: { cmd: ['/bin/sh'] },
+  }));
+}
+
+/**
+ * The pod sandbox image. Kubernetes' pause is a tiny C program that sleeps and reaps zombies;
+ * here busybox sh does the same (it waits on its children and exits on TERM).
+ */
+export async function pauseImage(): Promise<BuiltImage> {
+  const version = await candidateVersion('busybox-static');
+  const script = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+  return cachedImage('pause', SANDBOX_IMAGE, { busybox: version, script }, async (workDir) => {
+    const rootfs = await busyboxRootfs(workDir);
+    writeFileSync(join(rootfs, 'pause'), `#!/bin/sh\n${script}\n`);
+    chmodSync(join(rootfs, 'pause'), 0o755);
+    return { rootfs, config: { entrypoint: ['/pause'] } };
+  });
+}
+
+export const LAUNCHER_PACKAGES = ['libvirt-daemon', 'libvirt-daemon-driver-qemu', 'libvirt-clients', 'qemu-system-x86', 'qemu-utils'] as const;
+/** KubeVirt's non-root virt-launcher user ("qemu"). */
+export const LAUNCHER_UID = 107;
+const here = dirname(fileURLToPath(import.meta.url));
+const LAUNCHER_ENTRYPOINT = join(here, 'launcher', 'launcher-standin.sh');
+
+/** The virt-launcher stand-in image (see launcher/launcher-standin.sh). */
+export async function launcherImage(): Promise<BuiltImage> {
+  const entrypoint = readFileSync(LAUNCHER_ENTRYPOINT, 'utf8');
+  const src = hostDebianSource();
+  return cachedImage('virt-launcher-standin', undefined, { src, packages: LAUNCHER_PACKAGES, entrypoint }, async (workDir) => {
+    const rootfs = join(workDir, 'rootfs');
+    await debootstrapRootfs(rootfs, LAUNCHER_PACKAGES);
+    addUser(rootfs, 'qemu', LAUNCHER_UID, '/var/lib/launcher');
+    // /var/run is a symlink to /run (absolute): write below rootfs/run, never through the link.
+    for (const d of ['run/libvirt', 'run/kubevirt-ephemeral-disks', 'run/kubevirt-private', 'var/lib/launcher']) {
+      mkdirSync(join(rootfs, d), { recursive: true });
+      chownSync(join(rootfs, d), LAUNCHER_UID, LAUNCHER_UID);
+    }
+    const bin = join(rootfs, 'usr', 'local', 'bin', 'launcher-standin');
+    copyFileSync(LAUNCHER_ENTRYPOINT, bin);
+    chmodSync(bin, 0o755);
+    return {
+      rootfs,
+      config: {
+        entrypoint: ['/usr/local/bin/launcher-standin'],
+        user: `${LAUNCHER_UID}:${LAUNCHER_UID}`,
+        env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/var/lib/launcher'],
+        labels: { 'org.opencontainers.image.title': 'virt-launcher stand-in (blockpull-operator tests)' },
+      },
+    };
+  });
+}
+
+function addUser(rootfs: string, name: string, id: number, home: string): void {
+  const passwd = join(rootfs, 'etc', 'passwd');
+  const group = join(rootfs, 'etc', 'group');
+  const users = readFileSync(passwd, 'utf8');
+  const groups = readFileSync(group, 'utf8');
+  const taken = (text: string): boolean => text.split('\n').some((l) => l.split(':')[2] === String(id) || l.split(':')[0] === name);
+  if (taken(users) || taken(groups)) throw new Error(`uid/gid ${id} or name ${name} already used in the image`);
+  writeFileSync(passwd, `${users.trimEnd()}\n${name}:x:${id}:${id}:${name}:${home}:/bin/bash\n`);
+  writeFileSync(group, `${groups.trimEnd()}\n${name}:x:${id}:\n`);
+}
