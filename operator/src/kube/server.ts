@@ -3,8 +3,9 @@
  * on the health port (two listeners, like controller-runtime's metrics and probe servers).
  *
  * - /healthz: liveness. 200 while the process is alive and its event loop responsive: a
- *   heartbeat timer ticks every 250 ms; if the last tick is older than `maxEventLoopLagMs`
- *   (default 5 s) the loop has been blocked and the probe answers 500.
+ *   heartbeat timer ticks every 250 ms and measures how late it fires; if the loop was blocked
+ *   longer than `maxEventLoopLagMs` (default 5 s) within the last `lagWindowMs` (default 10 s),
+ *   or the last tick is that overdue now, the probe answers 500.
  * - /readyz: readiness. 200 when every named readiness check passes; the body lists each check
  *   (`[+]name ok` / `[-]name failed: reason`) like kube-apiserver's verbose probes.
  *
@@ -93,6 +94,8 @@ export interface HealthServerOptions {
   readonly readiness: Readonly<Record<string, Check>>;
   /** /healthz fails when the event loop has been blocked longer than this. Default 5000. */
   readonly maxEventLoopLagMs?: number;
+  /** ... within this recent window. Default 10000. */
+  readonly lagWindowMs?: number;
   readonly logger?: Logger;
 }
 
@@ -125,9 +128,14 @@ function runChecks(checks: Readonly<Record<string, Check>>): { ok: boolean; text
 export async function startHealthServer(options: HealthServerOptions): Promise<HealthServer> {
   const maxLag = options.maxEventLoopLagMs ?? 5_000;
   const tickMs = 250;
+  const window = options.lagWindowMs ?? 10_000;
   let lastTick = performance.now();
+  let lastBlock = { at: -Infinity, lagMs: 0 };
   const heartbeat = setInterval(() => {
-    lastTick = performance.now();
+    const now = performance.now();
+    const lag = now - lastTick - tickMs;
+    if (lag > maxLag) lastBlock = { at: now, lagMs: lag };
+    lastTick = now;
   }, tickMs);
   heartbeat.unref();
   const readiness = () => runChecks(options.readiness);
@@ -136,7 +144,9 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
     options.host,
     {
       '/healthz': (_req, res) => {
-        const lag = performance.now() - lastTick - tickMs;
+        const now = performance.now();
+        const current = now - lastTick - tickMs;
+        const lag = current > maxLag ? current : now - lastBlock.at < window ? lastBlock.lagMs : 0;
         if (lag > maxLag) {
           res.writeHead(500, { 'content-type': 'text/plain' }).end(`event loop blocked for ${Math.round(lag)} ms\n`);
         } else {

@@ -1,0 +1,169 @@
+/**
+ * Unit tests of the pods/exec runner's own logic: V1Status parsing, and how the runner turns the
+ * websocket lifecycle (status message, close, connect failure, timeout, abort) into results.
+ * The socket here is a scripted EventEmitter standing in for client-node's websocket; a real
+ * exec needs a kubelet (test/e2e/node, issue 6).
+ */
+import { EventEmitter } from 'node:events';
+import type { Writable } from 'node:stream';
+import type { V1Status } from '@kubernetes/client-node';
+import { KubeConfig } from '@kubernetes/client-node';
+import { describe, expect, it } from 'vitest';
+import { ExecRunner, STOPPED_EXIT_CODE, parseExecStatus, type ExecLike } from './exec-runner.ts';
+import { RunTimeoutError, RunTransportError } from './runner.ts';
+
+describe('parseExecStatus', () => {
+  it('Success is exit code 0', () => {
+    expect(parseExecStatus({ metadata: {}, status: 'Success' })).toEqual({ kind: 'exit', exitCode: 0 });
+  });
+  it('NonZeroExitCode takes the ExitCode cause', () => {
+    // what the kubelet sends for `sh -c "exit 3"` (k8s.io/apimachinery remotecommand)
+    const st = {
+      metadata: {},
+      status: 'Failure',
+      message: 'command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3',
+      reason: 'NonZeroExitCode',
+      details: { causes: [{ reason: 'ExitCode', message: '3' }] },
+    };
+    expect(parseExecStatus(st)).toEqual({ kind: 'exit', exitCode: 3 });
+  });
+  it('NonZeroExitCode without a usable ExitCode cause is an error', () => {
+    expect(parseExecStatus({ status: 'Failure', reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: 'x' }] } }).kind).toBe('error');
+    expect(parseExecStatus({ status: 'Failure', reason: 'NonZeroExitCode' }).kind).toBe('error');
+  });
+  it('other failures are errors carrying the message', () => {
+    const st = {
+      status: 'Failure',
+      message: 'OCI runtime exec failed: exec failed: unable to start container process: exec: "virsh": executable file not found in $PATH',
+      reason: 'InternalError',
+    };
+    const r = parseExecStatus(st);
+    expect(r.kind).toBe('error');
+    expect(r.kind === 'error' && r.message).toContain('executable file not found');
+  });
+  it('garbage is an error', () => {
+    expect(parseExecStatus('nope').kind).toBe('error');
+    expect(parseExecStatus({ status: 7 }).kind).toBe('error');
+  });
+});
+
+interface Script {
+  stdout?: string[];
+  stderr?: string[];
+  status?: unknown;
+  /** Close the socket this many ms after open; undefined = never (until close()). */
+  closeAfterMs?: number;
+  connectError?: Error;
+}
+
+/** Delivers the scripted frames the way client-node's handler does: streams, then status, then close. */
+function scriptedExec(script: Script, seen: { argv?: string[]; container?: string; closed: number }): ExecLike {
+  return {
+    exec(_ns: string, _pod: string, container: string, command: string | string[], stdout: Writable | null, stderr: Writable | null, _stdin: null, _tty: boolean, cb?: (s: V1Status) => void) {
+      seen.argv = Array.isArray(command) ? command : [command];
+      seen.container = container;
+      if (script.connectError) return Promise.reject(script.connectError);
+      const ws = Object.assign(new EventEmitter(), {
+        readyState: 1,
+        close() {
+          if (ws.readyState >= 2) return;
+          seen.closed++;
+          ws.readyState = 3;
+          setImmediate(() => ws.emit('close'));
+        },
+      });
+      setImmediate(() => {
+        for (const s of script.stdout ?? []) stdout?.write(Buffer.from(s));
+        for (const s of script.stderr ?? []) stderr?.write(Buffer.from(s));
+        if (script.status !== undefined) {
+          stdout?.end();
+          stderr?.end();
+          cb?.(script.status as V1Status);
+        }
+        if (script.closeAfterMs !== undefined) setTimeout(() => ws.close(), script.closeAfterMs);
+      });
+      return Promise.resolve(ws);
+    },
+  };
+}
+
+function runner(script: Script) {
+  const seen = { closed: 0 } as { argv?: string[]; container?: string; closed: number };
+  const r = new ExecRunner({ kc: new KubeConfig(), namespace: 'ns', pod: 'virt-launcher-x', exec: scriptedExec(script, seen) });
+  return { r, seen };
+}
+
+describe('ExecRunner', () => {
+  it('collects stdout/stderr and the exit code; passes argv unchanged to container compute', async () => {
+    const { r, seen } = runner({ stdout: ['Block Pull ', 'started\n'], stderr: ['warn\n'], status: { status: 'Success' }, closeAfterMs: 0 });
+    expect(r.description).toBe('exec ns/virt-launcher-x/compute');
+    const res = await r.run(['virsh', '-c', 'qemu:///system', 'blockpull', 'ns_vm; rm -rf /', 'vda']);
+    expect(res).toEqual({ exitCode: 0, stdout: 'Block Pull started\n', stderr: 'warn\n' });
+    expect(seen.argv).toEqual(['virsh', '-c', 'qemu:///system', 'blockpull', 'ns_vm; rm -rf /', 'vda']);
+    expect(seen.container).toBe('compute');
+  });
+
+  it('returns a non-zero exit code instead of throwing', async () => {
+    const { r } = runner({
+      stderr: ["error: failed to get domain 'x'\n"],
+      status: { status: 'Failure', reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: '1' }] } },
+      closeAfterMs: 0,
+    });
+    const res = await r.run(['virsh', 'dominfo', 'x']);
+    expect(res.exitCode).toBe(1);
+    expect(res.stderr).toContain('failed to get domain');
+  });
+
+  it('other failures and a close without status are RunTransportError', async () => {
+    const a = runner({ status: { status: 'Failure', reason: 'InternalError', message: 'executable file not found' }, closeAfterMs: 0 });
+    await expect(a.r.run(['virsh'])).rejects.toThrow(RunTransportError);
+    const b = runner({ closeAfterMs: 0 });
+    await expect(b.r.run(['virsh'])).rejects.toThrow(/closed without an exit status/);
+  });
+
+  it('a refused websocket (pod not found) is a RunTransportError', async () => {
+    const { r } = runner({ connectError: new Error('Unexpected server response: 404') });
+    const err: unknown = await r.run(['virsh']).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RunTransportError);
+    expect((err as Error).message).toContain('404');
+  });
+
+  it('timeout closes the socket and rejects with RunTimeoutError', async () => {
+    const { r, seen } = runner({ stdout: ['partial'] });
+    await expect(r.run(['virsh', 'blockjob'], { timeoutMs: 30 })).rejects.toThrow(RunTimeoutError);
+    expect(seen.closed).toBe(1);
+  });
+
+  it('abort closes the socket and rejects with the reason', async () => {
+    const { r, seen } = runner({});
+    const ac = new AbortController();
+    const p = r.run(['sleep', '100'], { signal: ac.signal });
+    setTimeout(() => ac.abort(new Error('shutting down')), 10);
+    await expect(p).rejects.toThrow('shutting down');
+    expect(seen.closed).toBe(1);
+    const pre = new AbortController();
+    pre.abort(new Error('already'));
+    await expect(r.run(['x'], { signal: pre.signal })).rejects.toThrow('already');
+  });
+
+  it('stream() yields lines as they come and ends with the exit code', async () => {
+    const { r } = runner({ stdout: ["event 'block-job-2' for domain 'd': Block Pull for vda completed\nsec", 'ond\nlast'], status: { status: 'Success' }, closeAfterMs: 5 });
+    const h = r.stream(['virsh', 'event', '--loop']);
+    const lines: string[] = [];
+    for await (const l of h.lines) lines.push(l);
+    expect(lines).toEqual(["event 'block-job-2' for domain 'd': Block Pull for vda completed", 'second', 'last']);
+    expect((await h.done).exitCode).toBe(0);
+  });
+
+  it('stream().stop() ends a long command', async () => {
+    const { r, seen } = runner({ stdout: ['one\n'] });
+    const h = r.stream(['virsh', 'event', '--loop']);
+    const it = h.lines[Symbol.asyncIterator]();
+    expect((await it.next()).value).toBe('one');
+    h.stop();
+    h.stop();
+    expect((await it.next()).done).toBe(true);
+    expect((await h.done).exitCode).toBe(STOPPED_EXIT_CODE);
+    expect(seen.closed).toBe(1);
+  });
+});
