@@ -9,7 +9,8 @@ export default defineConfig({
       {
         test: {
           name: 'unit',
-          include: ['operator/**/*.test.ts', 'test/unit/**/*.test.ts'],
+          include: ['operator/**/*.test.ts', 'test/unit/**/*.test.ts', 'test/e2e/cluster/**/*.test.ts'],
+          exclude: ['**/node_modules/**', '**/*.e2e.test.ts'],
           environment: 'node',
         },
       },

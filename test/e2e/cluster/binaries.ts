@@ -1,0 +1,167 @@
+/**
+ * ensureBinaries(): kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler and etcd,
+ * built from the Go module proxy on first use and cached outside the repo, keyed by version:
+ *   <cache>/bin/k8s-<version>/{kube-apiserver,kubectl,kubelet,kube-controller-manager,kube-scheduler}
+ *   <cache>/bin/etcd-<version>/etcd
+ * (<cache> = $BLOCKPULL_CACHE_DIR or ~/.cache/blockpull-operator; versions: see versions.ts.)
+ * The five Kubernetes binaries are built by ONE `go build -o <dir>` so they share compilation.
+ * A lock file per directory makes concurrent callers build once.
+ */
+import { spawn } from 'node:child_process';
+import { constants } from 'node:fs';
+import { access, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { ETCD_SERVER_MODULE, K8S_COMMANDS, K8S_MODULE, k8sLdflags } from './go-mod.ts';
+import { GO_MODULES_DIR, goBinary, writeEtcdModule, writeK8sModule } from './gen-go-mod.ts';
+import { withLock } from './lock.ts';
+import { cacheRoot, pinnedVersions, resolveVersions, type Versions } from './versions.ts';
+
+export interface ClusterBinaries {
+  readonly versions: Versions;
+  /** Directory with the five Kubernetes binaries. */
+  readonly k8sBinDir: string;
+  readonly etcdBinDir: string;
+  readonly etcd: string;
+  readonly kubeApiserver: string;
+  readonly kubectl: string;
+  readonly kubelet: string;
+  readonly kubeControllerManager: string;
+  readonly kubeScheduler: string;
+}
+
+export interface EnsureBinariesOptions {
+  readonly env?: NodeJS.ProcessEnv;
+  /** Progress messages (default: stderr). */
+  readonly log?: (message: string) => void;
+}
+
+const stamp = z.object({ version: z.string(), binaries: z.array(z.string()), buildSeconds: z.number(), builtAt: z.string() });
+const STAMP = '.complete.json';
+
+async function isComplete(dir: string, version: string, names: readonly string[]): Promise<boolean> {
+  try {
+    const s = stamp.parse(JSON.parse(await readFile(path.join(dir, STAMP), 'utf8')));
+    if (s.version !== version) return false;
+    for (const n of names) await access(path.join(dir, n), constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function runGoBuild(args: readonly string[], cwd: string, log: (m: string) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(goBinary(), [...args], {
+      cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, GOFLAGS: '-buildvcs=false' },
+    });
+    let output = '';
+    const collect = (b: Buffer): void => {
+      output = (output + b.toString()).slice(-20_000);
+    };
+    child.stdout.on('data', collect);
+    child.stderr.on('data', collect);
+    // A caller interrupted mid-build must not leave a compiler running.
+    const onExit = (): void => {
+      child.kill('SIGKILL');
+    };
+    process.once('exit', onExit);
+    child.on('error', (err) => {
+      process.removeListener('exit', onExit);
+      reject(err);
+    });
+    child.on('close', (code, signal) => {
+      process.removeListener('exit', onExit);
+      if (code === 0) resolve();
+      else {
+        log(output);
+        reject(new Error(`go ${args.join(' ')} failed (${signal ?? `exit ${code}`}) in ${cwd}:\n${output.trim()}`));
+      }
+    });
+  });
+}
+
+interface Target {
+  readonly kind: 'k8s' | 'etcd';
+  readonly version: string;
+  readonly names: readonly string[];
+  readonly packages: readonly string[];
+  readonly ldflags: string;
+}
+
+async function ensureTarget(root: string, t: Target, pinned: string, log: (m: string) => void): Promise<string> {
+  const binRoot = path.join(root, 'bin');
+  const dir = path.join(binRoot, `${t.kind}-${t.version}`);
+  if (await isComplete(dir, t.version, t.names)) return dir;
+  await mkdir(binRoot, { recursive: true });
+  return withLock(
+    `${dir}.lock`,
+    async () => {
+      if (await isComplete(dir, t.version, t.names)) return dir; // built by the process we waited for
+      const started = Date.now();
+      // The module to build from: the committed one for the pinned version, else generated in the cache.
+      const modDir = path.join(root, 'build', `${t.kind}-${t.version}`);
+      await rm(modDir, { recursive: true, force: true });
+      await mkdir(modDir, { recursive: true });
+      if (t.version === pinned) {
+        for (const f of ['go.mod', 'go.sum']) await copyFile(path.join(GO_MODULES_DIR, t.kind, f), path.join(modDir, f));
+      } else {
+        log(`generating the ${t.kind} wrapper module for ${t.version} in ${modDir}`);
+        if (t.kind === 'k8s') await writeK8sModule(modDir, t.version);
+        else await writeEtcdModule(modDir, t.version);
+      }
+      log(`building ${t.names.join(', ')} ${t.version} from the Go module proxy (first run only; minutes on 2 cores)...`);
+      const tmp = `${dir}.tmp-${process.pid}`;
+      await rm(tmp, { recursive: true, force: true });
+      await mkdir(tmp, { recursive: true });
+      try {
+        await runGoBuild(['build', '-trimpath', `-ldflags=${t.ldflags}`, '-o', t.packages.length > 1 ? `${tmp}/` : path.join(tmp, t.names[0] ?? 'out'), ...t.packages], modDir, log);
+        const buildSeconds = Math.round((Date.now() - started) / 100) / 10;
+        await writeFile(path.join(tmp, STAMP), JSON.stringify({ version: t.version, binaries: t.names, buildSeconds, builtAt: new Date().toISOString() }, null, 2));
+        await rm(dir, { recursive: true, force: true });
+        await rename(tmp, dir);
+        log(`built ${t.kind} ${t.version} in ${buildSeconds} s -> ${dir}`);
+      } catch (err) {
+        await rm(tmp, { recursive: true, force: true });
+        throw err;
+      }
+      return dir;
+    },
+    { onWait: (p) => log(`waiting for another process building ${t.kind} ${t.version} (lock ${p})`) },
+  );
+}
+
+/** Builds (first time) or finds the cached control-plane binaries. */
+export async function ensureBinaries(options: EnsureBinariesOptions = {}): Promise<ClusterBinaries> {
+  const env = options.env ?? process.env;
+  const log = options.log ?? ((m: string) => process.stderr.write(`[cluster] ${m}\n`));
+  const versions = resolveVersions(env);
+  const pinned = pinnedVersions();
+  const root = cacheRoot(env);
+  const etcdBinDir = await ensureTarget(
+    root,
+    { kind: 'etcd', version: versions.etcd, names: ['etcd'], packages: [ETCD_SERVER_MODULE], ldflags: '-s -w' },
+    pinned.etcd,
+    log,
+  );
+  const k8sBinDir = await ensureTarget(
+    root,
+    { kind: 'k8s', version: versions.k8s, names: K8S_COMMANDS, packages: K8S_COMMANDS.map((c) => `${K8S_MODULE}/cmd/${c}`), ldflags: k8sLdflags(versions.k8s) },
+    pinned.k8s,
+    log,
+  );
+  const k = (name: string): string => path.join(k8sBinDir, name);
+  return {
+    versions,
+    k8sBinDir,
+    etcdBinDir,
+    etcd: path.join(etcdBinDir, 'etcd'),
+    kubeApiserver: k('kube-apiserver'),
+    kubectl: k('kubectl'),
+    kubelet: k('kubelet'),
+    kubeControllerManager: k('kube-controller-manager'),
+    kubeScheduler: k('kube-scheduler'),
+  };
+}

@@ -1,0 +1,366 @@
+/**
+ * A real local control plane: etcd + kube-apiserver on loopback, fresh data dir, generated PKI,
+ * RBAC authorization (Node,RBAC; never AlwaysAllow), readiness by polling /readyz.
+ *
+ * State lives in a state dir (default <repo>/.cache/cluster): state.json (pids, ports), pki/, data/,
+ * logs/, admin.kubeconfig. A start first cleans up a stale run recorded there (processes verified by
+ * pid + start time + command line before they are killed). stop() SIGTERMs each process group,
+ * SIGKILLs after a grace period and waits until the ports are free.
+ * In non-detached mode (tests) signal and exit handlers kill the daemons if the caller dies.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import https from 'node:https';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { z } from 'zod';
+import { ensureBinaries, type ClusterBinaries } from './binaries.ts';
+import { createPki, type Pki } from './certs.ts';
+import { clusterClient, type ClusterClient } from './client.ts';
+import { writeKubeconfig } from './kubeconfig.ts';
+import { daemonRecord, freePorts, isOurs, killNow, spawnDaemon, stopDaemon, tail, waitPortsFree, type DaemonRecord } from './processes.ts';
+
+export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..', '..');
+/** `npm run cluster -- up` uses this state dir; its admin kubeconfig is <dir>/admin.kubeconfig. */
+export const DEFAULT_STATE_DIR = path.join(REPO_ROOT, '.cache', 'cluster');
+export const SERVICE_CLUSTER_IP_RANGE = '10.0.0.0/24';
+
+export interface ControlPlane extends ClusterClient {
+  readonly stateDir: string;
+  readonly kubeconfigPath: string;
+  /** https://127.0.0.1:<port> */
+  readonly server: string;
+  /** Directory with kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler. */
+  readonly binDir: string;
+  readonly binaries: ClusterBinaries;
+  readonly pki: Pki;
+  readonly etcdEndpoint: string;
+  readonly ports: { readonly etcdClient: number; readonly etcdPeer: number; readonly apiserver: number };
+  readonly processes: readonly DaemonRecord[];
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  /** Default DEFAULT_STATE_DIR. Everything in it except logs/ is recreated. */
+  readonly stateDir?: string;
+  /** Keep the daemons running after this process exits (the CLI's `up`). Default false. */
+  readonly detached?: boolean;
+  readonly binaries?: ClusterBinaries;
+  readonly extraApiserverArgs?: readonly string[];
+  readonly readyTimeoutMs?: number;
+  readonly log?: (message: string) => void;
+}
+
+const stateFile = z.object({
+  version: z.literal(1),
+  ownerPid: z.number(),
+  detached: z.boolean(),
+  server: z.string(),
+  kubeconfigPath: z.string(),
+  etcdEndpoint: z.string(),
+  ports: z.object({ etcdClient: z.number(), etcdPeer: z.number(), apiserver: z.number() }),
+  k8sBinDir: z.string(),
+  startedAt: z.string(),
+  processes: z.array(daemonRecord),
+});
+export type ClusterState = z.infer<typeof stateFile>;
+
+export async function readState(stateDir: string): Promise<ClusterState | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path.join(stateDir, 'state.json'), 'utf8');
+  } catch {
+    return undefined;
+  }
+  const parsed = stateFile.safeParse(JSON.parse(text));
+  return parsed.success ? parsed.data : undefined;
+}
+
+async function writeState(stateDir: string, state: ClusterState): Promise<void> {
+  const file = path.join(stateDir, 'state.json');
+  await writeFile(`${file}.tmp`, JSON.stringify(state, null, 2));
+  await rename(`${file}.tmp`, file);
+}
+
+/** Stops the processes a state dir records (only those verified as ours) and waits for their ports. */
+export async function stopRecorded(stateDir: string): Promise<{ stopped: string[] }> {
+  const state = await readState(stateDir);
+  const stopped: string[] = [];
+  if (state) {
+    // apiserver first, then etcd (reverse start order)
+    for (const rec of [...state.processes].reverse()) {
+      if (isOurs(rec)) {
+        await stopDaemon(rec);
+        stopped.push(`${rec.name} (pid ${rec.pid})`);
+      }
+    }
+    await waitPortsFree([state.ports.apiserver, state.ports.etcdClient, state.ports.etcdPeer]);
+  }
+  await rm(path.join(stateDir, 'state.json'), { force: true });
+  await rm(path.join(stateDir, 'data'), { recursive: true, force: true });
+  return { stopped };
+}
+
+function httpsGet(url: string, pki: LoadedPki, timeoutMs: number): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = https.get(
+      url,
+      { ca: pki.caPem, cert: pki.adminCertPem, key: pki.adminKeyPem, timeout: timeoutMs },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
+}
+
+interface LoadedPki extends Pki {
+  readonly caPem: Buffer;
+  readonly adminCertPem: Buffer;
+  readonly adminKeyPem: Buffer;
+}
+
+async function loadPki(pki: Pki): Promise<LoadedPki> {
+  return { ...pki, caPem: await readFile(pki.caCert), adminCertPem: await readFile(pki.adminCert), adminKeyPem: await readFile(pki.adminKey) };
+}
+
+async function waitReady(server: string, pki: LoadedPki, procs: readonly DaemonRecord[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    for (const p of procs) {
+      if (!isOurs(p)) throw new Error(`${p.name} exited during startup; last log lines (${p.logFile}):\n${tail(p.logFile)}`);
+    }
+    try {
+      const r = await httpsGet(`${server}/readyz`, pki, 2000);
+      if (r.status === 200) return;
+      last = `HTTP ${r.status}: ${r.body.slice(0, 500)}`;
+    } catch (err) {
+      last = err instanceof Error ? err.message : String(err);
+    }
+    if (Date.now() > deadline) throw new Error(`kube-apiserver not ready after ${timeoutMs} ms (${last}); log: ${procs.at(-1)?.logFile ?? ''}\n${tail(procs.at(-1)?.logFile ?? '')}`);
+    await sleep(200);
+  }
+}
+
+async function waitEtcdReady(endpoint: string, pki: Pki, proc: DaemonRecord, timeoutMs: number): Promise<void> {
+  const loaded: LoadedPki = { ...pki, caPem: await readFile(pki.caCert), adminCertPem: await readFile(pki.etcdClientCert), adminKeyPem: await readFile(pki.etcdClientKey) };
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    if (!isOurs(proc)) throw new Error(`etcd exited during startup; last log lines (${proc.logFile}):\n${tail(proc.logFile)}`);
+    try {
+      const r = await httpsGet(`${endpoint}/health`, loaded, 2000);
+      if (r.status === 200 && /"health":\s*"true"/.test(r.body)) return;
+      last = `HTTP ${r.status}: ${r.body}`;
+    } catch (err) {
+      last = err instanceof Error ? err.message : String(err);
+    }
+    if (Date.now() > deadline) throw new Error(`etcd not healthy after ${timeoutMs} ms (${last})\n${tail(proc.logFile)}`);
+    await sleep(100);
+  }
+}
+
+/** Kills recorded daemons synchronously if this process exits or is signalled before stop(). */
+function installCrashGuards(procs: () => readonly DaemonRecord[]): () => void {
+  const killAll = (): void => {
+    for (const p of [...procs()].reverse()) killNow(p);
+  };
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  const onSignal = (signal: NodeJS.Signals): void => {
+    killAll();
+    // Re-deliver with default behaviour if nobody else (e.g. vitest) handles this signal.
+    if (process.listenerCount(signal) <= 1) {
+      remove();
+      process.kill(process.pid, signal);
+    }
+  };
+  process.on('exit', killAll);
+  for (const s of signals) process.on(s, onSignal);
+  const remove = (): void => {
+    process.removeListener('exit', killAll);
+    for (const s of signals) process.removeListener(s, onSignal);
+  };
+  return remove;
+}
+
+export async function startControlPlane(options: StartOptions = {}): Promise<ControlPlane> {
+  const started = Date.now();
+  const log = options.log ?? ((m: string) => process.stderr.write(`[cluster] ${m}\n`));
+  const stateDir = path.resolve(options.stateDir ?? DEFAULT_STATE_DIR);
+  const binaries = options.binaries ?? (await ensureBinaries({ log }));
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+
+  const stale = await stopRecorded(stateDir);
+  if (stale.stopped.length > 0) log(`stopped a stale run in ${stateDir}: ${stale.stopped.join(', ')}`);
+
+  const pki = await loadPki(await createPki(path.join(stateDir, 'pki')));
+  const logsDir = path.join(stateDir, 'logs');
+  await mkdir(logsDir, { recursive: true });
+
+  const procs: DaemonRecord[] = [];
+  const removeGuards = installCrashGuards(() => procs);
+  const stopAll = async (): Promise<void> => {
+    for (const p of [...procs].reverse()) await stopDaemon(p);
+  };
+
+  try {
+    for (let attempt = 1; ; attempt++) {
+      const [etcdClient, etcdPeer, apiserver] = (await freePorts(3)) as [number, number, number];
+      const ports = { etcdClient, etcdPeer, apiserver };
+      const dataDir = path.join(stateDir, 'data');
+      await rm(dataDir, { recursive: true, force: true });
+      await mkdir(dataDir, { recursive: true, mode: 0o700 });
+      const etcdEndpoint = `https://127.0.0.1:${etcdClient}`;
+      const server = `https://127.0.0.1:${apiserver}`;
+      const kubeconfigPath = path.join(stateDir, 'admin.kubeconfig');
+      try {
+        const etcd = spawnDaemon(
+          'etcd',
+          binaries.etcd,
+          [
+            '--name=default',
+            `--data-dir=${path.join(dataDir, 'etcd')}`,
+            `--listen-client-urls=${etcdEndpoint}`,
+            `--advertise-client-urls=${etcdEndpoint}`,
+            `--listen-peer-urls=http://127.0.0.1:${etcdPeer}`,
+            `--initial-advertise-peer-urls=http://127.0.0.1:${etcdPeer}`,
+            `--initial-cluster=default=http://127.0.0.1:${etcdPeer}`,
+            `--cert-file=${pki.etcdServerCert}`,
+            `--key-file=${pki.etcdServerKey}`,
+            `--trusted-ca-file=${pki.caCert}`,
+            '--client-cert-auth',
+            '--unsafe-no-fsync', // throwaway data; fsync dominates start time on slow disks
+            '--log-level=warn',
+          ],
+          path.join(logsDir, 'etcd.log'),
+          stateDir,
+        );
+        procs.push(etcd);
+        await waitEtcdReady(etcdEndpoint, pki, etcd, 30_000);
+
+        const apiserverProc = spawnDaemon(
+          'kube-apiserver',
+          binaries.kubeApiserver,
+          [
+            `--etcd-servers=${etcdEndpoint}`,
+            `--etcd-cafile=${pki.caCert}`,
+            `--etcd-certfile=${pki.etcdClientCert}`,
+            `--etcd-keyfile=${pki.etcdClientKey}`,
+            '--bind-address=127.0.0.1',
+            '--advertise-address=127.0.0.1',
+            `--secure-port=${apiserver}`,
+            `--cert-dir=${path.join(stateDir, 'pki', 'apiserver')}`,
+            `--tls-cert-file=${pki.apiserverCert}`,
+            `--tls-private-key-file=${pki.apiserverKey}`,
+            `--client-ca-file=${pki.caCert}`,
+            '--authorization-mode=Node,RBAC',
+            '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
+            `--service-account-key-file=${pki.serviceAccountPub}`,
+            `--service-account-signing-key-file=${pki.serviceAccountKey}`,
+            `--service-cluster-ip-range=${SERVICE_CLUSTER_IP_RANGE}`,
+            '--allow-privileged=true',
+            // No kube-controller-manager runs by default, so no namespace gets a "default" ServiceAccount;
+            // the ServiceAccount admission plugin would then reject every Pod. Pass extraApiserverArgs to
+            // override (a later flag wins) when a controller-manager is started too.
+            '--disable-admission-plugins=ServiceAccount',
+            '--profiling=false',
+            ...(options.extraApiserverArgs ?? []),
+          ],
+          path.join(logsDir, 'kube-apiserver.log'),
+          stateDir,
+        );
+        procs.push(apiserverProc);
+        await writeKubeconfig(kubeconfigPath, { server, caFile: pki.caCert, user: 'admin', credentials: { kind: 'cert', certFile: pki.adminCert, keyFile: pki.adminKey } });
+        await writeState(stateDir, {
+          version: 1,
+          ownerPid: process.pid,
+          detached: options.detached ?? false,
+          server,
+          kubeconfigPath,
+          etcdEndpoint,
+          ports,
+          k8sBinDir: binaries.k8sBinDir,
+          startedAt: new Date().toISOString(),
+          processes: procs,
+        });
+        await waitReady(server, pki, procs, options.readyTimeoutMs ?? 90_000);
+      } catch (err) {
+        await stopAll();
+        procs.length = 0;
+        const inUse = /address already in use/i.test(`${tail(path.join(logsDir, 'etcd.log'), 5)}\n${tail(path.join(logsDir, 'kube-apiserver.log'), 5)}`);
+        if (inUse && attempt < 3) {
+          log(`port race on attempt ${attempt}; retrying with other ports`);
+          continue;
+        }
+        throw err;
+      }
+
+      if (options.detached) removeGuards();
+      log(`control plane ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${server} (kubeconfig ${kubeconfigPath})`);
+      let stopped = false;
+      return {
+        stateDir,
+        server,
+        binDir: binaries.k8sBinDir,
+        binaries,
+        pki,
+        etcdEndpoint,
+        ports,
+        processes: [...procs],
+        ...clusterClient(kubeconfigPath, binaries.kubectl),
+        async stop() {
+          if (stopped) return;
+          stopped = true;
+          try {
+            await stopRecorded(stateDir);
+            await stopAll(); // in case the state file was removed by hand
+            await waitPortsFree([ports.apiserver, ports.etcdClient, ports.etcdPeer]);
+          } finally {
+            removeGuards();
+          }
+        },
+      };
+    }
+  } catch (err) {
+    removeGuards();
+    await rm(path.join(stateDir, 'state.json'), { force: true });
+    throw err;
+  }
+}
+
+/** The control plane recorded in a state dir (started earlier, e.g. by `npm run cluster -- up`), if it runs. */
+export async function attachControlPlane(stateDir = DEFAULT_STATE_DIR): Promise<{ state: ClusterState; running: boolean; ready: boolean } | undefined> {
+  const state = await readState(stateDir);
+  if (!state) return undefined;
+  const running = state.processes.every((p) => isOurs(p));
+  let ready = false;
+  if (running && existsSync(path.join(stateDir, 'pki', 'ca.crt'))) {
+    const dir = path.join(stateDir, 'pki');
+    const pki = await loadPki({
+      dir,
+      caCert: path.join(dir, 'ca.crt'),
+      caKey: path.join(dir, 'ca.key'),
+      etcdServerCert: '',
+      etcdServerKey: '',
+      etcdClientCert: '',
+      etcdClientKey: '',
+      apiserverCert: '',
+      apiserverKey: '',
+      adminCert: path.join(dir, 'admin.crt'),
+      adminKey: path.join(dir, 'admin.key'),
+      serviceAccountKey: '',
+      serviceAccountPub: '',
+    });
+    try {
+      ready = (await httpsGet(`${state.server}/readyz`, pki, 2000)).status === 200;
+    } catch {
+      ready = false;
+    }
+  }
+  return { state, running, ready };
+}

@@ -1,0 +1,23 @@
+/** Installs CRD files and waits until the API server serves them (condition Established). */
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import type { ClusterClient } from './client.ts';
+
+export async function installCrds(client: Pick<ClusterClient, 'kubectl'>, files: readonly string[], timeoutSeconds = 60): Promise<void> {
+  for (const file of files) {
+    // Server-side apply: idempotent, and no last-applied annotation (large CRDs exceed its size limit).
+    await client.kubectl(['apply', '--server-side', '--force-conflicts', '--field-manager=blockpull-e2e', '-f', file]);
+  }
+  for (const file of files) {
+    await client.kubectl(['wait', '--for=condition=Established', `--timeout=${timeoutSeconds}s`, '-f', file]);
+  }
+}
+
+/** The project's CRDs (every YAML in <repo>/crds/) followed by the test-only KubeVirt VMI CRD. */
+export async function projectCrdFiles(repoRoot = path.resolve(import.meta.dirname, '..', '..', '..')): Promise<string[]> {
+  const dir = path.join(repoRoot, 'crds');
+  const names = await readdir(dir).catch(() => [] as string[]);
+  return [...names.filter((n) => /\.ya?ml$/.test(n)).sort().map((n) => path.join(dir, n)), VMI_CRD_FILE];
+}
+
+export const VMI_CRD_FILE = path.join(import.meta.dirname, 'crds', 'kubevirt-vmi-crd.yaml');
