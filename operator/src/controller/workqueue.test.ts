@@ -53,7 +53,7 @@ describe('BucketRateLimiter', () => {
 
 describe('MaxOfRateLimiter / default controller rate limiter', () => {
   it('takes the larger delay of backoff and bucket', () => {
-    let now = 0;
+    const now = 0;
     const rl = defaultControllerRateLimiter<string>(() => now);
     expect(rl.when('a')).toBe(5);
     expect(rl.when('a')).toBe(10);
