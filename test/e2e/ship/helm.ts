@@ -98,11 +98,35 @@ export async function acquireLock(lockDir: string, timeoutMs: number): Promise<(
   }
 }
 
+/**
+ * The link flags of helm's own Makefile: its version, and the Kubernetes version `helm template`
+ * and `helm lint` assume without a cluster (major = client-go major + 1, minor = client-go minor).
+ */
+async function helmLdflags(): Promise<string> {
+  const goMod = await readFile(join(wrapperDir, 'go.mod'), 'utf8');
+  const m = /^\s*k8s\.io\/client-go v(\d+)\.(\d+)\.\d+/m.exec(goMod);
+  if (!m?.[1] || !m[2]) throw new Error(`helm-go/go.mod: no k8s.io/client-go requirement`);
+  const major = String(Number(m[1]) + 1);
+  const minor = m[2];
+  return [
+    '-s', '-w',
+    `-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}`,
+    `-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${major}`,
+    `-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${minor}`,
+    `-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${major}`,
+    `-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${minor}`,
+  ].join(' ');
+}
+
 /** Returns the path of a working helm binary of the pinned version, building it when missing. */
 export async function ensureHelm(options: { log?: (line: string) => void } = {}): Promise<string> {
   const target = helmPath();
+  const ldflags = await helmLdflags();
+  const stamp = join(dirname(target), 'build.json');
   const ok = async (): Promise<boolean> => {
     if (!existsSync(target)) return false;
+    const built = await readFile(stamp, 'utf8').catch(() => '');
+    if (built !== JSON.stringify({ version: HELM_VERSION, ldflags })) return false;
     const v = await run([target, 'version', '--short'], { timeoutMs: 30_000 });
     return v.exitCode === 0 && v.stdout.startsWith(HELM_VERSION);
   };
@@ -118,7 +142,7 @@ export async function ensureHelm(options: { log?: (line: string) => void } = {})
     const res = await run(
       [
         go, 'build', '-trimpath',
-        '-ldflags', `-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}`,
+        '-ldflags', ldflags,
         '-o', tmp, 'helm.sh/helm/v3/cmd/helm',
       ],
       {
@@ -132,6 +156,7 @@ export async function ensureHelm(options: { log?: (line: string) => void } = {})
       throw new Error(`go build helm ${HELM_VERSION} failed (exit ${res.exitCode}):\n${res.stderr}`);
     }
     await rename(tmp, target);
+    await writeFile(stamp, JSON.stringify({ version: HELM_VERSION, ldflags }));
     options.log?.(`built helm ${HELM_VERSION} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     if (!(await ok())) throw new Error(`built ${target} but \`helm version --short\` does not report ${HELM_VERSION}`);
     return target;
