@@ -37,6 +37,8 @@ export interface BlockJobInfo {
   readonly end: number;
   /** Bytes per second; 0 = unlimited. */
   readonly bandwidth: number;
+  /** QMP only: the job is paused (block-job-pause). */
+  readonly paused?: boolean;
 }
 
 export interface StartPullOptions {

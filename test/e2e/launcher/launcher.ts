@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { chown, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { z } from 'zod';
 import { LocalRunner } from '../../../operator/src/hypervisor/local-runner.ts';
 import { buildChain, qemuIoWrite } from './images.ts';
 import { ensureHypervisorPackages } from './packages.ts';
@@ -68,6 +69,10 @@ export interface Launcher {
   reference(diskName: string): Promise<string>;
   /** qemu-img compare of the disk's current top (with its chain) against a reference: true = identical. */
   compare(diskName: string, refPath: string): Promise<boolean>;
+  /** Make QEMU write its cached qcow2 metadata for this disk, so qemu-img sees the current data. */
+  flush(diskName: string): Promise<void>;
+  /** Bytes of guest data held by the disk's top image itself (qemu-img map, depth 0). */
+  topDataBytes(diskName: string): Promise<number>;
   /** A guest-like write through the device's BlockBackend (HMP qemu-io on ua-<disk>/virtio-backend). */
   guestWrite(diskName: string, offset: number, length: number, pattern: number): Promise<void>;
   /** Kill the libvirt daemon (SIGKILL, like a crash); QEMU keeps running. */
@@ -76,6 +81,8 @@ export interface Launcher {
   startDaemon(): Promise<void>;
   stop(): Promise<void>;
 }
+
+const mapSchema = z.array(z.looseObject({ start: z.number(), length: z.number(), depth: z.number(), data: z.boolean() }));
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
@@ -318,6 +325,16 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
         if ((err as { code?: unknown }).code === 1) return false;
         throw err;
       }
+    },
+    async flush(diskName) {
+      await flush(diskByName(diskName));
+    },
+    async topDataBytes(diskName) {
+      const d = diskByName(diskName);
+      await flush(d);
+      const { stdout } = await execFileP('qemu-img', ['map', '-U', '--output=json', '-f', 'qcow2', d.chain[0] ?? ''], { maxBuffer: 64 * 1024 * 1024 });
+      const extents = mapSchema.parse(JSON.parse(stdout));
+      return extents.filter((e) => e.depth === 0 && e.data).reduce((n, e) => n + e.length, 0);
     },
     async guestWrite(diskName, offset, length, pattern) {
       const d = diskByName(diskName);
