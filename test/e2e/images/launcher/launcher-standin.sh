@@ -8,8 +8,7 @@
 # <namespace>_<vmi> whose disks have the alias ua-<disk>.
 #
 # Environment: VMI_NAMESPACE, VMI_NAME (required); LAUNCHER_DISKS="name:layers:sizeMiB[,...]"
-# (default disk0:3:64). Every layer writes its own pattern into its own 1 MiB-aligned region, so
-# a flattened disk differs from any single layer.
+# (default disk0:3:64; optional 4th field allocatedMiB, default size/2).
 set -euo pipefail
 
 : "${VMI_NAMESPACE:?VMI_NAMESPACE is required}"
@@ -53,26 +52,38 @@ disk_xml=""
 i=0
 IFS=',' read -r -a specs <<< "$DISKS"
 for spec in "${specs[@]}"; do
-  IFS=':' read -r name layers size <<< "$spec"
+  IFS=':' read -r name layers size allocated <<< "$spec"
+  allocated="${allocated:-$((size / 2))}"
   [[ "$name" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || { log "bad disk name $name"; exit 1; }
-  [[ "$layers" =~ ^[1-9][0-9]*$ && "$size" =~ ^[1-9][0-9]*$ ]] || { log "bad disk spec $spec"; exit 1; }
+  [[ "$layers" =~ ^[1-9][0-9]*$ && "$size" =~ ^[1-9][0-9]*$ && "$allocated" =~ ^[0-9]+$ ]] || { log "bad disk spec $spec"; exit 1; }
+  (( allocated <= size )) || { log "allocated > size in $spec"; exit 1; }
   dir="$DATA/$name"
   rm -rf "$dir"; mkdir -p "$dir"
+  # Same data layout as test/e2e/launcher/images.ts: the backing layers share `allocated` MiB, the
+  # layer at chain position p (0 = top) writes its own contiguous part with pattern 0x10+p, and
+  # every layer writes 1 MiB at offset 0 with its pattern (so the top shadows the ones below).
+  backing=$(( layers > 1 ? layers - 1 : 1 ))
+  part=$(( allocated / backing ))
   prev=""
   for n in $(seq 0 $((layers - 1))); do
-    if [ "$n" -eq $((layers - 1)) ]; then file="$dir/disk.qcow2"; else file="$dir/layer-$n.qcow2"; fi
+    position=$(( layers - 1 - n ))
+    file="$dir/$name-$n.qcow2"
     if [ -z "$prev" ]; then
       qemu-img create -q -f qcow2 "$file" "${size}M"
     else
-      qemu-img create -q -f qcow2 -b "$prev" -F qcow2 "$file"
+      qemu-img create -q -f qcow2 -F qcow2 -b "$prev" "$file" "${size}M"
     fi
-    # layer n writes pattern 0x(10+n) at offset n MiB (wrapping inside the disk), 1 MiB long
-    off=$(( n % size ))
-    qemu-io -f qcow2 -c "write -q -P $((16 + n)) ${off}M 1M" "$file" >/dev/null
+    pattern=$(( 16 + position ))
+    cmds=()
+    if { [ "$layers" -eq 1 ] || [ "$position" -ge 1 ]; } && [ "$part" -gt 0 ]; then
+      cmds+=(-c "write -q -P $pattern $(( n * part ))M ${part}M")
+    fi
+    cmds+=(-c "write -q -P $pattern 0 1M")
+    qemu-io -f qcow2 "${cmds[@]}" "$file" >/dev/null
     prev="$file"
   done
   target="${targets[$i]}"
-  disk_xml+="<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$dir/disk.qcow2'/><target dev='$target' bus='virtio'/><alias name='ua-$name'/></disk>"
+  disk_xml+="<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$prev'/><target dev='$target' bus='virtio'/><alias name='ua-$name'/></disk>"
   i=$((i + 1))
 done
 
@@ -82,15 +93,19 @@ cat > "$HOME/domain.xml" <<EOF
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     $disk_xml
-    <serial type='pty'/>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
   </devices>
 </domain>
 EOF
 
-virsh -c "$URI" create "$HOME/domain.xml"
+# CPUs paused: no guest OS is needed for block jobs (and TCG would burn a core)
+virsh -c "$URI" create --paused "$HOME/domain.xml"
 log "domain $DOMAIN running on $URI"
 touch "$RUNDIR/launcher-ready"
 

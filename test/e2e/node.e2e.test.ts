@@ -1,0 +1,199 @@
+/**
+ * A real node (kubelet + containerd) for the local control plane. Slower than the other e2e
+ * files: it starts its own control plane (with the kubelet-client flags a node needs), containerd,
+ * kubelet, controller-manager and scheduler, and imports locally built images.
+ *
+ * Proves: the node registers and is Ready; a pod from a locally built image runs; kubectl logs and
+ * kubectl exec (exit codes included) go through the API server to the kubelet and containerd;
+ * a Deployment gets its pod (controller-manager + scheduler); the virt-launcher stand-in pod runs a
+ * domain <ns>_<vmi> answering on the production URI inside container `compute` as uid 107;
+ * stop() leaves nothing behind.
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { REPO_ROOT, startControlPlane, type ControlPlane } from './cluster/control-plane.ts';
+import { launcherImage, LAUNCHER_UID, testImage, type BuiltImage } from './images/images.ts';
+import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from './node/kubelet.ts';
+import { waitFor } from './node/proc.ts';
+import { launcherPodManifest, LAUNCHER_URI } from './node/launcher-pod.ts';
+
+const STATE_DIR = path.join(REPO_ROOT, '.cache', 'node-e2e-cluster');
+const NS = 'node-e2e';
+
+let cp: ControlPlane | undefined;
+let node: Node | undefined;
+let images: { test: BuiltImage; launcher: BuiltImage };
+const timings: Record<string, number> = {};
+
+const PodStatus = z.object({
+  metadata: z.object({ name: z.string(), uid: z.string() }),
+  spec: z.object({ nodeName: z.string().optional() }),
+  status: z.object({
+    phase: z.string().optional(),
+    podIP: z.string().optional(),
+    conditions: z.array(z.object({ type: z.string(), status: z.string() })).optional(),
+    containerStatuses: z.array(z.object({ name: z.string(), ready: z.boolean(), restartCount: z.number() })).optional(),
+  }),
+});
+
+async function pod(name: string): Promise<z.infer<typeof PodStatus>> {
+  if (!cp) throw new Error('no control plane');
+  return PodStatus.parse(JSON.parse(await cp.kubectl(['-n', NS, 'get', 'pod', name, '-o', 'json'])));
+}
+
+async function waitPodReady(name: string, timeoutMs = 120_000): Promise<z.infer<typeof PodStatus>> {
+  return waitFor(
+    `pod ${name} Ready`,
+    async () => {
+      const p = await pod(name);
+      return p.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ? p : false;
+    },
+    timeoutMs,
+    500,
+  );
+}
+
+beforeAll(async () => {
+  let t = Date.now();
+  images = { test: await testImage(), launcher: await launcherImage() };
+  timings.imagesMs = Date.now() - t;
+  t = Date.now();
+  cp = await startControlPlane({ stateDir: STATE_DIR, extraApiserverArgs: nodeApiserverArgs(STATE_DIR) });
+  timings.controlPlaneMs = Date.now() - t;
+  node = await startNode(cp, { images: [images.test, images.launcher] });
+  timings.nodeMs = node.startMs;
+  await cp.kubectl(['create', 'namespace', NS]);
+  // the controller-manager's service account controller creates the namespace's "default" SA
+  await waitFor('default service account', async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0, 60_000, 500);
+}, 1_800_000);
+
+afterAll(async () => {
+  const runDir = node?.runDir;
+  try {
+    await node?.stop();
+  } finally {
+    await cp?.stop();
+  }
+  if (runDir) expect(nodeLeftovers(runDir)).toEqual([]);
+  process.stderr.write(`[node-e2e] timings: ${JSON.stringify(timings)}\n`);
+}, 300_000);
+
+describe('a real node: kubelet + containerd', () => {
+  it('registers and is Ready, with containerd as its runtime', async () => {
+    if (!cp || !node) throw new Error('not started');
+    const n = z
+      .object({
+        status: z.object({
+          conditions: z.array(z.object({ type: z.string(), status: z.string() })),
+          nodeInfo: z.object({ kubeletVersion: z.string(), containerRuntimeVersion: z.string() }),
+          addresses: z.array(z.object({ type: z.string(), address: z.string() })),
+        }),
+      })
+      .parse(JSON.parse(await cp.kubectl(['get', 'node', node.name, '-o', 'json'])));
+    expect(n.status.conditions.find((c) => c.type === 'Ready')?.status).toBe('True');
+    expect(n.status.nodeInfo.kubeletVersion).toBe(cp.binaries.versions.k8s);
+    expect(n.status.nodeInfo.containerRuntimeVersion).toMatch(/^containerd:\/\/1\./);
+    expect(n.status.addresses).toContainEqual({ type: 'InternalIP', address: node.ip });
+  });
+
+  it('runs a pod from a locally built image; kubectl logs and exec go through the kubelet', async () => {
+    if (!cp) throw new Error('not started');
+    const manifest = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'hello', namespace: NS },
+      spec: {
+        terminationGracePeriodSeconds: 1,
+        containers: [
+          {
+            name: 'main',
+            image: images.test.name,
+            imagePullPolicy: 'Never',
+            command: ['/bin/sh', '-c', 'echo "hello from $(hostname)"; trap "exit 0" TERM; while :; do sleep 1; done'],
+          },
+        ],
+      },
+    };
+    await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(manifest) });
+    const p = await waitPodReady('hello');
+    expect(p.status.phase).toBe('Running');
+    expect(p.status.podIP).toMatch(/^10\.244\.0\./);
+
+    const logs = await waitFor('log line', async () => {
+      const out = await cp?.kubectl(['-n', NS, 'logs', 'hello']);
+      return out?.includes('hello from hello') ? out : false;
+    }, 30_000);
+    expect(logs).toContain('hello from hello');
+
+    const exec = await cp.kubectlResult(['-n', NS, 'exec', 'hello', '-c', 'main', '--', '/bin/sh', '-c', 'echo out; echo err >&2; cat /etc/hostname; exit 3']);
+    expect(exec.stdout).toBe('out\nhello\n');
+    expect(exec.stderr).toContain('err');
+    expect(exec.exitCode).toBe(3);
+
+    const stdin = await cp.kubectlResult(['-n', NS, 'exec', '-i', 'hello', '--', '/bin/cat'], { input: 'through stdin\n' });
+    expect(stdin.exitCode).toBe(0);
+    expect(stdin.stdout).toBe('through stdin\n');
+  });
+
+  it('a Deployment gets a running pod (controller-manager + scheduler)', async () => {
+    if (!cp || !node) throw new Error('not started');
+    const deployment = {
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: { name: 'web', namespace: NS },
+      spec: {
+        replicas: 2,
+        selector: { matchLabels: { app: 'web' } },
+        template: {
+          metadata: { labels: { app: 'web' } },
+          spec: {
+            terminationGracePeriodSeconds: 1,
+            containers: [{ name: 'main', image: images.test.name, imagePullPolicy: 'Never', command: ['/bin/sh', '-c', 'trap "exit 0" TERM; while :; do sleep 1; done'] }],
+          },
+        },
+      },
+    };
+    await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(deployment) });
+    await cp.kubectl(['-n', NS, 'rollout', 'status', 'deployment/web', '--timeout=120s'], { timeoutMs: 130_000 });
+    const pods = z
+      .object({ items: z.array(PodStatus) })
+      .parse(JSON.parse(await cp.kubectl(['-n', NS, 'get', 'pods', '-l', 'app=web', '-o', 'json'])));
+    expect(pods.items).toHaveLength(2);
+    for (const p of pods.items) {
+      expect(p.spec.nodeName).toBe(node.name);
+      expect(p.status.phase).toBe('Running');
+    }
+    await cp.kubectl(['-n', NS, 'delete', 'deployment', 'web', '--wait=true']);
+  });
+
+  it('runs the virt-launcher stand-in pod: domain <ns>_<vmi> on the production URI, as uid 107', async () => {
+    if (!cp) throw new Error('not started');
+    const manifest = launcherPodManifest({
+      namespace: NS,
+      podName: 'virt-launcher-vm1-abcde',
+      vmiName: 'vm1',
+      vmiUid: '00000000-0000-4000-8000-000000000001',
+      image: images.launcher.name,
+      disks: [{ name: 'rootdisk', layers: 3, sizeMiB: 64 }],
+    });
+    await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(manifest) });
+    await waitPodReady('virt-launcher-vm1-abcde', 180_000);
+
+    const ex = (argv: string[]): Promise<string> => cp!.kubectl(['-n', NS, 'exec', 'virt-launcher-vm1-abcde', '-c', 'compute', '--', ...argv]);
+    expect((await ex(['id', '-u'])).trim()).toBe(String(LAUNCHER_UID));
+    expect((await ex(['virsh', '-c', LAUNCHER_URI, 'domstate', `${NS}_vm1`])).trim()).toBe('paused');
+    const xml = await ex(['virsh', '-c', LAUNCHER_URI, 'dumpxml', `${NS}_vm1`]);
+    expect(xml).toContain("<alias name='ua-rootdisk'/>");
+    // a three-layer chain: the top and two backing stores, then the end of the chain
+    expect(xml.match(/<backingStore type='file'/g)).toHaveLength(2);
+    const blocklist = await ex(['virsh', '-c', LAUNCHER_URI, 'domblklist', `${NS}_vm1`]);
+    expect(blocklist).toMatch(/vda\s+\/var\/run\/kubevirt-ephemeral-disks\/disk-data\/rootdisk\/rootdisk-2\.qcow2/);
+  });
+
+  it('has the runtime files where the node says they are', () => {
+    if (!node) throw new Error('not started');
+    expect(existsSync(node.containerd.socket)).toBe(true);
+  });
+});

@@ -1,0 +1,368 @@
+/**
+ * A real node for the local control plane: containerd (see containerd.ts) + kubelet, plus
+ * kube-controller-manager and kube-scheduler so Deployments and ReplicaSets work.
+ *
+ *   const cp = await startControlPlane({ extraApiserverArgs: nodeApiserverArgs(stateDir), stateDir })
+ *   const node = await startNode(cp)      // resolves when the Node is Ready
+ *   ...
+ *   await node.stop()                     // no process, mount, netns, bridge or cgroup left
+ *
+ * Certificates: the node's own PKI dir gets a copy of the control plane's CA and issues
+ *  - kubelet client cert   O=system:nodes, CN=system:node:<node>   (Node authorizer + NodeRestriction)
+ *  - kubelet serving cert  SANs node IP, 127.0.0.1, node name      (the API server verifies it)
+ *  - controller-manager    CN=system:kube-controller-manager
+ *  - scheduler             CN=system:kube-scheduler
+ * The kubelet authenticates its clients with x509 (that CA) and webhook token review, and authorizes
+ * them with webhook SubjectAccessReview (no anonymous access). The API server reaches the kubelet
+ * (exec, logs) as a client with a certificate from the same CA: see nodeApiserverArgs().
+ *
+ * Networking: CNI bridge + host-local IPAM from Debian's containernetworking-plugins (pods get an
+ * address in 10.244.0.0/24 behind the bridge bpcni0). There is no kube-proxy and no cluster DNS.
+ */
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readlinkSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { z } from 'zod';
+import { issueCert } from '../cluster/certs.ts';
+import type { ControlPlane } from '../cluster/control-plane.ts';
+import { writeKubeconfig } from '../cluster/kubeconfig.ts';
+import { freePorts } from '../cluster/processes.ts';
+import { pauseImage, type BuiltImage } from '../images/images.ts';
+import { leftovers as containerdLeftovers, POD_CIDR, startContainerd, type Containerd } from './containerd.ts';
+import { findProcesses, mountsUnder, startDaemon, tailFile, tool, unmountAllUnder, waitFor, type Daemon } from './proc.ts';
+
+export const NODE_NAME = 'blockpull-node';
+/** Parent cgroup (in every v1 hierarchy) of everything the kubelet creates: cleaned up by stop(). */
+export const CGROUP_ROOT = '/blockpull-node';
+const CGROUP_FS = '/sys/fs/cgroup';
+
+/**
+ * Extra kube-apiserver flags a node needs; pass them to startControlPlane({ extraApiserverArgs }).
+ * The API server authenticates to kubelets with a client certificate from the cluster CA (the admin
+ * certificate, group system:masters, for now: the control plane has no dedicated kubelet-client
+ * cert yet), verifies the kubelet's serving certificate with the CA, dials the node's InternalIP,
+ * and enables the ServiceAccount (disabled by the control plane while no controller-manager runs)
+ * and NodeRestriction admission plugins.
+ */
+export function nodeApiserverArgs(controlPlaneStateDir: string): string[] {
+  const pki = join(controlPlaneStateDir, 'pki');
+  return [
+    `--kubelet-client-certificate=${join(pki, 'admin.crt')}`,
+    `--kubelet-client-key=${join(pki, 'admin.key')}`,
+    `--kubelet-certificate-authority=${join(pki, 'ca.crt')}`,
+    '--kubelet-preferred-address-types=InternalIP',
+    '--disable-admission-plugins=',
+    '--enable-admission-plugins=NodeRestriction',
+  ];
+}
+
+export interface NodeOptions {
+  /** Default /var/tmp/bpnode-<random> (short: unix socket paths are limited to 107 bytes). */
+  readonly runDir?: string;
+  readonly nodeName?: string;
+  /** Images (OCI archives) to import into containerd before the kubelet starts. The pause image always is. */
+  readonly images?: readonly BuiltImage[];
+  readonly readyTimeoutMs?: number;
+  readonly log?: (message: string) => void;
+}
+
+export interface Node {
+  readonly name: string;
+  readonly ip: string;
+  readonly runDir: string;
+  readonly containerd: Containerd;
+  readonly kubeletPort: number;
+  readonly logs: { readonly kubelet: string; readonly controllerManager: string; readonly scheduler: string; readonly containerd: string };
+  /** Milliseconds from startNode() to the Node being Ready. */
+  readonly startMs: number;
+  importImage(image: BuiltImage): Promise<void>;
+  stop(): Promise<void>;
+}
+
+const NodeStatus = z.object({
+  status: z
+    .object({
+      conditions: z.array(z.object({ type: z.string(), status: z.string(), reason: z.string().optional(), message: z.string().optional() })).optional(),
+    })
+    .optional(),
+});
+
+/** The host's IPv4 address on its default route (what the kubelet reports as InternalIP). */
+async function hostIp(): Promise<string> {
+  const r = await tool(['ip', '-j', '-4', 'route', 'get', '1.1.1.1'], { allowFailure: true });
+  const parsed = z.array(z.object({ prefsrc: z.string().optional() })).safeParse(JSON.parse(r.stdout || '[]'));
+  const ip = parsed.success ? parsed.data[0]?.prefsrc : undefined;
+  if (ip) return ip;
+  const addrs = await tool(['ip', '-j', '-4', 'addr', 'show', 'scope', 'global']);
+  const list = z.array(z.object({ addr_info: z.array(z.object({ local: z.string() })) })).parse(JSON.parse(addrs.stdout));
+  const first = list.flatMap((i) => i.addr_info)[0]?.local;
+  if (!first) throw new Error('no global IPv4 address for the node');
+  return first;
+}
+
+/** v1 hierarchies (and the unified one) mounted under /sys/fs/cgroup. */
+function cgroupHierarchies(): string[] {
+  if (!existsSync(CGROUP_FS)) return [];
+  return readdirSync(CGROUP_FS)
+    .map((d) => join(CGROUP_FS, d))
+    .filter((d) => {
+      try {
+        return statSync(d).isDirectory() && existsSync(join(d, 'cgroup.procs'));
+      } catch {
+        return false;
+      }
+    });
+}
+
+/** rmdir every cgroup below dir (deepest first), then dir. Returns the ones that could not be removed. */
+function removeCgroupTree(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  const failed: string[] = [];
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) failed.push(...removeCgroupTree(join(dir, entry.name)));
+  }
+  try {
+    rmdirSync(dir);
+  } catch {
+    failed.push(dir);
+  }
+  return failed;
+}
+
+function kubeletConfig(o: {
+  nodeIp: string;
+  port: number;
+  healthzPort: number;
+  caFile: string;
+  servingCert: string;
+  servingKey: string;
+  endpoint: string;
+  podLogsDir: string;
+}): string {
+  return stringify({
+    apiVersion: 'kubelet.config.k8s.io/v1beta1',
+    kind: 'KubeletConfiguration',
+    address: o.nodeIp,
+    port: o.port,
+    readOnlyPort: 0,
+    healthzBindAddress: '127.0.0.1',
+    healthzPort: o.healthzPort,
+    authentication: { anonymous: { enabled: false }, webhook: { enabled: true, cacheTTL: '10s' }, x509: { clientCAFile: o.caFile } },
+    authorization: { mode: 'Webhook', webhook: { cacheAuthorizedTTL: '10s', cacheUnauthorizedTTL: '5s' } },
+    tlsCertFile: o.servingCert,
+    tlsPrivateKeyFile: o.servingKey,
+    rotateCertificates: false,
+    serverTLSBootstrap: false,
+    containerRuntimeEndpoint: o.endpoint,
+    imageServiceEndpoint: o.endpoint,
+    // No systemd as PID 1 and a cgroup v1 hierarchy: the cgroupfs driver, and v1 explicitly allowed.
+    cgroupDriver: 'cgroupfs',
+    cgroupRoot: CGROUP_ROOT,
+    failCgroupV1: false,
+    failSwapOn: false,
+    podLogsDir: o.podLogsDir,
+    resolvConf: '/etc/resolv.conf',
+    clusterDomain: 'cluster.local',
+    // A shared test machine: evict only when really out of resources; never garbage-collect
+    // our locally built images (they cannot be pulled again).
+    evictionHard: { 'memory.available': '100Mi', 'nodefs.available': '1%', 'nodefs.inodesFree': '1%', 'imagefs.available': '1%' },
+    imageGCHighThresholdPercent: 100,
+    imageGCLowThresholdPercent: 99,
+    maxPods: 30,
+    nodeStatusUpdateFrequency: '5s',
+    syncFrequency: '10s',
+    serializeImagePulls: false,
+    shutdownGracePeriod: '0s',
+  });
+}
+
+export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Promise<Node> {
+  const t0 = Date.now();
+  const log = options.log ?? ((m: string) => process.stderr.write(`[node] ${m}\n`));
+  const name = options.nodeName ?? NODE_NAME;
+  const runDir = options.runDir ?? join('/var/tmp', `bpnode-${randomBytes(4).toString('hex')}`);
+  const pkiDir = join(runDir, 'pki');
+  const logsDir = join(runDir, 'logs');
+  const kubeletRoot = join(runDir, 'kubelet');
+  const podLogsDir = join(runDir, 'pod-logs');
+  for (const d of [pkiDir, logsDir, kubeletRoot, podLogsDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
+  const ip = await hostIp();
+
+  // --- certificates and kubeconfigs
+  copyFileSync(cp.pki.caCert, join(pkiDir, 'ca.crt'));
+  copyFileSync(cp.pki.caKey, join(pkiDir, 'ca.key'));
+  const [kubeletClient, kubeletServing, cmCert, schedCert] = await Promise.all([
+    issueCert(pkiDir, 'kubelet-client', `/O=system:nodes/CN=system:node:${name}`, 'client'),
+    issueCert(pkiDir, 'kubelet-serving', `/CN=${name}`, 'server', [`IP:${ip}`, 'IP:127.0.0.1', `DNS:${name}`]),
+    issueCert(pkiDir, 'controller-manager', '/CN=system:kube-controller-manager', 'client'),
+    issueCert(pkiDir, 'scheduler', '/CN=system:kube-scheduler', 'client'),
+  ]);
+  rmSync(join(pkiDir, 'ca.key')); // only the control plane keeps the CA key
+  const caFile = join(pkiDir, 'ca.crt');
+  const kc = (file: string, user: string, cert: { cert: string; key: string }): Promise<string> =>
+    writeKubeconfig(join(runDir, file), { server: cp.server, caFile, user, credentials: { kind: 'cert', certFile: cert.cert, keyFile: cert.key } });
+  const kubeletKubeconfig = await kc('kubelet.kubeconfig', `system:node:${name}`, kubeletClient);
+  const cmKubeconfig = await kc('controller-manager.kubeconfig', 'system:kube-controller-manager', cmCert);
+  const schedKubeconfig = await kc('scheduler.kubeconfig', 'system:kube-scheduler', schedCert);
+
+  const daemons: Daemon[] = [];
+  let containerd: Containerd | undefined;
+  // If this process dies before stop(), take the daemons with it.
+  const onExit = (): void => {
+    for (const d of daemons) d.child.kill('SIGKILL');
+  };
+  process.on('exit', onExit);
+
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    const errors: string[] = [];
+    // Pods first: ask the API to delete them so the kubelet tears sandboxes down itself (CNI DEL).
+    const kubelet = daemons.find((d) => d.name === 'kubelet');
+    if (kubelet?.isRunning()) {
+      await cp.kubectlResult(['delete', 'pods', '--all-namespaces', '--all', `--field-selector=spec.nodeName=${name}`, '--grace-period=1', '--wait=true', '--timeout=60s'], { timeoutMs: 90_000 }).catch(() => undefined);
+    }
+    for (const d of [...daemons].reverse()) await d.stop(10_000);
+    await cp.kubectlResult(['delete', 'node', name, '--wait=false'], { timeoutMs: 20_000 }).catch(() => undefined);
+    if (containerd) await containerd.stop();
+    await unmountAllUnder(runDir);
+    // kubelet's /var/log/containers symlinks into our pod logs dir
+    if (existsSync('/var/log/containers')) {
+      for (const f of readdirSync('/var/log/containers')) {
+        const p = join('/var/log/containers', f);
+        try {
+          if (readlinkSync(p).startsWith(runDir)) unlinkSync(p);
+        } catch {
+          /* not a link */
+        }
+      }
+    }
+    for (const h of cgroupHierarchies()) errors.push(...removeCgroupTree(join(h, CGROUP_ROOT)).map((c) => `cgroup ${c}`));
+    if (mountsUnder(runDir).length === 0) rmSync(runDir, { recursive: true, force: true });
+    process.removeListener('exit', onExit);
+    const left = [...errors, ...nodeLeftovers(runDir)];
+    if (left.length > 0) throw new Error(`node stop left: ${left.join('; ')}`);
+  };
+
+  try {
+    // --- containerd and images
+    containerd = await startContainerd({ runDir: join(runDir, 'containerd'), podCidr: POD_CIDR });
+    const images = [await pauseImage(), ...(options.images ?? [])];
+    for (const img of images) await containerd.importImage(img.archivePath);
+    log(`containerd ready, ${images.length} image(s) imported (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+
+    // --- controller manager and scheduler
+    const [cmPort, schedPort, kubeletPort, healthzPort] = (await freePorts(4)) as [number, number, number, number];
+    const b = cp.binaries;
+    const cm = startDaemon(
+      'kube-controller-manager',
+      [
+        b.kubeControllerManager,
+        `--kubeconfig=${cmKubeconfig}`,
+        `--authentication-kubeconfig=${cmKubeconfig}`,
+        `--authorization-kubeconfig=${cmKubeconfig}`,
+        '--bind-address=127.0.0.1',
+        `--secure-port=${cmPort}`,
+        `--cert-dir=${join(runDir, 'controller-manager-certs')}`,
+        '--leader-elect=false',
+        '--use-service-account-credentials=true',
+        `--service-account-private-key-file=${cp.pki.serviceAccountKey}`,
+        `--root-ca-file=${caFile}`,
+        `--cluster-signing-cert-file=${cp.pki.caCert}`,
+        `--cluster-signing-key-file=${cp.pki.caKey}`,
+        '--service-cluster-ip-range=10.0.0.0/24',
+        '--allocate-node-cidrs=false',
+        '--v=1',
+      ],
+      join(logsDir, 'kube-controller-manager.log'),
+    );
+    daemons.push(cm);
+    const sched = startDaemon(
+      'kube-scheduler',
+      [
+        b.kubeScheduler,
+        `--kubeconfig=${schedKubeconfig}`,
+        `--authentication-kubeconfig=${schedKubeconfig}`,
+        `--authorization-kubeconfig=${schedKubeconfig}`,
+        '--bind-address=127.0.0.1',
+        `--secure-port=${schedPort}`,
+        '--leader-elect=false',
+        '--v=1',
+      ],
+      join(logsDir, 'kube-scheduler.log'),
+    );
+    daemons.push(sched);
+
+    // --- kubelet
+    const configPath = join(runDir, 'kubelet-config.yaml');
+    writeFileSync(
+      configPath,
+      kubeletConfig({ nodeIp: ip, port: kubeletPort, healthzPort, caFile, servingCert: kubeletServing.cert, servingKey: kubeletServing.key, endpoint: containerd.endpoint, podLogsDir }),
+    );
+    for (const h of cgroupHierarchies()) mkdirSync(join(h, CGROUP_ROOT), { recursive: true });
+    const kubelet = startDaemon(
+      'kubelet',
+      [
+        b.kubelet,
+        `--config=${configPath}`,
+        `--kubeconfig=${kubeletKubeconfig}`,
+        `--root-dir=${kubeletRoot}`,
+        `--cert-dir=${join(runDir, 'kubelet-certs')}`,
+        `--hostname-override=${name}`,
+        `--node-ip=${ip}`,
+        `--node-labels=blockpull.dev/test-node=true`,
+        '--v=2',
+      ],
+      join(logsDir, 'kubelet.log'),
+      { ...process.env, PATH: `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` },
+    );
+    daemons.push(kubelet);
+
+    await waitFor(
+      `node ${name} Ready`,
+      async () => {
+        for (const d of daemons) if (!d.isRunning()) throw new Error(`${d.name} exited:\n${tailFile(d.logPath, 40)}`);
+        const r = await cp.kubectlResult(['get', 'node', name, '-o', 'json'], { timeoutMs: 10_000 });
+        if (r.exitCode !== 0) return false;
+        const node = NodeStatus.parse(JSON.parse(r.stdout));
+        return node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+      },
+      options.readyTimeoutMs ?? 120_000,
+      500,
+    ).catch((e: unknown) => {
+      const msg = e instanceof Error ? e.message : String(e);
+      throw new Error(`${msg}\n--- kubelet log:\n${tailFile(kubelet.logPath, 40)}`);
+    });
+    const startMs = Date.now() - t0;
+    log(`node ${name} (${ip}) Ready in ${(startMs / 1000).toFixed(1)} s`);
+    const ctd = containerd;
+    return {
+      name,
+      ip,
+      runDir,
+      containerd: ctd,
+      kubeletPort,
+      logs: { kubelet: kubelet.logPath, controllerManager: cm.logPath, scheduler: sched.logPath, containerd: ctd.logPath },
+      startMs,
+      async importImage(image: BuiltImage) {
+        await ctd.importImage(image.archivePath);
+      },
+      stop,
+    };
+  } catch (e) {
+    await stop().catch((stopError: unknown) => log(`cleanup after failed start: ${String(stopError)}`));
+    throw e;
+  }
+}
+
+/** What a stopped node left behind (empty = clean). */
+export function nodeLeftovers(runDir: string): string[] {
+  const found = containerdLeftovers(join(runDir, 'containerd'));
+  for (const p of findProcesses([runDir])) found.push(`process ${p.pid}: ${p.cmdline.join(' ')}`);
+  for (const m of mountsUnder(runDir)) found.push(`mount ${m}`);
+  for (const h of cgroupHierarchies()) if (existsSync(join(h, CGROUP_ROOT))) found.push(`cgroup ${join(h, CGROUP_ROOT)}`);
+  if (existsSync(runDir)) found.push(`directory ${runDir}`);
+  return [...new Set(found)];
+}

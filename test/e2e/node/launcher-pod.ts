@@ -1,0 +1,98 @@
+/**
+ * Manifests for a virt-launcher stand-in running as a real pod on the test node, shaped like
+ * KubeVirt's: labels kubevirt.io=virt-launcher and kubevirt.io/created-by=<vmi uid>, the VM in
+ * container `compute` running as uid 107 (non-root), emptyDirs where KubeVirt has them
+ * (/var/run/libvirt, /var/run/kubevirt-ephemeral-disks, /var/run/kubevirt-private), and a matching
+ * VMI whose status points at the pod (phase Running, nodeName, activePods, runtimeUser 107).
+ */
+import { LAUNCHER_UID } from '../images/images.ts';
+
+export const LAUNCHER_URI = 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock';
+
+export interface LauncherDiskSpec {
+  readonly name: string;
+  readonly layers: number;
+  readonly sizeMiB: number;
+  readonly allocatedMiB?: number;
+}
+
+export interface LauncherPodSpec {
+  readonly namespace: string;
+  readonly podName: string;
+  readonly vmiName: string;
+  readonly vmiUid: string;
+  readonly image: string;
+  readonly disks: readonly LauncherDiskSpec[];
+  readonly nodeName?: string;
+}
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+export function launcherDisksEnv(disks: readonly LauncherDiskSpec[]): string {
+  return disks
+    .map((d) => {
+      if (!DNS_LABEL.test(d.name)) throw new Error(`disk name ${d.name} is not a DNS label`);
+      return [d.name, d.layers, d.sizeMiB, ...(d.allocatedMiB === undefined ? [] : [d.allocatedMiB])].join(':');
+    })
+    .join(',');
+}
+
+export function launcherPodManifest(s: LauncherPodSpec): Record<string, unknown> {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name: s.podName,
+      namespace: s.namespace,
+      labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': s.vmiUid, 'vm.kubevirt.io/name': s.vmiName },
+    },
+    spec: {
+      ...(s.nodeName ? { nodeName: s.nodeName } : {}),
+      terminationGracePeriodSeconds: 5,
+      automountServiceAccountToken: false,
+      securityContext: { runAsUser: LAUNCHER_UID, runAsGroup: LAUNCHER_UID, fsGroup: LAUNCHER_UID, runAsNonRoot: true },
+      containers: [
+        {
+          name: 'compute',
+          image: s.image,
+          imagePullPolicy: 'Never',
+          env: [
+            { name: 'VMI_NAMESPACE', value: s.namespace },
+            { name: 'VMI_NAME', value: s.vmiName },
+            { name: 'LAUNCHER_DISKS', value: launcherDisksEnv(s.disks) },
+          ],
+          securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
+          readinessProbe: { exec: { command: ['test', '-e', '/var/run/libvirt/launcher-ready'] }, periodSeconds: 1, failureThreshold: 600 },
+          volumeMounts: [
+            { name: 'libvirt-runtime', mountPath: '/var/run/libvirt' },
+            { name: 'ephemeral-disks', mountPath: '/var/run/kubevirt-ephemeral-disks' },
+            { name: 'private', mountPath: '/var/run/kubevirt-private' },
+          ],
+        },
+      ],
+      volumes: [
+        { name: 'libvirt-runtime', emptyDir: {} },
+        { name: 'ephemeral-disks', emptyDir: {} },
+        { name: 'private', emptyDir: {} },
+      ],
+    },
+  };
+}
+
+/** The VMI object for the stand-in (the test VMI CRD has no status subresource, like KubeVirt's). */
+export function launcherVmiManifest(s: { namespace: string; vmiName: string; podUid: string; nodeName: string; disks: readonly LauncherDiskSpec[] }): Record<string, unknown> {
+  const targets = ['vda', 'vdb', 'vdc', 'vdd', 'vde', 'vdf', 'vdg', 'vdh'];
+  return {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: s.vmiName, namespace: s.namespace },
+    spec: { domain: { devices: { disks: s.disks.map((d) => ({ name: d.name, disk: { bus: 'virtio' } })) } } },
+    status: {
+      phase: 'Running',
+      nodeName: s.nodeName,
+      runtimeUser: LAUNCHER_UID,
+      activePods: { [s.podUid]: s.nodeName },
+      volumeStatus: s.disks.map((d, i) => ({ name: d.name, target: targets[i] })),
+    },
+  };
+}
