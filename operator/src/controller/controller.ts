@@ -1,0 +1,169 @@
+/**
+ * The controller: informers (BlockPulls, VMIs, virt-launcher pods) with watchdogs feed a
+ * rate-limited, deduplicating work queue; `workers` loops reconcile one key at a time each
+ * (the queue never hands out one key twice at once). Runs until `signal` aborts; running
+ * pulls are left alone on shutdown (the next leader adopts them).
+ */
+import type { KubernetesObject } from '@kubernetes/client-node';
+import { isTerminal } from '../api/types.ts';
+import type { EventRecorder } from '../kube/events.ts';
+import type { KubeClients, ResourceRef } from '../kube/client.ts';
+import type { OperatorMetrics } from '../kube/metrics.ts';
+import { forBlockPullKey, type Logger } from '../log.ts';
+import { LAUNCHER_LABEL_SELECTOR } from '../kubevirt/launcher.ts';
+import type { DriverProvider } from '../kubevirt/transport.ts';
+import { customResourceSource, podSource, WatchdogInformer, objectKeyOf } from './informer.ts';
+import { BLOCKPULL_REF, Reconciler } from './reconcile.ts';
+import { WorkQueue } from './workqueue.ts';
+
+export const VMI_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' };
+
+export interface ControllerOptions {
+  readonly clients: KubeClients;
+  readonly drivers: DriverProvider;
+  readonly logger: Logger;
+  readonly metrics?: OperatorMetrics;
+  readonly events?: EventRecorder;
+  readonly workers: number;
+  readonly pollIntervalMs: number;
+  readonly statusUpdateIntervalMs: number;
+  readonly maxConcurrentPulls: number;
+  readonly maxPullsPerNode: number;
+  readonly waitRequeueMs?: number;
+  /** Watch only this namespace (undefined: all). */
+  readonly namespace?: string;
+}
+
+interface Spec {
+  vmiName?: string;
+  disk?: string;
+}
+
+export class Controller {
+  readonly #o: ControllerOptions;
+  readonly #log: Logger;
+  readonly queue: WorkQueue<string>;
+  readonly blockPulls: WatchdogInformer<KubernetesObject>;
+  readonly vmis: WatchdogInformer<KubernetesObject>;
+  readonly pods: WatchdogInformer<KubernetesObject>;
+  readonly reconciler: Reconciler;
+  #phaseTimer: NodeJS.Timeout | undefined;
+
+  constructor(options: ControllerOptions) {
+    this.#o = options;
+    this.#log = options.logger.child({ component: 'controller' });
+    const { clients, metrics } = options;
+    this.queue = new WorkQueue<string>({ name: 'blockpull', ...(metrics ? { hooks: metrics.workQueueHooks('blockpull') } : {}) });
+    const common = { kc: clients.kc, logger: options.logger, ...(metrics ? { metrics } : {}) };
+    this.blockPulls = new WatchdogInformer({ ...common, resource: 'blockpulls', source: customResourceSource(clients.custom, BLOCKPULL_REF, options.namespace) });
+    this.vmis = new WatchdogInformer({ ...common, resource: 'virtualmachineinstances', source: customResourceSource(clients.custom, VMI_REF, options.namespace) });
+    this.pods = new WatchdogInformer({
+      ...common,
+      resource: 'pods',
+      source: podSource(clients.core, options.namespace, LAUNCHER_LABEL_SELECTOR),
+    });
+    this.reconciler = new Reconciler({
+      clients,
+      blockPulls: this.blockPulls,
+      vmis: this.vmis,
+      pods: this.pods,
+      drivers: options.drivers,
+      logger: options.logger,
+      pollIntervalMs: options.pollIntervalMs,
+      statusUpdateIntervalMs: options.statusUpdateIntervalMs,
+      maxConcurrentPulls: options.maxConcurrentPulls,
+      maxPullsPerNode: options.maxPullsPerNode,
+      enqueue: (key) => this.queue.add(key),
+      ...(options.waitRequeueMs !== undefined ? { waitRequeueMs: options.waitRequeueMs } : {}),
+      ...(options.events ? { events: options.events } : {}),
+      ...(metrics ? { metrics } : {}),
+    });
+
+    this.blockPulls.enqueueOnChange(this.queue);
+    // A VMI change wakes the BlockPulls naming it; a launcher pod change, those of its namespace.
+    const byVmi = (obj: KubernetesObject): void => {
+      const ns = obj.metadata?.namespace;
+      const name = obj.metadata?.name;
+      for (const b of this.blockPulls.list(ns)) {
+        const spec = (b as { spec?: Spec }).spec;
+        if (spec?.vmiName === name) this.queue.add(objectKeyOf(b));
+      }
+    };
+    this.vmis.addEventHandler({ add: byVmi, update: byVmi, delete: byVmi });
+    const byNamespace = (obj: KubernetesObject): void => {
+      for (const b of this.blockPulls.list(obj.metadata?.namespace)) {
+        const phase = (b as { status?: { phase?: string } }).status?.phase;
+        if (!isTerminal(phase as never)) this.queue.add(objectKeyOf(b));
+      }
+    };
+    this.pods.addEventHandler({ add: byNamespace, update: byNamespace, delete: byNamespace });
+  }
+
+  synced(): boolean {
+    return this.blockPulls.hasSynced() && this.vmis.hasSynced() && this.pods.hasSynced();
+  }
+
+  /** Run until the signal aborts. */
+  async run(signal: AbortSignal): Promise<void> {
+    await Promise.all([this.blockPulls.start(), this.vmis.start(), this.pods.start()]);
+    const ok = (await Promise.all([this.blockPulls.waitForSync(signal), this.vmis.waitForSync(signal), this.pods.waitForSync(signal)])).every(Boolean);
+    if (ok) {
+      this.#log.info({ workers: this.#o.workers }, 'caches synced; starting workers');
+      // Everything cached is looked at once after a (re)start: running jobs are adopted.
+      for (const b of this.blockPulls.list()) this.queue.add(objectKeyOf(b));
+      this.#phaseTimer = setInterval(() => this.#updatePhaseGauge(), 5_000);
+      this.#updatePhaseGauge();
+      const workers = Array.from({ length: this.#o.workers }, (_, i) => this.#worker(i, signal));
+      await new Promise<void>((resolve) => {
+        if (signal.aborted) resolve();
+        else signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+      this.queue.shutDown();
+      await Promise.all(workers);
+    }
+    clearInterval(this.#phaseTimer);
+    this.reconciler.stop();
+    await Promise.all([this.blockPulls.stop(), this.vmis.stop(), this.pods.stop()]);
+    this.#log.info('controller stopped');
+  }
+
+  #updatePhaseGauge(): void {
+    const counts: Record<string, number> = {};
+    for (const b of this.blockPulls.list()) {
+      const phase = (b as { status?: { phase?: string } }).status?.phase ?? 'Pending';
+      counts[phase] = (counts[phase] ?? 0) + 1;
+    }
+    this.#o.metrics?.setJobsByPhase(counts);
+  }
+
+  async #worker(id: number, signal: AbortSignal): Promise<void> {
+    for (;;) {
+      const key = await this.queue.get();
+      if (key === undefined) return;
+      if (signal.aborted) {
+        this.queue.done(key);
+        continue;
+      }
+      const started = performance.now();
+      let result = 'success';
+      try {
+        const r = await this.reconciler.reconcile(key);
+        this.queue.forget(key);
+        if (r.requeueAfterMs !== null && !signal.aborted) {
+          result = 'requeue';
+          this.queue.addAfter(key, r.requeueAfterMs);
+        }
+      } catch (err) {
+        result = 'error';
+        const reason = err instanceof Error ? err.name : 'Error';
+        this.#o.metrics?.reconcileErrors.inc({ reason });
+        forBlockPullKey(this.#log, key).child({ worker: id }).warn({ error: err instanceof Error ? err.message : String(err) }, 'reconcile failed; retrying with backoff');
+        if (!signal.aborted) this.queue.addRateLimited(key);
+      } finally {
+        this.queue.done(key);
+        this.#o.metrics?.reconcileTotal.inc({ result });
+        this.#o.metrics?.reconcileDuration.observe({ result }, (performance.now() - started) / 1000);
+      }
+    }
+  }
+}
