@@ -213,7 +213,7 @@ export function mapQmpError(err: unknown): unknown {
   if (err instanceof QmpConnectionError) return new HypervisorError('Unreachable', err.message, { cause: err });
   if (err instanceof QmpError) {
     const d = err.message;
-    if (err.errorClass === 'DeviceNotFound') return new HypervisorError('DiskNotFound', d, { cause: err });
+    if (err.errorClass === 'DeviceNotFound' || /Cannot find device|not found/i.test(d)) return new HypervisorError('DiskNotFound', d, { cause: err });
     if (/is busy|in use by|already in use|already exists|already has a job/i.test(d)) return new HypervisorError('DiskBusy', d, { cause: err });
     if (/base|backing/i.test(d) && err.command === 'block-stream') return new HypervisorError('InvalidBase', d, { cause: err });
     return new HypervisorError('CommandFailed', d, { cause: err });
