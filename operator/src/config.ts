@@ -5,6 +5,7 @@
  * (which one, what was wrong). `loadConfigOrExit()` prints that list and exits with code 2,
  * for main.ts.
  */
+import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 
 export const ENV_PREFIX = 'BLOCKPULL_';
@@ -31,6 +32,7 @@ export interface Config {
   readonly localLaunchersDir: string | undefined;
   /** Path of a kubeconfig file; undefined = in-cluster service account. */
   readonly kubeconfig: string | undefined;
+  /** Namespace of the operator pod (Lease namespace): BLOCKPULL_POD_NAMESPACE, else the service account namespace file, else "default". */
   readonly podNamespace: string;
   readonly podName: string;
   readonly leaderElection: LeaderElectionConfig;
@@ -195,7 +197,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (problems.length > 0) throw new ConfigError(problems);
 
   const podName = r.podName ?? `blockpull-operator-${process.pid}`;
-  const podNamespace = r.podNamespace ?? DEFAULTS.podNamespace;
+  const podNamespace = r.podNamespace ?? serviceAccountNamespace() ?? DEFAULTS.podNamespace;
   const kubeconfig = r.kubeconfig ?? unsetEmpty(env['KUBECONFIG']);
   return {
     transport,
@@ -223,6 +225,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: r.logLevel ?? DEFAULTS.logLevel,
     watchNamespace: r.watchNamespace,
   };
+}
+
+/** In a pod without BLOCKPULL_POD_NAMESPACE: the service account's namespace. */
+export const SERVICE_ACCOUNT_NAMESPACE_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace';
+function serviceAccountNamespace(): string | undefined {
+  try {
+    const ns = readFileSync(SERVICE_ACCOUNT_NAMESPACE_FILE, 'utf8').trim();
+    return ns === '' ? undefined : ns;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Exit code for invalid configuration (like a usage error). */
