@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { processStartTime } from './lock.ts';
@@ -169,4 +170,20 @@ export function tail(file: string, lines = 30): string {
   } catch {
     return '(no log)';
   }
+}
+
+/**
+ * Live processes whose command line contains `needle` (e.g. a state dir: every daemon's flags name it),
+ * optionally only those whose program's basename is in `programs` (e.g. etcd, kube-apiserver).
+ */
+export function processesMentioning(needle: string, programs?: readonly string[]): number[] {
+  const out: number[] = [];
+  for (const pid of listPids()) {
+    if (pid === process.pid) continue;
+    const argv = readCmdline(pid);
+    if (!argv?.some((a) => a.includes(needle)) || processStartTime(pid) === undefined) continue;
+    if (programs && !programs.includes(path.basename(argv[0] ?? ''))) continue;
+    out.push(pid);
+  }
+  return out;
 }

@@ -18,6 +18,7 @@ import { ensureBinaries } from '../cluster/binaries.ts';
 import { installCrds, projectCrdFiles } from '../cluster/crds.ts';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { clusterClient } from '../cluster/client.ts';
+import { processesMentioning } from '../cluster/processes.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -68,6 +69,10 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('clusterBinDir', binDir);
   project.provide('clusterPkiDir', pkiDir);
   return async () => {
-    await cp?.stop();
+    if (!cp) return;
+    await cp.stop();
+    // The acceptance criterion, checked on every run: nothing of ours is left behind.
+    const left = processesMentioning(E2E_STATE_DIR, ['etcd', 'kube-apiserver']);
+    if (left.length > 0) throw new Error(`etcd/kube-apiserver of the e2e control plane still running after stop: ${left.join(', ')}`);
   };
 }
