@@ -1,0 +1,106 @@
+/**
+ * ExecRunner (pods/exec, the production transport) against a real node: its own control plane
+ * with the kubelet-client flags, kubelet + containerd (test/e2e/node), a busybox pod whose
+ * container is named `compute` like virt-launcher's. Proves: argv is passed verbatim (no shell),
+ * stdout/stderr are separated, exit codes come from the V1Status channel (0, non-zero), a
+ * missing binary / missing pod are RunTransportError, a timeout closes the stream, and stream()
+ * yields lines as they are printed and stops on demand.
+ * Heavy (own control plane and node, like node.e2e.test.ts).
+ */
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ExecRunner } from '../../operator/src/hypervisor/exec-runner.ts';
+import { RunTimeoutError, RunTransportError } from '../../operator/src/hypervisor/runner.ts';
+import { loadKubeConfig } from '../../operator/src/kube/client.ts';
+import { REPO_ROOT, startControlPlane, type ControlPlane } from './cluster/control-plane.ts';
+import { testImage } from './images/images.ts';
+import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from './node/kubelet.ts';
+import { waitFor } from './node/proc.ts';
+
+const STATE_DIR = path.join(REPO_ROOT, '.cache', 'plumb-exec-cluster');
+const NS = 'plumb-exec';
+const POD = 'launcher-like';
+
+let cp: ControlPlane | undefined;
+let node: Node | undefined;
+let runner: ExecRunner;
+
+beforeAll(async () => {
+  const image = await testImage();
+  cp = await startControlPlane({ stateDir: STATE_DIR, extraApiserverArgs: nodeApiserverArgs(STATE_DIR) });
+  node = await startNode(cp, { images: [image] });
+  await cp.kubectl(['create', 'namespace', NS]);
+  await waitFor('default service account', async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0, 60_000, 500);
+  const pod = {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name: POD, namespace: NS },
+    spec: {
+      nodeName: node.name,
+      terminationGracePeriodSeconds: 1,
+      containers: [{ name: 'compute', image: image.name, imagePullPolicy: 'Never', command: ['/bin/sh', '-c', 'trap "exit 0" TERM; while :; do sleep 1; done'] }],
+    },
+  };
+  await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
+  await cp.kubectl(['-n', NS, 'wait', '--for=condition=Ready', `pod/${POD}`, '--timeout=120s']);
+  runner = new ExecRunner({ kc: loadKubeConfig(cp.kubeconfigPath), namespace: NS, pod: POD });
+}, 1_800_000);
+
+afterAll(async () => {
+  const runDir = node?.runDir;
+  try {
+    await node?.stop();
+  } finally {
+    await cp?.stop();
+  }
+  if (runDir) expect(nodeLeftovers(runDir)).toEqual([]);
+});
+
+describe('ExecRunner over pods/exec (real kubelet)', () => {
+  it('runs argv verbatim in container compute; exit 0 and stdout', async () => {
+    expect(runner.description).toBe(`exec ${NS}/${POD}/compute`);
+    const r = await runner.run(['echo', 'a b', '$HOME;', "'quoted'"]);
+    expect(r).toEqual({ exitCode: 0, stdout: "a b $HOME; 'quoted'\n", stderr: '' });
+  });
+
+  it('returns non-zero exit codes from the status channel with separated stderr', async () => {
+    const r = await runner.run(['sh', '-c', 'echo out; echo err >&2; exit 3']);
+    expect(r).toEqual({ exitCode: 3, stdout: 'out\n', stderr: 'err\n' });
+    expect((await runner.run(['false'])).exitCode).toBe(1);
+  });
+
+  it('large output arrives complete', async () => {
+    const r = await runner.run(['sh', '-c', 'i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done']);
+    const lines = r.stdout.trimEnd().split('\n');
+    expect(lines).toHaveLength(20000);
+    expect(lines[19999]).toBe('line-19999');
+  });
+
+  it('a binary missing in the container and a missing pod are RunTransportError', async () => {
+    await expect(runner.run(['no-such-binary-xyz'])).rejects.toThrow(RunTransportError);
+    const gone = new ExecRunner({ kc: loadKubeConfig(cp?.kubeconfigPath), namespace: NS, pod: 'no-such-pod' });
+    await expect(gone.run(['true'])).rejects.toThrow(RunTransportError);
+  });
+
+  it('a timeout rejects with RunTimeoutError in time', async () => {
+    const t0 = performance.now();
+    await expect(runner.run(['sleep', '30'], { timeoutMs: 1_000 })).rejects.toThrow(RunTimeoutError);
+    expect(performance.now() - t0).toBeLessThan(5_000);
+  });
+
+  it('stream() yields lines as they are printed, ends with the exit code; stop() ends a loop', async () => {
+    const h = runner.stream(['sh', '-c', 'for i in 1 2 3; do echo tick-$i; sleep 0.3; done; exit 4']);
+    const seen: { line: string; at: number }[] = [];
+    for await (const line of h.lines) seen.push({ line, at: performance.now() });
+    expect(seen.map((s) => s.line)).toEqual(['tick-1', 'tick-2', 'tick-3']);
+    expect((seen[2]?.at ?? 0) - (seen[0]?.at ?? 0)).toBeGreaterThan(400); // streamed, not buffered to the end
+    expect((await h.done).exitCode).toBe(4);
+
+    const loop = runner.stream(['sh', '-c', 'while :; do echo x; sleep 0.2; done']);
+    const it = loop.lines[Symbol.asyncIterator]();
+    expect((await it.next()).value).toBe('x');
+    loop.stop();
+    const done = await loop.done;
+    expect(done.exitCode).not.toBe(0);
+  });
+});
