@@ -288,7 +288,9 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
     await virsh(['create', xmlPath, '--paused'], 60_000);
     if (registrationPath !== undefined) {
       await mkdir(path.dirname(registrationPath), { recursive: true });
-      await writeFile(registrationPath, `${JSON.stringify({ namespace, pod: podName, uri, uid, gid }, null, 2)}\n`);
+      // env: optional (the local transport merges it into virsh's environment).
+      const registration = { namespace, pod: podName, uri, uid, gid, env: { HOME: home, XDG_RUNTIME_DIR: runDir } };
+      await writeFile(registrationPath, `${JSON.stringify(registration, null, 2)}\n`);
     }
   } catch (err) {
     await stop().catch(() => undefined);
