@@ -165,6 +165,18 @@ export interface BuildOptions {
   readonly log?: (line: string) => void;
 }
 
+/**
+ * The build host's network settings (proxies, extra CA certificates), passed through like
+ * docker build's predefined proxy build args: npm in a RUN step must reach the registry.
+ */
+function hostNetworkEnv(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v !== undefined && /^(NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|https?_proxy|no_proxy|HTTPS?_PROXY|NO_PROXY)$/.test(k)) out[k] = v;
+  }
+  return out;
+}
+
 export async function performBuild(options: BuildOptions): Promise<BuildResult> {
   const instructions = parseDockerfile(options.dockerfile);
   const context = await contextFiles(options.contextDir, options.dockerignore);
@@ -265,7 +277,7 @@ export async function performBuild(options: BuildOptions): Promise<BuildResult> 
         const started = Date.now();
         const r = await run(argv.map((a) => expand(a, vars)), {
           cwd,
-          env: { HOME: process.env.HOME ?? '/root', ...stageArgs, ...stage.env },
+          env: { HOME: process.env.HOME ?? '/root', ...hostNetworkEnv(), ...stageArgs, ...stage.env },
           timeoutMs: 1_200_000,
         });
         options.log?.(`  exit ${r.exitCode} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
