@@ -7,6 +7,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { chown, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -132,10 +133,10 @@ async function waitFor(what: string, timeoutMs: number, check: () => Promise<boo
   }
 }
 
+/** Running; a zombie (left to an init that may not reap it) counts as gone. */
 function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return false;
   }
@@ -211,23 +212,35 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
     await exited;
   };
 
-  const qemuPids = async (): Promise<number[]> => {
-    const pidDir = path.join(runDir, 'libvirt', 'qemu', 'run');
-    const pids: number[] = [];
-    try {
-      const pid = Number((await readFile(path.join(pidDir, `${domain}.pid`), 'utf8')).trim());
-      if (Number.isInteger(pid) && pid > 0) pids.push(pid);
-    } catch {
-      /* no pid file */
+  /**
+   * Processes the session daemon started that outlive it: QEMU (daemonized by libvirt) and
+   * virtlogd (spawned on demand with --timeout=120). Read from their pid files, checked by name.
+   */
+  const helperPids = async (): Promise<{ pid: number; name: string }[]> => {
+    const files: [string, string][] = [
+      [path.join(runDir, 'libvirt', 'qemu', 'run', `${domain}.pid`), 'qemu-system'],
+      [path.join(runDir, 'libvirt', 'virtlogd.pid'), 'virtlogd'],
+      [path.join(runDir, 'libvirt', 'virtlockd.pid'), 'virtlockd'],
+    ];
+    const found: { pid: number; name: string }[] = [];
+    for (const [file, name] of files) {
+      try {
+        const pid = Number((await readFile(file, 'utf8')).trim());
+        if (!Number.isInteger(pid) || pid <= 0) continue;
+        const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+        if (cmdline.includes(name)) found.push({ pid, name });
+      } catch {
+        /* no pid file */
+      }
     }
-    return pids;
+    return found;
   };
 
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
     const errors: unknown[] = [];
-    const pids = await qemuPids();
+    const before = await helperPids();
     if (daemon !== undefined && daemon.exitCode === null && daemon.signalCode === null) {
       await virsh(['destroy', domain], 30_000).catch(() => undefined); // absent domain: fine
       const d = daemon;
@@ -237,7 +250,9 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
       await exited;
       clearTimeout(t);
     }
-    // QEMU survives a dead daemon: kill it by its pid file.
+    // QEMU and virtlogd survive the daemon: kill them by their pid files.
+    const after = await helperPids();
+    const pids = [...new Set([...before, ...after].map((p) => p.pid))];
     for (const pid of pids) {
       if (!alive(pid)) continue;
       try {

@@ -1,0 +1,123 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { chainAtGoal, computeGoal, resolveBase, virshBaseArg } from './chain.ts';
+import { isPullComplete } from './completion.ts';
+import { HypervisorError } from './errors.ts';
+import { findDisk, parseBlockJobEventLine, parseBlockJobRaw, parseDomainDisks, virshError } from './virsh-parse.ts';
+
+// Captured from `virsh dumpxml` of a launcher stand-in domain (libvirt 9.0.0), paths rewritten.
+const xml = readFileSync(new URL('./testdata/domain-libvirt-9.0.xml', import.meta.url), 'utf8');
+const dir = '/var/run/kubevirt-ephemeral-disks/images';
+
+describe('parseDomainDisks', () => {
+  const disks = parseDomainDisks(xml);
+  it('reads every disk with target, alias and its chain top first, with libvirt indexes', () => {
+    expect(disks).toEqual([
+      {
+        target: 'vda',
+        alias: 'ua-rootdisk',
+        chain: [
+          { position: 0, index: 2, path: `${dir}/rootdisk-2.qcow2`, format: 'qcow2' },
+          { position: 1, index: 3, path: `${dir}/rootdisk-1.qcow2`, format: 'qcow2' },
+          { position: 2, index: 4, path: `${dir}/rootdisk-0.qcow2`, format: 'qcow2' },
+        ],
+      },
+      { target: 'vdb', alias: 'ua-flat', chain: [{ position: 0, index: 1, path: `${dir}/flat-0.qcow2`, format: 'qcow2' }] },
+    ]);
+  });
+  it('finds a disk by KubeVirt name or by target', () => {
+    expect(findDisk(disks, { name: 'rootdisk' })?.target).toBe('vda');
+    expect(findDisk(disks, { target: 'vdb' })?.alias).toBe('ua-flat');
+    expect(findDisk(disks, { name: 'vda' })).toBeUndefined();
+    expect(findDisk(disks, { target: 'vdz' })).toBeUndefined();
+  });
+  it('skips cdroms without media and reads block and raw disks', () => {
+    const d = parseDomainDisks(`<domain><devices>
+      <disk type='file' device='cdrom'><target dev='sda'/></disk>
+      <disk type='block' device='disk'><driver type='raw'/><source dev='/dev/vg/lv' index='1'/><backingStore/><target dev='vdc'/></disk>
+    </devices></domain>`);
+    expect(d).toEqual([{ target: 'vdc', chain: [{ position: 0, index: 1, path: '/dev/vg/lv', format: 'raw' }] }]);
+  });
+  it('rejects what is not a domain', () => {
+    expect(() => parseDomainDisks('<network/>')).toThrow(HypervisorError);
+  });
+});
+
+describe('chain goals', () => {
+  const [disk] = parseDomainDisks(xml);
+  if (disk === undefined) throw new Error('fixture');
+  it('full pull: the top only', () => {
+    const g = computeGoal(disk);
+    expect(g.expectedPaths).toEqual([`${dir}/rootdisk-2.qcow2`]);
+    expect(chainAtGoal(disk, g)).toBe(false);
+    expect(chainAtGoal({ ...disk, chain: disk.chain.slice(0, 1) }, g)).toBe(true);
+  });
+  it('base by position or path keeps base and below; virsh names it target[index]', () => {
+    const byPos = computeGoal(disk, { position: 2 });
+    const byPath = computeGoal(disk, { path: `${dir}/rootdisk-0.qcow2` });
+    expect(byPos).toEqual(byPath);
+    expect(byPos.expectedPaths).toEqual([`${dir}/rootdisk-2.qcow2`, `${dir}/rootdisk-0.qcow2`]);
+    expect(virshBaseArg(disk, resolveBase(disk, { position: 2 }))).toBe('vda[4]');
+    expect(virshBaseArg(disk, { position: 1, path: '/x', format: 'qcow2' })).toBe('/x');
+  });
+  it('the active image or an unknown layer is not a base', () => {
+    for (const base of [{ position: 0 }, { position: 3 }, { path: '/nope' }, { path: `${dir}/rootdisk-2.qcow2` }]) {
+      expect(() => computeGoal(disk, base)).toThrow(expect.objectContaining({ code: 'InvalidBase' }));
+    }
+  });
+  it('complete = no job AND chain at goal; never a finished-looking job', () => {
+    const g = computeGoal(disk);
+    const flat = { ...disk, chain: disk.chain.slice(0, 1) };
+    expect(isPullComplete(null, flat, g)).toBe(true);
+    expect(isPullComplete({ type: 'Block Pull', cur: 10, end: 10, bandwidth: 0 }, flat, g)).toBe(false);
+    expect(isPullComplete({ type: 'Block Pull', cur: 10, end: 10, bandwidth: 0 }, disk, g)).toBe(false);
+    expect(isPullComplete(null, disk, g)).toBe(false); // job gone, chain untouched: failed or canceled
+    expect(isPullComplete(null, { ...flat, target: 'vdb' }, g)).toBe(false);
+  });
+});
+
+describe('parseBlockJobRaw', () => {
+  it('reads the observed --raw --bytes output', () => {
+    expect(parseBlockJobRaw(' type=Block Pull\n bandwidth=1048576\n cur=1572864\n end=16777216\n\n')).toEqual({ type: 'Block Pull', bandwidth: 1048576, cur: 1572864, end: 16777216 });
+  });
+  it('no job: a blank line', () => {
+    expect(parseBlockJobRaw('\n')).toBeNull();
+    expect(parseBlockJobRaw('')).toBeNull();
+  });
+  it('rejects garbage', () => {
+    expect(() => parseBlockJobRaw('Block Pull: [ 10 %]')).toThrow(HypervisorError);
+    expect(() => parseBlockJobRaw(' type=Block Pull\n cur=x\n end=1\n')).toThrow(HypervisorError);
+  });
+});
+
+describe('parseBlockJobEventLine', () => {
+  it('reads completed / failed / canceled / ready with or without timestamp', () => {
+    expect(parseBlockJobEventLine("2026-11-27 10:37:02.199+0000: event 'block-job-2' for domain 'ns_vm': Block Pull for vda completed")).toEqual({
+      domain: 'ns_vm',
+      target: 'vda',
+      kind: 'completed',
+      jobType: 'Block Pull',
+    });
+    expect(parseBlockJobEventLine("event 'block-job-2' for domain 'a_b': Block Pull for sdb failed")?.kind).toBe('failed');
+    expect(parseBlockJobEventLine("event 'block-job-2' for domain 'a_b': Block Pull for vdb canceled")?.kind).toBe('canceled');
+    expect(parseBlockJobEventLine("event 'block-job-2' for domain 'a_b': Block Copy for vdb ready")).toMatchObject({ kind: 'ready', jobType: 'Block Copy' });
+  });
+  it('ignores other lines', () => {
+    expect(parseBlockJobEventLine('')).toBeNull();
+    expect(parseBlockJobEventLine('events received: 1')).toBeNull();
+    expect(parseBlockJobEventLine("event 'lifecycle' for domain 'a_b': Stopped Destroyed")).toBeNull();
+  });
+});
+
+describe('virshError', () => {
+  const cases: [string, string][] = [
+    ["error: failed to get domain 'ns_missing'\n", 'DomainNotFound'],
+    ["error: invalid argument: disk 'vdz' not found in domain\n", 'DiskNotFound'],
+    ["error: Operation not supported: disk 'vda' already in active block job\n", 'DiskBusy'],
+    ["error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/x/libvirt-sock': No such file or directory\n", 'Unreachable'],
+    ['error: internal error: unable to execute QEMU command\n', 'CommandFailed'],
+  ];
+  it.each(cases)('%s -> %s', (stderr, code) => {
+    expect(virshError(['virsh', 'blockpull'], 1, stderr).code).toBe(code);
+  });
+});
