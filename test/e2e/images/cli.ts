@@ -1,10 +1,17 @@
 /**
  * Build (or find in the cache) the test node's images and print where they are:
- *   node test/e2e/images/cli.ts [test] [pause] [launcher]     (default: all)
+ *   node test/e2e/images/cli.ts [test] [pause] [launcher] [node-base] [operator]   (default: all)
  */
 import { launcherImage, pauseImage, testImage, type BuiltImage } from './images.ts';
+import { nodeBaseImage, operatorImage } from './operator.ts';
 
-const builders: Record<string, () => Promise<BuiltImage>> = { test: testImage, pause: pauseImage, launcher: launcherImage };
+const builders: Record<string, () => Promise<BuiltImage>> = {
+  test: testImage,
+  pause: pauseImage,
+  launcher: launcherImage,
+  'node-base': nodeBaseImage,
+  operator: () => operatorImage(),
+};
 const wanted = process.argv.slice(2);
 for (const name of wanted.length > 0 ? wanted : Object.keys(builders)) {
   const build = builders[name];
