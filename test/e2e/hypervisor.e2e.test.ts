@@ -273,6 +273,8 @@ describe('virsh driver across a libvirt daemon restart', () => {
     await driver.startPull(launcher.domain, d.target, { bandwidth: 8 * MiB });
     // The waiter runs across the outage: events stream restarts, polling tolerates Unreachable.
     const waiter = waitForPullCompletion(driver, launcher.domain, goal, { pollIntervalMs: 200, timeoutMs: 90_000, unreachableGraceMs: 60_000 });
+    const events: BlockJobEvent[] = [];
+    const sub = driver.watchEvents(launcher.domain, (e) => events.push(e));
     await waitUntil('4 MiB streamed', 20_000, async () => ((await driver.getJob(launcher.domain, d.target))?.cur ?? 0) >= 4 * MiB);
     const beforeKill = await driver.getJob(launcher.domain, d.target);
 
@@ -295,6 +297,9 @@ describe('virsh driver across a libvirt daemon restart', () => {
     const result = await waiter;
     expect(result.disk.chain.map((c) => c.path)).toEqual([d.chain[0]]);
     expect(await driver.getJob(launcher.domain, d.target)).toBeNull();
+    // The event subscription survived the outage (stream restarted, polling meanwhile).
+    await waitUntil('completion event after the restart', 10_000, () => Promise.resolve(events.some((e) => e.target === d.target && e.kind === 'completed')));
+    sub.stop();
     expect(await launcher.compare('root', ref)).toBe(true);
   });
 });
