@@ -7,6 +7,9 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createKubeClients, loadKubeConfig, type KubeClients } from '../../operator/src/kube/client.ts';
 import { EventRecorder, type InvolvedObject } from '../../operator/src/kube/events.ts';
 import { clusterClient } from './cluster/client.ts';
+import { createLogger } from '../../operator/src/log.ts';
+
+const logger = createLogger({ level: 'warn', destination: process.stderr });
 
 const ns = `plumb-ev-${randomBytes(3).toString('hex')}`;
 let clients: KubeClients;
@@ -30,7 +33,7 @@ async function eventsAbout(uid: string) {
 
 describe('EventRecorder (real API server)', () => {
   it('creates an Event about the object, then aggregates repeats into its series', async () => {
-    const rec = new EventRecorder({ events: clients.events, reportingInstance: 'op-test-0' });
+    const rec = new EventRecorder({ events: clients.events, reportingInstance: 'op-test-0', logger });
     await rec.normal(subject, 'PullStarted', 'StartPull', 'Started block pull of disk rootdisk (vda)');
     let evs = await eventsAbout(subject.uid);
     expect(evs).toHaveLength(1);
@@ -70,7 +73,7 @@ describe('EventRecorder (real API server)', () => {
   });
 
   it('starts a new Event when the aggregated one is gone, and never throws on failure', async () => {
-    const rec = new EventRecorder({ events: clients.events, reportingInstance: 'op-test-1' });
+    const rec = new EventRecorder({ events: clients.events, reportingInstance: 'op-test-1', logger });
     await rec.normal(subject, 'Completed', 'None', 'chain is flat');
     const [first] = (await eventsAbout(subject.uid)).filter((e) => e.reason === 'Completed');
     await clients.events.deleteNamespacedEvent({ namespace: ns, name: first?.metadata?.name as string });

@@ -50,7 +50,15 @@ export function microTime(d: Date = new Date()): string {
   return new V1MicroTime(d.getTime()).toISOString();
 }
 
-const MAX_NOTE = 1024; // events.k8s.io/v1 validation: note at most 1 kB
+const MAX_NOTE = 1024;
+
+let seq = 0;
+/** Like client-go: "<object name>.<hex time>" (+ a counter, so two events in one ms differ). */
+function eventName(objectName: string, nowMs: number): string {
+  seq = (seq + 1) % 0x10000;
+  const suffix = `${(BigInt(Math.trunc(nowMs)) * 1_000_000n).toString(16)}${seq.toString(16).padStart(4, '0')}`;
+  return `${objectName.slice(0, 253 - suffix.length - 1)}.${suffix}`;
+} // events.k8s.io/v1 validation: note at most 1 kB
 
 export class EventRecorder {
   readonly #o: EventRecorderOptions;
@@ -121,7 +129,7 @@ export class EventRecorder {
         body: {
           apiVersion: 'events.k8s.io/v1',
           kind: 'Event',
-          metadata: { generateName: `${object.name}.`, namespace: object.namespace },
+          metadata: { name: eventName(object.name, now), namespace: object.namespace },
           eventTime: new V1MicroTime(now),
           reportingController: this.#controller,
           reportingInstance: this.#o.reportingInstance,
