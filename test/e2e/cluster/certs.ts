@@ -32,6 +32,9 @@ export interface Pki {
   readonly apiserverKey: string;
   readonly adminCert: string;
   readonly adminKey: string;
+  /** The apiserver's client cert for kubelets (logs, exec, port-forward). */
+  readonly kubeletClientCert: string;
+  readonly kubeletClientKey: string;
   readonly serviceAccountKey: string;
   readonly serviceAccountPub: string;
 }
@@ -74,13 +77,14 @@ export async function createPki(dir: string): Promise<Pki> {
     dir,
   );
   const local = ['DNS:localhost', 'IP:127.0.0.1'];
-  const [etcdServer, etcdClient, apiserver, admin] = await Promise.all([
+  const [etcdServer, etcdClient, apiserver, admin, kubeletClient] = await Promise.all([
     issueCert(dir, 'etcd-server', '/CN=etcd', 'both', local),
     issueCert(dir, 'etcd-client', '/CN=kube-apiserver-etcd-client', 'client'),
     issueCert(dir, 'apiserver', '/CN=kube-apiserver', 'server', [
       ...local, 'DNS:kubernetes', 'DNS:kubernetes.default', 'DNS:kubernetes.default.svc', 'DNS:kubernetes.default.svc.cluster.local', 'IP:10.0.0.1',
     ]),
     issueCert(dir, 'admin', '/O=system:masters/CN=blockpull-e2e-admin', 'client'),
+    issueCert(dir, 'apiserver-kubelet-client', '/O=system:masters/CN=kube-apiserver-kubelet-client', 'client'),
   ]);
   await openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-out', 'sa.key'], dir);
   await openssl(['pkey', '-in', 'sa.key', '-pubout', '-out', 'sa.pub'], dir);
@@ -96,6 +100,8 @@ export async function createPki(dir: string): Promise<Pki> {
     apiserverKey: apiserver.key,
     adminCert: admin.cert,
     adminKey: admin.key,
+    kubeletClientCert: kubeletClient.cert,
+    kubeletClientKey: kubeletClient.key,
     serviceAccountKey: path.join(dir, 'sa.key'),
     serviceAccountPub: path.join(dir, 'sa.pub'),
   };

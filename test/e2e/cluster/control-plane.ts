@@ -9,7 +9,7 @@
  * In non-detached mode (tests) signal and exit handlers kill the daemons if the caller dies.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import https from 'node:https';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,6 +18,7 @@ import { ensureBinaries, type ClusterBinaries } from './binaries.ts';
 import { createPki, type Pki } from './certs.ts';
 import { clusterClient, type ClusterClient } from './client.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
+import { processStartTime } from './lock.ts';
 import { daemonRecord, freePorts, isOurs, killNow, spawnDaemon, stopDaemon, tail, waitPortsFree, type DaemonRecord } from './processes.ts';
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..', '..');
@@ -54,6 +55,8 @@ export interface StartOptions {
 const stateFile = z.object({
   version: z.literal(1),
   ownerPid: z.number(),
+  /** /proc start time of the owner: with ownerPid, tells whether the run's owner still lives. */
+  ownerStart: z.string().optional(),
   detached: z.boolean(),
   server: z.string(),
   kubeconfigPath: z.string(),
@@ -99,6 +102,32 @@ export async function stopRecorded(stateDir: string): Promise<{ stopped: string[
   await rm(path.join(stateDir, 'state.json'), { force: true });
   await rm(path.join(stateDir, 'data'), { recursive: true, force: true });
   return { stopped };
+}
+
+/**
+ * For per-run state dirs under `root` (`<root>/run-<pid>`, one per test run, so concurrent runs in one
+ * checkout never stop each other's control plane): stops and removes the runs whose owner is gone.
+ */
+export async function cleanupStaleRuns(root: string, log: (m: string) => void = () => undefined): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(root);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^run-(\d+)$/.exec(name);
+    if (!m) continue;
+    const dir = path.join(root, name);
+    const state = await readState(dir);
+    const ownerPid = state?.ownerPid ?? Number(m[1]);
+    const ownerStart = processStartTime(ownerPid);
+    const ownerAlive = ownerStart !== undefined && (state?.ownerStart === undefined || state.ownerStart === ownerStart);
+    if (ownerAlive && ownerPid !== process.pid) continue;
+    const { stopped } = await stopRecorded(dir);
+    if (stopped.length > 0) log(`stopped a stale run in ${dir}: ${stopped.join(', ')}`);
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 function httpsGet(url: string, pki: LoadedPki, timeoutMs: number): Promise<{ status: number; body: string }> {
@@ -259,6 +288,8 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
             `--tls-private-key-file=${pki.apiserverKey}`,
             `--client-ca-file=${pki.caCert}`,
             '--authorization-mode=Node,RBAC',
+            `--kubelet-client-certificate=${pki.kubeletClientCert}`,
+            `--kubelet-client-key=${pki.kubeletClientKey}`,
             '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
             `--service-account-key-file=${pki.serviceAccountPub}`,
             `--service-account-signing-key-file=${pki.serviceAccountKey}`,
@@ -279,6 +310,7 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
         await writeState(stateDir, {
           version: 1,
           ownerPid: process.pid,
+          ownerStart: processStartTime(process.pid),
           detached: options.detached ?? false,
           server,
           kubeconfigPath,
@@ -353,6 +385,8 @@ export async function attachControlPlane(stateDir = DEFAULT_STATE_DIR): Promise<
       apiserverKey: '',
       adminCert: path.join(dir, 'admin.crt'),
       adminKey: path.join(dir, 'admin.key'),
+      kubeletClientCert: '',
+      kubeletClientKey: '',
       serviceAccountKey: '',
       serviceAccountPub: '',
     });

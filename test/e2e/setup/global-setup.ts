@@ -2,8 +2,9 @@
  * Vitest global setup for the e2e project: ONE control plane for all e2e files.
  *
  * - ensureBinaries() (built from the Go module proxy on first use, then cached),
- * - startControlPlane() in <repo>/.cache/e2e-cluster (not the CLI's .cache/cluster, so a cluster a user
- *   keeps running with `npm run cluster -- up` is left alone),
+ * - startControlPlane() in <repo>/.cache/e2e-cluster/run-<pid> (not the CLI's .cache/cluster, so a cluster
+ *   a user keeps running with `npm run cluster -- up` is left alone; one dir per run, so concurrent runs
+ *   don't stop each other; runs whose owner died are cleaned up first),
  * - installs every CRD in crds/ and the test VMI CRD, waits for them to be Established,
  * - provides kubeconfigPath, kubectlPath, clusterBinDir, clusterPkiDir to the specs (inject()).
  * Teardown stops the control plane; signal/exit handlers and the stale-run cleanup of the next start
@@ -12,11 +13,12 @@
  * BLOCKPULL_KUBECONFIG=<file> uses that cluster instead (e.g. kind); kubectl is then
  * $BLOCKPULL_KUBECTL or the built one.
  */
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { ensureBinaries } from '../cluster/binaries.ts';
 import { installCrds, projectCrdFiles } from '../cluster/crds.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { cleanupStaleRuns, REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { clusterClient } from '../cluster/client.ts';
 import { processesMentioning } from '../cluster/processes.ts';
 
@@ -33,9 +35,11 @@ declare module 'vitest' {
   }
 }
 
-export const E2E_STATE_DIR = path.join(REPO_ROOT, '.cache', 'e2e-cluster');
+/** One state dir per test run (<root>/run-<pid>): engineers and CI jobs sharing a checkout don't collide. */
+export const E2E_STATE_ROOT = path.join(REPO_ROOT, '.cache', 'e2e-cluster');
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const stateDir = path.join(E2E_STATE_ROOT, `run-${process.pid}`);
   const log = (m: string): void => {
     process.stderr.write(`[e2e-cluster] ${m}\n`);
   };
@@ -50,7 +54,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
     kubectlPath = process.env['BLOCKPULL_KUBECTL'] ?? (await ensureBinaries({ log })).kubectl;
     log(`using the cluster of BLOCKPULL_KUBECONFIG=${kubeconfigPath}`);
   } else {
-    cp = await startControlPlane({ stateDir: E2E_STATE_DIR, log });
+    await cleanupStaleRuns(E2E_STATE_ROOT, log);
+    cp = await startControlPlane({ stateDir: stateDir, log });
     kubeconfigPath = cp.kubeconfigPath;
     kubectlPath = cp.binaries.kubectl;
     binDir = cp.binDir;
@@ -72,7 +77,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
     if (!cp) return;
     await cp.stop();
     // The acceptance criterion, checked on every run: nothing of ours is left behind.
-    const left = processesMentioning(E2E_STATE_DIR, ['etcd', 'kube-apiserver']);
+    const left = processesMentioning(stateDir, ['etcd', 'kube-apiserver']);
     if (left.length > 0) throw new Error(`etcd/kube-apiserver of the e2e control plane still running after stop: ${left.join(', ')}`);
+    await rm(stateDir, { recursive: true, force: true });
   };
 }
