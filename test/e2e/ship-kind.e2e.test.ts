@@ -1,7 +1,8 @@
 // The kind end-to-end script cannot run here (no Docker engine, no image registry). What can be
 // checked is: it parses (bash -n), it is clean under shellcheck (Debian's, installed if missing),
 // --dry-run prints every step in order and runs nothing (it succeeds with no docker, kind or
-// kubectl on PATH), and the manifests it applies are accepted by the real API server's schemas.
+// kubectl on PATH), and the manifests it applies (and the README's examples) are accepted by the
+// real API server's schemas.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
@@ -84,13 +85,26 @@ describe('test/e2e/kind/kind-e2e.sh', () => {
     expect(vmi.spec.volumes[0]?.containerDisk.image).toBe(`quay.io/kubevirt/cirros-container-disk-demo:${kubevirt}`);
   });
 
-  it('its BlockPull and VMI manifests are accepted by the API server (server-side dry run)', async () => {
+  it('its manifests and the README examples are accepted by the API server (server-side dry run)', async () => {
     const kube = clusterClient(inject('kubeconfigPath'), inject('kubectlPath'));
-    for (const file of ['blockpull.yaml', 'vmi-cirros.yaml']) {
-      const r = await kube.kubectlResult(['apply', '--dry-run=server', '-f', join(manifests, file)]);
+    await kube.kubectl(['create', 'namespace', 'vms', '--dry-run=client', '-o', 'yaml']).then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
+    const examples = join(REPO_ROOT, 'examples');
+    const files = [
+      join(manifests, 'blockpull.yaml'),
+      join(manifests, 'vmi-cirros.yaml'),
+      ...['blockpull-full.yaml', 'blockpull-partial.yaml', 'blockpull-throttled.yaml', 'blockpull-paused.yaml'].map((f) => join(examples, f)),
+    ];
+    for (const file of files) {
+      const r = await kube.kubectlResult(['apply', '--dry-run=server', '-f', file]);
       expect(r.stderr, file).toBe('');
       expect(r.exitCode, file).toBe(0);
       expect(r.stdout).toMatch(/(created|configured|unchanged) \(server dry run\)/);
     }
+    // And the server's schema can refuse: a BlockPull with both base.position and base.path.
+    const bad = await kube.kubectlResult(['apply', '--dry-run=server', '-f', '-'], {
+      input: JSON.stringify({ apiVersion: 'blockpull.dev/v1alpha1', kind: 'BlockPull', metadata: { name: 'bad', namespace: 'vms' }, spec: { vmiName: 'x', disk: 'y', base: { position: 1, path: '/a' } } }),
+    });
+    expect(bad.exitCode).not.toBe(0);
+    expect(bad.stderr).toMatch(/exactly one of position or path/);
   });
 });
