@@ -3,7 +3,7 @@
  * driver (startPull + waitForPullCompletion: events + 0.5 s polling, confirmed by the chain)
  * versus `virsh blockpull --wait` on an identical chain, in one run, same domain, same daemon.
  *
- *   node test/e2e/bench/hypervisor-bench.ts [--allocated-mib 2048] [--size-mib 3072] [--layers 3]
+ *   node test/e2e/bench/hypervisor-bench.ts [--allocated-mib 2048] [--size-mib 3072] [--layers 3] [--virsh-first]
  *
  * Prints one JSON line with both timings. Stops everything it started, also on failure.
  */
@@ -23,6 +23,7 @@ const { values } = parseArgs({
     'allocated-mib': { type: 'string', default: '2048' },
     'size-mib': { type: 'string', default: '3072' },
     layers: { type: 'string', default: '3' },
+    'virsh-first': { type: 'boolean', default: false },
   },
 });
 const allocatedMiB = Number(values['allocated-mib']);
@@ -55,21 +56,43 @@ try {
   if (a === undefined || b === undefined) throw new Error('launcher has no disks');
   const driver = new VirshDriver(l.runner, l.uri);
 
-  // 1. Through the driver: start, then wait as the controller does (events + polling, chain check).
-  const goal = computeGoal(await driver.getDisk(l.domain, { name: a.name }));
-  const t1 = performance.now();
-  await driver.startPull(l.domain, a.target, {});
-  const res = await waitForPullCompletion(driver, l.domain, goal, { pollIntervalMs: 500, timeoutMs: 1_800_000 });
-  const driverS = (performance.now() - t1) / 1000;
-  if (res.disk.chain.length !== 1) throw new Error('driver pull did not flatten the chain');
-
-  // 2. Plain virsh, blocking until the job is done.
-  const t2 = performance.now();
-  const r = await l.runner.run(['virsh', '-q', '-c', l.uri, 'blockpull', '--domain', l.domain, '--path', b.target, '--wait'], { timeoutMs: 1_800_000 });
-  const virshS = (performance.now() - t2) / 1000;
-  if (r.exitCode !== 0) throw new Error(`virsh blockpull --wait failed: ${r.stderr}`);
-  const after = await driver.getDisk(l.domain, { name: b.name });
-  if (after.chain.length !== 1) throw new Error('virsh pull did not flatten the chain');
+  // Write back dirty pages (the freshly built images, the previous pull) so that neither
+  // measurement pays for the other's writeback.
+  const settle = async (): Promise<void> => {
+    await execFileP('sync', []);
+  };
+  const viaDriver = async (): Promise<{ seconds: number; eventsSeen: number }> => {
+    await settle();
+    // Start, then wait as the controller does (events + polling, confirmed by the chain).
+    const goal = computeGoal(await driver.getDisk(l.domain, { name: a.name }));
+    const t = performance.now();
+    await driver.startPull(l.domain, a.target, {});
+    const res = await waitForPullCompletion(driver, l.domain, goal, { pollIntervalMs: 500, timeoutMs: 1_800_000 });
+    const seconds = (performance.now() - t) / 1000;
+    if (res.disk.chain.length !== 1) throw new Error('driver pull did not flatten the chain');
+    return { seconds, eventsSeen: res.eventsSeen };
+  };
+  const viaVirsh = async (): Promise<number> => {
+    // Plain virsh, blocking until the job is done.
+    await settle();
+    const t = performance.now();
+    const r = await l.runner.run(['virsh', '-q', '-c', l.uri, 'blockpull', '--domain', l.domain, '--path', b.target, '--wait'], { timeoutMs: 1_800_000 });
+    const seconds = (performance.now() - t) / 1000;
+    if (r.exitCode !== 0) throw new Error(`virsh blockpull --wait failed: ${r.stderr}`);
+    const after = await driver.getDisk(l.domain, { name: b.name });
+    if (after.chain.length !== 1) throw new Error('virsh pull did not flatten the chain');
+    return seconds;
+  };
+  let virshS: number;
+  let res: { seconds: number; eventsSeen: number };
+  if (values['virsh-first']) {
+    virshS = await viaVirsh();
+    res = await viaDriver();
+  } else {
+    res = await viaDriver();
+    virshS = await viaVirsh();
+  }
+  const driverS = res.seconds;
 
   // Sanity: both flattened images hold the same data (the chains were identical).
   await l.flush(a.name);
@@ -89,6 +112,7 @@ try {
       driverMiBps: Number((a.pullBytes / MiB / driverS).toFixed(1)),
       virshMiBps: Number((b.pullBytes / MiB / virshS).toFixed(1)),
       eventsSeen: res.eventsSeen,
+      order: values['virsh-first'] ? 'virsh,driver' : 'driver,virsh',
       loadAverage1m: Number((loadavg()[0] ?? 0).toFixed(1)),
     }),
   );
