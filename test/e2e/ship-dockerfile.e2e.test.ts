@@ -7,10 +7,10 @@
 // Stood in for, not verified here: the base image itself (its digest, its Node 24 build, Debian
 // libraries) — the project's own Node 24 from npm plays its /usr/local/bin; Docker's layer and
 // file-ownership semantics; the read-only root filesystem of the chart's securityContext.
-import { chmod, copyFile, mkdir, mkdtemp, readFile, readdir, rm, symlink } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, readdir, realpath, rm, symlink } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { z } from 'zod';
@@ -29,6 +29,13 @@ let runtime: Stage;
 let baseBin: string;
 let workDir: string;
 const dockerfile = await readFile(join(REPO_ROOT, 'Dockerfile'), 'utf8');
+
+async function which(cmd: string): Promise<string> {
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    if (dir && (await exists(join(dir, cmd)))) return join(dir, cmd);
+  }
+  throw new Error(`${cmd} not found on PATH`);
+}
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -85,8 +92,10 @@ beforeAll(async () => {
   await copyFile(join(REPO_ROOT, 'node_modules', 'node', 'bin', 'node'), join(baseBin, 'node'));
   await chmod(baseBin, 0o755);
   await chmod(join(baseBin, 'node'), 0o755);
-  await symlink('/usr/lib/node_modules/npm/bin/npm-cli.js', join(baseBin, 'npm'));
-  await symlink('/usr/lib/node_modules/npm/bin/npx-cli.js', join(baseBin, 'npx'));
+  // npm and npx: the machine's npm (a JavaScript program; it runs on the Node 24 above, as in the image).
+  const npmCli = await realpath(await which('npm'));
+  await symlink(npmCli, join(baseBin, 'npm'));
+  await symlink(join(dirname(npmCli), 'npx-cli.js'), join(baseBin, 'npx'));
   const started = Date.now();
   build = await performBuild({
     contextDir: REPO_ROOT,
@@ -208,6 +217,8 @@ describe('Dockerfile (build performed)', () => {
         BLOCKPULL_HEALTH_PORT: String(healthPort),
         BLOCKPULL_METRICS_PORT: String(metricsPort),
         BLOCKPULL_METRICS_BIND_ADDRESS: '127.0.0.1',
+        // Its own namespace only: BlockPulls other specs left behind are not touched.
+        BLOCKPULL_WATCH_NAMESPACE: NS,
       });
       const deadline = Date.now() + 60_000;
       const get = async (port: number, path: string): Promise<number> => {
