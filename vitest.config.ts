@@ -5,6 +5,8 @@ import { defineConfig } from 'vitest/config';
 // time: the machines have 2 cores and the daemons are heavy.
 export default defineConfig({
   test: {
+    // Global setup teardown stops the control plane: give it time to drain.
+    teardownTimeout: 120_000,
     projects: [
       {
         test: {
@@ -23,7 +25,6 @@ export default defineConfig({
           fileParallelism: false,
           testTimeout: 300_000,
           hookTimeout: 1_800_000,
-          teardownTimeout: 120_000,
         },
       },
     ],
