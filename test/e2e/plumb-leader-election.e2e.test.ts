@@ -134,6 +134,22 @@ describe('LeaderElector (real API server)', () => {
     await b.stop();
   });
 
+  it('with the default (controller-runtime) timings, a crashed leader is replaced after ~15 s', async () => {
+    const defaults = { leaseDurationMs: undefined, renewDeadlineMs: undefined, retryPeriodMs: undefined };
+    const a = candidate('default-a', 'lease-defaults', { ...defaults, releaseOnCancel: false });
+    await waitFor(() => a.elector.isLeader(), 5_000);
+    expect((await readLease('lease-defaults')).spec?.leaseDurationSeconds).toBe(15);
+    await a.stop();
+    const t0 = performance.now();
+    const b = candidate('default-b', 'lease-defaults', defaults);
+    await waitFor(() => b.elector.isLeader(), 25_000);
+    const took = performance.now() - t0;
+    console.log(`default timings: take-over after ${Math.round(took)} ms (lease 15000 ms, retry 2000 ms)`);
+    expect(took).toBeGreaterThanOrEqual(15_000 - 50);
+    expect(took).toBeLessThan(15_000 + 2 * 2_000 * 1.2 + 1_000);
+    await b.stop();
+  });
+
   it('racing candidates: exactly one leader at any time', async () => {
     const cands = ['race-a', 'race-b', 'race-c'].map((id) => candidate(id, 'lease-3'));
     let maxLeaders = 0;
