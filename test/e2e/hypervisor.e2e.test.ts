@@ -3,6 +3,10 @@
  * real QEMU (TCG, CPUs paused). Data is checked with qemu-img compare against references made
  * before each pull. No Kubernetes control plane is needed.
  */
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { computeGoal } from '../../operator/src/hypervisor/chain.ts';
 import { isPullComplete, waitForPullCompletion } from '../../operator/src/hypervisor/completion.ts';
@@ -13,6 +17,15 @@ import { VirshDriver } from '../../operator/src/hypervisor/virsh-driver.ts';
 import { referenceWithWrites, startLauncher, type Launcher, type LauncherDisk } from './launcher/launcher.ts';
 
 const MiB = 1024 * 1024;
+
+/** Running; a zombie (this machine's init reaps late) counts as gone. */
+function running(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
 /** QEMU's rate limiter lets one 100 ms slice through before it throttles. */
 const RATELIMIT_SLICE_S = 0.1;
 
@@ -263,8 +276,13 @@ describe('virsh driver across a libvirt daemon restart', () => {
   });
 
   it('the daemon is killed and restarted mid-job: the driver then reports the running job and its completion', async () => {
-    l = await startLauncher({ namespace: 'hv', vmiName: 'vm-restart', disks: [{ name: 'root', layers: 3, sizeMiB: 64, allocatedMiB: 48 }] });
+    const registryDir = await mkdtemp(path.join(tmpdir(), 'bp-registry-'));
+    l = await startLauncher({ namespace: 'hv', vmiName: 'vm-restart', podName: 'virt-launcher-vm-restart-abcde', registryDir, disks: [{ name: 'root', layers: 3, sizeMiB: 64, allocatedMiB: 48 }] });
     const launcher = l;
+    // Registered for the operator's local transport.
+    const regPath = path.join(registryDir, 'hv.virt-launcher-vm-restart-abcde.json');
+    expect(launcher.registrationPath).toBe(regPath);
+    expect(JSON.parse(await readFile(regPath, 'utf8'))).toMatchObject({ namespace: 'hv', pod: 'virt-launcher-vm-restart-abcde', uri: launcher.uri, uid: launcher.uid, gid: launcher.gid });
     const driver = new VirshDriver(launcher.runner, launcher.uri, { timeoutMs: 10_000 });
     const d = launcher.disks[0];
     if (d === undefined) throw new Error('no disk');
@@ -301,5 +319,15 @@ describe('virsh driver across a libvirt daemon restart', () => {
     await waitUntil('completion event after the restart', 10_000, () => Promise.resolve(events.some((e) => e.target === d.target && e.kind === 'completed')));
     sub.stop();
     expect(await launcher.compare('root', ref)).toBe(true);
+
+    // stop() removes everything it started: QEMU, the daemon, the directories, the registration.
+    const qemuPid = Number((await readFile(path.join(launcher.dir, 'run', 'libvirt', 'qemu', 'run', `${launcher.domain}.pid`), 'utf8')).trim());
+    expect(running(qemuPid)).toBe(true);
+    await launcher.stop();
+    l = undefined;
+    expect(running(qemuPid)).toBe(false);
+    expect(existsSync(launcher.dir)).toBe(false);
+    expect(existsSync(regPath)).toBe(false);
+    await rm(registryDir, { recursive: true, force: true });
   });
 });
