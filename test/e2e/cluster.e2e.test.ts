@@ -16,7 +16,7 @@ import { parse, stringify } from 'yaml';
 import { z } from 'zod';
 import { ensureBinaries } from './cluster/binaries.ts';
 import { clusterClient } from './cluster/client.ts';
-import { readState, startControlPlane } from './cluster/control-plane.ts';
+import { readState, startControlPlane, stopRecorded } from './cluster/control-plane.ts';
 import { listeningPorts, processesMentioning } from './cluster/processes.ts';
 import { createServiceAccountKubeconfig } from './cluster/service-account.ts';
 import { pinnedVersions, resolveVersions } from './cluster/versions.ts';
@@ -248,6 +248,7 @@ describe('control plane: lifecycle', () => {
       expect(ports.some((p) => listeningPorts().has(p))).toBe(false);
       expect(existsSync(path.join(dir, 'state.json'))).toBe(false);
     } finally {
+      await stopRecorded(dir); // if an assertion failed midway: leave nothing running
       await rm(dir, { recursive: true, force: true });
     }
   });
