@@ -47,6 +47,7 @@ export function run(
         stderr: Buffer.concat(err).toString('utf8') + (signal ? `\n(killed by ${signal})` : ''),
       });
     });
+    child.stdin.on('error', () => undefined); // the command may exit before reading its input (EPIPE)
     child.stdin.end(options.input ?? '');
   });
 }
