@@ -42,7 +42,7 @@ export interface ControlPlane extends ClusterClient {
 }
 
 export interface StartOptions {
-  /** Default DEFAULT_STATE_DIR. Everything in it except logs/ is recreated. */
+  /** Default DEFAULT_STATE_DIR. Everything in it is recreated at start (a stale run recorded there is stopped first). */
   readonly stateDir?: string;
   /** Keep the daemons running after this process exits (the CLI's `up`). Default false. */
   readonly detached?: boolean;
@@ -75,7 +75,13 @@ export async function readState(stateDir: string): Promise<ClusterState | undefi
   } catch {
     return undefined;
   }
-  const parsed = stateFile.safeParse(JSON.parse(text));
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return undefined; // torn write of a crashed run: nothing verifiable to stop
+  }
+  const parsed = stateFile.safeParse(json);
   return parsed.success ? parsed.data : undefined;
 }
 
@@ -229,6 +235,7 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
 
   const pki = await loadPki(await createPki(path.join(stateDir, 'pki')));
   const logsDir = path.join(stateDir, 'logs');
+  await rm(logsDir, { recursive: true, force: true }); // logs of this start only (retries append)
   await mkdir(logsDir, { recursive: true });
 
   const procs: DaemonRecord[] = [];
