@@ -213,6 +213,25 @@ describe('the chart on the control plane', () => {
     expect(r.exitCode).not.toBe(0);
   });
 
+  it('helm install and uninstall work against the API server (as a user would install it)', async () => {
+    const ns = 'helm-install-test';
+    const kc = ['--kubeconfig', kube.kubeconfigPath];
+    const install = await run([helm, 'upgrade', '--install', 'hi', CHART_DIR, '--namespace', ns, '--create-namespace', ...kc], { timeoutMs: 120_000 });
+    expect(install.stderr).toBe('');
+    expect(install.exitCode).toBe(0);
+    expect(install.stdout).toMatch(/STATUS: deployed/);
+    const status = await run([helm, 'status', 'hi', '--namespace', ns, '-o', 'json', ...kc]);
+    expect(z.object({ info: z.object({ status: z.string() }) }).parse(JSON.parse(status.stdout)).info.status).toBe('deployed');
+    expect((await kube.kubectl(['get', 'deployment', 'hi-blockpull-operator', '-n', ns, '-o', 'jsonpath={.spec.replicas}'])).trim()).toBe('2');
+    // The CRD already exists (crds/ of the chart): helm leaves it alone; it is the same CRD.
+    expect((await kube.kubectl(['get', 'crd', 'blockpulls.blockpull.dev', '-o', 'name'])).trim()).toBe('customresourcedefinition.apiextensions.k8s.io/blockpulls.blockpull.dev');
+    const uninstall = await run([helm, 'uninstall', 'hi', '--namespace', ns, '--wait', ...kc], { timeoutMs: 120_000 });
+    expect(uninstall.exitCode, uninstall.stderr).toBe(0);
+    const gone = await kube.kubectlResult(['get', 'clusterrole', 'hi-blockpull-operator']);
+    expect(gone.stderr).toMatch(/NotFound/);
+    await kube.kubectl(['delete', 'namespace', ns, '--wait=false']);
+  });
+
   it('the ServiceAccount CAN do what the operator needs', async () => {
     const allowed: string[][] = [
       ['list', 'blockpulls.blockpull.dev', '--all-namespaces'],

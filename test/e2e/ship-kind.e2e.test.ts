@@ -45,6 +45,7 @@ describe('test/e2e/kind/kind-e2e.sh', () => {
       /go install sigs\.k8s\.io\/kind@v0\.30\.0/,
       /kind create cluster --name dry --image kindest\/node:v1\.33\.4@sha256:[0-9a-f]{64}/,
       /kubectl apply -f https:\/\/github\.com\/kubevirt\/kubevirt\/releases\/download\/v1\.6\.3\/kubevirt-operator\.yaml/,
+      /kubectl wait crd\/kubevirts\.kubevirt\.io --for=condition=Established/,
       /kubevirt-cr\.yaml/,
       /kubectl -n kubevirt wait kubevirt\/kubevirt --for=condition=Available/,
       /docker build .* -t blockpull-operator:0\.1\.0 /,

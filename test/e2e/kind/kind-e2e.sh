@@ -120,6 +120,7 @@ run "$KUBECTL" config use-context "kind-${CLUSTER}"
 # --- 2. KubeVirt -------------------------------------------------------------------------------
 step "2. KubeVirt ${KUBEVIRT_VERSION}"
 run "$KUBECTL" apply -f "${KUBEVIRT_RELEASE_URL}/kubevirt-operator.yaml"
+run "$KUBECTL" wait crd/kubevirts.kubevirt.io --for=condition=Established --timeout=2m
 run "$KUBECTL" apply -f "${KUBEVIRT_RELEASE_URL}/kubevirt-cr.yaml"
 if [ ! -e /dev/kvm ]; then
   echo "no /dev/kvm: KubeVirt will use software emulation (slow but real)" >&2
