@@ -30,7 +30,7 @@ const NS = 'bp-e2e';
 const VMI = 'vm1';
 const MiB = 1024 * 1024;
 /** Disks of the stand-in VM: one fresh chain per scenario (a pulled disk is flat afterwards). */
-const CHAINED = ['basic', 'partial', 'bwchange', 'pause', 'delete', 'restart', 'busy'] as const;
+const CHAINED = ['basic', 'partial', 'bwchange', 'pause', 'delete', 'restart', 'busy', 'shutdown', 'slot-a', 'slot-b'] as const;
 
 describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', () => {
   let kube: ClusterClient;
@@ -135,9 +135,12 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(progressRows.length, rows.join('\n')).toBeGreaterThan(0);
     expect(await kube.kubectl(['get', 'bp', 'basic', '-n', NS, '--no-headers'])).toMatch(/^basic\s+vm1\s+basic\s+Completed\s+100%/);
 
-    // The final status landed within 1 s of the job's end (+ our 250 ms polling of kubectl wait's result).
+    // The final status landed within 1 s of the job's end, as seen by kubectl wait (a watch) and
+    // by our 50 ms polling of libvirt (whose own virsh call adds its latency to the margin).
     expect(jobEndedAt).toBeDefined();
-    expect(completedSeenAt - jobEndedAt!).toBeLessThan(2_000);
+    const lagMs = completedSeenAt - jobEndedAt!;
+    console.log(`final status seen ${lagMs} ms after the job ended on the hypervisor`);
+    expect(lagMs).toBeLessThan(1_000);
 
     const bp = (await getBlockPull(kube, NS, 'basic'))!;
     expect(bp.metadata.finalizers).toContain('blockpull.dev/abort-on-delete');
@@ -337,5 +340,43 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(pullsStartedFor(operator, 'restart')).toBe(0);
     expect(await chainOf('restart')).toHaveLength(1);
     expect(await launcher!.compare('restart', ref)).toBe(true);
+  });
+
+  it('SIGTERM: the operator exits 0 without aborting the running pull; the next one adopts it', async () => {
+    const ref = await launcher!.reference('shutdown');
+    await apply('shutdown', 'shutdown', { bandwidth: '4Mi' });
+    await runningWithProgress('shutdown');
+    const previous = operator!;
+    expect(await previous.stop()).toBe(0);
+    expect(previous.find(/shutting down/).length).toBe(1);
+    expect(await driver.getJob(launcher!.domain, target('shutdown'))).not.toBeNull();
+    // The Lease was released: the next operator leads at once. It allows ONE pull cluster-wide.
+    operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'e2e-op-3', env: { BLOCKPULL_MAX_CONCURRENT_PULLS: '1' } });
+    operators.push(operator);
+    const done = await waitForPhase(kube, NS, 'shutdown', ['Completed'], 60_000);
+    expect(done.status?.attempts).toBe(1);
+    expect(pullsStartedFor(previous, 'shutdown')).toBe(1);
+    expect(pullsStartedFor(operator, 'shutdown')).toBe(0);
+    expect(await launcher!.compare('shutdown', ref)).toBe(true);
+  });
+
+  it('the cluster-wide limit of concurrent pulls: the second waits with WaitingForSlot, then runs', async () => {
+    const refB = await launcher!.reference('slot-b');
+    await apply('slot-a', 'slot-a', { bandwidth: '4Mi' });
+    await runningWithProgress('slot-a');
+    await apply('slot-b', 'slot-b');
+    const waiting = await waitFor('slot-b WaitingForSlot', 20_000, async () => {
+      const b = await getBlockPull(kube, NS, 'slot-b');
+      return b?.status?.reason === 'WaitingForSlot' ? b : undefined;
+    });
+    expect(waiting.status?.phase).toBe('Pending');
+    expect(waiting.status?.message).toMatch(/1 pulls run cluster-wide \(limit 1\)/);
+    expect(await driver.getJob(launcher!.domain, target('slot-b'))).toBeNull();
+    await waitForPhase(kube, NS, 'slot-a', ['Completed'], 60_000);
+    const b = await waitForPhase(kube, NS, 'slot-b', ['Completed'], 60_000);
+    expect(b.status?.reason).toBe('Completed');
+    expect(b.status?.attempts).toBe(1);
+    expect(await launcher!.compare('slot-b', refB)).toBe(true);
+    expect(operator!.child.exitCode).toBeNull();
   });
 });

@@ -202,6 +202,12 @@ export class Reconciler {
     this.#events(bp, decision, final);
     this.#watchJobEvents(key, final);
 
+    if (bp.status?.phase === 'Running' && final.status.phase !== 'Running') {
+      // A slot is free: wake the BlockPulls waiting for one.
+      for (const other of this.#cachedBlockPulls()) {
+        if (other.status?.reason === 'WaitingForSlot') this.#o.enqueue(`${other.metadata.namespace}/${other.metadata.name}`);
+      }
+    }
     if (!isTerminal(bp.status?.phase) && isTerminal(final.status.phase)) {
       // Wake the BlockPulls waiting for this disk.
       for (const other of this.#cachedBlockPulls()) {
