@@ -201,6 +201,24 @@ describe('LeaderElector (real API server)', () => {
     await a.stop();
   });
 
+  it('a leader whose API server stops answering (connections hang) loses leadership at the renew deadline', async () => {
+    const hole = await tcpForwarder(clients.kc);
+    const a = candidate('hung', 'lease-6', { coordination: hole.clients.coordination });
+    try {
+      await waitFor(() => a.elector.isLeader(), 5_000);
+      hole.freeze();
+      const t0 = performance.now();
+      expect(await a.result).toBe('lost');
+      const after = performance.now() - t0;
+      console.log(`leadership lost ${Math.round(after)} ms after the API server stopped answering (renew deadline ${RENEW_MS} ms)`);
+      expect(after).toBeGreaterThanOrEqual(RENEW_MS - RETRY_MS);
+      expect(after).toBeLessThan(RENEW_MS + 2 * RETRY_MS + 1_000);
+    } finally {
+      hole.close();
+      await a.stop();
+    }
+  });
+
   it('a leader that cannot reach the API server loses leadership after the renew deadline', async () => {
     // The elector talks to the API server through a TCP forwarder; closing it (and its
     // connections) cuts the leader off for real.
@@ -225,24 +243,33 @@ describe('LeaderElector (real API server)', () => {
   });
 });
 
-/** A TCP forwarder to the API server, and clients that use it. close() refuses and drops connections. */
-async function tcpForwarder(kc: KubeConfig): Promise<{ clients: KubeClients; close(): void }> {
+/**
+ * A TCP forwarder to the API server, and clients that use it. close() refuses and drops
+ * connections; freeze() keeps every connection open but forwards nothing more (a black hole).
+ */
+async function tcpForwarder(kc: KubeConfig): Promise<{ clients: KubeClients; close(): void; freeze(): void }> {
   const cluster = kc.getCurrentCluster();
   if (cluster === null) throw new Error('no cluster');
   const target = new URL(cluster.server);
   const sockets = new Set<Socket>();
+  const pairs: [Socket, Socket][] = [];
+  let frozen = false;
   const server = createServer((downstream) => {
-    const upstream = connect(Number(target.port || 443), target.hostname);
     sockets.add(downstream);
+    downstream.on('error', () => downstream.destroy());
+    if (frozen) {
+      downstream.pause(); // accepted, never answered
+      return;
+    }
+    const upstream = connect(Number(target.port || 443), target.hostname);
     sockets.add(upstream);
+    pairs.push([downstream, upstream]);
     downstream.pipe(upstream).pipe(downstream);
     const drop = () => {
       downstream.destroy();
       upstream.destroy();
-      sockets.delete(downstream);
-      sockets.delete(upstream);
     };
-    downstream.on('error', drop).on('close', drop);
+    downstream.on('close', drop);
     upstream.on('error', drop).on('close', drop);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -262,6 +289,15 @@ async function tcpForwarder(kc: KubeConfig): Promise<{ clients: KubeClients; clo
       closed = true;
       server.close();
       for (const s of sockets) s.destroy();
+    },
+    freeze() {
+      frozen = true;
+      for (const [d, u] of pairs) {
+        d.unpipe(u);
+        u.unpipe(d);
+        d.pause();
+        u.pause();
+      }
     },
   };
 }

@@ -8,6 +8,11 @@
  */
 import {
   ApiException,
+  Observable,
+  type ConfigurationOptions,
+  type ObservableMiddleware,
+  type RequestContext,
+  type ResponseContext,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
@@ -55,6 +60,28 @@ export interface ResourceRef {
   readonly group: string;
   readonly version: string;
   readonly plural: string;
+}
+
+/**
+ * Per-call options that abort the HTTP request when `signal` aborts (e.g. AbortSignal.timeout(ms)):
+ * client-node calls have no deadline of their own, and a request to an unreachable API server
+ * can hang for minutes. Pass as the second argument of any API call.
+ */
+export function withSignal(signal: AbortSignal, options?: ConfigurationOptions): ConfigurationOptions {
+  // The object-parameter API runs Observable middleware (client-node's rxjs stub), like setHeaderOptions.
+  const middleware: ObservableMiddleware = {
+    pre: (ctx: RequestContext) => {
+      ctx.setSignal(signal);
+      return new Observable(Promise.resolve(ctx));
+    },
+    post: (rsp: ResponseContext) => new Observable(Promise.resolve(rsp)),
+  };
+  return { ...options, middleware: [...(options?.middleware ?? []), middleware], middlewareMergeStrategy: 'append' };
+}
+
+/** withSignal(AbortSignal.timeout(ms)). */
+export function withTimeout(ms: number, options?: ConfigurationOptions): ConfigurationOptions {
+  return withSignal(AbortSignal.timeout(Math.max(1, Math.ceil(ms))), options);
 }
 
 // --- errors -------------------------------------------------------------------------------

@@ -9,6 +9,8 @@
  *   concurrency: two candidates racing get one 200 and one 409).
  * - Lead: onStartedLeading(signal) is called; renew every retryPeriod. If no renewal succeeds
  *   for renewDeadline, leadership is lost: the signal aborts and onStoppedLeading() is called.
+ *   Every Lease request is aborted at the renew deadline (withTimeout), so a hung connection
+ *   to the API server cannot keep a stale leader acting.
  *   Like controller-runtime, the process should then exit (main.ts does process.exit(1)): a
  *   controller that lost the lease must stop acting at once.
  * - Stop (signal passed to run() aborts): stop leading, and if releaseOnCancel, release the
@@ -18,7 +20,7 @@
 import type { CoordinationV1Api, V1Lease } from '@kubernetes/client-node';
 import { V1MicroTime } from '@kubernetes/client-node';
 import type { Logger } from '../log.ts';
-import { describeApiError, isConflict, isNotFound, isAlreadyExists } from './client.ts';
+import { describeApiError, isConflict, isNotFound, isAlreadyExists, withTimeout } from './client.ts';
 
 export interface LeaderElectorOptions {
   readonly coordination: CoordinationV1Api;
@@ -134,7 +136,7 @@ export class LeaderElector {
   async #acquire(signal: AbortSignal): Promise<boolean> {
     this.#log?.info('attempting to acquire leader lease');
     while (!signal.aborted) {
-      if (await this.#tryAcquireOrRenew()) {
+      if (await this.#tryAcquireOrRenew(this.#renewDeadlineMs)) {
         this.#log?.info('acquired leader lease');
         return true;
       }
@@ -159,7 +161,10 @@ export class LeaderElector {
     while (!signal.aborted) {
       await sleep(this.#retryPeriodMs, signal);
       if (signal.aborted) break;
-      if (await this.#tryAcquireOrRenew()) {
+      // Each attempt's requests are aborted at the renew deadline: a hung connection to the API
+      // server must not keep us "leading" past it.
+      const remaining = Math.max(1, this.#renewDeadlineMs - (performance.now() - lastRenew));
+      if (await this.#tryAcquireOrRenew(remaining)) {
         lastRenew = performance.now();
         continue;
       }
@@ -219,12 +224,13 @@ export class LeaderElector {
   }
 
   /** One attempt; true if we hold the lease afterwards. */
-  async #tryAcquireOrRenew(): Promise<boolean> {
+  async #tryAcquireOrRenew(timeoutMs: number): Promise<boolean> {
     const { coordination, namespace, leaseName: name, identity } = this.#o;
     const now = new Date();
+    const opts = withTimeout(timeoutMs);
     let lease: V1Lease;
     try {
-      lease = await coordination.readNamespacedLease({ name, namespace });
+      lease = await coordination.readNamespacedLease({ name, namespace }, opts);
     } catch (err) {
       if (!isNotFound(err)) {
         this.#log?.warn({ error: describeApiError(err) }, 'reading leader lease failed');
@@ -234,7 +240,7 @@ export class LeaderElector {
         const created = await coordination.createNamespacedLease({
           namespace,
           body: { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name, namespace }, spec: this.#spec(now, 0, now) },
-        });
+        }, opts);
         this.#lastOkAt = performance.now();
         this.#observe(created);
         return true;
@@ -259,7 +265,7 @@ export class LeaderElector {
         name,
         namespace,
         body: { ...lease, spec: { ...spec, ...this.#spec(acquireTime, transitions, now) } },
-      });
+      }, opts);
       this.#lastOkAt = performance.now();
       this.#observe(updated);
       return true;
@@ -283,7 +289,7 @@ export class LeaderElector {
         name: this.#o.leaseName,
         namespace: this.#o.namespace,
         body: { ...lease, spec: { ...lease.spec, ...this.#spec(now, lease.spec.leaseTransitions ?? 0, now, '', 1) } },
-      });
+      }, withTimeout(this.#retryPeriodMs));
       this.#log?.info('released leader lease');
     } catch (err) {
       this.#log?.warn({ error: describeApiError(err) }, 'releasing leader lease failed');
