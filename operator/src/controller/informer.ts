@@ -28,7 +28,7 @@ import {
 } from '@kubernetes/client-node';
 import type { Logger } from '../log.ts';
 import type { ResourceRef } from '../kube/client.ts';
-import { describeApiError } from '../kube/client.ts';
+import { describeApiError, withTimeout } from '../kube/client.ts';
 
 export type ObjectHandler<T> = (obj: T) => void;
 
@@ -296,6 +296,9 @@ export class WatchdogInformer<T extends KubernetesObject> {
 
 // --- sources ------------------------------------------------------------------------------
 
+/** A list that hangs would stall the informer without an error to restart on: bound it. */
+export const LIST_TIMEOUT_MS = 60_000;
+
 /** All objects of a custom resource, cluster-wide or in one namespace. */
 export function customResourceSource<T extends KubernetesObject>(
   custom: CustomObjectsApi,
@@ -307,8 +310,8 @@ export function customResourceSource<T extends KubernetesObject>(
     path: namespace ? `${base}/namespaces/${namespace}/${ref.plural}` : `${base}/${ref.plural}`,
     list: async () =>
       (namespace
-        ? await custom.listNamespacedCustomObject({ ...ref, namespace })
-        : await custom.listClusterCustomObject({ ...ref })) as KubernetesListObject<T>,
+        ? await custom.listNamespacedCustomObject({ ...ref, namespace }, withTimeout(LIST_TIMEOUT_MS))
+        : await custom.listClusterCustomObject({ ...ref }, withTimeout(LIST_TIMEOUT_MS))) as KubernetesListObject<T>,
   };
 }
 
@@ -318,8 +321,8 @@ export function podSource(core: CoreV1Api, namespace?: string, labelSelector?: s
     path: namespace ? `/api/v1/namespaces/${namespace}/pods` : '/api/v1/pods',
     list: async () =>
       namespace
-        ? await core.listNamespacedPod({ namespace, ...(labelSelector ? { labelSelector } : {}) })
-        : await core.listPodForAllNamespaces({ ...(labelSelector ? { labelSelector } : {}) }),
+        ? await core.listNamespacedPod({ namespace, ...(labelSelector ? { labelSelector } : {}) }, withTimeout(LIST_TIMEOUT_MS))
+        : await core.listPodForAllNamespaces({ ...(labelSelector ? { labelSelector } : {}) }, withTimeout(LIST_TIMEOUT_MS)),
     ...(labelSelector ? { labelSelector } : {}),
   };
 }
