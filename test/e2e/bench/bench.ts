@@ -1,11 +1,12 @@
 /**
- * `npm run bench`: from ONE run, on two identical 3-layer chains with 2 GiB allocated in the
+ * `npm run bench`: from ONE run, on four identical 3-layer chains with 2 GiB allocated in the
  * same stand-in VM:
  * - apply-to-Completed: from `kubectl apply` of a BlockPull (no bandwidth limit) until a watch
  *   sees phase Completed, with the operator as its own process;
- * - `virsh blockpull --wait` of the other disk, run directly against the same libvirt;
- * - their ratio, and the number of status writes for the job, counted twice: status changes seen
- *   by a watch on the object (`kubectl get -w`), and the operator's blockpull_status_writes_total.
+ * - `virsh blockpull --wait` run directly against the same libvirt;
+ * measured in the order virsh, operator, operator, virsh (ABBA) against machine-load drift;
+ * - their ratio (sums), and the number of status writes per job, counted twice: status changes
+ *   seen by a watch on the object (`kubectl get -w`), and the operator's blockpull_status_writes_total.
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -20,6 +21,7 @@ const NS = 'bench';
 const VMI = 'bench-vm';
 const ALLOCATED_MIB = Number(process.env['BENCH_ALLOCATED_MIB'] ?? 2048);
 const SIZE_MIB = Math.max(4096, ALLOCATED_MIB * 2);
+const DISKS = ['virsh-1', 'operator-1', 'operator-2', 'virsh-2'];
 
 const say = (m: string): void => {
   process.stdout.write(`${m}\n`);
@@ -113,6 +115,15 @@ function watchUntilCompleted(kubectl: string, kubeconfig: string, name: string, 
   return { ready, done };
 }
 
+/** Flush dirty pages (chain building, the previous pull) so neither measurement pays for the other's writeback. */
+async function syncDisks(): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const c = spawn('sync', [], { stdio: 'ignore' });
+    c.on('error', reject);
+    c.on('exit', () => resolve());
+  });
+}
+
 async function statusWritesMetric(port: number | undefined): Promise<number | undefined> {
   if (port === undefined) return undefined;
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
@@ -128,51 +139,65 @@ async function main(): Promise<void> {
   cp = await startControlPlane({ stateDir: path.join(REPO_ROOT, '.cache', 'bench-cluster') });
   await installCrds(cp, [...(await projectCrdFiles()), VMI_CRD_FILE]);
   await ensureNamespace(cp, NS);
-  say(`bench: building two identical 3-layer chains (${SIZE_MIB} MiB virtual, ${ALLOCATED_MIB} MiB allocated) in one stand-in VM`);
+  say(`bench: building four identical 3-layer chains (${SIZE_MIB} MiB virtual, ${ALLOCATED_MIB} MiB allocated) in one stand-in VM`);
   launcher = await startLauncher({
     namespace: NS,
     vmiName: VMI,
     registryDir,
-    disks: [
-      { name: 'operator', layers: 3, sizeMiB: SIZE_MIB, allocatedMiB: ALLOCATED_MIB },
-      { name: 'virsh', layers: 3, sizeMiB: SIZE_MIB, allocatedMiB: ALLOCATED_MIB },
-    ],
+    disks: DISKS.map((name) => ({ name, layers: 3, sizeMiB: SIZE_MIB, allocatedMiB: ALLOCATED_MIB })),
   });
-  const [opDisk, virshDisk] = launcher.disks;
-  await createFakeVmi(cp, { namespace: NS, vmiName: VMI, launcher, disks: ['operator', 'virsh'] });
+  const opDisk = launcher.disks[0];
+  await createFakeVmi(cp, { namespace: NS, vmiName: VMI, launcher, disks: DISKS });
   const sa = await operatorServiceAccount(cp);
   operator = await startOperator({ kubeconfig: sa, registryDir, name: 'bench-operator', env: { BLOCKPULL_LOG_LEVEL: 'info' } });
-  const writesBefore = (await statusWritesMetric(operator.metricsPort())) ?? 0;
 
-  // 1. The operator: kubectl apply -> Completed.
-  const file = path.join(tmp, 'bp.yaml');
-  await writeFile(file, blockPullManifest({ namespace: NS, name: 'bench', vmiName: VMI, disk: 'operator' }));
-  const watch = watchUntilCompleted(cp.binaries.kubectl, cp.kubeconfigPath, 'bench', 600_000);
-  await watch.ready;
-  await new Promise((r) => setTimeout(r, 1_500)); // let kubectl establish the watch
-  const t0 = performance.now();
-  await cp.kubectl(['apply', '-f', file]);
-  const result = await watch.done;
-  const operatorSeconds = (result.completedAt - t0) / 1000;
-  await new Promise((r) => setTimeout(r, 500));
-  const writesMetric = ((await statusWritesMetric(operator.metricsPort())) ?? 0) - writesBefore;
+  // Four identical chains, measured in the order virsh, operator, operator, virsh (ABBA), so a drift
+  // in machine load or cache state during the run weighs on both sides alike.
+  const virshSeconds: number[] = [];
+  const operatorSeconds: number[] = [];
+  const writes: { watch: number; metric: number }[] = [];
+  const phases: string[][] = [];
+  const timeVirsh = async (diskName: string): Promise<void> => {
+    await syncDisks();
+    const d = launcher!.disks.find((x) => x.name === diskName)!;
+    const t1 = performance.now();
+    const r = await launcher!.runner.run(['virsh', '-c', launcher!.uri, 'blockpull', '--domain', launcher!.domain, '--path', d.target, '--wait'], { timeoutMs: 600_000 });
+    virshSeconds.push((performance.now() - t1) / 1000);
+    if (r.exitCode !== 0) throw new Error(`virsh blockpull --wait failed: ${r.stderr}`);
+  };
+  const timeOperator = async (diskName: string): Promise<void> => {
+    await syncDisks();
+    const before = (await statusWritesMetric(operator!.metricsPort())) ?? 0;
+    const file = path.join(tmp!, `${diskName}.yaml`);
+    await writeFile(file, blockPullManifest({ namespace: NS, name: diskName, vmiName: VMI, disk: diskName }));
+    const watch = watchUntilCompleted(cp!.binaries.kubectl, cp!.kubeconfigPath, diskName, 600_000);
+    await watch.ready;
+    await new Promise((r) => setTimeout(r, 1_500)); // let kubectl establish the watch
+    const t0 = performance.now();
+    await cp!.kubectl(['apply', '-f', file]);
+    const result = await watch.done;
+    operatorSeconds.push((result.completedAt - t0) / 1000);
+    await new Promise((r) => setTimeout(r, 500));
+    writes.push({ watch: result.statusChanges, metric: ((await statusWritesMetric(operator!.metricsPort())) ?? 0) - before });
+    phases.push(result.phases);
+  };
+  await timeVirsh('virsh-1');
+  await timeOperator('operator-1');
+  await timeOperator('operator-2');
+  await timeVirsh('virsh-2');
 
-  // 2. virsh blockpull --wait on the identical chain, same libvirt.
-  const t1 = performance.now();
-  const r = await launcher.runner.run(['virsh', '-c', launcher.uri, 'blockpull', '--domain', launcher.domain, '--path', virshDisk!.target, '--wait'], {
-    timeoutMs: 600_000,
-  });
-  const virshSeconds = (performance.now() - t1) / 1000;
-  if (r.exitCode !== 0) throw new Error(`virsh blockpull --wait failed: ${r.stderr}`);
-
-  const opChainOk = await launcher.compare('operator', await launcher.reference('virsh'));
+  const ref = await launcher.reference('virsh-1');
+  let opChainOk = true;
+  for (const d of ['operator-1', 'operator-2', 'virsh-2']) opChainOk = (await launcher.compare(d, ref)) && opChainOk;
+  const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
+  const fmt = (xs: number[]): string => xs.map((x) => `${x.toFixed(2)} s`).join(', ');
   say('');
-  say(`bench: chain ${opDisk!.chain.length} layers, ${ALLOCATED_MIB} MiB allocated (${(opDisk!.pullBytes / 1024 / 1024).toFixed(0)} MiB pulled)`);
-  say(`bench: apply-to-Completed (operator): ${operatorSeconds.toFixed(2)} s; phases seen: ${result.phases.join(' -> ')}`);
-  say(`bench: virsh blockpull --wait:       ${virshSeconds.toFixed(2)} s`);
-  say(`bench: ratio apply-to-Completed / virsh blockpull --wait = ${(operatorSeconds / virshSeconds).toFixed(2)}`);
-  say(`bench: status writes for the job: ${result.statusChanges} (status changes seen by a watch), ${writesMetric} (blockpull_status_writes_total)`);
-  say(`bench: both disks flattened to identical data: ${opChainOk ? 'yes' : 'NO'}`);
+  say(`bench: 4 identical chains: ${opDisk!.chain.length} layers, ${SIZE_MIB} MiB virtual, ${ALLOCATED_MIB} MiB allocated (${(opDisk!.pullBytes / 1024 / 1024).toFixed(0)} MiB pulled); order virsh, operator, operator, virsh`);
+  say(`bench: virsh blockpull --wait:        ${fmt(virshSeconds)}`);
+  say(`bench: apply-to-Completed (operator): ${fmt(operatorSeconds)}; phases seen: ${phases.map((p) => p.join(' -> ')).join('; ')}`);
+  say(`bench: status writes per job: ${writes.map((w) => `${w.watch} (watch) / ${w.metric} (blockpull_status_writes_total)`).join(', ')}`);
+  say(`bench: all four disks flattened to identical data: ${opChainOk ? 'yes' : 'NO'}`);
+  say(`bench: RESULT apply-to-Completed / virsh blockpull --wait = ${(sum(operatorSeconds) / sum(virshSeconds)).toFixed(2)} (sum over the ABBA runs); status writes per job = ${writes.map((w) => w.metric).join(', ')}`);
   if (!opChainOk) process.exitCode = 1;
 }
 
