@@ -42,7 +42,11 @@ beforeAll(async () => {
     },
   };
   await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
-  await cp.kubectl(['-n', NS, 'wait', '--for=condition=Ready', `pod/${POD}`, '--timeout=120s']);
+  const ready = await cp.kubectlResult(['-n', NS, 'wait', '--for=condition=Ready', `pod/${POD}`, '--timeout=120s'], { timeoutMs: 150_000 });
+  if (ready.exitCode !== 0) {
+    const describe = await cp.kubectlResult(['-n', NS, 'describe', 'pod', POD]);
+    throw new Error(`pod ${POD} not Ready: ${ready.stderr}\n${describe.stdout}`);
+  }
   runner = new ExecRunner({ kc: loadKubeConfig(cp.kubeconfigPath), namespace: NS, pod: POD });
 }, 1_800_000);
 
