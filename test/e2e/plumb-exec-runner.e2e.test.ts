@@ -100,11 +100,16 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
     expect((seen[2]?.at ?? 0) - (seen[0]?.at ?? 0)).toBeGreaterThan(400); // streamed, not buffered to the end
     expect((await h.done).exitCode).toBe(4);
 
-    const loop = runner.stream(['sh', '-c', 'while :; do echo x; sleep 0.2; done']);
+    // $0 = a marker, to find the process in the container afterwards
+    const loop = runner.stream(['sh', '-c', 'while :; do echo x; sleep 0.2; done', 'plumb-loop-marker']);
     const it = loop.lines[Symbol.asyncIterator]();
     expect((await it.next()).value).toBe('x');
+    const running = await runner.run(['ps', '-o', 'pid,args']);
+    expect(running.stdout).toContain('plumb-loop-marker');
     loop.stop();
     const done = await loop.done;
     expect(done.exitCode).not.toBe(0);
+    // Closing the exec stream ends the command in the container too (it dies on its next write)
+    await waitFor('loop gone from the container', async () => !(await runner.run(['ps', '-o', 'pid,args'])).stdout.includes('plumb-loop-marker'), 10_000, 250);
   });
 });

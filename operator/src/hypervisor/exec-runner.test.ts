@@ -155,6 +155,16 @@ describe('ExecRunner', () => {
     expect((await h.done).exitCode).toBe(0);
   });
 
+  it('stream(): a transport failure ends the lines and rejects done, without an unhandled rejection', async () => {
+    const { r } = runner({ stdout: ['a\n'], status: { status: 'Failure', reason: 'InternalError', message: 'container is in CONTAINER_EXITED state' }, closeAfterMs: 0 });
+    const h = r.stream(['virsh', 'event', '--loop']);
+    const lines: string[] = [];
+    for await (const l of h.lines) lines.push(l); // only the lines are consumed here
+    expect(lines).toEqual(['a']);
+    await new Promise((res) => setTimeout(res, 20)); // vitest fails the run on an unhandled rejection
+    await expect(h.done).rejects.toThrow(/CONTAINER_EXITED/);
+  });
+
   it('stream().stop() ends a long command', async () => {
     const { r, seen } = runner({ stdout: ['one\n'] });
     const h = r.stream(['virsh', 'event', '--loop']);

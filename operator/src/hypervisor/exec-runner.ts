@@ -260,6 +260,9 @@ export class ExecRunner implements CommandRunner {
         throw err;
       },
     );
+    // A caller that only iterates the lines must not crash the process with an unhandled
+    // rejection when the transport fails: the rejection stays observable through `done`.
+    done.catch(() => undefined);
     return { lines, done, stop: () => stop(new Error('stopped')) };
   }
 }
