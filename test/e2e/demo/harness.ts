@@ -21,6 +21,8 @@ export const NODE_BIN = path.join(REPO_ROOT, 'node_modules', '.bin', 'node');
 export const OPERATOR_MAIN = path.join(REPO_ROOT, 'operator', 'src', 'main.ts');
 export const LOG_DIR = path.join(REPO_ROOT, '.cache', 'e2e-blockpull');
 export const STANDIN_NODE = 'standin-node';
+/** The operator's own namespace in these tests (ServiceAccount, Lease): not the chart's, to stay clear of chart tests sharing the cluster. */
+export const OPERATOR_NAMESPACE = 'bp-operator-system';
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -55,7 +57,7 @@ async function rulesFile(name: string): Promise<z.infer<typeof RulesSchema>> {
  * A ServiceAccount in `namespace` bound to a ClusterRole made of charts/.../files/rbac-rules.yaml
  * and a Role (leases) from leader-election-rules.yaml; returns the path of its kubeconfig.
  */
-export async function operatorServiceAccount(kube: ClusterClient, namespace = 'blockpull-system', name = 'blockpull-operator'): Promise<string> {
+export async function operatorServiceAccount(kube: ClusterClient, namespace = OPERATOR_NAMESPACE, name = 'blockpull-operator'): Promise<string> {
   const clusterRules = await rulesFile('rbac-rules.yaml');
   const leaseRules = await rulesFile('leader-election-rules.yaml');
   const objects = [
@@ -121,7 +123,7 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
     BLOCKPULL_TRANSPORT: 'local',
     BLOCKPULL_LOCAL_LAUNCHERS_DIR: o.registryDir,
     BLOCKPULL_KUBECONFIG: o.kubeconfig,
-    BLOCKPULL_POD_NAMESPACE: 'blockpull-system',
+    BLOCKPULL_POD_NAMESPACE: OPERATOR_NAMESPACE,
     BLOCKPULL_POD_NAME: o.name,
     BLOCKPULL_LEADER_ELECT: 'true',
     BLOCKPULL_LEASE_DURATION_MS: '4000',
