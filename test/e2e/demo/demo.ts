@@ -75,7 +75,7 @@ async function main(): Promise<{ ok: boolean; summary: string }> {
   const reference = await launcher.reference(DISK);
   say(`    reference image (qemu-img convert of the chain, before the pull): ${reference}`);
 
-  step('Starting the operator (its own process, as ServiceAccount bp-operator-system/blockpull-operator with the chart's RBAC rules)');
+  step('Starting the operator (its own process, as ServiceAccount bp-operator-system/blockpull-operator with the chart RBAC rules)');
   const sa = await operatorServiceAccount(cp);
   operator = await startOperator({ kubeconfig: sa, registryDir, name: 'demo-operator', env: { BLOCKPULL_LOG_LEVEL: 'info' } });
   say(`    running (pid ${operator.child.pid}), log: ${operator.logPath}`);
