@@ -4,6 +4,7 @@
  * snapshotter, cgroupfs (no systemd as PID 1 here; the hierarchy is cgroup v1 with a v2 "unified"
  * mount beside it). stop() leaves no process, mount, network namespace or bridge behind.
  */
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
@@ -23,16 +24,20 @@ import {
 
 export const CONTAINERD_PACKAGES = ['containerd', 'runc', 'containernetworking-plugins', 'iproute2', 'iptables'] as const;
 
-/** Name of the CNI bridge our config creates (kept short: interface names are <= 15 bytes). */
-export const CNI_BRIDGE = 'bpcni0';
-export const POD_CIDR = '10.244.0.0/24';
+/** Prefix of the CNI bridge names (an interface name has at most 15 bytes). */
+export const CNI_BRIDGE_PREFIX = 'bpcni';
 export const SANDBOX_IMAGE = 'localhost/blockpull/pause:local';
 
 export interface ContainerdOptions {
   /** Everything of this containerd lives below this directory. */
   readonly runDir: string;
-  /** Pod CIDR for the bridge CNI config (host-local IPAM). */
+  /** Pod CIDR for the bridge CNI config (host-local IPAM); default: a free 10.244.N.0/24. */
   readonly podCidr?: string;
+  /**
+   * Short id that names this instance's bridge (bpcni<id>) and CNI network (blockpull-<id>), so
+   * two nodes on one machine never share them. Default: random.
+   */
+  readonly id?: string;
 }
 
 export interface Containerd {
@@ -42,6 +47,9 @@ export interface Containerd {
   readonly endpoint: string;
   readonly logPath: string;
   readonly version: string;
+  readonly bridge: string;
+  readonly network: string;
+  readonly podCidr: string;
   /** Run `ctr --address <socket> ...args`. */
   ctr(args: readonly string[], options?: { allowFailure?: boolean; timeoutMs?: number }): Promise<ToolResult>;
   /** Import an OCI/docker archive into the k8s.io namespace; returns the image names. */
@@ -77,7 +85,9 @@ function containerdConfig(runDir: string): string {
     '  netns_mounts_under_state_dir = true',
     '  enable_selinux = false',
     '  disable_apparmor = true',
-    '  restrict_oom_score_adj = false',
+    // This machine's root lacks CAP_SYS_RESOURCE, so no process may lower its oom_score_adj (the
+    // kubelet asks -998 for sandboxes): clamp requests to containerd's own score, as rootless setups do.
+    '  restrict_oom_score_adj = true',
     '  max_container_log_line_size = 16384',
     '  [plugins."io.containerd.grpc.v1.cri".containerd]',
     '    snapshotter = "overlayfs"',
@@ -98,15 +108,15 @@ function containerdConfig(runDir: string): string {
 }
 
 /** CNI: a Linux bridge with host-local IPAM, plus loopback. No masquerade: pods talk to the host. */
-function cniConfig(podCidr: string): string {
+function cniConfig(network: string, bridge: string, podCidr: string): string {
   return JSON.stringify(
     {
       cniVersion: '0.4.0',
-      name: 'blockpull-node',
+      name: network,
       plugins: [
         {
           type: 'bridge',
-          bridge: CNI_BRIDGE,
+          bridge,
           isGateway: true,
           ipMasq: false,
           hairpinMode: true,
@@ -132,18 +142,32 @@ function parseTasks(text: string): z.infer<typeof TaskList> {
   return TaskList.parse(rows);
 }
 
+/** The first 10.244.N.0/24 that no route on this machine uses. */
+export async function freePodCidr(): Promise<string> {
+  const routes = (await tool(['ip', '-4', 'route', 'show'])).stdout;
+  for (let n = 0; n < 256; n++) {
+    const cidr = `10.244.${n}.0/24`;
+    if (!routes.includes(`10.244.${n}.`)) return cidr;
+  }
+  throw new Error('no free pod CIDR in 10.244.0.0/16');
+}
+
 export async function startContainerd(options: ContainerdOptions): Promise<Containerd> {
   await ensureDebianPackages(CONTAINERD_PACKAGES);
   const runDir = options.runDir;
+  const id = options.id ?? randomBytes(3).toString('hex');
+  if (!/^[a-z0-9]{1,10}$/.test(id)) throw new Error(`containerd id ${id}: 1-10 lowercase letters or digits`);
+  const bridge = `${CNI_BRIDGE_PREFIX}${id}`;
+  const network = `blockpull-${id}`;
+  const podCidr = options.podCidr ?? (await freePodCidr());
   mkdirSync(join(runDir, 'cni', 'net.d'), { recursive: true });
-  mkdirSync(join(runDir, 'cni', 'state'), { recursive: true });
   writeFileSync(join(runDir, 'config.toml'), containerdConfig(runDir));
-  writeFileSync(join(runDir, 'cni', 'net.d', '10-blockpull.conflist'), cniConfig(options.podCidr ?? POD_CIDR));
+  writeFileSync(join(runDir, 'cni', 'net.d', '10-blockpull.conflist'), cniConfig(network, bridge, podCidr));
   const socket = join(runDir, 'containerd.sock');
   const logPath = join(runDir, 'containerd.log');
   const version = (await tool(['containerd', '--version'])).stdout.trim();
 
-  // host-local IPAM keeps its leases in /var/lib/cni/networks/<name>: ours is "blockpull-node".
+  // host-local IPAM keeps its leases in /var/lib/cni/networks/<network name>.
   const daemon: Daemon = startDaemon('containerd', ['containerd', '--config', join(runDir, 'config.toml')], logPath, {
     ...process.env,
     PATH: `/usr/sbin:/usr/bin:/sbin:/bin`,
@@ -179,8 +203,8 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
     // 4. Mounts (rootfs overlays, sandbox netns bind mounts, shm) below the run dir.
     await unmountAllUnder(runDir);
     // 5. Network: the bridge, and host-local leases of our network.
-    await tool(['ip', 'link', 'del', CNI_BRIDGE], { allowFailure: true });
-    rmSync('/var/lib/cni/networks/blockpull-node', { recursive: true, force: true });
+    await tool(['ip', 'link', 'del', bridge], { allowFailure: true });
+    rmSync(join('/var/lib/cni/networks', network), { recursive: true, force: true });
     // 6. Files. The root holds only content imported this run (images are cached as archives).
     if (mountsUnder(runDir).length === 0) rmSync(runDir, { recursive: true, force: true });
   };
@@ -213,6 +237,9 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
     endpoint: `unix://${socket}`,
     logPath,
     version,
+    bridge,
+    network,
+    podCidr,
     ctr,
     async importImage(archivePath: string): Promise<string[]> {
       const r = await ctr(['-n', 'k8s.io', 'images', 'import', '--snapshotter', 'overlayfs', archivePath], { timeoutMs: 600_000 });
@@ -224,11 +251,12 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
 }
 
 /** Leftovers of any containerd started from runDir: for tests that assert a clean stop. */
-export function leftovers(runDir: string): string[] {
+export function leftovers(runDir: string, c?: Pick<Containerd, 'bridge' | 'network'>): string[] {
   const found: string[] = [];
   for (const p of findProcesses([runDir])) found.push(`process ${p.pid}: ${p.cmdline.join(' ')}`);
   for (const m of mountsUnder(runDir)) found.push(`mount ${m}`);
-  if (existsSync(`/sys/class/net/${CNI_BRIDGE}`)) found.push(`network device ${CNI_BRIDGE}`);
+  if (c && existsSync(`/sys/class/net/${c.bridge}`)) found.push(`network device ${c.bridge}`);
+  if (c && existsSync(join('/var/lib/cni/networks', c.network))) found.push(`CNI leases /var/lib/cni/networks/${c.network}`);
   if (existsSync(runDir)) found.push(`directory ${runDir}: ${readdirSync(runDir).join(', ')}`);
   return found;
 }

@@ -17,7 +17,10 @@
  * (exec, logs) as a client with a certificate from the same CA: see nodeApiserverArgs().
  *
  * Networking: CNI bridge + host-local IPAM from Debian's containernetworking-plugins (pods get an
- * address in 10.244.0.0/24 behind the bridge bpcni0). There is no kube-proxy and no cluster DNS.
+ * address in a free 10.244.N.0/24 behind the bridge bpcni<id>). There is no kube-proxy and no cluster DNS.
+ *
+ * Everything host-wide is named by a per-node id (bridge, CNI network, cgroup root /blockpull-<id>),
+ * so two nodes on one machine (two test runs) never touch each other's.
  */
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readlinkSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -29,12 +32,10 @@ import type { ControlPlane } from '../cluster/control-plane.ts';
 import { writeKubeconfig } from '../cluster/kubeconfig.ts';
 import { freePorts } from '../cluster/processes.ts';
 import { pauseImage, type BuiltImage } from '../images/images.ts';
-import { leftovers as containerdLeftovers, POD_CIDR, startContainerd, type Containerd } from './containerd.ts';
+import { leftovers as containerdLeftovers, startContainerd, type Containerd } from './containerd.ts';
 import { findProcesses, mountsUnder, startDaemon, tailFile, tool, unmountAllUnder, waitFor, type Daemon } from './proc.ts';
 
 export const NODE_NAME = 'blockpull-node';
-/** Parent cgroup (in every v1 hierarchy) of everything the kubelet creates: cleaned up by stop(). */
-export const CGROUP_ROOT = '/blockpull-node';
 const CGROUP_FS = '/sys/fs/cgroup';
 
 /**
@@ -71,6 +72,9 @@ export interface Node {
   readonly name: string;
   readonly ip: string;
   readonly runDir: string;
+  /** Parent cgroup (in every hierarchy) of everything the kubelet creates. */
+  readonly cgroupRoot: string;
+  readonly podCidr: string;
   readonly containerd: Containerd;
   readonly kubeletPort: number;
   readonly logs: { readonly kubelet: string; readonly controllerManager: string; readonly scheduler: string; readonly containerd: string };
@@ -139,6 +143,7 @@ function kubeletConfig(o: {
   servingKey: string;
   endpoint: string;
   podLogsDir: string;
+  cgroupRoot: string;
 }): string {
   return stringify({
     apiVersion: 'kubelet.config.k8s.io/v1beta1',
@@ -158,7 +163,7 @@ function kubeletConfig(o: {
     imageServiceEndpoint: o.endpoint,
     // No systemd as PID 1 and a cgroup v1 hierarchy: the cgroupfs driver, and v1 explicitly allowed.
     cgroupDriver: 'cgroupfs',
-    cgroupRoot: CGROUP_ROOT,
+    cgroupRoot: o.cgroupRoot,
     failCgroupV1: false,
     failSwapOn: false,
     podLogsDir: o.podLogsDir,
@@ -181,7 +186,9 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
   const t0 = Date.now();
   const log = options.log ?? ((m: string) => process.stderr.write(`[node] ${m}\n`));
   const name = options.nodeName ?? NODE_NAME;
-  const runDir = options.runDir ?? join('/var/tmp', `bpnode-${randomBytes(4).toString('hex')}`);
+  const id = randomBytes(3).toString('hex');
+  const runDir = options.runDir ?? join('/var/tmp', `bpnode-${id}`);
+  const cgroupRoot = `/blockpull-${id}`;
   const pkiDir = join(runDir, 'pki');
   const logsDir = join(runDir, 'logs');
   const kubeletRoot = join(runDir, 'kubelet');
@@ -239,16 +246,16 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
         }
       }
     }
-    for (const h of cgroupHierarchies()) errors.push(...removeCgroupTree(join(h, CGROUP_ROOT)).map((c) => `cgroup ${c}`));
+    for (const h of cgroupHierarchies()) errors.push(...removeCgroupTree(join(h, cgroupRoot)).map((c) => `cgroup ${c}`));
     if (mountsUnder(runDir).length === 0) rmSync(runDir, { recursive: true, force: true });
     process.removeListener('exit', onExit);
-    const left = [...errors, ...nodeLeftovers(runDir)];
+    const left = [...errors, ...nodeLeftovers(runDir, { cgroupRoot, containerd })];
     if (left.length > 0) throw new Error(`node stop left: ${left.join('; ')}`);
   };
 
   try {
     // --- containerd and images
-    containerd = await startContainerd({ runDir: join(runDir, 'containerd'), podCidr: POD_CIDR });
+    containerd = await startContainerd({ runDir: join(runDir, 'containerd'), id });
     const images = [await pauseImage(), ...(options.images ?? [])];
     for (const img of images) await containerd.importImage(img.archivePath);
     log(`containerd ready, ${images.length} image(s) imported (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
@@ -299,9 +306,9 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
     const configPath = join(runDir, 'kubelet-config.yaml');
     writeFileSync(
       configPath,
-      kubeletConfig({ nodeIp: ip, port: kubeletPort, healthzPort, caFile, servingCert: kubeletServing.cert, servingKey: kubeletServing.key, endpoint: containerd.endpoint, podLogsDir }),
+      kubeletConfig({ nodeIp: ip, port: kubeletPort, healthzPort, caFile, servingCert: kubeletServing.cert, servingKey: kubeletServing.key, endpoint: containerd.endpoint, podLogsDir, cgroupRoot }),
     );
-    for (const h of cgroupHierarchies()) mkdirSync(join(h, CGROUP_ROOT), { recursive: true });
+    for (const h of cgroupHierarchies()) mkdirSync(join(h, cgroupRoot), { recursive: true });
     const kubelet = startDaemon(
       'kubelet',
       [
@@ -342,6 +349,8 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
       name,
       ip,
       runDir,
+      cgroupRoot,
+      podCidr: ctd.podCidr,
       containerd: ctd,
       kubeletPort,
       logs: { kubelet: kubelet.logPath, controllerManager: cm.logPath, scheduler: sched.logPath, containerd: ctd.logPath },
@@ -358,11 +367,11 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
 }
 
 /** What a stopped node left behind (empty = clean). */
-export function nodeLeftovers(runDir: string): string[] {
-  const found = containerdLeftovers(join(runDir, 'containerd'));
+export function nodeLeftovers(runDir: string, node: { cgroupRoot: string; containerd?: Pick<Containerd, 'bridge' | 'network'> | undefined }): string[] {
+  const found = containerdLeftovers(join(runDir, 'containerd'), node.containerd);
   for (const p of findProcesses([runDir])) found.push(`process ${p.pid}: ${p.cmdline.join(' ')}`);
   for (const m of mountsUnder(runDir)) found.push(`mount ${m}`);
-  for (const h of cgroupHierarchies()) if (existsSync(join(h, CGROUP_ROOT))) found.push(`cgroup ${join(h, CGROUP_ROOT)}`);
+  for (const h of cgroupHierarchies()) if (existsSync(join(h, node.cgroupRoot))) found.push(`cgroup ${join(h, node.cgroupRoot)}`);
   if (existsSync(runDir)) found.push(`directory ${runDir}`);
   return [...new Set(found)];
 }
