@@ -128,9 +128,20 @@ export async function operatorImage(options: { log?: (m: string) => void } = {})
       const id = r.stdout.trim().split('\n').at(-1) ?? '';
       await tool(buildah(storage, ['tag', id, NODE_BASE_NAME]));
     });
+    // The machine may reach the npm registry through a TLS-intercepting egress proxy whose CA the
+    // host's npm trusts (npm config cafile). Trust it in the build's RUN steps only: bind-mounted
+    // for the build (buildah -v), never copied into the image.
+    const caVolumes: string[] = [];
+    const cafile = (await tool(['npm', 'config', 'get', 'cafile'], { cwd: REPO_ROOT, allowFailure: true })).stdout.trim();
+    if (cafile !== '' && cafile !== 'null' && existsSync(cafile)) {
+      const npmrc = join(storage, 'npmrc');
+      writeFileSync(npmrc, 'cafile=/etc/blockpull-build-ca.crt\n');
+      caVolumes.push('--volume', `${cafile}:/etc/blockpull-build-ca.crt:ro`, '--volume', `${npmrc}:/usr/local/etc/npmrc:ro`);
+    }
     await tool(
       buildah(storage, [
         'build',
+        ...caVolumes,
         '--isolation',
         'chroot',
         '--network',
