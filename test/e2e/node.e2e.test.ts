@@ -7,23 +7,30 @@
  * kubectl exec (exit codes included) go through the API server to the kubelet and containerd;
  * a Deployment gets its pod (controller-manager + scheduler); the virt-launcher stand-in pod runs a
  * domain <ns>_<vmi> answering on the production URI inside container `compute` as uid 107;
+ * the operator (its own process, as the chart's ServiceAccount, BLOCKPULL_TRANSPORT=exec) flattens
+ * a disk through pods/exec -> kubelet -> containerd -> virsh, and qemu-img compare finds the data
+ * unchanged; deleting the launcher pod mid-pull gives Pending/VMINotRunning, not a hang;
  * stop() leaves nothing behind.
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
+import { clusterClient } from './cluster/client.ts';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from './cluster/control-plane.ts';
+import { installCrds, projectCrdFiles } from './cluster/crds.ts';
+import { blockPullManifest, getBlockPull, operatorServiceAccount, startOperator, waitForPhase, type OperatorProcess } from './demo/harness.ts';
 import { launcherImage, LAUNCHER_UID, testImage, type BuiltImage } from './images/images.ts';
 import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from './node/kubelet.ts';
 import { waitFor } from './node/proc.ts';
-import { launcherPodManifest, LAUNCHER_URI } from './node/launcher-pod.ts';
+import { launcherPodManifest, launcherVmiManifest, LAUNCHER_URI, type LauncherDiskSpec } from './node/launcher-pod.ts';
 
 const STATE_DIR = path.join(REPO_ROOT, '.cache', 'node-e2e-cluster');
 const NS = 'node-e2e';
 
 let cp: ControlPlane | undefined;
 let node: Node | undefined;
+let operator: OperatorProcess | undefined;
 let images: { test: BuiltImage; launcher: BuiltImage };
 const timings: Record<string, number> = {};
 
@@ -64,6 +71,7 @@ beforeAll(async () => {
   timings.controlPlaneMs = Date.now() - t;
   node = await startNode(cp, { images: [images.test, images.launcher] });
   timings.nodeMs = node.startMs;
+  await installCrds(clusterClient(cp.kubeconfigPath, cp.binaries.kubectl), await projectCrdFiles());
   await cp.kubectl(['create', 'namespace', NS]);
   // the controller-manager's service account controller creates the namespace's "default" SA
   await waitFor('default service account', async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0, 60_000, 500);
@@ -72,6 +80,7 @@ beforeAll(async () => {
 afterAll(async () => {
   const n = node;
   try {
+    await operator?.stop();
     await n?.stop();
   } finally {
     await cp?.stop();
@@ -195,5 +204,93 @@ describe('a real node: kubelet + containerd', () => {
   it('has the runtime files where the node says they are', () => {
     if (!node) throw new Error('not started');
     expect(existsSync(node.containerd.socket)).toBe(true);
+  });
+});
+
+/** Exec in the launcher's compute container through the API server and kubelet. */
+async function inCompute(pod: string, argv: readonly string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+  if (!cp) throw new Error('not started');
+  return cp.kubectlResult(['-n', NS, 'exec', pod, '-c', 'compute', '--', ...argv], { timeoutMs: 120_000 });
+}
+
+/** A VMI + launcher stand-in pod on the node, the VMI's status pointing at the pod. */
+async function startVm(vmiName: string, disks: readonly LauncherDiskSpec[]): Promise<string> {
+  if (!cp || !node) throw new Error('not started');
+  const vmi = launcherVmiManifest({ namespace: NS, vmiName, podUid: 'pending', nodeName: node.name, disks });
+  await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify({ ...vmi, status: undefined }) });
+  const vmiUid = (await cp.kubectl(['-n', NS, 'get', 'vmi', vmiName, '-o', 'jsonpath={.metadata.uid}'])).trim();
+  const podName = `virt-launcher-${vmiName}-${vmiUid.slice(0, 5)}`;
+  await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(launcherPodManifest({ namespace: NS, podName, vmiName, vmiUid, image: images.launcher.name, disks })) });
+  const p = await waitPodReady(podName, 180_000);
+  const status = launcherVmiManifest({ namespace: NS, vmiName, podUid: p.metadata.uid, nodeName: node.name, disks })['status'];
+  await cp.kubectl(['-n', NS, 'patch', 'vmi', vmiName, '--type=merge', '-p', JSON.stringify({ status })]);
+  return podName;
+}
+
+const topOf = (disk: LauncherDiskSpec): string => `/var/run/kubevirt-ephemeral-disks/disk-data/${disk.name}/${disk.name}-${disk.layers - 1}.qcow2`;
+
+describe('BlockPull through the production pods/exec transport, against the launcher pod', () => {
+  beforeAll(async () => {
+    if (!cp) throw new Error('not started');
+    const sa = await operatorServiceAccount(clusterClient(cp.kubeconfigPath, cp.binaries.kubectl));
+    operator = await startOperator({ kubeconfig: sa, registryDir: '', name: 'node-e2e-exec', env: { BLOCKPULL_TRANSPORT: 'exec', BLOCKPULL_LEADER_ELECT: 'false' } });
+    expect(operator.find('starting blockpull-operator')[0]?.['transport']).toBe('exec');
+  }, 120_000);
+
+  it('flattens the disk through kubectl-exec-like calls; the chain is flat and the data identical', async () => {
+    if (!cp) throw new Error('not started');
+    const disk: LauncherDiskSpec = { name: 'rootdisk', layers: 3, sizeMiB: 128, allocatedMiB: 64 };
+    const pod = await startVm('vm2', [disk]);
+    // reference: the guest-visible content of the chain, before the pull (the domain is paused)
+    const ref = await inCompute(pod, ['qemu-img', 'convert', '-U', '-O', 'raw', topOf(disk), '/var/run/kubevirt-ephemeral-disks/ref.raw']);
+    expect(ref.exitCode, ref.stderr).toBe(0);
+
+    const t0 = Date.now();
+    await cp.kubectl(['apply', '-f', '-'], { input: blockPullManifest({ namespace: NS, name: 'flatten-vm2', vmiName: 'vm2', disk: 'rootdisk' }) });
+    const done = await waitForPhase(cp, NS, 'flatten-vm2', ['Completed', 'Failed'], 180_000);
+    timings.execPullMs = Date.now() - t0;
+    expect(done.status?.phase, JSON.stringify(done.status)).toBe('Completed');
+    expect(done.status?.reason).toBe('Completed');
+    expect(done.status?.launcher?.['pod']).toBe(pod);
+
+    const xml = await inCompute(pod, ['virsh', '-c', LAUNCHER_URI, 'dumpxml', `${NS}_vm2`]);
+    expect(xml.exitCode).toBe(0);
+    expect(xml.stdout).toContain(`<source file='${topOf(disk)}' index='1'/>`);
+    expect(xml.stdout).not.toContain("<backingStore type='file'");
+    const info = await inCompute(pod, ['qemu-img', 'info', '-U', '--output=json', topOf(disk)]);
+    expect(JSON.parse(info.stdout)).not.toHaveProperty('backing-filename');
+    const cmp = await inCompute(pod, ['qemu-img', 'compare', '-U', '-f', 'raw', '-F', 'qcow2', '/var/run/kubevirt-ephemeral-disks/ref.raw', topOf(disk)]);
+    expect(cmp.stdout).toContain('Images are identical');
+    expect(cmp.exitCode).toBe(0);
+  });
+
+  it('deleting the launcher pod mid-pull gives Pending / VMINotRunning, not a hang', async () => {
+    if (!cp) throw new Error('not started');
+    const disk: LauncherDiskSpec = { name: 'datadisk', layers: 2, sizeMiB: 512, allocatedMiB: 256 };
+    const pod = await startVm('vm3', [disk]);
+    await cp.kubectl(['apply', '-f', '-'], { input: blockPullManifest({ namespace: NS, name: 'flatten-vm3', vmiName: 'vm3', disk: 'datadisk', spec: { bandwidth: '8Mi' } }) });
+    await waitFor(
+      'pull under way',
+      async () => {
+        const bp = await getBlockPull(cp!, NS, 'flatten-vm3');
+        return bp?.status?.phase === 'Running' && (bp.status.progress?.currentBytes ?? 0) > 0 ? bp : false;
+      },
+      120_000,
+      300,
+    );
+    const t0 = Date.now();
+    await cp.kubectl(['-n', NS, 'delete', 'pod', pod, '--wait=false']);
+    const after = await waitFor(
+      'Pending / VMINotRunning',
+      async () => {
+        const bp = await getBlockPull(cp!, NS, 'flatten-vm3');
+        return bp?.status?.phase === 'Pending' && bp.status.reason === 'VMINotRunning' ? bp : false;
+      },
+      60_000,
+      300,
+    );
+    timings.podKillToPendingMs = Date.now() - t0;
+    expect(after.status?.message).toMatch(/no Running virt-launcher pod/);
+    await waitFor('launcher pod gone', async () => (await cp?.kubectlResult(['-n', NS, 'get', 'pod', pod]))?.exitCode !== 0, 120_000, 500);
   });
 });
