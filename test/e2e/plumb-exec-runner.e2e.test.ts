@@ -7,6 +7,7 @@
  * yields lines as they are printed and stops on demand.
  * Heavy (own control plane and node, like node.e2e.test.ts).
  */
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecRunner } from '../../operator/src/hypervisor/exec-runner.ts';
@@ -51,13 +52,13 @@ beforeAll(async () => {
 }, 1_800_000);
 
 afterAll(async () => {
-  const runDir = node?.runDir;
+  const n = node;
   try {
-    await node?.stop();
+    await n?.stop();
   } finally {
     await cp?.stop();
   }
-  if (runDir) expect(nodeLeftovers(runDir)).toEqual([]);
+  if (n) expect(nodeLeftovers(n.runDir, n)).toEqual([]);
 });
 
 describe('ExecRunner over pods/exec (real kubelet)', () => {
@@ -84,12 +85,18 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
     await expect(runner.run(['no-such-binary-xyz'])).rejects.toThrow(RunTransportError);
     const gone = new ExecRunner({ kc: loadKubeConfig(cp?.kubeconfigPath), namespace: NS, pod: 'no-such-pod' });
     await expect(gone.run(['true'])).rejects.toThrow(RunTransportError);
+    // without the kill-on-disconnect wrapper, the runtime itself refuses the missing binary
+    const bare = new ExecRunner({ kc: loadKubeConfig(cp?.kubeconfigPath), namespace: NS, pod: POD, killOnDisconnect: false });
+    await expect(bare.run(['no-such-binary-xyz'])).rejects.toThrow(RunTransportError);
+    expect((await bare.run(['sh', '-c', 'exit 5'])).exitCode).toBe(5);
   });
 
   it('a timeout rejects with RunTimeoutError in time', async () => {
     const t0 = performance.now();
-    await expect(runner.run(['sleep', '30'], { timeoutMs: 1_000 })).rejects.toThrow(RunTimeoutError);
+    await expect(runner.run(['sleep', '31'], { timeoutMs: 1_000 })).rejects.toThrow(RunTimeoutError);
     expect(performance.now() - t0).toBeLessThan(5_000);
+    // and the command is gone from the container, not left running
+    await waitFor('sleep gone from the container', async () => !(await runner.run(['ps', '-o', 'args'])).stdout.includes('sleep 31'), 10_000, 250);
   });
 
   it('stream() yields lines as they are printed, ends with the exit code; stop() ends a loop', async () => {
@@ -109,7 +116,30 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
     loop.stop();
     const done = await loop.done;
     expect(done.exitCode).not.toBe(0);
-    // Closing the exec stream ends the command in the container too (it dies on its next write)
+    // Stopping ends the command in the container too (the kill-on-disconnect wrapper)
     await waitFor('loop gone from the container', async () => !(await runner.run(['ps', '-o', 'pid,args'])).stdout.includes('plumb-loop-marker'), 10_000, 250);
+  });
+  it('an operator crash leaves no command behind: SIGKILL of the process that started it ends it in the container', async () => {
+    const script = [
+      `import { ExecRunner } from ${JSON.stringify(path.join(REPO_ROOT, 'operator/src/hypervisor/exec-runner.ts'))};`,
+      `import { loadKubeConfig } from ${JSON.stringify(path.join(REPO_ROOT, 'operator/src/kube/client.ts'))};`,
+      `const r = new ExecRunner({ kc: loadKubeConfig(${JSON.stringify(cp?.kubeconfigPath)}), namespace: ${JSON.stringify(NS)}, pod: ${JSON.stringify(POD)} });`,
+      "const h = r.stream(['sh', '-c', 'while :; do echo x; sleep 0.2; done', 'plumb-crash-marker']);",
+      "for await (const l of h.lines) { console.log('started', l); setInterval(() => {}, 1000); break; }",
+    ].join('\n');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on('data', (d: Buffer) => {
+          if (d.toString().includes('started')) resolve();
+        });
+        child.on('exit', (code) => reject(new Error(`helper exited early with ${code}`)));
+      });
+      expect((await runner.run(['ps', '-o', 'args'])).stdout).toContain('plumb-crash-marker');
+      child.kill('SIGKILL');
+      await waitFor('loop of the killed process gone from the container', async () => !(await runner.run(['ps', '-o', 'args'])).stdout.includes('plumb-crash-marker'), 15_000, 250);
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 });

@@ -5,11 +5,11 @@
  * exec needs a kubelet (test/e2e/node, issue 6).
  */
 import { EventEmitter } from 'node:events';
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import type { V1Status } from '@kubernetes/client-node';
 import { KubeConfig } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { ExecRunner, STOPPED_EXIT_CODE, parseExecStatus, type ExecLike } from './exec-runner.ts';
+import { ExecRunner, KILL_ON_DISCONNECT_SCRIPT, NOT_FOUND_MARKER, STOPPED_EXIT_CODE, parseExecStatus, type ExecLike } from './exec-runner.ts';
 import { RunTimeoutError, RunTransportError } from './runner.ts';
 
 describe('parseExecStatus', () => {
@@ -57,10 +57,11 @@ interface Script {
 }
 
 /** Delivers the scripted frames the way client-node's handler does: streams, then status, then close. */
-function scriptedExec(script: Script, seen: { argv?: string[]; container?: string; closed: number }): ExecLike {
+function scriptedExec(script: Script, seen: { argv?: string[]; container?: string; closed: number; stdinEnded?: boolean }): ExecLike {
   return {
-    exec(_ns: string, _pod: string, container: string, command: string | string[], stdout: Writable | null, stderr: Writable | null, _stdin: null, _tty: boolean, cb?: (s: V1Status) => void) {
+    exec(_ns: string, _pod: string, container: string, command: string | string[], stdout: Writable | null, stderr: Writable | null, stdin: Readable | null, _tty: boolean, cb?: (s: V1Status) => void) {
       seen.argv = Array.isArray(command) ? command : [command];
+      stdin?.on('data', () => undefined).on('end', () => (seen.stdinEnded = true));
       seen.container = container;
       if (script.connectError) return Promise.reject(script.connectError);
       const ws = Object.assign(new EventEmitter(), {
@@ -87,9 +88,9 @@ function scriptedExec(script: Script, seen: { argv?: string[]; container?: strin
   };
 }
 
-function runner(script: Script) {
-  const seen = { closed: 0 } as { argv?: string[]; container?: string; closed: number };
-  const r = new ExecRunner({ kc: new KubeConfig(), namespace: 'ns', pod: 'virt-launcher-x', exec: scriptedExec(script, seen) });
+function runner(script: Script, killOnDisconnect = false) {
+  const seen = { closed: 0 } as { argv?: string[]; container?: string; closed: number; stdinEnded?: boolean };
+  const r = new ExecRunner({ kc: new KubeConfig(), namespace: 'ns', pod: 'virt-launcher-x', exec: scriptedExec(script, seen), killOnDisconnect, stopGraceMs: 50 });
   return { r, seen };
 }
 
@@ -101,6 +102,28 @@ describe('ExecRunner', () => {
     expect(res).toEqual({ exitCode: 0, stdout: 'Block Pull started\n', stderr: 'warn\n' });
     expect(seen.argv).toEqual(['virsh', '-c', 'qemu:///system', 'blockpull', 'ns_vm; rm -rf /', 'vda']);
     expect(seen.container).toBe('compute');
+  });
+
+  it('by default wraps argv in the kill-on-disconnect script (argv as positional parameters) and ends stdin on stop', async () => {
+    const { r, seen } = runner({}, true);
+    const h = r.stream(['virsh', 'event', '--domain', 'ns_vm; reboot']);
+    await new Promise((res) => setTimeout(res, 10));
+    expect(seen.argv).toEqual(['sh', '-c', KILL_ON_DISCONNECT_SCRIPT, 'blockpull-exec', 'virsh', 'event', '--domain', 'ns_vm; reboot']);
+    expect(KILL_ON_DISCONNECT_SCRIPT).toContain('"$@"');
+    h.stop();
+    await new Promise((res) => setTimeout(res, 10));
+    expect(seen.stdinEnded).toBe(true); // the wrapper's lifeline is cut first
+    expect(seen.closed).toBe(0); // the socket only after the grace period
+    expect((await h.done).exitCode).toBe(STOPPED_EXIT_CODE);
+    expect(seen.closed).toBe(1);
+  });
+
+  it("the wrapper's not-found report is a RunTransportError; an ordinary 127 is an exit code", async () => {
+    const notFound = { status: 'Failure', reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: '127' }] } };
+    const a = runner({ stderr: [`${NOT_FOUND_MARKER}: virsh\n`], status: notFound, closeAfterMs: 0 }, true);
+    await expect(a.r.run(['virsh', 'list'])).rejects.toThrow(RunTransportError);
+    const b = runner({ stderr: ['sh: foo: not found\n'], status: notFound, closeAfterMs: 0 }, true);
+    expect((await b.r.run(['sh', '-c', 'foo'])).exitCode).toBe(127);
   });
 
   it('returns a non-zero exit code instead of throwing', async () => {
