@@ -272,6 +272,10 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
       expect(bp.status?.message, name).toMatch(message);
     }
     expect(pullsStartedFor(operator!, 'flat')).toBe(0);
+    // Waiting objects are looked at again (every 5 s) but not rewritten while nothing changes.
+    const rv = (await getBlockPull(kube, NS, 'no-vmi'))!.metadata.resourceVersion;
+    await sleep(6_000);
+    expect((await getBlockPull(kube, NS, 'no-vmi'))!.metadata.resourceVersion).toBe(rv);
     expect(operator!.child.exitCode).toBeNull();
   });
 

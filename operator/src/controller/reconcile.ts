@@ -90,7 +90,24 @@ function significant(s: BlockPullStatus | undefined): unknown {
   };
 }
 
-const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+/** JSON with object keys sorted (the API server does not keep our key order) and undefined dropped. */
+export function canonicalJson(v: unknown): string {
+  const norm = (x: unknown): unknown => {
+    if (Array.isArray(x)) return x.map(norm);
+    if (x !== null && typeof x === 'object' && !(x instanceof Date)) {
+      const out: Record<string, unknown> = {};
+      for (const k of Object.keys(x).sort()) {
+        const val = (x as Record<string, unknown>)[k];
+        if (val !== undefined) out[k] = norm(val);
+      }
+      return out;
+    }
+    return x;
+  };
+  return JSON.stringify(norm(v)) ?? 'undefined';
+}
+
+const sameJson = (a: unknown, b: unknown): boolean => canonicalJson(a) === canonicalJson(b);
 
 function splitKey(key: string): { namespace: string; name: string } {
   const i = key.indexOf('/');
