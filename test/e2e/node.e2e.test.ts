@@ -257,6 +257,10 @@ describe('BlockPull through the production pods/exec transport, against the laun
     expect(xml.exitCode).toBe(0);
     expect(xml.stdout).toContain(`<source file='${topOf(disk)}' index='1'/>`);
     expect(xml.stdout).not.toContain("<backingStore type='file'");
+    // QEMU caches qcow2 metadata: flush through the device so a reader outside QEMU sees the guest's view
+    const flush = await inCompute(pod, ['virsh', '-c', LAUNCHER_URI, 'qemu-monitor-command', `${NS}_vm2`, '--hmp', 'qemu-io -d /machine/peripheral/ua-rootdisk/virtio-backend "flush"']);
+    expect(flush.exitCode, flush.stderr).toBe(0);
+    expect(flush.stdout.trim()).toBe('');
     const info = await inCompute(pod, ['qemu-img', 'info', '-U', '--output=json', topOf(disk)]);
     expect(JSON.parse(info.stdout)).not.toHaveProperty('backing-filename');
     const cmp = await inCompute(pod, ['qemu-img', 'compare', '-U', '-f', 'raw', '-F', 'qcow2', '/var/run/kubevirt-ephemeral-disks/ref.raw', topOf(disk)]);
