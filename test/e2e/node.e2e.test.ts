@@ -9,7 +9,9 @@
  * domain <ns>_<vmi> answering on the production URI inside container `compute` as uid 107;
  * the operator (its own process, as the chart's ServiceAccount, BLOCKPULL_TRANSPORT=exec) flattens
  * a disk through pods/exec -> kubelet -> containerd -> virsh, and qemu-img compare finds the data
- * unchanged; deleting the launcher pod mid-pull gives Pending/VMINotRunning, not a hang;
+ * unchanged; deleting the launcher pod mid-pull gives Pending/VMINotRunning, not a hang; the same
+ * pull with the operator running in the cluster as the Helm chart's Deployment, from the image
+ * buildah built from the project's Dockerfile, under the chart's ServiceAccount;
  * stop() leaves nothing behind.
  */
 import { existsSync } from 'node:fs';
@@ -21,6 +23,8 @@ import { REPO_ROOT, startControlPlane, type ControlPlane } from './cluster/contr
 import { installCrds, projectCrdFiles } from './cluster/crds.ts';
 import { blockPullManifest, getBlockPull, operatorServiceAccount, startOperator, waitForPhase, type OperatorProcess } from './demo/harness.ts';
 import { launcherImage, LAUNCHER_UID, testImage, type BuiltImage } from './images/images.ts';
+import { operatorImage } from './images/operator.ts';
+import { ensureHelm, run as runTool } from './ship/helm.ts';
 import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from './node/kubelet.ts';
 import { waitFor } from './node/proc.ts';
 import { launcherPodManifest, launcherVmiManifest, LAUNCHER_URI, type LauncherDiskSpec } from './node/launcher-pod.ts';
@@ -296,5 +300,66 @@ describe('BlockPull through the production pods/exec transport, against the laun
     timings.podKillToPendingMs = Date.now() - t0;
     expect(after.status?.message).toMatch(/no Running virt-launcher pod/);
     await waitFor('launcher pod gone', async () => (await cp?.kubectlResult(['-n', NS, 'get', 'pod', pod]))?.exitCode !== 0, 120_000, 500);
+  });
+});
+
+describe('the operator as the Helm chart Deployment, image built from the Dockerfile', () => {
+  const OP_NS = 'blockpull-system';
+
+  beforeAll(async () => {
+    if (!cp || !node) throw new Error('not started');
+    await operator?.stop(); // one operator at a time
+    operator = undefined;
+    let t = Date.now();
+    const image = await operatorImage();
+    timings.operatorImageMs = Date.now() - t;
+    await node.importImage(image);
+    const helm = await ensureHelm();
+    const colon = image.name.lastIndexOf(':');
+    const rendered = await runTool([
+      helm, 'template', 'blockpull-operator', path.join(REPO_ROOT, 'charts', 'blockpull-operator'), '--namespace', OP_NS,
+      '--set', `image.repository=${image.name.slice(0, colon)}`, '--set', `image.tag=${image.name.slice(colon + 1)}`,
+      '--set', 'image.pullPolicy=Never', '--set', 'replicaCount=1', '--set', 'operator.logLevel=debug',
+    ], { timeoutMs: 60_000 });
+    expect(rendered.exitCode, rendered.stderr).toBe(0);
+    await cp.kubectl(['create', 'namespace', OP_NS]);
+    t = Date.now();
+    await cp.kubectl(['apply', '-f', '-'], { input: rendered.stdout });
+    await cp.kubectl(['-n', OP_NS, 'rollout', 'status', 'deployment/blockpull-operator', '--timeout=180s'], { timeoutMs: 200_000 });
+    timings.deploymentReadyMs = Date.now() - t;
+  }, 1_200_000);
+
+  it('runs under the chart ServiceAccount and flattens a disk through pods/exec', async () => {
+    if (!cp) throw new Error('not started');
+    const pods = z
+      .object({ items: z.array(z.object({ metadata: z.object({ name: z.string() }), spec: z.object({ serviceAccountName: z.string(), containers: z.array(z.object({ image: z.string() })) }) })) })
+      .parse(JSON.parse(await cp.kubectl(['-n', OP_NS, 'get', 'pods', '-l', 'app.kubernetes.io/name=blockpull-operator', '-o', 'json'])));
+    expect(pods.items).toHaveLength(1);
+    const opPod = pods.items[0]!;
+    expect(opPod.spec.serviceAccountName).toBe('blockpull-operator');
+    expect(opPod.spec.containers[0]?.image).toMatch(/^localhost\/blockpull-operator:/);
+
+    const disk: LauncherDiskSpec = { name: 'osdisk', layers: 4, sizeMiB: 128, allocatedMiB: 96 };
+    const pod = await startVm('vm4', [disk]);
+    const ref = await inCompute(pod, ['qemu-img', 'convert', '-U', '-O', 'raw', topOf(disk), '/var/run/kubevirt-ephemeral-disks/ref.raw']);
+    expect(ref.exitCode, ref.stderr).toBe(0);
+    const t0 = Date.now();
+    await cp.kubectl(['apply', '-f', '-'], { input: blockPullManifest({ namespace: NS, name: 'flatten-vm4', vmiName: 'vm4', disk: 'osdisk' }) });
+    const done = await waitForPhase(cp, NS, 'flatten-vm4', ['Completed', 'Failed'], 180_000);
+    timings.deploymentPullMs = Date.now() - t0;
+    expect(done.status?.phase, JSON.stringify(done.status)).toBe('Completed');
+
+    const logs = await cp.kubectl(['-n', OP_NS, 'logs', opPod.metadata.name]);
+    const lines = logs.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.find((l) => l['msg'] === 'starting blockpull-operator')?.['transport']).toBe('exec');
+    expect(lines.some((l) => l['blockpull'] === `${NS}/flatten-vm4`)).toBe(true);
+
+    const flush = await inCompute(pod, ['virsh', '-c', LAUNCHER_URI, 'qemu-monitor-command', `${NS}_vm4`, '--hmp', 'qemu-io -d /machine/peripheral/ua-osdisk/virtio-backend "flush"']);
+    expect(flush.exitCode, flush.stderr).toBe(0);
+    const xml = await inCompute(pod, ['virsh', '-c', LAUNCHER_URI, 'dumpxml', `${NS}_vm4`]);
+    expect(xml.stdout).not.toContain("<backingStore type='file'");
+    const cmp = await inCompute(pod, ['qemu-img', 'compare', '-U', '-f', 'raw', '-F', 'qcow2', '/var/run/kubevirt-ephemeral-disks/ref.raw', topOf(disk)]);
+    expect(cmp.stdout).toContain('Images are identical');
+    expect(cmp.exitCode).toBe(0);
   });
 });

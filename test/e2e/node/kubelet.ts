@@ -17,11 +17,15 @@
  * (exec, logs) as a client with a certificate from the same CA: see nodeApiserverArgs().
  *
  * Networking: CNI bridge + host-local IPAM from Debian's containernetworking-plugins (pods get an
- * address in a free 10.244.N.0/24 behind the bridge bpcni<id>). There is no kube-proxy and no cluster DNS.
+ * address in a free 10.244.N.0/24 behind the bridge bpcni<id>). There is no kube-proxy and no cluster
+ * DNS; the one Service pods need, `kubernetes` (in-cluster clients, e.g. the operator's Deployment),
+ * is reached by one DNAT rule from its ClusterIP to the API server on 127.0.0.1 (route_localnet on
+ * the bridge only): what kube-proxy would do for that Service, by hand.
  *
  * Everything host-wide is named by a per-node id (bridge, CNI network, cgroup root /blockpull-<id>),
  * so two nodes on one machine (two test runs) never touch each other's.
  */
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readlinkSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -57,6 +61,8 @@ export function nodeApiserverArgs(controlPlaneStateDir: string): string[] {
     '--enable-admission-plugins=NodeRestriction',
   ];
 }
+
+const ServiceSchema = z.object({ spec: z.object({ clusterIP: z.string(), ports: z.array(z.object({ port: z.number() })).min(1) }) });
 
 export interface NodeOptions {
   /** Default /var/tmp/bpnode-<random> (short: unix socket paths are limited to 107 bytes). */
@@ -215,6 +221,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
 
   const daemons: Daemon[] = [];
   let containerd: Containerd | undefined;
+  let dnatRule: string[] | undefined;
   // If this process dies before stop(), take the daemons with it.
   const onExit = (): void => {
     for (const d of daemons) d.child.kill('SIGKILL');
@@ -232,6 +239,10 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
       await cp.kubectlResult(['delete', 'pods', '--all-namespaces', '--all', `--field-selector=spec.nodeName=${name}`, '--grace-period=1', '--wait=true', '--timeout=60s'], { timeoutMs: 90_000 }).catch(() => undefined);
     }
     for (const d of [...daemons].reverse()) await d.stop(10_000);
+    if (dnatRule) {
+      const r = await tool(['iptables', '-t', 'nat', '-D', ...dnatRule], { allowFailure: true });
+      if (r.exitCode !== 0) errors.push(`iptables rule ${dnatRule.join(' ')}: ${r.stderr.trim()}`);
+    }
     await cp.kubectlResult(['delete', 'node', name, '--wait=false'], { timeoutMs: 20_000 }).catch(() => undefined);
     if (containerd) await containerd.stop();
     await unmountAllUnder(runDir);
@@ -259,6 +270,19 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
     const images = [await pauseImage(), ...(options.images ?? [])];
     for (const img of images) await containerd.importImage(img.archivePath);
     log(`containerd ready, ${images.length} image(s) imported (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+
+    // --- the `kubernetes` Service for pods: DNAT its ClusterIP to the API server on loopback.
+    // The bridge is made here (the CNI bridge plugin adopts an existing one) so route_localnet can
+    // be set on it alone; it goes away with the bridge.
+    await tool(['ip', 'link', 'add', containerd.bridge, 'type', 'bridge']);
+    await tool(['ip', 'link', 'set', containerd.bridge, 'up']);
+    writeFileSync(`/proc/sys/net/ipv4/conf/${containerd.bridge}/route_localnet`, '1');
+    const svc = ServiceSchema.parse(JSON.parse(await cp.kubectl(['-n', 'default', 'get', 'service', 'kubernetes', '-o', 'json'])));
+    const api = new URL(cp.server);
+    const rule = ['PREROUTING', '-i', containerd.bridge, '-d', `${svc.spec.clusterIP}/32`, '-p', 'tcp', '--dport', String(svc.spec.ports[0]?.port ?? 443),
+      '-m', 'comment', '--comment', `blockpull-node-${id}`, '-j', 'DNAT', '--to-destination', `${api.hostname}:${api.port}`];
+    await tool(['iptables', '-t', 'nat', '-A', ...rule]);
+    dnatRule = rule;
 
     // --- controller manager and scheduler
     const [cmPort, schedPort, kubeletPort, healthzPort] = (await freePorts(4)) as [number, number, number, number];
@@ -372,6 +396,9 @@ export function nodeLeftovers(runDir: string, node: { cgroupRoot: string; contai
   for (const p of findProcesses([runDir])) found.push(`process ${p.pid}: ${p.cmdline.join(' ')}`);
   for (const m of mountsUnder(runDir)) found.push(`mount ${m}`);
   for (const h of cgroupHierarchies()) if (existsSync(join(h, node.cgroupRoot))) found.push(`cgroup ${join(h, node.cgroupRoot)}`);
+  const id = node.cgroupRoot.replace(/^\/blockpull-/, '');
+  const nat = spawnSync('iptables', ['-t', 'nat', '-S', 'PREROUTING'], { encoding: 'utf8' });
+  if (nat.stdout?.includes(`blockpull-node-${id}`)) found.push(`iptables nat rule blockpull-node-${id}`);
   if (existsSync(runDir)) found.push(`directory ${runDir}`);
   return [...new Set(found)];
 }
