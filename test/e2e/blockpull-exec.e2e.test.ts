@@ -39,6 +39,16 @@ describe('BlockPull over pods/exec into a real virt-launcher stand-in pod', () =
     return [...block.matchAll(/<source file='([^']+)'/g)].map((m) => m[1]!);
   };
 
+  /** Make QEMU write its cached qcow2 metadata, so qemu-img (outside QEMU) sees the current data. */
+  const flush = async (disk: string): Promise<void> => {
+    const out = await ex(['virsh', '-c', LAUNCHER_URI, 'qemu-monitor-command', DOMAIN, '--hmp', `qemu-io -d /machine/peripheral/ua-${disk}/virtio-backend "flush"`]);
+    expect(out.trim()).toBe('');
+  };
+  const compare = async (disk: string, top: string, ref: string): Promise<string> => {
+    await flush(disk);
+    return (await ex(['qemu-img', 'compare', '-U', top, ref])).trim();
+  };
+
   beforeAll(async () => {
     tmp = await mkdtemp(path.join(os.tmpdir(), 'bp-exec-'));
     const image = await launcherImage();
@@ -82,13 +92,14 @@ describe('BlockPull over pods/exec into a real virt-launcher stand-in pod', () =
     expect(before).toHaveLength(3);
     const top = before[0]!;
     const ref = '/var/run/kubevirt-private/rootdisk-ref.qcow2';
+    await flush('rootdisk');
     await ex(['qemu-img', 'convert', '-U', '-O', 'qcow2', top, ref]);
     const file = path.join(tmp!, 'bp.yaml');
     await writeFile(file, blockPullManifest({ namespace: NS, name: 'flatten', vmiName: VMI, disk: 'rootdisk', spec: { bandwidth: '16Mi' } }));
     await cp!.kubectl(['apply', '-f', file]);
     await cp!.kubectl(['wait', '--for=condition=Complete', 'blockpull/flatten', '-n', NS, '--timeout=180s'], { timeoutMs: 190_000 });
     expect(await chain('rootdisk')).toEqual([top]);
-    expect((await ex(['qemu-img', 'compare', '-U', top, ref])).trim()).toBe('Images are identical.');
+    expect(await compare('rootdisk', top, ref)).toBe('Images are identical.');
     const bp = (await getBlockPull(cp!, NS, 'flatten'))!;
     expect(bp.status).toMatchObject({
       phase: 'Completed',
@@ -103,12 +114,13 @@ describe('BlockPull over pods/exec into a real virt-launcher stand-in pod', () =
     const before = await chain('datadisk');
     expect(before).toHaveLength(3);
     const ref = '/var/run/kubevirt-private/datadisk-ref.qcow2';
+    await flush('datadisk');
     await ex(['qemu-img', 'convert', '-U', '-O', 'qcow2', before[0]!, ref]);
     const file = path.join(tmp!, 'partial.yaml');
     await writeFile(file, blockPullManifest({ namespace: NS, name: 'partial', vmiName: VMI, disk: 'datadisk', spec: { base: { path: before[2] } } }));
     await cp!.kubectl(['apply', '-f', file]);
     await cp!.kubectl(['wait', '--for=condition=Complete', 'blockpull/partial', '-n', NS, '--timeout=180s'], { timeoutMs: 190_000 });
     expect(await chain('datadisk')).toEqual([before[0], before[2]]);
-    expect((await ex(['qemu-img', 'compare', '-U', before[0]!, ref])).trim()).toBe('Images are identical.');
+    expect(await compare('datadisk', before[0]!, ref)).toBe('Images are identical.');
   });
 });
