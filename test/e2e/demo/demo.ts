@@ -29,6 +29,7 @@ let launcher: Launcher | undefined;
 let operator: OperatorProcess | undefined;
 let tmp: string | undefined;
 let cleaning: Promise<void> | undefined;
+let interrupted = false;
 
 function cleanup(): Promise<void> {
   cleaning ??= (async () => {
@@ -47,6 +48,8 @@ function cleanup(): Promise<void> {
 
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.on(sig, () => {
+    if (interrupted) return;
+    interrupted = true;
     say(`\n${sig}: interrupting the demo`);
     void cleanup().finally(() => {
       say('NOT VERIFIED: the demo was interrupted');
@@ -127,11 +130,13 @@ async function main(): Promise<{ ok: boolean; summary: string }> {
 
 main().then(
   async ({ ok, summary }) => {
+    if (interrupted) return;
     await cleanup();
     say(summary);
     process.exit(ok ? 0 : 1);
   },
   async (err: unknown) => {
+    if (interrupted) return; // the signal handler cleans up and exits
     say(`error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
     await cleanup();
     say('NOT VERIFIED: the demo failed before verification');
