@@ -250,13 +250,19 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(await launcher!.compare('delete', ref)).toBe(true);
   });
 
-  it('missing VMI, missing disk, VMI not running, an already flat disk: documented phase and reason with a useful message', async () => {
+  it('missing VMI, missing disk, VMI not running, VMI migrating, an already flat disk: documented phase and reason with a useful message', async () => {
     await apply('no-vmi', 'rootdisk', {}, 'nope');
     await apply('no-disk', 'nodisk');
     await apply('ghost-disk', 'ghost');
     await apply('stopped', 'rootdisk', {}, 'vm-stopped');
     await apply('flat', 'flat');
+    // A VMI being migrated (status.migrationState without completed/failed).
+    await createFakeVmi(kube, { namespace: NS, vmiName: 'vm-migrating', disks: ['rootdisk'], podName: 'virt-launcher-vm-migrating-src' });
+    const migration = { migrationState: { sourcePod: 'virt-launcher-vm-migrating-src', targetPod: 'virt-launcher-vm-migrating-dst', completed: false } };
+    await kube.kubectl(['patch', 'vmi', 'vm-migrating', '-n', NS, '--type=merge', '-p', JSON.stringify({ status: migration })]);
+    await apply('migrating', 'rootdisk', {}, 'vm-migrating');
     const expectations: [string, string, string, RegExp][] = [
+      ['migrating', 'Pending', 'MigrationInProgress', /migrating \(virt-launcher-vm-migrating-src -> virt-launcher-vm-migrating-dst\)/],
       ['no-vmi', 'Pending', 'VMINotFound', /VirtualMachineInstance bp-e2e\/nope not found/],
       ['no-disk', 'Failed', 'DiskNotFound', /no disk nodisk/],
       ['ghost-disk', 'Failed', 'DiskNotFound', /ghost/],
@@ -272,6 +278,13 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
       expect(bp.status?.message, name).toMatch(message);
     }
     expect(pullsStartedFor(operator!, 'flat')).toBe(0);
+    // The migration ends: the BlockPull moves on (here to LauncherNotFound: no stand-in serves that pod).
+    await kube.kubectl(['patch', 'vmi', 'vm-migrating', '-n', NS, '--type=merge', '-p', JSON.stringify({ status: { migrationState: { completed: true } } })]);
+    const moved = await waitFor('migrating moves on', 30_000, async () => {
+      const b = await getBlockPull(kube, NS, 'migrating');
+      return b?.status?.reason === 'LauncherNotFound' ? b : undefined;
+    });
+    expect(moved.status?.message).toMatch(/no registered launcher stand-in/);
     // Waiting objects are looked at again (every 5 s) but not rewritten while nothing changes.
     const rv = (await getBlockPull(kube, NS, 'no-vmi'))!.metadata.resourceVersion;
     await sleep(6_000);
