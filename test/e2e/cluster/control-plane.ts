@@ -303,9 +303,10 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
             `--service-cluster-ip-range=${SERVICE_CLUSTER_IP_RANGE}`,
             '--allow-privileged=true',
             // No kube-controller-manager runs by default, so no namespace gets a "default" ServiceAccount;
-            // the ServiceAccount admission plugin would then reject every Pod. Pass extraApiserverArgs to
-            // override (a later flag wins) when a controller-manager is started too.
-            '--disable-admission-plugins=ServiceAccount',
+            // the ServiceAccount admission plugin would then reject every Pod. A caller that starts a
+            // controller-manager passes its own --disable-admission-plugins in extraApiserverArgs (a list
+            // flag: repeated flags append, so the default is left out then, not overridden).
+            ...((options.extraApiserverArgs ?? []).some((a) => a.startsWith('--disable-admission-plugins')) ? [] : ['--disable-admission-plugins=ServiceAccount']),
             '--profiling=false',
             ...(options.extraApiserverArgs ?? []),
           ],

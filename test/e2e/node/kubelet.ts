@@ -44,18 +44,14 @@ const CGROUP_FS = '/sys/fs/cgroup';
 
 /**
  * Extra kube-apiserver flags a node needs; pass them to startControlPlane({ extraApiserverArgs }).
- * The API server authenticates to kubelets with a client certificate from the cluster CA (the admin
- * certificate, group system:masters, for now: the control plane has no dedicated kubelet-client
- * cert yet), verifies the kubelet's serving certificate with the CA, dials the node's InternalIP,
- * and enables the ServiceAccount (disabled by the control plane while no controller-manager runs)
- * and NodeRestriction admission plugins.
+ * (The control plane already authenticates to kubelets with its apiserver-kubelet-client cert.)
+ * The API server verifies the kubelet's serving certificate with the cluster CA, dials the node's
+ * InternalIP, and admits with ServiceAccount (left out by the control plane while no
+ * controller-manager runs; it now does) and NodeRestriction.
  */
 export function nodeApiserverArgs(controlPlaneStateDir: string): string[] {
-  const pki = join(controlPlaneStateDir, 'pki');
   return [
-    `--kubelet-client-certificate=${join(pki, 'admin.crt')}`,
-    `--kubelet-client-key=${join(pki, 'admin.key')}`,
-    `--kubelet-certificate-authority=${join(pki, 'ca.crt')}`,
+    `--kubelet-certificate-authority=${join(controlPlaneStateDir, 'pki', 'ca.crt')}`,
     '--kubelet-preferred-address-types=InternalIP',
     '--disable-admission-plugins=',
     '--enable-admission-plugins=NodeRestriction',
