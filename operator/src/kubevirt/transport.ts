@@ -5,7 +5,9 @@
  * - local (tests, demo): the launcher pod is mapped onto a registered stand-in
  *   (<registryDir>/<namespace>.<pod>.json = { namespace, pod, uri, uid, gid }); virsh runs
  *   locally as the registered uid with the registered URI.
- * Drivers are cached per pod/URI (and per registration content).
+ * Drivers are cached per pod/URI (and per registration content) in a DriverCache, so that the
+ * reconciler keeps one event subscription per job; the cache is bounded (launcher pods come and
+ * go with every VM restart and migration).
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -37,21 +39,47 @@ export interface DriverProvider {
   driverFor(address: LauncherAddress): Promise<BlockJobDriver>;
 }
 
+/** Default bound of a DriverCache: far more launcher pods than one operator drives at once. */
+export const DRIVER_CACHE_SIZE = 1024;
+
+/**
+ * Drivers by key, least recently used dropped beyond `max`. Dropping one costs at most a new
+ * event subscription (the reconciler resubscribes when the driver of a job changes).
+ */
+export class DriverCache {
+  readonly #max: number;
+  readonly #drivers = new Map<string, BlockJobDriver>();
+  constructor(max = DRIVER_CACHE_SIZE) {
+    this.#max = max;
+  }
+  get size(): number {
+    return this.#drivers.size;
+  }
+  get(key: string, make: () => BlockJobDriver): BlockJobDriver {
+    let d = this.#drivers.get(key);
+    if (d === undefined) d = make();
+    else this.#drivers.delete(key);
+    this.#drivers.set(key, d); // most recently used last
+    for (const oldest of this.#drivers.keys()) {
+      if (this.#drivers.size <= this.#max) break;
+      this.#drivers.delete(oldest);
+    }
+    return d;
+  }
+}
+
 export class ExecTransport implements DriverProvider {
   readonly kind = 'exec';
   readonly #kc: KubeConfig;
-  readonly #drivers = new Map<string, BlockJobDriver>();
+  readonly #drivers = new DriverCache();
   constructor(kc: KubeConfig) {
     this.#kc = kc;
   }
   driverFor(a: LauncherAddress): Promise<BlockJobDriver> {
     const key = `${a.namespace}/${a.pod}/${a.container}|${a.uri}`;
-    let d = this.#drivers.get(key);
-    if (d === undefined) {
-      d = new VirshDriver(new ExecRunner({ kc: this.#kc, namespace: a.namespace, pod: a.pod, container: a.container }), a.uri);
-      this.#drivers.set(key, d);
-    }
-    return Promise.resolve(d);
+    return Promise.resolve(
+      this.#drivers.get(key, () => new VirshDriver(new ExecRunner({ kc: this.#kc, namespace: a.namespace, pod: a.pod, container: a.container }), a.uri)),
+    );
   }
 }
 
@@ -73,7 +101,7 @@ export function registrationPath(dir: string, namespace: string, pod: string): s
 export class LocalTransport implements DriverProvider {
   readonly kind = 'local';
   readonly #dir: string;
-  readonly #drivers = new Map<string, BlockJobDriver>();
+  readonly #drivers = new DriverCache();
   constructor(registryDir: string) {
     this.#dir = registryDir;
   }
@@ -85,24 +113,27 @@ export class LocalTransport implements DriverProvider {
     } catch {
       throw new LauncherUnavailableError(`pod ${a.namespace}/${a.pod} has no registered launcher stand-in (${file})`);
     }
-    const parsed = RegistrationSchema.safeParse(JSON.parse(text) as unknown);
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (err) {
+      // e.g. a registration being written right now: wait like for any other unusable one.
+      throw new LauncherUnavailableError(`invalid launcher registration ${file}: ${(err as Error).message}`);
+    }
+    const parsed = RegistrationSchema.safeParse(json);
     if (!parsed.success) throw new LauncherUnavailableError(`invalid launcher registration ${file}: ${parsed.error.message}`);
     const reg = parsed.data;
     if (reg.namespace !== a.namespace || reg.pod !== a.pod) {
       throw new LauncherUnavailableError(`launcher registration ${file} names ${reg.namespace}/${reg.pod}`);
     }
-    const key = JSON.stringify(reg);
-    let d = this.#drivers.get(key);
-    if (d === undefined) {
+    return this.#drivers.get(JSON.stringify(reg), () => {
       const env: Record<string, string> = {
         PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin',
         HOME: '/tmp',
         LC_ALL: 'C',
         ...reg.env,
       };
-      d = new VirshDriver(new LocalRunner({ uid: reg.uid, gid: reg.gid, env, description: `local ${reg.namespace}/${reg.pod} uid=${reg.uid}` }), reg.uri);
-      this.#drivers.set(key, d);
-    }
-    return d;
+      return new VirshDriver(new LocalRunner({ uid: reg.uid, gid: reg.gid, env, description: `local ${reg.namespace}/${reg.pod} uid=${reg.uid}` }), reg.uri);
+    });
   }
 }
