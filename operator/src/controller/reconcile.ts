@@ -181,14 +181,14 @@ export class Reconciler {
       return { requeueAfterMs: null };
     }
 
-    const obs = await this.#observe(bp, log);
+    const { obs, driver } = await this.#observe(bp, log);
     const decision = decide(obs);
     log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
 
     let final: Decision = decision;
     let actionError: unknown;
     try {
-      await this.#act(bp, decision.action, log);
+      await this.#act(bp, decision.action, driver, log);
     } catch (err) {
       actionError = err;
       const mapped = decideActionError(obs, decision, err);
@@ -217,7 +217,7 @@ export class Reconciler {
     const afterFinalizer = decision.action.type === 'addFinalizer' ? await this.#fresh(bp) : bp;
     await this.#writeStatus(afterFinalizer, final.status, log);
     this.#events(bp, decision, final);
-    this.#watchJobEvents(key, final);
+    this.#watchJobEvents(key, final, driver);
 
     if (bp.status?.phase === 'Running' && final.status.phase !== 'Running') {
       // A slot is free: wake the BlockPulls waiting for one.
@@ -248,7 +248,12 @@ export class Reconciler {
     return raw === undefined ? bp : parseBlockPull(raw);
   }
 
-  async #observe(bp: BlockPull, log: Logger): Promise<Observation> {
+  /**
+   * The observation, and the driver that made it (undefined when libvirt was not reached): the
+   * action and the event subscription of this reconcile use that driver and no other, so a
+   * driver of a launcher pod that is gone is never reused.
+   */
+  async #observe(bp: BlockPull, log: Logger): Promise<{ obs: Observation; driver?: BlockJobDriver }> {
     const key = `${bp.metadata.namespace}/${bp.metadata.name}`;
     const all = this.#cachedBlockPulls();
     // Our own, fresh copy replaces the cached one.
@@ -264,14 +269,14 @@ export class Reconciler {
     };
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
     const slotsNone = { running: 0, runningOnNode: 0, maxConcurrentPulls: this.#o.maxConcurrentPulls, maxPullsPerNode: this.#o.maxPullsPerNode };
-    if (isTerminal(bp.status?.phase) && !deleting) return { ...base, slots: slotsNone };
-    if (deleting && !(bp.metadata.finalizers ?? []).includes('blockpull.dev/abort-on-delete')) return { ...base, slots: slotsNone };
+    if (isTerminal(bp.status?.phase) && !deleting) return { obs: { ...base, slots: slotsNone } };
+    if (deleting && !(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, slots: slotsNone } };
 
     const ns = bp.metadata.namespace;
     const rawVmi = this.#o.vmis.get(ns, bp.spec.vmiName);
     const located = locateLauncher(ns, bp.spec.vmiName, rawVmi, this.#o.pods.list(ns));
     let launcher: LauncherObservation = located.observation;
-    if (launcher.kind !== 'found') return { ...base, launcher, slots: slotsNone };
+    if (launcher.kind !== 'found') return { obs: { ...base, launcher, slots: slotsNone } };
     const loc = launcher.launcher;
 
     // Slots: Running BlockPulls other than this one, cluster-wide and on the launcher's node.
@@ -290,10 +295,12 @@ export class Reconciler {
     if (vmi.success && vmiHasDisk(vmi.data, bp.spec.disk) === false) {
       const names = vmi.data.spec?.domain?.devices?.disks?.map((d) => d.name).join(', ') ?? '';
       return {
-        ...base,
-        launcher,
-        slots,
-        hypervisor: { kind: 'diskNotFound', message: `VMI ${ns}/${bp.spec.vmiName} has no disk ${bp.spec.disk} (disks: ${names})` },
+        obs: {
+          ...base,
+          launcher,
+          slots,
+          hypervisor: { kind: 'diskNotFound', message: `VMI ${ns}/${bp.spec.vmiName} has no disk ${bp.spec.disk} (disks: ${names})` },
+        },
       };
     }
 
@@ -303,16 +310,13 @@ export class Reconciler {
     } catch (err) {
       if (err instanceof LauncherUnavailableError) {
         launcher = { kind: 'launcherNotFound', message: err.message };
-        return { ...base, launcher, slots };
+        return { obs: { ...base, launcher, slots } };
       }
       throw err;
     }
     const hypervisor = await this.#observeHypervisor(bp, loc.domain, driver, log);
-    this.#drivers.set(key, driver);
-    return { ...base, launcher, slots, hypervisor };
+    return { obs: { ...base, launcher, slots, hypervisor }, driver };
   }
-
-  readonly #drivers = new Map<string, BlockJobDriver>();
 
   async #observeHypervisor(bp: BlockPull, domain: string, driver: BlockJobDriver, log: Logger): Promise<HypervisorObservation> {
     const st = bp.status;
@@ -343,12 +347,10 @@ export class Reconciler {
     }
   }
 
-  async #act(bp: BlockPull, action: Action, log: Logger): Promise<void> {
-    const key = `${bp.metadata.namespace}/${bp.metadata.name}`;
+  async #act(bp: BlockPull, action: Action, observedWith: BlockJobDriver | undefined, log: Logger): Promise<void> {
     const driver = (): BlockJobDriver => {
-      const d = this.#drivers.get(key);
-      if (d === undefined) throw new HypervisorError('Unreachable', 'no driver for this BlockPull');
-      return d;
+      if (observedWith === undefined) throw new HypervisorError('Unreachable', 'no driver for this BlockPull');
+      return observedWith;
     };
     switch (action.type) {
       case 'none':
@@ -454,11 +456,10 @@ export class Reconciler {
   }
 
   /** While a job runs, the driver's block-job events wake this BlockPull at once. */
-  #watchJobEvents(key: string, d: Decision): void {
+  #watchJobEvents(key: string, d: Decision, driver: BlockJobDriver | undefined): void {
     const mem = this.#mem(key);
     const running = d.status.phase === 'Running' || (d.status.phase === 'Paused' && d.action.type === 'abort');
     const domain = d.status.launcher?.domain;
-    const driver = this.#drivers.get(key);
     if (!running || domain === undefined || driver === undefined) {
       mem.subscription?.sub.stop();
       delete mem.subscription;
