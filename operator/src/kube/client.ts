@@ -157,8 +157,10 @@ export async function getCustomObject(
 }
 
 /**
- * JSON merge patch (RFC 7386) of a custom object's main resource (metadata, spec).
- * Include `metadata.resourceVersion` in the patch for optimistic concurrency (409 on conflict).
+ * JSON merge patch (RFC 7386) of a custom object: its main resource (metadata, spec), or with
+ * `subresource: 'status'` its status subresource (`patch` is `{ status: {...} }`). Null values
+ * delete fields; arrays are replaced whole. Include `metadata.resourceVersion` in the patch for
+ * optimistic concurrency (409 on conflict).
  */
 export async function mergePatchCustomObject(
   clients: KubeClients,
@@ -166,25 +168,25 @@ export async function mergePatchCustomObject(
   namespace: string,
   name: string,
   patch: Record<string, unknown>,
+  subresource: 'main' | 'status' = 'main',
 ): Promise<unknown> {
-  return (await clients.custom.patchNamespacedCustomObject({ ...ref, namespace, name, body: patch }, mergePatchOptions())) as unknown;
+  const request = { ...ref, namespace, name, body: patch };
+  const response: unknown =
+    subresource === 'status'
+      ? await clients.custom.patchNamespacedCustomObjectStatus(request, mergePatchOptions())
+      : await clients.custom.patchNamespacedCustomObject(request, mergePatchOptions());
+  return response;
 }
 
-/**
- * JSON merge patch through the status subresource: `patch` is `{ status: {...} }`
- * (optionally with metadata.resourceVersion). Null values delete fields; arrays are replaced whole.
- */
-export async function mergePatchCustomObjectStatus(
+/** mergePatchCustomObject through the status subresource. */
+export function mergePatchCustomObjectStatus(
   clients: KubeClients,
   ref: ResourceRef,
   namespace: string,
   name: string,
   patch: Record<string, unknown>,
 ): Promise<unknown> {
-  return (await clients.custom.patchNamespacedCustomObjectStatus(
-    { ...ref, namespace, name, body: patch },
-    mergePatchOptions(),
-  )) as unknown;
+  return mergePatchCustomObject(clients, ref, namespace, name, patch, 'status');
 }
 
 /**
