@@ -54,6 +54,8 @@ interface Script {
   /** Close the socket this many ms after open; undefined = never (until close()). */
   closeAfterMs?: number;
   connectError?: Error;
+  /** The websocket opens only after this many ms (an API server slow to upgrade the connection). */
+  connectAfterMs?: number;
 }
 
 /** Delivers the scripted frames the way client-node's handler does: streams, then status, then close. */
@@ -83,7 +85,8 @@ function scriptedExec(script: Script, seen: { argv?: string[]; container?: strin
         }
         if (script.closeAfterMs !== undefined) setTimeout(() => ws.close(), script.closeAfterMs);
       });
-      return Promise.resolve(ws);
+      const delay = script.connectAfterMs;
+      return delay === undefined ? Promise.resolve(ws) : new Promise<typeof ws>((res) => setTimeout(() => res(ws), delay));
     },
   };
 }
@@ -155,6 +158,17 @@ describe('ExecRunner', () => {
     const { r, seen } = runner({ stdout: ['partial'] });
     await expect(r.run(['virsh', 'blockjob'], { timeoutMs: 30 })).rejects.toThrow(RunTimeoutError);
     expect(seen.closed).toBe(1);
+  });
+
+  it('a timeout while the websocket is still connecting rejects at once; the late socket is closed', async () => {
+    for (const wrap of [true, false]) {
+      const { r, seen } = runner({ connectAfterMs: 400 }, wrap);
+      const t0 = performance.now();
+      await expect(r.run(['virsh', 'blockjob'], { timeoutMs: 30 })).rejects.toThrow(RunTimeoutError);
+      expect(performance.now() - t0, `wrapper ${wrap}`).toBeLessThan(300);
+      await new Promise((res) => setTimeout(res, 450));
+      expect(seen.closed, `wrapper ${wrap}: the socket that opened after the timeout is closed`).toBe(1);
+    }
   });
 
   it('abort closes the socket and rejects with the reason', async () => {

@@ -12,7 +12,9 @@
  * - Failing to open the websocket (pod not found 404, forbidden 403, API server unreachable) →
  *   RunTransportError.
  * - timeoutMs / signal / stop() end the command in the container too: see
- *   KILL_ON_DISCONNECT_SCRIPT (closing the websocket alone leaves it running).
+ *   KILL_ON_DISCONNECT_SCRIPT (closing the websocket alone leaves it running). While the
+ *   websocket is still connecting they settle at once (a hung connect never hangs a caller)
+ *   and the socket is closed when it opens.
  */
 import { PassThrough, Writable, type Readable } from 'node:stream';
 import { Exec, type KubeConfig, type V1Status } from '@kubernetes/client-node';
@@ -222,11 +224,17 @@ export class ExecRunner implements CommandRunner {
       if (stopped) return;
       stopped = true;
       stopReason = reason;
+      if (socket === undefined) {
+        // Still connecting (an API server can be slow to upgrade, or never answer): settle now,
+        // so a timeout is a timeout; the socket is closed as soon as it opens (below).
+        finish();
+        return;
+      }
       if (stdin !== null) {
         stdin.end();
         graceTimer = setTimeout(closeSocket, this.#o.stopGraceMs ?? 5_000);
       } else {
-        closeSocket(); // if not connected yet, the connect callback below closes it
+        closeSocket();
       }
     };
     const onAbort = () => stop(options.signal?.reason ?? new Error('aborted'));
@@ -267,7 +275,7 @@ export class ExecRunner implements CommandRunner {
           ws.on('error', () => {
             /* close follows */
           });
-          if ((stopped && stdin === null) || ws.readyState >= 2) {
+          if (stopped || ws.readyState >= 2) {
             ws.close();
             if (ws.readyState === 3) finish();
           }
