@@ -8,12 +8,14 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { isOurs, type DaemonRecord } from '../cluster/processes.ts';
 import {
   ensureDebianPackages,
   findProcesses,
   killPid,
   mountsUnder,
   startDaemon,
+  stopRecordedProcess,
   tailFile,
   tool,
   unmountAllUnder,
@@ -38,6 +40,8 @@ export interface ContainerdOptions {
    * two nodes on one machine never share them. Default: random.
    */
   readonly id?: string;
+  /** Keep containerd running after this process exits (see startDaemon). Default false. */
+  readonly detached?: boolean;
 }
 
 export interface Containerd {
@@ -50,6 +54,8 @@ export interface Containerd {
   readonly bridge: string;
   readonly network: string;
   readonly podCidr: string;
+  /** The containerd process, identifiable from another process (for a later teardown). */
+  readonly process: DaemonRecord;
   /** Run `ctr --address <socket> ...args`. */
   ctr(args: readonly string[], options?: { allowFailure?: boolean; timeoutMs?: number }): Promise<ToolResult>;
   /** Import an OCI/docker archive into the k8s.io namespace; returns the image names. */
@@ -169,8 +175,9 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
 
   // host-local IPAM keeps its leases in /var/lib/cni/networks/<network name>.
   const daemon: Daemon = startDaemon('containerd', ['containerd', '--config', join(runDir, 'config.toml')], logPath, {
-    ...process.env,
-    PATH: `/usr/sbin:/usr/bin:/sbin:/bin`,
+    env: { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin` },
+    detached: options.detached ?? false,
+    marker: runDir,
   });
 
   const ctr = (args: readonly string[], o: { allowFailure?: boolean; timeoutMs?: number } = {}): Promise<ToolResult> =>
@@ -180,33 +187,7 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
-    // 1. Kill every task (container) this containerd runs, in every namespace.
-    if (daemon.isRunning()) {
-      const nsList = await ctr(['namespaces', 'ls', '-q'], { allowFailure: true, timeoutMs: 20_000 });
-      for (const ns of nsList.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) {
-        const tasks = await ctr(['-n', ns, 'tasks', 'ls'], { allowFailure: true, timeoutMs: 20_000 });
-        for (const t of parseTasks(tasks.stdout)) {
-          await ctr(['-n', ns, 'tasks', 'kill', '-s', 'SIGKILL', t.id], { allowFailure: true, timeoutMs: 20_000 });
-        }
-        for (const t of parseTasks(tasks.stdout)) {
-          await waitFor(`task ${t.id} to stop`, async () => {
-            const r = await ctr(['-n', ns, 'tasks', 'delete', t.id], { allowFailure: true, timeoutMs: 20_000 });
-            return r.exitCode === 0 || /not found/.test(r.stderr);
-          }, 15_000, 300).catch(() => undefined);
-        }
-      }
-    }
-    // 2. Stop containerd itself.
-    await daemon.stop(15_000);
-    // 3. Shims started for this containerd (they outlive it by design) and their containers.
-    for (const p of findProcesses(['containerd-shim', socket])) await killPid(p.pid);
-    // 4. Mounts (rootfs overlays, sandbox netns bind mounts, shm) below the run dir.
-    await unmountAllUnder(runDir);
-    // 5. Network: the bridge, and host-local leases of our network.
-    await tool(['ip', 'link', 'del', bridge], { allowFailure: true });
-    rmSync(join('/var/lib/cni/networks', network), { recursive: true, force: true });
-    // 6. Files. The root holds only content imported this run (images are cached as archives).
-    if (mountsUnder(runDir).length === 0) rmSync(runDir, { recursive: true, force: true });
+    await teardownContainerd({ runDir, bridge, network, process: daemon.record });
   };
 
   try {
@@ -240,6 +221,7 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
     bridge,
     network,
     podCidr,
+    process: daemon.record,
     ctr,
     async importImage(archivePath: string): Promise<string[]> {
       const r = await ctr(['-n', 'k8s.io', 'images', 'import', '--snapshotter', 'overlayfs', archivePath], { timeoutMs: 600_000 });
@@ -248,6 +230,53 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
     },
     stop,
   };
+}
+
+/**
+ * Stop a containerd started by startContainerd and remove everything it made, from its record alone
+ * (so also for a run whose owner died): its tasks (through containerd while it runs, else with runc
+ * directly), containerd, its shims, mounts below runDir, the bridge, the CNI leases, runDir.
+ */
+export async function teardownContainerd(c: { runDir: string; bridge: string; network: string; process?: DaemonRecord | undefined }): Promise<void> {
+  const socket = join(c.runDir, 'containerd.sock');
+  const ctr = (args: readonly string[]): Promise<ToolResult> => tool(['ctr', '--address', socket, ...args], { allowFailure: true, timeoutMs: 20_000 });
+  const alive = c.process !== undefined && isOurs(c.process);
+  // 1. Kill every task (container) this containerd runs, in every namespace.
+  if (alive && existsSync(socket)) {
+    const nsList = await ctr(['namespaces', 'ls', '-q']);
+    for (const ns of nsList.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) {
+      const tasks = await ctr(['-n', ns, 'tasks', 'ls']);
+      for (const t of parseTasks(tasks.stdout)) await ctr(['-n', ns, 'tasks', 'kill', '-s', 'SIGKILL', t.id]);
+      for (const t of parseTasks(tasks.stdout)) {
+        await waitFor(`task ${t.id} to stop`, async () => {
+          const r = await ctr(['-n', ns, 'tasks', 'delete', t.id]);
+          return r.exitCode === 0 || /not found/.test(r.stderr);
+        }, 15_000, 300).catch(() => undefined);
+      }
+    }
+  }
+  // 2. Stop containerd itself.
+  if (c.process) await stopRecordedProcess(c.process, 15_000);
+  // 3. Containers left (containerd was gone, e.g. its owner was SIGKILLed): runc state is ours, per namespace.
+  const runcRoot = join(c.runDir, 'runc');
+  if (existsSync(runcRoot)) {
+    for (const ns of readdirSync(runcRoot)) {
+      const root = join(runcRoot, ns);
+      const list = await tool(['runc', '--root', root, 'list', '-q'], { allowFailure: true, timeoutMs: 20_000 });
+      for (const id of list.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) {
+        await tool(['runc', '--root', root, 'delete', '--force', id], { allowFailure: true, timeoutMs: 30_000 });
+      }
+    }
+  }
+  // 4. Shims started for this containerd (they outlive it by design).
+  for (const p of findProcesses(['containerd-shim', socket])) await killPid(p.pid);
+  // 5. Mounts (rootfs overlays, sandbox netns bind mounts, shm) below the run dir.
+  await unmountAllUnder(c.runDir);
+  // 6. Network: the bridge, and host-local leases of our network.
+  await tool(['ip', 'link', 'del', c.bridge], { allowFailure: true });
+  rmSync(join('/var/lib/cni/networks', c.network), { recursive: true, force: true });
+  // 7. Files. The root holds only content imported this run (images are cached as archives).
+  if (mountsUnder(c.runDir).length === 0) rmSync(c.runDir, { recursive: true, force: true });
 }
 
 /** Leftovers of any containerd started from runDir: for tests that assert a clean stop. */

@@ -26,7 +26,7 @@
  * so two nodes on one machine (two test runs) never touch each other's.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readlinkSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -34,13 +34,14 @@ import { z } from 'zod';
 import { issueCert } from '../cluster/certs.ts';
 import type { ControlPlane } from '../cluster/control-plane.ts';
 import { writeKubeconfig } from '../cluster/kubeconfig.ts';
+import { processStartTime } from '../cluster/lock.ts';
 import { freePorts } from '../cluster/processes.ts';
 import { pauseImage, type BuiltImage } from '../images/images.ts';
-import { leftovers as containerdLeftovers, startContainerd, type Containerd } from './containerd.ts';
-import { findProcesses, mountsUnder, startDaemon, tailFile, tool, unmountAllUnder, waitFor, type Daemon } from './proc.ts';
+import { CNI_BRIDGE_PREFIX, leftovers as containerdLeftovers, startContainerd, type Containerd } from './containerd.ts';
+import { cgroupHierarchies, NODE_RUN_PREFIX, NODE_RUN_ROOT, sweepStaleNodes, teardownNode, writeNodeRecord, type NodeRecord } from './node-state.ts';
+import { findProcesses, mountsUnder, startDaemon, tailFile, tool, waitFor, type Daemon } from './proc.ts';
 
 export const NODE_NAME = 'blockpull-node';
-const CGROUP_FS = '/sys/fs/cgroup';
 
 /**
  * Extra kube-apiserver flags a node needs; pass them to startControlPlane({ extraApiserverArgs }).
@@ -68,6 +69,15 @@ export interface NodeOptions {
   readonly images?: readonly BuiltImage[];
   readonly readyTimeoutMs?: number;
   readonly log?: (message: string) => void;
+  /**
+   * Keep the node running after this process exits (`npm run cluster -- up --node`): daemons in their
+   * own process groups, no exit handler. It is then stopped from its record (<runDir>/node.json) by
+   * stopRecordedNode(), or swept once its control plane is gone. Default false: the node belongs to
+   * this process, and the next start sweeps it if this process dies without stop().
+   */
+  readonly detached?: boolean;
+  /** Skip the sweep of stale nodes of dead owners before starting. Default false. */
+  readonly noSweep?: boolean;
 }
 
 export interface Node {
@@ -79,6 +89,8 @@ export interface Node {
   readonly podCidr: string;
   readonly containerd: Containerd;
   readonly kubeletPort: number;
+  /** What node.json records (pids, bridge, rule, ...); enough to tear the node down from elsewhere. */
+  readonly record: NodeRecord;
   readonly logs: { readonly kubelet: string; readonly controllerManager: string; readonly scheduler: string; readonly containerd: string };
   /** Milliseconds from startNode() to the Node being Ready. */
   readonly startMs: number;
@@ -105,35 +117,6 @@ async function hostIp(): Promise<string> {
   const first = list.flatMap((i) => i.addr_info)[0]?.local;
   if (!first) throw new Error('no global IPv4 address for the node');
   return first;
-}
-
-/** v1 hierarchies (and the unified one) mounted under /sys/fs/cgroup. */
-function cgroupHierarchies(): string[] {
-  if (!existsSync(CGROUP_FS)) return [];
-  return readdirSync(CGROUP_FS)
-    .map((d) => join(CGROUP_FS, d))
-    .filter((d) => {
-      try {
-        return statSync(d).isDirectory() && existsSync(join(d, 'cgroup.procs'));
-      } catch {
-        return false;
-      }
-    });
-}
-
-/** rmdir every cgroup below dir (deepest first), then dir. Returns the ones that could not be removed. */
-function removeCgroupTree(dir: string): string[] {
-  if (!existsSync(dir)) return [];
-  const failed: string[] = [];
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    if (entry.isDirectory()) failed.push(...removeCgroupTree(join(dir, entry.name)));
-  }
-  try {
-    rmdirSync(dir);
-  } catch {
-    failed.push(dir);
-  }
-  return failed;
 }
 
 function kubeletConfig(o: {
@@ -187,14 +170,35 @@ function kubeletConfig(o: {
 export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Promise<Node> {
   const t0 = Date.now();
   const log = options.log ?? ((m: string) => process.stderr.write(`[node] ${m}\n`));
+  if (!options.noSweep) {
+    const swept = await sweepStaleNodes({ log });
+    if (swept.length > 0) log(`swept ${swept.length} stale node(s) of dead runs (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  }
   const name = options.nodeName ?? NODE_NAME;
   const id = randomBytes(3).toString('hex');
-  const runDir = options.runDir ?? join('/var/tmp', `bpnode-${id}`);
+  const runDir = options.runDir ?? join(NODE_RUN_ROOT, `${NODE_RUN_PREFIX}${id}`);
   const cgroupRoot = `/blockpull-${id}`;
+  const detached = options.detached ?? false;
   const pkiDir = join(runDir, 'pki');
   const logsDir = join(runDir, 'logs');
   const kubeletRoot = join(runDir, 'kubelet');
   const podLogsDir = join(runDir, 'pod-logs');
+  mkdirSync(runDir, { recursive: true, mode: 0o700 });
+  // The record first: from here on, whatever this start makes can be found and removed from it.
+  const record: NodeRecord = {
+    version: 1,
+    id,
+    name,
+    runDir,
+    cgroupRoot,
+    bridge: `${CNI_BRIDGE_PREFIX}${id}`,
+    network: `blockpull-${id}`,
+    owner: { pid: process.pid, start: processStartTime(process.pid) ?? '' },
+    detached,
+    controlPlane: { stateDir: cp.stateDir, server: cp.server, kubeconfigPath: cp.kubeconfigPath, kubectl: cp.kubectlPath },
+    daemons: [],
+  };
+  writeNodeRecord(record);
   for (const d of [pkiDir, logsDir, kubeletRoot, podLogsDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
   const ip = await hostIp();
 
@@ -217,52 +221,35 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
 
   const daemons: Daemon[] = [];
   let containerd: Containerd | undefined;
-  let dnatRule: string[] | undefined;
-  // If this process dies before stop(), take the daemons with it.
+  const started = (d: Daemon): Daemon => {
+    daemons.push(d);
+    record.daemons.push(d.record);
+    writeNodeRecord(record);
+    return d;
+  };
+  // If this process exits before stop(), take the daemons with it (a SIGKILL leaves them: the next
+  // start's sweep removes them, see node-state.ts).
   const onExit = (): void => {
     for (const d of daemons) d.child.kill('SIGKILL');
   };
-  process.on('exit', onExit);
+  if (!detached) process.on('exit', onExit);
 
   let stopped = false;
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
-    const errors: string[] = [];
-    // Pods first: ask the API to delete them so the kubelet tears sandboxes down itself (CNI DEL).
-    const kubelet = daemons.find((d) => d.name === 'kubelet');
-    if (kubelet?.isRunning()) {
-      await cp.kubectlResult(['delete', 'pods', '--all-namespaces', '--all', `--field-selector=spec.nodeName=${name}`, '--grace-period=1', '--wait=true', '--timeout=60s'], { timeoutMs: 90_000 }).catch(() => undefined);
-    }
-    for (const d of [...daemons].reverse()) await d.stop(10_000);
-    if (dnatRule) {
-      const r = await tool(['iptables', '-t', 'nat', '-D', ...dnatRule], { allowFailure: true });
-      if (r.exitCode !== 0) errors.push(`iptables rule ${dnatRule.join(' ')}: ${r.stderr.trim()}`);
-    }
-    await cp.kubectlResult(['delete', 'node', name, '--wait=false'], { timeoutMs: 20_000 }).catch(() => undefined);
-    if (containerd) await containerd.stop();
-    await unmountAllUnder(runDir);
-    // kubelet's /var/log/containers symlinks into our pod logs dir
-    if (existsSync('/var/log/containers')) {
-      for (const f of readdirSync('/var/log/containers')) {
-        const p = join('/var/log/containers', f);
-        try {
-          if (readlinkSync(p).startsWith(runDir)) unlinkSync(p);
-        } catch {
-          /* not a link */
-        }
-      }
-    }
-    for (const h of cgroupHierarchies()) errors.push(...removeCgroupTree(join(h, cgroupRoot)).map((c) => `cgroup ${c}`));
-    if (mountsUnder(runDir).length === 0) rmSync(runDir, { recursive: true, force: true });
+    // Pods first (through the API, so the kubelet tears sandboxes down itself: CNI DEL), then the rest.
+    const errors = await teardownNode(record, { useApi: true });
     process.removeListener('exit', onExit);
-    const left = [...errors, ...nodeLeftovers(runDir, { cgroupRoot, containerd })];
+    const left = [...errors, ...nodeLeftovers(runDir, { cgroupRoot, containerd: { bridge: record.bridge, network: record.network } })];
     if (left.length > 0) throw new Error(`node stop left: ${left.join('; ')}`);
   };
 
   try {
     // --- containerd and images
-    containerd = await startContainerd({ runDir: join(runDir, 'containerd'), id });
+    containerd = await startContainerd({ runDir: join(runDir, 'containerd'), id, detached });
+    record.daemons.push(containerd.process);
+    writeNodeRecord(record);
     const images = [await pauseImage(), ...(options.images ?? [])];
     for (const img of images) await containerd.importImage(img.archivePath);
     log(`containerd ready, ${images.length} image(s) imported (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
@@ -277,13 +264,15 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
     const api = new URL(cp.server);
     const rule = ['PREROUTING', '-i', containerd.bridge, '-d', `${svc.spec.clusterIP}/32`, '-p', 'tcp', '--dport', String(svc.spec.ports[0]?.port ?? 443),
       '-m', 'comment', '--comment', `blockpull-node-${id}`, '-j', 'DNAT', '--to-destination', `${api.hostname}:${api.port}`];
+    record.dnatRule = rule; // recorded first: a crash right after the -A still gets it removed
+    writeNodeRecord(record);
     await tool(['iptables', '-t', 'nat', '-A', ...rule]);
-    dnatRule = rule;
 
     // --- controller manager and scheduler
     const [cmPort, schedPort, kubeletPort, healthzPort] = (await freePorts(4)) as [number, number, number, number];
     const b = cp.binaries;
-    const cm = startDaemon(
+    const daemonOptions = { detached, marker: runDir };
+    const cm = started(startDaemon(
       'kube-controller-manager',
       [
         b.kubeControllerManager,
@@ -304,9 +293,9 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
         '--v=1',
       ],
       join(logsDir, 'kube-controller-manager.log'),
-    );
-    daemons.push(cm);
-    const sched = startDaemon(
+      daemonOptions,
+    ));
+    const sched = started(startDaemon(
       'kube-scheduler',
       [
         b.kubeScheduler,
@@ -319,8 +308,8 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
         '--v=1',
       ],
       join(logsDir, 'kube-scheduler.log'),
-    );
-    daemons.push(sched);
+      daemonOptions,
+    ));
 
     // --- kubelet
     const configPath = join(runDir, 'kubelet-config.yaml');
@@ -329,7 +318,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
       kubeletConfig({ nodeIp: ip, port: kubeletPort, healthzPort, caFile, servingCert: kubeletServing.cert, servingKey: kubeletServing.key, endpoint: containerd.endpoint, podLogsDir, cgroupRoot }),
     );
     for (const h of cgroupHierarchies()) mkdirSync(join(h, cgroupRoot), { recursive: true });
-    const kubelet = startDaemon(
+    const kubelet = started(startDaemon(
       'kubelet',
       [
         b.kubelet,
@@ -343,9 +332,8 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
         '--v=2',
       ],
       join(logsDir, 'kubelet.log'),
-      { ...process.env, PATH: `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` },
-    );
-    daemons.push(kubelet);
+      { ...daemonOptions, env: { ...process.env, PATH: `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` } },
+    ));
 
     await waitFor(
       `node ${name} Ready`,
@@ -373,6 +361,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
       podCidr: ctd.podCidr,
       containerd: ctd,
       kubeletPort,
+      record,
       logs: { kubelet: kubelet.logPath, controllerManager: cm.logPath, scheduler: sched.logPath, containerd: ctd.logPath },
       startMs,
       async importImage(image: BuiltImage) {

@@ -4,8 +4,10 @@
  * No shell strings anywhere: every command is an argv array.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, createWriteStream, existsSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { processStartTime } from '../cluster/lock.ts';
+import { isOurs, type DaemonRecord } from '../cluster/processes.ts';
 
 export interface ToolResult {
   readonly exitCode: number;
@@ -71,6 +73,8 @@ export function tool(argv: readonly string[], options: ToolOptions = {}): Promis
 export interface Daemon {
   readonly name: string;
   readonly pid: number;
+  /** What identifies this process later, from another process too (pid + /proc start time + argv[0] + marker). */
+  readonly record: DaemonRecord;
   readonly logPath: string;
   readonly child: ChildProcess;
   /** Resolves once the process has exited. */
@@ -80,14 +84,39 @@ export interface Daemon {
   stop(graceMs?: number): Promise<void>;
 }
 
+export interface DaemonOptions {
+  readonly env?: NodeJS.ProcessEnv;
+  /**
+   * Keep running after this process exits: own process group, output written straight to the log
+   * file (no pipe through us), not referenced by our event loop. Default false.
+   */
+  readonly detached?: boolean;
+  /** A string in the command line that ties the process to its owner (e.g. the node's run dir). */
+  readonly marker: string;
+}
+
 /** Start a long-running process; stdout and stderr go to logPath. */
-export function startDaemon(name: string, argv: readonly string[], logPath: string, env?: NodeJS.ProcessEnv): Daemon {
+export function startDaemon(name: string, argv: readonly string[], logPath: string, options: DaemonOptions): Daemon {
   const [file, ...args] = argv;
   if (file === undefined) throw new Error('empty argv');
-  const log = createWriteStream(logPath, { flags: 'a' });
-  const child = spawn(file, args, { env: env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout?.pipe(log, { end: false });
-  child.stderr?.pipe(log, { end: false });
+  if (!argv.some((a) => a.includes(options.marker))) throw new Error(`${name}: marker ${options.marker} is not in its command line`);
+  let child: ChildProcess;
+  let log: { end(): void } | undefined;
+  if (options.detached) {
+    const fd = openSync(logPath, 'a');
+    try {
+      child = spawn(file, args, { env: options.env ?? process.env, stdio: ['ignore', fd, fd], detached: true });
+    } finally {
+      closeSync(fd);
+    }
+    child.unref();
+  } else {
+    const stream = createWriteStream(logPath, { flags: 'a' });
+    log = stream;
+    child = spawn(file, args, { env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout?.pipe(stream, { end: false });
+    child.stderr?.pipe(stream, { end: false });
+  }
   let running = true;
   const exited = new Promise<void>((resolve) => {
     child.on('exit', () => {
@@ -99,12 +128,14 @@ export function startDaemon(name: string, argv: readonly string[], logPath: stri
       resolve();
     });
   });
-  void exited.then(() => log.end());
+  void exited.then(() => log?.end());
   if (child.pid === undefined) throw new Error(`${name}: could not start ${file}`);
   const pid = child.pid;
+  const record: DaemonRecord = { name, pid, start: processStartTime(pid) ?? 'exited', binary: file, marker: options.marker, logFile: logPath };
   return {
     name,
     pid,
+    record,
     logPath,
     child,
     exited,
@@ -248,4 +279,31 @@ export function netnsOf(pid: number): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Stop a process recorded earlier (possibly by another, now dead, process): only if it still is the
+ * one recorded (pid + start time + argv[0] + marker), TERM, then KILL after graceMs, wait until gone.
+ */
+export async function stopRecordedProcess(rec: DaemonRecord, graceMs = 10_000): Promise<boolean> {
+  if (!isOurs(rec)) return false;
+  const signal = (s: NodeJS.Signals): void => {
+    try {
+      process.kill(rec.pid, s);
+    } catch {
+      /* gone */
+    }
+  };
+  signal('SIGTERM');
+  const deadline = Date.now() + graceMs;
+  while (isOurs(rec) && Date.now() < deadline) await sleep(50);
+  if (isOurs(rec)) {
+    signal('SIGKILL');
+    const hard = Date.now() + 10_000;
+    while (isOurs(rec)) {
+      if (Date.now() > hard) throw new Error(`${rec.name} (pid ${rec.pid}) survived SIGKILL`);
+      await sleep(50);
+    }
+  }
+  return true;
 }
