@@ -16,7 +16,7 @@ import { API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION, isTerminal, parse
 import { HypervisorError, isHypervisorError } from '../hypervisor/errors.ts';
 import type { BlockJobDriver, EventSubscription } from '../hypervisor/types.ts';
 import type { EventRecorder, InvolvedObject } from '../kube/events.ts';
-import { describeApiError, getCustomObject, isConflict, isNotFound, setFinalizers, type KubeClients, type ResourceRef } from '../kube/client.ts';
+import { describeApiError, getCustomObject, isApiError, isConflict, isNotFound, setFinalizers, type KubeClients, type ResourceRef } from '../kube/client.ts';
 import type { OperatorMetrics } from '../kube/metrics.ts';
 import { forBlockPullKey, type Logger } from '../log.ts';
 import { locateLauncher, vmiHasDisk, VmiSchema, LAUNCHER_CONTAINER } from '../kubevirt/launcher.ts';
@@ -416,7 +416,9 @@ export class Reconciler {
     try {
       await this.#o.clients.custom.patchNamespacedCustomObjectStatus({ ...BLOCKPULL_REF, namespace: bp.metadata.namespace, name: bp.metadata.name, body: patch });
     } catch (err) {
-      if (isConflict(err) || (err instanceof ApiException && err.code === 422)) {
+      // A failed `test` of the resourceVersion is a 422 too, like a status the CRD schema refuses;
+      // only the first is a conflict. Requeueing the second at once would rewrite it in a loop.
+      if (isConflict(err) || (isApiError(err, 422) && (await this.#resourceVersionMoved(bp)))) {
         // Changed meanwhile (spec edit, finalizer): the change triggers a new reconcile.
         log.debug({ error: describeApiError(err) }, 'status write conflict; requeued');
         this.#o.enqueue(key);
@@ -428,6 +430,13 @@ export class Reconciler {
     mem.lastStatusWriteMs = nowMs;
     this.#o.metrics?.statusWrites.inc({ kind });
     log.debug({ kind, phase: next.phase, reason: next.reason, percent: next.progress?.percent }, 'status written');
+  }
+
+  /** The stored BlockPull is no longer the version `bp` was read at (or is gone). */
+  async #resourceVersionMoved(bp: BlockPull): Promise<boolean> {
+    const raw = await getCustomObject(this.#o.clients, BLOCKPULL_REF, bp.metadata.namespace, bp.metadata.name);
+    if (raw === undefined) return true;
+    return (raw as { metadata?: { resourceVersion?: unknown } }).metadata?.resourceVersion !== bp.metadata.resourceVersion;
   }
 
   #events(bp: BlockPull, decision: Decision, final: Decision): void {
