@@ -40,7 +40,7 @@ describe('Reconciler status write', () => {
     {},
   );
 
-  function reconciler(versions: string[], patchError: unknown) {
+  function reconciler(versions: string[], patchError: Error) {
     const calls = { gets: 0, patches: 0, enqueued: [] as string[] };
     const clients = {
       custom: {
