@@ -83,12 +83,14 @@ beforeAll(async () => {
 
 afterAll(async () => {
   const n = node;
+  const t = Date.now();
   try {
     await operator?.stop();
     await n?.stop();
   } finally {
     await cp?.stop();
   }
+  timings.teardownMs = Date.now() - t;
   if (n) expect(nodeLeftovers(n.runDir, n)).toEqual([]);
   process.stderr.write(`[node-e2e] timings: ${JSON.stringify(timings)}\n`);
 }, 300_000);
@@ -303,18 +305,78 @@ describe('BlockPull through the production pods/exec transport, against the laun
   });
 });
 
+/**
+ * Waits for the Deployment's pod to be Ready; fails at once, with what the kubelet says, when it
+ * cannot get there (image not present, crash loop, config error) instead of waiting out a timeout.
+ */
+async function waitDeploymentPodReady(namespace: string, selector: string, timeoutMs: number): Promise<void> {
+  if (!cp) throw new Error('not started');
+  const c = cp;
+  const Pods = z.object({
+    items: z.array(
+      z.object({
+        metadata: z.object({ name: z.string() }),
+        status: z.object({
+          phase: z.string().optional(),
+          conditions: z.array(z.object({ type: z.string(), status: z.string() })).optional(),
+          containerStatuses: z
+            .array(z.object({ name: z.string(), restartCount: z.number(), state: z.record(z.string(), z.object({ reason: z.string().optional(), message: z.string().optional() }).loose()).optional() }))
+            .optional(),
+        }),
+      }),
+    ),
+  });
+  const diagnose = async (): Promise<string> => {
+    const parts = [
+      await c.kubectlResult(['-n', namespace, 'get', 'pods', '-l', selector, '-o', 'wide']),
+      await c.kubectlResult(['-n', namespace, 'get', 'events', '--sort-by=.lastTimestamp']),
+      await c.kubectlResult(['-n', namespace, 'logs', '-l', selector, '--tail=40', '--all-containers', '--prefix']),
+      await c.kubectlResult(['-n', namespace, 'logs', '-l', selector, '--tail=40', '--all-containers', '--prefix', '--previous']),
+    ];
+    return parts.map((r) => (r.stdout + r.stderr).trim()).join('\n---\n');
+  };
+  const fatal = /^(ErrImageNeverPull|InvalidImageName|ImageInspectError|CreateContainerConfigError|CreateContainerError|RunContainerError)$/;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const pods = Pods.parse(JSON.parse(await c.kubectl(['-n', namespace, 'get', 'pods', '-l', selector, '-o', 'json'])));
+    const ready = pods.items.some((p) => p.status.conditions?.some((x) => x.type === 'Ready' && x.status === 'True'));
+    if (ready) return;
+    for (const p of pods.items) {
+      for (const cs of p.status.containerStatuses ?? []) {
+        const waiting = cs.state?.['waiting']?.reason ?? '';
+        if (fatal.test(waiting) || cs.restartCount >= 2) {
+          throw new Error(`pod ${p.metadata.name} cannot become Ready (container ${cs.name}: ${waiting || 'restarting'}, ${cs.restartCount} restarts):\n${await diagnose()}`);
+        }
+      }
+    }
+    if (Date.now() > deadline) throw new Error(`no Ready pod for ${selector} in ${namespace} after ${timeoutMs} ms:\n${await diagnose()}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 describe('the operator as the Helm chart Deployment, image built from the Dockerfile', () => {
   const OP_NS = 'blockpull-system';
+  const SELECTOR = 'app.kubernetes.io/name=blockpull-operator';
 
+  let image: BuiltImage;
+  let helm: string;
+
+  // Only the slow, cacheable inputs here (a cold image build takes minutes on a fresh machine).
   beforeAll(async () => {
-    if (!cp || !node) throw new Error('not started');
+    if (!node) throw new Error('not started');
     await operator?.stop(); // one operator at a time
     operator = undefined;
-    let t = Date.now();
-    const image = await operatorImage();
+    const t = Date.now();
+    image = await operatorImage();
     timings.operatorImageMs = Date.now() - t;
     await node.importImage(image);
-    const helm = await ensureHelm();
+    helm = await ensureHelm();
+  }, 1_800_000);
+
+  // The deployment is part of the test, not of a hook: if it fails, this test fails with the
+  // kubelet's reason, rather than being reported as skipped after a hook timeout.
+  it('runs under the chart ServiceAccount and flattens a disk through pods/exec', async () => {
+    if (!cp || !node) throw new Error('not started');
     const colon = image.name.lastIndexOf(':');
     const rendered = await runTool([
       helm, 'template', 'blockpull-operator', path.join(REPO_ROOT, 'charts', 'blockpull-operator'), '--namespace', OP_NS,
@@ -323,17 +385,14 @@ describe('the operator as the Helm chart Deployment, image built from the Docker
     ], { timeoutMs: 60_000 });
     expect(rendered.exitCode, rendered.stderr).toBe(0);
     await cp.kubectl(['create', 'namespace', OP_NS]);
-    t = Date.now();
+    const t = Date.now();
     await cp.kubectl(['apply', '-f', '-'], { input: rendered.stdout });
-    await cp.kubectl(['-n', OP_NS, 'rollout', 'status', 'deployment/blockpull-operator', '--timeout=180s'], { timeoutMs: 200_000 });
+    await waitDeploymentPodReady(OP_NS, SELECTOR, 90_000);
     timings.deploymentReadyMs = Date.now() - t;
-  }, 1_200_000);
 
-  it('runs under the chart ServiceAccount and flattens a disk through pods/exec', async () => {
-    if (!cp) throw new Error('not started');
     const pods = z
       .object({ items: z.array(z.object({ metadata: z.object({ name: z.string() }), spec: z.object({ serviceAccountName: z.string(), containers: z.array(z.object({ image: z.string() })) }) })) })
-      .parse(JSON.parse(await cp.kubectl(['-n', OP_NS, 'get', 'pods', '-l', 'app.kubernetes.io/name=blockpull-operator', '-o', 'json'])));
+      .parse(JSON.parse(await cp.kubectl(['-n', OP_NS, 'get', 'pods', '-l', SELECTOR, '-o', 'json'])));
     expect(pods.items).toHaveLength(1);
     const opPod = pods.items[0]!;
     expect(opPod.spec.serviceAccountName).toBe('blockpull-operator');
@@ -361,5 +420,5 @@ describe('the operator as the Helm chart Deployment, image built from the Docker
     const cmp = await inCompute(pod, ['qemu-img', 'compare', '-U', '-f', 'raw', '-F', 'qcow2', '/var/run/kubevirt-ephemeral-disks/ref.raw', topOf(disk)]);
     expect(cmp.stdout).toContain('Images are identical');
     expect(cmp.exitCode).toBe(0);
-  });
+  }, 600_000);
 });

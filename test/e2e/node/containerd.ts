@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { withLock } from '../cluster/lock.ts';
 import { isOurs, type DaemonRecord } from '../cluster/processes.ts';
 import {
   ensureDebianPackages,
@@ -33,7 +34,7 @@ export const SANDBOX_IMAGE = 'localhost/blockpull/pause:local';
 export interface ContainerdOptions {
   /** Everything of this containerd lives below this directory. */
   readonly runDir: string;
-  /** Pod CIDR for the bridge CNI config (host-local IPAM); default: a free 10.244.N.0/24. */
+  /** Pod CIDR (a /24) for the bridge CNI config (host-local IPAM); default: a free 10.244.N.0/24. The bridge is created with its gateway address. */
   readonly podCidr?: string;
   /**
    * Short id that names this instance's bridge (bpcni<id>) and CNI network (blockpull-<id>), so
@@ -148,14 +149,32 @@ function parseTasks(text: string): z.infer<typeof TaskList> {
   return TaskList.parse(rows);
 }
 
-/** The first 10.244.N.0/24 that no route on this machine uses. */
+/** The first 10.244.N.0/24 that no route or address on this machine uses. */
 export async function freePodCidr(): Promise<string> {
-  const routes = (await tool(['ip', '-4', 'route', 'show'])).stdout;
+  const used = (await tool(['ip', '-4', 'route', 'show'])).stdout + (await tool(['ip', '-4', 'addr', 'show'])).stdout;
   for (let n = 0; n < 256; n++) {
     const cidr = `10.244.${n}.0/24`;
-    if (!routes.includes(`10.244.${n}.`)) return cidr;
+    if (!used.includes(`10.244.${n}.`)) return cidr;
   }
   throw new Error('no free pod CIDR in 10.244.0.0/16');
+}
+
+/**
+ * Picks a free pod CIDR and claims it at once by creating the node's bridge with the CIDR's gateway
+ * address (the CNI bridge plugin adopts both), under a host-wide lock: two nodes started at the same
+ * time on one machine (two test runs) never get the same subnet. Before, the subnet only showed up
+ * in the routing table with the first pod, so a node that had no pod yet was invisible to the next.
+ */
+export async function claimPodCidr(bridge: string, requested?: string): Promise<string> {
+  return withLock(join('/var/tmp', 'bpnode-cidr.lock'), async () => {
+    const cidr = requested ?? (await freePodCidr());
+    const gateway = cidr.replace(/\.0\/24$/, '.1/24');
+    if (gateway === cidr) throw new Error(`pod CIDR ${cidr}: a /24 ending in .0 expected`);
+    await tool(['ip', 'link', 'add', bridge, 'type', 'bridge']);
+    await tool(['ip', 'addr', 'add', gateway, 'dev', bridge]);
+    await tool(['ip', 'link', 'set', bridge, 'up']);
+    return cidr;
+  }, { timeoutMs: 60_000 });
 }
 
 export async function startContainerd(options: ContainerdOptions): Promise<Containerd> {
@@ -165,7 +184,7 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
   if (!/^[a-z0-9]{1,10}$/.test(id)) throw new Error(`containerd id ${id}: 1-10 lowercase letters or digits`);
   const bridge = `${CNI_BRIDGE_PREFIX}${id}`;
   const network = `blockpull-${id}`;
-  const podCidr = options.podCidr ?? (await freePodCidr());
+  const podCidr = await claimPodCidr(bridge, options.podCidr);
   mkdirSync(join(runDir, 'cni', 'net.d'), { recursive: true });
   writeFileSync(join(runDir, 'config.toml'), containerdConfig(runDir));
   writeFileSync(join(runDir, 'cni', 'net.d', '10-blockpull.conflist'), cniConfig(network, bridge, podCidr));

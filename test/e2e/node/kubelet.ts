@@ -255,10 +255,8 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
     log(`containerd ready, ${images.length} image(s) imported (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 
     // --- the `kubernetes` Service for pods: DNAT its ClusterIP to the API server on loopback.
-    // The bridge is made here (the CNI bridge plugin adopts an existing one) so route_localnet can
-    // be set on it alone; it goes away with the bridge.
-    await tool(['ip', 'link', 'add', containerd.bridge, 'type', 'bridge']);
-    await tool(['ip', 'link', 'set', containerd.bridge, 'up']);
+    // startContainerd made the bridge (with the pod CIDR's gateway; the CNI bridge plugin adopts it),
+    // so route_localnet can be set on it alone; it goes away with the bridge.
     writeFileSync(`/proc/sys/net/ipv4/conf/${containerd.bridge}/route_localnet`, '1');
     const svc = ServiceSchema.parse(JSON.parse(await cp.kubectl(['-n', 'default', 'get', 'service', 'kubernetes', '-o', 'json'])));
     const api = new URL(cp.server);
