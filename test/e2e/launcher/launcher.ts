@@ -5,15 +5,16 @@
  *
  * Contract (docs/ARCHITECTURE.md): startLauncher(options) -> Launcher; stop() removes everything.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { chown, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
 import { LocalRunner } from '../../../operator/src/hypervisor/local-runner.ts';
 import { buildChain, qemuIoWrite } from './images.ts';
+import { spawnLogged } from './spawn-logged.ts';
 import { ensureHypervisorPackages } from './packages.ts';
 import { ensureQemuUser } from './user.ts';
 
@@ -182,18 +183,8 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
 
   const startDaemon = async (): Promise<void> => {
     if (daemon !== undefined && daemon.exitCode === null && daemon.signalCode === null) throw new Error('libvirtd already running');
-    const log = await open(path.join(dir, 'libvirtd.log'), 'a');
-    try {
-      const child = spawn('libvirtd', [], { uid, gid, env, cwd: home, detached: true, stdio: ['ignore', log.fd, log.fd] });
-      daemon = child;
-      await new Promise<void>((resolve, reject) => {
-        child.once('spawn', resolve);
-        child.once('error', reject);
-      });
-    } finally {
-      await log.close();
-    }
-    const d = daemon;
+    const d = await spawnLogged('libvirtd', [], path.join(dir, 'libvirtd.log'), { uid, gid, env, cwd: home });
+    daemon = d;
     await waitFor('libvirtd to answer', 30_000, async () => {
       if (d.exitCode !== null || d.signalCode !== null) {
         const tail = await readFile(path.join(dir, 'libvirtd.log'), 'utf8').catch(() => '');

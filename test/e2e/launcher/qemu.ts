@@ -2,12 +2,13 @@
  * A standalone QEMU (no libvirt) with a QMP socket, for the QMP driver's tests: TCG, CPUs stopped
  * (-S), qcow2 chains built like the launcher's, each disk as -drive id=<target> + virtio-blk id=ua-<name>.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { access, mkdir, open, rm } from 'node:fs/promises';
+import { access, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { buildChain } from './images.ts';
+import { spawnLogged } from './spawn-logged.ts';
 import type { LauncherDisk, LauncherDiskSpec } from './launcher.ts';
 import { ensureHypervisorPackages } from './packages.ts';
 
@@ -54,18 +55,8 @@ export async function startStandaloneQemu(options: { disks: readonly LauncherDis
       disks.push({ name: spec.name, alias: `ua-${spec.name}`, target, chain: built.chain, sizeBytes: built.sizeBytes, pullBytes: built.pullBytes });
       args.push('-drive', `file=${built.chain[0] ?? ''},format=qcow2,if=none,id=${target}`, '-device', `virtio-blk-pci,drive=${target},id=ua-${spec.name}`);
     }
-    const log = await open(path.join(dir, 'qemu.log'), 'a');
-    try {
-      child = spawn('qemu-system-x86_64', args, { detached: true, stdio: ['ignore', log.fd, log.fd] });
-      const c = child;
-      await new Promise<void>((resolve, reject) => {
-        c.once('spawn', resolve);
-        c.once('error', reject);
-      });
-    } finally {
-      await log.close();
-    }
-    const c = child;
+    const c = await spawnLogged('qemu-system-x86_64', args, path.join(dir, 'qemu.log'));
+    child = c;
     const deadline = Date.now() + 20_000;
     for (;;) {
       if (c.exitCode !== null || c.signalCode !== null) throw new Error(`qemu exited early (${c.exitCode ?? c.signalCode}); see ${dir}/qemu.log`);
