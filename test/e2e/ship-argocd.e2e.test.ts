@@ -5,7 +5,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parseBlockPull } from '../../operator/src/api/types.ts';
-import { ensureDebianPackages } from './ship/apt.ts';
+import { ensureDebianPackages } from './support/debian.ts';
 import { run } from './ship/helm.ts';
 
 const root = join(import.meta.dirname, '..', '..');

@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import { clusterClient } from './cluster/client.ts';
-import { ensureDebianPackages } from './ship/apt.ts';
+import { ensureDebianPackages } from './support/debian.ts';
 import { REPO_ROOT } from './ship/chart.ts';
 import { run } from './ship/helm.ts';
 

@@ -1,12 +1,9 @@
 /**
  * Debian packages the hypervisor tests need; installed when missing (idempotent).
- * `apt-get update` runs only when the install fails (stale or empty package lists).
+ * Files are probed first: when every binary is there, dpkg is not even asked.
  */
-import { execFile } from 'node:child_process';
 import { access, constants } from 'node:fs/promises';
-import { promisify } from 'node:util';
-
-const execFileP = promisify(execFile);
+import { ensureDebianPackages } from '../support/debian.ts';
 
 export const HYPERVISOR_PACKAGES = ['libvirt-daemon', 'libvirt-daemon-driver-qemu', 'libvirt-clients', 'qemu-system-x86', 'qemu-utils'] as const;
 
@@ -22,13 +19,6 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-async function apt(args: readonly string[]): Promise<void> {
-  await execFileP('apt-get', ['-o', 'DPkg::Lock::Timeout=600', ...args], {
-    env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-    maxBuffer: 64 * 1024 * 1024,
-  });
-}
-
 let pending: Promise<void> | undefined;
 
 /** Install libvirt, QEMU and qemu-utils from Debian unless already present. */
@@ -36,13 +26,7 @@ export function ensureHypervisorPackages(): Promise<void> {
   pending ??= (async () => {
     const present = await Promise.all(PROBES.map(exists));
     if (present.every(Boolean)) return;
-    const install = ['install', '-y', '--no-install-recommends', ...HYPERVISOR_PACKAGES];
-    try {
-      await apt(install);
-    } catch {
-      await apt(['update']);
-      await apt(install);
-    }
+    await ensureDebianPackages(HYPERVISOR_PACKAGES);
     const after = await Promise.all(PROBES.map(exists));
     const missing = PROBES.filter((_, i) => !after[i]);
     if (missing.length > 0) throw new Error(`hypervisor packages installed but still missing: ${missing.join(', ')}`);

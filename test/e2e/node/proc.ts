@@ -177,24 +177,8 @@ export function tailFile(path: string, lines = 30): string {
   return readFileSync(path, 'utf8').split('\n').slice(-lines).join('\n');
 }
 
-/**
- * Install Debian packages that are missing (idempotent; waits for the dpkg lock, since other
- * test tooling may install packages at the same time).
- */
-export async function ensureDebianPackages(packages: readonly string[]): Promise<void> {
-  const missing: string[] = [];
-  for (const p of packages) {
-    const r = await tool(['dpkg-query', '-W', '-f=${Status}', p], { allowFailure: true });
-    if (r.exitCode !== 0 || !r.stdout.includes('install ok installed')) missing.push(p);
-  }
-  if (missing.length === 0) return;
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const lock = ['-o', 'DPkg::Lock::Timeout=900'];
-  const first = await tool(['apt-get', 'install', '-y', '--no-install-recommends', ...lock, ...missing], { env, allowFailure: true });
-  if (first.exitCode === 0) return;
-  await tool(['apt-get', 'update', ...lock], { env });
-  await tool(['apt-get', 'install', '-y', '--no-install-recommends', ...lock, ...missing], { env });
-}
+/** apt-get lives in one place for all test tooling. */
+export { ensureDebianPackages } from '../support/debian.ts';
 
 /** Processes whose command line contains every needle (read from /proc; for cleanup checks). */
 export function findProcesses(needles: readonly string[]): { pid: number; cmdline: string[] }[] {
