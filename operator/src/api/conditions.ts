@@ -21,7 +21,8 @@ export function setCondition(
     type: input.type,
     status: input.status,
     reason: input.reason,
-    message: input.message.slice(0, 32768),
+    // Not cut here: controller/status-limits.ts cuts every message to the CRD's bound, with a marker.
+    message: input.message,
     lastTransitionTime: old && old.status === input.status ? old.lastTransitionTime : now.toISOString().replace(/\.\d{3}Z$/, 'Z'),
     ...(generation !== undefined ? { observedGeneration: generation } : {}),
   };

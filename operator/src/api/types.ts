@@ -24,6 +24,24 @@ const int64 = () => z.number().int();
 const dateTime = () => z.iso.datetime({ offset: true });
 
 /**
+ * The CRD's bounds on status fields the operator fills from outside text (virsh stderr, chain
+ * lists). Used by the zod schema below (types.test.ts checks it against the CRD) and by
+ * controller/status-limits.ts, which cuts a status down to them before it is written.
+ */
+export const STATUS_LIMITS = {
+  /** status.message and status.conditions[].message maxLength. */
+  messageLength: 32768,
+  /** status.reason and status.conditions[].reason maxLength. */
+  reasonLength: 1024,
+  /** status.conditions maxItems. */
+  conditions: 16,
+  /** status.backingChain.before / .current maxItems. */
+  chainItems: 256,
+  /** status.progress.percent maxLength. */
+  percentLength: 8,
+} as const;
+
+/**
  * Phases (stable; documented in the CRD and the README):
  * - Pending: waiting: VMI absent or not running, migration in progress, disk busy, no slot.
  * - Running: a block pull job runs on the disk (started or adopted by the operator).
@@ -90,8 +108,8 @@ export const ConditionSchema = z.object({
   status: z.enum(['True', 'False', 'Unknown']),
   observedGeneration: int64().min(0).optional(),
   lastTransitionTime: dateTime(),
-  reason: z.string().min(1).max(1024).regex(CONDITION_REASON),
-  message: z.string().max(32768),
+  reason: z.string().min(1).max(STATUS_LIMITS.reasonLength).regex(CONDITION_REASON),
+  message: z.string().max(STATUS_LIMITS.messageLength),
 });
 export type Condition = z.infer<typeof ConditionSchema>;
 
@@ -105,7 +123,7 @@ export type ChainLayerStatus = z.infer<typeof ChainLayerSchema>;
 export const ProgressSchema = z.object({
   currentBytes: int64().min(0).optional(),
   totalBytes: int64().min(0).optional(),
-  percent: z.string().max(8).optional(),
+  percent: z.string().max(STATUS_LIMITS.percentLength).optional(),
   bytesPerSecond: int64().min(0).optional(),
   etaSeconds: int64().min(0).optional(),
 });
@@ -122,15 +140,15 @@ export type LauncherStatus = z.infer<typeof LauncherStatusSchema>;
 
 export const BlockPullStatusSchema = z.object({
   phase: PhaseSchema.optional(),
-  reason: z.string().max(1024).optional(),
-  message: z.string().max(32768).optional(),
+  reason: z.string().max(STATUS_LIMITS.reasonLength).optional(),
+  message: z.string().max(STATUS_LIMITS.messageLength).optional(),
   observedGeneration: int64().min(0).optional(),
-  conditions: z.array(ConditionSchema).max(16).optional(),
+  conditions: z.array(ConditionSchema).max(STATUS_LIMITS.conditions).optional(),
   progress: ProgressSchema.optional(),
   backingChain: z
     .object({
-      before: z.array(ChainLayerSchema).max(256).optional(),
-      current: z.array(ChainLayerSchema).max(256).optional(),
+      before: z.array(ChainLayerSchema).max(STATUS_LIMITS.chainItems).optional(),
+      current: z.array(ChainLayerSchema).max(STATUS_LIMITS.chainItems).optional(),
       basePath: z.string().optional(),
     })
     .optional(),

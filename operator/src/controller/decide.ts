@@ -10,6 +10,7 @@ import { setCondition, timestamp } from '../api/conditions.ts';
 import { parseQuantity, formatBytes } from '../api/quantity.ts';
 import {
   FINALIZER,
+  STATUS_LIMITS,
   isTerminal,
   type BlockPull,
   type BlockPullStatus,
@@ -21,6 +22,7 @@ import {
 import { computeGoal, isPullComplete, type PullGoal } from '../hypervisor/completion.ts';
 import { isHypervisorError } from '../hypervisor/errors.ts';
 import type { BaseRef, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
+import { boundStatus } from './status-limits.ts';
 
 /** Where the VMI's current launcher is (from kubevirt/launcher.ts). */
 export interface LauncherLocation {
@@ -203,8 +205,9 @@ export function toBaseRef(base: BlockPull['spec']['base']): BaseRef | undefined 
 }
 
 function progressFrom(job: BlockJobInfo, prev: ProgressSample | undefined, nowMs: number): { progress: Progress; sample: ProgressSample } {
-  const cur = job.end <= 1 ? 0 : job.cur;
-  const total = job.end <= 1 ? 0 : job.end;
+  // A job may report cur > end (or odd values): keep 0 <= cur <= total, so the ETA is never negative.
+  const total = job.end <= 1 ? 0 : Math.floor(job.end);
+  const cur = total === 0 ? 0 : Math.min(total, Math.max(0, Math.floor(job.cur)));
   let rate = 0;
   if (prev !== undefined && nowMs > prev.atMs && cur >= prev.cur) rate = Math.round(((cur - prev.cur) * 1000) / (nowMs - prev.atMs));
   const progress: Progress = {
@@ -221,8 +224,29 @@ function bandwidthMessage(bytesPerSecond: number): string {
   return bytesPerSecond > 0 ? ` at most ${formatBytes(bytesPerSecond)}/s` : '';
 }
 
-/** The pure decision. */
+/**
+ * The goal on a later look. `before` may have been cut at the CRD's maxItems (status-limits.ts);
+ * then the base recorded at the first look and the layers under it are taken from the chain as
+ * it is now (a pull never changes them), so a cut chain does not make the goal unreachable.
+ */
+function goalFromStatus(bp: BlockPull, disk: DiskInfo, before: readonly ChainLayerStatus[], basePath: string | undefined): PullGoal {
+  const top = before[0];
+  if (before.length < STATUS_LIMITS.chainItems || basePath === undefined || top === undefined) return goalOf(bp, disk.target, before);
+  const i = disk.chain.findIndex((l) => l.path === basePath);
+  if (i < 1) return goalOf(bp, disk.target, before);
+  return { target: disk.target, expectedPaths: [top.path, ...disk.chain.slice(i).map((l) => l.path)], basePath };
+}
+
+/**
+ * The pure decision. Its status is always one the CRD accepts (messages, chain lists and
+ * numbers cut to the CRD's bounds by boundStatus).
+ */
 export function decide(obs: Observation): Decision {
+  const d = decideUnbounded(obs);
+  return { ...d, status: boundStatus(d.status) };
+}
+
+function decideUnbounded(obs: Observation): Decision {
   const { bp, now } = obs;
   const generation = bp.metadata.generation;
   const self = blockPullKeyOf(bp);
@@ -333,7 +357,7 @@ export function decide(obs: Observation): Decision {
   const before = prior.backingChain?.before ?? layers(disk.chain);
   let goal: PullGoal;
   try {
-    goal = goalOf(bp, disk.target, before);
+    goal = firstLook ? goalOf(bp, disk.target, before) : goalFromStatus(bp, disk, before, prior.backingChain?.basePath);
   } catch (err) {
     if (isHypervisorError(err, 'InvalidBase')) return failed(obs, withLauncher, 'InvalidBase', err.message);
     throw err;
@@ -474,6 +498,11 @@ export function decide(obs: Observation): Decision {
  * errors leave the status and let the work queue retry with backoff.
  */
 export function decideActionError(obs: Observation, decided: Decision, err: unknown): Decision | undefined {
+  const d = decideActionErrorUnbounded(obs, decided, err);
+  return d === undefined ? undefined : { ...d, status: boundStatus(d.status) };
+}
+
+function decideActionErrorUnbounded(obs: Observation, decided: Decision, err: unknown): Decision | undefined {
   const { bp, now } = obs;
   const prior: BlockPullStatus = bp.status ?? {};
   const generation = bp.metadata.generation;
