@@ -94,7 +94,8 @@ export class VirshDriver implements BlockJobDriver {
   }
 
   async abort(domain: string, target: string): Promise<void> {
-    await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--async']);
+    // --abort said explicitly (--async alone only implies it); --async: do not wait for the job to end.
+    await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--abort', '--async']);
   }
 
   /** The goal of a pull on this disk: the chain expected once it is done. */
