@@ -2,9 +2,11 @@
  * blockpull-operator entry point: config -> logger -> kube client -> metrics/health servers ->
  * leader election -> controller. SIGTERM/SIGINT: stop the controller (running pulls are NOT
  * aborted: the next leader adopts them), release the Lease, close the servers, exit 0.
- * A lost Lease exits 1 at once, like controller-runtime.
+ * A lost Lease exits 1 at once, like controller-runtime; so does an unhandled rejection or an
+ * uncaught exception (logged at fatal level, crash.ts): crash loudly rather than run half-broken.
  */
 import { loadConfigOrExit } from './config.ts';
+import { installCrashHandlers } from './crash.ts';
 import { createLogger } from './log.ts';
 import { createKubeClients, loadKubeConfig } from './kube/client.ts';
 import { EventRecorder } from './kube/events.ts';
@@ -17,6 +19,7 @@ import { ExecTransport, LocalTransport, type DriverProvider } from './kubevirt/t
 async function main(): Promise<number> {
   const config = loadConfigOrExit();
   const logger = createLogger({ level: config.logLevel, base: { pod: config.podName } });
+  installCrashHandlers(logger);
   logger.info(
     {
       transport: config.transport,
