@@ -105,7 +105,16 @@ export class Controller {
 
   /** Run until the signal aborts. */
   async run(signal: AbortSignal): Promise<void> {
-    await Promise.all([this.blockPulls.start(), this.vmis.start(), this.pods.start()]);
+    const informers = [this.blockPulls, this.vmis, this.pods];
+    const starts = await Promise.allSettled(informers.map((i) => i.start()));
+    const failed = starts.find((r) => r.status === 'rejected');
+    if (failed !== undefined) {
+      // Do not leave the informers that did start (list/watch, watchdog timers) running. The one
+      // that failed is stopped too: it may have set up part of its loop before failing.
+      this.#log.error({ error: failed.reason instanceof Error ? failed.reason.message : String(failed.reason) }, 'an informer failed to start; stopping the others');
+      await Promise.allSettled(informers.map((i) => i.stop()));
+      throw failed.reason;
+    }
     const ok = (await Promise.all([this.blockPulls.waitForSync(signal), this.vmis.waitForSync(signal), this.pods.waitForSync(signal)])).every(Boolean);
     if (ok) {
       this.#log.info({ workers: this.#o.workers }, 'caches synced; starting workers');

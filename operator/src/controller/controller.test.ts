@@ -1,0 +1,66 @@
+/**
+ * Controller.run when an informer fails to start: the informers already started are stopped
+ * before run() rejects (no list/watch loops, watchdog timers or restarts left behind). Real
+ * WatchdogInformers against an API server address nothing listens on (no cluster needed); the
+ * VMI informer's start is made to fail.
+ */
+import { KubeConfig } from '@kubernetes/client-node';
+import { describe, expect, it } from 'vitest';
+import { createKubeClients } from '../kube/client.ts';
+import { silentLogger } from '../log.ts';
+import type { DriverProvider } from '../kubevirt/transport.ts';
+import { Controller } from './controller.ts';
+
+function unreachableKubeConfig(): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'c', server: 'https://127.0.0.1:1', skipTLSVerify: true }],
+    users: [{ name: 'u', token: 'x' }],
+    contexts: [{ name: 'ctx', cluster: 'c', user: 'u' }],
+    currentContext: 'ctx',
+  });
+  return kc;
+}
+
+const drivers: DriverProvider = {
+  kind: 'local',
+  driverFor: () => Promise.reject(new Error('no driver in this test')),
+};
+
+describe('Controller.run', () => {
+  it('an informer that fails to start: the others are stopped, then run() rejects with its error', async () => {
+    const controller = new Controller({
+      clients: createKubeClients(unreachableKubeConfig()),
+      drivers,
+      logger: silentLogger(),
+      workers: 1,
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 1000,
+      maxConcurrentPulls: 1,
+      maxPullsPerNode: 1,
+    });
+    const calls: string[] = [];
+    const informers = { blockpulls: controller.blockPulls, vmis: controller.vmis, pods: controller.pods };
+    for (const [name, inf] of Object.entries(informers)) {
+      const start = inf.start.bind(inf);
+      const stop = inf.stop.bind(inf);
+      inf.start = async () => {
+        calls.push(`start ${name}`);
+        if (name === 'vmis') throw new Error('VMI informer cannot start');
+        await start();
+      };
+      inf.stop = async () => {
+        calls.push(`stop ${name}`);
+        await stop();
+      };
+    }
+    const ac = new AbortController();
+    const run = controller.run(ac.signal);
+    await expect(run).rejects.toThrow('VMI informer cannot start');
+    expect(calls.filter((c) => c.startsWith('start')).sort()).toEqual(['start blockpulls', 'start pods', 'start vmis']);
+    expect(calls).toContain('stop blockpulls');
+    expect(calls).toContain('stop pods');
+    expect(calls.indexOf('stop blockpulls')).toBeGreaterThan(calls.indexOf('start vmis'));
+    ac.abort();
+  });
+});
