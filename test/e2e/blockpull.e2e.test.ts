@@ -30,7 +30,7 @@ const NS = 'bp-e2e';
 const VMI = 'vm1';
 const MiB = 1024 * 1024;
 /** Disks of the stand-in VM: one fresh chain per scenario (a pulled disk is flat afterwards). */
-const CHAINED = ['basic', 'partial', 'bwchange', 'pause', 'delete', 'restart', 'busy', 'shutdown', 'slot-a', 'slot-b'] as const;
+const CHAINED = ['basic', 'partial', 'bwchange', 'pause', 'delete', 'restart', 'busy', 'shutdown', 'slot-a', 'slot-b', 'other-node'] as const;
 
 describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', () => {
   let kube: ClusterClient;
@@ -38,6 +38,8 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
   let tmp: string;
   let saKubeconfig: string;
   let launcher: Launcher | undefined;
+  /** Stand-ins started by single scenarios (stopped in afterAll). */
+  const extraLaunchers: Launcher[] = [];
   let driver: VirshDriver;
   let operator: OperatorProcess | undefined;
   const operators: OperatorProcess[] = [];
@@ -90,6 +92,7 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     // Let the operator drop its finalizers, then stop everything this spec started.
     if (kube !== undefined) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
     for (const op of operators) await op.stop();
+    for (const l of extraLaunchers) await l.stop();
     await launcher?.stop();
     if (registryDir) await rm(registryDir, { recursive: true, force: true });
     if (tmp) await rm(tmp, { recursive: true, force: true });
@@ -395,5 +398,69 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(b.status?.attempts).toBe(1);
     expect(await launcher!.compare('slot-b', refB)).toBe(true);
     expect(operator!.child.exitCode).toBeNull();
+  });
+
+  it('the per-node limit of concurrent pulls: the second VMI on a node waits with WaitingForSlot, then runs; another node is not held back', async () => {
+    // One pull per node, several cluster-wide: only the per-node limit can hold a pull back.
+    const previous = operator!;
+    expect(await previous.stop()).toBe(0);
+    operator = await startOperator({
+      kubeconfig: saKubeconfig,
+      registryDir,
+      name: 'e2e-op-4',
+      env: { BLOCKPULL_MAX_PULLS_PER_NODE: '1', BLOCKPULL_MAX_CONCURRENT_PULLS: '4' },
+    });
+    operators.push(operator);
+    // Two VMIs on node pn-node (a stand-in each); vm1 stays on standin-node.
+    const node = 'pn-node';
+    const standins: Record<string, { launcher: Launcher; driver: VirshDriver }> = {};
+    for (const vmiName of ['vm-pn-a', 'vm-pn-b']) {
+      const l = await startLauncher({ namespace: NS, vmiName, registryDir, disks: [{ name: 'd', layers: 3, sizeMiB: 32, allocatedMiB: 17 }] });
+      extraLaunchers.push(l);
+      await createFakeVmi(kube, { namespace: NS, vmiName, launcher: l, disks: ['d'], nodeName: node });
+      standins[vmiName] = { launcher: l, driver: new VirshDriver(l.runner, l.uri) };
+    }
+    const { launcher: la, driver: da } = standins['vm-pn-a']!;
+    const { launcher: lb, driver: db } = standins['vm-pn-b']!;
+    const refA = await la.reference('d');
+    const refB = await lb.reference('d');
+    const refOther = await launcher!.reference('other-node');
+
+    // node-a runs slowly (15 MiB at 1 MiB/s) and holds pn-node's only slot.
+    await apply('node-a', 'd', { bandwidth: '1Mi' }, 'vm-pn-a');
+    const a = await runningWithProgress('node-a');
+    expect(a.status?.launcher?.node).toBe(node);
+    await apply('node-b', 'd', {}, 'vm-pn-b');
+    const waiting = await waitFor('node-b WaitingForSlot', 20_000, async () => {
+      const b = await getBlockPull(kube, NS, 'node-b');
+      return b?.status?.reason === 'WaitingForSlot' ? b : undefined;
+    });
+    expect(waiting.status?.phase).toBe('Pending');
+    expect(waiting.status?.message).toMatch(/1 pulls run on node pn-node \(limit 1\)/);
+    expect(await db.getJob(lb.domain, lb.disks[0]!.target)).toBeNull();
+
+    // A VMI on another node is not held back by pn-node's limit: it runs to the end meanwhile.
+    await apply('other-node', 'other-node');
+    const other = await waitForPhase(kube, NS, 'other-node', ['Completed'], 30_000);
+    expect(other.status?.reason).toBe('Completed');
+    expect(other.status?.launcher?.node).toBe('standin-node');
+    expect(await launcher!.compare('other-node', refOther)).toBe(true);
+    expect(await da.getJob(la.domain, la.disks[0]!.target)).not.toBeNull();
+    expect((await getBlockPull(kube, NS, 'node-a'))?.status?.phase).toBe('Running');
+    const stillWaiting = await getBlockPull(kube, NS, 'node-b');
+    expect(stillWaiting?.status?.reason).toBe('WaitingForSlot');
+    expect(pullsStartedFor(operator, 'node-b')).toBe(0);
+
+    // node-a ends (sped up), then node-b gets the slot and runs.
+    await patchSpec('node-a', { bandwidth: '64Mi' });
+    await waitForPhase(kube, NS, 'node-a', ['Completed'], 30_000);
+    const b = await waitForPhase(kube, NS, 'node-b', ['Completed'], 30_000);
+    expect(b.status?.reason).toBe('Completed');
+    expect(b.status?.attempts).toBe(1);
+    expect(b.status?.launcher?.node).toBe(node);
+    expect(pullsStartedFor(operator, 'node-b')).toBe(1);
+    expect(await la.compare('d', refA)).toBe(true);
+    expect(await lb.compare('d', refB)).toBe(true);
+    expect(operator.child.exitCode).toBeNull();
   });
 });

@@ -231,6 +231,8 @@ export interface FakeVmiOptions {
   readonly runtimeUser?: number;
   /** Create the launcher Pod (default true). */
   readonly pod?: boolean;
+  /** Node of the VMI (status.nodeName) and its launcher Pod (spec.nodeName); default STANDIN_NODE. */
+  readonly nodeName?: string;
 }
 
 export function vmiManifest(o: { namespace: string; vmiName: string; disks: readonly string[] }): Record<string, unknown> {
@@ -251,6 +253,7 @@ export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Pro
   await kube.kubectl(['apply', '-f', '-'], { input: stringify(vmiManifest(o)) });
   const uid = (await kube.kubectl(['get', 'vmi', o.vmiName, '-n', ns, '-o', 'jsonpath={.metadata.uid}'])).trim();
   const podName = o.launcher?.podName ?? o.podName ?? `virt-launcher-${o.vmiName}-x`;
+  const nodeName = o.nodeName ?? STANDIN_NODE;
   const activePods: Record<string, string> = {};
   if (o.pod ?? true) {
     const pod = {
@@ -262,7 +265,7 @@ export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Pro
         labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': uid, 'vm.kubevirt.io/name': o.vmiName },
       },
       spec: {
-        nodeName: STANDIN_NODE,
+        nodeName,
         automountServiceAccountToken: false,
         containers: [{ name: 'compute', image: 'quay.io/kubevirt/virt-launcher:v1.6.0', command: ['/usr/bin/virt-launcher'] }],
       },
@@ -270,11 +273,11 @@ export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Pro
     await kube.kubectl(['apply', '-f', '-'], { input: stringify(pod) });
     await kube.kubectl(['patch', 'pod', podName, '-n', ns, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: { phase: 'Running' } })]);
     const podUid = (await kube.kubectl(['get', 'pod', podName, '-n', ns, '-o', 'jsonpath={.metadata.uid}'])).trim();
-    activePods[podUid] = STANDIN_NODE;
+    activePods[podUid] = nodeName;
   }
   const status = {
     phase: o.phase ?? 'Running',
-    nodeName: STANDIN_NODE,
+    nodeName,
     runtimeUser: o.runtimeUser ?? 107,
     activePods,
     volumeStatus: o.disks.map((name, i) => ({ name, target: `vd${String.fromCharCode(97 + i)}` })),
