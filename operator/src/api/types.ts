@@ -29,6 +29,8 @@ const dateTime = () => z.iso.datetime({ offset: true });
  * controller/status-limits.ts, which cuts a status down to them before it is written.
  */
 export const STATUS_LIMITS = {
+  /** spec.base.path, status.backingChain.before/current[].path and basePath maxLength (Linux PATH_MAX). */
+  pathLength: 4096,
   /** status.message and status.conditions[].message maxLength. */
   messageLength: 32768,
   /** status.reason and status.conditions[].reason maxLength. */
@@ -86,7 +88,7 @@ export type Reason = (typeof REASONS)[number];
 export const BaseSchema = z
   .object({
     position: int32().min(1).max(255).optional(),
-    path: z.string().min(2).max(4096).regex(ABSOLUTE_PATH).optional(),
+    path: z.string().min(2).max(STATUS_LIMITS.pathLength).regex(ABSOLUTE_PATH).optional(),
   })
   .refine((b) => (b.position === undefined) !== (b.path === undefined), {
     message: 'base needs exactly one of position or path',
@@ -115,7 +117,7 @@ export type Condition = z.infer<typeof ConditionSchema>;
 
 export const ChainLayerSchema = z.object({
   position: int32().min(0),
-  path: z.string(),
+  path: z.string().max(STATUS_LIMITS.pathLength),
   format: z.string(),
 });
 export type ChainLayerStatus = z.infer<typeof ChainLayerSchema>;
@@ -149,7 +151,7 @@ export const BlockPullStatusSchema = z.object({
     .object({
       before: z.array(ChainLayerSchema).max(STATUS_LIMITS.chainItems).optional(),
       current: z.array(ChainLayerSchema).max(STATUS_LIMITS.chainItems).optional(),
-      basePath: z.string().optional(),
+      basePath: z.string().max(STATUS_LIMITS.pathLength).optional(),
     })
     .optional(),
   launcher: LauncherStatusSchema.optional(),

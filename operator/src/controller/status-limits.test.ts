@@ -68,6 +68,8 @@ function chainOf(n: number): DiskInfo {
   };
 }
 const MAX_CHAIN_ITEMS = (((statusSchema.properties as Record<string, Json>).backingChain!.properties as Record<string, Json>).before!.maxItems as number);
+const CHAIN_ITEM_PROPS = (((statusSchema.properties as Record<string, Json>).backingChain!.properties as Record<string, Json>).before!.items as Json).properties as Record<string, Json>;
+const MAX_PATH = CHAIN_ITEM_PROPS.path!.maxLength as number;
 const LAYERS = MAX_CHAIN_ITEMS + 50;
 const HUGE = chainOf(LAYERS);
 /** virsh stderr far over maxLength, with characters outside the BMP (surrogate pairs). */
@@ -101,6 +103,48 @@ describe('status within the CRD bounds', () => {
     expect(v.some((x) => x.startsWith('status.message: length'))).toBe(true);
     expect(v.some((x) => x.includes('etaSeconds: -3 < minimum 0'))).toBe(true);
     expect(v.some((x) => x.includes('currentBytes: not an integer'))).toBe(true);
+    // Paths are bounded too (PATH_MAX): the CRD states it, and an over-long one is caught.
+    expect(MAX_PATH).toBe(4096);
+    const longPath = `/${'p'.repeat(MAX_PATH)}`;
+    const paths = crdViolations({ backingChain: { before: [{ position: 0, path: longPath, format: 'qcow2' }], current: [{ position: 0, path: longPath, format: 'qcow2' }], basePath: longPath } });
+    expect(paths).toEqual([
+      `status.backingChain.before[0].path: length ${MAX_PATH + 1} > maxLength ${MAX_PATH}`,
+      `status.backingChain.current[0].path: length ${MAX_PATH + 1} > maxLength ${MAX_PATH}`,
+      `status.backingChain.basePath: length ${MAX_PATH + 1} > maxLength ${MAX_PATH}`,
+    ]);
+  });
+
+  it('chain paths over maxLength (before, current, basePath) are cut with a marker; shorter ones are kept as they are', () => {
+    // A 4-layer chain: the top (surrogate pairs) and the base (position 2) have paths far over PATH_MAX.
+    const longTop = `/var/lib/images/${'😱'.repeat(MAX_PATH)}/top.qcow2`;
+    const longBase = `/var/lib/images/${'b'.repeat(2 * MAX_PATH)}/base.qcow2`;
+    const disk: DiskInfo = {
+      target: 'vda',
+      chain: [
+        { position: 0, index: 1, path: longTop, format: 'qcow2' },
+        { position: 1, index: 2, path: '/var/lib/images/mid.qcow2', format: 'qcow2' },
+        { position: 2, index: 3, path: longBase, format: 'qcow2' },
+        { position: 3, index: 4, path: '/var/lib/images/bottom.qcow2', format: 'qcow2' },
+      ],
+    };
+    const d = decide(obs(bp(undefined, { base: { position: 2 } }), { hypervisor: { kind: 'ok', disk, job: null } }));
+    expect(d.action.type).toBe('startPull');
+    expect(crdViolations(d.status)).toEqual([]);
+    const chain = d.status.backingChain!;
+    for (const layers of [chain.before!, chain.current!]) {
+      expect(layers.map((l) => l.position)).toEqual([0, 1, 2, 3]);
+      expect(layers[0]!.path.startsWith('/var/lib/images/😱')).toBe(true);
+      expect(layers[0]!.path).toMatch(/… \[truncated, \d+ more characters\]$/);
+      expect(layers[0]!.path).not.toMatch(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])/);
+      expect(layers[1]!.path).toBe('/var/lib/images/mid.qcow2');
+      expect(layers[2]!.path.length).toBeLessThanOrEqual(MAX_PATH);
+      expect(layers[2]!.path).toMatch(/^\/var\/lib\/images\/b+… \[truncated, \d+ more characters\]$/);
+      expect(layers[3]!.path).toBe('/var/lib/images/bottom.qcow2');
+    }
+    expect(chain.basePath).toBe(chain.before![2]!.path);
+    // The job itself is started with the real base path, not the cut one.
+    expect(d.action).toMatchObject({ type: 'startPull' });
+    expect(JSON.stringify(d.action)).toContain(longBase);
   });
 
   it('a chain longer than maxItems with long paths: NothingToDo message, before and current are capped, top kept, message says so', () => {

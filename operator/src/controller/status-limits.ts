@@ -5,6 +5,11 @@
  * - messages (status.message, conditions[].message): cut to maxLength with a visible marker;
  * - backingChain.before/current: the top STATUS_LIMITS.chainItems layers are kept and
  *   status.message says the chain was truncated;
+ * - paths (backingChain.before/current[].path, basePath): cut to STATUS_LIMITS.pathLength (PATH_MAX)
+ *   with the same marker. A file QEMU opened never has a longer path (the kernel refuses it with
+ *   ENAMETOOLONG); should libvirt report one anyway, the cut path no longer matches the disk, so the
+ *   goal is not reached and the pull ends Failed (retries exhausted, or the start refused) instead of
+ *   the status write being refused over and over;
  * - numbers: integers, >= 0, int32 where the CRD says int32; currentBytes <= totalBytes.
  *
  * Pure; decide.ts applies it to every status it returns.
@@ -57,7 +62,9 @@ function boundProgress(p: Progress): Progress {
 
 function boundChain(chain: readonly ChainLayerStatus[] | undefined): ChainLayerStatus[] | undefined {
   if (chain === undefined) return undefined;
-  return chain.slice(0, STATUS_LIMITS.chainItems).map((l) => ({ ...l, position: count(l.position, INT32_MAX) ?? 0 }));
+  return chain
+    .slice(0, STATUS_LIMITS.chainItems)
+    .map((l) => ({ ...l, position: count(l.position, INT32_MAX) ?? 0, path: truncateText(l.path, STATUS_LIMITS.pathLength) }));
 }
 
 function chainNote(status: BlockPullStatus): string {
@@ -91,7 +98,13 @@ export function boundStatus(status: BlockPullStatus): BlockPullStatus {
   if (status.backingChain !== undefined) {
     const before = boundChain(status.backingChain.before);
     const current = boundChain(status.backingChain.current);
-    out.backingChain = { ...status.backingChain, ...(before !== undefined ? { before } : {}), ...(current !== undefined ? { current } : {}) };
+    const basePath = status.backingChain.basePath;
+    out.backingChain = {
+      ...status.backingChain,
+      ...(before !== undefined ? { before } : {}),
+      ...(current !== undefined ? { current } : {}),
+      ...(basePath !== undefined ? { basePath: truncateText(basePath, STATUS_LIMITS.pathLength) } : {}),
+    };
   }
   if (status.progress !== undefined) out.progress = boundProgress(status.progress);
   if (status.observedGeneration !== undefined) out.observedGeneration = count(status.observedGeneration);
