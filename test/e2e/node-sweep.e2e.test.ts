@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { processStartTime } from './cluster/lock.ts';
+import { processStartTime } from './support/lock.ts';
 import { REPO_ROOT, stopRecorded } from './cluster/control-plane.ts';
 import { isOurs, processesMentioning, type DaemonRecord } from './cluster/processes.ts';
 import { nodeLeftovers } from './node/kubelet.ts';

@@ -18,7 +18,7 @@ import { ensureBinaries, type ClusterBinaries } from './binaries.ts';
 import { createPki, type Pki } from './certs.ts';
 import { clusterClient, type ClusterClient } from './client.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
-import { processStartTime } from './lock.ts';
+import { processStartTime } from '../support/lock.ts';
 import { daemonRecord, freePorts, isOurs, killNow, spawnDaemon, stopDaemon, tail, waitPortsFree, type DaemonRecord } from './processes.ts';
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..', '..');

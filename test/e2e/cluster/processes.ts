@@ -9,7 +9,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import { processStartTime } from './lock.ts';
+import { processStartTime } from '../support/lock.ts';
 
 export const daemonRecord = z.object({
   name: z.string(),

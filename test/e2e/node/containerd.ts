@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { withLock } from '../cluster/lock.ts';
+import { withLock } from '../support/lock.ts';
 import { isOurs, type DaemonRecord } from '../cluster/processes.ts';
 import {
   ensureDebianPackages,

@@ -34,7 +34,7 @@ import { z } from 'zod';
 import { issueCert } from '../cluster/certs.ts';
 import type { ControlPlane } from '../cluster/control-plane.ts';
 import { writeKubeconfig } from '../cluster/kubeconfig.ts';
-import { processStartTime } from '../cluster/lock.ts';
+import { processStartTime } from '../support/lock.ts';
 import { freePorts } from '../cluster/processes.ts';
 import { pauseImage, type BuiltImage } from '../images/images.ts';
 import { CNI_BRIDGE_PREFIX, leftovers as containerdLeftovers, startContainerd, type Containerd } from './containerd.ts';

@@ -13,7 +13,7 @@ import { existsSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirS
 import { join } from 'node:path';
 import { z } from 'zod';
 import { runKubectl } from '../cluster/client.ts';
-import { processStartTime, withLock } from '../cluster/lock.ts';
+import { processStartTime, withLock } from '../support/lock.ts';
 import { daemonRecord, isOurs } from '../cluster/processes.ts';
 import { teardownContainerd } from './containerd.ts';
 import { stopRecordedProcess, tool, unmountAllUnder, mountsUnder } from './proc.ts';

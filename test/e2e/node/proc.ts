@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, createWriteStream, existsSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { processStartTime } from '../cluster/lock.ts';
+import { processStartTime } from '../support/lock.ts';
 import { isOurs, type DaemonRecord } from '../cluster/processes.ts';
 
 export interface ToolResult {

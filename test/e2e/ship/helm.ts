@@ -1,8 +1,8 @@
 // A real `helm` for the chart tests. Debian 12 has no helm package, so it is built from the Go
 // module proxy through the pinned wrapper module in ./helm-go (go.mod + go.sum, `tool` directive),
 // cached by version in <cache>/bin/helm-<version>/helm, where <cache> is $BLOCKPULL_CACHE_DIR or
-// ~/.cache/blockpull-operator. Concurrent callers (several processes) serialise on a lock directory;
-// a lock left by a dead process is taken over.
+// ~/.cache/blockpull-operator. Concurrent callers (several processes) serialise on a lock file
+// (../support/lock.ts); a lock left by a dead process is taken over.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -10,6 +10,7 @@ import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { withLock } from '../support/lock.ts';
 
 export const HELM_VERSION = 'v3.22.0';
 const wrapperDir = join(dirname(fileURLToPath(import.meta.url)), 'helm-go');
@@ -68,37 +69,6 @@ function findGo(): string {
   throw new Error('helm: the Go toolchain (go) is needed to build helm and was not found on PATH or in /usr/local/go/bin');
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** mkdir-based lock across processes; returns the release function. */
-export async function acquireLock(lockDir: string, timeoutMs: number): Promise<() => Promise<void>> {
-  const deadline = Date.now() + timeoutMs;
-  await mkdir(dirname(lockDir), { recursive: true });
-  for (;;) {
-    try {
-      await mkdir(lockDir);
-      await writeFile(join(lockDir, 'pid'), String(process.pid));
-      return () => rm(lockDir, { recursive: true, force: true });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    const owner = Number.parseInt(await readFile(join(lockDir, 'pid'), 'utf8').catch(() => ''), 10);
-    if (Number.isInteger(owner) && !alive(owner)) {
-      await rm(lockDir, { recursive: true, force: true });
-      continue;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${lockDir} (held by pid ${owner})`);
-    await new Promise((r) => setTimeout(r, 1000));
-  }
-}
-
 /**
  * The link flags of helm's own Makefile: its version, and the Kubernetes version `helm template`
  * and `helm lint` assume without a cluster (major = client-go major + 1, minor = client-go minor).
@@ -132,8 +102,9 @@ export async function ensureHelm(options: { log?: (line: string) => void } = {})
     return v.exitCode === 0 && v.stdout.startsWith(HELM_VERSION);
   };
   if (await ok()) return target;
-  const release = await acquireLock(`${dirname(target)}.lock`, 30 * 60_000);
-  try {
+  // A lock file beside the version's directory (not `<dir>.lock`: older runs used that name for a lock directory).
+  await mkdir(dirname(dirname(target)), { recursive: true });
+  return withLock(`${dirname(target)}.build.lock`, async () => {
     if (await ok()) return target;
     const go = findGo();
     await mkdir(dirname(target), { recursive: true });
@@ -161,9 +132,7 @@ export async function ensureHelm(options: { log?: (line: string) => void } = {})
     options.log?.(`built helm ${HELM_VERSION} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     if (!(await ok())) throw new Error(`built ${target} but \`helm version --short\` does not report ${HELM_VERSION}`);
     return target;
-  } finally {
-    await release();
-  }
+  }, { timeoutMs: 30 * 60_000, onWait: (lock) => options.log?.(`waiting for another helm build (${lock})`) });
 }
 
 // `node test/e2e/ship/helm.ts` builds (or finds) helm and prints its path.

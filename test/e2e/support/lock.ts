@@ -1,7 +1,8 @@
 /**
  * A cross-process lock file: `<path>` holds the owner's pid and start time; a lock whose owner is gone
- * (crashed build, pid reused by another process) is taken over. Used so that two concurrent callers
- * of ensureBinaries() build once: the second waits and then finds the binaries.
+ * (crashed build, pid reused by another process) is taken over. The one cross-process lock of the test
+ * tooling: e.g. two concurrent callers of ensureBinaries() or ensureHelm() build once (the second waits
+ * and then finds the result); node sweeps and CIDR picks take turns.
  */
 import { readFileSync } from 'node:fs';
 import { open, readFile, rm } from 'node:fs/promises';
