@@ -15,7 +15,8 @@ import { z } from 'zod';
 import { ETCD_SERVER_MODULE, K8S_COMMANDS, K8S_MODULE, k8sLdflags } from './go-mod.ts';
 import { GO_MODULES_DIR, goBinary, writeEtcdModule, writeK8sModule } from './gen-go-mod.ts';
 import { withLock } from '../support/lock.ts';
-import { cacheRoot, pinnedVersions, resolveVersions, type Versions } from './versions.ts';
+import { cacheRoot } from '../support/cache.ts';
+import { pinnedVersions, resolveVersions, type Versions } from './versions.ts';
 
 export interface ClusterBinaries {
   readonly versions: Versions;

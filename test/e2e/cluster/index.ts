@@ -6,4 +6,5 @@ export { installCrds, projectCrdFiles, VMI_CRD_FILE } from './crds.ts';
 export { createPki, issueCert, type Pki } from './certs.ts';
 export { writeKubeconfig } from './kubeconfig.ts';
 export { createServiceAccountKubeconfig } from './service-account.ts';
-export { cacheRoot, pinnedVersions, resolveVersions } from './versions.ts';
+export { pinnedVersions, resolveVersions } from './versions.ts';
+export { cacheRoot } from '../support/cache.ts';

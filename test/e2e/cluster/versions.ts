@@ -5,10 +5,9 @@
  * so a bump is one command (gen-go-mod.ts). Overrides:
  *   BLOCKPULL_K8S_VERSION   e.g. v1.34.5 (builds kube-apiserver, kubectl, kubelet, ... of that release)
  *   BLOCKPULL_ETCD_VERSION  e.g. v3.6.6
- *   BLOCKPULL_CACHE_DIR     cache root (default ~/.cache/blockpull-operator); binaries in <root>/bin/k8s-<v>/, etcd-<v>/
+ *   BLOCKPULL_CACHE_DIR     cache root (default ~/.cache/blockpull-operator; ../support/cache.ts); binaries in <root>/bin/k8s-<v>/, etcd-<v>/
  */
 import { readFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { ETCD_SERVER_MODULE, K8S_MODULE, normalizeVersion, requiredVersion } from './go-mod.ts';
 import { GO_MODULES_DIR } from './gen-go-mod.ts';
@@ -37,8 +36,3 @@ export function resolveVersions(env: NodeJS.ProcessEnv = process.env): Versions 
   return { k8s, etcd };
 }
 
-export function cacheRoot(env: NodeJS.ProcessEnv = process.env): string {
-  const override = env['BLOCKPULL_CACHE_DIR'];
-  if (override) return path.resolve(override);
-  return path.join(os.homedir(), '.cache', 'blockpull-operator');
-}

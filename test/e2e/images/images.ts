@@ -12,7 +12,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SANDBOX_IMAGE } from '../node/containerd.ts';
 import { writeOciArchive, type ImageConfig } from './oci.ts';
-import { busyboxRootfs, cacheRoot, candidateVersion, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
+import { busyboxRootfs, imageCacheDir, candidateVersion, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
 
 /** Bump when the way images are made changes (invalidates every cached archive). */
 const BUILDER_VERSION = '1';
@@ -39,10 +39,10 @@ async function cachedImage(
   const t0 = Date.now();
   const hash = key({ BUILDER_VERSION, repo, keyParts });
   const name = fixedName ?? `localhost/blockpull/${repo}:${hash}`;
-  const archivePath = join(cacheRoot(), `${repo}-${hash}.oci.tar`);
+  const archivePath = join(imageCacheDir(), `${repo}-${hash}.oci.tar`);
   if (existsSync(archivePath)) return { name, archivePath, cached: true, buildMs: Date.now() - t0 };
-  mkdirSync(cacheRoot(), { recursive: true });
-  const workDir = mkdtempSync(join(cacheRoot(), `.build-${repo}-`));
+  mkdirSync(imageCacheDir(), { recursive: true });
+  const workDir = mkdtempSync(join(imageCacheDir(), `.build-${repo}-`));
   try {
     const { rootfs, config } = await build(workDir);
     await writeOciArchive(rootfs, name, config, archivePath);

@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { ensureDebianPackages, tool, unmountAllUnder } from '../node/proc.ts';
 import type { BuiltImage } from './images.ts';
 import { writeOciArchive } from './oci.ts';
-import { cacheRoot, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
+import { imageCacheDir, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
 
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const BUILDER_VERSION = '1';
@@ -61,10 +61,10 @@ export async function nodeBaseImage(): Promise<BuiltImage> {
     .update(JSON.stringify({ BUILDER_VERSION, src: hostDebianSource(), node: sha256File(nodeBin), npm: npmLatest }))
     .digest('hex')
     .slice(0, 16);
-  const archivePath = join(cacheRoot(), `node-base-${key}.oci.tar`);
+  const archivePath = join(imageCacheDir(), `node-base-${key}.oci.tar`);
   if (existsSync(archivePath)) return { name: NODE_BASE_NAME, archivePath, cached: true, buildMs: Date.now() - t0 };
-  mkdirSync(cacheRoot(), { recursive: true });
-  const work = mkdtempSync(join(cacheRoot(), '.build-node-base-'));
+  mkdirSync(imageCacheDir(), { recursive: true });
+  const work = mkdtempSync(join(imageCacheDir(), '.build-node-base-'));
   try {
     const rootfs = join(work, 'rootfs');
     await debootstrapRootfs(rootfs, ['ca-certificates']);
@@ -118,7 +118,7 @@ export async function operatorImage(options: { log?: (m: string) => void } = {})
     .digest('hex')
     .slice(0, 16);
   const name = `${OPERATOR_REPOSITORY}:${key}`;
-  const archivePath = join(cacheRoot(), `operator-${key}.oci.tar`);
+  const archivePath = join(imageCacheDir(), `operator-${key}.oci.tar`);
   if (existsSync(archivePath)) return { name, archivePath, cached: true, buildMs: Date.now() - t0 };
   await ensureDebianPackages(['buildah']);
   const storage = mkdtempSync(join('/var/tmp', 'bp-buildah-'));

@@ -4,13 +4,13 @@
  * own (read from apt's sources and /etc/os-release), so the images match the host's Debian.
  */
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { cacheRoot } from '../support/cache.ts';
 import { ensureDebianPackages, tool, unmountAllUnder } from '../node/proc.ts';
 
-export function cacheRoot(): string {
-  const base = process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache');
-  return join(base, 'blockpull-operator', 'images');
+/** Where built images (OCI archives) and downloaded .debs are cached: <cache root>/images. */
+export function imageCacheDir(): string {
+  return join(cacheRoot(), 'images');
 }
 
 export interface DebianSource {
@@ -96,7 +96,7 @@ export async function busyboxRootfs(workDir: string): Promise<string> {
 export async function debootstrapRootfs(target: string, packages: readonly string[]): Promise<void> {
   await ensureDebianPackages(['debootstrap']);
   const src = hostDebianSource();
-  const debCache = join(cacheRoot(), 'debs');
+  const debCache = join(imageCacheDir(), 'debs');
   mkdirSync(debCache, { recursive: true });
   rmSync(target, { recursive: true, force: true });
   mkdirSync(target, { recursive: true });

@@ -1,15 +1,14 @@
 // A real `helm` for the chart tests. Debian 12 has no helm package, so it is built from the Go
 // module proxy through the pinned wrapper module in ./helm-go (go.mod + go.sum, `tool` directive),
-// cached by version in <cache>/bin/helm-<version>/helm, where <cache> is $BLOCKPULL_CACHE_DIR or
-// ~/.cache/blockpull-operator. Concurrent callers (several processes) serialise on a lock file
+// cached by version in <cache>/bin/helm-<version>/helm, where <cache> is ../support/cache.ts's root
+// ($BLOCKPULL_CACHE_DIR or ~/.cache/blockpull-operator). Concurrent callers (several processes) serialise on a lock file
 // (../support/lock.ts); a lock left by a dead process is taken over.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { z } from 'zod';
+import { cacheRoot } from '../support/cache.ts';
 import { withLock } from '../support/lock.ts';
 
 export const HELM_VERSION = 'v3.22.0';
@@ -51,11 +50,6 @@ export function run(
     child.stdin.on('error', () => undefined); // the command may exit before reading its input (EPIPE)
     child.stdin.end(options.input ?? '');
   });
-}
-
-export function cacheRoot(): string {
-  const fromEnv = z.string().min(1).optional().parse(process.env.BLOCKPULL_CACHE_DIR || undefined);
-  return fromEnv ?? join(homedir(), '.cache', 'blockpull-operator');
 }
 
 export function helmPath(version = HELM_VERSION): string {
