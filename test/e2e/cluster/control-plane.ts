@@ -19,7 +19,8 @@ import { createPki, type Pki } from './certs.ts';
 import { clusterClient, type ClusterClient } from './client.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
 import { processStartTime } from '../support/lock.ts';
-import { daemonRecord, freePorts, isOurs, killNow, spawnDaemon, stopDaemon, tail, waitPortsFree, type DaemonRecord } from './processes.ts';
+import { daemonRecord, freePorts, isOurs, killNow, spawnDaemon, stopDaemon, waitPortsFree, type DaemonRecord } from './processes.ts';
+import { tail } from '../support/tail.ts';
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..', '..');
 /** `npm run cluster -- up` uses this state dir; its admin kubeconfig is <dir>/admin.kubeconfig. */

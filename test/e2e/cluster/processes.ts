@@ -163,15 +163,6 @@ export async function freePorts(count: number): Promise<number[]> {
   }
 }
 
-/** Last `lines` lines of a log file, for error messages. */
-export function tail(file: string, lines = 30): string {
-  try {
-    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '(no log)';
-  }
-}
-
 /**
  * Live processes whose command line contains `needle` (e.g. a state dir: every daemon's flags name it),
  * optionally only those whose program's basename is in `programs` (e.g. etcd, kube-apiserver).

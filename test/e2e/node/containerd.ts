@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:
 import { join } from 'node:path';
 import { z } from 'zod';
 import { withLock } from '../support/lock.ts';
+import { tail } from '../support/tail.ts';
 import { isOurs, type DaemonRecord } from '../cluster/processes.ts';
 import {
   ensureDebianPackages,
@@ -17,7 +18,6 @@ import {
   mountsUnder,
   startDaemon,
   stopRecordedProcess,
-  tailFile,
   tool,
   unmountAllUnder,
   waitFor,
@@ -213,7 +213,7 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
     await waitFor(
       'containerd socket',
       async () => {
-        if (!daemon.isRunning()) throw new Error(`containerd exited:\n${tailFile(logPath)}`);
+        if (!daemon.isRunning()) throw new Error(`containerd exited:\n${tail(logPath)}`);
         if (!existsSync(socket)) return false;
         const r = await ctr(['version'], { allowFailure: true, timeoutMs: 5000 });
         return r.exitCode === 0;
@@ -223,7 +223,7 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
     // The CRI plugin must have loaded (it reports errors, not exits, when it cannot).
     const plugins = await ctr(['plugins', 'ls']);
     const cri = plugins.stdout.split('\n').find((l) => /\bcri\b/.test(l) && l.includes('io.containerd.grpc.v1'));
-    if (!cri || !/\bok\b/.test(cri)) throw new Error(`containerd CRI plugin not ok: ${cri ?? 'absent'}\n${tailFile(logPath)}`);
+    if (!cri || !/\bok\b/.test(cri)) throw new Error(`containerd CRI plugin not ok: ${cri ?? 'absent'}\n${tail(logPath)}`);
     const overlay = plugins.stdout.split('\n').find((l) => l.includes('io.containerd.snapshotter.v1') && /\boverlayfs\b/.test(l));
     if (!overlay || !/\bok\b/.test(overlay)) throw new Error(`overlayfs snapshotter not ok: ${overlay ?? 'absent'}`);
   } catch (e) {

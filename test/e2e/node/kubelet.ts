@@ -35,11 +35,12 @@ import { issueCert } from '../cluster/certs.ts';
 import type { ControlPlane } from '../cluster/control-plane.ts';
 import { writeKubeconfig } from '../cluster/kubeconfig.ts';
 import { processStartTime } from '../support/lock.ts';
+import { tail } from '../support/tail.ts';
 import { freePorts } from '../cluster/processes.ts';
 import { pauseImage, type BuiltImage } from '../images/images.ts';
 import { CNI_BRIDGE_PREFIX, leftovers as containerdLeftovers, startContainerd, type Containerd } from './containerd.ts';
 import { cgroupHierarchies, NODE_RUN_PREFIX, NODE_RUN_ROOT, sweepStaleNodes, teardownNode, writeNodeRecord, type NodeRecord } from './node-state.ts';
-import { findProcesses, mountsUnder, startDaemon, tailFile, tool, waitFor, type Daemon } from './proc.ts';
+import { findProcesses, mountsUnder, startDaemon, tool, waitFor, type Daemon } from './proc.ts';
 
 export const NODE_NAME = 'blockpull-node';
 
@@ -336,7 +337,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
     await waitFor(
       `node ${name} Ready`,
       async () => {
-        for (const d of daemons) if (!d.isRunning()) throw new Error(`${d.name} exited:\n${tailFile(d.logPath, 40)}`);
+        for (const d of daemons) if (!d.isRunning()) throw new Error(`${d.name} exited:\n${tail(d.logPath, 40)}`);
         const r = await cp.kubectlResult(['get', 'node', name, '-o', 'json'], { timeoutMs: 10_000 });
         if (r.exitCode !== 0) return false;
         const node = NodeStatus.parse(JSON.parse(r.stdout));
@@ -346,7 +347,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
       500,
     ).catch((e: unknown) => {
       const msg = e instanceof Error ? e.message : String(e);
-      throw new Error(`${msg}\n--- kubelet log:\n${tailFile(kubelet.logPath, 40)}`);
+      throw new Error(`${msg}\n--- kubelet log:\n${tail(kubelet.logPath, 40)}`);
     });
     const startMs = Date.now() - t0;
     log(`node ${name} (${ip}) Ready in ${(startMs / 1000).toFixed(1)} s`);

@@ -4,7 +4,7 @@
  * No shell strings anywhere: every command is an argv array.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, createWriteStream, existsSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, createWriteStream, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { processStartTime } from '../support/lock.ts';
 import { isOurs, type DaemonRecord } from '../cluster/processes.ts';
@@ -169,12 +169,6 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
     }
     await sleep(intervalMs);
   }
-}
-
-/** The last lines of a log file, for error messages. */
-export function tailFile(path: string, lines = 30): string {
-  if (!existsSync(path)) return '';
-  return readFileSync(path, 'utf8').split('\n').slice(-lines).join('\n');
 }
 
 /** apt-get lives in one place for all test tooling. */
