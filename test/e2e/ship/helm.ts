@@ -56,11 +56,11 @@ export function helmPath(version = HELM_VERSION): string {
   return join(cacheRoot(), 'bin', `helm-${version}`, 'helm');
 }
 
-function findGo(): string {
+export function findGo(): string {
   for (const dir of (process.env.PATH ?? '').split(':').concat('/usr/local/go/bin')) {
     if (dir && existsSync(join(dir, 'go'))) return join(dir, 'go');
   }
-  throw new Error('helm: the Go toolchain (go) is needed to build helm and was not found on PATH or in /usr/local/go/bin');
+  throw new Error('the Go toolchain (go) is needed to build helm and the other Go test tools and was not found on PATH or in /usr/local/go/bin');
 }
 
 /**
