@@ -55,9 +55,16 @@ export const PHASES = ['Pending', 'Running', 'Paused', 'Completed', 'Failed'] as
 export const PhaseSchema = z.enum(PHASES);
 export type Phase = z.infer<typeof PhaseSchema>;
 export const TERMINAL_PHASES: readonly Phase[] = ['Completed', 'Failed'];
+/** Phases in which the operator still has work to do (kstatus: Reconciling True). */
+export const RECONCILING_PHASES: readonly Phase[] = ['Pending', 'Running'];
 
-/** Condition types. Progressing: a job runs (True) or waits (False). Complete/Failed: terminal outcomes. */
-export const CONDITION_TYPES = ['Progressing', 'Complete', 'Failed'] as const;
+/**
+ * Condition types. Progressing: a job runs (True) or waits (False). Complete/Failed: terminal
+ * outcomes (the Job convention). Ready/Reconciling/Stalled: the kstatus convention (Flux
+ * `wait: true`, kubectl apply-sets, kpt): Ready True only when Completed; Reconciling True while
+ * Pending or Running; Stalled True when Failed.
+ */
+export const CONDITION_TYPES = ['Progressing', 'Complete', 'Failed', 'Ready', 'Reconciling', 'Stalled'] as const;
 export type ConditionType = (typeof CONDITION_TYPES)[number];
 
 /** CamelCase reasons of phases and conditions (stable API). */
@@ -189,6 +196,10 @@ export function parseBlockPull(obj: unknown): BlockPull {
 
 export function blockPullKey(bp: { metadata: { namespace: string; name: string } }): string {
   return `${bp.metadata.namespace}/${bp.metadata.name}`;
+}
+
+export function isReason(value: string | undefined): value is Reason {
+  return value !== undefined && (REASONS as readonly string[]).includes(value);
 }
 
 export function isTerminal(phase: Phase | undefined): boolean {

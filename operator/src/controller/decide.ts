@@ -10,8 +10,11 @@ import { setCondition, timestamp } from '../api/conditions.ts';
 import { parseQuantity, formatBytes } from '../api/quantity.ts';
 import {
   FINALIZER,
+  RECONCILING_PHASES,
   STATUS_LIMITS,
+  isReason,
   isTerminal,
+  type ConditionType,
   type BlockPull,
   type BlockPullStatus,
   type ChainLayerStatus,
@@ -141,23 +144,22 @@ interface PhaseInput {
   readonly message: string;
 }
 
-/** Apply phase/reason/message and the three conditions consistently. */
+/**
+ * Apply phase/reason/message and the conditions consistently: Progressing, Complete, Failed (the
+ * Job convention) and Ready, Reconciling, Stalled (the kstatus convention: kstatus reads Reconciling
+ * True as InProgress, Stalled True as Failed, then Ready True as Current and False as InProgress).
+ */
 function withPhase(status: BlockPullStatus, p: PhaseInput, generation: number | undefined, now: Date): BlockPullStatus {
   let conditions = status.conditions;
-  const progressing = p.phase === 'Running' ? 'True' : 'False';
-  conditions = setCondition(conditions, { type: 'Progressing', status: progressing, reason: p.reason, message: p.message }, generation, now);
-  conditions = setCondition(
-    conditions,
-    { type: 'Complete', status: p.phase === 'Completed' ? 'True' : 'False', reason: p.reason, message: p.message },
-    generation,
-    now,
-  );
-  conditions = setCondition(
-    conditions,
-    { type: 'Failed', status: p.phase === 'Failed' ? 'True' : 'False', reason: p.reason, message: p.message },
-    generation,
-    now,
-  );
+  const set = (type: ConditionType, is: boolean): void => {
+    conditions = setCondition(conditions, { type, status: is ? 'True' : 'False', reason: p.reason, message: p.message }, generation, now);
+  };
+  set('Progressing', p.phase === 'Running');
+  set('Complete', p.phase === 'Completed');
+  set('Failed', p.phase === 'Failed');
+  set('Ready', p.phase === 'Completed');
+  set('Reconciling', RECONCILING_PHASES.includes(p.phase));
+  set('Stalled', p.phase === 'Failed');
   const terminal = p.phase === 'Completed' || p.phase === 'Failed';
   return {
     ...status,
@@ -280,7 +282,15 @@ function decideUnbounded(obs: Observation): Decision {
   }
 
   // --- terminal phases are sticky: re-applying the manifest starts nothing -----------------
-  if (isTerminal(prior.phase)) return { status: prior, action: { type: 'none' }, requeueAfterMs: null };
+  // The conditions are re-stated for this generation (a spec edit is observed; a status written
+  // before Ready/Reconciling/Stalled existed gets them), keeping lastTransitionTime.
+  if (isTerminal(prior.phase)) {
+    const status =
+      prior.phase !== undefined && isReason(prior.reason)
+        ? withPhase(prior, { phase: prior.phase, reason: prior.reason, message: prior.message ?? '' }, generation, now)
+        : prior;
+    return { status, action: { type: 'none' }, requeueAfterMs: null };
+  }
 
   if (!hasFinalizer) {
     const status =
@@ -327,7 +337,7 @@ function decideUnbounded(obs: Observation): Decision {
       const base = { ...withLauncher };
       const d = waitingStatus(obs, base, 'HypervisorUnreachable', hv.message, prior.phase ?? 'Pending');
       const conditions = setCondition(
-        prior.conditions,
+        d.status.conditions,
         { type: 'Progressing', status: 'Unknown', reason: 'HypervisorUnreachable', message: hv.message },
         generation,
         now,
