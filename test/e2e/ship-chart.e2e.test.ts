@@ -144,6 +144,17 @@ describe('helm lint and template', () => {
     ['a non-numeric worker count', { operator: { workers: 'many' } }, /workers/],
     ['two replicas without leader election', { leaderElection: { enabled: false } }, /leaderElection\.enabled/],
     ['equal health and metrics ports', { healthPort: 9000, metricsPort: 9000 }, /must differ/],
+    ['alerts: no-progress minutes 0', { prometheusRule: { noProgressMinutes: 0 } }, /noProgressMinutes/],
+    ['alerts: no-progress minutes as text', { prometheusRule: { noProgressMinutes: '15m' } }, /noProgressMinutes/],
+    ['alerts: an error ratio above 1', { prometheusRule: { reconcileErrorRatio: 2 } }, /reconcileErrorRatio/],
+    ['alerts: an error ratio of 0', { prometheusRule: { reconcileErrorRatio: 0 } }, /reconcileErrorRatio/],
+    ['alerts: a selector that is not PromQL matchers', { prometheusRule: { selector: 'job=blockpull}' } }, /selector/],
+    ['alerts: a runbook base that is not a URL', { prometheusRule: { runbookBaseUrl: 'docs/runbooks' } }, /runbookBaseUrl/],
+    ['alerts: an alert label overriding severity', { prometheusRule: { alertLabels: { severity: 'info' } } }, /severity/],
+    ['alerts: an unknown key', { prometheusRule: { enable: true } }, /enable/],
+    ['dashboard: a label value too long', { grafanaDashboard: { labels: { grafana_dashboard: 'x'.repeat(64) } } }, /grafanaDashboard/],
+    ['dashboard: a bad namespace', { grafanaDashboard: { namespace: 'Monitoring' } }, /namespace/],
+    ['dashboard: enabled as a number', { grafanaDashboard: { enabled: 1 } }, /enabled/],
   ];
   it.each(invalid)('rejects %s', async (_what, values, message) => {
     const { result } = await helmTemplate(RELEASE, NS, values);

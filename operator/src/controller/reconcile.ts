@@ -137,12 +137,14 @@ export class Reconciler {
     return m;
   }
 
-  /** Forget a BlockPull (deleted): stop its event subscription. */
+  /** Forget a BlockPull (deleted): stop its event subscription, drop its per-pull metrics. */
   forget(key: string): void {
     const m = this.#memory.get(key);
     m?.subscription?.sub.stop();
     this.#memory.delete(key);
     this.#running.delete(key);
+    const { namespace, name } = splitKey(key);
+    this.#o.metrics?.removePull(namespace, name);
   }
 
   /** Stop every event subscription (shutdown). Running jobs are left alone. */
@@ -213,6 +215,9 @@ export class Reconciler {
     if (final.status.phase !== 'Running') mem.sample = undefined;
     if (final.status.phase === 'Running') this.#running.set(key, final.status.launcher?.node ?? '');
     else this.#running.delete(key);
+    // Per-pull series only while Running (bounded cardinality; see metrics.ts).
+    if (final.status.phase === 'Running') this.#o.metrics?.setRunningPull(namespace, name, final.status.progress ?? {}, this.#now().getTime());
+    else this.#o.metrics?.removePull(namespace, name);
 
     const afterFinalizer = decision.action.type === 'addFinalizer' ? await this.#fresh(bp) : bp;
     await this.#writeStatus(afterFinalizer, final.status, log);

@@ -39,6 +39,14 @@ export interface OperatorMetrics {
   workQueueHooks(name: string): WorkQueueHooks;
   /** Replace the jobs-by-phase gauge with these counts (phases not listed are set to 0). */
   setJobsByPhase(counts: Readonly<Record<string, number>>): void;
+  /**
+   * Per-BlockPull series, for RUNNING pulls only (labels blockpull_namespace, blockpull_name):
+   * blockpull_pull_progress_ratio and blockpull_pull_last_progress_timestamp_seconds. Cardinality
+   * is bounded by the pulls running at once: removePull() drops them when the pull stops running
+   * (Paused, Completed, Failed, Pending again), is deleted, or the controller stops.
+   */
+  setRunningPull(namespace: string, name: string, progress: { readonly currentBytes?: number; readonly totalBytes?: number }, nowMs: number): void;
+  removePull(namespace: string, name: string): void;
 }
 
 export interface MetricsOptions {
@@ -90,6 +98,21 @@ export function createMetrics(options: MetricsOptions = {}): OperatorMetrics {
   const leader = new Gauge({ name: 'blockpull_leader', help: '1 while this process holds the leader lease', registers });
   const leaderTransitions = new Counter({ name: 'blockpull_leader_transitions_total', help: 'Times this process became or stopped being leader', registers });
   leader.set(0);
+  const pullLabels = ['blockpull_namespace', 'blockpull_name'] as const;
+  const pullProgress = new Gauge({
+    name: 'blockpull_pull_progress_ratio',
+    help: 'Progress of a running pull: status.progress.currentBytes / totalBytes (0-1); only while the BlockPull is Running',
+    labelNames: pullLabels,
+    registers,
+  });
+  const pullLastProgress = new Gauge({
+    name: 'blockpull_pull_last_progress_timestamp_seconds',
+    help: 'Unix time a running pull last made progress (or started running); only while the BlockPull is Running',
+    labelNames: pullLabels,
+    registers,
+  });
+  /** Running pulls with a series: key -> currentBytes at the last progress. */
+  const running = new Map<string, number>();
 
   const knownPhases = new Set<string>();
   return {
@@ -124,6 +147,25 @@ export function createMetrics(options: MetricsOptions = {}): OperatorMetrics {
     setJobsByPhase(counts) {
       for (const p of Object.keys(counts)) knownPhases.add(p);
       for (const p of knownPhases) jobsByPhase.set({ phase: p }, counts[p] ?? 0);
+    },
+    setRunningPull(namespace, name, progress, nowMs) {
+      const labels = { blockpull_namespace: namespace, blockpull_name: name };
+      const key = `${namespace}/${name}`;
+      const cur = progress.currentBytes ?? 0;
+      const total = progress.totalBytes ?? 0;
+      pullProgress.set(labels, total > 0 ? Math.min(1, cur / total) : 0);
+      const last = running.get(key);
+      if (last === undefined || cur > last) {
+        running.set(key, cur);
+        pullLastProgress.set(labels, Math.floor(nowMs / 1000));
+      }
+    },
+    removePull(namespace, name) {
+      const key = `${namespace}/${name}`;
+      if (!running.delete(key)) return;
+      const labels = { blockpull_namespace: namespace, blockpull_name: name };
+      pullProgress.remove(labels);
+      pullLastProgress.remove(labels);
     },
   };
 }

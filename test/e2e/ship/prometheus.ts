@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createMetrics } from '../../../operator/src/kube/metrics.ts';
 import { ensureGoTool, requiredVersion, type GoTool } from './go-tool.ts';
 import { run } from './helm.ts';
 
@@ -39,6 +40,23 @@ export interface PrometheusTools {
 export async function ensurePrometheus(options: { log?: (line: string) => void } = {}): Promise<PrometheusTools> {
   const dir = await ensureGoTool(tool, options);
   return { prometheus: join(dir, 'prometheus'), promtool: join(dir, 'promtool') };
+}
+
+/**
+ * The series names the operator exports, from its real metrics registry (createMetrics(), what
+ * /metrics serves): histograms as _bucket/_sum/_count. Alert rules, their tests and dashboard
+ * queries may name only these (and Prometheus's own `up`).
+ */
+export async function operatorMetricNames(): Promise<Set<string>> {
+  const text = await createMetrics().registry.metrics(); // the exposition text /metrics serves
+  const names = new Set<string>();
+  for (const m of text.matchAll(/^# TYPE (\S+) (\S+)$/gm)) {
+    const [, name = '', type] = m;
+    if (type === 'histogram') for (const s of ['_bucket', '_sum', '_count']) names.add(name + s);
+    else if (type === 'summary') for (const s of ['', '_sum', '_count']) names.add(name + s);
+    else names.add(name);
+  }
+  return names;
 }
 
 // `node test/e2e/ship/prometheus.ts` builds (or finds) prometheus and promtool and prints their paths.
