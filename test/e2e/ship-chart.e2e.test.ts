@@ -29,7 +29,7 @@ describe('helm lint and template', () => {
     const lint = await run([helm, 'lint', '--strict', CHART_DIR]);
     expect(lint.stderr + lint.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
     expect(lint.exitCode).toBe(0);
-    const lint2 = await run([helm, 'lint', '--strict', CHART_DIR, '--set', 'replicaCount=3,metrics.serviceMonitor.enabled=true,operator.logLevel=debug']);
+    const lint2 = await run([helm, 'lint', '--strict', CHART_DIR, '--set', 'replicaCount=3,metrics.serviceMonitor.enabled=true,operator.logLevel=debug,prometheusRule.enabled=true,grafanaDashboard.enabled=true']);
     expect(lint2.exitCode).toBe(0);
   });
 

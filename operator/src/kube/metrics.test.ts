@@ -52,3 +52,14 @@ describe('per-BlockPull metrics', () => {
     expect((await seriesOf(m.registry.metrics(), 'blockpull_pull_progress_ratio')).length).toBe(4);
   });
 });
+
+describe('reconcile results', () => {
+  it('start at 0 for success, error and requeue (error rates exist before the first error)', async () => {
+    const m = createMetrics({ collectDefault: false });
+    expect(await seriesOf(m.registry.metrics(), 'blockpull_reconcile_total')).toEqual([
+      'blockpull_reconcile_total{result="success"} 0',
+      'blockpull_reconcile_total{result="error"} 0',
+      'blockpull_reconcile_total{result="requeue"} 0',
+    ]);
+  });
+});

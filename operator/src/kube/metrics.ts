@@ -65,6 +65,8 @@ export function createMetrics(options: MetricsOptions = {}): OperatorMetrics {
   const jobsByPhase = new Gauge({ name: 'blockpull_jobs', help: 'BlockPull objects by status phase', labelNames: ['phase'] as const, registers });
   const bytesStreamed = new Counter({ name: 'blockpull_bytes_streamed_total', help: 'Bytes copied by block pulls', registers });
   const reconcileTotal = new Counter({ name: 'blockpull_reconcile_total', help: 'Reconciles by result', labelNames: ['result'] as const, registers });
+  // The results are known in advance: start them at 0, so error rates and ratios exist before the first error.
+  for (const result of ['success', 'error', 'requeue']) reconcileTotal.inc({ result }, 0);
   const reconcileErrors = new Counter({ name: 'blockpull_reconcile_errors_total', help: 'Failed reconciles by reason', labelNames: ['reason'] as const, registers });
   const reconcileDuration = new Histogram({
     name: 'blockpull_reconcile_duration_seconds',

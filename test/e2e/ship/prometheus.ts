@@ -1,8 +1,14 @@
 // Real Prometheus tools for the alert and dashboard tests: `promtool` (test rules, check rules) and
 // the `prometheus` server, built from the Go module proxy through the pinned wrapper module
 // ./prometheus-go (Prometheus 3.x is the Go module version v0.3XX.Y) and cached like helm.
-import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { createWriteStream, readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { stringify } from 'yaml';
+import { z } from 'zod';
 import { fileURLToPath } from 'node:url';
 import { createMetrics } from '../../../operator/src/kube/metrics.ts';
 import { ensureGoTool, requiredVersion, type GoTool } from './go-tool.ts';
@@ -57,6 +63,102 @@ export async function operatorMetricNames(): Promise<Set<string>> {
     else names.add(name);
   }
   return names;
+}
+
+/** A free TCP port on loopback (bound and released). */
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const a = srv.address();
+      srv.close(() => (typeof a === 'object' && a !== null ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+const QueryResponse = z.object({
+  status: z.literal('success'),
+  data: z.object({ resultType: z.string(), result: z.array(z.object({ metric: z.record(z.string(), z.string()), value: z.tuple([z.number(), z.string()]).optional() })) }),
+});
+export type Sample = z.infer<typeof QueryResponse>['data']['result'][number];
+
+export interface PrometheusServer {
+  readonly url: string;
+  readonly logPath: string;
+  /** An instant query (now); rejects on a query error (bad PromQL). */
+  query(expr: string): Promise<Sample[]>;
+  /** Values of a label over the series matching `match` (what Grafana's label_values() asks). */
+  labelValues(label: string, match: string): Promise<string[]>;
+  stop(): Promise<void>;
+}
+
+/**
+ * A real Prometheus on loopback scraping `targets` every second as job `job` (with extra target
+ * labels, e.g. the namespace a ServiceMonitor would add). Data and log in `dir`.
+ */
+export async function startPrometheus(o: {
+  tools: PrometheusTools;
+  dir: string;
+  job: string;
+  targets: readonly string[];
+  labels?: Readonly<Record<string, string>>;
+}): Promise<PrometheusServer> {
+  await mkdir(o.dir, { recursive: true });
+  const config = join(o.dir, 'prometheus.yml');
+  await writeFile(
+    config,
+    stringify({
+      global: { scrape_interval: '1s', scrape_timeout: '1s', evaluation_interval: '1s' },
+      scrape_configs: [{ job_name: o.job, static_configs: [{ targets: [...o.targets], labels: { ...o.labels } }] }],
+    }),
+  );
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const logPath = join(o.dir, 'prometheus.log');
+  const log = createWriteStream(logPath);
+  const child = spawn(
+    o.tools.prometheus,
+    [`--config.file=${config}`, `--storage.tsdb.path=${join(o.dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`, '--log.level=warn'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  child.stdout.pipe(log);
+  child.stderr.pipe(log);
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(t);
+    }
+  };
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`prometheus exited ${child.exitCode}; log ${logPath}`);
+    const ok = await fetch(`${url}/-/ready`).then((r) => r.ok, () => false);
+    if (ok) break;
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`prometheus not ready within 60 s; log ${logPath}`);
+    }
+    await sleep(250);
+  }
+  return {
+    url,
+    logPath,
+    async query(expr) {
+      const r = await fetch(`${url}/api/v1/query?${new URLSearchParams({ query: expr }).toString()}`);
+      const body: unknown = await r.json();
+      if (!r.ok) throw new Error(`query ${expr}: HTTP ${r.status} ${JSON.stringify(body).slice(0, 500)}`);
+      return QueryResponse.parse(body).data.result;
+    },
+    async labelValues(label, match) {
+      const r = await fetch(`${url}/api/v1/label/${encodeURIComponent(label)}/values?${new URLSearchParams({ 'match[]': match }).toString()}`);
+      return z.object({ data: z.array(z.string()) }).parse(await r.json()).data;
+    },
+    stop,
+  };
 }
 
 // `node test/e2e/ship/prometheus.ts` builds (or finds) prometheus and promtool and prints their paths.
