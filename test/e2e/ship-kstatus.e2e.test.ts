@@ -8,7 +8,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseBlockPull, type BlockPullStatus } from '../../operator/src/api/types.ts';
 import { e2eCluster } from './setup/cluster.ts';
@@ -78,6 +78,31 @@ describe(`kstatus ${KSTATUS_VERSION} on decide()'s statuses`, () => {
       expect(disagree).toEqual([]);
     });
   }
+});
+
+describe('kstatus and the Argo CD health check on the Argo CD fixtures', () => {
+  const dir = join(import.meta.dirname, 'ship', 'fixtures', 'argocd');
+  it('agree on every fixture (as the API server serves it: a missing status is the CRD default)', async () => {
+    const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+    expect(files.length).toBeGreaterThan(10);
+    const objects = files.map((f) => {
+      const obj = JSON.parse(readFileSync(join(dir, f), 'utf8')) as Record<string, unknown>;
+      return obj.status === undefined ? { ...obj, status: { observedGeneration: 0 } } : obj;
+    });
+    const got = await kstatus(checker, objects);
+    const rows: string[] = [];
+    const disagree: string[] = [];
+    for (const [i, f] of files.entries()) {
+      const k = got[i]?.status ?? '?';
+      for (const interpreter of LUA_INTERPRETERS) {
+        const h = await argoHealth(interpreter, objects[i]);
+        if (interpreter === 'lua5.1') rows.push(`${f.padEnd(32)} kstatus ${k.padEnd(12)} Argo CD ${h.status}`);
+        if (!healthAgreesWith(k).includes(h.status)) disagree.push(`${f} (${interpreter}): kstatus ${k}, Argo CD ${h.status}`);
+      }
+    }
+    console.log(rows.join('\n'));
+    expect(disagree).toEqual([]);
+  });
 });
 
 /** Creates the state's object on the API server the way it comes about, and reads it back. */
