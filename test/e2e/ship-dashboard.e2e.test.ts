@@ -59,9 +59,11 @@ beforeAll(async () => {
   operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'dash-op' });
   const port = operator.metricsPort();
   if (port === undefined) throw new Error('the operator logged no metrics port');
-  prom = await startPrometheus({ tools, dir: path.join(tmp, 'prometheus'), job: JOB, targets: [`127.0.0.1:${port}`], labels: { namespace: 'blockpull-system' } });
-  const { result, objects } = await helmTemplate('blockpull', 'blockpull-system', { grafanaDashboard: { enabled: true } });
+  // The chart's own alert rules (release "blockpull": their default selector is this job and namespace).
+  const { result, objects } = await helmTemplate('blockpull', 'blockpull-system', { grafanaDashboard: { enabled: true }, prometheusRule: { enabled: true } });
   expect(result.exitCode).toBe(0);
+  const ruleGroups = z.object({ spec: z.object({ groups: z.array(z.unknown()) }) }).parse(one(objects, 'PrometheusRule')).spec.groups;
+  prom = await startPrometheus({ tools, dir: path.join(tmp, 'prometheus'), job: JOB, targets: [`127.0.0.1:${port}`], labels: { namespace: 'blockpull-system' }, ruleGroups });
   const cm = z.object({ data: z.record(z.string(), z.string()) }).parse(one(objects, 'ConfigMap'));
   dashboard = Dashboard.parse(JSON.parse(cm.data['blockpull-operator.json'] ?? ''));
 }, 3_600_000);
@@ -140,6 +142,17 @@ describe('Grafana dashboard in the chart', () => {
     const progress = await p.query('blockpull_pull_progress_ratio');
     expect(progress.map((s) => `${s.metric['blockpull_namespace']}/${s.metric['blockpull_name']}`)).toEqual([`${NS}/dash`]);
     expect((await p.query(expand('max(blockpull_jobs{job=~"$job", phase="Failed"})')))[0]?.value?.[1]).toBe('1');
+
+    // The chart's alert rules on the same real series: all evaluate cleanly; BlockPullFailed is
+    // active (pending for its 1 m, then firing) for the Failed BlockPull; the others stay inactive.
+    const rules = await waitFor('BlockPullFailed active', 30_000, async () => {
+      const r = await p.alertRules();
+      return r.find((x) => x.name === 'BlockPullFailed')?.state !== 'inactive' ? r : undefined;
+    });
+    console.log(`alert rules on the real operator: ${rules.map((r) => `${r.name}=${r.state ?? '?'}/${r.health}`).join(', ')}`);
+    expect(rules.map((r) => r.name).sort()).toEqual(['BlockPullFailed', 'BlockPullInformerStalled', 'BlockPullNoLeader', 'BlockPullNoProgress', 'BlockPullOperatorDown', 'BlockPullReconcileErrors']);
+    expect(rules.filter((r) => r.health !== 'ok').map((r) => `${r.name}: ${r.lastError ?? r.health}`)).toEqual([]);
+    expect(rules.filter((r) => r.state !== 'inactive').map((r) => r.name)).toEqual(['BlockPullFailed']);
 
     // Let it finish (unlimited), and wait for Ready as a script would.
     await kube.kubectl(['patch', 'bp', 'dash', '-n', NS, '--type=merge', '-p', '{"spec":{"bandwidth":0}}']);

@@ -83,6 +83,15 @@ const QueryResponse = z.object({
 });
 export type Sample = z.infer<typeof QueryResponse>['data']['result'][number];
 
+const RulesResponse = z.object({
+  data: z.object({
+    groups: z.array(
+      z.object({ rules: z.array(z.object({ type: z.string(), name: z.string(), state: z.string().optional(), health: z.string(), lastError: z.string().optional() })) }),
+    ),
+  }),
+});
+export type AlertRuleState = z.infer<typeof RulesResponse>['data']['groups'][number]['rules'][number];
+
 export interface PrometheusServer {
   readonly url: string;
   readonly logPath: string;
@@ -90,6 +99,8 @@ export interface PrometheusServer {
   query(expr: string): Promise<Sample[]>;
   /** Values of a label over the series matching `match` (what Grafana's label_values() asks). */
   labelValues(label: string, match: string): Promise<string[]>;
+  /** The loaded alerting rules: name, state (inactive, pending, firing), health and last error. */
+  alertRules(): Promise<AlertRuleState[]>;
   stop(): Promise<void>;
 }
 
@@ -103,14 +114,19 @@ export async function startPrometheus(o: {
   job: string;
   targets: readonly string[];
   labels?: Readonly<Record<string, string>>;
+  /** Rule groups to load (a rules file's `groups`), evaluated every second. */
+  ruleGroups?: readonly unknown[];
 }): Promise<PrometheusServer> {
   await mkdir(o.dir, { recursive: true });
   const config = join(o.dir, 'prometheus.yml');
+  const rulesFile = join(o.dir, 'rules.yml');
+  if (o.ruleGroups) await writeFile(rulesFile, stringify({ groups: o.ruleGroups }));
   await writeFile(
     config,
     stringify({
       global: { scrape_interval: '1s', scrape_timeout: '1s', evaluation_interval: '1s' },
       scrape_configs: [{ job_name: o.job, static_configs: [{ targets: [...o.targets], labels: { ...o.labels } }] }],
+      ...(o.ruleGroups ? { rule_files: [rulesFile] } : {}),
     }),
   );
   const port = await freePort();
@@ -156,6 +172,10 @@ export async function startPrometheus(o: {
     async labelValues(label, match) {
       const r = await fetch(`${url}/api/v1/label/${encodeURIComponent(label)}/values?${new URLSearchParams({ 'match[]': match }).toString()}`);
       return z.object({ data: z.array(z.string()) }).parse(await r.json()).data;
+    },
+    async alertRules() {
+      const r = await fetch(`${url}/api/v1/rules?type=alert`);
+      return RulesResponse.parse(await r.json()).data.groups.flatMap((g) => g.rules);
     },
     stop,
   };
