@@ -257,7 +257,7 @@ async function main(): Promise<void> {
   await installCrds(cp, [...(await projectCrdFiles()), VMI_CRD_FILE]);
   await ensureNamespace(cp, NS);
   const sa = await operatorServiceAccount(cp);
-  operator = await startOperator({ kubeconfig: sa, registryDir, name: 'bench-operator', env: { BLOCKPULL_LOG_LEVEL: 'info' } });
+  operator = await startOperator({ kubeconfig: sa, registryDir, name: 'bench-operator', env: { BLOCKPULL_LOG_LEVEL: process.env['BENCH_OPERATOR_LOG_LEVEL'] ?? 'info' } });
   const cpuNow = (): Cpu => ({ operator: cpuSeconds(operator?.child.pid), apiserver: cpuSeconds(apiserverPid), etcd: cpuSeconds(etcdPid) });
   const cpuSince = (a: Cpu): Cpu => {
     const b = cpuNow();
