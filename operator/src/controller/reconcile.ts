@@ -240,6 +240,12 @@ export class Reconciler {
       this.#memory.get(key)?.subscription?.sub.stop();
       delete this.#mem(key).subscription;
     }
+    // While our job runs, its block-job events (or the driver's fallback poller) wake the BlockPull
+    // when it ends: poll only as often as progress is written. Each poll is a virsh process, a libvirt
+    // query of QEMU and an API GET next to the running job (issue 15).
+    if (final.status.phase === 'Running' && final.requeueAfterMs !== null && this.#memory.get(key)?.subscription !== undefined) {
+      return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#o.statusUpdateIntervalMs) };
+    }
     return { requeueAfterMs: final.requeueAfterMs };
   }
 
@@ -327,6 +333,9 @@ export class Reconciler {
       if (st?.phase === 'Running' && st.launcher?.domain === domain && target !== undefined && current !== undefined) {
         const job = await driver.getJob(domain, target);
         if (job !== null) return { kind: 'ok', disk: { target, chain: current.map((l) => ({ ...l })) }, job };
+        // Gone: the chain read after it is final (no second `virsh blockjob` at the job's end).
+        const disk = await driver.getDisk(domain, { name: bp.spec.disk });
+        if (disk.target === target) return { kind: 'ok', disk, job: null };
       }
       const disk = await driver.getDisk(domain, { name: bp.spec.disk });
       const job = await driver.getJob(domain, disk.target);
