@@ -20,7 +20,7 @@
  *   and the CPU seconds the operator, kube-apiserver and etcd used during each run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -192,24 +192,56 @@ async function syncDisks(): Promise<void> {
   });
 }
 
-async function statusWritesMetric(port: number | undefined): Promise<number | undefined> {
-  if (port === undefined) return undefined;
+/** The operator's status writes and reconciles so far (sums over labels, from /metrics). */
+async function operatorCounters(port: number | undefined): Promise<{ writes: number; reconciles: number }> {
+  if (port === undefined) return { writes: 0, reconciles: 0 };
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  let sum = 0;
-  for (const m of text.matchAll(/^blockpull_status_writes_total\{[^}]*\} (\d+)/gm)) sum += Number(m[1]);
-  return sum;
+  const total = (name: string): number => {
+    let n = 0;
+    for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)`, 'gm'))) n += Number(m[1]);
+    return n;
+  };
+  return { writes: total('blockpull_status_writes_total'), reconciles: total('blockpull_reconcile_total') };
 }
 
-/** CPU seconds (utime + stime) a process has used; 0 when it is gone. */
-function cpuSeconds(pid: number | undefined): number {
+/**
+ * CPU seconds a process has used (utime + stime), with `children` also those of its children it
+ * has reaped (cutime + cstime: the operator's virsh commands); 0 when it is gone.
+ */
+function cpuSeconds(pid: number | undefined, children = false): number {
   if (pid === undefined) return 0;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100;
+    return (Number(f[11]) + Number(f[12]) + (children ? Number(f[13]) + Number(f[14]) : 0)) / 100;
   } catch {
     return 0;
   }
+}
+
+/** The stand-in's QEMU (cmdline names the domain) and libvirtd (its XDG_RUNTIME_DIR holds the socket). */
+function launcherPids(l: Launcher): number[] {
+  const runtimeDir = path.dirname(path.dirname(l.socketPath));
+  const out: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      if (cmd.some((a) => a.includes(`guest=${l.domain}`))) out.push(Number(entry));
+      else if (path.basename(cmd[0] ?? '') === 'libvirtd' && readFileSync(`/proc/${entry}/environ`, 'utf8').split('\0').includes(`XDG_RUNTIME_DIR=${runtimeDir}`)) out.push(Number(entry));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return out;
+}
+
+/** Busy and total jiffies of the whole machine (/proc/stat), for its utilization during a run. */
+function machineJiffies(): { busy: number; total: number } {
+  const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = cpu.reduce((a, b) => a + b, 0);
+  const idle = (cpu[3] ?? 0) + (cpu[4] ?? 0);
+  return { busy: total - idle, total };
 }
 
 interface RawRun {
@@ -224,13 +256,19 @@ interface OperatorRun {
   toJobStarted: number | undefined;
   toJobEnd: number;
   writes: { watch: number; metric: number };
+  reconciles: number;
   phases: string[];
   cpu: Cpu;
 }
 interface Cpu {
+  /** The operator process with the virsh commands it ran. */
   operator: number;
   apiserver: number;
   etcd: number;
+  /** The stand-in's libvirtd and QEMU. */
+  launcher: number;
+  /** Share of the machine's 2 cores busy (everyone's processes), 0-1. */
+  machineBusy: number;
 }
 
 const median = (xs: readonly number[]): number => {
@@ -257,11 +295,37 @@ async function main(): Promise<void> {
   await installCrds(cp, [...(await projectCrdFiles()), VMI_CRD_FILE]);
   await ensureNamespace(cp, NS);
   const sa = await operatorServiceAccount(cp);
-  operator = await startOperator({ kubeconfig: sa, registryDir, name: 'bench-operator', env: { BLOCKPULL_LOG_LEVEL: process.env['BENCH_OPERATOR_LOG_LEVEL'] ?? 'info' } });
-  const cpuNow = (): Cpu => ({ operator: cpuSeconds(operator?.child.pid), apiserver: cpuSeconds(apiserverPid), etcd: cpuSeconds(etcdPid) });
-  const cpuSince = (a: Cpu): Cpu => {
+  // The operator as the chart deploys it: info logs, the chart's leader-election timings (the test
+  // harness renews the Lease every 0.5 s for fast fail-over tests; the chart every 2 s).
+  operator = await startOperator({
+    kubeconfig: sa,
+    registryDir,
+    name: 'bench-operator',
+    env: {
+      BLOCKPULL_LOG_LEVEL: process.env['BENCH_OPERATOR_LOG_LEVEL'] ?? 'info',
+      BLOCKPULL_LEASE_DURATION_MS: '15000',
+      BLOCKPULL_RENEW_DEADLINE_MS: '10000',
+      BLOCKPULL_RETRY_PERIOD_MS: '2000',
+    },
+  });
+  let launcherProcs: number[] = [];
+  const cpuNow = (): Cpu & { jiffies: ReturnType<typeof machineJiffies> } => ({
+    operator: cpuSeconds(operator?.child.pid, true),
+    apiserver: cpuSeconds(apiserverPid),
+    etcd: cpuSeconds(etcdPid),
+    launcher: sum(launcherProcs.map((p) => cpuSeconds(p))),
+    machineBusy: 0,
+    jiffies: machineJiffies(),
+  });
+  const cpuSince = (a: ReturnType<typeof cpuNow>): Cpu => {
     const b = cpuNow();
-    return { operator: b.operator - a.operator, apiserver: b.apiserver - a.apiserver, etcd: b.etcd - a.etcd };
+    return {
+      operator: b.operator - a.operator,
+      apiserver: b.apiserver - a.apiserver,
+      etcd: b.etcd - a.etcd,
+      launcher: b.launcher - a.launcher,
+      machineBusy: (b.jiffies.busy - a.jiffies.busy) / Math.max(1, b.jiffies.total - a.jiffies.total),
+    };
   };
 
   const raw: RawRun[] = [];
@@ -287,6 +351,7 @@ async function main(): Promise<void> {
     pulledMiB = l.disks[1]!.pullBytes / 1024 / 1024;
     await createFakeVmi(cp, { namespace: NS, vmiName, launcher: l, disks: names });
     const jobEnds = watchJobEnds(l);
+    launcherProcs = launcherPids(l);
     const target = (disk: string): string => l.disks.find((x) => x.name === disk)!.target;
 
     /** The observers both sides get, then t0. */
@@ -312,7 +377,7 @@ async function main(): Promise<void> {
     };
 
     const timeOperator = async (disk: string): Promise<OperatorRun> => {
-      const before = (await statusWritesMetric(operator!.metricsPort())) ?? 0;
+      const before = await operatorCounters(operator!.metricsPort());
       const file = path.join(tmp!, `${disk}.yaml`);
       await writeFile(file, blockPullManifest({ namespace: NS, name: disk, vmiName, disk }));
       const w = await prepare(disk);
@@ -332,7 +397,10 @@ async function main(): Promise<void> {
         toCompleted: (result.completedAt - t0) / 1000,
         toJobStarted: startedMs !== undefined ? (startedMs - wall0) / 1000 : undefined,
         toJobEnd: (jobEnd - t0) / 1000,
-        writes: { watch: result.statusChanges, metric: ((await statusWritesMetric(operator!.metricsPort())) ?? 0) - before },
+        ...(await operatorCounters(operator!.metricsPort()).then((after) => ({
+          writes: { watch: result.statusChanges, metric: after.writes - before.writes },
+          reconciles: after.reconciles - before.reconciles,
+        }))),
         phases: result.phases,
         cpu,
       };
@@ -362,7 +430,7 @@ async function main(): Promise<void> {
   const ratiosEvent = Array.from({ length: ROUNDS }, (_, i) => sum(op.filter((x) => x.round === i + 1).map((x) => x.toCompleted)) / sum(raw.filter((x) => x.round === i + 1).map((x) => x.toEvent)));
   const ratiosExit = Array.from({ length: ROUNDS }, (_, i) => sum(op.filter((x) => x.round === i + 1).map((x) => x.toCompleted)) / sum(raw.filter((x) => x.round === i + 1).map((x) => x.toExit)));
   const cpuLine = (runs: readonly { cpu: Cpu }[]): string =>
-    `operator ${f2(median(runs.map((x) => x.cpu.operator)))} s, kube-apiserver ${f2(median(runs.map((x) => x.cpu.apiserver)))} s, etcd ${f2(median(runs.map((x) => x.cpu.etcd)))} s`;
+    `libvirtd+QEMU ${f2(median(runs.map((x) => x.cpu.launcher)))} s, operator+its virsh ${f2(median(runs.map((x) => x.cpu.operator)))} s, kube-apiserver ${f2(median(runs.map((x) => x.cpu.apiserver)))} s, etcd ${f2(median(runs.map((x) => x.cpu.etcd)))} s, machine ${(100 * median(runs.map((x) => x.cpu.machineBusy))).toFixed(0)}% busy`;
   say('');
   say(`bench: ${ROUNDS} round(s) x 4 measured identical chains (+1 warm-up each): 3 layers, ${SIZE_MIB} MiB virtual, ${ALLOCATED_MIB} MiB allocated (${pulledMiB.toFixed(0)} MiB pulled); ABBA / BAAB order`);
   say(`bench: load average (1/5/15 min) per round: ${loads.join('; ')}`);
@@ -376,6 +444,7 @@ async function main(): Promise<void> {
   say(`bench: phases seen: ${op.map((o) => o.phases.join(' -> ')).join('; ')}`);
   say(`bench: CPU used during a run (median): raw side: ${cpuLine(raw)}; operator side: ${cpuLine(op)}`);
   say(`bench: status writes per job: ${op.map((w) => `${w.writes.watch} (watch) / ${w.writes.metric} (blockpull_status_writes_total)`).join(', ')}`);
+  say(`bench: reconciles per job (blockpull_reconcile_total): ${op.map((w) => w.reconciles).join(', ')}`);
   say(`bench: all disks flattened to identical data: ${allIdentical ? 'yes' : 'NO'}`);
   say(`bench: per-round ratio operator / raw: ${ratiosEvent.map(f2).join(', ')} (to the job's end event); ${ratiosExit.map(f2).join(', ')} (to virsh --wait's exit)`);
   say(
