@@ -108,17 +108,21 @@ describe('Reconciler while a job runs', () => {
     { position: 2, index: 3, path: '/d/base.qcow2', format: 'qcow2' },
   ];
 
-  it('after the start, polls every statusUpdateIntervalMs; at the end reads the job once, then the chain', async () => {
+  it('no libvirt look before the finalizer; after the start, polls every statusUpdateIntervalMs; at the end reads the job once', async () => {
     let stored: Record<string, unknown> = {
       apiVersion: API_VERSION,
       kind: KIND,
-      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: '1', generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T10:00:00Z' },
+      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: '1', generation: 1, creationTimestamp: '2026-11-27T10:00:00Z' },
       spec: { vmiName: 'vm', disk: 'rootdisk' },
     };
     let rv = 1;
     const clients = {
       custom: {
         getNamespacedCustomObject: () => Promise.resolve(structuredClone(stored)),
+        patchNamespacedCustomObject: (req: { body: { metadata: { finalizers: string[] } } }) => {
+          stored = { ...stored, metadata: { ...(stored['metadata'] as object), finalizers: req.body.metadata.finalizers, resourceVersion: String(++rv) } };
+          return Promise.resolve(stored);
+        },
         patchNamespacedCustomObjectStatus: (req: { body: { op: string; path: string; value: unknown }[] }) => {
           const status = req.body.find((op) => op.path === '/status')?.value;
           stored = { ...stored, metadata: { ...(stored['metadata'] as object), resourceVersion: String(++rv) }, status };
@@ -128,7 +132,8 @@ describe('Reconciler while a job runs', () => {
     } as unknown as KubeClients;
     let job: { type: string; cur: number; end: number; bandwidth: number } | null = null;
     let disk = { target: 'vda', alias: 'ua-rootdisk', chain };
-    const calls = { getJob: 0, getDisk: 0, startPull: 0, subscriptions: 0 };
+    const calls = { driverFor: 0, getJob: 0, getDisk: 0, startPull: 0, subscriptions: 0 };
+    const subscribedTargets: unknown[] = [];
     const driver = {
       getDisk: () => (calls.getDisk++, Promise.resolve(disk)),
       getJob: () => (calls.getJob++, Promise.resolve(job)),
@@ -139,14 +144,14 @@ describe('Reconciler while a job runs', () => {
       },
       setBandwidth: () => Promise.resolve(),
       abort: () => Promise.resolve(),
-      watchEvents: () => (calls.subscriptions++, { stop: () => undefined }),
+      watchEvents: (_d: string, _cb: unknown, options?: { targets?: string[] }) => (calls.subscriptions++, subscribedTargets.push(options?.targets), { stop: () => undefined }),
     };
     const r = new Reconciler({
       clients,
       blockPulls: { get: () => undefined, list: () => [] },
       vmis: { get: () => vmi, list: () => [vmi] },
       pods: { get: () => pod, list: () => [pod] },
-      drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
+      drivers: { kind: 'local', driverFor: () => (calls.driverFor++, Promise.resolve(driver)) },
       logger: createLogger({ level: 'silent' }),
       pollIntervalMs: 500,
       statusUpdateIntervalMs: 2000,
@@ -155,10 +160,17 @@ describe('Reconciler while a job runs', () => {
       enqueue: () => undefined,
     });
 
+    // First look: only the finalizer (and Pending) are written; libvirt is not asked anything yet.
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: 0 });
+    expect((stored['metadata'] as { finalizers?: string[] }).finalizers).toEqual([FINALIZER]);
+    expect((stored['status'] as { phase?: string }).phase).toBe('Pending');
+    expect(calls).toMatchObject({ driverFor: 0, getJob: 0, getDisk: 0 });
+
     const started = await r.reconcile('ns/p');
     expect(calls.startPull).toBe(1);
     expect((stored['status'] as { phase?: string }).phase).toBe('Running');
     expect(calls.subscriptions).toBe(1);
+    expect(subscribedTargets).toEqual([['vda']]); // the driver's fallback poller looks at our disk only
     expect(started.requeueAfterMs).toBe(2000);
 
     job = { type: 'Block Pull', cur: 40, end: 100, bandwidth: 0 };

@@ -276,7 +276,8 @@ export class Reconciler {
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
     const slotsNone = { running: 0, runningOnNode: 0, maxConcurrentPulls: this.#o.maxConcurrentPulls, maxPullsPerNode: this.#o.maxPullsPerNode };
     if (isTerminal(bp.status?.phase) && !deleting) return { obs: { ...base, slots: slotsNone } };
-    if (deleting && !(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, slots: slotsNone } };
+    // Without our finalizer decide() only adds it (deleting: lets go): nothing to read from libvirt yet.
+    if (!(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, slots: slotsNone } };
 
     const ns = bp.metadata.namespace;
     const rawVmi = this.#o.vmis.get(ns, bp.spec.vmiName);
@@ -486,9 +487,13 @@ export class Reconciler {
     if (mem.subscription !== undefined && mem.subscription.domain === domain && mem.subscription.driver === driver) return;
     mem.subscription?.sub.stop();
     const target = d.status.launcher?.target;
-    const sub = driver.watchEvents(domain, (ev) => {
-      if (target === undefined || ev.target === target) this.#o.enqueue(key);
-    });
+    const sub = driver.watchEvents(
+      domain,
+      (ev) => {
+        if (target === undefined || ev.target === target) this.#o.enqueue(key);
+      },
+      target !== undefined ? { targets: [target] } : {},
+    );
     mem.subscription = { domain, driver, sub };
   }
 }
