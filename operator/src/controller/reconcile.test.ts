@@ -82,3 +82,108 @@ describe('Reconciler status write', () => {
     expect(calls.enqueued).toEqual(['ns/p']);
   });
 });
+
+/**
+ * While our job runs, completion arrives as a block-job event: the Reconciler polls the job only
+ * as often as progress is written (statusUpdateIntervalMs), not every pollIntervalMs, and reads
+ * `virsh blockjob` once at the job's end (issue 15: every poll is a virsh process, a libvirt query
+ * of QEMU and an API GET next to the running job).
+ */
+describe('Reconciler while a job runs', () => {
+  const vmi = {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
+    spec: { domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } } },
+    status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107 },
+  };
+  const pod = {
+    metadata: { name: 'virt-launcher-vm-x', namespace: 'ns', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' }, creationTimestamp: '2026-11-27T09:00:00Z' },
+    spec: { nodeName: 'node1', containers: [{ name: 'compute' }] },
+    status: { phase: 'Running' },
+  };
+  const chain = [
+    { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
+    { position: 1, index: 2, path: '/d/mid.qcow2', format: 'qcow2' },
+    { position: 2, index: 3, path: '/d/base.qcow2', format: 'qcow2' },
+  ];
+
+  it('no libvirt look before the finalizer; after the start, polls every statusUpdateIntervalMs; at the end reads the job once', async () => {
+    let stored: Record<string, unknown> = {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: '1', generation: 1, creationTimestamp: '2026-11-27T10:00:00Z' },
+      spec: { vmiName: 'vm', disk: 'rootdisk' },
+    };
+    let rv = 1;
+    const clients = {
+      custom: {
+        getNamespacedCustomObject: () => Promise.resolve(structuredClone(stored)),
+        patchNamespacedCustomObject: (req: { body: { metadata: { finalizers: string[] } } }) => {
+          stored = { ...stored, metadata: { ...(stored['metadata'] as object), finalizers: req.body.metadata.finalizers, resourceVersion: String(++rv) } };
+          return Promise.resolve(stored);
+        },
+        patchNamespacedCustomObjectStatus: (req: { body: { op: string; path: string; value: unknown }[] }) => {
+          const status = req.body.find((op) => op.path === '/status')?.value;
+          stored = { ...stored, metadata: { ...(stored['metadata'] as object), resourceVersion: String(++rv) }, status };
+          return Promise.resolve(stored);
+        },
+      },
+    } as unknown as KubeClients;
+    let job: { type: string; cur: number; end: number; bandwidth: number } | null = null;
+    let disk = { target: 'vda', alias: 'ua-rootdisk', chain };
+    const calls = { driverFor: 0, getJob: 0, getDisk: 0, startPull: 0, subscriptions: 0 };
+    const subscribedTargets: unknown[] = [];
+    const driver = {
+      getDisk: () => (calls.getDisk++, Promise.resolve(disk)),
+      getJob: () => (calls.getJob++, Promise.resolve(job)),
+      startPull: () => {
+        calls.startPull++;
+        job = { type: 'Block Pull', cur: 0, end: 100, bandwidth: 0 };
+        return Promise.resolve();
+      },
+      setBandwidth: () => Promise.resolve(),
+      abort: () => Promise.resolve(),
+      watchEvents: (_d: string, _cb: unknown, options?: { targets?: string[] }) => (calls.subscriptions++, subscribedTargets.push(options?.targets), { stop: () => undefined }),
+    };
+    const r = new Reconciler({
+      clients,
+      blockPulls: { get: () => undefined, list: () => [] },
+      vmis: { get: () => vmi, list: () => [vmi] },
+      pods: { get: () => pod, list: () => [pod] },
+      drivers: { kind: 'local', driverFor: () => (calls.driverFor++, Promise.resolve(driver)) },
+      logger: createLogger({ level: 'silent' }),
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 2000,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+      enqueue: () => undefined,
+    });
+
+    // First look: only the finalizer (and Pending) are written; libvirt is not asked anything yet.
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: 0 });
+    expect((stored['metadata'] as { finalizers?: string[] }).finalizers).toEqual([FINALIZER]);
+    expect((stored['status'] as { phase?: string }).phase).toBe('Pending');
+    expect(calls).toMatchObject({ driverFor: 0, getJob: 0, getDisk: 0 });
+
+    const started = await r.reconcile('ns/p');
+    expect(calls.startPull).toBe(1);
+    expect((stored['status'] as { phase?: string }).phase).toBe('Running');
+    expect(calls.subscriptions).toBe(1);
+    expect(subscribedTargets).toEqual([['vda']]); // the driver's fallback poller looks at our disk only
+    expect(started.requeueAfterMs).toBe(2000);
+
+    job = { type: 'Block Pull', cur: 40, end: 100, bandwidth: 0 };
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: 2000 });
+
+    // The job ends (the event woke us): one `virsh blockjob`, then the chain read after it.
+    job = null;
+    disk = { target: 'vda', alias: 'ua-rootdisk', chain: [{ ...chain[0]!, index: 1 }] };
+    calls.getJob = 0;
+    calls.getDisk = 0;
+    const done = await r.reconcile('ns/p');
+    expect((stored['status'] as { phase?: string }).phase).toBe('Completed');
+    expect(done.requeueAfterMs).toBeNull();
+    expect(calls).toMatchObject({ getJob: 1, getDisk: 1 });
+  });
+});

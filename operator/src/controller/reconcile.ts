@@ -245,6 +245,12 @@ export class Reconciler {
       this.#memory.get(key)?.subscription?.sub.stop();
       delete this.#mem(key).subscription;
     }
+    // While our job runs, its block-job events (or the driver's fallback poller) wake the BlockPull
+    // when it ends: poll only as often as progress is written. Each poll is a virsh process, a libvirt
+    // query of QEMU and an API GET next to the running job (issue 15).
+    if (final.status.phase === 'Running' && final.requeueAfterMs !== null && this.#memory.get(key)?.subscription !== undefined) {
+      return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#o.statusUpdateIntervalMs) };
+    }
     return { requeueAfterMs: final.requeueAfterMs };
   }
 
@@ -275,7 +281,8 @@ export class Reconciler {
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
     const slotsNone = { running: 0, runningOnNode: 0, maxConcurrentPulls: this.#o.maxConcurrentPulls, maxPullsPerNode: this.#o.maxPullsPerNode };
     if (isTerminal(bp.status?.phase) && !deleting) return { obs: { ...base, slots: slotsNone } };
-    if (deleting && !(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, slots: slotsNone } };
+    // Without our finalizer decide() only adds it (deleting: lets go): nothing to read from libvirt yet.
+    if (!(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, slots: slotsNone } };
 
     const ns = bp.metadata.namespace;
     const rawVmi = this.#o.vmis.get(ns, bp.spec.vmiName);
@@ -332,6 +339,9 @@ export class Reconciler {
       if (st?.phase === 'Running' && st.launcher?.domain === domain && target !== undefined && current !== undefined) {
         const job = await driver.getJob(domain, target);
         if (job !== null) return { kind: 'ok', disk: { target, chain: current.map((l) => ({ ...l })) }, job };
+        // Gone: the chain read after it is final (no second `virsh blockjob` at the job's end).
+        const disk = await driver.getDisk(domain, { name: bp.spec.disk });
+        if (disk.target === target) return { kind: 'ok', disk, job: null };
       }
       const disk = await driver.getDisk(domain, { name: bp.spec.disk });
       const job = await driver.getJob(domain, disk.target);
@@ -482,9 +492,13 @@ export class Reconciler {
     if (mem.subscription !== undefined && mem.subscription.domain === domain && mem.subscription.driver === driver) return;
     mem.subscription?.sub.stop();
     const target = d.status.launcher?.target;
-    const sub = driver.watchEvents(domain, (ev) => {
-      if (target === undefined || ev.target === target) this.#o.enqueue(key);
-    });
+    const sub = driver.watchEvents(
+      domain,
+      (ev) => {
+        if (target === undefined || ev.target === target) this.#o.enqueue(key);
+      },
+      target !== undefined ? { targets: [target] } : {},
+    );
     mem.subscription = { domain, driver, sub };
   }
 }

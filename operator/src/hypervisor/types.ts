@@ -60,6 +60,14 @@ export interface EventSubscription {
   stop(): void;
 }
 
+export interface WatchEventsOptions {
+  /**
+   * The disks (targets) the caller cares about. A driver that polls while its event stream is down
+   * then looks at these disks only; events for other disks may still be delivered.
+   */
+  readonly targets?: readonly string[];
+}
+
 /** The operations the controller needs from a hypervisor, one disk at a time. */
 export interface BlockJobDriver {
   getDisk(domain: string, disk: DiskRef): Promise<DiskInfo>;
@@ -70,5 +78,5 @@ export interface BlockJobDriver {
   /** Asynchronous abort: returns once requested; data already streamed stays in the top image. */
   abort(domain: string, target: string): Promise<void>;
   /** Completion events; callers still confirm with getJob + getDisk (see isPullComplete). */
-  watchEvents(domain: string, onEvent: (event: BlockJobEvent) => void): EventSubscription;
+  watchEvents(domain: string, onEvent: (event: BlockJobEvent) => void, options?: WatchEventsOptions): EventSubscription;
 }

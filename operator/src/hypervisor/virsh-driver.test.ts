@@ -43,3 +43,52 @@ describe('VirshDriver.abort', () => {
     expect(res.stderr).toMatch(/doesn't support option --bogus/);
   });
 });
+
+/** A runner that answers `virsh blockjob` from a table of running jobs; its event stream ends at once. */
+class ScriptedRunner implements CommandRunner {
+  readonly description = 'scripted';
+  readonly argvs: string[][] = [];
+  readonly running = new Set<string>();
+  run(argv: readonly string[]): Promise<RunResult> {
+    this.argvs.push([...argv]);
+    const op = argv[4];
+    if (op === 'dumpxml') {
+      const disk = (t: string) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/d/${t}.qcow2' index='1'/><backingStore/><target dev='${t}' bus='virtio'/></disk>`;
+      return Promise.resolve({ exitCode: 0, stdout: `<domain><name>d</name><devices>${['vda', 'vdb', 'vdc'].map(disk).join('')}</devices></domain>`, stderr: '' });
+    }
+    const target = argv[argv.indexOf('--path') + 1] ?? '';
+    const stdout = this.running.has(target) ? ' type=Block Pull\n bandwidth=0\n cur=1\n end=10\n' : '\n';
+    return Promise.resolve({ exitCode: 0, stdout, stderr: '' });
+  }
+  stream(argv: readonly string[]): StreamHandle {
+    this.argvs.push([...argv]);
+    const done = Promise.resolve({ exitCode: 1, stdout: '', stderr: 'error: failed to connect to the hypervisor' });
+    return { lines: (async function* () {})(), done, stop: () => undefined };
+  }
+}
+
+describe('VirshDriver.watchEvents', () => {
+  const ops = (r: ScriptedRunner) => r.argvs.map((a) => (a.includes('--path') ? `${a[4]} ${a[a.indexOf('--path') + 1]}` : (a[4] ?? '')));
+
+  it('with targets: seeds and polls with `virsh blockjob` on those disks only; reports a job that disappears', async () => {
+    const runner = new ScriptedRunner();
+    runner.running.add('vdb');
+    const driver = new VirshDriver(runner, 'test:///default', { eventRestartDelayMs: 60_000, eventPollIntervalMs: 20 });
+    const events: string[] = [];
+    const sub = driver.watchEvents('d', (e) => events.push(`${e.target} ${e.kind}`), { targets: ['vdb'] });
+    await expect.poll(() => ops(runner).filter((o) => o === 'blockjob vdb').length).toBeGreaterThanOrEqual(2);
+    runner.running.delete('vdb');
+    await expect.poll(() => events).toEqual(['vdb completed']);
+    sub.stop();
+    expect(ops(runner).filter((o) => !o.startsWith('blockjob vdb') && !o.startsWith('event'))).toEqual([]);
+  });
+
+  it('without targets: looks at every disk of the domain (dumpxml, then blockjob per disk)', async () => {
+    const runner = new ScriptedRunner();
+    const driver = new VirshDriver(runner, 'test:///default', { eventRestartDelayMs: 60_000, eventPollIntervalMs: 60_000 });
+    const sub = driver.watchEvents('d', () => undefined);
+    await expect.poll(() => ops(runner).filter((o) => o.startsWith('blockjob')).length).toBeGreaterThanOrEqual(3);
+    sub.stop();
+    expect(ops(runner).slice(0, 5)).toEqual(['event', 'dumpxml', 'blockjob vda', 'blockjob vdb', 'blockjob vdc']);
+  });
+});

@@ -6,7 +6,7 @@
 import { computeGoal, resolveBase, virshBaseArg } from './chain.ts';
 import { HypervisorError } from './errors.ts';
 import { RunTimeoutError, RunTransportError, type CommandRunner, type RunResult } from './runner.ts';
-import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, StartPullOptions } from './types.ts';
+import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, StartPullOptions, WatchEventsOptions } from './types.ts';
 import { findDisk, parseBlockJobEventLine, parseBlockJobRaw, parseDomainDisks, virshError } from './virsh-parse.ts';
 
 export interface VirshDriverOptions {
@@ -107,9 +107,11 @@ export class VirshDriver implements BlockJobDriver {
    * block-job-2 events from `virsh event --loop`. The stream is restarted when it ends (daemon
    * restart, exec dropped); while it is down a poller synthesizes 'completed' when a job that was
    * seen running disappears, so a caller waiting on events is still woken. Callers confirm with
-   * getJob + getDisk either way.
+   * getJob + getDisk either way. With `options.targets` the poller (and the look at subscription
+   * time that seeds it) runs `virsh blockjob` on those disks only, instead of `virsh dumpxml` and
+   * `virsh blockjob` on every disk of the domain.
    */
-  watchEvents(domain: string, onEvent: (event: BlockJobEvent) => void): EventSubscription {
+  watchEvents(domain: string, onEvent: (event: BlockJobEvent) => void, options: WatchEventsOptions = {}): EventSubscription {
     let stopped = false;
     let handle: ReturnType<CommandRunner['stream']> | undefined;
     let restartTimer: NodeJS.Timeout | undefined;
@@ -121,11 +123,11 @@ export class VirshDriver implements BlockJobDriver {
 
     const poll = async (): Promise<void> => {
       try {
-        const disks = await this.listDisks(domain);
-        for (const d of disks) {
-          const job = await this.getJob(domain, d.target);
-          if (job !== null) running.add(d.target);
-          else if (running.delete(d.target)) emit({ domain, target: d.target, kind: 'completed' });
+        const targets = options.targets ?? (await this.listDisks(domain)).map((d) => d.target);
+        for (const target of targets) {
+          const job = await this.getJob(domain, target);
+          if (job !== null) running.add(target);
+          else if (running.delete(target)) emit({ domain, target, kind: 'completed' });
         }
       } catch {
         /* unreachable while the daemon restarts: try again next tick */

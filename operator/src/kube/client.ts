@@ -6,6 +6,7 @@
  * metav1.Status). Patches on CustomObjectsApi default to JSON Patch: the helpers here send
  * merge patches via setHeaderOptions('Content-Type', PatchStrategy.MergePatch).
  */
+import https from 'node:https';
 import {
   ApiException,
   Observable,
@@ -21,11 +22,90 @@ import {
   PatchStrategy,
   setHeaderOptions,
 } from '@kubernetes/client-node';
+import { Agent, ProxyAgent, type Dispatcher } from 'undici';
 import { z } from 'zod';
+
+// --- one connection pool ------------------------------------------------------------------
+
+/**
+ * How long an idle keep-alive connection is kept. Below the API server's own idle timeout
+ * (Go net/http IdleTimeout, 90 s in k8s.io/apiserver's secure serving), so the client, not the
+ * server, closes idle connections and a request never races a server-side close.
+ */
+export const KEEP_ALIVE_TIMEOUT_MS = 30_000;
+
+interface Pool {
+  /** TLS material and settings the pool's connections were made with (compared on every request). */
+  readonly material: readonly unknown[];
+  readonly dispatcher: Dispatcher;
+}
+
+/** The process's pools: one per API server, proxy and user (in practice: one). */
+const pools = new Map<string, Pool>();
+
+function sameMaterial(a: readonly unknown[], b: readonly unknown[]): boolean {
+  return a.length === b.length && a.every((x, i) => (Buffer.isBuffer(x) && Buffer.isBuffer(b[i]) ? x.equals(b[i]) : x === b[i]));
+}
+
+/**
+ * A KubeConfig whose API calls share one keep-alive connection pool (undici Agent) for the
+ * whole process.
+ *
+ * client-node 2.0.x (KubeConfig.applySecurityAuthentication -> createDispatcher) builds a new
+ * undici Agent for every request: every call pays a TCP + TLS handshake and leaves its socket
+ * open until that Agent's keep-alive timer closes it (docs/upstream-client-node-agent-per-request.md).
+ * This override keeps client-node's per-request authentication (tokens, exec plugins, the
+ * in-cluster token file, impersonation, basic auth: everything applyToHTTPSOptions does) and
+ * hands every request the same Agent. Informer watches and log/metrics calls go through the same
+ * method, so they share the pool (a watch holds one connection while it is open, as HTTP/1.1
+ * requires). Exec (WebSocket) keeps client-node's own cached https.Agent.
+ *
+ * The CA, client certificate and key are still read where client-node reads them (files per
+ * request); when their content changes (rotation), a new pool is made and the old one is closed
+ * once its requests (and watches) are done. A socks proxy keeps client-node's own path.
+ */
+export class PooledKubeConfig extends KubeConfig {
+  override async applySecurityAuthentication(context: RequestContext): Promise<void> {
+    const cluster = this.getCurrentCluster();
+    if (cluster?.proxyUrl?.startsWith('socks') === true) return super.applySecurityAuthentication(context);
+    const opts: https.RequestOptions = {};
+    await this.applyToHTTPSOptions(opts);
+    if (typeof opts.auth === 'string') context.setHeaderParam('Authorization', `Basic ${Buffer.from(opts.auth).toString('base64')}`);
+    for (const [k, v] of Object.entries(opts.headers ?? {})) if (v !== undefined) context.setHeaderParam(k, Array.isArray(v) ? v.join(', ') : String(v));
+    const agentOptions: https.AgentOptions = {
+      ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
+      ...(opts.cert !== undefined ? { cert: opts.cert } : {}),
+      ...(opts.key !== undefined ? { key: opts.key } : {}),
+      ...(opts.pfx !== undefined ? { pfx: opts.pfx } : {}),
+      ...(opts.passphrase !== undefined ? { passphrase: opts.passphrase } : {}),
+      ...(opts.rejectUnauthorized !== undefined ? { rejectUnauthorized: opts.rejectUnauthorized } : {}),
+      ...(opts.servername !== undefined ? { servername: opts.servername } : {}),
+    };
+    const dispatcher = pooledDispatcher(this, cluster, agentOptions);
+    if (dispatcher !== undefined) context.setDispatcher(dispatcher);
+  }
+}
+
+function pooledDispatcher(kc: KubeConfig, cluster: ReturnType<KubeConfig['getCurrentCluster']>, agentOptions: https.AgentOptions): Dispatcher | undefined {
+  const o = kc.createDispatcherOptions(cluster, agentOptions);
+  if (o.type === 'none' || o.type === 'socks') return undefined; // 'none': undici's global pool; 'socks' is not reached (see above)
+  const key = JSON.stringify([cluster?.server ?? '', cluster?.proxyUrl ?? '', kc.getCurrentUser()?.name ?? '']);
+  const a = agentOptions;
+  const material = [a.ca, a.cert, a.key, a.pfx, a.passphrase, a.rejectUnauthorized, a.servername].map((x) => (typeof x === 'string' ? Buffer.from(x) : x));
+  const existing = pools.get(key);
+  if (existing !== undefined && sameMaterial(existing.material, material)) return existing.dispatcher;
+  const pool = { keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS, keepAliveMaxTimeout: KEEP_ALIVE_TIMEOUT_MS };
+  const dispatcher: Dispatcher =
+    o.type === 'proxy' ? new ProxyAgent({ ...pool, uri: o.uri, requestTls: o.requestTls, connect: o.connect }) : new Agent({ ...pool, connect: o.connect });
+  pools.set(key, { material, dispatcher });
+  // Rotated credentials: the old pool finishes its requests (watches included), then closes.
+  if (existing !== undefined) existing.dispatcher.close().catch(() => undefined);
+  return dispatcher;
+}
 
 /** Load a kubeconfig file, or the in-cluster service account when `path` is undefined. */
 export function loadKubeConfig(path?: string): KubeConfig {
-  const kc = new KubeConfig();
+  const kc = new PooledKubeConfig();
   if (path !== undefined) {
     kc.loadFromFile(path);
   } else {
