@@ -247,6 +247,11 @@ export function vmiManifest(o: { namespace: string; vmiName: string; disks: read
   };
 }
 
+/** The ownerReference KubeVirt puts on a virt-launcher pod. */
+export function vmiOwnerReference(vmiName: string, vmiUid: string): Record<string, unknown> {
+  return { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: vmiName, uid: vmiUid, controller: true, blockOwnerDeletion: true };
+}
+
 /** Creates the VMI and (unless pod:false) its Running launcher Pod; returns the pod name. */
 export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Promise<string> {
   const ns = o.namespace;
@@ -263,6 +268,8 @@ export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Pro
         name: podName,
         namespace: ns,
         labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': uid, 'vm.kubevirt.io/name': o.vmiName },
+        // As KubeVirt makes it: controlled by the VMI (the operator accepts no other pod).
+        ownerReferences: [vmiOwnerReference(o.vmiName, uid)],
       },
       spec: {
         nodeName,
