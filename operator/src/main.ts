@@ -52,6 +52,7 @@ async function main(): Promise<number> {
     statusUpdateIntervalMs: config.statusUpdateIntervalMs,
     maxConcurrentPulls: config.maxConcurrentPulls,
     maxPullsPerNode: config.maxPullsPerNode,
+    observeTimeoutMs: config.observeTimeoutMs,
     ...(config.watchNamespace !== undefined ? { namespace: config.watchNamespace } : {}),
   });
 

@@ -10,6 +10,9 @@
  *   progress-only change at most every statusUpdateIntervalMs per BlockPull.
  * - while a job runs: requeue every pollIntervalMs, and the driver's block-job events wake the
  *   BlockPull at once, so the final status lands within a second of the job's end.
+ * - the look at libvirt goes through an ObserveGate (observe-gate.ts): a worker waits at most
+ *   observeTimeoutMs for it and one look per launcher runs at a time, so a hanging launcher
+ *   shows HypervisorUnreachable on its own BlockPulls and delays no one else.
  */
 import { ApiException } from '@kubernetes/client-node';
 import { API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION, isTerminal, parseBlockPull, type BlockPull, type BlockPullStatus } from '../api/types.ts';
@@ -32,8 +35,12 @@ import {
   type Observation,
   type ProgressSample,
 } from './decide.ts';
+import { ObserveGate } from './observe-gate.ts';
 
 export const BLOCKPULL_REF: ResourceRef = { group: GROUP, version: VERSION, plural: PLURAL };
+
+/** Default of ReconcilerOptions.observeTimeoutMs (BLOCKPULL_OBSERVE_TIMEOUT_MS). */
+export const DEFAULT_OBSERVE_TIMEOUT_MS = 1_000;
 
 /** Read access to an informer cache (WatchdogInformer implements it). */
 export interface CacheReader {
@@ -55,6 +62,8 @@ export interface ReconcilerOptions {
   readonly statusUpdateIntervalMs: number;
   readonly maxConcurrentPulls: number;
   readonly maxPullsPerNode: number;
+  /** How long a worker waits for a read-only look at libvirt (default DEFAULT_OBSERVE_TIMEOUT_MS). */
+  readonly observeTimeoutMs?: number;
   /** Wake a BlockPull (the work queue's add). */
   readonly enqueue: (key: string) => void;
   readonly now?: () => Date;
@@ -120,8 +129,15 @@ export class Reconciler {
   /** BlockPulls this process knows to be Running (the cache may lag): key -> node. */
   readonly #running = new Map<string, string>();
 
+  readonly #gate: ObserveGate<HypervisorObservation>;
+
   constructor(options: ReconcilerOptions) {
     this.#o = options;
+    this.#gate = new ObserveGate<HypervisorObservation>({
+      budgetMs: options.observeTimeoutMs ?? DEFAULT_OBSERVE_TIMEOUT_MS,
+      wake: (key) => options.enqueue(key),
+      usableLate: (h) => h.kind !== 'unreachable',
+    });
   }
 
   #now(): Date {
@@ -314,8 +330,13 @@ export class Reconciler {
       }
       throw err;
     }
-    const hypervisor = await this.#observeHypervisor(bp, loc.domain, driver, log);
-    return { obs: { ...base, launcher, slots, hypervisor }, driver };
+    const looked = await this.#gate.observe(driver, `pod ${ns}/${loc.pod}`, key, () => this.#observeHypervisor(bp, loc.domain, driver, log));
+    if (looked.kind === 'waiting') {
+      log.debug({ pod: loc.pod, reason: looked.message }, 'not waiting on libvirt');
+      // No driver: nothing is done through a launcher that did not answer this time.
+      return { obs: { ...base, launcher, slots, hypervisor: { kind: 'unreachable', message: looked.message } } };
+    }
+    return { obs: { ...base, launcher, slots, hypervisor: looked.value }, driver };
   }
 
   async #observeHypervisor(bp: BlockPull, domain: string, driver: BlockJobDriver, log: Logger): Promise<HypervisorObservation> {
