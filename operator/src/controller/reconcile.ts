@@ -78,6 +78,15 @@ interface Memory {
   lastStatusWriteMs?: number;
   sample?: ProgressSample;
   subscription?: { domain: string; driver: BlockJobDriver; sub: EventSubscription };
+  /** The job this process asked libvirt to start (jobKey), until a look finds the disk without a job. */
+  started?: string;
+  /** The job this process adopted and has announced (Event + log line). */
+  adopted?: string;
+}
+
+/** Identifies one job: the launcher pod, the domain and the disk target. */
+function jobKey(pod: string, domain: string, target: string): string {
+  return `${pod}|${domain}|${target}`;
 }
 
 /** Fields whose change is a transition (written at once); progress and message are not. */
@@ -203,10 +212,18 @@ export class Reconciler {
 
     let final: Decision = decision;
     let actionError: unknown;
+    const startKey =
+      decision.action.type === 'startPull' ? jobKey(decision.status.launcher?.pod ?? '', decision.action.domain, decision.action.target) : undefined;
+    // Recorded before asking: a start whose answer is lost (timeout) may still have started the job.
+    if (startKey !== undefined) this.#mem(key).started = startKey;
     try {
       await this.#act(bp, decision.action, driver, log);
     } catch (err) {
       actionError = err;
+      // Refused for sure: nothing was started.
+      if (startKey !== undefined && isHypervisorError(err) && err.code !== 'Unreachable' && err.code !== 'CommandFailed' && err.code !== 'JobFailed') {
+        delete this.#mem(key).started;
+      }
       const mapped = decideActionError(obs, decision, err);
       if (mapped === undefined) {
         log.warn({ action: decision.action.type, error: describeError(err) }, 'action failed');
@@ -230,9 +247,24 @@ export class Reconciler {
     if (final.status.phase === 'Running') this.#running.set(key, final.status.launcher?.node ?? '');
     else this.#running.delete(key);
 
+    // A job this process did not start, found running: say so once (a new leader takes over).
+    const launched = final.status.launcher;
+    let adoptedNow = false;
+    if (final.status.phase === 'Running' && final.status.reason === 'Adopted' && launched?.target !== undefined) {
+      const jk = jobKey(launched.pod ?? '', launched.domain ?? '', launched.target);
+      if (mem.adopted !== jk) {
+        mem.adopted = jk;
+        adoptedNow = true;
+        log.info(
+          { pod: launched.pod, domain: launched.domain, target: launched.target, previousPhase: bp.status?.phase, previousReason: bp.status?.reason },
+          'adopted a running block pull job this process did not start (e.g. after a leader change)',
+        );
+      }
+    }
+
     const afterFinalizer = decision.action.type === 'addFinalizer' ? await this.#fresh(bp) : bp;
     await this.#writeStatus(afterFinalizer, final.status, log);
-    this.#events(bp, decision, final);
+    this.#events(bp, decision, final, adoptedNow);
     this.#watchJobEvents(key, final, driver);
 
     if (bp.status?.phase === 'Running' && final.status.phase !== 'Running') {
@@ -336,7 +368,19 @@ export class Reconciler {
       // No driver: nothing is done through a launcher that did not answer this time.
       return { obs: { ...base, launcher, slots, hypervisor: { kind: 'unreachable', message: looked.message } } };
     }
-    return { obs: { ...base, launcher, slots, hypervisor: looked.value }, driver };
+    const hypervisor = looked.value;
+    let jobStartedHere = false;
+    if (hypervisor.kind === 'ok') {
+      const mem = this.#mem(key);
+      const jk = jobKey(loc.pod, loc.domain, hypervisor.disk.target);
+      if (hypervisor.job === null) {
+        // No job on the disk: whatever this process started or adopted there has ended.
+        if (mem.started === jk) delete mem.started;
+        if (mem.adopted === jk) delete mem.adopted;
+      }
+      jobStartedHere = mem.started === jk;
+    }
+    return { obs: { ...base, launcher, slots, hypervisor, jobStartedHere }, driver };
   }
 
   async #observeHypervisor(bp: BlockPull, domain: string, driver: BlockJobDriver, log: Logger): Promise<HypervisorObservation> {
@@ -460,7 +504,7 @@ export class Reconciler {
     return (raw as { metadata?: { resourceVersion?: unknown } }).metadata?.resourceVersion !== bp.metadata.resourceVersion;
   }
 
-  #events(bp: BlockPull, decision: Decision, final: Decision): void {
+  #events(bp: BlockPull, decision: Decision, final: Decision, adoptedNow: boolean): void {
     const rec = this.#o.events;
     if (rec === undefined) return;
     const obj: InvolvedObject = {
@@ -474,12 +518,17 @@ export class Reconciler {
     const changed = reason !== bp.status?.reason || final.status.phase !== bp.status?.phase;
     const message = final.status.message ?? '';
     const action = final === decision ? decision.action.type : 'none';
-    if (action === 'startPull') void rec.normal(obj, reason === 'Retrying' ? 'Retrying' : 'PullStarted', 'StartPull', message);
+    if (adoptedNow) {
+      void rec.normal(obj, 'Adopted', 'Adopt', `this operator process took over a block job it did not start: ${message}`);
+      if (action === 'setBandwidth' && decision.action.type === 'setBandwidth') {
+        void rec.normal(obj, 'BandwidthChanged', 'SetBandwidth', `bandwidth set to ${decision.action.bandwidth} bytes/s`);
+      }
+    } else if (action === 'startPull') void rec.normal(obj, reason === 'Retrying' ? 'Retrying' : 'PullStarted', 'StartPull', message);
     else if (action === 'setBandwidth' && decision.action.type === 'setBandwidth') {
       void rec.normal(obj, 'BandwidthChanged', 'SetBandwidth', `bandwidth set to ${decision.action.bandwidth} bytes/s`);
     } else if (action === 'abort') {
       void rec.normal(obj, bp.metadata.deletionTimestamp ? 'Aborting' : 'Paused', 'Abort', bp.metadata.deletionTimestamp ? 'BlockPull deleted: aborting its block job' : message);
-    } else if (changed && reason !== undefined && reason !== 'Created') {
+    } else if (changed && reason !== undefined && reason !== 'Created' && reason !== 'Adopted') {
       const warning = final.status.phase === 'Failed' || ['DiskBusy', 'HypervisorUnreachable', 'JobFailed'].includes(reason);
       void rec.event(obj, warning ? 'Warning' : 'Normal', reason, final.status.phase ?? 'Observe', message);
     }
