@@ -36,7 +36,7 @@ describe('loadConfig', () => {
       maxPullsPerNode: 2,
       statusUpdateIntervalMs: 2_000,
       pollIntervalMs: 500,
-      maxCommandOutputBytes: 4 * 1024 * 1024,
+      maxCommandOutputBytes: 1024 * 1024,
       observeTimeoutMs: 1_000,
       healthPort: 8081,
       metricsPort: 8080,
@@ -61,7 +61,7 @@ describe('loadConfig', () => {
       BLOCKPULL_MAX_PULLS_PER_NODE: '1',
       BLOCKPULL_STATUS_UPDATE_INTERVAL_MS: '1000',
       BLOCKPULL_POLL_INTERVAL_MS: '250',
-      BLOCKPULL_MAX_COMMAND_OUTPUT_BYTES: '1048576',
+      BLOCKPULL_MAX_COMMAND_OUTPUT_BYTES: '4194304',
       BLOCKPULL_OBSERVE_TIMEOUT_MS: '2500',
       BLOCKPULL_HEALTH_PORT: '0',
       BLOCKPULL_METRICS_PORT: '0',
@@ -78,7 +78,7 @@ describe('loadConfig', () => {
     expect(c.maxPullsPerNode).toBe(1);
     expect(c.statusUpdateIntervalMs).toBe(1000);
     expect(c.pollIntervalMs).toBe(250);
-    expect(c.maxCommandOutputBytes).toBe(1_048_576);
+    expect(c.maxCommandOutputBytes).toBe(4_194_304);
     expect(c.observeTimeoutMs).toBe(2_500);
     expect(c.healthPort).toBe(0);
     expect(c.metricsPort).toBe(0);

@@ -148,7 +148,7 @@ export const DEFAULTS = {
   maxPullsPerNode: 2,
   statusUpdateIntervalMs: 2_000,
   pollIntervalMs: 500,
-  maxCommandOutputBytes: 4 * 1024 * 1024,
+  maxCommandOutputBytes: 1024 * 1024,
   observeTimeoutMs: 1_000,
   healthPort: 8081,
   metricsPort: 8080,

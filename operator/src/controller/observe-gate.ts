@@ -18,7 +18,11 @@
 /** A look that ended after its worker moved on is used by the next reconcile if this fresh. */
 export const LATE_RESULT_MAX_AGE_MS = 5_000;
 
-export type GateOutcome<T> = { readonly kind: 'done'; readonly value: T } | { readonly kind: 'waiting'; readonly message: string };
+/**
+ * `message` is the same whatever the case (status messages that change with every look would
+ * rewrite the BlockPull every time); `detail` says which case, for the log.
+ */
+export type GateOutcome<T> = { readonly kind: 'done'; readonly value: T } | { readonly kind: 'waiting'; readonly message: string; readonly detail: string };
 
 interface InFlight {
   readonly startedAt: number;
@@ -87,10 +91,7 @@ export class ObserveGate<T> {
       if (st.slow || age >= budget) {
         // Past its budget: not waited on; this BlockPull is woken when it ends.
         if (busy.requester !== requester) busy.waiters.add(requester);
-        return {
-          kind: 'waiting',
-          message: `libvirt in ${name} has not answered a look started ${seconds(age)} s ago (budget ${budget} ms); not waiting on it: this BlockPull is looked at again when it ends (the command is killed at its timeout)`,
-        };
+        return { kind: 'waiting', message: waitingMessage(name, budget), detail: `a look started ${seconds(age)} s ago (by ${busy.requester}) has not ended` };
       }
       // Within its budget: wait for it (at most the rest of it), then look ourselves.
       await Promise.race([busy.settled, sleep(budget - age)]);
@@ -121,10 +122,7 @@ export class ObserveGate<T> {
       (error: unknown) => settle({ ok: false, error }),
     );
     if (workerLeft) {
-      return {
-        kind: 'waiting',
-        message: `libvirt in ${name} did not answer the last look within ${budget} ms; looking again in the background (the command is killed at its timeout), this BlockPull is looked at again when it ends`,
-      };
+      return { kind: 'waiting', message: waitingMessage(name, budget), detail: 'the last look took longer than the budget: looking again in the background' };
     }
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([looking, new Promise<void>((r) => (timer = setTimeout(r, budget)))]);
@@ -135,11 +133,12 @@ export class ObserveGate<T> {
       throw outcome.error;
     }
     workerLeft = true;
-    return {
-      kind: 'waiting',
-      message: `libvirt in ${name} did not answer within ${budget} ms; the command runs on in the background (killed at its timeout) and this BlockPull is looked at again when it ends`,
-    };
+    return { kind: 'waiting', message: waitingMessage(name, budget), detail: 'no answer within the budget: the look runs on in the background' };
   }
+}
+
+function waitingMessage(name: string, budgetMs: number): string {
+  return `libvirt in ${name} did not answer within ${budgetMs} ms; not waiting on it: its command runs on in the background (killed at its timeout) and this BlockPull is looked at again when it answers`;
 }
 
 function sleep(ms: number): Promise<void> {

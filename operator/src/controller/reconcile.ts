@@ -256,7 +256,7 @@ export class Reconciler {
         mem.adopted = jk;
         adoptedNow = true;
         log.info(
-          { pod: launched.pod, domain: launched.domain, target: launched.target, previousPhase: bp.status?.phase, previousReason: bp.status?.reason },
+          { launcherPod: launched.pod, domain: launched.domain, target: launched.target, previousPhase: bp.status?.phase, previousReason: bp.status?.reason },
           'adopted a running block pull job this process did not start (e.g. after a leader change)',
         );
       }
@@ -364,7 +364,7 @@ export class Reconciler {
     }
     const looked = await this.#gate.observe(driver, `pod ${ns}/${loc.pod}`, key, () => this.#observeHypervisor(bp, loc.domain, driver, log));
     if (looked.kind === 'waiting') {
-      log.debug({ pod: loc.pod, reason: looked.message }, 'not waiting on libvirt');
+      log.debug({ pod: loc.pod, detail: looked.detail }, 'not waiting on libvirt');
       // No driver: nothing is done through a launcher that did not answer this time.
       return { obs: { ...base, launcher, slots, hypervisor: { kind: 'unreachable', message: looked.message } } };
     }

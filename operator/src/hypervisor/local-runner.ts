@@ -115,6 +115,9 @@ export class LocalRunner implements CommandRunner {
         if (failure !== undefined) return;
         failure = new RunOutputLimitError(argv, what, limit);
         this.#kill(child, 'SIGKILL');
+        // Stop reading at once: what the child writes until the kill lands is not even read.
+        child.stdout?.destroy();
+        child.stderr?.destroy();
       };
       child.stdout?.on('data', (b: Buffer) => {
         if (!stdout.push(b)) overflow('stdout');
@@ -192,6 +195,8 @@ export class LocalRunner implements CommandRunner {
       queue.end(what === 'unread stdout lines'); // lines split before the limit was crossed stay readable
       stopped = true;
       this.#kill(c, 'SIGKILL');
+      c.stdout?.destroy();
+      c.stderr?.destroy();
     };
     const splitter = new BoundedLineSplitter(limit, (line) => queue.push(line));
     c.stdout?.on('data', (b: Buffer) => {

@@ -14,11 +14,14 @@
 import { StringDecoder } from 'node:string_decoder';
 
 /**
- * Default cap of each output of one command: 4 MiB. `virsh dumpxml` of a real domain is tens of
- * KiB (a 256-image chain of PATH_MAX paths stays near 1 MiB); `virsh blockjob` and event lines are
- * a few hundred bytes.
+ * Default cap of each output of one command: 1 MiB. `virsh dumpxml` of a real domain is tens of
+ * KiB (each disk image adds a few hundred bytes plus its path); `virsh blockjob` and event lines
+ * are a few hundred bytes. Only an absurd chain (hundreds of images with paths of kilobytes)
+ * would need more: raise BLOCKPULL_MAX_COMMAND_OUTPUT_BYTES then. Kept small because every
+ * flood leaves up to this much garbage per output until the next GC (measured: 14 floods of
+ * 300 MiB added ~9 MiB RSS at 1 MiB, ~25 MiB at 4 MiB).
  */
-export const DEFAULT_MAX_OUTPUT_BYTES = 4 * 1024 * 1024;
+export const DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024;
 
 export interface RunOptions {
   /** Kill the command after this many milliseconds and reject with RunTimeoutError. */
