@@ -36,6 +36,8 @@ describe('loadConfig', () => {
       maxPullsPerNode: 2,
       statusUpdateIntervalMs: 2_000,
       pollIntervalMs: 500,
+      maxCommandOutputBytes: 1024 * 1024,
+      observeTimeoutMs: 1_000,
       healthPort: 8081,
       metricsPort: 8080,
       metricsBindAddress: '0.0.0.0',
@@ -59,6 +61,8 @@ describe('loadConfig', () => {
       BLOCKPULL_MAX_PULLS_PER_NODE: '1',
       BLOCKPULL_STATUS_UPDATE_INTERVAL_MS: '1000',
       BLOCKPULL_POLL_INTERVAL_MS: '250',
+      BLOCKPULL_MAX_COMMAND_OUTPUT_BYTES: '4194304',
+      BLOCKPULL_OBSERVE_TIMEOUT_MS: '2500',
       BLOCKPULL_HEALTH_PORT: '0',
       BLOCKPULL_METRICS_PORT: '0',
       BLOCKPULL_METRICS_BIND_ADDRESS: '127.0.0.1',
@@ -74,6 +78,8 @@ describe('loadConfig', () => {
     expect(c.maxPullsPerNode).toBe(1);
     expect(c.statusUpdateIntervalMs).toBe(1000);
     expect(c.pollIntervalMs).toBe(250);
+    expect(c.maxCommandOutputBytes).toBe(4_194_304);
+    expect(c.observeTimeoutMs).toBe(2_500);
     expect(c.healthPort).toBe(0);
     expect(c.metricsPort).toBe(0);
     expect(c.metricsBindAddress).toBe('127.0.0.1');
@@ -114,6 +120,16 @@ describe('loadConfig', () => {
     expect(text).toMatch(/BLOCKPULL_LEADER_ELECT="maybe": expected true or false/);
     expect(text).toMatch(/BLOCKPULL_LOG_LEVEL="verbose"/);
     expect(text).toMatch(/BLOCKPULL_WATCH_NAMESPACE="Bad_NS": expected a DNS-1123 name/);
+  });
+
+  it('bounds the command output cap and the observation budget', () => {
+    expect(problemsOf({ BLOCKPULL_MAX_COMMAND_OUTPUT_BYTES: '1000', BLOCKPULL_OBSERVE_TIMEOUT_MS: '50' })).toEqual([
+      'BLOCKPULL_MAX_COMMAND_OUTPUT_BYTES="1000": must be >= 65536',
+      'BLOCKPULL_OBSERVE_TIMEOUT_MS="50": must be >= 100',
+    ]);
+    expect(problemsOf({ BLOCKPULL_MAX_COMMAND_OUTPUT_BYTES: String(512 * 1024 * 1024) })).toEqual([
+      'BLOCKPULL_MAX_COMMAND_OUTPUT_BYTES="536870912": must be <= 268435456',
+    ]);
   });
 
   it('checks cross-field rules', () => {

@@ -46,6 +46,13 @@ export interface Config {
   readonly statusUpdateIntervalMs: number;
   /** How often a running job is polled on the hypervisor. */
   readonly pollIntervalMs: number;
+  /** Cap of stdout and of stderr of every command run next to a VM (and of a `virsh event` line). */
+  readonly maxCommandOutputBytes: number;
+  /**
+   * How long a worker waits for a read-only look at libvirt (chain and job) before it moves on:
+   * the BlockPull shows HypervisorUnreachable and the command runs on in the background.
+   */
+  readonly observeTimeoutMs: number;
   readonly healthPort: number;
   readonly metricsPort: number;
   readonly metricsBindAddress: string;
@@ -118,6 +125,8 @@ const fields = {
   maxPullsPerNode: { env: 'MAX_PULLS_PER_NODE', schema: intFromEnv(1, 1_000) },
   statusUpdateIntervalMs: { env: 'STATUS_UPDATE_INTERVAL_MS', schema: intFromEnv(100, 600_000) },
   pollIntervalMs: { env: 'POLL_INTERVAL_MS', schema: intFromEnv(50, 600_000) },
+  maxCommandOutputBytes: { env: 'MAX_COMMAND_OUTPUT_BYTES', schema: intFromEnv(65_536, 268_435_456) },
+  observeTimeoutMs: { env: 'OBSERVE_TIMEOUT_MS', schema: intFromEnv(100, 60_000) },
   healthPort: { env: 'HEALTH_PORT', schema: intFromEnv(0, 65_535) },
   metricsPort: { env: 'METRICS_PORT', schema: intFromEnv(0, 65_535) },
   metricsBindAddress: { env: 'METRICS_BIND_ADDRESS', schema: optionalString },
@@ -139,6 +148,8 @@ export const DEFAULTS = {
   maxPullsPerNode: 2,
   statusUpdateIntervalMs: 2_000,
   pollIntervalMs: 500,
+  maxCommandOutputBytes: 1024 * 1024,
+  observeTimeoutMs: 1_000,
   healthPort: 8081,
   metricsPort: 8080,
   metricsBindAddress: '0.0.0.0',
@@ -219,6 +230,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxPullsPerNode: r.maxPullsPerNode ?? DEFAULTS.maxPullsPerNode,
     statusUpdateIntervalMs: r.statusUpdateIntervalMs ?? DEFAULTS.statusUpdateIntervalMs,
     pollIntervalMs: r.pollIntervalMs ?? DEFAULTS.pollIntervalMs,
+    maxCommandOutputBytes: r.maxCommandOutputBytes ?? DEFAULTS.maxCommandOutputBytes,
+    observeTimeoutMs: r.observeTimeoutMs ?? DEFAULTS.observeTimeoutMs,
     healthPort,
     metricsPort,
     metricsBindAddress: r.metricsBindAddress ?? DEFAULTS.metricsBindAddress,

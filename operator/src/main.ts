@@ -37,7 +37,9 @@ async function main(): Promise<number> {
   const metrics = createMetrics();
   const events = new EventRecorder({ events: clients.events, reportingInstance: config.podName, logger });
   const drivers: DriverProvider =
-    config.transport === 'local' && config.localLaunchersDir !== undefined ? new LocalTransport(config.localLaunchersDir) : new ExecTransport(kc);
+    config.transport === 'local' && config.localLaunchersDir !== undefined
+      ? new LocalTransport(config.localLaunchersDir, { maxOutputBytes: config.maxCommandOutputBytes })
+      : new ExecTransport(kc, { maxOutputBytes: config.maxCommandOutputBytes });
 
   const controller = new Controller({
     clients,
@@ -50,6 +52,7 @@ async function main(): Promise<number> {
     statusUpdateIntervalMs: config.statusUpdateIntervalMs,
     maxConcurrentPulls: config.maxConcurrentPulls,
     maxPullsPerNode: config.maxPullsPerNode,
+    observeTimeoutMs: config.observeTimeoutMs,
     ...(config.watchNamespace !== undefined ? { namespace: config.watchNamespace } : {}),
   });
 

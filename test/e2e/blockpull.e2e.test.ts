@@ -358,6 +358,15 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(done.status?.retries ?? 0).toBe(0);
     expect(pullsStartedFor(first, 'restart')).toBe(1);
     expect(pullsStartedFor(operator, 'restart')).toBe(0);
+    // The new process says it took the job over (info log line + Event); the first one, which
+    // started the job, never called it Adopted.
+    const adoptedBy = (op: OperatorProcess): Record<string, unknown>[] =>
+      op.find('adopted a running block pull job this process did not start (e.g. after a leader change)').filter((l) => l['blockpull'] === `${NS}/restart`);
+    expect(adoptedBy(operator)).toHaveLength(1);
+    expect(adoptedBy(operator)[0]).toMatchObject({ level: 30, launcherPod: launcher!.podName, target: target('restart'), previousPhase: 'Running' });
+    expect(adoptedBy(first)).toHaveLength(0);
+    const events = await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', 'involvedObject.name=restart', '-o', 'jsonpath={range .items[*]}{.reason}{"\\n"}{end}']);
+    expect(events.split('\n').filter((r) => r === 'Adopted')).toHaveLength(1);
     expect(await chainOf('restart')).toHaveLength(1);
     expect(await launcher!.compare('restart', ref)).toBe(true);
   });

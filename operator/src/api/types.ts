@@ -71,8 +71,8 @@ export type ConditionType = (typeof CONDITION_TYPES)[number];
 export const REASONS = [
   'Created', // first look not done yet
   'VMINotFound', // Pending: no VMI of that name in the namespace
-  'VMINotRunning', // Pending: VMI not Running, or no current launcher pod
-  'LauncherNotFound', // Pending: the VMI runs but its current virt-launcher pod is not found/registered
+  'VMINotRunning', // Pending: the VMI's phase is not Running
+  'LauncherNotFound', // Pending: the VMI runs but no acceptable launcher pod (controlled by it, active, on its node) is found/reachable
   'MigrationInProgress', // Pending: status.migrationState shows a running migration
   'DomainNotFound', // Pending: libvirt does not (yet) know the domain
   'HypervisorUnreachable', // phase kept: libvirt/exec unreachable; retried with backoff

@@ -30,6 +30,8 @@ export interface ControllerOptions {
   readonly maxConcurrentPulls: number;
   readonly maxPullsPerNode: number;
   readonly waitRequeueMs?: number;
+  /** How long a worker waits for a read-only look at libvirt (BLOCKPULL_OBSERVE_TIMEOUT_MS). */
+  readonly observeTimeoutMs?: number;
   /** Watch only this namespace (undefined: all). */
   readonly namespace?: string;
 }
@@ -75,6 +77,7 @@ export class Controller {
       maxPullsPerNode: options.maxPullsPerNode,
       enqueue: (key) => this.queue.add(key),
       ...(options.waitRequeueMs !== undefined ? { waitRequeueMs: options.waitRequeueMs } : {}),
+      ...(options.observeTimeoutMs !== undefined ? { observeTimeoutMs: options.observeTimeoutMs } : {}),
       ...(options.events ? { events: options.events } : {}),
       ...(metrics ? { metrics } : {}),
     });

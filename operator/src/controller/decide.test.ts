@@ -63,6 +63,8 @@ function obs(o: Partial<Observation> & { bp: BlockPull }): Observation {
     slots: { running: 0, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
     pollIntervalMs: 500,
     waitRequeueMs: 5000,
+    // The job on the disk (if any) was started by this process unless a row says otherwise.
+    jobStartedHere: true,
     ...o,
   };
 }
@@ -246,14 +248,34 @@ describe('decide: the state table', () => {
   });
 
   it('a pull already running at the first look is adopted, not restarted', () => {
-    const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(CHAIN3, job(50, 100)) }));
+    const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(CHAIN3, job(50, 100)), jobStartedHere: false }));
     expect(d.action.type).toBe('none');
     expect(d.status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 1 });
+    expect(d.status.message).toMatch(/^adopted the running pull rootdisk/);
     expect(d.status.backingChain?.before).toEqual(before3);
-    // A restarted operator with the status still Running just continues: attempts stay 1.
-    const cont = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(60, 100)) }));
-    expect(cont.status).toMatchObject({ phase: 'Running', attempts: 1 });
+    // A restarted operator (or a new leader) with the status still Running/Pulling: the job is
+    // adopted (this process did not start it), attempts stay 1.
+    const cont = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(60, 100)), jobStartedHere: false }));
+    expect(cont.status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 1 });
     expect(cont.action.type).toBe('none');
+    // ...and stays Adopted on the next looks.
+    const later = decide(obs({ bp: bp({ status: cont.status }), hypervisor: ok(CHAIN3, job(70, 100)), jobStartedHere: false }));
+    expect(later.status.reason).toBe('Adopted');
+  });
+
+  it('our own job is never called Adopted, even when the status write after the start was lost', () => {
+    // Started by this process, but the status still says Pending (or Paused): Pulling, not Adopted.
+    for (const prior of [{ phase: 'Pending', reason: 'Created' }, { ...running(), phase: 'Paused', reason: 'Paused' }] as BlockPullStatus[]) {
+      const d = decide(obs({ bp: bp({ status: prior }), hypervisor: ok(CHAIN3, job(5, 100)), jobStartedHere: true }));
+      expect(d.status, prior.phase).toMatchObject({ phase: 'Running', reason: 'Pulling' });
+      expect(d.status.message).toMatch(/^pulling rootdisk/);
+    }
+    // A retry this process started keeps Retrying while it runs.
+    const retrying = decide(obs({ bp: bp({ status: running({ reason: 'Retrying', attempts: 2, retries: 1 }) }), hypervisor: ok(CHAIN3, job(5, 100)) }));
+    expect(retrying.status.reason).toBe('Retrying');
+    // A previous Adopted does not stick to a job this process started itself.
+    const own = decide(obs({ bp: bp({ status: running({ reason: 'Adopted' }) }), hypervisor: ok(CHAIN3, job(5, 100)), jobStartedHere: true }));
+    expect(own.status.reason).toBe('Pulling');
   });
 
   it('spec.paused with our job running → Paused, abort (data kept)', () => {

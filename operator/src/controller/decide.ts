@@ -77,6 +77,11 @@ export interface Observation {
   readonly pollIntervalMs: number;
   /** Requeue delay while waiting (VMI, launcher, disk, slot). */
   readonly waitRequeueMs: number;
+  /**
+   * This operator process asked libvirt to start the pull job now on the disk. A pull found running
+   * that this process did not start (a leader change, a restart, a job started by hand) is Adopted.
+   */
+  readonly jobStartedHere?: boolean;
 }
 
 export type Action =
@@ -420,8 +425,9 @@ function decideUnbounded(obs: Observation): Decision {
         sample,
       };
     }
-    const adopted = prior.phase !== 'Running';
-    const reason: Reason = adopted ? 'Adopted' : prior.reason === 'Adopted' || prior.reason === 'Retrying' ? prior.reason : 'Pulling';
+    // Adopted: running, and not started by this process (whatever the status said before).
+    const adopted = obs.jobStartedHere !== true;
+    const reason: Reason = adopted ? 'Adopted' : prior.phase === 'Running' && prior.reason === 'Retrying' ? 'Retrying' : 'Pulling';
     const status = withPhase(
       {
         ...chained,
@@ -432,7 +438,7 @@ function decideUnbounded(obs: Observation): Decision {
       {
         phase: 'Running',
         reason,
-        message: `${adopted || reason === 'Adopted' ? 'adopted the running pull' : 'pulling'} ${bp.spec.disk} (${disk.target}): ${progress.percent} of ${formatBytes(progress.totalBytes ?? 0)}${bandwidthMessage(bandwidth)}`,
+        message: `${adopted ? 'adopted the running pull' : 'pulling'} ${bp.spec.disk} (${disk.target}): ${progress.percent} of ${formatBytes(progress.totalBytes ?? 0)}${bandwidthMessage(bandwidth)}`,
       },
       generation,
       now,

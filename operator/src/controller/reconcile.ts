@@ -10,6 +10,9 @@
  *   progress-only change at most every statusUpdateIntervalMs per BlockPull.
  * - while a job runs: requeue every pollIntervalMs, and the driver's block-job events wake the
  *   BlockPull at once, so the final status lands within a second of the job's end.
+ * - the look at libvirt goes through an ObserveGate (observe-gate.ts): a worker waits at most
+ *   observeTimeoutMs for it and one look per launcher runs at a time, so a hanging launcher
+ *   shows HypervisorUnreachable on its own BlockPulls and delays no one else.
  */
 import { ApiException } from '@kubernetes/client-node';
 import { API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION, isTerminal, parseBlockPull, type BlockPull, type BlockPullStatus } from '../api/types.ts';
@@ -32,8 +35,12 @@ import {
   type Observation,
   type ProgressSample,
 } from './decide.ts';
+import { ObserveGate } from './observe-gate.ts';
 
 export const BLOCKPULL_REF: ResourceRef = { group: GROUP, version: VERSION, plural: PLURAL };
+
+/** Default of ReconcilerOptions.observeTimeoutMs (BLOCKPULL_OBSERVE_TIMEOUT_MS). */
+export const DEFAULT_OBSERVE_TIMEOUT_MS = 1_000;
 
 /** Read access to an informer cache (WatchdogInformer implements it). */
 export interface CacheReader {
@@ -55,6 +62,8 @@ export interface ReconcilerOptions {
   readonly statusUpdateIntervalMs: number;
   readonly maxConcurrentPulls: number;
   readonly maxPullsPerNode: number;
+  /** How long a worker waits for a read-only look at libvirt (default DEFAULT_OBSERVE_TIMEOUT_MS). */
+  readonly observeTimeoutMs?: number;
   /** Wake a BlockPull (the work queue's add). */
   readonly enqueue: (key: string) => void;
   readonly now?: () => Date;
@@ -69,6 +78,15 @@ interface Memory {
   lastStatusWriteMs?: number;
   sample?: ProgressSample;
   subscription?: { domain: string; driver: BlockJobDriver; sub: EventSubscription };
+  /** The job this process asked libvirt to start (jobKey), until a look finds the disk without a job. */
+  started?: string;
+  /** The job this process adopted and has announced (Event + log line). */
+  adopted?: string;
+}
+
+/** Identifies one job: the launcher pod, the domain and the disk target. */
+function jobKey(pod: string, domain: string, target: string): string {
+  return `${pod}|${domain}|${target}`;
 }
 
 /** Fields whose change is a transition (written at once); progress and message are not. */
@@ -120,8 +138,15 @@ export class Reconciler {
   /** BlockPulls this process knows to be Running (the cache may lag): key -> node. */
   readonly #running = new Map<string, string>();
 
+  readonly #gate: ObserveGate<HypervisorObservation>;
+
   constructor(options: ReconcilerOptions) {
     this.#o = options;
+    this.#gate = new ObserveGate<HypervisorObservation>({
+      budgetMs: options.observeTimeoutMs ?? DEFAULT_OBSERVE_TIMEOUT_MS,
+      wake: (key) => options.enqueue(key),
+      usableLate: (h) => h.kind !== 'unreachable',
+    });
   }
 
   #now(): Date {
@@ -189,10 +214,18 @@ export class Reconciler {
 
     let final: Decision = decision;
     let actionError: unknown;
+    const startKey =
+      decision.action.type === 'startPull' ? jobKey(decision.status.launcher?.pod ?? '', decision.action.domain, decision.action.target) : undefined;
+    // Recorded before asking: a start whose answer is lost (timeout) may still have started the job.
+    if (startKey !== undefined) this.#mem(key).started = startKey;
     try {
       await this.#act(bp, decision.action, driver, log);
     } catch (err) {
       actionError = err;
+      // Refused for sure: nothing was started.
+      if (startKey !== undefined && isHypervisorError(err) && err.code !== 'Unreachable' && err.code !== 'CommandFailed' && err.code !== 'JobFailed') {
+        delete this.#mem(key).started;
+      }
       const mapped = decideActionError(obs, decision, err);
       if (mapped === undefined) {
         log.warn({ action: decision.action.type, error: describeError(err) }, 'action failed');
@@ -219,9 +252,24 @@ export class Reconciler {
     if (final.status.phase === 'Running') this.#o.metrics?.setRunningPull(namespace, name, final.status.progress ?? {}, this.#now().getTime());
     else this.#o.metrics?.removePull(namespace, name);
 
+    // A job this process did not start, found running: say so once (a new leader takes over).
+    const launched = final.status.launcher;
+    let adoptedNow = false;
+    if (final.status.phase === 'Running' && final.status.reason === 'Adopted' && launched?.target !== undefined) {
+      const jk = jobKey(launched.pod ?? '', launched.domain ?? '', launched.target);
+      if (mem.adopted !== jk) {
+        mem.adopted = jk;
+        adoptedNow = true;
+        log.info(
+          { launcherPod: launched.pod, domain: launched.domain, target: launched.target, previousPhase: bp.status?.phase, previousReason: bp.status?.reason },
+          'adopted a running block pull job this process did not start (e.g. after a leader change)',
+        );
+      }
+    }
+
     const afterFinalizer = decision.action.type === 'addFinalizer' ? await this.#fresh(bp) : bp;
     await this.#writeStatus(afterFinalizer, final.status, log);
-    this.#events(bp, decision, final);
+    this.#events(bp, decision, final, adoptedNow);
     this.#watchJobEvents(key, final, driver);
 
     if (bp.status?.phase === 'Running' && final.status.phase !== 'Running') {
@@ -326,8 +374,25 @@ export class Reconciler {
       }
       throw err;
     }
-    const hypervisor = await this.#observeHypervisor(bp, loc.domain, driver, log);
-    return { obs: { ...base, launcher, slots, hypervisor }, driver };
+    const looked = await this.#gate.observe(driver, `pod ${ns}/${loc.pod}`, key, () => this.#observeHypervisor(bp, loc.domain, driver, log));
+    if (looked.kind === 'waiting') {
+      log.debug({ pod: loc.pod, detail: looked.detail }, 'not waiting on libvirt');
+      // No driver: nothing is done through a launcher that did not answer this time.
+      return { obs: { ...base, launcher, slots, hypervisor: { kind: 'unreachable', message: looked.message } } };
+    }
+    const hypervisor = looked.value;
+    let jobStartedHere = false;
+    if (hypervisor.kind === 'ok') {
+      const mem = this.#mem(key);
+      const jk = jobKey(loc.pod, loc.domain, hypervisor.disk.target);
+      if (hypervisor.job === null) {
+        // No job on the disk: whatever this process started or adopted there has ended.
+        if (mem.started === jk) delete mem.started;
+        if (mem.adopted === jk) delete mem.adopted;
+      }
+      jobStartedHere = mem.started === jk;
+    }
+    return { obs: { ...base, launcher, slots, hypervisor, jobStartedHere }, driver };
   }
 
   async #observeHypervisor(bp: BlockPull, domain: string, driver: BlockJobDriver, log: Logger): Promise<HypervisorObservation> {
@@ -454,7 +519,7 @@ export class Reconciler {
     return (raw as { metadata?: { resourceVersion?: unknown } }).metadata?.resourceVersion !== bp.metadata.resourceVersion;
   }
 
-  #events(bp: BlockPull, decision: Decision, final: Decision): void {
+  #events(bp: BlockPull, decision: Decision, final: Decision, adoptedNow: boolean): void {
     const rec = this.#o.events;
     if (rec === undefined) return;
     const obj: InvolvedObject = {
@@ -468,12 +533,17 @@ export class Reconciler {
     const changed = reason !== bp.status?.reason || final.status.phase !== bp.status?.phase;
     const message = final.status.message ?? '';
     const action = final === decision ? decision.action.type : 'none';
-    if (action === 'startPull') void rec.normal(obj, reason === 'Retrying' ? 'Retrying' : 'PullStarted', 'StartPull', message);
+    if (adoptedNow) {
+      void rec.normal(obj, 'Adopted', 'Adopt', `this operator process took over a block job it did not start: ${message}`);
+      if (action === 'setBandwidth' && decision.action.type === 'setBandwidth') {
+        void rec.normal(obj, 'BandwidthChanged', 'SetBandwidth', `bandwidth set to ${decision.action.bandwidth} bytes/s`);
+      }
+    } else if (action === 'startPull') void rec.normal(obj, reason === 'Retrying' ? 'Retrying' : 'PullStarted', 'StartPull', message);
     else if (action === 'setBandwidth' && decision.action.type === 'setBandwidth') {
       void rec.normal(obj, 'BandwidthChanged', 'SetBandwidth', `bandwidth set to ${decision.action.bandwidth} bytes/s`);
     } else if (action === 'abort') {
       void rec.normal(obj, bp.metadata.deletionTimestamp ? 'Aborting' : 'Paused', 'Abort', bp.metadata.deletionTimestamp ? 'BlockPull deleted: aborting its block job' : message);
-    } else if (changed && reason !== undefined && reason !== 'Created') {
+    } else if (changed && reason !== undefined && reason !== 'Created' && reason !== 'Adopted') {
       const warning = final.status.phase === 'Failed' || ['DiskBusy', 'HypervisorUnreachable', 'JobFailed'].includes(reason);
       void rec.event(obj, warning ? 'Warning' : 'Normal', reason, final.status.phase ?? 'Observe', message);
     }

@@ -10,7 +10,7 @@ import type { V1Status } from '@kubernetes/client-node';
 import { KubeConfig } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { ExecRunner, KILL_ON_DISCONNECT_SCRIPT, NOT_FOUND_MARKER, STOPPED_EXIT_CODE, parseExecStatus, type ExecLike } from './exec-runner.ts';
-import { RunTimeoutError, RunTransportError } from './runner.ts';
+import { RunOutputLimitError, RunTimeoutError, RunTransportError } from './runner.ts';
 
 describe('parseExecStatus', () => {
   it('Success is exit code 0', () => {
@@ -212,5 +212,42 @@ describe('ExecRunner', () => {
     expect((await it.next()).done).toBe(true);
     expect((await h.done).exitCode).toBe(STOPPED_EXIT_CODE);
     expect(seen.closed).toBe(1);
+  });
+
+  it('output beyond maxOutputBytes: the command is ended (stdin, then the socket) and run() rejects with RunOutputLimitError', async () => {
+    const chunk = 'x'.repeat(16 * 1024);
+    for (const which of ['stdout', 'stderr'] as const) {
+      // 1 MiB in 16 KiB chunks and no exit status: a launcher that floods and never ends.
+      const flood = Array.from({ length: 64 }, () => chunk);
+      const { r, seen } = runner(which === 'stdout' ? { stdout: flood } : { stderr: flood }, true);
+      const err: unknown = await r.run(['virsh', 'dumpxml', 'd'], { maxOutputBytes: 64 * 1024 }).catch((e: unknown) => e);
+      expect(err, which).toBeInstanceOf(RunOutputLimitError);
+      expect((err as RunOutputLimitError).what).toBe(which);
+      expect((err as Error).message).toMatch(new RegExp(`^${which} of the command exceeded the limit of 65536 bytes; the command was killed: virsh dumpxml d`));
+      expect(seen.stdinEnded, which).toBe(true);
+      expect(seen.closed, which).toBe(1);
+    }
+    // Within the limit nothing changes; the runner's own default applies when the call gives none.
+    const ok = runner({ stdout: [chunk], status: { status: 'Success' }, closeAfterMs: 0 });
+    expect((await ok.r.run(['virsh', 'dumpxml', 'd'], { maxOutputBytes: 64 * 1024 })).stdout).toBe(chunk);
+    const seen = { closed: 0 };
+    const small = new ExecRunner({ kc: new KubeConfig(), namespace: 'ns', pod: 'p', exec: scriptedExec({ stdout: [chunk, chunk] }, seen), killOnDisconnect: false, maxOutputBytes: 20_000 });
+    await expect(small.run(['virsh', 'dumpxml', 'd'])).rejects.toThrow(RunOutputLimitError);
+  });
+
+  it('stream(): a line longer than maxOutputBytes ends the lines, stops the command and rejects done', async () => {
+    const { r, seen } = runner({ stdout: ['ok\n', 'y'.repeat(10_000), 'y'.repeat(10_000), '\nnever\n'] }, true);
+    const h = r.stream(['virsh', 'event', '--loop'], { maxOutputBytes: 8 * 1024 });
+    const lines: string[] = [];
+    for await (const l of h.lines) lines.push(l);
+    expect(lines).toEqual(['ok']);
+    const err: unknown = await h.done.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RunOutputLimitError);
+    expect((err as RunOutputLimitError).what).toBe('a stdout line');
+    expect(seen.stdinEnded).toBe(true);
+    // Lines nobody reads pile up only to the limit too.
+    const unread = runner({ stdout: Array.from({ length: 100 }, () => `${'z'.repeat(1000)}\n`) }, true);
+    const u = unread.r.stream(['virsh', 'event', '--loop'], { maxOutputBytes: 8 * 1024 });
+    await expect(u.done).rejects.toThrow(/unread stdout lines of the command exceeded the limit of 8192 bytes/);
   });
 });

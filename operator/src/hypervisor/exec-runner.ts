@@ -15,11 +15,26 @@
  *   KILL_ON_DISCONNECT_SCRIPT (closing the websocket alone leaves it running). While the
  *   websocket is still connecting they settle at once (a hung connect never hangs a caller)
  *   and the socket is closed when it opens.
+ * - Output beyond maxOutputBytes (runner.ts) ends the command the same way and fails the call
+ *   with RunOutputLimitError; what arrives meanwhile is dropped.
  */
 import { PassThrough, Writable, type Readable } from 'node:stream';
 import { Exec, type KubeConfig, type V1Status } from '@kubernetes/client-node';
 import { z } from 'zod';
-import { RunTimeoutError, RunTransportError, type CommandRunner, type RunOptions, type RunResult, type StreamHandle } from './runner.ts';
+import {
+  BoundedBuffer,
+  BoundedLineSplitter,
+  DEFAULT_MAX_OUTPUT_BYTES,
+  LineQueue,
+  RunOutputLimitError,
+  RunTimeoutError,
+  RunTransportError,
+  type CommandRunner,
+  type OutputLimitWhat,
+  type RunOptions,
+  type RunResult,
+  type StreamHandle,
+} from './runner.ts';
 
 /** Exit code reported by stream().done when the command was stopped before it sent a status. */
 export const STOPPED_EXIT_CODE = 143;
@@ -82,6 +97,8 @@ export interface ExecRunnerOptions {
   readonly killOnDisconnect?: boolean;
   /** After stop/timeout/abort, how long to wait for the wrapper's exit status before closing the socket. Default 5000. */
   readonly stopGraceMs?: number;
+  /** Default cap of each output of a command (RunOptions.maxOutputBytes); default DEFAULT_MAX_OUTPUT_BYTES. */
+  readonly maxOutputBytes?: number;
 }
 
 /** Printed by the wrapper when the binary does not exist in the container (→ RunTransportError). */
@@ -110,66 +127,16 @@ export const KILL_ON_DISCONNECT_SCRIPT = [
   'exit "$status"',
 ].join('\n');
 
-class Collector extends Writable {
-  readonly chunks: Buffer[] = [];
-  override _write(chunk: Buffer | string, _enc: BufferEncoding, cb: (error?: Error | null) => void): void {
-    this.chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
-    cb();
-  }
-  text(): string {
-    return Buffer.concat(this.chunks).toString('utf8');
-  }
-}
-
-/** Splits written bytes into lines and hands them to `onLine`. */
-class LineSplitter extends Writable {
-  #rest = '';
-  readonly #onLine: (line: string) => void;
-  constructor(onLine: (line: string) => void) {
+/** A Writable sink for the exec session's output: hands chunks to `onChunk`, then drops them. */
+class Sink extends Writable {
+  readonly #onChunk: (chunk: Buffer) => void;
+  constructor(onChunk: (chunk: Buffer) => void) {
     super();
-    this.#onLine = onLine;
+    this.#onChunk = onChunk;
   }
   override _write(chunk: Buffer | string, _enc: BufferEncoding, cb: (error?: Error | null) => void): void {
-    this.#rest += typeof chunk === 'string' ? chunk : chunk.toString('utf8');
-    let i: number;
-    while ((i = this.#rest.indexOf('\n')) >= 0) {
-      this.#onLine(this.#rest.slice(0, i).replace(/\r$/, ''));
-      this.#rest = this.#rest.slice(i + 1);
-    }
+    this.#onChunk(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
     cb();
-  }
-  flushRest(): void {
-    if (this.#rest !== '') this.#onLine(this.#rest);
-    this.#rest = '';
-  }
-}
-
-/** A simple async line queue: push lines, end(); iterate with for await. */
-class LineQueue implements AsyncIterable<string> {
-  readonly #lines: string[] = [];
-  #ended = false;
-  #wake: (() => void) | undefined;
-  push(line: string): void {
-    this.#lines.push(line);
-    this.#wake?.();
-  }
-  end(): void {
-    this.#ended = true;
-    this.#wake?.();
-  }
-  async *[Symbol.asyncIterator](): AsyncIterator<string> {
-    for (;;) {
-      const line = this.#lines.shift();
-      if (line !== undefined) {
-        yield line;
-        continue;
-      }
-      if (this.#ended) return;
-      await new Promise<void>((resolve) => {
-        this.#wake = resolve;
-      });
-      this.#wake = undefined;
-    }
   }
 }
 
@@ -252,7 +219,7 @@ export class ExecRunner implements CommandRunner {
       cleanup();
       stdin?.destroy();
       // run(): a timeout or abort rejects even if the (killed) command reported a status.
-      if (stopped && (stoppedCode === undefined || stopReason instanceof RunTimeoutError)) {
+      if (stopped && (stoppedCode === undefined || stopReason instanceof RunTimeoutError || stopReason instanceof RunOutputLimitError)) {
         fail?.(stopReason);
       } else if (outcome !== undefined) {
         if (outcome.kind === 'exit') settle?.(outcome.exitCode);
@@ -290,11 +257,30 @@ export class ExecRunner implements CommandRunner {
     return { exitCode, stop };
   }
 
+  #limit(options: RunOptions): number {
+    return options.maxOutputBytes ?? this.#o.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
+  }
+
   async run(argv: readonly string[], options: RunOptions = {}): Promise<RunResult> {
-    const stdout = new Collector();
-    const stderr = new Collector();
-    const { exitCode } = this.#start(argv, stdout, stderr, options, undefined);
-    const code = await exitCode;
+    const limit = this.#limit(options);
+    const stdout = new BoundedBuffer(limit);
+    const stderr = new BoundedBuffer(limit);
+    // Output arrives only after #start returned: by then `session.stop` is set.
+    const session: { stop?: (reason: unknown) => void } = {};
+    const overflow = (what: OutputLimitWhat): void => session.stop?.(new RunOutputLimitError(argv, what, limit));
+    const started = this.#start(
+      argv,
+      new Sink((b) => {
+        if (!stdout.push(b)) overflow('stdout');
+      }),
+      new Sink((b) => {
+        if (!stderr.push(b)) overflow('stderr');
+      }),
+      options,
+      undefined,
+    );
+    session.stop = started.stop;
+    const code = await started.exitCode;
     const err = stderr.text();
     if (code === 127 && err.startsWith(`${NOT_FOUND_MARKER}: `)) {
       throw new RunTransportError(`${this.description}: ${err.trim()}`);
@@ -303,20 +289,40 @@ export class ExecRunner implements CommandRunner {
   }
 
   stream(argv: readonly string[], options: RunOptions = {}): StreamHandle {
+    const limit = this.#limit(options);
     const lines = new LineQueue();
-    const splitter = new LineSplitter((l) => lines.push(l));
-    const stderr = new Collector();
-    const { exitCode, stop } = this.#start(argv, splitter, stderr, options, STOPPED_EXIT_CODE);
-    const done = exitCode.then(
+    const splitter = new BoundedLineSplitter(limit, (l) => lines.push(l));
+    const stderr = new BoundedBuffer(limit);
+    const session: { stop?: (reason: unknown) => void } = {};
+    let overflowed = false;
+    // Beyond a limit: the lines end and the command is stopped; done rejects.
+    const overflow = (what: OutputLimitWhat): void => {
+      if (overflowed) return;
+      overflowed = true;
+      lines.end(what === 'unread stdout lines'); // lines split before the limit was crossed stay readable
+      session.stop?.(new RunOutputLimitError(argv, what, limit));
+    };
+    const stdoutSink = new Sink((b) => {
+      if (overflowed) return;
+      const crossed = splitter.push(b);
+      if (crossed !== undefined) overflow(crossed);
+      else if (lines.unreadBytes > limit) overflow('unread stdout lines');
+    });
+    const stderrSink = new Sink((b) => {
+      if (!stderr.push(b)) overflow('stderr');
+    });
+    const started = this.#start(argv, stdoutSink, stderrSink, options, STOPPED_EXIT_CODE);
+    session.stop = started.stop;
+    const done = started.exitCode.then(
       (code) => {
-        splitter.flushRest();
+        splitter.flush();
         lines.end();
         const err = stderr.text();
         if (code === 127 && err.startsWith(`${NOT_FOUND_MARKER}: `)) throw new RunTransportError(`${this.description}: ${err.trim()}`);
         return { exitCode: code, stdout: '', stderr: err };
       },
       (err: unknown) => {
-        splitter.flushRest();
+        if (!overflowed) splitter.flush();
         lines.end();
         throw err;
       },
@@ -324,6 +330,6 @@ export class ExecRunner implements CommandRunner {
     // A caller that only iterates the lines must not crash the process with an unhandled
     // rejection when the transport fails: the rejection stays observable through `done`.
     done.catch(() => undefined);
-    return { lines, done, stop: () => stop(new Error('stopped')) };
+    return { lines, done, stop: () => started.stop(new Error('stopped')) };
   }
 }

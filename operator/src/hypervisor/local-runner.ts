@@ -5,7 +5,20 @@
  * whole child (virsh and anything it spawned), not just the direct child.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { RunTimeoutError, RunTransportError, type CommandRunner, type RunOptions, type RunResult, type StreamHandle } from './runner.ts';
+import {
+  BoundedBuffer,
+  BoundedLineSplitter,
+  DEFAULT_MAX_OUTPUT_BYTES,
+  LineQueue,
+  RunOutputLimitError,
+  RunTimeoutError,
+  RunTransportError,
+  type CommandRunner,
+  type OutputLimitWhat,
+  type RunOptions,
+  type RunResult,
+  type StreamHandle,
+} from './runner.ts';
 
 export interface LocalRunnerOptions {
   /** Run as this user/group (the caller must be allowed to switch, i.e. root). */
@@ -18,6 +31,8 @@ export interface LocalRunnerOptions {
   readonly description?: string;
   /** Grace period between SIGTERM and SIGKILL when a command is stopped (ms, default 2000). */
   readonly killGraceMs?: number;
+  /** Default cap of each output of a command (RunOptions.maxOutputBytes); default DEFAULT_MAX_OUTPUT_BYTES. */
+  readonly maxOutputBytes?: number;
 }
 
 /** Exit status of a child that ended by a signal: the shell convention 128 + n. */
@@ -85,18 +100,32 @@ export class LocalRunner implements CommandRunner {
         return;
       }
       let child: ChildProcess;
+      let failure: Error | undefined;
       try {
         child = this.#spawn(argv);
       } catch (err) {
         reject(err instanceof RunTransportError ? err : new RunTransportError(`cannot start ${argv[0]}: ${String(err)}`, { cause: err }));
         return;
       }
-      const stdout: Buffer[] = [];
-      const stderr: Buffer[] = [];
-      child.stdout?.on('data', (b: Buffer) => stdout.push(b));
-      child.stderr?.on('data', (b: Buffer) => stderr.push(b));
+      const limit = options.maxOutputBytes ?? this.#options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
+      const stdout = new BoundedBuffer(limit);
+      const stderr = new BoundedBuffer(limit);
+      // Beyond the limit: kill the command, keep nothing more (a flood must not grow the heap).
+      const overflow = (what: 'stdout' | 'stderr'): void => {
+        if (failure !== undefined) return;
+        failure = new RunOutputLimitError(argv, what, limit);
+        this.#kill(child, 'SIGKILL');
+        // Stop reading at once: what the child writes until the kill lands is not even read.
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+      };
+      child.stdout?.on('data', (b: Buffer) => {
+        if (!stdout.push(b)) overflow('stdout');
+      });
+      child.stderr?.on('data', (b: Buffer) => {
+        if (!stderr.push(b)) overflow('stderr');
+      });
       let settled = false;
-      let failure: Error | undefined;
       const onAbort = (): void => {
         failure ??= signal?.reason instanceof Error ? signal.reason : new Error(String(signal?.reason ?? 'aborted'));
         this.#kill(child, 'SIGKILL');
@@ -123,28 +152,18 @@ export class LocalRunner implements CommandRunner {
       child.on('close', (code, sig) => {
         finish(() => {
           if (failure !== undefined) reject(failure);
-          else resolve({ exitCode: exitStatus(code, sig), stdout: Buffer.concat(stdout).toString('utf8'), stderr: Buffer.concat(stderr).toString('utf8') });
+          else resolve({ exitCode: exitStatus(code, sig), stdout: stdout.text(), stderr: stderr.text() });
         });
       });
     });
   }
 
   stream(argv: readonly string[], options: RunOptions = {}): StreamHandle {
-    const queue: string[] = [];
-    let ended = false;
-    let wake: (() => void) | undefined;
-    const notify = (): void => {
-      const w = wake;
-      wake = undefined;
-      w?.();
-    };
-    const endLines = (): void => {
-      ended = true;
-      notify();
-    };
-
+    const limit = options.maxOutputBytes ?? this.#options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
+    const queue = new LineQueue();
     let child: ChildProcess | undefined;
     let stopped = false;
+    let failure: RunOutputLimitError | undefined;
     let resolveDone!: (r: RunResult) => void;
     let rejectDone!: (e: unknown) => void;
     const done = new Promise<RunResult>((res, rej) => {
@@ -163,25 +182,31 @@ export class LocalRunner implements CommandRunner {
       if (options.signal?.aborted) throw options.signal.reason;
       child = this.#spawn(argv);
     } catch (err) {
-      endLines();
+      queue.end();
       rejectDone(err instanceof Error ? err : new RunTransportError(String(err)));
-      return { lines: iterate(), done, stop };
+      return { lines: queue, done, stop };
     }
     const c = child;
-    let partial = '';
-    const stderr: Buffer[] = [];
-    c.stdout?.setEncoding('utf8');
-    c.stdout?.on('data', (chunk: string) => {
-      partial += chunk;
-      let nl: number;
-      while ((nl = partial.indexOf('\n')) >= 0) {
-        queue.push(partial.slice(0, nl).replace(/\r$/, ''));
-        partial = partial.slice(nl + 1);
-      }
-      notify();
+    const stderr = new BoundedBuffer(limit);
+    // Beyond a limit: the lines end, the command is killed and `done` rejects.
+    const overflow = (what: OutputLimitWhat): void => {
+      if (failure !== undefined) return;
+      failure = new RunOutputLimitError(argv, what, limit);
+      queue.end(what === 'unread stdout lines'); // lines split before the limit was crossed stay readable
+      stopped = true;
+      this.#kill(c, 'SIGKILL');
+      c.stdout?.destroy();
+      c.stderr?.destroy();
+    };
+    const splitter = new BoundedLineSplitter(limit, (line) => queue.push(line));
+    c.stdout?.on('data', (b: Buffer) => {
+      if (failure !== undefined) return;
+      const crossed = splitter.push(b);
+      if (crossed !== undefined) overflow(crossed);
+      else if (queue.unreadBytes > limit) overflow('unread stdout lines');
     });
     c.stderr?.on('data', (b: Buffer) => {
-      if (stderr.length < 256) stderr.push(b);
+      if (!stderr.push(b)) overflow('stderr');
     });
     const timer =
       options.timeoutMs === undefined
@@ -193,29 +218,20 @@ export class LocalRunner implements CommandRunner {
     options.signal?.addEventListener('abort', onAbort, { once: true });
     c.on('error', (err) => {
       if (timer !== undefined) clearTimeout(timer);
-      endLines();
+      queue.end();
       rejectDone(new RunTransportError(`cannot start ${argv[0]}: ${err.message}`, { cause: err }));
     });
     c.on('close', (code, sig) => {
       if (timer !== undefined) clearTimeout(timer);
       options.signal?.removeEventListener('abort', onAbort);
-      if (partial !== '') queue.push(partial);
-      partial = '';
-      endLines();
-      resolveDone({ exitCode: exitStatus(code, sig), stdout: '', stderr: Buffer.concat(stderr).toString('utf8') });
-    });
-
-    async function* iterate(): AsyncGenerator<string> {
-      for (;;) {
-        const line = queue.shift();
-        if (line !== undefined) {
-          yield line;
-          continue;
-        }
-        if (ended) return;
-        await new Promise<void>((r) => (wake = r));
+      if (failure !== undefined) {
+        rejectDone(failure);
+        return;
       }
-    }
-    return { lines: iterate(), done, stop };
+      splitter.flush();
+      queue.end();
+      resolveDone({ exitCode: exitStatus(code, sig), stdout: '', stderr: stderr.text() });
+    });
+    return { lines: queue, done, stop };
   }
 }

@@ -5,7 +5,7 @@
  */
 import { computeGoal, resolveBase, virshBaseArg } from './chain.ts';
 import { HypervisorError } from './errors.ts';
-import { RunTimeoutError, RunTransportError, type CommandRunner, type RunResult } from './runner.ts';
+import { RunOutputLimitError, RunTimeoutError, RunTransportError, type CommandRunner, type RunResult } from './runner.ts';
 import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, StartPullOptions, WatchEventsOptions } from './types.ts';
 import { findDisk, parseBlockJobEventLine, parseBlockJobRaw, parseDomainDisks, virshError } from './virsh-parse.ts';
 
@@ -48,7 +48,8 @@ export class VirshDriver implements BlockJobDriver {
     try {
       result = await this.runner.run(argv, { timeoutMs: this.#timeoutMs, ...(signal === undefined ? {} : { signal }) });
     } catch (err) {
-      if (err instanceof RunTimeoutError || err instanceof RunTransportError) {
+      // A flood of output is the launcher misbehaving, like a hang: this BlockPull alone waits and retries.
+      if (err instanceof RunTimeoutError || err instanceof RunTransportError || err instanceof RunOutputLimitError) {
         throw new HypervisorError('Unreachable', `${this.runner.description}: ${err.message}`, { cause: err });
       }
       throw err;

@@ -1,18 +1,27 @@
 import { describe, expect, it } from 'vitest';
 import { currentLauncherPod, domainName, libvirtUri, locateLauncher, migrationInProgress, vmiHasDisk, VmiSchema, PodSchema } from './launcher.ts';
 
+/** Pod uids the VMI lists in status.activePods by default. */
+const ACTIVE = ['other-vmi', 'pending', 'wrong-node', 'deleting', 'old', 'new', 'p', 'forged-owner', 'not-controller', 'wrong-kind'].map((n) => `uid-${n}`);
 const vmi = (status: Record<string, unknown> = {}, disks?: string[]) => ({
   apiVersion: 'kubevirt.io/v1',
   kind: 'VirtualMachineInstance',
   metadata: { name: 'vm1', namespace: 'ns', uid: 'vmi-uid' },
   spec: { domain: { devices: disks ? { disks: disks.map((name) => ({ name, disk: { bus: 'virtio' } })) } : {} } },
-  status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107, ...status },
+  status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107, activePods: Object.fromEntries(ACTIVE.map((u) => [u, 'node1'])), ...status },
 });
-const pod = (name: string, o: { uid?: string; node?: string; phase?: string; created?: string; deleting?: boolean; containers?: string[] } = {}) => ({
+type Owner = { apiVersion?: string; kind?: string; name?: string; uid?: string; controller?: boolean };
+const VMI_OWNER: Owner = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm1', uid: 'vmi-uid', controller: true };
+const pod = (
+  name: string,
+  o: { uid?: string; node?: string; phase?: string; created?: string; deleting?: boolean; containers?: string[]; owners?: Owner[]; podUid?: string } = {},
+) => ({
   metadata: {
     name,
     namespace: 'ns',
+    uid: o.podUid ?? `uid-${name}`,
     labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': o.uid ?? 'vmi-uid' },
+    ownerReferences: o.owners ?? [{ ...VMI_OWNER, uid: o.uid ?? 'vmi-uid' }],
     creationTimestamp: o.created ?? '2026-11-27T09:00:00Z',
     ...(o.deleting ? { deletionTimestamp: '2026-11-27T09:30:00Z' } : {}),
   },
@@ -59,7 +68,11 @@ describe('kubevirt launcher lookup', () => {
     expect(locateLauncher('ns', 'vm1', undefined, []).observation.kind).toBe('vmiNotFound');
     expect(locateLauncher('ns', 'vm1', vmi({ phase: 'Scheduling' }), []).observation).toMatchObject({ kind: 'vmiNotRunning', message: expect.stringContaining('Scheduling') as string });
     expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'a', targetPod: 'b' } }), [pod('p')]).observation.kind).toBe('migrationInProgress');
-    expect(locateLauncher('ns', 'vm1', vmi(), []).observation.kind).toBe('vmiNotRunning');
+    // The VMI runs but its launcher pod is gone: LauncherNotFound (VMINotRunning is for the VMI's phase only).
+    expect(locateLauncher('ns', 'vm1', vmi(), []).observation).toEqual({
+      kind: 'launcherNotFound',
+      message: 'VirtualMachineInstance ns/vm1 is Running but has no acceptable virt-launcher pod on node node1: no pod is controlled by it or labelled kubevirt.io/created-by=vmi-uid',
+    });
     expect(locateLauncher('ns', 'vm1', vmi(), [pod('p', { containers: ['other'] })]).observation.kind).toBe('launcherNotFound');
     const found = locateLauncher('ns', 'vm1', vmi(), [pod('p')]);
     expect(found).toEqual({
@@ -69,5 +82,50 @@ describe('kubevirt launcher lookup', () => {
       runtimeUser: 107,
     });
     expect(locateLauncher('ns', 'vm1', vmi({ runtimeUser: 0 }), [pod('p')]).uri).toBe('qemu:///system');
+  });
+
+  it('a forged pod (label and node right, not controlled by the VMI) is refused with the reason', () => {
+    const created = '2026-11-27T10:00:00Z';
+    // The spoof of issue 10: label kubevirt.io/created-by=<vmi uid>, spec.nodeName = the VMI's node, Running, no owner.
+    const forged = pod('forged', { owners: [], created });
+    const r = locateLauncher('ns', 'vm1', vmi(), [forged]);
+    expect(r.observation).toEqual({
+      kind: 'launcherNotFound',
+      message:
+        'VirtualMachineInstance ns/vm1 is Running but has no acceptable virt-launcher pod on node node1: pod forged refused: ' +
+        "not controlled by the VMI (no ownerReference with controller: true, kind VirtualMachineInstance, uid vmi-uid); not in the VMI's status.activePods",
+    });
+    expect(r.uri).toBeUndefined();
+    // An owner reference that names the VMI but is not the controller, or names another kind: refused too.
+    const notController = pod('not-controller', { owners: [{ ...VMI_OWNER, controller: false }], created });
+    const wrongKind = pod('wrong-kind', { owners: [{ ...VMI_OWNER, kind: 'Pod' }], created });
+    const another = pod('forged-owner', { owners: [{ ...VMI_OWNER, uid: 'other-uid' }], created });
+    for (const p of [notController, wrongKind]) {
+      expect(locateLauncher('ns', 'vm1', vmi(), [p]).observation).toMatchObject({ kind: 'launcherNotFound', message: expect.stringContaining(`pod ${p.metadata.name} refused: not controlled by the VMI`) as string });
+    }
+    // Controlled by the VMI but missing from status.activePods (e.g. a pod of an older incarnation).
+    const inactive = pod('p', { podUid: 'uid-unknown' });
+    expect(locateLauncher('ns', 'vm1', vmi(), [inactive]).observation).toMatchObject({
+      kind: 'launcherNotFound',
+      message: expect.stringMatching(/pod p refused: not in the VMI's status\.activePods$/) as string,
+    });
+    // The real launcher is chosen even when a forged pod is newer.
+    const real = pod('old', { created: '2026-11-27T08:00:00Z' });
+    expect(locateLauncher('ns', 'vm1', vmi(), [forged, notController, wrongKind, another, real]).observation).toEqual({
+      kind: 'found',
+      launcher: { pod: 'old', node: 'node1', container: 'compute', domain: 'ns_vm1' },
+    });
+    // The message names at most five refused pods.
+    const many = Array.from({ length: 7 }, (_, i) => pod(`f${i}`, { owners: [] }));
+    expect((locateLauncher('ns', 'vm1', vmi(), many).observation as { message: string }).message).toMatch(/pod f4 refused: .*; and 2 more$/);
+  });
+
+  it('a pod on another node or not Running is refused with that reason', () => {
+    const r = locateLauncher('ns', 'vm1', vmi(), [pod('wrong-node', { node: 'node2' }), pod('pending', { phase: 'Pending' }), pod('deleting', { deleting: true })]);
+    expect(r.observation.kind).toBe('launcherNotFound');
+    const message = (r.observation as { message: string }).message;
+    expect(message).toContain('pod wrong-node refused: on node node2, not the VMI\'s node node1');
+    expect(message).toContain('pod pending refused: Pending, not Running');
+    expect(message).toContain('pod deleting refused: being deleted');
   });
 });

@@ -1,6 +1,10 @@
 /**
- * Find a VMI's current virt-launcher like KubeVirt does (pkg/controller CurrentVMIPod): the pods
- * labelled kubevirt.io/created-by=<vmi uid>, Running, on vmi.status.nodeName, newest first.
+ * Find a VMI's current virt-launcher like KubeVirt does (pkg/controller CurrentVMIPod): a pod
+ * CONTROLLED by the VMI (ownerReference controller: true, kind VirtualMachineInstance, the VMI's
+ * uid; a label alone is not enough: anyone who may create pods in the namespace can set it),
+ * listed in vmi.status.activePods, on vmi.status.nodeName, Running, newest first. Pods that claim
+ * the VMI (label kubevirt.io/created-by=<vmi uid> or a controller reference) but fail a check are
+ * named in the LauncherNotFound message with why they were refused.
  * The VM runs in container `compute`; the libvirt URI depends on vmi.status.runtimeUser;
  * the domain is <namespace>_<vmi name>. Objects come from informer caches: parsed with zod here.
  */
@@ -50,10 +54,22 @@ export const VmiSchema = z.looseObject({
 });
 export type Vmi = z.infer<typeof VmiSchema>;
 
+export const VMI_KIND = 'VirtualMachineInstance';
+
+const OwnerReferenceSchema = z.looseObject({
+  apiVersion: z.string().optional(),
+  kind: z.string().optional(),
+  name: z.string().optional(),
+  uid: z.string().optional(),
+  controller: z.boolean().nullable().optional(),
+});
+
 export const PodSchema = z.looseObject({
   metadata: z.looseObject({
     name: z.string(),
     namespace: z.string(),
+    uid: z.string().optional(),
+    ownerReferences: z.array(OwnerReferenceSchema).optional(),
     labels: z.record(z.string(), z.string()).optional(),
     creationTimestamp: timeLike.optional(),
     deletionTimestamp: timeLike.nullable().optional(),
@@ -96,19 +112,53 @@ function timeMs(t: string | Date | undefined): number {
   return t instanceof Date ? t.getTime() : Date.parse(t);
 }
 
+/** The pod's controller reference is this VMI (KubeVirt's controller.IsControlledBy). */
+export function isControlledBy(pod: Pod, vmi: Vmi): boolean {
+  const controller = (pod.metadata.ownerReferences ?? []).find((r) => r.controller === true);
+  return controller !== undefined && controller.kind === VMI_KIND && controller.uid === vmi.metadata.uid && controller.uid !== '';
+}
+
+/** Pods that claim to be the VMI's launcher: labelled with its uid, or naming it as controller. */
+function claimsVmi(pod: Pod, vmi: Vmi): boolean {
+  return (
+    pod.metadata.namespace === vmi.metadata.namespace &&
+    (pod.metadata.labels?.[CREATED_BY_LABEL] === vmi.metadata.uid || (pod.metadata.ownerReferences ?? []).some((r) => r.uid === vmi.metadata.uid))
+  );
+}
+
+/** Why a pod claiming the VMI is not its current launcher; empty when it is acceptable. */
+export function launcherPodProblems(vmi: Vmi, pod: Pod): string[] {
+  const problems: string[] = [];
+  if (!isControlledBy(pod, vmi)) {
+    problems.push(`not controlled by the VMI (no ownerReference with controller: true, kind ${VMI_KIND}, uid ${vmi.metadata.uid})`);
+  }
+  const active = vmi.status?.activePods ?? {};
+  const podUid = pod.metadata.uid;
+  if (podUid === undefined || !Object.hasOwn(active, podUid)) problems.push(`not in the VMI's status.activePods`);
+  const node = vmi.status?.nodeName;
+  if (node === undefined || pod.spec?.nodeName !== node) problems.push(`on node ${pod.spec?.nodeName ?? '(none)'}, not the VMI's node ${node ?? '(none)'}`);
+  if (pod.status?.phase !== 'Running') problems.push(`${pod.status?.phase ?? 'without a phase'}, not Running`);
+  if (pod.metadata.deletionTimestamp !== undefined && pod.metadata.deletionTimestamp !== null) problems.push('being deleted');
+  return problems;
+}
+
 /** The VMI's current launcher pod (KubeVirt's CurrentVMIPod), or undefined. */
 export function currentLauncherPod(vmi: Vmi, pods: readonly Pod[]): Pod | undefined {
-  const node = vmi.status?.nodeName;
-  const candidates = pods.filter(
-    (p) =>
-      p.metadata.namespace === vmi.metadata.namespace &&
-      p.metadata.labels?.[CREATED_BY_LABEL] === vmi.metadata.uid &&
-      p.status?.phase === 'Running' &&
-      (p.metadata.deletionTimestamp === undefined || p.metadata.deletionTimestamp === null) &&
-      node !== undefined &&
-      p.spec?.nodeName === node,
-  );
+  const candidates = pods.filter((p) => claimsVmi(p, vmi) && launcherPodProblems(vmi, p).length === 0);
   return [...candidates].sort((a, b) => timeMs(b.metadata.creationTimestamp) - timeMs(a.metadata.creationTimestamp))[0];
+}
+
+/** At most this many refused pods are named in a message. */
+const REFUSED_PODS_IN_MESSAGE = 5;
+
+/** The message when no pod is acceptable: each claiming pod and why it was refused. */
+function noLauncherMessage(vmi: Vmi, pods: readonly Pod[]): string {
+  const what = `VirtualMachineInstance ${vmi.metadata.namespace}/${vmi.metadata.name} is Running but has no acceptable virt-launcher pod on node ${vmi.status?.nodeName ?? '(none)'}`;
+  const claiming = pods.filter((p) => claimsVmi(p, vmi));
+  if (claiming.length === 0) return `${what}: no pod is controlled by it or labelled ${CREATED_BY_LABEL}=${vmi.metadata.uid}`;
+  const refused = claiming.slice(0, REFUSED_PODS_IN_MESSAGE).map((p) => `pod ${p.metadata.name} refused: ${launcherPodProblems(vmi, p).join('; ')}`);
+  const more = claiming.length > REFUSED_PODS_IN_MESSAGE ? `; and ${claiming.length - REFUSED_PODS_IN_MESSAGE} more` : '';
+  return `${what}: ${refused.join('; ')}${more}`;
 }
 
 export interface LauncherTarget {
@@ -149,12 +199,8 @@ export function locateLauncher(namespace: string, vmiName: string, rawVmi: unkno
   }
   const pod = currentLauncherPod(vmi, pods);
   if (pod === undefined) {
-    return {
-      observation: {
-        kind: 'vmiNotRunning',
-        message: `VirtualMachineInstance ${namespace}/${vmiName} has no Running virt-launcher pod on node ${vmi.status?.nodeName ?? '(none)'}`,
-      },
-    };
+    // The VMI runs, so its launcher is what is missing (or refused): LauncherNotFound.
+    return { observation: { kind: 'launcherNotFound', message: noLauncherMessage(vmi, pods) } };
   }
   const containers = pod.spec?.containers;
   if (containers !== undefined && containers.length > 0 && !containers.some((c) => c.name === LAUNCHER_CONTAINER)) {

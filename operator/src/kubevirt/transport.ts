@@ -68,19 +68,38 @@ export class DriverCache {
   }
 }
 
+/** Options of both transports. */
+export interface TransportOptions {
+  /** Cap of each output of every command (runner.ts; default DEFAULT_MAX_OUTPUT_BYTES). */
+  readonly maxOutputBytes?: number;
+}
+
 export class ExecTransport implements DriverProvider {
   readonly kind = 'exec';
   readonly #kc: KubeConfig;
   readonly #drivers = new DriverCache();
-  constructor(kc: KubeConfig) {
+  readonly #options: TransportOptions;
+  constructor(kc: KubeConfig, options: TransportOptions = {}) {
     this.#kc = kc;
+    this.#options = options;
   }
   driverFor(a: LauncherAddress): Promise<BlockJobDriver> {
     const key = `${a.namespace}/${a.pod}/${a.container}|${a.uri}`;
     return Promise.resolve(
-      this.#drivers.get(key, () => new VirshDriver(new ExecRunner({ kc: this.#kc, namespace: a.namespace, pod: a.pod, container: a.container }), a.uri)),
+      this.#drivers.get(
+        key,
+        () =>
+          new VirshDriver(
+            new ExecRunner({ kc: this.#kc, namespace: a.namespace, pod: a.pod, container: a.container, ...maxOutput(this.#options) }),
+            a.uri,
+          ),
+      ),
     );
   }
+}
+
+function maxOutput(o: TransportOptions): { maxOutputBytes?: number } {
+  return o.maxOutputBytes === undefined ? {} : { maxOutputBytes: o.maxOutputBytes };
 }
 
 export const RegistrationSchema = z.object({
@@ -102,8 +121,10 @@ export class LocalTransport implements DriverProvider {
   readonly kind = 'local';
   readonly #dir: string;
   readonly #drivers = new DriverCache();
-  constructor(registryDir: string) {
+  readonly #options: TransportOptions;
+  constructor(registryDir: string, options: TransportOptions = {}) {
     this.#dir = registryDir;
+    this.#options = options;
   }
   async driverFor(a: LauncherAddress): Promise<BlockJobDriver> {
     const file = registrationPath(this.#dir, a.namespace, a.pod);
@@ -133,7 +154,10 @@ export class LocalTransport implements DriverProvider {
         LC_ALL: 'C',
         ...reg.env,
       };
-      return new VirshDriver(new LocalRunner({ uid: reg.uid, gid: reg.gid, env, description: `local ${reg.namespace}/${reg.pod} uid=${reg.uid}` }), reg.uri);
+      return new VirshDriver(
+        new LocalRunner({ uid: reg.uid, gid: reg.gid, env, description: `local ${reg.namespace}/${reg.pod} uid=${reg.uid}`, ...maxOutput(this.#options) }),
+        reg.uri,
+      );
     });
   }
 }

@@ -247,6 +247,41 @@ export function vmiManifest(o: { namespace: string; vmiName: string; disks: read
   };
 }
 
+/** The ownerReference KubeVirt puts on a virt-launcher pod. */
+export function vmiOwnerReference(vmiName: string, vmiUid: string): Record<string, unknown> {
+  return { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: vmiName, uid: vmiUid, controller: true, blockOwnerDeletion: true };
+}
+
+/**
+ * A Running virt-launcher Pod object for a VMI (no kubelet: bound to a node name, status set
+ * through pods/status); returns its uid. `owned: false` makes a pod that only LOOKS like the
+ * launcher (labels and node right, no controller reference): what a tenant could create.
+ */
+export async function createLauncherPod(
+  kube: ClusterClient,
+  o: { namespace: string; podName: string; vmiName: string; vmiUid: string; nodeName?: string; owned?: boolean },
+): Promise<string> {
+  const pod = {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name: o.podName,
+      namespace: o.namespace,
+      labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': o.vmiUid, 'vm.kubevirt.io/name': o.vmiName },
+      // As KubeVirt makes it: controlled by the VMI (the operator accepts no other pod).
+      ...(o.owned === false ? {} : { ownerReferences: [vmiOwnerReference(o.vmiName, o.vmiUid)] }),
+    },
+    spec: {
+      nodeName: o.nodeName ?? STANDIN_NODE,
+      automountServiceAccountToken: false,
+      containers: [{ name: 'compute', image: 'quay.io/kubevirt/virt-launcher:v1.6.0', command: ['/usr/bin/virt-launcher'] }],
+    },
+  };
+  await kube.kubectl(['apply', '-f', '-'], { input: stringify(pod) });
+  await kube.kubectl(['patch', 'pod', o.podName, '-n', o.namespace, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: { phase: 'Running' } })]);
+  return (await kube.kubectl(['get', 'pod', o.podName, '-n', o.namespace, '-o', 'jsonpath={.metadata.uid}'])).trim();
+}
+
 /** Creates the VMI and (unless pod:false) its Running launcher Pod; returns the pod name. */
 export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Promise<string> {
   const ns = o.namespace;
@@ -256,23 +291,7 @@ export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Pro
   const nodeName = o.nodeName ?? STANDIN_NODE;
   const activePods: Record<string, string> = {};
   if (o.pod ?? true) {
-    const pod = {
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: {
-        name: podName,
-        namespace: ns,
-        labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': uid, 'vm.kubevirt.io/name': o.vmiName },
-      },
-      spec: {
-        nodeName,
-        automountServiceAccountToken: false,
-        containers: [{ name: 'compute', image: 'quay.io/kubevirt/virt-launcher:v1.6.0', command: ['/usr/bin/virt-launcher'] }],
-      },
-    };
-    await kube.kubectl(['apply', '-f', '-'], { input: stringify(pod) });
-    await kube.kubectl(['patch', 'pod', podName, '-n', ns, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: { phase: 'Running' } })]);
-    const podUid = (await kube.kubectl(['get', 'pod', podName, '-n', ns, '-o', 'jsonpath={.metadata.uid}'])).trim();
+    const podUid = await createLauncherPod(kube, { namespace: ns, podName, vmiName: o.vmiName, vmiUid: uid, nodeName });
     activePods[podUid] = nodeName;
   }
   const status = {

@@ -1,6 +1,7 @@
 /**
  * Manifests for a virt-launcher stand-in running as a real pod on the test node, shaped like
- * KubeVirt's: labels kubevirt.io=virt-launcher and kubevirt.io/created-by=<vmi uid>, the VM in
+ * KubeVirt's: labels kubevirt.io=virt-launcher and kubevirt.io/created-by=<vmi uid>, controlled by
+ * the VMI (ownerReference controller: true; unless `owned: false`), the VM in
  * container `compute` running as uid 107 (non-root), emptyDirs where KubeVirt has them
  * (/var/run/libvirt, /var/run/kubevirt-ephemeral-disks, /var/run/kubevirt-private), and a matching
  * VMI whose status points at the pod (phase Running, nodeName, activePods, runtimeUser 107).
@@ -24,6 +25,11 @@ export interface LauncherPodSpec {
   readonly image: string;
   readonly disks: readonly LauncherDiskSpec[];
   readonly nodeName?: string;
+  /**
+   * Controlled by the VMI, as KubeVirt makes it (default true). False only for a pod without a
+   * VMI object: the node's garbage collector deletes a pod whose owner does not exist.
+   */
+  readonly owned?: boolean;
 }
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -45,6 +51,13 @@ export function launcherPodManifest(s: LauncherPodSpec): Record<string, unknown>
       name: s.podName,
       namespace: s.namespace,
       labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': s.vmiUid, 'vm.kubevirt.io/name': s.vmiName },
+      ...(s.owned === false
+        ? {}
+        : {
+            ownerReferences: [
+              { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: s.vmiName, uid: s.vmiUid, controller: true, blockOwnerDeletion: true },
+            ],
+          }),
     },
     spec: {
       ...(s.nodeName ? { nodeName: s.nodeName } : {}),
