@@ -41,6 +41,7 @@ describe('loadConfig', () => {
       metricsBindAddress: '0.0.0.0',
       logLevel: 'info',
       watchNamespace: undefined,
+      spaceMarginBytes: 64 * 1024 * 1024,
     });
   });
 
@@ -64,6 +65,7 @@ describe('loadConfig', () => {
       BLOCKPULL_METRICS_BIND_ADDRESS: '127.0.0.1',
       BLOCKPULL_LOG_LEVEL: 'DEBUG',
       BLOCKPULL_WATCH_NAMESPACE: 'ns1',
+      BLOCKPULL_SPACE_MARGIN_MIB: '0',
     });
     expect(c.transport).toBe('local');
     expect(c.localLaunchersDir).toBe('/tmp/launchers');
@@ -79,6 +81,9 @@ describe('loadConfig', () => {
     expect(c.metricsBindAddress).toBe('127.0.0.1');
     expect(c.logLevel).toBe('debug');
     expect(c.watchNamespace).toBe('ns1');
+    expect(c.spaceMarginBytes).toBe(0);
+    expect(loadConfig({ BLOCKPULL_SPACE_MARGIN_MIB: '10' }).spaceMarginBytes).toBe(10 * 1024 * 1024);
+    expect(() => loadConfig({ BLOCKPULL_SPACE_MARGIN_MIB: '-1' })).toThrow(/BLOCKPULL_SPACE_MARGIN_MIB/);
   });
 
   it('falls back to KUBECONFIG and treats empty values as unset', () => {

@@ -52,6 +52,8 @@ export interface Config {
   readonly logLevel: LogLevel;
   /** Watch only this namespace; undefined = all namespaces. */
   readonly watchNamespace: string | undefined;
+  /** Pre-flight: bytes that must stay free (filesystem and ephemeral-storage limit) after the data to pull. */
+  readonly spaceMarginBytes: number;
 }
 
 /** Thrown by loadConfig with one line per problem. */
@@ -123,6 +125,7 @@ const fields = {
   metricsBindAddress: { env: 'METRICS_BIND_ADDRESS', schema: optionalString },
   logLevel: { env: 'LOG_LEVEL', schema: z.preprocess(unsetEmpty, z.string().trim().toLowerCase().pipe(z.enum(LOG_LEVELS)).optional()) },
   watchNamespace: { env: 'WATCH_NAMESPACE', schema: z.preprocess(unsetEmpty, dnsName.optional()) },
+  spaceMarginMiB: { env: 'SPACE_MARGIN_MIB', schema: intFromEnv(0, 1_048_576) },
 } as const;
 
 type Fields = typeof fields;
@@ -144,6 +147,7 @@ export const DEFAULTS = {
   metricsBindAddress: '0.0.0.0',
   logLevel: 'info',
   podNamespace: 'default',
+  spaceMarginMiB: 64,
 } as const;
 
 /** Every environment variable the operator reads, for docs and the Helm chart. */
@@ -224,6 +228,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     metricsBindAddress: r.metricsBindAddress ?? DEFAULTS.metricsBindAddress,
     logLevel: r.logLevel ?? DEFAULTS.logLevel,
     watchNamespace: r.watchNamespace,
+    spaceMarginBytes: (r.spaceMarginMiB ?? DEFAULTS.spaceMarginMiB) * 1024 * 1024,
   };
 }
 

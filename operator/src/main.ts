@@ -50,6 +50,7 @@ async function main(): Promise<number> {
     statusUpdateIntervalMs: config.statusUpdateIntervalMs,
     maxConcurrentPulls: config.maxConcurrentPulls,
     maxPullsPerNode: config.maxPullsPerNode,
+    spaceMarginBytes: config.spaceMarginBytes,
     ...(config.watchNamespace !== undefined ? { namespace: config.watchNamespace } : {}),
   });
 

@@ -30,6 +30,8 @@ export interface ControllerOptions {
   readonly maxConcurrentPulls: number;
   readonly maxPullsPerNode: number;
   readonly waitRequeueMs?: number;
+  /** Pre-flight margin (BLOCKPULL_SPACE_MARGIN_MIB in bytes); default 0. */
+  readonly spaceMarginBytes?: number;
   /** Watch only this namespace (undefined: all). */
   readonly namespace?: string;
 }
@@ -75,6 +77,7 @@ export class Controller {
       maxPullsPerNode: options.maxPullsPerNode,
       enqueue: (key) => this.queue.add(key),
       ...(options.waitRequeueMs !== undefined ? { waitRequeueMs: options.waitRequeueMs } : {}),
+      ...(options.spaceMarginBytes !== undefined ? { spaceMarginBytes: options.spaceMarginBytes } : {}),
       ...(options.events ? { events: options.events } : {}),
       ...(metrics ? { metrics } : {}),
     });

@@ -19,9 +19,10 @@ import type { EventRecorder, InvolvedObject } from '../kube/events.ts';
 import { describeApiError, getCustomObject, isApiError, isConflict, isNotFound, setFinalizers, type KubeClients, type ResourceRef } from '../kube/client.ts';
 import type { OperatorMetrics } from '../kube/metrics.ts';
 import { forBlockPullKey, type Logger } from '../log.ts';
-import { locateLauncher, vmiHasDisk, VmiSchema, LAUNCHER_CONTAINER } from '../kubevirt/launcher.ts';
+import { ephemeralStorageLimit, locateLauncher, vmiHasDisk, VmiSchema, LAUNCHER_CONTAINER } from '../kubevirt/launcher.ts';
 import { LauncherUnavailableError, type DriverProvider } from '../kubevirt/transport.ts';
 import {
+  backoffMs,
   decide,
   decideActionError,
   diskHolder,
@@ -31,6 +32,7 @@ import {
   type LauncherObservation,
   type Observation,
   type ProgressSample,
+  type SpaceObservation,
 } from './decide.ts';
 
 export const BLOCKPULL_REF: ResourceRef = { group: GROUP, version: VERSION, plural: PLURAL };
@@ -55,6 +57,8 @@ export interface ReconcilerOptions {
   readonly statusUpdateIntervalMs: number;
   readonly maxConcurrentPulls: number;
   readonly maxPullsPerNode: number;
+  /** Pre-flight: bytes that must stay free after the data to pull (default 0). */
+  readonly spaceMarginBytes?: number;
   /** Wake a BlockPull (the work queue's add). */
   readonly enqueue: (key: string) => void;
   readonly now?: () => Date;
@@ -69,7 +73,14 @@ interface Memory {
   lastStatusWriteMs?: number;
   sample?: ProgressSample;
   subscription?: { domain: string; driver: BlockJobDriver; sub: EventSubscription };
+  /** Why our last job failed (QEMU's error, from the driver's events); cleared at each start. */
+  lastJobError?: string;
+  /** Consecutive pre-flight checks that found too little space (for the recheck backoff). */
+  spaceShortChecks?: number;
 }
+
+/** How long a reconcile that sees our job gone short of its goal waits for the failure's reason. */
+const JOB_ERROR_WAIT_MS = 1_000;
 
 /** Fields whose change is a transition (written at once); progress and message are not. */
 function significant(s: BlockPullStatus | undefined): unknown {
@@ -181,8 +192,29 @@ export class Reconciler {
       return { requeueAfterMs: null };
     }
 
-    const { obs, driver } = await this.#observe(bp, log);
-    const decision = decide(obs);
+    const observed = await this.#observe(bp, log);
+    const { driver } = observed;
+    let obs = observed.obs;
+    let decision = decide(obs);
+    const mem0 = this.#mem(key);
+    const jobFailed = decision.status.reason === 'JobFailed' || decision.status.reason === 'RetryLimitExceeded';
+    if (bp.status?.phase === 'Running' && jobFailed && driver !== undefined && mem0.lastJobError === undefined) {
+      // Our job ended short of its goal: QEMU's reason may trail libvirt's event a little.
+      const t0 = performance.now();
+      while (mem0.lastJobError === undefined && performance.now() - t0 < JOB_ERROR_WAIT_MS) await new Promise((r) => setTimeout(r, 50));
+      if (mem0.lastJobError !== undefined) {
+        obs = { ...obs, lastJobError: mem0.lastJobError };
+        decision = decide(obs);
+      }
+    }
+    if (decision.action.type === 'startPull' && driver !== undefined) {
+      // Pre-flight before every start: decide again with the space measured.
+      const n = (mem0.spaceShortChecks ?? 0) + 1;
+      obs = { ...obs, space: await this.#measureSpace(bp, obs, decision, driver, log), spaceRecheckMs: backoffMs(n, obs.waitRequeueMs) };
+      decision = decide(obs);
+      if (decision.status.reason === 'InsufficientSpace') mem0.spaceShortChecks = n;
+      else delete mem0.spaceShortChecks;
+    }
     log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
 
     let final: Decision = decision;
@@ -265,6 +297,8 @@ export class Reconciler {
       diskHolder: holder,
       pollIntervalMs: this.#o.pollIntervalMs,
       waitRequeueMs: this.#o.waitRequeueMs ?? 5_000,
+      spaceMarginBytes: this.#o.spaceMarginBytes ?? 0,
+      ...(this.#memory.get(key)?.lastJobError !== undefined ? { lastJobError: this.#memory.get(key)!.lastJobError! } : {}),
       ...(this.#memory.get(key)?.sample !== undefined ? { previousSample: this.#memory.get(key)!.sample! } : {}),
     };
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
@@ -347,6 +381,41 @@ export class Reconciler {
     }
   }
 
+  /**
+   * The pre-flight measurement through the driver that made the observation (inside the compute
+   * container). Unreachable propagates (the work queue retries with backoff); a tool that fails
+   * or is missing makes the space unknown: the start is not held back, and the log says why.
+   */
+  async #measureSpace(bp: BlockPull, obs: Observation, decision: Decision, driver: BlockJobDriver, log: Logger): Promise<SpaceObservation> {
+    const hv = obs.hypervisor;
+    const loc = obs.launcher?.kind === 'found' ? obs.launcher.launcher : undefined;
+    if (hv?.kind !== 'ok' || loc === undefined) return { kind: 'unknown', reason: 'the disk was not observed' };
+    if (driver.getSpace === undefined) return { kind: 'unknown', reason: 'the driver cannot measure space' };
+    const limitBytes = ephemeralStorageLimit(this.#o.pods.get(bp.metadata.namespace, loc.pod));
+    const basePath = decision.status.backingChain?.basePath;
+    try {
+      const info = await driver.getSpace(loc.domain, { disk: hv.disk, ...(basePath !== undefined ? { basePath } : {}), measureUsage: limitBytes !== undefined });
+      if (info.kind === 'unknown') {
+        log.info({ reason: info.reason }, 'pre-flight space check not applicable');
+        return info;
+      }
+      log.debug({ topPath: info.topPath, pullBytes: info.pullBytes, availableBytes: info.availableBytes, limitBytes, usage: info.usage }, 'pre-flight space check');
+      return {
+        kind: 'measured',
+        topPath: info.topPath,
+        pullBytes: info.pullBytes,
+        availableBytes: info.availableBytes,
+        ...(limitBytes !== undefined && info.usage !== undefined
+          ? { ephemeral: { pod: loc.pod, limitBytes, usedBytes: info.usage.usedBytes, mountPoint: info.usage.mountPoint } }
+          : {}),
+      };
+    } catch (err) {
+      if (isHypervisorError(err, 'Unreachable')) throw err;
+      log.warn({ error: describeError(err) }, 'pre-flight space check failed; starting without it');
+      return { kind: 'unknown', reason: describeError(err) };
+    }
+  }
+
   async #act(bp: BlockPull, action: Action, observedWith: BlockJobDriver | undefined, log: Logger): Promise<void> {
     const driver = (): BlockJobDriver => {
       if (observedWith === undefined) throw new HypervisorError('Unreachable', 'no driver for this BlockPull');
@@ -377,6 +446,7 @@ export class Reconciler {
         log.info('finalizer removed');
         return;
       case 'startPull':
+        delete this.#mem(`${bp.metadata.namespace}/${bp.metadata.name}`).lastJobError;
         await driver().startPull(action.domain, action.target, {
           ...(action.base !== undefined ? { base: action.base } : {}),
           ...(action.bandwidth > 0 ? { bandwidth: action.bandwidth } : {}),
@@ -459,7 +529,7 @@ export class Reconciler {
     } else if (action === 'abort') {
       void rec.normal(obj, bp.metadata.deletionTimestamp ? 'Aborting' : 'Paused', 'Abort', bp.metadata.deletionTimestamp ? 'BlockPull deleted: aborting its block job' : message);
     } else if (changed && reason !== undefined && reason !== 'Created') {
-      const warning = final.status.phase === 'Failed' || ['DiskBusy', 'HypervisorUnreachable', 'JobFailed'].includes(reason);
+      const warning = final.status.phase === 'Failed' || ['DiskBusy', 'HypervisorUnreachable', 'JobFailed', 'InsufficientSpace'].includes(reason);
       void rec.event(obj, warning ? 'Warning' : 'Normal', reason, final.status.phase ?? 'Observe', message);
     }
   }
@@ -478,7 +548,9 @@ export class Reconciler {
     mem.subscription?.sub.stop();
     const target = d.status.launcher?.target;
     const sub = driver.watchEvents(domain, (ev) => {
-      if (target === undefined || ev.target === target) this.#o.enqueue(key);
+      if (target !== undefined && ev.target !== target) return;
+      if (ev.error !== undefined) this.#mem(key).lastJobError = ev.error;
+      this.#o.enqueue(key);
     });
     mem.subscription = { domain, driver, sub };
   }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { currentLauncherPod, domainName, libvirtUri, locateLauncher, migrationInProgress, vmiHasDisk, VmiSchema, PodSchema } from './launcher.ts';
+import { currentLauncherPod, domainName, ephemeralStorageLimit, libvirtUri, locateLauncher, migrationInProgress, vmiHasDisk, VmiSchema, PodSchema } from './launcher.ts';
 
 const vmi = (status: Record<string, unknown> = {}, disks?: string[]) => ({
   apiVersion: 'kubevirt.io/v1',
@@ -69,5 +69,19 @@ describe('kubevirt launcher lookup', () => {
       runtimeUser: 107,
     });
     expect(locateLauncher('ns', 'vm1', vmi({ runtimeUser: 0 }), [pod('p')]).uri).toBe('qemu:///system');
+  });
+});
+
+describe('ephemeralStorageLimit', () => {
+  const withLimits = (...limits: (string | number | undefined)[]) => ({
+    spec: { containers: limits.map((l, i) => ({ name: `c${i}`, resources: l === undefined ? {} : { limits: { 'ephemeral-storage': l, cpu: '1' } } })) },
+  });
+  it('is the sum of the containers that have one, or undefined', () => {
+    expect(ephemeralStorageLimit(withLimits('1Gi', undefined, '50M'))).toBe(1024 ** 3 + 50_000_000);
+    expect(ephemeralStorageLimit(withLimits(1000))).toBe(1000);
+    expect(ephemeralStorageLimit(withLimits(undefined))).toBeUndefined();
+    expect(ephemeralStorageLimit({ spec: {} })).toBeUndefined();
+    expect(ephemeralStorageLimit(undefined)).toBeUndefined();
+    expect(ephemeralStorageLimit(withLimits('lots'))).toBeUndefined();
   });
 });
