@@ -549,7 +549,7 @@ function decideUnbounded(obs: Observation): Decision {
   if (short !== undefined) {
     const recheck = obs.spaceRecheckMs ?? obs.waitRequeueMs;
     return {
-      ...waitingStatus(obs, chained, 'InsufficientSpace', `${short}${why}; checking again in ${Math.ceil(recheck / 1000)} s`),
+      ...waitingStatus(obs, chained, 'InsufficientSpace', `${short}${why}; checked again with backoff (${Math.ceil(obs.waitRequeueMs / 1000)} s, doubling, at most ${MAX_BACKOFF_MS / 60_000} min)`),
       requeueAfterMs: recheck,
     };
   }

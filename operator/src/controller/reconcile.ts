@@ -75,8 +75,8 @@ interface Memory {
   subscription?: { domain: string; driver: BlockJobDriver; sub: EventSubscription };
   /** Why our last job failed (QEMU's error, from the driver's events); cleared at each start. */
   lastJobError?: string;
-  /** Consecutive pre-flight checks that found too little space (for the recheck backoff). */
-  spaceShortChecks?: number;
+  /** The last pre-flight that found too little space, how many did in a row, and when to measure again. */
+  space?: { observation: SpaceObservation; shortChecks: number; nextAtMs: number; limits: string };
 }
 
 /** How long a reconcile that sees our job gone short of its goal waits for the failure's reason. */
@@ -208,12 +208,24 @@ export class Reconciler {
       }
     }
     if (decision.action.type === 'startPull' && driver !== undefined) {
-      // Pre-flight before every start: decide again with the space measured.
-      const n = (mem0.spaceShortChecks ?? 0) + 1;
-      obs = { ...obs, space: await this.#measureSpace(bp, obs, decision, driver, log), spaceRecheckMs: backoffMs(n, obs.waitRequeueMs) };
-      decision = decide(obs);
-      if (decision.status.reason === 'InsufficientSpace') mem0.spaceShortChecks = n;
-      else delete mem0.spaceShortChecks;
+      // Pre-flight before every start: decide again with the space measured. While short, the
+      // space is measured again only when its backoff has run out (5 s, 10 s, ... 5 min); a
+      // reconcile woken meanwhile (e.g. by our own status write) reuses the last measurement.
+      const nowMs = this.#now().getTime();
+      const last = mem0.space;
+      const limits = this.#spaceLimits(bp, obs);
+      if (last !== undefined && bp.status?.reason === 'InsufficientSpace' && nowMs < last.nextAtMs && last.limits === limits) {
+        obs = { ...obs, space: last.observation, spaceRecheckMs: last.nextAtMs - nowMs };
+        decision = decide(obs);
+      } else {
+        const n = (last?.shortChecks ?? 0) + 1;
+        const recheck = backoffMs(n, obs.waitRequeueMs);
+        const observation = await this.#measureSpace(bp, obs, decision, driver, log);
+        obs = { ...obs, space: observation, spaceRecheckMs: recheck };
+        decision = decide(obs);
+        if (decision.status.reason === 'InsufficientSpace') mem0.space = { observation, shortChecks: n, nextAtMs: nowMs + recheck, limits };
+      }
+      if (decision.status.reason !== 'InsufficientSpace') delete mem0.space;
     }
     log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
 
@@ -379,6 +391,12 @@ export class Reconciler {
       }
       return { kind: 'unreachable', message: describeError(err) };
     }
+  }
+
+  /** The launcher pod and its ephemeral-storage limit: a measurement is reused only while they stay. */
+  #spaceLimits(bp: BlockPull, obs: Observation): string {
+    const pod = obs.launcher?.kind === 'found' ? obs.launcher.launcher.pod : '';
+    return `${pod}:${ephemeralStorageLimit(this.#o.pods.get(bp.metadata.namespace, pod)) ?? 'none'}`;
   }
 
   /**

@@ -233,6 +233,8 @@ export interface FakeVmiOptions {
   readonly pod?: boolean;
   /** Node of the VMI (status.nodeName) and its launcher Pod (spec.nodeName); default STANDIN_NODE. */
   readonly nodeName?: string;
+  /** resources.limits of the launcher Pod's compute container (e.g. ephemeral-storage). */
+  readonly computeLimits?: Readonly<Record<string, string>>;
 }
 
 export function vmiManifest(o: { namespace: string; vmiName: string; disks: readonly string[] }): Record<string, unknown> {
@@ -267,7 +269,14 @@ export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Pro
       spec: {
         nodeName,
         automountServiceAccountToken: false,
-        containers: [{ name: 'compute', image: 'quay.io/kubevirt/virt-launcher:v1.6.0', command: ['/usr/bin/virt-launcher'] }],
+        containers: [
+          {
+            name: 'compute',
+            image: 'quay.io/kubevirt/virt-launcher:v1.6.0',
+            command: ['/usr/bin/virt-launcher'],
+            ...(o.computeLimits !== undefined ? { resources: { limits: o.computeLimits } } : {}),
+          },
+        ],
       },
     };
     await kube.kubectl(['apply', '-f', '-'], { input: stringify(pod) });
