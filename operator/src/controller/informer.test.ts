@@ -20,7 +20,7 @@ function kubeConfig(): KubeConfig {
 const httpError = (statusCode: number): Error => Object.assign(new Error(`HTTP ${statusCode}`), { statusCode });
 
 /** An informer whose list fails with `error`; the probe answers from `ready()`. Backoff 10 s. */
-function failing(error: unknown, ready: () => boolean) {
+function failing(error: Error, ready: () => boolean) {
   let lists = 0;
   const inf = new WatchdogInformer<KubernetesObject>({
     kc: kubeConfig(),
