@@ -42,6 +42,7 @@ describe('loadConfig', () => {
       logLevel: 'info',
       watchNamespace: undefined,
       spaceMarginBytes: 64 * 1024 * 1024,
+      spaceMarginPercent: 10,
     });
   });
 
@@ -66,6 +67,7 @@ describe('loadConfig', () => {
       BLOCKPULL_LOG_LEVEL: 'DEBUG',
       BLOCKPULL_WATCH_NAMESPACE: 'ns1',
       BLOCKPULL_SPACE_MARGIN_MIB: '0',
+      BLOCKPULL_SPACE_MARGIN_PERCENT: '5',
     });
     expect(c.transport).toBe('local');
     expect(c.localLaunchersDir).toBe('/tmp/launchers');
@@ -82,6 +84,8 @@ describe('loadConfig', () => {
     expect(c.logLevel).toBe('debug');
     expect(c.watchNamespace).toBe('ns1');
     expect(c.spaceMarginBytes).toBe(0);
+    expect(c.spaceMarginPercent).toBe(5);
+    expect(() => loadConfig({ BLOCKPULL_SPACE_MARGIN_PERCENT: '100' })).toThrow(/BLOCKPULL_SPACE_MARGIN_PERCENT/);
     expect(loadConfig({ BLOCKPULL_SPACE_MARGIN_MIB: '10' }).spaceMarginBytes).toBe(10 * 1024 * 1024);
     expect(() => loadConfig({ BLOCKPULL_SPACE_MARGIN_MIB: '-1' })).toThrow(/BLOCKPULL_SPACE_MARGIN_MIB/);
   });

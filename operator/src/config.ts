@@ -54,6 +54,8 @@ export interface Config {
   readonly watchNamespace: string | undefined;
   /** Pre-flight: bytes that must stay free (filesystem and ephemeral-storage limit) after the data to pull. */
   readonly spaceMarginBytes: number;
+  /** Pre-flight: percent of the active image's filesystem that must stay free after the data to pull, if more. */
+  readonly spaceMarginPercent: number;
 }
 
 /** Thrown by loadConfig with one line per problem. */
@@ -126,6 +128,7 @@ const fields = {
   logLevel: { env: 'LOG_LEVEL', schema: z.preprocess(unsetEmpty, z.string().trim().toLowerCase().pipe(z.enum(LOG_LEVELS)).optional()) },
   watchNamespace: { env: 'WATCH_NAMESPACE', schema: z.preprocess(unsetEmpty, dnsName.optional()) },
   spaceMarginMiB: { env: 'SPACE_MARGIN_MIB', schema: intFromEnv(0, 1_048_576) },
+  spaceMarginPercent: { env: 'SPACE_MARGIN_PERCENT', schema: intFromEnv(0, 99) },
 } as const;
 
 type Fields = typeof fields;
@@ -148,6 +151,7 @@ export const DEFAULTS = {
   logLevel: 'info',
   podNamespace: 'default',
   spaceMarginMiB: 64,
+  spaceMarginPercent: 10,
 } as const;
 
 /** Every environment variable the operator reads, for docs and the Helm chart. */
@@ -229,6 +233,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: r.logLevel ?? DEFAULTS.logLevel,
     watchNamespace: r.watchNamespace,
     spaceMarginBytes: (r.spaceMarginMiB ?? DEFAULTS.spaceMarginMiB) * 1024 * 1024,
+    spaceMarginPercent: r.spaceMarginPercent ?? DEFAULTS.spaceMarginPercent,
   };
 }
 

@@ -51,6 +51,7 @@ async function main(): Promise<number> {
     maxConcurrentPulls: config.maxConcurrentPulls,
     maxPullsPerNode: config.maxPullsPerNode,
     spaceMarginBytes: config.spaceMarginBytes,
+    spaceMarginPercent: config.spaceMarginPercent,
     ...(config.watchNamespace !== undefined ? { namespace: config.watchNamespace } : {}),
   });
 

@@ -94,6 +94,7 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
     });
     driver = new VirshDriver(launcher.runner, launcher.uri);
     await createFakeVmi(kube, { namespace: NS, vmiName: VMI, launcher, disks: DISKS });
+    // Margins: 1 MiB, or the default 10 % of the top filesystem when larger.
     operator = await startOperator({ kubeconfig: sa, registryDir, name: 'e2e-space', env: { BLOCKPULL_SPACE_MARGIN_MIB: '1' } });
   });
 
@@ -115,6 +116,8 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
     expect(info.pullBytes).toBeGreaterThanOrEqual(d.pullBytes);
     expect(info.pullBytes).toBeLessThan(d.pullBytes + 8 * MiB);
     expect(info.availableBytes).toBe(await freeBytes(d.topFs));
+    const fs = await statfs(d.topFs);
+    expect(info.totalBytes).toBe(fs.blocks * fs.bsize);
     expect(info.usage?.mountPoint).toBe(d.topFs);
     expect(info.usage?.usedBytes).toBeGreaterThan(0);
     expect(info.usage?.usedBytes).toBeLessThan(16 * MiB);

@@ -30,8 +30,9 @@ export interface ControllerOptions {
   readonly maxConcurrentPulls: number;
   readonly maxPullsPerNode: number;
   readonly waitRequeueMs?: number;
-  /** Pre-flight margin (BLOCKPULL_SPACE_MARGIN_MIB in bytes); default 0. */
+  /** Pre-flight margins (BLOCKPULL_SPACE_MARGIN_MIB in bytes, BLOCKPULL_SPACE_MARGIN_PERCENT); default 0. */
   readonly spaceMarginBytes?: number;
+  readonly spaceMarginPercent?: number;
   /** Watch only this namespace (undefined: all). */
   readonly namespace?: string;
 }
@@ -78,6 +79,7 @@ export class Controller {
       enqueue: (key) => this.queue.add(key),
       ...(options.waitRequeueMs !== undefined ? { waitRequeueMs: options.waitRequeueMs } : {}),
       ...(options.spaceMarginBytes !== undefined ? { spaceMarginBytes: options.spaceMarginBytes } : {}),
+      ...(options.spaceMarginPercent !== undefined ? { spaceMarginPercent: options.spaceMarginPercent } : {}),
       ...(options.events ? { events: options.events } : {}),
       ...(metrics ? { metrics } : {}),
     });

@@ -338,7 +338,7 @@ describe('decide: the state table', () => {
         bp: bp({ status: noText.status }),
         hypervisor: ok(CHAIN3),
         lastJobError: error,
-        space: { kind: 'measured', topPath: TOP, pullBytes: 256 * MiB, availableBytes: 0 },
+        space: { kind: 'measured', topPath: TOP, pullBytes: 256 * MiB, availableBytes: 0, totalBytes: 16 * MiB },
       }),
     );
     expect(short.status).toMatchObject({ phase: 'Pending', reason: 'InsufficientSpace', attempts: 1, retries: 1 });
@@ -437,12 +437,13 @@ describe('diskHolder', () => {
 
 describe('decide: pre-flight space check before every start', () => {
   const fresh = (): BlockPull => bp();
-  const measured = (pullBytes: number, availableBytes: number, ephemeral?: { limitBytes: number; usedBytes: number }) =>
+  const measured = (pullBytes: number, availableBytes: number, ephemeral?: { limitBytes: number; usedBytes: number }, totalBytes = 100_000 * MiB) =>
     ({
       kind: 'measured',
       topPath: TOP,
       pullBytes,
       availableBytes,
+      totalBytes,
       ...(ephemeral ? { ephemeral: { pod: 'virt-launcher-vm1-abcde', mountPoint: '/var/run/kubevirt-ephemeral-disks', ...ephemeral } } : {}),
     }) as const;
 
@@ -465,6 +466,20 @@ describe('decide: pre-flight space check before every start', () => {
     } else {
       expect(d.status).toMatchObject({ phase: 'Running', attempts: 1 });
     }
+  });
+
+  it.each([
+    // 10 % of 1000 MiB = 100 MiB must stay free: more than the 64 MiB margin.
+    ['the percentage margin is larger', measured(100 * MiB, 190 * MiB, undefined, 1000 * MiB), 'none'],
+    ['fits with the percentage margin', measured(100 * MiB, 200 * MiB, undefined, 1000 * MiB), 'startPull'],
+    // 10 % of 100 MiB = 10 MiB: the 64 MiB margin is larger.
+    ['the MiB margin is larger', measured(100 * MiB, 150 * MiB, undefined, 100 * MiB), 'none'],
+    // Under an ephemeral-storage limit only the MiB margin counts (the limit is not the filesystem).
+    ['the limit keeps the MiB margin', measured(100 * MiB, 100_000 * MiB, { limitBytes: 200 * MiB, usedBytes: 36 * MiB }, 100_000 * MiB), 'startPull'],
+  ] as const)('margin: %s → %s', (_name, space, action) => {
+    const d = decide(obs({ bp: fresh(), hypervisor: ok(CHAIN3), space, spaceMarginBytes: 64 * MiB, spaceMarginPercent: 10 }));
+    expect(d.action.type).toBe(action);
+    if (action === 'none') expect(d.status.reason).toBe('InsufficientSpace');
   });
 
   it('InsufficientSpace says both figures (filesystem, or limit and usage)', () => {

@@ -56,6 +56,8 @@ export type SpaceObservation =
       readonly topPath: string;
       readonly pullBytes: number;
       readonly availableBytes: number;
+      /** Size of the filesystem (for the percentage margin). */
+      readonly totalBytes: number;
       /** The launcher pod's ephemeral-storage limit and the bytes used under the active image's mount point. */
       readonly ephemeral?: { readonly pod: string; readonly limitBytes: number; readonly usedBytes: number; readonly mountPoint: string };
     }
@@ -95,6 +97,8 @@ export interface Observation {
   readonly space?: SpaceObservation;
   /** Bytes that must stay free after the data to pull (BLOCKPULL_SPACE_MARGIN_MIB). Default 0. */
   readonly spaceMarginBytes?: number;
+  /** Percent of the filesystem that must stay free after the data to pull, if more (BLOCKPULL_SPACE_MARGIN_PERCENT). Default 0. */
+  readonly spaceMarginPercent?: number;
   /** Requeue delay after an InsufficientSpace check (the caller's backoff). Default waitRequeueMs. */
   readonly spaceRecheckMs?: number;
   /** Why our last job failed, as the hypervisor said (e.g. "No space left on device"), if known. */
@@ -114,15 +118,22 @@ function bytesText(n: number): string {
   return `${formatBytes(n)} (${n} bytes)`;
 }
 
-/** Why the pull cannot start for lack of space, or undefined when it fits (or cannot be measured). */
-export function spaceShortage(space: SpaceObservation | undefined, marginBytes: number): string | undefined {
+/**
+ * Why the pull cannot start for lack of space, or undefined when it fits (or cannot be measured).
+ * On the filesystem, the larger of marginBytes and marginPercent of its size must stay free (the
+ * kubelet evicts pods when the node's filesystem has less than 10 % free by default); under an
+ * ephemeral-storage limit, marginBytes.
+ */
+export function spaceShortage(space: SpaceObservation | undefined, marginBytes: number, marginPercent = 0): string | undefined {
   if (space?.kind !== 'measured') return undefined;
-  const need = space.pullBytes + marginBytes;
-  const what = `the pull may write up to ${bytesText(space.pullBytes)} into ${space.topPath} (the data allocated in the layers being pulled) and ${bytesText(marginBytes)} must stay free`;
-  if (need > space.availableBytes) return `${what}, but its filesystem has ${bytesText(space.availableBytes)} free`;
+  const fsMargin = Math.max(marginBytes, Math.ceil((space.totalBytes * marginPercent) / 100));
+  const pulled = `the pull may write up to ${bytesText(space.pullBytes)} into ${space.topPath} (the data allocated in the layers being pulled)`;
+  if (space.pullBytes + fsMargin > space.availableBytes) {
+    return `${pulled} and ${bytesText(fsMargin)} must stay free (the larger of ${formatBytes(marginBytes)} and ${marginPercent}% of its filesystem's ${formatBytes(space.totalBytes)}), but its filesystem has ${bytesText(space.availableBytes)} free`;
+  }
   const eph = space.ephemeral;
-  if (eph !== undefined && need > eph.limitBytes - eph.usedBytes) {
-    return `${what}, but launcher pod ${eph.pod} has an ephemeral-storage limit of ${bytesText(eph.limitBytes)} of which ${bytesText(eph.usedBytes)} are used under ${eph.mountPoint}`;
+  if (eph !== undefined && space.pullBytes + marginBytes > eph.limitBytes - eph.usedBytes) {
+    return `${pulled} and ${bytesText(marginBytes)} must stay free, but launcher pod ${eph.pod} has an ephemeral-storage limit of ${bytesText(eph.limitBytes)} of which ${bytesText(eph.usedBytes)} are used under ${eph.mountPoint}`;
   }
   return undefined;
 }
@@ -545,7 +556,7 @@ function decideUnbounded(obs: Observation): Decision {
   }
 
   // Pre-flight: the data to pull must fit, with the margin, where the active image lives.
-  const short = spaceShortage(obs.space, obs.spaceMarginBytes ?? 0);
+  const short = spaceShortage(obs.space, obs.spaceMarginBytes ?? 0, obs.spaceMarginPercent ?? 0);
   if (short !== undefined) {
     const recheck = obs.spaceRecheckMs ?? obs.waitRequeueMs;
     return {

@@ -57,8 +57,9 @@ export interface ReconcilerOptions {
   readonly statusUpdateIntervalMs: number;
   readonly maxConcurrentPulls: number;
   readonly maxPullsPerNode: number;
-  /** Pre-flight: bytes that must stay free after the data to pull (default 0). */
+  /** Pre-flight: bytes, and percent of the filesystem, that must stay free after the data to pull (default 0). */
   readonly spaceMarginBytes?: number;
+  readonly spaceMarginPercent?: number;
   /** Wake a BlockPull (the work queue's add). */
   readonly enqueue: (key: string) => void;
   readonly now?: () => Date;
@@ -310,6 +311,7 @@ export class Reconciler {
       pollIntervalMs: this.#o.pollIntervalMs,
       waitRequeueMs: this.#o.waitRequeueMs ?? 5_000,
       spaceMarginBytes: this.#o.spaceMarginBytes ?? 0,
+      spaceMarginPercent: this.#o.spaceMarginPercent ?? 0,
       ...(this.#memory.get(key)?.lastJobError !== undefined ? { lastJobError: this.#memory.get(key)!.lastJobError! } : {}),
       ...(this.#memory.get(key)?.sample !== undefined ? { previousSample: this.#memory.get(key)!.sample! } : {}),
     };
@@ -417,12 +419,13 @@ export class Reconciler {
         log.info({ reason: info.reason }, 'pre-flight space check not applicable');
         return info;
       }
-      log.debug({ topPath: info.topPath, pullBytes: info.pullBytes, availableBytes: info.availableBytes, limitBytes, usage: info.usage }, 'pre-flight space check');
+      log.debug({ topPath: info.topPath, pullBytes: info.pullBytes, availableBytes: info.availableBytes, totalBytes: info.totalBytes, limitBytes, usage: info.usage }, 'pre-flight space check');
       return {
         kind: 'measured',
         topPath: info.topPath,
         pullBytes: info.pullBytes,
         availableBytes: info.availableBytes,
+        totalBytes: info.totalBytes,
         ...(limitBytes !== undefined && info.usage !== undefined
           ? { ephemeral: { pod: loc.pod, limitBytes, usedBytes: info.usage.usedBytes, mountPoint: info.usage.mountPoint } }
           : {}),

@@ -80,6 +80,8 @@ export type SpaceInfo =
       readonly pullBytes: number;
       /** Bytes free for an unprivileged writer on the filesystem of the active image (`stat -f`: %a x %S). */
       readonly availableBytes: number;
+      /** Size of that filesystem (`stat -f`: %b x %S). */
+      readonly totalBytes: number;
       /** Mount point holding the active image and the bytes used under it (`du -s -B1 -x`), when asked. */
       readonly usage?: { readonly mountPoint: string; readonly usedBytes: number };
     }

@@ -16,7 +16,7 @@ import {
   parseDuBytes,
   parseMonitorJobCompletedLine,
   parseMountPoint,
-  parseStatFsAvailable,
+  parseStatFs,
   virshError,
 } from './virsh-parse.ts';
 
@@ -148,13 +148,13 @@ export class VirshDriver implements BlockJobDriver {
       if (bytes === undefined) throw new HypervisorError('CommandFailed', `virsh domstats reports no size for ${layer.path} (${disk.target})`);
       pullBytes += bytes;
     }
-    const availableBytes = parseStatFsAvailable(await this.#toolRun(['stat', '-f', '-c', '%a %S', '--', top.path]));
+    const { availableBytes, totalBytes } = parseStatFs(await this.#toolRun(['stat', '-f', '-c', '%a %S %b', '--', top.path]));
     let usage: { mountPoint: string; usedBytes: number } | undefined;
     if (request.measureUsage) {
       const mountPoint = parseMountPoint(await this.#toolRun(['stat', '-c', '%m', '--', top.path]));
       usage = { mountPoint, usedBytes: parseDuBytes(await this.#toolRun(['du', '-s', '-B1', '-x', '--', mountPoint])) };
     }
-    return { kind: 'measured', topPath: top.path, pullBytes, availableBytes, ...(usage === undefined ? {} : { usage }) };
+    return { kind: 'measured', topPath: top.path, pullBytes, availableBytes, totalBytes, ...(usage === undefined ? {} : { usage }) };
   }
 
   /** The goal of a pull on this disk: the chain expected once it is done. */

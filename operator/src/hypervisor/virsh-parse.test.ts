@@ -13,7 +13,7 @@ import {
   parseDuBytes,
   parseMonitorJobCompletedLine,
   parseMountPoint,
-  parseStatFsAvailable,
+  parseStatFs,
   virshError,
 } from './virsh-parse.ts';
 
@@ -166,12 +166,13 @@ describe('pre-flight space parsers (bounded, zod)', () => {
     expect(() => parseDomstatsBlock('  block.0.name=vda\n  block.0.physical=-1\n')).toThrow(HypervisorError);
     expect(() => parseDomstatsBlock('x'.repeat(OUTPUT_BOUNDS.domstats + 1))).toThrow(/exceeds the bound/);
   });
-  it('stat -f: free blocks x block size', () => {
-    expect(parseStatFsAvailable('3775 4096\n')).toBe(3775 * 4096);
-    expect(() => parseStatFsAvailable('3775\n')).toThrow(HypervisorError);
-    expect(() => parseStatFsAvailable('a b\n')).toThrow(HypervisorError);
-    expect(() => parseStatFsAvailable('1 0\n')).toThrow(HypervisorError);
-    expect(() => parseStatFsAvailable(`${'9'.repeat(5000)} 1`)).toThrow(/exceeds the bound/);
+  it('stat -f: free and total blocks x block size', () => {
+    expect(parseStatFs('3775 4096 4096\n')).toEqual({ availableBytes: 3775 * 4096, totalBytes: 4096 * 4096 });
+    expect(() => parseStatFs('3775 4096\n')).toThrow(HypervisorError);
+    expect(() => parseStatFs('a b c\n')).toThrow(HypervisorError);
+    expect(() => parseStatFs('1 0 1\n')).toThrow(HypervisorError);
+    expect(() => parseStatFs('5 1 4\n')).toThrow(HypervisorError); // more free than total
+    expect(() => parseStatFs(`${'9'.repeat(5000)} 1 1`)).toThrow(/exceeds the bound/);
   });
   it('stat -c %m and du -s -B1', () => {
     expect(parseMountPoint('/var/run/kubevirt-ephemeral-disks\n')).toBe('/var/run/kubevirt-ephemeral-disks');

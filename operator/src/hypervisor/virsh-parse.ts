@@ -210,16 +210,23 @@ export function parseDomstatsBlock(stdout: string): BlockStat[] {
   return out;
 }
 
-const statFsSchema = z.tuple([byteCount, byteCount.min(1)]);
+const statFsSchema = z.tuple([byteCount, byteCount.min(1), byteCount]);
 
-/** `stat -f -c '%a %S' -- PATH`: free blocks for unprivileged users and the block size -> free bytes. */
-export function parseStatFsAvailable(stdout: string): number {
+/**
+ * `stat -f -c '%a %S %b' -- PATH`: blocks free for unprivileged users, the fundamental block size
+ * and the total blocks -> free and total bytes of the filesystem.
+ */
+export function parseStatFs(stdout: string): { availableBytes: number; totalBytes: number } {
   const parts = bounded(stdout, OUTPUT_BOUNDS.small, 'stat -f').trim().split(/\s+/);
   const parsed = statFsSchema.safeParse(parts);
   if (!parsed.success) throw new HypervisorError('CommandFailed', `unexpected stat -f output: ${JSON.stringify(stdout.slice(0, 200))}`);
-  const bytes = parsed.data[0] * parsed.data[1];
-  if (!Number.isSafeInteger(bytes)) throw new HypervisorError('CommandFailed', `stat -f: free bytes out of range: ${JSON.stringify(stdout.slice(0, 200))}`);
-  return bytes;
+  const [avail, size, total] = parsed.data;
+  const availableBytes = avail * size;
+  const totalBytes = total * size;
+  if (!Number.isSafeInteger(availableBytes) || !Number.isSafeInteger(totalBytes) || availableBytes > totalBytes) {
+    throw new HypervisorError('CommandFailed', `stat -f: sizes out of range: ${JSON.stringify(stdout.slice(0, 200))}`);
+  }
+  return { availableBytes, totalBytes };
 }
 
 /** `stat -c %m -- PATH`: the mount point holding PATH (one absolute path). */
