@@ -43,6 +43,8 @@ describe('loadConfig', () => {
       metricsBindAddress: '0.0.0.0',
       logLevel: 'info',
       watchNamespace: undefined,
+      spaceMarginBytes: 64 * 1024 * 1024,
+      spaceMarginPercent: 10,
     });
   });
 
@@ -68,6 +70,8 @@ describe('loadConfig', () => {
       BLOCKPULL_METRICS_BIND_ADDRESS: '127.0.0.1',
       BLOCKPULL_LOG_LEVEL: 'DEBUG',
       BLOCKPULL_WATCH_NAMESPACE: 'ns1',
+      BLOCKPULL_SPACE_MARGIN_MIB: '0',
+      BLOCKPULL_SPACE_MARGIN_PERCENT: '5',
     });
     expect(c.transport).toBe('local');
     expect(c.localLaunchersDir).toBe('/tmp/launchers');
@@ -85,6 +89,11 @@ describe('loadConfig', () => {
     expect(c.metricsBindAddress).toBe('127.0.0.1');
     expect(c.logLevel).toBe('debug');
     expect(c.watchNamespace).toBe('ns1');
+    expect(c.spaceMarginBytes).toBe(0);
+    expect(c.spaceMarginPercent).toBe(5);
+    expect(() => loadConfig({ BLOCKPULL_SPACE_MARGIN_PERCENT: '100' })).toThrow(/BLOCKPULL_SPACE_MARGIN_PERCENT/);
+    expect(loadConfig({ BLOCKPULL_SPACE_MARGIN_MIB: '10' }).spaceMarginBytes).toBe(10 * 1024 * 1024);
+    expect(() => loadConfig({ BLOCKPULL_SPACE_MARGIN_MIB: '-1' })).toThrow(/BLOCKPULL_SPACE_MARGIN_MIB/);
   });
 
   it('falls back to KUBECONFIG and treats empty values as unset', () => {

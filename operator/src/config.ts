@@ -59,6 +59,10 @@ export interface Config {
   readonly logLevel: LogLevel;
   /** Watch only this namespace; undefined = all namespaces. */
   readonly watchNamespace: string | undefined;
+  /** Pre-flight: bytes that must stay free (filesystem and ephemeral-storage limit) after the data to pull. */
+  readonly spaceMarginBytes: number;
+  /** Pre-flight: percent of the active image's filesystem that must stay free after the data to pull, if more. */
+  readonly spaceMarginPercent: number;
 }
 
 /** Thrown by loadConfig with one line per problem. */
@@ -132,6 +136,8 @@ const fields = {
   metricsBindAddress: { env: 'METRICS_BIND_ADDRESS', schema: optionalString },
   logLevel: { env: 'LOG_LEVEL', schema: z.preprocess(unsetEmpty, z.string().trim().toLowerCase().pipe(z.enum(LOG_LEVELS)).optional()) },
   watchNamespace: { env: 'WATCH_NAMESPACE', schema: z.preprocess(unsetEmpty, dnsName.optional()) },
+  spaceMarginMiB: { env: 'SPACE_MARGIN_MIB', schema: intFromEnv(0, 1_048_576) },
+  spaceMarginPercent: { env: 'SPACE_MARGIN_PERCENT', schema: intFromEnv(0, 99) },
 } as const;
 
 type Fields = typeof fields;
@@ -155,6 +161,8 @@ export const DEFAULTS = {
   metricsBindAddress: '0.0.0.0',
   logLevel: 'info',
   podNamespace: 'default',
+  spaceMarginMiB: 64,
+  spaceMarginPercent: 10,
 } as const;
 
 /** Every environment variable the operator reads, for docs and the Helm chart. */
@@ -237,6 +245,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     metricsBindAddress: r.metricsBindAddress ?? DEFAULTS.metricsBindAddress,
     logLevel: r.logLevel ?? DEFAULTS.logLevel,
     watchNamespace: r.watchNamespace,
+    spaceMarginBytes: (r.spaceMarginMiB ?? DEFAULTS.spaceMarginMiB) * 1024 * 1024,
+    spaceMarginPercent: r.spaceMarginPercent ?? DEFAULTS.spaceMarginPercent,
   };
 }
 

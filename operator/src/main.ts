@@ -53,6 +53,8 @@ async function main(): Promise<number> {
     maxConcurrentPulls: config.maxConcurrentPulls,
     maxPullsPerNode: config.maxPullsPerNode,
     observeTimeoutMs: config.observeTimeoutMs,
+    spaceMarginBytes: config.spaceMarginBytes,
+    spaceMarginPercent: config.spaceMarginPercent,
     ...(config.watchNamespace !== undefined ? { namespace: config.watchNamespace } : {}),
   });
 

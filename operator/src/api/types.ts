@@ -78,6 +78,7 @@ export const REASONS = [
   'HypervisorUnreachable', // phase kept: libvirt/exec unreachable; retried with backoff
   'DiskBusy', // Pending: another BlockPull or another block job uses the disk
   'WaitingForSlot', // Pending: the cluster-wide or per-node limit of concurrent pulls is reached
+  'InsufficientSpace', // Pending: the data to pull does not fit the active image's filesystem or the pod's ephemeral-storage limit
   'Pulling', // Running
   'Adopted', // Running: a pull already running on the disk was adopted
   'Retrying', // Running: a job ended short of the goal and was started again
@@ -87,7 +88,7 @@ export const REASONS = [
   'DiskNotFound', // Failed: the VMI has no such disk
   'InvalidBase', // Failed: spec.base is not in the disk's chain
   'InvalidBandwidth', // Failed: spec.bandwidth could not be parsed (the CRD normally rejects it)
-  'JobFailed', // Failed: starting the job failed permanently
+  'JobFailed', // Failed: starting the job failed permanently; Pending: a job failed, started again after a backoff
   'RetryLimitExceeded', // Failed: the job ended short of the goal more than maxRetries times
 ] as const;
 export type Reason = (typeof REASONS)[number];

@@ -32,6 +32,9 @@ export interface ControllerOptions {
   readonly waitRequeueMs?: number;
   /** How long a worker waits for a read-only look at libvirt (BLOCKPULL_OBSERVE_TIMEOUT_MS). */
   readonly observeTimeoutMs?: number;
+  /** Pre-flight margins (BLOCKPULL_SPACE_MARGIN_MIB in bytes, BLOCKPULL_SPACE_MARGIN_PERCENT); default 0. */
+  readonly spaceMarginBytes?: number;
+  readonly spaceMarginPercent?: number;
   /** Watch only this namespace (undefined: all). */
   readonly namespace?: string;
 }
@@ -78,6 +81,8 @@ export class Controller {
       enqueue: (key) => this.queue.add(key),
       ...(options.waitRequeueMs !== undefined ? { waitRequeueMs: options.waitRequeueMs } : {}),
       ...(options.observeTimeoutMs !== undefined ? { observeTimeoutMs: options.observeTimeoutMs } : {}),
+      ...(options.spaceMarginBytes !== undefined ? { spaceMarginBytes: options.spaceMarginBytes } : {}),
+      ...(options.spaceMarginPercent !== undefined ? { spaceMarginPercent: options.spaceMarginPercent } : {}),
       ...(options.events ? { events: options.events } : {}),
       ...(metrics ? { metrics } : {}),
     });

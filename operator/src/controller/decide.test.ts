@@ -8,9 +8,19 @@ import { getCondition } from '../api/conditions.ts';
 import { FINALIZER, parseBlockPull, type BlockPull, type BlockPullStatus } from '../api/types.ts';
 import { HypervisorError } from '../hypervisor/errors.ts';
 import type { BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
-import { decide, decideActionError, diskHolder, type HypervisorObservation, type LauncherObservation, type Observation } from './decide.ts';
+import {
+  backoffMs,
+  decide,
+  decideActionError,
+  diskHolder,
+  MAX_BACKOFF_MS,
+  type HypervisorObservation,
+  type LauncherObservation,
+  type Observation,
+} from './decide.ts';
 
 const NOW = new Date('2026-11-27T10:00:00Z');
+const MiB = 1024 * 1024;
 const TOP = '/d/top.qcow2';
 const MID = '/d/mid.qcow2';
 const BASE = '/d/base.qcow2';
@@ -301,16 +311,60 @@ describe('decide: the state table', () => {
     expect(d.action.type).toBe('none');
   });
 
-  it('our job gone short of the goal → retry (attempts+1), then Failed/RetryLimitExceeded', () => {
+  it('our job gone short of the goal → Pending/JobFailed, restarted after a backoff (attempts+1), then Failed/RetryLimitExceeded', () => {
     const d = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: running() }), hypervisor: ok(CHAIN3) }));
-    expect(d.action.type).toBe('startPull');
-    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Retrying', attempts: 2, retries: 1 });
-    const again = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: d.status }), hypervisor: ok(CHAIN3) }));
+    expect(d.action.type).toBe('none');
+    expect(d.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', attempts: 1, retries: 1 });
+    expect(d.requeueAfterMs).toBe(5000);
+    // Within the backoff: nothing starts, whatever wakes it.
+    const early = decide(obs({ now: new Date(NOW.getTime() + 2000), bp: bp({ spec: { maxRetries: 1 }, status: d.status }), hypervisor: ok(CHAIN3) }));
+    expect(early.action.type).toBe('none');
+    expect(early.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', attempts: 1, retries: 1 });
+    expect(early.requeueAfterMs).toBe(3000);
+    // After it: started again.
+    const later = new Date(NOW.getTime() + 5000);
+    const restarted = decide(obs({ now: later, bp: bp({ spec: { maxRetries: 1 }, status: d.status }), hypervisor: ok(CHAIN3) }));
+    expect(restarted.action.type).toBe('startPull');
+    expect(restarted.status).toMatchObject({ phase: 'Running', reason: 'Retrying', attempts: 2, retries: 1 });
+    const again = decide(obs({ now: later, bp: bp({ spec: { maxRetries: 1 }, status: restarted.status }), hypervisor: ok(CHAIN3) }));
     expect(again.action.type).toBe('none');
     expect(again.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
     expect(getCondition(again.status.conditions, 'Failed')).toMatchObject({ status: 'True', reason: 'RetryLimitExceeded' });
     const none = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: running() }), hypervisor: ok(CHAIN3) }));
     expect(none.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
+  });
+
+  it('retries back off exponentially: 5 s, 10 s, 20 s ... at most 5 min', () => {
+    expect([1, 2, 3, 4, 10, 100].map((n) => backoffMs(n, 5000))).toEqual([5000, 10_000, 20_000, 40_000, MAX_BACKOFF_MS, MAX_BACKOFF_MS]);
+    const second = decide(obs({ bp: bp({ status: running({ attempts: 2, retries: 1 }) }), hypervisor: ok(CHAIN3) }));
+    expect(second.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', retries: 2 });
+    expect(second.requeueAfterMs).toBe(10_000);
+  });
+
+  it("a failed job's I/O error reaches the message (JobFailed, RetryLimitExceeded, InsufficientSpace)", () => {
+    const error = 'No space left on device';
+    const d = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3), lastJobError: error }));
+    expect(d.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed' });
+    expect(d.status.message).toContain(error);
+    const last = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: running() }), hypervisor: ok(CHAIN3), lastJobError: error }));
+    expect(last.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
+    expect(last.status.message).toContain(error);
+    // The reason arrived after the failure was written: the waiting status gains it.
+    const noText = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3) }));
+    expect(noText.status.message).not.toContain(error);
+    const gained = decide(obs({ now: new Date(NOW.getTime() + 1000), bp: bp({ status: noText.status }), hypervisor: ok(CHAIN3), lastJobError: error }));
+    expect(gained.status.message).toContain(error);
+    const short = decide(
+      obs({
+        now: new Date(NOW.getTime() + 5000),
+        bp: bp({ status: noText.status }),
+        hypervisor: ok(CHAIN3),
+        lastJobError: error,
+        space: { kind: 'measured', topPath: TOP, pullBytes: 256 * MiB, availableBytes: 0, totalBytes: 16 * MiB },
+      }),
+    );
+    expect(short.status).toMatchObject({ phase: 'Pending', reason: 'InsufficientSpace', attempts: 1, retries: 1 });
+    expect(short.status.message).toContain(error);
   });
 
   it('libvirt unreachable → phase kept, Progressing Unknown, requeue', () => {
@@ -400,5 +454,76 @@ describe('diskHolder', () => {
     const b2 = mk('b2', '2026-11-27T09:01:00Z');
     expect(diskHolder([b2, b], b2)).toBe('ns/b');
     expect(diskHolder([a], a)).toBeNull();
+  });
+});
+
+describe('decide: pre-flight space check before every start', () => {
+  const fresh = (): BlockPull => bp();
+  const measured = (pullBytes: number, availableBytes: number, ephemeral?: { limitBytes: number; usedBytes: number }, totalBytes = 100_000 * MiB) =>
+    ({
+      kind: 'measured',
+      topPath: TOP,
+      pullBytes,
+      availableBytes,
+      totalBytes,
+      ...(ephemeral ? { ephemeral: { pod: 'virt-launcher-vm1-abcde', mountPoint: '/var/run/kubevirt-ephemeral-disks', ...ephemeral } } : {}),
+    }) as const;
+
+  it.each([
+    ['fits with the margin', measured(100 * MiB, 200 * MiB), 64 * MiB, 'startPull'],
+    ['exactly fits', measured(100 * MiB, 164 * MiB), 64 * MiB, 'startPull'],
+    ['short by the margin only', measured(100 * MiB, 150 * MiB), 64 * MiB, 'none'],
+    ['16 MiB free, 256 MiB to pull', measured(256 * MiB, 16 * MiB), 0, 'none'],
+    ['fits the filesystem, not the ephemeral-storage limit', measured(100 * MiB, 10_000 * MiB, { limitBytes: 500 * MiB, usedBytes: 450 * MiB }), 0, 'none'],
+    ['fits both', measured(100 * MiB, 10_000 * MiB, { limitBytes: 500 * MiB, usedBytes: 300 * MiB }), 0, 'startPull'],
+    ['not measurable (block device)', { kind: 'unknown', reason: 'block device' } as const, 64 * MiB, 'startPull'],
+  ] as const)('%s → %s', (_name, space, margin, action) => {
+    const d = decide(obs({ bp: fresh(), hypervisor: ok(CHAIN3), space, spaceMarginBytes: margin, spaceRecheckMs: 20_000 }));
+    expect(d.action.type).toBe(action);
+    if (action === 'none') {
+      expect(d.status).toMatchObject({ phase: 'Pending', reason: 'InsufficientSpace' });
+      expect(d.status.attempts ?? 0).toBe(0);
+      expect(getCondition(d.status.conditions, 'Progressing')).toMatchObject({ status: 'False', reason: 'InsufficientSpace' });
+      expect(d.requeueAfterMs).toBe(20_000);
+    } else {
+      expect(d.status).toMatchObject({ phase: 'Running', attempts: 1 });
+    }
+  });
+
+  it.each([
+    // 10 % of 1000 MiB = 100 MiB must stay free: more than the 64 MiB margin.
+    ['the percentage margin is larger', measured(100 * MiB, 190 * MiB, undefined, 1000 * MiB), 'none'],
+    ['fits with the percentage margin', measured(100 * MiB, 200 * MiB, undefined, 1000 * MiB), 'startPull'],
+    // 10 % of 100 MiB = 10 MiB: the 64 MiB margin is larger.
+    ['the MiB margin is larger', measured(100 * MiB, 150 * MiB, undefined, 100 * MiB), 'none'],
+    // Under an ephemeral-storage limit only the MiB margin counts (the limit is not the filesystem).
+    ['the limit keeps the MiB margin', measured(100 * MiB, 100_000 * MiB, { limitBytes: 200 * MiB, usedBytes: 36 * MiB }, 100_000 * MiB), 'startPull'],
+  ] as const)('margin: %s → %s', (_name, space, action) => {
+    const d = decide(obs({ bp: fresh(), hypervisor: ok(CHAIN3), space, spaceMarginBytes: 64 * MiB, spaceMarginPercent: 10 }));
+    expect(d.action.type).toBe(action);
+    if (action === 'none') expect(d.status.reason).toBe('InsufficientSpace');
+  });
+
+  it('InsufficientSpace says both figures (filesystem, or limit and usage)', () => {
+    const fs = decide(obs({ bp: fresh(), hypervisor: ok(CHAIN3), space: measured(256 * MiB, 16 * MiB), spaceMarginBytes: MiB }));
+    expect(fs.status.message).toContain(`${256 * MiB} bytes`);
+    expect(fs.status.message).toContain(`${16 * MiB} bytes`);
+    expect(fs.status.message).toContain(`${MiB} bytes`);
+    expect(fs.status.message).toContain(TOP);
+    const eph = decide(obs({ bp: fresh(), hypervisor: ok(CHAIN3), space: measured(100 * MiB, 10_000 * MiB, { limitBytes: 500 * MiB, usedBytes: 450 * MiB }) }));
+    expect(eph.status.message).toMatch(/ephemeral-storage limit of 500\.0 MiB \(524288000 bytes\)/);
+    expect(eph.status.message).toContain(`${450 * MiB} bytes`);
+  });
+
+  it('a resume after a pause is checked too; short → Pending/InsufficientSpace, the pause data kept', () => {
+    const pausedStatus: BlockPullStatus = { phase: 'Paused', reason: 'Paused', attempts: 1, retries: 0, backingChain: { before: before3 } };
+    const d = decide(obs({ bp: bp({ status: pausedStatus }), hypervisor: ok(CHAIN3), space: measured(256 * MiB, MiB) }));
+    expect(d.action.type).toBe('none');
+    expect(d.status).toMatchObject({ phase: 'Pending', reason: 'InsufficientSpace', attempts: 1 });
+  });
+
+  it('a job running on the disk is never held back by the check (adoption)', () => {
+    const d = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(10, 100)), space: measured(256 * MiB, 0) }));
+    expect(d.status).toMatchObject({ phase: 'Running' });
   });
 });

@@ -6,7 +6,7 @@
  * The truth is the disk: a block pull job running on the disk is adopted, not restarted;
  * no job + chain at its goal = Completed (NothingToDo when it was so at the first look).
  */
-import { setCondition, timestamp } from '../api/conditions.ts';
+import { getCondition, setCondition, timestamp } from '../api/conditions.ts';
 import { parseQuantity, formatBytes } from '../api/quantity.ts';
 import {
   FINALIZER,
@@ -48,6 +48,25 @@ export type HypervisorObservation =
   | { readonly kind: 'diskNotFound'; readonly message: string }
   | { readonly kind: 'ok'; readonly disk: DiskInfo; readonly job: BlockJobInfo | null };
 
+/**
+ * The pre-flight space check before a start (reconcile.ts measures it through the driver, see
+ * VirshDriver.getSpace): an upper bound of the bytes the pull writes into the active image, the
+ * free space of its filesystem, and the launcher pod's ephemeral-storage limit if it has one.
+ */
+export type SpaceObservation =
+  | {
+      readonly kind: 'measured';
+      readonly topPath: string;
+      readonly pullBytes: number;
+      readonly availableBytes: number;
+      /** Size of the filesystem (for the percentage margin). */
+      readonly totalBytes: number;
+      /** The launcher pod's ephemeral-storage limit and the bytes used under the active image's mount point. */
+      readonly ephemeral?: { readonly pod: string; readonly limitBytes: number; readonly usedBytes: number; readonly mountPoint: string };
+    }
+  /** Not measurable (block device, a driver without the check): the start is not held back. */
+  | { readonly kind: 'unknown'; readonly reason: string };
+
 export interface SlotUsage {
   /** Pulls running cluster-wide, this BlockPull excluded. */
   readonly running: number;
@@ -82,6 +101,49 @@ export interface Observation {
    * that this process did not start (a leader change, a restart, a job started by hand) is Adopted.
    */
   readonly jobStartedHere?: boolean;
+  /** Pre-flight before a start; undefined = not measured (the caller measures when decide wants to start). */
+  readonly space?: SpaceObservation;
+  /** Bytes that must stay free after the data to pull (BLOCKPULL_SPACE_MARGIN_MIB). Default 0. */
+  readonly spaceMarginBytes?: number;
+  /** Percent of the filesystem that must stay free after the data to pull, if more (BLOCKPULL_SPACE_MARGIN_PERCENT). Default 0. */
+  readonly spaceMarginPercent?: number;
+  /** Requeue delay after an InsufficientSpace check (the caller's backoff). Default waitRequeueMs. */
+  readonly spaceRecheckMs?: number;
+  /** Why our last job failed, as the hypervisor said (e.g. "No space left on device"), if known. */
+  readonly lastJobError?: string;
+}
+
+/** Longest wait between two starts after failures, and between two space checks. */
+export const MAX_BACKOFF_MS = 300_000;
+
+/** Exponential backoff: base, 2 x base, 4 x base, ... (n = 1, 2, 3, ...), at most MAX_BACKOFF_MS. */
+export function backoffMs(n: number, baseMs: number): number {
+  if (n <= 1) return Math.min(baseMs, MAX_BACKOFF_MS);
+  return Math.min(baseMs * 2 ** Math.min(n - 1, 30), MAX_BACKOFF_MS);
+}
+
+function bytesText(n: number): string {
+  return `${formatBytes(n)} (${n} bytes)`;
+}
+
+/**
+ * Why the pull cannot start for lack of space, or undefined when it fits (or cannot be measured).
+ * On the filesystem, the larger of marginBytes and marginPercent of its size must stay free (the
+ * kubelet evicts pods when the node's filesystem has less than 10 % free by default); under an
+ * ephemeral-storage limit, marginBytes.
+ */
+export function spaceShortage(space: SpaceObservation | undefined, marginBytes: number, marginPercent = 0): string | undefined {
+  if (space?.kind !== 'measured') return undefined;
+  const fsMargin = Math.max(marginBytes, Math.ceil((space.totalBytes * marginPercent) / 100));
+  const pulled = `the pull may write up to ${bytesText(space.pullBytes)} into ${space.topPath} (the data allocated in the layers being pulled)`;
+  if (space.pullBytes + fsMargin > space.availableBytes) {
+    return `${pulled} and ${bytesText(fsMargin)} must stay free (the larger of ${formatBytes(marginBytes)} and ${marginPercent}% of its filesystem's ${formatBytes(space.totalBytes)}), but its filesystem has ${bytesText(space.availableBytes)} free`;
+  }
+  const eph = space.ephemeral;
+  if (eph !== undefined && space.pullBytes + marginBytes > eph.limitBytes - eph.usedBytes) {
+    return `${pulled} and ${bytesText(marginBytes)} must stay free, but launcher pod ${eph.pod} has an ephemeral-storage limit of ${bytesText(eph.limitBytes)} of which ${bytesText(eph.usedBytes)} are used under ${eph.mountPoint}`;
+  }
+  return undefined;
 }
 
 export type Action =
@@ -462,8 +524,7 @@ function decideUnbounded(obs: Observation): Decision {
     };
   }
 
-  let nextRetries = retries;
-  let reason: Reason = 'Pulling';
+  const why = obs.lastJobError !== undefined ? ` (the hypervisor said: ${obs.lastJobError})` : '';
   if (prior.phase === 'Running') {
     // Our job ended (failed or was canceled) short of the goal.
     if (retries >= bp.spec.maxRetries) {
@@ -471,18 +532,53 @@ function decideUnbounded(obs: Observation): Decision {
         obs,
         chained,
         'RetryLimitExceeded',
-        `the pull ended short of its goal ${retries + 1} time(s) (maxRetries ${bp.spec.maxRetries}); chain is ${disk.chain.map((l) => l.path).join(' <- ')}`,
+        `the pull ended short of its goal ${retries + 1} time(s)${why} (maxRetries ${bp.spec.maxRetries}); chain is ${disk.chain.map((l) => l.path).join(' <- ')}`,
       );
     }
-    nextRetries = retries + 1;
-    reason = 'Retrying';
+    // Started again after a backoff, not at once: a cause that persists (a full filesystem)
+    // would otherwise burn every retry within seconds.
+    const delay = backoffMs(retries + 1, obs.waitRequeueMs);
+    return {
+      status: withPhase(
+        { ...chained, retries: retries + 1 },
+        { phase: 'Pending', reason: 'JobFailed', message: `the block job ended short of its goal${why}; retry ${retries + 1}/${bp.spec.maxRetries} after ${Math.ceil(delay / 1000)} s` },
+        generation,
+        now,
+      ),
+      action: { type: 'none' },
+      requeueAfterMs: delay,
+    };
   }
+  if (prior.phase === 'Pending' && prior.reason === 'JobFailed' && retries > 0) {
+    // The backoff after a failed job runs from the moment it was seen (Progressing went False).
+    const since = Date.parse(getCondition(prior.conditions, 'Progressing')?.lastTransitionTime ?? '');
+    const left = since + backoffMs(retries, obs.waitRequeueMs) - now.getTime();
+    if (Number.isFinite(since) && left > 0) {
+      const message =
+        obs.lastJobError !== undefined && !(prior.message ?? '').includes(obs.lastJobError)
+          ? `the block job ended short of its goal${why}; retry ${retries}/${bp.spec.maxRetries} after ${Math.ceil(backoffMs(retries, obs.waitRequeueMs) / 1000)} s`
+          : (prior.message ?? '');
+      return { status: withPhase(chained, { phase: 'Pending', reason: 'JobFailed', message }, generation, now), action: { type: 'none' }, requeueAfterMs: left };
+    }
+  }
+  const nextRetries = retries;
+  const reason: Reason = retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace') ? 'Retrying' : 'Pulling';
 
   if (obs.slots.running >= obs.slots.maxConcurrentPulls) {
     return waitingStatus(obs, chained, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.slots.maxConcurrentPulls})`);
   }
   if (obs.slots.runningOnNode >= obs.slots.maxPullsPerNode) {
     return waitingStatus(obs, chained, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${loc.node} (limit ${obs.slots.maxPullsPerNode})`);
+  }
+
+  // Pre-flight: the data to pull must fit, with the margin, where the active image lives.
+  const short = spaceShortage(obs.space, obs.spaceMarginBytes ?? 0, obs.spaceMarginPercent ?? 0);
+  if (short !== undefined) {
+    const recheck = obs.spaceRecheckMs ?? obs.waitRequeueMs;
+    return {
+      ...waitingStatus(obs, chained, 'InsufficientSpace', `${short}${why}; checked again with backoff (${Math.ceil(obs.waitRequeueMs / 1000)} s, doubling, at most ${MAX_BACKOFF_MS / 60_000} min)`),
+      requeueAfterMs: recheck,
+    };
   }
 
   const startBase: BaseRef | undefined = goal.basePath !== undefined ? { path: goal.basePath } : undefined;

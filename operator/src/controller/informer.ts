@@ -15,8 +15,16 @@
  *   object (client-node has no resync of its own).
  *
  * "Healthy" = the last list succeeded and a watch request is open, with no error since.
+ *
+ * Catching up after an API server outage: while it waits to restart, the watchdog asks the API
+ * server's /readyz (public; one cheap GET every probeIntervalMs). Once the API server has been
+ * seen down (a probe failed, or the informer's error was a connection failure, a 5xx or a 429)
+ * and /readyz answers 200 again, the informer restarts at once instead of at the end of a
+ * backoff that grew during the outage (up to maxBackoffMs). An error the API server answers
+ * while ready (403, 404: e.g. a CRD deleted) keeps the plain backoff, so no hot loop.
  */
 import {
+  Health,
   ListWatch,
   Watch,
   type CoreV1Api,
@@ -60,6 +68,37 @@ export interface WatchdogInformerOptions<T extends KubernetesObject> {
   readonly stallAfterMs?: number;
   /** Call update handlers for every cached object this often; 0/undefined = never. */
   readonly resyncPeriodMs?: number;
+  /** While waiting to restart: how often /readyz is asked (default 500 ms). */
+  readonly probeIntervalMs?: number;
+  /** Is the API server ready? Default: GET /readyz through `kc` (2 s timeout). */
+  readonly probe?: () => Promise<boolean>;
+}
+
+/** The HTTP status of a list/watch error, if the API server answered at all. */
+function httpStatusOf(err: unknown): number | undefined {
+  if (err === null || typeof err !== 'object') return undefined;
+  const e = err as { statusCode?: unknown; code?: unknown };
+  if (typeof e.statusCode === 'number') return e.statusCode;
+  if (typeof e.code === 'number') return e.code;
+  return undefined;
+}
+
+/** An error that says the API server was not (fully) there: no answer, a 5xx, or 429. */
+export function isOutageError(err: unknown): boolean {
+  const status = httpStatusOf(err);
+  return status === undefined || status >= 500 || status === 429;
+}
+
+/** GET /readyz with the operator's credentials (allowed to everyone by system:public-info-viewer). */
+export function readyzProbe(kc: KubeConfig, timeoutMs = 2_000): () => Promise<boolean> {
+  const health = new Health(kc);
+  return async () => {
+    try {
+      return await health.readyz({ signal: AbortSignal.timeout(timeoutMs) });
+    } catch {
+      return false;
+    }
+  };
 }
 
 export interface InformerHandlers<T> {
@@ -94,6 +133,11 @@ export class WatchdogInformer<T extends KubernetesObject> {
   #started = false;
   #stopped = false;
   #restartTimer: NodeJS.Timeout | undefined;
+  #probeTimer: NodeJS.Timeout | undefined;
+  /** The API server was seen down since the informer was last healthy (see the header). */
+  #sawOutage = false;
+  readonly #probe: () => Promise<boolean>;
+  readonly #probeIntervalMs: number;
   #checkTimer: NodeJS.Timeout | undefined;
   #resyncTimer: NodeJS.Timeout | undefined;
   readonly #syncWaiters: (() => void)[] = [];
@@ -106,6 +150,8 @@ export class WatchdogInformer<T extends KubernetesObject> {
     this.#maxBackoff = options.maxBackoffMs ?? 30_000;
     this.#stallAfter = options.stallAfterMs ?? 60_000;
     this.#backoff = this.#initialBackoff;
+    this.#probe = options.probe ?? readyzProbe(options.kc);
+    this.#probeIntervalMs = options.probeIntervalMs ?? 500;
 
     const real = new Watch(options.kc);
     // Our Watch stand-in: the ListWatch calls watch() only after it has applied a list, so the
@@ -175,6 +221,9 @@ export class WatchdogInformer<T extends KubernetesObject> {
     this.#stopped = true;
     this.#started = false;
     clearTimeout(this.#restartTimer);
+    this.#restartTimer = undefined;
+    clearTimeout(this.#probeTimer);
+    this.#probeTimer = undefined;
     clearInterval(this.#checkTimer);
     clearInterval(this.#resyncTimer);
     this.#setHealthy(false);
@@ -248,6 +297,7 @@ export class WatchdogInformer<T extends KubernetesObject> {
     }
     this.#setHealthy(true);
     this.#backoff = this.#initialBackoff;
+    this.#sawOutage = false;
     this.#stalled = false;
     this.#o.metrics?.informerStalled.set({ resource: this.resource }, 0);
   }
@@ -262,17 +312,45 @@ export class WatchdogInformer<T extends KubernetesObject> {
     if (this.#stopped) return;
     this.#lastError = describeApiError(err);
     this.#setHealthy(false);
+    if (isOutageError(err)) this.#sawOutage = true;
     if (this.#restartTimer !== undefined) return; // a restart is already scheduled
     const delay = this.#backoff;
     this.#backoff = Math.min(this.#backoff * 2, this.#maxBackoff);
     this.#log?.warn({ error: this.#lastError, restartInMs: delay }, 'informer stopped on an error; restarting');
-    this.#restartTimer = setTimeout(() => {
-      this.#restartTimer = undefined;
-      if (this.#stopped) return;
-      this.#restarts += 1;
-      this.#o.metrics?.informerRestarts.inc({ resource: this.resource });
-      void this.#startListWatch();
-    }, delay);
+    this.#restartTimer = setTimeout(() => this.#restartNow(), delay);
+    this.#scheduleProbe();
+  }
+
+  #restartNow(): void {
+    clearTimeout(this.#restartTimer);
+    this.#restartTimer = undefined;
+    clearTimeout(this.#probeTimer);
+    this.#probeTimer = undefined;
+    if (this.#stopped) return;
+    this.#restarts += 1;
+    this.#o.metrics?.informerRestarts.inc({ resource: this.resource });
+    void this.#startListWatch();
+  }
+
+  /** While a restart waits: ask /readyz; back from an outage -> restart now, backoff reset. */
+  #scheduleProbe(): void {
+    if (this.#probeTimer !== undefined || this.#stopped) return;
+    this.#probeTimer = setTimeout(() => {
+      void this.#probe().then((ready) => {
+        this.#probeTimer = undefined;
+        if (this.#stopped || this.#restartTimer === undefined) return;
+        if (!ready) {
+          this.#sawOutage = true;
+        } else if (this.#sawOutage) {
+          this.#sawOutage = false;
+          this.#backoff = this.#initialBackoff;
+          this.#log?.info({ error: this.#lastError }, 'API server ready again; restarting the informer now');
+          this.#restartNow();
+          return;
+        }
+        this.#scheduleProbe();
+      });
+    }, this.#probeIntervalMs);
   }
 
   #checkStall(): void {

@@ -22,9 +22,10 @@ import type { EventRecorder, InvolvedObject } from '../kube/events.ts';
 import { describeApiError, getCustomObject, isApiError, isConflict, isNotFound, setFinalizers, type KubeClients, type ResourceRef } from '../kube/client.ts';
 import type { OperatorMetrics } from '../kube/metrics.ts';
 import { forBlockPullKey, type Logger } from '../log.ts';
-import { locateLauncher, vmiHasDisk, VmiSchema, LAUNCHER_CONTAINER } from '../kubevirt/launcher.ts';
+import { ephemeralStorageLimit, locateLauncher, vmiHasDisk, VmiSchema, LAUNCHER_CONTAINER } from '../kubevirt/launcher.ts';
 import { LauncherUnavailableError, type DriverProvider } from '../kubevirt/transport.ts';
 import {
+  backoffMs,
   decide,
   decideActionError,
   diskHolder,
@@ -34,6 +35,7 @@ import {
   type LauncherObservation,
   type Observation,
   type ProgressSample,
+  type SpaceObservation,
 } from './decide.ts';
 import { ObserveGate } from './observe-gate.ts';
 
@@ -64,6 +66,9 @@ export interface ReconcilerOptions {
   readonly maxPullsPerNode: number;
   /** How long a worker waits for a read-only look at libvirt (default DEFAULT_OBSERVE_TIMEOUT_MS). */
   readonly observeTimeoutMs?: number;
+  /** Pre-flight: bytes, and percent of the filesystem, that must stay free after the data to pull (default 0). */
+  readonly spaceMarginBytes?: number;
+  readonly spaceMarginPercent?: number;
   /** Wake a BlockPull (the work queue's add). */
   readonly enqueue: (key: string) => void;
   readonly now?: () => Date;
@@ -82,12 +87,19 @@ interface Memory {
   started?: string;
   /** The job this process adopted and has announced (Event + log line). */
   adopted?: string;
+  /** Why our last job failed (QEMU's error, from the driver's events); cleared at each start. */
+  lastJobError?: string;
+  /** The last pre-flight that found too little space, how many did in a row, and when to measure again. */
+  space?: { observation: SpaceObservation; shortChecks: number; nextAtMs: number; limits: string };
 }
 
 /** Identifies one job: the launcher pod, the domain and the disk target. */
 function jobKey(pod: string, domain: string, target: string): string {
   return `${pod}|${domain}|${target}`;
 }
+
+/** How long a reconcile that sees our job gone short of its goal waits for the failure's reason. */
+const JOB_ERROR_WAIT_MS = 1_000;
 
 /** Fields whose change is a transition (written at once); progress and message are not. */
 function significant(s: BlockPullStatus | undefined): unknown {
@@ -208,8 +220,41 @@ export class Reconciler {
       return { requeueAfterMs: null };
     }
 
-    const { obs, driver } = await this.#observe(bp, log);
-    const decision = decide(obs);
+    const observed = await this.#observe(bp, log);
+    const { driver } = observed;
+    let obs = observed.obs;
+    let decision = decide(obs);
+    const mem0 = this.#mem(key);
+    const jobFailed = decision.status.reason === 'JobFailed' || decision.status.reason === 'RetryLimitExceeded';
+    if (bp.status?.phase === 'Running' && jobFailed && driver !== undefined && mem0.lastJobError === undefined) {
+      // Our job ended short of its goal: QEMU's reason may trail libvirt's event a little.
+      const t0 = performance.now();
+      while (mem0.lastJobError === undefined && performance.now() - t0 < JOB_ERROR_WAIT_MS) await new Promise((r) => setTimeout(r, 50));
+      if (mem0.lastJobError !== undefined) {
+        obs = { ...obs, lastJobError: mem0.lastJobError };
+        decision = decide(obs);
+      }
+    }
+    if (decision.action.type === 'startPull' && driver !== undefined) {
+      // Pre-flight before every start: decide again with the space measured. While short, the
+      // space is measured again only when its backoff has run out (5 s, 10 s, ... 5 min); a
+      // reconcile woken meanwhile (e.g. by our own status write) reuses the last measurement.
+      const nowMs = this.#now().getTime();
+      const last = mem0.space;
+      const limits = this.#spaceLimits(bp, obs);
+      if (last !== undefined && bp.status?.reason === 'InsufficientSpace' && nowMs < last.nextAtMs && last.limits === limits) {
+        obs = { ...obs, space: last.observation, spaceRecheckMs: last.nextAtMs - nowMs };
+        decision = decide(obs);
+      } else {
+        const n = (last?.shortChecks ?? 0) + 1;
+        const recheck = backoffMs(n, obs.waitRequeueMs);
+        const observation = await this.#measureSpace(bp, obs, decision, driver, log);
+        obs = { ...obs, space: observation, spaceRecheckMs: recheck };
+        decision = decide(obs);
+        if (decision.status.reason === 'InsufficientSpace') mem0.space = { observation, shortChecks: n, nextAtMs: nowMs + recheck, limits };
+      }
+      if (decision.status.reason !== 'InsufficientSpace') delete mem0.space;
+    }
     log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
 
     let final: Decision = decision;
@@ -324,6 +369,9 @@ export class Reconciler {
       diskHolder: holder,
       pollIntervalMs: this.#o.pollIntervalMs,
       waitRequeueMs: this.#o.waitRequeueMs ?? 5_000,
+      spaceMarginBytes: this.#o.spaceMarginBytes ?? 0,
+      spaceMarginPercent: this.#o.spaceMarginPercent ?? 0,
+      ...(this.#memory.get(key)?.lastJobError !== undefined ? { lastJobError: this.#memory.get(key)!.lastJobError! } : {}),
       ...(this.#memory.get(key)?.sample !== undefined ? { previousSample: this.#memory.get(key)!.sample! } : {}),
     };
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
@@ -427,6 +475,48 @@ export class Reconciler {
     }
   }
 
+  /** The launcher pod and its ephemeral-storage limit: a measurement is reused only while they stay. */
+  #spaceLimits(bp: BlockPull, obs: Observation): string {
+    const pod = obs.launcher?.kind === 'found' ? obs.launcher.launcher.pod : '';
+    return `${pod}:${ephemeralStorageLimit(this.#o.pods.get(bp.metadata.namespace, pod)) ?? 'none'}`;
+  }
+
+  /**
+   * The pre-flight measurement through the driver that made the observation (inside the compute
+   * container). Unreachable propagates (the work queue retries with backoff); a tool that fails
+   * or is missing makes the space unknown: the start is not held back, and the log says why.
+   */
+  async #measureSpace(bp: BlockPull, obs: Observation, decision: Decision, driver: BlockJobDriver, log: Logger): Promise<SpaceObservation> {
+    const hv = obs.hypervisor;
+    const loc = obs.launcher?.kind === 'found' ? obs.launcher.launcher : undefined;
+    if (hv?.kind !== 'ok' || loc === undefined) return { kind: 'unknown', reason: 'the disk was not observed' };
+    if (driver.getSpace === undefined) return { kind: 'unknown', reason: 'the driver cannot measure space' };
+    const limitBytes = ephemeralStorageLimit(this.#o.pods.get(bp.metadata.namespace, loc.pod));
+    const basePath = decision.status.backingChain?.basePath;
+    try {
+      const info = await driver.getSpace(loc.domain, { disk: hv.disk, ...(basePath !== undefined ? { basePath } : {}), measureUsage: limitBytes !== undefined });
+      if (info.kind === 'unknown') {
+        log.info({ reason: info.reason }, 'pre-flight space check not applicable');
+        return info;
+      }
+      log.debug({ topPath: info.topPath, pullBytes: info.pullBytes, availableBytes: info.availableBytes, totalBytes: info.totalBytes, limitBytes, usage: info.usage }, 'pre-flight space check');
+      return {
+        kind: 'measured',
+        topPath: info.topPath,
+        pullBytes: info.pullBytes,
+        availableBytes: info.availableBytes,
+        totalBytes: info.totalBytes,
+        ...(limitBytes !== undefined && info.usage !== undefined
+          ? { ephemeral: { pod: loc.pod, limitBytes, usedBytes: info.usage.usedBytes, mountPoint: info.usage.mountPoint } }
+          : {}),
+      };
+    } catch (err) {
+      if (isHypervisorError(err, 'Unreachable')) throw err;
+      log.warn({ error: describeError(err) }, 'pre-flight space check failed; starting without it');
+      return { kind: 'unknown', reason: describeError(err) };
+    }
+  }
+
   async #act(bp: BlockPull, action: Action, observedWith: BlockJobDriver | undefined, log: Logger): Promise<void> {
     const driver = (): BlockJobDriver => {
       if (observedWith === undefined) throw new HypervisorError('Unreachable', 'no driver for this BlockPull');
@@ -457,6 +547,7 @@ export class Reconciler {
         log.info('finalizer removed');
         return;
       case 'startPull':
+        delete this.#mem(`${bp.metadata.namespace}/${bp.metadata.name}`).lastJobError;
         await driver().startPull(action.domain, action.target, {
           ...(action.base !== undefined ? { base: action.base } : {}),
           ...(action.bandwidth > 0 ? { bandwidth: action.bandwidth } : {}),
@@ -544,7 +635,7 @@ export class Reconciler {
     } else if (action === 'abort') {
       void rec.normal(obj, bp.metadata.deletionTimestamp ? 'Aborting' : 'Paused', 'Abort', bp.metadata.deletionTimestamp ? 'BlockPull deleted: aborting its block job' : message);
     } else if (changed && reason !== undefined && reason !== 'Created' && reason !== 'Adopted') {
-      const warning = final.status.phase === 'Failed' || ['DiskBusy', 'HypervisorUnreachable', 'JobFailed'].includes(reason);
+      const warning = final.status.phase === 'Failed' || ['DiskBusy', 'HypervisorUnreachable', 'JobFailed', 'InsufficientSpace'].includes(reason);
       void rec.event(obj, warning ? 'Warning' : 'Normal', reason, final.status.phase ?? 'Observe', message);
     }
   }
@@ -565,7 +656,9 @@ export class Reconciler {
     const sub = driver.watchEvents(
       domain,
       (ev) => {
-        if (target === undefined || ev.target === target) this.#o.enqueue(key);
+        if (target !== undefined && ev.target !== target) return;
+        if (ev.error !== undefined) this.#mem(key).lastJobError = ev.error;
+        this.#o.enqueue(key);
       },
       target !== undefined ? { targets: [target] } : {},
     );

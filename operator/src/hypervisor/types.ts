@@ -54,7 +54,39 @@ export interface BlockJobEvent {
   readonly target: string;
   readonly kind: BlockJobEventKind;
   readonly jobType?: string;
+  /** Why a job failed, when the hypervisor said (QEMU's BLOCK_JOB_COMPLETED error, e.g. "No space left on device"). */
+  readonly error?: string;
 }
+
+/** What a pre-flight space check looks at: the disk as observed and the base the pull stops at. */
+export interface SpaceRequest {
+  readonly disk: DiskInfo;
+  /** The base image (kept); absent = full pull. */
+  readonly basePath?: string;
+  /** Also measure the bytes used under the mount point of the active image (for an ephemeral-storage limit). */
+  readonly measureUsage: boolean;
+}
+
+export type SpaceInfo =
+  | {
+      readonly kind: 'measured';
+      /** The active image, the file the pull writes into. */
+      readonly topPath: string;
+      /**
+       * Upper bound of the bytes the pull writes into the active image: the bytes allocated on
+       * storage by every layer being pulled (libvirt's block.N.physical; the layer's capacity
+       * when libvirt does not report it), summed. Data already in the active image is counted too.
+       */
+      readonly pullBytes: number;
+      /** Bytes free for an unprivileged writer on the filesystem of the active image (`stat -f`: %a x %S). */
+      readonly availableBytes: number;
+      /** Size of that filesystem (`stat -f`: %b x %S). */
+      readonly totalBytes: number;
+      /** Mount point holding the active image and the bytes used under it (`du -s -B1 -x`), when asked. */
+      readonly usage?: { readonly mountPoint: string; readonly usedBytes: number };
+    }
+  /** Not measurable (e.g. the active image is a block device): no pre-flight limit applies. */
+  | { readonly kind: 'unknown'; readonly reason: string };
 
 export interface EventSubscription {
   stop(): void;
@@ -77,6 +109,8 @@ export interface BlockJobDriver {
   setBandwidth(domain: string, target: string, bytesPerSecond: number): Promise<void>;
   /** Asynchronous abort: returns once requested; data already streamed stays in the top image. */
   abort(domain: string, target: string): Promise<void>;
+  /** Pre-flight: the space a pull would use and the space there is (optional: QMP has none). */
+  getSpace?(domain: string, request: SpaceRequest): Promise<SpaceInfo>;
   /** Completion events; callers still confirm with getJob + getDisk (see isPullComplete). */
   watchEvents(domain: string, onEvent: (event: BlockJobEvent) => void, options?: WatchEventsOptions): EventSubscription;
 }

@@ -6,8 +6,19 @@
 import { computeGoal, resolveBase, virshBaseArg } from './chain.ts';
 import { HypervisorError } from './errors.ts';
 import { RunOutputLimitError, RunTimeoutError, RunTransportError, type CommandRunner, type RunResult } from './runner.ts';
-import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, StartPullOptions, WatchEventsOptions } from './types.ts';
-import { findDisk, parseBlockJobEventLine, parseBlockJobRaw, parseDomainDisks, virshError } from './virsh-parse.ts';
+import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, SpaceInfo, SpaceRequest, StartPullOptions, WatchEventsOptions } from './types.ts';
+import {
+  findDisk,
+  parseBlockJobEventLine,
+  parseBlockJobRaw,
+  parseDomainDisks,
+  parseDomstatsBlock,
+  parseDuBytes,
+  parseMonitorJobCompletedLine,
+  parseMountPoint,
+  parseStatFs,
+  virshError,
+} from './virsh-parse.ts';
 
 export interface VirshDriverOptions {
   /** virsh binary (default "virsh", found on PATH). */
@@ -99,6 +110,54 @@ export class VirshDriver implements BlockJobDriver {
     await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--abort', '--async']);
   }
 
+  /** Run a non-virsh tool (stat, du) next to the VM through the same runner; a failure becomes a typed error. */
+  async #toolRun(argv: readonly string[]): Promise<string> {
+    let result: RunResult;
+    try {
+      result = await this.runner.run(argv, { timeoutMs: this.#timeoutMs });
+    } catch (err) {
+      if (err instanceof RunTimeoutError || err instanceof RunTransportError) {
+        throw new HypervisorError('Unreachable', `${this.runner.description}: ${err.message}`, { cause: err });
+      }
+      throw err;
+    }
+    if (result.exitCode !== 0) {
+      throw new HypervisorError('CommandFailed', `${argv.join(' ')} exited ${result.exitCode}: ${result.stderr.trim().slice(0, 1000) || '(no message)'}`);
+    }
+    return result.stdout;
+  }
+
+  /**
+   * Pre-flight: an upper bound of the bytes a pull writes into the active image (the storage
+   * allocated by every layer above the base, from `virsh domstats --block --backing`'s
+   * block.N.physical), and the free space of the filesystem holding the active image, measured
+   * where QEMU writes it (`stat -f` through this driver's runner: inside the compute container).
+   */
+  async getSpace(domain: string, request: SpaceRequest): Promise<SpaceInfo> {
+    const { disk } = request;
+    const top = disk.chain[0];
+    if (top === undefined) return { kind: 'unknown', reason: `disk ${disk.target} has no image` };
+    if (top.path.startsWith('/dev/')) return { kind: 'unknown', reason: `the active image ${top.path} is a block device` };
+    const baseAt = request.basePath === undefined ? disk.chain.length : disk.chain.findIndex((l) => l.path === request.basePath);
+    if (baseAt < 1) throw new HypervisorError('InvalidBase', `base ${request.basePath ?? ''} is not below the active image of ${disk.target}`);
+    const pulled = disk.chain.slice(1, baseAt);
+    const stats = parseDomstatsBlock((await this.#virshRun(['domstats', '--block', '--backing', domain])).stdout).filter((b) => b.name === disk.target);
+    let pullBytes = 0;
+    for (const layer of pulled) {
+      const st = stats.find((b) => b.path === layer.path) ?? (layer.index === undefined ? undefined : stats.find((b) => b.backingIndex === layer.index));
+      const bytes = st?.physical ?? st?.capacity;
+      if (bytes === undefined) throw new HypervisorError('CommandFailed', `virsh domstats reports no size for ${layer.path} (${disk.target})`);
+      pullBytes += bytes;
+    }
+    const { availableBytes, totalBytes } = parseStatFs(await this.#toolRun(['stat', '-f', '-c', '%a %S %b', '--', top.path]));
+    let usage: { mountPoint: string; usedBytes: number } | undefined;
+    if (request.measureUsage) {
+      const mountPoint = parseMountPoint(await this.#toolRun(['stat', '-c', '%m', '--', top.path]));
+      usage = { mountPoint, usedBytes: parseDuBytes(await this.#toolRun(['du', '-s', '-B1', '-x', '--', mountPoint])) };
+    }
+    return { kind: 'measured', topPath: top.path, pullBytes, availableBytes, totalBytes, ...(usage === undefined ? {} : { usage }) };
+  }
+
   /** The goal of a pull on this disk: the chain expected once it is done. */
   async goal(domain: string, target: string, base?: StartPullOptions['base']): Promise<ReturnType<typeof computeGoal>> {
     return computeGoal(await this.getDisk(domain, { target }), base);
@@ -177,7 +236,29 @@ export class VirshDriver implements BlockJobDriver {
         if (!stopped && !ended && handle === h) stopPolling();
       }, this.#restartDelayMs * 2).unref();
     };
+    // QEMU's own BLOCK_JOB_COMPLETED carries the reason a stream failed (libvirt's event does
+    // not): a second stream, restarted when it ends, whose failures are emitted with the error.
+    let monitorHandle: ReturnType<CommandRunner['stream']> | undefined;
+    let monitorTimer: NodeJS.Timeout | undefined;
+    const startMonitor = (): void => {
+      if (stopped) return;
+      const h = this.runner.stream(this.#argv(['qemu-monitor-event', '--domain', domain, '--event', 'BLOCK_JOB_COMPLETED', '--loop', '--timestamp']));
+      monitorHandle = h;
+      void (async () => {
+        try {
+          for await (const line of h.lines) {
+            const ev = parseMonitorJobCompletedLine(line);
+            if (ev !== null) emit(ev);
+          }
+          await h.done;
+        } catch {
+          /* restarted below */
+        }
+        if (!stopped) monitorTimer = setTimeout(startMonitor, this.#restartDelayMs * 5);
+      })();
+    };
     start();
+    startMonitor();
     // Seed the set of running jobs so that the poller can detect a disappearance.
     void poll();
     return {
@@ -185,7 +266,9 @@ export class VirshDriver implements BlockJobDriver {
         stopped = true;
         stopPolling();
         if (restartTimer !== undefined) clearTimeout(restartTimer);
+        if (monitorTimer !== undefined) clearTimeout(monitorTimer);
         handle?.stop();
+        monitorHandle?.stop();
       },
     };
   }

@@ -3,7 +3,19 @@ import { describe, expect, it } from 'vitest';
 import { chainAtGoal, computeGoal, resolveBase, virshBaseArg } from './chain.ts';
 import { isPullComplete } from './completion.ts';
 import { HypervisorError } from './errors.ts';
-import { findDisk, parseBlockJobEventLine, parseBlockJobRaw, parseDomainDisks, virshError } from './virsh-parse.ts';
+import {
+  findDisk,
+  OUTPUT_BOUNDS,
+  parseBlockJobEventLine,
+  parseBlockJobRaw,
+  parseDomainDisks,
+  parseDomstatsBlock,
+  parseDuBytes,
+  parseMonitorJobCompletedLine,
+  parseMountPoint,
+  parseStatFs,
+  virshError,
+} from './virsh-parse.ts';
 
 // Captured from `virsh dumpxml` of a launcher stand-in domain (libvirt 9.0.0), paths rewritten.
 const xml = readFileSync(new URL('./testdata/domain-libvirt-9.0.xml', import.meta.url), 'utf8');
@@ -119,5 +131,64 @@ describe('virshError', () => {
   ];
   it.each(cases)('%s -> %s', (stderr, code) => {
     expect(virshError(['virsh', 'blockpull'], 1, stderr).code).toBe(code);
+  });
+});
+
+describe('pre-flight space parsers (bounded, zod)', () => {
+  // Captured from `virsh domstats --block --backing` of a launcher stand-in (libvirt 9.0.0), paths rewritten.
+  const domstats = `Domain: 'scr_vm'
+  block.count=3
+  block.0.name=vda
+  block.0.path=/d/fs-small/small-2.qcow2
+  block.0.backingIndex=1
+  block.0.rd.reqs=0
+  block.0.wr.bytes=0
+  block.0.allocation=0
+  block.0.capacity=268435456
+  block.0.physical=1314816
+  block.1.name=vda
+  block.1.path=/d/images/small-1.qcow2
+  block.1.backingIndex=2
+  block.1.allocation=0
+  block.1.capacity=268435456
+  block.1.physical=68423680
+  block.2.name=vda
+  block.2.path=/d/images/small-0.qcow2
+  block.2.backingIndex=3
+  block.2.allocation=0
+  block.2.capacity=268435456
+  block.2.physical=67375104
+`;
+  it('domstats: one entry per image with path, backingIndex and sizes', () => {
+    const stats = parseDomstatsBlock(domstats);
+    expect(stats).toHaveLength(3);
+    expect(stats[1]).toEqual({ name: 'vda', path: '/d/images/small-1.qcow2', backingIndex: 2, allocation: 0, capacity: 268435456, physical: 68423680 });
+    expect(() => parseDomstatsBlock('  block.0.name=vda\n  block.0.physical=-1\n')).toThrow(HypervisorError);
+    expect(() => parseDomstatsBlock('x'.repeat(OUTPUT_BOUNDS.domstats + 1))).toThrow(/exceeds the bound/);
+  });
+  it('stat -f: free and total blocks x block size', () => {
+    expect(parseStatFs('3775 4096 4096\n')).toEqual({ availableBytes: 3775 * 4096, totalBytes: 4096 * 4096 });
+    expect(() => parseStatFs('3775 4096\n')).toThrow(HypervisorError);
+    expect(() => parseStatFs('a b c\n')).toThrow(HypervisorError);
+    expect(() => parseStatFs('1 0 1\n')).toThrow(HypervisorError);
+    expect(() => parseStatFs('5 1 4\n')).toThrow(HypervisorError); // more free than total
+    expect(() => parseStatFs(`${'9'.repeat(5000)} 1 1`)).toThrow(/exceeds the bound/);
+  });
+  it('stat -c %m and du -s -B1', () => {
+    expect(parseMountPoint('/var/run/kubevirt-ephemeral-disks\n')).toBe('/var/run/kubevirt-ephemeral-disks');
+    expect(() => parseMountPoint('relative\n')).toThrow(HypervisorError);
+    expect(() => parseMountPoint('/a\n/b\n')).toThrow(HypervisorError);
+    expect(parseDuBytes('1314816\t/var/run/kubevirt-ephemeral-disks\n')).toBe(1314816);
+    expect(() => parseDuBytes('du: cannot read\n')).toThrow(HypervisorError);
+  });
+  it("qemu-monitor-event BLOCK_JOB_COMPLETED: a stream's error becomes a failed event with the error text", () => {
+    // Observed (libvirt 9.0.0, QEMU 7.2) when the active image's filesystem filled up.
+    const line =
+      '2026-12-01 03:04:09.887+0000: event BLOCK_JOB_COMPLETED for domain \'scr_vm\': {"device":"pull-vda-libvirt-1-format","len":268435456,"offset":16252928,"speed":0,"type":"stream","error":"No space left on device"}';
+    expect(parseMonitorJobCompletedLine(line)).toEqual({ domain: 'scr_vm', target: 'vda', kind: 'failed', jobType: 'Block Pull', error: 'No space left on device' });
+    expect(parseMonitorJobCompletedLine(line.replace(',"error":"No space left on device"', ''))).toBeNull();
+    expect(parseMonitorJobCompletedLine(line.replace('"type":"stream"', '"type":"commit"'))).toBeNull();
+    expect(parseMonitorJobCompletedLine('2026-12-01 03:04:09.887+0000: event JOB_STATUS_CHANGE for domain \'scr_vm\': {"status":"null","id":"pull-vda-libvirt-1-format"}')).toBeNull();
+    expect(parseMonitorJobCompletedLine("event BLOCK_JOB_COMPLETED for domain 'a': {not json}")).toBeNull();
   });
 });

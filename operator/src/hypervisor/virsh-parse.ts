@@ -161,3 +161,111 @@ export function virshError(argv: readonly string[], exitCode: number, stderr: st
   const code = ERROR_PATTERNS.find(([re]) => re.test(stderr))?.[1] ?? 'CommandFailed';
   return new HypervisorError(code, `virsh ${argv.slice(1).join(' ')} exited ${exitCode}: ${msg || '(no message)'}`);
 }
+
+// --- pre-flight space check ---------------------------------------------------------------
+
+/** Output bounds: a launcher printing more than this is refused, not parsed. */
+export const OUTPUT_BOUNDS = { small: 4096, domstats: 4 * 1024 * 1024 } as const;
+
+function bounded(stdout: string, limit: number, what: string): string {
+  if (stdout.length > limit) throw new HypervisorError('CommandFailed', `${what}: output of ${stdout.length} characters exceeds the bound of ${limit}`);
+  return stdout;
+}
+
+const byteCount = z.coerce.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+
+const blockStatSchema = z.object({
+  name: z.string().min(1),
+  path: z.string().optional(),
+  backingIndex: byteCount.optional(),
+  allocation: byteCount.optional(),
+  capacity: byteCount.optional(),
+  physical: byteCount.optional(),
+});
+export type BlockStat = z.infer<typeof blockStatSchema>;
+
+const BLOCK_STAT_LINE = /^block\.(\d+)\.(name|path|backingIndex|allocation|capacity|physical)=(.*)$/;
+
+/**
+ * `virsh domstats --block --backing DOM`: one entry per image of every disk's chain
+ * (block.N.name = target, path, backingIndex, allocation, capacity, physical). Other fields
+ * are ignored; an entry that does not parse is an error.
+ */
+export function parseDomstatsBlock(stdout: string): BlockStat[] {
+  const raw = new Map<number, Record<string, string>>();
+  for (const line of bounded(stdout, OUTPUT_BOUNDS.domstats, 'virsh domstats').split('\n')) {
+    const m = BLOCK_STAT_LINE.exec(line.trim());
+    if (m === null) continue;
+    const i = Number(m[1]);
+    const fields = raw.get(i) ?? {};
+    fields[m[2]!] = m[3]!;
+    raw.set(i, fields);
+  }
+  const out: BlockStat[] = [];
+  for (const [i, fields] of [...raw.entries()].sort((a, b) => a[0] - b[0])) {
+    const parsed = blockStatSchema.safeParse(fields);
+    if (!parsed.success) throw new HypervisorError('CommandFailed', `unexpected domstats entry block.${i}: ${JSON.stringify(fields)}`);
+    out.push(parsed.data);
+  }
+  return out;
+}
+
+const statFsSchema = z.tuple([byteCount, byteCount.min(1), byteCount]);
+
+/**
+ * `stat -f -c '%a %S %b' -- PATH`: blocks free for unprivileged users, the fundamental block size
+ * and the total blocks -> free and total bytes of the filesystem.
+ */
+export function parseStatFs(stdout: string): { availableBytes: number; totalBytes: number } {
+  const parts = bounded(stdout, OUTPUT_BOUNDS.small, 'stat -f').trim().split(/\s+/);
+  const parsed = statFsSchema.safeParse(parts);
+  if (!parsed.success) throw new HypervisorError('CommandFailed', `unexpected stat -f output: ${JSON.stringify(stdout.slice(0, 200))}`);
+  const [avail, size, total] = parsed.data;
+  const availableBytes = avail * size;
+  const totalBytes = total * size;
+  if (!Number.isSafeInteger(availableBytes) || !Number.isSafeInteger(totalBytes) || availableBytes > totalBytes) {
+    throw new HypervisorError('CommandFailed', `stat -f: sizes out of range: ${JSON.stringify(stdout.slice(0, 200))}`);
+  }
+  return { availableBytes, totalBytes };
+}
+
+/** `stat -c %m -- PATH`: the mount point holding PATH (one absolute path). */
+export function parseMountPoint(stdout: string): string {
+  const text = bounded(stdout, OUTPUT_BOUNDS.small, 'stat -c %m').replace(/\n$/, '');
+  if (!text.startsWith('/') || text.includes('\n')) throw new HypervisorError('CommandFailed', `unexpected stat -c %m output: ${JSON.stringify(text.slice(0, 200))}`);
+  return text;
+}
+
+/** `du -s -B1 -x -- DIR`: "<bytes>\t<dir>" -> bytes. */
+export function parseDuBytes(stdout: string): number {
+  const m = /^(\d+)\t/.exec(bounded(stdout, OUTPUT_BOUNDS.small, 'du'));
+  const parsed = byteCount.safeParse(m?.[1]);
+  if (!parsed.success) throw new HypervisorError('CommandFailed', `unexpected du output: ${JSON.stringify(stdout.slice(0, 200))}`);
+  return parsed.data;
+}
+
+const MONITOR_JOB_COMPLETED_RE = /event BLOCK_JOB_COMPLETED for domain '(?<domain>.+)': (?<json>\{.*\})\s*$/;
+const jobCompletedSchema = z.looseObject({ device: z.string(), type: z.string(), error: z.string().max(4096).optional() });
+
+/**
+ * One line of `virsh qemu-monitor-event --domain D --event BLOCK_JOB_COMPLETED --loop --timestamp`
+ * for a stream job that ended with an error, e.g.
+ * `... event BLOCK_JOB_COMPLETED for domain 'D': {"device":"pull-vda-libvirt-1-format",...,"type":"stream","error":"No space left on device"}`.
+ * libvirt names its pull jobs pull-<target>-<node>; other lines (and successes) give null.
+ */
+export function parseMonitorJobCompletedLine(line: string): BlockJobEvent | null {
+  if (line.length > OUTPUT_BOUNDS.small * 4) return null;
+  const m = MONITOR_JOB_COMPLETED_RE.exec(line);
+  if (m?.groups === undefined) return null;
+  let json: unknown;
+  try {
+    json = JSON.parse(m.groups['json']!);
+  } catch {
+    return null;
+  }
+  const parsed = jobCompletedSchema.safeParse(json);
+  if (!parsed.success || parsed.data.type !== 'stream' || parsed.data.error === undefined) return null;
+  const target = /^pull-([a-z]+[0-9]*)-/.exec(parsed.data.device)?.[1];
+  if (target === undefined) return null;
+  return { domain: m.groups['domain']!, target, kind: 'failed', jobType: 'Block Pull', error: parsed.data.error };
+}

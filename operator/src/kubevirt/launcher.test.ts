@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { currentLauncherPod, domainName, libvirtUri, locateLauncher, migrationInProgress, vmiHasDisk, VmiSchema, PodSchema } from './launcher.ts';
+import { currentLauncherPod, domainName, ephemeralStorageLimit, libvirtUri, locateLauncher, migrationInProgress, vmiHasDisk, VmiSchema, PodSchema } from './launcher.ts';
 
 /** Pod uids the VMI lists in status.activePods by default. */
 const ACTIVE = ['other-vmi', 'pending', 'wrong-node', 'deleting', 'old', 'new', 'p', 'forged-owner', 'not-controller', 'wrong-kind'].map((n) => `uid-${n}`);
@@ -127,5 +127,19 @@ describe('kubevirt launcher lookup', () => {
     expect(message).toContain('pod wrong-node refused: on node node2, not the VMI\'s node node1');
     expect(message).toContain('pod pending refused: Pending, not Running');
     expect(message).toContain('pod deleting refused: being deleted');
+  });
+});
+
+describe('ephemeralStorageLimit', () => {
+  const withLimits = (...limits: (string | number | undefined)[]) => ({
+    spec: { containers: limits.map((l, i) => ({ name: `c${i}`, resources: l === undefined ? {} : { limits: { 'ephemeral-storage': l, cpu: '1' } } })) },
+  });
+  it('is the sum of the containers that have one, or undefined', () => {
+    expect(ephemeralStorageLimit(withLimits('1Gi', undefined, '50M'))).toBe(1024 ** 3 + 50_000_000);
+    expect(ephemeralStorageLimit(withLimits(1000))).toBe(1000);
+    expect(ephemeralStorageLimit(withLimits(undefined))).toBeUndefined();
+    expect(ephemeralStorageLimit({ spec: {} })).toBeUndefined();
+    expect(ephemeralStorageLimit(undefined)).toBeUndefined();
+    expect(ephemeralStorageLimit(withLimits('lots'))).toBeUndefined();
   });
 });

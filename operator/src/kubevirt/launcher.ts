@@ -9,6 +9,7 @@
  * the domain is <namespace>_<vmi name>. Objects come from informer caches: parsed with zod here.
  */
 import { z } from 'zod';
+import { parseQuantity } from '../api/quantity.ts';
 import type { LauncherObservation } from '../controller/decide.ts';
 
 export const LAUNCHER_CONTAINER = 'compute';
@@ -221,4 +222,39 @@ export function locateLauncher(namespace: string, vmiName: string, rawVmi: unkno
     namespace,
     ...(runtimeUser !== undefined ? { runtimeUser } : {}),
   };
+}
+
+const podLimitsSchema = z.looseObject({
+  spec: z
+    .looseObject({
+      containers: z
+        .array(
+          z.looseObject({
+            resources: z.looseObject({ limits: z.record(z.string(), z.union([z.string().max(64), z.number()])).optional() }).optional(),
+          }),
+        )
+        .optional(),
+    })
+    .optional(),
+});
+
+/**
+ * The pod's ephemeral-storage limit in bytes, as the kubelet applies it (evicting the pod above
+ * it): the sum of its containers' limits, when at least one container has one; undefined otherwise
+ * (also when a limit is not a quantity this operator reads: then no limit is applied).
+ */
+export function ephemeralStorageLimit(rawPod: unknown): number | undefined {
+  const pod = podLimitsSchema.safeParse(rawPod);
+  if (!pod.success) return undefined;
+  let sum: number | undefined;
+  for (const c of pod.data.spec?.containers ?? []) {
+    const q = c.resources?.limits?.['ephemeral-storage'];
+    if (q === undefined) continue;
+    try {
+      sum = (sum ?? 0) + parseQuantity(q);
+    } catch {
+      return undefined;
+    }
+  }
+  return sum;
 }

@@ -19,7 +19,7 @@ import { createPki, type Pki } from './certs.ts';
 import { clusterClient, type ClusterClient } from './client.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
 import { processStartTime } from '../support/lock.ts';
-import { daemonRecord, freePorts, isOurs, killNow, spawnDaemon, stopDaemon, waitPortsFree, type DaemonRecord } from './processes.ts';
+import { daemonRecord, freePorts, isOurs, killNow, readCmdline, spawnDaemon, stopDaemon, waitPortsFree, type DaemonRecord } from './processes.ts';
 import { tail } from '../support/tail.ts';
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..', '..');
@@ -374,6 +374,56 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
   }
 }
 
+/** The admin client credentials of a state dir's PKI (for /readyz). */
+async function adminPki(stateDir: string): Promise<LoadedPki> {
+  const dir = path.join(stateDir, 'pki');
+  return loadPki({
+    dir,
+    caCert: path.join(dir, 'ca.crt'),
+    caKey: path.join(dir, 'ca.key'),
+    etcdServerCert: '',
+    etcdServerKey: '',
+    etcdClientCert: '',
+    etcdClientKey: '',
+    apiserverCert: '',
+    apiserverKey: '',
+    adminCert: path.join(dir, 'admin.crt'),
+    adminKey: path.join(dir, 'admin.key'),
+    kubeletClientCert: '',
+    kubeletClientKey: '',
+    serviceAccountKey: '',
+    serviceAccountPub: '',
+  });
+}
+
+export interface StoppedApiserver {
+  /** Start it again with the same flags and port (etcd kept its data); resolves once /readyz is 200. */
+  start(options?: { readyTimeoutMs?: number }): Promise<void>;
+}
+
+/**
+ * An API server outage: stops the kube-apiserver of the control plane recorded in `stateDir`
+ * (SIGTERM, like a restart; etcd keeps running) and returns how to start it again. The new
+ * process is recorded in state.json, so the control plane's stop() stops it.
+ */
+export async function stopApiserver(stateDir: string): Promise<StoppedApiserver> {
+  const state = await readState(stateDir);
+  const rec = state?.processes.find((p) => p.name === 'kube-apiserver');
+  if (state === undefined || rec === undefined || !isOurs(rec)) throw new Error(`no running kube-apiserver recorded in ${stateDir}`);
+  const argv = readCmdline(rec.pid);
+  if (argv === undefined || argv.length === 0) throw new Error(`cannot read the command line of kube-apiserver (pid ${rec.pid})`);
+  await stopDaemon(rec);
+  await waitPortsFree([state.ports.apiserver]);
+  return {
+    async start(options = {}) {
+      const proc = spawnDaemon('kube-apiserver', argv[0]!, argv.slice(1), rec.logFile, rec.marker);
+      const current = (await readState(stateDir)) ?? state;
+      await writeState(stateDir, { ...current, processes: current.processes.map((p) => (p.name === 'kube-apiserver' ? proc : p)) });
+      await waitReady(state.server, await adminPki(stateDir), [proc], options.readyTimeoutMs ?? 90_000);
+    },
+  };
+}
+
 /** The control plane recorded in a state dir (started earlier, e.g. by `npm run cluster -- up`), if it runs. */
 export async function attachControlPlane(stateDir = DEFAULT_STATE_DIR): Promise<{ state: ClusterState; running: boolean; ready: boolean } | undefined> {
   const state = await readState(stateDir);
@@ -381,24 +431,7 @@ export async function attachControlPlane(stateDir = DEFAULT_STATE_DIR): Promise<
   const running = state.processes.every((p) => isOurs(p));
   let ready = false;
   if (running && existsSync(path.join(stateDir, 'pki', 'ca.crt'))) {
-    const dir = path.join(stateDir, 'pki');
-    const pki = await loadPki({
-      dir,
-      caCert: path.join(dir, 'ca.crt'),
-      caKey: path.join(dir, 'ca.key'),
-      etcdServerCert: '',
-      etcdServerKey: '',
-      etcdClientCert: '',
-      etcdClientKey: '',
-      apiserverCert: '',
-      apiserverKey: '',
-      adminCert: path.join(dir, 'admin.crt'),
-      adminKey: path.join(dir, 'admin.key'),
-      kubeletClientCert: '',
-      kubeletClientKey: '',
-      serviceAccountKey: '',
-      serviceAccountPub: '',
-    });
+    const pki = await adminPki(stateDir);
     try {
       ready = (await httpsGet(`${state.server}/readyz`, pki, 2000)).status === 200;
     } catch {

@@ -1,7 +1,16 @@
 /** The local control plane for tests and the demo (see control-plane.ts, binaries.ts, service-account.ts). */
 export { ensureBinaries, type ClusterBinaries } from './binaries.ts';
 export { clusterClient, KubectlError, runKubectl, type ClusterClient, type KubectlOptions, type RunResult } from './client.ts';
-export { attachControlPlane, DEFAULT_STATE_DIR, startControlPlane, stopRecorded, type ControlPlane, type StartOptions } from './control-plane.ts';
+export {
+  attachControlPlane,
+  DEFAULT_STATE_DIR,
+  startControlPlane,
+  stopApiserver,
+  stopRecorded,
+  type ControlPlane,
+  type StartOptions,
+  type StoppedApiserver,
+} from './control-plane.ts';
 export { installCrds, projectCrdFiles, VMI_CRD_FILE } from './crds.ts';
 export { createPki, issueCert, type Pki } from './certs.ts';
 export { writeKubeconfig } from './kubeconfig.ts';

@@ -233,6 +233,8 @@ export interface FakeVmiOptions {
   readonly pod?: boolean;
   /** Node of the VMI (status.nodeName) and its launcher Pod (spec.nodeName); default STANDIN_NODE. */
   readonly nodeName?: string;
+  /** resources.limits of the launcher Pod's compute container (e.g. ephemeral-storage). */
+  readonly computeLimits?: Readonly<Record<string, string>>;
 }
 
 export function vmiManifest(o: { namespace: string; vmiName: string; disks: readonly string[] }): Record<string, unknown> {
@@ -259,7 +261,7 @@ export function vmiOwnerReference(vmiName: string, vmiUid: string): Record<strin
  */
 export async function createLauncherPod(
   kube: ClusterClient,
-  o: { namespace: string; podName: string; vmiName: string; vmiUid: string; nodeName?: string; owned?: boolean },
+  o: { namespace: string; podName: string; vmiName: string; vmiUid: string; nodeName?: string; owned?: boolean; computeLimits?: Record<string, string> },
 ): Promise<string> {
   const pod = {
     apiVersion: 'v1',
@@ -274,7 +276,14 @@ export async function createLauncherPod(
     spec: {
       nodeName: o.nodeName ?? STANDIN_NODE,
       automountServiceAccountToken: false,
-      containers: [{ name: 'compute', image: 'quay.io/kubevirt/virt-launcher:v1.6.0', command: ['/usr/bin/virt-launcher'] }],
+      containers: [
+        {
+          name: 'compute',
+          image: 'quay.io/kubevirt/virt-launcher:v1.6.0',
+          command: ['/usr/bin/virt-launcher'],
+          ...(o.computeLimits !== undefined ? { resources: { limits: o.computeLimits } } : {}),
+        },
+      ],
     },
   };
   await kube.kubectl(['apply', '-f', '-'], { input: stringify(pod) });
@@ -291,7 +300,7 @@ export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Pro
   const nodeName = o.nodeName ?? STANDIN_NODE;
   const activePods: Record<string, string> = {};
   if (o.pod ?? true) {
-    const podUid = await createLauncherPod(kube, { namespace: ns, podName, vmiName: o.vmiName, vmiUid: uid, nodeName });
+    const podUid = await createLauncherPod(kube, { namespace: ns, podName, vmiName: o.vmiName, vmiUid: uid, nodeName, ...(o.computeLimits !== undefined ? { computeLimits: o.computeLimits } : {}) });
     activePods[podUid] = nodeName;
   }
   const status = {

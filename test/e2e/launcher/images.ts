@@ -27,6 +27,8 @@ export interface ChainSpec {
   readonly sizeMiB: number;
   /** MiB of data written across the chain (default: half the size). */
   readonly allocatedMiB?: number;
+  /** Directory of the top image (position 0), e.g. a small filesystem of its own; default `dir`. */
+  readonly topDir?: string;
   /** Owner of the images (the QEMU user). */
   readonly uid?: number;
   readonly gid?: number;
@@ -69,7 +71,7 @@ export async function buildChain(spec: ChainSpec): Promise<BuiltChain> {
   const partMiB = Math.floor(allocatedMiB / backingLayers);
   for (let i = 0; i < layers; i++) {
     const position = layers - 1 - i;
-    const file = path.join(dir, `${name}-${i}.qcow2`);
+    const file = path.join(position === 0 && spec.topDir !== undefined ? spec.topDir : dir, `${name}-${i}.qcow2`);
     const lower = paths[i - 1];
     const create = ['create', '-q', '-f', 'qcow2', ...(lower === undefined ? [] : ['-F', 'qcow2', '-b', lower]), file, `${sizeMiB}M`];
     await execFileP('qemu-img', create);

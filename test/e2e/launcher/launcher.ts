@@ -27,6 +27,12 @@ export interface LauncherDiskSpec {
   readonly sizeMiB: number;
   /** MiB of data written across the chain (default half the size); see images.ts for the layout. */
   readonly allocatedMiB?: number;
+  /**
+   * Put the top image (the active layer a pull writes into) on a filesystem of its own of this
+   * many MiB (a tmpfs with size=, mounted by the stand-in and unmounted by stop()), like an
+   * emptyDir that is nearly full. Needs root.
+   */
+  readonly topFsMiB?: number;
 }
 
 export interface LauncherOptions {
@@ -51,6 +57,8 @@ export interface LauncherDisk {
   readonly sizeBytes: number;
   /** Bytes a full pull copies (allocated in the backing layers, not shadowed by the top). */
   readonly pullBytes: number;
+  /** The small filesystem holding the top image (topFsMiB), if any. */
+  readonly topFs?: string;
 }
 
 export interface Launcher {
@@ -174,6 +182,8 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
   let daemon: ChildProcess | undefined;
   let stopped = false;
   const disks: LauncherDisk[] = [];
+  /** tmpfs mounts made for topFsMiB, unmounted by stop(). */
+  const mounts: string[] = [];
 
   const virsh = async (args: readonly string[], timeoutMs = 30_000): Promise<string> => {
     const r = await runner.run(['virsh', '-q', '-c', uri, ...args], { timeoutMs });
@@ -253,6 +263,9 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
         errors.push(err);
       }
     }
+    for (const m of mounts.splice(0).reverse()) {
+      await execFileP('umount', [m]).catch(async () => execFileP('umount', ['-l', m]).catch((e: unknown) => errors.push(e)));
+    }
     if (registrationPath !== undefined) await rm(registrationPath, { force: true }).catch((e: unknown) => errors.push(e));
     await rm(dir, { recursive: true, force: true }).catch((e: unknown) => errors.push(e));
     if (errors.length > 0) throw new AggregateError(errors, `launcher ${domain}: stop incomplete`);
@@ -284,8 +297,24 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
     }
     await mkdir(refDir, { recursive: true, mode: 0o700 });
     for (const [i, spec] of options.disks.entries()) {
-      const built = await buildChain({ dir: imgDir, name: spec.name, layers: spec.layers, sizeMiB: spec.sizeMiB, ...(spec.allocatedMiB === undefined ? {} : { allocatedMiB: spec.allocatedMiB }), uid, gid });
-      disks.push({ name: spec.name, alias: `ua-${spec.name}`, target: targetName(i), chain: built.chain, sizeBytes: built.sizeBytes, pullBytes: built.pullBytes });
+      let topFs: string | undefined;
+      if (spec.topFsMiB !== undefined) {
+        topFs = path.join(dir, `fs-${spec.name}`);
+        await mkdir(topFs, { mode: 0o700 });
+        await execFileP('mount', ['-t', 'tmpfs', '-o', `size=${spec.topFsMiB}m,mode=0700,uid=${uid},gid=${gid}`, `bpl-${spec.name}`, topFs]);
+        mounts.push(topFs);
+      }
+      const built = await buildChain({
+        dir: imgDir,
+        name: spec.name,
+        layers: spec.layers,
+        sizeMiB: spec.sizeMiB,
+        ...(spec.allocatedMiB === undefined ? {} : { allocatedMiB: spec.allocatedMiB }),
+        ...(topFs === undefined ? {} : { topDir: topFs }),
+        uid,
+        gid,
+      });
+      disks.push({ name: spec.name, alias: `ua-${spec.name}`, target: targetName(i), chain: built.chain, sizeBytes: built.sizeBytes, pullBytes: built.pullBytes, ...(topFs === undefined ? {} : { topFs }) });
     }
     await startDaemon();
     const xmlPath = path.join(home, 'domain.xml');

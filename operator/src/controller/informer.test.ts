@@ -1,0 +1,103 @@
+/**
+ * WatchdogInformer's catch-up after an outage, without a server: the list fails as chosen, the
+ * /readyz probe is injected. The real API server restart is test/e2e/plumb-informer-outage.e2e.test.ts.
+ */
+import { KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import { describe, expect, it } from 'vitest';
+import { isOutageError, WatchdogInformer } from './informer.ts';
+
+function kubeConfig(): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'c', server: 'http://127.0.0.1:9', skipTLSVerify: true }],
+    users: [{ name: 'u' }],
+    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+    currentContext: 'x',
+  });
+  return kc;
+}
+
+const httpError = (statusCode: number): Error => Object.assign(new Error(`HTTP ${statusCode}`), { statusCode });
+
+/** An informer whose list fails with `error`; the probe answers from `ready()`. Backoff 10 s. */
+function failing(error: Error, ready: () => boolean) {
+  let lists = 0;
+  const inf = new WatchdogInformer<KubernetesObject>({
+    kc: kubeConfig(),
+    resource: 'things',
+    source: {
+      path: '/api/v1/things',
+      list: () => {
+        lists += 1;
+        return Promise.reject(error);
+      },
+    },
+    initialBackoffMs: 10_000,
+    probeIntervalMs: 50,
+    probe: () => Promise.resolve(ready()),
+  });
+  return { inf, lists: () => lists };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('isOutageError', () => {
+  it('no answer, 5xx and 429 are outages; 4xx answers are not', () => {
+    expect(isOutageError(new TypeError('fetch failed'))).toBe(true);
+    expect(isOutageError(Object.assign(new Error('x'), { code: 'ECONNREFUSED' }))).toBe(true);
+    expect(isOutageError(httpError(503))).toBe(true);
+    expect(isOutageError(httpError(429))).toBe(true);
+    expect(isOutageError({ code: 500 })).toBe(true);
+    expect(isOutageError(httpError(404))).toBe(false);
+    expect(isOutageError(httpError(403))).toBe(false);
+    expect(isOutageError({ code: 410 })).toBe(false);
+  });
+});
+
+describe('WatchdogInformer: restart as soon as the API server is ready again', () => {
+  it('after an outage error: restarts when /readyz answers 200, not at the end of the backoff', async () => {
+    let ready = false;
+    const { inf, lists } = failing(new TypeError('fetch failed'), () => ready);
+    await inf.start();
+    try {
+      expect(lists()).toBe(1);
+      await sleep(300);
+      expect(inf.restarts()).toBe(0); // still down: the 10 s backoff holds
+      ready = true;
+      const t0 = performance.now();
+      while (inf.restarts() === 0 && performance.now() - t0 < 2_000) await sleep(10);
+      expect(inf.restarts()).toBe(1);
+      expect(performance.now() - t0).toBeLessThan(1_000);
+      expect(lists()).toBe(2);
+    } finally {
+      await inf.stop();
+    }
+  });
+
+  it('an API server seen not ready, then ready: restart even when the last error was an answer (404 before the CRDs are served)', async () => {
+    let ready = false;
+    const { inf } = failing(httpError(404), () => ready);
+    await inf.start();
+    try {
+      await sleep(200); // the probe sees it not ready
+      ready = true;
+      const t0 = performance.now();
+      while (inf.restarts() === 0 && performance.now() - t0 < 2_000) await sleep(10);
+      expect(inf.restarts()).toBe(1);
+    } finally {
+      await inf.stop();
+    }
+  });
+
+  it('an error answered while the API server is ready (404: CRD deleted) keeps the plain backoff: no hot loop', async () => {
+    const { inf, lists } = failing(httpError(404), () => true);
+    await inf.start();
+    try {
+      await sleep(1_000);
+      expect(inf.restarts()).toBe(0);
+      expect(lists()).toBe(1);
+    } finally {
+      await inf.stop();
+    }
+  });
+});
