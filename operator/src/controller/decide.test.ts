@@ -283,7 +283,8 @@ describe('decide: the state table', () => {
     const d = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: running() }), hypervisor: ok(CHAIN3) }));
     expect(d.action.type).toBe('startPull');
     expect(d.status).toMatchObject({ phase: 'Running', reason: 'Retrying', attempts: 2, retries: 1 });
-    const again = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: d.status }), hypervisor: ok(CHAIN3) }));
+    // The start confirmed (afterAction), then that job ended short too.
+    const again = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: d.afterAction! }), hypervisor: ok(CHAIN3) }));
     expect(again.action.type).toBe('none');
     expect(again.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
     expect(getCondition(again.status.conditions, 'Failed')).toMatchObject({ status: 'True', reason: 'RetryLimitExceeded' });
