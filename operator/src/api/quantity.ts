@@ -1,8 +1,8 @@
 /**
  * Kubernetes Quantity → bytes, for spec.bandwidth. Accepts what the CRD accepts: a
  * non-negative integer, or a decimal number with an optional binary (Ki, Mi, Gi, Ti) or
- * decimal (k, M, G, T) suffix, that is a whole number of bytes per second (`1.5Ki` = 1536;
- * `0.5` is refused: rounding it down would mean 0 = unlimited) and at most MAX_BANDWIDTH.
+ * decimal (k, M, G, T) suffix, at most MAX_BANDWIDTH. A fraction of a byte is rounded UP
+ * (`0.5` → 1 byte/s): rounding down would turn a tiny limit into 0 = unlimited.
  */
 
 export const QUANTITY_PATTERN = /^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$/;
@@ -51,9 +51,7 @@ export function parseQuantity(value: number | string): number {
   const scale = 10n ** BigInt(digits.length);
   const multiplier = MULTIPLIERS[suffix];
   if (multiplier === undefined) throw new QuantityError(value);
-  const scaled = mantissa * multiplier;
-  if (scaled % scale !== 0n) throw new QuantityError(value, 'not a whole number of bytes per second');
-  const bytes = scaled / scale;
+  const bytes = (mantissa * multiplier + scale - 1n) / scale;
   if (bytes > BigInt(MAX_BANDWIDTH)) throw new QuantityError(value, TOO_LARGE);
   return Number(bytes);
 }
