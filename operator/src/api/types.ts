@@ -90,13 +90,14 @@ export type Reason = (typeof REASONS)[number];
  * starts or aborts a job, so that neither a lost status write nor a restart makes it misjudge
  * what it did (a job it aborted is never taken for a failed one; attempts count the jobs started):
  * - Starting: a start is recorded (counted in attempts); not yet known to have run. Found
- *   without a job later, it is started again, not counted as a failure.
+ *   without a job later, it is made again as the same attempt: not counted again, not a failure.
  * - Running: the start call returned, or a running pull was adopted.
  * - Aborting: the operator is aborting it (pause, deletion, an unusable bandwidth).
  * - Aborted: gone after the operator's abort: never a failure.
  * - Ended: it ended on its own (at the goal, or short of it: counted against maxRetries).
  * Absent: no job of this BlockPull is known.
  */
+// A status from before status.job existed: decide.ts recordedJobState() reads it from the phase.
 export const JOB_STATES = ['Starting', 'Running', 'Aborting', 'Aborted', 'Ended'] as const;
 export const JobStateSchema = z.enum(JOB_STATES);
 export type JobState = z.infer<typeof JobStateSchema>;

@@ -432,10 +432,16 @@ describe('decide: the job record (persisted intent)', () => {
     expect(d.status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 2, job: { state: 'Running' } });
   });
 
-  it('a recorded start not known to have run (Starting, no job) is started again, not counted as a failure', () => {
+  it('a recorded start not known to have run (Starting, no job) is made again as the same attempt, not a failure', () => {
     const d = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: withRecord('Starting', { attempts: 2 }) }), hypervisor: ok(CHAIN3) }));
     expect(d.action.type).toBe('startPull');
-    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', retries: 0, attempts: 3, job: { state: 'Starting' } });
+    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', retries: 0, attempts: 2, job: { state: 'Starting' } });
+    // A retry recorded but not known to have run: still that retry, counted once.
+    const retry = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: withRecord('Starting', { reason: 'Retrying', attempts: 2, retries: 1 }) }), hypervisor: ok(CHAIN3) }));
+    expect(retry.status).toMatchObject({ phase: 'Running', reason: 'Retrying', retries: 1, attempts: 2 });
+    // Paused meanwhile: Paused, nothing counted.
+    const paused = decide(obs({ bp: bp({ spec: { paused: true }, status: withRecord('Starting', { attempts: 2 }) }), hypervisor: ok(CHAIN3) }));
+    expect(paused.status).toMatchObject({ phase: 'Paused', attempts: 2 });
   });
 
   it('our confirmed job gone short of the goal (Running, no job) → Ended; maxRetries 0 → Failed/RetryLimitExceeded', () => {
@@ -514,6 +520,13 @@ describe('decide: deletion aborts the job we started, whatever the phase', () =>
     expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
     expect(d.status.job).toEqual({ state: 'Aborting' });
     expect(d.status.phase).toBe(phase);
+  });
+  it('Failed/InvalidBandwidth written by an operator from before status.job, over its running job → abort', () => {
+    const legacy: BlockPullStatus = { ...running(), phase: 'Failed', reason: 'InvalidBandwidth' };
+    const d = decide(obs({ bp: bp({ deleting: true, status: legacy }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) }));
+    expect(d.action.type).toBe('abort');
+    const other: BlockPullStatus = { ...running(), phase: 'Failed', reason: 'RetryLimitExceeded' };
+    expect(decide(obs({ bp: bp({ deleting: true, status: other }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) })).action.type).toBe('removeFinalizer');
   });
   it('a terminal BlockPull whose job ended: a pull on the disk is not ours → finalizer removed', () => {
     const d = decide(obs({ bp: bp({ deleting: true, status: running({ phase: 'Completed', job: { state: 'Ended' } }) }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) }));

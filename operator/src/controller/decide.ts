@@ -140,11 +140,14 @@ export function diskHolder(all: readonly BlockPull[], self: BlockPull): string |
 
 /**
  * The recorded state of this BlockPull's job. A status written before status.job existed says
- * Running while a job of ours ran.
+ * Running while a job of ours ran; and Failed/InvalidBandwidth after a start is what such an
+ * operator wrote over a job it left running (deletion then aborts it).
  */
 export function recordedJobState(status: BlockPullStatus | undefined): JobState | undefined {
   if (status?.job !== undefined) return status.job.state;
-  return status?.phase === 'Running' ? 'Running' : undefined;
+  if (status?.phase === 'Running') return 'Running';
+  if (status?.phase === 'Failed' && status.reason === 'InvalidBandwidth' && (status.attempts ?? 0) > 0) return 'Running';
+  return undefined;
 }
 
 /** A job this BlockPull started (or adopted) may still run on the disk. */
@@ -486,8 +489,10 @@ function decideUnbounded(obs: Observation): Decision {
   // --- no job, chain not at its goal --------------------------------------------------------
   // What ended the last job, by the record: our abort (a pause, never a failure), or the job
   // itself (Running: ended short of the goal, a retry is due). A start recorded but not known to
-  // have run (Starting) is neither: it is started again.
+  // have run (Starting: the operator stopped, or its write was lost, between recording the start
+  // and its outcome) is neither: it is made again as the same attempt (counted once).
   const retryDue = js === 'Running' || js === 'Ended';
+  const replay = js === 'Starting';
   const settled = withJob(chained, js === 'Running' ? 'Ended' : js === 'Aborting' ? 'Aborted' : js);
   if (bandwidthError !== undefined) return failed(obs, settled, 'InvalidBandwidth', bandwidthError);
   if (bp.spec.paused) {
@@ -504,7 +509,7 @@ function decideUnbounded(obs: Observation): Decision {
   }
 
   let nextRetries = retries;
-  let reason: Reason = 'Pulling';
+  let reason: Reason = replay && prior.reason === 'Retrying' ? 'Retrying' : 'Pulling';
   if (retryDue) {
     // Our job ended on its own (failed, or canceled by someone else) short of the goal.
     if (retries >= bp.spec.maxRetries) {
@@ -531,7 +536,7 @@ function decideUnbounded(obs: Observation): Decision {
   const status = withPhase(
     {
       ...withJob(settled, 'Starting'),
-      attempts: attempts + 1,
+      attempts: replay ? Math.max(attempts, 1) : attempts + 1,
       retries: nextRetries,
       progress: { currentBytes: 0, totalBytes: prior.progress?.totalBytes ?? 0, percent: prior.progress?.percent ?? '0%', bytesPerSecond: 0 },
       ...(prior.startTime === undefined ? { startTime: timestamp(now) } : {}),
