@@ -40,7 +40,7 @@ const VMI = 'vm-intent';
 const TOGGLE_RUNS = 3;
 const TOGGLES = 20;
 const TOGGLE_DISKS = Array.from({ length: TOGGLE_RUNS }, (_, i) => `toggle-${i + 1}`);
-const OTHER_DISKS = ['maxbw', 'badbw', 'half', 'halfbad', 'delfailed'] as const;
+const OTHER_DISKS = ['maxbw', 'badbw', 'half', 'halfbad', 'delfailed', 'dellegacy'] as const;
 const CRD_FILE = path.join(REPO_ROOT, 'crds', 'blockpull.dev_blockpulls.yaml');
 const BANDWIDTH_RULES = '/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/bandwidth/x-kubernetes-validations';
 
@@ -277,24 +277,24 @@ describe('BlockPull intent and bandwidth bounds (issue 10 items 4, 5)', () => {
     expect(await jobOf('half')).toBeNull();
   });
 
-  it('deleting a BlockPull aborts the job it started, whatever the phase', async () => {
-    const ref = await launcher.reference('delfailed');
-    await apply('delfailed', 'delfailed', { bandwidth: '1Mi' });
-    await runningWithProgress('delfailed');
-    expect(await jobOf('delfailed')).not.toBeNull();
-    // A terminal phase over a running job (what an older operator left after a bad bandwidth),
-    // written by an admin through the status subresource.
-    await kube.kubectl([
-      'patch', 'blockpull', 'delfailed', '-n', NS, '--subresource=status', '--type=merge',
-      '-p', JSON.stringify({ status: { phase: 'Failed', reason: 'InvalidBandwidth', message: 'left by an older operator' } }),
-    ]);
+  it.each([
+    ['delfailed', { phase: 'Completed', reason: 'Completed', message: 'written by an admin' }],
+    // What an operator from before status.job left after an unparsable bandwidth: no job record.
+    ['dellegacy', { phase: 'Failed', reason: 'InvalidBandwidth', message: 'left by an older operator', job: null }],
+  ] as const)('deleting a BlockPull aborts the job it started, whatever the phase (%s)', async (disk, terminal) => {
+    const ref = await launcher.reference(disk);
+    await apply(disk, disk, { bandwidth: '1Mi' });
+    await runningWithProgress(disk);
+    expect(await jobOf(disk)).not.toBeNull();
+    // A terminal phase over the running job, written through the status subresource.
+    await kube.kubectl(['patch', 'blockpull', disk, '-n', NS, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: terminal })]);
     await sleep(1_000);
-    expect(await jobOf('delfailed')).not.toBeNull();
-    expect((await status('delfailed'))?.phase).toBe('Failed');
-    await kube.kubectl(['delete', 'blockpull', 'delfailed', '-n', NS, '--wait=true', '--timeout=30s'], { timeoutMs: 40_000 });
-    expect(await getBlockPull(kube, NS, 'delfailed')).toBeUndefined();
-    expect(await jobOf('delfailed')).toBeNull();
-    expect(counter!.ended(target('delfailed'))).toMatchObject({ canceled: 1, completed: 0 });
-    expect(await launcher.compare('delfailed', ref)).toBe(true);
+    expect(await jobOf(disk)).not.toBeNull();
+    expect((await status(disk))?.phase).toBe(terminal.phase);
+    await kube.kubectl(['delete', 'blockpull', disk, '-n', NS, '--wait=true', '--timeout=30s'], { timeoutMs: 40_000 });
+    expect(await getBlockPull(kube, NS, disk)).toBeUndefined();
+    expect(await jobOf(disk)).toBeNull();
+    expect(counter!.ended(target(disk))).toMatchObject({ canceled: 1, completed: 0 });
+    expect(await launcher.compare(disk, ref)).toBe(true);
   });
 });
