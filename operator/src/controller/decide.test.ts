@@ -473,6 +473,14 @@ describe('decide: the job record (persisted intent)', () => {
     expect(d?.status.job).toBeUndefined();
   });
 
+  it('a replayed start (Starting) that fails takes back the count made when it was recorded', () => {
+    const o = obs({ bp: bp({ status: withRecord('Starting', { attempts: 3, retries: 1, reason: 'Retrying' }) }), hypervisor: ok(CHAIN3) });
+    const replay = decide(o);
+    expect(replay.status).toMatchObject({ attempts: 3, retries: 1 });
+    expect(decideActionError(o, replay, new HypervisorError('DiskBusy', 'busy'))?.status).toMatchObject({ attempts: 2, retries: 0 });
+    expect(decideActionError(o, replay, new Error('virsh exploded'))?.status).toMatchObject({ attempts: 2, retries: 1, reason: 'JobFailed' });
+  });
+
   it('a status from before status.job existed: Running means our job ran', () => {
     const legacy = running();
     expect(legacy.job).toBeUndefined();

@@ -571,8 +571,12 @@ function decideActionErrorUnbounded(obs: Observation, decided: Decision, err: un
   const prior: BlockPullStatus = bp.status ?? {};
   const generation = bp.metadata.generation;
   if (decided.action.type !== 'startPull') return undefined;
-  // The job was not started: do not count it, and no job of ours runs.
-  const base: BlockPullStatus = withJob({ ...decided.status, attempts: prior.attempts ?? 0, retries: prior.retries ?? 0 }, undefined);
+  // The job was not started: do not count it, and no job of ours runs. A replayed start
+  // (Starting) was counted when it was first recorded: that count is taken back too.
+  const replayed = recordedJobState(prior) === 'Starting';
+  const attempts = Math.max(0, (prior.attempts ?? 0) - (replayed ? 1 : 0));
+  const priorRetries = Math.max(0, (prior.retries ?? 0) - (replayed && prior.reason === 'Retrying' ? 1 : 0));
+  const base: BlockPullStatus = withJob({ ...decided.status, attempts, retries: priorRetries }, undefined);
   if (isHypervisorError(err, 'DiskBusy')) {
     return {
       status: withPhase({ ...base, phase: prior.phase ?? 'Pending' }, { phase: 'Pending', reason: 'DiskBusy', message: err.message }, generation, now),
@@ -596,7 +600,7 @@ function decideActionErrorUnbounded(obs: Observation, decided: Decision, err: un
   }
   // Any other failure to start (virsh error, job failed at once): counts against maxRetries.
   const message = `starting the pull failed: ${err instanceof Error ? err.message : String(err)}`;
-  const retries = prior.retries ?? 0;
+  const retries = priorRetries;
   if (retries >= bp.spec.maxRetries) {
     return { status: withPhase(base, { phase: 'Failed', reason: 'JobFailed', message }, generation, now), action: { type: 'none' }, requeueAfterMs: null };
   }
