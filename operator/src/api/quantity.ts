@@ -1,7 +1,8 @@
 /**
  * Kubernetes Quantity → bytes, for spec.bandwidth. Accepts what the CRD accepts: a
  * non-negative integer, or a decimal number with an optional binary (Ki, Mi, Gi, Ti) or
- * decimal (k, M, G, T) suffix. Fractions of a byte are rounded down.
+ * decimal (k, M, G, T) suffix, at most MAX_BANDWIDTH. A fraction of a byte is rounded UP
+ * (`0.5` → 1 byte/s): rounding down would turn a tiny limit into 0 = unlimited.
  */
 
 export const QUANTITY_PATTERN = /^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$/;
@@ -18,17 +19,29 @@ const MULTIPLIERS: Readonly<Record<string, bigint>> = {
   Ti: 1024n ** 4n,
 };
 
+/**
+ * The largest bandwidth the operator supports: 1024Ti = 2^50 bytes/s (1 PiB/s). Exact in a JS
+ * number (below 2^53), within libvirt's unsigned long long bytes/s and QEMU's int64 speed, and
+ * passed to virsh as that integer with --bytes. The CRD enforces it (crds/, quantity.test.ts checks).
+ */
+export const MAX_BANDWIDTH = 1024 ** 5;
+/** MAX_BANDWIDTH as a Quantity, as the CRD and the README state it. */
+export const MAX_BANDWIDTH_QUANTITY = '1024Ti';
+
 export class QuantityError extends Error {
-  constructor(value: unknown) {
-    super(`not a valid bandwidth quantity: ${JSON.stringify(value)} (use e.g. 1048576, "50Mi", "100M")`);
+  constructor(value: unknown, why = 'use e.g. 1048576, "50Mi", "100M"') {
+    super(`not a valid bandwidth quantity: ${JSON.stringify(value)} (${why})`);
     this.name = 'QuantityError';
   }
 }
+
+const TOO_LARGE = `at most ${MAX_BANDWIDTH_QUANTITY} = ${MAX_BANDWIDTH} bytes per second`;
 
 /** Bytes per second from a number or a Quantity string; throws QuantityError. */
 export function parseQuantity(value: number | string): number {
   if (typeof value === 'number') {
     if (!Number.isSafeInteger(value) || value < 0) throw new QuantityError(value);
+    if (value > MAX_BANDWIDTH) throw new QuantityError(value, TOO_LARGE);
     return value;
   }
   const m = /^(?<int>[0-9]+)(?:\.(?<frac>[0-9]+))?(?<suffix>Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(value);
@@ -38,8 +51,8 @@ export function parseQuantity(value: number | string): number {
   const scale = 10n ** BigInt(digits.length);
   const multiplier = MULTIPLIERS[suffix];
   if (multiplier === undefined) throw new QuantityError(value);
-  const bytes = (mantissa * multiplier) / scale;
-  if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) throw new QuantityError(value);
+  const bytes = (mantissa * multiplier + scale - 1n) / scale;
+  if (bytes > BigInt(MAX_BANDWIDTH)) throw new QuantityError(value, TOO_LARGE);
   return Number(bytes);
 }
 

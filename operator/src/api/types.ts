@@ -87,11 +87,28 @@ export const REASONS = [
   'Completed', // Completed: the job ended and the chain is at its goal
   'DiskNotFound', // Failed: the VMI has no such disk
   'InvalidBase', // Failed: spec.base is not in the disk's chain
-  'InvalidBandwidth', // Failed: spec.bandwidth could not be parsed (the CRD normally rejects it)
+  'InvalidBandwidth', // Failed: spec.bandwidth cannot be applied (the CRD rejects it first); Running while our job is aborted first
   'JobFailed', // Failed: starting the job failed permanently; Pending: a job failed, started again after a backoff
   'RetryLimitExceeded', // Failed: the job ended short of the goal more than maxRetries times
 ] as const;
 export type Reason = (typeof REASONS)[number];
+
+/**
+ * The operator's record of this BlockPull's block job (status.job.state), written BEFORE it
+ * starts or aborts a job, so that neither a lost status write nor a restart makes it misjudge
+ * what it did (a job it aborted is never taken for a failed one; attempts count the jobs started):
+ * - Starting: a start is recorded (counted in attempts); not yet known to have run. Found
+ *   without a job later, it is made again as the same attempt: not counted again, not a failure.
+ * - Running: the start call returned, or a running pull was adopted.
+ * - Aborting: the operator is aborting it (pause, deletion, an unusable bandwidth).
+ * - Aborted: gone after the operator's abort: never a failure.
+ * - Ended: it ended on its own (at the goal, or short of it: counted against maxRetries).
+ * Absent: no job of this BlockPull is known.
+ */
+// A status from before status.job existed: decide.ts recordedJobState() reads it from the phase.
+export const JOB_STATES = ['Starting', 'Running', 'Aborting', 'Aborted', 'Ended'] as const;
+export const JobStateSchema = z.enum(JOB_STATES);
+export type JobState = z.infer<typeof JobStateSchema>;
 
 export const BaseSchema = z
   .object({
@@ -107,6 +124,8 @@ export const BlockPullSpecSchema = z.object({
   vmiName: z.string().min(1).max(63).regex(DNS1123_LABEL),
   disk: z.string().min(1).max(63).regex(DNS1123_LABEL),
   base: BaseSchema.optional(),
+  // Not bounded here: an object stored before the CRD's bounds (or under an older CRD) must still
+  // be read, so that its running job can be aborted; decide() refuses the value (InvalidBandwidth).
   bandwidth: z.union([z.number().int(), z.string()]).optional(),
   paused: z.boolean().default(false),
   maxRetries: int32().min(0).max(100).default(3),
@@ -167,6 +186,7 @@ export const BlockPullStatusSchema = z.object({
   completionTime: dateTime().optional(),
   attempts: int32().min(0).optional(),
   retries: int32().min(0).optional(),
+  job: z.object({ state: JobStateSchema }).optional(),
 });
 export type BlockPullStatus = z.infer<typeof BlockPullStatusSchema>;
 

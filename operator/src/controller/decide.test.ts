@@ -326,7 +326,7 @@ describe('decide: the state table', () => {
     const restarted = decide(obs({ now: later, bp: bp({ spec: { maxRetries: 1 }, status: d.status }), hypervisor: ok(CHAIN3) }));
     expect(restarted.action.type).toBe('startPull');
     expect(restarted.status).toMatchObject({ phase: 'Running', reason: 'Retrying', attempts: 2, retries: 1 });
-    const again = decide(obs({ now: later, bp: bp({ spec: { maxRetries: 1 }, status: restarted.status }), hypervisor: ok(CHAIN3) }));
+    const again = decide(obs({ now: later, bp: bp({ spec: { maxRetries: 1 }, status: restarted.afterAction! }), hypervisor: ok(CHAIN3) }));
     expect(again.action.type).toBe('none');
     expect(again.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
     expect(getCondition(again.status.conditions, 'Failed')).toMatchObject({ status: 'True', reason: 'RetryLimitExceeded' });
@@ -525,5 +525,170 @@ describe('decide: pre-flight space check before every start', () => {
   it('a job running on the disk is never held back by the check (adoption)', () => {
     const d = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(10, 100)), space: measured(256 * MiB, 0) }));
     expect(d.status).toMatchObject({ phase: 'Running' });
+  });
+});
+
+/**
+ * Persisted intent (status.job): what the operator did is recorded before it acts, and "no job,
+ * chain short of the goal" is judged from that record, never from the phase alone. These rows
+ * are the pause races of issue 10: a job we aborted is never a failure, our own job is never
+ * "Adopted", attempts count the jobs started.
+ */
+describe('decide: the job record (persisted intent)', () => {
+  const withRecord = (state: NonNullable<BlockPullStatus['job']>['state'], extra: BlockPullStatus = {}): BlockPullStatus => running({ job: { state }, ...extra });
+
+  it('a start is recorded before it is made (Starting, counted), confirmed after (Running)', () => {
+    const d = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3) }));
+    expect(d.action.type).toBe('startPull');
+    expect(d.status).toMatchObject({ phase: 'Running', attempts: 1, job: { state: 'Starting' } });
+    expect(d.afterAction).toMatchObject({ phase: 'Running', attempts: 1, job: { state: 'Running' } });
+  });
+
+  it('pausing records the abort (Aborting) in the status written before the abort', () => {
+    const d = decide(obs({ bp: bp({ spec: { paused: true }, status: withRecord('Running') }), hypervisor: ok(CHAIN3, job(40, 100)) }));
+    expect(d.action.type).toBe('abort');
+    expect(d.status).toMatchObject({ phase: 'Paused', job: { state: 'Aborting' } });
+    expect(d.afterAction).toBeUndefined();
+  });
+
+  it.each([
+    ['Aborting', 'Running'], // the Paused status was written, then the user unpaused
+    ['Aborted', 'Paused'],
+  ] as const)('after our abort (%s, phase %s), unpaused with maxRetries 0 → started again, not a failure', (state, phase) => {
+    const prior = withRecord(state, { phase, reason: 'Paused', attempts: 3, retries: 0 });
+    const d = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: prior }), hypervisor: ok(CHAIN3) }));
+    expect(d.action.type).toBe('startPull');
+    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 4, retries: 0, job: { state: 'Starting' } });
+  });
+
+  it('after our abort, still paused → Paused, the record says Aborted, nothing done', () => {
+    const d = decide(obs({ bp: bp({ spec: { paused: true }, status: withRecord('Aborting', { phase: 'Paused', reason: 'Paused' }) }), hypervisor: ok(CHAIN3) }));
+    expect(d.action.type).toBe('none');
+    expect(d.status).toMatchObject({ phase: 'Paused', reason: 'Paused', job: { state: 'Aborted' }, attempts: 1 });
+  });
+
+  it.each(['Starting', 'Aborting'] as const)('our job (%s) still on the disk, not paused → Running/Pulling, never Adopted, attempts kept', (state) => {
+    const d = decide(obs({ bp: bp({ status: withRecord(state, { phase: state === 'Aborting' ? 'Paused' : 'Running', reason: state === 'Aborting' ? 'Paused' : 'Pulling', attempts: 5 }) }), hypervisor: ok(CHAIN3, job(10, 100)) }));
+    expect(d.action.type).toBe('none');
+    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 5, job: { state: 'Running' } });
+  });
+
+  it('a pull we have no record of starting (after our abort) is adopted', () => {
+    const d = decide(obs({ bp: bp({ status: withRecord('Aborted', { phase: 'Paused', reason: 'Paused', attempts: 2 }) }), hypervisor: ok(CHAIN3, job(10, 100)) }));
+    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 2, job: { state: 'Running' } });
+  });
+
+  it('a recorded start not known to have run (Starting, no job) is made again as the same attempt, not a failure', () => {
+    const d = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: withRecord('Starting', { attempts: 2 }) }), hypervisor: ok(CHAIN3) }));
+    expect(d.action.type).toBe('startPull');
+    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', retries: 0, attempts: 2, job: { state: 'Starting' } });
+    // A retry recorded but not known to have run: still that retry, counted once.
+    const retry = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: withRecord('Starting', { reason: 'Retrying', attempts: 2, retries: 1 }) }), hypervisor: ok(CHAIN3) }));
+    expect(retry.status).toMatchObject({ phase: 'Running', reason: 'Retrying', retries: 1, attempts: 2 });
+    // Paused meanwhile: Paused, nothing counted.
+    const paused = decide(obs({ bp: bp({ spec: { paused: true }, status: withRecord('Starting', { attempts: 2 }) }), hypervisor: ok(CHAIN3) }));
+    expect(paused.status).toMatchObject({ phase: 'Paused', attempts: 2 });
+  });
+
+  it('our confirmed job gone short of the goal (Running, no job) → Ended; maxRetries 0 → Failed/RetryLimitExceeded', () => {
+    const d = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: withRecord('Running') }), hypervisor: ok(CHAIN3) }));
+    expect(d.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded', job: { state: 'Ended' } });
+  });
+
+  it('a job that ended short while no slot is free: the record (Ended) keeps the retry due', () => {
+    const full = { running: 4, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 };
+    const wait = decide(obs({ bp: bp({ status: withRecord('Running') }), hypervisor: ok(CHAIN3), slots: full }));
+    expect(wait.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot', job: { state: 'Ended' }, retries: 0 });
+    const retry = decide(obs({ bp: bp({ status: wait.status }), hypervisor: ok(CHAIN3) }));
+    expect(retry.action.type).toBe('startPull');
+    expect(retry.status).toMatchObject({ phase: 'Running', reason: 'Retrying', retries: 1, attempts: 2 });
+    const exhausted = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: wait.status }), hypervisor: ok(CHAIN3) }));
+    expect(exhausted.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
+  });
+
+  it('the chain at its goal after our job → Completed, the record says Ended', () => {
+    const d = decide(obs({ bp: bp({ status: withRecord('Aborting', { phase: 'Paused' }) }), hypervisor: ok(FLAT) }));
+    expect(d.status).toMatchObject({ phase: 'Completed', reason: 'Completed', job: { state: 'Ended' } });
+  });
+
+  it('a start that failed leaves no job record and does not count', () => {
+    const o = obs({ bp: bp({ status: withRecord('Aborted', { phase: 'Paused', attempts: 2 }) }), hypervisor: ok(CHAIN3) });
+    const started = decide(o);
+    const d = decideActionError(o, started, new HypervisorError('DiskBusy', 'busy'));
+    expect(d?.status.attempts).toBe(2);
+    expect(d?.status.job).toBeUndefined();
+  });
+
+  it('a replayed start (Starting) that fails takes back the count made when it was recorded', () => {
+    const o = obs({ bp: bp({ status: withRecord('Starting', { attempts: 3, retries: 1, reason: 'Retrying' }) }), hypervisor: ok(CHAIN3) });
+    const replay = decide(o);
+    expect(replay.status).toMatchObject({ attempts: 3, retries: 1 });
+    expect(decideActionError(o, replay, new HypervisorError('DiskBusy', 'busy'))?.status).toMatchObject({ attempts: 2, retries: 0 });
+    expect(decideActionError(o, replay, new Error('virsh exploded'))?.status).toMatchObject({ attempts: 2, retries: 1, reason: 'JobFailed' });
+  });
+
+  it('a status from before status.job existed: Running means our job ran', () => {
+    const legacy = running();
+    expect(legacy.job).toBeUndefined();
+    expect(decide(obs({ bp: bp({ status: legacy }), hypervisor: ok(CHAIN3, job(1, 10)) })).status).toMatchObject({ reason: 'Pulling', job: { state: 'Running' } });
+    expect(decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: legacy }), hypervisor: ok(CHAIN3) })).status.reason).toBe('RetryLimitExceeded');
+  });
+});
+
+describe('decide: a bandwidth the operator cannot represent', () => {
+  it('no job of ours → Failed/InvalidBandwidth at once, nothing started', () => {
+    for (const bandwidth of ['1025Ti', 1125899906842625, '99999999999999999999Ti']) {
+      const d = decide(obs({ bp: bp({ spec: { bandwidth } }), hypervisor: ok(CHAIN3) }));
+      expect(d.status, String(bandwidth)).toMatchObject({ phase: 'Failed', reason: 'InvalidBandwidth' });
+      expect(d.status.message).toMatch(/at most 1024Ti/);
+      expect(d.action.type).toBe('none');
+    }
+  });
+
+  it('our job running → aborted first (Running/InvalidBandwidth, Aborting), then Failed once it is gone', () => {
+    const spec = { bandwidth: '99999999999999999999Ti' };
+    const d = decide(obs({ bp: bp({ spec, status: running({ job: { state: 'Running' } }) }), hypervisor: ok(CHAIN3, job(10, 100, 1048576)) }));
+    expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
+    expect(d.status).toMatchObject({ phase: 'Running', reason: 'InvalidBandwidth', job: { state: 'Aborting' } });
+    expect(d.status.message).toMatch(/aborting the running job first/);
+    const after = decide(obs({ bp: bp({ spec, status: d.status }), hypervisor: ok(CHAIN3) }));
+    expect(after.status).toMatchObject({ phase: 'Failed', reason: 'InvalidBandwidth', job: { state: 'Aborted' } });
+    expect(after.action.type).toBe('none');
+  });
+
+  it('our job may run but libvirt cannot be reached → not terminal yet', () => {
+    const d = decide(obs({ bp: bp({ spec: { bandwidth: '1025Ti' }, status: running({ job: { state: 'Running' } }) }), hypervisor: { kind: 'unreachable', message: 'x' } }));
+    expect(d.status.phase).toBe('Running');
+    expect(d.status.reason).toBe('HypervisorUnreachable');
+  });
+
+  it('"0.5" is 1 byte/s, not 0 = unlimited', () => {
+    const d = decide(obs({ bp: bp({ spec: { bandwidth: '0.5' } }), hypervisor: ok(CHAIN3) }));
+    expect(d.action).toMatchObject({ type: 'startPull', bandwidth: 1 });
+  });
+});
+
+describe('decide: deletion aborts the job we started, whatever the phase', () => {
+  it.each(['Failed', 'Completed', 'Paused', 'Pending'] as const)('phase %s with our job recorded Running and on the disk → abort (Aborting recorded)', (phase) => {
+    const d = decide(obs({ bp: bp({ deleting: true, status: running({ phase, job: { state: 'Running' } }) }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) }));
+    expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
+    expect(d.status.job).toEqual({ state: 'Aborting' });
+    expect(d.status.phase).toBe(phase);
+  });
+  it('Failed/InvalidBandwidth written by an operator from before status.job, over its running job → abort', () => {
+    const legacy: BlockPullStatus = { ...running(), phase: 'Failed', reason: 'InvalidBandwidth' };
+    const d = decide(obs({ bp: bp({ deleting: true, status: legacy }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) }));
+    expect(d.action.type).toBe('abort');
+    const other: BlockPullStatus = { ...running(), phase: 'Failed', reason: 'RetryLimitExceeded' };
+    expect(decide(obs({ bp: bp({ deleting: true, status: other }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) })).action.type).toBe('removeFinalizer');
+  });
+  it('a terminal BlockPull whose job ended: a pull on the disk is not ours → finalizer removed', () => {
+    const d = decide(obs({ bp: bp({ deleting: true, status: running({ phase: 'Completed', job: { state: 'Ended' } }) }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) }));
+    expect(d.action).toEqual({ type: 'removeFinalizer' });
+  });
+  it('our job may run and libvirt is unreachable → keep the finalizer, whatever the phase', () => {
+    const d = decide(obs({ bp: bp({ deleting: true, status: running({ phase: 'Failed', job: { state: 'Starting' } }) }), hypervisor: { kind: 'unreachable', message: 'x' } }));
+    expect(d.action.type).toBe('none');
+    expect(d.requeueAfterMs).toBe(5000);
   });
 });

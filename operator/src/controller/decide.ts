@@ -5,6 +5,12 @@
  *
  * The truth is the disk: a block pull job running on the disk is adopted, not restarted;
  * no job + chain at its goal = Completed (NothingToDo when it was so at the first look).
+ *
+ * What the operator did is persisted intent (status.job, like VDSM's job state): a start or
+ * abort returns the status recording it, which the reconciler writes (guarded by the
+ * resourceVersion) BEFORE acting. So "no job, chain short of the goal" is judged from that
+ * record: after our abort (Aborting) it is a pause, never a failure; after a confirmed start
+ * (Running) the job ended on its own. A lost write can only delay an action, never mislabel one.
  */
 import { getCondition, setCondition, timestamp } from '../api/conditions.ts';
 import { parseQuantity, formatBytes } from '../api/quantity.ts';
@@ -18,6 +24,7 @@ import {
   type BlockPull,
   type BlockPullStatus,
   type ChainLayerStatus,
+  type JobState,
   type Phase,
   type Progress,
   type Reason,
@@ -155,9 +162,14 @@ export type Action =
   | { readonly type: 'abort'; readonly domain: string; readonly target: string };
 
 export interface Decision {
-  /** The status to write (the reconciler writes it only if it differs, with progress throttled). */
+  /**
+   * The status to write (the reconciler writes it only if it differs, with progress throttled).
+   * For startPull and abort it records the intent and is written BEFORE the action.
+   */
   readonly status: BlockPullStatus;
   readonly action: Action;
+  /** The status to write once the action succeeded (startPull: the start confirmed). */
+  readonly afterAction?: BlockPullStatus;
   /** null = no requeue (terminal, or wait for a watch event). */
   readonly requeueAfterMs: number | null;
   /** The job sample taken (store it for the next rate). */
@@ -194,6 +206,28 @@ export function diskHolder(all: readonly BlockPull[], self: BlockPull): string |
   const pool = active.length > 0 ? active : same;
   const sorted = [...pool].sort((a, b) => createdMs(a) - createdMs(b) || a.metadata.name.localeCompare(b.metadata.name));
   return blockPullKeyOf(sorted[0]!);
+}
+
+/**
+ * The recorded state of this BlockPull's job. A status written before status.job existed says
+ * Running while a job of ours ran; and Failed/InvalidBandwidth after a start is what such an
+ * operator wrote over a job it left running (deletion then aborts it).
+ */
+export function recordedJobState(status: BlockPullStatus | undefined): JobState | undefined {
+  if (status?.job !== undefined) return status.job.state;
+  if (status?.phase === 'Running') return 'Running';
+  if (status?.phase === 'Failed' && status.reason === 'InvalidBandwidth' && (status.attempts ?? 0) > 0) return 'Running';
+  return undefined;
+}
+
+/** A job this BlockPull started (or adopted) may still run on the disk. */
+function mayRunOurJob(js: JobState | undefined): boolean {
+  return js === 'Starting' || js === 'Running' || js === 'Aborting';
+}
+
+function withJob(status: BlockPullStatus, state: JobState | undefined): BlockPullStatus {
+  const { job: _dropped, ...rest } = status;
+  return state === undefined ? rest : { ...rest, job: { state } };
 }
 
 function layers(chain: DiskInfo['chain']): ChainLayerStatus[] {
@@ -312,7 +346,7 @@ function goalFromStatus(bp: BlockPull, disk: DiskInfo, before: readonly ChainLay
  */
 export function decide(obs: Observation): Decision {
   const d = decideUnbounded(obs);
-  return { ...d, status: boundStatus(d.status) };
+  return { ...d, status: boundStatus(d.status), ...(d.afterAction !== undefined ? { afterAction: boundStatus(d.afterAction) } : {}) };
 }
 
 function decideUnbounded(obs: Observation): Decision {
@@ -330,18 +364,19 @@ function decideUnbounded(obs: Observation): Decision {
   // A pull on the disk is ours when no other BlockPull holds the disk.
   const holdsDisk = obs.diskHolder === null || obs.diskHolder === self;
   const ourJob = jobIsPull && holdsDisk;
+  const js = recordedJobState(prior);
 
-  // --- deletion: abort our running job, then let the object go ---------------------------
+  // --- deletion: abort our running job (whatever the phase), then let the object go --------
   if (deleting) {
     if (!hasFinalizer) return { status: prior, action: { type: 'none' }, requeueAfterMs: null };
-    if (ourJob && launcher !== undefined && target !== undefined && !isTerminal(prior.phase)) {
+    if (ourJob && launcher !== undefined && target !== undefined && (mayRunOurJob(js) || !isTerminal(prior.phase))) {
       return {
-        status: prior,
+        status: withJob(prior, 'Aborting'),
         action: { type: 'abort', domain: launcher.domain, target },
         requeueAfterMs: obs.pollIntervalMs,
       };
     }
-    if (hv?.kind === 'unreachable' && prior.phase === 'Running') {
+    if (hv?.kind === 'unreachable' && (prior.phase === 'Running' || mayRunOurJob(js))) {
       // Cannot confirm the job is gone; keep the finalizer and try again.
       return { status: prior, action: { type: 'none' }, requeueAfterMs: obs.waitRequeueMs };
     }
@@ -367,12 +402,16 @@ function decideUnbounded(obs: Observation): Decision {
     return { status, action: { type: 'addFinalizer' }, requeueAfterMs: 0 };
   }
 
+  // A bandwidth the operator cannot apply: Failed, but never while a job of ours may run
+  // (it is aborted first, below).
   let bandwidth = 0;
+  let bandwidthError: string | undefined;
   if (bp.spec.bandwidth !== undefined) {
     try {
       bandwidth = parseQuantity(bp.spec.bandwidth);
     } catch (err) {
-      return failed(obs, prior, 'InvalidBandwidth', (err as Error).message);
+      bandwidthError = (err as Error).message;
+      if (!mayRunOurJob(js)) return failed(obs, prior, 'InvalidBandwidth', bandwidthError);
     }
   }
 
@@ -464,8 +503,9 @@ function decideUnbounded(obs: Observation): Decision {
     const message = nothing
       ? `nothing to do: the chain of ${disk.target} is already at its goal (${chainText})`
       : `pulled: the chain of ${disk.target} is now ${chainText}`;
+    const ended = withJob({ ...chained, progress }, js === undefined ? undefined : 'Ended');
     return {
-      status: withPhase({ ...chained, progress }, { phase: 'Completed', reason: nothing ? 'NothingToDo' : 'Completed', message }, generation, now),
+      status: withPhase(ended, { phase: 'Completed', reason: nothing ? 'NothingToDo' : 'Completed', message }, generation, now),
       action: { type: 'none' },
       requeueAfterMs: null,
     };
@@ -474,10 +514,23 @@ function decideUnbounded(obs: Observation): Decision {
   // --- our pull runs -------------------------------------------------------------------------
   if (ourJob) {
     const { progress, sample } = progressFrom(job, obs.previousSample, now.getTime());
+    if (bandwidthError !== undefined) {
+      return {
+        status: withPhase(
+          withJob({ ...chained, progress }, 'Aborting'),
+          { phase: 'Running', reason: 'InvalidBandwidth', message: `${bandwidthError}: aborting the running job first (streamed data is kept), then Failed` },
+          generation,
+          now,
+        ),
+        action: { type: 'abort', domain: loc.domain, target: disk.target },
+        requeueAfterMs: obs.pollIntervalMs,
+        sample,
+      };
+    }
     if (bp.spec.paused) {
       return {
         status: withPhase(
-          { ...chained, progress },
+          withJob({ ...chained, progress }, 'Aborting'),
           { phase: 'Paused', reason: 'Paused', message: `paused at ${progress.percent}: aborting the job, streamed data is kept` },
           generation,
           now,
@@ -492,7 +545,7 @@ function decideUnbounded(obs: Observation): Decision {
     const reason: Reason = adopted ? 'Adopted' : prior.phase === 'Running' && prior.reason === 'Retrying' ? 'Retrying' : 'Pulling';
     const status = withPhase(
       {
-        ...chained,
+        ...withJob(chained, 'Running'),
         progress,
         attempts: Math.max(attempts, 1),
         ...(prior.startTime === undefined ? { startTime: timestamp(now) } : {}),
@@ -511,10 +564,18 @@ function decideUnbounded(obs: Observation): Decision {
   }
 
   // --- no job, chain not at its goal --------------------------------------------------------
+  // What ended the last job, by the record: our abort (a pause, never a failure), or the job
+  // itself (Running: ended short of the goal, a retry is due). A start recorded but not known to
+  // have run (Starting: the operator stopped, or its write was lost, between recording the start
+  // and its outcome) is neither: it is made again as the same attempt (counted once).
+  const retryDue = js === 'Running' || js === 'Ended';
+  const replay = js === 'Starting';
+  const settled = withJob(chained, js === 'Running' ? 'Ended' : js === 'Aborting' ? 'Aborted' : js);
+  if (bandwidthError !== undefined) return failed(obs, settled, 'InvalidBandwidth', bandwidthError);
   if (bp.spec.paused) {
     return {
       status: withPhase(
-        chained,
+        settled,
         { phase: 'Paused', reason: 'Paused', message: `paused${prior.progress?.percent ? ` at ${prior.progress.percent}` : ''}; set spec.paused to false to continue` },
         generation,
         now,
@@ -525,12 +586,12 @@ function decideUnbounded(obs: Observation): Decision {
   }
 
   const why = obs.lastJobError !== undefined ? ` (the hypervisor said: ${obs.lastJobError})` : '';
-  if (prior.phase === 'Running') {
-    // Our job ended (failed or was canceled) short of the goal.
+  if (retryDue) {
+    // Our job ended on its own (failed, or canceled by someone else) short of the goal.
     if (retries >= bp.spec.maxRetries) {
       return failed(
         obs,
-        chained,
+        settled,
         'RetryLimitExceeded',
         `the pull ended short of its goal ${retries + 1} time(s)${why} (maxRetries ${bp.spec.maxRetries}); chain is ${disk.chain.map((l) => l.path).join(' <- ')}`,
       );
@@ -539,8 +600,10 @@ function decideUnbounded(obs: Observation): Decision {
     // would otherwise burn every retry within seconds.
     const delay = backoffMs(retries + 1, obs.waitRequeueMs);
     return {
+      // The retry is counted here, and the job record cleared: the next look waits out the
+      // backoff and starts again, never counting this ending twice.
       status: withPhase(
-        { ...chained, retries: retries + 1 },
+        { ...withJob(settled, undefined), retries: retries + 1 },
         { phase: 'Pending', reason: 'JobFailed', message: `the block job ended short of its goal${why}; retry ${retries + 1}/${bp.spec.maxRetries} after ${Math.ceil(delay / 1000)} s` },
         generation,
         now,
@@ -558,17 +621,18 @@ function decideUnbounded(obs: Observation): Decision {
         obs.lastJobError !== undefined && !(prior.message ?? '').includes(obs.lastJobError)
           ? `the block job ended short of its goal${why}; retry ${retries}/${bp.spec.maxRetries} after ${Math.ceil(backoffMs(retries, obs.waitRequeueMs) / 1000)} s`
           : (prior.message ?? '');
-      return { status: withPhase(chained, { phase: 'Pending', reason: 'JobFailed', message }, generation, now), action: { type: 'none' }, requeueAfterMs: left };
+      return { status: withPhase(settled, { phase: 'Pending', reason: 'JobFailed', message }, generation, now), action: { type: 'none' }, requeueAfterMs: left };
     }
   }
   const nextRetries = retries;
-  const reason: Reason = retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace') ? 'Retrying' : 'Pulling';
+  const retrying = (replay && prior.reason === 'Retrying') || (retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace'));
+  const reason: Reason = retrying ? 'Retrying' : 'Pulling';
 
   if (obs.slots.running >= obs.slots.maxConcurrentPulls) {
-    return waitingStatus(obs, chained, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.slots.maxConcurrentPulls})`);
+    return waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.slots.maxConcurrentPulls})`);
   }
   if (obs.slots.runningOnNode >= obs.slots.maxPullsPerNode) {
-    return waitingStatus(obs, chained, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${loc.node} (limit ${obs.slots.maxPullsPerNode})`);
+    return waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${loc.node} (limit ${obs.slots.maxPullsPerNode})`);
   }
 
   // Pre-flight: the data to pull must fit, with the margin, where the active image lives.
@@ -576,16 +640,17 @@ function decideUnbounded(obs: Observation): Decision {
   if (short !== undefined) {
     const recheck = obs.spaceRecheckMs ?? obs.waitRequeueMs;
     return {
-      ...waitingStatus(obs, chained, 'InsufficientSpace', `${short}${why}; checked again with backoff (${Math.ceil(obs.waitRequeueMs / 1000)} s, doubling, at most ${MAX_BACKOFF_MS / 60_000} min)`),
+      ...waitingStatus(obs, settled, 'InsufficientSpace', `${short}${why}; checked again with backoff (${Math.ceil(obs.waitRequeueMs / 1000)} s, doubling, at most ${MAX_BACKOFF_MS / 60_000} min)`),
       requeueAfterMs: recheck,
     };
   }
 
+  // The start is recorded (Starting, counted in attempts) before it is made; confirmed after.
   const startBase: BaseRef | undefined = goal.basePath !== undefined ? { path: goal.basePath } : undefined;
   const status = withPhase(
     {
-      ...chained,
-      attempts: attempts + 1,
+      ...withJob(settled, 'Starting'),
+      attempts: replay ? Math.max(attempts, 1) : attempts + 1,
       retries: nextRetries,
       progress: { currentBytes: 0, totalBytes: prior.progress?.totalBytes ?? 0, percent: prior.progress?.percent ?? '0%', bytesPerSecond: 0 },
       ...(prior.startTime === undefined ? { startTime: timestamp(now) } : {}),
@@ -601,6 +666,7 @@ function decideUnbounded(obs: Observation): Decision {
   return {
     status,
     action: { type: 'startPull', domain: loc.domain, target: disk.target, ...(startBase !== undefined ? { base: startBase } : {}), bandwidth },
+    afterAction: withJob(status, 'Running'),
     requeueAfterMs: obs.pollIntervalMs,
   };
 }
@@ -619,8 +685,12 @@ function decideActionErrorUnbounded(obs: Observation, decided: Decision, err: un
   const prior: BlockPullStatus = bp.status ?? {};
   const generation = bp.metadata.generation;
   if (decided.action.type !== 'startPull') return undefined;
-  // The job was not started: do not count it.
-  const base: BlockPullStatus = { ...decided.status, attempts: prior.attempts ?? 0, retries: prior.retries ?? 0 };
+  // The job was not started: do not count it, and no job of ours runs. A replayed start
+  // (Starting) was counted when it was first recorded: that count is taken back too.
+  const replayed = recordedJobState(prior) === 'Starting';
+  const attempts = Math.max(0, (prior.attempts ?? 0) - (replayed ? 1 : 0));
+  const priorRetries = Math.max(0, (prior.retries ?? 0) - (replayed && prior.reason === 'Retrying' ? 1 : 0));
+  const base: BlockPullStatus = withJob({ ...decided.status, attempts, retries: priorRetries }, undefined);
   if (isHypervisorError(err, 'DiskBusy')) {
     return {
       status: withPhase({ ...base, phase: prior.phase ?? 'Pending' }, { phase: 'Pending', reason: 'DiskBusy', message: err.message }, generation, now),
@@ -644,7 +714,7 @@ function decideActionErrorUnbounded(obs: Observation, decided: Decision, err: un
   }
   // Any other failure to start (virsh error, job failed at once): counts against maxRetries.
   const message = `starting the pull failed: ${err instanceof Error ? err.message : String(err)}`;
-  const retries = prior.retries ?? 0;
+  const retries = priorRetries;
   if (retries >= bp.spec.maxRetries) {
     return { status: withPhase(base, { phase: 'Failed', reason: 'JobFailed', message }, generation, now), action: { type: 'none' }, requeueAfterMs: null };
   }

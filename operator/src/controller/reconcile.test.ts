@@ -1,6 +1,7 @@
 import { ApiException } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { API_VERSION, FINALIZER, KIND } from '../api/types.ts';
+import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types.ts';
+import type { BlockJobDriver } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
 import { createLogger } from '../log.ts';
 import { LauncherUnavailableError } from '../kubevirt/transport.ts';
@@ -185,5 +186,159 @@ describe('Reconciler while a job runs', () => {
     expect((stored['status'] as { phase?: string }).phase).toBe('Completed');
     expect(done.requeueAfterMs).toBeNull();
     expect(calls).toMatchObject({ getJob: 1, getDisk: 1 });
+  });
+});
+
+/**
+ * Persisted intent (issue 10, pause races): a start or abort is recorded in the status, guarded by
+ * the resourceVersion read, BEFORE it is made; a conflicting intent write means no action. The
+ * outcome of a start is a fact: rewritten on the fresh object after a conflict, never dropped.
+ * A fake API server keeps one object and applies the JSON patch's resourceVersion test as the
+ * real one does; `userPatch` plays a user's `kubectl patch` landing just before a status write.
+ */
+describe('Reconciler persisted intent', () => {
+  const CHAIN = [
+    { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
+    { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
+  ];
+  const before = CHAIN.map(({ position, path, format }) => ({ position, path, format }));
+  const vmi = {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
+    spec: { domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } } },
+    status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107, activePods: { 'pod-uid': 'node1' } },
+  };
+  const pod = {
+    metadata: {
+      name: 'virt-launcher-vm-x',
+      namespace: 'ns',
+      uid: 'pod-uid',
+      labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
+      ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true }],
+      creationTimestamp: '2026-11-27T09:00:00Z',
+    },
+    spec: { nodeName: 'node1', containers: [{ name: 'compute' }] },
+    status: { phase: 'Running' },
+  };
+
+  function world(spec: Record<string, unknown>, status: BlockPullStatus, jobRunning: boolean) {
+    let rv = 10;
+    let obj = {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: String(rv), generation: 3, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T09:00:00Z' },
+      spec: { vmiName: 'vm', disk: 'rootdisk', ...spec },
+      status,
+    };
+    const calls = { startPull: 0, abort: 0, statusPatches: 0, enqueued: [] as string[], statusAtAction: [] as unknown[] };
+    /** Called before the n-th status patch (1-based); may change the object like a user would. */
+    let userPatch: (n: number) => void = () => undefined;
+    const bump = (change: (o: typeof obj) => typeof obj): void => {
+      obj = change(structuredClone(obj));
+      obj.metadata.resourceVersion = String(++rv);
+    };
+    const rvMoved = new ApiException(422, 'Invalid', JSON.stringify({ kind: 'Status', code: 422, reason: 'Invalid', message: 'the server rejected our request due to an error in our request', details: {} }), {});
+    const clients = {
+      custom: {
+        getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
+        patchNamespacedCustomObjectStatus: ({ body }: { body: { op: string; path: string; value: unknown }[] }) => {
+          calls.statusPatches++;
+          userPatch(calls.statusPatches);
+          if (body[0]?.value !== obj.metadata.resourceVersion) return Promise.reject(rvMoved);
+          bump((o) => ({ ...o, status: body[1]!.value as BlockPullStatus }));
+          return Promise.resolve(structuredClone(obj));
+        },
+      },
+    } as unknown as KubeClients;
+    const driver: BlockJobDriver = {
+      getDisk: () => Promise.resolve({ target: 'vda', alias: 'ua-rootdisk', chain: CHAIN }),
+      getJob: () => Promise.resolve(jobRunning ? { type: 'Block Pull', cur: 10, end: 100, bandwidth: 0 } : null),
+      startPull: () => {
+        calls.startPull++;
+        calls.statusAtAction.push(structuredClone(obj.status));
+        jobRunning = true;
+        return Promise.resolve();
+      },
+      setBandwidth: () => Promise.resolve(),
+      abort: () => {
+        calls.abort++;
+        calls.statusAtAction.push(structuredClone(obj.status));
+        jobRunning = false;
+        return Promise.resolve();
+      },
+      watchEvents: () => ({ stop: () => undefined }),
+    };
+    const r = new Reconciler({
+      clients,
+      blockPulls: { get: () => undefined, list: () => [] },
+      vmis: { get: () => vmi, list: () => [vmi] },
+      pods: { get: () => pod, list: () => [pod] },
+      drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
+      logger: createLogger({ level: 'silent' }),
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 2000,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+      enqueue: (key) => calls.enqueued.push(key),
+    });
+    return {
+      r,
+      calls,
+      stored: () => obj,
+      bump,
+      onStatusPatch: (f: (n: number) => void) => {
+        userPatch = f;
+      },
+    };
+  }
+  const runningStatus: BlockPullStatus = { phase: 'Running', reason: 'Pulling', attempts: 1, retries: 0, backingChain: { before, current: before }, launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' }, job: { state: 'Running' } };
+
+  it('pause: the abort is recorded (Paused, Aborting) before it is made', async () => {
+    const w = world({ paused: true }, runningStatus, true);
+    const r = await w.r.reconcile('ns/p');
+    expect(w.calls.abort).toBe(1);
+    expect(w.calls.statusAtAction).toMatchObject([{ phase: 'Paused', job: { state: 'Aborting' } }]);
+    expect(r.requeueAfterMs).toBe(500);
+  });
+
+  it('the intent write conflicts with a user patch (pause toggled back) → nothing is aborted, the fresh object is looked at again', async () => {
+    const w = world({ paused: true }, runningStatus, true);
+    w.onStatusPatch((n) => {
+      if (n === 1) w.bump((o) => ({ ...o, spec: { ...o.spec, paused: false } }));
+    });
+    await w.r.reconcile('ns/p');
+    expect(w.calls.abort).toBe(0);
+    expect(w.calls.enqueued).toEqual(['ns/p']);
+    expect(w.stored().status).toMatchObject({ phase: 'Running', job: { state: 'Running' } });
+    // The next look (paused false, job running) keeps it Running, ours, not Adopted.
+    w.onStatusPatch(() => undefined);
+    await w.r.reconcile('ns/p');
+    expect(w.calls.abort).toBe(0);
+    expect(w.stored().status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 1 });
+  });
+
+  it('a start confirmed while the user patches the spec: the outcome is written again on the fresh object, not dropped', async () => {
+    const aborted: BlockPullStatus = { ...runningStatus, phase: 'Paused', reason: 'Paused', job: { state: 'Aborted' } };
+    const w = world({ paused: false, maxRetries: 0 }, aborted, false);
+    w.onStatusPatch((n) => {
+      // After the intent (1) is stored and the job started, the user pauses again.
+      if (n === 2) w.bump((o) => ({ ...o, spec: { ...o.spec, paused: true } }));
+    });
+    await w.r.reconcile('ns/p');
+    expect(w.calls.startPull).toBe(1);
+    expect(w.calls.statusAtAction).toMatchObject([{ phase: 'Running', attempts: 2, job: { state: 'Starting' } }]);
+    expect(w.calls.statusPatches).toBe(3);
+    expect(w.stored().status).toMatchObject({ phase: 'Running', attempts: 2, retries: 0, job: { state: 'Running' } });
+    expect(w.stored().spec).toMatchObject({ paused: true });
+    // The pause is then carried out as a pause: recorded, aborted; unpaused, no failure with maxRetries 0.
+    w.onStatusPatch(() => undefined);
+    await w.r.reconcile('ns/p');
+    expect(w.calls.abort).toBe(1);
+    expect(w.stored().status).toMatchObject({ phase: 'Paused', job: { state: 'Aborting' } });
+    w.bump((o) => ({ ...o, spec: { ...o.spec, paused: false } }));
+    await w.r.reconcile('ns/p');
+    expect(w.stored().status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 3, retries: 0, job: { state: 'Running' } });
+    expect(w.calls.startPull).toBe(2);
   });
 });

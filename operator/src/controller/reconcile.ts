@@ -5,9 +5,14 @@
  * - observe: the BlockPull (a fresh GET: the cache may lag our own writes), its VMI and the
  *   launcher pods from informer caches, then the disk's chain and block job through the driver.
  *   While a job runs only `virsh blockjob` is read (the chain does not change during a pull).
- * - act: add/remove the finalizer, start a pull, set its speed, or abort it.
+ * - act: add/remove the finalizer, start a pull, set its speed, or abort it. A start or an abort
+ *   is recorded in the status first (status.job, the persisted intent), guarded by the
+ *   resourceVersion that was read: if that write conflicts (the user changed the object
+ *   meanwhile) nothing is done and the fresh object is reconciled again.
  * - status: written when anything but progress changed (transition, final status at once); a
- *   progress-only change at most every statusUpdateIntervalMs per BlockPull.
+ *   progress-only change at most every statusUpdateIntervalMs per BlockPull. A status that
+ *   records the outcome of an action (start confirmed, start refused) is a fact: when its write
+ *   conflicts with a spec or metadata change, it is written again on the fresh object.
  * - while a job runs: requeue every pollIntervalMs, and the driver's block-job events wake the
  *   BlockPull at once, so the final status lands within a second of the job's end.
  * - the look at libvirt goes through an ObserveGate (observe-gate.ts): a worker waits at most
@@ -15,6 +20,7 @@
  *   shows HypervisorUnreachable on its own BlockPulls and delays no one else.
  */
 import { ApiException } from '@kubernetes/client-node';
+import { z } from 'zod';
 import { API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION, isTerminal, parseBlockPull, type BlockPull, type BlockPullStatus } from '../api/types.ts';
 import { HypervisorError, isHypervisorError } from '../hypervisor/errors.ts';
 import type { BlockJobDriver, EventSubscription } from '../hypervisor/types.ts';
@@ -117,6 +123,7 @@ function significant(s: BlockPullStatus | undefined): unknown {
     completionTime: s.completionTime,
     attempts: s.attempts,
     retries: s.retries,
+    job: s.job?.state,
   };
 }
 
@@ -138,6 +145,14 @@ export function canonicalJson(v: unknown): string {
 }
 
 const sameJson = (a: unknown, b: unknown): boolean => canonicalJson(a) === canonicalJson(b);
+
+/** What a status write did. `written.bp` is the object as stored (its new resourceVersion). */
+type WriteResult = { readonly kind: 'written'; readonly bp: BlockPull } | { readonly kind: 'skipped' | 'conflict' | 'gone' };
+
+/** How often a fact (the outcome of an action) is written again after resourceVersion conflicts. */
+const FACT_WRITE_ATTEMPTS = 5;
+
+const StoredVersionSchema = z.object({ metadata: z.object({ resourceVersion: z.string() }) });
 
 function splitKey(key: string): { namespace: string; name: string } {
   const i = key.indexOf('/');
@@ -257,6 +272,18 @@ export class Reconciler {
     }
     log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
 
+    // Persisted intent: a start or an abort is recorded before it is made. When that write
+    // conflicts, the object changed since it was read: act on nothing, look again.
+    let stored = bp;
+    if (decision.action.type === 'startPull' || decision.action.type === 'abort') {
+      const w = await this.#writeStatus(bp, decision.status, log);
+      if (w.kind === 'conflict' || w.kind === 'gone') {
+        log.debug({ action: decision.action.type }, 'intent not recorded (the object changed or is gone); not acting');
+        return { requeueAfterMs: null };
+      }
+      if (w.kind === 'written') stored = w.bp;
+    }
+
     let final: Decision = decision;
     let actionError: unknown;
     const startKey =
@@ -312,8 +339,10 @@ export class Reconciler {
       }
     }
 
-    const afterFinalizer = decision.action.type === 'addFinalizer' ? await this.#fresh(bp) : bp;
-    await this.#writeStatus(afterFinalizer, final.status, log);
+    const afterFinalizer = decision.action.type === 'addFinalizer' ? await this.#fresh(bp) : stored;
+    // The outcome of an action taken (start confirmed or refused) is a fact: never dropped on a conflict.
+    const outcome = final !== decision ? final.status : decision.afterAction;
+    await this.#writeStatus(afterFinalizer, outcome ?? final.status, log, outcome !== undefined);
     this.#events(bp, decision, final, adoptedNow);
     this.#watchJobEvents(key, final, driver);
 
@@ -571,36 +600,67 @@ export class Reconciler {
     }
   }
 
-  async #writeStatus(bp: BlockPull, next: BlockPullStatus, log: Logger): Promise<void> {
+  /**
+   * Write the status, guarded by `bp`'s resourceVersion. A conflict requeues the BlockPull; with
+   * `fact`, the status is written again on the fresh object first, as long as the stored status
+   * is still the one `bp` carries (only spec or metadata moved), so the record of an action
+   * taken is not lost to a user's concurrent patch.
+   */
+  async #writeStatus(bp: BlockPull, next: BlockPullStatus, log: Logger, fact = false): Promise<WriteResult> {
+    const key = `${bp.metadata.namespace}/${bp.metadata.name}`;
+    let base = bp;
+    for (let attempt = 1; ; attempt++) {
+      const r = await this.#patchStatus(base, next, log);
+      if (r.kind !== 'conflict' || !fact || attempt >= FACT_WRITE_ATTEMPTS) {
+        if (r.kind === 'conflict') this.#o.enqueue(key);
+        return r;
+      }
+      const raw = await getCustomObject(this.#o.clients, BLOCKPULL_REF, bp.metadata.namespace, bp.metadata.name);
+      if (raw === undefined) return { kind: 'gone' };
+      const fresh = parseBlockPull(raw);
+      if (!sameJson(significant(fresh.status), significant(base.status))) {
+        log.debug('status changed by another writer; the fact is not rewritten');
+        this.#o.enqueue(key);
+        return { kind: 'conflict' };
+      }
+      log.debug({ attempt }, 'status write conflict; writing the outcome again on the fresh object');
+      base = fresh;
+    }
+  }
+
+  async #patchStatus(bp: BlockPull, next: BlockPullStatus, log: Logger): Promise<WriteResult> {
     const key = `${bp.metadata.namespace}/${bp.metadata.name}`;
     const prev = bp.status;
-    if (sameJson(prev, next)) return;
+    if (sameJson(prev, next)) return { kind: 'skipped' };
     const mem = this.#mem(key);
     const nowMs = this.#now().getTime();
     const transition = !sameJson(significant(prev), significant(next));
-    if (!transition && mem.lastStatusWriteMs !== undefined && nowMs - mem.lastStatusWriteMs < this.#o.statusUpdateIntervalMs) return;
+    if (!transition && mem.lastStatusWriteMs !== undefined && nowMs - mem.lastStatusWriteMs < this.#o.statusUpdateIntervalMs) return { kind: 'skipped' };
     const kind = !transition ? 'progress' : isTerminal(next.phase) ? 'final' : 'transition';
     const patch = [
       { op: 'test', path: '/metadata/resourceVersion', value: bp.metadata.resourceVersion },
       { op: 'add', path: '/status', value: next },
     ];
+    let stored: unknown;
     try {
-      await this.#o.clients.custom.patchNamespacedCustomObjectStatus({ ...BLOCKPULL_REF, namespace: bp.metadata.namespace, name: bp.metadata.name, body: patch });
+      stored = await this.#o.clients.custom.patchNamespacedCustomObjectStatus({ ...BLOCKPULL_REF, namespace: bp.metadata.namespace, name: bp.metadata.name, body: patch });
     } catch (err) {
       // A failed `test` of the resourceVersion is a 422 too, like a status the CRD schema refuses;
       // only the first is a conflict. Requeueing the second at once would rewrite it in a loop.
       if (isConflict(err) || (isApiError(err, 422) && (await this.#resourceVersionMoved(bp)))) {
         // Changed meanwhile (spec edit, finalizer): the change triggers a new reconcile.
-        log.debug({ error: describeApiError(err) }, 'status write conflict; requeued');
-        this.#o.enqueue(key);
-        return;
+        log.debug({ error: describeApiError(err) }, 'status write conflict');
+        return { kind: 'conflict' };
       }
-      if (isNotFound(err)) return;
+      if (isNotFound(err)) return { kind: 'gone' };
       throw err;
     }
     mem.lastStatusWriteMs = nowMs;
     this.#o.metrics?.statusWrites.inc({ kind });
-    log.debug({ kind, phase: next.phase, reason: next.reason, percent: next.progress?.percent }, 'status written');
+    log.debug({ kind, phase: next.phase, reason: next.reason, job: next.job?.state, percent: next.progress?.percent }, 'status written');
+    const version = StoredVersionSchema.safeParse(stored);
+    const resourceVersion = version.success ? version.data.metadata.resourceVersion : bp.metadata.resourceVersion;
+    return { kind: 'written', bp: { ...bp, metadata: { ...bp.metadata, ...(resourceVersion !== undefined ? { resourceVersion } : {}) }, status: next } };
   }
 
   /** The stored BlockPull is no longer the version `bp` was read at (or is gone). */
@@ -633,7 +693,9 @@ export class Reconciler {
     else if (action === 'setBandwidth' && decision.action.type === 'setBandwidth') {
       void rec.normal(obj, 'BandwidthChanged', 'SetBandwidth', `bandwidth set to ${decision.action.bandwidth} bytes/s`);
     } else if (action === 'abort') {
-      void rec.normal(obj, bp.metadata.deletionTimestamp ? 'Aborting' : 'Paused', 'Abort', bp.metadata.deletionTimestamp ? 'BlockPull deleted: aborting its block job' : message);
+      if (bp.metadata.deletionTimestamp) void rec.normal(obj, 'Aborting', 'Abort', 'BlockPull deleted: aborting its block job');
+      else if (reason === 'InvalidBandwidth') void rec.warning(obj, 'InvalidBandwidth', 'Abort', message);
+      else void rec.normal(obj, 'Paused', 'Abort', message);
     } else if (changed && reason !== undefined && reason !== 'Created' && reason !== 'Adopted') {
       const warning = final.status.phase === 'Failed' || ['DiskBusy', 'HypervisorUnreachable', 'JobFailed', 'InsufficientSpace'].includes(reason);
       void rec.event(obj, warning ? 'Warning' : 'Normal', reason, final.status.phase ?? 'Observe', message);

@@ -114,6 +114,21 @@ describe('status within the CRD bounds', () => {
     ]);
   });
 
+  it('the job record (status.job) is in the CRD: every state, the intent and its outcome, validate; an unknown state does not', () => {
+    const refused = decide(obs(bp(undefined, { bandwidth: '99999999999999999999Ti' }), { hypervisor: { kind: 'ok', disk: HUGE, job: null } }));
+    expect(refused.status).toMatchObject({ phase: 'Failed', reason: 'InvalidBandwidth' });
+    expect(crdViolations(refused.status)).toEqual([]);
+    const start = decide(obs(bp(), { hypervisor: { kind: 'ok', disk: HUGE, job: null } }));
+    expect(start.status.job).toEqual({ state: 'Starting' });
+    expect(crdViolations(start.status)).toEqual([]);
+    expect(crdViolations(start.afterAction!)).toEqual([]);
+    const abort = decide(obs(bp(start.afterAction, { bandwidth: '1025Ti' }), { hypervisor: { kind: 'ok', disk: HUGE, job: { type: 'Block Pull', cur: 1, end: 10, bandwidth: 0 } } }));
+    expect(abort.status).toMatchObject({ reason: 'InvalidBandwidth', job: { state: 'Aborting' } });
+    expect(crdViolations(abort.status)).toEqual([]);
+    for (const state of ['Starting', 'Running', 'Aborting', 'Aborted', 'Ended'] as const) expect(crdViolations({ job: { state } })).toEqual([]);
+    expect(crdViolations({ job: { state: 'Lost' as 'Ended' } })).toEqual(['status.job.state: "Lost" not in enum']);
+  });
+
   it('chain paths over maxLength (before, current, basePath) are cut with a marker; shorter ones are kept as they are', () => {
     // A 4-layer chain: the top (surrogate pairs) and the base (position 2) have paths far over PATH_MAX.
     const longTop = `/var/lib/images/${'😱'.repeat(MAX_PATH)}/top.qcow2`;
