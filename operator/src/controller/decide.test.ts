@@ -573,8 +573,8 @@ describe('decide: the job record (persisted intent)', () => {
     expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 5, job: { state: 'Running' } });
   });
 
-  it('a pull we have no record of starting (after our abort) is adopted', () => {
-    const d = decide(obs({ bp: bp({ status: withRecord('Aborted', { phase: 'Paused', reason: 'Paused', attempts: 2 }) }), hypervisor: ok(CHAIN3, job(10, 100)) }));
+  it('a pull this process did not start, found after our abort, is adopted (and recorded as running)', () => {
+    const d = decide(obs({ bp: bp({ status: withRecord('Aborted', { phase: 'Paused', reason: 'Paused', attempts: 2 }) }), hypervisor: ok(CHAIN3, job(10, 100)), jobStartedHere: false }));
     expect(d.status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 2, job: { state: 'Running' } });
   });
 
@@ -595,14 +595,19 @@ describe('decide: the job record (persisted intent)', () => {
     expect(d.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded', job: { state: 'Ended' } });
   });
 
-  it('a job that ended short while no slot is free: the record (Ended) keeps the retry due', () => {
+  it('a job that ended short is counted once: Pending/JobFailed clears the record, a full slot only delays the retry', () => {
     const full = { running: 4, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 };
-    const wait = decide(obs({ bp: bp({ status: withRecord('Running') }), hypervisor: ok(CHAIN3), slots: full }));
-    expect(wait.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot', job: { state: 'Ended' }, retries: 0 });
-    const retry = decide(obs({ bp: bp({ status: wait.status }), hypervisor: ok(CHAIN3) }));
+    const failedJob = decide(obs({ bp: bp({ status: withRecord('Running') }), hypervisor: ok(CHAIN3), slots: full }));
+    expect(failedJob.action.type).toBe('none');
+    expect(failedJob.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', retries: 1, attempts: 1 });
+    expect(failedJob.status.job).toBeUndefined();
+    const later = new Date(NOW.getTime() + 60_000);
+    const wait = decide(obs({ now: later, bp: bp({ status: failedJob.status }), hypervisor: ok(CHAIN3), slots: full }));
+    expect(wait.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot', retries: 1, attempts: 1 });
+    const retry = decide(obs({ now: later, bp: bp({ status: wait.status }), hypervisor: ok(CHAIN3) }));
     expect(retry.action.type).toBe('startPull');
-    expect(retry.status).toMatchObject({ phase: 'Running', reason: 'Retrying', retries: 1, attempts: 2 });
-    const exhausted = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: wait.status }), hypervisor: ok(CHAIN3) }));
+    expect(retry.status).toMatchObject({ phase: 'Running', retries: 1, attempts: 2, job: { state: 'Starting' } });
+    const exhausted = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: withRecord('Running') }), hypervisor: ok(CHAIN3) }));
     expect(exhausted.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
   });
 

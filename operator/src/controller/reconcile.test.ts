@@ -96,10 +96,17 @@ describe('Reconciler while a job runs', () => {
     kind: 'VirtualMachineInstance',
     metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
     spec: { domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } } },
-    status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107 },
+    status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107, activePods: { 'pod-uid': 'node1' } },
   };
   const pod = {
-    metadata: { name: 'virt-launcher-vm-x', namespace: 'ns', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' }, creationTimestamp: '2026-11-27T09:00:00Z' },
+    metadata: {
+      name: 'virt-launcher-vm-x',
+      namespace: 'ns',
+      uid: 'pod-uid',
+      labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
+      ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true }],
+      creationTimestamp: '2026-11-27T09:00:00Z',
+    },
     spec: { nodeName: 'node1', containers: [{ name: 'compute' }] },
     status: { phase: 'Running' },
   };
@@ -311,11 +318,13 @@ describe('Reconciler persisted intent', () => {
     expect(w.calls.abort).toBe(0);
     expect(w.calls.enqueued).toEqual(['ns/p']);
     expect(w.stored().status).toMatchObject({ phase: 'Running', job: { state: 'Running' } });
-    // The next look (paused false, job running) keeps it Running, ours, not Adopted.
+    // The next look (paused false, job running) keeps it Running and counts nothing. This
+    // Reconciler did not start the job (the world begins with it running), so it says Adopted.
     w.onStatusPatch(() => undefined);
     await w.r.reconcile('ns/p');
     expect(w.calls.abort).toBe(0);
-    expect(w.stored().status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 1 });
+    expect(w.calls.startPull).toBe(0);
+    expect(w.stored().status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 1, job: { state: 'Running' } });
   });
 
   it('a start confirmed while the user patches the spec: the outcome is written again on the fresh object, not dropped', async () => {

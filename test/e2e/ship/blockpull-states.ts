@@ -72,6 +72,8 @@ function observe(bp: BlockPull, o: Partial<Observation>): Observation {
     now: NOW,
     bp,
     launcher: FOUND,
+    // This operator process started the job it sees (else the job reads Adopted).
+    jobStartedHere: true,
     diskHolder: `vms/${bp.metadata.name}`,
     slots: { running: 0, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
     pollIntervalMs: 500,
@@ -84,8 +86,9 @@ function observe(bp: BlockPull, o: Partial<Observation>): Observation {
 function decided(name: string, opts: Omit<ObjectOptions, 'name'>, o: Partial<Observation>): Record<string, unknown> {
   const bp = parseBlockPull(object({ name, ...opts }));
   const d = decide(observe(bp, o));
-  // The reconciler adds the finalizer (if decide asks for it) and writes the decided status.
-  return object({ name, ...opts, finalizer: true, status: d.status });
+  // The reconciler adds the finalizer (if decide asks for it) and writes the decided status
+  // (after a start that libvirt accepted: the status recording the start as confirmed).
+  return object({ name, ...opts, finalizer: true, status: d.afterAction ?? d.status });
 }
 
 function statusOf(obj: Record<string, unknown>): BlockPullStatus {
@@ -140,9 +143,15 @@ export function blockPullStates(): BlockPullState[] {
   addDecided(started, 'Running/Pulling (job started)');
   const pulling = decided('running-pulling-progress', { status: statusOf(started) }, { hypervisor: ok(CHAIN3, job(GIB / 4)), previousSample: { cur: 0, atMs: NOW.getTime() - 1000 } });
   addDecided(pulling, 'Running/Pulling (progress)');
-  addDecided(decided('running-adopted', {}, { hypervisor: ok(CHAIN3, job(GIB / 2)) }));
-  const retrying = decided('running-retrying', { status: statusOf(pulling) }, { hypervisor: ok(CHAIN3) });
+  addDecided(decided('running-adopted', {}, { hypervisor: ok(CHAIN3, job(GIB / 2)), jobStartedHere: false }));
+  // Our job ended short of the goal: Pending/JobFailed for a backoff, then started again.
+  const jobEnded = decided('pending-jobfailed-backoff', { status: statusOf(pulling) }, { hypervisor: ok(CHAIN3), jobStartedHere: false });
+  addDecided(jobEnded, 'Pending/JobFailed (job ended short, backoff)');
+  const retrying = decided('running-retrying', { status: statusOf(jobEnded) }, { hypervisor: ok(CHAIN3), now: new Date(NOW.getTime() + 60_000) });
   addDecided(retrying);
+  addDecided(
+    decided('pending-insufficientspace', {}, { hypervisor: ok(CHAIN3), space: { kind: 'measured', topPath: TOP, pullBytes: GIB, availableBytes: 16 * 1024 ** 2, totalBytes: 32 * 1024 ** 2 } }),
+  );
   addDecided(decided('running-unreachable', { status: statusOf(pulling) }, { hypervisor: { kind: 'unreachable', message: 'exec: connection refused' } }), 'Running/HypervisorUnreachable');
 
   // --- Paused ------------------------------------------------------------------------------
