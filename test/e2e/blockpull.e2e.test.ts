@@ -345,23 +345,28 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
 
   it('the operator killed mid-pull and started again adopts the running job: one job, Completed, data identical', async () => {
     const ref = await launcher!.reference('restart');
-    await apply('restart', 'restart', { bandwidth: '4Mi' });
+    // Slow enough that the job still runs when the next process first looks, on a loaded machine.
+    await apply('restart', 'restart', { bandwidth: '1Mi' });
     await runningWithProgress('restart');
     await operator!.kill();
     expect(await driver.getJob(launcher!.domain, target('restart'))).not.toBeNull();
     const first = operator!;
     operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'e2e-op-2' });
     operators.push(operator);
+    const next = operator;
+    // The new process says it took the job over (info log line + Event); the first one, which
+    // started the job, never called it Adopted.
+    const adoptedBy = (op: OperatorProcess): Record<string, unknown>[] =>
+      op.find('adopted a running block pull job this process did not start (e.g. after a leader change)').filter((l) => l['blockpull'] === `${NS}/restart`);
+    await waitFor('the new operator adopts the job', 60_000, () => Promise.resolve(adoptedBy(next).length > 0 || undefined));
+    // The adopted job obeys the spec: unthrottled, it ends soon.
+    await patchSpec('restart', { bandwidth: 0 });
     const done = await waitForPhase(kube, NS, 'restart', ['Completed'], 90_000);
     expect(done.status?.reason).toBe('Completed');
     expect(done.status?.attempts).toBe(1);
     expect(done.status?.retries ?? 0).toBe(0);
     expect(pullsStartedFor(first, 'restart')).toBe(1);
     expect(pullsStartedFor(operator, 'restart')).toBe(0);
-    // The new process says it took the job over (info log line + Event); the first one, which
-    // started the job, never called it Adopted.
-    const adoptedBy = (op: OperatorProcess): Record<string, unknown>[] =>
-      op.find('adopted a running block pull job this process did not start (e.g. after a leader change)').filter((l) => l['blockpull'] === `${NS}/restart`);
     expect(adoptedBy(operator)).toHaveLength(1);
     expect(adoptedBy(operator)[0]).toMatchObject({ level: 30, launcherPod: launcher!.podName, target: target('restart'), previousPhase: 'Running' });
     expect(adoptedBy(first)).toHaveLength(0);
