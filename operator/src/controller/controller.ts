@@ -105,6 +105,19 @@ export class Controller {
       }
     };
     this.pods.addEventHandler({ add: byNamespace, update: byNamespace, delete: byNamespace });
+    // Back from an outage: reconciles that failed meanwhile sit in the work queue's per-item
+    // backoff (up to 1000 s), and a watch resumed from its resourceVersion replays only changes.
+    // Look at every non-terminal BlockPull again now.
+    const lookAgain = (): void => {
+      for (const b of this.blockPulls.list()) {
+        const phase = (b as { status?: { phase?: string } }).status?.phase;
+        if (isTerminal(phase as never)) continue;
+        const key = objectKeyOf(b);
+        this.queue.forget(key);
+        this.queue.add(key);
+      }
+    };
+    for (const inf of [this.blockPulls, this.vmis, this.pods]) inf.onRecovered(lookAgain);
   }
 
   synced(): boolean {

@@ -2,14 +2,16 @@
  * WatchdogInformer's catch-up after an outage, without a server: the list fails as chosen, the
  * /readyz probe is injected. The real API server restart is test/e2e/plumb-informer-outage.e2e.test.ts.
  */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { isOutageError, WatchdogInformer } from './informer.ts';
 
-function kubeConfig(): KubeConfig {
+function kubeConfig(server = 'http://127.0.0.1:9'): KubeConfig {
   const kc = new KubeConfig();
   kc.loadFromOptions({
-    clusters: [{ name: 'c', server: 'http://127.0.0.1:9', skipTLSVerify: true }],
+    clusters: [{ name: 'c', server, skipTLSVerify: true }],
     users: [{ name: 'u' }],
     contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
     currentContext: 'x',
@@ -86,6 +88,58 @@ describe('WatchdogInformer: restart as soon as the API server is ready again', (
       expect(inf.restarts()).toBe(1);
     } finally {
       await inf.stop();
+    }
+  });
+
+  it('onRecovered: not at the first start; once healthy again after an error', async () => {
+    // A server that answers every watch with 200 and keeps it open: the informer gets healthy.
+    const server = http.createServer((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.flushHeaders();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const make = (failing: { on: boolean }) => {
+      const inf = new WatchdogInformer<KubernetesObject>({
+        kc: kubeConfig(`http://127.0.0.1:${port}`),
+        resource: 'things',
+        source: {
+          path: '/api/v1/things',
+          list: () =>
+            failing.on ? Promise.reject(new TypeError('fetch failed')) : Promise.resolve({ apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '1' }, items: [] }),
+        },
+        initialBackoffMs: 10_000,
+        probeIntervalMs: 50,
+        probe: () => Promise.resolve(!failing.on),
+      });
+      let recovered = 0;
+      inf.onRecovered(() => recovered++);
+      return { inf, recovered: () => recovered };
+    };
+    const waitHealthy = async (inf: WatchdogInformer<KubernetesObject>) => {
+      const t0 = performance.now();
+      while (!inf.healthy() && performance.now() - t0 < 3_000) await sleep(10);
+      expect(inf.healthy()).toBe(true);
+    };
+    const first = make({ on: false });
+    const failing = { on: true };
+    const second = make(failing);
+    try {
+      await first.inf.start();
+      await waitHealthy(first.inf);
+      expect(first.recovered()).toBe(0);
+      await second.inf.start();
+      await sleep(200);
+      expect(second.inf.healthy()).toBe(false);
+      expect(second.recovered()).toBe(0);
+      failing.on = false;
+      await waitHealthy(second.inf);
+      expect(second.recovered()).toBe(1);
+    } finally {
+      await first.inf.stop();
+      await second.inf.stop();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
     }
   });
 

@@ -123,6 +123,9 @@ export class WatchdogInformer<T extends KubernetesObject> {
   readonly #maxBackoff: number;
   readonly #stallAfter: number;
   readonly #updateHandlers: ObjectHandler<T>[] = [];
+  readonly #recoveredHandlers: (() => void)[] = [];
+  /** An error happened since the informer was last healthy. */
+  #erredSinceHealthy = false;
   #synced = false;
   #healthy = false;
   #unhealthySince = performance.now();
@@ -189,6 +192,11 @@ export class WatchdogInformer<T extends KubernetesObject> {
     if (handlers.add) this.#lw.on('add', handlers.add);
     if (handlers.update) this.#updateHandlers.push(handlers.update);
     if (handlers.delete) this.#lw.on('delete', handlers.delete);
+  }
+
+  /** Called each time the informer is healthy again after an error (an outage, a restart). */
+  onRecovered(handler: () => void): void {
+    this.#recoveredHandlers.push(handler);
   }
 
   /** Enqueue the object's key on add, update and delete (and on resync). */
@@ -298,6 +306,10 @@ export class WatchdogInformer<T extends KubernetesObject> {
     this.#setHealthy(true);
     this.#backoff = this.#initialBackoff;
     this.#sawOutage = false;
+    if (this.#erredSinceHealthy) {
+      this.#erredSinceHealthy = false;
+      for (const h of this.#recoveredHandlers) h();
+    }
     this.#stalled = false;
     this.#o.metrics?.informerStalled.set({ resource: this.resource }, 0);
   }
@@ -312,6 +324,7 @@ export class WatchdogInformer<T extends KubernetesObject> {
     if (this.#stopped) return;
     this.#lastError = describeApiError(err);
     this.#setHealthy(false);
+    this.#erredSinceHealthy = true;
     if (isOutageError(err)) this.#sawOutage = true;
     if (this.#restartTimer !== undefined) return; // a restart is already scheduled
     const delay = this.#backoff;

@@ -1,7 +1,7 @@
 import { ApiException } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types.ts';
-import type { BlockJobDriver } from '../hypervisor/types.ts';
+import type { BlockJobDriver, DiskInfo, SpaceInfo } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
 import { createLogger } from '../log.ts';
 import { LauncherUnavailableError } from '../kubevirt/transport.ts';
@@ -349,5 +349,121 @@ describe('Reconciler persisted intent', () => {
     await w.r.reconcile('ns/p');
     expect(w.stored().status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 3, retries: 0, job: { state: 'Running' } });
     expect(w.calls.startPull).toBe(2);
+  });
+});
+
+/**
+ * The pre-flight space check in the reconciler: measured through the driver before a start; while
+ * short, measured again only when its backoff (5 s, 10 s, ...) has run out, whatever wakes the
+ * BlockPull meanwhile (its own status write does); once it fits, the pull starts.
+ */
+describe('Reconciler pre-flight space check', () => {
+  const MiB = 1024 * 1024;
+  const chain: DiskInfo = {
+    target: 'vda',
+    alias: 'ua-rootdisk',
+    chain: [
+      { position: 0, index: 1, path: '/e/top.qcow2', format: 'qcow2' },
+      { position: 1, index: 2, path: '/e/base.qcow2', format: 'qcow2' },
+    ],
+  };
+  const vmi = {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
+    spec: { domain: { devices: { disks: [{ name: 'rootdisk' }] } } },
+    status: { phase: 'Running', nodeName: 'n1', runtimeUser: 107, activePods: { 'pod-uid': 'n1' } },
+  };
+  const pod = {
+    metadata: {
+      name: 'virt-launcher-vm-x',
+      namespace: 'ns',
+      uid: 'pod-uid',
+      labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
+      ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true }],
+      creationTimestamp: '2026-11-27T09:00:00Z',
+    },
+    spec: { nodeName: 'n1', containers: [{ name: 'compute' }] },
+    status: { phase: 'Running' },
+  };
+
+  function setup() {
+    let stored: Record<string, unknown> = {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: '1', generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T10:00:00Z' },
+      spec: { vmiName: 'vm', disk: 'rootdisk' },
+    };
+    let rv = 1;
+    let nowMs = Date.parse('2026-11-27T10:00:00Z');
+    const space = { availableBytes: 10 * MiB };
+    const calls = { getSpace: 0, startPull: 0 };
+    const driver: BlockJobDriver = {
+      getDisk: () => Promise.resolve(chain),
+      getJob: () => Promise.resolve(null),
+      startPull: () => {
+        calls.startPull++;
+        return Promise.resolve();
+      },
+      setBandwidth: () => Promise.resolve(),
+      abort: () => Promise.resolve(),
+      watchEvents: () => ({ stop: () => undefined }),
+      getSpace: (): Promise<SpaceInfo> => {
+        calls.getSpace++;
+        return Promise.resolve({ kind: 'measured', topPath: '/e/top.qcow2', pullBytes: 100 * MiB, availableBytes: space.availableBytes, totalBytes: 1000 * MiB });
+      },
+    };
+    const clients = {
+      custom: {
+        getNamespacedCustomObject: () => Promise.resolve(structuredClone(stored)),
+        patchNamespacedCustomObjectStatus: (req: { body: { op: string; path: string; value?: unknown }[] }) => {
+          const status = req.body.find((o) => o.path === '/status')?.value;
+          rv += 1;
+          stored = { ...stored, status, metadata: { ...(stored['metadata'] as object), resourceVersion: String(rv) } };
+          return Promise.resolve(stored);
+        },
+      },
+    } as unknown as KubeClients;
+    const r = new Reconciler({
+      clients,
+      blockPulls: { get: () => undefined, list: () => [] },
+      vmis: { get: () => vmi, list: () => [vmi] },
+      pods: { get: () => pod, list: () => [pod] },
+      drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
+      logger: createLogger({ level: 'silent' }),
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 2000,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+      spaceMarginBytes: MiB,
+      enqueue: () => undefined,
+      now: () => new Date(nowMs),
+    });
+    const status = () => stored['status'] as { phase?: string; reason?: string; message?: string } | undefined;
+    return { r, calls, space, status, advance: (ms: number) => (nowMs += ms) };
+  }
+
+  it('short: InsufficientSpace, re-measured only after 5 s, then 10 s; starts once it fits', async () => {
+    const { r, calls, space, status, advance } = setup();
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: 5000 });
+    expect(status()).toMatchObject({ phase: 'Pending', reason: 'InsufficientSpace' });
+    expect(status()?.message).toContain(`${10 * MiB} bytes`);
+    expect(calls).toEqual({ getSpace: 1, startPull: 0 });
+    // Woken early (e.g. by its own status write): the last measurement is reused.
+    advance(1000);
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: 4000 });
+    expect(calls.getSpace).toBe(1);
+    advance(4000);
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: 10_000 });
+    expect(calls.getSpace).toBe(2);
+    advance(9000);
+    await r.reconcile('ns/p');
+    expect(calls.getSpace).toBe(2);
+    // Space appears; the next check starts the pull.
+    space.availableBytes = 500 * MiB;
+    advance(1000);
+    await r.reconcile('ns/p');
+    expect(calls).toEqual({ getSpace: 3, startPull: 1 });
+    expect(status()).toMatchObject({ phase: 'Running', reason: 'Pulling' });
   });
 });
