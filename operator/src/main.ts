@@ -28,6 +28,8 @@ async function main(): Promise<number> {
       maxConcurrentPulls: config.maxConcurrentPulls,
       maxPullsPerNode: config.maxPullsPerNode,
       statusUpdateIntervalMs: config.statusUpdateIntervalMs,
+      maxCommandOutputBytes: config.maxCommandOutputBytes,
+      observeTimeoutMs: config.observeTimeoutMs,
       watchNamespace: config.watchNamespace ?? '(all)',
     },
     'starting blockpull-operator',

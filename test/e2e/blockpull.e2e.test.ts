@@ -343,9 +343,9 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(explain).toMatch(/bytes per second/);
   });
 
-  it('the operator killed mid-pull and started again adopts the running job: one job, Completed, data identical', async () => {
+  it('the operator killed mid-pull and started again adopts the running job (Event + info log): one job, Completed, data identical', async () => {
     const ref = await launcher!.reference('restart');
-    // Slow enough that the job still runs when the next process first looks, on a loaded machine.
+    // Slow enough (33 MiB at 1 MiB/s) to be still running when the next operator looks.
     await apply('restart', 'restart', { bandwidth: '1Mi' });
     await runningWithProgress('restart');
     await operator!.kill();
@@ -353,14 +353,21 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     const first = operator!;
     operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'e2e-op-2' });
     operators.push(operator);
+    // The new process says it took the job over (info log line + Event, status reason Adopted);
+    // the first one, which started the job, never called it Adopted.
     const next = operator;
-    // The new process says it took the job over (info log line + Event); the first one, which
-    // started the job, never called it Adopted.
     const adoptedBy = (op: OperatorProcess): Record<string, unknown>[] =>
       op.find('adopted a running block pull job this process did not start (e.g. after a leader change)').filter((l) => l['blockpull'] === `${NS}/restart`);
-    await waitFor('the new operator adopts the job', 60_000, () => Promise.resolve(adoptedBy(next).length > 0 || undefined));
-    // The adopted job obeys the spec: unthrottled, it ends soon.
-    await patchSpec('restart', { bandwidth: 0 });
+    const line = await waitFor('adoption logged', 30_000, () => Promise.resolve(adoptedBy(next)[0]));
+    expect(line).toMatchObject({ level: 'info', launcherPod: launcher!.podName, target: target('restart'), previousPhase: 'Running' });
+    const adopted = await waitFor('restart Adopted', 10_000, async () => {
+      const b = await getBlockPull(kube, NS, 'restart');
+      return b?.status?.reason === 'Adopted' ? b : undefined;
+    });
+    expect(adopted.status?.phase).toBe('Running');
+    expect(adopted.status?.message).toMatch(/^adopted the running pull restart/);
+    expect(await driver.getJob(launcher!.domain, target('restart'))).not.toBeNull();
+    await patchSpec('restart', { bandwidth: '64Mi' });
     const done = await waitForPhase(kube, NS, 'restart', ['Completed'], 90_000);
     expect(done.status?.reason).toBe('Completed');
     expect(done.status?.attempts).toBe(1);
@@ -368,7 +375,6 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(pullsStartedFor(first, 'restart')).toBe(1);
     expect(pullsStartedFor(operator, 'restart')).toBe(0);
     expect(adoptedBy(operator)).toHaveLength(1);
-    expect(adoptedBy(operator)[0]).toMatchObject({ level: 30, launcherPod: launcher!.podName, target: target('restart'), previousPhase: 'Running' });
     expect(adoptedBy(first)).toHaveLength(0);
     const events = await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', 'involvedObject.name=restart', '-o', 'jsonpath={range .items[*]}{.reason}{"\\n"}{end}']);
     expect(events.split('\n').filter((r) => r === 'Adopted')).toHaveLength(1);

@@ -71,16 +71,18 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
   });
 
   afterAll(async () => {
+    // The stand-ins first (their sleeping commands ended, registrations gone): then no BlockPull
+    // waits on a launcher and the operator drops the finalizers at once.
+    for (const f of fakes) await f.stop();
     try {
       if (operator === undefined && kube !== undefined && namespaces.length > 0) await start('hostile-cleanup');
-      for (const ns of namespaces) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', ns, '--wait=true', '--timeout=60s']);
+      for (const ns of namespaces) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', ns, '--wait=true', '--timeout=20s']);
     } finally {
       await stopOperator();
-      for (const f of fakes) await f.stop();
       if (registryDir) await rm(registryDir, { recursive: true, force: true });
       if (tmp) await rm(tmp, { recursive: true, force: true });
     }
-  }, 180_000);
+  }, 400_000);
 
   it('a forged pod (label kubevirt.io/created-by and node right, not controlled by the VMI) is never used: LauncherNotFound says why', async () => {
     const ns = await namespace('bp-forge');

@@ -453,7 +453,7 @@ export class Reconciler {
     }
     const looked = await this.#gate.observe(driver, `pod ${ns}/${loc.pod}`, key, () => this.#observeHypervisor(bp, loc.domain, driver, log));
     if (looked.kind === 'waiting') {
-      log.debug({ pod: loc.pod, detail: looked.detail }, 'not waiting on libvirt');
+      log.debug({ launcherPod: loc.pod, detail: looked.detail }, 'not waiting on libvirt');
       // No driver: nothing is done through a launcher that did not answer this time.
       return { obs: { ...base, launcher, slots, hypervisor: { kind: 'unreachable', message: looked.message } } };
     }
