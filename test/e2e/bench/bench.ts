@@ -2,7 +2,7 @@
  * `npm run bench`: the operator's apply-to-Completed against `virsh blockpull --wait` on identical
  * 3-layer chains with 2 GiB allocated, in one run.
  *
- * Rounds (BENCH_ROUNDS, default 3): each round builds a fresh stand-in VM with five identical
+ * Rounds (BENCH_ROUNDS, default 4: an even number, so ABBA and BAAB weigh alike): each round builds a fresh stand-in VM with five identical
  * chains (one unmeasured warm-up pull first: the first pull after building is always faster),
  * measures raw, operator, operator, raw (the next round operator, raw, raw, operator: ABBA then
  * BAAB, so position and machine-load drift weigh on both sides alike), checks that every disk
@@ -33,7 +33,7 @@ import { blockPullManifest, createFakeVmi, ensureNamespace, operatorServiceAccou
 const NS = 'bench';
 const ALLOCATED_MIB = Number(process.env['BENCH_ALLOCATED_MIB'] ?? 2048);
 const SIZE_MIB = Math.max(4096, ALLOCATED_MIB * 2);
-const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 3);
+const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 4);
 
 const say = (m: string): void => {
   process.stdout.write(`${m}\n`);
