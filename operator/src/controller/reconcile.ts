@@ -119,6 +119,8 @@ export class Reconciler {
   readonly #memory = new Map<string, Memory>();
   /** BlockPulls this process knows to be Running (the cache may lag): key -> node. */
   readonly #running = new Map<string, string>();
+  /** The resourceVersion our last status write produced, per BlockPull (see isOwnWrite). */
+  readonly #ownWrites = new Map<string, string>();
 
   constructor(options: ReconcilerOptions) {
     this.#o = options;
@@ -143,6 +145,18 @@ export class Reconciler {
     m?.subscription?.sub.stop();
     this.#memory.delete(key);
     this.#running.delete(key);
+    this.#ownWrites.delete(key);
+  }
+
+  /**
+   * True, once, when a watch update of `key` at `resourceVersion` is our own last status write
+   * coming back: the reconcile that wrote it has already requeued itself, so the controller need not
+   * wake the BlockPull for it (a GET and a `virsh blockjob` per progress write, issue 15).
+   */
+  isOwnWrite(key: string, resourceVersion: string | undefined): boolean {
+    if (resourceVersion === undefined || this.#ownWrites.get(key) !== resourceVersion) return false;
+    this.#ownWrites.delete(key);
+    return true;
   }
 
   /** Stop every event subscription (shutdown). Running jobs are left alone. */
@@ -424,7 +438,9 @@ export class Reconciler {
       { op: 'add', path: '/status', value: next },
     ];
     try {
-      await this.#o.clients.custom.patchNamespacedCustomObjectStatus({ ...BLOCKPULL_REF, namespace: bp.metadata.namespace, name: bp.metadata.name, body: patch });
+      const written: unknown = await this.#o.clients.custom.patchNamespacedCustomObjectStatus({ ...BLOCKPULL_REF, namespace: bp.metadata.namespace, name: bp.metadata.name, body: patch });
+      const rv = (written as { metadata?: { resourceVersion?: unknown } } | undefined)?.metadata?.resourceVersion;
+      if (typeof rv === 'string') this.#ownWrites.set(key, rv);
     } catch (err) {
       // A failed `test` of the resourceVersion is a 422 too, like a status the CRD schema refuses;
       // only the first is a conflict. Requeueing the second at once would rewrite it in a loop.
