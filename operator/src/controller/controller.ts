@@ -87,7 +87,18 @@ export class Controller {
       ...(metrics ? { metrics } : {}),
     });
 
-    this.blockPulls.enqueueOnChange(this.queue);
+    // Every change wakes the BlockPull, except our own status write coming back (already requeued).
+    const wake = (obj: KubernetesObject): void => {
+      const key = objectKeyOf(obj);
+      if (key !== '') this.queue.add(key);
+    };
+    this.blockPulls.addEventHandler({
+      add: wake,
+      update: (obj) => {
+        if (!this.reconciler.isOwnWrite(objectKeyOf(obj), obj.metadata?.resourceVersion)) wake(obj);
+      },
+      delete: wake,
+    });
     // A VMI change wakes the BlockPulls naming it; a launcher pod change, those of its namespace.
     const byVmi = (obj: KubernetesObject): void => {
       const ns = obj.metadata?.namespace;

@@ -181,6 +181,12 @@ describe('Reconciler while a job runs', () => {
     expect(subscribedTargets).toEqual([['vda']]); // the driver's fallback poller looks at our disk only
     expect(started.requeueAfterMs).toBe(2000);
 
+    // The watch brings our own status write back once: no need to wake the BlockPull for it.
+    const ownRv = (stored['metadata'] as { resourceVersion: string }).resourceVersion;
+    expect(r.isOwnWrite('ns/p', String(Number(ownRv) - 1))).toBe(false);
+    expect(r.isOwnWrite('ns/p', ownRv)).toBe(true);
+    expect(r.isOwnWrite('ns/p', ownRv)).toBe(false); // once (a later resync of the same version wakes it)
+
     job = { type: 'Block Pull', cur: 40, end: 100, bandwidth: 0 };
     expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: 2000 });
 

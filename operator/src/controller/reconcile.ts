@@ -164,6 +164,8 @@ export class Reconciler {
   readonly #memory = new Map<string, Memory>();
   /** BlockPulls this process knows to be Running (the cache may lag): key -> node. */
   readonly #running = new Map<string, string>();
+  /** The resourceVersion our last status write produced, per BlockPull (see isOwnWrite). */
+  readonly #ownWrites = new Map<string, string>();
 
   readonly #gate: ObserveGate<HypervisorObservation>;
 
@@ -197,6 +199,18 @@ export class Reconciler {
     this.#running.delete(key);
     const { namespace, name } = splitKey(key);
     this.#o.metrics?.removePull(namespace, name);
+    this.#ownWrites.delete(key);
+  }
+
+  /**
+   * True, once, when a watch update of `key` at `resourceVersion` is our own last status write
+   * coming back: the reconcile that wrote it has already requeued itself, so the controller need not
+   * wake the BlockPull for it (a GET and a `virsh blockjob` per progress write, issue 15).
+   */
+  isOwnWrite(key: string, resourceVersion: string | undefined): boolean {
+    if (resourceVersion === undefined || this.#ownWrites.get(key) !== resourceVersion) return false;
+    this.#ownWrites.delete(key);
+    return true;
   }
 
   /** Stop every event subscription (shutdown). Running jobs are left alone. */
@@ -644,6 +658,8 @@ export class Reconciler {
     let stored: unknown;
     try {
       stored = await this.#o.clients.custom.patchNamespacedCustomObjectStatus({ ...BLOCKPULL_REF, namespace: bp.metadata.namespace, name: bp.metadata.name, body: patch });
+      const rv = (stored as { metadata?: { resourceVersion?: unknown } } | undefined)?.metadata?.resourceVersion;
+      if (typeof rv === 'string') this.#ownWrites.set(key, rv);
     } catch (err) {
       // A failed `test` of the resourceVersion is a 422 too, like a status the CRD schema refuses;
       // only the first is a conflict. Requeueing the second at once would rewrite it in a loop.
