@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { clusterClient, type ClusterClient } from './cluster/client.ts';
 import { createServiceAccountKubeconfig } from './cluster/service-account.ts';
-import { ENV_VARS } from '../../operator/src/config.ts';
+import { ENV_VARS, loadConfig } from '../../operator/src/config.ts';
 import { CHART_DIR, DeploymentShape, envOf, find, helmTemplate, one, readRulesFile, type K8sObject } from './ship/chart.ts';
 import { ensureHelm, run } from './ship/helm.ts';
 import { parse, stringify } from 'yaml';
@@ -71,6 +71,10 @@ describe('helm lint and template', () => {
     expect(env.get('BLOCKPULL_LEASE_NAME')).toBe('bp-blockpull-operator-leader');
     // Every BLOCKPULL_* variable the chart sets is one the operator reads (operator/src/config.ts).
     for (const name of env.keys()) if (name.startsWith('BLOCKPULL_')) expect(ENV_VARS, name).toContain(name);
+    // And the operator accepts every value as rendered (YAML numbers of 1e6 and more became
+    // "1.048576e+06" once, which the operator refused at start).
+    const literal = Object.fromEntries([...env].filter(([k, v]) => k.startsWith('BLOCKPULL_') && typeof v === 'string'));
+    expect(() => loadConfig({ ...literal, BLOCKPULL_POD_NAME: 'p', BLOCKPULL_POD_NAMESPACE: 'ns' })).not.toThrow();
 
     const svc = one(objects, 'Service') as K8sObject & { spec: { ports: { port: number; targetPort: string }[] } };
     expect(svc.spec.ports).toEqual([{ name: 'metrics', port: 8080, targetPort: 'metrics', protocol: 'TCP' }]);

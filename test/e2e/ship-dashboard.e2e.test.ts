@@ -56,7 +56,9 @@ beforeAll(async () => {
   launcher = await startLauncher({ namespace: NS, vmiName: VMI, registryDir, disks: [{ name: 'dash', layers: 3, sizeMiB: 64, allocatedMiB: 33 }] });
   // "ghost" is in the VMI but not in the domain: its BlockPull fails with DiskNotFound.
   await createFakeVmi(kube, { namespace: NS, vmiName: VMI, launcher, disks: ['dash', 'ghost'] });
-  operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'dash-op' });
+  // Only this spec's namespace: the shared e2e cluster holds other specs' BlockPulls (Failed ones
+  // too), which would change the per-phase counts asserted below.
+  operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'dash-op', env: { BLOCKPULL_WATCH_NAMESPACE: NS } });
   const port = operator.metricsPort();
   if (port === undefined) throw new Error('the operator logged no metrics port');
   // The chart's own alert rules (release "blockpull": their default selector is this job and namespace).
