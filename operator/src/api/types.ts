@@ -73,7 +73,7 @@ export const REASONS = [
   'VMINotFound', // Pending: no VMI of that name in the namespace
   'VMINotRunning', // Pending: the VMI's phase is not Running
   'LauncherNotFound', // Pending: the VMI runs but no acceptable launcher pod (controlled by it, active, on its node) is found/reachable
-  'MigrationInProgress', // Pending: status.migrationState shows a running migration
+  'MigrationInProgress', // Pending: a live migration of the VMI is requested or runs (a running pull yields to it unless migrationPolicy is WaitForPull)
   'DomainNotFound', // Pending: libvirt does not (yet) know the domain
   'HypervisorUnreachable', // phase kept: libvirt/exec unreachable; retried with backoff
   'DiskBusy', // Pending: another BlockPull or another block job uses the disk
@@ -110,6 +110,16 @@ export const JOB_STATES = ['Starting', 'Running', 'Aborting', 'Aborted', 'Ended'
 export const JobStateSchema = z.enum(JOB_STATES);
 export type JobState = z.infer<typeof JobStateSchema>;
 
+/**
+ * What a running pull does when a live migration of its VMI is requested (libvirt refuses to
+ * migrate a domain while a block job runs): Yield (default) aborts it, keeping what was streamed,
+ * and resumes it on the VMI's launcher pod once the migration has ended; WaitForPull lets it run
+ * to its end (the migration fails and is retried until then). Neither starts a job during a migration.
+ */
+export const MIGRATION_POLICIES = ['Yield', 'WaitForPull'] as const;
+export const MigrationPolicySchema = z.enum(MIGRATION_POLICIES);
+export type MigrationPolicy = z.infer<typeof MigrationPolicySchema>;
+
 export const BaseSchema = z
   .object({
     position: int32().min(1).max(255).optional(),
@@ -129,6 +139,7 @@ export const BlockPullSpecSchema = z.object({
   bandwidth: z.union([z.number().int(), z.string()]).optional(),
   paused: z.boolean().default(false),
   maxRetries: int32().min(0).max(100).default(3),
+  migrationPolicy: MigrationPolicySchema.default('Yield'),
 });
 export type BlockPullSpec = z.infer<typeof BlockPullSpecSchema>;
 
