@@ -40,7 +40,7 @@ describe('Controller.run', () => {
       maxPullsPerNode: 1,
     });
     const calls: string[] = [];
-    const informers = { blockpulls: controller.blockPulls, vmis: controller.vmis, pods: controller.pods };
+    const informers = { blockpulls: controller.blockPulls, vmis: controller.vmis, migrations: controller.migrations, pods: controller.pods };
     for (const [name, inf] of Object.entries(informers)) {
       const start = inf.start.bind(inf);
       const stop = inf.stop.bind(inf);
@@ -57,9 +57,10 @@ describe('Controller.run', () => {
     const ac = new AbortController();
     const run = controller.run(ac.signal);
     await expect(run).rejects.toThrow('VMI informer cannot start');
-    expect(calls.filter((c) => c.startsWith('start')).sort()).toEqual(['start blockpulls', 'start pods', 'start vmis']);
+    expect(calls.filter((c) => c.startsWith('start')).sort()).toEqual(['start blockpulls', 'start migrations', 'start pods', 'start vmis']);
     expect(calls).toContain('stop blockpulls');
     expect(calls).toContain('stop pods');
+    expect(calls).toContain('stop migrations');
     expect(calls.indexOf('stop blockpulls')).toBeGreaterThan(calls.indexOf('start vmis'));
     ac.abort();
   });
