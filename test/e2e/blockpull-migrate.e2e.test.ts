@@ -256,7 +256,8 @@ describe('BlockPull and live migrations (issue 14)', () => {
         await setVmimPhase(`mig-many-${i}`, 'Failed');
       } else if (kind === 1) {
         const { ms } = await yieldTo('many', source, () =>
-          patchVmiStatus(vmi, { migrationState: { sourcePod: source.podName, targetPod: `virt-launcher-vm-many-t${i}`, migrationUid: `u${i}` } }),
+          // A new migration replaces the state of the last one (null: the merge patch drops `failed`).
+          patchVmiStatus(vmi, { migrationState: { sourcePod: source.podName, targetPod: `virt-launcher-vm-many-t${i}`, migrationUid: `u${i}`, failed: null } }),
         );
         yields.push(ms);
         await patchVmiStatus(vmi, { migrationState: { sourcePod: source.podName, targetPod: `virt-launcher-vm-many-t${i}`, migrationUid: `u${i}`, failed: true } });

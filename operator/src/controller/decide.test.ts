@@ -756,6 +756,15 @@ describe('decide: live migrations (yield, wait, resume on the new launcher)', ()
     expect(d.status.message).toContain('the pull starts once the migration has ended');
   });
 
+  it('a migration requested and no job of ours can run: MigrationInProgress without a look at libvirt (the target may not answer yet)', () => {
+    const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), launcher: MIGRATING }));
+    expect(d.status.reason).toBe('MigrationInProgress');
+    expect(d.action).toEqual({ type: 'none' });
+    // With a job of ours that may run, libvirt must be looked at first (to abort it).
+    const e = decide(obs({ bp: bp({ status: onSource() }), launcher: MIGRATING }));
+    expect(e.status.reason).toBe('HypervisorUnreachable');
+  });
+
   it('the migration failed: the pull resumes on the same pod (a new attempt, no retry)', () => {
     const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborted' } });
     const d = decide(obs({ bp: bp({ status: prior }), hypervisor: ok(CHAIN3, null) }));

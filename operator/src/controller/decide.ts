@@ -230,7 +230,7 @@ export function recordedJobState(status: BlockPullStatus | undefined): JobState 
 }
 
 /** A job this BlockPull started (or adopted) may still run on the disk. */
-function mayRunOurJob(js: JobState | undefined): boolean {
+export function mayRunOurJob(js: JobState | undefined): boolean {
   return js === 'Starting' || js === 'Running' || js === 'Aborting';
 }
 
@@ -494,6 +494,22 @@ function decideUnbounded(obs: Observation): Decision {
     ...prior,
     launcher: { pod: loc.pod, node: loc.node, container: loc.container, domain: loc.domain, ...(target !== undefined ? { target } : {}) },
   };
+  const migrationWait = (base: BlockPullStatus, m: MigrationRequest): Decision => {
+    // No job of ours runs: none is started while a migration is requested (libvirt would refuse
+    // the migration while it runs), whatever the migrationPolicy.
+    const yielded = prior.reason === 'MigrationInProgress' && (js === 'Aborting' || js === 'Aborted');
+    return waitingStatus(
+      obs,
+      base,
+      'MigrationInProgress',
+      yielded
+        ? `yielded to ${m.name}: the pull is paused at ${prior.progress?.percent ?? '?'} (streamed data is kept) and resumes on the VMI's launcher pod once the migration has ended`
+        : `${m.message}; the pull starts once the migration has ended`,
+    );
+  };
+  // No job of ours can run: wait for the migration without looking at libvirt (reconcile.ts does
+  // not look then; the target pod may not even be reachable yet).
+  if (migration !== undefined && !mayRunOurJob(js) && !bp.spec.paused && !deleting) return migrationWait(withLauncher, migration);
 
   // --- the hypervisor -----------------------------------------------------------------------
   if (hv === undefined) return waitingStatus(obs, withLauncher, 'HypervisorUnreachable', 'libvirt was not looked at', prior.phase ?? 'Pending');
@@ -703,19 +719,7 @@ function decideUnbounded(obs: Observation): Decision {
       return { status: withPhase(settled, { phase: 'Pending', reason: 'JobFailed', message }, generation, now), action: { type: 'none' }, requeueAfterMs: left };
     }
   }
-  if (migration !== undefined) {
-    // No job of ours runs: none is started while a migration is requested (libvirt would refuse
-    // the migration while it runs), whatever the migrationPolicy.
-    const yielded = prior.reason === 'MigrationInProgress' && (js === 'Aborting' || js === 'Aborted');
-    return waitingStatus(
-      obs,
-      settled,
-      'MigrationInProgress',
-      yielded
-        ? `yielded to ${migration.name}: the pull is paused at ${prior.progress?.percent ?? '?'} (streamed data is kept) and resumes on the VMI's launcher pod once the migration has ended`
-        : `${migration.message}; the pull starts once the migration has ended`,
-    );
-  }
+  if (migration !== undefined) return migrationWait(settled, migration);
   const nextRetries = retries;
   const retrying = (replay && prior.reason === 'Retrying') || (retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace'));
   const reason: Reason = retrying ? 'Retrying' : 'Pulling';

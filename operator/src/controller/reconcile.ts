@@ -35,6 +35,8 @@ import {
   decide,
   decideActionError,
   diskHolder,
+  mayRunOurJob,
+  recordedJobState,
   type Action,
   type Decision,
   type HypervisorObservation,
@@ -443,6 +445,11 @@ export class Reconciler {
       maxConcurrentPulls: this.#o.maxConcurrentPulls,
       maxPullsPerNode: this.#o.maxPullsPerNode,
     };
+
+    // A migration is requested and no job of ours can run: decide() waits for it without libvirt.
+    if (launcher.migration !== undefined && !mayRunOurJob(recordedJobState(bp.status)) && !bp.spec.paused) {
+      return { obs: { ...base, launcher, slots } };
+    }
 
     const vmi = VmiSchema.safeParse(rawVmi);
     if (vmi.success && vmiHasDisk(vmi.data, bp.spec.disk) === false) {
