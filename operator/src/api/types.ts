@@ -100,7 +100,7 @@ export type Reason = (typeof REASONS)[number];
  * - Starting: a start is recorded (counted in attempts); not yet known to have run. Found
  *   without a job later, it is made again as the same attempt: not counted again, not a failure.
  * - Running: the start call returned, or a running pull was adopted.
- * - Aborting: the operator is aborting it (pause, deletion, an unusable bandwidth).
+ * - Aborting: the operator is aborting it (pause, deletion, an unusable bandwidth, a live migration).
  * - Aborted: gone after the operator's abort: never a failure.
  * - Ended: it ended on its own (at the goal, or short of it: counted against maxRetries).
  * Absent: no job of this BlockPull is known.
