@@ -176,8 +176,17 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
     });
     // Someone else fills the filesystem while the job runs.
     const filler = path.join(d.topFs, 'filler');
-    const free = await freeBytes(d.topFs);
-    await execFileP('fallocate', ['-l', String(free - 64 * 1024), filler]);
+    // The running job keeps writing meanwhile: measure again when the filesystem moved under us.
+    for (let tries = 1; ; tries++) {
+      const free = await freeBytes(d.topFs);
+      try {
+        await execFileP('fallocate', ['-l', String(free - 64 * 1024), filler]);
+        break;
+      } catch (err) {
+        if (tries >= 5 || !/No space left/.test(String(err))) throw err;
+        await rm(filler, { force: true });
+      }
+    }
     await patchBandwidth('later', '64Mi');
     const failedAt = Date.now();
     const jf = await waitFor('JobFailed with the I/O error', 60_000, async () => {

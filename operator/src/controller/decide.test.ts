@@ -372,6 +372,9 @@ describe('decide: the state table', () => {
     expect(d.status).toMatchObject({ phase: 'Running', reason: 'HypervisorUnreachable' });
     expect(getCondition(d.status.conditions, 'Progressing')?.status).toBe('Unknown');
     expect(d.requeueAfterMs).toBe(5000);
+    // Still unreachable a minute later: the same status, so the object is not rewritten.
+    const later = decide(obs({ now: new Date(NOW.getTime() + 60_000), bp: bp({ status: d.status }), hypervisor: { kind: 'unreachable', message: 'cannot connect' } }));
+    expect(later.status).toEqual(d.status);
   });
 
   it('terminal phases are sticky: re-applying starts nothing', () => {

@@ -517,8 +517,10 @@ function decideUnbounded(obs: Observation): Decision {
     case 'unreachable': {
       const base = { ...withLauncher };
       const d = waitingStatus(obs, base, 'HypervisorUnreachable', hv.message, prior.phase ?? 'Pending');
+      // Progressing is Unknown; judged against the prior status (waitingStatus set it False on the
+      // way), so an unchanged Unknown keeps its lastTransitionTime and nothing is rewritten.
       const conditions = setCondition(
-        d.status.conditions,
+        d.status.conditions?.map((c) => (c.type === 'Progressing' ? (getCondition(prior.conditions, 'Progressing') ?? c) : c)),
         { type: 'Progressing', status: 'Unknown', reason: 'HypervisorUnreachable', message: hv.message },
         generation,
         now,
