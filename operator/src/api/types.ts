@@ -73,7 +73,7 @@ export const REASONS = [
   'VMINotFound', // Pending: no VMI of that name in the namespace
   'VMINotRunning', // Pending: the VMI's phase is not Running
   'LauncherNotFound', // Pending: the VMI runs but no acceptable launcher pod (controlled by it, active, on its node) is found/reachable
-  'MigrationInProgress', // Pending: status.migrationState shows a running migration
+  'MigrationInProgress', // Pending: a live migration of the VMI is requested or runs (a running pull yields to it unless migrationPolicy is WaitForPull)
   'DomainNotFound', // Pending: libvirt does not (yet) know the domain
   'HypervisorUnreachable', // phase kept: libvirt/exec unreachable; retried with backoff
   'DiskBusy', // Pending: another BlockPull or another block job uses the disk
@@ -100,7 +100,7 @@ export type Reason = (typeof REASONS)[number];
  * - Starting: a start is recorded (counted in attempts); not yet known to have run. Found
  *   without a job later, it is made again as the same attempt: not counted again, not a failure.
  * - Running: the start call returned, or a running pull was adopted.
- * - Aborting: the operator is aborting it (pause, deletion, an unusable bandwidth).
+ * - Aborting: the operator is aborting it (pause, deletion, an unusable bandwidth, a live migration).
  * - Aborted: gone after the operator's abort: never a failure.
  * - Ended: it ended on its own (at the goal, or short of it: counted against maxRetries).
  * Absent: no job of this BlockPull is known.
@@ -109,6 +109,16 @@ export type Reason = (typeof REASONS)[number];
 export const JOB_STATES = ['Starting', 'Running', 'Aborting', 'Aborted', 'Ended'] as const;
 export const JobStateSchema = z.enum(JOB_STATES);
 export type JobState = z.infer<typeof JobStateSchema>;
+
+/**
+ * What a running pull does when a live migration of its VMI is requested (libvirt refuses to
+ * migrate a domain while a block job runs): Yield (default) aborts it, keeping what was streamed,
+ * and resumes it on the VMI's launcher pod once the migration has ended; WaitForPull lets it run
+ * to its end (the migration fails and is retried until then). Neither starts a job during a migration.
+ */
+export const MIGRATION_POLICIES = ['Yield', 'WaitForPull'] as const;
+export const MigrationPolicySchema = z.enum(MIGRATION_POLICIES);
+export type MigrationPolicy = z.infer<typeof MigrationPolicySchema>;
 
 export const BaseSchema = z
   .object({
@@ -129,6 +139,7 @@ export const BlockPullSpecSchema = z.object({
   bandwidth: z.union([z.number().int(), z.string()]).optional(),
   paused: z.boolean().default(false),
   maxRetries: int32().min(0).max(100).default(3),
+  migrationPolicy: MigrationPolicySchema.default('Yield'),
 });
 export type BlockPullSpec = z.infer<typeof BlockPullSpecSchema>;
 

@@ -5,11 +5,12 @@
  * VMI informer's start is made to fail.
  */
 import { KubeConfig } from '@kubernetes/client-node';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { createKubeClients } from '../kube/client.ts';
 import { silentLogger } from '../log.ts';
 import type { DriverProvider } from '../kubevirt/transport.ts';
 import { Controller } from './controller.ts';
+import { WatchdogInformer, type InformerHandlers } from './informer.ts';
 
 function unreachableKubeConfig(): KubeConfig {
   const kc = new KubeConfig();
@@ -40,7 +41,7 @@ describe('Controller.run', () => {
       maxPullsPerNode: 1,
     });
     const calls: string[] = [];
-    const informers = { blockpulls: controller.blockPulls, vmis: controller.vmis, pods: controller.pods };
+    const informers = { blockpulls: controller.blockPulls, vmis: controller.vmis, migrations: controller.migrations, pods: controller.pods };
     for (const [name, inf] of Object.entries(informers)) {
       const start = inf.start.bind(inf);
       const stop = inf.stop.bind(inf);
@@ -57,10 +58,52 @@ describe('Controller.run', () => {
     const ac = new AbortController();
     const run = controller.run(ac.signal);
     await expect(run).rejects.toThrow('VMI informer cannot start');
-    expect(calls.filter((c) => c.startsWith('start')).sort()).toEqual(['start blockpulls', 'start pods', 'start vmis']);
+    expect(calls.filter((c) => c.startsWith('start')).sort()).toEqual(['start blockpulls', 'start migrations', 'start pods', 'start vmis']);
     expect(calls).toContain('stop blockpulls');
     expect(calls).toContain('stop pods');
+    expect(calls).toContain('stop migrations');
     expect(calls.indexOf('stop blockpulls')).toBeGreaterThan(calls.indexOf('start vmis'));
     ac.abort();
+  });
+});
+
+describe('Controller wake-ups', () => {
+  it('a VirtualMachineInstanceMigration wakes the BlockPulls of the VMI it names (spec.vmiName), in its namespace only', async () => {
+    const handlers = new Map<string, InformerHandlers<unknown>[]>();
+    const spy = vi.spyOn(WatchdogInformer.prototype, 'addEventHandler').mockImplementation(function (this: WatchdogInformer<never>, h) {
+      handlers.set(this.resource, [...(handlers.get(this.resource) ?? []), h as InformerHandlers<unknown>]);
+    });
+    try {
+      const controller = new Controller({
+        clients: createKubeClients(unreachableKubeConfig()),
+        drivers,
+        logger: silentLogger(),
+        workers: 1,
+        pollIntervalMs: 500,
+        statusUpdateIntervalMs: 1000,
+        maxConcurrentPulls: 1,
+        maxPullsPerNode: 1,
+      });
+      const bps = [
+        { metadata: { namespace: 'ns', name: 'a' }, spec: { vmiName: 'vm1', disk: 'd' } },
+        { metadata: { namespace: 'ns', name: 'b' }, spec: { vmiName: 'vm2', disk: 'd' } },
+        { metadata: { namespace: 'other', name: 'c' }, spec: { vmiName: 'vm1', disk: 'd' } },
+      ];
+      controller.blockPulls.list = (ns?: string) => bps.filter((b) => ns === undefined || b.metadata.namespace === ns);
+      const vmim = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { namespace: 'ns', name: 'mig' }, spec: { vmiName: 'vm1' } };
+      const registered = handlers.get('virtualmachineinstancemigrations') ?? [];
+      expect(registered).toHaveLength(1);
+      for (const event of ['add', 'update', 'delete'] as const) {
+        registered[0]![event]!(vmim);
+        expect(controller.queue.len(), event).toBe(1);
+        expect(await controller.queue.get()).toBe('ns/a');
+        controller.queue.done('ns/a');
+      }
+      // A malformed object (no spec.vmiName) wakes nothing.
+      registered[0]!.add!({ metadata: { namespace: 'ns', name: 'x' } });
+      expect(controller.queue.len()).toBe(0);
+    } finally {
+      spy.mockRestore();
+    }
   });
 });

@@ -1,5 +1,5 @@
 /**
- * The controller: informers (BlockPulls, VMIs, virt-launcher pods) with watchdogs feed a
+ * The controller: informers (BlockPulls, VMIs, VMI migrations, virt-launcher pods) with watchdogs feed a
  * rate-limited, deduplicating work queue; `workers` loops reconcile one key at a time each
  * (the queue never hands out one key twice at once). Runs until `signal` aborts; running
  * pulls are left alone on shutdown (the next leader adopts them).
@@ -17,6 +17,7 @@ import { BLOCKPULL_REF, Reconciler } from './reconcile.ts';
 import { WorkQueue } from './workqueue.ts';
 
 export const VMI_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' };
+export const VMIM_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations' };
 
 export interface ControllerOptions {
   readonly clients: KubeClients;
@@ -51,6 +52,7 @@ export class Controller {
   readonly blockPulls: WatchdogInformer<KubernetesObject>;
   readonly vmis: WatchdogInformer<KubernetesObject>;
   readonly pods: WatchdogInformer<KubernetesObject>;
+  readonly migrations: WatchdogInformer<KubernetesObject>;
   readonly reconciler: Reconciler;
   #phaseTimer: NodeJS.Timeout | undefined;
 
@@ -62,6 +64,11 @@ export class Controller {
     const common = { kc: clients.kc, logger: options.logger, ...(metrics ? { metrics } : {}) };
     this.blockPulls = new WatchdogInformer({ ...common, resource: 'blockpulls', source: customResourceSource(clients.custom, BLOCKPULL_REF, options.namespace) });
     this.vmis = new WatchdogInformer({ ...common, resource: 'virtualmachineinstances', source: customResourceSource(clients.custom, VMI_REF, options.namespace) });
+    this.migrations = new WatchdogInformer({
+      ...common,
+      resource: 'virtualmachineinstancemigrations',
+      source: customResourceSource(clients.custom, VMIM_REF, options.namespace),
+    });
     this.pods = new WatchdogInformer({
       ...common,
       resource: 'pods',
@@ -72,6 +79,7 @@ export class Controller {
       blockPulls: this.blockPulls,
       vmis: this.vmis,
       pods: this.pods,
+      migrations: this.migrations,
       drivers: options.drivers,
       logger: options.logger,
       pollIntervalMs: options.pollIntervalMs,
@@ -109,6 +117,16 @@ export class Controller {
       }
     };
     this.vmis.addEventHandler({ add: byVmi, update: byVmi, delete: byVmi });
+    // A migration wakes the BlockPulls of the VMI it moves (spec.vmiName): a running pull yields at once.
+    const byMigration = (obj: KubernetesObject): void => {
+      const vmiName = (obj as { spec?: { vmiName?: unknown } }).spec?.vmiName;
+      if (typeof vmiName !== 'string') return;
+      for (const b of this.blockPulls.list(obj.metadata?.namespace)) {
+        const spec = (b as { spec?: Spec }).spec;
+        if (spec?.vmiName === vmiName) this.queue.add(objectKeyOf(b));
+      }
+    };
+    this.migrations.addEventHandler({ add: byMigration, update: byMigration, delete: byMigration });
     const byNamespace = (obj: KubernetesObject): void => {
       for (const b of this.blockPulls.list(obj.metadata?.namespace)) {
         const phase = (b as { status?: { phase?: string } }).status?.phase;
@@ -128,16 +146,20 @@ export class Controller {
         this.queue.add(key);
       }
     };
-    for (const inf of [this.blockPulls, this.vmis, this.pods]) inf.onRecovered(lookAgain);
+    for (const inf of this.#informers()) inf.onRecovered(lookAgain);
+  }
+
+  #informers(): WatchdogInformer<KubernetesObject>[] {
+    return [this.blockPulls, this.vmis, this.migrations, this.pods];
   }
 
   synced(): boolean {
-    return this.blockPulls.hasSynced() && this.vmis.hasSynced() && this.pods.hasSynced();
+    return this.#informers().every((i) => i.hasSynced());
   }
 
   /** Run until the signal aborts. */
   async run(signal: AbortSignal): Promise<void> {
-    const informers = [this.blockPulls, this.vmis, this.pods];
+    const informers = this.#informers();
     const starts = await Promise.allSettled(informers.map((i) => i.start()));
     const failed = starts.find((r) => r.status === 'rejected');
     if (failed !== undefined) {
@@ -147,7 +169,7 @@ export class Controller {
       await Promise.allSettled(informers.map((i) => i.stop()));
       throw failed.reason;
     }
-    const ok = (await Promise.all([this.blockPulls.waitForSync(signal), this.vmis.waitForSync(signal), this.pods.waitForSync(signal)])).every(Boolean);
+    const ok = (await Promise.all(informers.map((i) => i.waitForSync(signal)))).every(Boolean);
     if (ok) {
       this.#log.info({ workers: this.#o.workers }, 'caches synced; starting workers');
       // Everything cached is looked at once after a (re)start: running jobs are adopted.
@@ -164,7 +186,7 @@ export class Controller {
     }
     clearInterval(this.#phaseTimer);
     this.reconciler.stop();
-    await Promise.all([this.blockPulls.stop(), this.vmis.stop(), this.pods.stop()]);
+    await Promise.all(informers.map((i) => i.stop()));
     this.#log.info('controller stopped');
   }
 

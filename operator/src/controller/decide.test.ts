@@ -700,3 +700,142 @@ describe('decide: deletion aborts the job we started, whatever the phase', () =>
     expect(d.requeueAfterMs).toBe(5000);
   });
 });
+
+describe('decide: live migrations (yield, wait, resume on the new launcher)', () => {
+  const VMIM = { name: 'VirtualMachineInstanceMigration ns/mig-1', message: 'VirtualMachineInstanceMigration ns/mig-1 (phase Pending) migrates VirtualMachineInstance ns/vm1' };
+  const MIGRATING: LauncherObservation = { ...FOUND, migration: VMIM };
+  const NEW_POD: LauncherObservation = { kind: 'found', launcher: { pod: 'virt-launcher-vm1-target', node: 'node2', container: 'compute', domain: 'ns_vm1' } };
+  // The chain on the target: a new overlay on the same backing images, at other paths.
+  const T_TOP = '/t/top.qcow2';
+  const T_MID = '/t/mid.qcow2';
+  const T_BASE = '/t/base.qcow2';
+  const TARGET3: DiskInfo = {
+    target: 'vda',
+    chain: [
+      { position: 0, index: 1, path: T_TOP, format: 'qcow2' },
+      { position: 1, index: 2, path: T_MID, format: 'qcow2' },
+      { position: 2, index: 3, path: T_BASE, format: 'qcow2' },
+    ],
+  };
+  const onSource = (extra: BlockPullStatus = {}): BlockPullStatus =>
+    running({ job: { state: 'Running' }, launcher: { pod: 'virt-launcher-vm1-abcde', node: 'node1', container: 'compute', domain: 'ns_vm1', target: 'vda' }, ...extra });
+
+  it('Yield (default): our running job is aborted, Pending/MigrationInProgress naming the migration, intent Aborting, nothing counted', () => {
+    const d = decide(obs({ bp: bp({ status: onSource() }), launcher: MIGRATING, hypervisor: ok(CHAIN3, job(10 * MiB, 64 * MiB)) }));
+    expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
+    expect(d.status.phase).toBe('Pending');
+    expect(d.status.reason).toBe('MigrationInProgress');
+    expect(d.status.message).toContain('VirtualMachineInstanceMigration ns/mig-1');
+    expect(d.status.job).toEqual({ state: 'Aborting' });
+    expect(d.status.attempts).toBe(1);
+    expect(d.status.retries).toBe(0);
+    expect(getCondition(d.status.conditions, 'Progressing')?.status).toBe('False');
+    expect(d.requeueAfterMs).toBe(500);
+  });
+
+  it('WaitForPull: the running job goes on; the message says the migration waits', () => {
+    const d = decide(obs({ bp: bp({ spec: { migrationPolicy: 'WaitForPull' }, status: onSource() }), launcher: MIGRATING, hypervisor: ok(CHAIN3, job(10 * MiB, 64 * MiB)) }));
+    expect(d.action).toEqual({ type: 'none' });
+    expect(d.status.phase).toBe('Running');
+    expect(d.status.job).toEqual({ state: 'Running' });
+    expect(d.status.message).toMatch(/VirtualMachineInstanceMigration ns\/mig-1 waits for the pull to end \(migrationPolicy WaitForPull\)/);
+  });
+
+  it('the aborted job is gone while the migration runs: Aborted, waiting, never a retry', () => {
+    const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborting' }, progress: { percent: '15%' } });
+    const d = decide(obs({ bp: bp({ status: prior }), launcher: MIGRATING, hypervisor: ok(CHAIN3, null) }));
+    expect(d.action).toEqual({ type: 'none' });
+    expect(d.status.phase).toBe('Pending');
+    expect(d.status.reason).toBe('MigrationInProgress');
+    expect(d.status.job).toEqual({ state: 'Aborted' });
+    expect(d.status.retries).toBe(0);
+    expect(d.status.message).toMatch(/yielded to VirtualMachineInstanceMigration ns\/mig-1: the pull is paused at 15%/);
+  });
+
+  it.each(['Yield', 'WaitForPull'])('migrationPolicy %s: no job is started while a migration is requested', (policy) => {
+    const d = decide(obs({ bp: bp({ spec: { migrationPolicy: policy }, status: { phase: 'Pending', reason: 'Created' } }), launcher: MIGRATING, hypervisor: ok(CHAIN3, null) }));
+    expect(d.action).toEqual({ type: 'none' });
+    expect(d.status.reason).toBe('MigrationInProgress');
+    expect(d.status.message).toContain('the pull starts once the migration has ended');
+  });
+
+  it('a migration requested and no job of ours can run: MigrationInProgress without a look at libvirt (the target may not answer yet)', () => {
+    const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), launcher: MIGRATING }));
+    expect(d.status.reason).toBe('MigrationInProgress');
+    expect(d.action).toEqual({ type: 'none' });
+    // With a job of ours that may run, libvirt must be looked at first (to abort it).
+    const e = decide(obs({ bp: bp({ status: onSource() }), launcher: MIGRATING }));
+    expect(e.status.reason).toBe('HypervisorUnreachable');
+  });
+
+  it('the migration failed: the pull resumes on the same pod (a new attempt, no retry)', () => {
+    const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborted' } });
+    const d = decide(obs({ bp: bp({ status: prior }), hypervisor: ok(CHAIN3, null) }));
+    expect(d.action).toMatchObject({ type: 'startPull', domain: 'ns_vm1', target: 'vda' });
+    expect(d.status.attempts).toBe(2);
+    expect(d.status.retries).toBe(0);
+    expect(d.status.reason).toBe('Pulling');
+    expect(d.status.message).toMatch(/^resumed after the migration on pod virt-launcher-vm1-abcde \(node node1\)/);
+  });
+
+  it('the migration completed: resumes on the new pod, full pull into its active image', () => {
+    // Aborting (the abort was not confirmed before the source pod went away): the job ended with the old pod.
+    const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborting' } });
+    const d = decide(obs({ bp: bp({ status: prior }), launcher: NEW_POD, hypervisor: ok(TARGET3, null), jobStartedHere: false }));
+    expect(d.action).toEqual({ type: 'startPull', domain: 'ns_vm1', target: 'vda', bandwidth: 0 });
+    expect(d.status.launcher).toMatchObject({ pod: 'virt-launcher-vm1-target', node: 'node2' });
+    expect(d.status.attempts).toBe(2);
+    expect(d.status.retries).toBe(0);
+    expect(d.status.backingChain?.before).toEqual(before3);
+    expect(d.status.backingChain?.current?.map((l) => l.path)).toEqual([T_TOP, T_MID, T_BASE]);
+    expect(d.status.message).toMatch(/^resumed after the migration on pod virt-launcher-vm1-target \(node node2\)/);
+    // ... and the goal there is the new active image alone.
+    const flatTarget: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 1, path: T_TOP, format: 'qcow2' }] };
+    const done = decide(obs({ bp: bp({ status: { ...d.afterAction!, launcher: d.status.launcher! } }), launcher: NEW_POD, hypervisor: ok(flatTarget, null) }));
+    expect(done.status.phase).toBe('Completed');
+    expect(done.status.reason).toBe('Completed');
+  });
+
+  it('a job recorded Running on the old pod is gone on the new one: Aborted, not a failure (no retry)', () => {
+    const d = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: onSource() }), launcher: NEW_POD, hypervisor: ok(TARGET3, null) }));
+    expect(d.status.phase).toBe('Running');
+    expect(d.action.type).toBe('startPull');
+    expect(d.status.retries).toBe(0);
+    expect(d.status.attempts).toBe(2);
+  });
+
+  it('spec.base by position across a migration: the base at the same depth on the new chain (other paths)', () => {
+    const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborted' }, backingChain: { before: before3, basePath: BASE } });
+    const d = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: prior }), launcher: NEW_POD, hypervisor: ok(TARGET3, null) }));
+    expect(d.action).toMatchObject({ type: 'startPull', base: { path: T_BASE } });
+    expect(d.status.backingChain?.basePath).toBe(T_BASE);
+    // Done there: the new top on the new base; the old paths alone would never be reached.
+    const done: DiskInfo = { target: 'vda', chain: [TARGET3.chain[0]!, { position: 1, index: 3, path: T_BASE, format: 'qcow2' }] };
+    const end = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: { ...d.afterAction! } }), launcher: NEW_POD, hypervisor: ok(done, null) }));
+    expect(end.status.phase).toBe('Completed');
+    expect(end.status.reason).toBe('Completed');
+  });
+
+  it('spec.base by path across a migration: the same path when the new chain has it (KubeVirt mounts the container disk at the same path)', () => {
+    const sameBacking: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 1, path: T_TOP, format: 'qcow2' }, { position: 1, index: 2, path: MID, format: 'qcow2' }, { position: 2, index: 3, path: BASE, format: 'qcow2' }] };
+    const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborted' }, backingChain: { before: before3, basePath: BASE } });
+    const d = decide(obs({ bp: bp({ spec: { base: { path: BASE } }, status: prior }), launcher: NEW_POD, hypervisor: ok(sameBacking, null) }));
+    expect(d.action).toMatchObject({ type: 'startPull', base: { path: BASE } });
+    const done: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 1, path: T_TOP, format: 'qcow2' }, { position: 1, index: 3, path: BASE, format: 'qcow2' }] };
+    const end = decide(obs({ bp: bp({ spec: { base: { path: BASE } }, status: { ...d.afterAction! } }), launcher: NEW_POD, hypervisor: ok(done, null) }));
+    expect(end.status.phase).toBe('Completed');
+  });
+
+  it('the base cannot be identified on the new chain (not there by path, other length, or other formats): InvalidBase', () => {
+    const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborted' }, backingChain: { before: before3, basePath: BASE } });
+    const shorter: DiskInfo = { target: 'vda', chain: [TARGET3.chain[0]!, { position: 1, index: 2, path: T_BASE, format: 'qcow2' }] };
+    const d = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: prior }), launcher: NEW_POD, hypervisor: ok(shorter, null) }));
+    expect(d.status.phase).toBe('Failed');
+    expect(d.status.reason).toBe('InvalidBase');
+    expect(d.status.message).toMatch(/cannot be identified/);
+    const raw: DiskInfo = { target: 'vda', chain: [TARGET3.chain[0]!, TARGET3.chain[1]!, { ...TARGET3.chain[2]!, format: 'raw' }] };
+    const e = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: prior }), launcher: NEW_POD, hypervisor: ok(raw, null) }));
+    expect(e.status.reason).toBe('InvalidBase');
+    expect(e.status.message).toMatch(/formats raw, where the base \/d\/base.qcow2 and below had qcow2/);
+  });
+});

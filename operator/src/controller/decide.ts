@@ -30,7 +30,7 @@ import {
   type Reason,
 } from '../api/types.ts';
 import { computeGoal, isPullComplete, type PullGoal } from '../hypervisor/completion.ts';
-import { isHypervisorError } from '../hypervisor/errors.ts';
+import { HypervisorError, isHypervisorError } from '../hypervisor/errors.ts';
 import type { BaseRef, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
 import { boundStatus } from './status-limits.ts';
 
@@ -42,12 +42,21 @@ export interface LauncherLocation {
   readonly domain: string;
 }
 
+/** A live migration requested for the VMI (kubevirt/launcher.ts requestedMigration). */
+export interface MigrationRequest {
+  /** Names it: `VirtualMachineInstanceMigration ns/name`, `migration (src -> dst)`, `evacuation of node N`. */
+  readonly name: string;
+  readonly message: string;
+}
+
 export type LauncherObservation =
   | { readonly kind: 'vmiNotFound'; readonly message: string }
   | { readonly kind: 'vmiNotRunning'; readonly message: string }
+  /** A migration runs and no acceptable launcher pod is there (between source and target). */
   | { readonly kind: 'migrationInProgress'; readonly message: string }
   | { readonly kind: 'launcherNotFound'; readonly message: string }
-  | { readonly kind: 'found'; readonly launcher: LauncherLocation };
+  /** `migration`: a migration of the VMI is requested; the launcher is still the source's. */
+  | { readonly kind: 'found'; readonly launcher: LauncherLocation; readonly migration?: MigrationRequest };
 
 export type HypervisorObservation =
   | { readonly kind: 'unreachable'; readonly message: string }
@@ -221,7 +230,7 @@ export function recordedJobState(status: BlockPullStatus | undefined): JobState 
 }
 
 /** A job this BlockPull started (or adopted) may still run on the disk. */
-function mayRunOurJob(js: JobState | undefined): boolean {
+export function mayRunOurJob(js: JobState | undefined): boolean {
   return js === 'Starting' || js === 'Running' || js === 'Aborting';
 }
 
@@ -334,10 +343,52 @@ function bandwidthMessage(bytesPerSecond: number): string {
  */
 function goalFromStatus(bp: BlockPull, disk: DiskInfo, before: readonly ChainLayerStatus[], basePath: string | undefined): PullGoal {
   const top = before[0];
+  const active = disk.chain[0];
+  if (top !== undefined && active !== undefined && active.path !== top.path) return goalOnOtherImage(bp, disk, before, basePath);
   if (before.length < STATUS_LIMITS.chainItems || basePath === undefined || top === undefined) return goalOf(bp, disk.target, before);
   const i = disk.chain.findIndex((l) => l.path === basePath);
   if (i < 1) return goalOf(bp, disk.target, before);
   return { target: disk.target, expectedPaths: [top.path, ...disk.chain.slice(i).map((l) => l.path)], basePath };
+}
+
+/**
+ * The goal when the active image is another file than at the first look: after a live migration
+ * (KubeVirt block-migrates a containerDisk/ephemeral overlay into a new overlay in the target pod,
+ * on the same backing images, possibly at other paths) or on a new launcher pod. The goal keeps
+ * its meaning, the same disk content: the active image (whatever its path), then the base
+ * resolved at the first look and everything below it.
+ * - full pull: the active image alone;
+ * - with a base (spec.base.position or .path, resolved ONCE at the first look to
+ *   status.backingChain.basePath): the image with that path if the chain has it (at position
+ *   >= 1); else the image with as many images below it as the base had at the first look,
+ *   provided the chain has exactly as many images as then and the base and every image below it
+ *   have the formats recorded then. Otherwise the base cannot be identified: InvalidBase.
+ * A position is never re-resolved from the top of another chain.
+ */
+function goalOnOtherImage(bp: BlockPull, disk: DiskInfo, before: readonly ChainLayerStatus[], basePath: string | undefined): PullGoal {
+  const active = disk.chain[0]!;
+  if (bp.spec.base === undefined) return { target: disk.target, expectedPaths: [active.path] };
+  const recorded = basePath ?? goalOf(bp, disk.target, before).basePath;
+  const byPath = disk.chain.findIndex((l) => l.path === recorded);
+  if (byPath >= 1) return { target: disk.target, expectedPaths: [active.path, ...disk.chain.slice(byPath).map((l) => l.path)], basePath: recorded! };
+  const at = before.findIndex((l) => l.path === recorded);
+  const chainText = disk.chain.map((l) => l.path).join(' <- ');
+  if (at < 1 || before.length >= STATUS_LIMITS.chainItems || disk.chain.length !== before.length) {
+    throw new HypervisorError(
+      'InvalidBase',
+      `the active image of ${disk.target} is now ${active.path} (was ${before[0]?.path ?? '?'}) and the base ${recorded ?? '?'} cannot be identified in its chain (${chainText}): not there by path, and the chain has ${disk.chain.length} images where it had ${before.length}`,
+    );
+  }
+  const below = disk.chain.slice(at);
+  const formats = below.map((l) => l.format).join(',');
+  const recordedFormats = before.slice(at).map((l) => l.format).join(',');
+  if (formats !== recordedFormats) {
+    throw new HypervisorError(
+      'InvalidBase',
+      `the active image of ${disk.target} is now ${active.path} and the image at the base's depth (${below[0]?.path ?? '?'}) and below have formats ${formats}, where the base ${recorded ?? '?'} and below had ${recordedFormats}`,
+    );
+  }
+  return { target: disk.target, expectedPaths: [active.path, ...below.map((l) => l.path)], basePath: below[0]!.path };
 }
 
 /**
@@ -431,10 +482,34 @@ function decideUnbounded(obs: Observation): Decision {
       break;
   }
   const loc = lo.launcher;
+  // A migration of the VMI is requested: with migrationPolicy Yield (the default) our running
+  // job is aborted (a pause: streamed data is kept) and none is started until it is over; with
+  // WaitForPull a running job goes on (the migration fails and is retried until the pull ends).
+  const migration = lo.migration;
+  const yieldToMigration = migration !== undefined && bp.spec.migrationPolicy !== 'WaitForPull';
+  // The job record was made on another launcher pod (a migration, a new pod): a job of ours ran
+  // in that pod's QEMU and ended with it, which is no failure of the pull.
+  const movedPod = prior.launcher?.pod !== undefined && prior.launcher.pod !== loc.pod;
   const withLauncher: BlockPullStatus = {
     ...prior,
     launcher: { pod: loc.pod, node: loc.node, container: loc.container, domain: loc.domain, ...(target !== undefined ? { target } : {}) },
   };
+  const migrationWait = (base: BlockPullStatus, m: MigrationRequest): Decision => {
+    // No job of ours runs: none is started while a migration is requested (libvirt would refuse
+    // the migration while it runs), whatever the migrationPolicy.
+    const yielded = prior.reason === 'MigrationInProgress' && (js === 'Aborting' || js === 'Aborted');
+    return waitingStatus(
+      obs,
+      base,
+      'MigrationInProgress',
+      yielded
+        ? `yielded to ${m.name}: the pull is paused at ${prior.progress?.percent ?? '?'} (streamed data is kept) and resumes on the VMI's launcher pod once the migration has ended`
+        : `${m.message}; the pull starts once the migration has ended`,
+    );
+  };
+  // No job of ours can run: wait for the migration without looking at libvirt (reconcile.ts does
+  // not look then; the target pod may not even be reachable yet).
+  if (migration !== undefined && !mayRunOurJob(js) && !bp.spec.paused && !deleting) return migrationWait(withLauncher, migration);
 
   // --- the hypervisor -----------------------------------------------------------------------
   if (hv === undefined) return waitingStatus(obs, withLauncher, 'HypervisorUnreachable', 'libvirt was not looked at', prior.phase ?? 'Pending');
@@ -542,6 +617,23 @@ function decideUnbounded(obs: Observation): Decision {
         sample,
       };
     }
+    if (yieldToMigration) {
+      return {
+        status: withPhase(
+          withJob({ ...chained, progress }, 'Aborting'),
+          {
+            phase: 'Pending',
+            reason: 'MigrationInProgress',
+            message: `yielding to ${migration.name}: aborting the pull at ${progress.percent} (streamed data is kept); it resumes on the VMI's launcher pod once the migration has ended`,
+          },
+          generation,
+          now,
+        ),
+        action: { type: 'abort', domain: loc.domain, target: disk.target },
+        requeueAfterMs: obs.pollIntervalMs,
+        sample,
+      };
+    }
     // Adopted: running, and not started by this process (whatever the status said before).
     const adopted = obs.jobStartedHere !== true;
     const reason: Reason = adopted ? 'Adopted' : prior.phase === 'Running' && prior.reason === 'Retrying' ? 'Retrying' : 'Pulling';
@@ -555,7 +647,7 @@ function decideUnbounded(obs: Observation): Decision {
       {
         phase: 'Running',
         reason,
-        message: `${adopted ? 'adopted the running pull' : 'pulling'} ${bp.spec.disk} (${disk.target}): ${progress.percent} of ${formatBytes(progress.totalBytes ?? 0)}${bandwidthMessage(bandwidth)}`,
+        message: `${adopted ? 'adopted the running pull' : 'pulling'} ${bp.spec.disk} (${disk.target}): ${progress.percent} of ${formatBytes(progress.totalBytes ?? 0)}${bandwidthMessage(bandwidth)}${migration !== undefined ? `; ${migration.name} waits for the pull to end (migrationPolicy WaitForPull)` : ''}`,
       },
       generation,
       now,
@@ -570,9 +662,12 @@ function decideUnbounded(obs: Observation): Decision {
   // itself (Running: ended short of the goal, a retry is due). A start recorded but not known to
   // have run (Starting: the operator stopped, or its write was lost, between recording the start
   // and its outcome) is neither: it is made again as the same attempt (counted once).
-  const retryDue = js === 'Running' || js === 'Ended';
+  // On another launcher pod than the record's, a Running or Aborting job ended with the old pod
+  // (a migration): Aborted, never a failure.
+  const lostWithPod = movedPod && (js === 'Running' || js === 'Aborting');
+  const retryDue = !lostWithPod && (js === 'Running' || js === 'Ended');
   const replay = js === 'Starting';
-  const settled = withJob(chained, js === 'Running' ? 'Ended' : js === 'Aborting' ? 'Aborted' : js);
+  const settled = withJob(chained, lostWithPod ? 'Aborted' : js === 'Running' ? 'Ended' : js === 'Aborting' ? 'Aborted' : js);
   if (bandwidthError !== undefined) return failed(obs, settled, 'InvalidBandwidth', bandwidthError);
   if (bp.spec.paused) {
     return {
@@ -626,6 +721,7 @@ function decideUnbounded(obs: Observation): Decision {
       return { status: withPhase(settled, { phase: 'Pending', reason: 'JobFailed', message }, generation, now), action: { type: 'none' }, requeueAfterMs: left };
     }
   }
+  if (migration !== undefined) return migrationWait(settled, migration);
   const nextRetries = retries;
   const retrying = (replay && prior.reason === 'Retrying') || (retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace'));
   const reason: Reason = retrying ? 'Retrying' : 'Pulling';
@@ -660,7 +756,7 @@ function decideUnbounded(obs: Observation): Decision {
     {
       phase: 'Running',
       reason,
-      message: `${reason === 'Retrying' ? `retry ${nextRetries}/${bp.spec.maxRetries}: ` : ''}started pulling ${bp.spec.disk} (${disk.target}) ${goal.basePath !== undefined ? `down to ${goal.basePath}` : 'into a single image'}${bandwidthMessage(bandwidth)}`,
+      message: `${prior.reason === 'MigrationInProgress' ? `resumed after the migration on pod ${loc.pod} (node ${loc.node}): ` : ''}${reason === 'Retrying' ? `retry ${nextRetries}/${bp.spec.maxRetries}: ` : ''}started pulling ${bp.spec.disk} (${disk.target}) ${goal.basePath !== undefined ? `down to ${goal.basePath}` : 'into a single image'}${bandwidthMessage(bandwidth)}`,
     },
     generation,
     now,

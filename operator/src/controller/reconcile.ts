@@ -35,6 +35,8 @@ import {
   decide,
   decideActionError,
   diskHolder,
+  mayRunOurJob,
+  recordedJobState,
   type Action,
   type Decision,
   type HypervisorObservation,
@@ -61,6 +63,8 @@ export interface ReconcilerOptions {
   readonly blockPulls: CacheReader;
   readonly vmis: CacheReader;
   readonly pods: CacheReader;
+  /** VirtualMachineInstanceMigrations (kubevirt.io/v1); absent: only the VMI's status tells of a migration. */
+  readonly migrations?: CacheReader;
   readonly drivers: DriverProvider;
   readonly events?: EventRecorder;
   readonly metrics?: OperatorMetrics;
@@ -425,7 +429,7 @@ export class Reconciler {
 
     const ns = bp.metadata.namespace;
     const rawVmi = this.#o.vmis.get(ns, bp.spec.vmiName);
-    const located = locateLauncher(ns, bp.spec.vmiName, rawVmi, this.#o.pods.list(ns));
+    const located = locateLauncher(ns, bp.spec.vmiName, rawVmi, this.#o.pods.list(ns), this.#o.migrations?.list(ns) ?? []);
     let launcher: LauncherObservation = located.observation;
     if (launcher.kind !== 'found') return { obs: { ...base, launcher, slots: slotsNone } };
     const loc = launcher.launcher;
@@ -441,6 +445,11 @@ export class Reconciler {
       maxConcurrentPulls: this.#o.maxConcurrentPulls,
       maxPullsPerNode: this.#o.maxPullsPerNode,
     };
+
+    // A migration is requested and no job of ours can run: decide() waits for it without libvirt.
+    if (launcher.migration !== undefined && !mayRunOurJob(recordedJobState(bp.status)) && !bp.spec.paused) {
+      return { obs: { ...base, launcher, slots } };
+    }
 
     const vmi = VmiSchema.safeParse(rawVmi);
     if (vmi.success && vmiHasDisk(vmi.data, bp.spec.disk) === false) {
@@ -465,7 +474,7 @@ export class Reconciler {
       }
       throw err;
     }
-    const looked = await this.#gate.observe(driver, `pod ${ns}/${loc.pod}`, key, () => this.#observeHypervisor(bp, loc.domain, driver, log));
+    const looked = await this.#gate.observe(driver, `pod ${ns}/${loc.pod}`, key, () => this.#observeHypervisor(bp, loc, driver, log));
     if (looked.kind === 'waiting') {
       log.debug({ launcherPod: loc.pod, detail: looked.detail }, 'not waiting on libvirt');
       // No driver: nothing is done through a launcher that did not answer this time.
@@ -486,13 +495,15 @@ export class Reconciler {
     return { obs: { ...base, launcher, slots, hypervisor, jobStartedHere }, driver };
   }
 
-  async #observeHypervisor(bp: BlockPull, domain: string, driver: BlockJobDriver, log: Logger): Promise<HypervisorObservation> {
+  async #observeHypervisor(bp: BlockPull, loc: { readonly pod: string; readonly domain: string }, driver: BlockJobDriver, log: Logger): Promise<HypervisorObservation> {
     const st = bp.status;
+    const domain = loc.domain;
     try {
-      // While our job runs the chain does not change: one `virsh blockjob` per poll.
+      // While our job runs the chain does not change: one `virsh blockjob` per poll (on the pod
+      // it runs in: after a migration the chain is read anew).
       const target = st?.launcher?.target;
       const current = st?.backingChain?.current;
-      if (st?.phase === 'Running' && st.launcher?.domain === domain && target !== undefined && current !== undefined) {
+      if (st?.phase === 'Running' && st.launcher?.domain === domain && st.launcher.pod === loc.pod && target !== undefined && current !== undefined) {
         const job = await driver.getJob(domain, target);
         if (job !== null) return { kind: 'ok', disk: { target, chain: current.map((l) => ({ ...l })) }, job };
         // Gone: the chain read after it is final (no second `virsh blockjob` at the job's end).
@@ -711,6 +722,7 @@ export class Reconciler {
     } else if (action === 'abort') {
       if (bp.metadata.deletionTimestamp) void rec.normal(obj, 'Aborting', 'Abort', 'BlockPull deleted: aborting its block job');
       else if (reason === 'InvalidBandwidth') void rec.warning(obj, 'InvalidBandwidth', 'Abort', message);
+      else if (reason === 'MigrationInProgress') void rec.normal(obj, 'MigrationInProgress', 'Abort', message);
       else void rec.normal(obj, 'Paused', 'Abort', message);
     } else if (changed && reason !== undefined && reason !== 'Created' && reason !== 'Adopted') {
       const warning = final.status.phase === 'Failed' || ['DiskBusy', 'HypervisorUnreachable', 'JobFailed', 'InsufficientSpace'].includes(reason);
@@ -721,7 +733,7 @@ export class Reconciler {
   /** While a job runs, the driver's block-job events wake this BlockPull at once. */
   #watchJobEvents(key: string, d: Decision, driver: BlockJobDriver | undefined): void {
     const mem = this.#mem(key);
-    const running = d.status.phase === 'Running' || (d.status.phase === 'Paused' && d.action.type === 'abort');
+    const running = d.status.phase === 'Running' || d.action.type === 'abort';
     const domain = d.status.launcher?.domain;
     if (!running || domain === undefined || driver === undefined) {
       mem.subscription?.sub.stop();

@@ -1,5 +1,16 @@
 import { describe, expect, it } from 'vitest';
-import { currentLauncherPod, domainName, ephemeralStorageLimit, libvirtUri, locateLauncher, migrationInProgress, vmiHasDisk, VmiSchema, PodSchema } from './launcher.ts';
+import {
+  currentLauncherPod,
+  domainName,
+  ephemeralStorageLimit,
+  libvirtUri,
+  locateLauncher,
+  migrationInProgress,
+  requestedMigration,
+  vmiHasDisk,
+  VmiSchema,
+  PodSchema,
+} from './launcher.ts';
 
 /** Pod uids the VMI lists in status.activePods by default. */
 const ACTIVE = ['other-vmi', 'pending', 'wrong-node', 'deleting', 'old', 'new', 'p', 'forged-owner', 'not-controller', 'wrong-kind'].map((n) => `uid-${n}`);
@@ -67,7 +78,14 @@ describe('kubevirt launcher lookup', () => {
   it('locateLauncher maps every case to an observation', () => {
     expect(locateLauncher('ns', 'vm1', undefined, []).observation.kind).toBe('vmiNotFound');
     expect(locateLauncher('ns', 'vm1', vmi({ phase: 'Scheduling' }), []).observation).toMatchObject({ kind: 'vmiNotRunning', message: expect.stringContaining('Scheduling') as string });
-    expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'a', targetPod: 'b' } }), [pod('p')]).observation.kind).toBe('migrationInProgress');
+    // A migration with the source pod still the launcher: found, with the migration (a running pull yields through it).
+    expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'p', targetPod: 'b' } }), [pod('p')]).observation).toMatchObject({
+      kind: 'found',
+      launcher: { pod: 'p' },
+      migration: { name: 'migration (p -> b)' },
+    });
+    // ... and with no acceptable launcher pod (between source and target): wait for it.
+    expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'a', targetPod: 'b' } }), []).observation.kind).toBe('migrationInProgress');
     // The VMI runs but its launcher pod is gone: LauncherNotFound (VMINotRunning is for the VMI's phase only).
     expect(locateLauncher('ns', 'vm1', vmi(), []).observation).toEqual({
       kind: 'launcherNotFound',
@@ -141,5 +159,57 @@ describe('ephemeralStorageLimit', () => {
     expect(ephemeralStorageLimit({ spec: {} })).toBeUndefined();
     expect(ephemeralStorageLimit(undefined)).toBeUndefined();
     expect(ephemeralStorageLimit(withLimits('lots'))).toBeUndefined();
+  });
+
+  describe('requestedMigration', () => {
+    const vmim = (name: string, o: { vmiName?: string; ns?: string; phase?: string; created?: string } = {}) => ({
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'VirtualMachineInstanceMigration',
+      metadata: { name, namespace: o.ns ?? 'ns', creationTimestamp: o.created ?? '2026-11-27T09:00:00Z' },
+      spec: { vmiName: o.vmiName ?? 'vm1' },
+      ...(o.phase !== undefined ? { status: { phase: o.phase } } : {}),
+    });
+    const v = VmiSchema.parse(vmi());
+
+    it('a VMIM naming the VMI that is not final (no status yet, Pending, Scheduling, Running ...)', () => {
+      expect(requestedMigration(v, [])).toBeUndefined();
+      expect(requestedMigration(v, [vmim('m1')])).toEqual({
+        name: 'VirtualMachineInstanceMigration ns/m1',
+        message: 'VirtualMachineInstanceMigration ns/m1 (phase not started) migrates VirtualMachineInstance ns/vm1',
+      });
+      for (const phase of ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running']) {
+        expect(requestedMigration(v, [vmim('m1', { phase })])?.message, phase).toContain(`(phase ${phase})`);
+      }
+    });
+
+    it('final VMIMs, VMIMs of other VMIs or namespaces and malformed objects do not count', () => {
+      expect(requestedMigration(v, [vmim('done', { phase: 'Succeeded' }), vmim('bad', { phase: 'Failed' })])).toBeUndefined();
+      expect(requestedMigration(v, [vmim('other', { vmiName: 'vm2' }), vmim('elsewhere', { ns: 'ns2' }), { metadata: { name: 'x' } }, null])).toBeUndefined();
+    });
+
+    it('names the oldest open VMIM', () => {
+      const m = requestedMigration(v, [vmim('b', { created: '2026-11-27T09:05:00Z' }), vmim('a', { created: '2026-11-27T09:06:00Z' }), vmim('old', { phase: 'Failed', created: '2026-11-27T08:00:00Z' })]);
+      expect(m?.name).toBe('VirtualMachineInstanceMigration ns/b');
+    });
+
+    it("the VMI's migrationState (neither completed nor failed) and an evacuation of its node", () => {
+      expect(requestedMigration(VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b', migrationUid: 'u1' } })), [])?.name).toBe('migration u1 (a -> b)');
+      expect(requestedMigration(VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b', completed: true } })), [])).toBeUndefined();
+      expect(requestedMigration(VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b', failed: true } })), [])).toBeUndefined();
+      expect(requestedMigration(VmiSchema.parse(vmi({ evacuationNodeName: 'node1' })), [])).toEqual({
+        name: 'evacuation of node node1',
+        message: 'VirtualMachineInstance ns/vm1 is to be evacuated from node node1 (status.evacuationNodeName)',
+      });
+      // An evacuation of another node (the VMI has left it) or an empty one is not a request.
+      expect(requestedMigration(VmiSchema.parse(vmi({ evacuationNodeName: 'node0' })), [])).toBeUndefined();
+      expect(requestedMigration(VmiSchema.parse(vmi({ evacuationNodeName: '' })), [])).toBeUndefined();
+    });
+
+    it('locateLauncher passes it on with the found launcher', () => {
+      const found = locateLauncher('ns', 'vm1', vmi(), [pod('p')], [vmim('m1', { phase: 'Running' })]);
+      expect(found.observation).toMatchObject({ kind: 'found', launcher: { pod: 'p' }, migration: { name: 'VirtualMachineInstanceMigration ns/m1' } });
+      const none = locateLauncher('ns', 'vm1', vmi(), [pod('p')], [vmim('m1', { phase: 'Succeeded' })]);
+      expect(none.observation).not.toHaveProperty('migration');
+    });
   });
 });

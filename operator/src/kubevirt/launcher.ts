@@ -10,7 +10,7 @@
  */
 import { z } from 'zod';
 import { parseQuantity } from '../api/quantity.ts';
-import type { LauncherObservation } from '../controller/decide.ts';
+import type { LauncherObservation, MigrationRequest } from '../controller/decide.ts';
 
 export const LAUNCHER_CONTAINER = 'compute';
 export const CREATED_BY_LABEL = 'kubevirt.io/created-by';
@@ -35,6 +35,7 @@ export const VmiSchema = z.looseObject({
     .looseObject({
       phase: z.string().optional(),
       nodeName: z.string().optional(),
+      evacuationNodeName: z.string().nullable().optional(),
       runtimeUser: z.number().int().optional(),
       activePods: z.record(z.string(), z.string()).optional(),
       migrationState: z
@@ -44,6 +45,7 @@ export const VmiSchema = z.looseObject({
           completed: z.boolean().optional(),
           failed: z.boolean().optional(),
           abortStatus: z.string().optional(),
+          migrationUid: z.string().optional(),
           startTimestamp: timeLike.optional(),
           endTimestamp: timeLike.optional(),
         })
@@ -99,6 +101,66 @@ export function migrationInProgress(vmi: Vmi): boolean {
   const m = vmi.status?.migrationState;
   if (m === undefined || m === null) return false;
   return m.completed !== true && m.failed !== true;
+}
+
+/** Phases after which a VirtualMachineInstanceMigration does nothing more (kubevirt.io/v1 MigrationSucceeded, MigrationFailed). */
+export const VMIM_FINAL_PHASES: readonly string[] = ['Succeeded', 'Failed'];
+
+/** A VirtualMachineInstanceMigration (kubevirt.io/v1): only what says which VMI it moves and whether it is over. */
+export const VmimSchema = z.looseObject({
+  metadata: z.looseObject({ name: z.string(), namespace: z.string(), creationTimestamp: timeLike.optional() }),
+  spec: z.looseObject({ vmiName: z.string() }),
+  status: z.looseObject({ phase: z.string().optional() }).nullable().optional(),
+});
+export type Vmim = z.infer<typeof VmimSchema>;
+
+/**
+ * The migration requested for this VMI, if any (a pull yields to it, or waits with it):
+ * - a VirtualMachineInstanceMigration in the VMI's namespace whose spec.vmiName names it and
+ *   whose status.phase is not final (Succeeded, Failed); no phase yet counts (just created);
+ * - the VMI's status.migrationState, neither completed nor failed (a migration runs);
+ * - the VMI's status.evacuationNodeName equal to its status.nodeName (a drain asked KubeVirt to
+ *   move it off its node: virt-api's eviction webhook sets it; the evacuation controller then
+ *   creates a migration). The oldest matching VMIM is named (then by name), so the message is stable.
+ */
+export function requestedMigration(vmi: Vmi, rawMigrations: readonly unknown[]): MigrationRequest | undefined {
+  const ns = vmi.metadata.namespace;
+  const open: Vmim[] = [];
+  for (const raw of rawMigrations) {
+    const r = VmimSchema.safeParse(raw);
+    if (!r.success) continue;
+    const m = r.data;
+    if (m.metadata.namespace !== ns || m.spec.vmiName !== vmi.metadata.name) continue;
+    const phase = m.status?.phase;
+    if (phase !== undefined && VMIM_FINAL_PHASES.includes(phase)) continue;
+    open.push(m);
+  }
+  const created = (m: Vmim): number => timeMs(m.metadata.creationTimestamp);
+  open.sort((a, b) => created(a) - created(b) || a.metadata.name.localeCompare(b.metadata.name));
+  const vmim = open[0];
+  if (vmim !== undefined) {
+    const phase = vmim.status?.phase ?? 'not started';
+    return {
+      name: `VirtualMachineInstanceMigration ${ns}/${vmim.metadata.name}`,
+      message: `VirtualMachineInstanceMigration ${ns}/${vmim.metadata.name} (phase ${phase}) migrates VirtualMachineInstance ${ns}/${vmi.metadata.name}`,
+    };
+  }
+  if (migrationInProgress(vmi)) {
+    const m = vmi.status?.migrationState;
+    const uid = m?.migrationUid !== undefined ? ` ${m.migrationUid}` : '';
+    return {
+      name: `migration${uid} (${m?.sourcePod ?? '?'} -> ${m?.targetPod ?? '?'})`,
+      message: `VirtualMachineInstance ${ns}/${vmi.metadata.name} is migrating (${m?.sourcePod ?? '?'} -> ${m?.targetPod ?? '?'})`,
+    };
+  }
+  const evacuating = vmi.status?.evacuationNodeName;
+  if (typeof evacuating === 'string' && evacuating !== '' && evacuating === vmi.status?.nodeName) {
+    return {
+      name: `evacuation of node ${evacuating}`,
+      message: `VirtualMachineInstance ${ns}/${vmi.metadata.name} is to be evacuated from node ${evacuating} (status.evacuationNodeName)`,
+    };
+  }
+  return undefined;
 }
 
 /** false when the VMI's spec lists disks and not this one; undefined when it lists none. */
@@ -171,7 +233,13 @@ export interface LauncherTarget {
 }
 
 /** From the cached VMI (or its absence) and launcher pods to the decide() observation. */
-export function locateLauncher(namespace: string, vmiName: string, rawVmi: unknown, rawPods: readonly unknown[]): LauncherTarget {
+export function locateLauncher(
+  namespace: string,
+  vmiName: string,
+  rawVmi: unknown,
+  rawPods: readonly unknown[],
+  rawMigrations: readonly unknown[] = [],
+): LauncherTarget {
   if (rawVmi === undefined || rawVmi === null) {
     return { observation: { kind: 'vmiNotFound', message: `VirtualMachineInstance ${namespace}/${vmiName} not found` } };
   }
@@ -184,21 +252,18 @@ export function locateLauncher(namespace: string, vmiName: string, rawVmi: unkno
   if (phase !== 'Running') {
     return { observation: { kind: 'vmiNotRunning', message: `VirtualMachineInstance ${namespace}/${vmiName} is ${phase ?? 'without a phase'}, not Running` } };
   }
-  if (migrationInProgress(vmi)) {
-    const m = vmi.status?.migrationState;
-    return {
-      observation: {
-        kind: 'migrationInProgress',
-        message: `VirtualMachineInstance ${namespace}/${vmiName} is migrating (${m?.sourcePod ?? '?'} -> ${m?.targetPod ?? '?'}); waiting until it ends`,
-      },
-    };
-  }
+  // A requested migration is passed on with the launcher (a running pull is aborted through it,
+  // decide.ts); without an acceptable launcher pod (between the source and the target) it is waited for.
+  const migration = requestedMigration(vmi, rawMigrations);
   const pods: Pod[] = [];
   for (const p of rawPods) {
     const r = PodSchema.safeParse(p);
     if (r.success) pods.push(r.data);
   }
   const pod = currentLauncherPod(vmi, pods);
+  if (pod === undefined && migration !== undefined) {
+    return { observation: { kind: 'migrationInProgress', message: `${migration.message}; waiting until it ends` } };
+  }
   if (pod === undefined) {
     // The VMI runs, so its launcher is what is missing (or refused): LauncherNotFound.
     return { observation: { kind: 'launcherNotFound', message: noLauncherMessage(vmi, pods) } };
@@ -217,6 +282,7 @@ export function locateLauncher(namespace: string, vmiName: string, rawVmi: unkno
         container: LAUNCHER_CONTAINER,
         domain: domainName(namespace, vmiName),
       },
+      ...(migration !== undefined ? { migration } : {}),
     },
     uri: libvirtUri(runtimeUser),
     namespace,

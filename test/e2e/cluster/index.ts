@@ -11,7 +11,7 @@ export {
   type StartOptions,
   type StoppedApiserver,
 } from './control-plane.ts';
-export { installCrds, projectCrdFiles, VMI_CRD_FILE } from './crds.ts';
+export { installCrds, projectCrdFiles, VMI_CRD_FILE, VMIM_CRD_FILE } from './crds.ts';
 export { createPki, issueCert, type Pki } from './certs.ts';
 export { writeKubeconfig } from './kubeconfig.ts';
 export { createServiceAccountKubeconfig } from './service-account.ts';

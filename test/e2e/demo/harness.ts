@@ -335,6 +335,7 @@ export interface BlockPullView {
     observedGeneration?: number;
     attempts?: number;
     retries?: number;
+    job?: { state?: string };
     progress?: { currentBytes?: number; totalBytes?: number; percent?: string; bytesPerSecond?: number };
     conditions?: { type: string; status: string; reason: string; message: string; observedGeneration?: number }[];
     backingChain?: { before?: { path: string }[]; current?: { path: string }[]; basePath?: string };

@@ -88,3 +88,44 @@ export async function buildChain(spec: ChainSpec): Promise<BuiltChain> {
   const pullBytes = layers === 1 ? 0 : Math.max(partMiB * backingLayers - 1, 0) * MiB;
   return { chain: paths.reverse(), sizeBytes: sizeMiB * MiB, pullBytes, writes };
 }
+
+export interface MigratedChainSpec {
+  readonly dir: string;
+  readonly name: string;
+  /** The source disk's chain, top first (the source's QEMU should have flushed its top: Launcher.flush). */
+  readonly source: readonly string[];
+  readonly uid?: number;
+  readonly gid?: number;
+}
+
+/**
+ * The chain a KubeVirt block migration (VIR_MIGRATE_NON_SHARED_INC) leaves on the target, at
+ * other paths: the backing images are copies of the source's (for a containerDisk: the same
+ * image, pulled on the new node), and the top is a new overlay holding only what the source's
+ * top held (`qemu-img convert -B`: data unallocated in the source's top is left to the backing
+ * chain), which is what libvirt's copy of the top level gives.
+ */
+export async function migratedChain(spec: MigratedChainSpec): Promise<BuiltChain> {
+  const { dir, name, source } = spec;
+  if (source.length < 1) throw new RangeError('a chain needs at least one layer');
+  const paths: string[] = []; // bottom first while building
+  for (let i = 0; i < source.length; i++) {
+    const src = source[source.length - 1 - i]!;
+    const file = path.join(dir, `${name}-m${i}.qcow2`);
+    const lower = paths[i - 1];
+    if (i < source.length - 1) {
+      // A backing image: the same bytes, pointed at the copy below it.
+      await execFileP('cp', ['--', src, file]);
+      if (lower !== undefined) await execFileP('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', lower, file]);
+    } else if (lower === undefined) {
+      await execFileP('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', src, file]);
+    } else {
+      await execFileP('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-B', lower, '-F', 'qcow2', src, file]);
+    }
+    if (spec.uid !== undefined) await chown(file, spec.uid, spec.gid ?? spec.uid);
+    paths.push(file);
+  }
+  const { stdout } = await execFileP('qemu-img', ['info', '-U', '--output=json', '-f', 'qcow2', paths[paths.length - 1]!]);
+  const size = (JSON.parse(stdout) as { 'virtual-size'?: number })['virtual-size'] ?? 0;
+  return { chain: paths.reverse(), sizeBytes: size, pullBytes: 0, writes: [] };
+}

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
 import { LocalRunner } from '../../../operator/src/hypervisor/local-runner.ts';
-import { buildChain, qemuIoWrite } from './images.ts';
+import { buildChain, migratedChain, qemuIoWrite } from './images.ts';
 import { spawnLogged } from './spawn-logged.ts';
 import { ensureHypervisorPackages } from './packages.ts';
 import { ensureQemuUser } from './user.ts';
@@ -33,6 +33,13 @@ export interface LauncherDiskSpec {
    * emptyDir that is nearly full. Needs root.
    */
   readonly topFsMiB?: number;
+  /**
+   * Play the target of a KubeVirt block migration: instead of building a chain, copy this source
+   * chain (top first; flush the source first) as images.ts migratedChain does: copies of the
+   * backing images and a new top holding what the source's top held, all at this launcher's paths.
+   * `layers`, `sizeMiB` and `allocatedMiB` are then ignored.
+   */
+  readonly migratedFrom?: readonly string[];
 }
 
 export interface LauncherOptions {
@@ -304,7 +311,7 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
         await execFileP('mount', ['-t', 'tmpfs', '-o', `size=${spec.topFsMiB}m,mode=0700,uid=${uid},gid=${gid}`, `bpl-${spec.name}`, topFs]);
         mounts.push(topFs);
       }
-      const built = await buildChain({
+      const built = spec.migratedFrom !== undefined ? await migratedChain({ dir: imgDir, name: spec.name, source: spec.migratedFrom, uid, gid }) : await buildChain({
         dir: imgDir,
         name: spec.name,
         layers: spec.layers,

@@ -5,7 +5,7 @@
  * - startControlPlane() in <repo>/.cache/e2e-cluster/run-<pid> (not the CLI's .cache/cluster, so a cluster
  *   a user keeps running with `npm run cluster -- up` is left alone; one dir per run, so concurrent runs
  *   don't stop each other; runs whose owner died are cleaned up first),
- * - installs every CRD in crds/ and the test VMI CRD, waits for them to be Established,
+ * - installs every CRD in crds/ and the test VMI and VMIM CRDs, waits for them to be Established,
  * - provides kubeconfigPath, kubectlPath, clusterBinDir, clusterPkiDir to the specs (inject()).
  * Teardown stops the control plane; signal/exit handlers and the stale-run cleanup of the next start
  * cover an interrupted run.
