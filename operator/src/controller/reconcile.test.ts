@@ -5,7 +5,7 @@ import type { BlockJobDriver, DiskInfo, SpaceInfo } from '../hypervisor/types.ts
 import type { KubeClients } from '../kube/client.ts';
 import { createLogger } from '../log.ts';
 import { LauncherUnavailableError } from '../kubevirt/transport.ts';
-import { canonicalJson, Reconciler } from './reconcile.ts';
+import { canonicalJson, DEFAULT_SAFETY_RESYNC_MS, Reconciler } from './reconcile.ts';
 
 describe('canonicalJson', () => {
   it('ignores key order and undefined, keeps array order', () => {
