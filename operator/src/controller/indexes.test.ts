@@ -45,12 +45,12 @@ const pod = {
 describe('cache transforms', () => {
   it('a slim VMI and pod locate the same launcher as the full objects, without managedFields', () => {
     const full = locateLauncher('ns', 'vm', vmi, [pod]);
-    const slim = locateLauncher('ns', 'vm', slimVmi(vmi as KubernetesObject), [slimPod(pod as KubernetesObject)]);
+    const slim = locateLauncher('ns', 'vm', slimVmi(vmi as KubernetesObject), [slimPod(pod as unknown as KubernetesObject)]);
     expect(full.observation.kind).toBe('found');
     expect(slim).toEqual(full);
-    expect(ephemeralStorageLimit(slimPod(pod as KubernetesObject))).toBe(ephemeralStorageLimit(pod));
+    expect(ephemeralStorageLimit(slimPod(pod as unknown as KubernetesObject))).toBe(ephemeralStorageLimit(pod));
     expect(ephemeralStorageLimit(pod)).toBe(2 * 1024 ** 3);
-    const s = JSON.stringify([slimVmi(vmi as KubernetesObject), slimPod(pod as KubernetesObject)]);
+    const s = JSON.stringify([slimVmi(vmi as KubernetesObject), slimPod(pod as unknown as KubernetesObject)]);
     for (const gone of ['managedFields', 'interfaces', 'conditions', 'env', 'volumes', 'podIP', 'persistentVolumeClaimInfo', 'annotations']) expect(s).not.toContain(gone);
     expect(slimVmi(vmi as KubernetesObject).metadata?.resourceVersion).toBe('7');
   });
@@ -59,7 +59,7 @@ describe('cache transforms', () => {
     const scheduling = { ...vmi, status: { phase: 'Scheduling' } };
     expect(locateLauncher('ns', 'vm', slimVmi(scheduling as KubernetesObject), [])).toEqual(locateLauncher('ns', 'vm', scheduling, []));
     const foreign = { ...pod, metadata: { ...pod.metadata, ownerReferences: [] } };
-    expect(locateLauncher('ns', 'vm', slimVmi(vmi as KubernetesObject), [slimPod(foreign as KubernetesObject)])).toEqual(locateLauncher('ns', 'vm', vmi, [foreign]));
+    expect(locateLauncher('ns', 'vm', slimVmi(vmi as KubernetesObject), [slimPod(foreign as unknown as KubernetesObject)])).toEqual(locateLauncher('ns', 'vm', vmi, [foreign]));
   });
 });
 
@@ -73,9 +73,9 @@ describe('index functions', () => {
     expect(blockPullIndexes[BP_WAITING_FOR_SLOT]!(bp({ phase: 'Pending', reason: 'VMINotFound' }))).toEqual([]);
   });
   it('pods by the uid of each VMI they claim (label and ownerReferences), VMIs by uid', () => {
-    expect(podIndexes[POD_BY_VMI_UID]!(pod as KubernetesObject)).toEqual(['ns/vmi-uid']);
+    expect(podIndexes[POD_BY_VMI_UID]!(pod as unknown as KubernetesObject)).toEqual(['ns/vmi-uid']);
     const twoClaims = { ...pod, metadata: { ...pod.metadata, labels: { 'kubevirt.io/created-by': 'other' } } };
-    expect(podIndexes[POD_BY_VMI_UID]!(twoClaims as KubernetesObject)).toEqual(['ns/other', 'ns/vmi-uid']);
+    expect(podIndexes[POD_BY_VMI_UID]!(twoClaims as unknown as KubernetesObject)).toEqual(['ns/other', 'ns/vmi-uid']);
     expect(vmiIndexes[VMI_BY_UID]!(vmi as KubernetesObject)).toEqual(['ns/vmi-uid']);
   });
 });

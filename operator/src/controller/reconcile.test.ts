@@ -474,3 +474,78 @@ describe('Reconciler pre-flight space check', () => {
     expect(status()).toMatchObject({ phase: 'Running', reason: 'Pulling' });
   });
 });
+
+/**
+ * Issue 11: the BlockPull is read from the informer cache, not a GET per reconcile; the cache may
+ * lag our own write, so the object our write returned is used while it is newer.
+ */
+describe('Reconciler reads the BlockPull from the cache', () => {
+  const object = (resourceVersion: string, extra: Record<string, unknown> = {}) => ({
+    apiVersion: API_VERSION,
+    kind: KIND,
+    metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion, generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T10:00:00Z' },
+    spec: { vmiName: 'vm', disk: 'rootdisk' },
+    ...extra,
+  });
+
+  function setup() {
+    let cached: Record<string, unknown> | undefined = object('5');
+    let rv = 5;
+    const calls = { gets: 0, patches: [] as { test: unknown; status: BlockPullStatus }[] };
+    const clients = {
+      custom: {
+        getNamespacedCustomObject: () => (calls.gets++, Promise.resolve(cached)),
+        patchNamespacedCustomObjectStatus: (req: { body: { op: string; value: unknown }[] }) => {
+          const status = req.body[1]!.value as BlockPullStatus;
+          calls.patches.push({ test: req.body[0]!.value, status });
+          rv += 1;
+          return Promise.resolve(object(String(rv), { status }));
+        },
+      },
+    } as unknown as KubeClients;
+    const r = new Reconciler({
+      clients,
+      blockPulls: { get: () => cached, list: () => (cached ? [cached] : []) },
+      vmis: { get: () => undefined, list: () => [] },
+      pods: { get: () => undefined, list: () => [] },
+      drivers: { kind: 'local', driverFor: () => Promise.reject(new LauncherUnavailableError('none')) },
+      logger: createLogger({ level: 'silent' }),
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 2000,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+      enqueue: () => undefined,
+    });
+    return { r, calls, setCached: (o: Record<string, unknown> | undefined) => (cached = o) };
+  }
+
+  it('no GET per reconcile; a cache lagging our write is not written over again; a newer cache wins', async () => {
+    const { r, calls, setCached } = setup();
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: DEFAULT_SAFETY_RESYNC_MS });
+    expect(calls.gets).toBe(0);
+    expect(calls.patches).toHaveLength(1);
+    expect(calls.patches[0]).toMatchObject({ test: '5', status: { phase: 'Pending', reason: 'VMINotFound' } });
+
+    // The cache still holds resourceVersion 5: our write (6) is newer, so nothing is written.
+    await r.reconcile('ns/p');
+    expect(calls.gets).toBe(0);
+    expect(calls.patches).toHaveLength(1);
+
+    // A user's change (resourceVersion 9) reaches the cache with the status of 6: the cache is read,
+    // and a new write is guarded by 9.
+    const changed = object('9', { spec: { vmiName: 'vm', disk: 'rootdisk', bandwidth: '1Mi' }, status: calls.patches[0]!.status });
+    setCached({ ...changed, metadata: { ...changed.metadata, generation: 2 } });
+    await r.reconcile('ns/p');
+    expect(calls.gets).toBe(0);
+    expect(calls.patches).toHaveLength(2);
+    expect(calls.patches[1]!.test).toBe('9');
+  });
+
+  it('not in the cache: one GET decides whether it is gone', async () => {
+    const { r, calls, setCached } = setup();
+    setCached(undefined);
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: null });
+    expect(calls.gets).toBe(1);
+    expect(calls.patches).toHaveLength(0);
+  });
+});
