@@ -44,6 +44,7 @@ function parseArgs(argv: readonly string[]): z.infer<typeof Args> {
 }
 
 const NS = 'scale';
+const OP_NS = 'bp-scale-system';
 const GROUP = { group: 'blockpull.dev', version: 'v1alpha1', plural: 'blockpulls' };
 const VMI = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' };
 const say = (m: string): void => void process.stdout.write(`${m}\n`);
@@ -133,7 +134,9 @@ async function main(): Promise<void> {
   cp = await startControlPlane({ stateDir: path.join(REPO_ROOT, '.cache', 'scale-cluster') });
   await installCrds(cp, [...(await projectCrdFiles()), VMI_CRD_FILE]);
   await ensureNamespace(cp, NS);
-  const sa = await operatorServiceAccount(cp);
+  // Its own operator namespace: the service account's kubeconfig file is named after it (an e2e
+  // run in the same checkout writes the default one).
+  const sa = await operatorServiceAccount(cp, OP_NS);
   const kc = new KubeConfig();
   kc.loadFromFile(cp.kubeconfigPath);
   const custom = kc.makeApiClient(CustomObjectsApi);
@@ -171,7 +174,7 @@ async function main(): Promise<void> {
   const late = await startLauncher({ namespace: NS, vmiName: 'late', registryDir, disks: [{ name: 'rootdisk', layers: 2, sizeMiB: 256, allocatedMiB: 16 }] });
   launchers.push(late);
 
-  const env = { BLOCKPULL_LOG_LEVEL: 'info', BLOCKPULL_LEASE_DURATION_MS: '15000', BLOCKPULL_RENEW_DEADLINE_MS: '10000', BLOCKPULL_RETRY_PERIOD_MS: '2000' };
+  const env = { BLOCKPULL_POD_NAMESPACE: OP_NS, BLOCKPULL_LOG_LEVEL: 'info', BLOCKPULL_LEASE_DURATION_MS: '15000', BLOCKPULL_RENEW_DEADLINE_MS: '10000', BLOCKPULL_RETRY_PERIOD_MS: '2000' };
   operator = await startOperator({ kubeconfig: sa, registryDir, name: 'scale-operator', main, env });
   let pid = operator.child.pid;
   let rssPeakSampled = 0;
