@@ -421,6 +421,11 @@ export class Reconciler {
       this.forget(key);
       return { requeueAfterMs: null };
     }
+    if (decision.action.type === 'addFinalizer' && actionError === undefined && bp.status?.phase === undefined && this.#lastWritten.has(key)) {
+      // A new BlockPull: the next reconcile (at once, on the object the finalizer patch returned)
+      // writes its first real status; a "Created" status before it would be one more write each.
+      return { requeueAfterMs: 0 };
+    }
 
     const mem = this.#mem(key);
     if (final.sample !== undefined) {
