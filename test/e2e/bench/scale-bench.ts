@@ -114,6 +114,14 @@ async function operatorTotals(port: number | undefined): Promise<{ writes: numbe
 
 const fmt = (x: number, d = 1): string => x.toFixed(d);
 
+/**
+ * Requests that are neither the leader election's (GET+PUT leases every retry period, whatever the
+ * fleet) nor the API server's own (its endpoints reconciler; watches of resources the operator
+ * does not read, re-opened by the API server's internal informers).
+ */
+const operatorsOwn = (key: string): boolean =>
+  !key.endsWith(' leases') && !key.endsWith(' endpoints') && (!key.startsWith('WATCH ') || ['WATCH blockpulls', 'WATCH pods', 'WATCH virtualmachineinstances'].includes(key));
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const N = args.count;
@@ -232,7 +240,7 @@ async function main(): Promise<void> {
   const m1 = await apiMetrics();
   const settle = diffCounts(m0, m1, own);
   const cpuSettle = cpuSeconds(pid) - cpu0;
-  const settleOperatorRequests = total(settle, (k) => !k.startsWith('POST blockpulls') && !k.startsWith('LIST blockpulls'));
+  const settleOperatorRequests = total(settle, operatorsOwn);
   own.clear();
 
   // --- idle ---------------------------------------------------------------------------------
@@ -295,8 +303,12 @@ async function main(): Promise<void> {
   say(`|---|---|---|`);
   say(`| ${expected.size} created -> all have their waiting status | ${fmt((tWaiting - t0) / 1000)} s (creating took ${fmt((tCreated - t0) / 1000)} s; ${seen}/${expected.size} seen) | < 10 s |`);
   say(`| operator RSS | peak ${fmt(Math.max(peakHwm, rssPeakSampled), 0)} MiB (VmHWM ${fmt(peakHwm, 0)}); after restart with all existing ${fmt(restartHwm, 0)} MiB | < 200 MiB at 10,000 |`);
-  say(`| API requests per BlockPull to settle | ${fmt(settleOperatorRequests / expected.size, 2)} (${settleOperatorRequests} requests for ${expected.size} created) | <= 4 |`);
-  say(`| idle after settling (${fmt(idleS, 0)} s) | ${fmt((100 * cpuIdle) / idleS, 2)} % of a core, ${fmt(total(idle) / idleS, 2)} API requests/s | < 2 %, < 1/s |`);
+  say(
+    `| API requests per BlockPull to settle | ${fmt(settleOperatorRequests / expected.size, 2)} (${settleOperatorRequests} requests for ${expected.size} created, without leases and the API server's own; with them ${fmt(total(settle) / expected.size, 2)}) | <= 4 |`,
+  );
+  say(
+    `| idle after settling (${fmt(idleS, 0)} s) | ${fmt((100 * cpuIdle) / idleS, 2)} % of a core, ${fmt(total(idle) / idleS, 2)} API requests/s (${fmt(total(idle, operatorsOwn) / idleS, 2)}/s without the lease renewals and the API server's own) | < 2 %, < 1/s |`,
+  );
   say(`| restart with ${all} existing | caches ${fmt((tSynced - tRestart) / 1000)} s; all looked at ${fmt(restartLooked / 1000)} s; ${restartTotals.writes} status writes | < 30 s at 10,000; 0 writes |`);
   say(`| a waiting BlockPull's VMI appears -> Running | ${fmt(lateMs, 0)} ms | < 1 s, by the watch event |`);
   say('');
