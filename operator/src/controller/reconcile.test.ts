@@ -542,6 +542,43 @@ describe('Reconciler reads the BlockPull from the cache', () => {
     expect(calls.patches[1]!.test).toBe('9');
   });
 
+  it('waiting for a VMI: the safety resync; a launcher the transport cannot reach: polled as before', async () => {
+    const { r } = setup();
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: DEFAULT_SAFETY_RESYNC_MS });
+
+    const vmi = { metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' }, status: { phase: 'Running', nodeName: 'n1', runtimeUser: 107, activePods: { 'pod-uid': 'n1' } } };
+    const pod = {
+      metadata: { name: 'virt-launcher-vm-x', namespace: 'ns', uid: 'pod-uid', labels: { 'kubevirt.io/created-by': 'vmi-uid' }, ownerReferences: [{ kind: 'VirtualMachineInstance', uid: 'vmi-uid', controller: true }] },
+      spec: { nodeName: 'n1', containers: [{ name: 'compute' }] },
+      status: { phase: 'Running' },
+    };
+    const cached = { apiVersion: API_VERSION, kind: KIND, metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: '5', generation: 1, finalizers: [FINALIZER] }, spec: { vmiName: 'vm', disk: 'rootdisk' } };
+    const written: BlockPullStatus[] = [];
+    const unreachable = new Reconciler({
+      clients: {
+        custom: {
+          patchNamespacedCustomObjectStatus: (req: { body: { value: unknown }[] }) => {
+            written.push(req.body[1]!.value as BlockPullStatus);
+            return Promise.resolve({ ...cached, metadata: { ...cached.metadata, resourceVersion: '6' } });
+          },
+        },
+      } as unknown as KubeClients,
+      blockPulls: { get: () => cached, list: () => [cached] },
+      vmis: { get: () => vmi, list: () => [vmi] },
+      pods: { get: () => pod, list: () => [pod] },
+      drivers: { kind: 'local', driverFor: () => Promise.reject(new LauncherUnavailableError('no stand-in registered')) },
+      logger: createLogger({ level: 'silent' }),
+      pollIntervalMs: 500,
+      waitRequeueMs: 5000,
+      statusUpdateIntervalMs: 2000,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+      enqueue: () => undefined,
+    });
+    expect(await unreachable.reconcile('ns/p')).toEqual({ requeueAfterMs: 5000 });
+    expect(written.map((w) => w.reason)).toEqual(['LauncherNotFound']);
+  });
+
   it('not in the cache: one GET decides whether it is gone', async () => {
     const { r, calls, setCached } = setup();
     setCached(undefined);

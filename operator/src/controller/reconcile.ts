@@ -63,10 +63,11 @@ export interface CacheReader {
 }
 
 /**
- * Waiting reasons that a watch event ends (the VMI or its launcher pod appears or changes, a disk
- * holder or a slot is released): their requeue is only a safety net, not a poll.
+ * Waiting reasons that a watch event ends (the VMI or its launcher pod appears or changes, a slot
+ * is released): their requeue is only a safety net, not a poll. Not DiskBusy (the holder may be
+ * another program's block job), nor a launcher the transport cannot reach (no event says when).
  */
-const EVENT_WOKEN_REASONS: ReadonlySet<string> = new Set(['VMINotFound', 'VMINotRunning', 'LauncherNotFound', 'MigrationInProgress', 'DiskBusy', 'WaitingForSlot']);
+const EVENT_WOKEN_REASONS: ReadonlySet<string> = new Set(['VMINotFound', 'VMINotRunning', 'LauncherNotFound', 'MigrationInProgress', 'WaitingForSlot']);
 
 /** Default of ReconcilerOptions.safetyResyncMs. */
 export const DEFAULT_SAFETY_RESYNC_MS = 10 * 60_000;
@@ -488,9 +489,15 @@ export class Reconciler {
       return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#o.statusUpdateIntervalMs) };
     }
     // Waiting for something a watch event reports (the controller wakes it): no poll, a safety net.
-    if (final.requeueAfterMs !== null && final.action.type === 'none' && final.status.phase === 'Pending' && EVENT_WOKEN_REASONS.has(final.status.reason ?? '')) {
-      // A slot or a disk released while this reconcile ran may have missed waking it: look again now.
-      if (this.#releases !== releasesAtStart && (final.status.reason === 'WaitingForSlot' || final.status.reason === 'DiskBusy')) return { requeueAfterMs: 0 };
+    if (
+      final.requeueAfterMs !== null &&
+      final.action.type === 'none' &&
+      final.status.phase === 'Pending' &&
+      EVENT_WOKEN_REASONS.has(final.status.reason ?? '') &&
+      observed.polled !== true
+    ) {
+      // A slot released while this reconcile ran may have missed waking it: look again now.
+      if (this.#releases !== releasesAtStart && final.status.reason === 'WaitingForSlot') return { requeueAfterMs: 0 };
       return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#o.safetyResyncMs ?? DEFAULT_SAFETY_RESYNC_MS) };
     }
     return { requeueAfterMs: final.requeueAfterMs };
@@ -506,7 +513,7 @@ export class Reconciler {
    * action and the event subscription of this reconcile use that driver and no other, so a
    * driver of a launcher pod that is gone is never reused.
    */
-  async #observe(bp: BlockPull, log: Logger): Promise<{ obs: Observation; driver?: BlockJobDriver }> {
+  async #observe(bp: BlockPull, log: Logger): Promise<{ obs: Observation; driver?: BlockJobDriver; polled?: boolean }> {
     const key = `${bp.metadata.namespace}/${bp.metadata.name}`;
     // Our own copy (maybe newer than the cache's) replaces the cached one.
     const others = this.#sameVmi(bp.metadata.namespace, bp.spec.vmiName).filter((b) => b.metadata.name !== bp.metadata.name);
@@ -587,7 +594,8 @@ export class Reconciler {
     } catch (err) {
       if (err instanceof LauncherUnavailableError) {
         launcher = { kind: 'launcherNotFound', message: err.message };
-        return { obs: { ...base, launcher, slots } };
+        // The transport found no way in (no watch event says when it will): polled as before.
+        return { obs: { ...base, launcher, slots }, polled: true };
       }
       throw err;
     }
