@@ -31,7 +31,7 @@ describe('loadConfig', () => {
         renewDeadlineMs: 10_000,
         retryPeriodMs: 2_000,
       },
-      workers: 4,
+      workers: 16,
       maxConcurrentPulls: 4,
       maxPullsPerNode: 2,
       statusUpdateIntervalMs: 2_000,
@@ -99,7 +99,7 @@ describe('loadConfig', () => {
   it('falls back to KUBECONFIG and treats empty values as unset', () => {
     const c = loadConfig({ KUBECONFIG: '/etc/kc', BLOCKPULL_WORKERS: '', BLOCKPULL_TRANSPORT: ' ' });
     expect(c.kubeconfig).toBe('/etc/kc');
-    expect(c.workers).toBe(4);
+    expect(c.workers).toBe(16);
     expect(c.transport).toBe('exec');
     expect(loadConfig({ KUBECONFIG: '/etc/kc', BLOCKPULL_KUBECONFIG: '/x' }).kubeconfig).toBe('/x');
   });

@@ -149,7 +149,7 @@ export const DEFAULTS = {
   leaseDurationMs: 15_000,
   renewDeadlineMs: 10_000,
   retryPeriodMs: 2_000,
-  workers: 4,
+  workers: 16,
   maxConcurrentPulls: 4,
   maxPullsPerNode: 2,
   statusUpdateIntervalMs: 2_000,

@@ -12,7 +12,8 @@ import type { OperatorMetrics } from '../kube/metrics.ts';
 import { forBlockPullKey, type Logger } from '../log.ts';
 import { LAUNCHER_LABEL_SELECTOR } from '../kubevirt/launcher.ts';
 import type { DriverProvider } from '../kubevirt/transport.ts';
-import { customResourceSource, podSource, WatchdogInformer, objectKeyOf } from './informer.ts';
+import { blockPullIndexes, BP_BY_VMI, podIndexes, POD_BY_VMI_UID, slimPod, slimVmi, vmiIndexes, VMI_BY_UID } from './indexes.ts';
+import { customResourceSource, podSource, stripMetadata, WatchdogInformer, objectKeyOf } from './informer.ts';
 import { BLOCKPULL_REF, Reconciler } from './reconcile.ts';
 import { WorkQueue } from './workqueue.ts';
 
@@ -40,11 +41,6 @@ export interface ControllerOptions {
   readonly namespace?: string;
 }
 
-interface Spec {
-  vmiName?: string;
-  disk?: string;
-}
-
 export class Controller {
   readonly #o: ControllerOptions;
   readonly #log: Logger;
@@ -62,8 +58,14 @@ export class Controller {
     const { clients, metrics } = options;
     this.queue = new WorkQueue<string>({ name: 'blockpull', ...(metrics ? { hooks: metrics.workQueueHooks('blockpull') } : {}) });
     const common = { kc: clients.kc, logger: options.logger, ...(metrics ? { metrics } : {}) };
-    this.blockPulls = new WatchdogInformer({ ...common, resource: 'blockpulls', source: customResourceSource(clients.custom, BLOCKPULL_REF, options.namespace) });
-    this.vmis = new WatchdogInformer({ ...common, resource: 'virtualmachineinstances', source: customResourceSource(clients.custom, VMI_REF, options.namespace) });
+    // Caches keep only what is read (issue 11: 10,000 objects each), indexed to avoid scans.
+    this.blockPulls = new WatchdogInformer({
+      ...common,
+      resource: 'blockpulls',
+      source: customResourceSource(clients.custom, BLOCKPULL_REF, options.namespace),
+      transform: stripMetadata,
+    });
+    this.vmis = new WatchdogInformer({ ...common, resource: 'virtualmachineinstances', source: customResourceSource(clients.custom, VMI_REF, options.namespace), transform: slimVmi });
     this.migrations = new WatchdogInformer({
       ...common,
       resource: 'virtualmachineinstancemigrations',
@@ -73,7 +75,11 @@ export class Controller {
       ...common,
       resource: 'pods',
       source: podSource(clients.core, options.namespace, LAUNCHER_LABEL_SELECTOR),
+      transform: slimPod,
     });
+    for (const [name, fn] of Object.entries(blockPullIndexes)) this.blockPulls.addIndex(name, fn);
+    for (const [name, fn] of Object.entries(podIndexes)) this.pods.addIndex(name, fn);
+    for (const [name, fn] of Object.entries(vmiIndexes)) this.vmis.addIndex(name, fn);
     this.reconciler = new Reconciler({
       clients,
       blockPulls: this.blockPulls,
@@ -103,37 +109,32 @@ export class Controller {
     this.blockPulls.addEventHandler({
       add: wake,
       update: (obj) => {
-        if (!this.reconciler.isOwnWrite(objectKeyOf(obj), obj.metadata?.resourceVersion)) wake(obj);
+        const key = objectKeyOf(obj);
+        this.reconciler.cacheCaughtUp(key, obj.metadata?.resourceVersion);
+        if (!this.reconciler.isOwnWrite(key, obj.metadata?.resourceVersion)) wake(obj);
       },
       delete: wake,
     });
-    // A VMI change wakes the BlockPulls naming it; a launcher pod change, those of its namespace.
-    const byVmi = (obj: KubernetesObject): void => {
-      const ns = obj.metadata?.namespace;
-      const name = obj.metadata?.name;
-      for (const b of this.blockPulls.list(ns)) {
-        const spec = (b as { spec?: Spec }).spec;
-        if (spec?.vmiName === name) this.queue.add(objectKeyOf(b));
-      }
+    // A VMI change wakes the BlockPulls naming it (index, no scan); a launcher pod
+    // change, those of the VMIs it claims (by uid: label kubevirt.io/created-by, ownerReferences).
+    const wakeVmi = (namespace: string | undefined, name: string | undefined): void => {
+      if (name === undefined) return;
+      for (const b of this.blockPulls.byIndex(BP_BY_VMI, `${namespace ?? ''}/${name}`)) this.queue.add(objectKeyOf(b));
     };
+    const byVmi = (obj: KubernetesObject): void => wakeVmi(obj.metadata?.namespace, obj.metadata?.name);
     this.vmis.addEventHandler({ add: byVmi, update: byVmi, delete: byVmi });
     // A migration wakes the BlockPulls of the VMI it moves (spec.vmiName): a running pull yields at once.
     const byMigration = (obj: KubernetesObject): void => {
       const vmiName = (obj as { spec?: { vmiName?: unknown } }).spec?.vmiName;
-      if (typeof vmiName !== 'string') return;
-      for (const b of this.blockPulls.list(obj.metadata?.namespace)) {
-        const spec = (b as { spec?: Spec }).spec;
-        if (spec?.vmiName === vmiName) this.queue.add(objectKeyOf(b));
-      }
+      if (typeof vmiName === 'string') wakeVmi(obj.metadata?.namespace, vmiName);
     };
     this.migrations.addEventHandler({ add: byMigration, update: byMigration, delete: byMigration });
-    const byNamespace = (obj: KubernetesObject): void => {
-      for (const b of this.blockPulls.list(obj.metadata?.namespace)) {
-        const phase = (b as { status?: { phase?: string } }).status?.phase;
-        if (!isTerminal(phase as never)) this.queue.add(objectKeyOf(b));
+    const byPod = (obj: KubernetesObject): void => {
+      for (const ref of podIndexes[POD_BY_VMI_UID]!(obj)) {
+        for (const vmi of this.vmis.byIndex(VMI_BY_UID, ref)) wakeVmi(vmi.metadata?.namespace, vmi.metadata?.name);
       }
     };
-    this.pods.addEventHandler({ add: byNamespace, update: byNamespace, delete: byNamespace });
+    this.pods.addEventHandler({ add: byPod, update: byPod, delete: byPod });
     // Back from an outage: reconciles that failed meanwhile sit in the work queue's per-item
     // backoff (up to 1000 s), and a watch resumed from its resourceVersion replays only changes.
     // Look at every non-terminal BlockPull again now.

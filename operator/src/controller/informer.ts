@@ -72,6 +72,28 @@ export interface WatchdogInformerOptions<T extends KubernetesObject> {
   readonly probeIntervalMs?: number;
   /** Is the API server ready? Default: GET /readyz through `kc` (2 s timeout). */
   readonly probe?: () => Promise<boolean>;
+  /**
+   * Applied to every listed or watched object before it is cached (keep only what the operator
+   * reads: the cache of 10,000 VMIs or pods is the operator's memory). Must keep metadata's
+   * name, namespace and resourceVersion.
+   */
+  readonly transform?: (obj: T) => T;
+}
+
+/** An index function: the values an object is filed under (e.g. its VMI's "namespace/name"). */
+export type IndexFunc<T> = (obj: T) => readonly string[];
+
+/** Drop what no reader of a cache needs: managedFields and kubectl's last-applied copy. */
+export function stripMetadata<T extends KubernetesObject>(obj: T): T {
+  const md = obj.metadata;
+  if (md === undefined) return obj;
+  const annotations = md.annotations;
+  const { managedFields: _managed, ...rest } = md;
+  if (annotations !== undefined && 'kubectl.kubernetes.io/last-applied-configuration' in annotations) {
+    const { 'kubectl.kubernetes.io/last-applied-configuration': _applied, ...kept } = annotations;
+    rest.annotations = kept;
+  }
+  return { ...obj, metadata: rest };
 }
 
 /** The HTTP status of a list/watch error, if the API server answered at all. */
@@ -144,6 +166,10 @@ export class WatchdogInformer<T extends KubernetesObject> {
   #checkTimer: NodeJS.Timeout | undefined;
   #resyncTimer: NodeJS.Timeout | undefined;
   readonly #syncWaiters: (() => void)[] = [];
+  /** Indexes: name -> (value -> keys), and name -> (key -> values) to unfile an object. */
+  readonly #indexFns = new Map<string, IndexFunc<T>>();
+  readonly #indexes = new Map<string, Map<string, Set<string>>>();
+  readonly #indexed = new Map<string, Map<string, readonly string[]>>();
 
   constructor(options: WatchdogInformerOptions<T>) {
     this.#o = options;
@@ -167,12 +193,18 @@ export class WatchdogInformer<T extends KubernetesObject> {
         done: (err: unknown) => void,
       ): Promise<AbortController> => {
         this.#markSynced();
-        const controller = await real.watch(path, { ...params, allowWatchBookmarks: true }, callback, done);
+        const transform = options.transform;
+        const cb = transform === undefined ? callback : (phase: string, obj: unknown, watchObj?: unknown) => callback(phase, phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED' ? transform(obj as T) : obj, watchObj);
+        const controller = await real.watch(path, { ...params, allowWatchBookmarks: true }, cb, done);
         if (!controller.signal.aborted) this.#markHealthy();
         return controller;
       },
     };
-    const listFn = async (): Promise<KubernetesListObject<T>> => options.source.list();
+    const listFn = async (): Promise<KubernetesListObject<T>> => {
+      const list = await options.source.list();
+      const transform = options.transform;
+      return transform === undefined ? list : { ...list, items: list.items.map((o) => transform(o)) };
+    };
     this.#lw = new ListWatch<T>(
       options.source.path,
       watch as unknown as Watch,
@@ -182,7 +214,11 @@ export class WatchdogInformer<T extends KubernetesObject> {
       options.source.fieldSelector,
     );
     this.#lw.on('error', (err?: unknown) => this.#onError(err));
+    // Indexes are kept before any handler runs, so a handler sees them up to date.
+    this.#lw.on('add', (obj: T) => this.#fileObject(obj));
+    this.#lw.on('delete', (obj: T) => this.#unfileObject(objectKeyOf(obj)));
     this.#lw.on('update', (obj: T) => {
+      this.#fileObject(obj);
       for (const h of this.#updateHandlers) h(obj);
     });
   }
@@ -192,6 +228,70 @@ export class WatchdogInformer<T extends KubernetesObject> {
     if (handlers.add) this.#lw.on('add', handlers.add);
     if (handlers.update) this.#updateHandlers.push(handlers.update);
     if (handlers.delete) this.#lw.on('delete', handlers.delete);
+  }
+
+  /**
+   * Keep an index of the cache: `fn` gives the values an object is filed under. Register before
+   * start (objects cached earlier are filed now too).
+   */
+  addIndex(name: string, fn: IndexFunc<T>): void {
+    this.#indexFns.set(name, fn);
+    this.#indexes.set(name, new Map());
+    this.#indexed.set(name, new Map());
+    for (const obj of this.#lw.list()) this.#fileObject(obj);
+  }
+
+  /** The cached objects filed under `value` in index `name` (no copy of the whole cache). */
+  byIndex(name: string, value: string): T[] {
+    const keys = this.#indexes.get(name)?.get(value);
+    if (keys === undefined) return [];
+    const out: T[] = [];
+    for (const k of keys) {
+      const obj = this.getByKey(k);
+      if (obj !== undefined) out.push(obj);
+    }
+    return out;
+  }
+
+  /** The values of index `name` and how many objects each holds. */
+  indexValues(name: string): ReadonlyMap<string, ReadonlySet<string>> {
+    return this.#indexes.get(name) ?? new Map();
+  }
+
+  #fileObject(obj: T): void {
+    if (this.#indexFns.size === 0) return;
+    const key = objectKeyOf(obj);
+    for (const [name, fn] of this.#indexFns) {
+      const values = fn(obj);
+      const byKey = this.#indexed.get(name)!;
+      const old = byKey.get(key);
+      if (old !== undefined && old.length === values.length && old.every((v, i) => v === values[i])) continue;
+      this.#unfile(name, key);
+      const index = this.#indexes.get(name)!;
+      for (const v of values) {
+        let set = index.get(v);
+        if (set === undefined) index.set(v, (set = new Set()));
+        set.add(key);
+      }
+      if (values.length > 0) byKey.set(key, values);
+    }
+  }
+
+  #unfileObject(key: string): void {
+    for (const name of this.#indexFns.keys()) this.#unfile(name, key);
+  }
+
+  #unfile(name: string, key: string): void {
+    const byKey = this.#indexed.get(name)!;
+    const old = byKey.get(key);
+    if (old === undefined) return;
+    byKey.delete(key);
+    const index = this.#indexes.get(name)!;
+    for (const v of old) {
+      const set = index.get(v);
+      set?.delete(key);
+      if (set?.size === 0) index.delete(v);
+    }
   }
 
   /** Called each time the informer is healthy again after an error (an outage, a restart). */

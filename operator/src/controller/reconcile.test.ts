@@ -5,7 +5,7 @@ import type { BlockJobDriver, DiskInfo, SpaceInfo } from '../hypervisor/types.ts
 import type { KubeClients } from '../kube/client.ts';
 import { createLogger } from '../log.ts';
 import { LauncherUnavailableError } from '../kubevirt/transport.ts';
-import { canonicalJson, Reconciler } from './reconcile.ts';
+import { canonicalJson, DEFAULT_SAFETY_RESYNC_MS, Reconciler } from './reconcile.ts';
 
 describe('canonicalJson', () => {
   it('ignores key order and undefined, keeps array order', () => {
@@ -78,7 +78,8 @@ describe('Reconciler status write', () => {
 
   it('a failed resourceVersion test (the object moved on) requeues at once', async () => {
     const { r, calls } = reconciler(['5', '6'], testFailed);
-    await expect(r.reconcile('ns/p')).resolves.toEqual({ requeueAfterMs: 5000 });
+    // VMINotFound: the VMI's watch event wakes it; the requeue is only the safety resync.
+    await expect(r.reconcile('ns/p')).resolves.toEqual({ requeueAfterMs: DEFAULT_SAFETY_RESYNC_MS });
     expect(calls.patches).toBe(1);
     expect(calls.enqueued).toEqual(['ns/p']);
   });
@@ -168,10 +169,11 @@ describe('Reconciler while a job runs', () => {
       enqueue: () => undefined,
     });
 
-    // First look: only the finalizer (and Pending) are written; libvirt is not asked anything yet.
+    // First look: only the finalizer is written (its first status comes with the next look, at
+    // once: one write less per BlockPull, issue 11); libvirt is not asked anything yet.
     expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: 0 });
     expect((stored['metadata'] as { finalizers?: string[] }).finalizers).toEqual([FINALIZER]);
-    expect((stored['status'] as { phase?: string }).phase).toBe('Pending');
+    expect(stored['status']).toBeUndefined();
     expect(calls).toMatchObject({ driverFor: 0, getJob: 0, getDisk: 0 });
 
     const started = await r.reconcile('ns/p');
@@ -471,5 +473,117 @@ describe('Reconciler pre-flight space check', () => {
     await r.reconcile('ns/p');
     expect(calls).toEqual({ getSpace: 3, startPull: 1 });
     expect(status()).toMatchObject({ phase: 'Running', reason: 'Pulling' });
+  });
+});
+
+/**
+ * Issue 11: the BlockPull is read from the informer cache, not a GET per reconcile; the cache may
+ * lag our own write, so the object our write returned is used while it is newer.
+ */
+describe('Reconciler reads the BlockPull from the cache', () => {
+  const object = (resourceVersion: string, extra: Record<string, unknown> = {}) => ({
+    apiVersion: API_VERSION,
+    kind: KIND,
+    metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion, generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T10:00:00Z' },
+    spec: { vmiName: 'vm', disk: 'rootdisk' },
+    ...extra,
+  });
+
+  function setup() {
+    let cached: Record<string, unknown> | undefined = object('5');
+    let rv = 5;
+    const calls = { gets: 0, patches: [] as { test: unknown; status: BlockPullStatus }[] };
+    const clients = {
+      custom: {
+        getNamespacedCustomObject: () => (calls.gets++, Promise.resolve(cached)),
+        patchNamespacedCustomObjectStatus: (req: { body: { op: string; value: unknown }[] }) => {
+          const status = req.body[1]!.value as BlockPullStatus;
+          calls.patches.push({ test: req.body[0]!.value, status });
+          rv += 1;
+          return Promise.resolve(object(String(rv), { status }));
+        },
+      },
+    } as unknown as KubeClients;
+    const r = new Reconciler({
+      clients,
+      blockPulls: { get: () => cached, list: () => (cached ? [cached] : []) },
+      vmis: { get: () => undefined, list: () => [] },
+      pods: { get: () => undefined, list: () => [] },
+      drivers: { kind: 'local', driverFor: () => Promise.reject(new LauncherUnavailableError('none')) },
+      logger: createLogger({ level: 'silent' }),
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 2000,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+      enqueue: () => undefined,
+    });
+    return { r, calls, setCached: (o: Record<string, unknown> | undefined) => (cached = o) };
+  }
+
+  it('no GET per reconcile; a cache lagging our write is not written over again; a newer cache wins', async () => {
+    const { r, calls, setCached } = setup();
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: DEFAULT_SAFETY_RESYNC_MS });
+    expect(calls.gets).toBe(0);
+    expect(calls.patches).toHaveLength(1);
+    expect(calls.patches[0]).toMatchObject({ test: '5', status: { phase: 'Pending', reason: 'VMINotFound' } });
+
+    // The cache still holds resourceVersion 5: our write (6) is newer, so nothing is written.
+    await r.reconcile('ns/p');
+    expect(calls.gets).toBe(0);
+    expect(calls.patches).toHaveLength(1);
+
+    // A user's change (resourceVersion 9) reaches the cache with the status of 6: the cache is read,
+    // and a new write is guarded by 9.
+    const changed = object('9', { spec: { vmiName: 'vm', disk: 'rootdisk', bandwidth: '1Mi' }, status: calls.patches[0]!.status });
+    setCached({ ...changed, metadata: { ...changed.metadata, generation: 2 } });
+    await r.reconcile('ns/p');
+    expect(calls.gets).toBe(0);
+    expect(calls.patches).toHaveLength(2);
+    expect(calls.patches[1]!.test).toBe('9');
+  });
+
+  it('waiting for a VMI: the safety resync; a launcher the transport cannot reach: polled as before', async () => {
+    const { r } = setup();
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: DEFAULT_SAFETY_RESYNC_MS });
+
+    const vmi = { metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' }, status: { phase: 'Running', nodeName: 'n1', runtimeUser: 107, activePods: { 'pod-uid': 'n1' } } };
+    const pod = {
+      metadata: { name: 'virt-launcher-vm-x', namespace: 'ns', uid: 'pod-uid', labels: { 'kubevirt.io/created-by': 'vmi-uid' }, ownerReferences: [{ kind: 'VirtualMachineInstance', uid: 'vmi-uid', controller: true }] },
+      spec: { nodeName: 'n1', containers: [{ name: 'compute' }] },
+      status: { phase: 'Running' },
+    };
+    const cached = { apiVersion: API_VERSION, kind: KIND, metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: '5', generation: 1, finalizers: [FINALIZER] }, spec: { vmiName: 'vm', disk: 'rootdisk' } };
+    const written: BlockPullStatus[] = [];
+    const unreachable = new Reconciler({
+      clients: {
+        custom: {
+          patchNamespacedCustomObjectStatus: (req: { body: { value: unknown }[] }) => {
+            written.push(req.body[1]!.value as BlockPullStatus);
+            return Promise.resolve({ ...cached, metadata: { ...cached.metadata, resourceVersion: '6' } });
+          },
+        },
+      } as unknown as KubeClients,
+      blockPulls: { get: () => cached, list: () => [cached] },
+      vmis: { get: () => vmi, list: () => [vmi] },
+      pods: { get: () => pod, list: () => [pod] },
+      drivers: { kind: 'local', driverFor: () => Promise.reject(new LauncherUnavailableError('no stand-in registered')) },
+      logger: createLogger({ level: 'silent' }),
+      pollIntervalMs: 500,
+      waitRequeueMs: 5000,
+      statusUpdateIntervalMs: 2000,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+      enqueue: () => undefined,
+    });
+    expect(await unreachable.reconcile('ns/p')).toEqual({ requeueAfterMs: 5000 });
+    expect(written.map((w) => w.reason)).toEqual(['LauncherNotFound']);
+  });
+
+  it('not in the cache: one GET decides whether it is gone', async () => {
+    const { r, calls, setCached } = setup();
+    setCached(undefined);
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: null });
+    expect(calls.gets).toBe(1);
+    expect(calls.patches).toHaveLength(0);
   });
 });

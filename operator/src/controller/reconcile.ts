@@ -2,8 +2,10 @@
  * Reconcile one BlockPull: observe -> decide (pure, decide.ts) -> act (at most one side effect)
  * -> write status (status subresource only, throttled for progress).
  *
- * - observe: the BlockPull (a fresh GET: the cache may lag our own writes), its VMI and the
- *   launcher pods from informer caches, then the disk's chain and block job through the driver.
+ * - observe: the BlockPull from the informer cache, or the object our own last write returned
+ *   when that is newer (the cache may lag our own writes; a GET only when the cache has no such
+ *   object), its VMI and the launcher pods from informer caches (indexed: no scan of all
+ *   BlockPulls), then the disk's chain and block job through the driver.
  *   While a job runs only `virsh blockjob` is read (the chain does not change during a pull).
  * - act: add/remove the finalizer, start a pull, set its speed, or abort it. A start or an abort
  *   is recorded in the status first (status.job, the persisted intent), guarded by the
@@ -45,6 +47,7 @@ import {
   type ProgressSample,
   type SpaceObservation,
 } from './decide.ts';
+import { BP_BY_VMI, BP_RUNNING_BY_NODE, BP_WAITING_FOR_SLOT, POD_BY_VMI_UID } from './indexes.ts';
 import { ObserveGate } from './observe-gate.ts';
 
 export const BLOCKPULL_REF: ResourceRef = { group: GROUP, version: VERSION, plural: PLURAL };
@@ -56,6 +59,25 @@ export const DEFAULT_OBSERVE_TIMEOUT_MS = 1_000;
 export interface CacheReader {
   get(namespace: string | undefined, name: string): unknown;
   list(namespace?: string): readonly unknown[];
+  /** Objects filed under `value` in index `name` (indexes.ts); without it, list() is scanned. */
+  byIndex?(name: string, value: string): readonly unknown[];
+  indexValues?(name: string): ReadonlyMap<string, ReadonlySet<string>>;
+}
+
+/**
+ * Waiting reasons that a watch event ends (the VMI or its launcher pod appears or changes, a slot
+ * is released): their requeue is only a safety net, not a poll. Not DiskBusy (the holder may be
+ * another program's block job), nor a launcher the transport cannot reach (no event says when).
+ */
+const EVENT_WOKEN_REASONS: ReadonlySet<string> = new Set(['VMINotFound', 'VMINotRunning', 'LauncherNotFound', 'MigrationInProgress', 'WaitingForSlot']);
+
+/** Default of ReconcilerOptions.safetyResyncMs. */
+export const DEFAULT_SAFETY_RESYNC_MS = 10 * 60_000;
+
+/** a is a later resourceVersion than b (both etcd revisions); false when either is not a number. */
+export function isNewerVersion(a: string | undefined, b: string | undefined): boolean {
+  if (a === undefined || b === undefined || !/^\d+$/.test(a) || !/^\d+$/.test(b)) return false;
+  return BigInt(a) > BigInt(b);
 }
 
 export interface ReconcilerOptions {
@@ -81,6 +103,8 @@ export interface ReconcilerOptions {
   readonly spaceMarginPercent?: number;
   /** Wake a BlockPull (the work queue's add). */
   readonly enqueue: (key: string) => void;
+  /** Requeue of a BlockPull waiting for an event (EVENT_WOKEN_REASONS), default DEFAULT_SAFETY_RESYNC_MS. */
+  readonly safetyResyncMs?: number;
   readonly now?: () => Date;
 }
 
@@ -170,6 +194,12 @@ export class Reconciler {
   readonly #running = new Map<string, string>();
   /** The resourceVersion our last status write produced, per BlockPull (see isOwnWrite). */
   readonly #ownWrites = new Map<string, string>();
+  /** The object as our last write of it returned it (used while the cache has an older one). */
+  readonly #lastWritten = new Map<string, BlockPull>();
+  /** Each cached object parsed once. */
+  readonly #parsed = new WeakMap<object, BlockPull | Error>();
+  /** Counts slot and disk releases: a BlockPull deciding to wait for one while one is released is looked at again. */
+  #releases = 0;
 
   readonly #gate: ObserveGate<HypervisorObservation>;
 
@@ -204,6 +234,7 @@ export class Reconciler {
     const { namespace, name } = splitKey(key);
     this.#o.metrics?.removePull(namespace, name);
     this.#ownWrites.delete(key);
+    this.#lastWritten.delete(key);
   }
 
   /**
@@ -222,36 +253,103 @@ export class Reconciler {
     for (const key of [...this.#memory.keys()]) this.forget(key);
   }
 
-  /** All cached BlockPulls, parsed (malformed ones skipped). */
-  #cachedBlockPulls(): BlockPull[] {
-    const out: BlockPull[] = [];
-    for (const raw of this.#o.blockPulls.list()) {
+  /** A cached object, parsed once per version (the cache replaces an object on each change). */
+  #parse(raw: unknown): BlockPull | Error {
+    if (raw === null || typeof raw !== 'object') return new Error('not an object');
+    let p = this.#parsed.get(raw);
+    if (p === undefined) {
       try {
-        out.push(parseBlockPull(raw));
-      } catch {
-        /* skipped: reconciled (and reported) on its own */
+        p = parseBlockPull(raw);
+      } catch (err) {
+        p = err instanceof Error ? err : new Error(String(err));
       }
+      this.#parsed.set(raw, p);
+    }
+    return p;
+  }
+
+  /** Cached BlockPulls filed under `value` in `index`, parsed (malformed ones skipped), each replaced by our newer write of it. */
+  #indexed(index: string, value: string, match: (raw: unknown) => boolean): BlockPull[] {
+    const c = this.#o.blockPulls;
+    const raws = c.byIndex !== undefined ? c.byIndex(index, value) : c.list().filter(match);
+    const out: BlockPull[] = [];
+    for (const raw of raws) {
+      const p = this.#parse(raw);
+      if (!(p instanceof Error)) out.push(this.#newest(p));
     }
     return out;
+  }
+
+  /** `cached`, or our last write of it when that is newer. */
+  #newest(cached: BlockPull): BlockPull {
+    const w = this.#lastWritten.get(`${cached.metadata.namespace}/${cached.metadata.name}`);
+    return w !== undefined && w.metadata.uid === cached.metadata.uid && isNewerVersion(w.metadata.resourceVersion, cached.metadata.resourceVersion) ? w : cached;
+  }
+
+  /**
+   * The informer cache holds `key` at `resourceVersion`: our remembered write of it is no longer
+   * needed once the cache has it (or something newer). Keeps #lastWritten to the writes in flight.
+   */
+  cacheCaughtUp(key: string, resourceVersion: string | undefined): void {
+    const w = this.#lastWritten.get(key);
+    if (w !== undefined && !isNewerVersion(w.metadata.resourceVersion, resourceVersion)) this.#lastWritten.delete(key);
+  }
+
+  /** Cached BlockPulls naming this VMI. */
+  #sameVmi(namespace: string, vmiName: string): BlockPull[] {
+    return this.#indexed(BP_BY_VMI, `${namespace}/${vmiName}`, (raw) => {
+      const b = raw as { metadata?: { namespace?: string }; spec?: { vmiName?: string } };
+      return b.metadata?.namespace === namespace && b.spec?.vmiName === vmiName;
+    });
+  }
+
+  /**
+   * The BlockPull to reconcile: the cached one, or the one our last write returned when that is
+   * newer (the cache lags our own writes). Not in the cache: a GET (deleted, or not seen yet).
+   */
+  async #read(key: string): Promise<{ kind: 'ok'; bp: BlockPull } | { kind: 'gone' } | { kind: 'invalid'; error: Error }> {
+    const { namespace, name } = splitKey(key);
+    const cached = this.#o.blockPulls.get(namespace, name);
+    let parsed: BlockPull | Error;
+    if (cached === undefined) {
+      const raw = await getCustomObject(this.#o.clients, BLOCKPULL_REF, namespace, name);
+      if (raw === undefined) return { kind: 'gone' };
+      parsed = this.#parse(raw);
+    } else {
+      parsed = this.#parse(cached);
+    }
+    if (parsed instanceof Error) return { kind: 'invalid', error: parsed };
+    const written = this.#lastWritten.get(key);
+    if (written !== undefined && written.metadata.uid === parsed.metadata.uid && isNewerVersion(written.metadata.resourceVersion, parsed.metadata.resourceVersion)) {
+      return { kind: 'ok', bp: written };
+    }
+    this.#lastWritten.delete(key);
+    return { kind: 'ok', bp: parsed };
+  }
+
+  /** Remember what a write of ours stored (the cache may not have it yet). */
+  #wrote(raw: unknown): void {
+    const p = this.#parse(raw);
+    if (p instanceof Error) return;
+    this.#lastWritten.set(`${p.metadata.namespace}/${p.metadata.name}`, p);
   }
 
   async reconcile(key: string): Promise<ReconcileResult> {
     const log = forBlockPullKey(this.#o.logger, key);
     const { namespace, name } = splitKey(key);
-    const raw = await getCustomObject(this.#o.clients, BLOCKPULL_REF, namespace, name);
-    if (raw === undefined) {
+    const read = await this.#read(key);
+    if (read.kind === 'gone') {
       log.debug('BlockPull is gone');
       this.forget(key);
       return { requeueAfterMs: null };
     }
-    let bp: BlockPull;
-    try {
-      bp = parseBlockPull(raw);
-    } catch (err) {
-      log.error({ error: (err as Error).message }, 'BlockPull does not match the API schema; ignoring it');
+    const releasesAtStart = this.#releases;
+    if (read.kind === 'invalid') {
+      log.error({ error: read.error.message }, 'BlockPull does not match the API schema; ignoring it');
       this.#o.metrics?.reconcileErrors.inc({ reason: 'InvalidObject' });
       return { requeueAfterMs: null };
     }
+    const bp = read.bp;
 
     const observed = await this.#observe(bp, log);
     const { driver } = observed;
@@ -328,6 +426,11 @@ export class Reconciler {
       this.forget(key);
       return { requeueAfterMs: null };
     }
+    if (decision.action.type === 'addFinalizer' && actionError === undefined && bp.status?.phase === undefined && this.#lastWritten.has(key)) {
+      // A new BlockPull: the next reconcile (at once, on the object the finalizer patch returned)
+      // writes its first real status; a "Created" status before it would be one more write each.
+      return { requeueAfterMs: 0 };
+    }
 
     const mem = this.#mem(key);
     if (final.sample !== undefined) {
@@ -357,7 +460,7 @@ export class Reconciler {
       }
     }
 
-    const afterFinalizer = decision.action.type === 'addFinalizer' ? await this.#fresh(bp) : stored;
+    const afterFinalizer = decision.action.type === 'addFinalizer' ? (this.#lastWritten.get(key) ?? (await this.#fresh(bp))) : stored;
     // The outcome of an action taken (start confirmed or refused) is a fact: never dropped on a conflict.
     const outcome = final !== decision ? final.status : decision.afterAction;
     await this.#writeStatus(afterFinalizer, outcome ?? final.status, log, outcome !== undefined);
@@ -365,20 +468,18 @@ export class Reconciler {
     this.#watchJobEvents(key, final, driver);
 
     if (bp.status?.phase === 'Running' && final.status.phase !== 'Running') {
-      // A slot is free: wake the BlockPulls waiting for one.
-      for (const other of this.#cachedBlockPulls()) {
-        if (other.status?.reason === 'WaitingForSlot') this.#o.enqueue(`${other.metadata.namespace}/${other.metadata.name}`);
+      // A slot is free: wake the BlockPulls waiting for one (also those whose wait the cache has not seen yet).
+      this.#releases++;
+      for (const other of this.#indexed(BP_WAITING_FOR_SLOT, '', (raw) => (raw as { status?: { reason?: string } }).status?.reason === 'WaitingForSlot')) {
+        this.#o.enqueue(`${other.metadata.namespace}/${other.metadata.name}`);
       }
+      for (const [k, w] of this.#lastWritten) if (w.status?.reason === 'WaitingForSlot') this.#o.enqueue(k);
     }
     if (!isTerminal(bp.status?.phase) && isTerminal(final.status.phase)) {
       // Wake the BlockPulls waiting for this disk.
-      for (const other of this.#cachedBlockPulls()) {
-        if (
-          other.metadata.namespace === bp.metadata.namespace &&
-          other.spec.vmiName === bp.spec.vmiName &&
-          other.spec.disk === bp.spec.disk &&
-          other.metadata.name !== bp.metadata.name
-        ) {
+      this.#releases++;
+      for (const other of this.#sameVmi(bp.metadata.namespace, bp.spec.vmiName)) {
+        if (other.spec.disk === bp.spec.disk && other.metadata.name !== bp.metadata.name) {
           this.#o.enqueue(`${other.metadata.namespace}/${other.metadata.name}`);
         }
       }
@@ -390,6 +491,18 @@ export class Reconciler {
     // query of QEMU and an API GET next to the running job (issue 15).
     if (final.status.phase === 'Running' && final.requeueAfterMs !== null && this.#memory.get(key)?.subscription !== undefined) {
       return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#o.statusUpdateIntervalMs) };
+    }
+    // Waiting for something a watch event reports (the controller wakes it): no poll, a safety net.
+    if (
+      final.requeueAfterMs !== null &&
+      final.action.type === 'none' &&
+      final.status.phase === 'Pending' &&
+      EVENT_WOKEN_REASONS.has(final.status.reason ?? '') &&
+      observed.polled !== true
+    ) {
+      // A slot released while this reconcile ran may have missed waking it: look again now.
+      if (this.#releases !== releasesAtStart && final.status.reason === 'WaitingForSlot') return { requeueAfterMs: 0 };
+      return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#o.safetyResyncMs ?? DEFAULT_SAFETY_RESYNC_MS) };
     }
     return { requeueAfterMs: final.requeueAfterMs };
   }
@@ -404,11 +517,10 @@ export class Reconciler {
    * action and the event subscription of this reconcile use that driver and no other, so a
    * driver of a launcher pod that is gone is never reused.
    */
-  async #observe(bp: BlockPull, log: Logger): Promise<{ obs: Observation; driver?: BlockJobDriver }> {
+  async #observe(bp: BlockPull, log: Logger): Promise<{ obs: Observation; driver?: BlockJobDriver; polled?: boolean }> {
     const key = `${bp.metadata.namespace}/${bp.metadata.name}`;
-    const all = this.#cachedBlockPulls();
-    // Our own, fresh copy replaces the cached one.
-    const others = all.filter((b) => !(b.metadata.namespace === bp.metadata.namespace && b.metadata.name === bp.metadata.name));
+    // Our own copy (maybe newer than the cache's) replaces the cached one.
+    const others = this.#sameVmi(bp.metadata.namespace, bp.spec.vmiName).filter((b) => b.metadata.name !== bp.metadata.name);
     const holder = diskHolder([...others, bp], bp);
     const base = {
       now: this.#now(),
@@ -429,14 +541,35 @@ export class Reconciler {
 
     const ns = bp.metadata.namespace;
     const rawVmi = this.#o.vmis.get(ns, bp.spec.vmiName);
-    const located = locateLauncher(ns, bp.spec.vmiName, rawVmi, this.#o.pods.list(ns), this.#o.migrations?.list(ns) ?? []);
+    const vmiUid = (rawVmi as { metadata?: { uid?: unknown } } | undefined)?.metadata?.uid;
+    // Only the pods claiming this VMI (indexed by its uid), not every pod of the namespace.
+    const pods = this.#o.pods.byIndex !== undefined && typeof vmiUid === 'string' ? this.#o.pods.byIndex(POD_BY_VMI_UID, `${ns}/${vmiUid}`) : this.#o.pods.list(ns);
+    const located = locateLauncher(ns, bp.spec.vmiName, rawVmi, pods, this.#o.migrations?.list(ns) ?? []);
     let launcher: LauncherObservation = located.observation;
     if (launcher.kind !== 'found') return { obs: { ...base, launcher, slots: slotsNone } };
     const loc = launcher.launcher;
 
     // Slots: Running BlockPulls other than this one, cluster-wide and on the launcher's node.
     const running = new Map<string, string>();
-    for (const b of others) if (b.status?.phase === 'Running') running.set(`${b.metadata.namespace}/${b.metadata.name}`, b.status.launcher?.node ?? '');
+    const bps = this.#o.blockPulls;
+    if (bps.indexValues !== undefined) {
+      for (const [node, keys] of bps.indexValues(BP_RUNNING_BY_NODE)) {
+        for (const k of keys) {
+          // Our newer write of it (not in the cache yet) says whether it still runs.
+          const w = this.#lastWritten.get(k);
+          const cached = w !== undefined ? this.#parse(bps.get(splitKey(k).namespace, splitKey(k).name)) : undefined;
+          const cur = cached !== undefined && !(cached instanceof Error) ? this.#newest(cached) : undefined;
+          if (cur === undefined) running.set(k, node);
+          else if (cur.status?.phase === 'Running') running.set(k, cur.status.launcher?.node ?? '');
+        }
+      }
+      for (const [k, w] of this.#lastWritten) if (w.status?.phase === 'Running') running.set(k, w.status.launcher?.node ?? '');
+    } else {
+      for (const raw of bps.list()) {
+        const b = this.#parse(raw);
+        if (!(b instanceof Error) && b.status?.phase === 'Running') running.set(`${b.metadata.namespace}/${b.metadata.name}`, b.status.launcher?.node ?? '');
+      }
+    }
     for (const [k, node] of this.#running) if (k !== key) running.set(k, node);
     running.delete(key);
     const slots = {
@@ -470,7 +603,8 @@ export class Reconciler {
     } catch (err) {
       if (err instanceof LauncherUnavailableError) {
         launcher = { kind: 'launcherNotFound', message: err.message };
-        return { obs: { ...base, launcher, slots } };
+        // The transport found no way in (no watch event says when it will): polled as before.
+        return { obs: { ...base, launcher, slots }, polled: true };
       }
       throw err;
     }
@@ -580,10 +714,13 @@ export class Reconciler {
       case 'none':
         return;
       case 'addFinalizer':
-        await setFinalizers(this.#o.clients, BLOCKPULL_REF, bp.metadata.namespace, bp.metadata.name, bp.metadata.resourceVersion ?? '', [
-          ...(bp.metadata.finalizers ?? []),
-          FINALIZER,
-        ]);
+        this.#lastWritten.delete(`${bp.metadata.namespace}/${bp.metadata.name}`);
+        this.#wrote(
+          await setFinalizers(this.#o.clients, BLOCKPULL_REF, bp.metadata.namespace, bp.metadata.name, bp.metadata.resourceVersion ?? '', [
+            ...(bp.metadata.finalizers ?? []),
+            FINALIZER,
+          ]),
+        );
         return;
       case 'removeFinalizer':
         try {
@@ -687,7 +824,9 @@ export class Reconciler {
     log.debug({ kind, phase: next.phase, reason: next.reason, job: next.job?.state, percent: next.progress?.percent }, 'status written');
     const version = StoredVersionSchema.safeParse(stored);
     const resourceVersion = version.success ? version.data.metadata.resourceVersion : bp.metadata.resourceVersion;
-    return { kind: 'written', bp: { ...bp, metadata: { ...bp.metadata, ...(resourceVersion !== undefined ? { resourceVersion } : {}) }, status: next } };
+    const written: BlockPull = { ...bp, metadata: { ...bp.metadata, ...(resourceVersion !== undefined ? { resourceVersion } : {}) }, status: next };
+    if (version.success) this.#lastWritten.set(key, written);
+    return { kind: 'written', bp: written };
   }
 
   /** The stored BlockPull is no longer the version `bp` was read at (or is gone). */

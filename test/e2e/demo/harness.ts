@@ -112,6 +112,8 @@ export interface StartOperatorOptions {
   readonly onLine?: (line: Record<string, unknown>) => void;
   /** Wait until the controller runs (caches synced). Default true. */
   readonly waitReady?: boolean;
+  /** The script to run (default OPERATOR_MAIN, the TypeScript source; the bench runs dist/, as the image does). */
+  readonly main?: string;
 }
 
 export async function startOperator(o: StartOperatorOptions): Promise<OperatorProcess> {
@@ -135,7 +137,7 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
     BLOCKPULL_LOG_LEVEL: 'debug',
     ...o.env,
   };
-  const child = spawn(NODE_BIN, [OPERATOR_MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'], cwd: REPO_ROOT });
+  const child = spawn(NODE_BIN, [o.main ?? OPERATOR_MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'], cwd: REPO_ROOT });
   const lines: Record<string, unknown>[] = [];
   let rest = '';
   let ports: number[] = [];

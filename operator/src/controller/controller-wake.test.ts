@@ -1,0 +1,108 @@
+/**
+ * Issue 11: watch events wake exactly the BlockPulls they concern, through the cache indexes:
+ * a VMI event the BlockPulls naming it, a launcher pod event those of the VMI it claims (by uid),
+ * nothing else. A small HTTP server plays the API server (lists, then watches that we feed).
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { KubeConfig } from '@kubernetes/client-node';
+import { describe, expect, it } from 'vitest';
+import { createKubeClients } from '../kube/client.ts';
+import { silentLogger } from '../log.ts';
+import { Controller } from './controller.ts';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+const bp = (name: string, vmiName: string) => ({ apiVersion: 'blockpull.dev/v1alpha1', kind: 'BlockPull', metadata: { name, namespace: 'ns', resourceVersion: '1' }, spec: { vmiName, disk: 'd' } });
+const vmi = (name: string, uid: string, rv: string) => ({ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name, namespace: 'ns', uid, resourceVersion: rv }, status: { phase: 'Running' } });
+const pod = (name: string, vmiUid: string, rv: string) => ({
+  apiVersion: 'v1',
+  kind: 'Pod',
+  metadata: { name, namespace: 'ns', resourceVersion: rv, labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': vmiUid } },
+  spec: { nodeName: 'n1', containers: [{ name: 'compute' }] },
+});
+
+describe('Controller wakes by index', () => {
+  it('a VMI event wakes the BlockPulls naming it; a pod event those of the VMI it claims', { timeout: 20_000 }, async () => {
+    const lists: Record<string, unknown[]> = {
+      blockpulls: [bp('a1', 'vm1'), bp('a2', 'vm1'), bp('b', 'vm2'), bp('c', 'vm3')],
+      virtualmachineinstances: [vmi('vm2', 'uid-2', '1')],
+      pods: [],
+    };
+    const watches = new Map<string, http.ServerResponse>();
+    const server = http.createServer((req, res) => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      const resource = url.pathname.split('/').pop() ?? '';
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      if (url.searchParams.get('watch') === 'true') {
+        res.flushHeaders();
+        watches.set(resource, res);
+        return;
+      }
+      res.end(JSON.stringify({ apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '1' }, items: lists[resource] ?? [] }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
+      users: [{ name: 'u', token: 'x' }],
+      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+      currentContext: 'x',
+    });
+    const controller = new Controller({
+      clients: createKubeClients(kc),
+      drivers: { kind: 'local', driverFor: () => Promise.reject(new Error('no driver')) },
+      logger: silentLogger(),
+      workers: 1,
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 1000,
+      maxConcurrentPulls: 1,
+      maxPullsPerNode: 1,
+    });
+    const woken: string[] = [];
+    const add = controller.queue.add.bind(controller.queue);
+    controller.queue.add = (key: string) => {
+      woken.push(key);
+      add(key);
+    };
+    const informers = [controller.blockPulls, controller.vmis, controller.pods];
+    const send = (resource: string, type: string, object: unknown) => watches.get(resource)!.write(`${JSON.stringify({ type, object })}\n`);
+    try {
+      for (const inf of informers) await inf.start();
+      const t0 = performance.now();
+      while (watches.size < 3 && performance.now() - t0 < 5_000) await sleep(10);
+      expect(watches.size).toBe(3);
+      woken.length = 0; // the BlockPull adds of the first list
+
+      send('virtualmachineinstances', 'ADDED', vmi('vm1', 'uid-1', '2'));
+      const t1 = performance.now();
+      while (woken.length < 2 && performance.now() - t1 < 3_000) await sleep(10);
+      await sleep(50);
+      expect(woken.sort()).toEqual(['ns/a1', 'ns/a2']);
+
+      woken.length = 0;
+      send('pods', 'ADDED', pod('virt-launcher-vm2-x', 'uid-2', '3'));
+      const t2 = performance.now();
+      while (woken.length < 1 && performance.now() - t2 < 3_000) await sleep(10);
+      await sleep(50);
+      expect(woken).toEqual(['ns/b']);
+
+      // A pod claiming no known VMI wakes nothing; the cached pod keeps only what is read.
+      woken.length = 0;
+      send('pods', 'ADDED', pod('stray', 'uid-unknown', '4'));
+      await sleep(200);
+      expect(woken).toEqual([]);
+      expect(controller.pods.get('ns', 'virt-launcher-vm2-x')).toEqual({
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: 'virt-launcher-vm2-x', namespace: 'ns', resourceVersion: '3', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'uid-2' } },
+        spec: { nodeName: 'n1', containers: [{ name: 'compute' }] },
+      });
+    } finally {
+      for (const inf of informers) await inf.stop();
+      controller.queue.shutDown();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+});
