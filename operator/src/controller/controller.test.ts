@@ -90,7 +90,7 @@ describe('Controller wake-ups', () => {
         { metadata: { namespace: 'other', name: 'c' }, spec: { vmiName: 'vm1', disk: 'd' } },
       ];
       // The BlockPull cache's VMI index (namespace/vmiName), as the controller reads it.
-      controller.blockPulls.byIndex = (_index: string, key: string) => bps.filter((b) => `${b.metadata.namespace}/${b.spec.vmiName}` === key) as never[];
+      controller.blockPulls.byIndex = (_index: string, key: string) => bps.filter((b) => `${b.metadata.namespace}/${b.spec.vmiName}` === key);
       const vmim = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { namespace: 'ns', name: 'mig' }, spec: { vmiName: 'vm1' } };
       const registered = handlers.get('virtualmachineinstancemigrations') ?? [];
       expect(registered).toHaveLength(1);
