@@ -18,13 +18,12 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
 import { CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
 import { z } from 'zod';
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { createFakeVmi, ensureNamespace, NODE_BIN, operatorServiceAccount, startOperator, type OperatorProcess } from '../demo/harness.ts';
+import { buildOperator, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../demo/harness.ts';
 import { diffCounts, formatCounts, parseRequestTotals, total, type RequestCounts } from '../support/apiserver-metrics.ts';
 
 const Args = z.object({ count: z.number().int().min(10).max(20_000), running: z.number().int().min(0).max(16), idleSeconds: z.number().int().min(5).max(600) });
@@ -131,11 +130,7 @@ async function main(): Promise<void> {
   say(`bench:scale: ${N} BlockPulls: ${nWaiting} waiting for a VMI, ${nNotRunning} VMI not running, ${nCompleted} already Completed, ${args.running} running`);
 
   say('bench:scale: npm run build (the operator as in the image: dist/)');
-  await new Promise<void>((resolve, reject) => {
-    const c = spawn(NODE_BIN, [path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, stdio: 'inherit' });
-    c.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`build failed: ${code}`))));
-  });
-  const main = path.join(REPO_ROOT, 'dist', 'operator', 'src', 'main.js');
+  const main = await buildOperator();
 
   tmp = await mkdtemp(path.join(os.tmpdir(), 'bp-scale-'));
   const registryDir = path.join(tmp, 'launchers');
