@@ -7,6 +7,34 @@ import { createLogger } from '../log.ts';
 import { LauncherUnavailableError } from '../kubevirt/transport.ts';
 import { canonicalJson, DEFAULT_SAFETY_RESYNC_MS, Reconciler } from './reconcile.ts';
 
+/**
+ * A Running VMI with disk rootdisk on `node` and its launcher pod as KubeVirt makes it (controlled
+ * by the VMI, listed in its activePods), for the Reconciler's informer caches.
+ */
+function launcherFixture(node: string): { vmi: Record<string, unknown>; pod: Record<string, unknown> } {
+  return {
+    vmi: {
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'VirtualMachineInstance',
+      metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
+      spec: { domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } } },
+      status: { phase: 'Running', nodeName: node, runtimeUser: 107, activePods: { 'pod-uid': node } },
+    },
+    pod: {
+      metadata: {
+        name: 'virt-launcher-vm-x',
+        namespace: 'ns',
+        uid: 'pod-uid',
+        labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
+        ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true }],
+        creationTimestamp: '2026-11-27T09:00:00Z',
+      },
+      spec: { nodeName: node, containers: [{ name: 'compute' }] },
+      status: { phase: 'Running' },
+    },
+  };
+}
+
 describe('canonicalJson', () => {
   it('ignores key order and undefined, keeps array order', () => {
     expect(canonicalJson({ b: 1, a: { d: [2, 1], c: undefined } })).toBe(canonicalJson({ a: { d: [2, 1] }, b: 1 }));
@@ -92,25 +120,7 @@ describe('Reconciler status write', () => {
  * of QEMU and an API GET next to the running job).
  */
 describe('Reconciler while a job runs', () => {
-  const vmi = {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachineInstance',
-    metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
-    spec: { domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } } },
-    status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107, activePods: { 'pod-uid': 'node1' } },
-  };
-  const pod = {
-    metadata: {
-      name: 'virt-launcher-vm-x',
-      namespace: 'ns',
-      uid: 'pod-uid',
-      labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
-      ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true }],
-      creationTimestamp: '2026-11-27T09:00:00Z',
-    },
-    spec: { nodeName: 'node1', containers: [{ name: 'compute' }] },
-    status: { phase: 'Running' },
-  };
+  const { vmi, pod } = launcherFixture('node1');
   const chain = [
     { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
     { position: 1, index: 2, path: '/d/mid.qcow2', format: 'qcow2' },
@@ -217,25 +227,7 @@ describe('Reconciler persisted intent', () => {
     { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
   ];
   const before = CHAIN.map(({ position, path, format }) => ({ position, path, format }));
-  const vmi = {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachineInstance',
-    metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
-    spec: { domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } } },
-    status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107, activePods: { 'pod-uid': 'node1' } },
-  };
-  const pod = {
-    metadata: {
-      name: 'virt-launcher-vm-x',
-      namespace: 'ns',
-      uid: 'pod-uid',
-      labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
-      ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true }],
-      creationTimestamp: '2026-11-27T09:00:00Z',
-    },
-    spec: { nodeName: 'node1', containers: [{ name: 'compute' }] },
-    status: { phase: 'Running' },
-  };
+  const { vmi, pod } = launcherFixture('node1');
 
   function world(spec: Record<string, unknown>, status: BlockPullStatus, jobRunning: boolean) {
     let rv = 10;
@@ -375,25 +367,7 @@ describe('Reconciler pre-flight space check', () => {
       { position: 1, index: 2, path: '/e/base.qcow2', format: 'qcow2' },
     ],
   };
-  const vmi = {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachineInstance',
-    metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
-    spec: { domain: { devices: { disks: [{ name: 'rootdisk' }] } } },
-    status: { phase: 'Running', nodeName: 'n1', runtimeUser: 107, activePods: { 'pod-uid': 'n1' } },
-  };
-  const pod = {
-    metadata: {
-      name: 'virt-launcher-vm-x',
-      namespace: 'ns',
-      uid: 'pod-uid',
-      labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
-      ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true }],
-      creationTimestamp: '2026-11-27T09:00:00Z',
-    },
-    spec: { nodeName: 'n1', containers: [{ name: 'compute' }] },
-    status: { phase: 'Running' },
-  };
+  const { vmi, pod } = launcherFixture('n1');
 
   function setup() {
     let stored: Record<string, unknown> = {
