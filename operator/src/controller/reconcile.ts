@@ -319,12 +319,10 @@ export class Reconciler {
       parsed = this.#parse(cached);
     }
     if (parsed instanceof Error) return { kind: 'invalid', error: parsed };
-    const written = this.#lastWritten.get(key);
-    if (written !== undefined && written.metadata.uid === parsed.metadata.uid && isNewerVersion(written.metadata.resourceVersion, parsed.metadata.resourceVersion)) {
-      return { kind: 'ok', bp: written };
-    }
-    this.#lastWritten.delete(key);
-    return { kind: 'ok', bp: parsed };
+    const newest = this.#newest(parsed);
+    // The cache has caught up with our write (or it was of another object of that name).
+    if (newest === parsed) this.#lastWritten.delete(key);
+    return { kind: 'ok', bp: newest };
   }
 
   /** Remember what a write of ours stored (the cache may not have it yet). */
@@ -806,8 +804,6 @@ export class Reconciler {
     let stored: unknown;
     try {
       stored = await this.#o.clients.custom.patchNamespacedCustomObjectStatus({ ...BLOCKPULL_REF, namespace: bp.metadata.namespace, name: bp.metadata.name, body: patch });
-      const rv = (stored as { metadata?: { resourceVersion?: unknown } } | undefined)?.metadata?.resourceVersion;
-      if (typeof rv === 'string') this.#ownWrites.set(key, rv);
     } catch (err) {
       // A failed `test` of the resourceVersion is a 422 too, like a status the CRD schema refuses;
       // only the first is a conflict. Requeueing the second at once would rewrite it in a loop.
@@ -825,7 +821,10 @@ export class Reconciler {
     const version = StoredVersionSchema.safeParse(stored);
     const resourceVersion = version.success ? version.data.metadata.resourceVersion : bp.metadata.resourceVersion;
     const written: BlockPull = { ...bp, metadata: { ...bp.metadata, ...(resourceVersion !== undefined ? { resourceVersion } : {}) }, status: next };
-    if (version.success) this.#lastWritten.set(key, written);
+    if (version.success) {
+      this.#ownWrites.set(key, version.data.metadata.resourceVersion);
+      this.#lastWritten.set(key, written);
+    }
     return { kind: 'written', bp: written };
   }
 
