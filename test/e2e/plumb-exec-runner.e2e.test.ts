@@ -10,7 +10,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ExecRunner } from '../../operator/src/hypervisor/exec-runner.ts';
+import { ExecRunner } from '../../operator/src/kubevirt/exec-runner.ts';
 import { RunTimeoutError, RunTransportError } from '../../operator/src/hypervisor/runner.ts';
 import { loadKubeConfig } from '../../operator/src/kube/client.ts';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from './cluster/control-plane.ts';
@@ -121,7 +121,7 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
   });
   it('an operator crash leaves no command behind: SIGKILL of the process that started it ends it in the container', async () => {
     const script = [
-      `import { ExecRunner } from ${JSON.stringify(path.join(REPO_ROOT, 'operator/src/hypervisor/exec-runner.ts'))};`,
+      `import { ExecRunner } from ${JSON.stringify(path.join(REPO_ROOT, 'operator/src/kubevirt/exec-runner.ts'))};`,
       `import { loadKubeConfig } from ${JSON.stringify(path.join(REPO_ROOT, 'operator/src/kube/client.ts'))};`,
       `const r = new ExecRunner({ kc: loadKubeConfig(${JSON.stringify(cp?.kubeconfigPath)}), namespace: ${JSON.stringify(NS)}, pod: ${JSON.stringify(POD)} });`,
       "const h = r.stream(['sh', '-c', 'while :; do echo x; sleep 0.2; done', 'plumb-crash-marker']);",

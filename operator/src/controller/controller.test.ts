@@ -10,7 +10,7 @@ import { createKubeClients } from '../kube/client.ts';
 import { silentLogger } from '../log.ts';
 import type { DriverProvider } from '../kubevirt/transport.ts';
 import { Controller } from './controller.ts';
-import { WatchdogInformer, type InformerHandlers } from './informer.ts';
+import { WatchdogInformer, type InformerHandlers } from '../kube/informer.ts';
 
 function unreachableKubeConfig(): KubeConfig {
   const kc = new KubeConfig();

@@ -13,9 +13,9 @@ import { forBlockPullKey, type Logger } from '../log.ts';
 import { LAUNCHER_LABEL_SELECTOR } from '../kubevirt/launcher.ts';
 import type { DriverProvider } from '../kubevirt/transport.ts';
 import { blockPullIndexes, BP_BY_VMI, podIndexes, POD_BY_VMI_UID, slimPod, slimVmi, vmiIndexes, VMI_BY_UID } from './indexes.ts';
-import { customResourceSource, podSource, stripMetadata, WatchdogInformer, objectKeyOf } from './informer.ts';
+import { customResourceSource, podSource, stripMetadata, WatchdogInformer, objectKeyOf } from '../kube/informer.ts';
 import { BLOCKPULL_REF, Reconciler } from './reconcile.ts';
-import { WorkQueue } from './workqueue.ts';
+import { WorkQueue } from '../kube/workqueue.ts';
 
 export const VMI_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' };
 export const VMIM_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations' };

@@ -11,7 +11,7 @@
  */
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { CREATED_BY_LABEL } from '../kubevirt/launcher.ts';
-import type { IndexFunc } from './informer.ts';
+import type { IndexFunc } from '../kube/informer.ts';
 
 /** BlockPulls by "namespace/vmiName". */
 export const BP_BY_VMI = 'vmi';

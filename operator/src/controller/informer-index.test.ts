@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { BP_BY_VMI, BP_RUNNING_BY_NODE, blockPullIndexes } from './indexes.ts';
-import { stripMetadata, WatchdogInformer } from './informer.ts';
+import { stripMetadata, WatchdogInformer } from '../kube/informer.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

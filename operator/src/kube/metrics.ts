@@ -4,7 +4,7 @@
  * mirror client-go's `workqueue_*` names with a `name` label.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { WorkQueueHooks } from '../controller/workqueue.ts';
+import type { WorkQueueHooks } from './workqueue.ts';
 
 export interface OperatorMetrics {
   readonly registry: Registry;

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createMetrics } from './metrics.ts';
 import { leaderAwareReadiness, startHealthServer, startMetricsServer, type RunningServer } from './server.ts';
-import { WorkQueue } from '../controller/workqueue.ts';
+import { WorkQueue } from './workqueue.ts';
 
 const servers: RunningServer[] = [];
 afterEach(async () => {

@@ -13,7 +13,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { z } from 'zod';
-import { ExecRunner } from '../hypervisor/exec-runner.ts';
+import { ExecRunner } from './exec-runner.ts';
 import { LocalRunner } from '../hypervisor/local-runner.ts';
 import type { BlockJobDriver } from '../hypervisor/types.ts';
 import { VirshDriver } from '../hypervisor/virsh-driver.ts';

@@ -10,7 +10,7 @@ import type { V1Status } from '@kubernetes/client-node';
 import { KubeConfig } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { ExecRunner, KILL_ON_DISCONNECT_SCRIPT, NOT_FOUND_MARKER, STOPPED_EXIT_CODE, parseExecStatus, type ExecLike } from './exec-runner.ts';
-import { RunOutputLimitError, RunTimeoutError, RunTransportError } from './runner.ts';
+import { RunOutputLimitError, RunTimeoutError, RunTransportError } from '../hypervisor/runner.ts';
 
 describe('parseExecStatus', () => {
   it('Success is exit code 0', () => {

@@ -35,8 +35,8 @@ import {
   type V1Pod,
 } from '@kubernetes/client-node';
 import type { Logger } from '../log.ts';
-import type { ResourceRef } from '../kube/client.ts';
-import { describeApiError, withTimeout } from '../kube/client.ts';
+import type { ResourceRef } from './client.ts';
+import { describeApiError, withTimeout } from './client.ts';
 
 export type ObjectHandler<T> = (obj: T) => void;
 

@@ -34,7 +34,7 @@ import {
   type RunOptions,
   type RunResult,
   type StreamHandle,
-} from './runner.ts';
+} from '../hypervisor/runner.ts';
 
 /** Exit code reported by stream().done when the command was stopped before it sent a status. */
 export const STOPPED_EXIT_CODE = 143;
