@@ -9,6 +9,8 @@ export const VERSION = 'v1alpha1';
 export const API_VERSION = `${GROUP}/${VERSION}`;
 export const KIND = 'BlockPull';
 export const PLURAL = 'blockpulls';
+/** The BlockPull resource for the custom objects API (a kube/client.ts ResourceRef). */
+export const BLOCKPULL_REF = { group: GROUP, version: VERSION, plural: PLURAL } as const;
 export const FINALIZER = 'blockpull.dev/abort-on-delete';
 
 const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;

@@ -5,20 +5,17 @@
  * pulls are left alone on shutdown (the next leader adopts them).
  */
 import type { KubernetesObject } from '@kubernetes/client-node';
-import { isTerminal } from '../api/types.ts';
+import { BLOCKPULL_REF, isTerminal } from '../api/types.ts';
 import type { EventRecorder } from '../kube/events.ts';
-import type { KubeClients, ResourceRef } from '../kube/client.ts';
+import type { KubeClients } from '../kube/client.ts';
 import type { OperatorMetrics } from '../kube/metrics.ts';
 import { forBlockPullKey, type Logger } from '../log.ts';
-import { LAUNCHER_LABEL_SELECTOR } from '../kubevirt/launcher.ts';
+import { LAUNCHER_LABEL_SELECTOR, VMI_REF, VMIM_REF } from '../kubevirt/launcher.ts';
 import type { DriverProvider } from '../kubevirt/transport.ts';
 import { blockPullIndexes, BP_BY_VMI, podIndexes, POD_BY_VMI_UID, slimPod, slimVmi, vmiIndexes, VMI_BY_UID } from './indexes.ts';
 import { customResourceSource, podSource, stripMetadata, WatchdogInformer, objectKeyOf } from '../kube/informer.ts';
-import { BLOCKPULL_REF, Reconciler } from './reconcile.ts';
+import { Reconciler } from './reconcile.ts';
 import { WorkQueue } from '../kube/workqueue.ts';
-
-export const VMI_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' };
-export const VMIM_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations' };
 
 export interface ControllerOptions {
   readonly clients: KubeClients;

@@ -15,9 +15,9 @@ import {
   diskHolder,
   MAX_BACKOFF_MS,
   type HypervisorObservation,
-  type LauncherObservation,
   type Observation,
 } from './decide.ts';
+import type { LauncherLookup } from '../kubevirt/launcher.ts';
 
 const NOW = new Date('2026-11-27T10:00:00Z');
 const MiB = 1024 * 1024;
@@ -42,9 +42,9 @@ const PARTIAL: DiskInfo = {
   ],
 };
 const before3 = CHAIN3.chain.map(({ position, path, format }) => ({ position, path, format }));
-const FOUND: LauncherObservation = {
+const FOUND: LauncherLookup = {
   kind: 'found',
-  launcher: { pod: 'virt-launcher-vm1-abcde', node: 'node1', container: 'compute', domain: 'ns_vm1' },
+  launcher: { namespace: 'ns', pod: 'virt-launcher-vm1-abcde', node: 'node1', container: 'compute', domain: 'ns_vm1', uri: 'qemu:///system' },
 };
 const job = (cur: number, end: number, bandwidth = 0): BlockJobInfo => ({ type: 'Block Pull', cur, end, bandwidth });
 const ok = (disk: DiskInfo, j: BlockJobInfo | null = null): HypervisorObservation => ({ kind: 'ok', disk, job: j });
@@ -703,8 +703,8 @@ describe('decide: deletion aborts the job we started, whatever the phase', () =>
 
 describe('decide: live migrations (yield, wait, resume on the new launcher)', () => {
   const VMIM = { name: 'VirtualMachineInstanceMigration ns/mig-1', message: 'VirtualMachineInstanceMigration ns/mig-1 (phase Pending) migrates VirtualMachineInstance ns/vm1' };
-  const MIGRATING: LauncherObservation = { ...FOUND, migration: VMIM };
-  const NEW_POD: LauncherObservation = { kind: 'found', launcher: { pod: 'virt-launcher-vm1-target', node: 'node2', container: 'compute', domain: 'ns_vm1' } };
+  const MIGRATING: LauncherLookup = { ...FOUND, migration: VMIM };
+  const NEW_POD: LauncherLookup = { kind: 'found', launcher: { namespace: 'ns', pod: 'virt-launcher-vm1-target', node: 'node2', container: 'compute', domain: 'ns_vm1', uri: 'qemu:///system' } };
   // The chain on the target: a new overlay on the same backing images, at other paths.
   const T_TOP = '/t/top.qcow2';
   const T_MID = '/t/mid.qcow2';

@@ -32,31 +32,8 @@ import {
 import { computeGoal, isPullComplete, type PullGoal } from '../hypervisor/completion.ts';
 import { HypervisorError, isHypervisorError } from '../hypervisor/errors.ts';
 import type { BaseRef, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
+import type { LauncherLookup, MigrationRequest } from '../kubevirt/launcher.ts';
 import { boundStatus } from './status-limits.ts';
-
-/** Where the VMI's current launcher is (from kubevirt/launcher.ts). */
-export interface LauncherLocation {
-  readonly pod: string;
-  readonly node: string;
-  readonly container: string;
-  readonly domain: string;
-}
-
-/** A live migration requested for the VMI (kubevirt/launcher.ts requestedMigration). */
-export interface MigrationRequest {
-  /** Names it: `VirtualMachineInstanceMigration ns/name`, `migration (src -> dst)`, `evacuation of node N`. */
-  readonly name: string;
-  readonly message: string;
-}
-
-export type LauncherObservation =
-  | { readonly kind: 'vmiNotFound'; readonly message: string }
-  | { readonly kind: 'vmiNotRunning'; readonly message: string }
-  /** A migration runs and no acceptable launcher pod is there (between source and target). */
-  | { readonly kind: 'migrationInProgress'; readonly message: string }
-  | { readonly kind: 'launcherNotFound'; readonly message: string }
-  /** `migration`: a migration of the VMI is requested; the launcher is still the source's. */
-  | { readonly kind: 'found'; readonly launcher: LauncherLocation; readonly migration?: MigrationRequest };
 
 export type HypervisorObservation =
   | { readonly kind: 'unreachable'; readonly message: string }
@@ -101,7 +78,7 @@ export interface Observation {
   readonly now: Date;
   readonly bp: BlockPull;
   /** Undefined when not looked at (terminal phases, or deletion that needs no look). */
-  readonly launcher?: LauncherObservation;
+  readonly launcher?: LauncherLookup;
   /** Undefined when the launcher was not found. */
   readonly hypervisor?: HypervisorObservation;
   /** Key (ns/name) of the BlockPull holding the disk (see diskHolder), or null. */

@@ -46,7 +46,7 @@ describe('cache transforms', () => {
   it('a slim VMI and pod locate the same launcher as the full objects, without managedFields', () => {
     const full = locateLauncher('ns', 'vm', vmi, [pod]);
     const slim = locateLauncher('ns', 'vm', slimVmi(vmi as KubernetesObject), [slimPod(pod as unknown as KubernetesObject)]);
-    expect(full.observation.kind).toBe('found');
+    expect(full.kind).toBe('found');
     expect(slim).toEqual(full);
     expect(ephemeralStorageLimit(slimPod(pod as unknown as KubernetesObject))).toBe(ephemeralStorageLimit(pod));
     expect(ephemeralStorageLimit(pod)).toBe(2 * 1024 ** 3);

@@ -23,14 +23,14 @@
  */
 import { ApiException } from '@kubernetes/client-node';
 import { z } from 'zod';
-import { API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION, isTerminal, parseBlockPull, type BlockPull, type BlockPullStatus } from '../api/types.ts';
+import { API_VERSION, BLOCKPULL_REF, FINALIZER, KIND, isTerminal, parseBlockPull, type BlockPull, type BlockPullStatus } from '../api/types.ts';
 import { HypervisorError, isHypervisorError } from '../hypervisor/errors.ts';
 import type { BlockJobDriver, EventSubscription } from '../hypervisor/types.ts';
 import type { EventRecorder, InvolvedObject } from '../kube/events.ts';
-import { describeApiError, getCustomObject, isApiError, isConflict, isNotFound, setFinalizers, type KubeClients, type ResourceRef } from '../kube/client.ts';
+import { describeApiError, getCustomObject, isApiError, isConflict, isNotFound, setFinalizers, type KubeClients } from '../kube/client.ts';
 import type { OperatorMetrics } from '../kube/metrics.ts';
 import { forBlockPullKey, type Logger } from '../log.ts';
-import { ephemeralStorageLimit, locateLauncher, vmiHasDisk, VmiSchema, LAUNCHER_CONTAINER } from '../kubevirt/launcher.ts';
+import { ephemeralStorageLimit, locateLauncher, vmiHasDisk, VmiSchema, type LauncherLookup } from '../kubevirt/launcher.ts';
 import { LauncherUnavailableError, type DriverProvider } from '../kubevirt/transport.ts';
 import {
   backoffMs,
@@ -42,15 +42,12 @@ import {
   type Action,
   type Decision,
   type HypervisorObservation,
-  type LauncherObservation,
   type Observation,
   type ProgressSample,
   type SpaceObservation,
 } from './decide.ts';
 import { BP_BY_VMI, BP_RUNNING_BY_NODE, BP_WAITING_FOR_SLOT, POD_BY_VMI_UID } from './indexes.ts';
 import { ObserveGate } from './observe-gate.ts';
-
-export const BLOCKPULL_REF: ResourceRef = { group: GROUP, version: VERSION, plural: PLURAL };
 
 /** Default of ReconcilerOptions.observeTimeoutMs (BLOCKPULL_OBSERVE_TIMEOUT_MS). */
 export const DEFAULT_OBSERVE_TIMEOUT_MS = 1_000;
@@ -542,8 +539,7 @@ export class Reconciler {
     const vmiUid = (rawVmi as { metadata?: { uid?: unknown } } | undefined)?.metadata?.uid;
     // Only the pods claiming this VMI (indexed by its uid), not every pod of the namespace.
     const pods = this.#o.pods.byIndex !== undefined && typeof vmiUid === 'string' ? this.#o.pods.byIndex(POD_BY_VMI_UID, `${ns}/${vmiUid}`) : this.#o.pods.list(ns);
-    const located = locateLauncher(ns, bp.spec.vmiName, rawVmi, pods, this.#o.migrations?.list(ns) ?? []);
-    let launcher: LauncherObservation = located.observation;
+    let launcher: LauncherLookup = locateLauncher(ns, bp.spec.vmiName, rawVmi, pods, this.#o.migrations?.list(ns) ?? []);
     if (launcher.kind !== 'found') return { obs: { ...base, launcher, slots: slotsNone } };
     const loc = launcher.launcher;
 
@@ -597,7 +593,7 @@ export class Reconciler {
 
     let driver: BlockJobDriver;
     try {
-      driver = await this.#o.drivers.driverFor({ namespace: ns, pod: loc.pod, container: LAUNCHER_CONTAINER, uri: located.uri ?? '' });
+      driver = await this.#o.drivers.driverFor(loc);
     } catch (err) {
       if (err instanceof LauncherUnavailableError) {
         launcher = { kind: 'launcherNotFound', message: err.message };

@@ -87,7 +87,7 @@ function obs(b: BlockPull, o: Partial<Observation> = {}): Observation {
   return {
     now: NOW,
     bp: b,
-    launcher: { kind: 'found', launcher: { pod: 'virt-launcher-vm1-x', node: 'node1', container: 'compute', domain: 'ns_vm1' } },
+    launcher: { kind: 'found', launcher: { namespace: 'ns', pod: 'virt-launcher-vm1-x', node: 'node1', container: 'compute', domain: 'ns_vm1', uri: 'qemu:///system' } },
     diskHolder: 'ns/pull1',
     slots: { running: 0, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
     pollIntervalMs: 500,

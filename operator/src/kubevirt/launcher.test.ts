@@ -76,30 +76,28 @@ describe('kubevirt launcher lookup', () => {
   });
 
   it('locateLauncher maps every case to an observation', () => {
-    expect(locateLauncher('ns', 'vm1', undefined, []).observation.kind).toBe('vmiNotFound');
-    expect(locateLauncher('ns', 'vm1', vmi({ phase: 'Scheduling' }), []).observation).toMatchObject({ kind: 'vmiNotRunning', message: expect.stringContaining('Scheduling') as string });
+    expect(locateLauncher('ns', 'vm1', undefined, []).kind).toBe('vmiNotFound');
+    expect(locateLauncher('ns', 'vm1', vmi({ phase: 'Scheduling' }), [])).toMatchObject({ kind: 'vmiNotRunning', message: expect.stringContaining('Scheduling') as string });
     // A migration with the source pod still the launcher: found, with the migration (a running pull yields through it).
-    expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'p', targetPod: 'b' } }), [pod('p')]).observation).toMatchObject({
+    expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'p', targetPod: 'b' } }), [pod('p')])).toMatchObject({
       kind: 'found',
       launcher: { pod: 'p' },
       migration: { name: 'migration (p -> b)' },
     });
     // ... and with no acceptable launcher pod (between source and target): wait for it.
-    expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'a', targetPod: 'b' } }), []).observation.kind).toBe('migrationInProgress');
+    expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'a', targetPod: 'b' } }), []).kind).toBe('migrationInProgress');
     // The VMI runs but its launcher pod is gone: LauncherNotFound (VMINotRunning is for the VMI's phase only).
-    expect(locateLauncher('ns', 'vm1', vmi(), []).observation).toEqual({
+    expect(locateLauncher('ns', 'vm1', vmi(), [])).toEqual({
       kind: 'launcherNotFound',
       message: 'VirtualMachineInstance ns/vm1 is Running but has no acceptable virt-launcher pod on node node1: no pod is controlled by it or labelled kubevirt.io/created-by=vmi-uid',
     });
-    expect(locateLauncher('ns', 'vm1', vmi(), [pod('p', { containers: ['other'] })]).observation.kind).toBe('launcherNotFound');
+    expect(locateLauncher('ns', 'vm1', vmi(), [pod('p', { containers: ['other'] })]).kind).toBe('launcherNotFound');
     const found = locateLauncher('ns', 'vm1', vmi(), [pod('p')]);
     expect(found).toEqual({
-      observation: { kind: 'found', launcher: { pod: 'p', node: 'node1', container: 'compute', domain: 'ns_vm1' } },
-      uri: 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock',
-      namespace: 'ns',
-      runtimeUser: 107,
+      kind: 'found',
+      launcher: { namespace: 'ns', pod: 'p', node: 'node1', container: 'compute', domain: 'ns_vm1', uri: 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock' },
     });
-    expect(locateLauncher('ns', 'vm1', vmi({ runtimeUser: 0 }), [pod('p')]).uri).toBe('qemu:///system');
+    expect(locateLauncher('ns', 'vm1', vmi({ runtimeUser: 0 }), [pod('p')])).toMatchObject({ launcher: { uri: 'qemu:///system' } });
   });
 
   it('a forged pod (label and node right, not controlled by the VMI) is refused with the reason', () => {
@@ -107,41 +105,41 @@ describe('kubevirt launcher lookup', () => {
     // The spoof of issue 10: label kubevirt.io/created-by=<vmi uid>, spec.nodeName = the VMI's node, Running, no owner.
     const forged = pod('forged', { owners: [], created });
     const r = locateLauncher('ns', 'vm1', vmi(), [forged]);
-    expect(r.observation).toEqual({
+    expect(r).toEqual({
       kind: 'launcherNotFound',
       message:
         'VirtualMachineInstance ns/vm1 is Running but has no acceptable virt-launcher pod on node node1: pod forged refused: ' +
         "not controlled by the VMI (no ownerReference with controller: true, kind VirtualMachineInstance, uid vmi-uid); not in the VMI's status.activePods",
     });
-    expect(r.uri).toBeUndefined();
+    expect(r).not.toHaveProperty('launcher');
     // An owner reference that names the VMI but is not the controller, or names another kind: refused too.
     const notController = pod('not-controller', { owners: [{ ...VMI_OWNER, controller: false }], created });
     const wrongKind = pod('wrong-kind', { owners: [{ ...VMI_OWNER, kind: 'Pod' }], created });
     const another = pod('forged-owner', { owners: [{ ...VMI_OWNER, uid: 'other-uid' }], created });
     for (const p of [notController, wrongKind]) {
-      expect(locateLauncher('ns', 'vm1', vmi(), [p]).observation).toMatchObject({ kind: 'launcherNotFound', message: expect.stringContaining(`pod ${p.metadata.name} refused: not controlled by the VMI`) as string });
+      expect(locateLauncher('ns', 'vm1', vmi(), [p])).toMatchObject({ kind: 'launcherNotFound', message: expect.stringContaining(`pod ${p.metadata.name} refused: not controlled by the VMI`) as string });
     }
     // Controlled by the VMI but missing from status.activePods (e.g. a pod of an older incarnation).
     const inactive = pod('p', { podUid: 'uid-unknown' });
-    expect(locateLauncher('ns', 'vm1', vmi(), [inactive]).observation).toMatchObject({
+    expect(locateLauncher('ns', 'vm1', vmi(), [inactive])).toMatchObject({
       kind: 'launcherNotFound',
       message: expect.stringMatching(/pod p refused: not in the VMI's status\.activePods$/) as string,
     });
     // The real launcher is chosen even when a forged pod is newer.
     const real = pod('old', { created: '2026-11-27T08:00:00Z' });
-    expect(locateLauncher('ns', 'vm1', vmi(), [forged, notController, wrongKind, another, real]).observation).toEqual({
+    expect(locateLauncher('ns', 'vm1', vmi(), [forged, notController, wrongKind, another, real])).toEqual({
       kind: 'found',
-      launcher: { pod: 'old', node: 'node1', container: 'compute', domain: 'ns_vm1' },
+      launcher: { namespace: 'ns', pod: 'old', node: 'node1', container: 'compute', domain: 'ns_vm1', uri: 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock' },
     });
     // The message names at most five refused pods.
     const many = Array.from({ length: 7 }, (_, i) => pod(`f${i}`, { owners: [] }));
-    expect((locateLauncher('ns', 'vm1', vmi(), many).observation as { message: string }).message).toMatch(/pod f4 refused: .*; and 2 more$/);
+    expect((locateLauncher('ns', 'vm1', vmi(), many) as { message: string }).message).toMatch(/pod f4 refused: .*; and 2 more$/);
   });
 
   it('a pod on another node or not Running is refused with that reason', () => {
     const r = locateLauncher('ns', 'vm1', vmi(), [pod('wrong-node', { node: 'node2' }), pod('pending', { phase: 'Pending' }), pod('deleting', { deleting: true })]);
-    expect(r.observation.kind).toBe('launcherNotFound');
-    const message = (r.observation as { message: string }).message;
+    expect(r.kind).toBe('launcherNotFound');
+    const message = (r as { message: string }).message;
     expect(message).toContain('pod wrong-node refused: on node node2, not the VMI\'s node node1');
     expect(message).toContain('pod pending refused: Pending, not Running');
     expect(message).toContain('pod deleting refused: being deleted');
@@ -207,9 +205,9 @@ describe('ephemeralStorageLimit', () => {
 
     it('locateLauncher passes it on with the found launcher', () => {
       const found = locateLauncher('ns', 'vm1', vmi(), [pod('p')], [vmim('m1', { phase: 'Running' })]);
-      expect(found.observation).toMatchObject({ kind: 'found', launcher: { pod: 'p' }, migration: { name: 'VirtualMachineInstanceMigration ns/m1' } });
+      expect(found).toMatchObject({ kind: 'found', launcher: { pod: 'p' }, migration: { name: 'VirtualMachineInstanceMigration ns/m1' } });
       const none = locateLauncher('ns', 'vm1', vmi(), [pod('p')], [vmim('m1', { phase: 'Succeeded' })]);
-      expect(none.observation).not.toHaveProperty('migration');
+      expect(none).not.toHaveProperty('migration');
     });
   });
 });

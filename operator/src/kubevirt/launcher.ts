@@ -10,7 +10,44 @@
  */
 import { z } from 'zod';
 import { parseQuantity } from '../api/quantity.ts';
-import type { LauncherObservation, MigrationRequest } from '../controller/decide.ts';
+import type { ResourceRef } from '../kube/client.ts';
+
+/** The KubeVirt resources the operator reads (kubevirt.io/v1). */
+export const VMI_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' };
+export const VMIM_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations' };
+
+/**
+ * The VMI's current virt-launcher pod: where its domain runs (status.launcher) and how libvirt is
+ * reached there (the transport's driverFor).
+ */
+export interface LauncherPod {
+  readonly namespace: string;
+  readonly pod: string;
+  readonly node: string;
+  /** The container the VM runs in (LAUNCHER_CONTAINER). */
+  readonly container: string;
+  /** The libvirt domain, <namespace>_<vmi name>. */
+  readonly domain: string;
+  /** libvirt URI inside the container, from the VMI's status.runtimeUser. */
+  readonly uri: string;
+}
+
+/** A live migration requested for the VMI (requestedMigration). */
+export interface MigrationRequest {
+  /** Names it: `VirtualMachineInstanceMigration ns/name`, `migration (src -> dst)`, `evacuation of node N`. */
+  readonly name: string;
+  readonly message: string;
+}
+
+/** What locateLauncher found: the VMI's launcher pod, or why there is none to use. */
+export type LauncherLookup =
+  | { readonly kind: 'vmiNotFound'; readonly message: string }
+  | { readonly kind: 'vmiNotRunning'; readonly message: string }
+  /** A migration runs and no acceptable launcher pod is there (between source and target). */
+  | { readonly kind: 'migrationInProgress'; readonly message: string }
+  | { readonly kind: 'launcherNotFound'; readonly message: string }
+  /** `migration`: a migration of the VMI is requested; the launcher is still the source's. */
+  | { readonly kind: 'found'; readonly launcher: LauncherPod; readonly migration?: MigrationRequest };
 
 export const LAUNCHER_CONTAINER = 'compute';
 export const CREATED_BY_LABEL = 'kubevirt.io/created-by';
@@ -224,33 +261,25 @@ function noLauncherMessage(vmi: Vmi, pods: readonly Pod[]): string {
   return `${what}: ${refused.join('; ')}${more}`;
 }
 
-export interface LauncherTarget {
-  readonly observation: LauncherObservation;
-  /** Set when found: where to run virsh. */
-  readonly uri?: string;
-  readonly namespace?: string;
-  readonly runtimeUser?: number;
-}
-
-/** From the cached VMI (or its absence) and launcher pods to the decide() observation. */
+/** From the cached VMI (or its absence), its launcher pods and migrations to the launcher to use (or why there is none). */
 export function locateLauncher(
   namespace: string,
   vmiName: string,
   rawVmi: unknown,
   rawPods: readonly unknown[],
   rawMigrations: readonly unknown[] = [],
-): LauncherTarget {
+): LauncherLookup {
   if (rawVmi === undefined || rawVmi === null) {
-    return { observation: { kind: 'vmiNotFound', message: `VirtualMachineInstance ${namespace}/${vmiName} not found` } };
+    return { kind: 'vmiNotFound', message: `VirtualMachineInstance ${namespace}/${vmiName} not found` };
   }
   const parsed = VmiSchema.safeParse(rawVmi);
   if (!parsed.success) {
-    return { observation: { kind: 'vmiNotRunning', message: `VirtualMachineInstance ${namespace}/${vmiName} is malformed: ${parsed.error.issues[0]?.message ?? ''}` } };
+    return { kind: 'vmiNotRunning', message: `VirtualMachineInstance ${namespace}/${vmiName} is malformed: ${parsed.error.issues[0]?.message ?? ''}` };
   }
   const vmi = parsed.data;
   const phase = vmi.status?.phase;
   if (phase !== 'Running') {
-    return { observation: { kind: 'vmiNotRunning', message: `VirtualMachineInstance ${namespace}/${vmiName} is ${phase ?? 'without a phase'}, not Running` } };
+    return { kind: 'vmiNotRunning', message: `VirtualMachineInstance ${namespace}/${vmiName} is ${phase ?? 'without a phase'}, not Running` };
   }
   // A requested migration is passed on with the launcher (a running pull is aborted through it,
   // decide.ts); without an acceptable launcher pod (between the source and the target) it is waited for.
@@ -262,31 +291,27 @@ export function locateLauncher(
   }
   const pod = currentLauncherPod(vmi, pods);
   if (pod === undefined && migration !== undefined) {
-    return { observation: { kind: 'migrationInProgress', message: `${migration.message}; waiting until it ends` } };
+    return { kind: 'migrationInProgress', message: `${migration.message}; waiting until it ends` };
   }
   if (pod === undefined) {
     // The VMI runs, so its launcher is what is missing (or refused): LauncherNotFound.
-    return { observation: { kind: 'launcherNotFound', message: noLauncherMessage(vmi, pods) } };
+    return { kind: 'launcherNotFound', message: noLauncherMessage(vmi, pods) };
   }
   const containers = pod.spec?.containers;
   if (containers !== undefined && containers.length > 0 && !containers.some((c) => c.name === LAUNCHER_CONTAINER)) {
-    return { observation: { kind: 'launcherNotFound', message: `pod ${pod.metadata.name} has no container ${LAUNCHER_CONTAINER}` } };
+    return { kind: 'launcherNotFound', message: `pod ${pod.metadata.name} has no container ${LAUNCHER_CONTAINER}` };
   }
-  const runtimeUser = vmi.status?.runtimeUser;
   return {
-    observation: {
-      kind: 'found',
-      launcher: {
-        pod: pod.metadata.name,
-        node: pod.spec?.nodeName ?? '',
-        container: LAUNCHER_CONTAINER,
-        domain: domainName(namespace, vmiName),
-      },
-      ...(migration !== undefined ? { migration } : {}),
+    kind: 'found',
+    launcher: {
+      namespace,
+      pod: pod.metadata.name,
+      node: pod.spec?.nodeName ?? '',
+      container: LAUNCHER_CONTAINER,
+      domain: domainName(namespace, vmiName),
+      uri: libvirtUri(vmi.status?.runtimeUser),
     },
-    uri: libvirtUri(runtimeUser),
-    namespace,
-    ...(runtimeUser !== undefined ? { runtimeUser } : {}),
+    ...(migration !== undefined ? { migration } : {}),
   };
 }
 

@@ -17,14 +17,10 @@ import { ExecRunner } from './exec-runner.ts';
 import { LocalRunner } from '../hypervisor/local-runner.ts';
 import type { BlockJobDriver } from '../hypervisor/types.ts';
 import { VirshDriver } from '../hypervisor/virsh-driver.ts';
+import type { LauncherPod } from './launcher.ts';
 
-export interface LauncherAddress {
-  readonly namespace: string;
-  readonly pod: string;
-  readonly container: string;
-  /** URI from the VMI's runtimeUser (exec transport). */
-  readonly uri: string;
-}
+/** What a transport needs of a launcher pod (the exec transport uses the URI; the local one its registration's). */
+type LauncherAddress = Pick<LauncherPod, 'namespace' | 'pod' | 'container' | 'uri'>;
 
 /** The launcher cannot be reached by this transport (e.g. no stand-in registered). */
 export class LauncherUnavailableError extends Error {

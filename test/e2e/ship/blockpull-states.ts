@@ -4,7 +4,8 @@
 // but not yet observed, and being deleted. Shared by the conditions unit test, the kstatus test
 // (real kstatus library) and the Argo CD health check test, so all three judge the same objects.
 import { FINALIZER, parseBlockPull, type BlockPull, type BlockPullStatus, type Phase, type Reason } from '../../../operator/src/api/types.ts';
-import { decide, decideActionError, type HypervisorObservation, type LauncherObservation, type Observation } from '../../../operator/src/controller/decide.ts';
+import { decide, decideActionError, type HypervisorObservation, type Observation } from '../../../operator/src/controller/decide.ts';
+import type { LauncherLookup } from '../../../operator/src/kubevirt/launcher.ts';
 import type { BlockJobInfo, DiskInfo } from '../../../operator/src/hypervisor/types.ts';
 
 /** What kstatus must say (the table), and what Argo CD's health must agree with. */
@@ -31,9 +32,9 @@ const chain = (paths: readonly string[]): DiskInfo => ({
 });
 const CHAIN3 = chain([TOP, MID, BASE]);
 const FLAT = chain([TOP]);
-const FOUND: LauncherObservation = {
+const FOUND: LauncherLookup = {
   kind: 'found',
-  launcher: { pod: 'virt-launcher-web-1-abcde', node: 'node1', container: 'compute', domain: 'vms_web-1' },
+  launcher: { namespace: 'vms', pod: 'virt-launcher-web-1-abcde', node: 'node1', container: 'compute', domain: 'vms_web-1', uri: 'qemu:///system' },
 };
 const GIB = 1024 ** 3;
 const job = (cur: number, end = GIB): BlockJobInfo => ({ type: 'Block Pull', cur, end, bandwidth: 0 });
