@@ -30,9 +30,9 @@ import {
   type Reason,
 } from '../api/types.ts';
 import { computeGoal, isPullComplete, type PullGoal } from '../hypervisor/completion.ts';
-import { HypervisorError, isHypervisorError } from '../hypervisor/errors.ts';
+import { HypervisorError, isHypervisorError, type HypervisorErrorCode } from '../hypervisor/errors.ts';
 import type { BaseRef, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
-import type { LauncherLookup, MigrationRequest } from '../kubevirt/launcher.ts';
+import type { LauncherLookup, LauncherPod, MigrationRequest } from '../kubevirt/launcher.ts';
 import { boundStatus } from './status-limits.ts';
 
 export type HypervisorObservation =
@@ -377,61 +377,50 @@ export function decide(obs: Observation): Decision {
   return { ...d, status: boundStatus(d.status), ...(d.afterAction !== undefined ? { afterAction: boundStatus(d.afterAction) } : {}) };
 }
 
-function decideUnbounded(obs: Observation): Decision {
+// --- the decision as a chain of named steps ------------------------------------------------------
+// Like cert-manager's policy chains: each step looks at what is known and returns a decision or
+// nothing; the first decision wins. The steps come in four stages, each knowing more than the one
+// before: the object (facts from the BlockPull alone), the launcher (found), the disk (looked at,
+// goal resolved), and the idle disk (no job of ours on it). Order within a stage is the priority.
+
+/** One step of a chain: a decision, or undefined to let the next step decide. */
+type Step<F> = (f: F) => Decision | undefined;
+
+function firstDecision<F>(f: F, steps: readonly Step<F>[]): Decision | undefined {
+  for (const step of steps) {
+    const d = step(f);
+    if (d !== undefined) return d;
+  }
+  return undefined;
+}
+
+/** What the BlockPull and the observation say before the launcher is known. */
+interface ObjectFacts {
+  readonly obs: Observation;
+  readonly bp: BlockPull;
+  readonly now: Date;
+  readonly generation: number | undefined;
+  /** The stored status, with observedGeneration set to this generation. */
+  readonly prior: BlockPullStatus;
+  readonly hasFinalizer: boolean;
+  readonly deleting: boolean;
+  /** The pull job on the disk when it is ours (a pull, and no other BlockPull holds the disk). */
+  readonly ourJob: BlockJobInfo | null;
+  readonly holdsDisk: boolean;
+  readonly recorded: JobState | undefined;
+  /** spec.bandwidth in bytes/s (0: unlimited), or why it cannot be applied. */
+  readonly bandwidth: number;
+  readonly bandwidthError: string | undefined;
+}
+
+function objectFacts(obs: Observation): ObjectFacts {
   const { bp, now } = obs;
   const generation = bp.metadata.generation;
-  const self = blockPullKeyOf(bp);
-  const prior: BlockPullStatus = { ...(bp.status ?? {}), ...(generation !== undefined ? { observedGeneration: generation } : {}) };
-  const hasFinalizer = bp.metadata.finalizers?.includes(FINALIZER) ?? false;
-  const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
-  const hv = obs.hypervisor;
-  const launcher = obs.launcher?.kind === 'found' ? obs.launcher.launcher : undefined;
-  const target = hv?.kind === 'ok' ? hv.disk.target : prior.launcher?.target;
-  const job = hv?.kind === 'ok' ? hv.job : null;
-  const jobIsPull = job !== null && job.type === JOB_TYPE_PULL;
+  const hypervisor = obs.hypervisor;
+  const job = hypervisor?.kind === 'ok' ? hypervisor.job : null;
   // A pull on the disk is ours when no other BlockPull holds the disk.
-  const holdsDisk = obs.diskHolder === null || obs.diskHolder === self;
-  const ourJob = jobIsPull && holdsDisk;
-  const js = recordedJobState(prior);
-
-  // --- deletion: abort our running job (whatever the phase), then let the object go --------
-  if (deleting) {
-    if (!hasFinalizer) return { status: prior, action: { type: 'none' }, requeueAfterMs: null };
-    if (ourJob && launcher !== undefined && target !== undefined && (mayRunOurJob(js) || !isTerminal(prior.phase))) {
-      return {
-        status: withJob(prior, 'Aborting'),
-        action: { type: 'abort', domain: launcher.domain, target },
-        requeueAfterMs: obs.pollIntervalMs,
-      };
-    }
-    if (hv?.kind === 'unreachable' && (prior.phase === 'Running' || mayRunOurJob(js))) {
-      // Cannot confirm the job is gone; keep the finalizer and try again.
-      return { status: prior, action: { type: 'none' }, requeueAfterMs: obs.waitRequeueMs };
-    }
-    return { status: prior, action: { type: 'removeFinalizer' }, requeueAfterMs: null };
-  }
-
-  // --- terminal phases are sticky: re-applying the manifest starts nothing -----------------
-  // The conditions are re-stated for this generation (a spec edit is observed; a status written
-  // before Ready/Reconciling/Stalled existed gets them), keeping lastTransitionTime.
-  if (isTerminal(prior.phase)) {
-    const status =
-      prior.phase !== undefined && isReason(prior.reason)
-        ? withPhase(prior, { phase: prior.phase, reason: prior.reason, message: prior.message ?? '' }, generation, now)
-        : prior;
-    return { status, action: { type: 'none' }, requeueAfterMs: null };
-  }
-
-  if (!hasFinalizer) {
-    const status =
-      prior.phase === undefined
-        ? withPhase(prior, { phase: 'Pending', reason: 'Created', message: 'Looking at the VMI and its disk' }, generation, now)
-        : prior;
-    return { status, action: { type: 'addFinalizer' }, requeueAfterMs: 0 };
-  }
-
-  // A bandwidth the operator cannot apply: Failed, but never while a job of ours may run
-  // (it is aborted first, below).
+  const holdsDisk = obs.diskHolder === null || obs.diskHolder === blockPullKeyOf(bp);
+  const prior: BlockPullStatus = { ...(bp.status ?? {}), ...(generation !== undefined ? { observedGeneration: generation } : {}) };
   let bandwidth = 0;
   let bandwidthError: string | undefined;
   if (bp.spec.bandwidth !== undefined) {
@@ -439,312 +428,472 @@ function decideUnbounded(obs: Observation): Decision {
       bandwidth = parseQuantity(bp.spec.bandwidth);
     } catch (err) {
       bandwidthError = (err as Error).message;
-      if (!mayRunOurJob(js)) return failed(obs, prior, 'InvalidBandwidth', bandwidthError);
     }
   }
-
-  // --- the VMI and its launcher -------------------------------------------------------------
-  const lo = obs.launcher;
-  if (lo === undefined) return waitingStatus(obs, prior, 'VMINotFound', `VMI ${bp.spec.vmiName} was not looked at`);
-  switch (lo.kind) {
-    case 'vmiNotFound':
-      return waitingStatus(obs, prior, 'VMINotFound', lo.message);
-    case 'vmiNotRunning':
-      return waitingStatus(obs, prior, 'VMINotRunning', lo.message);
-    case 'migrationInProgress':
-      return waitingStatus(obs, prior, 'MigrationInProgress', lo.message);
-    case 'launcherNotFound':
-      return waitingStatus(obs, prior, 'LauncherNotFound', lo.message);
-    case 'found':
-      break;
-  }
-  const loc = lo.launcher;
-  // A migration of the VMI is requested: with migrationPolicy Yield (the default) our running
-  // job is aborted (a pause: streamed data is kept) and none is started until it is over; with
-  // WaitForPull a running job goes on (the migration fails and is retried until the pull ends).
-  const migration = lo.migration;
-  const yieldToMigration = migration !== undefined && bp.spec.migrationPolicy !== 'WaitForPull';
-  // The job record was made on another launcher pod (a migration, a new pod): a job of ours ran
-  // in that pod's QEMU and ended with it, which is no failure of the pull.
-  const movedPod = prior.launcher?.pod !== undefined && prior.launcher.pod !== loc.pod;
-  const withLauncher: BlockPullStatus = {
-    ...prior,
-    launcher: { pod: loc.pod, node: loc.node, container: loc.container, domain: loc.domain, ...(target !== undefined ? { target } : {}) },
+  return {
+    obs,
+    bp,
+    now,
+    generation,
+    prior,
+    hasFinalizer: bp.metadata.finalizers?.includes(FINALIZER) ?? false,
+    deleting: bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null,
+    ourJob: job !== null && job.type === JOB_TYPE_PULL && holdsDisk ? job : null,
+    holdsDisk,
+    recorded: recordedJobState(prior),
+    bandwidth,
+    bandwidthError,
   };
-  const migrationWait = (base: BlockPullStatus, m: MigrationRequest): Decision => {
-    // No job of ours runs: none is started while a migration is requested (libvirt would refuse
-    // the migration while it runs), whatever the migrationPolicy.
-    const yielded = prior.reason === 'MigrationInProgress' && (js === 'Aborting' || js === 'Aborted');
-    return waitingStatus(
-      obs,
-      base,
-      'MigrationInProgress',
-      yielded
-        ? `yielded to ${m.name}: the pull is paused at ${prior.progress?.percent ?? '?'} (streamed data is kept) and resumes on the VMI's launcher pod once the migration has ended`
-        : `${m.message}; the pull starts once the migration has ended`,
-    );
+}
+
+/** Deleting: abort our running job (whatever the phase), then let the object go. */
+const deletion: Step<ObjectFacts> = (f) => {
+  if (!f.deleting) return undefined;
+  const { obs, prior } = f;
+  if (!f.hasFinalizer) return { status: prior, action: { type: 'none' }, requeueAfterMs: null };
+  const hypervisor = obs.hypervisor;
+  const launcher = obs.launcher?.kind === 'found' ? obs.launcher.launcher : undefined;
+  const target = hypervisor?.kind === 'ok' ? hypervisor.disk.target : prior.launcher?.target;
+  if (f.ourJob !== null && launcher !== undefined && target !== undefined && (mayRunOurJob(f.recorded) || !isTerminal(prior.phase))) {
+    return { status: withJob(prior, 'Aborting'), action: { type: 'abort', domain: launcher.domain, target }, requeueAfterMs: obs.pollIntervalMs };
+  }
+  if (hypervisor?.kind === 'unreachable' && (prior.phase === 'Running' || mayRunOurJob(f.recorded))) {
+    // Cannot confirm the job is gone; keep the finalizer and try again.
+    return { status: prior, action: { type: 'none' }, requeueAfterMs: obs.waitRequeueMs };
+  }
+  return { status: prior, action: { type: 'removeFinalizer' }, requeueAfterMs: null };
+};
+
+/**
+ * Terminal phases are sticky: re-applying the manifest starts nothing. The conditions are
+ * re-stated for this generation (a spec edit is observed; a status written before
+ * Ready/Reconciling/Stalled existed gets them), keeping lastTransitionTime.
+ */
+const terminalIsSticky: Step<ObjectFacts> = ({ prior, generation, now }) => {
+  if (!isTerminal(prior.phase)) return undefined;
+  const status =
+    prior.phase !== undefined && isReason(prior.reason) ? withPhase(prior, { phase: prior.phase, reason: prior.reason, message: prior.message ?? '' }, generation, now) : prior;
+  return { status, action: { type: 'none' }, requeueAfterMs: null };
+};
+
+/** Our finalizer first (a new BlockPull is Pending/Created meanwhile). */
+const addFinalizer: Step<ObjectFacts> = ({ hasFinalizer, prior, generation, now }) => {
+  if (hasFinalizer) return undefined;
+  const status = prior.phase === undefined ? withPhase(prior, { phase: 'Pending', reason: 'Created', message: 'Looking at the VMI and its disk' }, generation, now) : prior;
+  return { status, action: { type: 'addFinalizer' }, requeueAfterMs: 0 };
+};
+
+/** A bandwidth the operator cannot apply: Failed, but never while a job of ours may run (it is aborted first, below). */
+const invalidBandwidth: Step<ObjectFacts> = (f) =>
+  f.bandwidthError !== undefined && !mayRunOurJob(f.recorded) ? failed(f.obs, f.prior, 'InvalidBandwidth', f.bandwidthError) : undefined;
+
+/** The reason to wait while the VMI's launcher is not found, by what the lookup said. */
+const LAUNCHER_WAIT_REASON: Readonly<Record<Exclude<LauncherLookup['kind'], 'found'>, Reason>> = {
+  vmiNotFound: 'VMINotFound',
+  vmiNotRunning: 'VMINotRunning',
+  migrationInProgress: 'MigrationInProgress',
+  launcherNotFound: 'LauncherNotFound',
+};
+
+const OBJECT_STEPS: readonly Step<ObjectFacts>[] = [deletion, terminalIsSticky, addFinalizer, invalidBandwidth];
+
+/** Wait while the VMI or its launcher pod is not there. */
+function launcherMissing({ obs, prior, bp }: ObjectFacts, lookup: Exclude<LauncherLookup, { kind: 'found' }> | undefined): Decision {
+  if (lookup === undefined) return waitingStatus(obs, prior, 'VMINotFound', `VMI ${bp.spec.vmiName} was not looked at`);
+  return waitingStatus(obs, prior, LAUNCHER_WAIT_REASON[lookup.kind], lookup.message);
+}
+
+/** ... and the VMI's launcher pod, found. */
+interface LauncherFacts extends ObjectFacts {
+  readonly launcherPod: LauncherPod;
+  /**
+   * A migration of the VMI is requested: with migrationPolicy Yield (the default) our running
+   * job is aborted (a pause: streamed data is kept) and none is started until it is over; with
+   * WaitForPull a running job goes on (the migration fails and is retried until the pull ends).
+   */
+  readonly migration: MigrationRequest | undefined;
+  readonly yieldToMigration: boolean;
+  /**
+   * The job record was made on another launcher pod (a migration, a new pod): a job of ours ran
+   * in that pod's QEMU and ended with it, which is no failure of the pull.
+   */
+  readonly movedPod: boolean;
+  /** The prior status with status.launcher set to this pod. */
+  readonly withLauncher: BlockPullStatus;
+}
+
+function launcherFacts(f: ObjectFacts, launcherPod: LauncherPod, migration: MigrationRequest | undefined): LauncherFacts {
+  const { prior, obs } = f;
+  const target = obs.hypervisor?.kind === 'ok' ? obs.hypervisor.disk.target : prior.launcher?.target;
+  return {
+    ...f,
+    launcherPod,
+    migration,
+    yieldToMigration: migration !== undefined && f.bp.spec.migrationPolicy !== 'WaitForPull',
+    movedPod: prior.launcher?.pod !== undefined && prior.launcher.pod !== launcherPod.pod,
+    withLauncher: {
+      ...prior,
+      launcher: { pod: launcherPod.pod, node: launcherPod.node, container: launcherPod.container, domain: launcherPod.domain, ...(target !== undefined ? { target } : {}) },
+    },
   };
-  // No job of ours can run: wait for the migration without looking at libvirt (reconcile.ts does
-  // not look then; the target pod may not even be reachable yet).
-  if (migration !== undefined && !mayRunOurJob(js) && !bp.spec.paused && !deleting) return migrationWait(withLauncher, migration);
+}
 
-  // --- the hypervisor -----------------------------------------------------------------------
-  if (hv === undefined) return waitingStatus(obs, withLauncher, 'HypervisorUnreachable', 'libvirt was not looked at', prior.phase ?? 'Pending');
-  switch (hv.kind) {
-    case 'unreachable': {
-      const base = { ...withLauncher };
-      const d = waitingStatus(obs, base, 'HypervisorUnreachable', hv.message, prior.phase ?? 'Pending');
-      // Progressing is Unknown; judged against the prior status (waitingStatus set it False on the
-      // way), so an unchanged Unknown keeps its lastTransitionTime and nothing is rewritten.
-      const conditions = setCondition(
-        d.status.conditions?.map((c) => (c.type === 'Progressing' ? (getCondition(prior.conditions, 'Progressing') ?? c) : c)),
-        { type: 'Progressing', status: 'Unknown', reason: 'HypervisorUnreachable', message: hv.message },
-        generation,
-        now,
-      );
-      return { ...d, status: { ...d.status, conditions } };
-    }
-    case 'domainNotFound':
-      return waitingStatus(obs, withLauncher, 'DomainNotFound', hv.message);
-    case 'diskNotFound':
-      return failed(obs, withLauncher, 'DiskNotFound', hv.message);
-    case 'ok':
-      break;
-  }
-  const disk = hv.disk;
+/**
+ * Wait for a requested migration. No job of ours runs: none is started while a migration is
+ * requested (libvirt would refuse the migration while it runs), whatever the migrationPolicy.
+ */
+function migrationWait(f: LauncherFacts, base: BlockPullStatus, m: MigrationRequest): Decision {
+  const { prior } = f;
+  const yielded = prior.reason === 'MigrationInProgress' && (f.recorded === 'Aborting' || f.recorded === 'Aborted');
+  return waitingStatus(
+    f.obs,
+    base,
+    'MigrationInProgress',
+    yielded
+      ? `yielded to ${m.name}: the pull is paused at ${prior.progress?.percent ?? '?'} (streamed data is kept) and resumes on the VMI's launcher pod once the migration has ended`
+      : `${m.message}; the pull starts once the migration has ended`,
+  );
+}
 
-  // Another block job on the disk (not a pull, or a pull of another BlockPull): wait.
-  if (job !== null && !ourJob) {
-    const who = jobIsPull ? `BlockPull ${obs.diskHolder ?? '?'}` : 'another program';
-    return waitingStatus(obs, withLauncher, 'DiskBusy', `disk ${bp.spec.disk} (${disk.target}) is busy: a ${job.type} job of ${who} runs on it`);
-  }
-  if (!holdsDisk) {
-    return waitingStatus(obs, withLauncher, 'DiskBusy', `disk ${bp.spec.disk} is held by BlockPull ${obs.diskHolder ?? '?'}; waiting until it ends`);
-  }
+/** No job of ours can run: wait for the migration without looking at libvirt (reconcile.ts does not look then; the target pod may not even be reachable yet). */
+const migrationBeforeLooking = (f: LauncherFacts): Decision | undefined =>
+  f.migration !== undefined && !mayRunOurJob(f.recorded) && !f.bp.spec.paused ? migrationWait(f, f.withLauncher, f.migration) : undefined;
 
-  // We hold the disk: record the chain at the first look and resolve the goal.
+/** What libvirt's answer other than the disk means: wait with a reason, fail, or (unreachable) Progressing Unknown. */
+const HYPERVISOR_PROBLEM: Readonly<Record<Exclude<HypervisorObservation['kind'], 'ok'>, { readonly reason: Reason; readonly outcome: 'wait' | 'fail' | 'unknown' }>> = {
+  unreachable: { reason: 'HypervisorUnreachable', outcome: 'unknown' },
+  domainNotFound: { reason: 'DomainNotFound', outcome: 'wait' },
+  diskNotFound: { reason: 'DiskNotFound', outcome: 'fail' },
+};
+
+/** libvirt was not looked at, or did not show the disk. */
+function hypervisorProblem(f: LauncherFacts, hypervisor: Exclude<HypervisorObservation, { kind: 'ok' }> | undefined): Decision {
+  const { obs, prior, withLauncher, generation, now } = f;
+  if (hypervisor === undefined) return waitingStatus(obs, withLauncher, 'HypervisorUnreachable', 'libvirt was not looked at', prior.phase ?? 'Pending');
+  const { reason, outcome } = HYPERVISOR_PROBLEM[hypervisor.kind];
+  if (outcome === 'fail') return failed(obs, withLauncher, reason, hypervisor.message);
+  if (outcome === 'wait') return waitingStatus(obs, withLauncher, reason, hypervisor.message);
+  const d = waitingStatus(obs, withLauncher, reason, hypervisor.message, prior.phase ?? 'Pending');
+  // Progressing is Unknown; judged against the prior status (waitingStatus set it False on the
+  // way), so an unchanged Unknown keeps its lastTransitionTime and nothing is rewritten.
+  const conditions = setCondition(
+    d.status.conditions?.map((c) => (c.type === 'Progressing' ? (getCondition(prior.conditions, 'Progressing') ?? c) : c)),
+    { type: 'Progressing', status: 'Unknown', reason, message: hypervisor.message },
+    generation,
+    now,
+  );
+  return { ...d, status: { ...d.status, conditions } };
+}
+
+/** Another block job on the disk (not a pull, or a pull of another BlockPull), or another BlockPull holds the disk: wait. */
+function diskBusy(f: LauncherFacts, hypervisor: Extract<HypervisorObservation, { kind: 'ok' }>): Decision | undefined {
+  const { obs, bp, withLauncher } = f;
+  const job = hypervisor.job;
+  if (job !== null && f.ourJob === null) {
+    const who = job.type === JOB_TYPE_PULL ? `BlockPull ${obs.diskHolder ?? '?'}` : 'another program';
+    return waitingStatus(obs, withLauncher, 'DiskBusy', `disk ${bp.spec.disk} (${hypervisor.disk.target}) is busy: a ${job.type} job of ${who} runs on it`);
+  }
+  if (!f.holdsDisk) return waitingStatus(obs, withLauncher, 'DiskBusy', `disk ${bp.spec.disk} is held by BlockPull ${obs.diskHolder ?? '?'}; waiting until it ends`);
+  return undefined;
+}
+
+/** ... and the disk, looked at and held by this BlockPull, with the goal of the pull. */
+interface DiskFacts extends LauncherFacts {
+  readonly disk: DiskInfo;
+  readonly goal: PullGoal;
+  /** The chain was recorded at this look (status.backingChain.before was not set). */
+  readonly firstLook: boolean;
+  /** withLauncher with status.backingChain (before, current, basePath). */
+  readonly chained: BlockPullStatus;
+  readonly attempts: number;
+  readonly retries: number;
+}
+
+/** We hold the disk: record the chain at the first look and resolve the goal (InvalidBase: Failed). */
+function diskFacts(f: LauncherFacts, disk: DiskInfo): DiskFacts | Decision {
+  const { prior, bp } = f;
   const firstLook = prior.backingChain?.before === undefined;
   const before = prior.backingChain?.before ?? layers(disk.chain);
   let goal: PullGoal;
   try {
     goal = firstLook ? goalOf(bp, disk.target, before) : goalFromStatus(bp, disk, before, prior.backingChain?.basePath);
   } catch (err) {
-    if (isHypervisorError(err, 'InvalidBase')) return failed(obs, withLauncher, 'InvalidBase', err.message);
+    if (isHypervisorError(err, 'InvalidBase')) return failed(f.obs, f.withLauncher, 'InvalidBase', err.message);
     throw err;
   }
-  const chained: BlockPullStatus = {
-    ...withLauncher,
-    backingChain: {
-      before,
-      current: layers(disk.chain),
-      ...(goal.basePath !== undefined ? { basePath: goal.basePath } : {}),
+  return {
+    ...f,
+    disk,
+    goal,
+    firstLook,
+    chained: {
+      ...f.withLauncher,
+      backingChain: { before, current: layers(disk.chain), ...(goal.basePath !== undefined ? { basePath: goal.basePath } : {}) },
     },
+    attempts: prior.attempts ?? 0,
+    retries: prior.retries ?? 0,
   };
-  const attempts = prior.attempts ?? 0;
-  const retries = prior.retries ?? 0;
+}
 
-  // --- the disk says it is done --------------------------------------------------------------
-  if (isPullComplete(job, disk, goal)) {
-    const total = prior.progress?.totalBytes;
-    const progress: Progress = {
-      ...(total !== undefined ? { currentBytes: total, totalBytes: total } : {}),
-      percent: '100%',
-      bytesPerSecond: 0,
-      etaSeconds: 0,
-    };
-    const nothing = firstLook && attempts === 0;
-    const chainText = disk.chain.map((l) => l.path).join(' <- ');
-    const message = nothing
-      ? `nothing to do: the chain of ${disk.target} is already at its goal (${chainText})`
-      : `pulled: the chain of ${disk.target} is now ${chainText}`;
-    const ended = withJob({ ...chained, progress }, js === undefined ? undefined : 'Ended');
+/** The disk says it is done: Completed (NothingToDo when it was so at the first look). */
+const pullComplete: Step<DiskFacts> = (f) => {
+  const { disk, prior } = f;
+  if (!isPullComplete(f.ourJob, disk, f.goal)) return undefined;
+  const total = prior.progress?.totalBytes;
+  const progress: Progress = { ...(total !== undefined ? { currentBytes: total, totalBytes: total } : {}), percent: '100%', bytesPerSecond: 0, etaSeconds: 0 };
+  const nothing = f.firstLook && f.attempts === 0;
+  const chainText = disk.chain.map((l) => l.path).join(' <- ');
+  const message = nothing ? `nothing to do: the chain of ${disk.target} is already at its goal (${chainText})` : `pulled: the chain of ${disk.target} is now ${chainText}`;
+  const ended = withJob({ ...f.chained, progress }, f.recorded === undefined ? undefined : 'Ended');
+  return {
+    status: withPhase(ended, { phase: 'Completed', reason: nothing ? 'NothingToDo' : 'Completed', message }, f.generation, f.now),
+    action: { type: 'none' },
+    requeueAfterMs: null,
+  };
+};
+
+/** ... and our pull job, running on the disk, with its progress. */
+interface RunningFacts extends DiskFacts {
+  readonly job: BlockJobInfo;
+  readonly progress: Progress;
+  readonly sample: ProgressSample;
+}
+
+/** Why our running job is aborted (the first that applies), or undefined: it goes on. */
+type StopReason = (f: RunningFacts) => PhaseInput | undefined;
+
+const STOP_OUR_JOB: readonly StopReason[] = [
+  (f) =>
+    f.bandwidthError !== undefined
+      ? { phase: 'Running', reason: 'InvalidBandwidth', message: `${f.bandwidthError}: aborting the running job first (streamed data is kept), then Failed` }
+      : undefined,
+  (f) => (f.bp.spec.paused ? { phase: 'Paused', reason: 'Paused', message: `paused at ${f.progress.percent}: aborting the job, streamed data is kept` } : undefined),
+  (f) =>
+    f.yieldToMigration && f.migration !== undefined
+      ? {
+          phase: 'Pending',
+          reason: 'MigrationInProgress',
+          message: `yielding to ${f.migration.name}: aborting the pull at ${f.progress.percent} (streamed data is kept); it resumes on the VMI's launcher pod once the migration has ended`,
+        }
+      : undefined,
+];
+
+/** Our pull runs: abort it (bad bandwidth, pause, migration), or report progress and keep its bandwidth right. */
+function ourPullRuns(f: RunningFacts): Decision {
+  const { bp, disk, launcherPod, progress, sample, prior, job, bandwidth, migration } = f;
+  for (const stop of STOP_OUR_JOB) {
+    const why = stop(f);
+    if (why === undefined) continue;
     return {
-      status: withPhase(ended, { phase: 'Completed', reason: nothing ? 'NothingToDo' : 'Completed', message }, generation, now),
-      action: { type: 'none' },
-      requeueAfterMs: null,
+      status: withPhase(withJob({ ...f.chained, progress }, 'Aborting'), why, f.generation, f.now),
+      action: { type: 'abort', domain: launcherPod.domain, target: disk.target },
+      requeueAfterMs: f.obs.pollIntervalMs,
+      sample,
     };
   }
+  // Adopted: running, and not started by this process (whatever the status said before).
+  const adopted = f.obs.jobStartedHere !== true;
+  const reason: Reason = adopted ? 'Adopted' : prior.phase === 'Running' && prior.reason === 'Retrying' ? 'Retrying' : 'Pulling';
+  const status = withPhase(
+    { ...withJob(f.chained, 'Running'), progress, attempts: Math.max(f.attempts, 1), ...(prior.startTime === undefined ? { startTime: timestamp(f.now) } : {}) },
+    {
+      phase: 'Running',
+      reason,
+      message: `${adopted ? 'adopted the running pull' : 'pulling'} ${bp.spec.disk} (${disk.target}): ${progress.percent} of ${formatBytes(progress.totalBytes ?? 0)}${bandwidthMessage(bandwidth)}${migration !== undefined ? `; ${migration.name} waits for the pull to end (migrationPolicy WaitForPull)` : ''}`,
+    },
+    f.generation,
+    f.now,
+  );
+  const action: Action = job.bandwidth !== bandwidth ? { type: 'setBandwidth', domain: launcherPod.domain, target: disk.target, bandwidth } : { type: 'none' };
+  return { status, action, requeueAfterMs: f.obs.pollIntervalMs, sample };
+}
 
-  // --- our pull runs -------------------------------------------------------------------------
-  if (ourJob) {
-    const { progress, sample } = progressFrom(job, obs.previousSample, now.getTime());
-    if (bandwidthError !== undefined) {
-      return {
-        status: withPhase(
-          withJob({ ...chained, progress }, 'Aborting'),
-          { phase: 'Running', reason: 'InvalidBandwidth', message: `${bandwidthError}: aborting the running job first (streamed data is kept), then Failed` },
-          generation,
-          now,
-        ),
-        action: { type: 'abort', domain: loc.domain, target: disk.target },
-        requeueAfterMs: obs.pollIntervalMs,
-        sample,
-      };
-    }
-    if (bp.spec.paused) {
-      return {
-        status: withPhase(
-          withJob({ ...chained, progress }, 'Aborting'),
-          { phase: 'Paused', reason: 'Paused', message: `paused at ${progress.percent}: aborting the job, streamed data is kept` },
-          generation,
-          now,
-        ),
-        action: { type: 'abort', domain: loc.domain, target: disk.target },
-        requeueAfterMs: obs.pollIntervalMs,
-        sample,
-      };
-    }
-    if (yieldToMigration) {
-      return {
-        status: withPhase(
-          withJob({ ...chained, progress }, 'Aborting'),
-          {
-            phase: 'Pending',
-            reason: 'MigrationInProgress',
-            message: `yielding to ${migration.name}: aborting the pull at ${progress.percent} (streamed data is kept); it resumes on the VMI's launcher pod once the migration has ended`,
-          },
-          generation,
-          now,
-        ),
-        action: { type: 'abort', domain: loc.domain, target: disk.target },
-        requeueAfterMs: obs.pollIntervalMs,
-        sample,
-      };
-    }
-    // Adopted: running, and not started by this process (whatever the status said before).
-    const adopted = obs.jobStartedHere !== true;
-    const reason: Reason = adopted ? 'Adopted' : prior.phase === 'Running' && prior.reason === 'Retrying' ? 'Retrying' : 'Pulling';
-    const status = withPhase(
-      {
-        ...withJob(chained, 'Running'),
-        progress,
-        attempts: Math.max(attempts, 1),
-        ...(prior.startTime === undefined ? { startTime: timestamp(now) } : {}),
-      },
-      {
-        phase: 'Running',
-        reason,
-        message: `${adopted ? 'adopted the running pull' : 'pulling'} ${bp.spec.disk} (${disk.target}): ${progress.percent} of ${formatBytes(progress.totalBytes ?? 0)}${bandwidthMessage(bandwidth)}${migration !== undefined ? `; ${migration.name} waits for the pull to end (migrationPolicy WaitForPull)` : ''}`,
-      },
-      generation,
-      now,
+/** ... and no job on the disk, its chain short of the goal. */
+interface IdleFacts extends DiskFacts {
+  /** The job record settled: what ended the last job (Ended, Aborted), or as it was. */
+  readonly settled: BlockPullStatus;
+  /** Our job ended on its own short of the goal: a retry is due. */
+  readonly retryDue: boolean;
+  /** A start was recorded but is not known to have run: it is made again as the same attempt. */
+  readonly replay: boolean;
+  /** ` (the hypervisor said: ...)` when QEMU's reason for the last failure is known. */
+  readonly hypervisorSaid: string;
+}
+
+/**
+ * What ended the last job, by the record: our abort (a pause, never a failure), or the job
+ * itself (Running: ended short of the goal, a retry is due). A start recorded but not known to
+ * have run (Starting: the operator stopped, or its write was lost, between recording the start
+ * and its outcome) is neither: it is made again as the same attempt (counted once). On another
+ * launcher pod than the record's, a Running or Aborting job ended with the old pod (a
+ * migration): Aborted, never a failure.
+ */
+function idleFacts(f: DiskFacts): IdleFacts {
+  const js = f.recorded;
+  const lostWithPod = f.movedPod && (js === 'Running' || js === 'Aborting');
+  return {
+    ...f,
+    settled: withJob(f.chained, lostWithPod ? 'Aborted' : js === 'Running' ? 'Ended' : js === 'Aborting' ? 'Aborted' : js),
+    retryDue: !lostWithPod && (js === 'Running' || js === 'Ended'),
+    replay: js === 'Starting',
+    hypervisorSaid: f.obs.lastJobError !== undefined ? ` (the hypervisor said: ${f.obs.lastJobError})` : '',
+  };
+}
+
+const invalidBandwidthIdle: Step<IdleFacts> = (f) => (f.bandwidthError !== undefined ? failed(f.obs, f.settled, 'InvalidBandwidth', f.bandwidthError) : undefined);
+
+const pausedIdle: Step<IdleFacts> = ({ bp, prior, settled, generation, now }) => {
+  if (!bp.spec.paused) return undefined;
+  const at = prior.progress?.percent ? ` at ${prior.progress.percent}` : '';
+  return {
+    status: withPhase(settled, { phase: 'Paused', reason: 'Paused', message: `paused${at}; set spec.paused to false to continue` }, generation, now),
+    action: { type: 'none' },
+    requeueAfterMs: null,
+  };
+};
+
+/** Our job ended on its own (failed, or canceled by someone else) short of the goal: retry after a backoff, or Failed. */
+const jobEndedShort: Step<IdleFacts> = (f) => {
+  if (!f.retryDue) return undefined;
+  const { bp, retries, disk, obs, hypervisorSaid } = f;
+  if (retries >= bp.spec.maxRetries) {
+    return failed(
+      obs,
+      f.settled,
+      'RetryLimitExceeded',
+      `the pull ended short of its goal ${retries + 1} time(s)${hypervisorSaid} (maxRetries ${bp.spec.maxRetries}); chain is ${disk.chain.map((l) => l.path).join(' <- ')}`,
     );
-    const action: Action =
-      job.bandwidth !== bandwidth ? { type: 'setBandwidth', domain: loc.domain, target: disk.target, bandwidth } : { type: 'none' };
-    return { status, action, requeueAfterMs: obs.pollIntervalMs, sample };
   }
+  // Started again after a backoff, not at once: a cause that persists (a full filesystem)
+  // would otherwise burn every retry within seconds.
+  const delay = backoffMs(retries + 1, obs.waitRequeueMs);
+  return {
+    // The retry is counted here, and the job record cleared: the next look waits out the
+    // backoff and starts again, never counting this ending twice.
+    status: withPhase(
+      { ...withJob(f.settled, undefined), retries: retries + 1 },
+      { phase: 'Pending', reason: 'JobFailed', message: `the block job ended short of its goal${hypervisorSaid}; retry ${retries + 1}/${bp.spec.maxRetries} after ${Math.ceil(delay / 1000)} s` },
+      f.generation,
+      f.now,
+    ),
+    action: { type: 'none' },
+    requeueAfterMs: delay,
+  };
+};
 
-  // --- no job, chain not at its goal --------------------------------------------------------
-  // What ended the last job, by the record: our abort (a pause, never a failure), or the job
-  // itself (Running: ended short of the goal, a retry is due). A start recorded but not known to
-  // have run (Starting: the operator stopped, or its write was lost, between recording the start
-  // and its outcome) is neither: it is made again as the same attempt (counted once).
-  // On another launcher pod than the record's, a Running or Aborting job ended with the old pod
-  // (a migration): Aborted, never a failure.
-  const lostWithPod = movedPod && (js === 'Running' || js === 'Aborting');
-  const retryDue = !lostWithPod && (js === 'Running' || js === 'Ended');
-  const replay = js === 'Starting';
-  const settled = withJob(chained, lostWithPod ? 'Aborted' : js === 'Running' ? 'Ended' : js === 'Aborting' ? 'Aborted' : js);
-  if (bandwidthError !== undefined) return failed(obs, settled, 'InvalidBandwidth', bandwidthError);
-  if (bp.spec.paused) {
-    return {
-      status: withPhase(
-        settled,
-        { phase: 'Paused', reason: 'Paused', message: `paused${prior.progress?.percent ? ` at ${prior.progress.percent}` : ''}; set spec.paused to false to continue` },
-        generation,
-        now,
-      ),
-      action: { type: 'none' },
-      requeueAfterMs: null,
-    };
-  }
+/** The backoff after a failed job runs from the moment it was seen (Progressing went False). */
+const retryBackoff: Step<IdleFacts> = (f) => {
+  const { prior, retries, obs, bp } = f;
+  if (!(prior.phase === 'Pending' && prior.reason === 'JobFailed' && retries > 0)) return undefined;
+  const since = Date.parse(getCondition(prior.conditions, 'Progressing')?.lastTransitionTime ?? '');
+  const left = since + backoffMs(retries, obs.waitRequeueMs) - f.now.getTime();
+  if (!Number.isFinite(since) || left <= 0) return undefined;
+  const message =
+    obs.lastJobError !== undefined && !(prior.message ?? '').includes(obs.lastJobError)
+      ? `the block job ended short of its goal${f.hypervisorSaid}; retry ${retries}/${bp.spec.maxRetries} after ${Math.ceil(backoffMs(retries, obs.waitRequeueMs) / 1000)} s`
+      : (prior.message ?? '');
+  return { status: withPhase(f.settled, { phase: 'Pending', reason: 'JobFailed', message }, f.generation, f.now), action: { type: 'none' }, requeueAfterMs: left };
+};
 
-  const why = obs.lastJobError !== undefined ? ` (the hypervisor said: ${obs.lastJobError})` : '';
-  if (retryDue) {
-    // Our job ended on its own (failed, or canceled by someone else) short of the goal.
-    if (retries >= bp.spec.maxRetries) {
-      return failed(
-        obs,
-        settled,
-        'RetryLimitExceeded',
-        `the pull ended short of its goal ${retries + 1} time(s)${why} (maxRetries ${bp.spec.maxRetries}); chain is ${disk.chain.map((l) => l.path).join(' <- ')}`,
-      );
-    }
-    // Started again after a backoff, not at once: a cause that persists (a full filesystem)
-    // would otherwise burn every retry within seconds.
-    const delay = backoffMs(retries + 1, obs.waitRequeueMs);
-    return {
-      // The retry is counted here, and the job record cleared: the next look waits out the
-      // backoff and starts again, never counting this ending twice.
-      status: withPhase(
-        { ...withJob(settled, undefined), retries: retries + 1 },
-        { phase: 'Pending', reason: 'JobFailed', message: `the block job ended short of its goal${why}; retry ${retries + 1}/${bp.spec.maxRetries} after ${Math.ceil(delay / 1000)} s` },
-        generation,
-        now,
-      ),
-      action: { type: 'none' },
-      requeueAfterMs: delay,
-    };
-  }
-  if (prior.phase === 'Pending' && prior.reason === 'JobFailed' && retries > 0) {
-    // The backoff after a failed job runs from the moment it was seen (Progressing went False).
-    const since = Date.parse(getCondition(prior.conditions, 'Progressing')?.lastTransitionTime ?? '');
-    const left = since + backoffMs(retries, obs.waitRequeueMs) - now.getTime();
-    if (Number.isFinite(since) && left > 0) {
-      const message =
-        obs.lastJobError !== undefined && !(prior.message ?? '').includes(obs.lastJobError)
-          ? `the block job ended short of its goal${why}; retry ${retries}/${bp.spec.maxRetries} after ${Math.ceil(backoffMs(retries, obs.waitRequeueMs) / 1000)} s`
-          : (prior.message ?? '');
-      return { status: withPhase(settled, { phase: 'Pending', reason: 'JobFailed', message }, generation, now), action: { type: 'none' }, requeueAfterMs: left };
-    }
-  }
-  if (migration !== undefined) return migrationWait(settled, migration);
-  const nextRetries = retries;
-  const retrying = (replay && prior.reason === 'Retrying') || (retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace'));
-  const reason: Reason = retrying ? 'Retrying' : 'Pulling';
+const migrationRequested: Step<IdleFacts> = (f) => (f.migration !== undefined ? migrationWait(f, f.settled, f.migration) : undefined);
 
-  if (obs.slots.running >= obs.slots.maxConcurrentPulls) {
-    return waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.slots.maxConcurrentPulls})`);
-  }
-  if (obs.slots.runningOnNode >= obs.slots.maxPullsPerNode) {
-    return waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${loc.node} (limit ${obs.slots.maxPullsPerNode})`);
-  }
+const noClusterSlot: Step<IdleFacts> = ({ obs, settled }) =>
+  obs.slots.running >= obs.slots.maxConcurrentPulls
+    ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.slots.maxConcurrentPulls})`)
+    : undefined;
 
-  // Pre-flight: the data to pull must fit, with the margin, where the active image lives.
+const noNodeSlot: Step<IdleFacts> = ({ obs, settled, launcherPod }) =>
+  obs.slots.runningOnNode >= obs.slots.maxPullsPerNode
+    ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${launcherPod.node} (limit ${obs.slots.maxPullsPerNode})`)
+    : undefined;
+
+/** Pre-flight: the data to pull must fit, with the margin, where the active image lives. */
+const insufficientSpace: Step<IdleFacts> = ({ obs, settled, hypervisorSaid }) => {
   const short = spaceShortage(obs.space, obs.spaceMarginBytes ?? 0, obs.spaceMarginPercent ?? 0);
-  if (short !== undefined) {
-    const recheck = obs.spaceRecheckMs ?? obs.waitRequeueMs;
-    return {
-      ...waitingStatus(obs, settled, 'InsufficientSpace', `${short}${why}; checked again with backoff (${Math.ceil(obs.waitRequeueMs / 1000)} s, doubling, at most ${MAX_BACKOFF_MS / 60_000} min)`),
-      requeueAfterMs: recheck,
-    };
-  }
+  if (short === undefined) return undefined;
+  return {
+    ...waitingStatus(
+      obs,
+      settled,
+      'InsufficientSpace',
+      `${short}${hypervisorSaid}; checked again with backoff (${Math.ceil(obs.waitRequeueMs / 1000)} s, doubling, at most ${MAX_BACKOFF_MS / 60_000} min)`,
+    ),
+    requeueAfterMs: obs.spaceRecheckMs ?? obs.waitRequeueMs,
+  };
+};
 
-  // The start is recorded (Starting, counted in attempts) before it is made; confirmed after.
+const IDLE_STEPS: readonly Step<IdleFacts>[] = [invalidBandwidthIdle, pausedIdle, jobEndedShort, retryBackoff, migrationRequested, noClusterSlot, noNodeSlot, insufficientSpace];
+
+/** Start the pull: recorded (Starting, counted in attempts) before it is made; confirmed after (afterAction). */
+function startPull(f: IdleFacts): Decision {
+  const { prior, bp, retries, attempts, goal, launcherPod, disk, bandwidth } = f;
+  const retrying = (f.replay && prior.reason === 'Retrying') || (retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace'));
+  const reason: Reason = retrying ? 'Retrying' : 'Pulling';
   const startBase: BaseRef | undefined = goal.basePath !== undefined ? { path: goal.basePath } : undefined;
+  const resumed = prior.reason === 'MigrationInProgress' ? `resumed after the migration on pod ${launcherPod.pod} (node ${launcherPod.node}): ` : '';
+  const retry = reason === 'Retrying' ? `retry ${retries}/${bp.spec.maxRetries}: ` : '';
   const status = withPhase(
     {
-      ...withJob(settled, 'Starting'),
-      attempts: replay ? Math.max(attempts, 1) : attempts + 1,
-      retries: nextRetries,
+      ...withJob(f.settled, 'Starting'),
+      attempts: f.replay ? Math.max(attempts, 1) : attempts + 1,
+      retries,
       progress: { currentBytes: 0, totalBytes: prior.progress?.totalBytes ?? 0, percent: prior.progress?.percent ?? '0%', bytesPerSecond: 0 },
-      ...(prior.startTime === undefined ? { startTime: timestamp(now) } : {}),
+      ...(prior.startTime === undefined ? { startTime: timestamp(f.now) } : {}),
     },
     {
       phase: 'Running',
       reason,
-      message: `${prior.reason === 'MigrationInProgress' ? `resumed after the migration on pod ${loc.pod} (node ${loc.node}): ` : ''}${reason === 'Retrying' ? `retry ${nextRetries}/${bp.spec.maxRetries}: ` : ''}started pulling ${bp.spec.disk} (${disk.target}) ${goal.basePath !== undefined ? `down to ${goal.basePath}` : 'into a single image'}${bandwidthMessage(bandwidth)}`,
+      message: `${resumed}${retry}started pulling ${bp.spec.disk} (${disk.target}) ${goal.basePath !== undefined ? `down to ${goal.basePath}` : 'into a single image'}${bandwidthMessage(bandwidth)}`,
     },
-    generation,
-    now,
+    f.generation,
+    f.now,
   );
   return {
     status,
-    action: { type: 'startPull', domain: loc.domain, target: disk.target, ...(startBase !== undefined ? { base: startBase } : {}), bandwidth },
+    action: { type: 'startPull', domain: launcherPod.domain, target: disk.target, ...(startBase !== undefined ? { base: startBase } : {}), bandwidth },
     afterAction: withJob(status, 'Running'),
-    requeueAfterMs: obs.pollIntervalMs,
+    requeueAfterMs: f.obs.pollIntervalMs,
   };
 }
+
+/**
+ * The chain, in order: the object's steps; the launcher (missing: wait); a migration to wait
+ * for before looking at libvirt; libvirt's answer (no disk: wait or fail); a busy disk; the goal
+ * (InvalidBase); a pull complete; our running pull; the idle disk's steps; else the start.
+ */
+function decideUnbounded(obs: Observation): Decision {
+  const object = objectFacts(obs);
+  const early = firstDecision(object, OBJECT_STEPS);
+  if (early !== undefined) return early;
+  const lookup = obs.launcher;
+  if (lookup?.kind !== 'found') return launcherMissing(object, lookup);
+  const launcher = launcherFacts(object, lookup.launcher, lookup.migration);
+  const waitForMigration = migrationBeforeLooking(launcher);
+  if (waitForMigration !== undefined) return waitForMigration;
+  const hypervisor = obs.hypervisor;
+  if (hypervisor?.kind !== 'ok') return hypervisorProblem(launcher, hypervisor);
+  const busy = diskBusy(launcher, hypervisor);
+  if (busy !== undefined) return busy;
+  const disk = diskFacts(launcher, hypervisor.disk);
+  if ('action' in disk) return disk;
+  const complete = pullComplete(disk);
+  if (complete !== undefined) return complete;
+  if (disk.ourJob !== null) {
+    const { progress, sample } = progressFrom(disk.ourJob, obs.previousSample, obs.now.getTime());
+    return ourPullRuns({ ...disk, job: disk.ourJob, progress, sample });
+  }
+  const idle = idleFacts(disk);
+  return firstDecision(idle, IDLE_STEPS) ?? startPull(idle);
+}
+
+/** A start refused with these hypervisor errors: the phase and reason to show (the message is the error's). */
+const START_REFUSED: Partial<Readonly<Record<HypervisorErrorCode, { readonly phase: 'Pending' | 'Failed'; readonly reason: Reason }>>> = {
+  DiskBusy: { phase: 'Pending', reason: 'DiskBusy' },
+  InvalidBase: { phase: 'Failed', reason: 'InvalidBase' },
+  DiskNotFound: { phase: 'Failed', reason: 'DiskNotFound' },
+  DomainNotFound: { phase: 'Pending', reason: 'DomainNotFound' },
+  Unreachable: { phase: 'Pending', reason: 'HypervisorUnreachable' },
+};
 
 /**
  * After a failed action: the status to write. Typed hypervisor errors become reasons; other
@@ -758,44 +907,22 @@ export function decideActionError(obs: Observation, decided: Decision, err: unkn
 function decideActionErrorUnbounded(obs: Observation, decided: Decision, err: unknown): Decision | undefined {
   const { bp, now } = obs;
   const prior: BlockPullStatus = bp.status ?? {};
-  const generation = bp.metadata.generation;
   if (decided.action.type !== 'startPull') return undefined;
   // The job was not started: do not count it, and no job of ours runs. A replayed start
   // (Starting) was counted when it was first recorded: that count is taken back too.
   const replayed = recordedJobState(prior) === 'Starting';
   const attempts = Math.max(0, (prior.attempts ?? 0) - (replayed ? 1 : 0));
-  const priorRetries = Math.max(0, (prior.retries ?? 0) - (replayed && prior.reason === 'Retrying' ? 1 : 0));
-  const base: BlockPullStatus = withJob({ ...decided.status, attempts, retries: priorRetries }, undefined);
-  if (isHypervisorError(err, 'DiskBusy')) {
-    return {
-      status: withPhase({ ...base, phase: prior.phase ?? 'Pending' }, { phase: 'Pending', reason: 'DiskBusy', message: err.message }, generation, now),
-      action: { type: 'none' },
-      requeueAfterMs: obs.waitRequeueMs,
-    };
-  }
-  if (isHypervisorError(err, 'InvalidBase')) {
-    return { status: withPhase(base, { phase: 'Failed', reason: 'InvalidBase', message: err.message }, generation, now), action: { type: 'none' }, requeueAfterMs: null };
-  }
-  if (isHypervisorError(err, 'DiskNotFound')) {
-    return { status: withPhase(base, { phase: 'Failed', reason: 'DiskNotFound', message: err.message }, generation, now), action: { type: 'none' }, requeueAfterMs: null };
-  }
-  if (isHypervisorError(err, 'DomainNotFound') || isHypervisorError(err, 'Unreachable')) {
-    const reason: Reason = isHypervisorError(err, 'DomainNotFound') ? 'DomainNotFound' : 'HypervisorUnreachable';
-    return {
-      status: withPhase(base, { phase: 'Pending', reason, message: (err as Error).message }, generation, now),
-      action: { type: 'none' },
-      requeueAfterMs: obs.waitRequeueMs,
-    };
-  }
+  const retries = Math.max(0, (prior.retries ?? 0) - (replayed && prior.reason === 'Retrying' ? 1 : 0));
+  const base: BlockPullStatus = withJob({ ...decided.status, attempts, retries }, undefined);
+  const outcome = (status: BlockPullStatus, p: PhaseInput): Decision => ({
+    status: withPhase(status, p, bp.metadata.generation, now),
+    action: { type: 'none' },
+    requeueAfterMs: p.phase === 'Failed' ? null : obs.waitRequeueMs,
+  });
+  const refused = isHypervisorError(err) ? START_REFUSED[err.code] : undefined;
+  if (refused !== undefined) return outcome(base, { ...refused, message: (err as Error).message });
   // Any other failure to start (virsh error, job failed at once): counts against maxRetries.
   const message = `starting the pull failed: ${err instanceof Error ? err.message : String(err)}`;
-  const retries = priorRetries;
-  if (retries >= bp.spec.maxRetries) {
-    return { status: withPhase(base, { phase: 'Failed', reason: 'JobFailed', message }, generation, now), action: { type: 'none' }, requeueAfterMs: null };
-  }
-  return {
-    status: withPhase({ ...base, retries: retries + 1 }, { phase: 'Pending', reason: 'JobFailed', message: `${message} (retry ${retries + 1}/${bp.spec.maxRetries})` }, generation, now),
-    action: { type: 'none' },
-    requeueAfterMs: obs.waitRequeueMs,
-  };
+  if (retries >= bp.spec.maxRetries) return outcome(base, { phase: 'Failed', reason: 'JobFailed', message });
+  return outcome({ ...base, retries: retries + 1 }, { phase: 'Pending', reason: 'JobFailed', message: `${message} (retry ${retries + 1}/${bp.spec.maxRetries})` });
 }
