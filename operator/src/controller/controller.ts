@@ -106,9 +106,7 @@ export class Controller {
     this.blockPulls.addEventHandler({
       add: wake,
       update: (obj) => {
-        const key = objectKeyOf(obj);
-        this.reconciler.cacheCaughtUp(key, obj.metadata?.resourceVersion);
-        if (!this.reconciler.isOwnWrite(key, obj.metadata?.resourceVersion)) wake(obj);
+        if (!this.reconciler.isOwnWrite(objectKeyOf(obj), obj.metadata?.resourceVersion)) wake(obj);
       },
       delete: wake,
     });

@@ -1,7 +1,7 @@
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { ephemeralStorageLimit, locateLauncher } from '../kubevirt/launcher.ts';
-import { BP_BY_VMI, BP_RUNNING_BY_NODE, BP_WAITING_FOR_SLOT, blockPullIndexes, podIndexes, POD_BY_VMI_UID, slimPod, slimVmi, vmiIndexes, VMI_BY_UID } from './indexes.ts';
+import { BP_BY_DISK, BP_BY_VMI, BP_RUNNING_BY_NODE, BP_WAITING_FOR_SLOT, blockPullIndexes, podIndexes, POD_BY_VMI_UID, slimPod, slimVmi, vmiIndexes, VMI_BY_UID } from './indexes.ts';
 
 const managedFields = [{ manager: 'virt-controller', operation: 'Update', fieldsV1: { 'f:status': { 'f:phase': {} } } }];
 
@@ -67,6 +67,7 @@ describe('index functions', () => {
   const bp = (status?: Record<string, unknown>) => ({ metadata: { name: 'p', namespace: 'ns' }, spec: { vmiName: 'vm', disk: 'd' }, ...(status ? { status } : {}) }) as KubernetesObject;
   it('BlockPulls by VMI, Running ones by node, WaitingForSlot apart', () => {
     expect(blockPullIndexes[BP_BY_VMI]!(bp())).toEqual(['ns/vm']);
+    expect(blockPullIndexes[BP_BY_DISK]!(bp())).toEqual(['ns/vm/d']);
     expect(blockPullIndexes[BP_RUNNING_BY_NODE]!(bp({ phase: 'Running', launcher: { node: 'n1' } }))).toEqual(['n1']);
     expect(blockPullIndexes[BP_RUNNING_BY_NODE]!(bp({ phase: 'Pending', reason: 'WaitingForSlot' }))).toEqual([]);
     expect(blockPullIndexes[BP_WAITING_FOR_SLOT]!(bp({ phase: 'Pending', reason: 'WaitingForSlot' }))).toEqual(['']);

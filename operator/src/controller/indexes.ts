@@ -3,7 +3,7 @@
  *
  * Indexes replace the O(N) scans of the BlockPull cache per reconcile and per watch event: like
  * KubeVirt's informers index pods by `kubevirt.io/created-by`, the BlockPulls are filed by their
- * VMI, the Running ones by node, the ones waiting for a slot apart; launcher pods by the uid of
+ * VMI and by their disk, the Running ones by node, the ones waiting for a slot apart; launcher pods by the uid of
  * the VMI that they claim; VMIs by uid.
  *
  * Transforms keep in the VMI and pod caches only what the operator reads (the fields of
@@ -15,6 +15,8 @@ import type { IndexFunc } from '../kube/informer.ts';
 
 /** BlockPulls by "namespace/vmiName". */
 export const BP_BY_VMI = 'vmi';
+/** BlockPulls by "namespace/vmiName/disk" (the disk holder, waking those waiting for the disk). */
+export const BP_BY_DISK = 'disk';
 /** Running BlockPulls by status.launcher.node ('' when unknown). */
 export const BP_RUNNING_BY_NODE = 'runningNode';
 /** BlockPulls whose status.reason is WaitingForSlot, under ''. */
@@ -26,14 +28,23 @@ export const VMI_BY_UID = 'uid';
 
 interface LooseBlockPull {
   metadata?: { namespace?: string };
-  spec?: { vmiName?: unknown };
+  spec?: { vmiName?: unknown; disk?: unknown };
   status?: { phase?: unknown; reason?: unknown; launcher?: { node?: unknown } };
+}
+
+/** The BP_BY_DISK value of a disk. */
+export function diskIndexKey(namespace: string, vmiName: string, disk: string): string {
+  return `${namespace}/${vmiName}/${disk}`;
 }
 
 export const blockPullIndexes: Readonly<Record<string, IndexFunc<KubernetesObject>>> = {
   [BP_BY_VMI]: (obj) => {
     const b = obj as LooseBlockPull;
     return typeof b.spec?.vmiName === 'string' ? [`${b.metadata?.namespace ?? ''}/${b.spec.vmiName}`] : [];
+  },
+  [BP_BY_DISK]: (obj) => {
+    const b = obj as LooseBlockPull;
+    return typeof b.spec?.vmiName === 'string' && typeof b.spec.disk === 'string' ? [diskIndexKey(b.metadata?.namespace ?? '', b.spec.vmiName, b.spec.disk)] : [];
   },
   [BP_RUNNING_BY_NODE]: (obj) => {
     const s = (obj as LooseBlockPull).status;

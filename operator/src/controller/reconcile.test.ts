@@ -1,11 +1,11 @@
 import { ApiException } from '@kubernetes/client-node';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types.ts';
 import type { BlockJobDriver, DiskInfo, SpaceInfo } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
 import { createLogger } from '../log.ts';
 import { LauncherUnavailableError } from '../kubevirt/transport.ts';
-import { canonicalJson, DEFAULT_SAFETY_RESYNC_MS, Reconciler } from './reconcile.ts';
+import { DEFAULT_SAFETY_RESYNC_MS, Reconciler } from './reconcile.ts';
 
 /**
  * A Running VMI with disk rootdisk on `node` and its launcher pod as KubeVirt makes it (controlled
@@ -34,14 +34,6 @@ function launcherFixture(node: string): { vmi: Record<string, unknown>; pod: Rec
     },
   };
 }
-
-describe('canonicalJson', () => {
-  it('ignores key order and undefined, keeps array order', () => {
-    expect(canonicalJson({ b: 1, a: { d: [2, 1], c: undefined } })).toBe(canonicalJson({ a: { d: [2, 1] }, b: 1 }));
-    expect(canonicalJson({ a: [1, 2] })).not.toBe(canonicalJson({ a: [2, 1] }));
-    expect(canonicalJson({ a: 1 })).not.toBe(canonicalJson({ a: 2 }));
-  });
-});
 
 /**
  * The status write's 422 handling. The API server answers 422 "Invalid" both when the JSON patch's
@@ -559,5 +551,84 @@ describe('Reconciler reads the BlockPull from the cache', () => {
     expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: null });
     expect(calls.gets).toBe(1);
     expect(calls.patches).toHaveLength(0);
+  });
+});
+
+/**
+ * Our job ended short of its goal: QEMU's reason ("No space left on device") may trail libvirt's
+ * event a little. The reconcile waits for it (at most 1 s) and is woken by the driver's event
+ * itself: with the clock stopped (fake timers), it still finishes once the event arrives.
+ */
+describe("Reconciler waits for QEMU's reason of a failed job", () => {
+  const CHAIN = [
+    { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
+    { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
+  ];
+  const before = CHAIN.map(({ position, path, format }) => ({ position, path, format }));
+  const { vmi, pod } = launcherFixture('node1');
+
+  it('the failure event ends the wait, without a timer', async () => {
+    let rv = 10;
+    let obj: Record<string, unknown> = {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: String(rv), generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T09:00:00Z' },
+      spec: { vmiName: 'vm', disk: 'rootdisk' },
+      status: { phase: 'Running', reason: 'Pulling', attempts: 1, retries: 0, backingChain: { before, current: before }, launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' }, job: { state: 'Running' } },
+    };
+    const clients = {
+      custom: {
+        getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
+        patchNamespacedCustomObjectStatus: ({ body }: { body: { value: unknown }[] }) => {
+          obj = { ...obj, metadata: { ...(obj['metadata'] as object), resourceVersion: String(++rv) }, status: body[1]!.value };
+          return Promise.resolve(structuredClone(obj));
+        },
+      },
+    } as unknown as KubeClients;
+    let job: { type: string; cur: number; end: number; bandwidth: number } | null = { type: 'Block Pull', cur: 10, end: 100, bandwidth: 0 };
+    let emit: ((ev: { target: string; type: string; status: string; error?: string }) => void) | undefined;
+    const driver = {
+      getDisk: () => Promise.resolve({ target: 'vda', alias: 'ua-rootdisk', chain: CHAIN }),
+      getJob: () => Promise.resolve(job),
+      startPull: () => Promise.resolve(),
+      setBandwidth: () => Promise.resolve(),
+      abort: () => Promise.resolve(),
+      watchEvents: (_d: string, cb: typeof emit) => ((emit = cb), { stop: () => undefined }),
+    } as unknown as BlockJobDriver;
+    const r = new Reconciler({
+      clients,
+      blockPulls: { get: () => undefined, list: () => [] },
+      vmis: { get: () => vmi, list: () => [vmi] },
+      pods: { get: () => pod, list: () => [pod] },
+      drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
+      logger: createLogger({ level: 'silent' }),
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 2000,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+      enqueue: () => undefined,
+    });
+    await r.reconcile('ns/p'); // running: subscribed to the job's events
+    expect(emit).toBeDefined();
+
+    job = null; // the job ended; its chain is short of the goal
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    try {
+      let settled = false;
+      const pending = r.reconcile('ns/p').finally(() => (settled = true));
+      const turns = async (n: number): Promise<void> => {
+        for (let i = 0; i < n && !settled; i++) await new Promise((resolve) => setImmediate(resolve));
+      };
+      await turns(50);
+      expect(settled).toBe(false); // waiting for QEMU's reason
+      emit!({ target: 'vda', type: 'pull', status: 'failed', error: 'No space left on device' });
+      await turns(50);
+      expect(settled).toBe(true); // woken by the event: no timer ran
+      expect((await pending).requeueAfterMs).toBeGreaterThan(0);
+      expect((obj['status'] as BlockPullStatus).reason).toBe('JobFailed');
+      expect((obj['status'] as BlockPullStatus).message).toContain('the hypervisor said: No space left on device');
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
