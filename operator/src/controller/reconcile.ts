@@ -221,9 +221,9 @@ export class Reconciler {
     });
   }
 
+  /** Observe -> decide -> record the intent -> act -> remember -> write status and Events -> wake others -> requeue. */
   async reconcile(key: string): Promise<ReconcileResult> {
     const log = forBlockPullKey(this.#options.logger, key);
-    const { namespace, name } = splitKey(key);
     const read = await this.#blockPulls.read(key);
     if (read.kind === 'gone') {
       log.debug('BlockPull is gone');
@@ -240,7 +240,30 @@ export class Reconciler {
 
     const observed = await this.#observe(bp, log);
     const { driver } = observed;
-    let obs = observed.obs;
+    const { obs, decision } = await this.#decide(key, bp, observed.obs, driver, log);
+    log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
+
+    const acted = await this.#recordIntentAndAct(key, bp, obs, decision, driver, log);
+    if (acted.kind === 'done') return acted.result;
+    const { final, stored } = acted;
+    const adoptedNow = this.#remember(key, bp, final, log);
+
+    const afterFinalizer = decision.action.type === 'addFinalizer' ? (this.#writer.lastWritten(key) ?? (await this.#writer.fresh(bp))) : stored;
+    // The outcome of an action taken (start confirmed or refused) is a fact: never dropped on a conflict.
+    const outcome = final !== decision ? final.status : decision.afterAction;
+    await this.#writer.write(afterFinalizer, outcome ?? final.status, log, outcome !== undefined);
+    this.#recordEvents(bp, decision, final, adoptedNow);
+    this.#watchJobEvents(key, final, driver);
+    this.#wakeOnRelease(key, bp, final);
+    return this.#requeue(key, final, observed.polled === true, releasesAtStart);
+  }
+
+  /**
+   * decide(), again with what it lacked: QEMU's reason when our job ended short of its goal, the
+   * pre-flight space measurement before a start.
+   */
+  async #decide(key: string, bp: BlockPull, observation: Observation, driver: BlockJobDriver | undefined, log: Logger): Promise<{ obs: Observation; decision: Decision }> {
+    let obs = observation;
     let decision = decide(obs);
     const state = this.#stateOf(key);
     const jobFailed = decision.status.reason === 'JobFailed' || decision.status.reason === 'RetryLimitExceeded';
@@ -272,16 +295,28 @@ export class Reconciler {
       }
       if (decision.status.reason !== 'InsufficientSpace') delete state.space;
     }
-    log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
+    return { obs, decision };
+  }
 
-    // Persisted intent: a start or an abort is recorded before it is made. When that write
-    // conflicts, the object changed since it was read: act on nothing, look again.
+  /**
+   * Persisted intent: a start or an abort is recorded before it is made (a conflicting write: act
+   * on nothing, look again). Then the action; a failure becomes decideActionError's decision.
+   * `done`: the reconcile ends here (intent not recorded, finalizer removed, a new BlockPull).
+   */
+  async #recordIntentAndAct(
+    key: string,
+    bp: BlockPull,
+    obs: Observation,
+    decision: Decision,
+    driver: BlockJobDriver | undefined,
+    log: Logger,
+  ): Promise<{ kind: 'done'; result: ReconcileResult } | { kind: 'acted'; final: Decision; stored: BlockPull }> {
     let stored = bp;
     if (decision.action.type === 'startPull' || decision.action.type === 'abort') {
       const w = await this.#writer.write(bp, decision.status, log);
       if (w.kind === 'conflict' || w.kind === 'gone') {
         log.debug({ action: decision.action.type }, 'intent not recorded (the object changed or is gone); not acting');
-        return { requeueAfterMs: null };
+        return { kind: 'done', result: { requeueAfterMs: null } };
       }
       if (w.kind === 'written') stored = w.bp;
     }
@@ -310,21 +345,29 @@ export class Reconciler {
     }
     if (decision.action.type === 'removeFinalizer' && actionError === undefined) {
       this.forget(key);
-      return { requeueAfterMs: null };
+      return { kind: 'done', result: { requeueAfterMs: null } };
     }
     if (decision.action.type === 'addFinalizer' && actionError === undefined && bp.status?.phase === undefined && this.#writer.lastWritten(key) !== undefined) {
       // A new BlockPull: the next reconcile (at once, on the object the finalizer patch returned)
       // writes its first real status; a "Created" status before it would be one more write each.
-      return { requeueAfterMs: 0 };
+      return { kind: 'done', result: { requeueAfterMs: 0 } };
     }
+    return { kind: 'acted', final, stored };
+  }
 
-    const after = this.#stateOf(key);
+  /**
+   * Remember the outcome in this process: the job sample (bytes streamed), whether it runs (slots,
+   * per-pull metrics), and a job adopted now (announced once). True when adopted now.
+   */
+  #remember(key: string, bp: BlockPull, final: Decision, log: Logger): boolean {
+    const { namespace, name } = splitKey(key);
+    const state = this.#stateOf(key);
     if (final.sample !== undefined) {
-      const delta = after.sample !== undefined ? final.sample.cur - after.sample.cur : 0;
+      const delta = state.sample !== undefined ? final.sample.cur - state.sample.cur : 0;
       if (delta > 0) this.#options.metrics?.bytesStreamed.inc(delta);
-      after.sample = final.sample;
+      state.sample = final.sample;
     }
-    if (final.status.phase !== 'Running') after.sample = undefined;
+    if (final.status.phase !== 'Running') state.sample = undefined;
     if (final.status.phase === 'Running') this.#running.set(key, final.status.launcher?.node ?? '');
     else this.#running.delete(key);
     // Per-pull series only while Running (bounded cardinality; see metrics.ts).
@@ -333,26 +376,19 @@ export class Reconciler {
 
     // A job this process did not start, found running: say so once (a new leader takes over).
     const launched = final.status.launcher;
-    let adoptedNow = false;
-    if (final.status.phase === 'Running' && final.status.reason === 'Adopted' && launched?.target !== undefined) {
-      const jk = jobKey(launched.pod ?? '', launched.domain ?? '', launched.target);
-      if (after.adopted !== jk) {
-        after.adopted = jk;
-        adoptedNow = true;
-        log.info(
-          { launcherPod: launched.pod, domain: launched.domain, target: launched.target, previousPhase: bp.status?.phase, previousReason: bp.status?.reason },
-          'adopted a running block pull job this process did not start (e.g. after a leader change)',
-        );
-      }
-    }
+    if (final.status.phase !== 'Running' || final.status.reason !== 'Adopted' || launched?.target === undefined) return false;
+    const jk = jobKey(launched.pod ?? '', launched.domain ?? '', launched.target);
+    if (state.adopted === jk) return false;
+    state.adopted = jk;
+    log.info(
+      { launcherPod: launched.pod, domain: launched.domain, target: launched.target, previousPhase: bp.status?.phase, previousReason: bp.status?.reason },
+      'adopted a running block pull job this process did not start (e.g. after a leader change)',
+    );
+    return true;
+  }
 
-    const afterFinalizer = decision.action.type === 'addFinalizer' ? (this.#writer.lastWritten(key) ?? (await this.#writer.fresh(bp))) : stored;
-    // The outcome of an action taken (start confirmed or refused) is a fact: never dropped on a conflict.
-    const outcome = final !== decision ? final.status : decision.afterAction;
-    await this.#writer.write(afterFinalizer, outcome ?? final.status, log, outcome !== undefined);
-    this.#recordEvents(bp, decision, final, adoptedNow);
-    this.#watchJobEvents(key, final, driver);
-
+  /** A slot or the disk released: wake the BlockPulls waiting for it. */
+  #wakeOnRelease(key: string, bp: BlockPull, final: Decision): void {
     if (bp.status?.phase === 'Running' && final.status.phase !== 'Running') {
       // A slot is free: wake the BlockPulls waiting for one (also those whose wait the cache has not seen yet).
       this.#releases++;
@@ -365,6 +401,10 @@ export class Reconciler {
       this.#volatile.get(key)?.subscription?.sub.stop();
       delete this.#stateOf(key).subscription;
     }
+  }
+
+  /** When to look again. */
+  #requeue(key: string, final: Decision, polled: boolean, releasesAtStart: number): ReconcileResult {
     // While our job runs, its block-job events (or the driver's fallback poller) wake the BlockPull
     // when it ends: poll only as often as progress is written. Each poll is a virsh process, a libvirt
     // query of QEMU and an API GET next to the running job (issue 15).
@@ -372,13 +412,7 @@ export class Reconciler {
       return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#options.statusUpdateIntervalMs) };
     }
     // Waiting for something a watch event reports (the controller wakes it): no poll, a safety net.
-    if (
-      final.requeueAfterMs !== null &&
-      final.action.type === 'none' &&
-      final.status.phase === 'Pending' &&
-      EVENT_WOKEN_REASONS.has(final.status.reason ?? '') &&
-      observed.polled !== true
-    ) {
+    if (final.requeueAfterMs !== null && final.action.type === 'none' && final.status.phase === 'Pending' && EVENT_WOKEN_REASONS.has(final.status.reason ?? '') && !polled) {
       // A slot released while this reconcile ran may have missed waking it: look again now.
       if (this.#releases !== releasesAtStart && final.status.reason === 'WaitingForSlot') return { requeueAfterMs: 0 };
       return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#options.safetyResyncMs ?? DEFAULT_SAFETY_RESYNC_MS) };
