@@ -4,9 +4,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { computeGoal } from '../../operator/src/hypervisor/chain.ts';
-import { isPullComplete, waitForPullCompletion } from '../../operator/src/hypervisor/completion.ts';
+import { isPullComplete } from '../../operator/src/hypervisor/completion.ts';
+import { waitForPullCompletion } from './blockjob/wait-for-pull.ts';
 import { HypervisorError, type HypervisorErrorCode } from '../../operator/src/hypervisor/errors.ts';
-import { QmpDriver } from '../../operator/src/hypervisor/qmp-driver.ts';
+import { QmpDriver } from './blockjob/qmp-driver.ts';
 import type { BlockJobEvent, BlockJobInfo } from '../../operator/src/hypervisor/types.ts';
 import type { LauncherDisk } from './launcher/launcher.ts';
 import { flushCommand, startStandaloneQemu, type StandaloneQemu } from './launcher/qemu.ts';

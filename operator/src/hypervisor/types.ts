@@ -1,6 +1,8 @@
 /**
  * The hypervisor model the controller sees: a disk, its backing chain and its block job.
- * Both drivers (libvirt via virsh, QEMU via QMP) speak these types and nothing else.
+ * Both drivers speak these types and nothing else: libvirt via virsh (virsh-driver.ts, the operator's)
+ * and QEMU via QMP (test/e2e/blockjob/qmp-driver.ts, test tooling that holds the contract to a second
+ * implementation).
  */
 
 /** One image of a disk's backing chain. Position 0 is the active (top) image. */

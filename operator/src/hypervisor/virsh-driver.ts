@@ -3,7 +3,7 @@
  * Every command is `virsh -c <uri> <op> ...` as an argv array; bandwidth is always given with --bytes
  * (virsh's default unit is MiB/s).
  */
-import { computeGoal, resolveBase, virshBaseArg } from './chain.ts';
+import { resolveBase, virshBaseArg } from './chain.ts';
 import { HypervisorError } from './errors.ts';
 import { RunOutputLimitError, RunTimeoutError, RunTransportError, type CommandRunner, type RunResult } from './runner.ts';
 import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, SpaceInfo, SpaceRequest, StartPullOptions, WatchEventsOptions } from './types.ts';
@@ -156,11 +156,6 @@ export class VirshDriver implements BlockJobDriver {
       usage = { mountPoint, usedBytes: parseDuBytes(await this.#toolRun(['du', '-s', '-B1', '-x', '--', mountPoint])) };
     }
     return { kind: 'measured', topPath: top.path, pullBytes, availableBytes, totalBytes, ...(usage === undefined ? {} : { usage }) };
-  }
-
-  /** The goal of a pull on this disk: the chain expected once it is done. */
-  async goal(domain: string, target: string, base?: StartPullOptions['base']): Promise<ReturnType<typeof computeGoal>> {
-    return computeGoal(await this.getDisk(domain, { target }), base);
   }
 
   /**

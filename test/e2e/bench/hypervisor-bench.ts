@@ -11,7 +11,7 @@ import { execFile } from 'node:child_process';
 import { loadavg } from 'node:os';
 import { parseArgs, promisify } from 'node:util';
 import { computeGoal } from '../../../operator/src/hypervisor/chain.ts';
-import { waitForPullCompletion } from '../../../operator/src/hypervisor/completion.ts';
+import { waitForPullCompletion } from '../blockjob/wait-for-pull.ts';
 import { VirshDriver } from '../../../operator/src/hypervisor/virsh-driver.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
 

@@ -1,5 +1,7 @@
 /**
- * BlockJobDriver over QMP, for a QEMU without libvirt. One connection (a QMP socket serves one
+ * BlockJobDriver over QMP, for a QEMU without libvirt. Test tooling, not in the operator: a second
+ * implementation of the BlockJobDriver contract (operator/src/hypervisor/types.ts), run by the
+ * QMP spec against a standalone QEMU. One connection (a QMP socket serves one
  * client at a time), opened lazily and reopened after it drops. The `domain` argument only labels
  * events: a QMP socket is one VM.
  *
@@ -7,11 +9,11 @@
  * name matches the device's qdev id ua-<name>. Jobs get job-id `pull-<target>`.
  */
 import { z } from 'zod';
-import { resolveBase } from './chain.ts';
-import { HypervisorError } from './errors.ts';
+import { resolveBase } from '../../../operator/src/hypervisor/chain.ts';
+import { HypervisorError } from '../../../operator/src/hypervisor/errors.ts';
 import { QmpClient, QmpConnectionError, QmpError, type QmpEvent } from './qmp-client.ts';
-import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, ChainLayer, DiskInfo, DiskRef, EventSubscription, StartPullOptions } from './types.ts';
-import { kubevirtAlias } from './virsh-parse.ts';
+import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, ChainLayer, DiskInfo, DiskRef, EventSubscription, StartPullOptions } from '../../../operator/src/hypervisor/types.ts';
+import { kubevirtAlias } from '../../../operator/src/hypervisor/virsh-parse.ts';
 
 type ImageInfo = { filename: string; format: string; 'backing-image'?: ImageInfo | undefined };
 const imageInfoSchema: z.ZodType<ImageInfo> = z.looseObject({
