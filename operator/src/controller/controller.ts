@@ -39,7 +39,7 @@ export interface ControllerOptions {
 }
 
 export class Controller {
-  readonly #o: ControllerOptions;
+  readonly #options: ControllerOptions;
   readonly #log: Logger;
   readonly queue: WorkQueue<string>;
   readonly blockPulls: WatchdogInformer<KubernetesObject>;
@@ -50,7 +50,7 @@ export class Controller {
   #phaseTimer: NodeJS.Timeout | undefined;
 
   constructor(options: ControllerOptions) {
-    this.#o = options;
+    this.#options = options;
     this.#log = options.logger.child({ component: 'controller' });
     const { clients, metrics } = options;
     this.queue = new WorkQueue<string>({ name: 'blockpull', ...(metrics ? { hooks: metrics.workQueueHooks('blockpull') } : {}) });
@@ -167,12 +167,12 @@ export class Controller {
     }
     const ok = (await Promise.all(informers.map((i) => i.waitForSync(signal)))).every(Boolean);
     if (ok) {
-      this.#log.info({ workers: this.#o.workers }, 'caches synced; starting workers');
+      this.#log.info({ workers: this.#options.workers }, 'caches synced; starting workers');
       // Everything cached is looked at once after a (re)start: running jobs are adopted.
       for (const b of this.blockPulls.list()) this.queue.add(objectKeyOf(b));
       this.#phaseTimer = setInterval(() => this.#updatePhaseGauge(), 5_000);
       this.#updatePhaseGauge();
-      const workers = Array.from({ length: this.#o.workers }, (_, i) => this.#worker(i, signal));
+      const workers = Array.from({ length: this.#options.workers }, (_, i) => this.#worker(i, signal));
       await new Promise<void>((resolve) => {
         if (signal.aborted) resolve();
         else signal.addEventListener('abort', () => resolve(), { once: true });
@@ -192,7 +192,7 @@ export class Controller {
       const phase = (b as { status?: { phase?: string } }).status?.phase ?? 'Pending';
       counts[phase] = (counts[phase] ?? 0) + 1;
     }
-    this.#o.metrics?.setJobsByPhase(counts);
+    this.#options.metrics?.setJobsByPhase(counts);
   }
 
   async #worker(id: number, signal: AbortSignal): Promise<void> {
@@ -215,13 +215,13 @@ export class Controller {
       } catch (err) {
         result = 'error';
         const reason = err instanceof Error ? err.name : 'Error';
-        this.#o.metrics?.reconcileErrors.inc({ reason });
+        this.#options.metrics?.reconcileErrors.inc({ reason });
         forBlockPullKey(this.#log, key).child({ worker: id }).warn({ error: err instanceof Error ? err.message : String(err) }, 'reconcile failed; retrying with backoff');
         if (!signal.aborted) this.queue.addRateLimited(key);
       } finally {
         this.queue.done(key);
-        this.#o.metrics?.reconcileTotal.inc({ result });
-        this.#o.metrics?.reconcileDuration.observe({ result }, (performance.now() - started) / 1000);
+        this.#options.metrics?.reconcileTotal.inc({ result });
+        this.#options.metrics?.reconcileDuration.observe({ result }, (performance.now() - started) / 1000);
       }
     }
   }

@@ -52,15 +52,15 @@ export interface ObserveGateOptions<T> {
 const seconds = (ms: number): string => (ms / 1000).toFixed(1);
 
 export class ObserveGate<T> {
-  readonly #o: ObserveGateOptions<T>;
+  readonly #options: ObserveGateOptions<T>;
   readonly #states = new WeakMap<object, LauncherState<T>>();
 
   constructor(options: ObserveGateOptions<T>) {
-    this.#o = options;
+    this.#options = options;
   }
 
   #now(): number {
-    return this.#o.now?.() ?? performance.now();
+    return this.#options.now?.() ?? performance.now();
   }
 
   #state(launcher: object): LauncherState<T> {
@@ -78,12 +78,12 @@ export class ObserveGate<T> {
    */
   async observe(launcher: object, name: string, requester: string, look: () => Promise<T>): Promise<GateOutcome<T>> {
     const st = this.#state(launcher);
-    const budget = this.#o.budgetMs;
+    const budget = this.#options.budgetMs;
     for (;;) {
       const late = st.late.get(requester);
       if (late !== undefined) {
         st.late.delete(requester);
-        if (this.#now() - late.at <= (this.#o.lateMaxAgeMs ?? LATE_RESULT_MAX_AGE_MS)) return { kind: 'done', value: late.value };
+        if (this.#now() - late.at <= (this.#options.lateMaxAgeMs ?? LATE_RESULT_MAX_AGE_MS)) return { kind: 'done', value: late.value };
       }
       const busy = st.inFlight;
       if (busy === undefined) break;
@@ -112,10 +112,10 @@ export class ObserveGate<T> {
       resolveSettled();
       if (workerLeft) {
         // Keep the result for the requester's next reconcile and wake it.
-        if (outcome.ok && this.#o.usableLate(outcome.value)) st.late.set(requester, { value: outcome.value, at: endedAt });
-        this.#o.wake(requester);
+        if (outcome.ok && this.#options.usableLate(outcome.value)) st.late.set(requester, { value: outcome.value, at: endedAt });
+        this.#options.wake(requester);
       }
-      for (const w of flight.waiters) this.#o.wake(w);
+      for (const w of flight.waiters) this.#options.wake(w);
     };
     const looking = look().then(
       (value) => settle({ ok: true, value }),

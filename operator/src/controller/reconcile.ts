@@ -554,14 +554,14 @@ export class Reconciler {
    * or is missing makes the space unknown: the start is not held back, and the log says why.
    */
   async #measureSpace(bp: BlockPull, obs: Observation, decision: Decision, driver: BlockJobDriver, log: Logger): Promise<SpaceObservation> {
-    const hv = obs.hypervisor;
-    const loc = obs.launcher?.kind === 'found' ? obs.launcher.launcher : undefined;
-    if (hv?.kind !== 'ok' || loc === undefined) return { kind: 'unknown', reason: 'the disk was not observed' };
+    const hypervisor = obs.hypervisor;
+    const launcherPod = obs.launcher?.kind === 'found' ? obs.launcher.launcher : undefined;
+    if (hypervisor?.kind !== 'ok' || launcherPod === undefined) return { kind: 'unknown', reason: 'the disk was not observed' };
     if (driver.getSpace === undefined) return { kind: 'unknown', reason: 'the driver cannot measure space' };
-    const limitBytes = ephemeralStorageLimit(this.#options.pods.get(bp.metadata.namespace, loc.pod));
+    const limitBytes = ephemeralStorageLimit(this.#options.pods.get(bp.metadata.namespace, launcherPod.pod));
     const basePath = decision.status.backingChain?.basePath;
     try {
-      const info = await driver.getSpace(loc.domain, { disk: hv.disk, ...(basePath !== undefined ? { basePath } : {}), measureUsage: limitBytes !== undefined });
+      const info = await driver.getSpace(launcherPod.domain, { disk: hypervisor.disk, ...(basePath !== undefined ? { basePath } : {}), measureUsage: limitBytes !== undefined });
       if (info.kind === 'unknown') {
         log.info({ reason: info.reason }, 'pre-flight space check not applicable');
         return info;
@@ -574,7 +574,7 @@ export class Reconciler {
         availableBytes: info.availableBytes,
         totalBytes: info.totalBytes,
         ...(limitBytes !== undefined && info.usage !== undefined
-          ? { ephemeral: { pod: loc.pod, limitBytes, usedBytes: info.usage.usedBytes, mountPoint: info.usage.mountPoint } }
+          ? { ephemeral: { pod: launcherPod.pod, limitBytes, usedBytes: info.usage.usedBytes, mountPoint: info.usage.mountPoint } }
           : {}),
       };
     } catch (err) {

@@ -61,7 +61,7 @@ function eventName(objectName: string, nowMs: number): string {
 } // events.k8s.io/v1 validation: note at most 1 kB
 
 export class EventRecorder {
-  readonly #o: EventRecorderOptions;
+  readonly #options: EventRecorderOptions;
   readonly #controller: string;
   readonly #window: number;
   readonly #max: number;
@@ -71,7 +71,7 @@ export class EventRecorder {
   readonly #chains = new Map<string, Promise<void>>();
 
   constructor(options: EventRecorderOptions) {
-    this.#o = options;
+    this.#options = options;
     this.#controller = options.reportingController ?? 'blockpull.dev/blockpull-operator';
     this.#window = options.seriesWindowMs ?? 6 * 60_000;
     this.#max = options.maxEntries ?? 4096;
@@ -102,14 +102,14 @@ export class EventRecorder {
   }
 
   async #write(key: string, object: InvolvedObject, type: EventType, reason: string, action: string, note: string): Promise<void> {
-    const log = this.#o.logger?.child({ blockpull: `${object.namespace}/${object.name}`, namespace: object.namespace, name: object.name });
+    const log = this.#options.logger?.child({ blockpull: `${object.namespace}/${object.name}`, namespace: object.namespace, name: object.name });
     const now = Date.now();
     const entry = this.#entries.get(key);
     try {
       if (entry !== undefined && now - entry.firstAt < this.#window) {
         const count = entry.count + 1;
         try {
-          await this.#o.events.patchNamespacedEvent(
+          await this.#options.events.patchNamespacedEvent(
             {
               namespace: entry.namespace,
               name: entry.name,
@@ -124,7 +124,7 @@ export class EventRecorder {
           // The Event expired or was deleted: start over with a new one.
         }
       }
-      const created = await this.#o.events.createNamespacedEvent({
+      const created = await this.#options.events.createNamespacedEvent({
         namespace: object.namespace,
         body: {
           apiVersion: 'events.k8s.io/v1',
@@ -132,7 +132,7 @@ export class EventRecorder {
           metadata: { name: eventName(object.name, now), namespace: object.namespace },
           eventTime: new V1MicroTime(now),
           reportingController: this.#controller,
-          reportingInstance: this.#o.reportingInstance,
+          reportingInstance: this.#options.reportingInstance,
           action,
           reason,
           note,

@@ -138,7 +138,7 @@ export function objectKeyOf(obj: KubernetesObject): string {
 
 export class WatchdogInformer<T extends KubernetesObject> {
   readonly resource: string;
-  readonly #o: WatchdogInformerOptions<T>;
+  readonly #options: WatchdogInformerOptions<T>;
   readonly #lw: ListWatch<T>;
   readonly #log: Logger | undefined;
   readonly #initialBackoff: number;
@@ -172,7 +172,7 @@ export class WatchdogInformer<T extends KubernetesObject> {
   readonly #indexed = new Map<string, Map<string, readonly string[]>>();
 
   constructor(options: WatchdogInformerOptions<T>) {
-    this.#o = options;
+    this.#options = options;
     this.resource = options.resource;
     this.#log = options.logger?.child({ component: 'informer', resource: options.resource });
     this.#initialBackoff = options.initialBackoffMs ?? 1_000;
@@ -313,15 +313,15 @@ export class WatchdogInformer<T extends KubernetesObject> {
     if (this.#started) return;
     this.#started = true;
     this.#stopped = false;
-    this.#o.metrics?.informerHealthy.set({ resource: this.resource }, 0);
-    this.#o.metrics?.informerStalled.set({ resource: this.resource }, 0);
+    this.#options.metrics?.informerHealthy.set({ resource: this.resource }, 0);
+    this.#options.metrics?.informerStalled.set({ resource: this.resource }, 0);
     const checkEvery = Math.max(50, Math.min(5_000, Math.floor(this.#stallAfter / 4)));
     this.#checkTimer = setInterval(() => this.#checkStall(), checkEvery);
-    if (this.#o.resyncPeriodMs) {
-      this.#resyncTimer = setInterval(() => this.#resync(), this.#o.resyncPeriodMs);
+    if (this.#options.resyncPeriodMs) {
+      this.#resyncTimer = setInterval(() => this.#resync(), this.#options.resyncPeriodMs);
     }
     this.#unhealthySince = performance.now();
-    this.#log?.info({ path: this.#o.source.path }, 'informer starting');
+    this.#log?.info({ path: this.#options.source.path }, 'informer starting');
     await this.#startListWatch();
   }
 
@@ -411,13 +411,13 @@ export class WatchdogInformer<T extends KubernetesObject> {
       for (const h of this.#recoveredHandlers) h();
     }
     this.#stalled = false;
-    this.#o.metrics?.informerStalled.set({ resource: this.resource }, 0);
+    this.#options.metrics?.informerStalled.set({ resource: this.resource }, 0);
   }
 
   #setHealthy(v: boolean): void {
     if (this.#healthy && !v) this.#unhealthySince = performance.now();
     this.#healthy = v;
-    this.#o.metrics?.informerHealthy.set({ resource: this.resource }, v ? 1 : 0);
+    this.#options.metrics?.informerHealthy.set({ resource: this.resource }, v ? 1 : 0);
   }
 
   #onError(err: unknown): void {
@@ -441,7 +441,7 @@ export class WatchdogInformer<T extends KubernetesObject> {
     this.#probeTimer = undefined;
     if (this.#stopped) return;
     this.#restarts += 1;
-    this.#o.metrics?.informerRestarts.inc({ resource: this.resource });
+    this.#options.metrics?.informerRestarts.inc({ resource: this.resource });
     void this.#startListWatch();
   }
 
@@ -471,7 +471,7 @@ export class WatchdogInformer<T extends KubernetesObject> {
     const down = performance.now() - this.#unhealthySince;
     if (down >= this.#stallAfter) {
       this.#stalled = true;
-      this.#o.metrics?.informerStalled.set({ resource: this.resource }, 1);
+      this.#options.metrics?.informerStalled.set({ resource: this.resource }, 1);
       this.#log?.error(
         { alert: 'InformerStalled', downForMs: Math.round(down), restarts: this.#restarts, error: this.#lastError },
         'informer has not been healthy for longer than the stall threshold',

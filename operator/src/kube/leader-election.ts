@@ -77,7 +77,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 const jitter = (ms: number) => ms * (1 + Math.random() * 0.2);
 
 export class LeaderElector {
-  readonly #o: LeaderElectorOptions;
+  readonly #options: LeaderElectorOptions;
   readonly #leaseDurationMs: number;
   readonly #renewDeadlineMs: number;
   readonly #retryPeriodMs: number;
@@ -89,7 +89,7 @@ export class LeaderElector {
   #running = false;
 
   constructor(options: LeaderElectorOptions) {
-    this.#o = options;
+    this.#options = options;
     this.#leaseDurationMs = options.leaseDurationMs ?? LEADER_ELECTION_DEFAULTS.leaseDurationMs;
     this.#renewDeadlineMs = options.renewDeadlineMs ?? LEADER_ELECTION_DEFAULTS.renewDeadlineMs;
     this.#retryPeriodMs = options.retryPeriodMs ?? LEADER_ELECTION_DEFAULTS.retryPeriodMs;
@@ -99,7 +99,7 @@ export class LeaderElector {
   }
 
   get identity(): string {
-    return this.#o.identity;
+    return this.#options.identity;
   }
 
   isLeader(): boolean {
@@ -150,7 +150,7 @@ export class LeaderElector {
     this.#setLeader(true);
     let callback: Promise<void> = Promise.resolve();
     try {
-      callback = Promise.resolve(this.#o.onStartedLeading(leading.signal)).catch((err: unknown) => {
+      callback = Promise.resolve(this.#options.onStartedLeading(leading.signal)).catch((err: unknown) => {
         this.#log?.error({ err }, 'onStartedLeading failed');
       });
     } catch (err) {
@@ -174,7 +174,7 @@ export class LeaderElector {
         break;
       }
       // Someone else holds it now (we were overtaken): no point retrying.
-      if (this.#observed !== undefined && this.#observed.holder !== this.#o.identity && this.#observed.holder !== '') {
+      if (this.#observed !== undefined && this.#observed.holder !== this.#options.identity && this.#observed.holder !== '') {
         this.#log?.error({ holder: this.#observed.holder }, 'leader lease taken by another candidate: leadership lost');
         result = 'lost';
         break;
@@ -183,19 +183,19 @@ export class LeaderElector {
     leading.abort(new Error(result === 'lost' ? 'leader lease lost' : 'leader election stopped'));
     this.#setLeader(false);
     try {
-      this.#o.onStoppedLeading();
+      this.#options.onStoppedLeading();
     } catch (err) {
       this.#log?.error({ err }, 'onStoppedLeading threw');
     }
     await callback;
-    if (result === 'stopped' && (this.#o.releaseOnCancel ?? true)) await this.#release();
+    if (result === 'stopped' && (this.#options.releaseOnCancel ?? true)) await this.#release();
     return result;
   }
 
   #setLeader(v: boolean): void {
-    if (this.#leader !== v) this.#o.metrics?.leaderTransitions.inc();
+    if (this.#leader !== v) this.#options.metrics?.leaderTransitions.inc();
     this.#leader = v;
-    this.#o.metrics?.leader.set(v ? 1 : 0);
+    this.#options.metrics?.leader.set(v ? 1 : 0);
   }
 
   #observe(lease: V1Lease): void {
@@ -207,13 +207,13 @@ export class LeaderElector {
       this.#observed = { holder, renewTime, leaseDurationSeconds, observedAt: performance.now() };
       if (prev?.holder !== holder && holder !== '') {
         this.#log?.info({ holder }, 'new leader observed');
-        this.#o.onNewLeader?.(holder);
+        this.#options.onNewLeader?.(holder);
       }
     }
     this.#lease = lease;
   }
 
-  #spec(acquireTime: Date, transitions: number, now: Date, holder = this.#o.identity, durationSeconds = Math.ceil(this.#leaseDurationMs / 1000)) {
+  #spec(acquireTime: Date, transitions: number, now: Date, holder = this.#options.identity, durationSeconds = Math.ceil(this.#leaseDurationMs / 1000)) {
     return {
       holderIdentity: holder,
       leaseDurationSeconds: durationSeconds,
@@ -225,7 +225,7 @@ export class LeaderElector {
 
   /** One attempt; true if we hold the lease afterwards. */
   async #tryAcquireOrRenew(timeoutMs: number): Promise<boolean> {
-    const { coordination, namespace, leaseName: name, identity } = this.#o;
+    const { coordination, namespace, leaseName: name, identity } = this.#options;
     const now = new Date();
     const opts = withTimeout(timeoutMs);
     let lease: V1Lease;
@@ -282,12 +282,12 @@ export class LeaderElector {
   /** Give the lease up if we still hold it (holder "", duration 1 s), like client-go's release(). */
   async #release(): Promise<void> {
     const lease = this.#lease;
-    if (lease?.spec?.holderIdentity !== this.#o.identity) return;
+    if (lease?.spec?.holderIdentity !== this.#options.identity) return;
     const now = new Date();
     try {
-      await this.#o.coordination.replaceNamespacedLease({
-        name: this.#o.leaseName,
-        namespace: this.#o.namespace,
+      await this.#options.coordination.replaceNamespacedLease({
+        name: this.#options.leaseName,
+        namespace: this.#options.namespace,
         body: { ...lease, spec: { ...lease.spec, ...this.#spec(now, lease.spec.leaseTransitions ?? 0, now, '', 1) } },
       }, withTimeout(this.#retryPeriodMs));
       this.#log?.info('released leader lease');

@@ -142,12 +142,12 @@ class Sink extends Writable {
 
 export class ExecRunner implements CommandRunner {
   readonly description: string;
-  readonly #o: ExecRunnerOptions;
+  readonly #options: ExecRunnerOptions;
   readonly #exec: ExecLike;
   readonly #container: string;
 
   constructor(options: ExecRunnerOptions) {
-    this.#o = options;
+    this.#options = options;
     this.#container = options.container ?? 'compute';
     this.#exec = options.exec ?? new Exec(options.kc);
     this.description = `exec ${options.namespace}/${options.pod}/${this.#container}`;
@@ -166,7 +166,7 @@ export class ExecRunner implements CommandRunner {
     options: RunOptions,
     stoppedCode: number | undefined,
   ): { exitCode: Promise<number>; stop: (reason: unknown) => void } {
-    const wrap = this.#o.killOnDisconnect ?? true;
+    const wrap = this.#options.killOnDisconnect ?? true;
     const command = wrap ? ['sh', '-c', KILL_ON_DISCONNECT_SCRIPT, 'blockpull-exec', ...argv] : [...argv];
     // With the wrapper, stdin is the command's lifeline: it is never written, only ended.
     const stdin = wrap ? new PassThrough() : null;
@@ -199,7 +199,7 @@ export class ExecRunner implements CommandRunner {
       }
       if (stdin !== null) {
         stdin.end();
-        graceTimer = setTimeout(closeSocket, this.#o.stopGraceMs ?? 5_000);
+        graceTimer = setTimeout(closeSocket, this.#options.stopGraceMs ?? 5_000);
       } else {
         closeSocket();
       }
@@ -232,7 +232,7 @@ export class ExecRunner implements CommandRunner {
     };
 
     this.#exec
-      .exec(this.#o.namespace, this.#o.pod, this.#container, command, stdout, stderr, stdin, false, (status) => {
+      .exec(this.#options.namespace, this.#options.pod, this.#container, command, stdout, stderr, stdin, false, (status) => {
         outcome = parseExecStatus(status);
       })
       .then(
@@ -258,7 +258,7 @@ export class ExecRunner implements CommandRunner {
   }
 
   #limit(options: RunOptions): number {
-    return options.maxOutputBytes ?? this.#o.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
+    return options.maxOutputBytes ?? this.#options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
   }
 
   async run(argv: readonly string[], options: RunOptions = {}): Promise<RunResult> {
