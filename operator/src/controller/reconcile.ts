@@ -617,7 +617,7 @@ export class Reconciler {
         log.info('finalizer removed');
         return;
       case 'startPull':
-        delete this.#stateOf(`${bp.metadata.namespace}/${bp.metadata.name}`).lastJobError;
+        delete this.#stateOf(blockPullKey(bp)).lastJobError;
         await driver().startPull(action.domain, action.target, {
           ...(action.base !== undefined ? { base: action.base } : {}),
           ...(action.bandwidth > 0 ? { bandwidth: action.bandwidth } : {}),
@@ -668,9 +668,9 @@ export class Reconciler {
       (ev) => {
         if (target !== undefined && ev.target !== target) return;
         if (ev.error !== undefined) {
-          const state = this.#stateOf(key);
-          state.lastJobError = ev.error;
-          state.onJobError?.();
+          const current = this.#stateOf(key);
+          current.lastJobError = ev.error;
+          current.onJobError?.();
         }
         this.#options.enqueue(key);
       },
