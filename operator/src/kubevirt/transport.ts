@@ -19,8 +19,6 @@ import type { BlockJobDriver } from '../hypervisor/types.ts';
 import { VirshDriver } from '../hypervisor/virsh-driver.ts';
 import type { LauncherPod } from './launcher.ts';
 
-/** What a transport needs of a launcher pod (the exec transport uses the URI; the local one its registration's). */
-type LauncherAddress = Pick<LauncherPod, 'namespace' | 'pod' | 'container' | 'uri'>;
 
 /** The launcher cannot be reached by this transport (e.g. no stand-in registered). */
 export class LauncherUnavailableError extends Error {
@@ -32,7 +30,8 @@ export class LauncherUnavailableError extends Error {
 
 export interface DriverProvider {
   readonly kind: 'exec' | 'local';
-  driverFor(address: LauncherAddress): Promise<BlockJobDriver>;
+  /** The driver for a launcher pod (the exec transport uses its URI; the local one its registration's). */
+  driverFor(launcher: Pick<LauncherPod, 'namespace' | 'pod' | 'container' | 'uri'>): Promise<BlockJobDriver>;
 }
 
 /** Default bound of a DriverCache: far more launcher pods than one operator drives at once. */
@@ -79,7 +78,7 @@ export class ExecTransport implements DriverProvider {
     this.#kc = kc;
     this.#options = options;
   }
-  driverFor(a: LauncherAddress): Promise<BlockJobDriver> {
+  driverFor(a: Pick<LauncherPod, 'namespace' | 'pod' | 'container' | 'uri'>): Promise<BlockJobDriver> {
     const key = `${a.namespace}/${a.pod}/${a.container}|${a.uri}`;
     return Promise.resolve(
       this.#drivers.get(
@@ -122,7 +121,7 @@ export class LocalTransport implements DriverProvider {
     this.#dir = registryDir;
     this.#options = options;
   }
-  async driverFor(a: LauncherAddress): Promise<BlockJobDriver> {
+  async driverFor(a: Pick<LauncherPod, 'namespace' | 'pod' | 'container' | 'uri'>): Promise<BlockJobDriver> {
     const file = registrationPath(this.#dir, a.namespace, a.pod);
     let text: string;
     try {
