@@ -29,7 +29,7 @@ import { parseBlockJobEventLine } from '../../../operator/src/hypervisor/virsh-p
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { blockPullManifest, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../demo/harness.ts';
+import { blockPullManifest, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../operator-fixture/fixture.ts';
 
 const NS = 'bench';
 const ALLOCATED_MIB = Number(process.env['BENCH_ALLOCATED_MIB'] ?? 2048);

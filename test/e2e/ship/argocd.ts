@@ -86,7 +86,7 @@ export function healthAgreesWith(kstatus: string): readonly string[] {
 /**
  * deploy/argocd/argocd-cm-patch.yaml: the health check and the resource actions as argocd-cm keys,
  * ready for `kubectl -n argocd patch configmap argocd-cm --patch-file ...`. Regenerate after editing
- * a script: `node test/e2e/ship/argocd.ts`; ship-argocd.e2e.test.ts checks it embeds the scripts.
+ * a script: `node test/e2e/ship/argocd.ts`; test/e2e/specs/ship/argocd.e2e.test.ts checks it embeds the scripts.
  */
 export async function argocdCmPatch(): Promise<string> {
   const { readFile } = await import('node:fs/promises');

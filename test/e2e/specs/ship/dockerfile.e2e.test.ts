@@ -14,10 +14,10 @@ import { dirname, join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { z } from 'zod';
-import { clusterClient, type ClusterClient } from './cluster/client.ts';
-import { createServiceAccountKubeconfig } from './cluster/service-account.ts';
-import { REPO_ROOT, helmTemplate } from './ship/chart.ts';
-import { exists, parseDockerfile, parseExecForm, performBuild, type BuildResult, type Stage } from './ship/dockerfile.ts';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
+import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
+import { REPO_ROOT, helmTemplate } from '../../ship/chart.ts';
+import { exists, parseDockerfile, parseExecForm, performBuild, type BuildResult, type Stage } from '../../ship/dockerfile.ts';
 
 const NS = 'blockpull-image-test';
 const RELEASE = 'img';

@@ -7,9 +7,9 @@
  */
 import { KubeConfig, makeInformer, type V1ConfigMap } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createKubeClients, getCustomObject, loadKubeConfig, type KubeClients } from '../../operator/src/kube/client.ts';
-import { BLOCKPULL_REF } from '../../operator/src/controller/reconcile.ts';
-import { tcpConnectionsTo } from './support/sockets.ts';
+import { createKubeClients, getCustomObject, loadKubeConfig, type KubeClients } from '../../../../operator/src/kube/client.ts';
+import { BLOCKPULL_REF } from '../../../../operator/src/controller/reconcile.ts';
+import { tcpConnectionsTo } from '../../support/sockets.ts';
 
 const NS = 'default';
 let apiPort: number;

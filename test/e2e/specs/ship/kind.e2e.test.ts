@@ -8,10 +8,10 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse } from 'yaml';
 import { z } from 'zod';
-import { clusterClient } from './cluster/client.ts';
-import { ensureDebianPackages } from './support/debian.ts';
-import { REPO_ROOT } from './ship/chart.ts';
-import { run } from './ship/helm.ts';
+import { clusterClient } from '../../cluster/client.ts';
+import { ensureDebianPackages } from '../../support/debian.ts';
+import { REPO_ROOT } from '../../ship/chart.ts';
+import { run } from '../../ship/helm.ts';
 
 const script = join(REPO_ROOT, 'test', 'e2e', 'kind', 'kind-e2e.sh');
 const manifests = join(REPO_ROOT, 'test', 'e2e', 'kind', 'manifests');

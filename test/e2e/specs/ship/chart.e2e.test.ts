@@ -4,11 +4,11 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
-import { clusterClient, type ClusterClient } from './cluster/client.ts';
-import { createServiceAccountKubeconfig } from './cluster/service-account.ts';
-import { ENV_VARS, loadConfig } from '../../operator/src/config.ts';
-import { CHART_DIR, DeploymentShape, envOf, find, helmTemplate, one, readRulesFile, type K8sObject } from './ship/chart.ts';
-import { ensureHelm, run } from './ship/helm.ts';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
+import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
+import { ENV_VARS, loadConfig } from '../../../../operator/src/config.ts';
+import { CHART_DIR, DeploymentShape, envOf, find, helmTemplate, one, readRulesFile, type K8sObject } from '../../ship/chart.ts';
+import { ensureHelm, run } from '../../ship/helm.ts';
 import { parse, stringify } from 'yaml';
 import { z } from 'zod';
 

@@ -9,12 +9,12 @@ import path from 'node:path';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { installCrds, projectCrdFiles, VMI_CRD_FILE } from './cluster/crds.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from './cluster/control-plane.ts';
-import { launcherImage } from './images/images.ts';
-import { launcherPodManifest, launcherVmiManifest, LAUNCHER_URI } from './node/launcher-pod.ts';
-import { nodeApiserverArgs, startNode, type Node } from './node/kubelet.ts';
-import { blockPullManifest, getBlockPull, operatorServiceAccount, startOperator, waitFor, type OperatorProcess } from './demo/harness.ts';
+import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../../cluster/crds.ts';
+import { REPO_ROOT, startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
+import { launcherImage } from '../../images/images.ts';
+import { launcherPodManifest, launcherVmiManifest, LAUNCHER_URI } from '../../node/launcher-pod.ts';
+import { nodeApiserverArgs, startNode, type Node } from '../../node/kubelet.ts';
+import { blockPullManifest, getBlockPull, operatorServiceAccount, startOperator, waitFor, type OperatorProcess } from '../../operator-fixture/fixture.ts';
 
 const STATE_DIR = path.join(REPO_ROOT, '.cache', 'blockpull-exec-cluster');
 const NS = 'bp-exec';

@@ -13,17 +13,17 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect, inject, it } from 'vitest';
 import { z } from 'zod';
-import { clusterClient } from './cluster/client.ts';
-import { readState } from './cluster/control-plane.ts';
-import { isOurs, listeningPorts, processesMentioning } from './cluster/processes.ts';
-import { nodeLeftovers } from './node/kubelet.ts';
-import { readNodeRecord } from './node/node-state.ts';
+import { clusterClient } from '../../cluster/client.ts';
+import { readState } from '../../cluster/control-plane.ts';
+import { isOurs, listeningPorts, processesMentioning } from '../../cluster/processes.ts';
+import { nodeLeftovers } from '../../node/kubelet.ts';
+import { readNodeRecord } from '../../node/node-state.ts';
 
 const execFileP = promisify(execFile);
 
 it('up --node: control plane + Ready node survive the CLI; status shows the node; down leaves nothing', async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'blockpull-cli-node-'));
-  const cli = path.join(import.meta.dirname, 'cluster', 'cli.ts');
+  const cli = path.join(import.meta.dirname, '..', '..', 'cluster', 'cli.ts');
   const runCli = async (...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> => {
     try {
       const { stdout, stderr } = await execFileP(process.execPath, [cli, ...args, '--state-dir', dir], { timeout: 600_000 });

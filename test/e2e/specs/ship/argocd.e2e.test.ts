@@ -3,18 +3,18 @@
 // deleted included), and the pause/resume resource actions (discovery.lua offers them only when
 // they apply; action.lua returns the patched object). Every fixture is first checked to be a valid
 // BlockPull by the operator's own zod schema. The same health check is compared with the real
-// kstatus library on decide()'s statuses in ship-kstatus.e2e.test.ts.
+// kstatus library on decide()'s statuses in kstatus.e2e.test.ts.
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { parseBlockPull } from '../../operator/src/api/types.ts';
-import { ensureDebianPackages } from './support/debian.ts';
-import { ARGOCD_DIR, DISCOVERY_SCRIPT, HEALTH_SCRIPT, LUA_INTERPRETERS, actionScript, argoActions, argoHealth, argoRunAction } from './ship/argocd.ts';
-import { run } from './ship/helm.ts';
+import { parseBlockPull } from '../../../../operator/src/api/types.ts';
+import { ensureDebianPackages } from '../../support/debian.ts';
+import { ARGOCD_DIR, DISCOVERY_SCRIPT, HEALTH_SCRIPT, LUA_INTERPRETERS, actionScript, argoActions, argoHealth, argoRunAction } from '../../ship/argocd.ts';
+import { run } from '../../ship/helm.ts';
 
-const harness = join(import.meta.dirname, 'ship', 'lua-harness.lua');
-const fixturesDir = join(import.meta.dirname, 'ship', 'fixtures', 'argocd');
+const harness = join(import.meta.dirname, '..', '..', 'ship', 'lua-harness.lua');
+const fixturesDir = join(import.meta.dirname, '..', '..', 'ship', 'fixtures', 'argocd');
 
 const expected: Record<string, { status: string; message: RegExp; actions: string[] }> = {
   'new': { status: 'Progressing', message: /^Waiting for the operator to observe the BlockPull$/, actions: ['pause'] },

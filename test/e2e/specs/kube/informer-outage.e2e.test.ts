@@ -13,9 +13,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { clusterClient, type ClusterClient } from './cluster/client.ts';
-import { stopApiserver, type StoppedApiserver } from './cluster/control-plane.ts';
-import { blockPullManifest, createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, sleep, startOperator, waitFor, type OperatorProcess } from './demo/harness.ts';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
+import { stopApiserver, type StoppedApiserver } from '../../cluster/control-plane.ts';
+import { blockPullManifest, createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, sleep, startOperator, waitFor, type OperatorProcess } from '../../operator-fixture/fixture.ts';
 
 const NS = 'bp-outage';
 const VMI = 'vm-outage';

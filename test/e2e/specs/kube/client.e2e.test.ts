@@ -20,8 +20,8 @@ import {
   withTimeout,
   type KubeClients,
   type ResourceRef,
-} from '../../operator/src/kube/client.ts';
-import { clusterClient, type ClusterClient } from './cluster/client.ts';
+} from '../../../../operator/src/kube/client.ts';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 
 const suffix = randomBytes(3).toString('hex');
 const group = `plumbc${suffix}.test.blockpull.dev`;

@@ -9,8 +9,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { VirshDriver } from '../../operator/src/hypervisor/virsh-driver.ts';
-import { clusterClient, type ClusterClient } from './cluster/client.ts';
+import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import {
   blockPullManifest,
   createFakeVmi,
@@ -23,8 +23,8 @@ import {
   waitForPhase,
   type BlockPullView,
   type OperatorProcess,
-} from './demo/harness.ts';
-import { startLauncher, type Launcher } from './launcher/launcher.ts';
+} from '../../operator-fixture/fixture.ts';
+import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
 const NS = 'bp-e2e';
 const VMI = 'vm1';

@@ -8,7 +8,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { clusterClient, type ClusterClient } from './cluster/client.ts';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import {
   blockPullManifest,
   buildOperator,
@@ -23,8 +23,8 @@ import {
   waitForPhase,
   type BlockPullView,
   type OperatorProcess,
-} from './demo/harness.ts';
-import { isFakeSleeper, registerFakeLauncher, type FakeLauncher, type FakeVirshMode } from './launcher/fake-launcher.ts';
+} from '../../operator-fixture/fixture.ts';
+import { isFakeSleeper, registerFakeLauncher, type FakeLauncher, type FakeVirshMode } from '../../launcher/fake-launcher.ts';
 
 describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
   let kube: ClusterClient;

@@ -18,8 +18,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { VirshDriver } from '../../operator/src/hypervisor/virsh-driver.ts';
-import { clusterClient, type ClusterClient } from './cluster/client.ts';
+import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import {
   blockPullManifest,
   createFakeVmi,
@@ -30,8 +30,8 @@ import {
   waitFor,
   waitForPhase,
   type OperatorProcess,
-} from './demo/harness.ts';
-import { startLauncher, type Launcher } from './launcher/launcher.ts';
+} from '../../operator-fixture/fixture.ts';
+import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
 const execFileP = promisify(execFile);
 const NS = 'bp-space';

@@ -15,10 +15,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { MAX_BANDWIDTH } from '../../operator/src/api/quantity.ts';
-import type { StreamHandle } from '../../operator/src/hypervisor/runner.ts';
-import { VirshDriver } from '../../operator/src/hypervisor/virsh-driver.ts';
-import { clusterClient, type ClusterClient } from './cluster/client.ts';
+import { MAX_BANDWIDTH } from '../../../../operator/src/api/quantity.ts';
+import type { StreamHandle } from '../../../../operator/src/hypervisor/runner.ts';
+import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import {
   REPO_ROOT,
   blockPullManifest,
@@ -32,8 +32,8 @@ import {
   waitForPhase,
   type BlockPullView,
   type OperatorProcess,
-} from './demo/harness.ts';
-import { startLauncher, type Launcher } from './launcher/launcher.ts';
+} from '../../operator-fixture/fixture.ts';
+import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
 const NS = 'bp-intent';
 const VMI = 'vm-intent';

@@ -11,12 +11,12 @@ import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { makeInformer, type KubernetesListObject, type KubernetesObject } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { WatchdogInformer, customResourceSource } from '../../operator/src/controller/informer.ts';
-import { WorkQueue } from '../../operator/src/controller/workqueue.ts';
-import { createKubeClients, loadKubeConfig, type KubeClients, type ResourceRef } from '../../operator/src/kube/client.ts';
-import { createMetrics } from '../../operator/src/kube/metrics.ts';
-import { createLogger } from '../../operator/src/log.ts';
-import { clusterClient, type ClusterClient } from './cluster/client.ts';
+import { WatchdogInformer, customResourceSource } from '../../../../operator/src/controller/informer.ts';
+import { WorkQueue } from '../../../../operator/src/controller/workqueue.ts';
+import { createKubeClients, loadKubeConfig, type KubeClients, type ResourceRef } from '../../../../operator/src/kube/client.ts';
+import { createMetrics } from '../../../../operator/src/kube/metrics.ts';
+import { createLogger } from '../../../../operator/src/log.ts';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 
 const suffix = randomBytes(3).toString('hex');
 const group = `plumb${suffix}.test.blockpull.dev`;

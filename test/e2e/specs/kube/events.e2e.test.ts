@@ -4,10 +4,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createKubeClients, loadKubeConfig, type KubeClients } from '../../operator/src/kube/client.ts';
-import { EventRecorder, type InvolvedObject } from '../../operator/src/kube/events.ts';
-import { clusterClient } from './cluster/client.ts';
-import { createLogger } from '../../operator/src/log.ts';
+import { createKubeClients, loadKubeConfig, type KubeClients } from '../../../../operator/src/kube/client.ts';
+import { EventRecorder, type InvolvedObject } from '../../../../operator/src/kube/events.ts';
+import { clusterClient } from '../../cluster/client.ts';
+import { createLogger } from '../../../../operator/src/log.ts';
 
 const logger = createLogger({ level: 'warn', destination: process.stderr });
 

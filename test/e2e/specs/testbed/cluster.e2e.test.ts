@@ -14,12 +14,12 @@ import { promisify } from 'node:util';
 import { inject, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { z } from 'zod';
-import { ensureBinaries } from './cluster/binaries.ts';
-import { clusterClient } from './cluster/client.ts';
-import { readState, startControlPlane, stopRecorded } from './cluster/control-plane.ts';
-import { listeningPorts, processesMentioning } from './cluster/processes.ts';
-import { createServiceAccountKubeconfig } from './cluster/service-account.ts';
-import { pinnedVersions, resolveVersions } from './cluster/versions.ts';
+import { ensureBinaries } from '../../cluster/binaries.ts';
+import { clusterClient } from '../../cluster/client.ts';
+import { readState, startControlPlane, stopRecorded } from '../../cluster/control-plane.ts';
+import { listeningPorts, processesMentioning } from '../../cluster/processes.ts';
+import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
+import { pinnedVersions, resolveVersions } from '../../cluster/versions.ts';
 
 const execFileP = promisify(execFile);
 const cluster = clusterClient(inject('kubeconfigPath'), inject('kubectlPath'));
@@ -255,7 +255,7 @@ describe('control plane: lifecycle', () => {
 
   it('npm run cluster -- up | status | down', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'blockpull-cli-'));
-    const cli = path.join(import.meta.dirname, 'cluster', 'cli.ts');
+    const cli = path.join(import.meta.dirname, '..', '..', 'cluster', 'cli.ts');
     const node = process.execPath;
     const runCli = async (...args: string[]): Promise<{ code: number; stdout: string }> => {
       try {

@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { z } from 'zod';
-import { REPO_ROOT, helmTemplate, one } from './ship/chart.ts';
-import { ensureHelm, run } from './ship/helm.ts';
-import { ensurePrometheus, operatorMetricNames, type PrometheusTools } from './ship/prometheus.ts';
+import { REPO_ROOT, helmTemplate, one } from '../../ship/chart.ts';
+import { ensureHelm, run } from '../../ship/helm.ts';
+import { ensurePrometheus, operatorMetricNames, type PrometheusTools } from '../../ship/prometheus.ts';
 
 const RELEASE = 'bp';
 const NS = 'blockpull-system';

@@ -10,14 +10,14 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { readFileSync, readdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseBlockPull, type BlockPullStatus } from '../../operator/src/api/types.ts';
-import { e2eCluster } from './setup/cluster.ts';
-import type { ClusterClient } from './cluster/client.ts';
-import { ensureDebianPackages } from './support/debian.ts';
-import { LUA_INTERPRETERS, argoHealth, healthAgreesWith } from './ship/argocd.ts';
-import { blockPullStates, type BlockPullState } from './ship/blockpull-states.ts';
-import { run } from './ship/helm.ts';
-import { KSTATUS_VERSION, ensureKstatus, kstatus } from './ship/kstatus.ts';
+import { parseBlockPull, type BlockPullStatus } from '../../../../operator/src/api/types.ts';
+import { e2eCluster } from '../../setup/cluster.ts';
+import type { ClusterClient } from '../../cluster/client.ts';
+import { ensureDebianPackages } from '../../support/debian.ts';
+import { LUA_INTERPRETERS, argoHealth, healthAgreesWith } from '../../ship/argocd.ts';
+import { blockPullStates, type BlockPullState } from '../../ship/blockpull-states.ts';
+import { run } from '../../ship/helm.ts';
+import { KSTATUS_VERSION, ensureKstatus, kstatus } from '../../ship/kstatus.ts';
 
 const NS = 'kstatus-e2e';
 const states = blockPullStates();
@@ -81,7 +81,7 @@ describe(`kstatus ${KSTATUS_VERSION} on decide()'s statuses`, () => {
 });
 
 describe('kstatus and the Argo CD health check on the Argo CD fixtures', () => {
-  const dir = join(import.meta.dirname, 'ship', 'fixtures', 'argocd');
+  const dir = join(import.meta.dirname, '..', '..', 'ship', 'fixtures', 'argocd');
   it('agree on every fixture (as the API server serves it: a missing status is the CRD default)', async () => {
     const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
     expect(files.length).toBeGreaterThan(10);
@@ -217,7 +217,7 @@ describe('waiting in scripts', () => {
 
   /** The README's recipe (the fenced block after the marker), run by bash with the e2e kubectl. */
   function readmeRecipe(): string {
-    const readme = readFileSync(join(import.meta.dirname, '..', '..', 'README.md'), 'utf8');
+    const readme = readFileSync(join(import.meta.dirname, '..', '..', '..', '..', 'README.md'), 'utf8');
     const m = /<!-- fail-fast recipe[^>]*-->\s*```sh\n([\s\S]*?)```/.exec(readme);
     if (!m?.[1]) throw new Error('README.md has no fail-fast recipe block');
     return m[1];

@@ -17,12 +17,12 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { processStartTime } from './support/lock.ts';
-import { REPO_ROOT, stopRecorded } from './cluster/control-plane.ts';
-import { isOurs, processesMentioning, type DaemonRecord } from './cluster/processes.ts';
-import { nodeLeftovers } from './node/kubelet.ts';
-import { cgroupHierarchies, NODE_RUN_PREFIX, NODE_RUN_ROOT, readNodeRecord, sweepStaleNodes, teardownNode, writeNodeRecord, type NodeRecord } from './node/node-state.ts';
-import { findProcesses, mountsUnder, tool } from './node/proc.ts';
+import { processStartTime } from '../../support/lock.ts';
+import { REPO_ROOT, stopRecorded } from '../../cluster/control-plane.ts';
+import { isOurs, processesMentioning, type DaemonRecord } from '../../cluster/processes.ts';
+import { nodeLeftovers } from '../../node/kubelet.ts';
+import { cgroupHierarchies, NODE_RUN_PREFIX, NODE_RUN_ROOT, readNodeRecord, sweepStaleNodes, teardownNode, writeNodeRecord, type NodeRecord } from '../../node/node-state.ts';
+import { findProcesses, mountsUnder, tool } from '../../node/proc.ts';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterAll(async () => {

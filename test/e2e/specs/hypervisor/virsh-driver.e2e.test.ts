@@ -8,13 +8,13 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { computeGoal } from '../../operator/src/hypervisor/chain.ts';
-import { isPullComplete, waitForPullCompletion } from '../../operator/src/hypervisor/completion.ts';
-import { HypervisorError, type HypervisorErrorCode } from '../../operator/src/hypervisor/errors.ts';
-import { LocalRunner } from '../../operator/src/hypervisor/local-runner.ts';
-import type { BlockJobEvent, BlockJobInfo } from '../../operator/src/hypervisor/types.ts';
-import { VirshDriver } from '../../operator/src/hypervisor/virsh-driver.ts';
-import { referenceWithWrites, startLauncher, type Launcher, type LauncherDisk } from './launcher/launcher.ts';
+import { computeGoal } from '../../../../operator/src/hypervisor/chain.ts';
+import { isPullComplete, waitForPullCompletion } from '../../../../operator/src/hypervisor/completion.ts';
+import { HypervisorError, type HypervisorErrorCode } from '../../../../operator/src/hypervisor/errors.ts';
+import { LocalRunner } from '../../../../operator/src/hypervisor/local-runner.ts';
+import type { BlockJobEvent, BlockJobInfo } from '../../../../operator/src/hypervisor/types.ts';
+import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
+import { referenceWithWrites, startLauncher, type Launcher, type LauncherDisk } from '../../launcher/launcher.ts';
 
 const MiB = 1024 * 1024;
 

@@ -9,9 +9,9 @@ import { randomBytes } from 'node:crypto';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createKubeClients, loadKubeConfig, type KubeClients } from '../../operator/src/kube/client.ts';
-import { LeaderElector, type LeaderElectorOptions } from '../../operator/src/kube/leader-election.ts';
-import { createMetrics } from '../../operator/src/kube/metrics.ts';
+import { createKubeClients, loadKubeConfig, type KubeClients } from '../../../../operator/src/kube/client.ts';
+import { LeaderElector, type LeaderElectorOptions } from '../../../../operator/src/kube/leader-election.ts';
+import { createMetrics } from '../../../../operator/src/kube/metrics.ts';
 
 const LEASE_MS = 2_000;
 const RENEW_MS = 1_500;

@@ -16,8 +16,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { stringify } from 'yaml';
-import { VirshDriver } from '../../operator/src/hypervisor/virsh-driver.ts';
-import { clusterClient, type ClusterClient } from './cluster/client.ts';
+import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import {
   blockPullManifest,
   createFakeVmi,
@@ -31,8 +31,8 @@ import {
   waitForPhase,
   type BlockPullView,
   type OperatorProcess,
-} from './demo/harness.ts';
-import { startLauncher, type Launcher } from './launcher/launcher.ts';
+} from '../../operator-fixture/fixture.ts';
+import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
 const NS = 'bp-migrate';
 const NODE1 = 'mig-node-1';

@@ -3,13 +3,13 @@
  * resume, abort then a new pull, speed change, typed errors. Data checked with qemu-img compare.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { computeGoal } from '../../operator/src/hypervisor/chain.ts';
-import { isPullComplete, waitForPullCompletion } from '../../operator/src/hypervisor/completion.ts';
-import { HypervisorError, type HypervisorErrorCode } from '../../operator/src/hypervisor/errors.ts';
-import { QmpDriver } from '../../operator/src/hypervisor/qmp-driver.ts';
-import type { BlockJobEvent, BlockJobInfo } from '../../operator/src/hypervisor/types.ts';
-import type { LauncherDisk } from './launcher/launcher.ts';
-import { flushCommand, startStandaloneQemu, type StandaloneQemu } from './launcher/qemu.ts';
+import { computeGoal } from '../../../../operator/src/hypervisor/chain.ts';
+import { isPullComplete, waitForPullCompletion } from '../../../../operator/src/hypervisor/completion.ts';
+import { HypervisorError, type HypervisorErrorCode } from '../../../../operator/src/hypervisor/errors.ts';
+import { QmpDriver } from '../../../../operator/src/hypervisor/qmp-driver.ts';
+import type { BlockJobEvent, BlockJobInfo } from '../../../../operator/src/hypervisor/types.ts';
+import type { LauncherDisk } from '../../launcher/launcher.ts';
+import { flushCommand, startStandaloneQemu, type StandaloneQemu } from '../../launcher/qemu.ts';
 
 const MiB = 1024 * 1024;
 const DOMAIN = 'qmp-vm';

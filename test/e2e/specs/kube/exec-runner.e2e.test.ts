@@ -5,18 +5,18 @@
  * stdout/stderr are separated, exit codes come from the V1Status channel (0, non-zero), a
  * missing binary / missing pod are RunTransportError, a timeout closes the stream, and stream()
  * yields lines as they are printed and stops on demand.
- * Heavy (own control plane and node, like node.e2e.test.ts).
+ * Heavy (own control plane and node, like specs/testbed/node.e2e.test.ts).
  */
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ExecRunner } from '../../operator/src/hypervisor/exec-runner.ts';
-import { RunTimeoutError, RunTransportError } from '../../operator/src/hypervisor/runner.ts';
-import { loadKubeConfig } from '../../operator/src/kube/client.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from './cluster/control-plane.ts';
-import { testImage } from './images/images.ts';
-import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from './node/kubelet.ts';
-import { waitFor } from './node/proc.ts';
+import { ExecRunner } from '../../../../operator/src/hypervisor/exec-runner.ts';
+import { RunTimeoutError, RunTransportError } from '../../../../operator/src/hypervisor/runner.ts';
+import { loadKubeConfig } from '../../../../operator/src/kube/client.ts';
+import { REPO_ROOT, startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
+import { testImage } from '../../images/images.ts';
+import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from '../../node/kubelet.ts';
+import { waitFor } from '../../node/proc.ts';
 
 const STATE_DIR = path.join(REPO_ROOT, '.cache', 'plumb-exec-cluster');
 const NS = 'plumb-exec';
