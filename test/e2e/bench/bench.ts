@@ -27,7 +27,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseBlockJobEventLine } from '../../../operator/src/hypervisor/virsh-parse.ts';
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
 import { blockPullManifest, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../operator-fixture/fixture.ts';
 

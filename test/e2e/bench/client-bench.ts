@@ -21,7 +21,8 @@ import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { z } from 'zod';
 import { createKubeClients, loadKubeConfig } from '../../../operator/src/kube/client.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { tcpConnectionsTo } from '../support/sockets.ts';
 
 const { values } = parseArgs({

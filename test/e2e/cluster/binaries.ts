@@ -13,7 +13,8 @@ import { access, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:f
 import path from 'node:path';
 import { z } from 'zod';
 import { ETCD_SERVER_MODULE, K8S_COMMANDS, K8S_MODULE, k8sLdflags } from './go-mod.ts';
-import { GO_MODULES_DIR, goBinary, writeEtcdModule, writeK8sModule } from './gen-go-mod.ts';
+import { GO_MODULES_DIR, writeEtcdModule, writeK8sModule } from './gen-go-mod.ts';
+import { goBinary } from '../support/paths.ts';
 import { withLock } from '../support/lock.ts';
 import { cacheRoot } from '../support/cache.ts';
 import { pinnedVersions, resolveVersions, type Versions } from './versions.ts';

@@ -20,9 +20,9 @@ import { clusterClient, type ClusterClient } from './client.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
 import { processStartTime } from '../support/lock.ts';
 import { daemonRecord, freePorts, isOurs, killNow, readCmdline, spawnDaemon, stopDaemon, waitPortsFree, type DaemonRecord } from './processes.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { tail } from '../support/tail.ts';
 
-export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..', '..');
 /** `npm run cluster -- up` uses this state dir; its admin kubeconfig is <dir>/admin.kubeconfig. */
 export const DEFAULT_STATE_DIR = path.join(REPO_ROOT, '.cache', 'cluster');
 export const SERVICE_CLUSTER_IP_RANGE = '10.0.0.0/24';

@@ -9,12 +9,12 @@
  * versions (BLOCKPULL_K8S_VERSION / BLOCKPULL_ETCD_VERSION) in the cache without touching the repo.
  */
 import { execFile } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
+import { goBinary } from '../support/paths.ts';
 import {
   ETCD_SERVER_MODULE,
   K8S_MODULE,
@@ -29,20 +29,6 @@ const execFileP = promisify(execFile);
 
 export const GO_MODULES_DIR = path.join(import.meta.dirname, 'go');
 
-/** The Go toolchain: $BLOCKPULL_GO, else `go` on PATH, else /usr/local/go/bin/go. */
-export function goBinary(env: NodeJS.ProcessEnv = process.env): string {
-  const candidates = [env['BLOCKPULL_GO'], ...(env['PATH'] ?? '').split(':').filter(Boolean).map((d) => path.join(d, 'go')), '/usr/local/go/bin/go'];
-  for (const c of candidates) {
-    if (!c) continue;
-    try {
-      accessSync(c, constants.X_OK);
-      return c;
-    } catch {
-      // next
-    }
-  }
-  throw new Error('no Go toolchain found: install Go (>= 1.24) at /usr/local/go or set BLOCKPULL_GO to the go binary');
-}
 
 export async function runGo(args: readonly string[], cwd: string): Promise<string> {
   try {

@@ -12,14 +12,13 @@
  */
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { dirname, join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, relative } from 'node:path';
 import { ensureDebianPackages, tool, unmountAllUnder } from '../node/proc.ts';
 import type { BuiltImage } from './images.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { writeOciArchive } from './oci.ts';
 import { imageCacheDir, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
 
-const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const BUILDER_VERSION = '1';
 /** The name the Dockerfile's FROM uses (its digest pin is overridden by --build-arg NODE_IMAGE). */
 export const NODE_BASE_NAME = 'docker.io/library/node:24-bookworm-slim';

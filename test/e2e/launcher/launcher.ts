@@ -17,6 +17,7 @@ import { buildChain, migratedChain, qemuIoWrite } from './images.ts';
 import { spawnLogged } from './spawn-logged.ts';
 import { ensureHypervisorPackages } from './packages.ts';
 import { ensureQemuUser } from './user.ts';
+import { waitFor } from '../support/wait.ts';
 
 const execFileP = promisify(execFile);
 
@@ -140,15 +141,6 @@ ${diskXml}
 `;
 }
 
-async function waitFor(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 /** Running; a zombie (left to an init that may not reap it) counts as gone. */
 function alive(pid: number): boolean {
   try {
@@ -209,7 +201,7 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
       }
       const r = await runner.run(['virsh', '-q', '-c', uri, 'version'], { timeoutMs: 10_000 }).catch(() => undefined);
       return r?.exitCode === 0;
-    });
+    }, 100);
   };
 
   const killDaemon = async (): Promise<void> => {
@@ -265,7 +257,7 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
       if (!alive(pid)) continue;
       try {
         process.kill(pid, 'SIGKILL');
-        await waitFor(`qemu ${pid} to exit`, 10_000, () => Promise.resolve(!alive(pid)));
+        await waitFor(`qemu ${pid} to exit`, 10_000, () => !alive(pid), 100);
       } catch (err) {
         errors.push(err);
       }

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { withLock } from '../support/lock.ts';
 import { tail } from '../support/tail.ts';
+import { waitFor } from '../support/wait.ts';
 import { isOurs, type DaemonRecord } from '../cluster/processes.ts';
 import {
   ensureDebianPackages,
@@ -20,7 +21,6 @@ import {
   stopRecordedProcess,
   tool,
   unmountAllUnder,
-  waitFor,
   type Daemon,
   type ToolResult,
 } from './proc.ts';
@@ -212,13 +212,13 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
   try {
     await waitFor(
       'containerd socket',
+      60_000,
       async () => {
         if (!daemon.isRunning()) throw new Error(`containerd exited:\n${tail(logPath)}`);
         if (!existsSync(socket)) return false;
         const r = await ctr(['version'], { allowFailure: true, timeoutMs: 5000 });
         return r.exitCode === 0;
       },
-      60_000,
     );
     // The CRI plugin must have loaded (it reports errors, not exits, when it cannot).
     const plugins = await ctr(['plugins', 'ls']);
@@ -267,10 +267,10 @@ export async function teardownContainerd(c: { runDir: string; bridge: string; ne
       const tasks = await ctr(['-n', ns, 'tasks', 'ls']);
       for (const t of parseTasks(tasks.stdout)) await ctr(['-n', ns, 'tasks', 'kill', '-s', 'SIGKILL', t.id]);
       for (const t of parseTasks(tasks.stdout)) {
-        await waitFor(`task ${t.id} to stop`, async () => {
+        await waitFor(`task ${t.id} to stop`, 15_000, async () => {
           const r = await ctr(['-n', ns, 'tasks', 'delete', t.id]);
           return r.exitCode === 0 || /not found/.test(r.stderr);
-        }, 15_000, 300).catch(() => undefined);
+        }, 300).catch(() => undefined);
       }
     }
   }

@@ -40,7 +40,8 @@ import { freePorts } from '../cluster/processes.ts';
 import { pauseImage, type BuiltImage } from '../images/images.ts';
 import { CNI_BRIDGE_PREFIX, leftovers as containerdLeftovers, startContainerd, type Containerd } from './containerd.ts';
 import { cgroupHierarchies, NODE_RUN_PREFIX, NODE_RUN_ROOT, sweepStaleNodes, teardownNode, writeNodeRecord, type NodeRecord } from './node-state.ts';
-import { findProcesses, mountsUnder, startDaemon, tool, waitFor, type Daemon } from './proc.ts';
+import { findProcesses, mountsUnder, startDaemon, tool, type Daemon } from './proc.ts';
+import { waitFor } from '../support/wait.ts';
 
 export const NODE_NAME = 'blockpull-node';
 
@@ -336,6 +337,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
 
     await waitFor(
       `node ${name} Ready`,
+      options.readyTimeoutMs ?? 120_000,
       async () => {
         for (const d of daemons) if (!d.isRunning()) throw new Error(`${d.name} exited:\n${tail(d.logPath, 40)}`);
         const r = await cp.kubectlResult(['get', 'node', name, '-o', 'json'], { timeoutMs: 10_000 });
@@ -343,7 +345,6 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
         const node = NodeStatus.parse(JSON.parse(r.stdout));
         return node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
       },
-      options.readyTimeoutMs ?? 120_000,
       500,
     ).catch((e: unknown) => {
       const msg = e instanceof Error ? e.message : String(e);

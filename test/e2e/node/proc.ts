@@ -152,25 +152,6 @@ export function startDaemon(name: string, argv: readonly string[], logPath: stri
   };
 }
 
-/** Poll until fn returns a truthy value or the deadline passes. */
-export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, intervalMs = 250): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      lastError = e;
-    }
-    if (Date.now() > deadline) {
-      const detail = lastError instanceof Error ? `: ${lastError.message}` : '';
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
-    }
-    await sleep(intervalMs);
-  }
-}
-
 /** apt-get lives in one place for all test tooling. */
 export { ensureDebianPackages } from '../support/debian.ts';
 

@@ -15,33 +15,14 @@ import { z } from 'zod';
 import type { ClusterClient } from '../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../cluster/service-account.ts';
 import type { Launcher } from '../launcher/launcher.ts';
+import { NODE_BIN, REPO_ROOT } from '../support/paths.ts';
+import { sleep, waitFor } from '../support/wait.ts';
 
-export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..', '..');
-export const NODE_BIN = path.join(REPO_ROOT, 'node_modules', '.bin', 'node');
 export const OPERATOR_MAIN = path.join(REPO_ROOT, 'operator', 'src', 'main.ts');
 export const LOG_DIR = path.join(REPO_ROOT, '.cache', 'e2e-blockpull');
 export const STANDIN_NODE = 'standin-node';
 /** The operator's own namespace in these tests (ServiceAccount, Lease): not the chart's, to stay clear of chart tests sharing the cluster. */
 export const OPERATOR_NAMESPACE = 'bp-operator-system';
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-export async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined | false>, intervalMs = 200): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastErr: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined && v !== false) return v;
-    } catch (err) {
-      lastErr = err;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}`);
-    }
-    await sleep(intervalMs);
-  }
-}
 
 // --- RBAC: the operator runs as a ServiceAccount with the chart's rules ------------------------
 

@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse, parseAllDocuments, stringify } from 'yaml';
 import { z } from 'zod';
+import { REPO_ROOT } from '../support/paths.ts';
 import { ensureHelm, run, type RunResult } from './helm.ts';
 
-export const REPO_ROOT = join(import.meta.dirname, '..', '..', '..');
 export const CHART_DIR = join(REPO_ROOT, 'charts', 'blockpull-operator');
 
 export const K8sObject = z.looseObject({

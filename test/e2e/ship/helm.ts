@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cacheRoot } from '../support/cache.ts';
 import { withLock } from '../support/lock.ts';
+import { goBinary } from '../support/paths.ts';
 
 export const HELM_VERSION = 'v3.22.0';
 const wrapperDir = join(dirname(fileURLToPath(import.meta.url)), 'helm-go');
@@ -56,12 +57,6 @@ export function helmPath(version = HELM_VERSION): string {
   return join(cacheRoot(), 'bin', `helm-${version}`, 'helm');
 }
 
-export function findGo(): string {
-  for (const dir of (process.env.PATH ?? '').split(':').concat('/usr/local/go/bin')) {
-    if (dir && existsSync(join(dir, 'go'))) return join(dir, 'go');
-  }
-  throw new Error('the Go toolchain (go) is needed to build helm and the other Go test tools and was not found on PATH or in /usr/local/go/bin');
-}
 
 /**
  * The link flags of helm's own Makefile: its version, and the Kubernetes version `helm template`
@@ -100,7 +95,7 @@ export async function ensureHelm(options: { log?: (line: string) => void } = {})
   await mkdir(dirname(dirname(target)), { recursive: true });
   return withLock(`${dirname(target)}.build.lock`, async () => {
     if (await ok()) return target;
-    const go = findGo();
+    const go = goBinary();
     await mkdir(dirname(target), { recursive: true });
     const tmp = `${target}.tmp-${process.pid}`;
     const started = Date.now();

@@ -9,11 +9,11 @@ import { HypervisorError, type HypervisorErrorCode } from '../../../../operator/
 import { QmpDriver } from '../../../../operator/src/hypervisor/qmp-driver.ts';
 import type { BlockJobEvent, BlockJobInfo } from '../../../../operator/src/hypervisor/types.ts';
 import type { LauncherDisk } from '../../launcher/launcher.ts';
+import { sleep, waitFor } from '../../support/wait.ts';
 import { flushCommand, startStandaloneQemu, type StandaloneQemu } from '../../launcher/qemu.ts';
 
 const MiB = 1024 * 1024;
 const DOMAIN = 'qmp-vm';
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function expectCode(p: Promise<unknown>, code: HypervisorErrorCode): Promise<void> {
   const err = await p.then(
@@ -24,13 +24,6 @@ async function expectCode(p: Promise<unknown>, code: HypervisorErrorCode): Promi
   expect((err as HypervisorError).code, (err as Error).message).toBe(code);
 }
 
-async function waitUntil(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 describe('QMP driver on a standalone QEMU', () => {
   let q: StandaloneQemu;
@@ -87,7 +80,7 @@ describe('QMP driver on a standalone QEMU', () => {
       await expectCode(driver.startPull(DOMAIN, d.target, {}), 'DiskBusy');
       const result = await waitForPullCompletion(driver, DOMAIN, goal, { pollIntervalMs: 200, timeoutMs: 60_000, onProgress: (j) => progress.push(j) });
       expect(result.disk.chain.map((c) => c.path)).toEqual([d.chain[0]]);
-      await waitUntil('completion event', 5000, () => Promise.resolve(events.some((e) => e.kind === 'completed')));
+      await waitFor('completion event', 5000, () => Promise.resolve(events.some((e) => e.kind === 'completed')), 50);
     } finally {
       sub.stop();
     }
@@ -115,24 +108,24 @@ describe('QMP driver on a standalone QEMU', () => {
     const ref = await q.reference('pause');
     const goal = computeGoal(await driver.getDisk(DOMAIN, { name: 'pause' }));
     await driver.startPull(DOMAIN, d.target, { bandwidth: 8 * MiB });
-    await waitUntil('2 MiB streamed', 20_000, async () => ((await driver.getJob(DOMAIN, d.target))?.cur ?? 0) >= 2 * MiB);
+    await waitFor('2 MiB streamed', 20_000, async () => ((await driver.getJob(DOMAIN, d.target))?.cur ?? 0) >= 2 * MiB, 50);
 
     await driver.pause(DOMAIN, d.target);
-    await waitUntil('job paused', 5000, async () => (await driver.getJob(DOMAIN, d.target))?.paused === true);
+    await waitFor('job paused', 5000, async () => (await driver.getJob(DOMAIN, d.target))?.paused === true, 50);
     const p1 = await driver.getJob(DOMAIN, d.target);
     await sleep(1000);
     const p2 = await driver.getJob(DOMAIN, d.target);
     expect(p2?.cur).toBe(p1?.cur); // no progress while paused
     await driver.resume(DOMAIN, d.target);
-    await waitUntil('progress after resume', 10_000, async () => ((await driver.getJob(DOMAIN, d.target))?.cur ?? 0) > (p2?.cur ?? 0));
+    await waitFor('progress after resume', 10_000, async () => ((await driver.getJob(DOMAIN, d.target))?.cur ?? 0) > (p2?.cur ?? 0), 50);
     expect((await driver.getJob(DOMAIN, d.target))?.paused).toBe(false);
 
     const events: BlockJobEvent[] = [];
     const sub = driver.watchEvents(DOMAIN, (e) => events.push(e));
     try {
       await driver.abort(DOMAIN, d.target);
-      await waitUntil('job gone after cancel', 20_000, async () => (await driver.getJob(DOMAIN, d.target)) === null);
-      await waitUntil('cancel event', 5000, () => Promise.resolve(events.some((e) => e.kind === 'canceled' && e.target === d.target)));
+      await waitFor('job gone after cancel', 20_000, async () => (await driver.getJob(DOMAIN, d.target)) === null, 50);
+      await waitFor('cancel event', 5000, () => Promise.resolve(events.some((e) => e.kind === 'canceled' && e.target === d.target)), 50);
     } finally {
       sub.stop();
     }

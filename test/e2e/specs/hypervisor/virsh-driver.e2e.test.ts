@@ -15,6 +15,7 @@ import { LocalRunner } from '../../../../operator/src/hypervisor/local-runner.ts
 import type { BlockJobEvent, BlockJobInfo } from '../../../../operator/src/hypervisor/types.ts';
 import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
 import { referenceWithWrites, startLauncher, type Launcher, type LauncherDisk } from '../../launcher/launcher.ts';
+import { sleep, waitFor } from '../../support/wait.ts';
 
 const MiB = 1024 * 1024;
 
@@ -29,7 +30,6 @@ function running(pid: number): boolean {
 /** QEMU's rate limiter lets one 100 ms slice through before it throttles. */
 const RATELIMIT_SLICE_S = 0.1;
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function expectCode(p: Promise<unknown>, code: HypervisorErrorCode): Promise<HypervisorError> {
   const err = await p.then(
@@ -41,13 +41,6 @@ async function expectCode(p: Promise<unknown>, code: HypervisorErrorCode): Promi
   return err as HypervisorError;
 }
 
-async function waitUntil(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 describe('virsh driver on a real libvirt session daemon', () => {
   let l: Launcher;
@@ -113,7 +106,7 @@ describe('virsh driver on a real libvirt session daemon', () => {
       const result = await waitForPullCompletion(driver, l.domain, goal, { pollIntervalMs: 200, timeoutMs: 60_000, onProgress: (j) => progress.push(j) });
       expect(result.disk.chain).toHaveLength(1);
       expect(result.disk.chain[0]?.path).toBe(d.chain[0]);
-      await waitUntil('completion event', 5000, () => Promise.resolve(events.some((e) => e.target === d.target && e.kind === 'completed')));
+      await waitFor('completion event', 5000, () => Promise.resolve(events.some((e) => e.target === d.target && e.kind === 'completed')), 100);
     } finally {
       sub.stop();
     }
@@ -203,9 +196,9 @@ describe('virsh driver on a real libvirt session daemon', () => {
       () => 'completed',
       (e: unknown) => e,
     );
-    await waitUntil('8 MiB streamed', 20_000, async () => ((await driver.getJob(l.domain, d.target))?.cur ?? 0) >= 8 * MiB);
+    await waitFor('8 MiB streamed', 20_000, async () => ((await driver.getJob(l.domain, d.target))?.cur ?? 0) >= 8 * MiB, 100);
     await driver.abort(l.domain, d.target);
-    await waitUntil('job gone after abort', 20_000, async () => (await driver.getJob(l.domain, d.target)) === null);
+    await waitFor('job gone after abort', 20_000, async () => (await driver.getJob(l.domain, d.target)) === null, 100);
     const outcome = await waiterOutcome;
     expect(outcome).toBeInstanceOf(HypervisorError);
     expect((outcome as HypervisorError).code).toBe('JobCanceled');
@@ -227,7 +220,7 @@ describe('virsh driver on a real libvirt session daemon', () => {
     const ref = await l.reference('guest');
     const goal = computeGoal(await driver.getDisk(l.domain, { name: 'guest' }));
     await driver.startPull(l.domain, d.target, { bandwidth: 16 * MiB });
-    await waitUntil('4 MiB streamed', 20_000, async () => ((await driver.getJob(l.domain, d.target))?.cur ?? 0) >= 4 * MiB);
+    await waitFor('4 MiB streamed', 20_000, async () => ((await driver.getJob(l.domain, d.target))?.cur ?? 0) >= 4 * MiB, 100);
     const writes = [
       { offset: 2 * MiB, length: MiB, pattern: 0x77 }, // already streamed
       { offset: 40 * MiB + 4096, length: 256 * 1024, pattern: 0x78 }, // not yet streamed, unaligned
@@ -252,7 +245,7 @@ describe('virsh driver on a real libvirt session daemon', () => {
     } finally {
       await driver.abort(l.domain, d.target);
     }
-    await waitUntil('busy job gone', 20_000, async () => (await driver.getJob(l.domain, d.target)) === null);
+    await waitFor('busy job gone', 20_000, async () => (await driver.getJob(l.domain, d.target)) === null, 100);
 
     await expectCode(driver.getDisk('hv_missing', { name: 'busy' }), 'DomainNotFound');
     await expectCode(driver.getJob('hv_missing', 'vda'), 'DomainNotFound');
@@ -293,7 +286,7 @@ describe('virsh driver across a libvirt daemon restart', () => {
     const waiter = waitForPullCompletion(driver, launcher.domain, goal, { pollIntervalMs: 200, timeoutMs: 90_000, unreachableGraceMs: 60_000 });
     const events: BlockJobEvent[] = [];
     const sub = driver.watchEvents(launcher.domain, (e) => events.push(e));
-    await waitUntil('4 MiB streamed', 20_000, async () => ((await driver.getJob(launcher.domain, d.target))?.cur ?? 0) >= 4 * MiB);
+    await waitFor('4 MiB streamed', 20_000, async () => ((await driver.getJob(launcher.domain, d.target))?.cur ?? 0) >= 4 * MiB, 100);
     const beforeKill = await driver.getJob(launcher.domain, d.target);
 
     await launcher.killDaemon();
@@ -316,7 +309,7 @@ describe('virsh driver across a libvirt daemon restart', () => {
     expect(result.disk.chain.map((c) => c.path)).toEqual([d.chain[0]]);
     expect(await driver.getJob(launcher.domain, d.target)).toBeNull();
     // The event subscription survived the outage (stream restarted, polling meanwhile).
-    await waitUntil('completion event after the restart', 10_000, () => Promise.resolve(events.some((e) => e.target === d.target && e.kind === 'completed')));
+    await waitFor('completion event after the restart', 10_000, () => Promise.resolve(events.some((e) => e.target === d.target && e.kind === 'completed')), 100);
     sub.stop();
     expect(await launcher.compare('root', ref)).toBe(true);
 

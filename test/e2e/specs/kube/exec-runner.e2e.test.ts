@@ -13,10 +13,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecRunner } from '../../../../operator/src/hypervisor/exec-runner.ts';
 import { RunTimeoutError, RunTransportError } from '../../../../operator/src/hypervisor/runner.ts';
 import { loadKubeConfig } from '../../../../operator/src/kube/client.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
+import { startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
+import { REPO_ROOT } from '../../support/paths.ts';
 import { testImage } from '../../images/images.ts';
 import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from '../../node/kubelet.ts';
-import { waitFor } from '../../node/proc.ts';
+import { waitFor } from '../../support/wait.ts';
 
 const STATE_DIR = path.join(REPO_ROOT, '.cache', 'plumb-exec-cluster');
 const NS = 'plumb-exec';
@@ -31,7 +32,7 @@ beforeAll(async () => {
   cp = await startControlPlane({ stateDir: STATE_DIR, extraApiserverArgs: nodeApiserverArgs(STATE_DIR) });
   node = await startNode(cp, { images: [image] });
   await cp.kubectl(['create', 'namespace', NS]);
-  await waitFor('default service account', async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0, 60_000, 500);
+  await waitFor('default service account', 60_000, async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0, 500);
   const pod = {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -96,7 +97,7 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
     await expect(runner.run(['sleep', '31'], { timeoutMs: 1_000 })).rejects.toThrow(RunTimeoutError);
     expect(performance.now() - t0).toBeLessThan(5_000);
     // and the command is gone from the container, not left running
-    await waitFor('sleep gone from the container', async () => !(await runner.run(['ps', '-o', 'args'])).stdout.includes('sleep 31'), 10_000, 250);
+    await waitFor('sleep gone from the container', 10_000, async () => !(await runner.run(['ps', '-o', 'args'])).stdout.includes('sleep 31'), 250);
   });
 
   it('stream() yields lines as they are printed, ends with the exit code; stop() ends a loop', async () => {
@@ -117,7 +118,7 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
     const done = await loop.done;
     expect(done.exitCode).not.toBe(0);
     // Stopping ends the command in the container too (the kill-on-disconnect wrapper)
-    await waitFor('loop gone from the container', async () => !(await runner.run(['ps', '-o', 'pid,args'])).stdout.includes('plumb-loop-marker'), 10_000, 250);
+    await waitFor('loop gone from the container', 10_000, async () => !(await runner.run(['ps', '-o', 'pid,args'])).stdout.includes('plumb-loop-marker'), 250);
   });
   it('an operator crash leaves no command behind: SIGKILL of the process that started it ends it in the container', async () => {
     const script = [
@@ -137,7 +138,7 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
       });
       expect((await runner.run(['ps', '-o', 'args'])).stdout).toContain('plumb-crash-marker');
       child.kill('SIGKILL');
-      await waitFor('loop of the killed process gone from the container', async () => !(await runner.run(['ps', '-o', 'args'])).stdout.includes('plumb-crash-marker'), 15_000, 250);
+      await waitFor('loop of the killed process gone from the container', 15_000, async () => !(await runner.run(['ps', '-o', 'args'])).stdout.includes('plumb-crash-marker'), 250);
     } finally {
       child.kill('SIGKILL');
     }

@@ -15,7 +15,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import { stopApiserver, type StoppedApiserver } from '../../cluster/control-plane.ts';
-import { blockPullManifest, createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, sleep, startOperator, waitFor, type OperatorProcess } from '../../operator-fixture/fixture.ts';
+import { blockPullManifest, createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, startOperator, type OperatorProcess } from '../../operator-fixture/fixture.ts';
+import { sleep, waitFor } from '../../support/wait.ts';
 
 const NS = 'bp-outage';
 const VMI = 'vm-outage';

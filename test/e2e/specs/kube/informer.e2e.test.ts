@@ -16,6 +16,7 @@ import { WorkQueue } from '../../../../operator/src/controller/workqueue.ts';
 import { createKubeClients, loadKubeConfig, type KubeClients, type ResourceRef } from '../../../../operator/src/kube/client.ts';
 import { createMetrics } from '../../../../operator/src/kube/metrics.ts';
 import { createLogger } from '../../../../operator/src/log.ts';
+import { waitFor } from '../../support/wait.ts';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 
 const suffix = randomBytes(3).toString('hex');
@@ -60,13 +61,6 @@ async function createWidget(name: string): Promise<void> {
   }
 }
 
-async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const t0 = performance.now();
-  while (!cond()) {
-    if (performance.now() - t0 > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 beforeAll(async () => {
   clients = createKubeClients(loadKubeConfig(inject('kubeconfigPath')));
@@ -114,7 +108,7 @@ describe('WatchdogInformer (real API server)', () => {
     try {
       expect(await inf.waitForSync()).toBe(true);
       expect(inf.hasSynced()).toBe(true);
-      await waitFor(() => inf.healthy(), 5_000, 'healthy');
+      await waitFor('healthy', 5_000, () => inf.healthy(), 25);
       expect(inf.get(ns, 'w1')?.metadata?.name).toBe('w1');
       expect(await queue.get()).toBe(`${ns}/w1`);
       queue.done(`${ns}/w1`);
@@ -128,7 +122,7 @@ describe('WatchdogInformer (real API server)', () => {
       );
       expect(await queue.get()).toBe(`${ns}/w2`);
       queue.done(`${ns}/w2`);
-      await waitFor(() => (inf.get(ns, 'w2') as { size?: number } | undefined)?.size === 2, 5_000, 'cache update');
+      await waitFor('cache update', 5_000, () => (inf.get(ns, 'w2') as { size?: number } | undefined)?.size === 2, 25);
       expect(inf.list(ns).map((o) => o.metadata?.name).sort()).toEqual(['w1', 'w2']);
 
       // A bare client-node informer for contrast (it must stop for good on the same error)
@@ -146,12 +140,13 @@ describe('WatchdogInformer (real API server)', () => {
       // Forced error: the resource disappears (404 on list and watch)
       const tDown = performance.now();
       await deleteCrd();
-      await waitFor(() => !inf.healthy(), 30_000, 'unhealthy after CRD deletion');
-      await waitFor(() => inf.restarts() >= 2, 10_000, 'watchdog restarts');
+      await waitFor('unhealthy after CRD deletion', 30_000, () => !inf.healthy(), 25);
+      await waitFor('watchdog restarts', 10_000, () => inf.restarts() >= 2, 25);
       await waitFor(
-        () => logLines.some((l) => l['alert'] === 'InformerStalled' && l['resource'] === 'widgets'),
-        10_000,
         'stall alert',
+        10_000,
+        () => logLines.some((l) => l['alert'] === 'InformerStalled' && l['resource'] === 'widgets'),
+        25,
       );
       const stalledAt = performance.now() - tDown;
       expect(stalledAt).toBeGreaterThanOrEqual(2_000);
@@ -164,8 +159,8 @@ describe('WatchdogInformer (real API server)', () => {
       // The resource comes back: the watchdog's next restart succeeds without outside help
       await createCrd();
       await createWidget('w3');
-      await waitFor(() => inf.healthy(), 15_000, 'recovered');
-      await waitFor(() => inf.get(ns, 'w3') !== undefined, 10_000, 'new object after recovery');
+      await waitFor('recovered', 15_000, () => inf.healthy(), 25);
+      await waitFor('new object after recovery', 10_000, () => inf.get(ns, 'w3') !== undefined, 25);
       const keys = new Set<string>();
       while (queue.len() > 0) {
         const k = (await queue.get()) as string;

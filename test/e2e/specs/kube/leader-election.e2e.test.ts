@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createKubeClients, loadKubeConfig, type KubeClients } from '../../../../operator/src/kube/client.ts';
 import { LeaderElector, type LeaderElectorOptions } from '../../../../operator/src/kube/leader-election.ts';
 import { createMetrics } from '../../../../operator/src/kube/metrics.ts';
+import { waitFor } from '../../support/wait.ts';
 
 const LEASE_MS = 2_000;
 const RENEW_MS = 1_500;
@@ -67,14 +68,6 @@ function candidate(identity: string, leaseName: string, extra: Partial<LeaderEle
   return c as Candidate;
 }
 
-async function waitFor(cond: () => boolean, timeoutMs: number): Promise<number> {
-  const t0 = performance.now();
-  while (!cond()) {
-    if (performance.now() - t0 > timeoutMs) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return performance.now() - t0;
-}
 
 async function readLease(name: string) {
   return clients.coordination.readNamespacedLease({ name, namespace: ns });
@@ -84,7 +77,7 @@ describe('LeaderElector (real API server)', () => {
   it('acquires a new Lease, keeps renewing it, and a standby waits', async () => {
     const metrics = createMetrics({ collectDefault: false });
     const a = candidate('cand-a', 'lease-1', { metrics });
-    await waitFor(() => a.elector.isLeader(), 5_000);
+    await waitFor('a leads', 5_000, () => a.elector.isLeader(), 20);
     const b = candidate('cand-b', 'lease-1');
     const lease = await readLease('lease-1');
     expect(lease.spec?.holderIdentity).toBe('cand-a');
@@ -106,7 +99,7 @@ describe('LeaderElector (real API server)', () => {
     expect(a.leadingSignal?.aborted).toBe(true);
     expect(a.stoppedAt).toHaveLength(1);
     expect((await metrics.registry.getSingleMetricAsString('blockpull_leader')).trim()).toMatch(/blockpull_leader 0$/);
-    await waitFor(() => b.elector.isLeader(), 5_000);
+    await waitFor('b leads', 5_000, () => b.elector.isLeader(), 20);
     const handover = performance.now() - tStop;
     expect(handover).toBeLessThan(LEASE_MS);
     const taken = await readLease('lease-1');
@@ -120,12 +113,12 @@ describe('LeaderElector (real API server)', () => {
 
   it('without release (a crashed leader), a candidate takes over only after the lease duration', async () => {
     const a = candidate('crash-a', 'lease-2', { releaseOnCancel: false });
-    await waitFor(() => a.elector.isLeader(), 5_000);
+    await waitFor('a leads', 5_000, () => a.elector.isLeader(), 20);
     await a.stop(); // stops renewing, keeps the Lease: like a killed process
     expect((await readLease('lease-2')).spec?.holderIdentity).toBe('crash-a');
     const t0 = performance.now();
     const b = candidate('crash-b', 'lease-2');
-    await waitFor(() => b.elector.isLeader(), 4 * LEASE_MS);
+    await waitFor('b leads', 4 * LEASE_MS, () => b.elector.isLeader(), 20);
     const took = performance.now() - t0;
     console.log(`take-over after expiry: ${Math.round(took)} ms (lease ${LEASE_MS} ms)`);
     // Measured on b's clock from its first observation: >= leaseDuration, < leaseDuration + 2 retries + slack
@@ -137,12 +130,12 @@ describe('LeaderElector (real API server)', () => {
   it('with the default (controller-runtime) timings, a crashed leader is replaced after ~15 s', async () => {
     const defaults = { leaseDurationMs: undefined, renewDeadlineMs: undefined, retryPeriodMs: undefined };
     const a = candidate('default-a', 'lease-defaults', { ...defaults, releaseOnCancel: false });
-    await waitFor(() => a.elector.isLeader(), 5_000);
+    await waitFor('a leads', 5_000, () => a.elector.isLeader(), 20);
     expect((await readLease('lease-defaults')).spec?.leaseDurationSeconds).toBe(15);
     await a.stop();
     const t0 = performance.now();
     const b = candidate('default-b', 'lease-defaults', defaults);
-    await waitFor(() => b.elector.isLeader(), 25_000);
+    await waitFor('b leads', 25_000, () => b.elector.isLeader(), 20);
     const took = performance.now() - t0;
     console.log(`default timings: take-over after ${Math.round(took)} ms (lease 15000 ms, retry 2000 ms)`);
     expect(took).toBeGreaterThanOrEqual(15_000 - 50);
@@ -182,7 +175,7 @@ describe('LeaderElector (real API server)', () => {
 
   it('a leader whose Lease is taken away stops leading at once (signal aborted, run() returns lost)', async () => {
     const a = candidate('victim', 'lease-4');
-    await waitFor(() => a.elector.isLeader(), 5_000);
+    await waitFor('a leads', 5_000, () => a.elector.isLeader(), 20);
     const lease = await readLease('lease-4');
     await clients.coordination.replaceNamespacedLease({
       name: 'lease-4',
@@ -205,7 +198,7 @@ describe('LeaderElector (real API server)', () => {
     const hole = await tcpForwarder(clients.kc);
     const a = candidate('hung', 'lease-6', { coordination: hole.clients.coordination });
     try {
-      await waitFor(() => a.elector.isLeader(), 5_000);
+      await waitFor('a leads', 5_000, () => a.elector.isLeader(), 20);
       hole.freeze();
       const t0 = performance.now();
       expect(await a.result).toBe('lost');
@@ -225,7 +218,7 @@ describe('LeaderElector (real API server)', () => {
     const cut = await tcpForwarder(clients.kc);
     const a = candidate('cut-off', 'lease-5', { coordination: cut.clients.coordination });
     try {
-      await waitFor(() => a.elector.isLeader(), 5_000);
+      await waitFor('a leads', 5_000, () => a.elector.isLeader(), 20);
       cut.close();
       const t0 = performance.now();
       expect(await a.result).toBe('lost');

@@ -10,11 +10,13 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../../cluster/crds.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
+import { startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
+import { REPO_ROOT } from '../../support/paths.ts';
 import { launcherImage } from '../../images/images.ts';
 import { launcherPodManifest, launcherVmiManifest, LAUNCHER_URI } from '../../node/launcher-pod.ts';
 import { nodeApiserverArgs, startNode, type Node } from '../../node/kubelet.ts';
-import { blockPullManifest, getBlockPull, operatorServiceAccount, startOperator, waitFor, type OperatorProcess } from '../../operator-fixture/fixture.ts';
+import { blockPullManifest, getBlockPull, operatorServiceAccount, startOperator, type OperatorProcess } from '../../operator-fixture/fixture.ts';
+import { waitFor } from '../../support/wait.ts';
 
 const STATE_DIR = path.join(REPO_ROOT, '.cache', 'blockpull-exec-cluster');
 const NS = 'bp-exec';

@@ -20,19 +20,18 @@ import type { StreamHandle } from '../../../../operator/src/hypervisor/runner.ts
 import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import {
-  REPO_ROOT,
   blockPullManifest,
   createFakeVmi,
   ensureNamespace,
   getBlockPull,
   operatorServiceAccount,
-  sleep,
   startOperator,
-  waitFor,
   waitForPhase,
   type BlockPullView,
   type OperatorProcess,
 } from '../../operator-fixture/fixture.ts';
+import { REPO_ROOT } from '../../support/paths.ts';
+import { sleep, waitFor } from '../../support/wait.ts';
 import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
 const NS = 'bp-intent';

@@ -25,13 +25,12 @@ import {
   ensureNamespace,
   getBlockPull,
   operatorServiceAccount,
-  sleep,
   startOperator,
-  waitFor,
   waitForPhase,
   type BlockPullView,
   type OperatorProcess,
 } from '../../operator-fixture/fixture.ts';
+import { sleep, waitFor } from '../../support/wait.ts';
 import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
 const NS = 'bp-migrate';

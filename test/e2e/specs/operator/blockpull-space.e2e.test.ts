@@ -27,10 +27,10 @@ import {
   getBlockPull,
   operatorServiceAccount,
   startOperator,
-  waitFor,
   waitForPhase,
   type OperatorProcess,
 } from '../../operator-fixture/fixture.ts';
+import { waitFor } from '../../support/wait.ts';
 import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
 const execFileP = promisify(execFile);

@@ -17,13 +17,12 @@ import {
   ensureNamespace,
   getBlockPull,
   operatorServiceAccount,
-  sleep,
   startOperator,
-  waitFor,
   waitForPhase,
   type BlockPullView,
   type OperatorProcess,
 } from '../../operator-fixture/fixture.ts';
+import { sleep, waitFor } from '../../support/wait.ts';
 import { isFakeSleeper, registerFakeLauncher, type FakeLauncher, type FakeVirshMode } from '../../launcher/fake-launcher.ts';
 
 describe('hostile launchers (operator process, fake virsh stand-ins)', () => {

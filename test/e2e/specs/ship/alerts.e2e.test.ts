@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { z } from 'zod';
-import { REPO_ROOT, helmTemplate, one } from '../../ship/chart.ts';
+import { helmTemplate, one } from '../../ship/chart.ts';
+import { REPO_ROOT } from '../../support/paths.ts';
 import { ensureHelm, run } from '../../ship/helm.ts';
 import { ensurePrometheus, operatorMetricNames, type PrometheusTools } from '../../ship/prometheus.ts';
 

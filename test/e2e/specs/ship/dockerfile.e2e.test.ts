@@ -16,7 +16,8 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { z } from 'zod';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
-import { REPO_ROOT, helmTemplate } from '../../ship/chart.ts';
+import { helmTemplate } from '../../ship/chart.ts';
+import { REPO_ROOT } from '../../support/paths.ts';
 import { exists, parseDockerfile, parseExecForm, performBuild, type BuildResult, type Stage } from '../../ship/dockerfile.ts';
 
 const NS = 'blockpull-image-test';

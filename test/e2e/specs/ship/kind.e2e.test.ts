@@ -10,7 +10,7 @@ import { parse } from 'yaml';
 import { z } from 'zod';
 import { clusterClient } from '../../cluster/client.ts';
 import { ensureDebianPackages } from '../../support/debian.ts';
-import { REPO_ROOT } from '../../ship/chart.ts';
+import { REPO_ROOT } from '../../support/paths.ts';
 import { run } from '../../ship/helm.ts';
 
 const script = join(REPO_ROOT, 'test', 'e2e', 'kind', 'kind-e2e.sh');

@@ -19,14 +19,15 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { clusterClient } from '../../cluster/client.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
+import { startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
+import { REPO_ROOT } from '../../support/paths.ts';
 import { installCrds, projectCrdFiles } from '../../cluster/crds.ts';
 import { blockPullManifest, getBlockPull, operatorServiceAccount, startOperator, waitForPhase, type OperatorProcess } from '../../operator-fixture/fixture.ts';
 import { launcherImage, LAUNCHER_UID, testImage, type BuiltImage } from '../../images/images.ts';
 import { operatorImage } from '../../images/operator.ts';
 import { ensureHelm, run as runTool } from '../../ship/helm.ts';
 import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from '../../node/kubelet.ts';
-import { waitFor } from '../../node/proc.ts';
+import { waitFor } from '../../support/wait.ts';
 import { launcherPodManifest, launcherVmiManifest, LAUNCHER_URI, type LauncherDiskSpec } from '../../node/launcher-pod.ts';
 
 const STATE_DIR = path.join(REPO_ROOT, '.cache', 'node-e2e-cluster');
@@ -57,11 +58,11 @@ async function pod(name: string): Promise<z.infer<typeof PodStatus>> {
 async function waitPodReady(name: string, timeoutMs = 120_000): Promise<z.infer<typeof PodStatus>> {
   return waitFor(
     `pod ${name} Ready`,
+    timeoutMs,
     async () => {
       const p = await pod(name);
       return p.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ? p : false;
     },
-    timeoutMs,
     500,
   );
 }
@@ -78,7 +79,7 @@ beforeAll(async () => {
   await installCrds(clusterClient(cp.kubeconfigPath, cp.binaries.kubectl), await projectCrdFiles());
   await cp.kubectl(['create', 'namespace', NS]);
   // the controller-manager's service account controller creates the namespace's "default" SA
-  await waitFor('default service account', async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0, 60_000, 500);
+  await waitFor('default service account', 60_000, async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0, 500);
 }, 1_800_000);
 
 afterAll(async () => {
@@ -136,10 +137,10 @@ describe('a real node: kubelet + containerd', () => {
     expect(p.status.phase).toBe('Running');
     expect(p.status.podIP?.startsWith(node!.podCidr.replace(/0\/24$/, ''))).toBe(true);
 
-    const logs = await waitFor('log line', async () => {
+    const logs = await waitFor('log line', 30_000, async () => {
       const out = await cp?.kubectl(['-n', NS, 'logs', 'hello']);
       return out?.includes('hello from hello') ? out : false;
-    }, 30_000);
+    });
     expect(logs).toContain('hello from hello');
 
     const exec = await cp.kubectlResult(['-n', NS, 'exec', 'hello', '-c', 'main', '--', '/bin/sh', '-c', 'echo out; echo err >&2; cat /etc/hostname; exit 3']);
@@ -283,28 +284,28 @@ describe('BlockPull through the production pods/exec transport, against the laun
     await cp.kubectl(['apply', '-f', '-'], { input: blockPullManifest({ namespace: NS, name: 'flatten-vm3', vmiName: 'vm3', disk: 'datadisk', spec: { bandwidth: '8Mi' } }) });
     await waitFor(
       'pull under way',
+      120_000,
       async () => {
         const bp = await getBlockPull(cp!, NS, 'flatten-vm3');
         return bp?.status?.phase === 'Running' && (bp.status.progress?.currentBytes ?? 0) > 0 ? bp : false;
       },
-      120_000,
       300,
     );
     const t0 = Date.now();
     await cp.kubectl(['-n', NS, 'delete', 'pod', pod, '--wait=false']);
     const after = await waitFor(
       'Pending / LauncherNotFound',
+      60_000,
       async () => {
         const bp = await getBlockPull(cp!, NS, 'flatten-vm3');
         return bp?.status?.phase === 'Pending' && bp.status.reason === 'LauncherNotFound' ? bp : false;
       },
-      60_000,
       300,
     );
     timings.podKillToPendingMs = Date.now() - t0;
     // Deleting: the pod is refused as being deleted, or gone already.
     expect(after.status?.message).toMatch(/has no acceptable virt-launcher pod on node .*(being deleted|no pod is controlled by it)/);
-    await waitFor('launcher pod gone', async () => (await cp?.kubectlResult(['-n', NS, 'get', 'pod', pod]))?.exitCode !== 0, 120_000, 500);
+    await waitFor('launcher pod gone', 120_000, async () => (await cp?.kubectlResult(['-n', NS, 'get', 'pod', pod]))?.exitCode !== 0, 500);
   });
 });
 
