@@ -21,7 +21,7 @@ import { ensureBinaries } from './binaries.ts';
 import { clusterClient } from './client.ts';
 import { attachControlPlane, DEFAULT_STATE_DIR, startControlPlane, stopRecorded } from './control-plane.ts';
 import { installCrds, projectCrdFiles } from './crds.ts';
-import { isOurs } from './processes.ts';
+import { isOurs } from '../support/process.ts';
 import { nodeApiserverArgs, nodeLeftovers, startNode } from '../node/kubelet.ts';
 import { NODE_RUN_PREFIX, NODE_RUN_ROOT, readNodeRecord, teardownNode, type NodeRecord } from '../node/node-state.ts';
 

@@ -12,7 +12,7 @@ import { dirname, join } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
-import { tool } from '../node/proc.ts';
+import { run } from '../support/process.ts';
 
 export interface ImageConfig {
   readonly entrypoint?: readonly string[];
@@ -137,7 +137,7 @@ export async function writeOciArchive(rootfs: string, name: string, config: Imag
     writeFileSync(join(layout, 'index.json'), JSON.stringify(index));
     writeFileSync(join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
     const tmpArchive = `${archivePath}.tmp`;
-    await tool(['tar', '--create', `--file=${tmpArchive}`, '--directory', layout, 'oci-layout', 'index.json', 'blobs']);
+    await run(['tar', '--create', `--file=${tmpArchive}`, '--directory', layout, 'oci-layout', 'index.json', 'blobs']);
     renameSync(tmpArchive, archivePath);
     return { name, archivePath, manifestDigest: man.digest, layerDigest: layer.digest, diffId: layer.diffId };
   } finally {

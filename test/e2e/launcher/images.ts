@@ -9,12 +9,10 @@
  * - a flat disk (n = 1) gets all of A in its single layer.
  * So a full pull copies about A - 1 MiB (what the backing layers hold and the top does not).
  */
-import { execFile } from 'node:child_process';
 import { chown } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
+import { run } from '../support/process.ts';
 
-const execFileP = promisify(execFile);
 const MiB = 1024 * 1024;
 /** qemu-io writes in requests of this size (one request allocates a buffer of that size). */
 const WRITE_CHUNK_MiB = 64;
@@ -57,7 +55,7 @@ export async function qemuIoWrite(image: string, writes: readonly { offset: numb
     }
   }
   if (cmds.length === 0) return;
-  await execFileP('qemu-io', ['-f', format, ...cmds, image], { maxBuffer: 16 * MiB });
+  await run(['qemu-io', '-f', format, ...cmds, image], { maxOutput: 16 * MiB });
 }
 
 export async function buildChain(spec: ChainSpec): Promise<BuiltChain> {
@@ -74,7 +72,7 @@ export async function buildChain(spec: ChainSpec): Promise<BuiltChain> {
     const file = path.join(position === 0 && spec.topDir !== undefined ? spec.topDir : dir, `${name}-${i}.qcow2`);
     const lower = paths[i - 1];
     const create = ['create', '-q', '-f', 'qcow2', ...(lower === undefined ? [] : ['-F', 'qcow2', '-b', lower]), file, `${sizeMiB}M`];
-    await execFileP('qemu-img', create);
+    await run(['qemu-img', ...create]);
     const pattern = layerPattern(position);
     const layerWrites: { offset: number; length: number; pattern: number }[] = [];
     const isBacking = layers === 1 || position >= 1;
@@ -115,17 +113,17 @@ export async function migratedChain(spec: MigratedChainSpec): Promise<BuiltChain
     const lower = paths[i - 1];
     if (i < source.length - 1) {
       // A backing image: the same bytes, pointed at the copy below it.
-      await execFileP('cp', ['--', src, file]);
-      if (lower !== undefined) await execFileP('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', lower, file]);
+      await run(['cp', '--', src, file]);
+      if (lower !== undefined) await run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', lower, file]);
     } else if (lower === undefined) {
-      await execFileP('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', src, file]);
+      await run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', src, file]);
     } else {
-      await execFileP('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-B', lower, '-F', 'qcow2', src, file]);
+      await run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-B', lower, '-F', 'qcow2', src, file]);
     }
     if (spec.uid !== undefined) await chown(file, spec.uid, spec.gid ?? spec.uid);
     paths.push(file);
   }
-  const { stdout } = await execFileP('qemu-img', ['info', '-U', '--output=json', '-f', 'qcow2', paths[paths.length - 1]!]);
+  const { stdout } = await run(['qemu-img', 'info', '-U', '--output=json', '-f', 'qcow2', paths[paths.length - 1]!]);
   const size = (JSON.parse(stdout) as { 'virtual-size'?: number })['virtual-size'] ?? 0;
   return { chain: paths.reverse(), sizeBytes: size, pullBytes: 0, writes: [] };
 }

@@ -5,21 +5,17 @@
  *
  * Contract (docs/ARCHITECTURE.md): startLauncher(options) -> Launcher; stop() removes everything.
  */
-import { execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { z } from 'zod';
 import { LocalRunner } from '../../../operator/src/hypervisor/local-runner.ts';
 import { buildChain, migratedChain, qemuIoWrite } from './images.ts';
-import { spawnLogged } from './spawn-logged.ts';
 import { ensureHypervisorPackages } from './packages.ts';
 import { ensureQemuUser } from './user.ts';
+import { recordOf, run, startDaemon as startProcess, stopDaemon, type Daemon } from '../support/process.ts';
 import { waitFor } from '../support/wait.ts';
 
-const execFileP = promisify(execFile);
 
 export interface LauncherDiskSpec {
   /** KubeVirt disk name: alias ua-<name>. */
@@ -141,15 +137,6 @@ ${diskXml}
 `;
 }
 
-/** Running; a zombie (left to an init that may not reap it) counts as gone. */
-function alive(pid: number): boolean {
-  try {
-    return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
 export async function startLauncher(options: LauncherOptions): Promise<Launcher> {
   const { namespace, vmiName } = options;
   if (!DNS_LABEL.test(namespace) || !DNS_LABEL.test(vmiName)) throw new Error(`namespace and VMI name must be DNS labels: ${namespace}/${vmiName}`);
@@ -178,7 +165,7 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
   const registryDir = options.registryDir ?? process.env.BLOCKPULL_LOCAL_LAUNCHERS_DIR;
   const registrationPath = registryDir === undefined || registryDir === '' ? undefined : path.join(registryDir, `${namespace}.${podName}.json`);
 
-  let daemon: ChildProcess | undefined;
+  let daemon: Daemon | undefined;
   let stopped = false;
   const disks: LauncherDisk[] = [];
   /** tmpfs mounts made for topFsMiB, unmounted by stop(). */
@@ -191,13 +178,15 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
   };
 
   const startDaemon = async (): Promise<void> => {
-    if (daemon !== undefined && daemon.exitCode === null && daemon.signalCode === null) throw new Error('libvirtd already running');
-    const d = await spawnLogged('libvirtd', [], path.join(dir, 'libvirtd.log'), { uid, gid, env, cwd: home });
+    if (daemon?.isRunning()) throw new Error('libvirtd already running');
+    // libvirtd takes no arguments here (its paths come from the environment): the identity check is
+    // pid + start time + argv[0].
+    const d = await startProcess('libvirtd', ['libvirtd'], path.join(dir, 'libvirtd.log'), { marker: 'libvirtd', uid, gid, env, cwd: home });
     daemon = d;
     await waitFor('libvirtd to answer', 30_000, async () => {
-      if (d.exitCode !== null || d.signalCode !== null) {
+      if (!d.isRunning()) {
         const tail = await readFile(path.join(dir, 'libvirtd.log'), 'utf8').catch(() => '');
-        throw new Error(`libvirtd exited (${d.exitCode ?? d.signalCode}): ${tail.slice(-2000)}`);
+        throw new Error(`libvirtd exited (${d.child.exitCode ?? d.child.signalCode}): ${tail.slice(-2000)}`);
       }
       const r = await runner.run(['virsh', '-q', '-c', uri, 'version'], { timeoutMs: 10_000 }).catch(() => undefined);
       return r?.exitCode === 0;
@@ -205,11 +194,7 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
   };
 
   const killDaemon = async (): Promise<void> => {
-    const d = daemon;
-    if (d?.pid === undefined || d.exitCode !== null || d.signalCode !== null) return;
-    const exited = new Promise<void>((r) => d.once('exit', () => r()));
-    d.kill('SIGKILL');
-    await exited;
+    if (daemon?.isRunning()) await stopDaemon(daemon.record, 0); // SIGKILL, like a crash
   };
 
   /**
@@ -241,29 +226,25 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
     stopped = true;
     const errors: unknown[] = [];
     const before = await helperPids();
-    if (daemon !== undefined && daemon.exitCode === null && daemon.signalCode === null) {
+    if (daemon?.isRunning()) {
       await virsh(['destroy', domain], 30_000).catch(() => undefined); // absent domain: fine
-      const d = daemon;
-      const exited = new Promise<void>((r) => d.once('exit', () => r()));
-      d.kill('SIGTERM');
-      const t = setTimeout(() => d.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(t);
+      await stopDaemon(daemon.record, 10_000);
     }
     // QEMU and virtlogd survive the daemon: kill them by their pid files.
     const after = await helperPids();
-    const pids = [...new Set([...before, ...after].map((p) => p.pid))];
-    for (const pid of pids) {
-      if (!alive(pid)) continue;
+    const seen = new Set<number>();
+    for (const p of [...before, ...after]) {
+      if (seen.has(p.pid)) continue;
+      seen.add(p.pid);
+      const rec = recordOf(p.pid, p.name, p.name);
       try {
-        process.kill(pid, 'SIGKILL');
-        await waitFor(`qemu ${pid} to exit`, 10_000, () => !alive(pid), 100);
+        if (rec) await stopDaemon(rec, 0);
       } catch (err) {
         errors.push(err);
       }
     }
     for (const m of mounts.splice(0).reverse()) {
-      await execFileP('umount', [m]).catch(async () => execFileP('umount', ['-l', m]).catch((e: unknown) => errors.push(e)));
+      await run(['umount', m]).catch(async () => run(['umount', '-l', m]).catch((e: unknown) => errors.push(e)));
     }
     if (registrationPath !== undefined) await rm(registrationPath, { force: true }).catch((e: unknown) => errors.push(e));
     await rm(dir, { recursive: true, force: true }).catch((e: unknown) => errors.push(e));
@@ -281,7 +262,7 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
    * outside QEMU (qemu-img -U) sees what the guest sees. No-op when the daemon or domain is down.
    */
   const flush = async (d: LauncherDisk): Promise<void> => {
-    if (daemon === undefined || daemon.exitCode !== null || daemon.signalCode !== null) return;
+    if (!daemon?.isRunning()) return;
     const state = await virsh(['domstate', domain]).catch(() => '');
     if (state.trim() === '' || state.includes('shut off')) return;
     const out = await virsh(['qemu-monitor-command', domain, '--hmp', `qemu-io -d /machine/peripheral/${d.alias}/virtio-backend "flush"`]);
@@ -300,7 +281,7 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
       if (spec.topFsMiB !== undefined) {
         topFs = path.join(dir, `fs-${spec.name}`);
         await mkdir(topFs, { mode: 0o700 });
-        await execFileP('mount', ['-t', 'tmpfs', '-o', `size=${spec.topFsMiB}m,mode=0700,uid=${uid},gid=${gid}`, `bpl-${spec.name}`, topFs]);
+        await run(['mount', '-t', 'tmpfs', '-o', `size=${spec.topFsMiB}m,mode=0700,uid=${uid},gid=${gid}`, `bpl-${spec.name}`, topFs]);
         mounts.push(topFs);
       }
       const built = spec.migratedFrom !== undefined ? await migratedChain({ dir: imgDir, name: spec.name, source: spec.migratedFrom, uid, gid }) : await buildChain({
@@ -348,19 +329,14 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
       const ref = path.join(refDir, `${diskName}-${++refCounter}.qcow2`);
       await flush(d);
       // -U: QEMU holds the image locks; the CPUs are paused, so the content is stable.
-      await execFileP('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', d.chain[0] ?? '', ref]);
+      await run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', d.chain[0] ?? '', ref]);
       return ref;
     },
     async compare(diskName, refPath) {
       const d = diskByName(diskName);
       await flush(d);
-      try {
-        await execFileP('qemu-img', ['compare', '-U', '-q', '-f', 'qcow2', '-F', 'qcow2', d.chain[0] ?? '', refPath]);
-        return true;
-      } catch (err) {
-        if ((err as { code?: unknown }).code === 1) return false;
-        throw err;
-      }
+      // qemu-img compare: 0 identical, 1 different, anything else an error.
+      return (await run(['qemu-img', 'compare', '-U', '-q', '-f', 'qcow2', '-F', 'qcow2', d.chain[0] ?? '', refPath], { allowExit: [1] })).exitCode === 0;
     },
     async flush(diskName) {
       await flush(diskByName(diskName));
@@ -368,7 +344,7 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
     async topDataBytes(diskName) {
       const d = diskByName(diskName);
       await flush(d);
-      const { stdout } = await execFileP('qemu-img', ['map', '-U', '--output=json', '-f', 'qcow2', d.chain[0] ?? ''], { maxBuffer: 64 * 1024 * 1024 });
+      const { stdout } = await run(['qemu-img', 'map', '-U', '--output=json', '-f', 'qcow2', d.chain[0] ?? ''], { maxOutput: 64 * 1024 * 1024 });
       const extents = mapSchema.parse(JSON.parse(stdout));
       return extents.filter((e) => e.depth === 0 && e.data).reduce((n, e) => n + e.length, 0);
     },
@@ -387,7 +363,7 @@ export async function startLauncher(options: LauncherOptions): Promise<Launcher>
 /** Apply the same writes to a copy of a reference (the expected image after guest writes). */
 export async function referenceWithWrites(refPath: string, writes: readonly { offset: number; length: number; pattern: number }[]): Promise<string> {
   const out = `${refPath.replace(/\.qcow2$/, '')}-w${randomBytes(3).toString('hex')}.qcow2`;
-  await execFileP('qemu-img', ['convert', '-f', 'qcow2', '-O', 'qcow2', refPath, out]);
+  await run(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', refPath, out]);
   await qemuIoWrite(out, writes);
   return out;
 }

@@ -36,11 +36,12 @@ import type { ControlPlane } from '../cluster/control-plane.ts';
 import { writeKubeconfig } from '../cluster/kubeconfig.ts';
 import { processStartTime } from '../support/lock.ts';
 import { tail } from '../support/tail.ts';
-import { freePorts } from '../cluster/processes.ts';
+import { freePorts } from '../cluster/ports.ts';
 import { pauseImage, type BuiltImage } from '../images/images.ts';
 import { CNI_BRIDGE_PREFIX, leftovers as containerdLeftovers, startContainerd, type Containerd } from './containerd.ts';
 import { cgroupHierarchies, NODE_RUN_PREFIX, NODE_RUN_ROOT, sweepStaleNodes, teardownNode, writeNodeRecord, type NodeRecord } from './node-state.ts';
-import { findProcesses, mountsUnder, startDaemon, tool, type Daemon } from './proc.ts';
+import { mountsUnder } from '../support/mounts.ts';
+import { findProcesses, run, startDaemon, type Daemon } from '../support/process.ts';
 import { waitFor } from '../support/wait.ts';
 
 export const NODE_NAME = 'blockpull-node';
@@ -110,11 +111,11 @@ const NodeStatus = z.object({
 
 /** The host's IPv4 address on its default route (what the kubelet reports as InternalIP). */
 async function hostIp(): Promise<string> {
-  const r = await tool(['ip', '-j', '-4', 'route', 'get', '1.1.1.1'], { allowFailure: true });
+  const r = await run(['ip', '-j', '-4', 'route', 'get', '1.1.1.1'], { allowExit: true });
   const parsed = z.array(z.object({ prefsrc: z.string().optional() })).safeParse(JSON.parse(r.stdout || '[]'));
   const ip = parsed.success ? parsed.data[0]?.prefsrc : undefined;
   if (ip) return ip;
-  const addrs = await tool(['ip', '-j', '-4', 'addr', 'show', 'scope', 'global']);
+  const addrs = await run(['ip', '-j', '-4', 'addr', 'show', 'scope', 'global']);
   const list = z.array(z.object({ addr_info: z.array(z.object({ local: z.string() })) })).parse(JSON.parse(addrs.stdout));
   const first = list.flatMap((i) => i.addr_info)[0]?.local;
   if (!first) throw new Error('no global IPv4 address for the node');
@@ -266,13 +267,13 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
       '-m', 'comment', '--comment', `blockpull-node-${id}`, '-j', 'DNAT', '--to-destination', `${api.hostname}:${api.port}`];
     record.dnatRule = rule; // recorded first: a crash right after the -A still gets it removed
     writeNodeRecord(record);
-    await tool(['iptables', '-t', 'nat', '-A', ...rule]);
+    await run(['iptables', '-t', 'nat', '-A', ...rule]);
 
     // --- controller manager and scheduler
     const [cmPort, schedPort, kubeletPort, healthzPort] = (await freePorts(4)) as [number, number, number, number];
     const b = cp.binaries;
-    const daemonOptions = { detached, marker: runDir };
-    const cm = started(startDaemon(
+    const daemonOptions = { keepRunning: detached, marker: runDir };
+    const cm = started(await startDaemon(
       'kube-controller-manager',
       [
         b.kubeControllerManager,
@@ -295,7 +296,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
       join(logsDir, 'kube-controller-manager.log'),
       daemonOptions,
     ));
-    const sched = started(startDaemon(
+    const sched = started(await startDaemon(
       'kube-scheduler',
       [
         b.kubeScheduler,
@@ -318,7 +319,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
       kubeletConfig({ nodeIp: ip, port: kubeletPort, healthzPort, caFile, servingCert: kubeletServing.cert, servingKey: kubeletServing.key, endpoint: containerd.endpoint, podLogsDir, cgroupRoot }),
     );
     for (const h of cgroupHierarchies()) mkdirSync(join(h, cgroupRoot), { recursive: true });
-    const kubelet = started(startDaemon(
+    const kubelet = started(await startDaemon(
       'kubelet',
       [
         b.kubelet,

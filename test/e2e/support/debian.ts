@@ -4,16 +4,14 @@
  * at once (waits for the dpkg lock), and `apt-get update` runs only when an install fails
  * (stale or empty package lists on a fresh machine).
  */
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { run, RunError } from './process.ts';
 
-const execFileP = promisify(execFile);
 const APT_ENV = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
 const LOCK_WAIT = ['-o', 'DPkg::Lock::Timeout=900'];
 
 export async function isDebianPackageInstalled(pkg: string): Promise<boolean> {
   try {
-    const { stdout } = await execFileP('dpkg-query', ['-W', '-f=${Status}', pkg]);
+    const { stdout } = await run(['dpkg-query', '-W', '-f=${Status}', pkg]);
     return stdout.includes('install ok installed');
   } catch {
     return false;
@@ -22,9 +20,9 @@ export async function isDebianPackageInstalled(pkg: string): Promise<boolean> {
 
 async function aptGet(args: readonly string[]): Promise<void> {
   try {
-    await execFileP('apt-get', [...LOCK_WAIT, ...args], { env: APT_ENV, maxBuffer: 64 * 1024 * 1024, timeout: 1_800_000 });
+    await run(['apt-get', ...LOCK_WAIT, ...args], { env: APT_ENV, maxOutput: 64 * 1024 * 1024, timeoutMs: 1_800_000 });
   } catch (err) {
-    const stderr = (err as { stderr?: string }).stderr ?? '';
+    const stderr = err instanceof RunError ? err.result.stderr : '';
     throw new Error(`apt-get ${args.join(' ')} failed:\n${stderr.slice(-2000)}`, { cause: err });
   }
 }

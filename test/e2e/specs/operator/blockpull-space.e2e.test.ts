@@ -12,11 +12,10 @@
  * - the launcher pod's ephemeral-storage limit: short under the limit -> InsufficientSpace naming
  *   the limit; a pod with a larger limit -> it completes.
  */
-import { execFile } from 'node:child_process';
+import { run } from '../../support/process.ts';
 import { mkdtemp, rm, statfs, unlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
@@ -33,7 +32,6 @@ import {
 import { waitFor } from '../../support/wait.ts';
 import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
-const execFileP = promisify(execFile);
 const NS = 'bp-space';
 const VMI = 'vm-space';
 const MiB = 1024 * 1024;
@@ -157,7 +155,7 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
     expect(startsFor('short')).toBe(0);
 
     // Space appears (the filesystem grows): the next check starts the pull.
-    await execFileP('mount', ['-o', 'remount,size=512m', d.topFs]);
+    await run(['mount', '-o', 'remount,size=512m', d.topFs]);
     const done = await waitForPhase(kube, NS, 'short', ['Completed'], 120_000);
     expect(done.status?.reason).toBe('Completed');
     expect(done.status?.attempts).toBe(1);
@@ -180,7 +178,7 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
     for (let tries = 1; ; tries++) {
       const free = await freeBytes(d.topFs);
       try {
-        await execFileP('fallocate', ['-l', String(free - 64 * 1024), filler]);
+        await run(['fallocate', '-l', String(free - 64 * 1024), filler]);
         break;
       } catch (err) {
         if (tries >= 5 || !/No space left/.test(String(err))) throw err;

@@ -5,33 +5,26 @@
  * port, mount, bridge, iptables rule, cgroup or run dir behind.
  * Only the pause image is imported (enough for Ready): cached by content, so this is fast.
  */
-import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { expect, inject, it } from 'vitest';
 import { z } from 'zod';
 import { clusterClient } from '../../cluster/client.ts';
 import { readState } from '../../cluster/control-plane.ts';
-import { isOurs, listeningPorts, processesMentioning } from '../../cluster/processes.ts';
+import { listeningPorts } from '../../cluster/ports.ts';
+import { isOurs, processesMentioning, run } from '../../support/process.ts';
 import { nodeLeftovers } from '../../node/kubelet.ts';
 import { readNodeRecord } from '../../node/node-state.ts';
 
-const execFileP = promisify(execFile);
 
 it('up --node: control plane + Ready node survive the CLI; status shows the node; down leaves nothing', async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'blockpull-cli-node-'));
   const cli = path.join(import.meta.dirname, '..', '..', 'cluster', 'cli.ts');
   const runCli = async (...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> => {
-    try {
-      const { stdout, stderr } = await execFileP(process.execPath, [cli, ...args, '--state-dir', dir], { timeout: 600_000 });
-      return { code: 0, stdout, stderr };
-    } catch (err) {
-      const e = err as { code?: number; stdout?: string; stderr?: string };
-      return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-    }
+    const r = await run([process.execPath, cli, ...args, '--state-dir', dir], { timeoutMs: 600_000, allowExit: true });
+    return { code: r.exitCode, stdout: r.stdout, stderr: r.stderr };
   };
   try {
     const t0 = Date.now();

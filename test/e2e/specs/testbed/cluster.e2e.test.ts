@@ -3,25 +3,23 @@
  * enforced with the server's own messages, the status subresource ignores spec, RBAC denies (403) until
  * a Role is bound (200), and start/stop/CLI leave no process or port behind.
  */
-import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import { inject, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { z } from 'zod';
 import { ensureBinaries } from '../../cluster/binaries.ts';
 import { clusterClient } from '../../cluster/client.ts';
 import { readState, startControlPlane, stopRecorded } from '../../cluster/control-plane.ts';
-import { listeningPorts, processesMentioning } from '../../cluster/processes.ts';
+import { listeningPorts } from '../../cluster/ports.ts';
+import { processesMentioning, run as runCommand } from '../../support/process.ts';
 import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
 import { pinnedVersions, resolveVersions } from '../../cluster/versions.ts';
 
-const execFileP = promisify(execFile);
 const cluster = clusterClient(inject('kubeconfigPath'), inject('kubectlPath'));
 const run = `${Date.now().toString(36)}`;
 
@@ -258,13 +256,8 @@ describe('control plane: lifecycle', () => {
     const cli = path.join(import.meta.dirname, '..', '..', 'cluster', 'cli.ts');
     const node = process.execPath;
     const runCli = async (...args: string[]): Promise<{ code: number; stdout: string }> => {
-      try {
-        const { stdout } = await execFileP(node, [cli, ...args, '--state-dir', dir], { timeout: 600_000 });
-        return { code: 0, stdout };
-      } catch (err) {
-        const e = err as { code?: number; stdout?: string };
-        return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '' };
-      }
+      const r = await runCommand([node, cli, ...args, '--state-dir', dir], { timeoutMs: 600_000, allowExit: true });
+      return { code: r.exitCode, stdout: r.stdout };
     };
     try {
       const up = await runCli('up');

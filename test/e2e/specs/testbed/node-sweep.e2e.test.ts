@@ -20,10 +20,10 @@ import { z } from 'zod';
 import { processStartTime } from '../../support/lock.ts';
 import { stopRecorded } from '../../cluster/control-plane.ts';
 import { REPO_ROOT } from '../../support/paths.ts';
-import { isOurs, processesMentioning, type DaemonRecord } from '../../cluster/processes.ts';
+import { findProcesses, isOurs, processesMentioning, run, type DaemonRecord } from '../../support/process.ts';
 import { nodeLeftovers } from '../../node/kubelet.ts';
 import { cgroupHierarchies, NODE_RUN_PREFIX, NODE_RUN_ROOT, readNodeRecord, sweepStaleNodes, teardownNode, writeNodeRecord, type NodeRecord } from '../../node/node-state.ts';
-import { findProcesses, mountsUnder, tool } from '../../node/proc.ts';
+import { mountsUnder } from '../../support/mounts.ts';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterAll(async () => {
@@ -98,12 +98,12 @@ async function fabricateNode(owner: { pid: number; start: string }): Promise<{ r
     }
   }
   // network: bridge + DNAT rule; a mount; CNI leases; a /var/log/containers link
-  await tool(['ip', 'link', 'add', rec.bridge, 'type', 'bridge']);
+  await run(['ip', 'link', 'add', rec.bridge, 'type', 'bridge']);
   rec.dnatRule = ['PREROUTING', '-i', rec.bridge, '-d', '10.0.0.1/32', '-p', 'tcp', '--dport', '443', '-m', 'comment', '--comment', `blockpull-node-${id}`, '-j', 'DNAT', '--to-destination', '127.0.0.1:1'];
-  await tool(['iptables', '-t', 'nat', '-A', ...rec.dnatRule]);
+  await run(['iptables', '-t', 'nat', '-A', ...rec.dnatRule]);
   const mnt = join(runDir, 'containerd', 'state', 'shm');
   mkdirSync(mnt, { recursive: true });
-  await tool(['mount', '-t', 'tmpfs', 'tmpfs', mnt]);
+  await run(['mount', '-t', 'tmpfs', 'tmpfs', mnt]);
   mkdirSync(join('/var/lib/cni/networks', rec.network), { recursive: true });
   mkdirSync('/var/log/containers', { recursive: true });
   const link = join('/var/log/containers', `sweep-${id}.log`);
