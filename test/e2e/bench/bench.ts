@@ -21,6 +21,7 @@
  *   and the CPU seconds the operator, kube-apiserver and etcd used during each run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { run } from '../support/process.ts';
 import { createReadStream, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -199,11 +200,7 @@ async function readThrough(file: string): Promise<void> {
 
 /** Flush dirty pages (chain building, the previous pull) so neither measurement pays for the other's writeback. */
 async function syncDisks(): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const c = spawn('sync', [], { stdio: 'ignore' });
-    c.on('error', reject);
-    c.on('exit', () => resolve());
-  });
+  await run(['sync'], { allowExit: true });
 }
 
 /** The operator's status writes and reconciles so far (sums over labels, from /metrics). */

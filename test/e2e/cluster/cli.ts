@@ -42,7 +42,7 @@ async function stopCliNode(stateDir: string): Promise<string | undefined> {
   const n = cliNode(stateDir);
   if (!n) return undefined;
   const problems = n.record ? await teardownNode(n.record, { useApi: true }) : [];
-  const left = n.record ? [...problems, ...nodeLeftovers(n.runDir, { cgroupRoot: n.record.cgroupRoot, containerd: n.record })] : [];
+  const left = n.record ? [...problems, ...(await nodeLeftovers(n.runDir, { cgroupRoot: n.record.cgroupRoot, containerd: n.record }))] : [];
   if (left.length > 0) throw new Error(`node stop left: ${left.join('; ')}`);
   rmSync(path.join(stateDir, 'node.json'), { force: true });
   return n.record ? `node ${n.record.name} (${n.runDir})` : undefined;

@@ -19,7 +19,7 @@ import { createPki, type Pki } from './certs.ts';
 import { clusterClient, type ClusterClient } from './client.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
 import { processStartTime } from '../support/lock.ts';
-import { freePorts, waitPortsFree } from './ports.ts';
+import { freePorts, waitPortsFree } from '../support/ports.ts';
 import { daemonRecord, isOurs, killDaemonNow, readCmdline, startDaemon, stopDaemon, type DaemonRecord } from '../support/process.ts';
 import { REPO_ROOT } from '../support/paths.ts';
 import { tail } from '../support/tail.ts';

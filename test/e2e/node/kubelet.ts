@@ -25,7 +25,6 @@
  * Everything host-wide is named by a per-node id (bridge, CNI network, cgroup root /blockpull-<id>),
  * so two nodes on one machine (two test runs) never touch each other's.
  */
-import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -36,12 +35,12 @@ import type { ControlPlane } from '../cluster/control-plane.ts';
 import { writeKubeconfig } from '../cluster/kubeconfig.ts';
 import { processStartTime } from '../support/lock.ts';
 import { tail } from '../support/tail.ts';
-import { freePorts } from '../cluster/ports.ts';
+import { freePorts } from '../support/ports.ts';
 import { pauseImage, type BuiltImage } from '../images/images.ts';
 import { CNI_BRIDGE_PREFIX, leftovers as containerdLeftovers, startContainerd, type Containerd } from './containerd.ts';
 import { cgroupHierarchies, NODE_RUN_PREFIX, NODE_RUN_ROOT, sweepStaleNodes, teardownNode, writeNodeRecord, type NodeRecord } from './node-state.ts';
 import { mountsUnder } from '../support/mounts.ts';
-import { findProcesses, run, startDaemon, type Daemon } from '../support/process.ts';
+import { findProcesses, killDaemonNow, run, startDaemon, type Daemon } from '../support/process.ts';
 import { waitFor } from '../support/wait.ts';
 
 export const NODE_NAME = 'blockpull-node';
@@ -233,7 +232,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
   // If this process exits before stop(), take the daemons with it (a SIGKILL leaves them: the next
   // start's sweep removes them, see node-state.ts).
   const onExit = (): void => {
-    for (const d of daemons) d.child.kill('SIGKILL');
+    for (const d of daemons) killDaemonNow(d.record);
   };
   if (!detached) process.on('exit', onExit);
 
@@ -244,7 +243,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
     // Pods first (through the API, so the kubelet tears sandboxes down itself: CNI DEL), then the rest.
     const errors = await teardownNode(record, { useApi: true });
     process.removeListener('exit', onExit);
-    const left = [...errors, ...nodeLeftovers(runDir, { cgroupRoot, containerd: { bridge: record.bridge, network: record.network } })];
+    const left = [...errors, ...(await nodeLeftovers(runDir, { cgroupRoot, containerd: { bridge: record.bridge, network: record.network } }))];
     if (left.length > 0) throw new Error(`node stop left: ${left.join('; ')}`);
   };
 
@@ -377,14 +376,14 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
 }
 
 /** What a stopped node left behind (empty = clean). */
-export function nodeLeftovers(runDir: string, node: { cgroupRoot: string; containerd?: Pick<Containerd, 'bridge' | 'network'> | undefined }): string[] {
+export async function nodeLeftovers(runDir: string, node: { cgroupRoot: string; containerd?: Pick<Containerd, 'bridge' | 'network'> | undefined }): Promise<string[]> {
   const found = containerdLeftovers(join(runDir, 'containerd'), node.containerd);
   for (const p of findProcesses([runDir])) found.push(`process ${p.pid}: ${p.cmdline.join(' ')}`);
   for (const m of mountsUnder(runDir)) found.push(`mount ${m}`);
   for (const h of cgroupHierarchies()) if (existsSync(join(h, node.cgroupRoot))) found.push(`cgroup ${join(h, node.cgroupRoot)}`);
   const id = node.cgroupRoot.replace(/^\/blockpull-/, '');
-  const nat = spawnSync('iptables', ['-t', 'nat', '-S', 'PREROUTING'], { encoding: 'utf8' });
-  if (nat.stdout?.includes(`blockpull-node-${id}`)) found.push(`iptables nat rule blockpull-node-${id}`);
+  const nat = await run(['iptables', '-t', 'nat', '-S', 'PREROUTING'], { allowExit: true });
+  if (nat.stdout.includes(`blockpull-node-${id}`)) found.push(`iptables nat rule blockpull-node-${id}`);
   if (existsSync(runDir)) found.push(`directory ${runDir}`);
   return [...new Set(found)];
 }

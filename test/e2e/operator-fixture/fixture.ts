@@ -6,8 +6,7 @@
  *   kubelet: the Pod is created bound to a node name and its status set to Running through the
  *   pods/status subresource; the VMI (no status subresource, as upstream) gets its status by patch.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, type WriteStream } from 'node:fs';
+
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
@@ -16,6 +15,7 @@ import type { ClusterClient } from '../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../cluster/service-account.ts';
 import type { Launcher } from '../launcher/launcher.ts';
 import { NODE_BIN, REPO_ROOT } from '../support/paths.ts';
+import { run, startDaemon, stopDaemon, type Daemon } from '../support/process.ts';
 import { sleep, waitFor } from '../support/wait.ts';
 
 export const OPERATOR_MAIN = path.join(REPO_ROOT, 'operator', 'src', 'main.ts');
@@ -68,7 +68,7 @@ export async function operatorServiceAccount(kube: ClusterClient, namespace = OP
 // --- the operator process --------------------------------------------------------------------
 
 export interface OperatorProcess {
-  readonly child: ChildProcess;
+  readonly child: Daemon['child'];
   readonly logPath: string;
   /** Parsed JSON log lines so far. */
   readonly lines: Record<string, unknown>[];
@@ -103,18 +103,13 @@ export interface StartOperatorOptions {
  * not strip TypeScript at load.
  */
 export async function buildOperator(): Promise<string> {
-  await new Promise<void>((resolve, reject) => {
-    const c = spawn(NODE_BIN, [path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, stdio: 'inherit' });
-    c.on('error', reject);
-    c.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`tsc -p tsconfig.build.json exited with ${code}`))));
-  });
+  await run([NODE_BIN, path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, timeoutMs: 600_000 });
   return path.join(REPO_ROOT, 'dist', 'operator', 'src', 'main.js');
 }
 
 export async function startOperator(o: StartOperatorOptions): Promise<OperatorProcess> {
   await mkdir(LOG_DIR, { recursive: true });
   const logPath = path.join(LOG_DIR, `${o.name}.log`);
-  const log: WriteStream = createWriteStream(logPath, { flags: 'a' });
   const env: Record<string, string> = {
     PATH: process.env['PATH'] ?? '/usr/bin:/bin',
     BLOCKPULL_TRANSPORT: 'local',
@@ -132,14 +127,12 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
     BLOCKPULL_LOG_LEVEL: 'debug',
     ...o.env,
   };
-  const child = spawn(NODE_BIN, [o.main ?? OPERATOR_MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'], cwd: REPO_ROOT });
   const lines: Record<string, unknown>[] = [];
   let rest = '';
   let ports: number[] = [];
   let readyResolve: (() => void) | undefined;
   const ready = new Promise<void>((r) => (readyResolve = r));
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-    log.write(chunk);
+  const onStdout = (chunk: string): void => {
     rest += chunk;
     let i: number;
     while ((i = rest.indexOf('\n')) >= 0) {
@@ -155,14 +148,18 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
         /* not JSON */
       }
     }
+  };
+  const main = o.main ?? OPERATOR_MAIN;
+  const daemon = await startDaemon(`operator ${o.name}`, [NODE_BIN, main], logPath, {
+    marker: main,
+    env,
+    cwd: REPO_ROOT,
+    onOutput: (chunk, stream) => {
+      if (stream === 'stdout') onStdout(chunk);
+    },
   });
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => log.write(chunk));
-  const exited = new Promise<number | null>((resolve) => {
-    child.on('exit', (code) => {
-      log.end();
-      resolve(code);
-    });
-  });
+  const child = daemon.child;
+  const exited = daemon.exited.then((e) => e.code);
   const metricsPathPort = (): number | undefined => {
     const l = lines.find((x) => x['msg'] === 'http server listening' && Array.isArray(x['paths']) && (x['paths'] as string[]).includes('/metrics'));
     return typeof l?.['port'] === 'number' ? l['port'] : undefined;
@@ -174,16 +171,11 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
     metricsPort: metricsPathPort,
     exited,
     async stop(graceMs = 15_000) {
-      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
-      const code = await exited;
-      clearTimeout(t);
-      return code;
+      await stopDaemon(daemon.record, graceMs);
+      return exited;
     },
     async kill() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGKILL');
+      await stopDaemon(daemon.record, 0);
       await exited;
     },
     find(msg) {

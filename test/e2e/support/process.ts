@@ -18,7 +18,7 @@
  * (SIGTERM, SIGKILL after graceMs) and waits until the process and every member of its group is gone.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, createWriteStream, openSync, readdirSync, readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
@@ -217,6 +217,16 @@ export interface DaemonOptions {
   readonly gid?: number;
   /** Keep running after this process exits (not referenced by our event loop). Default false. */
   readonly keepRunning?: boolean;
+  /**
+   * Also see the output here, as it comes (e.g. to parse log lines): stdout and stderr are then
+   * piped through this process into logPath instead of written there directly. Not with keepRunning.
+   */
+  readonly onOutput?: (chunk: string, stream: 'stdout' | 'stderr') => void;
+}
+
+export interface DaemonExit {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
 }
 
 export interface Daemon {
@@ -227,7 +237,7 @@ export interface Daemon {
   readonly logPath: string;
   readonly child: ChildProcess;
   /** Resolves once the process has exited (its group may still have members: stop() waits for them). */
-  readonly exited: Promise<void>;
+  readonly exited: Promise<DaemonExit>;
   isRunning(): boolean;
   /** stopDaemon(record, graceMs). Idempotent. */
   stop(graceMs?: number): Promise<void>;
@@ -241,13 +251,14 @@ export async function startDaemon(name: string, argv: readonly string[], logPath
   const [file, ...args] = argv;
   if (file === undefined) throw new Error(`${name}: empty argv`);
   if (!argv.some((a) => a.includes(options.marker))) throw new Error(`${name}: marker ${options.marker} is not in its command line`);
+  if (options.onOutput && options.keepRunning) throw new Error(`${name}: onOutput needs the output piped through this process: not with keepRunning`);
   const fd = openSync(logPath, 'a');
   let child: ChildProcess;
   try {
     child = spawn(file, args, {
       env: options.env ?? process.env,
       cwd: options.cwd,
-      stdio: ['ignore', fd, fd],
+      stdio: options.onOutput ? ['ignore', 'pipe', 'pipe'] : ['ignore', fd, fd],
       detached: true, // setsid: its own process group, so a stop reaches whatever it forked
       ...(options.uid !== undefined ? { uid: options.uid } : {}),
       ...(options.gid !== undefined ? { gid: options.gid } : {}),
@@ -256,19 +267,39 @@ export async function startDaemon(name: string, argv: readonly string[], logPath
       child.once('spawn', resolve);
       child.once('error', reject);
     });
-  } finally {
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  let logClosed: Promise<void> = Promise.resolve();
+  const onOutput = options.onOutput;
+  if (onOutput) {
+    const log = createWriteStream('', { fd });
+    logClosed = new Promise((resolve) => log.on('close', () => resolve()));
+    let open = 2;
+    for (const stream of ['stdout', 'stderr'] as const) {
+      const s = child[stream];
+      s?.setEncoding('utf8').on('data', (chunk: string) => {
+        log.write(chunk);
+        onOutput(chunk, stream);
+      });
+      s?.on('close', () => {
+        if (--open === 0) log.end();
+      });
+    }
+  } else {
     closeSync(fd);
   }
   if (options.keepRunning) child.unref();
   let running = true;
-  const exited = new Promise<void>((resolve) => {
-    child.on('exit', () => {
+  const exited = new Promise<DaemonExit>((resolve) => {
+    child.on('exit', (code, signal) => {
       running = false;
-      resolve();
+      void logClosed.then(() => resolve({ code, signal }));
     });
     child.on('error', () => {
       running = false;
-      resolve();
+      resolve({ code: null, signal: null });
     });
   });
   const pid = child.pid;

@@ -59,7 +59,7 @@ afterAll(async () => {
   } finally {
     await cp?.stop();
   }
-  if (n) expect(nodeLeftovers(n.runDir, n)).toEqual([]);
+  if (n) expect(await nodeLeftovers(n.runDir, n)).toEqual([]);
 });
 
 describe('ExecRunner over pods/exec (real kubelet)', () => {

@@ -8,7 +8,8 @@ import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
 import { ENV_VARS, loadConfig } from '../../../../operator/src/config.ts';
 import { CHART_DIR, DeploymentShape, envOf, find, helmTemplate, one, readRulesFile, type K8sObject } from '../../ship/chart.ts';
-import { ensureHelm, run } from '../../ship/helm.ts';
+import { ensureHelm } from '../../ship/helm.ts';
+import { run } from '../../support/process.ts';
 import { parse, stringify } from 'yaml';
 import { z } from 'zod';
 
@@ -26,10 +27,10 @@ beforeAll(async () => {
 
 describe('helm lint and template', () => {
   it('helm lint --strict passes with default and with non-default values', async () => {
-    const lint = await run([helm, 'lint', '--strict', CHART_DIR]);
+    const lint = await run([helm, 'lint', '--strict', CHART_DIR], { allowExit: true });
     expect(lint.stderr + lint.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
     expect(lint.exitCode).toBe(0);
-    const lint2 = await run([helm, 'lint', '--strict', CHART_DIR, '--set', 'replicaCount=3,metrics.serviceMonitor.enabled=true,operator.logLevel=debug,prometheusRule.enabled=true,grafanaDashboard.enabled=true']);
+    const lint2 = await run([helm, 'lint', '--strict', CHART_DIR, '--set', 'replicaCount=3,metrics.serviceMonitor.enabled=true,operator.logLevel=debug,prometheusRule.enabled=true,grafanaDashboard.enabled=true'], { allowExit: true });
     expect(lint2.exitCode).toBe(0);
   });
 
@@ -231,16 +232,16 @@ describe('the chart on the control plane', () => {
   it('helm install and uninstall work against the API server (as a user would install it)', async () => {
     const ns = 'helm-install-test';
     const kc = ['--kubeconfig', kube.kubeconfigPath];
-    const install = await run([helm, 'upgrade', '--install', 'hi', CHART_DIR, '--namespace', ns, '--create-namespace', ...kc], { timeoutMs: 120_000 });
+    const install = await run([helm, 'upgrade', '--install', 'hi', CHART_DIR, '--namespace', ns, '--create-namespace', ...kc], { allowExit: true, timeoutMs: 120_000 });
     expect(install.stderr).toBe('');
     expect(install.exitCode).toBe(0);
     expect(install.stdout).toMatch(/STATUS: deployed/);
-    const status = await run([helm, 'status', 'hi', '--namespace', ns, '-o', 'json', ...kc]);
+    const status = await run([helm, 'status', 'hi', '--namespace', ns, '-o', 'json', ...kc], { allowExit: true });
     expect(z.object({ info: z.object({ status: z.string() }) }).parse(JSON.parse(status.stdout)).info.status).toBe('deployed');
     expect((await kube.kubectl(['get', 'deployment', 'hi-blockpull-operator', '-n', ns, '-o', 'jsonpath={.spec.replicas}'])).trim()).toBe('2');
     // The CRD already exists (crds/ of the chart): helm leaves it alone; it is the same CRD.
     expect((await kube.kubectl(['get', 'crd', 'blockpulls.blockpull.dev', '-o', 'name'])).trim()).toBe('customresourcedefinition.apiextensions.k8s.io/blockpulls.blockpull.dev');
-    const uninstall = await run([helm, 'uninstall', 'hi', '--namespace', ns, '--wait', ...kc], { timeoutMs: 120_000 });
+    const uninstall = await run([helm, 'uninstall', 'hi', '--namespace', ns, '--wait', ...kc], { allowExit: true, timeoutMs: 120_000 });
     expect(uninstall.exitCode, uninstall.stderr).toBe(0);
     const gone = await kube.kubectlResult(['get', 'clusterrole', 'hi-blockpull-operator']);
     expect(gone.stderr).toMatch(/NotFound/);

@@ -8,10 +8,8 @@
 // libraries) — the project's own Node 24 from npm plays its /usr/local/bin; Docker's layer and
 // file-ownership semantics; the read-only root filesystem of the chart's securityContext.
 import { chmod, copyFile, mkdir, mkdtemp, readFile, readdir, realpath, rm, symlink } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { z } from 'zod';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
@@ -19,6 +17,8 @@ import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts
 import { helmTemplate } from '../../ship/chart.ts';
 import { REPO_ROOT } from '../../support/paths.ts';
 import { exists, parseDockerfile, parseExecForm, performBuild, type BuildResult, type Stage } from '../../ship/dockerfile.ts';
+import { freePorts } from '../../support/ports.ts';
+import { startDaemon } from '../../support/process.ts';
 
 const NS = 'blockpull-image-test';
 const RELEASE = 'img';
@@ -38,16 +38,6 @@ async function which(cmd: string): Promise<string> {
   throw new Error(`${cmd} not found on PATH`);
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 interface Started {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -56,30 +46,26 @@ interface Started {
 }
 
 /** Starts the image's ENTRYPOINT in the runtime stage's WORKDIR as the image's USER. */
-function startImage(env: Record<string, string>): Started {
+let started = 0;
+async function startImage(env: Record<string, string>): Promise<Started> {
   const [cmd, ...args] = runtime.entrypoint ?? [];
   if (!cmd) throw new Error('no ENTRYPOINT');
   const [uid, gid] = (runtime.user ?? '').split(':').map(Number);
-  const child = spawn(cmd === 'node' ? join(baseBin, 'node') : cmd, args, {
+  let out = '';
+  const argv = [cmd === 'node' ? join(baseBin, 'node') : cmd, ...args];
+  const daemon = await startDaemon('image entrypoint', argv, join(workDir, `entrypoint-${++started}.log`), {
+    marker: argv[0] ?? cmd,
     cwd: join(runtime.root, runtime.workdir),
     env: { ...runtime.env, HOME: '/nonexistent', ...env },
-    uid,
+    ...(uid !== undefined ? { uid } : {}),
     gid: gid ?? uid,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    onOutput: (chunk) => (out += chunk),
   });
-  let out = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c));
-  child.stderr.setEncoding('utf8').on('data', (c: string) => (out += c));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
   return {
-    exited,
+    exited: daemon.exited,
     output: () => out,
     async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      await exited;
-      clearTimeout(t);
+      await daemon.stop(15_000);
     },
   };
 }
@@ -178,7 +164,7 @@ describe('Dockerfile (build performed)', () => {
   });
 
   it('started with bad configuration, it exits 2 naming every bad variable', async () => {
-    const p = startImage({ BLOCKPULL_TRANSPORT: 'carrier-pigeon', BLOCKPULL_WORKERS: '0' });
+    const p = await startImage({ BLOCKPULL_TRANSPORT: 'carrier-pigeon', BLOCKPULL_WORKERS: '0' });
     const { code } = await p.exited;
     expect(code).toBe(2);
     expect(p.output()).toMatch(/invalid configuration/);
@@ -208,9 +194,8 @@ describe('Dockerfile (build performed)', () => {
     });
 
     it('answers /healthz and /readyz and holds its Lease', async () => {
-      const healthPort = await freePort();
-      const metricsPort = await freePort();
-      proc = startImage({
+      const [healthPort, metricsPort] = (await freePorts(2)) as [number, number];
+      proc = await startImage({
         BLOCKPULL_KUBECONFIG: kubeconfig,
         BLOCKPULL_POD_NAMESPACE: NS,
         BLOCKPULL_POD_NAME: 'img-blockpull-operator-0',

@@ -11,7 +11,7 @@ import { z } from 'zod';
 import { clusterClient } from '../../cluster/client.ts';
 import { ensureDebianPackages } from '../../support/debian.ts';
 import { REPO_ROOT } from '../../support/paths.ts';
-import { run } from '../../ship/helm.ts';
+import { run } from '../../support/process.ts';
 
 const script = join(REPO_ROOT, 'test', 'e2e', 'kind', 'kind-e2e.sh');
 const manifests = join(REPO_ROOT, 'test', 'e2e', 'kind', 'manifests');
@@ -22,13 +22,13 @@ describe('test/e2e/kind/kind-e2e.sh', () => {
   }, 900_000);
 
   it('parses with bash -n', async () => {
-    const r = await run(['bash', '-n', script]);
+    const r = await run(['bash', '-n', script], { allowExit: true });
     expect(r.stderr).toBe('');
     expect(r.exitCode).toBe(0);
   });
 
   it('is clean under shellcheck', async () => {
-    const r = await run(['shellcheck', '--shell=bash', '--severity=info', script]);
+    const r = await run(['shellcheck', '--shell=bash', '--severity=info', script], { allowExit: true });
     expect(r.stdout + r.stderr).toBe('');
     expect(r.exitCode).toBe(0);
   });
@@ -36,6 +36,7 @@ describe('test/e2e/kind/kind-e2e.sh', () => {
   it('--dry-run prints every step in order and needs none of the tools', async () => {
     // PATH without docker, kind, kubectl or helm: a dry run must not call any of them.
     const r = await run(['bash', script, '--dry-run', '--name', 'dry'], {
+      allowExit: true,
       env: { PATH: '/usr/bin:/bin', HOME: '/nonexistent-home', BLOCKPULL_CACHE_DIR: '/nonexistent-cache' },
       timeoutMs: 30_000,
     });
@@ -66,12 +67,12 @@ describe('test/e2e/kind/kind-e2e.sh', () => {
       from += (m?.index ?? 0) + (m?.[0].length ?? 0);
     }
     // useEmulation is applied exactly when there is no /dev/kvm.
-    const kvm = await run(['test', '-e', '/dev/kvm']);
+    const kvm = await run(['test', '-e', '/dev/kvm'], { allowExit: true });
     expect(r.stderr.includes('useEmulation')).toBe(kvm.exitCode !== 0);
   });
 
   it('rejects an unknown argument', async () => {
-    const r = await run(['bash', script, '--frobnicate'], { timeoutMs: 10_000 });
+    const r = await run(['bash', script, '--frobnicate'], { allowExit: true, timeoutMs: 10_000 });
     expect(r.exitCode).toBe(2);
     expect(r.stderr).toMatch(/unknown argument: --frobnicate/);
   });

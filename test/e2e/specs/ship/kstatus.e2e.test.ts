@@ -16,7 +16,7 @@ import type { ClusterClient } from '../../cluster/client.ts';
 import { ensureDebianPackages } from '../../support/debian.ts';
 import { LUA_INTERPRETERS, argoHealth, healthAgreesWith } from '../../ship/argocd.ts';
 import { blockPullStates, type BlockPullState } from '../../ship/blockpull-states.ts';
-import { run } from '../../ship/helm.ts';
+import { run } from '../../support/process.ts';
 import { KSTATUS_VERSION, ensureKstatus, kstatus } from '../../ship/kstatus.ts';
 
 const NS = 'kstatus-e2e';
@@ -200,10 +200,10 @@ describe('waiting in scripts', () => {
   it('kubectl wait --for=condition=Ready returns when the BlockPull becomes Completed, not before', async () => {
     const write = await runningPull('wait-ready');
     // Running: Ready is False, the wait times out.
-    const early = await run(kubectlArgv(['-n', NS, 'wait', 'bp/wait-ready', '--for=condition=Ready', '--timeout=2s']), { timeoutMs: 30_000 });
+    const early = await run(kubectlArgv(['-n', NS, 'wait', 'bp/wait-ready', '--for=condition=Ready', '--timeout=2s']), { allowExit: true, timeoutMs: 30_000 });
     expect(early.exitCode).not.toBe(0);
     const started = Date.now();
-    const waiting = run(kubectlArgv(['-n', NS, 'wait', 'bp/wait-ready', '--for=condition=Ready', '--timeout=60s']), { timeoutMs: 90_000 });
+    const waiting = run(kubectlArgv(['-n', NS, 'wait', 'bp/wait-ready', '--for=condition=Ready', '--timeout=60s']), { allowExit: true, timeoutMs: 90_000 });
     await new Promise((r) => setTimeout(r, 1500));
     await write('Completed/Completed');
     const done = await waiting;
@@ -232,6 +232,7 @@ describe('waiting in scripts', () => {
       await writeFile(file, `set -e\n${body}`);
       const started = Date.now();
       const r = await run(['bash', file], {
+        allowExit: true,
         env: { ...process.env, PATH: `${dirname(kube.kubectlPath)}:${process.env.PATH ?? ''}`, KUBECONFIG: kube.kubeconfigPath },
         timeoutMs: 120_000,
       });

@@ -13,7 +13,7 @@ import { expect, inject, it } from 'vitest';
 import { z } from 'zod';
 import { clusterClient } from '../../cluster/client.ts';
 import { readState } from '../../cluster/control-plane.ts';
-import { listeningPorts } from '../../cluster/ports.ts';
+import { listeningPorts } from '../../support/ports.ts';
 import { isOurs, processesMentioning, run } from '../../support/process.ts';
 import { nodeLeftovers } from '../../node/kubelet.ts';
 import { readNodeRecord } from '../../node/node-state.ts';
@@ -61,7 +61,7 @@ it('up --node: control plane + Ready node survive the CLI; status shows the node
     const down = await runCli('down');
     expect(down.code, down.stderr).toBe(0);
     expect(down.stdout).toMatch(/stopped: node blockpull-node \(\/var\/tmp\/bpnode-[a-z0-9]+\), kube-apiserver \(pid \d+\), etcd \(pid \d+\)/);
-    expect(nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toEqual([]);
+    expect(await nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toEqual([]);
     expect([...rec.daemons, ...state.processes].filter(isOurs)).toEqual([]);
     expect(processesMentioning(dir)).toEqual([]);
     expect(processesMentioning(runDir)).toEqual([]);

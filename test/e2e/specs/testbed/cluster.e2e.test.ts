@@ -15,7 +15,7 @@ import { z } from 'zod';
 import { ensureBinaries } from '../../cluster/binaries.ts';
 import { clusterClient } from '../../cluster/client.ts';
 import { readState, startControlPlane, stopRecorded } from '../../cluster/control-plane.ts';
-import { listeningPorts } from '../../cluster/ports.ts';
+import { listeningPorts } from '../../support/ports.ts';
 import { processesMentioning, run as runCommand } from '../../support/process.ts';
 import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
 import { pinnedVersions, resolveVersions } from '../../cluster/versions.ts';

@@ -113,8 +113,8 @@ async function fabricateNode(owner: { pid: number; start: string }): Promise<{ r
 }
 
 /** What of a fabricated node is still there (the same checks as nodeLeftovers, plus the extras). */
-function present(rec: NodeRecord, inCgroup: number): string[] {
-  const left = nodeLeftovers(rec.runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec });
+async function present(rec: NodeRecord, inCgroup: number): Promise<string[]> {
+  const left = await nodeLeftovers(rec.runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec });
   if (processStartTime(inCgroup) !== undefined) left.push(`process in the node's cgroup ${inCgroup}`);
   if (existsSync(`/sys/class/net/${rec.bridge}`)) left.push(`bridge ${rec.bridge}`);
   if (existsSync(join('/var/lib/cni/networks', rec.network))) left.push('CNI leases');
@@ -131,7 +131,7 @@ describe('stale-node sweep', () => {
     cleanups.push(() => rmSync(unrecorded, { recursive: true, force: true }));
     // everything is there before
     for (const n of [dead, live]) {
-      const before = present(n.rec, n.inCgroup);
+      const before = await present(n.rec, n.inCgroup);
       expect(before).toContain(`iptables nat rule blockpull-node-${n.rec.id}`);
       expect(before).toContain(`bridge ${n.rec.bridge}`);
       expect(before.some((l) => l.startsWith('mount '))).toBe(true);
@@ -143,17 +143,17 @@ describe('stale-node sweep', () => {
     const swept = await sweepStaleNodes({ log: (m) => process.stderr.write(`[node-sweep] ${m}\n`) });
     expect(swept).toContain(dead.rec.runDir);
     expect(swept).not.toContain(live.rec.runDir);
-    expect(present(dead.rec, dead.inCgroup)).toEqual([]);
+    expect(await present(dead.rec, dead.inCgroup)).toEqual([]);
 
     // the live run is intact: record, process, rule, mount, cgroup process
     expect(readNodeRecord(live.rec.runDir)).toEqual(live.rec);
     expect(live.rec.daemons.every(isOurs)).toBe(true);
-    expect(present(live.rec, live.inCgroup).length).toBeGreaterThanOrEqual(6);
+    expect((await present(live.rec, live.inCgroup)).length).toBeGreaterThanOrEqual(6);
     expect(existsSync(unrecorded)).toBe(true);
 
     // and its owner's own teardown removes it all
     expect(await teardownNode(live.rec)).toEqual([]);
-    expect(present(live.rec, live.inCgroup)).toEqual([]);
+    expect(await present(live.rec, live.inCgroup)).toEqual([]);
   });
 
   it('a SIGKILLed test process: the next sweep removes its node (daemons, pod containers, shims, mounts, bridge, rule)', async () => {
@@ -211,13 +211,13 @@ describe('stale-node sweep', () => {
     expect(findProcesses(['containerd-shim', socket]).length).toBeGreaterThan(0);
     expect(mountsUnder(runDir).length).toBeGreaterThan(0);
     expect(existsSync(`/sys/class/net/${rec.bridge}`)).toBe(true);
-    expect(nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toContain(`iptables nat rule blockpull-node-${rec.id}`);
+    expect(await nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toContain(`iptables nat rule blockpull-node-${rec.id}`);
 
     const t0 = Date.now();
     const swept = await sweepStaleNodes({ log: (m) => process.stderr.write(`[node-sweep] ${m}\n`) });
     process.stderr.write(`[node-sweep] sweep of a SIGKILLed node took ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
     expect(swept).toContain(runDir);
-    expect(nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toEqual([]);
+    expect(await nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toEqual([]);
     expect(processesMentioning(runDir)).toEqual([]);
     expect(existsSync(join('/var/lib/cni/networks', rec.network))).toBe(false);
   }, 600_000);
