@@ -10,9 +10,11 @@ import { createHash } from 'node:crypto';
 import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SANDBOX_IMAGE } from '../node/containerd.ts';
 import { writeOciArchive, type ImageConfig } from './oci.ts';
 import { busyboxRootfs, imageCacheDir, candidateVersion, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
+
+/** The pause image's name: containerd's sandbox_image (node/containerd.ts). */
+export const SANDBOX_IMAGE = 'localhost/blockpull/pause:local';
 
 /** Bump when the way images are made changes (invalidates every cached archive). */
 const BUILDER_VERSION = '1';

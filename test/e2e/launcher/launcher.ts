@@ -10,7 +10,7 @@ import { chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { LocalRunner } from '../../../operator/src/hypervisor/local-runner.ts';
-import { buildChain, migratedChain, qemuIoWrite } from './images.ts';
+import { buildChain, migratedChain, qemuIoWrite } from './disk-chain.ts';
 import { ensureHypervisorPackages } from './packages.ts';
 import { ensureQemuUser } from './user.ts';
 import { recordOf, run, startDaemon as startProcess, stopDaemon, type Daemon } from '../support/process.ts';
@@ -22,7 +22,7 @@ export interface LauncherDiskSpec {
   readonly name: string;
   readonly layers: number;
   readonly sizeMiB: number;
-  /** MiB of data written across the chain (default half the size); see images.ts for the layout. */
+  /** MiB of data written across the chain (default half the size); see disk-chain.ts for the layout. */
   readonly allocatedMiB?: number;
   /**
    * Put the top image (the active layer a pull writes into) on a filesystem of its own of this
@@ -32,7 +32,7 @@ export interface LauncherDiskSpec {
   readonly topFsMiB?: number;
   /**
    * Play the target of a KubeVirt block migration: instead of building a chain, copy this source
-   * chain (top first; flush the source first) as images.ts migratedChain does: copies of the
+   * chain (top first; flush the source first) as disk-chain.ts migratedChain does: copies of the
    * backing images and a new top holding what the source's top held, all at this launcher's paths.
    * `layers`, `sizeMiB` and `allocatedMiB` are then ignored.
    */

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { access, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { buildChain } from './images.ts';
+import { buildChain } from './disk-chain.ts';
 import type { LauncherDisk, LauncherDiskSpec } from './launcher.ts';
 import { ensureHypervisorPackages } from './packages.ts';
 import { run, startDaemon, stopDaemon, type Daemon } from '../support/process.ts';

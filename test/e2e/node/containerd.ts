@@ -14,12 +14,12 @@ import { waitFor } from '../support/wait.ts';
 import { ensureDebianPackages } from '../support/debian.ts';
 import { mountsUnder, unmountAllUnder } from '../support/mounts.ts';
 import { findProcesses, isOurs, recordOf, resultOf, run, startDaemon, stopDaemon, type Daemon, type DaemonRecord, type RunResult } from '../support/process.ts';
+import { SANDBOX_IMAGE } from '../images/images.ts';
 
 export const CONTAINERD_PACKAGES = ['containerd', 'runc', 'containernetworking-plugins', 'iproute2', 'iptables'] as const;
 
 /** Prefix of the CNI bridge names (an interface name has at most 15 bytes). */
 export const CNI_BRIDGE_PREFIX = 'bpcni';
-export const SANDBOX_IMAGE = 'localhost/blockpull/pause:local';
 
 export interface ContainerdOptions {
   /** Everything of this containerd lives below this directory. */
