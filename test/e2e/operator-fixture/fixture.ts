@@ -15,7 +15,7 @@ import type { ClusterClient } from '../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../cluster/service-account.ts';
 import type { Launcher } from '../launcher/launcher.ts';
 import { NODE_BIN, REPO_ROOT } from '../support/paths.ts';
-import { run, startDaemon, stopDaemon, type Daemon } from '../support/process.ts';
+import { crashDaemon, run, startDaemon, stopDaemon, type Daemon } from '../support/process.ts';
 import { sleep, waitFor } from '../support/wait.ts';
 
 export const OPERATOR_MAIN = path.join(REPO_ROOT, 'operator', 'src', 'main.ts');
@@ -171,11 +171,11 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
     metricsPort: metricsPathPort,
     exited,
     async stop(graceMs = 15_000) {
-      await stopDaemon(daemon.record, graceMs);
+      await stopDaemon(daemon.record, graceMs, 'leader'); // as a kubelet stops the container
       return exited;
     },
     async kill() {
-      await stopDaemon(daemon.record, 0);
+      await crashDaemon(daemon.record);
       await exited;
     },
     find(msg) {

@@ -239,8 +239,8 @@ export interface Daemon {
   /** Resolves once the process has exited (its group may still have members: stop() waits for them). */
   readonly exited: Promise<DaemonExit>;
   isRunning(): boolean;
-  /** stopDaemon(record, graceMs). Idempotent. */
-  stop(graceMs?: number): Promise<void>;
+  /** stopDaemon(record, graceMs, term). Idempotent. */
+  stop(graceMs?: number, term?: 'group' | 'leader'): Promise<void>;
 }
 
 /**
@@ -295,7 +295,9 @@ export async function startDaemon(name: string, argv: readonly string[], logPath
   const exited = new Promise<DaemonExit>((resolve) => {
     child.on('exit', (code, signal) => {
       running = false;
-      void logClosed.then(() => resolve({ code, signal }));
+      // The output up to the exit is in the log (and seen by onOutput) before this resolves; a
+      // child that inherited the pipes cannot hold it up for more than 2 s.
+      void Promise.race([logClosed, sleep(2000)]).then(() => resolve({ code, signal }));
     });
     child.on('error', () => {
       running = false;
@@ -315,8 +317,8 @@ export async function startDaemon(name: string, argv: readonly string[], logPath
     child,
     exited,
     isRunning: () => running,
-    stop: async (graceMs?: number) => {
-      await stopDaemon(record, graceMs);
+    stop: async (graceMs?: number, term?: 'group' | 'leader') => {
+      await stopDaemon(record, graceMs, term);
     },
   };
 }
@@ -360,15 +362,17 @@ export function killDaemonNow(rec: DaemonRecord): void {
 
 /**
  * Stops a recorded daemon (possibly started by another, now dead, process): only if it still is the
- * recorded one; SIGTERM to its group, SIGKILL after graceMs (graceMs 0: SIGKILL at once, a crash),
- * then waits until neither the process nor any member of its group is left. Returns false if it was
- * not running (or not ours any more).
+ * recorded one; SIGTERM, SIGKILL to the group after graceMs (graceMs 0: SIGKILL at once), then waits
+ * until neither the process nor any member of its group is left. SIGTERM goes to the whole group,
+ * or with term: 'leader' to the daemon alone, as a kubelet stops a container (the product under
+ * test shuts its own children down). Returns false if it was not running (or not ours any more).
  */
-export async function stopDaemon(rec: DaemonRecord, graceMs = 10_000): Promise<boolean> {
+export async function stopDaemon(rec: DaemonRecord, graceMs = 10_000, term: 'group' | 'leader' = 'group'): Promise<boolean> {
   if (!isOurs(rec)) return false; // gone, or the pid now belongs to someone else: never signal that
   const alive = (): boolean => isOurs(rec) || groupAlive(rec.pid);
   if (graceMs > 0) {
-    signalGroup(rec, 'SIGTERM');
+    if (term === 'group') signalGroup(rec, 'SIGTERM');
+    else process.kill(rec.pid, 'SIGTERM');
     const deadline = Date.now() + graceMs;
     while (alive() && Date.now() < deadline) await sleep(50);
   }
@@ -407,4 +411,22 @@ export function findProcesses(needles: readonly string[], programs?: readonly st
 /** Pids of findProcesses([needle], programs). */
 export function processesMentioning(needle: string, programs?: readonly string[]): number[] {
   return findProcesses([needle], programs).map((p) => p.pid);
+}
+
+/**
+ * A crash: SIGKILL to the daemon alone (if it still is the recorded one), and wait until it is gone.
+ * What it started (its group) is left running, as a crash leaves it: e.g. QEMU after libvirtd dies.
+ */
+export async function crashDaemon(rec: DaemonRecord): Promise<void> {
+  if (!isOurs(rec)) return;
+  try {
+    process.kill(rec.pid, 'SIGKILL');
+  } catch {
+    return; // gone meanwhile
+  }
+  const hard = Date.now() + 10_000;
+  while (isOurs(rec)) {
+    if (Date.now() > hard) throw new Error(`${rec.name} (pid ${rec.pid}) survived SIGKILL`);
+    await sleep(20);
+  }
 }

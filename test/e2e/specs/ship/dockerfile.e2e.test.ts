@@ -65,7 +65,7 @@ async function startImage(env: Record<string, string>): Promise<Started> {
     exited: daemon.exited,
     output: () => out,
     async stop() {
-      await daemon.stop(15_000);
+      await daemon.stop(15_000, 'leader'); // as a container runtime stops it: SIGTERM to PID 1
     },
   };
 }
