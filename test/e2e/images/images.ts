@@ -11,7 +11,8 @@ import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync,
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeOciArchive, type ImageConfig } from './oci.ts';
-import { busyboxRootfs, imageCacheDir, candidateVersion, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
+import { debianCandidateVersion } from '../support/debian.ts';
+import { busyboxRootfs, imageCacheDir, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
 
 /** The pause image's name: containerd's sandbox_image (node/containerd.ts). */
 export const SANDBOX_IMAGE = 'localhost/blockpull/pause:local';
@@ -56,7 +57,7 @@ async function cachedImage(
 
 /** A tiny image: busybox-static. Default command: a shell. */
 export async function testImage(): Promise<BuiltImage> {
-  const version = await candidateVersion('busybox-static');
+  const version = await debianCandidateVersion('busybox-static');
   return cachedImage('test', undefined, { busybox: version }, async (workDir) => ({
     rootfs: await busyboxRootfs(workDir),
     config: { cmd: ['/bin/sh'] },
@@ -68,7 +69,7 @@ export async function testImage(): Promise<BuiltImage> {
  * here busybox sh does the same (it waits on its children and exits on TERM).
  */
 export async function pauseImage(): Promise<BuiltImage> {
-  const version = await candidateVersion('busybox-static');
+  const version = await debianCandidateVersion('busybox-static');
   const script = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
   return cachedImage('pause', SANDBOX_IMAGE, { busybox: version, script }, async (workDir) => {
     const rootfs = await busyboxRootfs(workDir);

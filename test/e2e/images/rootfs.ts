@@ -6,7 +6,7 @@
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cacheRoot } from '../support/cache.ts';
-import { ensureDebianPackages } from '../support/debian.ts';
+import { downloadDebianPackage, ensureDebianPackages } from '../support/debian.ts';
 import { unmountAllUnder } from '../support/mounts.ts';
 import { run } from '../support/process.ts';
 
@@ -47,14 +47,6 @@ export function hostDebianSource(): DebianSource {
   return { mirror: 'http://deb.debian.org/debian', suite };
 }
 
-/** Version of a Debian package as apt would install it (for cache keys). */
-export async function candidateVersion(pkg: string): Promise<string> {
-  const r = await run(['apt-cache', 'policy', pkg]);
-  const v = /Candidate:\s*(\S+)/.exec(r.stdout)?.[1];
-  if (!v || v === '(none)') throw new Error(`no candidate version for ${pkg}; run apt-get update`);
-  return v;
-}
-
 /**
  * A busybox-static rootfs: /bin/busybox plus one symlink per applet, /etc/passwd, /tmp.
  * About 2 MB. Returns the directory (caller removes it).
@@ -64,15 +56,9 @@ export async function busyboxRootfs(workDir: string): Promise<string> {
   const rootfs = join(workDir, 'rootfs-busybox');
   rmSync(rootfs, { recursive: true, force: true });
   try {
-    let r = await run(['apt-get', 'download', 'busybox-static'], { cwd: dl, allowExit: true });
-    if (r.exitCode !== 0) {
-      await run(['apt-get', 'update', '-o', 'DPkg::Lock::Timeout=900']);
-      r = await run(['apt-get', 'download', 'busybox-static'], { cwd: dl });
-    }
-    const deb = readdirSync(dl).find((f) => f.endsWith('.deb'));
-    if (!deb) throw new Error('apt-get download busybox-static produced no .deb');
+    const deb = await downloadDebianPackage('busybox-static', dl);
     const extracted = join(dl, 'x');
-    await run(['dpkg-deb', '-x', join(dl, deb), extracted]);
+    await run(['dpkg-deb', '-x', deb, extracted]);
     for (const d of ['bin', 'etc', 'tmp', 'proc', 'sys', 'dev', 'root', 'var/run', 'usr/bin']) mkdirSync(join(rootfs, d), { recursive: true });
     chmodSync(join(rootfs, 'tmp'), 0o1777);
     const busybox = join(rootfs, 'bin', 'busybox');
