@@ -1,32 +1,14 @@
 /**
- * qcow2 backing chains with a distinct data pattern in every layer (qemu-io write -P).
- *
- * Layout of an n-layer chain (position 0 = top, n-1 = bottom) with A MiB allocated:
- * - the backing layers (positions 1..n-1) share A: layer at position p writes its part, a contiguous
- *   region, with pattern 0x10+p; the bottom part starts at offset 0;
- * - every layer, the top included, also writes 1 MiB at offset 0 with its own pattern, so the top
- *   shadows the layers below it (the chain order matters for the data);
- * - a flat disk (n = 1) gets all of A in its single layer.
- * So a full pull copies about A - 1 MiB (what the backing layers hold and the top does not).
+ * qcow2 backing chains on the host: buildChain runs the recipe's commands (launcher/recipe.ts, also
+ * what the launcher pod runs) and hands the images to the QEMU user; migratedChain plays the target
+ * of a KubeVirt block migration.
  */
 import { chown } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from '../support/process.ts';
+import { MiB, planChain, qemuIoArgv, type ChainPlanSpec, type Write } from './recipe.ts';
 
-const MiB = 1024 * 1024;
-/** qemu-io writes in requests of this size (one request allocates a buffer of that size). */
-const WRITE_CHUNK_MiB = 64;
-
-export interface ChainSpec {
-  readonly dir: string;
-  /** File name prefix, e.g. the disk name. */
-  readonly name: string;
-  readonly layers: number;
-  readonly sizeMiB: number;
-  /** MiB of data written across the chain (default: half the size). */
-  readonly allocatedMiB?: number;
-  /** Directory of the top image (position 0), e.g. a small filesystem of its own; default `dir`. */
-  readonly topDir?: string;
+export interface ChainSpec extends ChainPlanSpec {
   /** Owner of the images (the QEMU user). */
   readonly uid?: number;
   readonly gid?: number;
@@ -42,49 +24,18 @@ export interface BuiltChain {
   readonly writes: readonly { readonly position: number; readonly offset: number; readonly length: number; readonly pattern: number }[];
 }
 
-export function layerPattern(position: number): number {
-  return 0x10 + position;
-}
-
-export async function qemuIoWrite(image: string, writes: readonly { offset: number; length: number; pattern: number }[], format = 'qcow2'): Promise<void> {
-  const cmds: string[] = [];
-  for (const w of writes) {
-    for (let off = 0; off < w.length; off += WRITE_CHUNK_MiB * MiB) {
-      const len = Math.min(WRITE_CHUNK_MiB * MiB, w.length - off);
-      cmds.push('-c', `write -q -P 0x${w.pattern.toString(16)} ${w.offset + off} ${len}`);
-    }
-  }
-  if (cmds.length === 0) return;
-  await run(['qemu-io', '-f', format, ...cmds, image], { maxOutput: 16 * MiB });
+export async function qemuIoWrite(image: string, writes: readonly Write[], format = 'qcow2'): Promise<void> {
+  const argv = qemuIoArgv(image, writes, format);
+  if (argv) await run(argv, { maxOutput: 16 * MiB });
 }
 
 export async function buildChain(spec: ChainSpec): Promise<BuiltChain> {
-  const { dir, name, layers, sizeMiB } = spec;
-  if (layers < 1) throw new RangeError('a chain needs at least one layer');
-  const allocatedMiB = spec.allocatedMiB ?? Math.floor(sizeMiB / 2);
-  if (allocatedMiB > sizeMiB) throw new RangeError(`allocatedMiB ${allocatedMiB} exceeds sizeMiB ${sizeMiB}`);
-  const paths: string[] = []; // bottom first while building
-  const writes: { position: number; offset: number; length: number; pattern: number }[] = [];
-  const backingLayers = Math.max(layers - 1, 1);
-  const partMiB = Math.floor(allocatedMiB / backingLayers);
-  for (let i = 0; i < layers; i++) {
-    const position = layers - 1 - i;
-    const file = path.join(position === 0 && spec.topDir !== undefined ? spec.topDir : dir, `${name}-${i}.qcow2`);
-    const lower = paths[i - 1];
-    const create = ['create', '-q', '-f', 'qcow2', ...(lower === undefined ? [] : ['-F', 'qcow2', '-b', lower]), file, `${sizeMiB}M`];
-    await run(['qemu-img', ...create]);
-    const pattern = layerPattern(position);
-    const layerWrites: { offset: number; length: number; pattern: number }[] = [];
-    const isBacking = layers === 1 || position >= 1;
-    if (isBacking && partMiB > 0) layerWrites.push({ offset: i * partMiB * MiB, length: partMiB * MiB, pattern });
-    layerWrites.push({ offset: 0, length: MiB, pattern });
-    await qemuIoWrite(file, layerWrites);
-    for (const w of layerWrites) writes.push({ position, ...w });
-    if (spec.uid !== undefined) await chown(file, spec.uid, spec.gid ?? spec.uid);
-    paths.push(file);
+  const plan = planChain(spec);
+  for (const layer of plan.layers) {
+    for (const argv of layer.commands) await run(argv, { maxOutput: 16 * MiB });
+    if (spec.uid !== undefined) await chown(layer.file, spec.uid, spec.gid ?? spec.uid);
   }
-  const pullBytes = layers === 1 ? 0 : Math.max(partMiB * backingLayers - 1, 0) * MiB;
-  return { chain: paths.reverse(), sizeBytes: sizeMiB * MiB, pullBytes, writes };
+  return { chain: plan.chain, sizeBytes: plan.sizeBytes, pullBytes: plan.pullBytes, writes: plan.writes };
 }
 
 export interface MigratedChainSpec {

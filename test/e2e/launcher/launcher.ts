@@ -11,6 +11,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { LocalRunner } from '../../../operator/src/hypervisor/local-runner.ts';
 import { buildChain, migratedChain, qemuIoWrite } from './disk-chain.ts';
+import { domainXml, targetName } from './recipe.ts';
 import { ensureHypervisorPackages } from './packages.ts';
 import { ensureQemuUser } from './user.ts';
 import { crashDaemon, recordOf, run, startDaemon as startProcess, stopDaemon, type Daemon } from '../support/process.ts';
@@ -22,7 +23,7 @@ export interface LauncherDiskSpec {
   readonly name: string;
   readonly layers: number;
   readonly sizeMiB: number;
-  /** MiB of data written across the chain (default half the size); see disk-chain.ts for the layout. */
+  /** MiB of data written across the chain (default half the size); see recipe.ts for the layout. */
   readonly allocatedMiB?: number;
   /**
    * Put the top image (the active layer a pull writes into) on a filesystem of its own of this
@@ -99,43 +100,6 @@ export interface Launcher {
 const mapSchema = z.array(z.looseObject({ start: z.number(), length: z.number(), depth: z.number(), data: z.boolean() }));
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-
-function targetName(i: number): string {
-  if (i >= 26) throw new RangeError('at most 26 disks');
-  return `vd${String.fromCharCode(97 + i)}`;
-}
-
-function xmlEscape(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
-}
-
-function domainXml(name: string, memoryMiB: number, disks: readonly LauncherDisk[]): string {
-  const diskXml = disks
-    .map(
-      (d) => `    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='${xmlEscape(d.chain[0] ?? '')}'/>
-      <target dev='${d.target}' bus='virtio'/>
-      <alias name='${xmlEscape(d.alias)}'/>
-    </disk>`,
-    )
-    .join('\n');
-  return `<domain type='qemu'>
-  <name>${xmlEscape(name)}</name>
-  <memory unit='MiB'>${memoryMiB}</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <on_poweroff>destroy</on_poweroff>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-${diskXml}
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`;
-}
 
 /**
  * Starts a stand-in in named steps: its directories, its disks (qcow2 chains, a tmpfs under the top
