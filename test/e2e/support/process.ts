@@ -306,8 +306,9 @@ export async function startDaemon(name: string, argv: readonly string[], logPath
   });
   const pid = child.pid;
   if (pid === undefined) throw new Error(`${name}: could not start ${file}`);
-  const start = processStartTime(pid);
-  if (start === undefined) throw new Error(`${name} exited immediately; see ${logPath}`);
+  // A daemon that has already exited gets a start time no process has: its record is never "ours",
+  // so nothing is ever signalled for it; the caller sees isRunning() false and `exited`.
+  const start = processStartTime(pid) ?? 'exited';
   const record: DaemonRecord = { name, pid, start, binary: file, marker: options.marker, logFile: logPath };
   return {
     name,
