@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # blockpull-operator image: multi-stage, Node 24, production dependencies only, non-root.
 #
-# Every RUN uses the exec form (a JSON argv, no shell): test/e2e/ship-dockerfile.e2e.test.ts
+# Every RUN uses the exec form (a JSON argv, no shell): test/e2e/specs/ship/dockerfile.e2e.test.ts
 # performs these steps the same way in a clean directory and starts the result.
 #
 # Base image: node:24-bookworm-slim pinned by its multi-arch index digest (Node 24.18.0 when

@@ -3,7 +3,7 @@
  * Ready True only when Completed (False with the phase's reason otherwise), Reconciling True while
  * Pending or Running, Stalled True when Failed, Complete and Failed kept, each with the
  * observedGeneration it was computed from. The real kstatus library judges the same objects in
- * test/e2e/ship-kstatus.e2e.test.ts.
+ * test/e2e/specs/ship/kstatus.e2e.test.ts.
  */
 import { describe, expect, it } from 'vitest';
 import { REASONS, parseBlockPull, type Condition } from '../../operator/src/api/types.ts';

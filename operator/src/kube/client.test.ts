@@ -2,7 +2,7 @@
  * The operator's API clients share one keep-alive connection pool: counted on the server side
  * (a local HTTP server standing in for the API server; a kubeconfig with skipTLSVerify takes the
  * same client-node code path as TLS: a dispatcher with connect options per request). The TLS
- * variant against a real kube-apiserver is test/e2e/plumb-client-pool.e2e.test.ts.
+ * variant against a real kube-apiserver is test/e2e/specs/kube/client-pool.e2e.test.ts.
  */
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';

@@ -1,6 +1,6 @@
 /**
  * WatchdogInformer's catch-up after an outage, without a server: the list fails as chosen, the
- * /readyz probe is injected. The real API server restart is test/e2e/plumb-informer-outage.e2e.test.ts.
+ * /readyz probe is injected. The real API server restart is test/e2e/specs/kube/informer-outage.e2e.test.ts.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';

@@ -21,15 +21,17 @@
  *   and the CPU seconds the operator, kube-apiserver and etcd used during each run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { run } from '../support/process.ts';
 import { createReadStream, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseBlockJobEventLine } from '../../../operator/src/hypervisor/virsh-parse.ts';
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { blockPullManifest, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../demo/harness.ts';
+import { blockPullManifest, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../operator-fixture/fixture.ts';
 
 const NS = 'bench';
 const ALLOCATED_MIB = Number(process.env['BENCH_ALLOCATED_MIB'] ?? 2048);
@@ -198,11 +200,7 @@ async function readThrough(file: string): Promise<void> {
 
 /** Flush dirty pages (chain building, the previous pull) so neither measurement pays for the other's writeback. */
 async function syncDisks(): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const c = spawn('sync', [], { stdio: 'ignore' });
-    c.on('error', reject);
-    c.on('exit', () => resolve());
-  });
+  await run(['sync'], { allowExit: true });
 }
 
 /** The operator's status writes and reconciles so far (sums over labels, from /metrics). */

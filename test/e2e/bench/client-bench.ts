@@ -13,7 +13,7 @@
  * so a drift in machine load weighs on both alike; the ratios are stock / pooled from medians.
  * BLOCKPULL_KUBECONFIG=<file> uses that cluster instead (no server CPU figures then).
  */
-import { spawn } from 'node:child_process';
+import { run } from '../support/process.ts';
 import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
@@ -21,7 +21,8 @@ import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { z } from 'zod';
 import { createKubeClients, loadKubeConfig } from '../../../operator/src/kube/client.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { tcpConnectionsTo } from '../support/sockets.ts';
 
 const { values } = parseArgs({
@@ -91,24 +92,19 @@ async function child(variant: Variant, kubeconfig: string, gets: number, serverP
   process.exit(0); // the stock variant's stray sockets would keep the process alive for seconds
 }
 
-function runChild(variant: Variant, kubeconfig: string, gets: number, serverPid: number): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(process.execPath, [import.meta.filename, '--child', variant, '--kubeconfig', kubeconfig, '--gets', String(gets), '--server-pid', String(serverPid)], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d.slice(0, 10_000)));
-    c.on('error', reject);
-    c.on('exit', (code) => {
-      const line = out.trim().split('\n').at(-1) ?? '';
-      try {
-        if (code !== 0) throw new Error(`exit ${code}`);
-        resolve(result.parse(JSON.parse(line)));
-      } catch (err) {
-        reject(new Error(`bench child ${variant} failed (${(err as Error).message}): ${out.slice(0, 500)}`));
-      }
-    });
+async function runChild(variant: Variant, kubeconfig: string, gets: number, serverPid: number): Promise<Result> {
+  const r = await run([process.execPath, import.meta.filename, '--child', variant, '--kubeconfig', kubeconfig, '--gets', String(gets), '--server-pid', String(serverPid)], {
+    allowExit: true,
+    timeoutMs: 600_000,
   });
+  const out = r.stdout.slice(0, 10_000);
+  const line = out.trim().split('\n').at(-1) ?? '';
+  try {
+    if (r.exitCode !== 0) throw new Error(`exit ${r.exitCode}`);
+    return result.parse(JSON.parse(line));
+  } catch (err) {
+    throw new Error(`bench child ${variant} failed (${(err as Error).message}): ${out.slice(0, 500)}${r.stderr.slice(-2000)}`);
+  }
 }
 
 const median = (xs: number[]): number => {

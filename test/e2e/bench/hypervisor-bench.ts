@@ -7,15 +7,14 @@
  *
  * Prints one JSON line with both timings. Stops everything it started, also on failure.
  */
-import { execFile } from 'node:child_process';
+import { run } from '../support/process.ts';
 import { loadavg } from 'node:os';
-import { parseArgs, promisify } from 'node:util';
+import { parseArgs } from 'node:util';
 import { computeGoal } from '../../../operator/src/hypervisor/chain.ts';
 import { waitForPullCompletion } from '../blockjob/wait-for-pull.ts';
 import { VirshDriver } from '../../../operator/src/hypervisor/virsh-driver.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
 
-const execFileP = promisify(execFile);
 const MiB = 1024 * 1024;
 
 const { values } = parseArgs({
@@ -59,7 +58,7 @@ try {
   // Write back dirty pages (the freshly built images, the previous pull) so that neither
   // measurement pays for the other's writeback.
   const settle = async (): Promise<void> => {
-    await execFileP('sync', []);
+    await run(['sync']);
   };
   const viaDriver = async (): Promise<{ seconds: number; eventsSeen: number }> => {
     await settle();
@@ -97,7 +96,7 @@ try {
   // Sanity: both flattened images hold the same data (the chains were identical).
   await l.flush(a.name);
   await l.flush(b.name);
-  await execFileP('qemu-img', ['compare', '-U', '-q', '-f', 'qcow2', '-F', 'qcow2', a.chain[0] ?? '', b.chain[0] ?? '']);
+  await run(['qemu-img', 'compare', '-U', '-q', '-f', 'qcow2', '-F', 'qcow2', a.chain[0] ?? '', b.chain[0] ?? '']);
 
   console.log(
     JSON.stringify({

@@ -21,9 +21,10 @@ import path from 'node:path';
 import { CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
 import { z } from 'zod';
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { buildOperator, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../demo/harness.ts';
+import { buildOperator, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../operator-fixture/fixture.ts';
 import { diffCounts, formatCounts, parseRequestTotals, total, type RequestCounts } from '../support/apiserver-metrics.ts';
 
 const Args = z.object({ count: z.number().int().min(10).max(20_000), running: z.number().int().min(0).max(16), idleSeconds: z.number().int().min(5).max(600) });

@@ -7,13 +7,14 @@
  * The five Kubernetes binaries are built by ONE `go build -o <dir>` so they share compilation.
  * A lock file per directory makes concurrent callers build once.
  */
-import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { ETCD_SERVER_MODULE, K8S_COMMANDS, K8S_MODULE, k8sLdflags } from './go-mod.ts';
-import { GO_MODULES_DIR, goBinary, writeEtcdModule, writeK8sModule } from './gen-go-mod.ts';
+import { GO_MODULES_DIR, writeEtcdModule, writeK8sModule } from './gen-go-mod.ts';
+import { goBinary } from '../support/paths.ts';
+import { run } from '../support/process.ts';
 import { withLock } from '../support/lock.ts';
 import { cacheRoot } from '../support/cache.ts';
 import { pinnedVersions, resolveVersions, type Versions } from './versions.ts';
@@ -51,37 +52,13 @@ async function isComplete(dir: string, version: string, names: readonly string[]
   }
 }
 
-function runGoBuild(args: readonly string[], cwd: string, log: (m: string) => void): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(goBinary(), [...args], {
-      cwd,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, GOFLAGS: '-buildvcs=false' },
-    });
-    let output = '';
-    const collect = (b: Buffer): void => {
-      output = (output + b.toString()).slice(-20_000);
-    };
-    child.stdout.on('data', collect);
-    child.stderr.on('data', collect);
-    // A caller interrupted mid-build must not leave a compiler running.
-    const onExit = (): void => {
-      child.kill('SIGKILL');
-    };
-    process.once('exit', onExit);
-    child.on('error', (err) => {
-      process.removeListener('exit', onExit);
-      reject(err);
-    });
-    child.on('close', (code, signal) => {
-      process.removeListener('exit', onExit);
-      if (code === 0) resolve();
-      else {
-        log(output);
-        reject(new Error(`go ${args.join(' ')} failed (${signal ?? `exit ${code}`}) in ${cwd}:\n${output.trim()}`));
-      }
-    });
-  });
+/** `go build`; on failure the last 20 kB of its output are logged and in the error. */
+async function runGoBuild(args: readonly string[], cwd: string, log: (m: string) => void): Promise<void> {
+  const r = await run([goBinary(), ...args], { cwd, env: { ...process.env, GOFLAGS: '-buildvcs=false' }, timeoutMs: 3 * 60 * 60_000, allowExit: true });
+  if (r.exitCode === 0) return;
+  const output = (r.stdout + r.stderr).slice(-20_000);
+  log(output);
+  throw new Error(`go ${args.join(' ')} failed (exit ${r.exitCode}) in ${cwd}:\n${output.trim()}`);
 }
 
 interface Target {

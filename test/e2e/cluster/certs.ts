@@ -3,16 +3,14 @@
  * etcd and kube-apiserver; client certs for the apiserver->etcd link and for the admin (O=system:masters);
  * a service-account signing key pair. ECDSA P-256 keys: fast to generate, accepted everywhere here.
  */
-import { execFile } from 'node:child_process';
+import { run } from '../support/process.ts';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 
-const execFileP = promisify(execFile);
 
 async function openssl(args: readonly string[], cwd: string): Promise<void> {
   try {
-    await execFileP('openssl', [...args], { cwd });
+    await run(['openssl', ...args], { cwd });
   } catch (err) {
     const e = err as { stderr?: string; message: string; code?: unknown };
     if (e.code === 'ENOENT') throw new Error('openssl not found: apt-get install -y openssl', { cause: err });

@@ -21,7 +21,7 @@ import { ensureBinaries } from './binaries.ts';
 import { clusterClient } from './client.ts';
 import { attachControlPlane, DEFAULT_STATE_DIR, startControlPlane, stopRecorded } from './control-plane.ts';
 import { installCrds, projectCrdFiles } from './crds.ts';
-import { isOurs } from './processes.ts';
+import { isOurs } from '../support/process.ts';
 import { nodeApiserverArgs, nodeLeftovers, startNode } from '../node/kubelet.ts';
 import { NODE_RUN_PREFIX, NODE_RUN_ROOT, readNodeRecord, teardownNode, type NodeRecord } from '../node/node-state.ts';
 
@@ -42,7 +42,7 @@ async function stopCliNode(stateDir: string): Promise<string | undefined> {
   const n = cliNode(stateDir);
   if (!n) return undefined;
   const problems = n.record ? await teardownNode(n.record, { useApi: true }) : [];
-  const left = n.record ? [...problems, ...nodeLeftovers(n.runDir, { cgroupRoot: n.record.cgroupRoot, containerd: n.record })] : [];
+  const left = n.record ? [...problems, ...(await nodeLeftovers(n.runDir, { cgroupRoot: n.record.cgroupRoot, containerd: n.record }))] : [];
   if (left.length > 0) throw new Error(`node stop left: ${left.join('; ')}`);
   rmSync(path.join(stateDir, 'node.json'), { force: true });
   return n.record ? `node ${n.record.name} (${n.runDir})` : undefined;

@@ -2,20 +2,16 @@
  * kubectl against a cluster, for specs and helpers: clusterClient(kubeconfigPath, kubectlPath).
  * In a spec: `clusterClient(inject('kubeconfigPath'), inject('kubectlPath'))` (or test/e2e/setup/cluster.ts).
  */
-import { spawn } from 'node:child_process';
+import { run, type RunResult } from '../support/process.ts';
 
-export interface RunResult {
-  readonly exitCode: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
+export type { RunResult };
 
 export interface KubectlOptions {
   /** Written to kubectl's stdin (for `-f -`). */
   readonly input?: string;
   /** Another kubeconfig (e.g. a service account's); default the client's. */
   readonly kubeconfig?: string;
-  /** Kill kubectl after this long (default 120 s). */
+  /** Kill kubectl after this long and reject (default 120 s). */
   readonly timeoutMs?: number;
 }
 
@@ -37,24 +33,12 @@ export interface ClusterClient {
   kubectlResult(args: readonly string[], options?: KubectlOptions): Promise<RunResult>;
 }
 
+/** kubectl with the rules of support/process.ts run(): a non-zero exit is returned, a timeout (default 120 s) rejects. */
 export function runKubectl(kubectlPath: string, kubeconfigPath: string, args: readonly string[], options: KubectlOptions = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(kubectlPath, ['--kubeconfig', options.kubeconfig ?? kubeconfigPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
-    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 120_000);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ exitCode: code ?? (signal ? 128 : 1), stdout, stderr });
-    });
-    child.stdin.on('error', () => undefined); // kubectl may exit before reading all input
-    child.stdin.end(options.input ?? '');
+  return run([kubectlPath, '--kubeconfig', options.kubeconfig ?? kubeconfigPath, ...args], {
+    allowExit: true,
+    timeoutMs: options.timeoutMs ?? 120_000,
+    ...(options.input !== undefined ? { input: options.input } : {}),
   });
 }
 

@@ -19,10 +19,11 @@ import { createPki, type Pki } from './certs.ts';
 import { clusterClient, type ClusterClient } from './client.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
 import { processStartTime } from '../support/lock.ts';
-import { daemonRecord, freePorts, isOurs, killNow, readCmdline, spawnDaemon, stopDaemon, waitPortsFree, type DaemonRecord } from './processes.ts';
+import { freePorts, waitPortsFree } from '../support/ports.ts';
+import { daemonRecord, isOurs, killDaemonNow, readCmdline, startDaemon, stopDaemon, type DaemonRecord } from '../support/process.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { tail } from '../support/tail.ts';
 
-export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..', '..');
 /** `npm run cluster -- up` uses this state dir; its admin kubeconfig is <dir>/admin.kubeconfig. */
 export const DEFAULT_STATE_DIR = path.join(REPO_ROOT, '.cache', 'cluster');
 export const SERVICE_CLUSTER_IP_RANGE = '10.0.0.0/24';
@@ -201,10 +202,15 @@ async function waitEtcdReady(endpoint: string, pki: Pki, proc: DaemonRecord, tim
   }
 }
 
+/** A control-plane daemon: its own process group, kept running (stopped through its record). */
+async function daemon(name: string, argv: readonly string[], logFile: string, stateDir: string): Promise<DaemonRecord> {
+  return (await startDaemon(name, argv, logFile, { marker: stateDir, keepRunning: true })).record;
+}
+
 /** Kills recorded daemons synchronously if this process exits or is signalled before stop(). */
 function installCrashGuards(procs: () => readonly DaemonRecord[]): () => void {
   const killAll = (): void => {
-    for (const p of [...procs()].reverse()) killNow(p);
+    for (const p of [...procs()].reverse()) killDaemonNow(p);
   };
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -256,10 +262,10 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
       const server = `https://127.0.0.1:${apiserver}`;
       const kubeconfigPath = path.join(stateDir, 'admin.kubeconfig');
       try {
-        const etcd = spawnDaemon(
+        const etcd = await daemon(
           'etcd',
-          binaries.etcd,
           [
+            binaries.etcd,
             '--name=default',
             `--data-dir=${path.join(dataDir, 'etcd')}`,
             `--listen-client-urls=${etcdEndpoint}`,
@@ -280,10 +286,10 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
         procs.push(etcd);
         await waitEtcdReady(etcdEndpoint, pki, etcd, 30_000);
 
-        const apiserverProc = spawnDaemon(
+        const apiserverProc = await daemon(
           'kube-apiserver',
-          binaries.kubeApiserver,
           [
+            binaries.kubeApiserver,
             `--etcd-servers=${etcdEndpoint}`,
             `--etcd-cafile=${pki.caCert}`,
             `--etcd-certfile=${pki.etcdClientCert}`,
@@ -416,7 +422,7 @@ export async function stopApiserver(stateDir: string): Promise<StoppedApiserver>
   await waitPortsFree([state.ports.apiserver]);
   return {
     async start(options = {}) {
-      const proc = spawnDaemon('kube-apiserver', argv[0]!, argv.slice(1), rec.logFile, rec.marker);
+      const proc = (await startDaemon('kube-apiserver', argv, rec.logFile, { marker: rec.marker, keepRunning: true })).record;
       const current = (await readState(stateDir)) ?? state;
       await writeState(stateDir, { ...current, processes: current.processes.map((p) => (p.name === 'kube-apiserver' ? proc : p)) });
       await waitReady(state.server, await adminPki(stateDir), [proc], options.readyTimeoutMs ?? 90_000);

@@ -8,13 +8,12 @@
  * default versions (versions.ts reads them). binaries.ts uses the same functions to build other
  * versions (BLOCKPULL_K8S_VERSION / BLOCKPULL_ETCD_VERSION) in the cache without touching the repo.
  */
-import { execFile } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
+import { goBinary } from '../support/paths.ts';
+import { run, RunError } from '../support/process.ts';
 import {
   ETCD_SERVER_MODULE,
   K8S_MODULE,
@@ -25,32 +24,17 @@ import {
   renderK8sGoMod,
 } from './go-mod.ts';
 
-const execFileP = promisify(execFile);
 
 export const GO_MODULES_DIR = path.join(import.meta.dirname, 'go');
 
-/** The Go toolchain: $BLOCKPULL_GO, else `go` on PATH, else /usr/local/go/bin/go. */
-export function goBinary(env: NodeJS.ProcessEnv = process.env): string {
-  const candidates = [env['BLOCKPULL_GO'], ...(env['PATH'] ?? '').split(':').filter(Boolean).map((d) => path.join(d, 'go')), '/usr/local/go/bin/go'];
-  for (const c of candidates) {
-    if (!c) continue;
-    try {
-      accessSync(c, constants.X_OK);
-      return c;
-    } catch {
-      // next
-    }
-  }
-  throw new Error('no Go toolchain found: install Go (>= 1.24) at /usr/local/go or set BLOCKPULL_GO to the go binary');
-}
 
 export async function runGo(args: readonly string[], cwd: string): Promise<string> {
   try {
-    const { stdout } = await execFileP(goBinary(), [...args], { cwd, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, GOFLAGS: '-buildvcs=false' } });
+    const { stdout } = await run([goBinary(), ...args], { cwd, env: { ...process.env, GOFLAGS: '-buildvcs=false' } });
     return stdout;
   } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    throw new Error(`go ${args.join(' ')} failed in ${cwd}: ${e.stderr?.trim() || e.message}`, { cause: err });
+    const detail = err instanceof RunError ? err.result.stderr.trim() : '';
+    throw new Error(`go ${args.join(' ')} failed in ${cwd}: ${detail || (err as Error).message}`, { cause: err });
   }
 }
 

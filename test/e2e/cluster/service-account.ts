@@ -7,9 +7,8 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { z } from 'zod';
+import { REPO_ROOT } from '../support/paths.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
-
-const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..', '..');
 
 /** What the helper needs: an admin kubectl (a started ControlPlane, or clusterClient() in a spec). */
 export interface ServiceAccountHost {

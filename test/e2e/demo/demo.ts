@@ -10,9 +10,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { VirshDriver } from '../../../operator/src/hypervisor/virsh-driver.ts';
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { blockPullManifest, createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, sleep, startOperator, type OperatorProcess } from './harness.ts';
+import { blockPullManifest, createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, startOperator, type OperatorProcess } from '../operator-fixture/fixture.ts';
+import { sleep } from '../support/wait.ts';
 
 const NS = 'demo';
 const VMI = 'demo-vm';

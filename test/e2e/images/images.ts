@@ -10,9 +10,12 @@ import { createHash } from 'node:crypto';
 import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SANDBOX_IMAGE } from '../node/containerd.ts';
 import { writeOciArchive, type ImageConfig } from './oci.ts';
-import { busyboxRootfs, imageCacheDir, candidateVersion, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
+import { debianCandidateVersion } from '../support/debian.ts';
+import { busyboxRootfs, imageCacheDir, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
+
+/** The pause image's name: containerd's sandbox_image (node/containerd.ts). */
+export const SANDBOX_IMAGE = 'localhost/blockpull/pause:local';
 
 /** Bump when the way images are made changes (invalidates every cached archive). */
 const BUILDER_VERSION = '1';
@@ -54,7 +57,7 @@ async function cachedImage(
 
 /** A tiny image: busybox-static. Default command: a shell. */
 export async function testImage(): Promise<BuiltImage> {
-  const version = await candidateVersion('busybox-static');
+  const version = await debianCandidateVersion('busybox-static');
   return cachedImage('test', undefined, { busybox: version }, async (workDir) => ({
     rootfs: await busyboxRootfs(workDir),
     config: { cmd: ['/bin/sh'] },
@@ -66,7 +69,7 @@ export async function testImage(): Promise<BuiltImage> {
  * here busybox sh does the same (it waits on its children and exits on TERM).
  */
 export async function pauseImage(): Promise<BuiltImage> {
-  const version = await candidateVersion('busybox-static');
+  const version = await debianCandidateVersion('busybox-static');
   const script = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
   return cachedImage('pause', SANDBOX_IMAGE, { busybox: version, script }, async (workDir) => {
     const rootfs = await busyboxRootfs(workDir);

@@ -5,14 +5,13 @@
  * The archive imports with `ctr -n k8s.io images import` and is readable by buildah
  * (`oci-archive:<path>`).
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createWriteStream, mkdirSync, mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, createWriteStream, mkdirSync, mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
-import { tool } from '../node/proc.ts';
+import { run } from '../support/process.ts';
 
 export interface ImageConfig {
   readonly entrypoint?: readonly string[];
@@ -48,11 +47,12 @@ function sha256(data: string | Buffer): string {
 /** tar + gzip the directory into blobs/, returning the compressed digest/size and the diff id. */
 async function writeLayer(rootfs: string, blobDir: string): Promise<{ digest: string; size: number; diffId: string }> {
   const tmp = join(blobDir, 'layer.tmp');
-  const tar = spawn(
-    'tar',
+  const rawTar = join(blobDir, 'layer.tar.tmp');
+  await run(
     [
+      'tar',
       '--create',
-      '--file=-',
+      `--file=${rawTar}`,
       '--numeric-owner',
       '--xattrs',
       '--xattrs-include=security.capability',
@@ -65,16 +65,12 @@ async function writeLayer(rootfs: string, blobDir: string): Promise<{ digest: st
       rootfs,
       '.',
     ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+    { timeoutMs: 1_800_000 },
   );
-  let stderr = '';
-  tar.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-  const exited = new Promise<number>((resolve) => tar.on('close', (code) => resolve(code ?? 1)));
   const raw = new Hasher();
   const gz = new Hasher();
-  await pipeline(tar.stdout, raw, createGzip({ level: 1 }), gz, createWriteStream(tmp));
-  const code = await exited;
-  if (code !== 0) throw new Error(`tar of ${rootfs} exited ${code}: ${stderr}`);
+  await pipeline(createReadStream(rawTar), raw, createGzip({ level: 1 }), gz, createWriteStream(tmp));
+  rmSync(rawTar, { force: true });
   const digest = gz.hash.digest('hex');
   renameSync(tmp, join(blobDir, digest));
   return { digest: `sha256:${digest}`, size: gz.size, diffId: `sha256:${raw.hash.digest('hex')}` };
@@ -137,7 +133,7 @@ export async function writeOciArchive(rootfs: string, name: string, config: Imag
     writeFileSync(join(layout, 'index.json'), JSON.stringify(index));
     writeFileSync(join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
     const tmpArchive = `${archivePath}.tmp`;
-    await tool(['tar', '--create', `--file=${tmpArchive}`, '--directory', layout, 'oci-layout', 'index.json', 'blobs']);
+    await run(['tar', '--create', `--file=${tmpArchive}`, '--directory', layout, 'oci-layout', 'index.json', 'blobs']);
     renameSync(tmpArchive, archivePath);
     return { name, archivePath, manifestDigest: man.digest, layerDigest: layer.digest, diffId: layer.diffId };
   } finally {

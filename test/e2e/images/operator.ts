@@ -12,14 +12,15 @@
  */
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { dirname, join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { ensureDebianPackages, tool, unmountAllUnder } from '../node/proc.ts';
+import { join, relative } from 'node:path';
+import { ensureDebianPackages } from '../support/debian.ts';
+import { unmountAllUnder } from '../support/mounts.ts';
+import { run } from '../support/process.ts';
 import type { BuiltImage } from './images.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { writeOciArchive } from './oci.ts';
 import { imageCacheDir, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
 
-const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const BUILDER_VERSION = '1';
 /** The name the Dockerfile's FROM uses (its digest pin is overridden by --build-arg NODE_IMAGE). */
 export const NODE_BASE_NAME = 'docker.io/library/node:24-bookworm-slim';
@@ -53,8 +54,8 @@ function projectNodeBinary(): string {
 export async function nodeBaseImage(): Promise<BuiltImage> {
   const t0 = Date.now();
   const nodeBin = projectNodeBinary();
-  const nodeVersion = (await tool([nodeBin, '--version'])).stdout.trim();
-  const npmVersion = (await tool(['npm', 'view', `npm@${NPM_MAJOR}`, 'version', '--json'], { cwd: REPO_ROOT })).stdout;
+  const nodeVersion = (await run([nodeBin, '--version'])).stdout.trim();
+  const npmVersion = (await run(['npm', 'view', `npm@${NPM_MAJOR}`, 'version', '--json'], { cwd: REPO_ROOT })).stdout;
   const versions = JSON.parse(npmVersion) as unknown;
   const npmLatest = Array.isArray(versions) ? String(versions.at(-1)) : String(versions);
   const key = createHash('sha256')
@@ -74,11 +75,11 @@ export async function nodeBaseImage(): Promise<BuiltImage> {
     mkdirSync(lib, { recursive: true });
     writeFileSync(join(bin, 'node'), readFileSync(nodeBin));
     chmodSync(join(bin, 'node'), 0o755);
-    await tool(['npm', 'pack', `npm@${npmLatest}`, '--pack-destination', work], { cwd: work });
+    await run(['npm', 'pack', `npm@${npmLatest}`, '--pack-destination', work], { cwd: work });
     const tgz = readdirSync(work).find((f) => /^npm-.*\.tgz$/.test(f));
     if (!tgz) throw new Error('npm pack produced no tarball');
     mkdirSync(join(lib, 'npm'));
-    await tool(['tar', '-xzf', join(work, tgz), '-C', join(lib, 'npm'), '--strip-components=1', '--no-same-owner']);
+    await run(['tar', '-xzf', join(work, tgz), '-C', join(lib, 'npm'), '--strip-components=1', '--no-same-owner']);
     symlinkSync('../lib/node_modules/npm/bin/npm-cli.js', join(bin, 'npm'));
     symlinkSync('../lib/node_modules/npm/bin/npx-cli.js', join(bin, 'npx'));
     const passwd = join(rootfs, 'etc', 'passwd');
@@ -86,7 +87,7 @@ export async function nodeBaseImage(): Promise<BuiltImage> {
     writeFileSync(passwd, `${readFileSync(passwd, 'utf8').trimEnd()}\nnode:x:1000:1000::/home/node:/bin/bash\n`);
     writeFileSync(group, `${readFileSync(group, 'utf8').trimEnd()}\nnode:x:1000:\n`);
     mkdirSync(join(rootfs, 'home', 'node'), { recursive: true });
-    await tool(['chown', '1000:1000', join(rootfs, 'home', 'node')]);
+    await run(['chown', '1000:1000', join(rootfs, 'home', 'node')]);
     await writeOciArchive(rootfs, NODE_BASE_NAME, { env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', `NODE_VERSION=${nodeVersion.replace(/^v/, '')}`], cmd: ['node'] }, archivePath);
   } finally {
     rmSync(work, { recursive: true, force: true });
@@ -124,21 +125,21 @@ export async function operatorImage(options: { log?: (m: string) => void } = {})
   const storage = mkdtempSync(join('/var/tmp', 'bp-buildah-'));
   try {
     log(`building ${name} from the Dockerfile with buildah (base ${NODE_BASE_NAME} from ${base.archivePath})`);
-    await tool(buildah(storage, ['pull', '--quiet', `oci-archive:${base.archivePath}`]), { timeoutMs: 600_000 }).then(async (r) => {
+    await run(buildah(storage, ['pull', '--quiet', `oci-archive:${base.archivePath}`]), { timeoutMs: 600_000 }).then(async (r) => {
       const id = r.stdout.trim().split('\n').at(-1) ?? '';
-      await tool(buildah(storage, ['tag', id, NODE_BASE_NAME]));
+      await run(buildah(storage, ['tag', id, NODE_BASE_NAME]));
     });
     // The machine may reach the npm registry through a TLS-intercepting egress proxy whose CA the
     // host's npm trusts (npm config cafile). Trust it in the build's RUN steps only: bind-mounted
     // for the build (buildah -v), never copied into the image.
     const caVolumes: string[] = [];
-    const cafile = (await tool(['npm', 'config', 'get', 'cafile'], { cwd: REPO_ROOT, allowFailure: true })).stdout.trim();
+    const cafile = (await run(['npm', 'config', 'get', 'cafile'], { cwd: REPO_ROOT, allowExit: true })).stdout.trim();
     if (cafile !== '' && cafile !== 'null' && existsSync(cafile)) {
       const npmrc = join(storage, 'npmrc');
       writeFileSync(npmrc, 'cafile=/etc/blockpull-build-ca.crt\n');
       caVolumes.push('--volume', `${cafile}:/etc/blockpull-build-ca.crt:ro`, '--volume', `${npmrc}:/usr/local/etc/npmrc:ro`);
     }
-    await tool(
+    await run(
       buildah(storage, [
         'build',
         ...caVolumes,
@@ -164,11 +165,11 @@ export async function operatorImage(options: { log?: (m: string) => void } = {})
     );
     const tmp = `${archivePath}.tmp`;
     rmSync(tmp, { force: true });
-    await tool(buildah(storage, ['push', '--quiet', name, `oci-archive:${tmp}:${name}`]), { timeoutMs: 600_000 });
+    await run(buildah(storage, ['push', '--quiet', name, `oci-archive:${tmp}:${name}`]), { timeoutMs: 600_000 });
     renameSync(tmp, archivePath);
     log(`${name}: ${(statSync(archivePath).size / 1e6).toFixed(0)} MB in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   } finally {
-    await tool(buildah(storage, ['rm', '--all']), { allowFailure: true });
+    await run(buildah(storage, ['rm', '--all']), { allowExit: true });
     await unmountAllUnder(storage);
     rmSync(storage, { recursive: true, force: true });
   }

@@ -6,7 +6,9 @@
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cacheRoot } from '../support/cache.ts';
-import { ensureDebianPackages, tool, unmountAllUnder } from '../node/proc.ts';
+import { downloadDebianPackage, ensureDebianPackages } from '../support/debian.ts';
+import { unmountAllUnder } from '../support/mounts.ts';
+import { run } from '../support/process.ts';
 
 /** Where built images (OCI archives) and downloaded .debs are cached: <cache root>/images. */
 export function imageCacheDir(): string {
@@ -45,14 +47,6 @@ export function hostDebianSource(): DebianSource {
   return { mirror: 'http://deb.debian.org/debian', suite };
 }
 
-/** Version of a Debian package as apt would install it (for cache keys). */
-export async function candidateVersion(pkg: string): Promise<string> {
-  const r = await tool(['apt-cache', 'policy', pkg]);
-  const v = /Candidate:\s*(\S+)/.exec(r.stdout)?.[1];
-  if (!v || v === '(none)') throw new Error(`no candidate version for ${pkg}; run apt-get update`);
-  return v;
-}
-
 /**
  * A busybox-static rootfs: /bin/busybox plus one symlink per applet, /etc/passwd, /tmp.
  * About 2 MB. Returns the directory (caller removes it).
@@ -62,21 +56,15 @@ export async function busyboxRootfs(workDir: string): Promise<string> {
   const rootfs = join(workDir, 'rootfs-busybox');
   rmSync(rootfs, { recursive: true, force: true });
   try {
-    let r = await tool(['apt-get', 'download', 'busybox-static'], { cwd: dl, allowFailure: true });
-    if (r.exitCode !== 0) {
-      await tool(['apt-get', 'update', '-o', 'DPkg::Lock::Timeout=900']);
-      r = await tool(['apt-get', 'download', 'busybox-static'], { cwd: dl });
-    }
-    const deb = readdirSync(dl).find((f) => f.endsWith('.deb'));
-    if (!deb) throw new Error('apt-get download busybox-static produced no .deb');
+    const deb = await downloadDebianPackage('busybox-static', dl);
     const extracted = join(dl, 'x');
-    await tool(['dpkg-deb', '-x', join(dl, deb), extracted]);
+    await run(['dpkg-deb', '-x', deb, extracted]);
     for (const d of ['bin', 'etc', 'tmp', 'proc', 'sys', 'dev', 'root', 'var/run', 'usr/bin']) mkdirSync(join(rootfs, d), { recursive: true });
     chmodSync(join(rootfs, 'tmp'), 0o1777);
     const busybox = join(rootfs, 'bin', 'busybox');
     writeFileSync(busybox, readFileSync(join(extracted, 'bin', 'busybox')));
     chmodSync(busybox, 0o755);
-    const list = await tool([busybox, '--list']);
+    const list = await run([busybox, '--list']);
     for (const applet of list.stdout.split('\n').map((s) => s.trim())) {
       if (applet === '' || applet === 'busybox' || !/^[\w.[-]+$/.test(applet)) continue;
       symlinkSync('busybox', join(rootfs, 'bin', applet));
@@ -104,7 +92,7 @@ export async function debootstrapRootfs(target: string, packages: readonly strin
   if (packages.length > 0) argv.push(`--include=${packages.join(',')}`);
   argv.push(src.suite, target, src.mirror);
   try {
-    await tool(argv, { timeoutMs: 1_800_000 });
+    await run(argv, { timeoutMs: 1_800_000 });
     // apt lists and caches are not needed in an image
     rmSync(join(target, 'var', 'cache', 'apt', 'archives'), { recursive: true, force: true });
     rmSync(join(target, 'var', 'lib', 'apt', 'lists'), { recursive: true, force: true });

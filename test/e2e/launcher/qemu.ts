@@ -2,17 +2,14 @@
  * A standalone QEMU (no libvirt) with a QMP socket, for the QMP driver's tests: TCG, CPUs stopped
  * (-S), qcow2 chains built like the launcher's, each disk as -drive id=<target> + virtio-blk id=ua-<name>.
  */
-import { execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { access, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
-import { buildChain } from './images.ts';
-import { spawnLogged } from './spawn-logged.ts';
+import { buildChain } from './disk-chain.ts';
 import type { LauncherDisk, LauncherDiskSpec } from './launcher.ts';
 import { ensureHypervisorPackages } from './packages.ts';
+import { run, startDaemon, stopDaemon, type Daemon } from '../support/process.ts';
 
-const execFileP = promisify(execFile);
 
 export interface StandaloneQemu {
   readonly socketPath: string;
@@ -37,14 +34,9 @@ export async function startStandaloneQemu(options: { disks: readonly LauncherDis
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const socketPath = path.join(dir, 'qmp.sock');
   const disks: LauncherDisk[] = [];
-  let child: ChildProcess | undefined;
+  let qemu: Daemon | undefined;
   const stop = async (): Promise<void> => {
-    const c = child;
-    if (c !== undefined && c.exitCode === null && c.signalCode === null) {
-      const exited = new Promise<void>((r) => c.once('exit', () => r()));
-      c.kill('SIGKILL');
-      await exited;
-    }
+    if (qemu?.isRunning()) await stopDaemon(qemu.record, 0); // SIGKILL: nothing to save
     await rm(dir, { recursive: true, force: true });
   };
   try {
@@ -55,11 +47,11 @@ export async function startStandaloneQemu(options: { disks: readonly LauncherDis
       disks.push({ name: spec.name, alias: `ua-${spec.name}`, target, chain: built.chain, sizeBytes: built.sizeBytes, pullBytes: built.pullBytes });
       args.push('-drive', `file=${built.chain[0] ?? ''},format=qcow2,if=none,id=${target}`, '-device', `virtio-blk-pci,drive=${target},id=ua-${spec.name}`);
     }
-    const c = await spawnLogged('qemu-system-x86_64', args, path.join(dir, 'qemu.log'));
-    child = c;
+    const q = await startDaemon('qemu', ['qemu-system-x86_64', ...args], path.join(dir, 'qemu.log'), { marker: socketPath });
+    qemu = q;
     const deadline = Date.now() + 20_000;
     for (;;) {
-      if (c.exitCode !== null || c.signalCode !== null) throw new Error(`qemu exited early (${c.exitCode ?? c.signalCode}); see ${dir}/qemu.log`);
+      if (!q.isRunning()) throw new Error(`qemu exited early (${q.child.exitCode ?? q.child.signalCode}); see ${dir}/qemu.log`);
       if (await access(socketPath).then(() => true, () => false)) break;
       if (Date.now() > deadline) throw new Error('QMP socket did not appear within 20 s');
       await new Promise((r) => setTimeout(r, 50));
@@ -77,21 +69,16 @@ export async function startStandaloneQemu(options: { disks: readonly LauncherDis
   return {
     socketPath,
     dir,
-    pid: child.pid ?? -1,
+    pid: qemu.pid,
     disks,
     async reference(diskName) {
       const ref = path.join(dir, `ref-${diskName}-${++refs}.qcow2`);
-      await execFileP('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', byName(diskName).chain[0] ?? '', ref]);
+      await run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', byName(diskName).chain[0] ?? '', ref]);
       return ref;
     },
     async compare(diskName, refPath) {
-      try {
-        await execFileP('qemu-img', ['compare', '-U', '-q', '-f', 'qcow2', '-F', 'qcow2', byName(diskName).chain[0] ?? '', refPath]);
-        return true;
-      } catch (err) {
-        if ((err as { code?: unknown }).code === 1) return false;
-        throw err;
-      }
+      // qemu-img compare: 0 identical, 1 different, anything else an error.
+      return (await run(['qemu-img', 'compare', '-U', '-q', '-f', 'qcow2', '-F', 'qcow2', byName(diskName).chain[0] ?? '', refPath], { allowExit: [1] })).exitCode === 0;
     },
     stop,
   };

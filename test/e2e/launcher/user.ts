@@ -2,10 +2,8 @@
  * The non-root user QEMU runs as, like virt-launcher's uid 107 "qemu". Created when missing (idempotent).
  * uid 107 is used when free; otherwise useradd picks a free system uid (reported by ensureQemuUser).
  */
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { run } from '../support/process.ts';
 
-const execFileP = promisify(execFile);
 
 export const QEMU_USER = 'bpqemu';
 export const PREFERRED_UID = 107;
@@ -19,7 +17,7 @@ export interface UserIds {
 
 async function getent(db: 'passwd' | 'group', key: string): Promise<string[] | undefined> {
   try {
-    const { stdout } = await execFileP('getent', [db, key]);
+    const { stdout } = await run(['getent', db, key]);
     return stdout.trim().split(':');
   } catch {
     return undefined; // getent exits 2 when the key is absent
@@ -43,7 +41,7 @@ export function ensureQemuUser(name: string = QEMU_USER): Promise<UserIds> {
     if (uidFree) args.push('--uid', String(PREFERRED_UID));
     if (uidFree && gidFree) args.push('--key', `GID_MIN=${PREFERRED_UID}`, '--key', `GID_MAX=${PREFERRED_UID}`);
     try {
-      await execFileP('useradd', [...args, name]);
+      await run(['useradd', ...args, name]);
     } catch (err) {
       // A concurrent creator may have won the race.
       if ((await getent('passwd', name)) === undefined) throw err;

@@ -10,26 +10,16 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { withLock } from '../support/lock.ts';
 import { tail } from '../support/tail.ts';
-import { isOurs, type DaemonRecord } from '../cluster/processes.ts';
-import {
-  ensureDebianPackages,
-  findProcesses,
-  killPid,
-  mountsUnder,
-  startDaemon,
-  stopRecordedProcess,
-  tool,
-  unmountAllUnder,
-  waitFor,
-  type Daemon,
-  type ToolResult,
-} from './proc.ts';
+import { waitFor } from '../support/wait.ts';
+import { ensureDebianPackages } from '../support/debian.ts';
+import { mountsUnder, unmountAllUnder } from '../support/mounts.ts';
+import { findProcesses, isOurs, recordOf, resultOf, run, startDaemon, stopDaemon, type Daemon, type DaemonRecord, type RunResult } from '../support/process.ts';
+import { SANDBOX_IMAGE } from '../images/images.ts';
 
 export const CONTAINERD_PACKAGES = ['containerd', 'runc', 'containernetworking-plugins', 'iproute2', 'iptables'] as const;
 
 /** Prefix of the CNI bridge names (an interface name has at most 15 bytes). */
 export const CNI_BRIDGE_PREFIX = 'bpcni';
-export const SANDBOX_IMAGE = 'localhost/blockpull/pause:local';
 
 export interface ContainerdOptions {
   /** Everything of this containerd lives below this directory. */
@@ -58,7 +48,7 @@ export interface Containerd {
   /** The containerd process, identifiable from another process (for a later teardown). */
   readonly process: DaemonRecord;
   /** Run `ctr --address <socket> ...args`. */
-  ctr(args: readonly string[], options?: { allowFailure?: boolean; timeoutMs?: number }): Promise<ToolResult>;
+  ctr(args: readonly string[], options?: { allowExit?: boolean; timeoutMs?: number }): Promise<RunResult>;
   /** Import an OCI/docker archive into the k8s.io namespace; returns the image names. */
   importImage(archivePath: string): Promise<string[]>;
   stop(): Promise<void>;
@@ -151,7 +141,7 @@ function parseTasks(text: string): z.infer<typeof TaskList> {
 
 /** The first 10.244.N.0/24 that no route or address on this machine uses. */
 export async function freePodCidr(): Promise<string> {
-  const used = (await tool(['ip', '-4', 'route', 'show'])).stdout + (await tool(['ip', '-4', 'addr', 'show'])).stdout;
+  const used = (await run(['ip', '-4', 'route', 'show'])).stdout + (await run(['ip', '-4', 'addr', 'show'])).stdout;
   for (let n = 0; n < 256; n++) {
     const cidr = `10.244.${n}.0/24`;
     if (!used.includes(`10.244.${n}.`)) return cidr;
@@ -170,9 +160,9 @@ export async function claimPodCidr(bridge: string, requested?: string): Promise<
     const cidr = requested ?? (await freePodCidr());
     const gateway = cidr.replace(/\.0\/24$/, '.1/24');
     if (gateway === cidr) throw new Error(`pod CIDR ${cidr}: a /24 ending in .0 expected`);
-    await tool(['ip', 'link', 'add', bridge, 'type', 'bridge']);
-    await tool(['ip', 'addr', 'add', gateway, 'dev', bridge]);
-    await tool(['ip', 'link', 'set', bridge, 'up']);
+    await run(['ip', 'link', 'add', bridge, 'type', 'bridge']);
+    await run(['ip', 'addr', 'add', gateway, 'dev', bridge]);
+    await run(['ip', 'link', 'set', bridge, 'up']);
     return cidr;
   }, { timeoutMs: 60_000 });
 }
@@ -190,17 +180,17 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
   writeFileSync(join(runDir, 'cni', 'net.d', '10-blockpull.conflist'), cniConfig(network, bridge, podCidr));
   const socket = join(runDir, 'containerd.sock');
   const logPath = join(runDir, 'containerd.log');
-  const version = (await tool(['containerd', '--version'])).stdout.trim();
+  const version = (await run(['containerd', '--version'])).stdout.trim();
 
   // host-local IPAM keeps its leases in /var/lib/cni/networks/<network name>.
-  const daemon: Daemon = startDaemon('containerd', ['containerd', '--config', join(runDir, 'config.toml')], logPath, {
+  const daemon: Daemon = await startDaemon('containerd', ['containerd', '--config', join(runDir, 'config.toml')], logPath, {
     env: { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin` },
-    detached: options.detached ?? false,
+    keepRunning: options.detached ?? false,
     marker: runDir,
   });
 
-  const ctr = (args: readonly string[], o: { allowFailure?: boolean; timeoutMs?: number } = {}): Promise<ToolResult> =>
-    tool(['ctr', '--address', socket, ...args], { allowFailure: o.allowFailure, timeoutMs: o.timeoutMs ?? 300_000 });
+  const ctr = (args: readonly string[], o: { allowExit?: boolean; timeoutMs?: number } = {}): Promise<RunResult> =>
+    run(['ctr', '--address', socket, ...args], { allowExit: o.allowExit, timeoutMs: o.timeoutMs ?? 300_000 });
 
   let stopped = false;
   const stop = async (): Promise<void> => {
@@ -212,13 +202,13 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
   try {
     await waitFor(
       'containerd socket',
+      60_000,
       async () => {
         if (!daemon.isRunning()) throw new Error(`containerd exited:\n${tail(logPath)}`);
         if (!existsSync(socket)) return false;
-        const r = await ctr(['version'], { allowFailure: true, timeoutMs: 5000 });
+        const r = await ctr(['version'], { allowExit: true, timeoutMs: 5000 });
         return r.exitCode === 0;
       },
-      60_000,
     );
     // The CRI plugin must have loaded (it reports errors, not exits, when it cannot).
     const plugins = await ctr(['plugins', 'ls']);
@@ -258,7 +248,7 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
  */
 export async function teardownContainerd(c: { runDir: string; bridge: string; network: string; process?: DaemonRecord | undefined }): Promise<void> {
   const socket = join(c.runDir, 'containerd.sock');
-  const ctr = (args: readonly string[]): Promise<ToolResult> => tool(['ctr', '--address', socket, ...args], { allowFailure: true, timeoutMs: 20_000 });
+  const ctr = (args: readonly string[]): Promise<RunResult> => run(['ctr', '--address', socket, ...args], { allowExit: true, timeoutMs: 20_000 }).catch(resultOf);
   const alive = c.process !== undefined && isOurs(c.process);
   // 1. Kill every task (container) this containerd runs, in every namespace.
   if (alive && existsSync(socket)) {
@@ -267,32 +257,35 @@ export async function teardownContainerd(c: { runDir: string; bridge: string; ne
       const tasks = await ctr(['-n', ns, 'tasks', 'ls']);
       for (const t of parseTasks(tasks.stdout)) await ctr(['-n', ns, 'tasks', 'kill', '-s', 'SIGKILL', t.id]);
       for (const t of parseTasks(tasks.stdout)) {
-        await waitFor(`task ${t.id} to stop`, async () => {
+        await waitFor(`task ${t.id} to stop`, 15_000, async () => {
           const r = await ctr(['-n', ns, 'tasks', 'delete', t.id]);
           return r.exitCode === 0 || /not found/.test(r.stderr);
-        }, 15_000, 300).catch(() => undefined);
+        }, 300).catch(() => undefined);
       }
     }
   }
   // 2. Stop containerd itself.
-  if (c.process) await stopRecordedProcess(c.process, 15_000);
+  if (c.process) await stopDaemon(c.process, 15_000);
   // 3. Containers left (containerd was gone, e.g. its owner was SIGKILLed): runc state is ours, per namespace.
   const runcRoot = join(c.runDir, 'runc');
   if (existsSync(runcRoot)) {
     for (const ns of readdirSync(runcRoot)) {
       const root = join(runcRoot, ns);
-      const list = await tool(['runc', '--root', root, 'list', '-q'], { allowFailure: true, timeoutMs: 20_000 });
+      const list = await run(['runc', '--root', root, 'list', '-q'], { allowExit: true, timeoutMs: 20_000 }).catch(resultOf);
       for (const id of list.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) {
-        await tool(['runc', '--root', root, 'delete', '--force', id], { allowFailure: true, timeoutMs: 30_000 });
+        await run(['runc', '--root', root, 'delete', '--force', id], { allowExit: true, timeoutMs: 30_000 }).catch(resultOf);
       }
     }
   }
   // 4. Shims started for this containerd (they outlive it by design).
-  for (const p of findProcesses(['containerd-shim', socket])) await killPid(p.pid);
+  for (const p of findProcesses(['containerd-shim', socket])) {
+    const rec = recordOf(p.pid, 'containerd-shim', socket);
+    if (rec) await stopDaemon(rec, 5000);
+  }
   // 5. Mounts (rootfs overlays, sandbox netns bind mounts, shm) below the run dir.
   await unmountAllUnder(c.runDir);
   // 6. Network: the bridge, and host-local leases of our network.
-  await tool(['ip', 'link', 'del', c.bridge], { allowFailure: true });
+  await run(['ip', 'link', 'del', c.bridge], { allowExit: true });
   rmSync(join('/var/lib/cni/networks', c.network), { recursive: true, force: true });
   // 7. Files. The root holds only content imported this run (images are cached as archives).
   if (mountsUnder(c.runDir).length === 0) rmSync(c.runDir, { recursive: true, force: true });

@@ -7,6 +7,7 @@
  * VMI whose status points at the pod (phase Running, nodeName, activePods, runtimeUser 107).
  */
 import { LAUNCHER_UID } from '../images/images.ts';
+import { podRecipe, targetName } from '../launcher/recipe.ts';
 
 export const LAUNCHER_URI = 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock';
 
@@ -34,13 +35,14 @@ export interface LauncherPodSpec {
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
-export function launcherDisksEnv(disks: readonly LauncherDiskSpec[]): string {
-  return disks
-    .map((d) => {
-      if (!DNS_LABEL.test(d.name)) throw new Error(`disk name ${d.name} is not a DNS label`);
-      return [d.name, d.layers, d.sizeMiB, ...(d.allocatedMiB === undefined ? [] : [d.allocatedMiB])].join(':');
-    })
-    .join(',');
+/** The stand-in recipe (launcher/recipe.ts) for the pod's disks, as the entrypoint reads it. */
+export function launcherRecipeEnv(s: Pick<LauncherPodSpec, 'namespace' | 'vmiName' | 'disks'>): { name: string; value: string }[] {
+  for (const d of s.disks) if (!DNS_LABEL.test(d.name)) throw new Error(`disk name ${d.name} is not a DNS label`);
+  const recipe = podRecipe(s);
+  return [
+    { name: 'LAUNCHER_STEPS', value: recipe.steps },
+    { name: 'LAUNCHER_DOMAIN_XML', value: recipe.domainXml },
+  ];
 }
 
 export function launcherPodManifest(s: LauncherPodSpec): Record<string, unknown> {
@@ -72,7 +74,7 @@ export function launcherPodManifest(s: LauncherPodSpec): Record<string, unknown>
           env: [
             { name: 'VMI_NAMESPACE', value: s.namespace },
             { name: 'VMI_NAME', value: s.vmiName },
-            { name: 'LAUNCHER_DISKS', value: launcherDisksEnv(s.disks) },
+            ...launcherRecipeEnv(s),
           ],
           securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
           readinessProbe: { exec: { command: ['test', '-e', '/var/run/libvirt/launcher-ready'] }, periodSeconds: 1, failureThreshold: 600 },
@@ -94,7 +96,6 @@ export function launcherPodManifest(s: LauncherPodSpec): Record<string, unknown>
 
 /** The VMI object for the stand-in (the test VMI CRD has no status subresource, like KubeVirt's). */
 export function launcherVmiManifest(s: { namespace: string; vmiName: string; podUid: string; nodeName: string; disks: readonly LauncherDiskSpec[] }): Record<string, unknown> {
-  const targets = ['vda', 'vdb', 'vdc', 'vdd', 'vde', 'vdf', 'vdg', 'vdh'];
   return {
     apiVersion: 'kubevirt.io/v1',
     kind: 'VirtualMachineInstance',
@@ -105,7 +106,7 @@ export function launcherVmiManifest(s: { namespace: string; vmiName: string; pod
       nodeName: s.nodeName,
       runtimeUser: LAUNCHER_UID,
       activePods: { [s.podUid]: s.nodeName },
-      volumeStatus: s.disks.map((d, i) => ({ name: d.name, target: targets[i] })),
+      volumeStatus: s.disks.map((d, i) => ({ name: d.name, target: targetName(i) })),
     },
   };
 }

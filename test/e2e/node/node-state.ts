@@ -14,9 +14,9 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { runKubectl } from '../cluster/client.ts';
 import { processStartTime, withLock } from '../support/lock.ts';
-import { daemonRecord, isOurs } from '../cluster/processes.ts';
+import { daemonRecord, isOurs, run, stopDaemon } from '../support/process.ts';
 import { teardownContainerd } from './containerd.ts';
-import { stopRecordedProcess, tool, unmountAllUnder, mountsUnder } from './proc.ts';
+import { unmountAllUnder, mountsUnder } from '../support/mounts.ts';
 
 /** Node run dirs are `<NODE_RUN_ROOT>/bpnode-<id>` (short: unix socket paths are limited to 107 bytes). */
 export const NODE_RUN_ROOT = '/var/tmp';
@@ -125,11 +125,11 @@ export async function teardownNode(rec: NodeRecord, options: TeardownOptions = {
     await kubectl(['delete', 'pods', '--all-namespaces', '--all', `--field-selector=spec.nodeName=${rec.name}`, '--grace-period=1', '--wait=true', '--timeout=60s'], 90_000);
   }
   // kubelet, scheduler, controller-manager (reverse start order); containerd last, with its tasks.
-  for (const d of [...rec.daemons].reverse()) if (d.name !== 'containerd') await stopRecordedProcess(d, 10_000);
+  for (const d of [...rec.daemons].reverse()) if (d.name !== 'containerd') await stopDaemon(d, 10_000);
   if (rec.dnatRule) {
-    const exists = await tool(['iptables', '-t', 'nat', '-C', ...rec.dnatRule], { allowFailure: true });
+    const exists = await run(['iptables', '-t', 'nat', '-C', ...rec.dnatRule], { allowExit: true });
     if (exists.exitCode === 0) {
-      const r = await tool(['iptables', '-t', 'nat', '-D', ...rec.dnatRule], { allowFailure: true });
+      const r = await run(['iptables', '-t', 'nat', '-D', ...rec.dnatRule], { allowExit: true });
       if (r.exitCode !== 0) errors.push(`iptables rule ${rec.dnatRule.join(' ')}: ${r.stderr.trim()}`);
     }
   }

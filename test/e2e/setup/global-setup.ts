@@ -18,9 +18,10 @@ import path from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { ensureBinaries } from '../cluster/binaries.ts';
 import { installCrds, projectCrdFiles } from '../cluster/crds.ts';
-import { cleanupStaleRuns, REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { cleanupStaleRuns, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { REPO_ROOT } from '../support/paths.ts';
 import { clusterClient } from '../cluster/client.ts';
-import { processesMentioning } from '../cluster/processes.ts';
+import { processesMentioning } from '../support/process.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {

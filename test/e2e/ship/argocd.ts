@@ -3,7 +3,7 @@
 // Debian's lua5.1 is the dialect of Argo CD's gopher-lua; lua5.4 is the current one.
 import { join } from 'node:path';
 import { z } from 'zod';
-import { run } from './helm.ts';
+import { run } from '../support/process.ts';
 
 const root = join(import.meta.dirname, '..', '..', '..');
 export const ARGOCD_DIR = join(root, 'deploy', 'argocd');
@@ -41,7 +41,7 @@ export interface Health {
 }
 
 async function runScript(interpreter: string, script: string, obj: unknown, json: boolean): Promise<string> {
-  const r = await run([interpreter, harness, script, ...(json ? ['json'] : [])], { input: `return ${toLua(obj)}\n`, timeoutMs: 10_000 });
+  const r = await run([interpreter, harness, script, ...(json ? ['json'] : [])], { allowExit: true, input: `return ${toLua(obj)}\n`, timeoutMs: 10_000 });
   if (r.exitCode !== 0 || r.stderr !== '') throw new Error(`${interpreter} ${script} exited ${r.exitCode}: ${r.stderr}`);
   return r.stdout;
 }
@@ -86,7 +86,7 @@ export function healthAgreesWith(kstatus: string): readonly string[] {
 /**
  * deploy/argocd/argocd-cm-patch.yaml: the health check and the resource actions as argocd-cm keys,
  * ready for `kubectl -n argocd patch configmap argocd-cm --patch-file ...`. Regenerate after editing
- * a script: `node test/e2e/ship/argocd.ts`; ship-argocd.e2e.test.ts checks it embeds the scripts.
+ * a script: `node test/e2e/ship/argocd.ts`; test/e2e/specs/ship/argocd.e2e.test.ts checks it embeds the scripts.
  */
 export async function argocdCmPatch(): Promise<string> {
   const { readFile } = await import('node:fs/promises');

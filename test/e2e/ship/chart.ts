@@ -4,9 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse, parseAllDocuments, stringify } from 'yaml';
 import { z } from 'zod';
-import { ensureHelm, run, type RunResult } from './helm.ts';
+import { REPO_ROOT } from '../support/paths.ts';
+import { ensureHelm } from './helm.ts';
+import { run, type RunResult } from '../support/process.ts';
 
-export const REPO_ROOT = join(import.meta.dirname, '..', '..', '..');
 export const CHART_DIR = join(REPO_ROOT, 'charts', 'blockpull-operator');
 
 export const K8sObject = z.looseObject({
@@ -41,7 +42,7 @@ export async function helmTemplate(release: string, namespace: string, values: R
   try {
     const valuesFile = join(dir, 'values.yaml');
     await writeFile(valuesFile, stringify(values));
-    const result = await run([helm, 'template', release, CHART_DIR, '--namespace', namespace, '--values', valuesFile, ...extraArgs], { timeoutMs: 60_000 });
+    const result = await run([helm, 'template', release, CHART_DIR, '--namespace', namespace, '--values', valuesFile, ...extraArgs], { allowExit: true, timeoutMs: 60_000 });
     const objects =
       result.exitCode === 0
         ? parseAllDocuments(result.stdout)

@@ -8,7 +8,7 @@ import { cp, mkdir, mkdtemp, readdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, posix, relative } from 'node:path';
 import { z } from 'zod';
-import { run } from './helm.ts';
+import { run } from '../support/process.ts';
 
 export interface Instruction {
   readonly line: number;
@@ -276,6 +276,7 @@ export async function performBuild(options: BuildOptions): Promise<BuildResult> 
         const cwd = join(stage.root, stage.workdir);
         const started = Date.now();
         const r = await run(argv.map((a) => expand(a, vars)), {
+          allowExit: true,
           cwd,
           env: { HOME: process.env.HOME ?? '/root', ...hostNetworkEnv(), ...stageArgs, ...stage.env },
           timeoutMs: 1_200_000,

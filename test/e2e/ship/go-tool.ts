@@ -9,7 +9,8 @@ import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promise
 import { dirname, join } from 'node:path';
 import { cacheRoot } from '../support/cache.ts';
 import { withLock } from '../support/lock.ts';
-import { findGo, run } from './helm.ts';
+import { run } from '../support/process.ts';
+import { goBinary } from '../support/paths.ts';
 
 export interface GoTool {
   /** Directory name in the cache: <cache>/bin/<name>-<version>. */
@@ -52,7 +53,7 @@ export async function ensureGoTool(tool: GoTool, options: { log?: (line: string)
     `${dir}.build.lock`,
     async () => {
       if (await ok()) return dir;
-      const go = findGo();
+      const go = goBinary();
       const tmp = `${dir}.tmp-${process.pid}`;
       await rm(tmp, { recursive: true, force: true });
       await mkdir(tmp, { recursive: true });
@@ -66,6 +67,7 @@ export async function ensureGoTool(tool: GoTool, options: { log?: (line: string)
           '-o', `${tmp}/`, ...tool.packages,
         ],
         {
+          allowExit: true,
           cwd: tool.wrapperDir,
           env: { ...process.env, GOFLAGS: '-buildvcs=false -mod=readonly', GOTOOLCHAIN: 'local', CGO_ENABLED: '0' },
           timeoutMs: 60 * 60_000,

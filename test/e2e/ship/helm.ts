@@ -3,65 +3,22 @@
 // cached by version in <cache>/bin/helm-<version>/helm, where <cache> is ../support/cache.ts's root
 // ($BLOCKPULL_CACHE_DIR or ~/.cache/blockpull-operator). Concurrent callers (several processes) serialise on a lock file
 // (../support/lock.ts); a lock left by a dead process is taken over.
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cacheRoot } from '../support/cache.ts';
 import { withLock } from '../support/lock.ts';
+import { goBinary } from '../support/paths.ts';
+import { run } from '../support/process.ts';
 
 export const HELM_VERSION = 'v3.22.0';
 const wrapperDir = join(dirname(fileURLToPath(import.meta.url)), 'helm-go');
-
-export interface RunResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs argv (no shell), collects output; non-zero exit is returned, not thrown. */
-export function run(
-  argv: readonly string[],
-  options: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {},
-): Promise<RunResult> {
-  const [command, ...args] = argv;
-  if (command === undefined) throw new Error('run: empty argv');
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, {
-      cwd: options.cwd,
-      env: options.env ?? process.env,
-      stdio: ['pipe', 'pipe', 'pipe'],
-      timeout: options.timeoutMs ?? 600_000,
-      killSignal: 'SIGKILL',
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      resolve({
-        exitCode: code ?? (signal ? 128 : 1),
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8') + (signal ? `\n(killed by ${signal})` : ''),
-      });
-    });
-    child.stdin.on('error', () => undefined); // the command may exit before reading its input (EPIPE)
-    child.stdin.end(options.input ?? '');
-  });
-}
 
 export function helmPath(version = HELM_VERSION): string {
   return join(cacheRoot(), 'bin', `helm-${version}`, 'helm');
 }
 
-export function findGo(): string {
-  for (const dir of (process.env.PATH ?? '').split(':').concat('/usr/local/go/bin')) {
-    if (dir && existsSync(join(dir, 'go'))) return join(dir, 'go');
-  }
-  throw new Error('the Go toolchain (go) is needed to build helm and the other Go test tools and was not found on PATH or in /usr/local/go/bin');
-}
 
 /**
  * The link flags of helm's own Makefile: its version, and the Kubernetes version `helm template`
@@ -92,7 +49,7 @@ export async function ensureHelm(options: { log?: (line: string) => void } = {})
     if (!existsSync(target)) return false;
     const built = await readFile(stamp, 'utf8').catch(() => '');
     if (built !== JSON.stringify({ version: HELM_VERSION, ldflags })) return false;
-    const v = await run([target, 'version', '--short'], { timeoutMs: 30_000 });
+    const v = await run([target, 'version', '--short'], { allowExit: true, timeoutMs: 30_000 });
     return v.exitCode === 0 && v.stdout.startsWith(HELM_VERSION);
   };
   if (await ok()) return target;
@@ -100,7 +57,7 @@ export async function ensureHelm(options: { log?: (line: string) => void } = {})
   await mkdir(dirname(dirname(target)), { recursive: true });
   return withLock(`${dirname(target)}.build.lock`, async () => {
     if (await ok()) return target;
-    const go = findGo();
+    const go = goBinary();
     await mkdir(dirname(target), { recursive: true });
     const tmp = `${target}.tmp-${process.pid}`;
     const started = Date.now();
@@ -112,6 +69,7 @@ export async function ensureHelm(options: { log?: (line: string) => void } = {})
         '-o', tmp, 'helm.sh/helm/v3/cmd/helm',
       ],
       {
+        allowExit: true,
         cwd: wrapperDir,
         env: { ...process.env, GOFLAGS: '-buildvcs=false -mod=readonly', GOTOOLCHAIN: 'local', CGO_ENABLED: '0' },
         timeoutMs: 30 * 60_000,

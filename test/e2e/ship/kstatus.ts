@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { ensureGoTool, requiredVersion, type GoTool } from './go-tool.ts';
-import { run } from './helm.ts';
+import { run } from '../support/process.ts';
 
 const wrapperDir = join(import.meta.dirname, 'kstatus-go');
 /** The cli-utils version pinned in kstatus-go/go.mod. */
@@ -32,7 +32,7 @@ export async function ensureKstatus(options: { log?: (line: string) => void } = 
 
 /** What kstatus computes for each object (same order). */
 export async function kstatus(binary: string, objects: readonly unknown[]): Promise<KstatusResult[]> {
-  const r = await run([binary], { input: JSON.stringify(objects), timeoutMs: 60_000 });
+  const r = await run([binary], { allowExit: true, input: JSON.stringify(objects), timeoutMs: 60_000 });
   if (r.exitCode !== 0) throw new Error(`kstatus-check exited ${r.exitCode}: ${r.stderr.slice(0, 4000)}`);
   const results = ResultSchema.parse(JSON.parse(r.stdout));
   if (results.length !== objects.length) throw new Error(`kstatus-check returned ${results.length} results for ${objects.length} objects`);

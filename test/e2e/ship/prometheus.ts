@@ -1,10 +1,8 @@
 // Real Prometheus tools for the alert and dashboard tests: `promtool` (test rules, check rules) and
 // the `prometheus` server, built from the Go module proxy through the pinned wrapper module
 // ./prometheus-go (Prometheus 3.x is the Go module version v0.3XX.Y) and cached like helm.
-import { spawn } from 'node:child_process';
-import { createWriteStream, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { stringify } from 'yaml';
@@ -12,7 +10,8 @@ import { z } from 'zod';
 import { fileURLToPath } from 'node:url';
 import { createMetrics } from '../../../operator/src/kube/metrics.ts';
 import { ensureGoTool, requiredVersion, type GoTool } from './go-tool.ts';
-import { run } from './helm.ts';
+import { run, startDaemon } from '../support/process.ts';
+import { freePorts } from '../support/ports.ts';
 
 const wrapperDir = join(import.meta.dirname, 'prometheus-go');
 /** The Go module version pinned in prometheus-go/go.mod, e.g. v0.316.0 (= Prometheus 3.16.0). */
@@ -33,7 +32,7 @@ const tool: GoTool = {
   // As Prometheus's own build (.promu.yml) stamps it, so `--version` names the release.
   ldflags: `-X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION} -X github.com/prometheus/common/version.Branch=HEAD`,
   async check(dir) {
-    const r = await run([join(dir, 'promtool'), '--version'], { timeoutMs: 30_000 });
+    const r = await run([join(dir, 'promtool'), '--version'], { allowExit: true, timeoutMs: 30_000 });
     return r.exitCode === 0 && r.stdout.includes(`version ${PROMETHEUS_VERSION}`);
   },
 };
@@ -66,16 +65,6 @@ export async function operatorMetricNames(): Promise<Set<string>> {
 }
 
 /** A free TCP port on loopback (bound and released). */
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const a = srv.address();
-      srv.close(() => (typeof a === 'object' && a !== null ? resolve(a.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 const QueryResponse = z.object({
   status: z.literal('success'),
@@ -129,29 +118,21 @@ export async function startPrometheus(o: {
       ...(o.ruleGroups ? { rule_files: [rulesFile] } : {}),
     }),
   );
-  const port = await freePort();
+  const port = (await freePorts(1))[0]!;
   const url = `http://127.0.0.1:${port}`;
   const logPath = join(o.dir, 'prometheus.log');
-  const log = createWriteStream(logPath);
-  const child = spawn(
-    o.tools.prometheus,
-    [`--config.file=${config}`, `--storage.tsdb.path=${join(o.dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`, '--log.level=warn'],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+  const prometheus = await startDaemon(
+    'prometheus',
+    [o.tools.prometheus, `--config.file=${config}`, `--storage.tsdb.path=${join(o.dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`, '--log.level=warn'],
+    logPath,
+    { marker: config },
   );
-  child.stdout.pipe(log);
-  child.stderr.pipe(log);
-  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
   const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(t);
-    }
+    await prometheus.stop(10_000);
   };
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`prometheus exited ${child.exitCode}; log ${logPath}`);
+    if (!prometheus.isRunning()) throw new Error(`prometheus exited ${prometheus.child.exitCode}; log ${logPath}`);
     const ok = await fetch(`${url}/-/ready`).then((r) => r.ok, () => false);
     if (ok) break;
     if (Date.now() > deadline) {

@@ -3,26 +3,28 @@
 # Runs as uid 107 like KubeVirt's non-root virt-launcher: a session libvirtd with
 # XDG_RUNTIME_DIR=/var/run (so its socket is /var/run/libvirt/libvirt-sock), the symlink
 # /var/run/libvirt/virtqemud-sock -> libvirt-sock (so the production URI
-# qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock works unchanged), a qcow2 chain
-# per disk under /var/run/kubevirt-ephemeral-disks/disk-data/<disk>/, and a running domain
-# <namespace>_<vmi> whose disks have the alias ua-<disk>.
+# qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock works unchanged), then the recipe of
+# test/e2e/launcher/recipe.ts, the same the host stand-in runs: the commands that make a qcow2 chain
+# per disk under /var/run/kubevirt-ephemeral-disks/disk-data/<disk>/, and the domain
+# <namespace>_<vmi> (disks aliased ua-<disk>), created with its CPUs paused.
 #
-# Environment: VMI_NAMESPACE, VMI_NAME (required); LAUNCHER_DISKS="name:layers:sizeMiB[,...]"
-# (default disk0:3:64; optional 4th field allocatedMiB, default size/2).
+# Environment (node/launcher-pod.ts sets it): VMI_NAMESPACE, VMI_NAME; LAUNCHER_STEPS (one command
+# per line, arguments separated by tabs; only qemu-img, qemu-io, mkdir and rm are run);
+# LAUNCHER_DOMAIN_XML.
 set -euo pipefail
 
 : "${VMI_NAMESPACE:?VMI_NAMESPACE is required}"
 : "${VMI_NAME:?VMI_NAME is required}"
-DISKS="${LAUNCHER_DISKS:-disk0:3:64}"
+: "${LAUNCHER_STEPS:?LAUNCHER_STEPS is required}"
+: "${LAUNCHER_DOMAIN_XML:?LAUNCHER_DOMAIN_XML is required}"
 DOMAIN="${VMI_NAMESPACE}_${VMI_NAME}"
 
 export XDG_RUNTIME_DIR=/var/run
 export HOME="${HOME:-/var/lib/launcher}"
 RUNDIR=/var/run/libvirt
-DATA=/var/run/kubevirt-ephemeral-disks/disk-data
 SOCK="$RUNDIR/libvirt-sock"
 URI="qemu+unix:///session?socket=$RUNDIR/virtqemud-sock"
-mkdir -p "$RUNDIR" "$DATA" "$HOME"
+mkdir -p "$RUNDIR" "$HOME"
 rm -f "$RUNDIR/launcher-ready"
 
 log() { echo "launcher-standin: $*"; }
@@ -47,62 +49,15 @@ done
 [ -S "$SOCK" ] || { log "no libvirt socket at $SOCK"; exit 1; }
 ln -sfn libvirt-sock "$RUNDIR/virtqemud-sock"
 
-targets=(vda vdb vdc vdd vde vdf vdg vdh)
-disk_xml=""
-i=0
-IFS=',' read -r -a specs <<< "$DISKS"
-for spec in "${specs[@]}"; do
-  IFS=':' read -r name layers size allocated <<< "$spec"
-  allocated="${allocated:-$((size / 2))}"
-  [[ "$name" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || { log "bad disk name $name"; exit 1; }
-  [[ "$layers" =~ ^[1-9][0-9]*$ && "$size" =~ ^[1-9][0-9]*$ && "$allocated" =~ ^[0-9]+$ ]] || { log "bad disk spec $spec"; exit 1; }
-  (( allocated <= size )) || { log "allocated > size in $spec"; exit 1; }
-  dir="$DATA/$name"
-  rm -rf "$dir"; mkdir -p "$dir"
-  # Same data layout as test/e2e/launcher/images.ts: the backing layers share `allocated` MiB, the
-  # layer at chain position p (0 = top) writes its own contiguous part with pattern 0x10+p, and
-  # every layer writes 1 MiB at offset 0 with its pattern (so the top shadows the ones below).
-  backing=$(( layers > 1 ? layers - 1 : 1 ))
-  part=$(( allocated / backing ))
-  prev=""
-  for n in $(seq 0 $((layers - 1))); do
-    position=$(( layers - 1 - n ))
-    file="$dir/$name-$n.qcow2"
-    if [ -z "$prev" ]; then
-      qemu-img create -q -f qcow2 "$file" "${size}M"
-    else
-      qemu-img create -q -f qcow2 -F qcow2 -b "$prev" "$file" "${size}M"
-    fi
-    pattern=$(( 16 + position ))
-    cmds=()
-    if { [ "$layers" -eq 1 ] || [ "$position" -ge 1 ]; } && [ "$part" -gt 0 ]; then
-      cmds+=(-c "write -q -P $pattern $(( n * part ))M ${part}M")
-    fi
-    cmds+=(-c "write -q -P $pattern 0 1M")
-    qemu-io -f qcow2 "${cmds[@]}" "$file" >/dev/null
-    prev="$file"
-  done
-  target="${targets[$i]}"
-  disk_xml+="<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$prev'/><target dev='$target' bus='virtio'/><alias name='ua-$name'/></disk>"
-  i=$((i + 1))
-done
-
-cat > "$HOME/domain.xml" <<EOF
-<domain type='qemu'>
-  <name>$DOMAIN</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <on_poweroff>destroy</on_poweroff>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    $disk_xml
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-EOF
+while IFS=$'\t' read -r -a step; do
+  [ "${#step[@]}" -gt 0 ] || continue
+  case "${step[0]}" in
+    qemu-img|qemu-io|mkdir|rm) ;;
+    *) log "refusing step ${step[0]}"; exit 1 ;;
+  esac
+  "${step[@]}" >/dev/null
+done <<< "$LAUNCHER_STEPS"
+printf '%s\n' "$LAUNCHER_DOMAIN_XML" > "$HOME/domain.xml"
 
 # CPUs paused: no guest OS is needed for block jobs (and TCG would burn a core)
 virsh -c "$URI" create --paused "$HOME/domain.xml"

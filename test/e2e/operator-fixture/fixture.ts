@@ -1,0 +1,351 @@
+/**
+ * What the BlockPull end-to-end specs, the demo and the bench share:
+ * - the operator as its OWN process (Node 24 from node_modules/.bin, `operator/src/main.ts`),
+ *   local transport, running as a ServiceAccount bound to the chart's ClusterRole rules;
+ * - a VMI object and its virt-launcher Pod object pointing at a launcher stand-in. There is no
+ *   kubelet: the Pod is created bound to a node name and its status set to Running through the
+ *   pods/status subresource; the VMI (no status subresource, as upstream) gets its status by patch.
+ */
+
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parse, stringify } from 'yaml';
+import { z } from 'zod';
+import type { ClusterClient } from '../cluster/client.ts';
+import { createServiceAccountKubeconfig } from '../cluster/service-account.ts';
+import type { Launcher } from '../launcher/launcher.ts';
+import { NODE_BIN, REPO_ROOT } from '../support/paths.ts';
+import { crashDaemon, run, startDaemon, stopDaemon, type Daemon } from '../support/process.ts';
+import { sleep, waitFor } from '../support/wait.ts';
+
+export const OPERATOR_MAIN = path.join(REPO_ROOT, 'operator', 'src', 'main.ts');
+export const LOG_DIR = path.join(REPO_ROOT, '.cache', 'e2e-blockpull');
+export const STANDIN_NODE = 'standin-node';
+/** The operator's own namespace in these tests (ServiceAccount, Lease): not the chart's, to stay clear of chart tests sharing the cluster. */
+export const OPERATOR_NAMESPACE = 'bp-operator-system';
+
+// --- RBAC: the operator runs as a ServiceAccount with the chart's rules ------------------------
+
+const RulesSchema = z.array(
+  z.object({ apiGroups: z.array(z.string()), resources: z.array(z.string()), verbs: z.array(z.string()), resourceNames: z.array(z.string()).optional() }),
+);
+
+async function rulesFile(name: string): Promise<z.infer<typeof RulesSchema>> {
+  return RulesSchema.parse(parse(await readFile(path.join(REPO_ROOT, 'charts', 'blockpull-operator', 'files', name), 'utf8')));
+}
+
+/**
+ * A ServiceAccount in `namespace` bound to a ClusterRole made of charts/.../files/rbac-rules.yaml
+ * and a Role (leases) from leader-election-rules.yaml; returns the path of its kubeconfig.
+ */
+export async function operatorServiceAccount(kube: ClusterClient, namespace = OPERATOR_NAMESPACE, name = 'blockpull-operator'): Promise<string> {
+  const clusterRules = await rulesFile('rbac-rules.yaml');
+  const leaseRules = await rulesFile('leader-election-rules.yaml');
+  const objects = [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: namespace } },
+    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name, namespace } },
+    { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: { name: `${name}-e2e` }, rules: clusterRules },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'ClusterRoleBinding',
+      metadata: { name: `${name}-e2e` },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: `${name}-e2e` },
+      subjects: [{ kind: 'ServiceAccount', name, namespace }],
+    },
+    { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'Role', metadata: { name: `${name}-leader-election`, namespace }, rules: leaseRules },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'RoleBinding',
+      metadata: { name: `${name}-leader-election`, namespace },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: `${name}-leader-election` },
+      subjects: [{ kind: 'ServiceAccount', name, namespace }],
+    },
+  ];
+  await kube.kubectl(['apply', '-f', '-'], { input: objects.map((o) => stringify(o)).join('---\n') });
+  return createServiceAccountKubeconfig(kube, namespace, name);
+}
+
+// --- the operator process --------------------------------------------------------------------
+
+export interface OperatorProcess {
+  readonly child: Daemon['child'];
+  readonly logPath: string;
+  /** Parsed JSON log lines so far. */
+  readonly lines: Record<string, unknown>[];
+  readonly metricsPort: () => number | undefined;
+  /** Resolves with the exit code. */
+  readonly exited: Promise<number | null>;
+  /** SIGTERM and wait (SIGKILL after graceMs). */
+  stop(graceMs?: number): Promise<number | null>;
+  /** SIGKILL now (a crash), and wait. */
+  kill(): Promise<void>;
+  /** Lines whose msg matches. */
+  find(msg: string | RegExp): Record<string, unknown>[];
+}
+
+export interface StartOperatorOptions {
+  readonly kubeconfig: string;
+  readonly registryDir: string;
+  /** For the log file name and the Lease identity. */
+  readonly name: string;
+  readonly env?: Readonly<Record<string, string>>;
+  /** Mirror log lines (e.g. the demo prints a few). */
+  readonly onLine?: (line: Record<string, unknown>) => void;
+  /** Wait until the controller runs (caches synced). Default true. */
+  readonly waitReady?: boolean;
+  /** The script to run (default OPERATOR_MAIN, the TypeScript source; the bench runs dist/, as the image does). */
+  readonly main?: string;
+}
+
+/**
+ * Compile the operator as the image does (`tsc -p tsconfig.build.json` into dist/) and return the
+ * script to pass as StartOperatorOptions.main: memory figures are about the product, which does
+ * not strip TypeScript at load.
+ */
+export async function buildOperator(): Promise<string> {
+  await run([NODE_BIN, path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, timeoutMs: 600_000 });
+  return path.join(REPO_ROOT, 'dist', 'operator', 'src', 'main.js');
+}
+
+export async function startOperator(o: StartOperatorOptions): Promise<OperatorProcess> {
+  await mkdir(LOG_DIR, { recursive: true });
+  const logPath = path.join(LOG_DIR, `${o.name}.log`);
+  const env: Record<string, string> = {
+    PATH: process.env['PATH'] ?? '/usr/bin:/bin',
+    BLOCKPULL_TRANSPORT: 'local',
+    BLOCKPULL_LOCAL_LAUNCHERS_DIR: o.registryDir,
+    BLOCKPULL_KUBECONFIG: o.kubeconfig,
+    BLOCKPULL_POD_NAMESPACE: OPERATOR_NAMESPACE,
+    BLOCKPULL_POD_NAME: o.name,
+    BLOCKPULL_LEADER_ELECT: 'true',
+    BLOCKPULL_LEASE_DURATION_MS: '4000',
+    BLOCKPULL_RENEW_DEADLINE_MS: '3000',
+    BLOCKPULL_RETRY_PERIOD_MS: '500',
+    BLOCKPULL_HEALTH_PORT: '0',
+    BLOCKPULL_METRICS_PORT: '0',
+    BLOCKPULL_METRICS_BIND_ADDRESS: '127.0.0.1',
+    BLOCKPULL_LOG_LEVEL: 'debug',
+    ...o.env,
+  };
+  const lines: Record<string, unknown>[] = [];
+  let rest = '';
+  let ports: number[] = [];
+  let readyResolve: (() => void) | undefined;
+  const ready = new Promise<void>((r) => (readyResolve = r));
+  const onStdout = (chunk: string): void => {
+    rest += chunk;
+    let i: number;
+    while ((i = rest.indexOf('\n')) >= 0) {
+      const text = rest.slice(0, i);
+      rest = rest.slice(i + 1);
+      try {
+        const line = JSON.parse(text) as Record<string, unknown>;
+        lines.push(line);
+        o.onLine?.(line);
+        if (line['msg'] === 'http server listening' && typeof line['port'] === 'number') ports = [...ports, line['port']];
+        if (line['msg'] === 'caches synced; starting workers') readyResolve?.();
+      } catch {
+        /* not JSON */
+      }
+    }
+  };
+  const main = o.main ?? OPERATOR_MAIN;
+  const daemon = await startDaemon(`operator ${o.name}`, [NODE_BIN, main], logPath, {
+    marker: main,
+    env,
+    cwd: REPO_ROOT,
+    onOutput: (chunk, stream) => {
+      if (stream === 'stdout') onStdout(chunk);
+    },
+  });
+  const child = daemon.child;
+  const exited = daemon.exited.then((e) => e.code);
+  const metricsPathPort = (): number | undefined => {
+    const l = lines.find((x) => x['msg'] === 'http server listening' && Array.isArray(x['paths']) && (x['paths'] as string[]).includes('/metrics'));
+    return typeof l?.['port'] === 'number' ? l['port'] : undefined;
+  };
+  const proc: OperatorProcess = {
+    child,
+    logPath,
+    lines,
+    metricsPort: metricsPathPort,
+    exited,
+    async stop(graceMs = 15_000) {
+      await stopDaemon(daemon.record, graceMs, 'leader'); // as a kubelet stops the container
+      return exited;
+    },
+    async kill() {
+      await crashDaemon(daemon.record);
+      await exited;
+    },
+    find(msg) {
+      return lines.filter((l) => (typeof msg === 'string' ? l['msg'] === msg : typeof l['msg'] === 'string' && msg.test(l['msg'])));
+    },
+  };
+  if (o.waitReady ?? true) {
+    const timeout = sleep(60_000).then(() => 'timeout' as const);
+    const r = await Promise.race([ready.then(() => 'ready' as const), exited.then(() => 'exited' as const), timeout]);
+    if (r !== 'ready') {
+      await proc.kill();
+      throw new Error(`operator ${o.name} did not become ready (${r}); log: ${logPath}\n${(await readFile(logPath, 'utf8')).slice(-3000)}`);
+    }
+  }
+  return proc;
+}
+
+// --- VMI + launcher Pod objects for a stand-in ------------------------------------------------
+
+export async function ensureNamespace(kube: ClusterClient, namespace: string): Promise<void> {
+  // No kube-controller-manager creates the "default" ServiceAccount here: Pods need it.
+  await kube.kubectl(['apply', '-f', '-'], {
+    input: [
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: namespace } },
+      { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default', namespace } },
+    ]
+      .map((o) => stringify(o))
+      .join('---\n'),
+  });
+}
+
+export interface FakeVmiOptions {
+  readonly namespace: string;
+  readonly vmiName: string;
+  /** The stand-in whose pod this is (its podName, registered for the local transport). */
+  readonly launcher?: Launcher;
+  /** Pod name when there is no stand-in. */
+  readonly podName?: string;
+  readonly disks: readonly string[];
+  /** VMI status.phase (default Running). */
+  readonly phase?: string;
+  readonly runtimeUser?: number;
+  /** Create the launcher Pod (default true). */
+  readonly pod?: boolean;
+  /** Node of the VMI (status.nodeName) and its launcher Pod (spec.nodeName); default STANDIN_NODE. */
+  readonly nodeName?: string;
+  /** resources.limits of the launcher Pod's compute container (e.g. ephemeral-storage). */
+  readonly computeLimits?: Readonly<Record<string, string>>;
+}
+
+export function vmiManifest(o: { namespace: string; vmiName: string; disks: readonly string[] }): Record<string, unknown> {
+  return {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: o.vmiName, namespace: o.namespace },
+    spec: {
+      domain: { devices: { disks: o.disks.map((name) => ({ name, disk: { bus: 'virtio' } })) }, resources: { requests: { memory: '64Mi' } } },
+      volumes: o.disks.map((name) => ({ name, containerDisk: { image: 'quay.io/containerdisks/fedora:latest' } })),
+    },
+  };
+}
+
+/** The ownerReference KubeVirt puts on a virt-launcher pod. */
+export function vmiOwnerReference(vmiName: string, vmiUid: string): Record<string, unknown> {
+  return { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: vmiName, uid: vmiUid, controller: true, blockOwnerDeletion: true };
+}
+
+/**
+ * A Running virt-launcher Pod object for a VMI (no kubelet: bound to a node name, status set
+ * through pods/status); returns its uid. `owned: false` makes a pod that only LOOKS like the
+ * launcher (labels and node right, no controller reference): what a tenant could create.
+ */
+export async function createLauncherPod(
+  kube: ClusterClient,
+  o: { namespace: string; podName: string; vmiName: string; vmiUid: string; nodeName?: string; owned?: boolean; computeLimits?: Record<string, string> },
+): Promise<string> {
+  const pod = {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name: o.podName,
+      namespace: o.namespace,
+      labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': o.vmiUid, 'vm.kubevirt.io/name': o.vmiName },
+      // As KubeVirt makes it: controlled by the VMI (the operator accepts no other pod).
+      ...(o.owned === false ? {} : { ownerReferences: [vmiOwnerReference(o.vmiName, o.vmiUid)] }),
+    },
+    spec: {
+      nodeName: o.nodeName ?? STANDIN_NODE,
+      automountServiceAccountToken: false,
+      containers: [
+        {
+          name: 'compute',
+          image: 'quay.io/kubevirt/virt-launcher:v1.6.0',
+          command: ['/usr/bin/virt-launcher'],
+          ...(o.computeLimits !== undefined ? { resources: { limits: o.computeLimits } } : {}),
+        },
+      ],
+    },
+  };
+  await kube.kubectl(['apply', '-f', '-'], { input: stringify(pod) });
+  await kube.kubectl(['patch', 'pod', o.podName, '-n', o.namespace, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: { phase: 'Running' } })]);
+  return (await kube.kubectl(['get', 'pod', o.podName, '-n', o.namespace, '-o', 'jsonpath={.metadata.uid}'])).trim();
+}
+
+/** Creates the VMI and (unless pod:false) its Running launcher Pod; returns the pod name. */
+export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Promise<string> {
+  const ns = o.namespace;
+  await kube.kubectl(['apply', '-f', '-'], { input: stringify(vmiManifest(o)) });
+  const uid = (await kube.kubectl(['get', 'vmi', o.vmiName, '-n', ns, '-o', 'jsonpath={.metadata.uid}'])).trim();
+  const podName = o.launcher?.podName ?? o.podName ?? `virt-launcher-${o.vmiName}-x`;
+  const nodeName = o.nodeName ?? STANDIN_NODE;
+  const activePods: Record<string, string> = {};
+  if (o.pod ?? true) {
+    const podUid = await createLauncherPod(kube, { namespace: ns, podName, vmiName: o.vmiName, vmiUid: uid, nodeName, ...(o.computeLimits !== undefined ? { computeLimits: o.computeLimits } : {}) });
+    activePods[podUid] = nodeName;
+  }
+  const status = {
+    phase: o.phase ?? 'Running',
+    nodeName,
+    runtimeUser: o.runtimeUser ?? 107,
+    activePods,
+    volumeStatus: o.disks.map((name, i) => ({ name, target: `vd${String.fromCharCode(97 + i)}` })),
+  };
+  await kube.kubectl(['patch', 'vmi', o.vmiName, '-n', ns, '--type=merge', '-p', JSON.stringify({ status })]);
+  return podName;
+}
+
+// --- BlockPull objects ------------------------------------------------------------------------
+
+export function blockPullManifest(o: { namespace: string; name: string; vmiName: string; disk: string; spec?: Record<string, unknown> }): string {
+  return stringify({
+    apiVersion: 'blockpull.dev/v1alpha1',
+    kind: 'BlockPull',
+    metadata: { name: o.name, namespace: o.namespace },
+    spec: { vmiName: o.vmiName, disk: o.disk, ...o.spec },
+  });
+}
+
+export interface BlockPullView {
+  metadata: { name: string; namespace: string; resourceVersion: string; generation?: number; finalizers?: string[] };
+  spec: Record<string, unknown>;
+  status?: {
+    phase?: string;
+    reason?: string;
+    message?: string;
+    observedGeneration?: number;
+    attempts?: number;
+    retries?: number;
+    job?: { state?: string };
+    progress?: { currentBytes?: number; totalBytes?: number; percent?: string; bytesPerSecond?: number };
+    conditions?: { type: string; status: string; reason: string; message: string; observedGeneration?: number }[];
+    backingChain?: { before?: { path: string }[]; current?: { path: string }[]; basePath?: string };
+    launcher?: Record<string, string>;
+    startTime?: string;
+    completionTime?: string;
+  };
+}
+
+export async function getBlockPull(kube: ClusterClient, namespace: string, name: string): Promise<BlockPullView | undefined> {
+  const r = await kube.kubectlResult(['get', 'blockpull', name, '-n', namespace, '-o', 'json']);
+  if (r.exitCode !== 0) {
+    if (/NotFound|not found/.test(r.stderr)) return undefined;
+    throw new Error(r.stderr);
+  }
+  return JSON.parse(r.stdout) as BlockPullView;
+}
+
+export async function waitForPhase(kube: ClusterClient, namespace: string, name: string, phases: readonly string[], timeoutMs = 60_000): Promise<BlockPullView> {
+  return waitFor(`BlockPull ${namespace}/${name} in ${phases.join('|')}`, timeoutMs, async () => {
+    const bp = await getBlockPull(kube, namespace, name);
+    return bp?.status?.phase !== undefined && phases.includes(bp.status.phase) ? bp : undefined;
+  });
+}

@@ -1,0 +1,344 @@
+// The Helm chart, rendered by a real helm (built from the Go module proxy, pinned) and applied to
+// the real control plane of the e2e global setup; its RBAC proven with the chart's own
+// ServiceAccount token: what the operator must do is allowed, what it must not do is refused.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, inject, it } from 'vitest';
+import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
+import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
+import { ENV_VARS, loadConfig } from '../../../../operator/src/config.ts';
+import { CHART_DIR, DeploymentShape, envOf, find, helmTemplate, one, readRulesFile, type K8sObject } from '../../ship/chart.ts';
+import { ensureHelm } from '../../ship/helm.ts';
+import { run } from '../../support/process.ts';
+import { parse, stringify } from 'yaml';
+import { z } from 'zod';
+
+const NS = 'blockpull-system';
+const RELEASE = 'bp';
+const SA = 'bp-blockpull-operator';
+
+let kube: ClusterClient;
+let helm: string;
+
+beforeAll(async () => {
+  kube = clusterClient(inject('kubeconfigPath'), inject('kubectlPath'));
+  helm = await ensureHelm({ log: (l) => process.stderr.write(`[helm] ${l}\n`) });
+}, 1_800_000);
+
+describe('helm lint and template', () => {
+  it('helm lint --strict passes with default and with non-default values', async () => {
+    const lint = await run([helm, 'lint', '--strict', CHART_DIR], { allowExit: true });
+    expect(lint.stderr + lint.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
+    expect(lint.exitCode).toBe(0);
+    const lint2 = await run([helm, 'lint', '--strict', CHART_DIR, '--set', 'replicaCount=3,metrics.serviceMonitor.enabled=true,operator.logLevel=debug,prometheusRule.enabled=true,grafanaDashboard.enabled=true'], { allowExit: true });
+    expect(lint2.exitCode).toBe(0);
+  });
+
+  it('default values render the documented objects', async () => {
+    const { result, objects } = await helmTemplate(RELEASE, NS);
+    expect(result.stderr).toBe('');
+    expect(result.exitCode).toBe(0);
+    expect(objects.map((o) => o.kind).sort()).toEqual(
+      ['ClusterRole', 'ClusterRoleBinding', 'Deployment', 'PodDisruptionBudget', 'Role', 'RoleBinding', 'Service', 'ServiceAccount'].sort(),
+    );
+    for (const o of objects) if (!o.kind.startsWith('Cluster')) expect(o.metadata.namespace, `${o.kind} namespace`).toBe(NS);
+
+    const dep = DeploymentShape.parse(one(objects, 'Deployment'));
+    expect(dep.spec.replicas).toBe(2);
+    const pod = dep.spec.template.spec;
+    expect(pod.serviceAccountName).toBe(SA);
+    expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 65532, seccompProfile: { type: 'RuntimeDefault' } });
+    const c = pod.containers[0];
+    expect(c?.image).toBe('blockpull-operator:0.1.0');
+    expect(c?.securityContext).toMatchObject({
+      runAsNonRoot: true,
+      runAsUser: 65532,
+      readOnlyRootFilesystem: true,
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ['ALL'] },
+      seccompProfile: { type: 'RuntimeDefault' },
+    });
+    expect(c?.ports.map((p) => [p.name, p.containerPort])).toEqual([['metrics', 8080], ['health', 8081]]);
+    expect(c?.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'health' });
+    expect(c?.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'health' });
+    expect(Object.keys(c?.resources.requests ?? {}).sort()).toEqual(['cpu', 'memory']);
+    expect(c?.resources.limits).toHaveProperty('memory');
+
+    const env = envOf(one(objects, 'Deployment'));
+    expect(env.get('BLOCKPULL_LEADER_ELECT')).toBe('true');
+    expect(env.get('BLOCKPULL_TRANSPORT')).toBe('exec');
+    expect(env.get('BLOCKPULL_HEALTH_PORT')).toBe('8081');
+    expect(env.get('BLOCKPULL_METRICS_PORT')).toBe('8080');
+    expect(env.get('BLOCKPULL_LEASE_NAME')).toBe('bp-blockpull-operator-leader');
+    // Every BLOCKPULL_* variable the chart sets is one the operator reads (operator/src/config.ts).
+    for (const name of env.keys()) if (name.startsWith('BLOCKPULL_')) expect(ENV_VARS, name).toContain(name);
+    // And the operator accepts every value as rendered (YAML numbers of 1e6 and more became
+    // "1.048576e+06" once, which the operator refused at start).
+    const literal = Object.fromEntries([...env].filter(([k, v]) => k.startsWith('BLOCKPULL_') && typeof v === 'string'));
+    expect(() => loadConfig({ ...literal, BLOCKPULL_POD_NAME: 'p', BLOCKPULL_POD_NAMESPACE: 'ns' })).not.toThrow();
+
+    const svc = one(objects, 'Service') as K8sObject & { spec: { ports: { port: number; targetPort: string }[] } };
+    expect(svc.spec.ports).toEqual([{ name: 'metrics', port: 8080, targetPort: 'metrics', protocol: 'TCP' }]);
+    expect((one(objects, 'PodDisruptionBudget') as K8sObject & { spec: unknown }).spec).toMatchObject({ maxUnavailable: 1 });
+  });
+
+  it('the ClusterRole holds exactly files/rbac-rules.yaml, the Role exactly the lease rules; no wildcards', async () => {
+    const { objects } = await helmTemplate(RELEASE, NS);
+    const clusterRole = one(objects, 'ClusterRole') as K8sObject & { rules: unknown };
+    const role = one(objects, 'Role') as K8sObject & { rules: unknown };
+    expect(clusterRole.rules).toEqual(await readRulesFile('rbac-rules.yaml'));
+    expect(role.rules).toEqual(await readRulesFile('leader-election-rules.yaml'));
+    expect(role.metadata.namespace).toBe(NS);
+    const all = JSON.stringify([clusterRole.rules, role.rules]);
+    expect(all).not.toContain('*');
+    expect(all).not.toContain('secrets');
+    expect(all).not.toContain('delete');
+    expect(JSON.stringify(clusterRole.rules)).not.toContain('leases');
+    const binding = one(objects, 'ClusterRoleBinding') as K8sObject & { subjects: unknown };
+    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: SA, namespace: NS }]);
+  });
+
+  it('non-default values are honoured', async () => {
+    const { result, objects } = await helmTemplate('prod', 'ops', {
+      replicaCount: 3,
+      image: { repository: 'registry.example/blockpull-operator', digest: `sha256:${'a'.repeat(64)}`, pullPolicy: 'Always' },
+      leaderElection: { enabled: true, leaseName: 'custom-lease', leaseDurationMs: 30000, renewDeadlineMs: 20000, retryPeriodMs: 4000 },
+      operator: { workers: 8, maxConcurrentPulls: 10, maxPullsPerNode: 3, logLevel: 'debug', watchNamespace: 'vms' },
+      metrics: { serviceMonitor: { enabled: true, interval: '15s', labels: { release: 'kube-prometheus' } } },
+      podDisruptionBudget: { enabled: false },
+      serviceAccount: { name: 'custom-sa', annotations: { 'example.com/role': 'x' } },
+      extraEnv: [{ name: 'NODE_OPTIONS', value: '--max-old-space-size=200' }],
+      nodeSelector: { 'kubernetes.io/os': 'linux' },
+    });
+    expect(result.stderr).toBe('');
+    expect(result.exitCode).toBe(0);
+    expect(find(objects, 'PodDisruptionBudget')).toHaveLength(0);
+    const sm = one(objects, 'ServiceMonitor') as K8sObject & { spec: { endpoints: { port: string; interval: string }[] } };
+    expect(sm.metadata.labels).toMatchObject({ release: 'kube-prometheus' });
+    expect(sm.spec.endpoints[0]).toMatchObject({ port: 'metrics', interval: '15s' });
+    const dep = DeploymentShape.parse(one(objects, 'Deployment'));
+    expect(dep.spec.replicas).toBe(3);
+    expect(dep.spec.template.spec.serviceAccountName).toBe('custom-sa');
+    expect(dep.spec.template.spec.containers[0]?.image).toBe(`registry.example/blockpull-operator@sha256:${'a'.repeat(64)}`);
+    const env = envOf(one(objects, 'Deployment'));
+    expect(Object.fromEntries(env)).toMatchObject({
+      BLOCKPULL_LEASE_NAME: 'custom-lease',
+      BLOCKPULL_LEASE_DURATION_MS: '30000',
+      BLOCKPULL_RENEW_DEADLINE_MS: '20000',
+      BLOCKPULL_RETRY_PERIOD_MS: '4000',
+      BLOCKPULL_WORKERS: '8',
+      BLOCKPULL_MAX_CONCURRENT_PULLS: '10',
+      BLOCKPULL_MAX_PULLS_PER_NODE: '3',
+      BLOCKPULL_LOG_LEVEL: 'debug',
+      BLOCKPULL_WATCH_NAMESPACE: 'vms',
+      NODE_OPTIONS: '--max-old-space-size=200',
+    });
+    const role = one(objects, 'RoleBinding') as K8sObject & { subjects: unknown };
+    expect(role.subjects).toEqual([{ kind: 'ServiceAccount', name: 'custom-sa', namespace: 'ops' }]);
+  });
+
+  const invalid: [string, Record<string, unknown>, RegExp][] = [
+    ['replicaCount 0', { replicaCount: 0 }, /replicaCount/],
+    ['an unknown top-level key', { replicas: 2 }, /additional properties 'replicas' not allowed|replicas/],
+    ['root user', { securityContext: { runAsNonRoot: false } }, /runAsNonRoot/],
+    ['a writable root filesystem', { securityContext: { readOnlyRootFilesystem: false } }, /readOnlyRootFilesystem/],
+    ['privilege escalation', { securityContext: { allowPrivilegeEscalation: true } }, /allowPrivilegeEscalation/],
+    ['added capabilities', { securityContext: { capabilities: { drop: ['ALL'], add: ['SYS_ADMIN'] } } }, /add/],
+    ['an unknown log level', { operator: { logLevel: 'loud' } }, /logLevel/],
+    ['a digest that is not sha256', { image: { digest: 'latest' } }, /digest/],
+    ['a non-numeric worker count', { operator: { workers: 'many' } }, /workers/],
+    ['two replicas without leader election', { leaderElection: { enabled: false } }, /leaderElection\.enabled/],
+    ['equal health and metrics ports', { healthPort: 9000, metricsPort: 9000 }, /must differ/],
+    ['alerts: no-progress minutes 0', { prometheusRule: { noProgressMinutes: 0 } }, /noProgressMinutes/],
+    ['alerts: no-progress minutes as text', { prometheusRule: { noProgressMinutes: '15m' } }, /noProgressMinutes/],
+    ['alerts: an error ratio above 1', { prometheusRule: { reconcileErrorRatio: 2 } }, /reconcileErrorRatio/],
+    ['alerts: an error ratio of 0', { prometheusRule: { reconcileErrorRatio: 0 } }, /reconcileErrorRatio/],
+    ['alerts: a selector that is not PromQL matchers', { prometheusRule: { selector: 'job=blockpull}' } }, /selector/],
+    ['alerts: a runbook base that is not a URL', { prometheusRule: { runbookBaseUrl: 'docs/runbooks' } }, /runbookBaseUrl/],
+    ['alerts: an alert label overriding severity', { prometheusRule: { alertLabels: { severity: 'info' } } }, /severity/],
+    ['alerts: an unknown key', { prometheusRule: { enable: true } }, /enable/],
+    ['dashboard: a label value too long', { grafanaDashboard: { labels: { grafana_dashboard: 'x'.repeat(64) } } }, /grafanaDashboard/],
+    ['dashboard: a bad namespace', { grafanaDashboard: { namespace: 'Monitoring' } }, /namespace/],
+    ['dashboard: enabled as a number', { grafanaDashboard: { enabled: 1 } }, /enabled/],
+  ];
+  it.each(invalid)('rejects %s', async (_what, values, message) => {
+    const { result } = await helmTemplate(RELEASE, NS, values);
+    expect(result.exitCode).not.toBe(0);
+    expect(result.stderr).toMatch(message);
+  });
+
+  it('values.yaml documents every key the schema allows at the top level', async () => {
+    const schema = z.object({ properties: z.record(z.string(), z.unknown()) }).parse(JSON.parse(await readFile(join(CHART_DIR, 'values.schema.json'), 'utf8')));
+    const values = z.record(z.string(), z.unknown()).parse(parse(await readFile(join(CHART_DIR, 'values.yaml'), 'utf8')));
+    expect(Object.keys(values).sort()).toEqual(Object.keys(schema.properties).filter((k) => k !== 'global').sort());
+  });
+});
+
+describe('the chart on the control plane', () => {
+  let saKubeconfig: string;
+  const asOperator = (args: readonly string[], input?: string) => kube.kubectlResult(args, { kubeconfig: saKubeconfig, ...(input !== undefined ? { input } : {}) });
+  const canI = async (...args: string[]): Promise<boolean> => {
+    const r = await asOperator(['auth', 'can-i', ...args]);
+    if (r.exitCode !== 0 && r.stdout.trim() !== 'no') throw new Error(`kubectl auth can-i ${args.join(' ')}: ${r.stderr}`);
+    return r.stdout.trim() === 'yes';
+  };
+
+  beforeAll(async () => {
+    await kube.kubectl(['create', 'namespace', NS, '--dry-run=client', '-o', 'yaml']).then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
+    const { result, yaml } = await helmTemplate(RELEASE, NS);
+    expect(result.exitCode).toBe(0);
+    // A real server-side apply of every rendered object (the Deployment's pods need a node: none here).
+    await kube.kubectl(['apply', '--server-side', '--field-manager=helm-test', '-f', '-'], { input: yaml });
+    saKubeconfig = await createServiceAccountKubeconfig(kube, NS, SA);
+  }, 300_000);
+
+  it('every rendered object exists on the API server', async () => {
+    const { objects } = await helmTemplate(RELEASE, NS);
+    for (const o of objects) {
+      const args = ['get', `${o.kind}.${o.apiVersion.includes('/') ? o.apiVersion.split('/')[0] : ''}`.replace(/\.$/, ''), o.metadata.name, '-o', 'name'];
+      if (o.metadata.namespace) args.push('-n', o.metadata.namespace);
+      expect((await kube.kubectl(args)).trim()).toMatch(new RegExp(`/${o.metadata.name}$`));
+    }
+  });
+
+  it('non-default renders pass server-side validation (dry-run); the ServiceMonitor needs its CRD', async () => {
+    await kube.kubectl(['create', 'namespace', 'ops', '--dry-run=client', '-o', 'yaml']).then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
+    const { result, objects } = await helmTemplate('prod', 'ops', {
+      replicaCount: 3,
+      operator: { watchNamespace: 'vms', logLevel: 'debug' },
+      metrics: { serviceMonitor: { enabled: true } },
+      podDisruptionBudget: { maxUnavailable: '50%' },
+    });
+    expect(result.exitCode).toBe(0);
+    const withoutSm = objects.filter((o) => o.kind !== 'ServiceMonitor');
+    const ok = await kube.kubectlResult(['apply', '--dry-run=server', '-f', '-'], { input: withoutSm.map((o) => stringify(o)).join('---\n') });
+    expect(ok.stderr).toBe('');
+    expect(ok.exitCode).toBe(0);
+    expect(ok.stdout).toMatch(/deployment\.apps\/prod-blockpull-operator (created|configured) \(server dry run\)/);
+    const sm = await kube.kubectlResult(['apply', '--dry-run=server', '-f', '-'], { input: stringify(one(objects, 'ServiceMonitor')) });
+    expect(sm.exitCode).not.toBe(0);
+    expect(sm.stderr).toMatch(/no matches for kind "ServiceMonitor"|ensure CRDs are installed/);
+  });
+
+  it('the server rejects a Deployment whose securityContext was tampered with (schema is not the only guard)', async () => {
+    // Sanity check that the dry-run above can fail: an invalid object is refused by the server.
+    const { objects } = await helmTemplate(RELEASE, NS);
+    const dep = structuredClone(one(objects, 'Deployment')) as K8sObject & { spec: { replicas: unknown } };
+    dep.spec.replicas = 'two';
+    const r = await kube.kubectlResult(['apply', '--dry-run=server', '-f', '-'], { input: stringify(dep) });
+    expect(r.exitCode).not.toBe(0);
+  });
+
+  it('helm install and uninstall work against the API server (as a user would install it)', async () => {
+    const ns = 'helm-install-test';
+    const kc = ['--kubeconfig', kube.kubeconfigPath];
+    const install = await run([helm, 'upgrade', '--install', 'hi', CHART_DIR, '--namespace', ns, '--create-namespace', ...kc], { allowExit: true, timeoutMs: 120_000 });
+    expect(install.stderr).toBe('');
+    expect(install.exitCode).toBe(0);
+    expect(install.stdout).toMatch(/STATUS: deployed/);
+    const status = await run([helm, 'status', 'hi', '--namespace', ns, '-o', 'json', ...kc], { allowExit: true });
+    expect(z.object({ info: z.object({ status: z.string() }) }).parse(JSON.parse(status.stdout)).info.status).toBe('deployed');
+    expect((await kube.kubectl(['get', 'deployment', 'hi-blockpull-operator', '-n', ns, '-o', 'jsonpath={.spec.replicas}'])).trim()).toBe('2');
+    // The CRD already exists (crds/ of the chart): helm leaves it alone; it is the same CRD.
+    expect((await kube.kubectl(['get', 'crd', 'blockpulls.blockpull.dev', '-o', 'name'])).trim()).toBe('customresourcedefinition.apiextensions.k8s.io/blockpulls.blockpull.dev');
+    const uninstall = await run([helm, 'uninstall', 'hi', '--namespace', ns, '--wait', ...kc], { allowExit: true, timeoutMs: 120_000 });
+    expect(uninstall.exitCode, uninstall.stderr).toBe(0);
+    const gone = await kube.kubectlResult(['get', 'clusterrole', 'hi-blockpull-operator']);
+    expect(gone.stderr).toMatch(/NotFound/);
+    await kube.kubectl(['delete', 'namespace', ns, '--wait=false']);
+  });
+
+  it('the ServiceAccount CAN do what the operator needs', async () => {
+    const allowed: string[][] = [
+      ['list', 'blockpulls.blockpull.dev', '--all-namespaces'],
+      ['watch', 'blockpulls.blockpull.dev', '-n', 'vms'],
+      ['update', 'blockpulls.blockpull.dev', '-n', 'vms'],
+      ['patch', 'blockpulls.blockpull.dev', '--subresource=status', '-n', 'vms'],
+      ['update', 'blockpulls.blockpull.dev', '--subresource=finalizers', '-n', 'vms'],
+      ['watch', 'virtualmachineinstances.kubevirt.io', '--all-namespaces'],
+      ['get', 'virtualmachineinstances.kubevirt.io', '-n', 'vms'],
+      ['watch', 'virtualmachineinstancemigrations.kubevirt.io', '--all-namespaces'],
+      ['list', 'virtualmachineinstancemigrations.kubevirt.io', '-n', 'vms'],
+      ['get', 'virtualmachineinstancemigrations.kubevirt.io', '-n', 'vms'],
+      ['list', 'pods', '--all-namespaces'],
+      ['create', 'pods', '--subresource=exec', '-n', 'vms'],
+      ['get', 'pods', '--subresource=exec', '-n', 'vms'],
+      ['create', 'events', '-n', 'vms'],
+      ['create', 'events.events.k8s.io', '-n', 'vms'],
+      ['get', 'leases.coordination.k8s.io', '-n', NS],
+      ['create', 'leases.coordination.k8s.io', '-n', NS],
+      ['update', 'leases.coordination.k8s.io', '-n', NS],
+    ];
+    for (const a of allowed) expect(await canI(...a), `can-i ${a.join(' ')}`).toBe(true);
+    // And for real: list BlockPulls in all namespaces with the token.
+    const list = await asOperator(['get', 'blockpulls.blockpull.dev', '--all-namespaces', '-o', 'name']);
+    expect(list.stderr).toBe('');
+    expect(list.exitCode).toBe(0);
+  });
+
+  it('the ServiceAccount CANNOT do what it must not', async () => {
+    const denied: string[][] = [
+      ['delete', 'pods', '-n', 'vms'],
+      ['create', 'pods', '-n', 'vms'],
+      ['get', 'secrets', '-n', NS],
+      ['list', 'secrets', '--all-namespaces'],
+      ['get', 'configmaps', '-n', 'vms'],
+      ['create', 'blockpulls.blockpull.dev', '-n', 'vms'],
+      ['delete', 'blockpulls.blockpull.dev', '-n', 'vms'],
+      ['update', 'virtualmachineinstances.kubevirt.io', '-n', 'vms'],
+      ['delete', 'virtualmachineinstances.kubevirt.io', '-n', 'vms'],
+      ['create', 'virtualmachineinstancemigrations.kubevirt.io', '-n', 'vms'],
+      ['update', 'virtualmachineinstancemigrations.kubevirt.io', '-n', 'vms'],
+      ['patch', 'virtualmachineinstancemigrations.kubevirt.io', '-n', 'vms'],
+      ['delete', 'virtualmachineinstancemigrations.kubevirt.io', '-n', 'vms'],
+      ['create', 'leases.coordination.k8s.io', '-n', 'default'],
+      ['update', 'leases.coordination.k8s.io', '-n', 'kube-system'],
+      ['delete', 'leases.coordination.k8s.io', '-n', NS],
+      ['create', 'pods', '--subresource=attach', '-n', 'vms'],
+      ['create', 'pods', '--subresource=portforward', '-n', 'vms'],
+      ['create', 'serviceaccounts', '--subresource=token', '-n', NS],
+      ['*', '*'],
+    ];
+    for (const a of denied) expect(await canI(...a), `can-i ${a.join(' ')}`).toBe(false);
+  });
+
+  it('real requests with the token: secrets and pod deletion are Forbidden, leases only in its namespace', async () => {
+    const secrets = await asOperator(['get', 'secrets', '-n', NS]);
+    expect(secrets.exitCode).not.toBe(0);
+    expect(secrets.stderr).toMatch(/forbidden/i);
+    const del = await asOperator(['delete', 'pod', 'any-pod', '-n', 'default']);
+    expect(del.exitCode).not.toBe(0);
+    expect(del.stderr).toMatch(/forbidden/i);
+    const lease = (ns: string) =>
+      JSON.stringify({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: 'ship-test-lease', namespace: ns }, spec: { holderIdentity: 'ship-test' } });
+    await kube.kubectlResult(['delete', 'lease', 'ship-test-lease', '-n', NS, '--ignore-not-found']);
+    const own = await asOperator(['create', '-f', '-'], lease(NS));
+    expect(own.stderr).toBe('');
+    expect(own.exitCode).toBe(0);
+    const foreign = await asOperator(['create', '-f', '-'], lease('default'));
+    expect(foreign.exitCode).not.toBe(0);
+    expect(foreign.stderr).toMatch(/forbidden/i);
+    await kube.kubectl(['delete', 'lease', 'ship-test-lease', '-n', NS]);
+  });
+
+  it('exec into a pod is authorized for the token (fails later: the pod has no node), attach is Forbidden', async () => {
+    const pod = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'ship-exec-target', namespace: NS },
+      spec: { serviceAccountName: SA, automountServiceAccountToken: false, containers: [{ name: 'compute', image: 'example.invalid/none:1' }] },
+    };
+    await kube.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
+    try {
+      const exec = await asOperator(['exec', '-n', NS, 'ship-exec-target', '-c', 'compute', '--', 'virsh', 'version']);
+      expect(exec.exitCode).not.toBe(0);
+      expect(exec.stderr).not.toMatch(/forbidden/i);
+      expect(exec.stderr).toMatch(/does not have a host assigned|no host|not found on node|unable to upgrade connection/i);
+      const attach = await asOperator(['attach', '-n', NS, 'ship-exec-target', '-c', 'compute']);
+      expect(attach.exitCode).not.toBe(0);
+      expect(attach.stderr).toMatch(/forbidden/i);
+    } finally {
+      await kube.kubectl(['delete', 'pod', 'ship-exec-target', '-n', NS, '--wait=false']);
+    }
+  });
+});
