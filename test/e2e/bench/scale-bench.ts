@@ -25,6 +25,15 @@ import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/cont
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
 import { buildOperator, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../demo/harness.ts';
 import { diffCounts, formatCounts, parseRequestTotals, total, type RequestCounts } from '../support/apiserver-metrics.ts';
+import { parseDockerfile, parseExecForm } from '../ship/dockerfile.ts';
+
+/** The node flags of the image's ENTRYPOINT (`node <flags> dist/operator/src/main.js`). */
+function imageNodeArgs(): string[] {
+  const entrypoint = parseDockerfile(readFileSync(path.join(REPO_ROOT, 'Dockerfile'), 'utf8')).filter((i) => i.keyword === 'ENTRYPOINT').at(-1);
+  const argv = parseExecForm(entrypoint?.args ?? '');
+  if (argv === undefined || argv[0] !== 'node' || argv.at(-1) !== 'dist/operator/src/main.js') throw new Error(`Dockerfile: ENTRYPOINT is not node <flags> dist/operator/src/main.js: ${entrypoint?.args}`);
+  return argv.slice(1, -1);
+}
 
 const Args = z.object({
   count: z.number().int().min(10).max(20_000),
@@ -32,10 +41,12 @@ const Args = z.object({
   idleSeconds: z.number().int().min(5).max(600),
   createWidth: z.number().int().min(1).max(512),
   heapSnapshot: z.boolean(),
+  /** node flags for the operator; default: those of the image's ENTRYPOINT (Dockerfile). */
+  nodeArgs: z.array(z.string().regex(/^--[a-z0-9-]+(=[\w.-]+)?$/)).optional(),
 });
 
 function parseArgs(argv: readonly string[]): z.infer<typeof Args> {
-  const raw: Record<string, number | boolean> = { count: 1000, running: 4, idleSeconds: 30, createWidth: 64, heapSnapshot: false };
+  const raw: Record<string, number | boolean | string[]> = { count: 1000, running: 4, idleSeconds: 30, createWidth: 64, heapSnapshot: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const v = Number(argv[i + 1]);
@@ -43,11 +54,12 @@ function parseArgs(argv: readonly string[]): z.infer<typeof Args> {
       raw['heapSnapshot'] = true;
       continue;
     }
-    if (a === '--count') raw['count'] = v;
+    if (a === '--node-args') raw['nodeArgs'] = (argv[i + 1] ?? '').split(/\s+/).filter((x) => x !== '');
+    else if (a === '--count') raw['count'] = v;
     else if (a === '--running') raw['running'] = v;
     else if (a === '--idle-seconds') raw['idleSeconds'] = v;
     else if (a === '--create-width') raw['createWidth'] = v;
-    else throw new Error(`unknown argument ${a} (use --count N, --running N, --idle-seconds N, --create-width N, --heap-snapshot)`);
+    else throw new Error(`unknown argument ${a} (use --count N, --running N, --idle-seconds N, --create-width N, --heap-snapshot, --node-args '--flag ...')`);
     i++;
   }
   return Args.parse(raw);
@@ -171,7 +183,8 @@ async function main(): Promise<void> {
   const nWaiting = N - nCompleted - nNotRunning - args.running;
   say(`bench:scale: ${N} BlockPulls: ${nWaiting} waiting for a VMI, ${nNotRunning} VMI not running, ${nCompleted} already Completed, ${args.running} running`);
 
-  say('bench:scale: npm run build (the operator as in the image: dist/)');
+  const nodeArgs = args.nodeArgs ?? imageNodeArgs();
+  say(`bench:scale: npm run build (the operator as in the image: dist/, node ${[...nodeArgs, 'dist/operator/src/main.js'].join(' ')})`);
   const main = await buildOperator();
 
   tmp = await mkdtemp(path.join(os.tmpdir(), 'bp-scale-'));
@@ -227,7 +240,7 @@ async function main(): Promise<void> {
     BLOCKPULL_RENEW_DEADLINE_MS: '10000',
     BLOCKPULL_RETRY_PERIOD_MS: '2000',
   };
-  operator = await startOperator({ kubeconfig: sa, registryDir, name: 'scale-operator', main, env });
+  operator = await startOperator({ kubeconfig: sa, registryDir, name: 'scale-operator', main, env, nodeArgs });
   let pid = operator.child.pid;
   let rssPeakSampled = 0;
   const sampler = setInterval(() => (rssPeakSampled = Math.max(rssPeakSampled, procStatus(pid, 'VmRSS'))), 250);
@@ -368,7 +381,7 @@ async function main(): Promise<void> {
   await operator.stop();
   const m3 = await apiMetrics();
   const tRestart = performance.now();
-  operator = await startOperator({ kubeconfig: sa, registryDir, name: 'scale-operator-2', main, env });
+  operator = await startOperator({ kubeconfig: sa, registryDir, name: 'scale-operator-2', main, env, nodeArgs });
   pid = operator.child.pid;
   const tSynced = performance.now();
   const all = N + 1;
@@ -391,7 +404,7 @@ async function main(): Promise<void> {
 
   // --- report -------------------------------------------------------------------------------------
   say('');
-  say(`RESULT bench:scale ${N} BlockPulls (${nWaiting} waiting for a VMI, ${nNotRunning} VMI not running, ${nCompleted} Completed, ${args.running} running); load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  say(`RESULT bench:scale ${N} BlockPulls; node ${nodeArgs.join(' ') || '(no flags)'} (${nWaiting} waiting for a VMI, ${nNotRunning} VMI not running, ${nCompleted} Completed, ${args.running} running); load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   say(`| figure | measured | goal |`);
   say(`|---|---|---|`);
   say(

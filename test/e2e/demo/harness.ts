@@ -114,6 +114,8 @@ export interface StartOperatorOptions {
   readonly waitReady?: boolean;
   /** The script to run (default OPERATOR_MAIN, the TypeScript source; the bench runs dist/, as the image does). */
   readonly main?: string;
+  /** node's own flags before the script (the bench passes the image ENTRYPOINT's V8 flags). */
+  readonly nodeArgs?: readonly string[];
 }
 
 /**
@@ -151,7 +153,7 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
     BLOCKPULL_LOG_LEVEL: 'debug',
     ...o.env,
   };
-  const child = spawn(NODE_BIN, [o.main ?? OPERATOR_MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'], cwd: REPO_ROOT });
+  const child = spawn(NODE_BIN, [...(o.nodeArgs ?? []), o.main ?? OPERATOR_MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'], cwd: REPO_ROOT });
   const lines: Record<string, unknown>[] = [];
   let rest = '';
   let ports: number[] = [];
