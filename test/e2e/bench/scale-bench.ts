@@ -23,17 +23,9 @@ import { z } from 'zod';
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { buildOperator, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../demo/harness.ts';
+import { buildOperator, imageNodeArgs, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../demo/harness.ts';
 import { diffCounts, formatCounts, parseRequestTotals, total, type RequestCounts } from '../support/apiserver-metrics.ts';
-import { parseDockerfile, parseExecForm } from '../ship/dockerfile.ts';
 
-/** The node flags of the image's ENTRYPOINT (`node <flags> dist/operator/src/main.js`). */
-function imageNodeArgs(): string[] {
-  const entrypoint = parseDockerfile(readFileSync(path.join(REPO_ROOT, 'Dockerfile'), 'utf8')).filter((i) => i.keyword === 'ENTRYPOINT').at(-1);
-  const argv = parseExecForm(entrypoint?.args ?? '');
-  if (argv === undefined || argv[0] !== 'node' || argv.at(-1) !== 'dist/operator/src/main.js') throw new Error(`Dockerfile: ENTRYPOINT is not node <flags> dist/operator/src/main.js: ${entrypoint?.args}`);
-  return argv.slice(1, -1);
-}
 
 const Args = z.object({
   count: z.number().int().min(10).max(20_000),

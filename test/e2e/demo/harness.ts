@@ -7,13 +7,14 @@
  *   pods/status subresource; the VMI (no status subresource, as upstream) gets its status by patch.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, type WriteStream } from 'node:fs';
+import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
 import { z } from 'zod';
 import type { ClusterClient } from '../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../cluster/service-account.ts';
+import { parseDockerfile, parseExecForm } from '../ship/dockerfile.ts';
 import type { Launcher } from '../launcher/launcher.ts';
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..', '..');
@@ -123,6 +124,18 @@ export interface StartOperatorOptions {
  * script to pass as StartOperatorOptions.main: memory figures are about the product, which does
  * not strip TypeScript at load.
  */
+/** The node flags of the image's ENTRYPOINT (`node <flags> dist/operator/src/main.js`), for StartOperatorOptions.nodeArgs. */
+export function imageNodeArgs(): string[] {
+  const entrypoint = parseDockerfile(readFileSync(path.join(REPO_ROOT, 'Dockerfile'), 'utf8'))
+    .filter((i) => i.keyword === 'ENTRYPOINT')
+    .at(-1);
+  const argv = parseExecForm(entrypoint?.args ?? '');
+  if (argv === undefined || argv[0] !== 'node' || argv.at(-1) !== 'dist/operator/src/main.js') {
+    throw new Error(`Dockerfile: the ENTRYPOINT is not node <flags> dist/operator/src/main.js: ${entrypoint?.args}`);
+  }
+  return argv.slice(1, -1);
+}
+
 export async function buildOperator(): Promise<string> {
   await new Promise<void>((resolve, reject) => {
     const c = spawn(NODE_BIN, [path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, stdio: 'inherit' });
