@@ -62,7 +62,8 @@ export class Controller {
       ...common,
       resource: 'blockpulls',
       source: customResourceSource(clients.custom, BLOCKPULL_REF, options.namespace),
-      transform: stripMetadata,
+      // Cached as the reconciler parses it: one copy per BlockPull (the reconciler exists by the time anything is listed).
+      transform: (obj) => this.reconciler.cacheForm(stripMetadata(obj)),
     });
     this.vmis = new WatchdogInformer({ ...common, resource: 'virtualmachineinstances', source: customResourceSource(clients.custom, VMI_REF, options.namespace), transform: slimVmi });
     this.migrations = new WatchdogInformer({

@@ -253,6 +253,18 @@ export class Reconciler {
     for (const key of [...this.#memory.keys()]) this.forget(key);
   }
 
+  /**
+   * The BlockPull informer's transform: the object to cache is the parsed one (one copy per
+   * BlockPull, not the API server's object plus its parsed copy: issue 11, 10,000 BlockPulls);
+   * one that does not parse is cached as it came, and reported when reconciled.
+   */
+  cacheForm<T extends object>(raw: T): T {
+    const p = this.#parse(raw);
+    if (p instanceof Error) return raw;
+    this.#parsed.set(p, p);
+    return p as unknown as T;
+  }
+
   /** A cached object, parsed once per version (the cache replaces an object on each change). */
   #parse(raw: unknown): BlockPull | Error {
     if (raw === null || typeof raw !== 'object') return new Error('not an object');
