@@ -46,6 +46,14 @@ export class BlockPulls {
     this.#clients = clients;
   }
 
+  /** The informer's transform (Reconciler.cacheForm): cache the parsed object itself, or a malformed one as it came. */
+  cacheForm<T extends object>(raw: T): T {
+    const p = this.parse(raw);
+    if (p instanceof Error) return raw;
+    this.#parsed.set(p, p);
+    return p as unknown as T;
+  }
+
   /** A cached object, parsed once per version (the cache replaces an object on each change). */
   parse(raw: unknown): BlockPull | Error {
     if (raw === null || typeof raw !== 'object') return new Error('not an object');

@@ -8,8 +8,10 @@ import type { AddressInfo } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { createKubeClients } from '../kube/client.ts';
+import { createMetrics } from '../kube/metrics.ts';
 import { silentLogger } from '../log.ts';
 import { Controller } from './controller.ts';
+import { BP_BY_VMI } from './indexes.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -100,6 +102,126 @@ describe('Controller wakes by index', () => {
       });
     } finally {
       for (const inf of informers) await inf.stop();
+      controller.queue.shutDown();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+});
+
+describe('blockpull_jobs{phase}', () => {
+  it('is counted at each scrape from the phase index: it follows watch events at once, no timer, no walk of the cache', { timeout: 20_000 }, async () => {
+    const withStatus = (name: string, rv: string, phase: string) => ({ ...bp(name, 'vm'), metadata: { name, namespace: 'ns', resourceVersion: rv }, status: { phase } });
+    const watches = new Map<string, http.ServerResponse>();
+    const server = http.createServer((req, res) => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      if (url.searchParams.get('watch') === 'true') {
+        res.flushHeaders();
+        watches.set(url.pathname.split('/').pop() ?? '', res);
+        return;
+      }
+      const items = url.pathname.endsWith('/blockpulls') ? [bp('p1', 'vm'), bp('p2', 'vm'), withStatus('r', '1', 'Running')] : [];
+      res.end(JSON.stringify({ apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '1' }, items }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
+      users: [{ name: 'u', token: 'x' }],
+      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+      currentContext: 'x',
+    });
+    const metrics = createMetrics({ collectDefault: false });
+    const controller = new Controller({
+      clients: createKubeClients(kc),
+      drivers: { kind: 'local', driverFor: () => Promise.reject(new Error('no driver')) },
+      logger: silentLogger(),
+      metrics,
+      workers: 1,
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 1000,
+      maxConcurrentPulls: 1,
+      maxPullsPerNode: 1,
+    });
+    const jobs = async (): Promise<Record<string, number>> => {
+      const out: Record<string, number> = {};
+      for (const m of (await metrics.registry.metrics()).matchAll(/^blockpull_jobs\{phase="(\w+)"\} (\d+)$/gm)) out[m[1]!] = Number(m[2]);
+      return out;
+    };
+    try {
+      // The controller's run() (its workers) is not started: only the cache feeds the gauge.
+      await controller.blockPulls.start();
+      const t0 = performance.now();
+      while (!watches.has('blockpulls') && performance.now() - t0 < 5_000) await sleep(10);
+      expect(await jobs()).toEqual({ Pending: 2, Running: 1 });
+
+      watches.get('blockpulls')!.write(`${JSON.stringify({ type: 'MODIFIED', object: withStatus('r', '2', 'Completed') })}\n`);
+      watches.get('blockpulls')!.write(`${JSON.stringify({ type: 'MODIFIED', object: withStatus('p1', '3', 'Running') })}\n`);
+      watches.get('blockpulls')!.write(`${JSON.stringify({ type: 'DELETED', object: bp('p2', 'vm') })}\n`);
+      const t1 = performance.now();
+      while (controller.blockPulls.list().length > 2 && performance.now() - t1 < 3_000) await sleep(10);
+      await sleep(50);
+      // A phase that emptied is reported as 0, not dropped (alerts compare against it).
+      expect(await jobs()).toEqual({ Pending: 0, Running: 1, Completed: 1 });
+    } finally {
+      await controller.blockPulls.stop();
+      controller.queue.shutDown();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+});
+
+describe('the BlockPull cache', () => {
+  it('holds each BlockPull once, as the reconciler parses it; one that does not parse, as it came', { timeout: 20_000 }, async () => {
+    const managedFields = [{ manager: 'kubectl', operation: 'Update' }];
+    const valid = { ...bp('ok', 'vm'), metadata: { name: 'ok', namespace: 'ns', uid: 'u1', resourceVersion: '1', managedFields, labels: { a: 'b' } }, spec: { vmiName: 'vm', disk: 'd', notInTheSchema: 1 } };
+    const invalid = { ...bp('bad', 'vm'), metadata: { name: 'bad', namespace: 'ns', uid: 'u2', resourceVersion: '1', managedFields }, spec: { vmiName: 'vm' } };
+    const server = http.createServer((req, res) => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      if (url.searchParams.get('watch') === 'true') {
+        res.flushHeaders();
+        return;
+      }
+      const items = url.pathname.endsWith('/blockpulls') ? [valid, invalid] : [];
+      res.end(JSON.stringify({ apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '1' }, items }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
+      users: [{ name: 'u', token: 'x' }],
+      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+      currentContext: 'x',
+    });
+    const controller = new Controller({
+      clients: createKubeClients(kc),
+      drivers: { kind: 'local', driverFor: () => Promise.reject(new Error('no driver')) },
+      logger: silentLogger(),
+      workers: 1,
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 1000,
+      maxConcurrentPulls: 1,
+      maxPullsPerNode: 1,
+    });
+    try {
+      await controller.blockPulls.start();
+      expect(await controller.blockPulls.waitForSync()).toBe(true);
+      // The parsed form: the schema's defaults filled in, what it does not know not kept (nor managedFields).
+      expect(controller.blockPulls.get('ns', 'ok')).toEqual({
+        apiVersion: 'blockpull.dev/v1alpha1',
+        kind: 'BlockPull',
+        metadata: { name: 'ok', namespace: 'ns', uid: 'u1', resourceVersion: '1', labels: { a: 'b' } },
+        spec: { vmiName: 'vm', disk: 'd', maxRetries: 3, migrationPolicy: 'Yield', paused: false },
+      });
+      // Not parseable (no spec.disk): cached as it came, without managedFields; the reconciler reports it.
+      expect(controller.blockPulls.get('ns', 'bad')).toEqual({ ...invalid, metadata: { name: 'bad', namespace: 'ns', uid: 'u2', resourceVersion: '1' } });
+      // Indexes read the cached form.
+      expect(controller.blockPulls.byIndex(BP_BY_VMI, 'ns/vm').map((o) => o.metadata?.name).sort()).toEqual(['bad', 'ok']);
+    } finally {
+      await controller.blockPulls.stop();
       controller.queue.shutDown();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));

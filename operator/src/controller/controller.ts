@@ -12,7 +12,7 @@ import type { OperatorMetrics } from '../kube/metrics.ts';
 import { forBlockPullKey, type Logger } from '../log.ts';
 import { LAUNCHER_LABEL_SELECTOR, VMI_REF, VMIM_REF } from '../kubevirt/launcher.ts';
 import type { DriverProvider } from '../kubevirt/transport.ts';
-import { blockPullIndexes, BP_BY_VMI, podIndexes, POD_BY_VMI_UID, slimPod, slimVmi, vmiIndexes, VMI_BY_UID } from './indexes.ts';
+import { blockPullIndexes, BP_BY_PHASE, BP_BY_VMI, podIndexes, POD_BY_VMI_UID, slimPod, slimVmi, vmiIndexes, VMI_BY_UID } from './indexes.ts';
 import { customResourceSource, podSource, stripMetadata, WatchdogInformer, objectKeyOf } from '../kube/informer.ts';
 import { Reconciler } from './reconcile.ts';
 import { WorkQueue } from '../kube/workqueue.ts';
@@ -47,7 +47,6 @@ export class Controller {
   readonly pods: WatchdogInformer<KubernetesObject>;
   readonly migrations: WatchdogInformer<KubernetesObject>;
   readonly reconciler: Reconciler;
-  #phaseTimer: NodeJS.Timeout | undefined;
 
   constructor(options: ControllerOptions) {
     this.#options = options;
@@ -60,7 +59,8 @@ export class Controller {
       ...common,
       resource: 'blockpulls',
       source: customResourceSource(clients.custom, BLOCKPULL_REF, options.namespace),
-      transform: stripMetadata,
+      // Cached as the reconciler parses it: one copy per BlockPull (the reconciler exists by the time anything is listed).
+      transform: (obj) => this.reconciler.cacheForm(stripMetadata(obj)),
     });
     this.vmis = new WatchdogInformer({ ...common, resource: 'virtualmachineinstances', source: customResourceSource(clients.custom, VMI_REF, options.namespace), transform: slimVmi });
     this.migrations = new WatchdogInformer({
@@ -77,6 +77,12 @@ export class Controller {
     for (const [name, fn] of Object.entries(blockPullIndexes)) this.blockPulls.addIndex(name, fn);
     for (const [name, fn] of Object.entries(podIndexes)) this.pods.addIndex(name, fn);
     for (const [name, fn] of Object.entries(vmiIndexes)) this.vmis.addIndex(name, fn);
+    // blockpull_jobs{phase}: the sizes of the phase index, read at each scrape (no timer, no walk of the cache).
+    metrics?.jobsByPhaseFrom(() => {
+      const counts: Record<string, number> = {};
+      for (const [phase, keys] of this.blockPulls.indexValues(BP_BY_PHASE)) counts[phase] = keys.size;
+      return counts;
+    });
     this.reconciler = new Reconciler({
       clients,
       blockPulls: this.blockPulls,
@@ -170,8 +176,6 @@ export class Controller {
       this.#log.info({ workers: this.#options.workers }, 'caches synced; starting workers');
       // Everything cached is looked at once after a (re)start: running jobs are adopted.
       for (const b of this.blockPulls.list()) this.queue.add(objectKeyOf(b));
-      this.#phaseTimer = setInterval(() => this.#updatePhaseGauge(), 5_000);
-      this.#updatePhaseGauge();
       const workers = Array.from({ length: this.#options.workers }, (_, i) => this.#worker(i, signal));
       await new Promise<void>((resolve) => {
         if (signal.aborted) resolve();
@@ -180,19 +184,9 @@ export class Controller {
       this.queue.shutDown();
       await Promise.all(workers);
     }
-    clearInterval(this.#phaseTimer);
     this.reconciler.stop();
     await Promise.all(informers.map((i) => i.stop()));
     this.#log.info('controller stopped');
-  }
-
-  #updatePhaseGauge(): void {
-    const counts: Record<string, number> = {};
-    for (const b of this.blockPulls.list()) {
-      const phase = (b as { status?: { phase?: string } }).status?.phase ?? 'Pending';
-      counts[phase] = (counts[phase] ?? 0) + 1;
-    }
-    this.#options.metrics?.setJobsByPhase(counts);
   }
 
   async #worker(id: number, signal: AbortSignal): Promise<void> {

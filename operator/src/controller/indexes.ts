@@ -21,6 +21,8 @@ export const BP_BY_DISK = 'disk';
 export const BP_RUNNING_BY_NODE = 'runningNode';
 /** BlockPulls whose status.reason is WaitingForSlot, under ''. */
 export const BP_WAITING_FOR_SLOT = 'waitingForSlot';
+/** BlockPulls by status.phase ('Pending' without one): the blockpull_jobs gauge counts them at scrape. */
+export const BP_BY_PHASE = 'phase';
 /** Pods by "namespace/uid" of each VMI they claim (created-by label, ownerReferences). */
 export const POD_BY_VMI_UID = 'vmiUid';
 /** VMIs by uid. */
@@ -52,6 +54,10 @@ export const blockPullIndexes: Readonly<Record<string, IndexFunc<KubernetesObjec
     return [typeof s.launcher?.node === 'string' ? s.launcher.node : ''];
   },
   [BP_WAITING_FOR_SLOT]: (obj) => ((obj as LooseBlockPull).status?.reason === 'WaitingForSlot' ? [''] : []),
+  [BP_BY_PHASE]: (obj) => {
+    const phase = (obj as LooseBlockPull).status?.phase;
+    return [typeof phase === 'string' && phase !== '' ? phase : 'Pending'];
+  },
 };
 
 interface LooseMeta {

@@ -204,6 +204,15 @@ export class Reconciler {
   }
 
   /**
+   * The BlockPull informer's transform: the object to cache is the parsed one (one copy per
+   * BlockPull, not the API server's object plus its parsed copy: issue 11, 10,000 BlockPulls);
+   * one that does not parse is cached as it came, and reported when reconciled.
+   */
+  cacheForm<T extends object>(raw: T): T {
+    return this.#blockPulls.cacheForm(raw);
+  }
+
+  /**
    * QEMU's reason our job failed, waiting at most `ms` for it (it may trail libvirt's event a
    * little): resolved by the driver's event itself, not by polling.
    */

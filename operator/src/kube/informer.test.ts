@@ -6,7 +6,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { isOutageError, WatchdogInformer } from './informer.ts';
+import { isOutageError, LIST_PAGE_SIZE, WatchdogInformer, type ListPage } from './informer.ts';
 
 function kubeConfig(server = 'http://127.0.0.1:9'): KubeConfig {
   const kc = new KubeConfig();
@@ -152,6 +152,87 @@ describe('WatchdogInformer: restart as soon as the API server is ready again', (
       expect(lists()).toBe(1);
     } finally {
       await inf.stop();
+    }
+  });
+});
+
+describe('WatchdogInformer lists page by page', () => {
+  const thing = (name: string): KubernetesObject => ({ apiVersion: 'v1', kind: 'Thing', metadata: { name, namespace: 'ns', resourceVersion: '7' } });
+  /** 5 things in pages of `limit`; a continue token says where the next page starts. */
+  const all = ['a', 'b', 'c', 'd', 'e'].map(thing);
+  const paged = (page?: ListPage) => {
+    if (page === undefined) return { apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '7' }, items: all };
+    const from = page.continue !== undefined ? Number(page.continue) : 0;
+    const next = from + Math.min(page.limit, 2);
+    return { apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '7', ...(next < all.length ? { continue: String(next) } : {}) }, items: all.slice(from, next) };
+  };
+
+  it('asks LIST_PAGE_SIZE at a time, transforms each page as it comes, and caches every page', async () => {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.flushHeaders();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const asked: (ListPage | undefined)[] = [];
+    const transformed: string[] = [];
+    const inf = new WatchdogInformer<KubernetesObject>({
+      kc: kubeConfig(`http://127.0.0.1:${(server.address() as AddressInfo).port}`),
+      resource: 'things',
+      source: {
+        path: '/api/v1/things',
+        list: (page) => {
+          asked.push(page);
+          // Each page is transformed before the next one is asked for.
+          expect(transformed).toHaveLength(page?.continue !== undefined ? Number(page.continue) : 0);
+          return Promise.resolve(paged(page));
+        },
+      },
+      transform: (o) => {
+        transformed.push(o.metadata!.name!);
+        return { ...o, metadata: { ...o.metadata, labels: { slim: 'yes' } } };
+      },
+    });
+    try {
+      await inf.start();
+      expect(await inf.waitForSync()).toBe(true);
+      expect(asked).toEqual([{ limit: LIST_PAGE_SIZE }, { limit: LIST_PAGE_SIZE, continue: '2' }, { limit: LIST_PAGE_SIZE, continue: '4' }]);
+      expect(transformed).toEqual(['a', 'b', 'c', 'd', 'e']);
+      expect(inf.list().map((o) => [o.metadata?.name, o.metadata?.labels?.['slim']])).toEqual(['a', 'b', 'c', 'd', 'e'].map((n) => [n, 'yes']));
+    } finally {
+      await inf.stop();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  it('a continue token that expired (410 Gone) lists the whole collection again, keeping nothing of the pages before', async () => {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.flushHeaders();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const asked: (ListPage | undefined)[] = [];
+    const inf = new WatchdogInformer<KubernetesObject>({
+      kc: kubeConfig(`http://127.0.0.1:${(server.address() as AddressInfo).port}`),
+      resource: 'things',
+      source: {
+        path: '/api/v1/things',
+        list: (page) => {
+          asked.push(page);
+          return page?.continue !== undefined ? Promise.reject(httpError(410)) : Promise.resolve(paged(page));
+        },
+      },
+    });
+    try {
+      await inf.start();
+      expect(await inf.waitForSync()).toBe(true);
+      expect(asked).toEqual([{ limit: LIST_PAGE_SIZE }, { limit: LIST_PAGE_SIZE, continue: '2' }, undefined]);
+      expect(inf.list().map((o) => o.metadata?.name)).toEqual(['a', 'b', 'c', 'd', 'e']);
+      expect(inf.restarts()).toBe(0);
+    } finally {
+      await inf.stop();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
     }
   });
 });

@@ -40,11 +40,23 @@ import { describeApiError, withTimeout } from './client.ts';
 
 export type ObjectHandler<T> = (obj: T) => void;
 
+/** One page of a list (limit, and the continue token of the page before). */
+export interface ListPage {
+  readonly limit: number;
+  readonly continue?: string;
+}
+
+/**
+ * Page size of the informers' lists, as client-go's pager (500): the response of one page is held
+ * at a time, not that of 10,000 objects (issue 11: the peak RSS of a restart with 10,000 BlockPulls).
+ */
+export const LIST_PAGE_SIZE = 500;
+
 export interface InformerSource<T extends KubernetesObject> {
   /** Watch path, e.g. /apis/blockpull.dev/v1alpha1/blockpulls or /api/v1/namespaces/ns/pods. */
   readonly path: string;
-  /** Lists the same collection as `path`. */
-  readonly list: () => Promise<KubernetesListObject<T>>;
+  /** Lists the same collection as `path`: one page when `page` is given (a source may ignore it and list all). */
+  readonly list: (page?: ListPage) => Promise<KubernetesListObject<T>>;
   readonly labelSelector?: string;
   readonly fieldSelector?: string;
 }
@@ -94,6 +106,13 @@ export function stripMetadata<T extends KubernetesObject>(obj: T): T {
     rest.annotations = kept;
   }
   return { ...obj, metadata: rest };
+}
+
+/** A list's continue token (metadata.continue; client-node's typed lists call it _continue), if more pages follow. */
+function continueToken(list: KubernetesListObject<KubernetesObject>): string | undefined {
+  const md = list.metadata as { continue?: unknown; _continue?: unknown } | undefined;
+  const token = md?.continue ?? md?._continue;
+  return typeof token === 'string' && token !== '' ? token : undefined;
 }
 
 /** The HTTP status of a list/watch error, if the API server answered at all. */
@@ -200,10 +219,26 @@ export class WatchdogInformer<T extends KubernetesObject> {
         return controller;
       },
     };
+    // Listed page by page, each page transformed as it arrives (only one page's raw objects live at
+    // a time). The pages are one snapshot: the last one's resourceVersion is the list's.
     const listFn = async (): Promise<KubernetesListObject<T>> => {
-      const list = await options.source.list();
-      const transform = options.transform;
-      return transform === undefined ? list : { ...list, items: list.items.map((o) => transform(o)) };
+      const transform = options.transform ?? ((o: T) => o);
+      const items: T[] = [];
+      let token: string | undefined;
+      let page: KubernetesListObject<T>;
+      do {
+        try {
+          page = await options.source.list({ limit: LIST_PAGE_SIZE, ...(token !== undefined ? { continue: token } : {}) });
+        } catch (err) {
+          // The snapshot expired between two pages (410 Gone): list it whole, as client-go's pager does.
+          if (token === undefined || httpStatusOf(err) !== 410) throw err;
+          items.length = 0;
+          page = await options.source.list();
+        }
+        for (const o of page.items) items.push(transform(o));
+        token = continueToken(page);
+      } while (token !== undefined);
+      return { ...page, items };
     };
     this.#lw = new ListWatch<T>(
       options.source.path,
@@ -499,10 +534,12 @@ export function customResourceSource<T extends KubernetesObject>(
   const base = `/apis/${ref.group}/${ref.version}`;
   return {
     path: namespace ? `${base}/namespaces/${namespace}/${ref.plural}` : `${base}/${ref.plural}`,
-    list: async () =>
-      (namespace
-        ? await custom.listNamespacedCustomObject({ ...ref, namespace }, withTimeout(LIST_TIMEOUT_MS))
-        : await custom.listClusterCustomObject({ ...ref }, withTimeout(LIST_TIMEOUT_MS))) as KubernetesListObject<T>,
+    list: async (page) => {
+      const paging = page !== undefined ? { limit: page.limit, ...(page.continue !== undefined ? { _continue: page.continue } : {}) } : {};
+      return (namespace
+        ? await custom.listNamespacedCustomObject({ ...ref, namespace, ...paging }, withTimeout(LIST_TIMEOUT_MS))
+        : await custom.listClusterCustomObject({ ...ref, ...paging }, withTimeout(LIST_TIMEOUT_MS))) as KubernetesListObject<T>;
+    },
   };
 }
 
@@ -510,10 +547,10 @@ export function customResourceSource<T extends KubernetesObject>(
 export function podSource(core: CoreV1Api, namespace?: string, labelSelector?: string): InformerSource<V1Pod> {
   return {
     path: namespace ? `/api/v1/namespaces/${namespace}/pods` : '/api/v1/pods',
-    list: async () =>
-      namespace
-        ? await core.listNamespacedPod({ namespace, ...(labelSelector ? { labelSelector } : {}) }, withTimeout(LIST_TIMEOUT_MS))
-        : await core.listPodForAllNamespaces({ ...(labelSelector ? { labelSelector } : {}) }, withTimeout(LIST_TIMEOUT_MS)),
+    list: async (page) => {
+      const params = { ...(labelSelector ? { labelSelector } : {}), ...(page !== undefined ? { limit: page.limit, ...(page.continue !== undefined ? { _continue: page.continue } : {}) } : {}) };
+      return namespace ? await core.listNamespacedPod({ namespace, ...params }, withTimeout(LIST_TIMEOUT_MS)) : await core.listPodForAllNamespaces(params, withTimeout(LIST_TIMEOUT_MS));
+    },
     ...(labelSelector ? { labelSelector } : {}),
   };
 }

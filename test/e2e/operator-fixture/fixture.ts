@@ -6,13 +6,14 @@
  *   kubelet: the Pod is created bound to a node name and its status set to Running through the
  *   pods/status subresource; the VMI (no status subresource, as upstream) gets its status by patch.
  */
-
+import { readFileSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
 import { z } from 'zod';
 import type { ClusterClient } from '../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../cluster/service-account.ts';
+import { parseDockerfile, parseExecForm } from '../ship/dockerfile.ts';
 import type { Launcher } from '../launcher/launcher.ts';
 import { NODE_BIN, REPO_ROOT } from '../support/paths.ts';
 import { crashDaemon, run, startDaemon, stopDaemon, type Daemon } from '../support/process.ts';
@@ -95,6 +96,8 @@ export interface StartOperatorOptions {
   readonly waitReady?: boolean;
   /** The script to run (default OPERATOR_MAIN, the TypeScript source; the bench runs dist/, as the image does). */
   readonly main?: string;
+  /** node's own flags before the script (the bench passes the image ENTRYPOINT's V8 flags). */
+  readonly nodeArgs?: readonly string[];
 }
 
 /**
@@ -102,6 +105,18 @@ export interface StartOperatorOptions {
  * script to pass as StartOperatorOptions.main: memory figures are about the product, which does
  * not strip TypeScript at load.
  */
+/** The node flags of the image's ENTRYPOINT (`node <flags> dist/operator/src/main.js`), for StartOperatorOptions.nodeArgs. */
+export function imageNodeArgs(): string[] {
+  const entrypoint = parseDockerfile(readFileSync(path.join(REPO_ROOT, 'Dockerfile'), 'utf8'))
+    .filter((i) => i.keyword === 'ENTRYPOINT')
+    .at(-1);
+  const argv = parseExecForm(entrypoint?.args ?? '');
+  if (argv === undefined || argv[0] !== 'node' || argv.at(-1) !== 'dist/operator/src/main.js') {
+    throw new Error(`Dockerfile: the ENTRYPOINT is not node <flags> dist/operator/src/main.js: ${entrypoint?.args}`);
+  }
+  return argv.slice(1, -1);
+}
+
 export async function buildOperator(): Promise<string> {
   await run([NODE_BIN, path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, timeoutMs: 600_000 });
   return path.join(REPO_ROOT, 'dist', 'operator', 'src', 'main.js');
@@ -150,7 +165,7 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
     }
   };
   const main = o.main ?? OPERATOR_MAIN;
-  const daemon = await startDaemon(`operator ${o.name}`, [NODE_BIN, main], logPath, {
+  const daemon = await startDaemon(`operator ${o.name}`, [NODE_BIN, ...(o.nodeArgs ?? []), main], logPath, {
     marker: main,
     env,
     cwd: REPO_ROOT,

@@ -78,7 +78,7 @@ function track(child: ChildProcess): void {
   if (!exitHookInstalled) {
     exitHookInstalled = true;
     process.once('exit', () => {
-      for (const c of running) c.kill('SIGKILL');
+      for (const c of running) killGroup(c);
     });
   }
   running.add(child);
@@ -93,6 +93,18 @@ function track(child: ChildProcess): void {
 export function resultOf(err: unknown): RunResult {
   if (err instanceof RunError) return err.result;
   throw err;
+}
+
+/**
+ * SIGKILL a command and whatever it forked (run() starts each in its own process group): a
+ * killed `sh -c 'a; sleep 30'` must not leave a child holding the output pipes open.
+ */
+function killGroup(child: ChildProcess): void {
+  try {
+    if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+  } catch {
+    child.kill('SIGKILL');
+  }
 }
 
 function exitAllowed(code: number, allow: RunOptions['allowExit']): boolean {
@@ -111,6 +123,7 @@ export function run(argv: readonly string[], options: RunOptions = {}): Promise<
       cwd: options.cwd,
       env: options.env ?? process.env,
       stdio: ['pipe', 'pipe', 'pipe'],
+      detached: true, // its own process group, so a kill reaches what it forked (killGroup)
       ...(options.uid !== undefined ? { uid: options.uid } : {}),
       ...(options.gid !== undefined ? { gid: options.gid } : {}),
     });
@@ -126,7 +139,7 @@ export function run(argv: readonly string[], options: RunOptions = {}): Promise<
       if (n > maxOutput) {
         if (!outputLimit) {
           outputLimit = true;
-          child.kill('SIGKILL');
+          killGroup(child);
         }
         return;
       }
@@ -136,7 +149,7 @@ export function run(argv: readonly string[], options: RunOptions = {}): Promise<
     child.stderr.on('data', (b: Buffer) => collect(err, b, false));
     const timer = setTimeout(() => {
       timedOut = true;
-      child.kill('SIGKILL');
+      killGroup(child);
     }, timeoutMs);
     child.on('error', (e) => {
       clearTimeout(timer);

@@ -12,6 +12,7 @@ import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import {
   blockPullManifest,
   buildOperator,
+  imageNodeArgs,
   createFakeVmi,
   createLauncherPod,
   ensureNamespace,
@@ -49,7 +50,9 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
   const vmiUid = async (namespace: string, vmiName: string): Promise<string> =>
     (await kube.kubectl(['get', 'vmi', vmiName, '-n', namespace, '-o', 'jsonpath={.metadata.uid}'])).trim();
   const start = async (name: string, env: Record<string, string> = {}, main?: string): Promise<OperatorProcess> => {
-    operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name, env: { BLOCKPULL_LEADER_ELECT: 'false', ...env }, ...(main !== undefined ? { main } : {}) });
+    // A compiled `main` runs as the image does: with the ENTRYPOINT's node flags.
+    const image = main !== undefined ? { main, nodeArgs: imageNodeArgs() } : {};
+    operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name, env: { BLOCKPULL_LEADER_ELECT: 'false', ...env }, ...image });
     return operator;
   };
   const stopOperator = async (): Promise<void> => {
@@ -132,8 +135,8 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
   it('a launcher printing 300 MiB for dumpxml: that BlockPull alone shows HypervisorUnreachable; the operator stays under 200 MiB RSS', async () => {
     const ns = await namespace('bp-flood');
     const other = await namespace('bp-flood-other');
-    // The operator as the image runs it (compiled; the TypeScript source costs ~20-40 MiB more at
-    // load), so that the figure is the product's.
+    // The operator as the image runs it (compiled, the ENTRYPOINT's node flags; the TypeScript
+    // source costs ~20-40 MiB more at load), so that the figure is the product's.
     const op = await start('hostile-flood', {}, await buildOperator());
     try {
       const pid = op.child.pid!;
