@@ -3,7 +3,7 @@
  * cached outside the repo like the Kubernetes ones (../cluster/binaries.ts: same lock, stamp and
  * printed build time), keyed by version:
  *   <cache>/bin/kubevirt-<version>/{virt-controller,virt-handler,virt-launcher,virt-launcher-monitor,
- *                                   virt-operator,virt-probe,virt-freezer,virt-tail,virt-chroot,container-disk}
+ *                                   virt-operator,virt-probe,virt-freezer,virt-tail,virt-chroot,resource-generator,container-disk}
  * The Go commands come from the committed wrapper module test/e2e/kubevirt/go/ (go-mod.ts explains
  * its shape) in ONE `go build`; virt-launcher is cgo (libvirt's client library: Debian's libvirt-dev +
  * pkg-config). container-disk is C: KubeVirt's cmd/container-disk-v2alpha/main.c from the same
@@ -21,7 +21,7 @@ import { normalizeVersion, requiredVersion } from '../cluster/go-mod.ts';
 import { cacheRoot } from '../support/cache.ts';
 import { ensureDebianPackages } from '../support/debian.ts';
 import { KUBEVIRT_GO_MODULE_DIR, writeKubevirtModule } from './gen-go-mod.ts';
-import { CONTAINER_DISK_SOURCE, KUBEVIRT_COMMANDS, KUBEVIRT_MODULE, kubevirtLdflags } from './go-mod.ts';
+import { CONTAINER_DISK_SOURCE, KUBEVIRT_COMMANDS, KUBEVIRT_MODULE, kubevirtLdflags, kubevirtPackage } from './go-mod.ts';
 
 const execFileP = promisify(execFile);
 
@@ -37,6 +37,8 @@ export interface KubevirtBinaries {
   readonly virtFreezer: string;
   readonly virtTail: string;
   readonly virtChroot: string;
+  /** Upstream's tools/resource-generator (prints the KubeVirt CRD). */
+  readonly resourceGenerator: string;
   readonly containerDisk: string;
   /** Seconds the build took when these binaries were built (from the cache's stamp). */
   readonly buildSeconds: number | undefined;
@@ -86,7 +88,7 @@ async function buildInto(outDir: string, root: string, version: string, log: (m:
   const goStarted = Date.now();
   // No -trimpath: these binaries serve the local test bed only, and without it the compile actions
   // are those of a plain `go build` of the same module versions, so a warm Go build cache is reused.
-  await runGoBuild(['build', `-ldflags=${kubevirtLdflags(version)}`, '-o', `${outDir}/`, ...KUBEVIRT_COMMANDS.map((c) => `${KUBEVIRT_MODULE}/cmd/${c}`)], modDir, log, {
+  await runGoBuild(['build', `-ldflags=${kubevirtLdflags(version)}`, '-o', `${outDir}/`, ...KUBEVIRT_COMMANDS.map(kubevirtPackage)], modDir, log, {
     CGO_ENABLED: '1',
   });
   log(`go build of KubeVirt ${version}: ${seconds(goStarted)} s`);
@@ -128,6 +130,7 @@ export async function ensureKubevirtBinaries(options: EnsureKubevirtBinariesOpti
     virtFreezer: b('virt-freezer'),
     virtTail: b('virt-tail'),
     virtChroot: b('virt-chroot'),
+    resourceGenerator: b('resource-generator'),
     containerDisk: b(CONTAINER_DISK),
     buildSeconds: await recordedBuildSeconds(binDir),
   };

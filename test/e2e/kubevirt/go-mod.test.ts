@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { publishedReplaces, replaceDirectives, requiredVersion } from '../cluster/go-mod.ts';
-import { KUBEVIRT_COMMANDS, kubevirtLdflags, renderKubevirtGoMod } from './go-mod.ts';
+import { KUBEVIRT_COMMANDS, kubevirtLdflags, kubevirtPackage, renderKubevirtGoMod } from './go-mod.ts';
 
 // An excerpt of kubevirt.io/kubevirt v1.7.0's go.mod (its replace block's shapes).
 const KUBEVIRT_GO_MOD = `module kubevirt.io/kubevirt
@@ -59,7 +59,11 @@ describe('renderKubevirtGoMod', () => {
     expect(mod).toMatch(/\tgithub\.com\/example\/fork v1\.0\.0 => github\.com\/other\/fork v1\.0\.1\n/);
     expect(mod).not.toContain('staging');
     expect(mod).not.toContain('FORBIDDEN');
-    for (const c of KUBEVIRT_COMMANDS) expect(mod).toContain(`\tkubevirt.io/kubevirt/cmd/${c}\n`);
+    for (const c of KUBEVIRT_COMMANDS) expect(mod).toContain(`\t${kubevirtPackage(c)}\n`);
+  });
+  it('builds resource-generator from tools/ and the rest from cmd/', () => {
+    expect(mod).toContain('\tkubevirt.io/kubevirt/tools/resource-generator\n');
+    expect(mod).toContain('\tkubevirt.io/kubevirt/cmd/virt-launcher\n');
   });
   it('refuses a go.mod without the staging layout', () => {
     expect(() => renderKubevirtGoMod('v1.7.0', 'module kubevirt.io/kubevirt\n')).toThrow(/unexpected layout/);
@@ -79,7 +83,7 @@ describe('committed KubeVirt wrapper module', () => {
     expect(byModule.get('kubevirt.io/api')?.targetVersion).toBe(v);
     expect(byModule.get('kubevirt.io/client-go')?.targetVersion).toBe(v);
     expect(byModule.get('k8s.io/client-go')?.targetVersion).toBe('v0.33.5');
-    for (const c of KUBEVIRT_COMMANDS) expect(mod).toContain(`\tkubevirt.io/kubevirt/cmd/${c}\n`);
+    for (const c of KUBEVIRT_COMMANDS) expect(mod).toContain(`\t${kubevirtPackage(c)}\n`);
     const sum = readFileSync(path.join(dir, 'go.sum'), 'utf8');
     expect(sum).toContain(`kubevirt.io/kubevirt ${v} h1:`);
     expect(sum).toContain(`kubevirt.io/api ${v} h1:`);

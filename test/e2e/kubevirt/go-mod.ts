@@ -22,8 +22,16 @@ export const KUBEVIRT_COMMANDS = [
   'virt-freezer',
   'virt-tail',
   'virt-chroot',
+  // Upstream's generator of its operator manifest; `--type=kv` prints the KubeVirt CRD, the one CRD
+  // that is not in virt-operator's install strategy (crds.ts).
+  'resource-generator',
 ] as const;
 export type KubevirtCommand = (typeof KUBEVIRT_COMMANDS)[number];
+
+/** The package of a command in kubevirt.io/kubevirt (commands under cmd/, resource-generator under tools/). */
+export function kubevirtPackage(command: KubevirtCommand): string {
+  return `${KUBEVIRT_MODULE}/${command === 'resource-generator' ? 'tools' : 'cmd'}/${command}`;
+}
 
 /** Where container-disk's C source lives in the kubevirt.io/kubevirt module. */
 export const CONTAINER_DISK_SOURCE = 'cmd/container-disk-v2alpha/main.c';
@@ -37,7 +45,7 @@ export function renderKubevirtGoMod(version: string, upstreamGoMod: string, goVe
   if (!replaces.some((r) => r.module === 'kubevirt.io/api' && r.targetVersion === v)) {
     throw new Error(`${KUBEVIRT_MODULE}@${v}: its go.mod does not replace kubevirt.io/api with a staging directory; unexpected layout`);
   }
-  const tools = KUBEVIRT_COMMANDS.map((c) => `\t${KUBEVIRT_MODULE}/cmd/${c}`).join('\n');
+  const tools = KUBEVIRT_COMMANDS.map((c) => `\t${kubevirtPackage(c)}`).join('\n');
   return `${HEADER}\nmodule blockpull.dev/e2e/kubevirt\n\ngo ${goVersion}\n\nrequire ${KUBEVIRT_MODULE} ${v}\n\n` + renderReplaceBlock(replaces) + `tool (\n${tools}\n)\n`;
 }
 

@@ -166,4 +166,5 @@ tool (
 	kubevirt.io/kubevirt/cmd/virt-operator
 	kubevirt.io/kubevirt/cmd/virt-probe
 	kubevirt.io/kubevirt/cmd/virt-tail
+	kubevirt.io/kubevirt/tools/resource-generator
 )
