@@ -66,6 +66,7 @@ export const HandlerVmiSchema = z.looseObject({
       nodeName: z.string().optional(),
       activePods: z.record(z.string(), z.string()).optional(),
       phaseTransitionTimestamps: z.array(z.looseObject({ phase: z.string() })).optional(),
+      volumeStatus: z.array(z.looseObject({ name: z.string(), target: z.string().optional() })).optional(),
     })
     .optional(),
 });
@@ -90,10 +91,19 @@ const PodSchema = z.looseObject({
 });
 type Pod = z.infer<typeof PodSchema>;
 
-/** virt-launcher's api.Domain as JSON: only what the handler reads. */
+/** virt-launcher's api.Domain as JSON (Go field names, no json tags): only what the handler reads. */
 const DomainSchema = z.looseObject({
-  spec: z.looseObject({ os: z.looseObject({ type: z.looseObject({ machine: z.string().optional() }).optional() }).optional() }).optional(),
-  status: z.looseObject({ status: z.string().optional(), reason: z.string().optional() }).optional(),
+  Spec: z
+    .looseObject({
+      OS: z.looseObject({ Type: z.looseObject({ Machine: z.string().optional() }).optional() }).optional(),
+      Devices: z
+        .looseObject({
+          Disks: z.array(z.looseObject({ Target: z.looseObject({ Device: z.string().optional() }).optional(), Alias: z.looseObject({ Name: z.string().optional() }).nullable().optional() })).optional(),
+        })
+        .optional(),
+    })
+    .optional(),
+  Status: z.looseObject({ Status: z.string().optional(), Reason: z.string().optional() }).optional(),
 });
 
 const FINAL = new Set(['Succeeded', 'Failed']);
@@ -245,11 +255,14 @@ export class HandlerStandIn {
     const raw = await client.getDomain(10_000);
     if (raw === undefined) return;
     const domain = DomainSchema.parse(JSON.parse(raw));
-    const state = domain.status?.status;
+    const state = domain.Status?.Status;
     // virt-handler's calculateVmPhaseForStatusReason: Running/Blocked/PMSuspended/Paused -> Running.
     if (vmi.status.phase === 'Scheduled' && (state === 'Running' || state === 'Paused' || state === 'Blocked' || state === 'PMSuspended')) {
-      const machine = domain.spec?.os?.type?.machine;
-      await this.patchStatus(vmi, { phase: 'Running', ...(machine ? { machine: { type: machine } } : {}) });
+      const machine = domain.Spec?.OS?.Type?.Machine;
+      // virt-handler's updateVolumeStatusesFromDomain: each volume's target device, by the disk's alias.
+      const targets = new Map((domain.Spec?.Devices?.Disks ?? []).flatMap((d) => (d.Alias?.Name && d.Target?.Device ? [[d.Alias.Name, d.Target.Device] as const] : [])));
+      const volumeStatus = vmi.status.volumeStatus?.map((v) => ({ ...v, ...(targets.has(v.name) ? { target: targets.get(v.name) } : {}) }));
+      await this.patchStatus(vmi, { phase: 'Running', ...(machine ? { machine: { type: machine } } : {}), ...(volumeStatus ? { volumeStatus } : {}) });
       this.o.log('VMI Running', { vmi: id, pod: pod.metadata.name, domainState: state });
     }
   }
@@ -299,8 +312,8 @@ export class HandlerStandIn {
       try {
         const raw = await client.getDomain(10_000);
         const d = raw !== undefined ? DomainSchema.parse(JSON.parse(raw)) : undefined;
-        state = d?.status?.status;
-        reason = d?.status?.reason;
+        state = d?.Status?.Status;
+        reason = d?.Status?.Reason;
       } catch {
         state = undefined; // the launcher is going away: nothing left to shut down
       }

@@ -18,14 +18,15 @@ import { goBinary } from '../cluster/gen-go-mod.ts';
 
 const execFileP = promisify(execFile);
 
-/** The KubeVirt module the test bed builds (its cmd.proto is the launcher's wire format). */
-export const KUBEVIRT_MODULE_VERSION = 'v1.7.0';
 export const CMD_PROTO = 'pkg/handler-launcher-com/cmd/v1/cmd.proto';
 
 const ModDownload = z.object({ Dir: z.string().min(1) });
 
-/** cmd.proto of kubevirt.io/kubevirt@<version>, downloaded into the Go module cache if missing. */
-export async function launcherCmdProto(version = KUBEVIRT_MODULE_VERSION): Promise<string> {
+/**
+ * cmd.proto of kubevirt.io/kubevirt@<version> (the version the test bed builds, binaries.ts: its
+ * cmd.proto is the launcher's wire format), downloaded into the Go module cache if missing.
+ */
+export async function launcherCmdProto(version: string): Promise<string> {
   const { stdout } = await execFileP(goBinary(), ['mod', 'download', '-json', `kubevirt.io/kubevirt@${version}`], {
     env: { ...process.env, GOFLAGS: '-mod=mod' },
     cwd: '/',
