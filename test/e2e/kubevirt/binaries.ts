@@ -13,10 +13,11 @@
 import { execFile } from 'node:child_process';
 import { copyFile, mkdir, readFile, rm } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { ensureBuilt, recordedBuildSeconds, runGoBuild } from '../cluster/binaries.ts';
-import { runGo } from '../cluster/gen-go-mod.ts';
+import { downloadModule, runGo } from '../cluster/gen-go-mod.ts';
 import { normalizeVersion, requiredVersion } from '../cluster/go-mod.ts';
 import { cacheRoot } from '../support/cache.ts';
 import { ensureDebianPackages } from '../support/debian.ts';
@@ -99,6 +100,13 @@ async function buildInto(outDir: string, root: string, version: string, log: (m:
   await readFile(source); // a clear error when the layout changed
   await execFileP('gcc', ['-static', '-O2', '-o', path.join(outDir, CONTAINER_DISK), source]);
   log(`gcc -static container-disk: ${seconds(ccStarted)} s`);
+}
+
+/** The kubevirt.io/kubevirt source of `version` in Go's module cache (read-only files), downloaded if needed. */
+export async function kubevirtSourceDir(version: string): Promise<string> {
+  const info = await downloadModule(KUBEVIRT_MODULE, normalizeVersion(version, 'KubeVirt'), os.tmpdir());
+  if (!info.Dir) throw new Error(`go mod download did not report a directory for ${KUBEVIRT_MODULE}@${version}`);
+  return info.Dir;
 }
 
 /** Builds (first time) or finds the cached KubeVirt binaries. */
