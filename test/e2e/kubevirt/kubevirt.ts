@@ -125,10 +125,10 @@ export async function startKubevirt(cp: ControlPlane, node: Node, o: KubevirtOpt
 
 async function patchKubevirtPhase(cp: ControlPlane): Promise<void> {
   const patch = JSON.stringify({ status: { phase: 'Deployed' } });
-  const args = ['-n', KUBEVIRT_NS, 'patch', 'kubevirt', 'kubevirt', '--type=merge', '-p', patch];
+  const args = ['-n', KUBEVIRT_NS, 'patch', 'kubevirts.kubevirt.io', 'kubevirt', '--type=merge', '-p', patch];
   const viaStatus = await cp.kubectlResult([...args, '--subresource=status']);
   if (viaStatus.exitCode !== 0) await cp.kubectl(args);
-  const phase = (await cp.kubectl(['-n', KUBEVIRT_NS, 'get', 'kubevirt', 'kubevirt', '-o', 'jsonpath={.status.phase}'])).trim();
+  const phase = (await cp.kubectl(['-n', KUBEVIRT_NS, 'get', 'kubevirts.kubevirt.io', 'kubevirt', '-o', 'jsonpath={.status.phase}'])).trim();
   if (phase !== 'Deployed') throw new Error(`KubeVirt CR status.phase is "${phase}" after the patch`);
 }
 
@@ -175,4 +175,9 @@ export function vmiManifest(o: VmiOptions): Record<string, unknown> {
 /** Writes what a user of `npm run cluster -- up --kubevirt` needs to create a VMI (an example manifest). */
 export function writeExampleVmi(file: string, o: VmiOptions): void {
   writeFileSync(file, stringify(vmiManifest(o)));
+}
+
+/** virt-launcher's libvirt URI inside `compute` (KubeVirt's pkg/virt-launcher: root, or the session daemon of uid 107). */
+export function launcherUri(runtimeUser: number): string {
+  return runtimeUser === 0 ? 'qemu:///system' : 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock';
 }
