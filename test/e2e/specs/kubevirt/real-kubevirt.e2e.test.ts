@@ -264,6 +264,10 @@ describe('the operator (chart Deployment, pods/exec) on the real launcher', () =
     // ...and the writes really changed something (so the comparison could fail).
     const plain = await tool(['qemu-img', 'compare', '-U', flat, containerDiskReference], { allowFailure: true });
     expect(plain.exitCode).toBe(1);
+    // The operator that did it is the chart's Deployment, on the exec transport.
+    const logs = await cl.kubectl(['-n', OP_NS, 'logs', 'deployment/blockpull-operator']);
+    const lines = logs.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.find((l) => l['msg'] === 'starting blockpull-operator')?.['transport']).toBe('exec');
     await cl.kubectl(['-n', NS, 'delete', 'pod', decoy.metadata.name, '--wait=false']);
   }, 400_000);
 
@@ -327,6 +331,9 @@ describe('the operator (chart Deployment, pods/exec) on the real launcher', () =
     process.stderr.write(`[real-kubevirt] BlockPull phases after the VMI delete: ${seen.join(' -> ')}\n`);
     expect(after.status?.message).toMatch(new RegExp(`VirtualMachineInstance ${NS}/${VMS.del.name} not found`));
     expect(seen).not.toContain('Failed/JobFailed');
+    // The handler stand-in shut the domain down and KubeVirt cleaned up: launcher pod gone.
+    const podName = launchers.del!.pod.metadata.name;
+    await waitFor('launcher pod gone', async () => (await cl.kubectlResult(['-n', NS, 'get', 'pod', podName])).exitCode !== 0, 120_000, 500);
     await cl.kubectl(['-n', NS, 'delete', 'blockpull', name, '--wait=true', '--timeout=60s'], { timeoutMs: 70_000 });
   }, 300_000);
 });
