@@ -23,7 +23,7 @@ import { z } from 'zod';
 import { ensureBinaries } from './binaries.ts';
 import { clusterClient } from './client.ts';
 import { attachControlPlane, DEFAULT_STATE_DIR, startControlPlane, stopRecorded } from './control-plane.ts';
-import { installCrds, projectCrdFiles } from './crds.ts';
+import { installCrds, operatorCrdFiles, projectCrdFiles } from './crds.ts';
 import { isOurs } from './processes.ts';
 import { ensureKubevirtBinaries } from '../kubevirt/binaries.ts';
 import { kubevirtCrdFiles } from '../kubevirt/crds.ts';
@@ -101,7 +101,9 @@ async function main(): Promise<number> {
       const kvBuild = values.kubevirt ? { bins: await ensureKubevirtBinaries(), images: await ensureKubevirtImages() } : undefined;
       const cp = await startControlPlane({ stateDir, detached: true, ...(withNode ? { extraApiserverArgs: nodeApiserverArgs(stateDir) } : {}) });
       try {
-        if (!values['no-crds']) await installCrds(clusterClient(cp.kubeconfigPath, cp.binaries.kubectl), await projectCrdFiles());
+        // With --kubevirt, KubeVirt's own CRDs replace the hand-written test VMI/VMIM CRDs.
+        const crds = kvBuild ? await operatorCrdFiles() : await projectCrdFiles();
+        if (!values['no-crds']) await installCrds(clusterClient(cp.kubeconfigPath, cp.binaries.kubectl), crds);
         if (withNode) {
           // The pointer first: a CLI killed while the node starts still leaves `down` something to find.
           const runDir = path.join(NODE_RUN_ROOT, `${NODE_RUN_PREFIX}${randomBytes(3).toString('hex')}`);

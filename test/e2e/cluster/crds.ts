@@ -13,11 +13,16 @@ export async function installCrds(client: Pick<ClusterClient, 'kubectl'>, files:
   }
 }
 
-/** The project's CRDs (every YAML in <repo>/crds/) followed by the test-only KubeVirt VMI and VMIM CRDs. */
-export async function projectCrdFiles(repoRoot = path.resolve(import.meta.dirname, '..', '..', '..')): Promise<string[]> {
+/** The operator's own CRDs: every YAML in <repo>/crds/ (with real KubeVirt, install these alone). */
+export async function operatorCrdFiles(repoRoot = path.resolve(import.meta.dirname, '..', '..', '..')): Promise<string[]> {
   const dir = path.join(repoRoot, 'crds');
   const names = await readdir(dir).catch(() => [] as string[]);
-  return [...names.filter((n) => /\.ya?ml$/.test(n)).sort().map((n) => path.join(dir, n)), VMI_CRD_FILE, VMIM_CRD_FILE];
+  return names.filter((n) => /\.ya?ml$/.test(n)).sort().map((n) => path.join(dir, n));
+}
+
+/** The project's CRDs (operatorCrdFiles) followed by the test-only KubeVirt VMI and VMIM CRDs. */
+export async function projectCrdFiles(repoRoot = path.resolve(import.meta.dirname, '..', '..', '..')): Promise<string[]> {
+  return [...(await operatorCrdFiles(repoRoot)), VMI_CRD_FILE, VMIM_CRD_FILE];
 }
 
 export const VMI_CRD_FILE = path.join(import.meta.dirname, 'crds', 'kubevirt-vmi-crd.yaml');

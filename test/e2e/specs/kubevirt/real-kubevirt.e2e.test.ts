@@ -16,7 +16,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
-import { installCrds, projectCrdFiles } from '../../cluster/crds.ts';
+import { installCrds, operatorCrdFiles } from '../../cluster/crds.ts';
 import { blockPullManifest, getBlockPull, waitForPhase, type BlockPullView } from '../../demo/harness.ts';
 import { testImage } from '../../images/images.ts';
 import { operatorImage } from '../../images/operator.ts';
@@ -137,7 +137,8 @@ beforeAll(async () => {
   t = Date.now();
   cp = await startControlPlane({ stateDir: STATE_DIR, extraApiserverArgs: nodeApiserverArgs(STATE_DIR) });
   const crdFiles = await kubevirtCrdFiles({ cluster: cp, binaries: bins });
-  await installCrds(cp, await projectCrdFiles());
+  // The BlockPull CRD only: KubeVirt's own CRDs (startKubevirt), not the hand-written test VMI/VMIM ones.
+  await installCrds(cp, await operatorCrdFiles());
   node = await startNode(cp, { images: [images.launcher, images.containerDisk, op, test] });
   timings.clusterMs = Date.now() - t;
   t = Date.now();
