@@ -196,6 +196,8 @@ afterAll(async () => {
 describe('real KubeVirt: virt-controller renders, our kubelet runs, virt-launcher boots the domain', () => {
   it('a VMI with a containerDisk, created with kubectl, runs in the pod virt-controller rendered, as uid 107', async () => {
     const { vmiUid, pod } = launchers.flat!;
+    // KubeVirt's own VMI CRD (it also serves v1alpha3), not the hand-written test one.
+    expect((await c().kubectl(['get', 'crd', 'virtualmachineinstances.kubevirt.io', '-o', 'jsonpath={.spec.versions[*].name}'])).split(' ').sort()).toEqual(['v1', 'v1alpha3']);
     // Rendered by virt-controller: its labels, its controller reference, its containers.
     expect(pod.metadata.labels).toMatchObject({ 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': vmiUid, 'vm.kubevirt.io/name': VMS.flat.name });
     expect(pod.metadata.name).toMatch(new RegExp(`^virt-launcher-${VMS.flat.name}-[a-z0-9]{5}$`));
