@@ -11,7 +11,7 @@
  *   through the process's root like virt-handler sees it, is owned by 107 and equal to the reference.
  */
 import { execFile } from 'node:child_process';
-import { stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -41,6 +41,9 @@ beforeAll(async () => {
   const t1 = Date.now();
   node = await startNode(cp, { images: [images.launcher, images.containerDisk], log });
   log(`node (with the two images imported) ready in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
+  // the controller-manager's service account controller creates the namespace's "default" SA
+  const c = cp;
+  await waitFor('service account default', async () => (await c.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default'])).exitCode === 0, 60_000, 500);
 });
 
 afterAll(async () => {
@@ -71,8 +74,6 @@ async function podStatus(name: string): Promise<z.infer<typeof PodStatus>> {
 describe('KubeVirt images on the node', () => {
   it('virt-launcher image: file capability, users, binaries, libvirt as KubeVirt expects', async () => {
     if (!cp) throw new Error('no control plane');
-    // The monitor is started with arguments like the rendered pod's; it stays up while virt-launcher
-    // starts, long enough to read its capability sets from /proc.
     const script = [
       'getcap /usr/bin/virt-launcher-monitor',
       'id qemu; id libvirt-qemu',
@@ -82,9 +83,6 @@ describe('KubeVirt images on the node', () => {
       '/usr/sbin/virtqemud --version',
       'ls /etc/libvirt/qemu.conf /etc/libvirt/virtqemud.conf /etc/libvirt/virtlogd.conf /etc/libvirt/hooks/qemu',
       'echo "sh $(grep CapEff /proc/self/status)"',
-      '/usr/bin/virt-launcher-monitor --qemu-timeout 20s --name capcheck --uid 11111111-2222-3333-4444-555555555555 --namespace default --kubevirt-share-dir /var/run/kubevirt --ephemeral-disk-dir /var/run/kubevirt-ephemeral-disks --container-disk-dir /var/run/kubevirt/container-disks --grace-period-seconds 5 --hook-sidecars 0 --run-as-nonroot --allow-emulation >/tmp/monitor.log 2>&1 &',
-      'm=$!; for i in $(seq 1 50); do if [ -r /proc/$m/status ]; then echo "monitor $(grep CapEff /proc/$m/status)"; break; fi; sleep 0.1; done',
-      'kill $m 2>/dev/null; true',
     ].join('\n');
     const pod = {
       apiVersion: 'v1',
@@ -118,9 +116,83 @@ describe('KubeVirt images on the node', () => {
     expect(out).toMatch(/^drivers libvirt_driver_qemu\.so $/m);
     expect(out).toContain('virt-launcher libs ok');
     expect(out).toMatch(/libvirtd \(libvirt\) 9\./);
-    expect(out).toMatch(/^sh CapEff:\s+0+$/m); // a plain binary gets nothing (uid 107, no ambient caps)
-    // the file capability raises NET_BIND_SERVICE (bit 10 = 0x400) for the monitor, under no_new_privs
-    expect(out).toMatch(/^monitor CapEff:\s+0+400$/m);
+    expect(out).toMatch(/^sh CapEff:\s+0+$/m); // a binary without file capabilities gets nothing (uid 107, no ambient caps)
+  });
+
+  it('the compute container as rendered: the file capability gives virt-launcher-monitor NET_BIND_SERVICE, virt-launcher starts virtqemud', async () => {
+    if (!cp) throw new Error('no control plane');
+    const name = `capcheck-${Date.now().toString(36)}`;
+    const uid = '11111111-2222-3333-4444-555555555555';
+    const volumes = ['private', 'public', 'sockets', 'libvirt-runtime', 'ephemeral-disks', 'container-disks', 'hotplug-disks'];
+    const mounts: Record<string, string> = {
+      private: '/var/run/kubevirt-private',
+      public: '/var/run/kubevirt',
+      'ephemeral-disks': '/var/run/kubevirt-ephemeral-disks',
+      'libvirt-runtime': '/var/run/libvirt',
+      sockets: '/var/run/kubevirt/sockets',
+      'container-disks': '/var/run/kubevirt/container-disks',
+      'hotplug-disks': '/var/run/kubevirt/hotplug-disks',
+    };
+    // The rendered non-root compute container (rendered/launcher-pod-nonroot.yaml), without a handler:
+    // virt-launcher starts libvirt and waits for a domain until --qemu-timeout.
+    const pod = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'compute-check', namespace: NS },
+      spec: {
+        restartPolicy: 'Never',
+        automountServiceAccountToken: false,
+        securityContext: { runAsUser: QEMU_UID, runAsGroup: QEMU_UID, runAsNonRoot: true, fsGroup: QEMU_UID },
+        volumes: volumes.map((v) => ({ name: v, emptyDir: {} })),
+        containers: [
+          {
+            name: 'compute',
+            image: images.launcher.name,
+            command: [
+              '/usr/bin/virt-launcher-monitor',
+              ...['--qemu-timeout', '60s', '--name', name, '--uid', uid, '--namespace', NS],
+              ...['--kubevirt-share-dir', '/var/run/kubevirt', '--ephemeral-disk-dir', '/var/run/kubevirt-ephemeral-disks'],
+              ...['--container-disk-dir', '/var/run/kubevirt/container-disks', '--grace-period-seconds', '5', '--hook-sidecars', '0'],
+              ...['--ovmf-path', '/usr/share/OVMF', '--run-as-nonroot', '--allow-emulation'],
+            ],
+            env: [
+              { name: 'XDG_CACHE_HOME', value: '/var/run/kubevirt-private' },
+              { name: 'XDG_CONFIG_HOME', value: '/var/run/kubevirt-private' },
+              { name: 'XDG_RUNTIME_DIR', value: '/var/run' },
+              { name: 'POD_NAME', value: 'compute-check' },
+            ],
+            volumeMounts: Object.entries(mounts).map(([n, p]) => ({ name: n, mountPath: p })),
+            securityContext: { ...nonRoot, capabilities: { drop: ['ALL'], add: ['NET_BIND_SERVICE'] } },
+          },
+        ],
+      },
+    };
+    await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
+    try {
+      const monitor = await waitFor('virt-launcher-monitor process', () => processesMentioning(name, ['virt-launcher-monitor'])[0] ?? false, 120_000, 200);
+      const caps = async (pid: number): Promise<Record<string, string>> => {
+        const status = await readFile(`/proc/${pid}/status`, 'utf8');
+        return Object.fromEntries([...status.matchAll(/^(Cap\w+|NoNewPrivs|Uid):\s+(.*)$/gm)].map((m) => [m[1] ?? '', m[2] ?? '']));
+      };
+      const m = await caps(monitor);
+      log(`virt-launcher-monitor ${JSON.stringify(m)}`);
+      expect(m['Uid']?.split(/\s+/)[0]).toBe(String(QEMU_UID));
+      expect(m['NoNewPrivs']).toBe('1');
+      expect(BigInt(`0x${m['CapEff'] ?? '0'}`)).toBe(1n << 10n); // NET_BIND_SERVICE only
+      // virt-launcher hands it on (ambient) to virtqemud, i.e. our script that execs libvirtd
+      const libvirtd = await waitFor('libvirtd (virtqemud) in the pod', () => processesMentioning('/var/run/libvirt/virtqemud.conf', ['libvirtd'])[0] ?? false, 120_000, 500);
+      const l = await caps(libvirtd);
+      log(`libvirtd ${JSON.stringify(l)}`);
+      expect(BigInt(`0x${l['CapAmb'] ?? '0'}`)).toBe(1n << 10n);
+      // libvirt is up: virt-launcher's command socket appears (launcher-init-sock, or launcher-sock once ready)
+      // (through /proc/<pid>/root, not via the image's absolute /var/run -> /run link, which would resolve on the host)
+      const sockets = `/proc/${monitor}/root/run/kubevirt/sockets`;
+      await waitFor('virt-launcher command socket', async () => (await readdir(sockets).catch(() => [] as string[])).some((f) => f.startsWith('launcher')), 120_000, 500);
+      log(`sockets: ${(await readdir(sockets)).join(' ')}`);
+    } finally {
+      await cp.kubectl(['-n', NS, 'logs', 'compute-check']).then((l) => log(`compute-check log (tail):\n${l.split('\n').slice(-15).join('\n')}`)).catch(() => undefined);
+      await cp.kubectl(['-n', NS, 'delete', 'pod', 'compute-check', '--wait=false']);
+    }
   });
 
   it('containerDisk image: the volume container serves /disk/disk.qcow2 (uid 107, equal to the reference)', async () => {
