@@ -11,6 +11,7 @@
  *   through the process's root like virt-handler sees it, is owned by 107 and equal to the reference.
  */
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -71,6 +72,21 @@ async function podStatus(name: string): Promise<z.infer<typeof PodStatus>> {
   return PodStatus.parse(JSON.parse(await cp.kubectl(['-n', NS, 'get', 'pod', name, '-o', 'json'])));
 }
 
+/** Whether `pid` is `ancestor` or one of its descendants (parent chain from /proc/<pid>/stat). */
+function descendsFrom(pid: number, ancestor: number): boolean {
+  for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
+    if (p === ancestor) return true;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+    } catch {
+      return false;
+    }
+    p = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  }
+  return false;
+}
+
 describe('KubeVirt images on the node', () => {
   it('virt-launcher image: file capability, users, binaries, libvirt as KubeVirt expects', async () => {
     if (!cp) throw new Error('no control plane');
@@ -119,81 +135,91 @@ describe('KubeVirt images on the node', () => {
     expect(out).toMatch(/^sh CapEff:\s+0+$/m); // a binary without file capabilities gets nothing (uid 107, no ambient caps)
   });
 
-  it('the compute container as rendered: the file capability gives virt-launcher-monitor NET_BIND_SERVICE, virt-launcher starts virtqemud', async () => {
-    if (!cp) throw new Error('no control plane');
-    const name = `capcheck-${Date.now().toString(36)}`;
-    const uid = '11111111-2222-3333-4444-555555555555';
-    const volumes = ['private', 'public', 'sockets', 'libvirt-runtime', 'ephemeral-disks', 'container-disks', 'hotplug-disks'];
-    const mounts: Record<string, string> = {
-      private: '/var/run/kubevirt-private',
-      public: '/var/run/kubevirt',
-      'ephemeral-disks': '/var/run/kubevirt-ephemeral-disks',
-      'libvirt-runtime': '/var/run/libvirt',
-      sockets: '/var/run/kubevirt/sockets',
-      'container-disks': '/var/run/kubevirt/container-disks',
-      'hotplug-disks': '/var/run/kubevirt/hotplug-disks',
-    };
-    // The rendered non-root compute container (rendered/launcher-pod-nonroot.yaml), without a handler:
-    // virt-launcher starts libvirt and waits for a domain until --qemu-timeout.
-    const pod = {
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { name: 'compute-check', namespace: NS },
-      spec: {
-        restartPolicy: 'Never',
-        automountServiceAccountToken: false,
-        securityContext: { runAsUser: QEMU_UID, runAsGroup: QEMU_UID, runAsNonRoot: true, fsGroup: QEMU_UID },
-        volumes: volumes.map((v) => ({ name: v, emptyDir: {} })),
-        containers: [
-          {
-            name: 'compute',
-            image: images.launcher.name,
-            command: [
-              '/usr/bin/virt-launcher-monitor',
-              ...['--qemu-timeout', '60s', '--name', name, '--uid', uid, '--namespace', NS],
-              ...['--kubevirt-share-dir', '/var/run/kubevirt', '--ephemeral-disk-dir', '/var/run/kubevirt-ephemeral-disks'],
-              ...['--container-disk-dir', '/var/run/kubevirt/container-disks', '--grace-period-seconds', '5', '--hook-sidecars', '0'],
-              ...['--ovmf-path', '/usr/share/OVMF', '--run-as-nonroot', '--allow-emulation'],
-            ],
-            env: [
-              { name: 'XDG_CACHE_HOME', value: '/var/run/kubevirt-private' },
-              { name: 'XDG_CONFIG_HOME', value: '/var/run/kubevirt-private' },
-              { name: 'XDG_RUNTIME_DIR', value: '/var/run' },
-              { name: 'POD_NAME', value: 'compute-check' },
-            ],
-            volumeMounts: Object.entries(mounts).map(([n, p]) => ({ name: n, mountPath: p })),
-            securityContext: { ...nonRoot, capabilities: { drop: ['ALL'], add: ['NET_BIND_SERVICE'] } },
-          },
-        ],
-      },
-    };
-    await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
-    try {
-      const monitor = await waitFor('virt-launcher-monitor process', () => processesMentioning(name, ['virt-launcher-monitor'])[0] ?? false, 120_000, 200);
-      const caps = async (pid: number): Promise<Record<string, string>> => {
-        const status = await readFile(`/proc/${pid}/status`, 'utf8');
-        return Object.fromEntries([...status.matchAll(/^(Cap\w+|NoNewPrivs|Uid):\s+(.*)$/gm)].map((m) => [m[1] ?? '', m[2] ?? '']));
+  for (const variant of ['non-root', 'root'] as const) {
+    it(`the ${variant} compute container as rendered: virt-launcher starts virtqemud (libvirtd) and its command socket${variant === 'non-root' ? '; the file capability gives virt-launcher-monitor NET_BIND_SERVICE' : ''}`, async () => {
+      if (!cp) throw new Error('no control plane');
+      const nonRootPod = variant === 'non-root';
+      const podName = `compute-check-${variant}`;
+      const name = `capcheck-${variant}-${Date.now().toString(36)}`;
+      const uid = '11111111-2222-3333-4444-555555555555';
+      const mounts: Record<string, string> = {
+        private: '/var/run/kubevirt-private',
+        public: '/var/run/kubevirt',
+        'ephemeral-disks': '/var/run/kubevirt-ephemeral-disks',
+        'libvirt-runtime': '/var/run/libvirt',
+        sockets: '/var/run/kubevirt/sockets',
+        'container-disks': '/var/run/kubevirt/container-disks',
+        'hotplug-disks': '/var/run/kubevirt/hotplug-disks',
       };
-      const m = await caps(monitor);
-      log(`virt-launcher-monitor ${JSON.stringify(m)}`);
-      expect(m['Uid']?.split(/\s+/)[0]).toBe(String(QEMU_UID));
-      expect(m['NoNewPrivs']).toBe('1');
-      expect(BigInt(`0x${m['CapEff'] ?? '0'}`)).toBe(1n << 10n); // NET_BIND_SERVICE only
-      // virt-launcher hands it on (ambient) to virtqemud, i.e. our script that execs libvirtd
-      const libvirtd = await waitFor('libvirtd (virtqemud) in the pod', () => processesMentioning('/var/run/libvirt/virtqemud.conf', ['libvirtd'])[0] ?? false, 120_000, 500);
-      const l = await caps(libvirtd);
-      log(`libvirtd ${JSON.stringify(l)}`);
-      expect(BigInt(`0x${l['CapAmb'] ?? '0'}`)).toBe(1n << 10n);
-      // libvirt is up: virt-launcher's command socket appears (launcher-init-sock, or launcher-sock once ready)
-      // (through /proc/<pid>/root, not via the image's absolute /var/run -> /run link, which would resolve on the host)
-      const sockets = `/proc/${monitor}/root/run/kubevirt/sockets`;
-      await waitFor('virt-launcher command socket', async () => (await readdir(sockets).catch(() => [] as string[])).some((f) => f.startsWith('launcher')), 120_000, 500);
-      log(`sockets: ${(await readdir(sockets)).join(' ')}`);
-    } finally {
-      await cp.kubectl(['-n', NS, 'logs', 'compute-check']).then((l) => log(`compute-check log (tail):\n${l.split('\n').slice(-15).join('\n')}`)).catch(() => undefined);
-      await cp.kubectl(['-n', NS, 'delete', 'pod', 'compute-check', '--wait=false']);
-    }
-  });
+      // The rendered compute container (rendered/launcher-pod{,-nonroot}.yaml), without a handler:
+      // virt-launcher starts libvirt and waits for a domain until --qemu-timeout.
+      const pod = {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: podName, namespace: NS },
+        spec: {
+          restartPolicy: 'Never',
+          automountServiceAccountToken: false,
+          securityContext: nonRootPod ? { runAsUser: QEMU_UID, runAsGroup: QEMU_UID, runAsNonRoot: true, fsGroup: QEMU_UID } : { runAsUser: 0, fsGroup: QEMU_UID },
+          volumes: Object.keys(mounts).map((v) => ({ name: v, emptyDir: {} })),
+          containers: [
+            {
+              name: 'compute',
+              image: images.launcher.name,
+              command: [
+                '/usr/bin/virt-launcher-monitor',
+                ...['--qemu-timeout', '60s', '--name', name, '--uid', uid, '--namespace', NS],
+                ...['--kubevirt-share-dir', '/var/run/kubevirt', '--ephemeral-disk-dir', '/var/run/kubevirt-ephemeral-disks'],
+                ...['--container-disk-dir', '/var/run/kubevirt/container-disks', '--grace-period-seconds', '5', '--hook-sidecars', '0'],
+                ...['--ovmf-path', '/usr/share/OVMF', ...(nonRootPod ? ['--run-as-nonroot'] : []), '--allow-emulation'],
+              ],
+              env: [
+                ...(nonRootPod
+                  ? [
+                      { name: 'XDG_CACHE_HOME', value: '/var/run/kubevirt-private' },
+                      { name: 'XDG_CONFIG_HOME', value: '/var/run/kubevirt-private' },
+                      { name: 'XDG_RUNTIME_DIR', value: '/var/run' },
+                    ]
+                  : []),
+                { name: 'POD_NAME', value: podName },
+              ],
+              volumeMounts: Object.entries(mounts).map(([n, p]) => ({ name: n, mountPath: p })),
+              securityContext: nonRootPod
+                ? { ...nonRoot, capabilities: { drop: ['ALL'], add: ['NET_BIND_SERVICE'] } }
+                : { runAsUser: 0, runAsNonRoot: false, capabilities: { add: ['NET_BIND_SERVICE', 'SYS_NICE'] } },
+            },
+          ],
+        },
+      };
+      await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
+      try {
+        const monitor = await waitFor('virt-launcher-monitor process', () => processesMentioning(name, ['virt-launcher-monitor'])[0] ?? false, 120_000, 200);
+        const caps = async (pid: number): Promise<Record<string, string>> => {
+          const status = await readFile(`/proc/${pid}/status`, 'utf8');
+          return Object.fromEntries([...status.matchAll(/^(Cap\w+|NoNewPrivs|Uid):\s+(.*)$/gm)].map((m) => [m[1] ?? '', m[2] ?? '']));
+        };
+        const m = await caps(monitor);
+        log(`${variant} virt-launcher-monitor ${JSON.stringify(m)}`);
+        expect(m['Uid']?.split(/\s+/)[0]).toBe(String(nonRootPod ? QEMU_UID : 0));
+        // virt-launcher runs virtqemud, i.e. our script that execs libvirtd, on its runtime copy of virtqemud.conf
+        const libvirtd = await waitFor('libvirtd (virtqemud) in the pod', () => processesMentioning('/var/run/libvirt/virtqemud.conf', ['libvirtd']).find((p) => descendsFrom(p, monitor)) ?? false, 120_000, 500);
+        const l = await caps(libvirtd);
+        log(`${variant} libvirtd ${JSON.stringify(l)}`);
+        if (nonRootPod) {
+          expect(m['NoNewPrivs']).toBe('1');
+          expect(BigInt(`0x${m['CapEff'] ?? '0'}`)).toBe(1n << 10n); // NET_BIND_SERVICE only, from the file capability
+          expect(BigInt(`0x${l['CapAmb'] ?? '0'}`)).toBe(1n << 10n); // handed on to virtqemud as an ambient capability
+        }
+        // libvirt is up: virt-launcher's command socket appears (launcher-init-sock, then launcher-sock once ready);
+        // read through /proc/<pid>/root/run, not the image's absolute /var/run -> /run link (it would resolve on the host)
+        const sockets = `/proc/${monitor}/root/run/kubevirt/sockets`;
+        await waitFor('virt-launcher command socket', async () => (await readdir(sockets).catch(() => [] as string[])).includes('launcher-sock'), 120_000, 500);
+      } finally {
+        await cp.kubectl(['-n', NS, 'logs', podName]).then((l) => log(`${podName} log (tail):\n${l.split('\n').slice(-8).join('\n')}`)).catch(() => undefined);
+        await cp.kubectl(['-n', NS, 'delete', 'pod', podName, '--wait=false']);
+      }
+    });
+  }
 
   it('containerDisk image: the volume container serves /disk/disk.qcow2 (uid 107, equal to the reference)', async () => {
     if (!cp) throw new Error('no control plane');
