@@ -12,8 +12,8 @@
  *   layer: oci.ts). What differs, and why: libvirt and QEMU are Debian 12's (libvirt 9.0, QEMU 7.2)
  *   instead of CentOS Stream's; Debian has no modular virtqemud, so /usr/sbin/virtqemud is a script
  *   that runs libvirtd (image/virtqemud); only the QEMU connection driver is kept (the others would
- *   manage host networks/storage); /etc/libvirt/virtlogd.conf is ours (image/virtlogd.conf); and user
- *   libvirt-qemu exists because Debian's QEMU driver refuses to load without it.
+ *   manage host networks/storage); /etc/libvirt/virtlogd.conf is ours (image/virtlogd.conf); user
+ *   libvirt-qemu exists because Debian's QEMU driver refuses to load without it; getcap is added.
  * - containerDisk: /disk/disk.qcow2 (uid/gid 107, like upstream's `ADD --chown=107:107`) holding known
  *   data (CONTAINER_DISK_WRITES, written with qemu-io) and an empty /usr/bin: the rendered pod mounts
  *   the launcher's container-disk binary there (virt-bin-share-dir) and runs it as the volume container.
@@ -40,8 +40,8 @@ export const QEMU_UID = 107;
 /** Debian's QEMU driver runs as libvirt-qemu by default and fails to load without that user. */
 export const LIBVIRT_QEMU_UID = 64055;
 
-/** Debian packages of the launcher image: the stand-in's libvirt + QEMU set. */
-export const KUBEVIRT_LAUNCHER_PACKAGES = LAUNCHER_PACKAGES;
+/** Debian packages of the launcher image: the stand-in's libvirt + QEMU set, and getcap (libcap2-bin) to check the file capability in a running container. */
+export const KUBEVIRT_LAUNCHER_PACKAGES = [...LAUNCHER_PACKAGES, 'libcap2-bin'] as const;
 /** Where the rendered launcher pod runs KubeVirt's binaries from. */
 const LAUNCHER_BINARIES = ['virt-launcher', 'virt-launcher-monitor', 'virt-freezer', 'virt-probe', 'virt-tail', 'container-disk'] as const;
 const KEEP_DRIVER = 'libvirt_driver_qemu.so';
@@ -93,7 +93,7 @@ export async function launcherImage(bins: KubevirtBinaries): Promise<BuiltImage>
   const ours = { virtqemud: await readFile(VIRTQEMUD_SCRIPT, 'utf8'), virtlogd: await readFile(VIRTLOGD_CONF, 'utf8') };
   const keyParts = { version: bins.version, src: hostDebianSource(), packages: KUBEVIRT_LAUNCHER_PACKAGES, binaryHashes, upstream, ours, users: [QEMU_UID, LIBVIRT_QEMU_UID], keep: KEEP_DRIVER };
   return cachedImage('kubevirt-virt-launcher', undefined, keyParts, async (workDir) => {
-    await ensureDebianPackages(['libcap2-bin']); // setcap
+    await ensureDebianPackages(['libcap2-bin']); // setcap on the host
     const rootfs = path.join(workDir, 'rootfs');
     await debootstrapRootfs(rootfs, KUBEVIRT_LAUNCHER_PACKAGES);
     const usrBin = path.join(rootfs, 'usr', 'bin');
