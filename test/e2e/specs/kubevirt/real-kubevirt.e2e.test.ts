@@ -10,7 +10,7 @@
  * cluster's hand-written VMI CRD that the other specs use.
  */
 import { randomUUID } from 'node:crypto';
-import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -337,6 +337,11 @@ describe('the operator (chart Deployment, pods/exec) on the real launcher', () =
     // The handler stand-in shut the domain down and KubeVirt cleaned up: launcher pod gone.
     const podName = launchers.del!.pod.metadata.name;
     await waitFor('launcher pod gone', async () => (await cl.kubectlResult(['-n', NS, 'get', 'pod', podName])).exitCode !== 0, 120_000, 500);
+    timings.vmiDeleteToPodGoneMs = Date.now() - t0;
+    const handlerLog = readFileSync(kv!.logs.handler, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const about = handlerLog.filter((l) => l['vmi'] === `${NS}/${VMS.del.name}`).map((l) => l['msg']);
+    expect(about).toContain('domain killed'); // terminationGracePeriodSeconds 0: no shutdown request first
+    expect(about).toContain('VMI final');
     await cl.kubectl(['-n', NS, 'delete', 'blockpull', name, '--wait=true', '--timeout=60s'], { timeoutMs: 70_000 });
   }, 300_000);
 });
