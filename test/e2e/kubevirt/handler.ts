@@ -19,7 +19,9 @@
  *  4. on VMI deletion: ShutdownVirtualMachine, KillVirtualMachine once the VMI's grace period
  *     (spec.terminationGracePeriodSeconds, default 30) has passed, then phase Succeeded (domain
  *     shut down) or Failed (destroyed), as virt-handler's calculateVmPhaseForStatusReason; then
- *     virt-controller deletes the pod and removes its finalizer.
+ *     virt-controller deletes the pod and removes its finalizer. virt-controller often gets there
+ *     first (it marks the VMI Failed as soon as the pod is being deleted); a domain whose VMI is
+ *     final or gone is killed, as virt-handler does with a domain left without its VMI.
  *
  * NOT done (virt-handler does it): networking (VMIs here have no interfaces), device plugins
  * (/dev/kvm: useEmulation), node labelling and heartbeat, hotplug, migration, cgroup and
@@ -130,8 +132,8 @@ export class HandlerStandIn {
   private readonly custom: CustomObjectsApi;
   private readonly core: CoreV1Api;
   private readonly busy = new Set<string>();
-  /** Per VMI uid: the launcher client, the pod it talks to. */
-  private readonly clients = new Map<string, { pod: string; client: LauncherCmdClient; link: string }>();
+  /** Per VMI uid: the launcher client, the pod it talks to, the VMI as last seen. */
+  private readonly clients = new Map<string, { pod: string; client: LauncherCmdClient; link: string; vmi: HandlerVmi }>();
   private readonly shutdownSent = new Set<string>();
   private stopped = false;
   private loop: Promise<void> | undefined;
@@ -182,7 +184,7 @@ export class HandlerStandIn {
       seen.add(vmi.metadata.uid);
       if (vmi.status?.nodeName !== this.o.nodeName) continue;
       if (FINAL.has(vmi.status.phase ?? '')) {
-        this.forget(vmi.metadata.uid);
+        this.cleanup(vmi.metadata.uid);
         continue;
       }
       if (this.busy.has(vmi.metadata.uid)) continue;
@@ -191,7 +193,35 @@ export class HandlerStandIn {
         .catch((e: unknown) => this.o.log('sync failed', { vmi: `${vmi.metadata.namespace}/${vmi.metadata.name}`, error: e instanceof Error ? e.message : String(e) }))
         .finally(() => this.busy.delete(vmi.metadata.uid));
     }
-    for (const uid of [...this.clients.keys()]) if (!seen.has(uid)) this.forget(uid);
+    for (const uid of [...this.clients.keys()]) if (!seen.has(uid)) this.cleanup(uid);
+  }
+
+  /**
+   * The VMI is final or gone (virt-controller marks it Failed and drops its finalizer as soon as the
+   * pod is being deleted, often before this handler saw the deletion): a domain still running in its
+   * launcher is killed, as virt-handler does with a domain whose VMI is gone; then forgotten.
+   */
+  private cleanup(uid: string): void {
+    const c = this.clients.get(uid);
+    if (c === undefined || this.busy.has(uid)) return;
+    this.busy.add(uid);
+    const id = `${c.vmi.metadata.namespace}/${c.vmi.metadata.name}`;
+    void (async () => {
+      try {
+        const raw = await c.client.getDomain(5000);
+        const state = raw !== undefined ? DomainSchema.parse(JSON.parse(raw)).Status?.Status : undefined;
+        if (state !== undefined && state !== 'Shutoff' && state !== 'Crashed') {
+          await c.client.kill(JSON.stringify(c.vmi), 10_000);
+          this.o.log('domain killed', { vmi: id, why: 'VMI final or gone' });
+        }
+      } catch (e) {
+        // The launcher is gone or going: its domain went with it.
+        this.o.log('cleanup: launcher not reachable', { vmi: id, error: e instanceof Error ? e.message : String(e) });
+      } finally {
+        this.forget(uid);
+        this.busy.delete(uid);
+      }
+    })();
   }
 
   private forget(uid: string): void {
@@ -211,7 +241,10 @@ export class HandlerStandIn {
   private clientFor(vmi: HandlerVmi, pod: Pod): LauncherCmdClient | undefined {
     const uid = vmi.metadata.uid;
     const known = this.clients.get(uid);
-    if (known?.pod === pod.metadata.uid) return known.client;
+    if (known?.pod === pod.metadata.uid) {
+      known.vmi = vmi;
+      return known.client;
+    }
     if (known) this.forget(uid);
     const sockets = this.emptyDir(pod, 'sockets');
     if (!existsSync(path.join(sockets, 'launcher-sock'))) return undefined;
@@ -219,7 +252,7 @@ export class HandlerStandIn {
     rmSync(link, { force: true });
     symlinkSync(sockets, link);
     const client = launcherCmdClient(this.o.protoFile, path.join(link, 'launcher-sock'));
-    this.clients.set(uid, { pod: pod.metadata.uid, client, link });
+    this.clients.set(uid, { pod: pod.metadata.uid, client, link, vmi });
     return client;
   }
 

@@ -340,8 +340,9 @@ describe('the operator (chart Deployment, pods/exec) on the real launcher', () =
     timings.vmiDeleteToPodGoneMs = Date.now() - t0;
     const handlerLog = readFileSync(kv!.logs.handler, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
     const about = handlerLog.filter((l) => l['vmi'] === `${NS}/${VMS.del.name}`).map((l) => l['msg']);
-    expect(about).toContain('domain killed'); // terminationGracePeriodSeconds 0: no shutdown request first
-    expect(about).toContain('VMI final');
+    // virt-controller marks the VMI Failed and lets it go as soon as its pod is being deleted (often
+    // before the stand-in's next look); the stand-in then kills the domain whose VMI is gone.
+    expect(about).toContain('domain killed');
     await cl.kubectl(['-n', NS, 'delete', 'blockpull', name, '--wait=true', '--timeout=60s'], { timeoutMs: 70_000 });
   }, 300_000);
 });
