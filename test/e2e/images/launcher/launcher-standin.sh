@@ -92,7 +92,7 @@ cat > "$HOME/domain.xml" <<EOF
   <name>$DOMAIN</name>
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
   <on_poweroff>destroy</on_poweroff>
   <on_crash>destroy</on_crash>
   <devices>
