@@ -41,7 +41,8 @@ export interface EnsureBinariesOptions {
 const stamp = z.object({ version: z.string(), binaries: z.array(z.string()), buildSeconds: z.number(), builtAt: z.string() });
 const STAMP = '.complete.json';
 
-async function isComplete(dir: string, version: string, names: readonly string[]): Promise<boolean> {
+/** Whether `dir` holds a finished build of `version` (its stamp) with every binary in `names` executable. */
+export async function isComplete(dir: string, version: string, names: readonly string[]): Promise<boolean> {
   try {
     const s = stamp.parse(JSON.parse(await readFile(path.join(dir, STAMP), 'utf8')));
     if (s.version !== version) return false;
@@ -52,9 +53,9 @@ async function isComplete(dir: string, version: string, names: readonly string[]
   }
 }
 
-/** `go build`; on failure the last 20 kB of its output are logged and in the error. */
-async function runGoBuild(args: readonly string[], cwd: string, log: (m: string) => void): Promise<void> {
-  const r = await run([goBinary(), ...args], { cwd, env: { ...process.env, GOFLAGS: '-buildvcs=false' }, timeoutMs: 3 * 60 * 60_000, allowExit: true });
+/** `go <args>` in `cwd`; on failure the last 20 kB of its output are logged and in the error. */
+export async function runGoBuild(args: readonly string[], cwd: string, log: (m: string) => void, extraEnv: NodeJS.ProcessEnv = {}): Promise<void> {
+  const r = await run([goBinary(), ...args], { cwd, env: { ...process.env, GOFLAGS: '-buildvcs=false', ...extraEnv }, timeoutMs: 3 * 60 * 60_000, allowExit: true });
   if (r.exitCode === 0) return;
   const output = (r.stdout + r.stderr).slice(-20_000);
   log(output);
@@ -69,45 +70,86 @@ interface Target {
   readonly ldflags: string;
 }
 
-async function ensureTarget(root: string, t: Target, pinned: string, log: (m: string) => void): Promise<string> {
-  const binRoot = path.join(root, 'bin');
-  const dir = path.join(binRoot, `${t.kind}-${t.version}`);
-  if (await isComplete(dir, t.version, t.names)) return dir;
-  await mkdir(binRoot, { recursive: true });
+export interface CachedBuild {
+  /** The cache directory of the result, e.g. <cache>/bin/k8s-v1.34.4. */
+  readonly dir: string;
+  readonly version: string;
+  /** Files the build leaves in the directory (checked executable before a cached result is used). */
+  readonly names: readonly string[];
+  /** For messages, e.g. "k8s v1.34.4". */
+  readonly label: string;
+  /** Writes every file of `names` into `outDir` (a fresh temporary directory, renamed to `dir` on success). */
+  readonly build: (outDir: string) => Promise<void>;
+}
+
+/**
+ * The cache discipline of every built tool: a finished directory (stamp written last) is used as it is;
+ * otherwise one process builds under `<dir>.lock` while concurrent callers wait and then use its result.
+ * The build writes into a temporary directory that replaces `dir` only when complete; the build time is
+ * printed and recorded in the stamp. Returns `dir`.
+ */
+export async function ensureBuilt(b: CachedBuild, log: (m: string) => void): Promise<string> {
+  const { dir, version, names } = b;
+  if (await isComplete(dir, version, names)) return dir;
+  await mkdir(path.dirname(dir), { recursive: true });
   return withLock(
     `${dir}.lock`,
     async () => {
-      if (await isComplete(dir, t.version, t.names)) return dir; // built by the process we waited for
+      if (await isComplete(dir, version, names)) return dir; // built by the process we waited for
       const started = Date.now();
-      // The module to build from: the committed one for the pinned version, else generated in the cache.
-      const modDir = path.join(root, 'build', `${t.kind}-${t.version}`);
-      await rm(modDir, { recursive: true, force: true });
-      await mkdir(modDir, { recursive: true });
-      if (t.version === pinned) {
-        for (const f of ['go.mod', 'go.sum']) await copyFile(path.join(GO_MODULES_DIR, t.kind, f), path.join(modDir, f));
-      } else {
-        log(`generating the ${t.kind} wrapper module for ${t.version} in ${modDir}`);
-        if (t.kind === 'k8s') await writeK8sModule(modDir, t.version);
-        else await writeEtcdModule(modDir, t.version);
-      }
-      log(`building ${t.names.join(', ')} ${t.version} from the Go module proxy (first run only; minutes on 2 cores)...`);
       const tmp = `${dir}.tmp-${process.pid}`;
       await rm(tmp, { recursive: true, force: true });
       await mkdir(tmp, { recursive: true });
       try {
-        await runGoBuild(['build', '-trimpath', `-ldflags=${t.ldflags}`, '-o', t.packages.length > 1 ? `${tmp}/` : path.join(tmp, t.names[0] ?? 'out'), ...t.packages], modDir, log);
+        await b.build(tmp);
         const buildSeconds = Math.round((Date.now() - started) / 100) / 10;
-        await writeFile(path.join(tmp, STAMP), JSON.stringify({ version: t.version, binaries: t.names, buildSeconds, builtAt: new Date().toISOString() }, null, 2));
+        await writeFile(path.join(tmp, STAMP), JSON.stringify({ version, binaries: names, buildSeconds, builtAt: new Date().toISOString() }, null, 2));
         await rm(dir, { recursive: true, force: true });
         await rename(tmp, dir);
-        log(`built ${t.kind} ${t.version} in ${buildSeconds} s -> ${dir}`);
+        log(`built ${b.label} in ${buildSeconds} s -> ${dir}`);
       } catch (err) {
         await rm(tmp, { recursive: true, force: true });
         throw err;
       }
       return dir;
     },
-    { onWait: (p) => log(`waiting for another process building ${t.kind} ${t.version} (lock ${p})`) },
+    { onWait: (p) => log(`waiting for another process building ${b.label} (lock ${p})`) },
+  );
+}
+
+/** The build time recorded in a finished directory's stamp (undefined when absent). */
+export async function recordedBuildSeconds(dir: string): Promise<number | undefined> {
+  try {
+    return stamp.parse(JSON.parse(await readFile(path.join(dir, STAMP), 'utf8'))).buildSeconds;
+  } catch {
+    return undefined;
+  }
+}
+
+async function ensureTarget(root: string, t: Target, pinned: string, log: (m: string) => void): Promise<string> {
+  return ensureBuilt(
+    {
+      dir: path.join(root, 'bin', `${t.kind}-${t.version}`),
+      version: t.version,
+      names: t.names,
+      label: `${t.kind} ${t.version}`,
+      build: async (tmp) => {
+        // The module to build from: the committed one for the pinned version, else generated in the cache.
+        const modDir = path.join(root, 'build', `${t.kind}-${t.version}`);
+        await rm(modDir, { recursive: true, force: true });
+        await mkdir(modDir, { recursive: true });
+        if (t.version === pinned) {
+          for (const f of ['go.mod', 'go.sum']) await copyFile(path.join(GO_MODULES_DIR, t.kind, f), path.join(modDir, f));
+        } else {
+          log(`generating the ${t.kind} wrapper module for ${t.version} in ${modDir}`);
+          if (t.kind === 'k8s') await writeK8sModule(modDir, t.version);
+          else await writeEtcdModule(modDir, t.version);
+        }
+        log(`building ${t.names.join(', ')} ${t.version} from the Go module proxy (first run only; minutes on 2 cores)...`);
+        await runGoBuild(['build', '-trimpath', `-ldflags=${t.ldflags}`, '-o', t.packages.length > 1 ? `${tmp}/` : path.join(tmp, t.names[0] ?? 'out'), ...t.packages], modDir, log);
+      },
+    },
+    log,
   );
 }
 

@@ -3,6 +3,9 @@
  *                                     install the CRDs, print the admin kubeconfig path
  * npm run cluster -- up --node        the same plus one Ready node (containerd, kubelet, controller-manager,
  *                                     scheduler: test/e2e/node), also kept running
+ * npm run cluster -- up --kubevirt    the same plus real KubeVirt on that node (test/e2e/kubevirt: KubeVirt's
+ *                                     CRDs, the real virt-controller, the handler stand-in); writes an example
+ *                                     VMI manifest (<state>/example-vmi.yaml) to `kubectl create -f`
  * npm run cluster -- status           report (exit 0 when running and ready, and the node, if any, Ready; 3 otherwise)
  * npm run cluster -- down             stop the node (if any), then the control plane: no process, port,
  *                                     mount, bridge, iptables rule or cgroup left
@@ -12,7 +15,7 @@
  * <state>/node.json names the node's run dir (/var/tmp/bpnode-<id>), whose own node.json records
  * what the node runs and made (see test/e2e/node/node-state.ts).
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -20,8 +23,12 @@ import { z } from 'zod';
 import { ensureBinaries } from './binaries.ts';
 import { clusterClient } from './client.ts';
 import { attachControlPlane, DEFAULT_STATE_DIR, startControlPlane, stopRecorded } from './control-plane.ts';
-import { installCrds, projectCrdFiles } from './crds.ts';
+import { installCrds, operatorCrdFiles, projectCrdFiles } from './crds.ts';
 import { isOurs } from '../support/process.ts';
+import { ensureKubevirtBinaries } from '../kubevirt/binaries.ts';
+import { kubevirtCrdFiles } from '../kubevirt/crds.ts';
+import { ensureKubevirtImages } from '../kubevirt/images.ts';
+import { startKubevirt, writeExampleVmi } from '../kubevirt/kubevirt.ts';
 import { nodeApiserverArgs, nodeLeftovers, startNode } from '../node/kubelet.ts';
 import { NODE_RUN_PREFIX, NODE_RUN_ROOT, readNodeRecord, teardownNode, type NodeRecord } from '../node/node-state.ts';
 
@@ -61,8 +68,15 @@ const out = (s: string): void => {
 async function main(): Promise<number> {
   const { positionals, values } = parseArgs({
     allowPositionals: true,
-    options: { 'no-crds': { type: 'boolean', default: false }, node: { type: 'boolean', default: false }, 'state-dir': { type: 'string' } },
+    options: {
+      'no-crds': { type: 'boolean', default: false },
+      node: { type: 'boolean', default: false },
+      kubevirt: { type: 'boolean', default: false },
+      'state-dir': { type: 'string' },
+    },
   });
+  // Real KubeVirt runs on a node.
+  const withNode = values.node || values.kubevirt;
   const stateDir = path.resolve(values['state-dir'] ?? DEFAULT_STATE_DIR);
   const command = positionals[0];
   switch (command) {
@@ -70,7 +84,7 @@ async function main(): Promise<number> {
       const existing = await attachControlPlane(stateDir);
       if (existing?.running && existing.ready) {
         const node = cliNode(stateDir)?.record;
-        if (values.node && !node) {
+        if (withNode && !node) {
           process.stderr.write(`a control plane without a node runs in ${stateDir}; run \`npm run cluster -- down\` first\n`);
           return 1;
         }
@@ -83,15 +97,35 @@ async function main(): Promise<number> {
       // A node left from an earlier `up --node` whose control plane is gone: remove it first.
       const staleNode = await stopCliNode(stateDir);
       if (staleNode) out(`stopped a stale ${staleNode}`);
-      const cp = await startControlPlane({ stateDir, detached: true, ...(values.node ? { extraApiserverArgs: nodeApiserverArgs(stateDir) } : {}) });
+      // KubeVirt's binaries and images first (minutes when cold), before anything runs.
+      const kvBuild = values.kubevirt ? { bins: await ensureKubevirtBinaries(), images: await ensureKubevirtImages() } : undefined;
+      const cp = await startControlPlane({ stateDir, detached: true, ...(withNode ? { extraApiserverArgs: nodeApiserverArgs(stateDir) } : {}) });
       try {
-        if (!values['no-crds']) await installCrds(clusterClient(cp.kubeconfigPath, cp.binaries.kubectl), await projectCrdFiles());
-        if (values.node) {
+        // With --kubevirt, KubeVirt's own CRDs replace the hand-written test VMI/VMIM CRDs.
+        const crds = kvBuild ? await operatorCrdFiles() : await projectCrdFiles();
+        if (!values['no-crds']) await installCrds(clusterClient(cp.kubeconfigPath, cp.binaries.kubectl), crds);
+        if (withNode) {
           // The pointer first: a CLI killed while the node starts still leaves `down` something to find.
           const runDir = path.join(NODE_RUN_ROOT, `${NODE_RUN_PREFIX}${randomBytes(3).toString('hex')}`);
           writeFileSync(path.join(stateDir, 'node.json'), JSON.stringify({ runDir }));
-          const node = await startNode(cp, { runDir, detached: true });
+          const images = kvBuild ? [kvBuild.images.launcher, kvBuild.images.containerDisk] : [];
+          const node = await startNode(cp, { runDir, detached: true, images });
           out(`node ${node.name} (${node.ip}) Ready in ${(node.startMs / 1000).toFixed(1)} s; run dir ${node.runDir}`);
+          if (kvBuild) {
+            // virt-controller and the handler stand-in are recorded in the node's record: `down` stops them with it.
+            const crdFiles = await kubevirtCrdFiles({ cluster: cp, binaries: kvBuild.bins });
+            const kv = await startKubevirt(cp, node, {
+              virtController: kvBuild.bins.virtController,
+              version: kvBuild.bins.version,
+              launcherImage: kvBuild.images.launcher.name,
+              crdFiles,
+              detached: true,
+            });
+            const example = path.join(stateDir, 'example-vmi.yaml');
+            writeExampleVmi(example, { namespace: 'default', name: 'vm1', containerDiskImage: kvBuild.images.containerDisk.name, runtimeUser: 107, uuid: randomUUID() });
+            out(`KubeVirt ${kvBuild.bins.version}: virt-controller and the handler stand-in up in ${(kv.startMs / 1000).toFixed(1)} s (logs: ${path.dirname(kv.logs.controller)})`);
+            out(`example VMI: kubectl create -f ${example}`);
+          }
         }
       } catch (err) {
         await stopCliNode(stateDir).catch((e: unknown) => process.stderr.write(`${String(e)}\n`));
@@ -125,7 +159,8 @@ async function main(): Promise<number> {
         } else {
           for (const d of n.record.daemons) out(`${d.name.padEnd(23)} pid ${d.pid}${isOurs(d) ? '' : ' (gone)'}`);
           const ready = s.running && s.ready ? await nodeReady(s.state.kubeconfigPath, n.record.controlPlane.kubectl, n.record.name) : 'unknown (no API server)';
-          const allUp = n.record.daemons.length === 4 && n.record.daemons.every((d) => isOurs(d));
+          // containerd, controller-manager, scheduler, kubelet (+ virt-controller and the handler stand-in with --kubevirt)
+          const allUp = n.record.daemons.length >= 4 && n.record.daemons.every((d) => isOurs(d));
           out(`node:       ${n.record.name} Ready=${ready}${allUp ? '' : ', some of its processes are gone'} (run dir ${n.runDir})`);
           nodeOk = allUp && ready === 'True';
         }
@@ -146,7 +181,7 @@ async function main(): Promise<number> {
       return 0;
     }
     default:
-      process.stderr.write('usage: npm run cluster -- up [--no-crds] [--node] | status | down | build   [--state-dir DIR]\n');
+      process.stderr.write('usage: npm run cluster -- up [--no-crds] [--node] [--kubevirt] | status | down | build   [--state-dir DIR]\n');
       return 2;
   }
 }

@@ -40,7 +40,7 @@ export async function runGo(args: readonly string[], cwd: string): Promise<strin
 
 const modDownload = z.object({ Path: z.string(), Version: z.string(), GoMod: z.string(), Dir: z.string().optional(), Error: z.string().optional() });
 
-async function downloadModule(mod: string, version: string, cwd: string): Promise<z.infer<typeof modDownload>> {
+export async function downloadModule(mod: string, version: string, cwd: string): Promise<z.infer<typeof modDownload>> {
   const info = modDownload.parse(JSON.parse(await runGo(['mod', 'download', '-json', `${mod}@${version}`], cwd)));
   if (info.Error) throw new Error(`go mod download ${mod}@${version}: ${info.Error}`);
   return info;

@@ -1,9 +1,11 @@
 /**
  * Build (or find in the cache) the test node's images and print where they are:
- *   node test/e2e/images/cli.ts [test] [pause] [launcher] [node-base] [operator]   (default: all)
+ *   node test/e2e/images/cli.ts [test] [pause] [launcher] [node-base] [operator] [kubevirt-launcher] [kubevirt-containerdisk]   (default: all)
+ * (the kubevirt-* images need KubeVirt's binaries: built on first use, test/e2e/kubevirt/binaries.ts)
  */
 import { launcherImage, pauseImage, testImage, type BuiltImage } from './images.ts';
 import { nodeBaseImage, operatorImage } from './operator.ts';
+import { ensureKubevirtImages } from '../kubevirt/images.ts';
 
 const builders: Record<string, () => Promise<BuiltImage>> = {
   test: testImage,
@@ -11,6 +13,8 @@ const builders: Record<string, () => Promise<BuiltImage>> = {
   launcher: launcherImage,
   'node-base': nodeBaseImage,
   operator: () => operatorImage(),
+  'kubevirt-launcher': async () => (await ensureKubevirtImages()).launcher,
+  'kubevirt-containerdisk': async () => (await ensureKubevirtImages()).containerDisk,
 };
 const wanted = process.argv.slice(2);
 for (const name of wanted.length > 0 ? wanted : Object.keys(builders)) {

@@ -33,7 +33,7 @@ function key(parts: unknown): string {
   return createHash('sha256').update(JSON.stringify(parts)).digest('hex').slice(0, 16);
 }
 
-async function cachedImage(
+export async function cachedImage(
   repo: string,
   fixedName: string | undefined,
   keyParts: unknown,
@@ -113,7 +113,7 @@ export async function launcherImage(): Promise<BuiltImage> {
   });
 }
 
-function addUser(rootfs: string, name: string, id: number, home: string): void {
+export function addUser(rootfs: string, name: string, id: number, home: string): void {
   const passwd = join(rootfs, 'etc', 'passwd');
   const group = join(rootfs, 'etc', 'group');
   const users = readFileSync(passwd, 'utf8');

@@ -120,7 +120,7 @@ export function domainXml(name: string, memoryMiB: number, disks: readonly { rea
   <name>${xmlEscape(name)}</name>
   <memory unit='MiB'>${memoryMiB}</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
   <on_poweroff>destroy</on_poweroff>
   <on_crash>destroy</on_crash>
   <devices>

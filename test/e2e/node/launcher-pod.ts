@@ -1,9 +1,10 @@
 /**
  * Manifests for a virt-launcher stand-in running as a real pod on the test node, shaped like
- * KubeVirt's: labels kubevirt.io=virt-launcher and kubevirt.io/created-by=<vmi uid>, controlled by
- * the VMI (ownerReference controller: true; unless `owned: false`), the VM in
- * container `compute` running as uid 107 (non-root), emptyDirs where KubeVirt has them
- * (/var/run/libvirt, /var/run/kubevirt-ephemeral-disks, /var/run/kubevirt-private), and a matching
+ * what KubeVirt v1.7.0's virt-controller renders (compared with the real pod by
+ * test/e2e/specs/kubevirt/real-kubevirt.e2e.test.ts; the differences left are listed in
+ * test/e2e/README.md): its labels and annotations, controlled by the VMI (ownerReference
+ * controller: true; unless `owned: false`), the VM in container `compute` running as uid 107
+ * (non-root) with compute's environment, security context and emptyDir mounts, and a matching
  * VMI whose status points at the pod (phase Running, nodeName, activePods, runtimeUser 107).
  */
 import { LAUNCHER_UID } from '../images/images.ts';
@@ -52,7 +53,15 @@ export function launcherPodManifest(s: LauncherPodSpec): Record<string, unknown>
     metadata: {
       name: s.podName,
       namespace: s.namespace,
-      labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': s.vmiUid, 'vm.kubevirt.io/name': s.vmiName },
+      // What KubeVirt v1.7.0's virt-controller puts on the pod (kubevirt.io/nodeName once scheduled).
+      labels: {
+        'kubevirt.io': 'virt-launcher',
+        'kubevirt.io/created-by': s.vmiUid,
+        'vm.kubevirt.io/name': s.vmiName,
+        'vmi.kubevirt.io/id': s.vmiName,
+        ...(s.nodeName ? { 'kubevirt.io/nodeName': s.nodeName } : {}),
+      },
+      annotations: { 'kubevirt.io/domain': s.vmiName, 'kubectl.kubernetes.io/default-container': 'compute' },
       ...(s.owned === false
         ? {}
         : {
@@ -72,24 +81,37 @@ export function launcherPodManifest(s: LauncherPodSpec): Record<string, unknown>
           image: s.image,
           imagePullPolicy: 'Never',
           env: [
+            // as virt-controller renders compute's environment
+            { name: 'XDG_CACHE_HOME', value: '/var/run/kubevirt-private' },
+            { name: 'XDG_CONFIG_HOME', value: '/var/run/kubevirt-private' },
+            { name: 'XDG_RUNTIME_DIR', value: '/var/run' },
+            { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
             { name: 'VMI_NAMESPACE', value: s.namespace },
             { name: 'VMI_NAME', value: s.vmiName },
             ...launcherRecipeEnv(s),
           ],
-          securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
+          securityContext: {
+            allowPrivilegeEscalation: false,
+            capabilities: { add: ['NET_BIND_SERVICE'], drop: ['ALL'] },
+            runAsUser: LAUNCHER_UID,
+            runAsGroup: LAUNCHER_UID,
+            runAsNonRoot: true,
+          },
           readinessProbe: { exec: { command: ['test', '-e', '/var/run/libvirt/launcher-ready'] }, periodSeconds: 1, failureThreshold: 600 },
+          // compute's mounts as virt-controller renders them (sockets, container-disks and
+          // hotplug-disks stay empty here: no virt-handler, the chain is built in ephemeral-disks)
           volumeMounts: [
-            { name: 'libvirt-runtime', mountPath: '/var/run/libvirt' },
-            { name: 'ephemeral-disks', mountPath: '/var/run/kubevirt-ephemeral-disks' },
             { name: 'private', mountPath: '/var/run/kubevirt-private' },
+            { name: 'public', mountPath: '/var/run/kubevirt' },
+            { name: 'ephemeral-disks', mountPath: '/var/run/kubevirt-ephemeral-disks' },
+            { name: 'libvirt-runtime', mountPath: '/var/run/libvirt' },
+            { name: 'sockets', mountPath: '/var/run/kubevirt/sockets' },
+            { name: 'container-disks', mountPath: '/var/run/kubevirt/container-disks', mountPropagation: 'HostToContainer' },
+            { name: 'hotplug-disks', mountPath: '/var/run/kubevirt/hotplug-disks', mountPropagation: 'HostToContainer' },
           ],
         },
       ],
-      volumes: [
-        { name: 'libvirt-runtime', emptyDir: {} },
-        { name: 'ephemeral-disks', emptyDir: {} },
-        { name: 'private', emptyDir: {} },
-      ],
+      volumes: ['private', 'public', 'sockets', 'libvirt-runtime', 'ephemeral-disks', 'container-disks', 'hotplug-disks'].map((name) => ({ name, emptyDir: {} })),
     },
   };
 }
