@@ -32,4 +32,16 @@ describe('chart CRDs', () => {
       }
     }
   });
+
+  // kubectl resolves a name to a category before a resource's singular name: a category or short
+  // name KubeVirt's resources answer to would hijack e.g. `kubectl patch kubevirt kubevirt`.
+  it('no category or short name is one a KubeVirt resource answers to', () => {
+    const kubevirtNames = ['kubevirt', 'kubevirts', 'kv', 'kvs', 'vmi', 'vmis', 'vm', 'vms', 'vmim', 'vmims', 'virtualmachineinstance', 'virtualmachine', 'all'];
+    for (const file of yamlFiles(topDir)) {
+      for (const doc of parseAllDocuments(readFileSync(join(topDir, file), 'utf8')).map((d) => d.toJS() as { spec: { names: { categories?: string[]; shortNames?: string[] } } })) {
+        const claimed = [...(doc.spec.names.categories ?? []), ...(doc.spec.names.shortNames ?? [])];
+        expect(claimed.filter((n) => kubevirtNames.includes(n)), file).toEqual([]);
+      }
+    }
+  });
 });

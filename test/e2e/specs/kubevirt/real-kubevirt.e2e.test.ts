@@ -200,6 +200,8 @@ describe('real KubeVirt: virt-controller renders, our kubelet runs, virt-launche
     const { vmiUid, pod } = launchers.flat!;
     // KubeVirt's own VMI CRD (it also serves v1alpha3), not the hand-written test one.
     expect((await c().kubectl(['get', 'crd', 'virtualmachineinstances.kubevirt.io', '-o', 'jsonpath={.spec.versions[*].name}'])).split(' ').sort()).toEqual(['v1', 'v1alpha3']);
+    // Our CRD installed beside KubeVirt's leaves `kubectl get kubevirt` to KubeVirt's own resource.
+    expect((await c().kubectl(['-n', 'kubevirt', 'get', 'kubevirt', '-o', 'name'])).trim()).toBe('kubevirt.kubevirt.io/kubevirt');
     // Rendered by virt-controller: its labels, its controller reference, its containers.
     expect(pod.metadata.labels).toMatchObject({ 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': vmiUid, 'vm.kubevirt.io/name': VMS.flat.name });
     expect(pod.metadata.name).toMatch(new RegExp(`^virt-launcher-${VMS.flat.name}-[a-z0-9]{5}$`));
