@@ -55,7 +55,7 @@ it('up --kubevirt: the example VMI runs in a real launcher pod; status lists Kub
 
     const down = await runCli('down');
     expect(down.code, down.stderr).toBe(0);
-    expect(nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toEqual([]);
+    expect(await nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toEqual([]);
     expect([...rec.daemons, ...state.processes].filter(isOurs)).toEqual([]);
     expect(processesMentioning(runDir)).toEqual([]);
     expect(processesMentioning(dir)).toEqual([]);

@@ -192,7 +192,7 @@ afterAll(async () => {
   timings.teardownMs = Date.now() - t;
   timings.fileMs = Date.now() - suiteStart;
   process.stderr.write(`[real-kubevirt] timings (ms): ${JSON.stringify(timings)}\n`);
-  if (n) expect(nodeLeftovers(n.runDir, n)).toEqual([]);
+  if (n) expect(await nodeLeftovers(n.runDir, n)).toEqual([]);
 }, 300_000);
 
 describe('real KubeVirt: virt-controller renders, our kubelet runs, virt-launcher boots the domain', () => {
