@@ -276,8 +276,9 @@ export class Reconciler {
     let decision = decide(obs);
     const state = this.#stateOf(key);
     const jobFailed = decision.status.reason === 'JobFailed' || decision.status.reason === 'RetryLimitExceeded';
-    if (bp.status?.phase === 'Running' && jobFailed && driver !== undefined && state.lastJobError === undefined) {
-      // Our job ended short of its goal: QEMU's reason may trail libvirt's event a little.
+    if (bp.status?.phase === 'Running' && jobFailed && driver !== undefined && obs.lastJobError === undefined) {
+      // Our job ended short of its goal: QEMU's reason may trail libvirt's event a little, or
+      // have arrived between the observation and now (then #jobError returns it at once).
       const error = await this.#jobError(key, JOB_ERROR_WAIT_MS);
       if (error !== undefined) {
         obs = { ...obs, lastJobError: error };
