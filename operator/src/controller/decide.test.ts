@@ -89,6 +89,28 @@ const running = (extra: BlockPullStatus = {}): BlockPullStatus => ({
 });
 
 describe('decide: the state table', () => {
+  it('a BlockPull waiting for its VMI or launcher gets no finalizer: no job of ours can run to abort on delete (issue 11)', () => {
+    for (const launcher of [
+      { kind: 'vmiNotFound', message: 'no VMI' },
+      { kind: 'vmiNotRunning', message: 'Scheduling' },
+      { kind: 'launcherNotFound', message: 'no pod' },
+    ] as const) {
+      const d = decide(obs({ bp: bp({ finalizer: false }), launcher }));
+      expect(d.action, launcher.kind).toEqual({ type: 'none' });
+      expect(d.status.phase).toBe('Pending');
+    }
+    // Deleted while waiting without it: nothing to do, the API server lets it go.
+    expect(decide(obs({ bp: bp({ finalizer: false, deleting: true }), launcher: { kind: 'vmiNotFound', message: 'no VMI' } })).action).toEqual({ type: 'none' });
+  });
+
+  it('puts the finalizer back first when the record says a job of ours may run, even with no launcher found', () => {
+    for (const state of ['Starting', 'Running', 'Aborting'] as const) {
+      const d = decide(obs({ bp: bp({ finalizer: false, status: running({ job: { state } }) }), launcher: { kind: 'launcherNotFound', message: 'no pod' } }));
+      expect(d.action, state).toEqual({ type: 'addFinalizer' });
+      expect(d.status.phase).toBe('Running');
+    }
+  });
+
   it('adds the finalizer first, with an initial Pending status', () => {
     const d = decide(obs({ bp: bp({ finalizer: false }), hypervisor: ok(CHAIN3) }));
     expect(d.action).toEqual({ type: 'addFinalizer' });

@@ -476,12 +476,21 @@ const terminalIsSticky: Step<ObjectFacts> = ({ prior, generation, now }) => {
   return { status, action: { type: 'none' }, requeueAfterMs: null };
 };
 
-/** Our finalizer first (a new BlockPull is Pending/Created meanwhile). */
-const addFinalizer: Step<ObjectFacts> = ({ hasFinalizer, prior, generation, now }) => {
-  if (hasFinalizer) return undefined;
+/**
+ * Our finalizer, added where a job of ours may come to run: once the VMI's launcher is found (a
+ * pull may start next), or at once when the record says a job of ours may run (someone removed
+ * the finalizer). A BlockPull waiting for its VMI or launcher has no job to abort when deleted, so
+ * it waits without one: for a fleet of waiting BlockPulls that is one write and one pass through
+ * the queue less each (issue 11). A new BlockPull is Pending/Created meanwhile.
+ */
+function addFinalizer({ prior, generation, now }: ObjectFacts): Decision {
   const status = prior.phase === undefined ? withPhase(prior, { phase: 'Pending', reason: 'Created', message: 'Looking at the VMI and its disk' }, generation, now) : prior;
   return { status, action: { type: 'addFinalizer' }, requeueAfterMs: 0 };
-};
+}
+
+/** The record says a job of ours may run, but our finalizer is gone: put it back before anything else. */
+const finalizerForOurJob: Step<ObjectFacts> = (f) =>
+  !f.hasFinalizer && (mayRunOurJob(f.recorded) || f.prior.phase === 'Running') ? addFinalizer(f) : undefined;
 
 /** A bandwidth the operator cannot apply: Failed, but never while a job of ours may run (it is aborted first, below). */
 const invalidBandwidth: Step<ObjectFacts> = (f) =>
@@ -495,7 +504,7 @@ const LAUNCHER_WAIT_REASON: Readonly<Record<Exclude<LauncherLookup['kind'], 'fou
   launcherNotFound: 'LauncherNotFound',
 };
 
-const OBJECT_STEPS: readonly Step<ObjectFacts>[] = [deletion, terminalIsSticky, addFinalizer, invalidBandwidth];
+const OBJECT_STEPS: readonly Step<ObjectFacts>[] = [deletion, terminalIsSticky, finalizerForOurJob, invalidBandwidth];
 
 /** Wait while the VMI or its launcher pod is not there. */
 function launcherMissing({ obs, prior, bp }: ObjectFacts, lookup: Exclude<LauncherLookup, { kind: 'found' }> | undefined): Decision {
@@ -857,7 +866,7 @@ function startPull(f: IdleFacts): Decision {
 }
 
 /**
- * The chain, in order: the object's steps; the launcher (missing: wait); a migration to wait
+ * The chain, in order: the object's steps; the launcher (missing: wait); our finalizer; a migration to wait
  * for before looking at libvirt; libvirt's answer (no disk: wait or fail); a busy disk; the goal
  * (InvalidBase); a pull complete; our running pull; the idle disk's steps; else the start.
  */
@@ -867,6 +876,7 @@ function decideUnbounded(obs: Observation): Decision {
   if (early !== undefined) return early;
   const lookup = obs.launcher;
   if (lookup?.kind !== 'found') return launcherMissing(object, lookup);
+  if (!object.hasFinalizer) return addFinalizer(object);
   const launcher = launcherFacts(object, lookup.launcher, lookup.migration);
   const waitForMigration = migrationBeforeLooking(launcher);
   if (waitForMigration !== undefined) return waitForMigration;

@@ -230,8 +230,18 @@ export class Reconciler {
     });
   }
 
-  /** Observe -> decide -> record the intent -> act -> remember -> write status and Events -> wake others -> requeue. */
+  /**
+   * One reconcile of `key`. A pass that only added our finalizer is followed at once by the next
+   * (which looks at libvirt and may start the pull), not sent behind the whole queue: the work
+   * queue never hands out a key twice at once, so going on here is safe.
+   */
   async reconcile(key: string): Promise<ReconcileResult> {
+    const first = await this.#reconcilePass(key);
+    return first.finalizerAdded === true ? this.#reconcilePass(key) : first;
+  }
+
+  /** Observe -> decide -> record the intent -> act -> remember -> write status and Events -> wake others -> requeue. */
+  async #reconcilePass(key: string): Promise<ReconcileResult & { finalizerAdded?: true }> {
     const log = forBlockPullKey(this.#options.logger, key);
     const read = await this.#blockPulls.read(key);
     if (read.kind === 'gone') {
@@ -253,7 +263,7 @@ export class Reconciler {
     log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
 
     const acted = await this.#recordIntentAndAct(key, bp, obs, decision, driver, log);
-    if (acted.kind === 'done') return acted.result;
+    if (acted.kind === 'done') return acted.finalizerAdded === true ? { ...acted.result, finalizerAdded: true } : acted.result;
     const { final, stored } = acted;
     const adoptedNow = this.#remember(key, bp, final, log);
 
@@ -320,7 +330,7 @@ export class Reconciler {
     decision: Decision,
     driver: BlockJobDriver | undefined,
     log: Logger,
-  ): Promise<{ kind: 'done'; result: ReconcileResult } | { kind: 'acted'; final: Decision; stored: BlockPull }> {
+  ): Promise<{ kind: 'done'; result: ReconcileResult; finalizerAdded?: true } | { kind: 'acted'; final: Decision; stored: BlockPull }> {
     let stored = bp;
     if (decision.action.type === 'startPull' || decision.action.type === 'abort') {
       const w = await this.#writer.write(bp, decision.status, log);
@@ -357,10 +367,10 @@ export class Reconciler {
       this.forget(key);
       return { kind: 'done', result: { requeueAfterMs: null } };
     }
-    if (decision.action.type === 'addFinalizer' && actionError === undefined && bp.status?.phase === undefined && this.#writer.lastWritten(key) !== undefined) {
-      // A new BlockPull: the next reconcile (at once, on the object the finalizer patch returned)
-      // writes its first real status; a "Created" status before it would be one more write each.
-      return { kind: 'done', result: { requeueAfterMs: 0 } };
+    if (decision.action.type === 'addFinalizer' && actionError === undefined && this.#writer.lastWritten(key) !== undefined) {
+      // The next pass (on the object the finalizer patch returned) looks at libvirt and writes the
+      // status; a "Created" status before it would be one more write each.
+      return { kind: 'done', result: { requeueAfterMs: 0 }, finalizerAdded: true };
     }
     return { kind: 'acted', final, stored };
   }
@@ -453,9 +463,6 @@ export class Reconciler {
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
     const slotsNone = { running: 0, runningOnNode: 0, maxConcurrentPulls: this.#options.maxConcurrentPulls, maxPullsPerNode: this.#options.maxPullsPerNode };
     if (isTerminal(bp.status?.phase) && !deleting) return { obs: { ...base, slots: slotsNone } };
-    // Without our finalizer decide() only adds it (deleting: lets go): nothing to read from libvirt yet.
-    if (!(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, slots: slotsNone } };
-
     const ns = bp.metadata.namespace;
     const rawVmi = this.#options.vmis.get(ns, bp.spec.vmiName);
     const vmiUid = (rawVmi as { metadata?: { uid?: unknown } } | undefined)?.metadata?.uid;
@@ -464,6 +471,8 @@ export class Reconciler {
       this.#options.pods.byIndex !== undefined && typeof vmiUid === 'string' ? this.#options.pods.byIndex(POD_BY_VMI_UID, `${ns}/${vmiUid}`) : this.#options.pods.list(ns);
     let launcher: LauncherLookup = locateLauncher(ns, bp.spec.vmiName, rawVmi, pods, this.#options.migrations?.list(ns) ?? []);
     if (launcher.kind !== 'found') return { obs: { ...base, launcher, slots: slotsNone } };
+    // Without our finalizer decide() adds it (the launcher is found) or lets go (deleting): nothing to read from libvirt yet.
+    if (!(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, launcher, slots: slotsNone } };
     const launcherPod = launcher.launcher;
 
     // Slots: Running BlockPulls other than this one, cluster-wide and on the launcher's node.
