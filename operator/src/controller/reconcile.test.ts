@@ -1,7 +1,7 @@
 import { ApiException } from '@kubernetes/client-node';
-import { describe, expect, it, vi } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types.ts';
-import type { BlockJobDriver, DiskInfo, SpaceInfo } from '../hypervisor/types.ts';
+import type { BlockJobDriver, BlockJobEvent, DiskInfo, SpaceInfo } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
 import { createLogger } from '../log.ts';
 import { LauncherUnavailableError } from '../kubevirt/transport.ts';
@@ -568,8 +568,14 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
   ];
   const before = CHAIN.map(({ position, path, format }) => ({ position, path, format }));
   const { vmi, pod } = launcherFixture('node1');
+  const ENOSPC: BlockJobEvent = { domain: 'ns_vm', target: 'vda', kind: 'failed', jobType: 'pull', error: 'No space left on device' };
 
-  it('the failure event ends the wait, without a timer', async () => {
+  /**
+   * A BlockPull Running with a job of ours, reconciled once (so subscribed to the driver's events).
+   * `endJob()` makes the job vanish with the chain short of its goal; `emit` fires the driver's
+   * event subscription; `afterDiskLook` runs at the end of each `getDisk`, once its result is made.
+   */
+  async function running() {
     let rv = 10;
     let obj: Record<string, unknown> = {
       apiVersion: API_VERSION,
@@ -588,15 +594,20 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
       },
     } as unknown as KubeClients;
     let job: { type: string; cur: number; end: number; bandwidth: number } | null = { type: 'Block Pull', cur: 10, end: 100, bandwidth: 0 };
-    let emit: ((ev: { target: string; type: string; status: string; error?: string }) => void) | undefined;
-    const driver = {
-      getDisk: () => Promise.resolve({ target: 'vda', alias: 'ua-rootdisk', chain: CHAIN }),
+    let emit: ((ev: BlockJobEvent) => void) | undefined;
+    const hooks = { afterDiskLook: (): void => undefined };
+    const driver: BlockJobDriver = {
+      getDisk: () => {
+        const disk = Promise.resolve({ target: 'vda', alias: 'ua-rootdisk', chain: CHAIN });
+        hooks.afterDiskLook();
+        return disk;
+      },
       getJob: () => Promise.resolve(job),
       startPull: () => Promise.resolve(),
       setBandwidth: () => Promise.resolve(),
       abort: () => Promise.resolve(),
-      watchEvents: (_d: string, cb: typeof emit) => ((emit = cb), { stop: () => undefined }),
-    } as unknown as BlockJobDriver;
+      watchEvents: (_d, cb) => ((emit = cb), { stop: () => undefined }),
+    };
     const r = new Reconciler({
       clients,
       blockPulls: { get: () => undefined, list: () => [] },
@@ -612,25 +623,65 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
     });
     await r.reconcile('ns/p'); // running: subscribed to the job's events
     expect(emit).toBeDefined();
+    return {
+      r,
+      hooks,
+      emit: (ev: BlockJobEvent) => emit!(ev),
+      endJob: () => (job = null), // the job ended; its chain is short of the goal
+      status: () => obj['status'] as BlockPullStatus,
+    };
+  }
 
-    job = null; // the job ended; its chain is short of the goal
+  /** Event-loop turns (setImmediate is not faked): enough for a reconcile that needs no timer. */
+  const turns = async (n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) await new Promise((resolve) => setImmediate(resolve));
+  };
+  /** A reconcile started with the clock stopped (fake timers): it can end only without a timer. */
+  function reconcileWithClockStopped(r: Reconciler) {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
-    try {
-      let settled = false;
-      const pending = r.reconcile('ns/p').finally(() => (settled = true));
-      const turns = async (n: number): Promise<void> => {
-        for (let i = 0; i < n && !settled; i++) await new Promise((resolve) => setImmediate(resolve));
-      };
-      await turns(50);
-      expect(settled).toBe(false); // waiting for QEMU's reason
-      emit!({ target: 'vda', type: 'pull', status: 'failed', error: 'No space left on device' });
-      await turns(50);
-      expect(settled).toBe(true); // woken by the event: no timer ran
-      expect((await pending).requeueAfterMs).toBeGreaterThan(0);
-      expect((obj['status'] as BlockPullStatus).reason).toBe('JobFailed');
-      expect((obj['status'] as BlockPullStatus).message).toContain('the hypervisor said: No space left on device');
-    } finally {
-      vi.useRealTimers();
-    }
+    const run = { settled: false, result: undefined as Promise<{ requeueAfterMs: number | null }> | undefined };
+    run.result = r.reconcile('ns/p').finally(() => (run.settled = true));
+    return run;
+  }
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('the failure event ends the wait, without a timer', async () => {
+    const w = await running();
+    w.endJob();
+    const run = reconcileWithClockStopped(w.r);
+    await turns(50);
+    expect(run.settled).toBe(false); // waiting for QEMU's reason
+    w.emit(ENOSPC);
+    await turns(50);
+    expect(run.settled).toBe(true); // woken by the event: no timer ran
+    expect((await run.result)?.requeueAfterMs).toBeGreaterThan(0);
+    expect(w.status().reason).toBe('JobFailed');
+    expect(w.status().message).toContain('the hypervisor said: No space left on device');
+  });
+
+  /**
+   * The race of commit e17bcca: the error event arrives after #observe copied the stored error
+   * into the observation (none yet) but before #decide. The reconcile's state then has QEMU's
+   * reason while the observation lacks it; a guard on the state skipped the wait, and the status
+   * said "ended short of its goal" without the reason. Made deterministic by firing the event at
+   * the end of the last libvirt call of the look (`getDisk`, once the job is gone).
+   */
+  it('an error event between the observation and decide() is used at once, without the wait', async () => {
+    const w = await running();
+    w.endJob();
+    let firedDuringLook = 0;
+    w.hooks.afterDiskLook = () => {
+      firedDuringLook++;
+      w.emit(ENOSPC);
+    };
+    const run = reconcileWithClockStopped(w.r);
+    await turns(50);
+    expect(firedDuringLook).toBe(1); // the event came during the look, after the observation's copy
+    expect(run.settled).toBe(true); // not waiting JOB_ERROR_WAIT_MS: the clock never moved
+    expect((await run.result)?.requeueAfterMs).toBeGreaterThan(0);
+    expect(w.status().reason).toBe('JobFailed');
+    expect(w.status().message).toContain('the hypervisor said: No space left on device');
   });
 });
