@@ -37,7 +37,7 @@ async function main(): Promise<number> {
   const kc = loadKubeConfig(config.kubeconfig);
   const clients = createKubeClients(kc);
   const metrics = createMetrics();
-  const events = new EventRecorder({ events: clients.events, reportingInstance: config.podName, logger });
+  const events = new EventRecorder({ events: clients.events, reportingInstance: config.podName, logger, onDropped: () => metrics.eventsDropped.inc() });
   const drivers: DriverProvider =
     config.transport === 'local' && config.localLaunchersDir !== undefined
       ? new LocalTransport(config.localLaunchersDir, { maxOutputBytes: config.maxCommandOutputBytes })

@@ -9,6 +9,12 @@
  *
  * Writing an Event never throws into the caller: failures are logged. `event()` returns a
  * promise that settles when the write is done (tests await it; the controller need not).
+ *
+ * Events are best effort and never crowd out status writes: at most `maxInFlight` writes run at
+ * once (a fleet of 1,000 new BlockPulls would otherwise send 1,000 Event POSTs to the API server
+ * at the same moment as their status writes, issue 11), and at most `maxQueued` wait; past that an
+ * Event is dropped, logged and counted (`onDropped`), as client-go's event broadcaster drops when
+ * its queue of 1,000 is full.
  */
 import type { EventsV1Api } from '@kubernetes/client-node';
 import { PatchStrategy, V1MicroTime, setHeaderOptions } from '@kubernetes/client-node';
@@ -36,7 +42,16 @@ export interface EventRecorderOptions {
   readonly seriesWindowMs?: number;
   /** Aggregation entries kept (oldest dropped first). Default 4096. */
   readonly maxEntries?: number;
+  /** Event writes sent to the API server at once. Default 4. */
+  readonly maxInFlight?: number;
+  /** Event writes waiting for their turn; more are dropped. Default 1000. */
+  readonly maxQueued?: number;
+  /** Called for each Event dropped because the queue was full (a metric). */
+  readonly onDropped?: () => void;
 }
+
+/** How often a full queue is logged at most (each drop is counted, not logged). */
+const DROP_LOG_INTERVAL_MS = 10_000;
 
 interface Entry {
   namespace: string;
@@ -69,6 +84,13 @@ export class EventRecorder {
   readonly #entries = new Map<string, Entry>();
   /** Serialises writes per aggregation key so concurrent repeats bump one series. */
   readonly #chains = new Map<string, Promise<void>>();
+  /** Writes running, and those waiting for one of the maxInFlight turns (FIFO). */
+  #inFlight = 0;
+  readonly #turns: (() => void)[] = [];
+  /** Events accepted and not yet writing (waiting for their key's chain or a turn). */
+  #queued = 0;
+  #dropped = 0;
+  #droppedLoggedAt = Number.NEGATIVE_INFINITY;
 
   constructor(options: EventRecorderOptions) {
     this.#options = options;
@@ -83,14 +105,54 @@ export class EventRecorder {
    */
   event(object: InvolvedObject, type: EventType, reason: string, action: string, note: string): Promise<void> {
     const text = note.length > MAX_NOTE ? note.slice(0, MAX_NOTE - 3) + '...' : note;
+    if (this.#queued >= (this.#options.maxQueued ?? 1000)) {
+      this.#drop(object, reason);
+      return Promise.resolve();
+    }
+    this.#queued++;
     const key = JSON.stringify([object.uid, type, reason, action, text]);
     const prev = this.#chains.get(key) ?? Promise.resolve();
-    const next = prev.then(() => this.#write(key, object, type, reason, action, text));
+    const next = prev.then(async () => {
+      await this.#turn();
+      this.#queued--;
+      try {
+        await this.#write(key, object, type, reason, action, text);
+      } finally {
+        this.#inFlight--;
+        this.#turns.shift()?.();
+      }
+    });
     const tracked = next.finally(() => {
       if (this.#chains.get(key) === tracked) this.#chains.delete(key);
     });
     this.#chains.set(key, tracked);
     return tracked;
+  }
+
+  /** Events dropped so far because the queue was full. */
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  /** Resolves when this write may go to the API server: one of maxInFlight turns, in order of asking. */
+  #turn(): Promise<void> {
+    if (this.#inFlight < (this.#options.maxInFlight ?? 4)) {
+      this.#inFlight++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.#turns.push(() => (this.#inFlight++, resolve())));
+  }
+
+  #drop(object: InvolvedObject, reason: string): void {
+    this.#dropped++;
+    this.#options.onDropped?.();
+    const now = Date.now();
+    if (now - this.#droppedLoggedAt < DROP_LOG_INTERVAL_MS) return;
+    this.#droppedLoggedAt = now;
+    this.#options.logger?.warn(
+      { object: `${object.kind} ${object.namespace}/${object.name}`, reason, dropped: this.#dropped, queued: this.#queued },
+      'event queue full: dropping events (counted in blockpull_events_dropped_total)',
+    );
   }
 
   normal(object: InvolvedObject, reason: string, action: string, note: string): Promise<void> {

@@ -21,6 +21,8 @@ export interface OperatorMetrics {
   readonly statusWrites: Counter<'kind'>;
   /** Block jobs started by the operator (for "exactly one job ran" checks). */
   readonly pullsStarted: Counter;
+  /** Events not recorded because the recorder's queue was full (kube/events.ts). */
+  readonly eventsDropped: Counter;
   readonly workqueueDepth: Gauge<'name'>;
   readonly workqueueAdds: Counter<'name'>;
   readonly workqueueRetries: Counter<'name'>;
@@ -96,6 +98,7 @@ export function createMetrics(options: MetricsOptions = {}): OperatorMetrics {
   });
   const statusWrites = new Counter({ name: 'blockpull_status_writes_total', help: 'Status subresource writes by kind', labelNames: ['kind'] as const, registers });
   const pullsStarted = new Counter({ name: 'blockpull_pulls_started_total', help: 'Block jobs started by this operator', registers });
+  const eventsDropped = new Counter({ name: 'blockpull_events_dropped_total', help: 'Events not recorded because the event queue was full', registers });
   const workqueueDepth = new Gauge({ name: 'workqueue_depth', help: 'Current depth of the work queue', labelNames: ['name'] as const, registers });
   const workqueueAdds = new Counter({ name: 'workqueue_adds_total', help: 'Adds handled by the work queue', labelNames: ['name'] as const, registers });
   const workqueueRetries = new Counter({ name: 'workqueue_retries_total', help: 'Rate-limited re-adds', labelNames: ['name'] as const, registers });
@@ -144,6 +147,7 @@ export function createMetrics(options: MetricsOptions = {}): OperatorMetrics {
     reconcileDuration,
     statusWrites,
     pullsStarted,
+    eventsDropped,
     workqueueDepth,
     workqueueAdds,
     workqueueRetries,
