@@ -7,6 +7,7 @@
  */
 import { BLOCKPULL_REF, parseBlockPull, type BlockPull } from '../api/types.ts';
 import { getCustomObject, type KubeClients } from '../kube/client.ts';
+import { StringInterner } from '../kube/intern.ts';
 import { blockPullKeyOf, diskHolder } from './decide.ts';
 import { BP_BY_DISK, BP_RUNNING_BY_NODE, BP_WAITING_FOR_SLOT, diskIndexKey } from './indexes.ts';
 import type { StatusWriter } from './status-writer.ts';
@@ -39,6 +40,7 @@ export class BlockPulls {
   readonly #clients: KubeClients;
   /** Each cached object parsed once. */
   readonly #parsed = new WeakMap<object, BlockPull | Error>();
+  readonly #interner = new StringInterner();
 
   constructor(cache: CacheReader, writer: StatusWriter, clients: KubeClients) {
     this.#cache = cache;
@@ -46,10 +48,14 @@ export class BlockPulls {
     this.#clients = clients;
   }
 
-  /** The informer's transform (Reconciler.cacheForm): cache the parsed object itself, or a malformed one as it came. */
+  /**
+   * The informer's transform (Reconciler.cacheForm): cache the parsed object itself, its strings
+   * shared with the other cached objects (intern.ts), or a malformed one as it came.
+   */
   cacheForm<T extends object>(raw: T): T {
     const p = this.parse(raw);
     if (p instanceof Error) return raw;
+    this.#interner.intern(p);
     this.#parsed.set(p, p);
     return p as unknown as T;
   }
