@@ -182,6 +182,36 @@ describe('WorkQueue', () => {
     expect(q.len()).toBe(1);
   });
 
+  it('delayed adds share one timer, come out in time order, and an item moved earlier many times comes once', async () => {
+    vi.useFakeTimers();
+    const q = new WorkQueue<string>();
+    // 1,000 items with shuffled delays 1..1000 ms: one pending timer, not 1,000.
+    const delays = Array.from({ length: 1000 }, (_, i) => ((i * 7919) % 1000) + 1);
+    delays.forEach((d, i) => q.addAfter(`i${i}`, d));
+    expect(q.waitingCount()).toBe(1000);
+    expect(vi.getTimerCount()).toBe(1);
+    vi.advanceTimersByTime(500);
+    expect(q.len()).toBe(500);
+    const firstOut: string[] = [];
+    for (let i = 0; i < 500; i++) firstOut.push((await q.get())!);
+    // Delay k belongs to exactly one item; the first 500 out are those with delays 1..500, in order.
+    const byDelay = new Map(delays.map((d, i) => [d, `i${i}`]));
+    expect(firstOut).toEqual(Array.from({ length: 500 }, (_, k) => byDelay.get(k + 1)));
+    for (const item of firstOut) q.done(item);
+    // One item moved earlier 300 times (each leaves a stale heap entry behind): it comes out once, at its earliest time (9,700 ms).
+    for (let d = 10_000; d >= 9_700; d--) q.addAfter('moved', d);
+    vi.advanceTimersByTime(500);
+    expect(q.len()).toBe(500);
+    vi.advanceTimersByTime(9_700 - 500 - 1);
+    expect(q.len()).toBe(500);
+    vi.advanceTimersByTime(1);
+    expect(q.len()).toBe(501);
+    vi.advanceTimersByTime(1_000);
+    expect(q.len()).toBe(501);
+    expect(q.waitingCount()).toBe(0);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
   it('addRateLimited backs off exponentially per item until forget()', () => {
     vi.useFakeTimers();
     const q = new WorkQueue<string>();
