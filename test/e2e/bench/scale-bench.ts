@@ -120,6 +120,8 @@ function cpuSeconds(pid: number | undefined): number {
 interface OperatorTotals {
   writes: number;
   reconciles: number;
+  /** Events the operator dropped because its event queue was full (kube/events.ts). */
+  eventsDropped: number;
   /** Work queue: seconds waited in the queue, summed, and how many items were handed out. */
   queueWaitSum: number;
   queueWaitCount: number;
@@ -128,7 +130,7 @@ interface OperatorTotals {
 }
 
 async function operatorTotals(port: number | undefined): Promise<OperatorTotals> {
-  const none = { writes: 0, reconciles: 0, queueWaitSum: 0, queueWaitCount: 0, memory: {} };
+  const none = { writes: 0, reconciles: 0, eventsDropped: 0, queueWaitSum: 0, queueWaitCount: 0, memory: {} };
   if (port === undefined) return none;
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   const sum = (name: string, labels = ''): number => {
@@ -146,6 +148,7 @@ async function operatorTotals(port: number | undefined): Promise<OperatorTotals>
   return {
     writes: sum('blockpull_status_writes_total'),
     reconciles: sum('blockpull_reconcile_total'),
+    eventsDropped: sum('blockpull_events_dropped_total'),
     queueWaitSum: sum('workqueue_queue_duration_seconds_sum', 'name="blockpull"'),
     queueWaitCount: sum('workqueue_queue_duration_seconds_count', 'name="blockpull"'),
     memory,
@@ -320,7 +323,8 @@ async function main(): Promise<void> {
     last = w;
     await sleep(3_000);
   }
-  const settledMemory = (await operatorTotals(operator.metricsPort())).memory;
+  const settledTotals = await operatorTotals(operator.metricsPort());
+  const settledMemory = settledTotals.memory;
   const m1 = await apiMetrics();
   const settle = diffCounts(m0, m1, own);
   const cpuSettle = cpuSeconds(pid) - cpu0;
@@ -430,6 +434,7 @@ async function main(): Promise<void> {
   say(
     `operator CPU seconds: settling ${fmt(cpuSettle, 2)}, idle ${fmt(cpuIdle, 2)}, first process total ${fmt(cpuTotalFirst, 2)}; restarted process until all ${all} looked at ${fmt(restartCpu, 2)} (start, lists, and a reconcile of each that writes nothing: at most ${fmt((1000 * restartCpu) / all, 2)} ms each)`,
   );
+  say(`Events dropped by the operator (its queue of 1,000 full; statuses are all written): ${settledTotals.eventsDropped} while settling`);
   say(`API requests to settle (kube-apiserver apiserver_request_total, the bench's own creates and lists subtracted):`);
   for (const l of formatCounts(settle)) say(`  ${l}`);
   say(`API requests while idle (${fmt(idleS, 0)} s):`);
