@@ -7,7 +7,8 @@
  *   holder, or not renewed for leaseDuration as measured on OUR clock since we last saw it
  *   change) → take it with an update carrying the resourceVersion we read (optimistic
  *   concurrency: two candidates racing get one 200 and one 409).
- * - Lead: onStartedLeading(signal) is called; renew every retryPeriod. If no renewal succeeds
+ * - Lead: onStartedLeading(signal) is called; renew every retryPeriod (an update of the Lease as
+ *   we last wrote it, without reading it first; on a conflict it is read). If no renewal succeeds
  *   for renewDeadline, leadership is lost: the signal aborts and onStoppedLeading() is called.
  *   Every Lease request is aborted at the renew deadline (withTimeout), so a hung connection
  *   to the API server cannot keep a stale leader acting.
@@ -228,6 +229,24 @@ export class LeaderElector {
     const { coordination, namespace, leaseName: name, identity } = this.#options;
     const now = new Date();
     const opts = withTimeout(timeoutMs);
+    // Fast path, as client-go's: the leader renews the Lease it last wrote without reading it
+    // first (one request per retryPeriod instead of two). If someone else wrote or deleted it
+    // meanwhile (409, 404), the Lease is read below and judged as usual.
+    const mine = this.#lease;
+    if (this.#leader && mine?.spec?.holderIdentity === identity && mine.metadata?.resourceVersion !== undefined) {
+      try {
+        const updated = await coordination.replaceNamespacedLease({ name, namespace, body: { ...mine, spec: { ...mine.spec, renewTime: new V1MicroTime(now.getTime()) } } }, opts);
+        this.#lastOkAt = performance.now();
+        this.#observe(updated);
+        return true;
+      } catch (err) {
+        if (!isConflict(err) && !isNotFound(err)) {
+          this.#log?.warn({ error: describeApiError(err) }, 'renewing leader lease failed');
+          return false;
+        }
+        this.#log?.debug({ error: describeApiError(err) }, 'leader lease changed since our last write; reading it');
+      }
+    }
     let lease: V1Lease;
     try {
       lease = await coordination.readNamespacedLease({ name, namespace }, opts);
@@ -257,9 +276,9 @@ export class LeaderElector {
     if (held && valid) return false;
 
     const spec = lease.spec ?? {};
-    const mine = obs.holder === identity;
-    const acquireTime = mine && spec.acquireTime !== undefined ? new Date(spec.acquireTime) : now;
-    const transitions = (spec.leaseTransitions ?? 0) + (mine ? 0 : 1);
+    const ours = obs.holder === identity;
+    const acquireTime = ours && spec.acquireTime !== undefined ? new Date(spec.acquireTime) : now;
+    const transitions = (spec.leaseTransitions ?? 0) + (ours ? 0 : 1);
     try {
       const updated = await coordination.replaceNamespacedLease({
         name,
