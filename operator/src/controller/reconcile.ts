@@ -121,6 +121,9 @@ function jobKey(pod: string, domain: string, target: string): string {
   return `${pod}|${domain}|${target}`;
 }
 
+/** A reconcile pass that only added our finalizer: the next pass follows at once. */
+const FINALIZER_ADDED = Symbol('finalizer added');
+
 /** How long a reconcile that sees our job gone short of its goal waits for the failure's reason. */
 const JOB_ERROR_WAIT_MS = 1_000;
 
@@ -237,11 +240,17 @@ export class Reconciler {
    */
   async reconcile(key: string): Promise<ReconcileResult> {
     const first = await this.#reconcilePass(key);
-    return first.finalizerAdded === true ? this.#reconcilePass(key) : first;
+    if (first !== FINALIZER_ADDED) return first;
+    const second = await this.#reconcilePass(key);
+    // Only if the second pass did not see the finalizer either (it would add it again): later, from the queue.
+    return second === FINALIZER_ADDED ? { requeueAfterMs: 0 } : second;
   }
 
-  /** Observe -> decide -> record the intent -> act -> remember -> write status and Events -> wake others -> requeue. */
-  async #reconcilePass(key: string): Promise<ReconcileResult & { finalizerAdded?: true }> {
+  /**
+   * Observe -> decide -> record the intent -> act -> remember -> write status and Events -> wake
+   * others -> requeue; or FINALIZER_ADDED when the pass only added our finalizer.
+   */
+  async #reconcilePass(key: string): Promise<ReconcileResult | typeof FINALIZER_ADDED> {
     const log = forBlockPullKey(this.#options.logger, key);
     const read = await this.#blockPulls.read(key);
     if (read.kind === 'gone') {
@@ -263,7 +272,8 @@ export class Reconciler {
     log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
 
     const acted = await this.#recordIntentAndAct(key, bp, obs, decision, driver, log);
-    if (acted.kind === 'done') return acted.finalizerAdded === true ? { ...acted.result, finalizerAdded: true } : acted.result;
+    if (acted.kind === 'finalizerAdded') return FINALIZER_ADDED;
+    if (acted.kind === 'done') return acted.result;
     const { final, stored } = acted;
     const adoptedNow = this.#remember(key, bp, final, log);
 
@@ -321,7 +331,7 @@ export class Reconciler {
   /**
    * Persisted intent: a start or an abort is recorded before it is made (a conflicting write: act
    * on nothing, look again). Then the action; a failure becomes decideActionError's decision.
-   * `done`: the reconcile ends here (intent not recorded, finalizer removed, a new BlockPull).
+   * `done`: the reconcile ends here (intent not recorded, finalizer removed); `finalizerAdded`: the next pass follows.
    */
   async #recordIntentAndAct(
     key: string,
@@ -330,7 +340,7 @@ export class Reconciler {
     decision: Decision,
     driver: BlockJobDriver | undefined,
     log: Logger,
-  ): Promise<{ kind: 'done'; result: ReconcileResult; finalizerAdded?: true } | { kind: 'acted'; final: Decision; stored: BlockPull }> {
+  ): Promise<{ kind: 'done'; result: ReconcileResult } | { kind: 'finalizerAdded' } | { kind: 'acted'; final: Decision; stored: BlockPull }> {
     let stored = bp;
     if (decision.action.type === 'startPull' || decision.action.type === 'abort') {
       const w = await this.#writer.write(bp, decision.status, log);
@@ -370,7 +380,7 @@ export class Reconciler {
     if (decision.action.type === 'addFinalizer' && actionError === undefined && this.#writer.lastWritten(key) !== undefined) {
       // The next pass (on the object the finalizer patch returned) looks at libvirt and writes the
       // status; a "Created" status before it would be one more write each.
-      return { kind: 'done', result: { requeueAfterMs: 0 }, finalizerAdded: true };
+      return { kind: 'finalizerAdded' };
     }
     return { kind: 'acted', final, stored };
   }
