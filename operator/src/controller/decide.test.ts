@@ -438,6 +438,33 @@ describe('decide: deletion', () => {
     expect(d.action.type).toBe('none');
     expect(d.requeueAfterMs).toBe(5000);
   });
+  // A namespace deletion deletes the launcher pod beside the BlockPull: while the pod's grace
+  // period runs, its QEMU and our job still run.
+  const TERMINATING: LauncherLookup = { ...FOUND, terminating: true };
+  it('being deleted, launcher pod terminating but answering, our job running → abort through it, keep the finalizer', () => {
+    const d = decide(obs({ bp: bp({ deleting: true, status: running() }), launcher: TERMINATING, hypervisor: ok(CHAIN3, job(1, 10)) }));
+    expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
+    expect(d.status.job).toEqual({ state: 'Aborting' });
+  });
+  it('being deleted, launcher pod terminating, our job gone → remove the finalizer', () => {
+    const d = decide(obs({ bp: bp({ deleting: true, status: running({ job: { state: 'Aborting' } }) }), launcher: TERMINATING, hypervisor: ok(CHAIN3) }));
+    expect(d.action).toEqual({ type: 'removeFinalizer' });
+  });
+  it('being deleted, launcher pod terminating and no longer answering (its QEMU goes with it) → remove the finalizer', () => {
+    for (const hypervisor of [
+      { kind: 'unreachable', message: 'container not running' },
+      { kind: 'domainNotFound', message: 'no domain' },
+    ] as const) {
+      const d = decide(obs({ bp: bp({ deleting: true, status: running({ job: { state: 'Running' } }) }), launcher: TERMINATING, hypervisor }));
+      expect(d.action, hypervisor.kind).toEqual({ type: 'removeFinalizer' });
+    }
+  });
+  it('not being deleted, launcher pod terminating → LauncherNotFound, never a start', () => {
+    const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), diskHolder: null, launcher: TERMINATING, hypervisor: ok(CHAIN3) }));
+    expect(d.action).toEqual({ type: 'none' });
+    expect(d.status).toMatchObject({ phase: 'Pending', reason: 'LauncherNotFound' });
+    expect(d.status.message).toContain('being deleted');
+  });
   it('deleted without our finalizer → nothing', () => {
     expect(decide(obs({ bp: bp({ deleting: true, finalizer: false }) })).action.type).toBe('none');
   });

@@ -446,7 +446,11 @@ function objectFacts(obs: Observation): ObjectFacts {
   };
 }
 
-/** Deleting: abort our running job (whatever the phase), then let the object go. */
+/**
+ * Deleting: abort our running job (whatever the phase), then let the object go. The launcher may
+ * be a pod being deleted (a namespace deletion deletes it beside the BlockPull): while it answers,
+ * our job is aborted through it before the finalizer goes.
+ */
 const deletion: Step<ObjectFacts> = (f) => {
   if (!f.deleting) return undefined;
   const { obs, prior } = f;
@@ -457,7 +461,10 @@ const deletion: Step<ObjectFacts> = (f) => {
   if (f.ourJob !== null && launcher !== undefined && target !== undefined && (mayRunOurJob(f.recorded) || !isTerminal(prior.phase))) {
     return { status: withJob(prior, 'Aborting'), action: { type: 'abort', domain: launcher.domain, target }, requeueAfterMs: obs.pollIntervalMs };
   }
-  if (hypervisor?.kind === 'unreachable' && (prior.phase === 'Running' || mayRunOurJob(f.recorded))) {
+  // A launcher pod being deleted that no longer answers is going with its containers: the job
+  // lived in its QEMU and ends with it, so nothing is left to abort.
+  const terminating = obs.launcher?.kind === 'found' && obs.launcher.terminating === true;
+  if (hypervisor?.kind === 'unreachable' && !terminating && (prior.phase === 'Running' || mayRunOurJob(f.recorded))) {
     // Cannot confirm the job is gone; keep the finalizer and try again.
     return { status: prior, action: { type: 'none' }, requeueAfterMs: obs.waitRequeueMs };
   }
@@ -876,6 +883,10 @@ function decideUnbounded(obs: Observation): Decision {
   if (early !== undefined) return early;
   const lookup = obs.launcher;
   if (lookup?.kind !== 'found') return launcherMissing(object, lookup);
+  // A launcher pod being deleted serves only the abort on delete (above): never a start.
+  if (lookup.terminating === true) {
+    return launcherMissing(object, { kind: 'launcherNotFound', message: `virt-launcher pod ${lookup.launcher.pod} is being deleted` });
+  }
   if (!object.hasFinalizer) return addFinalizer(object);
   const launcher = launcherFacts(object, lookup.launcher, lookup.migration);
   const waitForMigration = migrationBeforeLooking(launcher);

@@ -479,7 +479,9 @@ export class Reconciler {
     // Only the pods claiming this VMI (indexed by its uid), not every pod of the namespace.
     const pods =
       this.#options.pods.byIndex !== undefined && typeof vmiUid === 'string' ? this.#options.pods.byIndex(POD_BY_VMI_UID, `${ns}/${vmiUid}`) : this.#options.pods.list(ns);
-    let launcher: LauncherLookup = locateLauncher(ns, bp.spec.vmiName, rawVmi, pods, this.#options.migrations?.list(ns) ?? []);
+    // Being deleted: a launcher pod that terminates still runs our job until its containers stop,
+    // so it is looked at for the abort (decide() starts nothing through it).
+    let launcher: LauncherLookup = locateLauncher(ns, bp.spec.vmiName, rawVmi, pods, this.#options.migrations?.list(ns) ?? [], { terminating: deleting });
     if (launcher.kind !== 'found') return { obs: { ...base, launcher, slots: slotsNone } };
     // Without our finalizer decide() adds it (the launcher is found) or lets go (deleting): nothing to read from libvirt yet.
     if (!(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, launcher, slots: slotsNone } };

@@ -144,6 +144,17 @@ describe('kubevirt launcher lookup', () => {
     expect(message).toContain('pod pending refused: Pending, not Running');
     expect(message).toContain('pod deleting refused: being deleted');
   });
+
+  it('for an abort on delete, a pod being deleted (still Running) is found, marked terminating; a pod not being deleted comes first', () => {
+    const deleting = pod('deleting', { deleting: true, created: '2026-11-27T10:00:00Z' });
+    const found = locateLauncher('ns', 'vm1', vmi(), [deleting], [], { terminating: true });
+    expect(found).toMatchObject({ kind: 'found', launcher: { pod: 'deleting' }, terminating: true });
+    // Other checks still hold: a terminating pod that is no longer Running is refused.
+    expect(locateLauncher('ns', 'vm1', vmi(), [pod('deleting', { deleting: true, phase: 'Succeeded' })], [], { terminating: true }).kind).toBe('launcherNotFound');
+    const both = locateLauncher('ns', 'vm1', vmi(), [deleting, pod('old', { created: '2026-11-27T08:00:00Z' })], [], { terminating: true });
+    expect(both).toMatchObject({ kind: 'found', launcher: { pod: 'old' } });
+    expect(both).not.toHaveProperty('terminating');
+  });
 });
 
 describe('ephemeralStorageLimit', () => {

@@ -46,8 +46,21 @@ export type LauncherLookup =
   /** A migration runs and no acceptable launcher pod is there (between source and target). */
   | { readonly kind: 'migrationInProgress'; readonly message: string }
   | { readonly kind: 'launcherNotFound'; readonly message: string }
-  /** `migration`: a migration of the VMI is requested; the launcher is still the source's. */
-  | { readonly kind: 'found'; readonly launcher: LauncherPod; readonly migration?: MigrationRequest };
+  /**
+   * `migration`: a migration of the VMI is requested; the launcher is still the source's.
+   * `terminating`: the pod is being deleted (found only with `{ terminating: true }`, for an abort
+   * on delete: its containers may still run our job; nothing is ever started through it).
+   */
+  | { readonly kind: 'found'; readonly launcher: LauncherPod; readonly migration?: MigrationRequest; readonly terminating?: true };
+
+/** How locateLauncher chooses. */
+export interface LocateOptions {
+  /**
+   * Accept a launcher pod that is being deleted (deletionTimestamp set, still Running) when no
+   * other pod is acceptable: while its grace period runs its QEMU, and our job, may still run.
+   */
+  readonly terminating?: boolean;
+}
 
 export const LAUNCHER_CONTAINER = 'compute';
 export const CREATED_BY_LABEL = 'kubevirt.io/created-by';
@@ -226,8 +239,12 @@ function claimsVmi(pod: Pod, vmi: Vmi): boolean {
   );
 }
 
+function isTerminating(pod: Pod): boolean {
+  return pod.metadata.deletionTimestamp !== undefined && pod.metadata.deletionTimestamp !== null;
+}
+
 /** Why a pod claiming the VMI is not its current launcher; empty when it is acceptable. */
-export function launcherPodProblems(vmi: Vmi, pod: Pod): string[] {
+export function launcherPodProblems(vmi: Vmi, pod: Pod, options: LocateOptions = {}): string[] {
   const problems: string[] = [];
   if (!isControlledBy(pod, vmi)) {
     problems.push(`not controlled by the VMI (no ownerReference with controller: true, kind ${VMI_KIND}, uid ${vmi.metadata.uid})`);
@@ -238,14 +255,18 @@ export function launcherPodProblems(vmi: Vmi, pod: Pod): string[] {
   const node = vmi.status?.nodeName;
   if (node === undefined || pod.spec?.nodeName !== node) problems.push(`on node ${pod.spec?.nodeName ?? '(none)'}, not the VMI's node ${node ?? '(none)'}`);
   if (pod.status?.phase !== 'Running') problems.push(`${pod.status?.phase ?? 'without a phase'}, not Running`);
-  if (pod.metadata.deletionTimestamp !== undefined && pod.metadata.deletionTimestamp !== null) problems.push('being deleted');
+  if (options.terminating !== true && isTerminating(pod)) problems.push('being deleted');
   return problems;
 }
 
-/** The VMI's current launcher pod (KubeVirt's CurrentVMIPod), or undefined. */
-export function currentLauncherPod(vmi: Vmi, pods: readonly Pod[]): Pod | undefined {
-  const candidates = pods.filter((p) => claimsVmi(p, vmi) && launcherPodProblems(vmi, p).length === 0);
-  return [...candidates].sort((a, b) => timeMs(b.metadata.creationTimestamp) - timeMs(a.metadata.creationTimestamp))[0];
+/**
+ * The VMI's current launcher pod (KubeVirt's CurrentVMIPod), or undefined. With `terminating`,
+ * a pod being deleted is taken only when no other pod is acceptable.
+ */
+export function currentLauncherPod(vmi: Vmi, pods: readonly Pod[], options: LocateOptions = {}): Pod | undefined {
+  const candidates = pods.filter((p) => claimsVmi(p, vmi) && launcherPodProblems(vmi, p, options).length === 0);
+  const rank = (p: Pod): number => (isTerminating(p) ? 1 : 0);
+  return [...candidates].sort((a, b) => rank(a) - rank(b) || timeMs(b.metadata.creationTimestamp) - timeMs(a.metadata.creationTimestamp))[0];
 }
 
 /** At most this many refused pods are named in a message. */
@@ -268,6 +289,7 @@ export function locateLauncher(
   rawVmi: unknown,
   rawPods: readonly unknown[],
   rawMigrations: readonly unknown[] = [],
+  options: LocateOptions = {},
 ): LauncherLookup {
   if (rawVmi === undefined || rawVmi === null) {
     return { kind: 'vmiNotFound', message: `VirtualMachineInstance ${namespace}/${vmiName} not found` };
@@ -289,7 +311,7 @@ export function locateLauncher(
     const r = PodSchema.safeParse(p);
     if (r.success) pods.push(r.data);
   }
-  const pod = currentLauncherPod(vmi, pods);
+  const pod = currentLauncherPod(vmi, pods, options);
   if (pod === undefined && migration !== undefined) {
     return { kind: 'migrationInProgress', message: `${migration.message}; waiting until it ends` };
   }
@@ -312,6 +334,7 @@ export function locateLauncher(
       uri: libvirtUri(vmi.status?.runtimeUser),
     },
     ...(migration !== undefined ? { migration } : {}),
+    ...(isTerminating(pod) ? { terminating: true as const } : {}),
   };
 }
 
