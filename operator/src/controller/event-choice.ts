@@ -9,8 +9,8 @@
  * - otherwise a change of phase or reason is announced by the new reason: a Warning for Failed
  *   and for the reasons in WARNING_REASONS, Normal else; Created and Adopted are not repeated.
  */
-import type { BlockPullStatus, Reason } from '../api/types.ts';
-import type { EventType } from '../kube/events.ts';
+import { isTerminal, type BlockPullStatus, type Reason } from '../api/types.ts';
+import type { EventDelivery, EventType } from '../kube/events.ts';
 import type { Decision } from './decide.ts';
 
 export interface ChosenEvent {
@@ -19,6 +19,13 @@ export interface ChosenEvent {
   /** The events.k8s.io action: what the operator did (StartPull, Abort, ...) or the phase observed. */
   readonly action: string;
   readonly message: string;
+  /**
+   * `essential`: the Event of a terminal transition (Completed, Failed, RetryLimitExceeded) or of
+   * an abort on delete. Those are the Events a user or an alert looks for after the fact, and at
+   * most a few per BlockPull exist, so the recorder never drops them (kube/events.ts); Events of
+   * waits and progress are best effort and may be dropped under a burst.
+   */
+  readonly delivery: EventDelivery;
 }
 
 export interface EventInput {
@@ -45,12 +52,17 @@ const ABORT_EVENT: ReadonlyMap<string, { readonly type: EventType; readonly reas
   ['MigrationInProgress', { type: 'Normal', reason: 'MigrationInProgress' }],
 ]);
 
-export function chooseEvents({ before, deleting, decision, final, adoptedNow }: EventInput): ChosenEvent[] {
+export function chooseEvents(input: EventInput): ChosenEvent[] {
+  const essential = isTerminal(input.final.status.phase) && !isTerminal(input.before?.phase);
+  return eventsOf(input).map((e) => ({ ...e, delivery: essential || (input.deleting && e.action === 'Abort') ? 'essential' : 'bestEffort' }));
+}
+
+function eventsOf({ before, deleting, decision, final, adoptedNow }: EventInput): Omit<ChosenEvent, 'delivery'>[] {
   const reason = final.status.reason;
   const message = final.status.message ?? '';
   // A failed action was not taken: only the change it led to is announced.
   const action = final === decision ? decision.action : ({ type: 'none' } as const);
-  const bandwidthChanged = (): ChosenEvent[] =>
+  const bandwidthChanged = (): Omit<ChosenEvent, 'delivery'>[] =>
     action.type === 'setBandwidth' ? [{ type: 'Normal', reason: 'BandwidthChanged', action: 'SetBandwidth', message: `bandwidth set to ${action.bandwidth} bytes/s` }] : [];
   if (adoptedNow) {
     return [{ type: 'Normal', reason: 'Adopted', action: 'Adopt', message: `this operator process took over a block job it did not start: ${message}` }, ...bandwidthChanged()];

@@ -678,7 +678,7 @@ export class Reconciler {
     if (recorder === undefined) return;
     const involved: InvolvedObject = { apiVersion: API_VERSION, kind: KIND, namespace: bp.metadata.namespace, name: bp.metadata.name, uid: bp.metadata.uid };
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
-    for (const e of chooseEvents({ before: bp.status, deleting, decision, final, adoptedNow })) void recorder.event(involved, e.type, e.reason, e.action, e.message);
+    for (const e of chooseEvents({ before: bp.status, deleting, decision, final, adoptedNow })) void recorder.event(involved, e.type, e.reason, e.action, e.message, e.delivery);
   }
 
   /** While a job runs, the driver's block-job events wake this BlockPull at once. */

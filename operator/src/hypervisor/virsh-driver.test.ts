@@ -5,7 +5,9 @@
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { LocalRunner } from './local-runner.ts';
-import type { CommandRunner, RunOptions, RunResult, StreamHandle } from './runner.ts';
+import { HypervisorError } from './errors.ts';
+import { RunOutputLimitError, type CommandRunner, type RunOptions, type RunResult, type StreamHandle } from './runner.ts';
+import type { DiskInfo } from './types.ts';
 import { VirshDriver } from './virsh-driver.ts';
 
 class RecordingRunner implements CommandRunner {
@@ -92,5 +94,27 @@ describe('VirshDriver.watchEvents', () => {
     // The two event streams (libvirt's block-job events, QEMU's BLOCK_JOB_COMPLETED for the error).
     expect(ops(runner).slice(0, 2)).toEqual(['event', 'qemu-monitor-event']);
     expect(ops(runner).slice(2, 6)).toEqual(['dumpxml', 'blockjob vda', 'blockjob vdb', 'blockjob vdc']);
+  });
+});
+
+/** virsh answers; the space tools (stat, du) flood their output, as a misbehaving launcher could. */
+class FloodingToolRunner implements CommandRunner {
+  readonly description = 'flooding tools';
+  run(argv: readonly string[]): Promise<RunResult> {
+    if (argv[0] === 'virsh') return Promise.resolve({ exitCode: 0, stdout: '', stderr: '' });
+    return Promise.reject(new RunOutputLimitError(argv, 'stdout', 1024));
+  }
+  stream(): StreamHandle {
+    throw new Error('not used');
+  }
+}
+
+describe('VirshDriver.getSpace', () => {
+  it('a stat or du output flood is Unreachable, not a plain error the space check would read as "space unknown"', async () => {
+    const driver = new VirshDriver(new FloodingToolRunner(), URI);
+    const disk = { target: 'vda', chain: [{ path: '/var/run/kubevirt/top.qcow2', format: 'qcow2' }] } as unknown as DiskInfo;
+    const err: unknown = await driver.getSpace('ns_vm', { disk, measureUsage: true }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(HypervisorError);
+    expect((err as HypervisorError).code).toBe('Unreachable');
   });
 });

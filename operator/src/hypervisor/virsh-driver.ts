@@ -52,6 +52,18 @@ export class VirshDriver implements BlockJobDriver {
     return [this.#virsh, '-q', '-c', this.uri, ...args];
   }
 
+  /**
+   * The one mapping of a runner failure, shared by virsh and the space tools: a flood of output is the launcher
+   * misbehaving, like a hang, so this BlockPull alone waits and retries. A du or stat flood must not read as
+   * "space unknown", or a pull would start without its space check.
+   */
+  #runFailure(err: unknown): unknown {
+    if (err instanceof RunTimeoutError || err instanceof RunTransportError || err instanceof RunOutputLimitError) {
+      return new HypervisorError('Unreachable', `${this.runner.description}: ${err.message}`, { cause: err });
+    }
+    return err;
+  }
+
   /** Run one virsh command; a failure becomes a typed HypervisorError. */
   async #virshRun(args: readonly string[], signal?: AbortSignal): Promise<RunResult> {
     const argv = this.#argv(args);
@@ -59,11 +71,7 @@ export class VirshDriver implements BlockJobDriver {
     try {
       result = await this.runner.run(argv, { timeoutMs: this.#timeoutMs, ...(signal === undefined ? {} : { signal }) });
     } catch (err) {
-      // A flood of output is the launcher misbehaving, like a hang: this BlockPull alone waits and retries.
-      if (err instanceof RunTimeoutError || err instanceof RunTransportError || err instanceof RunOutputLimitError) {
-        throw new HypervisorError('Unreachable', `${this.runner.description}: ${err.message}`, { cause: err });
-      }
-      throw err;
+      throw this.#runFailure(err);
     }
     if (result.exitCode !== 0) throw virshError(argv, result.exitCode, result.stderr);
     return result;
@@ -116,10 +124,7 @@ export class VirshDriver implements BlockJobDriver {
     try {
       result = await this.runner.run(argv, { timeoutMs: this.#timeoutMs });
     } catch (err) {
-      if (err instanceof RunTimeoutError || err instanceof RunTransportError) {
-        throw new HypervisorError('Unreachable', `${this.runner.description}: ${err.message}`, { cause: err });
-      }
-      throw err;
+      throw this.#runFailure(err);
     }
     if (result.exitCode !== 0) {
       throw new HypervisorError('CommandFailed', `${argv.join(' ')} exited ${result.exitCode}: ${result.stderr.trim().slice(0, 1000) || '(no message)'}`);

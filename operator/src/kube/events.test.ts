@@ -1,6 +1,7 @@
 /**
  * EventRecorder's bounds (the API round trip itself is in test/e2e/specs/kube/events.e2e.test.ts):
- * a few Event writes at once, a bounded queue, drops counted; a failed write frees its turn.
+ * a few Event writes at once, a bounded queue, drops counted; a failed write frees its turn;
+ * essential Events (terminal transitions) never dropped, written first and retried.
  */
 import type { EventsV1Api } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
@@ -94,5 +95,42 @@ describe('EventRecorder bounds', () => {
     await f.settleAll();
     await Promise.all(next);
     expect(f.written).toEqual(['o1', 'o2']);
+  });
+
+  it('a burst far past the queue: every essential Event is written, before the waiting ones; only best-effort Events are dropped', async () => {
+    const f = fakeEvents();
+    const rec = new EventRecorder({ events: f.api, reportingInstance: 'op-0', logger, maxInFlight: 4, maxQueued: 1000 });
+    const waiting = Array.from({ length: 5000 }, (_, i) => rec.normal(about(i), 'VMINotFound', 'Pending', `waiting ${i}`));
+    const terminal = Array.from({ length: 500 }, (_, i) => rec.event(about(10_000 + i), 'Normal', 'Completed', 'Completed', `done ${i}`, 'essential'));
+    for (let guard = 0; guard < 100 && f.written.length < 1500; guard++) await f.settleAll();
+    await Promise.all([...waiting, ...terminal]);
+    const essentialWritten = f.written.filter((n) => Number(n.slice(1)) >= 10_000);
+    expect(essentialWritten).toEqual(Array.from({ length: 500 }, (_, i) => `o${10_000 + i}`));
+    // The four writes already running when the burst came were best effort; then every essential one.
+    expect(f.written.slice(4, 504)).toEqual(essentialWritten);
+    expect(rec.dropped).toBe(5000 - 1000);
+    expect(f.written).toHaveLength(1000 + 500);
+  });
+
+  it('an essential write refused for a passing reason is tried again; a refusal of the Event itself is not', async () => {
+    let calls = 0;
+    const failures: Error[] = [Object.assign(new Error('etcd timeout'), { code: 500 }), Object.assign(new Error('slow down'), { code: 429 })];
+    const api = {
+      createNamespacedEvent: (req: { body: { regarding: { name: string } } }) => {
+        calls++;
+        const failure = req.body.regarding.name === 'o1' ? failures.shift() : Object.assign(new Error('invalid'), { code: 422 });
+        return failure !== undefined ? Promise.reject(failure) : Promise.resolve({ metadata: { name: 'o1.ev' } });
+      },
+    } as unknown as EventsV1Api;
+    const rec = new EventRecorder({ events: api, reportingInstance: 'op-0', logger, essentialRetryMs: 1 });
+    await rec.event(about(1), 'Normal', 'Completed', 'Completed', 'done', 'essential');
+    expect(calls).toBe(3);
+    calls = 0;
+    await rec.event(about(2), 'Warning', 'Failed', 'Failed', 'refused', 'essential');
+    expect(calls).toBe(1);
+    calls = 0;
+    failures.push(Object.assign(new Error('etcd timeout'), { code: 503 }));
+    await rec.normal(about(1), 'Waiting', 'Wait', 'best effort');
+    expect(calls).toBe(1);
   });
 });

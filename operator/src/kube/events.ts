@@ -14,12 +14,17 @@
  * once (a fleet of 1,000 new BlockPulls would otherwise send 1,000 Event POSTs to the API server
  * at the same moment as their status writes, issue 11), and at most `maxQueued` wait; past that an
  * Event is dropped, logged and counted (`onDropped`), as client-go's event broadcaster drops when
- * its queue of 1,000 is full.
+ * its queue of 1,000 is full. That cap holds for best-effort Events only: an `essential` Event (the
+ * caller's judgement: a terminal transition, an abort on delete) is never dropped. Essential
+ * Events take the next free write turn before any best-effort one, are not counted against
+ * `maxQueued` (the caller records a few per object in its lifetime, so their number is bounded
+ * by the objects, not by the burst), and a write refused for a passing reason (a 5xx, a 429, no
+ * answer) is tried again with backoff, `essentialAttempts` times in all.
  */
 import type { EventsV1Api } from '@kubernetes/client-node';
 import { PatchStrategy, V1MicroTime, setHeaderOptions } from '@kubernetes/client-node';
 import type { Logger } from '../log.ts';
-import { describeApiError, isNotFound } from './client.ts';
+import { apiErrorCode, describeApiError, isNotFound } from './client.ts';
 
 export interface InvolvedObject {
   readonly apiVersion: string;
@@ -31,6 +36,9 @@ export interface InvolvedObject {
 }
 
 export type EventType = 'Normal' | 'Warning';
+
+/** `essential`: never dropped, written first, retried; `bestEffort`: dropped past the queue's cap. */
+export type EventDelivery = 'essential' | 'bestEffort';
 
 export interface EventRecorderOptions {
   readonly events: EventsV1Api;
@@ -48,6 +56,10 @@ export interface EventRecorderOptions {
   readonly maxQueued?: number;
   /** Called for each Event dropped because the queue was full (a metric). */
   readonly onDropped?: () => void;
+  /** Tries of an essential Event's write that fails for a passing reason. Default 5. */
+  readonly essentialAttempts?: number;
+  /** First wait between those tries, doubled each time. Default 500 ms. */
+  readonly essentialRetryMs?: number;
 }
 
 /** How often a full queue is logged at most (each drop is counted, not logged). */
@@ -87,7 +99,9 @@ export class EventRecorder {
   /** Writes running, and those waiting for one of the maxInFlight turns (FIFO). */
   #inFlight = 0;
   readonly #turns: (() => void)[] = [];
-  /** Events accepted and not yet writing (waiting for their key's chain or a turn). */
+  /** Essential writes waiting for a turn: served before #turns. */
+  readonly #essentialTurns: (() => void)[] = [];
+  /** Best-effort Events accepted and not yet writing (waiting for their key's chain or a turn). */
   #queued = 0;
   #dropped = 0;
   #droppedLoggedAt = Number.NEGATIVE_INFINITY;
@@ -103,23 +117,24 @@ export class EventRecorder {
    * Record an event. `reason` is CamelCase (e.g. PullStarted), `action` what the controller
    * did (e.g. StartPull), `note` a human sentence.
    */
-  event(object: InvolvedObject, type: EventType, reason: string, action: string, note: string): Promise<void> {
+  event(object: InvolvedObject, type: EventType, reason: string, action: string, note: string, delivery: EventDelivery = 'bestEffort'): Promise<void> {
     const text = note.length > MAX_NOTE ? note.slice(0, MAX_NOTE - 3) + '...' : note;
-    if (this.#queued >= (this.#options.maxQueued ?? 1000)) {
+    const essential = delivery === 'essential';
+    if (!essential && this.#queued >= (this.#options.maxQueued ?? 1000)) {
       this.#drop(object, reason);
       return Promise.resolve();
     }
-    this.#queued++;
+    if (!essential) this.#queued++;
     const key = JSON.stringify([object.uid, type, reason, action, text]);
     const prev = this.#chains.get(key) ?? Promise.resolve();
     const next = prev.then(async () => {
-      await this.#turn();
-      this.#queued--;
+      await this.#turn(essential);
+      if (!essential) this.#queued--;
       try {
-        await this.#write(key, object, type, reason, action, text);
+        await this.#writeWithRetries(essential, key, object, type, reason, action, text);
       } finally {
         this.#inFlight--;
-        this.#turns.shift()?.();
+        (this.#essentialTurns.shift() ?? this.#turns.shift())?.();
       }
     });
     const tracked = next.finally(() => {
@@ -134,13 +149,35 @@ export class EventRecorder {
     return this.#dropped;
   }
 
-  /** Resolves when this write may go to the API server: one of maxInFlight turns, in order of asking. */
-  #turn(): Promise<void> {
+  /**
+   * Resolves when this write may go to the API server: one of maxInFlight turns, essential writes
+   * first, each kind in order of asking.
+   */
+  #turn(essential: boolean): Promise<void> {
     if (this.#inFlight < (this.#options.maxInFlight ?? 4)) {
       this.#inFlight++;
       return Promise.resolve();
     }
-    return new Promise((resolve) => this.#turns.push(() => (this.#inFlight++, resolve())));
+    const line = essential ? this.#essentialTurns : this.#turns;
+    return new Promise((resolve) => line.push(() => (this.#inFlight++, resolve())));
+  }
+
+  /** A best-effort Event is written once; an essential one again after a passing failure (it keeps its turn meanwhile). */
+  async #writeWithRetries(essential: boolean, key: string, object: InvolvedObject, type: EventType, reason: string, action: string, note: string): Promise<void> {
+    const attempts = essential ? Math.max(1, this.#options.essentialAttempts ?? 5) : 1;
+    let waitMs = this.#options.essentialRetryMs ?? 500;
+    for (let attempt = 1; ; attempt++) {
+      const err = await this.#write(key, object, type, reason, action, note);
+      if (err === undefined) return;
+      const last = attempt >= attempts || !isPassingFailure(err);
+      this.#options.logger?.warn(
+        { blockpull: `${object.namespace}/${object.name}`, reason, attempt, essential, error: describeApiError(err) },
+        last ? 'failed to record event' : 'failed to record event; trying again',
+      );
+      if (last) return;
+      await new Promise((resolve) => setTimeout(resolve, waitMs));
+      waitMs *= 2;
+    }
   }
 
   #drop(object: InvolvedObject, reason: string): void {
@@ -163,8 +200,8 @@ export class EventRecorder {
     return this.event(object, 'Warning', reason, action, note);
   }
 
-  async #write(key: string, object: InvolvedObject, type: EventType, reason: string, action: string, note: string): Promise<void> {
-    const log = this.#options.logger?.child({ blockpull: `${object.namespace}/${object.name}`, namespace: object.namespace, name: object.name });
+  /** One write of the Event: its error, or undefined when it was recorded. */
+  async #write(key: string, object: InvolvedObject, type: EventType, reason: string, action: string, note: string): Promise<unknown> {
     const now = Date.now();
     const entry = this.#entries.get(key);
     try {
@@ -180,7 +217,7 @@ export class EventRecorder {
             setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
           );
           entry.count = count;
-          return;
+          return undefined;
         } catch (err) {
           if (!isNotFound(err)) throw err;
           // The Event expired or was deleted: start over with a new one.
@@ -216,8 +253,15 @@ export class EventRecorder {
         if (oldest === undefined) break;
         this.#entries.delete(oldest);
       }
+      return undefined;
     } catch (err) {
-      log?.warn({ reason, error: describeApiError(err) }, 'failed to record event');
+      return err;
     }
   }
+}
+
+/** A refusal that may pass: the API server overloaded or failing (429, 5xx), or no HTTP answer at all. */
+function isPassingFailure(err: unknown): boolean {
+  const code = apiErrorCode(err);
+  return code === undefined || code === 429 || code >= 500;
 }
