@@ -5,6 +5,7 @@ import type { BlockJobDriver, BlockJobEvent, DiskInfo, SpaceInfo } from '../hype
 import type { KubeClients } from '../kube/client.ts';
 import { createLogger } from '../log.ts';
 import { LauncherUnavailableError } from '../kubevirt/transport.ts';
+import { HypervisorError } from '../hypervisor/errors.ts';
 import { DEFAULT_SAFETY_RESYNC_MS, Reconciler } from './reconcile.ts';
 
 /**
@@ -683,5 +684,142 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
     expect((await run.result)?.requeueAfterMs).toBeGreaterThan(0);
     expect(w.status().reason).toBe('JobFailed');
     expect(w.status().message).toContain('the hypervisor said: No space left on device');
+  });
+});
+
+/**
+ * Slots under concurrent workers: every worker observes before any intent write comes back, so a
+ * count taken at observation would let each pass the limit. A start reserves its slot in the
+ * same synchronous step as the count; the fair share keeps one namespace from holding every slot.
+ */
+describe('Reconciler slots with concurrent workers', () => {
+  const chain = [
+    { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
+    { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
+  ];
+  /** VMIs vm-<i> in `namespace`, each with its launcher on node1, and a BlockPull bp-<i> (finalizer on). */
+  function fleet(namespaces: Record<string, number>) {
+    const vmis = new Map<string, Record<string, unknown>>();
+    const pods = new Map<string, Record<string, unknown>[]>();
+    const stored = new Map<string, Record<string, unknown>>();
+    for (const [ns, count] of Object.entries(namespaces)) {
+      const nsPods: Record<string, unknown>[] = [];
+      for (let i = 0; i < count; i++) {
+        const uid = `${ns}-vmi-${i}`;
+        vmis.set(`${ns}/vm-${i}`, {
+          apiVersion: 'kubevirt.io/v1',
+          kind: 'VirtualMachineInstance',
+          metadata: { name: `vm-${i}`, namespace: ns, uid },
+          spec: { domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } } },
+          status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107, activePods: { [`${uid}-pod`]: 'node1' } },
+        });
+        nsPods.push({
+          metadata: {
+            name: `virt-launcher-vm-${i}`,
+            namespace: ns,
+            uid: `${uid}-pod`,
+            labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': uid },
+            ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: `vm-${i}`, uid, controller: true }],
+            creationTimestamp: '2026-11-27T09:00:00Z',
+          },
+          spec: { nodeName: 'node1', containers: [{ name: 'compute' }] },
+          status: { phase: 'Running' },
+        });
+        stored.set(`${ns}/bp-${i}`, {
+          apiVersion: API_VERSION,
+          kind: KIND,
+          metadata: { name: `bp-${i}`, namespace: ns, uid: `${ns}-u${i}`, resourceVersion: '1', generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T10:00:00Z' },
+          spec: { vmiName: `vm-${i}`, disk: 'rootdisk' },
+        });
+      }
+      pods.set(ns, nsPods);
+    }
+    let rv = 1;
+    const clients = {
+      custom: {
+        getNamespacedCustomObject: (req: { namespace: string; name: string }) => Promise.resolve(structuredClone(stored.get(`${req.namespace}/${req.name}`))),
+        patchNamespacedCustomObjectStatus: async (req: { namespace: string; name: string; body: { op: string; path: string; value: unknown }[] }) => {
+          // An API round trip: every worker has observed before the first write comes back.
+          await new Promise((r) => setTimeout(r, 5));
+          const key = `${req.namespace}/${req.name}`;
+          const cur = stored.get(key)!;
+          const status = req.body.find((op) => op.path === '/status')?.value;
+          const next = { ...cur, metadata: { ...(cur['metadata'] as object), resourceVersion: String(++rv) }, status };
+          stored.set(key, next);
+          return structuredClone(next);
+        },
+      },
+    } as unknown as KubeClients;
+    /** Starts in flight or done, at most at once. */
+    const starts = { running: 0, max: 0, total: 0, byNamespace: new Map<string, number>() };
+    /** Let a hanging start go: answered (true), or timed out (false: Unreachable). */
+    const release: ((ok?: boolean) => void)[] = [];
+    const driverOf = (ns: string) => ({
+      getDisk: () => new Promise<DiskInfo>((r) => setTimeout(() => r({ target: 'vda', alias: 'ua-rootdisk', chain }), 1)),
+      getJob: () => Promise.resolve(null),
+      // A start that hangs until the test lets it go (a launcher that answers looks only).
+      startPull: () => {
+        starts.running++;
+        starts.total++;
+        starts.byNamespace.set(ns, (starts.byNamespace.get(ns) ?? 0) + 1);
+        starts.max = Math.max(starts.max, starts.running);
+        return new Promise<void>((resolve, reject) =>
+          release.push((ok = true) => {
+            starts.running--;
+            if (ok) resolve();
+            else reject(new HypervisorError('Unreachable', 'virsh blockpull timed out'));
+          }),
+        );
+      },
+      setBandwidth: () => Promise.resolve(),
+      abort: () => Promise.resolve(),
+      watchEvents: () => ({ stop: () => undefined }),
+    });
+    const byName = (m: Map<string, unknown>) => ({ get: (ns: string | undefined, name: string) => m.get(`${ns}/${name}`), list: () => [...m.values()] });
+    const r = new Reconciler({
+      clients,
+      // A cache as current as the watch can be: it holds what was last written.
+      blockPulls: byName(stored),
+      vmis: byName(vmis),
+      pods: { get: () => undefined, list: (ns?: string) => pods.get(ns ?? '') ?? [] },
+      drivers: { kind: 'local', driverFor: (p: { namespace: string }) => Promise.resolve(driverOf(p.namespace) as unknown as BlockJobDriver) } as never,
+      logger: createLogger({ level: 'silent' }),
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 2000,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 10,
+      enqueue: () => undefined,
+    });
+    return { r, starts, release, stored };
+  }
+
+  it('ten workers at once never start more pulls than the cluster-wide limit', async () => {
+    const { r, starts, release } = fleet({ a: 10 });
+    const passes = Array.from({ length: 10 }, (_, i) => r.reconcile(`a/bp-${i}`));
+    await vi.waitFor(() => expect(starts.total).toBeGreaterThan(0));
+    await new Promise((res) => setTimeout(res, 100));
+    expect(starts.max).toBeLessThanOrEqual(4);
+    expect(starts.total).toBe(4);
+    for (const go of release.splice(0)) go();
+    await Promise.all(passes);
+  });
+
+  it('fair share: while another namespace waits, a namespace holding its share does not take a freed slot', async () => {
+    const { r, starts, release, stored } = fleet({ a: 6, b: 1 });
+    const first = Array.from({ length: 6 }, (_, i) => r.reconcile(`a/bp-${i}`));
+    await vi.waitFor(() => expect(starts.total).toBe(4));
+    // b's BlockPull finds every slot taken and waits for one.
+    await r.reconcile('b/bp-0');
+    expect((stored.get('b/bp-0')!['status'] as { reason?: string }).reason).toBe('WaitingForSlot');
+    // One of a's starts ends (refused: its slot is free again), then a's waiting BlockPulls and b's look again.
+    release.shift()!(false);
+    await new Promise((res) => setTimeout(res, 50));
+    const again = [r.reconcile('a/bp-4'), r.reconcile('a/bp-5')];
+    await new Promise((res) => setTimeout(res, 50));
+    const b = r.reconcile('b/bp-0');
+    await vi.waitFor(() => expect(starts.byNamespace.get('b')).toBe(1));
+    expect(starts.byNamespace.get('a')).toBe(4);
+    for (const go of release.splice(0)) go();
+    await Promise.all([...first, ...again, b]);
   });
 });
