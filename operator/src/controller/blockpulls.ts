@@ -140,8 +140,12 @@ export class BlockPulls {
           const { namespace, name } = splitKey(k);
           const cached = this.parse(c.get(namespace, name));
           // Malformed: counted, so that an object we cannot read never lets the limit be passed.
-          if (cached instanceof Error) running.set(k, node);
-          else if (holds(this.#writer.newest(cached))) running.set(k, this.#writer.newest(cached).status?.launcher?.node ?? node);
+          if (cached instanceof Error) {
+            running.set(k, node);
+            continue;
+          }
+          const cur = this.#writer.newest(cached);
+          if (holds(cur)) running.set(k, cur.status?.launcher?.node ?? node);
         }
       }
       for (const [k, w] of this.#writer.inFlight()) if (holds(w)) running.set(k, w.status?.launcher?.node ?? '');
