@@ -822,4 +822,18 @@ describe('Reconciler slots with concurrent workers', () => {
     for (const go of release.splice(0)) go();
     await Promise.all([...first, ...again, b]);
   });
+
+  it('a start left unanswered backs off longer each time (5 s, 10 s, 20 s)', async () => {
+    const { r, starts, release } = fleet({ a: 1 });
+    const unanswered = async (): Promise<number | null> => {
+      const pass = r.reconcile('a/bp-0');
+      await vi.waitFor(() => expect(release).toHaveLength(1));
+      release.shift()!(false);
+      return (await pass).requeueAfterMs;
+    };
+    expect(await unanswered()).toBe(5_000);
+    expect(await unanswered()).toBe(10_000);
+    expect(await unanswered()).toBe(20_000);
+    expect(starts.total).toBe(3);
+  });
 });
