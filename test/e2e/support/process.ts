@@ -439,7 +439,9 @@ export async function crashDaemon(rec: DaemonRecord): Promise<void> {
     return; // gone meanwhile
   }
   const hard = Date.now() + 10_000;
-  while (isOurs(rec)) {
+  // Gone means its start time is gone (exited or a zombie), not just its command line: a process
+  // being killed drops its memory, and with it /proc/<pid>/cmdline, a moment before it exits.
+  while (processStartTime(rec.pid) === rec.start) {
     if (Date.now() > hard) throw new Error(`${rec.name} (pid ${rec.pid}) survived SIGKILL`);
     await sleep(20);
   }
