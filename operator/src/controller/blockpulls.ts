@@ -8,7 +8,7 @@
 import { BLOCKPULL_REF, parseBlockPull, type BlockPull } from '../api/types.ts';
 import { getCustomObject, type KubeClients } from '../kube/client.ts';
 import { StringInterner } from '../kube/intern.ts';
-import { blockPullKeyOf, diskHolder, recordedJobState } from './decide.ts';
+import { blockPullKeyOf, diskHolder } from './decide.ts';
 import { BP_BY_DISK, BP_RUNNING_BY_NODE, BP_WAITING_FOR_SLOT, diskIndexKey } from './indexes.ts';
 import type { StatusWriter } from './status-writer.ts';
 
@@ -125,49 +125,33 @@ export class BlockPulls {
 
   /**
    * Running BlockPulls (key -> node), cluster-wide, other than `self`: the cache's Running index,
-   * corrected by our writes the cache does not have yet, plus `held` (the pulls this process knows
-   * to run, and the starts it is making). A record that only says a start was asked (job state
-   * Starting) holds no slot by itself: a start in flight here is in `held`, and one that is not
-   * has ended (refused, timed out, or its process is gone), so it must not keep a slot forever.
+   * corrected by our writes the cache does not have yet, and those this process knows to run.
    */
-  runningOthers(self: string, held: Iterable<readonly [string, string]>): Map<string, string> {
+  runningOthers(self: string, knownRunning: ReadonlyMap<string, string>): Map<string, string> {
     const running = new Map<string, string>();
-    const holds = (b: BlockPull): boolean => b.status?.phase === 'Running' && recordedJobState(b.status) !== 'Starting';
     const c = this.#cache;
     if (c.indexValues !== undefined) {
       for (const [node, keys] of c.indexValues(BP_RUNNING_BY_NODE)) {
         for (const k of keys) {
+          // Our newer write of it (not in the cache yet) says whether it still runs.
+          const written = this.#writer.lastWritten(k);
           const { namespace, name } = splitKey(k);
-          const cached = this.parse(c.get(namespace, name));
-          // Malformed: counted, so that an object we cannot read never lets the limit be passed.
-          if (cached instanceof Error) {
-            running.set(k, node);
-            continue;
-          }
-          const cur = this.#writer.newest(cached);
-          if (holds(cur)) running.set(k, cur.status?.launcher?.node ?? node);
+          const cached = written !== undefined ? this.parse(c.get(namespace, name)) : undefined;
+          const cur = cached !== undefined && !(cached instanceof Error) ? this.#writer.newest(cached) : undefined;
+          if (cur === undefined) running.set(k, node);
+          else if (cur.status?.phase === 'Running') running.set(k, cur.status.launcher?.node ?? '');
         }
       }
-      for (const [k, w] of this.#writer.inFlight()) if (holds(w)) running.set(k, w.status?.launcher?.node ?? '');
+      for (const [k, w] of this.#writer.inFlight()) if (w.status?.phase === 'Running') running.set(k, w.status.launcher?.node ?? '');
     } else {
       for (const raw of c.list()) {
         const b = this.parse(raw);
-        if (!(b instanceof Error) && holds(b)) running.set(blockPullKeyOf(b), b.status?.launcher?.node ?? '');
+        if (!(b instanceof Error) && b.status?.phase === 'Running') running.set(blockPullKeyOf(b), b.status.launcher?.node ?? '');
       }
     }
-    for (const [k, node] of held) running.set(k, node);
+    for (const [k, node] of knownRunning) running.set(k, node);
     running.delete(self);
     return running;
-  }
-
-  /** The namespaces, other than `namespace`, with a BlockPull waiting for a slot. */
-  namespacesWaitingForSlot(namespace: string): number {
-    const others = new Set<string>();
-    for (const k of this.waitingForSlot()) {
-      const ns = splitKey(k).namespace;
-      if (ns !== namespace) others.add(ns);
-    }
-    return others.size;
   }
 
   /** Keys of the BlockPulls waiting for a slot (also those whose wait the cache has not seen yet). */

@@ -250,27 +250,6 @@ describe('decide: the state table', () => {
     expect(node.status.message).toContain('node1');
   });
 
-  it('fair share between namespaces: a namespace at its share waits while another waits; below it, or alone, it starts', () => {
-    const slots = (runningInNamespace: number, otherNamespacesWaiting: number, running = runningInNamespace) => ({
-      running,
-      runningOnNode: 0,
-      maxConcurrentPulls: 4,
-      maxPullsPerNode: 10,
-      contention: { namespace: 'ns', runningInNamespace, otherNamespacesWaiting },
-    });
-    // One other namespace waits: the share is ceil(4 / 2) = 2.
-    const atShare = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: slots(2, 1) }));
-    expect(atShare.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot' });
-    expect(atShare.status.message).toContain('fair share while 1 other namespace(s) wait');
-    expect(atShare.action.type).toBe('none');
-    expect(decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: slots(1, 1, 3) })).action.type).toBe('startPull');
-    // Three others wait: the share is 1, never 0 (every namespace may run one).
-    expect(decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: slots(0, 3, 3) })).action.type).toBe('startPull');
-    expect(decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: slots(1, 3, 1) })).status.reason).toBe('WaitingForSlot');
-    // No one else waits: the whole budget.
-    expect(decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: slots(3, 0) })).action.type).toBe('startPull');
-  });
-
   it('job running → Running with progress; rate and ETA from the previous sample', () => {
     const d = decide(
       obs({

@@ -67,23 +67,6 @@ export interface SlotUsage {
   readonly runningOnNode: number;
   readonly maxConcurrentPulls: number;
   readonly maxPullsPerNode: number;
-  /**
-   * Sharing between namespaces: while BlockPulls of other namespaces wait for a slot, this
-   * BlockPull's namespace may hold at most its fair share, ceil(maxConcurrentPulls / (1 + the
-   * number of those namespaces)). Absent: no other namespace waits.
-   */
-  readonly contention?: {
-    readonly namespace: string;
-    /** Pulls of this namespace running (or starting) cluster-wide, this BlockPull excluded. */
-    readonly runningInNamespace: number;
-    /** Namespaces other than this one with a BlockPull waiting for a slot. */
-    readonly otherNamespacesWaiting: number;
-  };
-}
-
-/** The slots a namespace may hold while `otherNamespacesWaiting` other namespaces wait for one. */
-export function fairShare(maxConcurrentPulls: number, otherNamespacesWaiting: number): number {
-  return Math.max(1, Math.ceil(maxConcurrentPulls / (1 + otherNamespacesWaiting)));
 }
 
 export interface ProgressSample {
@@ -835,21 +818,6 @@ const noClusterSlot: Step<IdleFacts> = ({ obs, settled }) =>
     ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.slots.maxConcurrentPulls})`)
     : undefined;
 
-/** One namespace cannot hold every slot while another waits: it yields once it holds its fair share. */
-const overFairShare: Step<IdleFacts> = ({ obs, settled }) => {
-  const c = obs.slots.contention;
-  if (c === undefined || c.otherNamespacesWaiting === 0) return undefined;
-  const share = fairShare(obs.slots.maxConcurrentPulls, c.otherNamespacesWaiting);
-  return c.runningInNamespace >= share
-    ? waitingStatus(
-        obs,
-        settled,
-        'WaitingForSlot',
-        `namespace ${c.namespace} holds ${c.runningInNamespace} of ${obs.slots.maxConcurrentPulls} pulls, its fair share while ${c.otherNamespacesWaiting} other namespace(s) wait`,
-      )
-    : undefined;
-};
-
 const noNodeSlot: Step<IdleFacts> = ({ obs, settled, launcherPod }) =>
   obs.slots.runningOnNode >= obs.slots.maxPullsPerNode
     ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${launcherPod.node} (limit ${obs.slots.maxPullsPerNode})`)
@@ -870,7 +838,7 @@ const insufficientSpace: Step<IdleFacts> = ({ obs, settled, hypervisorSaid }) =>
   };
 };
 
-const IDLE_STEPS: readonly Step<IdleFacts>[] = [invalidBandwidthIdle, pausedIdle, jobEndedShort, retryBackoff, migrationRequested, noClusterSlot, overFairShare, noNodeSlot, insufficientSpace];
+const IDLE_STEPS: readonly Step<IdleFacts>[] = [invalidBandwidthIdle, pausedIdle, jobEndedShort, retryBackoff, migrationRequested, noClusterSlot, noNodeSlot, insufficientSpace];
 
 /** Start the pull: recorded (Starting, counted in attempts) before it is made; confirmed after (afterAction). */
 function startPull(f: IdleFacts): Decision {

@@ -44,13 +44,11 @@ import {
   type HypervisorObservation,
   type Observation,
   type ProgressSample,
-  type SlotUsage,
   type SpaceObservation,
 } from './decide.ts';
 import { chooseEvents } from './event-choice.ts';
 import { POD_BY_VMI_UID } from './indexes.ts';
 import { ObserveGate } from './observe-gate.ts';
-import { SlotLedger } from './slot-ledger.ts';
 import { blockPullKey, StatusWriter } from './status-writer.ts';
 
 /** Default of ReconcilerOptions.observeTimeoutMs (BLOCKPULL_OBSERVE_TIMEOUT_MS). */
@@ -114,8 +112,6 @@ interface VolatilePullState {
   lastJobError?: string;
   /** Called when lastJobError arrives (a reconcile waiting for it, see #jobError). */
   onJobError?: () => void;
-  /** Starts in a row that got no answer (timed out, launcher unreachable): the backoff before the next. */
-  unansweredStarts?: number;
   /** The last pre-flight that found too little space, how many did in a row, and when to measure again. */
   space?: { observation: SpaceObservation; shortChecks: number; nextAtMs: number; limits: string };
 }
@@ -142,8 +138,6 @@ export class Reconciler {
   readonly #volatile = new Map<string, VolatilePullState>();
   /** BlockPulls this process knows to be Running (the cache may lag): key -> node. */
   readonly #running = new Map<string, string>();
-  /** The slots of the starts this process is making now. */
-  readonly #slots = new SlotLedger();
   readonly #writer: StatusWriter;
   readonly #blockPulls: BlockPulls;
   /** Counts slot and disk releases: a BlockPull deciding to wait for one while one is released is looked at again. */
@@ -187,7 +181,6 @@ export class Reconciler {
     m?.subscription?.sub.stop();
     this.#volatile.delete(key);
     this.#running.delete(key);
-    this.#slots.release(key);
     const { namespace, name } = splitKey(key);
     this.#options.metrics?.removePull(namespace, name);
     this.#writer.forget(key);
@@ -275,29 +268,9 @@ export class Reconciler {
 
     const observed = await this.#observe(bp, log);
     const { driver } = observed;
-    const judged = await this.#decide(key, bp, observed.obs, driver, log);
-    // No await between this and the reservation: the count and the slot taken are one step.
-    const { obs, decision, reserved } = this.#reserveSlot(key, judged.obs, judged.decision);
+    const { obs, decision } = await this.#decide(key, bp, observed.obs, driver, log);
     log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
-    try {
-      return await this.#actAndWrite(key, bp, obs, decision, driver, observed.polled === true, releasesAtStart, log);
-    } finally {
-      // The start's outcome is known: a Running pull is now counted from #running, a failed one frees its slot.
-      if (reserved) this.#slots.release(key);
-    }
-  }
 
-  /** Record the intent, act, remember, write the outcome and Events, wake others, requeue. */
-  async #actAndWrite(
-    key: string,
-    bp: BlockPull,
-    obs: Observation,
-    decision: Decision,
-    driver: BlockJobDriver | undefined,
-    polled: boolean,
-    releasesAtStart: number,
-    log: Logger,
-  ): Promise<ReconcileResult | typeof FINALIZER_ADDED> {
     const acted = await this.#recordIntentAndAct(key, bp, obs, decision, driver, log);
     if (acted.kind === 'finalizerAdded') return FINALIZER_ADDED;
     if (acted.kind === 'done') return acted.result;
@@ -311,7 +284,7 @@ export class Reconciler {
     this.#recordEvents(bp, decision, final, adoptedNow);
     this.#watchJobEvents(key, final, driver);
     this.#wakeOnRelease(key, bp, final);
-    return this.#requeue(key, final, polled, releasesAtStart);
+    return this.#requeue(key, final, observed.polled === true, releasesAtStart);
   }
 
   /**
@@ -399,15 +372,7 @@ export class Reconciler {
       }
       log.warn({ action: decision.action.type, reason: mapped.status.reason, error: describeError(err) }, 'action failed');
       final = mapped;
-      if (startKey !== undefined && isHypervisorError(err, 'Unreachable')) {
-        // A launcher that answers looks but not starts: each unanswered start backs off longer
-        // (5 s, 10 s, ... 5 min), so it does not take a slot again every few seconds.
-        const state = this.#stateOf(key);
-        state.unansweredStarts = (state.unansweredStarts ?? 0) + 1;
-        final = { ...mapped, requeueAfterMs: backoffMs(state.unansweredStarts, obs.waitRequeueMs) };
-      }
     }
-    if (startKey !== undefined && actionError === undefined) delete this.#stateOf(key).unansweredStarts;
     if (decision.action.type === 'removeFinalizer' && actionError === undefined) {
       this.forget(key);
       return { kind: 'done', result: { requeueAfterMs: null } };
@@ -522,7 +487,14 @@ export class Reconciler {
     if (!(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, launcher, slots: slotsNone } };
     const launcherPod = launcher.launcher;
 
-    const slots = this.#slotUsage(key, launcherPod.node);
+    // Slots: Running BlockPulls other than this one, cluster-wide and on the launcher's node.
+    const running = this.#blockPulls.runningOthers(key, this.#running);
+    const slots = {
+      running: running.size,
+      runningOnNode: [...running.values()].filter((n) => n === launcherPod.node).length,
+      maxConcurrentPulls: this.#options.maxConcurrentPulls,
+      maxPullsPerNode: this.#options.maxPullsPerNode,
+    };
 
     // A migration is requested and no job of ours can run: decide() waits for it without libvirt.
     if (launcher.migration !== undefined && !mayRunOurJob(recordedJobState(bp.status)) && !bp.spec.paused) {
@@ -572,46 +544,6 @@ export class Reconciler {
       jobStartedHere = pullState.started === jk;
     }
     return { obs: { ...base, launcher, slots, hypervisor, jobStartedHere }, driver };
-  }
-
-  /**
-   * Slots: the pulls running or starting other than this one, cluster-wide, on `node` and in this
-   * BlockPull's namespace, and whether other namespaces wait for one. Synchronous, so that a start
-   * can count and reserve in one step (#reserveSlot).
-   */
-  #slotUsage(key: string, node: string): SlotUsage {
-    const running = this.#blockPulls.runningOthers(key, [...this.#running, ...this.#slots.held()]);
-    const namespace = splitKey(key).namespace;
-    let runningOnNode = 0;
-    let runningInNamespace = 0;
-    for (const [k, n] of running) {
-      if (n === node) runningOnNode++;
-      if (splitKey(k).namespace === namespace) runningInNamespace++;
-    }
-    const otherNamespacesWaiting = this.#blockPulls.namespacesWaitingForSlot(namespace);
-    return {
-      running: running.size,
-      runningOnNode,
-      maxConcurrentPulls: this.#options.maxConcurrentPulls,
-      maxPullsPerNode: this.#options.maxPullsPerNode,
-      ...(otherNamespacesWaiting > 0 ? { contention: { namespace, runningInNamespace, otherNamespacesWaiting } } : {}),
-    };
-  }
-
-  /**
-   * A start takes its slot before it records its intent: counted again now (other workers may
-   * have started pulls since this pass observed) and reserved in the same synchronous step. When
-   * the slots are gone meanwhile, decide() judges again with the new count (it waits).
-   */
-  #reserveSlot(key: string, obs: Observation, decision: Decision): { obs: Observation; decision: Decision; reserved: boolean } {
-    if (decision.action.type !== 'startPull') return { obs, decision, reserved: false };
-    const node = obs.launcher?.kind === 'found' ? obs.launcher.launcher.node : '';
-    const slots = this.#slotUsage(key, node);
-    const same = JSON.stringify(slots) === JSON.stringify(obs.slots);
-    const next = same ? { obs, decision } : { obs: { ...obs, slots }, decision: decide({ ...obs, slots }) };
-    if (next.decision.action.type !== 'startPull') return { ...next, reserved: false };
-    this.#slots.reserve(key, node);
-    return { ...next, reserved: true };
   }
 
   async #observeHypervisor(bp: BlockPull, launcherPod: LauncherPod, driver: BlockJobDriver, log: Logger): Promise<HypervisorObservation> {
