@@ -38,6 +38,7 @@ describe('loadConfig', () => {
       pollIntervalMs: 500,
       maxCommandOutputBytes: 1024 * 1024,
       observeTimeoutMs: 1_000,
+      actionTimeoutMs: 10_000,
       healthPort: 8081,
       metricsPort: 8080,
       metricsBindAddress: '0.0.0.0',
@@ -65,6 +66,7 @@ describe('loadConfig', () => {
       BLOCKPULL_POLL_INTERVAL_MS: '250',
       BLOCKPULL_MAX_COMMAND_OUTPUT_BYTES: '4194304',
       BLOCKPULL_OBSERVE_TIMEOUT_MS: '2500',
+      BLOCKPULL_ACTION_TIMEOUT_MS: '4000',
       BLOCKPULL_HEALTH_PORT: '0',
       BLOCKPULL_METRICS_PORT: '0',
       BLOCKPULL_METRICS_BIND_ADDRESS: '127.0.0.1',
@@ -84,6 +86,7 @@ describe('loadConfig', () => {
     expect(c.pollIntervalMs).toBe(250);
     expect(c.maxCommandOutputBytes).toBe(4_194_304);
     expect(c.observeTimeoutMs).toBe(2_500);
+    expect(c.actionTimeoutMs).toBe(4_000);
     expect(c.healthPort).toBe(0);
     expect(c.metricsPort).toBe(0);
     expect(c.metricsBindAddress).toBe('127.0.0.1');

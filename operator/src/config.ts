@@ -53,6 +53,11 @@ export interface Config {
    * the BlockPull shows HypervisorUnreachable and the command runs on in the background.
    */
   readonly observeTimeoutMs: number;
+  /**
+   * How long an action (start, bandwidth change, abort of a pull) may take before its command is
+   * ended: a start not answered is recorded Unanswered and holds no slot (decide.ts).
+   */
+  readonly actionTimeoutMs: number;
   readonly healthPort: number;
   readonly metricsPort: number;
   readonly metricsBindAddress: string;
@@ -131,6 +136,7 @@ const fields = {
   pollIntervalMs: { env: 'POLL_INTERVAL_MS', schema: intFromEnv(50, 600_000) },
   maxCommandOutputBytes: { env: 'MAX_COMMAND_OUTPUT_BYTES', schema: intFromEnv(65_536, 268_435_456) },
   observeTimeoutMs: { env: 'OBSERVE_TIMEOUT_MS', schema: intFromEnv(100, 60_000) },
+  actionTimeoutMs: { env: 'ACTION_TIMEOUT_MS', schema: intFromEnv(1_000, 300_000) },
   healthPort: { env: 'HEALTH_PORT', schema: intFromEnv(0, 65_535) },
   metricsPort: { env: 'METRICS_PORT', schema: intFromEnv(0, 65_535) },
   metricsBindAddress: { env: 'METRICS_BIND_ADDRESS', schema: optionalString },
@@ -156,6 +162,7 @@ export const DEFAULTS = {
   pollIntervalMs: 500,
   maxCommandOutputBytes: 1024 * 1024,
   observeTimeoutMs: 1_000,
+  actionTimeoutMs: 10_000,
   healthPort: 8081,
   metricsPort: 8080,
   metricsBindAddress: '0.0.0.0',
@@ -240,6 +247,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     pollIntervalMs: r.pollIntervalMs ?? DEFAULTS.pollIntervalMs,
     maxCommandOutputBytes: r.maxCommandOutputBytes ?? DEFAULTS.maxCommandOutputBytes,
     observeTimeoutMs: r.observeTimeoutMs ?? DEFAULTS.observeTimeoutMs,
+    actionTimeoutMs: r.actionTimeoutMs ?? DEFAULTS.actionTimeoutMs,
     healthPort,
     metricsPort,
     metricsBindAddress: r.metricsBindAddress ?? DEFAULTS.metricsBindAddress,

@@ -101,6 +101,9 @@ export type Reason = (typeof REASONS)[number];
  * what it did (a job it aborted is never taken for a failed one; attempts count the jobs started):
  * - Starting: a start is recorded (counted in attempts); not yet known to have run. Found
  *   without a job later, it is made again as the same attempt: not counted again, not a failure.
+ * - Unanswered: the start call did not return within the action bound and was ended; it may
+ *   have started the job. The next look decides: a job found is adopted (Running), none is a
+ *   failed start (counted against maxRetries, retried after a backoff).
  * - Running: the start call returned, or a running pull was adopted.
  * - Aborting: the operator is aborting it (pause, deletion, an unusable bandwidth, a live migration).
  * - Aborted: gone after the operator's abort: never a failure.
@@ -108,7 +111,7 @@ export type Reason = (typeof REASONS)[number];
  * Absent: no job of this BlockPull is known.
  */
 // A status from before status.job existed: decide.ts recordedJobState() reads it from the phase.
-export const JOB_STATES = ['Starting', 'Running', 'Aborting', 'Aborted', 'Ended'] as const;
+export const JOB_STATES = ['Starting', 'Unanswered', 'Running', 'Aborting', 'Aborted', 'Ended'] as const;
 export const JobStateSchema = z.enum(JOB_STATES);
 export type JobState = z.infer<typeof JobStateSchema>;
 

@@ -156,8 +156,35 @@ export class BlockPulls {
 
   /** Keys of the BlockPulls waiting for a slot (also those whose wait the cache has not seen yet). */
   waitingForSlot(): string[] {
-    const keys = this.#indexed(BP_WAITING_FOR_SLOT, '', (b) => b.status?.reason === 'WaitingForSlot').map(blockPullKeyOf);
+    const c = this.#cache;
+    let keys: string[];
+    if (c.indexValues !== undefined) {
+      keys = [];
+      for (const [namespace] of c.indexValues(BP_WAITING_FOR_SLOT)) keys.push(...this.#indexed(BP_WAITING_FOR_SLOT, namespace, () => true).map(blockPullKeyOf));
+    } else {
+      keys = [];
+      for (const raw of c.list()) {
+        const p = this.parse(raw);
+        if (!(p instanceof Error) && this.#writer.newest(p).status?.reason === 'WaitingForSlot') keys.push(blockPullKeyOf(p));
+      }
+    }
     for (const [k, w] of this.#writer.inFlight()) if (w.status?.reason === 'WaitingForSlot') keys.push(k);
     return keys;
+  }
+
+  /**
+   * Namespaces with a BlockPull waiting for a slot, from the index's values (no walk over the
+   * waiting BlockPulls themselves), and those of our waits the cache has not seen yet.
+   */
+  namespacesWaitingForSlot(): Set<string> {
+    const c = this.#cache;
+    const out = new Set<string>();
+    if (c.indexValues !== undefined) {
+      for (const [namespace, keys] of c.indexValues(BP_WAITING_FOR_SLOT)) if (keys.size > 0) out.add(namespace);
+    } else {
+      for (const k of this.waitingForSlot()) out.add(splitKey(k).namespace);
+    }
+    for (const [k, w] of this.#writer.inFlight()) if (w.status?.reason === 'WaitingForSlot') out.add(splitKey(k).namespace);
+    return out;
   }
 }

@@ -31,6 +31,8 @@ export interface ControllerOptions {
   readonly waitRequeueMs?: number;
   /** How long a worker waits for a read-only look at libvirt (BLOCKPULL_OBSERVE_TIMEOUT_MS). */
   readonly observeTimeoutMs?: number;
+  /** How long an action (start, bandwidth change, abort) may take before it is ended (BLOCKPULL_ACTION_TIMEOUT_MS). */
+  readonly actionTimeoutMs?: number;
   /** Pre-flight margins (BLOCKPULL_SPACE_MARGIN_MIB in bytes, BLOCKPULL_SPACE_MARGIN_PERCENT); default 0. */
   readonly spaceMarginBytes?: number;
   readonly spaceMarginPercent?: number;
@@ -98,6 +100,7 @@ export class Controller {
       enqueue: (key) => this.queue.add(key),
       ...(options.waitRequeueMs !== undefined ? { waitRequeueMs: options.waitRequeueMs } : {}),
       ...(options.observeTimeoutMs !== undefined ? { observeTimeoutMs: options.observeTimeoutMs } : {}),
+      ...(options.actionTimeoutMs !== undefined ? { actionTimeoutMs: options.actionTimeoutMs } : {}),
       ...(options.spaceMarginBytes !== undefined ? { spaceMarginBytes: options.spaceMarginBytes } : {}),
       ...(options.spaceMarginPercent !== undefined ? { spaceMarginPercent: options.spaceMarginPercent } : {}),
       ...(options.events ? { events: options.events } : {}),

@@ -13,7 +13,9 @@ import {
   decide,
   decideActionError,
   diskHolder,
+  fairShare,
   MAX_BACKOFF_MS,
+  type SlotUsage,
   type HypervisorObservation,
   type Observation,
 } from './decide.ts';
@@ -70,7 +72,7 @@ function obs(o: Partial<Observation> & { bp: BlockPull }): Observation {
     now: NOW,
     launcher: FOUND,
     diskHolder: 'ns/pull1',
-    slots: { running: 0, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
+    slots: { running: 0, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
     pollIntervalMs: 500,
     waitRequeueMs: 5000,
     // The job on the disk (if any) was started by this process unless a row says otherwise.
@@ -241,13 +243,104 @@ describe('decide: the state table', () => {
   });
 
   it('no slot free cluster-wide or on the node → Pending/WaitingForSlot', () => {
-    const cluster = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: { running: 4, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
+    const cluster = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: { running: 4, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
     expect(cluster.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot' });
     expect(cluster.status.message).toContain('cluster-wide');
     expect(cluster.action.type).toBe('none');
-    const node = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: { running: 2, runningOnNode: 2, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
+    const node = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: { running: 2, runningOnNode: 2, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
     expect(node.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot' });
     expect(node.status.message).toContain('node1');
+  });
+
+  describe('fair share of the cluster-wide slots between namespaces: ceil(limit / namespaces wanting); a namespace at its share waits', () => {
+    const slots = (running: number, runningInNamespace: number, namespacesWanting: number, maxConcurrentPulls = 4): SlotUsage => ({
+      running,
+      runningOnNode: 0,
+      runningInNamespace,
+      namespacesWanting,
+      maxConcurrentPulls,
+      maxPullsPerNode: 10,
+    });
+    const rows: { name: string; slots: SlotUsage; share: number; starts: boolean }[] = [
+      { name: 'one namespace wants slots: it may take them all', slots: slots(3, 3, 1), share: 4, starts: true },
+      { name: 'two namespaces, this one runs 1 of its 2', slots: slots(3, 1, 2), share: 2, starts: true },
+      { name: 'two namespaces, this one runs its 2', slots: slots(2, 2, 2), share: 2, starts: false },
+      { name: 'two namespaces, this one runs 3 (more than its share, before the other came)', slots: slots(3, 3, 2), share: 2, starts: false },
+      { name: 'three namespaces, limit 4: share ceil(4/3) = 2, this one runs 1', slots: slots(3, 1, 3), share: 2, starts: true },
+      { name: 'five namespaces, limit 4: share 1, this one runs 1', slots: slots(1, 1, 5), share: 1, starts: false },
+      { name: 'five namespaces, limit 4: share 1, this one runs none', slots: slots(3, 0, 5), share: 1, starts: true },
+      { name: 'the cluster-wide limit comes first, whatever the share', slots: slots(4, 0, 2), share: 2, starts: false },
+    ];
+    for (const row of rows) {
+      it(row.name, () => {
+        expect(fairShare(row.slots)).toBe(row.share);
+        const d = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: row.slots }));
+        if (row.starts) {
+          expect(d.action.type).toBe('startPull');
+        } else {
+          expect(d.action.type).toBe('none');
+          expect(d.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot' });
+        }
+      });
+    }
+    it('the message says why: the namespace, what it runs, its share', () => {
+      const d = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: slots(3, 2, 2) }));
+      expect(d.status.message).toBe('namespace ns runs 2 pulls, its fair share (2) of the 4 cluster-wide slots while 2 namespaces want one');
+    });
+  });
+
+  describe('a start that did not answer within the bound (job Unanswered)', () => {
+    const unanswered = (extra: BlockPullStatus = {}): BlockPullStatus => ({
+      ...running(),
+      phase: 'Pending',
+      reason: 'HypervisorUnreachable',
+      message: 'the start of the pull (virsh blockpull) did not return within 10000 ms; the command was ended; it may have started the job: the next look at the disk tells',
+      job: { state: 'Unanswered' },
+      ...extra,
+    });
+    it('the job is on the disk → ours, Running (never started again)', () => {
+      const d = decide(obs({ bp: bp({ status: unanswered() }), hypervisor: ok(CHAIN3, job(10, 100)) }));
+      expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', job: { state: 'Running' }, attempts: 1 });
+      expect(d.action.type).toBe('none');
+    });
+    it('the job is on the disk, but this process did not start it (a restart meanwhile) → Adopted', () => {
+      const d = decide(obs({ bp: bp({ status: unanswered() }), hypervisor: ok(CHAIN3, job(10, 100)), jobStartedHere: false }));
+      expect(d.status).toMatchObject({ phase: 'Running', reason: 'Adopted', job: { state: 'Running' } });
+    });
+    it('no job on the disk → it did not run: a failed start, retry 1 after the backoff, the record cleared', () => {
+      const d = decide(obs({ bp: bp({ status: unanswered() }), hypervisor: ok(CHAIN3) }));
+      expect(d.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', retries: 1, attempts: 1 });
+      expect(d.status.job).toBeUndefined();
+      expect(d.status.message).toBe("the start of the pull did not answer within the operator's bound and no job is on the disk; retry 1/3 after 5 s");
+      expect(d.action.type).toBe('none');
+      expect(d.requeueAfterMs).toBe(5000);
+      // ... and waits out that backoff on the next looks.
+      const wait = decide(obs({ now: new Date(NOW.getTime() + 2000), bp: bp({ status: d.status }), hypervisor: ok(CHAIN3) }));
+      expect(wait.action.type).toBe('none');
+      expect(wait.requeueAfterMs).toBe(3000);
+      const again = decide(obs({ now: new Date(NOW.getTime() + 5000), bp: bp({ status: d.status }), hypervisor: ok(CHAIN3) }));
+      expect(again.action.type).toBe('startPull');
+      expect(again.status).toMatchObject({ phase: 'Running', reason: 'Retrying', attempts: 2, job: { state: 'Starting' } });
+    });
+    it('no job on the disk and maxRetries reached → Failed/JobFailed', () => {
+      const d = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: unanswered({ retries: 1 }) }), hypervisor: ok(CHAIN3) }));
+      expect(d.status).toMatchObject({ phase: 'Failed', reason: 'JobFailed' });
+      expect(d.status.job).toBeUndefined();
+      expect(d.status.message).toMatch(/maxRetries 1 reached/);
+    });
+    it('the disk is not looked at (unreachable) → the record stays, nothing is started', () => {
+      const d = decide(obs({ bp: bp({ status: unanswered() }), hypervisor: { kind: 'unreachable', message: 'no answer' } }));
+      expect(d.status.job).toEqual({ state: 'Unanswered' });
+      expect(d.action.type).toBe('none');
+    });
+    it('deleted: the job found is aborted; unreachable: the finalizer stays', () => {
+      const found = decide(obs({ bp: bp({ status: unanswered(), deleting: true }), hypervisor: ok(CHAIN3, job(10, 100)) }));
+      expect(found.action.type).toBe('abort');
+      const unknown = decide(obs({ bp: bp({ status: unanswered(), deleting: true }), hypervisor: { kind: 'unreachable', message: 'no answer' } }));
+      expect(unknown.action.type).toBe('none');
+      const gone = decide(obs({ bp: bp({ status: unanswered(), deleting: true }), hypervisor: ok(CHAIN3) }));
+      expect(gone.action.type).toBe('removeFinalizer');
+    });
   });
 
   it('job running → Running with progress; rate and ETA from the previous sample', () => {
@@ -487,6 +580,15 @@ describe('decideActionError', () => {
     const last = obs({ bp: bp({ spec: { maxRetries: 0 } }), hypervisor: ok(CHAIN3) });
     expect(decideActionError(last, decide(last), new Error('virsh exploded'))?.status).toMatchObject({ phase: 'Failed', reason: 'JobFailed' });
   });
+  it('a start past the action bound (Timeout) → Pending/HypervisorUnreachable, recorded Unanswered, still counted (it may have run)', () => {
+    const d = decideActionError(o, started, new HypervisorError('Timeout', 'the start of the pull (virsh blockpull) did not return within 10000 ms; the command was ended'));
+    expect(d?.status).toMatchObject({ phase: 'Pending', reason: 'HypervisorUnreachable', attempts: 1, retries: 0, job: { state: 'Unanswered' } });
+    expect(d?.status.message).toBe(
+      'the start of the pull (virsh blockpull) did not return within 10000 ms; the command was ended; it may have started the job: the next look at the disk tells',
+    );
+    expect(d?.action.type).toBe('none');
+    expect(d?.requeueAfterMs).toBe(5000);
+  });
   it('only start failures are mapped', () => {
     const r = decide(obs({ bp: bp({ spec: { bandwidth: 1 }, status: running() }), hypervisor: ok(CHAIN3, job(1, 10)) }));
     expect(decideActionError(o, r, new Error('x'))).toBeUndefined();
@@ -648,7 +750,7 @@ describe('decide: the job record (persisted intent)', () => {
   });
 
   it('a job that ended short is counted once: Pending/JobFailed clears the record, a full slot only delays the retry', () => {
-    const full = { running: 4, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 };
+    const full = { running: 4, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 };
     const failedJob = decide(obs({ bp: bp({ status: withRecord('Running') }), hypervisor: ok(CHAIN3), slots: full }));
     expect(failedJob.action.type).toBe('none');
     expect(failedJob.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', retries: 1, attempts: 1 });

@@ -61,12 +61,28 @@ export type SpaceObservation =
   | { readonly kind: 'unknown'; readonly reason: string };
 
 export interface SlotUsage {
-  /** Pulls running cluster-wide, this BlockPull excluded. */
+  /** Pulls running cluster-wide, this BlockPull excluded (starts in flight in this process included). */
   readonly running: number;
   /** Pulls running on the launcher's node, this BlockPull excluded. */
   readonly runningOnNode: number;
+  /** Pulls running in this BlockPull's namespace, this BlockPull excluded. */
+  readonly runningInNamespace: number;
+  /**
+   * Namespaces that want a slot: those with a BlockPull waiting for one (WaitingForSlot), and
+   * this BlockPull's own. At least 1.
+   */
+  readonly namespacesWanting: number;
   readonly maxConcurrentPulls: number;
   readonly maxPullsPerNode: number;
+}
+
+/**
+ * A namespace's fair share of the cluster-wide slots while several namespaces want one:
+ * ceil(limit / namespaces wanting). A namespace that already runs its share waits, so one
+ * tenant cannot hold every slot while another waits (running pulls are never preempted).
+ */
+export function fairShare(slots: SlotUsage): number {
+  return Math.ceil(slots.maxConcurrentPulls / Math.max(1, slots.namespacesWanting));
 }
 
 export interface ProgressSample {
@@ -208,7 +224,7 @@ export function recordedJobState(status: BlockPullStatus | undefined): JobState 
 
 /** A job this BlockPull started (or adopted) may still run on the disk. */
 export function mayRunOurJob(js: JobState | undefined): boolean {
-  return js === 'Starting' || js === 'Running' || js === 'Aborting';
+  return js === 'Starting' || js === 'Unanswered' || js === 'Running' || js === 'Aborting';
 }
 
 function withJob(status: BlockPullStatus, state: JobState | undefined): BlockPullStatus {
@@ -732,6 +748,8 @@ interface IdleFacts extends DiskFacts {
   readonly retryDue: boolean;
   /** A start was recorded but is not known to have run: it is made again as the same attempt. */
   readonly replay: boolean;
+  /** Our last start did not answer within the bound, and the disk shows no job: it did not run. */
+  readonly unanswered: boolean;
   /** ` (the hypervisor said: ...)` when QEMU's reason for the last failure is known. */
   readonly hypervisorSaid: string;
 }
@@ -749,9 +767,10 @@ function idleFacts(f: DiskFacts): IdleFacts {
   const lostWithPod = f.movedPod && (js === 'Running' || js === 'Aborting');
   return {
     ...f,
-    settled: withJob(f.chained, lostWithPod ? 'Aborted' : js === 'Running' ? 'Ended' : js === 'Aborting' ? 'Aborted' : js),
+    settled: withJob(f.chained, lostWithPod ? 'Aborted' : js === 'Running' ? 'Ended' : js === 'Aborting' ? 'Aborted' : js === 'Unanswered' ? undefined : js),
     retryDue: !lostWithPod && (js === 'Running' || js === 'Ended'),
     replay: js === 'Starting',
+    unanswered: js === 'Unanswered',
     hypervisorSaid: f.obs.lastJobError !== undefined ? ` (the hypervisor said: ${f.obs.lastJobError})` : '',
   };
 }
@@ -797,6 +816,29 @@ const jobEndedShort: Step<IdleFacts> = (f) => {
   };
 };
 
+/**
+ * A start that did not answer within the bound (ended by the operator), and the disk shows no
+ * job: the start did not run. A failed start (counted against maxRetries), retried after a
+ * backoff like a job that ended short; a job found instead is adopted by ourPullRuns.
+ */
+const startUnanswered: Step<IdleFacts> = (f) => {
+  if (!f.unanswered) return undefined;
+  const { bp, retries, obs } = f;
+  const what = 'the start of the pull did not answer within the operator\'s bound and no job is on the disk';
+  if (retries >= bp.spec.maxRetries) return failed(obs, f.settled, 'JobFailed', `${what} (maxRetries ${bp.spec.maxRetries} reached)`);
+  const delay = backoffMs(retries + 1, obs.waitRequeueMs);
+  return {
+    status: withPhase(
+      { ...f.settled, retries: retries + 1 },
+      { phase: 'Pending', reason: 'JobFailed', message: `${what}; retry ${retries + 1}/${bp.spec.maxRetries} after ${Math.ceil(delay / 1000)} s` },
+      f.generation,
+      f.now,
+    ),
+    action: { type: 'none' },
+    requeueAfterMs: delay,
+  };
+};
+
 /** The backoff after a failed job runs from the moment it was seen (Progressing went False). */
 const retryBackoff: Step<IdleFacts> = (f) => {
   const { prior, retries, obs, bp } = f;
@@ -818,6 +860,20 @@ const noClusterSlot: Step<IdleFacts> = ({ obs, settled }) =>
     ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.slots.maxConcurrentPulls})`)
     : undefined;
 
+/** Several namespaces want a slot and this one runs its fair share (fairShare): it waits. */
+const noFairShare: Step<IdleFacts> = ({ obs, settled, bp }) => {
+  const { slots } = obs;
+  if (slots.namespacesWanting <= 1) return undefined;
+  const share = fairShare(slots);
+  if (slots.runningInNamespace < share) return undefined;
+  return waitingStatus(
+    obs,
+    settled,
+    'WaitingForSlot',
+    `namespace ${bp.metadata.namespace} runs ${slots.runningInNamespace} pulls, its fair share (${share}) of the ${slots.maxConcurrentPulls} cluster-wide slots while ${slots.namespacesWanting} namespaces want one`,
+  );
+};
+
 const noNodeSlot: Step<IdleFacts> = ({ obs, settled, launcherPod }) =>
   obs.slots.runningOnNode >= obs.slots.maxPullsPerNode
     ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${launcherPod.node} (limit ${obs.slots.maxPullsPerNode})`)
@@ -838,7 +894,18 @@ const insufficientSpace: Step<IdleFacts> = ({ obs, settled, hypervisorSaid }) =>
   };
 };
 
-const IDLE_STEPS: readonly Step<IdleFacts>[] = [invalidBandwidthIdle, pausedIdle, jobEndedShort, retryBackoff, migrationRequested, noClusterSlot, noNodeSlot, insufficientSpace];
+const IDLE_STEPS: readonly Step<IdleFacts>[] = [
+  invalidBandwidthIdle,
+  pausedIdle,
+  jobEndedShort,
+  startUnanswered,
+  retryBackoff,
+  migrationRequested,
+  noClusterSlot,
+  noFairShare,
+  noNodeSlot,
+  insufficientSpace,
+];
 
 /** Start the pull: recorded (Starting, counted in attempts) before it is made; confirmed after (afterAction). */
 function startPull(f: IdleFacts): Decision {
@@ -929,6 +996,20 @@ function decideActionErrorUnbounded(obs: Observation, decided: Decision, err: un
   const { bp, now } = obs;
   const prior: BlockPullStatus = bp.status ?? {};
   if (decided.action.type !== 'startPull') return undefined;
+  if (isHypervisorError(err, 'Timeout')) {
+    // It may have started the job: still counted, and recorded so; the next look at the disk
+    // tells (startUnanswered, or ourPullRuns adopts it). Not Running: it holds no slot meanwhile.
+    return {
+      status: withPhase(
+        withJob(decided.status, 'Unanswered'),
+        { phase: 'Pending', reason: 'HypervisorUnreachable', message: `${err.message}; it may have started the job: the next look at the disk tells` },
+        bp.metadata.generation,
+        now,
+      ),
+      action: { type: 'none' },
+      requeueAfterMs: obs.waitRequeueMs,
+    };
+  }
   // The job was not started: do not count it, and no job of ours runs. A replayed start
   // (Starting) was counted when it was first recorded: that count is taken back too.
   const replayed = recordedJobState(prior) === 'Starting';

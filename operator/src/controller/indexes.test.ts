@@ -70,7 +70,7 @@ describe('index functions', () => {
     expect(blockPullIndexes[BP_BY_DISK]!(bp())).toEqual(['ns/vm/d']);
     expect(blockPullIndexes[BP_RUNNING_BY_NODE]!(bp({ phase: 'Running', launcher: { node: 'n1' } }))).toEqual(['n1']);
     expect(blockPullIndexes[BP_RUNNING_BY_NODE]!(bp({ phase: 'Pending', reason: 'WaitingForSlot' }))).toEqual([]);
-    expect(blockPullIndexes[BP_WAITING_FOR_SLOT]!(bp({ phase: 'Pending', reason: 'WaitingForSlot' }))).toEqual(['']);
+    expect(blockPullIndexes[BP_WAITING_FOR_SLOT]!(bp({ phase: 'Pending', reason: 'WaitingForSlot' }))).toEqual(['ns']);
     expect(blockPullIndexes[BP_WAITING_FOR_SLOT]!(bp({ phase: 'Pending', reason: 'VMINotFound' }))).toEqual([]);
   });
   it('pods by the uid of each VMI they claim (label and ownerReferences), VMIs by uid', () => {

@@ -53,7 +53,10 @@ export const blockPullIndexes: Readonly<Record<string, IndexFunc<KubernetesObjec
     if (s?.phase !== 'Running') return [];
     return [typeof s.launcher?.node === 'string' ? s.launcher.node : ''];
   },
-  [BP_WAITING_FOR_SLOT]: (obj) => ((obj as LooseBlockPull).status?.reason === 'WaitingForSlot' ? [''] : []),
+  [BP_WAITING_FOR_SLOT]: (obj) => {
+    const b = obj as LooseBlockPull;
+    return b.status?.reason === 'WaitingForSlot' ? [b.metadata?.namespace ?? ''] : [];
+  },
   [BP_BY_PHASE]: (obj) => {
     const phase = (obj as LooseBlockPull).status?.phase;
     return [typeof phase === 'string' && phase !== '' ? phase : 'Pending'];

@@ -21,6 +21,12 @@
  * - the look at libvirt goes through an ObserveGate (observe-gate.ts): a worker waits at most
  *   observeTimeoutMs for it and one look per launcher runs at a time, so a hanging launcher
  *   shows HypervisorUnreachable on its own BlockPulls and delays no one else.
+ * - an action (start, bandwidth change, abort) is bounded by actionTimeoutMs: past it, its
+ *   command is ended and the call fails with HypervisorError Timeout (a start: decide.ts records
+ *   it Unanswered, and the next look at the disk tells whether it ran).
+ * - slots: a start takes its slot in the SlotLedger (slots.ts) synchronously, right after the
+ *   slot check, so concurrent workers never exceed the limits; the check includes the namespace's
+ *   fair share (decide.ts fairShare), and waiters are woken round-robin by namespace.
  */
 import { ApiException } from '@kubernetes/client-node';
 import { API_VERSION, BLOCKPULL_REF, FINALIZER, KIND, isTerminal, type BlockPull } from '../api/types.ts';
@@ -44,15 +50,24 @@ import {
   type HypervisorObservation,
   type Observation,
   type ProgressSample,
+  type SlotUsage,
   type SpaceObservation,
 } from './decide.ts';
 import { chooseEvents } from './event-choice.ts';
 import { POD_BY_VMI_UID } from './indexes.ts';
 import { ObserveGate } from './observe-gate.ts';
+import { roundRobinByNamespace, SlotLedger } from './slots.ts';
 import { blockPullKey, StatusWriter } from './status-writer.ts';
 
 /** Default of ReconcilerOptions.observeTimeoutMs (BLOCKPULL_OBSERVE_TIMEOUT_MS). */
 export const DEFAULT_OBSERVE_TIMEOUT_MS = 1_000;
+
+/**
+ * Default of ReconcilerOptions.actionTimeoutMs (BLOCKPULL_ACTION_TIMEOUT_MS): `virsh blockpull`,
+ * `blockjob --abort --async` and `--bandwidth` return at once on a healthy libvirt (they do not
+ * wait for the job); 10 s leaves room for a slow pods/exec under load.
+ */
+export const DEFAULT_ACTION_TIMEOUT_MS = 10_000;
 
 /**
  * Waiting reasons that a watch event ends (the VMI or its launcher pod appears or changes, a slot
@@ -82,6 +97,8 @@ export interface ReconcilerOptions {
   readonly maxPullsPerNode: number;
   /** How long a worker waits for a read-only look at libvirt (default DEFAULT_OBSERVE_TIMEOUT_MS). */
   readonly observeTimeoutMs?: number;
+  /** How long an action (start, bandwidth change, abort) may take before it is ended (default DEFAULT_ACTION_TIMEOUT_MS). */
+  readonly actionTimeoutMs?: number;
   /** Pre-flight: bytes, and percent of the filesystem, that must stay free after the data to pull (default 0). */
   readonly spaceMarginBytes?: number;
   readonly spaceMarginPercent?: number;
@@ -121,11 +138,26 @@ function jobKey(pod: string, domain: string, target: string): string {
   return `${pod}|${domain}|${target}`;
 }
 
+/** How recording the intent and acting ended (#recordIntentAndAct). */
+type ActOutcome = { kind: 'done'; result: ReconcileResult } | { kind: 'finalizerAdded' } | { kind: 'acted'; final: Decision; stored: BlockPull };
+
 /** A reconcile pass that only added our finalizer: the next pass follows at once. */
 const FINALIZER_ADDED = Symbol('finalizer added');
 
 /** How long a reconcile that sees our job gone short of its goal waits for the failure's reason. */
 const JOB_ERROR_WAIT_MS = 1_000;
+
+/** A start that failed with these codes may still have started the job (its answer was lost, or it was ended midway). */
+const MAY_HAVE_STARTED: ReadonlySet<HypervisorErrorCode> = new Set(['Unreachable', 'CommandFailed', 'JobFailed', 'Timeout']);
+
+/**
+ * The BlockPull waits for a slot only for its namespace's fair share (the cluster and the node had
+ * room): the namespaces wanting slots change without a slot being released, so it looks again
+ * after its requeue delay instead of waiting for a release.
+ */
+function fairShareWait(slots: SlotUsage, final: Decision): boolean {
+  return final.status.reason === 'WaitingForSlot' && slots.running < slots.maxConcurrentPulls && slots.runningOnNode < slots.maxPullsPerNode;
+}
 
 /** What a HypervisorError during the look means for decide(); any other code: unreachable. */
 const LOOK_ERROR_KIND: Partial<Readonly<Record<HypervisorErrorCode, 'domainNotFound' | 'diskNotFound'>>> = {
@@ -136,8 +168,10 @@ const LOOK_ERROR_KIND: Partial<Readonly<Record<HypervisorErrorCode, 'domainNotFo
 export class Reconciler {
   readonly #options: ReconcilerOptions;
   readonly #volatile = new Map<string, VolatilePullState>();
-  /** BlockPulls this process knows to be Running (the cache may lag): key -> node. */
-  readonly #running = new Map<string, string>();
+  /** Slots this process holds: pulls it knows to be Running (the cache may lag) and starts in flight. */
+  readonly #slots = new SlotLedger();
+  /** The namespace whose waiters were woken first at the last slot release (round-robin). */
+  #wakeCursor: string | undefined;
   readonly #writer: StatusWriter;
   readonly #blockPulls: BlockPulls;
   /** Counts slot and disk releases: a BlockPull deciding to wait for one while one is released is looked at again. */
@@ -175,12 +209,13 @@ export class Reconciler {
     return m;
   }
 
-  /** Forget a BlockPull (deleted): stop its event subscription, drop its per-pull metrics. */
-  forget(key: string): void {
+  /** Forget a BlockPull (deleted): stop its event subscription, drop its per-pull metrics, give back its slot. */
+  forget(key: string, wakeWaiters = true): void {
     const m = this.#volatile.get(key);
     m?.subscription?.sub.stop();
     this.#volatile.delete(key);
-    this.#running.delete(key);
+    if (wakeWaiters) this.#releaseSlot(key);
+    else this.#slots.release(key);
     const { namespace, name } = splitKey(key);
     this.#options.metrics?.removePull(namespace, name);
     this.#writer.forget(key);
@@ -197,7 +232,7 @@ export class Reconciler {
 
   /** Stop every event subscription (shutdown). Running jobs are left alone. */
   stop(): void {
-    for (const key of [...this.#volatile.keys()]) this.forget(key);
+    for (const key of [...this.#volatile.keys()]) this.forget(key, false);
   }
 
   /** Remember what a metadata write of ours stored (the cache may not have it yet). */
@@ -268,13 +303,25 @@ export class Reconciler {
 
     const observed = await this.#observe(bp, log);
     const { driver } = observed;
-    const { obs, decision } = await this.#decide(key, bp, observed.obs, driver, log);
+    const decided = await this.#decide(key, bp, observed.obs, driver, log);
+    const { obs, decision } = this.#takeSlot(key, bp, decided.obs, decided.decision);
     log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
 
-    const acted = await this.#recordIntentAndAct(key, bp, obs, decision, driver, log);
+    let acted: ActOutcome;
+    try {
+      acted = await this.#recordIntentAndAct(key, bp, obs, decision, driver, log);
+    } catch (err) {
+      // The start was not made, or failed in a way the status does not record: its slot is free.
+      if (decision.action.type === 'startPull') this.#releaseSlot(key);
+      throw err;
+    }
     if (acted.kind === 'finalizerAdded') return FINALIZER_ADDED;
-    if (acted.kind === 'done') return acted.result;
+    if (acted.kind === 'done') {
+      if (decision.action.type === 'startPull') this.#releaseSlot(key);
+      return acted.result;
+    }
     const { final, stored } = acted;
+    const heldSlot = this.#slots.has(key);
     const adoptedNow = this.#remember(key, bp, final, log);
 
     const afterFinalizer = decision.action.type === 'addFinalizer' ? (this.#writer.lastWritten(key) ?? (await this.#writer.fresh(bp))) : stored;
@@ -283,8 +330,57 @@ export class Reconciler {
     await this.#writer.write(afterFinalizer, outcome ?? final.status, log, outcome !== undefined);
     this.#recordEvents(bp, decision, final, adoptedNow);
     this.#watchJobEvents(key, final, driver);
-    this.#wakeOnRelease(key, bp, final);
-    return this.#requeue(key, final, observed.polled === true, releasesAtStart);
+    this.#wakeOnRelease(key, bp, final, heldSlot);
+    return this.#requeue(key, final, observed.polled === true || fairShareWait(obs.slots, final), releasesAtStart);
+  }
+
+  /** What this process counts against the slot limits for `key` now: the cache, our writes, our ledger. */
+  #slotUsage(key: string, namespace: string, node: string): SlotUsage {
+    const running = this.#blockPulls.runningOthers(key, this.#slots.entries());
+    let runningOnNode = 0;
+    let runningInNamespace = 0;
+    for (const [k, n] of running) {
+      if (n === node) runningOnNode++;
+      if (splitKey(k).namespace === namespace) runningInNamespace++;
+    }
+    const wanting = this.#blockPulls.namespacesWaitingForSlot();
+    wanting.add(namespace);
+    return {
+      running: running.size,
+      runningOnNode,
+      runningInNamespace,
+      namespacesWanting: wanting.size,
+      maxConcurrentPulls: this.#options.maxConcurrentPulls,
+      maxPullsPerNode: this.#options.maxPullsPerNode,
+    };
+  }
+
+  /**
+   * A start takes its slot here, synchronously (no await between the check and the hold), with
+   * the slots counted again now: between the observation and this point other workers may have
+   * started pulls. Counted again, the start may have to wait (WaitingForSlot) after all.
+   */
+  #takeSlot(key: string, bp: BlockPull, obs: Observation, decision: Decision): { obs: Observation; decision: Decision } {
+    if (decision.action.type !== 'startPull' || obs.launcher?.kind !== 'found') return { obs, decision };
+    const node = obs.launcher.launcher.node;
+    const now = { ...obs, slots: this.#slotUsage(key, bp.metadata.namespace, node) };
+    const again = decide(now);
+    if (again.action.type === 'startPull') this.#slots.hold(key, node);
+    return { obs: now, decision: again };
+  }
+
+  /** Give back the slot of `key` if it holds one, and wake the BlockPulls waiting for one. */
+  #releaseSlot(key: string): void {
+    if (!this.#slots.release(key)) return;
+    this.#releases++;
+    this.#wakeWaiters();
+  }
+
+  /** Wake the BlockPulls waiting for a slot, round-robin by namespace (also those whose wait the cache has not seen yet). */
+  #wakeWaiters(): void {
+    const keys = roundRobinByNamespace(this.#blockPulls.waitingForSlot(), this.#wakeCursor);
+    if (keys[0] !== undefined) this.#wakeCursor = splitKey(keys[0]).namespace;
+    for (const k of keys) this.#options.enqueue(k);
   }
 
   /**
@@ -340,7 +436,7 @@ export class Reconciler {
     decision: Decision,
     driver: BlockJobDriver | undefined,
     log: Logger,
-  ): Promise<{ kind: 'done'; result: ReconcileResult } | { kind: 'finalizerAdded' } | { kind: 'acted'; final: Decision; stored: BlockPull }> {
+  ): Promise<ActOutcome> {
     let stored = bp;
     if (decision.action.type === 'startPull' || decision.action.type === 'abort') {
       const w = await this.#writer.write(bp, decision.status, log);
@@ -362,7 +458,7 @@ export class Reconciler {
     } catch (err) {
       actionError = err;
       // Refused for sure: nothing was started.
-      if (startKey !== undefined && isHypervisorError(err) && err.code !== 'Unreachable' && err.code !== 'CommandFailed' && err.code !== 'JobFailed') {
+      if (startKey !== undefined && isHypervisorError(err) && !MAY_HAVE_STARTED.has(err.code)) {
         delete this.#stateOf(key).started;
       }
       const mapped = decideActionError(obs, decision, err);
@@ -398,8 +494,9 @@ export class Reconciler {
       state.sample = final.sample;
     }
     if (final.status.phase !== 'Running') state.sample = undefined;
-    if (final.status.phase === 'Running') this.#running.set(key, final.status.launcher?.node ?? '');
-    else this.#running.delete(key);
+    // Running holds a slot; anything else gives it back (its waiters are woken by #wakeOnRelease).
+    if (final.status.phase === 'Running') this.#slots.hold(key, final.status.launcher?.node ?? '');
+    else this.#slots.release(key);
     // Per-pull series only while Running (bounded cardinality; see metrics.ts).
     if (final.status.phase === 'Running') this.#options.metrics?.setRunningPull(namespace, name, final.status.progress ?? {}, this.#now().getTime());
     else this.#options.metrics?.removePull(namespace, name);
@@ -417,12 +514,11 @@ export class Reconciler {
     return true;
   }
 
-  /** A slot or the disk released: wake the BlockPulls waiting for it. */
-  #wakeOnRelease(key: string, bp: BlockPull, final: Decision): void {
-    if (bp.status?.phase === 'Running' && final.status.phase !== 'Running') {
-      // A slot is free: wake the BlockPulls waiting for one (also those whose wait the cache has not seen yet).
+  /** A slot or the disk released: wake the BlockPulls waiting for it. `heldSlot`: this process held a slot for it before this pass's outcome. */
+  #wakeOnRelease(key: string, bp: BlockPull, final: Decision, heldSlot: boolean): void {
+    if ((bp.status?.phase === 'Running' || heldSlot) && final.status.phase !== 'Running') {
       this.#releases++;
-      for (const k of this.#blockPulls.waitingForSlot()) this.#options.enqueue(k);
+      this.#wakeWaiters();
     }
     if (!isTerminal(bp.status?.phase) && isTerminal(final.status.phase)) {
       // Wake the BlockPulls waiting for this disk.
@@ -471,7 +567,14 @@ export class Reconciler {
       ...(state?.sample !== undefined ? { previousSample: state.sample } : {}),
     };
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
-    const slotsNone = { running: 0, runningOnNode: 0, maxConcurrentPulls: this.#options.maxConcurrentPulls, maxPullsPerNode: this.#options.maxPullsPerNode };
+    const slotsNone: SlotUsage = {
+      running: 0,
+      runningOnNode: 0,
+      runningInNamespace: 0,
+      namespacesWanting: 1,
+      maxConcurrentPulls: this.#options.maxConcurrentPulls,
+      maxPullsPerNode: this.#options.maxPullsPerNode,
+    };
     if (isTerminal(bp.status?.phase) && !deleting) return { obs: { ...base, slots: slotsNone } };
     const ns = bp.metadata.namespace;
     const rawVmi = this.#options.vmis.get(ns, bp.spec.vmiName);
@@ -487,14 +590,9 @@ export class Reconciler {
     if (!(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, launcher, slots: slotsNone } };
     const launcherPod = launcher.launcher;
 
-    // Slots: Running BlockPulls other than this one, cluster-wide and on the launcher's node.
-    const running = this.#blockPulls.runningOthers(key, this.#running);
-    const slots = {
-      running: running.size,
-      runningOnNode: [...running.values()].filter((n) => n === launcherPod.node).length,
-      maxConcurrentPulls: this.#options.maxConcurrentPulls,
-      maxPullsPerNode: this.#options.maxPullsPerNode,
-    };
+    // Slots: Running BlockPulls other than this one, cluster-wide, on the launcher's node, in this
+    // namespace (counted again when a start takes its slot, #takeSlot).
+    const slots = this.#slotUsage(key, ns, launcherPod.node);
 
     // A migration is requested and no job of ours can run: decide() waits for it without libvirt.
     if (launcher.migration !== undefined && !mayRunOurJob(recordedJobState(bp.status)) && !bp.spec.paused) {
@@ -649,26 +747,54 @@ export class Reconciler {
         return;
       case 'startPull':
         delete this.#stateOf(blockPullKey(bp)).lastJobError;
-        await driver().startPull(action.domain, action.target, {
-          ...(action.base !== undefined ? { base: action.base } : {}),
-          ...(action.bandwidth > 0 ? { bandwidth: action.bandwidth } : {}),
-        });
+        await this.#bounded('the start of the pull (virsh blockpull)', (signal) =>
+          driver().startPull(action.domain, action.target, {
+            ...(action.base !== undefined ? { base: action.base } : {}),
+            ...(action.bandwidth > 0 ? { bandwidth: action.bandwidth } : {}),
+            signal,
+          }),
+        );
         this.#options.metrics?.pullsStarted.inc();
         log.info({ domain: action.domain, target: action.target, base: action.base, bandwidth: action.bandwidth }, 'block pull started');
         return;
       case 'setBandwidth':
-        await driver().setBandwidth(action.domain, action.target, action.bandwidth);
+        await this.#bounded('the bandwidth change (virsh blockjob --bandwidth)', (signal) => driver().setBandwidth(action.domain, action.target, action.bandwidth, { signal }));
         log.info({ bandwidth: action.bandwidth }, 'bandwidth changed');
         return;
       case 'abort':
         try {
-          await driver().abort(action.domain, action.target);
+          await this.#bounded('the abort (virsh blockjob --abort)', (signal) => driver().abort(action.domain, action.target, { signal }));
         } catch (err) {
           // Already gone: what we wanted.
           if (!(isHypervisorError(err) && /no active block job|not active|No active/i.test(err.message))) throw err;
         }
         log.info({ domain: action.domain, target: action.target }, 'block job abort requested');
         return;
+    }
+  }
+
+  /**
+   * Run an action with its bound: past actionTimeoutMs its command is ended (the signal) and the
+   * call fails with HypervisorError Timeout, also when a driver does not heed the signal.
+   */
+  async #bounded(what: string, run: (signal: AbortSignal) => Promise<void>): Promise<void> {
+    const ms = this.#options.actionTimeoutMs ?? DEFAULT_ACTION_TIMEOUT_MS;
+    const controller = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const err = new HypervisorError('Timeout', `${what} did not return within ${ms} ms; the command was ended`);
+        controller.abort(err);
+        reject(err);
+      }, ms);
+    });
+    const running = run(controller.signal);
+    // Settles after the bound when the driver ignores the signal: nobody waits for it then.
+    running.catch(() => undefined);
+    try {
+      await Promise.race([running, timedOut]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 

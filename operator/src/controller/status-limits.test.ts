@@ -89,7 +89,7 @@ function obs(b: BlockPull, o: Partial<Observation> = {}): Observation {
     bp: b,
     launcher: { kind: 'found', launcher: { namespace: 'ns', pod: 'virt-launcher-vm1-x', node: 'node1', container: 'compute', domain: 'ns_vm1', uri: 'qemu:///system' } },
     diskHolder: 'ns/pull1',
-    slots: { running: 0, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
+    slots: { running: 0, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
     pollIntervalMs: 500,
     waitRequeueMs: 5000,
     ...o,
@@ -125,7 +125,7 @@ describe('status within the CRD bounds', () => {
     const abort = decide(obs(bp(start.afterAction, { bandwidth: '1025Ti' }), { hypervisor: { kind: 'ok', disk: HUGE, job: { type: 'Block Pull', cur: 1, end: 10, bandwidth: 0 } } }));
     expect(abort.status).toMatchObject({ reason: 'InvalidBandwidth', job: { state: 'Aborting' } });
     expect(crdViolations(abort.status)).toEqual([]);
-    for (const state of ['Starting', 'Running', 'Aborting', 'Aborted', 'Ended'] as const) expect(crdViolations({ job: { state } })).toEqual([]);
+    for (const state of ['Starting', 'Unanswered', 'Running', 'Aborting', 'Aborted', 'Ended'] as const) expect(crdViolations({ job: { state } })).toEqual([]);
     expect(crdViolations({ job: { state: 'Lost' as 'Ended' } })).toEqual(['status.job.state: "Lost" not in enum']);
   });
 

@@ -7,7 +7,9 @@ export type HypervisorErrorCode =
   | 'JobFailed'
   | 'JobCanceled'
   | 'InvalidBase'
-  | 'CommandFailed';
+  | 'CommandFailed'
+  /** An action (start, abort, bandwidth change) did not return within its bound and was ended: it may or may not have taken effect. */
+  | 'Timeout';
 
 export class HypervisorError extends Error {
   readonly code: HypervisorErrorCode;

@@ -43,7 +43,13 @@ export interface BlockJobInfo {
   readonly paused?: boolean;
 }
 
-export interface StartPullOptions {
+/** What an action (start, bandwidth change, abort) may be given: a signal that ends its command. */
+export interface ActionOptions {
+  /** Aborted: the command is ended and the call rejects with the signal's reason. */
+  readonly signal?: AbortSignal;
+}
+
+export interface StartPullOptions extends ActionOptions {
   readonly base?: BaseRef;
   /** Bytes per second; absent or 0 = unlimited. */
   readonly bandwidth?: number;
@@ -108,9 +114,9 @@ export interface BlockJobDriver {
   startPull(domain: string, target: string, options: StartPullOptions): Promise<void>;
   /** null = no block job on that disk. */
   getJob(domain: string, target: string): Promise<BlockJobInfo | null>;
-  setBandwidth(domain: string, target: string, bytesPerSecond: number): Promise<void>;
+  setBandwidth(domain: string, target: string, bytesPerSecond: number, options?: ActionOptions): Promise<void>;
   /** Asynchronous abort: returns once requested; data already streamed stays in the top image. */
-  abort(domain: string, target: string): Promise<void>;
+  abort(domain: string, target: string, options?: ActionOptions): Promise<void>;
   /** Pre-flight: the space a pull would use and the space there is (optional: QMP has none). */
   getSpace?(domain: string, request: SpaceRequest): Promise<SpaceInfo>;
   /** Completion events; callers still confirm with getJob + getDisk (see isPullComplete). */

@@ -3,6 +3,9 @@
  * test driver, test:///default) through a recorder that keeps the argv each command was given.
  */
 import { spawnSync } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LocalRunner } from './local-runner.ts';
 import { HypervisorError } from './errors.ts';
@@ -116,5 +119,55 @@ describe('VirshDriver.getSpace', () => {
     const err: unknown = await driver.getSpace('ns_vm', { disk, measureUsage: true }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(HypervisorError);
     expect((err as HypervisorError).code).toBe('Unreachable');
+  });
+});
+
+describe('VirshDriver actions with a signal', () => {
+  /** A runner whose every command hangs until its signal ends it (LocalRunner rejects with the signal's reason too). */
+  class HangingRunner implements CommandRunner {
+    readonly description = 'hanging';
+    readonly signals: (AbortSignal | undefined)[] = [];
+    run(_argv: readonly string[], options?: RunOptions): Promise<RunResult> {
+      this.signals.push(options?.signal);
+      return new Promise((_resolve, reject) => options?.signal?.addEventListener('abort', () => reject(options.signal?.reason as Error), { once: true }));
+    }
+    stream(): StreamHandle {
+      throw new Error('not used');
+    }
+  }
+
+  it('blockpull (with a base: dumpxml first), --bandwidth and --abort end when the signal fires, with its reason', async () => {
+    for (const act of [
+      (d: VirshDriver, signal: AbortSignal) => d.startPull('d', 'vda', { base: { position: 1 }, signal }),
+      (d: VirshDriver, signal: AbortSignal) => d.setBandwidth('d', 'vda', 1024, { signal }),
+      (d: VirshDriver, signal: AbortSignal) => d.abort('d', 'vda', { signal }),
+    ]) {
+      const runner = new HangingRunner();
+      const controller = new AbortController();
+      const pending = act(new VirshDriver(runner, URI), controller.signal);
+      const reason = new Error('ended at the bound');
+      controller.abort(reason);
+      await expect(pending).rejects.toBe(reason);
+      expect(runner.signals).toEqual([controller.signal]);
+    }
+  });
+
+  it('a real hanging command is killed by the signal (LocalRunner)', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'bp-virsh-hang-'));
+    try {
+      const virsh = path.join(dir, 'virsh');
+      await writeFile(virsh, `#!/bin/sh\necho $$ >${dir}/pid\nexec sleep 30\n`, { mode: 0o755 });
+      const driver = new VirshDriver(new LocalRunner(), URI, { virsh });
+      const controller = new AbortController();
+      const pending = driver.abort('d', 'vda', { signal: controller.signal });
+      await expect.poll(() => readFile(path.join(dir, 'pid'), 'utf8').catch(() => '')).not.toBe('');
+      const pid = Number((await readFile(path.join(dir, 'pid'), 'utf8')).trim());
+      controller.abort(new Error('ended'));
+      await expect(pending).rejects.toThrow('ended');
+      // The command itself is gone, not left running.
+      await expect.poll(() => { try { process.kill(pid, 0); return true; } catch { return false; } }).toBe(false);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -6,7 +6,7 @@
 import { resolveBase, virshBaseArg } from './chain.ts';
 import { HypervisorError } from './errors.ts';
 import { RunOutputLimitError, RunTimeoutError, RunTransportError, type CommandRunner, type RunResult } from './runner.ts';
-import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, SpaceInfo, SpaceRequest, StartPullOptions, WatchEventsOptions } from './types.ts';
+import type { ActionOptions, BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, SpaceInfo, SpaceRequest, StartPullOptions, WatchEventsOptions } from './types.ts';
 import {
   findDisk,
   parseBlockJobEventLine,
@@ -77,13 +77,13 @@ export class VirshDriver implements BlockJobDriver {
     return result;
   }
 
-  async listDisks(domain: string): Promise<DiskInfo[]> {
-    const { stdout } = await this.#virshRun(['dumpxml', '--domain', domain]);
+  async listDisks(domain: string, signal?: AbortSignal): Promise<DiskInfo[]> {
+    const { stdout } = await this.#virshRun(['dumpxml', '--domain', domain], signal);
     return parseDomainDisks(stdout);
   }
 
-  async getDisk(domain: string, disk: DiskRef): Promise<DiskInfo> {
-    const disks = await this.listDisks(domain);
+  async getDisk(domain: string, disk: DiskRef, signal?: AbortSignal): Promise<DiskInfo> {
+    const disks = await this.listDisks(domain, signal);
     const found = findDisk(disks, disk);
     if (found === undefined) {
       const what = 'name' in disk ? `disk ${disk.name} (alias ua-${disk.name})` : `disk target ${disk.target}`;
@@ -95,12 +95,12 @@ export class VirshDriver implements BlockJobDriver {
   async startPull(domain: string, target: string, options: StartPullOptions = {}): Promise<void> {
     const args = ['blockpull', '--domain', domain, '--path', target];
     if (options.base !== undefined) {
-      const disk = await this.getDisk(domain, { target });
+      const disk = await this.getDisk(domain, { target }, options.signal);
       const layer = resolveBase(disk, options.base);
       args.push('--base', virshBaseArg(disk, layer));
     }
     if (options.bandwidth !== undefined && options.bandwidth > 0) args.push('--bandwidth', String(Math.trunc(options.bandwidth)), '--bytes');
-    await this.#virshRun(args);
+    await this.#virshRun(args, options.signal);
   }
 
   async getJob(domain: string, target: string): Promise<BlockJobInfo | null> {
@@ -108,14 +108,14 @@ export class VirshDriver implements BlockJobDriver {
     return parseBlockJobRaw(stdout);
   }
 
-  async setBandwidth(domain: string, target: string, bytesPerSecond: number): Promise<void> {
+  async setBandwidth(domain: string, target: string, bytesPerSecond: number, options: ActionOptions = {}): Promise<void> {
     if (!Number.isInteger(bytesPerSecond) || bytesPerSecond < 0) throw new RangeError(`bandwidth must be a non-negative integer, got ${bytesPerSecond}`);
-    await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--bandwidth', String(bytesPerSecond), '--bytes']);
+    await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--bandwidth', String(bytesPerSecond), '--bytes'], options.signal);
   }
 
-  async abort(domain: string, target: string): Promise<void> {
+  async abort(domain: string, target: string, options: ActionOptions = {}): Promise<void> {
     // --abort said explicitly (--async alone only implies it); --async: do not wait for the job to end.
-    await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--abort', '--async']);
+    await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--abort', '--async'], options.signal);
   }
 
   /** Run a non-virsh tool (stat, du) next to the VM through the same runner; a failure becomes a typed error. */

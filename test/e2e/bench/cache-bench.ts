@@ -34,7 +34,7 @@ function apiObject(i: number): string {
     bp: parseBlockPull(raw),
     launcher: { kind: 'vmiNotFound', message: `VMI vm-wait-${i} not found in namespace scale` },
     diskHolder: null,
-    slots: { running: 0, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
+    slots: { running: 0, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
     pollIntervalMs: 500,
     waitRequeueMs: 5_000,
   });

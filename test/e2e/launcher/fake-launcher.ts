@@ -4,7 +4,9 @@
  * Modes:
  * - `hang`: every command sleeps (a launcher whose libvirt never answers);
  * - `flood`: `virsh dumpxml` prints `floodBytes` bytes (default 300 MiB) and then a domain;
- * - `flat` / `chain3`: a domain whose disk has 1 / 3 images; no block job ever runs.
+ * - `flat` / `chain3`: a domain whose disk has 1 / 3 images; no block job ever runs;
+ * - `hang-actions`: answers looks like `chain3` (a pull is due, no job runs) but every action
+ *   (`blockpull`, `blockrebase`, `blockjob --abort` / `--bandwidth` / `--pivot`) sleeps.
  * `virsh event --loop` sleeps in every mode. Each call appends its command name to `log`.
  */
 import { readFileSync } from 'node:fs';
@@ -12,7 +14,7 @@ import { appendFile, chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promi
 import path from 'node:path';
 import { registrationPath } from '../../../operator/src/kubevirt/transport.ts';
 
-export type FakeVirshMode = 'hang' | 'flood' | 'flat' | 'chain3';
+export type FakeVirshMode = 'hang' | 'flood' | 'flat' | 'chain3' | 'hang-actions';
 
 export interface FakeLauncherOptions {
   readonly registryDir: string;
@@ -31,8 +33,10 @@ export interface FakeLauncher {
   readonly registrationPath: string;
   /** Commands run so far (dumpxml, blockjob, event, blockpull, ...). */
   commands(): Promise<string[]>;
-  /** Pids of the sleeping commands (hang mode, `virsh event`) started so far. */
+  /** Pids of the sleeping commands (hang mode, `virsh event`, actions in hang-actions mode) started so far. */
   sleepers(): Promise<number[]>;
+  /** Pids of the actions (blockpull, blockrebase, blockjob --abort/--bandwidth/--pivot) started so far. */
+  actions(): Promise<number[]>;
   stop(): Promise<void>;
 }
 
@@ -43,14 +47,20 @@ for a in "$@"; do
   case "$a" in dumpxml|blockjob|event|blockpull|blockrebase|domstats) cmd="$a"; break ;; esac
 done
 echo "$cmd" >>"$FAKE_VIRSH_LOG"
+action=""
+case "$cmd" in
+  blockpull|blockrebase) action=1 ;;
+  blockjob) for a in "$@"; do case "$a" in --abort|--bandwidth|--pivot) action=1 ;; esac; done ;;
+esac
+if [ -n "$action" ]; then echo "$$" >>"$FAKE_VIRSH_ACTIONS"; fi
 # Sleepers are recorded so that stop() can end the ones the operator did not kill.
-if [ "$FAKE_VIRSH_MODE" = hang ] || [ "$cmd" = event ]; then echo "$$" >>"$FAKE_VIRSH_PIDS"; exec sleep 3600; fi
+if [ "$FAKE_VIRSH_MODE" = hang ] || [ "$cmd" = event ] || { [ "$FAKE_VIRSH_MODE" = hang-actions ] && [ -n "$action" ]; }; then echo "$$" >>"$FAKE_VIRSH_PIDS"; exec sleep 3600; fi
 if [ "$cmd" = blockjob ]; then echo; exit 0; fi
 if [ "$cmd" != dumpxml ]; then echo "error: fake virsh: $cmd not supported" >&2; exit 1; fi
 if [ "$FAKE_VIRSH_MODE" = flood ]; then yes '<!-- flood flood flood flood flood flood flood flood flood flood -->' | head -c "$FAKE_VIRSH_FLOOD_BYTES"; fi
 d="/var/run/kubevirt-ephemeral-disks/disk-data/$FAKE_VIRSH_DISK"
 echo "<domain type='qemu'><name>$FAKE_VIRSH_DOMAIN</name><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
-if [ "$FAKE_VIRSH_MODE" = chain3 ]; then
+if [ "$FAKE_VIRSH_MODE" = chain3 ] || [ "$FAKE_VIRSH_MODE" = hang-actions ]; then
   echo "<source file='$d/top.qcow2' index='3'/><backingStore type='file' index='2'><format type='qcow2'/><source file='$d/mid.qcow2'/>"
   echo "<backingStore type='file' index='1'><format type='qcow2'/><source file='$d/base.qcow2'/><backingStore/></backingStore></backingStore>"
 else
@@ -78,13 +88,16 @@ export async function registerFakeLauncher(o: FakeLauncherOptions): Promise<Fake
   await chmod(script, 0o755);
   const log = path.join(o.dir, 'virsh.log');
   const pids = path.join(o.dir, 'sleepers');
+  const actionPids = path.join(o.dir, 'actions');
   await appendFile(log, '');
   await appendFile(pids, '');
-  const sleepers = async (): Promise<number[]> =>
-    (await readFile(pids, 'utf8'))
+  await appendFile(actionPids, '');
+  const pidsIn = async (file: string): Promise<number[]> =>
+    (await readFile(file, 'utf8'))
       .split('\n')
       .filter((l) => /^[0-9]+$/.test(l))
       .map(Number);
+  const sleepers = (): Promise<number[]> => pidsIn(pids);
   const file = registrationPath(o.registryDir, o.namespace, o.pod);
   const uid = process.getuid?.() ?? 0;
   const gid = process.getgid?.() ?? 0;
@@ -99,6 +112,7 @@ export async function registerFakeLauncher(o: FakeLauncherOptions): Promise<Fake
       FAKE_VIRSH_MODE: o.mode,
       FAKE_VIRSH_LOG: log,
       FAKE_VIRSH_PIDS: pids,
+      FAKE_VIRSH_ACTIONS: actionPids,
       FAKE_VIRSH_DISK: o.disk ?? 'rootdisk',
       FAKE_VIRSH_DOMAIN: `${o.namespace}_fake`,
       FAKE_VIRSH_FLOOD_BYTES: String(o.floodBytes ?? 300 * 1024 * 1024),
@@ -112,6 +126,7 @@ export async function registerFakeLauncher(o: FakeLauncherOptions): Promise<Fake
       return (await readFile(log, 'utf8')).split('\n').filter((l) => l !== '');
     },
     sleepers,
+    actions: () => pidsIn(actionPids),
     async stop() {
       await rm(file, { force: true });
       // End the sleepers this fake started that are still its `sleep` (checked: pids get reused).

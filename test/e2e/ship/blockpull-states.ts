@@ -76,7 +76,7 @@ function observe(bp: BlockPull, o: Partial<Observation>): Observation {
     // This operator process started the job it sees (else the job reads Adopted).
     jobStartedHere: true,
     diskHolder: `vms/${bp.metadata.name}`,
-    slots: { running: 0, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
+    slots: { running: 0, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
     pollIntervalMs: 500,
     waitRequeueMs: 5000,
     ...o,
@@ -129,7 +129,7 @@ export function blockPullStates(): BlockPullState[] {
   }
   addDecided(decided('pending-domainnotfound', {}, { hypervisor: { kind: 'domainNotFound', message: 'Domain not found: no domain with matching name vms_web-1' } }));
   addDecided(decided('pending-diskbusy', {}, { hypervisor: ok(CHAIN3, { type: 'Block Copy', cur: 1, end: 10, bandwidth: 0 }) }));
-  addDecided(decided('pending-slot', {}, { hypervisor: ok(CHAIN3), slots: { running: 4, runningOnNode: 0, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
+  addDecided(decided('pending-slot', {}, { hypervisor: ok(CHAIN3), slots: { running: 4, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
   addDecided(decided('pending-unreachable', {}, { hypervisor: { kind: 'unreachable', message: 'failed to connect to the hypervisor' } }));
   {
     const bp = parseBlockPull(object({ name: 'pending-jobfailed' }));

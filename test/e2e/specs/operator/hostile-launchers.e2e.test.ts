@@ -2,7 +2,8 @@
  * Hostile launchers (issue 10, items 1-3), end to end: the real control plane, the operator as its
  * own process (local transport, the chart's RBAC) and launcher stand-ins whose `virsh` is a script
  * (test/e2e/launcher/fake-launcher.ts): one that lies from a forged pod, one that floods, ten that
- * hang. Each scenario runs its own operator process (leader election off), one at a time.
+ * hang, ten that answer looks but hang on every action (beside a real launcher stand-in of another
+ * tenant). Each scenario runs its own operator process (leader election off), one at a time.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -25,6 +26,7 @@ import {
 } from '../../operator-fixture/fixture.ts';
 import { sleep, waitFor } from '../../support/wait.ts';
 import { isFakeSleeper, registerFakeLauncher, type FakeLauncher, type FakeVirshMode } from '../../launcher/fake-launcher.ts';
+import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
 describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
   let kube: ClusterClient;
@@ -32,6 +34,7 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
   let tmp: string;
   let saKubeconfig: string;
   const fakes: FakeLauncher[] = [];
+  const launchers: Launcher[] = [];
   const namespaces: string[] = [];
   let operator: OperatorProcess | undefined;
 
@@ -77,6 +80,7 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
     // The stand-ins first (their sleeping commands ended, registrations gone): then no BlockPull
     // waits on a launcher and the operator drops the finalizers at once.
     for (const f of fakes) await f.stop();
+    for (const l of launchers) await l.stop();
     try {
       if (operator === undefined && kube !== undefined && namespaces.length > 0) await start('hostile-cleanup');
       for (const ns of namespaces) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', ns, '--wait=true', '--timeout=20s']);
@@ -233,6 +237,98 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
       // Each hanging launcher was never looked at twice at once: at most one sleeper alive each.
       for (const h of hanging) expect((await h.sleepers()).filter(isFakeSleeper).length).toBeLessThanOrEqual(1);
       expect(op.child.exitCode).toBeNull();
+    } finally {
+      await stopOperator();
+    }
+  }, 240_000);
+  it('ten launchers of namespace A answer looks but hang on every action: a BlockPull of namespace B gets its first status within 2 s, a slot within the action bound, and completes; never more than 4 pulls run', async () => {
+    const limit = 4;
+    // The default action bound (BLOCKPULL_ACTION_TIMEOUT_MS, 10 s); every stand-in is on one
+    // node, so the per-node limit is raised to let the cluster-wide one be what holds pulls back.
+    const actionBoundMs = 10_000;
+    await start('hostile-slots', { BLOCKPULL_MAX_CONCURRENT_PULLS: String(limit), BLOCKPULL_MAX_PULLS_PER_NODE: '20' });
+    try {
+      const nsA = await namespace('bp-slots-a');
+      const hanging: FakeLauncher[] = [];
+      for (let i = 0; i < 10; i++) {
+        await createFakeVmi(kube, { namespace: nsA, vmiName: `vm-a${i}`, podName: `virt-launcher-a${i}`, disks: ['rootdisk'] });
+        hanging.push(await fake(nsA, `virt-launcher-a${i}`, 'hang-actions'));
+      }
+      const nsB = await namespace('bp-slots-b');
+      const real = await startLauncher({ namespace: nsB, vmiName: 'vm-b', registryDir, disks: [{ name: 'rootdisk', layers: 3, sizeMiB: 32, allocatedMiB: 17 }] });
+      launchers.push(real);
+      await createFakeVmi(kube, { namespace: nsB, vmiName: 'vm-b', launcher: real, disks: ['rootdisk'] });
+      const reference = await real.reference('rootdisk');
+
+      // Sampled all along: the BlockPulls Running (as their status says) and the actions alive
+      // in the stand-ins (what runs "in libvirt": a hanging start counts until it is ended).
+      let sampling = true;
+      let maxRunning = 0;
+      let maxActions = 0;
+      const liveActions = async (): Promise<number> => {
+        let n = 0;
+        for (const h of hanging) n += (await h.actions()).filter(isFakeSleeper).length;
+        return n;
+      };
+      const sampleRunning = (async () => {
+        while (sampling) {
+          const phases = (await kube.kubectl(['get', 'blockpulls', '-A', '-o', 'jsonpath={range .items[*]}{.status.phase}{"\\n"}{end}'])).split('\n');
+          maxRunning = Math.max(maxRunning, phases.filter((p) => p === 'Running').length);
+          await sleep(300);
+        }
+      })();
+      const sampleActions = (async () => {
+        while (sampling) {
+          maxActions = Math.max(maxActions, await liveActions());
+          await sleep(100);
+        }
+      })();
+
+      try {
+        for (let i = 0; i < 10; i++) await apply(nsA, `a${i}`, `vm-a${i}`);
+        // A takes every slot with starts that never return.
+        await waitFor('namespace A holds every slot', 30_000, async () => ((await liveActions()) >= limit ? true : undefined));
+
+        const t0 = performance.now();
+        await apply(nsB, 'b', 'vm-b');
+        await kube.kubectl(['wait', 'blockpull/b', '-n', nsB, '--for=jsonpath={.status.phase}', '--timeout=30s'], { timeoutMs: 35_000 });
+        const firstStatusMs = Math.round(performance.now() - t0);
+        let waitingSince: number | undefined;
+        let slotWaitMs: number | undefined;
+        const done = await waitFor('b Completed', 90_000, async () => {
+          const b = await getBlockPull(kube, nsB, 'b');
+          const now = performance.now();
+          if (b?.status?.reason === 'WaitingForSlot') waitingSince ??= now;
+          if (slotWaitMs === undefined && (b?.status?.phase === 'Running' || b?.status?.phase === 'Completed')) slotWaitMs = Math.round(now - (waitingSince ?? now));
+          return b?.status?.phase === 'Completed' || b?.status?.phase === 'Failed' ? b : undefined;
+        });
+        const completedMs = Math.round(performance.now() - t0);
+        console.log(
+          `slots: 10 launchers of ${nsA} hang on every action (limit ${limit}, action bound ${actionBoundMs} ms): BlockPull ${nsB}/b first status after ${firstStatusMs} ms, ` +
+            `waited for a slot ${slotWaitMs ?? '?'} ms, ${done.status?.phase} after ${completedMs} ms; at most ${maxRunning} BlockPulls Running and ${maxActions} actions alive at once`,
+        );
+        expect(done.status?.phase, JSON.stringify(done.status)).toBe('Completed');
+        expect(await real.compare('rootdisk', reference)).toBe(true);
+        expect(firstStatusMs).toBeLessThan(2_000);
+        expect(waitingSince, 'b waited for a slot (A held them all)').toBeDefined();
+        // One action bound, and the wake-up after it: B's wait does not depend on A giving up.
+        expect(slotWaitMs!).toBeLessThan(actionBoundMs + 5_000);
+        // A's starts that did not answer were ended at the bound: recorded Unanswered, then (no job
+        // on the disk) a failed start waiting out its backoff; none of A's is Completed.
+        const statusesA = await Promise.all(Array.from({ length: 10 }, async (_, i) => (await getBlockPull(kube, nsA, `a${i}`))?.status));
+        expect(statusesA.some((st) => st?.job?.state === 'Unanswered' || (st?.reason === 'JobFailed' && (st.retries ?? 0) > 0)), JSON.stringify(statusesA)).toBe(true);
+        expect(statusesA.filter((st) => st?.phase === 'Completed')).toEqual([]);
+      } finally {
+        sampling = false;
+        await Promise.all([sampleRunning, sampleActions]);
+      }
+      expect(maxRunning).toBeLessThanOrEqual(limit);
+      expect(maxActions).toBeLessThanOrEqual(limit);
+      // The hanging starts were ended at the bound, not left behind.
+      await sleep(1_000);
+      const alive = await liveActions();
+      expect(alive).toBeLessThanOrEqual(limit);
+      expect(operator?.child.exitCode).toBeNull();
     } finally {
       await stopOperator();
     }

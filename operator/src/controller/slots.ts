@@ -1,0 +1,67 @@
+/**
+ * The slots this process holds, and the order in which waiting BlockPulls are woken.
+ *
+ * The ledger is the process's own record of the pulls it knows to run or is starting: a start
+ * takes its slot here synchronously, in the same turn of the event loop as the slot check (after
+ * decide chose startPull, before the intent write), so concurrent workers never both take the
+ * last slot; the cache, which shows a start only after its status write comes back, cannot do
+ * that. A slot is given back when the start fails or does not answer, when the job is seen gone
+ * (the BlockPull is no longer Running), and when the BlockPull is forgotten.
+ */
+import { splitKey } from './blockpulls.ts';
+
+export class SlotLedger {
+  /** BlockPull key -> node of its launcher. */
+  readonly #held = new Map<string, string>();
+
+  hold(key: string, node: string): void {
+    this.#held.set(key, node);
+  }
+
+  /** True when `key` held a slot. */
+  release(key: string): boolean {
+    return this.#held.delete(key);
+  }
+
+  has(key: string): boolean {
+    return this.#held.has(key);
+  }
+
+  entries(): ReadonlyMap<string, string> {
+    return this.#held;
+  }
+}
+
+/**
+ * Waiting BlockPulls in the order to wake them when a slot frees: round-robin by namespace (one
+ * of each namespace, then the next of each), starting with the namespace after `after` in name
+ * order, so that no namespace's waiters are always looked at first.
+ */
+export function roundRobinByNamespace(keys: readonly string[], after: string | undefined): string[] {
+  const byNs = new Map<string, string[]>();
+  const seen = new Set<string>();
+  for (const k of keys) {
+    if (seen.has(k)) continue;
+    seen.add(k);
+    const { namespace } = splitKey(k);
+    let list = byNs.get(namespace);
+    if (list === undefined) byNs.set(namespace, (list = []));
+    list.push(k);
+  }
+  const names = [...byNs.keys()].sort();
+  const first = after === undefined ? 0 : names.findIndex((n) => n > after);
+  const order = first <= 0 ? names : [...names.slice(first), ...names.slice(0, first)];
+  const out: string[] = [];
+  for (let round = 0; out.length < seen.size; round++) {
+    let added = false;
+    for (const ns of order) {
+      const k = byNs.get(ns)![round];
+      if (k !== undefined) {
+        out.push(k);
+        added = true;
+      }
+    }
+    if (!added) break;
+  }
+  return out;
+}
