@@ -1,5 +1,5 @@
 /**
- * Architecture report, read from the code (issue 13): lines per room, import arrows that run back
+ * Architecture report, read from the code: lines per room, import arrows that run back
  * up the operator's floors, import cycles, the longest functions in operator/src, and the
  * process-spawning call sites outside test/e2e/support/.
  *

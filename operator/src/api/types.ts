@@ -231,10 +231,6 @@ export function parseBlockPull(obj: unknown): BlockPull {
   return BlockPullSchema.parse(obj);
 }
 
-export function blockPullKey(bp: { metadata: { namespace: string; name: string } }): string {
-  return `${bp.metadata.namespace}/${bp.metadata.name}`;
-}
-
 export function isReason(value: string | undefined): value is Reason {
   return value !== undefined && (REASONS as readonly string[]).includes(value);
 }

@@ -5,10 +5,11 @@
  * the three questions the Reconciler asks about other BlockPulls: who holds a disk, how many
  * pulls run (slot counting), and whom to wake when a disk or a slot is released.
  */
+import { objectKey, splitKey } from '../api/object-key.ts';
 import { BLOCKPULL_REF, parseBlockPull, type BlockPull } from '../api/types.ts';
 import { getCustomObject, type KubeClients } from '../kube/client.ts';
 import { StringInterner } from '../kube/intern.ts';
-import { blockPullKeyOf, diskHolder } from './decide.ts';
+import { diskHolder } from './decide.ts';
 import { BP_BY_DISK, BP_RUNNING_BY_NODE, BP_WAITING_FOR_SLOT, diskIndexKey } from './indexes.ts';
 import type { StatusWriter } from './status-writer.ts';
 
@@ -19,11 +20,6 @@ export interface CacheReader {
   /** Objects filed under `value` in index `name` (indexes.ts); without it, list() is scanned. */
   byIndex?(name: string, value: string): readonly unknown[];
   indexValues?(name: string): ReadonlyMap<string, ReadonlySet<string>>;
-}
-
-export function splitKey(key: string): { namespace: string; name: string } {
-  const i = key.indexOf('/');
-  return { namespace: key.slice(0, i), name: key.slice(i + 1) };
 }
 
 export type ReadResult = { kind: 'ok'; bp: BlockPull } | { kind: 'gone' } | { kind: 'invalid'; error: Error };
@@ -146,7 +142,7 @@ export class BlockPulls {
     } else {
       for (const raw of c.list()) {
         const b = this.parse(raw);
-        if (!(b instanceof Error) && b.status?.phase === 'Running') running.set(blockPullKeyOf(b), b.status.launcher?.node ?? '');
+        if (!(b instanceof Error) && b.status?.phase === 'Running') running.set(objectKey(b), b.status.launcher?.node ?? '');
       }
     }
     for (const [k, node] of knownRunning) running.set(k, node);
@@ -160,12 +156,12 @@ export class BlockPulls {
     let keys: string[];
     if (c.indexValues !== undefined) {
       keys = [];
-      for (const [namespace] of c.indexValues(BP_WAITING_FOR_SLOT)) keys.push(...this.#indexed(BP_WAITING_FOR_SLOT, namespace, () => true).map(blockPullKeyOf));
+      for (const [namespace] of c.indexValues(BP_WAITING_FOR_SLOT)) keys.push(...this.#indexed(BP_WAITING_FOR_SLOT, namespace, () => true).map(objectKey));
     } else {
       keys = [];
       for (const raw of c.list()) {
         const p = this.parse(raw);
-        if (!(p instanceof Error) && this.#writer.newest(p).status?.reason === 'WaitingForSlot') keys.push(blockPullKeyOf(p));
+        if (!(p instanceof Error) && this.#writer.newest(p).status?.reason === 'WaitingForSlot') keys.push(objectKey(p));
       }
     }
     for (const [k, w] of this.#writer.inFlight()) if (w.status?.reason === 'WaitingForSlot') keys.push(k);

@@ -1,5 +1,5 @@
 /**
- * Issue 11: watch events wake exactly the BlockPulls they concern, through the cache indexes:
+ * watch events wake exactly the BlockPulls they concern, through the cache indexes:
  * a VMI event the BlockPulls naming it, a launcher pod event those of the VMI it claims (by uid),
  * nothing else. A small HTTP server plays the API server (lists, then watches that we feed).
  */

@@ -4,6 +4,7 @@
  * (the queue never hands out one key twice at once). Runs until `signal` aborts; running
  * pulls are left alone on shutdown (the next leader adopts them).
  */
+import { objectKey } from '../api/object-key.ts';
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { BLOCKPULL_REF, isTerminal } from '../api/types.ts';
 import type { EventRecorder } from '../kube/events.ts';
@@ -13,7 +14,7 @@ import { forBlockPullKey, type Logger } from '../log.ts';
 import { LAUNCHER_LABEL_SELECTOR, VMI_REF, VMIM_REF } from '../kubevirt/launcher.ts';
 import type { DriverProvider } from '../kubevirt/transport.ts';
 import { blockPullIndexes, BP_BY_PHASE, BP_BY_VMI, podIndexes, POD_BY_VMI_UID, slimPod, slimVmi, vmiIndexes, VMI_BY_UID } from './indexes.ts';
-import { customResourceSource, podSource, stripMetadata, WatchdogInformer, objectKeyOf } from '../kube/informer.ts';
+import { customResourceSource, podSource, stripMetadata, WatchdogInformer } from '../kube/informer.ts';
 import { Reconciler } from './reconcile.ts';
 import { WorkQueue } from '../kube/workqueue.ts';
 
@@ -56,7 +57,7 @@ export class Controller {
     const { clients, metrics } = options;
     this.queue = new WorkQueue<string>({ name: 'blockpull', ...(metrics ? { hooks: metrics.workQueueHooks('blockpull') } : {}) });
     const common = { kc: clients.kc, logger: options.logger, ...(metrics ? { metrics } : {}) };
-    // Caches keep only what is read (issue 11: 10,000 objects each), indexed to avoid scans.
+    // Caches keep only what is read (10,000 objects each), indexed to avoid scans.
     this.blockPulls = new WatchdogInformer({
       ...common,
       resource: 'blockpulls',
@@ -109,13 +110,13 @@ export class Controller {
 
     // Every change wakes the BlockPull, except our own status write coming back (already requeued).
     const wake = (obj: KubernetesObject): void => {
-      const key = objectKeyOf(obj);
+      const key = objectKey(obj);
       if (key !== '') this.queue.add(key);
     };
     this.blockPulls.addEventHandler({
       add: wake,
       update: (obj) => {
-        if (!this.reconciler.isOwnWrite(objectKeyOf(obj), obj.metadata?.resourceVersion)) wake(obj);
+        if (!this.reconciler.isOwnWrite(objectKey(obj), obj.metadata?.resourceVersion)) wake(obj);
       },
       delete: wake,
     });
@@ -123,7 +124,7 @@ export class Controller {
     // change, those of the VMIs it claims (by uid: label kubevirt.io/created-by, ownerReferences).
     const wakeVmi = (namespace: string | undefined, name: string | undefined): void => {
       if (name === undefined) return;
-      for (const b of this.blockPulls.byIndex(BP_BY_VMI, `${namespace ?? ''}/${name}`)) this.queue.add(objectKeyOf(b));
+      for (const b of this.blockPulls.byIndex(BP_BY_VMI, `${namespace ?? ''}/${name}`)) this.queue.add(objectKey(b));
     };
     const byVmi = (obj: KubernetesObject): void => wakeVmi(obj.metadata?.namespace, obj.metadata?.name);
     this.vmis.addEventHandler({ add: byVmi, update: byVmi, delete: byVmi });
@@ -146,7 +147,7 @@ export class Controller {
       for (const b of this.blockPulls.list()) {
         const phase = (b as { status?: { phase?: string } }).status?.phase;
         if (isTerminal(phase as never)) continue;
-        const key = objectKeyOf(b);
+        const key = objectKey(b);
         this.queue.forget(key);
         this.queue.add(key);
       }
@@ -178,7 +179,7 @@ export class Controller {
     if (ok) {
       this.#log.info({ workers: this.#options.workers }, 'caches synced; starting workers');
       // Everything cached is looked at once after a (re)start: running jobs are adopted.
-      for (const b of this.blockPulls.list()) this.queue.add(objectKeyOf(b));
+      for (const b of this.blockPulls.list()) this.queue.add(objectKey(b));
       const workers = Array.from({ length: this.#options.workers }, (_, i) => this.#worker(i, signal));
       await new Promise<void>((resolve) => {
         if (signal.aborted) resolve();

@@ -8,17 +8,8 @@ import { getCondition } from '../api/conditions.ts';
 import { FINALIZER, parseBlockPull, type BlockPull, type BlockPullStatus } from '../api/types.ts';
 import { HypervisorError } from '../hypervisor/errors.ts';
 import type { BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
-import {
-  backoffMs,
-  decide,
-  decideActionError,
-  diskHolder,
-  fairShare,
-  MAX_BACKOFF_MS,
-  type SlotUsage,
-  type HypervisorObservation,
-  type Observation,
-} from './decide.ts';
+import { backoffMs, diskHolder, fairShare, MAX_BACKOFF_MS, type HypervisorObservation } from './decide.ts';
+import { decide, decideActionError, factsWanted, type TestObservation as Observation } from '../../../test/unit/support/decide.ts';
 import type { LauncherLookup } from '../kubevirt/launcher.ts';
 
 const NOW = new Date('2026-11-27T10:00:00Z');
@@ -91,7 +82,20 @@ const running = (extra: BlockPullStatus = {}): BlockPullStatus => ({
 });
 
 describe('decide: the state table', () => {
-  it('a BlockPull waiting for its VMI or launcher gets no finalizer: no job of ours can run to abort on delete (issue 11)', () => {
+  it('never starts without the space measured: it asks for the space instead (factsWanted), with the base the start keeps', () => {
+    const look = obs({ bp: bp({ spec: { base: { position: 2 } } }), hypervisor: ok(CHAIN3), space: 'not measured' });
+    const d = decide(look);
+    expect(d.action).toEqual({ type: 'none' });
+    expect(d.wants).toBe('space');
+    expect(d.requeueAfterMs).toBe(0);
+    expect(factsWanted(look)).toEqual({ space: { basePath: BASE }, jobError: false });
+    // Measured: the start.
+    expect(decide({ ...look, space: { kind: 'unknown', reason: 'block device' } }).action.type).toBe('startPull');
+    // A look that waits for a slot wants nothing measured.
+    expect(factsWanted({ ...look, slots: { running: 4, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1 } }).space).toBeUndefined();
+  });
+
+  it('a BlockPull waiting for its VMI or launcher gets no finalizer: no job of ours can run to abort on delete', () => {
     for (const launcher of [
       { kind: 'vmiNotFound', message: 'no VMI' },
       { kind: 'vmiNotRunning', message: 'Scheduling' },
@@ -253,7 +257,7 @@ describe('decide: the state table', () => {
   });
 
   describe('fair share of the cluster-wide slots between namespaces: ceil(limit / namespaces wanting); a namespace at its share waits', () => {
-    const slots = (running: number, runningInNamespace: number, namespacesWanting: number, maxConcurrentPulls = 4): SlotUsage => ({
+    const slots = (running: number, runningInNamespace: number, namespacesWanting: number, maxConcurrentPulls = 4): Observation['slots'] => ({
       running,
       runningOnNode: 0,
       runningInNamespace,
@@ -261,7 +265,7 @@ describe('decide: the state table', () => {
       maxConcurrentPulls,
       maxPullsPerNode: 10,
     });
-    const rows: { name: string; slots: SlotUsage; share: number; starts: boolean }[] = [
+    const rows: { name: string; slots: Observation['slots']; share: number; starts: boolean }[] = [
       { name: 'one namespace wants slots: it may take them all', slots: slots(3, 3, 1), share: 4, starts: true },
       { name: 'two namespaces, this one runs 1 of its 2', slots: slots(3, 1, 2), share: 2, starts: true },
       { name: 'two namespaces, this one runs its 2', slots: slots(2, 2, 2), share: 2, starts: false },
@@ -273,7 +277,7 @@ describe('decide: the state table', () => {
     ];
     for (const row of rows) {
       it(row.name, () => {
-        expect(fairShare(row.slots)).toBe(row.share);
+        expect(fairShare(row.slots.maxConcurrentPulls ?? 4, row.slots.namespacesWanting)).toBe(row.share);
         const d = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: row.slots }));
         if (row.starts) {
           expect(d.action.type).toBe('startPull');
@@ -685,7 +689,7 @@ describe('decide: pre-flight space check before every start', () => {
 /**
  * Persisted intent (status.job): what the operator did is recorded before it acts, and "no job,
  * chain short of the goal" is judged from that record, never from the phase alone. These rows
- * are the pause races of issue 10: a job we aborted is never a failure, our own job is never
+ * are the pause races found in review: a job we aborted is never a failure, our own job is never
  * "Adopted", attempts count the jobs started.
  */
 describe('decide: the job record (persisted intent)', () => {

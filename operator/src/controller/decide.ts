@@ -12,6 +12,7 @@
  * record: after our abort (Aborting) it is a pause, never a failure; after a confirmed start
  * (Running) the job ended on its own. A lost write can only delay an action, never mislabel one.
  */
+import { objectKey } from '../api/object-key.ts';
 import { getCondition, setCondition, timestamp } from '../api/conditions.ts';
 import { parseQuantity, formatBytes } from '../api/quantity.ts';
 import {
@@ -29,8 +30,9 @@ import {
   type Progress,
   type Reason,
 } from '../api/types.ts';
-import { computeGoal, isPullComplete, type PullGoal } from '../hypervisor/completion.ts';
-import { HypervisorError, isHypervisorError, type HypervisorErrorCode } from '../hypervisor/errors.ts';
+import { goalOrInvalid } from '../hypervisor/chain.ts';
+import { isPullComplete, type PullGoal } from '../hypervisor/completion.ts';
+import { isHypervisorError, type HypervisorErrorCode } from '../hypervisor/errors.ts';
 import type { BaseRef, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
 import type { LauncherLookup, LauncherPod, MigrationRequest } from '../kubevirt/launcher.ts';
 import { boundStatus } from './status-limits.ts';
@@ -72,6 +74,21 @@ export interface SlotUsage {
    * this BlockPull's own. At least 1.
    */
   readonly namespacesWanting: number;
+}
+
+/**
+ * The operator's settings that decide() applies: given once, when the Decider is made (like
+ * cert-manager's policy chain gets its clock), while the Observation carries only facts.
+ */
+export interface DecideSettings {
+  /** Requeue while a job runs. */
+  readonly pollIntervalMs: number;
+  /** Requeue delay while waiting (VMI, launcher, disk, slot), and the base of every backoff. */
+  readonly waitRequeueMs: number;
+  /** Bytes that must stay free after the data to pull (BLOCKPULL_SPACE_MARGIN_MIB). */
+  readonly spaceMarginBytes: number;
+  /** Percent of the filesystem that must stay free after the data to pull, if more (BLOCKPULL_SPACE_MARGIN_PERCENT). */
+  readonly spaceMarginPercent: number;
   readonly maxConcurrentPulls: number;
   readonly maxPullsPerNode: number;
 }
@@ -81,8 +98,8 @@ export interface SlotUsage {
  * ceil(limit / namespaces wanting). A namespace that already runs its share waits, so one
  * tenant cannot hold every slot while another waits (running pulls are never preempted).
  */
-export function fairShare(slots: SlotUsage): number {
-  return Math.ceil(slots.maxConcurrentPulls / Math.max(1, slots.namespacesWanting));
+export function fairShare(maxConcurrentPulls: number, namespacesWanting: number): number {
+  return Math.ceil(maxConcurrentPulls / Math.max(1, namespacesWanting));
 }
 
 export interface ProgressSample {
@@ -102,21 +119,17 @@ export interface Observation {
   readonly slots: SlotUsage;
   /** The previous job sample of this BlockPull, for the rate. */
   readonly previousSample?: ProgressSample;
-  readonly pollIntervalMs: number;
-  /** Requeue delay while waiting (VMI, launcher, disk, slot). */
-  readonly waitRequeueMs: number;
   /**
    * This operator process asked libvirt to start the pull job now on the disk. A pull found running
    * that this process did not start (a leader change, a restart, a job started by hand) is Adopted.
    */
   readonly jobStartedHere?: boolean;
-  /** Pre-flight before a start; undefined = not measured (the caller measures when decide wants to start). */
+  /**
+   * Pre-flight before a start (the gatherer measures it when a start may follow, see
+   * factsWanted). Undefined: not measured, and then decide() starts nothing.
+   */
   readonly space?: SpaceObservation;
-  /** Bytes that must stay free after the data to pull (BLOCKPULL_SPACE_MARGIN_MIB). Default 0. */
-  readonly spaceMarginBytes?: number;
-  /** Percent of the filesystem that must stay free after the data to pull, if more (BLOCKPULL_SPACE_MARGIN_PERCENT). Default 0. */
-  readonly spaceMarginPercent?: number;
-  /** Requeue delay after an InsufficientSpace check (the caller's backoff). Default waitRequeueMs. */
+  /** Requeue delay after an InsufficientSpace check (the gatherer's backoff). Default waitRequeueMs. */
   readonly spaceRecheckMs?: number;
   /** Why our last job failed, as the hypervisor said (e.g. "No space left on device"), if known. */
   readonly lastJobError?: string;
@@ -176,13 +189,14 @@ export interface Decision {
   readonly requeueAfterMs: number | null;
   /** The job sample taken (store it for the next rate). */
   readonly sample?: ProgressSample;
+  /**
+   * A start would follow, but the space was not measured: nothing is done (see factsWanted;
+   * only a look whose slot count changed after the gatherer asked can end here).
+   */
+  readonly wants?: 'space';
 }
 
 const JOB_TYPE_PULL = 'Block Pull';
-
-export function blockPullKeyOf(bp: BlockPull): string {
-  return `${bp.metadata.namespace}/${bp.metadata.name}`;
-}
 
 function createdMs(bp: BlockPull): number {
   const t = bp.metadata.creationTimestamp;
@@ -207,7 +221,7 @@ export function diskHolder(all: readonly BlockPull[], self: BlockPull): string |
   const active = same.filter((b) => b.status?.phase === 'Running' || b.status?.phase === 'Paused');
   const pool = active.length > 0 ? active : same;
   const sorted = [...pool].sort((a, b) => createdMs(a) - createdMs(b) || a.metadata.name.localeCompare(b.metadata.name));
-  return blockPullKeyOf(sorted[0]!);
+  return objectKey(sorted[0]!);
 }
 
 /**
@@ -275,7 +289,7 @@ function withPhase(status: BlockPullStatus, p: PhaseInput, generation: number | 
 }
 
 function waitingStatus(
-  obs: Observation,
+  obs: Input,
   base: BlockPullStatus,
   reason: Reason,
   message: string,
@@ -288,7 +302,7 @@ function waitingStatus(
   };
 }
 
-function failed(obs: Observation, base: BlockPullStatus, reason: Reason, message: string): Decision {
+function failed(obs: Input, base: BlockPullStatus, reason: Reason, message: string): Decision {
   return {
     status: withPhase(base, { phase: 'Failed', reason, message }, obs.bp.metadata.generation, obs.now),
     action: { type: 'none' },
@@ -296,10 +310,13 @@ function failed(obs: Observation, base: BlockPullStatus, reason: Reason, message
   };
 }
 
+/** A goal, or why the base designates no backing image (the pull fails InvalidBase). */
+type GoalOrInvalid = PullGoal | { readonly invalidBase: string };
+
 /** The goal of this pull, from the chain recorded at the first look. */
-export function goalOf(bp: BlockPull, target: string, before: readonly ChainLayerStatus[]): PullGoal {
+export function goalOf(bp: BlockPull, target: string, before: readonly ChainLayerStatus[]): GoalOrInvalid {
   const disk: DiskInfo = { target, chain: before.map((l) => ({ position: l.position, path: l.path, format: l.format })) };
-  return computeGoal(disk, toBaseRef(bp.spec.base));
+  return goalOrInvalid(disk, toBaseRef(bp.spec.base));
 }
 
 export function toBaseRef(base: BlockPull['spec']['base']): BaseRef | undefined {
@@ -334,7 +351,7 @@ function bandwidthMessage(bytesPerSecond: number): string {
  * then the base recorded at the first look and the layers under it are taken from the chain as
  * it is now (a pull never changes them), so a cut chain does not make the goal unreachable.
  */
-function goalFromStatus(bp: BlockPull, disk: DiskInfo, before: readonly ChainLayerStatus[], basePath: string | undefined): PullGoal {
+function goalFromStatus(bp: BlockPull, disk: DiskInfo, before: readonly ChainLayerStatus[], basePath: string | undefined): GoalOrInvalid {
   const top = before[0];
   const active = disk.chain[0];
   if (top !== undefined && active !== undefined && active.path !== top.path) return goalOnOtherImage(bp, disk, before, basePath);
@@ -358,39 +375,80 @@ function goalFromStatus(bp: BlockPull, disk: DiskInfo, before: readonly ChainLay
  *   have the formats recorded then. Otherwise the base cannot be identified: InvalidBase.
  * A position is never re-resolved from the top of another chain.
  */
-function goalOnOtherImage(bp: BlockPull, disk: DiskInfo, before: readonly ChainLayerStatus[], basePath: string | undefined): PullGoal {
+function goalOnOtherImage(bp: BlockPull, disk: DiskInfo, before: readonly ChainLayerStatus[], basePath: string | undefined): GoalOrInvalid {
   const active = disk.chain[0]!;
   if (bp.spec.base === undefined) return { target: disk.target, expectedPaths: [active.path] };
-  const recorded = basePath ?? goalOf(bp, disk.target, before).basePath;
+  const first = goalOf(bp, disk.target, before);
+  const recorded = basePath ?? ('invalidBase' in first ? undefined : first.basePath);
   const byPath = disk.chain.findIndex((l) => l.path === recorded);
   if (byPath >= 1) return { target: disk.target, expectedPaths: [active.path, ...disk.chain.slice(byPath).map((l) => l.path)], basePath: recorded! };
   const at = before.findIndex((l) => l.path === recorded);
   const chainText = disk.chain.map((l) => l.path).join(' <- ');
   if (at < 1 || before.length >= STATUS_LIMITS.chainItems || disk.chain.length !== before.length) {
-    throw new HypervisorError(
-      'InvalidBase',
-      `the active image of ${disk.target} is now ${active.path} (was ${before[0]?.path ?? '?'}) and the base ${recorded ?? '?'} cannot be identified in its chain (${chainText}): not there by path, and the chain has ${disk.chain.length} images where it had ${before.length}`,
-    );
+    return {
+      invalidBase: `the active image of ${disk.target} is now ${active.path} (was ${before[0]?.path ?? '?'}) and the base ${recorded ?? '?'} cannot be identified in its chain (${chainText}): not there by path, and the chain has ${disk.chain.length} images where it had ${before.length}`,
+    };
   }
   const below = disk.chain.slice(at);
   const formats = below.map((l) => l.format).join(',');
   const recordedFormats = before.slice(at).map((l) => l.format).join(',');
   if (formats !== recordedFormats) {
-    throw new HypervisorError(
-      'InvalidBase',
-      `the active image of ${disk.target} is now ${active.path} and the image at the base's depth (${below[0]?.path ?? '?'}) and below have formats ${formats}, where the base ${recorded ?? '?'} and below had ${recordedFormats}`,
-    );
+    return {
+      invalidBase: `the active image of ${disk.target} is now ${active.path} and the image at the base's depth (${below[0]?.path ?? '?'}) and below have formats ${formats}, where the base ${recorded ?? '?'} and below had ${recordedFormats}`,
+    };
   }
   return { target: disk.target, expectedPaths: [active.path, ...below.map((l) => l.path)], basePath: below[0]!.path };
 }
 
+/** The observation and the settings, as the steps read them. */
+type Input = Observation & DecideSettings;
+
+/** The facts a look must add before decide() can judge it (the gatherer fetches them). */
+export interface FactsWanted {
+  /** A start may follow: measure the space for the pre-flight, with the base the start would keep. */
+  readonly space?: { readonly basePath?: string };
+  /** Our job ended short of its goal and QEMU's reason is not known yet: wait for it briefly. */
+  readonly jobError: boolean;
+}
+
 /**
- * The pure decision. Its status is always one the CRD accepts (messages, chain lists and
- * numbers cut to the CRD's bounds by boundStatus).
+ * The pure decision, with the operator's settings given once. Its status is always one the CRD
+ * accepts (messages, chain lists and numbers cut to the CRD's bounds by boundStatus).
  */
-export function decide(obs: Observation): Decision {
-  const d = decideUnbounded(obs);
-  return { ...d, status: boundStatus(d.status), ...(d.afterAction !== undefined ? { afterAction: boundStatus(d.afterAction) } : {}) };
+export class Decider {
+  readonly settings: DecideSettings;
+
+  constructor(settings: DecideSettings) {
+    this.settings = settings;
+  }
+
+  decide(obs: Observation): Decision {
+    const d = decideUnbounded({ ...obs, ...this.settings });
+    return { ...d, status: boundStatus(d.status), ...(d.afterAction !== undefined ? { afterAction: boundStatus(d.afterAction) } : {}) };
+  }
+
+  /**
+   * What the look at `obs` lacks for decide(): the same chain of steps, run on the facts gathered
+   * so far (pure; its decision is not acted on).
+   */
+  factsWanted(obs: Observation): FactsWanted {
+    const d = decideUnbounded({ ...obs, ...this.settings });
+    const ended = d.status.reason === 'JobFailed' || d.status.reason === 'RetryLimitExceeded';
+    const basePath = d.status.backingChain?.basePath;
+    return {
+      ...(d.wants === 'space' ? { space: basePath !== undefined ? { basePath } : {} } : {}),
+      jobError: ended && obs.bp.status?.phase === 'Running' && obs.lastJobError === undefined,
+    };
+  }
+
+  /**
+   * After a failed action: the status to write. Typed hypervisor errors become reasons; other
+   * errors leave the status and let the work queue retry with backoff.
+   */
+  actionError(obs: Observation, decided: Decision, err: unknown): Decision | undefined {
+    const d = decideActionErrorUnbounded({ ...obs, ...this.settings }, decided, err);
+    return d === undefined ? undefined : { ...d, status: boundStatus(d.status) };
+  }
 }
 
 // --- the decision as a chain of named steps ------------------------------------------------------
@@ -412,7 +470,7 @@ function firstDecision<F>(f: F, steps: readonly Step<F>[]): Decision | undefined
 
 /** What the BlockPull and the observation say before the launcher is known. */
 interface ObjectFacts {
-  readonly obs: Observation;
+  readonly obs: Input;
   readonly bp: BlockPull;
   readonly now: Date;
   readonly generation: number | undefined;
@@ -429,13 +487,13 @@ interface ObjectFacts {
   readonly bandwidthError: string | undefined;
 }
 
-function objectFacts(obs: Observation): ObjectFacts {
+function objectFacts(obs: Input): ObjectFacts {
   const { bp, now } = obs;
   const generation = bp.metadata.generation;
   const hypervisor = obs.hypervisor;
   const job = hypervisor?.kind === 'ok' ? hypervisor.job : null;
   // A pull on the disk is ours when no other BlockPull holds the disk.
-  const holdsDisk = obs.diskHolder === null || obs.diskHolder === blockPullKeyOf(bp);
+  const holdsDisk = obs.diskHolder === null || obs.diskHolder === objectKey(bp);
   const prior: BlockPullStatus = { ...(bp.status ?? {}), ...(generation !== undefined ? { observedGeneration: generation } : {}) };
   let bandwidth = 0;
   let bandwidthError: string | undefined;
@@ -504,7 +562,7 @@ const terminalIsSticky: Step<ObjectFacts> = ({ prior, generation, now }) => {
  * pull may start next), or at once when the record says a job of ours may run (someone removed
  * the finalizer). A BlockPull waiting for its VMI or launcher has no job to abort when deleted, so
  * it waits without one: for a fleet of waiting BlockPulls that is one write and one pass through
- * the queue less each (issue 11). A new BlockPull is Pending/Created meanwhile.
+ * the queue less each. A new BlockPull is Pending/Created meanwhile.
  */
 function addFinalizer({ prior, generation, now }: ObjectFacts): Decision {
   const status = prior.phase === undefined ? withPhase(prior, { phase: 'Pending', reason: 'Created', message: 'Looking at the VMI and its disk' }, generation, now) : prior;
@@ -646,13 +704,8 @@ function diskFacts(f: LauncherFacts, disk: DiskInfo): DiskFacts | Decision {
   const { prior, bp } = f;
   const firstLook = prior.backingChain?.before === undefined;
   const before = prior.backingChain?.before ?? layers(disk.chain);
-  let goal: PullGoal;
-  try {
-    goal = firstLook ? goalOf(bp, disk.target, before) : goalFromStatus(bp, disk, before, prior.backingChain?.basePath);
-  } catch (err) {
-    if (isHypervisorError(err, 'InvalidBase')) return failed(f.obs, f.withLauncher, 'InvalidBase', err.message);
-    throw err;
-  }
+  const goal = firstLook ? goalOf(bp, disk.target, before) : goalFromStatus(bp, disk, before, prior.backingChain?.basePath);
+  if ('invalidBase' in goal) return failed(f.obs, f.withLauncher, 'InvalidBase', goal.invalidBase);
   return {
     ...f,
     disk,
@@ -856,32 +909,34 @@ const retryBackoff: Step<IdleFacts> = (f) => {
 const migrationRequested: Step<IdleFacts> = (f) => (f.migration !== undefined ? migrationWait(f, f.settled, f.migration) : undefined);
 
 const noClusterSlot: Step<IdleFacts> = ({ obs, settled }) =>
-  obs.slots.running >= obs.slots.maxConcurrentPulls
-    ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.slots.maxConcurrentPulls})`)
+  obs.slots.running >= obs.maxConcurrentPulls
+    ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.maxConcurrentPulls})`)
     : undefined;
 
 /** Several namespaces want a slot and this one runs its fair share (fairShare): it waits. */
 const noFairShare: Step<IdleFacts> = ({ obs, settled, bp }) => {
   const { slots } = obs;
   if (slots.namespacesWanting <= 1) return undefined;
-  const share = fairShare(slots);
+  const share = fairShare(obs.maxConcurrentPulls, slots.namespacesWanting);
   if (slots.runningInNamespace < share) return undefined;
   return waitingStatus(
     obs,
     settled,
     'WaitingForSlot',
-    `namespace ${bp.metadata.namespace} runs ${slots.runningInNamespace} pulls, its fair share (${share}) of the ${slots.maxConcurrentPulls} cluster-wide slots while ${slots.namespacesWanting} namespaces want one`,
+    `namespace ${bp.metadata.namespace} runs ${slots.runningInNamespace} pulls, its fair share (${share}) of the ${obs.maxConcurrentPulls} cluster-wide slots while ${slots.namespacesWanting} namespaces want one`,
   );
 };
 
 const noNodeSlot: Step<IdleFacts> = ({ obs, settled, launcherPod }) =>
-  obs.slots.runningOnNode >= obs.slots.maxPullsPerNode
-    ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${launcherPod.node} (limit ${obs.slots.maxPullsPerNode})`)
+  obs.slots.runningOnNode >= obs.maxPullsPerNode
+    ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${launcherPod.node} (limit ${obs.maxPullsPerNode})`)
     : undefined;
 
 /** Pre-flight: the data to pull must fit, with the margin, where the active image lives. */
 const insufficientSpace: Step<IdleFacts> = ({ obs, settled, hypervisorSaid }) => {
-  const short = spaceShortage(obs.space, obs.spaceMarginBytes ?? 0, obs.spaceMarginPercent ?? 0);
+  // Never a start without its pre-flight: the gatherer measures when factsWanted says so.
+  if (obs.space === undefined) return { status: settled, action: { type: 'none' }, requeueAfterMs: 0, wants: 'space' };
+  const short = spaceShortage(obs.space, obs.spaceMarginBytes, obs.spaceMarginPercent);
   if (short === undefined) return undefined;
   return {
     ...waitingStatus(
@@ -944,7 +999,7 @@ function startPull(f: IdleFacts): Decision {
  * for before looking at libvirt; libvirt's answer (no disk: wait or fail); a busy disk; the goal
  * (InvalidBase); a pull complete; our running pull; the idle disk's steps; else the start.
  */
-function decideUnbounded(obs: Observation): Decision {
+function decideUnbounded(obs: Input): Decision {
   const object = objectFacts(obs);
   const early = firstDecision(object, OBJECT_STEPS);
   if (early !== undefined) return early;
@@ -974,25 +1029,34 @@ function decideUnbounded(obs: Observation): Decision {
   return firstDecision(idle, IDLE_STEPS) ?? startPull(idle);
 }
 
-/** A start refused with these hypervisor errors: the phase and reason to show (the message is the error's). */
-const START_REFUSED: Partial<Readonly<Record<HypervisorErrorCode, { readonly phase: 'Pending' | 'Failed'; readonly reason: Reason }>>> = {
-  DiskBusy: { phase: 'Pending', reason: 'DiskBusy' },
-  InvalidBase: { phase: 'Failed', reason: 'InvalidBase' },
-  DiskNotFound: { phase: 'Failed', reason: 'DiskNotFound' },
-  DomainNotFound: { phase: 'Pending', reason: 'DomainNotFound' },
-  Unreachable: { phase: 'Pending', reason: 'HypervisorUnreachable' },
+/**
+ * What a failed start means, by the hypervisor's error code (one row per code): whether the job
+ * may have started all the same (its answer was lost, or it was ended midway: the next look at
+ * the disk tells), and the phase and reason to show when the start was refused (absent: a failed
+ * start, counted against maxRetries; the message is the error's). Timeout is its own outcome
+ * (Unanswered, decideActionErrorUnbounded).
+ */
+const START_ERRORS: Readonly<
+  Record<HypervisorErrorCode, { readonly mayHaveStarted: boolean; readonly refused?: { readonly phase: 'Pending' | 'Failed'; readonly reason: Reason } }>
+> = {
+  DiskBusy: { mayHaveStarted: false, refused: { phase: 'Pending', reason: 'DiskBusy' } },
+  InvalidBase: { mayHaveStarted: false, refused: { phase: 'Failed', reason: 'InvalidBase' } },
+  DiskNotFound: { mayHaveStarted: false, refused: { phase: 'Failed', reason: 'DiskNotFound' } },
+  DomainNotFound: { mayHaveStarted: false, refused: { phase: 'Pending', reason: 'DomainNotFound' } },
+  Unreachable: { mayHaveStarted: true, refused: { phase: 'Pending', reason: 'HypervisorUnreachable' } },
+  CommandFailed: { mayHaveStarted: true },
+  JobFailed: { mayHaveStarted: true },
+  JobCanceled: { mayHaveStarted: false },
+  NoJob: { mayHaveStarted: false },
+  Timeout: { mayHaveStarted: true },
 };
 
-/**
- * After a failed action: the status to write. Typed hypervisor errors become reasons; other
- * errors leave the status and let the work queue retry with backoff.
- */
-export function decideActionError(obs: Observation, decided: Decision, err: unknown): Decision | undefined {
-  const d = decideActionErrorUnbounded(obs, decided, err);
-  return d === undefined ? undefined : { ...d, status: boundStatus(d.status) };
+/** A start that failed with `err` may still have started the job (any error but a typed refusal). */
+export function startMayHaveRun(err: unknown): boolean {
+  return !isHypervisorError(err) || START_ERRORS[err.code].mayHaveStarted;
 }
 
-function decideActionErrorUnbounded(obs: Observation, decided: Decision, err: unknown): Decision | undefined {
+function decideActionErrorUnbounded(obs: Input, decided: Decision, err: unknown): Decision | undefined {
   const { bp, now } = obs;
   const prior: BlockPullStatus = bp.status ?? {};
   if (decided.action.type !== 'startPull') return undefined;
@@ -1021,7 +1085,7 @@ function decideActionErrorUnbounded(obs: Observation, decided: Decision, err: un
     action: { type: 'none' },
     requeueAfterMs: p.phase === 'Failed' ? null : obs.waitRequeueMs,
   });
-  const refused = isHypervisorError(err) ? START_REFUSED[err.code] : undefined;
+  const refused = isHypervisorError(err) ? START_ERRORS[err.code].refused : undefined;
   if (refused !== undefined) return outcome(base, { ...refused, message: (err as Error).message });
   // Any other failure to start (virsh error, job failed at once): counts against maxRetries.
   const message = `starting the pull failed: ${err instanceof Error ? err.message : String(err)}`;

@@ -1,5 +1,5 @@
 /**
- * Cache indexes and cache transforms (issue 11: 10,000 BlockPulls on one operator).
+ * Cache indexes and cache transforms (10,000 BlockPulls on one operator).
  *
  * Indexes replace the O(N) scans of the BlockPull cache per reconcile and per watch event: like
  * KubeVirt's informers index pods by `kubevirt.io/created-by`, the BlockPulls are filed by their

@@ -1,5 +1,5 @@
 /**
- * WatchdogInformer's indexes and transform (issue 11), against a small HTTP server that answers
+ * WatchdogInformer's indexes and transform, against a small HTTP server that answers
  * the watch with chosen events: objects are filed when listed, moved when modified, unfiled when
  * deleted; the cache holds the transformed objects (list and watch alike).
  */

@@ -4,6 +4,7 @@ import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types
 import type { ActionOptions, BlockJobDriver, BlockJobInfo, StartPullOptions } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
 import { createLogger } from '../log.ts';
+import { podIndexes, POD_BY_VMI_UID } from './indexes.ts';
 import { Reconciler } from './reconcile.ts';
 
 /**
@@ -116,7 +117,7 @@ function world(pulls: readonly Pull[], o: { maxConcurrentPulls: number; maxPulls
     clients,
     blockPulls: cache(objects, cachedPulls),
     vmis: cache(vmis),
-    pods: cache(pods),
+    pods: { ...cache(pods), byIndex: (_index: string, value: string) => [...pods.values()].filter((p) => (podIndexes[POD_BY_VMI_UID]!(p) as string[]).includes(value)) },
     drivers: { kind: 'local', driverFor: (a) => Promise.resolve(driverFor(a.pod)) },
     logger: createLogger({ level: 'silent' }),
     pollIntervalMs: 500,

@@ -77,7 +77,7 @@ describe('Reconciler status write', () => {
       clients,
       blockPulls: empty,
       vmis: empty, // VMI not found: the reconcile writes a VMINotFound status
-      pods: empty,
+      pods: { ...empty, byIndex: () => [] },
       drivers: { kind: 'local', driverFor: () => Promise.reject(new LauncherUnavailableError('none')) },
       logger: createLogger({ level: 'silent' }),
       pollIntervalMs: 500,
@@ -108,7 +108,7 @@ describe('Reconciler status write', () => {
 /**
  * While our job runs, completion arrives as a block-job event: the Reconciler polls the job only
  * as often as progress is written (statusUpdateIntervalMs), not every pollIntervalMs, and reads
- * `virsh blockjob` once at the job's end (issue 15: every poll is a virsh process, a libvirt query
+ * `virsh blockjob` once at the job's end (every poll is a virsh process, a libvirt query
  * of QEMU and an API GET next to the running job).
  */
 describe('Reconciler while a job runs', () => {
@@ -165,7 +165,7 @@ describe('Reconciler while a job runs', () => {
       clients,
       blockPulls: { get: () => undefined, list: () => [] },
       vmis: { get: () => vmi, list: () => [vmi] },
-      pods: { get: () => pod, list: () => [pod] },
+      pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
       drivers: { kind: 'local', driverFor: () => (calls.driverFor++, Promise.resolve(driver)) },
       logger: createLogger({ level: 'silent' }),
       pollIntervalMs: 500,
@@ -176,7 +176,7 @@ describe('Reconciler while a job runs', () => {
     });
 
     // One reconcile: the finalizer first, with no status before it (a "Created" status would be one
-    // more write per BlockPull, issue 11) and libvirt not asked anything yet; then at once, not
+    // more write per BlockPull) and libvirt not asked anything yet; then at once, not
     // behind the whole queue, the look at the disk and the start (intent Starting, then Running).
     const started = await r.reconcile('ns/p');
     expect((stored['metadata'] as { finalizers?: string[] }).finalizers).toEqual([FINALIZER]);
@@ -209,7 +209,7 @@ describe('Reconciler while a job runs', () => {
 });
 
 /**
- * Persisted intent (issue 10, pause races): a start or abort is recorded in the status, guarded by
+ * Persisted intent (pause races): a start or abort is recorded in the status, guarded by
  * the resourceVersion read, BEFORE it is made; a conflicting intent write means no action. The
  * outcome of a start is a fact: rewritten on the fresh object after a conflict, never dropped.
  * A fake API server keeps one object and applies the JSON patch's resourceVersion test as the
@@ -274,7 +274,7 @@ describe('Reconciler persisted intent', () => {
       clients,
       blockPulls: { get: () => undefined, list: () => [] },
       vmis: { get: () => vmi, list: () => [vmi] },
-      pods: { get: () => pod, list: () => [pod] },
+      pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
       drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
       logger: createLogger({ level: 'silent' }),
       pollIntervalMs: 500,
@@ -404,7 +404,7 @@ describe('Reconciler pre-flight space check', () => {
       clients,
       blockPulls: { get: () => undefined, list: () => [] },
       vmis: { get: () => vmi, list: () => [vmi] },
-      pods: { get: () => pod, list: () => [pod] },
+      pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
       drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
       logger: createLogger({ level: 'silent' }),
       pollIntervalMs: 500,
@@ -445,7 +445,7 @@ describe('Reconciler pre-flight space check', () => {
 });
 
 /**
- * Issue 11: the BlockPull is read from the informer cache, not a GET per reconcile; the cache may
+ * the BlockPull is read from the informer cache, not a GET per reconcile; the cache may
  * lag our own write, so the object our write returned is used while it is newer.
  */
 describe('Reconciler reads the BlockPull from the cache', () => {
@@ -476,7 +476,7 @@ describe('Reconciler reads the BlockPull from the cache', () => {
       clients,
       blockPulls: { get: () => cached, list: () => (cached ? [cached] : []) },
       vmis: { get: () => undefined, list: () => [] },
-      pods: { get: () => undefined, list: () => [] },
+      pods: { get: () => undefined, list: () => [], byIndex: () => [] },
       drivers: { kind: 'local', driverFor: () => Promise.reject(new LauncherUnavailableError('none')) },
       logger: createLogger({ level: 'silent' }),
       pollIntervalMs: 500,
@@ -533,7 +533,7 @@ describe('Reconciler reads the BlockPull from the cache', () => {
       } as unknown as KubeClients,
       blockPulls: { get: () => cached, list: () => [cached] },
       vmis: { get: () => vmi, list: () => [vmi] },
-      pods: { get: () => pod, list: () => [pod] },
+      pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
       drivers: { kind: 'local', driverFor: () => Promise.reject(new LauncherUnavailableError('no stand-in registered')) },
       logger: createLogger({ level: 'silent' }),
       pollIntervalMs: 500,
@@ -612,7 +612,7 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
       clients,
       blockPulls: { get: () => undefined, list: () => [] },
       vmis: { get: () => vmi, list: () => [vmi] },
-      pods: { get: () => pod, list: () => [pod] },
+      pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
       drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
       logger: createLogger({ level: 'silent' }),
       pollIntervalMs: 500,

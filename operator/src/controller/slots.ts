@@ -8,7 +8,7 @@
  * that. A slot is given back when the start fails or does not answer, when the job is seen gone
  * (the BlockPull is no longer Running), and when the BlockPull is forgotten.
  */
-import { splitKey } from './blockpulls.ts';
+import { splitKey } from '../api/object-key.ts';
 
 export class SlotLedger {
   /** BlockPull key -> node of its launcher. */

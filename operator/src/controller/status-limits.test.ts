@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { FINALIZER, parseBlockPull, type BlockPull, type BlockPullStatus } from '../api/types.ts';
 import type { DiskInfo } from '../hypervisor/types.ts';
-import { decide, decideActionError, type Observation } from './decide.ts';
+import { decide, decideActionError, type TestObservation as Observation } from '../../../test/unit/support/decide.ts';
 import { truncateText } from './status-limits.ts';
 
 type Json = Record<string, unknown>;

@@ -11,6 +11,7 @@
  *   while the informer cache has not caught up with it (the cache lags our own writes), and the
  *   resourceVersion of our last status write until the watch brings it back (no wake-up for it).
  */
+import { objectKey } from '../api/object-key.ts';
 import { z } from 'zod';
 import { BLOCKPULL_REF, isTerminal, parseBlockPull, type BlockPull, type BlockPullStatus } from '../api/types.ts';
 import { describeApiError, getCustomObject, isApiError, isConflict, isNotFound, type KubeClients } from '../kube/client.ts';
@@ -70,10 +71,6 @@ const FACT_WRITE_ATTEMPTS = 5;
 
 const StoredVersionSchema = z.object({ metadata: z.object({ resourceVersion: z.string() }) });
 
-export function blockPullKey(bp: BlockPull): string {
-  return `${bp.metadata.namespace}/${bp.metadata.name}`;
-}
-
 /** What this process remembers of its writes of one BlockPull. */
 interface OwnWrites {
   /** The object as our last write returned it, until the informer cache holds it (or newer). */
@@ -117,7 +114,7 @@ export class StatusWriter {
 
   /** `cached`, or our last write of it when that is newer. */
   newest(cached: BlockPull): BlockPull {
-    const w = this.#writes.get(blockPullKey(cached))?.stored;
+    const w = this.#writes.get(objectKey(cached))?.stored;
     return w !== undefined && w.metadata.uid === cached.metadata.uid && isNewerVersion(w.metadata.resourceVersion, cached.metadata.resourceVersion) ? w : cached;
   }
 
@@ -139,7 +136,7 @@ export class StatusWriter {
 
   /** Remember what a write of the object's metadata (a finalizer patch) stored. */
   wroteMetadata(stored: BlockPull): void {
-    this.#record(blockPullKey(stored)).stored = stored;
+    this.#record(objectKey(stored)).stored = stored;
   }
 
   /**
@@ -147,7 +144,7 @@ export class StatusWriter {
    * object is dropped once the cache has caught up with it. True, once, when this is our own last
    * status write coming back: the reconcile that wrote it has already requeued itself, so the
    * controller need not wake the BlockPull for it (a GET and a `virsh blockjob` per progress
-   * write, issue 15).
+   * write).
    */
   isOwnWrite(key: string, resourceVersion: string | undefined): boolean {
     const w = this.#writes.get(key);
@@ -171,7 +168,7 @@ export class StatusWriter {
    * taken is not lost to a user's concurrent patch.
    */
   async write(bp: BlockPull, next: BlockPullStatus, log: Logger, fact = false): Promise<WriteResult> {
-    const key = blockPullKey(bp);
+    const key = objectKey(bp);
     let base = bp;
     for (let attempt = 1; ; attempt++) {
       const r = await this.#patch(base, next, log);
@@ -193,7 +190,7 @@ export class StatusWriter {
   }
 
   async #patch(bp: BlockPull, next: BlockPullStatus, log: Logger): Promise<WriteResult> {
-    const key = blockPullKey(bp);
+    const key = objectKey(bp);
     const prev = bp.status;
     if (sameJson(prev, next)) return { kind: 'skipped' };
     const nowMs = this.#options.now().getTime();

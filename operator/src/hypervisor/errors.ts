@@ -8,6 +8,8 @@ export type HypervisorErrorCode =
   | 'JobCanceled'
   | 'InvalidBase'
   | 'CommandFailed'
+  /** No block job is active on the disk (an abort of a job that has already ended). */
+  | 'NoJob'
   /** An action (start, abort, bandwidth change) did not return within its bound and was ended: it may or may not have taken effect. */
   | 'Timeout';
 

@@ -128,6 +128,9 @@ describe('virshError', () => {
     ["error: Operation not supported: disk 'vda' already in active block job\n", 'DiskBusy'],
     ["error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/x/libvirt-sock': No such file or directory\n", 'Unreachable'],
     ['error: internal error: unable to execute QEMU command\n', 'CommandFailed'],
+    // An abort of a job that has already ended: a code of its own (the abort is then done).
+    ["error: Requested operation is not valid: No active block job on disk 'vda'\n", 'NoJob'],
+    ["error: invalid argument: no active block job on device 'drive-ua-rootdisk'\n", 'NoJob'],
   ];
   it.each(cases)('%s -> %s', (stderr, code) => {
     expect(virshError(['virsh', 'blockpull'], 1, stderr).code).toBe(code);

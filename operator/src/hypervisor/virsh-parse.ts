@@ -149,6 +149,7 @@ export function parseBlockJobEventLine(line: string): BlockJobEvent | null {
 
 const ERROR_PATTERNS: readonly (readonly [RegExp, HypervisorErrorCode])[] = [
   [/failed to connect|Failed to connect socket|unable to connect|Cannot recv data|End of file while reading data|Connection reset|no connection driver available|client socket is closed|not connected/i, 'Unreachable'],
+  [/no active block job|block job .*is not active|No active/i, 'NoJob'],
   [/Domain not found|failed to get domain|no domain with matching/i, 'DomainNotFound'],
   [/already in active block job|block job .* already|is busy|in use by block job|device is locked/i, 'DiskBusy'],
   [/could not find image|failed to find|invalid base|does not contain|not in chain|is not a backing/i, 'InvalidBase'],

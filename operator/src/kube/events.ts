@@ -12,7 +12,7 @@
  *
  * Events are best effort and never crowd out status writes: at most `maxInFlight` writes run at
  * once (a fleet of 1,000 new BlockPulls would otherwise send 1,000 Event POSTs to the API server
- * at the same moment as their status writes, issue 11), and at most `maxQueued` wait; past that an
+ * at the same moment as their status writes), and at most `maxQueued` wait; past that an
  * Event is dropped, logged and counted (`onDropped`), as client-go's event broadcaster drops when
  * its queue of 1,000 is full. That cap holds for best-effort Events only: an `essential` Event (the
  * caller's judgement: a terminal transition, an abort on delete) is never dropped. Essential

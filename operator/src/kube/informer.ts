@@ -23,6 +23,7 @@
  * backoff that grew during the outage (up to maxBackoffMs). An error the API server answers
  * while ready (403, 404: e.g. a CRD deleted) keeps the plain backoff, so no hot loop.
  */
+import { objectKey } from '../api/object-key.ts';
 import {
   Health,
   ListWatch,
@@ -48,7 +49,7 @@ export interface ListPage {
 
 /**
  * Page size of the informers' lists, as client-go's pager (500): the response of one page is held
- * at a time, not that of 10,000 objects (issue 11: the peak RSS of a restart with 10,000 BlockPulls).
+ * at a time, not that of 10,000 objects (the peak RSS of a restart with 10,000 BlockPulls).
  */
 export const LIST_PAGE_SIZE = 500;
 
@@ -148,13 +149,6 @@ export interface InformerHandlers<T> {
   delete?: ObjectHandler<T>;
 }
 
-/** "namespace/name" (or "name" for cluster-scoped objects). */
-export function objectKeyOf(obj: KubernetesObject): string {
-  const ns = obj.metadata?.namespace;
-  const name = obj.metadata?.name ?? '';
-  return ns ? `${ns}/${name}` : name;
-}
-
 export class WatchdogInformer<T extends KubernetesObject> {
   readonly resource: string;
   readonly #options: WatchdogInformerOptions<T>;
@@ -251,7 +245,7 @@ export class WatchdogInformer<T extends KubernetesObject> {
     this.#lw.on('error', (err?: unknown) => this.#onError(err));
     // Indexes are kept before any handler runs, so a handler sees them up to date.
     this.#lw.on('add', (obj: T) => this.#fileObject(obj));
-    this.#lw.on('delete', (obj: T) => this.#unfileObject(objectKeyOf(obj)));
+    this.#lw.on('delete', (obj: T) => this.#unfileObject(objectKey(obj)));
     this.#lw.on('update', (obj: T) => {
       this.#fileObject(obj);
       for (const h of this.#updateHandlers) h(obj);
@@ -295,7 +289,7 @@ export class WatchdogInformer<T extends KubernetesObject> {
 
   #fileObject(obj: T): void {
     if (this.#indexFns.size === 0) return;
-    const key = objectKeyOf(obj);
+    const key = objectKey(obj);
     for (const [name, fn] of this.#indexFns) {
       const values = fn(obj);
       const byKey = this.#indexed.get(name)!;
@@ -335,7 +329,7 @@ export class WatchdogInformer<T extends KubernetesObject> {
   }
 
   /** Enqueue the object's key on add, update and delete (and on resync). */
-  enqueueOnChange(queue: { add(key: string): void }, keyOf: (obj: T) => string | undefined = objectKeyOf): void {
+  enqueueOnChange(queue: { add(key: string): void }, keyOf: (obj: T) => string | undefined = objectKey): void {
     const h = (obj: T) => {
       const k = keyOf(obj);
       if (k !== undefined && k !== '') queue.add(k);

@@ -1,5 +1,5 @@
 /**
- * Equal strings shared between cached objects (issue 11: 10,000 BlockPulls in one process).
+ * Equal strings shared between cached objects (10,000 BlockPulls in one process).
  *
  * JSON.parse makes a new string for every value: a heap snapshot at 10,000 BlockPulls showed
  * 10,000 copies of "VMINotFound", and each BlockPull held its status message seven times

@@ -43,7 +43,7 @@ export interface OperatorMetrics {
   setJobsByPhase(counts: Readonly<Record<string, number>>): void;
   /**
    * Read the jobs-by-phase counts from `source` at each scrape (no timer walking the cache:
-   * issue 11, idle CPU with 10,000 BlockPulls). The source must be cheap (e.g. index sizes).
+   * idle CPU with 10,000 BlockPulls). The source must be cheap (e.g. index sizes).
    */
   jobsByPhaseFrom(source: () => Readonly<Record<string, number>>): void;
   /**

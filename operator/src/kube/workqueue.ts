@@ -183,7 +183,7 @@ export class WorkQueue<T = string> {
   /**
    * Delayed adds: item -> ready time, and the same in a min-heap by time with one timer for the
    * earliest, as client-go's delaying queue (not a timer per item: a fleet of 10,000 waiting
-   * BlockPulls each holds a safety-resync requeue, issue 11). A heap entry whose time is no
+   * BlockPulls each holds a safety-resync requeue). A heap entry whose time is no
    * longer the item's (an earlier add replaced it) is stale and skipped.
    */
   readonly #waiting = new Map<T, number>();

@@ -2,7 +2,7 @@
  * Unit tests of the pods/exec runner's own logic: V1Status parsing, and how the runner turns the
  * websocket lifecycle (status message, close, connect failure, timeout, abort) into results.
  * The socket here is a scripted EventEmitter standing in for client-node's websocket; a real
- * exec needs a kubelet (test/e2e/node, issue 6).
+ * exec needs a kubelet (test/e2e/node).
  */
 import { EventEmitter } from 'node:events';
 import type { Readable, Writable } from 'node:stream';

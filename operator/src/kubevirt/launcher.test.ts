@@ -102,7 +102,7 @@ describe('kubevirt launcher lookup', () => {
 
   it('a forged pod (label and node right, not controlled by the VMI) is refused with the reason', () => {
     const created = '2026-11-27T10:00:00Z';
-    // The spoof of issue 10: label kubevirt.io/created-by=<vmi uid>, spec.nodeName = the VMI's node, Running, no owner.
+    // The spoof found in a review: label kubevirt.io/created-by=<vmi uid>, spec.nodeName = the VMI's node, Running, no owner.
     const forged = pod('forged', { owners: [], created });
     const r = locateLauncher('ns', 'vm1', vmi(), [forged]);
     expect(r).toEqual({

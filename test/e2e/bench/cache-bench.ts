@@ -1,5 +1,5 @@
 /**
- * `npm run bench:cache [-- --count 10000]`: heap bytes per cached BlockPull, in one process (issue 11).
+ * `npm run bench:cache [-- --count 10000]`: heap bytes per cached BlockPull, in one process.
  *
  * Builds `--count` waiting BlockPulls as the API server returns them (status from decide() for a
  * VMI not found: status.message and six conditions), serialised to JSON, then keeps them twice
@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { parseBlockPull, type BlockPull } from '../../../operator/src/api/types.ts';
 import { BlockPulls } from '../../../operator/src/controller/blockpulls.ts';
-import { decide } from '../../../operator/src/controller/decide.ts';
+import { decide } from '../../unit/support/decide.ts';
 import { StatusWriter } from '../../../operator/src/controller/status-writer.ts';
 import { createKubeClients } from '../../../operator/src/kube/client.ts';
 

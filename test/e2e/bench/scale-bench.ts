@@ -1,5 +1,5 @@
 /**
- * `npm run bench:scale [-- --count 1000|10000] [--running 4]`: fleet scale (issue 11).
+ * `npm run bench:scale [-- --count 1000|10000] [--running 4]`: fleet scale.
  *
  * Starts the control plane and the operator compiled as in the image (`npm run build`, then
  * dist/operator/src/main.js), and a mix of BlockPulls:
@@ -193,7 +193,7 @@ async function main(): Promise<void> {
   // run in the same checkout writes the default one).
   const sa = await operatorServiceAccount(cp, OP_NS);
   // The bench creates like kubectl or Argo CD: over kept-alive connections (the operator's own
-  // pooled client). client-node alone makes a TCP + TLS handshake per request (issue 15), which
+  // pooled client). client-node alone makes a TCP + TLS handshake per request, which
   // would measure the bench's handshakes, and the API server's, on the same two cores.
   const kc = loadKubeConfig(cp.kubeconfigPath);
   const custom = kc.makeApiClient(CustomObjectsApi);

@@ -4,7 +4,8 @@
 // but not yet observed, and being deleted. Shared by the conditions unit test, the kstatus test
 // (real kstatus library) and the Argo CD health check test, so all three judge the same objects.
 import { FINALIZER, parseBlockPull, type BlockPull, type BlockPullStatus, type Phase, type Reason } from '../../../operator/src/api/types.ts';
-import { decide, decideActionError, type HypervisorObservation, type Observation } from '../../../operator/src/controller/decide.ts';
+import type { HypervisorObservation } from '../../../operator/src/controller/decide.ts';
+import { decide, decideActionError, type TestObservation as Observation } from '../../unit/support/decide.ts';
 import type { LauncherLookup } from '../../../operator/src/kubevirt/launcher.ts';
 import type { BlockJobInfo, DiskInfo } from '../../../operator/src/hypervisor/types.ts';
 

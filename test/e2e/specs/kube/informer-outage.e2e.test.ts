@@ -1,5 +1,5 @@
 /**
- * Watches after an API server outage (issue 10, item 7): the operator process (its informers
+ * Watches after an API server outage: the operator process (its informers
  * with their watchdogs) against the e2e control plane, whose kube-apiserver is stopped for 20 s
  * (long enough for the restart backoff to grow to 16 s) and started again with the same flags
  * (etcd keeps its data). Measured from the moment /readyz answers 200 again:

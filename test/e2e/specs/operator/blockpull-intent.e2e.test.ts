@@ -1,5 +1,5 @@
 /**
- * Issue 10, items 4 and 5, end to end: the real control plane, the operator process (as the
+ * Persisted intent and bandwidth bounds, end to end: the real control plane, the operator process (as the
  * chart's ServiceAccount), kubectl as the user's client, a launcher stand-in.
  *
  * - Pause races: 20 rapid spec.paused toggles on a pull with maxRetries 0 end Completed, and
@@ -84,7 +84,7 @@ class JobCounter {
   }
 }
 
-describe('BlockPull intent and bandwidth bounds (issue 10 items 4, 5)', () => {
+describe('BlockPull intent and bandwidth bounds', () => {
   let kube: ClusterClient;
   let registryDir: string;
   let tmp: string;

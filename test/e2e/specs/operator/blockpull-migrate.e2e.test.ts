@@ -1,5 +1,5 @@
 /**
- * Issue 14: a pull never blocks a node drain. The operator process (as the chart's ServiceAccount,
+ * A pull never blocks a node drain. The operator process (as the chart's ServiceAccount,
  * so VMIM read access comes from files/rbac-rules.yaml) against the real control plane (test-only
  * VMI and VMIM CRDs from the global setup), with launcher stand-ins (libvirtd session + QEMU) on two
  * stand-in nodes. The tests play KubeVirt's part of a live migration:
@@ -38,7 +38,7 @@ const NODE1 = 'mig-node-1';
 const NODE2 = 'mig-node-2';
 const DISK = 'd';
 
-describe('BlockPull and live migrations (issue 14)', () => {
+describe('BlockPull and live migrations', () => {
   let kube: ClusterClient;
   let registryDir: string;
   let tmp: string;

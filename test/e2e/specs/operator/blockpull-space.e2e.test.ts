@@ -1,5 +1,5 @@
 /**
- * Full disks (issue 10, item 6), end to end: the real API server, the operator process and a
+ * Full disks, end to end: the real API server, the operator process and a
  * launcher stand-in whose disks have their top image on a small tmpfs of its own (topFsMiB).
  *
  * - short from the start: 16 MiB free, ~130 MiB to pull -> Pending/InsufficientSpace with both

@@ -1,5 +1,5 @@
 /**
- * Hostile launchers (issue 10, items 1-3), end to end: the real control plane, the operator as its
+ * Hostile launchers, end to end: the real control plane, the operator as its
  * own process (local transport, the chart's RBAC) and launcher stand-ins whose `virsh` is a script
  * (test/e2e/launcher/fake-launcher.ts): one that lies from a forged pod, one that floods, ten that
  * hang, ten that answer looks but hang on every action (beside a real launcher stand-in of another

@@ -125,7 +125,7 @@ describe('Dockerfile (static)', () => {
     expect(Number(user.split(':')[0])).toBeGreaterThan(0);
     const labels = ins.filter((i) => i.keyword === 'LABEL').map((i) => i.args).join(' ');
     for (const key of ['title', 'description', 'version', 'revision', 'licenses', 'source', 'base.name']) expect(labels).toContain(`org.opencontainers.image.${key}=`);
-    // node, the V8 memory flags (issue 11: bench:scale starts the operator with them), the script.
+    // node, the V8 memory flags (bench:scale starts the operator with them), the script.
     expect(parseExecForm(ins.filter((i) => i.keyword === 'ENTRYPOINT').at(-1)?.args ?? '')).toEqual(['node', '--max-semi-space-size=1', '--optimize-for-size', 'dist/operator/src/main.js']);
   });
 });

@@ -1,0 +1,148 @@
+/**
+ * What one reconcile pass costs, counted with a fake API server and a fake driver: decide() calls,
+ * GETs of the BlockPull, status writes and libvirt commands, for each pass of a pull's life (start,
+ * a poll while it runs, its end). docs/ARCHITECTURE.md (Reconcile) states the figures; a pass that
+ * costs more than it says fails here.
+ */
+import { describe, expect, it, vi } from 'vitest';
+import { API_VERSION, FINALIZER, KIND } from '../api/types.ts';
+import type { BlockJobDriver, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
+import type { KubeClients } from '../kube/client.ts';
+import { createLogger } from '../log.ts';
+import { Reconciler } from './reconcile.ts';
+
+const counted = vi.hoisted(() => ({ decide: 0, factsWanted: 0 }));
+vi.mock('./decide.ts', async (importOriginal) => {
+  const actual = await importOriginal<typeof import('./decide.ts')>();
+  /** The Decider, counting its calls. */
+  class CountingDecider extends actual.Decider {
+    override decide(...args: Parameters<InstanceType<typeof actual.Decider>['decide']>) {
+      counted.decide++;
+      return super.decide(...args);
+    }
+    override factsWanted(...args: Parameters<InstanceType<typeof actual.Decider>['factsWanted']>) {
+      counted.factsWanted++;
+      return super.factsWanted(...args);
+    }
+  }
+  return { ...actual, Decider: CountingDecider };
+});
+
+const vmi = {
+  apiVersion: 'kubevirt.io/v1',
+  kind: 'VirtualMachineInstance',
+  metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
+  spec: { domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } } },
+  status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107, activePods: { 'pod-uid': 'node1' } },
+};
+const pod = {
+  metadata: {
+    name: 'virt-launcher-vm-x',
+    namespace: 'ns',
+    uid: 'pod-uid',
+    labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
+    ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true }],
+    creationTimestamp: '2026-11-27T09:00:00Z',
+  },
+  spec: { nodeName: 'node1', containers: [{ name: 'compute' }] },
+  status: { phase: 'Running' },
+};
+const CHAIN = [
+  { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
+  { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
+];
+
+/** One BlockPull in a fake API server whose informer cache shows every write at once. */
+function world() {
+  let rv = 1;
+  let stored: Record<string, unknown> = {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: String(rv), generation: 1, creationTimestamp: '2026-11-27T10:00:00Z' },
+    spec: { vmiName: 'vm', disk: 'rootdisk' },
+  };
+  const api = { gets: 0, statusWrites: 0, metadataWrites: 0 };
+  const virsh = { getDisk: 0, getJob: 0, getSpace: 0, startPull: 0 };
+  const bump = (change: Record<string, unknown>): Record<string, unknown> => {
+    stored = { ...stored, ...change, metadata: { ...(stored['metadata'] as object), ...(change['metadata'] ?? {}), resourceVersion: String(++rv) } };
+    return structuredClone(stored);
+  };
+  const clients = {
+    custom: {
+      getNamespacedCustomObject: () => (api.gets++, Promise.resolve(structuredClone(stored))),
+      patchNamespacedCustomObject: (req: { body: { metadata: { finalizers: string[] } } }) => (api.metadataWrites++, Promise.resolve(bump({ metadata: { finalizers: req.body.metadata.finalizers } }))),
+      patchNamespacedCustomObjectStatus: (req: { body: { op: string; path: string; value: unknown }[] }) => {
+        api.statusWrites++;
+        return Promise.resolve(bump({ status: req.body.find((op) => op.path === '/status')?.value }));
+      },
+    },
+  } as unknown as KubeClients;
+  let job: BlockJobInfo | null = null;
+  let disk: DiskInfo = { target: 'vda', alias: 'ua-rootdisk', chain: CHAIN };
+  const driver: BlockJobDriver = {
+    getDisk: () => (virsh.getDisk++, Promise.resolve(disk)),
+    getJob: () => (virsh.getJob++, Promise.resolve(job)),
+    getSpace: () => (virsh.getSpace++, Promise.resolve({ kind: 'measured', topPath: '/d/top.qcow2', pullBytes: 1 << 20, availableBytes: 1 << 30, totalBytes: 1 << 31 })),
+    startPull: () => {
+      virsh.startPull++;
+      job = { type: 'Block Pull', cur: 0, end: 100, bandwidth: 0 };
+      return Promise.resolve();
+    },
+    setBandwidth: () => Promise.resolve(),
+    abort: () => Promise.resolve(),
+    watchEvents: () => ({ stop: () => undefined }),
+  };
+  const cache = { get: () => structuredClone(stored), list: () => [structuredClone(stored)] };
+  const reconciler = new Reconciler({
+    clients,
+    blockPulls: cache,
+    vmis: { get: () => vmi, list: () => [vmi] },
+    pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
+    drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
+    logger: createLogger({ level: 'silent' }),
+    pollIntervalMs: 500,
+    statusUpdateIntervalMs: 0,
+    maxConcurrentPulls: 4,
+    maxPullsPerNode: 2,
+    enqueue: () => undefined,
+  });
+  /** Counts of one reconcile of the BlockPull. */
+  async function pass(): Promise<Record<string, number>> {
+    counted.decide = 0;
+    counted.factsWanted = 0;
+    for (const k of Object.keys(api) as (keyof typeof api)[]) api[k] = 0;
+    for (const k of Object.keys(virsh) as (keyof typeof virsh)[]) virsh[k] = 0;
+    await reconciler.reconcile('ns/p');
+    return { decide: counted.decide, factsWanted: counted.factsWanted, ...api, ...virsh };
+  }
+  return {
+    pass,
+    phase: () => (stored['status'] as { phase?: string } | undefined)?.phase,
+    setJob: (j: BlockJobInfo | null) => (job = j),
+    setDisk: (d: DiskInfo) => (disk = d),
+    finalizers: () => (stored['metadata'] as { finalizers?: string[] }).finalizers,
+  };
+}
+
+describe('Reconciler: the cost of one pass', () => {
+  it('start, poll and end of a pull: decide once per pass, no GET from a current cache, one status write per outcome', async () => {
+    const w = world();
+    // Finalizer pass, followed at once by the pass that measures space and starts.
+    const start = await w.pass();
+    expect(w.finalizers()).toEqual([FINALIZER]);
+    expect(w.phase()).toBe('Running');
+    w.setJob({ type: 'Block Pull', cur: 40, end: 100, bandwidth: 0 });
+    const poll = await w.pass();
+    w.setJob(null);
+    w.setDisk({ target: 'vda', alias: 'ua-rootdisk', chain: [CHAIN[0]!] });
+    const end = await w.pass();
+    expect(w.phase()).toBe('Completed');
+    console.log(`pass cost: start ${JSON.stringify(start)}; poll ${JSON.stringify(poll)}; end ${JSON.stringify(end)}`);
+    // Two passes (finalizer, then start): one decide each, and one factsWanted where the disk is
+    // idle (it asks for the space); the intent and the outcome are two status writes.
+    // Before the gatherer: decide 4 for the start (the space and the slot recount decided again).
+    expect(start).toEqual({ decide: 2, factsWanted: 1, gets: 0, statusWrites: 2, metadataWrites: 1, getDisk: 1, getJob: 1, getSpace: 1, startPull: 1 });
+    expect(poll).toEqual({ decide: 1, factsWanted: 0, gets: 0, statusWrites: 1, metadataWrites: 0, getDisk: 0, getJob: 1, getSpace: 0, startPull: 0 });
+    expect(end).toEqual({ decide: 1, factsWanted: 1, gets: 0, statusWrites: 1, metadataWrites: 0, getDisk: 1, getJob: 1, getSpace: 0, startPull: 0 });
+  });
+});
