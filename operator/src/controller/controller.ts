@@ -108,6 +108,13 @@ export class Controller {
       ...(metrics ? { metrics } : {}),
     });
 
+    this.#wakeOnChanges();
+  }
+
+  /**
+   * Which BlockPulls a watch event wakes: through the cache indexes, exactly those it concerns.
+   */
+  #wakeOnChanges(): void {
     // Every change wakes the BlockPull, except our own status write coming back (already requeued).
     const wake = (obj: KubernetesObject): void => {
       const key = objectKey(obj);
