@@ -127,6 +127,9 @@ export const KILL_ON_DISCONNECT_SCRIPT = [
   'exit "$status"',
 ].join('\n');
 
+/** What every wrapped command starts with: `sh -c <KILL_ON_DISCONNECT_SCRIPT> blockpull-exec`, then the argv. */
+export const KILL_ON_DISCONNECT_PREFIX = ['sh', '-c', KILL_ON_DISCONNECT_SCRIPT, 'blockpull-exec'] as const;
+
 /** A Writable sink for the exec session's output: hands chunks to `onChunk`, then drops them. */
 class Sink extends Writable {
   readonly #onChunk: (chunk: Buffer) => void;
@@ -167,7 +170,7 @@ export class ExecRunner implements CommandRunner {
     stoppedCode: number | undefined,
   ): { exitCode: Promise<number>; stop: (reason: unknown) => void } {
     const wrap = this.#options.killOnDisconnect ?? true;
-    const command = wrap ? ['sh', '-c', KILL_ON_DISCONNECT_SCRIPT, 'blockpull-exec', ...argv] : [...argv];
+    const command = wrap ? [...KILL_ON_DISCONNECT_PREFIX, ...argv] : [...argv];
     // With the wrapper, stdin is the command's lifeline: it is never written, only ended.
     const stdin = wrap ? new PassThrough() : null;
     let socket: Awaited<ReturnType<ExecLike['exec']>> | undefined;
