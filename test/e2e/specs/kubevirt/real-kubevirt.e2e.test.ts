@@ -338,8 +338,8 @@ describe('the operator (chart Deployment, pods/exec) on the real launcher', () =
       const r = await probeExec(saKubeconfig, NS, pod, d);
       expect(isPolicyDenial(r, d.message), `${d.what}: ${r.status} ${r.message}`).toBe(true);
     }
-    // The operator's own transport gets the same refusal (403), and the VM lives on.
-    await expect(runner.run(['virsh', '-q', '-c', uri, 'destroy', domain('flat')], { timeoutMs: 30_000 })).rejects.toThrow(/403/);
+    // The operator's own transport gets the same refusal (a RunTransportError saying 403), and the VM lives on.
+    await expect(runner.run(['virsh', '-q', '-c', uri, 'destroy', domain('flat')], { timeoutMs: 30_000 })).rejects.toThrow(/cannot exec virsh: Unexpected server response: 403$/);
     expect((await virsh('flat', ['domstate', domain('flat')])).trim()).toBe('running');
     timings.execPolicyMs = Date.now() - t0;
   }, 300_000);
