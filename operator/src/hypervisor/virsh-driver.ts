@@ -1,9 +1,11 @@
 /**
  * BlockJobDriver over `virsh` run by a CommandRunner (local or pods/exec).
- * Every command is `virsh -c <uri> <op> ...` as an argv array; bandwidth is always given with --bytes
+ * Every command is `virsh -q -c <uri> <subcommand> ...` as an argv array, built from commands.ts (the
+ * subcommands and space tools the chart's exec policy allows); bandwidth is always given with --bytes
  * (virsh's default unit is MiB/s).
  */
 import { resolveBase, virshBaseArg } from './chain.ts';
+import { spaceArgv, virshArgv, type VirshSubcommand } from './commands.ts';
 import { HypervisorError } from './errors.ts';
 import { RunOutputLimitError, RunTimeoutError, RunTransportError, type CommandRunner, type RunResult } from './runner.ts';
 import type { ActionOptions, BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, SpaceInfo, SpaceRequest, StartPullOptions, WatchEventsOptions } from './types.ts';
@@ -48,8 +50,8 @@ export class VirshDriver implements BlockJobDriver {
     this.#pollMs = options.eventPollIntervalMs ?? 500;
   }
 
-  #argv(args: readonly string[]): string[] {
-    return [this.#virsh, '-q', '-c', this.uri, ...args];
+  #argv(subcommand: VirshSubcommand, args: readonly string[]): string[] {
+    return virshArgv(this.uri, subcommand, args, this.#virsh);
   }
 
   /**
@@ -65,8 +67,8 @@ export class VirshDriver implements BlockJobDriver {
   }
 
   /** Run one virsh command; a failure becomes a typed HypervisorError. */
-  async #virshRun(args: readonly string[], signal?: AbortSignal): Promise<RunResult> {
-    const argv = this.#argv(args);
+  async #virshRun(subcommand: VirshSubcommand, args: readonly string[], signal?: AbortSignal): Promise<RunResult> {
+    const argv = this.#argv(subcommand, args);
     let result: RunResult;
     try {
       result = await this.runner.run(argv, { timeoutMs: this.#timeoutMs, ...(signal === undefined ? {} : { signal }) });
@@ -78,7 +80,7 @@ export class VirshDriver implements BlockJobDriver {
   }
 
   async listDisks(domain: string, signal?: AbortSignal): Promise<DiskInfo[]> {
-    const { stdout } = await this.#virshRun(['dumpxml', '--domain', domain], signal);
+    const { stdout } = await this.#virshRun('dumpxml', ['--domain', domain], signal);
     return parseDomainDisks(stdout);
   }
 
@@ -93,29 +95,29 @@ export class VirshDriver implements BlockJobDriver {
   }
 
   async startPull(domain: string, target: string, options: StartPullOptions = {}): Promise<void> {
-    const args = ['blockpull', '--domain', domain, '--path', target];
+    const args = ['--domain', domain, '--path', target];
     if (options.base !== undefined) {
       const disk = await this.getDisk(domain, { target }, options.signal);
       const layer = resolveBase(disk, options.base);
       args.push('--base', virshBaseArg(disk, layer));
     }
     if (options.bandwidth !== undefined && options.bandwidth > 0) args.push('--bandwidth', String(Math.trunc(options.bandwidth)), '--bytes');
-    await this.#virshRun(args, options.signal);
+    await this.#virshRun('blockpull', args, options.signal);
   }
 
   async getJob(domain: string, target: string): Promise<BlockJobInfo | null> {
-    const { stdout } = await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--raw', '--bytes']);
+    const { stdout } = await this.#virshRun('blockjob', ['--domain', domain, '--path', target, '--raw', '--bytes']);
     return parseBlockJobRaw(stdout);
   }
 
   async setBandwidth(domain: string, target: string, bytesPerSecond: number, options: ActionOptions = {}): Promise<void> {
     if (!Number.isInteger(bytesPerSecond) || bytesPerSecond < 0) throw new RangeError(`bandwidth must be a non-negative integer, got ${bytesPerSecond}`);
-    await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--bandwidth', String(bytesPerSecond), '--bytes'], options.signal);
+    await this.#virshRun('blockjob', ['--domain', domain, '--path', target, '--bandwidth', String(bytesPerSecond), '--bytes'], options.signal);
   }
 
   async abort(domain: string, target: string, options: ActionOptions = {}): Promise<void> {
     // --abort said explicitly (--async alone only implies it); --async: do not wait for the job to end.
-    await this.#virshRun(['blockjob', '--domain', domain, '--path', target, '--abort', '--async'], options.signal);
+    await this.#virshRun('blockjob', ['--domain', domain, '--path', target, '--abort', '--async'], options.signal);
   }
 
   /** Run a non-virsh tool (stat, du) next to the VM through the same runner; a failure becomes a typed error. */
@@ -146,7 +148,7 @@ export class VirshDriver implements BlockJobDriver {
     const baseAt = request.basePath === undefined ? disk.chain.length : disk.chain.findIndex((l) => l.path === request.basePath);
     if (baseAt < 1) throw new HypervisorError('InvalidBase', `base ${request.basePath ?? ''} is not below the active image of ${disk.target}`);
     const pulled = disk.chain.slice(1, baseAt);
-    const stats = parseDomstatsBlock((await this.#virshRun(['domstats', '--block', '--backing', domain])).stdout).filter((b) => b.name === disk.target);
+    const stats = parseDomstatsBlock((await this.#virshRun('domstats', ['--block', '--backing', domain])).stdout).filter((b) => b.name === disk.target);
     let pullBytes = 0;
     for (const layer of pulled) {
       const st = stats.find((b) => b.path === layer.path) ?? (layer.index === undefined ? undefined : stats.find((b) => b.backingIndex === layer.index));
@@ -154,11 +156,11 @@ export class VirshDriver implements BlockJobDriver {
       if (bytes === undefined) throw new HypervisorError('CommandFailed', `virsh domstats reports no size for ${layer.path} (${disk.target})`);
       pullBytes += bytes;
     }
-    const { availableBytes, totalBytes } = parseStatFs(await this.#toolRun(['stat', '-f', '-c', '%a %S %b', '--', top.path]));
+    const { availableBytes, totalBytes } = parseStatFs(await this.#toolRun(spaceArgv('statFs', top.path)));
     let usage: { mountPoint: string; usedBytes: number } | undefined;
     if (request.measureUsage) {
-      const mountPoint = parseMountPoint(await this.#toolRun(['stat', '-c', '%m', '--', top.path]));
-      usage = { mountPoint, usedBytes: parseDuBytes(await this.#toolRun(['du', '-s', '-B1', '-x', '--', mountPoint])) };
+      const mountPoint = parseMountPoint(await this.#toolRun(spaceArgv('mountPoint', top.path)));
+      usage = { mountPoint, usedBytes: parseDuBytes(await this.#toolRun(spaceArgv('usage', mountPoint))) };
     }
     return { kind: 'measured', topPath: top.path, pullBytes, availableBytes, totalBytes, ...(usage === undefined ? {} : { usage }) };
   }
@@ -209,7 +211,7 @@ export class VirshDriver implements BlockJobDriver {
 
     const start = (): void => {
       if (stopped) return;
-      const h = this.runner.stream(this.#argv(['event', '--domain', domain, '--event', 'block-job-2', '--loop', '--timestamp']));
+      const h = this.runner.stream(this.#argv('event', ['--domain', domain, '--event', 'block-job-2', '--loop', '--timestamp']));
       handle = h;
       let ended = false;
       void (async () => {
@@ -242,7 +244,7 @@ export class VirshDriver implements BlockJobDriver {
     let monitorTimer: NodeJS.Timeout | undefined;
     const startMonitor = (): void => {
       if (stopped) return;
-      const h = this.runner.stream(this.#argv(['qemu-monitor-event', '--domain', domain, '--event', 'BLOCK_JOB_COMPLETED', '--loop', '--timestamp']));
+      const h = this.runner.stream(this.#argv('qemu-monitor-event', ['--domain', domain, '--event', 'BLOCK_JOB_COMPLETED', '--loop', '--timestamp']));
       monitorHandle = h;
       void (async () => {
         try {

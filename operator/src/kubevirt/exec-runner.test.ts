@@ -9,7 +9,7 @@ import type { Readable, Writable } from 'node:stream';
 import type { V1Status } from '@kubernetes/client-node';
 import { KubeConfig } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { ExecRunner, KILL_ON_DISCONNECT_SCRIPT, NOT_FOUND_MARKER, STOPPED_EXIT_CODE, parseExecStatus, type ExecLike } from './exec-runner.ts';
+import { ExecRunner, connectErrorMessage, KILL_ON_DISCONNECT_SCRIPT, NOT_FOUND_MARKER, STOPPED_EXIT_CODE, parseExecStatus, type ExecLike } from './exec-runner.ts';
 import { RunOutputLimitError, RunTimeoutError, RunTransportError } from '../hypervisor/runner.ts';
 
 describe('parseExecStatus', () => {
@@ -53,7 +53,7 @@ interface Script {
   status?: unknown;
   /** Close the socket this many ms after open; undefined = never (until close()). */
   closeAfterMs?: number;
-  connectError?: Error;
+  connectError?: unknown;
   /** The websocket opens only after this many ms (an API server slow to upgrade the connection). */
   connectAfterMs?: number;
 }
@@ -65,7 +65,8 @@ function scriptedExec(script: Script, seen: { argv?: string[]; container?: strin
       seen.argv = Array.isArray(command) ? command : [command];
       stdin?.on('data', () => undefined).on('end', () => (seen.stdinEnded = true));
       seen.container = container;
-      if (script.connectError) return Promise.reject(script.connectError);
+      // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- client-node rejects with the websocket's ErrorEvent, not an Error
+      if (script.connectError !== undefined) return Promise.reject(script.connectError);
       const ws = Object.assign(new EventEmitter(), {
         readyState: 1,
         close() {
@@ -119,6 +120,14 @@ describe('ExecRunner', () => {
     expect(seen.closed).toBe(0); // the socket only after the grace period
     expect((await h.done).exitCode).toBe(STOPPED_EXIT_CODE);
     expect(seen.closed).toBe(1);
+  });
+
+  it('a refused connect (an ErrorEvent, not an Error) is a RunTransportError that says what the server answered', async () => {
+    const refused = { type: 'error', message: 'Unexpected server response: 403', error: new Error('Unexpected server response: 403') };
+    const { r } = runner({ connectError: refused });
+    await expect(r.run(['virsh', 'list'])).rejects.toThrow(/cannot exec virsh: Unexpected server response: 403$/);
+    expect(connectErrorMessage(new Error('boom'))).toBe('boom');
+    expect(connectErrorMessage('text')).toBe('text');
   });
 
   it("the wrapper's not-found report is a RunTransportError; an ordinary 127 is an exit code", async () => {

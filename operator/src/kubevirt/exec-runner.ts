@@ -127,6 +127,20 @@ export const KILL_ON_DISCONNECT_SCRIPT = [
   'exit "$status"',
 ].join('\n');
 
+/** What every wrapped command starts with: `sh -c <KILL_ON_DISCONNECT_SCRIPT> blockpull-exec`, then the argv. */
+export const KILL_ON_DISCONNECT_PREFIX = ['sh', '-c', KILL_ON_DISCONNECT_SCRIPT, 'blockpull-exec'] as const;
+
+/**
+ * What a failed connect says. client-node rejects with the websocket's ErrorEvent, not an Error:
+ * its `message` is what the API server answered (e.g. "Unexpected server response: 403" for a
+ * refusal by RBAC or an admission policy).
+ */
+export function connectErrorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  if (typeof err === 'object' && err !== null && 'message' in err && typeof err.message === 'string') return err.message;
+  return String(err);
+}
+
 /** A Writable sink for the exec session's output: hands chunks to `onChunk`, then drops them. */
 class Sink extends Writable {
   readonly #onChunk: (chunk: Buffer) => void;
@@ -167,7 +181,7 @@ export class ExecRunner implements CommandRunner {
     stoppedCode: number | undefined,
   ): { exitCode: Promise<number>; stop: (reason: unknown) => void } {
     const wrap = this.#options.killOnDisconnect ?? true;
-    const command = wrap ? ['sh', '-c', KILL_ON_DISCONNECT_SCRIPT, 'blockpull-exec', ...argv] : [...argv];
+    const command = wrap ? [...KILL_ON_DISCONNECT_PREFIX, ...argv] : [...argv];
     // With the wrapper, stdin is the command's lifeline: it is never written, only ended.
     const stdin = wrap ? new PassThrough() : null;
     let socket: Awaited<ReturnType<ExecLike['exec']>> | undefined;
@@ -250,8 +264,7 @@ export class ExecRunner implements CommandRunner {
         (err: unknown) => {
           cleanup();
           stdin?.destroy();
-          const msg = err instanceof Error ? err.message : String(err);
-          fail?.(new RunTransportError(`${this.description}: cannot exec ${argv[0] ?? ''}: ${msg}`, { cause: err }));
+          fail?.(new RunTransportError(`${this.description}: cannot exec ${argv[0] ?? ''}: ${connectErrorMessage(err)}`, { cause: err }));
         },
       );
     return { exitCode, stop };

@@ -6,7 +6,8 @@
  * puts the containerDisk in place, calls SyncVirtualMachine and sets the VMI Running.
  *
  * The operator runs as the Helm chart's Deployment from the image built from the Dockerfile, over
- * pods/exec. Its own control plane and node: KubeVirt's real CRDs must not replace the global
+ * pods/exec, with the chart's exec ValidatingAdmissionPolicy on: the operator's ServiceAccount
+ * may run only the operator's own commands (test/e2e/ship/exec-policy.ts). Its own control plane and node: KubeVirt's real CRDs must not replace the global
  * cluster's hand-written VMI CRD that the other specs use.
  */
 import { randomUUID } from 'node:crypto';
@@ -29,10 +30,18 @@ import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from '../../no
 import { run } from '../../support/process.ts';
 import { waitFor } from '../../support/wait.ts';
 import { ensureHelm } from '../../ship/helm.ts';
+import { allowedExecCases, deniedExecCases, isPolicyDenial, probeExec } from '../../ship/exec-policy.ts';
+import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
+import { KubeConfig } from '@kubernetes/client-node';
+import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
+import { virshArgv } from '../../../../operator/src/hypervisor/commands.ts';
+import { ExecRunner } from '../../../../operator/src/kubevirt/exec-runner.ts';
 
 const STATE_DIR = path.join(REPO_ROOT, '.cache', 'real-kubevirt-cluster');
 const NS = 'kv-e2e';
 const OP_NS = 'blockpull-system';
+/** The chart's ServiceAccount for release blockpull-operator (the full name is the release name). */
+const OP_SA = 'blockpull-operator';
 const DISK = 'rootdisk';
 const OVERLAY = `/var/run/kubevirt-ephemeral-disks/disk-data/${DISK}/disk.qcow2`;
 const BASE = '/var/run/kubevirt/container-disks/disk_0.img';
@@ -163,8 +172,12 @@ beforeAll(async () => {
     helm, 'template', 'blockpull-operator', path.join(REPO_ROOT, 'charts', 'blockpull-operator'), '--namespace', OP_NS,
     '--set', `image.repository=${op.name.slice(0, colon)}`, '--set', `image.tag=${op.name.slice(colon + 1)}`,
     '--set', 'image.pullPolicy=Never', '--set', 'replicaCount=1', '--set', 'operator.logLevel=debug',
+    // What `helm install` learns from this API server (it serves the v1 policy API): offline,
+    // helm template knows group versions only, not kinds, and would leave the exec policy out.
+    '--api-versions', 'admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy',
   ], { timeoutMs: 60_000, allowExit: true });
   if (rendered.exitCode !== 0) throw new Error(`helm template: ${rendered.stderr}`);
+  if (!/^kind: ValidatingAdmissionPolicyBinding$/m.test(rendered.stdout)) throw new Error('helm template rendered no exec policy');
   await cp.kubectl(['create', 'namespace', OP_NS]);
   await cp.kubectl(['apply', '-f', '-'], { input: rendered.stdout });
   await cp.kubectl(['-n', OP_NS, 'rollout', 'status', 'deployment/blockpull-operator', '--timeout=180s'], { timeoutMs: 190_000 });
@@ -287,6 +300,48 @@ describe('the operator (chart Deployment, pods/exec) on the real launcher', () =
     expect(done.status?.launcher?.['pod']).toBe(launchers.root!.pod.metadata.name);
     expect(await chain('root')).toEqual([OVERLAY]);
     expect((await virsh('root', ['domstate', domain('root')])).trim()).toBe('running');
+  }, 300_000);
+
+  it("the chart's exec policy is on: the operator's account runs the driver's commands on the real launcher, nothing else", async () => {
+    const cl = c();
+    const t0 = Date.now();
+    expect((await cl.kubectl(['get', 'validatingadmissionpolicybinding', `${OP_SA}-exec`, '-o', 'jsonpath={.spec.policyName}'])).trim()).toBe(`${OP_SA}-exec`);
+    const saKubeconfig = await createServiceAccountKubeconfig(cl, OP_NS, OP_SA, { dir: tmp });
+    const kc = new KubeConfig();
+    kc.loadFromFile(saKubeconfig);
+    const pod = launchers.flat!.pod.metadata.name;
+    const uri = launcherUri(VMS.flat.user);
+    // The operator's own driver, over pods/exec with the operator's token: every command it runs is admitted and runs.
+    const runner = new ExecRunner({ kc, namespace: NS, pod });
+    const driver = new VirshDriver(runner, uri);
+    const disk = await driver.getDisk(domain('flat'), { name: DISK });
+    expect(disk.chain.map((l) => l.path)).toEqual([OVERLAY]);
+    expect(await driver.getJob(domain('flat'), disk.target)).toBeNull();
+    const space = await driver.getSpace(domain('flat'), { disk, measureUsage: true });
+    expect(space).toMatchObject({ kind: 'measured', topPath: OVERLAY, pullBytes: 0, usage: { mountPoint: expect.any(String) as unknown } });
+    for (const sub of ['event', 'qemu-monitor-event'] as const) {
+      const args = sub === 'event' ? ['--domain', domain('flat'), '--event', 'block-job-2', '--loop'] : ['--domain', domain('flat'), '--event', 'BLOCK_JOB_COMPLETED', '--loop'];
+      const h = runner.stream(virshArgv(uri, sub, args));
+      await new Promise((r) => setTimeout(r, 3000));
+      h.stop();
+      // Admitted and ran until stopped (a refused exec ends in a RunTransportError instead).
+      await expect(h.done, `virsh ${sub}`).resolves.toBeDefined();
+    }
+    // The same shapes, asked without an upgrade: admitted (the kubelet answers, not the policy).
+    for (const a of allowedExecCases(domain('flat'))) {
+      const r = await probeExec(saKubeconfig, NS, pod, a);
+      expect(r.status, `${a.what}: ${r.message}`).not.toBe(403);
+      expect(r.message, a.what).not.toContain('ValidatingAdmissionPolicy');
+    }
+    // Everything else is refused at admission with the policy's message.
+    for (const d of deniedExecCases(domain('flat'))) {
+      const r = await probeExec(saKubeconfig, NS, pod, d);
+      expect(isPolicyDenial(r, d.message), `${d.what}: ${r.status} ${r.message}`).toBe(true);
+    }
+    // The operator's own transport gets the same refusal (a RunTransportError saying 403), and the VM lives on.
+    await expect(runner.run(['virsh', '-q', '-c', uri, 'destroy', domain('flat')], { timeoutMs: 30_000 })).rejects.toThrow(/cannot exec virsh: Unexpected server response: 403$/);
+    expect((await virsh('flat', ['domstate', domain('flat')])).trim()).toBe('running');
+    timings.execPolicyMs = Date.now() - t0;
   }, 300_000);
 
   it('bandwidth change, pause and resume, and deleting a running BlockPull (abort)', async () => {

@@ -1,14 +1,19 @@
 // The Helm chart, rendered by a real helm (built from the Go module proxy, pinned) and applied to
 // the real control plane of the e2e global setup; its RBAC proven with the chart's own
-// ServiceAccount token: what the operator must do is allowed, what it must not do is refused.
+// ServiceAccount token: what the operator must do is allowed, what it must not do is refused; and
+// its exec ValidatingAdmissionPolicy: the token may exec only the operator's own commands.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
 import { ENV_VARS, loadConfig } from '../../../../operator/src/config.ts';
 import { CHART_DIR, DeploymentShape, envOf, find, helmTemplate, one, readRulesFile, type K8sObject } from '../../ship/chart.ts';
 import { ensureHelm } from '../../ship/helm.ts';
+import { allowedExecCases, deniedExecCases, EXEC_POLICY_MESSAGES, isPolicyDenial, probeExec } from '../../ship/exec-policy.ts';
+import { VIRSH_SUBCOMMANDS } from '../../../../operator/src/hypervisor/commands.ts';
+import { KILL_ON_DISCONNECT_PREFIX } from '../../../../operator/src/kubevirt/exec-runner.ts';
+import { ROOT_URI, SESSION_URI } from '../../../../operator/src/kubevirt/launcher.ts';
 import { run } from '../../support/process.ts';
 import { parse, stringify } from 'yaml';
 import { z } from 'zod';
@@ -16,6 +21,21 @@ import { z } from 'zod';
 const NS = 'blockpull-system';
 const RELEASE = 'bp';
 const SA = 'bp-blockpull-operator';
+/**
+ * What helm install learns from an API server that serves the v1 policy API (1.30 and later):
+ * offline, helm template knows group versions only, not kinds, and leaves the exec policy out.
+ */
+const WITH_VAP = ['--api-versions', 'admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy'];
+const CelPolicy = z.looseObject({
+  metadata: z.looseObject({ name: z.string() }),
+  spec: z.looseObject({
+    failurePolicy: z.string(),
+    matchConstraints: z.unknown(),
+    matchConditions: z.array(z.object({ name: z.string(), expression: z.string() })),
+    variables: z.array(z.object({ name: z.string(), expression: z.string() })),
+    validations: z.array(z.object({ expression: z.string(), reason: z.string(), message: z.string() })),
+  }),
+});
 
 let kube: ClusterClient;
 let helm: string;
@@ -32,6 +52,9 @@ describe('helm lint and template', () => {
     expect(lint.exitCode).toBe(0);
     const lint2 = await run([helm, 'lint', '--strict', CHART_DIR, '--set', 'replicaCount=3,metrics.serviceMonitor.enabled=true,operator.logLevel=debug,prometheusRule.enabled=true,grafanaDashboard.enabled=true'], { allowExit: true });
     expect(lint2.exitCode).toBe(0);
+    // (helm lint has no --api-versions: the exec policy's template is proven by helm template and the API server below.)
+    const lint3 = await run([helm, 'lint', '--strict', CHART_DIR, '--set', 'execPolicy.enabled=false'], { allowExit: true });
+    expect(lint3.exitCode, lint3.stdout).toBe(0);
   });
 
   it('default values render the documented objects', async () => {
@@ -80,6 +103,40 @@ describe('helm lint and template', () => {
     const svc = one(objects, 'Service') as K8sObject & { spec: { ports: { port: number; targetPort: string }[] } };
     expect(svc.spec.ports).toEqual([{ name: 'metrics', port: 8080, targetPort: 'metrics', protocol: 'TCP' }]);
     expect((one(objects, 'PodDisruptionBudget') as K8sObject & { spec: unknown }).spec).toMatchObject({ maxUnavailable: 1 });
+  });
+
+  it('where the API server serves the v1 ValidatingAdmissionPolicy, the exec policy and its binding are rendered; execPolicy.enabled=false leaves them out', async () => {
+    const { result, objects } = await helmTemplate(RELEASE, NS, {}, WITH_VAP);
+    expect(result.stderr).toBe('');
+    expect(objects.map((o) => o.kind).sort()).toEqual(
+      ['ClusterRole', 'ClusterRoleBinding', 'Deployment', 'PodDisruptionBudget', 'Role', 'RoleBinding', 'Service', 'ServiceAccount', 'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding'].sort(),
+    );
+    const off = await helmTemplate(RELEASE, NS, { execPolicy: { enabled: false } }, WITH_VAP);
+    expect(off.result.exitCode).toBe(0);
+    expect(off.objects.map((o) => o.kind).filter((k) => k.startsWith('ValidatingAdmissionPolicy'))).toEqual([]);
+
+    // The rendered CEL carries the operator's own constants.
+    const policy = CelPolicy.parse(one(objects, 'ValidatingAdmissionPolicy'));
+    const binding = one(objects, 'ValidatingAdmissionPolicyBinding') as K8sObject & { spec: unknown };
+    expect(policy.metadata.name).toBe(`${SA}-exec`);
+    expect(binding.spec).toEqual({ policyName: `${SA}-exec`, validationActions: ['Deny'] });
+    expect(policy.spec.failurePolicy).toBe('Fail');
+    expect(policy.spec.matchConstraints).toEqual({ resourceRules: [{ apiGroups: [''], apiVersions: ['v1'], operations: ['CONNECT'], resources: ['pods/exec'] }] });
+    expect(policy.spec.matchConditions).toEqual([{ name: 'blockpull-operator-service-account', expression: `request.userInfo.username == "system:serviceaccount:${NS}:${SA}"` }]);
+    const variable = (name: string) => policy.spec.variables.find((v) => v.name === name)?.expression ?? '';
+    // helm's toJson escapes <, > and & as \u003c, \u003e, \u0026 (CEL reads them back as the same characters).
+    const goJson = (v: unknown) => JSON.stringify(v).replace(/[<>&]/g, (ch) => `\\u00${ch.charCodeAt(0).toString(16)}`);
+    expect(variable('wrapped')).toContain(`[variables.cmd[0], variables.cmd[1], variables.cmd[2], variables.cmd[3]] == ${goJson(KILL_ON_DISCONNECT_PREFIX)}`);
+    expect(variable('virsh')).toContain(`variables.cmd[8] in ${goJson(VIRSH_SUBCOMMANDS)}`);
+    expect(variable('virsh')).toContain(`variables.cmd[7] in ${goJson([ROOT_URI, SESSION_URI])}`);
+    expect(policy.spec.validations.map((v) => [v.reason, v.message])).toEqual([
+      ['Forbidden', EXEC_POLICY_MESSAGES.container],
+      ['Forbidden', EXEC_POLICY_MESSAGES.wrapper],
+      ['Forbidden', expect.stringContaining(EXEC_POLICY_MESSAGES.command)],
+    ]);
+    // A custom ServiceAccount name and namespace are what the policy matches.
+    const custom = await helmTemplate('prod', 'ops', { serviceAccount: { name: 'custom-sa' } }, WITH_VAP);
+    expect(CelPolicy.parse(one(custom.objects, 'ValidatingAdmissionPolicy')).spec.matchConditions[0]?.expression).toBe('request.userInfo.username == "system:serviceaccount:ops:custom-sa"');
   });
 
   it('the ClusterRole holds exactly files/rbac-rules.yaml, the Role exactly the lease rules; no wildcards', async () => {
@@ -160,6 +217,8 @@ describe('helm lint and template', () => {
     ['dashboard: a label value too long', { grafanaDashboard: { labels: { grafana_dashboard: 'x'.repeat(64) } } }, /grafanaDashboard/],
     ['dashboard: a bad namespace', { grafanaDashboard: { namespace: 'Monitoring' } }, /namespace/],
     ['dashboard: enabled as a number', { grafanaDashboard: { enabled: 1 } }, /enabled/],
+    ['exec policy: enabled as text', { execPolicy: { enabled: 'always' } }, /execPolicy|enabled/],
+    ['exec policy: an unknown key', { execPolicy: { enable: true } }, /enable/],
   ];
   it.each(invalid)('rejects %s', async (_what, values, message) => {
     const { result } = await helmTemplate(RELEASE, NS, values);
@@ -185,7 +244,7 @@ describe('the chart on the control plane', () => {
 
   beforeAll(async () => {
     await kube.kubectl(['create', 'namespace', NS, '--dry-run=client', '-o', 'yaml']).then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
-    const { result, yaml } = await helmTemplate(RELEASE, NS);
+    const { result, yaml } = await helmTemplate(RELEASE, NS, {}, WITH_VAP);
     expect(result.exitCode).toBe(0);
     // A real server-side apply of every rendered object (the Deployment's pods need a node: none here).
     await kube.kubectl(['apply', '--server-side', '--field-manager=helm-test', '-f', '-'], { input: yaml });
@@ -193,7 +252,8 @@ describe('the chart on the control plane', () => {
   }, 300_000);
 
   it('every rendered object exists on the API server', async () => {
-    const { objects } = await helmTemplate(RELEASE, NS);
+    const { objects } = await helmTemplate(RELEASE, NS, {}, WITH_VAP);
+    expect(objects.map((o) => o.kind)).toContain('ValidatingAdmissionPolicy');
     for (const o of objects) {
       const args = ['get', `${o.kind}.${o.apiVersion.includes('/') ? o.apiVersion.split('/')[0] : ''}`.replace(/\.$/, ''), o.metadata.name, '-o', 'name'];
       if (o.metadata.namespace) args.push('-n', o.metadata.namespace);
@@ -236,6 +296,8 @@ describe('the chart on the control plane', () => {
     expect(install.stderr).toBe('');
     expect(install.exitCode).toBe(0);
     expect(install.stdout).toMatch(/STATUS: deployed/);
+    // helm install asks the API server: it serves the v1 policy API, so the exec policy is on.
+    expect((await kube.kubectl(['get', 'validatingadmissionpolicybinding', 'hi-blockpull-operator-exec', '-o', 'jsonpath={.spec.policyName}'])).trim()).toBe('hi-blockpull-operator-exec');
     const status = await run([helm, 'status', 'hi', '--namespace', ns, '-o', 'json', ...kc], { allowExit: true });
     expect(z.object({ info: z.object({ status: z.string() }) }).parse(JSON.parse(status.stdout)).info.status).toBe('deployed');
     expect((await kube.kubectl(['get', 'deployment', 'hi-blockpull-operator', '-n', ns, '-o', 'jsonpath={.spec.replicas}'])).trim()).toBe('2');
@@ -245,6 +307,8 @@ describe('the chart on the control plane', () => {
     expect(uninstall.exitCode, uninstall.stderr).toBe(0);
     const gone = await kube.kubectlResult(['get', 'clusterrole', 'hi-blockpull-operator']);
     expect(gone.stderr).toMatch(/NotFound/);
+    const policyGone = await kube.kubectlResult(['get', 'validatingadmissionpolicy', 'hi-blockpull-operator-exec']);
+    expect(policyGone.stderr).toMatch(/NotFound/);
     await kube.kubectl(['delete', 'namespace', ns, '--wait=false']);
   });
 
@@ -321,24 +385,56 @@ describe('the chart on the control plane', () => {
     await kube.kubectl(['delete', 'lease', 'ship-test-lease', '-n', NS]);
   });
 
-  it('exec into a pod is authorized for the token (fails later: the pod has no node), attach is Forbidden', async () => {
-    const pod = {
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { name: 'ship-exec-target', namespace: NS },
-      spec: { serviceAccountName: SA, automountServiceAccountToken: false, containers: [{ name: 'compute', image: 'example.invalid/none:1' }] },
-    };
-    await kube.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
-    try {
-      const exec = await asOperator(['exec', '-n', NS, 'ship-exec-target', '-c', 'compute', '--', 'virsh', 'version']);
-      expect(exec.exitCode).not.toBe(0);
-      expect(exec.stderr).not.toMatch(/forbidden/i);
-      expect(exec.stderr).toMatch(/does not have a host assigned|no host|not found on node|unable to upgrade connection/i);
-      const attach = await asOperator(['attach', '-n', NS, 'ship-exec-target', '-c', 'compute']);
+  describe('the exec policy, with the chart ServiceAccount token', () => {
+    const POD = 'ship-exec-target';
+    const DOMAIN = `${NS}_vm`;
+    beforeAll(async () => {
+      const pod = {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: POD, namespace: NS },
+        spec: { serviceAccountName: SA, automountServiceAccountToken: false, containers: [{ name: 'compute', image: 'example.invalid/none:1' }, { name: 'sidecar', image: 'example.invalid/none:1' }] },
+      };
+      await kube.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
+    });
+    afterAll(async () => {
+      await kube.kubectl(['delete', 'pod', POD, '-n', NS, '--wait=false']);
+    });
+    // The pod has no node: a request the policy admits fails after admission, with this.
+    const NO_HOST = `pod ${POD} does not have a host assigned`;
+
+    it.each(allowedExecCases(DOMAIN).map((c) => [c.what, c] as const))('admits what the operator runs: %s', async (_what, c) => {
+      const r = await probeExec(saKubeconfig, NS, POD, c);
+      expect(r.message).not.toContain('ValidatingAdmissionPolicy');
+      expect([r.status, r.message]).toEqual([400, NO_HOST]);
+    });
+
+    it.each(deniedExecCases(DOMAIN).map((c) => [c.what, c] as const))('refuses %s with the policy message', async (_what, c) => {
+      const r = await probeExec(saKubeconfig, NS, POD, c);
+      expect(isPolicyDenial(r, c.message), `${r.status} ${r.message}`).toBe(true);
+    });
+
+    it('kubectl exec as the operator: a bare command is refused with the message; the wrapped virsh passes admission; attach is Forbidden', async () => {
+      const bare = await asOperator(['exec', '-n', NS, POD, '-c', 'compute', '--', 'virsh', 'version']);
+      expect(bare.exitCode).not.toBe(0);
+      expect(bare.stderr).toContain(EXEC_POLICY_MESSAGES.wrapper);
+      const destroy = await asOperator(['exec', '-n', NS, POD, '-c', 'compute', '--', ...KILL_ON_DISCONNECT_PREFIX, 'virsh', '-q', '-c', SESSION_URI, 'destroy', DOMAIN]);
+      expect(destroy.exitCode).not.toBe(0);
+      expect(destroy.stderr).toContain(EXEC_POLICY_MESSAGES.command);
+      const ok = await asOperator(['exec', '-n', NS, POD, '-c', 'compute', '--', ...KILL_ON_DISCONNECT_PREFIX, 'virsh', '-q', '-c', SESSION_URI, 'dumpxml', '--domain', DOMAIN]);
+      expect(ok.exitCode).not.toBe(0);
+      expect(ok.stderr).not.toMatch(/forbidden|ValidatingAdmissionPolicy/i);
+      expect(ok.stderr).toContain(NO_HOST);
+      const attach = await asOperator(['attach', '-n', NS, POD, '-c', 'compute']);
       expect(attach.exitCode).not.toBe(0);
       expect(attach.stderr).toMatch(/forbidden/i);
-    } finally {
-      await kube.kubectl(['delete', 'pod', 'ship-exec-target', '-n', NS, '--wait=false']);
-    }
+    });
+
+    it('other users are not affected: an admin runs a bare sh in another container', async () => {
+      const admin = await kube.kubectlResult(['exec', '-n', NS, POD, '-c', 'sidecar', '--', 'sh']);
+      expect(admin.exitCode).not.toBe(0);
+      expect(admin.stderr).not.toMatch(/forbidden|ValidatingAdmissionPolicy/i);
+      expect(admin.stderr).toContain(NO_HOST);
+    });
   });
 });
