@@ -71,7 +71,7 @@ function world(pulls: readonly Pull[], o: { maxConcurrentPulls: number; maxPulls
     get: (ns: string | undefined, name: string) => (list ?? [...m.values()]).find((x) => (x['metadata'] as { namespace: string; name: string }).namespace === ns && (x['metadata'] as { name: string }).name === name),
     list: (ns?: string) => (list ?? [...m.values()]).filter((x) => ns === undefined || (x['metadata'] as { namespace: string }).namespace === ns),
   });
-  const rvMoved = new ApiException(422, 'Invalid', JSON.stringify({ kind: 'Status', code: 422, reason: 'Invalid', message: 'the server rejected our request due to an error in our request', details: {} }), {});
+  const rvMoved = new ApiException(409, 'Conflict', JSON.stringify({ kind: 'Status', code: 409, reason: 'Conflict', message: 'the object has been modified' }), {});
   const clients = {
     custom: {
       getNamespacedCustomObject: ({ namespace, name }: { namespace: string; name: string }) => Promise.resolve(structuredClone(objects.get(k(namespace, name)))),

@@ -36,10 +36,11 @@ function launcherFixture(node: string): { vmi: Record<string, unknown>; pod: Rec
 }
 
 /**
- * The status write's 422 handling. The API server answers 422 "Invalid" both when the JSON patch's
- * `test` of metadata.resourceVersion fails (measured on kube-apiserver 1.34: empty details, generic
- * message) and when the CRD schema refuses the status (details name the field). Only the first is a
- * conflict to requeue at once; requeueing the second would rewrite the same refused status in a loop.
+ * The status write's refusals. The status patch sets metadata.resourceVersion to the one read, so
+ * the API server answers 409 Conflict when the object moved, and 422 "Invalid" only when the CRD
+ * schema refuses the status (measured on kube-apiserver 1.34, also for a stale resourceVersion with
+ * an invalid status: 409). Only the first is requeued at once; requeueing the second would
+ * rewrite the same refused status in a loop. Neither needs a GET to be told apart.
  */
 describe('Reconciler status write', () => {
   const blockPull = (resourceVersion: string) => ({
@@ -54,10 +55,10 @@ describe('Reconciler status write', () => {
     JSON.stringify({ kind: 'Status', status: 'Failure', reason: 'Invalid', code: 422, message: 'BlockPull.blockpull.dev "p" is invalid: status.message: Too long', details: { name: 'p' } }),
     {},
   );
-  const testFailed = new ApiException(
-    422,
-    'Invalid',
-    JSON.stringify({ kind: 'Status', status: 'Failure', reason: 'Invalid', code: 422, message: 'the server rejected our request due to an error in our request', details: {} }),
+  const moved = new ApiException(
+    409,
+    'Conflict',
+    JSON.stringify({ kind: 'Status', status: 'Failure', reason: 'Conflict', code: 409, message: 'Operation cannot be fulfilled on blockpulls.blockpull.dev "p": the object has been modified; please apply your changes to the latest version and try again' }),
     {},
   );
 
@@ -93,14 +94,16 @@ describe('Reconciler status write', () => {
     const { r, calls } = reconciler(['5'], invalid);
     await expect(r.reconcile('ns/p')).rejects.toBe(invalid);
     expect(calls.patches).toBe(1);
+    expect(calls.gets).toBe(1); // the read of the object (the cache is empty here), none to judge the 422
     expect(calls.enqueued).toEqual([]);
   });
 
-  it('a failed resourceVersion test (the object moved on) requeues at once', async () => {
-    const { r, calls } = reconciler(['5', '6'], testFailed);
+  it('a moved resourceVersion (409) requeues at once, with no GET to tell it from a refusal', async () => {
+    const { r, calls } = reconciler(['5', '6'], moved);
     // VMINotFound: the VMI's watch event wakes it; the requeue is only the safety resync.
     await expect(r.reconcile('ns/p')).resolves.toEqual({ requeueAfterMs: DEFAULT_SAFETY_RESYNC_MS });
     expect(calls.patches).toBe(1);
+    expect(calls.gets).toBe(1);
     expect(calls.enqueued).toEqual(['ns/p']);
   });
 });
@@ -239,7 +242,7 @@ describe('Reconciler persisted intent', () => {
       obj = change(structuredClone(obj));
       obj.metadata.resourceVersion = String(++rv);
     };
-    const rvMoved = new ApiException(422, 'Invalid', JSON.stringify({ kind: 'Status', code: 422, reason: 'Invalid', message: 'the server rejected our request due to an error in our request', details: {} }), {});
+    const rvMoved = new ApiException(409, 'Conflict', JSON.stringify({ kind: 'Status', code: 409, reason: 'Conflict', message: 'the object has been modified' }), {});
     const clients = {
       custom: {
         getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
