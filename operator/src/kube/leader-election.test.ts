@@ -87,4 +87,23 @@ describe('LeaderElector renewals', () => {
     expect(f.calls.slice(n, n + 2)).toEqual(['replace', 'read']);
     expect(f.current()?.spec?.holderIdentity).toBe('other');
   });
+
+  it('a restarted container under the same identity takes its own unexpired Lease back at once', async () => {
+    const f = fakeLeases();
+    const first = elector(f.api);
+    for (let i = 0; i < 100 && !f.calls.includes('replace'); i++) await sleep(20);
+    first.stop();
+    await first.result;
+    const n = f.calls.length;
+    const t0 = performance.now();
+    const second = elector(f.api);
+    for (let i = 0; i < 100 && f.calls.slice(n).filter((x) => x === 'replace').length < 1; i++) await sleep(5);
+    const tookMs = performance.now() - t0;
+    second.stop();
+    await second.result;
+    // Lease duration is 2 s: well under it means it was not waited out.
+    expect(tookMs).toBeLessThan(500);
+    expect(f.calls.slice(n, n + 2)).toEqual(['read', 'replace']);
+    expect(f.current()?.spec?.holderIdentity).toBe('me');
+  });
 });
