@@ -8,7 +8,7 @@
 import { loadConfigOrExit } from './config.ts';
 import { installCrashHandlers } from './crash.ts';
 import { createLogger } from './log.ts';
-import { createKubeClients, loadKubeConfig } from './kube/client.ts';
+import { createKubeClients, fenceWrites, loadKubeConfig } from './kube/client.ts';
 import { EventRecorder } from './kube/events.ts';
 import { LeaderElector } from './kube/leader-election.ts';
 import { createMetrics } from './kube/metrics.ts';
@@ -86,9 +86,12 @@ async function main(): Promise<number> {
         onStartedLeading: (signal) => controller.run(signal),
         onStoppedLeading: () => {
           if (!stop.signal.aborted) {
+            // No graceful shutdown: it would await requests hung on the API server, and what
+            // they and the workers write after this point would overwrite a new leader's truth.
+            fenceWrites();
             logger.error('leader lease lost; exiting');
-            exitCode = 1;
-            stop.abort(new Error('lease lost'));
+            logger.flush();
+            process.exit(1);
           }
         },
       })

@@ -25,6 +25,32 @@ import {
 import { Agent, ProxyAgent, type Dispatcher } from 'undici';
 import { z } from 'zod';
 
+// --- the fence -----------------------------------------------------------------------------
+
+const MUTATING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+let fenced = false;
+
+/** A mutating request refused because this process lost its leadership. */
+export class FencedError extends Error {
+  constructor(method: string, url: string) {
+    super(`refused ${method} ${url}: this process lost its leader lease`);
+    this.name = 'FencedError';
+  }
+}
+
+/**
+ * Refuse every mutating request of the process from now on. Called when the leader lease is
+ * lost: the process exits at once, but a write queued before the exit must not reach the API
+ * server, where a new leader may already be writing the truth. There is no way back.
+ */
+export function fenceWrites(): void {
+  fenced = true;
+}
+
+export function writesFenced(): boolean {
+  return fenced;
+}
+
 // --- one connection pool ------------------------------------------------------------------
 
 /**
@@ -66,6 +92,7 @@ function sameMaterial(a: readonly unknown[], b: readonly unknown[]): boolean {
  */
 export class PooledKubeConfig extends KubeConfig {
   override async applySecurityAuthentication(context: RequestContext): Promise<void> {
+    if (fenced && MUTATING.has(String(context.getHttpMethod()).toUpperCase())) throw new FencedError(String(context.getHttpMethod()), context.getUrl());
     const cluster = this.getCurrentCluster();
     if (cluster?.proxyUrl?.startsWith('socks') === true) return super.applySecurityAuthentication(context);
     const opts: https.RequestOptions = {};

@@ -87,4 +87,44 @@ describe('LeaderElector renewals', () => {
     expect(f.calls.slice(n, n + 2)).toEqual(['replace', 'read']);
     expect(f.current()?.spec?.holderIdentity).toBe('other');
   });
+
+  it('on a lost Lease, onStoppedLeading runs before the leading signal aborts (a caller can exit first)', async () => {
+    const f = fakeLeases();
+    const order: string[] = [];
+    const e = new LeaderElector({
+      coordination: f.api,
+      namespace: 'ns',
+      leaseName: 'op',
+      identity: 'me',
+      leaseDurationMs: 2_000,
+      renewDeadlineMs: 1_500,
+      retryPeriodMs: 20,
+      onStartedLeading: (signal) => signal.addEventListener('abort', () => order.push('signal aborted')),
+      onStoppedLeading: () => order.push(`stopped leading, signal aborted: ${String(order.includes('signal aborted'))}`),
+    });
+    const result = e.run(new AbortController().signal);
+    for (let i = 0; i < 100 && !f.calls.includes('replace'); i++) await sleep(20);
+    f.takeOver('other');
+    expect(await result).toBe('lost');
+    expect(order).toEqual(['stopped leading, signal aborted: false', 'signal aborted']);
+  });
+
+  it('a restarted container under the same identity takes its own unexpired Lease back at once', async () => {
+    const f = fakeLeases();
+    const first = elector(f.api);
+    for (let i = 0; i < 100 && !f.calls.includes('replace'); i++) await sleep(20);
+    first.stop();
+    await first.result;
+    const n = f.calls.length;
+    const t0 = performance.now();
+    const second = elector(f.api);
+    for (let i = 0; i < 100 && f.calls.slice(n).filter((x) => x === 'replace').length < 1; i++) await sleep(5);
+    const tookMs = performance.now() - t0;
+    second.stop();
+    await second.result;
+    // Lease duration is 2 s: well under it means it was not waited out.
+    expect(tookMs).toBeLessThan(500);
+    expect(f.calls.slice(n, n + 2)).toEqual(['read', 'replace']);
+    expect(f.current()?.spec?.holderIdentity).toBe('me');
+  });
 });

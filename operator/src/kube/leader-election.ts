@@ -9,7 +9,7 @@
  *   concurrency: two candidates racing get one 200 and one 409).
  * - Lead: onStartedLeading(signal) is called; renew every retryPeriod (an update of the Lease as
  *   we last wrote it, without reading it first; on a conflict it is read). If no renewal succeeds
- *   for renewDeadline, leadership is lost: the signal aborts and onStoppedLeading() is called.
+ *   for renewDeadline, leadership is lost: onStoppedLeading() is called, then the signal aborts.
  *   Every Lease request is aborted at the renew deadline (withTimeout), so a hung connection
  *   to the API server cannot keep a stale leader acting.
  *   Like controller-runtime, the process should then exit (main.ts does process.exit(1)): a
@@ -40,7 +40,7 @@ export interface LeaderElectorOptions {
    * stopped). May return a promise; run() waits for it after leadership ends, before release.
    */
   onStartedLeading(signal: AbortSignal): void | Promise<void>;
-  /** Called once when leadership ends, lost or released. */
+  /** Called once when leadership ends, lost or released, before the signal of onStartedLeading aborts. */
   onStoppedLeading(): void;
   /** Called when the observed holder changes (including to ourselves). */
   onNewLeader?(identity: string): void;
@@ -181,13 +181,15 @@ export class LeaderElector {
         break;
       }
     }
-    leading.abort(new Error(result === 'lost' ? 'leader lease lost' : 'leader election stopped'));
+    // onStoppedLeading first: a caller that fences and exits there (main.ts) does so before
+    // anything listening on the signal runs and might still send a request.
     this.#setLeader(false);
     try {
       this.#options.onStoppedLeading();
     } catch (err) {
       this.#log?.error({ err }, 'onStoppedLeading threw');
     }
+    leading.abort(new Error(result === 'lost' ? 'leader lease lost' : 'leader election stopped'));
     await callback;
     if (result === 'stopped' && (this.#options.releaseOnCancel ?? true)) await this.#release();
     return result;

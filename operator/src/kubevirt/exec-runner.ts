@@ -35,6 +35,7 @@ import {
   type RunResult,
   type StreamHandle,
 } from '../hypervisor/runner.ts';
+import { FencedError, writesFenced } from '../kube/client.ts';
 
 /** Exit code reported by stream().done when the command was stopped before it sent a status. */
 export const STOPPED_EXIT_CODE = 143;
@@ -245,6 +246,14 @@ export class ExecRunner implements CommandRunner {
       }
     };
 
+    // A pods/exec session is a websocket upgrade (a GET), so the client's write fence does not see
+    // it; it runs virsh in the launcher, a write of its own: refused here once the fence is up.
+    if (writesFenced()) {
+      cleanup();
+      stdin?.destroy();
+      fail?.(new RunTransportError(`${this.description}: cannot exec ${argv[0] ?? ''}: ${new FencedError('exec', `pods/${this.#options.pod}/exec`).message}`));
+      return { exitCode, stop };
+    }
     this.#exec
       .exec(this.#options.namespace, this.#options.pod, this.#container, command, stdout, stderr, stdin, false, (status) => {
         outcome = parseExecStatus(status);

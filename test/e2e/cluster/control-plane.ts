@@ -40,7 +40,39 @@ export interface ControlPlane extends ClusterClient {
   readonly etcdEndpoint: string;
   readonly ports: { readonly etcdClient: number; readonly etcdPeer: number; readonly apiserver: number };
   readonly processes: readonly DaemonRecord[];
+  /** The API server's audit log (JSON lines), when started with StartOptions.audit. */
+  readonly auditLogPath: string | undefined;
   stop(): Promise<void>;
+}
+
+/** One rule of an audit policy (audit.k8s.io/v1), as the API server reads it. */
+export interface AuditRule {
+  readonly level: 'None' | 'Metadata' | 'Request' | 'RequestResponse';
+  readonly verbs?: readonly string[];
+  readonly users?: readonly string[];
+  readonly resources?: readonly { readonly group: string; readonly resources: readonly string[] }[];
+}
+
+/** An audit log entry, the fields the tests read (audit.k8s.io/v1 Event). */
+export interface AuditEvent {
+  readonly auditID: string;
+  readonly stage: string;
+  readonly verb: string;
+  readonly requestURI: string;
+  readonly user: { readonly username: string };
+  readonly objectRef?: { readonly resource?: string; readonly subresource?: string; readonly namespace?: string; readonly name?: string; readonly apiGroup?: string };
+  readonly responseStatus?: { readonly code?: number };
+  readonly requestReceivedTimestamp: string;
+  readonly stageTimestamp: string;
+}
+
+/** The audit log's entries so far (a missing file is no entry). */
+export async function readAuditLog(file: string): Promise<AuditEvent[]> {
+  const text = await readFile(file, 'utf8').catch(() => '');
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as AuditEvent);
 }
 
 export interface StartOptions {
@@ -52,6 +84,12 @@ export interface StartOptions {
   readonly extraApiserverArgs?: readonly string[];
   readonly readyTimeoutMs?: number;
   readonly log?: (message: string) => void;
+  /**
+   * Turn the API server's audit log on: these rules (a last rule `level: None` is added), logged
+   * at the ResponseComplete stage only, as JSON lines in <stateDir>/logs/audit.log
+   * (ControlPlane.auditLogPath), written before the response is sent (blocking mode).
+   */
+  readonly audit?: { readonly rules: readonly AuditRule[] };
 }
 
 const stateFile = z.object({
@@ -245,6 +283,16 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
   await rm(logsDir, { recursive: true, force: true }); // logs of this start only (retries append)
   await mkdir(logsDir, { recursive: true });
 
+  let auditArgs: string[] = [];
+  let auditLogPath: string | undefined;
+  if (options.audit !== undefined) {
+    const policyFile = path.join(stateDir, 'audit-policy.json');
+    auditLogPath = path.join(logsDir, 'audit.log');
+    const policy = { apiVersion: 'audit.k8s.io/v1', kind: 'Policy', omitStages: ['RequestReceived', 'ResponseStarted'], rules: [...options.audit.rules, { level: 'None' }] };
+    await writeFile(policyFile, JSON.stringify(policy, null, 2));
+    auditArgs = [`--audit-policy-file=${policyFile}`, `--audit-log-path=${auditLogPath}`, '--audit-log-format=json', '--audit-log-mode=blocking'];
+  }
+
   const procs: DaemonRecord[] = [];
   const removeGuards = installCrashGuards(() => procs);
   const stopAll = async (): Promise<void> => {
@@ -315,6 +363,7 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
             // flag: repeated flags append, so the default is left out then, not overridden).
             ...((options.extraApiserverArgs ?? []).some((a) => a.startsWith('--disable-admission-plugins')) ? [] : ['--disable-admission-plugins=ServiceAccount']),
             '--profiling=false',
+            ...auditArgs,
             ...(options.extraApiserverArgs ?? []),
           ],
           path.join(logsDir, 'kube-apiserver.log'),
@@ -359,6 +408,7 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
         etcdEndpoint,
         ports,
         processes: [...procs],
+        auditLogPath,
         ...clusterClient(kubeconfigPath, binaries.kubectl),
         async stop() {
           if (stopped) return;

@@ -4,9 +4,12 @@ export { clusterClient, KubectlError, runKubectl, type ClusterClient, type Kubec
 export {
   attachControlPlane,
   DEFAULT_STATE_DIR,
+  readAuditLog,
   startControlPlane,
   stopApiserver,
   stopRecorded,
+  type AuditEvent,
+  type AuditRule,
   type ControlPlane,
   type StartOptions,
   type StoppedApiserver,
