@@ -6,6 +6,7 @@
 --   spec changed, not yet observed by the operator,
 --   or not looked at yet                       -> Progressing, Suspended if spec.paused (InProgress)
 --   Completed                                  -> Healthy      (Current)
+--   Planned (spec.dryRun: the plan is written) -> Healthy      (Current)
 --   Failed                                     -> Degraded     (Failed)
 --   phase Paused or spec.paused                -> Suspended    (InProgress)
 --   anything else                              -> Progressing  (InProgress)
@@ -85,6 +86,9 @@ end
 if phase == "Completed" then
   hs.status = "Healthy"
   hs.message = describe("Completed")
+elseif phase == "Planned" then
+  hs.status = "Healthy"
+  hs.message = describe("Planned")
 elseif phase == "Failed" then
   hs.status = "Degraded"
   hs.message = describe("Failed")

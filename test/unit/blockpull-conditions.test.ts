@@ -1,6 +1,6 @@
 /**
  * The conditions decide() writes, for every phase and reason (test/e2e/ship/blockpull-states.ts):
- * Ready True only when Completed (False with the phase's reason otherwise), Reconciling True while
+ * Ready True only when Completed or Planned (False with the phase's reason otherwise), Reconciling True while
  * Pending or Running, Stalled True when Failed, Complete and Failed kept, each with the
  * observedGeneration it was computed from. The real kstatus library judges the same objects in
  * test/e2e/specs/ship/kstatus.e2e.test.ts.
@@ -19,7 +19,7 @@ function conditions(obj: Record<string, unknown>): Map<string, Condition> {
 
 describe('BlockPull conditions (kstatus and Job conventions)', () => {
   it('covers every phase and every reason', () => {
-    expect(new Set(decidedStates.map((s) => s.phase))).toEqual(new Set(['Pending', 'Running', 'Paused', 'Completed', 'Failed']));
+    expect(new Set(decidedStates.map((s) => s.phase))).toEqual(new Set(['Pending', 'Running', 'Paused', 'Completed', 'Failed', 'Planned']));
     expect([...new Set(decidedStates.map((s) => s.reason))].sort()).toEqual([...REASONS].sort());
     expect(new Set(states.map((s) => s.name)).size).toBe(states.length);
   });
@@ -29,7 +29,7 @@ describe('BlockPull conditions (kstatus and Job conventions)', () => {
     const generation = (s.object.metadata as { generation: number }).generation;
     const observed = parseBlockPull(s.object).status?.observedGeneration;
     const want = {
-      Ready: s.phase === 'Completed',
+      Ready: s.phase === 'Completed' || s.phase === 'Planned',
       Reconciling: s.phase === 'Pending' || s.phase === 'Running',
       Stalled: s.phase === 'Failed',
       Complete: s.phase === 'Completed',

@@ -52,11 +52,13 @@ export const STATUS_LIMITS = {
  * - Paused: spec.paused stopped the job; what was streamed stays in the active image.
  * - Completed: the chain is at its goal (terminal).
  * - Failed: the pull cannot or will not complete (terminal): disk absent, invalid base, retries exhausted.
+ * - Planned: spec.dryRun's plan is written (status.plan); no job is ever started for it.
  */
-export const PHASES = ['Pending', 'Running', 'Paused', 'Completed', 'Failed'] as const;
+export const PHASES = ['Pending', 'Running', 'Paused', 'Completed', 'Failed', 'Planned'] as const;
 export const PhaseSchema = z.enum(PHASES);
 export type Phase = z.infer<typeof PhaseSchema>;
-export const TERMINAL_PHASES: readonly Phase[] = ['Completed', 'Failed'];
+/** Phases after which the operator looks no more (a plan is not made again: it is the look it took). */
+export const TERMINAL_PHASES: readonly Phase[] = ['Completed', 'Failed', 'Planned'];
 /** Phases in which the operator still has work to do (kstatus: Reconciling True). */
 export const RECONCILING_PHASES: readonly Phase[] = ['Pending', 'Running'];
 
@@ -86,6 +88,7 @@ export const REASONS = [
   'Retrying', // Running: a job ended short of the goal and was started again
   'Paused', // Paused
   'NothingToDo', // Completed: the chain was already at its goal at the first look
+  'Planned', // Planned: spec.dryRun: the plan is in status.plan, no job is started
   'Completed', // Completed: the job ended and the chain is at its goal
   'DiskNotFound', // Failed: the VMI has no such disk
   'InvalidBase', // Failed: spec.base is not in the disk's chain
@@ -145,6 +148,7 @@ export const BlockPullSpecSchema = z.object({
   paused: z.boolean().default(false),
   maxRetries: int32().min(0).max(100).default(3),
   migrationPolicy: MigrationPolicySchema.default('Yield'),
+  dryRun: z.boolean().default(false),
 });
 export type BlockPullSpec = z.infer<typeof BlockPullSpecSchema>;
 
@@ -203,6 +207,15 @@ export const BlockPullStatusSchema = z.object({
   attempts: int32().min(0).optional(),
   retries: int32().min(0).optional(),
   job: z.object({ state: JobStateSchema }).optional(),
+  plan: z
+    .object({
+      basePath: z.string().max(STATUS_LIMITS.pathLength).optional(),
+      bytesToWrite: int64().min(0).optional(),
+      space: z.enum(['Fits', 'Insufficient', 'Unknown']).optional(),
+      availableBytes: int64().min(0).optional(),
+      etaSeconds: int64().min(0).optional(),
+    })
+    .optional(),
 });
 export type BlockPullStatus = z.infer<typeof BlockPullStatusSchema>;
 

@@ -214,7 +214,7 @@ describe('the BlockPull cache', () => {
         apiVersion: 'blockpull.dev/v1alpha1',
         kind: 'BlockPull',
         metadata: { name: 'ok', namespace: 'ns', uid: 'u1', resourceVersion: '1', labels: { a: 'b' } },
-        spec: { vmiName: 'vm', disk: 'd', maxRetries: 3, migrationPolicy: 'Yield', paused: false },
+        spec: { vmiName: 'vm', disk: 'd', maxRetries: 3, migrationPolicy: 'Yield', paused: false, dryRun: false },
       });
       // Not parseable (no spec.disk): cached as it came, without managedFields; the reconciler reports it.
       expect(controller.blockPulls.get('ns', 'bad')).toEqual({ ...invalid, metadata: { name: 'bad', namespace: 'ns', uid: 'u2', resourceVersion: '1' } });

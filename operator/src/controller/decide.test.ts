@@ -994,3 +994,65 @@ describe('decide: live migrations (yield, wait, resume on the new launcher)', ()
     expect(e.status.message).toMatch(/formats raw, where the base \/d\/base.qcow2 and below had qcow2/);
   });
 });
+
+describe('decide: spec.dryRun, a plan and never a start', () => {
+  const space = (pullBytes: number, availableBytes: number) => ({ kind: 'measured' as const, topPath: TOP, pullBytes, availableBytes, totalBytes: 100_000 * MiB });
+  const planBp = (spec: Record<string, unknown> = {}) => bp({ spec: { dryRun: true, ...spec } });
+
+  it('the plan of the start that would follow: Planned, the base, the bytes, the space verdict with both figures, an ETA at the bandwidth', () => {
+    const d = decide(obs({ bp: planBp({ base: { position: 2 }, bandwidth: '1Mi' }), hypervisor: ok(CHAIN3), space: space(64 * MiB, 1000 * MiB) }));
+    expect(d.action).toEqual({ type: 'none' });
+    expect(d.requeueAfterMs).toBeNull();
+    expect(d.status).toMatchObject({
+      phase: 'Planned',
+      reason: 'Planned',
+      plan: { basePath: BASE, bytesToWrite: 64 * MiB, space: 'Fits', availableBytes: 1000 * MiB, etaSeconds: 64 },
+      backingChain: { current: before3 },
+    });
+    expect(d.status.message).toContain('no job started');
+    expect(d.status.job).toBeUndefined();
+    expect(d.status.attempts ?? 0).toBe(0);
+    // kstatus: Ready True, not Reconciling, not Stalled.
+    expect(getCondition(d.status.conditions, 'Ready')?.status).toBe('True');
+    expect(getCondition(d.status.conditions, 'Reconciling')?.status).toBe('False');
+    expect(getCondition(d.status.conditions, 'Stalled')?.status).toBe('False');
+  });
+
+  it('too little space: still a plan, with the verdict Insufficient and why', () => {
+    const d = decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3), space: space(800 * MiB, 100 * MiB) }));
+    expect(d.status).toMatchObject({ phase: 'Planned', plan: { space: 'Insufficient', bytesToWrite: 800 * MiB, availableBytes: 100 * MiB } });
+    expect(d.status.plan?.etaSeconds).toBeUndefined(); // unlimited bandwidth: no ETA
+    expect(d.status.message).toMatch(/space: .*free/);
+  });
+
+  it('waits for no slot (it takes none), and asks for the space before it plans', () => {
+    const full = { running: 4, runningOnNode: 2, runningInNamespace: 4, namespacesWanting: 3 };
+    expect(decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3), slots: full, space: space(MiB, 10 * MiB) })).status.phase).toBe('Planned');
+    const unmeasured = decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3), space: 'not measured' }));
+    expect(unmeasured.wants).toBe('space');
+    expect(unmeasured.action.type).toBe('none');
+  });
+
+  it('a pull job on the disk is never its own: nothing is aborted, not on delete either', () => {
+    const d = decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3, job(10, 100)), diskHolder: null }));
+    expect(d.action.type).toBe('none');
+    expect(d.status.phase).toBe('Pending');
+    const deleting = decide(obs({ bp: bp({ spec: { dryRun: true }, deleting: true }), hypervisor: ok(CHAIN3, job(10, 100)), diskHolder: null }));
+    expect(deleting.action.type).toBe('removeFinalizer');
+  });
+
+  it('a plan is the look it took: Planned is not looked at again', () => {
+    const planned = decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3), space: space(MiB, 10 * MiB) }));
+    const again = decide(obs({ bp: bp({ spec: { dryRun: true }, status: planned.status }), hypervisor: ok(CHAIN3, job(1, 10)) }));
+    expect(again.status.phase).toBe('Planned');
+    expect(again.action.type).toBe('none');
+    expect(again.requeueAfterMs).toBeNull();
+  });
+
+  it('never holds a disk: a real BlockPull of the same disk is its holder even when younger', () => {
+    const plan = bp({ spec: { dryRun: true }, name: 'plan', created: '2026-11-27T08:00:00Z' });
+    const real = bp({ name: 'real', created: '2026-11-27T09:00:00Z' });
+    expect(diskHolder([plan, real], plan)).toBe('ns/real');
+    expect(diskHolder([plan], plan)).toBeNull();
+  });
+});

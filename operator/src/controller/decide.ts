@@ -215,6 +215,8 @@ export function diskHolder(all: readonly BlockPull[], self: BlockPull): string |
       b.metadata.namespace === self.metadata.namespace &&
       b.spec.vmiName === self.spec.vmiName &&
       b.spec.disk === self.spec.disk &&
+      // A plan (spec.dryRun) never holds a disk: it starts no job.
+      !b.spec.dryRun &&
       !isTerminal(b.status?.phase),
   );
   if (same.length === 0) return null;
@@ -274,7 +276,7 @@ function withPhase(status: BlockPullStatus, p: PhaseInput, generation: number | 
   set('Progressing', p.phase === 'Running');
   set('Complete', p.phase === 'Completed');
   set('Failed', p.phase === 'Failed');
-  set('Ready', p.phase === 'Completed');
+  set('Ready', p.phase === 'Completed' || p.phase === 'Planned');
   set('Reconciling', RECONCILING_PHASES.includes(p.phase));
   set('Stalled', p.phase === 'Failed');
   const terminal = p.phase === 'Completed' || p.phase === 'Failed';
@@ -512,7 +514,8 @@ function objectFacts(obs: Input): ObjectFacts {
     prior,
     hasFinalizer: bp.metadata.finalizers?.includes(FINALIZER) ?? false,
     deleting: bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null,
-    ourJob: job !== null && job.type === JOB_TYPE_PULL && holdsDisk ? job : null,
+    // A plan (spec.dryRun) has no job: a pull on the disk is someone else's.
+    ourJob: job !== null && job.type === JOB_TYPE_PULL && holdsDisk && !bp.spec.dryRun ? job : null,
     holdsDisk,
     recorded: recordedJobState(prior),
     bandwidth,
@@ -908,6 +911,42 @@ const retryBackoff: Step<IdleFacts> = (f) => {
 
 const migrationRequested: Step<IdleFacts> = (f) => (f.migration !== undefined ? migrationWait(f, f.settled, f.migration) : undefined);
 
+/**
+ * spec.dryRun: the plan of the start that would follow, from the same look (the chain, the goal,
+ * the space pre-flight), and never the start: no job, no slot.
+ */
+const planOnly: Step<IdleFacts> = (f) => {
+  if (!f.bp.spec.dryRun) return undefined;
+  const { obs, settled, goal, bandwidth, disk, bp } = f;
+  const space = obs.space;
+  if (space === undefined) return { status: settled, action: { type: 'none' }, requeueAfterMs: 0, wants: 'space' };
+  const short = spaceShortage(space, obs.spaceMarginBytes, obs.spaceMarginPercent);
+  const bytes = space.kind === 'measured' ? space.pullBytes : undefined;
+  const verdict = space.kind === 'unknown' ? 'Unknown' : short !== undefined ? 'Insufficient' : 'Fits';
+  const eta = bytes !== undefined && bandwidth > 0 ? Math.ceil(bytes / bandwidth) : undefined;
+  const plan: NonNullable<BlockPullStatus['plan']> = {
+    ...(goal.basePath !== undefined ? { basePath: goal.basePath } : {}),
+    ...(bytes !== undefined ? { bytesToWrite: bytes } : {}),
+    space: verdict,
+    ...(space.kind === 'measured' ? { availableBytes: space.availableBytes } : {}),
+    ...(eta !== undefined ? { etaSeconds: eta } : {}),
+  };
+  const what = `${goal.basePath !== undefined ? `down to ${goal.basePath}` : 'into a single image'}`;
+  const written = bytes !== undefined ? `at most ${bytesText(bytes)} to write` : 'the bytes to write are not measurable';
+  const spaceSaid = verdict === 'Insufficient' ? `space: ${short}` : verdict === 'Fits' ? `space: fits (${bytesText(space.kind === 'measured' ? space.availableBytes : 0)} free)` : `space: not measurable (${space.kind === 'unknown' ? space.reason : ''})`;
+  const etaSaid = eta !== undefined ? `; about ${eta} s at ${formatBytes(bandwidth)}/s` : '';
+  return {
+    status: withPhase(
+      { ...settled, plan },
+      { phase: 'Planned', reason: 'Planned', message: `plan (spec.dryRun, no job started): pull ${bp.spec.disk} (${disk.target}) ${what}; ${written}; ${spaceSaid}${etaSaid}` },
+      f.generation,
+      f.now,
+    ),
+    action: { type: 'none' },
+    requeueAfterMs: null,
+  };
+};
+
 const noClusterSlot: Step<IdleFacts> = ({ obs, settled }) =>
   obs.slots.running >= obs.maxConcurrentPulls
     ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.maxConcurrentPulls})`)
@@ -956,6 +995,7 @@ const IDLE_STEPS: readonly Step<IdleFacts>[] = [
   startUnanswered,
   retryBackoff,
   migrationRequested,
+  planOnly,
   noClusterSlot,
   noFairShare,
   noNodeSlot,

@@ -110,5 +110,15 @@ export function boundStatus(status: BlockPullStatus): BlockPullStatus {
   if (status.observedGeneration !== undefined) out.observedGeneration = count(status.observedGeneration);
   if (status.attempts !== undefined) out.attempts = count(status.attempts, INT32_MAX);
   if (status.retries !== undefined) out.retries = count(status.retries, INT32_MAX);
+  if (status.plan !== undefined) {
+    const { basePath, bytesToWrite, availableBytes, etaSeconds } = status.plan;
+    out.plan = {
+      ...status.plan,
+      ...(basePath !== undefined ? { basePath: truncateText(basePath, STATUS_LIMITS.pathLength) } : {}),
+      ...(bytesToWrite !== undefined ? { bytesToWrite: count(bytesToWrite) } : {}),
+      ...(availableBytes !== undefined ? { availableBytes: count(availableBytes) } : {}),
+      ...(etaSeconds !== undefined ? { etaSeconds: count(etaSeconds) } : {}),
+    };
+  }
   return out;
 }

@@ -108,7 +108,7 @@ export function blockPullStates(): BlockPullState[] {
   };
   const verdict = (obj: Record<string, unknown>): Verdict => {
     const phase = statusOf(obj).phase;
-    return phase === 'Completed' ? 'Current' : phase === 'Failed' ? 'Failed' : 'InProgress';
+    return phase === 'Completed' || phase === 'Planned' ? 'Current' : phase === 'Failed' ? 'Failed' : 'InProgress';
   };
   const addDecided = (obj: Record<string, unknown>, name?: string): void => add(obj, verdict(obj), name);
 
@@ -166,6 +166,11 @@ export function blockPullStates(): BlockPullState[] {
   const completed = decided('completed', { status: statusOf(pulling) }, { hypervisor: ok(FLAT) });
   addDecided(completed);
   addDecided(decided('completed-nothing', {}, { hypervisor: ok(FLAT) }));
+
+  // --- Planned (spec.dryRun) ----------------------------------------------------------------
+  const space = (pullBytes: number, availableBytes: number) => ({ kind: 'measured' as const, topPath: TOP, pullBytes, availableBytes, totalBytes: 64 * GIB });
+  addDecided(decided('planned', { spec: { dryRun: true, bandwidth: '50Mi' } }, { hypervisor: ok(CHAIN3), space: space(GIB, 8 * GIB) }), 'Planned/Planned (fits)');
+  addDecided(decided('planned-insufficient', { spec: { dryRun: true } }, { hypervisor: ok(CHAIN3), space: space(GIB, 16 * 1024 ** 2) }), 'Planned/Planned (too little space)');
 
   // --- Failed ------------------------------------------------------------------------------
   const diskNotFound = decided('failed-disknotfound', {}, { hypervisor: { kind: 'diskNotFound', message: 'disk rootdisk is not in domain vms_web-1' } });

@@ -26,6 +26,7 @@ const expected: Record<string, { status: string; message: RegExp; actions: strin
   'paused': { status: 'Suspended', message: /^Paused: Pull stopped at 30%; the data streamed so far is kept \(30%\)$/, actions: ['resume'] },
   'completed': { status: 'Healthy', message: /^Completed: rootdisk is now a single image$/, actions: [] },
   'completed-then-paused': { status: 'Healthy', message: /^NothingToDo: the chain was already at its goal$/, actions: [] },
+  'planned': { status: 'Healthy', message: /^Planned: plan \(spec\.dryRun, no job started\): pull rootdisk \(vda\) into a single image; at most 1 GiB/, actions: [] },
   'completed-spec-changed': { status: 'Progressing', message: /^Waiting for the operator to observe generation 2 \(the status is from generation 1\)$/, actions: [] },
   'failed': { status: 'Degraded', message: /^DiskNotFound: disk "rootdisk" is not in domain vms_web-1$/, actions: [] },
   'failed-no-message': { status: 'Degraded', message: /^Failed$/, actions: [] },
