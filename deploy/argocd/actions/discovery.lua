@@ -3,14 +3,14 @@
 -- Install under resource.customizations.actions.blockpull.dev_BlockPull (deploy/argocd/argocd-cm-patch.yaml).
 --   pause:  a pull that has not ended (Pending, Running, or not looked at yet) and is not paused
 --   resume: a paused pull that has not ended
--- Neither is offered for a Completed or Failed BlockPull (terminal) or one being deleted.
+-- Neither is offered for a Completed, Failed or Planned BlockPull (terminal) or one being deleted.
 local actions = {}
 local metadata = obj.metadata or {}
 local spec = obj.spec or {}
 local status = obj.status or {}
 local phase = status.phase
 
-local ended = phase == "Completed" or phase == "Failed"
+local ended = phase == "Completed" or phase == "Failed" or phase == "Planned"
 if metadata.deletionTimestamp == nil and not ended then
   if spec.paused == true then
     actions["resume"] = {["iconClass"] = "fa fa-fw fa-play", ["displayName"] = "Resume pull"}
