@@ -40,7 +40,19 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     server = target.server;
     const api = blockPulls(kc);
     const ctx: Ctx = { api, target, io, live, allNamespaces: globals.allNamespaces };
-    return await VERBS[command.verb](ctx, command as never);
+    switch (command.verb) {
+      case 'start':
+        return await start(ctx, command);
+      case 'status':
+        return await status(ctx, command);
+      case 'pause':
+      case 'resume':
+        return await setPaused(ctx, command);
+      case 'abort':
+        return await abort(ctx, command);
+      case 'wait':
+        return await wait(ctx, command);
+    }
   } catch (err) {
     live.end();
     if (io.signal.aborted) return EXIT.interrupted;
@@ -60,9 +72,6 @@ interface Ctx {
 }
 
 type Of<V extends Command['verb']> = Extract<Command, { verb: V }>;
-type Verbs = { [V in Exclude<Command['verb'], 'help' | 'plan'>]: (ctx: Ctx, c: Of<V>) => Promise<number> };
-
-const VERBS: Verbs = { start, status, pause: setPaused, resume: setPaused, abort, wait };
 
 // --- the live block of lines on a terminal ------------------------------------------------
 

@@ -7,7 +7,7 @@
 import { ApiException, CustomObjectsApi, KubeConfig, PatchStrategy, Watch, setHeaderOptions } from '@kubernetes/client-node';
 import { API_VERSION, BLOCKPULL_REF, KIND, parseBlockPull, type BlockPull, type BlockPullSpec } from '../../operator/src/api/types.ts';
 import type { Globals } from './args.ts';
-import { CliError } from './errors.ts';
+import { CliError, describeError } from './errors.ts';
 
 export interface Target {
   /** The namespace of the verb: -n, else the context's, else `default`. */
@@ -143,46 +143,79 @@ export function blockPulls(kc: KubeConfig): BlockPulls {
         }
         listedOnce = true;
         onEvent({ type: 'sync', items: list.items.map((raw) => ({ bp: parse(raw), raw })) });
-        await new Promise<void>((resolve) => {
-          const query = { resourceVersion: list.resourceVersion, allowWatchBookmarks: true, ...(name !== undefined ? { fieldSelector: `metadata.name=${name}` } : {}) };
-          let controller: AbortController | undefined;
-          const stop = (): void => controller?.abort();
-          signal.addEventListener('abort', () => {
-            stop();
-            resolve();
-          }, { once: true });
-          watcher
-            .watch(
-              path,
-              query,
-              (type, obj: unknown) => {
-                if (type === 'ADDED' || type === 'MODIFIED') {
-                  const raw = stripManaged(obj);
-                  onEvent({ type: 'upsert', item: { bp: parse(raw), raw } });
-                }
-                else if (type === 'DELETED') onEvent({ type: 'deleted', key: keyOf(obj as { metadata?: { namespace?: string; name?: string } }) });
-                // ERROR (e.g. 410 Gone) and BOOKMARK: the watch ends or goes on; a fresh list follows its end.
-              },
-              () => resolve(),
-            )
-            .then((c) => {
-              controller = c;
-              if (signal.aborted) c.abort();
-            })
-            .catch(() => resolve());
-        });
+        const query = { resourceVersion: list.resourceVersion, allowWatchBookmarks: true, ...(name !== undefined ? { fieldSelector: `metadata.name=${name}` } : {}) };
+        const started = Date.now();
+        await watchOnce(watcher, path, query, onEvent, signal);
+        // A watch that ends at once (the server closing it early, a network blip) is not made again in a tight loop.
+        if (Date.now() - started < 1000) await pause(1000, signal);
       }
     },
   };
   return self;
 }
 
+/**
+ * One watch request, until the server or the idle timeout ends it, or `signal` aborts. An object
+ * that does not parse ends the whole watch with that error (client-node would swallow it).
+ */
+async function watchOnce(
+  watcher: Watch,
+  path: string,
+  query: Record<string, string | boolean>,
+  onEvent: (e: WatchEvent) => void,
+  signal: AbortSignal,
+): Promise<void> {
+  let failure: unknown;
+  let controller: AbortController | undefined;
+  let onAbort: (() => void) | undefined;
+  await new Promise<void>((resolve) => {
+    onAbort = () => {
+      controller?.abort();
+      resolve();
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    const onWatchEvent = (type: string, obj: unknown): void => {
+      if (failure !== undefined) return;
+      try {
+        if (type === 'ADDED' || type === 'MODIFIED') {
+          const raw = stripManaged(obj);
+          onEvent({ type: 'upsert', item: { bp: parse(raw), raw } });
+        } else if (type === 'DELETED') onEvent({ type: 'deleted', key: keyOf(obj as { metadata?: { namespace?: string; name?: string } }) });
+        // ERROR (e.g. 410 Gone) and BOOKMARK: the watch ends or goes on; a fresh list follows its end.
+      } catch (err) {
+        failure = err;
+        controller?.abort();
+        resolve();
+      }
+    };
+    const onDone = (err: unknown): void => {
+      // The API server refused the watch itself (e.g. 403: list allowed, watch not): nothing to retry.
+      const code = typeof err === 'object' && err !== null ? (err as { statusCode?: unknown }).statusCode : undefined;
+      if (typeof code === 'number' && code >= 400 && code < 500) {
+        failure = new CliError(`the API server refused to watch ${path} (HTTP ${code}: ${err instanceof Error ? err.message : ''})`);
+      }
+      resolve();
+    };
+    watcher
+      .watch(path, query, onWatchEvent, onDone)
+      .then((c) => {
+        controller = c;
+        if (signal.aborted || failure !== undefined) c.abort();
+      })
+      .catch(() => resolve());
+  });
+  if (onAbort !== undefined) signal.removeEventListener('abort', onAbort);
+  if (failure !== undefined) throw failure instanceof Error ? failure : new CliError(describeError(failure));
+}
+
 function pause(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => {
+    const done = (): void => {
       clearTimeout(t);
+      signal.removeEventListener('abort', done);
       resolve();
-    }, { once: true });
+    };
+    const t = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
   });
 }

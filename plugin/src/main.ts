@@ -7,8 +7,16 @@ import { runCli } from './cli.ts';
 import { EXIT } from './verdict.ts';
 
 const ac = new AbortController();
-process.once('SIGINT', () => ac.abort());
-process.once('SIGTERM', () => ac.abort());
+const interrupt = (): void => {
+  ac.abort();
+  // A watch ends at once; a request to an API server that does not answer is not waited for.
+  setTimeout(() => {
+    if (process.stdout.isTTY) process.stdout.write('\x1b[?25h');
+    process.exit(EXIT.interrupted);
+  }, 1000).unref();
+};
+process.once('SIGINT', interrupt);
+process.once('SIGTERM', interrupt);
 // `kubectl blockpull status | head -1`: a closed pipe ends the program quietly.
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   if (err.code === 'EPIPE') process.exit(EXIT.ok);
