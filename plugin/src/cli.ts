@@ -262,12 +262,23 @@ async function status(ctx: Ctx, c: Of<'status'>): Promise<number> {
     const end = await follow(ctx, c.name, {
       plain: c.output === undefined,
       stop: (bp) => isTerminal(bp.status?.phase),
-      ...(c.output !== undefined ? { onSeen: (s: Seen) => printWatched(ctx.io, c.output!, s) } : {}),
+      ...(c.output !== undefined ? { onSeen: changesOnly((s) => printWatched(ctx.io, c.output!, s)) } : {}),
     });
     if (end.kind === 'gone') ctx.io.stdout.write(`blockpull ${key} deleted\n`);
     return EXIT.ok;
   }
   return watchAll(ctx, ns, c.output);
+}
+
+/** Passes on an object only when its resourceVersion is new (a fresh list after a watch ended repeats them). */
+function changesOnly(print: (s: Seen) => void): (s: Seen) => void {
+  const seen = new Map<string, string | undefined>();
+  return (s) => {
+    const rv = s.bp.metadata.resourceVersion;
+    if (seen.has(keyOf(s.bp)) && seen.get(keyOf(s.bp)) === rv) return;
+    seen.set(keyOf(s.bp), rv);
+    print(s);
+  };
 }
 
 /** -o with -w: one document per change (JSON: one object per line; YAML: `---` documents). */
@@ -279,17 +290,21 @@ function printWatched(io: Io, output: Output, s: Seen): void {
 async function watchAll(ctx: Ctx, ns: string | undefined, output: Output | undefined): Promise<number> {
   const pulls = new Map<string, BlockPull>();
   const printed = new Map<string, string>();
-  const ac = new AbortController();
-  ctx.io.signal.addEventListener('abort', () => ac.abort(), { once: true });
+  const where = ns !== undefined ? `namespace ${ns}` : 'any namespace';
+  const printObject = output !== undefined ? changesOnly((s) => printWatched(ctx.io, output, s)) : undefined;
+  let synced = false;
   const render = (changed: readonly Seen[], deleted: readonly string[]): void => {
-    if (output !== undefined) {
-      for (const s of changed) printWatched(ctx.io, output, s);
+    if (printObject !== undefined) {
+      for (const s of changed) printObject(s);
       return;
     }
     if (ctx.live.tty) {
-      ctx.live.draw(barBlock(sortPulls(pulls.values()), ctx.live.width, ns === undefined));
+      const lines = barBlock(sortPulls(pulls.values()), ctx.live.width, ns === undefined);
+      ctx.live.draw(lines.length > 0 ? lines : [`No BlockPulls in ${where} yet (watching; Ctrl-C ends)`]);
       return;
     }
+    if (!synced && pulls.size === 0) ctx.io.stderr.write(`No BlockPulls found in ${where} yet; watching.\n`);
+    synced = true;
     for (const s of changed) {
       const line = plainLine(s.bp);
       if (printed.get(keyOf(s.bp)) !== line) ctx.io.stdout.write(`${line}\n`);
@@ -317,7 +332,7 @@ async function watchAll(ctx: Ctx, ns: string | undefined, output: Output | undef
         render([], [e.key]);
       }
     },
-    ac.signal,
+    ctx.io.signal,
   );
   return EXIT.interrupted;
 }

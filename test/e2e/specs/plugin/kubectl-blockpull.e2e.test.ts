@@ -5,7 +5,7 @@
  * + QEMU, real qcow2 chains). The live bars are read off a real terminal (tmux, fixed size); the
  * plain output and the exit codes through pipes.
  */
-import { mkdir, mkdtemp, rm, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,7 +17,7 @@ import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 import { createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, startOperator, waitForPhase, type OperatorProcess } from '../../operator-fixture/fixture.ts';
 import { e2eCluster } from '../../setup/cluster.ts';
 import { NODE_BIN, REPO_ROOT } from '../../support/paths.ts';
-import { run, type RunResult } from '../../support/process.ts';
+import { resultOf, run, type RunResult } from '../../support/process.ts';
 import { startTerminal, type Terminal } from '../../support/tmux.ts';
 import { sleep, waitFor } from '../../support/wait.ts';
 
@@ -214,6 +214,13 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     expect(list.items.every((i) => i.metadata.managedFields === undefined)).toBe(true);
     const one = parse((await plugin(['status', 'vm1-live', '-o', 'yaml'])).stdout) as { kind: string; metadata: { name: string }; status: { phase: string; progress: { percent: string } } };
     expect(one).toMatchObject({ kind: 'BlockPull', metadata: { name: 'vm1-live' }, status: { phase: 'Completed', progress: { percent: '100%' } } });
+
+    // -w through a pipe: each pull's line once (nothing changes meanwhile), then more only on changes; stopped by us.
+    const watched = await run([kube.kubectlPath, 'blockpull', 'status', '-w'], { env, timeoutMs: 8_000 }).catch((err: unknown) => resultOf(err));
+    expect(watched.stdout.trimEnd().split('\n').map((l) => l.split(' ')[0])).toEqual(['bp-plugin/bad-base', 'bp-plugin/bad-base-2', 'bp-plugin/no-vmi', 'bp-plugin/vm1-live']);
+    const jsonLines = await run([kube.kubectlPath, 'blockpull', 'status', '-w', '-o', 'json'], { env, timeoutMs: 8_000 }).catch((err: unknown) => resultOf(err));
+    const docs = jsonLines.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as { metadata: { name: string } });
+    expect(docs.map((d) => d.metadata.name).sort()).toEqual(['bad-base', 'bad-base-2', 'no-vmi', 'vm1-live']);
   });
 
   it('in a terminal, status -w redraws one line per pull in place until Ctrl-C', async () => {
@@ -315,5 +322,17 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     // And the entry point runs directly too (node, no kubectl).
     const direct = await run([NODE_BIN, PLUGIN_MAIN, 'status', 'vm1-live'], { env, allowExit: true });
     expect(direct.stdout).toMatch(/^bp-plugin\/vm1-live vmi=vm1 disk=live phase=Completed reason=Completed percent=100 /);
+  });
+
+  it('the npm package as built (plugin/tsconfig.build.json -> plugin/dist) runs the same verbs', async () => {
+    await run([NODE_BIN, path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(REPO_ROOT, 'plugin', 'tsconfig.build.json')], { cwd: REPO_ROOT, timeoutMs: 300_000 });
+    const pkg = JSON.parse(await readFile(path.join(REPO_ROOT, 'plugin', 'package.json'), 'utf8')) as { bin: Record<string, string> };
+    const bin = path.join(REPO_ROOT, 'plugin', pkg.bin['kubectl-blockpull']!);
+    expect((await readFile(bin, 'utf8')).startsWith('#!/usr/bin/env node\n')).toBe(true);
+    const r = await run([NODE_BIN, bin, 'status', 'vm1-live', '-o', 'json'], { env, allowExit: true });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ kind: 'BlockPull', metadata: { name: 'vm1-live', namespace: NS }, status: { phase: 'Completed' } });
+    const w = await run([NODE_BIN, bin, 'wait', 'bad-base'], { env, allowExit: true });
+    expect(w.exitCode).toBe(1);
   });
 });
