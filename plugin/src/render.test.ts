@@ -64,6 +64,13 @@ describe('barLine', () => {
     expect(narrow.endsWith('…')).toBe(true);
   });
 
+  it('a pull being deleted shows the abort as the operator records it', () => {
+    const aborting = pull({ ...running.status, job: { state: 'Aborting' } }, 'vm1-root', { deletionTimestamp: '2026-01-01T00:00:00Z' });
+    expect(barLine(aborting, { width: 120, labelWidth: 8, withNamespace: false })).toMatch(/ETA 5s {2}Running\/Pulling deleting, job Aborting$/);
+    const noJob = pull({ phase: 'Pending', reason: 'VMINotFound' }, 'x', { deletionTimestamp: '2026-01-01T00:00:00Z' });
+    expect(barLine(noJob, { width: 120, labelWidth: 1, withNamespace: false })).toMatch(/Pending\/VMINotFound deleting$/);
+  });
+
   it('bar cells: empty, partial, full', () => {
     expect(bar(undefined, 7)).toBe('[     ]');
     expect(bar(0, 7)).toBe('[     ]');

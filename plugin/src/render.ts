@@ -88,7 +88,9 @@ export function barLine(bp: BlockPull, o: BarLineOptions): string {
   const rate = f.bytesPerSecond !== undefined ? `${formatBytes(f.bytesPerSecond)}/s` : '';
   const eta = f.etaSeconds !== undefined ? `ETA ${formatEta(f.etaSeconds)}` : '';
   const message = bp.status?.phase !== 'Running' && bp.status?.message !== undefined && bp.status.message !== '' ? `: ${oneLine(bp.status.message)}` : '';
-  const tail = [pct, bytes, rate, eta, stateOf(bp)].filter((x) => x !== '').join('  ');
+  // Being deleted: the abort as the operator records it (its job Aborting, then Aborted).
+  const deleting = bp.metadata.deletionTimestamp !== undefined ? ` deleting${bp.status?.job?.state !== undefined ? `, job ${bp.status.job.state}` : ''}` : '';
+  const tail = [pct, bytes, rate, eta, stateOf(bp) + deleting].filter((x) => x !== '').join('  ');
   // The bar gets the room the figures leave; a message comes last and is cut first.
   const room = o.width - 1 - label.length - 2 - 2 - tail.length;
   const barWidth = Math.max(12, Math.min(42, room - Math.min(message.length, 40)));

@@ -24,7 +24,7 @@ import { sleep, waitFor } from '../../support/wait.ts';
 const NS = 'bp-plugin';
 const VMI = 'vm1';
 const TENANT = 'tenant';
-const DISKS = ['live', 'bad', 'watched', 'slow'] as const;
+const DISKS = ['live', 'bad', 'watched', 'slow', 'ttyabort'] as const;
 const PLUGIN_MAIN = path.join(REPO_ROOT, 'plugin', 'src', 'main.ts');
 
 describe('kubectl blockpull (plugin on PATH, tenant credentials, operator process, launcher stand-in)', () => {
@@ -287,6 +287,33 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     // Aborted short of the goal: the chain is still three images.
     expect(await chainOf()).toBe(3);
     expect(await driver.getJob(launcher!.domain, launcher!.disks.find((d) => d.name === 'slow')!.target)).toBeNull();
+  });
+
+  it('in a terminal, abort shows the job being aborted on its line until the object is gone', async () => {
+    expect((await plugin(['start', VMI, '--disk', 'ttyabort', '--bandwidth', '1Mi', '--name', 'ttyabort'])).exitCode).toBe(0);
+    await waitFor('ttyabort Running with progress', 60_000, async () => {
+      const bp = await getBlockPull(kube, NS, 'ttyabort');
+      return bp?.status?.phase === 'Running' && (bp.status.progress?.currentBytes ?? 0) > 0;
+    });
+    await terminal!.type('clear');
+    await terminal!.type('kubectl blockpull abort ttyabort; echo "exit=$?"');
+    const lines = new Set<string>();
+    const final = await waitFor(
+      'exit=',
+      60_000,
+      async () => {
+        const screen = await terminal!.screen();
+        for (const l of screen.filter((x) => x.startsWith('ttyabort '))) lines.add(l);
+        return screen.some((l) => /^exit=\d+$/.test(l)) ? screen : undefined;
+      },
+      50,
+    );
+    expect(final).toContain('exit=0');
+    expect(final).toContain('blockpull bp-plugin/ttyabort deleted (its job was aborted)');
+    expect(final.some((l) => /^aborting blockpull bp-plugin\/ttyabort \(Running\/\w+, \d+%\): the operator aborts its job/.test(l)), final.join('\n')).toBe(true);
+    // The line showed the deletion and the operator's abort while it happened.
+    expect([...lines].some((l) => /\[[= >]+\]\s+\d+%.* deleting, job (Aborting|Aborted)$/.test(l)), [...lines].join('\n')).toBe(true);
+    expect(await getBlockPull(kube, NS, 'ttyabort')).toBeUndefined();
   });
 
   it('errors are one line with exit code 3: not found, forbidden, unknown context, bad usage, plan', async () => {
