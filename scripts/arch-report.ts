@@ -19,10 +19,13 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /**
  * The operator's floors, lowest first: a module may import from its own floor or a lower one.
  * docs/ARCHITECTURE.md describes them. Files directly in operator/src are placed by name.
+ * `plugin` is the kubectl plugin (plugin/src, a program of its own): it stands on api and
+ * nothing above it, and nothing of the operator stands on it.
  */
 export const FLOORS: readonly (readonly string[])[] = [
   ['log.ts', 'crash.ts'],
   ['api'],
+  ['plugin'],
   ['hypervisor'],
   ['kube'],
   ['kubevirt'],
@@ -30,9 +33,17 @@ export const FLOORS: readonly (readonly string[])[] = [
   ['config.ts', 'main.ts'],
 ];
 
-/** The floor of a path relative to operator/src (`controller/decide.ts`, `main.ts`), or -1 when unplaced. */
+export const PLUGIN_FLOOR = FLOORS.findIndex((names) => names.includes('plugin'));
+
+/**
+ * The floor of a path relative to operator/src (`controller/decide.ts`, `main.ts`), or relative to
+ * the repository (`operator/src/api/types.ts`, `plugin/src/cli.ts`: every file under plugin/ is on
+ * the plugin floor), or -1 when unplaced.
+ */
 export function floorOf(rel: string): number {
-  const first = (rel.split('/')[0] ?? '').replace(/\.test\.ts$/, '.ts');
+  if (rel.startsWith('plugin/')) return PLUGIN_FLOOR;
+  const inOperator = rel.startsWith('operator/src/') ? rel.slice('operator/src/'.length) : rel;
+  const first = (inOperator.split('/')[0] ?? '').replace(/\.test\.ts$/, '.ts');
   return FLOORS.findIndex((names) => names.includes(first));
 }
 
@@ -78,14 +89,17 @@ export interface Arrow {
   readonly to: string;
 }
 
-/** Imports from a lower floor to a higher one (paths relative to operator/src). */
+/**
+ * Imports from a lower floor to a higher one (paths relative to operator/src, or to the
+ * repository), and any import of the plugin from outside it.
+ */
 export function backArrows(graph: ImportGraph): Arrow[] {
   const out: Arrow[] = [];
   for (const [from, deps] of graph) {
     const f = floorOf(from);
     for (const to of deps) {
       const t = floorOf(to);
-      if (f >= 0 && t >= 0 && t > f) out.push({ from, to });
+      if (f >= 0 && t >= 0 && (t > f || (t === PLUGIN_FLOOR && f !== PLUGIN_FLOOR))) out.push({ from, to });
     }
   }
   return out.sort((a, b) => a.from.localeCompare(b.from) || a.to.localeCompare(b.to));
@@ -271,6 +285,7 @@ function readTree(root: string): Map<string, string> {
 export function report(): {
   roomsOperator: RoomLines[];
   roomsE2e: RoomLines[];
+  roomsPlugin: RoomLines[];
   backArrows: Arrow[];
   unplaced: string[];
   cyclesOperator: string[][];
@@ -281,13 +296,16 @@ export function report(): {
   const op = readTree('operator/src');
   const e2e = readTree('test/e2e');
   const opGraph = buildGraph(op);
+  // The operator and the plugin together, by repository path: the plugin's imports of api are seen.
+  const prefixed = (root: string, tree: ReadonlyMap<string, string>): [string, string][] => [...tree].map(([f, t]) => [`${root}/${f}`, t]);
+  const productGraph = buildGraph(new Map([...prefixed('operator/src', op), ...prefixed('plugin/src', readTree('plugin/src'))]));
   const fns = [...op]
     .filter(([f]) => !f.endsWith('.test.ts'))
     .flatMap(([f, t]) => functionLengths(`operator/src/${f}`, t))
     .sort((a, b) => b.lines - a.lines)
     .slice(0, 5);
   const spawns: SpawnSite[] = [];
-  for (const root of ['operator', 'test', 'scripts']) {
+  for (const root of ['operator', 'plugin', 'test', 'scripts']) {
     for (const f of listTs(path.join(REPO, root))) {
       const rel = path.relative(REPO, f).split(path.sep).join('/');
       if (rel.startsWith('test/e2e/support/')) continue;
@@ -297,8 +315,9 @@ export function report(): {
   return {
     roomsOperator: roomLines('operator/src'),
     roomsE2e: roomLines('test/e2e'),
-    backArrows: backArrows(opGraph),
-    unplaced: unplaced(opGraph),
+    roomsPlugin: roomLines('plugin/src'),
+    backArrows: backArrows(productGraph),
+    unplaced: unplaced(productGraph),
     cyclesOperator: cycles(opGraph),
     cyclesE2e: cycles(buildGraph(e2e)),
     longestFunctions: fns,
@@ -322,7 +341,8 @@ function main(): void {
   }
   printRooms('Rooms of operator/src', r.roomsOperator);
   printRooms('Rooms of test/e2e', r.roomsE2e);
-  console.log(`Floors of operator/src, lowest first: ${FLOORS.map((f) => f.join(' ')).join(' < ')}`);
+  printRooms('Rooms of plugin/src', r.roomsPlugin);
+  console.log(`Floors of operator/src and plugin/src, lowest first: ${FLOORS.map((f) => f.join(' ')).join(' < ')}`);
   console.log(`Arrows back up the floors: ${r.backArrows.length}`);
   for (const a of r.backArrows) console.log(`  ${a.from} -> ${a.to}`);
   if (r.unplaced.length > 0) console.log(`Files on no floor: ${r.unplaced.join(', ')}`);

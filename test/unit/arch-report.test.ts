@@ -31,6 +31,27 @@ describe('arch-report', () => {
     expect(cycles(buildGraph(new Map([['a.ts', "import './b.ts';"], ['b.ts', '']])))).toEqual([]);
   });
 
+  it('places the plugin on its own floor, right above api: it may import api, nothing above, and nothing imports it', () => {
+    expect(floorOf('plugin/src/cli.ts')).toBe(floorOf('api/types.ts') + 1);
+    expect(floorOf('operator/src/api/types.ts')).toBe(floorOf('api/types.ts'));
+    expect(floorOf('operator/src/controller/decide.ts')).toBe(floorOf('controller/decide.ts'));
+    const g = buildGraph(
+      new Map([
+        ['plugin/src/cli.ts', "import { t } from '../../operator/src/api/types.ts';\nimport { d } from '../../operator/src/controller/decide.ts';\nimport { r } from './render.ts';"],
+        ['plugin/src/render.ts', "import { q } from '../../operator/src/api/quantity.ts';\nimport { c } from '../../operator/src/kube/client.ts';"],
+        ['operator/src/api/types.ts', ''],
+        ['operator/src/api/quantity.ts', ''],
+        ['operator/src/kube/client.ts', ''],
+        ['operator/src/controller/decide.ts', "import { r } from '../../../plugin/src/render.ts';"],
+      ]),
+    );
+    expect(backArrows(g)).toEqual([
+      { from: 'operator/src/controller/decide.ts', to: 'plugin/src/render.ts' },
+      { from: 'plugin/src/cli.ts', to: 'operator/src/controller/decide.ts' },
+      { from: 'plugin/src/render.ts', to: 'operator/src/kube/client.ts' },
+    ]);
+  });
+
   it('measures functions and names methods by their class', () => {
     const fns = functionLengths('f.ts', 'class A {\n  m(): void {\n    return;\n  }\n}\nconst f = () => {\n  return 1;\n};\nfunction g() {}\n');
     expect(fns.map((f) => [f.name, f.lines])).toEqual([
