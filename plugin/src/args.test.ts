@@ -48,6 +48,20 @@ describe('parseArgs', () => {
     expect(parseArgs(['wait', 'bp1']).command).toEqual({ verb: 'wait', name: 'bp1' });
   });
 
+  it('plan: a VMI, optionally one disk, base, bandwidth and timeout', () => {
+    expect(parseArgs(['plan', 'vm1']).command).toEqual({ verb: 'plan', vmi: 'vm1' });
+    expect(parseArgs(['plan', 'vm1', '--disk', 'root', '--base', '2', '--bandwidth', '50Mi', '--timeout', '2m']).command).toEqual({
+      verb: 'plan',
+      vmi: 'vm1',
+      disk: 'root',
+      base: { position: 2 },
+      bandwidth: '50Mi',
+      timeoutMs: 120_000,
+    });
+    expect(() => parseArgs(['plan'])).toThrow(/plan takes one VMI name/);
+    expect(() => parseArgs(['plan', 'vm1', '--paused'])).toThrow();
+  });
+
   it('help: no verb, help VERB, VERB --help', () => {
     expect(parseArgs([]).command).toEqual({ verb: 'help' });
     expect(parseArgs(['help', 'start']).command).toEqual({ verb: 'help', topic: 'start' });

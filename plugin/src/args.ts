@@ -40,7 +40,7 @@ export type Command =
   | { readonly verb: 'resume'; readonly name: string }
   | { readonly verb: 'abort'; readonly name: string; readonly timeoutMs?: number }
   | { readonly verb: 'wait'; readonly name: string; readonly timeoutMs?: number }
-  | { readonly verb: 'plan'; readonly vmi?: string };
+  | { readonly verb: 'plan'; readonly vmi: string; readonly disk?: string; readonly base?: Base; readonly bandwidth?: number | string; readonly timeoutMs?: number };
 
 export interface Invocation {
   readonly globals: Globals;
@@ -87,6 +87,7 @@ const VERB_FLAGS: Readonly<Record<Verb, readonly FlagSpec[]>> = {
     { long: 'disk', value: true },
     { long: 'base', value: true },
     { long: 'bandwidth', value: true },
+    { long: 'timeout', value: true },
   ],
   help: [],
 };
@@ -99,7 +100,7 @@ export const USAGE: Readonly<Record<Exclude<Verb, 'help'>, string>> = {
   resume: 'resume NAME',
   abort: 'abort NAME [--timeout DURATION]',
   wait: 'wait NAME [--timeout DURATION]',
-  plan: 'plan VMI [--disk DISK] [--base ...] [--bandwidth ...]   (needs the operator\'s spec.dryRun: not available yet)',
+  plan: 'plan VMI [--disk DISK] [--base POSITION|PATH] [--bandwidth QUANTITY] [--timeout DURATION]',
 };
 
 export const HELP = [
@@ -314,7 +315,20 @@ function verbCommand(verb: Exclude<Verb, 'help'>, flags: Map<string, string | tr
     case 'abort':
     case 'wait':
       return { verb, name: oneName(verb, positional), ...timeoutOf(flags) };
-    case 'plan':
-      return { verb, ...(positional[0] !== undefined ? { vmi: positional[0] } : {}) };
+    case 'plan': {
+      if (positional.length !== 1) throw new UsageError(`plan takes one VMI name: kubectl blockpull ${USAGE.plan}`);
+      const vmi = checkLabel('VMI', positional[0]!);
+      const diskFlag = str(flags, 'disk');
+      const base = str(flags, 'base');
+      const bandwidth = str(flags, 'bandwidth');
+      return {
+        verb,
+        vmi,
+        ...(diskFlag !== undefined ? { disk: checkLabel('disk', diskFlag) } : {}),
+        ...(base !== undefined ? { base: parseBase(base) } : {}),
+        ...(bandwidth !== undefined ? { bandwidth: parseBandwidth(bandwidth) } : {}),
+        ...timeoutOf(flags),
+      };
+    }
   }
 }

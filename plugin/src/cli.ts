@@ -7,7 +7,7 @@ import { FINALIZER, isTerminal, type BlockPull, type BlockPullSpec } from '../..
 import { HELP, USAGE, parseArgs, type Command, type Output } from './args.ts';
 import { CliError, describeError } from './errors.ts';
 import { blockPulls, loadConfig, type BlockPulls, type Seen, type Target } from './kube.ts';
-import { barBlock, plainLine, progressOf, redraw, sortPulls, stateOf } from './render.ts';
+import { barBlock, plainLine, planLines, progressOf, redraw, sortPulls, stateOf } from './render.ts';
 import { EXIT, timeoutLine, waitVerdict } from './verdict.ts';
 
 /** Where the plugin writes, and whether stdout is a terminal (live bars) or not (plain lines). */
@@ -31,11 +31,6 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       io.stdout.write(`${usage !== undefined ? `Usage: kubectl blockpull ${usage}\n\n` : ''}${HELP}\n`);
       return EXIT.ok;
     }
-    if (command.verb === 'plan') {
-      throw new CliError(
-        "plan needs the operator's dry-run BlockPull (spec.dryRun), which this operator does not offer yet; nothing was created (start, status, pause, resume, abort and wait work)",
-      );
-    }
     const { kc, target } = loadConfig(globals);
     server = target.server;
     const api = blockPulls(kc);
@@ -52,6 +47,8 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
         return await abort(ctx, command);
       case 'wait':
         return await wait(ctx, command);
+      case 'plan':
+        return await plan(ctx, command);
     }
   } catch (err) {
     live.end();
@@ -222,6 +219,47 @@ async function start(ctx: Ctx, c: Of<'start'>): Promise<number> {
   ctx.io.stdout.write(`blockpull ${ns}/${c.name} created (${what.join(', ')})\n`);
   if (!c.wait) return EXIT.ok;
   return waitFor(ctx, c.name, c.timeoutMs);
+}
+
+/** The name of a plan's BlockPull: readable, unique, at most 63 characters. */
+function planName(vmi: string, disk: string): string {
+  const stem = `plan-${vmi}-${disk}`.slice(0, 56).replace(/-+$/, '');
+  return `${stem}-${Math.random().toString(36).slice(2, 8).padEnd(6, '0')}`;
+}
+
+/**
+ * plan: a dry-run BlockPull per disk (spec.dryRun: the operator looks, the user needs no
+ * pods/exec), its plan printed, then deleted. 0: every disk planned; 1: one failed; 2: timeout.
+ */
+async function plan(ctx: Ctx, c: Of<'plan'>): Promise<number> {
+  const ns = ctx.target.namespace;
+  const disks = c.disk !== undefined ? [c.disk] : await ctx.api.vmiDisks(ns, c.vmi);
+  if (disks.length === 0) throw new CliError(`virtualmachineinstance ${ns}/${c.vmi} has no disks`);
+  let exit: number = EXIT.ok;
+  for (const disk of disks) {
+    const name = planName(c.vmi, disk);
+    await ctx.api.create(ns, name, {
+      vmiName: c.vmi,
+      disk,
+      dryRun: true,
+      ...(c.base !== undefined ? { base: c.base } : {}),
+      ...(c.bandwidth !== undefined ? { bandwidth: c.bandwidth } : {}),
+    });
+    try {
+      const timeoutMs = c.timeoutMs ?? 60_000;
+      const end = await follow(ctx, name, { timeoutMs, plain: false, stop: (bp) => isTerminal(bp.status?.phase), onSeen: () => undefined });
+      if (end.kind !== 'stop') {
+        ctx.io.stderr.write(`error: ${end.kind === 'timeout' ? timeoutLine(end.last, `${ns}/${name}`, timeoutMs) : `blockpull ${ns}/${name} was deleted before its plan`}\n`);
+        exit = Math.max(exit, end.kind === 'timeout' ? EXIT.timeout : EXIT.failed);
+        continue;
+      }
+      ctx.io.stdout.write(planLines(end.last).map((l) => `${l}\n`).join(''));
+      if (end.last.status?.phase === 'Failed') exit = Math.max(exit, EXIT.failed);
+    } finally {
+      await ctx.api.delete(ns, name).catch(() => undefined);
+    }
+  }
+  return exit;
 }
 
 async function wait(ctx: Ctx, c: Of<'wait'>): Promise<number> {

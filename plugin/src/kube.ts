@@ -1,12 +1,14 @@
 /**
  * The plugin's only I/O with Kubernetes: the user's kubeconfig (kubectl's rules: --kubeconfig,
  * else KUBECONFIG, else ~/.kube/config; --context; the context's namespace), and the BlockPull
- * calls: create, get, list, merge-patch the spec, delete, and a watch that keeps a live view.
+ * calls: create, get, list, merge-patch the spec, delete, and a watch that keeps a live view; and
+ * the disk names of a VMI (plan without --disk).
  * It acts with the user's own credentials; nothing here knows the operator's.
  */
 import { ApiException, CustomObjectsApi, KubeConfig, PatchStrategy, Watch, setHeaderOptions } from '@kubernetes/client-node';
 import { API_VERSION, BLOCKPULL_REF, KIND, parseBlockPull, type BlockPull, type BlockPullSpec } from '../../operator/src/api/types.ts';
 import type { Globals } from './args.ts';
+import { z } from 'zod';
 import { CliError, describeError } from './errors.ts';
 
 export interface Target {
@@ -64,7 +66,15 @@ export interface BlockPulls {
    * is made again from a fresh list. Rejects only when the API server keeps refusing.
    */
   watch(namespace: string | undefined, name: string | undefined, onEvent: (e: WatchEvent) => void, signal: AbortSignal): Promise<void>;
+  /** The names of the VMI's disks (spec.domain.devices.disks), in its order. */
+  vmiDisks(namespace: string, vmi: string): Promise<string[]>;
 }
+
+/** The VirtualMachineInstance's disks, as far as the plugin reads them. */
+const VmiDisksSchema = z.object({
+  spec: z.object({ domain: z.object({ devices: z.object({ disks: z.array(z.object({ name: z.string() })).max(256).optional() }).optional() }).optional() }).optional(),
+});
+const VMI_REF = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' } as const;
 
 const keyOf = (o: { metadata?: { namespace?: string; name?: string } }): string => `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
 
@@ -121,6 +131,21 @@ export function blockPulls(kc: KubeConfig): BlockPulls {
     async patchSpec(namespace, name, spec) {
       const options = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
       return parse(await api.patchNamespacedCustomObject({ ...ref, namespace, name, body: { spec } }, options));
+    },
+    async vmiDisks(namespace, vmi) {
+      let raw: unknown;
+      try {
+        raw = await api.getNamespacedCustomObject({ ...VMI_REF, namespace, name: vmi });
+      } catch (err) {
+        if (isNotFound(err)) throw new CliError(`virtualmachineinstance ${namespace}/${vmi} not found`, { cause: err });
+        if (err instanceof ApiException && err.code === 403) {
+          throw new CliError(`cannot read virtualmachineinstance ${namespace}/${vmi} to list its disks (forbidden): name the disk with --disk`, { cause: err });
+        }
+        throw err;
+      }
+      const parsed = VmiDisksSchema.safeParse(raw);
+      if (!parsed.success) throw new CliError(`virtualmachineinstance ${namespace}/${vmi} has no readable disk list`);
+      return (parsed.data.spec?.domain?.devices?.disks ?? []).map((d) => d.name);
     },
     async delete(namespace, name) {
       await api.deleteNamespacedCustomObject({ ...ref, namespace, name, propagationPolicy: 'Background' });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseBlockPull, type BlockPull } from '../../operator/src/api/types.ts';
-import { bar, barBlock, barLine, formatEta, parsePlainLine, plainLine, progressOf, redraw } from './render.ts';
+import { bar, barBlock, barLine, formatEta, parsePlainLine, plainLine, planLines, progressOf, redraw } from './render.ts';
 
 const MiB = 1024 * 1024;
 
@@ -20,6 +20,39 @@ const running = pull({
   message: 'streaming',
   progress: { currentBytes: 14 * MiB, totalBytes: 32 * MiB, percent: '43%', bytesPerSecond: 4 * MiB, etaSeconds: 5 },
   job: { state: 'Running' },
+});
+
+describe('planLines', () => {
+  const chain = [
+    { position: 0, path: '/d/top.qcow2', format: 'qcow2' },
+    { position: 1, path: '/d/base.qcow2', format: 'qcow2' },
+  ];
+  it('the plan: what, the chain, the bytes to write, the space verdict, the ETA', () => {
+    const p = pull({
+      phase: 'Planned',
+      reason: 'Planned',
+      message: 'plan',
+      launcher: { target: 'vda' },
+      backingChain: { current: chain },
+      plan: { bytesToWrite: 32 * MiB, space: 'Fits', availableBytes: 1024 * MiB, etaSeconds: 4 },
+    });
+    expect(planLines(p)).toEqual([
+      'tenant/vm1 disk root (vda): pull into a single image',
+      '  chain: /d/top.qcow2 (qcow2) <- /d/base.qcow2 (qcow2)',
+      '  to write: at most 32.0 MiB (33554432 bytes)',
+      '  space: Fits, 1.0 GiB (1073741824 bytes) free',
+      `  eta: about ${formatEta(4)}`,
+    ]);
+  });
+  it('too little space says why; no plan says where the BlockPull is', () => {
+    const short = pull({ phase: 'Planned', reason: 'Planned', message: 'space: 32 MiB must fit', plan: { basePath: '/d/base.qcow2', bytesToWrite: 1, space: 'Insufficient' } });
+    expect(planLines(short)[0]).toBe('tenant/vm1 disk root: pull down to /d/base.qcow2');
+    expect(planLines(short)).toContain('  space: Insufficient (space: 32 MiB must fit)');
+    expect(planLines(pull({ phase: 'Failed', reason: 'InvalidBase', message: 'base position 7 is not in the chain' }))).toEqual([
+      'tenant/vm1 disk root: no plan: Failed/InvalidBase: base position 7 is not in the chain',
+    ]);
+    expect(planLines(pull({ phase: 'Completed', reason: 'NothingToDo', message: 'already flat' }))[0]).toBe('tenant/vm1 disk root: nothing to do: already flat');
+  });
 });
 
 describe('progressOf', () => {

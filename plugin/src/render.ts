@@ -122,6 +122,28 @@ export function plainLine(bp: BlockPull): string {
   return fields.join(' ');
 }
 
+/**
+ * The plan of a dry-run BlockPull (status.plan) in lines: what it would pull, the chain, the bytes
+ * to write, the space verdict, the ETA; or why there is none (nothing to do, failed, waiting).
+ */
+export function planLines(bp: BlockPull): string[] {
+  const st = bp.status ?? {};
+  const head = `${bp.metadata.namespace}/${bp.spec.vmiName} disk ${bp.spec.disk}${st.launcher?.target !== undefined ? ` (${st.launcher.target})` : ''}`;
+  const chain = (st.backingChain?.current ?? []).map((l) => `${l.path} (${l.format})`).join(' <- ');
+  const chainLine = chain !== '' ? [`  chain: ${chain}`] : [];
+  if (st.phase === 'Completed') return [`${head}: nothing to do: ${st.message ?? 'the chain is already at its goal'}`, ...chainLine];
+  if (st.phase !== 'Planned' || st.plan === undefined) return [`${head}: no plan: ${stateOf(bp)}${st.message ? `: ${oneLine(st.message)}` : ''}`];
+  const p = st.plan;
+  const sized = (n: number): string => `${formatBytes(n)} (${n} bytes)`;
+  return [
+    `${head}: pull ${p.basePath !== undefined ? `down to ${p.basePath}` : 'into a single image'}`,
+    ...chainLine,
+    `  to write: ${p.bytesToWrite !== undefined ? `at most ${sized(p.bytesToWrite)}` : 'not measurable'}`,
+    `  space: ${p.space ?? 'Unknown'}${p.availableBytes !== undefined ? `, ${sized(p.availableBytes)} free` : ''}${p.space === 'Insufficient' && st.message ? ` (${oneLine(st.message)})` : ''}`,
+    `  eta: ${p.etaSeconds !== undefined ? `about ${formatEta(p.etaSeconds)}${bp.spec.bandwidth !== undefined ? ` at ${String(bp.spec.bandwidth)}/s` : ''}` : 'unlimited bandwidth: as fast as the storage goes'}`,
+  ];
+}
+
 /** Parses a plainLine back (scripts and tests): the label and its key=value fields. */
 export function parsePlainLine(line: string): { label: string; fields: Record<string, string> } | undefined {
   const m = /^(\S+)((?: [a-z]+=(?:"(?:[^"\\]|\\.)*"|\S*))*)$/.exec(line);

@@ -10,14 +10,15 @@ const bp = (phase: Phase | undefined, reason?: string, message?: string) =>
   });
 
 describe('waitVerdict', () => {
-  it('Completed is 0, Failed is 1, every other phase waits', () => {
+  it('Completed (and a plan, Planned) is 0, Failed is 1, every other phase waits', () => {
     expect(waitVerdict(bp('Completed', 'Completed'), 'ns/p')).toEqual({ done: true, exitCode: 0, line: 'blockpull ns/p Completed/Completed' });
     expect(waitVerdict(bp('Failed', 'InvalidBase', 'base position 9 is not in the chain'), 'ns/p')).toEqual({
       done: true,
       exitCode: 1,
       line: 'blockpull ns/p Failed/InvalidBase: base position 9 is not in the chain',
     });
-    const waiting = PHASES.filter((p) => p !== 'Completed' && p !== 'Failed');
+    expect(waitVerdict(bp('Planned', 'Planned'), 'ns/p')).toEqual({ done: true, exitCode: 0, line: 'blockpull ns/p Planned/Planned' });
+    const waiting = PHASES.filter((p) => p !== 'Completed' && p !== 'Failed' && p !== 'Planned');
     expect(waiting).toEqual(['Pending', 'Running', 'Paused']);
     for (const p of waiting) expect(waitVerdict(bp(p), 'ns/p').done, p).toBe(false);
     expect(waitVerdict(bp(undefined), 'ns/p').done).toBe(false);

@@ -3,7 +3,7 @@ import type { BlockPull } from '../../operator/src/api/types.ts';
 import { stateOf } from './render.ts';
 
 export const EXIT = {
-  /** Done; for wait: the pull is Completed. */
+  /** Done; for wait: the pull is Completed (or its plan, spec.dryRun, is written). */
   ok: 0,
   /** wait: the pull Failed, or was deleted before it completed. */
   failed: 1,
@@ -24,7 +24,7 @@ export function waitVerdict(bp: BlockPull | undefined, key: string): Verdict {
   if (bp === undefined) return { done: true, exitCode: EXIT.failed, line: `blockpull ${key} was deleted before it completed` };
   const phase = bp.status?.phase;
   const message = bp.status?.message !== undefined && bp.status.message !== '' ? `: ${bp.status.message}` : '';
-  if (phase === 'Completed') return { done: true, exitCode: EXIT.ok, line: `blockpull ${key} ${stateOf(bp)}${message}` };
+  if (phase === 'Completed' || phase === 'Planned') return { done: true, exitCode: EXIT.ok, line: `blockpull ${key} ${stateOf(bp)}${message}` };
   if (phase === 'Failed') return { done: true, exitCode: EXIT.failed, line: `blockpull ${key} ${stateOf(bp)}${message}` };
   return { done: false };
 }

@@ -24,7 +24,7 @@ describe('docs/plugin.md', () => {
     expect(commands.length).toBeGreaterThanOrEqual(12);
     for (const argv of commands) expect(() => parseArgs(argv), argv.join(' ')).not.toThrow();
     const verbs = new Set(commands.map((argv) => parseArgs(argv).command.verb));
-    for (const v of ['start', 'status', 'pause', 'resume', 'abort', 'wait', 'help']) expect(verbs, v).toContain(v);
+    for (const v of ['start', 'status', 'pause', 'resume', 'abort', 'wait', 'plan', 'help']) expect(verbs, v).toContain(v);
   });
 
   it('documents every verb and every exit code', () => {

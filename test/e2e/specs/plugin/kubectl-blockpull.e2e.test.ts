@@ -5,7 +5,7 @@
  * + QEMU, real qcow2 chains). The live bars are read off a real terminal (tmux, fixed size); the
  * plain output and the exit codes through pipes.
  */
-import { mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, symlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -24,7 +24,7 @@ import { sleep, waitFor } from '../../support/wait.ts';
 const NS = 'bp-plugin';
 const VMI = 'vm1';
 const TENANT = 'tenant';
-const DISKS = ['live', 'bad', 'watched', 'slow', 'ttyabort'] as const;
+const DISKS = ['live', 'bad', 'watched', 'slow', 'ttyabort', 'planned'] as const;
 const PLUGIN_MAIN = path.join(REPO_ROOT, 'plugin', 'src', 'main.ts');
 
 describe('kubectl blockpull (plugin on PATH, tenant credentials, operator process, launcher stand-in)', () => {
@@ -316,6 +316,32 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     expect(await getBlockPull(kube, NS, 'ttyabort')).toBeUndefined();
   });
 
+  it('plan prints what the pull would do, leaves nothing behind, and the pull then stays within it', async () => {
+    const disks = new VirshDriver(launcher!.runner, launcher!.uri);
+    const top = (await disks.getDisk(launcher!.domain, { name: 'planned' })).chain[0]!.path;
+    const before = (await stat(top)).blocks * 512;
+    const planned = await plugin(['plan', VMI, '--disk', 'planned', '--bandwidth', '8Mi']);
+    expect(planned.exitCode, planned.stderr).toBe(0);
+    const lines = planned.stdout.trim().split('\n');
+    expect(lines[0]).toMatch(/^bp-plugin\/vm1 disk planned \(vd[a-z]+\): pull into a single image$/);
+    expect(lines[1]).toMatch(/^ {2}chain: \S+ \(qcow2\) <- \S+ \(qcow2\) <- \S+ \(qcow2\)$/);
+    const bound = Number(/^ {2}to write: at most .* \((\d+) bytes\)$/.exec(lines[2] ?? '')?.[1]);
+    expect(bound).toBeGreaterThan(0);
+    expect(lines[3]).toMatch(/^ {2}space: Fits, .* free$/);
+    expect(lines[4]).toMatch(/^ {2}eta: about \d+s at 8Mi\/s$/);
+    // The plan's BlockPull is gone, no job ran, the disk is as it was.
+    expect((await plugin(['status'])).stdout).not.toMatch(/plan-vm1-planned/);
+    expect((await disks.getDisk(launcher!.domain, { name: 'planned' })).chain).toHaveLength(3);
+    expect((await stat(top)).blocks * 512).toBe(before);
+
+    const pulled = await plugin(['start', VMI, '--disk', 'planned', '--wait']);
+    expect(pulled.exitCode, pulled.stderr).toBe(0);
+    const written = (await stat(top)).blocks * 512 - before;
+    console.log(`plugin plan: at most ${bound} bytes to write; the pull then wrote ${written}`);
+    expect(written).toBeGreaterThan(0);
+    expect(written).toBeLessThanOrEqual(bound);
+  });
+
   it('errors are one line with exit code 3: not found, forbidden, unknown context, bad usage, plan', async () => {
     expectOneErrorLine(await plugin(['status', 'nosuch']), /^error: blockpull bp-plugin\/nosuch not found$/);
     expectOneErrorLine(await plugin(['wait', 'nosuch']), /^error: blockpull bp-plugin\/nosuch not found$/);
@@ -326,7 +352,8 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     expectOneErrorLine(await plugin(['status', '--kubeconfig', path.join(tmp, 'missing')]), /cannot load the kubeconfig/);
     expectOneErrorLine(await plugin(['start', VMI]), /start needs --disk/);
     expectOneErrorLine(await plugin(['start', VMI, '--disk', 'live']), /already exists/);
-    expectOneErrorLine(await plugin(['plan', VMI]), /spec\.dryRun/);
+    // The tenant may not read VMIs: plan without --disk cannot list them, and says what to do.
+    expectOneErrorLine(await plugin(['plan', VMI]), /cannot read virtualmachineinstance bp-plugin\/vm1 to list its disks \(forbidden\): name the disk with --disk$/);
     // A user who may list but not watch: status works, status -w says the watch was refused.
     const lister = await createServiceAccountKubeconfig(kube, NS, 'lister', { dir: tmp });
     const listerRbac = [
