@@ -1,20 +1,22 @@
 /**
  * The demo (`npm run demo`, README: `./scripts/demo`): a local control plane, a virt-launcher
  * stand-in with a VM whose disk has a 3-layer backing chain, the CRDs, the operator as its own
- * process; applies a BlockPull with kubectl, shows live progress (`kubectl get bp`), verifies the
+ * process; plans the pull with the kubectl plugin (`kubectl blockpull plan`: the operator's dry
+ * run), applies a BlockPull with kubectl, shows live progress with the plugin (`kubectl blockpull
+ * status -w`: bars on a terminal, plain lines on a pipe), verifies the
  * flattened image with qemu-img compare against a reference made before the pull, and stops
  * everything (also on Ctrl-C). Exits 0 only if verified; the last line says what was verified.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { VirshDriver } from '../../../operator/src/hypervisor/virsh-driver.ts';
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
 import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
-import { REPO_ROOT } from '../support/paths.ts';
+import { NODE_BIN, REPO_ROOT } from '../support/paths.ts';
+import { run } from '../support/process.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
 import { blockPullManifest, createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, startOperator, type OperatorProcess } from '../operator-fixture/fixture.ts';
-import { sleep } from '../support/wait.ts';
 
 const NS = 'demo';
 const VMI = 'demo-vm';
@@ -85,6 +87,17 @@ async function main(): Promise<{ ok: boolean; summary: string }> {
   operator = await startOperator({ kubeconfig: sa, registryDir, name: 'demo-operator', env: { BLOCKPULL_LOG_LEVEL: 'info' } });
   say(`    running (pid ${operator.child.pid}), log: ${operator.logPath}`);
 
+  // kubectl finds plugins on PATH by name: kubectl-blockpull -> the plugin's entry point (plugin/).
+  const binDir = path.join(tmp, 'bin');
+  await mkdir(binDir);
+  await symlink(path.join(REPO_ROOT, 'plugin', 'src', 'main.ts'), path.join(binDir, 'kubectl-blockpull'));
+  const userEnv = { ...process.env, PATH: [binDir, path.dirname(NODE_BIN), path.dirname(cp.kubectlPath), process.env['PATH'] ?? ''].join(':'), KUBECONFIG: cp.kubeconfigPath };
+  const blockpull = (args: readonly string[]) => run([cp!.kubectlPath, 'blockpull', ...args], { env: userEnv, inheritOutput: true, allowExit: true, timeoutMs: 5 * 60_000 });
+
+  step(`kubectl blockpull plan ${VMI} --disk ${DISK} --bandwidth 32Mi -n ${NS}   (the operator's dry run: nothing is started)`);
+  const planned = await blockpull(['plan', VMI, '--disk', DISK, '--bandwidth', '32Mi', '-n', NS]);
+  if (planned.exitCode !== 0) return { ok: false, summary: `NOT VERIFIED: kubectl blockpull plan exited ${planned.exitCode} (see ${operator.logPath})` };
+
   step('kubectl apply -f blockpull.yaml');
   const manifest = blockPullManifest({ namespace: NS, name: BP, vmiName: VMI, disk: DISK, spec: { bandwidth: '32Mi' } });
   say(manifest.trimEnd().replace(/^/gm, '    '));
@@ -92,24 +105,10 @@ async function main(): Promise<{ ok: boolean; summary: string }> {
   await writeFile(file, manifest);
   say(`    ${(await cp.kubectl(['apply', '-f', file])).trim()}`);
 
-  step('kubectl get bp -n demo (live)');
-  let header = true;
-  const deadline = Date.now() + 5 * 60_000;
-  let phase: string | undefined;
-  let last = '';
-  while (Date.now() < deadline) {
-    const r = await cp.kubectlResult(['get', 'bp', '-n', NS, ...(header ? [] : ['--no-headers'])]);
-    const text = r.stdout.trimEnd();
-    if (text !== '' && text !== last) {
-      say(text.replace(/^/gm, '    '));
-      last = text;
-      header = false;
-    }
-    phase = (await getBlockPull(cp, NS, BP))?.status?.phase;
-    if (phase === 'Completed' || phase === 'Failed') break;
-    await sleep(500);
-  }
+  step(`kubectl blockpull status ${BP} -w -n ${NS}   (live, until the pull ends)`);
+  await blockpull(['status', BP, '-w', '-n', NS]);
   const bp = await getBlockPull(cp, NS, BP);
+  const phase = bp?.status?.phase;
   say(`    ${bp?.status?.phase ?? '?'} / ${bp?.status?.reason ?? '?'}: ${bp?.status?.message ?? ''}`);
   if (phase !== 'Completed') {
     return { ok: false, summary: `NOT VERIFIED: the BlockPull ended ${phase ?? 'without a phase'} (see ${operator.logPath})` };

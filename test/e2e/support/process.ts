@@ -47,6 +47,8 @@ export interface RunOptions {
   readonly allowExit?: boolean | readonly number[];
   readonly uid?: number;
   readonly gid?: number;
+  /** The command writes to this process's stdout and stderr (a terminal stays a terminal); nothing is kept. */
+  readonly inheritOutput?: boolean;
 }
 
 export const DEFAULT_RUN_TIMEOUT_MS = 10 * 60_000;
@@ -122,7 +124,7 @@ export function run(argv: readonly string[], options: RunOptions = {}): Promise<
     const child = spawn(file, args, {
       cwd: options.cwd,
       env: options.env ?? process.env,
-      stdio: ['pipe', 'pipe', 'pipe'],
+      stdio: options.inheritOutput === true ? ['pipe', 'inherit', 'inherit'] : ['pipe', 'pipe', 'pipe'],
       detached: true, // its own process group, so a kill reaches what it forked (killGroup)
       ...(options.uid !== undefined ? { uid: options.uid } : {}),
       ...(options.gid !== undefined ? { gid: options.gid } : {}),
@@ -145,8 +147,8 @@ export function run(argv: readonly string[], options: RunOptions = {}): Promise<
       }
       into.push(b);
     };
-    child.stdout.on('data', (b: Buffer) => collect(out, b, true));
-    child.stderr.on('data', (b: Buffer) => collect(err, b, false));
+    child.stdout?.on('data', (b: Buffer) => collect(out, b, true));
+    child.stderr?.on('data', (b: Buffer) => collect(err, b, false));
     const timer = setTimeout(() => {
       timedOut = true;
       killGroup(child);
@@ -166,8 +168,8 @@ export function run(argv: readonly string[], options: RunOptions = {}): Promise<
       else if (!exitAllowed(result.exitCode, options.allowExit)) reject(new RunError(argv, result));
       else resolve(result);
     });
-    child.stdin.on('error', () => undefined); // the command may exit before reading its input (EPIPE)
-    child.stdin.end(options.input ?? '');
+    child.stdin?.on('error', () => undefined); // the command may exit before reading its input (EPIPE)
+    child.stdin?.end(options.input ?? '');
   });
 }
 
