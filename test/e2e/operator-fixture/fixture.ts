@@ -11,6 +11,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
 import { z } from 'zod';
+import type { BlockPullSchema } from '../../../operator/src/api/types.ts';
 import { loadConfig } from '../../../operator/src/config.ts';
 import type { ClusterClient } from '../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../cluster/service-account.ts';
@@ -390,25 +391,11 @@ export function blockPullManifest(o: { namespace: string; name: string; vmiName:
   });
 }
 
-export interface BlockPullView {
-  metadata: { name: string; namespace: string; resourceVersion: string; generation?: number; finalizers?: string[] };
-  spec: Record<string, unknown>;
-  status?: {
-    phase?: string;
-    reason?: string;
-    message?: string;
-    observedGeneration?: number;
-    attempts?: number;
-    retries?: number;
-    job?: { state?: string };
-    progress?: { currentBytes?: number; totalBytes?: number; percent?: string; bytesPerSecond?: number };
-    conditions?: { type: string; status: string; reason: string; message: string; observedGeneration?: number }[];
-    backingChain?: { before?: { path: string }[]; current?: { path: string }[]; basePath?: string };
-    launcher?: Record<string, string>;
-    startTime?: string;
-    completionTime?: string;
-  };
-}
+/**
+ * A BlockPull as the API server returns it: the operator's own type (operator/src/api/types.ts), as
+ * its input (spec defaults not applied). Read as it is, not parsed: a spec sees what is stored.
+ */
+export type BlockPullView = z.input<typeof BlockPullSchema>;
 
 export async function getBlockPull(kube: ClusterClient, namespace: string, name: string): Promise<BlockPullView | undefined> {
   const r = await kube.kubectlResult(['get', 'blockpull', name, '-n', namespace, '-o', 'json']);
