@@ -261,9 +261,10 @@ export function launcherPodProblems(vmi: Vmi, pod: Pod, options: LocateOptions =
 
 /**
  * The VMI's current launcher pod (KubeVirt's CurrentVMIPod), or undefined. With `terminating`,
- * a pod being deleted is taken only when no other pod is acceptable.
+ * a pod being deleted is taken only when no other pod is acceptable. Pods parsed with a schema
+ * that extends PodSchema come back as they were given.
  */
-export function currentLauncherPod(vmi: Vmi, pods: readonly Pod[], options: LocateOptions = {}): Pod | undefined {
+export function currentLauncherPod<P extends Pod>(vmi: Vmi, pods: readonly P[], options: LocateOptions = {}): P | undefined {
   const candidates = pods.filter((p) => claimsVmi(p, vmi) && launcherPodProblems(vmi, p, options).length === 0);
   const rank = (p: Pod): number => (isTerminating(p) ? 1 : 0);
   return [...candidates].sort((a, b) => rank(a) - rank(b) || timeMs(b.metadata.creationTimestamp) - timeMs(a.metadata.creationTimestamp))[0];
