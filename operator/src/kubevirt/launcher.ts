@@ -261,10 +261,9 @@ export function launcherPodProblems(vmi: Vmi, pod: Pod, options: LocateOptions =
 
 /**
  * The VMI's current launcher pod (KubeVirt's CurrentVMIPod), or undefined. With `terminating`,
- * a pod being deleted is taken only when no other pod is acceptable. Pods parsed with a schema
- * that extends PodSchema come back as they were given.
+ * a pod being deleted is taken only when no other pod is acceptable.
  */
-export function currentLauncherPod<P extends Pod>(vmi: Vmi, pods: readonly P[], options: LocateOptions = {}): P | undefined {
+export function currentLauncherPod(vmi: Vmi, pods: readonly Pod[], options: LocateOptions = {}): Pod | undefined {
   const candidates = pods.filter((p) => claimsVmi(p, vmi) && launcherPodProblems(vmi, p, options).length === 0);
   const rank = (p: Pod): number => (isTerminating(p) ? 1 : 0);
   return [...candidates].sort((a, b) => rank(a) - rank(b) || timeMs(b.metadata.creationTimestamp) - timeMs(a.metadata.creationTimestamp))[0];

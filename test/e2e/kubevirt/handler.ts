@@ -103,7 +103,8 @@ const FINAL = new Set(['Succeeded', 'Failed']);
  * deletion shuts down. The VMIs the handler syncs are on its own node (pass()).
  */
 export function launcherPodOf(vmi: HandlerVmi, pods: readonly HandlerPod[]): HandlerPod | undefined {
-  return currentLauncherPod(vmi, pods, { terminating: true });
+  const chosen = currentLauncherPod(vmi, pods, { terminating: true });
+  return pods.find((p) => p === chosen); // the same object, with the handler's fields typed
 }
 
 /** containerDisk volumes with their index in spec.volumes (what disk_N counts). */
