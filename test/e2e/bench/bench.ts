@@ -31,7 +31,7 @@ import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
 import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { REPO_ROOT } from '../support/paths.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { blockPullManifest, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../operator-fixture/fixture.ts';
+import { blockPullManifest, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type BlockPullView, type OperatorProcess } from '../operator-fixture/fixture.ts';
 
 const NS = 'bench';
 const ALLOCATED_MIB = Number(process.env['BENCH_ALLOCATED_MIB'] ?? 2048);
@@ -128,7 +128,7 @@ function watchBlockPulls(kubectl: string, kubeconfig: string, name: string | und
         if (ch === '"') inString = true;
         else if (ch === '{') depth++;
         else if (ch === '}' && --depth === 0) {
-          const ev = JSON.parse(buf) as { type: string; object: { metadata: { name: string; resourceVersion: string }; status?: { phase?: string } } };
+          const ev = JSON.parse(buf) as { type: string; object: BlockPullView };
           buf = '';
           if (name === undefined || ev.object.metadata.name !== name) continue;
           const status = JSON.stringify(ev.object.status ?? null);

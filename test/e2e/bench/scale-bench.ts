@@ -25,7 +25,7 @@ import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
 import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { REPO_ROOT } from '../support/paths.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { buildOperator, imageNodeArgs, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type OperatorProcess } from '../operator-fixture/fixture.ts';
+import { buildOperator, imageNodeArgs, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type BlockPullView, type OperatorProcess } from '../operator-fixture/fixture.ts';
 import { diffCounts, formatCounts, parseRequestTotals, total, type RequestCounts } from '../support/apiserver-metrics.ts';
 
 
@@ -255,7 +255,7 @@ async function main(): Promise<void> {
   for (const n of waitingNames) expected.set(n, ['VMINotFound']);
   for (const n of notRunningNames) expected.set(n, ['VMINotRunning']);
   for (let i = 0; i < args.running; i++) expected.set(`run-${i}`, ['Running', 'Completed']);
-  type Item = { metadata: { name: string; resourceVersion?: string }; status?: { phase?: string; reason?: string } };
+  type Item = BlockPullView;
   const list = async (): Promise<Item[]> => {
     count('LIST blockpulls');
     return ((await custom.listNamespacedCustomObject({ ...GROUP, namespace: NS })) as { items: Item[] }).items;

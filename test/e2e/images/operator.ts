@@ -130,11 +130,13 @@ export async function operatorImage(options: { log?: (m: string) => void } = {})
       await run(buildah(storage, ['tag', id, NODE_BASE_NAME]));
     });
     // The machine may reach the npm registry through a TLS-intercepting egress proxy whose CA the
-    // host's npm trusts (npm config cafile). Trust it in the build's RUN steps only: bind-mounted
-    // for the build (buildah -v), never copied into the image.
+    // host's npm trusts (npm config cafile, else Node's NODE_EXTRA_CA_CERTS, which npm runs under).
+    // Trust it in the build's RUN steps only: bind-mounted for the build (buildah -v), never copied
+    // into the image.
     const caVolumes: string[] = [];
-    const cafile = (await run(['npm', 'config', 'get', 'cafile'], { cwd: REPO_ROOT, allowExit: true })).stdout.trim();
-    if (cafile !== '' && cafile !== 'null' && existsSync(cafile)) {
+    const npmCafile = (await run(['npm', 'config', 'get', 'cafile'], { cwd: REPO_ROOT, allowExit: true })).stdout.trim();
+    const cafile = npmCafile !== '' && npmCafile !== 'null' ? npmCafile : (process.env['NODE_EXTRA_CA_CERTS'] ?? '');
+    if (cafile !== '' && existsSync(cafile)) {
       const npmrc = join(storage, 'npmrc');
       writeFileSync(npmrc, 'cafile=/etc/blockpull-build-ca.crt\n');
       caVolumes.push('--volume', `${cafile}:/etc/blockpull-build-ca.crt:ro`, '--volume', `${npmrc}:/usr/local/etc/npmrc:ro`);

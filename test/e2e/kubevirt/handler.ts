@@ -33,6 +33,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CoreV1Api, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { z } from 'zod';
+import { currentLauncherPod, LAUNCHER_LABEL_SELECTOR, PodSchema, VMI_REF, VmiSchema } from '../../../operator/src/kubevirt/launcher.ts';
 import { launcherCmdClient, type LauncherCmdClient } from './launcher-cmd.ts';
 
 export interface HandlerOptions {
@@ -51,47 +52,32 @@ export interface HandlerOptions {
   readonly syncTimeoutMs?: number;
 }
 
-const VMI_API = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' } as const;
-
+/**
+ * The VMI and pod as the operator parses them (operator/src/kubevirt/launcher.ts), plus what only
+ * the handler reads: the volumes, the grace period, the deletion, the phase history; the pod's uid
+ * (its emptyDirs are named by it) and container statuses (the containerDisk's volume container).
+ */
+const VmiMetadata = VmiSchema.shape.metadata.extend({ deletionTimestamp: z.union([z.string(), z.date()]).nullable().optional() });
+const VmiSpec = VmiSchema.shape.spec.unwrap();
+const VmiStatus = VmiSchema.shape.status.unwrap();
 const VolumeSchema = z.looseObject({ name: z.string(), containerDisk: z.looseObject({ path: z.string().optional() }).optional() });
-export const HandlerVmiSchema = z.looseObject({
-  metadata: z.looseObject({
-    name: z.string(),
-    namespace: z.string(),
-    uid: z.string(),
-    deletionTimestamp: z.union([z.string(), z.date()]).nullable().optional(),
-  }),
-  spec: z.looseObject({ volumes: z.array(VolumeSchema).optional(), terminationGracePeriodSeconds: z.number().int().nonnegative().nullable().optional() }),
-  status: z
-    .looseObject({
-      phase: z.string().optional(),
-      nodeName: z.string().optional(),
-      activePods: z.record(z.string(), z.string()).optional(),
-      phaseTransitionTimestamps: z.array(z.looseObject({ phase: z.string() })).optional(),
-      volumeStatus: z.array(z.looseObject({ name: z.string(), target: z.string().optional() })).optional(),
-    })
-    .optional(),
+export const HandlerVmiSchema = VmiSchema.extend({
+  metadata: VmiMetadata,
+  spec: VmiSpec.extend({ volumes: z.array(VolumeSchema).optional(), terminationGracePeriodSeconds: z.number().int().nonnegative().nullable().optional() }),
+  status: VmiStatus.extend({ phaseTransitionTimestamps: z.array(z.looseObject({ phase: z.string() })).optional() }).optional(),
 });
 export type HandlerVmi = z.infer<typeof HandlerVmiSchema>;
 
-const PodSchema = z.looseObject({
-  metadata: z.looseObject({
-    name: z.string(),
-    namespace: z.string(),
-    uid: z.string(),
-    ownerReferences: z.array(z.looseObject({ uid: z.string(), controller: z.boolean().optional() })).optional(),
-  }),
-  spec: z.looseObject({ nodeName: z.string().optional() }),
-  status: z
-    .looseObject({
-      phase: z.string().optional(),
-      containerStatuses: z
-        .array(z.looseObject({ name: z.string(), containerID: z.string().optional(), state: z.looseObject({ running: z.unknown().optional() }).optional() }))
-        .optional(),
-    })
-    .optional(),
+const PodStatus = PodSchema.shape.status.unwrap();
+export const HandlerPodSchema = PodSchema.extend({
+  metadata: PodSchema.shape.metadata.extend({ uid: z.string() }),
+  status: PodStatus.extend({
+    containerStatuses: z
+      .array(z.looseObject({ name: z.string(), containerID: z.string().optional(), state: z.looseObject({ running: z.unknown().optional() }).optional() }))
+      .optional(),
+  }).optional(),
 });
-type Pod = z.infer<typeof PodSchema>;
+export type HandlerPod = z.infer<typeof HandlerPodSchema>;
 
 /** virt-launcher's api.Domain as JSON (Go field names, no json tags): only what the handler reads. */
 const DomainSchema = z.looseObject({
@@ -110,16 +96,15 @@ const DomainSchema = z.looseObject({
 
 const FINAL = new Set(['Succeeded', 'Failed']);
 
-/** The pod KubeVirt counts as the VMI's launcher here: controlled by it, in status.activePods, on this node. */
-export function launcherPodOf(vmi: HandlerVmi, pods: readonly Pod[], nodeName: string): Pod | undefined {
-  const active = vmi.status?.activePods ?? {};
-  return pods.find(
-    (p) =>
-      p.metadata.namespace === vmi.metadata.namespace &&
-      (p.metadata.ownerReferences ?? []).some((r) => r.controller === true && r.uid === vmi.metadata.uid) &&
-      Object.hasOwn(active, p.metadata.uid) &&
-      p.spec.nodeName === nodeName,
-  );
+/**
+ * The pod KubeVirt counts as the VMI's launcher: the operator's own lookup (currentLauncherPod:
+ * controlled by the VMI, in status.activePods, on the VMI's node, Running), here with a pod being
+ * deleted accepted (when no other is acceptable): its domain still runs, and is what a VMI's
+ * deletion shuts down. The VMIs the handler syncs are on its own node (pass()).
+ */
+export function launcherPodOf(vmi: HandlerVmi, pods: readonly HandlerPod[]): HandlerPod | undefined {
+  const chosen = currentLauncherPod(vmi, pods, { terminating: true });
+  return pods.find((p) => p === chosen); // the same object, with the handler's fields typed
 }
 
 /** containerDisk volumes with their index in spec.volumes (what disk_N counts). */
@@ -171,9 +156,9 @@ export class HandlerStandIn {
 
   /** One level-triggered look at every VMI on this node; slow work runs per VMI in the background. */
   async pass(): Promise<void> {
-    const list = z.object({ items: z.array(z.unknown()) }).parse(await this.custom.listClusterCustomObject({ ...VMI_API }));
-    const pods = (await this.core.listPodForAllNamespaces({ labelSelector: 'kubevirt.io=virt-launcher', fieldSelector: `spec.nodeName=${this.o.nodeName}` })).items.flatMap((p) => {
-      const r = PodSchema.safeParse(p);
+    const list = z.object({ items: z.array(z.unknown()) }).parse(await this.custom.listClusterCustomObject({ ...VMI_REF }));
+    const pods = (await this.core.listPodForAllNamespaces({ labelSelector: LAUNCHER_LABEL_SELECTOR, fieldSelector: `spec.nodeName=${this.o.nodeName}` })).items.flatMap((p) => {
+      const r = HandlerPodSchema.safeParse(p);
       return r.success ? [r.data] : [];
     });
     const seen = new Set<string>();
@@ -233,12 +218,12 @@ export class HandlerStandIn {
     this.shutdownSent.delete(uid);
   }
 
-  private emptyDir(pod: Pod, volume: string): string {
+  private emptyDir(pod: HandlerPod, volume: string): string {
     return path.join(this.o.kubeletRoot, 'pods', pod.metadata.uid, 'volumes', 'kubernetes.io~empty-dir', volume);
   }
 
   /** A client on the pod's launcher-sock (through a short symlink to its sockets emptyDir), once the socket exists. */
-  private clientFor(vmi: HandlerVmi, pod: Pod): LauncherCmdClient | undefined {
+  private clientFor(vmi: HandlerVmi, pod: HandlerPod): LauncherCmdClient | undefined {
     const uid = vmi.metadata.uid;
     const known = this.clients.get(uid);
     if (known?.pod === pod.metadata.uid) {
@@ -256,9 +241,9 @@ export class HandlerStandIn {
     return client;
   }
 
-  private async syncVmi(vmi: HandlerVmi, allPods: readonly Pod[]): Promise<void> {
+  private async syncVmi(vmi: HandlerVmi, allPods: readonly HandlerPod[]): Promise<void> {
     const id = `${vmi.metadata.namespace}/${vmi.metadata.name}`;
-    const pod = launcherPodOf(vmi, allPods, this.o.nodeName);
+    const pod = launcherPodOf(vmi, allPods);
     const deleting = vmi.metadata.deletionTimestamp !== undefined && vmi.metadata.deletionTimestamp !== null;
     if (deleting) {
       await this.shutdown(vmi, pod);
@@ -305,7 +290,7 @@ export class HandlerStandIn {
    * all are there. The source is the volume container's root filesystem, found from its containerd
    * task (init.pid -> /proc/<pid>/root), like virt-handler finds it from the container-disk socket.
    */
-  private placeContainerDisks(vmi: HandlerVmi, pod: Pod): boolean {
+  private placeContainerDisks(vmi: HandlerVmi, pod: HandlerPod): boolean {
     const dir = this.emptyDir(pod, 'container-disks');
     let all = true;
     for (const v of containerDiskVolumes(vmi)) {
@@ -336,7 +321,7 @@ export class HandlerStandIn {
     return all;
   }
 
-  private async shutdown(vmi: HandlerVmi, pod: Pod | undefined): Promise<void> {
+  private async shutdown(vmi: HandlerVmi, pod: HandlerPod | undefined): Promise<void> {
     const id = `${vmi.metadata.namespace}/${vmi.metadata.name}`;
     const client = pod !== undefined ? this.clientFor(vmi, pod) : undefined;
     let state: string | undefined;
@@ -378,7 +363,7 @@ export class HandlerStandIn {
     const phase = status['phase'];
     const stamps = typeof phase === 'string' ? [...(vmi.status?.phaseTransitionTimestamps ?? []), { phase, phaseTransitionTimestamp: new Date().toISOString() }] : undefined;
     await this.custom.patchNamespacedCustomObject(
-      { ...VMI_API, namespace: vmi.metadata.namespace, name: vmi.metadata.name, body: { status: { ...status, ...(stamps ? { phaseTransitionTimestamps: stamps } : {}) } } },
+      { ...VMI_REF, namespace: vmi.metadata.namespace, name: vmi.metadata.name, body: { status: { ...status, ...(stamps ? { phaseTransitionTimestamps: stamps } : {}) } } },
       setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
     );
   }

@@ -1,10 +1,13 @@
 /**
  * qcow2 backing chains on the host: buildChain runs the recipe's commands (launcher/recipe.ts, also
  * what the launcher pod runs) and hands the images to the QEMU user; migratedChain plays the target
- * of a KubeVirt block migration.
+ * of a KubeVirt block migration. chainInDomainXml is the test bed's one reading of a chain as
+ * libvirt reports it.
  */
 import { chown } from 'node:fs/promises';
 import path from 'node:path';
+import { findDisk, parseDomainDisks } from '../../../operator/src/hypervisor/virsh-parse.ts';
+import type { ChainLayer } from '../../../operator/src/hypervisor/types.ts';
 import { run } from '../support/process.ts';
 import { MiB, planChain, qemuIoArgv, type ChainPlanSpec, type Write } from './recipe.ts';
 
@@ -77,4 +80,14 @@ export async function migratedChain(spec: MigratedChainSpec): Promise<BuiltChain
   const { stdout } = await run(['qemu-img', 'info', '-U', '--output=json', '-f', 'qcow2', paths[paths.length - 1]!]);
   const size = (JSON.parse(stdout) as { 'virtual-size'?: number })['virtual-size'] ?? 0;
   return { chain: paths.reverse(), sizeBytes: size, pullBytes: 0, writes: [] };
+}
+
+/**
+ * The backing chain (top first) of disk `disk` (a KubeVirt volume name: alias ua-<disk>) in a live
+ * domain XML (`virsh dumpxml`), read as the operator's VirshDriver reads it (virsh-parse.ts); empty
+ * when the domain has no such disk. For XML fetched another way than through the driver (kubectl
+ * exec into a launcher pod); specs on the host use the driver's getDisk itself.
+ */
+export function chainInDomainXml(xml: string, disk: string): readonly ChainLayer[] {
+  return findDisk(parseDomainDisks(xml), { name: disk })?.chain ?? [];
 }

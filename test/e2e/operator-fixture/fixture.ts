@@ -11,12 +11,15 @@ import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
 import { z } from 'zod';
+import type { BlockPullSchema } from '../../../operator/src/api/types.ts';
+import { loadConfig } from '../../../operator/src/config.ts';
 import type { ClusterClient } from '../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../cluster/service-account.ts';
 import { parseDockerfile, parseExecForm } from '../ship/dockerfile.ts';
 import type { Launcher } from '../launcher/launcher.ts';
 import { NODE_BIN, REPO_ROOT } from '../support/paths.ts';
 import { crashDaemon, run, startDaemon, stopDaemon, type Daemon } from '../support/process.ts';
+import { tail } from '../support/tail.ts';
 import { sleep, waitFor } from '../support/wait.ts';
 
 export const OPERATOR_MAIN = path.join(REPO_ROOT, 'operator', 'src', 'main.ts');
@@ -74,6 +77,8 @@ export interface OperatorProcess {
   /** Parsed JSON log lines so far. */
   readonly lines: Record<string, unknown>[];
   readonly metricsPort: () => number | undefined;
+  /** The port of /healthz and /readyz (BLOCKPULL_HEALTH_PORT=0: the one the operator bound). */
+  readonly healthPort: () => number | undefined;
   /** Resolves with the exit code. */
   readonly exited: Promise<number | null>;
   /** SIGTERM and wait (SIGKILL after graceMs). */
@@ -92,8 +97,13 @@ export interface StartOperatorOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** Mirror log lines (e.g. the demo prints a few). */
   readonly onLine?: (line: Record<string, unknown>) => void;
-  /** Wait until the controller runs (caches synced). Default true. */
+  /**
+   * Wait until the controller runs: /readyz answers 200 and, with leader election on, this process
+   * leads (a standby is ready too, but runs nothing). Default true.
+   */
   readonly waitReady?: boolean;
+  /** How long waitReady waits before the operator is killed and startOperator fails. Default 60 s. */
+  readonly readyTimeoutMs?: number;
   /** The script to run (default OPERATOR_MAIN, the TypeScript source; the bench runs dist/, as the image does). */
   readonly main?: string;
   /** node's own flags before the script (the bench passes the image ENTRYPOINT's V8 flags). */
@@ -144,9 +154,6 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
   };
   const lines: Record<string, unknown>[] = [];
   let rest = '';
-  let ports: number[] = [];
-  let readyResolve: (() => void) | undefined;
-  const ready = new Promise<void>((r) => (readyResolve = r));
   const onStdout = (chunk: string): void => {
     rest += chunk;
     let i: number;
@@ -157,8 +164,6 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
         const line = JSON.parse(text) as Record<string, unknown>;
         lines.push(line);
         o.onLine?.(line);
-        if (line['msg'] === 'http server listening' && typeof line['port'] === 'number') ports = [...ports, line['port']];
-        if (line['msg'] === 'caches synced; starting workers') readyResolve?.();
       } catch {
         /* not JSON */
       }
@@ -175,15 +180,17 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
   });
   const child = daemon.child;
   const exited = daemon.exited.then((e) => e.code);
-  const metricsPathPort = (): number | undefined => {
-    const l = lines.find((x) => x['msg'] === 'http server listening' && Array.isArray(x['paths']) && (x['paths'] as string[]).includes('/metrics'));
+  // With port 0 the operator binds a free port and says which: its 'http server listening' line.
+  const portServing = (route: string): number | undefined => {
+    const l = lines.find((x) => x['msg'] === 'http server listening' && Array.isArray(x['paths']) && (x['paths'] as string[]).includes(route));
     return typeof l?.['port'] === 'number' ? l['port'] : undefined;
   };
   const proc: OperatorProcess = {
     child,
     logPath,
     lines,
-    metricsPort: metricsPathPort,
+    metricsPort: () => portServing('/metrics'),
+    healthPort: () => portServing('/readyz'),
     exited,
     async stop(graceMs = 15_000) {
       await stopDaemon(daemon.record, graceMs, 'leader'); // as a kubelet stops the container
@@ -197,15 +204,70 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
       return lines.filter((l) => (typeof msg === 'string' ? l['msg'] === msg : typeof l['msg'] === 'string' && msg.test(l['msg'])));
     },
   };
-  if (o.waitReady ?? true) {
-    const timeout = sleep(60_000).then(() => 'timeout' as const);
-    const r = await Promise.race([ready.then(() => 'ready' as const), exited.then(() => 'exited' as const), timeout]);
-    if (r !== 'ready') {
-      await proc.kill();
-      throw new Error(`operator ${o.name} did not become ready (${r}); log: ${logPath}\n${(await readFile(logPath, 'utf8')).slice(-3000)}`);
-    }
-  }
+  if (o.waitReady ?? true) await waitUntilRunning(proc, o.name, leaderElectionEnabled(env), o.readyTimeoutMs ?? 60_000);
   return proc;
+}
+
+/** Leader election as the operator reads its environment (on unless BLOCKPULL_LEADER_ELECT says otherwise). */
+function leaderElectionEnabled(env: Readonly<Record<string, string>>): boolean {
+  try {
+    return loadConfig(env).leaderElection.enabled;
+  } catch {
+    return true; // a configuration the operator refuses: it exits 2, which the wait reports
+  }
+}
+
+/** One GET on loopback: the status and body, or why there is no answer. */
+async function httpGet(port: number, route: string): Promise<{ status: number; body: string } | { error: string }> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}${route}`, { signal: AbortSignal.timeout(2_000) });
+    return { status: res.status, body: await res.text() };
+  } catch (err) {
+    return { error: err instanceof Error ? err.message : String(err) };
+  }
+}
+
+/**
+ * Polls the operator's own endpoints until its controller runs: with leader election, first that
+ * it leads (the blockpull_leader gauge on /metrics), then /readyz 200 (for a leader: its informers
+ * synced); without, /readyz 200. In that order, so a standby's 200 is never taken for the leader's.
+ * An operator that exits or is not running within timeoutMs is killed (if still there) and the
+ * error says what was last seen, with the tail of its log.
+ */
+async function waitUntilRunning(proc: OperatorProcess, name: string, leaderElect: boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let exitCode: number | null | undefined;
+  void proc.exited.then((code) => (exitCode = code));
+  let last = 'no http server listening yet';
+  for (;;) {
+    if (exitCode !== undefined) {
+      throw new Error(`operator ${name} exited (code ${exitCode}) before it was ready; last seen: ${last}; log ${proc.logPath}:\n${tail(proc.logPath, 40)}`);
+    }
+    const ready = await lookReady(proc, leaderElect);
+    if (ready === true) return;
+    last = ready;
+    if (Date.now() > deadline) {
+      await proc.kill();
+      throw new Error(`operator ${name} not ready after ${timeoutMs} ms; last seen: ${last}; log ${proc.logPath}:\n${tail(proc.logPath, 40)}`);
+    }
+    await sleep(200);
+  }
+}
+
+/** true when the controller runs; else what stands in the way. */
+async function lookReady(proc: OperatorProcess, leaderElect: boolean): Promise<true | string> {
+  const healthPort = proc.healthPort();
+  if (healthPort === undefined) return 'no health server listening yet';
+  if (leaderElect) {
+    const metricsPort = proc.metricsPort();
+    if (metricsPort === undefined) return 'no metrics server listening yet';
+    const m = await httpGet(metricsPort, '/metrics');
+    if ('error' in m) return `GET /metrics: ${m.error}`;
+    if (!/^blockpull_leader 1$/m.test(m.body)) return 'not the leader yet (blockpull_leader is not 1)';
+  }
+  const r = await httpGet(healthPort, '/readyz');
+  if ('error' in r) return `GET /readyz: ${r.error}`;
+  return r.status === 200 ? true : `GET /readyz: ${r.status} ${r.body.trim().replaceAll('\n', '; ')}`;
 }
 
 // --- VMI + launcher Pod objects for a stand-in ------------------------------------------------
@@ -329,25 +391,11 @@ export function blockPullManifest(o: { namespace: string; name: string; vmiName:
   });
 }
 
-export interface BlockPullView {
-  metadata: { name: string; namespace: string; resourceVersion: string; generation?: number; finalizers?: string[] };
-  spec: Record<string, unknown>;
-  status?: {
-    phase?: string;
-    reason?: string;
-    message?: string;
-    observedGeneration?: number;
-    attempts?: number;
-    retries?: number;
-    job?: { state?: string };
-    progress?: { currentBytes?: number; totalBytes?: number; percent?: string; bytesPerSecond?: number };
-    conditions?: { type: string; status: string; reason: string; message: string; observedGeneration?: number }[];
-    backingChain?: { before?: { path: string }[]; current?: { path: string }[]; basePath?: string };
-    launcher?: Record<string, string>;
-    startTime?: string;
-    completionTime?: string;
-  };
-}
+/**
+ * A BlockPull as the API server returns it: the operator's own type (operator/src/api/types.ts), as
+ * its input (spec defaults not applied). Read as it is, not parsed: a spec sees what is stored.
+ */
+export type BlockPullView = z.input<typeof BlockPullSchema>;
 
 export async function getBlockPull(kube: ClusterClient, namespace: string, name: string): Promise<BlockPullView | undefined> {
   const r = await kube.kubectlResult(['get', 'blockpull', name, '-n', namespace, '-o', 'json']);

@@ -36,6 +36,9 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
 import { virshArgv } from '../../../../operator/src/hypervisor/commands.ts';
 import { ExecRunner } from '../../../../operator/src/kubevirt/exec-runner.ts';
+import { locateLauncher, PodSchema, VmiSchema, type Vmi } from '../../../../operator/src/kubevirt/launcher.ts';
+import { parseBlockJobRaw } from '../../../../operator/src/hypervisor/virsh-parse.ts';
+import { chainInDomainXml } from '../../launcher/disk-chain.ts';
 
 const STATE_DIR = path.join(REPO_ROOT, '.cache', 'real-kubevirt-cluster');
 const NS = 'kv-e2e';
@@ -54,30 +57,13 @@ let containerDiskReference = '';
 const timings: Record<string, number> = {};
 const suiteStart = Date.now();
 
-const VmiView = z.object({
-  metadata: z.object({ name: z.string(), uid: z.string() }),
-  status: z
-    .object({
-      phase: z.string().optional(),
-      nodeName: z.string().optional(),
-      runtimeUser: z.number().optional(),
-      activePods: z.record(z.string(), z.string()).optional(),
-    })
-    .optional(),
-});
-const PodView = z.object({
-  metadata: z.object({
-    name: z.string(),
-    uid: z.string(),
-    labels: z.record(z.string(), z.string()).optional(),
-    ownerReferences: z.array(z.object({ kind: z.string(), name: z.string(), uid: z.string(), controller: z.boolean().optional() })).optional(),
+/** The launcher pod as the operator parses it (PodSchema), plus the fields this file asserts on. */
+const PodView = PodSchema.extend({
+  metadata: PodSchema.shape.metadata.extend({ uid: z.string() }),
+  spec: PodSchema.shape.spec.unwrap().extend({
+    securityContext: z.looseObject({ runAsUser: z.number().optional() }).optional(),
+    containers: z.array(z.looseObject({ name: z.string(), image: z.string(), securityContext: z.looseObject({ runAsUser: z.number().optional() }).optional() })),
   }),
-  spec: z.object({
-    nodeName: z.string().optional(),
-    securityContext: z.object({ runAsUser: z.number().optional() }).optional(),
-    containers: z.array(z.object({ name: z.string(), image: z.string(), securityContext: z.object({ runAsUser: z.number().optional() }).optional() })),
-  }),
-  status: z.object({ phase: z.string().optional() }),
 });
 type PodView = z.infer<typeof PodView>;
 
@@ -91,18 +77,23 @@ function c(): ControlPlane {
   return cp;
 }
 
-async function vmi(name: string): Promise<z.infer<typeof VmiView>> {
-  return VmiView.parse(JSON.parse(await c().kubectl(['-n', NS, 'get', 'vmi', name, '-o', 'json'])));
+async function vmi(name: string): Promise<Vmi> {
+  return VmiSchema.parse(JSON.parse(await c().kubectl(['-n', NS, 'get', 'vmi', name, '-o', 'json'])));
 }
 
-/** The pod KubeVirt counts as the VMI's launcher: the one key of status.activePods. */
+/**
+ * The pod KubeVirt counts as the VMI's launcher, found as the operator finds it (locateLauncher:
+ * controlled by the VMI, in status.activePods, on its node, Running); its one key of activePods.
+ */
 async function launcherOf(key: VmKey): Promise<{ vmiUid: string; pod: PodView }> {
   const v = await vmi(VMS[key].name);
   const uids = Object.keys(v.status?.activePods ?? {});
   expect(uids).toHaveLength(1);
   const pods = z.object({ items: z.array(PodView) }).parse(JSON.parse(await c().kubectl(['-n', NS, 'get', 'pods', '-l', `kubevirt.io/created-by=${v.metadata.uid}`, '-o', 'json'])));
-  const pod = pods.items.find((p) => p.metadata.uid === uids[0]);
-  if (!pod) throw new Error(`no pod with uid ${uids[0]} for VMI ${VMS[key].name}`);
+  const found = locateLauncher(NS, VMS[key].name, v, pods.items);
+  if (found.kind !== 'found') throw new Error(`no launcher pod for VMI ${VMS[key].name}: ${found.kind}: ${found.message}`);
+  const pod = pods.items.find((p) => p.metadata.name === found.launcher.pod);
+  if (!pod) throw new Error(`pod ${found.launcher.pod} of VMI ${VMS[key].name} not listed`);
   return { vmiUid: v.metadata.uid, pod };
 }
 
@@ -118,21 +109,14 @@ const qemuIo = async (key: VmKey, cmd: string): Promise<void> => {
   const out = await virsh(key, ['qemu-monitor-command', domain(key), '--hmp', `qemu-io -d /machine/peripheral/ua-${DISK}/virtio-backend "${cmd}"`]);
   expect(out).not.toMatch(/error|failed/i);
 };
-const chain = async (key: VmKey): Promise<string[]> => {
-  const xml = await virsh(key, ['dumpxml', domain(key)]);
-  const block = xml.split('</disk>').find((d) => d.includes(`<alias name='ua-${DISK}'/>`)) ?? '';
-  return [...block.matchAll(/<source file='([^']+)'/g)].map((m) => m[1] ?? '');
-};
-/** QEMU's block job on vda as virsh reports it (`--raw --bytes`: type, bandwidth in bytes/s, cur, end); undefined when none runs. */
+const chain = async (key: VmKey): Promise<string[]> => chainInDomainXml(await virsh(key, ['dumpxml', domain(key)]), DISK).map((l) => l.path);
+/**
+ * QEMU's block job on vda as virsh reports it (`-q ... --raw --bytes`, read by the driver's parser:
+ * type, bandwidth in bytes/s, cur, end); undefined when none runs.
+ */
 const blockJob = async (key: VmKey): Promise<{ type: string; bandwidth: number } | undefined> => {
-  const out = await virsh(key, ['blockjob', domain(key), 'vda', '--raw', '--bytes']);
-  const f = new Map<string, string>();
-  for (const line of out.split('\n')) {
-    const m = /^\s*(\w+)=(.*)$/.exec(line);
-    if (m) f.set(m[1] ?? '', (m[2] ?? '').trim());
-  }
-  const type = f.get('type');
-  return type === undefined ? undefined : { type, bandwidth: Number(f.get('bandwidth')) };
+  const job = parseBlockJobRaw(await exec(key, ['virsh', '-q', '-c', launcherUri(VMS[key].user), 'blockjob', domain(key), 'vda', '--raw', '--bytes']));
+  return job === null ? undefined : { type: job.type, bandwidth: job.bandwidth };
 };
 
 beforeAll(async () => {
@@ -184,7 +168,7 @@ beforeAll(async () => {
   timings.operatorDeploymentMs = Date.now() - tOp;
 
   await waitFor('all VMIs Running', 300_000, async () => {
-    const list = z.object({ items: z.array(VmiView) }).parse(JSON.parse(await c().kubectl(['-n', NS, 'get', 'vmi', '-o', 'json'])));
+    const list = z.object({ items: z.array(VmiSchema) }).parse(JSON.parse(await c().kubectl(['-n', NS, 'get', 'vmi', '-o', 'json'])));
     return list.items.length === Object.keys(VMS).length && list.items.every((v) => v.status?.phase === 'Running');
   }, 1000);
   timings.vmisRunningMs = Date.now() - t;

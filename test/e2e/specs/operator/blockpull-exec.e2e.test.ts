@@ -13,6 +13,7 @@ import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../../cluster/crds.t
 import { startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
 import { REPO_ROOT } from '../../support/paths.ts';
 import { launcherImage } from '../../images/images.ts';
+import { chainInDomainXml } from '../../launcher/disk-chain.ts';
 import { launcherPodManifest, launcherVmiManifest, LAUNCHER_URI } from '../../node/launcher-pod.ts';
 import { nodeApiserverArgs, startNode, type Node } from '../../node/kubelet.ts';
 import { blockPullManifest, getBlockPull, operatorServiceAccount, startOperator, type OperatorProcess } from '../../operator-fixture/fixture.ts';
@@ -37,8 +38,7 @@ describe('BlockPull over pods/exec into a real virt-launcher stand-in pod', () =
   const ex = (argv: string[]): Promise<string> => cp!.kubectl(['-n', NS, 'exec', POD, '-c', 'compute', '--', ...argv]);
   const chain = async (disk: string): Promise<string[]> => {
     const xml = await ex(['virsh', '-c', LAUNCHER_URI, 'dumpxml', DOMAIN]);
-    const block = xml.split('</disk>').find((d) => d.includes(`<alias name='ua-${disk}'/>`)) ?? '';
-    return [...block.matchAll(/<source file='([^']+)'/g)].map((m) => m[1]!);
+    return chainInDomainXml(xml, disk).map((l) => l.path);
   };
 
   /** Make QEMU write its cached qcow2 metadata, so qemu-img (outside QEMU) sees the current data. */

@@ -43,9 +43,7 @@ const OTHER_DISKS = ['maxbw', 'badbw', 'half', 'halfbad', 'delfailed', 'dellegac
 const CRD_FILE = path.join(REPO_ROOT, 'crds', 'blockpull.dev_blockpulls.yaml');
 const BANDWIDTH_RULES = '/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/bandwidth/x-kubernetes-validations';
 
-interface Status extends NonNullable<BlockPullView['status']> {
-  job?: { state?: string };
-}
+type Status = NonNullable<BlockPullView['status']>;
 
 /** Block jobs seen by QEMU and libvirt on one domain, independently of the operator. */
 class JobCounter {
@@ -106,8 +104,7 @@ describe('BlockPull intent and bandwidth bounds', () => {
   const target = (disk: string): string => launcher.disks.find((d) => d.name === disk)!.target;
   const jobOf = (disk: string) => driver.getJob(launcher.domain, target(disk));
   const status = async (name: string): Promise<Status | undefined> => {
-    const bp: { status?: Status } | undefined = await getBlockPull(kube, NS, name);
-    return bp?.status;
+    return (await getBlockPull(kube, NS, name))?.status;
   };
   const runningWithProgress = (name: string): Promise<BlockPullView> =>
     waitFor(`${name} Running with progress`, 60_000, async () => {

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseBlockPull, type BlockPullStatus } from '../../../../operator/src/api/types.ts';
 import { e2eCluster } from '../../setup/cluster.ts';
 import type { ClusterClient } from '../../cluster/client.ts';
+import type { BlockPullView } from '../../operator-fixture/fixture.ts';
 import { ensureDebianPackages } from '../../support/debian.ts';
 import { LUA_INTERPRETERS, argoHealth, healthAgreesWith } from '../../ship/argocd.ts';
 import { blockPullStates, type BlockPullState } from '../../ship/blockpull-states.ts';
@@ -107,7 +108,7 @@ describe('kstatus and the Argo CD health check on the Argo CD fixtures', () => {
 
 /** Creates the state's object on the API server the way it comes about, and reads it back. */
 async function materialise(s: BlockPullState): Promise<Record<string, unknown>> {
-  const md = s.object.metadata as { name: string; generation: number; finalizers?: string[]; deletionTimestamp?: string };
+  const md = (s.object as BlockPullView).metadata;
   const status = parseBlockPull(s.object).status;
   const name = md.name;
   const manifest = {
@@ -142,7 +143,7 @@ describe('kstatus on BlockPulls read from the real API server', () => {
     await kube.kubectl(['create', '-f', '-'], {
       input: JSON.stringify({ apiVersion: 'blockpull.dev/v1alpha1', kind: 'BlockPull', metadata: { name: 'just-created', namespace: NS }, spec: { vmiName: 'web-1', disk: 'rootdisk' } }),
     });
-    const obj = JSON.parse(await kube.kubectl(['-n', NS, 'get', 'bp', 'just-created', '-o', 'json'])) as { metadata: { generation: number }; status?: unknown };
+    const obj = JSON.parse(await kube.kubectl(['-n', NS, 'get', 'bp', 'just-created', '-o', 'json'])) as BlockPullView;
     expect(obj.metadata.generation).toBe(1);
     expect(obj.status).toEqual({ observedGeneration: 0 });
     const [r] = await kstatus(checker, [obj]);
@@ -157,11 +158,11 @@ describe('kstatus on BlockPulls read from the real API server', () => {
     for (const s of states) objects.push(await materialise(s));
     // The API server kept what matters: generation, observedGeneration, conditions, deletion.
     for (const [i, s] of states.entries()) {
-      const live = objects[i] as { metadata: { generation: number; deletionTimestamp?: string }; status?: { observedGeneration?: number; conditions?: unknown[] } };
-      const want = s.object as { metadata: { generation: number; deletionTimestamp?: string }; status?: { observedGeneration?: number; conditions?: unknown[] } };
+      const live = objects[i] as BlockPullView;
+      const want = s.object as BlockPullView;
       // Setting deletionTimestamp moves a custom resource's generation too (observed here).
       const deleting = want.metadata.deletionTimestamp !== undefined;
-      expect(live.metadata.generation, s.name).toBe(want.metadata.generation + (deleting ? 1 : 0));
+      expect(live.metadata.generation, s.name).toBe((want.metadata.generation ?? NaN) + (deleting ? 1 : 0));
       expect(live.status?.observedGeneration, s.name).toBe(want.status?.observedGeneration);
       expect(live.status?.conditions?.length, s.name).toBe(want.status?.conditions?.length);
       expect(live.metadata.deletionTimestamp !== undefined, s.name).toBe(want.metadata.deletionTimestamp !== undefined);
