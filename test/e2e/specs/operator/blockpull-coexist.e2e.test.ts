@@ -109,6 +109,8 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     }
     await rm(scratch, { recursive: true, force: true });
   };
+  const eventReasons = async (name: string): Promise<string[]> =>
+    (await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', `involvedObject.name=${name}`, '-o', 'jsonpath={.items[*].reason}'])).split(' ');
   const OVERLAY_ACTIVE = { type: 'OverlaySnapshotActive', status: 'True', reason: 'SnapshotInProgress', message: 'the VM writes to snapshot overlays', lastTransitionTime: new Date().toISOString() };
 
   /** The overlay's allocation on the host (qemu-img info actual-size, du) and the guest data it holds (qemu-img map, depth 0). */
@@ -260,6 +262,7 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     expect(yielded.status?.message).toMatch(/^yielded to the external snapshot of VirtualMachineInstance bp-coexist\/vm1: the pull is paused at \d+%/);
     expect(yielded.status?.attempts).toBe(1);
     expect(yielded.status?.retries).toBe(0);
+    await waitFor('the SnapshotInProgress Event', 10_000, async () => ((await eventReasons('running')).includes('SnapshotInProgress') ? true : undefined));
     await sleep(2_000);
     expect(await jobOn(disk)).toBeNull();
 
@@ -369,6 +372,7 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
       expect(goneMs).toBeLessThan(2_000);
       const yielded = await statusIs('backup', 'Pending', 'BackupInProgress');
       expect(yielded.status?.message).toMatch(/VirtualMachineBackup bp-coexist\/bk-1/);
+      await waitFor('the BackupInProgress Event', 10_000, async () => ((await eventReasons('backup')).includes('BackupInProgress') ? true : undefined));
       await kube.kubectl(['patch', 'vmbackup', 'bk-1', '-n', NS, '--type=merge', '-p', JSON.stringify({ status: { conditions: [{ type: 'Progressing', status: 'True', reason: 'Initiated', message: '' }] } })]);
       await sleep(2_000);
       expect(await jobOn(disk)).toBeNull();
