@@ -83,6 +83,9 @@ export const REASONS = [
   'DiskBusy', // Pending: another BlockPull or another block job uses the disk
   'WaitingForSlot', // Pending: the cluster-wide or per-node limit of concurrent pulls is reached
   'InsufficientSpace', // Pending: the data to pull does not fit the active image's filesystem or the pod's ephemeral-storage limit
+  'SnapshotInProgress', // Pending: KubeVirt takes a snapshot of the VM (VMI OverlaySnapshotActive, a VirtualMachineSnapshot not final, an image on a hot-plugged or utility volume); a running pull yields to it
+  'BackupInProgress', // Pending: a VirtualMachineBackup of the VM is in progress; a running pull yields to it
+  'DataFileInChain', // Pending: an image the pull would write into or remove has a qcow2 data file (<dataStore>, KubeVirt's changed block tracking)
   'Pulling', // Running
   'Adopted', // Running: a pull already running on the disk was adopted
   'Retrying', // Running: a job ended short of the goal and was started again
@@ -162,10 +165,18 @@ export const ConditionSchema = z.object({
 });
 export type Condition = z.infer<typeof ConditionSchema>;
 
+/** A qcow2 image's external data file (libvirt <dataStore>): KubeVirt's changed block tracking keeps the raw disk there. */
+export const DataFileSchema = z.object({
+  path: z.string().max(STATUS_LIMITS.pathLength),
+  format: z.string(),
+});
+export type DataFileStatus = z.infer<typeof DataFileSchema>;
+
 export const ChainLayerSchema = z.object({
   position: int32().min(0),
   path: z.string().max(STATUS_LIMITS.pathLength),
   format: z.string(),
+  dataFile: DataFileSchema.optional(),
 });
 export type ChainLayerStatus = z.infer<typeof ChainLayerSchema>;
 

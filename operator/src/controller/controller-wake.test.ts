@@ -9,7 +9,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { createKubeClients } from '../kube/client.ts';
 import { createMetrics } from '../kube/metrics.ts';
-import { silentLogger } from '../log.ts';
+import { createLogger, silentLogger } from '../log.ts';
 import { Controller } from './controller.ts';
 import { BP_BY_VMI } from './indexes.ts';
 
@@ -225,6 +225,117 @@ describe('the BlockPull cache', () => {
       controller.queue.shutDown();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
+    }
+  });
+});
+
+describe("KubeVirt's optional kinds (VirtualMachineSnapshot, VirtualMachineBackup)", () => {
+  const snapshot = (name: string, vm: string, rv: string, phase = 'InProgress') => ({
+    apiVersion: 'snapshot.kubevirt.io/v1beta1',
+    kind: 'VirtualMachineSnapshot',
+    metadata: { name, namespace: 'ns', resourceVersion: rv },
+    spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: vm } },
+    status: { phase },
+  });
+
+  async function fakeApi(served: Record<string, string[]>) {
+    const watches = new Map<string, http.ServerResponse>();
+    const requests: string[] = [];
+    const server = http.createServer((req, res) => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      requests.push(url.pathname);
+      const discovery = /^\/apis\/([^/]+)\/([^/]+)$/.exec(url.pathname);
+      if (discovery !== null) {
+        const resources = served[`${discovery[1]}/${discovery[2]}`];
+        if (resources === undefined) {
+          res.writeHead(404, { 'Content-Type': 'application/json' });
+          res.end(JSON.stringify({ kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'NotFound', code: 404 }));
+          return;
+        }
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        res.end(JSON.stringify({ kind: 'APIResourceList', apiVersion: 'v1', groupVersion: `${discovery[1]}/${discovery[2]}`, resources: resources.map((name) => ({ name, namespaced: true, kind: 'X', verbs: ['list'], singularName: '' })) }));
+        return;
+      }
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      const resource = url.pathname.split('/').pop() ?? '';
+      if (url.searchParams.get('watch') === 'true') {
+        res.flushHeaders();
+        watches.set(resource, res);
+        return;
+      }
+      res.end(JSON.stringify({ apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '1' }, items: resource === 'blockpulls' ? [bp('a', 'vm1'), bp('b', 'vm2')] : [] }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
+      users: [{ name: 'u', token: 'x' }],
+      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+      currentContext: 'x',
+    });
+    const lines: Record<string, unknown>[] = [];
+    const logger = createLogger({ level: 'info', destination: { write: (l: string) => lines.push(JSON.parse(l) as Record<string, unknown>) } });
+    const controller = new Controller({
+      clients: createKubeClients(kc),
+      drivers: { kind: 'local', driverFor: () => Promise.reject(new Error('no driver')) },
+      logger,
+      workers: 1,
+      pollIntervalMs: 500,
+      statusUpdateIntervalMs: 1000,
+      maxConcurrentPulls: 1,
+      maxPullsPerNode: 1,
+    });
+    const close = async (): Promise<void> => {
+      controller.queue.shutDown();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    };
+    return { controller, watches, requests, lines, close };
+  }
+
+  it('not served (KubeVirt 1.7): not watched, no list or watch of them, said once in the log', { timeout: 20_000 }, async () => {
+    const api = await fakeApi({});
+    try {
+      await api.controller.discoverWatches(new AbortController().signal);
+      await api.controller.discoverWatches(new AbortController().signal);
+      expect(api.controller.optionalInformers()).toEqual({});
+      expect(api.requests.sort()).toEqual(['/apis/backup.kubevirt.io/v1alpha1', '/apis/snapshot.kubevirt.io/v1alpha1', '/apis/snapshot.kubevirt.io/v1beta1']);
+      const said = api.lines.filter((l) => Array.isArray(l['notWatched']));
+      expect(said).toHaveLength(1);
+      expect(said[0]?.['notWatched']).toEqual(['virtualmachinesnapshots.snapshot.kubevirt.io', 'virtualmachinebackups.backup.kubevirt.io']);
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('served: watched at the version served; a snapshot event wakes the BlockPulls of its VM', { timeout: 20_000 }, async () => {
+    const api = await fakeApi({ 'snapshot.kubevirt.io/v1alpha1': ['virtualmachinesnapshots'], 'backup.kubevirt.io/v1alpha1': ['virtualmachinebackups', 'virtualmachinebackups/status'] });
+    const { controller, watches } = api;
+    const woken: string[] = [];
+    const add = controller.queue.add.bind(controller.queue);
+    controller.queue.add = (key: string) => {
+      woken.push(key);
+      add(key);
+    };
+    await controller.discoverWatches(new AbortController().signal);
+    const { snapshots, backups } = controller.optionalInformers();
+    expect(snapshots).toBeDefined();
+    expect(backups).toBeDefined();
+    expect(api.lines.find((l) => Array.isArray(l['watched']))?.['watched']).toEqual(expect.arrayContaining(['virtualmachinesnapshots.snapshot.kubevirt.io/v1alpha1', 'virtualmachinebackups.backup.kubevirt.io/v1alpha1']));
+    const informers = [controller.blockPulls, snapshots!];
+    try {
+      for (const inf of informers) await inf.start();
+      const t0 = performance.now();
+      while (watches.size < 2 && performance.now() - t0 < 5_000) await sleep(10);
+      woken.length = 0;
+      watches.get('virtualmachinesnapshots')!.write(`${JSON.stringify({ type: 'ADDED', object: snapshot('s1', 'vm2', '2') })}\n`);
+      const t1 = performance.now();
+      while (woken.length < 1 && performance.now() - t1 < 3_000) await sleep(10);
+      await sleep(50);
+      expect(woken).toEqual(['ns/b']);
+    } finally {
+      for (const inf of informers) await inf.stop();
+      await api.close();
     }
   });
 });

@@ -1,5 +1,6 @@
 /**
- * The controller: informers (BlockPulls, VMIs, VMI migrations, virt-launcher pods) with watchdogs feed a
+ * The controller: informers (BlockPulls, VMIs, VMI migrations, virt-launcher pods, and where
+ * their CRDs are served VirtualMachineSnapshots and VirtualMachineBackups) with watchdogs feed a
  * rate-limited, deduplicating work queue; `workers` loops reconcile one key at a time each
  * (the queue never hands out one key twice at once). Runs until `signal` aborts; running
  * pulls are left alone on shutdown (the next leader adopts them).
@@ -12,8 +13,24 @@ import type { KubeClients } from '../kube/client.ts';
 import type { OperatorMetrics } from '../kube/metrics.ts';
 import { forBlockPullKey, type Logger } from '../log.ts';
 import { LAUNCHER_LABEL_SELECTOR, VMI_REF, VMIM_REF } from '../kubevirt/launcher.ts';
+import { operationVmKey, VMBACKUP_REFS, VMSNAPSHOT_REFS } from '../kubevirt/chain-operations.ts';
+import { servedResource } from '../kube/discovery.ts';
+import type { ResourceRef } from '../kube/client.ts';
+import type { CacheReader } from './blockpulls.ts';
 import type { DriverProvider } from '../kubevirt/transport.ts';
-import { blockPullIndexes, BP_BY_PHASE, BP_BY_VMI, podIndexes, POD_BY_VMI_UID, slimPod, slimVmi, vmiIndexes, VMI_BY_UID } from './indexes.ts';
+import {
+  blockPullIndexes,
+  BP_BY_PHASE,
+  BP_BY_VMI,
+  operationIndexes,
+  podIndexes,
+  POD_BY_VMI_UID,
+  slimOperation,
+  slimPod,
+  slimVmi,
+  vmiIndexes,
+  VMI_BY_UID,
+} from './indexes.ts';
 import { customResourceSource, podSource, stripMetadata, WatchdogInformer } from '../kube/informer.ts';
 import { Reconciler } from './reconcile.ts';
 import { WorkQueue } from '../kube/workqueue.ts';
@@ -41,6 +58,28 @@ export interface ControllerOptions {
   readonly namespace?: string;
 }
 
+/**
+ * An optional watch: a kind of KubeVirt's that not every version has (VirtualMachineSnapshot,
+ * VirtualMachineBackup: absent in KubeVirt 1.7). Looked up by API discovery when the controller
+ * runs; watched only where served (a kind installed later is watched after a restart).
+ */
+interface OptionalWatch {
+  readonly resource: string;
+  readonly refs: readonly ResourceRef[];
+  informer?: WatchdogInformer<KubernetesObject>;
+  /** Discovery has answered. */
+  discovered: boolean;
+}
+
+/** A cache reader over an optional watch: empty while it is not watched. */
+function optionalReader(w: OptionalWatch): CacheReader & Required<Pick<CacheReader, 'byIndex'>> {
+  return {
+    get: (ns, name) => w.informer?.get(ns, name),
+    list: (ns) => w.informer?.list(ns) ?? [],
+    byIndex: (index, value) => w.informer?.byIndex(index, value) ?? [],
+  };
+}
+
 export class Controller {
   readonly #options: ControllerOptions;
   readonly #log: Logger;
@@ -50,6 +89,8 @@ export class Controller {
   readonly pods: WatchdogInformer<KubernetesObject>;
   readonly migrations: WatchdogInformer<KubernetesObject>;
   readonly reconciler: Reconciler;
+  readonly #snapshots: OptionalWatch = { resource: 'virtualmachinesnapshots', refs: VMSNAPSHOT_REFS, discovered: false };
+  readonly #backups: OptionalWatch = { resource: 'virtualmachinebackups', refs: VMBACKUP_REFS, discovered: false };
 
   constructor(options: ControllerOptions) {
     this.#options = options;
@@ -92,6 +133,8 @@ export class Controller {
       vmis: this.vmis,
       pods: this.pods,
       migrations: this.migrations,
+      snapshots: optionalReader(this.#snapshots),
+      backups: optionalReader(this.#backups),
       drivers: options.drivers,
       logger: options.logger,
       pollIntervalMs: options.pollIntervalMs,
@@ -159,11 +202,74 @@ export class Controller {
         this.queue.add(key);
       }
     };
+    this.#lookAgain = lookAgain;
     for (const inf of this.#informers()) inf.onRecovered(lookAgain);
   }
 
+  #lookAgain: (() => void) | undefined;
+
+  /** A snapshot or backup event wakes the BlockPulls of the VM it acts on (the VMI has its name). */
+  #wakeOnOperations(inf: WatchdogInformer<KubernetesObject>): void {
+    const byVm = (obj: KubernetesObject): void => {
+      const vm = operationVmKey(obj);
+      if (vm === undefined) return;
+      for (const b of this.blockPulls.byIndex(BP_BY_VMI, vm)) this.queue.add(objectKey(b));
+    };
+    inf.addEventHandler({ add: byVm, update: byVm, delete: byVm });
+    if (this.#lookAgain !== undefined) inf.onRecovered(this.#lookAgain);
+  }
+
+  /**
+   * Which optional kinds the API server serves (API discovery), each informer made for the
+   * version served; logged once. Called by run(); the tests call it to drive the informers.
+   */
+  async discoverWatches(signal: AbortSignal): Promise<void> {
+    const { clients, metrics } = this.#options;
+    const common = { kc: clients.kc, logger: this.#options.logger, ...(metrics ? { metrics } : {}) };
+    if (this.#snapshots.discovered && this.#backups.discovered) return;
+    const watched: string[] = [];
+    const notWatched: string[] = [];
+    for (const w of [this.#snapshots, this.#backups]) {
+      if (w.discovered) continue;
+      const ref = await servedResource(clients.custom, w.refs, signal, {
+        onRetry: (message) => this.#log.warn({ resource: w.resource, error: message }, 'API discovery failed; retrying'),
+      });
+      w.discovered = true;
+      if (ref === undefined) {
+        notWatched.push(`${w.resource}.${w.refs[0]?.group ?? ''}`);
+        continue;
+      }
+      watched.push(`${ref.plural}.${ref.group}/${ref.version}`);
+      const inf = new WatchdogInformer<KubernetesObject>({
+        ...common,
+        resource: w.resource,
+        source: customResourceSource(clients.custom, ref, this.#options.namespace),
+        transform: slimOperation,
+      });
+      for (const [name, fn] of Object.entries(operationIndexes)) inf.addIndex(name, fn);
+      this.#wakeOnOperations(inf);
+      w.informer = inf;
+    }
+    this.#log.info(
+      {
+        watched: ['blockpulls.blockpull.dev', 'virtualmachineinstances.kubevirt.io', 'virtualmachineinstancemigrations.kubevirt.io', 'pods', ...watched],
+        notWatched,
+      },
+      notWatched.length > 0 ? 'watching; not served by this cluster, so not watched (their operations are not waited for)' : 'watching',
+    );
+  }
+
+  /** The informers of the optional watches, once discovered where served (undefined: not watched). */
+  optionalInformers(): { readonly snapshots?: WatchdogInformer<KubernetesObject>; readonly backups?: WatchdogInformer<KubernetesObject> } {
+    return {
+      ...(this.#snapshots.informer !== undefined ? { snapshots: this.#snapshots.informer } : {}),
+      ...(this.#backups.informer !== undefined ? { backups: this.#backups.informer } : {}),
+    };
+  }
+
   #informers(): WatchdogInformer<KubernetesObject>[] {
-    return [this.blockPulls, this.vmis, this.migrations, this.pods];
+    const optional = [this.#snapshots.informer, this.#backups.informer].filter((i): i is WatchdogInformer<KubernetesObject> => i !== undefined);
+    return [this.blockPulls, this.vmis, this.migrations, this.pods, ...optional];
   }
 
   synced(): boolean {
@@ -172,6 +278,13 @@ export class Controller {
 
   /** Run until the signal aborts. */
   async run(signal: AbortSignal): Promise<void> {
+    try {
+      await this.discoverWatches(signal);
+    } catch (err) {
+      if (!signal.aborted) throw err;
+      this.reconciler.stop();
+      return;
+    }
     const informers = this.#informers();
     const starts = await Promise.allSettled(informers.map((i) => i.start()));
     const failed = starts.find((r) => r.status === 'rejected');

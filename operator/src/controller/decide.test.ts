@@ -1056,3 +1056,116 @@ describe('decide: spec.dryRun, a plan and never a start', () => {
     expect(diskHolder([plan], plan)).toBeNull();
   });
 });
+
+describe("decide: KubeVirt's own chain operations win (external snapshots, backups, data files)", () => {
+  const SNAPSHOT = { kind: 'snapshot', name: 'the external snapshot of VirtualMachineInstance ns/vm1', message: 'VirtualMachineInstance ns/vm1 has condition OverlaySnapshotActive=True' } as const;
+  const VMSNAPSHOT = { kind: 'snapshot', name: 'VirtualMachineSnapshot ns/snap-1', message: 'VirtualMachineSnapshot ns/snap-1 (phase InProgress) snapshots VirtualMachine ns/vm1' } as const;
+  const BACKUP = { kind: 'backup', name: 'VirtualMachineBackup ns/bk-1', message: 'VirtualMachineBackup ns/bk-1 (Initiated) backs up VirtualMachine ns/vm1' } as const;
+  const OVL = '/scratch/ovl-rootdisk.qcow2';
+  // Inside the window: KubeVirt's overlay over the chain, and its active commit running.
+  const WINDOW: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 5, path: OVL, format: 'qcow2' }, ...CHAIN3.chain.map((l) => ({ ...l, position: l.position + 1 }))] };
+  const commit: BlockJobInfo = { type: 'Active Block Commit', cur: 1, end: 10, bandwidth: 0 };
+  const withLauncher = (extra: BlockPullStatus = {}): BlockPullStatus =>
+    running({ job: { state: 'Running' }, launcher: { pod: 'virt-launcher-vm1-abcde', node: 'node1', container: 'compute', domain: 'ns_vm1', target: 'vda' }, ...extra });
+
+  it.each([
+    ['SnapshotInProgress', SNAPSHOT],
+    ['SnapshotInProgress', VMSNAPSHOT],
+    ['BackupInProgress', BACKUP],
+  ] as const)('a pull applied during the operation → Pending/%s, no start, no chain recorded', (reason, op) => {
+    for (const [what, disk, j] of [
+      ['before the overlay', CHAIN3, null],
+      ['on the overlay', WINDOW, null],
+      ['during the commit', WINDOW, commit],
+    ] as const) {
+      const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(disk, j), chainOperations: [op] }));
+      expect(d.action, what).toEqual({ type: 'none' });
+      expect(d.status.phase).toBe('Pending');
+      expect(d.status.reason, what).toBe(reason);
+      expect(d.status.message).toContain(op.message);
+      expect(d.status.message).toContain('the pull starts once it is over');
+      // The overlay is KubeVirt's: the chain of the window is never the pull's "before".
+      expect(d.status.backingChain).toBeUndefined();
+      expect(d.status.attempts ?? 0).toBe(0);
+      expect(d.requeueAfterMs).toBe(5000);
+      // Nothing measured: no start can follow.
+      expect(factsWanted(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(disk, j), chainOperations: [op], space: 'not measured' })).space).toBeUndefined();
+    }
+  });
+
+  it.each([
+    ['SnapshotInProgress', SNAPSHOT],
+    ['BackupInProgress', BACKUP],
+  ] as const)('our running pull yields at once (%s): intent Aborting recorded with the abort, nothing counted', (reason, op) => {
+    const d = decide(obs({ bp: bp({ status: withLauncher() }), hypervisor: ok(CHAIN3, job(10 * MiB, 64 * MiB)), chainOperations: [op] }));
+    expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
+    expect(d.status.phase).toBe('Pending');
+    expect(d.status.reason).toBe(reason);
+    expect(d.status.job).toEqual({ state: 'Aborting' });
+    expect(d.status.message).toMatch(/^yielding to /);
+    expect(d.status.attempts).toBe(1);
+    expect(d.status.retries).toBe(0);
+  });
+
+  it('the aborted job is gone while the window lasts: Aborted, waiting, never a failure; then resumed (a new attempt, retries untouched)', () => {
+    const prior = withLauncher({ phase: 'Pending', reason: 'SnapshotInProgress', job: { state: 'Aborting' }, progress: { percent: '15%' }, retries: 1 });
+    const d = decide(obs({ bp: bp({ status: prior }), hypervisor: ok(WINDOW, null), chainOperations: [SNAPSHOT] }));
+    expect(d.action).toEqual({ type: 'none' });
+    expect(d.status.reason).toBe('SnapshotInProgress');
+    expect(d.status.job).toEqual({ state: 'Aborted' });
+    expect(d.status.message).toMatch(/^yielded to the external snapshot of VirtualMachineInstance ns\/vm1: the pull is paused at 15%/);
+    expect(d.status.backingChain).toEqual({ before: before3 });
+    // KubeVirt's commit ran: the chain is the pre-snapshot chain again, and the pull resumes.
+    const r = decide(obs({ bp: bp({ status: d.status }), hypervisor: ok(CHAIN3, null) }));
+    expect(r.action).toMatchObject({ type: 'startPull', domain: 'ns_vm1', target: 'vda' });
+    expect(r.status.attempts).toBe(2);
+    expect(r.status.retries).toBe(1);
+    expect(r.status.message).toMatch(/^resumed after KubeVirt's snapshot: /);
+  });
+
+  it('a paused pull stays Paused during the window', () => {
+    const d = decide(obs({ bp: bp({ spec: { paused: true }, status: withLauncher({ phase: 'Paused', reason: 'Paused', job: { state: 'Aborted' } }) }), hypervisor: ok(CHAIN3, null), chainOperations: [SNAPSHOT] }));
+    expect(d.status.phase).toBe('Paused');
+  });
+
+  it('no operation: the same look starts the pull (the rule is what holds it back)', () => {
+    const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(CHAIN3, null) }));
+    expect(d.action.type).toBe('startPull');
+  });
+
+  describe('a <dataStore> disk (CBT)', () => {
+    const CBT = '/run/kubevirt-private/libvirt/qemu/swtpm/rootdisk.qcow2';
+    const RAW = '/run/kubevirt-private/vmi-disks/rootdisk/disk.img';
+    const cbt: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 1, path: CBT, format: 'qcow2', dataFile: { path: RAW, format: 'raw' } }] };
+
+    it('a chain of that one image: Completed/NothingToDo at once, no job, the data file in status', () => {
+      const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(cbt, null) }));
+      expect(d.action).toEqual({ type: 'none' });
+      expect(d.status.phase).toBe('Completed');
+      expect(d.status.reason).toBe('NothingToDo');
+      expect(d.status.backingChain?.before).toEqual([{ position: 0, path: CBT, format: 'qcow2', dataFile: { path: RAW, format: 'raw' } }]);
+    });
+
+    it('an image the pull would write into or remove has a data file: Pending/DataFileInChain, no start', () => {
+      // The data file on the active image (written into), and on a backing image (removed).
+      const onTop: DiskInfo = { target: 'vda', chain: [{ ...cbt.chain[0]! }, { position: 1, index: 2, path: BASE, format: 'qcow2' }] };
+      const below: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 1, path: TOP, format: 'qcow2' }, { ...cbt.chain[0]!, position: 1, index: 2 }] };
+      for (const [what, disk, re] of [
+        ['on top', onTop, /position 0\) of vda has the data file .* the pull would write into it/],
+        ['below', below, /position 1\) of vda has the data file .* the pull would remove it from the chain/],
+      ] as const) {
+        const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(disk, null) }));
+        expect(d.action, what).toEqual({ type: 'none' });
+        expect(d.status.phase).toBe('Pending');
+        expect(d.status.reason).toBe('DataFileInChain');
+        expect(d.status.message).toMatch(re);
+      }
+      // Kept below the base: the pull does not touch it.
+      const d = decide(obs({ bp: bp({ spec: { base: { position: 1 } }, status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(below, null) }));
+      expect(d.status.phase).toBe('Completed');
+      const keep: DiskInfo = { target: 'vda', chain: [below.chain[0]!, { position: 1, index: 3, path: MID, format: 'qcow2' }, { ...below.chain[1]!, position: 2 }] };
+      const s = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(keep, null) }));
+      expect(s.action).toMatchObject({ type: 'startPull', base: { path: CBT } });
+    });
+  });
+});

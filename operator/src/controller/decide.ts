@@ -34,6 +34,7 @@ import { goalOrInvalid } from '../hypervisor/chain.ts';
 import { isPullComplete, type PullGoal } from '../hypervisor/completion.ts';
 import { isHypervisorError, type HypervisorErrorCode } from '../hypervisor/errors.ts';
 import type { BaseRef, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
+import type { ChainOperation, ChainOperationKind } from '../kubevirt/chain-operations.ts';
 import type { LauncherLookup, LauncherPod, MigrationRequest } from '../kubevirt/launcher.ts';
 import { boundStatus } from './status-limits.ts';
 
@@ -133,6 +134,12 @@ export interface Observation {
   readonly spaceRecheckMs?: number;
   /** Why our last job failed, as the hypervisor said (e.g. "No space left on device"), if known. */
   readonly lastJobError?: string;
+  /**
+   * KubeVirt's operations on the VM's disks under way (an external snapshot window, a
+   * VirtualMachineBackup; kubevirt/chain-operations.ts), looked at with the launcher. KubeVirt
+   * always wins: no pull starts, and a running one yields at once.
+   */
+  readonly chainOperations?: readonly ChainOperation[];
 }
 
 /** Longest wait between two starts after failures, and between two space checks. */
@@ -249,7 +256,7 @@ function withJob(status: BlockPullStatus, state: JobState | undefined): BlockPul
 }
 
 function layers(chain: DiskInfo['chain']): ChainLayerStatus[] {
-  return chain.map((l) => ({ position: l.position, path: l.path, format: l.format }));
+  return chain.map((l) => ({ position: l.position, path: l.path, format: l.format, ...(l.dataFile !== undefined ? { dataFile: { path: l.dataFile.path, format: l.dataFile.format } } : {}) }));
 }
 
 function percentOf(cur: number, end: number): string {
@@ -613,6 +620,8 @@ interface LauncherFacts extends ObjectFacts {
   readonly movedPod: boolean;
   /** The prior status with status.launcher set to this pod. */
   readonly withLauncher: BlockPullStatus;
+  /** KubeVirt's operation on the VM's disks under way (the first), to which a pull yields. */
+  readonly operation: ChainOperation | undefined;
 }
 
 function launcherFacts(f: ObjectFacts, launcherPod: LauncherPod, migration: MigrationRequest | undefined): LauncherFacts {
@@ -624,6 +633,7 @@ function launcherFacts(f: ObjectFacts, launcherPod: LauncherPod, migration: Migr
     migration,
     yieldToMigration: migration !== undefined && f.bp.spec.migrationPolicy !== 'WaitForPull',
     movedPod: prior.launcher?.pod !== undefined && prior.launcher.pod !== launcherPod.pod,
+    operation: obs.chainOperations?.[0],
     withLauncher: {
       ...prior,
       launcher: { pod: launcherPod.pod, node: launcherPod.node, container: launcherPod.container, domain: launcherPod.domain, ...(target !== undefined ? { target } : {}) },
@@ -645,6 +655,36 @@ function migrationWait(f: LauncherFacts, base: BlockPullStatus, m: MigrationRequ
     yielded
       ? `yielded to ${m.name}: the pull is paused at ${prior.progress?.percent ?? '?'} (streamed data is kept) and resumes on the VMI's launcher pod once the migration has ended`
       : `${m.message}; the pull starts once the migration has ended`,
+  );
+}
+
+/** The reason a pull waits for (or yields to) a KubeVirt operation, by its kind. */
+const OPERATION_REASON: Readonly<Record<ChainOperationKind, Reason>> = {
+  snapshot: 'SnapshotInProgress',
+  backup: 'BackupInProgress',
+};
+
+/**
+ * KubeVirt operates on the VM's disks (an external snapshot window, a backup) and no job of ours
+ * runs on the disk: wait, and start nothing (KubeVirt's own block jobs, e.g. its commit, may run).
+ * The chain is not recorded meanwhile (it holds KubeVirt's overlays); the record of an abort we
+ * made to yield settles to Aborted, never a failure. Woken by the watch event that ends it.
+ */
+function operationWait(f: LauncherFacts): Decision | undefined {
+  const op = f.operation;
+  // A paused pull stays Paused (nothing of ours runs, nothing is started).
+  if (op === undefined || f.ourJob !== null || f.bp.spec.paused) return undefined;
+  const { prior } = f;
+  const reason = OPERATION_REASON[op.kind];
+  const yielded = prior.reason === reason && (f.recorded === 'Aborting' || f.recorded === 'Aborted');
+  const base = f.recorded === 'Aborting' ? withJob(f.withLauncher, 'Aborted') : f.withLauncher;
+  return waitingStatus(
+    f.obs,
+    base,
+    reason,
+    yielded
+      ? `yielded to ${op.name}: the pull is paused at ${prior.progress?.percent ?? '?'} (streamed data is kept) and resumes once it is over; ${op.message}`
+      : `${op.message}; the pull starts once it is over`,
   );
 }
 
@@ -757,6 +797,14 @@ const STOP_OUR_JOB: readonly StopReason[] = [
       : undefined,
   (f) => (f.bp.spec.paused ? { phase: 'Paused', reason: 'Paused', message: `paused at ${f.progress.percent}: aborting the job, streamed data is kept` } : undefined),
   (f) =>
+    f.operation !== undefined
+      ? {
+          phase: 'Pending',
+          reason: OPERATION_REASON[f.operation.kind],
+          message: `yielding to ${f.operation.name}: aborting the pull at ${f.progress.percent} (streamed data is kept); it resumes once it is over; ${f.operation.message}`,
+        }
+      : undefined,
+  (f) =>
     f.yieldToMigration && f.migration !== undefined
       ? {
           phase: 'Pending',
@@ -830,6 +878,26 @@ function idleFacts(f: DiskFacts): IdleFacts {
     hypervisorSaid: f.obs.lastJobError !== undefined ? ` (the hypervisor said: ${f.obs.lastJobError})` : '',
   };
 }
+
+/**
+ * An image the pull would write into (the active image) or remove (those above the base) has a
+ * qcow2 data file (<dataStore>, KubeVirt's changed block tracking): a pull never touches a data
+ * file (its raw disk and the dirty bitmaps beside it stay KubeVirt's). A chain of that one image
+ * is complete (NothingToDo, pullComplete). Waits: KubeVirt's own operation (an external snapshot
+ * over such a disk) ends with the chain of one image again.
+ */
+const dataFileInChain: Step<IdleFacts> = (f) => {
+  const kept = f.goal.basePath !== undefined ? f.disk.chain.findIndex((l) => l.path === f.goal.basePath) : f.disk.chain.length;
+  const touched = f.disk.chain.slice(0, kept < 0 ? f.disk.chain.length : kept).find((l) => l.dataFile !== undefined);
+  if (touched?.dataFile === undefined) return undefined;
+  const how = touched.position === 0 ? 'the pull would write into it' : 'the pull would remove it from the chain';
+  return waitingStatus(
+    f.obs,
+    f.settled,
+    'DataFileInChain',
+    `image ${touched.path} (position ${touched.position}) of ${f.disk.target} has the data file ${touched.dataFile.path} (${touched.dataFile.format}; KubeVirt's changed block tracking) and ${how}: a pull never touches a data file; chain is ${f.disk.chain.map((l) => l.path).join(' <- ')}`,
+  );
+};
 
 const invalidBandwidthIdle: Step<IdleFacts> = (f) => (f.bandwidthError !== undefined ? failed(f.obs, f.settled, 'InvalidBandwidth', f.bandwidthError) : undefined);
 
@@ -990,6 +1058,7 @@ const insufficientSpace: Step<IdleFacts> = ({ obs, settled, hypervisorSaid }) =>
 
 const IDLE_STEPS: readonly Step<IdleFacts>[] = [
   invalidBandwidthIdle,
+  dataFileInChain,
   pausedIdle,
   jobEndedShort,
   startUnanswered,
@@ -1008,7 +1077,12 @@ function startPull(f: IdleFacts): Decision {
   const retrying = (f.replay && prior.reason === 'Retrying') || (retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace'));
   const reason: Reason = retrying ? 'Retrying' : 'Pulling';
   const startBase: BaseRef | undefined = goal.basePath !== undefined ? { path: goal.basePath } : undefined;
-  const resumed = prior.reason === 'MigrationInProgress' ? `resumed after the migration on pod ${launcherPod.pod} (node ${launcherPod.node}): ` : '';
+  const resumed =
+    prior.reason === 'MigrationInProgress'
+      ? `resumed after the migration on pod ${launcherPod.pod} (node ${launcherPod.node}): `
+      : prior.reason === 'SnapshotInProgress' || prior.reason === 'BackupInProgress'
+        ? `resumed after KubeVirt's ${prior.reason === 'SnapshotInProgress' ? 'snapshot' : 'backup'}: `
+        : '';
   const retry = reason === 'Retrying' ? `retry ${retries}/${bp.spec.maxRetries}: ` : '';
   const status = withPhase(
     {
@@ -1055,6 +1129,8 @@ function decideUnbounded(obs: Input): Decision {
   if (waitForMigration !== undefined) return waitForMigration;
   const hypervisor = obs.hypervisor;
   if (hypervisor?.kind !== 'ok') return hypervisorProblem(launcher, hypervisor);
+  const kubevirtOperates = operationWait(launcher);
+  if (kubevirtOperates !== undefined) return kubevirtOperates;
   const busy = diskBusy(launcher, hypervisor);
   if (busy !== undefined) return busy;
   const disk = diskFacts(launcher, hypervisor.disk);

@@ -50,6 +50,8 @@ const QUIET_REASONS: ReadonlySet<string> = new Set<Reason>(['Created', 'Adopted'
 const ABORT_EVENT: ReadonlyMap<string, { readonly type: EventType; readonly reason: string }> = new Map<Reason, { readonly type: EventType; readonly reason: string }>([
   ['InvalidBandwidth', { type: 'Warning', reason: 'InvalidBandwidth' }],
   ['MigrationInProgress', { type: 'Normal', reason: 'MigrationInProgress' }],
+  ['SnapshotInProgress', { type: 'Normal', reason: 'SnapshotInProgress' }],
+  ['BackupInProgress', { type: 'Normal', reason: 'BackupInProgress' }],
 ]);
 
 export function chooseEvents(input: EventInput): ChosenEvent[] {

@@ -16,11 +16,12 @@ import { HypervisorError, isHypervisorError, type HypervisorErrorCode } from '..
 import type { BlockJobDriver } from '../hypervisor/types.ts';
 import { describeApiError } from '../kube/client.ts';
 import type { Logger } from '../log.ts';
+import { chainOperations, type ChainOperation } from '../kubevirt/chain-operations.ts';
 import { ephemeralStorageLimit, locateLauncher, vmiHasDisk, VmiSchema, type LauncherLookup, type LauncherPod } from '../kubevirt/launcher.ts';
 import { LauncherUnavailableError, type DriverProvider } from '../kubevirt/transport.ts';
 import type { BlockPulls, CacheReader } from './blockpulls.ts';
 import { backoffMs, mayRunOurJob, recordedJobState, spaceShortage, type Decider, type HypervisorObservation, type Observation, type SlotUsage, type SpaceObservation } from './decide.ts';
-import { POD_BY_VMI_UID } from './indexes.ts';
+import { OPERATION_BY_VM, POD_BY_VMI_UID } from './indexes.ts';
 import type { ObserveGate } from './observe-gate.ts';
 import { jobKey, type PullMemory } from './pull-memory.ts';
 import type { SlotLedger } from './slots.ts';
@@ -47,6 +48,12 @@ export interface GathererOptions {
   readonly vmis: CacheReader;
   readonly pods: CacheReader & Required<Pick<CacheReader, 'byIndex'>>;
   readonly migrations?: CacheReader;
+  /**
+   * KubeVirt's VirtualMachineSnapshots and VirtualMachineBackups, indexed by OPERATION_BY_VM;
+   * absent (or never started: empty) where their CRDs are not served (KubeVirt 1.7).
+   */
+  readonly snapshots?: CacheReader & Required<Pick<CacheReader, 'byIndex'>>;
+  readonly backups?: CacheReader & Required<Pick<CacheReader, 'byIndex'>>;
   readonly drivers: DriverProvider;
   readonly gate: ObserveGate<HypervisorObservation>;
   readonly blockPulls: BlockPulls;
@@ -142,7 +149,36 @@ export class Gatherer {
       return { obs: { ...base, launcher, hypervisor: { kind: 'unreachable', message: looked.message } }, polled: false };
     }
     const hypervisor = looked.value;
-    return { obs: { ...base, launcher, hypervisor, jobStartedHere: this.#jobStartedHere(key, launcherPod, hypervisor) }, driver, polled: false };
+    const operations = this.#chainOperations(bp, hypervisor);
+    return {
+      obs: {
+        ...base,
+        launcher,
+        hypervisor,
+        jobStartedHere: this.#jobStartedHere(key, launcherPod, hypervisor),
+        ...(operations.length > 0 ? { chainOperations: operations } : {}),
+      },
+      driver,
+      polled: false,
+    };
+  }
+
+  /**
+   * KubeVirt's operations on the VM's disks under way: the VMI's condition, the VM's snapshots
+   * and backups from their caches (by the VM's index), and the chain libvirt showed.
+   */
+  #chainOperations(bp: BlockPull, hypervisor: HypervisorObservation): ChainOperation[] {
+    const ns = bp.metadata.namespace;
+    const vmi = VmiSchema.safeParse(this.#o.vmis.get(ns, bp.spec.vmiName));
+    if (!vmi.success) return [];
+    const vm = `${ns}/${bp.spec.vmiName}`;
+    return chainOperations({
+      vmi: vmi.data,
+      disk: bp.spec.disk,
+      ...(hypervisor.kind === 'ok' ? { chain: hypervisor.disk.chain } : {}),
+      snapshots: this.#o.snapshots?.byIndex(OPERATION_BY_VM, vm) ?? [],
+      backups: this.#o.backups?.byIndex(OPERATION_BY_VM, vm) ?? [],
+    });
   }
 
   /**

@@ -1,6 +1,8 @@
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { ephemeralStorageLimit, locateLauncher } from '../kubevirt/launcher.ts';
+import { chainOperations } from '../kubevirt/chain-operations.ts';
+import { ephemeralStorageLimit, locateLauncher, VmiSchema } from '../kubevirt/launcher.ts';
+import { OPERATION_BY_VM, operationIndexes, slimOperation } from './indexes.ts';
 import { BP_BY_DISK, BP_BY_VMI, BP_RUNNING_BY_NODE, BP_WAITING_FOR_SLOT, blockPullIndexes, podIndexes, POD_BY_VMI_UID, slimPod, slimVmi, vmiIndexes, VMI_BY_UID } from './indexes.ts';
 
 const managedFields = [{ manager: 'virt-controller', operation: 'Update', fieldsV1: { 'f:status': { 'f:phase': {} } } }];
@@ -51,8 +53,31 @@ describe('cache transforms', () => {
     expect(ephemeralStorageLimit(slimPod(pod as unknown as KubernetesObject))).toBe(ephemeralStorageLimit(pod));
     expect(ephemeralStorageLimit(pod)).toBe(2 * 1024 ** 3);
     const s = JSON.stringify([slimVmi(vmi as KubernetesObject), slimPod(pod as unknown as KubernetesObject)]);
-    for (const gone of ['managedFields', 'interfaces', 'conditions', 'env', 'volumes', 'podIP', 'persistentVolumeClaimInfo', 'annotations']) expect(s).not.toContain(gone);
+    for (const gone of ['managedFields', 'interfaces', 'env', 'volumes', 'podIP', 'persistentVolumeClaimInfo', 'annotations']) expect(s).not.toContain(gone);
     expect(slimVmi(vmi as KubernetesObject).metadata?.resourceVersion).toBe('7');
+  });
+
+  it("KubeVirt's operations read the same from a slim VMI, snapshot and backup as from the full ones", () => {
+    const window = {
+      ...vmi,
+      spec: { ...vmi.spec, utilityVolumes: [{ name: 'snap-1-snap-scratch', persistentVolumeClaim: { claimName: 'snap-1-snap-scratch' } }] },
+      status: {
+        ...vmi.status,
+        conditions: [{ type: 'OverlaySnapshotActive', status: 'True', reason: 'SnapshotInProgress', message: 'm', lastTransitionTime: '2026-11-27T10:00:00Z' }],
+        volumeStatus: [...vmi.status.volumeStatus, { name: 'hp', target: 'sdb', hotplugVolume: { attachPodName: 'hp-pod', attachPodUID: 'u' } }],
+      },
+    };
+    const snap = { apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot', metadata: { name: 'snap-1', namespace: 'ns', managedFields }, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'vm' } }, status: { phase: 'InProgress', indications: ['Online'] } };
+    const backup = { apiVersion: 'backup.kubevirt.io/v1alpha1', kind: 'VirtualMachineBackup', metadata: { name: 'bk', namespace: 'ns' }, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'vm' }, pvcName: 'out' }, status: { conditions: [{ type: 'Progressing', status: 'True', reason: 'Initiated', message: '' }], includedVolumes: [{ volumeName: 'rootdisk' }] } };
+    const chain = [{ position: 0, path: '/var/run/kubevirt/hotplug-disks/snap-1-snap-scratch/ovl-rootdisk.qcow2', format: 'qcow2' }, { position: 1, path: '/d/base.qcow2', format: 'qcow2' }];
+    const ops = (v: unknown, s: unknown, b: unknown) => chainOperations({ vmi: VmiSchema.parse(v), disk: 'rootdisk', chain, snapshots: [s], backups: [b] });
+    const full = ops(window, snap, backup);
+    expect(full.map((o) => o.kind)).toEqual(['snapshot', 'snapshot', 'snapshot', 'backup']);
+    const slim = ops(slimVmi(window as KubernetesObject), slimOperation(snap as KubernetesObject), slimOperation(backup as KubernetesObject));
+    expect(slim).toEqual(full);
+    expect(JSON.stringify([slimOperation(snap as KubernetesObject), slimOperation(backup as KubernetesObject)])).not.toMatch(/managedFields|indications|includedVolumes|pvcName/);
+    expect(operationIndexes[OPERATION_BY_VM]!(snap as KubernetesObject)).toEqual(['ns/vm']);
+    expect(operationIndexes[OPERATION_BY_VM]!(slimOperation(backup as KubernetesObject))).toEqual(['ns/vm']);
   });
 
   it('a VMI that is not Running, or a refused pod, reads the same slim as full', () => {

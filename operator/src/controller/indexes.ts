@@ -10,6 +10,7 @@
  * VmiSchema, PodSchema and the pod's container limits): no managedFields, no volumes, no env.
  */
 import type { KubernetesObject } from '@kubernetes/client-node';
+import { operationVmKey } from '../kubevirt/chain-operations.ts';
 import { CREATED_BY_LABEL } from '../kubevirt/launcher.ts';
 import type { IndexFunc } from '../kube/informer.ts';
 
@@ -27,6 +28,8 @@ export const BP_BY_PHASE = 'phase';
 export const POD_BY_VMI_UID = 'vmiUid';
 /** VMIs by uid. */
 export const VMI_BY_UID = 'uid';
+/** VirtualMachineSnapshots and VirtualMachineBackups by "namespace/name" of the VM they act on (spec.source). */
+export const OPERATION_BY_VM = 'vm';
 
 interface LooseBlockPull {
   metadata?: { namespace?: string };
@@ -89,6 +92,13 @@ export const vmiIndexes: Readonly<Record<string, IndexFunc<KubernetesObject>>> =
   },
 };
 
+export const operationIndexes: Readonly<Record<string, IndexFunc<KubernetesObject>>> = {
+  [OPERATION_BY_VM]: (obj) => {
+    const vm = operationVmKey(obj);
+    return vm !== undefined ? [vm] : [];
+  },
+};
+
 type Json = Record<string, unknown>;
 
 const isObj = (v: unknown): v is Json => v !== null && typeof v === 'object' && !Array.isArray(v);
@@ -110,20 +120,53 @@ function slimMetadata(md: unknown): Json | undefined {
   return out;
 }
 
-/** What the operator reads of a VMI (VmiSchema): disk names, phase, node, runtime user, pods, migration, volumes. */
+/**
+ * What the operator reads of a VMI (VmiSchema, chain-operations.ts): disk names, utility volume
+ * names, phase, node, runtime user, pods, migration, volumes (hot-plugged or not), conditions.
+ */
 export function slimVmi<T extends KubernetesObject>(obj: T): T {
   const o = obj as unknown as Json;
   const spec = o['spec'];
   const disks = isObj(spec) && isObj(spec['domain']) && isObj(spec['domain']['devices']) ? spec['domain']['devices']['disks'] : undefined;
-  const status = pick(o['status'], ['phase', 'nodeName', 'runtimeUser', 'activePods', 'migrationState', 'evacuationNodeName', 'volumeStatus']);
+  const utility = isObj(spec) && Array.isArray(spec['utilityVolumes']) ? (spec['utilityVolumes'] as unknown[]) : undefined;
+  const status = pick(o['status'], ['phase', 'nodeName', 'runtimeUser', 'activePods', 'migrationState', 'evacuationNodeName', 'volumeStatus', 'conditions']);
   if (status !== undefined && Array.isArray(status['volumeStatus'])) {
-    status['volumeStatus'] = (status['volumeStatus'] as unknown[]).map((v) => pick(v, ['name', 'target']) ?? v);
+    status['volumeStatus'] = (status['volumeStatus'] as unknown[]).map((v) => {
+      const kept = pick(v, ['name', 'target']) ?? v;
+      // Only whether it is hot-plugged is read (not the attachment pod's details).
+      return isObj(v) && isObj(v['hotplugVolume']) && isObj(kept) ? { ...kept, hotplugVolume: {} } : kept;
+    });
+  }
+  if (status !== undefined && Array.isArray(status['conditions'])) {
+    status['conditions'] = (status['conditions'] as unknown[]).map((c) => pick(c, ['type', 'status', 'reason']) ?? c);
+  }
+  const slimSpec: Json = {
+    ...(Array.isArray(disks) ? { domain: { devices: { disks: (disks as unknown[]).map((d) => pick(d, ['name']) ?? d) } } } : {}),
+    ...(utility !== undefined ? { utilityVolumes: utility.map((u) => pick(u, ['name']) ?? u) } : {}),
+  };
+  return {
+    apiVersion: obj.apiVersion,
+    kind: obj.kind,
+    metadata: slimMetadata(o['metadata']),
+    ...(Object.keys(slimSpec).length > 0 ? { spec: slimSpec } : {}),
+    ...(status !== undefined ? { status } : {}),
+  } as unknown as T;
+}
+
+/** What the operator reads of a VirtualMachineSnapshot or VirtualMachineBackup: its source, phase and conditions. */
+export function slimOperation<T extends KubernetesObject>(obj: T): T {
+  const o = obj as unknown as Json;
+  const spec = o['spec'];
+  const source = isObj(spec) ? pick(spec['source'], ['apiGroup', 'kind', 'name']) : undefined;
+  const status = pick(o['status'], ['phase', 'conditions']);
+  if (status !== undefined && Array.isArray(status['conditions'])) {
+    status['conditions'] = (status['conditions'] as unknown[]).map((c) => pick(c, ['type', 'status', 'reason']) ?? c);
   }
   return {
     apiVersion: obj.apiVersion,
     kind: obj.kind,
     metadata: slimMetadata(o['metadata']),
-    ...(Array.isArray(disks) ? { spec: { domain: { devices: { disks: (disks as unknown[]).map((d) => pick(d, ['name']) ?? d) } } } } : {}),
+    spec: source !== undefined ? { source } : {},
     ...(status !== undefined ? { status } : {}),
   } as unknown as T;
 }

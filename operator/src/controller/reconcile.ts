@@ -56,6 +56,9 @@ export interface ReconcilerOptions {
   readonly pods: CacheReader & Required<Pick<CacheReader, 'byIndex'>>;
   /** VirtualMachineInstanceMigrations (kubevirt.io/v1); absent: only the VMI's status tells of a migration. */
   readonly migrations?: CacheReader;
+  /** VirtualMachineSnapshots and VirtualMachineBackups indexed by OPERATION_BY_VM (empty where their CRDs are absent). */
+  readonly snapshots?: CacheReader & Required<Pick<CacheReader, 'byIndex'>>;
+  readonly backups?: CacheReader & Required<Pick<CacheReader, 'byIndex'>>;
   readonly drivers: DriverProvider;
   readonly events?: EventRecorder;
   readonly metrics?: OperatorMetrics;
@@ -144,6 +147,8 @@ export class Reconciler {
       vmis: options.vmis,
       pods: options.pods,
       ...(options.migrations !== undefined ? { migrations: options.migrations } : {}),
+      ...(options.snapshots !== undefined ? { snapshots: options.snapshots } : {}),
+      ...(options.backups !== undefined ? { backups: options.backups } : {}),
       drivers: options.drivers,
       gate,
       blockPulls: this.#blockPulls,

@@ -5,7 +5,7 @@
  * - messages (status.message, conditions[].message): cut to maxLength with a visible marker;
  * - backingChain.before/current: the top STATUS_LIMITS.chainItems layers are kept and
  *   status.message says the chain was truncated;
- * - paths (backingChain.before/current[].path, basePath): cut to STATUS_LIMITS.pathLength (PATH_MAX)
+ * - paths (backingChain.before/current[].path and .dataFile.path, basePath): cut to STATUS_LIMITS.pathLength (PATH_MAX)
  *   with the same marker. A file QEMU opened never has a longer path (the kernel refuses it with
  *   ENAMETOOLONG); should libvirt report one anyway, the cut path no longer matches the disk, so the
  *   goal is not reached and the pull ends Failed (retries exhausted, or the start refused) instead of
@@ -64,7 +64,12 @@ function boundChain(chain: readonly ChainLayerStatus[] | undefined): ChainLayerS
   if (chain === undefined) return undefined;
   return chain
     .slice(0, STATUS_LIMITS.chainItems)
-    .map((l) => ({ ...l, position: count(l.position, INT32_MAX) ?? 0, path: truncateText(l.path, STATUS_LIMITS.pathLength) }));
+    .map((l) => ({
+      ...l,
+      position: count(l.position, INT32_MAX) ?? 0,
+      path: truncateText(l.path, STATUS_LIMITS.pathLength),
+      ...(l.dataFile !== undefined ? { dataFile: { ...l.dataFile, path: truncateText(l.dataFile.path, STATUS_LIMITS.pathLength) } } : {}),
+    }));
 }
 
 function chainNote(status: BlockPullStatus): string {

@@ -14,6 +14,12 @@ export interface ChainLayer {
   readonly path: string;
   /** Image format: qcow2, raw, ... */
   readonly format: string;
+  /**
+   * The image's external data file (libvirt <dataStore>, a qcow2 data-file: KubeVirt's changed
+   * block tracking keeps the raw disk there and the dirty bitmaps in the qcow2). Guest data
+   * written into this image lands in the data file.
+   */
+  readonly dataFile?: { readonly path: string; readonly format: string };
 }
 
 export interface DiskInfo {

@@ -50,6 +50,43 @@ describe('parseDomainDisks', () => {
     </devices></domain>`);
     expect(d).toEqual([{ target: 'vdc', chain: [{ position: 0, index: 1, path: '/dev/vg/lv', format: 'raw' }] }]);
   });
+  it('reads a qcow2 data file (<dataStore>, libvirt 10.10+: KubeVirt changed block tracking) on the top and on a backing image', () => {
+    // The form of libvirt's formatdomain documentation (and KubeVirt's CBT overlay, VEP 25).
+    const d = parseDomainDisks(`<domain><devices>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+        <source file='/run/kubevirt-private/libvirt/qemu/swtpm/rootdisk.qcow2' index='1'>
+          <dataStore type='file'><format type='raw'/><source file='/run/kubevirt-private/vmi-disks/rootdisk/disk.img'/></dataStore>
+        </source>
+        <backingStore/><target dev='vda' bus='virtio'/><alias name='ua-rootdisk'/></disk>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/s/ovl.qcow2' index='3'/>
+        <backingStore type='file' index='1'><format type='qcow2'/>
+          <source file='/d/cbt.qcow2'><dataStore type='file'><format type='raw'/><source file='/d/disk.img'/></dataStore></source>
+          <backingStore/></backingStore>
+        <target dev='vdb' bus='virtio'/></disk>
+    </devices></domain>`);
+    expect(d).toEqual([
+      {
+        target: 'vda',
+        alias: 'ua-rootdisk',
+        chain: [
+          {
+            position: 0,
+            index: 1,
+            path: '/run/kubevirt-private/libvirt/qemu/swtpm/rootdisk.qcow2',
+            format: 'qcow2',
+            dataFile: { path: '/run/kubevirt-private/vmi-disks/rootdisk/disk.img', format: 'raw' },
+          },
+        ],
+      },
+      {
+        target: 'vdb',
+        chain: [
+          { position: 0, index: 3, path: '/s/ovl.qcow2', format: 'qcow2' },
+          { position: 1, index: 1, path: '/d/cbt.qcow2', format: 'qcow2', dataFile: { path: '/d/disk.img', format: 'raw' } },
+        ],
+      },
+    ]);
+  });
   it('rejects what is not a domain', () => {
     expect(() => parseDomainDisks('<network/>')).toThrow(HypervisorError);
   });

@@ -17,7 +17,16 @@ const xmlParser = new XMLParser({
 
 // Only the parts of the domain XML we read; everything else passes through.
 const attrString = z.string().optional();
-const sourceSchema = z.looseObject({ '@_file': attrString, '@_dev': attrString, '@_name': attrString, '@_index': attrString }).optional();
+// <dataStore> (libvirt 10.10+): a qcow2 image's external data file, inside its <source>.
+const dataStoreSchema = z
+  .looseObject({
+    format: z.looseObject({ '@_type': attrString }).optional(),
+    source: z.looseObject({ '@_file': attrString, '@_dev': attrString, '@_name': attrString }).optional(),
+  })
+  .optional();
+const sourceSchema = z
+  .looseObject({ '@_file': attrString, '@_dev': attrString, '@_name': attrString, '@_index': attrString, dataStore: z.union([dataStoreSchema, z.string()]).optional() })
+  .optional();
 type BackingStoreXml = {
   '@_type'?: string | undefined;
   '@_index'?: string | undefined;
@@ -57,6 +66,15 @@ function sourcePath(source: z.infer<typeof sourceSchema>): string | undefined {
   return source?.['@_file'] ?? source?.['@_dev'] ?? source?.['@_name'];
 }
 
+/** The image's data file (<source><dataStore>), if it has one. */
+function dataFileOf(source: z.infer<typeof sourceSchema>): ChainLayer['dataFile'] {
+  const ds = source?.dataStore;
+  if (ds === undefined || typeof ds === 'string') return undefined;
+  const path = ds.source?.['@_file'] ?? ds.source?.['@_dev'] ?? ds.source?.['@_name'];
+  if (path === undefined) return undefined;
+  return { path, format: ds.format?.['@_type'] ?? 'raw' };
+}
+
 function parseIndex(s: string | undefined): number | undefined {
   if (s === undefined) return undefined;
   const n = Number(s);
@@ -80,13 +98,21 @@ export function parseDomainDisks(xml: string): DiskInfo[] {
     if (topPath === undefined) continue; // empty drive
     const chain: ChainLayer[] = [];
     const topIndex = parseIndex(d.source?.['@_index']);
-    chain.push({ position: 0, ...(topIndex === undefined ? {} : { index: topIndex }), path: topPath, format: d.driver?.['@_type'] ?? 'raw' });
+    const topData = dataFileOf(d.source);
+    chain.push({
+      position: 0,
+      ...(topIndex === undefined ? {} : { index: topIndex }),
+      path: topPath,
+      format: d.driver?.['@_type'] ?? 'raw',
+      ...(topData === undefined ? {} : { dataFile: topData }),
+    });
     let bs = d.backingStore;
     while (bs !== undefined && typeof bs !== 'string') {
       const p = sourcePath(bs.source);
       if (p === undefined) break;
       const idx = parseIndex(bs['@_index']);
-      chain.push({ position: chain.length, ...(idx === undefined ? {} : { index: idx }), path: p, format: bs.format?.['@_type'] ?? 'raw' });
+      const data = dataFileOf(bs.source);
+      chain.push({ position: chain.length, ...(idx === undefined ? {} : { index: idx }), path: p, format: bs.format?.['@_type'] ?? 'raw', ...(data === undefined ? {} : { dataFile: data }) });
       bs = bs.backingStore;
     }
     disks.push({ target: d.target['@_dev'], ...(d.alias === undefined ? {} : { alias: d.alias['@_name'] }), chain });

@@ -26,3 +26,6 @@ export async function projectCrdFiles(repoRoot = path.resolve(import.meta.dirnam
 
 export const VMI_CRD_FILE = path.join(import.meta.dirname, 'crds', 'kubevirt-vmi-crd.yaml');
 export const VMIM_CRD_FILE = path.join(import.meta.dirname, 'crds', 'kubevirt-vmim-crd.yaml');
+/** Test-only VirtualMachineSnapshot and VirtualMachineBackup CRDs: not in projectCrdFiles (the operator must work without them); specs install them. */
+export const VMSNAPSHOT_CRD_FILE = path.join(import.meta.dirname, 'crds', 'kubevirt-vmsnapshot-crd.yaml');
+export const VMBACKUP_CRD_FILE = path.join(import.meta.dirname, 'crds', 'kubevirt-vmbackup-crd.yaml');

@@ -5,6 +5,9 @@
  * - `hang`: every command sleeps (a launcher whose libvirt never answers);
  * - `flood`: `virsh dumpxml` prints `floodBytes` bytes (default 300 MiB) and then a domain;
  * - `flat` / `chain3`: a domain whose disk has 1 / 3 images; no block job ever runs;
+ * - `cbt`: a domain whose disk is KubeVirt's changed block tracking overlay, as libvirt 10.10+
+ *   prints it: one qcow2 image whose raw data file is a `<dataStore>` (Debian 12's libvirt 9.0,
+ *   which the real stand-in runs, does not know the element and drops it);
  * - `hang-actions`: answers looks like `chain3` (a pull is due, no job runs) but every action
  *   (`blockpull`, `blockrebase`, `blockjob --abort` / `--bandwidth` / `--pivot`) sleeps.
  * `virsh event --loop` sleeps in every mode. Each call appends its command name to `log`.
@@ -14,7 +17,7 @@ import { appendFile, chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promi
 import path from 'node:path';
 import { registrationPath } from '../../../operator/src/kubevirt/transport.ts';
 
-export type FakeVirshMode = 'hang' | 'flood' | 'flat' | 'chain3' | 'hang-actions';
+export type FakeVirshMode = 'hang' | 'flood' | 'flat' | 'chain3' | 'hang-actions' | 'cbt';
 
 export interface FakeLauncherOptions {
   readonly registryDir: string;
@@ -63,6 +66,8 @@ echo "<domain type='qemu'><name>$FAKE_VIRSH_DOMAIN</name><devices><disk type='fi
 if [ "$FAKE_VIRSH_MODE" = chain3 ] || [ "$FAKE_VIRSH_MODE" = hang-actions ]; then
   echo "<source file='$d/top.qcow2' index='3'/><backingStore type='file' index='2'><format type='qcow2'/><source file='$d/mid.qcow2'/>"
   echo "<backingStore type='file' index='1'><format type='qcow2'/><source file='$d/base.qcow2'/><backingStore/></backingStore></backingStore>"
+elif [ "$FAKE_VIRSH_MODE" = cbt ]; then
+  echo "<source file='/run/kubevirt-private/libvirt/qemu/swtpm/$FAKE_VIRSH_DISK.qcow2' index='1'><dataStore type='file'><format type='raw'/><source file='/run/kubevirt-private/vmi-disks/$FAKE_VIRSH_DISK/disk.img'/></dataStore></source><backingStore/>"
 else
   echo "<source file='$d/top.qcow2' index='1'/><backingStore/>"
 fi

@@ -131,6 +131,23 @@ export function blockPullStates(): BlockPullState[] {
   addDecided(decided('pending-domainnotfound', {}, { hypervisor: { kind: 'domainNotFound', message: 'Domain not found: no domain with matching name vms_web-1' } }));
   addDecided(decided('pending-diskbusy', {}, { hypervisor: ok(CHAIN3, { type: 'Block Copy', cur: 1, end: 10, bandwidth: 0 }) }));
   addDecided(decided('pending-slot', {}, { hypervisor: ok(CHAIN3), slots: { running: 4, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
+  addDecided(
+    decided('pending-snapshotinprogress', {}, {
+      hypervisor: ok(CHAIN3),
+      chainOperations: [{ kind: 'snapshot', name: 'VirtualMachineSnapshot vms/snap-1', message: 'VirtualMachineSnapshot vms/snap-1 (phase InProgress) snapshots VirtualMachine vms/web-1' }],
+    }),
+  );
+  addDecided(
+    decided('pending-backupinprogress', {}, {
+      hypervisor: ok(CHAIN3),
+      chainOperations: [{ kind: 'backup', name: 'VirtualMachineBackup vms/bk-1', message: 'VirtualMachineBackup vms/bk-1 (Initiated) backs up VirtualMachine vms/web-1' }],
+    }),
+  );
+  addDecided(
+    decided('pending-datafileinchain', {}, {
+      hypervisor: ok({ ...CHAIN3, chain: CHAIN3.chain.map((l) => (l.position === 0 ? { ...l, dataFile: { path: '/var/run/kubevirt-private/vmi-disks/rootdisk/disk.img', format: 'raw' } } : l)) }),
+    }),
+  );
   addDecided(decided('pending-unreachable', {}, { hypervisor: { kind: 'unreachable', message: 'failed to connect to the hypervisor' } }));
   {
     const bp = parseBlockPull(object({ name: 'pending-jobfailed' }));

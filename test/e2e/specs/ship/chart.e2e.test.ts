@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
+import { installCrds, VMBACKUP_CRD_FILE, VMSNAPSHOT_CRD_FILE } from '../../cluster/crds.ts';
 import { ENV_VARS, loadConfig } from '../../../../operator/src/config.ts';
 import { CHART_DIR, DeploymentShape, envOf, find, helmTemplate, one, readRulesFile, type K8sObject } from '../../ship/chart.ts';
 import { ensureHelm } from '../../ship/helm.ts';
@@ -312,6 +313,16 @@ describe('the chart on the control plane', () => {
     await kube.kubectl(['delete', 'namespace', ns, '--wait=false']);
   });
 
+  /** Read only on KubeVirt's optional kinds (checked while they are served, in the test above). */
+  const deniedOptional: string[][] = [
+    ['create', 'virtualmachinesnapshots.snapshot.kubevirt.io', '-n', 'vms'],
+    ['patch', 'virtualmachinesnapshots.snapshot.kubevirt.io', '-n', 'vms'],
+    ['delete', 'virtualmachinesnapshots.snapshot.kubevirt.io', '-n', 'vms'],
+    ['create', 'virtualmachinebackups.backup.kubevirt.io', '-n', 'vms'],
+    ['update', 'virtualmachinebackups.backup.kubevirt.io', '-n', 'vms'],
+    ['delete', 'virtualmachinebackups.backup.kubevirt.io', '-n', 'vms'],
+  ];
+
   it('the ServiceAccount CAN do what the operator needs', async () => {
     const allowed: string[][] = [
       ['list', 'blockpulls.blockpull.dev', '--all-namespaces'],
@@ -324,6 +335,12 @@ describe('the chart on the control plane', () => {
       ['watch', 'virtualmachineinstancemigrations.kubevirt.io', '--all-namespaces'],
       ['list', 'virtualmachineinstancemigrations.kubevirt.io', '-n', 'vms'],
       ['get', 'virtualmachineinstancemigrations.kubevirt.io', '-n', 'vms'],
+      ['watch', 'virtualmachinesnapshots.snapshot.kubevirt.io', '--all-namespaces'],
+      ['list', 'virtualmachinesnapshots.snapshot.kubevirt.io', '-n', 'vms'],
+      ['get', 'virtualmachinesnapshots.snapshot.kubevirt.io', '-n', 'vms'],
+      ['watch', 'virtualmachinebackups.backup.kubevirt.io', '--all-namespaces'],
+      ['list', 'virtualmachinebackups.backup.kubevirt.io', '-n', 'vms'],
+      ['get', 'virtualmachinebackups.backup.kubevirt.io', '-n', 'vms'],
       ['list', 'pods', '--all-namespaces'],
       ['create', 'pods', '--subresource=exec', '-n', 'vms'],
       ['get', 'pods', '--subresource=exec', '-n', 'vms'],
@@ -333,7 +350,15 @@ describe('the chart on the control plane', () => {
       ['create', 'leases.coordination.k8s.io', '-n', NS],
       ['update', 'leases.coordination.k8s.io', '-n', NS],
     ];
-    for (const a of allowed) expect(await canI(...a), `can-i ${a.join(' ')}`).toBe(true);
+    // kubectl auth can-i resolves a resource by discovery: the optional KubeVirt kinds are served
+    // for this check only (test-only CRDs; the operator itself works without them).
+    await installCrds(kube, [VMSNAPSHOT_CRD_FILE, VMBACKUP_CRD_FILE]);
+    try {
+      for (const a of allowed) expect(await canI(...a), `can-i ${a.join(' ')}`).toBe(true);
+      for (const a of deniedOptional) expect(await canI(...a), `can-i ${a.join(' ')}`).toBe(false);
+    } finally {
+      await kube.kubectl(['delete', '-f', VMSNAPSHOT_CRD_FILE, '-f', VMBACKUP_CRD_FILE, '--ignore-not-found', '--wait=true']);
+    }
     // And for real: list BlockPulls in all namespaces with the token.
     const list = await asOperator(['get', 'blockpulls.blockpull.dev', '--all-namespaces', '-o', 'name']);
     expect(list.stderr).toBe('');
