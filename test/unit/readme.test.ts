@@ -178,7 +178,7 @@ describe('README.md and docs/', () => {
   });
 
   it("the tour's dry-run BlockPull is one the operator parses, with spec.dryRun", () => {
-    const block = /<!-- tour: plan -->\s*```sh\n([\s\S]*?)```/.exec(readme)?.[1];
+    const block = /<!-- tour: plan [^>]*-->\s*```sh\n([\s\S]*?)```/.exec(readme)?.[1];
     expect(block, "README.md has the tour's plan block").toBeDefined();
     const yaml = /<<'EOF'\n([\s\S]*?)^EOF$/m.exec(block ?? '')?.[1];
     const doc = z
