@@ -1,6 +1,6 @@
 -- Argo CD health check for blockpull.dev/BlockPull.
 -- Install it in the argocd-cm ConfigMap under resource.customizations.health.blockpull.dev_BlockPull
--- (see README.md, "GitOps"; deploy/argocd/argocd-cm-patch.yaml holds it ready to apply). Argo CD sets
+-- (see docs/gitops.md, "Argo CD"; deploy/argocd/argocd-cm-patch.yaml holds it ready to apply). Argo CD sets
 -- the global `obj` to the live object. It agrees with kstatus (Flux, kubectl apply-sets, kpt):
 --   being deleted                              -> Progressing  (kstatus: Terminating)
 --   spec changed, not yet observed by the operator,

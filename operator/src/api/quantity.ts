@@ -25,7 +25,7 @@ const MULTIPLIERS: Readonly<Record<string, bigint>> = {
  * passed to virsh as that integer with --bytes. The CRD enforces it (crds/, quantity.test.ts checks).
  */
 export const MAX_BANDWIDTH = 1024 ** 5;
-/** MAX_BANDWIDTH as a Quantity, as the CRD and the README state it. */
+/** MAX_BANDWIDTH as a Quantity, as the CRD and docs/api.md state it. */
 export const MAX_BANDWIDTH_QUANTITY = '1024Ti';
 
 export class QuantityError extends Error {

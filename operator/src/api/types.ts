@@ -46,7 +46,7 @@ export const STATUS_LIMITS = {
 } as const;
 
 /**
- * Phases (stable; documented in the CRD and the README):
+ * Phases (stable; documented in the CRD and docs/api.md):
  * - Pending: waiting: VMI absent or not running, migration in progress, disk busy, no slot.
  * - Running: a block pull job runs on the disk (started or adopted by the operator).
  * - Paused: spec.paused stopped the job; what was streamed stays in the active image.

@@ -359,7 +359,7 @@ describe('the operator (chart Deployment, pods/exec) on the real launcher', () =
     timings.operationsMs = Date.now() - t0;
   }, 400_000);
 
-  it('deleting the VMI mid-pull: Pending / VMINotFound once it is gone (README), and the BlockPull can be deleted', async () => {
+  it('deleting the VMI mid-pull: Pending / VMINotFound once it is gone (docs/api.md), and the BlockPull can be deleted', async () => {
     const cl = c();
     const name = 'del';
     const t0 = Date.now();

@@ -1,5 +1,5 @@
 /**
- * Uninstall and teardown (README "Uninstall"): the real control plane, the operator as its own
+ * Uninstall and teardown (docs/operations.md, "Uninstall"): the real control plane, the operator as its own
  * process (chart RBAC, local transport) and launcher stand-ins with real qcow2 chains.
  *
  * - Deleting a namespace with a VMI, its launcher pod and a Running BlockPull: the job is aborted
@@ -16,7 +16,7 @@
  *   show what happens during the grace period, and a node costs minutes to start.
  * - `helm uninstall` with a pull Running, and the operator never coming back: SIGTERM leaves the
  *   job running with its record (status.job Running, the finalizer); a deleted BlockPull then stays
- *   Terminating; the README's way-out block, run command by command, aborts the job and lets it go.
+ *   Terminating; the way-out block of docs/operations.md, run command by command, aborts the job and lets it go.
  *   (A reinstall adopting the job: blockpull.e2e.test.ts, "SIGTERM ... the next one adopts it".)
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -155,7 +155,7 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
     expect(jobAfterBpGone, 'the job is gone once the BlockPull is').toBeNull();
   });
 
-  it('helm uninstall with a pull Running leaves the job and its record; with the operator gone for good, the README way out aborts it and lets the BlockPull go', async () => {
+  it('helm uninstall with a pull Running leaves the job and its record; with the operator gone for good, the docs way out aborts it and lets the BlockPull go', async () => {
     const ns = 'bp-gone';
     const { launcher, driver, target } = await setUp(ns, 'pull');
     await running(ns, 'pull');
@@ -173,7 +173,7 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
     await sleep(3_000);
     expect((await getBlockPull(kube, ns, 'pull'))?.metadata.finalizers, 'Terminating, finalizer kept').toContain('blockpull.dev/abort-on-delete');
 
-    // The README's block, command by command, with this BlockPull's names.
+    // docs/operations.md's block, command by command, with this BlockPull's names.
     const vars: Record<string, string> = { NS: ns, BP: 'pull' };
     let recordLine = '';
     for (const line of await operatorGoneRecipe()) {
@@ -208,11 +208,11 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
   });
 });
 
-/** The README's operator-gone block: one argv per command line (comments and blank lines left out). */
+/** docs/operations.md's operator-gone block: one argv per command line (comments and blank lines left out). */
 async function operatorGoneRecipe(): Promise<string[][]> {
-  const readme = await readFile(path.join(REPO_ROOT, 'README.md'), 'utf8');
-  const m = /<!-- operator-gone recipe[^>]*-->\s*```sh\n([\s\S]*?)```/.exec(readme);
-  if (!m?.[1]) throw new Error('README.md has no operator-gone recipe block');
+  const page = await readFile(path.join(REPO_ROOT, 'docs', 'operations.md'), 'utf8');
+  const m = /<!-- operator-gone recipe[^>]*-->\s*```sh\n([\s\S]*?)```/.exec(page);
+  if (!m?.[1]) throw new Error('docs/operations.md has no operator-gone recipe block');
   return m[1]
     .split('\n')
     .filter((l) => l.trim() !== '' && !l.trim().startsWith('#'))

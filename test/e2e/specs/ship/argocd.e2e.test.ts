@@ -3,15 +3,18 @@
 // deleted included), and the pause/resume resource actions (discovery.lua offers them only when
 // they apply; action.lua returns the patched object). Every fixture is first checked to be a valid
 // BlockPull by the operator's own zod schema. The same health check is compared with the real
-// kstatus library on decide()'s statuses in kstatus.e2e.test.ts.
+// kstatus library on decide()'s statuses in kstatus.e2e.test.ts. docs/gitops.md's argocd-cm patch
+// block runs with kubectl against the real API server, on an argocd-cm as Argo CD installs it.
 import { readFileSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { dirname, join } from 'node:path';
+import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse } from 'yaml';
 import { parseBlockPull } from '../../../../operator/src/api/types.ts';
 import { ensureDebianPackages } from '../../support/debian.ts';
 import { ARGOCD_DIR, DISCOVERY_SCRIPT, HEALTH_SCRIPT, LUA_INTERPRETERS, actionScript, argoActions, argoHealth, argoRunAction } from '../../ship/argocd.ts';
 import { run } from '../../support/process.ts';
+import { REPO_ROOT } from '../../support/paths.ts';
+import { clusterClient } from '../../cluster/client.ts';
 
 const harness = join(import.meta.dirname, '..', '..', 'ship', 'lua-harness.lua');
 const fixturesDir = join(import.meta.dirname, '..', '..', 'ship', 'fixtures', 'argocd');
@@ -108,5 +111,37 @@ describe('Argo CD resource actions pause and resume', () => {
     expect(actions['discovery.lua']).toBe(readFileSync(DISCOVERY_SCRIPT, 'utf8'));
     expect(actions.definitions.map((d) => d.name)).toEqual(['pause', 'resume']);
     for (const d of actions.definitions) expect(d['action.lua'], d.name).toBe(readFileSync(actionScript(d.name), 'utf8'));
+  });
+});
+
+describe('docs/gitops.md: the argocd-cm patch block', () => {
+  it('merges the health check and the actions into an existing argocd-cm and keeps its other keys', async () => {
+    const kube = clusterClient(inject('kubeconfigPath'), inject('kubectlPath'));
+    const page = readFileSync(join(REPO_ROOT, 'docs', 'gitops.md'), 'utf8');
+    const block = /<!-- argocd-cm patch[^>]*-->\s*```sh\n([\s\S]*?)```/.exec(page)?.[1];
+    if (!block) throw new Error('docs/gitops.md has no argocd-cm patch block');
+    // Argo CD's own install creates argocd-cm in namespace argocd (here with one key of its own).
+    await kube.kubectl(['apply', '-f', '-'], {
+      input: JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'List',
+        items: [
+          { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'argocd' } },
+          { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'argocd-cm', namespace: 'argocd' }, data: { 'timeout.reconciliation': '180s' } },
+        ],
+      }),
+    });
+    const r = await run(['bash', '-e', '-c', block], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, PATH: `${dirname(kube.kubectlPath)}:${process.env.PATH ?? ''}`, KUBECONFIG: kube.kubeconfigPath },
+      allowExit: true,
+      timeoutMs: 60_000,
+    });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stdout).toContain('configmap/argocd-cm patched');
+    const cm = JSON.parse(await kube.kubectl(['-n', 'argocd', 'get', 'configmap', 'argocd-cm', '-o', 'json'])) as { data: Record<string, string> };
+    const patch = parse(readFileSync(join(ARGOCD_DIR, 'argocd-cm-patch.yaml'), 'utf8')) as { data: Record<string, string> };
+    expect(cm.data).toEqual({ 'timeout.reconciliation': '180s', ...patch.data });
+    await kube.kubectl(['delete', 'namespace', 'argocd', '--wait=false']);
   });
 });

@@ -2,7 +2,8 @@
 // the real control plane of the e2e global setup; its RBAC proven with the chart's own
 // ServiceAccount token: what the operator must do is allowed, what it must not do is refused; and
 // its exec ValidatingAdmissionPolicy: the token may exec only the operator's own commands.
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
@@ -16,6 +17,7 @@ import { VIRSH_SUBCOMMANDS } from '../../../../operator/src/hypervisor/commands.
 import { KILL_ON_DISCONNECT_PREFIX } from '../../../../operator/src/kubevirt/exec-runner.ts';
 import { ROOT_URI, SESSION_URI } from '../../../../operator/src/kubevirt/launcher.ts';
 import { run } from '../../support/process.ts';
+import { REPO_ROOT } from '../../support/paths.ts';
 import { parse, stringify } from 'yaml';
 import { z } from 'zod';
 
@@ -322,6 +324,30 @@ describe('the chart on the control plane', () => {
     ['update', 'virtualmachinebackups.backup.kubevirt.io', '-n', 'vms'],
     ['delete', 'virtualmachinebackups.backup.kubevirt.io', '-n', 'vms'],
   ];
+  it("the README's install block runs as written (helm and kubectl on PATH), and its release uninstalls", async () => {
+    const readme = await readFile(join(REPO_ROOT, 'README.md'), 'utf8');
+    const block = /<!-- install \(test\/e2e[^>]*-->\s*```sh\n([\s\S]*?)```/.exec(readme)?.[1];
+    if (!block) throw new Error('README.md has no install block');
+    // `helm` and `kubectl` as the block calls them: the pinned helm and the e2e kubectl, by those names.
+    const bin = await mkdtemp(join(tmpdir(), 'bp-readme-install-'));
+    try {
+      await symlink(helm, join(bin, 'helm'));
+      await symlink(kube.kubectlPath, join(bin, 'kubectl'));
+      const env = { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}`, KUBECONFIG: kube.kubeconfigPath };
+      const r = await run(['bash', '-e', '-c', block], { cwd: REPO_ROOT, env, allowExit: true, timeoutMs: 180_000 });
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/STATUS: deployed/);
+      expect(r.stdout).toContain('blockpulls.blockpull.dev');
+      expect((await kube.kubectl(['get', 'deployment', 'blockpull-blockpull-operator', '-n', 'blockpull-system', '-o', 'jsonpath={.spec.template.spec.containers[0].image}'])).trim()).toMatch(
+        /^REGISTRY\/blockpull-operator(:|@)/,
+      );
+      const uninstall = await run([helm, 'uninstall', 'blockpull', '--namespace', 'blockpull-system', '--wait', '--kubeconfig', kube.kubeconfigPath], { allowExit: true, timeoutMs: 120_000 });
+      expect(uninstall.exitCode, uninstall.stderr).toBe(0);
+      expect((await kube.kubectlResult(['get', 'clusterrole', 'blockpull-blockpull-operator'])).stderr).toMatch(/NotFound/);
+    } finally {
+      await rm(bin, { recursive: true, force: true });
+    }
+  });
 
   it('the ServiceAccount CAN do what the operator needs', async () => {
     const allowed: string[][] = [

@@ -4,7 +4,7 @@
 // on the same objects written to and read back from the real API server: Completed -> Current,
 // Failed -> Failed, Pending/Running/Paused/just created -> InProgress, spec changed but not yet
 // observed -> InProgress, being deleted -> Terminating. The Argo CD health check agrees on every one.
-// Also: `kubectl wait --for=condition=Ready` returns on Completed, and the README's fail-fast recipe.
+// Also: `kubectl wait --for=condition=Ready` returns on Completed, and the fail-fast recipe of docs/api.md ("Waiting for the end").
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -216,18 +216,18 @@ describe('waiting in scripts', () => {
     expect(seconds).toBeLessThan(60);
   });
 
-  /** The README's recipe (the fenced block after the marker), run by bash with the e2e kubectl. */
-  function readmeRecipe(): string {
-    const readme = readFileSync(join(import.meta.dirname, '..', '..', '..', '..', 'README.md'), 'utf8');
-    const m = /<!-- fail-fast recipe[^>]*-->\s*```sh\n([\s\S]*?)```/.exec(readme);
-    if (!m?.[1]) throw new Error('README.md has no fail-fast recipe block');
+  /** docs/api.md's recipe (the fenced block after the marker), run by bash with the e2e kubectl. */
+  function docsRecipe(): string {
+    const page = readFileSync(join(import.meta.dirname, '..', '..', '..', '..', 'docs', 'api.md'), 'utf8');
+    const m = /<!-- fail-fast recipe[^>]*-->\s*```sh\n([\s\S]*?)```/.exec(page);
+    if (!m?.[1]) throw new Error('docs/api.md has no fail-fast recipe block');
     return m[1];
   }
 
   async function runRecipe(script: string, name: string): Promise<{ exitCode: number; stdout: string; stderr: string; seconds: number }> {
     const dir = await mkdtemp(join(tmpdir(), 'bp-recipe-'));
     try {
-      // The recipe names vms/web-1-rootdisk-flatten (the README's example): point it at this BlockPull.
+      // The recipe names vms/web-1-rootdisk-flatten (examples/blockpull-full.yaml): point it at this BlockPull.
       const body = script.replaceAll('-n vms', `-n ${NS}`).replaceAll('web-1-rootdisk-flatten', name);
       const file = join(dir, 'recipe.sh');
       await writeFile(file, `set -e\n${body}`);
@@ -243,9 +243,9 @@ describe('waiting in scripts', () => {
     }
   }
 
-  it('the README recipe exits 0 when the pull Completes', async () => {
+  it('the docs/api.md recipe exits 0 when the pull Completes', async () => {
     const write = await runningPull('recipe-completed');
-    const recipe = readmeRecipe();
+    const recipe = docsRecipe();
     const p = runRecipe(recipe, 'recipe-completed');
     await new Promise((r) => setTimeout(r, 1500));
     await write('Completed/Completed');
@@ -254,9 +254,9 @@ describe('waiting in scripts', () => {
     expect(r.exitCode).toBe(0);
   });
 
-  it('the README recipe fails fast (not at its timeout) when the pull Fails', async () => {
+  it('the docs/api.md recipe fails fast (not at its timeout) when the pull Fails', async () => {
     const write = await runningPull('recipe-failed');
-    const p = runRecipe(readmeRecipe(), 'recipe-failed');
+    const p = runRecipe(docsRecipe(), 'recipe-failed');
     await new Promise((r) => setTimeout(r, 1500));
     await write('Failed/RetryLimitExceeded');
     const r = await p;
