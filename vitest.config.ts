@@ -11,7 +11,15 @@ export default defineConfig({
       {
         test: {
           name: 'unit',
-          include: ['operator/**/*.test.ts', 'plugin/**/*.test.ts', 'test/unit/**/*.test.ts', 'test/e2e/cluster/**/*.test.ts', 'test/e2e/support/**/*.test.ts', 'test/e2e/kubevirt/**/*.test.ts', 'test/e2e/images/**/*.test.ts'],
+          include: [
+            'operator/**/*.test.ts',
+            'plugin/**/*.test.ts',
+            'test/unit/**/*.test.ts',
+            'test/e2e/cluster/**/*.test.ts',
+            'test/e2e/support/**/*.test.ts',
+            'test/e2e/kubevirt/**/*.test.ts',
+            'test/e2e/images/**/*.test.ts',
+          ],
           exclude: ['**/node_modules/**', '**/*.e2e.test.ts'],
           environment: 'node',
         },

@@ -58,9 +58,18 @@ export function importsOf(fileName: string, text: string): string[] {
   const sf = ts.createSourceFile(fileName, text, ts.ScriptTarget.Latest, true, ts.ScriptKind.TS);
   const out: string[] = [];
   const visit = (n: ts.Node): void => {
-    if ((ts.isImportDeclaration(n) || ts.isExportDeclaration(n)) && n.moduleSpecifier !== undefined && ts.isStringLiteral(n.moduleSpecifier)) {
+    if (
+      (ts.isImportDeclaration(n) || ts.isExportDeclaration(n)) &&
+      n.moduleSpecifier !== undefined &&
+      ts.isStringLiteral(n.moduleSpecifier)
+    ) {
       out.push(n.moduleSpecifier.text);
-    } else if (ts.isCallExpression(n) && n.expression.kind === ts.SyntaxKind.ImportKeyword && n.arguments[0] !== undefined && ts.isStringLiteral(n.arguments[0])) {
+    } else if (
+      ts.isCallExpression(n) &&
+      n.expression.kind === ts.SyntaxKind.ImportKeyword &&
+      n.arguments[0] !== undefined &&
+      ts.isStringLiteral(n.arguments[0])
+    ) {
       out.push(n.arguments[0].text);
     }
     ts.forEachChild(n, visit);
@@ -163,9 +172,11 @@ function functionName(n: ts.Node, sf: ts.SourceFile): string {
     }
     return text;
   }
-  if (ts.isConstructorDeclaration(n)) return `${ts.isClassLike(n.parent) && n.parent.name !== undefined ? n.parent.name.text : ''}.constructor`;
+  if (ts.isConstructorDeclaration(n))
+    return `${ts.isClassLike(n.parent) && n.parent.name !== undefined ? n.parent.name.text : ''}.constructor`;
   const p = n.parent;
-  if (ts.isVariableDeclaration(p) || ts.isPropertyAssignment(p) || ts.isPropertyDeclaration(p)) return p.name.getText(sf);
+  if (ts.isVariableDeclaration(p) || ts.isPropertyAssignment(p) || ts.isPropertyDeclaration(p))
+    return p.name.getText(sf);
   return '(anonymous)';
 }
 
@@ -209,18 +220,33 @@ export function spawnSites(file: string, text: string): SpawnSite[] {
     if (def !== undefined) namespaces.add(def.text);
     if (b === undefined) continue;
     if (ts.isNamespaceImport(b)) namespaces.add(b.name.text);
-    else for (const el of b.elements) if (SPAWNING.has((el.propertyName ?? el.name).text) && !el.isTypeOnly) names.add(el.name.text);
+    else
+      for (const el of b.elements)
+        if (SPAWNING.has((el.propertyName ?? el.name).text) && !el.isTypeOnly) names.add(el.name.text);
   }
   if (names.size === 0 && namespaces.size === 0) return [];
   const isSpawner = (e: ts.Expression): boolean =>
     (ts.isIdentifier(e) && names.has(e.text)) ||
-    (ts.isPropertyAccessExpression(e) && ts.isIdentifier(e.expression) && namespaces.has(e.expression.text) && SPAWNING.has(e.name.text));
+    (ts.isPropertyAccessExpression(e) &&
+      ts.isIdentifier(e.expression) &&
+      namespaces.has(e.expression.text) &&
+      SPAWNING.has(e.name.text));
   // const execFileP = promisify(execFile): calling execFileP starts a process too.
   const findPromisified = (n: ts.Node): void => {
-    if (ts.isVariableDeclaration(n) && ts.isIdentifier(n.name) && n.initializer !== undefined && ts.isCallExpression(n.initializer)) {
+    if (
+      ts.isVariableDeclaration(n) &&
+      ts.isIdentifier(n.name) &&
+      n.initializer !== undefined &&
+      ts.isCallExpression(n.initializer)
+    ) {
       const c = n.initializer;
       const callee = c.expression.getText(sf);
-      if ((callee === 'promisify' || callee.endsWith('.promisify')) && c.arguments[0] !== undefined && isSpawner(c.arguments[0])) names.add(n.name.text);
+      if (
+        (callee === 'promisify' || callee.endsWith('.promisify')) &&
+        c.arguments[0] !== undefined &&
+        isSpawner(c.arguments[0])
+      )
+        names.add(n.name.text);
     }
     ts.forEachChild(n, findPromisified);
   };
@@ -228,7 +254,11 @@ export function spawnSites(file: string, text: string): SpawnSite[] {
   const out: SpawnSite[] = [];
   const visit = (n: ts.Node): void => {
     if (ts.isCallExpression(n) && isSpawner(n.expression)) {
-      out.push({ file, line: sf.getLineAndCharacterOfPosition(n.getStart(sf)).line + 1, call: n.expression.getText(sf) });
+      out.push({
+        file,
+        line: sf.getLineAndCharacterOfPosition(n.getStart(sf)).line + 1,
+        call: n.expression.getText(sf),
+      });
     }
     ts.forEachChild(n, visit);
   };
@@ -278,7 +308,8 @@ function roomLines(root: string): RoomLines[] {
 
 function readTree(root: string): Map<string, string> {
   const m = new Map<string, string>();
-  for (const f of listTs(path.join(REPO, root))) m.set(path.relative(path.join(REPO, root), f).split(path.sep).join('/'), readFileSync(f, 'utf8'));
+  for (const f of listTs(path.join(REPO, root)))
+    m.set(path.relative(path.join(REPO, root), f).split(path.sep).join('/'), readFileSync(f, 'utf8'));
   return m;
 }
 
@@ -297,8 +328,11 @@ export function report(): {
   const e2e = readTree('test/e2e');
   const opGraph = buildGraph(op);
   // The operator and the plugin together, by repository path: the plugin's imports of api are seen.
-  const prefixed = (root: string, tree: ReadonlyMap<string, string>): [string, string][] => [...tree].map(([f, t]) => [`${root}/${f}`, t]);
-  const productGraph = buildGraph(new Map([...prefixed('operator/src', op), ...prefixed('plugin/src', readTree('plugin/src'))]));
+  const prefixed = (root: string, tree: ReadonlyMap<string, string>): [string, string][] =>
+    [...tree].map(([f, t]) => [`${root}/${f}`, t]);
+  const productGraph = buildGraph(
+    new Map([...prefixed('operator/src', op), ...prefixed('plugin/src', readTree('plugin/src'))]),
+  );
   const fns = [...op]
     .filter(([f]) => !f.endsWith('.test.ts'))
     .flatMap(([f, t]) => functionLengths(`operator/src/${f}`, t))
@@ -327,10 +361,15 @@ export function report(): {
 
 function printRooms(title: string, rooms: readonly RoomLines[]): void {
   console.log(`${title}  (lines: code + tests)`);
-  for (const r of rooms) console.log(`  ${r.room.padEnd(14)} ${String(r.lines + r.testLines).padStart(6)} = ${String(r.lines).padStart(6)} + ${String(r.testLines).padStart(5)}   ${r.files} files`);
+  for (const r of rooms)
+    console.log(
+      `  ${r.room.padEnd(14)} ${String(r.lines + r.testLines).padStart(6)} = ${String(r.lines).padStart(6)} + ${String(r.testLines).padStart(5)}   ${r.files} files`,
+    );
   const code = rooms.reduce((s, r) => s + r.lines, 0);
   const tests = rooms.reduce((s, r) => s + r.testLines, 0);
-  console.log(`  ${'total'.padEnd(14)} ${String(code + tests).padStart(6)} = ${String(code).padStart(6)} + ${String(tests).padStart(5)}`);
+  console.log(
+    `  ${'total'.padEnd(14)} ${String(code + tests).padStart(6)} = ${String(code).padStart(6)} + ${String(tests).padStart(5)}`,
+  );
 }
 
 function main(): void {
@@ -351,7 +390,8 @@ function main(): void {
   console.log(`Import cycles in test/e2e: ${r.cyclesE2e.length}`);
   for (const c of r.cyclesE2e) console.log(`  ${c.join(' <-> ')}`);
   console.log('Longest functions in operator/src (tests excluded):');
-  for (const f of r.longestFunctions) console.log(`  ${String(f.lines).padStart(4)} lines  ${f.name}  (${f.file}:${f.line})`);
+  for (const f of r.longestFunctions)
+    console.log(`  ${String(f.lines).padStart(4)} lines  ${f.name}  (${f.file}:${f.line})`);
   console.log(`Process-spawning call sites outside test/e2e/support/: ${r.spawnSites.length}`);
   const byFile = new Map<string, SpawnSite[]>();
   for (const s of r.spawnSites) byFile.set(s.file, [...(byFile.get(s.file) ?? []), s]);

@@ -12,7 +12,12 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SPACE_COMMANDS, VIRSH_BINARY, VIRSH_GLOBAL_OPTIONS, VIRSH_SUBCOMMANDS } from '../operator/src/hypervisor/commands.ts';
+import {
+  SPACE_COMMANDS,
+  VIRSH_BINARY,
+  VIRSH_GLOBAL_OPTIONS,
+  VIRSH_SUBCOMMANDS,
+} from '../operator/src/hypervisor/commands.ts';
 import { KILL_ON_DISCONNECT_PREFIX } from '../operator/src/kubevirt/exec-runner.ts';
 import { LAUNCHER_CONTAINER, ROOT_URI, SESSION_URI } from '../operator/src/kubevirt/launcher.ts';
 
@@ -26,7 +31,12 @@ export interface ExecPolicySource {
   /** object.command[0..3] must be exactly these. */
   readonly wrapper: readonly string[];
   /** object.command[4..]: `virsh <options[0]> <options[1]> <one of uris> <one of subcommands> ...` */
-  readonly virsh: { readonly binary: string; readonly options: readonly string[]; readonly uris: readonly string[]; readonly subcommands: readonly string[] };
+  readonly virsh: {
+    readonly binary: string;
+    readonly options: readonly string[];
+    readonly uris: readonly string[];
+    readonly subcommands: readonly string[];
+  };
   /** ...or one of these prefixes, then exactly one operand (a path). */
   readonly tools: readonly (readonly string[])[];
 }
@@ -36,7 +46,12 @@ export function execPolicySource(): ExecPolicySource {
     generatedBy: 'scripts/exec-policy.ts from the operator constants; do not edit (node scripts/exec-policy.ts)',
     container: LAUNCHER_CONTAINER,
     wrapper: [...KILL_ON_DISCONNECT_PREFIX],
-    virsh: { binary: VIRSH_BINARY, options: [...VIRSH_GLOBAL_OPTIONS], uris: [ROOT_URI, SESSION_URI], subcommands: [...VIRSH_SUBCOMMANDS] },
+    virsh: {
+      binary: VIRSH_BINARY,
+      options: [...VIRSH_GLOBAL_OPTIONS],
+      uris: [ROOT_URI, SESSION_URI],
+      subcommands: [...VIRSH_SUBCOMMANDS],
+    },
     tools: Object.values(SPACE_COMMANDS).map((c) => [...c]),
   };
 }

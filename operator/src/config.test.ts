@@ -78,7 +78,13 @@ describe('loadConfig', () => {
     expect(c.transport).toBe('local');
     expect(c.localLaunchersDir).toBe('/tmp/launchers');
     expect(c.kubeconfig).toBe('/tmp/kc');
-    expect(c.leaderElection).toMatchObject({ enabled: false, leaseName: 'my-lease', leaseDurationMs: 3000, renewDeadlineMs: 2000, retryPeriodMs: 500 });
+    expect(c.leaderElection).toMatchObject({
+      enabled: false,
+      leaseName: 'my-lease',
+      leaseDurationMs: 3000,
+      renewDeadlineMs: 2000,
+      retryPeriodMs: 500,
+    });
     expect(c.workers).toBe(2);
     expect(c.maxConcurrentPulls).toBe(10);
     expect(c.maxPullsPerNode).toBe(1);
@@ -108,7 +114,14 @@ describe('loadConfig', () => {
   });
 
   it('accepts boolean spellings', () => {
-    for (const [v, want] of [['true', true], ['1', true], ['YES', true], ['false', false], ['0', false], ['no', false]] as const) {
+    for (const [v, want] of [
+      ['true', true],
+      ['1', true],
+      ['YES', true],
+      ['false', false],
+      ['0', false],
+      ['no', false],
+    ] as const) {
       expect(loadConfig({ BLOCKPULL_LEADER_ELECT: v }).leaderElection.enabled).toBe(want);
     }
   });
@@ -151,10 +164,14 @@ describe('loadConfig', () => {
     expect(problemsOf({ BLOCKPULL_LEASE_DURATION_MS: '5000', BLOCKPULL_RENEW_DEADLINE_MS: '5000' })[0]).toMatch(
       /RENEW_DEADLINE_MS \(5000\) must be less than BLOCKPULL_LEASE_DURATION_MS \(5000\)/,
     );
-    expect(problemsOf({ BLOCKPULL_RETRY_PERIOD_MS: '10000' })[0]).toMatch(/RETRY_PERIOD_MS \(10000\) must be less than/);
+    expect(problemsOf({ BLOCKPULL_RETRY_PERIOD_MS: '10000' })[0]).toMatch(
+      /RETRY_PERIOD_MS \(10000\) must be less than/,
+    );
     expect(problemsOf({ BLOCKPULL_HEALTH_PORT: '9000', BLOCKPULL_METRICS_PORT: '9000' })[0]).toMatch(/must differ/);
     // with leader election off, the timing rules do not apply
-    expect(loadConfig({ BLOCKPULL_LEADER_ELECT: 'false', BLOCKPULL_RETRY_PERIOD_MS: '10000' }).leaderElection.retryPeriodMs).toBe(10000);
+    expect(
+      loadConfig({ BLOCKPULL_LEADER_ELECT: 'false', BLOCKPULL_RETRY_PERIOD_MS: '10000' }).leaderElection.retryPeriodMs,
+    ).toBe(10000);
   });
 
   it('lists its environment variables', () => {

@@ -103,7 +103,13 @@ function intFromEnv(min: number, max: number) {
       .trim()
       .regex(/^[0-9]+$/, { message: 'expected a non-negative integer' })
       .transform(Number)
-      .pipe(z.number().int().min(min, { message: `must be >= ${min}` }).max(max, { message: `must be <= ${max}` }))
+      .pipe(
+        z
+          .number()
+          .int()
+          .min(min, { message: `must be >= ${min}` })
+          .max(max, { message: `must be <= ${max}` }),
+      )
       .optional(),
   );
 }
@@ -113,7 +119,9 @@ const dnsName = z
   .string()
   .trim()
   .max(253)
-  .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, { message: 'expected a DNS-1123 name (lowercase letters, digits, "-", ".")' });
+  .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, {
+    message: 'expected a DNS-1123 name (lowercase letters, digits, "-", ".")',
+  });
 
 const optionalString = z.preprocess(unsetEmpty, z.string().trim().optional());
 
@@ -140,7 +148,10 @@ const fields = {
   healthPort: { env: 'HEALTH_PORT', schema: intFromEnv(0, 65_535) },
   metricsPort: { env: 'METRICS_PORT', schema: intFromEnv(0, 65_535) },
   metricsBindAddress: { env: 'METRICS_BIND_ADDRESS', schema: optionalString },
-  logLevel: { env: 'LOG_LEVEL', schema: z.preprocess(unsetEmpty, z.string().trim().toLowerCase().pipe(z.enum(LOG_LEVELS)).optional()) },
+  logLevel: {
+    env: 'LOG_LEVEL',
+    schema: z.preprocess(unsetEmpty, z.string().trim().toLowerCase().pipe(z.enum(LOG_LEVELS)).optional()),
+  },
   watchNamespace: { env: 'WATCH_NAMESPACE', schema: z.preprocess(unsetEmpty, dnsName.optional()) },
   spaceMarginMiB: { env: 'SPACE_MARGIN_MIB', schema: intFromEnv(0, 1_048_576) },
   spaceMarginPercent: { env: 'SPACE_MARGIN_PERCENT', schema: intFromEnv(0, 99) },

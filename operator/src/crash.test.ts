@@ -37,6 +37,10 @@ describe('installCrashHandlers (child process)', () => {
     const r = runChild(`setTimeout(() => { throw new TypeError('boom in a timer'); }, 10);`);
     expect(r.status, r.stderr).toBe(1);
     expect(r.lines).toHaveLength(1);
-    expect(r.lines[0]).toMatchObject({ level: 'fatal', kind: 'uncaughtException', err: { type: 'TypeError', message: 'boom in a timer' } });
+    expect(r.lines[0]).toMatchObject({
+      level: 'fatal',
+      kind: 'uncaughtException',
+      err: { type: 'TypeError', message: 'boom in a timer' },
+    });
   });
 });

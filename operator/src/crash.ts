@@ -5,7 +5,10 @@
  */
 import type { Logger } from './log.ts';
 
-export function installCrashHandlers(logger: Logger, exit: (code: number) => never = (code) => process.exit(code)): void {
+export function installCrashHandlers(
+  logger: Logger,
+  exit: (code: number) => never = (code) => process.exit(code),
+): void {
   const crash =
     (kind: 'unhandledRejection' | 'uncaughtException') =>
     (err: unknown): void => {

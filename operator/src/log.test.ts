@@ -6,7 +6,8 @@ function capture() {
   const lines: Record<string, unknown>[] = [];
   const dest = new Writable({
     write(chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l.trim() !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
+      for (const l of chunk.toString('utf8').split('\n'))
+        if (l.trim() !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
       cb();
     },
   });
@@ -30,7 +31,13 @@ describe('logger', () => {
     log.info('started');
     log.error({ err: new Error('boom') }, 'failed');
     forBlockPullKey(createLogger({ destination: dest }), 'ns2/bp-b').warn('w');
-    expect(lines[0]).toMatchObject({ blockpull: 'ns1/bp-a', namespace: 'ns1', name: 'bp-a', component: 'reconcile', msg: 'started' });
+    expect(lines[0]).toMatchObject({
+      blockpull: 'ns1/bp-a',
+      namespace: 'ns1',
+      name: 'bp-a',
+      component: 'reconcile',
+      msg: 'started',
+    });
     expect(lines[1]).toMatchObject({ blockpull: 'ns1/bp-a', level: 'error' });
     expect((lines[1]?.['err'] as { message: string }).message).toBe('boom');
     expect(lines[2]).toMatchObject({ blockpull: 'ns2/bp-b', namespace: 'ns2', name: 'bp-b', level: 'warn' });

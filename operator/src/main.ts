@@ -38,7 +38,12 @@ async function main(): Promise<number> {
   const kc = loadKubeConfig(config.kubeconfig);
   const clients = createKubeClients(kc);
   const metrics = createMetrics();
-  const events = new EventRecorder({ events: clients.events, reportingInstance: config.podName, logger, onDropped: () => metrics.eventsDropped.inc() });
+  const events = new EventRecorder({
+    events: clients.events,
+    reportingInstance: config.podName,
+    logger,
+    onDropped: () => metrics.eventsDropped.inc(),
+  });
   const drivers: DriverProvider =
     config.transport === 'local' && config.localLaunchersDir !== undefined
       ? new LocalTransport(config.localLaunchersDir, { maxOutputBytes: config.maxCommandOutputBytes })
@@ -97,7 +102,12 @@ async function main(): Promise<number> {
       })
     : undefined;
 
-  const metricsServer = await startMetricsServer({ port: config.metricsPort, host: config.metricsBindAddress, registry: metrics.registry, logger });
+  const metricsServer = await startMetricsServer({
+    port: config.metricsPort,
+    host: config.metricsBindAddress,
+    registry: metrics.registry,
+    logger,
+  });
   const health = await startHealthServer({
     port: config.healthPort,
     readiness: { controller: leaderAwareReadiness(elector, () => controller.synced()) },
@@ -120,7 +130,9 @@ async function main(): Promise<number> {
 main().then(
   (code) => process.exit(code),
   (err: unknown) => {
-    process.stderr.write(`blockpull-operator: fatal: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.stderr.write(
+      `blockpull-operator: fatal: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+    );
     process.exit(1);
   },
 );

@@ -13,11 +13,54 @@ const usage = (argv: string[]): string => {
 
 describe('parseArgs', () => {
   it('start: every flag, kubectl globals anywhere, the default name', () => {
-    expect(parseArgs(['-n', 'tenant', 'start', 'vm1', '--disk=rootdisk', '--base', '2', '--bandwidth', '50Mi', '--paused', '--wait', '--timeout', '5m', '--context', 'prod'])).toEqual({
+    expect(
+      parseArgs([
+        '-n',
+        'tenant',
+        'start',
+        'vm1',
+        '--disk=rootdisk',
+        '--base',
+        '2',
+        '--bandwidth',
+        '50Mi',
+        '--paused',
+        '--wait',
+        '--timeout',
+        '5m',
+        '--context',
+        'prod',
+      ]),
+    ).toEqual({
       globals: { allNamespaces: false, namespace: 'tenant', context: 'prod' },
-      command: { verb: 'start', vmi: 'vm1', disk: 'rootdisk', name: 'vm1-rootdisk', base: { position: 2 }, bandwidth: '50Mi', paused: true, wait: true, timeoutMs: 300_000 },
+      command: {
+        verb: 'start',
+        vmi: 'vm1',
+        disk: 'rootdisk',
+        name: 'vm1-rootdisk',
+        base: { position: 2 },
+        bandwidth: '50Mi',
+        paused: true,
+        wait: true,
+        timeoutMs: 300_000,
+      },
     });
-    expect(parseArgs(['start', 'vm1', '--disk', 'd', '--name', 'flatten-d', '--base', '/var/lib/images/base.qcow2', '--bandwidth', '1048576', '--kubeconfig', '/tmp/kc']).command).toEqual({
+    expect(
+      parseArgs([
+        'start',
+        'vm1',
+        '--disk',
+        'd',
+        '--name',
+        'flatten-d',
+        '--base',
+        '/var/lib/images/base.qcow2',
+        '--bandwidth',
+        '1048576',
+        '--kubeconfig',
+        '/tmp/kc',
+      ]).command,
+    ).toEqual({
       verb: 'start',
       vmi: 'vm1',
       disk: 'd',
@@ -27,7 +70,10 @@ describe('parseArgs', () => {
       paused: false,
       wait: false,
     });
-    expect(parseArgs(['start', 'vm1', '--disk', 'd', '--kubeconfig=/tmp/kc']).globals).toEqual({ allNamespaces: false, kubeconfig: '/tmp/kc' });
+    expect(parseArgs(['start', 'vm1', '--disk', 'd', '--kubeconfig=/tmp/kc']).globals).toEqual({
+      allNamespaces: false,
+      kubeconfig: '/tmp/kc',
+    });
   });
 
   it('status: name, -A, -w, -o in their short and long forms', () => {
@@ -36,21 +82,34 @@ describe('parseArgs', () => {
       globals: { allNamespaces: false, namespace: 'ns1' },
       command: { verb: 'status', name: 'bp1', watch: true, output: 'yaml' },
     });
-    expect(parseArgs(['status', '-A', '--watch', '-ojson'])).toEqual({ globals: { allNamespaces: true }, command: { verb: 'status', watch: true, output: 'json' } });
+    expect(parseArgs(['status', '-A', '--watch', '-ojson'])).toEqual({
+      globals: { allNamespaces: true },
+      command: { verb: 'status', watch: true, output: 'json' },
+    });
     expect(parseArgs(['--all-namespaces', 'status']).globals.allNamespaces).toBe(true);
   });
 
   it('pause, resume, abort, wait: one name; --timeout as kubectl writes durations', () => {
     expect(parseArgs(['pause', 'bp1']).command).toEqual({ verb: 'pause', name: 'bp1' });
     expect(parseArgs(['resume', 'bp1']).command).toEqual({ verb: 'resume', name: 'bp1' });
-    expect(parseArgs(['abort', 'bp1', '--timeout', '30s']).command).toEqual({ verb: 'abort', name: 'bp1', timeoutMs: 30_000 });
-    expect(parseArgs(['wait', 'bp1', '--timeout=1m30s']).command).toEqual({ verb: 'wait', name: 'bp1', timeoutMs: 90_000 });
+    expect(parseArgs(['abort', 'bp1', '--timeout', '30s']).command).toEqual({
+      verb: 'abort',
+      name: 'bp1',
+      timeoutMs: 30_000,
+    });
+    expect(parseArgs(['wait', 'bp1', '--timeout=1m30s']).command).toEqual({
+      verb: 'wait',
+      name: 'bp1',
+      timeoutMs: 90_000,
+    });
     expect(parseArgs(['wait', 'bp1']).command).toEqual({ verb: 'wait', name: 'bp1' });
   });
 
   it('plan: a VMI, optionally one disk, base, bandwidth and timeout', () => {
     expect(parseArgs(['plan', 'vm1']).command).toEqual({ verb: 'plan', vmi: 'vm1' });
-    expect(parseArgs(['plan', 'vm1', '--disk', 'root', '--base', '2', '--bandwidth', '50Mi', '--timeout', '2m']).command).toEqual({
+    expect(
+      parseArgs(['plan', 'vm1', '--disk', 'root', '--base', '2', '--bandwidth', '50Mi', '--timeout', '2m']).command,
+    ).toEqual({
       verb: 'plan',
       vmi: 'vm1',
       disk: 'root',

@@ -40,7 +40,14 @@ export type Command =
   | { readonly verb: 'resume'; readonly name: string }
   | { readonly verb: 'abort'; readonly name: string; readonly timeoutMs?: number }
   | { readonly verb: 'wait'; readonly name: string; readonly timeoutMs?: number }
-  | { readonly verb: 'plan'; readonly vmi: string; readonly disk?: string; readonly base?: Base; readonly bandwidth?: number | string; readonly timeoutMs?: number };
+  | {
+      readonly verb: 'plan';
+      readonly vmi: string;
+      readonly disk?: string;
+      readonly base?: Base;
+      readonly bandwidth?: number | string;
+      readonly timeoutMs?: number;
+    };
 
 export interface Invocation {
   readonly globals: Globals;
@@ -94,7 +101,8 @@ const VERB_FLAGS: Readonly<Record<Verb, readonly FlagSpec[]>> = {
 
 /** What each verb takes, for `help` and for usage errors. */
 export const USAGE: Readonly<Record<Exclude<Verb, 'help'>, string>> = {
-  start: 'start VMI --disk DISK [--name NAME] [--base POSITION|PATH] [--bandwidth QUANTITY] [--paused] [--wait [--timeout DURATION]]',
+  start:
+    'start VMI --disk DISK [--name NAME] [--base POSITION|PATH] [--bandwidth QUANTITY] [--paused] [--wait [--timeout DURATION]]',
   status: 'status [NAME | -A] [-w] [-o json|yaml]',
   pause: 'pause NAME',
   resume: 'resume NAME',
@@ -135,7 +143,9 @@ export function parseBase(text: string): Base {
   const candidate = /^[0-9]+$/.test(text) ? { position: Number(text) } : { path: text };
   const r = BaseSchema.safeParse(candidate);
   if (!r.success) {
-    throw new UsageError(`invalid --base ${JSON.stringify(text)}: a position from 1 to 255 (1 = the backing image of the active one) or an absolute path`);
+    throw new UsageError(
+      `invalid --base ${JSON.stringify(text)}: a position from 1 to 255 (1 = the backing image of the active one) or an absolute path`,
+    );
   }
   return r.data;
 }
@@ -154,13 +164,17 @@ export function parseBandwidth(text: string): number | string {
 const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 function checkName(what: string, value: string): string {
-  if (value.length > 253 || !DNS1123_SUBDOMAIN.test(value)) throw new UsageError(`invalid ${what} ${JSON.stringify(value)}: a lowercase DNS-1123 name`);
+  if (value.length > 253 || !DNS1123_SUBDOMAIN.test(value))
+    throw new UsageError(`invalid ${what} ${JSON.stringify(value)}: a lowercase DNS-1123 name`);
   return value;
 }
 
 function checkLabel(what: 'VMI' | 'disk', value: string): string {
   const schema = what === 'VMI' ? BlockPullSpecSchema.shape.vmiName : BlockPullSpecSchema.shape.disk;
-  if (!schema.safeParse(value).success) throw new UsageError(`invalid ${what} name ${JSON.stringify(value)}: a lowercase DNS-1123 label of at most 63 characters`);
+  if (!schema.safeParse(value).success)
+    throw new UsageError(
+      `invalid ${what} name ${JSON.stringify(value)}: a lowercase DNS-1123 label of at most 63 characters`,
+    );
   return value;
 }
 
@@ -207,7 +221,8 @@ function scan(argv: readonly string[], specs: readonly FlagSpec[], verb: string)
       }
       flags.set(spec.long, v);
     } else {
-      if (inline !== undefined && inline !== 'true' && inline !== 'false') throw new UsageError(`flag ${shown} takes no value`);
+      if (inline !== undefined && inline !== 'true' && inline !== 'false')
+        throw new UsageError(`flag ${shown} takes no value`);
       if (inline === 'false') flags.delete(spec.long);
       else flags.set(spec.long, true);
     }
@@ -221,7 +236,8 @@ const str = (flags: Map<string, string | true>, key: string): string | undefined
 };
 
 function oneName(verb: Verb, positional: readonly string[]): string {
-  if (positional.length !== 1) throw new UsageError(`${verb} takes one BlockPull name: kubectl blockpull ${USAGE[verb as Exclude<Verb, 'help'>]}`);
+  if (positional.length !== 1)
+    throw new UsageError(`${verb} takes one BlockPull name: kubectl blockpull ${USAGE[verb as Exclude<Verb, 'help'>]}`);
   return checkName('BlockPull name', positional[0]!);
 }
 
@@ -230,7 +246,11 @@ export function parseArgs(argv: readonly string[]): Invocation {
   const verbIndex = findVerb(argv);
   const verb = verbIndex >= 0 ? (argv[verbIndex] as Verb) : undefined;
   const rest = verbIndex >= 0 ? [...argv.slice(0, verbIndex), ...argv.slice(verbIndex + 1)] : [...argv];
-  const { flags, positional } = scan(rest, [...GLOBAL_FLAGS, ...(verb !== undefined ? VERB_FLAGS[verb] : [])], verb ?? '');
+  const { flags, positional } = scan(
+    rest,
+    [...GLOBAL_FLAGS, ...(verb !== undefined ? VERB_FLAGS[verb] : [])],
+    verb ?? '',
+  );
   const kubeconfig = str(flags, 'kubeconfig');
   const context = str(flags, 'context');
   const namespace = str(flags, 'namespace');
@@ -242,7 +262,8 @@ export function parseArgs(argv: readonly string[]): Invocation {
     ...(namespace !== undefined ? { namespace } : {}),
   };
   if (verb === undefined) {
-    if (positional.length > 0) throw new UsageError(`unknown verb ${JSON.stringify(positional[0])}: one of ${VERBS.join(', ')}`);
+    if (positional.length > 0)
+      throw new UsageError(`unknown verb ${JSON.stringify(positional[0])}: one of ${VERBS.join(', ')}`);
     return { globals, command: { verb: 'help' } };
   }
   if (flags.has('help') || verb === 'help') {
@@ -254,7 +275,8 @@ export function parseArgs(argv: readonly string[]): Invocation {
 }
 
 function checkLabelNs(ns: string): void {
-  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(ns) || ns.length > 63) throw new UsageError(`invalid namespace ${JSON.stringify(ns)}`);
+  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(ns) || ns.length > 63)
+    throw new UsageError(`invalid namespace ${JSON.stringify(ns)}`);
 }
 
 /** The first argument that is neither a flag nor a global flag's value. */
@@ -278,7 +300,12 @@ function timeoutOf(flags: Map<string, string | true>): { timeoutMs?: number } {
   return t !== undefined ? { timeoutMs: parseDuration(t) } : {};
 }
 
-function verbCommand(verb: Exclude<Verb, 'help'>, flags: Map<string, string | true>, positional: readonly string[], globals: Globals): Command {
+function verbCommand(
+  verb: Exclude<Verb, 'help'>,
+  flags: Map<string, string | true>,
+  positional: readonly string[],
+  globals: Globals,
+): Command {
   switch (verb) {
     case 'start': {
       if (positional.length !== 1) throw new UsageError(`start takes one VMI name: kubectl blockpull ${USAGE.start}`);
@@ -302,12 +329,20 @@ function verbCommand(verb: Exclude<Verb, 'help'>, flags: Map<string, string | tr
       };
     }
     case 'status': {
-      if (positional.length > 1) throw new UsageError(`status takes at most one name: kubectl blockpull ${USAGE.status}`);
+      if (positional.length > 1)
+        throw new UsageError(`status takes at most one name: kubectl blockpull ${USAGE.status}`);
       const name = positional[0] !== undefined ? checkName('BlockPull name', positional[0]) : undefined;
-      if (name !== undefined && globals.allNamespaces) throw new UsageError('a name and -A do not go together: a BlockPull is named within its namespace');
+      if (name !== undefined && globals.allNamespaces)
+        throw new UsageError('a name and -A do not go together: a BlockPull is named within its namespace');
       const output = str(flags, 'output');
-      if (output !== undefined && output !== 'json' && output !== 'yaml') throw new UsageError(`unknown output format ${JSON.stringify(output)}: json or yaml`);
-      return { verb, watch: flags.has('watch'), ...(name !== undefined ? { name } : {}), ...(output !== undefined ? { output } : {}) };
+      if (output !== undefined && output !== 'json' && output !== 'yaml')
+        throw new UsageError(`unknown output format ${JSON.stringify(output)}: json or yaml`);
+      return {
+        verb,
+        watch: flags.has('watch'),
+        ...(name !== undefined ? { name } : {}),
+        ...(output !== undefined ? { output } : {}),
+      };
     }
     case 'pause':
     case 'resume':

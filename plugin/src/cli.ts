@@ -27,7 +27,8 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
   try {
     const { globals, command } = parseArgs(argv);
     if (command.verb === 'help') {
-      const usage = command.topic !== undefined && command.topic in USAGE ? USAGE[command.topic as keyof typeof USAGE] : undefined;
+      const usage =
+        command.topic !== undefined && command.topic in USAGE ? USAGE[command.topic as keyof typeof USAGE] : undefined;
       io.stdout.write(`${usage !== undefined ? `Usage: kubectl blockpull ${usage}\n\n` : ''}${HELP}\n`);
       return EXIT.ok;
     }
@@ -102,14 +103,27 @@ class Live {
 
 // --- following one BlockPull ------------------------------------------------------------------
 
-type FollowEnd = { readonly kind: 'gone'; readonly last: BlockPull | undefined } | { readonly kind: 'timeout'; readonly last: BlockPull | undefined } | { readonly kind: 'stop'; readonly last: BlockPull };
+type FollowEnd =
+  | { readonly kind: 'gone'; readonly last: BlockPull | undefined }
+  | { readonly kind: 'timeout'; readonly last: BlockPull | undefined }
+  | { readonly kind: 'stop'; readonly last: BlockPull };
 
 /**
  * Watches one BlockPull, showing it as it changes (a live bar on a TTY; on a pipe a plain line
  * per change when `plain`), until `stop(bp)` says so, it is gone, or the timeout passes.
  * Not found at the first look is an error.
  */
-async function follow(ctx: Ctx, name: string, o: { timeoutMs?: number; plain: boolean; stop: (bp: BlockPull) => boolean; onFirst?: () => Promise<void>; onSeen?: (s: Seen) => void }): Promise<FollowEnd> {
+async function follow(
+  ctx: Ctx,
+  name: string,
+  o: {
+    timeoutMs?: number;
+    plain: boolean;
+    stop: (bp: BlockPull) => boolean;
+    onFirst?: () => Promise<void>;
+    onSeen?: (s: Seen) => void;
+  },
+): Promise<FollowEnd> {
   const ns = ctx.target.namespace;
   const ac = new AbortController();
   const onAbort = (): void => ac.abort();
@@ -133,7 +147,8 @@ async function follow(ctx: Ctx, name: string, o: { timeoutMs?: number; plain: bo
     end ??= e;
     ac.abort();
   };
-  const timer = o.timeoutMs !== undefined ? setTimeout(() => finish({ kind: 'timeout', last }), o.timeoutMs) : undefined;
+  const timer =
+    o.timeoutMs !== undefined ? setTimeout(() => finish({ kind: 'timeout', last }), o.timeoutMs) : undefined;
   const seen = (s: Seen): void => {
     const bp = s.bp;
     last = bp;
@@ -179,7 +194,11 @@ async function follow(ctx: Ctx, name: string, o: { timeoutMs?: number; plain: bo
 
 async function waitFor(ctx: Ctx, name: string, timeoutMs: number | undefined): Promise<number> {
   const key = `${ctx.target.namespace}/${name}`;
-  const end = await follow(ctx, name, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), plain: false, stop: (bp) => waitVerdict(bp, key).done });
+  const end = await follow(ctx, name, {
+    ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+    plain: false,
+    stop: (bp) => waitVerdict(bp, key).done,
+  });
   if (end.kind === 'timeout') {
     ctx.io.stderr.write(`error: ${timeoutLine(end.last, key, timeoutMs ?? 0)}\n`);
     return EXIT.timeout;
@@ -205,14 +224,21 @@ async function start(ctx: Ctx, c: Of<'start'>): Promise<number> {
     await ctx.api.create(ns, c.name, spec);
   } catch (err) {
     if (describeError(err).includes('already exists')) {
-      throw new CliError(`blockpull ${ns}/${c.name} already exists (see: kubectl blockpull status ${c.name} -n ${ns}); choose another --name`, { cause: err });
+      throw new CliError(
+        `blockpull ${ns}/${c.name} already exists (see: kubectl blockpull status ${c.name} -n ${ns}); choose another --name`,
+        { cause: err },
+      );
     }
     throw err;
   }
   const what = [
     `vmi ${c.vmi}`,
     `disk ${c.disk}`,
-    ...(c.base?.position !== undefined ? [`base position ${c.base.position}`] : c.base?.path !== undefined ? [`base ${c.base.path}`] : []),
+    ...(c.base?.position !== undefined
+      ? [`base position ${c.base.position}`]
+      : c.base?.path !== undefined
+        ? [`base ${c.base.path}`]
+        : []),
     ...(c.bandwidth !== undefined ? [`bandwidth ${c.bandwidth}`] : []),
     ...(c.paused ? ['paused'] : []),
   ];
@@ -247,13 +273,24 @@ async function plan(ctx: Ctx, c: Of<'plan'>): Promise<number> {
     });
     try {
       const timeoutMs = c.timeoutMs ?? 60_000;
-      const end = await follow(ctx, name, { timeoutMs, plain: false, stop: (bp) => isTerminal(bp.status?.phase), onSeen: () => undefined });
+      const end = await follow(ctx, name, {
+        timeoutMs,
+        plain: false,
+        stop: (bp) => isTerminal(bp.status?.phase),
+        onSeen: () => undefined,
+      });
       if (end.kind !== 'stop') {
-        ctx.io.stderr.write(`error: ${end.kind === 'timeout' ? timeoutLine(end.last, `${ns}/${name}`, timeoutMs) : `blockpull ${ns}/${name} was deleted before its plan`}\n`);
+        ctx.io.stderr.write(
+          `error: ${end.kind === 'timeout' ? timeoutLine(end.last, `${ns}/${name}`, timeoutMs) : `blockpull ${ns}/${name} was deleted before its plan`}\n`,
+        );
         exit = Math.max(exit, end.kind === 'timeout' ? EXIT.timeout : EXIT.failed);
         continue;
       }
-      ctx.io.stdout.write(planLines(end.last).map((l) => `${l}\n`).join(''));
+      ctx.io.stdout.write(
+        planLines(end.last)
+          .map((l) => `${l}\n`)
+          .join(''),
+      );
       if (end.last.status?.phase === 'Failed') exit = Math.max(exit, EXIT.failed);
     } finally {
       await ctx.api.delete(ns, name).catch(() => undefined);
@@ -267,7 +304,9 @@ async function wait(ctx: Ctx, c: Of<'wait'>): Promise<number> {
 }
 
 function printObjects(io: Io, output: Output, objects: readonly Record<string, unknown>[], single: boolean): void {
-  const doc = single ? objects[0] : { apiVersion: 'v1', kind: 'List', items: objects, metadata: { resourceVersion: '' } };
+  const doc = single
+    ? objects[0]
+    : { apiVersion: 'v1', kind: 'List', items: objects, metadata: { resourceVersion: '' } };
   io.stdout.write(output === 'json' ? `${JSON.stringify(doc, null, 2)}\n` : stringify(doc));
 }
 
@@ -282,7 +321,12 @@ async function status(ctx: Ctx, c: Of<'status'>): Promise<number> {
       seen = [one];
     } else seen = await ctx.api.list(ns);
     if (c.output !== undefined) {
-      printObjects(ctx.io, c.output, seen.map((s) => s.raw), c.name !== undefined);
+      printObjects(
+        ctx.io,
+        c.output,
+        seen.map((s) => s.raw),
+        c.name !== undefined,
+      );
       return EXIT.ok;
     }
     if (seen.length === 0) {
@@ -411,7 +455,9 @@ async function abort(ctx: Ctx, c: Of<'abort'>): Promise<number> {
       const pct = progressOf(bp).percent;
       ctx.io.stderr.write(
         `aborting blockpull ${key} (${stateOf(bp)}${pct !== undefined ? `, ${pct}%` : ''}): ${
-          hadJob ? 'the operator aborts its job (what was streamed stays), then lets the object go' : 'no job of it runs: deleting it'
+          hadJob
+            ? 'the operator aborts its job (what was streamed stays), then lets the object go'
+            : 'no job of it runs: deleting it'
         }\n`,
       );
       await ctx.api.delete(ns, c.name);

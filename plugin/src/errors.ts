@@ -19,11 +19,26 @@ function statusMessage(body: unknown): string | undefined {
       return body.trim() !== '' ? body.trim().slice(0, 500) : undefined;
     }
   }
-  if (typeof b === 'object' && b !== null && typeof (b as { message?: unknown }).message === 'string') return (b as { message: string }).message;
+  if (typeof b === 'object' && b !== null && typeof (b as { message?: unknown }).message === 'string')
+    return (b as { message: string }).message;
   return undefined;
 }
 
-const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EHOSTUNREACH', 'ETIMEDOUT', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_SOCKET', 'CERT_HAS_EXPIRED', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'SELF_SIGNED_CERT_IN_CHAIN', 'ERR_TLS_CERT_ALTNAME_INVALID']);
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_SOCKET',
+  'CERT_HAS_EXPIRED',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
 
 /** The code of a network error, looking through `cause` (undici wraps them in "fetch failed"). */
 function networkCode(err: unknown): string | undefined {
@@ -42,7 +57,8 @@ export function describeError(err: unknown, server?: string): string {
   if (err instanceof ApiException) {
     const code = (err as ApiException<unknown>).code;
     const msg = statusMessage((err as ApiException<unknown>).body);
-    if (code === 401) return `the API server refused your credentials (401 Unauthorized)${msg !== undefined ? `: ${msg}` : ''}`;
+    if (code === 401)
+      return `the API server refused your credentials (401 Unauthorized)${msg !== undefined ? `: ${msg}` : ''}`;
     return msg ?? `the API server answered ${code}`;
   }
   const net = networkCode(err);

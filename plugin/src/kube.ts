@@ -5,8 +5,22 @@
  * the disk names of a VMI (plan without --disk).
  * It acts with the user's own credentials; nothing here knows the operator's.
  */
-import { ApiException, CustomObjectsApi, KubeConfig, PatchStrategy, Watch, setHeaderOptions } from '@kubernetes/client-node';
-import { API_VERSION, BLOCKPULL_REF, KIND, parseBlockPull, type BlockPull, type BlockPullSpec } from '../../operator/src/api/types.ts';
+import {
+  ApiException,
+  CustomObjectsApi,
+  KubeConfig,
+  PatchStrategy,
+  Watch,
+  setHeaderOptions,
+} from '@kubernetes/client-node';
+import {
+  API_VERSION,
+  BLOCKPULL_REF,
+  KIND,
+  parseBlockPull,
+  type BlockPull,
+  type BlockPullSpec,
+} from '../../operator/src/api/types.ts';
 import type { Globals } from './args.ts';
 import { z } from 'zod';
 import { CliError, describeError } from './errors.ts';
@@ -30,12 +44,15 @@ export function loadConfig(g: Globals, env: NodeJS.ProcessEnv = process.env): { 
   if (g.context !== undefined) {
     if (kc.getContextObject(g.context) === null) {
       const known = kc.getContexts().map((c) => c.name);
-      throw new CliError(`context ${JSON.stringify(g.context)} not found in the kubeconfig${known.length > 0 ? ` (contexts: ${known.join(', ')})` : ''}`);
+      throw new CliError(
+        `context ${JSON.stringify(g.context)} not found in the kubeconfig${known.length > 0 ? ` (contexts: ${known.join(', ')})` : ''}`,
+      );
     }
     kc.setCurrentContext(g.context);
   }
   const cluster = kc.getCurrentCluster();
-  if (cluster === null) throw new CliError('no cluster in the kubeconfig: set --kubeconfig, KUBECONFIG or ~/.kube/config, and --context');
+  if (cluster === null)
+    throw new CliError('no cluster in the kubeconfig: set --kubeconfig, KUBECONFIG or ~/.kube/config, and --context');
   const context = kc.getCurrentContext();
   const namespace = g.namespace ?? kc.getContextObject(context)?.namespace ?? 'default';
   return { kc, target: { namespace, context, server: cluster.server } };
@@ -53,7 +70,11 @@ export type WatchEvent =
   | { readonly type: 'deleted'; readonly key: string };
 
 export interface BlockPulls {
-  create(namespace: string, name: string, spec: Partial<BlockPullSpec> & Pick<BlockPullSpec, 'vmiName' | 'disk'>): Promise<BlockPull>;
+  create(
+    namespace: string,
+    name: string,
+    spec: Partial<BlockPullSpec> & Pick<BlockPullSpec, 'vmiName' | 'disk'>,
+  ): Promise<BlockPull>;
   /** undefined when there is no such BlockPull. */
   get(namespace: string, name: string): Promise<Seen | undefined>;
   /** namespace undefined: every namespace. */
@@ -65,25 +86,49 @@ export interface BlockPulls {
    * `sync` with every object, then changes. A watch the server ends (or the client's idle timeout)
    * is made again from a fresh list. Rejects only when the API server keeps refusing.
    */
-  watch(namespace: string | undefined, name: string | undefined, onEvent: (e: WatchEvent) => void, signal: AbortSignal): Promise<void>;
+  watch(
+    namespace: string | undefined,
+    name: string | undefined,
+    onEvent: (e: WatchEvent) => void,
+    signal: AbortSignal,
+  ): Promise<void>;
   /** The names of the VMI's disks (spec.domain.devices.disks), in its order. */
   vmiDisks(namespace: string, vmi: string): Promise<string[]>;
 }
 
 /** The VirtualMachineInstance's disks, as far as the plugin reads them. */
 const VmiDisksSchema = z.object({
-  spec: z.object({ domain: z.object({ devices: z.object({ disks: z.array(z.object({ name: z.string() })).max(256).optional() }).optional() }).optional() }).optional(),
+  spec: z
+    .object({
+      domain: z
+        .object({
+          devices: z
+            .object({
+              disks: z
+                .array(z.object({ name: z.string() }))
+                .max(256)
+                .optional(),
+            })
+            .optional(),
+        })
+        .optional(),
+    })
+    .optional(),
 });
 const VMI_REF = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' } as const;
 
-const keyOf = (o: { metadata?: { namespace?: string; name?: string } }): string => `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
+const keyOf = (o: { metadata?: { namespace?: string; name?: string } }): string =>
+  `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
 
 function parse(obj: unknown): BlockPull {
   try {
     return parseBlockPull(obj);
   } catch (err) {
     const key = typeof obj === 'object' && obj !== null ? keyOf(obj) : '?';
-    throw new CliError(`blockpull ${key} does not match this plugin's API version ${API_VERSION}: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`, { cause: err });
+    throw new CliError(
+      `blockpull ${key} does not match this plugin's API version ${API_VERSION}: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`,
+      { cause: err },
+    );
   }
 }
 
@@ -102,11 +147,18 @@ const isNotFound = (err: unknown): boolean => err instanceof ApiException && err
 export function blockPulls(kc: KubeConfig): BlockPulls {
   const api = kc.makeApiClient(CustomObjectsApi);
   const ref = BLOCKPULL_REF;
-  const listRaw = async (namespace: string | undefined, name?: string): Promise<{ items: Record<string, unknown>[]; resourceVersion: string }> => {
+  const listRaw = async (
+    namespace: string | undefined,
+    name?: string,
+  ): Promise<{ items: Record<string, unknown>[]; resourceVersion: string }> => {
     const fieldSelector = name !== undefined ? `metadata.name=${name}` : undefined;
     const r = (
       namespace !== undefined
-        ? await api.listNamespacedCustomObject({ ...ref, namespace, ...(fieldSelector !== undefined ? { fieldSelector } : {}) })
+        ? await api.listNamespacedCustomObject({
+            ...ref,
+            namespace,
+            ...(fieldSelector !== undefined ? { fieldSelector } : {}),
+          })
         : await api.listClusterCustomObject({ ...ref, ...(fieldSelector !== undefined ? { fieldSelector } : {}) })
     ) as { items?: unknown[]; metadata?: { resourceVersion?: string } };
     return { items: (r.items ?? []).map(stripManaged), resourceVersion: r.metadata?.resourceVersion ?? '' };
@@ -139,7 +191,10 @@ export function blockPulls(kc: KubeConfig): BlockPulls {
       } catch (err) {
         if (isNotFound(err)) throw new CliError(`virtualmachineinstance ${namespace}/${vmi} not found`, { cause: err });
         if (err instanceof ApiException && err.code === 403) {
-          throw new CliError(`cannot read virtualmachineinstance ${namespace}/${vmi} to list its disks (forbidden): name the disk with --disk`, { cause: err });
+          throw new CliError(
+            `cannot read virtualmachineinstance ${namespace}/${vmi} to list its disks (forbidden): name the disk with --disk`,
+            { cause: err },
+          );
         }
         throw err;
       }
@@ -152,7 +207,10 @@ export function blockPulls(kc: KubeConfig): BlockPulls {
     },
     async watch(namespace, name, onEvent, signal) {
       const watcher = new Watch(kc);
-      const path = namespace !== undefined ? `/apis/${ref.group}/${ref.version}/namespaces/${namespace}/${ref.plural}` : `/apis/${ref.group}/${ref.version}/${ref.plural}`;
+      const path =
+        namespace !== undefined
+          ? `/apis/${ref.group}/${ref.version}/namespaces/${namespace}/${ref.plural}`
+          : `/apis/${ref.group}/${ref.version}/${ref.plural}`;
       let failures = 0;
       let listedOnce = false;
       while (!signal.aborted) {
@@ -168,7 +226,11 @@ export function blockPulls(kc: KubeConfig): BlockPulls {
         }
         listedOnce = true;
         onEvent({ type: 'sync', items: list.items.map((raw) => ({ bp: parse(raw), raw })) });
-        const query = { resourceVersion: list.resourceVersion, allowWatchBookmarks: true, ...(name !== undefined ? { fieldSelector: `metadata.name=${name}` } : {}) };
+        const query = {
+          resourceVersion: list.resourceVersion,
+          allowWatchBookmarks: true,
+          ...(name !== undefined ? { fieldSelector: `metadata.name=${name}` } : {}),
+        };
         const started = Date.now();
         await watchOnce(watcher, path, query, onEvent, signal);
         // A watch that ends at once (the server closing it early, a network blip) is not made again in a tight loop.
@@ -205,7 +267,8 @@ async function watchOnce(
         if (type === 'ADDED' || type === 'MODIFIED') {
           const raw = stripManaged(obj);
           onEvent({ type: 'upsert', item: { bp: parse(raw), raw } });
-        } else if (type === 'DELETED') onEvent({ type: 'deleted', key: keyOf(obj as { metadata?: { namespace?: string; name?: string } }) });
+        } else if (type === 'DELETED')
+          onEvent({ type: 'deleted', key: keyOf(obj as { metadata?: { namespace?: string; name?: string } }) });
         // ERROR (e.g. 410 Gone) and BOOKMARK: the watch ends or goes on; a fresh list follows its end.
       } catch (err) {
         failure = err;
@@ -217,7 +280,9 @@ async function watchOnce(
       // The API server refused the watch itself (e.g. 403: list allowed, watch not): nothing to retry.
       const code = typeof err === 'object' && err !== null ? (err as { statusCode?: unknown }).statusCode : undefined;
       if (typeof code === 'number' && code >= 400 && code < 500) {
-        failure = new CliError(`the API server refused to watch ${path} (HTTP ${code}: ${err instanceof Error ? err.message : ''})`);
+        failure = new CliError(
+          `the API server refused to watch ${path} (HTTP ${code}: ${err instanceof Error ? err.message : ''})`,
+        );
       }
       resolve();
     };

@@ -20,12 +20,21 @@ export function progressOf(bp: BlockPull): ProgressFigures {
   const completed = bp.status?.phase === 'Completed';
   let percent: number | undefined;
   if (completed) percent = 100;
-  else if (p.totalBytes !== undefined && p.totalBytes > 0 && p.currentBytes !== undefined) percent = Math.floor((p.currentBytes * 100) / p.totalBytes);
-  else if (p.percent !== undefined && /^[0-9]+(\.[0-9]+)?%$/.test(p.percent)) percent = Math.floor(Number(p.percent.slice(0, -1)));
+  else if (p.totalBytes !== undefined && p.totalBytes > 0 && p.currentBytes !== undefined)
+    percent = Math.floor((p.currentBytes * 100) / p.totalBytes);
+  else if (p.percent !== undefined && /^[0-9]+(\.[0-9]+)?%$/.test(p.percent))
+    percent = Math.floor(Number(p.percent.slice(0, -1)));
   if (percent !== undefined) percent = Math.min(100, Math.max(0, percent));
   const running = bp.status?.phase === 'Running';
   let eta = p.etaSeconds;
-  if (eta === undefined && running && p.bytesPerSecond !== undefined && p.bytesPerSecond > 0 && p.totalBytes !== undefined && p.currentBytes !== undefined) {
+  if (
+    eta === undefined &&
+    running &&
+    p.bytesPerSecond !== undefined &&
+    p.bytesPerSecond > 0 &&
+    p.totalBytes !== undefined &&
+    p.currentBytes !== undefined
+  ) {
     eta = Math.max(0, Math.ceil((p.totalBytes - p.currentBytes) / p.bytesPerSecond));
   }
   return {
@@ -63,7 +72,10 @@ export function bar(percent: number | undefined, width: number): string {
   const inner = Math.max(1, width - 2);
   if (percent === undefined) return `[${' '.repeat(inner)}]`;
   const filled = Math.round((percent / 100) * inner);
-  const body = filled >= inner ? '='.repeat(inner) : `${'='.repeat(Math.max(0, filled - 1))}${filled > 0 ? '>' : ''}${' '.repeat(inner - filled)}`;
+  const body =
+    filled >= inner
+      ? '='.repeat(inner)
+      : `${'='.repeat(Math.max(0, filled - 1))}${filled > 0 ? '>' : ''}${' '.repeat(inner - filled)}`;
   return `[${body}]`;
 }
 
@@ -84,12 +96,21 @@ export function barLine(bp: BlockPull, o: BarLineOptions): string {
   const f = progressOf(bp);
   const label = labelOf(bp, o.withNamespace).padEnd(o.labelWidth);
   const pct = f.percent !== undefined ? `${f.percent}%`.padStart(4) : '   -';
-  const bytes = f.currentBytes !== undefined && f.totalBytes !== undefined ? `${formatBytes(f.currentBytes)}/${formatBytes(f.totalBytes)}` : '';
+  const bytes =
+    f.currentBytes !== undefined && f.totalBytes !== undefined
+      ? `${formatBytes(f.currentBytes)}/${formatBytes(f.totalBytes)}`
+      : '';
   const rate = f.bytesPerSecond !== undefined ? `${formatBytes(f.bytesPerSecond)}/s` : '';
   const eta = f.etaSeconds !== undefined ? `ETA ${formatEta(f.etaSeconds)}` : '';
-  const message = bp.status?.phase !== 'Running' && bp.status?.message !== undefined && bp.status.message !== '' ? `: ${oneLine(bp.status.message)}` : '';
+  const message =
+    bp.status?.phase !== 'Running' && bp.status?.message !== undefined && bp.status.message !== ''
+      ? `: ${oneLine(bp.status.message)}`
+      : '';
   // Being deleted: the abort as the operator records it (its job Aborting, then Aborted).
-  const deleting = bp.metadata.deletionTimestamp !== undefined ? ` deleting${bp.status?.job?.state !== undefined ? `, job ${bp.status.job.state}` : ''}` : '';
+  const deleting =
+    bp.metadata.deletionTimestamp !== undefined
+      ? ` deleting${bp.status?.job?.state !== undefined ? `, job ${bp.status.job.state}` : ''}`
+      : '';
   const tail = [pct, bytes, rate, eta, stateOf(bp) + deleting].filter((x) => x !== '').join('  ');
   // The bar gets the room the figures leave; a message comes last and is cut first.
   const room = o.width - 1 - label.length - 2 - 2 - tail.length;
@@ -118,7 +139,8 @@ export function plainLine(bp: BlockPull): string {
   ];
   if (bp.status?.job?.state !== undefined) fields.push(`job=${bp.status.job.state}`);
   if (bp.metadata.deletionTimestamp !== undefined) fields.push('deleting=true');
-  if (bp.status?.message !== undefined && bp.status.message !== '') fields.push(`message=${JSON.stringify(oneLine(bp.status.message))}`);
+  if (bp.status?.message !== undefined && bp.status.message !== '')
+    fields.push(`message=${JSON.stringify(oneLine(bp.status.message))}`);
   return fields.join(' ');
 }
 
@@ -131,8 +153,10 @@ export function planLines(bp: BlockPull): string[] {
   const head = `${bp.metadata.namespace}/${bp.spec.vmiName} disk ${bp.spec.disk}${st.launcher?.target !== undefined ? ` (${st.launcher.target})` : ''}`;
   const chain = (st.backingChain?.current ?? []).map((l) => `${l.path} (${l.format})`).join(' <- ');
   const chainLine = chain !== '' ? [`  chain: ${chain}`] : [];
-  if (st.phase === 'Completed') return [`${head}: nothing to do: ${st.message ?? 'the chain is already at its goal'}`, ...chainLine];
-  if (st.phase !== 'Planned' || st.plan === undefined) return [`${head}: no plan: ${stateOf(bp)}${st.message ? `: ${oneLine(st.message)}` : ''}`];
+  if (st.phase === 'Completed')
+    return [`${head}: nothing to do: ${st.message ?? 'the chain is already at its goal'}`, ...chainLine];
+  if (st.phase !== 'Planned' || st.plan === undefined)
+    return [`${head}: no plan: ${stateOf(bp)}${st.message ? `: ${oneLine(st.message)}` : ''}`];
   const p = st.plan;
   const sized = (n: number): string => `${formatBytes(n)} (${n} bytes)`;
   return [
@@ -167,7 +191,10 @@ function cut(text: string, width: number): string {
 
 /** Sorted by namespace, then name. */
 export function sortPulls(pulls: Iterable<BlockPull>): BlockPull[] {
-  return [...pulls].sort((a, b) => a.metadata.namespace.localeCompare(b.metadata.namespace) || a.metadata.name.localeCompare(b.metadata.name));
+  return [...pulls].sort(
+    (a, b) =>
+      a.metadata.namespace.localeCompare(b.metadata.namespace) || a.metadata.name.localeCompare(b.metadata.name),
+  );
 }
 
 /** The bar lines of a block of pulls, their labels aligned. */

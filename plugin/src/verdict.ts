@@ -21,11 +21,14 @@ export type Verdict =
 
 /** `undefined`: the object is gone. */
 export function waitVerdict(bp: BlockPull | undefined, key: string): Verdict {
-  if (bp === undefined) return { done: true, exitCode: EXIT.failed, line: `blockpull ${key} was deleted before it completed` };
+  if (bp === undefined)
+    return { done: true, exitCode: EXIT.failed, line: `blockpull ${key} was deleted before it completed` };
   const phase = bp.status?.phase;
   const message = bp.status?.message !== undefined && bp.status.message !== '' ? `: ${bp.status.message}` : '';
-  if (phase === 'Completed' || phase === 'Planned') return { done: true, exitCode: EXIT.ok, line: `blockpull ${key} ${stateOf(bp)}${message}` };
-  if (phase === 'Failed') return { done: true, exitCode: EXIT.failed, line: `blockpull ${key} ${stateOf(bp)}${message}` };
+  if (phase === 'Completed' || phase === 'Planned')
+    return { done: true, exitCode: EXIT.ok, line: `blockpull ${key} ${stateOf(bp)}${message}` };
+  if (phase === 'Failed')
+    return { done: true, exitCode: EXIT.failed, line: `blockpull ${key} ${stateOf(bp)}${message}` };
   return { done: false };
 }
 

@@ -1,5 +1,14 @@
 import { describe, expect, it } from 'vitest';
-import { backArrows, buildGraph, cycles, floorOf, functionLengths, importsOf, roomOf, spawnSites } from '../../scripts/arch-report.ts';
+import {
+  backArrows,
+  buildGraph,
+  cycles,
+  floorOf,
+  functionLengths,
+  importsOf,
+  roomOf,
+  spawnSites,
+} from '../../scripts/arch-report.ts';
 
 describe('arch-report', () => {
   it('places files on floors, tests with the file they test', () => {
@@ -12,12 +21,12 @@ describe('arch-report', () => {
   });
 
   it('finds relative imports, arrows back up and cycles', () => {
-    expect(importsOf('a.ts', "import { x } from './b.ts';\nexport * from '../c.ts';\nimport z from 'zod';\nconst m = await import('./d.ts');")).toEqual([
-      './b.ts',
-      '../c.ts',
-      'zod',
-      './d.ts',
-    ]);
+    expect(
+      importsOf(
+        'a.ts',
+        "import { x } from './b.ts';\nexport * from '../c.ts';\nimport z from 'zod';\nconst m = await import('./d.ts');",
+      ),
+    ).toEqual(['./b.ts', '../c.ts', 'zod', './d.ts']);
     const g = buildGraph(
       new Map([
         ['kube/metrics.ts', "import { q } from '../controller/workqueue.ts';"],
@@ -28,7 +37,16 @@ describe('arch-report', () => {
     );
     expect(backArrows(g)).toEqual([{ from: 'kube/metrics.ts', to: 'controller/workqueue.ts' }]);
     expect(cycles(g)).toEqual([['controller/workqueue.ts', 'kube/metrics.ts']]);
-    expect(cycles(buildGraph(new Map([['a.ts', "import './b.ts';"], ['b.ts', '']])))).toEqual([]);
+    expect(
+      cycles(
+        buildGraph(
+          new Map([
+            ['a.ts', "import './b.ts';"],
+            ['b.ts', ''],
+          ]),
+        ),
+      ),
+    ).toEqual([]);
   });
 
   it('places the plugin on its own floor, right above api: it may import api, nothing above, and nothing imports it', () => {
@@ -37,8 +55,14 @@ describe('arch-report', () => {
     expect(floorOf('operator/src/controller/decide.ts')).toBe(floorOf('controller/decide.ts'));
     const g = buildGraph(
       new Map([
-        ['plugin/src/cli.ts', "import { t } from '../../operator/src/api/types.ts';\nimport { d } from '../../operator/src/controller/decide.ts';\nimport { r } from './render.ts';"],
-        ['plugin/src/render.ts', "import { q } from '../../operator/src/api/quantity.ts';\nimport { c } from '../../operator/src/kube/client.ts';"],
+        [
+          'plugin/src/cli.ts',
+          "import { t } from '../../operator/src/api/types.ts';\nimport { d } from '../../operator/src/controller/decide.ts';\nimport { r } from './render.ts';",
+        ],
+        [
+          'plugin/src/render.ts',
+          "import { q } from '../../operator/src/api/quantity.ts';\nimport { c } from '../../operator/src/kube/client.ts';",
+        ],
         ['operator/src/api/types.ts', ''],
         ['operator/src/api/quantity.ts', ''],
         ['operator/src/kube/client.ts', ''],
@@ -53,7 +77,10 @@ describe('arch-report', () => {
   });
 
   it('measures functions and names methods by their class', () => {
-    const fns = functionLengths('f.ts', 'class A {\n  m(): void {\n    return;\n  }\n}\nconst f = () => {\n  return 1;\n};\nfunction g() {}\n');
+    const fns = functionLengths(
+      'f.ts',
+      'class A {\n  m(): void {\n    return;\n  }\n}\nconst f = () => {\n  return 1;\n};\nfunction g() {}\n',
+    );
     expect(fns.map((f) => [f.name, f.lines])).toEqual([
       ['A.m', 3],
       ['f', 3],

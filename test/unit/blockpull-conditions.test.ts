@@ -19,7 +19,9 @@ function conditions(obj: Record<string, unknown>): Map<string, Condition> {
 
 describe('BlockPull conditions (kstatus and Job conventions)', () => {
   it('covers every phase and every reason', () => {
-    expect(new Set(decidedStates.map((s) => s.phase))).toEqual(new Set(['Pending', 'Running', 'Paused', 'Completed', 'Failed', 'Planned']));
+    expect(new Set(decidedStates.map((s) => s.phase))).toEqual(
+      new Set(['Pending', 'Running', 'Paused', 'Completed', 'Failed', 'Planned']),
+    );
     expect([...new Set(decidedStates.map((s) => s.reason))].sort()).toEqual([...REASONS].sort());
     expect(new Set(states.map((s) => s.name)).size).toBe(states.length);
   });
@@ -50,7 +52,8 @@ describe('BlockPull conditions (kstatus and Job conventions)', () => {
     expect(s).toBeDefined();
     const c = conditions(s!.object);
     expect(parseBlockPull(s!.object).status?.observedGeneration).toBe(2);
-    for (const type of ['Ready', 'Reconciling', 'Stalled', 'Complete', 'Failed', 'Progressing']) expect(c.get(type)?.observedGeneration).toBe(2);
+    for (const type of ['Ready', 'Reconciling', 'Stalled', 'Complete', 'Failed', 'Progressing'])
+      expect(c.get(type)?.observedGeneration).toBe(2);
     expect(c.get('Ready')?.status).toBe('True');
   });
 });

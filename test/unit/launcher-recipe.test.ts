@@ -26,7 +26,13 @@ describe('launcher stand-in recipe', () => {
     expect(r.commands).toEqual(expected);
     // What the entrypoint reads: one command per line, arguments separated by tabs.
     expect(r.steps.split('\n').map((line) => line.split('\t'))).toEqual(expected);
-    expect(r.domainXml).toBe(domainXml('ns1_vm1', 64, host.map((h, i) => ({ chain: h.chain, target: targetName(i), alias: `ua-${disks[i]!.name}` }))));
+    expect(r.domainXml).toBe(
+      domainXml(
+        'ns1_vm1',
+        64,
+        host.map((h, i) => ({ chain: h.chain, target: targetName(i), alias: `ua-${disks[i]!.name}` })),
+      ),
+    );
     expect(r.domainXml).toContain(`<source file='${POD_DISK_DATA}/rootdisk/rootdisk-2.qcow2'/>`);
   });
 
@@ -41,24 +47,51 @@ describe('launcher stand-in recipe', () => {
       { position: 0, offset: 0, length: 2 ** 20, pattern: 0x10 },
     ]);
     expect(p.pullBytes).toBe(63 * 2 ** 20);
-    expect(p.layers[1]!.commands[0]).toEqual(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', '/d/x-0.qcow2', '/d/x-1.qcow2', '128M']);
+    expect(p.layers[1]!.commands[0]).toEqual([
+      'qemu-img',
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-F',
+      'qcow2',
+      '-b',
+      '/d/x-0.qcow2',
+      '/d/x-1.qcow2',
+      '128M',
+    ]);
   });
 
   it('puts the recipe into the launcher pod, whose entrypoint has no recipe of its own', () => {
-    const pod = launcherPodManifest({ namespace: 'ns1', podName: 'virt-launcher-vm1-abcde', vmiName: 'vm1', vmiUid: 'u', image: 'img', disks }) as {
+    const pod = launcherPodManifest({
+      namespace: 'ns1',
+      podName: 'virt-launcher-vm1-abcde',
+      vmiName: 'vm1',
+      vmiUid: 'u',
+      image: 'img',
+      disks,
+    }) as {
       spec: { containers: { env: { name: string; value: string }[] }[] };
     };
     const env = Object.fromEntries(pod.spec.containers[0]!.env.map((e) => [e.name, e.value]));
     const r = podRecipe({ namespace: 'ns1', vmiName: 'vm1', disks });
     expect(env['LAUNCHER_STEPS']).toBe(r.steps);
     expect(env['LAUNCHER_DOMAIN_XML']).toBe(r.domainXml);
-    const script = readFileSync(path.join(import.meta.dirname, '..', 'e2e', 'images', 'launcher', 'launcher-standin.sh'), 'utf8');
-    const code = script.split('\n').filter((l) => !l.trimStart().startsWith('#')).join('\n');
+    const script = readFileSync(
+      path.join(import.meta.dirname, '..', 'e2e', 'images', 'launcher', 'launcher-standin.sh'),
+      'utf8',
+    );
+    const code = script
+      .split('\n')
+      .filter((l) => !l.trimStart().startsWith('#'))
+      .join('\n');
     expect(code).not.toMatch(/qemu-img create|qemu-io -f|<domain/);
     expect(code).toContain('"$LAUNCHER_STEPS"');
   });
 
   it('refuses a step argument the entrypoint could not read back', () => {
-    expect(() => podRecipe({ namespace: 'ns1', vmiName: 'vm1', disks: [{ name: 'a\tb', layers: 1, sizeMiB: 8 }] })).toThrow(/tab or newline/);
+    expect(() =>
+      podRecipe({ namespace: 'ns1', vmiName: 'vm1', disks: [{ name: 'a\tb', layers: 1, sizeMiB: 8 }] }),
+    ).toThrow(/tab or newline/);
   });
 });

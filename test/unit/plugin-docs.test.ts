@@ -15,7 +15,13 @@ const blocks = [...page.matchAll(/```[^\n]*\n([\s\S]*?)```/g)].map((m) => m[1]!)
 /** argv of a command line as the page writes it (words; no quoting is used there). */
 const commands = blocks
   .flatMap((b) => b.split('\n'))
-  .map((l) => l.replace(/^\$ /, '').replace(/\s+#.*$/, '').replace(/\s*&&.*$/, '').trim())
+  .map((l) =>
+    l
+      .replace(/^\$ /, '')
+      .replace(/\s+#.*$/, '')
+      .replace(/\s*&&.*$/, '')
+      .trim(),
+  )
   .filter((l) => l.startsWith('kubectl blockpull '))
   .map((l) => l.split(/\s+/).slice(2));
 
@@ -24,7 +30,8 @@ describe('docs/plugin.md', () => {
     expect(commands.length).toBeGreaterThanOrEqual(12);
     for (const argv of commands) expect(() => parseArgs(argv), argv.join(' ')).not.toThrow();
     const verbs = new Set(commands.map((argv) => parseArgs(argv).command.verb));
-    for (const v of ['start', 'status', 'pause', 'resume', 'abort', 'wait', 'plan', 'help']) expect(verbs, v).toContain(v);
+    for (const v of ['start', 'status', 'pause', 'resume', 'abort', 'wait', 'plan', 'help'])
+      expect(verbs, v).toContain(v);
   });
 
   it('documents every verb and every exit code', () => {
@@ -33,7 +40,11 @@ describe('docs/plugin.md', () => {
       .split('\n')
       .filter((l) => l.startsWith('| `'))
       .map((l) => l.split(' | ')[0]!);
-    for (const v of VERBS) expect(verbCells.some((c) => new RegExp(`\`${v}[ \`]`).test(c)), v).toBe(true);
+    for (const v of VERBS)
+      expect(
+        verbCells.some((c) => new RegExp(`\`${v}[ \`]`).test(c)),
+        v,
+      ).toBe(true);
     const table = page.split('## Exit codes')[1]?.split('\n## ')[0] ?? '';
     for (const code of Object.values(EXIT)) expect(table, String(code)).toMatch(new RegExp(`^\\| ${code} \\|`, 'm'));
   });
@@ -41,7 +52,9 @@ describe('docs/plugin.md', () => {
 
 describe('deploy/krew/blockpull.yaml', () => {
   it("names the npm package's bin and version, for the platforms Node runs a shebang script on", () => {
-    const pkg = z.object({ name: z.string(), version: z.string(), bin: z.record(z.string(), z.string()) }).parse(JSON.parse(readFileSync(join(root, 'plugin', 'package.json'), 'utf8')));
+    const pkg = z
+      .object({ name: z.string(), version: z.string(), bin: z.record(z.string(), z.string()) })
+      .parse(JSON.parse(readFileSync(join(root, 'plugin', 'package.json'), 'utf8')));
     const manifest = z
       .object({
         apiVersion: z.literal('krew.googlecontainertools.github.com/v1alpha2'),
@@ -50,7 +63,16 @@ describe('deploy/krew/blockpull.yaml', () => {
         spec: z.object({
           version: z.string(),
           shortDescription: z.string().max(50),
-          platforms: z.array(z.object({ uri: z.string().url(), sha256: z.string().regex(/^[0-9a-f]{64}$/), bin: z.string(), files: z.array(z.object({ from: z.string(), to: z.string() })) })).min(1),
+          platforms: z
+            .array(
+              z.object({
+                uri: z.string().url(),
+                sha256: z.string().regex(/^[0-9a-f]{64}$/),
+                bin: z.string(),
+                files: z.array(z.object({ from: z.string(), to: z.string() })),
+              }),
+            )
+            .min(1),
         }),
       })
       .parse(parse(readFileSync(join(root, 'deploy', 'krew', 'blockpull.yaml'), 'utf8')));

@@ -22,7 +22,11 @@ interface SchemaNode {
   items?: SchemaNode;
 }
 const SchemaNode: z.ZodType<SchemaNode> = z.lazy(() =>
-  z.looseObject({ type: z.string().optional(), properties: z.record(z.string(), SchemaNode).optional(), items: SchemaNode.optional() }),
+  z.looseObject({
+    type: z.string().optional(),
+    properties: z.record(z.string(), SchemaNode).optional(),
+    items: SchemaNode.optional(),
+  }),
 );
 
 /** Field paths of the CRD schema: `spec.base.position`; array items contribute their key names. */
@@ -52,7 +56,9 @@ describe('README.md', () => {
 
   it('docs/api.md documents every field of the BlockPull CRD', () => {
     const crd = z
-      .object({ spec: z.object({ versions: z.array(z.object({ schema: z.object({ openAPIV3Schema: SchemaNode }) })) }) })
+      .object({
+        spec: z.object({ versions: z.array(z.object({ schema: z.object({ openAPIV3Schema: SchemaNode }) })) }),
+      })
       .parse(parse(readFileSync(join(root, 'crds', 'blockpull.dev_blockpulls.yaml'), 'utf8')));
     const schema = crd.spec.versions[0]?.schema.openAPIV3Schema;
     expect(schema).toBeDefined();
@@ -85,11 +91,20 @@ describe('README.md', () => {
   });
 
   it('examples/ holds full, partial, throttled and paused BlockPulls that the operator parses', () => {
-    const files = readdirSync(join(root, 'examples')).filter((f) => f.endsWith('.yaml')).sort();
-    expect(files).toEqual(['blockpull-full.yaml', 'blockpull-partial.yaml', 'blockpull-paused.yaml', 'blockpull-throttled.yaml']);
+    const files = readdirSync(join(root, 'examples'))
+      .filter((f) => f.endsWith('.yaml'))
+      .sort();
+    expect(files).toEqual([
+      'blockpull-full.yaml',
+      'blockpull-partial.yaml',
+      'blockpull-paused.yaml',
+      'blockpull-throttled.yaml',
+    ]);
     const specs = Object.fromEntries(
       files.map((f) => {
-        const doc = z.object({ apiVersion: z.literal('blockpull.dev/v1alpha1'), kind: z.literal('BlockPull'), spec: z.unknown() }).parse(parse(readFileSync(join(root, 'examples', f), 'utf8')));
+        const doc = z
+          .object({ apiVersion: z.literal('blockpull.dev/v1alpha1'), kind: z.literal('BlockPull'), spec: z.unknown() })
+          .parse(parse(readFileSync(join(root, 'examples', f), 'utf8')));
         return [f, BlockPullSpecSchema.parse(doc.spec)];
       }),
     );
@@ -148,7 +163,9 @@ describe('README.md and docs/', () => {
 
   it('README.md links every page of docs/ (and the runbooks index)', () => {
     const wanted = [
-      ...readdirSync(join(root, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`),
+      ...readdirSync(join(root, 'docs'))
+        .filter((f) => f.endsWith('.md'))
+        .map((f) => `docs/${f}`),
       ...readdirSync(join(root, 'docs'), { withFileTypes: true })
         .filter((e) => e.isDirectory() && existsSync(join(root, 'docs', e.name, 'README.md')))
         .map((e) => `docs/${e.name}/README.md`),
@@ -169,7 +186,10 @@ describe('README.md and docs/', () => {
         const target = file === '' ? page : relative(root, join(root, dirname(page), decodeURIComponent(file)));
         expect(existsSync(join(root, target)), `${page}: ${link} (${target}) exists`).toBe(true);
         if (anchor !== undefined && target.endsWith('.md')) {
-          expect(anchors(readFileSync(join(root, target), 'utf8')), `${page}: ${link} names a heading of ${target}`).toContain(anchor);
+          expect(
+            anchors(readFileSync(join(root, target), 'utf8')),
+            `${page}: ${link} names a heading of ${target}`,
+          ).toContain(anchor);
         }
         checked++;
       }
@@ -182,7 +202,12 @@ describe('README.md and docs/', () => {
     expect(block, "README.md has the tour's plan block").toBeDefined();
     const yaml = /<<'EOF'\n([\s\S]*?)^EOF$/m.exec(block ?? '')?.[1];
     const doc = z
-      .object({ apiVersion: z.literal('blockpull.dev/v1alpha1'), kind: z.literal('BlockPull'), metadata: z.object({ name: z.string(), namespace: z.string() }), spec: z.unknown() })
+      .object({
+        apiVersion: z.literal('blockpull.dev/v1alpha1'),
+        kind: z.literal('BlockPull'),
+        metadata: z.object({ name: z.string(), namespace: z.string() }),
+        spec: z.unknown(),
+      })
       .parse(parse(yaml ?? ''));
     expect(BlockPullSpecSchema.parse(doc.spec).dryRun).toBe(true);
     // The commands after it name that very object.

@@ -23,7 +23,8 @@ export function setCondition(
     reason: input.reason,
     // Not cut here: controller/status-limits.ts cuts every message to the CRD's bound, with a marker.
     message: input.message,
-    lastTransitionTime: old && old.status === input.status ? old.lastTransitionTime : now.toISOString().replace(/\.\d{3}Z$/, 'Z'),
+    lastTransitionTime:
+      old && old.status === input.status ? old.lastTransitionTime : now.toISOString().replace(/\.\d{3}Z$/, 'Z'),
     ...(generation !== undefined ? { observedGeneration: generation } : {}),
   };
   if (i >= 0) list[i] = next;

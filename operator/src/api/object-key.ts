@@ -4,7 +4,9 @@
  */
 
 /** The key of an object: "namespace/name", or "name" when it has no namespace. */
-export function objectKey(obj: { readonly metadata?: { readonly namespace?: string | undefined; readonly name?: string | undefined } | undefined }): string {
+export function objectKey(obj: {
+  readonly metadata?: { readonly namespace?: string | undefined; readonly name?: string | undefined } | undefined;
+}): string {
   const ns = obj.metadata?.namespace;
   const name = obj.metadata?.name ?? '';
   return ns ? `${ns}/${name}` : name;

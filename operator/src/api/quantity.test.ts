@@ -42,14 +42,37 @@ describe('parseQuantity', () => {
     expect(MAX_BANDWIDTH).toBe(2 ** 50);
     expect(Number.isSafeInteger(MAX_BANDWIDTH)).toBe(true);
     expect(parseQuantity(MAX_BANDWIDTH_QUANTITY)).toBe(MAX_BANDWIDTH);
-    for (const v of ['99999999999999999999Ti', '1025Ti', '1125899906842625', '1126T', MAX_BANDWIDTH + 1, Number.MAX_SAFE_INTEGER]) {
+    for (const v of [
+      '99999999999999999999Ti',
+      '1025Ti',
+      '1125899906842625',
+      '1126T',
+      MAX_BANDWIDTH + 1,
+      Number.MAX_SAFE_INTEGER,
+    ]) {
       expect(() => parseQuantity(v), String(v)).toThrow(/at most 1024Ti = 1125899906842624 bytes per second/);
     }
   });
 
   it('the CRD enforces the same maximum', () => {
     const crd = readFileSync(new URL('../../../crds/blockpull.dev_blockpulls.yaml', import.meta.url), 'utf8');
-    const doc = parse(crd) as { spec: { versions: { schema: { openAPIV3Schema: { properties: { spec: { properties: { bandwidth: { description: string; 'x-kubernetes-validations': { rule: string; message: string }[] } } } } } } }[] } };
+    const doc = parse(crd) as {
+      spec: {
+        versions: {
+          schema: {
+            openAPIV3Schema: {
+              properties: {
+                spec: {
+                  properties: {
+                    bandwidth: { description: string; 'x-kubernetes-validations': { rule: string; message: string }[] };
+                  };
+                };
+              };
+            };
+          };
+        }[];
+      };
+    };
     const bw = doc.spec.versions[0]!.schema.openAPIV3Schema.properties.spec.properties.bandwidth;
     const rules = bw['x-kubernetes-validations'].map((v) => v.rule).join('\n');
     expect(rules).toContain(`self <= ${MAX_BANDWIDTH}`);

@@ -11,7 +11,9 @@ import { z } from 'zod';
 import { BlockPullSchema, GROUP, KIND, PHASES, PLURAL, VERSION, parseBlockPull } from './types.ts';
 
 type Json = Record<string, unknown>;
-const crd = parse(readFileSync(new URL('../../../crds/blockpull.dev_blockpulls.yaml', import.meta.url), 'utf8')) as Json;
+const crd = parse(
+  readFileSync(new URL('../../../crds/blockpull.dev_blockpulls.yaml', import.meta.url), 'utf8'),
+) as Json;
 const spec = crd.spec as Json;
 const version = (spec.versions as Json[])[0]!;
 const crdSchema = (version.schema as Json).openAPIV3Schema as Json;
@@ -54,14 +56,16 @@ function compare(path: string, c: Json, zs: Json, diffs: string[]): void {
     // zod lists a field with a default as not required on input, as the API server does.
     const cr = [...((c.required as string[] | undefined) ?? [])].sort();
     const zr = [...((zs.required as string[] | undefined) ?? [])].filter((n) => path !== '' || n === 'spec').sort();
-    if (JSON.stringify(cr) !== JSON.stringify(zr)) diffs.push(`${path}: required crd=${cr.join(',')} zod=${zr.join(',')}`);
+    if (JSON.stringify(cr) !== JSON.stringify(zr))
+      diffs.push(`${path}: required crd=${cr.join(',')} zod=${zr.join(',')}`);
   }
   if (ct === 'array') compare(`${path}[]`, c.items as Json, zs.items as Json, diffs);
 }
 
 function missingDescriptions(path: string, c: Json, out: string[]): void {
   if (path !== '.metadata' && typeof c.description !== 'string') out.push(path || '(root)');
-  for (const [n, child] of Object.entries((c.properties ?? {}) as Record<string, Json>)) missingDescriptions(`${path}.${n}`, child, out);
+  for (const [n, child] of Object.entries((c.properties ?? {}) as Record<string, Json>))
+    missingDescriptions(`${path}.${n}`, child, out);
   if (c.items) missingDescriptions(`${path}[]`, c.items as Json, out);
 }
 
@@ -73,7 +77,9 @@ describe('CRD and zod schema', () => {
     expect((spec.names as Json).plural).toBe(PLURAL);
     expect((spec.names as Json).shortNames).toEqual(['bp']);
     expect(version.subresources).toEqual({ status: {} });
-    const columns = (version.additionalPrinterColumns as Json[]).filter((c) => c.priority === undefined).map((c) => c.name);
+    const columns = (version.additionalPrinterColumns as Json[])
+      .filter((c) => c.priority === undefined)
+      .map((c) => c.name);
     expect(columns).toEqual(['VMI', 'DISK', 'PHASE', 'PROGRESS', 'AGE']);
   });
 
@@ -90,7 +96,10 @@ describe('CRD and zod schema', () => {
     statusProps.phase = { ...statusProps.phase, enum: [...PHASES, 'Unknown'] };
     delete statusProps.attempts;
     compare('', drifted, zodSchema, diffs);
-    expect(diffs).toEqual(['.status.phase: enum crd=' + JSON.stringify([...PHASES, 'Unknown']) + ' zod=' + JSON.stringify(PHASES), '.status.attempts: only in zod']);
+    expect(diffs).toEqual([
+      '.status.phase: enum crd=' + JSON.stringify([...PHASES, 'Unknown']) + ' zod=' + JSON.stringify(PHASES),
+      '.status.attempts: only in zod',
+    ]);
   });
 
   it('documents every field (kubectl explain)', () => {
@@ -100,12 +109,20 @@ describe('CRD and zod schema', () => {
   });
 
   it('parses a minimal object with defaults and rejects a bad one', () => {
-    const bp = parseBlockPull({ metadata: { name: 'a', namespace: 'ns', uid: 'u' }, spec: { vmiName: 'vm', disk: 'rootdisk' } });
+    const bp = parseBlockPull({
+      metadata: { name: 'a', namespace: 'ns', uid: 'u' },
+      spec: { vmiName: 'vm', disk: 'rootdisk' },
+    });
     expect(bp.spec.paused).toBe(false);
     expect(bp.spec.maxRetries).toBe(3);
-    expect(() => parseBlockPull({ metadata: { name: 'a', namespace: 'ns', uid: 'u' }, spec: { vmiName: 'VM', disk: 'd' } })).toThrow(/vmiName/);
     expect(() =>
-      parseBlockPull({ metadata: { name: 'a', namespace: 'ns', uid: 'u' }, spec: { vmiName: 'vm', disk: 'd', base: { position: 1, path: '/x' } } }),
+      parseBlockPull({ metadata: { name: 'a', namespace: 'ns', uid: 'u' }, spec: { vmiName: 'VM', disk: 'd' } }),
+    ).toThrow(/vmiName/);
+    expect(() =>
+      parseBlockPull({
+        metadata: { name: 'a', namespace: 'ns', uid: 'u' },
+        spec: { vmiName: 'vm', disk: 'd', base: { position: 1, path: '/x' } },
+      }),
     ).toThrow(/exactly one/);
   });
 });

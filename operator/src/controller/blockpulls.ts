@@ -109,9 +109,11 @@ export class BlockPulls {
   othersOnDisk(bp: BlockPull): BlockPull[] {
     const { namespace, name } = bp.metadata;
     const { vmiName, disk } = bp.spec;
-    return this.#indexed(BP_BY_DISK, diskIndexKey(namespace, vmiName, disk), (b) => b.metadata?.namespace === namespace && b.spec?.vmiName === vmiName && b.spec.disk === disk).filter(
-      (b) => b.metadata.name !== name,
-    );
+    return this.#indexed(
+      BP_BY_DISK,
+      diskIndexKey(namespace, vmiName, disk),
+      (b) => b.metadata?.namespace === namespace && b.spec?.vmiName === vmiName && b.spec.disk === disk,
+    ).filter((b) => b.metadata.name !== name);
   }
 
   /** Key of the BlockPull holding `bp`'s disk (decide.ts diskHolder), judged with our own copy of `bp`. */
@@ -138,11 +140,13 @@ export class BlockPulls {
           else if (cur.status?.phase === 'Running') running.set(k, cur.status.launcher?.node ?? '');
         }
       }
-      for (const [k, w] of this.#writer.inFlight()) if (w.status?.phase === 'Running') running.set(k, w.status.launcher?.node ?? '');
+      for (const [k, w] of this.#writer.inFlight())
+        if (w.status?.phase === 'Running') running.set(k, w.status.launcher?.node ?? '');
     } else {
       for (const raw of c.list()) {
         const b = this.parse(raw);
-        if (!(b instanceof Error) && b.status?.phase === 'Running') running.set(objectKey(b), b.status.launcher?.node ?? '');
+        if (!(b instanceof Error) && b.status?.phase === 'Running')
+          running.set(objectKey(b), b.status.launcher?.node ?? '');
       }
     }
     for (const [k, node] of knownRunning) running.set(k, node);
@@ -156,12 +160,14 @@ export class BlockPulls {
     let keys: string[];
     if (c.indexValues !== undefined) {
       keys = [];
-      for (const [namespace] of c.indexValues(BP_WAITING_FOR_SLOT)) keys.push(...this.#indexed(BP_WAITING_FOR_SLOT, namespace, () => true).map(objectKey));
+      for (const [namespace] of c.indexValues(BP_WAITING_FOR_SLOT))
+        keys.push(...this.#indexed(BP_WAITING_FOR_SLOT, namespace, () => true).map(objectKey));
     } else {
       keys = [];
       for (const raw of c.list()) {
         const p = this.parse(raw);
-        if (!(p instanceof Error) && this.#writer.newest(p).status?.reason === 'WaitingForSlot') keys.push(objectKey(p));
+        if (!(p instanceof Error) && this.#writer.newest(p).status?.reason === 'WaitingForSlot')
+          keys.push(objectKey(p));
       }
     }
     for (const [k, w] of this.#writer.inFlight()) if (w.status?.reason === 'WaitingForSlot') keys.push(k);
@@ -180,7 +186,8 @@ export class BlockPulls {
     } else {
       for (const k of this.waitingForSlot()) out.add(splitKey(k).namespace);
     }
-    for (const [k, w] of this.#writer.inFlight()) if (w.status?.reason === 'WaitingForSlot') out.add(splitKey(k).namespace);
+    for (const [k, w] of this.#writer.inFlight())
+      if (w.status?.reason === 'WaitingForSlot') out.add(splitKey(k).namespace);
     return out;
   }
 }

@@ -43,7 +43,12 @@ describe('Controller.run', () => {
     // API discovery of the optional kinds answers at once here (nothing served): the test is about the informers.
     controller.discoverWatches = () => Promise.resolve();
     const calls: string[] = [];
-    const informers = { blockpulls: controller.blockPulls, vmis: controller.vmis, migrations: controller.migrations, pods: controller.pods };
+    const informers = {
+      blockpulls: controller.blockPulls,
+      vmis: controller.vmis,
+      migrations: controller.migrations,
+      pods: controller.pods,
+    };
     for (const [name, inf] of Object.entries(informers)) {
       const start = inf.start.bind(inf);
       const stop = inf.stop.bind(inf);
@@ -60,7 +65,12 @@ describe('Controller.run', () => {
     const ac = new AbortController();
     const run = controller.run(ac.signal);
     await expect(run).rejects.toThrow('VMI informer cannot start');
-    expect(calls.filter((c) => c.startsWith('start')).sort()).toEqual(['start blockpulls', 'start migrations', 'start pods', 'start vmis']);
+    expect(calls.filter((c) => c.startsWith('start')).sort()).toEqual([
+      'start blockpulls',
+      'start migrations',
+      'start pods',
+      'start vmis',
+    ]);
     expect(calls).toContain('stop blockpulls');
     expect(calls).toContain('stop pods');
     expect(calls).toContain('stop migrations');
@@ -72,7 +82,10 @@ describe('Controller.run', () => {
 describe('Controller wake-ups', () => {
   it('a VirtualMachineInstanceMigration wakes the BlockPulls of the VMI it names (spec.vmiName), in its namespace only', async () => {
     const handlers = new Map<string, InformerHandlers<unknown>[]>();
-    const spy = vi.spyOn(WatchdogInformer.prototype, 'addEventHandler').mockImplementation(function (this: WatchdogInformer<never>, h) {
+    const spy = vi.spyOn(WatchdogInformer.prototype, 'addEventHandler').mockImplementation(function (
+      this: WatchdogInformer<never>,
+      h,
+    ) {
       handlers.set(this.resource, [...(handlers.get(this.resource) ?? []), h as InformerHandlers<unknown>]);
     });
     try {
@@ -92,8 +105,14 @@ describe('Controller wake-ups', () => {
         { metadata: { namespace: 'other', name: 'c' }, spec: { vmiName: 'vm1', disk: 'd' } },
       ];
       // The BlockPull cache's VMI index (namespace/vmiName), as the controller reads it.
-      controller.blockPulls.byIndex = (_index: string, key: string) => bps.filter((b) => `${b.metadata.namespace}/${b.spec.vmiName}` === key);
-      const vmim = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { namespace: 'ns', name: 'mig' }, spec: { vmiName: 'vm1' } };
+      controller.blockPulls.byIndex = (_index: string, key: string) =>
+        bps.filter((b) => `${b.metadata.namespace}/${b.spec.vmiName}` === key);
+      const vmim = {
+        apiVersion: 'kubevirt.io/v1',
+        kind: 'VirtualMachineInstanceMigration',
+        metadata: { namespace: 'ns', name: 'mig' },
+        spec: { vmiName: 'vm1' },
+      };
       const registered = handlers.get('virtualmachineinstancemigrations') ?? [];
       expect(registered).toHaveLength(1);
       for (const event of ['add', 'update', 'delete'] as const) {

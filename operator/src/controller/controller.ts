@@ -89,14 +89,21 @@ export class Controller {
   readonly pods: WatchdogInformer<KubernetesObject>;
   readonly migrations: WatchdogInformer<KubernetesObject>;
   readonly reconciler: Reconciler;
-  readonly #snapshots: OptionalWatch = { resource: 'virtualmachinesnapshots', refs: VMSNAPSHOT_REFS, discovered: false };
+  readonly #snapshots: OptionalWatch = {
+    resource: 'virtualmachinesnapshots',
+    refs: VMSNAPSHOT_REFS,
+    discovered: false,
+  };
   readonly #backups: OptionalWatch = { resource: 'virtualmachinebackups', refs: VMBACKUP_REFS, discovered: false };
 
   constructor(options: ControllerOptions) {
     this.#options = options;
     this.#log = options.logger.child({ component: 'controller' });
     const { clients, metrics } = options;
-    this.queue = new WorkQueue<string>({ name: 'blockpull', ...(metrics ? { hooks: metrics.workQueueHooks('blockpull') } : {}) });
+    this.queue = new WorkQueue<string>({
+      name: 'blockpull',
+      ...(metrics ? { hooks: metrics.workQueueHooks('blockpull') } : {}),
+    });
     const common = { kc: clients.kc, logger: options.logger, ...(metrics ? { metrics } : {}) };
     // Caches keep only what is read (10,000 objects each), indexed to avoid scans.
     this.blockPulls = new WatchdogInformer({
@@ -106,7 +113,12 @@ export class Controller {
       // Cached as the reconciler parses it: one copy per BlockPull (the reconciler exists by the time anything is listed).
       transform: (obj) => this.reconciler.cacheForm(stripMetadata(obj)),
     });
-    this.vmis = new WatchdogInformer({ ...common, resource: 'virtualmachineinstances', source: customResourceSource(clients.custom, VMI_REF, options.namespace), transform: slimVmi });
+    this.vmis = new WatchdogInformer({
+      ...common,
+      resource: 'virtualmachineinstances',
+      source: customResourceSource(clients.custom, VMI_REF, options.namespace),
+      transform: slimVmi,
+    });
     this.migrations = new WatchdogInformer({
       ...common,
       resource: 'virtualmachineinstancemigrations',
@@ -232,7 +244,8 @@ export class Controller {
     for (const w of [this.#snapshots, this.#backups]) {
       if (w.discovered) continue;
       const ref = await servedResource(clients.custom, w.refs, signal, {
-        onRetry: (message) => this.#log.warn({ resource: w.resource, error: message }, 'API discovery failed; retrying'),
+        onRetry: (message) =>
+          this.#log.warn({ resource: w.resource, error: message }, 'API discovery failed; retrying'),
       });
       w.discovered = true;
       if (ref === undefined) {
@@ -252,15 +265,26 @@ export class Controller {
     }
     this.#log.info(
       {
-        watched: ['blockpulls.blockpull.dev', 'virtualmachineinstances.kubevirt.io', 'virtualmachineinstancemigrations.kubevirt.io', 'pods', ...watched],
+        watched: [
+          'blockpulls.blockpull.dev',
+          'virtualmachineinstances.kubevirt.io',
+          'virtualmachineinstancemigrations.kubevirt.io',
+          'pods',
+          ...watched,
+        ],
         notWatched,
       },
-      notWatched.length > 0 ? 'watching; not served by this cluster, so not watched (their operations are not waited for)' : 'watching',
+      notWatched.length > 0
+        ? 'watching; not served by this cluster, so not watched (their operations are not waited for)'
+        : 'watching',
     );
   }
 
   /** The informers of the optional watches, once discovered where served (undefined: not watched). */
-  optionalInformers(): { readonly snapshots?: WatchdogInformer<KubernetesObject>; readonly backups?: WatchdogInformer<KubernetesObject> } {
+  optionalInformers(): {
+    readonly snapshots?: WatchdogInformer<KubernetesObject>;
+    readonly backups?: WatchdogInformer<KubernetesObject>;
+  } {
     return {
       ...(this.#snapshots.informer !== undefined ? { snapshots: this.#snapshots.informer } : {}),
       ...(this.#backups.informer !== undefined ? { backups: this.#backups.informer } : {}),
@@ -268,7 +292,9 @@ export class Controller {
   }
 
   #informers(): WatchdogInformer<KubernetesObject>[] {
-    const optional = [this.#snapshots.informer, this.#backups.informer].filter((i): i is WatchdogInformer<KubernetesObject> => i !== undefined);
+    const optional = [this.#snapshots.informer, this.#backups.informer].filter(
+      (i): i is WatchdogInformer<KubernetesObject> => i !== undefined,
+    );
     return [this.blockPulls, this.vmis, this.migrations, this.pods, ...optional];
   }
 
@@ -291,7 +317,10 @@ export class Controller {
     if (failed !== undefined) {
       // Do not leave the informers that did start (list/watch, watchdog timers) running. The one
       // that failed is stopped too: it may have set up part of its loop before failing.
-      this.#log.error({ error: failed.reason instanceof Error ? failed.reason.message : String(failed.reason) }, 'an informer failed to start; stopping the others');
+      this.#log.error(
+        { error: failed.reason instanceof Error ? failed.reason.message : String(failed.reason) },
+        'an informer failed to start; stopping the others',
+      );
       await Promise.allSettled(informers.map((i) => i.stop()));
       throw failed.reason;
     }
@@ -334,7 +363,9 @@ export class Controller {
         result = 'error';
         const reason = err instanceof Error ? err.name : 'Error';
         this.#options.metrics?.reconcileErrors.inc({ reason });
-        forBlockPullKey(this.#log, key).child({ worker: id }).warn({ error: err instanceof Error ? err.message : String(err) }, 'reconcile failed; retrying with backoff');
+        forBlockPullKey(this.#log, key)
+          .child({ worker: id })
+          .warn({ error: err instanceof Error ? err.message : String(err) }, 'reconcile failed; retrying with backoff');
         if (!signal.aborted) this.queue.addRateLimited(key);
       } finally {
         this.queue.done(key);

@@ -9,7 +9,12 @@ import { FINALIZER, parseBlockPull, type BlockPull, type BlockPullStatus } from 
 import { HypervisorError } from '../hypervisor/errors.ts';
 import type { BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
 import { backoffMs, diskHolder, fairShare, MAX_BACKOFF_MS, type HypervisorObservation } from './decide.ts';
-import { decide, decideActionError, factsWanted, type TestObservation as Observation } from '../../../test/unit/support/decide.ts';
+import {
+  decide,
+  decideActionError,
+  factsWanted,
+  type TestObservation as Observation,
+} from '../../../test/unit/support/decide.ts';
 import type { LauncherLookup } from '../kubevirt/launcher.ts';
 
 const NOW = new Date('2026-11-27T10:00:00Z');
@@ -26,7 +31,11 @@ const CHAIN3: DiskInfo = {
     { position: 2, index: 3, path: BASE, format: 'qcow2' },
   ],
 };
-const FLAT: DiskInfo = { target: 'vda', alias: 'ua-rootdisk', chain: [{ position: 0, index: 1, path: TOP, format: 'qcow2' }] };
+const FLAT: DiskInfo = {
+  target: 'vda',
+  alias: 'ua-rootdisk',
+  chain: [{ position: 0, index: 1, path: TOP, format: 'qcow2' }],
+};
 const PARTIAL: DiskInfo = {
   target: 'vda',
   chain: [
@@ -37,12 +46,28 @@ const PARTIAL: DiskInfo = {
 const before3 = CHAIN3.chain.map(({ position, path, format }) => ({ position, path, format }));
 const FOUND: LauncherLookup = {
   kind: 'found',
-  launcher: { namespace: 'ns', pod: 'virt-launcher-vm1-abcde', node: 'node1', container: 'compute', domain: 'ns_vm1', uri: 'qemu:///system' },
+  launcher: {
+    namespace: 'ns',
+    pod: 'virt-launcher-vm1-abcde',
+    node: 'node1',
+    container: 'compute',
+    domain: 'ns_vm1',
+    uri: 'qemu:///system',
+  },
 };
 const job = (cur: number, end: number, bandwidth = 0): BlockJobInfo => ({ type: 'Block Pull', cur, end, bandwidth });
 const ok = (disk: DiskInfo, j: BlockJobInfo | null = null): HypervisorObservation => ({ kind: 'ok', disk, job: j });
 
-function bp(opts: { spec?: Record<string, unknown>; status?: BlockPullStatus; finalizer?: boolean; deleting?: boolean; name?: string; created?: string } = {}): BlockPull {
+function bp(
+  opts: {
+    spec?: Record<string, unknown>;
+    status?: BlockPullStatus;
+    finalizer?: boolean;
+    deleting?: boolean;
+    name?: string;
+    created?: string;
+  } = {},
+): BlockPull {
   return parseBlockPull({
     metadata: {
       name: opts.name ?? 'pull1',
@@ -63,7 +88,14 @@ function obs(o: Partial<Observation> & { bp: BlockPull }): Observation {
     now: NOW,
     launcher: FOUND,
     diskHolder: 'ns/pull1',
-    slots: { running: 0, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
+    slots: {
+      running: 0,
+      runningOnNode: 0,
+      runningInNamespace: 0,
+      namespacesWanting: 1,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+    },
     pollIntervalMs: 500,
     waitRequeueMs: 5000,
     // The job on the disk (if any) was started by this process unless a row says otherwise.
@@ -92,7 +124,10 @@ describe('decide: the state table', () => {
     // Measured: the start.
     expect(decide({ ...look, space: { kind: 'unknown', reason: 'block device' } }).action.type).toBe('startPull');
     // A look that waits for a slot wants nothing measured.
-    expect(factsWanted({ ...look, slots: { running: 4, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1 } }).space).toBeUndefined();
+    expect(
+      factsWanted({ ...look, slots: { running: 4, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1 } })
+        .space,
+    ).toBeUndefined();
   });
 
   it('a BlockPull waiting for its VMI or launcher gets no finalizer: no job of ours can run to abort on delete', () => {
@@ -106,12 +141,21 @@ describe('decide: the state table', () => {
       expect(d.status.phase).toBe('Pending');
     }
     // Deleted while waiting without it: nothing to do, the API server lets it go.
-    expect(decide(obs({ bp: bp({ finalizer: false, deleting: true }), launcher: { kind: 'vmiNotFound', message: 'no VMI' } })).action).toEqual({ type: 'none' });
+    expect(
+      decide(
+        obs({ bp: bp({ finalizer: false, deleting: true }), launcher: { kind: 'vmiNotFound', message: 'no VMI' } }),
+      ).action,
+    ).toEqual({ type: 'none' });
   });
 
   it('puts the finalizer back first when the record says a job of ours may run, even with no launcher found', () => {
     for (const state of ['Starting', 'Running', 'Aborting'] as const) {
-      const d = decide(obs({ bp: bp({ finalizer: false, status: running({ job: { state } }) }), launcher: { kind: 'launcherNotFound', message: 'no pod' } }));
+      const d = decide(
+        obs({
+          bp: bp({ finalizer: false, status: running({ job: { state } }) }),
+          launcher: { kind: 'launcherNotFound', message: 'no pod' },
+        }),
+      );
       expect(d.action, state).toEqual({ type: 'addFinalizer' });
       expect(d.status.phase).toBe('Running');
     }
@@ -144,7 +188,12 @@ describe('decide: the state table', () => {
 
   it('disk absent in the domain → Failed/DiskNotFound, no requeue', () => {
     const d = decide(obs({ bp: bp(), hypervisor: { kind: 'diskNotFound', message: 'no disk rootdisk in ns_vm1' } }));
-    expect(d.status).toMatchObject({ phase: 'Failed', reason: 'DiskNotFound', message: 'no disk rootdisk in ns_vm1', completionTime: '2026-11-27T10:00:00Z' });
+    expect(d.status).toMatchObject({
+      phase: 'Failed',
+      reason: 'DiskNotFound',
+      message: 'no disk rootdisk in ns_vm1',
+      completionTime: '2026-11-27T10:00:00Z',
+    });
     expect(getCondition(d.status.conditions, 'Failed')?.status).toBe('True');
     expect(d.requeueAfterMs).toBeNull();
   });
@@ -164,7 +213,17 @@ describe('decide: the state table', () => {
   });
 
   it('chain at goal after our job → Completed/Completed with the final status', () => {
-    const d = decide(obs({ bp: bp({ status: running({ progress: { currentBytes: 5, totalBytes: 100, percent: '5%' }, startTime: '2026-11-27T09:59:00Z' }) }), hypervisor: ok(FLAT) }));
+    const d = decide(
+      obs({
+        bp: bp({
+          status: running({
+            progress: { currentBytes: 5, totalBytes: 100, percent: '5%' },
+            startTime: '2026-11-27T09:59:00Z',
+          }),
+        }),
+        hypervisor: ok(FLAT),
+      }),
+    );
     expect(d.status).toMatchObject({
       phase: 'Completed',
       reason: 'Completed',
@@ -201,7 +260,13 @@ describe('decide: the state table', () => {
   });
 
   it('the second BlockPull, after the first completed the disk → NothingToDo', () => {
-    const d = decide(obs({ bp: bp({ name: 'pull2', status: { phase: 'Pending', reason: 'DiskBusy' } }), diskHolder: 'ns/pull2', hypervisor: ok(FLAT) }));
+    const d = decide(
+      obs({
+        bp: bp({ name: 'pull2', status: { phase: 'Pending', reason: 'DiskBusy' } }),
+        diskHolder: 'ns/pull2',
+        hypervisor: ok(FLAT),
+      }),
+    );
     expect(d.status).toMatchObject({ phase: 'Completed', reason: 'NothingToDo' });
   });
 
@@ -214,7 +279,13 @@ describe('decide: the state table', () => {
       attempts: 1,
       retries: 0,
       startTime: '2026-11-27T10:00:00Z',
-      launcher: { pod: 'virt-launcher-vm1-abcde', node: 'node1', container: 'compute', domain: 'ns_vm1', target: 'vda' },
+      launcher: {
+        pod: 'virt-launcher-vm1-abcde',
+        node: 'node1',
+        container: 'compute',
+        domain: 'ns_vm1',
+        target: 'vda',
+      },
       backingChain: { before: before3, current: before3 },
     });
     expect(getCondition(d.status.conditions, 'Progressing')).toMatchObject({ status: 'True', reason: 'Pulling' });
@@ -224,9 +295,17 @@ describe('decide: the state table', () => {
   it('partial pull by position: starts with the base path; completes when the base follows the top', () => {
     const p = bp({ spec: { base: { position: 2 } } });
     const d = decide(obs({ bp: p, hypervisor: ok(CHAIN3) }));
-    expect(d.action).toEqual({ type: 'startPull', domain: 'ns_vm1', target: 'vda', base: { path: BASE }, bandwidth: 0 });
+    expect(d.action).toEqual({
+      type: 'startPull',
+      domain: 'ns_vm1',
+      target: 'vda',
+      base: { path: BASE },
+      bandwidth: 0,
+    });
     expect(d.status.backingChain?.basePath).toBe(BASE);
-    const later = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: d.status }), hypervisor: ok(PARTIAL) }));
+    const later = decide(
+      obs({ bp: bp({ spec: { base: { position: 2 } }, status: d.status }), hypervisor: ok(PARTIAL) }),
+    );
     expect(later.status).toMatchObject({ phase: 'Completed', reason: 'Completed' });
     // The chain flattened completely is NOT the goal of a partial pull.
     const wrong = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: d.status }), hypervisor: ok(FLAT) }));
@@ -247,17 +326,48 @@ describe('decide: the state table', () => {
   });
 
   it('no slot free cluster-wide or on the node → Pending/WaitingForSlot', () => {
-    const cluster = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: { running: 4, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
+    const cluster = decide(
+      obs({
+        bp: bp(),
+        hypervisor: ok(CHAIN3),
+        slots: {
+          running: 4,
+          runningOnNode: 0,
+          runningInNamespace: 0,
+          namespacesWanting: 1,
+          maxConcurrentPulls: 4,
+          maxPullsPerNode: 2,
+        },
+      }),
+    );
     expect(cluster.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot' });
     expect(cluster.status.message).toContain('cluster-wide');
     expect(cluster.action.type).toBe('none');
-    const node = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: { running: 2, runningOnNode: 2, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
+    const node = decide(
+      obs({
+        bp: bp(),
+        hypervisor: ok(CHAIN3),
+        slots: {
+          running: 2,
+          runningOnNode: 2,
+          runningInNamespace: 0,
+          namespacesWanting: 1,
+          maxConcurrentPulls: 4,
+          maxPullsPerNode: 2,
+        },
+      }),
+    );
     expect(node.status).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot' });
     expect(node.status.message).toContain('node1');
   });
 
   describe('fair share of the cluster-wide slots between namespaces: ceil(limit / namespaces wanting); a namespace at its share waits', () => {
-    const slots = (running: number, runningInNamespace: number, namespacesWanting: number, maxConcurrentPulls = 4): Observation['slots'] => ({
+    const slots = (
+      running: number,
+      runningInNamespace: number,
+      namespacesWanting: number,
+      maxConcurrentPulls = 4,
+    ): Observation['slots'] => ({
       running,
       runningOnNode: 0,
       runningInNamespace,
@@ -269,11 +379,26 @@ describe('decide: the state table', () => {
       { name: 'one namespace wants slots: it may take them all', slots: slots(3, 3, 1), share: 4, starts: true },
       { name: 'two namespaces, this one runs 1 of its 2', slots: slots(3, 1, 2), share: 2, starts: true },
       { name: 'two namespaces, this one runs its 2', slots: slots(2, 2, 2), share: 2, starts: false },
-      { name: 'two namespaces, this one runs 3 (more than its share, before the other came)', slots: slots(3, 3, 2), share: 2, starts: false },
-      { name: 'three namespaces, limit 4: share ceil(4/3) = 2, this one runs 1', slots: slots(3, 1, 3), share: 2, starts: true },
+      {
+        name: 'two namespaces, this one runs 3 (more than its share, before the other came)',
+        slots: slots(3, 3, 2),
+        share: 2,
+        starts: false,
+      },
+      {
+        name: 'three namespaces, limit 4: share ceil(4/3) = 2, this one runs 1',
+        slots: slots(3, 1, 3),
+        share: 2,
+        starts: true,
+      },
       { name: 'five namespaces, limit 4: share 1, this one runs 1', slots: slots(1, 1, 5), share: 1, starts: false },
       { name: 'five namespaces, limit 4: share 1, this one runs none', slots: slots(3, 0, 5), share: 1, starts: true },
-      { name: 'the cluster-wide limit comes first, whatever the share', slots: slots(4, 0, 2), share: 2, starts: false },
+      {
+        name: 'the cluster-wide limit comes first, whatever the share',
+        slots: slots(4, 0, 2),
+        share: 2,
+        starts: false,
+      },
     ];
     for (const row of rows) {
       it(row.name, () => {
@@ -289,7 +414,9 @@ describe('decide: the state table', () => {
     }
     it('the message says why: the namespace, what it runs, its share', () => {
       const d = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3), slots: slots(3, 2, 2) }));
-      expect(d.status.message).toBe('namespace ns runs 2 pulls, its fair share (2) of the 4 cluster-wide slots while 2 namespaces want one');
+      expect(d.status.message).toBe(
+        'namespace ns runs 2 pulls, its fair share (2) of the 4 cluster-wide slots while 2 namespaces want one',
+      );
     });
   });
 
@@ -298,7 +425,8 @@ describe('decide: the state table', () => {
       ...running(),
       phase: 'Pending',
       reason: 'HypervisorUnreachable',
-      message: 'the start of the pull (virsh blockpull) did not return within 10000 ms; the command was ended; it may have started the job: the next look at the disk tells',
+      message:
+        'the start of the pull (virsh blockpull) did not return within 10000 ms; the command was ended; it may have started the job: the next look at the disk tells',
       job: { state: 'Unanswered' },
       ...extra,
     });
@@ -308,39 +436,63 @@ describe('decide: the state table', () => {
       expect(d.action.type).toBe('none');
     });
     it('the job is on the disk, but this process did not start it (a restart meanwhile) → Adopted', () => {
-      const d = decide(obs({ bp: bp({ status: unanswered() }), hypervisor: ok(CHAIN3, job(10, 100)), jobStartedHere: false }));
+      const d = decide(
+        obs({ bp: bp({ status: unanswered() }), hypervisor: ok(CHAIN3, job(10, 100)), jobStartedHere: false }),
+      );
       expect(d.status).toMatchObject({ phase: 'Running', reason: 'Adopted', job: { state: 'Running' } });
     });
     it('no job on the disk → it did not run: a failed start, retry 1 after the backoff, the record cleared', () => {
       const d = decide(obs({ bp: bp({ status: unanswered() }), hypervisor: ok(CHAIN3) }));
       expect(d.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', retries: 1, attempts: 1 });
       expect(d.status.job).toBeUndefined();
-      expect(d.status.message).toBe("the start of the pull did not answer within the operator's bound and no job is on the disk; retry 1/3 after 5 s");
+      expect(d.status.message).toBe(
+        "the start of the pull did not answer within the operator's bound and no job is on the disk; retry 1/3 after 5 s",
+      );
       expect(d.action.type).toBe('none');
       expect(d.requeueAfterMs).toBe(5000);
       // ... and waits out that backoff on the next looks.
-      const wait = decide(obs({ now: new Date(NOW.getTime() + 2000), bp: bp({ status: d.status }), hypervisor: ok(CHAIN3) }));
+      const wait = decide(
+        obs({ now: new Date(NOW.getTime() + 2000), bp: bp({ status: d.status }), hypervisor: ok(CHAIN3) }),
+      );
       expect(wait.action.type).toBe('none');
       expect(wait.requeueAfterMs).toBe(3000);
-      const again = decide(obs({ now: new Date(NOW.getTime() + 5000), bp: bp({ status: d.status }), hypervisor: ok(CHAIN3) }));
+      const again = decide(
+        obs({ now: new Date(NOW.getTime() + 5000), bp: bp({ status: d.status }), hypervisor: ok(CHAIN3) }),
+      );
       expect(again.action.type).toBe('startPull');
-      expect(again.status).toMatchObject({ phase: 'Running', reason: 'Retrying', attempts: 2, job: { state: 'Starting' } });
+      expect(again.status).toMatchObject({
+        phase: 'Running',
+        reason: 'Retrying',
+        attempts: 2,
+        job: { state: 'Starting' },
+      });
     });
     it('no job on the disk and maxRetries reached → Failed/JobFailed', () => {
-      const d = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: unanswered({ retries: 1 }) }), hypervisor: ok(CHAIN3) }));
+      const d = decide(
+        obs({ bp: bp({ spec: { maxRetries: 1 }, status: unanswered({ retries: 1 }) }), hypervisor: ok(CHAIN3) }),
+      );
       expect(d.status).toMatchObject({ phase: 'Failed', reason: 'JobFailed' });
       expect(d.status.job).toBeUndefined();
       expect(d.status.message).toMatch(/maxRetries 1 reached/);
     });
     it('the disk is not looked at (unreachable) → the record stays, nothing is started', () => {
-      const d = decide(obs({ bp: bp({ status: unanswered() }), hypervisor: { kind: 'unreachable', message: 'no answer' } }));
+      const d = decide(
+        obs({ bp: bp({ status: unanswered() }), hypervisor: { kind: 'unreachable', message: 'no answer' } }),
+      );
       expect(d.status.job).toEqual({ state: 'Unanswered' });
       expect(d.action.type).toBe('none');
     });
     it('deleted: the job found is aborted; unreachable: the finalizer stays', () => {
-      const found = decide(obs({ bp: bp({ status: unanswered(), deleting: true }), hypervisor: ok(CHAIN3, job(10, 100)) }));
+      const found = decide(
+        obs({ bp: bp({ status: unanswered(), deleting: true }), hypervisor: ok(CHAIN3, job(10, 100)) }),
+      );
       expect(found.action.type).toBe('abort');
-      const unknown = decide(obs({ bp: bp({ status: unanswered(), deleting: true }), hypervisor: { kind: 'unreachable', message: 'no answer' } }));
+      const unknown = decide(
+        obs({
+          bp: bp({ status: unanswered(), deleting: true }),
+          hypervisor: { kind: 'unreachable', message: 'no answer' },
+        }),
+      );
       expect(unknown.action.type).toBe('none');
       const gone = decide(obs({ bp: bp({ status: unanswered(), deleting: true }), hypervisor: ok(CHAIN3) }));
       expect(gone.action.type).toBe('removeFinalizer');
@@ -356,7 +508,13 @@ describe('decide: the state table', () => {
       }),
     );
     expect(d.action.type).toBe('none');
-    expect(d.status.progress).toEqual({ currentBytes: 300, totalBytes: 1000, percent: '30%', bytesPerSecond: 200, etaSeconds: 4 });
+    expect(d.status.progress).toEqual({
+      currentBytes: 300,
+      totalBytes: 1000,
+      percent: '30%',
+      bytesPerSecond: 200,
+      etaSeconds: 4,
+    });
     expect(d.sample).toEqual({ cur: 300, atMs: NOW.getTime() });
     expect(d.status.reason).toBe('Pulling');
     expect(d.requeueAfterMs).toBe(500);
@@ -368,54 +526,92 @@ describe('decide: the state table', () => {
   });
 
   it('bandwidth changed while running → set speed', () => {
-    const d = decide(obs({ bp: bp({ spec: { bandwidth: '2Mi' }, status: running() }), hypervisor: ok(CHAIN3, job(10, 100, 1048576)) }));
+    const d = decide(
+      obs({ bp: bp({ spec: { bandwidth: '2Mi' }, status: running() }), hypervisor: ok(CHAIN3, job(10, 100, 1048576)) }),
+    );
     expect(d.action).toEqual({ type: 'setBandwidth', domain: 'ns_vm1', target: 'vda', bandwidth: 2097152 });
-    const same = decide(obs({ bp: bp({ spec: { bandwidth: 2097152 }, status: running() }), hypervisor: ok(CHAIN3, job(10, 100, 2097152)) }));
+    const same = decide(
+      obs({
+        bp: bp({ spec: { bandwidth: 2097152 }, status: running() }),
+        hypervisor: ok(CHAIN3, job(10, 100, 2097152)),
+      }),
+    );
     expect(same.action.type).toBe('none');
     const unlimited = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(10, 100, 2097152)) }));
     expect(unlimited.action).toMatchObject({ type: 'setBandwidth', bandwidth: 0 });
   });
 
   it('a pull already running at the first look is adopted, not restarted', () => {
-    const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(CHAIN3, job(50, 100)), jobStartedHere: false }));
+    const d = decide(
+      obs({
+        bp: bp({ status: { phase: 'Pending', reason: 'Created' } }),
+        hypervisor: ok(CHAIN3, job(50, 100)),
+        jobStartedHere: false,
+      }),
+    );
     expect(d.action.type).toBe('none');
     expect(d.status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 1 });
     expect(d.status.message).toMatch(/^adopted the running pull rootdisk/);
     expect(d.status.backingChain?.before).toEqual(before3);
     // A restarted operator (or a new leader) with the status still Running/Pulling: the job is
     // adopted (this process did not start it), attempts stay 1.
-    const cont = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(60, 100)), jobStartedHere: false }));
+    const cont = decide(
+      obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(60, 100)), jobStartedHere: false }),
+    );
     expect(cont.status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 1 });
     expect(cont.action.type).toBe('none');
     // ...and stays Adopted on the next looks.
-    const later = decide(obs({ bp: bp({ status: cont.status }), hypervisor: ok(CHAIN3, job(70, 100)), jobStartedHere: false }));
+    const later = decide(
+      obs({ bp: bp({ status: cont.status }), hypervisor: ok(CHAIN3, job(70, 100)), jobStartedHere: false }),
+    );
     expect(later.status.reason).toBe('Adopted');
   });
 
   it('our own job is never called Adopted, even when the status write after the start was lost', () => {
     // Started by this process, but the status still says Pending (or Paused): Pulling, not Adopted.
-    for (const prior of [{ phase: 'Pending', reason: 'Created' }, { ...running(), phase: 'Paused', reason: 'Paused' }] as BlockPullStatus[]) {
+    for (const prior of [
+      { phase: 'Pending', reason: 'Created' },
+      { ...running(), phase: 'Paused', reason: 'Paused' },
+    ] as BlockPullStatus[]) {
       const d = decide(obs({ bp: bp({ status: prior }), hypervisor: ok(CHAIN3, job(5, 100)), jobStartedHere: true }));
       expect(d.status, prior.phase).toMatchObject({ phase: 'Running', reason: 'Pulling' });
       expect(d.status.message).toMatch(/^pulling rootdisk/);
     }
     // A retry this process started keeps Retrying while it runs.
-    const retrying = decide(obs({ bp: bp({ status: running({ reason: 'Retrying', attempts: 2, retries: 1 }) }), hypervisor: ok(CHAIN3, job(5, 100)) }));
+    const retrying = decide(
+      obs({
+        bp: bp({ status: running({ reason: 'Retrying', attempts: 2, retries: 1 }) }),
+        hypervisor: ok(CHAIN3, job(5, 100)),
+      }),
+    );
     expect(retrying.status.reason).toBe('Retrying');
     // A previous Adopted does not stick to a job this process started itself.
-    const own = decide(obs({ bp: bp({ status: running({ reason: 'Adopted' }) }), hypervisor: ok(CHAIN3, job(5, 100)), jobStartedHere: true }));
+    const own = decide(
+      obs({
+        bp: bp({ status: running({ reason: 'Adopted' }) }),
+        hypervisor: ok(CHAIN3, job(5, 100)),
+        jobStartedHere: true,
+      }),
+    );
     expect(own.status.reason).toBe('Pulling');
   });
 
   it('spec.paused with our job running → Paused, abort (data kept)', () => {
-    const d = decide(obs({ bp: bp({ spec: { paused: true }, status: running() }), hypervisor: ok(CHAIN3, job(40, 100)) }));
+    const d = decide(
+      obs({ bp: bp({ spec: { paused: true }, status: running() }), hypervisor: ok(CHAIN3, job(40, 100)) }),
+    );
     expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
     expect(d.status).toMatchObject({ phase: 'Paused', reason: 'Paused', progress: { percent: '40%' } });
     expect(getCondition(d.status.conditions, 'Progressing')?.status).toBe('False');
   });
 
   it('paused with no job → stays Paused; unpaused → starts again without counting a retry', () => {
-    const pausedStatus: BlockPullStatus = { ...running(), phase: 'Paused', reason: 'Paused', progress: { percent: '40%' } };
+    const pausedStatus: BlockPullStatus = {
+      ...running(),
+      phase: 'Paused',
+      reason: 'Paused',
+      progress: { percent: '40%' },
+    };
     const still = decide(obs({ bp: bp({ spec: { paused: true }, status: pausedStatus }), hypervisor: ok(CHAIN3) }));
     expect(still.status).toMatchObject({ phase: 'Paused', reason: 'Paused' });
     expect(still.action.type).toBe('none');
@@ -436,25 +632,45 @@ describe('decide: the state table', () => {
     expect(d.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', attempts: 1, retries: 1 });
     expect(d.requeueAfterMs).toBe(5000);
     // Within the backoff: nothing starts, whatever wakes it.
-    const early = decide(obs({ now: new Date(NOW.getTime() + 2000), bp: bp({ spec: { maxRetries: 1 }, status: d.status }), hypervisor: ok(CHAIN3) }));
+    const early = decide(
+      obs({
+        now: new Date(NOW.getTime() + 2000),
+        bp: bp({ spec: { maxRetries: 1 }, status: d.status }),
+        hypervisor: ok(CHAIN3),
+      }),
+    );
     expect(early.action.type).toBe('none');
     expect(early.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', attempts: 1, retries: 1 });
     expect(early.requeueAfterMs).toBe(3000);
     // After it: started again.
     const later = new Date(NOW.getTime() + 5000);
-    const restarted = decide(obs({ now: later, bp: bp({ spec: { maxRetries: 1 }, status: d.status }), hypervisor: ok(CHAIN3) }));
+    const restarted = decide(
+      obs({ now: later, bp: bp({ spec: { maxRetries: 1 }, status: d.status }), hypervisor: ok(CHAIN3) }),
+    );
     expect(restarted.action.type).toBe('startPull');
     expect(restarted.status).toMatchObject({ phase: 'Running', reason: 'Retrying', attempts: 2, retries: 1 });
-    const again = decide(obs({ now: later, bp: bp({ spec: { maxRetries: 1 }, status: restarted.afterAction! }), hypervisor: ok(CHAIN3) }));
+    const again = decide(
+      obs({ now: later, bp: bp({ spec: { maxRetries: 1 }, status: restarted.afterAction! }), hypervisor: ok(CHAIN3) }),
+    );
     expect(again.action.type).toBe('none');
     expect(again.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
-    expect(getCondition(again.status.conditions, 'Failed')).toMatchObject({ status: 'True', reason: 'RetryLimitExceeded' });
+    expect(getCondition(again.status.conditions, 'Failed')).toMatchObject({
+      status: 'True',
+      reason: 'RetryLimitExceeded',
+    });
     const none = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: running() }), hypervisor: ok(CHAIN3) }));
     expect(none.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
   });
 
   it('retries back off exponentially: 5 s, 10 s, 20 s ... at most 5 min', () => {
-    expect([1, 2, 3, 4, 10, 100].map((n) => backoffMs(n, 5000))).toEqual([5000, 10_000, 20_000, 40_000, MAX_BACKOFF_MS, MAX_BACKOFF_MS]);
+    expect([1, 2, 3, 4, 10, 100].map((n) => backoffMs(n, 5000))).toEqual([
+      5000,
+      10_000,
+      20_000,
+      40_000,
+      MAX_BACKOFF_MS,
+      MAX_BACKOFF_MS,
+    ]);
     const second = decide(obs({ bp: bp({ status: running({ attempts: 2, retries: 1 }) }), hypervisor: ok(CHAIN3) }));
     expect(second.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', retries: 2 });
     expect(second.requeueAfterMs).toBe(10_000);
@@ -465,13 +681,22 @@ describe('decide: the state table', () => {
     const d = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3), lastJobError: error }));
     expect(d.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed' });
     expect(d.status.message).toContain(error);
-    const last = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: running() }), hypervisor: ok(CHAIN3), lastJobError: error }));
+    const last = decide(
+      obs({ bp: bp({ spec: { maxRetries: 0 }, status: running() }), hypervisor: ok(CHAIN3), lastJobError: error }),
+    );
     expect(last.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
     expect(last.status.message).toContain(error);
     // The reason arrived after the failure was written: the waiting status gains it.
     const noText = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3) }));
     expect(noText.status.message).not.toContain(error);
-    const gained = decide(obs({ now: new Date(NOW.getTime() + 1000), bp: bp({ status: noText.status }), hypervisor: ok(CHAIN3), lastJobError: error }));
+    const gained = decide(
+      obs({
+        now: new Date(NOW.getTime() + 1000),
+        bp: bp({ status: noText.status }),
+        hypervisor: ok(CHAIN3),
+        lastJobError: error,
+      }),
+    );
     expect(gained.status.message).toContain(error);
     const short = decide(
       obs({
@@ -487,12 +712,20 @@ describe('decide: the state table', () => {
   });
 
   it('libvirt unreachable → phase kept, Progressing Unknown, requeue', () => {
-    const d = decide(obs({ bp: bp({ status: running() }), hypervisor: { kind: 'unreachable', message: 'cannot connect' } }));
+    const d = decide(
+      obs({ bp: bp({ status: running() }), hypervisor: { kind: 'unreachable', message: 'cannot connect' } }),
+    );
     expect(d.status).toMatchObject({ phase: 'Running', reason: 'HypervisorUnreachable' });
     expect(getCondition(d.status.conditions, 'Progressing')?.status).toBe('Unknown');
     expect(d.requeueAfterMs).toBe(5000);
     // Still unreachable a minute later: the same status, so the object is not rewritten.
-    const later = decide(obs({ now: new Date(NOW.getTime() + 60_000), bp: bp({ status: d.status }), hypervisor: { kind: 'unreachable', message: 'cannot connect' } }));
+    const later = decide(
+      obs({
+        now: new Date(NOW.getTime() + 60_000),
+        bp: bp({ status: d.status }),
+        hypervisor: { kind: 'unreachable', message: 'cannot connect' },
+      }),
+    );
     expect(later.status).toEqual(d.status);
   });
 
@@ -523,15 +756,28 @@ describe('decide: deletion', () => {
     expect(d.action).toEqual({ type: 'removeFinalizer' });
   });
   it('being deleted while another BlockPull pulls the disk → do not abort theirs', () => {
-    const d = decide(obs({ bp: bp({ name: 'pull2', deleting: true, status: { phase: 'Pending', reason: 'DiskBusy' } }), diskHolder: 'ns/pull1', hypervisor: ok(CHAIN3, job(1, 10)) }));
+    const d = decide(
+      obs({
+        bp: bp({ name: 'pull2', deleting: true, status: { phase: 'Pending', reason: 'DiskBusy' } }),
+        diskHolder: 'ns/pull1',
+        hypervisor: ok(CHAIN3, job(1, 10)),
+      }),
+    );
     expect(d.action).toEqual({ type: 'removeFinalizer' });
   });
   it('being deleted after Completed, or with the VMI gone → remove the finalizer', () => {
-    expect(decide(obs({ bp: bp({ deleting: true, status: { phase: 'Completed' } }) })).action.type).toBe('removeFinalizer');
-    expect(decide(obs({ bp: bp({ deleting: true, status: running() }), launcher: { kind: 'vmiNotFound', message: 'gone' } })).action.type).toBe('removeFinalizer');
+    expect(decide(obs({ bp: bp({ deleting: true, status: { phase: 'Completed' } }) })).action.type).toBe(
+      'removeFinalizer',
+    );
+    expect(
+      decide(obs({ bp: bp({ deleting: true, status: running() }), launcher: { kind: 'vmiNotFound', message: 'gone' } }))
+        .action.type,
+    ).toBe('removeFinalizer');
   });
   it('being deleted, libvirt unreachable while Running → keep the finalizer, retry', () => {
-    const d = decide(obs({ bp: bp({ deleting: true, status: running() }), hypervisor: { kind: 'unreachable', message: 'x' } }));
+    const d = decide(
+      obs({ bp: bp({ deleting: true, status: running() }), hypervisor: { kind: 'unreachable', message: 'x' } }),
+    );
     expect(d.action.type).toBe('none');
     expect(d.requeueAfterMs).toBe(5000);
   });
@@ -539,12 +785,20 @@ describe('decide: deletion', () => {
   // period runs, its QEMU and our job still run.
   const TERMINATING: LauncherLookup = { ...FOUND, terminating: true };
   it('being deleted, launcher pod terminating but answering, our job running → abort through it, keep the finalizer', () => {
-    const d = decide(obs({ bp: bp({ deleting: true, status: running() }), launcher: TERMINATING, hypervisor: ok(CHAIN3, job(1, 10)) }));
+    const d = decide(
+      obs({ bp: bp({ deleting: true, status: running() }), launcher: TERMINATING, hypervisor: ok(CHAIN3, job(1, 10)) }),
+    );
     expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
     expect(d.status.job).toEqual({ state: 'Aborting' });
   });
   it('being deleted, launcher pod terminating, our job gone → remove the finalizer', () => {
-    const d = decide(obs({ bp: bp({ deleting: true, status: running({ job: { state: 'Aborting' } }) }), launcher: TERMINATING, hypervisor: ok(CHAIN3) }));
+    const d = decide(
+      obs({
+        bp: bp({ deleting: true, status: running({ job: { state: 'Aborting' } }) }),
+        launcher: TERMINATING,
+        hypervisor: ok(CHAIN3),
+      }),
+    );
     expect(d.action).toEqual({ type: 'removeFinalizer' });
   });
   it('being deleted, launcher pod terminating and no longer answering (its QEMU goes with it) → remove the finalizer', () => {
@@ -552,12 +806,25 @@ describe('decide: deletion', () => {
       { kind: 'unreachable', message: 'container not running' },
       { kind: 'domainNotFound', message: 'no domain' },
     ] as const) {
-      const d = decide(obs({ bp: bp({ deleting: true, status: running({ job: { state: 'Running' } }) }), launcher: TERMINATING, hypervisor }));
+      const d = decide(
+        obs({
+          bp: bp({ deleting: true, status: running({ job: { state: 'Running' } }) }),
+          launcher: TERMINATING,
+          hypervisor,
+        }),
+      );
       expect(d.action, hypervisor.kind).toEqual({ type: 'removeFinalizer' });
     }
   });
   it('not being deleted, launcher pod terminating → LauncherNotFound, never a start', () => {
-    const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), diskHolder: null, launcher: TERMINATING, hypervisor: ok(CHAIN3) }));
+    const d = decide(
+      obs({
+        bp: bp({ status: { phase: 'Pending', reason: 'Created' } }),
+        diskHolder: null,
+        launcher: TERMINATING,
+        hypervisor: ok(CHAIN3),
+      }),
+    );
     expect(d.action).toEqual({ type: 'none' });
     expect(d.status).toMatchObject({ phase: 'Pending', reason: 'LauncherNotFound' });
     expect(d.status.message).toContain('being deleted');
@@ -576,17 +843,36 @@ describe('decideActionError', () => {
     expect(d?.requeueAfterMs).toBe(5000);
   });
   it('invalid base at start → Failed/InvalidBase', () => {
-    expect(decideActionError(o, started, new HypervisorError('InvalidBase', 'bad'))?.status).toMatchObject({ phase: 'Failed', reason: 'InvalidBase' });
+    expect(decideActionError(o, started, new HypervisorError('InvalidBase', 'bad'))?.status).toMatchObject({
+      phase: 'Failed',
+      reason: 'InvalidBase',
+    });
   });
   it('other failures count against maxRetries, then Failed/JobFailed', () => {
     const d = decideActionError(o, started, new Error('virsh exploded'));
     expect(d?.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', retries: 1 });
     const last = obs({ bp: bp({ spec: { maxRetries: 0 } }), hypervisor: ok(CHAIN3) });
-    expect(decideActionError(last, decide(last), new Error('virsh exploded'))?.status).toMatchObject({ phase: 'Failed', reason: 'JobFailed' });
+    expect(decideActionError(last, decide(last), new Error('virsh exploded'))?.status).toMatchObject({
+      phase: 'Failed',
+      reason: 'JobFailed',
+    });
   });
   it('a start past the action bound (Timeout) → Pending/HypervisorUnreachable, recorded Unanswered, still counted (it may have run)', () => {
-    const d = decideActionError(o, started, new HypervisorError('Timeout', 'the start of the pull (virsh blockpull) did not return within 10000 ms; the command was ended'));
-    expect(d?.status).toMatchObject({ phase: 'Pending', reason: 'HypervisorUnreachable', attempts: 1, retries: 0, job: { state: 'Unanswered' } });
+    const d = decideActionError(
+      o,
+      started,
+      new HypervisorError(
+        'Timeout',
+        'the start of the pull (virsh blockpull) did not return within 10000 ms; the command was ended',
+      ),
+    );
+    expect(d?.status).toMatchObject({
+      phase: 'Pending',
+      reason: 'HypervisorUnreachable',
+      attempts: 1,
+      retries: 0,
+      job: { state: 'Unanswered' },
+    });
     expect(d?.status.message).toBe(
       'the start of the pull (virsh blockpull) did not return within 10000 ms; the command was ended; it may have started the job: the next look at the disk tells',
     );
@@ -594,7 +880,9 @@ describe('decideActionError', () => {
     expect(d?.requeueAfterMs).toBe(5000);
   });
   it('only start failures are mapped', () => {
-    const r = decide(obs({ bp: bp({ spec: { bandwidth: 1 }, status: running() }), hypervisor: ok(CHAIN3, job(1, 10)) }));
+    const r = decide(
+      obs({ bp: bp({ spec: { bandwidth: 1 }, status: running() }), hypervisor: ok(CHAIN3, job(1, 10)) }),
+    );
     expect(decideActionError(o, r, new Error('x'))).toBeUndefined();
   });
 });
@@ -617,14 +905,27 @@ describe('diskHolder', () => {
 
 describe('decide: pre-flight space check before every start', () => {
   const fresh = (): BlockPull => bp();
-  const measured = (pullBytes: number, availableBytes: number, ephemeral?: { limitBytes: number; usedBytes: number }, totalBytes = 100_000 * MiB) =>
+  const measured = (
+    pullBytes: number,
+    availableBytes: number,
+    ephemeral?: { limitBytes: number; usedBytes: number },
+    totalBytes = 100_000 * MiB,
+  ) =>
     ({
       kind: 'measured',
       topPath: TOP,
       pullBytes,
       availableBytes,
       totalBytes,
-      ...(ephemeral ? { ephemeral: { pod: 'virt-launcher-vm1-abcde', mountPoint: '/var/run/kubevirt-ephemeral-disks', ...ephemeral } } : {}),
+      ...(ephemeral
+        ? {
+            ephemeral: {
+              pod: 'virt-launcher-vm1-abcde',
+              mountPoint: '/var/run/kubevirt-ephemeral-disks',
+              ...ephemeral,
+            },
+          }
+        : {}),
     }) as const;
 
   it.each([
@@ -632,16 +933,26 @@ describe('decide: pre-flight space check before every start', () => {
     ['exactly fits', measured(100 * MiB, 164 * MiB), 64 * MiB, 'startPull'],
     ['short by the margin only', measured(100 * MiB, 150 * MiB), 64 * MiB, 'none'],
     ['16 MiB free, 256 MiB to pull', measured(256 * MiB, 16 * MiB), 0, 'none'],
-    ['fits the filesystem, not the ephemeral-storage limit', measured(100 * MiB, 10_000 * MiB, { limitBytes: 500 * MiB, usedBytes: 450 * MiB }), 0, 'none'],
+    [
+      'fits the filesystem, not the ephemeral-storage limit',
+      measured(100 * MiB, 10_000 * MiB, { limitBytes: 500 * MiB, usedBytes: 450 * MiB }),
+      0,
+      'none',
+    ],
     ['fits both', measured(100 * MiB, 10_000 * MiB, { limitBytes: 500 * MiB, usedBytes: 300 * MiB }), 0, 'startPull'],
     ['not measurable (block device)', { kind: 'unknown', reason: 'block device' } as const, 64 * MiB, 'startPull'],
   ] as const)('%s → %s', (_name, space, margin, action) => {
-    const d = decide(obs({ bp: fresh(), hypervisor: ok(CHAIN3), space, spaceMarginBytes: margin, spaceRecheckMs: 20_000 }));
+    const d = decide(
+      obs({ bp: fresh(), hypervisor: ok(CHAIN3), space, spaceMarginBytes: margin, spaceRecheckMs: 20_000 }),
+    );
     expect(d.action.type).toBe(action);
     if (action === 'none') {
       expect(d.status).toMatchObject({ phase: 'Pending', reason: 'InsufficientSpace' });
       expect(d.status.attempts ?? 0).toBe(0);
-      expect(getCondition(d.status.conditions, 'Progressing')).toMatchObject({ status: 'False', reason: 'InsufficientSpace' });
+      expect(getCondition(d.status.conditions, 'Progressing')).toMatchObject({
+        status: 'False',
+        reason: 'InsufficientSpace',
+      });
       expect(d.requeueAfterMs).toBe(20_000);
     } else {
       expect(d.status).toMatchObject({ phase: 'Running', attempts: 1 });
@@ -655,33 +966,57 @@ describe('decide: pre-flight space check before every start', () => {
     // 10 % of 100 MiB = 10 MiB: the 64 MiB margin is larger.
     ['the MiB margin is larger', measured(100 * MiB, 150 * MiB, undefined, 100 * MiB), 'none'],
     // Under an ephemeral-storage limit only the MiB margin counts (the limit is not the filesystem).
-    ['the limit keeps the MiB margin', measured(100 * MiB, 100_000 * MiB, { limitBytes: 200 * MiB, usedBytes: 36 * MiB }, 100_000 * MiB), 'startPull'],
+    [
+      'the limit keeps the MiB margin',
+      measured(100 * MiB, 100_000 * MiB, { limitBytes: 200 * MiB, usedBytes: 36 * MiB }, 100_000 * MiB),
+      'startPull',
+    ],
   ] as const)('margin: %s → %s', (_name, space, action) => {
-    const d = decide(obs({ bp: fresh(), hypervisor: ok(CHAIN3), space, spaceMarginBytes: 64 * MiB, spaceMarginPercent: 10 }));
+    const d = decide(
+      obs({ bp: fresh(), hypervisor: ok(CHAIN3), space, spaceMarginBytes: 64 * MiB, spaceMarginPercent: 10 }),
+    );
     expect(d.action.type).toBe(action);
     if (action === 'none') expect(d.status.reason).toBe('InsufficientSpace');
   });
 
   it('InsufficientSpace says both figures (filesystem, or limit and usage)', () => {
-    const fs = decide(obs({ bp: fresh(), hypervisor: ok(CHAIN3), space: measured(256 * MiB, 16 * MiB), spaceMarginBytes: MiB }));
+    const fs = decide(
+      obs({ bp: fresh(), hypervisor: ok(CHAIN3), space: measured(256 * MiB, 16 * MiB), spaceMarginBytes: MiB }),
+    );
     expect(fs.status.message).toContain(`${256 * MiB} bytes`);
     expect(fs.status.message).toContain(`${16 * MiB} bytes`);
     expect(fs.status.message).toContain(`${MiB} bytes`);
     expect(fs.status.message).toContain(TOP);
-    const eph = decide(obs({ bp: fresh(), hypervisor: ok(CHAIN3), space: measured(100 * MiB, 10_000 * MiB, { limitBytes: 500 * MiB, usedBytes: 450 * MiB }) }));
+    const eph = decide(
+      obs({
+        bp: fresh(),
+        hypervisor: ok(CHAIN3),
+        space: measured(100 * MiB, 10_000 * MiB, { limitBytes: 500 * MiB, usedBytes: 450 * MiB }),
+      }),
+    );
     expect(eph.status.message).toMatch(/ephemeral-storage limit of 500\.0 MiB \(524288000 bytes\)/);
     expect(eph.status.message).toContain(`${450 * MiB} bytes`);
   });
 
   it('a resume after a pause is checked too; short → Pending/InsufficientSpace, the pause data kept', () => {
-    const pausedStatus: BlockPullStatus = { phase: 'Paused', reason: 'Paused', attempts: 1, retries: 0, backingChain: { before: before3 } };
-    const d = decide(obs({ bp: bp({ status: pausedStatus }), hypervisor: ok(CHAIN3), space: measured(256 * MiB, MiB) }));
+    const pausedStatus: BlockPullStatus = {
+      phase: 'Paused',
+      reason: 'Paused',
+      attempts: 1,
+      retries: 0,
+      backingChain: { before: before3 },
+    };
+    const d = decide(
+      obs({ bp: bp({ status: pausedStatus }), hypervisor: ok(CHAIN3), space: measured(256 * MiB, MiB) }),
+    );
     expect(d.action.type).toBe('none');
     expect(d.status).toMatchObject({ phase: 'Pending', reason: 'InsufficientSpace', attempts: 1 });
   });
 
   it('a job running on the disk is never held back by the check (adoption)', () => {
-    const d = decide(obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(10, 100)), space: measured(256 * MiB, 0) }));
+    const d = decide(
+      obs({ bp: bp({ status: running() }), hypervisor: ok(CHAIN3, job(10, 100)), space: measured(256 * MiB, 0) }),
+    );
     expect(d.status).toMatchObject({ phase: 'Running' });
   });
 });
@@ -693,7 +1028,10 @@ describe('decide: pre-flight space check before every start', () => {
  * "Adopted", attempts count the jobs started.
  */
 describe('decide: the job record (persisted intent)', () => {
-  const withRecord = (state: NonNullable<BlockPullStatus['job']>['state'], extra: BlockPullStatus = {}): BlockPullStatus => running({ job: { state }, ...extra });
+  const withRecord = (
+    state: NonNullable<BlockPullStatus['job']>['state'],
+    extra: BlockPullStatus = {},
+  ): BlockPullStatus => running({ job: { state }, ...extra });
 
   it('a start is recorded before it is made (Starting, counted), confirmed after (Running)', () => {
     const d = decide(obs({ bp: bp(), hypervisor: ok(CHAIN3) }));
@@ -703,7 +1041,9 @@ describe('decide: the job record (persisted intent)', () => {
   });
 
   it('pausing records the abort (Aborting) in the status written before the abort', () => {
-    const d = decide(obs({ bp: bp({ spec: { paused: true }, status: withRecord('Running') }), hypervisor: ok(CHAIN3, job(40, 100)) }));
+    const d = decide(
+      obs({ bp: bp({ spec: { paused: true }, status: withRecord('Running') }), hypervisor: ok(CHAIN3, job(40, 100)) }),
+    );
     expect(d.action.type).toBe('abort');
     expect(d.status).toMatchObject({ phase: 'Paused', job: { state: 'Aborting' } });
     expect(d.afterAction).toBeUndefined();
@@ -712,49 +1052,116 @@ describe('decide: the job record (persisted intent)', () => {
   it.each([
     ['Aborting', 'Running'], // the Paused status was written, then the user unpaused
     ['Aborted', 'Paused'],
-  ] as const)('after our abort (%s, phase %s), unpaused with maxRetries 0 → started again, not a failure', (state, phase) => {
-    const prior = withRecord(state, { phase, reason: 'Paused', attempts: 3, retries: 0 });
-    const d = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: prior }), hypervisor: ok(CHAIN3) }));
-    expect(d.action.type).toBe('startPull');
-    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 4, retries: 0, job: { state: 'Starting' } });
-  });
+  ] as const)(
+    'after our abort (%s, phase %s), unpaused with maxRetries 0 → started again, not a failure',
+    (state, phase) => {
+      const prior = withRecord(state, { phase, reason: 'Paused', attempts: 3, retries: 0 });
+      const d = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: prior }), hypervisor: ok(CHAIN3) }));
+      expect(d.action.type).toBe('startPull');
+      expect(d.status).toMatchObject({
+        phase: 'Running',
+        reason: 'Pulling',
+        attempts: 4,
+        retries: 0,
+        job: { state: 'Starting' },
+      });
+    },
+  );
 
   it('after our abort, still paused → Paused, the record says Aborted, nothing done', () => {
-    const d = decide(obs({ bp: bp({ spec: { paused: true }, status: withRecord('Aborting', { phase: 'Paused', reason: 'Paused' }) }), hypervisor: ok(CHAIN3) }));
+    const d = decide(
+      obs({
+        bp: bp({ spec: { paused: true }, status: withRecord('Aborting', { phase: 'Paused', reason: 'Paused' }) }),
+        hypervisor: ok(CHAIN3),
+      }),
+    );
     expect(d.action.type).toBe('none');
     expect(d.status).toMatchObject({ phase: 'Paused', reason: 'Paused', job: { state: 'Aborted' }, attempts: 1 });
   });
 
-  it.each(['Starting', 'Aborting'] as const)('our job (%s) still on the disk, not paused → Running/Pulling, never Adopted, attempts kept', (state) => {
-    const d = decide(obs({ bp: bp({ status: withRecord(state, { phase: state === 'Aborting' ? 'Paused' : 'Running', reason: state === 'Aborting' ? 'Paused' : 'Pulling', attempts: 5 }) }), hypervisor: ok(CHAIN3, job(10, 100)) }));
-    expect(d.action.type).toBe('none');
-    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 5, job: { state: 'Running' } });
-  });
+  it.each(['Starting', 'Aborting'] as const)(
+    'our job (%s) still on the disk, not paused → Running/Pulling, never Adopted, attempts kept',
+    (state) => {
+      const d = decide(
+        obs({
+          bp: bp({
+            status: withRecord(state, {
+              phase: state === 'Aborting' ? 'Paused' : 'Running',
+              reason: state === 'Aborting' ? 'Paused' : 'Pulling',
+              attempts: 5,
+            }),
+          }),
+          hypervisor: ok(CHAIN3, job(10, 100)),
+        }),
+      );
+      expect(d.action.type).toBe('none');
+      expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 5, job: { state: 'Running' } });
+    },
+  );
 
   it('a pull this process did not start, found after our abort, is adopted (and recorded as running)', () => {
-    const d = decide(obs({ bp: bp({ status: withRecord('Aborted', { phase: 'Paused', reason: 'Paused', attempts: 2 }) }), hypervisor: ok(CHAIN3, job(10, 100)), jobStartedHere: false }));
+    const d = decide(
+      obs({
+        bp: bp({ status: withRecord('Aborted', { phase: 'Paused', reason: 'Paused', attempts: 2 }) }),
+        hypervisor: ok(CHAIN3, job(10, 100)),
+        jobStartedHere: false,
+      }),
+    );
     expect(d.status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 2, job: { state: 'Running' } });
   });
 
   it('a recorded start not known to have run (Starting, no job) is made again as the same attempt, not a failure', () => {
-    const d = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: withRecord('Starting', { attempts: 2 }) }), hypervisor: ok(CHAIN3) }));
+    const d = decide(
+      obs({
+        bp: bp({ spec: { maxRetries: 0 }, status: withRecord('Starting', { attempts: 2 }) }),
+        hypervisor: ok(CHAIN3),
+      }),
+    );
     expect(d.action.type).toBe('startPull');
-    expect(d.status).toMatchObject({ phase: 'Running', reason: 'Pulling', retries: 0, attempts: 2, job: { state: 'Starting' } });
+    expect(d.status).toMatchObject({
+      phase: 'Running',
+      reason: 'Pulling',
+      retries: 0,
+      attempts: 2,
+      job: { state: 'Starting' },
+    });
     // A retry recorded but not known to have run: still that retry, counted once.
-    const retry = decide(obs({ bp: bp({ spec: { maxRetries: 1 }, status: withRecord('Starting', { reason: 'Retrying', attempts: 2, retries: 1 }) }), hypervisor: ok(CHAIN3) }));
+    const retry = decide(
+      obs({
+        bp: bp({
+          spec: { maxRetries: 1 },
+          status: withRecord('Starting', { reason: 'Retrying', attempts: 2, retries: 1 }),
+        }),
+        hypervisor: ok(CHAIN3),
+      }),
+    );
     expect(retry.status).toMatchObject({ phase: 'Running', reason: 'Retrying', retries: 1, attempts: 2 });
     // Paused meanwhile: Paused, nothing counted.
-    const paused = decide(obs({ bp: bp({ spec: { paused: true }, status: withRecord('Starting', { attempts: 2 }) }), hypervisor: ok(CHAIN3) }));
+    const paused = decide(
+      obs({
+        bp: bp({ spec: { paused: true }, status: withRecord('Starting', { attempts: 2 }) }),
+        hypervisor: ok(CHAIN3),
+      }),
+    );
     expect(paused.status).toMatchObject({ phase: 'Paused', attempts: 2 });
   });
 
   it('our confirmed job gone short of the goal (Running, no job) → Ended; maxRetries 0 → Failed/RetryLimitExceeded', () => {
-    const d = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: withRecord('Running') }), hypervisor: ok(CHAIN3) }));
+    const d = decide(
+      obs({ bp: bp({ spec: { maxRetries: 0 }, status: withRecord('Running') }), hypervisor: ok(CHAIN3) }),
+    );
     expect(d.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded', job: { state: 'Ended' } });
   });
 
   it('a job that ended short is counted once: Pending/JobFailed clears the record, a full slot only delays the retry', () => {
-    const full = { running: 4, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 };
+    const full = {
+      running: 4,
+      runningOnNode: 0,
+      runningInNamespace: 0,
+      namespacesWanting: 1,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+    };
     const failedJob = decide(obs({ bp: bp({ status: withRecord('Running') }), hypervisor: ok(CHAIN3), slots: full }));
     expect(failedJob.action.type).toBe('none');
     expect(failedJob.status).toMatchObject({ phase: 'Pending', reason: 'JobFailed', retries: 1, attempts: 1 });
@@ -765,7 +1172,9 @@ describe('decide: the job record (persisted intent)', () => {
     const retry = decide(obs({ now: later, bp: bp({ status: wait.status }), hypervisor: ok(CHAIN3) }));
     expect(retry.action.type).toBe('startPull');
     expect(retry.status).toMatchObject({ phase: 'Running', retries: 1, attempts: 2, job: { state: 'Starting' } });
-    const exhausted = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: withRecord('Running') }), hypervisor: ok(CHAIN3) }));
+    const exhausted = decide(
+      obs({ bp: bp({ spec: { maxRetries: 0 }, status: withRecord('Running') }), hypervisor: ok(CHAIN3) }),
+    );
     expect(exhausted.status).toMatchObject({ phase: 'Failed', reason: 'RetryLimitExceeded' });
   });
 
@@ -775,7 +1184,10 @@ describe('decide: the job record (persisted intent)', () => {
   });
 
   it('a start that failed leaves no job record and does not count', () => {
-    const o = obs({ bp: bp({ status: withRecord('Aborted', { phase: 'Paused', attempts: 2 }) }), hypervisor: ok(CHAIN3) });
+    const o = obs({
+      bp: bp({ status: withRecord('Aborted', { phase: 'Paused', attempts: 2 }) }),
+      hypervisor: ok(CHAIN3),
+    });
     const started = decide(o);
     const d = decideActionError(o, started, new HypervisorError('DiskBusy', 'busy'));
     expect(d?.status.attempts).toBe(2);
@@ -783,18 +1195,33 @@ describe('decide: the job record (persisted intent)', () => {
   });
 
   it('a replayed start (Starting) that fails takes back the count made when it was recorded', () => {
-    const o = obs({ bp: bp({ status: withRecord('Starting', { attempts: 3, retries: 1, reason: 'Retrying' }) }), hypervisor: ok(CHAIN3) });
+    const o = obs({
+      bp: bp({ status: withRecord('Starting', { attempts: 3, retries: 1, reason: 'Retrying' }) }),
+      hypervisor: ok(CHAIN3),
+    });
     const replay = decide(o);
     expect(replay.status).toMatchObject({ attempts: 3, retries: 1 });
-    expect(decideActionError(o, replay, new HypervisorError('DiskBusy', 'busy'))?.status).toMatchObject({ attempts: 2, retries: 0 });
-    expect(decideActionError(o, replay, new Error('virsh exploded'))?.status).toMatchObject({ attempts: 2, retries: 1, reason: 'JobFailed' });
+    expect(decideActionError(o, replay, new HypervisorError('DiskBusy', 'busy'))?.status).toMatchObject({
+      attempts: 2,
+      retries: 0,
+    });
+    expect(decideActionError(o, replay, new Error('virsh exploded'))?.status).toMatchObject({
+      attempts: 2,
+      retries: 1,
+      reason: 'JobFailed',
+    });
   });
 
   it('a status from before status.job existed: Running means our job ran', () => {
     const legacy = running();
     expect(legacy.job).toBeUndefined();
-    expect(decide(obs({ bp: bp({ status: legacy }), hypervisor: ok(CHAIN3, job(1, 10)) })).status).toMatchObject({ reason: 'Pulling', job: { state: 'Running' } });
-    expect(decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: legacy }), hypervisor: ok(CHAIN3) })).status.reason).toBe('RetryLimitExceeded');
+    expect(decide(obs({ bp: bp({ status: legacy }), hypervisor: ok(CHAIN3, job(1, 10)) })).status).toMatchObject({
+      reason: 'Pulling',
+      job: { state: 'Running' },
+    });
+    expect(
+      decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: legacy }), hypervisor: ok(CHAIN3) })).status.reason,
+    ).toBe('RetryLimitExceeded');
   });
 });
 
@@ -810,7 +1237,12 @@ describe('decide: a bandwidth the operator cannot represent', () => {
 
   it('our job running → aborted first (Running/InvalidBandwidth, Aborting), then Failed once it is gone', () => {
     const spec = { bandwidth: '99999999999999999999Ti' };
-    const d = decide(obs({ bp: bp({ spec, status: running({ job: { state: 'Running' } }) }), hypervisor: ok(CHAIN3, job(10, 100, 1048576)) }));
+    const d = decide(
+      obs({
+        bp: bp({ spec, status: running({ job: { state: 'Running' } }) }),
+        hypervisor: ok(CHAIN3, job(10, 100, 1048576)),
+      }),
+    );
     expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
     expect(d.status).toMatchObject({ phase: 'Running', reason: 'InvalidBandwidth', job: { state: 'Aborting' } });
     expect(d.status.message).toMatch(/aborting the running job first/);
@@ -820,7 +1252,12 @@ describe('decide: a bandwidth the operator cannot represent', () => {
   });
 
   it('our job may run but libvirt cannot be reached → not terminal yet', () => {
-    const d = decide(obs({ bp: bp({ spec: { bandwidth: '1025Ti' }, status: running({ job: { state: 'Running' } }) }), hypervisor: { kind: 'unreachable', message: 'x' } }));
+    const d = decide(
+      obs({
+        bp: bp({ spec: { bandwidth: '1025Ti' }, status: running({ job: { state: 'Running' } }) }),
+        hypervisor: { kind: 'unreachable', message: 'x' },
+      }),
+    );
     expect(d.status.phase).toBe('Running');
     expect(d.status.reason).toBe('HypervisorUnreachable');
   });
@@ -832,34 +1269,72 @@ describe('decide: a bandwidth the operator cannot represent', () => {
 });
 
 describe('decide: deletion aborts the job we started, whatever the phase', () => {
-  it.each(['Failed', 'Completed', 'Paused', 'Pending'] as const)('phase %s with our job recorded Running and on the disk → abort (Aborting recorded)', (phase) => {
-    const d = decide(obs({ bp: bp({ deleting: true, status: running({ phase, job: { state: 'Running' } }) }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) }));
-    expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
-    expect(d.status.job).toEqual({ state: 'Aborting' });
-    expect(d.status.phase).toBe(phase);
-  });
+  it.each(['Failed', 'Completed', 'Paused', 'Pending'] as const)(
+    'phase %s with our job recorded Running and on the disk → abort (Aborting recorded)',
+    (phase) => {
+      const d = decide(
+        obs({
+          bp: bp({ deleting: true, status: running({ phase, job: { state: 'Running' } }) }),
+          diskHolder: null,
+          hypervisor: ok(CHAIN3, job(1, 10)),
+        }),
+      );
+      expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
+      expect(d.status.job).toEqual({ state: 'Aborting' });
+      expect(d.status.phase).toBe(phase);
+    },
+  );
   it('Failed/InvalidBandwidth written by an operator from before status.job, over its running job → abort', () => {
     const legacy: BlockPullStatus = { ...running(), phase: 'Failed', reason: 'InvalidBandwidth' };
-    const d = decide(obs({ bp: bp({ deleting: true, status: legacy }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) }));
+    const d = decide(
+      obs({ bp: bp({ deleting: true, status: legacy }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) }),
+    );
     expect(d.action.type).toBe('abort');
     const other: BlockPullStatus = { ...running(), phase: 'Failed', reason: 'RetryLimitExceeded' };
-    expect(decide(obs({ bp: bp({ deleting: true, status: other }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) })).action.type).toBe('removeFinalizer');
+    expect(
+      decide(obs({ bp: bp({ deleting: true, status: other }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) }))
+        .action.type,
+    ).toBe('removeFinalizer');
   });
   it('a terminal BlockPull whose job ended: a pull on the disk is not ours → finalizer removed', () => {
-    const d = decide(obs({ bp: bp({ deleting: true, status: running({ phase: 'Completed', job: { state: 'Ended' } }) }), diskHolder: null, hypervisor: ok(CHAIN3, job(1, 10)) }));
+    const d = decide(
+      obs({
+        bp: bp({ deleting: true, status: running({ phase: 'Completed', job: { state: 'Ended' } }) }),
+        diskHolder: null,
+        hypervisor: ok(CHAIN3, job(1, 10)),
+      }),
+    );
     expect(d.action).toEqual({ type: 'removeFinalizer' });
   });
   it('our job may run and libvirt is unreachable → keep the finalizer, whatever the phase', () => {
-    const d = decide(obs({ bp: bp({ deleting: true, status: running({ phase: 'Failed', job: { state: 'Starting' } }) }), hypervisor: { kind: 'unreachable', message: 'x' } }));
+    const d = decide(
+      obs({
+        bp: bp({ deleting: true, status: running({ phase: 'Failed', job: { state: 'Starting' } }) }),
+        hypervisor: { kind: 'unreachable', message: 'x' },
+      }),
+    );
     expect(d.action.type).toBe('none');
     expect(d.requeueAfterMs).toBe(5000);
   });
 });
 
 describe('decide: live migrations (yield, wait, resume on the new launcher)', () => {
-  const VMIM = { name: 'VirtualMachineInstanceMigration ns/mig-1', message: 'VirtualMachineInstanceMigration ns/mig-1 (phase Pending) migrates VirtualMachineInstance ns/vm1' };
+  const VMIM = {
+    name: 'VirtualMachineInstanceMigration ns/mig-1',
+    message: 'VirtualMachineInstanceMigration ns/mig-1 (phase Pending) migrates VirtualMachineInstance ns/vm1',
+  };
   const MIGRATING: LauncherLookup = { ...FOUND, migration: VMIM };
-  const NEW_POD: LauncherLookup = { kind: 'found', launcher: { namespace: 'ns', pod: 'virt-launcher-vm1-target', node: 'node2', container: 'compute', domain: 'ns_vm1', uri: 'qemu:///system' } };
+  const NEW_POD: LauncherLookup = {
+    kind: 'found',
+    launcher: {
+      namespace: 'ns',
+      pod: 'virt-launcher-vm1-target',
+      node: 'node2',
+      container: 'compute',
+      domain: 'ns_vm1',
+      uri: 'qemu:///system',
+    },
+  };
   // The chain on the target: a new overlay on the same backing images, at other paths.
   const T_TOP = '/t/top.qcow2';
   const T_MID = '/t/mid.qcow2';
@@ -873,10 +1348,22 @@ describe('decide: live migrations (yield, wait, resume on the new launcher)', ()
     ],
   };
   const onSource = (extra: BlockPullStatus = {}): BlockPullStatus =>
-    running({ job: { state: 'Running' }, launcher: { pod: 'virt-launcher-vm1-abcde', node: 'node1', container: 'compute', domain: 'ns_vm1', target: 'vda' }, ...extra });
+    running({
+      job: { state: 'Running' },
+      launcher: {
+        pod: 'virt-launcher-vm1-abcde',
+        node: 'node1',
+        container: 'compute',
+        domain: 'ns_vm1',
+        target: 'vda',
+      },
+      ...extra,
+    });
 
   it('Yield (default): our running job is aborted, Pending/MigrationInProgress naming the migration, intent Aborting, nothing counted', () => {
-    const d = decide(obs({ bp: bp({ status: onSource() }), launcher: MIGRATING, hypervisor: ok(CHAIN3, job(10 * MiB, 64 * MiB)) }));
+    const d = decide(
+      obs({ bp: bp({ status: onSource() }), launcher: MIGRATING, hypervisor: ok(CHAIN3, job(10 * MiB, 64 * MiB)) }),
+    );
     expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
     expect(d.status.phase).toBe('Pending');
     expect(d.status.reason).toBe('MigrationInProgress');
@@ -889,15 +1376,28 @@ describe('decide: live migrations (yield, wait, resume on the new launcher)', ()
   });
 
   it('WaitForPull: the running job goes on; the message says the migration waits', () => {
-    const d = decide(obs({ bp: bp({ spec: { migrationPolicy: 'WaitForPull' }, status: onSource() }), launcher: MIGRATING, hypervisor: ok(CHAIN3, job(10 * MiB, 64 * MiB)) }));
+    const d = decide(
+      obs({
+        bp: bp({ spec: { migrationPolicy: 'WaitForPull' }, status: onSource() }),
+        launcher: MIGRATING,
+        hypervisor: ok(CHAIN3, job(10 * MiB, 64 * MiB)),
+      }),
+    );
     expect(d.action).toEqual({ type: 'none' });
     expect(d.status.phase).toBe('Running');
     expect(d.status.job).toEqual({ state: 'Running' });
-    expect(d.status.message).toMatch(/VirtualMachineInstanceMigration ns\/mig-1 waits for the pull to end \(migrationPolicy WaitForPull\)/);
+    expect(d.status.message).toMatch(
+      /VirtualMachineInstanceMigration ns\/mig-1 waits for the pull to end \(migrationPolicy WaitForPull\)/,
+    );
   });
 
   it('the aborted job is gone while the migration runs: Aborted, waiting, never a retry', () => {
-    const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborting' }, progress: { percent: '15%' } });
+    const prior = onSource({
+      phase: 'Pending',
+      reason: 'MigrationInProgress',
+      job: { state: 'Aborting' },
+      progress: { percent: '15%' },
+    });
     const d = decide(obs({ bp: bp({ status: prior }), launcher: MIGRATING, hypervisor: ok(CHAIN3, null) }));
     expect(d.action).toEqual({ type: 'none' });
     expect(d.status.phase).toBe('Pending');
@@ -907,12 +1407,21 @@ describe('decide: live migrations (yield, wait, resume on the new launcher)', ()
     expect(d.status.message).toMatch(/yielded to VirtualMachineInstanceMigration ns\/mig-1: the pull is paused at 15%/);
   });
 
-  it.each(['Yield', 'WaitForPull'])('migrationPolicy %s: no job is started while a migration is requested', (policy) => {
-    const d = decide(obs({ bp: bp({ spec: { migrationPolicy: policy }, status: { phase: 'Pending', reason: 'Created' } }), launcher: MIGRATING, hypervisor: ok(CHAIN3, null) }));
-    expect(d.action).toEqual({ type: 'none' });
-    expect(d.status.reason).toBe('MigrationInProgress');
-    expect(d.status.message).toContain('the pull starts once the migration has ended');
-  });
+  it.each(['Yield', 'WaitForPull'])(
+    'migrationPolicy %s: no job is started while a migration is requested',
+    (policy) => {
+      const d = decide(
+        obs({
+          bp: bp({ spec: { migrationPolicy: policy }, status: { phase: 'Pending', reason: 'Created' } }),
+          launcher: MIGRATING,
+          hypervisor: ok(CHAIN3, null),
+        }),
+      );
+      expect(d.action).toEqual({ type: 'none' });
+      expect(d.status.reason).toBe('MigrationInProgress');
+      expect(d.status.message).toContain('the pull starts once the migration has ended');
+    },
+  );
 
   it('a migration requested and no job of ours can run: MigrationInProgress without a look at libvirt (the target may not answer yet)', () => {
     const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), launcher: MIGRATING }));
@@ -936,7 +1445,9 @@ describe('decide: live migrations (yield, wait, resume on the new launcher)', ()
   it('the migration completed: resumes on the new pod, full pull into its active image', () => {
     // Aborting (the abort was not confirmed before the source pod went away): the job ended with the old pod.
     const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborting' } });
-    const d = decide(obs({ bp: bp({ status: prior }), launcher: NEW_POD, hypervisor: ok(TARGET3, null), jobStartedHere: false }));
+    const d = decide(
+      obs({ bp: bp({ status: prior }), launcher: NEW_POD, hypervisor: ok(TARGET3, null), jobStartedHere: false }),
+    );
     expect(d.action).toEqual({ type: 'startPull', domain: 'ns_vm1', target: 'vda', bandwidth: 0 });
     expect(d.status.launcher).toMatchObject({ pod: 'virt-launcher-vm1-target', node: 'node2' });
     expect(d.status.attempts).toBe(2);
@@ -946,13 +1457,25 @@ describe('decide: live migrations (yield, wait, resume on the new launcher)', ()
     expect(d.status.message).toMatch(/^resumed after the migration on pod virt-launcher-vm1-target \(node node2\)/);
     // ... and the goal there is the new active image alone.
     const flatTarget: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 1, path: T_TOP, format: 'qcow2' }] };
-    const done = decide(obs({ bp: bp({ status: { ...d.afterAction!, launcher: d.status.launcher! } }), launcher: NEW_POD, hypervisor: ok(flatTarget, null) }));
+    const done = decide(
+      obs({
+        bp: bp({ status: { ...d.afterAction!, launcher: d.status.launcher! } }),
+        launcher: NEW_POD,
+        hypervisor: ok(flatTarget, null),
+      }),
+    );
     expect(done.status.phase).toBe('Completed');
     expect(done.status.reason).toBe('Completed');
   });
 
   it('a job recorded Running on the old pod is gone on the new one: Aborted, not a failure (no retry)', () => {
-    const d = decide(obs({ bp: bp({ spec: { maxRetries: 0 }, status: onSource() }), launcher: NEW_POD, hypervisor: ok(TARGET3, null) }));
+    const d = decide(
+      obs({
+        bp: bp({ spec: { maxRetries: 0 }, status: onSource() }),
+        launcher: NEW_POD,
+        hypervisor: ok(TARGET3, null),
+      }),
+    );
     expect(d.status.phase).toBe('Running');
     expect(d.action.type).toBe('startPull');
     expect(d.status.retries).toBe(0);
@@ -960,47 +1483,128 @@ describe('decide: live migrations (yield, wait, resume on the new launcher)', ()
   });
 
   it('spec.base by position across a migration: the base at the same depth on the new chain (other paths)', () => {
-    const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborted' }, backingChain: { before: before3, basePath: BASE } });
-    const d = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: prior }), launcher: NEW_POD, hypervisor: ok(TARGET3, null) }));
+    const prior = onSource({
+      phase: 'Pending',
+      reason: 'MigrationInProgress',
+      job: { state: 'Aborted' },
+      backingChain: { before: before3, basePath: BASE },
+    });
+    const d = decide(
+      obs({
+        bp: bp({ spec: { base: { position: 2 } }, status: prior }),
+        launcher: NEW_POD,
+        hypervisor: ok(TARGET3, null),
+      }),
+    );
     expect(d.action).toMatchObject({ type: 'startPull', base: { path: T_BASE } });
     expect(d.status.backingChain?.basePath).toBe(T_BASE);
     // Done there: the new top on the new base; the old paths alone would never be reached.
-    const done: DiskInfo = { target: 'vda', chain: [TARGET3.chain[0]!, { position: 1, index: 3, path: T_BASE, format: 'qcow2' }] };
-    const end = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: { ...d.afterAction! } }), launcher: NEW_POD, hypervisor: ok(done, null) }));
+    const done: DiskInfo = {
+      target: 'vda',
+      chain: [TARGET3.chain[0]!, { position: 1, index: 3, path: T_BASE, format: 'qcow2' }],
+    };
+    const end = decide(
+      obs({
+        bp: bp({ spec: { base: { position: 2 } }, status: { ...d.afterAction! } }),
+        launcher: NEW_POD,
+        hypervisor: ok(done, null),
+      }),
+    );
     expect(end.status.phase).toBe('Completed');
     expect(end.status.reason).toBe('Completed');
   });
 
   it('spec.base by path across a migration: the same path when the new chain has it (KubeVirt mounts the container disk at the same path)', () => {
-    const sameBacking: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 1, path: T_TOP, format: 'qcow2' }, { position: 1, index: 2, path: MID, format: 'qcow2' }, { position: 2, index: 3, path: BASE, format: 'qcow2' }] };
-    const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborted' }, backingChain: { before: before3, basePath: BASE } });
-    const d = decide(obs({ bp: bp({ spec: { base: { path: BASE } }, status: prior }), launcher: NEW_POD, hypervisor: ok(sameBacking, null) }));
+    const sameBacking: DiskInfo = {
+      target: 'vda',
+      chain: [
+        { position: 0, index: 1, path: T_TOP, format: 'qcow2' },
+        { position: 1, index: 2, path: MID, format: 'qcow2' },
+        { position: 2, index: 3, path: BASE, format: 'qcow2' },
+      ],
+    };
+    const prior = onSource({
+      phase: 'Pending',
+      reason: 'MigrationInProgress',
+      job: { state: 'Aborted' },
+      backingChain: { before: before3, basePath: BASE },
+    });
+    const d = decide(
+      obs({
+        bp: bp({ spec: { base: { path: BASE } }, status: prior }),
+        launcher: NEW_POD,
+        hypervisor: ok(sameBacking, null),
+      }),
+    );
     expect(d.action).toMatchObject({ type: 'startPull', base: { path: BASE } });
-    const done: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 1, path: T_TOP, format: 'qcow2' }, { position: 1, index: 3, path: BASE, format: 'qcow2' }] };
-    const end = decide(obs({ bp: bp({ spec: { base: { path: BASE } }, status: { ...d.afterAction! } }), launcher: NEW_POD, hypervisor: ok(done, null) }));
+    const done: DiskInfo = {
+      target: 'vda',
+      chain: [
+        { position: 0, index: 1, path: T_TOP, format: 'qcow2' },
+        { position: 1, index: 3, path: BASE, format: 'qcow2' },
+      ],
+    };
+    const end = decide(
+      obs({
+        bp: bp({ spec: { base: { path: BASE } }, status: { ...d.afterAction! } }),
+        launcher: NEW_POD,
+        hypervisor: ok(done, null),
+      }),
+    );
     expect(end.status.phase).toBe('Completed');
   });
 
   it('the base cannot be identified on the new chain (not there by path, other length, or other formats): InvalidBase', () => {
-    const prior = onSource({ phase: 'Pending', reason: 'MigrationInProgress', job: { state: 'Aborted' }, backingChain: { before: before3, basePath: BASE } });
-    const shorter: DiskInfo = { target: 'vda', chain: [TARGET3.chain[0]!, { position: 1, index: 2, path: T_BASE, format: 'qcow2' }] };
-    const d = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: prior }), launcher: NEW_POD, hypervisor: ok(shorter, null) }));
+    const prior = onSource({
+      phase: 'Pending',
+      reason: 'MigrationInProgress',
+      job: { state: 'Aborted' },
+      backingChain: { before: before3, basePath: BASE },
+    });
+    const shorter: DiskInfo = {
+      target: 'vda',
+      chain: [TARGET3.chain[0]!, { position: 1, index: 2, path: T_BASE, format: 'qcow2' }],
+    };
+    const d = decide(
+      obs({
+        bp: bp({ spec: { base: { position: 2 } }, status: prior }),
+        launcher: NEW_POD,
+        hypervisor: ok(shorter, null),
+      }),
+    );
     expect(d.status.phase).toBe('Failed');
     expect(d.status.reason).toBe('InvalidBase');
     expect(d.status.message).toMatch(/cannot be identified/);
-    const raw: DiskInfo = { target: 'vda', chain: [TARGET3.chain[0]!, TARGET3.chain[1]!, { ...TARGET3.chain[2]!, format: 'raw' }] };
-    const e = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: prior }), launcher: NEW_POD, hypervisor: ok(raw, null) }));
+    const raw: DiskInfo = {
+      target: 'vda',
+      chain: [TARGET3.chain[0]!, TARGET3.chain[1]!, { ...TARGET3.chain[2]!, format: 'raw' }],
+    };
+    const e = decide(
+      obs({ bp: bp({ spec: { base: { position: 2 } }, status: prior }), launcher: NEW_POD, hypervisor: ok(raw, null) }),
+    );
     expect(e.status.reason).toBe('InvalidBase');
     expect(e.status.message).toMatch(/formats raw, where the base \/d\/base.qcow2 and below had qcow2/);
   });
 });
 
 describe('decide: spec.dryRun, a plan and never a start', () => {
-  const space = (pullBytes: number, availableBytes: number) => ({ kind: 'measured' as const, topPath: TOP, pullBytes, availableBytes, totalBytes: 100_000 * MiB });
+  const space = (pullBytes: number, availableBytes: number) => ({
+    kind: 'measured' as const,
+    topPath: TOP,
+    pullBytes,
+    availableBytes,
+    totalBytes: 100_000 * MiB,
+  });
   const planBp = (spec: Record<string, unknown> = {}) => bp({ spec: { dryRun: true, ...spec } });
 
   it('the plan of the start that would follow: Planned, the base, the bytes, the space verdict with both figures, an ETA at the bandwidth', () => {
-    const d = decide(obs({ bp: planBp({ base: { position: 2 }, bandwidth: '1Mi' }), hypervisor: ok(CHAIN3), space: space(64 * MiB, 1000 * MiB) }));
+    const d = decide(
+      obs({
+        bp: planBp({ base: { position: 2 }, bandwidth: '1Mi' }),
+        hypervisor: ok(CHAIN3),
+        space: space(64 * MiB, 1000 * MiB),
+      }),
+    );
     expect(d.action).toEqual({ type: 'none' });
     expect(d.requeueAfterMs).toBeNull();
     expect(d.status).toMatchObject({
@@ -1020,14 +1624,19 @@ describe('decide: spec.dryRun, a plan and never a start', () => {
 
   it('too little space: still a plan, with the verdict Insufficient and why', () => {
     const d = decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3), space: space(800 * MiB, 100 * MiB) }));
-    expect(d.status).toMatchObject({ phase: 'Planned', plan: { space: 'Insufficient', bytesToWrite: 800 * MiB, availableBytes: 100 * MiB } });
+    expect(d.status).toMatchObject({
+      phase: 'Planned',
+      plan: { space: 'Insufficient', bytesToWrite: 800 * MiB, availableBytes: 100 * MiB },
+    });
     expect(d.status.plan?.etaSeconds).toBeUndefined(); // unlimited bandwidth: no ETA
     expect(d.status.message).toMatch(/space: .*free/);
   });
 
   it('waits for no slot (it takes none), and asks for the space before it plans', () => {
     const full = { running: 4, runningOnNode: 2, runningInNamespace: 4, namespacesWanting: 3 };
-    expect(decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3), slots: full, space: space(MiB, 10 * MiB) })).status.phase).toBe('Planned');
+    expect(
+      decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3), slots: full, space: space(MiB, 10 * MiB) })).status.phase,
+    ).toBe('Planned');
     const unmeasured = decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3), space: 'not measured' }));
     expect(unmeasured.wants).toBe('space');
     expect(unmeasured.action.type).toBe('none');
@@ -1037,13 +1646,21 @@ describe('decide: spec.dryRun, a plan and never a start', () => {
     const d = decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3, job(10, 100)), diskHolder: null }));
     expect(d.action.type).toBe('none');
     expect(d.status.phase).toBe('Pending');
-    const deleting = decide(obs({ bp: bp({ spec: { dryRun: true }, deleting: true }), hypervisor: ok(CHAIN3, job(10, 100)), diskHolder: null }));
+    const deleting = decide(
+      obs({
+        bp: bp({ spec: { dryRun: true }, deleting: true }),
+        hypervisor: ok(CHAIN3, job(10, 100)),
+        diskHolder: null,
+      }),
+    );
     expect(deleting.action.type).toBe('removeFinalizer');
   });
 
   it('a plan is the look it took: Planned is not looked at again', () => {
     const planned = decide(obs({ bp: planBp(), hypervisor: ok(CHAIN3), space: space(MiB, 10 * MiB) }));
-    const again = decide(obs({ bp: bp({ spec: { dryRun: true }, status: planned.status }), hypervisor: ok(CHAIN3, job(1, 10)) }));
+    const again = decide(
+      obs({ bp: bp({ spec: { dryRun: true }, status: planned.status }), hypervisor: ok(CHAIN3, job(1, 10)) }),
+    );
     expect(again.status.phase).toBe('Planned');
     expect(again.action.type).toBe('none');
     expect(again.requeueAfterMs).toBeNull();
@@ -1058,15 +1675,43 @@ describe('decide: spec.dryRun, a plan and never a start', () => {
 });
 
 describe("decide: KubeVirt's own chain operations win (external snapshots, backups, data files)", () => {
-  const SNAPSHOT = { kind: 'snapshot', name: 'the external snapshot of VirtualMachineInstance ns/vm1', message: 'VirtualMachineInstance ns/vm1 has condition OverlaySnapshotActive=True' } as const;
-  const VMSNAPSHOT = { kind: 'snapshot', name: 'VirtualMachineSnapshot ns/snap-1', message: 'VirtualMachineSnapshot ns/snap-1 (phase InProgress) snapshots VirtualMachine ns/vm1' } as const;
-  const BACKUP = { kind: 'backup', name: 'VirtualMachineBackup ns/bk-1', message: 'VirtualMachineBackup ns/bk-1 (Initiated) backs up VirtualMachine ns/vm1' } as const;
+  const SNAPSHOT = {
+    kind: 'snapshot',
+    name: 'the external snapshot of VirtualMachineInstance ns/vm1',
+    message: 'VirtualMachineInstance ns/vm1 has condition OverlaySnapshotActive=True',
+  } as const;
+  const VMSNAPSHOT = {
+    kind: 'snapshot',
+    name: 'VirtualMachineSnapshot ns/snap-1',
+    message: 'VirtualMachineSnapshot ns/snap-1 (phase InProgress) snapshots VirtualMachine ns/vm1',
+  } as const;
+  const BACKUP = {
+    kind: 'backup',
+    name: 'VirtualMachineBackup ns/bk-1',
+    message: 'VirtualMachineBackup ns/bk-1 (Initiated) backs up VirtualMachine ns/vm1',
+  } as const;
   const OVL = '/scratch/ovl-rootdisk.qcow2';
   // Inside the window: KubeVirt's overlay over the chain, and its active commit running.
-  const WINDOW: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 5, path: OVL, format: 'qcow2' }, ...CHAIN3.chain.map((l) => ({ ...l, position: l.position + 1 }))] };
+  const WINDOW: DiskInfo = {
+    target: 'vda',
+    chain: [
+      { position: 0, index: 5, path: OVL, format: 'qcow2' },
+      ...CHAIN3.chain.map((l) => ({ ...l, position: l.position + 1 })),
+    ],
+  };
   const commit: BlockJobInfo = { type: 'Active Block Commit', cur: 1, end: 10, bandwidth: 0 };
   const withLauncher = (extra: BlockPullStatus = {}): BlockPullStatus =>
-    running({ job: { state: 'Running' }, launcher: { pod: 'virt-launcher-vm1-abcde', node: 'node1', container: 'compute', domain: 'ns_vm1', target: 'vda' }, ...extra });
+    running({
+      job: { state: 'Running' },
+      launcher: {
+        pod: 'virt-launcher-vm1-abcde',
+        node: 'node1',
+        container: 'compute',
+        domain: 'ns_vm1',
+        target: 'vda',
+      },
+      ...extra,
+    });
 
   it.each([
     ['SnapshotInProgress', SNAPSHOT],
@@ -1078,7 +1723,13 @@ describe("decide: KubeVirt's own chain operations win (external snapshots, backu
       ['on the overlay', WINDOW, null],
       ['during the commit', WINDOW, commit],
     ] as const) {
-      const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(disk, j), chainOperations: [op] }));
+      const d = decide(
+        obs({
+          bp: bp({ status: { phase: 'Pending', reason: 'Created' } }),
+          hypervisor: ok(disk, j),
+          chainOperations: [op],
+        }),
+      );
       expect(d.action, what).toEqual({ type: 'none' });
       expect(d.status.phase).toBe('Pending');
       expect(d.status.reason, what).toBe(reason);
@@ -1089,31 +1740,57 @@ describe("decide: KubeVirt's own chain operations win (external snapshots, backu
       expect(d.status.attempts ?? 0).toBe(0);
       expect(d.requeueAfterMs).toBe(5000);
       // Nothing measured: no start can follow.
-      expect(factsWanted(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(disk, j), chainOperations: [op], space: 'not measured' })).space).toBeUndefined();
+      expect(
+        factsWanted(
+          obs({
+            bp: bp({ status: { phase: 'Pending', reason: 'Created' } }),
+            hypervisor: ok(disk, j),
+            chainOperations: [op],
+            space: 'not measured',
+          }),
+        ).space,
+      ).toBeUndefined();
     }
   });
 
   it.each([
     ['SnapshotInProgress', SNAPSHOT],
     ['BackupInProgress', BACKUP],
-  ] as const)('our running pull yields at once (%s): intent Aborting recorded with the abort, nothing counted', (reason, op) => {
-    const d = decide(obs({ bp: bp({ status: withLauncher() }), hypervisor: ok(CHAIN3, job(10 * MiB, 64 * MiB)), chainOperations: [op] }));
-    expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
-    expect(d.status.phase).toBe('Pending');
-    expect(d.status.reason).toBe(reason);
-    expect(d.status.job).toEqual({ state: 'Aborting' });
-    expect(d.status.message).toMatch(/^yielding to /);
-    expect(d.status.attempts).toBe(1);
-    expect(d.status.retries).toBe(0);
-  });
+  ] as const)(
+    'our running pull yields at once (%s): intent Aborting recorded with the abort, nothing counted',
+    (reason, op) => {
+      const d = decide(
+        obs({
+          bp: bp({ status: withLauncher() }),
+          hypervisor: ok(CHAIN3, job(10 * MiB, 64 * MiB)),
+          chainOperations: [op],
+        }),
+      );
+      expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
+      expect(d.status.phase).toBe('Pending');
+      expect(d.status.reason).toBe(reason);
+      expect(d.status.job).toEqual({ state: 'Aborting' });
+      expect(d.status.message).toMatch(/^yielding to /);
+      expect(d.status.attempts).toBe(1);
+      expect(d.status.retries).toBe(0);
+    },
+  );
 
   it('the aborted job is gone while the window lasts: Aborted, waiting, never a failure; then resumed (a new attempt, retries untouched)', () => {
-    const prior = withLauncher({ phase: 'Pending', reason: 'SnapshotInProgress', job: { state: 'Aborting' }, progress: { percent: '15%' }, retries: 1 });
+    const prior = withLauncher({
+      phase: 'Pending',
+      reason: 'SnapshotInProgress',
+      job: { state: 'Aborting' },
+      progress: { percent: '15%' },
+      retries: 1,
+    });
     const d = decide(obs({ bp: bp({ status: prior }), hypervisor: ok(WINDOW, null), chainOperations: [SNAPSHOT] }));
     expect(d.action).toEqual({ type: 'none' });
     expect(d.status.reason).toBe('SnapshotInProgress');
     expect(d.status.job).toEqual({ state: 'Aborted' });
-    expect(d.status.message).toMatch(/^yielded to the external snapshot of VirtualMachineInstance ns\/vm1: the pull is paused at 15%/);
+    expect(d.status.message).toMatch(
+      /^yielded to the external snapshot of VirtualMachineInstance ns\/vm1: the pull is paused at 15%/,
+    );
     expect(d.status.backingChain).toEqual({ before: before3 });
     // KubeVirt's commit ran: the chain is the pre-snapshot chain again, and the pull resumes.
     const r = decide(obs({ bp: bp({ status: d.status }), hypervisor: ok(CHAIN3, null) }));
@@ -1124,47 +1801,91 @@ describe("decide: KubeVirt's own chain operations win (external snapshots, backu
   });
 
   it('a paused pull stays Paused during the window', () => {
-    const d = decide(obs({ bp: bp({ spec: { paused: true }, status: withLauncher({ phase: 'Paused', reason: 'Paused', job: { state: 'Aborted' } }) }), hypervisor: ok(CHAIN3, null), chainOperations: [SNAPSHOT] }));
+    const d = decide(
+      obs({
+        bp: bp({
+          spec: { paused: true },
+          status: withLauncher({ phase: 'Paused', reason: 'Paused', job: { state: 'Aborted' } }),
+        }),
+        hypervisor: ok(CHAIN3, null),
+        chainOperations: [SNAPSHOT],
+      }),
+    );
     expect(d.status.phase).toBe('Paused');
   });
 
   it('no operation: the same look starts the pull (the rule is what holds it back)', () => {
-    const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(CHAIN3, null) }));
+    const d = decide(
+      obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(CHAIN3, null) }),
+    );
     expect(d.action.type).toBe('startPull');
   });
 
   describe('a <dataStore> disk (CBT)', () => {
     const CBT = '/run/kubevirt-private/libvirt/qemu/swtpm/rootdisk.qcow2';
     const RAW = '/run/kubevirt-private/vmi-disks/rootdisk/disk.img';
-    const cbt: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 1, path: CBT, format: 'qcow2', dataFile: { path: RAW, format: 'raw' } }] };
+    const cbt: DiskInfo = {
+      target: 'vda',
+      chain: [{ position: 0, index: 1, path: CBT, format: 'qcow2', dataFile: { path: RAW, format: 'raw' } }],
+    };
 
     it('a chain of that one image: Completed/NothingToDo at once, no job, the data file in status', () => {
       const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(cbt, null) }));
       expect(d.action).toEqual({ type: 'none' });
       expect(d.status.phase).toBe('Completed');
       expect(d.status.reason).toBe('NothingToDo');
-      expect(d.status.backingChain?.before).toEqual([{ position: 0, path: CBT, format: 'qcow2', dataFile: { path: RAW, format: 'raw' } }]);
+      expect(d.status.backingChain?.before).toEqual([
+        { position: 0, path: CBT, format: 'qcow2', dataFile: { path: RAW, format: 'raw' } },
+      ]);
     });
 
     it('an image the pull would write into or remove has a data file: Pending/DataFileInChain, no start', () => {
       // The data file on the active image (written into), and on a backing image (removed).
-      const onTop: DiskInfo = { target: 'vda', chain: [{ ...cbt.chain[0]! }, { position: 1, index: 2, path: BASE, format: 'qcow2' }] };
-      const below: DiskInfo = { target: 'vda', chain: [{ position: 0, index: 1, path: TOP, format: 'qcow2' }, { ...cbt.chain[0]!, position: 1, index: 2 }] };
+      const onTop: DiskInfo = {
+        target: 'vda',
+        chain: [{ ...cbt.chain[0]! }, { position: 1, index: 2, path: BASE, format: 'qcow2' }],
+      };
+      const below: DiskInfo = {
+        target: 'vda',
+        chain: [
+          { position: 0, index: 1, path: TOP, format: 'qcow2' },
+          { ...cbt.chain[0]!, position: 1, index: 2 },
+        ],
+      };
       for (const [what, disk, re] of [
         ['on top', onTop, /position 0\) of vda has the data file .* the pull would write into it/],
         ['below', below, /position 1\) of vda has the data file .* the pull would remove it from the chain/],
       ] as const) {
-        const d = decide(obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(disk, null) }));
+        const d = decide(
+          obs({ bp: bp({ status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(disk, null) }),
+        );
         expect(d.action, what).toEqual({ type: 'none' });
         expect(d.status.phase).toBe('Pending');
         expect(d.status.reason).toBe('DataFileInChain');
         expect(d.status.message).toMatch(re);
       }
       // Kept below the base: the pull does not touch it.
-      const d = decide(obs({ bp: bp({ spec: { base: { position: 1 } }, status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(below, null) }));
+      const d = decide(
+        obs({
+          bp: bp({ spec: { base: { position: 1 } }, status: { phase: 'Pending', reason: 'Created' } }),
+          hypervisor: ok(below, null),
+        }),
+      );
       expect(d.status.phase).toBe('Completed');
-      const keep: DiskInfo = { target: 'vda', chain: [below.chain[0]!, { position: 1, index: 3, path: MID, format: 'qcow2' }, { ...below.chain[1]!, position: 2 }] };
-      const s = decide(obs({ bp: bp({ spec: { base: { position: 2 } }, status: { phase: 'Pending', reason: 'Created' } }), hypervisor: ok(keep, null) }));
+      const keep: DiskInfo = {
+        target: 'vda',
+        chain: [
+          below.chain[0]!,
+          { position: 1, index: 3, path: MID, format: 'qcow2' },
+          { ...below.chain[1]!, position: 2 },
+        ],
+      };
+      const s = decide(
+        obs({
+          bp: bp({ spec: { base: { position: 2 } }, status: { phase: 'Pending', reason: 'Created' } }),
+          hypervisor: ok(keep, null),
+        }),
+      );
       expect(s.action).toMatchObject({ type: 'startPull', base: { path: CBT } });
     });
   });

@@ -58,7 +58,12 @@ export type SpaceObservation =
       /** Size of the filesystem (for the percentage margin). */
       readonly totalBytes: number;
       /** The launcher pod's ephemeral-storage limit and the bytes used under the active image's mount point. */
-      readonly ephemeral?: { readonly pod: string; readonly limitBytes: number; readonly usedBytes: number; readonly mountPoint: string };
+      readonly ephemeral?: {
+        readonly pod: string;
+        readonly limitBytes: number;
+        readonly usedBytes: number;
+        readonly mountPoint: string;
+      };
     }
   /** Not measurable (block device, a driver without the check): the start is not held back. */
   | { readonly kind: 'unknown'; readonly reason: string };
@@ -161,7 +166,11 @@ function bytesText(n: number): string {
  * kubelet evicts pods when the node's filesystem has less than 10 % free by default); under an
  * ephemeral-storage limit, marginBytes.
  */
-export function spaceShortage(space: SpaceObservation | undefined, marginBytes: number, marginPercent = 0): string | undefined {
+export function spaceShortage(
+  space: SpaceObservation | undefined,
+  marginBytes: number,
+  marginPercent = 0,
+): string | undefined {
   if (space?.kind !== 'measured') return undefined;
   const fsMargin = Math.max(marginBytes, Math.ceil((space.totalBytes * marginPercent) / 100));
   const pulled = `the pull may write up to ${bytesText(space.pullBytes)} into ${space.topPath} (the data allocated in the layers being pulled)`;
@@ -179,7 +188,13 @@ export type Action =
   | { readonly type: 'none' }
   | { readonly type: 'addFinalizer' }
   | { readonly type: 'removeFinalizer' }
-  | { readonly type: 'startPull'; readonly domain: string; readonly target: string; readonly base?: BaseRef; readonly bandwidth: number }
+  | {
+      readonly type: 'startPull';
+      readonly domain: string;
+      readonly target: string;
+      readonly base?: BaseRef;
+      readonly bandwidth: number;
+    }
   | { readonly type: 'setBandwidth'; readonly domain: string; readonly target: string; readonly bandwidth: number }
   | { readonly type: 'abort'; readonly domain: string; readonly target: string };
 
@@ -229,7 +244,9 @@ export function diskHolder(all: readonly BlockPull[], self: BlockPull): string |
   if (same.length === 0) return null;
   const active = same.filter((b) => b.status?.phase === 'Running' || b.status?.phase === 'Paused');
   const pool = active.length > 0 ? active : same;
-  const sorted = [...pool].sort((a, b) => createdMs(a) - createdMs(b) || a.metadata.name.localeCompare(b.metadata.name));
+  const sorted = [...pool].sort(
+    (a, b) => createdMs(a) - createdMs(b) || a.metadata.name.localeCompare(b.metadata.name),
+  );
   return objectKey(sorted[0]!);
 }
 
@@ -241,7 +258,8 @@ export function diskHolder(all: readonly BlockPull[], self: BlockPull): string |
 export function recordedJobState(status: BlockPullStatus | undefined): JobState | undefined {
   if (status?.job !== undefined) return status.job.state;
   if (status?.phase === 'Running') return 'Running';
-  if (status?.phase === 'Failed' && status.reason === 'InvalidBandwidth' && (status.attempts ?? 0) > 0) return 'Running';
+  if (status?.phase === 'Failed' && status.reason === 'InvalidBandwidth' && (status.attempts ?? 0) > 0)
+    return 'Running';
   return undefined;
 }
 
@@ -256,7 +274,12 @@ function withJob(status: BlockPullStatus, state: JobState | undefined): BlockPul
 }
 
 function layers(chain: DiskInfo['chain']): ChainLayerStatus[] {
-  return chain.map((l) => ({ position: l.position, path: l.path, format: l.format, ...(l.dataFile !== undefined ? { dataFile: { path: l.dataFile.path, format: l.dataFile.format } } : {}) }));
+  return chain.map((l) => ({
+    position: l.position,
+    path: l.path,
+    format: l.format,
+    ...(l.dataFile !== undefined ? { dataFile: { path: l.dataFile.path, format: l.dataFile.format } } : {}),
+  }));
 }
 
 function percentOf(cur: number, end: number): string {
@@ -278,7 +301,12 @@ interface PhaseInput {
 function withPhase(status: BlockPullStatus, p: PhaseInput, generation: number | undefined, now: Date): BlockPullStatus {
   let conditions = status.conditions;
   const set = (type: ConditionType, is: boolean): void => {
-    conditions = setCondition(conditions, { type, status: is ? 'True' : 'False', reason: p.reason, message: p.message }, generation, now);
+    conditions = setCondition(
+      conditions,
+      { type, status: is ? 'True' : 'False', reason: p.reason, message: p.message },
+      generation,
+      now,
+    );
   };
   set('Progressing', p.phase === 'Running');
   set('Complete', p.phase === 'Completed');
@@ -324,7 +352,10 @@ type GoalOrInvalid = PullGoal | { readonly invalidBase: string };
 
 /** The goal of this pull, from the chain recorded at the first look. */
 export function goalOf(bp: BlockPull, target: string, before: readonly ChainLayerStatus[]): GoalOrInvalid {
-  const disk: DiskInfo = { target, chain: before.map((l) => ({ position: l.position, path: l.path, format: l.format })) };
+  const disk: DiskInfo = {
+    target,
+    chain: before.map((l) => ({ position: l.position, path: l.path, format: l.format })),
+  };
   return goalOrInvalid(disk, toBaseRef(bp.spec.base));
 }
 
@@ -335,12 +366,17 @@ export function toBaseRef(base: BlockPull['spec']['base']): BaseRef | undefined 
   return undefined;
 }
 
-function progressFrom(job: BlockJobInfo, prev: ProgressSample | undefined, nowMs: number): { progress: Progress; sample: ProgressSample } {
+function progressFrom(
+  job: BlockJobInfo,
+  prev: ProgressSample | undefined,
+  nowMs: number,
+): { progress: Progress; sample: ProgressSample } {
   // A job may report cur > end (or odd values): keep 0 <= cur <= total, so the ETA is never negative.
   const total = job.end <= 1 ? 0 : Math.floor(job.end);
   const cur = total === 0 ? 0 : Math.min(total, Math.max(0, Math.floor(job.cur)));
   let rate = 0;
-  if (prev !== undefined && nowMs > prev.atMs && cur >= prev.cur) rate = Math.round(((cur - prev.cur) * 1000) / (nowMs - prev.atMs));
+  if (prev !== undefined && nowMs > prev.atMs && cur >= prev.cur)
+    rate = Math.round(((cur - prev.cur) * 1000) / (nowMs - prev.atMs));
   const progress: Progress = {
     currentBytes: cur,
     totalBytes: total,
@@ -360,11 +396,18 @@ function bandwidthMessage(bytesPerSecond: number): string {
  * then the base recorded at the first look and the layers under it are taken from the chain as
  * it is now (a pull never changes them), so a cut chain does not make the goal unreachable.
  */
-function goalFromStatus(bp: BlockPull, disk: DiskInfo, before: readonly ChainLayerStatus[], basePath: string | undefined): GoalOrInvalid {
+function goalFromStatus(
+  bp: BlockPull,
+  disk: DiskInfo,
+  before: readonly ChainLayerStatus[],
+  basePath: string | undefined,
+): GoalOrInvalid {
   const top = before[0];
   const active = disk.chain[0];
-  if (top !== undefined && active !== undefined && active.path !== top.path) return goalOnOtherImage(bp, disk, before, basePath);
-  if (before.length < STATUS_LIMITS.chainItems || basePath === undefined || top === undefined) return goalOf(bp, disk.target, before);
+  if (top !== undefined && active !== undefined && active.path !== top.path)
+    return goalOnOtherImage(bp, disk, before, basePath);
+  if (before.length < STATUS_LIMITS.chainItems || basePath === undefined || top === undefined)
+    return goalOf(bp, disk.target, before);
   const i = disk.chain.findIndex((l) => l.path === basePath);
   if (i < 1) return goalOf(bp, disk.target, before);
   return { target: disk.target, expectedPaths: [top.path, ...disk.chain.slice(i).map((l) => l.path)], basePath };
@@ -384,13 +427,23 @@ function goalFromStatus(bp: BlockPull, disk: DiskInfo, before: readonly ChainLay
  *   have the formats recorded then. Otherwise the base cannot be identified: InvalidBase.
  * A position is never re-resolved from the top of another chain.
  */
-function goalOnOtherImage(bp: BlockPull, disk: DiskInfo, before: readonly ChainLayerStatus[], basePath: string | undefined): GoalOrInvalid {
+function goalOnOtherImage(
+  bp: BlockPull,
+  disk: DiskInfo,
+  before: readonly ChainLayerStatus[],
+  basePath: string | undefined,
+): GoalOrInvalid {
   const active = disk.chain[0]!;
   if (bp.spec.base === undefined) return { target: disk.target, expectedPaths: [active.path] };
   const first = goalOf(bp, disk.target, before);
   const recorded = basePath ?? ('invalidBase' in first ? undefined : first.basePath);
   const byPath = disk.chain.findIndex((l) => l.path === recorded);
-  if (byPath >= 1) return { target: disk.target, expectedPaths: [active.path, ...disk.chain.slice(byPath).map((l) => l.path)], basePath: recorded! };
+  if (byPath >= 1)
+    return {
+      target: disk.target,
+      expectedPaths: [active.path, ...disk.chain.slice(byPath).map((l) => l.path)],
+      basePath: recorded!,
+    };
   const at = before.findIndex((l) => l.path === recorded);
   const chainText = disk.chain.map((l) => l.path).join(' <- ');
   if (at < 1 || before.length >= STATUS_LIMITS.chainItems || disk.chain.length !== before.length) {
@@ -400,7 +453,10 @@ function goalOnOtherImage(bp: BlockPull, disk: DiskInfo, before: readonly ChainL
   }
   const below = disk.chain.slice(at);
   const formats = below.map((l) => l.format).join(',');
-  const recordedFormats = before.slice(at).map((l) => l.format).join(',');
+  const recordedFormats = before
+    .slice(at)
+    .map((l) => l.format)
+    .join(',');
   if (formats !== recordedFormats) {
     return {
       invalidBase: `the active image of ${disk.target} is now ${active.path} and the image at the base's depth (${below[0]?.path ?? '?'}) and below have formats ${formats}, where the base ${recorded ?? '?'} and below had ${recordedFormats}`,
@@ -433,7 +489,11 @@ export class Decider {
 
   decide(obs: Observation): Decision {
     const d = decideUnbounded({ ...obs, ...this.settings });
-    return { ...d, status: boundStatus(d.status), ...(d.afterAction !== undefined ? { afterAction: boundStatus(d.afterAction) } : {}) };
+    return {
+      ...d,
+      status: boundStatus(d.status),
+      ...(d.afterAction !== undefined ? { afterAction: boundStatus(d.afterAction) } : {}),
+    };
   }
 
   /**
@@ -503,7 +563,10 @@ function objectFacts(obs: Input): ObjectFacts {
   const job = hypervisor?.kind === 'ok' ? hypervisor.job : null;
   // A pull on the disk is ours when no other BlockPull holds the disk.
   const holdsDisk = obs.diskHolder === null || obs.diskHolder === objectKey(bp);
-  const prior: BlockPullStatus = { ...(bp.status ?? {}), ...(generation !== undefined ? { observedGeneration: generation } : {}) };
+  const prior: BlockPullStatus = {
+    ...(bp.status ?? {}),
+    ...(generation !== undefined ? { observedGeneration: generation } : {}),
+  };
   let bandwidth = 0;
   let bandwidthError: string | undefined;
   if (bp.spec.bandwidth !== undefined) {
@@ -542,8 +605,17 @@ const deletion: Step<ObjectFacts> = (f) => {
   const hypervisor = obs.hypervisor;
   const launcher = obs.launcher?.kind === 'found' ? obs.launcher.launcher : undefined;
   const target = hypervisor?.kind === 'ok' ? hypervisor.disk.target : prior.launcher?.target;
-  if (f.ourJob !== null && launcher !== undefined && target !== undefined && (mayRunOurJob(f.recorded) || !isTerminal(prior.phase))) {
-    return { status: withJob(prior, 'Aborting'), action: { type: 'abort', domain: launcher.domain, target }, requeueAfterMs: obs.pollIntervalMs };
+  if (
+    f.ourJob !== null &&
+    launcher !== undefined &&
+    target !== undefined &&
+    (mayRunOurJob(f.recorded) || !isTerminal(prior.phase))
+  ) {
+    return {
+      status: withJob(prior, 'Aborting'),
+      action: { type: 'abort', domain: launcher.domain, target },
+      requeueAfterMs: obs.pollIntervalMs,
+    };
   }
   // A launcher pod being deleted that no longer answers is going with its containers: the job
   // lived in its QEMU and ends with it, so nothing is left to abort.
@@ -563,7 +635,9 @@ const deletion: Step<ObjectFacts> = (f) => {
 const terminalIsSticky: Step<ObjectFacts> = ({ prior, generation, now }) => {
   if (!isTerminal(prior.phase)) return undefined;
   const status =
-    prior.phase !== undefined && isReason(prior.reason) ? withPhase(prior, { phase: prior.phase, reason: prior.reason, message: prior.message ?? '' }, generation, now) : prior;
+    prior.phase !== undefined && isReason(prior.reason)
+      ? withPhase(prior, { phase: prior.phase, reason: prior.reason, message: prior.message ?? '' }, generation, now)
+      : prior;
   return { status, action: { type: 'none' }, requeueAfterMs: null };
 };
 
@@ -575,7 +649,15 @@ const terminalIsSticky: Step<ObjectFacts> = ({ prior, generation, now }) => {
  * the queue less each. A new BlockPull is Pending/Created meanwhile.
  */
 function addFinalizer({ prior, generation, now }: ObjectFacts): Decision {
-  const status = prior.phase === undefined ? withPhase(prior, { phase: 'Pending', reason: 'Created', message: 'Looking at the VMI and its disk' }, generation, now) : prior;
+  const status =
+    prior.phase === undefined
+      ? withPhase(
+          prior,
+          { phase: 'Pending', reason: 'Created', message: 'Looking at the VMI and its disk' },
+          generation,
+          now,
+        )
+      : prior;
   return { status, action: { type: 'addFinalizer' }, requeueAfterMs: 0 };
 }
 
@@ -585,7 +667,9 @@ const finalizerForOurJob: Step<ObjectFacts> = (f) =>
 
 /** A bandwidth the operator cannot apply: Failed, but never while a job of ours may run (it is aborted first, below). */
 const invalidBandwidth: Step<ObjectFacts> = (f) =>
-  f.bandwidthError !== undefined && !mayRunOurJob(f.recorded) ? failed(f.obs, f.prior, 'InvalidBandwidth', f.bandwidthError) : undefined;
+  f.bandwidthError !== undefined && !mayRunOurJob(f.recorded)
+    ? failed(f.obs, f.prior, 'InvalidBandwidth', f.bandwidthError)
+    : undefined;
 
 /** The reason to wait while the VMI's launcher is not found, by what the lookup said. */
 const LAUNCHER_WAIT_REASON: Readonly<Record<Exclude<LauncherLookup['kind'], 'found'>, Reason>> = {
@@ -598,7 +682,10 @@ const LAUNCHER_WAIT_REASON: Readonly<Record<Exclude<LauncherLookup['kind'], 'fou
 const OBJECT_STEPS: readonly Step<ObjectFacts>[] = [deletion, terminalIsSticky, finalizerForOurJob, invalidBandwidth];
 
 /** Wait while the VMI or its launcher pod is not there. */
-function launcherMissing({ obs, prior, bp }: ObjectFacts, lookup: Exclude<LauncherLookup, { kind: 'found' }> | undefined): Decision {
+function launcherMissing(
+  { obs, prior, bp }: ObjectFacts,
+  lookup: Exclude<LauncherLookup, { kind: 'found' }> | undefined,
+): Decision {
   if (lookup === undefined) return waitingStatus(obs, prior, 'VMINotFound', `VMI ${bp.spec.vmiName} was not looked at`);
   return waitingStatus(obs, prior, LAUNCHER_WAIT_REASON[lookup.kind], lookup.message);
 }
@@ -624,7 +711,11 @@ interface LauncherFacts extends ObjectFacts {
   readonly operation: ChainOperation | undefined;
 }
 
-function launcherFacts(f: ObjectFacts, launcherPod: LauncherPod, migration: MigrationRequest | undefined): LauncherFacts {
+function launcherFacts(
+  f: ObjectFacts,
+  launcherPod: LauncherPod,
+  migration: MigrationRequest | undefined,
+): LauncherFacts {
   const { prior, obs } = f;
   const target = obs.hypervisor?.kind === 'ok' ? obs.hypervisor.disk.target : prior.launcher?.target;
   return {
@@ -636,7 +727,13 @@ function launcherFacts(f: ObjectFacts, launcherPod: LauncherPod, migration: Migr
     operation: obs.chainOperations?.[0],
     withLauncher: {
       ...prior,
-      launcher: { pod: launcherPod.pod, node: launcherPod.node, container: launcherPod.container, domain: launcherPod.domain, ...(target !== undefined ? { target } : {}) },
+      launcher: {
+        pod: launcherPod.pod,
+        node: launcherPod.node,
+        container: launcherPod.container,
+        domain: launcherPod.domain,
+        ...(target !== undefined ? { target } : {}),
+      },
     },
   };
 }
@@ -690,19 +787,36 @@ function operationWait(f: LauncherFacts): Decision | undefined {
 
 /** No job of ours can run: wait for the migration without looking at libvirt (reconcile.ts does not look then; the target pod may not even be reachable yet). */
 const migrationBeforeLooking = (f: LauncherFacts): Decision | undefined =>
-  f.migration !== undefined && !mayRunOurJob(f.recorded) && !f.bp.spec.paused ? migrationWait(f, f.withLauncher, f.migration) : undefined;
+  f.migration !== undefined && !mayRunOurJob(f.recorded) && !f.bp.spec.paused
+    ? migrationWait(f, f.withLauncher, f.migration)
+    : undefined;
 
 /** What libvirt's answer other than the disk means: wait with a reason, fail, or (unreachable) Progressing Unknown. */
-const HYPERVISOR_PROBLEM: Readonly<Record<Exclude<HypervisorObservation['kind'], 'ok'>, { readonly reason: Reason; readonly outcome: 'wait' | 'fail' | 'unknown' }>> = {
+const HYPERVISOR_PROBLEM: Readonly<
+  Record<
+    Exclude<HypervisorObservation['kind'], 'ok'>,
+    { readonly reason: Reason; readonly outcome: 'wait' | 'fail' | 'unknown' }
+  >
+> = {
   unreachable: { reason: 'HypervisorUnreachable', outcome: 'unknown' },
   domainNotFound: { reason: 'DomainNotFound', outcome: 'wait' },
   diskNotFound: { reason: 'DiskNotFound', outcome: 'fail' },
 };
 
 /** libvirt was not looked at, or did not show the disk. */
-function hypervisorProblem(f: LauncherFacts, hypervisor: Exclude<HypervisorObservation, { kind: 'ok' }> | undefined): Decision {
+function hypervisorProblem(
+  f: LauncherFacts,
+  hypervisor: Exclude<HypervisorObservation, { kind: 'ok' }> | undefined,
+): Decision {
   const { obs, prior, withLauncher, generation, now } = f;
-  if (hypervisor === undefined) return waitingStatus(obs, withLauncher, 'HypervisorUnreachable', 'libvirt was not looked at', prior.phase ?? 'Pending');
+  if (hypervisor === undefined)
+    return waitingStatus(
+      obs,
+      withLauncher,
+      'HypervisorUnreachable',
+      'libvirt was not looked at',
+      prior.phase ?? 'Pending',
+    );
   const { reason, outcome } = HYPERVISOR_PROBLEM[hypervisor.kind];
   if (outcome === 'fail') return failed(obs, withLauncher, reason, hypervisor.message);
   if (outcome === 'wait') return waitingStatus(obs, withLauncher, reason, hypervisor.message);
@@ -710,7 +824,9 @@ function hypervisorProblem(f: LauncherFacts, hypervisor: Exclude<HypervisorObser
   // Progressing is Unknown; judged against the prior status (waitingStatus set it False on the
   // way), so an unchanged Unknown keeps its lastTransitionTime and nothing is rewritten.
   const conditions = setCondition(
-    d.status.conditions?.map((c) => (c.type === 'Progressing' ? (getCondition(prior.conditions, 'Progressing') ?? c) : c)),
+    d.status.conditions?.map((c) =>
+      c.type === 'Progressing' ? (getCondition(prior.conditions, 'Progressing') ?? c) : c,
+    ),
     { type: 'Progressing', status: 'Unknown', reason, message: hypervisor.message },
     generation,
     now,
@@ -724,9 +840,20 @@ function diskBusy(f: LauncherFacts, hypervisor: Extract<HypervisorObservation, {
   const job = hypervisor.job;
   if (job !== null && f.ourJob === null) {
     const who = job.type === JOB_TYPE_PULL ? `BlockPull ${obs.diskHolder ?? '?'}` : 'another program';
-    return waitingStatus(obs, withLauncher, 'DiskBusy', `disk ${bp.spec.disk} (${hypervisor.disk.target}) is busy: a ${job.type} job of ${who} runs on it`);
+    return waitingStatus(
+      obs,
+      withLauncher,
+      'DiskBusy',
+      `disk ${bp.spec.disk} (${hypervisor.disk.target}) is busy: a ${job.type} job of ${who} runs on it`,
+    );
   }
-  if (!f.holdsDisk) return waitingStatus(obs, withLauncher, 'DiskBusy', `disk ${bp.spec.disk} is held by BlockPull ${obs.diskHolder ?? '?'}; waiting until it ends`);
+  if (!f.holdsDisk)
+    return waitingStatus(
+      obs,
+      withLauncher,
+      'DiskBusy',
+      `disk ${bp.spec.disk} is held by BlockPull ${obs.diskHolder ?? '?'}; waiting until it ends`,
+    );
   return undefined;
 }
 
@@ -747,7 +874,9 @@ function diskFacts(f: LauncherFacts, disk: DiskInfo): DiskFacts | Decision {
   const { prior, bp } = f;
   const firstLook = prior.backingChain?.before === undefined;
   const before = prior.backingChain?.before ?? layers(disk.chain);
-  const goal = firstLook ? goalOf(bp, disk.target, before) : goalFromStatus(bp, disk, before, prior.backingChain?.basePath);
+  const goal = firstLook
+    ? goalOf(bp, disk.target, before)
+    : goalFromStatus(bp, disk, before, prior.backingChain?.basePath);
   if ('invalidBase' in goal) return failed(f.obs, f.withLauncher, 'InvalidBase', goal.invalidBase);
   return {
     ...f,
@@ -756,7 +885,11 @@ function diskFacts(f: LauncherFacts, disk: DiskInfo): DiskFacts | Decision {
     firstLook,
     chained: {
       ...f.withLauncher,
-      backingChain: { before, current: layers(disk.chain), ...(goal.basePath !== undefined ? { basePath: goal.basePath } : {}) },
+      backingChain: {
+        before,
+        current: layers(disk.chain),
+        ...(goal.basePath !== undefined ? { basePath: goal.basePath } : {}),
+      },
     },
     attempts: prior.attempts ?? 0,
     retries: prior.retries ?? 0,
@@ -768,13 +901,25 @@ const pullComplete: Step<DiskFacts> = (f) => {
   const { disk, prior } = f;
   if (!isPullComplete(f.ourJob, disk, f.goal)) return undefined;
   const total = prior.progress?.totalBytes;
-  const progress: Progress = { ...(total !== undefined ? { currentBytes: total, totalBytes: total } : {}), percent: '100%', bytesPerSecond: 0, etaSeconds: 0 };
+  const progress: Progress = {
+    ...(total !== undefined ? { currentBytes: total, totalBytes: total } : {}),
+    percent: '100%',
+    bytesPerSecond: 0,
+    etaSeconds: 0,
+  };
   const nothing = f.firstLook && f.attempts === 0;
   const chainText = disk.chain.map((l) => l.path).join(' <- ');
-  const message = nothing ? `nothing to do: the chain of ${disk.target} is already at its goal (${chainText})` : `pulled: the chain of ${disk.target} is now ${chainText}`;
+  const message = nothing
+    ? `nothing to do: the chain of ${disk.target} is already at its goal (${chainText})`
+    : `pulled: the chain of ${disk.target} is now ${chainText}`;
   const ended = withJob({ ...f.chained, progress }, f.recorded === undefined ? undefined : 'Ended');
   return {
-    status: withPhase(ended, { phase: 'Completed', reason: nothing ? 'NothingToDo' : 'Completed', message }, f.generation, f.now),
+    status: withPhase(
+      ended,
+      { phase: 'Completed', reason: nothing ? 'NothingToDo' : 'Completed', message },
+      f.generation,
+      f.now,
+    ),
     action: { type: 'none' },
     requeueAfterMs: null,
   };
@@ -793,9 +938,20 @@ type StopReason = (f: RunningFacts) => PhaseInput | undefined;
 const STOP_OUR_JOB: readonly StopReason[] = [
   (f) =>
     f.bandwidthError !== undefined
-      ? { phase: 'Running', reason: 'InvalidBandwidth', message: `${f.bandwidthError}: aborting the running job first (streamed data is kept), then Failed` }
+      ? {
+          phase: 'Running',
+          reason: 'InvalidBandwidth',
+          message: `${f.bandwidthError}: aborting the running job first (streamed data is kept), then Failed`,
+        }
       : undefined,
-  (f) => (f.bp.spec.paused ? { phase: 'Paused', reason: 'Paused', message: `paused at ${f.progress.percent}: aborting the job, streamed data is kept` } : undefined),
+  (f) =>
+    f.bp.spec.paused
+      ? {
+          phase: 'Paused',
+          reason: 'Paused',
+          message: `paused at ${f.progress.percent}: aborting the job, streamed data is kept`,
+        }
+      : undefined,
   (f) =>
     f.operation !== undefined
       ? {
@@ -829,9 +985,18 @@ function ourPullRuns(f: RunningFacts): Decision {
   }
   // Adopted: running, and not started by this process (whatever the status said before).
   const adopted = f.obs.jobStartedHere !== true;
-  const reason: Reason = adopted ? 'Adopted' : prior.phase === 'Running' && prior.reason === 'Retrying' ? 'Retrying' : 'Pulling';
+  const reason: Reason = adopted
+    ? 'Adopted'
+    : prior.phase === 'Running' && prior.reason === 'Retrying'
+      ? 'Retrying'
+      : 'Pulling';
   const status = withPhase(
-    { ...withJob(f.chained, 'Running'), progress, attempts: Math.max(f.attempts, 1), ...(prior.startTime === undefined ? { startTime: timestamp(f.now) } : {}) },
+    {
+      ...withJob(f.chained, 'Running'),
+      progress,
+      attempts: Math.max(f.attempts, 1),
+      ...(prior.startTime === undefined ? { startTime: timestamp(f.now) } : {}),
+    },
     {
       phase: 'Running',
       reason,
@@ -840,7 +1005,10 @@ function ourPullRuns(f: RunningFacts): Decision {
     f.generation,
     f.now,
   );
-  const action: Action = job.bandwidth !== bandwidth ? { type: 'setBandwidth', domain: launcherPod.domain, target: disk.target, bandwidth } : { type: 'none' };
+  const action: Action =
+    job.bandwidth !== bandwidth
+      ? { type: 'setBandwidth', domain: launcherPod.domain, target: disk.target, bandwidth }
+      : { type: 'none' };
   return { status, action, requeueAfterMs: f.obs.pollIntervalMs, sample };
 }
 
@@ -871,7 +1039,18 @@ function idleFacts(f: DiskFacts): IdleFacts {
   const lostWithPod = f.movedPod && (js === 'Running' || js === 'Aborting');
   return {
     ...f,
-    settled: withJob(f.chained, lostWithPod ? 'Aborted' : js === 'Running' ? 'Ended' : js === 'Aborting' ? 'Aborted' : js === 'Unanswered' ? undefined : js),
+    settled: withJob(
+      f.chained,
+      lostWithPod
+        ? 'Aborted'
+        : js === 'Running'
+          ? 'Ended'
+          : js === 'Aborting'
+            ? 'Aborted'
+            : js === 'Unanswered'
+              ? undefined
+              : js,
+    ),
     retryDue: !lostWithPod && (js === 'Running' || js === 'Ended'),
     replay: js === 'Starting',
     unanswered: js === 'Unanswered',
@@ -887,7 +1066,8 @@ function idleFacts(f: DiskFacts): IdleFacts {
  * over such a disk) ends with the chain of one image again.
  */
 const dataFileInChain: Step<IdleFacts> = (f) => {
-  const kept = f.goal.basePath !== undefined ? f.disk.chain.findIndex((l) => l.path === f.goal.basePath) : f.disk.chain.length;
+  const kept =
+    f.goal.basePath !== undefined ? f.disk.chain.findIndex((l) => l.path === f.goal.basePath) : f.disk.chain.length;
   const touched = f.disk.chain.slice(0, kept < 0 ? f.disk.chain.length : kept).find((l) => l.dataFile !== undefined);
   if (touched?.dataFile === undefined) return undefined;
   const how = touched.position === 0 ? 'the pull would write into it' : 'the pull would remove it from the chain';
@@ -899,13 +1079,19 @@ const dataFileInChain: Step<IdleFacts> = (f) => {
   );
 };
 
-const invalidBandwidthIdle: Step<IdleFacts> = (f) => (f.bandwidthError !== undefined ? failed(f.obs, f.settled, 'InvalidBandwidth', f.bandwidthError) : undefined);
+const invalidBandwidthIdle: Step<IdleFacts> = (f) =>
+  f.bandwidthError !== undefined ? failed(f.obs, f.settled, 'InvalidBandwidth', f.bandwidthError) : undefined;
 
 const pausedIdle: Step<IdleFacts> = ({ bp, prior, settled, generation, now }) => {
   if (!bp.spec.paused) return undefined;
   const at = prior.progress?.percent ? ` at ${prior.progress.percent}` : '';
   return {
-    status: withPhase(settled, { phase: 'Paused', reason: 'Paused', message: `paused${at}; set spec.paused to false to continue` }, generation, now),
+    status: withPhase(
+      settled,
+      { phase: 'Paused', reason: 'Paused', message: `paused${at}; set spec.paused to false to continue` },
+      generation,
+      now,
+    ),
     action: { type: 'none' },
     requeueAfterMs: null,
   };
@@ -931,7 +1117,11 @@ const jobEndedShort: Step<IdleFacts> = (f) => {
     // backoff and starts again, never counting this ending twice.
     status: withPhase(
       { ...withJob(f.settled, undefined), retries: retries + 1 },
-      { phase: 'Pending', reason: 'JobFailed', message: `the block job ended short of its goal${hypervisorSaid}; retry ${retries + 1}/${bp.spec.maxRetries} after ${Math.ceil(delay / 1000)} s` },
+      {
+        phase: 'Pending',
+        reason: 'JobFailed',
+        message: `the block job ended short of its goal${hypervisorSaid}; retry ${retries + 1}/${bp.spec.maxRetries} after ${Math.ceil(delay / 1000)} s`,
+      },
       f.generation,
       f.now,
     ),
@@ -948,13 +1138,18 @@ const jobEndedShort: Step<IdleFacts> = (f) => {
 const startUnanswered: Step<IdleFacts> = (f) => {
   if (!f.unanswered) return undefined;
   const { bp, retries, obs } = f;
-  const what = 'the start of the pull did not answer within the operator\'s bound and no job is on the disk';
-  if (retries >= bp.spec.maxRetries) return failed(obs, f.settled, 'JobFailed', `${what} (maxRetries ${bp.spec.maxRetries} reached)`);
+  const what = "the start of the pull did not answer within the operator's bound and no job is on the disk";
+  if (retries >= bp.spec.maxRetries)
+    return failed(obs, f.settled, 'JobFailed', `${what} (maxRetries ${bp.spec.maxRetries} reached)`);
   const delay = backoffMs(retries + 1, obs.waitRequeueMs);
   return {
     status: withPhase(
       { ...f.settled, retries: retries + 1 },
-      { phase: 'Pending', reason: 'JobFailed', message: `${what}; retry ${retries + 1}/${bp.spec.maxRetries} after ${Math.ceil(delay / 1000)} s` },
+      {
+        phase: 'Pending',
+        reason: 'JobFailed',
+        message: `${what}; retry ${retries + 1}/${bp.spec.maxRetries} after ${Math.ceil(delay / 1000)} s`,
+      },
       f.generation,
       f.now,
     ),
@@ -974,10 +1169,15 @@ const retryBackoff: Step<IdleFacts> = (f) => {
     obs.lastJobError !== undefined && !(prior.message ?? '').includes(obs.lastJobError)
       ? `the block job ended short of its goal${f.hypervisorSaid}; retry ${retries}/${bp.spec.maxRetries} after ${Math.ceil(backoffMs(retries, obs.waitRequeueMs) / 1000)} s`
       : (prior.message ?? '');
-  return { status: withPhase(f.settled, { phase: 'Pending', reason: 'JobFailed', message }, f.generation, f.now), action: { type: 'none' }, requeueAfterMs: left };
+  return {
+    status: withPhase(f.settled, { phase: 'Pending', reason: 'JobFailed', message }, f.generation, f.now),
+    action: { type: 'none' },
+    requeueAfterMs: left,
+  };
 };
 
-const migrationRequested: Step<IdleFacts> = (f) => (f.migration !== undefined ? migrationWait(f, f.settled, f.migration) : undefined);
+const migrationRequested: Step<IdleFacts> = (f) =>
+  f.migration !== undefined ? migrationWait(f, f.settled, f.migration) : undefined;
 
 /**
  * spec.dryRun: the plan of the start that would follow, from the same look (the chain, the goal,
@@ -1000,13 +1200,23 @@ const planOnly: Step<IdleFacts> = (f) => {
     ...(eta !== undefined ? { etaSeconds: eta } : {}),
   };
   const what = `${goal.basePath !== undefined ? `down to ${goal.basePath}` : 'into a single image'}`;
-  const written = bytes !== undefined ? `at most ${bytesText(bytes)} to write` : 'the bytes to write are not measurable';
-  const spaceSaid = verdict === 'Insufficient' ? `space: ${short}` : verdict === 'Fits' ? `space: fits (${bytesText(space.kind === 'measured' ? space.availableBytes : 0)} free)` : `space: not measurable (${space.kind === 'unknown' ? space.reason : ''})`;
+  const written =
+    bytes !== undefined ? `at most ${bytesText(bytes)} to write` : 'the bytes to write are not measurable';
+  const spaceSaid =
+    verdict === 'Insufficient'
+      ? `space: ${short}`
+      : verdict === 'Fits'
+        ? `space: fits (${bytesText(space.kind === 'measured' ? space.availableBytes : 0)} free)`
+        : `space: not measurable (${space.kind === 'unknown' ? space.reason : ''})`;
   const etaSaid = eta !== undefined ? `; about ${eta} s at ${formatBytes(bandwidth)}/s` : '';
   return {
     status: withPhase(
       { ...settled, plan },
-      { phase: 'Planned', reason: 'Planned', message: `plan (spec.dryRun, no job started): pull ${bp.spec.disk} (${disk.target}) ${what}; ${written}; ${spaceSaid}${etaSaid}` },
+      {
+        phase: 'Planned',
+        reason: 'Planned',
+        message: `plan (spec.dryRun, no job started): pull ${bp.spec.disk} (${disk.target}) ${what}; ${written}; ${spaceSaid}${etaSaid}`,
+      },
       f.generation,
       f.now,
     ),
@@ -1017,7 +1227,12 @@ const planOnly: Step<IdleFacts> = (f) => {
 
 const noClusterSlot: Step<IdleFacts> = ({ obs, settled }) =>
   obs.slots.running >= obs.maxConcurrentPulls
-    ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.running} pulls run cluster-wide (limit ${obs.maxConcurrentPulls})`)
+    ? waitingStatus(
+        obs,
+        settled,
+        'WaitingForSlot',
+        `${obs.slots.running} pulls run cluster-wide (limit ${obs.maxConcurrentPulls})`,
+      )
     : undefined;
 
 /** Several namespaces want a slot and this one runs its fair share (fairShare): it waits. */
@@ -1036,7 +1251,12 @@ const noFairShare: Step<IdleFacts> = ({ obs, settled, bp }) => {
 
 const noNodeSlot: Step<IdleFacts> = ({ obs, settled, launcherPod }) =>
   obs.slots.runningOnNode >= obs.maxPullsPerNode
-    ? waitingStatus(obs, settled, 'WaitingForSlot', `${obs.slots.runningOnNode} pulls run on node ${launcherPod.node} (limit ${obs.maxPullsPerNode})`)
+    ? waitingStatus(
+        obs,
+        settled,
+        'WaitingForSlot',
+        `${obs.slots.runningOnNode} pulls run on node ${launcherPod.node} (limit ${obs.maxPullsPerNode})`,
+      )
     : undefined;
 
 /** Pre-flight: the data to pull must fit, with the margin, where the active image lives. */
@@ -1074,7 +1294,9 @@ const IDLE_STEPS: readonly Step<IdleFacts>[] = [
 /** Start the pull: recorded (Starting, counted in attempts) before it is made; confirmed after (afterAction). */
 function startPull(f: IdleFacts): Decision {
   const { prior, bp, retries, attempts, goal, launcherPod, disk, bandwidth } = f;
-  const retrying = (f.replay && prior.reason === 'Retrying') || (retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace'));
+  const retrying =
+    (f.replay && prior.reason === 'Retrying') ||
+    (retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace'));
   const reason: Reason = retrying ? 'Retrying' : 'Pulling';
   const startBase: BaseRef | undefined = goal.basePath !== undefined ? { path: goal.basePath } : undefined;
   const resumed =
@@ -1089,7 +1311,12 @@ function startPull(f: IdleFacts): Decision {
       ...withJob(f.settled, 'Starting'),
       attempts: f.replay ? Math.max(attempts, 1) : attempts + 1,
       retries,
-      progress: { currentBytes: 0, totalBytes: prior.progress?.totalBytes ?? 0, percent: prior.progress?.percent ?? '0%', bytesPerSecond: 0 },
+      progress: {
+        currentBytes: 0,
+        totalBytes: prior.progress?.totalBytes ?? 0,
+        percent: prior.progress?.percent ?? '0%',
+        bytesPerSecond: 0,
+      },
       ...(prior.startTime === undefined ? { startTime: timestamp(f.now) } : {}),
     },
     {
@@ -1102,7 +1329,13 @@ function startPull(f: IdleFacts): Decision {
   );
   return {
     status,
-    action: { type: 'startPull', domain: launcherPod.domain, target: disk.target, ...(startBase !== undefined ? { base: startBase } : {}), bandwidth },
+    action: {
+      type: 'startPull',
+      domain: launcherPod.domain,
+      target: disk.target,
+      ...(startBase !== undefined ? { base: startBase } : {}),
+      bandwidth,
+    },
     afterAction: withJob(status, 'Running'),
     requeueAfterMs: f.obs.pollIntervalMs,
   };
@@ -1121,7 +1354,10 @@ function decideUnbounded(obs: Input): Decision {
   if (lookup?.kind !== 'found') return launcherMissing(object, lookup);
   // A launcher pod being deleted serves only the abort on delete (above): never a start.
   if (lookup.terminating === true) {
-    return launcherMissing(object, { kind: 'launcherNotFound', message: `virt-launcher pod ${lookup.launcher.pod} is being deleted` });
+    return launcherMissing(object, {
+      kind: 'launcherNotFound',
+      message: `virt-launcher pod ${lookup.launcher.pod} is being deleted`,
+    });
   }
   if (!object.hasFinalizer) return addFinalizer(object);
   const launcher = launcherFacts(object, lookup.launcher, lookup.migration);
@@ -1153,7 +1389,13 @@ function decideUnbounded(obs: Input): Decision {
  * (Unanswered, decideActionErrorUnbounded).
  */
 const START_ERRORS: Readonly<
-  Record<HypervisorErrorCode, { readonly mayHaveStarted: boolean; readonly refused?: { readonly phase: 'Pending' | 'Failed'; readonly reason: Reason } }>
+  Record<
+    HypervisorErrorCode,
+    {
+      readonly mayHaveStarted: boolean;
+      readonly refused?: { readonly phase: 'Pending' | 'Failed'; readonly reason: Reason };
+    }
+  >
 > = {
   DiskBusy: { mayHaveStarted: false, refused: { phase: 'Pending', reason: 'DiskBusy' } },
   InvalidBase: { mayHaveStarted: false, refused: { phase: 'Failed', reason: 'InvalidBase' } },
@@ -1182,7 +1424,11 @@ function decideActionErrorUnbounded(obs: Input, decided: Decision, err: unknown)
     return {
       status: withPhase(
         withJob(decided.status, 'Unanswered'),
-        { phase: 'Pending', reason: 'HypervisorUnreachable', message: `${err.message}; it may have started the job: the next look at the disk tells` },
+        {
+          phase: 'Pending',
+          reason: 'HypervisorUnreachable',
+          message: `${err.message}; it may have started the job: the next look at the disk tells`,
+        },
         bp.metadata.generation,
         now,
       ),
@@ -1206,5 +1452,8 @@ function decideActionErrorUnbounded(obs: Input, decided: Decision, err: unknown)
   // Any other failure to start (virsh error, job failed at once): counts against maxRetries.
   const message = `starting the pull failed: ${err instanceof Error ? err.message : String(err)}`;
   if (retries >= bp.spec.maxRetries) return outcome(base, { phase: 'Failed', reason: 'JobFailed', message });
-  return outcome({ ...base, retries: retries + 1 }, { phase: 'Pending', reason: 'JobFailed', message: `${message} (retry ${retries + 1}/${bp.spec.maxRetries})` });
+  return outcome(
+    { ...base, retries: retries + 1 },
+    { phase: 'Pending', reason: 'JobFailed', message: `${message} (retry ${retries + 1}/${bp.spec.maxRetries})` },
+  );
 }

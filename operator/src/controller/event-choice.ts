@@ -41,13 +41,21 @@ export interface EventInput {
 }
 
 /** Reasons announced as Warnings when the phase or reason changes to them (and every Failed). */
-export const WARNING_REASONS: ReadonlySet<string> = new Set<Reason>(['DiskBusy', 'HypervisorUnreachable', 'JobFailed', 'InsufficientSpace']);
+export const WARNING_REASONS: ReadonlySet<string> = new Set<Reason>([
+  'DiskBusy',
+  'HypervisorUnreachable',
+  'JobFailed',
+  'InsufficientSpace',
+]);
 
 /** Reasons never announced on a change (Created: nothing happened yet; Adopted: announced on its own). */
 const QUIET_REASONS: ReadonlySet<string> = new Set<Reason>(['Created', 'Adopted']);
 
 /** Why an abort was asked, by the decided reason (deletion apart); anything else is a pause. */
-const ABORT_EVENT: ReadonlyMap<string, { readonly type: EventType; readonly reason: string }> = new Map<Reason, { readonly type: EventType; readonly reason: string }>([
+const ABORT_EVENT: ReadonlyMap<string, { readonly type: EventType; readonly reason: string }> = new Map<
+  Reason,
+  { readonly type: EventType; readonly reason: string }
+>([
   ['InvalidBandwidth', { type: 'Warning', reason: 'InvalidBandwidth' }],
   ['MigrationInProgress', { type: 'Normal', reason: 'MigrationInProgress' }],
   ['SnapshotInProgress', { type: 'Normal', reason: 'SnapshotInProgress' }],
@@ -56,7 +64,10 @@ const ABORT_EVENT: ReadonlyMap<string, { readonly type: EventType; readonly reas
 
 export function chooseEvents(input: EventInput): ChosenEvent[] {
   const essential = isTerminal(input.final.status.phase) && !isTerminal(input.before?.phase);
-  return eventsOf(input).map((e) => ({ ...e, delivery: essential || (input.deleting && e.action === 'Abort') ? 'essential' : 'bestEffort' }));
+  return eventsOf(input).map((e) => ({
+    ...e,
+    delivery: essential || (input.deleting && e.action === 'Abort') ? 'essential' : 'bestEffort',
+  }));
 }
 
 function eventsOf({ before, deleting, decision, final, adoptedNow }: EventInput): Omit<ChosenEvent, 'delivery'>[] {
@@ -65,17 +76,39 @@ function eventsOf({ before, deleting, decision, final, adoptedNow }: EventInput)
   // A failed action was not taken: only the change it led to is announced.
   const action = final === decision ? decision.action : ({ type: 'none' } as const);
   const bandwidthChanged = (): Omit<ChosenEvent, 'delivery'>[] =>
-    action.type === 'setBandwidth' ? [{ type: 'Normal', reason: 'BandwidthChanged', action: 'SetBandwidth', message: `bandwidth set to ${action.bandwidth} bytes/s` }] : [];
+    action.type === 'setBandwidth'
+      ? [
+          {
+            type: 'Normal',
+            reason: 'BandwidthChanged',
+            action: 'SetBandwidth',
+            message: `bandwidth set to ${action.bandwidth} bytes/s`,
+          },
+        ]
+      : [];
   if (adoptedNow) {
-    return [{ type: 'Normal', reason: 'Adopted', action: 'Adopt', message: `this operator process took over a block job it did not start: ${message}` }, ...bandwidthChanged()];
+    return [
+      {
+        type: 'Normal',
+        reason: 'Adopted',
+        action: 'Adopt',
+        message: `this operator process took over a block job it did not start: ${message}`,
+      },
+      ...bandwidthChanged(),
+    ];
   }
   switch (action.type) {
     case 'startPull':
-      return [{ type: 'Normal', reason: reason === 'Retrying' ? 'Retrying' : 'PullStarted', action: 'StartPull', message }];
+      return [
+        { type: 'Normal', reason: reason === 'Retrying' ? 'Retrying' : 'PullStarted', action: 'StartPull', message },
+      ];
     case 'setBandwidth':
       return bandwidthChanged();
     case 'abort': {
-      if (deleting) return [{ type: 'Normal', reason: 'Aborting', action: 'Abort', message: 'BlockPull deleted: aborting its block job' }];
+      if (deleting)
+        return [
+          { type: 'Normal', reason: 'Aborting', action: 'Abort', message: 'BlockPull deleted: aborting its block job' },
+        ];
       const why = ABORT_EVENT.get(reason ?? '') ?? { type: 'Normal', reason: 'Paused' };
       return [{ ...why, action: 'Abort', message }];
     }

@@ -83,9 +83,11 @@ export class Executor {
     const acted = final === decision;
     if (decision.action.type === 'removeFinalizer' && acted) return { kind: 'finalizerRemoved' };
     // The next pass looks at libvirt and writes the status: a "Created" status before it would be one more write each.
-    if (decision.action.type === 'addFinalizer' && acted && writer.lastWritten(key) !== undefined) return { kind: 'finalizerAdded' };
+    if (decision.action.type === 'addFinalizer' && acted && writer.lastWritten(key) !== undefined)
+      return { kind: 'finalizerAdded' };
     remember(final);
-    const base = decision.action.type === 'addFinalizer' ? (writer.lastWritten(key) ?? (await writer.fresh(bp))) : stored;
+    const base =
+      decision.action.type === 'addFinalizer' ? (writer.lastWritten(key) ?? (await writer.fresh(bp))) : stored;
     // The outcome of an action taken (start confirmed or refused) is a fact: never dropped on a conflict.
     const outcome = acted ? decision.afterAction : final.status;
     await writer.write(base, outcome ?? final.status, log, outcome !== undefined);
@@ -93,9 +95,19 @@ export class Executor {
   }
 
   /** The action; its failure mapped by the Decider (or thrown). The decision itself when it succeeded. */
-  async #actOrMapError(key: string, bp: BlockPull, obs: Observation, decision: Decision, driver: BlockJobDriver | undefined, log: Logger): Promise<Decision> {
+  async #actOrMapError(
+    key: string,
+    bp: BlockPull,
+    obs: Observation,
+    decision: Decision,
+    driver: BlockJobDriver | undefined,
+    log: Logger,
+  ): Promise<Decision> {
     const action = decision.action;
-    const startKey = action.type === 'startPull' ? jobKey(decision.status.launcher?.pod ?? '', action.domain, action.target) : undefined;
+    const startKey =
+      action.type === 'startPull'
+        ? jobKey(decision.status.launcher?.pod ?? '', action.domain, action.target)
+        : undefined;
     // Recorded before asking: a start whose answer is lost (timeout) may still have started the job.
     if (startKey !== undefined) this.#o.memory.of(key).started = startKey;
     try {
@@ -105,7 +117,14 @@ export class Executor {
       // Refused for sure: nothing was started.
       if (startKey !== undefined && !startMayHaveRun(err)) delete this.#o.memory.of(key).started;
       const mapped = this.#o.decider.actionError(obs, decision, err);
-      log.warn({ action: action.type, ...(mapped !== undefined ? { reason: mapped.status.reason } : {}), error: describeApiError(err) }, 'action failed');
+      log.warn(
+        {
+          action: action.type,
+          ...(mapped !== undefined ? { reason: mapped.status.reason } : {}),
+          error: describeApiError(err),
+        },
+        'action failed',
+      );
       if (mapped === undefined) throw err;
       return mapped;
     }
@@ -123,7 +142,10 @@ export class Executor {
         return;
       case 'addFinalizer': {
         this.#o.writer.forgetStored(objectKey(bp));
-        const raw = await setFinalizers(this.#o.clients, BLOCKPULL_REF, namespace, name, resourceVersion, [...finalizers, FINALIZER]);
+        const raw = await setFinalizers(this.#o.clients, BLOCKPULL_REF, namespace, name, resourceVersion, [
+          ...finalizers,
+          FINALIZER,
+        ]);
         // Remember what the patch stored (the cache may not have it yet).
         const p = this.#o.blockPulls.parse(raw);
         if (!(p instanceof Error)) this.#o.writer.wroteMetadata(p);
@@ -131,7 +153,14 @@ export class Executor {
       }
       case 'removeFinalizer':
         try {
-          await setFinalizers(this.#o.clients, BLOCKPULL_REF, namespace, name, resourceVersion, finalizers.filter((f) => f !== FINALIZER));
+          await setFinalizers(
+            this.#o.clients,
+            BLOCKPULL_REF,
+            namespace,
+            name,
+            resourceVersion,
+            finalizers.filter((f) => f !== FINALIZER),
+          );
         } catch (err) {
           if (!isNotFound(err)) throw err;
         }
@@ -147,15 +176,22 @@ export class Executor {
           }),
         );
         this.#o.metrics?.pullsStarted.inc();
-        log.info({ domain: action.domain, target: action.target, base: action.base, bandwidth: action.bandwidth }, 'block pull started');
+        log.info(
+          { domain: action.domain, target: action.target, base: action.base, bandwidth: action.bandwidth },
+          'block pull started',
+        );
         return;
       case 'setBandwidth':
-        await this.#bounded('the bandwidth change (virsh blockjob --bandwidth)', (signal) => driver().setBandwidth(action.domain, action.target, action.bandwidth, { signal }));
+        await this.#bounded('the bandwidth change (virsh blockjob --bandwidth)', (signal) =>
+          driver().setBandwidth(action.domain, action.target, action.bandwidth, { signal }),
+        );
         log.info({ bandwidth: action.bandwidth }, 'bandwidth changed');
         return;
       case 'abort':
         try {
-          await this.#bounded('the abort (virsh blockjob --abort)', (signal) => driver().abort(action.domain, action.target, { signal }));
+          await this.#bounded('the abort (virsh blockjob --abort)', (signal) =>
+            driver().abort(action.domain, action.target, { signal }),
+          );
         } catch (err) {
           // Already gone: what we wanted.
           if (!isHypervisorError(err, 'NoJob')) throw err;

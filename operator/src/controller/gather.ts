@@ -17,10 +17,27 @@ import type { BlockJobDriver } from '../hypervisor/types.ts';
 import { describeApiError } from '../kube/client.ts';
 import type { Logger } from '../log.ts';
 import { chainOperations, type ChainOperation } from '../kubevirt/chain-operations.ts';
-import { ephemeralStorageLimit, locateLauncher, vmiHasDisk, VmiSchema, type LauncherLookup, type LauncherPod } from '../kubevirt/launcher.ts';
+import {
+  ephemeralStorageLimit,
+  locateLauncher,
+  vmiHasDisk,
+  VmiSchema,
+  type LauncherLookup,
+  type LauncherPod,
+} from '../kubevirt/launcher.ts';
 import { LauncherUnavailableError, type DriverProvider } from '../kubevirt/transport.ts';
 import type { BlockPulls, CacheReader } from './blockpulls.ts';
-import { backoffMs, mayRunOurJob, recordedJobState, spaceShortage, type Decider, type HypervisorObservation, type Observation, type SlotUsage, type SpaceObservation } from './decide.ts';
+import {
+  backoffMs,
+  mayRunOurJob,
+  recordedJobState,
+  spaceShortage,
+  type Decider,
+  type HypervisorObservation,
+  type Observation,
+  type SlotUsage,
+  type SpaceObservation,
+} from './decide.ts';
 import { OPERATION_BY_VM, POD_BY_VMI_UID } from './indexes.ts';
 import type { ObserveGate } from './observe-gate.ts';
 import { jobKey, type PullMemory } from './pull-memory.ts';
@@ -85,7 +102,8 @@ export class Gatherer {
       const error = await this.#o.memory.jobError(key, JOB_ERROR_WAIT_MS);
       if (error !== undefined) obs = { ...obs, lastJobError: error };
     }
-    if (wanted.space !== undefined) obs = { ...obs, ...(await this.#space(key, bp, obs, wanted.space.basePath, looked.driver, log)) };
+    if (wanted.space !== undefined)
+      obs = { ...obs, ...(await this.#space(key, bp, obs, wanted.space.basePath, looked.driver, log)) };
     return { ...looked, obs };
   }
 
@@ -129,10 +147,12 @@ export class Gatherer {
     if (isTerminal(bp.status?.phase) && !deleting) return { obs: base, polled: false };
     const launcher = this.#launcher(bp, deleting);
     // Without our finalizer decide() adds it (the launcher is found) or lets go (deleting): nothing to read from libvirt yet.
-    if (launcher.kind !== 'found' || !(bp.metadata.finalizers ?? []).includes(FINALIZER)) return { obs: { ...base, launcher }, polled: false };
+    if (launcher.kind !== 'found' || !(bp.metadata.finalizers ?? []).includes(FINALIZER))
+      return { obs: { ...base, launcher }, polled: false };
     const launcherPod = launcher.launcher;
     // A migration is requested and no job of ours can run: decide() waits for it without libvirt.
-    if (launcher.migration !== undefined && !mayRunOurJob(recordedJobState(bp.status)) && !bp.spec.paused) return { obs: { ...base, launcher }, polled: false };
+    if (launcher.migration !== undefined && !mayRunOurJob(recordedJobState(bp.status)) && !bp.spec.paused)
+      return { obs: { ...base, launcher }, polled: false };
     const missing = this.#diskMissing(bp);
     if (missing !== undefined) return { obs: { ...base, launcher, hypervisor: missing }, polled: false };
 
@@ -143,10 +163,15 @@ export class Gatherer {
       if (!(err instanceof LauncherUnavailableError)) throw err;
       return { obs: { ...base, launcher: { kind: 'launcherNotFound', message: err.message } }, polled: true };
     }
-    const looked = await this.#o.gate.observe(driver, `pod ${bp.metadata.namespace}/${launcherPod.pod}`, key, () => this.#hypervisor(bp, launcherPod, driver, log));
+    const looked = await this.#o.gate.observe(driver, `pod ${bp.metadata.namespace}/${launcherPod.pod}`, key, () =>
+      this.#hypervisor(bp, launcherPod, driver, log),
+    );
     if (looked.kind === 'waiting') {
       log.debug({ launcherPod: launcherPod.pod, detail: looked.detail }, 'not waiting on libvirt');
-      return { obs: { ...base, launcher, hypervisor: { kind: 'unreachable', message: looked.message } }, polled: false };
+      return {
+        obs: { ...base, launcher, hypervisor: { kind: 'unreachable', message: looked.message } },
+        polled: false,
+      };
     }
     const hypervisor = looked.value;
     const operations = this.#chainOperations(bp, hypervisor);
@@ -191,7 +216,9 @@ export class Gatherer {
     const vmiUid = (rawVmi as { metadata?: { uid?: unknown } } | undefined)?.metadata?.uid;
     // Only the pods claiming this VMI (indexed by its uid), not every pod of the namespace.
     const pods = typeof vmiUid === 'string' ? this.#o.pods.byIndex(POD_BY_VMI_UID, `${ns}/${vmiUid}`) : [];
-    return locateLauncher(ns, bp.spec.vmiName, rawVmi, pods, this.#o.migrations?.list(ns) ?? [], { terminating: deleting });
+    return locateLauncher(ns, bp.spec.vmiName, rawVmi, pods, this.#o.migrations?.list(ns) ?? [], {
+      terminating: deleting,
+    });
   }
 
   /** The VMI has no disk of that name (said by its spec, before libvirt is asked). */
@@ -200,7 +227,10 @@ export class Gatherer {
     const vmi = VmiSchema.safeParse(this.#o.vmis.get(ns, bp.spec.vmiName));
     if (!vmi.success || vmiHasDisk(vmi.data, bp.spec.disk) !== false) return undefined;
     const names = vmi.data.spec?.domain?.devices?.disks?.map((d) => d.name).join(', ') ?? '';
-    return { kind: 'diskNotFound', message: `VMI ${ns}/${bp.spec.vmiName} has no disk ${bp.spec.disk} (disks: ${names})` };
+    return {
+      kind: 'diskNotFound',
+      message: `VMI ${ns}/${bp.spec.vmiName} has no disk ${bp.spec.disk} (disks: ${names})`,
+    };
   }
 
   /** Whether the job on the disk is one this process started (a look at an idle disk ends that memory). */
@@ -216,7 +246,12 @@ export class Gatherer {
     return record.started === jk;
   }
 
-  async #hypervisor(bp: BlockPull, launcherPod: LauncherPod, driver: BlockJobDriver, log: Logger): Promise<HypervisorObservation> {
+  async #hypervisor(
+    bp: BlockPull,
+    launcherPod: LauncherPod,
+    driver: BlockJobDriver,
+    log: Logger,
+  ): Promise<HypervisorObservation> {
     const st = bp.status;
     const domain = launcherPod.domain;
     try {
@@ -224,7 +259,13 @@ export class Gatherer {
       // it runs in: after a migration the chain is read anew).
       const target = st?.launcher?.target;
       const current = st?.backingChain?.current;
-      if (st?.phase === 'Running' && st.launcher?.domain === domain && st.launcher.pod === launcherPod.pod && target !== undefined && current !== undefined) {
+      if (
+        st?.phase === 'Running' &&
+        st.launcher?.domain === domain &&
+        st.launcher.pod === launcherPod.pod &&
+        target !== undefined &&
+        current !== undefined
+      ) {
         const job = await driver.getJob(domain, target);
         if (job !== null) return { kind: 'ok', disk: { target, chain: current.map((l) => ({ ...l })) }, job };
         // Gone: the chain read after it is final (no second `virsh blockjob` at the job's end).
@@ -260,14 +301,20 @@ export class Gatherer {
     const nowMs = this.#o.now().getTime();
     const last = record.space;
     const limits = this.#spaceLimits(bp, obs);
-    if (last !== undefined && bp.status?.reason === 'InsufficientSpace' && nowMs < last.nextAtMs && last.limits === limits) {
+    if (
+      last !== undefined &&
+      bp.status?.reason === 'InsufficientSpace' &&
+      nowMs < last.nextAtMs &&
+      last.limits === limits
+    ) {
       return { space: last.observation, spaceRecheckMs: last.nextAtMs - nowMs };
     }
     const shortChecks = (last?.shortChecks ?? 0) + 1;
     const recheck = backoffMs(shortChecks, this.#o.decider.settings.waitRequeueMs);
     const observation = await this.#measureSpace(bp, obs, basePath, driver, log);
     const { spaceMarginBytes, spaceMarginPercent } = this.#o.decider.settings;
-    if (spaceShortage(observation, spaceMarginBytes, spaceMarginPercent) !== undefined) record.space = { observation, shortChecks, nextAtMs: nowMs + recheck, limits };
+    if (spaceShortage(observation, spaceMarginBytes, spaceMarginPercent) !== undefined)
+      record.space = { observation, shortChecks, nextAtMs: nowMs + recheck, limits };
     else delete record.space;
     return { space: observation, spaceRecheckMs: recheck };
   }
@@ -283,19 +330,40 @@ export class Gatherer {
    * container). Unreachable propagates (the work queue retries with backoff); a tool that fails
    * or is missing makes the space unknown: the start is not held back, and the log says why.
    */
-  async #measureSpace(bp: BlockPull, obs: Observation, basePath: string | undefined, driver: BlockJobDriver, log: Logger): Promise<SpaceObservation> {
+  async #measureSpace(
+    bp: BlockPull,
+    obs: Observation,
+    basePath: string | undefined,
+    driver: BlockJobDriver,
+    log: Logger,
+  ): Promise<SpaceObservation> {
     const hypervisor = obs.hypervisor;
     const launcherPod = obs.launcher?.kind === 'found' ? obs.launcher.launcher : undefined;
-    if (hypervisor?.kind !== 'ok' || launcherPod === undefined) return { kind: 'unknown', reason: 'the disk was not observed' };
+    if (hypervisor?.kind !== 'ok' || launcherPod === undefined)
+      return { kind: 'unknown', reason: 'the disk was not observed' };
     if (driver.getSpace === undefined) return { kind: 'unknown', reason: 'the driver cannot measure space' };
     const limitBytes = ephemeralStorageLimit(this.#o.pods.get(bp.metadata.namespace, launcherPod.pod));
     try {
-      const info = await driver.getSpace(launcherPod.domain, { disk: hypervisor.disk, ...(basePath !== undefined ? { basePath } : {}), measureUsage: limitBytes !== undefined });
+      const info = await driver.getSpace(launcherPod.domain, {
+        disk: hypervisor.disk,
+        ...(basePath !== undefined ? { basePath } : {}),
+        measureUsage: limitBytes !== undefined,
+      });
       if (info.kind === 'unknown') {
         log.info({ reason: info.reason }, 'pre-flight space check not applicable');
         return info;
       }
-      log.debug({ topPath: info.topPath, pullBytes: info.pullBytes, availableBytes: info.availableBytes, totalBytes: info.totalBytes, limitBytes, usage: info.usage }, 'pre-flight space check');
+      log.debug(
+        {
+          topPath: info.topPath,
+          pullBytes: info.pullBytes,
+          availableBytes: info.availableBytes,
+          totalBytes: info.totalBytes,
+          limitBytes,
+          usage: info.usage,
+        },
+        'pre-flight space check',
+      );
       return {
         kind: 'measured',
         topPath: info.topPath,
@@ -303,7 +371,14 @@ export class Gatherer {
         availableBytes: info.availableBytes,
         totalBytes: info.totalBytes,
         ...(limitBytes !== undefined && info.usage !== undefined
-          ? { ephemeral: { pod: launcherPod.pod, limitBytes, usedBytes: info.usage.usedBytes, mountPoint: info.usage.mountPoint } }
+          ? {
+              ephemeral: {
+                pod: launcherPod.pod,
+                limitBytes,
+                usedBytes: info.usage.usedBytes,
+                mountPoint: info.usage.mountPoint,
+              },
+            }
           : {}),
       };
     } catch (err) {

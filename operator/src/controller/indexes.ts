@@ -49,7 +49,9 @@ export const blockPullIndexes: Readonly<Record<string, IndexFunc<KubernetesObjec
   },
   [BP_BY_DISK]: (obj) => {
     const b = obj as LooseBlockPull;
-    return typeof b.spec?.vmiName === 'string' && typeof b.spec.disk === 'string' ? [diskIndexKey(b.metadata?.namespace ?? '', b.spec.vmiName, b.spec.disk)] : [];
+    return typeof b.spec?.vmiName === 'string' && typeof b.spec.disk === 'string'
+      ? [diskIndexKey(b.metadata?.namespace ?? '', b.spec.vmiName, b.spec.disk)]
+      : [];
   },
   [BP_RUNNING_BY_NODE]: (obj) => {
     const s = (obj as LooseBlockPull).status;
@@ -111,7 +113,17 @@ function pick(v: unknown, keys: readonly string[]): Json | undefined {
   return out;
 }
 
-const METADATA_KEYS = ['name', 'namespace', 'uid', 'resourceVersion', 'generation', 'creationTimestamp', 'deletionTimestamp', 'labels', 'ownerReferences'] as const;
+const METADATA_KEYS = [
+  'name',
+  'namespace',
+  'uid',
+  'resourceVersion',
+  'generation',
+  'creationTimestamp',
+  'deletionTimestamp',
+  'labels',
+  'ownerReferences',
+] as const;
 
 function slimMetadata(md: unknown): Json | undefined {
   const out = pick(md, METADATA_KEYS);
@@ -127,9 +139,22 @@ function slimMetadata(md: unknown): Json | undefined {
 export function slimVmi<T extends KubernetesObject>(obj: T): T {
   const o = obj as unknown as Json;
   const spec = o['spec'];
-  const disks = isObj(spec) && isObj(spec['domain']) && isObj(spec['domain']['devices']) ? spec['domain']['devices']['disks'] : undefined;
-  const utility = isObj(spec) && Array.isArray(spec['utilityVolumes']) ? (spec['utilityVolumes'] as unknown[]) : undefined;
-  const status = pick(o['status'], ['phase', 'nodeName', 'runtimeUser', 'activePods', 'migrationState', 'evacuationNodeName', 'volumeStatus', 'conditions']);
+  const disks =
+    isObj(spec) && isObj(spec['domain']) && isObj(spec['domain']['devices'])
+      ? spec['domain']['devices']['disks']
+      : undefined;
+  const utility =
+    isObj(spec) && Array.isArray(spec['utilityVolumes']) ? (spec['utilityVolumes'] as unknown[]) : undefined;
+  const status = pick(o['status'], [
+    'phase',
+    'nodeName',
+    'runtimeUser',
+    'activePods',
+    'migrationState',
+    'evacuationNodeName',
+    'volumeStatus',
+    'conditions',
+  ]);
   if (status !== undefined && Array.isArray(status['volumeStatus'])) {
     status['volumeStatus'] = (status['volumeStatus'] as unknown[]).map((v) => {
       const kept = pick(v, ['name', 'target']) ?? v;
@@ -141,7 +166,9 @@ export function slimVmi<T extends KubernetesObject>(obj: T): T {
     status['conditions'] = (status['conditions'] as unknown[]).map((c) => pick(c, ['type', 'status', 'reason']) ?? c);
   }
   const slimSpec: Json = {
-    ...(Array.isArray(disks) ? { domain: { devices: { disks: (disks as unknown[]).map((d) => pick(d, ['name']) ?? d) } } } : {}),
+    ...(Array.isArray(disks)
+      ? { domain: { devices: { disks: (disks as unknown[]).map((d) => pick(d, ['name']) ?? d) } } }
+      : {}),
     ...(utility !== undefined ? { utilityVolumes: utility.map((u) => pick(u, ['name']) ?? u) } : {}),
   };
   return {

@@ -12,11 +12,21 @@ import { stripMetadata, WatchdogInformer } from '../kube/informer.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function bp(name: string, vmiName: string, rv: string, status?: Record<string, unknown>): KubernetesObject & Record<string, unknown> {
+function bp(
+  name: string,
+  vmiName: string,
+  rv: string,
+  status?: Record<string, unknown>,
+): KubernetesObject & Record<string, unknown> {
   return {
     apiVersion: 'blockpull.dev/v1alpha1',
     kind: 'BlockPull',
-    metadata: { name, namespace: 'ns', resourceVersion: rv, managedFields: [{ manager: 'kubectl', fieldsV1: { big: 'x'.repeat(100) } }] },
+    metadata: {
+      name,
+      namespace: 'ns',
+      resourceVersion: rv,
+      managedFields: [{ manager: 'kubectl', fieldsV1: { big: 'x'.repeat(100) } }],
+    },
     spec: { vmiName, disk: 'rootdisk' },
     ...(status !== undefined ? { status } : {}),
   };
@@ -33,7 +43,9 @@ describe('WatchdogInformer indexes', () => {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const kc = new KubeConfig();
     kc.loadFromOptions({
-      clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
+      clusters: [
+        { name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true },
+      ],
       users: [{ name: 'u' }],
       contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
       currentContext: 'x',
@@ -48,7 +60,11 @@ describe('WatchdogInformer indexes', () => {
             apiVersion: 'v1',
             kind: 'List',
             metadata: { resourceVersion: '3' },
-            items: [bp('a', 'vm1', '1'), bp('b', 'vm1', '2'), bp('c', 'vm2', '3', { phase: 'Running', launcher: { node: 'n1' } })],
+            items: [
+              bp('a', 'vm1', '1'),
+              bp('b', 'vm1', '2'),
+              bp('c', 'vm2', '3', { phase: 'Running', launcher: { node: 'n1' } }),
+            ],
           }),
       },
       transform: stripMetadata,
@@ -63,7 +79,9 @@ describe('WatchdogInformer indexes', () => {
       while ((watchRes === undefined || !inf.healthy()) && performance.now() - t0 < 3_000) await sleep(10);
       expect(names(inf.byIndex(BP_BY_VMI, 'ns/vm1'))).toEqual(['a', 'b']);
       expect(names(inf.byIndex(BP_BY_VMI, 'ns/vm2'))).toEqual(['c']);
-      expect([...inf.indexValues(BP_RUNNING_BY_NODE).entries()].map(([k, v]) => [k, [...v]])).toEqual([['n1', ['ns/c']]]);
+      expect([...inf.indexValues(BP_RUNNING_BY_NODE).entries()].map(([k, v]) => [k, [...v]])).toEqual([
+        ['n1', ['ns/c']],
+      ]);
       expect(inf.getByKey('ns/a')?.metadata?.managedFields).toBeUndefined();
 
       // b moves to vm2 and runs on n2; c ends; a is deleted.
@@ -75,7 +93,9 @@ describe('WatchdogInformer indexes', () => {
       expect(inf.byIndex(BP_BY_VMI, 'ns/vm1')).toEqual([]);
       expect(inf.indexValues(BP_BY_VMI).has('ns/vm1')).toBe(false);
       expect(names(inf.byIndex(BP_BY_VMI, 'ns/vm2'))).toEqual(['b', 'c']);
-      expect([...inf.indexValues(BP_RUNNING_BY_NODE).entries()].map(([k, v]) => [k, [...v]])).toEqual([['n2', ['ns/b']]]);
+      expect([...inf.indexValues(BP_RUNNING_BY_NODE).entries()].map(([k, v]) => [k, [...v]])).toEqual([
+        ['n2', ['ns/b']],
+      ]);
       // Watched objects are transformed too.
       expect(inf.getByKey('ns/b')?.metadata?.managedFields).toBeUndefined();
       expect(inf.getByKey('ns/b')?.metadata?.resourceVersion).toBe('4');

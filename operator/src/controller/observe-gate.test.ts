@@ -10,21 +10,19 @@ function looks() {
   let maxRunning = 0;
   let calls = 0;
   const pending: ((v: string) => void)[] = [];
-  const make =
-    (value: string, ms?: number) =>
-    (): Promise<string> => {
-      calls++;
-      running++;
-      maxRunning = Math.max(maxRunning, running);
-      return new Promise<string>((resolve) => {
-        const done = (v: string): void => {
-          running--;
-          resolve(v);
-        };
-        if (ms === undefined) pending.push(done);
-        else setTimeout(() => done(value), ms);
-      });
-    };
+  const make = (value: string, ms?: number) => (): Promise<string> => {
+    calls++;
+    running++;
+    maxRunning = Math.max(maxRunning, running);
+    return new Promise<string>((resolve) => {
+      const done = (v: string): void => {
+        running--;
+        resolve(v);
+      };
+      if (ms === undefined) pending.push(done);
+      else setTimeout(() => done(value), ms);
+    });
+  };
   return {
     make,
     release: (v: string) => pending.shift()?.(v),
@@ -39,7 +37,12 @@ function looks() {
 
 function gate(lateMaxAgeMs?: number) {
   const woken: string[] = [];
-  const g = new ObserveGate<string>({ budgetMs: BUDGET, wake: (k) => woken.push(k), usableLate: (v) => v !== 'unreachable', ...(lateMaxAgeMs !== undefined ? { lateMaxAgeMs } : {}) });
+  const g = new ObserveGate<string>({
+    budgetMs: BUDGET,
+    wake: (k) => woken.push(k),
+    usableLate: (v) => v !== 'unreachable',
+    ...(lateMaxAgeMs !== undefined ? { lateMaxAgeMs } : {}),
+  });
   return { g, woken };
 }
 
@@ -60,7 +63,11 @@ describe('ObserveGate', () => {
     const first = await g.observe(launcher, 'pod ns/p', 'ns/a', l.make('x'));
     const firstMs = performance.now() - t0;
     const message = `libvirt in pod ns/p did not answer within ${BUDGET} ms; not waiting on it: its command runs on in the background (killed at its timeout) and this BlockPull is looked at again when it answers`;
-    expect(first).toMatchObject({ kind: 'waiting', message, detail: 'no answer within the budget: the look runs on in the background' });
+    expect(first).toMatchObject({
+      kind: 'waiting',
+      message,
+      detail: 'no answer within the budget: the look runs on in the background',
+    });
     expect(firstMs).toBeGreaterThanOrEqual(BUDGET - 5);
     // Another BlockPull of the same launcher (and the first one again): no new command, no wait.
     t0 = performance.now();
@@ -68,23 +75,37 @@ describe('ObserveGate', () => {
     const third = await g.observe(launcher, 'pod ns/p', 'ns/a', l.make('z'));
     expect(performance.now() - t0).toBeLessThan(BUDGET - 50);
     // The same message (a status that changed with every look would be rewritten each time); the detail differs.
-    expect(second).toMatchObject({ kind: 'waiting', message, detail: expect.stringMatching(/^a look started \d+\.\d s ago \(by ns\/a\) has not ended$/) as string });
+    expect(second).toMatchObject({
+      kind: 'waiting',
+      message,
+      detail: expect.stringMatching(/^a look started \d+\.\d s ago \(by ns\/a\) has not ended$/) as string,
+    });
     expect(third.kind).toBe('waiting');
     expect(l.calls).toBe(1);
     // It answers at last: both BlockPulls are woken; the first gets the late answer without a new command.
     l.release('late chain');
     await sleep(0);
     expect(woken.sort()).toEqual(['ns/a', 'ns/b']);
-    expect(await g.observe(launcher, 'pod ns/p', 'ns/a', l.make('fresh', 1))).toEqual({ kind: 'done', value: 'late chain' });
+    expect(await g.observe(launcher, 'pod ns/p', 'ns/a', l.make('fresh', 1))).toEqual({
+      kind: 'done',
+      value: 'late chain',
+    });
     expect(l.calls).toBe(1);
     // It was slow: the next look is not waited for; it runs in the background and wakes the BlockPull.
     t0 = performance.now();
     const next = await g.observe(launcher, 'pod ns/p', 'ns/b', l.make('quick', 5));
     expect(performance.now() - t0).toBeLessThan(BUDGET - 50);
-    expect(next).toMatchObject({ kind: 'waiting', message, detail: expect.stringContaining('the last look took longer than the budget') as string });
+    expect(next).toMatchObject({
+      kind: 'waiting',
+      message,
+      detail: expect.stringContaining('the last look took longer than the budget') as string,
+    });
     await sleep(20);
     expect(woken).toContain('ns/b');
-    expect(await g.observe(launcher, 'pod ns/p', 'ns/b', l.make('never used'))).toEqual({ kind: 'done', value: 'quick' });
+    expect(await g.observe(launcher, 'pod ns/p', 'ns/b', l.make('never used'))).toEqual({
+      kind: 'done',
+      value: 'quick',
+    });
     // That look was quick: the launcher is waited for again.
     expect(await g.observe(launcher, 'pod ns/p', 'ns/b', l.make('again', 5))).toEqual({ kind: 'done', value: 'again' });
     expect(l.maxRunning).toBe(1);

@@ -22,7 +22,9 @@ export const LATE_RESULT_MAX_AGE_MS = 5_000;
  * `message` is the same whatever the case (status messages that change with every look would
  * rewrite the BlockPull every time); `detail` says which case, for the log.
  */
-export type GateOutcome<T> = { readonly kind: 'done'; readonly value: T } | { readonly kind: 'waiting'; readonly message: string; readonly detail: string };
+export type GateOutcome<T> =
+  | { readonly kind: 'done'; readonly value: T }
+  | { readonly kind: 'waiting'; readonly message: string; readonly detail: string };
 
 interface InFlight {
   readonly startedAt: number;
@@ -83,7 +85,8 @@ export class ObserveGate<T> {
       const late = st.late.get(requester);
       if (late !== undefined) {
         st.late.delete(requester);
-        if (this.#now() - late.at <= (this.#options.lateMaxAgeMs ?? LATE_RESULT_MAX_AGE_MS)) return { kind: 'done', value: late.value };
+        if (this.#now() - late.at <= (this.#options.lateMaxAgeMs ?? LATE_RESULT_MAX_AGE_MS))
+          return { kind: 'done', value: late.value };
       }
       const busy = st.inFlight;
       if (busy === undefined) break;
@@ -91,7 +94,11 @@ export class ObserveGate<T> {
       if (st.slow || age >= budget) {
         // Past its budget: not waited on; this BlockPull is woken when it ends.
         if (busy.requester !== requester) busy.waiters.add(requester);
-        return { kind: 'waiting', message: waitingMessage(name, budget), detail: `a look started ${seconds(age)} s ago (by ${busy.requester}) has not ended` };
+        return {
+          kind: 'waiting',
+          message: waitingMessage(name, budget),
+          detail: `a look started ${seconds(age)} s ago (by ${busy.requester}) has not ended`,
+        };
       }
       // Within its budget: wait for it (at most the rest of it), then look ourselves.
       await Promise.race([busy.settled, sleep(budget - age)]);
@@ -102,7 +109,12 @@ export class ObserveGate<T> {
     let workerLeft = st.slow;
     let ended: { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: unknown } | undefined;
     let resolveSettled!: () => void;
-    const flight: InFlight = { startedAt, requester, waiters: new Set(), settled: new Promise<void>((r) => (resolveSettled = r)) };
+    const flight: InFlight = {
+      startedAt,
+      requester,
+      waiters: new Set(),
+      settled: new Promise<void>((r) => (resolveSettled = r)),
+    };
     st.inFlight = flight;
     const settle = (outcome: NonNullable<typeof ended>): void => {
       ended = outcome;
@@ -112,7 +124,8 @@ export class ObserveGate<T> {
       resolveSettled();
       if (workerLeft) {
         // Keep the result for the requester's next reconcile and wake it.
-        if (outcome.ok && this.#options.usableLate(outcome.value)) st.late.set(requester, { value: outcome.value, at: endedAt });
+        if (outcome.ok && this.#options.usableLate(outcome.value))
+          st.late.set(requester, { value: outcome.value, at: endedAt });
         this.#options.wake(requester);
       }
       for (const w of flight.waiters) this.#options.wake(w);
@@ -122,7 +135,11 @@ export class ObserveGate<T> {
       (error: unknown) => settle({ ok: false, error }),
     );
     if (workerLeft) {
-      return { kind: 'waiting', message: waitingMessage(name, budget), detail: 'the last look took longer than the budget: looking again in the background' };
+      return {
+        kind: 'waiting',
+        message: waitingMessage(name, budget),
+        detail: 'the last look took longer than the budget: looking again in the background',
+      };
     }
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([looking, new Promise<void>((r) => (timer = setTimeout(r, budget)))]);
@@ -133,7 +150,11 @@ export class ObserveGate<T> {
       throw outcome.error;
     }
     workerLeft = true;
-    return { kind: 'waiting', message: waitingMessage(name, budget), detail: 'no answer within the budget: the look runs on in the background' };
+    return {
+      kind: 'waiting',
+      message: waitingMessage(name, budget),
+      detail: 'no answer within the budget: the look runs on in the background',
+    };
   }
 }
 

@@ -41,7 +41,9 @@ const pod = {
     namespace: 'ns',
     uid: 'pod-uid',
     labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
-    ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true }],
+    ownerReferences: [
+      { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true },
+    ],
     creationTimestamp: '2026-11-27T09:00:00Z',
   },
   spec: { nodeName: 'node1', containers: [{ name: 'compute' }] },
@@ -58,19 +60,33 @@ function world() {
   let stored: Record<string, unknown> = {
     apiVersion: API_VERSION,
     kind: KIND,
-    metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: String(rv), generation: 1, creationTimestamp: '2026-11-27T10:00:00Z' },
+    metadata: {
+      name: 'p',
+      namespace: 'ns',
+      uid: 'u1',
+      resourceVersion: String(rv),
+      generation: 1,
+      creationTimestamp: '2026-11-27T10:00:00Z',
+    },
     spec: { vmiName: 'vm', disk: 'rootdisk' },
   };
   const api = { gets: 0, statusWrites: 0, metadataWrites: 0 };
   const virsh = { getDisk: 0, getJob: 0, getSpace: 0, startPull: 0 };
   const bump = (change: Record<string, unknown>): Record<string, unknown> => {
-    stored = { ...stored, ...change, metadata: { ...(stored['metadata'] as object), ...(change['metadata'] ?? {}), resourceVersion: String(++rv) } };
+    stored = {
+      ...stored,
+      ...change,
+      metadata: { ...(stored['metadata'] as object), ...(change['metadata'] ?? {}), resourceVersion: String(++rv) },
+    };
     return structuredClone(stored);
   };
   const clients = {
     custom: {
       getNamespacedCustomObject: () => (api.gets++, Promise.resolve(structuredClone(stored))),
-      patchNamespacedCustomObject: (req: { body: { metadata: { finalizers: string[] } } }) => (api.metadataWrites++, Promise.resolve(bump({ metadata: { finalizers: req.body.metadata.finalizers } }))),
+      patchNamespacedCustomObject: (req: { body: { metadata: { finalizers: string[] } } }) => (
+        api.metadataWrites++,
+        Promise.resolve(bump({ metadata: { finalizers: req.body.metadata.finalizers } }))
+      ),
       patchNamespacedCustomObjectStatus: (req: { body: { op: string; path: string; value: unknown }[] }) => {
         api.statusWrites++;
         return Promise.resolve(bump({ status: req.body.find((op) => op.path === '/status')?.value }));
@@ -82,7 +98,16 @@ function world() {
   const driver: BlockJobDriver = {
     getDisk: () => (virsh.getDisk++, Promise.resolve(disk)),
     getJob: () => (virsh.getJob++, Promise.resolve(job)),
-    getSpace: () => (virsh.getSpace++, Promise.resolve({ kind: 'measured', topPath: '/d/top.qcow2', pullBytes: 1 << 20, availableBytes: 1 << 30, totalBytes: 1 << 31 })),
+    getSpace: () => (
+      virsh.getSpace++,
+      Promise.resolve({
+        kind: 'measured',
+        topPath: '/d/top.qcow2',
+        pullBytes: 1 << 20,
+        availableBytes: 1 << 30,
+        totalBytes: 1 << 31,
+      })
+    ),
     startPull: () => {
       virsh.startPull++;
       job = { type: 'Block Pull', cur: 0, end: 100, bandwidth: 0 };
@@ -141,8 +166,38 @@ describe('Reconciler: the cost of one pass', () => {
     // Two passes (finalizer, then start): one decide each, and one factsWanted where the disk is
     // idle (it asks for the space); the intent and the outcome are two status writes.
     // Before the gatherer: decide 4 for the start (the space and the slot recount decided again).
-    expect(start).toEqual({ decide: 2, factsWanted: 1, gets: 0, statusWrites: 2, metadataWrites: 1, getDisk: 1, getJob: 1, getSpace: 1, startPull: 1 });
-    expect(poll).toEqual({ decide: 1, factsWanted: 0, gets: 0, statusWrites: 1, metadataWrites: 0, getDisk: 0, getJob: 1, getSpace: 0, startPull: 0 });
-    expect(end).toEqual({ decide: 1, factsWanted: 1, gets: 0, statusWrites: 1, metadataWrites: 0, getDisk: 1, getJob: 1, getSpace: 0, startPull: 0 });
+    expect(start).toEqual({
+      decide: 2,
+      factsWanted: 1,
+      gets: 0,
+      statusWrites: 2,
+      metadataWrites: 1,
+      getDisk: 1,
+      getJob: 1,
+      getSpace: 1,
+      startPull: 1,
+    });
+    expect(poll).toEqual({
+      decide: 1,
+      factsWanted: 0,
+      gets: 0,
+      statusWrites: 1,
+      metadataWrites: 0,
+      getDisk: 0,
+      getJob: 1,
+      getSpace: 0,
+      startPull: 0,
+    });
+    expect(end).toEqual({
+      decide: 1,
+      factsWanted: 1,
+      gets: 0,
+      statusWrites: 1,
+      metadataWrites: 0,
+      getDisk: 1,
+      getJob: 1,
+      getSpace: 0,
+      startPull: 0,
+    });
   });
 });

@@ -28,7 +28,10 @@ interface Pull {
 
 type Start = (domain: string, options: StartPullOptions) => Promise<void>;
 
-function world(pulls: readonly Pull[], o: { maxConcurrentPulls: number; maxPullsPerNode: number; actionTimeoutMs?: number; start?: Start }) {
+function world(
+  pulls: readonly Pull[],
+  o: { maxConcurrentPulls: number; maxPullsPerNode: number; actionTimeoutMs?: number; start?: Start },
+) {
   let rv = 100;
   const objects = new Map<string, Record<string, unknown>>();
   const vmis = new Map<string, Record<string, unknown>>();
@@ -41,7 +44,15 @@ function world(pulls: readonly Pull[], o: { maxConcurrentPulls: number; maxPulls
     objects.set(k(p.namespace, p.name), {
       apiVersion: API_VERSION,
       kind: KIND,
-      metadata: { name: p.name, namespace: p.namespace, uid: `u-${p.name}`, resourceVersion: String(++rv), generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T09:00:00Z' },
+      metadata: {
+        name: p.name,
+        namespace: p.namespace,
+        uid: `u-${p.name}`,
+        resourceVersion: String(++rv),
+        generation: 1,
+        finalizers: [FINALIZER],
+        creationTimestamp: '2026-11-27T09:00:00Z',
+      },
       spec: { vmiName: vmi, disk: 'rootdisk' },
       ...(p.status !== undefined ? { status: p.status } : {}),
     });
@@ -58,7 +69,15 @@ function world(pulls: readonly Pull[], o: { maxConcurrentPulls: number; maxPulls
         namespace: p.namespace,
         uid: `pod-${p.name}`,
         labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': `vmi-${p.name}` },
-        ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: vmi, uid: `vmi-${p.name}`, controller: true }],
+        ownerReferences: [
+          {
+            apiVersion: 'kubevirt.io/v1',
+            kind: 'VirtualMachineInstance',
+            name: vmi,
+            uid: `vmi-${p.name}`,
+            controller: true,
+          },
+        ],
         creationTimestamp: '2026-11-27T09:00:00Z',
       },
       spec: { nodeName: p.node, containers: [{ name: 'compute' }] },
@@ -68,14 +87,36 @@ function world(pulls: readonly Pull[], o: { maxConcurrentPulls: number; maxPulls
   // The caches: as first listed (they lag every write of this test).
   const cachedPulls = [...objects.values()].map((x) => structuredClone(x));
   const cache = (m: Map<string, Record<string, unknown>>, list?: Record<string, unknown>[]) => ({
-    get: (ns: string | undefined, name: string) => (list ?? [...m.values()]).find((x) => (x['metadata'] as { namespace: string; name: string }).namespace === ns && (x['metadata'] as { name: string }).name === name),
-    list: (ns?: string) => (list ?? [...m.values()]).filter((x) => ns === undefined || (x['metadata'] as { namespace: string }).namespace === ns),
+    get: (ns: string | undefined, name: string) =>
+      (list ?? [...m.values()]).find(
+        (x) =>
+          (x['metadata'] as { namespace: string; name: string }).namespace === ns &&
+          (x['metadata'] as { name: string }).name === name,
+      ),
+    list: (ns?: string) =>
+      (list ?? [...m.values()]).filter(
+        (x) => ns === undefined || (x['metadata'] as { namespace: string }).namespace === ns,
+      ),
   });
-  const rvMoved = new ApiException(409, 'Conflict', JSON.stringify({ kind: 'Status', code: 409, reason: 'Conflict', message: 'the object has been modified' }), {});
+  const rvMoved = new ApiException(
+    409,
+    'Conflict',
+    JSON.stringify({ kind: 'Status', code: 409, reason: 'Conflict', message: 'the object has been modified' }),
+    {},
+  );
   const clients = {
     custom: {
-      getNamespacedCustomObject: ({ namespace, name }: { namespace: string; name: string }) => Promise.resolve(structuredClone(objects.get(k(namespace, name)))),
-      patchNamespacedCustomObjectStatus: ({ namespace, name, body }: { namespace: string; name: string; body: { op: string; path: string; value: unknown }[] }) => {
+      getNamespacedCustomObject: ({ namespace, name }: { namespace: string; name: string }) =>
+        Promise.resolve(structuredClone(objects.get(k(namespace, name)))),
+      patchNamespacedCustomObjectStatus: ({
+        namespace,
+        name,
+        body,
+      }: {
+        namespace: string;
+        name: string;
+        body: { op: string; path: string; value: unknown }[];
+      }) => {
         const obj = objects.get(k(namespace, name))!;
         const meta = obj['metadata'] as { resourceVersion: string };
         if (body[0]?.value !== meta.resourceVersion) return Promise.reject(rvMoved);
@@ -117,7 +158,11 @@ function world(pulls: readonly Pull[], o: { maxConcurrentPulls: number; maxPulls
     clients,
     blockPulls: cache(objects, cachedPulls),
     vmis: cache(vmis),
-    pods: { ...cache(pods), byIndex: (_index: string, value: string) => [...pods.values()].filter((p) => (podIndexes[POD_BY_VMI_UID]!(p) as string[]).includes(value)) },
+    pods: {
+      ...cache(pods),
+      byIndex: (_index: string, value: string) =>
+        [...pods.values()].filter((p) => (podIndexes[POD_BY_VMI_UID]!(p) as string[]).includes(value)),
+    },
     drivers: { kind: 'local', driverFor: (a) => Promise.resolve(driverFor(a.pod)) },
     logger: createLogger({ level: 'silent' }),
     pollIntervalMs: 500,
@@ -127,11 +172,12 @@ function world(pulls: readonly Pull[], o: { maxConcurrentPulls: number; maxPulls
     ...(o.actionTimeoutMs !== undefined ? { actionTimeoutMs: o.actionTimeoutMs } : {}),
     enqueue: (key) => calls.enqueued.push(key),
   });
-  const status = (key: string): BlockPullStatus => (objects.get(key)?.['status'] ?? {});
+  const status = (key: string): BlockPullStatus => objects.get(key)?.['status'] ?? {};
   return { r, calls, jobs, status, domainOf: (ns: string, name: string) => `${ns}_vm-${name}` };
 }
 
-const pending = (namespace: string, n: number, node = (i: number) => `node-${i}`): Pull[] => Array.from({ length: n }, (_, i) => ({ namespace, name: `p${i}`, node: node(i) }));
+const pending = (namespace: string, n: number, node = (i: number) => `node-${i}`): Pull[] =>
+  Array.from({ length: n }, (_, i) => ({ namespace, name: `p${i}`, node: node(i) }));
 
 describe('Reconciler slots with concurrent workers', () => {
   it('16 workers, 12 BlockPulls ready to start, a limit of 4: never more than 4 start; the others wait for a slot', async () => {
@@ -145,10 +191,15 @@ describe('Reconciler slots with concurrent workers', () => {
   });
 
   it('the per-node limit too: 12 BlockPulls on one node with a limit of 2 per node: 2 start', async () => {
-    const w = world(pending('a', 12, () => 'node-1'), { maxConcurrentPulls: 10, maxPullsPerNode: 2 });
+    const w = world(
+      pending('a', 12, () => 'node-1'),
+      { maxConcurrentPulls: 10, maxPullsPerNode: 2 },
+    );
     await Promise.all(Array.from({ length: 12 }, (_, i) => w.r.reconcile(`a/p${i}`)));
     expect(w.calls.startPull).toBe(2);
-    expect(Array.from({ length: 12 }, (_, i) => w.status(`a/p${i}`).reason).filter((r) => r === 'WaitingForSlot')).toHaveLength(10);
+    expect(
+      Array.from({ length: 12 }, (_, i) => w.status(`a/p${i}`).reason).filter((r) => r === 'WaitingForSlot'),
+    ).toHaveLength(10);
   });
 
   it('a start that never returns is ended at the bound: Unanswered, Pending, no slot held; the next look adopts the job it did start, or counts a failed start', async () => {
@@ -164,11 +215,21 @@ describe('Reconciler slots with concurrent workers', () => {
       },
     });
     const t0 = performance.now();
-    const [first, second] = await Promise.all([w.r.reconcile('a/p0'), new Promise((resolve) => setTimeout(resolve, 10)).then(() => w.r.reconcile('a/p1'))]);
+    const [first, second] = await Promise.all([
+      w.r.reconcile('a/p0'),
+      new Promise((resolve) => setTimeout(resolve, 10)).then(() => w.r.reconcile('a/p1')),
+    ]);
     expect(performance.now() - t0).toBeLessThan(1_000);
     expect(signalled).toBe(1); // the command was told to end
-    expect(w.status('a/p0')).toMatchObject({ phase: 'Pending', reason: 'HypervisorUnreachable', job: { state: 'Unanswered' }, attempts: 1 });
-    expect(w.status('a/p0').message).toMatch(/^the start of the pull \(virsh blockpull\) did not return within 50 ms; the command was ended; it may have started the job/);
+    expect(w.status('a/p0')).toMatchObject({
+      phase: 'Pending',
+      reason: 'HypervisorUnreachable',
+      job: { state: 'Unanswered' },
+      attempts: 1,
+    });
+    expect(w.status('a/p0').message).toMatch(
+      /^the start of the pull \(virsh blockpull\) did not return within 50 ms; the command was ended; it may have started the job/,
+    );
     expect(first.requeueAfterMs).toBe(5_000);
     expect(w.status('a/p1').reason).toBe('WaitingForSlot');
     expect(second).toBeDefined();
@@ -181,7 +242,12 @@ describe('Reconciler slots with concurrent workers', () => {
     const starts = w.calls.startPull;
     await w.r.reconcile('a/p0');
     expect(w.calls.startPull).toBe(starts);
-    expect(w.status('a/p0')).toMatchObject({ phase: 'Running', reason: 'Pulling', job: { state: 'Running' }, attempts: 1 });
+    expect(w.status('a/p0')).toMatchObject({
+      phase: 'Running',
+      reason: 'Pulling',
+      job: { state: 'Running' },
+      attempts: 1,
+    });
     // p1's did not: a failed start, retried after the backoff.
     await w.r.reconcile('a/p1');
     expect(w.calls.startPull).toBe(starts);
@@ -197,7 +263,11 @@ describe('Reconciler slots with concurrent workers', () => {
       launcher: { pod: `virt-launcher-${name}`, node, container: 'compute', domain: `a_vm-${name}`, target: 'vda' },
       job: { state: 'Running' },
     });
-    const waiting: BlockPullStatus = { phase: 'Pending', reason: 'WaitingForSlot', message: '4 pulls run cluster-wide (limit 4)' };
+    const waiting: BlockPullStatus = {
+      phase: 'Pending',
+      reason: 'WaitingForSlot',
+      message: '4 pulls run cluster-wide (limit 4)',
+    };
     const pulls: Pull[] = [
       ...[0, 1, 2].map((i) => ({ namespace: 'a', name: `r${i}`, node: `n${i}`, status: running(`n${i}`, `r${i}`) })),
       { namespace: 'a', name: 'new', node: 'n5' },
@@ -207,7 +277,9 @@ describe('Reconciler slots with concurrent workers', () => {
     for (const i of [0, 1, 2]) w.jobs.set(`a_vm-r${i}`, { type: 'Block Pull', cur: 1, end: 100, bandwidth: 0 });
     const a = await w.r.reconcile('a/new');
     expect(w.status('a/new')).toMatchObject({ phase: 'Pending', reason: 'WaitingForSlot' });
-    expect(w.status('a/new').message).toBe('namespace a runs 3 pulls, its fair share (2) of the 4 cluster-wide slots while 2 namespaces want one');
+    expect(w.status('a/new').message).toBe(
+      'namespace a runs 3 pulls, its fair share (2) of the 4 cluster-wide slots while 2 namespaces want one',
+    );
     // A slot was free: it looks again after its requeue delay, not only when a slot is released.
     expect(a.requeueAfterMs).toBe(5_000);
     await w.r.reconcile('b/w');

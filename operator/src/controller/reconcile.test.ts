@@ -26,7 +26,15 @@ function launcherFixture(node: string): { vmi: Record<string, unknown>; pod: Rec
         namespace: 'ns',
         uid: 'pod-uid',
         labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
-        ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true }],
+        ownerReferences: [
+          {
+            apiVersion: 'kubevirt.io/v1',
+            kind: 'VirtualMachineInstance',
+            name: 'vm',
+            uid: 'vmi-uid',
+            controller: true,
+          },
+        ],
         creationTimestamp: '2026-11-27T09:00:00Z',
       },
       spec: { nodeName: node, containers: [{ name: 'compute' }] },
@@ -46,19 +54,41 @@ describe('Reconciler status write', () => {
   const blockPull = (resourceVersion: string) => ({
     apiVersion: API_VERSION,
     kind: KIND,
-    metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion, generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T10:00:00Z' },
+    metadata: {
+      name: 'p',
+      namespace: 'ns',
+      uid: 'u1',
+      resourceVersion,
+      generation: 1,
+      finalizers: [FINALIZER],
+      creationTimestamp: '2026-11-27T10:00:00Z',
+    },
     spec: { vmiName: 'vm', disk: 'rootdisk' },
   });
   const invalid = new ApiException(
     422,
     'Invalid',
-    JSON.stringify({ kind: 'Status', status: 'Failure', reason: 'Invalid', code: 422, message: 'BlockPull.blockpull.dev "p" is invalid: status.message: Too long', details: { name: 'p' } }),
+    JSON.stringify({
+      kind: 'Status',
+      status: 'Failure',
+      reason: 'Invalid',
+      code: 422,
+      message: 'BlockPull.blockpull.dev "p" is invalid: status.message: Too long',
+      details: { name: 'p' },
+    }),
     {},
   );
   const moved = new ApiException(
     409,
     'Conflict',
-    JSON.stringify({ kind: 'Status', status: 'Failure', reason: 'Conflict', code: 409, message: 'Operation cannot be fulfilled on blockpulls.blockpull.dev "p": the object has been modified; please apply your changes to the latest version and try again' }),
+    JSON.stringify({
+      kind: 'Status',
+      status: 'Failure',
+      reason: 'Conflict',
+      code: 409,
+      message:
+        'Operation cannot be fulfilled on blockpulls.blockpull.dev "p": the object has been modified; please apply your changes to the latest version and try again',
+    }),
     {},
   );
 
@@ -66,7 +96,8 @@ describe('Reconciler status write', () => {
     const calls = { gets: 0, patches: 0, enqueued: [] as string[] };
     const clients = {
       custom: {
-        getNamespacedCustomObject: () => Promise.resolve(blockPull(versions[Math.min(calls.gets++, versions.length - 1)] ?? '1')),
+        getNamespacedCustomObject: () =>
+          Promise.resolve(blockPull(versions[Math.min(calls.gets++, versions.length - 1)] ?? '1')),
         patchNamespacedCustomObjectStatus: () => {
           calls.patches++;
           return Promise.reject(patchError);
@@ -126,7 +157,14 @@ describe('Reconciler while a job runs', () => {
     let stored: Record<string, unknown> = {
       apiVersion: API_VERSION,
       kind: KIND,
-      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: '1', generation: 1, creationTimestamp: '2026-11-27T10:00:00Z' },
+      metadata: {
+        name: 'p',
+        namespace: 'ns',
+        uid: 'u1',
+        resourceVersion: '1',
+        generation: 1,
+        creationTimestamp: '2026-11-27T10:00:00Z',
+      },
       spec: { vmiName: 'vm', disk: 'rootdisk' },
     };
     let rv = 1;
@@ -135,13 +173,24 @@ describe('Reconciler while a job runs', () => {
         getNamespacedCustomObject: () => Promise.resolve(structuredClone(stored)),
         patchNamespacedCustomObject: (req: { body: { metadata: { finalizers: string[] } } }) => {
           order.push('finalizer');
-          stored = { ...stored, metadata: { ...(stored['metadata'] as object), finalizers: req.body.metadata.finalizers, resourceVersion: String(++rv) } };
+          stored = {
+            ...stored,
+            metadata: {
+              ...(stored['metadata'] as object),
+              finalizers: req.body.metadata.finalizers,
+              resourceVersion: String(++rv),
+            },
+          };
           return Promise.resolve(stored);
         },
         patchNamespacedCustomObjectStatus: (req: { body: { op: string; path: string; value: unknown }[] }) => {
           const status = req.body.find((op) => op.path === '/status')?.value;
           order.push(`status ${(status as { phase?: string }).phase}`);
-          stored = { ...stored, metadata: { ...(stored['metadata'] as object), resourceVersion: String(++rv) }, status };
+          stored = {
+            ...stored,
+            metadata: { ...(stored['metadata'] as object), resourceVersion: String(++rv) },
+            status,
+          };
           return Promise.resolve(stored);
         },
       },
@@ -162,7 +211,11 @@ describe('Reconciler while a job runs', () => {
       },
       setBandwidth: () => Promise.resolve(),
       abort: () => Promise.resolve(),
-      watchEvents: (_d: string, _cb: unknown, options?: { targets?: string[] }) => (calls.subscriptions++, subscribedTargets.push(options?.targets), { stop: () => undefined }),
+      watchEvents: (_d: string, _cb: unknown, options?: { targets?: string[] }) => (
+        calls.subscriptions++,
+        subscribedTargets.push(options?.targets),
+        { stop: () => undefined }
+      ),
     };
     const r = new Reconciler({
       clients,
@@ -231,18 +284,37 @@ describe('Reconciler persisted intent', () => {
     let obj = {
       apiVersion: API_VERSION,
       kind: KIND,
-      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: String(rv), generation: 3, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T09:00:00Z' },
+      metadata: {
+        name: 'p',
+        namespace: 'ns',
+        uid: 'u1',
+        resourceVersion: String(rv),
+        generation: 3,
+        finalizers: [FINALIZER],
+        creationTimestamp: '2026-11-27T09:00:00Z',
+      },
       spec: { vmiName: 'vm', disk: 'rootdisk', ...spec },
       status,
     };
-    const calls = { startPull: 0, abort: 0, statusPatches: 0, enqueued: [] as string[], statusAtAction: [] as unknown[] };
+    const calls = {
+      startPull: 0,
+      abort: 0,
+      statusPatches: 0,
+      enqueued: [] as string[],
+      statusAtAction: [] as unknown[],
+    };
     /** Called before the n-th status patch (1-based); may change the object like a user would. */
     let userPatch: (n: number) => void = () => undefined;
     const bump = (change: (o: typeof obj) => typeof obj): void => {
       obj = change(structuredClone(obj));
       obj.metadata.resourceVersion = String(++rv);
     };
-    const rvMoved = new ApiException(409, 'Conflict', JSON.stringify({ kind: 'Status', code: 409, reason: 'Conflict', message: 'the object has been modified' }), {});
+    const rvMoved = new ApiException(
+      409,
+      'Conflict',
+      JSON.stringify({ kind: 'Status', code: 409, reason: 'Conflict', message: 'the object has been modified' }),
+      {},
+    );
     const clients = {
       custom: {
         getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
@@ -296,7 +368,15 @@ describe('Reconciler persisted intent', () => {
       },
     };
   }
-  const runningStatus: BlockPullStatus = { phase: 'Running', reason: 'Pulling', attempts: 1, retries: 0, backingChain: { before, current: before }, launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' }, job: { state: 'Running' } };
+  const runningStatus: BlockPullStatus = {
+    phase: 'Running',
+    reason: 'Pulling',
+    attempts: 1,
+    retries: 0,
+    backingChain: { before, current: before },
+    launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' },
+    job: { state: 'Running' },
+  };
 
   it('pause: the abort is recorded (Paused, Aborting) before it is made', async () => {
     const w = world({ paused: true }, runningStatus, true);
@@ -321,7 +401,12 @@ describe('Reconciler persisted intent', () => {
     await w.r.reconcile('ns/p');
     expect(w.calls.abort).toBe(0);
     expect(w.calls.startPull).toBe(0);
-    expect(w.stored().status).toMatchObject({ phase: 'Running', reason: 'Adopted', attempts: 1, job: { state: 'Running' } });
+    expect(w.stored().status).toMatchObject({
+      phase: 'Running',
+      reason: 'Adopted',
+      attempts: 1,
+      job: { state: 'Running' },
+    });
   });
 
   it('a start confirmed while the user patches the spec: the outcome is written again on the fresh object, not dropped', async () => {
@@ -344,7 +429,13 @@ describe('Reconciler persisted intent', () => {
     expect(w.stored().status).toMatchObject({ phase: 'Paused', job: { state: 'Aborting' } });
     w.bump((o) => ({ ...o, spec: { ...o.spec, paused: false } }));
     await w.r.reconcile('ns/p');
-    expect(w.stored().status).toMatchObject({ phase: 'Running', reason: 'Pulling', attempts: 3, retries: 0, job: { state: 'Running' } });
+    expect(w.stored().status).toMatchObject({
+      phase: 'Running',
+      reason: 'Pulling',
+      attempts: 3,
+      retries: 0,
+      job: { state: 'Running' },
+    });
     expect(w.calls.startPull).toBe(2);
   });
 });
@@ -370,7 +461,15 @@ describe('Reconciler pre-flight space check', () => {
     let stored: Record<string, unknown> = {
       apiVersion: API_VERSION,
       kind: KIND,
-      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: '1', generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T10:00:00Z' },
+      metadata: {
+        name: 'p',
+        namespace: 'ns',
+        uid: 'u1',
+        resourceVersion: '1',
+        generation: 1,
+        finalizers: [FINALIZER],
+        creationTimestamp: '2026-11-27T10:00:00Z',
+      },
       spec: { vmiName: 'vm', disk: 'rootdisk' },
     };
     let rv = 1;
@@ -389,7 +488,13 @@ describe('Reconciler pre-flight space check', () => {
       watchEvents: () => ({ stop: () => undefined }),
       getSpace: (): Promise<SpaceInfo> => {
         calls.getSpace++;
-        return Promise.resolve({ kind: 'measured', topPath: '/e/top.qcow2', pullBytes: 100 * MiB, availableBytes: space.availableBytes, totalBytes: 1000 * MiB });
+        return Promise.resolve({
+          kind: 'measured',
+          topPath: '/e/top.qcow2',
+          pullBytes: 100 * MiB,
+          availableBytes: space.availableBytes,
+          totalBytes: 1000 * MiB,
+        });
       },
     };
     const clients = {
@@ -455,7 +560,15 @@ describe('Reconciler reads the BlockPull from the cache', () => {
   const object = (resourceVersion: string, extra: Record<string, unknown> = {}) => ({
     apiVersion: API_VERSION,
     kind: KIND,
-    metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion, generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T10:00:00Z' },
+    metadata: {
+      name: 'p',
+      namespace: 'ns',
+      uid: 'u1',
+      resourceVersion,
+      generation: 1,
+      finalizers: [FINALIZER],
+      creationTimestamp: '2026-11-27T10:00:00Z',
+    },
     spec: { vmiName: 'vm', disk: 'rootdisk' },
     ...extra,
   });
@@ -505,7 +618,10 @@ describe('Reconciler reads the BlockPull from the cache', () => {
 
     // A user's change (resourceVersion 9) reaches the cache with the status of 6: the cache is read,
     // and a new write is guarded by 9.
-    const changed = object('9', { spec: { vmiName: 'vm', disk: 'rootdisk', bandwidth: '1Mi' }, status: calls.patches[0]!.status });
+    const changed = object('9', {
+      spec: { vmiName: 'vm', disk: 'rootdisk', bandwidth: '1Mi' },
+      status: calls.patches[0]!.status,
+    });
     setCached({ ...changed, metadata: { ...changed.metadata, generation: 2 } });
     await r.reconcile('ns/p');
     expect(calls.gets).toBe(0);
@@ -517,13 +633,27 @@ describe('Reconciler reads the BlockPull from the cache', () => {
     const { r } = setup();
     expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: DEFAULT_SAFETY_RESYNC_MS });
 
-    const vmi = { metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' }, status: { phase: 'Running', nodeName: 'n1', runtimeUser: 107, activePods: { 'pod-uid': 'n1' } } };
+    const vmi = {
+      metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
+      status: { phase: 'Running', nodeName: 'n1', runtimeUser: 107, activePods: { 'pod-uid': 'n1' } },
+    };
     const pod = {
-      metadata: { name: 'virt-launcher-vm-x', namespace: 'ns', uid: 'pod-uid', labels: { 'kubevirt.io/created-by': 'vmi-uid' }, ownerReferences: [{ kind: 'VirtualMachineInstance', uid: 'vmi-uid', controller: true }] },
+      metadata: {
+        name: 'virt-launcher-vm-x',
+        namespace: 'ns',
+        uid: 'pod-uid',
+        labels: { 'kubevirt.io/created-by': 'vmi-uid' },
+        ownerReferences: [{ kind: 'VirtualMachineInstance', uid: 'vmi-uid', controller: true }],
+      },
       spec: { nodeName: 'n1', containers: [{ name: 'compute' }] },
       status: { phase: 'Running' },
     };
-    const cached = { apiVersion: API_VERSION, kind: KIND, metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: '5', generation: 1, finalizers: [FINALIZER] }, spec: { vmiName: 'vm', disk: 'rootdisk' } };
+    const cached = {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: '5', generation: 1, finalizers: [FINALIZER] },
+      spec: { vmiName: 'vm', disk: 'rootdisk' },
+    };
     const written: BlockPullStatus[] = [];
     const unreachable = new Reconciler({
       clients: {
@@ -537,7 +667,10 @@ describe('Reconciler reads the BlockPull from the cache', () => {
       blockPulls: { get: () => cached, list: () => [cached] },
       vmis: { get: () => vmi, list: () => [vmi] },
       pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
-      drivers: { kind: 'local', driverFor: () => Promise.reject(new LauncherUnavailableError('no stand-in registered')) },
+      drivers: {
+        kind: 'local',
+        driverFor: () => Promise.reject(new LauncherUnavailableError('no stand-in registered')),
+      },
       logger: createLogger({ level: 'silent' }),
       pollIntervalMs: 500,
       waitRequeueMs: 5000,
@@ -571,7 +704,13 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
   ];
   const before = CHAIN.map(({ position, path, format }) => ({ position, path, format }));
   const { vmi, pod } = launcherFixture('node1');
-  const ENOSPC: BlockJobEvent = { domain: 'ns_vm', target: 'vda', kind: 'failed', jobType: 'pull', error: 'No space left on device' };
+  const ENOSPC: BlockJobEvent = {
+    domain: 'ns_vm',
+    target: 'vda',
+    kind: 'failed',
+    jobType: 'pull',
+    error: 'No space left on device',
+  };
 
   /**
    * A BlockPull Running with a job of ours, reconciled once (so subscribed to the driver's events).
@@ -583,20 +722,45 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
     let obj: Record<string, unknown> = {
       apiVersion: API_VERSION,
       kind: KIND,
-      metadata: { name: 'p', namespace: 'ns', uid: 'u1', resourceVersion: String(rv), generation: 1, finalizers: [FINALIZER], creationTimestamp: '2026-11-27T09:00:00Z' },
+      metadata: {
+        name: 'p',
+        namespace: 'ns',
+        uid: 'u1',
+        resourceVersion: String(rv),
+        generation: 1,
+        finalizers: [FINALIZER],
+        creationTimestamp: '2026-11-27T09:00:00Z',
+      },
       spec: { vmiName: 'vm', disk: 'rootdisk' },
-      status: { phase: 'Running', reason: 'Pulling', attempts: 1, retries: 0, backingChain: { before, current: before }, launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' }, job: { state: 'Running' } },
+      status: {
+        phase: 'Running',
+        reason: 'Pulling',
+        attempts: 1,
+        retries: 0,
+        backingChain: { before, current: before },
+        launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' },
+        job: { state: 'Running' },
+      },
     };
     const clients = {
       custom: {
         getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
         patchNamespacedCustomObjectStatus: ({ body }: { body: { value: unknown }[] }) => {
-          obj = { ...obj, metadata: { ...(obj['metadata'] as object), resourceVersion: String(++rv) }, status: body[1]!.value };
+          obj = {
+            ...obj,
+            metadata: { ...(obj['metadata'] as object), resourceVersion: String(++rv) },
+            status: body[1]!.value,
+          };
           return Promise.resolve(structuredClone(obj));
         },
       },
     } as unknown as KubeClients;
-    let job: { type: string; cur: number; end: number; bandwidth: number } | null = { type: 'Block Pull', cur: 10, end: 100, bandwidth: 0 };
+    let job: { type: string; cur: number; end: number; bandwidth: number } | null = {
+      type: 'Block Pull',
+      cur: 10,
+      end: 100,
+      bandwidth: 0,
+    };
     let emit: ((ev: BlockJobEvent) => void) | undefined;
     const hooks = { afterDiskLook: (): void => undefined };
     const driver: BlockJobDriver = {

@@ -43,7 +43,13 @@ export const DEFAULT_OBSERVE_TIMEOUT_MS = 1_000;
  * is released): their requeue is only a safety net, not a poll. Not DiskBusy (the holder may be
  * another program's block job), nor a launcher the transport cannot reach (no event says when).
  */
-const EVENT_WOKEN_REASONS: ReadonlySet<string> = new Set(['VMINotFound', 'VMINotRunning', 'LauncherNotFound', 'MigrationInProgress', 'WaitingForSlot']);
+const EVENT_WOKEN_REASONS: ReadonlySet<string> = new Set([
+  'VMINotFound',
+  'VMINotRunning',
+  'LauncherNotFound',
+  'MigrationInProgress',
+  'WaitingForSlot',
+]);
 
 /** Default of ReconcilerOptions.safetyResyncMs. */
 export const DEFAULT_SAFETY_RESYNC_MS = 10 * 60_000;
@@ -100,7 +106,11 @@ type PassResult =
  */
 function fairShareWait(slots: SlotUsage, final: Decision, decider: Decider): boolean {
   const { maxConcurrentPulls, maxPullsPerNode } = decider.settings;
-  return final.status.reason === 'WaitingForSlot' && slots.running < maxConcurrentPulls && slots.runningOnNode < maxPullsPerNode;
+  return (
+    final.status.reason === 'WaitingForSlot' &&
+    slots.running < maxConcurrentPulls &&
+    slots.runningOnNode < maxPullsPerNode
+  );
 }
 
 export class Reconciler {
@@ -249,7 +259,10 @@ export class Reconciler {
     const decision = this.#decider.decide(obs);
     const starts = decision.action.type === 'startPull';
     if (starts && obs.launcher?.kind === 'found') this.#slots.hold(key, obs.launcher.launcher.node);
-    log.debug({ phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type }, 'decided');
+    log.debug(
+      { phase: decision.status.phase, reason: decision.status.reason, action: decision.action.type },
+      'decided',
+    );
 
     let heldSlot = false;
     let adoptedNow = false;
@@ -317,17 +330,25 @@ export class Reconciler {
     if (final.status.phase === 'Running') this.#slots.hold(key, final.status.launcher?.node ?? '');
     else this.#slots.release(key);
     // Per-pull series only while Running (bounded cardinality; see metrics.ts).
-    if (final.status.phase === 'Running') this.#options.metrics?.setRunningPull(namespace, name, final.status.progress ?? {}, this.#now().getTime());
+    if (final.status.phase === 'Running')
+      this.#options.metrics?.setRunningPull(namespace, name, final.status.progress ?? {}, this.#now().getTime());
     else this.#options.metrics?.removePull(namespace, name);
 
     // A job this process did not start, found running: say so once (a new leader takes over).
     const launched = final.status.launcher;
-    if (final.status.phase !== 'Running' || final.status.reason !== 'Adopted' || launched?.target === undefined) return false;
+    if (final.status.phase !== 'Running' || final.status.reason !== 'Adopted' || launched?.target === undefined)
+      return false;
     const jk = jobKey(launched.pod ?? '', launched.domain ?? '', launched.target);
     if (state.adopted === jk) return false;
     state.adopted = jk;
     log.info(
-      { launcherPod: launched.pod, domain: launched.domain, target: launched.target, previousPhase: bp.status?.phase, previousReason: bp.status?.reason },
+      {
+        launcherPod: launched.pod,
+        domain: launched.domain,
+        target: launched.target,
+        previousPhase: bp.status?.phase,
+        previousReason: bp.status?.reason,
+      },
       'adopted a running block pull job this process did not start (e.g. after a leader change)',
     );
     return true;
@@ -352,14 +373,26 @@ export class Reconciler {
     // While our job runs, its block-job events (or the driver's fallback poller) wake the BlockPull
     // when it ends: poll only as often as progress is written. Each poll is a virsh process, a libvirt
     // query of QEMU and an API GET next to the running job.
-    if (final.status.phase === 'Running' && final.requeueAfterMs !== null && this.#memory.peek(key)?.subscription !== undefined) {
+    if (
+      final.status.phase === 'Running' &&
+      final.requeueAfterMs !== null &&
+      this.#memory.peek(key)?.subscription !== undefined
+    ) {
       return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#options.statusUpdateIntervalMs) };
     }
     // Waiting for something a watch event reports (the controller wakes it): no poll, a safety net.
-    if (final.requeueAfterMs !== null && final.action.type === 'none' && final.status.phase === 'Pending' && EVENT_WOKEN_REASONS.has(final.status.reason ?? '') && !polled) {
+    if (
+      final.requeueAfterMs !== null &&
+      final.action.type === 'none' &&
+      final.status.phase === 'Pending' &&
+      EVENT_WOKEN_REASONS.has(final.status.reason ?? '') &&
+      !polled
+    ) {
       // A slot released while this reconcile ran may have missed waking it: look again now.
       if (this.#releases !== releasesAtStart && final.status.reason === 'WaitingForSlot') return { requeueAfterMs: 0 };
-      return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#options.safetyResyncMs ?? DEFAULT_SAFETY_RESYNC_MS) };
+      return {
+        requeueAfterMs: Math.max(final.requeueAfterMs, this.#options.safetyResyncMs ?? DEFAULT_SAFETY_RESYNC_MS),
+      };
     }
     return { requeueAfterMs: final.requeueAfterMs };
   }
@@ -368,9 +401,16 @@ export class Reconciler {
   #recordEvents(bp: BlockPull, decision: Decision, final: Decision, adoptedNow: boolean): void {
     const recorder = this.#options.events;
     if (recorder === undefined) return;
-    const involved: InvolvedObject = { apiVersion: API_VERSION, kind: KIND, namespace: bp.metadata.namespace, name: bp.metadata.name, uid: bp.metadata.uid };
+    const involved: InvolvedObject = {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      namespace: bp.metadata.namespace,
+      name: bp.metadata.name,
+      uid: bp.metadata.uid,
+    };
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
-    for (const e of chooseEvents({ before: bp.status, deleting, decision, final, adoptedNow })) void recorder.event(involved, e.type, e.reason, e.action, e.message, e.delivery);
+    for (const e of chooseEvents({ before: bp.status, deleting, decision, final, adoptedNow }))
+      void recorder.event(involved, e.type, e.reason, e.action, e.message, e.delivery);
   }
 
   /** While a job runs, the driver's block-job events wake this BlockPull at once. */
@@ -383,7 +423,12 @@ export class Reconciler {
       delete state.subscription;
       return;
     }
-    if (state.subscription !== undefined && state.subscription.domain === domain && state.subscription.driver === driver) return;
+    if (
+      state.subscription !== undefined &&
+      state.subscription.domain === domain &&
+      state.subscription.driver === driver
+    )
+      return;
     state.subscription?.sub.stop();
     const target = d.status.launcher?.target;
     const sub = driver.watchEvents(

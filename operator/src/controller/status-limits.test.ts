@@ -12,7 +12,9 @@ import { decide, decideActionError, type TestObservation as Observation } from '
 import { truncateText } from './status-limits.ts';
 
 type Json = Record<string, unknown>;
-const crd = parse(readFileSync(new URL('../../../crds/blockpull.dev_blockpulls.yaml', import.meta.url), 'utf8')) as Json;
+const crd = parse(
+  readFileSync(new URL('../../../crds/blockpull.dev_blockpulls.yaml', import.meta.url), 'utf8'),
+) as Json;
 const openAPI = (((crd.spec as Json).versions as Json[])[0]!.schema as Json).openAPIV3Schema as Json;
 const statusSchema = (openAPI.properties as Record<string, Json>).status!;
 
@@ -21,30 +23,41 @@ function violations(path: string, schema: Json, value: unknown, out: string[]): 
   if (value === undefined) return;
   const type = schema.type as string | undefined;
   if (type === 'integer') {
-    if (typeof value !== 'number' || !Number.isInteger(value)) out.push(`${path}: not an integer (${JSON.stringify(value)})`);
-    if (schema.format === 'int32' && typeof value === 'number' && (value < -(2 ** 31) || value >= 2 ** 31)) out.push(`${path}: not int32`);
+    if (typeof value !== 'number' || !Number.isInteger(value))
+      out.push(`${path}: not an integer (${JSON.stringify(value)})`);
+    if (schema.format === 'int32' && typeof value === 'number' && (value < -(2 ** 31) || value >= 2 ** 31))
+      out.push(`${path}: not int32`);
   }
   if (type === 'string' && typeof value !== 'string') out.push(`${path}: not a string`);
   if (type === 'array' && !Array.isArray(value)) out.push(`${path}: not an array`);
-  if (type === 'object' && (typeof value !== 'object' || value === null || Array.isArray(value))) out.push(`${path}: not an object`);
+  if (type === 'object' && (typeof value !== 'object' || value === null || Array.isArray(value)))
+    out.push(`${path}: not an object`);
   if (typeof value === 'number') {
-    if (typeof schema.minimum === 'number' && value < schema.minimum) out.push(`${path}: ${value} < minimum ${schema.minimum}`);
-    if (typeof schema.maximum === 'number' && value > schema.maximum) out.push(`${path}: ${value} > maximum ${schema.maximum}`);
+    if (typeof schema.minimum === 'number' && value < schema.minimum)
+      out.push(`${path}: ${value} < minimum ${schema.minimum}`);
+    if (typeof schema.maximum === 'number' && value > schema.maximum)
+      out.push(`${path}: ${value} > maximum ${schema.maximum}`);
   }
   if (typeof value === 'string') {
     // The API server counts characters (code points).
     const n = [...value].length;
-    if (typeof schema.maxLength === 'number' && n > schema.maxLength) out.push(`${path}: length ${n} > maxLength ${schema.maxLength}`);
-    if (typeof schema.minLength === 'number' && n < schema.minLength) out.push(`${path}: length ${n} < minLength ${schema.minLength}`);
-    if (typeof schema.pattern === 'string' && !new RegExp(schema.pattern, 'u').test(value)) out.push(`${path}: does not match ${schema.pattern}`);
+    if (typeof schema.maxLength === 'number' && n > schema.maxLength)
+      out.push(`${path}: length ${n} > maxLength ${schema.maxLength}`);
+    if (typeof schema.minLength === 'number' && n < schema.minLength)
+      out.push(`${path}: length ${n} < minLength ${schema.minLength}`);
+    if (typeof schema.pattern === 'string' && !new RegExp(schema.pattern, 'u').test(value))
+      out.push(`${path}: does not match ${schema.pattern}`);
   }
-  if (Array.isArray(schema.enum) && !schema.enum.includes(value)) out.push(`${path}: ${JSON.stringify(value)} not in enum`);
+  if (Array.isArray(schema.enum) && !schema.enum.includes(value))
+    out.push(`${path}: ${JSON.stringify(value)} not in enum`);
   if (Array.isArray(value)) {
-    if (typeof schema.maxItems === 'number' && value.length > schema.maxItems) out.push(`${path}: ${value.length} items > maxItems ${schema.maxItems}`);
+    if (typeof schema.maxItems === 'number' && value.length > schema.maxItems)
+      out.push(`${path}: ${value.length} items > maxItems ${schema.maxItems}`);
     value.forEach((v, i) => violations(`${path}[${i}]`, schema.items as Json, v, out));
   } else if (typeof value === 'object' && value !== null) {
     const props = (schema.properties ?? {}) as Record<string, Json>;
-    for (const r of (schema.required as string[] | undefined) ?? []) if (!(r in value)) out.push(`${path}: missing ${r}`);
+    for (const r of (schema.required as string[] | undefined) ?? [])
+      if (!(r in value)) out.push(`${path}: missing ${r}`);
     for (const [k, v] of Object.entries(value)) {
       if (!(k in props)) out.push(`${path}.${k}: unknown field (pruned)`);
       else violations(`${path}.${k}`, props[k]!, v, out);
@@ -64,11 +77,21 @@ const LONG_DIR = `/var/lib/images/${'d'.repeat(180)}`;
 function chainOf(n: number): DiskInfo {
   return {
     target: 'vda',
-    chain: Array.from({ length: n }, (_, i) => ({ position: i, index: i + 1, path: `${LONG_DIR}/layer-${i}.qcow2`, format: 'qcow2' })),
+    chain: Array.from({ length: n }, (_, i) => ({
+      position: i,
+      index: i + 1,
+      path: `${LONG_DIR}/layer-${i}.qcow2`,
+      format: 'qcow2',
+    })),
   };
 }
-const MAX_CHAIN_ITEMS = (((statusSchema.properties as Record<string, Json>).backingChain!.properties as Record<string, Json>).before!.maxItems as number);
-const CHAIN_ITEM_PROPS = (((statusSchema.properties as Record<string, Json>).backingChain!.properties as Record<string, Json>).before!.items as Json).properties as Record<string, Json>;
+const MAX_CHAIN_ITEMS = (
+  (statusSchema.properties as Record<string, Json>).backingChain!.properties as Record<string, Json>
+).before!.maxItems as number;
+const CHAIN_ITEM_PROPS = (
+  ((statusSchema.properties as Record<string, Json>).backingChain!.properties as Record<string, Json>).before!
+    .items as Json
+).properties as Record<string, Json>;
 const MAX_PATH = CHAIN_ITEM_PROPS.path!.maxLength as number;
 const LAYERS = MAX_CHAIN_ITEMS + 50;
 const HUGE = chainOf(LAYERS);
@@ -77,7 +100,14 @@ const STDERR = `error: internal error: ${'qemu said 😱 '.repeat(20000)}`;
 
 function bp(status?: BlockPullStatus, spec: Record<string, unknown> = {}): BlockPull {
   return parseBlockPull({
-    metadata: { name: 'pull1', namespace: 'ns', uid: 'u', generation: 2, creationTimestamp: '2026-11-27T09:00:00Z', finalizers: [FINALIZER] },
+    metadata: {
+      name: 'pull1',
+      namespace: 'ns',
+      uid: 'u',
+      generation: 2,
+      creationTimestamp: '2026-11-27T09:00:00Z',
+      finalizers: [FINALIZER],
+    },
     spec: { vmiName: 'vm1', disk: 'rootdisk', ...spec },
     ...(status ? { status } : {}),
   });
@@ -87,9 +117,26 @@ function obs(b: BlockPull, o: Partial<Observation> = {}): Observation {
   return {
     now: NOW,
     bp: b,
-    launcher: { kind: 'found', launcher: { namespace: 'ns', pod: 'virt-launcher-vm1-x', node: 'node1', container: 'compute', domain: 'ns_vm1', uri: 'qemu:///system' } },
+    launcher: {
+      kind: 'found',
+      launcher: {
+        namespace: 'ns',
+        pod: 'virt-launcher-vm1-x',
+        node: 'node1',
+        container: 'compute',
+        domain: 'ns_vm1',
+        uri: 'qemu:///system',
+      },
+    },
     diskHolder: 'ns/pull1',
-    slots: { running: 0, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
+    slots: {
+      running: 0,
+      runningOnNode: 0,
+      runningInNamespace: 0,
+      namespacesWanting: 1,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+    },
     pollIntervalMs: 500,
     waitRequeueMs: 5000,
     ...o,
@@ -106,7 +153,13 @@ describe('status within the CRD bounds', () => {
     // Paths are bounded too (PATH_MAX): the CRD states it, and an over-long one is caught.
     expect(MAX_PATH).toBe(4096);
     const longPath = `/${'p'.repeat(MAX_PATH)}`;
-    const paths = crdViolations({ backingChain: { before: [{ position: 0, path: longPath, format: 'qcow2' }], current: [{ position: 0, path: longPath, format: 'qcow2' }], basePath: longPath } });
+    const paths = crdViolations({
+      backingChain: {
+        before: [{ position: 0, path: longPath, format: 'qcow2' }],
+        current: [{ position: 0, path: longPath, format: 'qcow2' }],
+        basePath: longPath,
+      },
+    });
     expect(paths).toEqual([
       `status.backingChain.before[0].path: length ${MAX_PATH + 1} > maxLength ${MAX_PATH}`,
       `status.backingChain.current[0].path: length ${MAX_PATH + 1} > maxLength ${MAX_PATH}`,
@@ -115,17 +168,26 @@ describe('status within the CRD bounds', () => {
   });
 
   it('the job record (status.job) is in the CRD: every state, the intent and its outcome, validate; an unknown state does not', () => {
-    const refused = decide(obs(bp(undefined, { bandwidth: '99999999999999999999Ti' }), { hypervisor: { kind: 'ok', disk: HUGE, job: null } }));
+    const refused = decide(
+      obs(bp(undefined, { bandwidth: '99999999999999999999Ti' }), {
+        hypervisor: { kind: 'ok', disk: HUGE, job: null },
+      }),
+    );
     expect(refused.status).toMatchObject({ phase: 'Failed', reason: 'InvalidBandwidth' });
     expect(crdViolations(refused.status)).toEqual([]);
     const start = decide(obs(bp(), { hypervisor: { kind: 'ok', disk: HUGE, job: null } }));
     expect(start.status.job).toEqual({ state: 'Starting' });
     expect(crdViolations(start.status)).toEqual([]);
     expect(crdViolations(start.afterAction!)).toEqual([]);
-    const abort = decide(obs(bp(start.afterAction, { bandwidth: '1025Ti' }), { hypervisor: { kind: 'ok', disk: HUGE, job: { type: 'Block Pull', cur: 1, end: 10, bandwidth: 0 } } }));
+    const abort = decide(
+      obs(bp(start.afterAction, { bandwidth: '1025Ti' }), {
+        hypervisor: { kind: 'ok', disk: HUGE, job: { type: 'Block Pull', cur: 1, end: 10, bandwidth: 0 } },
+      }),
+    );
     expect(abort.status).toMatchObject({ reason: 'InvalidBandwidth', job: { state: 'Aborting' } });
     expect(crdViolations(abort.status)).toEqual([]);
-    for (const state of ['Starting', 'Unanswered', 'Running', 'Aborting', 'Aborted', 'Ended'] as const) expect(crdViolations({ job: { state } })).toEqual([]);
+    for (const state of ['Starting', 'Unanswered', 'Running', 'Aborting', 'Aborted', 'Ended'] as const)
+      expect(crdViolations({ job: { state } })).toEqual([]);
     expect(crdViolations({ job: { state: 'Lost' as 'Ended' } })).toEqual(['status.job.state: "Lost" not in enum']);
   });
 
@@ -163,7 +225,9 @@ describe('status within the CRD bounds', () => {
   });
 
   it('a chain longer than maxItems with long paths: NothingToDo message, before and current are capped, top kept, message says so', () => {
-    const d = decide(obs(bp(undefined, { base: { position: 1 } }), { hypervisor: { kind: 'ok', disk: HUGE, job: null } }));
+    const d = decide(
+      obs(bp(undefined, { base: { position: 1 } }), { hypervisor: { kind: 'ok', disk: HUGE, job: null } }),
+    );
     expect(d.status.reason).toBe('NothingToDo');
     expect(crdViolations(d.status)).toEqual([]);
     const before = d.status.backingChain!.before!;
@@ -171,12 +235,18 @@ describe('status within the CRD bounds', () => {
     expect(before.at(-1)!.position).toBe(before.length - 1);
     expect(d.status.message).toMatch(/^nothing to do: /);
     expect(d.status.message).toContain('… [truncated, ');
-    expect(d.status.message).toMatch(/backing chain truncated to its top \d+ images in status; before: \d+ images, current: \d+ images\)$/);
+    expect(d.status.message).toMatch(
+      /backing chain truncated to its top \d+ images in status; before: \d+ images, current: \d+ images\)$/,
+    );
     for (const c of d.status.conditions!) expect(c.message).toContain('… [truncated, ');
   });
 
   it('virsh stderr far over maxLength (surrogate pairs) is cut with a marker in message and conditions', () => {
-    const d = decide(obs(bp({ phase: 'Running', reason: 'Pulling', attempts: 1 }), { hypervisor: { kind: 'unreachable', message: STDERR } }));
+    const d = decide(
+      obs(bp({ phase: 'Running', reason: 'Pulling', attempts: 1 }), {
+        hypervisor: { kind: 'unreachable', message: STDERR },
+      }),
+    );
     expect(crdViolations(d.status)).toEqual([]);
     expect(d.status.message!.startsWith('error: internal error: qemu said')).toBe(true);
     expect(d.status.message).toMatch(/… \[truncated, \d+ more characters\]$/);
@@ -187,19 +257,44 @@ describe('status within the CRD bounds', () => {
   });
 
   it('a job reporting cur > end: currentBytes <= totalBytes, ETA >= 0, percent 100%', () => {
-    const o = obs(bp({ phase: 'Running', reason: 'Pulling', attempts: 1, backingChain: { before: HUGE.chain.slice(0, 3).map(({ position, path, format }) => ({ position, path, format })) } }), {
-      hypervisor: { kind: 'ok', disk: chainOf(3), job: { type: 'Block Pull', cur: 3_000_000, end: 1_000_000, bandwidth: 0 } },
-      previousSample: { cur: 500_000, atMs: NOW.getTime() - 1000 },
-    });
+    const o = obs(
+      bp({
+        phase: 'Running',
+        reason: 'Pulling',
+        attempts: 1,
+        backingChain: {
+          before: HUGE.chain.slice(0, 3).map(({ position, path, format }) => ({ position, path, format })),
+        },
+      }),
+      {
+        hypervisor: {
+          kind: 'ok',
+          disk: chainOf(3),
+          job: { type: 'Block Pull', cur: 3_000_000, end: 1_000_000, bandwidth: 0 },
+        },
+        previousSample: { cur: 500_000, atMs: NOW.getTime() - 1000 },
+      },
+    );
     const d = decide(o);
     expect(d.status.phase).toBe('Running');
     expect(crdViolations(d.status)).toEqual([]);
-    expect(d.status.progress).toMatchObject({ currentBytes: 1_000_000, totalBytes: 1_000_000, percent: '100%', etaSeconds: 0 });
+    expect(d.status.progress).toMatchObject({
+      currentBytes: 1_000_000,
+      totalBytes: 1_000_000,
+      percent: '100%',
+      etaSeconds: 0,
+    });
   });
 
   it('RetryLimitExceeded with a huge chain and a failed start with huge stderr stay within bounds', () => {
-    const before = HUGE.chain.map(({ position, path, format }) => ({ position, path, format })).slice(0, MAX_CHAIN_ITEMS);
-    const retry = decide(obs(bp({ phase: 'Running', reason: 'Pulling', attempts: 4, retries: 3, backingChain: { before } }), { hypervisor: { kind: 'ok', disk: HUGE, job: null } }));
+    const before = HUGE.chain
+      .map(({ position, path, format }) => ({ position, path, format }))
+      .slice(0, MAX_CHAIN_ITEMS);
+    const retry = decide(
+      obs(bp({ phase: 'Running', reason: 'Pulling', attempts: 4, retries: 3, backingChain: { before } }), {
+        hypervisor: { kind: 'ok', disk: HUGE, job: null },
+      }),
+    );
     expect(retry.status.reason).toBe('RetryLimitExceeded');
     expect(crdViolations(retry.status)).toEqual([]);
 
@@ -221,7 +316,10 @@ describe('status within the CRD bounds', () => {
     expect(recorded.before!.length).toBeLessThan(HUGE.chain.length);
     expect(recorded.basePath).toBe(HUGE.chain[2]!.path);
     // After the pull: the top, then the base and everything below it, renumbered.
-    const pulled: DiskInfo = { target: 'vda', chain: [HUGE.chain[0]!, ...HUGE.chain.slice(2)].map((l, i) => ({ ...l, position: i })) };
+    const pulled: DiskInfo = {
+      target: 'vda',
+      chain: [HUGE.chain[0]!, ...HUGE.chain.slice(2)].map((l, i) => ({ ...l, position: i })),
+    };
     const done = decide(obs(bp(first.status, spec), { hypervisor: { kind: 'ok', disk: pulled, job: null } }));
     expect(done.status.phase).toBe('Completed');
     expect(done.status.reason).toBe('Completed');

@@ -14,7 +14,13 @@
  *
  * Pure; decide.ts applies it to every status it returns.
  */
-import { STATUS_LIMITS, type BlockPullStatus, type ChainLayerStatus, type Condition, type Progress } from '../api/types.ts';
+import {
+  STATUS_LIMITS,
+  type BlockPullStatus,
+  type ChainLayerStatus,
+  type Condition,
+  type Progress,
+} from '../api/types.ts';
 
 const INT32_MAX = 2147483647;
 
@@ -48,7 +54,8 @@ function count(n: number | undefined, max = Number.MAX_SAFE_INTEGER): number | u
 function boundProgress(p: Progress): Progress {
   const totalBytes = count(p.totalBytes);
   let currentBytes = count(p.currentBytes);
-  if (currentBytes !== undefined && totalBytes !== undefined && totalBytes > 0) currentBytes = Math.min(currentBytes, totalBytes);
+  if (currentBytes !== undefined && totalBytes !== undefined && totalBytes > 0)
+    currentBytes = Math.min(currentBytes, totalBytes);
   const out: Progress = { ...p };
   if (totalBytes !== undefined) out.totalBytes = totalBytes;
   if (currentBytes !== undefined) out.currentBytes = currentBytes;
@@ -56,20 +63,21 @@ function boundProgress(p: Progress): Progress {
   if (bytesPerSecond !== undefined) out.bytesPerSecond = bytesPerSecond;
   const etaSeconds = count(p.etaSeconds);
   if (etaSeconds !== undefined) out.etaSeconds = etaSeconds;
-  if (p.percent !== undefined && p.percent.length > STATUS_LIMITS.percentLength) out.percent = p.percent.slice(0, STATUS_LIMITS.percentLength);
+  if (p.percent !== undefined && p.percent.length > STATUS_LIMITS.percentLength)
+    out.percent = p.percent.slice(0, STATUS_LIMITS.percentLength);
   return out;
 }
 
 function boundChain(chain: readonly ChainLayerStatus[] | undefined): ChainLayerStatus[] | undefined {
   if (chain === undefined) return undefined;
-  return chain
-    .slice(0, STATUS_LIMITS.chainItems)
-    .map((l) => ({
-      ...l,
-      position: count(l.position, INT32_MAX) ?? 0,
-      path: truncateText(l.path, STATUS_LIMITS.pathLength),
-      ...(l.dataFile !== undefined ? { dataFile: { ...l.dataFile, path: truncateText(l.dataFile.path, STATUS_LIMITS.pathLength) } } : {}),
-    }));
+  return chain.slice(0, STATUS_LIMITS.chainItems).map((l) => ({
+    ...l,
+    position: count(l.position, INT32_MAX) ?? 0,
+    path: truncateText(l.path, STATUS_LIMITS.pathLength),
+    ...(l.dataFile !== undefined
+      ? { dataFile: { ...l.dataFile, path: truncateText(l.dataFile.path, STATUS_LIMITS.pathLength) } }
+      : {}),
+  }));
 }
 
 function chainNote(status: BlockPullStatus): string {
@@ -99,7 +107,8 @@ export function boundStatus(status: BlockPullStatus): BlockPullStatus {
     out.message = truncateText(status.message ?? '', STATUS_LIMITS.messageLength - note.length) + note;
   }
   if (status.reason !== undefined) out.reason = truncateText(status.reason, STATUS_LIMITS.reasonLength);
-  if (status.conditions !== undefined) out.conditions = status.conditions.slice(0, STATUS_LIMITS.conditions).map(boundCondition);
+  if (status.conditions !== undefined)
+    out.conditions = status.conditions.slice(0, STATUS_LIMITS.conditions).map(boundCondition);
   if (status.backingChain !== undefined) {
     const before = boundChain(status.backingChain.before);
     const current = boundChain(status.backingChain.current);

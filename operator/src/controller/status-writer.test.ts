@@ -38,11 +38,17 @@ describe('StatusWriter own writes', () => {
     const enqueued: string[] = [];
     const clients = {
       custom: {
-        patchNamespacedCustomObjectStatus: (req: { body: { value: unknown }[] }) => Promise.resolve(object(String(++rv), req.body[1]!.value as BlockPullStatus)),
+        patchNamespacedCustomObjectStatus: (req: { body: { value: unknown }[] }) =>
+          Promise.resolve(object(String(++rv), req.body[1]!.value as BlockPullStatus)),
       },
     } as unknown as KubeClients;
     let nowMs = 0;
-    const w = new StatusWriter({ clients, statusUpdateIntervalMs: 2000, enqueue: (k) => enqueued.push(k), now: () => new Date(nowMs) });
+    const w = new StatusWriter({
+      clients,
+      statusUpdateIntervalMs: 2000,
+      enqueue: (k) => enqueued.push(k),
+      now: () => new Date(nowMs),
+    });
     return { w, enqueued, advance: (ms: number) => (nowMs += ms) };
   }
   const log = createLogger({ level: 'silent' });

@@ -64,7 +64,8 @@ export function transitionFields(s: BlockPullStatus | undefined): unknown {
 }
 
 /** What a status write did. `written.bp` is the object as stored (its new resourceVersion). */
-export type WriteResult = { readonly kind: 'written'; readonly bp: BlockPull } | { readonly kind: 'skipped' | 'conflict' | 'gone' };
+export type WriteResult =
+  { readonly kind: 'written'; readonly bp: BlockPull } | { readonly kind: 'skipped' | 'conflict' | 'gone' };
 
 /** How often a fact (the outcome of an action) is written again after resourceVersion conflicts. */
 const FACT_WRITE_ATTEMPTS = 5;
@@ -115,7 +116,11 @@ export class StatusWriter {
   /** `cached`, or our last write of it when that is newer. */
   newest(cached: BlockPull): BlockPull {
     const w = this.#writes.get(objectKey(cached))?.stored;
-    return w !== undefined && w.metadata.uid === cached.metadata.uid && isNewerVersion(w.metadata.resourceVersion, cached.metadata.resourceVersion) ? w : cached;
+    return w !== undefined &&
+      w.metadata.uid === cached.metadata.uid &&
+      isNewerVersion(w.metadata.resourceVersion, cached.metadata.resourceVersion)
+      ? w
+      : cached;
   }
 
   /** The object our last write of `key` returned, while the cache may not have it yet. */
@@ -196,7 +201,8 @@ export class StatusWriter {
     const nowMs = this.#options.now().getTime();
     const transition = !sameJson(transitionFields(prev), transitionFields(next));
     const lastMs = this.#writes.get(key)?.statusWrittenAtMs;
-    if (!transition && lastMs !== undefined && nowMs - lastMs < this.#options.statusUpdateIntervalMs) return { kind: 'skipped' };
+    if (!transition && lastMs !== undefined && nowMs - lastMs < this.#options.statusUpdateIntervalMs)
+      return { kind: 'skipped' };
     const kind = !transition ? 'progress' : isTerminal(next.phase) ? 'final' : 'transition';
     // The resourceVersion is set to the one read, not `test`ed: the API server then refuses a moved
     // object with 409 Conflict, and 422 means only that the CRD refuses the status (a failed `test`
@@ -208,7 +214,12 @@ export class StatusWriter {
     ];
     let stored: unknown;
     try {
-      stored = await this.#options.clients.custom.patchNamespacedCustomObjectStatus({ ...BLOCKPULL_REF, namespace: bp.metadata.namespace, name: bp.metadata.name, body: patch });
+      stored = await this.#options.clients.custom.patchNamespacedCustomObjectStatus({
+        ...BLOCKPULL_REF,
+        namespace: bp.metadata.namespace,
+        name: bp.metadata.name,
+        body: patch,
+      });
     } catch (err) {
       // A status the CRD refuses (422) is an error, not a conflict: requeueing it at once would
       // rewrite it in a loop.
@@ -223,10 +234,17 @@ export class StatusWriter {
     const record = this.#record(key);
     record.statusWrittenAtMs = nowMs;
     this.#options.metrics?.statusWrites.inc({ kind });
-    log.debug({ kind, phase: next.phase, reason: next.reason, job: next.job?.state, percent: next.progress?.percent }, 'status written');
+    log.debug(
+      { kind, phase: next.phase, reason: next.reason, job: next.job?.state, percent: next.progress?.percent },
+      'status written',
+    );
     const version = StoredVersionSchema.safeParse(stored);
     const resourceVersion = version.success ? version.data.metadata.resourceVersion : bp.metadata.resourceVersion;
-    const written: BlockPull = { ...bp, metadata: { ...bp.metadata, ...(resourceVersion !== undefined ? { resourceVersion } : {}) }, status: next };
+    const written: BlockPull = {
+      ...bp,
+      metadata: { ...bp.metadata, ...(resourceVersion !== undefined ? { resourceVersion } : {}) },
+      status: next,
+    };
     if (version.success) {
       record.echo = version.data.metadata.resourceVersion;
       record.stored = written;

@@ -15,10 +15,15 @@ export interface PullGoal {
 
 /** The layer a BaseRef designates, or why it designates none: it must be a backing image (position >= 1) of this disk. */
 export function findBase(disk: DiskInfo, base: BaseRef): ChainLayer | { readonly invalidBase: string } {
-  const layer = 'position' in base ? disk.chain.find((l) => l.position === base.position) : disk.chain.find((l) => l.path === base.path);
+  const layer =
+    'position' in base
+      ? disk.chain.find((l) => l.position === base.position)
+      : disk.chain.find((l) => l.path === base.path);
   const what = 'position' in base ? `position ${base.position}` : `path ${base.path}`;
-  if (layer === undefined) return { invalidBase: `base ${what} is not in the chain of ${disk.target} (${disk.chain.length} layers)` };
-  if (layer.position === 0) return { invalidBase: `base ${what} is the active image of ${disk.target}; a base must be a backing image` };
+  if (layer === undefined)
+    return { invalidBase: `base ${what} is not in the chain of ${disk.target} (${disk.chain.length} layers)` };
+  if (layer.position === 0)
+    return { invalidBase: `base ${what} is the active image of ${disk.target}; a base must be a backing image` };
   return layer;
 }
 
@@ -55,7 +60,9 @@ export function computeGoal(disk: DiskInfo, base?: BaseRef): PullGoal {
 
 /** The chain currently ends at the goal: same images, same order. */
 export function chainAtGoal(disk: DiskInfo, goal: PullGoal): boolean {
-  return disk.chain.length === goal.expectedPaths.length && disk.chain.every((l, i) => l.path === goal.expectedPaths[i]);
+  return (
+    disk.chain.length === goal.expectedPaths.length && disk.chain.every((l, i) => l.path === goal.expectedPaths[i])
+  );
 }
 
 /** virsh's name for a backing image: target[index] when libvirt numbers it, else its path. */

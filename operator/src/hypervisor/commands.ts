@@ -13,7 +13,14 @@ export const VIRSH_BINARY = 'virsh';
 export const VIRSH_GLOBAL_OPTIONS = ['-q', '-c'] as const;
 
 /** Every virsh subcommand the driver uses. */
-export const VIRSH_SUBCOMMANDS = ['dumpxml', 'blockpull', 'blockjob', 'domstats', 'event', 'qemu-monitor-event'] as const;
+export const VIRSH_SUBCOMMANDS = [
+  'dumpxml',
+  'blockpull',
+  'blockjob',
+  'domstats',
+  'event',
+  'qemu-monitor-event',
+] as const;
 export type VirshSubcommand = (typeof VIRSH_SUBCOMMANDS)[number];
 
 /**
@@ -31,8 +38,14 @@ export const SPACE_COMMANDS = {
 export type SpaceCommand = keyof typeof SPACE_COMMANDS;
 
 /** argv of a virsh command: `virsh -q -c <uri> <subcommand> <args...>`; refuses a subcommand not listed. */
-export function virshArgv(uri: string, subcommand: VirshSubcommand, args: readonly string[], virsh: string = VIRSH_BINARY): string[] {
-  if (!(VIRSH_SUBCOMMANDS as readonly string[]).includes(subcommand)) throw new RangeError(`virsh ${subcommand} is not in VIRSH_SUBCOMMANDS`);
+export function virshArgv(
+  uri: string,
+  subcommand: VirshSubcommand,
+  args: readonly string[],
+  virsh: string = VIRSH_BINARY,
+): string[] {
+  if (!(VIRSH_SUBCOMMANDS as readonly string[]).includes(subcommand))
+    throw new RangeError(`virsh ${subcommand} is not in VIRSH_SUBCOMMANDS`);
   return [virsh, ...VIRSH_GLOBAL_OPTIONS, uri, subcommand, ...args];
 }
 

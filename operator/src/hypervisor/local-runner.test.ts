@@ -62,18 +62,24 @@ describe('LocalRunner (real processes)', () => {
   it('output beyond maxOutputBytes kills the command and rejects with RunOutputLimitError (stdout and stderr)', async () => {
     const t0 = Date.now();
     // `yes` never ends on its own: only the limit stops it.
-    const err: unknown = await r.run(['yes', 'flood'], { maxOutputBytes: 256 * 1024, timeoutMs: 20_000 }).catch((e: unknown) => e);
+    const err: unknown = await r
+      .run(['yes', 'flood'], { maxOutputBytes: 256 * 1024, timeoutMs: 20_000 })
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(RunOutputLimitError);
     expect((err as RunOutputLimitError).what).toBe('stdout');
     expect(Date.now() - t0).toBeLessThan(10_000);
-    const errs: unknown = await r.run(['sh', '-c', 'yes flood >&2'], { maxOutputBytes: 256 * 1024, timeoutMs: 20_000 }).catch((e: unknown) => e);
+    const errs: unknown = await r
+      .run(['sh', '-c', 'yes flood >&2'], { maxOutputBytes: 256 * 1024, timeoutMs: 20_000 })
+      .catch((e: unknown) => e);
     expect(errs).toBeInstanceOf(RunOutputLimitError);
     expect((errs as RunOutputLimitError).what).toBe('stderr');
     // Up to the limit, output is returned whole.
     const exact = await r.run(['head', '-c', String(256 * 1024), '/dev/zero'], { maxOutputBytes: 256 * 1024 });
     expect(exact.stdout.length).toBe(256 * 1024);
     // The runner's own default applies to every call.
-    await expect(new LocalRunner({ maxOutputBytes: 1024 }).run(['head', '-c', '2048', '/dev/zero'])).rejects.toBeInstanceOf(RunOutputLimitError);
+    await expect(
+      new LocalRunner({ maxOutputBytes: 1024 }).run(['head', '-c', '2048', '/dev/zero']),
+    ).rejects.toBeInstanceOf(RunOutputLimitError);
   });
 
   it('stream(): a line (or an unterminated flood) longer than the limit ends the stream; the command is killed', async () => {

@@ -36,7 +36,14 @@ export interface LocalRunnerOptions {
 }
 
 /** Exit status of a child that ended by a signal: the shell convention 128 + n. */
-const SIGNAL_NUMBERS: Readonly<Record<string, number>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15, SIGPIPE: 13, SIGABRT: 6 };
+const SIGNAL_NUMBERS: Readonly<Record<string, number>> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGKILL: 9,
+  SIGTERM: 15,
+  SIGPIPE: 13,
+  SIGABRT: 6,
+};
 
 function exitStatus(code: number | null, signal: NodeJS.Signals | null): number {
   if (code !== null) return code;
@@ -104,7 +111,11 @@ export class LocalRunner implements CommandRunner {
       try {
         child = this.#spawn(argv);
       } catch (err) {
-        reject(err instanceof RunTransportError ? err : new RunTransportError(`cannot start ${argv[0]}: ${String(err)}`, { cause: err }));
+        reject(
+          err instanceof RunTransportError
+            ? err
+            : new RunTransportError(`cannot start ${argv[0]}: ${String(err)}`, { cause: err }),
+        );
         return;
       }
       const limit = options.maxOutputBytes ?? this.#options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;

@@ -79,7 +79,9 @@ export class RunOutputLimitError extends Error {
   readonly limitBytes: number;
   readonly what: OutputLimitWhat;
   constructor(argv: readonly string[], what: OutputLimitWhat, limitBytes: number) {
-    super(`${what} of the command exceeded the limit of ${limitBytes} bytes; the command was killed: ${argv.join(' ').slice(0, 512)}`);
+    super(
+      `${what} of the command exceeded the limit of ${limitBytes} bytes; the command was killed: ${argv.join(' ').slice(0, 512)}`,
+    );
     this.name = 'RunOutputLimitError';
     this.limitBytes = limitBytes;
     this.what = what;
@@ -142,7 +144,8 @@ export class BoundedLineSplitter {
       this.#onLine(line);
     }
     // A partial line cannot be longer than the limit either (a flood without newlines).
-    if (this.#rest.length > this.#maxLineBytes || Buffer.byteLength(this.#rest) > this.#maxLineBytes) return this.#fail();
+    if (this.#rest.length > this.#maxLineBytes || Buffer.byteLength(this.#rest) > this.#maxLineBytes)
+      return this.#fail();
     return undefined;
   }
   #fail(): 'a stdout line' {

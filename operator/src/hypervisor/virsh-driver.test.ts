@@ -9,7 +9,13 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LocalRunner } from './local-runner.ts';
 import { HypervisorError } from './errors.ts';
-import { RunOutputLimitError, type CommandRunner, type RunOptions, type RunResult, type StreamHandle } from './runner.ts';
+import {
+  RunOutputLimitError,
+  type CommandRunner,
+  type RunOptions,
+  type RunResult,
+  type StreamHandle,
+} from './runner.ts';
 import type { DiskInfo } from './types.ts';
 import { VirshDriver } from './virsh-driver.ts';
 
@@ -35,18 +41,47 @@ describe('VirshDriver.abort', () => {
     const runner = new RecordingRunner();
     const driver = new VirshDriver(runner, URI, { virsh: hasVirsh ? 'virsh' : '/nonexistent/virsh' });
     await driver.abort('test', 'vda').catch(() => undefined);
-    expect(runner.argvs).toEqual([[hasVirsh ? 'virsh' : '/nonexistent/virsh', '-q', '-c', URI, 'blockjob', '--domain', 'test', '--path', 'vda', '--abort', '--async']]);
+    expect(runner.argvs).toEqual([
+      [
+        hasVirsh ? 'virsh' : '/nonexistent/virsh',
+        '-q',
+        '-c',
+        URI,
+        'blockjob',
+        '--domain',
+        'test',
+        '--path',
+        'vda',
+        '--abort',
+        '--async',
+      ],
+    ]);
   });
 
-  it.skipIf(!hasVirsh)('virsh accepts the argv and calls virDomainBlockJobAbort (test driver: not supported there)', async () => {
-    const driver = new VirshDriver(new RecordingRunner(), URI);
-    // The test driver parses every option and then reports the API it lacks: an option virsh
-    // did not accept would fail earlier with "command 'blockjob' doesn't support option".
-    await expect(driver.abort('test', 'vda')).rejects.toThrow(/virDomainBlockJobAbort/);
-    const bogus = new LocalRunner();
-    const res = await bogus.run(['virsh', '-q', '-c', URI, 'blockjob', '--domain', 'test', '--path', 'vda', '--abort', '--bogus']);
-    expect(res.stderr).toMatch(/doesn't support option --bogus/);
-  });
+  it.skipIf(!hasVirsh)(
+    'virsh accepts the argv and calls virDomainBlockJobAbort (test driver: not supported there)',
+    async () => {
+      const driver = new VirshDriver(new RecordingRunner(), URI);
+      // The test driver parses every option and then reports the API it lacks: an option virsh
+      // did not accept would fail earlier with "command 'blockjob' doesn't support option".
+      await expect(driver.abort('test', 'vda')).rejects.toThrow(/virDomainBlockJobAbort/);
+      const bogus = new LocalRunner();
+      const res = await bogus.run([
+        'virsh',
+        '-q',
+        '-c',
+        URI,
+        'blockjob',
+        '--domain',
+        'test',
+        '--path',
+        'vda',
+        '--abort',
+        '--bogus',
+      ]);
+      expect(res.stderr).toMatch(/doesn't support option --bogus/);
+    },
+  );
 });
 
 /** A runner that answers `virsh blockjob` from a table of running jobs; its event stream ends at once. */
@@ -58,8 +93,13 @@ class ScriptedRunner implements CommandRunner {
     this.argvs.push([...argv]);
     const op = argv[4];
     if (op === 'dumpxml') {
-      const disk = (t: string) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/d/${t}.qcow2' index='1'/><backingStore/><target dev='${t}' bus='virtio'/></disk>`;
-      return Promise.resolve({ exitCode: 0, stdout: `<domain><name>d</name><devices>${['vda', 'vdb', 'vdc'].map(disk).join('')}</devices></domain>`, stderr: '' });
+      const disk = (t: string) =>
+        `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/d/${t}.qcow2' index='1'/><backingStore/><target dev='${t}' bus='virtio'/></disk>`;
+      return Promise.resolve({
+        exitCode: 0,
+        stdout: `<domain><name>d</name><devices>${['vda', 'vdb', 'vdc'].map(disk).join('')}</devices></domain>`,
+        stderr: '',
+      });
     }
     const target = argv[argv.indexOf('--path') + 1] ?? '';
     const stdout = this.running.has(target) ? ' type=Block Pull\n bandwidth=0\n cur=1\n end=10\n' : '\n';
@@ -73,7 +113,8 @@ class ScriptedRunner implements CommandRunner {
 }
 
 describe('VirshDriver.watchEvents', () => {
-  const ops = (r: ScriptedRunner) => r.argvs.map((a) => (a.includes('--path') ? `${a[4]} ${a[a.indexOf('--path') + 1]}` : (a[4] ?? '')));
+  const ops = (r: ScriptedRunner) =>
+    r.argvs.map((a) => (a.includes('--path') ? `${a[4]} ${a[a.indexOf('--path') + 1]}` : (a[4] ?? '')));
 
   it('with targets: seeds and polls with `virsh blockjob` on those disks only; reports a job that disappears', async () => {
     const runner = new ScriptedRunner();
@@ -85,12 +126,17 @@ describe('VirshDriver.watchEvents', () => {
     runner.running.delete('vdb');
     await expect.poll(() => events).toEqual(['vdb completed']);
     sub.stop();
-    expect(ops(runner).filter((o) => !o.startsWith('blockjob vdb') && o !== 'event' && o !== 'qemu-monitor-event')).toEqual([]);
+    expect(
+      ops(runner).filter((o) => !o.startsWith('blockjob vdb') && o !== 'event' && o !== 'qemu-monitor-event'),
+    ).toEqual([]);
   });
 
   it('without targets: looks at every disk of the domain (dumpxml, then blockjob per disk)', async () => {
     const runner = new ScriptedRunner();
-    const driver = new VirshDriver(runner, 'test:///default', { eventRestartDelayMs: 60_000, eventPollIntervalMs: 60_000 });
+    const driver = new VirshDriver(runner, 'test:///default', {
+      eventRestartDelayMs: 60_000,
+      eventPollIntervalMs: 60_000,
+    });
     const sub = driver.watchEvents('d', () => undefined);
     await expect.poll(() => ops(runner).filter((o) => o.startsWith('blockjob')).length).toBeGreaterThanOrEqual(3);
     sub.stop();
@@ -115,7 +161,10 @@ class FloodingToolRunner implements CommandRunner {
 describe('VirshDriver.getSpace', () => {
   it('a stat or du output flood is Unreachable, not a plain error the space check would read as "space unknown"', async () => {
     const driver = new VirshDriver(new FloodingToolRunner(), URI);
-    const disk = { target: 'vda', chain: [{ path: '/var/run/kubevirt/top.qcow2', format: 'qcow2' }] } as unknown as DiskInfo;
+    const disk = {
+      target: 'vda',
+      chain: [{ path: '/var/run/kubevirt/top.qcow2', format: 'qcow2' }],
+    } as unknown as DiskInfo;
     const err: unknown = await driver.getSpace('ns_vm', { disk, measureUsage: true }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(HypervisorError);
     expect((err as HypervisorError).code).toBe('Unreachable');
@@ -129,7 +178,9 @@ describe('VirshDriver actions with a signal', () => {
     readonly signals: (AbortSignal | undefined)[] = [];
     run(_argv: readonly string[], options?: RunOptions): Promise<RunResult> {
       this.signals.push(options?.signal);
-      return new Promise((_resolve, reject) => options?.signal?.addEventListener('abort', () => reject(options.signal?.reason as Error), { once: true }));
+      return new Promise((_resolve, reject) =>
+        options?.signal?.addEventListener('abort', () => reject(options.signal?.reason as Error), { once: true }),
+      );
     }
     stream(): StreamHandle {
       throw new Error('not used');
@@ -165,7 +216,16 @@ describe('VirshDriver actions with a signal', () => {
       controller.abort(new Error('ended'));
       await expect(pending).rejects.toThrow('ended');
       // The command itself is gone, not left running.
-      await expect.poll(() => { try { process.kill(pid, 0); return true; } catch { return false; } }).toBe(false);
+      await expect
+        .poll(() => {
+          try {
+            process.kill(pid, 0);
+            return true;
+          } catch {
+            return false;
+          }
+        })
+        .toBe(false);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

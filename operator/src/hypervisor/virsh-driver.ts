@@ -7,8 +7,26 @@
 import { resolveBase, virshBaseArg } from './chain.ts';
 import { spaceArgv, virshArgv, type VirshSubcommand } from './commands.ts';
 import { HypervisorError } from './errors.ts';
-import { RunOutputLimitError, RunTimeoutError, RunTransportError, type CommandRunner, type RunResult } from './runner.ts';
-import type { ActionOptions, BlockJobDriver, BlockJobEvent, BlockJobInfo, DiskInfo, DiskRef, EventSubscription, SpaceInfo, SpaceRequest, StartPullOptions, WatchEventsOptions } from './types.ts';
+import {
+  RunOutputLimitError,
+  RunTimeoutError,
+  RunTransportError,
+  type CommandRunner,
+  type RunResult,
+} from './runner.ts';
+import type {
+  ActionOptions,
+  BlockJobDriver,
+  BlockJobEvent,
+  BlockJobInfo,
+  DiskInfo,
+  DiskRef,
+  EventSubscription,
+  SpaceInfo,
+  SpaceRequest,
+  StartPullOptions,
+  WatchEventsOptions,
+} from './types.ts';
 import {
   findDisk,
   parseBlockJobEventLine,
@@ -89,7 +107,10 @@ export class VirshDriver implements BlockJobDriver {
     const found = findDisk(disks, disk);
     if (found === undefined) {
       const what = 'name' in disk ? `disk ${disk.name} (alias ua-${disk.name})` : `disk target ${disk.target}`;
-      throw new HypervisorError('DiskNotFound', `${what} not found in domain ${domain}; disks: ${disks.map((d) => `${d.target}/${d.alias ?? '-'}`).join(', ') || 'none'}`);
+      throw new HypervisorError(
+        'DiskNotFound',
+        `${what} not found in domain ${domain}; disks: ${disks.map((d) => `${d.target}/${d.alias ?? '-'}`).join(', ') || 'none'}`,
+      );
     }
     return found;
   }
@@ -101,7 +122,8 @@ export class VirshDriver implements BlockJobDriver {
       const layer = resolveBase(disk, options.base);
       args.push('--base', virshBaseArg(disk, layer));
     }
-    if (options.bandwidth !== undefined && options.bandwidth > 0) args.push('--bandwidth', String(Math.trunc(options.bandwidth)), '--bytes');
+    if (options.bandwidth !== undefined && options.bandwidth > 0)
+      args.push('--bandwidth', String(Math.trunc(options.bandwidth)), '--bytes');
     await this.#virshRun('blockpull', args, options.signal);
   }
 
@@ -110,9 +132,19 @@ export class VirshDriver implements BlockJobDriver {
     return parseBlockJobRaw(stdout);
   }
 
-  async setBandwidth(domain: string, target: string, bytesPerSecond: number, options: ActionOptions = {}): Promise<void> {
-    if (!Number.isInteger(bytesPerSecond) || bytesPerSecond < 0) throw new RangeError(`bandwidth must be a non-negative integer, got ${bytesPerSecond}`);
-    await this.#virshRun('blockjob', ['--domain', domain, '--path', target, '--bandwidth', String(bytesPerSecond), '--bytes'], options.signal);
+  async setBandwidth(
+    domain: string,
+    target: string,
+    bytesPerSecond: number,
+    options: ActionOptions = {},
+  ): Promise<void> {
+    if (!Number.isInteger(bytesPerSecond) || bytesPerSecond < 0)
+      throw new RangeError(`bandwidth must be a non-negative integer, got ${bytesPerSecond}`);
+    await this.#virshRun(
+      'blockjob',
+      ['--domain', domain, '--path', target, '--bandwidth', String(bytesPerSecond), '--bytes'],
+      options.signal,
+    );
   }
 
   async abort(domain: string, target: string, options: ActionOptions = {}): Promise<void> {
@@ -129,7 +161,10 @@ export class VirshDriver implements BlockJobDriver {
       throw this.#runFailure(err);
     }
     if (result.exitCode !== 0) {
-      throw new HypervisorError('CommandFailed', `${argv.join(' ')} exited ${result.exitCode}: ${result.stderr.trim().slice(0, 1000) || '(no message)'}`);
+      throw new HypervisorError(
+        'CommandFailed',
+        `${argv.join(' ')} exited ${result.exitCode}: ${result.stderr.trim().slice(0, 1000) || '(no message)'}`,
+      );
     }
     return result.stdout;
   }
@@ -144,16 +179,27 @@ export class VirshDriver implements BlockJobDriver {
     const { disk } = request;
     const top = disk.chain[0];
     if (top === undefined) return { kind: 'unknown', reason: `disk ${disk.target} has no image` };
-    if (top.path.startsWith('/dev/')) return { kind: 'unknown', reason: `the active image ${top.path} is a block device` };
-    const baseAt = request.basePath === undefined ? disk.chain.length : disk.chain.findIndex((l) => l.path === request.basePath);
-    if (baseAt < 1) throw new HypervisorError('InvalidBase', `base ${request.basePath ?? ''} is not below the active image of ${disk.target}`);
+    if (top.path.startsWith('/dev/'))
+      return { kind: 'unknown', reason: `the active image ${top.path} is a block device` };
+    const baseAt =
+      request.basePath === undefined ? disk.chain.length : disk.chain.findIndex((l) => l.path === request.basePath);
+    if (baseAt < 1)
+      throw new HypervisorError(
+        'InvalidBase',
+        `base ${request.basePath ?? ''} is not below the active image of ${disk.target}`,
+      );
     const pulled = disk.chain.slice(1, baseAt);
-    const stats = parseDomstatsBlock((await this.#virshRun('domstats', ['--block', '--backing', domain])).stdout).filter((b) => b.name === disk.target);
+    const stats = parseDomstatsBlock(
+      (await this.#virshRun('domstats', ['--block', '--backing', domain])).stdout,
+    ).filter((b) => b.name === disk.target);
     let pullBytes = 0;
     for (const layer of pulled) {
-      const st = stats.find((b) => b.path === layer.path) ?? (layer.index === undefined ? undefined : stats.find((b) => b.backingIndex === layer.index));
+      const st =
+        stats.find((b) => b.path === layer.path) ??
+        (layer.index === undefined ? undefined : stats.find((b) => b.backingIndex === layer.index));
       const bytes = st?.physical ?? st?.capacity;
-      if (bytes === undefined) throw new HypervisorError('CommandFailed', `virsh domstats reports no size for ${layer.path} (${disk.target})`);
+      if (bytes === undefined)
+        throw new HypervisorError('CommandFailed', `virsh domstats reports no size for ${layer.path} (${disk.target})`);
       pullBytes += bytes;
     }
     const { availableBytes, totalBytes } = parseStatFs(await this.#toolRun(spaceArgv('statFs', top.path)));
@@ -162,7 +208,14 @@ export class VirshDriver implements BlockJobDriver {
       const mountPoint = parseMountPoint(await this.#toolRun(spaceArgv('mountPoint', top.path)));
       usage = { mountPoint, usedBytes: parseDuBytes(await this.#toolRun(spaceArgv('usage', mountPoint))) };
     }
-    return { kind: 'measured', topPath: top.path, pullBytes, availableBytes, totalBytes, ...(usage === undefined ? {} : { usage }) };
+    return {
+      kind: 'measured',
+      topPath: top.path,
+      pullBytes,
+      availableBytes,
+      totalBytes,
+      ...(usage === undefined ? {} : { usage }),
+    };
   }
 
   /**
@@ -173,7 +226,11 @@ export class VirshDriver implements BlockJobDriver {
    * time that seeds it) runs `virsh blockjob` on those disks only, instead of `virsh dumpxml` and
    * `virsh blockjob` on every disk of the domain.
    */
-  watchEvents(domain: string, onEvent: (event: BlockJobEvent) => void, options: WatchEventsOptions = {}): EventSubscription {
+  watchEvents(
+    domain: string,
+    onEvent: (event: BlockJobEvent) => void,
+    options: WatchEventsOptions = {},
+  ): EventSubscription {
     let stopped = false;
     let handle: ReturnType<CommandRunner['stream']> | undefined;
     let restartTimer: NodeJS.Timeout | undefined;
@@ -211,7 +268,9 @@ export class VirshDriver implements BlockJobDriver {
 
     const start = (): void => {
       if (stopped) return;
-      const h = this.runner.stream(this.#argv('event', ['--domain', domain, '--event', 'block-job-2', '--loop', '--timestamp']));
+      const h = this.runner.stream(
+        this.#argv('event', ['--domain', domain, '--event', 'block-job-2', '--loop', '--timestamp']),
+      );
       handle = h;
       let ended = false;
       void (async () => {
@@ -244,7 +303,16 @@ export class VirshDriver implements BlockJobDriver {
     let monitorTimer: NodeJS.Timeout | undefined;
     const startMonitor = (): void => {
       if (stopped) return;
-      const h = this.runner.stream(this.#argv('qemu-monitor-event', ['--domain', domain, '--event', 'BLOCK_JOB_COMPLETED', '--loop', '--timestamp']));
+      const h = this.runner.stream(
+        this.#argv('qemu-monitor-event', [
+          '--domain',
+          domain,
+          '--event',
+          'BLOCK_JOB_COMPLETED',
+          '--loop',
+          '--timestamp',
+        ]),
+      );
       monitorHandle = h;
       void (async () => {
         try {

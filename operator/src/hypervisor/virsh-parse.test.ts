@@ -34,7 +34,11 @@ describe('parseDomainDisks', () => {
           { position: 2, index: 4, path: `${dir}/rootdisk-0.qcow2`, format: 'qcow2' },
         ],
       },
-      { target: 'vdb', alias: 'ua-flat', chain: [{ position: 0, index: 1, path: `${dir}/flat-0.qcow2`, format: 'qcow2' }] },
+      {
+        target: 'vdb',
+        alias: 'ua-flat',
+        chain: [{ position: 0, index: 1, path: `${dir}/flat-0.qcow2`, format: 'qcow2' }],
+      },
     ]);
   });
   it('finds a disk by KubeVirt name or by target', () => {
@@ -82,7 +86,13 @@ describe('parseDomainDisks', () => {
         target: 'vdb',
         chain: [
           { position: 0, index: 3, path: '/s/ovl.qcow2', format: 'qcow2' },
-          { position: 1, index: 1, path: '/d/cbt.qcow2', format: 'qcow2', dataFile: { path: '/d/disk.img', format: 'raw' } },
+          {
+            position: 1,
+            index: 1,
+            path: '/d/cbt.qcow2',
+            format: 'qcow2',
+            dataFile: { path: '/d/disk.img', format: 'raw' },
+          },
         ],
       },
     ]);
@@ -127,7 +137,12 @@ describe('chain goals', () => {
 
 describe('parseBlockJobRaw', () => {
   it('reads the observed --raw --bytes output', () => {
-    expect(parseBlockJobRaw(' type=Block Pull\n bandwidth=1048576\n cur=1572864\n end=16777216\n\n')).toEqual({ type: 'Block Pull', bandwidth: 1048576, cur: 1572864, end: 16777216 });
+    expect(parseBlockJobRaw(' type=Block Pull\n bandwidth=1048576\n cur=1572864\n end=16777216\n\n')).toEqual({
+      type: 'Block Pull',
+      bandwidth: 1048576,
+      cur: 1572864,
+      end: 16777216,
+    });
   });
   it('no job: a blank line', () => {
     expect(parseBlockJobRaw('\n')).toBeNull();
@@ -141,15 +156,26 @@ describe('parseBlockJobRaw', () => {
 
 describe('parseBlockJobEventLine', () => {
   it('reads completed / failed / canceled / ready with or without timestamp', () => {
-    expect(parseBlockJobEventLine("2026-11-27 10:37:02.199+0000: event 'block-job-2' for domain 'ns_vm': Block Pull for vda completed")).toEqual({
+    expect(
+      parseBlockJobEventLine(
+        "2026-11-27 10:37:02.199+0000: event 'block-job-2' for domain 'ns_vm': Block Pull for vda completed",
+      ),
+    ).toEqual({
       domain: 'ns_vm',
       target: 'vda',
       kind: 'completed',
       jobType: 'Block Pull',
     });
-    expect(parseBlockJobEventLine("event 'block-job-2' for domain 'a_b': Block Pull for sdb failed")?.kind).toBe('failed');
-    expect(parseBlockJobEventLine("event 'block-job-2' for domain 'a_b': Block Pull for vdb canceled")?.kind).toBe('canceled');
-    expect(parseBlockJobEventLine("event 'block-job-2' for domain 'a_b': Block Copy for vdb ready")).toMatchObject({ kind: 'ready', jobType: 'Block Copy' });
+    expect(parseBlockJobEventLine("event 'block-job-2' for domain 'a_b': Block Pull for sdb failed")?.kind).toBe(
+      'failed',
+    );
+    expect(parseBlockJobEventLine("event 'block-job-2' for domain 'a_b': Block Pull for vdb canceled")?.kind).toBe(
+      'canceled',
+    );
+    expect(parseBlockJobEventLine("event 'block-job-2' for domain 'a_b': Block Copy for vdb ready")).toMatchObject({
+      kind: 'ready',
+      jobType: 'Block Copy',
+    });
   });
   it('ignores other lines', () => {
     expect(parseBlockJobEventLine('')).toBeNull();
@@ -163,7 +189,10 @@ describe('virshError', () => {
     ["error: failed to get domain 'ns_missing'\n", 'DomainNotFound'],
     ["error: invalid argument: disk 'vdz' not found in domain\n", 'DiskNotFound'],
     ["error: Operation not supported: disk 'vda' already in active block job\n", 'DiskBusy'],
-    ["error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/x/libvirt-sock': No such file or directory\n", 'Unreachable'],
+    [
+      "error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/x/libvirt-sock': No such file or directory\n",
+      'Unreachable',
+    ],
     ['error: internal error: unable to execute QEMU command\n', 'CommandFailed'],
     // An abort of a job that has already ended: a code of its own (the abort is then done).
     ["error: Requested operation is not valid: No active block job on disk 'vda'\n", 'NoJob'],
@@ -202,7 +231,14 @@ describe('pre-flight space parsers (bounded, zod)', () => {
   it('domstats: one entry per image with path, backingIndex and sizes', () => {
     const stats = parseDomstatsBlock(domstats);
     expect(stats).toHaveLength(3);
-    expect(stats[1]).toEqual({ name: 'vda', path: '/d/images/small-1.qcow2', backingIndex: 2, allocation: 0, capacity: 268435456, physical: 68423680 });
+    expect(stats[1]).toEqual({
+      name: 'vda',
+      path: '/d/images/small-1.qcow2',
+      backingIndex: 2,
+      allocation: 0,
+      capacity: 268435456,
+      physical: 68423680,
+    });
     expect(() => parseDomstatsBlock('  block.0.name=vda\n  block.0.physical=-1\n')).toThrow(HypervisorError);
     expect(() => parseDomstatsBlock('x'.repeat(OUTPUT_BOUNDS.domstats + 1))).toThrow(/exceeds the bound/);
   });
@@ -225,10 +261,20 @@ describe('pre-flight space parsers (bounded, zod)', () => {
     // Observed (libvirt 9.0.0, QEMU 7.2) when the active image's filesystem filled up.
     const line =
       '2026-12-01 03:04:09.887+0000: event BLOCK_JOB_COMPLETED for domain \'scr_vm\': {"device":"pull-vda-libvirt-1-format","len":268435456,"offset":16252928,"speed":0,"type":"stream","error":"No space left on device"}';
-    expect(parseMonitorJobCompletedLine(line)).toEqual({ domain: 'scr_vm', target: 'vda', kind: 'failed', jobType: 'Block Pull', error: 'No space left on device' });
+    expect(parseMonitorJobCompletedLine(line)).toEqual({
+      domain: 'scr_vm',
+      target: 'vda',
+      kind: 'failed',
+      jobType: 'Block Pull',
+      error: 'No space left on device',
+    });
     expect(parseMonitorJobCompletedLine(line.replace(',"error":"No space left on device"', ''))).toBeNull();
     expect(parseMonitorJobCompletedLine(line.replace('"type":"stream"', '"type":"commit"'))).toBeNull();
-    expect(parseMonitorJobCompletedLine('2026-12-01 03:04:09.887+0000: event JOB_STATUS_CHANGE for domain \'scr_vm\': {"status":"null","id":"pull-vda-libvirt-1-format"}')).toBeNull();
+    expect(
+      parseMonitorJobCompletedLine(
+        '2026-12-01 03:04:09.887+0000: event JOB_STATUS_CHANGE for domain \'scr_vm\': {"status":"null","id":"pull-vda-libvirt-1-format"}',
+      ),
+    ).toBeNull();
     expect(parseMonitorJobCompletedLine("event BLOCK_JOB_COMPLETED for domain 'a': {not json}")).toBeNull();
   });
 });

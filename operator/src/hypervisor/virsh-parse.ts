@@ -25,7 +25,13 @@ const dataStoreSchema = z
   })
   .optional();
 const sourceSchema = z
-  .looseObject({ '@_file': attrString, '@_dev': attrString, '@_name': attrString, '@_index': attrString, dataStore: z.union([dataStoreSchema, z.string()]).optional() })
+  .looseObject({
+    '@_file': attrString,
+    '@_dev': attrString,
+    '@_name': attrString,
+    '@_index': attrString,
+    dataStore: z.union([dataStoreSchema, z.string()]).optional(),
+  })
   .optional();
 type BackingStoreXml = {
   '@_type'?: string | undefined;
@@ -112,7 +118,13 @@ export function parseDomainDisks(xml: string): DiskInfo[] {
       if (p === undefined) break;
       const idx = parseIndex(bs['@_index']);
       const data = dataFileOf(bs.source);
-      chain.push({ position: chain.length, ...(idx === undefined ? {} : { index: idx }), path: p, format: bs.format?.['@_type'] ?? 'raw', ...(data === undefined ? {} : { dataFile: data }) });
+      chain.push({
+        position: chain.length,
+        ...(idx === undefined ? {} : { index: idx }),
+        path: p,
+        format: bs.format?.['@_type'] ?? 'raw',
+        ...(data === undefined ? {} : { dataFile: data }),
+      });
       bs = bs.backingStore;
     }
     disks.push({ target: d.target['@_dev'], ...(d.alias === undefined ? {} : { alias: d.alias['@_name'] }), chain });
@@ -155,11 +167,13 @@ export function parseBlockJobRaw(stdout: string): BlockJobInfo | null {
   }
   if (Object.keys(fields).length === 0) return null;
   const parsed = blockJobRawSchema.safeParse(fields);
-  if (!parsed.success) throw new HypervisorError('CommandFailed', `unexpected blockjob output: ${JSON.stringify(stdout)}`);
+  if (!parsed.success)
+    throw new HypervisorError('CommandFailed', `unexpected blockjob output: ${JSON.stringify(stdout)}`);
   return parsed.data;
 }
 
-const EVENT_RE = /event 'block-job-2' for domain '(?<domain>.+)': (?<jobType>.+) for (?<target>\S+) (?<status>completed|failed|canceled|ready)\s*$/;
+const EVENT_RE =
+  /event 'block-job-2' for domain '(?<domain>.+)': (?<jobType>.+) for (?<target>\S+) (?<status>completed|failed|canceled|ready)\s*$/;
 
 /**
  * One line of `virsh event --event block-job-2 --loop [--timestamp]`, e.g.
@@ -174,17 +188,26 @@ export function parseBlockJobEventLine(line: string): BlockJobEvent | null {
 }
 
 const ERROR_PATTERNS: readonly (readonly [RegExp, HypervisorErrorCode])[] = [
-  [/failed to connect|Failed to connect socket|unable to connect|Cannot recv data|End of file while reading data|Connection reset|no connection driver available|client socket is closed|not connected/i, 'Unreachable'],
+  [
+    /failed to connect|Failed to connect socket|unable to connect|Cannot recv data|End of file while reading data|Connection reset|no connection driver available|client socket is closed|not connected/i,
+    'Unreachable',
+  ],
   [/no active block job|block job .*is not active|No active/i, 'NoJob'],
   [/Domain not found|failed to get domain|no domain with matching/i, 'DomainNotFound'],
   [/already in active block job|block job .* already|is busy|in use by block job|device is locked/i, 'DiskBusy'],
   [/could not find image|failed to find|invalid base|does not contain|not in chain|is not a backing/i, 'InvalidBase'],
-  [/disk .* not found|no disk with|invalid path|not found in domain|no device found|does not exist in domain/i, 'DiskNotFound'],
+  [
+    /disk .* not found|no disk with|invalid path|not found in domain|no device found|does not exist in domain/i,
+    'DiskNotFound',
+  ],
 ];
 
 /** Map a failed virsh command's stderr to a typed error. */
 export function virshError(argv: readonly string[], exitCode: number, stderr: string): HypervisorError {
-  const msg = stderr.trim().replace(/^error: /gm, '').replace(/\n+/g, '; ');
+  const msg = stderr
+    .trim()
+    .replace(/^error: /gm, '')
+    .replace(/\n+/g, '; ');
   const code = ERROR_PATTERNS.find(([re]) => re.test(stderr))?.[1] ?? 'CommandFailed';
   return new HypervisorError(code, `virsh ${argv.slice(1).join(' ')} exited ${exitCode}: ${msg || '(no message)'}`);
 }
@@ -195,7 +218,11 @@ export function virshError(argv: readonly string[], exitCode: number, stderr: st
 export const OUTPUT_BOUNDS = { small: 4096, domstats: 4 * 1024 * 1024 } as const;
 
 function bounded(stdout: string, limit: number, what: string): string {
-  if (stdout.length > limit) throw new HypervisorError('CommandFailed', `${what}: output of ${stdout.length} characters exceeds the bound of ${limit}`);
+  if (stdout.length > limit)
+    throw new HypervisorError(
+      'CommandFailed',
+      `${what}: output of ${stdout.length} characters exceeds the bound of ${limit}`,
+    );
   return stdout;
 }
 
@@ -231,7 +258,8 @@ export function parseDomstatsBlock(stdout: string): BlockStat[] {
   const out: BlockStat[] = [];
   for (const [i, fields] of [...raw.entries()].sort((a, b) => a[0] - b[0])) {
     const parsed = blockStatSchema.safeParse(fields);
-    if (!parsed.success) throw new HypervisorError('CommandFailed', `unexpected domstats entry block.${i}: ${JSON.stringify(fields)}`);
+    if (!parsed.success)
+      throw new HypervisorError('CommandFailed', `unexpected domstats entry block.${i}: ${JSON.stringify(fields)}`);
     out.push(parsed.data);
   }
   return out;
@@ -246,7 +274,8 @@ const statFsSchema = z.tuple([byteCount, byteCount.min(1), byteCount]);
 export function parseStatFs(stdout: string): { availableBytes: number; totalBytes: number } {
   const parts = bounded(stdout, OUTPUT_BOUNDS.small, 'stat -f').trim().split(/\s+/);
   const parsed = statFsSchema.safeParse(parts);
-  if (!parsed.success) throw new HypervisorError('CommandFailed', `unexpected stat -f output: ${JSON.stringify(stdout.slice(0, 200))}`);
+  if (!parsed.success)
+    throw new HypervisorError('CommandFailed', `unexpected stat -f output: ${JSON.stringify(stdout.slice(0, 200))}`);
   const [avail, size, total] = parsed.data;
   const availableBytes = avail * size;
   const totalBytes = total * size;
@@ -259,7 +288,8 @@ export function parseStatFs(stdout: string): { availableBytes: number; totalByte
 /** `stat -c %m -- PATH`: the mount point holding PATH (one absolute path). */
 export function parseMountPoint(stdout: string): string {
   const text = bounded(stdout, OUTPUT_BOUNDS.small, 'stat -c %m').replace(/\n$/, '');
-  if (!text.startsWith('/') || text.includes('\n')) throw new HypervisorError('CommandFailed', `unexpected stat -c %m output: ${JSON.stringify(text.slice(0, 200))}`);
+  if (!text.startsWith('/') || text.includes('\n'))
+    throw new HypervisorError('CommandFailed', `unexpected stat -c %m output: ${JSON.stringify(text.slice(0, 200))}`);
   return text;
 }
 
@@ -267,12 +297,17 @@ export function parseMountPoint(stdout: string): string {
 export function parseDuBytes(stdout: string): number {
   const m = /^(\d+)\t/.exec(bounded(stdout, OUTPUT_BOUNDS.small, 'du'));
   const parsed = byteCount.safeParse(m?.[1]);
-  if (!parsed.success) throw new HypervisorError('CommandFailed', `unexpected du output: ${JSON.stringify(stdout.slice(0, 200))}`);
+  if (!parsed.success)
+    throw new HypervisorError('CommandFailed', `unexpected du output: ${JSON.stringify(stdout.slice(0, 200))}`);
   return parsed.data;
 }
 
 const MONITOR_JOB_COMPLETED_RE = /event BLOCK_JOB_COMPLETED for domain '(?<domain>.+)': (?<json>\{.*\})\s*$/;
-const jobCompletedSchema = z.looseObject({ device: z.string(), type: z.string(), error: z.string().max(4096).optional() });
+const jobCompletedSchema = z.looseObject({
+  device: z.string(),
+  type: z.string(),
+  error: z.string().max(4096).optional(),
+});
 
 /**
  * One line of `virsh qemu-monitor-event --domain D --event BLOCK_JOB_COMPLETED --loop --timestamp`

@@ -21,8 +21,12 @@ describe('write fence', () => {
     expect(writesFenced()).toBe(false);
     fenceWrites();
     for (const m of [HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH, HttpMethod.DELETE]) {
-      await expect(kc.applySecurityAuthentication(new RequestContext('https://127.0.0.1:1/apis/x', m))).rejects.toBeInstanceOf(FencedError);
+      await expect(
+        kc.applySecurityAuthentication(new RequestContext('https://127.0.0.1:1/apis/x', m)),
+      ).rejects.toBeInstanceOf(FencedError);
     }
-    await expect(kc.applySecurityAuthentication(new RequestContext('https://127.0.0.1:1/apis/x', HttpMethod.GET))).resolves.toBeUndefined();
+    await expect(
+      kc.applySecurityAuthentication(new RequestContext('https://127.0.0.1:1/apis/x', HttpMethod.GET)),
+    ).resolves.toBeUndefined();
   });
 });

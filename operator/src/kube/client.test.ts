@@ -39,9 +39,17 @@ beforeAll(async () => {
     const name = url.pathname.split('/').at(-1) ?? '';
     res.setHeader('content-type', 'application/json');
     if (url.pathname.startsWith('/apis/blockpull.dev/')) {
-      res.end(JSON.stringify({ apiVersion: 'blockpull.dev/v1alpha1', kind: 'BlockPull', metadata: { name, namespace: 'ns' } }));
+      res.end(
+        JSON.stringify({
+          apiVersion: 'blockpull.dev/v1alpha1',
+          kind: 'BlockPull',
+          metadata: { name, namespace: 'ns' },
+        }),
+      );
     } else if (url.pathname.startsWith('/apis/coordination.k8s.io/')) {
-      res.end(JSON.stringify({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name, namespace: 'ns' } }));
+      res.end(
+        JSON.stringify({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name, namespace: 'ns' } }),
+      );
     } else {
       res.end(JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name } }));
     }
@@ -69,12 +77,18 @@ beforeEach(async () => {
 });
 
 /** A kubeconfig file for the local server; `user` is the kubeconfig's user entry. */
-async function kubeconfigFile(name: string, user: Record<string, unknown>, cluster: Record<string, unknown> = {}): Promise<string> {
+async function kubeconfigFile(
+  name: string,
+  user: Record<string, unknown>,
+  cluster: Record<string, unknown> = {},
+): Promise<string> {
   const file = path.join(tmp, `${name}.kubeconfig`);
   const config = {
     apiVersion: 'v1',
     kind: 'Config',
-    clusters: [{ name: 'c', cluster: { server: `http://127.0.0.1:${port}`, 'insecure-skip-tls-verify': true, ...cluster } }],
+    clusters: [
+      { name: 'c', cluster: { server: `http://127.0.0.1:${port}`, 'insecure-skip-tls-verify': true, ...cluster } },
+    ],
     users: [{ name: `u-${name}`, user }],
     contexts: [{ name: 'ctx', context: { cluster: 'c', user: `u-${name}` } }],
     'current-context': 'ctx',
@@ -86,7 +100,12 @@ async function kubeconfigFile(name: string, user: Record<string, unknown>, clust
 /** One GET through each of the four API clients. */
 async function oneOfEach(clients: KubeClients, i: number): Promise<void> {
   await clients.core.readNamespace({ name: `ns-${i}` });
-  await getCustomObject(clients, { group: 'blockpull.dev', version: 'v1alpha1', plural: 'blockpulls' }, 'ns', `bp-${i}`);
+  await getCustomObject(
+    clients,
+    { group: 'blockpull.dev', version: 'v1alpha1', plural: 'blockpulls' },
+    'ns',
+    `bp-${i}`,
+  );
   await clients.coordination.readNamespacedLease({ namespace: 'ns', name: `lease-${i}` });
   await clients.events.listNamespacedEvent({ namespace: 'ns' }).catch(() => undefined); // body is not an EventList: only the request counts
 }
@@ -108,7 +127,9 @@ describe('loadKubeConfig: one keep-alive connection pool for every API call', ()
     await Promise.all(Array.from({ length: 8 }, (_, i) => clients.core.readNamespace({ name: `a-${i}` })));
     const afterFirst = connections;
     await Promise.all(Array.from({ length: 8 }, (_, i) => clients.core.readNamespace({ name: `b-${i}` })));
-    process.stdout.write(`client pool: 2 bursts of 8 concurrent GETs, ${afterFirst} then ${connections} connection(s)\n`);
+    process.stdout.write(
+      `client pool: 2 bursts of 8 concurrent GETs, ${afterFirst} then ${connections} connection(s)\n`,
+    );
     expect(afterFirst).toBeGreaterThanOrEqual(1);
     expect(afterFirst).toBeLessThanOrEqual(8);
     // The second burst runs on the first burst's connections (a connection still finishing its
@@ -131,7 +152,9 @@ describe('loadKubeConfig: one keep-alive connection pool for every API call', ()
     const token = createKubeClients(loadKubeConfig(await kubeconfigFile('tok', { token: 'tok-1', as: 'someone' })));
     await token.core.readNamespace({ name: 'x' });
     await token.core.readNamespace({ name: 'y' });
-    const basic = createKubeClients(loadKubeConfig(await kubeconfigFile('basic', { username: 'alice', password: 's3cret' })));
+    const basic = createKubeClients(
+      loadKubeConfig(await kubeconfigFile('basic', { username: 'alice', password: 's3cret' })),
+    );
     await basic.core.readNamespace({ name: 'z' });
     expect(seen.map((s) => [s.url, s.authorization, s.impersonate])).toEqual([
       ['/api/v1/namespaces/x', 'Bearer tok-1', 'someone'],
@@ -143,7 +166,9 @@ describe('loadKubeConfig: one keep-alive connection pool for every API call', ()
   it('rotated CA material: a new pool, the old one closed', async () => {
     const caFile = path.join(tmp, 'ca.pem');
     await writeFile(caFile, 'ca-one');
-    const clients = createKubeClients(loadKubeConfig(await kubeconfigFile('rotate', { token: 't' }, { 'certificate-authority': caFile })));
+    const clients = createKubeClients(
+      loadKubeConfig(await kubeconfigFile('rotate', { token: 't' }, { 'certificate-authority': caFile })),
+    );
     for (let i = 0; i < 10; i++) await clients.core.readNamespace({ name: `r-${i}` });
     const before = connections;
     expect(before).toBeLessThanOrEqual(2);

@@ -70,7 +70,10 @@ interface Pool {
 const pools = new Map<string, Pool>();
 
 function sameMaterial(a: readonly unknown[], b: readonly unknown[]): boolean {
-  return a.length === b.length && a.every((x, i) => (Buffer.isBuffer(x) && Buffer.isBuffer(b[i]) ? x.equals(b[i]) : x === b[i]));
+  return (
+    a.length === b.length &&
+    a.every((x, i) => (Buffer.isBuffer(x) && Buffer.isBuffer(b[i]) ? x.equals(b[i]) : x === b[i]))
+  );
 }
 
 /**
@@ -92,13 +95,16 @@ function sameMaterial(a: readonly unknown[], b: readonly unknown[]): boolean {
  */
 export class PooledKubeConfig extends KubeConfig {
   override async applySecurityAuthentication(context: RequestContext): Promise<void> {
-    if (fenced && MUTATING.has(String(context.getHttpMethod()).toUpperCase())) throw new FencedError(String(context.getHttpMethod()), context.getUrl());
+    if (fenced && MUTATING.has(String(context.getHttpMethod()).toUpperCase()))
+      throw new FencedError(String(context.getHttpMethod()), context.getUrl());
     const cluster = this.getCurrentCluster();
     if (cluster?.proxyUrl?.startsWith('socks') === true) return super.applySecurityAuthentication(context);
     const opts: https.RequestOptions = {};
     await this.applyToHTTPSOptions(opts);
-    if (typeof opts.auth === 'string') context.setHeaderParam('Authorization', `Basic ${Buffer.from(opts.auth).toString('base64')}`);
-    for (const [k, v] of Object.entries(opts.headers ?? {})) if (v !== undefined) context.setHeaderParam(k, Array.isArray(v) ? v.join(', ') : String(v));
+    if (typeof opts.auth === 'string')
+      context.setHeaderParam('Authorization', `Basic ${Buffer.from(opts.auth).toString('base64')}`);
+    for (const [k, v] of Object.entries(opts.headers ?? {}))
+      if (v !== undefined) context.setHeaderParam(k, Array.isArray(v) ? v.join(', ') : String(v));
     const agentOptions: https.AgentOptions = {
       ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
       ...(opts.cert !== undefined ? { cert: opts.cert } : {}),
@@ -113,17 +119,25 @@ export class PooledKubeConfig extends KubeConfig {
   }
 }
 
-function pooledDispatcher(kc: KubeConfig, cluster: ReturnType<KubeConfig['getCurrentCluster']>, agentOptions: https.AgentOptions): Dispatcher | undefined {
+function pooledDispatcher(
+  kc: KubeConfig,
+  cluster: ReturnType<KubeConfig['getCurrentCluster']>,
+  agentOptions: https.AgentOptions,
+): Dispatcher | undefined {
   const o = kc.createDispatcherOptions(cluster, agentOptions);
   if (o.type === 'none' || o.type === 'socks') return undefined; // 'none': undici's global pool; 'socks' is not reached (see above)
   const key = JSON.stringify([cluster?.server ?? '', cluster?.proxyUrl ?? '', kc.getCurrentUser()?.name ?? '']);
   const a = agentOptions;
-  const material = [a.ca, a.cert, a.key, a.pfx, a.passphrase, a.rejectUnauthorized, a.servername].map((x) => (typeof x === 'string' ? Buffer.from(x) : x));
+  const material = [a.ca, a.cert, a.key, a.pfx, a.passphrase, a.rejectUnauthorized, a.servername].map((x) =>
+    typeof x === 'string' ? Buffer.from(x) : x,
+  );
   const existing = pools.get(key);
   if (existing !== undefined && sameMaterial(existing.material, material)) return existing.dispatcher;
   const pool = { keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS, keepAliveMaxTimeout: KEEP_ALIVE_TIMEOUT_MS };
   const dispatcher: Dispatcher =
-    o.type === 'proxy' ? new ProxyAgent({ ...pool, uri: o.uri, requestTls: o.requestTls, connect: o.connect }) : new Agent({ ...pool, connect: o.connect });
+    o.type === 'proxy'
+      ? new ProxyAgent({ ...pool, uri: o.uri, requestTls: o.requestTls, connect: o.connect })
+      : new Agent({ ...pool, connect: o.connect });
   pools.set(key, { material, dispatcher });
   // Rotated credentials: the old pool finishes its requests (watches included), then closes.
   if (existing !== undefined) existing.dispatcher.close().catch(() => undefined);
@@ -139,7 +153,9 @@ export function loadKubeConfig(path?: string): KubeConfig {
     kc.loadFromCluster();
   }
   if (kc.getCurrentCluster() === null) {
-    throw new Error(path !== undefined ? `kubeconfig ${path} has no current cluster` : 'no in-cluster configuration found');
+    throw new Error(
+      path !== undefined ? `kubeconfig ${path} has no current cluster` : 'no in-cluster configuration found',
+    );
   }
   return kc;
 }

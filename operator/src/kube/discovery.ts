@@ -18,14 +18,21 @@ export async function servedResource(
   custom: Pick<CustomObjectsApi, 'getAPIResources'>,
   refs: readonly ResourceRef[],
   signal: AbortSignal,
-  options: { readonly initialBackoffMs?: number; readonly maxBackoffMs?: number; readonly onRetry?: (message: string) => void } = {},
+  options: {
+    readonly initialBackoffMs?: number;
+    readonly maxBackoffMs?: number;
+    readonly onRetry?: (message: string) => void;
+  } = {},
 ): Promise<ResourceRef | undefined> {
   let backoff = options.initialBackoffMs ?? 1_000;
   for (;;) {
     try {
       for (const ref of refs) {
         try {
-          const list = await custom.getAPIResources({ group: ref.group, version: ref.version }, withTimeout(DISCOVERY_TIMEOUT_MS));
+          const list = await custom.getAPIResources(
+            { group: ref.group, version: ref.version },
+            withTimeout(DISCOVERY_TIMEOUT_MS),
+          );
           if (list.resources.some((r) => r.name === ref.plural)) return ref;
         } catch (err) {
           if (!isNotFound(err)) throw err;
@@ -37,7 +44,14 @@ export async function servedResource(
       options.onRetry?.(describeApiError(err));
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, backoff);
-        signal.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+        signal.addEventListener(
+          'abort',
+          () => {
+            clearTimeout(t);
+            resolve();
+          },
+          { once: true },
+        );
       });
       if (signal.aborted) throw signal.reason;
       backoff = Math.min(backoff * 2, options.maxBackoffMs ?? 30_000);

@@ -9,7 +9,13 @@ import { createLogger } from '../log.ts';
 import { EventRecorder, type InvolvedObject } from './events.ts';
 
 const logger = createLogger({ level: 'silent' });
-const about = (i: number): InvolvedObject => ({ apiVersion: 'v1', kind: 'ConfigMap', namespace: 'ns', name: `o${i}`, uid: `uid-${i}` });
+const about = (i: number): InvolvedObject => ({
+  apiVersion: 'v1',
+  kind: 'ConfigMap',
+  namespace: 'ns',
+  name: `o${i}`,
+  uid: `uid-${i}`,
+});
 const ticks = async (n = 20): Promise<void> => {
   for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
 };
@@ -66,7 +72,14 @@ describe('EventRecorder bounds', () => {
   it('drops (and counts) Events past maxQueued while the API server is slow; the accepted ones are all written', async () => {
     const f = fakeEvents();
     let droppedCalls = 0;
-    const rec = new EventRecorder({ events: f.api, reportingInstance: 'op-0', logger, maxInFlight: 1, maxQueued: 3, onDropped: () => droppedCalls++ });
+    const rec = new EventRecorder({
+      events: f.api,
+      reportingInstance: 'op-0',
+      logger,
+      maxInFlight: 1,
+      maxQueued: 3,
+      onDropped: () => droppedCalls++,
+    });
     const first = rec.normal(about(0), 'Waiting', 'Wait', 'first');
     await ticks();
     expect(f.pending).toHaveLength(1); // writing: no longer queued
@@ -99,9 +112,19 @@ describe('EventRecorder bounds', () => {
 
   it('a burst far past the queue: every essential Event is written, before the waiting ones; only best-effort Events are dropped', async () => {
     const f = fakeEvents();
-    const rec = new EventRecorder({ events: f.api, reportingInstance: 'op-0', logger, maxInFlight: 4, maxQueued: 1000 });
-    const waiting = Array.from({ length: 5000 }, (_, i) => rec.normal(about(i), 'VMINotFound', 'Pending', `waiting ${i}`));
-    const terminal = Array.from({ length: 500 }, (_, i) => rec.event(about(10_000 + i), 'Normal', 'Completed', 'Completed', `done ${i}`, 'essential'));
+    const rec = new EventRecorder({
+      events: f.api,
+      reportingInstance: 'op-0',
+      logger,
+      maxInFlight: 4,
+      maxQueued: 1000,
+    });
+    const waiting = Array.from({ length: 5000 }, (_, i) =>
+      rec.normal(about(i), 'VMINotFound', 'Pending', `waiting ${i}`),
+    );
+    const terminal = Array.from({ length: 500 }, (_, i) =>
+      rec.event(about(10_000 + i), 'Normal', 'Completed', 'Completed', `done ${i}`, 'essential'),
+    );
     for (let guard = 0; guard < 100 && f.written.length < 1500; guard++) await f.settleAll();
     await Promise.all([...waiting, ...terminal]);
     const essentialWritten = f.written.filter((n) => Number(n.slice(1)) >= 10_000);
@@ -114,11 +137,15 @@ describe('EventRecorder bounds', () => {
 
   it('an essential write refused for a passing reason is tried again; a refusal of the Event itself is not', async () => {
     let calls = 0;
-    const failures: Error[] = [Object.assign(new Error('etcd timeout'), { code: 500 }), Object.assign(new Error('slow down'), { code: 429 })];
+    const failures: Error[] = [
+      Object.assign(new Error('etcd timeout'), { code: 500 }),
+      Object.assign(new Error('slow down'), { code: 429 }),
+    ];
     const api = {
       createNamespacedEvent: (req: { body: { regarding: { name: string } } }) => {
         calls++;
-        const failure = req.body.regarding.name === 'o1' ? failures.shift() : Object.assign(new Error('invalid'), { code: 422 });
+        const failure =
+          req.body.regarding.name === 'o1' ? failures.shift() : Object.assign(new Error('invalid'), { code: 422 });
         return failure !== undefined ? Promise.reject(failure) : Promise.resolve({ metadata: { name: 'o1.ev' } });
       },
     } as unknown as EventsV1Api;

@@ -117,7 +117,14 @@ export class EventRecorder {
    * Record an event. `reason` is CamelCase (e.g. PullStarted), `action` what the controller
    * did (e.g. StartPull), `note` a human sentence.
    */
-  event(object: InvolvedObject, type: EventType, reason: string, action: string, note: string, delivery: EventDelivery = 'bestEffort'): Promise<void> {
+  event(
+    object: InvolvedObject,
+    type: EventType,
+    reason: string,
+    action: string,
+    note: string,
+    delivery: EventDelivery = 'bestEffort',
+  ): Promise<void> {
     const text = note.length > MAX_NOTE ? note.slice(0, MAX_NOTE - 3) + '...' : note;
     const essential = delivery === 'essential';
     if (!essential && this.#queued >= (this.#options.maxQueued ?? 1000)) {
@@ -163,7 +170,15 @@ export class EventRecorder {
   }
 
   /** A best-effort Event is written once; an essential one again after a passing failure (it keeps its turn meanwhile). */
-  async #writeWithRetries(essential: boolean, key: string, object: InvolvedObject, type: EventType, reason: string, action: string, note: string): Promise<void> {
+  async #writeWithRetries(
+    essential: boolean,
+    key: string,
+    object: InvolvedObject,
+    type: EventType,
+    reason: string,
+    action: string,
+    note: string,
+  ): Promise<void> {
     const attempts = essential ? Math.max(1, this.#options.essentialAttempts ?? 5) : 1;
     let waitMs = this.#options.essentialRetryMs ?? 500;
     for (let attempt = 1; ; attempt++) {
@@ -187,7 +202,12 @@ export class EventRecorder {
     if (now - this.#droppedLoggedAt < DROP_LOG_INTERVAL_MS) return;
     this.#droppedLoggedAt = now;
     this.#options.logger?.warn(
-      { object: `${object.kind} ${object.namespace}/${object.name}`, reason, dropped: this.#dropped, queued: this.#queued },
+      {
+        object: `${object.kind} ${object.namespace}/${object.name}`,
+        reason,
+        dropped: this.#dropped,
+        queued: this.#queued,
+      },
       'event queue full: dropping events (counted in blockpull_events_dropped_total)',
     );
   }
@@ -201,7 +221,14 @@ export class EventRecorder {
   }
 
   /** One write of the Event: its error, or undefined when it was recorded. */
-  async #write(key: string, object: InvolvedObject, type: EventType, reason: string, action: string, note: string): Promise<unknown> {
+  async #write(
+    key: string,
+    object: InvolvedObject,
+    type: EventType,
+    reason: string,
+    action: string,
+    note: string,
+  ): Promise<unknown> {
     const now = Date.now();
     const entry = this.#entries.get(key);
     try {
@@ -247,7 +274,12 @@ export class EventRecorder {
         },
       });
       this.#entries.delete(key);
-      this.#entries.set(key, { namespace: object.namespace, name: created.metadata?.name ?? '', count: 1, firstAt: now });
+      this.#entries.set(key, {
+        namespace: object.namespace,
+        name: created.metadata?.name ?? '',
+        count: 1,
+        firstAt: now,
+      });
       while (this.#entries.size > this.#max) {
         const oldest = this.#entries.keys().next().value;
         if (oldest === undefined) break;

@@ -106,7 +106,9 @@ describe('WatchdogInformer: restart as soon as the API server is ready again', (
         source: {
           path: '/api/v1/things',
           list: () =>
-            failing.on ? Promise.reject(new TypeError('fetch failed')) : Promise.resolve({ apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '1' }, items: [] }),
+            failing.on
+              ? Promise.reject(new TypeError('fetch failed'))
+              : Promise.resolve({ apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '1' }, items: [] }),
         },
         initialBackoffMs: 10_000,
         probeIntervalMs: 50,
@@ -157,14 +159,23 @@ describe('WatchdogInformer: restart as soon as the API server is ready again', (
 });
 
 describe('WatchdogInformer lists page by page', () => {
-  const thing = (name: string): KubernetesObject => ({ apiVersion: 'v1', kind: 'Thing', metadata: { name, namespace: 'ns', resourceVersion: '7' } });
+  const thing = (name: string): KubernetesObject => ({
+    apiVersion: 'v1',
+    kind: 'Thing',
+    metadata: { name, namespace: 'ns', resourceVersion: '7' },
+  });
   /** 5 things in pages of `limit`; a continue token says where the next page starts. */
   const all = ['a', 'b', 'c', 'd', 'e'].map(thing);
   const paged = (page?: ListPage) => {
     if (page === undefined) return { apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '7' }, items: all };
     const from = page.continue !== undefined ? Number(page.continue) : 0;
     const next = from + Math.min(page.limit, 2);
-    return { apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '7', ...(next < all.length ? { continue: String(next) } : {}) }, items: all.slice(from, next) };
+    return {
+      apiVersion: 'v1',
+      kind: 'List',
+      metadata: { resourceVersion: '7', ...(next < all.length ? { continue: String(next) } : {}) },
+      items: all.slice(from, next),
+    };
   };
 
   it('asks LIST_PAGE_SIZE at a time, transforms each page as it comes, and caches every page', async () => {
@@ -195,9 +206,15 @@ describe('WatchdogInformer lists page by page', () => {
     try {
       await inf.start();
       expect(await inf.waitForSync()).toBe(true);
-      expect(asked).toEqual([{ limit: LIST_PAGE_SIZE }, { limit: LIST_PAGE_SIZE, continue: '2' }, { limit: LIST_PAGE_SIZE, continue: '4' }]);
+      expect(asked).toEqual([
+        { limit: LIST_PAGE_SIZE },
+        { limit: LIST_PAGE_SIZE, continue: '2' },
+        { limit: LIST_PAGE_SIZE, continue: '4' },
+      ]);
       expect(transformed).toEqual(['a', 'b', 'c', 'd', 'e']);
-      expect(inf.list().map((o) => [o.metadata?.name, o.metadata?.labels?.['slim']])).toEqual(['a', 'b', 'c', 'd', 'e'].map((n) => [n, 'yes']));
+      expect(inf.list().map((o) => [o.metadata?.name, o.metadata?.labels?.['slim']])).toEqual(
+        ['a', 'b', 'c', 'd', 'e'].map((n) => [n, 'yes']),
+      );
     } finally {
       await inf.stop();
       server.closeAllConnections();

@@ -207,7 +207,15 @@ export class WatchdogInformer<T extends KubernetesObject> {
       ): Promise<AbortController> => {
         this.#markSynced();
         const transform = options.transform;
-        const cb = transform === undefined ? callback : (phase: string, obj: unknown, watchObj?: unknown) => callback(phase, phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED' ? transform(obj as T) : obj, watchObj);
+        const cb =
+          transform === undefined
+            ? callback
+            : (phase: string, obj: unknown, watchObj?: unknown) =>
+                callback(
+                  phase,
+                  phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED' ? transform(obj as T) : obj,
+                  watchObj,
+                );
         const controller = await real.watch(path, { ...params, allowWatchBookmarks: true }, cb, done);
         if (!controller.signal.aborted) this.#markHealthy();
         return controller;
@@ -222,7 +230,10 @@ export class WatchdogInformer<T extends KubernetesObject> {
       let page: KubernetesListObject<T>;
       do {
         try {
-          page = await options.source.list({ limit: LIST_PAGE_SIZE, ...(token !== undefined ? { continue: token } : {}) });
+          page = await options.source.list({
+            limit: LIST_PAGE_SIZE,
+            ...(token !== undefined ? { continue: token } : {}),
+          });
         } catch (err) {
           // The snapshot expired between two pages (410 Gone): list it whole, as client-go's pager does.
           if (token === undefined || httpStatusOf(err) !== 410) throw err;
@@ -529,10 +540,15 @@ export function customResourceSource<T extends KubernetesObject>(
   return {
     path: namespace ? `${base}/namespaces/${namespace}/${ref.plural}` : `${base}/${ref.plural}`,
     list: async (page) => {
-      const paging = page !== undefined ? { limit: page.limit, ...(page.continue !== undefined ? { _continue: page.continue } : {}) } : {};
-      return (namespace
-        ? await custom.listNamespacedCustomObject({ ...ref, namespace, ...paging }, withTimeout(LIST_TIMEOUT_MS))
-        : await custom.listClusterCustomObject({ ...ref, ...paging }, withTimeout(LIST_TIMEOUT_MS))) as KubernetesListObject<T>;
+      const paging =
+        page !== undefined
+          ? { limit: page.limit, ...(page.continue !== undefined ? { _continue: page.continue } : {}) }
+          : {};
+      return (
+        namespace
+          ? await custom.listNamespacedCustomObject({ ...ref, namespace, ...paging }, withTimeout(LIST_TIMEOUT_MS))
+          : await custom.listClusterCustomObject({ ...ref, ...paging }, withTimeout(LIST_TIMEOUT_MS))
+      ) as KubernetesListObject<T>;
     },
   };
 }
@@ -542,8 +558,15 @@ export function podSource(core: CoreV1Api, namespace?: string, labelSelector?: s
   return {
     path: namespace ? `/api/v1/namespaces/${namespace}/pods` : '/api/v1/pods',
     list: async (page) => {
-      const params = { ...(labelSelector ? { labelSelector } : {}), ...(page !== undefined ? { limit: page.limit, ...(page.continue !== undefined ? { _continue: page.continue } : {}) } : {}) };
-      return namespace ? await core.listNamespacedPod({ namespace, ...params }, withTimeout(LIST_TIMEOUT_MS)) : await core.listPodForAllNamespaces(params, withTimeout(LIST_TIMEOUT_MS));
+      const params = {
+        ...(labelSelector ? { labelSelector } : {}),
+        ...(page !== undefined
+          ? { limit: page.limit, ...(page.continue !== undefined ? { _continue: page.continue } : {}) }
+          : {}),
+      };
+      return namespace
+        ? await core.listNamespacedPod({ namespace, ...params }, withTimeout(LIST_TIMEOUT_MS))
+        : await core.listPodForAllNamespaces(params, withTimeout(LIST_TIMEOUT_MS));
     },
     ...(labelSelector ? { labelSelector } : {}),
   };

@@ -9,7 +9,12 @@ const object = (i: number): Record<string, unknown> =>
       status: {
         reason: 'VMINotFound',
         message: `VMI vm${i} not found`,
-        conditions: ['Ready', 'Progressing'].map((type) => ({ type, status: 'False', reason: 'VMINotFound', message: `VMI vm${i} not found` })),
+        conditions: ['Ready', 'Progressing'].map((type) => ({
+          type,
+          status: 'False',
+          reason: 'VMINotFound',
+          message: `VMI vm${i} not found`,
+        })),
         tags: ['a', 'a'],
       },
     }),

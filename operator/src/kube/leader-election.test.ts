@@ -19,22 +19,28 @@ function fakeLeases() {
   const api = {
     readNamespacedLease: () => {
       calls.push('read');
-      return lease === undefined ? Promise.reject(new ApiException(404, 'NotFound', '{}', {})) : Promise.resolve(structuredClone(lease));
+      return lease === undefined
+        ? Promise.reject(new ApiException(404, 'NotFound', '{}', {}))
+        : Promise.resolve(structuredClone(lease));
     },
     createNamespacedLease: (req: { body: V1Lease }) => {
       calls.push('create');
-      return lease !== undefined ? Promise.reject(new ApiException(409, 'AlreadyExists', '{}', {})) : Promise.resolve(store(req.body));
+      return lease !== undefined
+        ? Promise.reject(new ApiException(409, 'AlreadyExists', '{}', {}))
+        : Promise.resolve(store(req.body));
     },
     replaceNamespacedLease: (req: { body: V1Lease }) => {
       calls.push('replace');
       if (lease === undefined) return Promise.reject(new ApiException(404, 'NotFound', '{}', {}));
-      if (req.body.metadata?.resourceVersion !== lease.metadata?.resourceVersion) return Promise.reject(new ApiException(409, 'Conflict', '{}', {}));
+      if (req.body.metadata?.resourceVersion !== lease.metadata?.resourceVersion)
+        return Promise.reject(new ApiException(409, 'Conflict', '{}', {}));
       return Promise.resolve(store(req.body));
     },
   } as unknown as CoordinationV1Api;
   /** Another candidate takes the Lease (a write we did not make). */
   const takeOver = (holder: string): void => {
-    if (lease !== undefined) store({ ...lease, spec: { ...lease.spec, holderIdentity: holder, renewTime: new Date() } });
+    if (lease !== undefined)
+      store({ ...lease, spec: { ...lease.spec, holderIdentity: holder, renewTime: new Date() } });
   };
   return { api, calls, takeOver, current: () => lease };
 }
@@ -100,7 +106,8 @@ describe('LeaderElector renewals', () => {
       renewDeadlineMs: 1_500,
       retryPeriodMs: 20,
       onStartedLeading: (signal) => signal.addEventListener('abort', () => order.push('signal aborted')),
-      onStoppedLeading: () => order.push(`stopped leading, signal aborted: ${String(order.includes('signal aborted'))}`),
+      onStoppedLeading: () =>
+        order.push(`stopped leading, signal aborted: ${String(order.includes('signal aborted'))}`),
     });
     const result = e.run(new AbortController().signal);
     for (let i = 0; i < 100 && !f.calls.includes('replace'); i++) await sleep(20);

@@ -48,7 +48,11 @@ export interface LeaderElectorOptions {
   readonly metrics?: { leader: { set(v: number): void }; leaderTransitions: { inc(): void } };
 }
 
-export const LEADER_ELECTION_DEFAULTS = { leaseDurationMs: 15_000, renewDeadlineMs: 10_000, retryPeriodMs: 2_000 } as const;
+export const LEADER_ELECTION_DEFAULTS = {
+  leaseDurationMs: 15_000,
+  renewDeadlineMs: 10_000,
+  retryPeriodMs: 2_000,
+} as const;
 
 interface Observed {
   holder: string;
@@ -94,9 +98,14 @@ export class LeaderElector {
     this.#leaseDurationMs = options.leaseDurationMs ?? LEADER_ELECTION_DEFAULTS.leaseDurationMs;
     this.#renewDeadlineMs = options.renewDeadlineMs ?? LEADER_ELECTION_DEFAULTS.renewDeadlineMs;
     this.#retryPeriodMs = options.retryPeriodMs ?? LEADER_ELECTION_DEFAULTS.retryPeriodMs;
-    if (!(this.#renewDeadlineMs < this.#leaseDurationMs)) throw new Error('renewDeadline must be less than leaseDuration');
+    if (!(this.#renewDeadlineMs < this.#leaseDurationMs))
+      throw new Error('renewDeadline must be less than leaseDuration');
     if (!(this.#retryPeriodMs < this.#renewDeadlineMs)) throw new Error('retryPeriod must be less than renewDeadline');
-    this.#log = options.logger?.child({ component: 'leader-election', lease: `${options.namespace}/${options.leaseName}`, identity: options.identity });
+    this.#log = options.logger?.child({
+      component: 'leader-election',
+      lease: `${options.namespace}/${options.leaseName}`,
+      identity: options.identity,
+    });
   }
 
   get identity(): string {
@@ -170,12 +179,19 @@ export class LeaderElector {
         continue;
       }
       if (performance.now() - lastRenew >= this.#renewDeadlineMs) {
-        this.#log?.error({ renewDeadlineMs: this.#renewDeadlineMs }, 'failed to renew leader lease within the renew deadline: leadership lost');
+        this.#log?.error(
+          { renewDeadlineMs: this.#renewDeadlineMs },
+          'failed to renew leader lease within the renew deadline: leadership lost',
+        );
         result = 'lost';
         break;
       }
       // Someone else holds it now (we were overtaken): no point retrying.
-      if (this.#observed !== undefined && this.#observed.holder !== this.#options.identity && this.#observed.holder !== '') {
+      if (
+        this.#observed !== undefined &&
+        this.#observed.holder !== this.#options.identity &&
+        this.#observed.holder !== ''
+      ) {
         this.#log?.error({ holder: this.#observed.holder }, 'leader lease taken by another candidate: leadership lost');
         result = 'lost';
         break;
@@ -206,7 +222,12 @@ export class LeaderElector {
     const renewTime = lease.spec?.renewTime !== undefined ? new Date(lease.spec.renewTime).toISOString() : '';
     const leaseDurationSeconds = lease.spec?.leaseDurationSeconds ?? Math.ceil(this.#leaseDurationMs / 1000);
     const prev = this.#observed;
-    if (prev === undefined || prev.holder !== holder || prev.renewTime !== renewTime || prev.leaseDurationSeconds !== leaseDurationSeconds) {
+    if (
+      prev === undefined ||
+      prev.holder !== holder ||
+      prev.renewTime !== renewTime ||
+      prev.leaseDurationSeconds !== leaseDurationSeconds
+    ) {
       this.#observed = { holder, renewTime, leaseDurationSeconds, observedAt: performance.now() };
       if (prev?.holder !== holder && holder !== '') {
         this.#log?.info({ holder }, 'new leader observed');
@@ -216,7 +237,13 @@ export class LeaderElector {
     this.#lease = lease;
   }
 
-  #spec(acquireTime: Date, transitions: number, now: Date, holder = this.#options.identity, durationSeconds = Math.ceil(this.#leaseDurationMs / 1000)) {
+  #spec(
+    acquireTime: Date,
+    transitions: number,
+    now: Date,
+    holder = this.#options.identity,
+    durationSeconds = Math.ceil(this.#leaseDurationMs / 1000),
+  ) {
     return {
       holderIdentity: holder,
       leaseDurationSeconds: durationSeconds,
@@ -237,7 +264,10 @@ export class LeaderElector {
     const mine = this.#lease;
     if (this.#leader && mine?.spec?.holderIdentity === identity && mine.metadata?.resourceVersion !== undefined) {
       try {
-        const updated = await coordination.replaceNamespacedLease({ name, namespace, body: { ...mine, spec: { ...mine.spec, renewTime: new V1MicroTime(now.getTime()) } } }, opts);
+        const updated = await coordination.replaceNamespacedLease(
+          { name, namespace, body: { ...mine, spec: { ...mine.spec, renewTime: new V1MicroTime(now.getTime()) } } },
+          opts,
+        );
         this.#lastOkAt = performance.now();
         this.#observe(updated);
         return true;
@@ -258,10 +288,18 @@ export class LeaderElector {
         return false;
       }
       try {
-        const created = await coordination.createNamespacedLease({
-          namespace,
-          body: { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name, namespace }, spec: this.#spec(now, 0, now) },
-        }, opts);
+        const created = await coordination.createNamespacedLease(
+          {
+            namespace,
+            body: {
+              apiVersion: 'coordination.k8s.io/v1',
+              kind: 'Lease',
+              metadata: { name, namespace },
+              spec: this.#spec(now, 0, now),
+            },
+          },
+          opts,
+        );
         this.#lastOkAt = performance.now();
         this.#observe(created);
         return true;
@@ -282,11 +320,14 @@ export class LeaderElector {
     const acquireTime = ours && spec.acquireTime !== undefined ? new Date(spec.acquireTime) : now;
     const transitions = (spec.leaseTransitions ?? 0) + (ours ? 0 : 1);
     try {
-      const updated = await coordination.replaceNamespacedLease({
-        name,
-        namespace,
-        body: { ...lease, spec: { ...spec, ...this.#spec(acquireTime, transitions, now) } },
-      }, opts);
+      const updated = await coordination.replaceNamespacedLease(
+        {
+          name,
+          namespace,
+          body: { ...lease, spec: { ...spec, ...this.#spec(acquireTime, transitions, now) } },
+        },
+        opts,
+      );
       this.#lastOkAt = performance.now();
       this.#observe(updated);
       return true;
@@ -306,11 +347,14 @@ export class LeaderElector {
     if (lease?.spec?.holderIdentity !== this.#options.identity) return;
     const now = new Date();
     try {
-      await this.#options.coordination.replaceNamespacedLease({
-        name: this.#options.leaseName,
-        namespace: this.#options.namespace,
-        body: { ...lease, spec: { ...lease.spec, ...this.#spec(now, lease.spec.leaseTransitions ?? 0, now, '', 1) } },
-      }, withTimeout(this.#retryPeriodMs));
+      await this.#options.coordination.replaceNamespacedLease(
+        {
+          name: this.#options.leaseName,
+          namespace: this.#options.namespace,
+          body: { ...lease, spec: { ...lease.spec, ...this.#spec(now, lease.spec.leaseTransitions ?? 0, now, '', 1) } },
+        },
+        withTimeout(this.#retryPeriodMs),
+      );
       this.#log?.info('released leader lease');
     } catch (err) {
       this.#log?.warn({ error: describeApiError(err) }, 'releasing leader lease failed');

@@ -52,7 +52,12 @@ export interface OperatorMetrics {
    * is bounded by the pulls running at once: removePull() drops them when the pull stops running
    * (Paused, Completed, Failed, Pending again), is deleted, or the controller stops.
    */
-  setRunningPull(namespace: string, name: string, progress: { readonly currentBytes?: number; readonly totalBytes?: number }, nowMs: number): void;
+  setRunningPull(
+    namespace: string,
+    name: string,
+    progress: { readonly currentBytes?: number; readonly totalBytes?: number },
+    nowMs: number,
+  ): void;
   removePull(namespace: string, name: string): void;
 }
 
@@ -84,11 +89,25 @@ export function createMetrics(options: MetricsOptions = {}): OperatorMetrics {
       if (phaseSource !== undefined) setJobsByPhase(phaseSource());
     },
   });
-  const bytesStreamed = new Counter({ name: 'blockpull_bytes_streamed_total', help: 'Bytes copied by block pulls', registers });
-  const reconcileTotal = new Counter({ name: 'blockpull_reconcile_total', help: 'Reconciles by result', labelNames: ['result'] as const, registers });
+  const bytesStreamed = new Counter({
+    name: 'blockpull_bytes_streamed_total',
+    help: 'Bytes copied by block pulls',
+    registers,
+  });
+  const reconcileTotal = new Counter({
+    name: 'blockpull_reconcile_total',
+    help: 'Reconciles by result',
+    labelNames: ['result'] as const,
+    registers,
+  });
   // The results are known in advance: start them at 0, so error rates and ratios exist before the first error.
   for (const result of ['success', 'error', 'requeue']) reconcileTotal.inc({ result }, 0);
-  const reconcileErrors = new Counter({ name: 'blockpull_reconcile_errors_total', help: 'Failed reconciles by reason', labelNames: ['reason'] as const, registers });
+  const reconcileErrors = new Counter({
+    name: 'blockpull_reconcile_errors_total',
+    help: 'Failed reconciles by reason',
+    labelNames: ['reason'] as const,
+    registers,
+  });
   const reconcileDuration = new Histogram({
     name: 'blockpull_reconcile_duration_seconds',
     help: 'Duration of one reconcile',
@@ -96,12 +115,40 @@ export function createMetrics(options: MetricsOptions = {}): OperatorMetrics {
     buckets: durationBuckets,
     registers,
   });
-  const statusWrites = new Counter({ name: 'blockpull_status_writes_total', help: 'Status subresource writes by kind', labelNames: ['kind'] as const, registers });
-  const pullsStarted = new Counter({ name: 'blockpull_pulls_started_total', help: 'Block jobs started by this operator', registers });
-  const eventsDropped = new Counter({ name: 'blockpull_events_dropped_total', help: 'Events not recorded because the event queue was full', registers });
-  const workqueueDepth = new Gauge({ name: 'workqueue_depth', help: 'Current depth of the work queue', labelNames: ['name'] as const, registers });
-  const workqueueAdds = new Counter({ name: 'workqueue_adds_total', help: 'Adds handled by the work queue', labelNames: ['name'] as const, registers });
-  const workqueueRetries = new Counter({ name: 'workqueue_retries_total', help: 'Rate-limited re-adds', labelNames: ['name'] as const, registers });
+  const statusWrites = new Counter({
+    name: 'blockpull_status_writes_total',
+    help: 'Status subresource writes by kind',
+    labelNames: ['kind'] as const,
+    registers,
+  });
+  const pullsStarted = new Counter({
+    name: 'blockpull_pulls_started_total',
+    help: 'Block jobs started by this operator',
+    registers,
+  });
+  const eventsDropped = new Counter({
+    name: 'blockpull_events_dropped_total',
+    help: 'Events not recorded because the event queue was full',
+    registers,
+  });
+  const workqueueDepth = new Gauge({
+    name: 'workqueue_depth',
+    help: 'Current depth of the work queue',
+    labelNames: ['name'] as const,
+    registers,
+  });
+  const workqueueAdds = new Counter({
+    name: 'workqueue_adds_total',
+    help: 'Adds handled by the work queue',
+    labelNames: ['name'] as const,
+    registers,
+  });
+  const workqueueRetries = new Counter({
+    name: 'workqueue_retries_total',
+    help: 'Rate-limited re-adds',
+    labelNames: ['name'] as const,
+    registers,
+  });
   const workqueueQueueDuration = new Histogram({
     name: 'workqueue_queue_duration_seconds',
     help: 'Time an item waits in the queue before being handed out',
@@ -116,11 +163,34 @@ export function createMetrics(options: MetricsOptions = {}): OperatorMetrics {
     buckets: durationBuckets,
     registers,
   });
-  const informerRestarts = new Counter({ name: 'blockpull_informer_restarts_total', help: 'Watchdog restarts of an informer', labelNames: ['resource'] as const, registers });
-  const informerStalled = new Gauge({ name: 'blockpull_informer_stalled', help: '1 while an informer is unhealthy beyond its stall threshold', labelNames: ['resource'] as const, registers });
-  const informerHealthy = new Gauge({ name: 'blockpull_informer_healthy', help: '1 when an informer has listed and is watching', labelNames: ['resource'] as const, registers });
-  const leader = new Gauge({ name: 'blockpull_leader', help: '1 while this process holds the leader lease', registers });
-  const leaderTransitions = new Counter({ name: 'blockpull_leader_transitions_total', help: 'Times this process became or stopped being leader', registers });
+  const informerRestarts = new Counter({
+    name: 'blockpull_informer_restarts_total',
+    help: 'Watchdog restarts of an informer',
+    labelNames: ['resource'] as const,
+    registers,
+  });
+  const informerStalled = new Gauge({
+    name: 'blockpull_informer_stalled',
+    help: '1 while an informer is unhealthy beyond its stall threshold',
+    labelNames: ['resource'] as const,
+    registers,
+  });
+  const informerHealthy = new Gauge({
+    name: 'blockpull_informer_healthy',
+    help: '1 when an informer has listed and is watching',
+    labelNames: ['resource'] as const,
+    registers,
+  });
+  const leader = new Gauge({
+    name: 'blockpull_leader',
+    help: '1 while this process holds the leader lease',
+    registers,
+  });
+  const leaderTransitions = new Counter({
+    name: 'blockpull_leader_transitions_total',
+    help: 'Times this process became or stopped being leader',
+    registers,
+  });
   leader.set(0);
   const pullLabels = ['blockpull_namespace', 'blockpull_name'] as const;
   const pullProgress = new Gauge({

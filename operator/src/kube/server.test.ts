@@ -47,7 +47,13 @@ describe('metrics server', () => {
 
 describe('health server', () => {
   it('/healthz is ok while the event loop runs, 500 after it was blocked', async () => {
-    const s = await startHealthServer({ port: 0, host: '127.0.0.1', readiness: {}, maxEventLoopLagMs: 300, lagWindowMs: 1500 });
+    const s = await startHealthServer({
+      port: 0,
+      host: '127.0.0.1',
+      readiness: {},
+      maxEventLoopLagMs: 300,
+      lagWindowMs: 1500,
+    });
     servers.push(s);
     expect(await get(s.port, '/healthz')).toMatchObject({ status: 200, text: 'ok\n' });
     // Block the loop for 800 ms; the heartbeat notices, and the next probe reports it
@@ -83,7 +89,16 @@ describe('health server', () => {
   });
 
   it('leaderAwareReadiness: leader needs synced informers, standby needs to participate', () => {
-    const e = { leader: false, part: false, isLeader() { return this.leader; }, isParticipating() { return this.part; } };
+    const e = {
+      leader: false,
+      part: false,
+      isLeader() {
+        return this.leader;
+      },
+      isParticipating() {
+        return this.part;
+      },
+    };
     let synced = false;
     const check = leaderAwareReadiness(e, () => synced);
     expect(check()).toMatch(/standby/);

@@ -31,7 +31,12 @@ export interface RunningServer {
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
 
-async function listen(port: number, host: string | undefined, routes: Record<string, Handler>, logger?: Logger): Promise<RunningServer> {
+async function listen(
+  port: number,
+  host: string | undefined,
+  routes: Record<string, Handler>,
+  logger?: Logger,
+): Promise<RunningServer> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     const handler = routes[path];

@@ -119,7 +119,7 @@ interface Timed {
 /** Push onto a binary min-heap ordered by `at`. */
 function heapPush<E extends Timed>(heap: E[], e: E): void {
   heap.push(e);
-  for (let i = heap.length - 1; i > 0; ) {
+  for (let i = heap.length - 1; i > 0;) {
     const parent = (i - 1) >> 1;
     if (heap[parent]!.at <= heap[i]!.at) break;
     [heap[parent], heap[i]] = [heap[i]!, heap[parent]!];
@@ -133,7 +133,7 @@ function heapPop<E extends Timed>(heap: E[]): E | undefined {
   const last = heap.pop();
   if (top === undefined || last === undefined || heap.length === 0) return top;
   heap[0] = last;
-  for (let i = 0; ; ) {
+  for (let i = 0; ;) {
     const l = 2 * i + 1;
     const r = l + 1;
     let m = i;
@@ -223,7 +223,8 @@ export class WorkQueue<T = string> {
     if (pending !== undefined && pending <= at) return;
     this.#waiting.set(item, at);
     // Stale entries pile up only when items are moved earlier again and again: rebuild then.
-    if (this.#heap.length > 2 * this.#waiting.size + 64) this.#heap = [...this.#waiting].map(([i, t]) => ({ at: t, item: i })).sort((a, b) => a.at - b.at);
+    if (this.#heap.length > 2 * this.#waiting.size + 64)
+      this.#heap = [...this.#waiting].map(([i, t]) => ({ at: t, item: i })).sort((a, b) => a.at - b.at);
     else heapPush(this.#heap, { at, item });
     this.#armTimer();
   }

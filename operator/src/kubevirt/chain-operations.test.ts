@@ -3,19 +3,28 @@ import { chainOperations, hotplugVolumeOf, operationVmKey } from './chain-operat
 import { VmiSchema } from './launcher.ts';
 
 const vmi = (status: Record<string, unknown> = {}, spec: Record<string, unknown> = {}) =>
-  VmiSchema.parse({ metadata: { name: 'vm1', namespace: 'ns', uid: 'u1' }, spec, status: { phase: 'Running', ...status } });
+  VmiSchema.parse({
+    metadata: { name: 'vm1', namespace: 'ns', uid: 'u1' },
+    spec,
+    status: { phase: 'Running', ...status },
+  });
 const source = { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'vm1' };
 const snapshot = (name: string, phase?: string, src: Record<string, unknown> = source, ns = 'ns') => ({
   metadata: { name, namespace: ns },
   spec: { source: src },
   ...(phase !== undefined ? { status: { phase } } : {}),
 });
-const backup = (name: string, conditions: { type: string; status: string; reason?: string }[] = []) => ({ metadata: { name, namespace: 'ns' }, spec: { source, pvcName: 'out' }, status: { conditions } });
+const backup = (name: string, conditions: { type: string; status: string; reason?: string }[] = []) => ({
+  metadata: { name, namespace: 'ns' },
+  spec: { source, pvcName: 'out' },
+  status: { conditions },
+});
 const CHAIN = [
   { position: 0, path: '/var/run/kubevirt-ephemeral-disks/disk-data/rootdisk/disk.qcow2', format: 'qcow2' },
   { position: 1, path: '/var/run/kubevirt/container-disks/disk_0.img', format: 'qcow2' },
 ];
-const ops = (o: Partial<Parameters<typeof chainOperations>[0]> = {}) => chainOperations({ vmi: vmi(), disk: 'rootdisk', chain: CHAIN, snapshots: [], backups: [], ...o });
+const ops = (o: Partial<Parameters<typeof chainOperations>[0]> = {}) =>
+  chainOperations({ vmi: vmi(), disk: 'rootdisk', chain: CHAIN, snapshots: [], backups: [], ...o });
 
 describe("KubeVirt's chain operations", () => {
   it('none: an idle VM', () => {
@@ -24,25 +33,42 @@ describe("KubeVirt's chain operations", () => {
     expect(
       ops({
         vmi: vmi({ conditions: [{ type: 'OverlaySnapshotActive', status: 'False' }] }),
-        snapshots: [snapshot('s1', 'Succeeded'), snapshot('s2', 'Failed'), snapshot('s3', 'InProgress', { ...source, name: 'vm2' }), snapshot('s4', 'InProgress', source, 'other')],
-        backups: [backup('b1', [{ type: 'Complete', status: 'True' }]), backup('b2', [{ type: 'Failed', status: 'True' }])],
+        snapshots: [
+          snapshot('s1', 'Succeeded'),
+          snapshot('s2', 'Failed'),
+          snapshot('s3', 'InProgress', { ...source, name: 'vm2' }),
+          snapshot('s4', 'InProgress', source, 'other'),
+        ],
+        backups: [
+          backup('b1', [{ type: 'Complete', status: 'True' }]),
+          backup('b2', [{ type: 'Failed', status: 'True' }]),
+        ],
       }),
     ).toEqual([]);
   });
 
   it('an external snapshot window: the VMI condition OverlaySnapshotActive=True', () => {
-    const [op] = ops({ vmi: vmi({ conditions: [{ type: 'OverlaySnapshotActive', status: 'True', reason: 'SnapshotInProgress' }] }) });
+    const [op] = ops({
+      vmi: vmi({ conditions: [{ type: 'OverlaySnapshotActive', status: 'True', reason: 'SnapshotInProgress' }] }),
+    });
     expect(op).toMatchObject({ kind: 'snapshot', name: 'the external snapshot of VirtualMachineInstance ns/vm1' });
     expect(op?.message).toMatch(/OverlaySnapshotActive=True \(SnapshotInProgress\)/);
   });
 
   it('a VirtualMachineSnapshot of the VM not in a final phase (no phase yet counts)', () => {
-    expect(ops({ snapshots: [snapshot('s-b', 'InProgress'), snapshot('s-a')] }).map((o) => o.name)).toEqual(['VirtualMachineSnapshot ns/s-a', 'VirtualMachineSnapshot ns/s-b']);
+    expect(ops({ snapshots: [snapshot('s-b', 'InProgress'), snapshot('s-a')] }).map((o) => o.name)).toEqual([
+      'VirtualMachineSnapshot ns/s-a',
+      'VirtualMachineSnapshot ns/s-b',
+    ]);
     expect(ops({ snapshots: [snapshot('s', 'Unknown')] })[0]?.message).toMatch(/phase Unknown/);
   });
 
   it("an image of the chain on a hot-plugged or utility volume other than the disk's own: KubeVirt's overlay", () => {
-    const ovl = { position: 0, path: '/var/run/kubevirt/hotplug-disks/snap-1-snap-scratch/ovl-rootdisk.qcow2', format: 'qcow2' };
+    const ovl = {
+      position: 0,
+      path: '/var/run/kubevirt/hotplug-disks/snap-1-snap-scratch/ovl-rootdisk.qcow2',
+      format: 'qcow2',
+    };
     const chain = [ovl, ...CHAIN.map((l) => ({ ...l, position: l.position + 1 }))];
     const withUtility = vmi({}, { utilityVolumes: [{ name: 'snap-1-snap-scratch' }] });
     const [op] = ops({ vmi: withUtility, chain });
@@ -52,9 +78,16 @@ describe("KubeVirt's chain operations", () => {
     expect(ops({ chain })[0]?.message).toMatch(/lies on hot-plugged volume snap-1-snap-scratch/);
     // A hot-plugged volume listed in volumeStatus.
     const hp = vmi({ volumeStatus: [{ name: 'scratch', hotplugVolume: { attachPodName: 'p' } }] });
-    expect(ops({ vmi: hp, chain: [{ position: 0, path: '/var/run/kubevirt/hotplug-disks/scratch.img', format: 'qcow2' }, CHAIN[1]!] })[0]?.message).toMatch(/hot-plugged or utility volume scratch/);
+    expect(
+      ops({
+        vmi: hp,
+        chain: [{ position: 0, path: '/var/run/kubevirt/hotplug-disks/scratch.img', format: 'qcow2' }, CHAIN[1]!],
+      })[0]?.message,
+    ).toMatch(/hot-plugged or utility volume scratch/);
     // The disk's own hot-plugged volume is its own: not a window.
-    expect(ops({ chain: [{ position: 0, path: '/var/run/kubevirt/hotplug-disks/rootdisk.img', format: 'qcow2' }] })).toEqual([]);
+    expect(
+      ops({ chain: [{ position: 0, path: '/var/run/kubevirt/hotplug-disks/rootdisk.img', format: 'qcow2' }] }),
+    ).toEqual([]);
   });
 
   it('a VirtualMachineBackup of the VM without Complete or Failed True', () => {
@@ -65,13 +98,22 @@ describe("KubeVirt's chain operations", () => {
   });
 
   it('snapshots come before backups', () => {
-    const all = ops({ vmi: vmi({ conditions: [{ type: 'OverlaySnapshotActive', status: 'True' }] }), backups: [backup('bk')], snapshots: [snapshot('s')] });
+    const all = ops({
+      vmi: vmi({ conditions: [{ type: 'OverlaySnapshotActive', status: 'True' }] }),
+      backups: [backup('bk')],
+      snapshots: [snapshot('s')],
+    });
     expect(all.map((o) => o.kind)).toEqual(['snapshot', 'snapshot', 'backup']);
   });
 
   it('the VM of a snapshot or backup: its source VirtualMachine; a tracker names none', () => {
     expect(operationVmKey(snapshot('s'))).toBe('ns/vm1');
-    expect(operationVmKey({ metadata: { namespace: 'ns' }, spec: { source: { apiGroup: 'backup.kubevirt.io', kind: 'VirtualMachineBackupTracker', name: 't' } } })).toBeUndefined();
+    expect(
+      operationVmKey({
+        metadata: { namespace: 'ns' },
+        spec: { source: { apiGroup: 'backup.kubevirt.io', kind: 'VirtualMachineBackupTracker', name: 't' } },
+      }),
+    ).toBeUndefined();
     expect(operationVmKey({})).toBeUndefined();
   });
 

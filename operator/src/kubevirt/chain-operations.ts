@@ -24,7 +24,9 @@ export const VMSNAPSHOT_REFS: readonly ResourceRef[] = [
   { group: 'snapshot.kubevirt.io', version: 'v1alpha1', plural: 'virtualmachinesnapshots' },
 ];
 /** VirtualMachineBackups (backup.kubevirt.io, alpha in KubeVirt 1.8). */
-export const VMBACKUP_REFS: readonly ResourceRef[] = [{ group: 'backup.kubevirt.io', version: 'v1alpha1', plural: 'virtualmachinebackups' }];
+export const VMBACKUP_REFS: readonly ResourceRef[] = [
+  { group: 'backup.kubevirt.io', version: 'v1alpha1', plural: 'virtualmachinebackups' },
+];
 
 /** The VMI condition KubeVirt sets while the overlays of an external snapshot exist. */
 export const OVERLAY_SNAPSHOT_CONDITION = 'OverlaySnapshotActive';
@@ -68,7 +70,10 @@ const VmSnapshotSchema = z.looseObject({
 const VmBackupSchema = z.looseObject({
   metadata: z.looseObject({ name: z.string(), namespace: z.string() }),
   spec: z.looseObject({ source: sourceSchema.optional() }),
-  status: z.looseObject({ conditions: z.array(conditionSchema).optional() }).nullable().optional(),
+  status: z
+    .looseObject({ conditions: z.array(conditionSchema).optional() })
+    .nullable()
+    .optional(),
 });
 
 /**
@@ -76,7 +81,12 @@ const VmBackupSchema = z.looseObject({
  * (a backup through a VirtualMachineBackupTracker names no VM). The VMI has the VM's name.
  */
 export function operationVmKey(raw: unknown): string | undefined {
-  const r = z.looseObject({ metadata: z.looseObject({ namespace: z.string() }), spec: z.looseObject({ source: sourceSchema.optional() }) }).safeParse(raw);
+  const r = z
+    .looseObject({
+      metadata: z.looseObject({ namespace: z.string() }),
+      spec: z.looseObject({ source: sourceSchema.optional() }),
+    })
+    .safeParse(raw);
   if (!r.success) return undefined;
   const src = r.data.spec.source;
   if (src?.kind !== 'VirtualMachine' || src.name === undefined) return undefined;
@@ -107,7 +117,14 @@ function openSnapshots(vmi: Vmi, rawSnapshots: readonly unknown[]): ChainOperati
     const phase = r.data.status?.phase;
     if (phase !== undefined && VMSNAPSHOT_FINAL_PHASES.includes(phase)) continue;
     const name = `VirtualMachineSnapshot ${ns}/${r.data.metadata.name}`;
-    out.push({ name: r.data.metadata.name, op: { kind: 'snapshot', name, message: `${name} (phase ${phase ?? 'not started'}) snapshots VirtualMachine ${ns}/${vmi.metadata.name}` } });
+    out.push({
+      name: r.data.metadata.name,
+      op: {
+        kind: 'snapshot',
+        name,
+        message: `${name} (phase ${phase ?? 'not started'}) snapshots VirtualMachine ${ns}/${vmi.metadata.name}`,
+      },
+    });
   }
   return out.sort((a, b) => a.name.localeCompare(b.name)).map((x) => x.op);
 }
@@ -125,7 +142,10 @@ function openBackups(vmi: Vmi, rawBackups: readonly unknown[]): ChainOperation[]
     const progressing = conditions.find((c) => c.type === 'Progressing');
     const name = `VirtualMachineBackup ${ns}/${r.data.metadata.name}`;
     const state = progressing?.reason !== undefined ? ` (${progressing.reason})` : '';
-    out.push({ name: r.data.metadata.name, op: { kind: 'backup', name, message: `${name}${state} backs up VirtualMachine ${ns}/${vmi.metadata.name}` } });
+    out.push({
+      name: r.data.metadata.name,
+      op: { kind: 'backup', name, message: `${name}${state} backs up VirtualMachine ${ns}/${vmi.metadata.name}` },
+    });
   }
   return out.sort((a, b) => a.name.localeCompare(b.name)).map((x) => x.op);
 }
@@ -138,7 +158,8 @@ function foreignVolumes(vmi: Vmi, disk: string): Set<string> {
   const r = VmiOperationsSchema.safeParse(vmi);
   const names = new Set<string>();
   if (!r.success) return names;
-  for (const v of r.data.status?.volumeStatus ?? []) if (v.hotplugVolume !== undefined && v.hotplugVolume !== null) names.add(v.name);
+  for (const v of r.data.status?.volumeStatus ?? [])
+    if (v.hotplugVolume !== undefined && v.hotplugVolume !== null) names.add(v.name);
   for (const v of r.data.spec?.utilityVolumes ?? []) names.add(v.name);
   names.delete(disk);
   return names;

@@ -9,7 +9,15 @@ import type { Readable, Writable } from 'node:stream';
 import type { V1Status } from '@kubernetes/client-node';
 import { KubeConfig } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { ExecRunner, connectErrorMessage, KILL_ON_DISCONNECT_SCRIPT, NOT_FOUND_MARKER, STOPPED_EXIT_CODE, parseExecStatus, type ExecLike } from './exec-runner.ts';
+import {
+  ExecRunner,
+  connectErrorMessage,
+  KILL_ON_DISCONNECT_SCRIPT,
+  NOT_FOUND_MARKER,
+  STOPPED_EXIT_CODE,
+  parseExecStatus,
+  type ExecLike,
+} from './exec-runner.ts';
 import { RunOutputLimitError, RunTimeoutError, RunTransportError } from '../hypervisor/runner.ts';
 
 describe('parseExecStatus', () => {
@@ -28,13 +36,20 @@ describe('parseExecStatus', () => {
     expect(parseExecStatus(st)).toEqual({ kind: 'exit', exitCode: 3 });
   });
   it('NonZeroExitCode without a usable ExitCode cause is an error', () => {
-    expect(parseExecStatus({ status: 'Failure', reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: 'x' }] } }).kind).toBe('error');
+    expect(
+      parseExecStatus({
+        status: 'Failure',
+        reason: 'NonZeroExitCode',
+        details: { causes: [{ reason: 'ExitCode', message: 'x' }] },
+      }).kind,
+    ).toBe('error');
     expect(parseExecStatus({ status: 'Failure', reason: 'NonZeroExitCode' }).kind).toBe('error');
   });
   it('other failures are errors carrying the message', () => {
     const st = {
       status: 'Failure',
-      message: 'OCI runtime exec failed: exec failed: unable to start container process: exec: "virsh": executable file not found in $PATH',
+      message:
+        'OCI runtime exec failed: exec failed: unable to start container process: exec: "virsh": executable file not found in $PATH',
       reason: 'InternalError',
     };
     const r = parseExecStatus(st);
@@ -59,9 +74,22 @@ interface Script {
 }
 
 /** Delivers the scripted frames the way client-node's handler does: streams, then status, then close. */
-function scriptedExec(script: Script, seen: { argv?: string[]; container?: string; closed: number; stdinEnded?: boolean }): ExecLike {
+function scriptedExec(
+  script: Script,
+  seen: { argv?: string[]; container?: string; closed: number; stdinEnded?: boolean },
+): ExecLike {
   return {
-    exec(_ns: string, _pod: string, container: string, command: string | string[], stdout: Writable | null, stderr: Writable | null, stdin: Readable | null, _tty: boolean, cb?: (s: V1Status) => void) {
+    exec(
+      _ns: string,
+      _pod: string,
+      container: string,
+      command: string | string[],
+      stdout: Writable | null,
+      stderr: Writable | null,
+      stdin: Readable | null,
+      _tty: boolean,
+      cb?: (s: V1Status) => void,
+    ) {
       seen.argv = Array.isArray(command) ? command : [command];
       stdin?.on('data', () => undefined).on('end', () => (seen.stdinEnded = true));
       seen.container = container;
@@ -87,20 +115,34 @@ function scriptedExec(script: Script, seen: { argv?: string[]; container?: strin
         if (script.closeAfterMs !== undefined) setTimeout(() => ws.close(), script.closeAfterMs);
       });
       const delay = script.connectAfterMs;
-      return delay === undefined ? Promise.resolve(ws) : new Promise<typeof ws>((res) => setTimeout(() => res(ws), delay));
+      return delay === undefined
+        ? Promise.resolve(ws)
+        : new Promise<typeof ws>((res) => setTimeout(() => res(ws), delay));
     },
   };
 }
 
 function runner(script: Script, killOnDisconnect = false) {
   const seen = { closed: 0 } as { argv?: string[]; container?: string; closed: number; stdinEnded?: boolean };
-  const r = new ExecRunner({ kc: new KubeConfig(), namespace: 'ns', pod: 'virt-launcher-x', exec: scriptedExec(script, seen), killOnDisconnect, stopGraceMs: 50 });
+  const r = new ExecRunner({
+    kc: new KubeConfig(),
+    namespace: 'ns',
+    pod: 'virt-launcher-x',
+    exec: scriptedExec(script, seen),
+    killOnDisconnect,
+    stopGraceMs: 50,
+  });
   return { r, seen };
 }
 
 describe('ExecRunner', () => {
   it('collects stdout/stderr and the exit code; passes argv unchanged to container compute', async () => {
-    const { r, seen } = runner({ stdout: ['Block Pull ', 'started\n'], stderr: ['warn\n'], status: { status: 'Success' }, closeAfterMs: 0 });
+    const { r, seen } = runner({
+      stdout: ['Block Pull ', 'started\n'],
+      stderr: ['warn\n'],
+      status: { status: 'Success' },
+      closeAfterMs: 0,
+    });
     expect(r.description).toBe('exec ns/virt-launcher-x/compute');
     const res = await r.run(['virsh', '-c', 'qemu:///system', 'blockpull', 'ns_vm; rm -rf /', 'vda']);
     expect(res).toEqual({ exitCode: 0, stdout: 'Block Pull started\n', stderr: 'warn\n' });
@@ -112,7 +154,16 @@ describe('ExecRunner', () => {
     const { r, seen } = runner({}, true);
     const h = r.stream(['virsh', 'event', '--domain', 'ns_vm; reboot']);
     await new Promise((res) => setTimeout(res, 10));
-    expect(seen.argv).toEqual(['sh', '-c', KILL_ON_DISCONNECT_SCRIPT, 'blockpull-exec', 'virsh', 'event', '--domain', 'ns_vm; reboot']);
+    expect(seen.argv).toEqual([
+      'sh',
+      '-c',
+      KILL_ON_DISCONNECT_SCRIPT,
+      'blockpull-exec',
+      'virsh',
+      'event',
+      '--domain',
+      'ns_vm; reboot',
+    ]);
     expect(KILL_ON_DISCONNECT_SCRIPT).toContain('"$@"');
     h.stop();
     await new Promise((res) => setTimeout(res, 10));
@@ -123,7 +174,11 @@ describe('ExecRunner', () => {
   });
 
   it('a refused connect (an ErrorEvent, not an Error) is a RunTransportError that says what the server answered', async () => {
-    const refused = { type: 'error', message: 'Unexpected server response: 403', error: new Error('Unexpected server response: 403') };
+    const refused = {
+      type: 'error',
+      message: 'Unexpected server response: 403',
+      error: new Error('Unexpected server response: 403'),
+    };
     const { r } = runner({ connectError: refused });
     await expect(r.run(['virsh', 'list'])).rejects.toThrow(/cannot exec virsh: Unexpected server response: 403$/);
     expect(connectErrorMessage(new Error('boom'))).toBe('boom');
@@ -131,7 +186,11 @@ describe('ExecRunner', () => {
   });
 
   it("the wrapper's not-found report is a RunTransportError; an ordinary 127 is an exit code", async () => {
-    const notFound = { status: 'Failure', reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: '127' }] } };
+    const notFound = {
+      status: 'Failure',
+      reason: 'NonZeroExitCode',
+      details: { causes: [{ reason: 'ExitCode', message: '127' }] },
+    };
     const a = runner({ stderr: [`${NOT_FOUND_MARKER}: virsh\n`], status: notFound, closeAfterMs: 0 }, true);
     await expect(a.r.run(['virsh', 'list'])).rejects.toThrow(RunTransportError);
     const b = runner({ stderr: ['sh: foo: not found\n'], status: notFound, closeAfterMs: 0 }, true);
@@ -141,7 +200,11 @@ describe('ExecRunner', () => {
   it('returns a non-zero exit code instead of throwing', async () => {
     const { r } = runner({
       stderr: ["error: failed to get domain 'x'\n"],
-      status: { status: 'Failure', reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: '1' }] } },
+      status: {
+        status: 'Failure',
+        reason: 'NonZeroExitCode',
+        details: { causes: [{ reason: 'ExitCode', message: '1' }] },
+      },
       closeAfterMs: 0,
     });
     const res = await r.run(['virsh', 'dominfo', 'x']);
@@ -150,7 +213,10 @@ describe('ExecRunner', () => {
   });
 
   it('other failures and a close without status are RunTransportError', async () => {
-    const a = runner({ status: { status: 'Failure', reason: 'InternalError', message: 'executable file not found' }, closeAfterMs: 0 });
+    const a = runner({
+      status: { status: 'Failure', reason: 'InternalError', message: 'executable file not found' },
+      closeAfterMs: 0,
+    });
     await expect(a.r.run(['virsh'])).rejects.toThrow(RunTransportError);
     const b = runner({ closeAfterMs: 0 });
     await expect(b.r.run(['virsh'])).rejects.toThrow(/closed without an exit status/);
@@ -193,7 +259,11 @@ describe('ExecRunner', () => {
   });
 
   it('stream() yields lines as they come and ends with the exit code', async () => {
-    const { r } = runner({ stdout: ["event 'block-job-2' for domain 'd': Block Pull for vda completed\nsec", 'ond\nlast'], status: { status: 'Success' }, closeAfterMs: 5 });
+    const { r } = runner({
+      stdout: ["event 'block-job-2' for domain 'd': Block Pull for vda completed\nsec", 'ond\nlast'],
+      status: { status: 'Success' },
+      closeAfterMs: 5,
+    });
     const h = r.stream(['virsh', 'event', '--loop']);
     const lines: string[] = [];
     for await (const l of h.lines) lines.push(l);
@@ -202,7 +272,11 @@ describe('ExecRunner', () => {
   });
 
   it('stream(): a transport failure ends the lines and rejects done, without an unhandled rejection', async () => {
-    const { r } = runner({ stdout: ['a\n'], status: { status: 'Failure', reason: 'InternalError', message: 'container is in CONTAINER_EXITED state' }, closeAfterMs: 0 });
+    const { r } = runner({
+      stdout: ['a\n'],
+      status: { status: 'Failure', reason: 'InternalError', message: 'container is in CONTAINER_EXITED state' },
+      closeAfterMs: 0,
+    });
     const h = r.stream(['virsh', 'event', '--loop']);
     const lines: string[] = [];
     for await (const l of h.lines) lines.push(l); // only the lines are consumed here
@@ -229,10 +303,16 @@ describe('ExecRunner', () => {
       // 1 MiB in 16 KiB chunks and no exit status: a launcher that floods and never ends.
       const flood = Array.from({ length: 64 }, () => chunk);
       const { r, seen } = runner(which === 'stdout' ? { stdout: flood } : { stderr: flood }, true);
-      const err: unknown = await r.run(['virsh', 'dumpxml', 'd'], { maxOutputBytes: 64 * 1024 }).catch((e: unknown) => e);
+      const err: unknown = await r
+        .run(['virsh', 'dumpxml', 'd'], { maxOutputBytes: 64 * 1024 })
+        .catch((e: unknown) => e);
       expect(err, which).toBeInstanceOf(RunOutputLimitError);
       expect((err as RunOutputLimitError).what).toBe(which);
-      expect((err as Error).message).toMatch(new RegExp(`^${which} of the command exceeded the limit of 65536 bytes; the command was killed: virsh dumpxml d`));
+      expect((err as Error).message).toMatch(
+        new RegExp(
+          `^${which} of the command exceeded the limit of 65536 bytes; the command was killed: virsh dumpxml d`,
+        ),
+      );
       expect(seen.stdinEnded, which).toBe(true);
       expect(seen.closed, which).toBe(1);
     }
@@ -240,7 +320,14 @@ describe('ExecRunner', () => {
     const ok = runner({ stdout: [chunk], status: { status: 'Success' }, closeAfterMs: 0 });
     expect((await ok.r.run(['virsh', 'dumpxml', 'd'], { maxOutputBytes: 64 * 1024 })).stdout).toBe(chunk);
     const seen = { closed: 0 };
-    const small = new ExecRunner({ kc: new KubeConfig(), namespace: 'ns', pod: 'p', exec: scriptedExec({ stdout: [chunk, chunk] }, seen), killOnDisconnect: false, maxOutputBytes: 20_000 });
+    const small = new ExecRunner({
+      kc: new KubeConfig(),
+      namespace: 'ns',
+      pod: 'p',
+      exec: scriptedExec({ stdout: [chunk, chunk] }, seen),
+      killOnDisconnect: false,
+      maxOutputBytes: 20_000,
+    });
     await expect(small.run(['virsh', 'dumpxml', 'd'])).rejects.toThrow(RunOutputLimitError);
   });
 

@@ -51,7 +51,8 @@ const execStatusSchema = z.looseObject({
     .optional(),
 });
 
-export type ExecOutcome = { readonly kind: 'exit'; readonly exitCode: number } | { readonly kind: 'error'; readonly message: string };
+export type ExecOutcome =
+  { readonly kind: 'exit'; readonly exitCode: number } | { readonly kind: 'error'; readonly message: string };
 
 /** Map the V1Status from the exec status channel to an exit code or a transport error. */
 export function parseExecStatus(status: unknown): ExecOutcome {
@@ -61,11 +62,15 @@ export function parseExecStatus(status: unknown): ExecOutcome {
   if (s.status === 'Success') return { kind: 'exit', exitCode: 0 };
   if (s.status === 'Failure' && s.reason === 'NonZeroExitCode') {
     const cause = s.details?.causes?.find((c) => c.reason === 'ExitCode');
-    const code = cause?.message !== undefined && /^[0-9]+$/.test(cause.message.trim()) ? Number(cause.message.trim()) : NaN;
+    const code =
+      cause?.message !== undefined && /^[0-9]+$/.test(cause.message.trim()) ? Number(cause.message.trim()) : NaN;
     if (Number.isInteger(code)) return { kind: 'exit', exitCode: code };
     return { kind: 'error', message: `exec failed with NonZeroExitCode but no ExitCode cause: ${s.message ?? ''}` };
   }
-  return { kind: 'error', message: `exec failed: ${s.reason ?? s.status ?? 'unknown'}${s.message ? `: ${s.message}` : ''}` };
+  return {
+    kind: 'error',
+    message: `exec failed: ${s.reason ?? s.status ?? 'unknown'}${s.message ? `: ${s.message}` : ''}`,
+  };
 }
 
 /** The part of client-node's Exec the runner uses (tests may substitute a fake socket server). */
@@ -80,7 +85,12 @@ export interface ExecLike {
     stdin: Readable | null,
     tty: boolean,
     statusCallback?: (status: V1Status) => void,
-  ): Promise<{ close(): void; on(event: 'close', cb: () => void): unknown; on(event: 'error', cb: (err: Error) => void): unknown; readyState: number }>;
+  ): Promise<{
+    close(): void;
+    on(event: 'close', cb: () => void): unknown;
+    on(event: 'error', cb: (err: Error) => void): unknown;
+    readyState: number;
+  }>;
 }
 
 export interface ExecRunnerOptions {
@@ -138,7 +148,8 @@ export const KILL_ON_DISCONNECT_PREFIX = ['sh', '-c', KILL_ON_DISCONNECT_SCRIPT,
  */
 export function connectErrorMessage(err: unknown): string {
   if (err instanceof Error) return err.message;
-  if (typeof err === 'object' && err !== null && 'message' in err && typeof err.message === 'string') return err.message;
+  if (typeof err === 'object' && err !== null && 'message' in err && typeof err.message === 'string')
+    return err.message;
   return String(err);
 }
 
@@ -234,7 +245,12 @@ export class ExecRunner implements CommandRunner {
       cleanup();
       stdin?.destroy();
       // run(): a timeout or abort rejects even if the (killed) command reported a status.
-      if (stopped && (stoppedCode === undefined || stopReason instanceof RunTimeoutError || stopReason instanceof RunOutputLimitError)) {
+      if (
+        stopped &&
+        (stoppedCode === undefined ||
+          stopReason instanceof RunTimeoutError ||
+          stopReason instanceof RunOutputLimitError)
+      ) {
         fail?.(stopReason);
       } else if (outcome !== undefined) {
         if (outcome.kind === 'exit') settle?.(outcome.exitCode);
@@ -242,7 +258,9 @@ export class ExecRunner implements CommandRunner {
       } else if (stopped) {
         settle?.(stoppedCode as number);
       } else {
-        fail?.(new RunTransportError(`${this.description}: connection closed without an exit status: ${argv.join(' ')}`));
+        fail?.(
+          new RunTransportError(`${this.description}: connection closed without an exit status: ${argv.join(' ')}`),
+        );
       }
     };
 
@@ -251,13 +269,27 @@ export class ExecRunner implements CommandRunner {
     if (writesFenced()) {
       cleanup();
       stdin?.destroy();
-      fail?.(new RunTransportError(`${this.description}: cannot exec ${argv[0] ?? ''}: ${new FencedError('exec', `pods/${this.#options.pod}/exec`).message}`));
+      fail?.(
+        new RunTransportError(
+          `${this.description}: cannot exec ${argv[0] ?? ''}: ${new FencedError('exec', `pods/${this.#options.pod}/exec`).message}`,
+        ),
+      );
       return { exitCode, stop };
     }
     this.#exec
-      .exec(this.#options.namespace, this.#options.pod, this.#container, command, stdout, stderr, stdin, false, (status) => {
-        outcome = parseExecStatus(status);
-      })
+      .exec(
+        this.#options.namespace,
+        this.#options.pod,
+        this.#container,
+        command,
+        stdout,
+        stderr,
+        stdin,
+        false,
+        (status) => {
+          outcome = parseExecStatus(status);
+        },
+      )
       .then(
         (ws) => {
           socket = ws;
@@ -273,7 +305,11 @@ export class ExecRunner implements CommandRunner {
         (err: unknown) => {
           cleanup();
           stdin?.destroy();
-          fail?.(new RunTransportError(`${this.description}: cannot exec ${argv[0] ?? ''}: ${connectErrorMessage(err)}`, { cause: err }));
+          fail?.(
+            new RunTransportError(`${this.description}: cannot exec ${argv[0] ?? ''}: ${connectErrorMessage(err)}`, {
+              cause: err,
+            }),
+          );
         },
       );
     return { exitCode, stop };
@@ -340,7 +376,8 @@ export class ExecRunner implements CommandRunner {
         splitter.flush();
         lines.end();
         const err = stderr.text();
-        if (code === 127 && err.startsWith(`${NOT_FOUND_MARKER}: `)) throw new RunTransportError(`${this.description}: ${err.trim()}`);
+        if (code === 127 && err.startsWith(`${NOT_FOUND_MARKER}: `))
+          throw new RunTransportError(`${this.description}: ${err.trim()}`);
         return { exitCode: code, stdout: '', stderr: err };
       },
       (err: unknown) => {

@@ -13,19 +13,51 @@ import {
 } from './launcher.ts';
 
 /** Pod uids the VMI lists in status.activePods by default. */
-const ACTIVE = ['other-vmi', 'pending', 'wrong-node', 'deleting', 'old', 'new', 'p', 'forged-owner', 'not-controller', 'wrong-kind'].map((n) => `uid-${n}`);
+const ACTIVE = [
+  'other-vmi',
+  'pending',
+  'wrong-node',
+  'deleting',
+  'old',
+  'new',
+  'p',
+  'forged-owner',
+  'not-controller',
+  'wrong-kind',
+].map((n) => `uid-${n}`);
 const vmi = (status: Record<string, unknown> = {}, disks?: string[]) => ({
   apiVersion: 'kubevirt.io/v1',
   kind: 'VirtualMachineInstance',
   metadata: { name: 'vm1', namespace: 'ns', uid: 'vmi-uid' },
   spec: { domain: { devices: disks ? { disks: disks.map((name) => ({ name, disk: { bus: 'virtio' } })) } : {} } },
-  status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107, activePods: Object.fromEntries(ACTIVE.map((u) => [u, 'node1'])), ...status },
+  status: {
+    phase: 'Running',
+    nodeName: 'node1',
+    runtimeUser: 107,
+    activePods: Object.fromEntries(ACTIVE.map((u) => [u, 'node1'])),
+    ...status,
+  },
 });
 type Owner = { apiVersion?: string; kind?: string; name?: string; uid?: string; controller?: boolean };
-const VMI_OWNER: Owner = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm1', uid: 'vmi-uid', controller: true };
+const VMI_OWNER: Owner = {
+  apiVersion: 'kubevirt.io/v1',
+  kind: 'VirtualMachineInstance',
+  name: 'vm1',
+  uid: 'vmi-uid',
+  controller: true,
+};
 const pod = (
   name: string,
-  o: { uid?: string; node?: string; phase?: string; created?: string; deleting?: boolean; containers?: string[]; owners?: Owner[]; podUid?: string } = {},
+  o: {
+    uid?: string;
+    node?: string;
+    phase?: string;
+    created?: string;
+    deleting?: boolean;
+    containers?: string[];
+    owners?: Owner[];
+    podUid?: string;
+  } = {},
 ) => ({
   metadata: {
     name,
@@ -64,7 +96,9 @@ describe('kubevirt launcher lookup', () => {
 
   it('migration in progress from status.migrationState', () => {
     expect(migrationInProgress(VmiSchema.parse(vmi()))).toBe(false);
-    expect(migrationInProgress(VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b' } })))).toBe(true);
+    expect(migrationInProgress(VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b' } })))).toBe(
+      true,
+    );
     expect(migrationInProgress(VmiSchema.parse(vmi({ migrationState: { completed: true } })))).toBe(false);
     expect(migrationInProgress(VmiSchema.parse(vmi({ migrationState: { failed: true } })))).toBe(false);
   });
@@ -77,27 +111,44 @@ describe('kubevirt launcher lookup', () => {
 
   it('locateLauncher maps every case to an observation', () => {
     expect(locateLauncher('ns', 'vm1', undefined, []).kind).toBe('vmiNotFound');
-    expect(locateLauncher('ns', 'vm1', vmi({ phase: 'Scheduling' }), [])).toMatchObject({ kind: 'vmiNotRunning', message: expect.stringContaining('Scheduling') as string });
+    expect(locateLauncher('ns', 'vm1', vmi({ phase: 'Scheduling' }), [])).toMatchObject({
+      kind: 'vmiNotRunning',
+      message: expect.stringContaining('Scheduling') as string,
+    });
     // A migration with the source pod still the launcher: found, with the migration (a running pull yields through it).
-    expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'p', targetPod: 'b' } }), [pod('p')])).toMatchObject({
+    expect(
+      locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'p', targetPod: 'b' } }), [pod('p')]),
+    ).toMatchObject({
       kind: 'found',
       launcher: { pod: 'p' },
       migration: { name: 'migration (p -> b)' },
     });
     // ... and with no acceptable launcher pod (between source and target): wait for it.
-    expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'a', targetPod: 'b' } }), []).kind).toBe('migrationInProgress');
+    expect(locateLauncher('ns', 'vm1', vmi({ migrationState: { sourcePod: 'a', targetPod: 'b' } }), []).kind).toBe(
+      'migrationInProgress',
+    );
     // The VMI runs but its launcher pod is gone: LauncherNotFound (VMINotRunning is for the VMI's phase only).
     expect(locateLauncher('ns', 'vm1', vmi(), [])).toEqual({
       kind: 'launcherNotFound',
-      message: 'VirtualMachineInstance ns/vm1 is Running but has no acceptable virt-launcher pod on node node1: no pod is controlled by it or labelled kubevirt.io/created-by=vmi-uid',
+      message:
+        'VirtualMachineInstance ns/vm1 is Running but has no acceptable virt-launcher pod on node node1: no pod is controlled by it or labelled kubevirt.io/created-by=vmi-uid',
     });
     expect(locateLauncher('ns', 'vm1', vmi(), [pod('p', { containers: ['other'] })]).kind).toBe('launcherNotFound');
     const found = locateLauncher('ns', 'vm1', vmi(), [pod('p')]);
     expect(found).toEqual({
       kind: 'found',
-      launcher: { namespace: 'ns', pod: 'p', node: 'node1', container: 'compute', domain: 'ns_vm1', uri: 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock' },
+      launcher: {
+        namespace: 'ns',
+        pod: 'p',
+        node: 'node1',
+        container: 'compute',
+        domain: 'ns_vm1',
+        uri: 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock',
+      },
     });
-    expect(locateLauncher('ns', 'vm1', vmi({ runtimeUser: 0 }), [pod('p')])).toMatchObject({ launcher: { uri: 'qemu:///system' } });
+    expect(locateLauncher('ns', 'vm1', vmi({ runtimeUser: 0 }), [pod('p')])).toMatchObject({
+      launcher: { uri: 'qemu:///system' },
+    });
   });
 
   it('a forged pod (label and node right, not controlled by the VMI) is refused with the reason', () => {
@@ -117,7 +168,10 @@ describe('kubevirt launcher lookup', () => {
     const wrongKind = pod('wrong-kind', { owners: [{ ...VMI_OWNER, kind: 'Pod' }], created });
     const another = pod('forged-owner', { owners: [{ ...VMI_OWNER, uid: 'other-uid' }], created });
     for (const p of [notController, wrongKind]) {
-      expect(locateLauncher('ns', 'vm1', vmi(), [p])).toMatchObject({ kind: 'launcherNotFound', message: expect.stringContaining(`pod ${p.metadata.name} refused: not controlled by the VMI`) as string });
+      expect(locateLauncher('ns', 'vm1', vmi(), [p])).toMatchObject({
+        kind: 'launcherNotFound',
+        message: expect.stringContaining(`pod ${p.metadata.name} refused: not controlled by the VMI`) as string,
+      });
     }
     // Controlled by the VMI but missing from status.activePods (e.g. a pod of an older incarnation).
     const inactive = pod('p', { podUid: 'uid-unknown' });
@@ -129,18 +183,31 @@ describe('kubevirt launcher lookup', () => {
     const real = pod('old', { created: '2026-11-27T08:00:00Z' });
     expect(locateLauncher('ns', 'vm1', vmi(), [forged, notController, wrongKind, another, real])).toEqual({
       kind: 'found',
-      launcher: { namespace: 'ns', pod: 'old', node: 'node1', container: 'compute', domain: 'ns_vm1', uri: 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock' },
+      launcher: {
+        namespace: 'ns',
+        pod: 'old',
+        node: 'node1',
+        container: 'compute',
+        domain: 'ns_vm1',
+        uri: 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock',
+      },
     });
     // The message names at most five refused pods.
     const many = Array.from({ length: 7 }, (_, i) => pod(`f${i}`, { owners: [] }));
-    expect((locateLauncher('ns', 'vm1', vmi(), many) as { message: string }).message).toMatch(/pod f4 refused: .*; and 2 more$/);
+    expect((locateLauncher('ns', 'vm1', vmi(), many) as { message: string }).message).toMatch(
+      /pod f4 refused: .*; and 2 more$/,
+    );
   });
 
   it('a pod on another node or not Running is refused with that reason', () => {
-    const r = locateLauncher('ns', 'vm1', vmi(), [pod('wrong-node', { node: 'node2' }), pod('pending', { phase: 'Pending' }), pod('deleting', { deleting: true })]);
+    const r = locateLauncher('ns', 'vm1', vmi(), [
+      pod('wrong-node', { node: 'node2' }),
+      pod('pending', { phase: 'Pending' }),
+      pod('deleting', { deleting: true }),
+    ]);
     expect(r.kind).toBe('launcherNotFound');
     const message = (r as { message: string }).message;
-    expect(message).toContain('pod wrong-node refused: on node node2, not the VMI\'s node node1');
+    expect(message).toContain("pod wrong-node refused: on node node2, not the VMI's node node1");
     expect(message).toContain('pod pending refused: Pending, not Running');
     expect(message).toContain('pod deleting refused: being deleted');
   });
@@ -150,8 +217,14 @@ describe('kubevirt launcher lookup', () => {
     const found = locateLauncher('ns', 'vm1', vmi(), [deleting], [], { terminating: true });
     expect(found).toMatchObject({ kind: 'found', launcher: { pod: 'deleting' }, terminating: true });
     // Other checks still hold: a terminating pod that is no longer Running is refused.
-    expect(locateLauncher('ns', 'vm1', vmi(), [pod('deleting', { deleting: true, phase: 'Succeeded' })], [], { terminating: true }).kind).toBe('launcherNotFound');
-    const both = locateLauncher('ns', 'vm1', vmi(), [deleting, pod('old', { created: '2026-11-27T08:00:00Z' })], [], { terminating: true });
+    expect(
+      locateLauncher('ns', 'vm1', vmi(), [pod('deleting', { deleting: true, phase: 'Succeeded' })], [], {
+        terminating: true,
+      }).kind,
+    ).toBe('launcherNotFound');
+    const both = locateLauncher('ns', 'vm1', vmi(), [deleting, pod('old', { created: '2026-11-27T08:00:00Z' })], [], {
+      terminating: true,
+    });
     expect(both).toMatchObject({ kind: 'found', launcher: { pod: 'old' } });
     expect(both).not.toHaveProperty('terminating');
   });
@@ -159,7 +232,12 @@ describe('kubevirt launcher lookup', () => {
 
 describe('ephemeralStorageLimit', () => {
   const withLimits = (...limits: (string | number | undefined)[]) => ({
-    spec: { containers: limits.map((l, i) => ({ name: `c${i}`, resources: l === undefined ? {} : { limits: { 'ephemeral-storage': l, cpu: '1' } } })) },
+    spec: {
+      containers: limits.map((l, i) => ({
+        name: `c${i}`,
+        resources: l === undefined ? {} : { limits: { 'ephemeral-storage': l, cpu: '1' } },
+      })),
+    },
   });
   it('is the sum of the containers that have one, or undefined', () => {
     expect(ephemeralStorageLimit(withLimits('1Gi', undefined, '50M'))).toBe(1024 ** 3 + 50_000_000);
@@ -192,19 +270,47 @@ describe('ephemeralStorageLimit', () => {
     });
 
     it('final VMIMs, VMIMs of other VMIs or namespaces and malformed objects do not count', () => {
-      expect(requestedMigration(v, [vmim('done', { phase: 'Succeeded' }), vmim('bad', { phase: 'Failed' })])).toBeUndefined();
-      expect(requestedMigration(v, [vmim('other', { vmiName: 'vm2' }), vmim('elsewhere', { ns: 'ns2' }), { metadata: { name: 'x' } }, null])).toBeUndefined();
+      expect(
+        requestedMigration(v, [vmim('done', { phase: 'Succeeded' }), vmim('bad', { phase: 'Failed' })]),
+      ).toBeUndefined();
+      expect(
+        requestedMigration(v, [
+          vmim('other', { vmiName: 'vm2' }),
+          vmim('elsewhere', { ns: 'ns2' }),
+          { metadata: { name: 'x' } },
+          null,
+        ]),
+      ).toBeUndefined();
     });
 
     it('names the oldest open VMIM', () => {
-      const m = requestedMigration(v, [vmim('b', { created: '2026-11-27T09:05:00Z' }), vmim('a', { created: '2026-11-27T09:06:00Z' }), vmim('old', { phase: 'Failed', created: '2026-11-27T08:00:00Z' })]);
+      const m = requestedMigration(v, [
+        vmim('b', { created: '2026-11-27T09:05:00Z' }),
+        vmim('a', { created: '2026-11-27T09:06:00Z' }),
+        vmim('old', { phase: 'Failed', created: '2026-11-27T08:00:00Z' }),
+      ]);
       expect(m?.name).toBe('VirtualMachineInstanceMigration ns/b');
     });
 
     it("the VMI's migrationState (neither completed nor failed) and an evacuation of its node", () => {
-      expect(requestedMigration(VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b', migrationUid: 'u1' } })), [])?.name).toBe('migration u1 (a -> b)');
-      expect(requestedMigration(VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b', completed: true } })), [])).toBeUndefined();
-      expect(requestedMigration(VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b', failed: true } })), [])).toBeUndefined();
+      expect(
+        requestedMigration(
+          VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b', migrationUid: 'u1' } })),
+          [],
+        )?.name,
+      ).toBe('migration u1 (a -> b)');
+      expect(
+        requestedMigration(
+          VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b', completed: true } })),
+          [],
+        ),
+      ).toBeUndefined();
+      expect(
+        requestedMigration(
+          VmiSchema.parse(vmi({ migrationState: { sourcePod: 'a', targetPod: 'b', failed: true } })),
+          [],
+        ),
+      ).toBeUndefined();
       expect(requestedMigration(VmiSchema.parse(vmi({ evacuationNodeName: 'node1' })), [])).toEqual({
         name: 'evacuation of node node1',
         message: 'VirtualMachineInstance ns/vm1 is to be evacuated from node node1 (status.evacuationNodeName)',
@@ -216,7 +322,11 @@ describe('ephemeralStorageLimit', () => {
 
     it('locateLauncher passes it on with the found launcher', () => {
       const found = locateLauncher('ns', 'vm1', vmi(), [pod('p')], [vmim('m1', { phase: 'Running' })]);
-      expect(found).toMatchObject({ kind: 'found', launcher: { pod: 'p' }, migration: { name: 'VirtualMachineInstanceMigration ns/m1' } });
+      expect(found).toMatchObject({
+        kind: 'found',
+        launcher: { pod: 'p' },
+        migration: { name: 'VirtualMachineInstanceMigration ns/m1' },
+      });
       const none = locateLauncher('ns', 'vm1', vmi(), [pod('p')], [vmim('m1', { phase: 'Succeeded' })]);
       expect(none).not.toHaveProperty('migration');
     });

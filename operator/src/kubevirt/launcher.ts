@@ -14,7 +14,11 @@ import type { ResourceRef } from '../kube/client.ts';
 
 /** The KubeVirt resources the operator reads (kubevirt.io/v1). */
 export const VMI_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' };
-export const VMIM_REF: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations' };
+export const VMIM_REF: ResourceRef = {
+  group: 'kubevirt.io',
+  version: 'v1',
+  plural: 'virtualmachineinstancemigrations',
+};
 
 /**
  * The VMI's current virt-launcher pod: where its domain runs (status.launcher) and how libvirt is
@@ -51,7 +55,12 @@ export type LauncherLookup =
    * `terminating`: the pod is being deleted (found only with `{ terminating: true }`, for an abort
    * on delete: its containers may still run our job; nothing is ever started through it).
    */
-  | { readonly kind: 'found'; readonly launcher: LauncherPod; readonly migration?: MigrationRequest; readonly terminating?: true };
+  | {
+      readonly kind: 'found';
+      readonly launcher: LauncherPod;
+      readonly migration?: MigrationRequest;
+      readonly terminating?: true;
+    };
 
 /** How locateLauncher chooses. */
 export interface LocateOptions {
@@ -228,14 +237,20 @@ function timeMs(t: string | Date | undefined): number {
 /** The pod's controller reference is this VMI (KubeVirt's controller.IsControlledBy). */
 export function isControlledBy(pod: Pod, vmi: Vmi): boolean {
   const controller = (pod.metadata.ownerReferences ?? []).find((r) => r.controller === true);
-  return controller !== undefined && controller.kind === VMI_KIND && controller.uid === vmi.metadata.uid && controller.uid !== '';
+  return (
+    controller !== undefined &&
+    controller.kind === VMI_KIND &&
+    controller.uid === vmi.metadata.uid &&
+    controller.uid !== ''
+  );
 }
 
 /** Pods that claim to be the VMI's launcher: labelled with its uid, or naming it as controller. */
 function claimsVmi(pod: Pod, vmi: Vmi): boolean {
   return (
     pod.metadata.namespace === vmi.metadata.namespace &&
-    (pod.metadata.labels?.[CREATED_BY_LABEL] === vmi.metadata.uid || (pod.metadata.ownerReferences ?? []).some((r) => r.uid === vmi.metadata.uid))
+    (pod.metadata.labels?.[CREATED_BY_LABEL] === vmi.metadata.uid ||
+      (pod.metadata.ownerReferences ?? []).some((r) => r.uid === vmi.metadata.uid))
   );
 }
 
@@ -247,13 +262,16 @@ function isTerminating(pod: Pod): boolean {
 export function launcherPodProblems(vmi: Vmi, pod: Pod, options: LocateOptions = {}): string[] {
   const problems: string[] = [];
   if (!isControlledBy(pod, vmi)) {
-    problems.push(`not controlled by the VMI (no ownerReference with controller: true, kind ${VMI_KIND}, uid ${vmi.metadata.uid})`);
+    problems.push(
+      `not controlled by the VMI (no ownerReference with controller: true, kind ${VMI_KIND}, uid ${vmi.metadata.uid})`,
+    );
   }
   const active = vmi.status?.activePods ?? {};
   const podUid = pod.metadata.uid;
   if (podUid === undefined || !Object.hasOwn(active, podUid)) problems.push(`not in the VMI's status.activePods`);
   const node = vmi.status?.nodeName;
-  if (node === undefined || pod.spec?.nodeName !== node) problems.push(`on node ${pod.spec?.nodeName ?? '(none)'}, not the VMI's node ${node ?? '(none)'}`);
+  if (node === undefined || pod.spec?.nodeName !== node)
+    problems.push(`on node ${pod.spec?.nodeName ?? '(none)'}, not the VMI's node ${node ?? '(none)'}`);
   if (pod.status?.phase !== 'Running') problems.push(`${pod.status?.phase ?? 'without a phase'}, not Running`);
   if (options.terminating !== true && isTerminating(pod)) problems.push('being deleted');
   return problems;
@@ -266,7 +284,9 @@ export function launcherPodProblems(vmi: Vmi, pod: Pod, options: LocateOptions =
 export function currentLauncherPod(vmi: Vmi, pods: readonly Pod[], options: LocateOptions = {}): Pod | undefined {
   const candidates = pods.filter((p) => claimsVmi(p, vmi) && launcherPodProblems(vmi, p, options).length === 0);
   const rank = (p: Pod): number => (isTerminating(p) ? 1 : 0);
-  return [...candidates].sort((a, b) => rank(a) - rank(b) || timeMs(b.metadata.creationTimestamp) - timeMs(a.metadata.creationTimestamp))[0];
+  return [...candidates].sort(
+    (a, b) => rank(a) - rank(b) || timeMs(b.metadata.creationTimestamp) - timeMs(a.metadata.creationTimestamp),
+  )[0];
 }
 
 /** At most this many refused pods are named in a message. */
@@ -276,9 +296,13 @@ const REFUSED_PODS_IN_MESSAGE = 5;
 function noLauncherMessage(vmi: Vmi, pods: readonly Pod[]): string {
   const what = `VirtualMachineInstance ${vmi.metadata.namespace}/${vmi.metadata.name} is Running but has no acceptable virt-launcher pod on node ${vmi.status?.nodeName ?? '(none)'}`;
   const claiming = pods.filter((p) => claimsVmi(p, vmi));
-  if (claiming.length === 0) return `${what}: no pod is controlled by it or labelled ${CREATED_BY_LABEL}=${vmi.metadata.uid}`;
-  const refused = claiming.slice(0, REFUSED_PODS_IN_MESSAGE).map((p) => `pod ${p.metadata.name} refused: ${launcherPodProblems(vmi, p).join('; ')}`);
-  const more = claiming.length > REFUSED_PODS_IN_MESSAGE ? `; and ${claiming.length - REFUSED_PODS_IN_MESSAGE} more` : '';
+  if (claiming.length === 0)
+    return `${what}: no pod is controlled by it or labelled ${CREATED_BY_LABEL}=${vmi.metadata.uid}`;
+  const refused = claiming
+    .slice(0, REFUSED_PODS_IN_MESSAGE)
+    .map((p) => `pod ${p.metadata.name} refused: ${launcherPodProblems(vmi, p).join('; ')}`);
+  const more =
+    claiming.length > REFUSED_PODS_IN_MESSAGE ? `; and ${claiming.length - REFUSED_PODS_IN_MESSAGE} more` : '';
   return `${what}: ${refused.join('; ')}${more}`;
 }
 
@@ -296,12 +320,18 @@ export function locateLauncher(
   }
   const parsed = VmiSchema.safeParse(rawVmi);
   if (!parsed.success) {
-    return { kind: 'vmiNotRunning', message: `VirtualMachineInstance ${namespace}/${vmiName} is malformed: ${parsed.error.issues[0]?.message ?? ''}` };
+    return {
+      kind: 'vmiNotRunning',
+      message: `VirtualMachineInstance ${namespace}/${vmiName} is malformed: ${parsed.error.issues[0]?.message ?? ''}`,
+    };
   }
   const vmi = parsed.data;
   const phase = vmi.status?.phase;
   if (phase !== 'Running') {
-    return { kind: 'vmiNotRunning', message: `VirtualMachineInstance ${namespace}/${vmiName} is ${phase ?? 'without a phase'}, not Running` };
+    return {
+      kind: 'vmiNotRunning',
+      message: `VirtualMachineInstance ${namespace}/${vmiName} is ${phase ?? 'without a phase'}, not Running`,
+    };
   }
   // A requested migration is passed on with the launcher (a running pull is aborted through it,
   // decide.ts); without an acceptable launcher pod (between the source and the target) it is waited for.
@@ -344,7 +374,9 @@ const podLimitsSchema = z.looseObject({
       containers: z
         .array(
           z.looseObject({
-            resources: z.looseObject({ limits: z.record(z.string(), z.union([z.string().max(64), z.number()])).optional() }).optional(),
+            resources: z
+              .looseObject({ limits: z.record(z.string(), z.union([z.string().max(64), z.number()])).optional() })
+              .optional(),
           }),
         )
         .optional(),

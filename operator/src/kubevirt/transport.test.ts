@@ -4,7 +4,14 @@ import path from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BlockJobDriver } from '../hypervisor/types.ts';
-import { DRIVER_CACHE_SIZE, DriverCache, ExecTransport, LauncherUnavailableError, LocalTransport, registrationPath } from './transport.ts';
+import {
+  DRIVER_CACHE_SIZE,
+  DriverCache,
+  ExecTransport,
+  LauncherUnavailableError,
+  LocalTransport,
+  registrationPath,
+} from './transport.ts';
 
 const address = (pod: string) => ({ namespace: 'ns', pod, container: 'compute', uri: 'qemu:///system' });
 const registration = { namespace: 'ns', pod: 'virt-launcher-vm1-abcde', uri: 'qemu:///session', uid: 1000, gid: 1000 };

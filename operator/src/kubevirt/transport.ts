@@ -19,7 +19,6 @@ import type { BlockJobDriver } from '../hypervisor/types.ts';
 import { VirshDriver } from '../hypervisor/virsh-driver.ts';
 import type { LauncherPod } from './launcher.ts';
 
-
 /** The launcher cannot be reached by this transport (e.g. no stand-in registered). */
 export class LauncherUnavailableError extends Error {
   constructor(message: string) {
@@ -85,7 +84,13 @@ export class ExecTransport implements DriverProvider {
         key,
         () =>
           new VirshDriver(
-            new ExecRunner({ kc: this.#kc, namespace: a.namespace, pod: a.pod, container: a.container, ...maxOutput(this.#options) }),
+            new ExecRunner({
+              kc: this.#kc,
+              namespace: a.namespace,
+              pod: a.pod,
+              container: a.container,
+              ...maxOutput(this.#options),
+            }),
             a.uri,
           ),
       ),
@@ -137,7 +142,8 @@ export class LocalTransport implements DriverProvider {
       throw new LauncherUnavailableError(`invalid launcher registration ${file}: ${(err as Error).message}`);
     }
     const parsed = RegistrationSchema.safeParse(json);
-    if (!parsed.success) throw new LauncherUnavailableError(`invalid launcher registration ${file}: ${parsed.error.message}`);
+    if (!parsed.success)
+      throw new LauncherUnavailableError(`invalid launcher registration ${file}: ${parsed.error.message}`);
     const reg = parsed.data;
     if (reg.namespace !== a.namespace || reg.pod !== a.pod) {
       throw new LauncherUnavailableError(`launcher registration ${file} names ${reg.namespace}/${reg.pod}`);
@@ -150,7 +156,13 @@ export class LocalTransport implements DriverProvider {
         ...reg.env,
       };
       return new VirshDriver(
-        new LocalRunner({ uid: reg.uid, gid: reg.gid, env, description: `local ${reg.namespace}/${reg.pod} uid=${reg.uid}`, ...maxOutput(this.#options) }),
+        new LocalRunner({
+          uid: reg.uid,
+          gid: reg.gid,
+          env,
+          description: `local ${reg.namespace}/${reg.pod} uid=${reg.uid}`,
+          ...maxOutput(this.#options),
+        }),
         reg.uri,
       );
     });

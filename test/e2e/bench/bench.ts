@@ -31,7 +31,15 @@ import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
 import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { REPO_ROOT } from '../support/paths.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { blockPullManifest, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type BlockPullView, type OperatorProcess } from '../operator-fixture/fixture.ts';
+import {
+  blockPullManifest,
+  createFakeVmi,
+  ensureNamespace,
+  operatorServiceAccount,
+  startOperator,
+  type BlockPullView,
+  type OperatorProcess,
+} from '../operator-fixture/fixture.ts';
 
 const NS = 'bench';
 const ALLOCATED_MIB = Number(process.env['BENCH_ALLOCATED_MIB'] ?? 2048);
@@ -56,7 +64,10 @@ const children = new Set<ChildProcess>();
 
 async function cleanup(): Promise<void> {
   for (const c of children) c.kill('SIGKILL');
-  if (cp !== undefined && operator !== undefined) await cp.kubectlResult(['delete', 'blockpull', '--all', '-n', NS, '--wait=true', '--timeout=30s']).catch(() => undefined);
+  if (cp !== undefined && operator !== undefined)
+    await cp
+      .kubectlResult(['delete', 'blockpull', '--all', '-n', NS, '--wait=true', '--timeout=30s'])
+      .catch(() => undefined);
   await operator?.stop().catch(() => undefined);
   operator = undefined;
   await launcher?.stop().catch(() => undefined);
@@ -89,12 +100,21 @@ interface WatchResult {
  * `kubectl get blockpulls -w -o json` on the namespace: the same observer on both sides. For a
  * name, resolves when it is Completed (counting its status changes); `stop()` ends it.
  */
-function watchBlockPulls(kubectl: string, kubeconfig: string, name: string | undefined, timeoutMs: number): { ready: Promise<void>; done: Promise<WatchResult>; stop: () => void } {
+function watchBlockPulls(
+  kubectl: string,
+  kubeconfig: string,
+  name: string | undefined,
+  timeoutMs: number,
+): { ready: Promise<void>; done: Promise<WatchResult>; stop: () => void } {
   // Watch the collection (works before the object exists), filter by name.
   const child = track(
-    spawn(kubectl, ['--kubeconfig', kubeconfig, 'get', 'blockpulls', '-n', NS, '-w', '-o', 'json', '--output-watch-events'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    }),
+    spawn(
+      kubectl,
+      ['--kubeconfig', kubeconfig, 'get', 'blockpulls', '-n', NS, '-w', '-o', 'json', '--output-watch-events'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    ),
   );
   let buf = '';
   let depth = 0;
@@ -132,7 +152,8 @@ function watchBlockPulls(kubectl: string, kubeconfig: string, name: string | und
           buf = '';
           if (name === undefined || ev.object.metadata.name !== name) continue;
           const status = JSON.stringify(ev.object.status ?? null);
-          if (ev.object.metadata.resourceVersion !== prevRv && prevStatus !== undefined && status !== prevStatus) statusChanges++;
+          if (ev.object.metadata.resourceVersion !== prevRv && prevStatus !== undefined && status !== prevStatus)
+            statusChanges++;
           if (prevStatus === undefined && ev.object.status !== undefined) statusChanges++;
           prevRv = ev.object.metadata.resourceVersion;
           prevStatus = status;
@@ -161,10 +182,26 @@ function watchBlockPulls(kubectl: string, kubeconfig: string, name: string | und
 }
 
 /** One `virsh event --loop` per round: when each disk's block job ended (performance.now()). */
-function watchJobEnds(l: Launcher): { ended: Map<string, number>; waitFor: (target: string, timeoutMs: number) => Promise<number>; stop: () => void } {
+function watchJobEnds(l: Launcher): {
+  ended: Map<string, number>;
+  waitFor: (target: string, timeoutMs: number) => Promise<number>;
+  stop: () => void;
+} {
   const ended = new Map<string, number>();
   const waiters = new Map<string, (t: number) => void>();
-  const h = l.runner.stream(['virsh', '-q', '-c', l.uri, 'event', '--domain', l.domain, '--event', 'block-job-2', '--loop', '--timestamp']);
+  const h = l.runner.stream([
+    'virsh',
+    '-q',
+    '-c',
+    l.uri,
+    'event',
+    '--domain',
+    l.domain,
+    '--event',
+    'block-job-2',
+    '--loop',
+    '--timestamp',
+  ]);
   void (async () => {
     for await (const line of h.lines) {
       const ev = parseBlockJobEventLine(line);
@@ -181,7 +218,10 @@ function watchJobEnds(l: Launcher): { ended: Map<string, number>; waitFor: (targ
       const t = ended.get(target);
       if (t !== undefined) return Promise.resolve(t);
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no block-job event for ${target} within ${timeoutMs} ms`)), timeoutMs);
+        const timer = setTimeout(
+          () => reject(new Error(`no block-job event for ${target} within ${timeoutMs} ms`)),
+          timeoutMs,
+        );
         waiters.set(target, (x) => {
           clearTimeout(timer);
           resolve(x);
@@ -239,7 +279,11 @@ function launcherPids(l: Launcher): number[] {
     try {
       const cmd = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
       if (cmd.some((a) => a.includes(`guest=${l.domain}`))) out.push(Number(entry));
-      else if (path.basename(cmd[0] ?? '') === 'libvirtd' && readFileSync(`/proc/${entry}/environ`, 'utf8').split('\0').includes(`XDG_RUNTIME_DIR=${runtimeDir}`)) out.push(Number(entry));
+      else if (
+        path.basename(cmd[0] ?? '') === 'libvirtd' &&
+        readFileSync(`/proc/${entry}/environ`, 'utf8').split('\0').includes(`XDG_RUNTIME_DIR=${runtimeDir}`)
+      )
+        out.push(Number(entry));
     } catch {
       /* gone meanwhile */
     }
@@ -289,7 +333,8 @@ const median = (xs: readonly number[]): number => {
 };
 const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0);
 const f2 = (x: number): string => x.toFixed(2);
-const spread = (xs: readonly number[]): string => `median ${f2(median(xs))} s, range ${f2(Math.min(...xs))}-${f2(Math.max(...xs))} s`;
+const spread = (xs: readonly number[]): string =>
+  `median ${f2(median(xs))} s, range ${f2(Math.min(...xs))}-${f2(Math.max(...xs))} s`;
 const load = (): string =>
   os
     .loadavg()
@@ -351,7 +396,9 @@ async function main(): Promise<void> {
     const order = round % 2 === 1 ? ['raw', 'op', 'op', 'raw'] : ['op', 'raw', 'raw', 'op'];
     const names = ['warmup', ...order.map((s, i) => `r${round}-${s}-${i + 1}`)];
     const loadStart = load();
-    say(`bench: round ${round}/${ROUNDS}: building five identical 3-layer chains (${SIZE_MIB} MiB virtual, ${ALLOCATED_MIB} MiB allocated); load average ${loadStart}`);
+    say(
+      `bench: round ${round}/${ROUNDS}: building five identical 3-layer chains (${SIZE_MIB} MiB virtual, ${ALLOCATED_MIB} MiB allocated); load average ${loadStart}`,
+    );
     const l = await startLauncher({
       namespace: NS,
       vmiName,
@@ -379,7 +426,10 @@ async function main(): Promise<void> {
       const w = await prepare(disk, undefined);
       const cpu0 = cpuNow();
       const t0 = performance.now();
-      const r = await l.runner.run(['virsh', '-c', l.uri, 'blockpull', '--domain', l.domain, '--path', target(disk), '--wait'], { timeoutMs: 600_000 });
+      const r = await l.runner.run(
+        ['virsh', '-c', l.uri, 'blockpull', '--domain', l.domain, '--path', target(disk), '--wait'],
+        { timeoutMs: 600_000 },
+      );
       const exitAt = performance.now();
       if (r.exitCode !== 0) throw new Error(`virsh blockpull --wait failed: ${r.stderr}`);
       const eventAt = await jobEnds.waitFor(target(disk), 10_000);
@@ -402,7 +452,8 @@ async function main(): Promise<void> {
       const jobEnd = await jobEnds.waitFor(target(disk), 10_000);
       // The operator logs 'block pull started' right after virsh returned (epoch ms).
       const started = operator!.find('block pull started').find((x) => x['name'] === disk)?.['time'];
-      const startedMs = typeof started === 'string' ? Date.parse(started) : typeof started === 'number' ? started : undefined;
+      const startedMs =
+        typeof started === 'string' ? Date.parse(started) : typeof started === 'number' ? started : undefined;
       await new Promise((r) => setTimeout(r, 500));
       return {
         round,
@@ -439,26 +490,48 @@ async function main(): Promise<void> {
     );
   }
 
-  const ratiosEvent = Array.from({ length: ROUNDS }, (_, i) => sum(op.filter((x) => x.round === i + 1).map((x) => x.toCompleted)) / sum(raw.filter((x) => x.round === i + 1).map((x) => x.toEvent)));
-  const ratiosExit = Array.from({ length: ROUNDS }, (_, i) => sum(op.filter((x) => x.round === i + 1).map((x) => x.toCompleted)) / sum(raw.filter((x) => x.round === i + 1).map((x) => x.toExit)));
+  const ratiosEvent = Array.from(
+    { length: ROUNDS },
+    (_, i) =>
+      sum(op.filter((x) => x.round === i + 1).map((x) => x.toCompleted)) /
+      sum(raw.filter((x) => x.round === i + 1).map((x) => x.toEvent)),
+  );
+  const ratiosExit = Array.from(
+    { length: ROUNDS },
+    (_, i) =>
+      sum(op.filter((x) => x.round === i + 1).map((x) => x.toCompleted)) /
+      sum(raw.filter((x) => x.round === i + 1).map((x) => x.toExit)),
+  );
   const cpuLine = (runs: readonly { cpu: Cpu }[]): string =>
     `libvirtd+QEMU ${f2(median(runs.map((x) => x.cpu.launcher)))} s, operator+its virsh ${f2(median(runs.map((x) => x.cpu.operator)))} s, kube-apiserver ${f2(median(runs.map((x) => x.cpu.apiserver)))} s, etcd ${f2(median(runs.map((x) => x.cpu.etcd)))} s, machine ${(100 * median(runs.map((x) => x.cpu.machineBusy))).toFixed(0)}% busy`;
   say('');
-  say(`bench: ${ROUNDS} round(s) x 4 measured identical chains (+1 warm-up each): 3 layers, ${SIZE_MIB} MiB virtual, ${ALLOCATED_MIB} MiB allocated (${pulledMiB.toFixed(0)} MiB pulled); ABBA / BAAB order; chains read into the page cache before each run: ${WARM_CHAINS ? "yes" : "no"}`);
+  say(
+    `bench: ${ROUNDS} round(s) x 4 measured identical chains (+1 warm-up each): 3 layers, ${SIZE_MIB} MiB virtual, ${ALLOCATED_MIB} MiB allocated (${pulledMiB.toFixed(0)} MiB pulled); ABBA / BAAB order; chains read into the page cache before each run: ${WARM_CHAINS ? 'yes' : 'no'}`,
+  );
   say(`bench: load average (1/5/15 min) per round: ${loads.join('; ')}`);
   say(`bench: warm-up virsh blockpull --wait (not counted): ${warmups.map(f2).join(', ')} s`);
-  say(`bench: raw, t0 -> job end event:         ${raw.map((x) => f2(x.toEvent)).join(', ')} s (${spread(raw.map((x) => x.toEvent))})`);
-  say(`bench: raw, t0 -> virsh --wait exit:     ${raw.map((x) => f2(x.toExit)).join(', ')} s (${spread(raw.map((x) => x.toExit))}; --wait checks every 0.5 s)`);
-  say(`bench: operator, t0 -> Completed seen:   ${op.map((x) => f2(x.toCompleted)).join(', ')} s (${spread(op.map((x) => x.toCompleted))})`);
+  say(
+    `bench: raw, t0 -> job end event:         ${raw.map((x) => f2(x.toEvent)).join(', ')} s (${spread(raw.map((x) => x.toEvent))})`,
+  );
+  say(
+    `bench: raw, t0 -> virsh --wait exit:     ${raw.map((x) => f2(x.toExit)).join(', ')} s (${spread(raw.map((x) => x.toExit))}; --wait checks every 0.5 s)`,
+  );
+  say(
+    `bench: operator, t0 -> Completed seen:   ${op.map((x) => f2(x.toCompleted)).join(', ')} s (${spread(op.map((x) => x.toCompleted))})`,
+  );
   say(
     `bench: operator runs split: ${op.map((o) => `job started by ${o.toJobStarted !== undefined ? f2(o.toJobStarted) : '?'} s, ended ${f2(o.toJobEnd)} s, Completed seen ${f2(o.toCompleted)} s`).join('; ')}`,
   );
   say(`bench: phases seen: ${op.map((o) => o.phases.join(' -> ')).join('; ')}`);
   say(`bench: CPU used during a run (median): raw side: ${cpuLine(raw)}; operator side: ${cpuLine(op)}`);
-  say(`bench: status writes per job: ${op.map((w) => `${w.writes.watch} (watch) / ${w.writes.metric} (blockpull_status_writes_total)`).join(', ')}`);
+  say(
+    `bench: status writes per job: ${op.map((w) => `${w.writes.watch} (watch) / ${w.writes.metric} (blockpull_status_writes_total)`).join(', ')}`,
+  );
   say(`bench: reconciles per job (blockpull_reconcile_total): ${op.map((w) => w.reconciles).join(', ')}`);
   say(`bench: all disks flattened to identical data: ${allIdentical ? 'yes' : 'NO'}`);
-  say(`bench: per-round ratio operator / raw: ${ratiosEvent.map(f2).join(', ')} (to the job's end event); ${ratiosExit.map(f2).join(', ')} (to virsh --wait's exit)`);
+  say(
+    `bench: per-round ratio operator / raw: ${ratiosEvent.map(f2).join(', ')} (to the job's end event); ${ratiosExit.map(f2).join(', ')} (to virsh --wait's exit)`,
+  );
   say(
     `bench: RESULT apply-to-Completed / virsh blockpull = ${f2(sum(op.map((x) => x.toCompleted)) / sum(raw.map((x) => x.toEvent)))} to the job's end event, ${f2(sum(op.map((x) => x.toCompleted)) / sum(raw.map((x) => x.toExit)))} to --wait's exit (sums over ${ROUNDS} ABBA rounds; per round ${f2(Math.min(...ratiosEvent))}-${f2(Math.max(...ratiosEvent))}); status writes per job = ${op.map((w) => w.writes.metric).join(', ')}`,
   );

@@ -26,7 +26,14 @@ function apiObject(i: number): string {
   const raw = {
     apiVersion: 'blockpull.dev/v1alpha1',
     kind: 'BlockPull',
-    metadata: { name: `wait-${i}`, namespace: 'scale', uid: `${i.toString(16).padStart(8, '0')}-aaaa-bbbb-cccc-123456789abc`, resourceVersion: String(100_000 + i), generation: 1, creationTimestamp: '2026-12-01T10:00:00Z' },
+    metadata: {
+      name: `wait-${i}`,
+      namespace: 'scale',
+      uid: `${i.toString(16).padStart(8, '0')}-aaaa-bbbb-cccc-123456789abc`,
+      resourceVersion: String(100_000 + i),
+      generation: 1,
+      creationTimestamp: '2026-12-01T10:00:00Z',
+    },
     spec: { vmiName: `vm-wait-${i}`, disk: 'rootdisk' },
   };
   const d = decide({
@@ -34,7 +41,14 @@ function apiObject(i: number): string {
     bp: parseBlockPull(raw),
     launcher: { kind: 'vmiNotFound', message: `VMI vm-wait-${i} not found in namespace scale` },
     diskHolder: null,
-    slots: { running: 0, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
+    slots: {
+      running: 0,
+      runningOnNode: 0,
+      runningInNamespace: 0,
+      namespacesWanting: 1,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+    },
     pollIntervalMs: 500,
     waitRequeueMs: 5_000,
   });
@@ -54,9 +68,19 @@ function heapOf(make: () => unknown[]): { bytes: number; kept: number } {
 const texts = Array.from({ length: count }, (_, i) => apiObject(i));
 // cacheForm makes no request: a kubeconfig whose server is never contacted.
 const kc = new KubeConfig();
-kc.loadFromOptions({ clusters: [{ name: 'none', server: 'https://127.0.0.1:9' }], users: [{ name: 'none' }], contexts: [{ name: 'none', cluster: 'none', user: 'none' }], currentContext: 'none' });
+kc.loadFromOptions({
+  clusters: [{ name: 'none', server: 'https://127.0.0.1:9' }],
+  users: [{ name: 'none' }],
+  contexts: [{ name: 'none', cluster: 'none', user: 'none' }],
+  currentContext: 'none',
+});
 const clients = createKubeClients(kc);
-const writer = new StatusWriter({ clients, statusUpdateIntervalMs: 2_000, enqueue: () => undefined, now: () => new Date() });
+const writer = new StatusWriter({
+  clients,
+  statusUpdateIntervalMs: 2_000,
+  enqueue: () => undefined,
+  now: () => new Date(),
+});
 const blockPulls = new BlockPulls({ get: () => undefined, list: () => [] }, writer, clients);
 
 const parsed = heapOf(() => texts.map((t): BlockPull => parseBlockPull(JSON.parse(t))));

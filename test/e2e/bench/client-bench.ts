@@ -93,17 +93,33 @@ async function child(variant: Variant, kubeconfig: string, gets: number, serverP
 }
 
 async function runChild(variant: Variant, kubeconfig: string, gets: number, serverPid: number): Promise<Result> {
-  const r = await run([process.execPath, import.meta.filename, '--child', variant, '--kubeconfig', kubeconfig, '--gets', String(gets), '--server-pid', String(serverPid)], {
-    allowExit: true,
-    timeoutMs: 600_000,
-  });
+  const r = await run(
+    [
+      process.execPath,
+      import.meta.filename,
+      '--child',
+      variant,
+      '--kubeconfig',
+      kubeconfig,
+      '--gets',
+      String(gets),
+      '--server-pid',
+      String(serverPid),
+    ],
+    {
+      allowExit: true,
+      timeoutMs: 600_000,
+    },
+  );
   const out = r.stdout.slice(0, 10_000);
   const line = out.trim().split('\n').at(-1) ?? '';
   try {
     if (r.exitCode !== 0) throw new Error(`exit ${r.exitCode}`);
     return result.parse(JSON.parse(line));
   } catch (err) {
-    throw new Error(`bench child ${variant} failed (${(err as Error).message}): ${out.slice(0, 500)}${r.stderr.slice(-2000)}`);
+    throw new Error(
+      `bench child ${variant} failed (${(err as Error).message}): ${out.slice(0, 500)}${r.stderr.slice(-2000)}`,
+    );
   }
 }
 
@@ -150,7 +166,9 @@ async function main(): Promise<void> {
         `bench:client: ${label.padEnd(22)} client-node alone ${median(s).toFixed(digits)} ${unit} (${range(s)}) | one pool ${median(p).toFixed(digits)} ${unit} (${range(p)}) | stock/pooled ${ratio}\n`,
       );
     };
-    process.stdout.write(`\nbench:client: ${gets} sequential GETs per run, ${rounds} ABBA round(s), medians (range); load average ${load0.map((x) => x.toFixed(2)).join(' ')} at start, ${load1.map((x) => x.toFixed(2)).join(' ')} at end\n`);
+    process.stdout.write(
+      `\nbench:client: ${gets} sequential GETs per run, ${rounds} ABBA round(s), medians (range); load average ${load0.map((x) => x.toFixed(2)).join(' ')} at start, ${load1.map((x) => x.toFixed(2)).join(' ')} at end\n`,
+    );
     row('client CPU per GET', (x) => x.clientCpuMs, 'ms');
     row('wall time per GET', (x) => x.wallMs, 'ms');
     row('API server CPU per GET', (x) => x.serverCpuMs, 'ms');

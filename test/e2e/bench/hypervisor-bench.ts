@@ -75,7 +75,10 @@ try {
     // Plain virsh, blocking until the job is done.
     await settle();
     const t = performance.now();
-    const r = await l.runner.run(['virsh', '-q', '-c', l.uri, 'blockpull', '--domain', l.domain, '--path', b.target, '--wait'], { timeoutMs: 1_800_000 });
+    const r = await l.runner.run(
+      ['virsh', '-q', '-c', l.uri, 'blockpull', '--domain', l.domain, '--path', b.target, '--wait'],
+      { timeoutMs: 1_800_000 },
+    );
     const seconds = (performance.now() - t) / 1000;
     if (r.exitCode !== 0) throw new Error(`virsh blockpull --wait failed: ${r.stderr}`);
     const after = await driver.getDisk(l.domain, { name: b.name });

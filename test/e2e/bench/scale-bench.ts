@@ -25,9 +25,23 @@ import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
 import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { REPO_ROOT } from '../support/paths.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { buildOperator, imageNodeArgs, createFakeVmi, ensureNamespace, operatorServiceAccount, startOperator, type BlockPullView, type OperatorProcess } from '../operator-fixture/fixture.ts';
-import { diffCounts, formatCounts, parseRequestTotals, total, type RequestCounts } from '../support/apiserver-metrics.ts';
-
+import {
+  buildOperator,
+  imageNodeArgs,
+  createFakeVmi,
+  ensureNamespace,
+  operatorServiceAccount,
+  startOperator,
+  type BlockPullView,
+  type OperatorProcess,
+} from '../operator-fixture/fixture.ts';
+import {
+  diffCounts,
+  formatCounts,
+  parseRequestTotals,
+  total,
+  type RequestCounts,
+} from '../support/apiserver-metrics.ts';
 
 const Args = z.object({
   count: z.number().int().min(10).max(20_000),
@@ -40,7 +54,13 @@ const Args = z.object({
 });
 
 function parseArgs(argv: readonly string[]): z.infer<typeof Args> {
-  const raw: Record<string, number | boolean | string[]> = { count: 1000, running: 4, idleSeconds: 30, createWidth: 64, heapSnapshot: false };
+  const raw: Record<string, number | boolean | string[]> = {
+    count: 1000,
+    running: 4,
+    idleSeconds: 30,
+    createWidth: 64,
+    heapSnapshot: false,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const v = Number(argv[i + 1]);
@@ -53,7 +73,10 @@ function parseArgs(argv: readonly string[]): z.infer<typeof Args> {
     else if (a === '--running') raw['running'] = v;
     else if (a === '--idle-seconds') raw['idleSeconds'] = v;
     else if (a === '--create-width') raw['createWidth'] = v;
-    else throw new Error(`unknown argument ${a} (use --count N, --running N, --idle-seconds N, --create-width N, --heap-snapshot, --node-args '--flag ...')`);
+    else
+      throw new Error(
+        `unknown argument ${a} (use --count N, --running N, --idle-seconds N, --create-width N, --heap-snapshot, --node-args '--flag ...')`,
+      );
     i++;
   }
   return Args.parse(raw);
@@ -80,7 +103,8 @@ async function cleanup(): Promise<void> {
   if (tmp !== undefined) await rm(tmp, { recursive: true, force: true });
   tmp = undefined;
 }
-for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => void cleanup().finally(() => process.exit(130)));
+for (const sig of ['SIGINT', 'SIGTERM'] as const)
+  process.on(sig, () => void cleanup().finally(() => process.exit(130)));
 
 /** The bench's own API requests, subtracted from the API server's counts. */
 const own: RequestCounts = new Map();
@@ -135,7 +159,8 @@ async function operatorTotals(port: number | undefined): Promise<OperatorTotals>
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   const sum = (name: string, labels = ''): number => {
     let n = 0;
-    for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*${labels}[^}]*\\})? ([0-9.e+]+)$`, 'gm'))) n += Number(m[1]);
+    for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*${labels}[^}]*\\})? ([0-9.e+]+)$`, 'gm')))
+      n += Number(m[1]);
     return n;
   };
   const memory: Record<string, number> = {
@@ -144,7 +169,8 @@ async function operatorTotals(port: number | undefined): Promise<OperatorTotals>
     heapUsed: sum('nodejs_heap_size_used_bytes'),
     external: sum('nodejs_external_memory_bytes'),
   };
-  for (const m of text.matchAll(/^nodejs_heap_space_size_used_bytes\{space="(\w+)"\} ([0-9.e+]+)$/gm)) memory[`used ${m[1]}`] = Number(m[2]);
+  for (const m of text.matchAll(/^nodejs_heap_space_size_used_bytes\{space="(\w+)"\} ([0-9.e+]+)$/gm))
+    memory[`used ${m[1]}`] = Number(m[2]);
   return {
     writes: sum('blockpull_status_writes_total'),
     reconciles: sum('blockpull_reconcile_total'),
@@ -170,7 +196,9 @@ const fmt = (x: number, d = 1): string => x.toFixed(d);
  * does not read, re-opened by the API server's internal informers).
  */
 const operatorsOwn = (key: string): boolean =>
-  !key.endsWith(' leases') && !key.endsWith(' endpoints') && (!key.startsWith('WATCH ') || ['WATCH blockpulls', 'WATCH pods', 'WATCH virtualmachineinstances'].includes(key));
+  !key.endsWith(' leases') &&
+  !key.endsWith(' endpoints') &&
+  (!key.startsWith('WATCH ') || ['WATCH blockpulls', 'WATCH pods', 'WATCH virtualmachineinstances'].includes(key));
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
@@ -178,10 +206,14 @@ async function main(): Promise<void> {
   const nCompleted = Math.round(N * 0.1);
   const nNotRunning = Math.round(N * 0.2);
   const nWaiting = N - nCompleted - nNotRunning - args.running;
-  say(`bench:scale: ${N} BlockPulls: ${nWaiting} waiting for a VMI, ${nNotRunning} VMI not running, ${nCompleted} already Completed, ${args.running} running`);
+  say(
+    `bench:scale: ${N} BlockPulls: ${nWaiting} waiting for a VMI, ${nNotRunning} VMI not running, ${nCompleted} already Completed, ${args.running} running`,
+  );
 
   const nodeArgs = args.nodeArgs ?? imageNodeArgs();
-  say(`bench:scale: npm run build (the operator as in the image: dist/, node ${[...nodeArgs, 'dist/operator/src/main.js'].join(' ')})`);
+  say(
+    `bench:scale: npm run build (the operator as in the image: dist/, node ${[...nodeArgs, 'dist/operator/src/main.js'].join(' ')})`,
+  );
   const main = await buildOperator();
 
   tmp = await mkdtemp(path.join(os.tmpdir(), 'bp-scale-'));
@@ -201,16 +233,30 @@ async function main(): Promise<void> {
     const text = await cp!.kubectl(['get', '--raw', '/metrics'], { timeoutMs: 60_000 });
     return parseRequestTotals(text);
   };
-  const bp = (name: string, vmiName: string) => ({ apiVersion: 'blockpull.dev/v1alpha1', kind: 'BlockPull', metadata: { name, namespace: NS }, spec: { vmiName, disk: 'rootdisk' } });
+  const bp = (name: string, vmiName: string) => ({
+    apiVersion: 'blockpull.dev/v1alpha1',
+    kind: 'BlockPull',
+    metadata: { name, namespace: NS },
+    spec: { vmiName, disk: 'rootdisk' },
+  });
 
   // Completed before the operator starts (a fleet where earlier pulls are done).
   const completedNames = Array.from({ length: nCompleted }, (_, i) => `done-${i}`);
   await pool(completedNames, 16, async (name) => {
     await custom.createNamespacedCustomObject({ ...GROUP, namespace: NS, body: bp(name, `gone-${name}`) });
     const now = new Date().toISOString();
-    await custom.patchNamespacedCustomObjectStatus(
-      { ...GROUP, namespace: NS, name, body: [{ op: 'add', path: '/status', value: { phase: 'Completed', reason: 'Completed', message: 'pulled earlier', completionTime: now } }] },
-    );
+    await custom.patchNamespacedCustomObjectStatus({
+      ...GROUP,
+      namespace: NS,
+      name,
+      body: [
+        {
+          op: 'add',
+          path: '/status',
+          value: { phase: 'Completed', reason: 'Completed', message: 'pulled earlier', completionTime: now },
+        },
+      ],
+    });
   });
   // VMIs that exist but do not run.
   const notRunningNames = Array.from({ length: nNotRunning }, (_, i) => `sched-${i}`);
@@ -218,17 +264,32 @@ async function main(): Promise<void> {
     await custom.createNamespacedCustomObject({
       ...VMI,
       namespace: NS,
-      body: { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: `vm-${name}`, namespace: NS }, spec: { domain: { devices: { disks: [{ name: 'rootdisk' }] } } } },
+      body: {
+        apiVersion: 'kubevirt.io/v1',
+        kind: 'VirtualMachineInstance',
+        metadata: { name: `vm-${name}`, namespace: NS },
+        spec: { domain: { devices: { disks: [{ name: 'rootdisk' }] } } },
+      },
     });
   });
   // Stand-ins for the running pulls (throttled so that they run for a while).
   for (let i = 0; i < args.running; i++) {
-    const l = await startLauncher({ namespace: NS, vmiName: `run-${i}`, registryDir, disks: [{ name: 'rootdisk', layers: 2, sizeMiB: 256, allocatedMiB: 64 }] });
+    const l = await startLauncher({
+      namespace: NS,
+      vmiName: `run-${i}`,
+      registryDir,
+      disks: [{ name: 'rootdisk', layers: 2, sizeMiB: 256, allocatedMiB: 64 }],
+    });
     launchers.push(l);
     await createFakeVmi(cp, { namespace: NS, vmiName: `run-${i}`, launcher: l, disks: ['rootdisk'] });
   }
   // The VMI that appears later (the event-driven wake-up): its stand-in is ready, the VMI is not.
-  const late = await startLauncher({ namespace: NS, vmiName: 'late', registryDir, disks: [{ name: 'rootdisk', layers: 2, sizeMiB: 256, allocatedMiB: 16 }] });
+  const late = await startLauncher({
+    namespace: NS,
+    vmiName: 'late',
+    registryDir,
+    disks: [{ name: 'rootdisk', layers: 2, sizeMiB: 256, allocatedMiB: 16 }],
+  });
   launchers.push(late);
 
   const env: Record<string, string> = {
@@ -268,7 +329,11 @@ async function main(): Promise<void> {
   // create, so no status is missed), not from polling a list of N objects every so often.
   const reachedAt = new Map<string, number>();
   const createdAt = new Map<string, number>();
-  const startRv = ((await custom.listNamespacedCustomObject({ ...GROUP, namespace: NS, limit: 1 })) as { metadata?: { resourceVersion?: string } }).metadata?.resourceVersion;
+  const startRv = (
+    (await custom.listNamespacedCustomObject({ ...GROUP, namespace: NS, limit: 1 })) as {
+      metadata?: { resourceVersion?: string };
+    }
+  ).metadata?.resourceVersion;
   count('LIST blockpulls');
   let watchEnded = false;
   const watchAbort = await new Watch(kc).watch(
@@ -276,7 +341,8 @@ async function main(): Promise<void> {
     { resourceVersion: startRv ?? '0' },
     (_phase: string, obj: unknown) => {
       const it = obj as Item;
-      if (it?.metadata?.name !== undefined && !reachedAt.has(it.metadata.name) && isDone(it)) reachedAt.set(it.metadata.name, performance.now());
+      if (it?.metadata?.name !== undefined && !reachedAt.has(it.metadata.name) && isDone(it))
+        reachedAt.set(it.metadata.name, performance.now());
     },
     () => (watchEnded = true),
   );
@@ -294,13 +360,14 @@ async function main(): Promise<void> {
   const tCreated = performance.now();
   const benchCpuCreate = process.cpuUsage(benchCpu0);
   let seen = 0;
-  for (let lastList = performance.now(); ; ) {
+  for (let lastList = performance.now(); ;) {
     seen = reachedAt.size;
     if (seen >= expected.size || performance.now() - t0 > 15 * 60_000) break;
     // The watch may have ended (the API server closes watches after a while): fall back to lists.
     if (watchEnded || performance.now() - lastList > 10_000) {
       lastList = performance.now();
-      for (const it of await list()) if (!reachedAt.has(it.metadata.name) && isDone(it)) reachedAt.set(it.metadata.name, performance.now());
+      for (const it of await list())
+        if (!reachedAt.has(it.metadata.name) && isDone(it)) reachedAt.set(it.metadata.name, performance.now());
     }
     await sleep(50);
   }
@@ -313,11 +380,13 @@ async function main(): Promise<void> {
   // Settled: the running ones Completed, and the queue quiet (no status write for 3 s).
   for (;;) {
     const items = await list();
-    const running = items.filter((it) => it.metadata.name.startsWith('run-') && it.status?.phase !== 'Completed').length;
+    const running = items.filter(
+      (it) => it.metadata.name.startsWith('run-') && it.status?.phase !== 'Completed',
+    ).length;
     if (running === 0 || performance.now() - t0 > 20 * 60_000) break;
     await sleep(1_000);
   }
-  for (let last = -1; ; ) {
+  for (let last = -1; ;) {
     const w = (await operatorTotals(operator.metricsPort())).writes;
     if (w === last) break;
     last = w;
@@ -379,7 +448,6 @@ async function main(): Promise<void> {
     }
   }
 
-
   // --- restart with everything existing -----------------------------------------------------------
   await operator.stop();
   const m3 = await apiMetrics();
@@ -409,32 +477,45 @@ async function main(): Promise<void> {
 
   // --- report -------------------------------------------------------------------------------------
   say('');
-  say(`RESULT bench:scale ${N} BlockPulls; node ${nodeArgs.join(' ') || '(no flags)'} (${nWaiting} waiting for a VMI, ${nNotRunning} VMI not running, ${nCompleted} Completed, ${args.running} running); load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  say(
+    `RESULT bench:scale ${N} BlockPulls; node ${nodeArgs.join(' ') || '(no flags)'} (${nWaiting} waiting for a VMI, ${nNotRunning} VMI not running, ${nCompleted} Completed, ${args.running} running); load ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
   say(`| figure | measured | goal |`);
   say(`|---|---|---|`);
   say(
     `| ${expected.size} created -> all have their waiting status | first create -> last status ${fmt((tWaiting - t0) / 1000)} s; last create -> last status ${fmt((tWaiting - tCreated) / 1000)} s (creating took ${fmt((tCreated - t0) / 1000)} s, ${args.createWidth} at once; ${seen}/${expected.size} seen) | < 10 s |`,
   );
-  say(`| operator RSS | peak ${fmt(Math.max(peakHwm, peakSampledFirst), 0)} MiB (VmHWM ${fmt(peakHwm, 0)}); after restart with all existing ${fmt(restartHwm, 0)} MiB | < 200 MiB at 10,000 |`);
+  say(
+    `| operator RSS | peak ${fmt(Math.max(peakHwm, peakSampledFirst), 0)} MiB (VmHWM ${fmt(peakHwm, 0)}); after restart with all existing ${fmt(restartHwm, 0)} MiB | < 200 MiB at 10,000 |`,
+  );
   say(
     `| API requests per BlockPull to settle | ${fmt(settleOperatorRequests / expected.size, 2)} (${settleOperatorRequests} requests for ${expected.size} created, without leases and the API server's own; with them ${fmt(total(settle) / expected.size, 2)}) | <= 4 |`,
   );
   say(
     `| idle after settling (${fmt(idleS, 0)} s) | ${fmt((100 * cpuIdle) / idleS, 2)} % of a core (${reconcilesIdle} reconciles), ${fmt(total(idle) / idleS, 2)} API requests/s (${fmt(total(idle, operatorsOwn) / idleS, 2)}/s without the lease renewals and the API server's own) | < 2 %, < 1/s |`,
   );
-  say(`| restart with ${all} existing | caches ${fmt((tSynced - tRestart) / 1000)} s; all looked at ${fmt(restartLooked / 1000)} s; ${restartTotals.writes} status writes | < 30 s at 10,000; 0 writes |`);
+  say(
+    `| restart with ${all} existing | caches ${fmt((tSynced - tRestart) / 1000)} s; all looked at ${fmt(restartLooked / 1000)} s; ${restartTotals.writes} status writes | < 30 s at 10,000; 0 writes |`,
+  );
   say(`| a waiting BlockPull's VMI appears -> Running | ${fmt(lateMs, 0)} ms | < 1 s, by the watch event |`);
   say('');
   say(
     `each BlockPull, its create -> its status: median ${fmt(lagAt(0.5) / 1000, 2)} s, p90 ${fmt(lagAt(0.9) / 1000, 2)} s, max ${fmt(lagAt(1) / 1000, 2)} s; operator work queue wait: mean ${fmt(settleTotals0.queueWaitSum / Math.max(1, settleTotals0.queueWaitCount), 3)} s over ${settleTotals0.queueWaitCount} items`,
   );
   say(`the bench's own CPU while creating: ${fmt((benchCpuCreate.user + benchCpuCreate.system) / 1e6, 2)} s`);
-  say(`operator memory (its /metrics): settled ${memoryLine(settledMemory)}; idle ${memoryLine(idleMemory)}; after restart ${memoryLine(restartTotals.memory)}`);
+  say(
+    `operator memory (its /metrics): settled ${memoryLine(settledMemory)}; idle ${memoryLine(idleMemory)}; after restart ${memoryLine(restartTotals.memory)}`,
+  );
   if (snapshotPath !== undefined) say(`operator heap snapshot (after the VMI-appears step): ${snapshotPath}`);
   say(
     `operator CPU seconds: settling ${fmt(cpuSettle, 2)}, idle ${fmt(cpuIdle, 2)}, first process total ${fmt(cpuTotalFirst, 2)}; restarted process until all ${all} looked at ${fmt(restartCpu, 2)} (start, lists, and a reconcile of each that writes nothing: at most ${fmt((1000 * restartCpu) / all, 2)} ms each)`,
   );
-  say(`Events dropped by the operator (its queue of 1,000 full; statuses are all written): ${settledTotals.eventsDropped} while settling`);
+  say(
+    `Events dropped by the operator (its queue of 1,000 full; statuses are all written): ${settledTotals.eventsDropped} while settling`,
+  );
   say(`API requests to settle (kube-apiserver apiserver_request_total, the bench's own creates and lists subtracted):`);
   for (const l of formatCounts(settle)) say(`  ${l}`);
   say(`API requests while idle (${fmt(idleS, 0)} s):`);

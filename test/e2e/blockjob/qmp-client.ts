@@ -5,7 +5,9 @@
 import net from 'node:net';
 import { z } from 'zod';
 
-const greetingSchema = z.object({ QMP: z.looseObject({ version: z.unknown(), capabilities: z.array(z.unknown()).optional() }) });
+const greetingSchema = z.object({
+  QMP: z.looseObject({ version: z.unknown(), capabilities: z.array(z.unknown()).optional() }),
+});
 const returnSchema = z.object({ return: z.unknown(), id: z.string().optional() });
 const errorSchema = z.object({ error: z.object({ class: z.string(), desc: z.string() }), id: z.string().optional() });
 const eventSchema = z.object({
@@ -73,7 +75,10 @@ export class QmpClient {
     const socket = net.createConnection({ path: socketPath });
     const client = new QmpClient(socketPath, socket);
     const greeting = new Promise<unknown>((resolve, reject) => {
-      const t = setTimeout(() => reject(new QmpConnectionError(`no QMP greeting on ${socketPath} within ${timeoutMs} ms`)), timeoutMs);
+      const t = setTimeout(
+        () => reject(new QmpConnectionError(`no QMP greeting on ${socketPath} within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
       client.#greeting = (msg) => {
         clearTimeout(t);
         resolve(msg);
@@ -85,11 +90,14 @@ export class QmpClient {
     });
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => client.#onData(chunk));
-    socket.on('error', (err) => client.#onClose(new QmpConnectionError(`QMP socket ${socketPath}: ${err.message}`, { cause: err })));
+    socket.on('error', (err) =>
+      client.#onClose(new QmpConnectionError(`QMP socket ${socketPath}: ${err.message}`, { cause: err })),
+    );
     socket.on('close', () => client.#onClose());
     try {
       const msg = await greeting;
-      if (!greetingSchema.safeParse(msg).success) throw new QmpConnectionError(`unexpected QMP greeting: ${JSON.stringify(msg)}`);
+      if (!greetingSchema.safeParse(msg).success)
+        throw new QmpConnectionError(`unexpected QMP greeting: ${JSON.stringify(msg)}`);
       await client.execute('qmp_capabilities', undefined, { timeoutMs });
     } catch (err) {
       client.close();
@@ -126,7 +134,11 @@ export class QmpClient {
     }
     const ev = eventSchema.safeParse(msg);
     if (ev.success) {
-      const e: QmpEvent = { event: ev.data.event, data: ev.data.data ?? {}, ...(ev.data.timestamp === undefined ? {} : { timestamp: ev.data.timestamp }) };
+      const e: QmpEvent = {
+        event: ev.data.event,
+        data: ev.data.data ?? {},
+        ...(ev.data.timestamp === undefined ? {} : { timestamp: ev.data.timestamp }),
+      };
       for (const l of this.#listeners) l(e);
       return;
     }
@@ -151,8 +163,13 @@ export class QmpClient {
   }
 
   /** Run a command; resolves with its "return" value, rejects with QmpError or QmpConnectionError. */
-  execute(command: string, args?: Readonly<Record<string, unknown>>, options: { timeoutMs?: number } = {}): Promise<unknown> {
-    if (this.#closed) return Promise.reject(this.#closeError ?? new QmpConnectionError(`QMP connection ${this.socketPath} is closed`));
+  execute(
+    command: string,
+    args?: Readonly<Record<string, unknown>>,
+    options: { timeoutMs?: number } = {},
+  ): Promise<unknown> {
+    if (this.#closed)
+      return Promise.reject(this.#closeError ?? new QmpConnectionError(`QMP connection ${this.socketPath} is closed`));
     const id = `bp-${this.#nextId++}`;
     const timeoutMs = options.timeoutMs ?? 30_000;
     return new Promise<unknown>((resolve, reject) => {
@@ -171,7 +188,9 @@ export class QmpClient {
           reject(e);
         },
       });
-      this.#socket.write(`${JSON.stringify({ execute: command, ...(args === undefined ? {} : { arguments: args }), id })}\n`);
+      this.#socket.write(
+        `${JSON.stringify({ execute: command, ...(args === undefined ? {} : { arguments: args }), id })}\n`,
+      );
     });
   }
 

@@ -12,7 +12,16 @@ import { z } from 'zod';
 import { resolveBase } from '../../../operator/src/hypervisor/chain.ts';
 import { HypervisorError } from '../../../operator/src/hypervisor/errors.ts';
 import { QmpClient, QmpConnectionError, QmpError, type QmpEvent } from './qmp-client.ts';
-import type { BlockJobDriver, BlockJobEvent, BlockJobInfo, ChainLayer, DiskInfo, DiskRef, EventSubscription, StartPullOptions } from '../../../operator/src/hypervisor/types.ts';
+import type {
+  BlockJobDriver,
+  BlockJobEvent,
+  BlockJobInfo,
+  ChainLayer,
+  DiskInfo,
+  DiskRef,
+  EventSubscription,
+  StartPullOptions,
+} from '../../../operator/src/hypervisor/types.ts';
 import { kubevirtAlias } from '../../../operator/src/hypervisor/virsh-parse.ts';
 
 type ImageInfo = { filename: string; format: string; 'backing-image'?: ImageInfo | undefined };
@@ -27,7 +36,9 @@ const queryBlockSchema = z.array(
   z.looseObject({
     device: z.string(),
     qdev: z.string().optional(),
-    inserted: z.looseObject({ 'node-name': z.string().optional(), file: z.string(), image: imageInfoSchema }).optional(),
+    inserted: z
+      .looseObject({ 'node-name': z.string().optional(), file: z.string(), image: imageInfoSchema })
+      .optional(),
   }),
 );
 const namedNodesSchema = z.array(z.looseObject({ 'node-name': z.string(), file: z.string(), drv: z.string() }));
@@ -42,9 +53,18 @@ const blockJobsSchema = z.array(
     status: z.string().optional(),
   }),
 );
-const jobEventDataSchema = z.looseObject({ device: z.string(), type: z.string().optional(), error: z.string().optional() });
+const jobEventDataSchema = z.looseObject({
+  device: z.string(),
+  type: z.string().optional(),
+  error: z.string().optional(),
+});
 
-const JOB_TYPE_NAMES: Readonly<Record<string, string>> = { stream: 'Block Pull', commit: 'Block Commit', mirror: 'Block Copy', backup: 'Backup' };
+const JOB_TYPE_NAMES: Readonly<Record<string, string>> = {
+  stream: 'Block Pull',
+  commit: 'Block Commit',
+  mirror: 'Block Copy',
+  backup: 'Backup',
+};
 
 export interface QmpDriverOptions {
   readonly timeoutMs?: number;
@@ -97,7 +117,8 @@ export class QmpDriver implements BlockJobDriver {
 
   async listDisks(): Promise<DiskInfo[]> {
     const parsed = queryBlockSchema.safeParse(await this.execute('query-block'));
-    if (!parsed.success) throw new HypervisorError('CommandFailed', `unexpected query-block reply: ${parsed.error.message}`);
+    if (!parsed.success)
+      throw new HypervisorError('CommandFailed', `unexpected query-block reply: ${parsed.error.message}`);
     const disks: DiskInfo[] = [];
     for (const b of parsed.data) {
       if (b.inserted === undefined) continue;
@@ -114,9 +135,15 @@ export class QmpDriver implements BlockJobDriver {
 
   async getDisk(_domain: string, disk: DiskRef): Promise<DiskInfo> {
     const disks = await this.listDisks();
-    const found = 'name' in disk ? disks.find((d) => d.alias === kubevirtAlias(disk.name)) : disks.find((d) => d.target === disk.target);
+    const found =
+      'name' in disk
+        ? disks.find((d) => d.alias === kubevirtAlias(disk.name))
+        : disks.find((d) => d.target === disk.target);
     if (found === undefined) {
-      throw new HypervisorError('DiskNotFound', `disk ${'name' in disk ? disk.name : disk.target} not found on QMP ${this.socketPath}`);
+      throw new HypervisorError(
+        'DiskNotFound',
+        `disk ${'name' in disk ? disk.name : disk.target} not found on QMP ${this.socketPath}`,
+      );
     }
     return found;
   }
@@ -127,9 +154,11 @@ export class QmpDriver implements BlockJobDriver {
       const disk = await this.getDisk(domain, { target });
       const layer = resolveBase(disk, options.base);
       const nodes = namedNodesSchema.safeParse(await this.execute('query-named-block-nodes', { flat: true }));
-      if (!nodes.success) throw new HypervisorError('CommandFailed', `unexpected query-named-block-nodes reply: ${nodes.error.message}`);
+      if (!nodes.success)
+        throw new HypervisorError('CommandFailed', `unexpected query-named-block-nodes reply: ${nodes.error.message}`);
       const node = nodes.data.find((n) => n.file === layer.path && n.drv === layer.format);
-      if (node === undefined) throw new HypervisorError('InvalidBase', `no block node for base ${layer.path} (${layer.format})`);
+      if (node === undefined)
+        throw new HypervisorError('InvalidBase', `no block node for base ${layer.path} (${layer.format})`);
       args['base-node'] = node['node-name'];
     }
     if (options.bandwidth !== undefined && options.bandwidth > 0) args.speed = Math.trunc(options.bandwidth);
@@ -138,7 +167,8 @@ export class QmpDriver implements BlockJobDriver {
 
   async #jobs(): Promise<z.infer<typeof blockJobsSchema>> {
     const parsed = blockJobsSchema.safeParse(await this.execute('query-block-jobs'));
-    if (!parsed.success) throw new HypervisorError('CommandFailed', `unexpected query-block-jobs reply: ${parsed.error.message}`);
+    if (!parsed.success)
+      throw new HypervisorError('CommandFailed', `unexpected query-block-jobs reply: ${parsed.error.message}`);
     return parsed.data;
   }
 
@@ -146,7 +176,13 @@ export class QmpDriver implements BlockJobDriver {
     const id = QmpDriver.jobId(target);
     const job = (await this.#jobs()).find((j) => j.device === id || j.device === target);
     if (job === undefined || job.status === 'concluded' || job.status === 'null') return null;
-    return { type: JOB_TYPE_NAMES[job.type] ?? job.type, cur: job.offset, end: job.len, bandwidth: job.speed, ...(job.paused === undefined ? {} : { paused: job.paused }) };
+    return {
+      type: JOB_TYPE_NAMES[job.type] ?? job.type,
+      cur: job.offset,
+      end: job.len,
+      bandwidth: job.speed,
+      ...(job.paused === undefined ? {} : { paused: job.paused }),
+    };
   }
 
   async #jobDevice(target: string): Promise<string> {
@@ -157,7 +193,8 @@ export class QmpDriver implements BlockJobDriver {
   }
 
   async setBandwidth(_domain: string, target: string, bytesPerSecond: number): Promise<void> {
-    if (!Number.isInteger(bytesPerSecond) || bytesPerSecond < 0) throw new RangeError(`bandwidth must be a non-negative integer, got ${bytesPerSecond}`);
+    if (!Number.isInteger(bytesPerSecond) || bytesPerSecond < 0)
+      throw new RangeError(`bandwidth must be a non-negative integer, got ${bytesPerSecond}`);
     await this.execute('block-job-set-speed', { device: await this.#jobDevice(target), speed: bytesPerSecond });
   }
 
@@ -177,13 +214,25 @@ export class QmpDriver implements BlockJobDriver {
     let stopped = false;
     const listener = (ev: QmpEvent): void => {
       if (stopped) return;
-      const kind = ev.event === 'BLOCK_JOB_COMPLETED' ? 'completed' : ev.event === 'BLOCK_JOB_CANCELLED' ? 'canceled' : ev.event === 'BLOCK_JOB_READY' ? 'ready' : undefined;
+      const kind =
+        ev.event === 'BLOCK_JOB_COMPLETED'
+          ? 'completed'
+          : ev.event === 'BLOCK_JOB_CANCELLED'
+            ? 'canceled'
+            : ev.event === 'BLOCK_JOB_READY'
+              ? 'ready'
+              : undefined;
       if (kind === undefined) return;
       const data = jobEventDataSchema.safeParse(ev.data);
       if (!data.success) return;
       const target = data.data.device.startsWith('pull-') ? data.data.device.slice('pull-'.length) : data.data.device;
       const type = data.data.type;
-      onEvent({ domain, target, kind: kind === 'completed' && data.data.error !== undefined ? 'failed' : kind, ...(type === undefined ? {} : { jobType: JOB_TYPE_NAMES[type] ?? type }) });
+      onEvent({
+        domain,
+        target,
+        kind: kind === 'completed' && data.data.error !== undefined ? 'failed' : kind,
+        ...(type === undefined ? {} : { jobType: JOB_TYPE_NAMES[type] ?? type }),
+      });
     };
     this.#eventListeners.add(listener);
     // Make sure a connection exists, so that events flow even before the first command.
@@ -215,9 +264,12 @@ export function mapQmpError(err: unknown): unknown {
   if (err instanceof QmpConnectionError) return new HypervisorError('Unreachable', err.message, { cause: err });
   if (err instanceof QmpError) {
     const d = err.message;
-    if (err.errorClass === 'DeviceNotFound' || /Cannot find device|not found/i.test(d)) return new HypervisorError('DiskNotFound', d, { cause: err });
-    if (/is busy|in use by|already in use|already exists|already has a job/i.test(d)) return new HypervisorError('DiskBusy', d, { cause: err });
-    if (/base|backing/i.test(d) && err.command === 'block-stream') return new HypervisorError('InvalidBase', d, { cause: err });
+    if (err.errorClass === 'DeviceNotFound' || /Cannot find device|not found/i.test(d))
+      return new HypervisorError('DiskNotFound', d, { cause: err });
+    if (/is busy|in use by|already in use|already exists|already has a job/i.test(d))
+      return new HypervisorError('DiskBusy', d, { cause: err });
+    if (/base|backing/i.test(d) && err.command === 'block-stream')
+      return new HypervisorError('InvalidBase', d, { cause: err });
     return new HypervisorError('CommandFailed', d, { cause: err });
   }
   return err;

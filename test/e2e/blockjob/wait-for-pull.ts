@@ -6,7 +6,12 @@
  */
 import { isPullComplete, type PullGoal } from '../../../operator/src/hypervisor/completion.ts';
 import { HypervisorError, isHypervisorError } from '../../../operator/src/hypervisor/errors.ts';
-import type { BlockJobDriver, BlockJobEventKind, BlockJobInfo, DiskInfo } from '../../../operator/src/hypervisor/types.ts';
+import type {
+  BlockJobDriver,
+  BlockJobEventKind,
+  BlockJobInfo,
+  DiskInfo,
+} from '../../../operator/src/hypervisor/types.ts';
 
 export interface WaitOptions {
   readonly signal?: AbortSignal;
@@ -42,7 +47,12 @@ export class WaitTimeoutError extends Error {
  * fallback (and the only source of truth: every wake-up re-reads the job and the chain).
  * Rejects with HypervisorError JobCanceled / JobFailed when the job disappears short of the goal.
  */
-export async function waitForPullCompletion(driver: BlockJobDriver, domain: string, goal: PullGoal, options: WaitOptions = {}): Promise<PullResult> {
+export async function waitForPullCompletion(
+  driver: BlockJobDriver,
+  domain: string,
+  goal: PullGoal,
+  options: WaitOptions = {},
+): Promise<PullResult> {
   const pollMs = options.pollIntervalMs ?? 500;
   const graceMs = options.unreachableGraceMs ?? 120_000;
   const started = Date.now();
@@ -79,14 +89,22 @@ export async function waitForPullCompletion(driver: BlockJobDriver, domain: stri
           options.onProgress?.(job);
         } else {
           const disk = await driver.getDisk(domain, { target: goal.target });
-          if (isPullComplete(null, disk, goal)) return { disk, ...(lastJob === undefined ? {} : { lastJob }), eventsSeen };
+          if (isPullComplete(null, disk, goal))
+            return { disk, ...(lastJob === undefined ? {} : { lastJob }), eventsSeen };
           // The job is gone but the chain is not at the goal. Look once more after a short pause:
           // the job list and the XML are read in two calls.
           goneShortOfGoal++;
           if (goneShortOfGoal >= 2 || lastEvent === 'failed' || lastEvent === 'canceled') {
             const chain = disk.chain.map((l) => l.path).join(' <- ');
-            if (lastEvent === 'canceled') throw new HypervisorError('JobCanceled', `pull on ${domain}/${goal.target} was canceled; chain is ${chain}`);
-            throw new HypervisorError('JobFailed', `pull on ${domain}/${goal.target} ended short of its goal (${goal.expectedPaths.join(' <- ')}); chain is ${chain}`);
+            if (lastEvent === 'canceled')
+              throw new HypervisorError(
+                'JobCanceled',
+                `pull on ${domain}/${goal.target} was canceled; chain is ${chain}`,
+              );
+            throw new HypervisorError(
+              'JobFailed',
+              `pull on ${domain}/${goal.target} ended short of its goal (${goal.expectedPaths.join(' <- ')}); chain is ${chain}`,
+            );
           }
           settledEarly = true;
         }

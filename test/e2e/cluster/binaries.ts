@@ -38,7 +38,12 @@ export interface EnsureBinariesOptions {
   readonly log?: (message: string) => void;
 }
 
-const stamp = z.object({ version: z.string(), binaries: z.array(z.string()), buildSeconds: z.number(), builtAt: z.string() });
+const stamp = z.object({
+  version: z.string(),
+  binaries: z.array(z.string()),
+  buildSeconds: z.number(),
+  builtAt: z.string(),
+});
 const STAMP = '.complete.json';
 
 /** Whether `dir` holds a finished build of `version` (its stamp) with every binary in `names` executable. */
@@ -54,8 +59,18 @@ export async function isComplete(dir: string, version: string, names: readonly s
 }
 
 /** `go <args>` in `cwd`; on failure the last 20 kB of its output are logged and in the error. */
-export async function runGoBuild(args: readonly string[], cwd: string, log: (m: string) => void, extraEnv: NodeJS.ProcessEnv = {}): Promise<void> {
-  const r = await run([goBinary(), ...args], { cwd, env: { ...process.env, GOFLAGS: '-buildvcs=false', ...extraEnv }, timeoutMs: 3 * 60 * 60_000, allowExit: true });
+export async function runGoBuild(
+  args: readonly string[],
+  cwd: string,
+  log: (m: string) => void,
+  extraEnv: NodeJS.ProcessEnv = {},
+): Promise<void> {
+  const r = await run([goBinary(), ...args], {
+    cwd,
+    env: { ...process.env, GOFLAGS: '-buildvcs=false', ...extraEnv },
+    timeoutMs: 3 * 60 * 60_000,
+    allowExit: true,
+  });
   if (r.exitCode === 0) return;
   const output = (r.stdout + r.stderr).slice(-20_000);
   log(output);
@@ -103,7 +118,10 @@ export async function ensureBuilt(b: CachedBuild, log: (m: string) => void): Pro
       try {
         await b.build(tmp);
         const buildSeconds = Math.round((Date.now() - started) / 100) / 10;
-        await writeFile(path.join(tmp, STAMP), JSON.stringify({ version, binaries: names, buildSeconds, builtAt: new Date().toISOString() }, null, 2));
+        await writeFile(
+          path.join(tmp, STAMP),
+          JSON.stringify({ version, binaries: names, buildSeconds, builtAt: new Date().toISOString() }, null, 2),
+        );
         await rm(dir, { recursive: true, force: true });
         await rename(tmp, dir);
         log(`built ${b.label} in ${buildSeconds} s -> ${dir}`);
@@ -139,14 +157,28 @@ async function ensureTarget(root: string, t: Target, pinned: string, log: (m: st
         await rm(modDir, { recursive: true, force: true });
         await mkdir(modDir, { recursive: true });
         if (t.version === pinned) {
-          for (const f of ['go.mod', 'go.sum']) await copyFile(path.join(GO_MODULES_DIR, t.kind, f), path.join(modDir, f));
+          for (const f of ['go.mod', 'go.sum'])
+            await copyFile(path.join(GO_MODULES_DIR, t.kind, f), path.join(modDir, f));
         } else {
           log(`generating the ${t.kind} wrapper module for ${t.version} in ${modDir}`);
           if (t.kind === 'k8s') await writeK8sModule(modDir, t.version);
           else await writeEtcdModule(modDir, t.version);
         }
-        log(`building ${t.names.join(', ')} ${t.version} from the Go module proxy (first run only; minutes on 2 cores)...`);
-        await runGoBuild(['build', '-trimpath', `-ldflags=${t.ldflags}`, '-o', t.packages.length > 1 ? `${tmp}/` : path.join(tmp, t.names[0] ?? 'out'), ...t.packages], modDir, log);
+        log(
+          `building ${t.names.join(', ')} ${t.version} from the Go module proxy (first run only; minutes on 2 cores)...`,
+        );
+        await runGoBuild(
+          [
+            'build',
+            '-trimpath',
+            `-ldflags=${t.ldflags}`,
+            '-o',
+            t.packages.length > 1 ? `${tmp}/` : path.join(tmp, t.names[0] ?? 'out'),
+            ...t.packages,
+          ],
+          modDir,
+          log,
+        );
       },
     },
     log,
@@ -168,7 +200,13 @@ export async function ensureBinaries(options: EnsureBinariesOptions = {}): Promi
   );
   const k8sBinDir = await ensureTarget(
     root,
-    { kind: 'k8s', version: versions.k8s, names: K8S_COMMANDS, packages: K8S_COMMANDS.map((c) => `${K8S_MODULE}/cmd/${c}`), ldflags: k8sLdflags(versions.k8s) },
+    {
+      kind: 'k8s',
+      version: versions.k8s,
+      names: K8S_COMMANDS,
+      packages: K8S_COMMANDS.map((c) => `${K8S_MODULE}/cmd/${c}`),
+      ldflags: k8sLdflags(versions.k8s),
+    },
     pinned.k8s,
     log,
   );

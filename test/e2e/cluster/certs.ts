@@ -7,7 +7,6 @@ import { run } from '../support/process.ts';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
-
 async function openssl(args: readonly string[], cwd: string): Promise<void> {
   try {
     await run(['openssl', ...args], { cwd });
@@ -57,7 +56,24 @@ export async function issueCert(
   await writeFile(path.join(dir, `${name}.ext`), `${ext}\n`);
   await openssl(['req', '-new', ...EC, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject], dir);
   await openssl(
-    ['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-set_serial', `0x${Date.now().toString(16)}${Math.floor(Math.random() * 0xffff).toString(16)}`, '-days', '365', '-out', `${name}.crt`, '-extfile', `${name}.ext`],
+    [
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-set_serial',
+      `0x${Date.now().toString(16)}${Math.floor(Math.random() * 0xffff).toString(16)}`,
+      '-days',
+      '365',
+      '-out',
+      `${name}.crt`,
+      '-extfile',
+      `${name}.ext`,
+    ],
     dir,
   );
   await rm(path.join(dir, `${name}.csr`), { force: true });
@@ -70,8 +86,24 @@ export async function createPki(dir: string): Promise<Pki> {
   await rm(dir, { recursive: true, force: true });
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await openssl(
-    ['req', '-x509', '-new', ...EC, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '3650', '-subj', '/CN=blockpull-e2e-ca',
-      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign,digitalSignature'],
+    [
+      'req',
+      '-x509',
+      '-new',
+      ...EC,
+      '-keyout',
+      'ca.key',
+      '-out',
+      'ca.crt',
+      '-days',
+      '3650',
+      '-subj',
+      '/CN=blockpull-e2e-ca',
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign,digitalSignature',
+    ],
     dir,
   );
   const local = ['DNS:localhost', 'IP:127.0.0.1'];
@@ -79,7 +111,12 @@ export async function createPki(dir: string): Promise<Pki> {
     issueCert(dir, 'etcd-server', '/CN=etcd', 'both', local),
     issueCert(dir, 'etcd-client', '/CN=kube-apiserver-etcd-client', 'client'),
     issueCert(dir, 'apiserver', '/CN=kube-apiserver', 'server', [
-      ...local, 'DNS:kubernetes', 'DNS:kubernetes.default', 'DNS:kubernetes.default.svc', 'DNS:kubernetes.default.svc.cluster.local', 'IP:10.0.0.1',
+      ...local,
+      'DNS:kubernetes',
+      'DNS:kubernetes.default',
+      'DNS:kubernetes.default.svc',
+      'DNS:kubernetes.default.svc.cluster.local',
+      'IP:10.0.0.1',
     ]),
     issueCert(dir, 'admin', '/O=system:masters/CN=blockpull-e2e-admin', 'client'),
     issueCert(dir, 'apiserver-kubelet-client', '/O=system:masters/CN=kube-apiserver-kubelet-client', 'client'),

@@ -49,7 +49,9 @@ async function stopCliNode(stateDir: string): Promise<string | undefined> {
   const n = cliNode(stateDir);
   if (!n) return undefined;
   const problems = n.record ? await teardownNode(n.record, { useApi: true }) : [];
-  const left = n.record ? [...problems, ...(await nodeLeftovers(n.runDir, { cgroupRoot: n.record.cgroupRoot, containerd: n.record }))] : [];
+  const left = n.record
+    ? [...problems, ...(await nodeLeftovers(n.runDir, { cgroupRoot: n.record.cgroupRoot, containerd: n.record }))]
+    : [];
   if (left.length > 0) throw new Error(`node stop left: ${left.join('; ')}`);
   rmSync(path.join(stateDir, 'node.json'), { force: true });
   return n.record ? `node ${n.record.name} (${n.runDir})` : undefined;
@@ -57,7 +59,10 @@ async function stopCliNode(stateDir: string): Promise<string | undefined> {
 
 /** Node Ready condition as the API server reports it. */
 async function nodeReady(kubeconfigPath: string, kubectl: string, name: string): Promise<string> {
-  const r = await clusterClient(kubeconfigPath, kubectl).kubectlResult(['get', 'node', name, '-o', 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'], { timeoutMs: 10_000 });
+  const r = await clusterClient(kubeconfigPath, kubectl).kubectlResult(
+    ['get', 'node', name, '-o', 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'],
+    { timeoutMs: 10_000 },
+  );
   return r.exitCode === 0 ? r.stdout.trim() || 'Unknown' : 'absent';
 }
 
@@ -85,7 +90,9 @@ async function main(): Promise<number> {
       if (existing?.running && existing.ready) {
         const node = cliNode(stateDir)?.record;
         if (withNode && !node) {
-          process.stderr.write(`a control plane without a node runs in ${stateDir}; run \`npm run cluster -- down\` first\n`);
+          process.stderr.write(
+            `a control plane without a node runs in ${stateDir}; run \`npm run cluster -- down\` first\n`,
+          );
           return 1;
         }
         out(`already running: ${existing.state.server}${node ? ` with node ${node.name} (${node.runDir})` : ''}`);
@@ -98,8 +105,14 @@ async function main(): Promise<number> {
       const staleNode = await stopCliNode(stateDir);
       if (staleNode) out(`stopped a stale ${staleNode}`);
       // KubeVirt's binaries and images first (minutes when cold), before anything runs.
-      const kvBuild = values.kubevirt ? { bins: await ensureKubevirtBinaries(), images: await ensureKubevirtImages() } : undefined;
-      const cp = await startControlPlane({ stateDir, detached: true, ...(withNode ? { extraApiserverArgs: nodeApiserverArgs(stateDir) } : {}) });
+      const kvBuild = values.kubevirt
+        ? { bins: await ensureKubevirtBinaries(), images: await ensureKubevirtImages() }
+        : undefined;
+      const cp = await startControlPlane({
+        stateDir,
+        detached: true,
+        ...(withNode ? { extraApiserverArgs: nodeApiserverArgs(stateDir) } : {}),
+      });
       try {
         // With --kubevirt, KubeVirt's own CRDs replace the hand-written test VMI/VMIM CRDs.
         const crds = kvBuild ? await operatorCrdFiles() : await projectCrdFiles();
@@ -122,8 +135,16 @@ async function main(): Promise<number> {
               detached: true,
             });
             const example = path.join(stateDir, 'example-vmi.yaml');
-            writeExampleVmi(example, { namespace: 'default', name: 'vm1', containerDiskImage: kvBuild.images.containerDisk.name, runtimeUser: 107, uuid: randomUUID() });
-            out(`KubeVirt ${kvBuild.bins.version}: virt-controller and the handler stand-in up in ${(kv.startMs / 1000).toFixed(1)} s (logs: ${path.dirname(kv.logs.controller)})`);
+            writeExampleVmi(example, {
+              namespace: 'default',
+              name: 'vm1',
+              containerDiskImage: kvBuild.images.containerDisk.name,
+              runtimeUser: 107,
+              uuid: randomUUID(),
+            });
+            out(
+              `KubeVirt ${kvBuild.bins.version}: virt-controller and the handler stand-in up in ${(kv.startMs / 1000).toFixed(1)} s (logs: ${path.dirname(kv.logs.controller)})`,
+            );
             out(`example VMI: kubectl create -f ${example}`);
           }
         }
@@ -132,7 +153,9 @@ async function main(): Promise<number> {
         await cp.stop();
         throw err;
       }
-      out(`control plane up in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${cp.server} (Kubernetes ${cp.binaries.versions.k8s}, etcd ${cp.binaries.versions.etcd})`);
+      out(
+        `control plane up in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${cp.server} (Kubernetes ${cp.binaries.versions.k8s}, etcd ${cp.binaries.versions.etcd})`,
+      );
       out(`kubeconfig: ${cp.kubeconfigPath}`);
       out(`kubectl:    ${cp.binaries.kubectl}`);
       out(`logs:       ${path.join(stateDir, 'logs')}`);
@@ -149,7 +172,9 @@ async function main(): Promise<number> {
       out(`kubeconfig: ${s.state.kubeconfigPath}`);
       out(`started:    ${s.state.startedAt}`);
       for (const p of s.state.processes) out(`${p.name.padEnd(23)} pid ${p.pid}`);
-      out(`state:      ${s.running ? (s.ready ? 'running, ready' : 'running, NOT ready') : 'processes gone (run `down` to clean up, or `up`)'}`);
+      out(
+        `state:      ${s.running ? (s.ready ? 'running, ready' : 'running, NOT ready') : 'processes gone (run `down` to clean up, or `up`)'}`,
+      );
       const n = cliNode(stateDir);
       let nodeOk = true;
       if (n) {
@@ -158,10 +183,15 @@ async function main(): Promise<number> {
           nodeOk = false;
         } else {
           for (const d of n.record.daemons) out(`${d.name.padEnd(23)} pid ${d.pid}${isOurs(d) ? '' : ' (gone)'}`);
-          const ready = s.running && s.ready ? await nodeReady(s.state.kubeconfigPath, n.record.controlPlane.kubectl, n.record.name) : 'unknown (no API server)';
+          const ready =
+            s.running && s.ready
+              ? await nodeReady(s.state.kubeconfigPath, n.record.controlPlane.kubectl, n.record.name)
+              : 'unknown (no API server)';
           // containerd, controller-manager, scheduler, kubelet (+ virt-controller and the handler stand-in with --kubevirt)
           const allUp = n.record.daemons.length >= 4 && n.record.daemons.every((d) => isOurs(d));
-          out(`node:       ${n.record.name} Ready=${ready}${allUp ? '' : ', some of its processes are gone'} (run dir ${n.runDir})`);
+          out(
+            `node:       ${n.record.name} Ready=${ready}${allUp ? '' : ', some of its processes are gone'} (run dir ${n.runDir})`,
+          );
           nodeOk = allUp && ready === 'True';
         }
       }
@@ -181,7 +211,9 @@ async function main(): Promise<number> {
       return 0;
     }
     default:
-      process.stderr.write('usage: npm run cluster -- up [--no-crds] [--node] [--kubevirt] | status | down | build   [--state-dir DIR]\n');
+      process.stderr.write(
+        'usage: npm run cluster -- up [--no-crds] [--node] [--kubevirt] | status | down | build   [--state-dir DIR]\n',
+      );
       return 2;
   }
 }

@@ -34,7 +34,12 @@ export interface ClusterClient {
 }
 
 /** kubectl with the rules of support/process.ts run(): a non-zero exit is returned, a timeout (default 120 s) rejects. */
-export function runKubectl(kubectlPath: string, kubeconfigPath: string, args: readonly string[], options: KubectlOptions = {}): Promise<RunResult> {
+export function runKubectl(
+  kubectlPath: string,
+  kubeconfigPath: string,
+  args: readonly string[],
+  options: KubectlOptions = {},
+): Promise<RunResult> {
   return run([kubectlPath, '--kubeconfig', options.kubeconfig ?? kubeconfigPath, ...args], {
     allowExit: true,
     timeoutMs: options.timeoutMs ?? 120_000,
@@ -43,7 +48,8 @@ export function runKubectl(kubectlPath: string, kubeconfigPath: string, args: re
 }
 
 export function clusterClient(kubeconfigPath: string, kubectlPath: string): ClusterClient {
-  const kubectlResult = (args: readonly string[], options?: KubectlOptions): Promise<RunResult> => runKubectl(kubectlPath, kubeconfigPath, args, options);
+  const kubectlResult = (args: readonly string[], options?: KubectlOptions): Promise<RunResult> =>
+    runKubectl(kubectlPath, kubeconfigPath, args, options);
   return {
     kubeconfigPath,
     kubectlPath,

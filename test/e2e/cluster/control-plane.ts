@@ -20,7 +20,15 @@ import { clusterClient, type ClusterClient } from './client.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
 import { processStartTime } from '../support/lock.ts';
 import { freePorts, waitPortsFree } from '../support/ports.ts';
-import { daemonRecord, isOurs, killDaemonNow, readCmdline, startDaemon, stopDaemon, type DaemonRecord } from '../support/process.ts';
+import {
+  daemonRecord,
+  isOurs,
+  killDaemonNow,
+  readCmdline,
+  startDaemon,
+  stopDaemon,
+  type DaemonRecord,
+} from '../support/process.ts';
 import { REPO_ROOT } from '../support/paths.ts';
 import { tail } from '../support/tail.ts';
 
@@ -60,7 +68,13 @@ export interface AuditEvent {
   readonly verb: string;
   readonly requestURI: string;
   readonly user: { readonly username: string };
-  readonly objectRef?: { readonly resource?: string; readonly subresource?: string; readonly namespace?: string; readonly name?: string; readonly apiGroup?: string };
+  readonly objectRef?: {
+    readonly resource?: string;
+    readonly subresource?: string;
+    readonly namespace?: string;
+    readonly name?: string;
+    readonly apiGroup?: string;
+  };
   readonly responseStatus?: { readonly code?: number };
   readonly requestReceivedTimestamp: string;
   readonly stageTimestamp: string;
@@ -200,15 +214,26 @@ interface LoadedPki extends Pki {
 }
 
 async function loadPki(pki: Pki): Promise<LoadedPki> {
-  return { ...pki, caPem: await readFile(pki.caCert), adminCertPem: await readFile(pki.adminCert), adminKeyPem: await readFile(pki.adminKey) };
+  return {
+    ...pki,
+    caPem: await readFile(pki.caCert),
+    adminCertPem: await readFile(pki.adminCert),
+    adminKeyPem: await readFile(pki.adminKey),
+  };
 }
 
-async function waitReady(server: string, pki: LoadedPki, procs: readonly DaemonRecord[], timeoutMs: number): Promise<void> {
+async function waitReady(
+  server: string,
+  pki: LoadedPki,
+  procs: readonly DaemonRecord[],
+  timeoutMs: number,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   for (;;) {
     for (const p of procs) {
-      if (!isOurs(p)) throw new Error(`${p.name} exited during startup; last log lines (${p.logFile}):\n${tail(p.logFile)}`);
+      if (!isOurs(p))
+        throw new Error(`${p.name} exited during startup; last log lines (${p.logFile}):\n${tail(p.logFile)}`);
     }
     try {
       const r = await httpsGet(`${server}/readyz`, pki, 2000);
@@ -217,17 +242,26 @@ async function waitReady(server: string, pki: LoadedPki, procs: readonly DaemonR
     } catch (err) {
       last = err instanceof Error ? err.message : String(err);
     }
-    if (Date.now() > deadline) throw new Error(`kube-apiserver not ready after ${timeoutMs} ms (${last}); log: ${procs.at(-1)?.logFile ?? ''}\n${tail(procs.at(-1)?.logFile ?? '')}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `kube-apiserver not ready after ${timeoutMs} ms (${last}); log: ${procs.at(-1)?.logFile ?? ''}\n${tail(procs.at(-1)?.logFile ?? '')}`,
+      );
     await sleep(200);
   }
 }
 
 async function waitEtcdReady(endpoint: string, pki: Pki, proc: DaemonRecord, timeoutMs: number): Promise<void> {
-  const loaded: LoadedPki = { ...pki, caPem: await readFile(pki.caCert), adminCertPem: await readFile(pki.etcdClientCert), adminKeyPem: await readFile(pki.etcdClientKey) };
+  const loaded: LoadedPki = {
+    ...pki,
+    caPem: await readFile(pki.caCert),
+    adminCertPem: await readFile(pki.etcdClientCert),
+    adminKeyPem: await readFile(pki.etcdClientKey),
+  };
   const deadline = Date.now() + timeoutMs;
   let last = '';
   for (;;) {
-    if (!isOurs(proc)) throw new Error(`etcd exited during startup; last log lines (${proc.logFile}):\n${tail(proc.logFile)}`);
+    if (!isOurs(proc))
+      throw new Error(`etcd exited during startup; last log lines (${proc.logFile}):\n${tail(proc.logFile)}`);
     try {
       const r = await httpsGet(`${endpoint}/health`, loaded, 2000);
       if (r.status === 200 && /"health":\s*"true"/.test(r.body)) return;
@@ -235,7 +269,8 @@ async function waitEtcdReady(endpoint: string, pki: Pki, proc: DaemonRecord, tim
     } catch (err) {
       last = err instanceof Error ? err.message : String(err);
     }
-    if (Date.now() > deadline) throw new Error(`etcd not healthy after ${timeoutMs} ms (${last})\n${tail(proc.logFile)}`);
+    if (Date.now() > deadline)
+      throw new Error(`etcd not healthy after ${timeoutMs} ms (${last})\n${tail(proc.logFile)}`);
     await sleep(100);
   }
 }
@@ -288,9 +323,19 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
   if (options.audit !== undefined) {
     const policyFile = path.join(stateDir, 'audit-policy.json');
     auditLogPath = path.join(logsDir, 'audit.log');
-    const policy = { apiVersion: 'audit.k8s.io/v1', kind: 'Policy', omitStages: ['RequestReceived', 'ResponseStarted'], rules: [...options.audit.rules, { level: 'None' }] };
+    const policy = {
+      apiVersion: 'audit.k8s.io/v1',
+      kind: 'Policy',
+      omitStages: ['RequestReceived', 'ResponseStarted'],
+      rules: [...options.audit.rules, { level: 'None' }],
+    };
     await writeFile(policyFile, JSON.stringify(policy, null, 2));
-    auditArgs = [`--audit-policy-file=${policyFile}`, `--audit-log-path=${auditLogPath}`, '--audit-log-format=json', '--audit-log-mode=blocking'];
+    auditArgs = [
+      `--audit-policy-file=${policyFile}`,
+      `--audit-log-path=${auditLogPath}`,
+      '--audit-log-format=json',
+      '--audit-log-mode=blocking',
+    ];
   }
 
   const procs: DaemonRecord[] = [];
@@ -361,7 +406,9 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
             // the ServiceAccount admission plugin would then reject every Pod. A caller that starts a
             // controller-manager passes its own --disable-admission-plugins in extraApiserverArgs (a list
             // flag: repeated flags append, so the default is left out then, not overridden).
-            ...((options.extraApiserverArgs ?? []).some((a) => a.startsWith('--disable-admission-plugins')) ? [] : ['--disable-admission-plugins=ServiceAccount']),
+            ...((options.extraApiserverArgs ?? []).some((a) => a.startsWith('--disable-admission-plugins'))
+              ? []
+              : ['--disable-admission-plugins=ServiceAccount']),
             '--profiling=false',
             ...auditArgs,
             ...(options.extraApiserverArgs ?? []),
@@ -370,7 +417,12 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
           stateDir,
         );
         procs.push(apiserverProc);
-        await writeKubeconfig(kubeconfigPath, { server, caFile: pki.caCert, user: 'admin', credentials: { kind: 'cert', certFile: pki.adminCert, keyFile: pki.adminKey } });
+        await writeKubeconfig(kubeconfigPath, {
+          server,
+          caFile: pki.caCert,
+          user: 'admin',
+          credentials: { kind: 'cert', certFile: pki.adminCert, keyFile: pki.adminKey },
+        });
         await writeState(stateDir, {
           version: 1,
           ownerPid: process.pid,
@@ -388,7 +440,9 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
       } catch (err) {
         await stopAll();
         procs.length = 0;
-        const inUse = /address already in use/i.test(`${tail(path.join(logsDir, 'etcd.log'), 5)}\n${tail(path.join(logsDir, 'kube-apiserver.log'), 5)}`);
+        const inUse = /address already in use/i.test(
+          `${tail(path.join(logsDir, 'etcd.log'), 5)}\n${tail(path.join(logsDir, 'kube-apiserver.log'), 5)}`,
+        );
         if (inUse && attempt < 3) {
           log(`port race on attempt ${attempt}; retrying with other ports`);
           continue;
@@ -397,7 +451,9 @@ export async function startControlPlane(options: StartOptions = {}): Promise<Con
       }
 
       if (options.detached) removeGuards();
-      log(`control plane ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${server} (kubeconfig ${kubeconfigPath})`);
+      log(
+        `control plane ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${server} (kubeconfig ${kubeconfigPath})`,
+      );
       let stopped = false;
       return {
         stateDir,
@@ -465,23 +521,31 @@ export interface StoppedApiserver {
 export async function stopApiserver(stateDir: string): Promise<StoppedApiserver> {
   const state = await readState(stateDir);
   const rec = state?.processes.find((p) => p.name === 'kube-apiserver');
-  if (state === undefined || rec === undefined || !isOurs(rec)) throw new Error(`no running kube-apiserver recorded in ${stateDir}`);
+  if (state === undefined || rec === undefined || !isOurs(rec))
+    throw new Error(`no running kube-apiserver recorded in ${stateDir}`);
   const argv = readCmdline(rec.pid);
-  if (argv === undefined || argv.length === 0) throw new Error(`cannot read the command line of kube-apiserver (pid ${rec.pid})`);
+  if (argv === undefined || argv.length === 0)
+    throw new Error(`cannot read the command line of kube-apiserver (pid ${rec.pid})`);
   await stopDaemon(rec);
   await waitPortsFree([state.ports.apiserver]);
   return {
     async start(options = {}) {
-      const proc = (await startDaemon('kube-apiserver', argv, rec.logFile, { marker: rec.marker, keepRunning: true })).record;
+      const proc = (await startDaemon('kube-apiserver', argv, rec.logFile, { marker: rec.marker, keepRunning: true }))
+        .record;
       const current = (await readState(stateDir)) ?? state;
-      await writeState(stateDir, { ...current, processes: current.processes.map((p) => (p.name === 'kube-apiserver' ? proc : p)) });
+      await writeState(stateDir, {
+        ...current,
+        processes: current.processes.map((p) => (p.name === 'kube-apiserver' ? proc : p)),
+      });
       await waitReady(state.server, await adminPki(stateDir), [proc], options.readyTimeoutMs ?? 90_000);
     },
   };
 }
 
 /** The control plane recorded in a state dir (started earlier, e.g. by `npm run cluster -- up`), if it runs. */
-export async function attachControlPlane(stateDir = DEFAULT_STATE_DIR): Promise<{ state: ClusterState; running: boolean; ready: boolean } | undefined> {
+export async function attachControlPlane(
+  stateDir = DEFAULT_STATE_DIR,
+): Promise<{ state: ClusterState; running: boolean; ready: boolean } | undefined> {
   const state = await readState(stateDir);
   if (!state) return undefined;
   const running = state.processes.every((p) => isOurs(p));

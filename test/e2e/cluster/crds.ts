@@ -3,7 +3,11 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { ClusterClient } from './client.ts';
 
-export async function installCrds(client: Pick<ClusterClient, 'kubectl'>, files: readonly string[], timeoutSeconds = 60): Promise<void> {
+export async function installCrds(
+  client: Pick<ClusterClient, 'kubectl'>,
+  files: readonly string[],
+  timeoutSeconds = 60,
+): Promise<void> {
   if (files.length === 0) return;
   const fileArgs = files.flatMap((f) => ['-f', f]);
   // One kubectl per step (KubeVirt's 17 CRDs: 2 invocations, not 34).
@@ -13,14 +17,21 @@ export async function installCrds(client: Pick<ClusterClient, 'kubectl'>, files:
 }
 
 /** The operator's own CRDs: every YAML in <repo>/crds/ (with real KubeVirt, install these alone). */
-export async function operatorCrdFiles(repoRoot = path.resolve(import.meta.dirname, '..', '..', '..')): Promise<string[]> {
+export async function operatorCrdFiles(
+  repoRoot = path.resolve(import.meta.dirname, '..', '..', '..'),
+): Promise<string[]> {
   const dir = path.join(repoRoot, 'crds');
   const names = await readdir(dir).catch(() => [] as string[]);
-  return names.filter((n) => /\.ya?ml$/.test(n)).sort().map((n) => path.join(dir, n));
+  return names
+    .filter((n) => /\.ya?ml$/.test(n))
+    .sort()
+    .map((n) => path.join(dir, n));
 }
 
 /** The project's CRDs (operatorCrdFiles) followed by the test-only KubeVirt VMI and VMIM CRDs. */
-export async function projectCrdFiles(repoRoot = path.resolve(import.meta.dirname, '..', '..', '..')): Promise<string[]> {
+export async function projectCrdFiles(
+  repoRoot = path.resolve(import.meta.dirname, '..', '..', '..'),
+): Promise<string[]> {
   return [...(await operatorCrdFiles(repoRoot)), VMI_CRD_FILE, VMIM_CRD_FILE];
 }
 

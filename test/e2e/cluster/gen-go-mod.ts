@@ -24,9 +24,7 @@ import {
   renderK8sGoMod,
 } from './go-mod.ts';
 
-
 export const GO_MODULES_DIR = path.join(import.meta.dirname, 'go');
-
 
 export async function runGo(args: readonly string[], cwd: string): Promise<string> {
   try {
@@ -38,7 +36,13 @@ export async function runGo(args: readonly string[], cwd: string): Promise<strin
   }
 }
 
-const modDownload = z.object({ Path: z.string(), Version: z.string(), GoMod: z.string(), Dir: z.string().optional(), Error: z.string().optional() });
+const modDownload = z.object({
+  Path: z.string(),
+  Version: z.string(),
+  GoMod: z.string(),
+  Dir: z.string().optional(),
+  Error: z.string().optional(),
+});
 
 export async function downloadModule(mod: string, version: string, cwd: string): Promise<z.infer<typeof modDownload>> {
   const info = modDownload.parse(JSON.parse(await runGo(['mod', 'download', '-json', `${mod}@${version}`], cwd)));
@@ -51,7 +55,8 @@ export async function writeK8sModule(dir: string, k8sVersion: string): Promise<v
   await mkdir(dir, { recursive: true });
   const info = await downloadModule(K8S_MODULE, normalizeVersion(k8sVersion, 'Kubernetes'), dir);
   const staging = localReplacedModules(await readFile(info.GoMod, 'utf8'));
-  if (staging.length === 0) throw new Error(`${K8S_MODULE}@${k8sVersion}: its go.mod replaces no staging module; unexpected layout`);
+  if (staging.length === 0)
+    throw new Error(`${K8S_MODULE}@${k8sVersion}: its go.mod replaces no staging module; unexpected layout`);
   await writeFile(path.join(dir, 'go.mod'), renderK8sGoMod(k8sVersion, staging));
   await runGo(['mod', 'tidy'], dir);
 }
@@ -73,7 +78,9 @@ export async function etcdVersionFor(k8sVersion: string, cwd: string): Promise<s
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { k8s: { type: 'string' }, etcd: { type: 'string' }, out: { type: 'string' } } });
+  const { values } = parseArgs({
+    options: { k8s: { type: 'string' }, etcd: { type: 'string' }, out: { type: 'string' } },
+  });
   if (!values.k8s) throw new Error('usage: gen-go-mod.ts --k8s vX.Y.Z [--etcd vX.Y.Z] [--out dir]');
   const out = values.out ?? GO_MODULES_DIR;
   await mkdir(out, { recursive: true });
@@ -81,7 +88,9 @@ async function main(): Promise<void> {
   const etcd = values.etcd ? normalizeVersion(values.etcd, 'etcd') : await etcdVersionFor(k8s, out);
   await writeK8sModule(path.join(out, 'k8s'), k8s);
   await writeEtcdModule(path.join(out, 'etcd'), etcd);
-  process.stdout.write(`wrote ${path.join(out, 'k8s')} (Kubernetes ${k8s}) and ${path.join(out, 'etcd')} (etcd ${etcd})\n`);
+  process.stdout.write(
+    `wrote ${path.join(out, 'k8s')} (Kubernetes ${k8s}) and ${path.join(out, 'etcd')} (etcd ${etcd})\n`,
+  );
 }
 
 if (import.meta.main) {

@@ -135,7 +135,8 @@ describe('committed wrapper modules', () => {
     const mod = readFileSync(path.join(dir, 'etcd', 'go.mod'), 'utf8');
     const v = requiredVersion(mod, 'go.etcd.io/etcd/server/v3');
     expect(v).toMatch(/^v3\.\d+\.\d+$/);
-    for (const [, , version] of mod.matchAll(/^\t(go\.etcd\.io\/etcd\/\S+)\s+=>\s+\S+ (v\S+)$/gm)) expect(version).toBe(v);
+    for (const [, , version] of mod.matchAll(/^\t(go\.etcd\.io\/etcd\/\S+)\s+=>\s+\S+ (v\S+)$/gm))
+      expect(version).toBe(v);
     expect(readFileSync(path.join(dir, 'etcd', 'go.sum'), 'utf8')).toContain(`go.etcd.io/etcd/server/v3 ${v} h1:`);
   });
 });

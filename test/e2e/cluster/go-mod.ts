@@ -14,7 +14,13 @@ export const K8S_MODULE = 'k8s.io/kubernetes';
 export const ETCD_SERVER_MODULE = 'go.etcd.io/etcd/server/v3';
 
 /** The binaries built from k8s.io/kubernetes, in one `go build` (they share most packages). */
-export const K8S_COMMANDS = ['kube-apiserver', 'kubectl', 'kubelet', 'kube-controller-manager', 'kube-scheduler'] as const;
+export const K8S_COMMANDS = [
+  'kube-apiserver',
+  'kubectl',
+  'kubelet',
+  'kube-controller-manager',
+  'kube-scheduler',
+] as const;
 export type K8sCommand = (typeof K8S_COMMANDS)[number];
 
 const semver = z.string().regex(/^v\d+\.\d+\.\d+$/, 'expected a release version like v1.34.4');
@@ -24,7 +30,8 @@ export function normalizeVersion(input: string, what: string): string {
   const trimmed = input.trim();
   const withV = trimmed.startsWith('v') ? trimmed : `v${trimmed}`;
   const parsed = semver.safeParse(withV);
-  if (!parsed.success) throw new Error(`invalid ${what} version ${JSON.stringify(input)}: expected a release like v1.2.3`);
+  if (!parsed.success)
+    throw new Error(`invalid ${what} version ${JSON.stringify(input)}: expected a release like v1.2.3`);
   return parsed.data;
 }
 
@@ -66,7 +73,13 @@ export function replaceDirectives(goMod: string): ReplaceDirective[] {
     if (body === undefined) continue;
     const m = /^(\S+)(?:\s+(\S+))?\s+=>\s+(\S+)(?:\s+(\S+))?$/.exec(body);
     if (!m) continue;
-    const [, module, version, target, targetVersion] = m as unknown as [string, string, string | undefined, string, string | undefined];
+    const [, module, version, target, targetVersion] = m as unknown as [
+      string,
+      string,
+      string | undefined,
+      string,
+      string | undefined,
+    ];
     out.push({ module, target, ...(version ? { version } : {}), ...(targetVersion ? { targetVersion } : {}) });
   }
   return out;
@@ -130,7 +143,9 @@ export function renderReplaceBlock(directives: readonly ReplaceDirective[]): str
   if (directives.length === 0) return '';
   const left = directives.map((d) => (d.version ? `${d.module} ${d.version}` : d.module));
   const width = Math.max(...left.map((l) => l.length));
-  const lines = directives.map((d, i) => `\t${(left[i] ?? '').padEnd(width)} => ${d.target}${d.targetVersion ? ` ${d.targetVersion}` : ''}`);
+  const lines = directives.map(
+    (d, i) => `\t${(left[i] ?? '').padEnd(width)} => ${d.target}${d.targetVersion ? ` ${d.targetVersion}` : ''}`,
+  );
   return `replace (\n${lines.join('\n')}\n)\n\n`;
 }
 

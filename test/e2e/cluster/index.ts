@@ -1,6 +1,13 @@
 /** The local control plane for tests and the demo (see control-plane.ts, binaries.ts, service-account.ts). */
 export { ensureBinaries, type ClusterBinaries } from './binaries.ts';
-export { clusterClient, KubectlError, runKubectl, type ClusterClient, type KubectlOptions, type RunResult } from './client.ts';
+export {
+  clusterClient,
+  KubectlError,
+  runKubectl,
+  type ClusterClient,
+  type KubectlOptions,
+  type RunResult,
+} from './client.ts';
 export {
   attachControlPlane,
   DEFAULT_STATE_DIR,

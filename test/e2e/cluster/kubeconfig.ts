@@ -24,13 +24,21 @@ export async function renderKubeconfig(spec: KubeconfigSpec): Promise<string> {
   const cluster = spec.clusterName ?? 'blockpull-e2e';
   const user =
     spec.credentials.kind === 'cert'
-      ? { 'client-certificate-data': await b64(spec.credentials.certFile), 'client-key-data': await b64(spec.credentials.keyFile) }
+      ? {
+          'client-certificate-data': await b64(spec.credentials.certFile),
+          'client-key-data': await b64(spec.credentials.keyFile),
+        }
       : { token: spec.credentials.token };
   const context = { cluster, user: spec.user, ...(spec.namespace ? { namespace: spec.namespace } : {}) };
   return stringify({
     apiVersion: 'v1',
     kind: 'Config',
-    clusters: [{ name: cluster, cluster: { server: spec.server, 'certificate-authority-data': spec.caData ?? (await b64(spec.caFile ?? '')) } }],
+    clusters: [
+      {
+        name: cluster,
+        cluster: { server: spec.server, 'certificate-authority-data': spec.caData ?? (await b64(spec.caFile ?? '')) },
+      },
+    ],
     users: [{ name: spec.user, user }],
     contexts: [{ name: spec.user, context }],
     'current-context': spec.user,

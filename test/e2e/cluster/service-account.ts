@@ -17,7 +17,17 @@ export interface ServiceAccountHost {
 
 /** Server and CA of the current context, from the admin kubeconfig (works for any cluster, kind too). */
 const minified = z.object({
-  clusters: z.array(z.object({ cluster: z.object({ server: z.string().url(), 'certificate-authority-data': z.string().optional(), 'insecure-skip-tls-verify': z.boolean().optional() }) })).length(1),
+  clusters: z
+    .array(
+      z.object({
+        cluster: z.object({
+          server: z.string().url(),
+          'certificate-authority-data': z.string().optional(),
+          'insecure-skip-tls-verify': z.boolean().optional(),
+        }),
+      }),
+    )
+    .length(1),
 });
 
 const dnsLabel = z.string().regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, 'must be a DNS-1123 label');
@@ -30,7 +40,12 @@ export interface ServiceAccountKubeconfigOptions {
   readonly dir?: string;
 }
 
-export async function createServiceAccountKubeconfig(cp: ServiceAccountHost, namespace: string, name: string, options: ServiceAccountKubeconfigOptions = {}): Promise<string> {
+export async function createServiceAccountKubeconfig(
+  cp: ServiceAccountHost,
+  namespace: string,
+  name: string,
+  options: ServiceAccountKubeconfigOptions = {},
+): Promise<string> {
   dnsLabel.parse(namespace);
   dnsLabel.parse(name);
   // apply is idempotent: namespace and account are created if missing and left alone otherwise.
@@ -41,10 +56,13 @@ export async function createServiceAccountKubeconfig(cp: ServiceAccountHost, nam
     .map((o) => stringify(o))
     .join('---\n');
   await cp.kubectl(['apply', '-f', '-'], { input: manifest });
-  const token = jwt.parse((await cp.kubectl(['create', 'token', name, '-n', namespace, `--duration=${options.duration ?? '24h'}`])).trim());
+  const token = jwt.parse(
+    (await cp.kubectl(['create', 'token', name, '-n', namespace, `--duration=${options.duration ?? '24h'}`])).trim(),
+  );
   const view = minified.parse(JSON.parse(await cp.kubectl(['config', 'view', '--raw', '--minify', '-o', 'json'])));
   const cluster = view.clusters[0]?.cluster;
-  if (!cluster?.['certificate-authority-data']) throw new Error('the admin kubeconfig has no certificate-authority-data for its current cluster');
+  if (!cluster?.['certificate-authority-data'])
+    throw new Error('the admin kubeconfig has no certificate-authority-data for its current cluster');
   const dir = options.dir ?? path.join(REPO_ROOT, '.cache', 'service-accounts');
   await mkdir(dir, { recursive: true, mode: 0o700 });
   return writeKubeconfig(path.join(dir, `${namespace}.${name}.kubeconfig`), {

@@ -31,8 +31,11 @@ export function pinnedVersions(): Versions {
 
 export function resolveVersions(env: NodeJS.ProcessEnv = process.env): Versions {
   const p = pinnedVersions();
-  const k8s = env['BLOCKPULL_K8S_VERSION'] ? normalizeVersion(env['BLOCKPULL_K8S_VERSION'], 'BLOCKPULL_K8S_VERSION') : p.k8s;
-  const etcd = env['BLOCKPULL_ETCD_VERSION'] ? normalizeVersion(env['BLOCKPULL_ETCD_VERSION'], 'BLOCKPULL_ETCD_VERSION') : p.etcd;
+  const k8s = env['BLOCKPULL_K8S_VERSION']
+    ? normalizeVersion(env['BLOCKPULL_K8S_VERSION'], 'BLOCKPULL_K8S_VERSION')
+    : p.k8s;
+  const etcd = env['BLOCKPULL_ETCD_VERSION']
+    ? normalizeVersion(env['BLOCKPULL_ETCD_VERSION'], 'BLOCKPULL_ETCD_VERSION')
+    : p.etcd;
   return { k8s, etcd };
 }
-

@@ -16,7 +16,15 @@ import { startControlPlane, type ControlPlane } from '../cluster/control-plane.t
 import { NODE_BIN, REPO_ROOT } from '../support/paths.ts';
 import { run } from '../support/process.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
-import { blockPullManifest, createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, startOperator, type OperatorProcess } from '../operator-fixture/fixture.ts';
+import {
+  blockPullManifest,
+  createFakeVmi,
+  ensureNamespace,
+  getBlockPull,
+  operatorServiceAccount,
+  startOperator,
+  type OperatorProcess,
+} from '../operator-fixture/fixture.ts';
 
 const NS = 'demo';
 const VMI = 'demo-vm';
@@ -39,7 +47,9 @@ function cleanup(): Promise<void> {
   cleaning ??= (async () => {
     step('Stopping everything the demo started');
     if (cp !== undefined && operator !== undefined) {
-      await cp.kubectlResult(['delete', 'blockpull', BP, '-n', NS, '--wait=true', '--timeout=30s']).catch(() => undefined);
+      await cp
+        .kubectlResult(['delete', 'blockpull', BP, '-n', NS, '--wait=true', '--timeout=30s'])
+        .catch(() => undefined);
     }
     await operator?.stop().catch(() => undefined);
     await launcher?.stop().catch((e: unknown) => say(`launcher stop: ${String(e)}`));
@@ -66,15 +76,27 @@ async function main(): Promise<{ ok: boolean; summary: string }> {
   tmp = await mkdtemp(path.join(os.tmpdir(), 'bp-demo-'));
   const registryDir = path.join(tmp, 'launchers');
 
-  step('Starting a local Kubernetes control plane (etcd + kube-apiserver; first run builds them from the Go module proxy)');
-  cp = await startControlPlane({ stateDir: path.join(REPO_ROOT, '.cache', 'demo-cluster'), log: (m) => say(`    ${m}`) });
+  step(
+    'Starting a local Kubernetes control plane (etcd + kube-apiserver; first run builds them from the Go module proxy)',
+  );
+  cp = await startControlPlane({
+    stateDir: path.join(REPO_ROOT, '.cache', 'demo-cluster'),
+    log: (m) => say(`    ${m}`),
+  });
   say(`    kubeconfig: ${cp.kubeconfigPath}`);
   await installCrds(cp, [...(await projectCrdFiles()), VMI_CRD_FILE]);
   say('    CRDs installed: blockpulls.blockpull.dev, virtualmachineinstances.kubevirt.io (test-only)');
 
-  step('Starting a virt-launcher stand-in: libvirtd session as a non-root user, QEMU, a disk with a 3-layer backing chain');
+  step(
+    'Starting a virt-launcher stand-in: libvirtd session as a non-root user, QEMU, a disk with a 3-layer backing chain',
+  );
   await ensureNamespace(cp, NS);
-  launcher = await startLauncher({ namespace: NS, vmiName: VMI, registryDir, disks: [{ name: DISK, layers: 3, sizeMiB: 256, allocatedMiB: 129 }] });
+  launcher = await startLauncher({
+    namespace: NS,
+    vmiName: VMI,
+    registryDir,
+    disks: [{ name: DISK, layers: 3, sizeMiB: 256, allocatedMiB: 129 }],
+  });
   const disk = launcher.disks[0]!;
   say(`    domain ${launcher.domain}, disk ${DISK} (${disk.target}) chain:\n      ${disk.chain.join('\n      <- ')}`);
   await createFakeVmi(cp, { namespace: NS, vmiName: VMI, launcher, disks: [DISK] });
@@ -82,24 +104,53 @@ async function main(): Promise<{ ok: boolean; summary: string }> {
   const reference = await launcher.reference(DISK);
   say(`    reference image (qemu-img convert of the chain, before the pull): ${reference}`);
 
-  step('Starting the operator (its own process, as ServiceAccount bp-operator-system/blockpull-operator with the chart RBAC rules)');
+  step(
+    'Starting the operator (its own process, as ServiceAccount bp-operator-system/blockpull-operator with the chart RBAC rules)',
+  );
   const sa = await operatorServiceAccount(cp);
-  operator = await startOperator({ kubeconfig: sa, registryDir, name: 'demo-operator', env: { BLOCKPULL_LOG_LEVEL: 'info' } });
+  operator = await startOperator({
+    kubeconfig: sa,
+    registryDir,
+    name: 'demo-operator',
+    env: { BLOCKPULL_LOG_LEVEL: 'info' },
+  });
   say(`    running (pid ${operator.child.pid}), log: ${operator.logPath}`);
 
   // kubectl finds plugins on PATH by name: kubectl-blockpull -> the plugin's entry point (plugin/).
   const binDir = path.join(tmp, 'bin');
   await mkdir(binDir);
   await symlink(path.join(REPO_ROOT, 'plugin', 'src', 'main.ts'), path.join(binDir, 'kubectl-blockpull'));
-  const userEnv = { ...process.env, PATH: [binDir, path.dirname(NODE_BIN), path.dirname(cp.kubectlPath), process.env['PATH'] ?? ''].join(':'), KUBECONFIG: cp.kubeconfigPath };
-  const blockpull = (args: readonly string[]) => run([cp!.kubectlPath, 'blockpull', ...args], { env: userEnv, inheritOutput: true, allowExit: true, timeoutMs: 5 * 60_000 });
+  const userEnv = {
+    ...process.env,
+    PATH: [binDir, path.dirname(NODE_BIN), path.dirname(cp.kubectlPath), process.env['PATH'] ?? ''].join(':'),
+    KUBECONFIG: cp.kubeconfigPath,
+  };
+  const blockpull = (args: readonly string[]) =>
+    run([cp!.kubectlPath, 'blockpull', ...args], {
+      env: userEnv,
+      inheritOutput: true,
+      allowExit: true,
+      timeoutMs: 5 * 60_000,
+    });
 
-  step(`kubectl blockpull plan ${VMI} --disk ${DISK} --bandwidth 32Mi -n ${NS}   (the operator's dry run: nothing is started)`);
+  step(
+    `kubectl blockpull plan ${VMI} --disk ${DISK} --bandwidth 32Mi -n ${NS}   (the operator's dry run: nothing is started)`,
+  );
   const planned = await blockpull(['plan', VMI, '--disk', DISK, '--bandwidth', '32Mi', '-n', NS]);
-  if (planned.exitCode !== 0) return { ok: false, summary: `NOT VERIFIED: kubectl blockpull plan exited ${planned.exitCode} (see ${operator.logPath})` };
+  if (planned.exitCode !== 0)
+    return {
+      ok: false,
+      summary: `NOT VERIFIED: kubectl blockpull plan exited ${planned.exitCode} (see ${operator.logPath})`,
+    };
 
   step('kubectl apply -f blockpull.yaml');
-  const manifest = blockPullManifest({ namespace: NS, name: BP, vmiName: VMI, disk: DISK, spec: { bandwidth: '32Mi' } });
+  const manifest = blockPullManifest({
+    namespace: NS,
+    name: BP,
+    vmiName: VMI,
+    disk: DISK,
+    spec: { bandwidth: '32Mi' },
+  });
   say(manifest.trimEnd().replace(/^/gm, '    '));
   const file = path.join(tmp, 'blockpull.yaml');
   await writeFile(file, manifest);
@@ -111,7 +162,10 @@ async function main(): Promise<{ ok: boolean; summary: string }> {
   const phase = bp?.status?.phase;
   say(`    ${bp?.status?.phase ?? '?'} / ${bp?.status?.reason ?? '?'}: ${bp?.status?.message ?? ''}`);
   if (phase !== 'Completed') {
-    return { ok: false, summary: `NOT VERIFIED: the BlockPull ended ${phase ?? 'without a phase'} (see ${operator.logPath})` };
+    return {
+      ok: false,
+      summary: `NOT VERIFIED: the BlockPull ended ${phase ?? 'without a phase'} (see ${operator.logPath})`,
+    };
   }
 
   step('Verifying the disk');
@@ -126,7 +180,10 @@ async function main(): Promise<{ ok: boolean; summary: string }> {
       summary: `VERIFIED: BlockPull ${NS}/${BP} flattened disk ${DISK} of VMI ${VMI} from 3 layers to 1 while the VM ran; qemu-img compare says the data is identical to the pre-pull chain.`,
     };
   }
-  return { ok, summary: `NOT VERIFIED: ${chain.length === 1 ? '' : `chain has ${chain.length} layers; `}${identical ? '' : 'data differs from the reference'}` };
+  return {
+    ok,
+    summary: `NOT VERIFIED: ${chain.length === 1 ? '' : `chain has ${chain.length} layers; `}${identical ? '' : 'data differs from the reference'}`,
+  };
 }
 
 main().then(

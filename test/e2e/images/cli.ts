@@ -24,5 +24,7 @@ for (const name of wanted.length > 0 ? wanted : Object.keys(builders)) {
     process.exit(2);
   }
   const img = await build();
-  process.stdout.write(`${name}\t${img.name}\t${img.archivePath}\t${img.cached ? 'cached' : 'built'} in ${(img.buildMs / 1000).toFixed(1)} s\n`);
+  process.stdout.write(
+    `${name}\t${img.name}\t${img.archivePath}\t${img.cached ? 'cached' : 'built'} in ${(img.buildMs / 1000).toFixed(1)} s\n`,
+  );
 }

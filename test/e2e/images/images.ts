@@ -7,7 +7,17 @@
  * everything that goes into it; the image tag is that hash, so a changed input is a new image.
  */
 import { createHash } from 'node:crypto';
-import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeOciArchive, type ImageConfig } from './oci.ts';
@@ -79,7 +89,13 @@ export async function pauseImage(): Promise<BuiltImage> {
   });
 }
 
-export const LAUNCHER_PACKAGES = ['libvirt-daemon', 'libvirt-daemon-driver-qemu', 'libvirt-clients', 'qemu-system-x86', 'qemu-utils'] as const;
+export const LAUNCHER_PACKAGES = [
+  'libvirt-daemon',
+  'libvirt-daemon-driver-qemu',
+  'libvirt-clients',
+  'qemu-system-x86',
+  'qemu-utils',
+] as const;
 /** KubeVirt's non-root virt-launcher user ("qemu"). */
 export const LAUNCHER_UID = 107;
 const here = dirname(fileURLToPath(import.meta.url));
@@ -89,28 +105,33 @@ const LAUNCHER_ENTRYPOINT = join(here, 'launcher', 'launcher-standin.sh');
 export async function launcherImage(): Promise<BuiltImage> {
   const entrypoint = readFileSync(LAUNCHER_ENTRYPOINT, 'utf8');
   const src = hostDebianSource();
-  return cachedImage('virt-launcher-standin', undefined, { src, packages: LAUNCHER_PACKAGES, entrypoint }, async (workDir) => {
-    const rootfs = join(workDir, 'rootfs');
-    await debootstrapRootfs(rootfs, LAUNCHER_PACKAGES);
-    addUser(rootfs, 'qemu', LAUNCHER_UID, '/var/lib/launcher');
-    // /var/run is a symlink to /run (absolute): write below rootfs/run, never through the link.
-    for (const d of ['run/libvirt', 'run/kubevirt-ephemeral-disks', 'run/kubevirt-private', 'var/lib/launcher']) {
-      mkdirSync(join(rootfs, d), { recursive: true });
-      chownSync(join(rootfs, d), LAUNCHER_UID, LAUNCHER_UID);
-    }
-    const bin = join(rootfs, 'usr', 'local', 'bin', 'launcher-standin');
-    copyFileSync(LAUNCHER_ENTRYPOINT, bin);
-    chmodSync(bin, 0o755);
-    return {
-      rootfs,
-      config: {
-        entrypoint: ['/usr/local/bin/launcher-standin'],
-        user: `${LAUNCHER_UID}:${LAUNCHER_UID}`,
-        env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/var/lib/launcher'],
-        labels: { 'org.opencontainers.image.title': 'virt-launcher stand-in (blockpull-operator tests)' },
-      },
-    };
-  });
+  return cachedImage(
+    'virt-launcher-standin',
+    undefined,
+    { src, packages: LAUNCHER_PACKAGES, entrypoint },
+    async (workDir) => {
+      const rootfs = join(workDir, 'rootfs');
+      await debootstrapRootfs(rootfs, LAUNCHER_PACKAGES);
+      addUser(rootfs, 'qemu', LAUNCHER_UID, '/var/lib/launcher');
+      // /var/run is a symlink to /run (absolute): write below rootfs/run, never through the link.
+      for (const d of ['run/libvirt', 'run/kubevirt-ephemeral-disks', 'run/kubevirt-private', 'var/lib/launcher']) {
+        mkdirSync(join(rootfs, d), { recursive: true });
+        chownSync(join(rootfs, d), LAUNCHER_UID, LAUNCHER_UID);
+      }
+      const bin = join(rootfs, 'usr', 'local', 'bin', 'launcher-standin');
+      copyFileSync(LAUNCHER_ENTRYPOINT, bin);
+      chmodSync(bin, 0o755);
+      return {
+        rootfs,
+        config: {
+          entrypoint: ['/usr/local/bin/launcher-standin'],
+          user: `${LAUNCHER_UID}:${LAUNCHER_UID}`,
+          env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/var/lib/launcher'],
+          labels: { 'org.opencontainers.image.title': 'virt-launcher stand-in (blockpull-operator tests)' },
+        },
+      };
+    },
+  );
 }
 
 export function addUser(rootfs: string, name: string, id: number, home: string): void {
@@ -118,7 +139,8 @@ export function addUser(rootfs: string, name: string, id: number, home: string):
   const group = join(rootfs, 'etc', 'group');
   const users = readFileSync(passwd, 'utf8');
   const groups = readFileSync(group, 'utf8');
-  const taken = (text: string): boolean => text.split('\n').some((l) => l.split(':')[2] === String(id) || l.split(':')[0] === name);
+  const taken = (text: string): boolean =>
+    text.split('\n').some((l) => l.split(':')[2] === String(id) || l.split(':')[0] === name);
   if (taken(users) || taken(groups)) throw new Error(`uid/gid ${id} or name ${name} already used in the image`);
   writeFileSync(passwd, `${users.trimEnd()}\n${name}:x:${id}:${id}:${name}:${home}:/bin/bash\n`);
   writeFileSync(group, `${groups.trimEnd()}\n${name}:x:${id}:\n`);

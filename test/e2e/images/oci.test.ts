@@ -46,31 +46,42 @@ describe('writeOciArchive layers', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'bp-oci-test-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it.skipIf(!isRoot)('carry the security.capability xattr of a file (setcap cap_net_bind_service+ep) as a PAX record', async () => {
-    const rootfs = path.join(dir, 'rootfs');
-    mkdirSync(path.join(rootfs, 'usr', 'bin'), { recursive: true });
-    const withCap = path.join(rootfs, 'usr', 'bin', 'virt-launcher-monitor');
-    writeFileSync(withCap, '#!/bin/sh\n', { mode: 0o755 });
-    writeFileSync(path.join(rootfs, 'usr', 'bin', 'plain'), '#!/bin/sh\n', { mode: 0o755 });
-    await execFileP('setcap', ['cap_net_bind_service+ep', withCap]);
-    const archive = path.join(dir, 'img.oci.tar');
-    const written = await writeOciArchive(rootfs, 'localhost/blockpull/captest:1', {}, archive);
+  it.skipIf(!isRoot)(
+    'carry the security.capability xattr of a file (setcap cap_net_bind_service+ep) as a PAX record',
+    async () => {
+      const rootfs = path.join(dir, 'rootfs');
+      mkdirSync(path.join(rootfs, 'usr', 'bin'), { recursive: true });
+      const withCap = path.join(rootfs, 'usr', 'bin', 'virt-launcher-monitor');
+      writeFileSync(withCap, '#!/bin/sh\n', { mode: 0o755 });
+      writeFileSync(path.join(rootfs, 'usr', 'bin', 'plain'), '#!/bin/sh\n', { mode: 0o755 });
+      await execFileP('setcap', ['cap_net_bind_service+ep', withCap]);
+      const archive = path.join(dir, 'img.oci.tar');
+      const written = await writeOciArchive(rootfs, 'localhost/blockpull/captest:1', {}, archive);
 
-    const outer = readTarEntries(readFileSync(archive));
-    const blob = (digest: string): TarEntry => {
-      const e = outer.find((x) => x.name === `blobs/sha256/${digest.replace('sha256:', '')}`);
-      if (!e) throw new Error(`no blob ${digest} in the archive`);
-      return e;
-    };
-    const index = z.object({ manifests: z.array(z.object({ digest: z.string() })) }).parse(JSON.parse(outer.find((e) => e.name === 'index.json')?.data.toString() ?? '{}'));
-    const manifest = z.object({ layers: z.array(z.object({ digest: z.string() })).length(1) }).parse(JSON.parse(blob(index.manifests[0]?.digest ?? '').data.toString()));
-    expect(manifest.layers[0]?.digest).toBe(written.layerDigest);
-    const layer = readTarEntries(gunzipSync(blob(written.layerDigest).data));
+      const outer = readTarEntries(readFileSync(archive));
+      const blob = (digest: string): TarEntry => {
+        const e = outer.find((x) => x.name === `blobs/sha256/${digest.replace('sha256:', '')}`);
+        if (!e) throw new Error(`no blob ${digest} in the archive`);
+        return e;
+      };
+      const index = z
+        .object({ manifests: z.array(z.object({ digest: z.string() })) })
+        .parse(JSON.parse(outer.find((e) => e.name === 'index.json')?.data.toString() ?? '{}'));
+      const manifest = z
+        .object({ layers: z.array(z.object({ digest: z.string() })).length(1) })
+        .parse(JSON.parse(blob(index.manifests[0]?.digest ?? '').data.toString()));
+      expect(manifest.layers[0]?.digest).toBe(written.layerDigest);
+      const layer = readTarEntries(gunzipSync(blob(written.layerDigest).data));
 
-    const monitor = layer.find((e) => e.name === './usr/bin/virt-launcher-monitor');
-    const xattr = monitor?.pax.get(XATTR);
-    expect(xattr, 'virt-launcher-monitor has no security.capability record').toBeDefined();
-    expect(decodeFileCapabilities(xattr ?? Buffer.alloc(0))).toEqual({ effective: true, permitted: [CAP_NET_BIND_SERVICE], inheritable: [] });
-    expect(layer.find((e) => e.name === './usr/bin/plain')?.pax.has(XATTR)).toBe(false);
-  });
+      const monitor = layer.find((e) => e.name === './usr/bin/virt-launcher-monitor');
+      const xattr = monitor?.pax.get(XATTR);
+      expect(xattr, 'virt-launcher-monitor has no security.capability record').toBeDefined();
+      expect(decodeFileCapabilities(xattr ?? Buffer.alloc(0))).toEqual({
+        effective: true,
+        permitted: [CAP_NET_BIND_SERVICE],
+        inheritable: [],
+      });
+      expect(layer.find((e) => e.name === './usr/bin/plain')?.pax.has(XATTR)).toBe(false);
+    },
+  );
 });

@@ -6,7 +6,16 @@
  * (`oci-archive:<path>`).
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, mkdirSync, mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  createReadStream,
+  createWriteStream,
+  mkdirSync,
+  mkdtempSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -86,7 +95,12 @@ function writeBlob(blobDir: string, content: string): { digest: string; size: nu
  * Write `archivePath` (a tar of an OCI image layout) holding one image `name`
  * (e.g. "localhost/blockpull/test:1") with one layer made from `rootfs`.
  */
-export async function writeOciArchive(rootfs: string, name: string, config: ImageConfig, archivePath: string): Promise<WrittenImage> {
+export async function writeOciArchive(
+  rootfs: string,
+  name: string,
+  config: ImageConfig,
+  archivePath: string,
+): Promise<WrittenImage> {
   mkdirSync(dirname(archivePath), { recursive: true });
   const layout = mkdtempSync(join(dirname(archivePath), '.oci-'));
   try {

@@ -11,7 +11,19 @@
  * Dockerfile, .dockerignore, package files, tsconfigs and every file under operator/src.
  */
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join, relative } from 'node:path';
 import { ensureDebianPackages } from '../support/debian.ts';
 import { unmountAllUnder } from '../support/mounts.ts';
@@ -88,7 +100,18 @@ export async function nodeBaseImage(): Promise<BuiltImage> {
     writeFileSync(group, `${readFileSync(group, 'utf8').trimEnd()}\nnode:x:1000:\n`);
     mkdirSync(join(rootfs, 'home', 'node'), { recursive: true });
     await run(['chown', '1000:1000', join(rootfs, 'home', 'node')]);
-    await writeOciArchive(rootfs, NODE_BASE_NAME, { env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', `NODE_VERSION=${nodeVersion.replace(/^v/, '')}`], cmd: ['node'] }, archivePath);
+    await writeOciArchive(
+      rootfs,
+      NODE_BASE_NAME,
+      {
+        env: [
+          'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+          `NODE_VERSION=${nodeVersion.replace(/^v/, '')}`,
+        ],
+        cmd: ['node'],
+      },
+      archivePath,
+    );
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
@@ -98,7 +121,14 @@ export async function nodeBaseImage(): Promise<BuiltImage> {
 /** Inputs of the Dockerfile build (what .dockerignore admits), hashed. */
 function operatorInputs(): Record<string, string> {
   const files: Record<string, string> = {};
-  for (const f of ['Dockerfile', '.dockerignore', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json']) {
+  for (const f of [
+    'Dockerfile',
+    '.dockerignore',
+    'package.json',
+    'package-lock.json',
+    'tsconfig.json',
+    'tsconfig.build.json',
+  ]) {
     files[f] = sha256File(join(REPO_ROOT, f));
   }
   return { ...files, ...hashTree(join(REPO_ROOT, 'operator', 'src')) };
@@ -106,7 +136,16 @@ function operatorInputs(): Record<string, string> {
 
 /** buildah with its own storage (root, runroot) so nothing touches the host's container storage. */
 function buildah(storage: string, args: readonly string[]): string[] {
-  return ['buildah', '--root', join(storage, 'root'), '--runroot', join(storage, 'run'), '--storage-driver', 'overlay', ...args];
+  return [
+    'buildah',
+    '--root',
+    join(storage, 'root'),
+    '--runroot',
+    join(storage, 'run'),
+    '--storage-driver',
+    'overlay',
+    ...args,
+  ];
 }
 
 /** The operator image from the project's Dockerfile, tagged localhost/blockpull-operator:<content hash>. */
@@ -125,21 +164,30 @@ export async function operatorImage(options: { log?: (m: string) => void } = {})
   const storage = mkdtempSync(join('/var/tmp', 'bp-buildah-'));
   try {
     log(`building ${name} from the Dockerfile with buildah (base ${NODE_BASE_NAME} from ${base.archivePath})`);
-    await run(buildah(storage, ['pull', '--quiet', `oci-archive:${base.archivePath}`]), { timeoutMs: 600_000 }).then(async (r) => {
-      const id = r.stdout.trim().split('\n').at(-1) ?? '';
-      await run(buildah(storage, ['tag', id, NODE_BASE_NAME]));
-    });
+    await run(buildah(storage, ['pull', '--quiet', `oci-archive:${base.archivePath}`]), { timeoutMs: 600_000 }).then(
+      async (r) => {
+        const id = r.stdout.trim().split('\n').at(-1) ?? '';
+        await run(buildah(storage, ['tag', id, NODE_BASE_NAME]));
+      },
+    );
     // The machine may reach the npm registry through a TLS-intercepting egress proxy whose CA the
     // host's npm trusts (npm config cafile, else Node's NODE_EXTRA_CA_CERTS, which npm runs under).
     // Trust it in the build's RUN steps only: bind-mounted for the build (buildah -v), never copied
     // into the image.
     const caVolumes: string[] = [];
-    const npmCafile = (await run(['npm', 'config', 'get', 'cafile'], { cwd: REPO_ROOT, allowExit: true })).stdout.trim();
+    const npmCafile = (
+      await run(['npm', 'config', 'get', 'cafile'], { cwd: REPO_ROOT, allowExit: true })
+    ).stdout.trim();
     const cafile = npmCafile !== '' && npmCafile !== 'null' ? npmCafile : (process.env['NODE_EXTRA_CA_CERTS'] ?? '');
     if (cafile !== '' && existsSync(cafile)) {
       const npmrc = join(storage, 'npmrc');
       writeFileSync(npmrc, 'cafile=/etc/blockpull-build-ca.crt\n');
-      caVolumes.push('--volume', `${cafile}:/etc/blockpull-build-ca.crt:ro`, '--volume', `${npmrc}:/usr/local/etc/npmrc:ro`);
+      caVolumes.push(
+        '--volume',
+        `${cafile}:/etc/blockpull-build-ca.crt:ro`,
+        '--volume',
+        `${npmrc}:/usr/local/etc/npmrc:ro`,
+      );
     }
     await run(
       buildah(storage, [

@@ -3,7 +3,17 @@
  * debootstrap (minbase + extra packages) for real ones. The mirror and suite are the host's
  * own (read from apt's sources and /etc/os-release), so the images match the host's Debian.
  */
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { cacheRoot } from '../support/cache.ts';
 import { downloadDebianPackage, ensureDebianPackages } from '../support/debian.ts';
@@ -59,7 +69,8 @@ export async function busyboxRootfs(workDir: string): Promise<string> {
     const deb = await downloadDebianPackage('busybox-static', dl);
     const extracted = join(dl, 'x');
     await run(['dpkg-deb', '-x', deb, extracted]);
-    for (const d of ['bin', 'etc', 'tmp', 'proc', 'sys', 'dev', 'root', 'var/run', 'usr/bin']) mkdirSync(join(rootfs, d), { recursive: true });
+    for (const d of ['bin', 'etc', 'tmp', 'proc', 'sys', 'dev', 'root', 'var/run', 'usr/bin'])
+      mkdirSync(join(rootfs, d), { recursive: true });
     chmodSync(join(rootfs, 'tmp'), 0o1777);
     const busybox = join(rootfs, 'bin', 'busybox');
     writeFileSync(busybox, readFileSync(join(extracted, 'bin', 'busybox')));
@@ -69,7 +80,10 @@ export async function busyboxRootfs(workDir: string): Promise<string> {
       if (applet === '' || applet === 'busybox' || !/^[\w.[-]+$/.test(applet)) continue;
       symlinkSync('busybox', join(rootfs, 'bin', applet));
     }
-    writeFileSync(join(rootfs, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n');
+    writeFileSync(
+      join(rootfs, 'etc', 'passwd'),
+      'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n',
+    );
     writeFileSync(join(rootfs, 'etc', 'group'), 'root:x:0:\nnogroup:x:65534:\n');
     return rootfs;
   } finally {

@@ -38,7 +38,8 @@ export function parsePaxRecords(data: Buffer): Map<string, Buffer> {
     const space = data.indexOf(0x20, pos);
     if (space === -1) throw new Error(`bad PAX record at ${pos}`);
     const len = parseInt(data.subarray(pos, space).toString('ascii'), 10);
-    if (!Number.isInteger(len) || len <= 0 || pos + len > data.length) throw new Error(`bad PAX record length at ${pos}`);
+    if (!Number.isInteger(len) || len <= 0 || pos + len > data.length)
+      throw new Error(`bad PAX record length at ${pos}`);
     const record = data.subarray(space + 1, pos + len - 1); // without the trailing newline
     const eq = record.indexOf(0x3d);
     if (eq === -1) throw new Error(`PAX record without "=" at ${pos}`);
@@ -93,7 +94,8 @@ export function decodeFileCapabilities(value: Buffer): FileCapabilities {
   if (value.length < 20) throw new Error(`security.capability value of ${value.length} bytes: too short`);
   const magic = value.readUInt32LE(0);
   const revision = magic & 0xff000000;
-  if (revision !== 0x02000000 && revision !== 0x03000000) throw new Error(`unknown vfs_cap_data revision 0x${revision.toString(16)}`);
+  if (revision !== 0x02000000 && revision !== 0x03000000)
+    throw new Error(`unknown vfs_cap_data revision 0x${revision.toString(16)}`);
   const bits = (lo: number, hi: number): number[] => {
     const out: number[] = [];
     for (let i = 0; i < 32; i++) if ((lo >>> i) & 1) out.push(i);

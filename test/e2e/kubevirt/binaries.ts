@@ -21,7 +21,13 @@ import { cacheRoot } from '../support/cache.ts';
 import { ensureDebianPackages } from '../support/debian.ts';
 import { run } from '../support/process.ts';
 import { KUBEVIRT_GO_MODULE_DIR, writeKubevirtModule } from './gen-go-mod.ts';
-import { CONTAINER_DISK_SOURCE, KUBEVIRT_COMMANDS, KUBEVIRT_MODULE, kubevirtLdflags, kubevirtPackage } from './go-mod.ts';
+import {
+  CONTAINER_DISK_SOURCE,
+  KUBEVIRT_COMMANDS,
+  KUBEVIRT_MODULE,
+  kubevirtLdflags,
+  kubevirtPackage,
+} from './go-mod.ts';
 
 export interface KubevirtBinaries {
   readonly version: string;
@@ -82,13 +88,20 @@ async function buildInto(outDir: string, root: string, version: string, log: (m:
     log(`generating the KubeVirt wrapper module for ${version} in ${modDir}`);
     await writeKubevirtModule(modDir, version);
   }
-  log(`building KubeVirt ${version} (${KUBEVIRT_COMMANDS.join(', ')}) from the Go module proxy (first run only; cold: ~15-20 min on 2 cores)...`);
+  log(
+    `building KubeVirt ${version} (${KUBEVIRT_COMMANDS.join(', ')}) from the Go module proxy (first run only; cold: ~15-20 min on 2 cores)...`,
+  );
   const goStarted = Date.now();
   // No -trimpath: these binaries serve the local test bed only, and without it the compile actions
   // are those of a plain `go build` of the same module versions, so a warm Go build cache is reused.
-  await runGoBuild(['build', `-ldflags=${kubevirtLdflags(version)}`, '-o', `${outDir}/`, ...KUBEVIRT_COMMANDS.map(kubevirtPackage)], modDir, log, {
-    CGO_ENABLED: '1',
-  });
+  await runGoBuild(
+    ['build', `-ldflags=${kubevirtLdflags(version)}`, '-o', `${outDir}/`, ...KUBEVIRT_COMMANDS.map(kubevirtPackage)],
+    modDir,
+    log,
+    {
+      CGO_ENABLED: '1',
+    },
+  );
   log(`go build of KubeVirt ${version}: ${seconds(goStarted)} s`);
   const ccStarted = Date.now();
   const moduleDir = (await runGo(['list', '-m', '-f', '{{.Dir}}', KUBEVIRT_MODULE], modDir)).trim();

@@ -34,7 +34,12 @@ export interface KubevirtCrdOptions {
 
 const configMapList = z.object({ items: z.array(z.unknown()) });
 
-async function runUpstream(binary: string, args: readonly string[], env: NodeJS.ProcessEnv, what: string): Promise<string> {
+async function runUpstream(
+  binary: string,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+  what: string,
+): Promise<string> {
   try {
     return (await run([binary, ...args], { env, timeoutMs: 300_000, maxOutput: 32 * 1024 * 1024 })).stdout;
   } catch (err) {
@@ -44,7 +49,11 @@ async function runUpstream(binary: string, args: readonly string[], env: NodeJS.
 }
 
 /** Runs virt-operator's dump against the cluster and returns the strategy's CRDs. */
-export async function dumpInstallStrategyCrds(bins: KubevirtBinaries, cluster: KubevirtCrdOptions['cluster'], log: (m: string) => void): Promise<CrdObject[]> {
+export async function dumpInstallStrategyCrds(
+  bins: KubevirtBinaries,
+  cluster: KubevirtCrdOptions['cluster'],
+  log: (m: string) => void,
+): Promise<CrdObject[]> {
   const namespace = `kubevirt-strategy-${randomBytes(4).toString('hex')}`;
   await cluster.kubectl(['create', 'namespace', namespace]);
   try {
@@ -56,12 +65,25 @@ export async function dumpInstallStrategyCrds(bins: KubevirtBinaries, cluster: K
       KUBEVIRT_VERSION: bins.version,
       TARGET_INSTALL_NAMESPACE: namespace,
     };
-    await runUpstream(bins.virtOperator, ['--dump-install-strategy', '--kubeconfig', cluster.kubeconfigPath], env, 'virt-operator --dump-install-strategy');
-    const list = configMapList.parse(JSON.parse(await cluster.kubectl(['get', 'configmaps', '-n', namespace, '-l', INSTALL_STRATEGY_LABEL, '-o', 'json'])));
-    if (list.items.length !== 1) throw new Error(`expected one install-strategy ConfigMap in ${namespace}, found ${list.items.length}`);
+    await runUpstream(
+      bins.virtOperator,
+      ['--dump-install-strategy', '--kubeconfig', cluster.kubeconfigPath],
+      env,
+      'virt-operator --dump-install-strategy',
+    );
+    const list = configMapList.parse(
+      JSON.parse(
+        await cluster.kubectl(['get', 'configmaps', '-n', namespace, '-l', INSTALL_STRATEGY_LABEL, '-o', 'json']),
+      ),
+    );
+    if (list.items.length !== 1)
+      throw new Error(`expected one install-strategy ConfigMap in ${namespace}, found ${list.items.length}`);
     const strategy = decodeInstallStrategy(list.items[0]);
-    if (strategy.version !== bins.version) throw new Error(`install strategy is for ${strategy.version ?? '(no version)'}, expected ${bins.version}`);
-    log(`virt-operator --dump-install-strategy: ${strategy.crds.length} CRDs among ${Object.values(strategy.kinds).reduce((a, b) => a + b, 0)} objects in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    if (strategy.version !== bins.version)
+      throw new Error(`install strategy is for ${strategy.version ?? '(no version)'}, expected ${bins.version}`);
+    log(
+      `virt-operator --dump-install-strategy: ${strategy.crds.length} CRDs among ${Object.values(strategy.kinds).reduce((a, b) => a + b, 0)} objects in ${((Date.now() - started) / 1000).toFixed(1)} s`,
+    );
     return [...strategy.crds];
   } finally {
     await cluster.kubectl(['delete', 'namespace', namespace, '--wait=false']).catch(() => undefined);
@@ -70,7 +92,14 @@ export async function dumpInstallStrategyCrds(bins: KubevirtBinaries, cluster: K
 
 /** The KubeVirt CRD from upstream's resource-generator. */
 export async function kubevirtCrCrd(bins: KubevirtBinaries): Promise<CrdObject> {
-  return parseSingleCrd(await runUpstream(bins.resourceGenerator, ['--type=kv'], { PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, 'resource-generator --type=kv'));
+  return parseSingleCrd(
+    await runUpstream(
+      bins.resourceGenerator,
+      ['--type=kv'],
+      { PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
+      'resource-generator --type=kv',
+    ),
+  );
 }
 
 /** Paths of KubeVirt's CRD files (the KubeVirt CRD first), made on first use for the binaries' version. */
@@ -87,10 +116,14 @@ export async function kubevirtCrdFiles(opts: KubevirtCrdOptions): Promise<string
       build: async (out) => {
         const kv = await kubevirtCrCrd(bins);
         const fromStrategy = await dumpInstallStrategyCrds(bins, opts.cluster, log);
-        if (fromStrategy.some((c) => c.metadata.name === kv.metadata.name)) throw new Error(`${kv.metadata.name} is in the install strategy too: unexpected`);
+        if (fromStrategy.some((c) => c.metadata.name === kv.metadata.name))
+          throw new Error(`${kv.metadata.name} is in the install strategy too: unexpected`);
         const all = [kv, ...fromStrategy];
         for (const [i, crd] of all.entries()) {
-          await writeFile(path.join(out, `${String(i).padStart(2, '0')}-${crd.metadata.name}.yaml`), stringify(crd, { lineWidth: 0 }));
+          await writeFile(
+            path.join(out, `${String(i).padStart(2, '0')}-${crd.metadata.name}.yaml`),
+            stringify(crd, { lineWidth: 0 }),
+          );
         }
       },
     },

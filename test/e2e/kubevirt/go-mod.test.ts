@@ -31,18 +31,31 @@ replace example.com/never => ./FORBIDDEN_DEPENDENCY
 describe('replaceDirectives', () => {
   it('reads every directive with its versions, in file order', () => {
     expect(replaceDirectives(KUBEVIRT_GO_MOD)).toEqual([
-      { module: 'github.com/openshift/api', target: 'github.com/openshift/api', targetVersion: 'v0.0.0-20210105115604-44119421ec6b' },
+      {
+        module: 'github.com/openshift/api',
+        target: 'github.com/openshift/api',
+        targetVersion: 'v0.0.0-20210105115604-44119421ec6b',
+      },
       { module: 'k8s.io/api', target: 'k8s.io/api', targetVersion: 'v0.33.5' },
       { module: 'k8s.io/klog', target: 'k8s.io/klog', targetVersion: 'v0.4.0' },
       { module: 'kubevirt.io/api', target: './staging/src/kubevirt.io/api' },
       { module: 'kubevirt.io/client-go', target: './staging/src/kubevirt.io/client-go' },
-      { module: 'github.com/example/fork', version: 'v1.0.0', target: 'github.com/other/fork', targetVersion: 'v1.0.1' },
+      {
+        module: 'github.com/example/fork',
+        version: 'v1.0.0',
+        target: 'github.com/other/fork',
+        targetVersion: 'v1.0.1',
+      },
       { module: 'example.com/never', target: './FORBIDDEN_DEPENDENCY' },
     ]);
   });
   it('points staging directories at the published modules and keeps the other pins', () => {
     const r = publishedReplaces(KUBEVIRT_GO_MOD, 'v1.7.0');
-    expect(r.find((d) => d.module === 'kubevirt.io/client-go')).toEqual({ module: 'kubevirt.io/client-go', target: 'kubevirt.io/client-go', targetVersion: 'v1.7.0' });
+    expect(r.find((d) => d.module === 'kubevirt.io/client-go')).toEqual({
+      module: 'kubevirt.io/client-go',
+      target: 'kubevirt.io/client-go',
+      targetVersion: 'v1.7.0',
+    });
     expect(r.find((d) => d.module === 'k8s.io/api')?.targetVersion).toBe('v0.33.5');
     expect(r.map((d) => d.module)).not.toContain('example.com/never');
     expect(r).toHaveLength(6);
@@ -69,7 +82,9 @@ describe('renderKubevirtGoMod', () => {
     expect(() => renderKubevirtGoMod('v1.7.0', 'module kubevirt.io/kubevirt\n')).toThrow(/unexpected layout/);
   });
   it('stamps the version like hack/version.sh', () => {
-    expect(kubevirtLdflags('v1.7.0')).toBe('-s -w -X kubevirt.io/client-go/version.gitVersion=v1.7.0 -X kubevirt.io/client-go/version.gitTreeState=clean -X kubevirt.io/client-go/version.buildDate=1970-01-01T00:00:00Z');
+    expect(kubevirtLdflags('v1.7.0')).toBe(
+      '-s -w -X kubevirt.io/client-go/version.gitVersion=v1.7.0 -X kubevirt.io/client-go/version.gitTreeState=clean -X kubevirt.io/client-go/version.buildDate=1970-01-01T00:00:00Z',
+    );
   });
 });
 

@@ -43,15 +43,27 @@ export function renderKubevirtGoMod(version: string, upstreamGoMod: string, goVe
   const v = normalizeVersion(version, 'KubeVirt');
   const replaces = publishedReplaces(upstreamGoMod, v);
   if (!replaces.some((r) => r.module === 'kubevirt.io/api' && r.targetVersion === v)) {
-    throw new Error(`${KUBEVIRT_MODULE}@${v}: its go.mod does not replace kubevirt.io/api with a staging directory; unexpected layout`);
+    throw new Error(
+      `${KUBEVIRT_MODULE}@${v}: its go.mod does not replace kubevirt.io/api with a staging directory; unexpected layout`,
+    );
   }
   const tools = KUBEVIRT_COMMANDS.map((c) => `\t${kubevirtPackage(c)}`).join('\n');
-  return `${HEADER}\nmodule blockpull.dev/e2e/kubevirt\n\ngo ${goVersion}\n\nrequire ${KUBEVIRT_MODULE} ${v}\n\n` + renderReplaceBlock(replaces) + `tool (\n${tools}\n)\n`;
+  return (
+    `${HEADER}\nmodule blockpull.dev/e2e/kubevirt\n\ngo ${goVersion}\n\nrequire ${KUBEVIRT_MODULE} ${v}\n\n` +
+    renderReplaceBlock(replaces) +
+    `tool (\n${tools}\n)\n`
+  );
 }
 
 /** -ldflags for the KubeVirt binaries: stripped, reporting their version like upstream's hack/version.sh. */
 export function kubevirtLdflags(version: string): string {
   const v = normalizeVersion(version, 'KubeVirt');
   const pkg = 'kubevirt.io/client-go/version';
-  return ['-s', '-w', `-X ${pkg}.gitVersion=${v}`, `-X ${pkg}.gitTreeState=clean`, `-X ${pkg}.buildDate=1970-01-01T00:00:00Z`].join(' ');
+  return [
+    '-s',
+    '-w',
+    `-X ${pkg}.gitVersion=${v}`,
+    `-X ${pkg}.gitTreeState=clean`,
+    `-X ${pkg}.buildDate=1970-01-01T00:00:00Z`,
+  ].join(' ');
 }

@@ -16,14 +16,24 @@ const vmi = HandlerVmiSchema.parse({
 /** A virt-launcher pod as virt-controller makes it (its controller reference names the VMI's kind), Running. */
 const pod = (
   uid: string,
-  o: { controller?: boolean; owner?: string; node?: string; namespace?: string; phase?: string; deleting?: boolean; created?: string } = {},
+  o: {
+    controller?: boolean;
+    owner?: string;
+    node?: string;
+    namespace?: string;
+    phase?: string;
+    deleting?: boolean;
+    created?: string;
+  } = {},
 ): HandlerPod =>
   HandlerPodSchema.parse({
     metadata: {
       name: `virt-launcher-vm1-${uid}`,
       namespace: o.namespace ?? 'ns',
       uid,
-      ownerReferences: [{ kind: 'VirtualMachineInstance', uid: o.owner ?? 'vmi-uid', controller: o.controller ?? true }],
+      ownerReferences: [
+        { kind: 'VirtualMachineInstance', uid: o.owner ?? 'vmi-uid', controller: o.controller ?? true },
+      ],
       ...(o.created !== undefined ? { creationTimestamp: o.created } : {}),
       ...(o.deleting === true ? { deletionTimestamp: '2026-12-01T00:00:00Z' } : {}),
     },
@@ -53,7 +63,10 @@ describe('handler stand-in', () => {
     expect(launcherPodOf(vmi, [pod('pod-uid', { phase: 'Pending' })])).toBeUndefined();
     const deleting = pod('pod-uid', { deleting: true });
     expect(launcherPodOf(vmi, [deleting])).toBe(deleting);
-    const twoActive = HandlerVmiSchema.parse({ ...vmi, status: { ...vmi.status, activePods: { 'pod-uid': 'n1', 'pod-2': 'n1' } } });
+    const twoActive = HandlerVmiSchema.parse({
+      ...vmi,
+      status: { ...vmi.status, activePods: { 'pod-uid': 'n1', 'pod-2': 'n1' } },
+    });
     const live = pod('pod-2');
     expect(launcherPodOf(twoActive, [pod('pod-uid', { deleting: true }), live])).toBe(live);
   });

@@ -28,12 +28,30 @@
  * SELinux adjustments, guest agent, the launcher's domain event stream (state is polled with
  * GetDomain instead), the REST console/VNC server.
  */
-import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, copyFileSync, chmodSync } from 'node:fs';
+import {
+  chownSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  copyFileSync,
+  chmodSync,
+} from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CoreV1Api, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { z } from 'zod';
-import { currentLauncherPod, LAUNCHER_LABEL_SELECTOR, PodSchema, VMI_REF, VmiSchema } from '../../../operator/src/kubevirt/launcher.ts';
+import {
+  currentLauncherPod,
+  LAUNCHER_LABEL_SELECTOR,
+  PodSchema,
+  VMI_REF,
+  VmiSchema,
+} from '../../../operator/src/kubevirt/launcher.ts';
 import { launcherCmdClient, type LauncherCmdClient } from './launcher-cmd.ts';
 
 export interface HandlerOptions {
@@ -57,14 +75,24 @@ export interface HandlerOptions {
  * the handler reads: the volumes, the grace period, the deletion, the phase history; the pod's uid
  * (its emptyDirs are named by it) and container statuses (the containerDisk's volume container).
  */
-const VmiMetadata = VmiSchema.shape.metadata.extend({ deletionTimestamp: z.union([z.string(), z.date()]).nullable().optional() });
+const VmiMetadata = VmiSchema.shape.metadata.extend({
+  deletionTimestamp: z.union([z.string(), z.date()]).nullable().optional(),
+});
 const VmiSpec = VmiSchema.shape.spec.unwrap();
 const VmiStatus = VmiSchema.shape.status.unwrap();
-const VolumeSchema = z.looseObject({ name: z.string(), containerDisk: z.looseObject({ path: z.string().optional() }).optional() });
+const VolumeSchema = z.looseObject({
+  name: z.string(),
+  containerDisk: z.looseObject({ path: z.string().optional() }).optional(),
+});
 export const HandlerVmiSchema = VmiSchema.extend({
   metadata: VmiMetadata,
-  spec: VmiSpec.extend({ volumes: z.array(VolumeSchema).optional(), terminationGracePeriodSeconds: z.number().int().nonnegative().nullable().optional() }),
-  status: VmiStatus.extend({ phaseTransitionTimestamps: z.array(z.looseObject({ phase: z.string() })).optional() }).optional(),
+  spec: VmiSpec.extend({
+    volumes: z.array(VolumeSchema).optional(),
+    terminationGracePeriodSeconds: z.number().int().nonnegative().nullable().optional(),
+  }),
+  status: VmiStatus.extend({
+    phaseTransitionTimestamps: z.array(z.looseObject({ phase: z.string() })).optional(),
+  }).optional(),
 });
 export type HandlerVmi = z.infer<typeof HandlerVmiSchema>;
 
@@ -73,7 +101,13 @@ export const HandlerPodSchema = PodSchema.extend({
   metadata: PodSchema.shape.metadata.extend({ uid: z.string() }),
   status: PodStatus.extend({
     containerStatuses: z
-      .array(z.looseObject({ name: z.string(), containerID: z.string().optional(), state: z.looseObject({ running: z.unknown().optional() }).optional() }))
+      .array(
+        z.looseObject({
+          name: z.string(),
+          containerID: z.string().optional(),
+          state: z.looseObject({ running: z.unknown().optional() }).optional(),
+        }),
+      )
       .optional(),
   }).optional(),
 });
@@ -86,7 +120,14 @@ const DomainSchema = z.looseObject({
       OS: z.looseObject({ Type: z.looseObject({ Machine: z.string().optional() }).optional() }).optional(),
       Devices: z
         .looseObject({
-          Disks: z.array(z.looseObject({ Target: z.looseObject({ Device: z.string().optional() }).optional(), Alias: z.looseObject({ Name: z.string().optional() }).nullable().optional() })).optional(),
+          Disks: z
+            .array(
+              z.looseObject({
+                Target: z.looseObject({ Device: z.string().optional() }).optional(),
+                Alias: z.looseObject({ Name: z.string().optional() }).nullable().optional(),
+              }),
+            )
+            .optional(),
         })
         .optional(),
     })
@@ -109,7 +150,9 @@ export function launcherPodOf(vmi: HandlerVmi, pods: readonly HandlerPod[]): Han
 
 /** containerDisk volumes with their index in spec.volumes (what disk_N counts). */
 export function containerDiskVolumes(vmi: HandlerVmi): { index: number; name: string; path: string | undefined }[] {
-  return (vmi.spec.volumes ?? []).flatMap((v, index) => (v.containerDisk ? [{ index, name: v.name, path: v.containerDisk.path }] : []));
+  return (vmi.spec.volumes ?? []).flatMap((v, index) =>
+    v.containerDisk ? [{ index, name: v.name, path: v.containerDisk.path }] : [],
+  );
 }
 
 export class HandlerStandIn {
@@ -118,7 +161,10 @@ export class HandlerStandIn {
   private readonly core: CoreV1Api;
   private readonly busy = new Set<string>();
   /** Per VMI uid: the launcher client, the pod it talks to, the VMI as last seen. */
-  private readonly clients = new Map<string, { pod: string; client: LauncherCmdClient; link: string; vmi: HandlerVmi }>();
+  private readonly clients = new Map<
+    string,
+    { pod: string; client: LauncherCmdClient; link: string; vmi: HandlerVmi }
+  >();
   private readonly shutdownSent = new Set<string>();
   private stopped = false;
   private loop: Promise<void> | undefined;
@@ -156,8 +202,15 @@ export class HandlerStandIn {
 
   /** One level-triggered look at every VMI on this node; slow work runs per VMI in the background. */
   async pass(): Promise<void> {
-    const list = z.object({ items: z.array(z.unknown()) }).parse(await this.custom.listClusterCustomObject({ ...VMI_REF }));
-    const pods = (await this.core.listPodForAllNamespaces({ labelSelector: LAUNCHER_LABEL_SELECTOR, fieldSelector: `spec.nodeName=${this.o.nodeName}` })).items.flatMap((p) => {
+    const list = z
+      .object({ items: z.array(z.unknown()) })
+      .parse(await this.custom.listClusterCustomObject({ ...VMI_REF }));
+    const pods = (
+      await this.core.listPodForAllNamespaces({
+        labelSelector: LAUNCHER_LABEL_SELECTOR,
+        fieldSelector: `spec.nodeName=${this.o.nodeName}`,
+      })
+    ).items.flatMap((p) => {
       const r = HandlerPodSchema.safeParse(p);
       return r.success ? [r.data] : [];
     });
@@ -175,7 +228,12 @@ export class HandlerStandIn {
       if (this.busy.has(vmi.metadata.uid)) continue;
       this.busy.add(vmi.metadata.uid);
       void this.syncVmi(vmi, pods)
-        .catch((e: unknown) => this.o.log('sync failed', { vmi: `${vmi.metadata.namespace}/${vmi.metadata.name}`, error: e instanceof Error ? e.message : String(e) }))
+        .catch((e: unknown) =>
+          this.o.log('sync failed', {
+            vmi: `${vmi.metadata.namespace}/${vmi.metadata.name}`,
+            error: e instanceof Error ? e.message : String(e),
+          }),
+        )
         .finally(() => this.busy.delete(vmi.metadata.uid));
     }
     for (const uid of [...this.clients.keys()]) if (!seen.has(uid)) this.cleanup(uid);
@@ -275,12 +333,26 @@ export class HandlerStandIn {
     const domain = DomainSchema.parse(JSON.parse(raw));
     const state = domain.Status?.Status;
     // virt-handler's calculateVmPhaseForStatusReason: Running/Blocked/PMSuspended/Paused -> Running.
-    if (vmi.status.phase === 'Scheduled' && (state === 'Running' || state === 'Paused' || state === 'Blocked' || state === 'PMSuspended')) {
+    if (
+      vmi.status.phase === 'Scheduled' &&
+      (state === 'Running' || state === 'Paused' || state === 'Blocked' || state === 'PMSuspended')
+    ) {
       const machine = domain.Spec?.OS?.Type?.Machine;
       // virt-handler's updateVolumeStatusesFromDomain: each volume's target device, by the disk's alias.
-      const targets = new Map((domain.Spec?.Devices?.Disks ?? []).flatMap((d) => (d.Alias?.Name && d.Target?.Device ? [[d.Alias.Name, d.Target.Device] as const] : [])));
-      const volumeStatus = vmi.status.volumeStatus?.map((v) => ({ ...v, ...(targets.has(v.name) ? { target: targets.get(v.name) } : {}) }));
-      await this.patchStatus(vmi, { phase: 'Running', ...(machine ? { machine: { type: machine } } : {}), ...(volumeStatus ? { volumeStatus } : {}) });
+      const targets = new Map(
+        (domain.Spec?.Devices?.Disks ?? []).flatMap((d) =>
+          d.Alias?.Name && d.Target?.Device ? [[d.Alias.Name, d.Target.Device] as const] : [],
+        ),
+      );
+      const volumeStatus = vmi.status.volumeStatus?.map((v) => ({
+        ...v,
+        ...(targets.has(v.name) ? { target: targets.get(v.name) } : {}),
+      }));
+      await this.patchStatus(vmi, {
+        phase: 'Running',
+        ...(machine ? { machine: { type: machine } } : {}),
+        ...(volumeStatus ? { volumeStatus } : {}),
+      });
       this.o.log('VMI Running', { vmi: id, pod: pod.metadata.name, domainState: state });
     }
   }
@@ -306,7 +378,10 @@ export class HandlerStandIn {
         all = false;
         continue;
       }
-      const pid = readFileSync(path.join(this.o.containerdState, 'io.containerd.runtime.v2.task', 'k8s.io', cid, 'init.pid'), 'utf8').trim();
+      const pid = readFileSync(
+        path.join(this.o.containerdState, 'io.containerd.runtime.v2.task', 'k8s.io', cid, 'init.pid'),
+        'utf8',
+      ).trim();
       if (!/^\d+$/.test(pid)) throw new Error(`container ${cid}: bad init.pid ${pid}`);
       const root = `/proc/${pid}/root`;
       const source = v.path !== undefined ? path.join(root, v.path) : firstDiskFile(path.join(root, 'disk'));
@@ -316,7 +391,12 @@ export class HandlerStandIn {
       chownSync(tmp, st.uid, st.gid);
       chmodSync(tmp, st.mode & 0o777);
       renameSync(tmp, target);
-      this.o.log('containerDisk placed', { vmi: `${vmi.metadata.namespace}/${vmi.metadata.name}`, volume: v.name, target, bytes: st.size });
+      this.o.log('containerDisk placed', {
+        vmi: `${vmi.metadata.namespace}/${vmi.metadata.name}`,
+        volume: v.name,
+        target,
+        bytes: st.size,
+      });
     }
     return all;
   }
@@ -361,16 +441,30 @@ export class HandlerStandIn {
 
   private async patchStatus(vmi: HandlerVmi, status: Record<string, unknown>): Promise<void> {
     const phase = status['phase'];
-    const stamps = typeof phase === 'string' ? [...(vmi.status?.phaseTransitionTimestamps ?? []), { phase, phaseTransitionTimestamp: new Date().toISOString() }] : undefined;
+    const stamps =
+      typeof phase === 'string'
+        ? [
+            ...(vmi.status?.phaseTransitionTimestamps ?? []),
+            { phase, phaseTransitionTimestamp: new Date().toISOString() },
+          ]
+        : undefined;
     await this.custom.patchNamespacedCustomObject(
-      { ...VMI_REF, namespace: vmi.metadata.namespace, name: vmi.metadata.name, body: { status: { ...status, ...(stamps ? { phaseTransitionTimestamps: stamps } : {}) } } },
+      {
+        ...VMI_REF,
+        namespace: vmi.metadata.namespace,
+        name: vmi.metadata.name,
+        body: { status: { ...status, ...(stamps ? { phaseTransitionTimestamps: stamps } : {}) } },
+      },
       setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
     );
   }
 }
 
 function firstDiskFile(dir: string): string {
-  const files = readdirSync(dir, { withFileTypes: true }).filter((e) => e.isFile()).map((e) => e.name).sort();
+  const files = readdirSync(dir, { withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => e.name)
+    .sort();
   const first = files[0];
   if (first === undefined) throw new Error(`no disk file in ${dir}`);
   return path.join(dir, first);

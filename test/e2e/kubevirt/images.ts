@@ -40,13 +40,24 @@ export const LIBVIRT_QEMU_UID = 64055;
 /** Debian packages of the launcher image: the stand-in's libvirt + QEMU set, and getcap (libcap2-bin) to check the file capability in a running container. */
 export const KUBEVIRT_LAUNCHER_PACKAGES = [...LAUNCHER_PACKAGES, 'libcap2-bin'] as const;
 /** Where the rendered launcher pod runs KubeVirt's binaries from. */
-const LAUNCHER_BINARIES = ['virt-launcher', 'virt-launcher-monitor', 'virt-freezer', 'virt-probe', 'virt-tail', 'container-disk'] as const;
+const LAUNCHER_BINARIES = [
+  'virt-launcher',
+  'virt-launcher-monitor',
+  'virt-freezer',
+  'virt-probe',
+  'virt-tail',
+  'container-disk',
+] as const;
 const KEEP_DRIVER = 'libvirt_driver_qemu.so';
 
 /** The containerDisk's qcow2: virtual size and what is written into it (qemu-io write -P). */
 export const CONTAINER_DISK_SIZE_MIB = 128;
 const MiB = 1024 * 1024;
-export const CONTAINER_DISK_WRITES: readonly { readonly offset: number; readonly length: number; readonly pattern: number }[] = [
+export const CONTAINER_DISK_WRITES: readonly {
+  readonly offset: number;
+  readonly length: number;
+  readonly pattern: number;
+}[] = [
   { offset: 0, length: 16 * MiB, pattern: 0x5a },
   { offset: 48 * MiB, length: 16 * MiB, pattern: 0xa5 },
   { offset: 100 * MiB, length: 4 * MiB, pattern: 0x3c },
@@ -85,10 +96,25 @@ const UPSTREAM_FILES = [
 
 export async function launcherImage(bins: KubevirtBinaries): Promise<BuiltImage> {
   const source = await kubevirtSourceDir(bins.version);
-  const binaryHashes = Object.fromEntries(await Promise.all(LAUNCHER_BINARIES.map(async (b) => [b, await fileHash(path.join(bins.binDir, b))] as const)));
-  const upstream = Object.fromEntries(await Promise.all(UPSTREAM_FILES.map(async ([from]) => [from, await readFile(path.join(source, from), 'utf8')] as const)));
+  const binaryHashes = Object.fromEntries(
+    await Promise.all(LAUNCHER_BINARIES.map(async (b) => [b, await fileHash(path.join(bins.binDir, b))] as const)),
+  );
+  const upstream = Object.fromEntries(
+    await Promise.all(
+      UPSTREAM_FILES.map(async ([from]) => [from, await readFile(path.join(source, from), 'utf8')] as const),
+    ),
+  );
   const ours = { virtqemud: await readFile(VIRTQEMUD_SCRIPT, 'utf8'), virtlogd: await readFile(VIRTLOGD_CONF, 'utf8') };
-  const keyParts = { version: bins.version, src: hostDebianSource(), packages: KUBEVIRT_LAUNCHER_PACKAGES, binaryHashes, upstream, ours, users: [QEMU_UID, LIBVIRT_QEMU_UID], keep: KEEP_DRIVER };
+  const keyParts = {
+    version: bins.version,
+    src: hostDebianSource(),
+    packages: KUBEVIRT_LAUNCHER_PACKAGES,
+    binaryHashes,
+    upstream,
+    ours,
+    users: [QEMU_UID, LIBVIRT_QEMU_UID],
+    keep: KEEP_DRIVER,
+  };
   return cachedImage('kubevirt-virt-launcher', undefined, keyParts, async (workDir) => {
     await ensureDebianPackages(['libcap2-bin']); // setcap on the host
     const rootfs = path.join(workDir, 'rootfs');
@@ -119,7 +145,13 @@ export async function launcherImage(bins: KubevirtBinaries): Promise<BuiltImage>
     addUser(rootfs, 'libvirt-qemu', LIBVIRT_QEMU_UID, '/var/lib/libvirt');
     // Directories the pod mounts emptyDirs on, and upstream's empty qemu-kvm modules dir.
     // /var/run is a symlink to /run (absolute): write below rootfs/run, never through the link.
-    for (const d of ['home/qemu', 'run/libvirt', 'run/kubevirt', 'run/kubevirt-private', 'run/kubevirt-ephemeral-disks']) {
+    for (const d of [
+      'home/qemu',
+      'run/libvirt',
+      'run/kubevirt',
+      'run/kubevirt-private',
+      'run/kubevirt-ephemeral-disks',
+    ]) {
       await mkdir(path.join(rootfs, d), { recursive: true });
       await chown(path.join(rootfs, d), QEMU_UID, QEMU_UID);
     }
@@ -128,7 +160,9 @@ export async function launcherImage(bins: KubevirtBinaries): Promise<BuiltImage>
       rootfs,
       config: {
         entrypoint: ['/usr/bin/virt-launcher'],
-        labels: { 'org.opencontainers.image.title': `KubeVirt ${bins.version} virt-launcher (blockpull-operator test bed: Debian libvirt + QEMU)` },
+        labels: {
+          'org.opencontainers.image.title': `KubeVirt ${bins.version} virt-launcher (blockpull-operator test bed: Debian libvirt + QEMU)`,
+        },
       },
     };
   });
@@ -155,22 +189,35 @@ async function containerDiskReference(key: string): Promise<string> {
 export async function containerDiskImage(): Promise<{ image: BuiltImage; reference: string }> {
   await ensureHypervisorPackages(); // qemu-img, qemu-io
   const { stdout: qemuImg } = await run(['qemu-img', '--version']);
-  const parts = { qemuImg: qemuImg.split('\n')[0] ?? '', size: CONTAINER_DISK_SIZE_MIB, writes: CONTAINER_DISK_WRITES, uid: QEMU_UID };
+  const parts = {
+    qemuImg: qemuImg.split('\n')[0] ?? '',
+    size: CONTAINER_DISK_SIZE_MIB,
+    writes: CONTAINER_DISK_WRITES,
+    uid: QEMU_UID,
+  };
   const key = createHash('sha256').update(JSON.stringify(parts)).digest('hex').slice(0, 16);
   const reference = await containerDiskReference(key);
-  const image = await cachedImage('kubevirt-containerdisk', undefined, { ...parts, reference: path.basename(reference) }, async (workDir) => {
-    const rootfs = path.join(workDir, 'rootfs');
-    await mkdir(path.join(rootfs, 'disk'), { recursive: true });
-    await mkdir(path.join(rootfs, 'usr', 'bin'), { recursive: true });
-    await mkdir(path.join(rootfs, 'tmp'), { recursive: true });
-    await chmod(path.join(rootfs, 'tmp'), 0o1777);
-    const disk = path.join(rootfs, 'disk', 'disk.qcow2');
-    await copyFile(reference, disk);
-    await chmod(disk, 0o440);
-    await chown(path.join(rootfs, 'disk'), QEMU_UID, QEMU_UID);
-    await chown(disk, QEMU_UID, QEMU_UID);
-    return { rootfs, config: { labels: { 'org.opencontainers.image.title': 'containerDisk (blockpull-operator test bed)' } } };
-  });
+  const image = await cachedImage(
+    'kubevirt-containerdisk',
+    undefined,
+    { ...parts, reference: path.basename(reference) },
+    async (workDir) => {
+      const rootfs = path.join(workDir, 'rootfs');
+      await mkdir(path.join(rootfs, 'disk'), { recursive: true });
+      await mkdir(path.join(rootfs, 'usr', 'bin'), { recursive: true });
+      await mkdir(path.join(rootfs, 'tmp'), { recursive: true });
+      await chmod(path.join(rootfs, 'tmp'), 0o1777);
+      const disk = path.join(rootfs, 'disk', 'disk.qcow2');
+      await copyFile(reference, disk);
+      await chmod(disk, 0o440);
+      await chown(path.join(rootfs, 'disk'), QEMU_UID, QEMU_UID);
+      await chown(disk, QEMU_UID, QEMU_UID);
+      return {
+        rootfs,
+        config: { labels: { 'org.opencontainers.image.title': 'containerDisk (blockpull-operator test bed)' } },
+      };
+    },
+  );
   return { image, reference };
 }
 
@@ -179,9 +226,13 @@ export async function ensureKubevirtImages(opts: EnsureKubevirtImagesOptions = {
   const log = opts.log ?? ((m: string) => process.stderr.write(`[kubevirt] ${m}\n`));
   const bins = opts.binaries ?? (await ensureKubevirtBinaries({ ...(opts.env ? { env: opts.env } : {}), log }));
   const launcher = await launcherImage(bins);
-  log(`virt-launcher image ${launcher.name}: ${launcher.cached ? 'cached' : 'built'} in ${(launcher.buildMs / 1000).toFixed(1)} s`);
+  log(
+    `virt-launcher image ${launcher.name}: ${launcher.cached ? 'cached' : 'built'} in ${(launcher.buildMs / 1000).toFixed(1)} s`,
+  );
   const { image: containerDisk, reference } = await containerDiskImage();
-  log(`containerDisk image ${containerDisk.name}: ${containerDisk.cached ? 'cached' : 'built'} in ${(containerDisk.buildMs / 1000).toFixed(1)} s`);
+  log(
+    `containerDisk image ${containerDisk.name}: ${containerDisk.cached ? 'cached' : 'built'} in ${(containerDisk.buildMs / 1000).toFixed(1)} s`,
+  );
   return { launcher, containerDisk, containerDiskReference: reference };
 }
 
@@ -189,4 +240,3 @@ if (import.meta.main) {
   const images = await ensureKubevirtImages();
   process.stdout.write(`${JSON.stringify(images, null, 2)}\n`);
 }
-

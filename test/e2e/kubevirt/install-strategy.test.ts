@@ -53,7 +53,11 @@ metadata:
   name: virt-api
 `;
 
-function configMap(manifests: string, annotations: Record<string, string>, labels: Record<string, string> = { 'kubevirt.io/install-strategy': '' }): unknown {
+function configMap(
+  manifests: string,
+  annotations: Record<string, string>,
+  labels: Record<string, string> = { 'kubevirt.io/install-strategy': '' },
+): unknown {
   return {
     apiVersion: 'v1',
     kind: 'ConfigMap',
@@ -66,10 +70,18 @@ const gzipped = (text: string): string => gzipSync(Buffer.from(text)).toString('
 
 describe('decodeInstallStrategy', () => {
   it('decodes gzip+base64 and returns the CRDs in order, without status and creationTimestamp', () => {
-    const s = decodeInstallStrategy(configMap(gzipped(MANIFESTS), { 'kubevirt.io/install-strategy-cm-encoding': 'gzip+base64', 'kubevirt.io/install-strategy-version': 'v1.7.0' }));
+    const s = decodeInstallStrategy(
+      configMap(gzipped(MANIFESTS), {
+        'kubevirt.io/install-strategy-cm-encoding': 'gzip+base64',
+        'kubevirt.io/install-strategy-version': 'v1.7.0',
+      }),
+    );
     expect(s.version).toBe('v1.7.0');
     expect(s.kinds).toEqual({ ServiceAccount: 1, CustomResourceDefinition: 2, Deployment: 1 });
-    expect(s.crds.map((c) => c.metadata.name)).toEqual(['virtualmachineinstances.kubevirt.io', 'virtualmachines.kubevirt.io']);
+    expect(s.crds.map((c) => c.metadata.name)).toEqual([
+      'virtualmachineinstances.kubevirt.io',
+      'virtualmachines.kubevirt.io',
+    ]);
     const vmi = s.crds[0] as Record<string, unknown> & { metadata: Record<string, unknown> };
     expect(vmi['status']).toBeUndefined();
     expect(vmi.metadata['creationTimestamp']).toBeUndefined();
@@ -81,15 +93,24 @@ describe('decodeInstallStrategy', () => {
     expect(decodeInstallStrategy(configMap(MANIFESTS, {})).crds).toHaveLength(2);
   });
   it('refuses an unknown encoding, a ConfigMap that is not a strategy, and a strategy without CRDs', () => {
-    expect(() => strategyManifests(configMap(MANIFESTS, { 'kubevirt.io/install-strategy-cm-encoding': 'zstd' }))).toThrow(/unknown encoding "zstd"/);
+    expect(() =>
+      strategyManifests(configMap(MANIFESTS, { 'kubevirt.io/install-strategy-cm-encoding': 'zstd' })),
+    ).toThrow(/unknown encoding "zstd"/);
     expect(() => strategyManifests(configMap(MANIFESTS, {}, {}))).toThrow(/not an install strategy/);
-    expect(() => decodeInstallStrategy(configMap('---\nkind: Service\nmetadata: {name: x}\n', {}))).toThrow(/no CustomResourceDefinition/);
+    expect(() => decodeInstallStrategy(configMap('---\nkind: Service\nmetadata: {name: x}\n', {}))).toThrow(
+      /no CustomResourceDefinition/,
+    );
     expect(() => strategyManifests({ metadata: { name: 'x' }, data: {} })).toThrow();
   });
   it('refuses a CRD without versions and corrupt gzip', () => {
-    const bad = MANIFESTS.replace('  - name: v1\n---\napiVersion: apps/v1', '  []\n---\napiVersion: apps/v1').replace('  versions:\n  []', '  versions: []');
+    const bad = MANIFESTS.replace('  - name: v1\n---\napiVersion: apps/v1', '  []\n---\napiVersion: apps/v1').replace(
+      '  versions:\n  []',
+      '  versions: []',
+    );
     expect(() => decodeInstallStrategy(configMap(bad, {}))).toThrow();
-    expect(() => strategyManifests(configMap('bm90IGd6aXA=', { 'kubevirt.io/install-strategy-cm-encoding': 'gzip+base64' }))).toThrow();
+    expect(() =>
+      strategyManifests(configMap('bm90IGd6aXA=', { 'kubevirt.io/install-strategy-cm-encoding': 'gzip+base64' })),
+    ).toThrow();
   });
 });
 

@@ -32,7 +32,11 @@ const crdShape = z.looseObject({
   apiVersion: z.literal('apiextensions.k8s.io/v1'),
   kind: z.literal('CustomResourceDefinition'),
   metadata: z.looseObject({ name: z.string().regex(/^[a-z0-9.-]+$/) }),
-  spec: z.looseObject({ group: z.string(), names: z.looseObject({ kind: z.string(), plural: z.string() }), versions: z.array(z.unknown()).min(1) }),
+  spec: z.looseObject({
+    group: z.string(),
+    names: z.looseObject({ kind: z.string(), plural: z.string() }),
+    versions: z.array(z.unknown()).min(1),
+  }),
 });
 export type CrdObject = z.infer<typeof crdShape>;
 
@@ -48,10 +52,12 @@ export interface DecodedStrategy {
 /** The manifests text of an install-strategy ConfigMap (decoded per its encoding annotation). */
 export function strategyManifests(configMap: unknown): string {
   const cm = strategyConfigMap.parse(configMap);
-  if (cm.metadata.labels?.[INSTALL_STRATEGY_LABEL] === undefined) throw new Error(`ConfigMap ${cm.metadata.name} lacks label ${INSTALL_STRATEGY_LABEL}: not an install strategy`);
+  if (cm.metadata.labels?.[INSTALL_STRATEGY_LABEL] === undefined)
+    throw new Error(`ConfigMap ${cm.metadata.name} lacks label ${INSTALL_STRATEGY_LABEL}: not an install strategy`);
   const encoding = cm.metadata.annotations?.[ENCODING_ANNOTATION];
   if (encoding === undefined || encoding === '') return cm.data.manifests;
-  if (encoding !== GZIP_BASE64) throw new Error(`install strategy ${cm.metadata.name}: unknown encoding ${JSON.stringify(encoding)}`);
+  if (encoding !== GZIP_BASE64)
+    throw new Error(`install strategy ${cm.metadata.name}: unknown encoding ${JSON.stringify(encoding)}`);
   const gz = Buffer.from(cm.data.manifests, 'base64');
   return gunzipSync(gz, { maxOutputLength: MAX_MANIFEST_BYTES }).toString('utf8');
 }
@@ -63,7 +69,8 @@ export function decodeInstallStrategy(configMap: unknown): DecodedStrategy {
   const kinds: Record<string, number> = {};
   const crds: CrdObject[] = [];
   for (const doc of parseAllDocuments(text)) {
-    if (doc.errors.length > 0) throw new Error(`install strategy ${cm.metadata.name}: YAML error: ${doc.errors[0]?.message ?? ''}`);
+    if (doc.errors.length > 0)
+      throw new Error(`install strategy ${cm.metadata.name}: YAML error: ${doc.errors[0]?.message ?? ''}`);
     const obj: unknown = doc.toJS({ maxAliasCount: 0 });
     if (obj === null || obj === undefined) continue;
     const kind = z.object({ kind: z.string() }).safeParse(obj);
@@ -72,7 +79,9 @@ export function decodeInstallStrategy(configMap: unknown): DecodedStrategy {
     if (k !== 'CustomResourceDefinition') continue;
     const crd = crdShape.parse(obj);
     const { status: _status, ...rest } = crd as CrdObject & { status?: unknown };
-    const { creationTimestamp: _ts, ...metadata } = rest.metadata as CrdObject['metadata'] & { creationTimestamp?: unknown };
+    const { creationTimestamp: _ts, ...metadata } = rest.metadata as CrdObject['metadata'] & {
+      creationTimestamp?: unknown;
+    };
     crds.push({ ...rest, metadata });
   }
   if (crds.length === 0) throw new Error(`install strategy ${cm.metadata.name} holds no CustomResourceDefinition`);

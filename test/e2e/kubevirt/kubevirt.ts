@@ -68,20 +68,34 @@ export async function startKubevirt(cp: ControlPlane, node: Node, o: KubevirtOpt
   // Namespace, ServiceAccounts (cluster-admin, see above), KubeVirt CR.
   const sa = async (name: string): Promise<string> => {
     const kc = await createServiceAccountKubeconfig(cp, KUBEVIRT_NS, name, { dir, duration: '48h' });
-    const binding = { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding', metadata: { name: `blockpull-testbed-${name}` },
+    const binding = {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'ClusterRoleBinding',
+      metadata: { name: `blockpull-testbed-${name}` },
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'cluster-admin' },
-      subjects: [{ kind: 'ServiceAccount', name, namespace: KUBEVIRT_NS }] };
+      subjects: [{ kind: 'ServiceAccount', name, namespace: KUBEVIRT_NS }],
+    };
     await cp.kubectl(['apply', '-f', '-'], { input: stringify(binding) });
     return kc;
   };
   const controllerKc = await sa('kubevirt-controller');
   const handlerKc = await sa('kubevirt-handler');
-  const kv = { apiVersion: 'kubevirt.io/v1', kind: 'KubeVirt', metadata: { name: 'kubevirt', namespace: KUBEVIRT_NS },
-    spec: { configuration: { developerConfiguration: { useEmulation: true, featureGates: [] } } } };
+  const kv = {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'KubeVirt',
+    metadata: { name: 'kubevirt', namespace: KUBEVIRT_NS },
+    spec: { configuration: { developerConfiguration: { useEmulation: true, featureGates: [] } } },
+  };
   await cp.kubectl(['apply', '-f', '-'], { input: stringify(kv) });
   // virt-operator would set the phase; virt-controller's config watcher ignores a KubeVirt CR without one.
   await patchKubevirtPhase(cp);
-  await cp.kubectl(['label', 'node', node.name, '--overwrite', ...Object.entries(NODE_LABELS).map(([k, v]) => `${k}=${v}`)]);
+  await cp.kubectl([
+    'label',
+    'node',
+    node.name,
+    '--overwrite',
+    ...Object.entries(NODE_LABELS).map(([k, v]) => `${k}=${v}`),
+  ]);
 
   const detached = o.detached ?? false;
   const [port] = (await freePorts(1)) as [number];
@@ -103,17 +117,59 @@ export async function startKubevirt(cp: ControlPlane, node: Node, o: KubevirtOpt
     process.removeListener('exit', onExit);
   };
   try {
-    const controller = record(await startDaemon('virt-controller', [o.virtController, `--kubeconfig=${controllerKc}`, `--launcher-image=${o.launcherImage}`,
-      '--listen=127.0.0.1', `--port=${port}`, '--v=2'], controllerLog, { keepRunning: detached, marker: node.runDir }));
-    const handler = record(await startDaemon('handler-standin', [process.execPath, path.join(import.meta.dirname, 'handler-main.ts'),
-      '--kubeconfig', handlerKc, '--node', node.name, '--kubelet-root', path.join(node.runDir, 'kubelet'),
-      '--containerd-state', path.join(node.runDir, 'containerd', 'state'), '--work-dir', dir, '--proto', protoFile], handlerLog, { keepRunning: detached, marker: node.runDir }));
-    await waitFor('virt-controller leading', 120_000, async () => {
-      for (const d of daemons) if (!d.isRunning()) throw new Error(`${d.name} exited:\n${tail(d.logPath, 40)}`);
-      const r = await cp.kubectlResult(['-n', KUBEVIRT_NS, 'get', 'lease', 'virt-controller', '-o', 'json'], { timeoutMs: 10_000 });
-      return r.exitCode === 0 && (LeaseSchema.parse(JSON.parse(r.stdout)).spec.holderIdentity ?? '') !== '';
-    }, 500).catch((e: unknown) => {
-      throw new Error(`${e instanceof Error ? e.message : String(e)}\n--- virt-controller log:\n${tail(controllerLog, 40)}`);
+    const controller = record(
+      await startDaemon(
+        'virt-controller',
+        [
+          o.virtController,
+          `--kubeconfig=${controllerKc}`,
+          `--launcher-image=${o.launcherImage}`,
+          '--listen=127.0.0.1',
+          `--port=${port}`,
+          '--v=2',
+        ],
+        controllerLog,
+        { keepRunning: detached, marker: node.runDir },
+      ),
+    );
+    const handler = record(
+      await startDaemon(
+        'handler-standin',
+        [
+          process.execPath,
+          path.join(import.meta.dirname, 'handler-main.ts'),
+          '--kubeconfig',
+          handlerKc,
+          '--node',
+          node.name,
+          '--kubelet-root',
+          path.join(node.runDir, 'kubelet'),
+          '--containerd-state',
+          path.join(node.runDir, 'containerd', 'state'),
+          '--work-dir',
+          dir,
+          '--proto',
+          protoFile,
+        ],
+        handlerLog,
+        { keepRunning: detached, marker: node.runDir },
+      ),
+    );
+    await waitFor(
+      'virt-controller leading',
+      120_000,
+      async () => {
+        for (const d of daemons) if (!d.isRunning()) throw new Error(`${d.name} exited:\n${tail(d.logPath, 40)}`);
+        const r = await cp.kubectlResult(['-n', KUBEVIRT_NS, 'get', 'lease', 'virt-controller', '-o', 'json'], {
+          timeoutMs: 10_000,
+        });
+        return r.exitCode === 0 && (LeaseSchema.parse(JSON.parse(r.stdout)).spec.holderIdentity ?? '') !== '';
+      },
+      500,
+    ).catch((e: unknown) => {
+      throw new Error(
+        `${e instanceof Error ? e.message : String(e)}\n--- virt-controller log:\n${tail(controllerLog, 40)}`,
+      );
     });
     const startMs = Date.now() - t0;
     log(`virt-controller leading and handler stand-in running in ${(startMs / 1000).toFixed(1)} s (logs in ${dir})`);
@@ -129,7 +185,9 @@ async function patchKubevirtPhase(cp: ControlPlane): Promise<void> {
   const args = ['-n', KUBEVIRT_NS, 'patch', 'kubevirts.kubevirt.io', 'kubevirt', '--type=merge', '-p', patch];
   const viaStatus = await cp.kubectlResult([...args, '--subresource=status']);
   if (viaStatus.exitCode !== 0) await cp.kubectl(args);
-  const phase = (await cp.kubectl(['-n', KUBEVIRT_NS, 'get', 'kubevirts.kubevirt.io', 'kubevirt', '-o', 'jsonpath={.status.phase}'])).trim();
+  const phase = (
+    await cp.kubectl(['-n', KUBEVIRT_NS, 'get', 'kubevirts.kubevirt.io', 'kubevirt', '-o', 'jsonpath={.status.phase}'])
+  ).trim();
   if (phase !== 'Deployed') throw new Error(`KubeVirt CR status.phase is "${phase}" after the patch`);
 }
 
@@ -165,7 +223,11 @@ export function vmiManifest(o: VmiOptions): Record<string, unknown> {
         cpu: { cores: 1 },
         memory: { guest: '64Mi' },
         resources: { requests: { memory: '64Mi' } },
-        devices: { autoattachPodInterface: false, autoattachSerialConsole: true, disks: [{ name: disk, disk: { bus: 'virtio' } }] },
+        devices: {
+          autoattachPodInterface: false,
+          autoattachSerialConsole: true,
+          disks: [{ name: disk, disk: { bus: 'virtio' } }],
+        },
       },
       volumes: [{ name: disk, containerDisk: { image: o.containerDiskImage, imagePullPolicy: 'IfNotPresent' } }],
     },

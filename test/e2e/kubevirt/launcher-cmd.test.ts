@@ -17,19 +17,36 @@ const received: { method: string; vmiJson: string; options: unknown }[] = [];
 beforeAll(async () => {
   proto = await launcherCmdProto(pinnedKubevirtVersion());
   dir = mkdtempSync(path.join(os.tmpdir(), 'lcmd-'));
-  const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(proto, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true }));
-  const service = (((pkg['kubevirt'] as grpc.GrpcObject)['cmd'] as grpc.GrpcObject)['v1'] as grpc.GrpcObject)['Cmd'] as grpc.ServiceClientConstructor;
-  const vmiCall = (method: string, answer: { success: boolean; message: string }): grpc.handleUnaryCall<{ vmi: { vmiJson: Buffer }; options: unknown }, unknown> => (call, cb) => {
-    received.push({ method, vmiJson: call.request.vmi.vmiJson.toString(), options: call.request.options });
-    cb(null, answer);
-  };
+  const pkg = grpc.loadPackageDefinition(
+    protoLoader.loadSync(proto, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true }),
+  );
+  const service = (((pkg['kubevirt'] as grpc.GrpcObject)['cmd'] as grpc.GrpcObject)['v1'] as grpc.GrpcObject)[
+    'Cmd'
+  ] as grpc.ServiceClientConstructor;
+  const vmiCall =
+    (
+      method: string,
+      answer: { success: boolean; message: string },
+    ): grpc.handleUnaryCall<{ vmi: { vmiJson: Buffer }; options: unknown }, unknown> =>
+    (call, cb) => {
+      received.push({ method, vmiJson: call.request.vmi.vmiJson.toString(), options: call.request.options });
+      cb(null, answer);
+    };
   server = new grpc.Server();
   server.addService(service.service, {
     SyncVirtualMachine: vmiCall('SyncVirtualMachine', { success: true, message: '' }),
     KillVirtualMachine: vmiCall('KillVirtualMachine', { success: false, message: 'domain is gone' }),
-    GetDomain: ((_call, cb) => cb(null, { response: { success: true, message: '' }, domain: JSON.stringify({ Status: { Status: 'Running' } }) })) as grpc.handleUnaryCall<unknown, unknown>,
+    GetDomain: ((_call, cb) =>
+      cb(null, {
+        response: { success: true, message: '' },
+        domain: JSON.stringify({ Status: { Status: 'Running' } }),
+      })) as grpc.handleUnaryCall<unknown, unknown>,
   });
-  await new Promise<void>((resolve, reject) => server!.bindAsync(`unix://${path.join(dir, 'launcher-sock')}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())));
+  await new Promise<void>((resolve, reject) =>
+    server!.bindAsync(`unix://${path.join(dir, 'launcher-sock')}`, grpc.ServerCredentials.createInsecure(), (e) =>
+      e ? reject(e) : resolve(),
+    ),
+  );
 }, 120_000);
 
 afterAll(() => {

@@ -40,7 +40,12 @@ const ResponseSchema = z.object({ success: z.boolean(), message: z.string() });
 const DomainResponseSchema = z.object({ response: ResponseSchema.nullable().optional(), domain: z.string() });
 
 /** What a unary call of the generated client looks like (grpc-js loads services untyped). */
-type Unary = (request: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, value?: unknown) => void) => grpc.ClientUnaryCall;
+type Unary = (
+  request: unknown,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions,
+  callback: (err: grpc.ServiceError | null, value?: unknown) => void,
+) => grpc.ClientUnaryCall;
 
 export interface LauncherCmdClient {
   /** SyncVirtualMachine(vmi): defines and starts the domain (or syncs it). */
@@ -57,7 +62,9 @@ let packageCache: { file: string; def: grpc.GrpcObject } | undefined;
 
 function loadPackage(protoFile: string): grpc.GrpcObject {
   if (packageCache?.file === protoFile) return packageCache.def;
-  const def = grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true }));
+  const def = grpc.loadPackageDefinition(
+    protoLoader.loadSync(protoFile, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true }),
+  );
   packageCache = { file: protoFile, def };
   return def;
 }
@@ -65,7 +72,9 @@ function loadPackage(protoFile: string): grpc.GrpcObject {
 export function launcherCmdClient(protoFile: string, socketPath: string): LauncherCmdClient {
   if (Buffer.byteLength(socketPath) > 107) throw new Error(`socket path too long for a unix socket (${socketPath})`);
   const pkg = loadPackage(protoFile);
-  const Cmd = (((pkg['kubevirt'] as grpc.GrpcObject)['cmd'] as grpc.GrpcObject)['v1'] as grpc.GrpcObject)['Cmd'] as grpc.ServiceClientConstructor;
+  const Cmd = (((pkg['kubevirt'] as grpc.GrpcObject)['cmd'] as grpc.GrpcObject)['v1'] as grpc.GrpcObject)[
+    'Cmd'
+  ] as grpc.ServiceClientConstructor;
   const client = new Cmd(`unix://${socketPath}`, grpc.credentials.createInsecure());
   const call = (method: string, request: unknown, timeoutMs: number): Promise<unknown> =>
     new Promise((resolve, reject) => {
@@ -74,7 +83,9 @@ export function launcherCmdClient(protoFile: string, socketPath: string): Launch
         reject(new Error(`cmd.proto has no method ${method}`));
         return;
       }
-      fn.call(client, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, value) => (err ? reject(err) : resolve(value)));
+      fn.call(client, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, value) =>
+        err ? reject(err) : resolve(value),
+      );
     });
   const vmiRequest = (vmiJson: string): unknown => ({
     vmi: { vmiJson: Buffer.from(vmiJson) },

@@ -24,7 +24,12 @@ export interface BuiltChain {
   /** Bytes a full pull copies into the top image. */
   readonly pullBytes: number;
   /** Every write made while building, by chain position. */
-  readonly writes: readonly { readonly position: number; readonly offset: number; readonly length: number; readonly pattern: number }[];
+  readonly writes: readonly {
+    readonly position: number;
+    readonly offset: number;
+    readonly length: number;
+    readonly pattern: number;
+  }[];
 }
 
 export async function qemuIoWrite(image: string, writes: readonly Write[], format = 'qcow2'): Promise<void> {

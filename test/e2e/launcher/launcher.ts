@@ -14,9 +14,15 @@ import { buildChain, migratedChain, qemuIoWrite } from './disk-chain.ts';
 import { domainXml, targetName } from './recipe.ts';
 import { ensureHypervisorPackages } from './packages.ts';
 import { ensureQemuUser } from './user.ts';
-import { crashDaemon, recordOf, run, startDaemon as startProcess, stopDaemon, type Daemon } from '../support/process.ts';
+import {
+  crashDaemon,
+  recordOf,
+  run,
+  startDaemon as startProcess,
+  stopDaemon,
+  type Daemon,
+} from '../support/process.ts';
 import { waitFor } from '../support/wait.ts';
-
 
 export interface LauncherDiskSpec {
   /** KubeVirt disk name: alias ua-<name>. */
@@ -97,7 +103,9 @@ export interface Launcher {
   stop(): Promise<void>;
 }
 
-const mapSchema = z.array(z.looseObject({ start: z.number(), length: z.number(), depth: z.number(), data: z.boolean() }));
+const mapSchema = z.array(
+  z.looseObject({ start: z.number(), length: z.number(), depth: z.number(), data: z.boolean() }),
+);
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
@@ -108,7 +116,8 @@ const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
  */
 export async function startLauncher(options: LauncherOptions): Promise<Launcher> {
   const { namespace, vmiName } = options;
-  if (!DNS_LABEL.test(namespace) || !DNS_LABEL.test(vmiName)) throw new Error(`namespace and VMI name must be DNS labels: ${namespace}/${vmiName}`);
+  if (!DNS_LABEL.test(namespace) || !DNS_LABEL.test(vmiName))
+    throw new Error(`namespace and VMI name must be DNS labels: ${namespace}/${vmiName}`);
   await ensureHypervisorPackages();
   const s = new StandIn(options, await ensureQemuUser());
   try {
@@ -170,9 +179,15 @@ class StandIn implements Launcher {
       XDG_DATA_HOME: path.join(this.#home, '.local', 'share'),
       LANG: 'C',
     };
-    this.runner = new LocalRunner({ uid: this.uid, gid: this.gid, env: this.#env, description: `launcher ${this.namespace}/${this.podName} uid=${this.uid}` });
+    this.runner = new LocalRunner({
+      uid: this.uid,
+      gid: this.gid,
+      env: this.#env,
+      description: `launcher ${this.namespace}/${this.podName} uid=${this.uid}`,
+    });
     const registryDir = options.registryDir ?? process.env.BLOCKPULL_LOCAL_LAUNCHERS_DIR;
-    if (registryDir !== undefined && registryDir !== '') this.registrationPath = path.join(registryDir, `${this.namespace}.${this.podName}.json`);
+    if (registryDir !== undefined && registryDir !== '')
+      this.registrationPath = path.join(registryDir, `${this.namespace}.${this.podName}.json`);
   }
 
   // --- the steps of startLauncher ---------------------------------------------------------------
@@ -193,7 +208,15 @@ class StandIn implements Launcher {
     if (spec.topFsMiB !== undefined) {
       topFs = path.join(this.dir, `fs-${spec.name}`);
       await mkdir(topFs, { mode: 0o700 });
-      await run(['mount', '-t', 'tmpfs', '-o', `size=${spec.topFsMiB}m,mode=0700,uid=${uid},gid=${gid}`, `bpl-${spec.name}`, topFs]);
+      await run([
+        'mount',
+        '-t',
+        'tmpfs',
+        '-o',
+        `size=${spec.topFsMiB}m,mode=0700,uid=${uid},gid=${gid}`,
+        `bpl-${spec.name}`,
+        topFs,
+      ]);
       this.#mounts.push(topFs);
     }
     const built =
@@ -209,7 +232,15 @@ class StandIn implements Launcher {
             uid,
             gid,
           });
-    this.disks.push({ name: spec.name, alias: `ua-${spec.name}`, target, chain: built.chain, sizeBytes: built.sizeBytes, pullBytes: built.pullBytes, ...(topFs === undefined ? {} : { topFs }) });
+    this.disks.push({
+      name: spec.name,
+      alias: `ua-${spec.name}`,
+      target,
+      chain: built.chain,
+      sizeBytes: built.sizeBytes,
+      pullBytes: built.pullBytes,
+      ...(topFs === undefined ? {} : { topFs }),
+    });
   }
 
   /** The session libvirtd as the QEMU user; resolves once virsh gets an answer. Also: start it again after killDaemon(). */
@@ -218,16 +249,29 @@ class StandIn implements Launcher {
     const log = path.join(this.dir, 'libvirtd.log');
     // libvirtd takes no arguments here (its paths come from the environment): the identity check is
     // pid + start time + argv[0].
-    const d = await startProcess('libvirtd', ['libvirtd'], log, { marker: 'libvirtd', uid: this.uid, gid: this.gid, env: this.#env, cwd: this.#home });
+    const d = await startProcess('libvirtd', ['libvirtd'], log, {
+      marker: 'libvirtd',
+      uid: this.uid,
+      gid: this.gid,
+      env: this.#env,
+      cwd: this.#home,
+    });
     this.#daemon = d;
-    await waitFor('libvirtd to answer', 30_000, async () => {
-      if (!d.isRunning()) {
-        const tail = await readFile(log, 'utf8').catch(() => '');
-        throw new Error(`libvirtd exited (${d.child.exitCode ?? d.child.signalCode}): ${tail.slice(-2000)}`);
-      }
-      const r = await this.runner.run(['virsh', '-q', '-c', this.uri, 'version'], { timeoutMs: 10_000 }).catch(() => undefined);
-      return r?.exitCode === 0;
-    }, 100);
+    await waitFor(
+      'libvirtd to answer',
+      30_000,
+      async () => {
+        if (!d.isRunning()) {
+          const tail = await readFile(log, 'utf8').catch(() => '');
+          throw new Error(`libvirtd exited (${d.child.exitCode ?? d.child.signalCode}): ${tail.slice(-2000)}`);
+        }
+        const r = await this.runner
+          .run(['virsh', '-q', '-c', this.uri, 'version'], { timeoutMs: 10_000 })
+          .catch(() => undefined);
+        return r?.exitCode === 0;
+      },
+      100,
+    );
   };
 
   /** The transient domain <namespace>_<vmi> with the disks, CPUs paused. */
@@ -243,7 +287,14 @@ class StandIn implements Launcher {
     if (this.registrationPath === undefined) return;
     await mkdir(path.dirname(this.registrationPath), { recursive: true });
     // env: optional (the local transport merges it into virsh's environment).
-    const registration = { namespace: this.namespace, pod: this.podName, uri: this.uri, uid: this.uid, gid: this.gid, env: { HOME: this.#home, XDG_RUNTIME_DIR: this.#runDir } };
+    const registration = {
+      namespace: this.namespace,
+      pod: this.podName,
+      uri: this.uri,
+      uid: this.uid,
+      gid: this.gid,
+      env: { HOME: this.#home, XDG_RUNTIME_DIR: this.#runDir },
+    };
     await writeFile(this.registrationPath, `${JSON.stringify(registration, null, 2)}\n`);
   }
 
@@ -278,7 +329,8 @@ class StandIn implements Launcher {
     for (const m of this.#mounts.splice(0).reverse()) {
       await run(['umount', m]).catch(async () => run(['umount', '-l', m]).catch((e: unknown) => errors.push(e)));
     }
-    if (this.registrationPath !== undefined) await rm(this.registrationPath, { force: true }).catch((e: unknown) => errors.push(e));
+    if (this.registrationPath !== undefined)
+      await rm(this.registrationPath, { force: true }).catch((e: unknown) => errors.push(e));
     await rm(this.dir, { recursive: true, force: true }).catch((e: unknown) => errors.push(e));
     if (errors.length > 0) throw new AggregateError(errors, `launcher ${this.domain}: stop incomplete`);
   };
@@ -296,7 +348,13 @@ class StandIn implements Launcher {
     const d = this.#disk(diskName);
     await this.#flush(d);
     // qemu-img compare: 0 identical, 1 different, anything else an error.
-    return (await run(['qemu-img', 'compare', '-U', '-q', '-f', 'qcow2', '-F', 'qcow2', d.chain[0] ?? '', refPath], { allowExit: [1] })).exitCode === 0;
+    return (
+      (
+        await run(['qemu-img', 'compare', '-U', '-q', '-f', 'qcow2', '-F', 'qcow2', d.chain[0] ?? '', refPath], {
+          allowExit: [1],
+        })
+      ).exitCode === 0
+    );
   };
 
   readonly flush = async (diskName: string): Promise<void> => {
@@ -306,7 +364,9 @@ class StandIn implements Launcher {
   readonly topDataBytes = async (diskName: string): Promise<number> => {
     const d = this.#disk(diskName);
     await this.#flush(d);
-    const { stdout } = await run(['qemu-img', 'map', '-U', '--output=json', '-f', 'qcow2', d.chain[0] ?? ''], { maxOutput: 64 * 1024 * 1024 });
+    const { stdout } = await run(['qemu-img', 'map', '-U', '--output=json', '-f', 'qcow2', d.chain[0] ?? ''], {
+      maxOutput: 64 * 1024 * 1024,
+    });
     const extents = mapSchema.parse(JSON.parse(stdout));
     return extents.filter((e) => e.depth === 0 && e.data).reduce((n, e) => n + e.length, 0);
   };
@@ -314,7 +374,12 @@ class StandIn implements Launcher {
   readonly guestWrite = async (diskName: string, offset: number, length: number, pattern: number): Promise<void> => {
     const d = this.#disk(diskName);
     const io = `write -P 0x${pattern.toString(16)} ${offset} ${length}`;
-    const out = await this.#virsh(['qemu-monitor-command', this.domain, '--hmp', `qemu-io -d /machine/peripheral/${d.alias}/virtio-backend "${io}"`]);
+    const out = await this.#virsh([
+      'qemu-monitor-command',
+      this.domain,
+      '--hmp',
+      `qemu-io -d /machine/peripheral/${d.alias}/virtio-backend "${io}"`,
+    ]);
     if (/error|fail|not found|denied/i.test(out)) throw new Error(`guest write on ${d.alias} failed: ${out.trim()}`);
   };
 
@@ -340,7 +405,12 @@ class StandIn implements Launcher {
     if (!this.#daemon?.isRunning()) return;
     const state = await this.#virsh(['domstate', this.domain]).catch(() => '');
     if (state.trim() === '' || state.includes('shut off')) return;
-    const out = await this.#virsh(['qemu-monitor-command', this.domain, '--hmp', `qemu-io -d /machine/peripheral/${d.alias}/virtio-backend "flush"`]);
+    const out = await this.#virsh([
+      'qemu-monitor-command',
+      this.domain,
+      '--hmp',
+      `qemu-io -d /machine/peripheral/${d.alias}/virtio-backend "flush"`,
+    ]);
     if (out.trim() !== '') throw new Error(`flush of ${d.alias} failed: ${out.trim()}`);
   }
 
@@ -370,7 +440,10 @@ class StandIn implements Launcher {
 }
 
 /** Apply the same writes to a copy of a reference (the expected image after guest writes). */
-export async function referenceWithWrites(refPath: string, writes: readonly { offset: number; length: number; pattern: number }[]): Promise<string> {
+export async function referenceWithWrites(
+  refPath: string,
+  writes: readonly { offset: number; length: number; pattern: number }[],
+): Promise<string> {
   const out = `${refPath.replace(/\.qcow2$/, '')}-w${randomBytes(3).toString('hex')}.qcow2`;
   await run(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', refPath, out]);
   await qemuIoWrite(out, writes);

@@ -5,10 +5,23 @@
 import { access, constants } from 'node:fs/promises';
 import { ensureDebianPackages } from '../support/debian.ts';
 
-export const HYPERVISOR_PACKAGES = ['libvirt-daemon', 'libvirt-daemon-driver-qemu', 'libvirt-clients', 'qemu-system-x86', 'qemu-utils'] as const;
+export const HYPERVISOR_PACKAGES = [
+  'libvirt-daemon',
+  'libvirt-daemon-driver-qemu',
+  'libvirt-clients',
+  'qemu-system-x86',
+  'qemu-utils',
+] as const;
 
 /** A binary each package provides: when all exist, nothing is installed. */
-const PROBES = ['/usr/sbin/libvirtd', '/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so', '/usr/bin/virsh', '/usr/bin/qemu-system-x86_64', '/usr/bin/qemu-img', '/usr/bin/qemu-io'];
+const PROBES = [
+  '/usr/sbin/libvirtd',
+  '/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so',
+  '/usr/bin/virsh',
+  '/usr/bin/qemu-system-x86_64',
+  '/usr/bin/qemu-img',
+  '/usr/bin/qemu-io',
+];
 
 async function exists(p: string): Promise<boolean> {
   try {

@@ -10,7 +10,6 @@ import type { LauncherDisk, LauncherDiskSpec } from './launcher.ts';
 import { ensureHypervisorPackages } from './packages.ts';
 import { run, startDaemon, stopDaemon, type Daemon } from '../support/process.ts';
 
-
 export interface StandaloneQemu {
   readonly socketPath: string;
   readonly dir: string;
@@ -28,7 +27,10 @@ export function flushCommand(target: string): string {
   return `qemu-io ${target} "flush"`;
 }
 
-export async function startStandaloneQemu(options: { disks: readonly LauncherDiskSpec[]; baseDir?: string }): Promise<StandaloneQemu> {
+export async function startStandaloneQemu(options: {
+  disks: readonly LauncherDiskSpec[];
+  baseDir?: string;
+}): Promise<StandaloneQemu> {
   await ensureHypervisorPackages();
   const dir = path.join(options.baseDir ?? '/var/tmp', `bpq-${randomBytes(4).toString('hex')}`);
   await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -40,19 +42,58 @@ export async function startStandaloneQemu(options: { disks: readonly LauncherDis
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    const args = ['-nodefaults', '-no-user-config', '-display', 'none', '-machine', 'pc,accel=tcg', '-m', '64', '-S', '-qmp', `unix:${socketPath},server=on,wait=off`];
+    const args = [
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-machine',
+      'pc,accel=tcg',
+      '-m',
+      '64',
+      '-S',
+      '-qmp',
+      `unix:${socketPath},server=on,wait=off`,
+    ];
     for (const [i, spec] of options.disks.entries()) {
-      const built = await buildChain({ dir, name: spec.name, layers: spec.layers, sizeMiB: spec.sizeMiB, ...(spec.allocatedMiB === undefined ? {} : { allocatedMiB: spec.allocatedMiB }) });
+      const built = await buildChain({
+        dir,
+        name: spec.name,
+        layers: spec.layers,
+        sizeMiB: spec.sizeMiB,
+        ...(spec.allocatedMiB === undefined ? {} : { allocatedMiB: spec.allocatedMiB }),
+      });
       const target = `vd${String.fromCharCode(97 + i)}`;
-      disks.push({ name: spec.name, alias: `ua-${spec.name}`, target, chain: built.chain, sizeBytes: built.sizeBytes, pullBytes: built.pullBytes });
-      args.push('-drive', `file=${built.chain[0] ?? ''},format=qcow2,if=none,id=${target}`, '-device', `virtio-blk-pci,drive=${target},id=ua-${spec.name}`);
+      disks.push({
+        name: spec.name,
+        alias: `ua-${spec.name}`,
+        target,
+        chain: built.chain,
+        sizeBytes: built.sizeBytes,
+        pullBytes: built.pullBytes,
+      });
+      args.push(
+        '-drive',
+        `file=${built.chain[0] ?? ''},format=qcow2,if=none,id=${target}`,
+        '-device',
+        `virtio-blk-pci,drive=${target},id=ua-${spec.name}`,
+      );
     }
-    const q = await startDaemon('qemu', ['qemu-system-x86_64', ...args], path.join(dir, 'qemu.log'), { marker: socketPath });
+    const q = await startDaemon('qemu', ['qemu-system-x86_64', ...args], path.join(dir, 'qemu.log'), {
+      marker: socketPath,
+    });
     qemu = q;
     const deadline = Date.now() + 20_000;
     for (;;) {
-      if (!q.isRunning()) throw new Error(`qemu exited early (${q.child.exitCode ?? q.child.signalCode}); see ${dir}/qemu.log`);
-      if (await access(socketPath).then(() => true, () => false)) break;
+      if (!q.isRunning())
+        throw new Error(`qemu exited early (${q.child.exitCode ?? q.child.signalCode}); see ${dir}/qemu.log`);
+      if (
+        await access(socketPath).then(
+          () => true,
+          () => false,
+        )
+      )
+        break;
       if (Date.now() > deadline) throw new Error('QMP socket did not appear within 20 s');
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -78,7 +119,14 @@ export async function startStandaloneQemu(options: { disks: readonly LauncherDis
     },
     async compare(diskName, refPath) {
       // qemu-img compare: 0 identical, 1 different, anything else an error.
-      return (await run(['qemu-img', 'compare', '-U', '-q', '-f', 'qcow2', '-F', 'qcow2', byName(diskName).chain[0] ?? '', refPath], { allowExit: [1] })).exitCode === 0;
+      return (
+        (
+          await run(
+            ['qemu-img', 'compare', '-U', '-q', '-f', 'qcow2', '-F', 'qcow2', byName(diskName).chain[0] ?? '', refPath],
+            { allowExit: [1] },
+          )
+        ).exitCode === 0
+      );
     },
     stop,
   };

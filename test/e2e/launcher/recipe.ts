@@ -79,7 +79,18 @@ export function planChain(spec: ChainPlanSpec): ChainPlan {
     const position = layers - 1 - i;
     const file = path.join(position === 0 && spec.topDir !== undefined ? spec.topDir : dir, `${name}-${i}.qcow2`);
     const lower = planned[i - 1]?.file;
-    const commands: string[][] = [['qemu-img', 'create', '-q', '-f', 'qcow2', ...(lower === undefined ? [] : ['-F', 'qcow2', '-b', lower]), file, `${sizeMiB}M`]];
+    const commands: string[][] = [
+      [
+        'qemu-img',
+        'create',
+        '-q',
+        '-f',
+        'qcow2',
+        ...(lower === undefined ? [] : ['-F', 'qcow2', '-b', lower]),
+        file,
+        `${sizeMiB}M`,
+      ],
+    ];
     const pattern = layerPattern(position);
     const layerWrites: Write[] = [];
     const isBacking = layers === 1 || position >= 1;
@@ -101,11 +112,20 @@ export function targetName(i: number): string {
 }
 
 function xmlEscape(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
+  return s
+    .replace(/&/g, '&amp;')
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;')
+    .replace(/'/g, '&apos;')
+    .replace(/"/g, '&quot;');
 }
 
 /** The transient domain: one virtio disk per chain (source = its top, alias ua-<disk>), TCG, no other devices. */
-export function domainXml(name: string, memoryMiB: number, disks: readonly { readonly chain: readonly string[]; readonly target: string; readonly alias: string }[]): string {
+export function domainXml(
+  name: string,
+  memoryMiB: number,
+  disks: readonly { readonly chain: readonly string[]; readonly target: string; readonly alias: string }[],
+): string {
   const diskXml = disks
     .map(
       (d) => `    <disk type='file' device='disk'>
@@ -150,13 +170,25 @@ export function podRecipe(o: {
   const commands: string[][] = [];
   const disks = o.disks.map((d, i) => {
     const dir = path.join(POD_DISK_DATA, d.name);
-    const plan = planChain({ dir, name: d.name, layers: d.layers, sizeMiB: d.sizeMiB, ...(d.allocatedMiB === undefined ? {} : { allocatedMiB: d.allocatedMiB }) });
+    const plan = planChain({
+      dir,
+      name: d.name,
+      layers: d.layers,
+      sizeMiB: d.sizeMiB,
+      ...(d.allocatedMiB === undefined ? {} : { allocatedMiB: d.allocatedMiB }),
+    });
     commands.push(['rm', '-rf', '--', dir], ['mkdir', '-p', '--', dir]);
     for (const l of plan.layers) commands.push(...l.commands.map((c) => [...c]));
     return { chain: plan.chain, target: targetName(i), alias: `ua-${d.name}` };
   });
   for (const c of commands) {
-    for (const a of c) if (a === '' || /[\t\n]/.test(a)) throw new Error(`launcher pod step argument ${JSON.stringify(a)} is empty or has a tab or newline`);
+    for (const a of c)
+      if (a === '' || /[\t\n]/.test(a))
+        throw new Error(`launcher pod step argument ${JSON.stringify(a)} is empty or has a tab or newline`);
   }
-  return { steps: commands.map((c) => c.join('\t')).join('\n'), domainXml: domainXml(`${o.namespace}_${o.vmiName}`, o.memoryMiB ?? 64, disks), commands };
+  return {
+    steps: commands.map((c) => c.join('\t')).join('\n'),
+    domainXml: domainXml(`${o.namespace}_${o.vmiName}`, o.memoryMiB ?? 64, disks),
+    commands,
+  };
 }

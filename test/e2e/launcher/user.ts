@@ -4,7 +4,6 @@
  */
 import { run } from '../support/process.ts';
 
-
 export const QEMU_USER = 'bpqemu';
 export const PREFERRED_UID = 107;
 
@@ -37,7 +36,15 @@ export function ensureQemuUser(name: string = QEMU_USER): Promise<UserIds> {
     if (existing !== undefined) return toIds(existing);
     const uidFree = (await getent('passwd', String(PREFERRED_UID))) === undefined;
     const gidFree = (await getent('group', String(PREFERRED_UID))) === undefined;
-    const args = ['--system', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin'];
+    const args = [
+      '--system',
+      '--user-group',
+      '--no-create-home',
+      '--home-dir',
+      '/nonexistent',
+      '--shell',
+      '/usr/sbin/nologin',
+    ];
     if (uidFree) args.push('--uid', String(PREFERRED_UID));
     if (uidFree && gidFree) args.push('--key', `GID_MIN=${PREFERRED_UID}`, '--key', `GID_MAX=${PREFERRED_UID}`);
     try {

@@ -13,10 +13,27 @@ import { tail } from '../support/tail.ts';
 import { waitFor } from '../support/wait.ts';
 import { ensureDebianPackages } from '../support/debian.ts';
 import { mountsUnder, unmountAllUnder } from '../support/mounts.ts';
-import { findProcesses, isOurs, recordOf, resultOf, run, startDaemon, stopDaemon, type Daemon, type DaemonRecord, type RunResult } from '../support/process.ts';
+import {
+  findProcesses,
+  isOurs,
+  recordOf,
+  resultOf,
+  run,
+  startDaemon,
+  stopDaemon,
+  type Daemon,
+  type DaemonRecord,
+  type RunResult,
+} from '../support/process.ts';
 import { SANDBOX_IMAGE } from '../images/images.ts';
 
-export const CONTAINERD_PACKAGES = ['containerd', 'runc', 'containernetworking-plugins', 'iproute2', 'iptables'] as const;
+export const CONTAINERD_PACKAGES = [
+  'containerd',
+  'runc',
+  'containernetworking-plugins',
+  'iproute2',
+  'iptables',
+] as const;
 
 /** Prefix of the CNI bridge names (an interface name has at most 15 bytes). */
 export const CNI_BRIDGE_PREFIX = 'bpcni';
@@ -156,15 +173,19 @@ export async function freePodCidr(): Promise<string> {
  * in the routing table with the first pod, so a node that had no pod yet was invisible to the next.
  */
 export async function claimPodCidr(bridge: string, requested?: string): Promise<string> {
-  return withLock(join('/var/tmp', 'bpnode-cidr.lock'), async () => {
-    const cidr = requested ?? (await freePodCidr());
-    const gateway = cidr.replace(/\.0\/24$/, '.1/24');
-    if (gateway === cidr) throw new Error(`pod CIDR ${cidr}: a /24 ending in .0 expected`);
-    await run(['ip', 'link', 'add', bridge, 'type', 'bridge']);
-    await run(['ip', 'addr', 'add', gateway, 'dev', bridge]);
-    await run(['ip', 'link', 'set', bridge, 'up']);
-    return cidr;
-  }, { timeoutMs: 60_000 });
+  return withLock(
+    join('/var/tmp', 'bpnode-cidr.lock'),
+    async () => {
+      const cidr = requested ?? (await freePodCidr());
+      const gateway = cidr.replace(/\.0\/24$/, '.1/24');
+      if (gateway === cidr) throw new Error(`pod CIDR ${cidr}: a /24 ending in .0 expected`);
+      await run(['ip', 'link', 'add', bridge, 'type', 'bridge']);
+      await run(['ip', 'addr', 'add', gateway, 'dev', bridge]);
+      await run(['ip', 'link', 'set', bridge, 'up']);
+      return cidr;
+    },
+    { timeoutMs: 60_000 },
+  );
 }
 
 export async function startContainerd(options: ContainerdOptions): Promise<Containerd> {
@@ -183,11 +204,16 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
   const version = (await run(['containerd', '--version'])).stdout.trim();
 
   // host-local IPAM keeps its leases in /var/lib/cni/networks/<network name>.
-  const daemon: Daemon = await startDaemon('containerd', ['containerd', '--config', join(runDir, 'config.toml')], logPath, {
-    env: { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin` },
-    keepRunning: options.detached ?? false,
-    marker: runDir,
-  });
+  const daemon: Daemon = await startDaemon(
+    'containerd',
+    ['containerd', '--config', join(runDir, 'config.toml')],
+    logPath,
+    {
+      env: { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin` },
+      keepRunning: options.detached ?? false,
+      marker: runDir,
+    },
+  );
 
   const ctr = (args: readonly string[], o: { allowExit?: boolean; timeoutMs?: number } = {}): Promise<RunResult> =>
     run(['ctr', '--address', socket, ...args], { allowExit: o.allowExit, timeoutMs: o.timeoutMs ?? 300_000 });
@@ -200,21 +226,20 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
   };
 
   try {
-    await waitFor(
-      'containerd socket',
-      60_000,
-      async () => {
-        if (!daemon.isRunning()) throw new Error(`containerd exited:\n${tail(logPath)}`);
-        if (!existsSync(socket)) return false;
-        const r = await ctr(['version'], { allowExit: true, timeoutMs: 5000 });
-        return r.exitCode === 0;
-      },
-    );
+    await waitFor('containerd socket', 60_000, async () => {
+      if (!daemon.isRunning()) throw new Error(`containerd exited:\n${tail(logPath)}`);
+      if (!existsSync(socket)) return false;
+      const r = await ctr(['version'], { allowExit: true, timeoutMs: 5000 });
+      return r.exitCode === 0;
+    });
     // The CRI plugin must have loaded (it reports errors, not exits, when it cannot).
     const plugins = await ctr(['plugins', 'ls']);
     const cri = plugins.stdout.split('\n').find((l) => /\bcri\b/.test(l) && l.includes('io.containerd.grpc.v1'));
-    if (!cri || !/\bok\b/.test(cri)) throw new Error(`containerd CRI plugin not ok: ${cri ?? 'absent'}\n${tail(logPath)}`);
-    const overlay = plugins.stdout.split('\n').find((l) => l.includes('io.containerd.snapshotter.v1') && /\boverlayfs\b/.test(l));
+    if (!cri || !/\bok\b/.test(cri))
+      throw new Error(`containerd CRI plugin not ok: ${cri ?? 'absent'}\n${tail(logPath)}`);
+    const overlay = plugins.stdout
+      .split('\n')
+      .find((l) => l.includes('io.containerd.snapshotter.v1') && /\boverlayfs\b/.test(l));
     if (!overlay || !/\bok\b/.test(overlay)) throw new Error(`overlayfs snapshotter not ok: ${overlay ?? 'absent'}`);
   } catch (e) {
     await stop();
@@ -233,8 +258,12 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
     process: daemon.record,
     ctr,
     async importImage(archivePath: string): Promise<string[]> {
-      const r = await ctr(['-n', 'k8s.io', 'images', 'import', '--snapshotter', 'overlayfs', archivePath], { timeoutMs: 600_000 });
-      const names = [...r.stdout.matchAll(/^unpacking (\S+) /gm), ...r.stdout.matchAll(/^(\S+)\s+saved/gm)].map((m) => m[1] ?? '');
+      const r = await ctr(['-n', 'k8s.io', 'images', 'import', '--snapshotter', 'overlayfs', archivePath], {
+        timeoutMs: 600_000,
+      });
+      const names = [...r.stdout.matchAll(/^unpacking (\S+) /gm), ...r.stdout.matchAll(/^(\S+)\s+saved/gm)].map(
+        (m) => m[1] ?? '',
+      );
       return names.filter(Boolean);
     },
     stop,
@@ -246,21 +275,35 @@ export async function startContainerd(options: ContainerdOptions): Promise<Conta
  * (so also for a run whose owner died): its tasks (through containerd while it runs, else with runc
  * directly), containerd, its shims, mounts below runDir, the bridge, the CNI leases, runDir.
  */
-export async function teardownContainerd(c: { runDir: string; bridge: string; network: string; process?: DaemonRecord | undefined }): Promise<void> {
+export async function teardownContainerd(c: {
+  runDir: string;
+  bridge: string;
+  network: string;
+  process?: DaemonRecord | undefined;
+}): Promise<void> {
   const socket = join(c.runDir, 'containerd.sock');
-  const ctr = (args: readonly string[]): Promise<RunResult> => run(['ctr', '--address', socket, ...args], { allowExit: true, timeoutMs: 20_000 }).catch(resultOf);
+  const ctr = (args: readonly string[]): Promise<RunResult> =>
+    run(['ctr', '--address', socket, ...args], { allowExit: true, timeoutMs: 20_000 }).catch(resultOf);
   const alive = c.process !== undefined && isOurs(c.process);
   // 1. Kill every task (container) this containerd runs, in every namespace.
   if (alive && existsSync(socket)) {
     const nsList = await ctr(['namespaces', 'ls', '-q']);
-    for (const ns of nsList.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) {
+    for (const ns of nsList.stdout
+      .split('\n')
+      .map((s) => s.trim())
+      .filter(Boolean)) {
       const tasks = await ctr(['-n', ns, 'tasks', 'ls']);
       for (const t of parseTasks(tasks.stdout)) await ctr(['-n', ns, 'tasks', 'kill', '-s', 'SIGKILL', t.id]);
       for (const t of parseTasks(tasks.stdout)) {
-        await waitFor(`task ${t.id} to stop`, 15_000, async () => {
-          const r = await ctr(['-n', ns, 'tasks', 'delete', t.id]);
-          return r.exitCode === 0 || /not found/.test(r.stderr);
-        }, 300).catch(() => undefined);
+        await waitFor(
+          `task ${t.id} to stop`,
+          15_000,
+          async () => {
+            const r = await ctr(['-n', ns, 'tasks', 'delete', t.id]);
+            return r.exitCode === 0 || /not found/.test(r.stderr);
+          },
+          300,
+        ).catch(() => undefined);
       }
     }
   }
@@ -271,9 +314,16 @@ export async function teardownContainerd(c: { runDir: string; bridge: string; ne
   if (existsSync(runcRoot)) {
     for (const ns of readdirSync(runcRoot)) {
       const root = join(runcRoot, ns);
-      const list = await run(['runc', '--root', root, 'list', '-q'], { allowExit: true, timeoutMs: 20_000 }).catch(resultOf);
-      for (const id of list.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) {
-        await run(['runc', '--root', root, 'delete', '--force', id], { allowExit: true, timeoutMs: 30_000 }).catch(resultOf);
+      const list = await run(['runc', '--root', root, 'list', '-q'], { allowExit: true, timeoutMs: 20_000 }).catch(
+        resultOf,
+      );
+      for (const id of list.stdout
+        .split('\n')
+        .map((s) => s.trim())
+        .filter(Boolean)) {
+        await run(['runc', '--root', root, 'delete', '--force', id], { allowExit: true, timeoutMs: 30_000 }).catch(
+          resultOf,
+        );
       }
     }
   }
@@ -297,7 +347,8 @@ export function leftovers(runDir: string, c?: Pick<Containerd, 'bridge' | 'netwo
   for (const p of findProcesses([runDir])) found.push(`process ${p.pid}: ${p.cmdline.join(' ')}`);
   for (const m of mountsUnder(runDir)) found.push(`mount ${m}`);
   if (c && existsSync(`/sys/class/net/${c.bridge}`)) found.push(`network device ${c.bridge}`);
-  if (c && existsSync(join('/var/lib/cni/networks', c.network))) found.push(`CNI leases /var/lib/cni/networks/${c.network}`);
+  if (c && existsSync(join('/var/lib/cni/networks', c.network)))
+    found.push(`CNI leases /var/lib/cni/networks/${c.network}`);
   if (existsSync(runDir)) found.push(`directory ${runDir}: ${readdirSync(runDir).join(', ')}`);
   return found;
 }

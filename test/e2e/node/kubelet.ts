@@ -38,7 +38,15 @@ import { tail } from '../support/tail.ts';
 import { freePorts } from '../support/ports.ts';
 import { pauseImage, type BuiltImage } from '../images/images.ts';
 import { CNI_BRIDGE_PREFIX, leftovers as containerdLeftovers, startContainerd, type Containerd } from './containerd.ts';
-import { cgroupHierarchies, NODE_RUN_PREFIX, NODE_RUN_ROOT, sweepStaleNodes, teardownNode, writeNodeRecord, type NodeRecord } from './node-state.ts';
+import {
+  cgroupHierarchies,
+  NODE_RUN_PREFIX,
+  NODE_RUN_ROOT,
+  sweepStaleNodes,
+  teardownNode,
+  writeNodeRecord,
+  type NodeRecord,
+} from './node-state.ts';
 import { mountsUnder } from '../support/mounts.ts';
 import { findProcesses, killDaemonNow, run, startDaemon, type Daemon } from '../support/process.ts';
 import { waitFor } from '../support/wait.ts';
@@ -61,7 +69,9 @@ export function nodeApiserverArgs(controlPlaneStateDir: string): string[] {
   ];
 }
 
-const ServiceSchema = z.object({ spec: z.object({ clusterIP: z.string(), ports: z.array(z.object({ port: z.number() })).min(1) }) });
+const ServiceSchema = z.object({
+  spec: z.object({ clusterIP: z.string(), ports: z.array(z.object({ port: z.number() })).min(1) }),
+});
 
 export interface NodeOptions {
   /** Default /var/tmp/bpnode-<random> (short: unix socket paths are limited to 107 bytes). */
@@ -93,7 +103,12 @@ export interface Node {
   readonly kubeletPort: number;
   /** What node.json records (pids, bridge, rule, ...); enough to tear the node down from elsewhere. */
   readonly record: NodeRecord;
-  readonly logs: { readonly kubelet: string; readonly controllerManager: string; readonly scheduler: string; readonly containerd: string };
+  readonly logs: {
+    readonly kubelet: string;
+    readonly controllerManager: string;
+    readonly scheduler: string;
+    readonly containerd: string;
+  };
   /** Milliseconds from startNode() to the Node being Ready. */
   readonly startMs: number;
   importImage(image: BuiltImage): Promise<void>;
@@ -103,7 +118,16 @@ export interface Node {
 const NodeStatus = z.object({
   status: z
     .object({
-      conditions: z.array(z.object({ type: z.string(), status: z.string(), reason: z.string().optional(), message: z.string().optional() })).optional(),
+      conditions: z
+        .array(
+          z.object({
+            type: z.string(),
+            status: z.string(),
+            reason: z.string().optional(),
+            message: z.string().optional(),
+          }),
+        )
+        .optional(),
     })
     .optional(),
 });
@@ -115,7 +139,9 @@ async function hostIp(): Promise<string> {
   const ip = parsed.success ? parsed.data[0]?.prefsrc : undefined;
   if (ip) return ip;
   const addrs = await run(['ip', '-j', '-4', 'addr', 'show', 'scope', 'global']);
-  const list = z.array(z.object({ addr_info: z.array(z.object({ local: z.string() })) })).parse(JSON.parse(addrs.stdout));
+  const list = z
+    .array(z.object({ addr_info: z.array(z.object({ local: z.string() })) }))
+    .parse(JSON.parse(addrs.stdout));
   const first = list.flatMap((i) => i.addr_info)[0]?.local;
   if (!first) throw new Error('no global IPv4 address for the node');
   return first;
@@ -140,7 +166,11 @@ function kubeletConfig(o: {
     readOnlyPort: 0,
     healthzBindAddress: '127.0.0.1',
     healthzPort: o.healthzPort,
-    authentication: { anonymous: { enabled: false }, webhook: { enabled: true, cacheTTL: '10s' }, x509: { clientCAFile: o.caFile } },
+    authentication: {
+      anonymous: { enabled: false },
+      webhook: { enabled: true, cacheTTL: '10s' },
+      x509: { clientCAFile: o.caFile },
+    },
     authorization: { mode: 'Webhook', webhook: { cacheAuthorizedTTL: '10s', cacheUnauthorizedTTL: '5s' } },
     tlsCertFile: o.servingCert,
     tlsPrivateKeyFile: o.servingKey,
@@ -158,7 +188,12 @@ function kubeletConfig(o: {
     clusterDomain: 'cluster.local',
     // A shared test machine: evict only when really out of resources; never garbage-collect
     // our locally built images (they cannot be pulled again).
-    evictionHard: { 'memory.available': '100Mi', 'nodefs.available': '1%', 'nodefs.inodesFree': '1%', 'imagefs.available': '1%' },
+    evictionHard: {
+      'memory.available': '100Mi',
+      'nodefs.available': '1%',
+      'nodefs.inodesFree': '1%',
+      'imagefs.available': '1%',
+    },
     imageGCHighThresholdPercent: 100,
     imageGCLowThresholdPercent: 99,
     maxPods: 30,
@@ -181,7 +216,8 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
   const log = options.log ?? ((m: string) => process.stderr.write(`[node] ${m}\n`));
   if (!options.noSweep) {
     const swept = await sweepStaleNodes({ log });
-    if (swept.length > 0) log(`swept ${swept.length} stale node(s) of dead runs (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    if (swept.length > 0)
+      log(`swept ${swept.length} stale node(s) of dead runs (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   }
   const n = await recordNewNode(cp, options);
   const creds = await issueCredentials(n);
@@ -199,7 +235,13 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
     // Pods first (through the API, so the kubelet tears sandboxes down itself: CNI DEL), then the rest.
     const errors = await teardownNode(n.record, { useApi: true });
     process.removeListener('exit', onExit);
-    const left = [...errors, ...(await nodeLeftovers(n.runDir, { cgroupRoot: n.cgroupRoot, containerd: { bridge: n.record.bridge, network: n.record.network } }))];
+    const left = [
+      ...errors,
+      ...(await nodeLeftovers(n.runDir, {
+        cgroupRoot: n.cgroupRoot,
+        containerd: { bridge: n.record.bridge, network: n.record.network },
+      })),
+    ];
     if (left.length > 0) throw new Error(`node stop left: ${left.join('; ')}`);
   };
 
@@ -222,7 +264,12 @@ export async function startNode(cp: ControlPlane, options: NodeOptions = {}): Pr
       containerd,
       kubeletPort,
       record: n.record,
-      logs: { kubelet: kubelet.logPath, controllerManager: cm.logPath, scheduler: sched.logPath, containerd: containerd.logPath },
+      logs: {
+        kubelet: kubelet.logPath,
+        controllerManager: cm.logPath,
+        scheduler: sched.logPath,
+        containerd: containerd.logPath,
+      },
       startMs,
       async importImage(image: BuiltImage) {
         await containerd.importImage(image.archivePath);
@@ -280,11 +327,29 @@ async function recordNewNode(cp: ControlPlane, options: NodeOptions): Promise<No
     network: `blockpull-${id}`,
     owner: { pid: process.pid, start: processStartTime(process.pid) ?? '' },
     detached,
-    controlPlane: { stateDir: cp.stateDir, server: cp.server, kubeconfigPath: cp.kubeconfigPath, kubectl: cp.kubectlPath },
+    controlPlane: {
+      stateDir: cp.stateDir,
+      server: cp.server,
+      kubeconfigPath: cp.kubeconfigPath,
+      kubectl: cp.kubectlPath,
+    },
     daemons: [],
   };
   writeNodeRecord(record);
-  const n = { cp, name, id, runDir, cgroupRoot, detached, pkiDir: join(runDir, 'pki'), logsDir: join(runDir, 'logs'), kubeletRoot: join(runDir, 'kubelet'), podLogsDir: join(runDir, 'pod-logs'), record, daemons: [] };
+  const n = {
+    cp,
+    name,
+    id,
+    runDir,
+    cgroupRoot,
+    detached,
+    pkiDir: join(runDir, 'pki'),
+    logsDir: join(runDir, 'logs'),
+    kubeletRoot: join(runDir, 'kubelet'),
+    podLogsDir: join(runDir, 'pod-logs'),
+    record,
+    daemons: [],
+  };
   for (const d of [n.pkiDir, n.logsDir, n.kubeletRoot, n.podLogsDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
   return { ...n, ip: await hostIp() };
 }
@@ -303,7 +368,12 @@ async function issueCredentials(n: NodeInProgress): Promise<NodeCredentials> {
   rmSync(join(pkiDir, 'ca.key')); // only the control plane keeps the CA key
   const caFile = join(pkiDir, 'ca.crt');
   const kc = (file: string, user: string, cert: { cert: string; key: string }): Promise<string> =>
-    writeKubeconfig(join(n.runDir, file), { server: cp.server, caFile, user, credentials: { kind: 'cert', certFile: cert.cert, keyFile: cert.key } });
+    writeKubeconfig(join(n.runDir, file), {
+      server: cp.server,
+      caFile,
+      user,
+      credentials: { kind: 'cert', certFile: cert.cert, keyFile: cert.key },
+    });
   return {
     caFile,
     kubeletServing,
@@ -314,8 +384,17 @@ async function issueCredentials(n: NodeInProgress): Promise<NodeCredentials> {
 }
 
 /** A node daemon: own process group, log in <run>/logs/, recorded in node.json at once. */
-async function startNodeDaemon(n: NodeInProgress, name: string, argv: readonly string[], env?: NodeJS.ProcessEnv): Promise<Daemon> {
-  const d = await startDaemon(name, argv, join(n.logsDir, `${name}.log`), { keepRunning: n.detached, marker: n.runDir, ...(env ? { env } : {}) });
+async function startNodeDaemon(
+  n: NodeInProgress,
+  name: string,
+  argv: readonly string[],
+  env?: NodeJS.ProcessEnv,
+): Promise<Daemon> {
+  const d = await startDaemon(name, argv, join(n.logsDir, `${name}.log`), {
+    keepRunning: n.detached,
+    marker: n.runDir,
+    ...(env ? { env } : {}),
+  });
   n.daemons.push(d);
   n.record.daemons.push(d.record);
   writeNodeRecord(n.record);
@@ -323,7 +402,12 @@ async function startNodeDaemon(n: NodeInProgress, name: string, argv: readonly s
 }
 
 /** Step: containerd (recorded), the pause image and the given images imported. */
-async function startNodeContainerd(n: NodeInProgress, extraImages: readonly BuiltImage[], log: (m: string) => void, t0: number): Promise<Containerd> {
+async function startNodeContainerd(
+  n: NodeInProgress,
+  extraImages: readonly BuiltImage[],
+  log: (m: string) => void,
+  t0: number,
+): Promise<Containerd> {
   const containerd = await startContainerd({ runDir: join(n.runDir, 'containerd'), id: n.id, detached: n.detached });
   n.record.daemons.push(containerd.process);
   writeNodeRecord(n.record);
@@ -340,10 +424,29 @@ async function startNodeContainerd(n: NodeInProgress, extraImages: readonly Buil
  */
 async function routeKubernetesService(n: NodeInProgress, containerd: Containerd): Promise<void> {
   writeFileSync(`/proc/sys/net/ipv4/conf/${containerd.bridge}/route_localnet`, '1');
-  const svc = ServiceSchema.parse(JSON.parse(await n.cp.kubectl(['-n', 'default', 'get', 'service', 'kubernetes', '-o', 'json'])));
+  const svc = ServiceSchema.parse(
+    JSON.parse(await n.cp.kubectl(['-n', 'default', 'get', 'service', 'kubernetes', '-o', 'json'])),
+  );
   const api = new URL(n.cp.server);
-  const rule = ['PREROUTING', '-i', containerd.bridge, '-d', `${svc.spec.clusterIP}/32`, '-p', 'tcp', '--dport', String(svc.spec.ports[0]?.port ?? 443),
-    '-m', 'comment', '--comment', `blockpull-node-${n.id}`, '-j', 'DNAT', '--to-destination', `${api.hostname}:${api.port}`];
+  const rule = [
+    'PREROUTING',
+    '-i',
+    containerd.bridge,
+    '-d',
+    `${svc.spec.clusterIP}/32`,
+    '-p',
+    'tcp',
+    '--dport',
+    String(svc.spec.ports[0]?.port ?? 443),
+    '-m',
+    'comment',
+    '--comment',
+    `blockpull-node-${n.id}`,
+    '-j',
+    'DNAT',
+    '--to-destination',
+    `${api.hostname}:${api.port}`,
+  ];
   n.record.dnatRule = rule; // recorded first: a crash right after the -A still gets it removed
   writeNodeRecord(n.record);
   await run(['iptables', '-t', 'nat', '-A', ...rule]);
@@ -387,11 +490,27 @@ function startScheduler(n: NodeInProgress, c: NodeCredentials, port: number): Pr
 }
 
 /** Step: the kubelet, its config file and its cgroup root. */
-async function startKubelet(n: NodeInProgress, c: NodeCredentials, containerd: Containerd, port: number, healthzPort: number): Promise<Daemon> {
+async function startKubelet(
+  n: NodeInProgress,
+  c: NodeCredentials,
+  containerd: Containerd,
+  port: number,
+  healthzPort: number,
+): Promise<Daemon> {
   const configPath = join(n.runDir, 'kubelet-config.yaml');
   writeFileSync(
     configPath,
-    kubeletConfig({ nodeIp: n.ip, port, healthzPort, caFile: c.caFile, servingCert: c.kubeletServing.cert, servingKey: c.kubeletServing.key, endpoint: containerd.endpoint, podLogsDir: n.podLogsDir, cgroupRoot: n.cgroupRoot }),
+    kubeletConfig({
+      nodeIp: n.ip,
+      port,
+      healthzPort,
+      caFile: c.caFile,
+      servingCert: c.kubeletServing.cert,
+      servingKey: c.kubeletServing.key,
+      endpoint: containerd.endpoint,
+      podLogsDir: n.podLogsDir,
+      cgroupRoot: n.cgroupRoot,
+    }),
   );
   for (const h of cgroupHierarchies()) mkdirSync(join(h, n.cgroupRoot), { recursive: true });
   return startNodeDaemon(
@@ -432,11 +551,15 @@ async function waitNodeReady(n: NodeInProgress, kubelet: Daemon, timeoutMs: numb
 }
 
 /** What a stopped node left behind (empty = clean). */
-export async function nodeLeftovers(runDir: string, node: { cgroupRoot: string; containerd?: Pick<Containerd, 'bridge' | 'network'> | undefined }): Promise<string[]> {
+export async function nodeLeftovers(
+  runDir: string,
+  node: { cgroupRoot: string; containerd?: Pick<Containerd, 'bridge' | 'network'> | undefined },
+): Promise<string[]> {
   const found = containerdLeftovers(join(runDir, 'containerd'), node.containerd);
   for (const p of findProcesses([runDir])) found.push(`process ${p.pid}: ${p.cmdline.join(' ')}`);
   for (const m of mountsUnder(runDir)) found.push(`mount ${m}`);
-  for (const h of cgroupHierarchies()) if (existsSync(join(h, node.cgroupRoot))) found.push(`cgroup ${join(h, node.cgroupRoot)}`);
+  for (const h of cgroupHierarchies())
+    if (existsSync(join(h, node.cgroupRoot))) found.push(`cgroup ${join(h, node.cgroupRoot)}`);
   const id = node.cgroupRoot.replace(/^\/blockpull-/, '');
   const nat = await run(['iptables', '-t', 'nat', '-S', 'PREROUTING'], { allowExit: true });
   if (nat.stdout.includes(`blockpull-node-${id}`)) found.push(`iptables nat rule blockpull-node-${id}`);

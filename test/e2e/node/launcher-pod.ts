@@ -37,7 +37,9 @@ export interface LauncherPodSpec {
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
 /** The stand-in recipe (launcher/recipe.ts) for the pod's disks, as the entrypoint reads it. */
-export function launcherRecipeEnv(s: Pick<LauncherPodSpec, 'namespace' | 'vmiName' | 'disks'>): { name: string; value: string }[] {
+export function launcherRecipeEnv(
+  s: Pick<LauncherPodSpec, 'namespace' | 'vmiName' | 'disks'>,
+): { name: string; value: string }[] {
   for (const d of s.disks) if (!DNS_LABEL.test(d.name)) throw new Error(`disk name ${d.name} is not a DNS label`);
   const recipe = podRecipe(s);
   return [
@@ -66,7 +68,14 @@ export function launcherPodManifest(s: LauncherPodSpec): Record<string, unknown>
         ? {}
         : {
             ownerReferences: [
-              { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: s.vmiName, uid: s.vmiUid, controller: true, blockOwnerDeletion: true },
+              {
+                apiVersion: 'kubevirt.io/v1',
+                kind: 'VirtualMachineInstance',
+                name: s.vmiName,
+                uid: s.vmiUid,
+                controller: true,
+                blockOwnerDeletion: true,
+              },
             ],
           }),
     },
@@ -97,7 +106,11 @@ export function launcherPodManifest(s: LauncherPodSpec): Record<string, unknown>
             runAsGroup: LAUNCHER_UID,
             runAsNonRoot: true,
           },
-          readinessProbe: { exec: { command: ['test', '-e', '/var/run/libvirt/launcher-ready'] }, periodSeconds: 1, failureThreshold: 600 },
+          readinessProbe: {
+            exec: { command: ['test', '-e', '/var/run/libvirt/launcher-ready'] },
+            periodSeconds: 1,
+            failureThreshold: 600,
+          },
           // compute's mounts as virt-controller renders them (sockets, container-disks and
           // hotplug-disks stay empty here: no virt-handler, the chain is built in ephemeral-disks)
           volumeMounts: [
@@ -106,18 +119,40 @@ export function launcherPodManifest(s: LauncherPodSpec): Record<string, unknown>
             { name: 'ephemeral-disks', mountPath: '/var/run/kubevirt-ephemeral-disks' },
             { name: 'libvirt-runtime', mountPath: '/var/run/libvirt' },
             { name: 'sockets', mountPath: '/var/run/kubevirt/sockets' },
-            { name: 'container-disks', mountPath: '/var/run/kubevirt/container-disks', mountPropagation: 'HostToContainer' },
-            { name: 'hotplug-disks', mountPath: '/var/run/kubevirt/hotplug-disks', mountPropagation: 'HostToContainer' },
+            {
+              name: 'container-disks',
+              mountPath: '/var/run/kubevirt/container-disks',
+              mountPropagation: 'HostToContainer',
+            },
+            {
+              name: 'hotplug-disks',
+              mountPath: '/var/run/kubevirt/hotplug-disks',
+              mountPropagation: 'HostToContainer',
+            },
           ],
         },
       ],
-      volumes: ['private', 'public', 'sockets', 'libvirt-runtime', 'ephemeral-disks', 'container-disks', 'hotplug-disks'].map((name) => ({ name, emptyDir: {} })),
+      volumes: [
+        'private',
+        'public',
+        'sockets',
+        'libvirt-runtime',
+        'ephemeral-disks',
+        'container-disks',
+        'hotplug-disks',
+      ].map((name) => ({ name, emptyDir: {} })),
     },
   };
 }
 
 /** The VMI object for the stand-in (the test VMI CRD has no status subresource, like KubeVirt's). */
-export function launcherVmiManifest(s: { namespace: string; vmiName: string; podUid: string; nodeName: string; disks: readonly LauncherDiskSpec[] }): Record<string, unknown> {
+export function launcherVmiManifest(s: {
+  namespace: string;
+  vmiName: string;
+  podUid: string;
+  nodeName: string;
+  disks: readonly LauncherDiskSpec[];
+}): Record<string, unknown> {
   return {
     apiVersion: 'kubevirt.io/v1',
     kind: 'VirtualMachineInstance',

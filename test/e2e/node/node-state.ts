@@ -9,7 +9,18 @@
  * dir; it is stale once that control plane no longer runs (or runs another server). Other runs'
  * nodes are never touched.
  */
-import { existsSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { runKubectl } from '../cluster/client.ts';
@@ -81,11 +92,13 @@ function cgroupPids(dir: string): number[] {
   if (!existsSync(dir)) return [];
   const pids: number[] = [];
   try {
-    for (const l of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n')) if (/^\d+$/.test(l)) pids.push(Number(l));
+    for (const l of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n'))
+      if (/^\d+$/.test(l)) pids.push(Number(l));
   } catch {
     /* raced with removal */
   }
-  for (const entry of readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory()) pids.push(...cgroupPids(join(dir, entry.name)));
+  for (const entry of readdirSync(dir, { withFileTypes: true }))
+    if (entry.isDirectory()) pids.push(...cgroupPids(join(dir, entry.name)));
   return pids;
 }
 
@@ -122,7 +135,19 @@ export async function teardownNode(rec: NodeRecord, options: TeardownOptions = {
     runKubectl(rec.controlPlane.kubectl, rec.controlPlane.kubeconfigPath, args, { timeoutMs }).catch(() => undefined);
   const kubelet = rec.daemons.find((d) => d.name === 'kubelet');
   if (options.useApi && kubelet && isOurs(kubelet)) {
-    await kubectl(['delete', 'pods', '--all-namespaces', '--all', `--field-selector=spec.nodeName=${rec.name}`, '--grace-period=1', '--wait=true', '--timeout=60s'], 90_000);
+    await kubectl(
+      [
+        'delete',
+        'pods',
+        '--all-namespaces',
+        '--all',
+        `--field-selector=spec.nodeName=${rec.name}`,
+        '--grace-period=1',
+        '--wait=true',
+        '--timeout=60s',
+      ],
+      90_000,
+    );
   }
   // kubelet, scheduler, controller-manager (reverse start order); containerd last, with its tasks.
   for (const d of [...rec.daemons].reverse()) if (d.name !== 'containerd') await stopDaemon(d, 10_000);
@@ -134,7 +159,12 @@ export async function teardownNode(rec: NodeRecord, options: TeardownOptions = {
     }
   }
   if (options.useApi) await kubectl(['delete', 'node', rec.name, '--wait=false'], 20_000);
-  await teardownContainerd({ runDir: join(rec.runDir, 'containerd'), bridge: rec.bridge, network: rec.network, process: rec.daemons.find((d) => d.name === 'containerd') });
+  await teardownContainerd({
+    runDir: join(rec.runDir, 'containerd'),
+    bridge: rec.bridge,
+    network: rec.network,
+    process: rec.daemons.find((d) => d.name === 'containerd'),
+  });
   // Anything still in the node's cgroups (containers whose runtime state was lost): kill it.
   for (const h of cgroupHierarchies()) {
     for (const pid of new Set(cgroupPids(join(h, rec.cgroupRoot)))) {
@@ -182,8 +212,10 @@ export function staleReason(rec: NodeRecord): string | undefined {
     return `its control plane (${rec.controlPlane.stateDir}) is not recorded any more`;
   }
   const parsed = z.object({ server: z.string(), processes: z.array(daemonRecord) }).safeParse(state);
-  if (!parsed.success || parsed.data.server !== rec.controlPlane.server) return `its control plane (${rec.controlPlane.stateDir}) was replaced`;
-  if (!parsed.data.processes.every((p) => isOurs(p))) return `its control plane (${rec.controlPlane.stateDir}) is not running`;
+  if (!parsed.success || parsed.data.server !== rec.controlPlane.server)
+    return `its control plane (${rec.controlPlane.stateDir}) was replaced`;
+  if (!parsed.data.processes.every((p) => isOurs(p)))
+    return `its control plane (${rec.controlPlane.stateDir}) is not running`;
   return undefined;
 }
 
@@ -197,7 +229,9 @@ export async function sweepStaleNodes(options: { root?: string; log?: (m: string
   const log = options.log ?? (() => undefined);
   let names: string[];
   try {
-    names = readdirSync(root, { withFileTypes: true }).filter((d) => d.isDirectory() && d.name.startsWith(NODE_RUN_PREFIX)).map((d) => d.name);
+    names = readdirSync(root, { withFileTypes: true })
+      .filter((d) => d.isDirectory() && d.name.startsWith(NODE_RUN_PREFIX))
+      .map((d) => d.name);
   } catch {
     return [];
   }
@@ -206,15 +240,19 @@ export async function sweepStaleNodes(options: { root?: string; log?: (m: string
     const runDir = join(root, name);
     const first = readNodeRecord(runDir);
     if (!first || first.runDir !== runDir || !staleReason(first)) continue;
-    await withLock(`${runDir}.sweep.lock`, async () => {
-      const rec = readNodeRecord(runDir); // another sweep may have done it meanwhile
-      const why = rec && staleReason(rec);
-      if (!rec || !why) return;
-      log(`sweeping stale node ${runDir}: ${why}`);
-      const problems = await teardownNode(rec, { useApi: false });
-      if (problems.length > 0) log(`sweep of ${runDir} left: ${problems.join('; ')}`);
-      swept.push(runDir);
-    }, { timeoutMs: 180_000 });
+    await withLock(
+      `${runDir}.sweep.lock`,
+      async () => {
+        const rec = readNodeRecord(runDir); // another sweep may have done it meanwhile
+        const why = rec && staleReason(rec);
+        if (!rec || !why) return;
+        log(`sweeping stale node ${runDir}: ${why}`);
+        const problems = await teardownNode(rec, { useApi: false });
+        if (problems.length > 0) log(`sweep of ${runDir} left: ${problems.join('; ')}`);
+        swept.push(runDir);
+      },
+      { timeoutMs: 180_000 },
+    );
   }
   return swept;
 }

@@ -31,24 +31,40 @@ export const OPERATOR_NAMESPACE = 'bp-operator-system';
 // --- RBAC: the operator runs as a ServiceAccount with the chart's rules ------------------------
 
 const RulesSchema = z.array(
-  z.object({ apiGroups: z.array(z.string()), resources: z.array(z.string()), verbs: z.array(z.string()), resourceNames: z.array(z.string()).optional() }),
+  z.object({
+    apiGroups: z.array(z.string()),
+    resources: z.array(z.string()),
+    verbs: z.array(z.string()),
+    resourceNames: z.array(z.string()).optional(),
+  }),
 );
 
 async function rulesFile(name: string): Promise<z.infer<typeof RulesSchema>> {
-  return RulesSchema.parse(parse(await readFile(path.join(REPO_ROOT, 'charts', 'blockpull-operator', 'files', name), 'utf8')));
+  return RulesSchema.parse(
+    parse(await readFile(path.join(REPO_ROOT, 'charts', 'blockpull-operator', 'files', name), 'utf8')),
+  );
 }
 
 /**
  * A ServiceAccount in `namespace` bound to a ClusterRole made of charts/.../files/rbac-rules.yaml
  * and a Role (leases) from leader-election-rules.yaml; returns the path of its kubeconfig.
  */
-export async function operatorServiceAccount(kube: ClusterClient, namespace = OPERATOR_NAMESPACE, name = 'blockpull-operator'): Promise<string> {
+export async function operatorServiceAccount(
+  kube: ClusterClient,
+  namespace = OPERATOR_NAMESPACE,
+  name = 'blockpull-operator',
+): Promise<string> {
   const clusterRules = await rulesFile('rbac-rules.yaml');
   const leaseRules = await rulesFile('leader-election-rules.yaml');
   const objects = [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: namespace } },
     { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name, namespace } },
-    { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: { name: `${name}-e2e` }, rules: clusterRules },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'ClusterRole',
+      metadata: { name: `${name}-e2e` },
+      rules: clusterRules,
+    },
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'ClusterRoleBinding',
@@ -56,7 +72,12 @@ export async function operatorServiceAccount(kube: ClusterClient, namespace = OP
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: `${name}-e2e` },
       subjects: [{ kind: 'ServiceAccount', name, namespace }],
     },
-    { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'Role', metadata: { name: `${name}-leader-election`, namespace }, rules: leaseRules },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'Role',
+      metadata: { name: `${name}-leader-election`, namespace },
+      rules: leaseRules,
+    },
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'RoleBinding',
@@ -128,7 +149,10 @@ export function imageNodeArgs(): string[] {
 }
 
 export async function buildOperator(): Promise<string> {
-  await run([NODE_BIN, path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, timeoutMs: 600_000 });
+  await run([NODE_BIN, path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], {
+    cwd: REPO_ROOT,
+    timeoutMs: 600_000,
+  });
   return path.join(REPO_ROOT, 'dist', 'operator', 'src', 'main.js');
 }
 
@@ -182,7 +206,10 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
   const exited = daemon.exited.then((e) => e.code);
   // With port 0 the operator binds a free port and says which: its 'http server listening' line.
   const portServing = (route: string): number | undefined => {
-    const l = lines.find((x) => x['msg'] === 'http server listening' && Array.isArray(x['paths']) && (x['paths'] as string[]).includes(route));
+    const l = lines.find(
+      (x) =>
+        x['msg'] === 'http server listening' && Array.isArray(x['paths']) && (x['paths'] as string[]).includes(route),
+    );
     return typeof l?.['port'] === 'number' ? l['port'] : undefined;
   };
   const proc: OperatorProcess = {
@@ -201,7 +228,9 @@ export async function startOperator(o: StartOperatorOptions): Promise<OperatorPr
       await exited;
     },
     find(msg) {
-      return lines.filter((l) => (typeof msg === 'string' ? l['msg'] === msg : typeof l['msg'] === 'string' && msg.test(l['msg'])));
+      return lines.filter((l) =>
+        typeof msg === 'string' ? l['msg'] === msg : typeof l['msg'] === 'string' && msg.test(l['msg']),
+      );
     },
   };
   if (o.waitReady ?? true) await waitUntilRunning(proc, o.name, leaderElectionEnabled(env), o.readyTimeoutMs ?? 60_000);
@@ -234,21 +263,30 @@ async function httpGet(port: number, route: string): Promise<{ status: number; b
  * An operator that exits or is not running within timeoutMs is killed (if still there) and the
  * error says what was last seen, with the tail of its log.
  */
-async function waitUntilRunning(proc: OperatorProcess, name: string, leaderElect: boolean, timeoutMs: number): Promise<void> {
+async function waitUntilRunning(
+  proc: OperatorProcess,
+  name: string,
+  leaderElect: boolean,
+  timeoutMs: number,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let exitCode: number | null | undefined;
   void proc.exited.then((code) => (exitCode = code));
   let last = 'no http server listening yet';
   for (;;) {
     if (exitCode !== undefined) {
-      throw new Error(`operator ${name} exited (code ${exitCode}) before it was ready; last seen: ${last}; log ${proc.logPath}:\n${tail(proc.logPath, 40)}`);
+      throw new Error(
+        `operator ${name} exited (code ${exitCode}) before it was ready; last seen: ${last}; log ${proc.logPath}:\n${tail(proc.logPath, 40)}`,
+      );
     }
     const ready = await lookReady(proc, leaderElect);
     if (ready === true) return;
     last = ready;
     if (Date.now() > deadline) {
       await proc.kill();
-      throw new Error(`operator ${name} not ready after ${timeoutMs} ms; last seen: ${last}; log ${proc.logPath}:\n${tail(proc.logPath, 40)}`);
+      throw new Error(
+        `operator ${name} not ready after ${timeoutMs} ms; last seen: ${last}; log ${proc.logPath}:\n${tail(proc.logPath, 40)}`,
+      );
     }
     await sleep(200);
   }
@@ -303,13 +341,20 @@ export interface FakeVmiOptions {
   readonly computeLimits?: Readonly<Record<string, string>>;
 }
 
-export function vmiManifest(o: { namespace: string; vmiName: string; disks: readonly string[] }): Record<string, unknown> {
+export function vmiManifest(o: {
+  namespace: string;
+  vmiName: string;
+  disks: readonly string[];
+}): Record<string, unknown> {
   return {
     apiVersion: 'kubevirt.io/v1',
     kind: 'VirtualMachineInstance',
     metadata: { name: o.vmiName, namespace: o.namespace },
     spec: {
-      domain: { devices: { disks: o.disks.map((name) => ({ name, disk: { bus: 'virtio' } })) }, resources: { requests: { memory: '64Mi' } } },
+      domain: {
+        devices: { disks: o.disks.map((name) => ({ name, disk: { bus: 'virtio' } })) },
+        resources: { requests: { memory: '64Mi' } },
+      },
       volumes: o.disks.map((name) => ({ name, containerDisk: { image: 'quay.io/containerdisks/fedora:latest' } })),
     },
   };
@@ -317,7 +362,14 @@ export function vmiManifest(o: { namespace: string; vmiName: string; disks: read
 
 /** The ownerReference KubeVirt puts on a virt-launcher pod. */
 export function vmiOwnerReference(vmiName: string, vmiUid: string): Record<string, unknown> {
-  return { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: vmiName, uid: vmiUid, controller: true, blockOwnerDeletion: true };
+  return {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    name: vmiName,
+    uid: vmiUid,
+    controller: true,
+    blockOwnerDeletion: true,
+  };
 }
 
 /**
@@ -327,7 +379,15 @@ export function vmiOwnerReference(vmiName: string, vmiUid: string): Record<strin
  */
 export async function createLauncherPod(
   kube: ClusterClient,
-  o: { namespace: string; podName: string; vmiName: string; vmiUid: string; nodeName?: string; owned?: boolean; computeLimits?: Record<string, string> },
+  o: {
+    namespace: string;
+    podName: string;
+    vmiName: string;
+    vmiUid: string;
+    nodeName?: string;
+    owned?: boolean;
+    computeLimits?: Record<string, string>;
+  },
 ): Promise<string> {
   const pod = {
     apiVersion: 'v1',
@@ -353,7 +413,17 @@ export async function createLauncherPod(
     },
   };
   await kube.kubectl(['apply', '-f', '-'], { input: stringify(pod) });
-  await kube.kubectl(['patch', 'pod', o.podName, '-n', o.namespace, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: { phase: 'Running' } })]);
+  await kube.kubectl([
+    'patch',
+    'pod',
+    o.podName,
+    '-n',
+    o.namespace,
+    '--subresource=status',
+    '--type=merge',
+    '-p',
+    JSON.stringify({ status: { phase: 'Running' } }),
+  ]);
   return (await kube.kubectl(['get', 'pod', o.podName, '-n', o.namespace, '-o', 'jsonpath={.metadata.uid}'])).trim();
 }
 
@@ -366,7 +436,14 @@ export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Pro
   const nodeName = o.nodeName ?? STANDIN_NODE;
   const activePods: Record<string, string> = {};
   if (o.pod ?? true) {
-    const podUid = await createLauncherPod(kube, { namespace: ns, podName, vmiName: o.vmiName, vmiUid: uid, nodeName, ...(o.computeLimits !== undefined ? { computeLimits: o.computeLimits } : {}) });
+    const podUid = await createLauncherPod(kube, {
+      namespace: ns,
+      podName,
+      vmiName: o.vmiName,
+      vmiUid: uid,
+      nodeName,
+      ...(o.computeLimits !== undefined ? { computeLimits: o.computeLimits } : {}),
+    });
     activePods[podUid] = nodeName;
   }
   const status = {
@@ -382,7 +459,13 @@ export async function createFakeVmi(kube: ClusterClient, o: FakeVmiOptions): Pro
 
 // --- BlockPull objects ------------------------------------------------------------------------
 
-export function blockPullManifest(o: { namespace: string; name: string; vmiName: string; disk: string; spec?: Record<string, unknown> }): string {
+export function blockPullManifest(o: {
+  namespace: string;
+  name: string;
+  vmiName: string;
+  disk: string;
+  spec?: Record<string, unknown>;
+}): string {
   return stringify({
     apiVersion: 'blockpull.dev/v1alpha1',
     kind: 'BlockPull',
@@ -397,7 +480,11 @@ export function blockPullManifest(o: { namespace: string; name: string; vmiName:
  */
 export type BlockPullView = z.input<typeof BlockPullSchema>;
 
-export async function getBlockPull(kube: ClusterClient, namespace: string, name: string): Promise<BlockPullView | undefined> {
+export async function getBlockPull(
+  kube: ClusterClient,
+  namespace: string,
+  name: string,
+): Promise<BlockPullView | undefined> {
   const r = await kube.kubectlResult(['get', 'blockpull', name, '-n', namespace, '-o', 'json']);
   if (r.exitCode !== 0) {
     if (/NotFound|not found/.test(r.stderr)) return undefined;
@@ -406,7 +493,13 @@ export async function getBlockPull(kube: ClusterClient, namespace: string, name:
   return JSON.parse(r.stdout) as BlockPullView;
 }
 
-export async function waitForPhase(kube: ClusterClient, namespace: string, name: string, phases: readonly string[], timeoutMs = 60_000): Promise<BlockPullView> {
+export async function waitForPhase(
+  kube: ClusterClient,
+  namespace: string,
+  name: string,
+  phases: readonly string[],
+  timeoutMs = 60_000,
+): Promise<BlockPullView> {
   return waitFor(`BlockPull ${namespace}/${name} in ${phases.join('|')}`, timeoutMs, async () => {
     const bp = await getBlockPull(kube, namespace, name);
     return bp?.status?.phase !== undefined && phases.includes(bp.status.phase) ? bp : undefined;

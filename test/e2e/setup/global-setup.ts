@@ -79,7 +79,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
     await cp.stop();
     // The acceptance criterion, checked on every run: nothing of ours is left behind.
     const left = processesMentioning(stateDir, ['etcd', 'kube-apiserver']);
-    if (left.length > 0) throw new Error(`etcd/kube-apiserver of the e2e control plane still running after stop: ${left.join(', ')}`);
+    if (left.length > 0)
+      throw new Error(`etcd/kube-apiserver of the e2e control plane still running after stop: ${left.join(', ')}`);
     await rm(stateDir, { recursive: true, force: true });
   };
 }

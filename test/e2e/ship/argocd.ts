@@ -41,8 +41,13 @@ export interface Health {
 }
 
 async function runScript(interpreter: string, script: string, obj: unknown, json: boolean): Promise<string> {
-  const r = await run([interpreter, harness, script, ...(json ? ['json'] : [])], { allowExit: true, input: `return ${toLua(obj)}\n`, timeoutMs: 10_000 });
-  if (r.exitCode !== 0 || r.stderr !== '') throw new Error(`${interpreter} ${script} exited ${r.exitCode}: ${r.stderr}`);
+  const r = await run([interpreter, harness, script, ...(json ? ['json'] : [])], {
+    allowExit: true,
+    input: `return ${toLua(obj)}\n`,
+    timeoutMs: 10_000,
+  });
+  if (r.exitCode !== 0 || r.stderr !== '')
+    throw new Error(`${interpreter} ${script} exited ${r.exitCode}: ${r.stderr}`);
   return r.stdout;
 }
 
@@ -53,7 +58,10 @@ export async function argoHealth(interpreter: string, obj: unknown): Promise<Hea
   return { status, message: message.join('\n') };
 }
 
-const DiscoverySchema = z.record(z.string(), z.object({ iconClass: z.string().optional(), displayName: z.string().optional(), disabled: z.boolean().optional() }));
+const DiscoverySchema = z.record(
+  z.string(),
+  z.object({ iconClass: z.string().optional(), displayName: z.string().optional(), disabled: z.boolean().optional() }),
+);
 
 /** The resource actions discovery.lua offers for `obj` (name -> UI attributes). */
 export async function argoActions(interpreter: string, obj: unknown): Promise<z.infer<typeof DiscoverySchema>> {
@@ -63,8 +71,14 @@ export async function argoActions(interpreter: string, obj: unknown): Promise<z.
 }
 
 /** The object an action returns (what Argo CD patches the live object to). */
-export async function argoRunAction(interpreter: string, action: string, obj: unknown): Promise<Record<string, unknown>> {
-  return z.record(z.string(), z.unknown()).parse(JSON.parse(await runScript(interpreter, actionScript(action), obj, true)));
+export async function argoRunAction(
+  interpreter: string,
+  action: string,
+  obj: unknown,
+): Promise<Record<string, unknown>> {
+  return z
+    .record(z.string(), z.unknown())
+    .parse(JSON.parse(await runScript(interpreter, actionScript(action), obj, true)));
 }
 
 /** Argo CD health statuses that agree with a kstatus verdict. */

@@ -3,7 +3,14 @@
 // plus the states the API server shows around them: just created (no status yet), spec changed
 // but not yet observed, and being deleted. Shared by the conditions unit test, the kstatus test
 // (real kstatus library) and the Argo CD health check test, so all three judge the same objects.
-import { FINALIZER, parseBlockPull, type BlockPull, type BlockPullStatus, type Phase, type Reason } from '../../../operator/src/api/types.ts';
+import {
+  FINALIZER,
+  parseBlockPull,
+  type BlockPull,
+  type BlockPullStatus,
+  type Phase,
+  type Reason,
+} from '../../../operator/src/api/types.ts';
 import type { HypervisorObservation } from '../../../operator/src/controller/decide.ts';
 import { decide, decideActionError, type TestObservation as Observation } from '../../unit/support/decide.ts';
 import type { LauncherLookup } from '../../../operator/src/kubevirt/launcher.ts';
@@ -35,7 +42,14 @@ const CHAIN3 = chain([TOP, MID, BASE]);
 const FLAT = chain([TOP]);
 const FOUND: LauncherLookup = {
   kind: 'found',
-  launcher: { namespace: 'vms', pod: 'virt-launcher-web-1-abcde', node: 'node1', container: 'compute', domain: 'vms_web-1', uri: 'qemu:///system' },
+  launcher: {
+    namespace: 'vms',
+    pod: 'virt-launcher-web-1-abcde',
+    node: 'node1',
+    container: 'compute',
+    domain: 'vms_web-1',
+    uri: 'qemu:///system',
+  },
 };
 const GIB = 1024 ** 3;
 const job = (cur: number, end = GIB): BlockJobInfo => ({ type: 'Block Pull', cur, end, bandwidth: 0 });
@@ -57,7 +71,11 @@ function object(o: ObjectOptions): Record<string, unknown> {
     metadata: {
       name: o.name,
       namespace: 'vms',
-      uid: `0d6c5e39-5b1f-4d0e-9a51-${o.name.replace(/[^a-z0-9]/gi, '').slice(0, 12).padStart(12, '0').toLowerCase()}`,
+      uid: `0d6c5e39-5b1f-4d0e-9a51-${o.name
+        .replace(/[^a-z0-9]/gi, '')
+        .slice(0, 12)
+        .padStart(12, '0')
+        .toLowerCase()}`,
       generation: o.generation ?? 1,
       resourceVersion: '1',
       creationTimestamp: '2026-11-27T09:00:00Z',
@@ -77,7 +95,14 @@ function observe(bp: BlockPull, o: Partial<Observation>): Observation {
     // This operator process started the job it sees (else the job reads Adopted).
     jobStartedHere: true,
     diskHolder: `vms/${bp.metadata.name}`,
-    slots: { running: 0, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 },
+    slots: {
+      running: 0,
+      runningOnNode: 0,
+      runningInNamespace: 0,
+      namespacesWanting: 1,
+      maxConcurrentPulls: 4,
+      maxPullsPerNode: 2,
+    },
     pollIntervalMs: 500,
     waitRequeueMs: 5000,
     ...o,
@@ -116,7 +141,11 @@ export function blockPullStates(): BlockPullState[] {
   // The API server never returns a BlockPull without status: the CRD defaults it to
   // {observedGeneration: 0} (a status-less object would read Current to kstatus); the kstatus e2e
   // test proves it on the real API server.
-  add(object({ name: 'created-defaulted', finalizer: false, status: { observedGeneration: 0 } }), 'InProgress', 'created (status defaulted by the CRD)');
+  add(
+    object({ name: 'created-defaulted', finalizer: false, status: { observedGeneration: 0 } }),
+    'InProgress',
+    'created (status defaulted by the CRD)',
+  );
   addDecided(decided('created-looked', { finalizer: false }, { hypervisor: ok(CHAIN3) }));
 
   // --- Pending -----------------------------------------------------------------------------
@@ -126,29 +155,96 @@ export function blockPullStates(): BlockPullState[] {
     ['migrationInProgress', 'MigrationInProgress'],
     ['launcherNotFound', 'LauncherNotFound'],
   ] as const) {
-    addDecided(decided(`pending-${reason.toLowerCase()}`, {}, { launcher: { kind, message: `${reason}: VirtualMachineInstance vms/web-1` } }));
+    addDecided(
+      decided(
+        `pending-${reason.toLowerCase()}`,
+        {},
+        { launcher: { kind, message: `${reason}: VirtualMachineInstance vms/web-1` } },
+      ),
+    );
   }
-  addDecided(decided('pending-domainnotfound', {}, { hypervisor: { kind: 'domainNotFound', message: 'Domain not found: no domain with matching name vms_web-1' } }));
-  addDecided(decided('pending-diskbusy', {}, { hypervisor: ok(CHAIN3, { type: 'Block Copy', cur: 1, end: 10, bandwidth: 0 }) }));
-  addDecided(decided('pending-slot', {}, { hypervisor: ok(CHAIN3), slots: { running: 4, runningOnNode: 0, runningInNamespace: 0, namespacesWanting: 1, maxConcurrentPulls: 4, maxPullsPerNode: 2 } }));
   addDecided(
-    decided('pending-snapshotinprogress', {}, {
-      hypervisor: ok(CHAIN3),
-      chainOperations: [{ kind: 'snapshot', name: 'VirtualMachineSnapshot vms/snap-1', message: 'VirtualMachineSnapshot vms/snap-1 (phase InProgress) snapshots VirtualMachine vms/web-1' }],
-    }),
+    decided(
+      'pending-domainnotfound',
+      {},
+      { hypervisor: { kind: 'domainNotFound', message: 'Domain not found: no domain with matching name vms_web-1' } },
+    ),
   );
   addDecided(
-    decided('pending-backupinprogress', {}, {
-      hypervisor: ok(CHAIN3),
-      chainOperations: [{ kind: 'backup', name: 'VirtualMachineBackup vms/bk-1', message: 'VirtualMachineBackup vms/bk-1 (Initiated) backs up VirtualMachine vms/web-1' }],
-    }),
+    decided('pending-diskbusy', {}, { hypervisor: ok(CHAIN3, { type: 'Block Copy', cur: 1, end: 10, bandwidth: 0 }) }),
   );
   addDecided(
-    decided('pending-datafileinchain', {}, {
-      hypervisor: ok({ ...CHAIN3, chain: CHAIN3.chain.map((l) => (l.position === 0 ? { ...l, dataFile: { path: '/var/run/kubevirt-private/vmi-disks/rootdisk/disk.img', format: 'raw' } } : l)) }),
-    }),
+    decided(
+      'pending-slot',
+      {},
+      {
+        hypervisor: ok(CHAIN3),
+        slots: {
+          running: 4,
+          runningOnNode: 0,
+          runningInNamespace: 0,
+          namespacesWanting: 1,
+          maxConcurrentPulls: 4,
+          maxPullsPerNode: 2,
+        },
+      },
+    ),
   );
-  addDecided(decided('pending-unreachable', {}, { hypervisor: { kind: 'unreachable', message: 'failed to connect to the hypervisor' } }));
+  addDecided(
+    decided(
+      'pending-snapshotinprogress',
+      {},
+      {
+        hypervisor: ok(CHAIN3),
+        chainOperations: [
+          {
+            kind: 'snapshot',
+            name: 'VirtualMachineSnapshot vms/snap-1',
+            message: 'VirtualMachineSnapshot vms/snap-1 (phase InProgress) snapshots VirtualMachine vms/web-1',
+          },
+        ],
+      },
+    ),
+  );
+  addDecided(
+    decided(
+      'pending-backupinprogress',
+      {},
+      {
+        hypervisor: ok(CHAIN3),
+        chainOperations: [
+          {
+            kind: 'backup',
+            name: 'VirtualMachineBackup vms/bk-1',
+            message: 'VirtualMachineBackup vms/bk-1 (Initiated) backs up VirtualMachine vms/web-1',
+          },
+        ],
+      },
+    ),
+  );
+  addDecided(
+    decided(
+      'pending-datafileinchain',
+      {},
+      {
+        hypervisor: ok({
+          ...CHAIN3,
+          chain: CHAIN3.chain.map((l) =>
+            l.position === 0
+              ? { ...l, dataFile: { path: '/var/run/kubevirt-private/vmi-disks/rootdisk/disk.img', format: 'raw' } }
+              : l,
+          ),
+        }),
+      },
+    ),
+  );
+  addDecided(
+    decided(
+      'pending-unreachable',
+      {},
+      { hypervisor: { kind: 'unreachable', message: 'failed to connect to the hypervisor' } },
+    ),
+  );
   {
     const bp = parseBlockPull(object({ name: 'pending-jobfailed' }));
     const o = observe(bp, { hypervisor: ok(CHAIN3) });
@@ -160,24 +256,66 @@ export function blockPullStates(): BlockPullState[] {
   // --- Running -----------------------------------------------------------------------------
   const started = decided('running-pulling', {}, { hypervisor: ok(CHAIN3) });
   addDecided(started, 'Running/Pulling (job started)');
-  const pulling = decided('running-pulling-progress', { status: statusOf(started) }, { hypervisor: ok(CHAIN3, job(GIB / 4)), previousSample: { cur: 0, atMs: NOW.getTime() - 1000 } });
+  const pulling = decided(
+    'running-pulling-progress',
+    { status: statusOf(started) },
+    { hypervisor: ok(CHAIN3, job(GIB / 4)), previousSample: { cur: 0, atMs: NOW.getTime() - 1000 } },
+  );
   addDecided(pulling, 'Running/Pulling (progress)');
   addDecided(decided('running-adopted', {}, { hypervisor: ok(CHAIN3, job(GIB / 2)), jobStartedHere: false }));
   // Our job ended short of the goal: Pending/JobFailed for a backoff, then started again.
-  const jobEnded = decided('pending-jobfailed-backoff', { status: statusOf(pulling) }, { hypervisor: ok(CHAIN3), jobStartedHere: false });
+  const jobEnded = decided(
+    'pending-jobfailed-backoff',
+    { status: statusOf(pulling) },
+    { hypervisor: ok(CHAIN3), jobStartedHere: false },
+  );
   addDecided(jobEnded, 'Pending/JobFailed (job ended short, backoff)');
-  const retrying = decided('running-retrying', { status: statusOf(jobEnded) }, { hypervisor: ok(CHAIN3), now: new Date(NOW.getTime() + 60_000) });
+  const retrying = decided(
+    'running-retrying',
+    { status: statusOf(jobEnded) },
+    { hypervisor: ok(CHAIN3), now: new Date(NOW.getTime() + 60_000) },
+  );
   addDecided(retrying);
   addDecided(
-    decided('pending-insufficientspace', {}, { hypervisor: ok(CHAIN3), space: { kind: 'measured', topPath: TOP, pullBytes: GIB, availableBytes: 16 * 1024 ** 2, totalBytes: 32 * 1024 ** 2 } }),
+    decided(
+      'pending-insufficientspace',
+      {},
+      {
+        hypervisor: ok(CHAIN3),
+        space: {
+          kind: 'measured',
+          topPath: TOP,
+          pullBytes: GIB,
+          availableBytes: 16 * 1024 ** 2,
+          totalBytes: 32 * 1024 ** 2,
+        },
+      },
+    ),
   );
-  addDecided(decided('running-unreachable', { status: statusOf(pulling) }, { hypervisor: { kind: 'unreachable', message: 'exec: connection refused' } }), 'Running/HypervisorUnreachable');
+  addDecided(
+    decided(
+      'running-unreachable',
+      { status: statusOf(pulling) },
+      { hypervisor: { kind: 'unreachable', message: 'exec: connection refused' } },
+    ),
+    'Running/HypervisorUnreachable',
+  );
 
   // --- Paused ------------------------------------------------------------------------------
-  const pausing = decided('paused-aborting', { spec: { paused: true }, status: statusOf(pulling) }, { hypervisor: ok(CHAIN3, job(GIB / 3)) });
+  const pausing = decided(
+    'paused-aborting',
+    { spec: { paused: true }, status: statusOf(pulling) },
+    { hypervisor: ok(CHAIN3, job(GIB / 3)) },
+  );
   addDecided(pausing, 'Paused/Paused (aborting the job)');
-  addDecided(decided('paused', { spec: { paused: true }, status: statusOf(pausing) }, { hypervisor: ok(CHAIN3) }), 'Paused/Paused (no job)');
-  addDecided(decided('paused-from-start', { spec: { paused: true } }, { hypervisor: ok(CHAIN3) }), 'Paused/Paused (created paused)');
+  addDecided(
+    decided('paused', { spec: { paused: true }, status: statusOf(pausing) }, { hypervisor: ok(CHAIN3) }),
+    'Paused/Paused (no job)',
+  );
+  addDecided(
+    decided('paused-from-start', { spec: { paused: true } }, { hypervisor: ok(CHAIN3) }),
+    'Paused/Paused (created paused)',
+  );
 
   // --- Completed ---------------------------------------------------------------------------
   const completed = decided('completed', { status: statusOf(pulling) }, { hypervisor: ok(FLAT) });
@@ -185,16 +323,42 @@ export function blockPullStates(): BlockPullState[] {
   addDecided(decided('completed-nothing', {}, { hypervisor: ok(FLAT) }));
 
   // --- Planned (spec.dryRun) ----------------------------------------------------------------
-  const space = (pullBytes: number, availableBytes: number) => ({ kind: 'measured' as const, topPath: TOP, pullBytes, availableBytes, totalBytes: 64 * GIB });
-  addDecided(decided('planned', { spec: { dryRun: true, bandwidth: '50Mi' } }, { hypervisor: ok(CHAIN3), space: space(GIB, 8 * GIB) }), 'Planned/Planned (fits)');
-  addDecided(decided('planned-insufficient', { spec: { dryRun: true } }, { hypervisor: ok(CHAIN3), space: space(GIB, 16 * 1024 ** 2) }), 'Planned/Planned (too little space)');
+  const space = (pullBytes: number, availableBytes: number) => ({
+    kind: 'measured' as const,
+    topPath: TOP,
+    pullBytes,
+    availableBytes,
+    totalBytes: 64 * GIB,
+  });
+  addDecided(
+    decided(
+      'planned',
+      { spec: { dryRun: true, bandwidth: '50Mi' } },
+      { hypervisor: ok(CHAIN3), space: space(GIB, 8 * GIB) },
+    ),
+    'Planned/Planned (fits)',
+  );
+  addDecided(
+    decided(
+      'planned-insufficient',
+      { spec: { dryRun: true } },
+      { hypervisor: ok(CHAIN3), space: space(GIB, 16 * 1024 ** 2) },
+    ),
+    'Planned/Planned (too little space)',
+  );
 
   // --- Failed ------------------------------------------------------------------------------
-  const diskNotFound = decided('failed-disknotfound', {}, { hypervisor: { kind: 'diskNotFound', message: 'disk rootdisk is not in domain vms_web-1' } });
+  const diskNotFound = decided(
+    'failed-disknotfound',
+    {},
+    { hypervisor: { kind: 'diskNotFound', message: 'disk rootdisk is not in domain vms_web-1' } },
+  );
   addDecided(diskNotFound);
   addDecided(decided('failed-invalidbase', { spec: { base: { path: '/nope.qcow2' } } }, { hypervisor: ok(CHAIN3) }));
   addDecided(decided('failed-invalidbandwidth', { spec: { bandwidth: '5 MB' } }, { hypervisor: ok(CHAIN3) }));
-  addDecided(decided('failed-retries', { spec: { maxRetries: 0 }, status: statusOf(pulling) }, { hypervisor: ok(CHAIN3) }));
+  addDecided(
+    decided('failed-retries', { spec: { maxRetries: 0 }, status: statusOf(pulling) }, { hypervisor: ok(CHAIN3) }),
+  );
   {
     const bp = parseBlockPull(object({ name: 'failed-jobfailed', spec: { maxRetries: 0 } }));
     const o = observe(bp, { hypervisor: ok(CHAIN3) });
@@ -210,17 +374,50 @@ export function blockPullStates(): BlockPullState[] {
     [pulling, 'Running'],
   ] as const) {
     const md = obj.metadata as Record<string, unknown>;
-    add({ ...obj, metadata: { ...md, name: `${String(md.name)}-edited`, generation: 2 } }, 'InProgress', `${label}, spec changed, not yet observed`);
+    add(
+      { ...obj, metadata: { ...md, name: `${String(md.name)}-edited`, generation: 2 } },
+      'InProgress',
+      `${label}, spec changed, not yet observed`,
+    );
   }
   // ...and once the operator has observed it again, the terminal phase holds for the new generation.
   {
-    const edited = object({ name: 'completed-edited-observed', generation: 2, spec: { bandwidth: '10Mi' }, status: statusOf(completed) });
+    const edited = object({
+      name: 'completed-edited-observed',
+      generation: 2,
+      spec: { bandwidth: '10Mi' },
+      status: statusOf(completed),
+    });
     const d = decide(observe(parseBlockPull(edited), { hypervisor: ok(FLAT) }));
     addDecided({ ...edited, status: d.status }, 'Completed, spec changed, observed');
   }
 
   // --- being deleted: the finalizer aborts the job ----------------------------------------
-  add({ ...pulling, metadata: { ...(pulling.metadata as object), name: 'deleting-running', deletionTimestamp: '2026-11-27T10:05:00Z', deletionGracePeriodSeconds: 0 } }, 'Terminating', 'Running, being deleted (aborting the job)');
-  add({ ...completed, metadata: { ...(completed.metadata as object), name: 'deleting-completed', deletionTimestamp: '2026-11-27T10:05:00Z', deletionGracePeriodSeconds: 0 } }, 'Terminating', 'Completed, being deleted');
+  add(
+    {
+      ...pulling,
+      metadata: {
+        ...(pulling.metadata as object),
+        name: 'deleting-running',
+        deletionTimestamp: '2026-11-27T10:05:00Z',
+        deletionGracePeriodSeconds: 0,
+      },
+    },
+    'Terminating',
+    'Running, being deleted (aborting the job)',
+  );
+  add(
+    {
+      ...completed,
+      metadata: {
+        ...(completed.metadata as object),
+        name: 'deleting-completed',
+        deletionTimestamp: '2026-11-27T10:05:00Z',
+        deletionGracePeriodSeconds: 0,
+      },
+    },
+    'Terminating',
+    'Completed, being deleted',
+  );
   return out;
 }

@@ -36,13 +36,21 @@ export interface Rendered {
 }
 
 /** `helm template` with the given values (written to a temp file, like a user's -f values.yaml). */
-export async function helmTemplate(release: string, namespace: string, values: Record<string, unknown> = {}, extraArgs: readonly string[] = []): Promise<Rendered> {
+export async function helmTemplate(
+  release: string,
+  namespace: string,
+  values: Record<string, unknown> = {},
+  extraArgs: readonly string[] = [],
+): Promise<Rendered> {
   const helm = await ensureHelm();
   const dir = await mkdtemp(join(tmpdir(), 'blockpull-values-'));
   try {
     const valuesFile = join(dir, 'values.yaml');
     await writeFile(valuesFile, stringify(values));
-    const result = await run([helm, 'template', release, CHART_DIR, '--namespace', namespace, '--values', valuesFile, ...extraArgs], { allowExit: true, timeoutMs: 60_000 });
+    const result = await run(
+      [helm, 'template', release, CHART_DIR, '--namespace', namespace, '--values', valuesFile, ...extraArgs],
+      { allowExit: true, timeoutMs: 60_000 },
+    );
     const objects =
       result.exitCode === 0
         ? parseAllDocuments(result.stdout)
@@ -81,9 +89,16 @@ export const DeploymentShape = z.looseObject({
             env: z.array(EnvVar),
             ports: z.array(z.looseObject({ name: z.string(), containerPort: z.number() })),
             securityContext: z.record(z.string(), z.unknown()),
-            livenessProbe: z.looseObject({ httpGet: z.looseObject({ path: z.string(), port: z.union([z.string(), z.number()]) }) }),
-            readinessProbe: z.looseObject({ httpGet: z.looseObject({ path: z.string(), port: z.union([z.string(), z.number()]) }) }),
-            resources: z.looseObject({ requests: z.record(z.string(), z.unknown()), limits: z.record(z.string(), z.unknown()) }),
+            livenessProbe: z.looseObject({
+              httpGet: z.looseObject({ path: z.string(), port: z.union([z.string(), z.number()]) }),
+            }),
+            readinessProbe: z.looseObject({
+              httpGet: z.looseObject({ path: z.string(), port: z.union([z.string(), z.number()]) }),
+            }),
+            resources: z.looseObject({
+              requests: z.record(z.string(), z.unknown()),
+              limits: z.record(z.string(), z.unknown()),
+            }),
           }),
         ),
       }),

@@ -65,7 +65,10 @@ export function parsePairs(args: string): Record<string, string> {
 }
 
 function expand(s: string, vars: Record<string, string>): string {
-  return s.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)/g, (_, a: string | undefined, b: string | undefined) => vars[a ?? b ?? ''] ?? '');
+  return s.replace(
+    /\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)/g,
+    (_, a: string | undefined, b: string | undefined) => vars[a ?? b ?? ''] ?? '',
+  );
 }
 
 // --- .dockerignore ----------------------------------------------------------------------------
@@ -123,7 +126,9 @@ export async function contextFiles(contextDir: string, dockerignore: string): Pr
       const rel = relative(contextDir, full).split('\\').join('/');
       if (e.isDirectory()) {
         // An ignored directory is skipped unless a negated pattern may admit something below it.
-        const mayReadmit = rules.some((r) => r.negate && (r.literalPrefix.startsWith(`${rel}/`) || `${rel}/`.startsWith(r.literalPrefix)));
+        const mayReadmit = rules.some(
+          (r) => r.negate && (r.literalPrefix.startsWith(`${rel}/`) || `${rel}/`.startsWith(r.literalPrefix)),
+        );
         if (isIgnored(rules, rel) && !mayReadmit) continue;
         await walkFiltered(full);
       } else if (!isIgnored(rules, rel)) files.push(rel);
@@ -172,7 +177,11 @@ export interface BuildOptions {
 function hostNetworkEnv(): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) {
-    if (v !== undefined && /^(NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|https?_proxy|no_proxy|HTTPS?_PROXY|NO_PROXY)$/.test(k)) out[k] = v;
+    if (
+      v !== undefined &&
+      /^(NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|https?_proxy|no_proxy|HTTPS?_PROXY|NO_PROXY)$/.test(k)
+    )
+      out[k] = v;
   }
   return out;
 }
@@ -197,7 +206,9 @@ export async function performBuild(options: BuildOptions): Promise<BuildResult> 
     if (ins.keyword === 'ARG') {
       const m = /^([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$/.exec(ins.args);
       if (!m?.[1]) throw new Error(`${where}: cannot parse`);
-      const value = options.buildArgs?.[m[1]] ?? (m[2] !== undefined ? expand(m[2].replace(/^"(.*)"$/, '$1'), vars) : (globalArgs[m[1]] ?? ''));
+      const value =
+        options.buildArgs?.[m[1]] ??
+        (m[2] !== undefined ? expand(m[2].replace(/^"(.*)"$/, '$1'), vars) : (globalArgs[m[1]] ?? ''));
       if (stage) stageArgs[m[1]] = value;
       else globalArgs[m[1]] = value;
       continue;
@@ -210,7 +221,17 @@ export async function performBuild(options: BuildOptions): Promise<BuildResult> 
       if (stages.some((s) => s.name === image)) throw new Error(`${where}: FROM an earlier stage is not supported`);
       const root = join(workRoot, `stage-${name}`);
       await mkdir(root, { recursive: true, mode: 0o755 });
-      stage = { name, image, root, workdir: '/', env: { PATH: `${options.baseBinDir}:/usr/local/bin:/usr/bin:/bin` }, user: undefined, entrypoint: undefined, labels: {}, expose: [] };
+      stage = {
+        name,
+        image,
+        root,
+        workdir: '/',
+        env: { PATH: `${options.baseBinDir}:/usr/local/bin:/usr/bin:/bin` },
+        user: undefined,
+        entrypoint: undefined,
+        labels: {},
+        expose: [],
+      };
       stageArgs = {};
       stages.push(stage);
       continue;
@@ -257,11 +278,19 @@ export async function performBuild(options: BuildOptions): Promise<BuildResult> 
             const srcHost = join(other.root, posix.resolve('/', src));
             await cp(srcHost, destIsDir ? join(destHost, posix.basename(src)) : destHost, { recursive: true });
           } else {
-            const rel = posix.normalize(src).replace(/^\.?\/+/, '').replace(/\/+$/, '');
+            const rel = posix
+              .normalize(src)
+              .replace(/^\.?\/+/, '')
+              .replace(/\/+$/, '');
             const matched = context.filter((f) => f === rel || f.startsWith(`${rel}/`));
             if (matched.length === 0) throw new Error(`${where}: ${src} is not in the build context (.dockerignore?)`);
             for (const f of matched) {
-              const target = f === rel ? (destIsDir ? join(destHost, posix.basename(f)) : destHost) : join(destHost, f.slice(rel.length + 1));
+              const target =
+                f === rel
+                  ? destIsDir
+                    ? join(destHost, posix.basename(f))
+                    : destHost
+                  : join(destHost, f.slice(rel.length + 1));
               if (!contextSet.has(f)) continue;
               await mkdir(dirname(target), { recursive: true });
               await cp(join(options.contextDir, f), target);
@@ -275,14 +304,18 @@ export async function performBuild(options: BuildOptions): Promise<BuildResult> 
         if (!argv) throw new Error(`${where}: shell-form RUN is not supported (use the exec form: no shell strings)`);
         const cwd = join(stage.root, stage.workdir);
         const started = Date.now();
-        const r = await run(argv.map((a) => expand(a, vars)), {
-          allowExit: true,
-          cwd,
-          env: { HOME: process.env.HOME ?? '/root', ...hostNetworkEnv(), ...stageArgs, ...stage.env },
-          timeoutMs: 1_200_000,
-        });
+        const r = await run(
+          argv.map((a) => expand(a, vars)),
+          {
+            allowExit: true,
+            cwd,
+            env: { HOME: process.env.HOME ?? '/root', ...hostNetworkEnv(), ...stageArgs, ...stage.env },
+            timeoutMs: 1_200_000,
+          },
+        );
         options.log?.(`  exit ${r.exitCode} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-        if (r.exitCode !== 0) throw new Error(`${where} ${ins.args} failed (exit ${r.exitCode}):\n${r.stdout}\n${r.stderr}`);
+        if (r.exitCode !== 0)
+          throw new Error(`${where} ${ins.args} failed (exit ${r.exitCode}):\n${r.stdout}\n${r.stderr}`);
         break;
       }
       default:

@@ -14,8 +14,10 @@ import { ROOT_URI, SESSION_URI } from '../../../operator/src/kubevirt/launcher.t
  */
 export const EXEC_POLICY_MESSAGES = {
   container: 'blockpull-operator exec policy: the operator may exec only into container "compute"',
-  wrapper: "blockpull-operator exec policy: the command must be the operator's exec wrapper (sh -c <its fixed script> blockpull-exec <command>)",
-  command: 'blockpull-operator exec policy: the operator may run only virsh -q -c <qemu:///system|qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock> <dumpxml|blockpull|blockjob|domstats|event|qemu-monitor-event> ...',
+  wrapper:
+    "blockpull-operator exec policy: the command must be the operator's exec wrapper (sh -c <its fixed script> blockpull-exec <command>)",
+  command:
+    'blockpull-operator exec policy: the operator may run only virsh -q -c <qemu:///system|qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock> <dumpxml|blockpull|blockjob|domstats|event|qemu-monitor-event> ...',
 } as const;
 export type ExecPolicyMessage = keyof typeof EXEC_POLICY_MESSAGES;
 
@@ -33,9 +35,21 @@ const wrapped = (...argv: string[]): string[] => [...KILL_ON_DISCONNECT_PREFIX, 
 /** The commands the operator runs (every subcommand, both URIs, the space tools): admitted. */
 export function allowedExecCases(domain: string): ExecCase[] {
   return [
-    ...VIRSH_SUBCOMMANDS.map((sub) => ({ what: `virsh ${sub} (session URI)`, container: 'compute', command: wrapped('virsh', '-q', '-c', SESSION_URI, sub, '--domain', domain) })),
-    { what: 'virsh dumpxml (root URI)', container: 'compute', command: wrapped('virsh', '-q', '-c', ROOT_URI, 'dumpxml', '--domain', domain) },
-    ...Object.entries(SPACE_COMMANDS).map(([name, prefix]) => ({ what: `space tool ${name}`, container: 'compute', command: wrapped(...prefix, '/var/run/kubevirt-ephemeral-disks') })),
+    ...VIRSH_SUBCOMMANDS.map((sub) => ({
+      what: `virsh ${sub} (session URI)`,
+      container: 'compute',
+      command: wrapped('virsh', '-q', '-c', SESSION_URI, sub, '--domain', domain),
+    })),
+    {
+      what: 'virsh dumpxml (root URI)',
+      container: 'compute',
+      command: wrapped('virsh', '-q', '-c', ROOT_URI, 'dumpxml', '--domain', domain),
+    },
+    ...Object.entries(SPACE_COMMANDS).map(([name, prefix]) => ({
+      what: `space tool ${name}`,
+      container: 'compute',
+      command: wrapped(...prefix, '/var/run/kubevirt-ephemeral-disks'),
+    })),
   ];
 }
 
@@ -45,27 +59,94 @@ export function deniedExecCases(domain: string): DeniedExecCase[] {
   return [
     { what: 'virsh destroy', container: 'compute', command: virsh('destroy', domain), message: 'command' },
     { what: 'virsh undefine', container: 'compute', command: virsh('undefine', domain), message: 'command' },
-    { what: 'virsh qemu-monitor-command', container: 'compute', command: virsh('qemu-monitor-command', domain, '--hmp', 'info block'), message: 'command' },
-    { what: 'virsh blockcommit', container: 'compute', command: virsh('blockcommit', domain, 'vda'), message: 'command' },
-    { what: 'virsh with commands in one word ("dumpxml; destroy")', container: 'compute', command: virsh(`dumpxml ${domain}; destroy ${domain}`), message: 'command' },
+    {
+      what: 'virsh qemu-monitor-command',
+      container: 'compute',
+      command: virsh('qemu-monitor-command', domain, '--hmp', 'info block'),
+      message: 'command',
+    },
+    {
+      what: 'virsh blockcommit',
+      container: 'compute',
+      command: virsh('blockcommit', domain, 'vda'),
+      message: 'command',
+    },
+    {
+      what: 'virsh with commands in one word ("dumpxml; destroy")',
+      container: 'compute',
+      command: virsh(`dumpxml ${domain}; destroy ${domain}`),
+      message: 'command',
+    },
     { what: 'virsh without a subcommand', container: 'compute', command: virsh(), message: 'command' },
-    { what: 'virsh without -q', container: 'compute', command: wrapped('virsh', '-c', SESSION_URI, 'dumpxml', '--domain', domain), message: 'command' },
-    { what: 'virsh on another URI', container: 'compute', command: wrapped('virsh', '-q', '-c', 'qemu+tcp://attacker.example/system', 'dumpxml', '--domain', domain), message: 'command' },
-    { what: 'stat with a second path', container: 'compute', command: wrapped(...SPACE_COMMANDS.statFs, '/a', '/b'), message: 'command' },
+    {
+      what: 'virsh without -q',
+      container: 'compute',
+      command: wrapped('virsh', '-c', SESSION_URI, 'dumpxml', '--domain', domain),
+      message: 'command',
+    },
+    {
+      what: 'virsh on another URI',
+      container: 'compute',
+      command: wrapped('virsh', '-q', '-c', 'qemu+tcp://attacker.example/system', 'dumpxml', '--domain', domain),
+      message: 'command',
+    },
+    {
+      what: 'stat with a second path',
+      container: 'compute',
+      command: wrapped(...SPACE_COMMANDS.statFs, '/a', '/b'),
+      message: 'command',
+    },
     { what: 'du without -x', container: 'compute', command: wrapped('du', '-s', '-B1', '--', '/'), message: 'command' },
     { what: 'sh -c inside the wrapper', container: 'compute', command: wrapped('sh', '-c', 'id'), message: 'command' },
     { what: 'cat a file', container: 'compute', command: wrapped('cat', '/etc/shadow'), message: 'command' },
     { what: 'sh (no wrapper)', container: 'compute', command: ['sh'], message: 'wrapper' },
-    { what: 'virsh without the wrapper', container: 'compute', command: ['virsh', '-q', '-c', SESSION_URI, 'dumpxml', '--domain', domain], message: 'wrapper' },
-    { what: 'the wrapper with a changed script', container: 'compute', command: ['sh', '-c', `${KILL_ON_DISCONNECT_SCRIPT}\nid`, 'blockpull-exec', 'virsh', '-q', '-c', SESSION_URI, 'dumpxml', '--domain', domain], message: 'wrapper' },
+    {
+      what: 'virsh without the wrapper',
+      container: 'compute',
+      command: ['virsh', '-q', '-c', SESSION_URI, 'dumpxml', '--domain', domain],
+      message: 'wrapper',
+    },
+    {
+      what: 'the wrapper with a changed script',
+      container: 'compute',
+      command: [
+        'sh',
+        '-c',
+        `${KILL_ON_DISCONNECT_SCRIPT}\nid`,
+        'blockpull-exec',
+        'virsh',
+        '-q',
+        '-c',
+        SESSION_URI,
+        'dumpxml',
+        '--domain',
+        domain,
+      ],
+      message: 'wrapper',
+    },
     { what: 'the wrapper without a command', container: 'compute', command: wrapped(), message: 'wrapper' },
     { what: 'no command at all', container: 'compute', command: [], message: 'wrapper' },
-    { what: 'another container', container: 'volumerootdisk', command: wrapped('virsh', '-q', '-c', SESSION_URI, 'dumpxml', '--domain', domain), message: 'container' },
-    { what: 'no container named', container: '', command: wrapped('virsh', '-q', '-c', SESSION_URI, 'dumpxml', '--domain', domain), message: 'container' },
+    {
+      what: 'another container',
+      container: 'volumerootdisk',
+      command: wrapped('virsh', '-q', '-c', SESSION_URI, 'dumpxml', '--domain', domain),
+      message: 'container',
+    },
+    {
+      what: 'no container named',
+      container: '',
+      command: wrapped('virsh', '-q', '-c', SESSION_URI, 'dumpxml', '--domain', domain),
+      message: 'container',
+    },
   ];
 }
 
-const StatusBody = z.looseObject({ kind: z.literal('Status'), code: z.number().optional(), reason: z.string().optional(), message: z.string().optional() });
+const StatusBody = z.looseObject({
+  kind: z.literal('Status'),
+  code: z.number().optional(),
+  reason: z.string().optional(),
+  message: z.string().optional(),
+});
 
 export interface ExecAdmission {
   readonly status: number;
@@ -79,14 +160,28 @@ export interface ExecAdmission {
  * message); a request it admits fails later, with another status (the pod has no node, or the
  * kubelet wants an upgrade), and never runs a command.
  */
-export async function probeExec(kubeconfigPath: string, namespace: string, pod: string, c: ExecCase): Promise<ExecAdmission> {
+export async function probeExec(
+  kubeconfigPath: string,
+  namespace: string,
+  pod: string,
+  c: ExecCase,
+): Promise<ExecAdmission> {
   const kc = new KubeConfig();
   kc.loadFromFile(kubeconfigPath);
   const cluster = kc.getCurrentCluster();
   const token = kc.getCurrentUser()?.token;
   if (!cluster || token === undefined) throw new Error(`${kubeconfigPath}: no cluster or no token`);
-  const ca = cluster.caData !== undefined ? Buffer.from(cluster.caData, 'base64') : cluster.caFile !== undefined ? readFileSync(cluster.caFile) : undefined;
-  const params: [string, string][] = [['stdout', 'true'], ['stderr', 'true'], ...c.command.map((a): [string, string] => ['command', a])];
+  const ca =
+    cluster.caData !== undefined
+      ? Buffer.from(cluster.caData, 'base64')
+      : cluster.caFile !== undefined
+        ? readFileSync(cluster.caFile)
+        : undefined;
+  const params: [string, string][] = [
+    ['stdout', 'true'],
+    ['stderr', 'true'],
+    ...c.command.map((a): [string, string] => ['command', a]),
+  ];
   if (c.container !== '') params.push(['container', c.container]);
   const query = new URLSearchParams(params);
   const agent = new Agent({ connect: ca === undefined ? {} : { ca } });
@@ -113,5 +208,10 @@ export async function probeExec(kubeconfigPath: string, namespace: string, pod: 
 
 /** A 403 from the chart's policy with the given message. */
 export function isPolicyDenial(a: ExecAdmission, message: ExecPolicyMessage): boolean {
-  return a.status === 403 && a.reason === 'Forbidden' && a.message.includes('ValidatingAdmissionPolicy') && a.message.includes(EXEC_POLICY_MESSAGES[message]);
+  return (
+    a.status === 403 &&
+    a.reason === 'Forbidden' &&
+    a.message.includes('ValidatingAdmissionPolicy') &&
+    a.message.includes(EXEC_POLICY_MESSAGES[message])
+  );
 }

@@ -31,8 +31,14 @@ export interface GoTool {
 
 async function wrapperHash(tool: GoTool): Promise<string> {
   const h = createHash('sha256');
-  const files = (await readdir(tool.wrapperDir)).filter((f) => f === 'go.mod' || f === 'go.sum' || f.endsWith('.go')).sort();
-  for (const f of files) h.update(f).update('\0').update(await readFile(join(tool.wrapperDir, f))).update('\0');
+  const files = (await readdir(tool.wrapperDir))
+    .filter((f) => f === 'go.mod' || f === 'go.sum' || f.endsWith('.go'))
+    .sort();
+  for (const f of files)
+    h.update(f)
+      .update('\0')
+      .update(await readFile(join(tool.wrapperDir, f)))
+      .update('\0');
   h.update(JSON.stringify({ packages: tool.packages, ldflags: tool.ldflags ?? '', tags: tool.tags ?? [] }));
   return h.digest('hex');
 }
@@ -61,10 +67,14 @@ export async function ensureGoTool(tool: GoTool, options: { log?: (line: string)
       options.log?.(`building ${tool.name} ${tool.version} from the Go module proxy into ${dir}`);
       const res = await run(
         [
-          go, 'build', '-trimpath',
+          go,
+          'build',
+          '-trimpath',
           ...(tool.ldflags ? ['-ldflags', tool.ldflags] : []),
           ...(tool.tags?.length ? ['-tags', tool.tags.join(',')] : []),
-          '-o', `${tmp}/`, ...tool.packages,
+          '-o',
+          `${tmp}/`,
+          ...tool.packages,
         ],
         {
           allowExit: true,
@@ -75,7 +85,9 @@ export async function ensureGoTool(tool: GoTool, options: { log?: (line: string)
       );
       if (res.exitCode !== 0) {
         await rm(tmp, { recursive: true, force: true });
-        throw new Error(`go build ${tool.name} ${tool.version} failed (exit ${res.exitCode}):\n${res.stderr.slice(-8000)}`);
+        throw new Error(
+          `go build ${tool.name} ${tool.version} failed (exit ${res.exitCode}):\n${res.stderr.slice(-8000)}`,
+        );
       }
       await writeFile(join(tmp, 'build.json'), want);
       await rm(dir, { recursive: true, force: true });

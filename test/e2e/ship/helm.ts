@@ -19,7 +19,6 @@ export function helmPath(version = HELM_VERSION): string {
   return join(cacheRoot(), 'bin', `helm-${version}`, 'helm');
 }
 
-
 /**
  * The link flags of helm's own Makefile: its version, and the Kubernetes version `helm template`
  * and `helm lint` assume without a cluster (major = client-go major + 1, minor = client-go minor).
@@ -31,7 +30,8 @@ async function helmLdflags(): Promise<string> {
   const major = String(Number(m[1]) + 1);
   const minor = m[2];
   return [
-    '-s', '-w',
+    '-s',
+    '-w',
     `-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}`,
     `-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${major}`,
     `-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${minor}`,
@@ -55,36 +55,34 @@ export async function ensureHelm(options: { log?: (line: string) => void } = {})
   if (await ok()) return target;
   // A lock file beside the version's directory (not `<dir>.lock`: older runs used that name for a lock directory).
   await mkdir(dirname(dirname(target)), { recursive: true });
-  return withLock(`${dirname(target)}.build.lock`, async () => {
-    if (await ok()) return target;
-    const go = goBinary();
-    await mkdir(dirname(target), { recursive: true });
-    const tmp = `${target}.tmp-${process.pid}`;
-    const started = Date.now();
-    options.log?.(`building helm ${HELM_VERSION} from the Go module proxy into ${target}`);
-    const res = await run(
-      [
-        go, 'build', '-trimpath',
-        '-ldflags', ldflags,
-        '-o', tmp, 'helm.sh/helm/v3/cmd/helm',
-      ],
-      {
+  return withLock(
+    `${dirname(target)}.build.lock`,
+    async () => {
+      if (await ok()) return target;
+      const go = goBinary();
+      await mkdir(dirname(target), { recursive: true });
+      const tmp = `${target}.tmp-${process.pid}`;
+      const started = Date.now();
+      options.log?.(`building helm ${HELM_VERSION} from the Go module proxy into ${target}`);
+      const res = await run([go, 'build', '-trimpath', '-ldflags', ldflags, '-o', tmp, 'helm.sh/helm/v3/cmd/helm'], {
         allowExit: true,
         cwd: wrapperDir,
         env: { ...process.env, GOFLAGS: '-buildvcs=false -mod=readonly', GOTOOLCHAIN: 'local', CGO_ENABLED: '0' },
         timeoutMs: 30 * 60_000,
-      },
-    );
-    if (res.exitCode !== 0) {
-      await rm(tmp, { force: true });
-      throw new Error(`go build helm ${HELM_VERSION} failed (exit ${res.exitCode}):\n${res.stderr}`);
-    }
-    await rename(tmp, target);
-    await writeFile(stamp, JSON.stringify({ version: HELM_VERSION, ldflags }));
-    options.log?.(`built helm ${HELM_VERSION} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-    if (!(await ok())) throw new Error(`built ${target} but \`helm version --short\` does not report ${HELM_VERSION}`);
-    return target;
-  }, { timeoutMs: 30 * 60_000, onWait: (lock) => options.log?.(`waiting for another helm build (${lock})`) });
+      });
+      if (res.exitCode !== 0) {
+        await rm(tmp, { force: true });
+        throw new Error(`go build helm ${HELM_VERSION} failed (exit ${res.exitCode}):\n${res.stderr}`);
+      }
+      await rename(tmp, target);
+      await writeFile(stamp, JSON.stringify({ version: HELM_VERSION, ldflags }));
+      options.log?.(`built helm ${HELM_VERSION} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      if (!(await ok()))
+        throw new Error(`built ${target} but \`helm version --short\` does not report ${HELM_VERSION}`);
+      return target;
+    },
+    { timeoutMs: 30 * 60_000, onWait: (lock) => options.log?.(`waiting for another helm build (${lock})`) },
+  );
 }
 
 // `node test/e2e/ship/helm.ts` builds (or finds) helm and prints its path.

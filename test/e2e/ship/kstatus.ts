@@ -11,7 +11,10 @@ import { run } from '../support/process.ts';
 
 const wrapperDir = join(import.meta.dirname, 'kstatus-go');
 /** The cli-utils version pinned in kstatus-go/go.mod. */
-export const KSTATUS_VERSION = requiredVersion(readFileSync(join(wrapperDir, 'go.mod'), 'utf8'), 'sigs.k8s.io/cli-utils');
+export const KSTATUS_VERSION = requiredVersion(
+  readFileSync(join(wrapperDir, 'go.mod'), 'utf8'),
+  'sigs.k8s.io/cli-utils',
+);
 
 const tool: GoTool = {
   name: 'kstatus-check',
@@ -35,7 +38,8 @@ export async function kstatus(binary: string, objects: readonly unknown[]): Prom
   const r = await run([binary], { allowExit: true, input: JSON.stringify(objects), timeoutMs: 60_000 });
   if (r.exitCode !== 0) throw new Error(`kstatus-check exited ${r.exitCode}: ${r.stderr.slice(0, 4000)}`);
   const results = ResultSchema.parse(JSON.parse(r.stdout));
-  if (results.length !== objects.length) throw new Error(`kstatus-check returned ${results.length} results for ${objects.length} objects`);
+  if (results.length !== objects.length)
+    throw new Error(`kstatus-check returned ${results.length} results for ${objects.length} objects`);
   return results;
 }
 

@@ -15,7 +15,10 @@ import { freePorts } from '../support/ports.ts';
 
 const wrapperDir = join(import.meta.dirname, 'prometheus-go');
 /** The Go module version pinned in prometheus-go/go.mod, e.g. v0.316.0 (= Prometheus 3.16.0). */
-export const PROMETHEUS_MODULE_VERSION = requiredVersion(readFileSync(join(wrapperDir, 'go.mod'), 'utf8'), 'github.com/prometheus/prometheus');
+export const PROMETHEUS_MODULE_VERSION = requiredVersion(
+  readFileSync(join(wrapperDir, 'go.mod'), 'utf8'),
+  'github.com/prometheus/prometheus',
+);
 /** v0.316.0 -> 3.16.0 (the release the module version stands for). */
 export const PROMETHEUS_VERSION = ((): string => {
   const m = /^v0\.(\d+)(\d\d)\.(\d+)$/.exec(PROMETHEUS_MODULE_VERSION);
@@ -68,14 +71,29 @@ export async function operatorMetricNames(): Promise<Set<string>> {
 
 const QueryResponse = z.object({
   status: z.literal('success'),
-  data: z.object({ resultType: z.string(), result: z.array(z.object({ metric: z.record(z.string(), z.string()), value: z.tuple([z.number(), z.string()]).optional() })) }),
+  data: z.object({
+    resultType: z.string(),
+    result: z.array(
+      z.object({ metric: z.record(z.string(), z.string()), value: z.tuple([z.number(), z.string()]).optional() }),
+    ),
+  }),
 });
 export type Sample = z.infer<typeof QueryResponse>['data']['result'][number];
 
 const RulesResponse = z.object({
   data: z.object({
     groups: z.array(
-      z.object({ rules: z.array(z.object({ type: z.string(), name: z.string(), state: z.string().optional(), health: z.string(), lastError: z.string().optional() })) }),
+      z.object({
+        rules: z.array(
+          z.object({
+            type: z.string(),
+            name: z.string(),
+            state: z.string().optional(),
+            health: z.string(),
+            lastError: z.string().optional(),
+          }),
+        ),
+      }),
     ),
   }),
 });
@@ -123,7 +141,13 @@ export async function startPrometheus(o: {
   const logPath = join(o.dir, 'prometheus.log');
   const prometheus = await startDaemon(
     'prometheus',
-    [o.tools.prometheus, `--config.file=${config}`, `--storage.tsdb.path=${join(o.dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`, '--log.level=warn'],
+    [
+      o.tools.prometheus,
+      `--config.file=${config}`,
+      `--storage.tsdb.path=${join(o.dir, 'data')}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+      '--log.level=warn',
+    ],
     logPath,
     { marker: config },
   );
@@ -133,7 +157,10 @@ export async function startPrometheus(o: {
   const deadline = Date.now() + 60_000;
   for (;;) {
     if (!prometheus.isRunning()) throw new Error(`prometheus exited ${prometheus.child.exitCode}; log ${logPath}`);
-    const ok = await fetch(`${url}/-/ready`).then((r) => r.ok, () => false);
+    const ok = await fetch(`${url}/-/ready`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ok) break;
     if (Date.now() > deadline) {
       await stop();
@@ -151,7 +178,9 @@ export async function startPrometheus(o: {
       return QueryResponse.parse(body).data.result;
     },
     async labelValues(label, match) {
-      const r = await fetch(`${url}/api/v1/label/${encodeURIComponent(label)}/values?${new URLSearchParams({ 'match[]': match }).toString()}`);
+      const r = await fetch(
+        `${url}/api/v1/label/${encodeURIComponent(label)}/values?${new URLSearchParams({ 'match[]': match }).toString()}`,
+      );
       return z.object({ data: z.array(z.string()) }).parse(await r.json()).data;
     },
     async alertRules() {

@@ -21,7 +21,11 @@ describe('apiserver_request_total', () => {
   });
 
   it('diffs two scrapes, minus the caller’s own requests', () => {
-    const d = diffCounts(parseRequestTotals(sample(10, 3)), parseRequestTotals(sample(25, 9)), new Map([['GET blockpulls', 5]]));
+    const d = diffCounts(
+      parseRequestTotals(sample(10, 3)),
+      parseRequestTotals(sample(25, 9)),
+      new Map([['GET blockpulls', 5]]),
+    );
     expect(formatCounts(d)).toEqual(['GET blockpulls: 10', 'PATCH blockpulls/status: 6']);
     expect(total(d)).toBe(16);
     expect(total(d, (k) => k.startsWith('PATCH'))).toBe(6);

@@ -34,7 +34,8 @@ export async function ensureDebianPackages(packages: readonly string[]): Promise
   const installed = await Promise.all(packages.map(isDebianPackageInstalled));
   const missing = packages.filter((_, i) => !installed[i]);
   if (missing.length === 0) return;
-  if (process.getuid?.() !== 0) throw new Error(`Debian packages missing and not root to install them: ${missing.join(' ')}`);
+  if (process.getuid?.() !== 0)
+    throw new Error(`Debian packages missing and not root to install them: ${missing.join(' ')}`);
   const install = ['install', '-y', '-q', '--no-install-recommends', ...missing];
   try {
     await aptGet(install);

@@ -29,7 +29,16 @@ describe('withLock', () => {
     const waits: string[] = [];
     const [a, b] = await Promise.all([
       holder('a', 300),
-      sleep(50).then(() => withLock(lock, () => { events.push('b+', 'b-'); return Promise.resolve('b'); }, { onWait: (p) => waits.push(p) })),
+      sleep(50).then(() =>
+        withLock(
+          lock,
+          () => {
+            events.push('b+', 'b-');
+            return Promise.resolve('b');
+          },
+          { onWait: (p) => waits.push(p) },
+        ),
+      ),
     ]);
     expect([a, b]).toEqual(['a', 'b']);
     expect(events).toEqual(['a+', 'a-', 'b+', 'b-']);
@@ -53,7 +62,9 @@ describe('withLock', () => {
   it('waits while the recorded owner lives, then times out', async () => {
     const lock = path.join(dir, 'live.lock');
     await writeFile(lock, JSON.stringify({ pid: process.pid, start: processStartTime(process.pid) }));
-    await expect(withLock(lock, () => Promise.resolve('never'), { timeoutMs: 1500 })).rejects.toThrow(/timed out waiting for lock/);
+    await expect(withLock(lock, () => Promise.resolve('never'), { timeoutMs: 1500 })).rejects.toThrow(
+      /timed out waiting for lock/,
+    );
     expect(existsSync(lock)).toBe(true);
   });
 });

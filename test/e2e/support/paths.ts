@@ -8,7 +8,14 @@ export const NODE_BIN = path.join(REPO_ROOT, 'node_modules', '.bin', 'node');
 
 /** The Go toolchain: $BLOCKPULL_GO, else `go` on PATH, else /usr/local/go/bin/go. */
 export function goBinary(env: NodeJS.ProcessEnv = process.env): string {
-  const candidates = [env['BLOCKPULL_GO'], ...(env['PATH'] ?? '').split(':').filter(Boolean).map((d) => path.join(d, 'go')), '/usr/local/go/bin/go'];
+  const candidates = [
+    env['BLOCKPULL_GO'],
+    ...(env['PATH'] ?? '')
+      .split(':')
+      .filter(Boolean)
+      .map((d) => path.join(d, 'go')),
+    '/usr/local/go/bin/go',
+  ];
   for (const c of candidates) {
     if (!c) continue;
     try {

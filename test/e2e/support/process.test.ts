@@ -19,7 +19,11 @@ const alive = (pid: number): boolean => processStartTime(pid) !== undefined;
 
 describe('run', () => {
   it('returns output, passes input, and rejects a non-zero exit unless allowed', async () => {
-    expect(await run(['sh', '-c', 'cat; echo err >&2', 'x'], { input: 'in' })).toEqual({ exitCode: 0, stdout: 'in', stderr: 'err\n' });
+    expect(await run(['sh', '-c', 'cat; echo err >&2', 'x'], { input: 'in' })).toEqual({
+      exitCode: 0,
+      stdout: 'in',
+      stderr: 'err\n',
+    });
     const e = await run(['sh', '-c', 'echo oops >&2; exit 3']).catch((err: unknown) => err);
     expect(e).toBeInstanceOf(RunError);
     expect((e as RunError).result.exitCode).toBe(3);
@@ -31,14 +35,18 @@ describe('run', () => {
 
   it('a timeout kills the command and rejects, even with allowExit', async () => {
     const t0 = Date.now();
-    const e = (await run(['sleep', '30'], { timeoutMs: 200, allowExit: true }).catch((err: unknown) => err)) as RunError;
+    const e = (await run(['sleep', '30'], { timeoutMs: 200, allowExit: true }).catch(
+      (err: unknown) => err,
+    )) as RunError;
     expect(e).toBeInstanceOf(RunError);
     expect(e.timedOut).toBe(true);
     expect(Date.now() - t0).toBeLessThan(10_000);
   });
 
   it('output beyond maxOutput kills the command and rejects', async () => {
-    const e = (await run(['sh', '-c', 'yes | head -c 100000; sleep 30'], { maxOutput: 1000, allowExit: true }).catch((err: unknown) => err)) as RunError;
+    const e = (await run(['sh', '-c', 'yes | head -c 100000; sleep 30'], { maxOutput: 1000, allowExit: true }).catch(
+      (err: unknown) => err,
+    )) as RunError;
     expect(e.outputLimit).toBe(true);
     expect(e.result.stdout.length).toBeLessThanOrEqual(1000);
   });
@@ -52,8 +60,15 @@ describe('daemons', () => {
   it('stopDaemon signals the whole group and waits until every member is gone', async () => {
     const marker = path.join(dir, 'group');
     // The daemon forks a child that ignores SIGTERM: stop must wait for it and SIGKILL it.
-    const d = await startDaemon('sh', ['sh', '-c', `(trap '' TERM; sleep 60) & wait`, marker], path.join(dir, 'group.log'), { marker });
-    const child = await waitFor('the forked child', 5000, () => findProcesses(['sleep 60']).find((p) => readPgid(p.pid) === d.pid && p.pid !== d.pid));
+    const d = await startDaemon(
+      'sh',
+      ['sh', '-c', `(trap '' TERM; sleep 60) & wait`, marker],
+      path.join(dir, 'group.log'),
+      { marker },
+    );
+    const child = await waitFor('the forked child', 5000, () =>
+      findProcesses(['sleep 60']).find((p) => readPgid(p.pid) === d.pid && p.pid !== d.pid),
+    );
     expect(await stopDaemon(d.record, 300)).toBe(true);
     expect(alive(d.pid)).toBe(false);
     expect(alive(child.pid)).toBe(false);
@@ -62,7 +77,9 @@ describe('daemons', () => {
 
   it('never signals a process that is not the recorded one', async () => {
     const marker = path.join(dir, 'identity');
-    const daemon = await startDaemon('sh', ['sh', '-c', 'sleep 60', marker], path.join(dir, 'identity.log'), { marker });
+    const daemon = await startDaemon('sh', ['sh', '-c', 'sleep 60', marker], path.join(dir, 'identity.log'), {
+      marker,
+    });
     expect(isOurs(daemon.record)).toBe(true);
     expect(await stopDaemon({ ...daemon.record, start: '1' })).toBe(false); // reused pid: other start time
     expect(await stopDaemon({ ...daemon.record, marker: '/not/in/its/command/line' })).toBe(false);
@@ -76,7 +93,9 @@ describe('daemons', () => {
   it('crashDaemon kills the daemon alone; its group lives on', async () => {
     const marker = path.join(dir, 'crash');
     const d = await startDaemon('sh', ['sh', '-c', 'sleep 60 & wait', marker], path.join(dir, 'crash.log'), { marker });
-    const child = await waitFor('the forked child', 5000, () => findProcesses(['sleep 60']).find((p) => readPgid(p.pid) === d.pid && p.pid !== d.pid));
+    const child = await waitFor('the forked child', 5000, () =>
+      findProcesses(['sleep 60']).find((p) => readPgid(p.pid) === d.pid && p.pid !== d.pid),
+    );
     await crashDaemon(d.record);
     expect(alive(d.pid)).toBe(false);
     expect(alive(child.pid)).toBe(true);
@@ -86,7 +105,10 @@ describe('daemons', () => {
   it('writes the output to the log and passes it to onOutput', async () => {
     const marker = path.join(dir, 'output');
     const seen: string[] = [];
-    const d = await startDaemon('sh', ['sh', '-c', 'echo out; echo err >&2', marker], path.join(dir, 'output.log'), { marker, onOutput: (c) => seen.push(c) });
+    const d = await startDaemon('sh', ['sh', '-c', 'echo out; echo err >&2', marker], path.join(dir, 'output.log'), {
+      marker,
+      onOutput: (c) => seen.push(c),
+    });
     expect(await d.exited).toEqual({ code: 0, signal: null });
     expect(seen.join('')).toMatch(/out/);
     expect(seen.join('')).toMatch(/err/);

@@ -59,7 +59,11 @@ export class RunError extends Error {
   readonly result: RunResult;
   readonly timedOut: boolean;
   readonly outputLimit: boolean;
-  constructor(argv: readonly string[], result: RunResult, why: { timedOut?: boolean; outputLimit?: boolean; timeoutMs?: number } = {}) {
+  constructor(
+    argv: readonly string[],
+    result: RunResult,
+    why: { timedOut?: boolean; outputLimit?: boolean; timeoutMs?: number } = {},
+  ) {
     const what = why.timedOut
       ? `timed out after ${why.timeoutMs} ms`
       : why.outputLimit
@@ -162,7 +166,8 @@ export function run(argv: readonly string[], options: RunOptions = {}): Promise<
       const result: RunResult = {
         exitCode: code ?? (signal ? 128 + (constants.signals[signal] ?? 0) : 1),
         stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8') + (signal && !timedOut && !outputLimit ? `\n(killed by ${signal})` : ''),
+        stderr:
+          Buffer.concat(err).toString('utf8') + (signal && !timedOut && !outputLimit ? `\n(killed by ${signal})` : ''),
       };
       if (timedOut || outputLimit) reject(new RunError(argv, result, { timedOut, outputLimit, timeoutMs }));
       else if (!exitAllowed(result.exitCode, options.allowExit)) reject(new RunError(argv, result));
@@ -189,7 +194,9 @@ export type DaemonRecord = z.infer<typeof daemonRecord>;
 
 export function readCmdline(pid: number): string[] | undefined {
   try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((s) => s !== '');
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+      .split('\0')
+      .filter((s) => s !== '');
   } catch {
     return undefined;
   }
@@ -215,7 +222,9 @@ export function recordOf(pid: number, name: string, marker: string): DaemonRecor
 
 export function listPids(): number[] {
   try {
-    return readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number);
+    return readdirSync('/proc')
+      .filter((n) => /^\d+$/.test(n))
+      .map(Number);
   } catch {
     return [];
   }
@@ -262,11 +271,18 @@ export interface Daemon {
  * Starts argv in its own process group with stdout and stderr appended to logPath; resolves once
  * the process exists (rejects if it cannot be spawned, e.g. a missing binary).
  */
-export async function startDaemon(name: string, argv: readonly string[], logPath: string, options: DaemonOptions): Promise<Daemon> {
+export async function startDaemon(
+  name: string,
+  argv: readonly string[],
+  logPath: string,
+  options: DaemonOptions,
+): Promise<Daemon> {
   const [file, ...args] = argv;
   if (file === undefined) throw new Error(`${name}: empty argv`);
-  if (!argv.some((a) => a.includes(options.marker))) throw new Error(`${name}: marker ${options.marker} is not in its command line`);
-  if (options.onOutput && options.keepRunning) throw new Error(`${name}: onOutput needs the output piped through this process: not with keepRunning`);
+  if (!argv.some((a) => a.includes(options.marker)))
+    throw new Error(`${name}: marker ${options.marker} is not in its command line`);
+  if (options.onOutput && options.keepRunning)
+    throw new Error(`${name}: onOutput needs the output piped through this process: not with keepRunning`);
   const fd = openSync(logPath, 'a');
   let child: ChildProcess;
   try {
@@ -383,7 +399,11 @@ export function killDaemonNow(rec: DaemonRecord): void {
  * or with term: 'leader' to the daemon alone, as a kubelet stops a container (the product under
  * test shuts its own children down). Returns false if it was not running (or not ours any more).
  */
-export async function stopDaemon(rec: DaemonRecord, graceMs = 10_000, term: 'group' | 'leader' = 'group'): Promise<boolean> {
+export async function stopDaemon(
+  rec: DaemonRecord,
+  graceMs = 10_000,
+  term: 'group' | 'leader' = 'group',
+): Promise<boolean> {
   if (!isOurs(rec)) return false; // gone, or the pid now belongs to someone else: never signal that
   const alive = (): boolean => isOurs(rec) || groupAlive(rec.pid);
   if (graceMs > 0) {
@@ -410,7 +430,10 @@ export async function stopDaemon(rec: DaemonRecord, graceMs = 10_000, term: 'gro
  * or run dir: every daemon's flags name it), optionally only those whose program's basename is in
  * `programs`. For cleanup checks and sweeps; stop one with stopDaemon(recordOf(...)).
  */
-export function findProcesses(needles: readonly string[], programs?: readonly string[]): { pid: number; cmdline: string[] }[] {
+export function findProcesses(
+  needles: readonly string[],
+  programs?: readonly string[],
+): { pid: number; cmdline: string[] }[] {
   const found: { pid: number; cmdline: string[] }[] = [];
   for (const pid of listPids()) {
     if (pid === process.pid) continue;

@@ -55,7 +55,8 @@ export function tcpConnectionsTo(remotePort: number, pid: number | 'self' = 'sel
     } catch {
       continue;
     }
-    for (const e of parseProcNetTcp(text)) if (e.state === '01' && e.remotePort === remotePort && mine.has(e.inode)) n++;
+    for (const e of parseProcNetTcp(text))
+      if (e.state === '01' && e.remotePort === remotePort && mine.has(e.inode)) n++;
   }
   return n;
 }

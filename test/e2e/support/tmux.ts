@@ -31,7 +31,11 @@ export interface TerminalOptions {
 
 export async function startTerminal(o: TerminalOptions): Promise<Terminal> {
   const tmux = (args: readonly string[]): Promise<string> =>
-    run(['/usr/bin/tmux', '-L', o.name, '-f', '/dev/null', ...args], { env: o.env, timeoutMs: 10_000, ...(o.cwd !== undefined ? { cwd: o.cwd } : {}) }).then((r) => r.stdout);
+    run(['/usr/bin/tmux', '-L', o.name, '-f', '/dev/null', ...args], {
+      env: o.env,
+      timeoutMs: 10_000,
+      ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
+    }).then((r) => r.stdout);
   const argv = o.argv ?? ['/bin/bash', '--noprofile', '--norc', '-i'];
   await tmux(['new-session', '-d', '-s', 'main', '-x', String(o.width), '-y', String(o.height), ...argv]);
   // The window keeps its size whatever client attaches (none does).

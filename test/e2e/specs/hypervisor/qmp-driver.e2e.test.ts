@@ -25,7 +25,6 @@ async function expectCode(p: Promise<unknown>, code: HypervisorErrorCode): Promi
   expect((err as HypervisorError).code, (err as Error).message).toBe(code);
 }
 
-
 describe('QMP driver on a standalone QEMU', () => {
   let q: StandaloneQemu;
   let driver: QmpDriver;
@@ -61,7 +60,11 @@ describe('QMP driver on a standalone QEMU', () => {
   it('reads the chain from query-block and finds disks by name (ua-<name>) or target', async () => {
     const d = disk('full');
     const info = await driver.getDisk(DOMAIN, { name: 'full' });
-    expect(info).toEqual({ target: d.target, alias: 'ua-full', chain: d.chain.map((path, position) => ({ position, path, format: 'qcow2' })) });
+    expect(info).toEqual({
+      target: d.target,
+      alias: 'ua-full',
+      chain: d.chain.map((path, position) => ({ position, path, format: 'qcow2' })),
+    });
     expect(await driver.getDisk(DOMAIN, { target: d.target })).toEqual(info);
     expect(await driver.getJob(DOMAIN, d.target)).toBeNull();
     await expectCode(driver.getDisk(DOMAIN, { name: 'missing' }), 'DiskNotFound');
@@ -79,17 +82,28 @@ describe('QMP driver on a standalone QEMU', () => {
     try {
       await driver.startPull(DOMAIN, d.target, { bandwidth: 24 * MiB });
       await expectCode(driver.startPull(DOMAIN, d.target, {}), 'DiskBusy');
-      const result = await waitForPullCompletion(driver, DOMAIN, goal, { pollIntervalMs: 200, timeoutMs: 60_000, onProgress: (j) => progress.push(j) });
+      const result = await waitForPullCompletion(driver, DOMAIN, goal, {
+        pollIntervalMs: 200,
+        timeoutMs: 60_000,
+        onProgress: (j) => progress.push(j),
+      });
       expect(result.disk.chain.map((c) => c.path)).toEqual([d.chain[0]]);
       await waitFor('completion event', 5000, () => Promise.resolve(events.some((e) => e.kind === 'completed')), 50);
     } finally {
       sub.stop();
     }
-    expect(events.find((e) => e.kind === 'completed')).toEqual({ domain: DOMAIN, target: d.target, kind: 'completed', jobType: 'Block Pull' });
+    expect(events.find((e) => e.kind === 'completed')).toEqual({
+      domain: DOMAIN,
+      target: d.target,
+      kind: 'completed',
+      jobType: 'Block Pull',
+    });
     const curs = progress.map((p) => p.cur);
     expect(curs.length).toBeGreaterThanOrEqual(3);
     expect(curs.at(-1) ?? 0).toBeGreaterThan(curs[0] ?? 0);
-    expect(progress.every((p) => p.type === 'Block Pull' && p.end === d.sizeBytes && p.bandwidth === 24 * MiB)).toBe(true);
+    expect(progress.every((p) => p.type === 'Block Pull' && p.end === d.sizeBytes && p.bandwidth === 24 * MiB)).toBe(
+      true,
+    );
     expect(await compare('full', ref)).toBe(true);
   });
 
@@ -109,7 +123,12 @@ describe('QMP driver on a standalone QEMU', () => {
     const ref = await q.reference('pause');
     const goal = computeGoal(await driver.getDisk(DOMAIN, { name: 'pause' }));
     await driver.startPull(DOMAIN, d.target, { bandwidth: 8 * MiB });
-    await waitFor('2 MiB streamed', 20_000, async () => ((await driver.getJob(DOMAIN, d.target))?.cur ?? 0) >= 2 * MiB, 50);
+    await waitFor(
+      '2 MiB streamed',
+      20_000,
+      async () => ((await driver.getJob(DOMAIN, d.target))?.cur ?? 0) >= 2 * MiB,
+      50,
+    );
 
     await driver.pause(DOMAIN, d.target);
     await waitFor('job paused', 5000, async () => (await driver.getJob(DOMAIN, d.target))?.paused === true, 50);
@@ -118,7 +137,12 @@ describe('QMP driver on a standalone QEMU', () => {
     const p2 = await driver.getJob(DOMAIN, d.target);
     expect(p2?.cur).toBe(p1?.cur); // no progress while paused
     await driver.resume(DOMAIN, d.target);
-    await waitFor('progress after resume', 10_000, async () => ((await driver.getJob(DOMAIN, d.target))?.cur ?? 0) > (p2?.cur ?? 0), 50);
+    await waitFor(
+      'progress after resume',
+      10_000,
+      async () => ((await driver.getJob(DOMAIN, d.target))?.cur ?? 0) > (p2?.cur ?? 0),
+      50,
+    );
     expect((await driver.getJob(DOMAIN, d.target))?.paused).toBe(false);
 
     const events: BlockJobEvent[] = [];
@@ -126,7 +150,12 @@ describe('QMP driver on a standalone QEMU', () => {
     try {
       await driver.abort(DOMAIN, d.target);
       await waitFor('job gone after cancel', 20_000, async () => (await driver.getJob(DOMAIN, d.target)) === null, 50);
-      await waitFor('cancel event', 5000, () => Promise.resolve(events.some((e) => e.kind === 'canceled' && e.target === d.target)), 50);
+      await waitFor(
+        'cancel event',
+        5000,
+        () => Promise.resolve(events.some((e) => e.kind === 'canceled' && e.target === d.target)),
+        50,
+      );
     } finally {
       sub.stop();
     }

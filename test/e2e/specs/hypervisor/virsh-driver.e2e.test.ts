@@ -31,7 +31,6 @@ function running(pid: number): boolean {
 /** QEMU's rate limiter lets one 100 ms slice through before it throttles. */
 const RATELIMIT_SLICE_S = 0.1;
 
-
 async function expectCode(p: Promise<unknown>, code: HypervisorErrorCode): Promise<HypervisorError> {
   const err = await p.then(
     () => undefined,
@@ -41,7 +40,6 @@ async function expectCode(p: Promise<unknown>, code: HypervisorErrorCode): Promi
   expect((err as HypervisorError).code, (err as Error).message).toBe(code);
   return err as HypervisorError;
 }
-
 
 describe('virsh driver on a real libvirt session daemon', () => {
   let l: Launcher;
@@ -104,10 +102,19 @@ describe('virsh driver on a real libvirt session daemon', () => {
       const running = await driver.getJob(l.domain, d.target);
       expect(running?.type).toBe('Block Pull');
       expect(isPullComplete(running, before, goal)).toBe(false);
-      const result = await waitForPullCompletion(driver, l.domain, goal, { pollIntervalMs: 200, timeoutMs: 60_000, onProgress: (j) => progress.push(j) });
+      const result = await waitForPullCompletion(driver, l.domain, goal, {
+        pollIntervalMs: 200,
+        timeoutMs: 60_000,
+        onProgress: (j) => progress.push(j),
+      });
       expect(result.disk.chain).toHaveLength(1);
       expect(result.disk.chain[0]?.path).toBe(d.chain[0]);
-      await waitFor('completion event', 5000, () => Promise.resolve(events.some((e) => e.target === d.target && e.kind === 'completed')), 100);
+      await waitFor(
+        'completion event',
+        5000,
+        () => Promise.resolve(events.some((e) => e.target === d.target && e.kind === 'completed')),
+        100,
+      );
     } finally {
       sub.stop();
     }
@@ -116,7 +123,11 @@ describe('virsh driver on a real libvirt session daemon', () => {
     expect(curs.every((c, i) => i === 0 || c >= (curs[i - 1] ?? 0))).toBe(true);
     expect(curs.at(-1) ?? 0).toBeGreaterThan(curs[0] ?? 0);
     expect(progress.every((p) => p.end === d.sizeBytes && p.bandwidth === 24 * MiB)).toBe(true);
-    expect(events.find((e) => e.target === d.target)).toMatchObject({ domain: l.domain, kind: 'completed', jobType: 'Block Pull' });
+    expect(events.find((e) => e.target === d.target)).toMatchObject({
+      domain: l.domain,
+      kind: 'completed',
+      jobType: 'Block Pull',
+    });
     expect(await driver.getJob(l.domain, d.target)).toBeNull();
     expect(isPullComplete(null, await driver.getDisk(l.domain, { name: 'full' }), goal)).toBe(true);
     expect(await l.compare('full', ref)).toBe(true);
@@ -151,7 +162,9 @@ describe('virsh driver on a real libvirt session daemon', () => {
     await waitForPullCompletion(driver, l.domain, goal, { pollIntervalMs: 50, timeoutMs: 60_000 });
     const elapsedS = (performance.now() - t0) / 1000;
     const minS = d.pullBytes / limit - RATELIMIT_SLICE_S;
-    console.log(`throttled pull: ${d.pullBytes / MiB} MiB at ${limit / MiB} MiB/s took ${elapsedS.toFixed(2)} s (lower bound ${minS.toFixed(2)} s)`);
+    console.log(
+      `throttled pull: ${d.pullBytes / MiB} MiB at ${limit / MiB} MiB/s took ${elapsedS.toFixed(2)} s (lower bound ${minS.toFixed(2)} s)`,
+    );
     expect(d.pullBytes).toBeGreaterThanOrEqual(30 * MiB);
     expect(elapsedS).toBeGreaterThanOrEqual(minS);
     expect(await l.compare('bw', ref)).toBe(true);
@@ -180,7 +193,9 @@ describe('virsh driver on a real libvirt session daemon', () => {
     await waitForPullCompletion(driver, l.domain, goal, { pollIntervalMs: 50, timeoutMs: 60_000 });
     const afterChangeS = (performance.now() - t1) / 1000;
     const remainingAtSlowS = (d.sizeBytes - cur1) / slow;
-    console.log(`bandwidth change: ${(cur1 / MiB).toFixed(1)} MiB at ${slow / MiB} MiB/s, rest took ${afterChangeS.toFixed(2)} s (would be ${remainingAtSlowS.toFixed(1)} s at the old limit)`);
+    console.log(
+      `bandwidth change: ${(cur1 / MiB).toFixed(1)} MiB at ${slow / MiB} MiB/s, rest took ${afterChangeS.toFixed(2)} s (would be ${remainingAtSlowS.toFixed(1)} s at the old limit)`,
+    );
     expect(afterChangeS).toBeLessThan(remainingAtSlowS / 2);
     expect(await l.compare('bwchange', ref)).toBe(true);
   });
@@ -197,7 +212,12 @@ describe('virsh driver on a real libvirt session daemon', () => {
       () => 'completed',
       (e: unknown) => e,
     );
-    await waitFor('8 MiB streamed', 20_000, async () => ((await driver.getJob(l.domain, d.target))?.cur ?? 0) >= 8 * MiB, 100);
+    await waitFor(
+      '8 MiB streamed',
+      20_000,
+      async () => ((await driver.getJob(l.domain, d.target))?.cur ?? 0) >= 8 * MiB,
+      100,
+    );
     await driver.abort(l.domain, d.target);
     await waitFor('job gone after abort', 20_000, async () => (await driver.getJob(l.domain, d.target)) === null, 100);
     const outcome = await waiterOutcome;
@@ -221,7 +241,12 @@ describe('virsh driver on a real libvirt session daemon', () => {
     const ref = await l.reference('guest');
     const goal = computeGoal(await driver.getDisk(l.domain, { name: 'guest' }));
     await driver.startPull(l.domain, d.target, { bandwidth: 16 * MiB });
-    await waitFor('4 MiB streamed', 20_000, async () => ((await driver.getJob(l.domain, d.target))?.cur ?? 0) >= 4 * MiB, 100);
+    await waitFor(
+      '4 MiB streamed',
+      20_000,
+      async () => ((await driver.getJob(l.domain, d.target))?.cur ?? 0) >= 4 * MiB,
+      100,
+    );
     const writes = [
       { offset: 2 * MiB, length: MiB, pattern: 0x77 }, // already streamed
       { offset: 40 * MiB + 4096, length: 256 * 1024, pattern: 0x78 }, // not yet streamed, unaligned
@@ -271,12 +296,24 @@ describe('virsh driver across a libvirt daemon restart', () => {
 
   it('the daemon is killed and restarted mid-job: the driver then reports the running job and its completion', async () => {
     const registryDir = await mkdtemp(path.join(tmpdir(), 'bp-registry-'));
-    l = await startLauncher({ namespace: 'hv', vmiName: 'vm-restart', podName: 'virt-launcher-vm-restart-abcde', registryDir, disks: [{ name: 'root', layers: 3, sizeMiB: 64, allocatedMiB: 48 }] });
+    l = await startLauncher({
+      namespace: 'hv',
+      vmiName: 'vm-restart',
+      podName: 'virt-launcher-vm-restart-abcde',
+      registryDir,
+      disks: [{ name: 'root', layers: 3, sizeMiB: 64, allocatedMiB: 48 }],
+    });
     const launcher = l;
     // Registered for the operator's local transport.
     const regPath = path.join(registryDir, 'hv.virt-launcher-vm-restart-abcde.json');
     expect(launcher.registrationPath).toBe(regPath);
-    expect(JSON.parse(await readFile(regPath, 'utf8'))).toMatchObject({ namespace: 'hv', pod: 'virt-launcher-vm-restart-abcde', uri: launcher.uri, uid: launcher.uid, gid: launcher.gid });
+    expect(JSON.parse(await readFile(regPath, 'utf8'))).toMatchObject({
+      namespace: 'hv',
+      pod: 'virt-launcher-vm-restart-abcde',
+      uri: launcher.uri,
+      uid: launcher.uid,
+      gid: launcher.gid,
+    });
     const driver = new VirshDriver(launcher.runner, launcher.uri, { timeoutMs: 10_000 });
     const d = launcher.disks[0];
     if (d === undefined) throw new Error('no disk');
@@ -284,10 +321,19 @@ describe('virsh driver across a libvirt daemon restart', () => {
     const goal = computeGoal(await driver.getDisk(launcher.domain, { name: 'root' }));
     await driver.startPull(launcher.domain, d.target, { bandwidth: 8 * MiB });
     // The waiter runs across the outage: events stream restarts, polling tolerates Unreachable.
-    const waiter = waitForPullCompletion(driver, launcher.domain, goal, { pollIntervalMs: 200, timeoutMs: 90_000, unreachableGraceMs: 60_000 });
+    const waiter = waitForPullCompletion(driver, launcher.domain, goal, {
+      pollIntervalMs: 200,
+      timeoutMs: 90_000,
+      unreachableGraceMs: 60_000,
+    });
     const events: BlockJobEvent[] = [];
     const sub = driver.watchEvents(launcher.domain, (e) => events.push(e));
-    await waitFor('4 MiB streamed', 20_000, async () => ((await driver.getJob(launcher.domain, d.target))?.cur ?? 0) >= 4 * MiB, 100);
+    await waitFor(
+      '4 MiB streamed',
+      20_000,
+      async () => ((await driver.getJob(launcher.domain, d.target))?.cur ?? 0) >= 4 * MiB,
+      100,
+    );
     const beforeKill = await driver.getJob(launcher.domain, d.target);
 
     await launcher.killDaemon();
@@ -305,17 +351,28 @@ describe('virsh driver across a libvirt daemon restart', () => {
       // Finished while the daemon was down: then the chain must already be at the goal.
       expect(isPullComplete(null, await driver.getDisk(launcher.domain, { name: 'root' }), goal)).toBe(true);
     }
-    console.log(`after restart: ${afterRestart === null ? 'job already complete' : `job running, cur ${afterRestart.cur} (before kill ${beforeKill?.cur})`}`);
+    console.log(
+      `after restart: ${afterRestart === null ? 'job already complete' : `job running, cur ${afterRestart.cur} (before kill ${beforeKill?.cur})`}`,
+    );
     const result = await waiter;
     expect(result.disk.chain.map((c) => c.path)).toEqual([d.chain[0]]);
     expect(await driver.getJob(launcher.domain, d.target)).toBeNull();
     // The event subscription survived the outage (stream restarted, polling meanwhile).
-    await waitFor('completion event after the restart', 10_000, () => Promise.resolve(events.some((e) => e.target === d.target && e.kind === 'completed')), 100);
+    await waitFor(
+      'completion event after the restart',
+      10_000,
+      () => Promise.resolve(events.some((e) => e.target === d.target && e.kind === 'completed')),
+      100,
+    );
     sub.stop();
     expect(await launcher.compare('root', ref)).toBe(true);
 
     // stop() removes everything it started: QEMU, the daemon, the directories, the registration.
-    const qemuPid = Number((await readFile(path.join(launcher.dir, 'run', 'libvirt', 'qemu', 'run', `${launcher.domain}.pid`), 'utf8')).trim());
+    const qemuPid = Number(
+      (
+        await readFile(path.join(launcher.dir, 'run', 'libvirt', 'qemu', 'run', `${launcher.domain}.pid`), 'utf8')
+      ).trim(),
+    );
     expect(running(qemuPid)).toBe(true);
     await launcher.stop();
     l = undefined;

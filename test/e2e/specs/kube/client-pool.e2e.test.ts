@@ -7,7 +7,12 @@
  */
 import { KubeConfig, makeInformer, type V1ConfigMap } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createKubeClients, getCustomObject, loadKubeConfig, type KubeClients } from '../../../../operator/src/kube/client.ts';
+import {
+  createKubeClients,
+  getCustomObject,
+  loadKubeConfig,
+  type KubeClients,
+} from '../../../../operator/src/kube/client.ts';
 import { BLOCKPULL_REF } from '../../../../operator/src/api/types.ts';
 import { tcpConnectionsTo } from '../../support/sockets.ts';
 
@@ -49,7 +54,9 @@ describe('one keep-alive connection pool against kube-apiserver', () => {
     const clients = createKubeClients(kc);
     await gets(clients, 8);
     const base = tcpConnectionsTo(apiPort);
-    informer = makeInformer<V1ConfigMap>(kc, `/api/v1/namespaces/${NS}/configmaps`, () => clients.core.listNamespacedConfigMap({ namespace: NS }));
+    informer = makeInformer<V1ConfigMap>(kc, `/api/v1/namespaces/${NS}/configmaps`, () =>
+      clients.core.listNamespacedConfigMap({ namespace: NS }),
+    );
     await informer.start();
     await gets(clients, 100);
     // The watch is live: it delivers a ConfigMap created now.
@@ -59,7 +66,9 @@ describe('one keep-alive connection pool against kube-apiserver', () => {
     await seen;
     await clients.core.deleteNamespacedConfigMap({ namespace: NS, name });
     const withWatch = tcpConnectionsTo(apiPort);
-    process.stdout.write(`connections with a watch open: ${base} before, ${withWatch} after the watch + 102 requests\n`);
+    process.stdout.write(
+      `connections with a watch open: ${base} before, ${withWatch} after the watch + 102 requests\n`,
+    );
     expect(base).toBeLessThanOrEqual(2);
     // kube-apiserver and undici 8 agree on HTTP/2 (ALPN), so the watch is one more stream on the
     // pool's connection; over HTTP/1.1 it would hold a connection of its own (then 3).
@@ -77,12 +86,13 @@ describe('one keep-alive connection pool against kube-apiserver', () => {
     const before = tcpConnectionsTo(apiPort);
     await gets(createKubeClients(stockKc), 40);
     const stockConns = tcpConnectionsTo(apiPort) - before;
-    process.stdout.write(`connections to kube-apiserver :${apiPort}: operator clients ${pooledConns} after 200 GETs; client-node 2.0.x alone ${stockConns} after 40 GETs\n`);
+    process.stdout.write(
+      `connections to kube-apiserver :${apiPort}: operator clients ${pooledConns} after 200 GETs; client-node 2.0.x alone ${stockConns} after 40 GETs\n`,
+    );
 
     expect(pooledConns).toBeLessThanOrEqual(2);
     expect(tcpConnectionsTo(apiPort) - stockConns).toBeLessThanOrEqual(3); // pool + the watch, nothing else
     // Not a requirement on us: shows why the pool exists (undici keeps each stray socket ~4 s).
     expect(stockConns).toBeGreaterThan(20);
   });
-
 });

@@ -75,7 +75,9 @@ beforeAll(async () => {
 afterAll(async () => {
   if (kubectl === undefined) return;
   await kubectl.kubectl(['delete', '-n', ns, 'gadgets', '--all', '--wait=false']).catch(() => undefined);
-  await kubectl.kubectl(['delete', `crd/gadgets.${group}`, '--ignore-not-found', '--wait=false']).catch(() => undefined);
+  await kubectl
+    .kubectl(['delete', `crd/gadgets.${group}`, '--ignore-not-found', '--wait=false'])
+    .catch(() => undefined);
   await clients.core.deleteNamespace({ name: ns }).catch(() => undefined);
 });
 
@@ -84,7 +86,16 @@ describe('kube client helpers (real API server)', () => {
     expect(await getCustomObject(clients, ref, ns, 'g1')).toBeUndefined();
     for (let i = 0; ; i++) {
       try {
-        await clients.custom.createNamespacedCustomObject({ ...ref, namespace: ns, body: { apiVersion: `${group}/v1`, kind: 'Gadget', metadata: { name: 'g1' }, spec: { size: 1, color: 'red' } } });
+        await clients.custom.createNamespacedCustomObject({
+          ...ref,
+          namespace: ns,
+          body: {
+            apiVersion: `${group}/v1`,
+            kind: 'Gadget',
+            metadata: { name: 'g1' },
+            spec: { size: 1, color: 'red' },
+          },
+        });
         break;
       } catch (err) {
         if (i > 50) throw err;
@@ -100,7 +111,10 @@ describe('kube client helpers (real API server)', () => {
     expect(g1.metadata.generation).toBe(2);
 
     // A stale resourceVersion is a 409 conflict
-    const stale = await mergePatchCustomObject(clients, ref, ns, 'g1', { metadata: { resourceVersion: g0.metadata.resourceVersion }, spec: { size: 3 } }).catch((e: unknown) => e);
+    const stale = await mergePatchCustomObject(clients, ref, ns, 'g1', {
+      metadata: { resourceVersion: g0.metadata.resourceVersion },
+      spec: { size: 3 },
+    }).catch((e: unknown) => e);
     expect(isConflict(stale)).toBe(true);
     expect(describeApiError(stale)).toMatch(/^HTTP 409 Conflict: .*the object has been modified/);
 
@@ -108,19 +122,29 @@ describe('kube client helpers (real API server)', () => {
     // spec in a status patch is ignored, and a status write does not bump the generation
     await mergePatchCustomObject(clients, ref, ns, 'g1', { status: { phase: 'Sneaky' } });
     expect(((await getCustomObject(clients, ref, ns, 'g1')) as Gadget).status).toBeUndefined();
-    const s1 = (await mergePatchCustomObjectStatus(clients, ref, ns, 'g1', { status: { phase: 'Running', progress: 10 }, spec: { size: 99 } })) as Gadget;
+    const s1 = (await mergePatchCustomObjectStatus(clients, ref, ns, 'g1', {
+      status: { phase: 'Running', progress: 10 },
+      spec: { size: 99 },
+    })) as Gadget;
     expect(s1.status).toEqual({ phase: 'Running', progress: 10 });
     expect(s1.spec?.size).toBe(2);
     expect(s1.metadata.generation).toBe(2);
     const s2 = (await mergePatchCustomObjectStatus(clients, ref, ns, 'g1', { status: { progress: null } })) as Gadget;
     expect(s2.status).toEqual({ phase: 'Running' }); // null deletes a field
-    const staleStatus = await mergePatchCustomObjectStatus(clients, ref, ns, 'g1', { metadata: { resourceVersion: g1.metadata.resourceVersion }, status: { phase: 'Completed' } }).catch((e: unknown) => e);
+    const staleStatus = await mergePatchCustomObjectStatus(clients, ref, ns, 'g1', {
+      metadata: { resourceVersion: g1.metadata.resourceVersion },
+      status: { phase: 'Completed' },
+    }).catch((e: unknown) => e);
     expect(isConflict(staleStatus)).toBe(true);
 
     // Finalizers are replaced under the resourceVersion we read
-    const f1 = (await setFinalizers(clients, ref, ns, 'g1', s2.metadata.resourceVersion, ['blockpull.dev/abort-job'])) as Gadget;
+    const f1 = (await setFinalizers(clients, ref, ns, 'g1', s2.metadata.resourceVersion, [
+      'blockpull.dev/abort-job',
+    ])) as Gadget;
     expect(f1.metadata.finalizers).toEqual(['blockpull.dev/abort-job']);
-    expect(isConflict(await setFinalizers(clients, ref, ns, 'g1', s2.metadata.resourceVersion, []).catch((e: unknown) => e))).toBe(true);
+    expect(
+      isConflict(await setFinalizers(clients, ref, ns, 'g1', s2.metadata.resourceVersion, []).catch((e: unknown) => e)),
+    ).toBe(true);
     await clients.custom.deleteNamespacedCustomObject({ ...ref, namespace: ns, name: 'g1' });
     expect(((await getCustomObject(clients, ref, ns, 'g1')) as Gadget | undefined)?.metadata.name).toBe('g1'); // held by the finalizer
     await setFinalizers(clients, ref, ns, 'g1', f1.metadata.resourceVersion, []).catch(async (e: unknown) => {
@@ -128,9 +152,12 @@ describe('kube client helpers (real API server)', () => {
       const cur = (await getCustomObject(clients, ref, ns, 'g1')) as Gadget;
       await setFinalizers(clients, ref, ns, 'g1', cur.metadata.resourceVersion, []);
     });
-    for (let i = 0; i < 50 && (await getCustomObject(clients, ref, ns, 'g1')) !== undefined; i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 50 && (await getCustomObject(clients, ref, ns, 'g1')) !== undefined; i++)
+      await new Promise((r) => setTimeout(r, 100));
     expect(await getCustomObject(clients, ref, ns, 'g1')).toBeUndefined();
-    expect(isNotFound(await mergePatchCustomObject(clients, ref, ns, 'g1', { spec: { size: 1 } }).catch((e: unknown) => e))).toBe(true);
+    expect(
+      isNotFound(await mergePatchCustomObject(clients, ref, ns, 'g1', { spec: { size: 1 } }).catch((e: unknown) => e)),
+    ).toBe(true);
   });
 
   it('withTimeout aborts a request that takes too long', async () => {

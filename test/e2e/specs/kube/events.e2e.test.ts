@@ -18,7 +18,10 @@ let subject: InvolvedObject;
 beforeAll(async () => {
   clients = createKubeClients(loadKubeConfig(inject('kubeconfigPath')));
   await clients.core.createNamespace({ body: { metadata: { name: ns } } });
-  const cm = await clients.core.createNamespacedConfigMap({ namespace: ns, body: { metadata: { name: 'subject' }, data: { a: 'b' } } });
+  const cm = await clients.core.createNamespacedConfigMap({
+    namespace: ns,
+    body: { metadata: { name: 'subject' }, data: { a: 'b' } },
+  });
   subject = { apiVersion: 'v1', kind: 'ConfigMap', namespace: ns, name: 'subject', uid: cm.metadata?.uid as string };
 });
 
@@ -66,7 +69,16 @@ describe('EventRecorder (real API server)', () => {
 
     // kubectl (core/v1 view) shows it, with the count
     const kubectl = clusterClient(inject('kubeconfigPath'), inject('kubectlPath'));
-    const out = await kubectl.kubectl(['get', 'events', '-n', ns, '--field-selector', `involvedObject.uid=${subject.uid}`, '-o', 'json']);
+    const out = await kubectl.kubectl([
+      'get',
+      'events',
+      '-n',
+      ns,
+      '--field-selector',
+      `involvedObject.uid=${subject.uid}`,
+      '-o',
+      'json',
+    ]);
     const core = JSON.parse(out) as { items: { reason: string; count?: number; series?: { count: number } }[] };
     expect(core.items.map((e) => e.reason).sort()).toEqual(['DiskBusy', 'PullStarted']);
     expect(core.items.find((e) => e.reason === 'DiskBusy')?.series?.count).toBe(3);
@@ -82,7 +94,9 @@ describe('EventRecorder (real API server)', () => {
     expect(again).toHaveLength(1);
     expect(again[0]?.metadata?.name).not.toBe(first?.metadata?.name);
     // An object in a namespace that does not exist: the write fails, the promise still resolves
-    await expect(rec.normal({ ...subject, namespace: 'no-such-namespace-x' }, 'X', 'None', 'y')).resolves.toBeUndefined();
+    await expect(
+      rec.normal({ ...subject, namespace: 'no-such-namespace-x' }, 'X', 'None', 'y'),
+    ).resolves.toBeUndefined();
     // Long notes are cut to the API's 1 kB limit instead of being rejected
     await rec.normal(subject, 'LongNote', 'None', 'x'.repeat(5000));
     const long = (await eventsAbout(subject.uid)).find((e) => e.reason === 'LongNote');

@@ -32,7 +32,12 @@ beforeAll(async () => {
   cp = await startControlPlane({ stateDir: STATE_DIR, extraApiserverArgs: nodeApiserverArgs(STATE_DIR) });
   node = await startNode(cp, { images: [image] });
   await cp.kubectl(['create', 'namespace', NS]);
-  await waitFor('default service account', 60_000, async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0, 500);
+  await waitFor(
+    'default service account',
+    60_000,
+    async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0,
+    500,
+  );
   const pod = {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -40,11 +45,20 @@ beforeAll(async () => {
     spec: {
       nodeName: node.name,
       terminationGracePeriodSeconds: 1,
-      containers: [{ name: 'compute', image: image.name, imagePullPolicy: 'Never', command: ['/bin/sh', '-c', 'trap "exit 0" TERM; while :; do sleep 1; done'] }],
+      containers: [
+        {
+          name: 'compute',
+          image: image.name,
+          imagePullPolicy: 'Never',
+          command: ['/bin/sh', '-c', 'trap "exit 0" TERM; while :; do sleep 1; done'],
+        },
+      ],
     },
   };
   await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
-  const ready = await cp.kubectlResult(['-n', NS, 'wait', '--for=condition=Ready', `pod/${POD}`, '--timeout=120s'], { timeoutMs: 150_000 });
+  const ready = await cp.kubectlResult(['-n', NS, 'wait', '--for=condition=Ready', `pod/${POD}`, '--timeout=120s'], {
+    timeoutMs: 150_000,
+  });
   if (ready.exitCode !== 0) {
     const describe = await cp.kubectlResult(['-n', NS, 'describe', 'pod', POD]);
     throw new Error(`pod ${POD} not Ready: ${ready.stderr}\n${describe.stdout}`);
@@ -87,7 +101,12 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
     const gone = new ExecRunner({ kc: loadKubeConfig(cp?.kubeconfigPath), namespace: NS, pod: 'no-such-pod' });
     await expect(gone.run(['true'])).rejects.toThrow(RunTransportError);
     // without the kill-on-disconnect wrapper, the runtime itself refuses the missing binary
-    const bare = new ExecRunner({ kc: loadKubeConfig(cp?.kubeconfigPath), namespace: NS, pod: POD, killOnDisconnect: false });
+    const bare = new ExecRunner({
+      kc: loadKubeConfig(cp?.kubeconfigPath),
+      namespace: NS,
+      pod: POD,
+      killOnDisconnect: false,
+    });
     await expect(bare.run(['no-such-binary-xyz'])).rejects.toThrow(RunTransportError);
     expect((await bare.run(['sh', '-c', 'exit 5'])).exitCode).toBe(5);
   });
@@ -97,7 +116,12 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
     await expect(runner.run(['sleep', '31'], { timeoutMs: 1_000 })).rejects.toThrow(RunTimeoutError);
     expect(performance.now() - t0).toBeLessThan(5_000);
     // and the command is gone from the container, not left running
-    await waitFor('sleep gone from the container', 10_000, async () => !(await runner.run(['ps', '-o', 'args'])).stdout.includes('sleep 31'), 250);
+    await waitFor(
+      'sleep gone from the container',
+      10_000,
+      async () => !(await runner.run(['ps', '-o', 'args'])).stdout.includes('sleep 31'),
+      250,
+    );
   });
 
   it('stream() yields lines as they are printed, ends with the exit code; stop() ends a loop', async () => {
@@ -118,7 +142,12 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
     const done = await loop.done;
     expect(done.exitCode).not.toBe(0);
     // Stopping ends the command in the container too (the kill-on-disconnect wrapper)
-    await waitFor('loop gone from the container', 10_000, async () => !(await runner.run(['ps', '-o', 'pid,args'])).stdout.includes('plumb-loop-marker'), 250);
+    await waitFor(
+      'loop gone from the container',
+      10_000,
+      async () => !(await runner.run(['ps', '-o', 'pid,args'])).stdout.includes('plumb-loop-marker'),
+      250,
+    );
   });
   it('an operator crash leaves no command behind: SIGKILL of the process that started it ends it in the container', async () => {
     const script = [
@@ -128,7 +157,9 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
       "const h = r.stream(['sh', '-c', 'while :; do echo x; sleep 0.2; done', 'plumb-crash-marker']);",
       "for await (const l of h.lines) { console.log('started', l); setInterval(() => {}, 1000); break; }",
     ].join('\n');
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     try {
       await new Promise<void>((resolve, reject) => {
         child.stdout.on('data', (d: Buffer) => {
@@ -138,7 +169,12 @@ describe('ExecRunner over pods/exec (real kubelet)', () => {
       });
       expect((await runner.run(['ps', '-o', 'args'])).stdout).toContain('plumb-crash-marker');
       child.kill('SIGKILL');
-      await waitFor('loop of the killed process gone from the container', 15_000, async () => !(await runner.run(['ps', '-o', 'args'])).stdout.includes('plumb-crash-marker'), 250);
+      await waitFor(
+        'loop of the killed process gone from the container',
+        15_000,
+        async () => !(await runner.run(['ps', '-o', 'args'])).stdout.includes('plumb-crash-marker'),
+        250,
+      );
     } finally {
       child.kill('SIGKILL');
     }

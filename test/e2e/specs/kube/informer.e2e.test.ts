@@ -13,7 +13,12 @@ import { makeInformer, type KubernetesListObject, type KubernetesObject } from '
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { WatchdogInformer, customResourceSource } from '../../../../operator/src/kube/informer.ts';
 import { WorkQueue } from '../../../../operator/src/kube/workqueue.ts';
-import { createKubeClients, loadKubeConfig, type KubeClients, type ResourceRef } from '../../../../operator/src/kube/client.ts';
+import {
+  createKubeClients,
+  loadKubeConfig,
+  type KubeClients,
+  type ResourceRef,
+} from '../../../../operator/src/kube/client.ts';
 import { createMetrics } from '../../../../operator/src/kube/metrics.ts';
 import { createLogger } from '../../../../operator/src/log.ts';
 import { waitFor } from '../../support/wait.ts';
@@ -32,7 +37,14 @@ const crd = {
     group,
     scope: 'Namespaced',
     names: { plural: 'widgets', singular: 'widget', kind: 'Widget' },
-    versions: [{ name: 'v1', served: true, storage: true, schema: { openAPIV3Schema: { type: 'object', 'x-kubernetes-preserve-unknown-fields': true } } }],
+    versions: [
+      {
+        name: 'v1',
+        served: true,
+        storage: true,
+        schema: { openAPIV3Schema: { type: 'object', 'x-kubernetes-preserve-unknown-fields': true } },
+      },
+    ],
   },
 };
 
@@ -52,7 +64,11 @@ async function createWidget(name: string): Promise<void> {
   // A freshly (re)created CRD may take a moment to be served for writes
   for (let i = 0; ; i++) {
     try {
-      await clients.custom.createNamespacedCustomObject({ ...ref, namespace: ns, body: { apiVersion: `${group}/v1`, kind: 'Widget', metadata: { name }, size: 1 } });
+      await clients.custom.createNamespacedCustomObject({
+        ...ref,
+        namespace: ns,
+        body: { apiVersion: `${group}/v1`, kind: 'Widget', metadata: { name }, size: 1 },
+      });
       return;
     } catch (err) {
       if (i > 50) throw err;
@@ -60,7 +76,6 @@ async function createWidget(name: string): Promise<void> {
     }
   }
 }
-
 
 beforeAll(async () => {
   clients = createKubeClients(loadKubeConfig(inject('kubeconfigPath')));
@@ -117,19 +132,31 @@ describe('WatchdogInformer (real API server)', () => {
       await createWidget('w2');
       expect(await queue.get()).toBe(`${ns}/w2`);
       queue.done(`${ns}/w2`);
-      await clients.custom.patchNamespacedCustomObject(
-        { ...ref, namespace: ns, name: 'w2', body: [{ op: 'replace', path: '/size', value: 2 }] },
-      );
+      await clients.custom.patchNamespacedCustomObject({
+        ...ref,
+        namespace: ns,
+        name: 'w2',
+        body: [{ op: 'replace', path: '/size', value: 2 }],
+      });
       expect(await queue.get()).toBe(`${ns}/w2`);
       queue.done(`${ns}/w2`);
       await waitFor('cache update', 5_000, () => (inf.get(ns, 'w2') as { size?: number } | undefined)?.size === 2, 25);
-      expect(inf.list(ns).map((o) => o.metadata?.name).sort()).toEqual(['w1', 'w2']);
+      expect(
+        inf
+          .list(ns)
+          .map((o) => o.metadata?.name)
+          .sort(),
+      ).toEqual(['w1', 'w2']);
 
       // A bare client-node informer for contrast (it must stop for good on the same error)
       const bare = makeInformer<KubernetesObject>(
         clients.kc,
         `/apis/${group}/v1/namespaces/${ns}/widgets`,
-        async () => (await clients.custom.listNamespacedCustomObject({ ...ref, namespace: ns })) as KubernetesListObject<KubernetesObject>,
+        async () =>
+          (await clients.custom.listNamespacedCustomObject({
+            ...ref,
+            namespace: ns,
+          })) as KubernetesListObject<KubernetesObject>,
       );
       let bareErrors = 0;
       const bareAdds: string[] = [];
@@ -150,7 +177,9 @@ describe('WatchdogInformer (real API server)', () => {
       );
       const stalledAt = performance.now() - tDown;
       expect(stalledAt).toBeGreaterThanOrEqual(2_000);
-      expect(await metrics.registry.getSingleMetricAsString('blockpull_informer_stalled')).toContain('blockpull_informer_stalled{resource="widgets"} 1');
+      expect(await metrics.registry.getSingleMetricAsString('blockpull_informer_stalled')).toContain(
+        'blockpull_informer_stalled{resource="widgets"} 1',
+      );
       expect(inf.lastError()).toMatch(/404|Not Found/i);
       expect(deleted.sort()).toEqual(['w1', 'w2']); // the CRD's objects went away with it
       expect(bareErrors).toBeGreaterThan(0);
@@ -168,7 +197,9 @@ describe('WatchdogInformer (real API server)', () => {
         queue.done(k);
       }
       expect(keys.has(`${ns}/w3`)).toBe(true);
-      expect(await metrics.registry.getSingleMetricAsString('blockpull_informer_stalled')).toContain('blockpull_informer_stalled{resource="widgets"} 0');
+      expect(await metrics.registry.getSingleMetricAsString('blockpull_informer_stalled')).toContain(
+        'blockpull_informer_stalled{resource="widgets"} 0',
+      );
       expect(await metrics.registry.getSingleMetricAsString('blockpull_informer_restarts_total')).toContain(
         `blockpull_informer_restarts_total{resource="widgets"} ${inf.restarts()}`,
       );
@@ -182,7 +213,9 @@ describe('WatchdogInformer (real API server)', () => {
       await new Promise((r) => setTimeout(r, 1_000));
       expect(bareAdds).not.toContain('w3');
       await bare.stop();
-      console.log(`stall alert after ${Math.round(stalledAt)} ms; ${inf.restarts()} watchdog restarts over ${Math.round(downFor)} ms`);
+      console.log(
+        `stall alert after ${Math.round(stalledAt)} ms; ${inf.restarts()} watchdog restarts over ${Math.round(downFor)} ms`,
+      );
     } finally {
       await inf.stop();
       queue.shutDown();

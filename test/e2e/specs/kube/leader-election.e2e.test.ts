@@ -68,7 +68,6 @@ function candidate(identity: string, leaseName: string, extra: Partial<LeaderEle
   return c as Candidate;
 }
 
-
 async function readLease(name: string) {
   return clients.coordination.readNamespacedLease({ name, namespace: ns });
 }
@@ -203,7 +202,9 @@ describe('LeaderElector (real API server)', () => {
       const t0 = performance.now();
       expect(await a.result).toBe('lost');
       const after = performance.now() - t0;
-      console.log(`leadership lost ${Math.round(after)} ms after the API server stopped answering (renew deadline ${RENEW_MS} ms)`);
+      console.log(
+        `leadership lost ${Math.round(after)} ms after the API server stopped answering (renew deadline ${RENEW_MS} ms)`,
+      );
       expect(after).toBeGreaterThanOrEqual(RENEW_MS - RETRY_MS);
       expect(after).toBeLessThan(RENEW_MS + 2 * RETRY_MS + 1_000);
     } finally {
@@ -223,7 +224,9 @@ describe('LeaderElector (real API server)', () => {
       const t0 = performance.now();
       expect(await a.result).toBe('lost');
       const after = performance.now() - t0;
-      console.log(`leadership lost ${Math.round(after)} ms after the API server became unreachable (renew deadline ${RENEW_MS} ms)`);
+      console.log(
+        `leadership lost ${Math.round(after)} ms after the API server became unreachable (renew deadline ${RENEW_MS} ms)`,
+      );
       expect(after).toBeGreaterThanOrEqual(RENEW_MS - RETRY_MS);
       expect(after).toBeLessThan(RENEW_MS + 2 * RETRY_MS + 1_000);
       expect(a.leadingSignal?.aborted).toBe(true);
@@ -269,7 +272,9 @@ async function tcpForwarder(kc: KubeConfig): Promise<{ clients: KubeClients; clo
   const port = (server.address() as AddressInfo).port;
   const forwarded = new KubeConfig();
   forwarded.loadFromOptions({
-    clusters: kc.clusters.map((c) => (c.name === cluster.name ? { ...c, server: `${target.protocol}//127.0.0.1:${port}` } : c)),
+    clusters: kc.clusters.map((c) =>
+      c.name === cluster.name ? { ...c, server: `${target.protocol}//127.0.0.1:${port}` } : c,
+    ),
     users: kc.users,
     contexts: kc.contexts,
     currentContext: kc.currentContext,

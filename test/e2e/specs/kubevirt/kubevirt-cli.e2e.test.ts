@@ -20,7 +20,10 @@ it('up --kubevirt: the example VMI runs in a real launcher pod; status lists Kub
   const dir = await mkdtemp(path.join(os.tmpdir(), 'blockpull-cli-kubevirt-'));
   const cli = path.join(import.meta.dirname, '..', '..', 'cluster', 'cli.ts');
   const runCli = async (...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> => {
-    const r = await run([process.execPath, cli, ...args, '--state-dir', dir], { timeoutMs: 1_200_000, allowExit: true });
+    const r = await run([process.execPath, cli, ...args, '--state-dir', dir], {
+      timeoutMs: 1_200_000,
+      allowExit: true,
+    });
     return { code: r.exitCode, stdout: r.stdout, stderr: r.stderr };
   };
   try {
@@ -31,10 +34,19 @@ it('up --kubevirt: the example VMI runs in a real launcher pod; status lists Kub
     expect(up.stdout).toMatch(/KubeVirt v\d+\.\d+\.\d+: virt-controller and the handler stand-in up in [\d.]+ s/);
     const state = await readState(dir);
     if (!state) throw new Error('no control-plane state after up --kubevirt');
-    const { runDir } = z.object({ runDir: z.string() }).parse(JSON.parse(readFileSync(path.join(dir, 'node.json'), 'utf8')));
+    const { runDir } = z
+      .object({ runDir: z.string() })
+      .parse(JSON.parse(readFileSync(path.join(dir, 'node.json'), 'utf8')));
     const rec = readNodeRecord(runDir);
     if (!rec) throw new Error(`no node record in ${runDir}`);
-    expect(rec.daemons.map((d) => d.name)).toEqual(['containerd', 'kube-controller-manager', 'kube-scheduler', 'kubelet', 'virt-controller', 'handler-standin']);
+    expect(rec.daemons.map((d) => d.name)).toEqual([
+      'containerd',
+      'kube-controller-manager',
+      'kube-scheduler',
+      'kubelet',
+      'virt-controller',
+      'handler-standin',
+    ]);
     expect(rec.daemons.filter((d) => !isOurs(d))).toEqual([]); // the CLI has exited; they run on
 
     const status = await runCli('status');
@@ -45,13 +57,28 @@ it('up --kubevirt: the example VMI runs in a real launcher pod; status lists Kub
     const c = clusterClient(path.join(dir, 'admin.kubeconfig'), inject('kubectlPath'));
     const t1 = Date.now();
     await c.kubectl(['create', '-f', path.join(dir, 'example-vmi.yaml')]);
-    await c.kubectl(['wait', '--for=jsonpath={.status.phase}=Running', 'vmi/vm1', '--timeout=240s'], { timeoutMs: 250_000 });
+    await c.kubectl(['wait', '--for=jsonpath={.status.phase}=Running', 'vmi/vm1', '--timeout=240s'], {
+      timeoutMs: 250_000,
+    });
     const runMs = Date.now() - t1;
     const pod = z
-      .object({ items: z.array(z.object({ metadata: z.object({ name: z.string(), ownerReferences: z.array(z.object({ kind: z.string(), name: z.string() })) }) })) })
+      .object({
+        items: z.array(
+          z.object({
+            metadata: z.object({
+              name: z.string(),
+              ownerReferences: z.array(z.object({ kind: z.string(), name: z.string() })),
+            }),
+          }),
+        ),
+      })
       .parse(JSON.parse(await c.kubectl(['get', 'pods', '-l', 'kubevirt.io=virt-launcher', '-o', 'json'])));
-    expect(pod.items.map((p) => p.metadata.ownerReferences.map((o) => `${o.kind}/${o.name}`))).toEqual([['VirtualMachineInstance/vm1']]);
-    process.stderr.write(`[kubevirt-cli] up --kubevirt ${(upMs / 1000).toFixed(1)} s, example VMI Running after ${(runMs / 1000).toFixed(1)} s\n`);
+    expect(pod.items.map((p) => p.metadata.ownerReferences.map((o) => `${o.kind}/${o.name}`))).toEqual([
+      ['VirtualMachineInstance/vm1'],
+    ]);
+    process.stderr.write(
+      `[kubevirt-cli] up --kubevirt ${(upMs / 1000).toFixed(1)} s, example VMI Running after ${(runMs / 1000).toFixed(1)} s\n`,
+    );
 
     const down = await runCli('down');
     expect(down.code, down.stderr).toBe(0);

@@ -42,7 +42,12 @@ beforeAll(async () => {
   log(`node (with the two images imported) ready in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
   // the controller-manager's service account controller creates the namespace's "default" SA
   const c = cp;
-  await waitFor('service account default', 60_000, async () => (await c.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default'])).exitCode === 0, 500);
+  await waitFor(
+    'service account default',
+    60_000,
+    async () => (await c.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default'])).exitCode === 0,
+    500,
+  );
 });
 
 afterAll(async () => {
@@ -119,14 +124,27 @@ describe('KubeVirt images on the node', () => {
       },
     };
     await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
-    await waitFor('launcher-image-check to finish', 180_000, async () => ['Succeeded', 'Failed'].includes((await podStatus('launcher-image-check')).status.phase ?? ''), 1000);
+    await waitFor(
+      'launcher-image-check to finish',
+      180_000,
+      async () => ['Succeeded', 'Failed'].includes((await podStatus('launcher-image-check')).status.phase ?? ''),
+      1000,
+    );
     const out = await cp.kubectl(['-n', NS, 'logs', 'launcher-image-check']);
     log(`launcher-image-check:\n${out}`);
     expect((await podStatus('launcher-image-check')).status.phase).toBe('Succeeded');
     expect(out).toMatch(/\/usr\/bin\/virt-launcher-monitor cap_net_bind_service=ep/);
     expect(out).toMatch(/uid=107\(qemu\) gid=107\(qemu\)/);
     expect(out).toMatch(/uid=64055\(libvirt-qemu\)/);
-    for (const b of ['virt-launcher', 'virt-launcher-monitor', 'virt-freezer', 'virt-probe', 'virt-tail', 'container-disk']) expect(out).toContain(`bin ${b}\n`);
+    for (const b of [
+      'virt-launcher',
+      'virt-launcher-monitor',
+      'virt-freezer',
+      'virt-probe',
+      'virt-tail',
+      'container-disk',
+    ])
+      expect(out).toContain(`bin ${b}\n`);
     expect(out).toMatch(/^drivers libvirt_driver_qemu\.so $/m);
     expect(out).toContain('virt-launcher libs ok');
     expect(out).toMatch(/libvirtd \(libvirt\) 9\./);
@@ -158,7 +176,9 @@ describe('KubeVirt images on the node', () => {
         spec: {
           restartPolicy: 'Never',
           automountServiceAccountToken: false,
-          securityContext: nonRootPod ? { runAsUser: QEMU_UID, runAsGroup: QEMU_UID, runAsNonRoot: true, fsGroup: QEMU_UID } : { runAsUser: 0, fsGroup: QEMU_UID },
+          securityContext: nonRootPod
+            ? { runAsUser: QEMU_UID, runAsGroup: QEMU_UID, runAsNonRoot: true, fsGroup: QEMU_UID }
+            : { runAsUser: 0, fsGroup: QEMU_UID },
           volumes: Object.keys(mounts).map((v) => ({ name: v, emptyDir: {} })),
           containers: [
             {
@@ -167,8 +187,20 @@ describe('KubeVirt images on the node', () => {
               command: [
                 '/usr/bin/virt-launcher-monitor',
                 ...['--qemu-timeout', '60s', '--name', name, '--uid', uid, '--namespace', NS],
-                ...['--kubevirt-share-dir', '/var/run/kubevirt', '--ephemeral-disk-dir', '/var/run/kubevirt-ephemeral-disks'],
-                ...['--container-disk-dir', '/var/run/kubevirt/container-disks', '--grace-period-seconds', '5', '--hook-sidecars', '0'],
+                ...[
+                  '--kubevirt-share-dir',
+                  '/var/run/kubevirt',
+                  '--ephemeral-disk-dir',
+                  '/var/run/kubevirt-ephemeral-disks',
+                ],
+                ...[
+                  '--container-disk-dir',
+                  '/var/run/kubevirt/container-disks',
+                  '--grace-period-seconds',
+                  '5',
+                  '--hook-sidecars',
+                  '0',
+                ],
                 ...['--ovmf-path', '/usr/share/OVMF', ...(nonRootPod ? ['--run-as-nonroot'] : []), '--allow-emulation'],
               ],
               env: [
@@ -191,16 +223,31 @@ describe('KubeVirt images on the node', () => {
       };
       await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
       try {
-        const monitor = await waitFor('virt-launcher-monitor process', 120_000, () => processesMentioning(name, ['virt-launcher-monitor'])[0] ?? false, 200);
+        const monitor = await waitFor(
+          'virt-launcher-monitor process',
+          120_000,
+          () => processesMentioning(name, ['virt-launcher-monitor'])[0] ?? false,
+          200,
+        );
         const caps = async (pid: number): Promise<Record<string, string>> => {
           const status = await readFile(`/proc/${pid}/status`, 'utf8');
-          return Object.fromEntries([...status.matchAll(/^(Cap\w+|NoNewPrivs|Uid):\s+(.*)$/gm)].map((m) => [m[1] ?? '', m[2] ?? '']));
+          return Object.fromEntries(
+            [...status.matchAll(/^(Cap\w+|NoNewPrivs|Uid):\s+(.*)$/gm)].map((m) => [m[1] ?? '', m[2] ?? '']),
+          );
         };
         const m = await caps(monitor);
         log(`${variant} virt-launcher-monitor ${JSON.stringify(m)}`);
         expect(m['Uid']?.split(/\s+/)[0]).toBe(String(nonRootPod ? QEMU_UID : 0));
         // virt-launcher runs virtqemud, i.e. our script that execs libvirtd, on its runtime copy of virtqemud.conf
-        const libvirtd = await waitFor('libvirtd (virtqemud) in the pod', 120_000, () => processesMentioning('/var/run/libvirt/virtqemud.conf', ['libvirtd']).find((p) => descendsFrom(p, monitor)) ?? false, 500);
+        const libvirtd = await waitFor(
+          'libvirtd (virtqemud) in the pod',
+          120_000,
+          () =>
+            processesMentioning('/var/run/libvirt/virtqemud.conf', ['libvirtd']).find((p) =>
+              descendsFrom(p, monitor),
+            ) ?? false,
+          500,
+        );
         const l = await caps(libvirtd);
         log(`${variant} libvirtd ${JSON.stringify(l)}`);
         if (nonRootPod) {
@@ -211,9 +258,17 @@ describe('KubeVirt images on the node', () => {
         // libvirt is up: virt-launcher's command socket appears (launcher-init-sock, then launcher-sock once ready);
         // read through /proc/<pid>/root/run, not the image's absolute /var/run -> /run link (it would resolve on the host)
         const sockets = `/proc/${monitor}/root/run/kubevirt/sockets`;
-        await waitFor('virt-launcher command socket', 120_000, async () => (await readdir(sockets).catch(() => [] as string[])).includes('launcher-sock'), 500);
+        await waitFor(
+          'virt-launcher command socket',
+          120_000,
+          async () => (await readdir(sockets).catch(() => [] as string[])).includes('launcher-sock'),
+          500,
+        );
       } finally {
-        await cp.kubectl(['-n', NS, 'logs', podName]).then((l) => log(`${podName} log (tail):\n${l.split('\n').slice(-8).join('\n')}`)).catch(() => undefined);
+        await cp
+          .kubectl(['-n', NS, 'logs', podName])
+          .then((l) => log(`${podName} log (tail):\n${l.split('\n').slice(-8).join('\n')}`))
+          .catch(() => undefined);
         await cp.kubectl(['-n', NS, 'delete', 'pod', podName, '--wait=false']);
       }
     });
@@ -248,7 +303,15 @@ describe('KubeVirt images on the node', () => {
             volumeMounts: [{ name: 'virt-bin-share-dir', mountPath: '/init/usr/bin' }],
             securityContext: nonRoot,
           },
-          { name: 'volumerootdisk-init', image: images.containerDisk.name, command: ['/usr/bin/container-disk'], args: ['--no-op'], volumeMounts, securityContext: nonRoot, ...limits },
+          {
+            name: 'volumerootdisk-init',
+            image: images.containerDisk.name,
+            command: ['/usr/bin/container-disk'],
+            args: ['--no-op'],
+            volumeMounts,
+            securityContext: nonRoot,
+            ...limits,
+          },
         ],
         containers: [
           {
@@ -264,15 +327,38 @@ describe('KubeVirt images on the node', () => {
       },
     };
     await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
-    await waitFor('containerdisk-check Ready', 180_000, async () => (await podStatus('containerdisk-check')).status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true, 1000);
+    await waitFor(
+      'containerdisk-check Ready',
+      180_000,
+      async () =>
+        (await podStatus('containerdisk-check')).status.conditions?.some(
+          (c) => c.type === 'Ready' && c.status === 'True',
+        ) === true,
+      1000,
+    );
     const pids = processesMentioning(`${dataDir}/disk_0`, ['container-disk']);
     expect(pids).toHaveLength(1);
     const root = `/proc/${pids[0]}/root`;
     const disk = await stat(`${root}/disk/disk.qcow2`);
     expect([disk.uid, disk.gid]).toEqual([QEMU_UID, QEMU_UID]);
     // container-disk --copy-path <p> listens on <p>.sock (virt-handler's liveness check of the volume container)
-    await waitFor('container-disk socket', 30_000, async () => (await stat(`${root}${dataDir}/disk_0.sock`).catch(() => undefined))?.isSocket() === true, 500);
-    const { stdout } = await run(['qemu-img', 'compare', '-U', '-f', 'qcow2', '-F', 'qcow2', images.containerDiskReference, `${root}/disk/disk.qcow2`]);
+    await waitFor(
+      'container-disk socket',
+      30_000,
+      async () => (await stat(`${root}${dataDir}/disk_0.sock`).catch(() => undefined))?.isSocket() === true,
+      500,
+    );
+    const { stdout } = await run([
+      'qemu-img',
+      'compare',
+      '-U',
+      '-f',
+      'qcow2',
+      '-F',
+      'qcow2',
+      images.containerDiskReference,
+      `${root}/disk/disk.qcow2`,
+    ]);
     expect(stdout).toMatch(/Images are identical/);
   });
 });

@@ -26,7 +26,9 @@ let stateDir: string;
 beforeAll(async () => {
   const t0 = Date.now();
   bins = await ensureKubevirtBinaries({ log });
-  log(`KubeVirt binaries ${bins.version} ready in ${((Date.now() - t0) / 1000).toFixed(1)} s (recorded build time ${bins.buildSeconds ?? '?'} s)`);
+  log(
+    `KubeVirt binaries ${bins.version} ready in ${((Date.now() - t0) / 1000).toFixed(1)} s (recorded build time ${bins.buildSeconds ?? '?'} s)`,
+  );
   stateDir = await mkdtemp(path.join(os.tmpdir(), 'bp-kubevirt-install-'));
   cp = await startControlPlane({ stateDir, log });
 });
@@ -40,8 +42,14 @@ const crdList = z.object({
   items: z.array(
     z.object({
       metadata: z.object({ name: z.string() }),
-      spec: z.object({ group: z.string(), names: z.object({ kind: z.string() }), versions: z.array(z.object({ name: z.string(), served: z.boolean(), storage: z.boolean() })) }),
-      status: z.object({ conditions: z.array(z.object({ type: z.string(), status: z.string() })).optional() }).optional(),
+      spec: z.object({
+        group: z.string(),
+        names: z.object({ kind: z.string() }),
+        versions: z.array(z.object({ name: z.string(), served: z.boolean(), storage: z.boolean() })),
+      }),
+      status: z
+        .object({ conditions: z.array(z.object({ type: z.string(), status: z.string() })).optional() })
+        .optional(),
     }),
   ),
 });
@@ -57,7 +65,12 @@ describe('KubeVirt CRDs from KubeVirt itself', () => {
     expect(names).toContain('virtualmachineinstancemigrations.kubevirt.io');
     expect(names).not.toContain('kubevirts.kubevirt.io');
     // the temporary namespace is gone (or going)
-    const ns = await cp.kubectl(['get', 'namespaces', '-o', 'jsonpath={range .items[?(@.status.phase=="Active")]}{.metadata.name}{"\\n"}{end}']);
+    const ns = await cp.kubectl([
+      'get',
+      'namespaces',
+      '-o',
+      'jsonpath={range .items[?(@.status.phase=="Active")]}{.metadata.name}{"\\n"}{end}',
+    ]);
     expect(ns.split('\n').filter((n) => n.startsWith('kubevirt-strategy-'))).toEqual([]);
   });
 
@@ -67,8 +80,15 @@ describe('KubeVirt CRDs from KubeVirt itself', () => {
     const t0 = Date.now();
     await installCrds(cp, files, 120);
     log(`apply + Established of ${files.length} CRDs: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-    const fileNames = await Promise.all(files.map(async (f) => z.object({ metadata: z.object({ name: z.string() }) }).parse(parse(await readFile(f, 'utf8'))).metadata.name));
-    const served = crdList.parse(JSON.parse(await cp.kubectl(['get', 'crd', '-o', 'json']))).items.filter((c) => c.spec.group.endsWith('kubevirt.io'));
+    const fileNames = await Promise.all(
+      files.map(
+        async (f) =>
+          z.object({ metadata: z.object({ name: z.string() }) }).parse(parse(await readFile(f, 'utf8'))).metadata.name,
+      ),
+    );
+    const served = crdList
+      .parse(JSON.parse(await cp.kubectl(['get', 'crd', '-o', 'json'])))
+      .items.filter((c) => c.spec.group.endsWith('kubevirt.io'));
     expect(served.map((c) => c.metadata.name).sort()).toEqual([...fileNames].sort());
     for (const crd of served) {
       expect(crd.status?.conditions?.find((c) => c.type === 'Established')?.status, crd.metadata.name).toBe('True');
@@ -79,16 +99,27 @@ describe('KubeVirt CRDs from KubeVirt itself', () => {
 
   it('serves a KubeVirt CR and a VMI, and rejects what the real schema rejects', async () => {
     await cp.kubectl(['create', 'namespace', 'kubevirt']);
-    const kv = { apiVersion: 'kubevirt.io/v1', kind: 'KubeVirt', metadata: { name: 'kubevirt', namespace: 'kubevirt' }, spec: { configuration: { developerConfiguration: { useEmulation: true } } } };
+    const kv = {
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'KubeVirt',
+      metadata: { name: 'kubevirt', namespace: 'kubevirt' },
+      spec: { configuration: { developerConfiguration: { useEmulation: true } } },
+    };
     await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(kv) });
-    const got = JSON.parse(await cp.kubectl(['get', 'kubevirt', '-n', 'kubevirt', 'kubevirt', '-o', 'json'])) as { spec?: { configuration?: { developerConfiguration?: { useEmulation?: boolean } } } };
+    const got = JSON.parse(await cp.kubectl(['get', 'kubevirt', '-n', 'kubevirt', 'kubevirt', '-o', 'json'])) as {
+      spec?: { configuration?: { developerConfiguration?: { useEmulation?: boolean } } };
+    };
     expect(got.spec?.configuration?.developerConfiguration?.useEmulation).toBe(true);
     const vmi = {
       apiVersion: 'kubevirt.io/v1',
       kind: 'VirtualMachineInstance',
       metadata: { name: 'vm1', namespace: 'default' },
       spec: {
-        domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] }, resources: { requests: { memory: '64Mi' } }, machine: { type: 'q35' } },
+        domain: {
+          devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] },
+          resources: { requests: { memory: '64Mi' } },
+          machine: { type: 'q35' },
+        },
         volumes: [{ name: 'rootdisk', containerDisk: { image: 'localhost/blockpull/kubevirt-containerdisk:test' } }],
       },
     };

@@ -64,14 +64,20 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
   let watching = true;
   let watcher: Promise<void> | undefined;
 
-  const apply = async (name: string, disk: string, spec: Record<string, unknown> = {}, vmiName = VMI): Promise<void> => {
+  const apply = async (
+    name: string,
+    disk: string,
+    spec: Record<string, unknown> = {},
+    vmiName = VMI,
+  ): Promise<void> => {
     const file = path.join(tmp, `${name}.yaml`);
     await writeFile(file, blockPullManifest({ namespace: NS, name, vmiName, disk, spec }));
     await kube.kubectl(['apply', '-f', file]);
   };
   const target = (disk: string): string => launcher.disks.find((d) => d.name === disk)!.target;
   const jobOn = (disk: string) => driver.getJob(launcher.domain, target(disk));
-  const chainOf = async (disk: string): Promise<string[]> => (await driver.getDisk(launcher.domain, { name: disk })).chain.map((l) => l.path);
+  const chainOf = async (disk: string): Promise<string[]> =>
+    (await driver.getDisk(launcher.domain, { name: disk })).chain.map((l) => l.path);
   const patchVmiStatus = (status: Record<string, unknown>): Promise<string> =>
     kube.kubectl(['patch', 'vmi', VMI, '-n', NS, '--type=merge', '-p', JSON.stringify({ status })]);
   const runningWithProgress = (name: string): Promise<BlockPullView> =>
@@ -90,8 +96,25 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     await mkdir(scratch, { recursive: true, mode: 0o700 });
     await chown(scratch, launcher.uid, launcher.gid);
     const overlays = Object.fromEntries(launcher.disks.map((d) => [d.name, path.join(scratch, `ovl-${d.name}.qcow2`)]));
-    const specs = launcher.disks.flatMap((d) => ['--diskspec', `${d.target},snapshot=external,file=${overlays[d.name]!}`]);
-    const r = await launcher.runner.run(['virsh', '-q', '-c', launcher.uri, 'snapshot-create-as', launcher.domain, '--disk-only', '--atomic', '--no-metadata', ...specs], { timeoutMs: 60_000 });
+    const specs = launcher.disks.flatMap((d) => [
+      '--diskspec',
+      `${d.target},snapshot=external,file=${overlays[d.name]!}`,
+    ]);
+    const r = await launcher.runner.run(
+      [
+        'virsh',
+        '-q',
+        '-c',
+        launcher.uri,
+        'snapshot-create-as',
+        launcher.domain,
+        '--disk-only',
+        '--atomic',
+        '--no-metadata',
+        ...specs,
+      ],
+      { timeoutMs: 60_000 },
+    );
     if (r.exitCode !== 0) throw new Error(`virsh snapshot-create-as exited ${r.exitCode}: ${r.stderr.trim()}`);
     return overlays;
   };
@@ -104,20 +127,57 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
    */
   const kubevirtCommit = async (scratch: string): Promise<void> => {
     for (const d of launcher.disks) {
-      const r = await launcher.runner.run(['virsh', '-q', '-c', launcher.uri, 'blockcommit', launcher.domain, d.target, '--active', '--shallow', '--pivot'], { timeoutMs: 120_000 });
+      const r = await launcher.runner.run(
+        [
+          'virsh',
+          '-q',
+          '-c',
+          launcher.uri,
+          'blockcommit',
+          launcher.domain,
+          d.target,
+          '--active',
+          '--shallow',
+          '--pivot',
+        ],
+        { timeoutMs: 120_000 },
+      );
       if (r.exitCode !== 0) throw new Error(`virsh blockcommit ${d.target} exited ${r.exitCode}: ${r.stderr.trim()}`);
     }
     await rm(scratch, { recursive: true, force: true });
   };
   const eventReasons = async (name: string): Promise<string[]> =>
-    (await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', `involvedObject.name=${name}`, '-o', 'jsonpath={.items[*].reason}'])).split(' ');
-  const OVERLAY_ACTIVE = { type: 'OverlaySnapshotActive', status: 'True', reason: 'SnapshotInProgress', message: 'the VM writes to snapshot overlays', lastTransitionTime: new Date().toISOString() };
+    (
+      await kube.kubectl([
+        'get',
+        'events',
+        '-n',
+        NS,
+        '--field-selector',
+        `involvedObject.name=${name}`,
+        '-o',
+        'jsonpath={.items[*].reason}',
+      ])
+    ).split(' ');
+  const OVERLAY_ACTIVE = {
+    type: 'OverlaySnapshotActive',
+    status: 'True',
+    reason: 'SnapshotInProgress',
+    message: 'the VM writes to snapshot overlays',
+    lastTransitionTime: new Date().toISOString(),
+  };
 
   /** The overlay's allocation on the host (qemu-img info actual-size, du) and the guest data it holds (qemu-img map, depth 0). */
   const allocation = async (file: string): Promise<{ actualSize: number; du: number; dataBytes: number }> => {
-    const info = JSON.parse((await run(['qemu-img', 'info', '-U', '--output=json', file])).stdout) as { 'actual-size': number };
+    const info = JSON.parse((await run(['qemu-img', 'info', '-U', '--output=json', file])).stdout) as {
+      'actual-size': number;
+    };
     const du = Number((await run(['du', '-B1', file])).stdout.split('\t')[0]);
-    const map = JSON.parse((await run(['qemu-img', 'map', '-U', '--output=json', file])).stdout) as { length: number; depth: number; data: boolean }[];
+    const map = JSON.parse((await run(['qemu-img', 'map', '-U', '--output=json', file])).stdout) as {
+      length: number;
+      depth: number;
+      data: boolean;
+    }[];
     const dataBytes = map.filter((m) => m.depth === 0 && m.data).reduce((n, m) => n + m.length, 0);
     return { actualSize: info['actual-size'], du, dataBytes };
   };
@@ -130,16 +190,35 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     await ensureNamespace(kube, NS);
     // KubeVirt 1.7's cluster: neither kind served (left over from an earlier run on this cluster: removed).
     await kube.kubectlResult(['delete', 'crd', ...TEST_CRDS, '--ignore-not-found', '--wait=true']);
-    launcher = await startLauncher({ namespace: NS, vmiName: VMI, registryDir, disks: DISKS.map((name) => ({ name, layers: 3, sizeMiB: 64, allocatedMiB: 33 })) });
+    launcher = await startLauncher({
+      namespace: NS,
+      vmiName: VMI,
+      registryDir,
+      disks: DISKS.map((name) => ({ name, layers: 3, sizeMiB: 64, allocatedMiB: 33 })),
+    });
     driver = new VirshDriver(launcher.runner, launcher.uri);
     await createFakeVmi(kube, { namespace: NS, vmiName: VMI, launcher, disks: [...DISKS] });
-    cbt = await registerFakeLauncher({ registryDir, dir: path.join(tmp, 'cbt'), namespace: NS, pod: 'virt-launcher-vm-cbt-x', mode: 'cbt', disk: 'rootdisk' });
+    cbt = await registerFakeLauncher({
+      registryDir,
+      dir: path.join(tmp, 'cbt'),
+      namespace: NS,
+      pod: 'virt-launcher-vm-cbt-x',
+      mode: 'cbt',
+      disk: 'rootdisk',
+    });
     await createFakeVmi(kube, { namespace: NS, vmiName: 'vm-cbt', podName: cbt.pod, disks: ['rootdisk'] });
     operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'e2e-coexist-1' });
     operators.push(operator);
     watcher = (async () => {
       while (watching) {
-        const r = await kube.kubectlResult(['get', 'bp', '-n', NS, '-o', 'jsonpath={range .items[*]}{.metadata.name}={.status.phase}{"\\n"}{end}']);
+        const r = await kube.kubectlResult([
+          'get',
+          'bp',
+          '-n',
+          NS,
+          '-o',
+          'jsonpath={range .items[*]}{.metadata.name}={.status.phase}{"\\n"}{end}',
+        ]);
         for (const line of r.stdout.split('\n')) {
           const [name, phase] = line.split('=');
           if (name && phase) (phasesSeen.get(name) ?? phasesSeen.set(name, new Set()).get(name)!).add(phase);
@@ -152,18 +231,22 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
   afterAll(async () => {
     watching = false;
     await watcher;
-    if (kube !== undefined) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
+    if (kube !== undefined)
+      await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
     for (const op of operators) await op.stop();
     await cbt?.stop();
     await launcher?.stop();
     // Leave the cluster as the other specs expect it (the test CRDs are this spec's).
-    if (kube !== undefined) await kube.kubectlResult(['delete', 'crd', ...TEST_CRDS, '--ignore-not-found', '--wait=true']);
+    if (kube !== undefined)
+      await kube.kubectlResult(['delete', 'crd', ...TEST_CRDS, '--ignore-not-found', '--wait=true']);
     if (registryDir) await rm(registryDir, { recursive: true, force: true });
     if (tmp) await rm(tmp, { recursive: true, force: true });
   }, 180_000);
 
   it('starts where neither VirtualMachineSnapshot nor VirtualMachineBackup is served (KubeVirt 1.7), and says once what it watches', () => {
-    const said = operator!.find('watching; not served by this cluster, so not watched (their operations are not waited for)');
+    const said = operator!.find(
+      'watching; not served by this cluster, so not watched (their operations are not waited for)',
+    );
     expect(said).toHaveLength(1);
     expect(said[0]?.['notWatched']).toEqual(TEST_CRDS);
     expect(operator!.find(/informer/i).filter((l) => l['level'] === 'error')).toEqual([]);
@@ -181,7 +264,17 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
         dataFile: { path: '/run/kubevirt-private/vmi-disks/rootdisk/disk.img', format: 'raw' },
       },
     ]);
-    expect(await kube.kubectl(['get', 'bp', 'cbt', '-n', NS, '-o', 'jsonpath={.status.backingChain.current[0].dataFile.path}'])).toBe('/run/kubevirt-private/vmi-disks/rootdisk/disk.img');
+    expect(
+      await kube.kubectl([
+        'get',
+        'bp',
+        'cbt',
+        '-n',
+        NS,
+        '-o',
+        'jsonpath={.status.backingChain.current[0].dataFile.path}',
+      ]),
+    ).toBe('/run/kubevirt-private/vmi-disks/rootdisk/disk.img');
     // What the operator ran there: looks only (dumpxml, blockjob), never an action.
     const commands = await cbt!.commands();
     expect(commands).toContain('dumpxml');
@@ -202,7 +295,9 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
 
     await apply('window', disk);
     const pending = await statusIs('window', 'Pending', 'SnapshotInProgress');
-    expect(pending.status?.message).toMatch(/OverlaySnapshotActive=True \(SnapshotInProgress\).*the pull starts once it is over/);
+    expect(pending.status?.message).toMatch(
+      /OverlaySnapshotActive=True \(SnapshotInProgress\).*the pull starts once it is over/,
+    );
     expect(pending.status?.backingChain).toBeUndefined();
     // Several looks later: still no job, and the overlay holds none of the base's data.
     const t0 = Date.now();
@@ -213,7 +308,9 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     await launcher.flush(disk);
     const after = await allocation(overlays[disk]!);
     const pullBytes = launcher.disks.find((d) => d.name === disk)!.pullBytes;
-    console.log(`snapshot window: overlay ${overlays[disk]} actual-size ${empty.actualSize} -> ${after.actualSize} bytes, du ${empty.du} -> ${after.du}, guest data ${after.dataBytes} bytes; the base chain holds ${pullBytes} bytes to pull`);
+    console.log(
+      `snapshot window: overlay ${overlays[disk]} actual-size ${empty.actualSize} -> ${after.actualSize} bytes, du ${empty.du} -> ${after.du}, guest data ${after.dataBytes} bytes; the base chain holds ${pullBytes} bytes to pull`,
+    );
     expect(after.dataBytes).toBe(0);
     expect(after.du).toBeLessThanOrEqual(empty.du);
     expect(after.actualSize).toBeLessThan(MiB);
@@ -248,7 +345,9 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     const patched = performance.now();
     await waitFor('the pull job to be gone', 10_000, async () => ((await jobOn(disk)) === null ? true : undefined), 20);
     const goneMs = Math.round(performance.now() - t0);
-    console.log(`snapshot window: job gone ${goneMs} ms after the condition patch was sent (${Math.round(patched - t0)} ms for the patch)`);
+    console.log(
+      `snapshot window: job gone ${goneMs} ms after the condition patch was sent (${Math.round(patched - t0)} ms for the patch)`,
+    );
     expect(goneMs).toBeLessThan(2_000);
 
     // KubeVirt's libvirt snapshot call now succeeds (libvirt refuses it while a block job runs).
@@ -257,12 +356,20 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     expect((await chainOf(disk))[0]).toBe(overlays[disk]);
     const yielded = await waitFor('running Aborted', 30_000, async () => {
       const bp = await getBlockPull(kube, NS, 'running');
-      return bp?.status?.phase === 'Pending' && bp.status.reason === 'SnapshotInProgress' && bp.status.job?.state === 'Aborted' ? bp : undefined;
+      return bp?.status?.phase === 'Pending' &&
+        bp.status.reason === 'SnapshotInProgress' &&
+        bp.status.job?.state === 'Aborted'
+        ? bp
+        : undefined;
     });
-    expect(yielded.status?.message).toMatch(/^yielded to the external snapshot of VirtualMachineInstance bp-coexist\/vm1: the pull is paused at \d+%/);
+    expect(yielded.status?.message).toMatch(
+      /^yielded to the external snapshot of VirtualMachineInstance bp-coexist\/vm1: the pull is paused at \d+%/,
+    );
     expect(yielded.status?.attempts).toBe(1);
     expect(yielded.status?.retries).toBe(0);
-    await waitFor('the SnapshotInProgress Event', 10_000, async () => ((await eventReasons('running')).includes('SnapshotInProgress') ? true : undefined));
+    await waitFor('the SnapshotInProgress Event', 10_000, async () =>
+      (await eventReasons('running')).includes('SnapshotInProgress') ? true : undefined,
+    );
     await sleep(2_000);
     expect(await jobOn(disk)).toBeNull();
 
@@ -273,7 +380,16 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     expect(resumed.status?.attempts).toBe(2);
     expect(resumed.status?.retries).toBe(0);
     expect(operator!.find(/^block pull started$/).filter((l) => l['blockpull'] === `${NS}/running`)).toHaveLength(2);
-    await kube.kubectl(['patch', 'blockpull', 'running', '-n', NS, '--type=merge', '-p', JSON.stringify({ spec: { bandwidth: 0 } })]);
+    await kube.kubectl([
+      'patch',
+      'blockpull',
+      'running',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ spec: { bandwidth: 0 } }),
+    ]);
     const done = await waitForPhase(kube, NS, 'running', ['Completed', 'Failed'], 120_000);
     expect(done.status?.reason).toBe('Completed');
     expect(done.status?.attempts).toBe(2);
@@ -302,7 +418,9 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
       expect((await chainOf(disk))[0]).toBe(overlays[disk]);
       await apply('hotplug', disk);
       const pending = await statusIs('hotplug', 'Pending', 'SnapshotInProgress');
-      expect(pending.status?.message).toContain(`image ${overlays[disk]!} (position 0) of disk hotplug lies on hot-plugged volume ${path.basename(scratch)}`);
+      expect(pending.status?.message).toContain(
+        `image ${overlays[disk]!} (position 0) of disk hotplug lies on hot-plugged volume ${path.basename(scratch)}`,
+      );
       await sleep(3_000);
       expect(await jobOn(disk)).toBeNull();
       await launcher.flush(disk);
@@ -329,14 +447,29 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     }, 120_000);
 
     const snapshotObject = (name: string) =>
-      stringify({ apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot', metadata: { name, namespace: NS }, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: VMI } } });
+      stringify({
+        apiVersion: 'snapshot.kubevirt.io/v1beta1',
+        kind: 'VirtualMachineSnapshot',
+        metadata: { name, namespace: NS },
+        spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: VMI } },
+      });
     const backupObject = (name: string) =>
-      stringify({ apiVersion: 'backup.kubevirt.io/v1alpha1', kind: 'VirtualMachineBackup', metadata: { name, namespace: NS }, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: VMI }, pvcName: 'backup-target' } });
+      stringify({
+        apiVersion: 'backup.kubevirt.io/v1alpha1',
+        kind: 'VirtualMachineBackup',
+        metadata: { name, namespace: NS },
+        spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: VMI }, pvcName: 'backup-target' },
+      });
 
     it('watches both, says so once', () => {
       const said = operator!.find('watching');
       expect(said).toHaveLength(1);
-      expect(said[0]?.['watched']).toEqual(expect.arrayContaining(['virtualmachinesnapshots.snapshot.kubevirt.io/v1beta1', 'virtualmachinebackups.backup.kubevirt.io/v1alpha1']));
+      expect(said[0]?.['watched']).toEqual(
+        expect.arrayContaining([
+          'virtualmachinesnapshots.snapshot.kubevirt.io/v1beta1',
+          'virtualmachinebackups.backup.kubevirt.io/v1alpha1',
+        ]),
+      );
       expect(said[0]?.['notWatched']).toEqual([]);
     });
 
@@ -344,16 +477,43 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
       const disk = 'vmsnap';
       const ref = await launcher.reference(disk);
       await kube.kubectl(['apply', '-f', '-'], { input: snapshotObject('snap-1') });
-      await kube.kubectl(['patch', 'vmsnapshot', 'snap-1', '-n', NS, '--type=merge', '-p', JSON.stringify({ status: { phase: 'InProgress' } })]);
+      await kube.kubectl([
+        'patch',
+        'vmsnapshot',
+        'snap-1',
+        '-n',
+        NS,
+        '--type=merge',
+        '-p',
+        JSON.stringify({ status: { phase: 'InProgress' } }),
+      ]);
       await apply('vmsnap', disk);
       const pending = await statusIs('vmsnap', 'Pending', 'SnapshotInProgress');
-      expect(pending.status?.message).toMatch(/VirtualMachineSnapshot bp-coexist\/snap-1 \(phase InProgress\) snapshots VirtualMachine bp-coexist\/vm1/);
+      expect(pending.status?.message).toMatch(
+        /VirtualMachineSnapshot bp-coexist\/snap-1 \(phase InProgress\) snapshots VirtualMachine bp-coexist\/vm1/,
+      );
       await sleep(3_000);
       expect(await jobOn(disk)).toBeNull();
       const t0 = performance.now();
-      await kube.kubectl(['patch', 'vmsnapshot', 'snap-1', '-n', NS, '--type=merge', '-p', JSON.stringify({ status: { phase: 'Succeeded', readyToUse: true } })]);
-      await waitFor('the pull to start', 10_000, async () => ((await getBlockPull(kube, NS, 'vmsnap'))?.status?.attempts === 1 ? true : undefined), 50);
-      console.log(`VirtualMachineSnapshot Succeeded: the pull started ${Math.round(performance.now() - t0)} ms later (woken by the snapshot's watch event)`);
+      await kube.kubectl([
+        'patch',
+        'vmsnapshot',
+        'snap-1',
+        '-n',
+        NS,
+        '--type=merge',
+        '-p',
+        JSON.stringify({ status: { phase: 'Succeeded', readyToUse: true } }),
+      ]);
+      await waitFor(
+        'the pull to start',
+        10_000,
+        async () => ((await getBlockPull(kube, NS, 'vmsnap'))?.status?.attempts === 1 ? true : undefined),
+        50,
+      );
+      console.log(
+        `VirtualMachineSnapshot Succeeded: the pull started ${Math.round(performance.now() - t0)} ms later (woken by the snapshot's watch event)`,
+      );
       const done = await waitForPhase(kube, NS, 'vmsnap', ['Completed', 'Failed'], 120_000);
       expect(done.status?.reason).toBe('Completed');
       expect(await launcher.compare(disk, ref)).toBe(true);
@@ -366,26 +526,66 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
       await runningWithProgress('backup');
       const t0 = performance.now();
       await kube.kubectl(['apply', '-f', '-'], { input: backupObject('bk-1') });
-      await waitFor('the pull job to be gone', 10_000, async () => ((await jobOn(disk)) === null ? true : undefined), 20);
+      await waitFor(
+        'the pull job to be gone',
+        10_000,
+        async () => ((await jobOn(disk)) === null ? true : undefined),
+        20,
+      );
       const goneMs = Math.round(performance.now() - t0);
       console.log(`VirtualMachineBackup created: job gone ${goneMs} ms later`);
       expect(goneMs).toBeLessThan(2_000);
       const yielded = await statusIs('backup', 'Pending', 'BackupInProgress');
       expect(yielded.status?.message).toMatch(/VirtualMachineBackup bp-coexist\/bk-1/);
-      await waitFor('the BackupInProgress Event', 10_000, async () => ((await eventReasons('backup')).includes('BackupInProgress') ? true : undefined));
-      await kube.kubectl(['patch', 'vmbackup', 'bk-1', '-n', NS, '--type=merge', '-p', JSON.stringify({ status: { conditions: [{ type: 'Progressing', status: 'True', reason: 'Initiated', message: '' }] } })]);
+      await waitFor('the BackupInProgress Event', 10_000, async () =>
+        (await eventReasons('backup')).includes('BackupInProgress') ? true : undefined,
+      );
+      await kube.kubectl([
+        'patch',
+        'vmbackup',
+        'bk-1',
+        '-n',
+        NS,
+        '--type=merge',
+        '-p',
+        JSON.stringify({
+          status: { conditions: [{ type: 'Progressing', status: 'True', reason: 'Initiated', message: '' }] },
+        }),
+      ]);
       await sleep(2_000);
       expect(await jobOn(disk)).toBeNull();
       expect((await getBlockPull(kube, NS, 'backup'))?.status?.reason).toBe('BackupInProgress');
       await kube.kubectl([
-        'patch', 'vmbackup', 'bk-1', '-n', NS, '--type=merge', '-p',
-        JSON.stringify({ status: { conditions: [{ type: 'Progressing', status: 'False', reason: 'Completed', message: '' }, { type: 'Complete', status: 'True', reason: 'Completed', message: '' }] } }),
+        'patch',
+        'vmbackup',
+        'bk-1',
+        '-n',
+        NS,
+        '--type=merge',
+        '-p',
+        JSON.stringify({
+          status: {
+            conditions: [
+              { type: 'Progressing', status: 'False', reason: 'Completed', message: '' },
+              { type: 'Complete', status: 'True', reason: 'Completed', message: '' },
+            ],
+          },
+        }),
       ]);
       const resumed = await runningWithProgress('backup');
       expect(resumed.status?.attempts).toBe(2);
       expect(resumed.status?.retries).toBe(0);
       expect(operator!.find(/^block pull started$/).filter((l) => l['blockpull'] === `${NS}/backup`)).toHaveLength(2);
-      await kube.kubectl(['patch', 'blockpull', 'backup', '-n', NS, '--type=merge', '-p', JSON.stringify({ spec: { bandwidth: 0 } })]);
+      await kube.kubectl([
+        'patch',
+        'blockpull',
+        'backup',
+        '-n',
+        NS,
+        '--type=merge',
+        '-p',
+        JSON.stringify({ spec: { bandwidth: 0 } }),
+      ]);
       const done = await waitForPhase(kube, NS, 'backup', ['Completed', 'Failed'], 120_000);
       expect(done.status?.reason).toBe('Completed');
       expect(await launcher.compare(disk, ref)).toBe(true);

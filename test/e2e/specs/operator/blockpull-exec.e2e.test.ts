@@ -16,7 +16,13 @@ import { launcherImage } from '../../images/images.ts';
 import { chainInDomainXml } from '../../launcher/disk-chain.ts';
 import { launcherPodManifest, launcherVmiManifest, LAUNCHER_URI } from '../../node/launcher-pod.ts';
 import { nodeApiserverArgs, startNode, type Node } from '../../node/kubelet.ts';
-import { blockPullManifest, getBlockPull, operatorServiceAccount, startOperator, type OperatorProcess } from '../../operator-fixture/fixture.ts';
+import {
+  blockPullManifest,
+  getBlockPull,
+  operatorServiceAccount,
+  startOperator,
+  type OperatorProcess,
+} from '../../operator-fixture/fixture.ts';
 import { waitFor } from '../../support/wait.ts';
 
 const STATE_DIR = path.join(REPO_ROOT, '.cache', 'blockpull-exec-cluster');
@@ -43,7 +49,15 @@ describe('BlockPull over pods/exec into a real virt-launcher stand-in pod', () =
 
   /** Make QEMU write its cached qcow2 metadata, so qemu-img (outside QEMU) sees the current data. */
   const flush = async (disk: string): Promise<void> => {
-    const out = await ex(['virsh', '-c', LAUNCHER_URI, 'qemu-monitor-command', DOMAIN, '--hmp', `qemu-io -d /machine/peripheral/ua-${disk}/virtio-backend "flush"`]);
+    const out = await ex([
+      'virsh',
+      '-c',
+      LAUNCHER_URI,
+      'qemu-monitor-command',
+      DOMAIN,
+      '--hmp',
+      `qemu-io -d /machine/peripheral/ua-${disk}/virtio-backend "flush"`,
+    ]);
     expect(out.trim()).toBe('');
   };
   const compare = async (disk: string, top: string, ref: string): Promise<string> => {
@@ -58,16 +72,38 @@ describe('BlockPull over pods/exec into a real virt-launcher stand-in pod', () =
     await installCrds(cp, [...(await projectCrdFiles()), VMI_CRD_FILE]);
     node = await startNode(cp, { images: [image] });
     await cp.kubectl(['create', 'namespace', NS]);
-    await waitFor('default service account', 60_000, async () => (await cp!.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default'])).exitCode === 0);
+    await waitFor(
+      'default service account',
+      60_000,
+      async () => (await cp!.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default'])).exitCode === 0,
+    );
     // The VMI first (its uid labels the pod), then the pod, then the VMI status pointing at it.
-    const vmi = launcherVmiManifest({ namespace: NS, vmiName: VMI, podUid: 'pending', nodeName: node.name, disks: DISKS });
+    const vmi = launcherVmiManifest({
+      namespace: NS,
+      vmiName: VMI,
+      podUid: 'pending',
+      nodeName: node.name,
+      disks: DISKS,
+    });
     await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify({ ...vmi, status: undefined }) });
     const vmiUid = (await cp.kubectl(['get', 'vmi', VMI, '-n', NS, '-o', 'jsonpath={.metadata.uid}'])).trim();
-    const pod = launcherPodManifest({ namespace: NS, podName: POD, vmiName: VMI, vmiUid, image: image.name, disks: DISKS, nodeName: node.name });
+    const pod = launcherPodManifest({
+      namespace: NS,
+      podName: POD,
+      vmiName: VMI,
+      vmiUid,
+      image: image.name,
+      disks: DISKS,
+      nodeName: node.name,
+    });
     await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
-    await cp.kubectl(['wait', '--for=condition=Ready', `pod/${POD}`, '-n', NS, '--timeout=240s'], { timeoutMs: 250_000 });
+    await cp.kubectl(['wait', '--for=condition=Ready', `pod/${POD}`, '-n', NS, '--timeout=240s'], {
+      timeoutMs: 250_000,
+    });
     const podUid = (await cp.kubectl(['get', 'pod', POD, '-n', NS, '-o', 'jsonpath={.metadata.uid}'])).trim();
-    const status = launcherVmiManifest({ namespace: NS, vmiName: VMI, podUid, nodeName: node.name, disks: DISKS })['status'];
+    const status = launcherVmiManifest({ namespace: NS, vmiName: VMI, podUid, nodeName: node.name, disks: DISKS })[
+      'status'
+    ];
     await cp.kubectl(['patch', 'vmi', VMI, '-n', NS, '--type=merge', '-p', JSON.stringify({ status })]);
     const sa = await operatorServiceAccount(cp);
     operator = await startOperator({
@@ -80,7 +116,8 @@ describe('BlockPull over pods/exec into a real virt-launcher stand-in pod', () =
 
   afterAll(async () => {
     try {
-      if (cp !== undefined && operator !== undefined) await cp.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
+      if (cp !== undefined && operator !== undefined)
+        await cp.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
       await operator?.stop();
       await node?.stop();
     } finally {
@@ -97,9 +134,20 @@ describe('BlockPull over pods/exec into a real virt-launcher stand-in pod', () =
     await flush('rootdisk');
     await ex(['qemu-img', 'convert', '-U', '-O', 'qcow2', top, ref]);
     const file = path.join(tmp!, 'bp.yaml');
-    await writeFile(file, blockPullManifest({ namespace: NS, name: 'flatten', vmiName: VMI, disk: 'rootdisk', spec: { bandwidth: '16Mi' } }));
+    await writeFile(
+      file,
+      blockPullManifest({
+        namespace: NS,
+        name: 'flatten',
+        vmiName: VMI,
+        disk: 'rootdisk',
+        spec: { bandwidth: '16Mi' },
+      }),
+    );
     await cp!.kubectl(['apply', '-f', file]);
-    await cp!.kubectl(['wait', '--for=condition=Complete', 'blockpull/flatten', '-n', NS, '--timeout=180s'], { timeoutMs: 190_000 });
+    await cp!.kubectl(['wait', '--for=condition=Complete', 'blockpull/flatten', '-n', NS, '--timeout=180s'], {
+      timeoutMs: 190_000,
+    });
     expect(await chain('rootdisk')).toEqual([top]);
     expect(await compare('rootdisk', top, ref)).toBe('Images are identical.');
     const bp = (await getBlockPull(cp!, NS, 'flatten'))!;
@@ -119,9 +167,20 @@ describe('BlockPull over pods/exec into a real virt-launcher stand-in pod', () =
     await flush('datadisk');
     await ex(['qemu-img', 'convert', '-U', '-O', 'qcow2', before[0]!, ref]);
     const file = path.join(tmp!, 'partial.yaml');
-    await writeFile(file, blockPullManifest({ namespace: NS, name: 'partial', vmiName: VMI, disk: 'datadisk', spec: { base: { path: before[2] } } }));
+    await writeFile(
+      file,
+      blockPullManifest({
+        namespace: NS,
+        name: 'partial',
+        vmiName: VMI,
+        disk: 'datadisk',
+        spec: { base: { path: before[2] } },
+      }),
+    );
     await cp!.kubectl(['apply', '-f', file]);
-    await cp!.kubectl(['wait', '--for=condition=Complete', 'blockpull/partial', '-n', NS, '--timeout=180s'], { timeoutMs: 190_000 });
+    await cp!.kubectl(['wait', '--for=condition=Complete', 'blockpull/partial', '-n', NS, '--timeout=180s'], {
+      timeoutMs: 190_000,
+    });
     expect(await chain('datadisk')).toEqual([before[0], before[2]]);
     expect(await compare('datadisk', before[0]!, ref)).toBe('Images are identical.');
   });

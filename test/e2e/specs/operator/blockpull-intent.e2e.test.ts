@@ -41,7 +41,8 @@ const TOGGLES = 20;
 const TOGGLE_DISKS = Array.from({ length: TOGGLE_RUNS }, (_, i) => `toggle-${i + 1}`);
 const OTHER_DISKS = ['maxbw', 'badbw', 'half', 'halfbad', 'delfailed', 'dellegacy'] as const;
 const CRD_FILE = path.join(REPO_ROOT, 'crds', 'blockpull.dev_blockpulls.yaml');
-const BANDWIDTH_RULES = '/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/bandwidth/x-kubernetes-validations';
+const BANDWIDTH_RULES =
+  '/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/bandwidth/x-kubernetes-validations';
 
 type Status = NonNullable<BlockPullView['status']>;
 
@@ -63,7 +64,9 @@ class JobCounter {
   }
   /** QEMU block jobs created on the disk (libvirt names them pull-<target>-...). */
   created(target: string): number {
-    return this.lines.filter((l) => l.includes('JOB_STATUS_CHANGE') && l.includes('"status":"created"') && l.includes(`"pull-${target}-`)).length;
+    return this.lines.filter(
+      (l) => l.includes('JOB_STATUS_CHANGE') && l.includes('"status":"created"') && l.includes(`"pull-${target}-`),
+    ).length;
   }
   /** The speed QEMU reported when the disk's stream jobs ended (BLOCK_JOB_COMPLETED/CANCELLED). */
   speeds(target: string): number[] {
@@ -73,7 +76,8 @@ class JobCounter {
   }
   /** libvirt's block-job-2 events for the disk: completed, failed or canceled. */
   ended(target: string): { completed: number; failed: number; canceled: number } {
-    const of = (what: string): number => this.lines.filter((l) => l.includes('block-job-2') && l.includes(`Block Pull for ${target} ${what}`)).length;
+    const of = (what: string): number =>
+      this.lines.filter((l) => l.includes('block-job-2') && l.includes(`Block Pull for ${target} ${what}`)).length;
     return { completed: of('completed'), failed: of('failed'), canceled: of('canceled') };
   }
   stop(): Promise<unknown> {
@@ -119,7 +123,12 @@ describe('BlockPull intent and bandwidth bounds', () => {
   /** The CRD as shipped (the bandwidth rules back), once the API server enforces it again. */
   const restoreCrd = async (): Promise<void> => {
     await kube.kubectl(['replace', '-f', CRD_FILE]);
-    await waitFor('CRD bandwidth rules enforced again', 30_000, async () => (await dryRun('1025Ti')).exitCode !== 0, 300);
+    await waitFor(
+      'CRD bandwidth rules enforced again',
+      30_000,
+      async () => (await dryRun('1025Ti')).exitCode !== 0,
+      300,
+    );
     crdLoosened = false;
   };
 
@@ -180,7 +189,16 @@ describe('BlockPull intent and bandwidth bounds', () => {
       const created = counter!.created(target(disk));
       const ended = counter!.ended(target(disk));
       const st = done.status as Status;
-      const events = await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', `involvedObject.name=${name}`, '-o', 'jsonpath={.items[*].reason}']);
+      const events = await kube.kubectl([
+        'get',
+        'events',
+        '-n',
+        NS,
+        '--field-selector',
+        `involvedObject.name=${name}`,
+        '-o',
+        'jsonpath={.items[*].reason}',
+      ]);
       const line = `${name}: ${st.phase}/${st.reason} attempts=${st.attempts} retries=${st.retries} | QEMU jobs created=${created}, libvirt ended: completed=${ended.completed} canceled=${ended.canceled} failed=${ended.failed} | delays ms ${delays.join(',')}`;
       figures.push(line);
       console.log(line);
@@ -212,7 +230,16 @@ describe('BlockPull intent and bandwidth bounds', () => {
       expect(r.exitCode, `${JSON.stringify(bw)}: ${r.stdout}`).not.toBe(0);
       expect(r.stderr, JSON.stringify(bw)).toMatch(message);
     }
-    for (const bw of ['1024Ti', MAX_BANDWIDTH, '1.5Ki', '0', '0.5', '50Mi', '1125899906842624', '1023.99999999999999999Ti']) {
+    for (const bw of [
+      '1024Ti',
+      MAX_BANDWIDTH,
+      '1.5Ki',
+      '0',
+      '0.5',
+      '50Mi',
+      '1125899906842624',
+      '1023.99999999999999999Ti',
+    ]) {
       const r = await dryRun(bw);
       expect(r.exitCode, `${JSON.stringify(bw)}: ${r.stderr}`).toBe(0);
     }
@@ -224,15 +251,29 @@ describe('BlockPull intent and bandwidth bounds', () => {
     expect(done.status?.phase).toBe('Completed');
     expect(done.status?.attempts).toBe(1);
     expect(counter!.created(target('maxbw'))).toBe(1);
-    await waitFor('BLOCK_JOB_COMPLETED of maxbw', 10_000, () => Promise.resolve(counter!.speeds(target('maxbw')).length === 1));
+    await waitFor('BLOCK_JOB_COMPLETED of maxbw', 10_000, () =>
+      Promise.resolve(counter!.speeds(target('maxbw')).length === 1),
+    );
     expect(counter!.speeds(target('maxbw'))).toEqual([MAX_BANDWIDTH]);
   });
 
   it('a bandwidth the operator cannot represent (past an older CRD) never leaves a job running under a terminal phase', async () => {
     // An older CRD (or one helm did not upgrade) lets bad values through: drop the bandwidth rules.
-    await kube.kubectl(['patch', 'crd', 'blockpulls.blockpull.dev', '--type=json', '-p', JSON.stringify([{ op: 'remove', path: BANDWIDTH_RULES }])]);
+    await kube.kubectl([
+      'patch',
+      'crd',
+      'blockpulls.blockpull.dev',
+      '--type=json',
+      '-p',
+      JSON.stringify([{ op: 'remove', path: BANDWIDTH_RULES }]),
+    ]);
     crdLoosened = true;
-    await waitFor('CRD without bandwidth rules', 30_000, async () => (await dryRun('99999999999999999999Ti')).exitCode === 0, 300);
+    await waitFor(
+      'CRD without bandwidth rules',
+      30_000,
+      async () => (await dryRun('99999999999999999999Ti')).exitCode === 0,
+      300,
+    );
 
     // Not representable and no job yet: Failed at once, nothing started.
     await apply('halfbad', 'halfbad', { bandwidth: '1025Ti' });
@@ -245,11 +286,16 @@ describe('BlockPull intent and bandwidth bounds', () => {
     await apply('badbw', 'badbw', { bandwidth: '1Mi' });
     await runningWithProgress('badbw');
     await patchSpec('badbw', { bandwidth: '99999999999999999999Ti' });
-    const jobWhenFailed = await waitFor('badbw Failed', 30_000, async () => {
-      const st = await status('badbw');
-      if (st?.phase !== 'Failed') return undefined;
-      return { st, job: await jobOf('badbw') };
-    }, 50);
+    const jobWhenFailed = await waitFor(
+      'badbw Failed',
+      30_000,
+      async () => {
+        const st = await status('badbw');
+        if (st?.phase !== 'Failed') return undefined;
+        return { st, job: await jobOf('badbw') };
+      },
+      50,
+    );
     expect(jobWhenFailed.st.reason).toBe('InvalidBandwidth');
     expect(jobWhenFailed.st.message).toMatch(/at most 1024Ti/);
     expect(jobWhenFailed.job).toBeNull();
@@ -257,10 +303,21 @@ describe('BlockPull intent and bandwidth bounds', () => {
     expect(counter!.ended(target('badbw'))).toMatchObject({ canceled: 1, completed: 0 });
     await sleep(1_500);
     expect(await jobOf('badbw')).toBeNull();
-    const events = await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', 'involvedObject.name=badbw', '-o', 'jsonpath={.items[*].reason}']);
+    const events = await kube.kubectl([
+      'get',
+      'events',
+      '-n',
+      NS,
+      '--field-selector',
+      'involvedObject.name=badbw',
+      '-o',
+      'jsonpath={.items[*].reason}',
+    ]);
     expect(events).toContain('InvalidBandwidth');
 
-    await kube.kubectl(['delete', 'blockpull', 'halfbad', 'badbw', '-n', NS, '--wait=true', '--timeout=30s'], { timeoutMs: 40_000 });
+    await kube.kubectl(['delete', 'blockpull', 'halfbad', 'badbw', '-n', NS, '--wait=true', '--timeout=30s'], {
+      timeoutMs: 40_000,
+    });
     await restoreCrd();
   });
 
@@ -269,7 +326,9 @@ describe('BlockPull intent and bandwidth bounds', () => {
     const job = await waitFor('half: a job at 1 byte/s', 30_000, async () => (await jobOf('half')) ?? undefined);
     expect(job.bandwidth).toBe(1);
     expect((await status('half'))?.phase).toBe('Running');
-    await kube.kubectl(['delete', 'blockpull', 'half', '-n', NS, '--wait=true', '--timeout=30s'], { timeoutMs: 40_000 });
+    await kube.kubectl(['delete', 'blockpull', 'half', '-n', NS, '--wait=true', '--timeout=30s'], {
+      timeoutMs: 40_000,
+    });
     expect(await jobOf('half')).toBeNull();
   });
 
@@ -283,7 +342,17 @@ describe('BlockPull intent and bandwidth bounds', () => {
     await runningWithProgress(disk);
     expect(await jobOf(disk)).not.toBeNull();
     // A terminal phase over the running job, written through the status subresource.
-    await kube.kubectl(['patch', 'blockpull', disk, '-n', NS, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: terminal })]);
+    await kube.kubectl([
+      'patch',
+      'blockpull',
+      disk,
+      '-n',
+      NS,
+      '--subresource=status',
+      '--type=merge',
+      '-p',
+      JSON.stringify({ status: terminal }),
+    ]);
     await sleep(1_000);
     expect(await jobOf(disk)).not.toBeNull();
     expect((await status(disk))?.phase).toBe(terminal.phase);

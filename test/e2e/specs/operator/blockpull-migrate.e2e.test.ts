@@ -60,15 +60,33 @@ describe('BlockPull and live migrations', () => {
     kube.kubectl(['patch', 'vmi', vmiName, '-n', NS, '--type=merge', '-p', JSON.stringify({ status })]);
   const createVmim = (name: string, vmiName: string): Promise<string> =>
     kube.kubectl(['apply', '-f', '-'], {
-      input: stringify({ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: NS }, spec: { vmiName } }),
+      input: stringify({
+        apiVersion: 'kubevirt.io/v1',
+        kind: 'VirtualMachineInstanceMigration',
+        metadata: { name, namespace: NS },
+        spec: { vmiName },
+      }),
     });
   const setVmimPhase = (name: string, phase: string): Promise<string> =>
     kube.kubectl(['patch', 'vmim', name, '-n', NS, '--type=merge', '-p', JSON.stringify({ status: { phase } })]);
-  const vmiUid = async (vmiName: string): Promise<string> => (await kube.kubectl(['get', 'vmi', vmiName, '-n', NS, '-o', 'jsonpath={.metadata.uid}'])).trim();
+  const vmiUid = async (vmiName: string): Promise<string> =>
+    (await kube.kubectl(['get', 'vmi', vmiName, '-n', NS, '-o', 'jsonpath={.metadata.uid}'])).trim();
   const jobOn = (l: Launcher) => new VirshDriver(l.runner, l.uri).getJob(l.domain, l.disks[0]!.target);
   const eventReasons = async (name: string): Promise<string[]> =>
-    (await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', `involvedObject.name=${name}`, '-o', 'jsonpath={.items[*].reason}'])).split(' ');
-  const pullsStarted = (name: string): number => operator!.find('block pull started').filter((l) => l['blockpull'] === `${NS}/${name}`).length;
+    (
+      await kube.kubectl([
+        'get',
+        'events',
+        '-n',
+        NS,
+        '--field-selector',
+        `involvedObject.name=${name}`,
+        '-o',
+        'jsonpath={.items[*].reason}',
+      ])
+    ).split(' ');
+  const pullsStarted = (name: string): number =>
+    operator!.find('block pull started').filter((l) => l['blockpull'] === `${NS}/${name}`).length;
 
   /** A VMI on NODE1 with its own source stand-in (3-layer chain), and a reference of its disk. */
   const sourceVmi = async (vmiName: string, sizeMiB = 64): Promise<{ source: Launcher; ref: string; uid: string }> => {
@@ -86,11 +104,17 @@ describe('BlockPull and live migrations', () => {
 
   /** Running, and the job is on the disk of `l`. */
   const runningOn = (name: string, l: Launcher, timeoutMs = 30_000): Promise<BlockPullView> =>
-    waitFor(`${name} Running with its job on ${l.podName}`, timeoutMs, async () => {
-      const bp = await getBlockPull(kube, NS, name);
-      if (bp?.status?.phase !== 'Running' || bp.status.launcher?.pod !== l.podName || bp.status.job === undefined) return undefined;
-      return (await jobOn(l)) !== null ? bp : undefined;
-    }, 50);
+    waitFor(
+      `${name} Running with its job on ${l.podName}`,
+      timeoutMs,
+      async () => {
+        const bp = await getBlockPull(kube, NS, name);
+        if (bp?.status?.phase !== 'Running' || bp.status.launcher?.pod !== l.podName || bp.status.job === undefined)
+          return undefined;
+        return (await jobOn(l)) !== null ? bp : undefined;
+      },
+      50,
+    );
 
   /**
    * Ask for a migration (by `trigger`: a kubectl write), and measure until the job is gone from the
@@ -98,11 +122,20 @@ describe('BlockPull and live migrations', () => {
    * server), `withClientMs` from before kubectl was started. Both are upper bounds: the job is seen
    * gone by a `virsh blockjob` poll, itself a process start on a loaded machine.
    */
-  const yieldTo = async (name: string, l: Launcher, trigger: () => Promise<unknown>): Promise<{ ms: number; withClientMs: number; bp: BlockPullView }> => {
+  const yieldTo = async (
+    name: string,
+    l: Launcher,
+    trigger: () => Promise<unknown>,
+  ): Promise<{ ms: number; withClientMs: number; bp: BlockPullView }> => {
     const t0 = performance.now();
     await trigger();
     const t1 = performance.now();
-    await waitFor(`${name}: job gone from ${l.podName}`, 10_000, async () => ((await jobOn(l)) === null ? true : undefined), 20);
+    await waitFor(
+      `${name}: job gone from ${l.podName}`,
+      10_000,
+      async () => ((await jobOn(l)) === null ? true : undefined),
+      20,
+    );
     const ms = Math.round(performance.now() - t1);
     const withClientMs = Math.round(performance.now() - t0);
     const bp = await waitFor(`${name} Pending/MigrationInProgress`, 10_000, async () => {
@@ -121,7 +154,14 @@ describe('BlockPull and live migrations', () => {
     operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'e2e-migrate-op' });
     watcher = (async () => {
       while (watching) {
-        const r = await kube.kubectlResult(['get', 'bp', '-n', NS, '-o', 'jsonpath={range .items[*]}{.metadata.name}={.status.phase}{"\\n"}{end}']);
+        const r = await kube.kubectlResult([
+          'get',
+          'bp',
+          '-n',
+          NS,
+          '-o',
+          'jsonpath={range .items[*]}{.metadata.name}={.status.phase}{"\\n"}{end}',
+        ]);
         for (const line of r.stdout.split('\n')) {
           const [n, phase] = line.split('=');
           if (n && phase) (phasesSeen.get(n) ?? phasesSeen.set(n, new Set()).get(n)!).add(phase);
@@ -134,7 +174,8 @@ describe('BlockPull and live migrations', () => {
   afterAll(async () => {
     watching = false;
     await watcher;
-    if (kube !== undefined) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
+    if (kube !== undefined)
+      await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
     await operator?.stop();
     for (const l of launchers) await l.stop().catch(() => undefined);
     if (registryDir) await rm(registryDir, { recursive: true, force: true });
@@ -146,11 +187,17 @@ describe('BlockPull and live migrations', () => {
     const { source, ref, uid } = await sourceVmi(vmi);
     await apply('move', vmi, { bandwidth: '2Mi' });
     await runningOn('move', source);
-    await waitFor('move: some data streamed', 20_000, async () => ((await getBlockPull(kube, NS, 'move'))?.status?.progress?.currentBytes ?? 0) > 0 || undefined);
+    await waitFor(
+      'move: some data streamed',
+      20_000,
+      async () => ((await getBlockPull(kube, NS, 'move'))?.status?.progress?.currentBytes ?? 0) > 0 || undefined,
+    );
 
     // virt-controller: a migration is requested.
     const { ms, withClientMs, bp } = await yieldTo('move', source, () => createVmim('mig-move', vmi));
-    console.log(`[figure] VMIM created -> block job gone from the source's disk: ${ms} ms after the create returned (limit 2000 ms); ${withClientMs} ms including kubectl`);
+    console.log(
+      `[figure] VMIM created -> block job gone from the source's disk: ${ms} ms after the create returned (limit 2000 ms); ${withClientMs} ms including kubectl`,
+    );
     expect(ms).toBeLessThanOrEqual(2_000);
     expect(bp.status?.phase).toBe('Pending');
     expect(bp.status?.message).toContain(`VirtualMachineInstanceMigration ${NS}/mig-move`);
@@ -159,10 +206,24 @@ describe('BlockPull and live migrations', () => {
     // The migration runs (target pod scheduled, migrationState set): nothing is started meanwhile.
     const targetPod = `virt-launcher-${vmi}-dst`;
     await setVmimPhase('mig-move', 'Running');
-    await patchVmiStatus(vmi, { migrationState: { sourcePod: source.podName, targetPod, sourceNode: NODE1, targetNode: NODE2, migrationUid: 'mig-move-uid' } });
+    await patchVmiStatus(vmi, {
+      migrationState: {
+        sourcePod: source.podName,
+        targetPod,
+        sourceNode: NODE1,
+        targetNode: NODE2,
+        migrationUid: 'mig-move-uid',
+      },
+    });
     // KubeVirt's block migration copies the source's top level into the target's new overlay.
     await source.flush(DISK);
-    const target = await startLauncher({ namespace: NS, vmiName: vmi, podName: targetPod, registryDir, disks: [{ name: DISK, layers: 3, sizeMiB: 64, migratedFrom: source.disks[0]!.chain }] });
+    const target = await startLauncher({
+      namespace: NS,
+      vmiName: vmi,
+      podName: targetPod,
+      registryDir,
+      disks: [{ name: DISK, layers: 3, sizeMiB: 64, migratedFrom: source.disks[0]!.chain }],
+    });
     launchers.push(target);
     expect(target.disks[0]!.chain[0]).not.toBe(source.disks[0]!.chain[0]);
     expect(await jobOn(source)).toBeNull();
@@ -170,15 +231,40 @@ describe('BlockPull and live migrations', () => {
     expect(pullsStarted('move')).toBe(1);
 
     // Switch-over: the VMI runs on node 2 in the target pod; the source pod has ended.
-    const targetUid = await createLauncherPod(kube, { namespace: NS, podName: targetPod, vmiName: vmi, vmiUid: uid, nodeName: NODE2 });
-    await kube.kubectl(['patch', 'pod', source.podName, '-n', NS, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: { phase: 'Succeeded' } })]);
-    const activePods = { [targetUid]: NODE2, [(await kube.kubectl(['get', 'pod', source.podName, '-n', NS, '-o', 'jsonpath={.metadata.uid}'])).trim()]: null };
-    await patchVmiStatus(vmi, { nodeName: NODE2, activePods, migrationState: { completed: true, endTimestamp: new Date().toISOString() } });
+    const targetUid = await createLauncherPod(kube, {
+      namespace: NS,
+      podName: targetPod,
+      vmiName: vmi,
+      vmiUid: uid,
+      nodeName: NODE2,
+    });
+    await kube.kubectl([
+      'patch',
+      'pod',
+      source.podName,
+      '-n',
+      NS,
+      '--subresource=status',
+      '--type=merge',
+      '-p',
+      JSON.stringify({ status: { phase: 'Succeeded' } }),
+    ]);
+    const activePods = {
+      [targetUid]: NODE2,
+      [(await kube.kubectl(['get', 'pod', source.podName, '-n', NS, '-o', 'jsonpath={.metadata.uid}'])).trim()]: null,
+    };
+    await patchVmiStatus(vmi, {
+      nodeName: NODE2,
+      activePods,
+      migrationState: { completed: true, endTimestamp: new Date().toISOString() },
+    });
     await setVmimPhase('mig-move', 'Succeeded');
 
     const resumed = await runningOn('move', target);
     expect(resumed.status?.launcher?.node).toBe(NODE2);
-    expect(resumed.status?.message).toMatch(new RegExp(`resumed after the migration on pod ${targetPod} \\(node ${NODE2}\\)`));
+    expect(resumed.status?.message).toMatch(
+      new RegExp(`resumed after the migration on pod ${targetPod} \\(node ${NODE2}\\)`),
+    );
     await patchSpec('move', { bandwidth: 0 });
     const done = await waitForPhase(kube, NS, 'move', ['Completed', 'Failed'], 60_000);
     expect(done.status?.phase).toBe('Completed');
@@ -198,9 +284,13 @@ describe('BlockPull and live migrations', () => {
     await apply('stay', vmi, { bandwidth: '2Mi' });
     await runningOn('stay', source);
     const { ms, withClientMs } = await yieldTo('stay', source, () => createVmim('mig-stay', vmi));
-    console.log(`[figure] (failed migration) VMIM created -> job gone: ${ms} ms after the create returned; ${withClientMs} ms including kubectl`);
+    console.log(
+      `[figure] (failed migration) VMIM created -> job gone: ${ms} ms after the create returned; ${withClientMs} ms including kubectl`,
+    );
     expect(ms).toBeLessThanOrEqual(2_000);
-    await patchVmiStatus(vmi, { migrationState: { sourcePod: source.podName, targetPod: 'virt-launcher-vm-stay-dst', targetNode: NODE2 } });
+    await patchVmiStatus(vmi, {
+      migrationState: { sourcePod: source.podName, targetPod: 'virt-launcher-vm-stay-dst', targetNode: NODE2 },
+    });
     await setVmimPhase('mig-stay', 'Running');
     await sleep(500);
     expect(await jobOn(source)).toBeNull();
@@ -210,7 +300,9 @@ describe('BlockPull and live migrations', () => {
 
     const resumed = await runningOn('stay', source);
     expect(resumed.status?.launcher?.node).toBe(NODE1);
-    expect(resumed.status?.message).toMatch(/resumed after the migration on pod virt-launcher-vm-stay-src \(node mig-node-1\)/);
+    expect(resumed.status?.message).toMatch(
+      /resumed after the migration on pod virt-launcher-vm-stay-src \(node mig-node-1\)/,
+    );
     await patchSpec('stay', { bandwidth: 0 });
     const done = await waitForPhase(kube, NS, 'stay', ['Completed', 'Failed'], 60_000);
     expect(done.status?.phase).toBe('Completed');
@@ -263,10 +355,24 @@ describe('BlockPull and live migrations', () => {
       } else if (kind === 1) {
         const { ms } = await yieldTo('many', source, () =>
           // A new migration replaces the state of the last one (null: the merge patch drops `failed`).
-          patchVmiStatus(vmi, { migrationState: { sourcePod: source.podName, targetPod: `virt-launcher-vm-many-t${i}`, migrationUid: `u${i}`, failed: null } }),
+          patchVmiStatus(vmi, {
+            migrationState: {
+              sourcePod: source.podName,
+              targetPod: `virt-launcher-vm-many-t${i}`,
+              migrationUid: `u${i}`,
+              failed: null,
+            },
+          }),
         );
         yields.push(ms);
-        await patchVmiStatus(vmi, { migrationState: { sourcePod: source.podName, targetPod: `virt-launcher-vm-many-t${i}`, migrationUid: `u${i}`, failed: true } });
+        await patchVmiStatus(vmi, {
+          migrationState: {
+            sourcePod: source.podName,
+            targetPod: `virt-launcher-vm-many-t${i}`,
+            migrationUid: `u${i}`,
+            failed: true,
+          },
+        });
       } else {
         const { ms } = await yieldTo('many', source, () => patchVmiStatus(vmi, { evacuationNodeName: NODE1 }));
         yields.push(ms);
@@ -277,7 +383,9 @@ describe('BlockPull and live migrations', () => {
     }
     // Printed, not asserted here (the 2 s bound is asserted in the first two tests): this test is about
     // the count and the outcome, and its 20 figures are taken on a machine shared with other runs.
-    console.log(`[figure] 20 yields, request written -> job gone (ms): ${yields.join(', ')}; max ${Math.max(...yields)}`);
+    console.log(
+      `[figure] 20 yields, request written -> job gone (ms): ${yields.join(', ')}; max ${Math.max(...yields)}`,
+    );
     await runningOn('many', source);
     await patchSpec('many', { bandwidth: 0 });
     const done = await waitForPhase(kube, NS, 'many', ['Completed', 'Failed'], 120_000);
@@ -285,7 +393,11 @@ describe('BlockPull and live migrations', () => {
     expect(done.status?.attempts).toBe(21);
     expect(done.status?.retries).toBe(0);
     expect(pullsStarted('many')).toBe(21);
-    const all = (await kube.kubectl(['get', 'bp', '-n', NS, '-o', 'jsonpath={range .items[*]}{.spec.vmiName}{"\\n"}{end}'])).split('\n').filter((v) => v === vmi);
+    const all = (
+      await kube.kubectl(['get', 'bp', '-n', NS, '-o', 'jsonpath={range .items[*]}{.spec.vmiName}{"\\n"}{end}'])
+    )
+      .split('\n')
+      .filter((v) => v === vmi);
     expect(all).toHaveLength(1);
     expect(phasesSeen.get('many')?.has('Failed')).toBe(false);
     expect(await source.compare(DISK, ref)).toBe(true);

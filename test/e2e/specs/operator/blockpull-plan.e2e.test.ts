@@ -40,11 +40,13 @@ describe('spec.dryRun: a plan, never a pull (operator process, kubectl, launcher
     await writeFile(file, blockPullManifest({ namespace: NS, name, vmiName: VMI, disk, spec }));
     return kube.kubectl(['apply', '-f', file]);
   };
-  const chainOf = async (disk: string): Promise<string[]> => (await driver.getDisk(launcher!.domain, { name: disk })).chain.map((l) => l.path);
+  const chainOf = async (disk: string): Promise<string[]> =>
+    (await driver.getDisk(launcher!.domain, { name: disk })).chain.map((l) => l.path);
   /** Bytes allocated to a file on the host (the stand-in's images are host files). */
   const allocated = async (file: string): Promise<number> => (await stat(file)).blocks * 512;
   const stored = async (name: string): Promise<BlockPull> => parseBlockPull(await getBlockPull(kube, NS, name));
-  const startsFor = (name: string): number => operator!.find('block pull started').filter((l) => l['blockpull'] === `${NS}/${name}`).length;
+  const startsFor = (name: string): number =>
+    operator!.find('block pull started').filter((l) => l['blockpull'] === `${NS}/${name}`).length;
 
   beforeAll(async () => {
     kube = clusterClient(inject('kubeconfigPath'), inject('kubectlPath'));
@@ -67,7 +69,8 @@ describe('spec.dryRun: a plan, never a pull (operator process, kubectl, launcher
   });
 
   afterAll(async () => {
-    if (kube !== undefined) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
+    if (kube !== undefined)
+      await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
     await operator?.stop();
     await launcher?.stop();
     if (registryDir) await rm(registryDir, { recursive: true, force: true });
@@ -96,12 +99,23 @@ describe('spec.dryRun: a plan, never a pull (operator process, kubectl, launcher
     expect(plan.status?.backingChain?.current?.map((l) => l.path)).toEqual(chainBefore);
     // No job, no byte written: the chain and the top image are as they were.
     expect(startsFor('plan')).toBe(0);
-    expect(await driver.getJob(launcher!.domain, (await driver.getDisk(launcher!.domain, { name: 'planned' })).target)).toBeNull();
+    expect(
+      await driver.getJob(launcher!.domain, (await driver.getDisk(launcher!.domain, { name: 'planned' })).target),
+    ).toBeNull();
     expect(await chainOf('planned')).toEqual(chainBefore);
     expect(await allocated(top)).toBe(topBefore);
 
     // The CRD keeps a plan a plan.
-    const flip = await kube.kubectlResult(['patch', 'blockpull', 'plan', '-n', NS, '--type=merge', '-p', JSON.stringify({ spec: { dryRun: false } })]);
+    const flip = await kube.kubectlResult([
+      'patch',
+      'blockpull',
+      'plan',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ spec: { dryRun: false } }),
+    ]);
     expect(flip.exitCode).not.toBe(0);
     expect(flip.stderr).toContain('dryRun is immutable');
 
@@ -111,7 +125,9 @@ describe('spec.dryRun: a plan, never a pull (operator process, kubectl, launcher
     expect(done.status?.phase).toBe('Completed');
     expect(await chainOf('planned')).toEqual([top]);
     const written = (await allocated(top)) - topBefore;
-    console.log(`pull after the plan: ${written} bytes written into the top image, plan said at most ${figures.bytesToWrite}`);
+    console.log(
+      `pull after the plan: ${written} bytes written into the top image, plan said at most ${figures.bytesToWrite}`,
+    );
     expect(written).toBeGreaterThan(0);
     expect(written).toBeLessThanOrEqual(figures.bytesToWrite!);
     expect(await launcher!.compare('planned', ref)).toBe(true);

@@ -60,14 +60,28 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
     await writeFile(file, blockPullManifest({ namespace: NS, name, vmiName: VMI, disk: diskName, spec }));
     await kube.kubectl(['apply', '-f', file]);
   };
-  const startsFor = (name: string): number => operator!.find('block pull started').filter((l) => l['blockpull'] === `${NS}/${name}`).length;
-  const checksFor = (name: string): Record<string, unknown>[] => operator!.find('pre-flight space check').filter((l) => l['blockpull'] === `${NS}/${name}`);
+  const startsFor = (name: string): number =>
+    operator!.find('block pull started').filter((l) => l['blockpull'] === `${NS}/${name}`).length;
+  const checksFor = (name: string): Record<string, unknown>[] =>
+    operator!.find('pre-flight space check').filter((l) => l['blockpull'] === `${NS}/${name}`);
   const eventsOf = async (name: string): Promise<{ reason: string; message: string; type: string }[]> => {
-    const out = await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', `involvedObject.name=${name}`, '-o', 'json']);
+    const out = await kube.kubectl([
+      'get',
+      'events',
+      '-n',
+      NS,
+      '--field-selector',
+      `involvedObject.name=${name}`,
+      '-o',
+      'json',
+    ]);
     return (JSON.parse(out) as { items: { reason: string; message: string; type: string }[] }).items;
   };
   const domstate = async (): Promise<string> => {
-    const r = await launcher!.runner.run(['virsh', '-q', '-c', launcher!.uri, 'domstate', '--reason', launcher!.domain], { timeoutMs: 30_000 });
+    const r = await launcher!.runner.run(
+      ['virsh', '-q', '-c', launcher!.uri, 'domstate', '--reason', launcher!.domain],
+      { timeoutMs: 30_000 },
+    );
     return r.stdout.trim();
   };
 
@@ -93,11 +107,17 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
     driver = new VirshDriver(launcher.runner, launcher.uri);
     await createFakeVmi(kube, { namespace: NS, vmiName: VMI, launcher, disks: DISKS });
     // Margins: 1 MiB, or the default 10 % of the top filesystem when larger.
-    operator = await startOperator({ kubeconfig: sa, registryDir, name: 'e2e-space', env: { BLOCKPULL_SPACE_MARGIN_MIB: '1' } });
+    operator = await startOperator({
+      kubeconfig: sa,
+      registryDir,
+      name: 'e2e-space',
+      env: { BLOCKPULL_SPACE_MARGIN_MIB: '1' },
+    });
   });
 
   afterAll(async () => {
-    if (kube !== undefined) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
+    if (kube !== undefined)
+      await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
     await operator?.stop();
     await launcher?.stop();
     if (registryDir) await rm(registryDir, { recursive: true, force: true });
@@ -106,7 +126,10 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
 
   it('the driver measures inside the launcher: bytes to pull (upper bound), free space, mount point and usage', async () => {
     const d = disk('short');
-    const info = await driver.getSpace(launcher!.domain, { disk: await driver.getDisk(launcher!.domain, { name: 'short' }), measureUsage: true });
+    const info = await driver.getSpace(launcher!.domain, {
+      disk: await driver.getDisk(launcher!.domain, { name: 'short' }),
+      measureUsage: true,
+    });
     expect(info.kind).toBe('measured');
     if (info.kind !== 'measured') return;
     expect(info.topPath).toBe(d.chain[0]);
@@ -119,7 +142,9 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
     expect(info.usage?.mountPoint).toBe(d.topFs);
     expect(info.usage?.usedBytes).toBeGreaterThan(0);
     expect(info.usage?.usedBytes).toBeLessThan(16 * MiB);
-    console.log(`pre-flight figures for 'short': pull <= ${info.pullBytes} bytes (stand-in's own count ${d.pullBytes}), ${info.availableBytes} bytes free, ${info.usage?.usedBytes} used`);
+    console.log(
+      `pre-flight figures for 'short': pull <= ${info.pullBytes} bytes (stand-in's own count ${d.pullBytes}), ${info.availableBytes} bytes free, ${info.usage?.usedBytes} used`,
+    );
   });
 
   it('short from the start: Pending/InsufficientSpace with both figures, no job, nothing written; re-checked with backoff, then completes', async () => {
@@ -143,7 +168,11 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
     expect(await driver.getJob(launcher!.domain, d.target)).toBeNull();
     expect(await freeBytes(d.topFs)).toBe(freeBefore);
     const events = await eventsOf('short');
-    expect(events.some((e) => e.reason === 'InsufficientSpace' && e.type === 'Warning' && e.message.includes(`${freeBefore} bytes`))).toBe(true);
+    expect(
+      events.some(
+        (e) => e.reason === 'InsufficientSpace' && e.type === 'Warning' && e.message.includes(`${freeBefore} bytes`),
+      ),
+    ).toBe(true);
 
     // Re-checked with backoff: the measurements are spaced 5 s, 10 s, ... (not on every wake-up).
     await waitFor('three checks', 60_000, () => Promise.resolve(checksFor('short').length >= 3 || undefined), 500);
@@ -223,7 +252,13 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
   it("the launcher pod's ephemeral-storage limit: short under it -> InsufficientSpace naming the limit; a larger limit -> completes", async () => {
     const recreatePod = async (limit: string): Promise<void> => {
       await kube.kubectl(['delete', 'pod', launcher!.podName, '-n', NS, '--grace-period=0', '--force', '--wait=true']);
-      await createFakeVmi(kube, { namespace: NS, vmiName: VMI, launcher: launcher!, disks: DISKS, computeLimits: { 'ephemeral-storage': limit } });
+      await createFakeVmi(kube, {
+        namespace: NS,
+        vmiName: VMI,
+        launcher: launcher!,
+        disks: DISKS,
+        computeLimits: { 'ephemeral-storage': limit },
+      });
     };
     const ref = await launcher!.reference('eph');
     await recreatePod('20Mi');
@@ -243,6 +278,15 @@ describe('full disks: pre-flight space check, I/O errors reported (operator proc
   });
 
   async function patchBandwidth(name: string, bandwidth: string): Promise<void> {
-    await kube.kubectl(['patch', 'blockpull', name, '-n', NS, '--type=merge', '-p', JSON.stringify({ spec: { bandwidth } })]);
+    await kube.kubectl([
+      'patch',
+      'blockpull',
+      name,
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ spec: { bandwidth } }),
+    ]);
   }
 });

@@ -29,7 +29,19 @@ const NS = 'bp-e2e';
 const VMI = 'vm1';
 const MiB = 1024 * 1024;
 /** Disks of the stand-in VM: one fresh chain per scenario (a pulled disk is flat afterwards). */
-const CHAINED = ['basic', 'partial', 'bwchange', 'pause', 'delete', 'restart', 'busy', 'shutdown', 'slot-a', 'slot-b', 'other-node'] as const;
+const CHAINED = [
+  'basic',
+  'partial',
+  'bwchange',
+  'pause',
+  'delete',
+  'restart',
+  'busy',
+  'shutdown',
+  'slot-a',
+  'slot-b',
+  'other-node',
+] as const;
 
 describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', () => {
   let kube: ClusterClient;
@@ -43,7 +55,12 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
   let operator: OperatorProcess | undefined;
   const operators: OperatorProcess[] = [];
 
-  const apply = async (name: string, disk: string, spec: Record<string, unknown> = {}, vmiName = VMI): Promise<string> => {
+  const apply = async (
+    name: string,
+    disk: string,
+    spec: Record<string, unknown> = {},
+    vmiName = VMI,
+  ): Promise<string> => {
     const file = path.join(tmp, `${name}.yaml`);
     await writeFile(file, blockPullManifest({ namespace: NS, name, vmiName, disk, spec }));
     return kube.kubectl(['apply', '-f', file]);
@@ -55,7 +72,8 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     if (d === undefined) throw new Error(`no disk ${disk}`);
     return d.target;
   };
-  const chainOf = async (disk: string): Promise<string[]> => (await driver.getDisk(launcher!.domain, { name: disk })).chain.map((l) => l.path);
+  const chainOf = async (disk: string): Promise<string[]> =>
+    (await driver.getDisk(launcher!.domain, { name: disk })).chain.map((l) => l.path);
   const pullsStartedFor = (op: OperatorProcess, name: string): number =>
     op.find('block pull started').filter((l) => l['blockpull'] === `${NS}/${name}`).length;
   const runningWithProgress = (name: string): Promise<BlockPullView> =>
@@ -82,14 +100,21 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     driver = new VirshDriver(launcher.runner, launcher.uri);
     // "ghost" is in the VMI spec but not in the domain: libvirt reports it missing.
     await createFakeVmi(kube, { namespace: NS, vmiName: VMI, launcher, disks: [...CHAINED, 'flat', 'ghost'] });
-    await createFakeVmi(kube, { namespace: NS, vmiName: 'vm-stopped', disks: ['rootdisk'], phase: 'Scheduling', pod: false });
+    await createFakeVmi(kube, {
+      namespace: NS,
+      vmiName: 'vm-stopped',
+      disks: ['rootdisk'],
+      phase: 'Scheduling',
+      pod: false,
+    });
     operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'e2e-op-1' });
     operators.push(operator);
   });
 
   afterAll(async () => {
     // Let the operator drop its finalizers, then stop everything this spec started.
-    if (kube !== undefined) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
+    if (kube !== undefined)
+      await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
     for (const op of operators) await op.stop();
     for (const l of extraLaunchers) await l.stop();
     await launcher?.stop();
@@ -123,7 +148,9 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
         await sleep(50);
       }
     })();
-    await kube.kubectl(['wait', '--for=condition=Complete', 'blockpull/basic', '-n', NS, '--timeout=120s'], { timeoutMs: 130_000 });
+    await kube.kubectl(['wait', '--for=condition=Complete', 'blockpull/basic', '-n', NS, '--timeout=120s'], {
+      timeoutMs: 130_000,
+    });
     const completedSeenAt = Date.now();
     stopWatch = true;
     await Promise.all([watcher, jobWatcher]);
@@ -133,9 +160,16 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(await launcher!.compare('basic', ref)).toBe(true);
 
     // kubectl get bp showed progress while it ran (columns VMI DISK PHASE PROGRESS AGE).
-    const progressRows = rows.filter((r) => /\sRunning\s+(\d+)%/.test(r) && Number(/\sRunning\s+(\d+)%/.exec(r)![1]) > 0 && Number(/\sRunning\s+(\d+)%/.exec(r)![1]) < 100);
+    const progressRows = rows.filter(
+      (r) =>
+        /\sRunning\s+(\d+)%/.test(r) &&
+        Number(/\sRunning\s+(\d+)%/.exec(r)![1]) > 0 &&
+        Number(/\sRunning\s+(\d+)%/.exec(r)![1]) < 100,
+    );
     expect(progressRows.length, rows.join('\n')).toBeGreaterThan(0);
-    expect(await kube.kubectl(['get', 'bp', 'basic', '-n', NS, '--no-headers'])).toMatch(/^basic\s+vm1\s+basic\s+Completed\s+100%/);
+    expect(await kube.kubectl(['get', 'bp', 'basic', '-n', NS, '--no-headers'])).toMatch(
+      /^basic\s+vm1\s+basic\s+Completed\s+100%/,
+    );
 
     // The final status landed within 1 s of the job's end, as seen by kubectl wait (a watch) and
     // by our 50 ms polling of libvirt (whose own virsh call adds its latency to the margin).
@@ -151,7 +185,13 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
       reason: 'Completed',
       attempts: 1,
       observedGeneration: bp.metadata.generation,
-      launcher: { pod: launcher!.podName, node: 'standin-node', container: 'compute', domain: `${NS}_${VMI}`, target: target('basic') },
+      launcher: {
+        pod: launcher!.podName,
+        node: 'standin-node',
+        container: 'compute',
+        domain: `${NS}_${VMI}`,
+        target: target('basic'),
+      },
       progress: { percent: '100%' },
     });
     expect(bp.status?.backingChain?.before).toHaveLength(3);
@@ -159,13 +199,26 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(bp.status?.startTime).toBeDefined();
     expect(bp.status?.completionTime).toBeDefined();
     const conds = Object.fromEntries((bp.status?.conditions ?? []).map((c) => [c.type, c]));
-    expect(conds['Complete']).toMatchObject({ status: 'True', reason: 'Completed', observedGeneration: bp.metadata.generation });
+    expect(conds['Complete']).toMatchObject({
+      status: 'True',
+      reason: 'Completed',
+      observedGeneration: bp.metadata.generation,
+    });
     expect(conds['Progressing']?.status).toBe('False');
     expect(conds['Failed']?.status).toBe('False');
     expect(pullsStartedFor(operator!, 'basic')).toBe(1);
 
     // Events on the object.
-    const events = await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', 'involvedObject.name=basic', '-o', 'jsonpath={.items[*].reason}']);
+    const events = await kube.kubectl([
+      'get',
+      'events',
+      '-n',
+      NS,
+      '--field-selector',
+      'involvedObject.name=basic',
+      '-o',
+      'jsonpath={.items[*].reason}',
+    ]);
     expect(events).toContain('PullStarted');
     expect(events).toContain('Completed');
 
@@ -194,7 +247,9 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     const ref = await launcher!.reference('partial');
     const chain = launcher!.disks.find((d) => d.name === 'partial')!.chain;
     await apply('partial', 'partial', { base: { position: 2 } });
-    await kube.kubectl(['wait', '--for=condition=Complete', 'blockpull/partial', '-n', NS, '--timeout=120s'], { timeoutMs: 130_000 });
+    await kube.kubectl(['wait', '--for=condition=Complete', 'blockpull/partial', '-n', NS, '--timeout=120s'], {
+      timeoutMs: 130_000,
+    });
     expect(await chainOf('partial')).toEqual([chain[0], chain[2]]);
     expect(await launcher!.compare('partial', ref)).toBe(true);
     const bp = (await getBlockPull(kube, NS, 'partial'))!;
@@ -209,13 +264,26 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     const job = await driver.getJob(launcher!.domain, target('bwchange'));
     expect(job?.bandwidth).toBe(1 * MiB);
     await patchSpec('bwchange', { bandwidth: '64Mi' });
-    await waitFor('libvirt job at 64 MiB/s', 10_000, async () => (await driver.getJob(launcher!.domain, target('bwchange')))?.bandwidth === 64 * MiB);
+    await waitFor(
+      'libvirt job at 64 MiB/s',
+      10_000,
+      async () => (await driver.getJob(launcher!.domain, target('bwchange')))?.bandwidth === 64 * MiB,
+    );
     // At 1 MiB/s the 32 MiB would take ~30 s; at 64 MiB/s it ends within seconds.
     const t0 = Date.now();
     await waitForPhase(kube, NS, 'bwchange', ['Completed'], 20_000);
     expect(Date.now() - t0).toBeLessThan(15_000);
     expect(await launcher!.compare('bwchange', ref)).toBe(true);
-    const events = await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', 'involvedObject.name=bwchange', '-o', 'jsonpath={.items[*].reason}']);
+    const events = await kube.kubectl([
+      'get',
+      'events',
+      '-n',
+      NS,
+      '--field-selector',
+      'involvedObject.name=bwchange',
+      '-o',
+      'jsonpath={.items[*].reason}',
+    ]);
     expect(events).toContain('BandwidthChanged');
   });
 
@@ -244,7 +312,9 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     await apply('delete', 'delete', { bandwidth: '1Mi' });
     await runningWithProgress('delete');
     expect(await driver.getJob(launcher!.domain, target('delete'))).not.toBeNull();
-    await kube.kubectl(['delete', 'blockpull', 'delete', '-n', NS, '--wait=true', '--timeout=30s'], { timeoutMs: 40_000 });
+    await kube.kubectl(['delete', 'blockpull', 'delete', '-n', NS, '--wait=true', '--timeout=30s'], {
+      timeoutMs: 40_000,
+    });
     expect(await getBlockPull(kube, NS, 'delete')).toBeUndefined();
     expect(await driver.getJob(launcher!.domain, target('delete'))).toBeNull();
     // Aborted short of the goal: the chain is intact and the data unchanged.
@@ -259,12 +329,37 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     await apply('stopped', 'rootdisk', {}, 'vm-stopped');
     await apply('flat', 'flat');
     // A VMI being migrated (status.migrationState without completed/failed).
-    await createFakeVmi(kube, { namespace: NS, vmiName: 'vm-migrating', disks: ['rootdisk'], podName: 'virt-launcher-vm-migrating-src' });
-    const migration = { migrationState: { sourcePod: 'virt-launcher-vm-migrating-src', targetPod: 'virt-launcher-vm-migrating-dst', completed: false } };
-    await kube.kubectl(['patch', 'vmi', 'vm-migrating', '-n', NS, '--type=merge', '-p', JSON.stringify({ status: migration })]);
+    await createFakeVmi(kube, {
+      namespace: NS,
+      vmiName: 'vm-migrating',
+      disks: ['rootdisk'],
+      podName: 'virt-launcher-vm-migrating-src',
+    });
+    const migration = {
+      migrationState: {
+        sourcePod: 'virt-launcher-vm-migrating-src',
+        targetPod: 'virt-launcher-vm-migrating-dst',
+        completed: false,
+      },
+    };
+    await kube.kubectl([
+      'patch',
+      'vmi',
+      'vm-migrating',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ status: migration }),
+    ]);
     await apply('migrating', 'rootdisk', {}, 'vm-migrating');
     const expectations: [string, string, string, RegExp][] = [
-      ['migrating', 'Pending', 'MigrationInProgress', /migrating \(virt-launcher-vm-migrating-src -> virt-launcher-vm-migrating-dst\)/],
+      [
+        'migrating',
+        'Pending',
+        'MigrationInProgress',
+        /migrating \(virt-launcher-vm-migrating-src -> virt-launcher-vm-migrating-dst\)/,
+      ],
       ['no-vmi', 'Pending', 'VMINotFound', /VirtualMachineInstance bp-e2e\/nope not found/],
       ['no-disk', 'Failed', 'DiskNotFound', /no disk nodisk/],
       ['ghost-disk', 'Failed', 'DiskNotFound', /ghost/],
@@ -281,7 +376,16 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     }
     expect(pullsStartedFor(operator!, 'flat')).toBe(0);
     // The migration ends: the BlockPull moves on (here to LauncherNotFound: no stand-in serves that pod).
-    await kube.kubectl(['patch', 'vmi', 'vm-migrating', '-n', NS, '--type=merge', '-p', JSON.stringify({ status: { migrationState: { completed: true } } })]);
+    await kube.kubectl([
+      'patch',
+      'vmi',
+      'vm-migrating',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ status: { migrationState: { completed: true } } }),
+    ]);
     const moved = await waitFor('migrating moves on', 30_000, async () => {
       const b = await getBlockPull(kube, NS, 'migrating');
       return b?.status?.reason === 'LauncherNotFound' ? b : undefined;
@@ -324,17 +428,55 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
       expect(r.stderr, name).toMatch(expected);
     };
     await bad('bad-name', { vmiName: 'Bad_Name', disk: 'd' }, /spec.vmiName.*should match/);
-    await bad('bad-base', { vmiName: 'vm1', disk: 'd', base: { position: 1, path: '/x' } }, /exactly one of position or path/);
-    await bad('bad-base-0', { vmiName: 'vm1', disk: 'd', base: { position: 0 } }, /spec.base.position.*greater than or equal to 1/);
-    await bad('bad-bw', { vmiName: 'vm1', disk: 'd', bandwidth: '5 MB' }, /bandwidth must be a non-negative integer or a Quantity/);
-    await bad('bad-bw-neg', { vmiName: 'vm1', disk: 'd', bandwidth: -5 }, /bandwidth must be a non-negative integer or a Quantity/);
-    await bad('bad-retries', { vmiName: 'vm1', disk: 'd', maxRetries: 1000 }, /spec.maxRetries.*less than or equal to 100/);
+    await bad(
+      'bad-base',
+      { vmiName: 'vm1', disk: 'd', base: { position: 1, path: '/x' } },
+      /exactly one of position or path/,
+    );
+    await bad(
+      'bad-base-0',
+      { vmiName: 'vm1', disk: 'd', base: { position: 0 } },
+      /spec.base.position.*greater than or equal to 1/,
+    );
+    await bad(
+      'bad-bw',
+      { vmiName: 'vm1', disk: 'd', bandwidth: '5 MB' },
+      /bandwidth must be a non-negative integer or a Quantity/,
+    );
+    await bad(
+      'bad-bw-neg',
+      { vmiName: 'vm1', disk: 'd', bandwidth: -5 },
+      /bandwidth must be a non-negative integer or a Quantity/,
+    );
+    await bad(
+      'bad-retries',
+      { vmiName: 'vm1', disk: 'd', maxRetries: 1000 },
+      /spec.maxRetries.*less than or equal to 100/,
+    );
     await bad('no-disk-field', { vmiName: 'vm1' }, /spec.disk: Required value/);
     // Immutability (CEL transition rules).
-    const imm = await kube.kubectlResult(['patch', 'blockpull', 'basic', '-n', NS, '--type=merge', '-p', '{"spec":{"vmiName":"other"}}']);
+    const imm = await kube.kubectlResult([
+      'patch',
+      'blockpull',
+      'basic',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      '{"spec":{"vmiName":"other"}}',
+    ]);
     expect(imm.exitCode).not.toBe(0);
     expect(imm.stderr).toMatch(/vmiName is immutable/);
-    const immBase = await kube.kubectlResult(['patch', 'blockpull', 'basic', '-n', NS, '--type=merge', '-p', '{"spec":{"base":{"position":1}}}']);
+    const immBase = await kube.kubectlResult([
+      'patch',
+      'blockpull',
+      'basic',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      '{"spec":{"base":{"position":1}}}',
+    ]);
     expect(immBase.exitCode).not.toBe(0);
     expect(immBase.stderr).toMatch(/base is immutable/);
     // kubectl explain documents the fields.
@@ -356,9 +498,16 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     // the first one, which started the job, never called it Adopted.
     const next = operator;
     const adoptedBy = (op: OperatorProcess): Record<string, unknown>[] =>
-      op.find('adopted a running block pull job this process did not start (e.g. after a leader change)').filter((l) => l['blockpull'] === `${NS}/restart`);
+      op
+        .find('adopted a running block pull job this process did not start (e.g. after a leader change)')
+        .filter((l) => l['blockpull'] === `${NS}/restart`);
     const line = await waitFor('adoption logged', 30_000, () => Promise.resolve(adoptedBy(next)[0]));
-    expect(line).toMatchObject({ level: 'info', launcherPod: launcher!.podName, target: target('restart'), previousPhase: 'Running' });
+    expect(line).toMatchObject({
+      level: 'info',
+      launcherPod: launcher!.podName,
+      target: target('restart'),
+      previousPhase: 'Running',
+    });
     const adopted = await waitFor('restart Adopted', 10_000, async () => {
       const b = await getBlockPull(kube, NS, 'restart');
       return b?.status?.reason === 'Adopted' ? b : undefined;
@@ -375,7 +524,16 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(pullsStartedFor(operator, 'restart')).toBe(0);
     expect(adoptedBy(operator)).toHaveLength(1);
     expect(adoptedBy(first)).toHaveLength(0);
-    const events = await kube.kubectl(['get', 'events', '-n', NS, '--field-selector', 'involvedObject.name=restart', '-o', 'jsonpath={range .items[*]}{.reason}{"\\n"}{end}']);
+    const events = await kube.kubectl([
+      'get',
+      'events',
+      '-n',
+      NS,
+      '--field-selector',
+      'involvedObject.name=restart',
+      '-o',
+      'jsonpath={range .items[*]}{.reason}{"\\n"}{end}',
+    ]);
     expect(events.split('\n').filter((r) => r === 'Adopted')).toHaveLength(1);
     expect(await chainOf('restart')).toHaveLength(1);
     expect(await launcher!.compare('restart', ref)).toBe(true);
@@ -390,7 +548,12 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(previous.find(/shutting down/).length).toBe(1);
     expect(await driver.getJob(launcher!.domain, target('shutdown'))).not.toBeNull();
     // The Lease was released: the next operator leads at once. It allows ONE pull cluster-wide.
-    operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'e2e-op-3', env: { BLOCKPULL_MAX_CONCURRENT_PULLS: '1' } });
+    operator = await startOperator({
+      kubeconfig: saKubeconfig,
+      registryDir,
+      name: 'e2e-op-3',
+      env: { BLOCKPULL_MAX_CONCURRENT_PULLS: '1' },
+    });
     operators.push(operator);
     const done = await waitForPhase(kube, NS, 'shutdown', ['Completed'], 60_000);
     expect(done.status?.attempts).toBe(1);
@@ -434,7 +597,12 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     const node = 'pn-node';
     const standins: Record<string, { launcher: Launcher; driver: VirshDriver }> = {};
     for (const vmiName of ['vm-pn-a', 'vm-pn-b']) {
-      const l = await startLauncher({ namespace: NS, vmiName, registryDir, disks: [{ name: 'd', layers: 3, sizeMiB: 32, allocatedMiB: 17 }] });
+      const l = await startLauncher({
+        namespace: NS,
+        vmiName,
+        registryDir,
+        disks: [{ name: 'd', layers: 3, sizeMiB: 32, allocatedMiB: 17 }],
+      });
       extraLaunchers.push(l);
       await createFakeVmi(kube, { namespace: NS, vmiName, launcher: l, disks: ['d'], nodeName: node });
       standins[vmiName] = { launcher: l, driver: new VirshDriver(l.runner, l.uri) };

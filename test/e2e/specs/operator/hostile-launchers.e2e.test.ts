@@ -25,7 +25,12 @@ import {
   type OperatorProcess,
 } from '../../operator-fixture/fixture.ts';
 import { sleep, waitFor } from '../../support/wait.ts';
-import { isFakeSleeper, registerFakeLauncher, type FakeLauncher, type FakeVirshMode } from '../../launcher/fake-launcher.ts';
+import {
+  isFakeSleeper,
+  registerFakeLauncher,
+  type FakeLauncher,
+  type FakeVirshMode,
+} from '../../launcher/fake-launcher.ts';
 import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
 describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
@@ -39,7 +44,13 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
   let operator: OperatorProcess | undefined;
 
   const fake = async (namespace: string, pod: string, mode: FakeVirshMode): Promise<FakeLauncher> => {
-    const f = await registerFakeLauncher({ registryDir, dir: path.join(tmp, `${namespace}.${pod}`), namespace, pod, mode });
+    const f = await registerFakeLauncher({
+      registryDir,
+      dir: path.join(tmp, `${namespace}.${pod}`),
+      namespace,
+      pod,
+      mode,
+    });
     fakes.push(f);
     return f;
   };
@@ -48,14 +59,27 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
     namespaces.push(ns);
     return ns;
   };
-  const apply = (namespace: string, name: string, vmiName: string, spec: Record<string, unknown> = {}): Promise<string> =>
-    kube.kubectl(['apply', '-f', '-'], { input: blockPullManifest({ namespace, name, vmiName, disk: 'rootdisk', spec }) });
+  const apply = (
+    namespace: string,
+    name: string,
+    vmiName: string,
+    spec: Record<string, unknown> = {},
+  ): Promise<string> =>
+    kube.kubectl(['apply', '-f', '-'], {
+      input: blockPullManifest({ namespace, name, vmiName, disk: 'rootdisk', spec }),
+    });
   const vmiUid = async (namespace: string, vmiName: string): Promise<string> =>
     (await kube.kubectl(['get', 'vmi', vmiName, '-n', namespace, '-o', 'jsonpath={.metadata.uid}'])).trim();
   const start = async (name: string, env: Record<string, string> = {}, main?: string): Promise<OperatorProcess> => {
     // A compiled `main` runs as the image does: with the ENTRYPOINT's node flags.
     const image = main !== undefined ? { main, nodeArgs: imageNodeArgs() } : {};
-    operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name, env: { BLOCKPULL_LEADER_ELECT: 'false', ...env }, ...image });
+    operator = await startOperator({
+      kubeconfig: saKubeconfig,
+      registryDir,
+      name,
+      env: { BLOCKPULL_LEADER_ELECT: 'false', ...env },
+      ...image,
+    });
     return operator;
   };
   const stopOperator = async (): Promise<void> => {
@@ -83,7 +107,8 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
     for (const l of launchers) await l.stop();
     try {
       if (operator === undefined && kube !== undefined && namespaces.length > 0) await start('hostile-cleanup');
-      for (const ns of namespaces) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', ns, '--wait=true', '--timeout=20s']);
+      for (const ns of namespaces)
+        await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', ns, '--wait=true', '--timeout=20s']);
     } finally {
       await stopOperator();
       if (registryDir) await rm(registryDir, { recursive: true, force: true });
@@ -116,12 +141,26 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
       // The real launcher appears (controlled by the VMI, in activePods): it is used, even though a
       // second forged pod is newer; the BlockPull is paused first so that no job is started.
       await kube.kubectl(['patch', 'blockpull', 'forge', '-n', ns, '--type=merge', '-p', '{"spec":{"paused":true}}']);
-      const realUid = await createLauncherPod(kube, { namespace: ns, podName: 'virt-launcher-vm-f-real', vmiName: 'vm-f', vmiUid: uid });
+      const realUid = await createLauncherPod(kube, {
+        namespace: ns,
+        podName: 'virt-launcher-vm-f-real',
+        vmiName: 'vm-f',
+        vmiUid: uid,
+      });
       await fake(ns, 'virt-launcher-vm-f-real', 'chain3');
       await sleep(1_100); // creationTimestamp has a one-second resolution
       await createLauncherPod(kube, { namespace: ns, podName: 'forged-2', vmiName: 'vm-f', vmiUid: uid, owned: false });
       const forged2 = await fake(ns, 'forged-2', 'flat');
-      await kube.kubectl(['patch', 'vmi', 'vm-f', '-n', ns, '--type=merge', '-p', JSON.stringify({ status: { activePods: { [realUid]: 'standin-node' } } })]);
+      await kube.kubectl([
+        'patch',
+        'vmi',
+        'vm-f',
+        '-n',
+        ns,
+        '--type=merge',
+        '-p',
+        JSON.stringify({ status: { activePods: { [realUid]: 'standin-node' } } }),
+      ]);
       const paused = await waitForPhase(kube, ns, 'forge', ['Paused', 'Completed', 'Failed'], 30_000);
       expect(paused.status?.phase, JSON.stringify(paused.status)).toBe('Paused');
       expect(paused.status?.launcher?.['pod']).toBe('virt-launcher-vm-f-real');
@@ -145,9 +184,19 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
     try {
       const pid = op.child.pid!;
       const atStart = await memory(pid);
-      await createFakeVmi(kube, { namespace: ns, vmiName: 'vm-flood', podName: 'virt-launcher-flood', disks: ['rootdisk'] });
+      await createFakeVmi(kube, {
+        namespace: ns,
+        vmiName: 'vm-flood',
+        podName: 'virt-launcher-flood',
+        disks: ['rootdisk'],
+      });
       const flood = await fake(ns, 'virt-launcher-flood', 'flood');
-      await createFakeVmi(kube, { namespace: other, vmiName: 'vm-ok', podName: 'virt-launcher-ok', disks: ['rootdisk'] });
+      await createFakeVmi(kube, {
+        namespace: other,
+        vmiName: 'vm-ok',
+        podName: 'virt-launcher-ok',
+        disks: ['rootdisk'],
+      });
       await fake(other, 'virt-launcher-ok', 'flat');
       await apply(ns, 'flood', 'vm-flood');
       await apply(other, 'unaffected', 'vm-ok');
@@ -170,7 +219,9 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
       );
       expect(flooded, 'the flooded BlockPull shows HypervisorUnreachable').toBeDefined();
       expect(flooded?.status?.phase).toBe('Pending');
-      expect(flooded?.status?.message).toMatch(/stdout of the command exceeded the limit of 1048576 bytes; the command was killed: virsh .* dumpxml/);
+      expect(flooded?.status?.message).toMatch(
+        /stdout of the command exceeded the limit of 1048576 bytes; the command was killed: virsh .* dumpxml/,
+      );
       expect(dumps).toBeGreaterThanOrEqual(2); // retried, and cut off each time
       expect(end.peakMiB).toBeLessThan(200);
       // Another tenant's BlockPull went on as usual.
@@ -188,13 +239,23 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
       const hanging: FakeLauncher[] = [];
       for (let i = 0; i < 10; i++) {
         const ns = await namespace(`bp-hang-${i}`);
-        await createFakeVmi(kube, { namespace: ns, vmiName: 'vm-h', podName: 'virt-launcher-hang', disks: ['rootdisk'] });
+        await createFakeVmi(kube, {
+          namespace: ns,
+          vmiName: 'vm-h',
+          podName: 'virt-launcher-hang',
+          disks: ['rootdisk'],
+        });
         hanging.push(await fake(ns, 'virt-launcher-hang', 'hang'));
         await apply(ns, 'hang', 'vm-h');
       }
       const unrelated = await namespace('bp-hang-unrelated');
       for (let i = 0; i < 8; i++) {
-        await createFakeVmi(kube, { namespace: unrelated, vmiName: `vm-u${i}`, podName: `virt-launcher-u${i}`, disks: ['rootdisk'] });
+        await createFakeVmi(kube, {
+          namespace: unrelated,
+          vmiName: `vm-u${i}`,
+          podName: `virt-launcher-u${i}`,
+          disks: ['rootdisk'],
+        });
         await fake(unrelated, `virt-launcher-u${i}`, 'flat');
       }
       // Every hanging launcher's BlockPull says why it waits.
@@ -221,7 +282,10 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
       for (let i = 0; i < 8; i++) {
         const t0 = performance.now();
         await apply(unrelated, `u${i}`, `vm-u${i}`);
-        await kube.kubectl(['wait', `blockpull/u${i}`, '-n', unrelated, '--for=jsonpath={.status.phase}', '--timeout=30s'], { timeoutMs: 35_000 });
+        await kube.kubectl(
+          ['wait', `blockpull/u${i}`, '-n', unrelated, '--for=jsonpath={.status.phase}', '--timeout=30s'],
+          { timeoutMs: 35_000 },
+        );
         firstStatusMs.push(Math.round(performance.now() - t0));
         await waitForPhase(kube, unrelated, `u${i}`, ['Completed'], 30_000);
         completedMs.push(Math.round(performance.now() - t0));
@@ -251,11 +315,21 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
       const nsA = await namespace('bp-slots-a');
       const hanging: FakeLauncher[] = [];
       for (let i = 0; i < 10; i++) {
-        await createFakeVmi(kube, { namespace: nsA, vmiName: `vm-a${i}`, podName: `virt-launcher-a${i}`, disks: ['rootdisk'] });
+        await createFakeVmi(kube, {
+          namespace: nsA,
+          vmiName: `vm-a${i}`,
+          podName: `virt-launcher-a${i}`,
+          disks: ['rootdisk'],
+        });
         hanging.push(await fake(nsA, `virt-launcher-a${i}`, 'hang-actions'));
       }
       const nsB = await namespace('bp-slots-b');
-      const real = await startLauncher({ namespace: nsB, vmiName: 'vm-b', registryDir, disks: [{ name: 'rootdisk', layers: 3, sizeMiB: 32, allocatedMiB: 17 }] });
+      const real = await startLauncher({
+        namespace: nsB,
+        vmiName: 'vm-b',
+        registryDir,
+        disks: [{ name: 'rootdisk', layers: 3, sizeMiB: 32, allocatedMiB: 17 }],
+      });
       launchers.push(real);
       await createFakeVmi(kube, { namespace: nsB, vmiName: 'vm-b', launcher: real, disks: ['rootdisk'] });
       const reference = await real.reference('rootdisk');
@@ -272,7 +346,15 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
       };
       const sampleRunning = (async () => {
         while (sampling) {
-          const phases = (await kube.kubectl(['get', 'blockpulls', '-A', '-o', 'jsonpath={range .items[*]}{.status.phase}{"\\n"}{end}'])).split('\n');
+          const phases = (
+            await kube.kubectl([
+              'get',
+              'blockpulls',
+              '-A',
+              '-o',
+              'jsonpath={range .items[*]}{.status.phase}{"\\n"}{end}',
+            ])
+          ).split('\n');
           maxRunning = Math.max(maxRunning, phases.filter((p) => p === 'Running').length);
           await sleep(300);
         }
@@ -287,11 +369,15 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
       try {
         for (let i = 0; i < 10; i++) await apply(nsA, `a${i}`, `vm-a${i}`);
         // A takes every slot with starts that never return.
-        await waitFor('namespace A holds every slot', 30_000, async () => ((await liveActions()) >= limit ? true : undefined));
+        await waitFor('namespace A holds every slot', 30_000, async () =>
+          (await liveActions()) >= limit ? true : undefined,
+        );
 
         const t0 = performance.now();
         await apply(nsB, 'b', 'vm-b');
-        await kube.kubectl(['wait', 'blockpull/b', '-n', nsB, '--for=jsonpath={.status.phase}', '--timeout=30s'], { timeoutMs: 35_000 });
+        await kube.kubectl(['wait', 'blockpull/b', '-n', nsB, '--for=jsonpath={.status.phase}', '--timeout=30s'], {
+          timeoutMs: 35_000,
+        });
         const firstStatusMs = Math.round(performance.now() - t0);
         let waitingSince: number | undefined;
         let slotWaitMs: number | undefined;
@@ -299,7 +385,8 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
           const b = await getBlockPull(kube, nsB, 'b');
           const now = performance.now();
           if (b?.status?.reason === 'WaitingForSlot') waitingSince ??= now;
-          if (slotWaitMs === undefined && (b?.status?.phase === 'Running' || b?.status?.phase === 'Completed')) slotWaitMs = Math.round(now - (waitingSince ?? now));
+          if (slotWaitMs === undefined && (b?.status?.phase === 'Running' || b?.status?.phase === 'Completed'))
+            slotWaitMs = Math.round(now - (waitingSince ?? now));
           return b?.status?.phase === 'Completed' || b?.status?.phase === 'Failed' ? b : undefined;
         });
         const completedMs = Math.round(performance.now() - t0);
@@ -315,8 +402,15 @@ describe('hostile launchers (operator process, fake virsh stand-ins)', () => {
         expect(slotWaitMs!).toBeLessThan(actionBoundMs + 5_000);
         // A's starts that did not answer were ended at the bound: recorded Unanswered, then (no job
         // on the disk) a failed start waiting out its backoff; none of A's is Completed.
-        const statusesA = await Promise.all(Array.from({ length: 10 }, async (_, i) => (await getBlockPull(kube, nsA, `a${i}`))?.status));
-        expect(statusesA.some((st) => st?.job?.state === 'Unanswered' || (st?.reason === 'JobFailed' && (st.retries ?? 0) > 0)), JSON.stringify(statusesA)).toBe(true);
+        const statusesA = await Promise.all(
+          Array.from({ length: 10 }, async (_, i) => (await getBlockPull(kube, nsA, `a${i}`))?.status),
+        );
+        expect(
+          statusesA.some(
+            (st) => st?.job?.state === 'Unanswered' || (st?.reason === 'JobFailed' && (st.retries ?? 0) > 0),
+          ),
+          JSON.stringify(statusesA),
+        ).toBe(true);
         expect(statusesA.filter((st) => st?.phase === 'Completed')).toEqual([]);
       } finally {
         sampling = false;

@@ -24,7 +24,15 @@ import { parse } from 'yaml';
 import { z } from 'zod';
 import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
-import { createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, startOperator, waitForPhase, type OperatorProcess } from '../../operator-fixture/fixture.ts';
+import {
+  createFakeVmi,
+  ensureNamespace,
+  getBlockPull,
+  operatorServiceAccount,
+  startOperator,
+  waitForPhase,
+  type OperatorProcess,
+} from '../../operator-fixture/fixture.ts';
 import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 import { REPO_ROOT } from '../../support/paths.ts';
 import { RunError, run, type RunResult } from '../../support/process.ts';
@@ -53,7 +61,11 @@ describe("the README's five-minute tour (operator process, kubectl, bash, launch
     const body = block.replaceAll('-n vms ', `-n ${NS} `).replaceAll('namespace: vms ', `namespace: ${NS} `);
     const file = path.join(tmp, `block-${Math.random().toString(36).slice(2)}.sh`);
     await writeFile(file, `set -e\n${body}`);
-    const env = { ...process.env, PATH: `${path.dirname(kube.kubectlPath)}:${process.env.PATH ?? ''}`, KUBECONFIG: kube.kubeconfigPath };
+    const env = {
+      ...process.env,
+      PATH: `${path.dirname(kube.kubectlPath)}:${process.env.PATH ?? ''}`,
+      KUBECONFIG: kube.kubeconfigPath,
+    };
     try {
       return { ...(await run(['bash', file], { cwd: tmp, env, timeoutMs, allowExit: true })), timedOut: false };
     } catch (err) {
@@ -67,23 +79,35 @@ describe("the README's five-minute tour (operator process, kubectl, bash, launch
     readme = await readFile(path.join(REPO_ROOT, 'README.md'), 'utf8');
     const exampleText = await readFile(path.join(REPO_ROOT, 'examples', 'blockpull-full.yaml'), 'utf8');
     const doc = z
-      .object({ metadata: z.object({ name: z.string(), namespace: z.literal('vms') }), spec: z.object({ vmiName: z.string(), disk: z.string() }) })
+      .object({
+        metadata: z.object({ name: z.string(), namespace: z.literal('vms') }),
+        spec: z.object({ vmiName: z.string(), disk: z.string() }),
+      })
       .parse(parse(exampleText));
     example = { name: doc.metadata.name, vmiName: doc.spec.vmiName, disk: doc.spec.disk };
     tmp = await mkdtemp(path.join(os.tmpdir(), 'bp-tour-'));
     // The example, as the tour applies it (`kubectl apply -f examples/blockpull-full.yaml`), in this namespace.
     await mkdir(path.join(tmp, 'examples'));
-    await writeFile(path.join(tmp, 'examples', 'blockpull-full.yaml'), exampleText.replace(/^ {2}namespace: vms$/m, `  namespace: ${NS}`));
+    await writeFile(
+      path.join(tmp, 'examples', 'blockpull-full.yaml'),
+      exampleText.replace(/^ {2}namespace: vms$/m, `  namespace: ${NS}`),
+    );
     registryDir = await mkdtemp('/var/tmp/bp-launchers-');
     const saKubeconfig = await operatorServiceAccount(kube);
     await ensureNamespace(kube, NS);
-    launcher = await startLauncher({ namespace: NS, vmiName: example.vmiName, registryDir, disks: [{ name: example.disk, layers: 3, sizeMiB: 64, allocatedMiB: 24 }] });
+    launcher = await startLauncher({
+      namespace: NS,
+      vmiName: example.vmiName,
+      registryDir,
+      disks: [{ name: example.disk, layers: 3, sizeMiB: 64, allocatedMiB: 24 }],
+    });
     await createFakeVmi(kube, { namespace: NS, vmiName: example.vmiName, launcher, disks: [example.disk] });
     operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'e2e-tour' });
   });
 
   afterAll(async () => {
-    if (kube !== undefined) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
+    if (kube !== undefined)
+      await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
     await operator?.stop();
     await launcher?.stop();
     if (registryDir) await rm(registryDir, { recursive: true, force: true });
@@ -101,7 +125,9 @@ describe("the README's five-minute tour (operator process, kubectl, bash, launch
     expect(JSON.parse(planLine ?? '{}')).toMatchObject({ space: 'Fits' });
     expect(r.stdout).toMatch(/deleted/);
     expect(operator!.find('block pull started')).toHaveLength(0);
-    expect((await driver.getDisk(launcher!.domain, { name: example.disk })).chain.map((l) => l.path)).toEqual(chainBefore);
+    expect((await driver.getDisk(launcher!.domain, { name: example.disk })).chain.map((l) => l.path)).toEqual(
+      chainBefore,
+    );
   });
 
   it('2-4. pull, steer, wait: the watch shows the pull Completed, every patch is taken, wait exits 0', async () => {
@@ -128,6 +154,8 @@ describe("the README's five-minute tour (operator process, kubectl, bash, launch
     const watch = await watching;
     console.log(`tour pull block (watch ended by the spec: ${watch.timedOut}):\n${watch.stdout}${watch.stderr}`);
     expect(watch.stdout).toContain(`${example.name} created`);
-    expect(watch.stdout).toMatch(new RegExp(`^${example.name} +${example.vmiName} +${example.disk} +Completed\\b`, 'm'));
+    expect(watch.stdout).toMatch(
+      new RegExp(`^${example.name} +${example.vmiName} +${example.disk} +Completed\\b`, 'm'),
+    );
   });
 });

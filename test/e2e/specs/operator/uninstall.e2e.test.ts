@@ -56,13 +56,23 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
       return bp?.status?.phase === 'Running' && (bp.status.progress?.currentBytes ?? 0) > 0 ? bp : undefined;
     });
 
-  const setUp = async (ns: string, name: string): Promise<{ launcher: Launcher; driver: VirshDriver; target: string }> => {
+  const setUp = async (
+    ns: string,
+    name: string,
+  ): Promise<{ launcher: Launcher; driver: VirshDriver; target: string }> => {
     await ensureNamespace(kube, ns);
     namespaces.push(ns);
-    const launcher = await startLauncher({ namespace: ns, vmiName: 'vm1', registryDir, disks: [{ name: 'rootdisk', layers: 3, sizeMiB: 64, allocatedMiB: 33 }] });
+    const launcher = await startLauncher({
+      namespace: ns,
+      vmiName: 'vm1',
+      registryDir,
+      disks: [{ name: 'rootdisk', layers: 3, sizeMiB: 64, allocatedMiB: 33 }],
+    });
     launchers.push(launcher);
     await createFakeVmi(kube, { namespace: ns, vmiName: 'vm1', launcher, disks: ['rootdisk'] });
-    await kube.kubectl(['apply', '-f', '-'], { input: blockPullManifest({ namespace: ns, name, vmiName: 'vm1', disk: 'rootdisk', spec: { bandwidth: '1Mi' } }) });
+    await kube.kubectl(['apply', '-f', '-'], {
+      input: blockPullManifest({ namespace: ns, name, vmiName: 'vm1', disk: 'rootdisk', spec: { bandwidth: '1Mi' } }),
+    });
     return { launcher, driver: new VirshDriver(launcher.runner, launcher.uri), target: launcher.disks[0]!.target };
   };
 
@@ -78,9 +88,26 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
       for (const ns of namespaces) {
         const bps = await kube.kubectlResult(['get', 'blockpulls', '-n', ns, '-o', 'name']);
         for (const bp of bps.stdout.split('\n').filter((l) => l !== '')) {
-          await kube.kubectlResult(['patch', bp, '-n', ns, '--type=json', '-p', '[{"op":"remove","path":"/metadata/finalizers"}]']);
+          await kube.kubectlResult([
+            'patch',
+            bp,
+            '-n',
+            ns,
+            '--type=json',
+            '-p',
+            '[{"op":"remove","path":"/metadata/finalizers"}]',
+          ]);
         }
-        await kube.kubectlResult(['patch', 'vmi', 'vm1', '-n', ns, '--type=json', '-p', '[{"op":"remove","path":"/metadata/finalizers"}]']);
+        await kube.kubectlResult([
+          'patch',
+          'vmi',
+          'vm1',
+          '-n',
+          ns,
+          '--type=json',
+          '-p',
+          '[{"op":"remove","path":"/metadata/finalizers"}]',
+        ]);
         await kube.kubectlResult(['delete', 'namespace', ns, '--wait=false']);
       }
     }
@@ -92,7 +119,16 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
   it('deleting the namespace: the job is aborted through the terminating launcher before the finalizer goes and before the launcher stops', async () => {
     const ns = 'bp-nsdel';
     const { launcher, driver, target } = await setUp(ns, 'pull');
-    await kube.kubectl(['patch', 'vmi', 'vm1', '-n', ns, '--type=merge', '-p', JSON.stringify({ metadata: { finalizers: [VMI_FINALIZER] } })]);
+    await kube.kubectl([
+      'patch',
+      'vmi',
+      'vm1',
+      '-n',
+      ns,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ metadata: { finalizers: [VMI_FINALIZER] } }),
+    ]);
     await running(ns, 'pull');
     expect(await driver.getJob(launcher.domain, target)).not.toBeNull();
 
@@ -109,7 +145,8 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
         if (jobGoneAtMs === undefined && job === null) jobGoneAtMs = Date.now() - t0;
         // Read after the BlockPull was seen gone: no job of ours may run without its record.
         if (bpGoneAtMs !== undefined && jobAfterBpGone === 'not looked') jobAfterBpGone = job;
-        if (bpGoneAtMs === undefined && (await getBlockPull(kube, ns, 'pull')) === undefined) bpGoneAtMs = Date.now() - t0;
+        if (bpGoneAtMs === undefined && (await getBlockPull(kube, ns, 'pull')) === undefined)
+          bpGoneAtMs = Date.now() - t0;
         await sleep(100);
       }
     })();
@@ -119,8 +156,19 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
     await kube.kubectl(['delete', 'namespace', ns, '--wait=false']);
     await kube.kubectl(['delete', 'pod', launcher.podName, '-n', ns, '--wait=false']);
     await sleep(1_000);
-    await Promise.all([kube.kubectl(['delete', 'blockpull', 'pull', '-n', ns, '--wait=false']), kube.kubectl(['delete', 'vmi', 'vm1', '-n', ns, '--wait=false'])]);
-    const pod = await kube.kubectl(['get', 'pod', launcher.podName, '-n', ns, '-o', 'jsonpath={.metadata.deletionTimestamp}']);
+    await Promise.all([
+      kube.kubectl(['delete', 'blockpull', 'pull', '-n', ns, '--wait=false']),
+      kube.kubectl(['delete', 'vmi', 'vm1', '-n', ns, '--wait=false']),
+    ]);
+    const pod = await kube.kubectl([
+      'get',
+      'pod',
+      launcher.podName,
+      '-n',
+      ns,
+      '-o',
+      'jsonpath={.metadata.deletionTimestamp}',
+    ]);
     expect(pod.trim(), 'the launcher pod stays while its grace period runs').not.toBe('');
 
     // The kubelet: the grace period runs out, the containers (the stand-in) stop.
@@ -130,14 +178,31 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
     await launcher.stop();
     launchers.splice(launchers.indexOf(launcher), 1);
     await kube.kubectl(['delete', 'pod', launcher.podName, '-n', ns, '--grace-period=0', '--force']);
-    await kube.kubectl(['patch', 'vmi', 'vm1', '-n', ns, '--type=json', '-p', '[{"op":"remove","path":"/metadata/finalizers"}]']);
+    await kube.kubectl([
+      'patch',
+      'vmi',
+      'vm1',
+      '-n',
+      ns,
+      '--type=json',
+      '-p',
+      '[{"op":"remove","path":"/metadata/finalizers"}]',
+    ]);
     await waitFor('BlockPull gone', 30_000, async () => (await getBlockPull(kube, ns, 'pull')) === undefined);
     watching = false;
     await watcher;
     // The namespace controller finalizes the empty namespace.
-    const nsObject = JSON.parse(await kube.kubectl(['get', 'namespace', ns, '-o', 'json'])) as { spec: Record<string, unknown> };
-    await kube.kubectl(['replace', '--raw', `/api/v1/namespaces/${ns}/finalize`, '-f', '-'], { input: JSON.stringify({ ...nsObject, spec: { ...nsObject.spec, finalizers: [] } }) });
-    await waitFor('namespace gone', 30_000, async () => (await kube.kubectlResult(['get', 'namespace', ns])).exitCode !== 0);
+    const nsObject = JSON.parse(await kube.kubectl(['get', 'namespace', ns, '-o', 'json'])) as {
+      spec: Record<string, unknown>;
+    };
+    await kube.kubectl(['replace', '--raw', `/api/v1/namespaces/${ns}/finalize`, '-f', '-'], {
+      input: JSON.stringify({ ...nsObject, spec: { ...nsObject.spec, finalizers: [] } }),
+    });
+    await waitFor(
+      'namespace gone',
+      30_000,
+      async () => (await kube.kubectlResult(['get', 'namespace', ns])).exitCode !== 0,
+    );
     const nsGoneAtMs = Date.now() - t0;
 
     const abortLines = operator!.find('block job abort requested').filter((l) => l['blockpull'] === `${ns}/pull`);
@@ -171,7 +236,9 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
     // Without an operator a delete waits for the finalizer for ever.
     await kube.kubectl(['delete', 'blockpull', 'pull', '-n', ns, '--wait=false']);
     await sleep(3_000);
-    expect((await getBlockPull(kube, ns, 'pull'))?.metadata.finalizers, 'Terminating, finalizer kept').toContain('blockpull.dev/abort-on-delete');
+    expect((await getBlockPull(kube, ns, 'pull'))?.metadata.finalizers, 'Terminating, finalizer kept').toContain(
+      'blockpull.dev/abort-on-delete',
+    );
 
     // docs/operations.md's block, command by command, with this BlockPull's names.
     const vars: Record<string, string> = { NS: ns, BP: 'pull' };
@@ -189,7 +256,9 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
         }
         continue;
       }
-      const argv = line.map((w) => w.replaceAll(/\$([A-Z]+)|\$\{([A-Z]+)\}/g, (_m, a?: string, b?: string) => vars[a ?? b ?? ''] ?? ''));
+      const argv = line.map((w) =>
+        w.replaceAll(/\$([A-Z]+)|\$\{([A-Z]+)\}/g, (_m, a?: string, b?: string) => vars[a ?? b ?? ''] ?? ''),
+      );
       expect(argv[0]).toBe('kubectl');
       const dashes = argv.indexOf('--');
       if (argv.includes('exec') && dashes > 0) {
@@ -204,7 +273,10 @@ describe('uninstall and teardown (operator process, launcher stand-ins)', () => 
     }
     expect(await driver.getJob(launcher.domain, target), 'the way out aborted the job').toBeNull();
     await waitFor('BlockPull gone', 30_000, async () => (await getBlockPull(kube, ns, 'pull')) === undefined);
-    expect((await driver.getDisk(launcher.domain, { name: 'rootdisk' })).chain.length, 'an aborted pull leaves a valid chain').toBeGreaterThanOrEqual(1);
+    expect(
+      (await driver.getDisk(launcher.domain, { name: 'rootdisk' })).chain.length,
+      'an aborted pull leaves a valid chain',
+    ).toBeGreaterThanOrEqual(1);
   });
 });
 

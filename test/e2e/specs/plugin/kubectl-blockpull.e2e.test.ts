@@ -14,7 +14,15 @@ import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts
 import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
 import type { ClusterClient } from '../../cluster/client.ts';
 import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
-import { createFakeVmi, ensureNamespace, getBlockPull, operatorServiceAccount, startOperator, waitForPhase, type OperatorProcess } from '../../operator-fixture/fixture.ts';
+import {
+  createFakeVmi,
+  ensureNamespace,
+  getBlockPull,
+  operatorServiceAccount,
+  startOperator,
+  waitForPhase,
+  type OperatorProcess,
+} from '../../operator-fixture/fixture.ts';
 import { e2eCluster } from '../../setup/cluster.ts';
 import { NODE_BIN, REPO_ROOT } from '../../support/paths.ts';
 import { resultOf, run, type RunResult } from '../../support/process.ts';
@@ -39,7 +47,8 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
   let env: NodeJS.ProcessEnv;
 
   /** `kubectl blockpull <args>` through pipes (not a TTY), as the tenant (KUBECONFIG). */
-  const plugin = (args: readonly string[], timeoutMs = 120_000): Promise<RunResult> => run([kube.kubectlPath, 'blockpull', ...args], { env, allowExit: true, timeoutMs });
+  const plugin = (args: readonly string[], timeoutMs = 120_000): Promise<RunResult> =>
+    run([kube.kubectlPath, 'blockpull', ...args], { env, allowExit: true, timeoutMs });
   const expectOneErrorLine = (r: RunResult, message: RegExp): void => {
     expect(r.exitCode, r.stderr).toBe(3);
     const lines = r.stderr.split('\n').filter((l) => l !== '');
@@ -55,10 +64,20 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     registryDir = await mkdtemp('/var/tmp/bp-launchers-');
     const operatorKubeconfig = await operatorServiceAccount(kube);
     await ensureNamespace(kube, NS);
-    launcher = await startLauncher({ namespace: NS, vmiName: VMI, registryDir, disks: DISKS.map((name) => ({ name, layers: 3, sizeMiB: 64, allocatedMiB: 33 })) });
+    launcher = await startLauncher({
+      namespace: NS,
+      vmiName: VMI,
+      registryDir,
+      disks: DISKS.map((name) => ({ name, layers: 3, sizeMiB: 64, allocatedMiB: 33 })),
+    });
     await createFakeVmi(kube, { namespace: NS, vmiName: VMI, launcher, disks: [...DISKS] });
     // Progress written every 500 ms, so a few-seconds pull shows several percentages.
-    operator = await startOperator({ kubeconfig: operatorKubeconfig, registryDir, name: 'e2e-plugin-op', env: { BLOCKPULL_STATUS_UPDATE_INTERVAL_MS: '500' } });
+    operator = await startOperator({
+      kubeconfig: operatorKubeconfig,
+      registryDir,
+      name: 'e2e-plugin-op',
+      env: { BLOCKPULL_STATUS_UPDATE_INTERVAL_MS: '500' },
+    });
 
     // The tenant: BlockPulls in its namespace, nothing else (no pods, no pods/exec, no other namespace).
     tenantKubeconfig = await createServiceAccountKubeconfig(kube, NS, TENANT, { dir: tmp });
@@ -67,7 +86,13 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
         apiVersion: 'rbac.authorization.k8s.io/v1',
         kind: 'Role',
         metadata: { name: 'blockpull-user', namespace: NS },
-        rules: [{ apiGroups: ['blockpull.dev'], resources: ['blockpulls'], verbs: ['get', 'list', 'watch', 'create', 'patch', 'delete'] }],
+        rules: [
+          {
+            apiGroups: ['blockpull.dev'],
+            resources: ['blockpulls'],
+            verbs: ['get', 'list', 'watch', 'create', 'patch', 'delete'],
+          },
+        ],
       },
       {
         apiVersion: 'rbac.authorization.k8s.io/v1',
@@ -96,7 +121,8 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
 
   afterAll(async () => {
     await terminal?.stop();
-    if (kube !== undefined) await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
+    if (kube !== undefined)
+      await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
     await operator?.stop();
     await launcher?.stop();
     if (registryDir) await rm(registryDir, { recursive: true, force: true });
@@ -119,7 +145,8 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
         // Drawn in place: never more than one line for the pull.
         expect(bars.length, screen.join('\n')).toBeLessThanOrEqual(1);
         const m = bars[0] !== undefined ? BAR.exec(bars[0]) : null;
-        if (m !== null) samples.push({ percent: Number(m[2]), filled: (m[1]!.match(/=/g) ?? []).length, line: bars[0]! });
+        if (m !== null)
+          samples.push({ percent: Number(m[2]), filled: (m[1]!.match(/=/g) ?? []).length, line: bars[0]! });
         return screen.some((l) => /^exit=\d+$/.test(l)) ? screen : undefined;
       },
       100,
@@ -161,25 +188,50 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     const failed = await plugin(['wait', 'bad-base', '--timeout', '60s']);
     expect(failed.exitCode, failed.stderr).toBe(1);
     expect(failed.stdout).toBe('');
-    expect(failed.stderr).toMatch(/^blockpull bp-plugin\/bad-base Failed\/InvalidBase: base position 7 is not in the chain/);
-    expect((await getBlockPull(kube, NS, 'bad-base'))?.status).toMatchObject({ phase: 'Failed', reason: 'InvalidBase' });
+    expect(failed.stderr).toMatch(
+      /^blockpull bp-plugin\/bad-base Failed\/InvalidBase: base position 7 is not in the chain/,
+    );
+    expect((await getBlockPull(kube, NS, 'bad-base'))?.status).toMatchObject({
+      phase: 'Failed',
+      reason: 'InvalidBase',
+    });
 
     // No such VMI: Pending for good, so wait gives up after its timeout.
     expect((await plugin(['start', 'nope', '--disk', 'rootdisk', '--name', 'no-vmi'])).exitCode).toBe(0);
-    await waitFor('no-vmi Pending/VMINotFound', 30_000, async () => (await getBlockPull(kube, NS, 'no-vmi'))?.status?.reason === 'VMINotFound');
+    await waitFor(
+      'no-vmi Pending/VMINotFound',
+      30_000,
+      async () => (await getBlockPull(kube, NS, 'no-vmi'))?.status?.reason === 'VMINotFound',
+    );
     const t0 = Date.now();
     const timedOut = await plugin(['wait', 'no-vmi', '--timeout', '2s']);
     const elapsed = Date.now() - t0;
     expect(timedOut.exitCode, timedOut.stderr).toBe(2);
-    expect(timedOut.stderr).toMatch(/^error: timed out after 2s waiting for blockpull bp-plugin\/no-vmi \(Pending\/VMINotFound: VirtualMachineInstance bp-plugin\/nope not found/);
+    expect(timedOut.stderr).toMatch(
+      /^error: timed out after 2s waiting for blockpull bp-plugin\/no-vmi \(Pending\/VMINotFound: VirtualMachineInstance bp-plugin\/nope not found/,
+    );
     expect(elapsed).toBeGreaterThanOrEqual(2_000);
     // 2 s, plus starting kubectl and Node on a loaded machine.
     expect(elapsed).toBeLessThan(15_000);
 
     // start --wait ends with wait's verdict.
-    const startWait = await plugin(['start', VMI, '--disk', 'bad', '--base', '9', '--name', 'bad-base-2', '--wait', '--timeout', '60s']);
+    const startWait = await plugin([
+      'start',
+      VMI,
+      '--disk',
+      'bad',
+      '--base',
+      '9',
+      '--name',
+      'bad-base-2',
+      '--wait',
+      '--timeout',
+      '60s',
+    ]);
     expect(startWait.exitCode, startWait.stderr).toBe(1);
-    expect(startWait.stdout).toMatch(/^blockpull bp-plugin\/bad-base-2 created \(vmi vm1, disk bad, base position 9\)\n$/);
+    expect(startWait.stdout).toMatch(
+      /^blockpull bp-plugin\/bad-base-2 created \(vmi vm1, disk bad, base position 9\)\n$/,
+    );
   });
 
   it('status without a terminal: one plain line per pull, and -o json|yaml', async () => {
@@ -191,10 +243,20 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
       lines.map((l) => {
         const m = /^(\S+)((?: [a-z]+=(?:"[^"]*"|\S*))+)$/.exec(l);
         expect(m, l).not.toBeNull();
-        return [m![1]!, Object.fromEntries([...m![2]!.matchAll(/ ([a-z]+)=("[^"]*"|\S*)/g)].map((f) => [f[1]!, f[2]!.replace(/^"|"$/g, '')]))] as const;
+        return [
+          m![1]!,
+          Object.fromEntries(
+            [...m![2]!.matchAll(/ ([a-z]+)=("[^"]*"|\S*)/g)].map((f) => [f[1]!, f[2]!.replace(/^"|"$/g, '')]),
+          ),
+        ] as const;
       }),
     );
-    expect([...rows.keys()]).toEqual(['bp-plugin/bad-base', 'bp-plugin/bad-base-2', 'bp-plugin/no-vmi', 'bp-plugin/vm1-live']);
+    expect([...rows.keys()]).toEqual([
+      'bp-plugin/bad-base',
+      'bp-plugin/bad-base-2',
+      'bp-plugin/no-vmi',
+      'bp-plugin/vm1-live',
+    ]);
     for (const [label, f] of rows) {
       const bp = (await getBlockPull(kube, NS, label.split('/')[1]!))!;
       expect(f['phase'], label).toBe(bp.status?.phase);
@@ -203,31 +265,64 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
       expect(f['disk'], label).toBe(bp.spec['disk']);
     }
     const live = (await getBlockPull(kube, NS, 'vm1-live'))!;
-    expect(rows.get('bp-plugin/vm1-live')).toMatchObject({ percent: '100', bytes: `${live.status?.progress?.currentBytes}/${live.status?.progress?.totalBytes}`, rate: '-', eta: '-' });
+    expect(rows.get('bp-plugin/vm1-live')).toMatchObject({
+      percent: '100',
+      bytes: `${live.status?.progress?.currentBytes}/${live.status?.progress?.totalBytes}`,
+      rate: '-',
+      eta: '-',
+    });
     expect(Number(live.status?.progress?.totalBytes)).toBeGreaterThan(0);
     expect(rows.get('bp-plugin/bad-base')?.['message']).toMatch(/base position 7 is not in the chain/);
 
     const json = await plugin(['status', '-o', 'json']);
-    const list = JSON.parse(json.stdout) as { kind: string; items: { metadata: { name: string; managedFields?: unknown }; status?: { phase?: string } }[] };
+    const list = JSON.parse(json.stdout) as {
+      kind: string;
+      items: { metadata: { name: string; managedFields?: unknown }; status?: { phase?: string } }[];
+    };
     expect(list.kind).toBe('List');
     expect(list.items.map((i) => i.metadata.name).sort()).toEqual(['bad-base', 'bad-base-2', 'no-vmi', 'vm1-live']);
     expect(list.items.every((i) => i.metadata.managedFields === undefined)).toBe(true);
-    const one = parse((await plugin(['status', 'vm1-live', '-o', 'yaml'])).stdout) as { kind: string; metadata: { name: string }; status: { phase: string; progress: { percent: string } } };
-    expect(one).toMatchObject({ kind: 'BlockPull', metadata: { name: 'vm1-live' }, status: { phase: 'Completed', progress: { percent: '100%' } } });
+    const one = parse((await plugin(['status', 'vm1-live', '-o', 'yaml'])).stdout) as {
+      kind: string;
+      metadata: { name: string };
+      status: { phase: string; progress: { percent: string } };
+    };
+    expect(one).toMatchObject({
+      kind: 'BlockPull',
+      metadata: { name: 'vm1-live' },
+      status: { phase: 'Completed', progress: { percent: '100%' } },
+    });
 
     // -w through a pipe: each pull's line once (nothing changes meanwhile), then more only on changes; stopped by us.
-    const watched = await run([kube.kubectlPath, 'blockpull', 'status', '-w'], { env, timeoutMs: 8_000 }).catch((err: unknown) => resultOf(err));
-    expect(watched.stdout.trimEnd().split('\n').map((l) => l.split(' ')[0])).toEqual(['bp-plugin/bad-base', 'bp-plugin/bad-base-2', 'bp-plugin/no-vmi', 'bp-plugin/vm1-live']);
-    const jsonLines = await run([kube.kubectlPath, 'blockpull', 'status', '-w', '-o', 'json'], { env, timeoutMs: 8_000 }).catch((err: unknown) => resultOf(err));
-    const docs = jsonLines.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as { metadata: { name: string } });
+    const watched = await run([kube.kubectlPath, 'blockpull', 'status', '-w'], { env, timeoutMs: 8_000 }).catch(
+      (err: unknown) => resultOf(err),
+    );
+    expect(
+      watched.stdout
+        .trimEnd()
+        .split('\n')
+        .map((l) => l.split(' ')[0]),
+    ).toEqual(['bp-plugin/bad-base', 'bp-plugin/bad-base-2', 'bp-plugin/no-vmi', 'bp-plugin/vm1-live']);
+    const jsonLines = await run([kube.kubectlPath, 'blockpull', 'status', '-w', '-o', 'json'], {
+      env,
+      timeoutMs: 8_000,
+    }).catch((err: unknown) => resultOf(err));
+    const docs = jsonLines.stdout
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { metadata: { name: string } });
     expect(docs.map((d) => d.metadata.name).sort()).toEqual(['bad-base', 'bad-base-2', 'no-vmi', 'vm1-live']);
   });
 
   it('in a terminal, status -w redraws one line per pull in place until Ctrl-C', async () => {
     await terminal!.type('clear');
     await terminal!.type('kubectl blockpull status -w; echo "exit=$?"');
-    await waitFor('the block of pulls', 30_000, async () => (await terminal!.screen()).some((l) => l.startsWith('vm1-live ')));
-    expect((await plugin(['start', VMI, '--disk', 'watched', '--bandwidth', '4Mi', '--name', 'watched'])).exitCode).toBe(0);
+    await waitFor('the block of pulls', 30_000, async () =>
+      (await terminal!.screen()).some((l) => l.startsWith('vm1-live ')),
+    );
+    expect(
+      (await plugin(['start', VMI, '--disk', 'watched', '--bandwidth', '4Mi', '--name', 'watched'])).exitCode,
+    ).toBe(0);
     const percents = new Set<number>();
     const final = await waitFor(
       'watched at 100 %',
@@ -237,7 +332,8 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
         const labels = screen.filter((l) => /^[a-z0-9-]+ {2,}/.test(l)).map((l) => l.split(' ')[0]);
         // Every pull once, sorted by name, whatever was redrawn.
         expect(labels.filter((l) => l === 'watched').length, screen.join('\n')).toBeLessThanOrEqual(1);
-        if (labels.includes('watched')) expect(labels, screen.join('\n')).toEqual(['bad-base', 'bad-base-2', 'no-vmi', 'vm1-live', 'watched']);
+        if (labels.includes('watched'))
+          expect(labels, screen.join('\n')).toEqual(['bad-base', 'bad-base-2', 'no-vmi', 'vm1-live', 'watched']);
         const line = screen.find((l) => l.startsWith('watched '));
         const m = line !== undefined ? /\]\s+(\d+)%/.exec(line) : null;
         if (m !== null) percents.add(Number(m[1]));
@@ -252,14 +348,17 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     expect(final.some((l) => l.startsWith('exit='))).toBe(false);
     await terminal!.key('C-c');
     // The terminal echoes ^C where the cursor is, below the block.
-    const exitLine = await waitFor('exit=', 10_000, async () => (await terminal!.screen()).find((l) => /exit=\d+$/.test(l)));
+    const exitLine = await waitFor('exit=', 10_000, async () =>
+      (await terminal!.screen()).find((l) => /exit=\d+$/.test(l)),
+    );
     expect(exitLine).toMatch(/^(\^C)?exit=130$/);
     expect(await terminal!.format('#{cursor_flag}')).toBe('1');
   });
 
   it('pause, resume, and abort showing the abort until the object is gone; the disk keeps its chain', async () => {
     const driver = new VirshDriver(launcher!.runner, launcher!.uri);
-    const chainOf = async (): Promise<number> => (await driver.getDisk(launcher!.domain, { name: 'slow' })).chain.length;
+    const chainOf = async (): Promise<number> =>
+      (await driver.getDisk(launcher!.domain, { name: 'slow' })).chain.length;
     expect((await plugin(['start', VMI, '--disk', 'slow', '--bandwidth', '1Mi', '--name', 'slow'])).exitCode).toBe(0);
     await waitFor('slow Running with progress', 60_000, async () => {
       const bp = await getBlockPull(kube, NS, 'slow');
@@ -278,10 +377,15 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
 
     const aborted = await plugin(['abort', 'slow', '--timeout', '60s']);
     expect(aborted.exitCode, aborted.stderr).toBe(0);
-    expect(aborted.stderr).toMatch(/^aborting blockpull bp-plugin\/slow \(Running\/\w+, \d+%\): the operator aborts its job/);
+    expect(aborted.stderr).toMatch(
+      /^aborting blockpull bp-plugin\/slow \(Running\/\w+, \d+%\): the operator aborts its job/,
+    );
     const out = aborted.stdout.trimEnd().split('\n');
     // Each step as it happened: the delete seen, the operator's abort recorded, then gone.
-    expect(out.some((l) => /^bp-plugin\/slow .* job=Aborting .*deleting=true/.test(l)), aborted.stdout).toBe(true);
+    expect(
+      out.some((l) => /^bp-plugin\/slow .* job=Aborting .*deleting=true/.test(l)),
+      aborted.stdout,
+    ).toBe(true);
     expect(out.at(-1)).toBe('blockpull bp-plugin/slow deleted (its job was aborted)');
     expect(await getBlockPull(kube, NS, 'slow')).toBeUndefined();
     // Aborted short of the goal: the chain is still three images.
@@ -290,7 +394,9 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
   });
 
   it('in a terminal, abort shows the job being aborted on its line until the object is gone', async () => {
-    expect((await plugin(['start', VMI, '--disk', 'ttyabort', '--bandwidth', '1Mi', '--name', 'ttyabort'])).exitCode).toBe(0);
+    expect(
+      (await plugin(['start', VMI, '--disk', 'ttyabort', '--bandwidth', '1Mi', '--name', 'ttyabort'])).exitCode,
+    ).toBe(0);
     await waitFor('ttyabort Running with progress', 60_000, async () => {
       const bp = await getBlockPull(kube, NS, 'ttyabort');
       return bp?.status?.phase === 'Running' && (bp.status.progress?.currentBytes ?? 0) > 0;
@@ -310,9 +416,17 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     );
     expect(final).toContain('exit=0');
     expect(final).toContain('blockpull bp-plugin/ttyabort deleted (its job was aborted)');
-    expect(final.some((l) => /^aborting blockpull bp-plugin\/ttyabort \(Running\/\w+, \d+%\): the operator aborts its job/.test(l)), final.join('\n')).toBe(true);
+    expect(
+      final.some((l) =>
+        /^aborting blockpull bp-plugin\/ttyabort \(Running\/\w+, \d+%\): the operator aborts its job/.test(l),
+      ),
+      final.join('\n'),
+    ).toBe(true);
     // The line showed the deletion and the operator's abort while it happened.
-    expect([...lines].some((l) => /\[[= >]+\]\s+\d+%.* deleting, job (Aborting|Aborted)$/.test(l)), [...lines].join('\n')).toBe(true);
+    expect(
+      [...lines].some((l) => /\[[= >]+\]\s+\d+%.* deleting, job (Aborting|Aborted)$/.test(l)),
+      [...lines].join('\n'),
+    ).toBe(true);
     expect(await getBlockPull(kube, NS, 'ttyabort')).toBeUndefined();
   });
 
@@ -346,18 +460,32 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     expectOneErrorLine(await plugin(['status', 'nosuch']), /^error: blockpull bp-plugin\/nosuch not found$/);
     expectOneErrorLine(await plugin(['wait', 'nosuch']), /^error: blockpull bp-plugin\/nosuch not found$/);
     // The tenant may not list BlockPulls cluster-wide: the API server's own words.
-    expectOneErrorLine(await plugin(['status', '-A']), /forbidden: User "system:serviceaccount:bp-plugin:tenant" cannot list resource "blockpulls"/);
+    expectOneErrorLine(
+      await plugin(['status', '-A']),
+      /forbidden: User "system:serviceaccount:bp-plugin:tenant" cannot list resource "blockpulls"/,
+    );
     expectOneErrorLine(await plugin(['status', '-n', 'default']), /forbidden/);
     expectOneErrorLine(await plugin(['status', '--context', 'nope']), /context "nope" not found in the kubeconfig/);
-    expectOneErrorLine(await plugin(['status', '--kubeconfig', path.join(tmp, 'missing')]), /cannot load the kubeconfig/);
+    expectOneErrorLine(
+      await plugin(['status', '--kubeconfig', path.join(tmp, 'missing')]),
+      /cannot load the kubeconfig/,
+    );
     expectOneErrorLine(await plugin(['start', VMI]), /start needs --disk/);
     expectOneErrorLine(await plugin(['start', VMI, '--disk', 'live']), /already exists/);
     // The tenant may not read VMIs: plan without --disk cannot list them, and says what to do.
-    expectOneErrorLine(await plugin(['plan', VMI]), /cannot read virtualmachineinstance bp-plugin\/vm1 to list its disks \(forbidden\): name the disk with --disk$/);
+    expectOneErrorLine(
+      await plugin(['plan', VMI]),
+      /cannot read virtualmachineinstance bp-plugin\/vm1 to list its disks \(forbidden\): name the disk with --disk$/,
+    );
     // A user who may list but not watch: status works, status -w says the watch was refused.
     const lister = await createServiceAccountKubeconfig(kube, NS, 'lister', { dir: tmp });
     const listerRbac = [
-      { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'Role', metadata: { name: 'blockpull-lister', namespace: NS }, rules: [{ apiGroups: ['blockpull.dev'], resources: ['blockpulls'], verbs: ['get', 'list'] }] },
+      {
+        apiVersion: 'rbac.authorization.k8s.io/v1',
+        kind: 'Role',
+        metadata: { name: 'blockpull-lister', namespace: NS },
+        rules: [{ apiGroups: ['blockpull.dev'], resources: ['blockpulls'], verbs: ['get', 'list'] }],
+      },
       {
         apiVersion: 'rbac.authorization.k8s.io/v1',
         kind: 'RoleBinding',
@@ -368,24 +496,43 @@ describe('kubectl blockpull (plugin on PATH, tenant credentials, operator proces
     ];
     await kube.kubectl(['apply', '-f', '-'], { input: listerRbac.map((o) => stringify(o)).join('---\n') });
     expect((await plugin(['status', 'vm1-live', '--kubeconfig', lister])).exitCode).toBe(0);
-    expectOneErrorLine(await plugin(['status', '-w', '--kubeconfig', lister], 30_000), /the API server refused to watch \/apis\/blockpull.dev\/v1alpha1\/namespaces\/bp-plugin\/blockpulls \(HTTP 403/);
+    expectOneErrorLine(
+      await plugin(['status', '-w', '--kubeconfig', lister], 30_000),
+      /the API server refused to watch \/apis\/blockpull.dev\/v1alpha1\/namespaces\/bp-plugin\/blockpulls \(HTTP 403/,
+    );
     // The admin kubeconfig given with --kubeconfig is used instead of KUBECONFIG: -A works there.
     const all = await plugin(['status', '-A', '--kubeconfig', kube.kubeconfigPath]);
     expect(all.exitCode, all.stderr).toBe(0);
     expect(all.stdout).toMatch(/^bp-plugin\/vm1-live /m);
     // And the entry point runs directly too (node, no kubectl).
     const direct = await run([NODE_BIN, PLUGIN_MAIN, 'status', 'vm1-live'], { env, allowExit: true });
-    expect(direct.stdout).toMatch(/^bp-plugin\/vm1-live vmi=vm1 disk=live phase=Completed reason=Completed percent=100 /);
+    expect(direct.stdout).toMatch(
+      /^bp-plugin\/vm1-live vmi=vm1 disk=live phase=Completed reason=Completed percent=100 /,
+    );
   });
 
   it('the npm package as built (plugin/tsconfig.build.json -> plugin/dist) runs the same verbs', async () => {
-    await run([NODE_BIN, path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(REPO_ROOT, 'plugin', 'tsconfig.build.json')], { cwd: REPO_ROOT, timeoutMs: 300_000 });
-    const pkg = JSON.parse(await readFile(path.join(REPO_ROOT, 'plugin', 'package.json'), 'utf8')) as { bin: Record<string, string> };
+    await run(
+      [
+        NODE_BIN,
+        path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'),
+        '-p',
+        path.join(REPO_ROOT, 'plugin', 'tsconfig.build.json'),
+      ],
+      { cwd: REPO_ROOT, timeoutMs: 300_000 },
+    );
+    const pkg = JSON.parse(await readFile(path.join(REPO_ROOT, 'plugin', 'package.json'), 'utf8')) as {
+      bin: Record<string, string>;
+    };
     const bin = path.join(REPO_ROOT, 'plugin', pkg.bin['kubectl-blockpull']!);
     expect((await readFile(bin, 'utf8')).startsWith('#!/usr/bin/env node\n')).toBe(true);
     const r = await run([NODE_BIN, bin, 'status', 'vm1-live', '-o', 'json'], { env, allowExit: true });
     expect(r.exitCode, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout)).toMatchObject({ kind: 'BlockPull', metadata: { name: 'vm1-live', namespace: NS }, status: { phase: 'Completed' } });
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      kind: 'BlockPull',
+      metadata: { name: 'vm1-live', namespace: NS },
+      status: { phase: 'Completed' },
+    });
     const w = await run([NODE_BIN, bin, 'wait', 'bad-base'], { env, allowExit: true });
     expect(w.exitCode).toBe(1);
   });

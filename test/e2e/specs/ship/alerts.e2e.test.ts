@@ -30,7 +30,9 @@ const Rule = z.object({
   labels: z.record(z.string(), z.string()),
   annotations: z.record(z.string(), z.string()),
 });
-const PrometheusRule = z.object({ spec: z.object({ groups: z.array(z.object({ name: z.string(), rules: z.array(Rule) })) }) });
+const PrometheusRule = z.object({
+  spec: z.object({ groups: z.array(z.object({ name: z.string(), rules: z.array(Rule) })) }),
+});
 type Rule = z.infer<typeof Rule>;
 
 /** Metric names a PromQL expression selects (every selector in the chart's rules has a `{...}`). */
@@ -72,7 +74,11 @@ afterAll(async () => {
 });
 
 /** Writes the rules and a promtool test file (tests: [...]) and runs `promtool test rules`. */
-async function promtoolTest(name: string, rules: Rule[], tests: unknown[]): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+async function promtoolTest(
+  name: string,
+  rules: Rule[],
+  tests: unknown[],
+): Promise<{ exitCode: number; stdout: string; stderr: string }> {
   const rulesFile = join(dir, `${name}.rules.yaml`);
   const testFile = join(dir, `${name}.test.yaml`);
   await writeFile(rulesFile, stringify({ groups: [{ name: 'blockpull-operator', rules }] }));
@@ -107,18 +113,27 @@ describe('PrometheusRule alerts', () => {
       expect(existsSync(runbook), runbook).toBe(true);
       const text = readFileSync(runbook, 'utf8');
       expect(text.split('\n')[0], `${runbook} title`).toBe(`# ${r.alert}`);
-      for (const section of ['## What it means', '## Diagnose', '## Fix']) expect(text, `${runbook}: ${section}`).toContain(section);
+      for (const section of ['## What it means', '## Diagnose', '## Fix'])
+        expect(text, `${runbook}: ${section}`).toContain(section);
       expect(text, `${runbook} diagnoses with kubectl`).toMatch(/kubectl /);
       expect(text, `${runbook} diagnoses with virsh`).toMatch(/virsh /);
     }
     // Without leader election there is no leader metric to alert on.
-    const { objects: noLe } = await helmTemplate(RELEASE, NS, { replicaCount: 1, leaderElection: { enabled: false }, prometheusRule: { enabled: true } });
+    const { objects: noLe } = await helmTemplate(RELEASE, NS, {
+      replicaCount: 1,
+      leaderElection: { enabled: false },
+      prometheusRule: { enabled: true },
+    });
     const noLeRules = PrometheusRule.parse(one(noLe, 'PrometheusRule')).spec.groups.flatMap((g) => g.rules);
     expect(noLeRules.map((r) => r.alert)).not.toContain('BlockPullNoLeader');
   });
 
   it('promtool check rules accepts them', async () => {
-    const rules = await renderRules({ alertLabels: { team: 'storage' }, noProgressMinutes: 5, selector: 'job="blockpull"' });
+    const rules = await renderRules({
+      alertLabels: { team: 'storage' },
+      noProgressMinutes: 5,
+      selector: 'job="blockpull"',
+    });
     const file = join(dir, 'check.rules.yaml');
     await writeFile(file, stringify({ groups: [{ name: 'blockpull-operator', rules }] }));
     const r = await run([tools.promtool, 'check', 'rules', file], { allowExit: true, timeoutMs: 60_000 });
@@ -136,7 +151,9 @@ describe('PrometheusRule alerts', () => {
     expect(named.length).toBeGreaterThanOrEqual(rules.length);
     expect(named.filter((n) => !exported.has(n.metric) && !PROMETHEUS_OWN.has(n.metric))).toEqual([]);
     // The check can fail: a misspelt metric is caught.
-    expect(metricNamesIn('max(blockpull_jobs_total{phase="Failed"}) > 0').filter((n) => !exported.has(n))).toEqual(['blockpull_jobs_total']);
+    expect(metricNamesIn('max(blockpull_jobs_total{phase="Failed"}) > 0').filter((n) => !exported.has(n))).toEqual([
+      'blockpull_jobs_total',
+    ]);
   });
 
   it('promtool test rules: each alert fires on its condition, and not on a healthy operator', async () => {
@@ -151,7 +168,10 @@ describe('PrometheusRule alerts', () => {
       {
         name: 'BlockPullFailed: a BlockPull is Failed',
         interval: '1m',
-        input_series: [series('blockpull_jobs', { phase: 'Failed' }, '0 0 1x10'), series('blockpull_jobs', { phase: 'Running' }, '1x12')],
+        input_series: [
+          series('blockpull_jobs', { phase: 'Failed' }, '0 0 1x10'),
+          series('blockpull_jobs', { phase: 'Running' }, '1x12'),
+        ],
         alert_rule_test: [
           { eval_time: '2m', alertname: 'BlockPullFailed', exp_alerts: [] },
           {
@@ -175,8 +195,16 @@ describe('PrometheusRule alerts', () => {
         interval: '1m',
         input_series: [
           // The value is the Unix time of the last progress; promtool's clock starts at 0.
-          series('blockpull_pull_last_progress_timestamp_seconds', { blockpull_namespace: 'vms', blockpull_name: 'stuck' }, '0+60x5 300x30'),
-          series('blockpull_pull_last_progress_timestamp_seconds', { blockpull_namespace: 'vms', blockpull_name: 'moving' }, '0+60x35'),
+          series(
+            'blockpull_pull_last_progress_timestamp_seconds',
+            { blockpull_namespace: 'vms', blockpull_name: 'stuck' },
+            '0+60x5 300x30',
+          ),
+          series(
+            'blockpull_pull_last_progress_timestamp_seconds',
+            { blockpull_namespace: 'vms', blockpull_name: 'moving' },
+            '0+60x35',
+          ),
         ],
         alert_rule_test: [
           { eval_time: '19m', alertname: 'BlockPullNoProgress', exp_alerts: [] },
@@ -228,7 +256,10 @@ describe('PrometheusRule alerts', () => {
       {
         name: 'BlockPullNoLeader: replicas up, none leads',
         interval: '1m',
-        input_series: [series('blockpull_leader', { pod: 'a' }, '1 1 0x10'), series('blockpull_leader', { pod: 'b' }, '0x12')],
+        input_series: [
+          series('blockpull_leader', { pod: 'a' }, '1 1 0x10'),
+          series('blockpull_leader', { pod: 'b' }, '0x12'),
+        ],
         alert_rule_test: [
           { eval_time: '3m', alertname: 'BlockPullNoLeader', exp_alerts: [] },
           {
@@ -250,7 +281,10 @@ describe('PrometheusRule alerts', () => {
       {
         name: 'BlockPullNoLeader: leadership moving to the standby is fine',
         interval: '1m',
-        input_series: [series('blockpull_leader', { pod: 'a' }, '1 1 0x10'), series('blockpull_leader', { pod: 'b' }, '0 0 1x10')],
+        input_series: [
+          series('blockpull_leader', { pod: 'a' }, '1 1 0x10'),
+          series('blockpull_leader', { pod: 'b' }, '0 0 1x10'),
+        ],
         alert_rule_test: [{ eval_time: '10m', alertname: 'BlockPullNoLeader', exp_alerts: [] }],
       },
       {
@@ -323,7 +357,13 @@ describe('PrometheusRule alerts', () => {
 
   it('promtool test rules: noProgressMinutes is honoured, and a wrong expectation fails (promtool can fail)', async () => {
     const rules = await renderRules({ noProgressMinutes: 5 });
-    const stuck = [series('blockpull_pull_last_progress_timestamp_seconds', { blockpull_namespace: 'vms', blockpull_name: 'stuck' }, '0+60x5 300x30')];
+    const stuck = [
+      series(
+        'blockpull_pull_last_progress_timestamp_seconds',
+        { blockpull_namespace: 'vms', blockpull_name: 'stuck' },
+        '0+60x5 300x30',
+      ),
+    ];
     const fires = (at: string, exp: boolean): unknown => ({
       name: `5 minutes, at ${at}`,
       interval: '1m',

@@ -10,9 +10,24 @@ import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
 import { installCrds, VMBACKUP_CRD_FILE, VMSNAPSHOT_CRD_FILE } from '../../cluster/crds.ts';
 import { ENV_VARS, loadConfig } from '../../../../operator/src/config.ts';
-import { CHART_DIR, DeploymentShape, envOf, find, helmTemplate, one, readRulesFile, type K8sObject } from '../../ship/chart.ts';
+import {
+  CHART_DIR,
+  DeploymentShape,
+  envOf,
+  find,
+  helmTemplate,
+  one,
+  readRulesFile,
+  type K8sObject,
+} from '../../ship/chart.ts';
 import { ensureHelm } from '../../ship/helm.ts';
-import { allowedExecCases, deniedExecCases, EXEC_POLICY_MESSAGES, isPolicyDenial, probeExec } from '../../ship/exec-policy.ts';
+import {
+  allowedExecCases,
+  deniedExecCases,
+  EXEC_POLICY_MESSAGES,
+  isPolicyDenial,
+  probeExec,
+} from '../../ship/exec-policy.ts';
 import { VIRSH_SUBCOMMANDS } from '../../../../operator/src/hypervisor/commands.ts';
 import { KILL_ON_DISCONNECT_PREFIX } from '../../../../operator/src/kubevirt/exec-runner.ts';
 import { ROOT_URI, SESSION_URI } from '../../../../operator/src/kubevirt/launcher.ts';
@@ -53,10 +68,22 @@ describe('helm lint and template', () => {
     const lint = await run([helm, 'lint', '--strict', CHART_DIR], { allowExit: true });
     expect(lint.stderr + lint.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
     expect(lint.exitCode).toBe(0);
-    const lint2 = await run([helm, 'lint', '--strict', CHART_DIR, '--set', 'replicaCount=3,metrics.serviceMonitor.enabled=true,operator.logLevel=debug,prometheusRule.enabled=true,grafanaDashboard.enabled=true'], { allowExit: true });
+    const lint2 = await run(
+      [
+        helm,
+        'lint',
+        '--strict',
+        CHART_DIR,
+        '--set',
+        'replicaCount=3,metrics.serviceMonitor.enabled=true,operator.logLevel=debug,prometheusRule.enabled=true,grafanaDashboard.enabled=true',
+      ],
+      { allowExit: true },
+    );
     expect(lint2.exitCode).toBe(0);
     // (helm lint has no --api-versions: the exec policy's template is proven by helm template and the API server below.)
-    const lint3 = await run([helm, 'lint', '--strict', CHART_DIR, '--set', 'execPolicy.enabled=false'], { allowExit: true });
+    const lint3 = await run([helm, 'lint', '--strict', CHART_DIR, '--set', 'execPolicy.enabled=false'], {
+      allowExit: true,
+    });
     expect(lint3.exitCode, lint3.stdout).toBe(0);
   });
 
@@ -65,15 +92,29 @@ describe('helm lint and template', () => {
     expect(result.stderr).toBe('');
     expect(result.exitCode).toBe(0);
     expect(objects.map((o) => o.kind).sort()).toEqual(
-      ['ClusterRole', 'ClusterRoleBinding', 'Deployment', 'PodDisruptionBudget', 'Role', 'RoleBinding', 'Service', 'ServiceAccount'].sort(),
+      [
+        'ClusterRole',
+        'ClusterRoleBinding',
+        'Deployment',
+        'PodDisruptionBudget',
+        'Role',
+        'RoleBinding',
+        'Service',
+        'ServiceAccount',
+      ].sort(),
     );
-    for (const o of objects) if (!o.kind.startsWith('Cluster')) expect(o.metadata.namespace, `${o.kind} namespace`).toBe(NS);
+    for (const o of objects)
+      if (!o.kind.startsWith('Cluster')) expect(o.metadata.namespace, `${o.kind} namespace`).toBe(NS);
 
     const dep = DeploymentShape.parse(one(objects, 'Deployment'));
     expect(dep.spec.replicas).toBe(2);
     const pod = dep.spec.template.spec;
     expect(pod.serviceAccountName).toBe(SA);
-    expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 65532, seccompProfile: { type: 'RuntimeDefault' } });
+    expect(pod.securityContext).toMatchObject({
+      runAsNonRoot: true,
+      runAsUser: 65532,
+      seccompProfile: { type: 'RuntimeDefault' },
+    });
     const c = pod.containers[0];
     expect(c?.image).toBe('blockpull-operator:0.1.0');
     expect(c?.securityContext).toMatchObject({
@@ -84,7 +125,10 @@ describe('helm lint and template', () => {
       capabilities: { drop: ['ALL'] },
       seccompProfile: { type: 'RuntimeDefault' },
     });
-    expect(c?.ports.map((p) => [p.name, p.containerPort])).toEqual([['metrics', 8080], ['health', 8081]]);
+    expect(c?.ports.map((p) => [p.name, p.containerPort])).toEqual([
+      ['metrics', 8080],
+      ['health', 8081],
+    ]);
     expect(c?.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'health' });
     expect(c?.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'health' });
     expect(Object.keys(c?.resources.requests ?? {}).sort()).toEqual(['cpu', 'memory']);
@@ -100,19 +144,34 @@ describe('helm lint and template', () => {
     for (const name of env.keys()) if (name.startsWith('BLOCKPULL_')) expect(ENV_VARS, name).toContain(name);
     // And the operator accepts every value as rendered (YAML numbers of 1e6 and more became
     // "1.048576e+06" once, which the operator refused at start).
-    const literal = Object.fromEntries([...env].filter(([k, v]) => k.startsWith('BLOCKPULL_') && typeof v === 'string'));
+    const literal = Object.fromEntries(
+      [...env].filter(([k, v]) => k.startsWith('BLOCKPULL_') && typeof v === 'string'),
+    );
     expect(() => loadConfig({ ...literal, BLOCKPULL_POD_NAME: 'p', BLOCKPULL_POD_NAMESPACE: 'ns' })).not.toThrow();
 
     const svc = one(objects, 'Service') as K8sObject & { spec: { ports: { port: number; targetPort: string }[] } };
     expect(svc.spec.ports).toEqual([{ name: 'metrics', port: 8080, targetPort: 'metrics', protocol: 'TCP' }]);
-    expect((one(objects, 'PodDisruptionBudget') as K8sObject & { spec: unknown }).spec).toMatchObject({ maxUnavailable: 1 });
+    expect((one(objects, 'PodDisruptionBudget') as K8sObject & { spec: unknown }).spec).toMatchObject({
+      maxUnavailable: 1,
+    });
   });
 
   it('where the API server serves the v1 ValidatingAdmissionPolicy, the exec policy and its binding are rendered; execPolicy.enabled=false leaves them out', async () => {
     const { result, objects } = await helmTemplate(RELEASE, NS, {}, WITH_VAP);
     expect(result.stderr).toBe('');
     expect(objects.map((o) => o.kind).sort()).toEqual(
-      ['ClusterRole', 'ClusterRoleBinding', 'Deployment', 'PodDisruptionBudget', 'Role', 'RoleBinding', 'Service', 'ServiceAccount', 'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding'].sort(),
+      [
+        'ClusterRole',
+        'ClusterRoleBinding',
+        'Deployment',
+        'PodDisruptionBudget',
+        'Role',
+        'RoleBinding',
+        'Service',
+        'ServiceAccount',
+        'ValidatingAdmissionPolicy',
+        'ValidatingAdmissionPolicyBinding',
+      ].sort(),
     );
     const off = await helmTemplate(RELEASE, NS, { execPolicy: { enabled: false } }, WITH_VAP);
     expect(off.result.exitCode).toBe(0);
@@ -124,12 +183,21 @@ describe('helm lint and template', () => {
     expect(policy.metadata.name).toBe(`${SA}-exec`);
     expect(binding.spec).toEqual({ policyName: `${SA}-exec`, validationActions: ['Deny'] });
     expect(policy.spec.failurePolicy).toBe('Fail');
-    expect(policy.spec.matchConstraints).toEqual({ resourceRules: [{ apiGroups: [''], apiVersions: ['v1'], operations: ['CONNECT'], resources: ['pods/exec'] }] });
-    expect(policy.spec.matchConditions).toEqual([{ name: 'blockpull-operator-service-account', expression: `request.userInfo.username == "system:serviceaccount:${NS}:${SA}"` }]);
+    expect(policy.spec.matchConstraints).toEqual({
+      resourceRules: [{ apiGroups: [''], apiVersions: ['v1'], operations: ['CONNECT'], resources: ['pods/exec'] }],
+    });
+    expect(policy.spec.matchConditions).toEqual([
+      {
+        name: 'blockpull-operator-service-account',
+        expression: `request.userInfo.username == "system:serviceaccount:${NS}:${SA}"`,
+      },
+    ]);
     const variable = (name: string) => policy.spec.variables.find((v) => v.name === name)?.expression ?? '';
     // helm's toJson escapes <, > and & as \u003c, \u003e, \u0026 (CEL reads them back as the same characters).
     const goJson = (v: unknown) => JSON.stringify(v).replace(/[<>&]/g, (ch) => `\\u00${ch.charCodeAt(0).toString(16)}`);
-    expect(variable('wrapped')).toContain(`[variables.cmd[0], variables.cmd[1], variables.cmd[2], variables.cmd[3]] == ${goJson(KILL_ON_DISCONNECT_PREFIX)}`);
+    expect(variable('wrapped')).toContain(
+      `[variables.cmd[0], variables.cmd[1], variables.cmd[2], variables.cmd[3]] == ${goJson(KILL_ON_DISCONNECT_PREFIX)}`,
+    );
     expect(variable('virsh')).toContain(`variables.cmd[8] in ${goJson(VIRSH_SUBCOMMANDS)}`);
     expect(variable('virsh')).toContain(`variables.cmd[7] in ${goJson([ROOT_URI, SESSION_URI])}`);
     expect(policy.spec.validations.map((v) => [v.reason, v.message])).toEqual([
@@ -139,7 +207,9 @@ describe('helm lint and template', () => {
     ]);
     // A custom ServiceAccount name and namespace are what the policy matches.
     const custom = await helmTemplate('prod', 'ops', { serviceAccount: { name: 'custom-sa' } }, WITH_VAP);
-    expect(CelPolicy.parse(one(custom.objects, 'ValidatingAdmissionPolicy')).spec.matchConditions[0]?.expression).toBe('request.userInfo.username == "system:serviceaccount:ops:custom-sa"');
+    expect(CelPolicy.parse(one(custom.objects, 'ValidatingAdmissionPolicy')).spec.matchConditions[0]?.expression).toBe(
+      'request.userInfo.username == "system:serviceaccount:ops:custom-sa"',
+    );
   });
 
   it('the ClusterRole holds exactly files/rbac-rules.yaml, the Role exactly the lease rules; no wildcards', async () => {
@@ -161,8 +231,18 @@ describe('helm lint and template', () => {
   it('non-default values are honoured', async () => {
     const { result, objects } = await helmTemplate('prod', 'ops', {
       replicaCount: 3,
-      image: { repository: 'registry.example/blockpull-operator', digest: `sha256:${'a'.repeat(64)}`, pullPolicy: 'Always' },
-      leaderElection: { enabled: true, leaseName: 'custom-lease', leaseDurationMs: 30000, renewDeadlineMs: 20000, retryPeriodMs: 4000 },
+      image: {
+        repository: 'registry.example/blockpull-operator',
+        digest: `sha256:${'a'.repeat(64)}`,
+        pullPolicy: 'Always',
+      },
+      leaderElection: {
+        enabled: true,
+        leaseName: 'custom-lease',
+        leaseDurationMs: 30000,
+        renewDeadlineMs: 20000,
+        retryPeriodMs: 4000,
+      },
       operator: { workers: 8, maxConcurrentPulls: 10, maxPullsPerNode: 3, logLevel: 'debug', watchNamespace: 'vms' },
       metrics: { serviceMonitor: { enabled: true, interval: '15s', labels: { release: 'kube-prometheus' } } },
       podDisruptionBudget: { enabled: false },
@@ -173,13 +253,17 @@ describe('helm lint and template', () => {
     expect(result.stderr).toBe('');
     expect(result.exitCode).toBe(0);
     expect(find(objects, 'PodDisruptionBudget')).toHaveLength(0);
-    const sm = one(objects, 'ServiceMonitor') as K8sObject & { spec: { endpoints: { port: string; interval: string }[] } };
+    const sm = one(objects, 'ServiceMonitor') as K8sObject & {
+      spec: { endpoints: { port: string; interval: string }[] };
+    };
     expect(sm.metadata.labels).toMatchObject({ release: 'kube-prometheus' });
     expect(sm.spec.endpoints[0]).toMatchObject({ port: 'metrics', interval: '15s' });
     const dep = DeploymentShape.parse(one(objects, 'Deployment'));
     expect(dep.spec.replicas).toBe(3);
     expect(dep.spec.template.spec.serviceAccountName).toBe('custom-sa');
-    expect(dep.spec.template.spec.containers[0]?.image).toBe(`registry.example/blockpull-operator@sha256:${'a'.repeat(64)}`);
+    expect(dep.spec.template.spec.containers[0]?.image).toBe(
+      `registry.example/blockpull-operator@sha256:${'a'.repeat(64)}`,
+    );
     const env = envOf(one(objects, 'Deployment'));
     expect(Object.fromEntries(env)).toMatchObject({
       BLOCKPULL_LEASE_NAME: 'custom-lease',
@@ -214,10 +298,22 @@ describe('helm lint and template', () => {
     ['alerts: an error ratio above 1', { prometheusRule: { reconcileErrorRatio: 2 } }, /reconcileErrorRatio/],
     ['alerts: an error ratio of 0', { prometheusRule: { reconcileErrorRatio: 0 } }, /reconcileErrorRatio/],
     ['alerts: a selector that is not PromQL matchers', { prometheusRule: { selector: 'job=blockpull}' } }, /selector/],
-    ['alerts: a runbook base that is not a URL', { prometheusRule: { runbookBaseUrl: 'docs/runbooks' } }, /runbookBaseUrl/],
-    ['alerts: an alert label overriding severity', { prometheusRule: { alertLabels: { severity: 'info' } } }, /severity/],
+    [
+      'alerts: a runbook base that is not a URL',
+      { prometheusRule: { runbookBaseUrl: 'docs/runbooks' } },
+      /runbookBaseUrl/,
+    ],
+    [
+      'alerts: an alert label overriding severity',
+      { prometheusRule: { alertLabels: { severity: 'info' } } },
+      /severity/,
+    ],
     ['alerts: an unknown key', { prometheusRule: { enable: true } }, /enable/],
-    ['dashboard: a label value too long', { grafanaDashboard: { labels: { grafana_dashboard: 'x'.repeat(64) } } }, /grafanaDashboard/],
+    [
+      'dashboard: a label value too long',
+      { grafanaDashboard: { labels: { grafana_dashboard: 'x'.repeat(64) } } },
+      /grafanaDashboard/,
+    ],
     ['dashboard: a bad namespace', { grafanaDashboard: { namespace: 'Monitoring' } }, /namespace/],
     ['dashboard: enabled as a number', { grafanaDashboard: { enabled: 1 } }, /enabled/],
     ['exec policy: enabled as text', { execPolicy: { enabled: 'always' } }, /execPolicy|enabled/],
@@ -230,23 +326,35 @@ describe('helm lint and template', () => {
   });
 
   it('values.yaml documents every key the schema allows at the top level', async () => {
-    const schema = z.object({ properties: z.record(z.string(), z.unknown()) }).parse(JSON.parse(await readFile(join(CHART_DIR, 'values.schema.json'), 'utf8')));
-    const values = z.record(z.string(), z.unknown()).parse(parse(await readFile(join(CHART_DIR, 'values.yaml'), 'utf8')));
-    expect(Object.keys(values).sort()).toEqual(Object.keys(schema.properties).filter((k) => k !== 'global').sort());
+    const schema = z
+      .object({ properties: z.record(z.string(), z.unknown()) })
+      .parse(JSON.parse(await readFile(join(CHART_DIR, 'values.schema.json'), 'utf8')));
+    const values = z
+      .record(z.string(), z.unknown())
+      .parse(parse(await readFile(join(CHART_DIR, 'values.yaml'), 'utf8')));
+    expect(Object.keys(values).sort()).toEqual(
+      Object.keys(schema.properties)
+        .filter((k) => k !== 'global')
+        .sort(),
+    );
   });
 });
 
 describe('the chart on the control plane', () => {
   let saKubeconfig: string;
-  const asOperator = (args: readonly string[], input?: string) => kube.kubectlResult(args, { kubeconfig: saKubeconfig, ...(input !== undefined ? { input } : {}) });
+  const asOperator = (args: readonly string[], input?: string) =>
+    kube.kubectlResult(args, { kubeconfig: saKubeconfig, ...(input !== undefined ? { input } : {}) });
   const canI = async (...args: string[]): Promise<boolean> => {
     const r = await asOperator(['auth', 'can-i', ...args]);
-    if (r.exitCode !== 0 && r.stdout.trim() !== 'no') throw new Error(`kubectl auth can-i ${args.join(' ')}: ${r.stderr}`);
+    if (r.exitCode !== 0 && r.stdout.trim() !== 'no')
+      throw new Error(`kubectl auth can-i ${args.join(' ')}: ${r.stderr}`);
     return r.stdout.trim() === 'yes';
   };
 
   beforeAll(async () => {
-    await kube.kubectl(['create', 'namespace', NS, '--dry-run=client', '-o', 'yaml']).then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
+    await kube
+      .kubectl(['create', 'namespace', NS, '--dry-run=client', '-o', 'yaml'])
+      .then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
     const { result, yaml } = await helmTemplate(RELEASE, NS, {}, WITH_VAP);
     expect(result.exitCode).toBe(0);
     // A real server-side apply of every rendered object (the Deployment's pods need a node: none here).
@@ -258,14 +366,22 @@ describe('the chart on the control plane', () => {
     const { objects } = await helmTemplate(RELEASE, NS, {}, WITH_VAP);
     expect(objects.map((o) => o.kind)).toContain('ValidatingAdmissionPolicy');
     for (const o of objects) {
-      const args = ['get', `${o.kind}.${o.apiVersion.includes('/') ? o.apiVersion.split('/')[0] : ''}`.replace(/\.$/, ''), o.metadata.name, '-o', 'name'];
+      const args = [
+        'get',
+        `${o.kind}.${o.apiVersion.includes('/') ? o.apiVersion.split('/')[0] : ''}`.replace(/\.$/, ''),
+        o.metadata.name,
+        '-o',
+        'name',
+      ];
       if (o.metadata.namespace) args.push('-n', o.metadata.namespace);
       expect((await kube.kubectl(args)).trim()).toMatch(new RegExp(`/${o.metadata.name}$`));
     }
   });
 
   it('non-default renders pass server-side validation (dry-run); the ServiceMonitor needs its CRD', async () => {
-    await kube.kubectl(['create', 'namespace', 'ops', '--dry-run=client', '-o', 'yaml']).then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
+    await kube
+      .kubectl(['create', 'namespace', 'ops', '--dry-run=client', '-o', 'yaml'])
+      .then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
     const { result, objects } = await helmTemplate('prod', 'ops', {
       replicaCount: 3,
       operator: { watchNamespace: 'vms', logLevel: 'debug' },
@@ -274,11 +390,15 @@ describe('the chart on the control plane', () => {
     });
     expect(result.exitCode).toBe(0);
     const withoutSm = objects.filter((o) => o.kind !== 'ServiceMonitor');
-    const ok = await kube.kubectlResult(['apply', '--dry-run=server', '-f', '-'], { input: withoutSm.map((o) => stringify(o)).join('---\n') });
+    const ok = await kube.kubectlResult(['apply', '--dry-run=server', '-f', '-'], {
+      input: withoutSm.map((o) => stringify(o)).join('---\n'),
+    });
     expect(ok.stderr).toBe('');
     expect(ok.exitCode).toBe(0);
     expect(ok.stdout).toMatch(/deployment\.apps\/prod-blockpull-operator (created|configured) \(server dry run\)/);
-    const sm = await kube.kubectlResult(['apply', '--dry-run=server', '-f', '-'], { input: stringify(one(objects, 'ServiceMonitor')) });
+    const sm = await kube.kubectlResult(['apply', '--dry-run=server', '-f', '-'], {
+      input: stringify(one(objects, 'ServiceMonitor')),
+    });
     expect(sm.exitCode).not.toBe(0);
     expect(sm.stderr).toMatch(/no matches for kind "ServiceMonitor"|ensure CRDs are installed/);
   });
@@ -295,18 +415,42 @@ describe('the chart on the control plane', () => {
   it('helm install and uninstall work against the API server (as a user would install it)', async () => {
     const ns = 'helm-install-test';
     const kc = ['--kubeconfig', kube.kubeconfigPath];
-    const install = await run([helm, 'upgrade', '--install', 'hi', CHART_DIR, '--namespace', ns, '--create-namespace', ...kc], { allowExit: true, timeoutMs: 120_000 });
+    const install = await run(
+      [helm, 'upgrade', '--install', 'hi', CHART_DIR, '--namespace', ns, '--create-namespace', ...kc],
+      { allowExit: true, timeoutMs: 120_000 },
+    );
     expect(install.stderr).toBe('');
     expect(install.exitCode).toBe(0);
     expect(install.stdout).toMatch(/STATUS: deployed/);
     // helm install asks the API server: it serves the v1 policy API, so the exec policy is on.
-    expect((await kube.kubectl(['get', 'validatingadmissionpolicybinding', 'hi-blockpull-operator-exec', '-o', 'jsonpath={.spec.policyName}'])).trim()).toBe('hi-blockpull-operator-exec');
+    expect(
+      (
+        await kube.kubectl([
+          'get',
+          'validatingadmissionpolicybinding',
+          'hi-blockpull-operator-exec',
+          '-o',
+          'jsonpath={.spec.policyName}',
+        ])
+      ).trim(),
+    ).toBe('hi-blockpull-operator-exec');
     const status = await run([helm, 'status', 'hi', '--namespace', ns, '-o', 'json', ...kc], { allowExit: true });
-    expect(z.object({ info: z.object({ status: z.string() }) }).parse(JSON.parse(status.stdout)).info.status).toBe('deployed');
-    expect((await kube.kubectl(['get', 'deployment', 'hi-blockpull-operator', '-n', ns, '-o', 'jsonpath={.spec.replicas}'])).trim()).toBe('2');
+    expect(z.object({ info: z.object({ status: z.string() }) }).parse(JSON.parse(status.stdout)).info.status).toBe(
+      'deployed',
+    );
+    expect(
+      (
+        await kube.kubectl(['get', 'deployment', 'hi-blockpull-operator', '-n', ns, '-o', 'jsonpath={.spec.replicas}'])
+      ).trim(),
+    ).toBe('2');
     // The CRD already exists (crds/ of the chart): helm leaves it alone; it is the same CRD.
-    expect((await kube.kubectl(['get', 'crd', 'blockpulls.blockpull.dev', '-o', 'name'])).trim()).toBe('customresourcedefinition.apiextensions.k8s.io/blockpulls.blockpull.dev');
-    const uninstall = await run([helm, 'uninstall', 'hi', '--namespace', ns, '--wait', ...kc], { allowExit: true, timeoutMs: 120_000 });
+    expect((await kube.kubectl(['get', 'crd', 'blockpulls.blockpull.dev', '-o', 'name'])).trim()).toBe(
+      'customresourcedefinition.apiextensions.k8s.io/blockpulls.blockpull.dev',
+    );
+    const uninstall = await run([helm, 'uninstall', 'hi', '--namespace', ns, '--wait', ...kc], {
+      allowExit: true,
+      timeoutMs: 120_000,
+    });
     expect(uninstall.exitCode, uninstall.stderr).toBe(0);
     const gone = await kube.kubectlResult(['get', 'clusterrole', 'hi-blockpull-operator']);
     expect(gone.stderr).toMatch(/NotFound/);
@@ -338,12 +482,36 @@ describe('the chart on the control plane', () => {
       expect(r.exitCode, r.stderr).toBe(0);
       expect(r.stdout).toMatch(/STATUS: deployed/);
       expect(r.stdout).toContain('blockpulls.blockpull.dev');
-      expect((await kube.kubectl(['get', 'deployment', 'blockpull-blockpull-operator', '-n', 'blockpull-system', '-o', 'jsonpath={.spec.template.spec.containers[0].image}'])).trim()).toMatch(
-        /^REGISTRY\/blockpull-operator(:|@)/,
+      expect(
+        (
+          await kube.kubectl([
+            'get',
+            'deployment',
+            'blockpull-blockpull-operator',
+            '-n',
+            'blockpull-system',
+            '-o',
+            'jsonpath={.spec.template.spec.containers[0].image}',
+          ])
+        ).trim(),
+      ).toMatch(/^REGISTRY\/blockpull-operator(:|@)/);
+      const uninstall = await run(
+        [
+          helm,
+          'uninstall',
+          'blockpull',
+          '--namespace',
+          'blockpull-system',
+          '--wait',
+          '--kubeconfig',
+          kube.kubeconfigPath,
+        ],
+        { allowExit: true, timeoutMs: 120_000 },
       );
-      const uninstall = await run([helm, 'uninstall', 'blockpull', '--namespace', 'blockpull-system', '--wait', '--kubeconfig', kube.kubeconfigPath], { allowExit: true, timeoutMs: 120_000 });
       expect(uninstall.exitCode, uninstall.stderr).toBe(0);
-      expect((await kube.kubectlResult(['get', 'clusterrole', 'blockpull-blockpull-operator'])).stderr).toMatch(/NotFound/);
+      expect((await kube.kubectlResult(['get', 'clusterrole', 'blockpull-blockpull-operator'])).stderr).toMatch(
+        /NotFound/,
+      );
     } finally {
       await rm(bin, { recursive: true, force: true });
     }
@@ -383,7 +551,15 @@ describe('the chart on the control plane', () => {
       for (const a of allowed) expect(await canI(...a), `can-i ${a.join(' ')}`).toBe(true);
       for (const a of deniedOptional) expect(await canI(...a), `can-i ${a.join(' ')}`).toBe(false);
     } finally {
-      await kube.kubectl(['delete', '-f', VMSNAPSHOT_CRD_FILE, '-f', VMBACKUP_CRD_FILE, '--ignore-not-found', '--wait=true']);
+      await kube.kubectl([
+        'delete',
+        '-f',
+        VMSNAPSHOT_CRD_FILE,
+        '-f',
+        VMBACKUP_CRD_FILE,
+        '--ignore-not-found',
+        '--wait=true',
+      ]);
     }
     // And for real: list BlockPulls in all namespaces with the token.
     const list = await asOperator(['get', 'blockpulls.blockpull.dev', '--all-namespaces', '-o', 'name']);
@@ -425,7 +601,12 @@ describe('the chart on the control plane', () => {
     expect(del.exitCode).not.toBe(0);
     expect(del.stderr).toMatch(/forbidden/i);
     const lease = (ns: string) =>
-      JSON.stringify({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: 'ship-test-lease', namespace: ns }, spec: { holderIdentity: 'ship-test' } });
+      JSON.stringify({
+        apiVersion: 'coordination.k8s.io/v1',
+        kind: 'Lease',
+        metadata: { name: 'ship-test-lease', namespace: ns },
+        spec: { holderIdentity: 'ship-test' },
+      });
     await kube.kubectlResult(['delete', 'lease', 'ship-test-lease', '-n', NS, '--ignore-not-found']);
     const own = await asOperator(['create', '-f', '-'], lease(NS));
     expect(own.stderr).toBe('');
@@ -444,7 +625,14 @@ describe('the chart on the control plane', () => {
         apiVersion: 'v1',
         kind: 'Pod',
         metadata: { name: POD, namespace: NS },
-        spec: { serviceAccountName: SA, automountServiceAccountToken: false, containers: [{ name: 'compute', image: 'example.invalid/none:1' }, { name: 'sidecar', image: 'example.invalid/none:1' }] },
+        spec: {
+          serviceAccountName: SA,
+          automountServiceAccountToken: false,
+          containers: [
+            { name: 'compute', image: 'example.invalid/none:1' },
+            { name: 'sidecar', image: 'example.invalid/none:1' },
+          ],
+        },
       };
       await kube.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
     });
@@ -454,25 +642,62 @@ describe('the chart on the control plane', () => {
     // The pod has no node: a request the policy admits fails after admission, with this.
     const NO_HOST = `pod ${POD} does not have a host assigned`;
 
-    it.each(allowedExecCases(DOMAIN).map((c) => [c.what, c] as const))('admits what the operator runs: %s', async (_what, c) => {
-      const r = await probeExec(saKubeconfig, NS, POD, c);
-      expect(r.message).not.toContain('ValidatingAdmissionPolicy');
-      expect([r.status, r.message]).toEqual([400, NO_HOST]);
-    });
+    it.each(allowedExecCases(DOMAIN).map((c) => [c.what, c] as const))(
+      'admits what the operator runs: %s',
+      async (_what, c) => {
+        const r = await probeExec(saKubeconfig, NS, POD, c);
+        expect(r.message).not.toContain('ValidatingAdmissionPolicy');
+        expect([r.status, r.message]).toEqual([400, NO_HOST]);
+      },
+    );
 
-    it.each(deniedExecCases(DOMAIN).map((c) => [c.what, c] as const))('refuses %s with the policy message', async (_what, c) => {
-      const r = await probeExec(saKubeconfig, NS, POD, c);
-      expect(isPolicyDenial(r, c.message), `${r.status} ${r.message}`).toBe(true);
-    });
+    it.each(deniedExecCases(DOMAIN).map((c) => [c.what, c] as const))(
+      'refuses %s with the policy message',
+      async (_what, c) => {
+        const r = await probeExec(saKubeconfig, NS, POD, c);
+        expect(isPolicyDenial(r, c.message), `${r.status} ${r.message}`).toBe(true);
+      },
+    );
 
     it('kubectl exec as the operator: a bare command is refused with the message; the wrapped virsh passes admission; attach is Forbidden', async () => {
       const bare = await asOperator(['exec', '-n', NS, POD, '-c', 'compute', '--', 'virsh', 'version']);
       expect(bare.exitCode).not.toBe(0);
       expect(bare.stderr).toContain(EXEC_POLICY_MESSAGES.wrapper);
-      const destroy = await asOperator(['exec', '-n', NS, POD, '-c', 'compute', '--', ...KILL_ON_DISCONNECT_PREFIX, 'virsh', '-q', '-c', SESSION_URI, 'destroy', DOMAIN]);
+      const destroy = await asOperator([
+        'exec',
+        '-n',
+        NS,
+        POD,
+        '-c',
+        'compute',
+        '--',
+        ...KILL_ON_DISCONNECT_PREFIX,
+        'virsh',
+        '-q',
+        '-c',
+        SESSION_URI,
+        'destroy',
+        DOMAIN,
+      ]);
       expect(destroy.exitCode).not.toBe(0);
       expect(destroy.stderr).toContain(EXEC_POLICY_MESSAGES.command);
-      const ok = await asOperator(['exec', '-n', NS, POD, '-c', 'compute', '--', ...KILL_ON_DISCONNECT_PREFIX, 'virsh', '-q', '-c', SESSION_URI, 'dumpxml', '--domain', DOMAIN]);
+      const ok = await asOperator([
+        'exec',
+        '-n',
+        NS,
+        POD,
+        '-c',
+        'compute',
+        '--',
+        ...KILL_ON_DISCONNECT_PREFIX,
+        'virsh',
+        '-q',
+        '-c',
+        SESSION_URI,
+        'dumpxml',
+        '--domain',
+        DOMAIN,
+      ]);
       expect(ok.exitCode).not.toBe(0);
       expect(ok.stderr).not.toMatch(/forbidden|ValidatingAdmissionPolicy/i);
       expect(ok.stderr).toContain(NO_HOST);

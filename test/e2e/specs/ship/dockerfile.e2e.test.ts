@@ -16,7 +16,14 @@ import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
 import { helmTemplate } from '../../ship/chart.ts';
 import { REPO_ROOT } from '../../support/paths.ts';
-import { exists, parseDockerfile, parseExecForm, performBuild, type BuildResult, type Stage } from '../../ship/dockerfile.ts';
+import {
+  exists,
+  parseDockerfile,
+  parseExecForm,
+  performBuild,
+  type BuildResult,
+  type Stage,
+} from '../../ship/dockerfile.ts';
 import { freePorts } from '../../support/ports.ts';
 import { startDaemon } from '../../support/process.ts';
 
@@ -37,7 +44,6 @@ async function which(cmd: string): Promise<string> {
   }
   throw new Error(`${cmd} not found on PATH`);
 }
-
 
 interface Started {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -115,7 +121,10 @@ describe('Dockerfile (static)', () => {
     const runs = ins.filter((i) => i.keyword === 'RUN');
     for (const r of runs) expect(parseExecForm(r.args), `line ${r.line}`).toBeDefined();
     const runtimeStart = ins.findIndex((i) => i.keyword === 'FROM' && i.args.endsWith('AS runtime'));
-    const runtimeRuns = ins.slice(runtimeStart).filter((i) => i.keyword === 'RUN').map((i) => parseExecForm(i.args));
+    const runtimeRuns = ins
+      .slice(runtimeStart)
+      .filter((i) => i.keyword === 'RUN')
+      .map((i) => parseExecForm(i.args));
     expect(runtimeRuns).toContainEqual(expect.arrayContaining(['npm', 'ci', '--omit=dev']));
   });
 
@@ -123,10 +132,19 @@ describe('Dockerfile (static)', () => {
     const user = ins.filter((i) => i.keyword === 'USER').at(-1)?.args ?? '';
     expect(user).toMatch(/^[0-9]+:[0-9]+$/);
     expect(Number(user.split(':')[0])).toBeGreaterThan(0);
-    const labels = ins.filter((i) => i.keyword === 'LABEL').map((i) => i.args).join(' ');
-    for (const key of ['title', 'description', 'version', 'revision', 'licenses', 'source', 'base.name']) expect(labels).toContain(`org.opencontainers.image.${key}=`);
+    const labels = ins
+      .filter((i) => i.keyword === 'LABEL')
+      .map((i) => i.args)
+      .join(' ');
+    for (const key of ['title', 'description', 'version', 'revision', 'licenses', 'source', 'base.name'])
+      expect(labels).toContain(`org.opencontainers.image.${key}=`);
     // node, the V8 memory flags (bench:scale starts the operator with them), the script.
-    expect(parseExecForm(ins.filter((i) => i.keyword === 'ENTRYPOINT').at(-1)?.args ?? '')).toEqual(['node', '--max-semi-space-size=1', '--optimize-for-size', 'dist/operator/src/main.js']);
+    expect(parseExecForm(ins.filter((i) => i.keyword === 'ENTRYPOINT').at(-1)?.args ?? '')).toEqual([
+      'node',
+      '--max-semi-space-size=1',
+      '--optimize-for-size',
+      'dist/operator/src/main.js',
+    ]);
   });
 });
 
@@ -136,7 +154,9 @@ describe('Dockerfile (build performed)', () => {
     expect(build.context).toContain('package-lock.json');
     expect(build.context).toContain('operator/src/config.ts');
     for (const f of build.context) {
-      expect(f, f).toMatch(/^(package\.json|package-lock\.json|tsconfig\.json|tsconfig\.build\.json|operator\/src\/.+)$/);
+      expect(f, f).toMatch(
+        /^(package\.json|package-lock\.json|tsconfig\.json|tsconfig\.build\.json|operator\/src\/.+)$/,
+      );
       expect(f, f).not.toMatch(/\.test\.ts$/);
     }
   });
@@ -146,17 +166,23 @@ describe('Dockerfile (build performed)', () => {
     expect(runtime.workdir).toBe('/app');
     expect(await exists(join(app, 'dist', 'operator', 'src', 'main.js'))).toBe(true);
     expect(await exists(join(app, 'dist', 'operator', 'src', 'config.js'))).toBe(true);
-    const pkg = z.object({ dependencies: z.record(z.string(), z.string()) }).parse(JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')));
-    for (const dep of Object.keys(pkg.dependencies)) expect(await exists(join(app, 'node_modules', dep, 'package.json')), dep).toBe(true);
+    const pkg = z
+      .object({ dependencies: z.record(z.string(), z.string()) })
+      .parse(JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')));
+    for (const dep of Object.keys(pkg.dependencies))
+      expect(await exists(join(app, 'node_modules', dep, 'package.json')), dep).toBe(true);
     // Dev-only packages (lockfile "dev": true; a devDependency that a production dependency also
     // needs, like @types/node, is not dev-only) are absent.
     const lock = z
       .object({ packages: z.record(z.string(), z.looseObject({ dev: z.boolean().optional() })) })
       .parse(JSON.parse(await readFile(join(REPO_ROOT, 'package-lock.json'), 'utf8')));
-    const devOnly = Object.entries(lock.packages).filter(([path, p]) => path.startsWith('node_modules/') && p.dev === true);
+    const devOnly = Object.entries(lock.packages).filter(
+      ([path, p]) => path.startsWith('node_modules/') && p.dev === true,
+    );
     expect(devOnly.length).toBeGreaterThan(50);
     for (const [path] of devOnly) expect(await exists(join(app, path)), path).toBe(false);
-    for (const tool of ['typescript', 'vitest', 'eslint', 'node']) expect(await exists(join(app, 'node_modules', tool)), tool).toBe(false);
+    for (const tool of ['typescript', 'vitest', 'eslint', 'node'])
+      expect(await exists(join(app, 'node_modules', tool)), tool).toBe(false);
     expect(await exists(join(app, 'src'))).toBe(false); // sources stay in the build stage
     const distFiles = await readdir(join(app, 'dist'), { recursive: true });
     expect(distFiles.filter((f) => f.endsWith('.ts'))).toEqual([]);
@@ -180,7 +206,9 @@ describe('Dockerfile (build performed)', () => {
 
     beforeAll(async () => {
       kube = clusterClient(inject('kubeconfigPath'), inject('kubectlPath'));
-      await kube.kubectl(['create', 'namespace', NS, '--dry-run=client', '-o', 'yaml']).then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
+      await kube
+        .kubectl(['create', 'namespace', NS, '--dry-run=client', '-o', 'yaml'])
+        .then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
       const { result, yaml } = await helmTemplate(RELEASE, NS);
       expect(result.exitCode).toBe(0);
       await kube.kubectl(['apply', '--server-side', '--field-manager=helm-test', '-f', '-'], { input: yaml });
@@ -223,7 +251,15 @@ describe('Dockerfile (build performed)', () => {
         if (early) throw new Error(`operator exited early: ${JSON.stringify(early)}\n${proc.output()}`);
         health = await get(healthPort, '/healthz');
         ready = await get(healthPort, '/readyz');
-        const lease = await kube.kubectlResult(['get', 'lease', 'img-blockpull-operator-leader', '-n', NS, '-o', 'jsonpath={.spec.holderIdentity}']);
+        const lease = await kube.kubectlResult([
+          'get',
+          'lease',
+          'img-blockpull-operator-leader',
+          '-n',
+          NS,
+          '-o',
+          'jsonpath={.spec.holderIdentity}',
+        ]);
         holder = lease.exitCode === 0 ? lease.stdout.trim() : '';
       }
       expect(health, proc.output()).toBe(200);

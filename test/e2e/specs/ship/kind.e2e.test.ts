@@ -82,19 +82,27 @@ describe('test/e2e/kind/kind-e2e.sh', () => {
     const kubevirt = /^KUBEVIRT_VERSION="(v[0-9.]+)"$/m.exec(text)?.[1];
     expect(kubevirt).toBeDefined();
     const vmi = z
-      .object({ spec: z.object({ volumes: z.array(z.object({ name: z.string(), containerDisk: z.object({ image: z.string() }) })) }) })
+      .object({
+        spec: z.object({
+          volumes: z.array(z.object({ name: z.string(), containerDisk: z.object({ image: z.string() }) })),
+        }),
+      })
       .parse(parse(await readFile(join(manifests, 'vmi-cirros.yaml'), 'utf8')));
     expect(vmi.spec.volumes[0]?.containerDisk.image).toBe(`quay.io/kubevirt/cirros-container-disk-demo:${kubevirt}`);
   });
 
   it('its manifests and the README examples are accepted by the API server (server-side dry run)', async () => {
     const kube = clusterClient(inject('kubeconfigPath'), inject('kubectlPath'));
-    await kube.kubectl(['create', 'namespace', 'vms', '--dry-run=client', '-o', 'yaml']).then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
+    await kube
+      .kubectl(['create', 'namespace', 'vms', '--dry-run=client', '-o', 'yaml'])
+      .then((y) => kube.kubectl(['apply', '-f', '-'], { input: y }));
     const examples = join(REPO_ROOT, 'examples');
     const files = [
       join(manifests, 'blockpull.yaml'),
       join(manifests, 'vmi-cirros.yaml'),
-      ...['blockpull-full.yaml', 'blockpull-partial.yaml', 'blockpull-throttled.yaml', 'blockpull-paused.yaml'].map((f) => join(examples, f)),
+      ...['blockpull-full.yaml', 'blockpull-partial.yaml', 'blockpull-throttled.yaml', 'blockpull-paused.yaml'].map(
+        (f) => join(examples, f),
+      ),
     ];
     for (const file of files) {
       const r = await kube.kubectlResult(['apply', '--dry-run=server', '-f', file]);
@@ -104,7 +112,12 @@ describe('test/e2e/kind/kind-e2e.sh', () => {
     }
     // And the server's schema can refuse: a BlockPull with both base.position and base.path.
     const bad = await kube.kubectlResult(['apply', '--dry-run=server', '-f', '-'], {
-      input: JSON.stringify({ apiVersion: 'blockpull.dev/v1alpha1', kind: 'BlockPull', metadata: { name: 'bad', namespace: 'vms' }, spec: { vmiName: 'x', disk: 'y', base: { position: 1, path: '/a' } } }),
+      input: JSON.stringify({
+        apiVersion: 'blockpull.dev/v1alpha1',
+        kind: 'BlockPull',
+        metadata: { name: 'bad', namespace: 'vms' },
+        spec: { vmiName: 'x', disk: 'y', base: { position: 1, path: '/a' } },
+      }),
     });
     expect(bad.exitCode).not.toBe(0);
     expect(bad.stderr).toMatch(/exactly one of position or path/);

@@ -35,21 +35,39 @@ beforeAll(async () => {
 afterAll(async () => {
   // Finalizers would keep the namespace's objects: drop them, then the namespace.
   const names = (await kube.kubectlResult(['-n', NS, 'get', 'bp', '-o', 'name'])).stdout.split('\n').filter(Boolean);
-  for (const n of names) await kube.kubectlResult(['-n', NS, 'patch', n, '--type=merge', '-p', '{"metadata":{"finalizers":null}}']);
+  for (const n of names)
+    await kube.kubectlResult(['-n', NS, 'patch', n, '--type=merge', '-p', '{"metadata":{"finalizers":null}}']);
   await kube.kubectlResult(['delete', 'namespace', NS, '--wait=false']);
 });
 
 describe(`kstatus ${KSTATUS_VERSION} on decide()'s statuses`, () => {
   it('covers Completed, Failed, Pending, Running, Paused, just created, spec changed, being deleted', () => {
     const names = states.map((s) => s.name).join('\n');
-    for (const p of ['Completed/', 'Failed/', 'Pending/', 'Running/', 'Paused/', 'created (status defaulted by the CRD)', 'spec changed, not yet observed', 'being deleted']) {
+    for (const p of [
+      'Completed/',
+      'Failed/',
+      'Pending/',
+      'Running/',
+      'Paused/',
+      'created (status defaulted by the CRD)',
+      'spec changed, not yet observed',
+      'being deleted',
+    ]) {
       expect(names).toContain(p);
     }
   });
 
   it('Completed -> Current, Failed -> Failed, every other phase and reason -> InProgress, deleting -> Terminating', async () => {
-    const got = await kstatus(checker, states.map((s) => s.object));
-    const table = states.map((s, i) => ({ state: s.name, want: s.kstatus, kstatus: got[i]?.status, message: got[i]?.message }));
+    const got = await kstatus(
+      checker,
+      states.map((s) => s.object),
+    );
+    const table = states.map((s, i) => ({
+      state: s.name,
+      want: s.kstatus,
+      kstatus: got[i]?.status,
+      message: got[i]?.message,
+    }));
     console.log(table.map((r) => `${r.state.padEnd(48)} ${String(r.kstatus).padEnd(12)} ${r.message}`).join('\n'));
     expect(table.filter((r) => r.kstatus !== r.want)).toEqual([]);
   });
@@ -57,7 +75,9 @@ describe(`kstatus ${KSTATUS_VERSION} on decide()'s statuses`, () => {
   it('the checker can fail: the statuses before this change (Progressing/Complete/Failed only) read Current when Failed or Running', async () => {
     const legacy = (s: BlockPullState): Record<string, unknown> => {
       const status = parseBlockPull(s.object).status ?? {};
-      const conditions = (status.conditions ?? []).filter((c) => ['Progressing', 'Complete', 'Failed'].includes(c.type));
+      const conditions = (status.conditions ?? []).filter((c) =>
+        ['Progressing', 'Complete', 'Failed'].includes(c.type),
+      );
       return { ...s.object, status: { ...status, conditions } };
     };
     const failed = states.find((s) => s.name === 'Failed/DiskNotFound');
@@ -69,12 +89,16 @@ describe(`kstatus ${KSTATUS_VERSION} on decide()'s statuses`, () => {
 
   for (const interpreter of LUA_INTERPRETERS) {
     it(`the Argo CD health check (${interpreter}) agrees with kstatus on every state`, async () => {
-      const got = await kstatus(checker, states.map((s) => s.object));
+      const got = await kstatus(
+        checker,
+        states.map((s) => s.object),
+      );
       const disagree: string[] = [];
       for (const [i, s] of states.entries()) {
         const h = await argoHealth(interpreter, s.object);
         const k = got[i]?.status ?? '?';
-        if (!healthAgreesWith(k).includes(h.status)) disagree.push(`${s.name}: kstatus ${k}, Argo CD ${h.status} (${h.message})`);
+        if (!healthAgreesWith(k).includes(h.status))
+          disagree.push(`${s.name}: kstatus ${k}, Argo CD ${h.status} (${h.message})`);
       }
       expect(disagree).toEqual([]);
     });
@@ -84,7 +108,9 @@ describe(`kstatus ${KSTATUS_VERSION} on decide()'s statuses`, () => {
 describe('kstatus and the Argo CD health check on the Argo CD fixtures', () => {
   const dir = join(import.meta.dirname, '..', '..', 'ship', 'fixtures', 'argocd');
   it('agree on every fixture (as the API server serves it: a missing status is the CRD default)', async () => {
-    const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+    const files = readdirSync(dir)
+      .filter((f) => f.endsWith('.json'))
+      .sort();
     expect(files.length).toBeGreaterThan(10);
     const objects = files.map((f) => {
       const obj = JSON.parse(readFileSync(join(dir, f), 'utf8')) as Record<string, unknown>;
@@ -98,7 +124,8 @@ describe('kstatus and the Argo CD health check on the Argo CD fixtures', () => {
       for (const interpreter of LUA_INTERPRETERS) {
         const h = await argoHealth(interpreter, objects[i]);
         if (interpreter === 'lua5.1') rows.push(`${f.padEnd(32)} kstatus ${k.padEnd(12)} Argo CD ${h.status}`);
-        if (!healthAgreesWith(k).includes(h.status)) disagree.push(`${f} (${interpreter}): kstatus ${k}, Argo CD ${h.status}`);
+        if (!healthAgreesWith(k).includes(h.status))
+          disagree.push(`${f} (${interpreter}): kstatus ${k}, Argo CD ${h.status}`);
       }
     }
     console.log(rows.join('\n'));
@@ -121,7 +148,17 @@ async function materialise(s: BlockPullState): Promise<Record<string, unknown>> 
   };
   await kube.kubectl(['create', '-f', '-'], { input: JSON.stringify(manifest) });
   const writeStatus = async (st: BlockPullStatus): Promise<void> => {
-    await kube.kubectl(['-n', NS, 'patch', 'bp', name, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: st })]);
+    await kube.kubectl([
+      '-n',
+      NS,
+      'patch',
+      'bp',
+      name,
+      '--subresource=status',
+      '--type=merge',
+      '-p',
+      JSON.stringify({ status: st }),
+    ]);
   };
   // A spec edit moves metadata.generation to 2 (the states with generation 2).
   const editSpec = async (): Promise<void> => {
@@ -141,13 +178,21 @@ async function materialise(s: BlockPullState): Promise<Record<string, unknown>> 
 describe('kstatus on BlockPulls read from the real API server', () => {
   it('a BlockPull just created (no operator yet) has status {observedGeneration: 0} from the CRD default: InProgress', async () => {
     await kube.kubectl(['create', '-f', '-'], {
-      input: JSON.stringify({ apiVersion: 'blockpull.dev/v1alpha1', kind: 'BlockPull', metadata: { name: 'just-created', namespace: NS }, spec: { vmiName: 'web-1', disk: 'rootdisk' } }),
+      input: JSON.stringify({
+        apiVersion: 'blockpull.dev/v1alpha1',
+        kind: 'BlockPull',
+        metadata: { name: 'just-created', namespace: NS },
+        spec: { vmiName: 'web-1', disk: 'rootdisk' },
+      }),
     });
     const obj = JSON.parse(await kube.kubectl(['-n', NS, 'get', 'bp', 'just-created', '-o', 'json'])) as BlockPullView;
     expect(obj.metadata.generation).toBe(1);
     expect(obj.status).toEqual({ observedGeneration: 0 });
     const [r] = await kstatus(checker, [obj]);
-    expect(r).toEqual({ status: 'InProgress', message: 'BlockPull generation is 1, but latest observed generation is 0' });
+    expect(r).toEqual({
+      status: 'InProgress',
+      message: 'BlockPull generation is 1, but latest observed generation is 0',
+    });
     // The same object without the default would read Current: the default is what makes it InProgress.
     const [without] = await kstatus(checker, [{ ...obj, status: undefined }]);
     expect(without?.status).toBe('Current');
@@ -168,7 +213,9 @@ describe('kstatus on BlockPulls read from the real API server', () => {
       expect(live.metadata.deletionTimestamp !== undefined, s.name).toBe(want.metadata.deletionTimestamp !== undefined);
     }
     const got = await kstatus(checker, objects);
-    const wrong = states.map((s, i) => ({ state: s.name, want: s.kstatus, got: got[i]?.status })).filter((r) => r.got !== r.want);
+    const wrong = states
+      .map((s, i) => ({ state: s.name, want: s.kstatus, got: got[i]?.status }))
+      .filter((r) => r.got !== r.want);
     expect(wrong).toEqual([]);
     for (const [i, obj] of objects.entries()) {
       const h = await argoHealth('lua5.1', obj);
@@ -182,12 +229,27 @@ async function runningPull(name: string): Promise<(stateName: string) => Promise
   const running = states.find((s) => s.name === 'Running/Pulling (progress)');
   if (!running) throw new Error('no Running state');
   await kube.kubectl(['create', '-f', '-'], {
-    input: JSON.stringify({ apiVersion: 'blockpull.dev/v1alpha1', kind: 'BlockPull', metadata: { name, namespace: NS }, spec: running.object.spec }),
+    input: JSON.stringify({
+      apiVersion: 'blockpull.dev/v1alpha1',
+      kind: 'BlockPull',
+      metadata: { name, namespace: NS },
+      spec: running.object.spec,
+    }),
   });
   const write = async (stateName: string): Promise<void> => {
     const s = states.find((x) => x.name === stateName);
     if (!s) throw new Error(`no state ${stateName}`);
-    await kube.kubectl(['-n', NS, 'patch', 'bp', name, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: parseBlockPull(s.object).status })]);
+    await kube.kubectl([
+      '-n',
+      NS,
+      'patch',
+      'bp',
+      name,
+      '--subresource=status',
+      '--type=merge',
+      '-p',
+      JSON.stringify({ status: parseBlockPull(s.object).status }),
+    ]);
   };
   await write('Running/Pulling (progress)');
   return write;
@@ -201,15 +263,23 @@ describe('waiting in scripts', () => {
   it('kubectl wait --for=condition=Ready returns when the BlockPull becomes Completed, not before', async () => {
     const write = await runningPull('wait-ready');
     // Running: Ready is False, the wait times out.
-    const early = await run(kubectlArgv(['-n', NS, 'wait', 'bp/wait-ready', '--for=condition=Ready', '--timeout=2s']), { allowExit: true, timeoutMs: 30_000 });
+    const early = await run(kubectlArgv(['-n', NS, 'wait', 'bp/wait-ready', '--for=condition=Ready', '--timeout=2s']), {
+      allowExit: true,
+      timeoutMs: 30_000,
+    });
     expect(early.exitCode).not.toBe(0);
     const started = Date.now();
-    const waiting = run(kubectlArgv(['-n', NS, 'wait', 'bp/wait-ready', '--for=condition=Ready', '--timeout=60s']), { allowExit: true, timeoutMs: 90_000 });
+    const waiting = run(kubectlArgv(['-n', NS, 'wait', 'bp/wait-ready', '--for=condition=Ready', '--timeout=60s']), {
+      allowExit: true,
+      timeoutMs: 90_000,
+    });
     await new Promise((r) => setTimeout(r, 1500));
     await write('Completed/Completed');
     const done = await waiting;
     const seconds = (Date.now() - started) / 1000;
-    console.log(`kubectl wait --for=condition=Ready returned ${seconds.toFixed(1)} s after it started (status written at ~1.5 s)`);
+    console.log(
+      `kubectl wait --for=condition=Ready returned ${seconds.toFixed(1)} s after it started (status written at ~1.5 s)`,
+    );
     expect(done.stderr).toBe('');
     expect(done.stdout).toContain('condition met');
     expect(done.exitCode).toBe(0);
@@ -224,7 +294,10 @@ describe('waiting in scripts', () => {
     return m[1];
   }
 
-  async function runRecipe(script: string, name: string): Promise<{ exitCode: number; stdout: string; stderr: string; seconds: number }> {
+  async function runRecipe(
+    script: string,
+    name: string,
+  ): Promise<{ exitCode: number; stdout: string; stderr: string; seconds: number }> {
     const dir = await mkdtemp(join(tmpdir(), 'bp-recipe-'));
     try {
       // The recipe names vms/web-1-rootdisk-flatten (examples/blockpull-full.yaml): point it at this BlockPull.
@@ -234,7 +307,11 @@ describe('waiting in scripts', () => {
       const started = Date.now();
       const r = await run(['bash', file], {
         allowExit: true,
-        env: { ...process.env, PATH: `${dirname(kube.kubectlPath)}:${process.env.PATH ?? ''}`, KUBECONFIG: kube.kubeconfigPath },
+        env: {
+          ...process.env,
+          PATH: `${dirname(kube.kubectlPath)}:${process.env.PATH ?? ''}`,
+          KUBECONFIG: kube.kubeconfigPath,
+        },
         timeoutMs: 120_000,
       });
       return { ...r, seconds: (Date.now() - started) / 1000 };

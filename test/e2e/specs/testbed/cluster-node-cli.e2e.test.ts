@@ -18,7 +18,6 @@ import { isOurs, processesMentioning, run } from '../../support/process.ts';
 import { nodeLeftovers } from '../../node/kubelet.ts';
 import { readNodeRecord } from '../../node/node-state.ts';
 
-
 it('up --node: control plane + Ready node survive the CLI; status shows the node; down leaves nothing', async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'blockpull-cli-node-'));
   const cli = path.join(import.meta.dirname, '..', '..', 'cluster', 'cli.ts');
@@ -37,17 +36,25 @@ it('up --node: control plane + Ready node survive the CLI; status shows the node
     // The CLI has exited: the control plane and the node's daemons run on.
     const state = await readState(dir);
     if (!state) throw new Error('no control-plane state after up --node');
-    const { runDir } = z.object({ runDir: z.string() }).parse(JSON.parse(readFileSync(path.join(dir, 'node.json'), 'utf8')));
+    const { runDir } = z
+      .object({ runDir: z.string() })
+      .parse(JSON.parse(readFileSync(path.join(dir, 'node.json'), 'utf8')));
     const rec = readNodeRecord(runDir);
     if (!rec) throw new Error(`no node record in ${runDir}`);
     expect(rec.detached).toBe(true);
-    expect(rec.daemons.map((d) => d.name).sort()).toEqual(['containerd', 'kube-controller-manager', 'kube-scheduler', 'kubelet']);
+    expect(rec.daemons.map((d) => d.name).sort()).toEqual([
+      'containerd',
+      'kube-controller-manager',
+      'kube-scheduler',
+      'kubelet',
+    ]);
     expect(rec.daemons.filter((d) => !isOurs(d))).toEqual([]);
     expect(state.processes.every(isOurs)).toBe(true);
 
     // Ready through kubectl, and it keeps being Ready with nobody holding the daemons' output.
     const c = clusterClient(path.join(dir, 'admin.kubeconfig'), inject('kubectlPath'));
-    const ready = (): Promise<string> => c.kubectl(['get', 'node', rec.name, '-o', 'jsonpath={.status.conditions[?(@.type=="Ready")].status}']);
+    const ready = (): Promise<string> =>
+      c.kubectl(['get', 'node', rec.name, '-o', 'jsonpath={.status.conditions[?(@.type=="Ready")].status}']);
     expect(await ready()).toBe('True');
     const status = await runCli('status');
     expect(status.code, status.stdout).toBe(0);
@@ -55,12 +62,19 @@ it('up --node: control plane + Ready node survive the CLI; status shows the node
     expect(status.stdout).toContain(`node:       ${rec.name} Ready=True (run dir ${runDir})`);
     expect(status.stdout).toMatch(/kubelet\s+pid \d+\n/);
     // the controller-manager runs: the default namespace gets its ServiceAccount
-    await expect.poll(async () => (await c.kubectlResult(['-n', 'default', 'get', 'serviceaccount', 'default'])).exitCode, { timeout: 30_000, interval: 500 }).toBe(0);
+    await expect
+      .poll(async () => (await c.kubectlResult(['-n', 'default', 'get', 'serviceaccount', 'default'])).exitCode, {
+        timeout: 30_000,
+        interval: 500,
+      })
+      .toBe(0);
     expect((await runCli('up', '--node')).stdout).toContain(`already running: ${state.server} with node ${rec.name}`);
 
     const down = await runCli('down');
     expect(down.code, down.stderr).toBe(0);
-    expect(down.stdout).toMatch(/stopped: node blockpull-node \(\/var\/tmp\/bpnode-[a-z0-9]+\), kube-apiserver \(pid \d+\), etcd \(pid \d+\)/);
+    expect(down.stdout).toMatch(
+      /stopped: node blockpull-node \(\/var\/tmp\/bpnode-[a-z0-9]+\), kube-apiserver \(pid \d+\), etcd \(pid \d+\)/,
+    );
     expect(await nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toEqual([]);
     expect([...rec.daemons, ...state.processes].filter(isOurs)).toEqual([]);
     expect(processesMentioning(dir)).toEqual([]);

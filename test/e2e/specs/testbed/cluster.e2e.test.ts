@@ -45,7 +45,9 @@ const WIDGET_CRD = {
                 type: 'object',
                 required: ['size'],
                 properties: { size: { type: 'integer', minimum: 1 }, color: { type: 'string' } },
-                'x-kubernetes-validations': [{ rule: "self.color != 'forbidden'", message: 'color must not be forbidden' }],
+                'x-kubernetes-validations': [
+                  { rule: "self.color != 'forbidden'", message: 'color must not be forbidden' },
+                ],
               },
               status: { type: 'object', properties: { phase: { type: 'string' }, observedSize: { type: 'integer' } } },
             },
@@ -76,7 +78,9 @@ function pidAlive(pid: number): boolean {
 async function getWithToken(kubeconfigPath: string, urlPath: string): Promise<{ status: number; body: string }> {
   const kc = z
     .object({
-      clusters: z.array(z.object({ cluster: z.object({ server: z.string(), 'certificate-authority-data': z.string() }) })),
+      clusters: z.array(
+        z.object({ cluster: z.object({ server: z.string(), 'certificate-authority-data': z.string() }) }),
+      ),
       users: z.array(z.object({ user: z.object({ token: z.string() }) })),
     })
     .parse(parse(await readFile(kubeconfigPath, 'utf8')));
@@ -85,18 +89,24 @@ async function getWithToken(kubeconfigPath: string, urlPath: string): Promise<{ 
   if (!c || !token) throw new Error('incomplete service-account kubeconfig');
   return new Promise((resolve, reject) => {
     https
-      .get(`${c.server}${urlPath}`, { ca: Buffer.from(c['certificate-authority-data'], 'base64'), headers: { Authorization: `Bearer ${token}` } }, (res) => {
-        let body = '';
-        res.setEncoding('utf8').on('data', (d: string) => (body += d));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      })
+      .get(
+        `${c.server}${urlPath}`,
+        { ca: Buffer.from(c['certificate-authority-data'], 'base64'), headers: { Authorization: `Bearer ${token}` } },
+        (res) => {
+          let body = '';
+          res.setEncoding('utf8').on('data', (d: string) => (body += d));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        },
+      )
       .on('error', reject);
   });
 }
 
 describe('control plane: API semantics', () => {
   it('runs the pinned Kubernetes version with RBAC authorization', async () => {
-    const version = z.object({ serverVersion: z.object({ gitVersion: z.string() }) }).parse(JSON.parse(await cluster.kubectl(['version', '-o', 'json'])));
+    const version = z
+      .object({ serverVersion: z.object({ gitVersion: z.string() }) })
+      .parse(JSON.parse(await cluster.kubectl(['version', '-o', 'json'])));
     if (!process.env['BLOCKPULL_KUBECONFIG']) expect(version.serverVersion.gitVersion).toBe(resolveVersions().k8s);
     const apis = await cluster.kubectl(['api-versions']);
     expect(apis).toContain('rbac.authorization.k8s.io/v1');
@@ -110,14 +120,26 @@ describe('control plane: API semantics', () => {
       kind: 'VirtualMachineInstance',
       metadata: { name: 'testvm', namespace: ns },
       spec: {
-        domain: { resources: { requests: { memory: '128Mi' } }, devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } },
+        domain: {
+          resources: { requests: { memory: '128Mi' } },
+          devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] },
+        },
         volumes: [{ name: 'rootdisk', persistentVolumeClaim: { claimName: 'root-pvc' } }],
       },
-      status: { phase: 'Running', nodeName: 'node-a', runtimeUser: 107, activePods: { 'uid-1': 'node-a' }, volumeStatus: [{ name: 'rootdisk', target: 'vda' }] },
+      status: {
+        phase: 'Running',
+        nodeName: 'node-a',
+        runtimeUser: 107,
+        activePods: { 'uid-1': 'node-a' },
+        volumeStatus: [{ name: 'rootdisk', target: 'vda' }],
+      },
     };
     await cluster.kubectl(['apply', '-f', '-'], { input: stringify(vmi) });
     const got = z
-      .object({ spec: z.object({ domain: z.object({ resources: z.object({ requests: z.object({ memory: z.string() }) }) }) }), status: z.object({ runtimeUser: z.number(), nodeName: z.string() }) })
+      .object({
+        spec: z.object({ domain: z.object({ resources: z.object({ requests: z.object({ memory: z.string() }) }) }) }),
+        status: z.object({ runtimeUser: z.number(), nodeName: z.string() }),
+      })
       .parse(JSON.parse(await cluster.kubectl(['get', 'vmi', 'testvm', '-n', ns, '-o', 'json'])));
     expect(got.spec.domain.resources.requests.memory).toBe('128Mi');
     // No status subresource (as upstream): status is written with the object.
@@ -125,7 +147,9 @@ describe('control plane: API semantics', () => {
     const bad = { ...vmi, metadata: { name: 'badvm', namespace: ns }, status: { runtimeUser: 'qemu' } };
     const r = await cluster.kubectlResult(['create', '-f', '-'], { input: stringify(bad) });
     expect(r.exitCode).not.toBe(0);
-    expect(r.stderr).toContain('status.runtimeUser: Invalid value: "string": status.runtimeUser in body must be of type integer: "string"');
+    expect(r.stderr).toContain(
+      'status.runtimeUser: Invalid value: "string": status.runtimeUser in body must be of type integer: "string"',
+    );
     await cluster.kubectl(['delete', 'namespace', ns, '--wait=false']);
   });
 
@@ -134,10 +158,21 @@ describe('control plane: API semantics', () => {
     await cluster.kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/widgets.e2e.blockpull.dev']);
     const ns = `crd-${run}`;
     await cluster.kubectl(['create', 'namespace', ns]);
-    const obj = { apiVersion: 'e2e.blockpull.dev/v1', kind: 'Widget', metadata: { name: 'w1', namespace: ns }, spec: { size: 3, color: 'blue' } };
+    const obj = {
+      apiVersion: 'e2e.blockpull.dev/v1',
+      kind: 'Widget',
+      metadata: { name: 'w1', namespace: ns },
+      spec: { size: 3, color: 'blue' },
+    };
     // Discovery of a just-established CRD may lag a moment in kubectl's cache: retry briefly.
     let created = await cluster.kubectlResult(['create', '-f', '-'], { input: stringify(obj) });
-    for (let i = 0; created.exitCode !== 0 && /the server doesn't have a resource type|no matches for kind/.test(created.stderr) && i < 20; i++) {
+    for (
+      let i = 0;
+      created.exitCode !== 0 &&
+      /the server doesn't have a resource type|no matches for kind/.test(created.stderr) &&
+      i < 20;
+      i++
+    ) {
       await sleep(250);
       created = await cluster.kubectlResult(['create', '-f', '-'], { input: stringify(obj) });
     }
@@ -147,36 +182,72 @@ describe('control plane: API semantics', () => {
 
     // A status write that also tries to change spec: status is stored, spec is not.
     await cluster.kubectl([
-      'patch', 'widget', 'w1', '-n', ns, '--subresource=status', '--type=merge',
-      '-p', JSON.stringify({ spec: { size: 99, color: 'red' }, status: { phase: 'Ready', observedSize: 3 } }),
+      'patch',
+      'widget',
+      'w1',
+      '-n',
+      ns,
+      '--subresource=status',
+      '--type=merge',
+      '-p',
+      JSON.stringify({ spec: { size: 99, color: 'red' }, status: { phase: 'Ready', observedSize: 3 } }),
     ]);
-    const afterStatus = widget.parse(JSON.parse(await cluster.kubectl(['get', 'widget', 'w1', '-n', ns, '-o', 'json'])));
+    const afterStatus = widget.parse(
+      JSON.parse(await cluster.kubectl(['get', 'widget', 'w1', '-n', ns, '-o', 'json'])),
+    );
     expect(afterStatus.status).toEqual({ phase: 'Ready', observedSize: 3 });
     expect(afterStatus.spec).toEqual({ size: 3, color: 'blue' });
     expect(afterStatus.metadata.generation).toBe(before.metadata.generation);
 
     // And the reverse: a write to the main resource ignores status.
-    await cluster.kubectl(['patch', 'widget', 'w1', '-n', ns, '--type=merge', '-p', JSON.stringify({ spec: { size: 4 }, status: { phase: 'Hacked' } })]);
+    await cluster.kubectl([
+      'patch',
+      'widget',
+      'w1',
+      '-n',
+      ns,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ spec: { size: 4 }, status: { phase: 'Hacked' } }),
+    ]);
     const afterSpec = widget.parse(JSON.parse(await cluster.kubectl(['get', 'widget', 'w1', '-n', ns, '-o', 'json'])));
     expect(afterSpec.spec.size).toBe(4);
     expect(afterSpec.status?.phase).toBe('Ready');
     expect(afterSpec.metadata.generation).toBe(before.metadata.generation + 1);
 
     // Optimistic concurrency: an update with a stale resourceVersion is a 409 Conflict.
-    const stale = { ...obj, metadata: { ...obj.metadata, resourceVersion: before.metadata.resourceVersion }, spec: { size: 5 } };
+    const stale = {
+      ...obj,
+      metadata: { ...obj.metadata, resourceVersion: before.metadata.resourceVersion },
+      spec: { size: 5 },
+    };
     const conflict = await cluster.kubectlResult(['replace', '-f', '-'], { input: stringify(stale) });
     expect(conflict.exitCode).not.toBe(0);
-    expect(conflict.stderr).toContain('the object has been modified; please apply your changes to the latest version and try again');
+    expect(conflict.stderr).toContain(
+      'the object has been modified; please apply your changes to the latest version and try again',
+    );
 
     // Structurally invalid objects are rejected with the API server's own messages (schema and CEL).
-    const wrongType = await cluster.kubectlResult(['create', '-f', '-'], { input: stringify({ ...obj, metadata: { name: 'w2', namespace: ns }, spec: { size: 'big' } }) });
+    const wrongType = await cluster.kubectlResult(['create', '-f', '-'], {
+      input: stringify({ ...obj, metadata: { name: 'w2', namespace: ns }, spec: { size: 'big' } }),
+    });
     expect(wrongType.exitCode).not.toBe(0);
-    expect(wrongType.stderr).toContain('spec.size: Invalid value: "string": spec.size in body must be of type integer: "string"');
-    const tooSmall = await cluster.kubectlResult(['create', '-f', '-'], { input: stringify({ ...obj, metadata: { name: 'w3', namespace: ns }, spec: { size: 0 } }) });
-    expect(tooSmall.stderr).toContain('spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1');
-    const missing = await cluster.kubectlResult(['create', '-f', '-'], { input: stringify({ ...obj, metadata: { name: 'w4', namespace: ns }, spec: { color: 'x' } }) });
+    expect(wrongType.stderr).toContain(
+      'spec.size: Invalid value: "string": spec.size in body must be of type integer: "string"',
+    );
+    const tooSmall = await cluster.kubectlResult(['create', '-f', '-'], {
+      input: stringify({ ...obj, metadata: { name: 'w3', namespace: ns }, spec: { size: 0 } }),
+    });
+    expect(tooSmall.stderr).toContain(
+      'spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1',
+    );
+    const missing = await cluster.kubectlResult(['create', '-f', '-'], {
+      input: stringify({ ...obj, metadata: { name: 'w4', namespace: ns }, spec: { color: 'x' } }),
+    });
     expect(missing.stderr).toContain('spec.size: Required value');
-    const cel = await cluster.kubectlResult(['create', '-f', '-'], { input: stringify({ ...obj, metadata: { name: 'w5', namespace: ns }, spec: { size: 1, color: 'forbidden' } }) });
+    const cel = await cluster.kubectlResult(['create', '-f', '-'], {
+      input: stringify({ ...obj, metadata: { name: 'w5', namespace: ns }, spec: { size: 1, color: 'forbidden' } }),
+    });
     expect(cel.stderr).toContain('color must not be forbidden');
     const names = (await cluster.kubectl(['get', 'widgets', '-n', ns, '-o', 'name'])).trim().split('\n');
     expect(names).toEqual(['widget.e2e.blockpull.dev/w1']);
@@ -193,13 +264,23 @@ describe('control plane: API semantics', () => {
 
     const denied = await getWithToken(kubeconfig, url);
     expect(denied.status).toBe(403);
-    expect(denied.body).toContain(`User \\"system:serviceaccount:${ns}:reader\\" cannot list resource \\"configmaps\\"`);
+    expect(denied.body).toContain(
+      `User \\"system:serviceaccount:${ns}:reader\\" cannot list resource \\"configmaps\\"`,
+    );
     const viaKubectl = await cluster.kubectlResult(['get', 'configmaps', '-n', ns], { kubeconfig });
     expect(viaKubectl.exitCode).not.toBe(0);
     expect(viaKubectl.stderr).toContain('Error from server (Forbidden)');
 
     await cluster.kubectl(['create', 'role', 'cm-reader', '-n', ns, '--verb=get,list', '--resource=configmaps']);
-    await cluster.kubectl(['create', 'rolebinding', 'cm-reader', '-n', ns, '--role=cm-reader', `--serviceaccount=${ns}:reader`]);
+    await cluster.kubectl([
+      'create',
+      'rolebinding',
+      'cm-reader',
+      '-n',
+      ns,
+      '--role=cm-reader',
+      `--serviceaccount=${ns}:reader`,
+    ]);
     // The RBAC authorizer reads Roles through an informer: allow it a moment.
     let allowed = await getWithToken(kubeconfig, url);
     for (let i = 0; allowed.status !== 200 && i < 50; i++) {
@@ -208,7 +289,9 @@ describe('control plane: API semantics', () => {
     }
     expect(allowed.status).toBe(200);
     expect(JSON.parse(allowed.body)).toMatchObject({ kind: 'ConfigMapList', items: [{ metadata: { name: 'cm1' } }] });
-    expect((await cluster.kubectl(['get', 'configmaps', 'cm1', '-n', ns, '-o', 'name'], { kubeconfig })).trim()).toBe('configmap/cm1');
+    expect((await cluster.kubectl(['get', 'configmaps', 'cm1', '-n', ns, '-o', 'name'], { kubeconfig })).trim()).toBe(
+      'configmap/cm1',
+    );
     // Still scoped: no access to Secrets, nor to another namespace.
     expect((await getWithToken(kubeconfig, `/api/v1/namespaces/${ns}/secrets`)).status).toBe(403);
     expect((await getWithToken(kubeconfig, '/api/v1/namespaces/default/configmaps')).status).toBe(403);
@@ -292,6 +375,9 @@ describe('control plane: lifecycle', () => {
 
   it('pins the versions in the committed wrapper modules, overridable by env', () => {
     expect(pinnedVersions()).toEqual({ k8s: 'v1.34.4', etcd: 'v3.6.5' });
-    expect(resolveVersions({ BLOCKPULL_K8S_VERSION: '1.35.1', BLOCKPULL_ETCD_VERSION: 'v3.6.7' })).toEqual({ k8s: 'v1.35.1', etcd: 'v3.6.7' });
+    expect(resolveVersions({ BLOCKPULL_K8S_VERSION: '1.35.1', BLOCKPULL_ETCD_VERSION: 'v3.6.7' })).toEqual({
+      k8s: 'v1.35.1',
+      etcd: 'v3.6.7',
+    });
   });
 });

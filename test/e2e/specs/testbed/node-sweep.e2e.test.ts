@@ -22,7 +22,16 @@ import { stopRecorded } from '../../cluster/control-plane.ts';
 import { REPO_ROOT } from '../../support/paths.ts';
 import { findProcesses, isOurs, processesMentioning, run, type DaemonRecord } from '../../support/process.ts';
 import { nodeLeftovers } from '../../node/kubelet.ts';
-import { cgroupHierarchies, NODE_RUN_PREFIX, NODE_RUN_ROOT, readNodeRecord, sweepStaleNodes, teardownNode, writeNodeRecord, type NodeRecord } from '../../node/node-state.ts';
+import {
+  cgroupHierarchies,
+  NODE_RUN_PREFIX,
+  NODE_RUN_ROOT,
+  readNodeRecord,
+  sweepStaleNodes,
+  teardownNode,
+  writeNodeRecord,
+  type NodeRecord,
+} from '../../node/node-state.ts';
 import { mountsUnder } from '../../support/mounts.ts';
 
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -69,7 +78,12 @@ async function fabricateNode(owner: { pid: number; start: string }): Promise<{ r
     network: `blockpull-${id}`,
     owner,
     detached: false,
-    controlPlane: { stateDir: join(runDir, 'no-control-plane'), server: 'https://127.0.0.1:1', kubeconfigPath: join(runDir, 'none'), kubectl: '/bin/false' },
+    controlPlane: {
+      stateDir: join(runDir, 'no-control-plane'),
+      server: 'https://127.0.0.1:1',
+      kubeconfigPath: join(runDir, 'none'),
+      kubectl: '/bin/false',
+    },
     daemons: [],
   };
   cleanups.push(async () => {
@@ -82,7 +96,14 @@ async function fabricateNode(owner: { pid: number; start: string }): Promise<{ r
   // a "kubelet": a process whose command line names the run dir, recorded like a daemon
   const daemon = spawnDetached(['tail', '-f', join(runDir, 'logs', 'kubelet.log')]);
   await sleep(50);
-  const record: DaemonRecord = { name: 'kubelet', pid: daemon.pid ?? 0, start: processStartTime(daemon.pid ?? 0) ?? '', binary: 'tail', marker: runDir, logFile: join(runDir, 'logs', 'kubelet.log') };
+  const record: DaemonRecord = {
+    name: 'kubelet',
+    pid: daemon.pid ?? 0,
+    start: processStartTime(daemon.pid ?? 0) ?? '',
+    binary: 'tail',
+    marker: runDir,
+    logFile: join(runDir, 'logs', 'kubelet.log'),
+  };
   expect(isOurs(record)).toBe(true);
   rec.daemons.push(record);
   // a "container": a process inside the node's cgroups only (no record names it)
@@ -99,7 +120,25 @@ async function fabricateNode(owner: { pid: number; start: string }): Promise<{ r
   }
   // network: bridge + DNAT rule; a mount; CNI leases; a /var/log/containers link
   await run(['ip', 'link', 'add', rec.bridge, 'type', 'bridge']);
-  rec.dnatRule = ['PREROUTING', '-i', rec.bridge, '-d', '10.0.0.1/32', '-p', 'tcp', '--dport', '443', '-m', 'comment', '--comment', `blockpull-node-${id}`, '-j', 'DNAT', '--to-destination', '127.0.0.1:1'];
+  rec.dnatRule = [
+    'PREROUTING',
+    '-i',
+    rec.bridge,
+    '-d',
+    '10.0.0.1/32',
+    '-p',
+    'tcp',
+    '--dport',
+    '443',
+    '-m',
+    'comment',
+    '--comment',
+    `blockpull-node-${id}`,
+    '-j',
+    'DNAT',
+    '--to-destination',
+    '127.0.0.1:1',
+  ];
   await run(['iptables', '-t', 'nat', '-A', ...rec.dnatRule]);
   const mnt = join(runDir, 'containerd', 'state', 'shm');
   mkdirSync(mnt, { recursive: true });
@@ -211,7 +250,9 @@ describe('stale-node sweep', () => {
     expect(findProcesses(['containerd-shim', socket]).length).toBeGreaterThan(0);
     expect(mountsUnder(runDir).length).toBeGreaterThan(0);
     expect(existsSync(`/sys/class/net/${rec.bridge}`)).toBe(true);
-    expect(await nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toContain(`iptables nat rule blockpull-node-${rec.id}`);
+    expect(await nodeLeftovers(runDir, { cgroupRoot: rec.cgroupRoot, containerd: rec })).toContain(
+      `iptables nat rule blockpull-node-${rec.id}`,
+    );
 
     const t0 = Date.now();
     const swept = await sweepStaleNodes({ log: (m) => process.stderr.write(`[node-sweep] ${m}\n`) });

@@ -22,14 +22,26 @@ import { clusterClient } from '../../cluster/client.ts';
 import { startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
 import { REPO_ROOT } from '../../support/paths.ts';
 import { installCrds, projectCrdFiles } from '../../cluster/crds.ts';
-import { blockPullManifest, getBlockPull, operatorServiceAccount, startOperator, waitForPhase, type OperatorProcess } from '../../operator-fixture/fixture.ts';
+import {
+  blockPullManifest,
+  getBlockPull,
+  operatorServiceAccount,
+  startOperator,
+  waitForPhase,
+  type OperatorProcess,
+} from '../../operator-fixture/fixture.ts';
 import { launcherImage, LAUNCHER_UID, testImage, type BuiltImage } from '../../images/images.ts';
 import { operatorImage } from '../../images/operator.ts';
 import { ensureHelm } from '../../ship/helm.ts';
 import { run as runTool } from '../../support/process.ts';
 import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from '../../node/kubelet.ts';
 import { waitFor } from '../../support/wait.ts';
-import { launcherPodManifest, launcherVmiManifest, LAUNCHER_URI, type LauncherDiskSpec } from '../../node/launcher-pod.ts';
+import {
+  launcherPodManifest,
+  launcherVmiManifest,
+  LAUNCHER_URI,
+  type LauncherDiskSpec,
+} from '../../node/launcher-pod.ts';
 import { chainInDomainXml } from '../../launcher/disk-chain.ts';
 
 const STATE_DIR = path.join(REPO_ROOT, '.cache', 'node-e2e-cluster');
@@ -81,7 +93,12 @@ beforeAll(async () => {
   await installCrds(clusterClient(cp.kubeconfigPath, cp.binaries.kubectl), await projectCrdFiles());
   await cp.kubectl(['create', 'namespace', NS]);
   // the controller-manager's service account controller creates the namespace's "default" SA
-  await waitFor('default service account', 60_000, async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0, 500);
+  await waitFor(
+    'default service account',
+    60_000,
+    async () => (await cp?.kubectlResult(['-n', NS, 'get', 'serviceaccount', 'default']))?.exitCode === 0,
+    500,
+  );
 }, 1_800_000);
 
 afterAll(async () => {
@@ -145,12 +162,25 @@ describe('a real node: kubelet + containerd', () => {
     });
     expect(logs).toContain('hello from hello');
 
-    const exec = await cp.kubectlResult(['-n', NS, 'exec', 'hello', '-c', 'main', '--', '/bin/sh', '-c', 'echo out; echo err >&2; cat /etc/hostname; exit 3']);
+    const exec = await cp.kubectlResult([
+      '-n',
+      NS,
+      'exec',
+      'hello',
+      '-c',
+      'main',
+      '--',
+      '/bin/sh',
+      '-c',
+      'echo out; echo err >&2; cat /etc/hostname; exit 3',
+    ]);
     expect(exec.stdout).toBe('out\nhello\n');
     expect(exec.stderr).toContain('err');
     expect(exec.exitCode).toBe(3);
 
-    const stdin = await cp.kubectlResult(['-n', NS, 'exec', '-i', 'hello', '--', '/bin/cat'], { input: 'through stdin\n' });
+    const stdin = await cp.kubectlResult(['-n', NS, 'exec', '-i', 'hello', '--', '/bin/cat'], {
+      input: 'through stdin\n',
+    });
     expect(stdin.exitCode).toBe(0);
     expect(stdin.stdout).toBe('through stdin\n');
   });
@@ -168,7 +198,14 @@ describe('a real node: kubelet + containerd', () => {
           metadata: { labels: { app: 'web' } },
           spec: {
             terminationGracePeriodSeconds: 1,
-            containers: [{ name: 'main', image: images.test.name, imagePullPolicy: 'Never', command: ['/bin/sh', '-c', 'trap "exit 0" TERM; while :; do sleep 1; done'] }],
+            containers: [
+              {
+                name: 'main',
+                image: images.test.name,
+                imagePullPolicy: 'Never',
+                command: ['/bin/sh', '-c', 'trap "exit 0" TERM; while :; do sleep 1; done'],
+              },
+            ],
           },
         },
       },
@@ -201,7 +238,8 @@ describe('a real node: kubelet + containerd', () => {
     await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(manifest) });
     await waitPodReady('virt-launcher-vm1-abcde', 180_000);
 
-    const ex = (argv: string[]): Promise<string> => cp!.kubectl(['-n', NS, 'exec', 'virt-launcher-vm1-abcde', '-c', 'compute', '--', ...argv]);
+    const ex = (argv: string[]): Promise<string> =>
+      cp!.kubectl(['-n', NS, 'exec', 'virt-launcher-vm1-abcde', '-c', 'compute', '--', ...argv]);
     expect((await ex(['id', '-u'])).trim()).toBe(String(LAUNCHER_UID));
     expect((await ex(['virsh', '-c', LAUNCHER_URI, 'domstate', `${NS}_vm1`])).trim()).toBe('paused');
     const xml = await ex(['virsh', '-c', LAUNCHER_URI, 'dumpxml', `${NS}_vm1`]);
@@ -219,7 +257,10 @@ describe('a real node: kubelet + containerd', () => {
 });
 
 /** Exec in the launcher's compute container through the API server and kubelet. */
-async function inCompute(pod: string, argv: readonly string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+async function inCompute(
+  pod: string,
+  argv: readonly string[],
+): Promise<{ exitCode: number; stdout: string; stderr: string }> {
   if (!cp) throw new Error('not started');
   return cp.kubectlResult(['-n', NS, 'exec', pod, '-c', 'compute', '--', ...argv], { timeoutMs: 120_000 });
 }
@@ -231,20 +272,32 @@ async function startVm(vmiName: string, disks: readonly LauncherDiskSpec[]): Pro
   await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify({ ...vmi, status: undefined }) });
   const vmiUid = (await cp.kubectl(['-n', NS, 'get', 'vmi', vmiName, '-o', 'jsonpath={.metadata.uid}'])).trim();
   const podName = `virt-launcher-${vmiName}-${vmiUid.slice(0, 5)}`;
-  await cp.kubectl(['apply', '-f', '-'], { input: JSON.stringify(launcherPodManifest({ namespace: NS, podName, vmiName, vmiUid, image: images.launcher.name, disks })) });
+  await cp.kubectl(['apply', '-f', '-'], {
+    input: JSON.stringify(
+      launcherPodManifest({ namespace: NS, podName, vmiName, vmiUid, image: images.launcher.name, disks }),
+    ),
+  });
   const p = await waitPodReady(podName, 180_000);
-  const status = launcherVmiManifest({ namespace: NS, vmiName, podUid: p.metadata.uid, nodeName: node.name, disks })['status'];
+  const status = launcherVmiManifest({ namespace: NS, vmiName, podUid: p.metadata.uid, nodeName: node.name, disks })[
+    'status'
+  ];
   await cp.kubectl(['-n', NS, 'patch', 'vmi', vmiName, '--type=merge', '-p', JSON.stringify({ status })]);
   return podName;
 }
 
-const topOf = (disk: LauncherDiskSpec): string => `/var/run/kubevirt-ephemeral-disks/disk-data/${disk.name}/${disk.name}-${disk.layers - 1}.qcow2`;
+const topOf = (disk: LauncherDiskSpec): string =>
+  `/var/run/kubevirt-ephemeral-disks/disk-data/${disk.name}/${disk.name}-${disk.layers - 1}.qcow2`;
 
 describe('BlockPull through the production pods/exec transport, against the launcher pod', () => {
   beforeAll(async () => {
     if (!cp) throw new Error('not started');
     const sa = await operatorServiceAccount(clusterClient(cp.kubeconfigPath, cp.binaries.kubectl));
-    operator = await startOperator({ kubeconfig: sa, registryDir: '', name: 'node-e2e-exec', env: { BLOCKPULL_TRANSPORT: 'exec', BLOCKPULL_LEADER_ELECT: 'false' } });
+    operator = await startOperator({
+      kubeconfig: sa,
+      registryDir: '',
+      name: 'node-e2e-exec',
+      env: { BLOCKPULL_TRANSPORT: 'exec', BLOCKPULL_LEADER_ELECT: 'false' },
+    });
     expect(operator.find('starting blockpull-operator')[0]?.['transport']).toBe('exec');
   }, 120_000);
 
@@ -253,11 +306,21 @@ describe('BlockPull through the production pods/exec transport, against the laun
     const disk: LauncherDiskSpec = { name: 'rootdisk', layers: 3, sizeMiB: 128, allocatedMiB: 64 };
     const pod = await startVm('vm2', [disk]);
     // reference: the guest-visible content of the chain, before the pull (the domain is paused)
-    const ref = await inCompute(pod, ['qemu-img', 'convert', '-U', '-O', 'raw', topOf(disk), '/var/run/kubevirt-ephemeral-disks/ref.raw']);
+    const ref = await inCompute(pod, [
+      'qemu-img',
+      'convert',
+      '-U',
+      '-O',
+      'raw',
+      topOf(disk),
+      '/var/run/kubevirt-ephemeral-disks/ref.raw',
+    ]);
     expect(ref.exitCode, ref.stderr).toBe(0);
 
     const t0 = Date.now();
-    await cp.kubectl(['apply', '-f', '-'], { input: blockPullManifest({ namespace: NS, name: 'flatten-vm2', vmiName: 'vm2', disk: 'rootdisk' }) });
+    await cp.kubectl(['apply', '-f', '-'], {
+      input: blockPullManifest({ namespace: NS, name: 'flatten-vm2', vmiName: 'vm2', disk: 'rootdisk' }),
+    });
     const done = await waitForPhase(cp, NS, 'flatten-vm2', ['Completed', 'Failed'], 180_000);
     timings.execPullMs = Date.now() - t0;
     expect(done.status?.phase, JSON.stringify(done.status)).toBe('Completed');
@@ -267,14 +330,34 @@ describe('BlockPull through the production pods/exec transport, against the laun
     const xml = await inCompute(pod, ['virsh', '-c', LAUNCHER_URI, 'dumpxml', `${NS}_vm2`]);
     expect(xml.exitCode).toBe(0);
     // flat: the top alone (libvirt's backing index 1), no backing store under it
-    expect(chainInDomainXml(xml.stdout, disk.name).map((l) => ({ path: l.path, index: l.index }))).toEqual([{ path: topOf(disk), index: 1 }]);
+    expect(chainInDomainXml(xml.stdout, disk.name).map((l) => ({ path: l.path, index: l.index }))).toEqual([
+      { path: topOf(disk), index: 1 },
+    ]);
     // QEMU caches qcow2 metadata: flush through the device so a reader outside QEMU sees the guest's view
-    const flush = await inCompute(pod, ['virsh', '-c', LAUNCHER_URI, 'qemu-monitor-command', `${NS}_vm2`, '--hmp', 'qemu-io -d /machine/peripheral/ua-rootdisk/virtio-backend "flush"']);
+    const flush = await inCompute(pod, [
+      'virsh',
+      '-c',
+      LAUNCHER_URI,
+      'qemu-monitor-command',
+      `${NS}_vm2`,
+      '--hmp',
+      'qemu-io -d /machine/peripheral/ua-rootdisk/virtio-backend "flush"',
+    ]);
     expect(flush.exitCode, flush.stderr).toBe(0);
     expect(flush.stdout.trim()).toBe('');
     const info = await inCompute(pod, ['qemu-img', 'info', '-U', '--output=json', topOf(disk)]);
     expect(JSON.parse(info.stdout)).not.toHaveProperty('backing-filename');
-    const cmp = await inCompute(pod, ['qemu-img', 'compare', '-U', '-f', 'raw', '-F', 'qcow2', '/var/run/kubevirt-ephemeral-disks/ref.raw', topOf(disk)]);
+    const cmp = await inCompute(pod, [
+      'qemu-img',
+      'compare',
+      '-U',
+      '-f',
+      'raw',
+      '-F',
+      'qcow2',
+      '/var/run/kubevirt-ephemeral-disks/ref.raw',
+      topOf(disk),
+    ]);
     expect(cmp.stdout).toContain('Images are identical');
     expect(cmp.exitCode).toBe(0);
   });
@@ -283,7 +366,15 @@ describe('BlockPull through the production pods/exec transport, against the laun
     if (!cp) throw new Error('not started');
     const disk: LauncherDiskSpec = { name: 'datadisk', layers: 2, sizeMiB: 512, allocatedMiB: 256 };
     const pod = await startVm('vm3', [disk]);
-    await cp.kubectl(['apply', '-f', '-'], { input: blockPullManifest({ namespace: NS, name: 'flatten-vm3', vmiName: 'vm3', disk: 'datadisk', spec: { bandwidth: '8Mi' } }) });
+    await cp.kubectl(['apply', '-f', '-'], {
+      input: blockPullManifest({
+        namespace: NS,
+        name: 'flatten-vm3',
+        vmiName: 'vm3',
+        disk: 'datadisk',
+        spec: { bandwidth: '8Mi' },
+      }),
+    });
     await waitFor(
       'pull under way',
       120_000,
@@ -306,8 +397,15 @@ describe('BlockPull through the production pods/exec transport, against the laun
     );
     timings.podKillToPendingMs = Date.now() - t0;
     // Deleting: the pod is refused as being deleted, or gone already.
-    expect(after.status?.message).toMatch(/has no acceptable virt-launcher pod on node .*(being deleted|no pod is controlled by it)/);
-    await waitFor('launcher pod gone', 120_000, async () => (await cp?.kubectlResult(['-n', NS, 'get', 'pod', pod]))?.exitCode !== 0, 500);
+    expect(after.status?.message).toMatch(
+      /has no acceptable virt-launcher pod on node .*(being deleted|no pod is controlled by it)/,
+    );
+    await waitFor(
+      'launcher pod gone',
+      120_000,
+      async () => (await cp?.kubectlResult(['-n', NS, 'get', 'pod', pod]))?.exitCode !== 0,
+      500,
+    );
   });
 });
 
@@ -326,7 +424,18 @@ async function waitDeploymentPodReady(namespace: string, selector: string, timeo
           phase: z.string().optional(),
           conditions: z.array(z.object({ type: z.string(), status: z.string() })).optional(),
           containerStatuses: z
-            .array(z.object({ name: z.string(), restartCount: z.number(), state: z.record(z.string(), z.object({ reason: z.string().optional(), message: z.string().optional() }).loose()).optional() }))
+            .array(
+              z.object({
+                name: z.string(),
+                restartCount: z.number(),
+                state: z
+                  .record(
+                    z.string(),
+                    z.object({ reason: z.string().optional(), message: z.string().optional() }).loose(),
+                  )
+                  .optional(),
+              }),
+            )
             .optional(),
         }),
       }),
@@ -337,25 +446,41 @@ async function waitDeploymentPodReady(namespace: string, selector: string, timeo
       await c.kubectlResult(['-n', namespace, 'get', 'pods', '-l', selector, '-o', 'wide']),
       await c.kubectlResult(['-n', namespace, 'get', 'events', '--sort-by=.lastTimestamp']),
       await c.kubectlResult(['-n', namespace, 'logs', '-l', selector, '--tail=40', '--all-containers', '--prefix']),
-      await c.kubectlResult(['-n', namespace, 'logs', '-l', selector, '--tail=40', '--all-containers', '--prefix', '--previous']),
+      await c.kubectlResult([
+        '-n',
+        namespace,
+        'logs',
+        '-l',
+        selector,
+        '--tail=40',
+        '--all-containers',
+        '--prefix',
+        '--previous',
+      ]),
     ];
     return parts.map((r) => (r.stdout + r.stderr).trim()).join('\n---\n');
   };
-  const fatal = /^(ErrImageNeverPull|InvalidImageName|ImageInspectError|CreateContainerConfigError|CreateContainerError|RunContainerError)$/;
+  const fatal =
+    /^(ErrImageNeverPull|InvalidImageName|ImageInspectError|CreateContainerConfigError|CreateContainerError|RunContainerError)$/;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const pods = Pods.parse(JSON.parse(await c.kubectl(['-n', namespace, 'get', 'pods', '-l', selector, '-o', 'json'])));
+    const pods = Pods.parse(
+      JSON.parse(await c.kubectl(['-n', namespace, 'get', 'pods', '-l', selector, '-o', 'json'])),
+    );
     const ready = pods.items.some((p) => p.status.conditions?.some((x) => x.type === 'Ready' && x.status === 'True'));
     if (ready) return;
     for (const p of pods.items) {
       for (const cs of p.status.containerStatuses ?? []) {
         const waiting = cs.state?.['waiting']?.reason ?? '';
         if (fatal.test(waiting) || cs.restartCount >= 2) {
-          throw new Error(`pod ${p.metadata.name} cannot become Ready (container ${cs.name}: ${waiting || 'restarting'}, ${cs.restartCount} restarts):\n${await diagnose()}`);
+          throw new Error(
+            `pod ${p.metadata.name} cannot become Ready (container ${cs.name}: ${waiting || 'restarting'}, ${cs.restartCount} restarts):\n${await diagnose()}`,
+          );
         }
       }
     }
-    if (Date.now() > deadline) throw new Error(`no Ready pod for ${selector} in ${namespace} after ${timeoutMs} ms:\n${await diagnose()}`);
+    if (Date.now() > deadline)
+      throw new Error(`no Ready pod for ${selector} in ${namespace} after ${timeoutMs} ms:\n${await diagnose()}`);
     await new Promise((r) => setTimeout(r, 500));
   }
 }
@@ -384,11 +509,27 @@ describe('the operator as the Helm chart Deployment, image built from the Docker
   it('runs under the chart ServiceAccount and flattens a disk through pods/exec', async () => {
     if (!cp || !node) throw new Error('not started');
     const colon = image.name.lastIndexOf(':');
-    const rendered = await runTool([
-      helm, 'template', 'blockpull-operator', path.join(REPO_ROOT, 'charts', 'blockpull-operator'), '--namespace', OP_NS,
-      '--set', `image.repository=${image.name.slice(0, colon)}`, '--set', `image.tag=${image.name.slice(colon + 1)}`,
-      '--set', 'image.pullPolicy=Never', '--set', 'replicaCount=1', '--set', 'operator.logLevel=debug',
-    ], { allowExit: true, timeoutMs: 60_000 });
+    const rendered = await runTool(
+      [
+        helm,
+        'template',
+        'blockpull-operator',
+        path.join(REPO_ROOT, 'charts', 'blockpull-operator'),
+        '--namespace',
+        OP_NS,
+        '--set',
+        `image.repository=${image.name.slice(0, colon)}`,
+        '--set',
+        `image.tag=${image.name.slice(colon + 1)}`,
+        '--set',
+        'image.pullPolicy=Never',
+        '--set',
+        'replicaCount=1',
+        '--set',
+        'operator.logLevel=debug',
+      ],
+      { allowExit: true, timeoutMs: 60_000 },
+    );
     expect(rendered.exitCode, rendered.stderr).toBe(0);
     await cp.kubectl(['create', 'namespace', OP_NS]);
     const t = Date.now();
@@ -397,7 +538,14 @@ describe('the operator as the Helm chart Deployment, image built from the Docker
     timings.deploymentReadyMs = Date.now() - t;
 
     const pods = z
-      .object({ items: z.array(z.object({ metadata: z.object({ name: z.string() }), spec: z.object({ serviceAccountName: z.string(), containers: z.array(z.object({ image: z.string() })) }) })) })
+      .object({
+        items: z.array(
+          z.object({
+            metadata: z.object({ name: z.string() }),
+            spec: z.object({ serviceAccountName: z.string(), containers: z.array(z.object({ image: z.string() })) }),
+          }),
+        ),
+      })
       .parse(JSON.parse(await cp.kubectl(['-n', OP_NS, 'get', 'pods', '-l', SELECTOR, '-o', 'json'])));
     expect(pods.items).toHaveLength(1);
     const opPod = pods.items[0]!;
@@ -406,24 +554,55 @@ describe('the operator as the Helm chart Deployment, image built from the Docker
 
     const disk: LauncherDiskSpec = { name: 'osdisk', layers: 4, sizeMiB: 128, allocatedMiB: 96 };
     const pod = await startVm('vm4', [disk]);
-    const ref = await inCompute(pod, ['qemu-img', 'convert', '-U', '-O', 'raw', topOf(disk), '/var/run/kubevirt-ephemeral-disks/ref.raw']);
+    const ref = await inCompute(pod, [
+      'qemu-img',
+      'convert',
+      '-U',
+      '-O',
+      'raw',
+      topOf(disk),
+      '/var/run/kubevirt-ephemeral-disks/ref.raw',
+    ]);
     expect(ref.exitCode, ref.stderr).toBe(0);
     const t0 = Date.now();
-    await cp.kubectl(['apply', '-f', '-'], { input: blockPullManifest({ namespace: NS, name: 'flatten-vm4', vmiName: 'vm4', disk: 'osdisk' }) });
+    await cp.kubectl(['apply', '-f', '-'], {
+      input: blockPullManifest({ namespace: NS, name: 'flatten-vm4', vmiName: 'vm4', disk: 'osdisk' }),
+    });
     const done = await waitForPhase(cp, NS, 'flatten-vm4', ['Completed', 'Failed'], 180_000);
     timings.deploymentPullMs = Date.now() - t0;
     expect(done.status?.phase, JSON.stringify(done.status)).toBe('Completed');
 
     const logs = await cp.kubectl(['-n', OP_NS, 'logs', opPod.metadata.name]);
-    const lines = logs.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = logs
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines.find((l) => l['msg'] === 'starting blockpull-operator')?.['transport']).toBe('exec');
     expect(lines.some((l) => l['blockpull'] === `${NS}/flatten-vm4`)).toBe(true);
 
-    const flush = await inCompute(pod, ['virsh', '-c', LAUNCHER_URI, 'qemu-monitor-command', `${NS}_vm4`, '--hmp', 'qemu-io -d /machine/peripheral/ua-osdisk/virtio-backend "flush"']);
+    const flush = await inCompute(pod, [
+      'virsh',
+      '-c',
+      LAUNCHER_URI,
+      'qemu-monitor-command',
+      `${NS}_vm4`,
+      '--hmp',
+      'qemu-io -d /machine/peripheral/ua-osdisk/virtio-backend "flush"',
+    ]);
     expect(flush.exitCode, flush.stderr).toBe(0);
     const xml = await inCompute(pod, ['virsh', '-c', LAUNCHER_URI, 'dumpxml', `${NS}_vm4`]);
     expect(chainInDomainXml(xml.stdout, disk.name)).toHaveLength(1);
-    const cmp = await inCompute(pod, ['qemu-img', 'compare', '-U', '-f', 'raw', '-F', 'qcow2', '/var/run/kubevirt-ephemeral-disks/ref.raw', topOf(disk)]);
+    const cmp = await inCompute(pod, [
+      'qemu-img',
+      'compare',
+      '-U',
+      '-f',
+      'raw',
+      '-F',
+      'qcow2',
+      '/var/run/kubevirt-ephemeral-disks/ref.raw',
+      topOf(disk),
+    ]);
     expect(cmp.stdout).toContain('Images are identical');
     expect(cmp.exitCode).toBe(0);
   }, 600_000);
