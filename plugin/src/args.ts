@@ -3,6 +3,7 @@
  * plugin everything after `kubectl blockpull`, so kubectl's own habits are parsed here:
  * --kubeconfig, --context, -n/--namespace, -A/--all-namespaces, `--flag=value` and `--flag value`.
  */
+import { assertNever } from '../../operator/src/api/assert-never.ts';
 import { BaseSchema, BlockPullSpecSchema, type Base } from '../../operator/src/api/types.ts';
 import { parseQuantity, QuantityError } from '../../operator/src/api/quantity.ts';
 
@@ -365,5 +366,7 @@ function verbCommand(
         ...timeoutOf(flags),
       };
     }
+    default:
+      return assertNever(verb);
   }
 }

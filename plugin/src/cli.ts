@@ -2,6 +2,7 @@
  * The verbs: parse the arguments, load the user's kubeconfig, make the calls (kube.ts), show
  * what happens (render.ts) and return the exit code (verdict.ts EXIT). Errors become one line.
  */
+import { assertNever } from '../../operator/src/api/assert-never.ts';
 import { stringify } from 'yaml';
 import { FINALIZER, isTerminal, type BlockPull, type BlockPullSpec } from '../../operator/src/api/types.ts';
 import { HELP, USAGE, parseArgs, type Command, type Output } from './args.ts';
@@ -50,6 +51,8 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
         return await wait(ctx, command);
       case 'plan':
         return await plan(ctx, command);
+      default:
+        return assertNever(command);
     }
   } catch (err) {
     live.end();

@@ -10,20 +10,29 @@ import { EXIT } from '../../plugin/src/verdict.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const page = readFileSync(join(root, 'docs', 'plugin.md'), 'utf8');
-const blocks = [...page.matchAll(/```[^\n]*\n([\s\S]*?)```/g)].map((m) => m[1]!);
+/** argv of every `kubectl blockpull` line in a page's code blocks (words; no quoting is used there). */
+function commandsOf(text: string): string[][] {
+  return [...text.matchAll(/```[^\n]*\n([\s\S]*?)```/g)]
+    .map((m) => m[1]!)
+    .flatMap((b) => b.split('\n'))
+    .map((l) =>
+      l
+        .replace(/^\$ /, '')
+        .replace(/\s+#.*$/, '')
+        .replace(/\s*&&.*$/, '')
+        .trim(),
+    )
+    .filter((l) => l.startsWith('kubectl blockpull '))
+    .map((l) => l.split(/\s+/).slice(2));
+}
+const commands = commandsOf(page);
 
-/** argv of a command line as the page writes it (words; no quoting is used there). */
-const commands = blocks
-  .flatMap((b) => b.split('\n'))
-  .map((l) =>
-    l
-      .replace(/^\$ /, '')
-      .replace(/\s+#.*$/, '')
-      .replace(/\s*&&.*$/, '')
-      .trim(),
-  )
-  .filter((l) => l.startsWith('kubectl blockpull '))
-  .map((l) => l.split(/\s+/).slice(2));
+describe("README.md's plugin commands", () => {
+  it('parse, one per verb it names (the plugin e2e spec runs each verb)', () => {
+    const readme = commandsOf(readFileSync(join(root, 'README.md'), 'utf8'));
+    expect(readme.map((argv) => parseArgs(argv).command.verb)).toEqual(['plan', 'start', 'status']);
+  });
+});
 
 describe('docs/plugin.md', () => {
   it('every kubectl blockpull command it shows parses', () => {

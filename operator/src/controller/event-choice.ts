@@ -9,6 +9,7 @@
  * - otherwise a change of phase or reason is announced by the new reason: a Warning for Failed
  *   and for the reasons in WARNING_REASONS, Normal else; Created and Adopted are not repeated.
  */
+import { assertNever } from '../api/assert-never.ts';
 import { isTerminal, type BlockPullStatus, type Reason } from '../api/types.ts';
 import type { EventDelivery, EventType } from '../kube/events.ts';
 import type { Decision } from './decide.ts';
@@ -112,8 +113,13 @@ function eventsOf({ before, deleting, decision, final, adoptedNow }: EventInput)
       const why = ABORT_EVENT.get(reason ?? '') ?? { type: 'Normal', reason: 'Paused' };
       return [{ ...why, action: 'Abort', message }];
     }
-    default:
+    case 'none':
+    case 'addFinalizer':
+    case 'removeFinalizer':
+      // No Event of the action itself: the transition's, below.
       break;
+    default:
+      assertNever(action);
   }
   const changed = reason !== before?.reason || final.status.phase !== before?.phase;
   if (!changed || reason === undefined || QUIET_REASONS.has(reason)) return [];
