@@ -9,6 +9,7 @@ import { API_VERSION, FINALIZER, KIND } from '../api/types.ts';
 import type { BlockJobDriver, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
 import { createLogger } from '../log.ts';
+import { launcherFixture } from '../../../test/unit/support/launcher.ts';
 import { Reconciler } from './reconcile.ts';
 
 const counted = vi.hoisted(() => ({ decide: 0, factsWanted: 0 }));
@@ -28,27 +29,7 @@ vi.mock('./decide.ts', async (importOriginal) => {
   return { ...actual, Decider: CountingDecider };
 });
 
-const vmi = {
-  apiVersion: 'kubevirt.io/v1',
-  kind: 'VirtualMachineInstance',
-  metadata: { name: 'vm', namespace: 'ns', uid: 'vmi-uid' },
-  spec: { domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } } },
-  status: { phase: 'Running', nodeName: 'node1', runtimeUser: 107, activePods: { 'pod-uid': 'node1' } },
-};
-const pod = {
-  metadata: {
-    name: 'virt-launcher-vm-x',
-    namespace: 'ns',
-    uid: 'pod-uid',
-    labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': 'vmi-uid' },
-    ownerReferences: [
-      { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm', uid: 'vmi-uid', controller: true },
-    ],
-    creationTimestamp: '2026-11-27T09:00:00Z',
-  },
-  spec: { nodeName: 'node1', containers: [{ name: 'compute' }] },
-  status: { phase: 'Running' },
-};
+const { vmi, pod } = launcherFixture('node1');
 const CHAIN = [
   { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
   { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
