@@ -145,7 +145,9 @@ export class Gatherer {
     };
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
     if (isTerminal(bp.status?.phase) && !deleting) return { obs: base, polled: false };
-    const launcher = this.#launcher(bp, deleting);
+    // The VMI from the cache, read once for the launcher and its disks.
+    const rawVmi = this.#o.vmis.get(bp.metadata.namespace, bp.spec.vmiName);
+    const launcher = this.#launcher(bp, rawVmi, deleting);
     // Without our finalizer decide() adds it (the launcher is found) or lets go (deleting): nothing to read from libvirt yet.
     if (launcher.kind !== 'found' || !(bp.metadata.finalizers ?? []).includes(FINALIZER))
       return { obs: { ...base, launcher }, polled: false };
@@ -153,7 +155,7 @@ export class Gatherer {
     // A migration is requested and no job of ours can run: decide() waits for it without libvirt.
     if (launcher.migration !== undefined && !mayRunOurJob(recordedJobState(bp.status)) && !bp.spec.paused)
       return { obs: { ...base, launcher }, polled: false };
-    const missing = this.#diskMissing(bp);
+    const missing = this.#diskMissing(bp, rawVmi);
     if (missing !== undefined) return { obs: { ...base, launcher, hypervisor: missing }, polled: false };
 
     let driver: BlockJobDriver;
@@ -210,9 +212,8 @@ export class Gatherer {
    * The VMI's launcher. Being deleted: a launcher pod that terminates still runs our job until
    * its containers stop, so it is looked at for the abort (decide() starts nothing through it).
    */
-  #launcher(bp: BlockPull, deleting: boolean): LauncherLookup {
+  #launcher(bp: BlockPull, rawVmi: unknown, deleting: boolean): LauncherLookup {
     const ns = bp.metadata.namespace;
-    const rawVmi = this.#o.vmis.get(ns, bp.spec.vmiName);
     const vmiUid = (rawVmi as { metadata?: { uid?: unknown } } | undefined)?.metadata?.uid;
     // Only the pods claiming this VMI (indexed by its uid), not every pod of the namespace.
     const pods = typeof vmiUid === 'string' ? this.#o.pods.byIndex(POD_BY_VMI_UID, `${ns}/${vmiUid}`) : [];
@@ -222,9 +223,9 @@ export class Gatherer {
   }
 
   /** The VMI has no disk of that name (said by its spec, before libvirt is asked). */
-  #diskMissing(bp: BlockPull): HypervisorObservation | undefined {
+  #diskMissing(bp: BlockPull, rawVmi: unknown): HypervisorObservation | undefined {
     const ns = bp.metadata.namespace;
-    const vmi = VmiSchema.safeParse(this.#o.vmis.get(ns, bp.spec.vmiName));
+    const vmi = VmiSchema.safeParse(rawVmi);
     if (!vmi.success || vmiHasDisk(vmi.data, bp.spec.disk) !== false) return undefined;
     const names = vmi.data.spec?.domain?.devices?.disks?.map((d) => d.name).join(', ') ?? '';
     return {
