@@ -5,12 +5,11 @@
  * costs more than it says fails here.
  */
 import { describe, expect, it, vi } from 'vitest';
-import { API_VERSION, FINALIZER, KIND } from '../api/types.ts';
+import { FINALIZER } from '../api/types.ts';
 import type { BlockJobDriver, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
-import { createLogger } from '../log.ts';
-import { launcherFixture } from '../../../test/unit/support/launcher.ts';
-import { Reconciler } from './reconcile.ts';
+import { blockPullFixture, launcherFixture } from '../../../test/unit/support/launcher.ts';
+import { testReconciler } from '../../../test/unit/support/reconciler.ts';
 
 const counted = vi.hoisted(() => ({ decide: 0, factsWanted: 0 }));
 vi.mock('./decide.ts', async (importOriginal) => {
@@ -38,19 +37,7 @@ const CHAIN = [
 /** One BlockPull in a fake API server whose informer cache shows every write at once. */
 function world() {
   let rv = 1;
-  let stored: Record<string, unknown> = {
-    apiVersion: API_VERSION,
-    kind: KIND,
-    metadata: {
-      name: 'p',
-      namespace: 'ns',
-      uid: 'u1',
-      resourceVersion: String(rv),
-      generation: 1,
-      creationTimestamp: '2026-11-27T10:00:00Z',
-    },
-    spec: { vmiName: 'vm', disk: 'rootdisk' },
-  };
+  let stored: Record<string, unknown> = blockPullFixture(String(rv), { finalized: false });
   const api = { gets: 0, statusWrites: 0, metadataWrites: 0 };
   const virsh = { getDisk: 0, getJob: 0, getSpace: 0, startPull: 0 };
   const bump = (change: Record<string, unknown>): Record<string, unknown> => {
@@ -99,18 +86,13 @@ function world() {
     watchEvents: () => ({ stop: () => undefined }),
   };
   const cache = { get: () => structuredClone(stored), list: () => [structuredClone(stored)] };
-  const reconciler = new Reconciler({
+  const reconciler = testReconciler({
     clients,
     blockPulls: cache,
     vmis: { get: () => vmi, list: () => [vmi] },
     pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
     drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
-    logger: createLogger({ level: 'silent' }),
-    pollIntervalMs: 500,
     statusUpdateIntervalMs: 0,
-    maxConcurrentPulls: 4,
-    maxPullsPerNode: 2,
-    enqueue: () => undefined,
   });
   /** Counts of one reconcile of the BlockPull. */
   async function pass(): Promise<Record<string, number>> {

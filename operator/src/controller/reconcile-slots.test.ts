@@ -3,9 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types.ts';
 import type { ActionOptions, BlockJobDriver, BlockJobInfo, StartPullOptions } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
-import { createLogger } from '../log.ts';
 import { podIndexes, POD_BY_VMI_UID } from './indexes.ts';
-import { Reconciler } from './reconcile.ts';
+import { testReconciler } from '../../../test/unit/support/reconciler.ts';
 
 /**
  * Slots and action bounds with many workers: a fake API server holding one object per BlockPull
@@ -154,7 +153,7 @@ function world(
     }
     return d;
   };
-  const r = new Reconciler({
+  const r = testReconciler({
     clients,
     blockPulls: cache(objects, cachedPulls),
     vmis: cache(vmis),
@@ -164,9 +163,6 @@ function world(
         [...pods.values()].filter((p) => (podIndexes[POD_BY_VMI_UID]!(p) as string[]).includes(value)),
     },
     drivers: { kind: 'local', driverFor: (a) => Promise.resolve(driverFor(a.pod)) },
-    logger: createLogger({ level: 'silent' }),
-    pollIntervalMs: 500,
-    statusUpdateIntervalMs: 2000,
     maxConcurrentPulls: o.maxConcurrentPulls,
     maxPullsPerNode: o.maxPullsPerNode,
     ...(o.actionTimeoutMs !== undefined ? { actionTimeoutMs: o.actionTimeoutMs } : {}),

@@ -3,10 +3,10 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types.ts';
 import type { BlockJobDriver, BlockJobEvent, DiskInfo, SpaceInfo } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
-import { createLogger } from '../log.ts';
 import { LauncherUnavailableError } from '../kubevirt/transport.ts';
-import { launcherFixture } from '../../../test/unit/support/launcher.ts';
-import { DEFAULT_SAFETY_RESYNC_MS, Reconciler } from './reconcile.ts';
+import { blockPullFixture, launcherFixture } from '../../../test/unit/support/launcher.ts';
+import { DEFAULT_SAFETY_RESYNC_MS, type Reconciler } from './reconcile.ts';
+import { testReconciler, launcherCaches, EMPTY_CACHE } from '../../../test/unit/support/reconciler.ts';
 
 /**
  * The status write's refusals. The status patch sets metadata.resourceVersion to the one read, so
@@ -16,20 +16,7 @@ import { DEFAULT_SAFETY_RESYNC_MS, Reconciler } from './reconcile.ts';
  * rewrite the same refused status in a loop. Neither needs a GET to be told apart.
  */
 describe('Reconciler status write', () => {
-  const blockPull = (resourceVersion: string) => ({
-    apiVersion: API_VERSION,
-    kind: KIND,
-    metadata: {
-      name: 'p',
-      namespace: 'ns',
-      uid: 'u1',
-      resourceVersion,
-      generation: 1,
-      finalizers: [FINALIZER],
-      creationTimestamp: '2026-11-27T10:00:00Z',
-    },
-    spec: { vmiName: 'vm', disk: 'rootdisk' },
-  });
+  const blockPull = (resourceVersion: string) => blockPullFixture(resourceVersion);
   const invalid = new ApiException(
     422,
     'Invalid',
@@ -69,18 +56,12 @@ describe('Reconciler status write', () => {
         },
       },
     } as unknown as KubeClients;
-    const empty = { get: () => undefined, list: () => [] };
-    const r = new Reconciler({
+    const r = testReconciler({
       clients,
-      blockPulls: empty,
-      vmis: empty, // VMI not found: the reconcile writes a VMINotFound status
-      pods: { ...empty, byIndex: () => [] },
+      blockPulls: EMPTY_CACHE,
+      vmis: EMPTY_CACHE, // VMI not found: the reconcile writes a VMINotFound status
+      pods: EMPTY_CACHE,
       drivers: { kind: 'local', driverFor: () => Promise.reject(new LauncherUnavailableError('none')) },
-      logger: createLogger({ level: 'silent' }),
-      pollIntervalMs: 500,
-      statusUpdateIntervalMs: 2000,
-      maxConcurrentPulls: 4,
-      maxPullsPerNode: 2,
       enqueue: (key) => calls.enqueued.push(key),
     });
     return { r, calls };
@@ -119,19 +100,7 @@ describe('Reconciler while a job runs', () => {
   ];
 
   it('no libvirt look before the finalizer, then the start at once; polls every statusUpdateIntervalMs; at the end reads the job once', async () => {
-    let stored: Record<string, unknown> = {
-      apiVersion: API_VERSION,
-      kind: KIND,
-      metadata: {
-        name: 'p',
-        namespace: 'ns',
-        uid: 'u1',
-        resourceVersion: '1',
-        generation: 1,
-        creationTimestamp: '2026-11-27T10:00:00Z',
-      },
-      spec: { vmiName: 'vm', disk: 'rootdisk' },
-    };
+    let stored: Record<string, unknown> = blockPullFixture('1', { finalized: false });
     let rv = 1;
     const clients = {
       custom: {
@@ -182,18 +151,10 @@ describe('Reconciler while a job runs', () => {
         { stop: () => undefined }
       ),
     };
-    const r = new Reconciler({
+    const r = testReconciler({
       clients,
-      blockPulls: { get: () => undefined, list: () => [] },
-      vmis: { get: () => vmi, list: () => [vmi] },
-      pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
+      ...launcherCaches(vmi, pod),
       drivers: { kind: 'local', driverFor: () => (calls.driverFor++, Promise.resolve(driver)) },
-      logger: createLogger({ level: 'silent' }),
-      pollIntervalMs: 500,
-      statusUpdateIntervalMs: 2000,
-      maxConcurrentPulls: 4,
-      maxPullsPerNode: 2,
-      enqueue: () => undefined,
     });
 
     // One reconcile: the finalizer first, with no status before it (a "Created" status would be one
@@ -310,17 +271,10 @@ describe('Reconciler persisted intent', () => {
       },
       watchEvents: () => ({ stop: () => undefined }),
     };
-    const r = new Reconciler({
+    const r = testReconciler({
       clients,
-      blockPulls: { get: () => undefined, list: () => [] },
-      vmis: { get: () => vmi, list: () => [vmi] },
-      pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
+      ...launcherCaches(vmi, pod),
       drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
-      logger: createLogger({ level: 'silent' }),
-      pollIntervalMs: 500,
-      statusUpdateIntervalMs: 2000,
-      maxConcurrentPulls: 4,
-      maxPullsPerNode: 2,
       enqueue: (key) => calls.enqueued.push(key),
     });
     return {
@@ -423,20 +377,7 @@ describe('Reconciler pre-flight space check', () => {
   const { vmi, pod } = launcherFixture('n1');
 
   function setup() {
-    let stored: Record<string, unknown> = {
-      apiVersion: API_VERSION,
-      kind: KIND,
-      metadata: {
-        name: 'p',
-        namespace: 'ns',
-        uid: 'u1',
-        resourceVersion: '1',
-        generation: 1,
-        finalizers: [FINALIZER],
-        creationTimestamp: '2026-11-27T10:00:00Z',
-      },
-      spec: { vmiName: 'vm', disk: 'rootdisk' },
-    };
+    let stored: Record<string, unknown> = blockPullFixture('1');
     let rv = 1;
     let nowMs = Date.parse('2026-11-27T10:00:00Z');
     const space = { availableBytes: 10 * MiB };
@@ -473,19 +414,11 @@ describe('Reconciler pre-flight space check', () => {
         },
       },
     } as unknown as KubeClients;
-    const r = new Reconciler({
+    const r = testReconciler({
       clients,
-      blockPulls: { get: () => undefined, list: () => [] },
-      vmis: { get: () => vmi, list: () => [vmi] },
-      pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
+      ...launcherCaches(vmi, pod),
       drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
-      logger: createLogger({ level: 'silent' }),
-      pollIntervalMs: 500,
-      statusUpdateIntervalMs: 2000,
-      maxConcurrentPulls: 4,
-      maxPullsPerNode: 2,
       spaceMarginBytes: MiB,
-      enqueue: () => undefined,
       now: () => new Date(nowMs),
     });
     const status = () => stored['status'] as { phase?: string; reason?: string; message?: string } | undefined;
@@ -523,18 +456,7 @@ describe('Reconciler pre-flight space check', () => {
  */
 describe('Reconciler reads the BlockPull from the cache', () => {
   const object = (resourceVersion: string, extra: Record<string, unknown> = {}) => ({
-    apiVersion: API_VERSION,
-    kind: KIND,
-    metadata: {
-      name: 'p',
-      namespace: 'ns',
-      uid: 'u1',
-      resourceVersion,
-      generation: 1,
-      finalizers: [FINALIZER],
-      creationTimestamp: '2026-11-27T10:00:00Z',
-    },
-    spec: { vmiName: 'vm', disk: 'rootdisk' },
+    ...blockPullFixture(resourceVersion),
     ...extra,
   });
 
@@ -553,18 +475,12 @@ describe('Reconciler reads the BlockPull from the cache', () => {
         },
       },
     } as unknown as KubeClients;
-    const r = new Reconciler({
+    const r = testReconciler({
       clients,
       blockPulls: { get: () => cached, list: () => (cached ? [cached] : []) },
-      vmis: { get: () => undefined, list: () => [] },
-      pods: { get: () => undefined, list: () => [], byIndex: () => [] },
+      vmis: EMPTY_CACHE,
+      pods: EMPTY_CACHE,
       drivers: { kind: 'local', driverFor: () => Promise.reject(new LauncherUnavailableError('none')) },
-      logger: createLogger({ level: 'silent' }),
-      pollIntervalMs: 500,
-      statusUpdateIntervalMs: 2000,
-      maxConcurrentPulls: 4,
-      maxPullsPerNode: 2,
-      enqueue: () => undefined,
     });
     return { r, calls, setCached: (o: Record<string, unknown> | undefined) => (cached = o) };
   }
@@ -620,7 +536,7 @@ describe('Reconciler reads the BlockPull from the cache', () => {
       spec: { vmiName: 'vm', disk: 'rootdisk' },
     };
     const written: BlockPullStatus[] = [];
-    const unreachable = new Reconciler({
+    const unreachable = testReconciler({
       clients: {
         custom: {
           patchNamespacedCustomObjectStatus: (req: { body: { value: unknown }[] }) => {
@@ -636,13 +552,7 @@ describe('Reconciler reads the BlockPull from the cache', () => {
         kind: 'local',
         driverFor: () => Promise.reject(new LauncherUnavailableError('no stand-in registered')),
       },
-      logger: createLogger({ level: 'silent' }),
-      pollIntervalMs: 500,
       waitRequeueMs: 5000,
-      statusUpdateIntervalMs: 2000,
-      maxConcurrentPulls: 4,
-      maxPullsPerNode: 2,
-      enqueue: () => undefined,
     });
     expect(await unreachable.reconcile('ns/p')).toEqual({ requeueAfterMs: 5000 });
     expect(written.map((w) => w.reason)).toEqual(['LauncherNotFound']);
@@ -685,18 +595,7 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
   async function running() {
     let rv = 10;
     let obj: Record<string, unknown> = {
-      apiVersion: API_VERSION,
-      kind: KIND,
-      metadata: {
-        name: 'p',
-        namespace: 'ns',
-        uid: 'u1',
-        resourceVersion: String(rv),
-        generation: 1,
-        finalizers: [FINALIZER],
-        creationTimestamp: '2026-11-27T09:00:00Z',
-      },
-      spec: { vmiName: 'vm', disk: 'rootdisk' },
+      ...blockPullFixture(String(rv), { createdAt: '2026-11-27T09:00:00Z' }),
       status: {
         phase: 'Running',
         reason: 'Pulling',
@@ -740,18 +639,10 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
       abort: () => Promise.resolve(),
       watchEvents: (_d, cb) => ((emit = cb), { stop: () => undefined }),
     };
-    const r = new Reconciler({
+    const r = testReconciler({
       clients,
-      blockPulls: { get: () => undefined, list: () => [] },
-      vmis: { get: () => vmi, list: () => [vmi] },
-      pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
+      ...launcherCaches(vmi, pod),
       drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
-      logger: createLogger({ level: 'silent' }),
-      pollIntervalMs: 500,
-      statusUpdateIntervalMs: 2000,
-      maxConcurrentPulls: 4,
-      maxPullsPerNode: 2,
-      enqueue: () => undefined,
     });
     await r.reconcile('ns/p'); // running: subscribed to the job's events
     expect(emit).toBeDefined();

@@ -1,4 +1,5 @@
 /** Informer-cache objects for the Reconciler's unit tests. */
+import { API_VERSION, FINALIZER, KIND } from '../../../operator/src/api/types.ts';
 
 /**
  * A Running VMI with disk rootdisk on `node` and its launcher pod as KubeVirt makes it (controlled
@@ -33,5 +34,29 @@ export function launcherFixture(node: string): { vmi: Record<string, unknown>; p
       spec: { nodeName: node, containers: [{ name: 'compute' }] },
       status: { phase: 'Running' },
     },
+  };
+}
+
+/**
+ * BlockPull ns/p (uid u1, generation 1) of disk rootdisk of VMI vm at `resourceVersion`, with the
+ * operator's finalizer unless `finalized: false` (a BlockPull the operator has not seen yet).
+ */
+export function blockPullFixture(
+  resourceVersion: string,
+  options: { readonly finalized?: boolean; readonly createdAt?: string } = {},
+) {
+  return {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    metadata: {
+      name: 'p',
+      namespace: 'ns',
+      uid: 'u1',
+      resourceVersion,
+      generation: 1,
+      ...(options.finalized === false ? {} : { finalizers: [FINALIZER] }),
+      creationTimestamp: options.createdAt ?? '2026-11-27T10:00:00Z',
+    },
+    spec: { vmiName: 'vm', disk: 'rootdisk' },
   };
 }

@@ -1,0 +1,38 @@
+/** One way to build a Reconciler in unit tests: the settings every test shares, overridable. */
+import { createLogger } from '../../../operator/src/log.ts';
+import { Reconciler, type ReconcilerOptions } from '../../../operator/src/controller/reconcile.ts';
+
+type CacheReader = ReconcilerOptions['blockPulls'];
+type PodCache = ReconcilerOptions['pods'];
+
+/** What a test must say: the API clients, the caches and how a launcher is reached. */
+type Required = Pick<ReconcilerOptions, 'clients' | 'blockPulls' | 'vmis' | 'pods' | 'drivers'>;
+
+/** The settings the tests share: a silent logger, a 500 ms poll, a 2 s progress throttle, 4 slots (2 per node). */
+export const TEST_RECONCILER_DEFAULTS = {
+  logger: createLogger({ level: 'silent' }),
+  pollIntervalMs: 500,
+  statusUpdateIntervalMs: 2000,
+  maxConcurrentPulls: 4,
+  maxPullsPerNode: 2,
+  enqueue: () => undefined,
+} as const satisfies Partial<ReconcilerOptions>;
+
+export function testReconciler(options: Required & Partial<ReconcilerOptions>): Reconciler {
+  return new Reconciler({ ...TEST_RECONCILER_DEFAULTS, ...options });
+}
+
+/** An informer cache that holds nothing. */
+export const EMPTY_CACHE: PodCache = { get: () => undefined, list: () => [], byIndex: () => [] };
+
+/** Caches holding one VMI and its launcher pod (launcherFixture), and no BlockPull. */
+export function launcherCaches(
+  vmi: Record<string, unknown>,
+  pod: Record<string, unknown>,
+): { blockPulls: CacheReader; vmis: CacheReader; pods: PodCache } {
+  return {
+    blockPulls: { get: () => undefined, list: () => [] },
+    vmis: { get: () => vmi, list: () => [vmi] },
+    pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
+  };
+}
