@@ -505,3 +505,42 @@ export async function waitForPhase(
     return bp?.status?.phase !== undefined && phases.includes(bp.status.phase) ? bp : undefined;
   });
 }
+
+/** Every phase each BlockPull of a namespace was seen in, polled every 200 ms until stop(). */
+export interface PhaseWatch {
+  readonly seen: ReadonlyMap<string, ReadonlySet<string>>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Record the phases the namespace's BlockPulls pass through, so that a spec can assert one never
+ * showed (Failed during a yield, say) even when it lasted less than the spec's own polls.
+ */
+export function watchPhases(kube: ClusterClient, namespace: string): PhaseWatch {
+  const seen = new Map<string, Set<string>>();
+  let watching = true;
+  const loop = (async () => {
+    while (watching) {
+      const r = await kube.kubectlResult([
+        'get',
+        'bp',
+        '-n',
+        namespace,
+        '-o',
+        'jsonpath={range .items[*]}{.metadata.name}={.status.phase}{"\\n"}{end}',
+      ]);
+      for (const line of r.stdout.split('\n')) {
+        const [name, phase] = line.split('=');
+        if (name && phase) (seen.get(name) ?? seen.set(name, new Set()).get(name)!).add(phase);
+      }
+      await sleep(200);
+    }
+  })();
+  return {
+    seen,
+    stop: async () => {
+      watching = false;
+      await loop;
+    },
+  };
+}

@@ -34,9 +34,11 @@ import {
   getBlockPull,
   operatorServiceAccount,
   startOperator,
+  watchPhases,
   waitForPhase,
   type BlockPullView,
   type OperatorProcess,
+  type PhaseWatch,
 } from '../../operator-fixture/fixture.ts';
 import { registerFakeLauncher, type FakeLauncher } from '../../launcher/fake-launcher.ts';
 import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
@@ -60,9 +62,7 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
   let operator: OperatorProcess | undefined;
   const operators: OperatorProcess[] = [];
   /** Every phase seen per BlockPull (a Failed phase must never show). */
-  const phasesSeen = new Map<string, Set<string>>();
-  let watching = true;
-  let watcher: Promise<void> | undefined;
+  let phases: PhaseWatch | undefined;
 
   const apply = async (
     name: string,
@@ -209,28 +209,11 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     await createFakeVmi(kube, { namespace: NS, vmiName: 'vm-cbt', podName: cbt.pod, disks: ['rootdisk'] });
     operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'e2e-coexist-1' });
     operators.push(operator);
-    watcher = (async () => {
-      while (watching) {
-        const r = await kube.kubectlResult([
-          'get',
-          'bp',
-          '-n',
-          NS,
-          '-o',
-          'jsonpath={range .items[*]}{.metadata.name}={.status.phase}{"\\n"}{end}',
-        ]);
-        for (const line of r.stdout.split('\n')) {
-          const [name, phase] = line.split('=');
-          if (name && phase) (phasesSeen.get(name) ?? phasesSeen.set(name, new Set()).get(name)!).add(phase);
-        }
-        await sleep(200);
-      }
-    })();
+    phases = watchPhases(kube, NS);
   }, 240_000);
 
   afterAll(async () => {
-    watching = false;
-    await watcher;
+    await phases?.stop();
     if (kube !== undefined)
       await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
     for (const op of operators) await op.stop();
@@ -329,7 +312,7 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     expect(done.status?.backingChain?.before?.map((l) => l.path)).toEqual(chainBefore);
     expect(await chainOf(disk)).toEqual([chainBefore[0]]);
     expect(await launcher.compare(disk, ref)).toBe(true);
-    expect([...(phasesSeen.get('window') ?? [])]).not.toContain('Failed');
+    expect([...(phases!.seen.get('window') ?? [])]).not.toContain('Failed');
   });
 
   it('a running pull yields at once when a snapshot window starts: the job is gone within 2 s, the snapshot call succeeds, the pull resumes after the commit (attempts counted, retries untouched)', async () => {
@@ -396,7 +379,7 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     expect(done.status?.retries).toBe(0);
     expect(await chainOf(disk)).toEqual([chainBefore[0]]);
     expect(await launcher.compare(disk, ref)).toBe(true);
-    expect([...(phasesSeen.get('running') ?? [])]).not.toContain('Failed');
+    expect([...(phases!.seen.get('running') ?? [])]).not.toContain('Failed');
   });
 
   it("an image of the chain on a hot-plugged volume that is not the disk's own is a snapshot window by itself (no object says so yet)", async () => {
@@ -589,7 +572,7 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
       const done = await waitForPhase(kube, NS, 'backup', ['Completed', 'Failed'], 120_000);
       expect(done.status?.reason).toBe('Completed');
       expect(await launcher.compare(disk, ref)).toBe(true);
-      expect([...(phasesSeen.get('backup') ?? [])]).not.toContain('Failed');
+      expect([...(phases!.seen.get('backup') ?? [])]).not.toContain('Failed');
     });
   });
 });

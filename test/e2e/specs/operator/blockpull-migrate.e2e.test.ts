@@ -26,9 +26,11 @@ import {
   getBlockPull,
   operatorServiceAccount,
   startOperator,
+  watchPhases,
   waitForPhase,
   type BlockPullView,
   type OperatorProcess,
+  type PhaseWatch,
 } from '../../operator-fixture/fixture.ts';
 import { sleep, waitFor } from '../../support/wait.ts';
 import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
@@ -44,10 +46,8 @@ describe('BlockPull and live migrations', () => {
   let tmp: string;
   let operator: OperatorProcess | undefined;
   const launchers: Launcher[] = [];
-  /** Every phase seen per BlockPull by the watcher (a Failed phase must never show). */
-  const phasesSeen = new Map<string, Set<string>>();
-  let watching = true;
-  let watcher: Promise<void> | undefined;
+  /** Every phase seen per BlockPull (a Failed phase must never show). */
+  let phases: PhaseWatch | undefined;
 
   const apply = async (name: string, vmiName: string, spec: Record<string, unknown> = {}): Promise<void> => {
     const file = path.join(tmp, `${name}.yaml`);
@@ -152,28 +152,11 @@ describe('BlockPull and live migrations', () => {
     const saKubeconfig = await operatorServiceAccount(kube);
     await ensureNamespace(kube, NS);
     operator = await startOperator({ kubeconfig: saKubeconfig, registryDir, name: 'e2e-migrate-op' });
-    watcher = (async () => {
-      while (watching) {
-        const r = await kube.kubectlResult([
-          'get',
-          'bp',
-          '-n',
-          NS,
-          '-o',
-          'jsonpath={range .items[*]}{.metadata.name}={.status.phase}{"\\n"}{end}',
-        ]);
-        for (const line of r.stdout.split('\n')) {
-          const [n, phase] = line.split('=');
-          if (n && phase) (phasesSeen.get(n) ?? phasesSeen.set(n, new Set()).get(n)!).add(phase);
-        }
-        await sleep(200);
-      }
-    })();
+    phases = watchPhases(kube, NS);
   }, 600_000);
 
   afterAll(async () => {
-    watching = false;
-    await watcher;
+    await phases?.stop();
     if (kube !== undefined)
       await kube.kubectlResult(['delete', 'blockpulls', '--all', '-n', NS, '--wait=true', '--timeout=60s']);
     await operator?.stop();
@@ -275,7 +258,7 @@ describe('BlockPull and live migrations', () => {
     expect(done.status?.backingChain?.current?.map((l) => l.path)).toEqual([target.disks[0]!.chain[0]]);
     expect(done.status?.backingChain?.before?.[0]?.path).toBe(source.disks[0]!.chain[0]);
     expect(await target.compare(DISK, ref)).toBe(true);
-    expect(phasesSeen.get('move')?.has('Failed')).toBe(false);
+    expect(phases!.seen.get('move')?.has('Failed')).toBe(false);
   });
 
   it('a migration that fails: the pull resumes on the same pod (node 1) and completes', async () => {
@@ -309,7 +292,7 @@ describe('BlockPull and live migrations', () => {
     expect(done.status?.attempts).toBe(2);
     expect(done.status?.retries).toBe(0);
     expect(await source.compare(DISK, ref)).toBe(true);
-    expect(phasesSeen.get('stay')?.has('Failed')).toBe(false);
+    expect(phases!.seen.get('stay')?.has('Failed')).toBe(false);
   });
 
   it('migrationPolicy WaitForPull: no abort, the pull completes first while the migration waits', async () => {
@@ -399,7 +382,7 @@ describe('BlockPull and live migrations', () => {
       .split('\n')
       .filter((v) => v === vmi);
     expect(all).toHaveLength(1);
-    expect(phasesSeen.get('many')?.has('Failed')).toBe(false);
+    expect(phases!.seen.get('many')?.has('Failed')).toBe(false);
     expect(await source.compare(DISK, ref)).toBe(true);
   });
 });
