@@ -7,11 +7,11 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { createKubeClients } from '../kube/client.ts';
 import { createMetrics } from '../kube/metrics.ts';
-import { createLogger, silentLogger } from '../log.ts';
-import { Controller } from './controller.ts';
+import { createLogger } from '../log.ts';
 import { BP_BY_VMI } from './indexes.ts';
+import { serverUrl, testKubeConfig } from '../../../test/unit/support/kubeconfig.ts';
+import { testController } from '../../../test/unit/support/reconciler.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -69,25 +69,8 @@ describe('Controller wakes by index', () => {
         );
       });
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-      const kc = new KubeConfig();
-      kc.loadFromOptions({
-        clusters: [
-          { name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true },
-        ],
-        users: [{ name: 'u', token: 'x' }],
-        contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-        currentContext: 'x',
-      });
-      const controller = new Controller({
-        clients: createKubeClients(kc),
-        drivers: { kind: 'local', driverFor: () => Promise.reject(new Error('no driver')) },
-        logger: silentLogger(),
-        workers: 1,
-        pollIntervalMs: 500,
-        statusUpdateIntervalMs: 1000,
-        maxConcurrentPulls: 1,
-        maxPullsPerNode: 1,
-      });
+      const kc = testKubeConfig(serverUrl(server));
+      const controller = testController(kc);
       const woken: string[] = [];
       const add = controller.queue.add.bind(controller.queue);
       controller.queue.add = (key: string) => {
@@ -168,27 +151,9 @@ describe('blockpull_jobs{phase}', () => {
         res.end(JSON.stringify({ apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '1' }, items }));
       });
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-      const kc = new KubeConfig();
-      kc.loadFromOptions({
-        clusters: [
-          { name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true },
-        ],
-        users: [{ name: 'u', token: 'x' }],
-        contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-        currentContext: 'x',
-      });
+      const kc = testKubeConfig(serverUrl(server));
       const metrics = createMetrics({ collectDefault: false });
-      const controller = new Controller({
-        clients: createKubeClients(kc),
-        drivers: { kind: 'local', driverFor: () => Promise.reject(new Error('no driver')) },
-        logger: silentLogger(),
-        metrics,
-        workers: 1,
-        pollIntervalMs: 500,
-        statusUpdateIntervalMs: 1000,
-        maxConcurrentPulls: 1,
-        maxPullsPerNode: 1,
-      });
+      const controller = testController(kc, { metrics });
       const jobs = async (): Promise<Record<string, number>> => {
         const out: Record<string, number> = {};
         for (const m of (await metrics.registry.metrics()).matchAll(/^blockpull_jobs\{phase="(\w+)"\} (\d+)$/gm))
@@ -251,25 +216,8 @@ describe('the BlockPull cache', () => {
         res.end(JSON.stringify({ apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: '1' }, items }));
       });
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-      const kc = new KubeConfig();
-      kc.loadFromOptions({
-        clusters: [
-          { name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true },
-        ],
-        users: [{ name: 'u', token: 'x' }],
-        contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-        currentContext: 'x',
-      });
-      const controller = new Controller({
-        clients: createKubeClients(kc),
-        drivers: { kind: 'local', driverFor: () => Promise.reject(new Error('no driver')) },
-        logger: silentLogger(),
-        workers: 1,
-        pollIntervalMs: 500,
-        statusUpdateIntervalMs: 1000,
-        maxConcurrentPulls: 1,
-        maxPullsPerNode: 1,
-      });
+      const kc = testKubeConfig(serverUrl(server));
+      const controller = testController(kc);
       try {
         await controller.blockPulls.start();
         expect(await controller.blockPulls.waitForSync()).toBe(true);
@@ -375,16 +323,7 @@ describe("KubeVirt's optional kinds (VirtualMachineSnapshot, VirtualMachineBacku
       level: 'info',
       destination: { write: (l: string) => lines.push(JSON.parse(l) as Record<string, unknown>) },
     });
-    const controller = new Controller({
-      clients: createKubeClients(kc),
-      drivers: { kind: 'local', driverFor: () => Promise.reject(new Error('no driver')) },
-      logger,
-      workers: 1,
-      pollIntervalMs: 500,
-      statusUpdateIntervalMs: 1000,
-      maxConcurrentPulls: 1,
-      maxPullsPerNode: 1,
-    });
+    const controller = testController(kc, { logger });
     const close = async (): Promise<void> => {
       controller.queue.shutDown();
       server.closeAllConnections();

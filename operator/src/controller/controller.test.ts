@@ -4,42 +4,14 @@
  * WatchdogInformers against an API server address nothing listens on (no cluster needed); the
  * VMI informer's start is made to fail.
  */
-import { KubeConfig } from '@kubernetes/client-node';
 import { describe, expect, it, vi } from 'vitest';
-import { createKubeClients } from '../kube/client.ts';
-import { silentLogger } from '../log.ts';
-import type { DriverProvider } from '../kubevirt/transport.ts';
-import { Controller } from './controller.ts';
 import { WatchdogInformer, type InformerHandlers } from '../kube/informer.ts';
-
-function unreachableKubeConfig(): KubeConfig {
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'c', server: 'https://127.0.0.1:1', skipTLSVerify: true }],
-    users: [{ name: 'u', token: 'x' }],
-    contexts: [{ name: 'ctx', cluster: 'c', user: 'u' }],
-    currentContext: 'ctx',
-  });
-  return kc;
-}
-
-const drivers: DriverProvider = {
-  kind: 'local',
-  driverFor: () => Promise.reject(new Error('no driver in this test')),
-};
+import { testKubeConfig } from '../../../test/unit/support/kubeconfig.ts';
+import { testController } from '../../../test/unit/support/reconciler.ts';
 
 describe('Controller.run', () => {
   it('an informer that fails to start: the others are stopped, then run() rejects with its error', async () => {
-    const controller = new Controller({
-      clients: createKubeClients(unreachableKubeConfig()),
-      drivers,
-      logger: silentLogger(),
-      workers: 1,
-      pollIntervalMs: 500,
-      statusUpdateIntervalMs: 1000,
-      maxConcurrentPulls: 1,
-      maxPullsPerNode: 1,
-    });
+    const controller = testController(testKubeConfig());
     // API discovery of the optional kinds answers at once here (nothing served): the test is about the informers.
     controller.discoverWatches = () => Promise.resolve();
     const calls: string[] = [];
@@ -89,16 +61,7 @@ describe('Controller wake-ups', () => {
       handlers.set(this.resource, [...(handlers.get(this.resource) ?? []), h as InformerHandlers<unknown>]);
     });
     try {
-      const controller = new Controller({
-        clients: createKubeClients(unreachableKubeConfig()),
-        drivers,
-        logger: silentLogger(),
-        workers: 1,
-        pollIntervalMs: 500,
-        statusUpdateIntervalMs: 1000,
-        maxConcurrentPulls: 1,
-        maxPullsPerNode: 1,
-      });
+      const controller = testController(testKubeConfig());
       const bps = [
         { metadata: { namespace: 'ns', name: 'a' }, spec: { vmiName: 'vm1', disk: 'd' } },
         { metadata: { namespace: 'ns', name: 'b' }, spec: { vmiName: 'vm2', disk: 'd' } },

@@ -4,11 +4,11 @@
  * deleted; the cache holds the transformed objects (list and watch alike).
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import type { KubernetesObject } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { BP_BY_VMI, BP_RUNNING_BY_NODE, blockPullIndexes } from './indexes.ts';
 import { stripMetadata, WatchdogInformer } from '../kube/informer.ts';
+import { serverUrl, testKubeConfig } from '../../../test/unit/support/kubeconfig.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -41,15 +41,7 @@ describe('WatchdogInformer indexes', () => {
       watchRes = res;
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    const kc = new KubeConfig();
-    kc.loadFromOptions({
-      clusters: [
-        { name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true },
-      ],
-      users: [{ name: 'u' }],
-      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-      currentContext: 'x',
-    });
+    const kc = testKubeConfig(serverUrl(server));
     const inf = new WatchdogInformer<KubernetesObject>({
       kc,
       resource: 'blockpulls',

@@ -1,17 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { HttpMethod, RequestContext } from '@kubernetes/client-node';
 import { FencedError, PooledKubeConfig, fenceWrites, writesFenced } from './client.ts';
+import { testKubeConfig, UNREACHABLE_SERVER } from '../../../test/unit/support/kubeconfig.ts';
 
-function kubeConfig(): PooledKubeConfig {
-  const kc = new PooledKubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'c', server: 'https://127.0.0.1:1', skipTLSVerify: true }],
-    users: [{ name: 'u', token: 't' }],
-    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-    currentContext: 'x',
-  });
-  return kc;
-}
+const kubeConfig = (): PooledKubeConfig => testKubeConfig(UNREACHABLE_SERVER, new PooledKubeConfig());
 
 describe('write fence', () => {
   it('refuses every mutating request once fenced, reads still go', async () => {

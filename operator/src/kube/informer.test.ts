@@ -7,17 +7,9 @@ import type { AddressInfo } from 'node:net';
 import { KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { isOutageError, LIST_PAGE_SIZE, WatchdogInformer, type ListPage } from './informer.ts';
+import { testKubeConfig } from '../../../test/unit/support/kubeconfig.ts';
 
-function kubeConfig(server = 'http://127.0.0.1:9'): KubeConfig {
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'c', server, skipTLSVerify: true }],
-    users: [{ name: 'u' }],
-    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-    currentContext: 'x',
-  });
-  return kc;
-}
+const kubeConfig = (server = 'http://127.0.0.1:9'): KubeConfig => testKubeConfig(server);
 
 const httpError = (statusCode: number): Error => Object.assign(new Error(`HTTP ${statusCode}`), { statusCode });
 

@@ -1,5 +1,8 @@
-/** One way to build a Reconciler in unit tests: the settings every test shares, overridable. */
-import { createLogger } from '../../../operator/src/log.ts';
+/** One way to build a Reconciler, and a Controller, in unit tests: the settings the tests share, overridable. */
+import type { KubeConfig } from '@kubernetes/client-node';
+import { Controller, type ControllerOptions } from '../../../operator/src/controller/controller.ts';
+import { createKubeClients } from '../../../operator/src/kube/client.ts';
+import { createLogger, silentLogger } from '../../../operator/src/log.ts';
 import { Reconciler, type ReconcilerOptions } from '../../../operator/src/controller/reconcile.ts';
 
 type CacheReader = ReconcilerOptions['blockPulls'];
@@ -35,4 +38,22 @@ export function launcherCaches(
     vmis: { get: () => vmi, list: () => [vmi] },
     pods: { get: () => pod, list: () => [pod], byIndex: () => [pod] },
   };
+}
+
+/**
+ * A Controller for `kc` with one worker, one slot, a 500 ms poll and a 1 s throttle, silent, with
+ * no launcher to reach (the tests are about its informers and wake-ups).
+ */
+export function testController(kc: KubeConfig, options: Partial<ControllerOptions> = {}): Controller {
+  return new Controller({
+    clients: createKubeClients(kc),
+    drivers: { kind: 'local', driverFor: () => Promise.reject(new Error('no launcher in this test')) },
+    logger: silentLogger(),
+    workers: 1,
+    pollIntervalMs: 500,
+    statusUpdateIntervalMs: 1000,
+    maxConcurrentPulls: 1,
+    maxPullsPerNode: 1,
+    ...options,
+  });
 }
