@@ -10,7 +10,6 @@ import {
   POLICY_NAME_LABEL,
   ROLE_LABEL,
   VMI_UID_LABEL,
-  type PolicyRole,
 } from '../api/policy-types.ts';
 import { MigrationPolicySchema, PhaseSchema } from '../api/types.ts';
 import type { IndexFunc } from '../kube/informer.ts';
@@ -168,7 +167,7 @@ export function pullView(obj: unknown): PullView | undefined {
     ...(labels[POLICY_NAME_LABEL] !== undefined ? { policyName: labels[POLICY_NAME_LABEL] } : {}),
     ...(labels[POLICY_KIND_LABEL] !== undefined ? { policyKind: labels[POLICY_KIND_LABEL] } : {}),
     ...(labels[VMI_UID_LABEL] !== undefined ? { vmiUid: labels[VMI_UID_LABEL] } : {}),
-    ...(role === 'pull' || role === 'plan' ? { role: role as PolicyRole } : {}),
+    ...(role === 'pull' || role === 'plan' ? { role: role } : {}),
     ...(status?.phase !== undefined ? { phase: status.phase } : {}),
     ...(status?.progress?.currentBytes !== undefined ? { currentBytes: status.progress.currentBytes } : {}),
     ...(status?.progress?.totalBytes !== undefined ? { totalBytes: status.progress.totalBytes } : {}),
