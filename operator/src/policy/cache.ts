@@ -5,12 +5,7 @@
  */
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { z } from 'zod';
-import {
-  POLICY_KIND_LABEL,
-  POLICY_NAME_LABEL,
-  ROLE_LABEL,
-  VMI_UID_LABEL,
-} from '../api/policy-types.ts';
+import { POLICY_KIND_LABEL, POLICY_NAME_LABEL, ROLE_LABEL, VMI_UID_LABEL } from '../api/policy-types.ts';
 import { MigrationPolicySchema, PhaseSchema } from '../api/types.ts';
 import type { IndexFunc } from '../kube/informer.ts';
 import type { PullView } from './decide.ts';
