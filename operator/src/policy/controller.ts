@@ -20,7 +20,7 @@ import {
 import { BLOCKPULL_REF } from '../api/types.ts';
 import { objectKey, splitKey } from '../api/object-key.ts';
 import type { KubeClients } from '../kube/client.ts';
-import { describeApiError, isNotFound } from '../kube/client.ts';
+import { describeApiError, isConflict, isNotFound } from '../kube/client.ts';
 import type { EventRecorder } from '../kube/events.ts';
 import { customResourceSource, namespaceSource, stripMetadata, WatchdogInformer } from '../kube/informer.ts';
 import type { OperatorMetrics } from '../kube/metrics.ts';
@@ -28,7 +28,7 @@ import { WorkQueue } from '../kube/workqueue.ts';
 import { VMI_REF } from '../kubevirt/launcher.ts';
 import type { Logger } from '../log.ts';
 import { act, writeStatus } from './act.ts';
-import { controllerUid, pullIndexes, slimPullForPolicy, slimVmiForPolicy } from './cache.ts';
+import { BP_BY_CONTROLLER, controllerUid, pullIndexes, slimPullForPolicy, slimVmiForPolicy } from './cache.ts';
 import { decidePolicy } from './decide.ts';
 import { gatherPolicy, policyKey } from './gather.ts';
 
@@ -152,14 +152,18 @@ export class PolicyController {
     this.policies.addEventHandler({
       add: (p) => this.queue.add(`${POLICY_KIND}/${objectKey(p)}`),
       update: (p) => this.queue.add(`${POLICY_KIND}/${objectKey(p)}`),
-      // Another policy may now take the disks this one held.
-      delete: (p) => wakeNamespace(p.metadata?.namespace),
+      // Its BlockPulls go (also where no garbage collector runs); another policy may take the disks.
+      delete: (p) => {
+        this.#orphansOf(p);
+        wakeNamespace(p.metadata?.namespace);
+      },
     });
     this.clusterPolicies.addEventHandler({
       add: (p) => this.queue.add(`${CLUSTER_POLICY_KIND}/${objectKey(p)}`),
       update: (p) => this.queue.add(`${CLUSTER_POLICY_KIND}/${objectKey(p)}`),
-      delete: () => {
-        for (const p of this.#allPolicies()) this.queue.add(policyKey(p));
+      delete: (p) => {
+        this.#orphansOf(p);
+        for (const x of this.#allPolicies()) this.queue.add(policyKey(x));
       },
     });
     const byNamespace = (obj: KubernetesObject): void => wakeNamespace(obj.metadata?.namespace);
@@ -169,7 +173,10 @@ export class PolicyController {
       const owner = controllerUid(obj);
       const p = owner !== undefined ? this.#allPolicies().find((x) => x.metadata.uid === owner) : undefined;
       if (p !== undefined) this.queue.add(policyKey(p));
-      else wakeNamespace(obj.metadata?.namespace);
+      else {
+        if (policyOwner(obj) !== undefined) this.queue.add(`${ORPHAN}/${objectKey(obj)}`);
+        wakeNamespace(obj.metadata?.namespace);
+      }
     };
     this.pulls.addEventHandler({
       add: byPull,
@@ -180,6 +187,49 @@ export class PolicyController {
       for (const p of this.clusterPolicies.list()) this.queue.add(`${CLUSTER_POLICY_KIND}/${objectKey(p)}`);
     };
     this.namespaces.addEventHandler({ add: byNs, update: byNs, delete: byNs });
+  }
+
+  #orphansOf(policy: KubernetesObject): void {
+    const uid = policy.metadata?.uid;
+    if (uid === undefined) return;
+    for (const b of this.pulls.byIndex(BP_BY_CONTROLLER, uid)) this.queue.add(`${ORPHAN}/${objectKey(b)}`);
+  }
+
+  /**
+   * A BlockPull whose controller owner is a policy that is not in the cache: deleted when the
+   * API server confirms the policy is gone (what the garbage collector does, for clusters or
+   * moments without one). The GET guards against a cache that has not seen a new policy yet.
+   */
+  async #reconcileOrphan(key: string): Promise<void> {
+    const { namespace, name } = splitKey(key);
+    const obj = this.pulls.get(namespace, name);
+    const owner = obj !== undefined ? policyOwner(obj) : undefined;
+    if (obj === undefined || owner === undefined) return;
+    const { custom } = this.#o.clients;
+    let live: unknown;
+    try {
+      live =
+        owner.kind === POLICY_KIND
+          ? await custom.getNamespacedCustomObject({ ...POLICY_REF, namespace, name: owner.name })
+          : await custom.getClusterCustomObject({ ...CLUSTER_POLICY_REF, name: owner.name });
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    if ((live as KubernetesObject | undefined)?.metadata?.uid === owner.uid) return;
+    try {
+      await custom.deleteNamespacedCustomObject({
+        ...BLOCKPULL_REF,
+        namespace,
+        name,
+        body: { preconditions: { uid: obj.metadata?.uid ?? '' } },
+      });
+      this.#log.info(
+        { blockPull: key, policy: `${owner.kind}/${owner.name}` },
+        'deleted a BlockPull of a deleted policy',
+      );
+    } catch (err) {
+      if (!isNotFound(err) && !isConflict(err)) throw err;
+    }
   }
 
   #informers(): WatchdogInformer<KubernetesObject>[] {
@@ -193,6 +243,10 @@ export class PolicyController {
   /** Look at one policy ("Kind/namespace/name" or "Kind/name"); returns when to look again (ms) or null. */
   async reconcile(key: string): Promise<number | null> {
     const slash = key.indexOf('/');
+    if (key.slice(0, slash) === ORPHAN) {
+      await this.#reconcileOrphan(key.slice(slash + 1));
+      return null;
+    }
     const kind = key.slice(0, slash) as PolicyKind;
     const { namespace, name } = splitKey(key.slice(slash + 1));
     const inf = kind === POLICY_KIND ? this.policies : this.clusterPolicies;
@@ -279,6 +333,12 @@ export class PolicyController {
     if (ok) {
       this.#log.info('caches synced; starting policy workers');
       for (const p of this.#allPolicies()) this.queue.add(policyKey(p));
+      // BlockPulls of policies deleted while no leader ran.
+      const known = new Set(this.#allPolicies().map((p) => p.metadata.uid));
+      for (const b of this.pulls.list()) {
+        const owner = policyOwner(b);
+        if (owner !== undefined && !known.has(owner.uid)) this.queue.add(`${ORPHAN}/${objectKey(b)}`);
+      }
       for (const inf of informers)
         inf.onRecovered(() => {
           for (const p of this.#allPolicies()) this.queue.add(policyKey(p));
@@ -320,6 +380,23 @@ export class PolicyController {
       }
     }
   }
+}
+
+/** The work queue key prefix of a BlockPull whose policy may be gone ("Orphan/namespace/name"). */
+const ORPHAN = 'Orphan';
+
+/** The policy a BlockPull's controller ownerReference names, if it is one. */
+function policyOwner(obj: KubernetesObject): { kind: PolicyKind; name: string; uid: string } | undefined {
+  const refs = (obj.metadata?.ownerReferences ?? []) as {
+    kind?: string;
+    name?: string;
+    uid?: string;
+    controller?: boolean;
+  }[];
+  const c = refs.find((r) => r.controller === true);
+  if (c?.name === undefined || c.uid === undefined) return undefined;
+  if (c.kind !== POLICY_KIND && c.kind !== CLUSTER_POLICY_KIND) return undefined;
+  return { kind: c.kind, name: c.name, uid: c.uid };
 }
 
 /** A status without the condition times (setCondition keeps them while a status holds). */
