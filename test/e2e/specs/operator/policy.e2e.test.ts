@@ -219,11 +219,11 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
     expect(bpNames.filter((n) => n === 'vm2')).toHaveLength(1);
     expect(bpNames).not.toContain('other');
     snapshots.push({ name: 'all flat', obj: p.obj, want: 'Current' });
-    // The printer columns.
+    // The printer columns (DONE counts the disk the user's BlockPull flattened: it is flat).
     const table = await kube.kubectl(['get', 'bpp', POLICY, '-n', NS]);
     console.log(table);
     expect(table).toMatch(/SELECTED\s+ACTIVE\s+DONE\s+FAILED\s+CONFLICTS\s+READY\s+AGE/);
-    expect(table).toMatch(new RegExp(`${POLICY}\\s+4\\s+0\\s+3\\s+0\\s+1\\s+True`));
+    expect(table).toMatch(new RegExp(`${POLICY}\\s+4\\s+0\\s+4\\s+0\\s+1\\s+True`));
   }, 240_000);
 
   it('a new matching VMI is picked up from its watch event', async () => {
@@ -303,6 +303,11 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
       });
     snapshots.push({ name: 'invalid window', obj: await observed('tz'), want: 'Failed' });
     snapshots.push({ name: 'nothing selected', obj: await observed('nothing'), want: 'Current' });
+    // Paused (selecting the VMI of the other fleet, which does not run): waits, Suspended in Argo CD.
+    expect(
+      (await apply(policy('held', { vmiSelector: { matchLabels: { fleet: 'other' } }, paused: true }))).exitCode,
+    ).toBe(0);
+    snapshots.push({ name: 'paused', obj: await observed('held'), want: 'InProgress' });
     // Just created, not looked at: the CRD's status default (observedGeneration 0).
     const raw = policy('unobserved', { vmiSelector: {} });
     const fresh = JSON.parse(
