@@ -171,8 +171,9 @@ export class PolicyController {
     // A BlockPull: its owner policy; a claim that is not a policy's wakes the policies of its namespace.
     const byPull = (obj: KubernetesObject): void => {
       const owner = controllerUid(obj);
-      const p = owner !== undefined ? this.#allPolicies().find((x) => x.metadata.uid === owner) : undefined;
-      if (p !== undefined) this.queue.add(policyKey(p));
+      // By uid over the cached objects (no parse: BlockPull events come every few seconds per pull).
+      const key = owner !== undefined ? this.#policyKeyByUid(owner) : undefined;
+      if (key !== undefined) this.queue.add(key);
       else {
         if (policyOwner(obj) !== undefined) this.queue.add(`${ORPHAN}/${objectKey(obj)}`);
         wakeNamespace(obj.metadata?.namespace);
@@ -187,6 +188,17 @@ export class PolicyController {
       for (const p of this.clusterPolicies.list()) this.queue.add(`${CLUSTER_POLICY_KIND}/${objectKey(p)}`);
     };
     this.namespaces.addEventHandler({ add: byNs, update: byNs, delete: byNs });
+  }
+
+  #policyKeyByUid(uid: string): string | undefined {
+    for (const [kind, inf] of [
+      [POLICY_KIND, this.policies],
+      [CLUSTER_POLICY_KIND, this.clusterPolicies],
+    ] as const) {
+      const p = inf.list().find((x) => x.metadata?.uid === uid);
+      if (p !== undefined) return `${kind}/${objectKey(p)}`;
+    }
+    return undefined;
   }
 
   #orphansOf(policy: KubernetesObject): void {
