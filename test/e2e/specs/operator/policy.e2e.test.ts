@@ -308,6 +308,30 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
       (await apply(policy('held', { vmiSelector: { matchLabels: { fleet: 'other' } }, paused: true }))).exitCode,
     ).toBe(0);
     snapshots.push({ name: 'paused', obj: await observed('held'), want: 'InProgress' });
+    // A cluster policy over this namespace (the API server labels every namespace with its name):
+    // every disk it selects is already claimed by an older claim; the one not yet flat is in
+    // conflict, so nothing can progress: Stalled (Conflict).
+    const cluster = {
+      apiVersion: 'blockpull.dev/v1alpha1',
+      kind: 'ClusterBlockPullPolicy',
+      metadata: { name: 'bp-policy-overlap' },
+      spec: { vmiSelector: {}, namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': NS } } },
+    };
+    expect((await apply(cluster)).exitCode).toBe(0);
+    const overlap = await waitFor('the cluster policy observed', 30_000, async () => {
+      const obj = JSON.parse(
+        await kube.kubectl(['get', 'clusterblockpullpolicy', 'bp-policy-overlap', '-o', 'json']),
+      ) as Record<string, unknown>;
+      return ((obj.status as { observedGeneration?: number } | undefined)?.observedGeneration ?? 0) >= 1
+        ? obj
+        : undefined;
+    });
+    const ost = (overlap.status ?? {}) as { selectedDisks?: number; conflictCount?: number };
+    console.log(`cluster policy over ${NS}: ${ost.selectedDisks} disks selected, ${ost.conflictCount} in conflict`);
+    expect(ost.selectedDisks).toBe(6);
+    expect(ost.conflictCount).toBe(6);
+    snapshots.push({ name: 'overlapping (cluster)', obj: overlap, want: 'Failed' });
+    await kube.kubectl(['delete', 'clusterblockpullpolicy', 'bp-policy-overlap']);
     // Just created, not looked at: the CRD's status default (observedGeneration 0).
     const raw = policy('unobserved', { vmiSelector: {} });
     const fresh = JSON.parse(
