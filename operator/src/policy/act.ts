@@ -28,6 +28,8 @@ export interface ActResult {
   readonly created: number;
   readonly changed: number;
   readonly removed: number;
+  /** Deletions by why (VMIGone, TTLExpired, ...), for the policy's Event. */
+  readonly removedWhy: Readonly<Record<string, number>>;
   readonly errors: readonly string[];
 }
 
@@ -51,6 +53,7 @@ export async function act(
   let created = 0;
   let changed = 0;
   let removed = 0;
+  const removedWhy: Record<string, number> = {};
   const ownerReferences = [
     {
       apiVersion: API_VERSION,
@@ -103,6 +106,7 @@ export async function act(
         withTimeout(WRITE_TIMEOUT_MS),
       );
       removed++;
+      removedWhy[r.why] = (removedWhy[r.why] ?? 0) + 1;
       log.info({ blockPull: `${r.namespace}/${r.name}`, why: r.why }, 'deleted a BlockPull of the policy');
     } catch (err) {
       // 409: the uid precondition failed, a new object of that name is not ours to delete.
@@ -110,7 +114,7 @@ export async function act(
         errors.push(`delete ${r.namespace}/${r.name}: ${describeApiError(err)}`);
     }
   });
-  return { created, changed, removed, errors };
+  return { created, changed, removed, removedWhy, errors };
 }
 
 /**

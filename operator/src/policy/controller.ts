@@ -315,7 +315,10 @@ export class PolicyController {
     return requeue;
   }
 
-  #record(policy: Policy, r: { created: number; removed: number; errors: readonly string[] }): void {
+  #record(
+    policy: Policy,
+    r: { created: number; removed: number; removedWhy: Readonly<Record<string, number>>; errors: readonly string[] },
+  ): void {
     const events = this.#o.events;
     // Events need a namespace: a cluster policy's are logged only.
     if (events === undefined || policy.metadata.namespace === undefined) return;
@@ -327,7 +330,13 @@ export class PolicyController {
       uid: policy.metadata.uid,
     };
     if (r.created > 0) void events.normal(involved, 'BlockPullsCreated', 'Create', `created ${r.created} BlockPull(s)`);
-    if (r.removed > 0) void events.normal(involved, 'BlockPullsDeleted', 'Delete', `deleted ${r.removed} BlockPull(s)`);
+    if (r.removed > 0) {
+      // VMIGone: the VMI was deleted or restarted mid-pull; NotSelected; TTLExpired; LostConflict; PlanUsed.
+      const why = Object.entries(r.removedWhy)
+        .map(([k, n]) => `${n} ${k}`)
+        .join(', ');
+      void events.normal(involved, 'BlockPullsDeleted', 'Delete', `deleted ${r.removed} BlockPull(s): ${why}`);
+    }
     if (r.errors.length > 0)
       void events.warning(involved, 'WriteFailed', 'Write', `${r.errors.length} write(s) failed: ${r.errors[0]}`);
   }
