@@ -32,7 +32,7 @@ const policyObj = {
     creationTimestamp: '2026-12-07T10:00:00Z',
   },
   spec: { vmiSelector: { matchLabels: { fleet: 'ci' } }, maxConcurrent: 1 },
-} as KubernetesObject;
+} as unknown as KubernetesObject;
 const vmi = (name: string): KubernetesObject =>
   slimVmiForPolicy({
     metadata: { name, namespace: 'ns', uid: `${name}-uid`, labels: { fleet: 'ci' } },
