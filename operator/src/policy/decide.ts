@@ -179,156 +179,189 @@ interface Tally {
 /** A finished disk remembered in status.finished: "<VMI uid>/<disk>=<phase>". */
 const memoOf = (d: SelectedDisk, phase: 'Completed' | 'Failed'): string => `${d.vmiUid}/${d.disk}=${phase}`;
 
-export function decidePolicy(f: PolicyFacts): PolicyDecision {
-  const create: PullToCreate[] = [];
-  const change = new Map<string, PullChange>();
-  const remove: PullRemoval[] = [];
-  const conflicts: PolicyConflict[] = [];
-  const plan: PolicyPlanEntry[] = [];
-  const tally: Tally = {
-    notCreated: 0,
-    pending: 0,
-    running: 0,
-    paused: 0,
-    completed: 0,
-    failed: 0,
-    planned: 0,
-    skipped: 0,
-  };
-  const now = f.now.getTime();
-  const policy = { kind: f.kind, name: f.name, uid: f.uid };
-  const hold = holdReason(f);
-  const needPlan = f.spec.dryRun || f.spec.minChainLength > 2 || f.spec.base?.keepBottom !== undefined;
-  const finished = new Set(f.status?.finished ?? []);
-  const keepFinished = new Set<string>();
-  let requeueAt = Number.POSITIVE_INFINITY;
-  let openConflicts = 0;
-  let plansToMake = 0;
+const emptyTally = (): Tally => ({
+  notCreated: 0,
+  pending: 0,
+  running: 0,
+  paused: 0,
+  completed: 0,
+  failed: 0,
+  planned: 0,
+  skipped: 0,
+});
 
-  const group = (list: readonly PullView[]): Map<string, PullView[]> => {
-    const m = new Map<string, PullView[]>();
-    for (const p of list) {
-      const k = diskKey(p.namespace, p.vmi, p.disk);
-      m.set(k, [...(m.get(k) ?? []), p]);
-    }
-    return m;
-  };
-  const ownByDisk = group(f.own);
-  const othersByDisk = group(f.others);
-  const used = new Set<string>();
-  const changeSpec = (p: PullView, spec: PullChange['spec']): void => {
+function groupByDisk(list: readonly PullView[]): Map<string, PullView[]> {
+  const m = new Map<string, PullView[]>();
+  for (const p of list) {
+    const k = diskKey(p.namespace, p.vmi, p.disk);
+    m.set(k, [...(m.get(k) ?? []), p]);
+  }
+  return m;
+}
+
+/** One decision in the making: the accumulators, and one method per rule of the header. */
+class Pass {
+  readonly create: PullToCreate[] = [];
+  readonly change = new Map<string, PullChange>();
+  readonly remove: PullRemoval[] = [];
+  readonly conflicts: PolicyConflict[] = [];
+  readonly plan: PolicyPlanEntry[] = [];
+  readonly tally = emptyTally();
+  readonly keepFinished = new Set<string>();
+  /** The uids of the policy's BlockPulls of selected disks. */
+  readonly used = new Set<string>();
+  /** The policy's unfinished pulls (paced), and the pulls to make. */
+  readonly paced: PullView[] = [];
+  readonly toCreate: { d: SelectedDisk; position?: number }[] = [];
+  requeueAt = Number.POSITIVE_INFINITY;
+  openConflicts = 0;
+  plansToMake = 0;
+  active = 0;
+  readonly #f: PolicyFacts;
+  readonly #now: number;
+  readonly #finished: ReadonlySet<string>;
+  readonly #ownByDisk: Map<string, PullView[]>;
+  readonly #othersByDisk: Map<string, PullView[]>;
+
+  constructor(f: PolicyFacts) {
+    this.#f = f;
+    this.#now = f.now.getTime();
+    this.#finished = new Set(f.status?.finished ?? []);
+    this.#ownByDisk = groupByDisk(f.own);
+    this.#othersByDisk = groupByDisk(f.others);
+  }
+
+  #needPlan(): boolean {
+    const s = this.#f.spec;
+    return s.dryRun || s.minChainLength > 2 || s.base?.keepBottom !== undefined;
+  }
+
+  #changeSpec(p: PullView, spec: PullChange['spec']): void {
     const k = `${p.namespace}/${p.name}`;
-    change.set(k, { namespace: p.namespace, name: p.name, spec: { ...change.get(k)?.spec, ...spec } });
-  };
-  const removeIfDue = (p: PullView, memo?: string): void => {
-    const ttl = f.spec.ttlSecondsAfterFinished;
+    this.change.set(k, { namespace: p.namespace, name: p.name, spec: { ...this.change.get(k)?.spec, ...spec } });
+  }
+
+  #removeIfDue(p: PullView, memo?: string): void {
+    const ttl = this.#f.spec.ttlSecondsAfterFinished;
     if (ttl === undefined || p.completionTime === undefined) return;
     const due = Date.parse(p.completionTime) + ttl * 1000;
-    if (due > now) {
-      requeueAt = Math.min(requeueAt, due);
+    if (due > this.#now) {
+      this.requeueAt = Math.min(this.requeueAt, due);
       return;
     }
-    remove.push({ namespace: p.namespace, name: p.name, uid: p.uid, why: 'TTLExpired' });
-    if (memo !== undefined) keepFinished.add(memo);
-  };
+    this.remove.push({ namespace: p.namespace, name: p.name, uid: p.uid, why: 'TTLExpired' });
+    if (memo !== undefined) this.keepFinished.add(memo);
+  }
 
-  // The policy's unfinished pulls, paced below, and the pulls to make.
-  const paced: PullView[] = [];
-  const toCreate: { d: SelectedDisk; position?: number }[] = [];
+  #newPull(d: SelectedDisk, role: PolicyRole, paused: boolean, position?: number): PullToCreate {
+    const f = this.#f;
+    return {
+      namespace: d.namespace,
+      name: blockPullName({ policyUid: f.uid, vmiName: d.vmi, vmiUid: d.vmiUid, disk: d.disk, role }),
+      labels: pullLabels({ kind: f.kind, name: f.name, uid: f.uid }, d.vmiUid, role),
+      spec: pullSpec(f, d, paused, role === 'plan', position),
+    };
+  }
 
-  for (const d of f.selected) {
+  /** One selected disk: a claim of someone else's, the memory of a finished pull, our pull, or a plan. */
+  disk(d: SelectedDisk): void {
     const k = diskKey(d.namespace, d.vmi, d.disk);
-    const mine = (ownByDisk.get(k) ?? []).filter((p) => p.vmiUid === d.vmiUid && !p.deleting);
-    for (const p of mine) used.add(p.uid);
+    const mine = (this.#ownByDisk.get(k) ?? []).filter((p) => p.vmiUid === d.vmiUid && !p.deleting);
+    for (const p of mine) this.used.add(p.uid);
     const pull = mine.filter((p) => p.role !== 'plan').sort(byAge)[0];
     const planPull = mine.find((p) => p.role === 'plan');
-    const rival = (othersByDisk.get(k) ?? []).filter((p) => claims(p, d)).sort(byAge)[0];
-
-    // The older claim wins: an existing BlockPull of someone else's, else an older policy.
-    if (rival !== undefined && (pull === undefined || byAge(rival, pull) < 0)) {
-      if (pull !== undefined)
-        remove.push({ namespace: pull.namespace, name: pull.name, uid: pull.uid, why: 'LostConflict' });
-      const whose = rival.policyName !== undefined ? `policy ${rival.policyKind}/${rival.policyName}` : 'the user';
-      conflicts.push({
-        namespace: d.namespace,
-        vmi: d.vmi,
-        disk: d.disk,
-        blockPull: rival.name,
-        ...(rival.policyName !== undefined ? { policy: `${rival.policyKind}/${rival.policyName}` } : {}),
-        message: `BlockPull ${rival.name} (${whose}) already claims this disk (phase ${rival.phase ?? 'not looked at yet'}); the older claim wins`,
-      });
-      // A disk the other claim has flattened is flat all the same.
-      if (rival.phase === 'Completed') tally.completed++;
-      else {
-        tally.notCreated++;
-        openConflicts++;
-      }
-      continue;
-    }
-    if (pull === undefined && planPull === undefined && d.olderPolicy !== undefined) {
-      conflicts.push({
-        namespace: d.namespace,
-        vmi: d.vmi,
-        disk: d.disk,
-        policy: d.olderPolicy,
-        message: `the older policy ${d.olderPolicy} selects this disk too; the older claim wins`,
-      });
-      tally.notCreated++;
-      openConflicts++;
-      continue;
-    }
-    const remembered = (['Completed', 'Failed'] as const).find((ph) => finished.has(memoOf(d, ph)));
+    const rival = (this.#othersByDisk.get(k) ?? []).filter((p) => claims(p, d)).sort(byAge)[0];
+    if (rival !== undefined && (pull === undefined || byAge(rival, pull) < 0)) return this.#lostTo(d, rival, pull);
+    if (pull === undefined && planPull === undefined && d.olderPolicy !== undefined) return this.#olderPolicy(d);
+    const remembered = (['Completed', 'Failed'] as const).find((ph) => this.#finished.has(memoOf(d, ph)));
     if (pull === undefined && remembered !== undefined) {
-      keepFinished.add(memoOf(d, remembered));
-      if (remembered === 'Completed') tally.completed++;
-      else tally.failed++;
-      continue;
+      this.keepFinished.add(memoOf(d, remembered));
+      if (remembered === 'Completed') this.tally.completed++;
+      else this.tally.failed++;
+      return;
     }
-    if (pull !== undefined) {
-      if (planPull !== undefined && !f.spec.dryRun)
-        remove.push({ namespace: planPull.namespace, name: planPull.name, uid: planPull.uid, why: 'PlanUsed' });
-      countPull(pull, tally);
-      if (isFinished(pull)) {
-        removeIfDue(pull, memoOf(d, pull.phase === 'Failed' ? 'Failed' : 'Completed'));
-        continue;
-      }
-      // Keep the spec in step with the policy (the BlockPull controller applies a new bandwidth to a running job).
-      if (f.spec.bandwidth !== undefined && pull.bandwidth !== f.spec.bandwidth)
-        changeSpec(pull, { bandwidth: f.spec.bandwidth });
-      if (pull.migrationPolicy !== f.spec.migrationPolicy)
-        changeSpec(pull, { migrationPolicy: f.spec.migrationPolicy });
-      paced.push(pull);
-      continue;
+    if (pull !== undefined) return this.#ours(d, pull, planPull);
+    if (!this.#needPlan()) {
+      this.toCreate.push({ d });
+      return;
     }
-    if (!needPlan) {
-      toCreate.push({ d });
-      continue;
+    this.#planned(d, planPull);
+  }
+
+  /** The older claim wins: an existing BlockPull of someone else's. */
+  #lostTo(d: SelectedDisk, rival: PullView, pull: PullView | undefined): void {
+    if (pull !== undefined)
+      this.remove.push({ namespace: pull.namespace, name: pull.name, uid: pull.uid, why: 'LostConflict' });
+    const whose = rival.policyName !== undefined ? `policy ${rival.policyKind}/${rival.policyName}` : 'the user';
+    this.conflicts.push({
+      namespace: d.namespace,
+      vmi: d.vmi,
+      disk: d.disk,
+      blockPull: rival.name,
+      ...(rival.policyName !== undefined ? { policy: `${rival.policyKind}/${rival.policyName}` } : {}),
+      message: `BlockPull ${rival.name} (${whose}) already claims this disk (phase ${rival.phase ?? 'not looked at yet'}); the older claim wins`,
+    });
+    // A disk the other claim has flattened is flat all the same.
+    if (rival.phase === 'Completed') this.tally.completed++;
+    else {
+      this.tally.notCreated++;
+      this.openConflicts++;
     }
+  }
+
+  /** The older claim wins: before any BlockPull exists, the older policy selecting the disk. */
+  #olderPolicy(d: SelectedDisk): void {
+    this.conflicts.push({
+      namespace: d.namespace,
+      vmi: d.vmi,
+      disk: d.disk,
+      policy: d.olderPolicy!,
+      message: `the older policy ${d.olderPolicy} selects this disk too; the older claim wins`,
+    });
+    this.tally.notCreated++;
+    this.openConflicts++;
+  }
+
+  #ours(d: SelectedDisk, pull: PullView, planPull: PullView | undefined): void {
+    const spec = this.#f.spec;
+    if (planPull !== undefined && !spec.dryRun)
+      this.remove.push({ namespace: planPull.namespace, name: planPull.name, uid: planPull.uid, why: 'PlanUsed' });
+    countPull(pull, this.tally);
+    if (isFinished(pull)) {
+      this.#removeIfDue(pull, memoOf(d, pull.phase === 'Failed' ? 'Failed' : 'Completed'));
+      return;
+    }
+    // Keep the spec in step with the policy (the BlockPull controller applies a new bandwidth to a running job).
+    if (spec.bandwidth !== undefined && pull.bandwidth !== spec.bandwidth)
+      this.#changeSpec(pull, { bandwidth: spec.bandwidth });
+    if (pull.migrationPolicy !== spec.migrationPolicy)
+      this.#changeSpec(pull, { migrationPolicy: spec.migrationPolicy });
+    this.paced.push(pull);
+  }
+
+  /** A disk that needs its chain looked at first: the plan, then (unless dryRun) the pull. */
+  #planned(d: SelectedDisk, planPull: PullView | undefined): void {
+    const spec = this.#f.spec;
     if (planPull === undefined) {
       // A plan is a look, not a pull: it takes no slot and holds no disk, so it is not paced.
-      tally.notCreated++;
-      plansToMake++;
-      create.push({
-        namespace: d.namespace,
-        name: blockPullName({ policyUid: f.uid, vmiName: d.vmi, vmiUid: d.vmiUid, disk: d.disk, role: 'plan' }),
-        labels: pullLabels(policy, d.vmiUid, 'plan'),
-        spec: pullSpec(f, d, false, true),
-      });
-      continue;
+      this.tally.notCreated++;
+      this.plansToMake++;
+      this.create.push(this.#newPull(d, 'plan', false));
+      return;
     }
     if (planPull.phase !== 'Planned' || planPull.chainLength === undefined) {
-      if (planPull.phase === 'Failed') tally.failed++;
+      if (planPull.phase === 'Failed') this.tally.failed++;
       else {
-        tally.pending++;
-        plansToMake++;
+        this.tally.pending++;
+        this.plansToMake++;
       }
-      plan.push({ namespace: d.namespace, vmi: d.vmi, disk: d.disk, blockPull: planPull.name });
-      continue;
+      this.plan.push({ namespace: d.namespace, vmi: d.vmi, disk: d.disk, blockPull: planPull.name });
+      return;
     }
     const length = planPull.chainLength;
-    const keep = f.spec.base?.keepBottom;
-    const qualifies = length >= f.spec.minChainLength && (keep === undefined || length > keep);
-    plan.push({
+    const keep = spec.base?.keepBottom;
+    const qualifies = length >= spec.minChainLength && (keep === undefined || length > keep);
+    this.plan.push({
       namespace: d.namespace,
       vmi: d.vmi,
       disk: d.disk,
@@ -337,63 +370,71 @@ export function decidePolicy(f: PolicyFacts): PolicyDecision {
       pull: qualifies,
       blockPull: planPull.name,
     });
-    if (!qualifies) tally.skipped++;
-    else if (f.spec.dryRun) tally.planned++;
-    else toCreate.push({ d, ...(keep !== undefined ? { position: length - keep } : {}) });
+    if (!qualifies) this.tally.skipped++;
+    else if (spec.dryRun) this.tally.planned++;
+    else this.toCreate.push({ d, ...(keep !== undefined ? { position: length - keep } : {}) });
   }
 
-  // Pacing: the budget goes to the pulls already made (oldest first), then to new ones; the
-  // rest are paused (created paused). No budget while held (window, paused, dryRun).
-  const budget = hold !== undefined || f.spec.dryRun ? 0 : f.spec.maxConcurrent;
-  let active = 0;
-  for (const p of [...paced].sort(byAge)) {
-    if (active < budget) {
-      active++;
-      if (p.paused) changeSpec(p, { paused: false });
-    } else if (!p.paused) changeSpec(p, { paused: true });
-  }
-  for (const { d, position } of toCreate) {
-    const start = active < budget;
-    if (start) active++;
-    tally.notCreated++;
-    create.push({
-      namespace: d.namespace,
-      name: blockPullName({ policyUid: f.uid, vmiName: d.vmi, vmiUid: d.vmiUid, disk: d.disk, role: 'pull' }),
-      labels: pullLabels(policy, d.vmiUid, 'pull'),
-      spec: pullSpec(f, d, !start, false, position),
-    });
+  /**
+   * Pacing: the budget goes to the pulls already made (oldest first), then to new ones; the
+   * rest are paused (created paused). No budget while held (window, paused, dryRun).
+   */
+  pace(held: boolean): void {
+    const budget = held || this.#f.spec.dryRun ? 0 : this.#f.spec.maxConcurrent;
+    for (const p of [...this.paced].sort(byAge)) {
+      if (this.active < budget) {
+        this.active++;
+        if (p.paused) this.#changeSpec(p, { paused: false });
+      } else if (!p.paused) this.#changeSpec(p, { paused: true });
+    }
+    for (const { d, position } of this.toCreate) {
+      const start = this.active < budget;
+      if (start) this.active++;
+      this.tally.notCreated++;
+      this.create.push(this.#newPull(d, 'pull', !start, position));
+    }
   }
 
-  // The policy's BlockPulls of disks no longer selected: their VMI gone (or restarted), or unselected.
-  for (const p of f.own) {
-    if (used.has(p.uid) || p.deleting) continue;
-    const uid = f.vmiUids.get(`${p.namespace}/${p.vmi}`);
-    const gone = uid === undefined || (p.vmiUid !== undefined && uid !== p.vmiUid);
-    // Its finalizer aborts a job still running; a finished pull stays as history until its TTL.
-    if (p.role === 'plan' || !isFinished(p))
-      remove.push({ namespace: p.namespace, name: p.name, uid: p.uid, why: gone ? 'VMIGone' : 'NotSelected' });
-    else removeIfDue(p);
+  /** The policy's BlockPulls of disks no longer selected: their VMI gone (or restarted), or unselected. */
+  sweep(): void {
+    for (const p of this.#f.own) {
+      if (this.used.has(p.uid) || p.deleting) continue;
+      const uid = this.#f.vmiUids.get(`${p.namespace}/${p.vmi}`);
+      const gone = uid === undefined || (p.vmiUid !== undefined && uid !== p.vmiUid);
+      // Its finalizer aborts a job still running; a finished pull stays as history until its TTL.
+      if (p.role === 'plan' || !isFinished(p))
+        this.remove.push({ namespace: p.namespace, name: p.name, uid: p.uid, why: gone ? 'VMIGone' : 'NotSelected' });
+      else this.#removeIfDue(p);
+    }
   }
+}
 
+export function decidePolicy(f: PolicyFacts): PolicyDecision {
+  const pass = new Pass(f);
+  const hold = holdReason(f);
+  for (const d of f.selected) pass.disk(d);
+  pass.pace(hold !== undefined);
+  pass.sweep();
   const status = makeStatus(f, {
-    tally,
-    active,
-    openConflicts,
-    plansToMake,
-    conflicts,
-    plan,
-    finished: [...keepFinished].sort(),
+    tally: pass.tally,
+    active: pass.active,
+    openConflicts: pass.openConflicts,
+    plansToMake: pass.plansToMake,
+    conflicts: pass.conflicts,
+    plan: pass.plan,
+    finished: [...pass.keepFinished].sort(),
     hold,
-    pulls: f.own.filter((p) => p.role !== 'plan' && used.has(p.uid)),
+    pulls: f.own.filter((p) => p.role !== 'plan' && pass.used.has(p.uid)),
   });
+  let requeueAt = pass.requeueAt;
   if ((f.window.kind === 'open' || f.window.kind === 'closed') && f.window.nextChange !== undefined)
     requeueAt = Math.min(requeueAt, f.window.nextChange.getTime());
   return {
-    create,
-    change: [...change.values()],
-    remove,
+    create: pass.create,
+    change: [...pass.change.values()],
+    remove: pass.remove,
     status,
-    requeueAfterMs: Number.isFinite(requeueAt) ? Math.max(0, requeueAt - now) : null,
+    requeueAfterMs: Number.isFinite(requeueAt) ? Math.max(0, requeueAt - f.now.getTime()) : null,
   };
 }
 
