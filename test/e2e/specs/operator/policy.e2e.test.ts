@@ -354,6 +354,54 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
     }
   }, 600_000);
 
+  it('the end of the window pauses the running pull, keeping its data', async () => {
+    // The policies that select every VMI go first (the older claim would win vm4's disk).
+    await kube.kubectl(['delete', 'bpp', 'tz', 'held', '-n', NS, '--wait=true']);
+    await vmi('vm4', ['rootdisk'], { fleet: 'night' });
+    const hhmm = (d: Date): string => d.toISOString().slice(11, 16);
+    const now = new Date();
+    // Open since a minute ago, closing in two (UTC): the pull starts, then the window ends under it.
+    const window = {
+      start: hhmm(new Date(now.getTime() - 60_000)),
+      end: hhmm(new Date(now.getTime() + 120_000)),
+      timeZone: 'UTC',
+    };
+    expect(
+      (await apply(policy('nightly', { vmiSelector: { matchLabels: { fleet: 'night' } }, bandwidth: '32Ki', window })))
+        .exitCode,
+    ).toBe(0);
+    const policyUid = (
+      await kube.kubectl(['get', 'bpp', 'nightly', '-n', NS, '-o', 'jsonpath={.metadata.uid}'])
+    ).trim();
+    const running = await waitFor('the pull of vm4 Running', 60_000, async () =>
+      (await pullsOf(policyUid)).find((b) => b.status?.phase === 'Running'),
+    );
+    const paused = await waitFor(
+      'the pull of vm4 paused by the window',
+      200_000,
+      async () => {
+        const b = (await pullsOf(policyUid)).find((x) => x.metadata.name === running.metadata.name);
+        return b?.spec.paused === true && b.status?.phase === 'Paused' ? b : undefined;
+      },
+      500,
+    );
+    const closedAt = Date.now();
+    const progress = (paused.status as { progress?: { currentBytes?: number; totalBytes?: number } }).progress;
+    console.log(
+      `window ${window.start}-${window.end} UTC: the pull was paused at ${progress?.currentBytes}/${progress?.totalBytes} bytes`,
+    );
+    expect(progress?.currentBytes).toBeGreaterThan(0);
+    const st = BlockPullPolicySchema.parse(await policyJson('nightly')).status;
+    expect(st?.window?.open).toBe(false);
+    expect(Date.parse(st?.window?.nextChange ?? '')).toBeGreaterThan(closedAt + 20 * 3600_000);
+    expect(st?.conditions?.find((c) => c.type === 'Reconciling')).toMatchObject({
+      status: 'True',
+      reason: 'OutsideWindow',
+    });
+    expect(st?.active).toBe(0);
+    await kube.kubectl(['delete', 'bpp', 'nightly', '-n', NS, '--wait=true']);
+  }, 300_000);
+
   it("deleting the policy deletes its BlockPulls; the user's stays", async () => {
     const policyUid = (await kube.kubectl(['get', 'bpp', POLICY, '-n', NS, '-o', 'jsonpath={.metadata.uid}'])).trim();
     expect((await pullsOf(policyUid)).length).toBe(4);
