@@ -46,7 +46,11 @@ describe('loadConfig', () => {
       watchNamespace: undefined,
       spaceMarginBytes: 64 * 1024 * 1024,
       spaceMarginPercent: 10,
+      policyController: true,
     });
+    expect(loadConfig({ BLOCKPULL_POD_NAME: 'op-0', BLOCKPULL_POLICY_CONTROLLER: 'false' }).policyController).toBe(
+      false,
+    );
   });
 
   it('reads every variable', () => {

@@ -68,6 +68,8 @@ export interface Config {
   readonly spaceMarginBytes: number;
   /** Pre-flight: percent of the active image's filesystem that must stay free after the data to pull, if more. */
   readonly spaceMarginPercent: number;
+  /** Run the policy controller (BlockPullPolicy, ClusterBlockPullPolicy) beside the BlockPull controller. */
+  readonly policyController: boolean;
 }
 
 /** Thrown by loadConfig with one line per problem. */
@@ -155,6 +157,7 @@ const fields = {
   watchNamespace: { env: 'WATCH_NAMESPACE', schema: z.preprocess(unsetEmpty, dnsName.optional()) },
   spaceMarginMiB: { env: 'SPACE_MARGIN_MIB', schema: intFromEnv(0, 1_048_576) },
   spaceMarginPercent: { env: 'SPACE_MARGIN_PERCENT', schema: intFromEnv(0, 99) },
+  policyController: { env: 'POLICY_CONTROLLER', schema: boolFromEnv },
 } as const;
 
 type Fields = typeof fields;
@@ -181,6 +184,7 @@ export const DEFAULTS = {
   podNamespace: 'default',
   spaceMarginMiB: 64,
   spaceMarginPercent: 10,
+  policyController: true,
 } as const;
 
 /** Every environment variable the operator reads, for docs and the Helm chart. */
@@ -266,6 +270,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     watchNamespace: r.watchNamespace,
     spaceMarginBytes: (r.spaceMarginMiB ?? DEFAULTS.spaceMarginMiB) * 1024 * 1024,
     spaceMarginPercent: r.spaceMarginPercent ?? DEFAULTS.spaceMarginPercent,
+    policyController: r.policyController ?? DEFAULTS.policyController,
   };
 }
 

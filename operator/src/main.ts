@@ -1,6 +1,7 @@
 /**
  * blockpull-operator entry point: config -> logger -> kube client -> metrics/health servers ->
- * leader election -> controller. SIGTERM/SIGINT: stop the controller (running pulls are NOT
+ * leader election -> the BlockPull controller and (unless BLOCKPULL_POLICY_CONTROLLER=false) the
+ * policy controller, both run by the leader only. SIGTERM/SIGINT: stop the controller (running pulls are NOT
  * aborted: the next leader adopts them), release the Lease, close the servers, exit 0.
  * A lost Lease exits 1 at once, like controller-runtime; so does an unhandled rejection or an
  * uncaught exception (logged at fatal level, crash.ts): crash loudly rather than run half-broken.
@@ -14,6 +15,7 @@ import { LeaderElector } from './kube/leader-election.ts';
 import { createMetrics } from './kube/metrics.ts';
 import { leaderAwareReadiness, startHealthServer, startMetricsServer } from './kube/server.ts';
 import { Controller } from './controller/controller.ts';
+import { PolicyController } from './policy/controller.ts';
 import { ExecTransport, LocalTransport, type DriverProvider } from './kubevirt/transport.ts';
 
 async function main(): Promise<number> {
@@ -32,6 +34,7 @@ async function main(): Promise<number> {
       observeTimeoutMs: config.observeTimeoutMs,
       actionTimeoutMs: config.actionTimeoutMs,
       watchNamespace: config.watchNamespace ?? '(all)',
+      policyController: config.policyController,
     },
     'starting blockpull-operator',
   );
@@ -67,6 +70,21 @@ async function main(): Promise<number> {
     ...(config.watchNamespace !== undefined ? { namespace: config.watchNamespace } : {}),
   });
 
+  const policies = config.policyController
+    ? new PolicyController({
+        clients,
+        logger,
+        metrics,
+        events,
+        ...(config.watchNamespace !== undefined ? { namespace: config.watchNamespace } : {}),
+      })
+    : undefined;
+  // One leader runs both; either ending (its signal aborted) ends the other's wait too.
+  const runControllers = async (signal: AbortSignal): Promise<void> => {
+    await Promise.all([controller.run(signal), policies?.run(signal)]);
+  };
+  const synced = (): boolean => controller.synced() && (policies?.synced() ?? true);
+
   const stop = new AbortController();
   let exitCode = 0;
   const onSignal = (sig: string): void => {
@@ -88,7 +106,7 @@ async function main(): Promise<number> {
         retryPeriodMs: config.leaderElection.retryPeriodMs,
         logger,
         metrics,
-        onStartedLeading: (signal) => controller.run(signal),
+        onStartedLeading: (signal) => runControllers(signal),
         onStoppedLeading: () => {
           if (!stop.signal.aborted) {
             // No graceful shutdown: it would await requests hung on the API server, and what
@@ -110,7 +128,7 @@ async function main(): Promise<number> {
   });
   const health = await startHealthServer({
     port: config.healthPort,
-    readiness: { controller: leaderAwareReadiness(elector, () => controller.synced()) },
+    readiness: { controller: leaderAwareReadiness(elector, synced) },
     logger,
   });
   try {
@@ -118,7 +136,7 @@ async function main(): Promise<number> {
       const how = await elector.run(stop.signal);
       if (how === 'lost') exitCode = 1;
     } else {
-      await controller.run(stop.signal);
+      await runControllers(stop.signal);
     }
   } finally {
     await Promise.allSettled([metricsServer.close(), health.close()]);

@@ -76,6 +76,25 @@ describe('arch-report', () => {
     ]);
   });
 
+  it('keeps the policy controller and the BlockPull controller apart: same floor, no import either way', () => {
+    expect(floorOf('policy/decide.ts')).toBe(floorOf('controller/decide.ts'));
+    expect(floorOf('policy/decide.ts')).toBeGreaterThan(floorOf('kube/workqueue.ts'));
+    expect(floorOf('policy/decide.ts')).toBeLessThan(floorOf('main.ts'));
+    const g = buildGraph(
+      new Map([
+        ['policy/decide.ts', "import { d } from '../controller/decide.ts';\nimport { w } from '../kube/workqueue.ts';"],
+        ['policy/act.ts', "import { x } from './decide.ts';"],
+        ['controller/decide.ts', "import { p } from '../policy/act.ts';"],
+        ['kube/workqueue.ts', ''],
+        ['main.ts', "import { p } from './policy/act.ts';\nimport { c } from './controller/decide.ts';"],
+      ]),
+    );
+    expect(backArrows(g)).toEqual([
+      { from: 'controller/decide.ts', to: 'policy/act.ts' },
+      { from: 'policy/decide.ts', to: 'controller/decide.ts' },
+    ]);
+  });
+
   it('measures functions and names methods by their class', () => {
     const fns = functionLengths(
       'f.ts',

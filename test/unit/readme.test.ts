@@ -10,6 +10,7 @@ import { parse } from 'yaml';
 import { z } from 'zod';
 import { BlockPullSpecSchema, PHASES, REASONS } from '../../operator/src/api/types.ts';
 import { ENV_VARS } from '../../operator/src/config.ts';
+import { POLICY_REASONS } from '../../operator/src/api/policy-types.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const readme = readFileSync(join(root, 'README.md'), 'utf8');
@@ -72,6 +73,34 @@ describe('README.md', () => {
     expect(paths.length).toBeGreaterThan(25);
     for (const p of paths) expect(api, `docs/api.md documents ${p}`).toContain(`\`${p}`);
     for (const k of itemKeys) expect(api, `docs/api.md names array item field ${k}`).toContain(`\`${k}\``);
+  });
+
+  it('docs/api.md documents every field of both policy CRDs and every policy reason', () => {
+    const section = api.slice(api.indexOf('## BlockPullPolicy and ClusterBlockPullPolicy'));
+    expect(section.length).toBeGreaterThan(1000);
+    for (const file of ['blockpull.dev_blockpullpolicies.yaml', 'blockpull.dev_clusterblockpullpolicies.yaml']) {
+      const crd = z
+        .object({
+          spec: z.object({ versions: z.array(z.object({ schema: z.object({ openAPIV3Schema: SchemaNode }) })) }),
+        })
+        .parse(parse(readFileSync(join(root, 'crds', file), 'utf8')));
+      const schema = crd.spec.versions[0]?.schema.openAPIV3Schema;
+      const paths: string[] = [];
+      const itemKeys = new Set<string>();
+      for (const top of ['spec', 'status'] as const) {
+        const node = schema?.properties?.[top];
+        if (node) fieldPaths(node, top, paths, itemKeys, false);
+      }
+      expect(paths.length).toBeGreaterThan(30);
+      // The section names fields without the spec./status. prefix (its tables say which).
+      const leaves = new Set([...paths.map((p) => p.split('.').slice(1).join('.')), ...itemKeys]);
+      for (const leaf of leaves) {
+        const last = leaf.split('.').at(-1) ?? leaf;
+        expect(section, `${file}: docs/api.md names ${leaf}`).toMatch(new RegExp(`\`(${leaf}|${last})\``));
+      }
+    }
+    for (const reason of POLICY_REASONS.filter((r) => r !== 'Created'))
+      expect(section, reason).toContain(`\`${reason}\``);
   });
 
   it('docs/api.md documents every phase and every reason (as rows of its table)', () => {

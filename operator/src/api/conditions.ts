@@ -1,16 +1,17 @@
 /** metav1.Condition helpers: set a condition keeping lastTransitionTime when the status is unchanged. */
 import type { Condition, ConditionType, Reason } from './types.ts';
 
-export interface ConditionInput {
-  readonly type: ConditionType;
+/** A condition to set: a BlockPull's types and reasons by default, a policy's with its own. */
+export interface ConditionInput<T extends string = ConditionType, R extends string = Reason> {
+  readonly type: T;
   readonly status: 'True' | 'False' | 'Unknown';
-  readonly reason: Reason;
+  readonly reason: R;
   readonly message: string;
 }
 
-export function setCondition(
+export function setCondition<T extends string = ConditionType, R extends string = Reason>(
   conditions: readonly Condition[] | undefined,
-  input: ConditionInput,
+  input: ConditionInput<T, R>,
   generation: number | undefined,
   now: Date,
 ): Condition[] {

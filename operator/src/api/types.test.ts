@@ -4,70 +4,18 @@
  * types, enums, required lists and numeric/length bounds. Also checks every CRD field has a
  * description (kubectl explain).
  */
-import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { parse } from 'yaml';
 import { z } from 'zod';
+import {
+  compareSchemas as compare,
+  loadCrd,
+  missingDescriptions,
+  type Json,
+} from '../../../test/unit/support/crd-schema.ts';
 import { BlockPullSchema, GROUP, KIND, PHASES, PLURAL, VERSION, parseBlockPull } from './types.ts';
 
-type Json = Record<string, unknown>;
-const crd = parse(
-  readFileSync(new URL('../../../crds/blockpull.dev_blockpulls.yaml', import.meta.url), 'utf8'),
-) as Json;
-const spec = crd.spec as Json;
-const version = (spec.versions as Json[])[0]!;
-const crdSchema = (version.schema as Json).openAPIV3Schema as Json;
+const { spec, version, schema: crdSchema } = loadCrd('blockpull.dev_blockpulls.yaml');
 const zodSchema = z.toJSONSchema(BlockPullSchema, { io: 'input', unrepresentable: 'any' }) as Json;
-
-function typeOf(s: Json): string {
-  if (s['x-kubernetes-int-or-string'] === true) return 'int-or-string';
-  if (Array.isArray(s.anyOf)) {
-    const types = (s.anyOf as Json[]).map((x) => x.type as string).sort();
-    if (types.join(',') === 'integer,string') return 'int-or-string';
-    return types.join('|');
-  }
-  return String(s.type);
-}
-
-/** Compare one node; returns human-readable differences. */
-function compare(path: string, c: Json, zs: Json, diffs: string[]): void {
-  const ct = typeOf(c);
-  const zt = typeOf(zs);
-  if (ct !== zt) diffs.push(`${path}: type crd=${ct} zod=${zt}`);
-  if (JSON.stringify(c.enum ?? null) !== JSON.stringify(zs.enum ?? null)) {
-    diffs.push(`${path}: enum crd=${JSON.stringify(c.enum)} zod=${JSON.stringify(zs.enum)}`);
-  }
-  for (const k of ['minimum', 'maximum', 'minLength', 'maxLength', 'maxItems', 'pattern'] as const) {
-    if (c[k] === undefined) continue;
-    // RegExp#source (what zod emits) escapes '/'; compare patterns in that normal form.
-    const cv = k === 'pattern' ? new RegExp(c[k] as string).source : c[k];
-    if (cv !== zs[k]) diffs.push(`${path}: ${k} crd=${JSON.stringify(c[k])} zod=${JSON.stringify(zs[k])}`);
-  }
-  if (ct === 'object' && c.properties) {
-    const cp = c.properties as Record<string, Json>;
-    const zp = (zs.properties ?? {}) as Record<string, Json>;
-    const names = new Set([...Object.keys(cp), ...Object.keys(zp)]);
-    for (const n of names) {
-      if (path === '' && (n === 'metadata' || n === 'apiVersion' || n === 'kind')) continue;
-      if (!(n in cp)) diffs.push(`${path}.${n}: only in zod`);
-      else if (!(n in zp)) diffs.push(`${path}.${n}: only in the CRD`);
-      else compare(`${path}.${n}`, cp[n]!, zp[n]!, diffs);
-    }
-    // zod lists a field with a default as not required on input, as the API server does.
-    const cr = [...((c.required as string[] | undefined) ?? [])].sort();
-    const zr = [...((zs.required as string[] | undefined) ?? [])].filter((n) => path !== '' || n === 'spec').sort();
-    if (JSON.stringify(cr) !== JSON.stringify(zr))
-      diffs.push(`${path}: required crd=${cr.join(',')} zod=${zr.join(',')}`);
-  }
-  if (ct === 'array') compare(`${path}[]`, c.items as Json, zs.items as Json, diffs);
-}
-
-function missingDescriptions(path: string, c: Json, out: string[]): void {
-  if (path !== '.metadata' && typeof c.description !== 'string') out.push(path || '(root)');
-  for (const [n, child] of Object.entries((c.properties ?? {}) as Record<string, Json>))
-    missingDescriptions(`${path}.${n}`, child, out);
-  if (c.items) missingDescriptions(`${path}[]`, c.items as Json, out);
-}
 
 describe('CRD and zod schema', () => {
   it('names the API as the code does', () => {

@@ -312,6 +312,20 @@ export function mergePatchCustomObjectStatus(
   return mergePatchCustomObject(clients, ref, namespace, name, patch, 'status');
 }
 
+/** JSON merge patch of a cluster-scoped custom object's status subresource (`patch` is `{ status: {...} }`). */
+export async function mergePatchClusterCustomObjectStatus(
+  clients: KubeClients,
+  ref: ResourceRef,
+  name: string,
+  patch: Record<string, unknown>,
+): Promise<unknown> {
+  const response: unknown = await clients.custom.patchClusterCustomObjectStatus(
+    { ...ref, name, body: patch },
+    mergePatchOptions(),
+  );
+  return response;
+}
+
 /**
  * Replace the finalizers list with a merge patch guarded by resourceVersion, so a concurrent
  * change (e.g. another finalizer added) yields 409 instead of being overwritten.

@@ -33,6 +33,7 @@ import {
   type KubeConfig,
   type KubernetesListObject,
   type KubernetesObject,
+  type V1Namespace,
   type V1Pod,
 } from '@kubernetes/client-node';
 import type { Logger } from '../log.ts';
@@ -569,5 +570,19 @@ export function podSource(core: CoreV1Api, namespace?: string, labelSelector?: s
         : await core.listPodForAllNamespaces(params, withTimeout(LIST_TIMEOUT_MS));
     },
     ...(labelSelector ? { labelSelector } : {}),
+  };
+}
+
+/** Namespaces (cluster-scoped; read for their labels, e.g. a namespaceSelector). */
+export function namespaceSource(core: CoreV1Api): InformerSource<V1Namespace> {
+  return {
+    path: '/api/v1/namespaces',
+    list: async (page) =>
+      await core.listNamespace(
+        page !== undefined
+          ? { limit: page.limit, ...(page.continue !== undefined ? { _continue: page.continue } : {}) }
+          : {},
+        withTimeout(LIST_TIMEOUT_MS),
+      ),
   };
 }

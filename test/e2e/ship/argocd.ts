@@ -8,6 +8,8 @@ import { run } from '../support/process.ts';
 const root = join(import.meta.dirname, '..', '..', '..');
 export const ARGOCD_DIR = join(root, 'deploy', 'argocd');
 export const HEALTH_SCRIPT = join(ARGOCD_DIR, 'blockpull-health.lua');
+/** The health check of BlockPullPolicy and ClusterBlockPullPolicy (one script, one status). */
+export const POLICY_HEALTH_SCRIPT = join(ARGOCD_DIR, 'blockpullpolicy-health.lua');
 export const DISCOVERY_SCRIPT = join(ARGOCD_DIR, 'actions', 'discovery.lua');
 export const actionScript = (name: string): string => join(ARGOCD_DIR, 'actions', name, 'action.lua');
 export const LUA_INTERPRETERS = ['lua5.1', 'lua5.4'] as const;
@@ -51,9 +53,9 @@ async function runScript(interpreter: string, script: string, obj: unknown, json
   return r.stdout;
 }
 
-/** The Argo CD health the health script computes for `obj`. */
-export async function argoHealth(interpreter: string, obj: unknown): Promise<Health> {
-  const out = await runScript(interpreter, HEALTH_SCRIPT, obj, false);
+/** The Argo CD health the health script (the BlockPull's, or another) computes for `obj`. */
+export async function argoHealth(interpreter: string, obj: unknown, script = HEALTH_SCRIPT): Promise<Health> {
+  const out = await runScript(interpreter, script, obj, false);
   const [status = '', ...message] = out.replace(/\n$/, '').split('\n');
   return { status, message: message.join('\n') };
 }
@@ -116,6 +118,11 @@ export async function argocdCmPatch(): Promise<string> {
   const patch = {
     data: {
       'resource.customizations.health.blockpull.dev_BlockPull': await readFile(HEALTH_SCRIPT, 'utf8'),
+      'resource.customizations.health.blockpull.dev_BlockPullPolicy': await readFile(POLICY_HEALTH_SCRIPT, 'utf8'),
+      'resource.customizations.health.blockpull.dev_ClusterBlockPullPolicy': await readFile(
+        POLICY_HEALTH_SCRIPT,
+        'utf8',
+      ),
       'resource.customizations.actions.blockpull.dev_BlockPull': stringify(actions, opts),
     },
   };

@@ -15,6 +15,7 @@ import {
   ARGOCD_DIR,
   DISCOVERY_SCRIPT,
   HEALTH_SCRIPT,
+  POLICY_HEALTH_SCRIPT,
   LUA_INTERPRETERS,
   actionScript,
   argoActions,
@@ -165,6 +166,11 @@ describe('Argo CD resource actions pause and resume', () => {
     expect(patch.data['resource.customizations.health.blockpull.dev_BlockPull']).toBe(
       readFileSync(HEALTH_SCRIPT, 'utf8'),
     );
+    // Both policy kinds share one health check (specs/operator/policy.e2e.test.ts runs it on live policies).
+    for (const kind of ['BlockPullPolicy', 'ClusterBlockPullPolicy'])
+      expect(patch.data[`resource.customizations.health.blockpull.dev_${kind}`], kind).toBe(
+        readFileSync(POLICY_HEALTH_SCRIPT, 'utf8'),
+      );
     const actions = parse(patch.data['resource.customizations.actions.blockpull.dev_BlockPull'] ?? '') as {
       'discovery.lua': string;
       definitions: { name: string; 'action.lua': string }[];
