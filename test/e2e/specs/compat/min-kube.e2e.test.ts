@@ -72,6 +72,8 @@ const VersionInfo = z.object({
   serverVersion: z.object({ gitVersion: z.string() }),
 });
 
+const ResourceList = z.object({ resources: z.array(z.object({ name: z.string(), kind: z.string() })) });
+
 describe(`Kubernetes ${VERSION}`, () => {
   it('the API server and kubectl are that release', async () => {
     const v = VersionInfo.parse(JSON.parse(await cp.kubectl(['version', '-o', 'json'])));
@@ -168,10 +170,11 @@ describe(`Kubernetes ${VERSION}`, () => {
     };
 
     beforeAll(async () => {
-      const resources = await cp.kubectl(['api-resources', '--api-group=admissionregistration.k8s.io', '-o', 'wide']);
-      servesPolicy = resources
-        .split('\n')
-        .some((l) => /^validatingadmissionpolicies\s+admissionregistration\.k8s\.io\/v1\s/.test(l));
+      // Discovery, as helm's capabilities read it: the kinds of admissionregistration.k8s.io/v1.
+      const list = ResourceList.parse(
+        JSON.parse(await cp.kubectl(['get', '--raw', '/apis/admissionregistration.k8s.io/v1'])),
+      );
+      servesPolicy = list.resources.some((r) => r.kind === 'ValidatingAdmissionPolicy');
       log(`admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy served: ${servesPolicy}`);
     });
 
