@@ -96,6 +96,43 @@ describe(`Kubernetes ${VERSION}`, () => {
     );
   });
 
+  it('refuses a CRD whose rule does not compile there (what the check above would meet)', async () => {
+    const crd = {
+      apiVersion: 'apiextensions.k8s.io/v1',
+      kind: 'CustomResourceDefinition',
+      metadata: { name: 'probes.compat.blockpull.dev' },
+      spec: {
+        group: 'compat.blockpull.dev',
+        scope: 'Namespaced',
+        names: { plural: 'probes', singular: 'probe', kind: 'Probe' },
+        versions: [
+          {
+            name: 'v1',
+            served: true,
+            storage: true,
+            schema: {
+              openAPIV3Schema: {
+                type: 'object',
+                properties: {
+                  spec: {
+                    type: 'string',
+                    maxLength: 10,
+                    'x-kubernetes-validations': [{ rule: 'self.noSuchFunction()', message: 'never' }],
+                  },
+                },
+              },
+            },
+          },
+        ],
+      },
+    };
+    const r = await cp.kubectlResult(['apply', '--server-side', '--field-manager=compat-e2e', '-f', '-'], {
+      input: JSON.stringify(crd),
+    });
+    expect(r.exitCode).not.toBe(0);
+    expect(r.stderr).toMatch(/compilation failed/);
+  });
+
   describe('the CRD CEL rules, through kubectl', () => {
     const create = (name: string, spec: Record<string, unknown>) =>
       cp.kubectlResult(['create', '-f', '-'], {
