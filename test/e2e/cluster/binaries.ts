@@ -6,6 +6,7 @@
  * (<cache> = $BLOCKPULL_CACHE_DIR or ~/.cache/blockpull-operator; versions: see versions.ts.)
  * The five Kubernetes binaries are built by ONE `go build -o <dir>` so they share compilation.
  * A lock file per directory makes concurrent callers build once.
+ * ensureApiserverBinaries(v): kube-apiserver and kubectl only, of an older release (the compat spec).
  */
 import { constants } from 'node:fs';
 import { access, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -247,7 +248,8 @@ export const APISERVER_COMMANDS = ['kube-apiserver', 'kubectl'] as const satisfi
 
 /**
  * kube-apiserver and kubectl of Kubernetes `k8sVersion` (an older release, for the compatibility
- * spec), with the pinned etcd. Only these two are built, which halves the cold build; they land in
+ * spec), with the pinned etcd. Only these two are built, a cold build well below a full one (figures in
+ * README.md); they land in
  * the same cache directory as a full build of that version (<cache>/bin/k8s-<v>/), and a full build
  * found there is used as it is. Built with the `providerless` tag, so releases whose in-tree cloud
  * providers need modules the proxy does not serve (v1.29) build too; the strict `go mod tidy` is

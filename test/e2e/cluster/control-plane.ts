@@ -42,7 +42,7 @@ export interface ControlPlane<B extends ApiserverBinaries = ClusterBinaries> ext
   readonly kubeconfigPath: string;
   /** https://127.0.0.1:<port> */
   readonly server: string;
-  /** Directory with kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler. */
+  /** Directory with kube-apiserver and kubectl (and kubelet, kube-controller-manager, kube-scheduler of a full build). */
   readonly binDir: string;
   readonly binaries: B;
   readonly pki: Pki;
