@@ -248,10 +248,9 @@ export const APISERVER_COMMANDS = ['kube-apiserver', 'kubectl'] as const satisfi
 
 /**
  * kube-apiserver and kubectl of Kubernetes `k8sVersion` (an older release, for the compatibility
- * spec), with the pinned etcd. Only these two are built, a cold build well below a full one (figures in
- * README.md); they land in
- * the same cache directory as a full build of that version (<cache>/bin/k8s-<v>/), and a full build
- * found there is used as it is. Built with the `providerless` tag, so releases whose in-tree cloud
+ * spec), with the pinned etcd. Only these two are built, a cold build well below a full one (figures
+ * in README.md); they land in the same cache directory as a full build of that version
+ * (<cache>/bin/k8s-<v>/), and a full build found there is used as it is. Built with the `providerless` tag, so releases whose in-tree cloud
  * providers need modules the proxy does not serve (v1.29) build too; the strict `go mod tidy` is
  * relaxed to `-e` for the same reason, the build itself being the check (see K8sModuleOptions).
  * etcd is the pinned one: the API server talks etcd's v3 API, which etcd 3.6 serves to 3.5 clients.
