@@ -6,13 +6,21 @@
  * (<cache> = $BLOCKPULL_CACHE_DIR or ~/.cache/blockpull-operator; versions: see versions.ts.)
  * The five Kubernetes binaries are built by ONE `go build -o <dir>` so they share compilation.
  * A lock file per directory makes concurrent callers build once.
+ * ensureApiserverBinaries(v): kube-apiserver and kubectl only, of an older release (the compat spec).
  */
 import { constants } from 'node:fs';
 import { access, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { ETCD_SERVER_MODULE, K8S_COMMANDS, K8S_MODULE, k8sLdflags } from './go-mod.ts';
-import { GO_MODULES_DIR, writeEtcdModule, writeK8sModule } from './gen-go-mod.ts';
+import {
+  ETCD_SERVER_MODULE,
+  K8S_COMMANDS,
+  K8S_MODULE,
+  k8sLdflags,
+  normalizeVersion,
+  type K8sCommand,
+} from './go-mod.ts';
+import { GO_MODULES_DIR, writeEtcdModule, writeK8sModule, type K8sModuleOptions } from './gen-go-mod.ts';
 import { goBinary } from '../support/paths.ts';
 import { run } from '../support/process.ts';
 import { withLock } from '../support/lock.ts';
@@ -83,6 +91,10 @@ interface Target {
   readonly names: readonly string[];
   readonly packages: readonly string[];
   readonly ldflags: string;
+  /** `go build -tags` (none by default). */
+  readonly tags?: readonly string[];
+  /** For a generated (not the committed) Kubernetes module: see K8sModuleOptions. */
+  readonly module?: K8sModuleOptions;
 }
 
 export interface CachedBuild {
@@ -161,7 +173,7 @@ async function ensureTarget(root: string, t: Target, pinned: string, log: (m: st
             await copyFile(path.join(GO_MODULES_DIR, t.kind, f), path.join(modDir, f));
         } else {
           log(`generating the ${t.kind} wrapper module for ${t.version} in ${modDir}`);
-          if (t.kind === 'k8s') await writeK8sModule(modDir, t.version);
+          if (t.kind === 'k8s') await writeK8sModule(modDir, t.version, t.module);
           else await writeEtcdModule(modDir, t.version);
         }
         log(
@@ -171,6 +183,7 @@ async function ensureTarget(root: string, t: Target, pinned: string, log: (m: st
           [
             'build',
             '-trimpath',
+            ...(t.tags && t.tags.length > 0 ? [`-tags=${t.tags.join(',')}`] : []),
             `-ldflags=${t.ldflags}`,
             '-o',
             t.packages.length > 1 ? `${tmp}/` : path.join(tmp, t.names[0] ?? 'out'),
@@ -221,5 +234,62 @@ export async function ensureBinaries(options: EnsureBinariesOptions = {}): Promi
     kubelet: k('kubelet'),
     kubeControllerManager: k('kube-controller-manager'),
     kubeScheduler: k('kube-scheduler'),
+  };
+}
+
+/** What a control plane needs and nothing more: etcd, kube-apiserver and a kubectl of the same version. */
+export type ApiserverBinaries = Pick<
+  ClusterBinaries,
+  'versions' | 'k8sBinDir' | 'etcdBinDir' | 'etcd' | 'kubeApiserver' | 'kubectl'
+>;
+
+/** The commands an API-server-only build makes (the compatibility spec's older releases). */
+export const APISERVER_COMMANDS = ['kube-apiserver', 'kubectl'] as const satisfies readonly K8sCommand[];
+
+/**
+ * kube-apiserver and kubectl of Kubernetes `k8sVersion` (an older release, for the compatibility
+ * spec), with the pinned etcd. Only these two are built, a cold build well below a full one (figures
+ * in README.md); they land in the same cache directory as a full build of that version
+ * (<cache>/bin/k8s-<v>/), and a full build found there is used as it is. Built with the `providerless` tag, so releases whose in-tree cloud
+ * providers need modules the proxy does not serve (v1.29) build too; the strict `go mod tidy` is
+ * relaxed to `-e` for the same reason, the build itself being the check (see K8sModuleOptions).
+ * etcd is the pinned one: the API server talks etcd's v3 API, which etcd 3.6 serves to 3.5 clients.
+ */
+export async function ensureApiserverBinaries(
+  k8sVersion: string,
+  options: EnsureBinariesOptions = {},
+): Promise<ApiserverBinaries> {
+  const env = options.env ?? process.env;
+  const log = options.log ?? ((m: string) => process.stderr.write(`[cluster] ${m}\n`));
+  const pinned = pinnedVersions();
+  const version = normalizeVersion(k8sVersion, 'Kubernetes');
+  const root = cacheRoot(env);
+  const etcdBinDir = await ensureTarget(
+    root,
+    { kind: 'etcd', version: pinned.etcd, names: ['etcd'], packages: [ETCD_SERVER_MODULE], ldflags: '-s -w' },
+    pinned.etcd,
+    log,
+  );
+  const k8sBinDir = await ensureTarget(
+    root,
+    {
+      kind: 'k8s',
+      version,
+      names: APISERVER_COMMANDS,
+      packages: APISERVER_COMMANDS.map((c) => `${K8S_MODULE}/cmd/${c}`),
+      ldflags: k8sLdflags(version),
+      tags: ['providerless'],
+      module: { tolerateUnservedModules: true },
+    },
+    pinned.k8s,
+    log,
+  );
+  return {
+    versions: { k8s: version, etcd: pinned.etcd },
+    k8sBinDir,
+    etcdBinDir,
+    etcd: path.join(etcdBinDir, 'etcd'),
+    kubeApiserver: path.join(k8sBinDir, 'kube-apiserver'),
+    kubectl: path.join(k8sBinDir, 'kubectl'),
   };
 }

@@ -14,7 +14,7 @@ import https from 'node:https';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import { ensureBinaries, type ClusterBinaries } from './binaries.ts';
+import { ensureBinaries, type ApiserverBinaries, type ClusterBinaries } from './binaries.ts';
 import { createPki, type Pki } from './certs.ts';
 import { clusterClient, type ClusterClient } from './client.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
@@ -36,14 +36,15 @@ import { tail } from '../support/tail.ts';
 export const DEFAULT_STATE_DIR = path.join(REPO_ROOT, '.cache', 'cluster');
 export const SERVICE_CLUSTER_IP_RANGE = '10.0.0.0/24';
 
-export interface ControlPlane extends ClusterClient {
+/** `B`: the binaries it was started with (all five Kubernetes commands, unless a caller gave fewer). */
+export interface ControlPlane<B extends ApiserverBinaries = ClusterBinaries> extends ClusterClient {
   readonly stateDir: string;
   readonly kubeconfigPath: string;
   /** https://127.0.0.1:<port> */
   readonly server: string;
-  /** Directory with kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler. */
+  /** Directory with kube-apiserver and kubectl (and kubelet, kube-controller-manager, kube-scheduler of a full build). */
   readonly binDir: string;
-  readonly binaries: ClusterBinaries;
+  readonly binaries: B;
   readonly pki: Pki;
   readonly etcdEndpoint: string;
   readonly ports: { readonly etcdClient: number; readonly etcdPeer: number; readonly apiserver: number };
@@ -89,12 +90,13 @@ export async function readAuditLog(file: string): Promise<AuditEvent[]> {
     .map((l) => JSON.parse(l) as AuditEvent);
 }
 
-export interface StartOptions {
+export interface StartOptions<B extends ApiserverBinaries = ClusterBinaries> {
   /** Default DEFAULT_STATE_DIR. Everything in it is recreated at start (a stale run recorded there is stopped first). */
   readonly stateDir?: string;
   /** Keep the daemons running after this process exits (the CLI's `up`). Default false. */
   readonly detached?: boolean;
-  readonly binaries?: ClusterBinaries;
+  /** Default: ensureBinaries() (the versions of versions.ts). */
+  readonly binaries?: B;
   readonly extraApiserverArgs?: readonly string[];
   readonly readyTimeoutMs?: number;
   readonly log?: (message: string) => void;
@@ -303,11 +305,17 @@ function installCrashGuards(procs: () => readonly DaemonRecord[]): () => void {
   return remove;
 }
 
-export async function startControlPlane(options: StartOptions = {}): Promise<ControlPlane> {
+export function startControlPlane(options?: StartOptions): Promise<ControlPlane>;
+export function startControlPlane<B extends ApiserverBinaries>(
+  options: StartOptions<B> & { readonly binaries: B },
+): Promise<ControlPlane<B>>;
+export async function startControlPlane(
+  options: StartOptions<ApiserverBinaries> = {},
+): Promise<ControlPlane<ApiserverBinaries>> {
   const started = Date.now();
   const log = options.log ?? ((m: string) => process.stderr.write(`[cluster] ${m}\n`));
   const stateDir = path.resolve(options.stateDir ?? DEFAULT_STATE_DIR);
-  const binaries = options.binaries ?? (await ensureBinaries({ log }));
+  const binaries: ApiserverBinaries = options.binaries ?? (await ensureBinaries({ log }));
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
 
   const stale = await stopRecorded(stateDir);

@@ -50,15 +50,26 @@ export async function downloadModule(mod: string, version: string, cwd: string):
   return info;
 }
 
+export interface K8sModuleOptions {
+  /**
+   * `go mod tidy -e`: keep going when a module that only some packages import cannot be downloaded.
+   * For older releases built in the cache only: v1.29's kubelet and controller-manager import
+   * k8s.io/legacy-cloud-providers, which the module proxy does not serve, while kube-apiserver and
+   * kubectl built with the `providerless` tag do not need it. The build that follows is the check:
+   * a package it needs without a go.sum entry fails it. The committed modules are always tidied strictly.
+   */
+  readonly tolerateUnservedModules?: boolean;
+}
+
 /** Writes <dir>/go.mod for Kubernetes `k8sVersion` and runs `go mod tidy` (which writes go.sum). */
-export async function writeK8sModule(dir: string, k8sVersion: string): Promise<void> {
+export async function writeK8sModule(dir: string, k8sVersion: string, options: K8sModuleOptions = {}): Promise<void> {
   await mkdir(dir, { recursive: true });
   const info = await downloadModule(K8S_MODULE, normalizeVersion(k8sVersion, 'Kubernetes'), dir);
   const staging = localReplacedModules(await readFile(info.GoMod, 'utf8'));
   if (staging.length === 0)
     throw new Error(`${K8S_MODULE}@${k8sVersion}: its go.mod replaces no staging module; unexpected layout`);
   await writeFile(path.join(dir, 'go.mod'), renderK8sGoMod(k8sVersion, staging));
-  await runGo(['mod', 'tidy'], dir);
+  await runGo(options.tolerateUnservedModules ? ['mod', 'tidy', '-e'] : ['mod', 'tidy'], dir);
 }
 
 /** Writes <dir>/go.mod for etcd `etcdVersion` and runs `go mod tidy`. */

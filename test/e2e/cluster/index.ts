@@ -1,5 +1,5 @@
 /** The local control plane for tests and the demo (see control-plane.ts, binaries.ts, service-account.ts). */
-export { ensureBinaries, type ClusterBinaries } from './binaries.ts';
+export { ensureApiserverBinaries, ensureBinaries, type ApiserverBinaries, type ClusterBinaries } from './binaries.ts';
 export {
   clusterClient,
   KubectlError,
@@ -25,5 +25,5 @@ export { installCrds, projectCrdFiles, VMI_CRD_FILE, VMIM_CRD_FILE } from './crd
 export { createPki, issueCert, type Pki } from './certs.ts';
 export { writeKubeconfig } from './kubeconfig.ts';
 export { createServiceAccountKubeconfig } from './service-account.ts';
-export { pinnedVersions, resolveVersions } from './versions.ts';
+export { COMPAT_K8S_VERSION, compatK8sVersion, pinnedVersions, resolveVersions } from './versions.ts';
 export { cacheRoot } from '../support/cache.ts';

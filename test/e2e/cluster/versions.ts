@@ -39,3 +39,15 @@ export function resolveVersions(env: NodeJS.ProcessEnv = process.env): Versions 
     : p.etcd;
   return { k8s, etcd };
 }
+
+/**
+ * The older Kubernetes release the compatibility spec (specs/compat/) runs its API server of: the
+ * oldest release proven here (docs/kubevirt.md#compatibility). BLOCKPULL_COMPAT_K8S_VERSION
+ * overrides it, to try another release by hand.
+ */
+export const COMPAT_K8S_VERSION = 'v1.29.6';
+
+export function compatK8sVersion(env: NodeJS.ProcessEnv = process.env): string {
+  const v = env['BLOCKPULL_COMPAT_K8S_VERSION'];
+  return v ? normalizeVersion(v, 'BLOCKPULL_COMPAT_K8S_VERSION') : COMPAT_K8S_VERSION;
+}
