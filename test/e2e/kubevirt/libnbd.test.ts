@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { LIBNBD_CONFIGURE_ARGS, LIBNBD_SOURCE, libnbdPkgConfig, upstreamVersion } from './libnbd.ts';
+import {
+  LIBNBD_CONFIGURE_ARGS,
+  LIBNBD_SOURCE,
+  libnbdPkgConfig,
+  RENAMED_EXPORT,
+  renameCallbackExport,
+  upstreamVersion,
+} from './libnbd.ts';
 
 describe('libnbd from Debian source', () => {
   it('reads the upstream version out of a Debian version', () => {
@@ -21,5 +28,23 @@ describe('libnbd from Debian source', () => {
     expect(pc).toContain('Version: 1.22.2\n');
     expect(pc).toMatch(/^Libs: -L\$\{libdir\} -lnbd$/m);
     expect(pc).toMatch(/^Cflags: -I\$\{includedir\}$/m);
+  });
+});
+
+describe('renameCallbackExport (libvirt-go exports freeCallbackId too)', () => {
+  // Shapes from libnbd 1.22's golang/callbacks.go and wrappers.go.
+  const callbacks =
+    '//export freeCallbackId\nfunc freeCallbackId(goCallbackId int) {\n\tpanic("Callback arrived after freeCallbackId was called")\n}\n';
+  const wrappers = '  extern void freeCallbackId (long);\n  freeCallbackId (*p);\n  registerCallbackId (x);\n';
+  it('renames the export, the Go function and the C declarations and calls', () => {
+    const out = renameCallbackExport(callbacks) + renameCallbackExport(wrappers);
+    expect(out).not.toMatch(/\bfreeCallbackId\b/);
+    expect(out).toContain(`//export ${RENAMED_EXPORT}\nfunc ${RENAMED_EXPORT}(goCallbackId int)`);
+    expect(out).toContain(`extern void ${RENAMED_EXPORT} (long);\n  ${RENAMED_EXPORT} (*p);`);
+  });
+  it('leaves other identifiers alone', () => {
+    expect(renameCallbackExport('registerCallbackId(x); myfreeCallbackIds')).toBe(
+      'registerCallbackId(x); myfreeCallbackIds',
+    );
   });
 });

@@ -13,11 +13,15 @@
  * built from the same source package, static and without TLS/URI support (gnutls, libxml2), and
  * linked into virt-launcher: the launcher image needs no libnbd at all.
  *
- * Cached in <cache>/build/libnbd-<debian version>/ (ensureBuilt: lock, stamp, printed build time):
+ * One change to the bindings (renameCallbackExport): they export a cgo function `freeCallbackId`, and
+ * so do libvirt's Go bindings (libvirt.org/go/libvirt callbacks.go), which virt-launcher links too:
+ * the link fails with `multiple definition of 'freeCallbackId'`. libnbd's copy is renamed.
+ *
+ * Cached in <cache>/build/libnbd-<debian version>-p<BINDINGS_PATCH>/ (ensureBuilt: lock, stamp, printed build time):
  *   golang/         the Go bindings (the replace target, copied next to the wrapper go.mod)
  *   lib/libnbd.a, include/libnbd.h, lib/pkgconfig/libnbd.pc (what `#cgo pkg-config: libnbd` reads)
  */
-import { cp, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { ensureBuilt } from '../cluster/binaries.ts';
@@ -28,6 +32,21 @@ import { run } from '../support/process.ts';
 
 /** The Debian source package the bindings come from (pinned: a point release may replace it). */
 export const LIBNBD_SOURCE = { pkg: 'libnbd', version: '1.22.2-1', suite: 'trixie' } as const;
+
+/** Bumped when what is done to the bindings changes (a new cache directory). */
+const BINDINGS_PATCH = 1;
+
+/** libnbd's exported cgo callback-freeing function, whose name libvirt's Go bindings export too. */
+const CLASHING_EXPORT = 'freeCallbackId';
+export const RENAMED_EXPORT = 'libnbdFreeCallbackId';
+
+/**
+ * A Go file of libnbd's bindings with the clashing export renamed: the `//export` line, the Go
+ * function and the C declarations and calls in the cgo preambles (whole words only).
+ */
+export function renameCallbackExport(source: string): string {
+  return source.replace(new RegExp(`\\b${CLASHING_EXPORT}\\b`, 'g'), RENAMED_EXPORT);
+}
 
 /** What the static build needs beyond KubeVirt's own build tools (dpkg-source unpacks and patches). */
 export const LIBNBD_BUILD_PACKAGES = ['gcc', 'make', 'pkg-config', 'dpkg-dev'] as const;
@@ -112,8 +131,12 @@ async function buildInto(out: string, finalDir: string, aptState: string, log: (
   // The bindings without their tests and examples (they are not built, and the tests need nbdkit).
   await mkdir(path.join(out, 'golang'));
   for (const f of await readdir(path.join(src, 'golang'))) {
-    if (f === 'go.mod' || f === 'LICENSE' || (f.endsWith('.go') && !f.endsWith('_test.go')) || f.endsWith('.h'))
+    if (f.endsWith('.go') && !f.endsWith('_test.go')) {
+      const text = await readFile(path.join(src, 'golang', f), 'utf8');
+      await writeFile(path.join(out, 'golang', f), renameCallbackExport(text));
+    } else if (f === 'go.mod' || f === 'LICENSE' || f.endsWith('.h')) {
       await cp(path.join(src, 'golang', f), path.join(out, 'golang', f));
+    }
   }
   await rm(work, { recursive: true, force: true });
 }
@@ -123,7 +146,7 @@ export async function ensureLibnbd(
 ): Promise<Libnbd> {
   const log = options.log ?? ((m: string) => process.stderr.write(`[kubevirt] ${m}\n`));
   const root = cacheRoot(options.env);
-  const dir = path.join(root, 'build', `libnbd-${LIBNBD_SOURCE.version}`);
+  const dir = path.join(root, 'build', `libnbd-${LIBNBD_SOURCE.version}-p${BINDINGS_PATCH}`);
   await ensureBuilt(
     {
       dir,
