@@ -278,3 +278,55 @@ describe('pre-flight space parsers (bounded, zod)', () => {
     expect(parseMonitorJobCompletedLine("event BLOCK_JOB_COMPLETED for domain 'a': {not json}")).toBeNull();
   });
 });
+
+// Recorded from Debian 13's libvirt 11.3.0 / QEMU 10.0.13 (libvirtd in a trixie debootstrap chroot,
+// qemu:///system, TCG, paused vCPUs; the same chain and aliases as the 9.0 capture): `virsh -q`
+// dumpxml before and after a pull, `blockjob vda --raw --bytes` during it and with no job,
+// `event --event block-job-2 --loop --timestamp`, `qemu-monitor-event --event BLOCK_JOB_COMPLETED
+// --loop --timestamp`, `domstats --block` during the pull (test/e2e/kubevirt/README.md says how).
+describe('libvirt 11.3 output (Debian 13), as the parsers read libvirt 9.0', () => {
+  const fixture = (name: string): string => readFileSync(new URL(`./testdata/${name}`, import.meta.url), 'utf8');
+  it('dumpxml: the same disks, chain and indexes as 9.0 shows them; one image after the pull', () => {
+    expect(parseDomainDisks(fixture('domain-libvirt-11.3.xml'))).toEqual(parseDomainDisks(xml));
+    expect(parseDomainDisks(fixture('domain-libvirt-11.3-pulled.xml'))[0]).toEqual({
+      target: 'vda',
+      alias: 'ua-rootdisk',
+      chain: [{ position: 0, index: 2, path: `${dir}/rootdisk-2.qcow2`, format: 'qcow2' }],
+    });
+  });
+  it('blockjob --raw --bytes during a pull and with none', () => {
+    expect(parseBlockJobRaw(fixture('blockjob-raw-libvirt-11.3.txt'))).toEqual({
+      type: 'Block Pull',
+      bandwidth: 1048576,
+      cur: 1572864,
+      end: 67108864,
+    });
+    expect(fixture('blockjob-raw-none-libvirt-11.3.txt')).toBe('');
+    expect(parseBlockJobRaw(fixture('blockjob-raw-none-libvirt-11.3.txt'))).toBeNull();
+  });
+  it('the block-job-2 event line of a completed pull', () => {
+    expect(parseBlockJobEventLine(fixture('event-block-job-2-libvirt-11.3.txt').trim())).toEqual({
+      domain: 'ns1_vm1',
+      target: 'vda',
+      kind: 'completed',
+      jobType: 'Block Pull',
+    });
+  });
+  it("QEMU's BLOCK_JOB_COMPLETED of a successful pull: no failure read into it (its device names the target)", () => {
+    const line = fixture('qemu-monitor-event-libvirt-11.3.txt').trim();
+    expect(line).toContain('"device":"pull-vda-libvirt-2-format"');
+    expect(parseMonitorJobCompletedLine(line)).toBeNull();
+    const failed = line.replace('"type":"stream"', '"type":"stream","error":"No space left on device"');
+    expect(parseMonitorJobCompletedLine(failed)).toMatchObject({ target: 'vda', kind: 'failed' });
+  });
+  it('domstats --block during the pull', () => {
+    expect(parseDomstatsBlock(fixture('domstats-block-libvirt-11.3.txt'))[0]).toEqual({
+      name: 'vda',
+      path: `${dir}/rootdisk-2.qcow2`,
+      backingIndex: 2,
+      allocation: 1900544,
+      capacity: 67108864,
+      physical: 1839104,
+    });
+  });
+});

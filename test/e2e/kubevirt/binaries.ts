@@ -8,10 +8,15 @@
  * its shape) in ONE `go build`; virt-launcher is cgo (libvirt's client library: Debian's libvirt-dev +
  * pkg-config). container-disk is C: KubeVirt's cmd/container-disk-v2alpha/main.c from the same
  * module, `gcc -static` (it runs in the containerDisk image, which has no libc).
- * Version: the wrapper module's, or BLOCKPULL_KUBEVIRT_VERSION (its module is then generated in the cache).
+ * Versions: every committed wrapper module pins one (go/ the default, v1.7.0; go-v<major.minor>/ the
+ * others: pinnedKubevirtVersions()). Which one is built: the `version` option, else
+ * BLOCKPULL_KUBEVIRT_VERSION, else the default; a version no committed module pins gets its module
+ * generated in the cache. Each version has its own cache directory, lock and stamp (bin/kubevirt-<v>).
+ * From 1.8 on, virt-launcher links libnbd: the module replaces it with Debian's bindings (libnbd.ts,
+ * placeLibnbd in gen-go-mod.ts), built statically into virt-launcher.
  */
 import { copyFile, mkdir, readFile, rm } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ensureBuilt, recordedBuildSeconds, runGoBuild } from '../cluster/binaries.ts';
@@ -20,7 +25,7 @@ import { normalizeVersion, requiredVersion } from '../cluster/go-mod.ts';
 import { cacheRoot } from '../support/cache.ts';
 import { ensureDebianPackages } from '../support/debian.ts';
 import { run } from '../support/process.ts';
-import { KUBEVIRT_GO_MODULE_DIR, writeKubevirtModule } from './gen-go-mod.ts';
+import { KUBEVIRT_GO_MODULE_DIR, placeLibnbd, writeKubevirtModule } from './gen-go-mod.ts';
 import {
   CONTAINER_DISK_SOURCE,
   KUBEVIRT_COMMANDS,
@@ -49,6 +54,8 @@ export interface KubevirtBinaries {
 }
 
 export interface EnsureKubevirtBinariesOptions {
+  /** The KubeVirt version to build (default: BLOCKPULL_KUBEVIRT_VERSION, else the default pinned one). */
+  readonly version?: string;
   readonly env?: NodeJS.ProcessEnv;
   /** Progress messages (default: stderr). */
   readonly log?: (message: string) => void;
@@ -60,15 +67,44 @@ export const KUBEVIRT_BUILD_PACKAGES = ['gcc', 'libc6-dev', 'pkg-config', 'libvi
 const CONTAINER_DISK = 'container-disk';
 const ALL_NAMES = [...KUBEVIRT_COMMANDS, CONTAINER_DISK] as const;
 
-/** The KubeVirt version the committed wrapper module pins. */
-export function pinnedKubevirtVersion(): string {
-  const file = path.join(KUBEVIRT_GO_MODULE_DIR, 'go.mod');
+function moduleVersion(dir: string): string {
+  const file = path.join(dir, 'go.mod');
   const v = requiredVersion(readFileSync(file, 'utf8'), KUBEVIRT_MODULE);
   if (!v) throw new Error(`${file} does not require ${KUBEVIRT_MODULE}`);
   return v;
 }
 
-export function resolveKubevirtVersion(env: NodeJS.ProcessEnv = process.env): string {
+/** The KubeVirt version of the default committed wrapper module (go/). */
+export function pinnedKubevirtVersion(): string {
+  return moduleVersion(KUBEVIRT_GO_MODULE_DIR);
+}
+
+/** A committed wrapper module: go/ (the default) or go-v<major.minor>/. */
+const MODULE_DIR_NAME = /^go(?:-v\d+\.\d+)?$/;
+
+/** Every committed wrapper module, the default first, then by directory name: version -> directory. */
+export function pinnedKubevirtModules(): ReadonlyMap<string, string> {
+  const root = path.dirname(KUBEVIRT_GO_MODULE_DIR);
+  const dirs = readdirSync(root)
+    .filter((d) => MODULE_DIR_NAME.test(d) && existsSync(path.join(root, d, 'go.mod')))
+    .sort((a, b) => (a === 'go' ? -1 : b === 'go' ? 1 : a.localeCompare(b, 'en', { numeric: true })));
+  const out = new Map<string, string>();
+  for (const d of dirs) {
+    const dir = path.join(root, d);
+    const v = moduleVersion(dir);
+    if (out.has(v)) throw new Error(`${dir} pins ${v}, as ${out.get(v) ?? ''} does`);
+    out.set(v, dir);
+  }
+  return out;
+}
+
+/** The versions the committed modules pin, the default first (the real-KubeVirt specs run on each). */
+export function pinnedKubevirtVersions(): string[] {
+  return [...pinnedKubevirtModules().keys()];
+}
+
+export function resolveKubevirtVersion(env: NodeJS.ProcessEnv = process.env, version?: string): string {
+  if (version) return normalizeVersion(version, 'KubeVirt');
   const override = env['BLOCKPULL_KUBEVIRT_VERSION'];
   return override ? normalizeVersion(override, 'BLOCKPULL_KUBEVIRT_VERSION') : pinnedKubevirtVersion();
 }
@@ -77,17 +113,25 @@ function seconds(since: number): string {
   return ((Date.now() - since) / 1000).toFixed(1);
 }
 
-async function buildInto(outDir: string, root: string, version: string, log: (m: string) => void): Promise<void> {
+async function buildInto(
+  outDir: string,
+  root: string,
+  version: string,
+  log: (m: string) => void,
+  env: NodeJS.ProcessEnv,
+): Promise<void> {
   await ensureDebianPackages(KUBEVIRT_BUILD_PACKAGES);
   const modDir = path.join(root, 'build', `kubevirt-${version}`);
   await rm(modDir, { recursive: true, force: true });
   await mkdir(modDir, { recursive: true });
-  if (version === pinnedKubevirtVersion()) {
-    for (const f of ['go.mod', 'go.sum']) await copyFile(path.join(KUBEVIRT_GO_MODULE_DIR, f), path.join(modDir, f));
+  const pinned = pinnedKubevirtModules().get(version);
+  if (pinned) {
+    for (const f of ['go.mod', 'go.sum']) await copyFile(path.join(pinned, f), path.join(modDir, f));
   } else {
     log(`generating the KubeVirt wrapper module for ${version} in ${modDir}`);
     await writeKubevirtModule(modDir, version);
   }
+  const libnbdEnv = await placeLibnbd(modDir, log, env);
   log(
     `building KubeVirt ${version} (${KUBEVIRT_COMMANDS.join(', ')}) from the Go module proxy (first run only; cold: ~15-20 min on 2 cores)...`,
   );
@@ -98,9 +142,7 @@ async function buildInto(outDir: string, root: string, version: string, log: (m:
     ['build', `-ldflags=${kubevirtLdflags(version)}`, '-o', `${outDir}/`, ...KUBEVIRT_COMMANDS.map(kubevirtPackage)],
     modDir,
     log,
-    {
-      CGO_ENABLED: '1',
-    },
+    { CGO_ENABLED: '1', ...libnbdEnv },
   );
   log(`go build of KubeVirt ${version}: ${seconds(goStarted)} s`);
   const ccStarted = Date.now();
@@ -123,7 +165,7 @@ export async function kubevirtSourceDir(version: string): Promise<string> {
 export async function ensureKubevirtBinaries(options: EnsureKubevirtBinariesOptions = {}): Promise<KubevirtBinaries> {
   const env = options.env ?? process.env;
   const log = options.log ?? ((m: string) => process.stderr.write(`[kubevirt] ${m}\n`));
-  const version = resolveKubevirtVersion(env);
+  const version = resolveKubevirtVersion(env, options.version);
   const root = cacheRoot(env);
   const binDir = await ensureBuilt(
     {
@@ -131,7 +173,7 @@ export async function ensureKubevirtBinaries(options: EnsureKubevirtBinariesOpti
       version,
       names: ALL_NAMES,
       label: `KubeVirt ${version}`,
-      build: (outDir) => buildInto(outDir, root, version, log),
+      build: (outDir) => buildInto(outDir, root, version, log, env),
     },
     log,
   );

@@ -2,7 +2,16 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { publishedReplaces, replaceDirectives, requiredVersion } from '../cluster/go-mod.ts';
-import { KUBEVIRT_COMMANDS, kubevirtLdflags, kubevirtPackage, renderKubevirtGoMod } from './go-mod.ts';
+import { pinnedKubevirtModules, pinnedKubevirtVersion, pinnedKubevirtVersions } from './binaries.ts';
+import {
+  KUBEVIRT_COMMANDS,
+  kubevirtLdflags,
+  kubevirtPackage,
+  LIBNBD_MODULE,
+  LIBNBD_REPLACE_DIR,
+  needsLibnbd,
+  renderKubevirtGoMod,
+} from './go-mod.ts';
 
 // An excerpt of kubevirt.io/kubevirt v1.7.0's go.mod (its replace block's shapes).
 const KUBEVIRT_GO_MOD = `module kubevirt.io/kubevirt
@@ -88,7 +97,45 @@ describe('renderKubevirtGoMod', () => {
   });
 });
 
-describe('committed KubeVirt wrapper module', () => {
+describe('renderKubevirtGoMod for 1.8+ (libnbd)', () => {
+  const upstream18 = KUBEVIRT_GO_MOD.replace(
+    'kubevirt.io/client-go v0.0.0-00010101000000-000000000000\n',
+    'kubevirt.io/client-go v0.0.0-00010101000000-000000000000\n\tlibguestfs.org/libnbd v1.25.2-5-g48df7c4d2b\n',
+  );
+  it('replaces libnbd with the local bindings only when upstream requires it', () => {
+    const mod = renderKubevirtGoMod('v1.8.4', upstream18);
+    expect(replaceDirectives(mod)).toContainEqual({ module: LIBNBD_MODULE, target: LIBNBD_REPLACE_DIR });
+    expect(needsLibnbd(mod)).toBe(true);
+    const mod17 = renderKubevirtGoMod('v1.7.0', KUBEVIRT_GO_MOD);
+    expect(mod17).not.toContain(LIBNBD_MODULE);
+    expect(needsLibnbd(mod17)).toBe(false);
+  });
+  it('does not take a replace of libnbd with another target for the local bindings', () => {
+    expect(needsLibnbd(`replace ${LIBNBD_MODULE} => ../elsewhere\n`)).toBe(false);
+  });
+});
+
+describe('committed KubeVirt wrapper modules', () => {
+  it('go/ pins the default, go-v1.8/ the newest KubeVirt that builds here, each once', () => {
+    expect(pinnedKubevirtVersion()).toBe('v1.7.0');
+    expect(pinnedKubevirtVersions()).toEqual(['v1.7.0', 'v1.8.4']);
+    expect(path.basename(pinnedKubevirtModules().get('v1.8.4') ?? '')).toBe('go-v1.8');
+  });
+  it('go-v1.8/ replaces libnbd with the local bindings and pins its staging modules', () => {
+    const dir = path.join(import.meta.dirname, 'go-v1.8');
+    const mod = readFileSync(path.join(dir, 'go.mod'), 'utf8');
+    expect(requiredVersion(mod, 'kubevirt.io/kubevirt')).toBe('v1.8.4');
+    expect(needsLibnbd(mod)).toBe(true);
+    const byModule = new Map(replaceDirectives(mod).map((d) => [d.module, d]));
+    expect(byModule.get('kubevirt.io/api')?.targetVersion).toBe('v1.8.4');
+    expect(byModule.get('k8s.io/client-go')?.targetVersion).toBe('v0.34.2');
+    for (const c of KUBEVIRT_COMMANDS) expect(mod).toContain(`\t${kubevirtPackage(c)}\n`);
+    const sum = readFileSync(path.join(dir, 'go.sum'), 'utf8');
+    expect(sum).toContain('kubevirt.io/kubevirt v1.8.4 h1:');
+    // A directory replacement has no checksum: nothing of libnbd comes from the proxy.
+    expect(sum).not.toContain(LIBNBD_MODULE);
+  });
+
   const dir = path.join(import.meta.dirname, 'go');
   const mod = readFileSync(path.join(dir, 'go.mod'), 'utf8');
   it('pins one release and its published staging modules, with every command as a tool', () => {

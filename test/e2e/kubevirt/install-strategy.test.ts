@@ -1,6 +1,6 @@
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { decodeInstallStrategy, parseSingleCrd, strategyManifests } from './install-strategy.ts';
+import { decodeInstallStrategy, dumpStrategyEnv, parseSingleCrd, strategyManifests } from './install-strategy.ts';
 
 // The shape virt-operator's dumpInstallStrategyToBytes writes: objects of many kinds, CRDs marshalled
 // by sigs.k8s.io/yaml (with creationTimestamp: null and an empty status).
@@ -120,5 +120,20 @@ describe('parseSingleCrd', () => {
     expect(parseSingleCrd(kv).spec.names.kind).toBe('KubeVirt');
     expect(() => parseSingleCrd(`${kv}${kv}`)).toThrow(/expected one CRD, got 2/);
     expect(() => parseSingleCrd('---\nkind: ConfigMap\n')).toThrow();
+  });
+});
+
+describe('dumpStrategyEnv', () => {
+  it("gives 1.8's TARGET_DEPLOYMENT_CONFIG JSON and 1.7.0's variables the same namespace and version", () => {
+    const env = dumpStrategyEnv('v1.8.4', 'kubevirt-strategy-ab12');
+    expect(env['TARGET_INSTALL_NAMESPACE']).toBe('kubevirt-strategy-ab12');
+    expect(env['KUBEVIRT_VERSION']).toBe('v1.8.4');
+    expect(JSON.parse(env['TARGET_DEPLOYMENT_CONFIG'] ?? '')).toEqual({
+      namespace: 'kubevirt-strategy-ab12',
+      registry: 'localhost/kubevirt',
+      kubeVirtVersion: 'v1.8.4',
+      virtOperatorImage: env['VIRT_OPERATOR_IMAGE'],
+    });
+    expect(env['VIRT_OPERATOR_IMAGE']).toBe('localhost/kubevirt/virt-operator:v1.8.4');
   });
 });

@@ -88,6 +88,29 @@ export function decodeInstallStrategy(configMap: unknown): DecodedStrategy {
   return { version: cm.metadata.annotations?.[VERSION_ANNOTATION], kinds, crds };
 }
 
+/**
+ * The environment of `virt-operator --dump-install-strategy` for `version`, writing into `namespace`.
+ * TARGET_DEPLOYMENT_CONFIG (JSON of pkg/virt-operator/util KubeVirtDeploymentConfig) is what
+ * virt-operator's own install-strategy Job passes (strategy_job.go). 1.7.0 also read the
+ * deprecated TARGET_INSTALL_NAMESPACE + VIRT_OPERATOR_IMAGE + KUBEVIRT_VERSION instead; 1.8 reads
+ * only the JSON (install/strategy.go GetConfigFromEnv: else "no config provided"). Both are set.
+ */
+export function dumpStrategyEnv(version: string, namespace: string): Record<string, string> {
+  const operatorImage = `localhost/kubevirt/virt-operator:${version}`;
+  const config = {
+    namespace,
+    registry: 'localhost/kubevirt',
+    kubeVirtVersion: version,
+    virtOperatorImage: operatorImage,
+  };
+  return {
+    VIRT_OPERATOR_IMAGE: operatorImage,
+    KUBEVIRT_VERSION: version,
+    TARGET_INSTALL_NAMESPACE: namespace,
+    TARGET_DEPLOYMENT_CONFIG: JSON.stringify(config),
+  };
+}
+
 /** Parses resource-generator's `--type=kv` output: exactly one CRD (the KubeVirt CR's). */
 export function parseSingleCrd(text: string): CrdObject {
   const docs = parseAllDocuments(text)
