@@ -1,0 +1,52 @@
+import { describe, expect, it } from 'vitest';
+import { aggregateMiBps, extrapolate, perPull, windowFigures, type Sample } from '../e2e/bench/exec-fanout-figures.ts';
+
+const s = (tS: number, running: number, operatorCpuS: number, extra: Partial<Sample> = {}): Sample => ({
+  tS,
+  running,
+  operatorCpuS,
+  apiserverCpuS: operatorCpuS * 2,
+  rssMiB: 100 + running,
+  sockets: 4 + 2 * running,
+  ...extra,
+});
+
+describe('exec fan-out bench figures', () => {
+  it('takes rates over the longest run of samples in the window, not over the ramps', () => {
+    const samples = [s(0, 0, 0), s(1, 4, 0.5), s(2, 4, 0.6), s(3, 4, 0.8), s(4, 4, 1.0), s(5, 2, 3), s(6, 4, 3.1)];
+    const w = windowFigures(samples, (x) => x.running === 4)!;
+    expect(w.fromS).toBe(1);
+    expect(w.toS).toBe(4);
+    expect(w.seconds).toBe(3);
+    expect(w.operatorCores).toBeCloseTo(0.5 / 3);
+    expect(w.apiserverCores).toBeCloseTo(1 / 3);
+    expect(w.meanRunning).toBe(4);
+    expect(w.meanSockets).toBe(12);
+    expect(w.maxRssMiB).toBe(104);
+  });
+
+  it('has no window with fewer than two qualifying samples', () => {
+    expect(windowFigures([s(0, 0, 0), s(1, 4, 1), s(2, 0, 2)], (x) => x.running === 4)).toBeUndefined();
+    expect(windowFigures([], () => true)).toBeUndefined();
+  });
+
+  it('per pull subtracts the idle figures, and extrapolates linearly from them', () => {
+    const w = windowFigures([s(0, 10, 0), s(10, 10, 1)], () => true)!;
+    const idle = { operatorCores: 0.01, apiserverCores: 0.02, rssMiB: 90, sockets: 4 };
+    const p = perPull(w, idle);
+    expect(p.operatorCoresPerPull).toBeCloseTo((0.1 - 0.01) / 10);
+    expect(p.apiserverCoresPerPull).toBeCloseTo((0.2 - 0.02) / 10);
+    expect(p.rssMiBPerPull).toBeCloseTo((110 - 90) / 10);
+    expect(p.socketsPerPull).toBeCloseTo((24 - 4) / 10);
+    const x = extrapolate(p, idle, 100);
+    expect(x.operatorCores).toBeCloseTo(0.01 + 0.9);
+    expect(x.fitsOneCore).toBe(true);
+    expect(x.sockets).toBeCloseTo(4 + 200);
+    expect(extrapolate({ ...p, operatorCoresPerPull: 0.01 }, idle, 100).fitsOneCore).toBe(false);
+  });
+
+  it('aggregate throughput runs from the common start to the last end', () => {
+    expect(aggregateMiBps(300 * 1024 * 1024, 1_000, [2_000, 4_000, 3_000])).toBeCloseTo(100);
+    expect(() => aggregateMiBps(1, 0, [])).toThrow(RangeError);
+  });
+});
