@@ -182,24 +182,57 @@ async function verify(pods: readonly Pod[], checked: readonly Pod[], disk: 'opdi
   return out;
 }
 
-/** The launcher's processes (container processes carry POD_NAME; QEMU names the domain) and their PSS. */
-function launcherMemoryMiB(p: Pod): number {
+/** The launcher's processes: those of its container carry POD_NAME (libvirtd, the entrypoint); QEMU names the domain. */
+function launcherPids(p: Pod): number[] {
   const pids = new Set(findProcesses([`guest=${p.domain}`]).map((x) => x.pid));
   for (const pid of listPids()) {
     try {
-      const env = readEnviron(pid);
-      if (env.includes(`POD_NAME=${p.pod}`)) pids.add(pid);
+      if (readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`POD_NAME=${p.pod}`)) pids.add(pid);
     } catch {
-      /* gone */
+      /* gone, or not ours to read */
     }
   }
-  let mib = 0;
-  for (const pid of pids) mib += pssMiB(pid);
-  return mib;
+  return [...pids];
 }
-function readEnviron(pid: number): string[] {
-  return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+
+/** Who carries the pulls besides the operator, and their CPU seconds so far. */
+interface CpuParties {
+  readonly apiserver: number;
+  readonly kubelet: number;
+  readonly containerd: number;
+  /** containerd-shim of the pods, with the children they reaped: runc and every exec'd command. */
+  readonly shims: number;
+  /** libvirtd and QEMU of every launcher (QEMU does the copying). */
+  readonly launchers: number;
 }
+function cpuParties(pids: {
+  apiserver: number | undefined;
+  kubelet: number | undefined;
+  containerd: number | undefined;
+  shims: readonly number[];
+  launchers: readonly number[];
+}): CpuParties {
+  const sum = (xs: readonly number[], children: boolean): number =>
+    xs.reduce((a, pid) => a + cpuSeconds(pid, children), 0);
+  return {
+    apiserver: cpuSeconds(pids.apiserver),
+    kubelet: cpuSeconds(pids.kubelet),
+    containerd: cpuSeconds(pids.containerd),
+    shims: sum(pids.shims, true),
+    launchers: sum(pids.launchers, false),
+  };
+}
+function cpuDelta(a: CpuParties, b: CpuParties): CpuParties {
+  return {
+    apiserver: b.apiserver - a.apiserver,
+    kubelet: b.kubelet - a.kubelet,
+    containerd: b.containerd - a.containerd,
+    shims: b.shims - a.shims,
+    launchers: b.launchers - a.launchers,
+  };
+}
+const cpuLine = (c: CpuParties): string =>
+  `kube-apiserver ${f(c.apiserver)} s, kubelet ${f(c.kubelet)} s, containerd ${f(c.containerd)} s, pod shims + runc + exec'd commands ${f(c.shims)} s, libvirtd + QEMU ${f(c.launchers)} s`;
 
 async function apiMetrics(): Promise<RequestCounts> {
   return parseRequestTotals(await cp!.kubectl(['get', '--raw', '/metrics'], { timeoutMs: 60_000 }));
@@ -268,7 +301,16 @@ async function main(): Promise<void> {
     ];
     await cp.kubectl(['patch', 'vmi', p.vmi, '-n', NS, '--type=merge', '-p', JSON.stringify({ status })]);
   }
-  const launcherMiB = pods.map(launcherMemoryMiB);
+  const launcherPidsOf = pods.map(launcherPids);
+  const launcherMiB = launcherPidsOf.map((pids) => pids.reduce((a, pid) => a + pssMiB(pid), 0));
+  const shimPids = findProcesses([node.runDir], ['containerd-shim-runc-v2']).map((x) => x.pid);
+  const partyPids = {
+    apiserver: apiserverPid,
+    kubelet: kubeletPid,
+    containerd: containerdPid,
+    shims: shimPids,
+    launchers: launcherPidsOf.flat(),
+  };
   const perLauncherMiB = launcherMiB.reduce((a, b) => a + b, 0) / pods.length;
   const memAfter = memAvailableMiB();
   const fs = statfsSync(node.runDir);
@@ -389,7 +431,7 @@ async function main(): Promise<void> {
       .map((p) => blockPullManifest({ namespace: NS, name: `pull-${p.index}`, vmiName: p.vmi, disk: 'opdisk' }))
       .join('---\n');
     const m0 = await apiMetrics();
-    const node0 = { kubelet: cpuSeconds(kubeletPid), containerd: cpuSeconds(containerdPid) };
+    const parties0 = cpuParties(partyPids);
     const j0 = machineJiffies();
     const loadA = load();
     const t0 = performance.now();
@@ -404,7 +446,7 @@ async function main(): Promise<void> {
     clearInterval(timer);
     samples.push(sample(t0));
     const j1 = machineJiffies();
-    const node1 = { kubelet: cpuSeconds(kubeletPid), containerd: cpuSeconds(containerdPid) };
+    const parties = cpuDelta(parties0, cpuParties(partyPids));
     const m1 = await apiMetrics();
     const requests = diffCounts(m0, m1);
     await sleep(1_000); // the last job end events
@@ -421,9 +463,7 @@ async function main(): Promise<void> {
     const wallS = (Math.max(...completedAt.values()) - t0) / 1000;
     const whole = {
       operatorCpuS: samples.at(-1)!.operatorCpuS - samples[0]!.operatorCpuS,
-      apiserverCpuS: samples.at(-1)!.apiserverCpuS - samples[0]!.apiserverCpuS,
-      kubeletCpuS: node1.kubelet - node0.kubelet,
-      containerdCpuS: node1.containerd - node0.containerd,
+      cpuS: parties,
       machineBusy: (j1.busy - j0.busy) / Math.max(1, j1.total - j0.total),
     };
     const execConnects = [...requests].filter(([k]) => k === 'CONNECT pods/exec').reduce((a, [, v]) => a + v, 0);
@@ -465,7 +505,7 @@ async function main(): Promise<void> {
       `| kube-apiserver CPU (cores) | ${f(idle.apiserverCores, 4)} | ${f(steady.apiserverCores, 4)} | ${f(per.apiserverCoresPerPull, 4)} |`,
     );
     say(
-      `bench: whole phase A (${f(wallS)} s): operator ${f(whole.operatorCpuS)} CPU s, kube-apiserver ${f(whole.apiserverCpuS)} s, kubelet ${f(whole.kubeletCpuS)} s, containerd ${f(whole.containerdCpuS)} s; machine ${f(100 * whole.machineBusy, 0)} % busy; pods/exec CONNECTs completed: ${execConnects} (${f(execConnects / pods.length / wallS, 2)} per pull per second)`,
+      `bench: whole phase A (${f(wallS)} s), CPU seconds: operator ${f(whole.operatorCpuS)} s, ${cpuLine(parties)}; machine ${f(100 * whole.machineBusy, 0)} % busy; pods/exec CONNECTs completed: ${execConnects} (${f(execConnects / pods.length / wallS, 2)} per pull per second)`,
     );
     say(
       `bench: API requests during phase A (kube-apiserver apiserver_request_total; the bench's watch and streams were opened before):`,
@@ -480,7 +520,7 @@ async function main(): Promise<void> {
   const phaseB = async (): Promise<void> => {
     await run(['sync'], { allowExit: true });
     const j0 = machineJiffies();
-    const api0 = cpuSeconds(apiserverPid);
+    const parties0 = cpuParties(partyPids);
     const loadB = load();
     const t0 = performance.now();
     const exits = await Promise.all(
@@ -494,7 +534,7 @@ async function main(): Promise<void> {
       }),
     );
     const j1 = machineJiffies();
-    const apiCpu = cpuSeconds(apiserverPid) - api0;
+    const parties = cpuDelta(parties0, cpuParties(partyPids));
     await sleep(1_000);
     const ends = pods.map((p) => jobEnd.get(`${p.pod}/${TARGET.rawdisk}`) ?? NaN);
     if (ends.some((x) => Number.isNaN(x))) throw new Error('phase B: a job end event is missing');
@@ -508,13 +548,16 @@ async function main(): Promise<void> {
       wallSecondsToLastJobEnd: (Math.max(...ends) - t0) / 1000,
       aggregateMiBpsToExit: toExit,
       aggregateMiBpsToJobEnd: toJobEnd,
-      apiserverCpuS: apiCpu,
+      cpuS: parties,
       machineBusy: busy,
       loadAverage: loadB,
       verified,
     };
     report.push(
       `| B raw virsh blockpull --wait | ${pods.length} | ${f((Math.max(...exits) - t0) / 1000)} s to the last exit (${f((Math.max(...ends) - t0) / 1000)} s to the last job end) | ${f(toExit, 1)} MiB/s (${f(toJobEnd, 1)} to the job ends) | ${f(100 * busy, 0)} % | ${loadB} |`,
+    );
+    say(
+      `bench: whole phase B (${f((Math.max(...exits) - t0) / 1000)} s), CPU seconds: ${cpuLine(parties)}; machine ${f(100 * busy, 0)} % busy`,
     );
     say(`bench: phase B data: ${verified.join('; ')}; every rawdisk chain is one image`);
   };
