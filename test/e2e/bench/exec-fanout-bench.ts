@@ -439,10 +439,13 @@ async function main(): Promise<void> {
     const timer = setInterval(() => samples.push(sample(t0)), SAMPLE_MS);
     stops.push(() => clearInterval(timer));
     await cp!.kubectl(['apply', '-f', '-'], { input: manifests });
-    await waitFor('every BlockPull Completed', PULL_TIMEOUT_MS, () => {
-      for (const p of pods) if (phases.get(`pull-${p.index}`) === 'Failed') throw new Error(`pull-${p.index} Failed`);
-      return completedAt.size === pods.length ? true : undefined;
+    // A Failed pull ends the wait at once (waitFor retries a check that throws).
+    const failed = await waitFor('every BlockPull Completed (or one Failed)', PULL_TIMEOUT_MS, () => {
+      const bad = pods.find((p) => phases.get(`pull-${p.index}`) === 'Failed');
+      if (bad !== undefined) return `pull-${bad.index}`;
+      return completedAt.size === pods.length ? 'none' : undefined;
     });
+    if (failed !== 'none') throw new Error(`${failed} Failed; operator log ${operator!.logPath}`);
     clearInterval(timer);
     samples.push(sample(t0));
     const j1 = machineJiffies();
