@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { aggregateMiBps, extrapolate, perPull, windowFigures, type Sample } from '../e2e/bench/exec-fanout-figures.ts';
+import {
+  aggregateMiBps,
+  counterByLabels,
+  counterDelta,
+  extrapolate,
+  perPull,
+  windowFigures,
+  type Sample,
+} from '../e2e/bench/exec-fanout-figures.ts';
 
 const s = (tS: number, running: number, operatorCpuS: number, extra: Partial<Sample> = {}): Sample => ({
   tS,
@@ -48,5 +56,26 @@ describe('exec fan-out bench figures', () => {
   it('aggregate throughput runs from the common start to the last end', () => {
     expect(aggregateMiBps(300 * 1024 * 1024, 1_000, [2_000, 4_000, 3_000])).toBeCloseTo(100);
     expect(() => aggregateMiBps(1, 0, [])).toThrow(RangeError);
+  });
+
+  it('reads a counter by its labels from /metrics text, and its change', () => {
+    const text = [
+      '# HELP blockpull_status_writes_total Status subresource writes by kind',
+      'blockpull_status_writes_total{kind="progress"} 12',
+      'blockpull_status_writes_total{kind="final"} 2',
+      'blockpull_status_writes_total_other 99',
+      'blockpull_reconcile_total 7',
+    ].join('\n');
+    const after = counterByLabels(text, 'blockpull_status_writes_total');
+    expect([...after]).toEqual([
+      ['kind="progress"', 12],
+      ['kind="final"', 2],
+    ]);
+    expect([...counterByLabels(text, 'blockpull_reconcile_total')]).toEqual([['', 7]]);
+    const before = new Map([
+      ['kind="progress"', 2],
+      ['kind="final"', 2],
+    ]);
+    expect([...counterDelta(before, after)]).toEqual([['kind="progress"', 10]]);
   });
 });

@@ -53,7 +53,15 @@ import { findProcesses, listPids, run } from '../support/process.ts';
 import { cpuSeconds, machineJiffies, memAvailableMiB, pssMiB, statusMiB } from '../support/procfs.ts';
 import { tcpConnectionsTo } from '../support/sockets.ts';
 import { sleep, waitFor } from '../support/wait.ts';
-import { aggregateMiBps, extrapolate, perPull, windowFigures, type Sample } from './exec-fanout-figures.ts';
+import {
+  aggregateMiBps,
+  counterByLabels,
+  counterDelta,
+  extrapolate,
+  perPull,
+  windowFigures,
+  type Sample,
+} from './exec-fanout-figures.ts';
 
 const { values } = parseArgs({
   options: {
@@ -391,7 +399,7 @@ async function main(): Promise<void> {
       env: {
         BLOCKPULL_TRANSPORT: 'exec',
         BLOCKPULL_LOCAL_LAUNCHERS_DIR: '',
-        BLOCKPULL_LOG_LEVEL: 'info',
+        BLOCKPULL_LOG_LEVEL: process.env['BENCH_OPERATOR_LOG_LEVEL'] ?? 'info',
         BLOCKPULL_MAX_CONCURRENT_PULLS: String(args.pods),
         BLOCKPULL_MAX_PULLS_PER_NODE: String(args.pods),
         BLOCKPULL_WORKERS: String(Math.max(16, args.pods)),
@@ -409,6 +417,21 @@ async function main(): Promise<void> {
       rssMiB: statusMiB(pid, 'VmRSS'),
       sockets: tcpConnectionsTo(apiserverPort, pid),
     });
+    const COUNTERS = ['blockpull_reconcile_total', 'blockpull_status_writes_total'] as const;
+    const operatorCounters = async (): Promise<Map<string, Map<string, number>>> => {
+      const text = await (await fetch(`http://127.0.0.1:${operator!.metricsPort()}/metrics`)).text();
+      return new Map(COUNTERS.map((c) => [c, counterByLabels(text, c)]));
+    };
+    const operatorDelta = (
+      a: Map<string, Map<string, number>>,
+      b: Map<string, Map<string, number>>,
+    ): Map<string, Map<string, number>> =>
+      new Map(
+        COUNTERS.map((c) => [
+          c,
+          counterDelta(a.get(c) ?? new Map<string, number>(), b.get(c) ?? new Map<string, number>()),
+        ]),
+      );
     // Idle: the operator up, nothing to pull.
     await sleep(3_000);
     const idleSamples: Sample[] = [];
@@ -431,6 +454,7 @@ async function main(): Promise<void> {
       .map((p) => blockPullManifest({ namespace: NS, name: `pull-${p.index}`, vmiName: p.vmi, disk: 'opdisk' }))
       .join('---\n');
     const m0 = await apiMetrics();
+    const op0 = await operatorCounters();
     const parties0 = cpuParties(partyPids);
     const j0 = machineJiffies();
     const loadA = load();
@@ -445,12 +469,13 @@ async function main(): Promise<void> {
       if (bad !== undefined) return `pull-${bad.index}`;
       return completedAt.size === pods.length ? 'none' : undefined;
     });
-    if (failed !== 'none') throw new Error(`${failed} Failed; operator log ${operator!.logPath}`);
+    if (failed !== 'none') throw new Error(`${failed} Failed; operator log ${operator?.logPath}`);
     clearInterval(timer);
     samples.push(sample(t0));
     const j1 = machineJiffies();
     const parties = cpuDelta(parties0, cpuParties(partyPids));
     const m1 = await apiMetrics();
+    const opCounts = operatorDelta(op0, await operatorCounters());
     const requests = diffCounts(m0, m1);
     await sleep(1_000); // the last job end events
     const ends = pods.map((p) => jobEnd.get(`${p.pod}/${TARGET.opdisk}`) ?? NaN);
@@ -483,6 +508,7 @@ async function main(): Promise<void> {
       extrapolated100: x100,
       wholePhase: whole,
       execConnects,
+      operatorCounters: Object.fromEntries([...opCounts].map(([k, v]) => [k, Object.fromEntries(v)])),
       loadAverage: loadA,
       verified,
     };

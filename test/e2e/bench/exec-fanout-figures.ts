@@ -129,3 +129,24 @@ export function aggregateMiBps(bytes: number, startMs: number, endsMs: readonly 
   if (!(wallS > 0)) throw new RangeError('the last run ended before the start');
   return bytes / (1024 * 1024) / wallS;
 }
+
+/**
+ * A counter of a Prometheus text exposition, summed by its labels as written ("" for none):
+ * e.g. blockpull_status_writes_total -> { 'kind="progress"': 12, ... }.
+ */
+export function counterByLabels(text: string, name: string): Map<string, number> {
+  const out = new Map<string, number>();
+  const line = new RegExp(`^${name}(?:\\{([^}]*)\\})? ([0-9.e+-]+)$`, 'gm');
+  for (const m of text.matchAll(line)) out.set(m[1] ?? '', (out.get(m[1] ?? '') ?? 0) + Number(m[2]));
+  return out;
+}
+
+/** after - before of counterByLabels, entries that did not move left out. */
+export function counterDelta(before: Map<string, number>, after: Map<string, number>): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [k, v] of after) {
+    const d = v - (before.get(k) ?? 0);
+    if (d !== 0) out.set(k, d);
+  }
+  return out;
+}
