@@ -3,6 +3,7 @@ import {
   aggregateMiBps,
   counterByLabels,
   counterDelta,
+  execCommandOf,
   extrapolate,
   perPull,
   windowFigures,
@@ -77,5 +78,18 @@ describe('exec fan-out bench figures', () => {
       ['kind="final"', 2],
     ]);
     expect([...counterDelta(before, after)]).toEqual([['kind="progress"', 10]]);
+  });
+
+  it('names what an audited pods/exec request ran, through the wrapper', () => {
+    const uri = (argv: string[]): string =>
+      `/api/v1/namespaces/ns/pods/p/exec?${argv.map((a) => `command=${encodeURIComponent(a)}`).join('&')}&container=compute&stdin=true`;
+    const wrap = ['sh', '-c', 'exec 3<&0\n"$@"', 'blockpull-exec'];
+    const virsh = ['virsh', '-q', '-c', 'qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock'];
+    expect(execCommandOf(uri([...wrap, ...virsh, 'blockjob', '--domain', 'd', '--raw']))).toBe('virsh blockjob');
+    expect(execCommandOf(uri([...virsh, 'event', '--loop']))).toBe('virsh event');
+    expect(execCommandOf(uri([...wrap, 'stat', '-f', '/x']))).toBe('stat');
+    expect(execCommandOf(uri(['qemu-img', 'compare']))).toBe('qemu-img');
+    expect(execCommandOf('/api/v1/namespaces/ns/pods/p/exec?container=compute')).toBeUndefined();
+    expect(execCommandOf('/api/v1/namespaces/ns/pods/p/exec')).toBeUndefined();
   });
 });

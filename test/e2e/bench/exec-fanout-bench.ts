@@ -33,7 +33,7 @@ import { parseBlockJobEventLine } from '../../../operator/src/hypervisor/virsh-p
 import { ExecRunner } from '../../../operator/src/kubevirt/exec-runner.ts';
 import { loadKubeConfig } from '../../../operator/src/kube/client.ts';
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
-import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
+import { readAuditLog, startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { launcherImage } from '../images/images.ts';
 import { chainInDomainXml } from '../launcher/disk-chain.ts';
 import { planChain, POD_DISK_DATA } from '../launcher/recipe.ts';
@@ -57,6 +57,7 @@ import {
   aggregateMiBps,
   counterByLabels,
   counterDelta,
+  execCommandOf,
   extrapolate,
   perPull,
   windowFigures,
@@ -254,7 +255,12 @@ async function main(): Promise<void> {
   const image = await launcherImage();
   say('bench: building the operator as the image runs it (tsc into dist/)');
   const main = await buildOperator();
-  cp = await startControlPlane({ stateDir: STATE_DIR, extraApiserverArgs: nodeApiserverArgs(STATE_DIR) });
+  cp = await startControlPlane({
+    stateDir: STATE_DIR,
+    extraApiserverArgs: nodeApiserverArgs(STATE_DIR),
+    // Every pods/exec request at Metadata level: what each session ran (its requestURI) and how long it lasted.
+    audit: { rules: [{ level: 'Metadata', resources: [{ group: '', resources: ['pods/exec'] }] }] },
+  });
   const apiserverPid = cp.processes.find((p) => p.name === 'kube-apiserver')?.pid;
   await installCrds(cp, [...(await projectCrdFiles()), VMI_CRD_FILE]);
   node = await startNode(cp, { images: [image] });
@@ -458,6 +464,7 @@ async function main(): Promise<void> {
     const parties0 = cpuParties(partyPids);
     const j0 = machineJiffies();
     const loadA = load();
+    const t0Wall = Date.now();
     const t0 = performance.now();
     const samples: Sample[] = [sample(t0)];
     const timer = setInterval(() => samples.push(sample(t0)), SAMPLE_MS);
@@ -495,6 +502,18 @@ async function main(): Promise<void> {
       machineBusy: (j1.busy - j0.busy) / Math.max(1, j1.total - j0.total),
     };
     const execConnects = [...requests].filter(([k]) => k === 'CONNECT pods/exec').reduce((a, [, v]) => a + v, 0);
+    // The operator's exec sessions of phase A, by what they ran (audited when each one ended).
+    const opUser = 'system:serviceaccount:bp-operator-system:blockpull-operator';
+    const sessions = new Map<string, { n: number; seconds: number }>();
+    for (const e of await readAuditLog(cp!.auditLogPath!)) {
+      if (e.objectRef?.subresource !== 'exec' || e.user.username !== opUser) continue;
+      if (Date.parse(e.requestReceivedTimestamp) < t0Wall) continue;
+      const what = execCommandOf(e.requestURI) ?? '?';
+      const s = sessions.get(what) ?? { n: 0, seconds: 0 };
+      s.n++;
+      s.seconds += (Date.parse(e.stageTimestamp) - Date.parse(e.requestReceivedTimestamp)) / 1000;
+      sessions.set(what, s);
+    }
     const verified = await verify(pods, checked, 'opdisk');
     results['A'] = {
       wallSecondsToLastCompleted: wallS,
@@ -508,6 +527,7 @@ async function main(): Promise<void> {
       extrapolated100: x100,
       wholePhase: whole,
       execConnects,
+      operatorExecSessions: Object.fromEntries(sessions),
       operatorCounters: Object.fromEntries([...opCounts].map(([k, v]) => [k, Object.fromEntries(v)])),
       loadAverage: loadA,
       verified,
@@ -536,6 +556,18 @@ async function main(): Promise<void> {
     say(
       `bench: whole phase A (${f(wallS)} s), CPU seconds: operator ${f(whole.operatorCpuS)} s, ${cpuLine(parties)}; machine ${f(100 * whole.machineBusy, 0)} % busy; pods/exec CONNECTs completed: ${execConnects} (${f(execConnects / pods.length / wallS, 2)} per pull per second)`,
     );
+    say(
+      `bench: the operator's pods/exec sessions of phase A (audit log; count, mean lifetime): ${[...sessions]
+        .sort((x, y) => y[1].n - x[1].n)
+        .map(([k, v]) => `${k} ${v.n} (${f(v.seconds / v.n)} s)`)
+        .join(', ')}`,
+    );
+    for (const [c, by] of opCounts) {
+      const n = [...by.values()].reduce((x, y) => x + y, 0);
+      say(
+        `bench: operator ${c} during phase A: ${n} (${f(n / pods.length / wallS, 2)} per pull per second): ${[...by].map(([k, v]) => `${k || '-'} ${v}`).join(', ')}`,
+      );
+    }
     say(
       `bench: API requests during phase A (kube-apiserver apiserver_request_total; the bench's watch and streams were opened before):`,
     );

@@ -150,3 +150,22 @@ export function counterDelta(before: Map<string, number>, after: Map<string, num
   }
   return out;
 }
+
+/**
+ * What a pods/exec request ran, from its audited requestURI (`...?command=sh&command=-c&...`): the
+ * operator's kill-on-disconnect wrapper (`sh -c <script> blockpull-exec`) skipped, then `virsh
+ * <subcommand>` (virsh's `-q -c <uri>` skipped) or the program's name; undefined when the URI has
+ * no command.
+ */
+export function execCommandOf(requestURI: string): string | undefined {
+  const q = requestURI.indexOf('?');
+  if (q < 0) return undefined;
+  let argv = new URLSearchParams(requestURI.slice(q + 1)).getAll('command');
+  if (argv[0] === 'sh' && argv[1] === '-c' && argv[3] === 'blockpull-exec') argv = argv.slice(4);
+  const program = argv[0];
+  if (program === undefined) return undefined;
+  if (program.split('/').at(-1) !== 'virsh') return program;
+  let i = 1;
+  while (i < argv.length && argv[i]!.startsWith('-')) i += argv[i] === '-c' ? 2 : 1;
+  return `virsh ${argv[i] ?? '?'}`;
+}
