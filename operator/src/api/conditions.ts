@@ -1,10 +1,10 @@
 /** metav1.Condition helpers: set a condition keeping lastTransitionTime when the status is unchanged. */
-import type { Condition, ConditionType, Reason } from './types.ts';
+import type { ChainReason, Condition, ConditionType, Reason } from './types.ts';
 
 export interface ConditionInput {
   readonly type: ConditionType;
   readonly status: 'True' | 'False' | 'Unknown';
-  readonly reason: Reason;
+  readonly reason: Reason | ChainReason;
   readonly message: string;
 }
 
