@@ -668,7 +668,7 @@ const completedOnOtherPod: Step<ObjectFacts> = (f) => {
     status = atGoal ? 'True' : 'False';
     message = atGoal
       ? `${moved}, where the chain of ${h.disk.target} is ${chainText}: still at the pull's goal`
-      : `${moved}, where the chain of ${h.disk.target} is ${chainText}: not at the pull's goal. KubeVirt's block migration copies only the top image, onto a new overlay on the container disk: the data is whole, but the disk has a backing file again. To flatten it, apply a new BlockPull`;
+      : `${moved}, where the chain of ${h.disk.target} is ${chainText}: not at the pull's goal. After a live migration the data is whole (KubeVirt's block migration copies only the top image, onto a new overlay on the container disk), but the disk has a backing file again. To flatten it, apply a new BlockPull`;
   } else {
     backingChain = { ...kept, ...(completed !== undefined ? { completed } : {}) };
     status = 'Unknown';
