@@ -435,7 +435,7 @@ describe('BlockPull and live migrations', () => {
 
     const t0 = performance.now();
     await switchOver(vmi, uid, source, targetPod, 'mig-after');
-    // The switch-over is five kubectl writes; the bound runs from the last one.
+    // The switch-over is several kubectl calls; the bound runs from the last one.
     const t1 = performance.now();
     const moved = await waitFor(
       'after: ChainAtGoal False on the target pod',
