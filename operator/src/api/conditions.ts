@@ -1,15 +1,15 @@
 /** metav1.Condition helpers: set a condition keeping lastTransitionTime when the status is unchanged. */
-import type { Condition, ConditionType, Reason } from './types.ts';
+import type { ChainReason, Condition, ConditionType, Reason } from './types.ts';
 
 /** A condition to set: a BlockPull's types and reasons by default, a policy's with its own. */
-export interface ConditionInput<T extends string = ConditionType, R extends string = Reason> {
+export interface ConditionInput<T extends string = ConditionType, R extends string = Reason | ChainReason> {
   readonly type: T;
   readonly status: 'True' | 'False' | 'Unknown';
   readonly reason: R;
   readonly message: string;
 }
 
-export function setCondition<T extends string = ConditionType, R extends string = Reason>(
+export function setCondition<T extends string = ConditionType, R extends string = Reason | ChainReason>(
   conditions: readonly Condition[] | undefined,
   input: ConditionInput<T, R>,
   generation: number | undefined,

@@ -31,7 +31,7 @@ const dateTime = () => z.iso.datetime({ offset: true });
  * controller/status-limits.ts, which cuts a status down to them before it is written.
  */
 export const STATUS_LIMITS = {
-  /** spec.base.path, status.backingChain.before/current[].path and basePath maxLength (Linux PATH_MAX). */
+  /** spec.base.path, status.backingChain.before/current/completed[].path and basePath maxLength (Linux PATH_MAX). */
   pathLength: 4096,
   /** status.message and status.conditions[].message maxLength. */
   messageLength: 32768,
@@ -39,7 +39,7 @@ export const STATUS_LIMITS = {
   reasonLength: 1024,
   /** status.conditions maxItems. */
   conditions: 16,
-  /** status.backingChain.before / .current maxItems. */
+  /** status.backingChain.before / .current / .completed maxItems. */
   chainItems: 256,
   /** status.progress.percent maxLength. */
   percentLength: 8,
@@ -69,7 +69,16 @@ export const RECONCILING_PHASES: readonly Phase[] = ['Pending', 'Running'];
  * Pending or Running; Stalled True when Failed.
  */
 export const CONDITION_TYPES = ['Progressing', 'Complete', 'Failed', 'Ready', 'Reconciling', 'Stalled'] as const;
-export type ConditionType = (typeof CONDITION_TYPES)[number];
+/**
+ * ChainAtGoal: set on a Completed BlockPull once its VMI runs on another launcher pod than the one
+ * the pull completed on (a live migration, a restart): True when the chain read on that pod is still
+ * at the pull's goal, False when it is not (KubeVirt's block migration puts a new overlay on the
+ * container disk), Unknown while it could not be read. Absent: the VMI still runs on
+ * status.launcher.pod, where the chain is as the pull left it. Not one of the phase's conditions:
+ * Ready stays True (docs/live-migrations.md says why).
+ */
+export const CHAIN_CONDITION = 'ChainAtGoal';
+export type ConditionType = (typeof CONDITION_TYPES)[number] | typeof CHAIN_CONDITION;
 
 /** CamelCase reasons of phases and conditions (stable API). */
 export const REASONS = [
@@ -100,6 +109,13 @@ export const REASONS = [
   'RetryLimitExceeded', // Failed: the job ended short of the goal more than maxRetries times
 ] as const;
 export type Reason = (typeof REASONS)[number];
+
+/**
+ * Reasons of the ChainAtGoal condition alone (never a phase's reason). LauncherChanged: the VMI
+ * runs on another launcher pod than the one the pull completed on.
+ */
+export const CHAIN_REASONS = ['LauncherChanged'] as const;
+export type ChainReason = (typeof CHAIN_REASONS)[number];
 
 /**
  * The operator's record of this BlockPull's block job (status.job.state), written BEFORE it
@@ -210,6 +226,8 @@ export const BlockPullStatusSchema = z.object({
       before: z.array(ChainLayerSchema).max(STATUS_LIMITS.chainItems).optional(),
       current: z.array(ChainLayerSchema).max(STATUS_LIMITS.chainItems).optional(),
       basePath: z.string().max(STATUS_LIMITS.pathLength).optional(),
+      completed: z.array(ChainLayerSchema).max(STATUS_LIMITS.chainItems).optional(),
+      readOn: z.object({ pod: z.string(), node: z.string().optional() }).optional(),
     })
     .optional(),
   launcher: LauncherStatusSchema.optional(),

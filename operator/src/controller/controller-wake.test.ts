@@ -1,7 +1,7 @@
 /**
  * watch events wake exactly the BlockPulls they concern, through the cache indexes:
  * a VMI event the BlockPulls naming it, a launcher pod event those of the VMI it claims (by uid),
- * nothing else. A small HTTP server plays the API server (lists, then watches that we feed).
+ * Completed ones included (their VMI may have moved to another pod), nothing else. A small HTTP server plays the API server (lists, then watches that we feed).
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -45,7 +45,13 @@ describe('Controller wakes by index', () => {
     { timeout: 20_000 },
     async () => {
       const lists: Record<string, unknown[]> = {
-        blockpulls: [bp('a1', 'vm1'), bp('a2', 'vm1'), bp('b', 'vm2'), bp('c', 'vm3')],
+        // b is Completed: a new launcher pod of its VMI (a migration) must wake it too.
+        blockpulls: [
+          bp('a1', 'vm1'),
+          bp('a2', 'vm1'),
+          { ...bp('b', 'vm2'), status: { phase: 'Completed', reason: 'Completed' } },
+          bp('c', 'vm3'),
+        ],
         virtualmachineinstances: [vmi('vm2', 'uid-2', '1')],
         pods: [],
       };

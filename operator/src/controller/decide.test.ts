@@ -1890,3 +1890,185 @@ describe("decide: KubeVirt's own chain operations win (external snapshots, backu
     });
   });
 });
+
+describe('decide: a Completed BlockPull whose VMI moved to another launcher pod', () => {
+  const POD_A = FOUND.kind === 'found' ? FOUND.launcher : undefined!;
+  const onPod = (pod: string, node: string, extra: Partial<Extract<LauncherLookup, { kind: 'found' }>> = {}) =>
+    ({ kind: 'found', launcher: { ...POD_A, pod, node }, ...extra }) as const;
+  const OVERLAY = '/var/run/kubevirt-ephemeral-disks/disk-data/rootdisk/disk.qcow2';
+  const CDISK = '/var/run/kubevirt/container-disks/disk_0.img';
+  /** What KubeVirt's block migration leaves on the target: a new overlay on the container disk. */
+  const MIGRATED: DiskInfo = {
+    target: 'vda',
+    chain: [
+      { position: 0, index: 1, path: OVERLAY, format: 'qcow2' },
+      { position: 1, index: 2, path: CDISK, format: 'qcow2' },
+    ],
+  };
+  /** The status a full pull of CHAIN3 on pod A wrote at its end. */
+  const completedOnA = (): BlockPullStatus =>
+    decide(
+      obs({
+        bp: bp({ status: running({ job: { state: 'Running' }, launcher: { pod: POD_A.pod, node: 'node1' } }) }),
+        hypervisor: ok(FLAT),
+      }),
+    ).status;
+
+  it('the completion status as the tests start from it', () => {
+    const s = completedOnA();
+    expect(s).toMatchObject({ phase: 'Completed', reason: 'Completed', launcher: { pod: POD_A.pod, node: 'node1' } });
+    expect(s.backingChain?.current?.map((l) => l.path)).toEqual([TOP]);
+    expect(getCondition(s.conditions, 'ChainAtGoal')).toBeUndefined();
+  });
+
+  it('on the pod it completed on: sticky, unchanged, nothing to do (no libvirt look given)', () => {
+    const s = completedOnA();
+    const d = decide(obs({ bp: bp({ status: s }), launcher: FOUND }));
+    expect(d.status).toEqual(s);
+    expect(d.action.type).toBe('none');
+    expect(d.requeueAfterMs).toBeNull();
+  });
+
+  it('on another pod, its chain read there has a backing file again: still Completed and Ready, ChainAtGoal False, the chain it left kept apart', () => {
+    const s = completedOnA();
+    const d = decide(
+      obs({ bp: bp({ status: s }), launcher: onPod('virt-launcher-vm1-target', 'node2'), hypervisor: ok(MIGRATED) }),
+    );
+    expect(d.action.type).toBe('none');
+    expect(d.requeueAfterMs).toBeNull();
+    expect(d.status.phase).toBe('Completed');
+    expect(d.status.reason).toBe('Completed');
+    // Where the pull ran and completed: unchanged.
+    expect(d.status.launcher).toEqual(s.launcher);
+    expect(d.status.backingChain).toEqual({
+      before: s.backingChain!.before,
+      completed: [{ position: 0, path: TOP, format: 'qcow2' }],
+      current: [
+        { position: 0, path: OVERLAY, format: 'qcow2' },
+        { position: 1, path: CDISK, format: 'qcow2' },
+      ],
+      readOn: { pod: 'virt-launcher-vm1-target', node: 'node2' },
+    });
+    const chain = getCondition(d.status.conditions, 'ChainAtGoal');
+    expect(chain).toMatchObject({ status: 'False', reason: 'LauncherChanged', observedGeneration: 2 });
+    for (const part of [
+      `pod ${POD_A.pod} (node node1)`,
+      'pod virt-launcher-vm1-target (node node2',
+      `${OVERLAY} <- ${CDISK}`,
+      'backing file again',
+      'apply a new BlockPull',
+    ])
+      expect(chain?.message).toContain(part);
+    expect(d.status.message).toBe(chain?.message);
+    // kstatus: Current (Ready True, neither Reconciling nor Stalled); Complete kept.
+    expect(getCondition(d.status.conditions, 'Ready')?.status).toBe('True');
+    expect(getCondition(d.status.conditions, 'Complete')?.status).toBe('True');
+    expect(getCondition(d.status.conditions, 'Reconciling')?.status).toBe('False');
+    expect(getCondition(d.status.conditions, 'Stalled')?.status).toBe('False');
+    // Ready's lastTransitionTime is kept: it did not change.
+    expect(getCondition(d.status.conditions, 'Ready')?.lastTransitionTime).toBe(
+      getCondition(s.conditions, 'Ready')?.lastTransitionTime,
+    );
+
+    // The next look on that pod (the gatherer does not read libvirt again): the same status.
+    const later = decide(obs({ bp: bp({ status: d.status }), launcher: onPod('virt-launcher-vm1-target', 'node2') }));
+    expect(later.status).toEqual(d.status);
+    expect(later.requeueAfterMs).toBeNull();
+  });
+
+  it('on another pod whose chain is still at the goal (e.g. shared storage): ChainAtGoal True', () => {
+    const d = decide(
+      obs({
+        bp: bp({ status: completedOnA() }),
+        launcher: onPod('virt-launcher-vm1-b', 'node2'),
+        hypervisor: ok(FLAT),
+      }),
+    );
+    expect(getCondition(d.status.conditions, 'ChainAtGoal')).toMatchObject({
+      status: 'True',
+      reason: 'LauncherChanged',
+    });
+    expect(d.status.message).toContain("still at the pull's goal");
+  });
+
+  it('the new pod cannot be read: ChainAtGoal Unknown, no current chain claimed, looked at again after the wait', () => {
+    const d = decide(
+      obs({
+        bp: bp({ status: completedOnA() }),
+        launcher: onPod('virt-launcher-vm1-b', 'node2'),
+        hypervisor: { kind: 'unreachable', message: 'cannot connect to libvirt' },
+      }),
+    );
+    expect(d.status.phase).toBe('Completed');
+    expect(d.status.backingChain?.current).toBeUndefined();
+    expect(d.status.backingChain?.readOn).toBeUndefined();
+    expect(d.status.backingChain?.completed?.map((l) => l.path)).toEqual([TOP]);
+    expect(getCondition(d.status.conditions, 'ChainAtGoal')).toMatchObject({ status: 'Unknown' });
+    expect(d.status.message).toContain('cannot connect to libvirt');
+    expect(d.requeueAfterMs).toBe(5000);
+    // Read on the next look: False, the chain there.
+    const next = decide(
+      obs({ bp: bp({ status: d.status }), launcher: onPod('virt-launcher-vm1-b', 'node2'), hypervisor: ok(MIGRATED) }),
+    );
+    expect(getCondition(next.status.conditions, 'ChainAtGoal')?.status).toBe('False');
+    expect(next.status.backingChain?.completed?.map((l) => l.path)).toEqual([TOP]);
+    expect(next.status.backingChain?.readOn?.pod).toBe('virt-launcher-vm1-b');
+  });
+
+  it('a second move: the chain the pull left stays the one of its completion', () => {
+    const first = decide(
+      obs({
+        bp: bp({ status: completedOnA() }),
+        launcher: onPod('virt-launcher-vm1-b', 'node2'),
+        hypervisor: ok(MIGRATED),
+      }),
+    ).status;
+    const second = decide(
+      obs({ bp: bp({ status: first }), launcher: onPod('virt-launcher-vm1-c', 'node3'), hypervisor: ok(MIGRATED) }),
+    ).status;
+    expect(second.backingChain?.completed?.map((l) => l.path)).toEqual([TOP]);
+    expect(second.backingChain?.readOn).toEqual({ pod: 'virt-launcher-vm1-c', node: 'node3' });
+    expect(second.message).toContain(`pod ${POD_A.pod} (node node1)`);
+    expect(second.message).toContain('pod virt-launcher-vm1-c (node node3');
+  });
+
+  it('while a migration is requested, or with the pod being deleted: nothing changes yet', () => {
+    const s = completedOnA();
+    for (const launcher of [
+      onPod(POD_A.pod, 'node1', { migration: { name: 'VirtualMachineInstanceMigration ns/m', message: 'm' } }),
+      onPod('virt-launcher-vm1-b', 'node2', { terminating: true }),
+    ]) {
+      const d = decide(obs({ bp: bp({ status: s }), launcher, hypervisor: ok(MIGRATED) }));
+      expect(d.status).toEqual(s);
+    }
+  });
+
+  it('a spec change later re-states ChainAtGoal for the new generation, as it was', () => {
+    const moved = decide(
+      obs({
+        bp: bp({ status: completedOnA() }),
+        launcher: onPod('virt-launcher-vm1-b', 'node2'),
+        hypervisor: ok(MIGRATED),
+      }),
+    ).status;
+    const edited = { ...bp({ status: moved }), metadata: { ...bp().metadata, generation: 3 } };
+    const d = decide(obs({ bp: edited, launcher: onPod('virt-launcher-vm1-b', 'node2') }));
+    const chain = getCondition(d.status.conditions, 'ChainAtGoal');
+    expect(chain).toMatchObject({ status: 'False', reason: 'LauncherChanged', observedGeneration: 3 });
+    expect(chain?.message).toBe(getCondition(moved.conditions, 'ChainAtGoal')?.message);
+  });
+
+  it('Failed and Planned BlockPulls are not followed (their status describes no chain the pull left)', () => {
+    const failed: BlockPullStatus = {
+      phase: 'Failed',
+      reason: 'DiskNotFound',
+      message: 'no disk',
+      launcher: { pod: POD_A.pod, node: 'node1' },
+    };
+    const d = decide(
+      obs({ bp: bp({ status: failed }), launcher: onPod('virt-launcher-vm1-b', 'node2'), hypervisor: ok(MIGRATED) }),
+    );
+    expect(getCondition(d.status.conditions, 'ChainAtGoal')).toBeUndefined();
+    expect(d.status.backingChain).toBeUndefined();
+  });
+});

@@ -16,6 +16,7 @@ import { objectKey } from '../api/object-key.ts';
 import { getCondition, setCondition, timestamp } from '../api/conditions.ts';
 import { parseQuantity, formatBytes } from '../api/quantity.ts';
 import {
+  CHAIN_CONDITION,
   FINALIZER,
   RECONCILING_PHASES,
   STATUS_LIMITS,
@@ -628,16 +629,95 @@ const deletion: Step<ObjectFacts> = (f) => {
 };
 
 /**
+ * A Completed BlockPull whose VMI now runs on another launcher pod than the one the pull completed
+ * on (a live migration, a restart): it stays Completed (the pull it describes did finish; a new
+ * pull is a new BlockPull), but its status stops saying that the chain it left is the disk's. The
+ * chain the pull left moves to backingChain.completed; current becomes the chain read on the new
+ * pod (the gatherer reads it once per pod, backingChain.readOn), or goes while it cannot be read;
+ * ChainAtGoal says whether that chain is still at the pull's goal. KubeVirt's block migration
+ * (VIR_MIGRATE_NON_SHARED_INC) copies only the top image, onto a new overlay on the container
+ * disk: the data is whole, the chain has a backing file again (docs/live-migrations.md).
+ */
+const completedOnOtherPod: Step<ObjectFacts> = (f) => {
+  const { prior, obs, bp } = f;
+  if (prior.phase !== 'Completed' || f.deleting || obs.hypervisor === undefined) return undefined;
+  const lookup = obs.launcher;
+  if (lookup?.kind !== 'found' || lookup.terminating === true || lookup.migration !== undefined) return undefined;
+  const was = prior.launcher;
+  const pod = lookup.launcher;
+  if (was?.pod === undefined || was.pod === pod.pod || !isReason(prior.reason)) return undefined;
+  const h = obs.hypervisor;
+  const chain = prior.backingChain ?? {};
+  const { current: _previous, readOn: _readOn, ...kept } = chain;
+  const completed = chain.completed ?? chain.current;
+  const target = was.target ?? (h.kind === 'ok' ? h.disk.target : '?');
+  const moved = `the pull completed on pod ${was.pod} (node ${was.node ?? '?'}); the VMI now runs on pod ${pod.pod} (node ${pod.node}: a live migration or a restart)`;
+  let backingChain: NonNullable<BlockPullStatus['backingChain']>;
+  let status: 'True' | 'False' | 'Unknown';
+  let message: string;
+  if (h.kind === 'ok') {
+    const chainText = h.disk.chain.map((l) => l.path).join(' <- ');
+    const goal = goalFromStatus(bp, h.disk, chain.before ?? layers(h.disk.chain), chain.basePath);
+    const atGoal = !('invalidBase' in goal) && isPullComplete(null, h.disk, goal);
+    backingChain = {
+      ...kept,
+      ...(completed !== undefined ? { completed } : {}),
+      current: layers(h.disk.chain),
+      readOn: { pod: pod.pod, node: pod.node },
+    };
+    status = atGoal ? 'True' : 'False';
+    message = atGoal
+      ? `${moved}, where the chain of ${h.disk.target} is ${chainText}: still at the pull's goal`
+      : `${moved}, where the chain of ${h.disk.target} is ${chainText}: not at the pull's goal. After a live migration the data is whole (KubeVirt's block migration copies only the top image, onto a new overlay on the container disk), but the disk has a backing file again. To flatten it, apply a new BlockPull`;
+  } else {
+    backingChain = { ...kept, ...(completed !== undefined ? { completed } : {}) };
+    status = 'Unknown';
+    message = `${moved}; the chain of ${target} there could not be read (${h.message}); looked at again in ${Math.ceil(obs.waitRequeueMs / 1000)} s`;
+  }
+  const restated = withPhase(
+    { ...prior, backingChain },
+    { phase: 'Completed', reason: prior.reason, message },
+    f.generation,
+    f.now,
+  );
+  const conditions = setCondition(
+    restated.conditions,
+    { type: CHAIN_CONDITION, status, reason: 'LauncherChanged', message },
+    f.generation,
+    f.now,
+  );
+  return {
+    status: { ...restated, conditions },
+    action: { type: 'none' },
+    requeueAfterMs: status === 'Unknown' ? obs.waitRequeueMs : null,
+  };
+};
+
+/**
  * Terminal phases are sticky: re-applying the manifest starts nothing. The conditions are
  * re-stated for this generation (a spec edit is observed; a status written before
  * Ready/Reconciling/Stalled existed gets them), keeping lastTransitionTime.
  */
 const terminalIsSticky: Step<ObjectFacts> = ({ prior, generation, now }) => {
   if (!isTerminal(prior.phase)) return undefined;
-  const status =
+  const restated =
     prior.phase !== undefined && isReason(prior.reason)
       ? withPhase(prior, { phase: prior.phase, reason: prior.reason, message: prior.message ?? '' }, generation, now)
       : prior;
+  // ChainAtGoal (completedOnOtherPod) is re-stated for this generation too, as it was.
+  const chain = getCondition(prior.conditions, CHAIN_CONDITION);
+  const status =
+    chain !== undefined && chain.reason === 'LauncherChanged'
+      ? {
+          ...restated,
+          conditions: setCondition(
+            restated.conditions,
+            { type: CHAIN_CONDITION, status: chain.status, reason: chain.reason, message: chain.message },
+            generation,
+            now,
+          ),
+        }
+      : restated;
   return { status, action: { type: 'none' }, requeueAfterMs: null };
 };
 
@@ -679,7 +759,13 @@ const LAUNCHER_WAIT_REASON: Readonly<Record<Exclude<LauncherLookup['kind'], 'fou
   launcherNotFound: 'LauncherNotFound',
 };
 
-const OBJECT_STEPS: readonly Step<ObjectFacts>[] = [deletion, terminalIsSticky, finalizerForOurJob, invalidBandwidth];
+const OBJECT_STEPS: readonly Step<ObjectFacts>[] = [
+  deletion,
+  completedOnOtherPod,
+  terminalIsSticky,
+  finalizerForOurJob,
+  invalidBandwidth,
+];
 
 /** Wait while the VMI or its launcher pod is not there. */
 function launcherMissing(

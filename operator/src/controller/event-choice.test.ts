@@ -14,6 +14,15 @@ const abort: Action = { type: 'abort', domain: 'ns_vm', target: 'vda' };
 const speed: Action = { type: 'setBandwidth', domain: 'ns_vm', target: 'vda', bandwidth: 1024 };
 const pending: BlockPullStatus = { phase: 'Pending', reason: 'VMINotFound', message: 'no VMI' };
 
+const completed: BlockPullStatus = { phase: 'Completed', reason: 'Completed', message: 'pulled' };
+const movedOn = (status: 'True' | 'False' | 'Unknown', message: string): BlockPullStatus => ({
+  ...completed,
+  message,
+  conditions: [
+    { type: 'ChainAtGoal', status, reason: 'LauncherChanged', message, lastTransitionTime: '2026-11-27T10:00:00Z' },
+  ],
+});
+
 const row = (input: Partial<EventInput> & { decision: Decision }): EventInput => ({
   before: pending,
   deleting: false,
@@ -175,6 +184,21 @@ describe('chooseEvents', () => {
       [],
     ],
     ['no reason', row({ before: undefined, decision: decision({}) }), []],
+    [
+      'a Completed BlockPull whose VMI moved: LauncherChanged once',
+      row({ before: completed, decision: decision(movedOn('False', 'on pod b')) }),
+      [{ type: 'Normal', reason: 'LauncherChanged', action: 'Completed', message: 'on pod b', delivery: 'bestEffort' }],
+    ],
+    [
+      'the same finding again: no Event',
+      row({ before: movedOn('False', 'on pod b'), decision: decision(movedOn('False', 'on pod b')) }),
+      [],
+    ],
+    [
+      'read at last on that pod (Unknown -> False): said again',
+      row({ before: movedOn('Unknown', 'not read'), decision: decision(movedOn('False', 'on pod b')) }),
+      [{ type: 'Normal', reason: 'LauncherChanged', action: 'Completed', message: 'on pod b', delivery: 'bestEffort' }],
+    ],
   ];
   it.each(cases)('%s', (_name, input, expected) => {
     expect(chooseEvents(input)).toEqual(expected);

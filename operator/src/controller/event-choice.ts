@@ -7,10 +7,12 @@
  *   and for an abort why: the BlockPull was deleted, an invalid bandwidth, a migration, a pause);
  * - a job adopted now is announced once (Adopted; with BandwidthChanged if its bandwidth is set);
  * - otherwise a change of phase or reason is announced by the new reason: a Warning for Failed
- *   and for the reasons in WARNING_REASONS, Normal else; Created and Adopted are not repeated.
+ *   and for the reasons in WARNING_REASONS, Normal else; Created and Adopted are not repeated;
+ * - a new ChainAtGoal finding on a Completed BlockPull (its VMI moved) by the condition's reason.
  */
 import { assertNever } from '../api/assert-never.ts';
-import { isTerminal, type BlockPullStatus, type Reason } from '../api/types.ts';
+import { getCondition } from '../api/conditions.ts';
+import { CHAIN_CONDITION, isTerminal, type BlockPullStatus, type Reason } from '../api/types.ts';
 import type { EventDelivery, EventType } from '../kube/events.ts';
 import type { Decision } from './decide.ts';
 
@@ -122,6 +124,15 @@ function eventsOf({ before, deleting, decision, final, adoptedNow }: EventInput)
       assertNever(action);
   }
   const changed = reason !== before?.reason || final.status.phase !== before?.phase;
+  // A Completed BlockPull's VMI moved to another launcher pod: said once per new finding.
+  const chain = getCondition(final.status.conditions, CHAIN_CONDITION);
+  const chainBefore = getCondition(before?.conditions, CHAIN_CONDITION);
+  if (
+    !changed &&
+    chain !== undefined &&
+    (chain.status !== chainBefore?.status || chain.message !== chainBefore.message)
+  )
+    return [{ type: 'Normal', reason: chain.reason, action: final.status.phase ?? 'Observe', message: chain.message }];
   if (!changed || reason === undefined || QUIET_REASONS.has(reason)) return [];
   const warning = final.status.phase === 'Failed' || WARNING_REASONS.has(reason);
   return [{ type: warning ? 'Warning' : 'Normal', reason, action: final.status.phase ?? 'Observe', message }];

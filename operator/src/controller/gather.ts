@@ -144,6 +144,7 @@ export class Gatherer {
       ...(memory?.sample !== undefined ? { previousSample: memory.sample } : {}),
     };
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
+    if (bp.status?.phase === 'Completed' && !deleting) return this.#completed(bp, base, log);
     if (isTerminal(bp.status?.phase) && !deleting) return { obs: base, polled: false };
     // The VMI from the cache, read once for the launcher and its disks.
     const rawVmi = this.#o.vmis.get(bp.metadata.namespace, bp.spec.vmiName);
@@ -188,6 +189,61 @@ export class Gatherer {
       driver,
       polled: false,
     };
+  }
+
+  /**
+   * A Completed BlockPull: its VMI's launcher from the caches (no API request), and libvirt only
+   * when that pod is neither the one the pull completed on (status.launcher.pod) nor the one the
+   * chain was last read on (status.backingChain.readOn): one getDisk per launcher pod change, none
+   * for the fleet of Completed BlockPulls whose VMI stays where it was. A migration under way is
+   * waited for (the target pod's chain is read once it runs there).
+   */
+  async #completed(bp: BlockPull, base: Observation, log: Logger): Promise<Gathered> {
+    const rawVmi = this.#o.vmis.get(bp.metadata.namespace, bp.spec.vmiName);
+    const launcher = this.#launcher(bp, rawVmi, false);
+    const st = bp.status;
+    if (
+      launcher.kind !== 'found' ||
+      launcher.migration !== undefined ||
+      st?.launcher?.pod === undefined ||
+      launcher.launcher.pod === st.launcher.pod ||
+      launcher.launcher.pod === st.backingChain?.readOn?.pod
+    )
+      return { obs: { ...base, launcher }, polled: false };
+    const launcherPod = launcher.launcher;
+    const key = objectKey(bp);
+    let driver: BlockJobDriver;
+    try {
+      driver = await this.#o.drivers.driverFor(launcherPod);
+    } catch (err) {
+      if (!(err instanceof LauncherUnavailableError)) throw err;
+      return { obs: { ...base, launcher, hypervisor: { kind: 'unreachable', message: err.message } }, polled: true };
+    }
+    const looked = await this.#o.gate.observe(driver, `pod ${bp.metadata.namespace}/${launcherPod.pod}`, key, () =>
+      this.#chainOnly(bp, launcherPod, driver, log),
+    );
+    const hypervisor: HypervisorObservation =
+      looked.kind === 'waiting' ? { kind: 'unreachable', message: looked.message } : looked.value;
+    return { obs: { ...base, launcher, hypervisor }, polled: false };
+  }
+
+  /** The disk's chain alone (a Completed BlockPull runs no job: its job is not asked for, and reported as none). */
+  async #chainOnly(
+    bp: BlockPull,
+    launcherPod: LauncherPod,
+    driver: BlockJobDriver,
+    log: Logger,
+  ): Promise<HypervisorObservation> {
+    try {
+      const disk = await driver.getDisk(launcherPod.domain, { name: bp.spec.disk });
+      return { kind: 'ok', disk, job: null };
+    } catch (err) {
+      if (err instanceof HypervisorError) {
+        log.debug({ code: err.code, error: err.message }, 'hypervisor observation failed');
+        return { kind: LOOK_ERROR_KIND[err.code] ?? 'unreachable', message: err.message };
+      }
+      return { kind: 'unreachable', message: describeApiError(err) };
+    }
   }
 
   /**

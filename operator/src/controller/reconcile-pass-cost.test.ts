@@ -28,7 +28,17 @@ vi.mock('./decide.ts', async (importOriginal) => {
   return { ...actual, Decider: CountingDecider };
 });
 
-const { vmi, pod } = launcherFixture('node1');
+const node1 = launcherFixture('node1');
+/** The VMI after a live migration to node2: another launcher pod, named in activePods. */
+function movedToNode2(): { vmi: Record<string, unknown>; pod: Record<string, unknown> } {
+  const { vmi, pod } = launcherFixture('node2');
+  const podMeta = pod['metadata'] as Record<string, unknown>;
+  const vmiStatus = vmi['status'] as Record<string, unknown>;
+  return {
+    vmi: { ...vmi, status: { ...vmiStatus, activePods: { 'pod-uid-2': 'node2' } } },
+    pod: { ...pod, metadata: { ...podMeta, name: 'virt-launcher-vm-y', uid: 'pod-uid-2' } },
+  };
+}
 const CHAIN = [
   { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
   { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
@@ -86,6 +96,7 @@ function world() {
     watchEvents: () => ({ stop: () => undefined }),
   };
   const cache = { get: () => structuredClone(stored), list: () => [structuredClone(stored)] };
+  let { vmi, pod } = node1;
   const reconciler = testReconciler({
     clients,
     blockPulls: cache,
@@ -108,6 +119,8 @@ function world() {
     phase: () => (stored['status'] as { phase?: string } | undefined)?.phase,
     setJob: (j: BlockJobInfo | null) => (job = j),
     setDisk: (d: DiskInfo) => (disk = d),
+    setLauncher: (l: { vmi: Record<string, unknown>; pod: Record<string, unknown> }) => ({ vmi, pod } = l),
+    status: () => stored['status'] as Record<string, unknown> | undefined,
     finalizers: () => (stored['metadata'] as { finalizers?: string[] }).finalizers,
   };
 }
@@ -162,5 +175,39 @@ describe('Reconciler: the cost of one pass', () => {
       getSpace: 0,
       startPull: 0,
     });
+  });
+
+  it('a Completed BlockPull: nothing from libvirt or the API server while its pod stays, one chain read when the VMI moves', async () => {
+    const w = world();
+    await w.pass();
+    w.setJob(null);
+    w.setDisk({ target: 'vda', alias: 'ua-rootdisk', chain: [CHAIN[0]!] });
+    await w.pass();
+    expect(w.phase()).toBe('Completed');
+    const none = { factsWanted: 0, gets: 0, statusWrites: 0, metadataWrites: 0, getDisk: 0, getJob: 0, getSpace: 0 };
+    // Woken (a VMI or pod event, a restart) on the same pod: one decide, nothing else.
+    const unchanged = await w.pass();
+    expect(unchanged).toEqual({ decide: 1, ...none, startPull: 0 });
+    // Migrated: the target's chain is a new overlay on the container disk.
+    w.setLauncher(movedToNode2());
+    w.setDisk({
+      target: 'vda',
+      alias: 'ua-rootdisk',
+      chain: [
+        { position: 0, index: 1, path: '/d/target-overlay.qcow2', format: 'qcow2' },
+        { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
+      ],
+    });
+    const moved = await w.pass();
+    expect(moved).toEqual({ decide: 1, ...none, statusWrites: 1, getDisk: 1, startPull: 0 });
+    expect(w.phase()).toBe('Completed');
+    expect((w.status()?.['backingChain'] as { readOn?: unknown }).readOn).toEqual({
+      pod: 'virt-launcher-vm-y',
+      node: 'node2',
+    });
+    // Read once per pod: the next passes on that pod cost what an unchanged one does.
+    const after = await w.pass();
+    console.log(`pass cost (Completed): unchanged ${JSON.stringify(unchanged)}; moved ${JSON.stringify(moved)}`);
+    expect(after).toEqual({ decide: 1, ...none, startPull: 0 });
   });
 });

@@ -3,7 +3,7 @@
  * (422) for a long virsh stderr, a very long backing chain or an odd progress report.
  *
  * - messages (status.message, conditions[].message): cut to maxLength with a visible marker;
- * - backingChain.before/current: the top STATUS_LIMITS.chainItems layers are kept and
+ * - backingChain.before/current/completed: the top STATUS_LIMITS.chainItems layers are kept and
  *   status.message says the chain was truncated;
  * - paths (backingChain.before/current[].path and .dataFile.path, basePath): cut to STATUS_LIMITS.pathLength (PATH_MAX)
  *   with the same marker. A file QEMU opened never has a longer path (the kernel refuses it with
@@ -83,9 +83,11 @@ function boundChain(chain: readonly ChainLayerStatus[] | undefined): ChainLayerS
 function chainNote(status: BlockPullStatus): string {
   const before = status.backingChain?.before?.length ?? 0;
   const current = status.backingChain?.current?.length ?? 0;
+  const completed = status.backingChain?.completed?.length ?? 0;
   const cut: string[] = [];
   if (before > STATUS_LIMITS.chainItems) cut.push(`before: ${before} images`);
   if (current > STATUS_LIMITS.chainItems) cut.push(`current: ${current} images`);
+  if (completed > STATUS_LIMITS.chainItems) cut.push(`completed: ${completed} images`);
   if (cut.length === 0) return '';
   return ` (backing chain truncated to its top ${STATUS_LIMITS.chainItems} images in status; ${cut.join(', ')})`;
 }
@@ -112,11 +114,13 @@ export function boundStatus(status: BlockPullStatus): BlockPullStatus {
   if (status.backingChain !== undefined) {
     const before = boundChain(status.backingChain.before);
     const current = boundChain(status.backingChain.current);
+    const completed = boundChain(status.backingChain.completed);
     const basePath = status.backingChain.basePath;
     out.backingChain = {
       ...status.backingChain,
       ...(before !== undefined ? { before } : {}),
       ...(current !== undefined ? { current } : {}),
+      ...(completed !== undefined ? { completed } : {}),
       ...(basePath !== undefined ? { basePath: truncateText(basePath, STATUS_LIMITS.pathLength) } : {}),
     };
   }

@@ -55,6 +55,8 @@ export function transitionFields(s: BlockPullStatus | undefined): unknown {
     before: s.backingChain?.before,
     current: s.backingChain?.current,
     basePath: s.backingChain?.basePath,
+    completed: s.backingChain?.completed,
+    readOn: s.backingChain?.readOn,
     startTime: s.startTime,
     completionTime: s.completionTime,
     attempts: s.attempts,

@@ -321,6 +321,19 @@ export function blockPullStates(): BlockPullState[] {
   const completed = decided('completed', { status: statusOf(pulling) }, { hypervisor: ok(FLAT) });
   addDecided(completed);
   addDecided(decided('completed-nothing', {}, { hypervisor: ok(FLAT) }));
+  // Its VMI migrated since: another launcher pod, whose chain is a new overlay on the container
+  // disk (KubeVirt's block migration). Still Completed and Ready: ChainAtGoal False says the rest.
+  if (FOUND.kind === 'found') {
+    const target = { ...FOUND.launcher, pod: 'virt-launcher-web-1-fghij', node: 'node2' };
+    addDecided(
+      decided(
+        'completed-vmi-moved',
+        { status: statusOf(completed) },
+        { launcher: { kind: 'found', launcher: target }, hypervisor: ok(chain([TOP, MID])) },
+      ),
+      'Completed/Completed, VMI moved (ChainAtGoal False)',
+    );
+  }
 
   // --- Planned (spec.dryRun) ----------------------------------------------------------------
   const space = (pullBytes: number, availableBytes: number) => ({

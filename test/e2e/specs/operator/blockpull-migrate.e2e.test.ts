@@ -32,6 +32,7 @@ import {
   type OperatorProcess,
   type PhaseWatch,
 } from '../../operator-fixture/fixture.ts';
+import { run } from '../../support/process.ts';
 import { sleep, waitFor } from '../../support/wait.ts';
 import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
 
@@ -145,6 +146,41 @@ describe('BlockPull and live migrations', () => {
     return { ms, withClientMs, bp };
   };
 
+  /**
+   * virt-controller's switch-over at the end of a migration: the VMI runs on node 2 in the target
+   * pod, the source pod has ended, the migration has succeeded.
+   */
+  const switchOver = async (vmi: string, uid: string, source: Launcher, targetPod: string, vmim: string) => {
+    const targetUid = await createLauncherPod(kube, {
+      namespace: NS,
+      podName: targetPod,
+      vmiName: vmi,
+      vmiUid: uid,
+      nodeName: NODE2,
+    });
+    await kube.kubectl([
+      'patch',
+      'pod',
+      source.podName,
+      '-n',
+      NS,
+      '--subresource=status',
+      '--type=merge',
+      '-p',
+      JSON.stringify({ status: { phase: 'Succeeded' } }),
+    ]);
+    const activePods = {
+      [targetUid]: NODE2,
+      [(await kube.kubectl(['get', 'pod', source.podName, '-n', NS, '-o', 'jsonpath={.metadata.uid}'])).trim()]: null,
+    };
+    await patchVmiStatus(vmi, {
+      nodeName: NODE2,
+      activePods,
+      migrationState: { completed: true, endTimestamp: new Date().toISOString() },
+    });
+    await setVmimPhase(vmim, 'Succeeded');
+  };
+
   beforeAll(async () => {
     kube = clusterClient(inject('kubeconfigPath'), inject('kubectlPath'));
     tmp = await mkdtemp(path.join(os.tmpdir(), 'bp-migrate-'));
@@ -213,35 +249,7 @@ describe('BlockPull and live migrations', () => {
     expect((await getBlockPull(kube, NS, 'move'))?.status?.reason).toBe('MigrationInProgress');
     expect(pullsStarted('move')).toBe(1);
 
-    // Switch-over: the VMI runs on node 2 in the target pod; the source pod has ended.
-    const targetUid = await createLauncherPod(kube, {
-      namespace: NS,
-      podName: targetPod,
-      vmiName: vmi,
-      vmiUid: uid,
-      nodeName: NODE2,
-    });
-    await kube.kubectl([
-      'patch',
-      'pod',
-      source.podName,
-      '-n',
-      NS,
-      '--subresource=status',
-      '--type=merge',
-      '-p',
-      JSON.stringify({ status: { phase: 'Succeeded' } }),
-    ]);
-    const activePods = {
-      [targetUid]: NODE2,
-      [(await kube.kubectl(['get', 'pod', source.podName, '-n', NS, '-o', 'jsonpath={.metadata.uid}'])).trim()]: null,
-    };
-    await patchVmiStatus(vmi, {
-      nodeName: NODE2,
-      activePods,
-      migrationState: { completed: true, endTimestamp: new Date().toISOString() },
-    });
-    await setVmimPhase('mig-move', 'Succeeded');
+    await switchOver(vmi, uid, source, targetPod, 'mig-move');
 
     const resumed = await runningOn('move', target);
     expect(resumed.status?.launcher?.node).toBe(NODE2);
@@ -384,5 +392,96 @@ describe('BlockPull and live migrations', () => {
     expect(all).toHaveLength(1);
     expect(phases!.seen.get('many')?.has('Failed')).toBe(false);
     expect(await source.compare(DISK, ref)).toBe(true);
+  });
+
+  it('a migration after a Completed flatten: still Completed, and the status shows the backing file the target has again', async () => {
+    const vmi = 'vm-after';
+    const { source, ref, uid } = await sourceVmi(vmi);
+    await apply('after', vmi);
+    const done = await waitForPhase(kube, NS, 'after', ['Completed', 'Failed'], 60_000);
+    expect(done.status?.phase).toBe('Completed');
+    expect(done.status?.launcher?.pod).toBe(source.podName);
+    expect(done.status?.backingChain?.current?.map((l) => l.path)).toEqual([source.disks[0]!.chain[0]]);
+
+    // KubeVirt's block migration of the flat disk: the target pod makes its overlay on the container
+    // disk again (the bottom of the original chain, copied to the target's paths) and libvirt copies
+    // the source's one image (all the data, after the pull) into it.
+    const targetPod = `virt-launcher-${vmi}-dst`;
+    await createVmim('mig-after', vmi);
+    await setVmimPhase('mig-after', 'Running');
+    await patchVmiStatus(vmi, {
+      migrationState: {
+        sourcePod: source.podName,
+        targetPod,
+        sourceNode: NODE1,
+        targetNode: NODE2,
+        migrationUid: 'mig-after-uid',
+      },
+    });
+    await source.flush(DISK);
+    const sourceChain = source.disks[0]!.chain;
+    const target = await startLauncher({
+      namespace: NS,
+      vmiName: vmi,
+      podName: targetPod,
+      registryDir,
+      disks: [{ name: DISK, layers: 2, sizeMiB: 64, migratedFrom: [sourceChain[0]!, sourceChain.at(-1)!] }],
+    });
+    launchers.push(target);
+    const targetChain = target.disks[0]!.chain;
+    expect(targetChain).toHaveLength(2);
+    // Nothing is said while the migration runs.
+    expect((await getBlockPull(kube, NS, 'after'))?.status?.backingChain?.readOn).toBeUndefined();
+
+    const t0 = performance.now();
+    await switchOver(vmi, uid, source, targetPod, 'mig-after');
+    // The switch-over is several kubectl calls; the bound runs from the last one.
+    const t1 = performance.now();
+    const moved = await waitFor(
+      'after: ChainAtGoal False on the target pod',
+      10_000,
+      async () => {
+        const b = await getBlockPull(kube, NS, 'after');
+        const c = b?.status?.conditions?.find((x) => x.type === 'ChainAtGoal');
+        return c?.status === 'False' && b?.status?.backingChain?.readOn?.pod === targetPod ? b : undefined;
+      },
+      50,
+    );
+    const ms = Math.round(performance.now() - t1);
+    console.log(
+      `[figure] migration switch-over written -> Completed BlockPull shows the target's chain: ${ms} ms (${Math.round(performance.now() - t0)} ms including the switch-over's writes)`,
+    );
+    expect(ms).toBeLessThanOrEqual(5_000);
+    const st = moved.status!;
+    const chainCondition = st.conditions?.find((x) => x.type === 'ChainAtGoal');
+    expect(st.phase).toBe('Completed');
+    expect(st.reason).toBe('Completed');
+    expect(st.conditions?.find((x) => x.type === 'Ready')?.status).toBe('True');
+    expect(chainCondition?.reason).toBe('LauncherChanged');
+    for (const part of [`pod ${source.podName} (node ${NODE1})`, `pod ${targetPod} (node ${NODE2}`, 'new BlockPull'])
+      expect(chainCondition?.message).toContain(part);
+    // Where it completed, and the chain it left there, are kept apart from the chain now.
+    expect(st.launcher?.pod).toBe(source.podName);
+    expect(st.backingChain?.completed?.map((l) => l.path)).toEqual([sourceChain[0]]);
+    expect(st.backingChain?.current?.map((l) => l.path)).toEqual(targetChain);
+    expect(st.backingChain?.readOn).toEqual({ pod: targetPod, node: NODE2 });
+
+    // The disk says the same: qemu-img on the target's active image names the backing file the
+    // status reports, and the data is whole.
+    const info = JSON.parse(
+      (await run(['qemu-img', 'info', '-U', '--output=json', '-f', 'qcow2', targetChain[0]!])).stdout,
+    ) as { 'backing-filename'?: string };
+    expect(info['backing-filename']).toBe(st.backingChain?.current?.[1]?.path);
+    expect(await target.compare(DISK, ref)).toBe(true);
+    // Nothing was pulled again, and it was said once.
+    expect(pullsStarted('after')).toBe(1);
+    expect(await jobOn(target)).toBeNull();
+    expect(await eventReasons('after')).toContain('LauncherChanged');
+    // Read once per pod: a later VMI event writes nothing more.
+    await kube.kubectl(['label', 'vmi', vmi, '-n', NS, 'blockpull-e2e/touched=1']);
+    await sleep(1_500);
+    const later = await getBlockPull(kube, NS, 'after');
+    expect(later?.metadata?.resourceVersion).toBe(moved.metadata?.resourceVersion);
+    expect(phases!.seen.get('after')?.has('Failed')).toBe(false);
   });
 });
