@@ -277,6 +277,8 @@ describe(`Kubernetes ${VERSION}`, () => {
         ['list', 'blockpulls.blockpull.dev', '--all-namespaces'],
         ['patch', 'blockpulls.blockpull.dev', '--subresource=status', '-n', VMS],
         ['update', 'blockpulls.blockpull.dev', '--subresource=finalizers', '-n', VMS],
+        ['create', 'blockpulls.blockpull.dev', '-n', VMS],
+        ['watch', 'clusterblockpullpolicies.blockpull.dev'],
         ['watch', 'virtualmachineinstances.kubevirt.io', '--all-namespaces'],
         ['create', 'pods', '--subresource=exec', '-n', VMS],
         ['create', 'events.events.k8s.io', '-n', VMS],
@@ -285,7 +287,7 @@ describe(`Kubernetes ${VERSION}`, () => {
       const denied: string[][] = [
         ['delete', 'pods', '-n', VMS],
         ['get', 'secrets', '-n', NS],
-        ['create', 'blockpulls.blockpull.dev', '-n', VMS],
+        ['delete', 'blockpullpolicies.blockpull.dev', '-n', VMS],
         ['update', 'virtualmachineinstances.kubevirt.io', '-n', VMS],
         ['create', 'leases.coordination.k8s.io', '-n', 'default'],
         ['create', 'pods', '--subresource=attach', '-n', VMS],

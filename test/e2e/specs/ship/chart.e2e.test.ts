@@ -17,6 +17,7 @@ import {
   find,
   helmTemplate,
   one,
+  PolicyRule,
   readRulesFile,
   type K8sObject,
 } from '../../ship/chart.ts';
@@ -222,7 +223,12 @@ describe('helm lint and template', () => {
     const all = JSON.stringify([clusterRole.rules, role.rules]);
     expect(all).not.toContain('*');
     expect(all).not.toContain('secrets');
-    expect(all).not.toContain('delete');
+    // delete only of BlockPulls (a policy deletes those it no longer needs), nothing else.
+    const deleting = z
+      .array(PolicyRule)
+      .parse([clusterRole.rules, role.rules].flat())
+      .filter((r) => r.verbs.includes('delete'));
+    expect(deleting).toEqual([expect.objectContaining({ apiGroups: ['blockpull.dev'], resources: ['blockpulls'] })]);
     expect(JSON.stringify(clusterRole.rules)).not.toContain('leases');
     const binding = one(objects, 'ClusterRoleBinding') as K8sObject & { subjects: unknown };
     expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: SA, namespace: NS }]);
@@ -524,6 +530,13 @@ describe('the chart on the control plane', () => {
       ['update', 'blockpulls.blockpull.dev', '-n', 'vms'],
       ['patch', 'blockpulls.blockpull.dev', '--subresource=status', '-n', 'vms'],
       ['update', 'blockpulls.blockpull.dev', '--subresource=finalizers', '-n', 'vms'],
+      ['create', 'blockpulls.blockpull.dev', '-n', 'vms'],
+      ['delete', 'blockpulls.blockpull.dev', '-n', 'vms'],
+      ['watch', 'blockpullpolicies.blockpull.dev', '--all-namespaces'],
+      ['patch', 'blockpullpolicies.blockpull.dev', '--subresource=status', '-n', 'vms'],
+      ['watch', 'clusterblockpullpolicies.blockpull.dev'],
+      ['patch', 'clusterblockpullpolicies.blockpull.dev', '--subresource=status'],
+      ['watch', 'namespaces'],
       ['watch', 'virtualmachineinstances.kubevirt.io', '--all-namespaces'],
       ['get', 'virtualmachineinstances.kubevirt.io', '-n', 'vms'],
       ['watch', 'virtualmachineinstancemigrations.kubevirt.io', '--all-namespaces'],
@@ -574,8 +587,10 @@ describe('the chart on the control plane', () => {
       ['get', 'secrets', '-n', NS],
       ['list', 'secrets', '--all-namespaces'],
       ['get', 'configmaps', '-n', 'vms'],
-      ['create', 'blockpulls.blockpull.dev', '-n', 'vms'],
-      ['delete', 'blockpulls.blockpull.dev', '-n', 'vms'],
+      ['create', 'blockpullpolicies.blockpull.dev', '-n', 'vms'],
+      ['update', 'blockpullpolicies.blockpull.dev', '-n', 'vms'],
+      ['delete', 'clusterblockpullpolicies.blockpull.dev'],
+      ['update', 'namespaces'],
       ['update', 'virtualmachineinstances.kubevirt.io', '-n', 'vms'],
       ['delete', 'virtualmachineinstances.kubevirt.io', '-n', 'vms'],
       ['create', 'virtualmachineinstancemigrations.kubevirt.io', '-n', 'vms'],
