@@ -25,15 +25,18 @@ export const BP_BY_DISK = 'disk';
  */
 export const CHAIN_VOLUMES = ['containerDisk', 'ephemeral', 'persistentVolumeClaim', 'dataVolume', 'hostDisk'] as const;
 
+/** The metadata both slimmed caches keep: identity, labels (selectors) and lifetime. */
+const CachedMetadata = z.looseObject({
+  name: z.string(),
+  namespace: z.string(),
+  uid: z.string(),
+  labels: z.record(z.string(), z.string()).optional(),
+  creationTimestamp: time.optional(),
+  deletionTimestamp: time.optional(),
+});
+
 const VmiCacheSchema = z.looseObject({
-  metadata: z.looseObject({
-    name: z.string(),
-    namespace: z.string(),
-    uid: z.string(),
-    labels: z.record(z.string(), z.string()).optional(),
-    creationTimestamp: time.optional(),
-    deletionTimestamp: time.optional(),
-  }),
+  metadata: CachedMetadata,
   spec: z
     .looseObject({
       disks: z.array(z.object({ name: z.string(), device: z.string() })).optional(),
@@ -93,13 +96,7 @@ export function vmiDisks(vmi: CachedVmi, names: readonly string[] | undefined): 
 }
 
 const PullCacheSchema = z.looseObject({
-  metadata: z.looseObject({
-    name: z.string(),
-    namespace: z.string(),
-    uid: z.string(),
-    labels: z.record(z.string(), z.string()).optional(),
-    creationTimestamp: time.optional(),
-    deletionTimestamp: time.optional(),
+  metadata: CachedMetadata.extend({
     ownerReferences: z.array(z.looseObject({ uid: z.string(), controller: z.boolean().optional() })).optional(),
   }),
   spec: z.looseObject({
