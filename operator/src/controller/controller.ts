@@ -31,9 +31,9 @@ import {
   vmiIndexes,
   VMI_BY_UID,
 } from './indexes.ts';
-import { customResourceSource, podSource, stripMetadata, WatchdogInformer } from '../kube/informer.ts';
+import { customResourceSource, podSource, startAndSync, stripMetadata, WatchdogInformer } from '../kube/informer.ts';
 import { Reconciler } from './reconcile.ts';
-import { WorkQueue } from '../kube/workqueue.ts';
+import { runWorkers, WorkQueue } from '../kube/workqueue.ts';
 
 export interface ControllerOptions {
   readonly clients: KubeClients;
@@ -312,66 +312,45 @@ export class Controller {
       return;
     }
     const informers = this.#informers();
-    const starts = await Promise.allSettled(informers.map((i) => i.start()));
-    const failed = starts.find((r) => r.status === 'rejected');
-    if (failed !== undefined) {
-      // Do not leave the informers that did start (list/watch, watchdog timers) running. The one
-      // that failed is stopped too: it may have set up part of its loop before failing.
+    let ok: boolean;
+    try {
+      ok = await startAndSync(informers, signal);
+    } catch (err) {
       this.#log.error(
-        { error: failed.reason instanceof Error ? failed.reason.message : String(failed.reason) },
-        'an informer failed to start; stopping the others',
+        { error: err instanceof Error ? err.message : String(err) },
+        'an informer failed to start; stopped the others',
       );
-      await Promise.allSettled(informers.map((i) => i.stop()));
-      throw failed.reason;
+      throw err;
     }
-    const ok = (await Promise.all(informers.map((i) => i.waitForSync(signal)))).every(Boolean);
     if (ok) {
       this.#log.info({ workers: this.#options.workers }, 'caches synced; starting workers');
       // Everything cached is looked at once after a (re)start: running jobs are adopted.
       for (const b of this.blockPulls.list()) this.queue.add(objectKey(b));
-      const workers = Array.from({ length: this.#options.workers }, (_, i) => this.#worker(i, signal));
-      await new Promise<void>((resolve) => {
-        if (signal.aborted) resolve();
-        else signal.addEventListener('abort', () => resolve(), { once: true });
-      });
-      this.queue.shutDown();
-      await Promise.all(workers);
+      const metrics = this.#options.metrics;
+      await runWorkers(
+        this.queue,
+        this.#options.workers,
+        signal,
+        async (key) => (await this.reconciler.reconcile(key)).requeueAfterMs,
+        {
+          onError: (key, err, worker) => {
+            metrics?.reconcileErrors.inc({ reason: err instanceof Error ? err.name : 'Error' });
+            forBlockPullKey(this.#log, key)
+              .child({ worker })
+              .warn(
+                { error: err instanceof Error ? err.message : String(err) },
+                'reconcile failed; retrying with backoff',
+              );
+          },
+          onPass: (result, seconds) => {
+            metrics?.reconcileTotal.inc({ result });
+            metrics?.reconcileDuration.observe({ result }, seconds);
+          },
+        },
+      );
     }
     this.reconciler.stop();
     await Promise.all(informers.map((i) => i.stop()));
     this.#log.info('controller stopped');
-  }
-
-  async #worker(id: number, signal: AbortSignal): Promise<void> {
-    for (;;) {
-      const key = await this.queue.get();
-      if (key === undefined) return;
-      if (signal.aborted) {
-        this.queue.done(key);
-        continue;
-      }
-      const started = performance.now();
-      let result = 'success';
-      try {
-        const r = await this.reconciler.reconcile(key);
-        this.queue.forget(key);
-        if (r.requeueAfterMs !== null && !signal.aborted) {
-          result = 'requeue';
-          this.queue.addAfter(key, r.requeueAfterMs);
-        }
-      } catch (err) {
-        result = 'error';
-        const reason = err instanceof Error ? err.name : 'Error';
-        this.#options.metrics?.reconcileErrors.inc({ reason });
-        forBlockPullKey(this.#log, key)
-          .child({ worker: id })
-          .warn({ error: err instanceof Error ? err.message : String(err) }, 'reconcile failed; retrying with backoff');
-        if (!signal.aborted) this.queue.addRateLimited(key);
-      } finally {
-        this.queue.done(key);
-        this.#options.metrics?.reconcileTotal.inc({ result });
-        this.#options.metrics?.reconcileDuration.observe({ result }, (performance.now() - started) / 1000);
-      }
-    }
   }
 }

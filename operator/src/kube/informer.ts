@@ -586,3 +586,22 @@ export function namespaceSource(core: CoreV1Api): InformerSource<V1Namespace> {
       ),
   };
 }
+
+/**
+ * Starts every informer and waits until all have synced: true once synced, false if the signal
+ * aborted first. If one fails to start, the others (and it: it may have set up part of its
+ * loop) are stopped and its error is thrown, so that no list/watch or watchdog timer is left
+ * running behind a controller that did not start.
+ */
+export async function startAndSync(
+  informers: readonly WatchdogInformer<KubernetesObject>[],
+  signal: AbortSignal,
+): Promise<boolean> {
+  const starts = await Promise.allSettled(informers.map((i) => i.start()));
+  const failed = starts.find((r) => r.status === 'rejected');
+  if (failed !== undefined) {
+    await Promise.allSettled(informers.map((i) => i.stop()));
+    throw failed.reason;
+  }
+  return (await Promise.all(informers.map((i) => i.waitForSync(signal)))).every(Boolean);
+}

@@ -4,6 +4,7 @@ import {
   ItemExponentialFailureRateLimiter,
   MaxOfRateLimiter,
   WorkQueue,
+  runWorkers,
   defaultControllerRateLimiter,
 } from './workqueue.ts';
 
@@ -303,5 +304,62 @@ describe('WorkQueue', () => {
     expect(works).toHaveLength(1);
     expect(works[0]).toBeGreaterThanOrEqual(0);
     q.shutDown();
+  });
+});
+
+describe('runWorkers', () => {
+  it('honours requeue delays, retries failures rate-limited, and never runs one key twice at once', async () => {
+    const q = new WorkQueue<string>({ rateLimiter: new ItemExponentialFailureRateLimiter(1, 10) });
+    const ac = new AbortController();
+    const passes: string[] = [];
+    const inFlight = new Set<string>();
+    let overlap = false;
+    let failuresLeft = 2;
+    const outcomes: string[] = [];
+    const errors: string[] = [];
+    const done = runWorkers(
+      q,
+      3,
+      ac.signal,
+      async (key) => {
+        if (inFlight.has(key)) overlap = true;
+        inFlight.add(key);
+        passes.push(key);
+        await new Promise((r) => setTimeout(r, 2));
+        q.add(key); // an event while the pass runs: dirty, handed out again after done()
+        inFlight.delete(key);
+        if (key === 'flaky' && failuresLeft-- > 0) throw new Error('boom');
+        return key === 'again' && passes.filter((p) => p === 'again').length < 3 ? 5 : null;
+      },
+      { onError: (key, err) => errors.push(`${key}: ${(err as Error).message}`), onPass: (o) => outcomes.push(o) },
+    );
+    q.add('flaky');
+    q.add('again');
+    await vi.waitFor(() => {
+      expect(passes.filter((p) => p === 'flaky').length).toBeGreaterThanOrEqual(3);
+      expect(passes.filter((p) => p === 'again').length).toBeGreaterThanOrEqual(3);
+    });
+    ac.abort();
+    await done;
+    expect(overlap).toBe(false);
+    expect(errors).toEqual(['flaky: boom', 'flaky: boom']);
+    expect(outcomes).toContain('requeue');
+    expect(outcomes.filter((o) => o === 'error')).toHaveLength(2);
+    expect(q.shuttingDown).toBe(true);
+    expect(q.processingCount()).toBe(0);
+  });
+
+  it('releases queued keys without a pass once the signal has aborted', async () => {
+    const q = new WorkQueue<string>();
+    const ac = new AbortController();
+    ac.abort();
+    q.add('a');
+    const seen: string[] = [];
+    await runWorkers(q, 2, ac.signal, (key) => {
+      seen.push(key);
+      return Promise.resolve(null);
+    });
+    expect(seen).toEqual([]);
+    expect(q.processingCount()).toBe(0);
   });
 });

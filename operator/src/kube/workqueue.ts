@@ -364,3 +364,64 @@ export class WorkQueue<T = string> {
     return item;
   }
 }
+
+// --- workers -------------------------------------------------------------------------------
+
+/** What one pass over a key returns: when to look at it again (ms), or null for "on the next event". */
+export type ReconcileKey<T> = (item: T) => Promise<number | null>;
+
+export interface WorkerHooks<T> {
+  /** A pass threw; the item is re-queued with backoff (unless shutting down). */
+  readonly onError?: (item: T, err: unknown, worker: number) => void;
+  /** Every pass, after done(): its outcome and duration in seconds. */
+  readonly onPass?: (outcome: 'success' | 'requeue' | 'error', seconds: number) => void;
+}
+
+/**
+ * Runs `count` workers over the queue until the signal aborts, the one loop both controllers use
+ * (client-go's processNextWorkItem): a success forgets the item's failures and honours its
+ * requeue delay, a failure re-queues it rate-limited. On abort the queue is shut down, items
+ * still queued are released without a pass, and this resolves once every pass in flight is done.
+ */
+export async function runWorkers<T>(
+  queue: WorkQueue<T>,
+  count: number,
+  signal: AbortSignal,
+  reconcile: ReconcileKey<T>,
+  hooks: WorkerHooks<T> = {},
+): Promise<void> {
+  const worker = async (id: number): Promise<void> => {
+    for (;;) {
+      const item = await queue.get();
+      if (item === undefined) return;
+      if (signal.aborted) {
+        queue.done(item);
+        continue;
+      }
+      const started = performance.now();
+      let outcome: 'success' | 'requeue' | 'error' = 'success';
+      try {
+        const after = await reconcile(item);
+        queue.forget(item);
+        if (after !== null && !signal.aborted) {
+          outcome = 'requeue';
+          queue.addAfter(item, after);
+        }
+      } catch (err) {
+        outcome = 'error';
+        hooks.onError?.(item, err, id);
+        if (!signal.aborted) queue.addRateLimited(item);
+      } finally {
+        queue.done(item);
+        hooks.onPass?.(outcome, (performance.now() - started) / 1000);
+      }
+    }
+  };
+  const workers = Array.from({ length: count }, (_, i) => worker(i));
+  await new Promise<void>((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+  queue.shutDown();
+  await Promise.all(workers);
+}

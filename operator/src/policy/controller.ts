@@ -22,9 +22,15 @@ import { objectKey, splitKey } from '../api/object-key.ts';
 import type { KubeClients } from '../kube/client.ts';
 import { describeApiError, isConflict, isNotFound } from '../kube/client.ts';
 import type { EventRecorder } from '../kube/events.ts';
-import { customResourceSource, namespaceSource, stripMetadata, WatchdogInformer } from '../kube/informer.ts';
+import {
+  customResourceSource,
+  namespaceSource,
+  startAndSync,
+  stripMetadata,
+  WatchdogInformer,
+} from '../kube/informer.ts';
 import type { OperatorMetrics } from '../kube/metrics.ts';
-import { WorkQueue } from '../kube/workqueue.ts';
+import { runWorkers, WorkQueue } from '../kube/workqueue.ts';
 import { VMI_REF } from '../kubevirt/launcher.ts';
 import type { Logger } from '../log.ts';
 import { act, writeStatus } from './act.ts';
@@ -344,14 +350,7 @@ export class PolicyController {
   /** Run until the signal aborts. */
   async run(signal: AbortSignal): Promise<void> {
     const informers = this.#informers();
-    const starts = await Promise.allSettled(informers.map((i) => i.start()));
-    const failed = starts.find((r) => r.status === 'rejected');
-    if (failed !== undefined) {
-      await Promise.allSettled(informers.map((i) => i.stop()));
-      throw failed.reason;
-    }
-    const ok = (await Promise.all(informers.map((i) => i.waitForSync(signal)))).every(Boolean);
-    if (ok) {
+    if (await startAndSync(informers, signal)) {
       this.#log.info('caches synced; starting policy workers');
       for (const p of this.#allPolicies()) this.queue.add(policyKey(p));
       // BlockPulls of policies deleted while no leader ran.
@@ -364,42 +363,18 @@ export class PolicyController {
         inf.onRecovered(() => {
           for (const p of this.#allPolicies()) this.queue.add(policyKey(p));
         });
-      const workers = Array.from({ length: this.#o.workers ?? 2 }, (_, i) => this.#worker(i, signal));
-      await new Promise<void>((resolve) => {
-        if (signal.aborted) resolve();
-        else signal.addEventListener('abort', () => resolve(), { once: true });
+      await runWorkers(this.queue, this.#o.workers ?? 2, signal, (key) => this.reconcile(key), {
+        onError: (key, err, worker) =>
+          this.#log
+            .child({ worker, policy: key })
+            .warn(
+              { error: err instanceof Error ? err.message : String(err) },
+              'policy reconcile failed; retrying with backoff',
+            ),
       });
-      this.queue.shutDown();
-      await Promise.all(workers);
     }
     await Promise.all(informers.map((i) => i.stop()));
     this.#log.info('policy controller stopped');
-  }
-
-  async #worker(id: number, signal: AbortSignal): Promise<void> {
-    for (;;) {
-      const key = await this.queue.get();
-      if (key === undefined) return;
-      if (signal.aborted) {
-        this.queue.done(key);
-        continue;
-      }
-      try {
-        const after = await this.reconcile(key);
-        this.queue.forget(key);
-        if (after !== null && !signal.aborted) this.queue.addAfter(key, after);
-      } catch (err) {
-        this.#log
-          .child({ worker: id, policy: key })
-          .warn(
-            { error: err instanceof Error ? err.message : String(err) },
-            'policy reconcile failed; retrying with backoff',
-          );
-        if (!signal.aborted) this.queue.addRateLimited(key);
-      } finally {
-        this.queue.done(key);
-      }
-    }
   }
 }
 
