@@ -8,6 +8,7 @@ import path from 'node:path';
 import { stringify } from 'yaml';
 import { z } from 'zod';
 import { REPO_ROOT } from '../support/paths.ts';
+import type { ClusterClient } from './client.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
 
 /** What the helper needs: an admin kubectl (a started ControlPlane, or clusterClient() in a spec). */
@@ -72,4 +73,20 @@ export async function createServiceAccountKubeconfig(
     credentials: { kind: 'token', token },
     namespace,
   });
+}
+
+/**
+ * `kubectl auth can-i <args>` as the kubeconfig's user: true for yes, false for no. Any other
+ * outcome (a resource unknown to discovery, a server error) throws: a typo in a check must not
+ * read as "denied".
+ */
+export async function canI(
+  host: Pick<ClusterClient, 'kubectlResult'>,
+  kubeconfig: string,
+  args: readonly string[],
+): Promise<boolean> {
+  const r = await host.kubectlResult(['auth', 'can-i', ...args], { kubeconfig });
+  const answer = r.stdout.trim();
+  if (r.exitCode !== 0 && answer !== 'no') throw new Error(`kubectl auth can-i ${args.join(' ')}: ${r.stderr}`);
+  return answer === 'yes';
 }

@@ -17,7 +17,7 @@ import { z } from 'zod';
 import { ensureApiserverBinaries, type ApiserverBinaries } from '../../cluster/binaries.ts';
 import { startControlPlane, type ControlPlane } from '../../cluster/control-plane.ts';
 import { installCrds, operatorCrdFiles, VMI_CRD_FILE, VMIM_CRD_FILE } from '../../cluster/crds.ts';
-import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
+import { canI as canIAs, createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
 import { compatK8sVersion } from '../../cluster/versions.ts';
 import { CHART_DIR } from '../../ship/chart.ts';
 import { ensureHelm } from '../../ship/helm.ts';
@@ -203,13 +203,7 @@ describe(`Kubernetes ${VERSION}`, () => {
       if (saKubeconfig === undefined) throw new Error('no token of the chart ServiceAccount: helm install failed');
       return saKubeconfig;
     };
-    const asOperator = (args: readonly string[]) => cp.kubectlResult(args, { kubeconfig: token() });
-    const canI = async (...args: string[]): Promise<boolean> => {
-      const r = await asOperator(['auth', 'can-i', ...args]);
-      if (r.exitCode !== 0 && r.stdout.trim() !== 'no')
-        throw new Error(`kubectl auth can-i ${args.join(' ')}: ${r.stderr}`);
-      return r.stdout.trim() === 'yes';
-    };
+    const canI = (...args: string[]): Promise<boolean> => canIAs(cp, token(), args);
 
     beforeAll(async () => {
       // Discovery, as helm's capabilities read it: the kinds of admissionregistration.k8s.io/v1.

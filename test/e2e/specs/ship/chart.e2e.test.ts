@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
-import { createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
+import { canI as canIAs, createServiceAccountKubeconfig } from '../../cluster/service-account.ts';
 import { installCrds, VMBACKUP_CRD_FILE, VMSNAPSHOT_CRD_FILE } from '../../cluster/crds.ts';
 import { ENV_VARS, loadConfig } from '../../../../operator/src/config.ts';
 import {
@@ -350,12 +350,7 @@ describe('the chart on the control plane', () => {
   let saKubeconfig: string;
   const asOperator = (args: readonly string[], input?: string) =>
     kube.kubectlResult(args, { kubeconfig: saKubeconfig, ...(input !== undefined ? { input } : {}) });
-  const canI = async (...args: string[]): Promise<boolean> => {
-    const r = await asOperator(['auth', 'can-i', ...args]);
-    if (r.exitCode !== 0 && r.stdout.trim() !== 'no')
-      throw new Error(`kubectl auth can-i ${args.join(' ')}: ${r.stderr}`);
-    return r.stdout.trim() === 'yes';
-  };
+  const canI = (...args: string[]): Promise<boolean> => canIAs(kube, saKubeconfig, args);
 
   beforeAll(async () => {
     await kube
