@@ -40,6 +40,7 @@ import {
   type BlockPullView,
   type OperatorProcess,
 } from '../operator-fixture/fixture.ts';
+import { cpuSeconds, machineJiffies } from '../support/procfs.ts';
 
 const NS = 'bench';
 const ALLOCATED_MIB = Number(process.env['BENCH_ALLOCATED_MIB'] ?? 2048);
@@ -255,21 +256,6 @@ async function operatorCounters(port: number | undefined): Promise<{ writes: num
   return { writes: total('blockpull_status_writes_total'), reconciles: total('blockpull_reconcile_total') };
 }
 
-/**
- * CPU seconds a process has used (utime + stime), with `children` also those of its children it
- * has reaped (cutime + cstime: the operator's virsh commands); 0 when it is gone.
- */
-function cpuSeconds(pid: number | undefined, children = false): number {
-  if (pid === undefined) return 0;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12]) + (children ? Number(f[13]) + Number(f[14]) : 0)) / 100;
-  } catch {
-    return 0;
-  }
-}
-
 /** The stand-in's QEMU (cmdline names the domain) and libvirtd (its XDG_RUNTIME_DIR holds the socket). */
 function launcherPids(l: Launcher): number[] {
   const runtimeDir = path.dirname(path.dirname(l.socketPath));
@@ -289,14 +275,6 @@ function launcherPids(l: Launcher): number[] {
     }
   }
   return out;
-}
-
-/** Busy and total jiffies of the whole machine (/proc/stat), for its utilization during a run. */
-function machineJiffies(): { busy: number; total: number } {
-  const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  const total = cpu.reduce((a, b) => a + b, 0);
-  const idle = (cpu[3] ?? 0) + (cpu[4] ?? 0);
-  return { busy: total - idle, total };
 }
 
 interface RawRun {

@@ -14,7 +14,6 @@
  * BLOCKPULL_KUBECONFIG=<file> uses that cluster instead (no server CPU figures then).
  */
 import { run } from '../support/process.ts';
-import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -24,6 +23,7 @@ import { createKubeClients, loadKubeConfig } from '../../../operator/src/kube/cl
 import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { REPO_ROOT } from '../support/paths.ts';
 import { tcpConnectionsTo } from '../support/sockets.ts';
+import { cpuSeconds } from '../support/procfs.ts';
 
 const { values } = parseArgs({
   options: {
@@ -49,16 +49,10 @@ const result = z.object({
 });
 type Result = z.infer<typeof result>;
 
-/** utime + stime of a process in ms (clock ticks of 10 ms), or null when unknown. */
-function processCpuMs(pid: number): number | null {
-  if (pid <= 0) return null;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime (fields 14, 15 of stat)
-  } catch {
-    return null;
-  }
+/** The API server's CPU time in ms, or null when its pid is unknown or it is gone. */
+function serverCpuMs(pid: number): number | null {
+  const seconds = pid > 0 ? cpuSeconds(pid) : 0;
+  return seconds > 0 ? seconds * 1000 : null;
 }
 
 async function child(variant: Variant, kubeconfig: string, gets: number, serverPid: number): Promise<void> {
@@ -72,13 +66,13 @@ async function child(variant: Variant, kubeconfig: string, gets: number, serverP
   const port = Number(new URL(kc.getCurrentCluster()!.server).port || 443);
   for (let i = 0; i < 20; i++) await core.readNamespace({ name: 'default' });
   const rss0 = process.memoryUsage().rss;
-  const server0 = processCpuMs(serverPid);
+  const server0 = serverCpuMs(serverPid);
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   for (let i = 0; i < gets; i++) await core.readNamespace({ name: 'default' });
   const wall = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
-  const server1 = processCpuMs(serverPid);
+  const server1 = serverCpuMs(serverPid);
   const r: Result = {
     variant,
     gets,

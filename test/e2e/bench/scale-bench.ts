@@ -14,7 +14,7 @@
  * (the bench's own requests are counted and subtracted); a waiting BlockPull's VMI appears ->
  * Running; restart with everything existing -> all looked at, and the status writes it made.
  */
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -42,6 +42,7 @@ import {
   total,
   type RequestCounts,
 } from '../support/apiserver-metrics.ts';
+import { cpuSeconds, statusMiB } from '../support/procfs.ts';
 
 const Args = z.object({
   count: z.number().int().min(10).max(20_000),
@@ -118,27 +119,6 @@ async function pool<T>(items: readonly T[], width: number, fn: (item: T) => Prom
       while (next < items.length) await fn(items[next++]!);
     }),
   );
-}
-
-function procStatus(pid: number | undefined, field: 'VmRSS' | 'VmHWM'): number {
-  if (pid === undefined) return 0;
-  try {
-    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : 0;
-  } catch {
-    return 0;
-  }
-}
-
-function cpuSeconds(pid: number | undefined): number {
-  if (pid === undefined) return 0;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
-  } catch {
-    return 0;
-  }
 }
 
 interface OperatorTotals {
@@ -303,7 +283,7 @@ async function main(): Promise<void> {
   operator = await startOperator({ kubeconfig: sa, registryDir, name: 'scale-operator', main, env, nodeArgs });
   let pid = operator.child.pid;
   let rssPeakSampled = 0;
-  const sampler = setInterval(() => (rssPeakSampled = Math.max(rssPeakSampled, procStatus(pid, 'VmRSS'))), 250);
+  const sampler = setInterval(() => (rssPeakSampled = Math.max(rssPeakSampled, statusMiB(pid, 'VmRSS'))), 250);
 
   // --- created -> all have their waiting status ---------------------------------------------
   const waitingNames = Array.from({ length: nWaiting }, (_, i) => `wait-${i}`);
@@ -349,7 +329,7 @@ async function main(): Promise<void> {
   count('WATCH blockpulls');
 
   const m0 = await apiMetrics();
-  const cpu0 = cpuSeconds(pid);
+  const cpu0 = cpuSeconds(pid, true);
   const benchCpu0 = process.cpuUsage();
   const t0 = performance.now();
   await pool(specs, args.createWidth, async (s) => {
@@ -396,17 +376,17 @@ async function main(): Promise<void> {
   const settledMemory = settledTotals.memory;
   const m1 = await apiMetrics();
   const settle = diffCounts(m0, m1, own);
-  const cpuSettle = cpuSeconds(pid) - cpu0;
+  const cpuSettle = cpuSeconds(pid, true) - cpu0;
   const settleOperatorRequests = total(settle, operatorsOwn);
   own.clear();
 
   // --- idle ---------------------------------------------------------------------------------
   const reconcilesIdle0 = (await operatorTotals(operator.metricsPort())).reconciles;
-  const cpuIdle0 = cpuSeconds(pid);
+  const cpuIdle0 = cpuSeconds(pid, true);
   const tIdle0 = performance.now();
   await sleep(args.idleSeconds * 1000);
   const idleS = (performance.now() - tIdle0) / 1000;
-  const cpuIdle = cpuSeconds(pid) - cpuIdle0;
+  const cpuIdle = cpuSeconds(pid, true) - cpuIdle0;
   const m2 = await apiMetrics();
   const idle = diffCounts(m1, m2, own);
   const idleTotals = await operatorTotals(operator.metricsPort());
@@ -428,9 +408,9 @@ async function main(): Promise<void> {
     if (performance.now() - tVmi > 120_000) break;
     await sleep(50);
   }
-  const peakHwm = procStatus(pid, 'VmHWM');
+  const peakHwm = statusMiB(pid, 'VmHWM');
   const peakSampledFirst = rssPeakSampled;
-  const cpuTotalFirst = cpuSeconds(pid);
+  const cpuTotalFirst = cpuSeconds(pid, true);
   // --heap-snapshot: the operator writes one on SIGUSR2 (node --heapsnapshot-signal, set below).
   let snapshotPath: string | undefined;
   if (args.heapSnapshot && pid !== undefined) {
@@ -462,7 +442,7 @@ async function main(): Promise<void> {
     const t = await operatorTotals(operator.metricsPort());
     if (t.reconciles >= all) {
       restartLooked = performance.now() - tRestart;
-      restartCpu = cpuSeconds(pid);
+      restartCpu = cpuSeconds(pid, true);
       break;
     }
     if (performance.now() - tRestart > 10 * 60_000) break;
@@ -472,7 +452,7 @@ async function main(): Promise<void> {
   const restartTotals = await operatorTotals(operator.metricsPort());
   const m4 = await apiMetrics();
   const restart = diffCounts(m3, m4);
-  const restartHwm = procStatus(pid, 'VmHWM');
+  const restartHwm = statusMiB(pid, 'VmHWM');
   clearInterval(sampler);
 
   // --- report -------------------------------------------------------------------------------------
