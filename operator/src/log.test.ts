@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { createLogger, forBlockPull, forBlockPullKey } from './log.ts';
+import { createLogger, errorMessage, forBlockPull, forBlockPullKey } from './log.ts';
 
 function capture() {
   const lines: Record<string, unknown>[] = [];
@@ -41,5 +41,14 @@ describe('logger', () => {
     expect(lines[1]).toMatchObject({ blockpull: 'ns1/bp-a', level: 'error' });
     expect((lines[1]?.['err'] as { message: string }).message).toBe('boom');
     expect(lines[2]).toMatchObject({ blockpull: 'ns2/bp-b', namespace: 'ns2', name: 'bp-b', level: 'warn' });
+  });
+});
+
+describe('errorMessage', () => {
+  it("gives an Error's message and any other thrown value's string form", () => {
+    expect(errorMessage(new TypeError('bad input'))).toBe('bad input');
+    expect(errorMessage('plain string')).toBe('plain string');
+    expect(errorMessage(42)).toBe('42');
+    expect(errorMessage(undefined)).toBe('undefined');
   });
 });

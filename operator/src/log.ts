@@ -48,6 +48,11 @@ export function forBlockPullKey(logger: Logger, key: string): Logger {
   return forBlockPull(logger, key.slice(0, i), key.slice(i + 1));
 }
 
+/** The message of anything thrown, for logs and status: an Error's message, else its string form. */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 /** A logger that drops everything (unit tests). */
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });

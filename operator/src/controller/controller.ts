@@ -11,7 +11,7 @@ import { BLOCKPULL_REF, isTerminal } from '../api/types.ts';
 import type { EventRecorder } from '../kube/events.ts';
 import type { KubeClients } from '../kube/client.ts';
 import type { OperatorMetrics } from '../kube/metrics.ts';
-import { forBlockPullKey, type Logger } from '../log.ts';
+import { errorMessage, forBlockPullKey, type Logger } from '../log.ts';
 import { LAUNCHER_LABEL_SELECTOR, VMI_REF, VMIM_REF } from '../kubevirt/launcher.ts';
 import { operationVmKey, VMBACKUP_REFS, VMSNAPSHOT_REFS } from '../kubevirt/chain-operations.ts';
 import { servedResource } from '../kube/discovery.ts';
@@ -316,10 +316,7 @@ export class Controller {
     try {
       ok = await startAndSync(informers, signal);
     } catch (err) {
-      this.#log.error(
-        { error: err instanceof Error ? err.message : String(err) },
-        'an informer failed to start; stopped the others',
-      );
+      this.#log.error({ error: errorMessage(err) }, 'an informer failed to start; stopped the others');
       throw err;
     }
     if (ok) {
@@ -337,10 +334,7 @@ export class Controller {
             metrics?.reconcileErrors.inc({ reason: err instanceof Error ? err.name : 'Error' });
             forBlockPullKey(this.#log, key)
               .child({ worker })
-              .warn(
-                { error: err instanceof Error ? err.message : String(err) },
-                'reconcile failed; retrying with backoff',
-              );
+              .warn({ error: errorMessage(err) }, 'reconcile failed; retrying with backoff');
           },
           onPass: (result, seconds) => {
             metrics?.reconcileTotal.inc({ result });

@@ -35,6 +35,7 @@ import { goalOrInvalid } from '../hypervisor/chain.ts';
 import { isPullComplete, type PullGoal } from '../hypervisor/completion.ts';
 import { isHypervisorError, type HypervisorErrorCode } from '../hypervisor/errors.ts';
 import type { BaseRef, BlockJobInfo, DiskInfo } from '../hypervisor/types.ts';
+import { errorMessage } from '../log.ts';
 import type { ChainOperation, ChainOperationKind } from '../kubevirt/chain-operations.ts';
 import type { LauncherLookup, LauncherPod, MigrationRequest } from '../kubevirt/launcher.ts';
 import { boundStatus } from './status-limits.ts';
@@ -1536,7 +1537,7 @@ function decideActionErrorUnbounded(obs: Input, decided: Decision, err: unknown)
   const refused = isHypervisorError(err) ? START_ERRORS[err.code].refused : undefined;
   if (refused !== undefined) return outcome(base, { ...refused, message: (err as Error).message });
   // Any other failure to start (virsh error, job failed at once): counts against maxRetries.
-  const message = `starting the pull failed: ${err instanceof Error ? err.message : String(err)}`;
+  const message = `starting the pull failed: ${errorMessage(err)}`;
   if (retries >= bp.spec.maxRetries) return outcome(base, { phase: 'Failed', reason: 'JobFailed', message });
   return outcome(
     { ...base, retries: retries + 1 },

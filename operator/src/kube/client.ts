@@ -24,6 +24,7 @@ import {
 } from '@kubernetes/client-node';
 import { Agent, ProxyAgent, type Dispatcher } from 'undici';
 import { z } from 'zod';
+import { errorMessage } from '../log.ts';
 
 // --- the fence -----------------------------------------------------------------------------
 
@@ -257,7 +258,7 @@ export function describeApiError(err: unknown): string {
     const detail = st?.message ?? (typeof err.body === 'string' ? err.body.slice(0, 300) : '');
     return `HTTP ${err.code}${st?.reason ? ` ${st.reason}` : ''}${detail ? `: ${detail}` : ''}`;
   }
-  return err instanceof Error ? err.message : String(err);
+  return errorMessage(err);
 }
 
 // --- custom objects -----------------------------------------------------------------------

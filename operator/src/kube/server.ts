@@ -17,7 +17,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
-import type { Logger } from '../log.ts';
+import { errorMessage, type Logger } from '../log.ts';
 
 /** A readiness check: true = ok; false or a string (the reason) = not ready. */
 export type Check = () => boolean | string;
@@ -117,7 +117,7 @@ function runChecks(checks: Readonly<Record<string, Check>>): { ok: boolean; text
     try {
       result = check();
     } catch (err) {
-      result = err instanceof Error ? err.message : String(err);
+      result = errorMessage(err);
     }
     if (result === true) {
       lines.push(`[+]${name} ok`);

@@ -32,7 +32,7 @@ import {
 import type { OperatorMetrics } from '../kube/metrics.ts';
 import { runWorkers, WorkQueue } from '../kube/workqueue.ts';
 import { VMI_REF } from '../kubevirt/launcher.ts';
-import type { Logger } from '../log.ts';
+import { errorMessage, type Logger } from '../log.ts';
 import { act, writeStatus } from './act.ts';
 import { BP_BY_CONTROLLER, controllerUid, pullIndexes, slimPullForPolicy, slimVmiForPolicy } from './cache.ts';
 import { decidePolicy } from './decide.ts';
@@ -139,7 +139,7 @@ export class PolicyController {
       this.#badPolicies.delete(key);
       return p;
     } catch (err) {
-      const msg = err instanceof Error ? err.message : String(err);
+      const msg = errorMessage(err);
       if (this.#badPolicies.get(key) !== msg) {
         this.#badPolicies.set(key, msg);
         this.#log.error({ policy: key, error: msg }, 'policy does not parse; left alone');
@@ -367,10 +367,7 @@ export class PolicyController {
         onError: (key, err, worker) =>
           this.#log
             .child({ worker, policy: key })
-            .warn(
-              { error: err instanceof Error ? err.message : String(err) },
-              'policy reconcile failed; retrying with backoff',
-            ),
+            .warn({ error: errorMessage(err) }, 'policy reconcile failed; retrying with backoff'),
       });
     }
     await Promise.all(informers.map((i) => i.stop()));
