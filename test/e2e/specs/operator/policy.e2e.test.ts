@@ -474,6 +474,18 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
     );
     expect(await driver.getJob(gone.domain, target)).not.toBeNull();
     expect((await statusOf('midpull')).selectedDisks).toBe(2);
+    // As KubeVirt deletes a VMI: it stays, marked for deletion, while its finalizer's work (the
+    // launcher pod going, QEMU with it) is done; the policy and the BlockPull see it meanwhile.
+    await kube.kubectl([
+      'patch',
+      'vmi',
+      'gone1',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ metadata: { finalizers: ['kubevirt.io/virtualMachineControllerFinalize'] } }),
+    ]);
     await kube.kubectl(['delete', 'vmi', 'gone1', '-n', NS, '--wait=false']);
     const deleted = Date.now();
     await waitFor(
@@ -483,13 +495,26 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
       250,
     );
     const goneMs = Date.now() - deleted;
-    // Its finalizer aborted the job (streamed data kept, the chain intact).
+    // Its finalizer aborted the job while the launcher was still there (streamed data kept, the chain intact).
     await waitFor(
       'the block job of gone1 ended',
       10_000,
       async () => (await driver.getJob(gone.domain, target)) === null,
     );
     expect(await driver.getDisk(gone.domain, { name: 'rootdisk' }).then((d) => d.chain.length)).toBe(2);
+    // KubeVirt's part ends: the launcher pod and the VMI go.
+    // No kubelet here to confirm the pod's end: removed at once.
+    await kube.kubectl(['delete', 'pod', gone.podName, '-n', NS, '--grace-period=0', '--force']);
+    await kube.kubectl([
+      'patch',
+      'vmi',
+      'gone1',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ metadata: { finalizers: null } }),
+    ]);
     const st = await waitFor('the policy Ready with the one disk left', 120_000, async () => {
       const s = await statusOf('midpull');
       return s.conditions?.find((c) => c.type === 'Ready')?.status === 'True' ? s : undefined;
