@@ -161,3 +161,40 @@ describe('EventRecorder bounds', () => {
     expect(calls).toBe(1);
   });
 });
+
+describe('EventRecorder: where an Event is written', () => {
+  it("a namespaced object's Event goes to its namespace; a cluster-scoped object's to default, regarding no namespace", async () => {
+    const creates: {
+      namespace: string;
+      body: { metadata: { namespace: string }; regarding: Record<string, unknown> };
+    }[] = [];
+    const patches: { namespace: string }[] = [];
+    const api = {
+      createNamespacedEvent: (req: (typeof creates)[number]) => {
+        creates.push(req);
+        return Promise.resolve({ metadata: { name: `ev${creates.length}` } });
+      },
+      patchNamespacedEvent: (req: { namespace: string }) => {
+        patches.push(req);
+        return Promise.resolve({});
+      },
+    } as unknown as EventsV1Api;
+    const rec = new EventRecorder({ events: api, reportingInstance: 'op-0', logger });
+    const cluster: InvolvedObject = {
+      apiVersion: 'blockpull.dev/v1alpha1',
+      kind: 'ClusterBlockPullPolicy',
+      name: 'fleet',
+      uid: 'c-uid',
+    };
+    await rec.normal(about(1), 'Created', 'Create', 'x');
+    await rec.normal(cluster, 'BlockPullsCreated', 'Create', 'created 3 BlockPull(s)');
+    // A repeat within the series window patches the Event where it was written.
+    await rec.normal(cluster, 'BlockPullsCreated', 'Create', 'created 3 BlockPull(s)');
+    expect(creates.map((c) => [c.namespace, c.body.metadata.namespace, c.body.regarding.namespace])).toEqual([
+      ['ns', 'ns', 'ns'],
+      ['default', 'default', undefined],
+    ]);
+    expect(creates[1]!.body.regarding).not.toHaveProperty('namespace');
+    expect(patches.map((p) => p.namespace)).toEqual(['default']);
+  });
+});

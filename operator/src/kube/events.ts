@@ -29,7 +29,8 @@ import { apiErrorCode, describeApiError, isNotFound } from './client.ts';
 export interface InvolvedObject {
   readonly apiVersion: string;
   readonly kind: string;
-  readonly namespace: string;
+  /** Absent for a cluster-scoped object: its Events go to EVENTS_NAMESPACE_CLUSTER_SCOPED. */
+  readonly namespace?: string;
   readonly name: string;
   readonly uid: string;
   readonly resourceVersion?: string;
@@ -60,6 +61,18 @@ export interface EventRecorderOptions {
   readonly essentialAttempts?: number;
   /** First wait between those tries, doubled each time. Default 500 ms. */
   readonly essentialRetryMs?: number;
+}
+
+/**
+ * Where the Events of a cluster-scoped object are written: `default`, as the kubelet writes a
+ * Node's (an Event is namespaced; the API server accepts `default` for one whose object has no
+ * namespace, and `regarding` then names no namespace).
+ */
+export const EVENTS_NAMESPACE_CLUSTER_SCOPED = 'default';
+
+/** The namespace an Event about `object` is written in. */
+export function eventNamespace(object: InvolvedObject): string {
+  return object.namespace !== undefined && object.namespace !== '' ? object.namespace : EVENTS_NAMESPACE_CLUSTER_SCOPED;
 }
 
 /** How often a full queue is logged at most (each drop is counted, not logged). */
@@ -186,7 +199,7 @@ export class EventRecorder {
       if (err === undefined) return;
       const last = attempt >= attempts || !isPassingFailure(err);
       this.#options.logger?.warn(
-        { blockpull: `${object.namespace}/${object.name}`, reason, attempt, essential, error: describeApiError(err) },
+        { object: `${object.kind} ${objectPath(object)}`, reason, attempt, essential, error: describeApiError(err) },
         last ? 'failed to record event' : 'failed to record event; trying again',
       );
       if (last) return;
@@ -203,7 +216,7 @@ export class EventRecorder {
     this.#droppedLoggedAt = now;
     this.#options.logger?.warn(
       {
-        object: `${object.kind} ${object.namespace}/${object.name}`,
+        object: `${object.kind} ${objectPath(object)}`,
         reason,
         dropped: this.#dropped,
         queued: this.#queued,
@@ -250,12 +263,13 @@ export class EventRecorder {
           // The Event expired or was deleted: start over with a new one.
         }
       }
+      const namespace = eventNamespace(object);
       const created = await this.#options.events.createNamespacedEvent({
-        namespace: object.namespace,
+        namespace,
         body: {
           apiVersion: 'events.k8s.io/v1',
           kind: 'Event',
-          metadata: { name: eventName(object.name, now), namespace: object.namespace },
+          metadata: { name: eventName(object.name, now), namespace },
           eventTime: new V1MicroTime(now),
           reportingController: this.#controller,
           reportingInstance: this.#options.reportingInstance,
@@ -266,7 +280,7 @@ export class EventRecorder {
           regarding: {
             apiVersion: object.apiVersion,
             kind: object.kind,
-            namespace: object.namespace,
+            ...(object.namespace !== undefined && object.namespace !== '' ? { namespace: object.namespace } : {}),
             name: object.name,
             uid: object.uid,
             ...(object.resourceVersion !== undefined ? { resourceVersion: object.resourceVersion } : {}),
@@ -275,7 +289,7 @@ export class EventRecorder {
       });
       this.#entries.delete(key);
       this.#entries.set(key, {
-        namespace: object.namespace,
+        namespace,
         name: created.metadata?.name ?? '',
         count: 1,
         firstAt: now,
@@ -290,6 +304,11 @@ export class EventRecorder {
       return err;
     }
   }
+}
+
+/** "namespace/name", or "name" for a cluster-scoped object (for logs). */
+function objectPath(object: InvolvedObject): string {
+  return object.namespace !== undefined && object.namespace !== '' ? `${object.namespace}/${object.name}` : object.name;
 }
 
 /** A refusal that may pass: the API server overloaded or failing (429, 5xx), or no HTTP answer at all. */

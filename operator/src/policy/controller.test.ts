@@ -3,9 +3,10 @@
  * BlockPulls through the API server with the policy as controller owner; the status is written at
  * most once every 2 s per policy (a look sooner asks to be requeued for the rest of the interval).
  */
-import { KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import { KubeConfig, type EventsV1Api, type KubernetesObject } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { createKubeClients } from '../kube/client.ts';
+import { EventRecorder } from '../kube/events.ts';
 import { silentLogger } from '../log.ts';
 import { slimVmiForPolicy } from './cache.ts';
 import { PolicyController, STATUS_WRITE_INTERVAL_MS } from './controller.ts';
@@ -105,5 +106,59 @@ describe('PolicyController.reconcile', () => {
     const c = new PolicyController({ clients: createKubeClients(kubeConfig()), logger: silentLogger() });
     Object.assign(c.policies, { get: () => undefined, list: () => [] });
     expect(await c.reconcile('BlockPullPolicy/ns/gone')).toBeNull();
+  });
+
+  it("a cluster policy's Events are written in default, about the cluster-scoped policy", async () => {
+    const clients = createKubeClients(kubeConfig());
+    Object.assign(clients.custom, {
+      createNamespacedCustomObject: (req: { body: unknown }) => Promise.resolve(req.body),
+      patchClusterCustomObjectStatus: () => Promise.resolve({}),
+    });
+    const events: { namespace: string; body: { reason: string; regarding: Record<string, unknown> } }[] = [];
+    const api = {
+      createNamespacedEvent: (req: (typeof events)[number]) => {
+        events.push(req);
+        return Promise.resolve({ metadata: { name: 'ev' } });
+      },
+    } as unknown as EventsV1Api;
+    const recorder = new EventRecorder({ events: api, reportingInstance: 'op-0', logger: silentLogger() });
+    const written: Promise<void>[] = [];
+    const record = recorder.event.bind(recorder);
+    Object.assign(recorder, {
+      event: (...args: Parameters<typeof record>) => {
+        const p = record(...args);
+        written.push(p);
+        return p;
+      },
+    });
+    const c = new PolicyController({ clients, logger: silentLogger(), events: recorder });
+    const cluster = {
+      apiVersion: 'blockpull.dev/v1alpha1',
+      kind: 'ClusterBlockPullPolicy',
+      metadata: { name: 'fleet', uid: 'cpol-uid', generation: 1, creationTimestamp: '2026-12-07T10:00:00Z' },
+      spec: { vmiSelector: {}, namespaceSelector: { matchLabels: { team: 'ci' } } },
+    } as unknown as KubernetesObject;
+    const vmis = [vmi('a')];
+    Object.assign(c.policies, { list: () => [] });
+    Object.assign(c.clusterPolicies, {
+      get: (ns: string | undefined, name: string) => (ns === undefined && name === 'fleet' ? cluster : undefined),
+      list: () => [cluster],
+    });
+    Object.assign(c.vmis, {
+      list: (ns?: string) => (ns === 'ns' ? vmis : []),
+      get: (_ns: string, name: string) => vmis.find((v) => v.metadata?.name === name),
+    });
+    Object.assign(c.pulls, { byIndex: () => [], list: () => [] });
+    Object.assign(c.namespaces, { list: () => [{ metadata: { name: 'ns', labels: { team: 'ci' } } }] });
+
+    await c.reconcile('ClusterBlockPullPolicy/fleet');
+    await Promise.all(written);
+    expect(events.map((e) => [e.namespace, e.body.reason])).toEqual([['default', 'BlockPullsCreated']]);
+    expect(events[0]!.body.regarding).toEqual({
+      apiVersion: 'blockpull.dev/v1alpha1',
+      kind: 'ClusterBlockPullPolicy',
+      name: 'fleet',
+      uid: 'cpol-uid',
+    });
   });
 });

@@ -21,7 +21,7 @@ import { BLOCKPULL_REF } from '../api/types.ts';
 import { objectKey, splitKey } from '../api/object-key.ts';
 import type { KubeClients } from '../kube/client.ts';
 import { describeApiError, isConflict, isNotFound } from '../kube/client.ts';
-import type { EventRecorder } from '../kube/events.ts';
+import type { EventRecorder, InvolvedObject } from '../kube/events.ts';
 import {
   customResourceSource,
   namespaceSource,
@@ -326,12 +326,12 @@ export class PolicyController {
     r: { created: number; removed: number; removedWhy: Readonly<Record<string, number>>; errors: readonly string[] },
   ): void {
     const events = this.#o.events;
-    // Events need a namespace: a cluster policy's are logged only.
-    if (events === undefined || policy.metadata.namespace === undefined) return;
-    const involved = {
+    if (events === undefined) return;
+    // A cluster policy has no namespace: the recorder writes its Events in `default` (as a Node's).
+    const involved: InvolvedObject = {
       apiVersion: `${POLICY_REF.group}/${POLICY_REF.version}`,
       kind: policy.kind,
-      namespace: policy.metadata.namespace,
+      ...(policy.metadata.namespace !== undefined ? { namespace: policy.metadata.namespace } : {}),
       name: policy.metadata.name,
       uid: policy.metadata.uid,
     };

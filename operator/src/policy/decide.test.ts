@@ -433,6 +433,113 @@ describe('decidePolicy: plans (dryRun, minChainLength, base.keepBottom)', () => 
       facts({ spec: spec({ base: { keepBottom: 1 } }), selected: [disk('a')], own: [planned('a', 4)] }),
     );
     expect(d.create[0]!.spec.base).toEqual({ position: 3 });
+    // The first look measured a full pull: its bytes are not the pull's, so none are listed.
+    expect(d.status.plan).toEqual([
+      { namespace: 'ns', vmi: 'a', disk: 'rootdisk', chainLength: 4, pull: true, blockPull: nameOf('a', 'plan') },
+    ]);
+  });
+
+  describe('dryRun with base.keepBottom: the bytes of the images that would be pulled', () => {
+    const s = spec({ dryRun: true, minChainLength: 3, base: { keepBottom: 2 } });
+    const FULL = 4 * 1024 * 1024;
+    const ABOVE_BASE = 1024 * 1024;
+    const basePlanName = blockPullName({
+      policyUid: 'pol-uid',
+      vmiName: 'a',
+      vmiUid: 'a-uid',
+      disk: 'rootdisk',
+      role: 'plan',
+      position: 2,
+    });
+    const chainLook = own('a', { role: 'plan', dryRun: true, phase: 'Planned', chainLength: 4, planBytes: FULL });
+    const baseLook = (p: Partial<PullView>): PullView =>
+      own('a', { role: 'plan', dryRun: true, name: basePlanName, uid: 'a-base-plan-uid', basePosition: 2, ...p });
+
+    it('the first look (a full pull) leads to a second with the base the pull would get; no full-pull bytes listed', () => {
+      const d = decidePolicy(facts({ spec: s, selected: [disk('a')], own: [chainLook] }));
+      expect(
+        d.create.map((c) => [c.name, c.labels['blockpull.dev/role'], c.spec.dryRun, c.spec.base, c.spec.paused]),
+      ).toEqual([[basePlanName, 'plan', true, { position: 2 }, false]]);
+      expect(basePlanName).not.toBe(nameOf('a', 'plan'));
+      expect(d.status.plan).toEqual([
+        { namespace: 'ns', vmi: 'a', disk: 'rootdisk', chainLength: 4, pull: true, blockPull: nameOf('a', 'plan') },
+      ]);
+      expect(cond(d, 'Ready')?.reason).toBe('Planning');
+      // Still looking: nothing more is created, the plan still lists no bytes.
+      const looking = decidePolicy(facts({ spec: s, selected: [disk('a')], own: [chainLook, baseLook({})] }));
+      expect(looking.create).toEqual([]);
+      expect(looking.status.plan?.[0]).not.toHaveProperty('bytesToWrite');
+      expect(cond(looking, 'Ready')?.reason).toBe('Planning');
+    });
+
+    it("the second look's bytes are the plan's: only the images above the kept bottom two", () => {
+      const d = decidePolicy(
+        facts({
+          spec: s,
+          selected: [disk('a')],
+          own: [chainLook, baseLook({ phase: 'Planned', chainLength: 4, planBytes: ABOVE_BASE })],
+        }),
+      );
+      expect(d.create).toEqual([]);
+      expect(d.remove).toEqual([]);
+      expect(d.status.plan).toEqual([
+        {
+          namespace: 'ns',
+          vmi: 'a',
+          disk: 'rootdisk',
+          chainLength: 4,
+          bytesToWrite: ABOVE_BASE,
+          pull: true,
+          blockPull: basePlanName,
+        },
+      ]);
+      expect(d.status.counts).toMatchObject({ planned: 1, pending: 0 });
+      expect(cond(d, 'Ready')).toMatchObject({ status: 'True', reason: 'Planned' });
+    });
+
+    it('a second look of another base (keepBottom changed) is deleted; a failed one fails the disk', () => {
+      const stale = baseLook({ basePosition: 3, uid: 'stale-uid', name: 'stale-plan', phase: 'Planned' });
+      const d = decidePolicy(facts({ spec: s, selected: [disk('a')], own: [chainLook, stale] }));
+      expect(d.remove).toEqual([{ namespace: 'ns', name: 'stale-plan', uid: 'stale-uid', why: 'PlanStale' }]);
+      expect(d.create.map((c) => c.name)).toEqual([basePlanName]);
+      const failed = decidePolicy(
+        facts({ spec: s, selected: [disk('a')], own: [chainLook, baseLook({ phase: 'Failed' })] }),
+      );
+      expect(failed.status.counts?.failed).toBe(1);
+      expect(failed.create).toEqual([]);
+      expect(failed.status.plan?.[0]).not.toHaveProperty('bytesToWrite');
+    });
+
+    it('a chain too short to keep two: skipped after the first look, no second one', () => {
+      const short = own('a', { role: 'plan', dryRun: true, phase: 'Planned', chainLength: 2, planBytes: FULL });
+      const d = decidePolicy(
+        facts({
+          spec: spec({ dryRun: true, base: { keepBottom: 2 }, minChainLength: 3 }),
+          selected: [disk('a')],
+          own: [short],
+        }),
+      );
+      expect(d.create).toEqual([]);
+      expect(d.status.counts?.skipped).toBe(1);
+      expect(d.status.plan?.[0]).toMatchObject({ pull: false, chainLength: 2 });
+    });
+
+    it('once dryRun is off, the pull is made down to the base and both looks are deleted', () => {
+      const live = spec({ minChainLength: 3, base: { keepBottom: 2 } });
+      const looks = [chainLook, baseLook({ phase: 'Planned', chainLength: 4, planBytes: ABOVE_BASE })];
+      const first = decidePolicy(facts({ spec: live, selected: [disk('a')], own: looks }));
+      expect(first.create.map((c) => [c.name, c.spec.base, c.spec.dryRun])).toEqual([
+        [nameOf('a'), { position: 2 }, false],
+      ]);
+      expect(first.status.plan?.[0]).toMatchObject({ bytesToWrite: ABOVE_BASE, blockPull: basePlanName });
+      const next = decidePolicy(
+        facts({ spec: live, selected: [disk('a')], own: [...looks, own('a', { phase: 'Running', basePosition: 2 })] }),
+      );
+      expect(next.remove.map((r) => [r.name, r.why])).toEqual([
+        [nameOf('a', 'plan'), 'PlanUsed'],
+        [basePlanName, 'PlanUsed'],
+      ]);
+    });
   });
 });
 

@@ -15,6 +15,9 @@
  *   pull is paused (spec.paused: streamed data is kept) and none is started.
  * - minChainLength above 2 and base.keepBottom need the chain first: a dryRun BlockPull (a plan)
  *   looks at it; the pull follows for a disk that qualifies, and the plan is then deleted.
+ *   The first look is of a full pull (the chain's length is not known before it), so its bytes
+ *   are a full pull's: under dryRun with base.keepBottom a second plan, with the base the pull
+ *   would get, measures the bytes of the images that would really be pulled.
  * - ttlSecondsAfterFinished: a finished pull is deleted after the TTL and its disk remembered
  *   in status.finished, so it is not pulled again.
  */
@@ -57,6 +60,8 @@ export interface PullView {
   readonly disk: string;
   readonly dryRun: boolean;
   readonly paused: boolean;
+  /** spec.base.position, if set (a pull down to a kept base, or the plan of one). */
+  readonly basePosition?: number;
   readonly bandwidth?: number | string;
   readonly migrationPolicy: MigrationPolicy;
   /** The uid of its controller owner, if any. */
@@ -113,7 +118,7 @@ export interface PullRemoval {
   readonly namespace: string;
   readonly name: string;
   readonly uid: string;
-  readonly why: 'VMIGone' | 'NotSelected' | 'TTLExpired' | 'LostConflict' | 'PlanUsed';
+  readonly why: 'VMIGone' | 'NotSelected' | 'TTLExpired' | 'LostConflict' | 'PlanUsed' | 'PlanStale';
 }
 
 export interface PolicyDecision {
@@ -255,9 +260,11 @@ class Pass {
 
   #newPull(d: SelectedDisk, role: PolicyRole, paused: boolean, position?: number): PullToCreate {
     const f = this.#f;
+    // A plan's name covers its base (two looks at one disk); a pull's is one per disk.
+    const planBase = role === 'plan' && position !== undefined ? { position } : {};
     return {
       namespace: d.namespace,
-      name: blockPullName({ policyUid: f.uid, vmiName: d.vmi, vmiUid: d.vmiUid, disk: d.disk, role }),
+      name: blockPullName({ policyUid: f.uid, vmiName: d.vmi, vmiUid: d.vmiUid, disk: d.disk, role, ...planBase }),
       labels: pullLabels({ kind: f.kind, name: f.name, uid: f.uid }, d.vmiUid, role),
       spec: pullSpec(f, d, paused, role === 'plan', position),
     };
@@ -269,10 +276,10 @@ class Pass {
     const mine = (this.#ownByDisk.get(k) ?? []).filter((p) => p.vmiUid === d.vmiUid && !p.deleting);
     for (const p of mine) this.used.add(p.uid);
     const pull = mine.filter((p) => p.role !== 'plan').sort(byAge)[0];
-    const planPull = mine.find((p) => p.role === 'plan');
+    const plans = mine.filter((p) => p.role === 'plan');
     const rival = (this.#othersByDisk.get(k) ?? []).filter((p) => claims(p, d)).sort(byAge)[0];
     if (rival !== undefined && (pull === undefined || byAge(rival, pull) < 0)) return this.#lostTo(d, rival, pull);
-    if (pull === undefined && planPull === undefined && d.olderPolicy !== undefined) return this.#olderPolicy(d);
+    if (pull === undefined && plans.length === 0 && d.olderPolicy !== undefined) return this.#olderPolicy(d);
     const remembered = (['Completed', 'Failed'] as const).find((ph) => this.#finished.has(memoOf(d, ph)));
     if (pull === undefined && remembered !== undefined) {
       this.keepFinished.add(memoOf(d, remembered));
@@ -280,12 +287,12 @@ class Pass {
       else this.tally.failed++;
       return;
     }
-    if (pull !== undefined) return this.#ours(d, pull, planPull);
+    if (pull !== undefined) return this.#ours(d, pull, plans);
     if (!this.#needPlan()) {
       this.toCreate.push({ d });
       return;
     }
-    this.#planned(d, planPull);
+    this.#planned(d, plans);
   }
 
   /** The older claim wins: an existing BlockPull of someone else's. */
@@ -322,10 +329,10 @@ class Pass {
     this.openConflicts++;
   }
 
-  #ours(d: SelectedDisk, pull: PullView, planPull: PullView | undefined): void {
+  #ours(d: SelectedDisk, pull: PullView, plans: readonly PullView[]): void {
     const spec = this.#f.spec;
-    if (planPull !== undefined && !spec.dryRun)
-      this.remove.push({ namespace: planPull.namespace, name: planPull.name, uid: planPull.uid, why: 'PlanUsed' });
+    if (!spec.dryRun)
+      for (const p of plans) this.remove.push({ namespace: p.namespace, name: p.name, uid: p.uid, why: 'PlanUsed' });
     countPull(pull, this.tally);
     if (isFinished(pull)) {
       this.#removeIfDue(pull, memoOf(d, pull.phase === 'Failed' ? 'Failed' : 'Completed'));
@@ -339,40 +346,66 @@ class Pass {
     this.paced.push(pull);
   }
 
-  /** A disk that needs its chain looked at first: the plan, then (unless dryRun) the pull. */
-  #planned(d: SelectedDisk, planPull: PullView | undefined): void {
+  /**
+   * A disk that needs its chain looked at first: the plan (a look at a full pull: the chain's
+   * length), then (unless dryRun) the pull. With base.keepBottom under dryRun, a second plan with
+   * the pull's base measures the bytes of the images above the kept ones.
+   */
+  #planned(d: SelectedDisk, plans: readonly PullView[]): void {
     const spec = this.#f.spec;
-    if (planPull === undefined) {
+    const chainPlan = plans.find((p) => p.basePosition === undefined);
+    if (chainPlan === undefined) {
       // A plan is a look, not a pull: it takes no slot and holds no disk, so it is not paced.
       this.tally.notCreated++;
       this.plansToMake++;
       this.create.push(this.#newPull(d, 'plan', false));
       return;
     }
-    if (planPull.phase !== 'Planned' || planPull.chainLength === undefined) {
-      if (planPull.phase === 'Failed') this.tally.failed++;
-      else {
-        this.tally.pending++;
-        this.plansToMake++;
-      }
-      this.plan.push({ namespace: d.namespace, vmi: d.vmi, disk: d.disk, blockPull: planPull.name });
+    const entry = { namespace: d.namespace, vmi: d.vmi, disk: d.disk };
+    if (chainPlan.phase !== 'Planned' || chainPlan.chainLength === undefined) {
+      this.#planUnfinished(chainPlan);
+      this.plan.push({ ...entry, blockPull: chainPlan.name });
       return;
     }
-    const length = planPull.chainLength;
+    const length = chainPlan.chainLength;
     const keep = spec.base?.keepBottom;
     const qualifies = length >= spec.minChainLength && (keep === undefined || length > keep);
+    const position = qualifies && keep !== undefined ? length - keep : undefined;
+    const basePlan = position !== undefined ? plans.find((p) => p.basePosition === position) : undefined;
+    // A plan of another base (keepBottom changed since) measures a pull that will not be made.
+    for (const p of plans)
+      if (p.basePosition !== undefined && p !== basePlan)
+        this.remove.push({ namespace: p.namespace, name: p.name, uid: p.uid, why: 'PlanStale' });
+    if (position !== undefined && spec.dryRun && basePlan?.phase !== 'Planned') {
+      if (basePlan === undefined) {
+        this.tally.pending++;
+        this.plansToMake++;
+        this.create.push(this.#newPull(d, 'plan', false, position));
+      } else this.#planUnfinished(basePlan);
+      this.plan.push({ ...entry, chainLength: length, pull: true, blockPull: (basePlan ?? chainPlan).name });
+      return;
+    }
+    // With a kept base the first look's bytes are a full pull's: only the second look's count.
+    const bytes = position === undefined ? chainPlan.planBytes : basePlan?.planBytes;
     this.plan.push({
-      namespace: d.namespace,
-      vmi: d.vmi,
-      disk: d.disk,
+      ...entry,
       chainLength: length,
-      ...(planPull.planBytes !== undefined ? { bytesToWrite: planPull.planBytes } : {}),
+      ...(bytes !== undefined ? { bytesToWrite: bytes } : {}),
       pull: qualifies,
-      blockPull: planPull.name,
+      blockPull: (basePlan ?? chainPlan).name,
     });
     if (!qualifies) this.tally.skipped++;
     else if (spec.dryRun) this.tally.planned++;
-    else this.toCreate.push({ d, ...(keep !== undefined ? { position: length - keep } : {}) });
+    else this.toCreate.push({ d, ...(position !== undefined ? { position } : {}) });
+  }
+
+  /** A plan not written yet (pending), or one that failed (a failed disk, as a failed pull). */
+  #planUnfinished(p: PullView): void {
+    if (p.phase === 'Failed') this.tally.failed++;
+    else {
+      this.tally.pending++;
+      this.plansToMake++;
+    }
   }
 
   /**

@@ -141,6 +141,13 @@ describe('policy caches', () => {
       dryRun: true,
       phase: 'Planned',
     });
+    expect(pullView(slim)).not.toHaveProperty('basePosition');
+    // A plan of a pull down to a kept base (base.keepBottom) is told apart by its base.
+    const basePlan = slimPullForPolicy({
+      ...bp,
+      spec: { ...bp.spec, base: { position: 2 } },
+    } as unknown as KubernetesObject);
+    expect(pullView(basePlan)).toMatchObject({ role: 'plan', basePosition: 2, planBytes: 7 });
     expect(pullIndexes[BP_BY_CONTROLLER]!(slim)).toEqual(['p-uid']);
     expect(pullIndexes[BP_BY_DISK]!(slim)).toEqual(['ns/vm/rootdisk']);
   });

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { blockPullName, MAX_NAME_LENGTH } from './naming.ts';
 import { matchesSelector } from './selector.ts';
@@ -32,6 +33,16 @@ describe('blockPullName', () => {
       expect(n).toMatch(DNS1123_LABEL);
       expect(n).not.toContain('--');
     }
+  });
+
+  it("a plan's base position gives a second name; without one the name is what it always was", () => {
+    const plan = { ...id, role: 'plan' as const };
+    // The hash input as before positions existed (a policy's existing plans keep their names).
+    const before = createHash('sha256').update(['p1', 'u1', 'vm-1', 'rootdisk', 'plan'].join('\0')).digest('hex');
+    expect(blockPullName(plan)).toBe(`vm-1-rootdisk-${before.slice(0, 10)}-plan`);
+    const at3 = blockPullName({ ...plan, position: 3 });
+    expect(at3).toMatch(/^vm-1-rootdisk-[0-9a-f]{10}-plan$/);
+    expect(new Set([blockPullName(plan), at3, blockPullName({ ...plan, position: 2 })]).size).toBe(3);
   });
 
   it('two long names that share their first 40 characters do not collide', () => {

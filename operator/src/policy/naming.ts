@@ -29,16 +29,24 @@ export interface PullIdentity {
   readonly vmiUid: string;
   readonly disk: string;
   readonly role: PolicyRole;
+  /** A plan's base.position: a second look at a pull down to a kept base (base.keepBottom). */
+  readonly position?: number;
 }
 
 /**
  * `<vmi>-<disk>-<hash>` (`-plan` appended for a dryRun look): the hash covers the policy's uid,
- * the VMI's uid (a restarted VMI gets a new pull), the disk and the role, so two policies, two
- * incarnations of a VMI or a long name cut short never collide.
+ * the VMI's uid (a restarted VMI gets a new pull), the disk, the role and a plan's base position,
+ * so two policies, two incarnations of a VMI, two looks at one disk or a long name cut short
+ * never collide.
  */
 export function blockPullName(id: PullIdentity): string {
   const hash = createHash('sha256')
-    .update([id.policyUid, id.vmiUid, id.vmiName, id.disk, id.role].join('\0'))
+    // The position only when there is one: the names of the other pulls and plans stay as they were.
+    .update(
+      [id.policyUid, id.vmiUid, id.vmiName, id.disk, id.role, ...(id.position !== undefined ? [id.position] : [])].join(
+        '\0',
+      ),
+    )
     .digest('hex')
     .slice(0, HASH_LENGTH);
   const suffix = id.role === 'plan' ? `-${hash}-plan` : `-${hash}`;

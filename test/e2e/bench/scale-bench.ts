@@ -38,11 +38,14 @@ import {
 import {
   diffCounts,
   formatCounts,
+  operatorRequests,
   parseRequestTotals,
   total,
   type RequestCounts,
 } from '../support/apiserver-metrics.ts';
-import { cpuSeconds, statusMiB } from '../support/procfs.ts';
+import { memoryLine, operatorTotals } from '../support/operator-metrics.ts';
+import { pool } from '../support/pool.ts';
+import { cpuSeconds, RssSampler, statusMiB } from '../support/procfs.ts';
 
 const Args = z.object({
   count: z.number().int().min(10).max(20_000),
@@ -111,74 +114,10 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const)
 const own: RequestCounts = new Map();
 const count = (key: string, n = 1): void => void own.set(key, (own.get(key) ?? 0) + n);
 
-/** Run `items` through `fn` with at most `width` at once. */
-async function pool<T>(items: readonly T[], width: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(width, items.length) }, async () => {
-      while (next < items.length) await fn(items[next++]!);
-    }),
-  );
-}
-
-interface OperatorTotals {
-  writes: number;
-  reconciles: number;
-  /** Events the operator dropped because its event queue was full (kube/events.ts). */
-  eventsDropped: number;
-  /** Work queue: seconds waited in the queue, summed, and how many items were handed out. */
-  queueWaitSum: number;
-  queueWaitCount: number;
-  /** The operator's own view of its memory (prom-client: process.memoryUsage and v8 heap spaces), bytes. */
-  memory: Record<string, number>;
-}
-
-async function operatorTotals(port: number | undefined): Promise<OperatorTotals> {
-  const none = { writes: 0, reconciles: 0, eventsDropped: 0, queueWaitSum: 0, queueWaitCount: 0, memory: {} };
-  if (port === undefined) return none;
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const sum = (name: string, labels = ''): number => {
-    let n = 0;
-    for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*${labels}[^}]*\\})? ([0-9.e+]+)$`, 'gm')))
-      n += Number(m[1]);
-    return n;
-  };
-  const memory: Record<string, number> = {
-    rss: sum('process_resident_memory_bytes'),
-    heapTotal: sum('nodejs_heap_size_total_bytes'),
-    heapUsed: sum('nodejs_heap_size_used_bytes'),
-    external: sum('nodejs_external_memory_bytes'),
-  };
-  for (const m of text.matchAll(/^nodejs_heap_space_size_used_bytes\{space="(\w+)"\} ([0-9.e+]+)$/gm))
-    memory[`used ${m[1]}`] = Number(m[2]);
-  return {
-    writes: sum('blockpull_status_writes_total'),
-    reconciles: sum('blockpull_reconcile_total'),
-    eventsDropped: sum('blockpull_events_dropped_total'),
-    queueWaitSum: sum('workqueue_queue_duration_seconds_sum', 'name="blockpull"'),
-    queueWaitCount: sum('workqueue_queue_duration_seconds_count', 'name="blockpull"'),
-    memory,
-  };
-}
-
-const mib = (b: number | undefined): string => ((b ?? 0) / 1048576).toFixed(0);
-const memoryLine = (m: Record<string, number>): string =>
-  `RSS ${mib(m['rss'])} MiB = heap ${mib(m['heapTotal'])} (used ${mib(m['heapUsed'])}: ${Object.keys(m)
-    .filter((k) => k.startsWith('used ') && (m[k] ?? 0) > 1048576)
-    .map((k) => `${k.slice(5)} ${mib(m[k])}`)
-    .join(', ')}) + external ${mib(m['external'])} + the rest (code, stacks, native)`;
-
 const fmt = (x: number, d = 1): string => x.toFixed(d);
 
-/**
- * Requests that are neither the leader election's (GET+PUT leases every retry period, whatever the
- * fleet) nor the API server's own (its endpoints reconciler; watches of resources the operator
- * does not read, re-opened by the API server's internal informers).
- */
-const operatorsOwn = (key: string): boolean =>
-  !key.endsWith(' leases') &&
-  !key.endsWith(' endpoints') &&
-  (!key.startsWith('WATCH ') || ['WATCH blockpulls', 'WATCH pods', 'WATCH virtualmachineinstances'].includes(key));
+/** The operator's own requests (no lease renewals, nothing of the API server's own). */
+const operatorsOwn = operatorRequests(['blockpulls', 'pods', 'virtualmachineinstances']);
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
@@ -282,8 +221,7 @@ async function main(): Promise<void> {
   };
   operator = await startOperator({ kubeconfig: sa, registryDir, name: 'scale-operator', main, env, nodeArgs });
   let pid = operator.child.pid;
-  let rssPeakSampled = 0;
-  const sampler = setInterval(() => (rssPeakSampled = Math.max(rssPeakSampled, statusMiB(pid, 'VmRSS'))), 250);
+  const sampler = new RssSampler(pid);
 
   // --- created -> all have their waiting status ---------------------------------------------
   const waitingNames = Array.from({ length: nWaiting }, (_, i) => `wait-${i}`);
@@ -409,7 +347,7 @@ async function main(): Promise<void> {
     await sleep(50);
   }
   const peakHwm = statusMiB(pid, 'VmHWM');
-  const peakSampledFirst = rssPeakSampled;
+  const peakSampledFirst = sampler.peak;
   const cpuTotalFirst = cpuSeconds(pid, true);
   // --heap-snapshot: the operator writes one on SIGUSR2 (node --heapsnapshot-signal, set below).
   let snapshotPath: string | undefined;
@@ -434,6 +372,7 @@ async function main(): Promise<void> {
   const tRestart = performance.now();
   operator = await startOperator({ kubeconfig: sa, registryDir, name: 'scale-operator-2', main, env, nodeArgs });
   pid = operator.child.pid;
+  sampler.follow(pid);
   const tSynced = performance.now();
   const all = N + 1;
   let restartLooked = Number.NaN;
@@ -453,7 +392,7 @@ async function main(): Promise<void> {
   const m4 = await apiMetrics();
   const restart = diffCounts(m3, m4);
   const restartHwm = statusMiB(pid, 'VmHWM');
-  clearInterval(sampler);
+  sampler.stop();
 
   // --- report -------------------------------------------------------------------------------------
   say('');

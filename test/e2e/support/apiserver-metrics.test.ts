@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { diffCounts, formatCounts, parseRequestTotals, total } from './apiserver-metrics.ts';
+import { diffCounts, formatCounts, operatorRequests, parseRequestTotals, total } from './apiserver-metrics.ts';
 
 const sample = (getBp: number, patch: number): string =>
   [
@@ -29,5 +29,14 @@ describe('apiserver_request_total', () => {
     expect(formatCounts(d)).toEqual(['GET blockpulls: 10', 'PATCH blockpulls/status: 6']);
     expect(total(d)).toBe(16);
     expect(total(d, (k) => k.startsWith('PATCH'))).toBe(6);
+  });
+
+  it("keeps the operator's own requests: no lease renewals, no endpoints, only watches of what it watches", () => {
+    const own = operatorRequests(['blockpulls', 'blockpullpolicies']);
+    expect(
+      ['GET leases', 'PUT leases', 'PUT endpoints', 'WATCH blockpulls', 'WATCH configmaps', 'POST blockpulls'].filter(
+        own,
+      ),
+    ).toEqual(['WATCH blockpulls', 'POST blockpulls']);
   });
 });

@@ -44,3 +44,15 @@ export function total(c: RequestCounts, filter: (key: string) => boolean = () =>
 export function formatCounts(c: RequestCounts): string[] {
   return [...c.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).map(([k, v]) => `${k}: ${v}`);
 }
+
+/**
+ * A filter of the operator's own requests: neither the leader election's (GET+PUT leases every
+ * retry period, whatever the fleet) nor the API server's own (its endpoints reconciler; watches of
+ * resources the operator does not read, re-opened by the API server's internal informers).
+ * `watched`: the resources the operator watches (their WATCH requests are its own).
+ */
+export function operatorRequests(watched: readonly string[]): (key: string) => boolean {
+  const watches = new Set(watched.map((r) => `WATCH ${r}`));
+  return (key) =>
+    !key.endsWith(' leases') && !key.endsWith(' endpoints') && (!key.startsWith('WATCH ') || watches.has(key));
+}

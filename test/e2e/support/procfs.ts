@@ -53,3 +53,30 @@ export function memAvailableMiB(): number {
   const m = /^MemAvailable:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
   return m ? Number(m[1]) / 1024 : 0;
 }
+
+/** The peak VmRSS of a process, sampled every `intervalMs` (VmHWM misses none, but a restart resets it). */
+export class RssSampler {
+  #peak = 0;
+  #pid: number | undefined;
+  readonly #timer: NodeJS.Timeout;
+
+  constructor(pid: number | undefined, intervalMs = 250) {
+    this.#pid = pid;
+    this.#timer = setInterval(() => (this.#peak = Math.max(this.#peak, statusMiB(this.#pid, 'VmRSS'))), intervalMs);
+    this.#timer.unref();
+  }
+
+  /** Sample another process from now on (the operator restarted); the peak so far is kept. */
+  follow(pid: number | undefined): void {
+    this.#pid = pid;
+  }
+
+  /** MiB. */
+  get peak(): number {
+    return this.#peak;
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+}

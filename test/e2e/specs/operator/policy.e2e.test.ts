@@ -5,14 +5,18 @@
  * (owned, labelled, named deterministically), never has more than maxConcurrent active, leaves a
  * disk a user's BlockPull already claims alone and reports the conflict, picks up a new matching
  * VMI from its watch event, and its BlockPulls go when it is deleted. CEL rejects bad specs with
- * its messages; the real kstatus and the Argo CD health check read the live policy.
+ * its messages; the real kstatus and the Argo CD health check read the live policy. A VMI deleted
+ * mid-pull has its pull deleted and the job aborted; finished pulls go after their TTL and are not
+ * made again; a dryRun plan with base.keepBottom lists the bytes of the images that would be pulled;
+ * a ClusterBlockPullPolicy's Events are in namespace default.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { stringify } from 'yaml';
 import { BlockPullPolicySchema } from '../../../../operator/src/api/policy-types.ts';
+import { VirshDriver } from '../../../../operator/src/hypervisor/virsh-driver.ts';
 import { blockPullName } from '../../../../operator/src/policy/naming.ts';
 import { clusterClient, type ClusterClient } from '../../cluster/client.ts';
 import {
@@ -24,7 +28,7 @@ import {
   waitForPhase,
   type OperatorProcess,
 } from '../../operator-fixture/fixture.ts';
-import { startLauncher, type Launcher } from '../../launcher/launcher.ts';
+import { startLauncher, type Launcher, type LauncherDiskSpec } from '../../launcher/launcher.ts';
 import { LUA_INTERPRETERS, POLICY_HEALTH_SCRIPT, argoHealth, healthAgreesWith } from '../../ship/argocd.ts';
 import { ensureKstatus, kstatus } from '../../ship/kstatus.ts';
 import { ensureDebianPackages } from '../../support/debian.ts';
@@ -42,8 +46,23 @@ interface Bp {
     ownerReferences?: Record<string, unknown>[];
   };
   spec: { vmiName: string; disk: string; paused?: boolean };
-  status?: { phase?: string };
+  status?: {
+    phase?: string;
+    completionTime?: string;
+    progress?: { currentBytes?: number };
+    plan?: { bytesToWrite?: number };
+  };
 }
+
+/** An Event as `kubectl get events` (core/v1) shows it. */
+interface CoreEvent {
+  metadata: { namespace: string };
+  reason: string;
+  message?: string;
+  involvedObject: { kind: string; name: string; namespace?: string; uid?: string };
+}
+
+type DiskShape = Omit<LauncherDiskSpec, 'name'>;
 
 describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-ins)', () => {
   let kube: ClusterClient;
@@ -65,12 +84,17 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
         await kube.kubectl(['get', 'bp', '-n', NS, '-l', `blockpull.dev/policy-uid=${policyUid}`, '-o', 'json']),
       ) as { items: Bp[] }
     ).items;
-  const vmi = async (name: string, disks: string[], labels: Record<string, string>): Promise<void> => {
+  const vmi = async (
+    name: string,
+    disks: string[],
+    labels: Record<string, string>,
+    shape: DiskShape = { layers: 2, sizeMiB: 16, allocatedMiB: 12 },
+  ): Promise<Launcher> => {
     const launcher = await startLauncher({
       namespace: NS,
       vmiName: name,
       registryDir,
-      disks: disks.map((d) => ({ name: d, layers: 2, sizeMiB: 16, allocatedMiB: 12 })),
+      disks: disks.map((d) => ({ name: d, ...shape })),
     });
     launchers.push(launcher);
     await createFakeVmi(kube, { namespace: NS, vmiName: name, launcher, disks });
@@ -84,7 +108,33 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
       '--overwrite',
       ...Object.entries(labels).map(([k, v]) => `${k}=${v}`),
     ]);
+    return launcher;
   };
+  /** The uid of an object in NS, or (ns null) of a cluster-scoped one. */
+  const uidOf = async (resource: string, name: string, ns: string | null = NS): Promise<string> =>
+    (
+      await kube.kubectl(['get', resource, name, ...(ns !== null ? ['-n', ns] : []), '-o', 'jsonpath={.metadata.uid}'])
+    ).trim();
+  /** The Events about an object of `kind` named `name`, in namespace `ns`. */
+  const eventsAbout = async (ns: string, kind: string, name: string): Promise<CoreEvent[]> =>
+    (
+      JSON.parse(
+        await kube.kubectl([
+          'get',
+          'events',
+          '-n',
+          ns,
+          '--field-selector',
+          `involvedObject.kind=${kind},involvedObject.name=${name}`,
+          '-o',
+          'json',
+        ]),
+      ) as { items: CoreEvent[] }
+    ).items;
+  const statusOf = async (
+    name: string,
+  ): Promise<NonNullable<ReturnType<typeof BlockPullPolicySchema.parse>['status']>> =>
+    BlockPullPolicySchema.parse(await policyJson(name)).status ?? {};
   const policy = (name: string, spec: Record<string, unknown>): Record<string, unknown> => ({
     apiVersion: 'blockpull.dev/v1alpha1',
     kind: 'BlockPullPolicy',
@@ -401,6 +451,203 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
     expect(st?.active).toBe(0);
     await kube.kubectl(['delete', 'bpp', 'nightly', '-n', NS, '--wait=true']);
   }, 300_000);
+
+  it('a VMI deleted mid-pull: its pull is deleted and the job aborted, the counts follow; no hang', async () => {
+    // The pull of gone1 lasts (~11 MiB at 128 KiB/s); stay1's is small and completes.
+    const gone = await vmi('gone1', ['rootdisk'], { fleet: 'midpull' });
+    await vmi('stay1', ['rootdisk'], { fleet: 'midpull' }, { layers: 2, sizeMiB: 4, allocatedMiB: 2 });
+    expect(
+      (await apply(policy('midpull', { vmiSelector: { matchLabels: { fleet: 'midpull' } }, bandwidth: '128Ki' })))
+        .exitCode,
+    ).toBe(0);
+    const policyUid = await uidOf('bpp', 'midpull');
+    const driver = new VirshDriver(gone.runner, gone.uri);
+    const target = gone.disks[0]!.target;
+    const running = await waitFor(
+      'the pull of gone1 Running with progress',
+      90_000,
+      async () => {
+        const b = (await pullsOf(policyUid)).find((x) => x.spec.vmiName === 'gone1');
+        return b?.status?.phase === 'Running' && (b.status.progress?.currentBytes ?? 0) > 0 ? b : undefined;
+      },
+      250,
+    );
+    expect(await driver.getJob(gone.domain, target)).not.toBeNull();
+    expect((await statusOf('midpull')).selectedDisks).toBe(2);
+    // As KubeVirt deletes a VMI: it stays, marked for deletion, while its finalizer's work (the
+    // launcher pod going, QEMU with it) is done; the policy and the BlockPull see it meanwhile.
+    await kube.kubectl([
+      'patch',
+      'vmi',
+      'gone1',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ metadata: { finalizers: ['kubevirt.io/virtualMachineControllerFinalize'] } }),
+    ]);
+    await kube.kubectl(['delete', 'vmi', 'gone1', '-n', NS, '--wait=false']);
+    const deleted = Date.now();
+    await waitFor(
+      "gone1's BlockPull deleted",
+      60_000,
+      async () => !(await pullsOf(policyUid)).some((b) => b.metadata.uid === running.metadata.uid),
+      250,
+    );
+    const goneMs = Date.now() - deleted;
+    // Its finalizer aborted the job while the launcher was still there (streamed data kept, the chain intact).
+    await waitFor(
+      'the block job of gone1 ended',
+      10_000,
+      async () => (await driver.getJob(gone.domain, target)) === null,
+    );
+    expect(await driver.getDisk(gone.domain, { name: 'rootdisk' }).then((d) => d.chain.length)).toBe(2);
+    // KubeVirt's part ends: the launcher pod and the VMI go.
+    // No kubelet here to confirm the pod's end: removed at once.
+    await kube.kubectl(['delete', 'pod', gone.podName, '-n', NS, '--grace-period=0', '--force']);
+    await kube.kubectl([
+      'patch',
+      'vmi',
+      'gone1',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ metadata: { finalizers: null } }),
+    ]);
+    const st = await waitFor('the policy Ready with the one disk left', 120_000, async () => {
+      const s = await statusOf('midpull');
+      return s.conditions?.find((c) => c.type === 'Ready')?.status === 'True' ? s : undefined;
+    });
+    console.log(
+      `VMI deleted mid-pull: its BlockPull gone ${goneMs} ms later; policy ${JSON.stringify({ ...st, conditions: undefined })}`,
+    );
+    expect(st.selectedDisks).toBe(1);
+    expect(st.counts).toMatchObject({ completed: 1, failed: 0, running: 0, pending: 0, notCreated: 0 });
+    expect(st.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ reason: 'AllFlat' });
+    const pulls = await pullsOf(policyUid);
+    expect(pulls.map((b) => [b.spec.vmiName, b.status?.phase])).toEqual([['stay1', 'Completed']]);
+    // The policy says why, in an Event in its namespace.
+    const ev = await waitFor('the BlockPullsDeleted Event', 20_000, async () =>
+      (await eventsAbout(NS, 'BlockPullPolicy', 'midpull')).find((e) => e.reason === 'BlockPullsDeleted'),
+    );
+    console.log(`Event: ${ev.reason}: ${ev.message}`);
+    expect(ev.message).toContain('VMIGone');
+    await kube.kubectl(['delete', 'bpp', 'midpull', '-n', NS, '--wait=true']);
+  }, 300_000);
+
+  it('finished BlockPulls go after ttlSecondsAfterFinished and are not made again', async () => {
+    const TTL = 5;
+    await vmi('ttl1', ['rootdisk'], { fleet: 'ttl' }, { layers: 2, sizeMiB: 4, allocatedMiB: 2 });
+    expect(
+      (await apply(policy('ttl', { vmiSelector: { matchLabels: { fleet: 'ttl' } }, ttlSecondsAfterFinished: TTL })))
+        .exitCode,
+    ).toBe(0);
+    const policyUid = await uidOf('bpp', 'ttl');
+    const done = await waitFor('the pull of ttl1 Completed', 120_000, async () =>
+      (await pullsOf(policyUid)).find((b) => b.status?.phase === 'Completed' && b.status.completionTime !== undefined),
+    );
+    const completedAt = Date.parse(done.status!.completionTime!);
+    await waitFor(
+      'the finished BlockPull deleted',
+      (TTL + 30) * 1000,
+      async () => (await pullsOf(policyUid)).length === 0,
+      250,
+    );
+    const goneAfterS = (Date.now() - completedAt) / 1000;
+    console.log(`TTL ${TTL} s: the finished BlockPull was deleted ${goneAfterS.toFixed(1)} s after its completionTime`);
+    expect(goneAfterS).toBeGreaterThanOrEqual(TTL - 1); // completionTime has 1 s resolution
+    // Remembered, not pulled again: status.finished holds the disk; no new BlockPull comes.
+    const st = await waitFor('the finished disk remembered', 20_000, async () => {
+      const s = await statusOf('ttl');
+      return (s.finished ?? []).length > 0 ? s : undefined;
+    });
+    expect(st.finished).toEqual([`${uids.get('ttl1')}/rootdisk=Completed`]);
+    await sleep(4_000);
+    expect(await pullsOf(policyUid)).toEqual([]);
+    const after = await statusOf('ttl');
+    expect(after.counts).toMatchObject({ completed: 1, notCreated: 0, pending: 0 });
+    expect(after.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'AllFlat' });
+    const ev = (await eventsAbout(NS, 'BlockPullPolicy', 'ttl')).find((e) => e.reason === 'BlockPullsDeleted');
+    expect(ev?.message).toContain('TTLExpired');
+    await kube.kubectl(['delete', 'bpp', 'ttl', '-n', NS, '--wait=true']);
+  }, 240_000);
+
+  it('dryRun with base.keepBottom: the plan lists the bytes of the images that would be pulled, not a full pull', async () => {
+    // 4 images: active, two in the middle, the golden bottom (keepBottom 1 keeps it).
+    const l = await vmi('kb1', ['rootdisk'], { fleet: 'keep' }, { layers: 4, sizeMiB: 16, allocatedMiB: 12 });
+    expect(
+      (
+        await apply(
+          policy('keep', {
+            vmiSelector: { matchLabels: { fleet: 'keep' } },
+            base: { keepBottom: 1 },
+            minChainLength: 3,
+            dryRun: true,
+          }),
+        )
+      ).exitCode,
+    ).toBe(0);
+    const policyUid = await uidOf('bpp', 'keep');
+    const st = await waitFor('the keepBottom plan made', 120_000, async () => {
+      const s = await statusOf('keep');
+      return s.conditions?.find((c) => c.type === 'Ready')?.reason === 'Planned' ? s : undefined;
+    });
+    const entry = st.plan?.[0];
+    const pulls = await pullsOf(policyUid);
+    // Two looks, both plans: the chain (a full pull's bytes) and the pull down to the kept base.
+    const looks = pulls.map((b) => ({ name: b.metadata.name, role: b.metadata.labels?.['blockpull.dev/role'], b }));
+    expect(looks.map((x) => x.role)).toEqual(['plan', 'plan']);
+    const full = looks.find((x) => (x.b.spec as { base?: unknown }).base === undefined)!.b.status?.plan?.bytesToWrite;
+    const base = looks.find((x) => (x.b.spec as { base?: unknown }).base !== undefined)!;
+    const bottom = (await stat(l.disks[0]!.chain[3]!)).size;
+    console.log(
+      `keepBottom 1 plan: ${JSON.stringify(entry)}; a full pull would write ${full} bytes; the kept bottom image is ${bottom} bytes`,
+    );
+    expect((base.b.spec as { base?: unknown }).base).toEqual({ position: 3 });
+    expect(entry).toMatchObject({ vmi: 'kb1', disk: 'rootdisk', chainLength: 4, pull: true, blockPull: base.name });
+    expect(full).toBeGreaterThan(0);
+    expect(entry?.bytesToWrite).toBeGreaterThan(0);
+    // The kept image is left out: the plan's figure is a full pull's less (about) the bottom image.
+    expect(entry!.bytesToWrite!).toBeLessThan(full!);
+    expect(Math.abs(full! - entry!.bytesToWrite! - bottom)).toBeLessThan(1024 * 1024);
+    expect(st.counts).toMatchObject({ planned: 1, pending: 0 });
+    // Nothing was pulled: the chain is as it was.
+    expect((await new VirshDriver(l.runner, l.uri).getDisk(l.domain, { name: 'rootdisk' })).chain).toHaveLength(4);
+    await kube.kubectl(['delete', 'bpp', 'keep', '-n', NS, '--wait=true']);
+  }, 240_000);
+
+  it("a ClusterBlockPullPolicy's Events are written in namespace default", async () => {
+    await vmi('cev1', ['rootdisk'], { fleet: 'cluster-events' }, { layers: 2, sizeMiB: 4, allocatedMiB: 2 });
+    const name = 'bp-policy-events';
+    const cluster = {
+      apiVersion: 'blockpull.dev/v1alpha1',
+      kind: 'ClusterBlockPullPolicy',
+      metadata: { name },
+      spec: {
+        vmiSelector: { matchLabels: { fleet: 'cluster-events' } },
+        namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': NS } },
+      },
+    };
+    expect((await apply(cluster)).exitCode).toBe(0);
+    const policyUid = await uidOf('clusterblockpullpolicy', name, null);
+    const ev = await waitFor('the cluster policy Event in default', 60_000, async () =>
+      (await eventsAbout('default', 'ClusterBlockPullPolicy', name)).find((e) => e.reason === 'BlockPullsCreated'),
+    );
+    console.log(`cluster policy Event in ${ev.metadata.namespace}: ${ev.reason}: ${ev.message}`);
+    expect(ev.metadata.namespace).toBe('default');
+    expect(ev.involvedObject).toMatchObject({ kind: 'ClusterBlockPullPolicy', name, uid: policyUid });
+    expect(ev.involvedObject.namespace ?? '').toBe('');
+    expect(ev.message).toBe('created 1 BlockPull(s)');
+    // None in the namespace of its BlockPulls.
+    expect(await eventsAbout(NS, 'ClusterBlockPullPolicy', name)).toEqual([]);
+    const bp = await waitFor('the cluster policy pull Completed', 120_000, async () =>
+      (await pullsOf(policyUid)).find((b) => b.status?.phase === 'Completed'),
+    );
+    expect(bp.spec.vmiName).toBe('cev1');
+    await kube.kubectl(['delete', 'clusterblockpullpolicy', name, '--wait=true']);
+    await waitFor("the cluster policy's BlockPull gone", 60_000, async () => (await pullsOf(policyUid)).length === 0);
+  }, 240_000);
 
   it("deleting the policy deletes its BlockPulls; the user's stays", async () => {
     const policyUid = (await kube.kubectl(['get', 'bpp', POLICY, '-n', NS, '-o', 'jsonpath={.metadata.uid}'])).trim();
