@@ -20,6 +20,7 @@ import { chainOperations, type ChainOperation } from '../kubevirt/chain-operatio
 import {
   ephemeralStorageLimit,
   locateLauncher,
+  orphanedLauncher,
   vmiHasDisk,
   VmiSchema,
   type LauncherLookup,
@@ -273,9 +274,14 @@ export class Gatherer {
     const vmiUid = (rawVmi as { metadata?: { uid?: unknown } } | undefined)?.metadata?.uid;
     // Only the pods claiming this VMI (indexed by its uid), not every pod of the namespace.
     const pods = typeof vmiUid === 'string' ? this.#o.pods.byIndex(POD_BY_VMI_UID, `${ns}/${vmiUid}`) : [];
-    return locateLauncher(ns, bp.spec.vmiName, rawVmi, pods, this.#o.migrations?.list(ns) ?? [], {
+    const lookup = locateLauncher(ns, bp.spec.vmiName, rawVmi, pods, this.#o.migrations?.list(ns) ?? [], {
       terminating: deleting,
     });
+    // Being deleted with the VMI already gone: the pod our job ran in may still run it.
+    const recorded = bp.status?.launcher?.pod;
+    if (deleting && lookup.kind === 'vmiNotFound' && recorded !== undefined)
+      return orphanedLauncher(ns, bp.spec.vmiName, this.#o.pods.get(ns, recorded)) ?? lookup;
+    return lookup;
   }
 
   /** The VMI has no disk of that name (said by its spec, before libvirt is asked). */

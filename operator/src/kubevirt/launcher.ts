@@ -140,6 +140,7 @@ export const PodSchema = z.looseObject({
     .looseObject({
       nodeName: z.string().optional(),
       containers: z.array(z.looseObject({ name: z.string() })).optional(),
+      securityContext: z.looseObject({ runAsUser: z.number().int().nullable().optional() }).nullable().optional(),
     })
     .optional(),
   status: z.looseObject({ phase: z.string().optional() }).optional(),
@@ -364,6 +365,43 @@ export function locateLauncher(
       uri: libvirtUri(vmi.status?.runtimeUser),
     },
     ...(migration !== undefined ? { migration } : {}),
+    ...(isTerminating(pod) ? { terminating: true as const } : {}),
+  };
+}
+
+/**
+ * The launcher pod a BlockPull recorded (status.launcher.pod), once its VMI is gone while that pod
+ * still runs: the VMI deleted at once (its finalizers removed by hand) or with `--cascade=orphan`.
+ * Only for the abort on delete, so that no job of ours outlives its BlockPull: the pod must still
+ * be a launcher (label kubevirt.io=virt-launcher) controlled by a VirtualMachineInstance of that
+ * name, with the compute container. Without the VMI its runtime user is read from the pod, as
+ * virt-controller renders it (pod securityContext.runAsUser: 0 for a root VMI, 107 otherwise).
+ */
+export function orphanedLauncher(namespace: string, vmiName: string, rawPod: unknown): LauncherLookup | undefined {
+  const parsed = PodSchema.safeParse(rawPod);
+  if (!parsed.success) return undefined;
+  const pod = parsed.data;
+  const controlledByVmi = (pod.metadata.ownerReferences ?? []).some(
+    (r) => r.controller === true && r.kind === VMI_KIND && r.name === vmiName,
+  );
+  if (
+    pod.metadata.namespace !== namespace ||
+    pod.metadata.labels?.['kubevirt.io'] !== 'virt-launcher' ||
+    !controlledByVmi ||
+    !(pod.spec?.containers ?? []).some((c) => c.name === LAUNCHER_CONTAINER) ||
+    pod.status?.phase !== 'Running'
+  )
+    return undefined;
+  return {
+    kind: 'found',
+    launcher: {
+      namespace,
+      pod: pod.metadata.name,
+      node: pod.spec?.nodeName ?? '',
+      container: LAUNCHER_CONTAINER,
+      domain: domainName(namespace, vmiName),
+      uri: libvirtUri(pod.spec?.securityContext?.runAsUser ?? undefined),
+    },
     ...(isTerminating(pod) ? { terminating: true as const } : {}),
   };
 }
