@@ -322,6 +322,62 @@ describe('BlockPull end to end (operator process, kubectl, launcher stand-in)', 
     expect(await launcher!.compare('delete', ref)).toBe(true);
   });
 
+  it('the VMI gone at once mid-pull, its launcher left running: deleting the BlockPull aborts the job through the recorded pod first', async () => {
+    // A VMI of its own (vm1 serves the other scenarios), with a stand-in that outlives it.
+    const vmiName = 'vm-orphan';
+    const l = await startLauncher({
+      namespace: NS,
+      vmiName,
+      registryDir,
+      disks: [{ name: 'd', layers: 3, sizeMiB: 64, allocatedMiB: 33 }],
+    });
+    extraLaunchers.push(l);
+    await createFakeVmi(kube, { namespace: NS, vmiName, launcher: l, disks: ['d'] });
+    const d = new VirshDriver(l.runner, l.uri);
+    const tgt = l.disks[0]!.target;
+    const ref = await l.reference('d');
+    const topBefore = await l.topDataBytes('d');
+    // ~30 MiB at 1 MiB/s: still running when the BlockPull is deleted.
+    await apply('orphan', 'd', { bandwidth: '1Mi' }, vmiName);
+    const running = await runningWithProgress('orphan');
+    expect(running.status?.launcher?.pod).toBe(l.podName);
+    expect(await d.getJob(l.domain, tgt)).not.toBeNull();
+
+    // The VMI removed at once (no finalizer, as when KubeVirt's is removed by hand). This cluster
+    // runs no garbage collector, so its launcher pod stays, Running and controlled by the gone VMI,
+    // as with --cascade=orphan (which here would wait forever for the absent collector).
+    await kube.kubectl(['delete', 'vmi', vmiName, '-n', NS, '--wait=true', '--timeout=20s']);
+    expect(
+      (await kube.kubectlResult(['get', 'vmi', vmiName, '-n', NS, '--ignore-not-found', '-o', 'name'])).stdout.trim(),
+    ).toBe('');
+    const pod = JSON.parse(await kube.kubectl(['get', 'pod', l.podName, '-n', NS, '-o', 'json'])) as {
+      status?: { phase?: string };
+      metadata: { ownerReferences?: { kind: string; name: string; controller?: boolean }[] };
+    };
+    expect(pod.status?.phase).toBe('Running');
+    expect(pod.metadata.ownerReferences).toEqual([
+      expect.objectContaining({ kind: 'VirtualMachineInstance', name: vmiName, controller: true }),
+    ]);
+    expect(await d.getJob(l.domain, tgt)).not.toBeNull();
+
+    await kube.kubectl(['delete', 'blockpull', 'orphan', '-n', NS, '--wait=false']);
+    // Polled fast: the first look at the BlockPull gone also looks at the job, which must be gone by then.
+    const jobAtGone = await waitFor(
+      'the BlockPull orphan gone',
+      30_000,
+      async () =>
+        (await getBlockPull(kube, NS, 'orphan')) === undefined ? { job: await d.getJob(l.domain, tgt) } : undefined,
+      100,
+    );
+    expect(jobAtGone.job).toBeNull();
+    // Aborted short of the goal: the chain is intact, the streamed data kept, the data identical.
+    const chain = (await d.getDisk(l.domain, { name: 'd' })).chain.map((x) => x.path);
+    expect(chain).toEqual(l.disks[0]!.chain);
+    expect(await l.topDataBytes('d')).toBeGreaterThan(topBefore);
+    expect(await l.compare('d', ref)).toBe(true);
+    await kube.kubectl(['delete', 'pod', l.podName, '-n', NS, '--grace-period=0', '--force']);
+  }, 120_000);
+
   it('missing VMI, missing disk, VMI not running, VMI migrating, an already flat disk: documented phase and reason with a useful message', async () => {
     await apply('no-vmi', 'rootdisk', {}, 'nope');
     await apply('no-disk', 'nodisk');
