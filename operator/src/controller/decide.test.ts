@@ -729,6 +729,44 @@ describe('decide: the state table', () => {
     expect(later.status).toEqual(d.status);
   });
 
+  it('a running pull whose look got no answer in time: the status stays, until 3 such looks in a row spanning >= 10 s', () => {
+    const stored = running({
+      launcher: { pod: FOUND.launcher.pod, node: 'node1', container: 'compute', domain: 'ns_vm1', target: 'vda' },
+      progress: { currentBytes: 40, totalBytes: 100, percent: '40%', bytesPerSecond: 10 },
+    });
+    const slow = (count: number, sinceMs: number) =>
+      decide(
+        obs({
+          bp: bp({ status: stored }),
+          hypervisor: { kind: 'unreachable', message: 'no answer within 1000 ms' },
+          unansweredLooks: { count, sinceMs },
+        }),
+      );
+    const t = NOW.getTime();
+    for (const [count, sinceMs] of [
+      [1, t],
+      [3, t - 9_999], // three, but within 10 s
+      [2, t - 60_000], // a long time, but two looks
+    ] as const) {
+      const d = slow(count, sinceMs);
+      expect(d.status, `${count} looks since ${t - sinceMs} ms`).toEqual(stored); // not rewritten
+      expect(d.action).toEqual({ type: 'none' });
+      expect(d.requeueAfterMs).toBe(500);
+    }
+    const verdict = slow(3, t - 10_000);
+    expect(verdict.status).toMatchObject({ phase: 'Running', reason: 'HypervisorUnreachable' });
+    expect(getCondition(verdict.status.conditions, 'Progressing')?.status).toBe('Unknown');
+    // Once said, a further unanswered look keeps saying it (no flip back without an answer).
+    const after = decide(
+      obs({
+        bp: bp({ status: verdict.status }),
+        hypervisor: { kind: 'unreachable', message: 'no answer within 1000 ms' },
+        unansweredLooks: { count: 1, sinceMs: t },
+      }),
+    );
+    expect(after.status.reason).toBe('HypervisorUnreachable');
+  });
+
   it('terminal phases are sticky: re-applying starts nothing', () => {
     const done: BlockPullStatus = { phase: 'Completed', reason: 'Completed', backingChain: { before: before3 } };
     const d = decide(obs({ bp: bp({ status: done }), hypervisor: ok(CHAIN3) }));

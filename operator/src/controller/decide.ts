@@ -146,6 +146,31 @@ export interface Observation {
    * always wins: no pull starts, and a running one yields at once.
    */
   readonly chainOperations?: readonly ChainOperation[];
+  /**
+   * This look got no answer within the observe budget (hypervisor is then 'unreachable'): how
+   * many looks in a row got none, this one included, and when the first of them was made (ms).
+   * Kept by the gatherer in this process's per-BlockPull memory; undefined when the look was
+   * answered (an error is an answer).
+   */
+  readonly unansweredLooks?: { readonly count: number; readonly sinceMs: number };
+}
+
+/**
+ * A running pull is said HypervisorUnreachable only after UNREACHABLE_AFTER_LOOKS looks in a row
+ * got no answer within the observe budget, spanning at least UNREACHABLE_AFTER_MS. On a loaded
+ * node one look outlasts the budget now and then while the job runs on in QEMU: saying so at
+ * each such look flipped the reason back and forth (a status write and an Event per flip, measured
+ * as 57 transitions per pull with 10 pulls on 2 cores). Both bounds: three misses can come within
+ * a second (the BlockPull is woken by events), and one long miss is still a single look.
+ */
+export const UNREACHABLE_AFTER_LOOKS = 3;
+export const UNREACHABLE_AFTER_MS = 10_000;
+
+/** The unanswered looks are enough to say libvirt is unreachable (see UNREACHABLE_AFTER_LOOKS). */
+export function unreachableVerdict(looks: Observation['unansweredLooks'], nowMs: number): boolean {
+  return (
+    looks === undefined || (looks.count >= UNREACHABLE_AFTER_LOOKS && nowMs - looks.sinceMs >= UNREACHABLE_AFTER_MS)
+  );
 }
 
 /** Longest wait between two starts after failures, and between two space checks. */
@@ -895,6 +920,17 @@ function hypervisorProblem(
   hypervisor: Exclude<HypervisorObservation, { kind: 'ok' }> | undefined,
 ): Decision {
   const { obs, prior, withLauncher, generation, now } = f;
+  // A running pull whose look did not answer in time, too few times yet for a verdict: the status
+  // stays as the last answered look left it (its figures dated by progress.observedTime).
+  if (
+    hypervisor?.kind === 'unreachable' &&
+    prior.phase === 'Running' &&
+    prior.reason !== 'HypervisorUnreachable' &&
+    !f.movedPod &&
+    f.bp.status !== undefined &&
+    !unreachableVerdict(obs.unansweredLooks, now.getTime())
+  )
+    return { status: f.bp.status, action: { type: 'none' }, requeueAfterMs: obs.pollIntervalMs };
   if (hypervisor === undefined)
     return waitingStatus(
       obs,

@@ -169,13 +169,21 @@ export class Gatherer {
     const looked = await this.#o.gate.observe(driver, `pod ${bp.metadata.namespace}/${launcherPod.pod}`, key, () =>
       this.#hypervisor(bp, launcherPod, driver, log),
     );
+    const record = this.#o.memory.of(key);
     if (looked.kind === 'waiting') {
-      log.debug({ launcherPod: launcherPod.pod, detail: looked.detail }, 'not waiting on libvirt');
+      const misses = record.unanswered;
+      const unansweredLooks = { count: (misses?.count ?? 0) + 1, sinceMs: misses?.sinceMs ?? base.now.getTime() };
+      record.unanswered = unansweredLooks;
+      log.debug(
+        { launcherPod: launcherPod.pod, detail: looked.detail, unansweredLooks: unansweredLooks.count },
+        'not waiting on libvirt',
+      );
       return {
-        obs: { ...base, launcher, hypervisor: { kind: 'unreachable', message: looked.message } },
+        obs: { ...base, launcher, hypervisor: { kind: 'unreachable', message: looked.message }, unansweredLooks },
         polled: false,
       };
     }
+    delete record.unanswered;
     const hypervisor = looked.value;
     const operations = this.#chainOperations(bp, hypervisor);
     return {
