@@ -57,6 +57,11 @@ export interface Gathered {
   readonly obs: Observation;
   /** Undefined when libvirt was not reached: nothing is done through a launcher that did not answer. */
   readonly driver?: BlockJobDriver;
+  /**
+   * The driver whose look got no answer within the budget (driver is then undefined): nothing is
+   * done through it this pass, but the job's event subscription on it is kept (see reconcile.ts).
+   */
+  readonly waitingOn?: BlockJobDriver;
   /** The launcher is looked for by polling (the transport found no way in; no watch event says when). */
   readonly polled: boolean;
 }
@@ -180,6 +185,7 @@ export class Gatherer {
       );
       return {
         obs: { ...base, launcher, hypervisor: { kind: 'unreachable', message: looked.message }, unansweredLooks },
+        waitingOn: driver,
         polled: false,
       };
     }

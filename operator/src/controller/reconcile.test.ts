@@ -806,4 +806,20 @@ describe('Reconciler when a look gets no answer in time', () => {
     // The third miss in a row, >= 10 s after the first of them (11.5 s): the verdict.
     expect((await w.pass(21_500)).reason).toBe('HypervisorUnreachable');
   });
+
+  it('an unanswered look keeps the job event subscription; the Unreachable verdict ends it; the next answer resubscribes', async () => {
+    const w = world();
+    await w.pass(0);
+    expect(w.calls).toMatchObject({ subscriptions: 1, stops: 0 });
+    w.libvirt.answers = false;
+    await w.pass(1_000);
+    await w.pass(6_000);
+    expect(w.calls).toMatchObject({ subscriptions: 1, stops: 0 }); // the streams live on
+    expect((await w.pass(11_000)).reason).toBe('HypervisorUnreachable');
+    expect(w.calls).toMatchObject({ subscriptions: 1, stops: 1 });
+    await w.answerHanging();
+    w.libvirt.answers = true;
+    expect((await w.pass(12_000)).reason).toBe('Adopted');
+    expect(w.calls).toMatchObject({ subscriptions: 2, stops: 1 });
+  });
 });
