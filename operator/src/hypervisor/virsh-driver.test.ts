@@ -200,6 +200,55 @@ describe('VirshDriver.watchEvents restarts', () => {
   });
 });
 
+describe('VirshDriver looks asked twice at once', () => {
+  /** A runner whose commands end when the test says; it records each argv. */
+  class GatedRunner implements CommandRunner {
+    readonly description = 'gated';
+    readonly argvs: string[][] = [];
+    readonly #ends: (() => void)[] = [];
+    run(argv: readonly string[]): Promise<RunResult> {
+      this.argvs.push([...argv]);
+      const stdout =
+        argv[4] === 'dumpxml'
+          ? `<domain><name>d</name><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/d/top.qcow2' index='1'/><backingStore/><target dev='vda' bus='virtio'/></disk></devices></domain>`
+          : ' type=Block Pull\n bandwidth=0\n cur=1\n end=10\n';
+      return new Promise((resolve) => this.#ends.push(() => resolve({ exitCode: 0, stdout, stderr: '' })));
+    }
+    stream(): StreamHandle {
+      throw new Error('not used');
+    }
+    endAll(): void {
+      for (const end of this.#ends.splice(0)) end();
+    }
+  }
+
+  it('the same getJob or listDisks asked while it runs shares its one command; another disk, a later look or a signal gets its own', async () => {
+    const runner = new GatedRunner();
+    const driver = new VirshDriver(runner, URI);
+    const jobs = [driver.getJob('d', 'vda'), driver.getJob('d', 'vda'), driver.getJob('d', 'vdb')];
+    const disks = [driver.listDisks('d'), driver.listDisks('d'), driver.listDisks('d', new AbortController().signal)];
+    expect(runner.argvs.map((a) => `${a[4]} ${a.includes('--path') ? a[a.indexOf('--path') + 1] : ''}`)).toEqual([
+      'blockjob vda',
+      'blockjob vdb',
+      'dumpxml ',
+      'dumpxml ',
+    ]);
+    runner.endAll();
+    const [a, b, c] = await Promise.all(jobs);
+    expect(a).toEqual({ type: 'Block Pull', bandwidth: 0, cur: 1, end: 10 });
+    expect(b).toEqual(a);
+    expect(c).toEqual(a);
+    const [d1, d2] = await Promise.all(disks);
+    expect(d1?.map((d) => d.target)).toEqual(['vda']);
+    expect(d2).toEqual(d1);
+    // Ended: the next look runs its own command.
+    const again = driver.getJob('d', 'vda');
+    expect(runner.argvs).toHaveLength(5);
+    runner.endAll();
+    await again;
+  });
+});
+
 /** virsh answers; the space tools (stat, du) flood their output, as a misbehaving launcher could. */
 class FloodingToolRunner implements CommandRunner {
   readonly description = 'flooding tools';

@@ -77,6 +77,8 @@ export class VirshDriver implements BlockJobDriver {
   readonly #monitorRestartDelayMs: number;
   readonly #restartMaxMs: number;
   readonly #pollMs: number;
+  /** The read-only looks under way, by subcommand and arguments (see #look). */
+  readonly #looks = new Map<string, Promise<RunResult>>();
 
   constructor(runner: CommandRunner, uri: string, options: VirshDriverOptions = {}) {
     this.runner = runner;
@@ -118,8 +120,24 @@ export class VirshDriver implements BlockJobDriver {
     return result;
   }
 
+  /**
+   * A read-only look: one asked while the same look (same subcommand and arguments) is under way
+   * shares its command and its answer, instead of a second exec session to the same pod (the
+   * reconciler's look and the event subscription's seed often ask for the same `virsh blockjob`
+   * at once). A look with a signal is the caller's own (its signal ends only it).
+   */
+  #look(subcommand: 'dumpxml' | 'blockjob', args: readonly string[], signal?: AbortSignal): Promise<RunResult> {
+    if (signal !== undefined) return this.#virshRun(subcommand, args, signal);
+    const key = [subcommand, ...args].join('\0');
+    const shared = this.#looks.get(key);
+    if (shared !== undefined) return shared;
+    const look = this.#virshRun(subcommand, args).finally(() => this.#looks.delete(key));
+    this.#looks.set(key, look);
+    return look;
+  }
+
   async listDisks(domain: string, signal?: AbortSignal): Promise<DiskInfo[]> {
-    const { stdout } = await this.#virshRun('dumpxml', ['--domain', domain], signal);
+    const { stdout } = await this.#look('dumpxml', ['--domain', domain], signal);
     return parseDomainDisks(stdout);
   }
 
@@ -149,7 +167,7 @@ export class VirshDriver implements BlockJobDriver {
   }
 
   async getJob(domain: string, target: string): Promise<BlockJobInfo | null> {
-    const { stdout } = await this.#virshRun('blockjob', ['--domain', domain, '--path', target, '--raw', '--bytes']);
+    const { stdout } = await this.#look('blockjob', ['--domain', domain, '--path', target, '--raw', '--bytes']);
     return parseBlockJobRaw(stdout);
   }
 
