@@ -514,10 +514,33 @@ describe('decide: the state table', () => {
       percent: '30%',
       bytesPerSecond: 200,
       etaSeconds: 4,
+      observedTime: '2026-11-27T10:00:00Z',
     });
     expect(d.sample).toEqual({ cur: 300, atMs: NOW.getTime() });
     expect(d.status.reason).toBe('Pulling');
     expect(d.requeueAfterMs).toBe(500);
+  });
+
+  it('progress.observedTime is when libvirt answered the look, not the time of the decision (a late answer is dated as such)', () => {
+    const answered = new Date(NOW.getTime() - 3_000); // a look that ended 3 s before this reconcile
+    const d = decide(
+      obs({
+        bp: bp({ status: running() }),
+        hypervisor: { kind: 'ok', disk: CHAIN3, job: job(300, 1000), observedAt: answered },
+        previousSample: { cur: 100, atMs: answered.getTime() - 1000 },
+      }),
+    );
+    expect(d.status.progress).toMatchObject({ observedTime: '2026-11-27T09:59:57Z', bytesPerSecond: 200 });
+    expect(d.sample).toEqual({ cur: 300, atMs: answered.getTime() });
+    // The look that finds the chain at its goal dates the 100 %.
+    const done = decide(
+      obs({
+        bp: bp({ status: running({ progress: { currentBytes: 900, totalBytes: 1000, percent: '90%' } }) }),
+        hypervisor: { kind: 'ok', disk: FLAT, job: null, observedAt: answered },
+      }),
+    );
+    expect(done.status.phase).toBe('Completed');
+    expect(done.status.progress).toMatchObject({ percent: '100%', observedTime: '2026-11-27T09:59:57Z' });
   });
 
   it('a job not started yet (cur=0 end=1) reads 0%', () => {

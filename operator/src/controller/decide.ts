@@ -43,7 +43,13 @@ export type HypervisorObservation =
   | { readonly kind: 'unreachable'; readonly message: string }
   | { readonly kind: 'domainNotFound'; readonly message: string }
   | { readonly kind: 'diskNotFound'; readonly message: string }
-  | { readonly kind: 'ok'; readonly disk: DiskInfo; readonly job: BlockJobInfo | null };
+  | {
+      readonly kind: 'ok';
+      readonly disk: DiskInfo;
+      readonly job: BlockJobInfo | null;
+      /** When libvirt answered this look (its job figures are of that moment); absent: the observation's now. */
+      readonly observedAt?: Date;
+    };
 
 /**
  * The pre-flight space check before a start (reconcile.ts measures it through the driver, see
@@ -392,11 +398,17 @@ export function toBaseRef(base: BlockPull['spec']['base']): BaseRef | undefined 
   return undefined;
 }
 
+/** When libvirt answered the look that decide() judges (progress.observedTime, the rate's clock). */
+function observedAt(obs: Observation): Date {
+  return (obs.hypervisor?.kind === 'ok' ? obs.hypervisor.observedAt : undefined) ?? obs.now;
+}
+
 function progressFrom(
   job: BlockJobInfo,
   prev: ProgressSample | undefined,
-  nowMs: number,
+  observed: Date,
 ): { progress: Progress; sample: ProgressSample } {
+  const nowMs = observed.getTime();
   // A job may report cur > end (or odd values): keep 0 <= cur <= total, so the ETA is never negative.
   const total = job.end <= 1 ? 0 : Math.floor(job.end);
   const cur = total === 0 ? 0 : Math.min(total, Math.max(0, Math.floor(job.cur)));
@@ -409,6 +421,7 @@ function progressFrom(
     percent: percentOf(cur, total),
     bytesPerSecond: rate,
     ...(rate > 0 ? { etaSeconds: Math.ceil((total - cur) / rate) } : {}),
+    observedTime: timestamp(observed),
   };
   return { progress, sample: { cur, atMs: nowMs } };
 }
@@ -1028,6 +1041,8 @@ const pullComplete: Step<DiskFacts> = (f) => {
     percent: '100%',
     bytesPerSecond: 0,
     etaSeconds: 0,
+    // The look that found the chain at its goal.
+    observedTime: timestamp(observedAt(f.obs)),
   };
   const nothing = f.firstLook && f.attempts === 0;
   const chainText = disk.chain.map((l) => l.path).join(' <- ');
@@ -1496,7 +1511,7 @@ function decideUnbounded(obs: Input): Decision {
   const complete = pullComplete(disk);
   if (complete !== undefined) return complete;
   if (disk.ourJob !== null) {
-    const { progress, sample } = progressFrom(disk.ourJob, obs.previousSample, obs.now.getTime());
+    const { progress, sample } = progressFrom(disk.ourJob, obs.previousSample, observedAt(obs));
     return ourPullRuns({ ...disk, job: disk.ourJob, progress, sample });
   }
   const idle = idleFacts(disk);

@@ -338,14 +338,16 @@ export class Gatherer {
         current !== undefined
       ) {
         const job = await driver.getJob(domain, target);
-        if (job !== null) return { kind: 'ok', disk: { target, chain: current.map((l) => ({ ...l })) }, job };
+        const observedAt = this.#o.now();
+        if (job !== null)
+          return { kind: 'ok', disk: { target, chain: current.map((l) => ({ ...l })) }, job, observedAt };
         // Gone: the chain read after it is final (no second `virsh blockjob` at the job's end).
         const disk = await driver.getDisk(domain, { name: bp.spec.disk });
-        if (disk.target === target) return { kind: 'ok', disk, job: null };
+        if (disk.target === target) return { kind: 'ok', disk, job: null, observedAt: this.#o.now() };
       }
       const disk = await driver.getDisk(domain, { name: bp.spec.disk });
       const job = await driver.getJob(domain, disk.target);
-      return { kind: 'ok', disk, job };
+      return { kind: 'ok', disk, job, observedAt: this.#o.now() };
     } catch (err) {
       if (err instanceof HypervisorError) {
         log.debug({ code: err.code, error: err.message }, 'hypervisor observation failed');

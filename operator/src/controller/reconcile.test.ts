@@ -798,11 +798,13 @@ describe('Reconciler when a look gets no answer in time', () => {
     // Answered (the hanging look ends, its result is used by the next reconcile): the count starts again.
     await w.answerHanging();
     w.libvirt.answers = true;
+    expect(w.calls.statusPatches).toBe(written); // the slow looks wrote nothing
     expect((await w.pass(7_000)).reason).toBe('Adopted');
+    const progressWritten = w.calls.statusPatches; // the answer's figures (and their observedTime)
     w.libvirt.answers = false;
     expect((await w.pass(11_500)).reason).toBe('Adopted'); // the 3rd miss since 1 s, but not in a row
     expect((await w.pass(16_000)).reason).toBe('Adopted');
-    expect(w.calls.statusPatches).toBe(written); // the slow looks wrote nothing
+    expect(w.calls.statusPatches).toBe(progressWritten);
     // The third miss in a row, >= 10 s after the first of them (11.5 s): the verdict.
     expect((await w.pass(21_500)).reason).toBe('HypervisorUnreachable');
   });
