@@ -202,6 +202,11 @@ export const ProgressSchema = z.object({
   percent: z.string().max(STATUS_LIMITS.percentLength).optional(),
   bytesPerSecond: int64().min(0).optional(),
   etaSeconds: int64().min(0).optional(),
+  /**
+   * When libvirt reported these figures (the look that read them, not the status write): a look
+   * that gets no answer keeps the last figures, and this says how old they are.
+   */
+  observedTime: dateTime().optional(),
 });
 export type Progress = z.infer<typeof ProgressSchema>;
 

@@ -514,10 +514,33 @@ describe('decide: the state table', () => {
       percent: '30%',
       bytesPerSecond: 200,
       etaSeconds: 4,
+      observedTime: '2026-11-27T10:00:00Z',
     });
     expect(d.sample).toEqual({ cur: 300, atMs: NOW.getTime() });
     expect(d.status.reason).toBe('Pulling');
     expect(d.requeueAfterMs).toBe(500);
+  });
+
+  it('progress.observedTime is when libvirt answered the look, not the time of the decision (a late answer is dated as such)', () => {
+    const answered = new Date(NOW.getTime() - 3_000); // a look that ended 3 s before this reconcile
+    const d = decide(
+      obs({
+        bp: bp({ status: running() }),
+        hypervisor: { kind: 'ok', disk: CHAIN3, job: job(300, 1000), observedAt: answered },
+        previousSample: { cur: 100, atMs: answered.getTime() - 1000 },
+      }),
+    );
+    expect(d.status.progress).toMatchObject({ observedTime: '2026-11-27T09:59:57Z', bytesPerSecond: 200 });
+    expect(d.sample).toEqual({ cur: 300, atMs: answered.getTime() });
+    // The look that finds the chain at its goal dates the 100 %.
+    const done = decide(
+      obs({
+        bp: bp({ status: running({ progress: { currentBytes: 900, totalBytes: 1000, percent: '90%' } }) }),
+        hypervisor: { kind: 'ok', disk: FLAT, job: null, observedAt: answered },
+      }),
+    );
+    expect(done.status.phase).toBe('Completed');
+    expect(done.status.progress).toMatchObject({ percent: '100%', observedTime: '2026-11-27T09:59:57Z' });
   });
 
   it('a job not started yet (cur=0 end=1) reads 0%', () => {
@@ -727,6 +750,44 @@ describe('decide: the state table', () => {
       }),
     );
     expect(later.status).toEqual(d.status);
+  });
+
+  it('a running pull whose look got no answer in time: the status stays, until 3 such looks in a row spanning >= 10 s', () => {
+    const stored = running({
+      launcher: { pod: FOUND.launcher.pod, node: 'node1', container: 'compute', domain: 'ns_vm1', target: 'vda' },
+      progress: { currentBytes: 40, totalBytes: 100, percent: '40%', bytesPerSecond: 10 },
+    });
+    const slow = (count: number, sinceMs: number) =>
+      decide(
+        obs({
+          bp: bp({ status: stored }),
+          hypervisor: { kind: 'unreachable', message: 'no answer within 1000 ms' },
+          unansweredLooks: { count, sinceMs },
+        }),
+      );
+    const t = NOW.getTime();
+    for (const [count, sinceMs] of [
+      [1, t],
+      [3, t - 9_999], // three, but within 10 s
+      [2, t - 60_000], // a long time, but two looks
+    ] as const) {
+      const d = slow(count, sinceMs);
+      expect(d.status, `${count} looks since ${t - sinceMs} ms`).toEqual(stored); // not rewritten
+      expect(d.action).toEqual({ type: 'none' });
+      expect(d.requeueAfterMs).toBe(500);
+    }
+    const verdict = slow(3, t - 10_000);
+    expect(verdict.status).toMatchObject({ phase: 'Running', reason: 'HypervisorUnreachable' });
+    expect(getCondition(verdict.status.conditions, 'Progressing')?.status).toBe('Unknown');
+    // Once said, a further unanswered look keeps saying it (no flip back without an answer).
+    const after = decide(
+      obs({
+        bp: bp({ status: verdict.status }),
+        hypervisor: { kind: 'unreachable', message: 'no answer within 1000 ms' },
+        unansweredLooks: { count: 1, sinceMs: t },
+      }),
+    );
+    expect(after.status.reason).toBe('HypervisorUnreachable');
   });
 
   it('terminal phases are sticky: re-applying starts nothing', () => {

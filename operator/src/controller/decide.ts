@@ -44,7 +44,13 @@ export type HypervisorObservation =
   | { readonly kind: 'unreachable'; readonly message: string }
   | { readonly kind: 'domainNotFound'; readonly message: string }
   | { readonly kind: 'diskNotFound'; readonly message: string }
-  | { readonly kind: 'ok'; readonly disk: DiskInfo; readonly job: BlockJobInfo | null };
+  | {
+      readonly kind: 'ok';
+      readonly disk: DiskInfo;
+      readonly job: BlockJobInfo | null;
+      /** When libvirt answered this look (its job figures are of that moment); absent: the observation's now. */
+      readonly observedAt?: Date;
+    };
 
 /**
  * The pre-flight space check before a start (reconcile.ts measures it through the driver, see
@@ -147,6 +153,31 @@ export interface Observation {
    * always wins: no pull starts, and a running one yields at once.
    */
   readonly chainOperations?: readonly ChainOperation[];
+  /**
+   * This look got no answer within the observe budget (hypervisor is then 'unreachable'): how
+   * many looks in a row got none, this one included, and when the first of them was made (ms).
+   * Kept by the gatherer in this process's per-BlockPull memory; undefined when the look was
+   * answered (an error is an answer).
+   */
+  readonly unansweredLooks?: { readonly count: number; readonly sinceMs: number };
+}
+
+/**
+ * A running pull is said HypervisorUnreachable only after UNREACHABLE_AFTER_LOOKS looks in a row
+ * got no answer within the observe budget, spanning at least UNREACHABLE_AFTER_MS. On a loaded
+ * node one look outlasts the budget now and then while the job runs on in QEMU: saying so at
+ * each such look flipped the reason back and forth (a status write and an Event per flip, measured
+ * as 57 transitions per pull with 10 pulls on 2 cores). Both bounds: three misses can come within
+ * a second (the BlockPull is woken by events), and one long miss is still a single look.
+ */
+export const UNREACHABLE_AFTER_LOOKS = 3;
+export const UNREACHABLE_AFTER_MS = 10_000;
+
+/** The unanswered looks are enough to say libvirt is unreachable (see UNREACHABLE_AFTER_LOOKS). */
+export function unreachableVerdict(looks: Observation['unansweredLooks'], nowMs: number): boolean {
+  return (
+    looks === undefined || (looks.count >= UNREACHABLE_AFTER_LOOKS && nowMs - looks.sinceMs >= UNREACHABLE_AFTER_MS)
+  );
 }
 
 /** Longest wait between two starts after failures, and between two space checks. */
@@ -368,11 +399,17 @@ export function toBaseRef(base: BlockPull['spec']['base']): BaseRef | undefined 
   return undefined;
 }
 
+/** When libvirt answered the look that decide() judges (progress.observedTime, the rate's clock). */
+function observedAt(obs: Observation): Date {
+  return (obs.hypervisor?.kind === 'ok' ? obs.hypervisor.observedAt : undefined) ?? obs.now;
+}
+
 function progressFrom(
   job: BlockJobInfo,
   prev: ProgressSample | undefined,
-  nowMs: number,
+  observed: Date,
 ): { progress: Progress; sample: ProgressSample } {
+  const nowMs = observed.getTime();
   // A job may report cur > end (or odd values): keep 0 <= cur <= total, so the ETA is never negative.
   const total = job.end <= 1 ? 0 : Math.floor(job.end);
   const cur = total === 0 ? 0 : Math.min(total, Math.max(0, Math.floor(job.cur)));
@@ -385,6 +422,7 @@ function progressFrom(
     percent: percentOf(cur, total),
     bytesPerSecond: rate,
     ...(rate > 0 ? { etaSeconds: Math.ceil((total - cur) / rate) } : {}),
+    observedTime: timestamp(observed),
   };
   return { progress, sample: { cur, atMs: nowMs } };
 }
@@ -896,6 +934,17 @@ function hypervisorProblem(
   hypervisor: Exclude<HypervisorObservation, { kind: 'ok' }> | undefined,
 ): Decision {
   const { obs, prior, withLauncher, generation, now } = f;
+  // A running pull whose look did not answer in time, too few times yet for a verdict: the status
+  // stays as the last answered look left it (its figures dated by progress.observedTime).
+  if (
+    hypervisor?.kind === 'unreachable' &&
+    prior.phase === 'Running' &&
+    prior.reason !== 'HypervisorUnreachable' &&
+    !f.movedPod &&
+    f.bp.status !== undefined &&
+    !unreachableVerdict(obs.unansweredLooks, now.getTime())
+  )
+    return { status: f.bp.status, action: { type: 'none' }, requeueAfterMs: obs.pollIntervalMs };
   if (hypervisor === undefined)
     return waitingStatus(
       obs,
@@ -993,6 +1042,8 @@ const pullComplete: Step<DiskFacts> = (f) => {
     percent: '100%',
     bytesPerSecond: 0,
     etaSeconds: 0,
+    // The look that found the chain at its goal.
+    observedTime: timestamp(observedAt(f.obs)),
   };
   const nothing = f.firstLook && f.attempts === 0;
   const chainText = disk.chain.map((l) => l.path).join(' <- ');
@@ -1461,7 +1512,7 @@ function decideUnbounded(obs: Input): Decision {
   const complete = pullComplete(disk);
   if (complete !== undefined) return complete;
   if (disk.ourJob !== null) {
-    const { progress, sample } = progressFrom(disk.ourJob, obs.previousSample, obs.now.getTime());
+    const { progress, sample } = progressFrom(disk.ourJob, obs.previousSample, observedAt(obs));
     return ourPullRuns({ ...disk, job: disk.ourJob, progress, sample });
   }
   const idle = idleFacts(disk);

@@ -58,6 +58,11 @@ export interface Gathered {
   readonly obs: Observation;
   /** Undefined when libvirt was not reached: nothing is done through a launcher that did not answer. */
   readonly driver?: BlockJobDriver;
+  /**
+   * The driver whose look got no answer within the budget (driver is then undefined): nothing is
+   * done through it this pass, but the job's event subscription on it is kept (see reconcile.ts).
+   */
+  readonly waitingOn?: BlockJobDriver;
   /** The launcher is looked for by polling (the transport found no way in; no watch event says when). */
   readonly polled: boolean;
 }
@@ -170,13 +175,22 @@ export class Gatherer {
     const looked = await this.#o.gate.observe(driver, `pod ${bp.metadata.namespace}/${launcherPod.pod}`, key, () =>
       this.#hypervisor(bp, launcherPod, driver, log),
     );
+    const record = this.#o.memory.of(key);
     if (looked.kind === 'waiting') {
-      log.debug({ launcherPod: launcherPod.pod, detail: looked.detail }, 'not waiting on libvirt');
+      const misses = record.unanswered;
+      const unansweredLooks = { count: (misses?.count ?? 0) + 1, sinceMs: misses?.sinceMs ?? base.now.getTime() };
+      record.unanswered = unansweredLooks;
+      log.debug(
+        { launcherPod: launcherPod.pod, detail: looked.detail, unansweredLooks: unansweredLooks.count },
+        'not waiting on libvirt',
+      );
       return {
-        obs: { ...base, launcher, hypervisor: { kind: 'unreachable', message: looked.message } },
+        obs: { ...base, launcher, hypervisor: { kind: 'unreachable', message: looked.message }, unansweredLooks },
+        waitingOn: driver,
         polled: false,
       };
     }
+    delete record.unanswered;
     const hypervisor = looked.value;
     const operations = this.#chainOperations(bp, hypervisor);
     return {
@@ -330,14 +344,16 @@ export class Gatherer {
         current !== undefined
       ) {
         const job = await driver.getJob(domain, target);
-        if (job !== null) return { kind: 'ok', disk: { target, chain: current.map((l) => ({ ...l })) }, job };
+        const observedAt = this.#o.now();
+        if (job !== null)
+          return { kind: 'ok', disk: { target, chain: current.map((l) => ({ ...l })) }, job, observedAt };
         // Gone: the chain read after it is final (no second `virsh blockjob` at the job's end).
         const disk = await driver.getDisk(domain, { name: bp.spec.disk });
-        if (disk.target === target) return { kind: 'ok', disk, job: null };
+        if (disk.target === target) return { kind: 'ok', disk, job: null, observedAt: this.#o.now() };
       }
       const disk = await driver.getDisk(domain, { name: bp.spec.disk });
       const job = await driver.getJob(domain, disk.target);
-      return { kind: 'ok', disk, job };
+      return { kind: 'ok', disk, job, observedAt: this.#o.now() };
     } catch (err) {
       if (err instanceof HypervisorError) {
         log.debug({ code: err.code, error: err.message }, 'hypervisor observation failed');

@@ -3,7 +3,8 @@
  * launcher, so that a launcher that hangs holds no worker and delays no other tenant.
  *
  * - A worker waits for a look at most `budgetMs` (BLOCKPULL_OBSERVE_TIMEOUT_MS). Past that it moves
- *   on: the BlockPull is told to wait (HypervisorUnreachable, with why) and the look runs on in the
+ *   on: the look is unanswered for this pass (the gatherer counts such looks; decide.ts says
+ *   HypervisorUnreachable only after enough in a row) and runs on in the
  *   background, bounded by the command's own timeout (the virsh driver kills it after 30 s).
  * - One look per launcher at a time: a second BlockPull of the same launcher waits behind a look
  *   that is still within its budget, and does not wait at all behind one past it.

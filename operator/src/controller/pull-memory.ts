@@ -20,6 +20,12 @@ export interface PullRecord {
   lastJobError?: string;
   /** Called when lastJobError arrives (a look waiting for it, see jobError). */
   onJobError?: () => void;
+  /**
+   * The looks at libvirt in a row that got no answer within the observe budget, and when the
+   * first was made (ms): decide() says HypervisorUnreachable only after enough of them
+   * (UNREACHABLE_AFTER_LOOKS). Reset by an answered look.
+   */
+  unanswered?: { count: number; sinceMs: number };
   /** The last pre-flight that found too little space, how many did in a row, and when to measure again. */
   space?: { observation: SpaceObservation; shortChecks: number; nextAtMs: number; limits: string };
 }

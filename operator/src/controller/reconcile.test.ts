@@ -708,3 +708,120 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
     expect(w.status().message).toContain('the hypervisor said: No space left on device');
   });
 });
+
+/**
+ * A look at libvirt that gets no answer within observeTimeoutMs (a loaded node): the running
+ * pull's status stays until enough such looks in a row (decide.ts UNREACHABLE_AFTER_LOOKS), an
+ * answered look starts the count again, and the job's event subscription is kept meanwhile.
+ */
+describe('Reconciler when a look gets no answer in time', () => {
+  const CHAIN = [
+    { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
+    { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
+  ];
+  const before = CHAIN.map(({ position, path, format }) => ({ position, path, format }));
+  const { vmi, pod } = launcherFixture('node1');
+  const T0 = Date.parse('2026-12-08T00:00:00Z');
+
+  function world() {
+    let rv = 10;
+    let obj: Record<string, unknown> = {
+      ...blockPullFixture(String(rv)),
+      status: {
+        phase: 'Running',
+        reason: 'Adopted', // a job this process did not start (a leader change): the look is the same
+        attempts: 1,
+        retries: 0,
+        backingChain: { before, current: before },
+        launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' },
+        job: { state: 'Running' },
+      },
+    };
+    const calls = { statusPatches: 0, subscriptions: 0, stops: 0 };
+    const clients = {
+      custom: {
+        getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
+        patchNamespacedCustomObjectStatus: ({ body }: { body: { value: unknown }[] }) => {
+          calls.statusPatches++;
+          obj = {
+            ...obj,
+            metadata: { ...(obj['metadata'] as object), resourceVersion: String(++rv) },
+            status: body[1]!.value,
+          };
+          return Promise.resolve(structuredClone(obj));
+        },
+      },
+    } as unknown as KubeClients;
+    /** Whether `virsh blockjob` answers; the looks left hanging, to answer later. */
+    const libvirt = { answers: true, hanging: [] as (() => void)[] };
+    const jobNow = { type: 'Block Pull', cur: 10, end: 100, bandwidth: 0 };
+    const driver: BlockJobDriver = {
+      getDisk: () => Promise.resolve({ target: 'vda', alias: 'ua-rootdisk', chain: CHAIN }),
+      getJob: () =>
+        libvirt.answers
+          ? Promise.resolve(jobNow)
+          : new Promise((resolve) => libvirt.hanging.push(() => resolve(jobNow))),
+      startPull: () => Promise.resolve(),
+      setBandwidth: () => Promise.resolve(),
+      abort: () => Promise.resolve(),
+      watchEvents: () => (calls.subscriptions++, { stop: () => void calls.stops++ }),
+    };
+    const clock = { ms: T0 };
+    const r = testReconciler({
+      clients,
+      ...launcherCaches(vmi, pod),
+      drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
+      observeTimeoutMs: 20,
+      now: () => new Date(clock.ms),
+    });
+    /** One reconcile at T0 + `atMs`. */
+    const pass = async (atMs: number): Promise<BlockPullStatus> => {
+      clock.ms = T0 + atMs;
+      await r.reconcile('ns/p');
+      return obj['status'] as BlockPullStatus;
+    };
+    /** libvirt answers the looks left hanging (their results go to the next reconcile). */
+    const answerHanging = async (): Promise<void> => {
+      for (const answer of libvirt.hanging.splice(0)) answer();
+      await new Promise((resolve) => setImmediate(resolve));
+    };
+    return { r, calls, libvirt, pass, answerHanging };
+  }
+
+  it('HypervisorUnreachable only after 3 unanswered looks in a row spanning >= 10 s; an answered look starts the count again', async () => {
+    const w = world();
+    expect((await w.pass(0)).reason).toBe('Adopted');
+    const written = w.calls.statusPatches;
+    w.libvirt.answers = false;
+    expect((await w.pass(1_000)).reason).toBe('Adopted');
+    expect((await w.pass(6_000)).reason).toBe('Adopted');
+    // Answered (the hanging look ends, its result is used by the next reconcile): the count starts again.
+    await w.answerHanging();
+    w.libvirt.answers = true;
+    expect(w.calls.statusPatches).toBe(written); // the slow looks wrote nothing
+    expect((await w.pass(7_000)).reason).toBe('Adopted');
+    const progressWritten = w.calls.statusPatches; // the answer's figures (and their observedTime)
+    w.libvirt.answers = false;
+    expect((await w.pass(11_500)).reason).toBe('Adopted'); // the 3rd miss since 1 s, but not in a row
+    expect((await w.pass(16_000)).reason).toBe('Adopted');
+    expect(w.calls.statusPatches).toBe(progressWritten);
+    // The third miss in a row, >= 10 s after the first of them (11.5 s): the verdict.
+    expect((await w.pass(21_500)).reason).toBe('HypervisorUnreachable');
+  });
+
+  it('an unanswered look keeps the job event subscription; the Unreachable verdict ends it; the next answer resubscribes', async () => {
+    const w = world();
+    await w.pass(0);
+    expect(w.calls).toMatchObject({ subscriptions: 1, stops: 0 });
+    w.libvirt.answers = false;
+    await w.pass(1_000);
+    await w.pass(6_000);
+    expect(w.calls).toMatchObject({ subscriptions: 1, stops: 0 }); // the streams live on
+    expect((await w.pass(11_000)).reason).toBe('HypervisorUnreachable');
+    expect(w.calls).toMatchObject({ subscriptions: 1, stops: 1 });
+    await w.answerHanging();
+    w.libvirt.answers = true;
+    expect((await w.pass(12_000)).reason).toBe('Adopted');
+    expect(w.calls).toMatchObject({ subscriptions: 2, stops: 1 });
+  });
+});

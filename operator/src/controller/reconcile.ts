@@ -293,7 +293,7 @@ export class Reconciler {
     }
     const { final } = executed;
     this.#recordEvents(bp, decision, final, adoptedNow);
-    this.#watchJobEvents(key, final, gathered.driver);
+    this.#watchJobEvents(key, final, gathered.driver ?? this.#slowButKept(key, final, gathered.waitingOn));
     this.#wakeOnRelease(key, bp, final, heldSlot);
     const polled = gathered.polled || fairShareWait(obs.slots, final, this.#decider);
     return { kind: 'requeue', afterMs: this.#requeue(key, final, polled, releasesAtStart).requeueAfterMs };
@@ -411,6 +411,19 @@ export class Reconciler {
     const deleting = bp.metadata.deletionTimestamp !== undefined && bp.metadata.deletionTimestamp !== null;
     for (const e of chooseEvents({ before: bp.status, deleting, decision, final, adoptedNow }))
       void recorder.event(involved, e.type, e.reason, e.action, e.message, e.delivery);
+  }
+
+  /**
+   * The driver of a look that got no answer in time, when the job's subscription is on it and the
+   * pull is still said Running (no HypervisorUnreachable verdict yet): the subscription is kept.
+   * Dropping it ended the job's event streams, and every new subscription runs a seed `virsh
+   * blockjob`: on a loaded node that was two exec sessions per slow look, loading it further.
+   */
+  #slowButKept(key: string, final: Decision, waitingOn: BlockJobDriver | undefined): BlockJobDriver | undefined {
+    const sub = this.#memory.peek(key)?.subscription;
+    if (waitingOn === undefined || sub?.driver !== waitingOn) return undefined;
+    if (final.status.phase !== 'Running' || final.status.reason === 'HypervisorUnreachable') return undefined;
+    return waitingOn;
   }
 
   /** While a job runs, the driver's block-job events wake this BlockPull at once. */

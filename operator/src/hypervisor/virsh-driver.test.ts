@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { LocalRunner } from './local-runner.ts';
 import { HypervisorError } from './errors.ts';
 import {
@@ -143,6 +143,109 @@ describe('VirshDriver.watchEvents', () => {
     // The two event streams (libvirt's block-job events, QEMU's BLOCK_JOB_COMPLETED for the error).
     expect(ops(runner).slice(0, 2)).toEqual(['event', 'qemu-monitor-event']);
     expect(ops(runner).slice(2, 6)).toEqual(['dumpxml', 'blockjob vda', 'blockjob vdb', 'blockjob vdc']);
+  });
+});
+
+/**
+ * A runner whose streams live `lives[n]` ms each (then end: 0 when not given), on the (fake)
+ * clock; `virsh blockjob` finds no job. It records when each stream started.
+ */
+class TimedStreamRunner implements CommandRunner {
+  readonly description = 'timed streams';
+  readonly starts: { op: string; atMs: number }[] = [];
+  readonly polls: number[] = [];
+  readonly lives: Record<string, number[]> = { event: [], 'qemu-monitor-event': [] };
+  run(): Promise<RunResult> {
+    this.polls.push(Date.now());
+    return Promise.resolve({ exitCode: 0, stdout: '\n', stderr: '' });
+  }
+  stream(argv: readonly string[]): StreamHandle {
+    const op = argv[4] ?? '';
+    this.starts.push({ op, atMs: Date.now() });
+    const life = this.lives[op]?.shift() ?? 0;
+    const done = new Promise<RunResult>((resolve) =>
+      setTimeout(() => resolve({ exitCode: 1, stdout: '', stderr: 'error: disconnected' }), life),
+    );
+    return {
+      // No line; the iteration ends when the command does.
+      lines: { [Symbol.asyncIterator]: () => ({ next: () => done.then(() => ({ done: true as const, value: '' })) }) },
+      done,
+      stop: () => undefined,
+    };
+  }
+}
+
+describe('VirshDriver.watchEvents restarts', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('a stream that keeps ending is restarted after 1 s, 2 s, 4 s ... 30 s (the monitor stream from 5 s), polled every 8 s meanwhile; a stream that lived 30 s restarts after 1 s again', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'], now: 0 });
+    const runner = new TimedStreamRunner();
+    // The 8th start of the event stream lives 40 s: the next restart waits the first delay again.
+    runner.lives['event'] = [0, 0, 0, 0, 0, 0, 0, 40_000];
+    const sub = new VirshDriver(runner, URI).watchEvents('d', () => undefined, { targets: ['vda'] });
+    await vi.advanceTimersByTimeAsync(150_000);
+    sub.stop();
+    const at = (op: string) => runner.starts.filter((s) => s.op === op).map((s) => Math.round(s.atMs / 1000));
+    // 0, +1, +2, +4, +8, +16, +30, +30 (lives 40 s: ends at 131), +1, +2, +4, +8.
+    expect(at('event')).toEqual([0, 1, 3, 7, 15, 31, 61, 91, 132, 134, 138, 146]);
+    expect(at('qemu-monitor-event')).toEqual([0, 5, 15, 35, 65, 95, 125]);
+    // The fallback poll while the event stream is down: every 8 s, not every 500 ms.
+    // From 20 s to 90 s the stream is down all the time: 70 s / 8 s.
+    const polled = runner.polls.filter((t) => t >= 20_000 && t < 90_000).length;
+    expect(polled).toBeGreaterThanOrEqual(8);
+    expect(polled).toBeLessThanOrEqual(9);
+  });
+});
+
+describe('VirshDriver looks asked twice at once', () => {
+  /** A runner whose commands end when the test says; it records each argv. */
+  class GatedRunner implements CommandRunner {
+    readonly description = 'gated';
+    readonly argvs: string[][] = [];
+    readonly #ends: (() => void)[] = [];
+    run(argv: readonly string[]): Promise<RunResult> {
+      this.argvs.push([...argv]);
+      const stdout =
+        argv[4] === 'dumpxml'
+          ? `<domain><name>d</name><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/d/top.qcow2' index='1'/><backingStore/><target dev='vda' bus='virtio'/></disk></devices></domain>`
+          : ' type=Block Pull\n bandwidth=0\n cur=1\n end=10\n';
+      return new Promise((resolve) => this.#ends.push(() => resolve({ exitCode: 0, stdout, stderr: '' })));
+    }
+    stream(): StreamHandle {
+      throw new Error('not used');
+    }
+    endAll(): void {
+      for (const end of this.#ends.splice(0)) end();
+    }
+  }
+
+  it('the same getJob or listDisks asked while it runs shares its one command; another disk, a later look or a signal gets its own', async () => {
+    const runner = new GatedRunner();
+    const driver = new VirshDriver(runner, URI);
+    const jobs = [driver.getJob('d', 'vda'), driver.getJob('d', 'vda'), driver.getJob('d', 'vdb')];
+    const disks = [driver.listDisks('d'), driver.listDisks('d'), driver.listDisks('d', new AbortController().signal)];
+    expect(runner.argvs.map((a) => `${a[4]} ${a.includes('--path') ? a[a.indexOf('--path') + 1] : ''}`)).toEqual([
+      'blockjob vda',
+      'blockjob vdb',
+      'dumpxml ',
+      'dumpxml ',
+    ]);
+    runner.endAll();
+    const [a, b, c] = await Promise.all(jobs);
+    expect(a).toEqual({ type: 'Block Pull', bandwidth: 0, cur: 1, end: 10 });
+    expect(b).toEqual(a);
+    expect(c).toEqual(a);
+    const [d1, d2] = await Promise.all(disks);
+    expect(d1?.map((d) => d.target)).toEqual(['vda']);
+    expect(d2).toEqual(d1);
+    // Ended: the next look runs its own command.
+    const again = driver.getJob('d', 'vda');
+    expect(runner.argvs).toHaveLength(5);
+    runner.endAll();
+    await again;
   });
 });
 

@@ -7,6 +7,7 @@
 import { resolveBase, virshBaseArg } from './chain.ts';
 import { spaceArgv, virshArgv, type VirshSubcommand } from './commands.ts';
 import { HypervisorError } from './errors.ts';
+import { RestartBackoff } from './restart-backoff.ts';
 import {
   RunOutputLimitError,
   RunTimeoutError,
@@ -45,11 +46,27 @@ export interface VirshDriverOptions {
   readonly virsh?: string;
   /** Per-command timeout (default 30 s). */
   readonly timeoutMs?: number;
-  /** Delay before the event stream is restarted after it ended (default 1 s). */
+  /** First delay before the event stream is restarted after it ended, doubled at each restart (default 1 s). */
   readonly eventRestartDelayMs?: number;
-  /** Polling interval of the fallback used while the event stream is down (default 500 ms). */
+  /** First delay before the QEMU monitor event stream is restarted (default 5 s). */
+  readonly monitorRestartDelayMs?: number;
+  /** Ceiling of both restart delays (default 30 s); a stream that lived this long restarts after the first delay again. */
+  readonly eventRestartMaxDelayMs?: number;
+  /** Polling interval of the fallback used while the event stream is down (default 8 s). */
   readonly eventPollIntervalMs?: number;
 }
+
+/**
+ * Defaults of the event streams. Each restart and each fallback poll is an exec session through
+ * pods/exec; with 10 pulls on a loaded 2-core node, restarts every 1 s and a `virsh blockjob`
+ * every 500 ms while a stream was down cost more CPU outside QEMU than the copy itself. The
+ * fallback poll only hastens the wake-up at a job's end: the reconciler looks at a running job
+ * every statusUpdateIntervalMs anyway.
+ */
+export const EVENT_RESTART_FIRST_MS = 1_000;
+export const MONITOR_RESTART_FIRST_MS = 5_000;
+export const EVENT_RESTART_MAX_MS = 30_000;
+export const EVENT_POLL_INTERVAL_MS = 8_000;
 
 export class VirshDriver implements BlockJobDriver {
   readonly runner: CommandRunner;
@@ -57,15 +74,21 @@ export class VirshDriver implements BlockJobDriver {
   readonly #virsh: string;
   readonly #timeoutMs: number;
   readonly #restartDelayMs: number;
+  readonly #monitorRestartDelayMs: number;
+  readonly #restartMaxMs: number;
   readonly #pollMs: number;
+  /** The read-only looks under way, by subcommand and arguments (see #look). */
+  readonly #looks = new Map<string, Promise<RunResult>>();
 
   constructor(runner: CommandRunner, uri: string, options: VirshDriverOptions = {}) {
     this.runner = runner;
     this.uri = uri;
     this.#virsh = options.virsh ?? 'virsh';
     this.#timeoutMs = options.timeoutMs ?? 30_000;
-    this.#restartDelayMs = options.eventRestartDelayMs ?? 1000;
-    this.#pollMs = options.eventPollIntervalMs ?? 500;
+    this.#restartDelayMs = options.eventRestartDelayMs ?? EVENT_RESTART_FIRST_MS;
+    this.#monitorRestartDelayMs = options.monitorRestartDelayMs ?? MONITOR_RESTART_FIRST_MS;
+    this.#restartMaxMs = options.eventRestartMaxDelayMs ?? EVENT_RESTART_MAX_MS;
+    this.#pollMs = options.eventPollIntervalMs ?? EVENT_POLL_INTERVAL_MS;
   }
 
   #argv(subcommand: VirshSubcommand, args: readonly string[]): string[] {
@@ -97,8 +120,24 @@ export class VirshDriver implements BlockJobDriver {
     return result;
   }
 
+  /**
+   * A read-only look: one asked while the same look (same subcommand and arguments) is under way
+   * shares its command and its answer, instead of a second exec session to the same pod (the
+   * reconciler's look and the event subscription's seed often ask for the same `virsh blockjob`
+   * at once). A look with a signal is the caller's own (its signal ends only it).
+   */
+  #look(subcommand: 'dumpxml' | 'blockjob', args: readonly string[], signal?: AbortSignal): Promise<RunResult> {
+    if (signal !== undefined) return this.#virshRun(subcommand, args, signal);
+    const key = [subcommand, ...args].join('\0');
+    const shared = this.#looks.get(key);
+    if (shared !== undefined) return shared;
+    const look = this.#virshRun(subcommand, args).finally(() => this.#looks.delete(key));
+    this.#looks.set(key, look);
+    return look;
+  }
+
   async listDisks(domain: string, signal?: AbortSignal): Promise<DiskInfo[]> {
-    const { stdout } = await this.#virshRun('dumpxml', ['--domain', domain], signal);
+    const { stdout } = await this.#look('dumpxml', ['--domain', domain], signal);
     return parseDomainDisks(stdout);
   }
 
@@ -128,7 +167,7 @@ export class VirshDriver implements BlockJobDriver {
   }
 
   async getJob(domain: string, target: string): Promise<BlockJobInfo | null> {
-    const { stdout } = await this.#virshRun('blockjob', ['--domain', domain, '--path', target, '--raw', '--bytes']);
+    const { stdout } = await this.#look('blockjob', ['--domain', domain, '--path', target, '--raw', '--bytes']);
     return parseBlockJobRaw(stdout);
   }
 
@@ -218,9 +257,15 @@ export class VirshDriver implements BlockJobDriver {
     };
   }
 
+  /** A stream's restart delays: from `firstMs`, doubling up to the ceiling; a stream that lived the ceiling was healthy. */
+  #backoff(firstMs: number): RestartBackoff {
+    return new RestartBackoff({ firstMs, maxMs: this.#restartMaxMs, healthyAfterMs: this.#restartMaxMs });
+  }
+
   /**
    * block-job-2 events from `virsh event --loop`. The stream is restarted when it ends (daemon
-   * restart, exec dropped); while it is down a poller synthesizes 'completed' when a job that was
+   * restart, exec dropped), after a delay that doubles while it keeps ending (RestartBackoff);
+   * while it is down a poller synthesizes 'completed' when a job that was
    * seen running disappears, so a caller waiting on events is still woken. Callers confirm with
    * getJob + getDisk either way. With `options.targets` the poller (and the look at subscription
    * time that seeds it) runs `virsh blockjob` on those disks only, instead of `virsh dumpxml` and
@@ -266,8 +311,10 @@ export class VirshDriver implements BlockJobDriver {
       pollTimer = undefined;
     };
 
+    const eventBackoff = this.#backoff(this.#restartDelayMs);
     const start = (): void => {
       if (stopped) return;
+      const startedAt = performance.now();
       const h = this.runner.stream(
         this.#argv('event', ['--domain', domain, '--event', 'block-job-2', '--loop', '--timestamp']),
       );
@@ -290,7 +337,7 @@ export class VirshDriver implements BlockJobDriver {
         if (stopped) return;
         // The stream ended (daemon restart, exec dropped): poll until a new stream has held up.
         startPolling();
-        restartTimer = setTimeout(start, this.#restartDelayMs);
+        restartTimer = setTimeout(start, eventBackoff.next(performance.now() - startedAt));
       })();
       // A stream that is still up after two restart delays is considered established.
       setTimeout(() => {
@@ -301,8 +348,10 @@ export class VirshDriver implements BlockJobDriver {
     // not): a second stream, restarted when it ends, whose failures are emitted with the error.
     let monitorHandle: ReturnType<CommandRunner['stream']> | undefined;
     let monitorTimer: NodeJS.Timeout | undefined;
+    const monitorBackoff = this.#backoff(this.#monitorRestartDelayMs);
     const startMonitor = (): void => {
       if (stopped) return;
+      const startedAt = performance.now();
       const h = this.runner.stream(
         this.#argv('qemu-monitor-event', [
           '--domain',
@@ -324,7 +373,7 @@ export class VirshDriver implements BlockJobDriver {
         } catch {
           /* restarted below */
         }
-        if (!stopped) monitorTimer = setTimeout(startMonitor, this.#restartDelayMs * 5);
+        if (!stopped) monitorTimer = setTimeout(startMonitor, monitorBackoff.next(performance.now() - startedAt));
       })();
     };
     start();

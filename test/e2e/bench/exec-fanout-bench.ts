@@ -375,20 +375,36 @@ async function main(): Promise<void> {
   }
   const phases = new Map<string, string>(); // BlockPull name -> phase
   const completedAt = new Map<string, number>();
-  const watchAbort = await new Watch(kc).watch(
-    `/apis/blockpull.dev/v1alpha1/namespaces/${NS}/blockpulls`,
-    {},
-    (_type: string, obj: unknown) => {
-      const o = obj as { metadata?: { name?: string }; status?: { phase?: string } };
-      const name = o.metadata?.name;
-      if (name === undefined) return;
-      const phase = o.status?.phase ?? '';
-      phases.set(name, phase);
-      if (phase === 'Completed' && !completedAt.has(name)) completedAt.set(name, performance.now());
-    },
-    () => undefined,
-  );
-  stops.push(() => watchAbort.abort());
+  let watchAbort: AbortController | undefined;
+  let watchStopped = false;
+  const onBlockPull = (_type: string, obj: unknown): void => {
+    const o = obj as { metadata?: { name?: string }; status?: { phase?: string } };
+    const name = o.metadata?.name;
+    if (name === undefined) return;
+    const phase = o.status?.phase ?? '';
+    phases.set(name, phase);
+    if (phase === 'Completed' && !completedAt.has(name)) completedAt.set(name, performance.now());
+  };
+  // A watch can end (measured: in a --raw-first run with 1023 MiB disks it ended during phase B
+  // and phase A waited for a Completed it could not see): it is opened again at once, and lists
+  // every BlockPull as ADDED (one Completed meanwhile is stamped when it is seen again).
+  const openWatch = async (): Promise<void> => {
+    watchAbort = await new Watch(kc).watch(
+      `/apis/blockpull.dev/v1alpha1/namespaces/${NS}/blockpulls`,
+      {},
+      onBlockPull,
+      (err: unknown) => {
+        if (watchStopped) return;
+        say(`bench: the BlockPull watch ended (${err instanceof Error ? err.message : 'closed'}); opening it again`);
+        openWatch().catch((e: unknown) => say(`bench: the BlockPull watch could not be opened again: ${String(e)}`));
+      },
+    );
+  };
+  await openWatch();
+  stops.push(() => {
+    watchStopped = true;
+    watchAbort?.abort();
+  });
   await sleep(2_000); // let the streams and the watch establish
 
   const apiserverPort = cp.ports.apiserver;
