@@ -274,6 +274,61 @@ describe('VirshDriver.getSpace', () => {
   });
 });
 
+describe('VirshDriver.getSpace before a start', () => {
+  /** Answers each read after a delay and records how many were in flight at once. */
+  class CountingRunner implements CommandRunner {
+    readonly description = 'counting';
+    inFlight = 0;
+    maxInFlight = 0;
+    readonly commands: string[] = [];
+    run(argv: readonly string[]): Promise<RunResult> {
+      this.inFlight++;
+      this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+      const name = argv[0] === 'virsh' ? 'domstats' : argv.slice(0, 2).join(' ');
+      this.commands.push(name);
+      const stdout =
+        name === 'domstats'
+          ? "Domain: 'ns_vm'\n  block.count=2\n  block.0.name=vda\n  block.0.path=/t/top.qcow2\n  block.0.backingIndex=1\n  block.1.name=vda\n  block.1.path=/t/base.qcow2\n  block.1.backingIndex=2\n  block.1.capacity=1048576\n  block.1.physical=524288\n"
+          : argv[0] === 'du'
+            ? '4096\t/t\n'
+            : argv.includes('%m')
+              ? '/t\n'
+              : '100 4096 1000\n';
+      return new Promise((resolve) =>
+        setTimeout(() => {
+          this.inFlight--;
+          resolve({ exitCode: 0, stdout, stderr: '' });
+        }, 20),
+      );
+    }
+    stream(): StreamHandle {
+      throw new Error('not used');
+    }
+  }
+
+  it('runs domstats, stat -f and the mount point look at once; du waits for the mount point', async () => {
+    const runner = new CountingRunner();
+    const driver = new VirshDriver(runner, URI);
+    const disk = {
+      target: 'vda',
+      chain: [
+        { path: '/t/top.qcow2', format: 'qcow2', index: 1 },
+        { path: '/t/base.qcow2', format: 'qcow2', index: 2 },
+      ],
+    } as unknown as DiskInfo;
+    const info = await driver.getSpace('ns_vm', { disk, measureUsage: true });
+    expect(runner.maxInFlight).toBe(3);
+    expect(runner.commands.at(-1)).toBe('du -s');
+    expect(info).toMatchObject({
+      kind: 'measured',
+      pullBytes: 524288,
+      availableBytes: 100 * 4096,
+      totalBytes: 1000 * 4096,
+      usage: { mountPoint: '/t', usedBytes: 4096 },
+    });
+  });
+});
+
 describe('VirshDriver actions with a signal', () => {
   /** A runner whose every command hangs until its signal ends it (LocalRunner rejects with the signal's reason too). */
   class HangingRunner implements CommandRunner {
