@@ -30,7 +30,7 @@ import { DEFAULT_ACTION_TIMEOUT_MS, Executor, type Executed } from './execute.ts
 import { Gatherer } from './gather.ts';
 import { ObserveGate } from './observe-gate.ts';
 import { jobKey, PullMemory } from './pull-memory.ts';
-import { roundRobinByNamespace, SlotLedger } from './slots.ts';
+import { progressLookIntervalMs, roundRobinByNamespace, SlotLedger } from './slots.ts';
 import { StatusWriter } from './status-writer.ts';
 
 export { DEFAULT_ACTION_TIMEOUT_MS } from './execute.ts';
@@ -378,7 +378,9 @@ export class Reconciler {
       final.requeueAfterMs !== null &&
       this.#memory.peek(key)?.subscription !== undefined
     ) {
-      return { requeueAfterMs: Math.max(final.requeueAfterMs, this.#options.statusUpdateIntervalMs) };
+      const node = final.status.launcher?.node ?? '';
+      const lookMs = progressLookIntervalMs(this.#options.statusUpdateIntervalMs, this.#slots.heldOn(node));
+      return { requeueAfterMs: Math.max(final.requeueAfterMs, lookMs) };
     }
     // Waiting for something a watch event reports (the controller wakes it): no poll, a safety net.
     if (

@@ -30,6 +30,31 @@ export class SlotLedger {
   entries(): ReadonlyMap<string, string> {
     return this.#held;
   }
+
+  /** How many of the held slots are on `node`. */
+  heldOn(node: string): number {
+    let n = 0;
+    for (const held of this.#held.values()) if (held === node) n++;
+    return n;
+  }
+}
+
+/**
+ * The node's progress looks are spread at least this far apart on average: each look is one
+ * `virsh blockjob` in the launcher pod (through pods/exec: a runc exec, containerd, kubelet and
+ * API server work, about 85 ms of the node's CPU measured by bench:exec-fanout), and they share
+ * the node's CPU with the QEMU processes doing the copy. So at most 2 looks a second per node,
+ * however many pulls run there.
+ */
+export const NODE_LOOK_SPACING_MS = 500;
+
+/**
+ * When a running pull looks at its job again: every statusUpdateIntervalMs, or less often when
+ * many pulls run on its node (`runningOnNode` x NODE_LOOK_SPACING_MS). Completion does not wait
+ * for it: the job's events (or the driver's fallback poll) wake the BlockPull when it ends.
+ */
+export function progressLookIntervalMs(statusUpdateIntervalMs: number, runningOnNode: number): number {
+  return Math.max(statusUpdateIntervalMs, runningOnNode * NODE_LOOK_SPACING_MS);
 }
 
 /**

@@ -1,0 +1,78 @@
+import { describe, expect, it } from 'vitest';
+import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types.ts';
+import type { BlockJobDriver } from '../hypervisor/types.ts';
+import type { KubeClients } from '../kube/client.ts';
+import { launcherCaches, testReconciler } from '../../../test/unit/support/reconciler.ts';
+import { launcherFixture } from '../../../test/unit/support/launcher.ts';
+import { NODE_LOOK_SPACING_MS } from './slots.ts';
+
+/**
+ * A running pull's next progress look is spaced by the pulls running on its node (slots.ts,
+ * progressLookIntervalMs): with a short statusUpdateIntervalMs, one pull on the node is looked at
+ * every NODE_LOOK_SPACING_MS, not every statusUpdateIntervalMs.
+ */
+describe('Reconciler: progress looks spaced per node', () => {
+  it('one running pull on its node, statusUpdateIntervalMs 100 and a 50 ms poll: the next look in NODE_LOOK_SPACING_MS', async () => {
+    const chain = [
+      { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
+      { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
+    ];
+    const before = chain.map(({ position, path, format }) => ({ position, path, format }));
+    const status: BlockPullStatus = {
+      phase: 'Running',
+      reason: 'Pulling',
+      attempts: 1,
+      retries: 0,
+      backingChain: { before, current: before },
+      launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' },
+      job: { state: 'Running' },
+    };
+    let rv = 5;
+    let obj: Record<string, unknown> = {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: {
+        name: 'p',
+        namespace: 'ns',
+        uid: 'u1',
+        resourceVersion: String(rv),
+        generation: 1,
+        finalizers: [FINALIZER],
+        creationTimestamp: '2026-11-27T09:00:00Z',
+      },
+      spec: { vmiName: 'vm', disk: 'rootdisk' },
+      status,
+    };
+    const clients = {
+      custom: {
+        getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
+        patchNamespacedCustomObjectStatus: ({ body }: { body: { op: string; path: string; value: unknown }[] }) => {
+          obj = {
+            ...obj,
+            status: body[1]?.value,
+            metadata: { ...(obj['metadata'] as object), resourceVersion: String(++rv) },
+          };
+          return Promise.resolve(structuredClone(obj));
+        },
+      },
+    } as unknown as KubeClients;
+    const driver: BlockJobDriver = {
+      getDisk: () => Promise.resolve({ target: 'vda', alias: 'ua-rootdisk', chain }),
+      getJob: () => Promise.resolve({ type: 'Block Pull', cur: 10, end: 100, bandwidth: 0 }),
+      startPull: () => Promise.reject(new Error('already running')),
+      setBandwidth: () => Promise.resolve(),
+      abort: () => Promise.resolve(),
+      watchEvents: () => ({ stop: () => undefined }),
+    };
+    const { vmi, pod } = launcherFixture('node1');
+    const r = testReconciler({
+      clients,
+      ...launcherCaches(vmi, pod),
+      drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
+      statusUpdateIntervalMs: 100,
+      pollIntervalMs: 50,
+    });
+    await r.reconcile('ns/p'); // adopts the running job, subscribes to its events
+    expect(await r.reconcile('ns/p')).toEqual({ requeueAfterMs: NODE_LOOK_SPACING_MS });
+  });
+});
