@@ -155,7 +155,8 @@ describe('KubeVirt images on the node', () => {
     const { libvirt, qemu, suite } = images.launcherDebian;
     const dots = (v: string): string => v.replaceAll('.', '\\.');
     log(`launcher image ${images.launcher.name}: Debian ${suite}, expecting libvirt ${libvirt}, QEMU ${qemu}`);
-    expect(out).toMatch(new RegExp(`^libvirtd \\(libvirt\\) ${dots(libvirt)}\\.\\d+$`, 'm'));
+    // libvirt 9.0 prints `libvirtd (libvirt) 9.0.0`, 11.3 its argv[0]: `/usr/sbin/libvirtd (libvirt) 11.3.0`.
+    expect(out).toMatch(new RegExp(`^(?:/usr/sbin/)?libvirtd \\(libvirt\\) ${dots(libvirt)}\\.\\d+$`, 'm'));
     expect(out).toMatch(new RegExp(`^virsh ${dots(libvirt)}\\.\\d+$`, 'm'));
     expect(out).toMatch(new RegExp(`^QEMU emulator version ${dots(qemu)}\\.\\d+\\b`, 'm'));
     expect(out).toMatch(/^sh CapEff:\s+0+$/m); // a binary without file capabilities gets nothing (uid 107, no ambient caps)
