@@ -12,7 +12,7 @@ import {
 } from './image-checks.ts';
 import { launcherDebian } from './images.ts';
 
-/** Recorded in a trixie rootfs built by debootstrapRootfs (chroot dpkg-query / ldd), 2026-12-08. */
+/** dpkg-query / ldd recorded in a trixie rootfs built by debootstrapRootfs (chroot), 2026-12-08. */
 const fixture = (name: string): string => readFileSync(path.join(import.meta.dirname, 'testdata', name), 'utf8');
 
 describe('installed versions against the suite', () => {
@@ -76,14 +76,24 @@ describe('ldd inside the rootfs', () => {
 });
 
 describe('parseVirshVersion', () => {
-  it('reads the library, the compile-time library and the hypervisor', () => {
-    const out =
-      'Compiled against library: libvirt 11.3.0\nUsing library: libvirt 11.3.0\nUsing API: QEMU 11.3.0\nRunning hypervisor: QEMU 10.0.13\n';
-    expect(parseVirshVersion(out)).toEqual({ compiledAgainst: '11.3.0', library: '11.3.0', hypervisor: '10.0.13' });
+  // Recorded from the real launchers' compute containers (real-kubevirt.e2e, 2026-12-08): KubeVirt
+  // v1.8.4 on the trixie image, v1.7.0 on the bookworm image.
+  it('reads the library, the compile-time library and the hypervisor (libvirt 11.3, trixie)', () => {
+    expect(parseVirshVersion(fixture('virsh-version-libvirt-11.3.txt'))).toEqual({
+      compiledAgainst: '11.3.0',
+      library: '11.3.0',
+      hypervisor: '10.0.13',
+    });
+  });
+  it('the same from libvirt 9.0 (bookworm)', () => {
+    expect(parseVirshVersion(fixture('virsh-version-libvirt-9.0.txt'))).toEqual({
+      compiledAgainst: '9.0.0',
+      library: '9.0.0',
+      hypervisor: '7.2.22',
+    });
   });
   it('fails when a line is missing (no hypervisor: virsh could not reach the daemon)', () => {
-    expect(() => parseVirshVersion('Compiled against library: libvirt 9.0.0\nUsing library: libvirt 9.0.0\n')).toThrow(
-      /Running hypervisor: QEMU/,
-    );
+    const noDaemon = fixture('virsh-version-libvirt-9.0.txt').split('\n').slice(0, 2).join('\n');
+    expect(() => parseVirshVersion(noDaemon)).toThrow(/Running hypervisor: QEMU/);
   });
 });
