@@ -15,12 +15,12 @@ import {
   mkdirSync,
   mkdtempSync,
   readFileSync,
-  rmSync,
   writeFileSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeOciArchive, type ImageConfig } from './oci.ts';
+import { removeUnmounted } from '../support/mounts.ts';
 import { debianCandidateVersion } from '../support/debian.ts';
 import { busyboxRootfs, imageCacheDir, debootstrapRootfs, hostDebianSource } from './rootfs.ts';
 
@@ -60,7 +60,7 @@ export async function cachedImage(
     const { rootfs, config } = await build(workDir);
     await writeOciArchive(rootfs, name, config, archivePath);
   } finally {
-    rmSync(workDir, { recursive: true, force: true });
+    await removeUnmounted(workDir);
   }
   return { name, archivePath, cached: false, buildMs: Date.now() - t0 };
 }
@@ -144,4 +144,17 @@ export function addUser(rootfs: string, name: string, id: number, home: string):
   if (taken(users) || taken(groups)) throw new Error(`uid/gid ${id} or name ${name} already used in the image`);
   writeFileSync(passwd, `${users.trimEnd()}\n${name}:x:${id}:${id}:${name}:${home}:/bin/bash\n`);
   writeFileSync(group, `${groups.trimEnd()}\n${name}:x:${id}:\n`);
+}
+
+/**
+ * The user `name` with uid `id`: kept when the packages made it already (trixie's libvirt makes
+ * libvirt-qemu, bookworm's without libvirt-daemon-system does not), else added (addUser).
+ */
+export function ensureUser(rootfs: string, name: string, id: number, home: string): void {
+  const entry = readFileSync(join(rootfs, 'etc', 'passwd'), 'utf8')
+    .split('\n')
+    .map((l) => l.split(':'))
+    .find((f) => f[0] === name);
+  if (entry === undefined) return addUser(rootfs, name, id, home);
+  if (entry[2] !== String(id)) throw new Error(`user ${name} in the image has uid ${entry[2] ?? '?'}, not ${id}`);
 }

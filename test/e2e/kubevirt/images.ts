@@ -9,21 +9,26 @@
  *   volume*-init), KubeVirt's /etc/libvirt/{qemu.conf,virtqemud.conf}, /etc/libvirt/hooks/qemu and
  *   /etc/nsswitch.conf, users root and qemu (107), entrypoint /usr/bin/virt-launcher, and the file
  *   capability cap_net_bind_service+ep on /usr/bin/virt-launcher-monitor (a PAX xattr record in the
- *   layer: oci.ts). What differs, and why: libvirt and QEMU are Debian 12's (libvirt 9.0, QEMU 7.2)
- *   instead of CentOS Stream's; Debian has no modular virtqemud, so /usr/sbin/virtqemud is a script
- *   that runs libvirtd (image/virtqemud); only the QEMU connection driver is kept (the others would
+ *   layer: oci.ts). What differs, and why: libvirt and QEMU are Debian's instead of CentOS Stream's,
+ *   by KubeVirt version (launcherDebian): 1.7 on Debian 12 (libvirt 9.0, QEMU 7.2), 1.8+ on Debian 13
+ *   (libvirt 11.3, QEMU 10.0; upstream's 1.8 launcher has libvirt 11.9+, QEMU 10.1); neither Debian
+ *   has the modular virtqemud, so /usr/sbin/virtqemud is a script that runs libvirtd (image/virtqemud); only the QEMU connection driver is kept (the others would
  *   manage host networks/storage); /etc/libvirt/virtlogd.conf is ours (image/virtlogd.conf); user
- *   libvirt-qemu exists because Debian's QEMU driver refuses to load without it; getcap is added.
+ *   libvirt-qemu exists because Debian's QEMU driver refuses to load without it (trixie's packages make it, bookworm's do not); getcap is added.
  * - containerDisk: /disk/disk.qcow2 (uid/gid 107, like upstream's `ADD --chown=107:107`) holding known
  *   data (CONTAINER_DISK_WRITES, written with qemu-io) and an empty /usr/bin: the rendered pod mounts
  *   the launcher's container-disk binary there (virt-bin-share-dir) and runs it as the volume container.
  *   containerDiskReference is a host copy of the same qcow2, for `qemu-img compare` after a flatten.
+ *
+ * The launcher build checks what it made (image-checks.ts): the libvirt and QEMU versions dpkg
+ * installed are the suite's, and ldd inside the rootfs finds every library of virt-launcher (built
+ * against the host's libvirt-dev), libvirtd, virsh, QEMU and the QEMU driver.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { chmod, chown, copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { addUser, cachedImage, LAUNCHER_PACKAGES, type BuiltImage } from '../images/images.ts';
+import { addUser, cachedImage, ensureUser, LAUNCHER_PACKAGES, type BuiltImage } from '../images/images.ts';
 import { debootstrapRootfs, hostDebianSource, imageCacheDir } from '../images/rootfs.ts';
 import { qemuIoWrite } from '../launcher/disk-chain.ts';
 import { run } from '../support/process.ts';
@@ -31,6 +36,7 @@ import { ensureHypervisorPackages } from '../launcher/packages.ts';
 import { ensureDebianPackages } from '../support/debian.ts';
 import { withLock } from '../support/lock.ts';
 import { ensureKubevirtBinaries, kubevirtSourceDir, type KubevirtBinaries } from './binaries.ts';
+import { checkLauncherRootfs } from './image-checks.ts';
 
 /** KubeVirt's non-root user (uid and gid). */
 export const QEMU_UID = 107;
@@ -39,6 +45,31 @@ export const LIBVIRT_QEMU_UID = 64055;
 
 /** Debian packages of the launcher image: the stand-in's libvirt + QEMU set, and getcap (libcap2-bin) to check the file capability in a running container. */
 export const KUBEVIRT_LAUNCHER_PACKAGES = [...LAUNCHER_PACKAGES, 'libcap2-bin'] as const;
+
+/** The Debian a launcher image is built from, and the libvirt / QEMU releases (major.minor) it must then have. */
+export interface LauncherDebian {
+  readonly suite: 'bookworm' | 'trixie';
+  readonly packages: readonly string[];
+  /** libvirt-daemon's upstream release, e.g. "11.3" (checked at build time and by the specs). */
+  readonly libvirt: string;
+  /** qemu-system-x86's upstream release, e.g. "10.0". */
+  readonly qemu: string;
+}
+
+/**
+ * The launcher image's Debian by KubeVirt version: 1.7 on bookworm (libvirt 9.0, QEMU 7.2), 1.8 and
+ * later on trixie (libvirt 11.3, QEMU 10.0), nearer upstream's 1.8 launcher (libvirt 11.9, QEMU 10.1).
+ * The same packages on both: virt-launcher 1.8 links libnbd statically (libnbd.ts), so no libnbd0.
+ */
+export function launcherDebian(version: string): LauncherDebian {
+  const m = /^v?(\d+)\.(\d+)\.\d+(?:[-+].*)?$/.exec(version);
+  if (!m) throw new Error(`not a KubeVirt version: ${version}`);
+  const [major, minor] = [Number(m[1]), Number(m[2])];
+  if (major === 1 && minor < 7) throw new Error(`KubeVirt ${version}: no launcher image before 1.7`);
+  if (major === 1 && minor === 7)
+    return { suite: 'bookworm', packages: KUBEVIRT_LAUNCHER_PACKAGES, libvirt: '9.0', qemu: '7.2' };
+  return { suite: 'trixie', packages: KUBEVIRT_LAUNCHER_PACKAGES, libvirt: '11.3', qemu: '10.0' };
+}
 /** Where the rendered launcher pod runs KubeVirt's binaries from. */
 const LAUNCHER_BINARIES = [
   'virt-launcher',
@@ -65,6 +96,8 @@ export const CONTAINER_DISK_WRITES: readonly {
 
 export interface KubevirtImages {
   readonly launcher: BuiltImage;
+  /** What the launcher image was built from (its libvirt and QEMU releases). */
+  readonly launcherDebian: LauncherDebian;
   readonly containerDisk: BuiltImage;
   /** A host copy of the containerDisk's qcow2 (read-only), for qemu-img compare. */
   readonly containerDiskReference: string;
@@ -94,7 +127,11 @@ const UPSTREAM_FILES = [
   ['cmd/virt-launcher/nsswitch.conf', 'etc/nsswitch.conf', 0o644],
 ] as const;
 
-export async function launcherImage(bins: KubevirtBinaries): Promise<BuiltImage> {
+export async function launcherImage(
+  bins: KubevirtBinaries,
+  log: (m: string) => void = () => undefined,
+): Promise<BuiltImage> {
+  const debian = launcherDebian(bins.version);
   const source = await kubevirtSourceDir(bins.version);
   const binaryHashes = Object.fromEntries(
     await Promise.all(LAUNCHER_BINARIES.map(async (b) => [b, await fileHash(path.join(bins.binDir, b))] as const)),
@@ -107,8 +144,9 @@ export async function launcherImage(bins: KubevirtBinaries): Promise<BuiltImage>
   const ours = { virtqemud: await readFile(VIRTQEMUD_SCRIPT, 'utf8'), virtlogd: await readFile(VIRTLOGD_CONF, 'utf8') };
   const keyParts = {
     version: bins.version,
-    src: hostDebianSource(),
-    packages: KUBEVIRT_LAUNCHER_PACKAGES,
+    // The suite is part of the key: a bookworm image of the same binaries is another image.
+    src: { mirror: hostDebianSource().mirror, suite: debian.suite },
+    packages: debian.packages,
     binaryHashes,
     upstream,
     ours,
@@ -118,7 +156,9 @@ export async function launcherImage(bins: KubevirtBinaries): Promise<BuiltImage>
   return cachedImage('kubevirt-virt-launcher', undefined, keyParts, async (workDir) => {
     await ensureDebianPackages(['libcap2-bin']); // setcap on the host
     const rootfs = path.join(workDir, 'rootfs');
-    await debootstrapRootfs(rootfs, KUBEVIRT_LAUNCHER_PACKAGES);
+    const t0 = Date.now();
+    await debootstrapRootfs(rootfs, debian.packages, { suite: debian.suite });
+    log(`launcher rootfs (Debian ${debian.suite}) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     const usrBin = path.join(rootfs, 'usr', 'bin');
     for (const b of LAUNCHER_BINARIES) {
       await copyFile(path.join(bins.binDir, b), path.join(usrBin, b));
@@ -142,7 +182,7 @@ export async function launcherImage(bins: KubevirtBinaries): Promise<BuiltImage>
     if (!present.includes(KEEP_DRIVER)) throw new Error(`${KEEP_DRIVER} missing from the image's ${drivers}`);
     for (const d of present) if (d !== KEEP_DRIVER) await rm(path.join(drivers, d), { force: true });
     addUser(rootfs, 'qemu', QEMU_UID, '/home/qemu');
-    addUser(rootfs, 'libvirt-qemu', LIBVIRT_QEMU_UID, '/var/lib/libvirt');
+    ensureUser(rootfs, 'libvirt-qemu', LIBVIRT_QEMU_UID, '/var/lib/libvirt');
     // Directories the pod mounts emptyDirs on, and upstream's empty qemu-kvm modules dir.
     // /var/run is a symlink to /run (absolute): write below rootfs/run, never through the link.
     for (const d of [
@@ -156,12 +196,18 @@ export async function launcherImage(bins: KubevirtBinaries): Promise<BuiltImage>
       await chown(path.join(rootfs, d), QEMU_UID, QEMU_UID);
     }
     await mkdir(path.join(rootfs, 'usr', 'lib64', 'qemu-kvm'), { recursive: true });
+    await checkLauncherRootfs(
+      rootfs,
+      debian,
+      LAUNCHER_BINARIES.map((b) => `/usr/bin/${b}`),
+      log,
+    );
     return {
       rootfs,
       config: {
         entrypoint: ['/usr/bin/virt-launcher'],
         labels: {
-          'org.opencontainers.image.title': `KubeVirt ${bins.version} virt-launcher (blockpull-operator test bed: Debian libvirt + QEMU)`,
+          'org.opencontainers.image.title': `KubeVirt ${bins.version} virt-launcher (blockpull-operator test bed: Debian ${debian.suite} libvirt ${debian.libvirt} + QEMU ${debian.qemu})`,
         },
       },
     };
@@ -225,7 +271,7 @@ export async function containerDiskImage(): Promise<{ image: BuiltImage; referen
 export async function ensureKubevirtImages(opts: EnsureKubevirtImagesOptions = {}): Promise<KubevirtImages> {
   const log = opts.log ?? ((m: string) => process.stderr.write(`[kubevirt] ${m}\n`));
   const bins = opts.binaries ?? (await ensureKubevirtBinaries({ ...(opts.env ? { env: opts.env } : {}), log }));
-  const launcher = await launcherImage(bins);
+  const launcher = await launcherImage(bins, log);
   log(
     `virt-launcher image ${launcher.name}: ${launcher.cached ? 'cached' : 'built'} in ${(launcher.buildMs / 1000).toFixed(1)} s`,
   );
@@ -233,7 +279,7 @@ export async function ensureKubevirtImages(opts: EnsureKubevirtImagesOptions = {
   log(
     `containerDisk image ${containerDisk.name}: ${containerDisk.cached ? 'cached' : 'built'} in ${(containerDisk.buildMs / 1000).toFixed(1)} s`,
   );
-  return { launcher, containerDisk, containerDiskReference: reference };
+  return { launcher, launcherDebian: launcherDebian(bins.version), containerDisk, containerDiskReference: reference };
 }
 
 if (import.meta.main) {

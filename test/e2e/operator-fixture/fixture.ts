@@ -13,6 +13,7 @@ import { parse, stringify } from 'yaml';
 import { z } from 'zod';
 import type { BlockPullSchema } from '../../../operator/src/api/types.ts';
 import { loadConfig } from '../../../operator/src/config.ts';
+import { errorMessage } from '../../../operator/src/log.ts';
 import type { ClusterClient } from '../cluster/client.ts';
 import { createServiceAccountKubeconfig } from '../cluster/service-account.ts';
 import { parseDockerfile, parseExecForm } from '../ship/dockerfile.ts';
@@ -500,10 +501,17 @@ export async function waitForPhase(
   phases: readonly string[],
   timeoutMs = 60_000,
 ): Promise<BlockPullView> {
-  return waitFor(`BlockPull ${namespace}/${name} in ${phases.join('|')}`, timeoutMs, async () => {
-    const bp = await getBlockPull(kube, namespace, name);
-    return bp?.status?.phase !== undefined && phases.includes(bp.status.phase) ? bp : undefined;
-  });
+  let last: BlockPullView | undefined;
+  try {
+    return await waitFor(`BlockPull ${namespace}/${name} in ${phases.join('|')}`, timeoutMs, async () => {
+      const bp = await getBlockPull(kube, namespace, name);
+      last = bp;
+      return bp?.status?.phase !== undefined && phases.includes(bp.status.phase) ? bp : undefined;
+    });
+  } catch (err) {
+    // The status it was left in says why (a timeout alone does not).
+    throw new Error(`${errorMessage(err)}; last status: ${JSON.stringify(last?.status ?? null)}`, { cause: err });
+  }
 }
 
 /** Every phase each BlockPull of a namespace was seen in, polled every 200 ms until stop(). */

@@ -1,5 +1,5 @@
-/** Mount points under a directory, and unmounting them (node run dirs, image rootfs builds). */
-import { readFileSync } from 'node:fs';
+/** Mount points under a directory, unmounting them, and removing a directory only once nothing is mounted in it. */
+import { existsSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { run } from './process.ts';
 
 /** Mount points at or below dir (from /proc/self/mountinfo), deepest first. */
@@ -27,4 +27,18 @@ export async function unmountAllUnder(dir: string): Promise<void> {
       if (r.exitCode !== 0) await run(['umount', '-l', p], { allowExit: true });
     }
   }
+}
+
+/**
+ * rm -rf of dir, refused while anything is mounted at or below it: a recursive remove walks into a
+ * bind mount and empties its source (a cache bind-mounted into a chroot would be lost). Unmounts
+ * first, then checks /proc/self/mountinfo again (dir resolved: mountinfo has real paths).
+ */
+export async function removeUnmounted(dir: string): Promise<void> {
+  if (!existsSync(dir)) return;
+  const real = realpathSync(dir);
+  await unmountAllUnder(real);
+  const left = mountsUnder(real);
+  if (left.length > 0) throw new Error(`not removing ${dir}: still mounted below it: ${left.join(', ')}`);
+  rmSync(real, { recursive: true, force: true });
 }

@@ -9,6 +9,8 @@
  *   into a shared emptyDir (init container container-disk-binary), `--no-op` init, then the volume
  *   container `container-disk --copy-path ...`: its socket appears and its /disk/disk.qcow2, seen
  *   through the process's root like virt-handler sees it, is owned by 107 and equal to the reference.
+ * The KubeVirt version is BLOCKPULL_KUBEVIRT_VERSION's (default v1.7.0): its launcher image is
+ * Debian 12's libvirt 9.0 / QEMU 7.2 for 1.7, Debian 13's 11.3 / 10.0 for 1.8+ (launcherDebian).
  */
 import { readFileSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
@@ -100,6 +102,8 @@ describe('KubeVirt images on the node', () => {
       'echo "drivers $(ls /usr/lib/x86_64-linux-gnu/libvirt/connection-driver | tr "\\n" " ")"',
       'ldd /usr/bin/virt-launcher | grep "not found" || echo "virt-launcher libs ok"',
       '/usr/sbin/virtqemud --version',
+      'qemu-system-x86_64 --version | head -1',
+      'echo "virsh $(virsh --version)"',
       'ls /etc/libvirt/qemu.conf /etc/libvirt/virtqemud.conf /etc/libvirt/virtlogd.conf /etc/libvirt/hooks/qemu',
       'echo "sh $(grep CapEff /proc/self/status)"',
     ].join('\n');
@@ -147,7 +151,14 @@ describe('KubeVirt images on the node', () => {
       expect(out).toContain(`bin ${b}\n`);
     expect(out).toMatch(/^drivers libvirt_driver_qemu\.so $/m);
     expect(out).toContain('virt-launcher libs ok');
-    expect(out).toMatch(/libvirtd \(libvirt\) 9\./);
+    // The suite's libvirt and QEMU (launcherDebian: 9.0 / 7.2 for 1.7 on bookworm, 11.3 / 10.0 for 1.8+ on trixie).
+    const { libvirt, qemu, suite } = images.launcherDebian;
+    const dots = (v: string): string => v.replaceAll('.', '\\.');
+    log(`launcher image ${images.launcher.name}: Debian ${suite}, expecting libvirt ${libvirt}, QEMU ${qemu}`);
+    // libvirt 9.0 prints `libvirtd (libvirt) 9.0.0`, 11.3 its argv[0]: `/usr/sbin/libvirtd (libvirt) 11.3.0`.
+    expect(out).toMatch(new RegExp(`^(?:/usr/sbin/)?libvirtd \\(libvirt\\) ${dots(libvirt)}\\.\\d+$`, 'm'));
+    expect(out).toMatch(new RegExp(`^virsh ${dots(libvirt)}\\.\\d+$`, 'm'));
+    expect(out).toMatch(new RegExp(`^QEMU emulator version ${dots(qemu)}\\.\\d+\\b`, 'm'));
     expect(out).toMatch(/^sh CapEff:\s+0+$/m); // a binary without file capabilities gets nothing (uid 107, no ambient caps)
   });
 

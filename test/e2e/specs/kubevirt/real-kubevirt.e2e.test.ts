@@ -26,7 +26,8 @@ import { testImage } from '../../images/images.ts';
 import { operatorImage } from '../../images/operator.ts';
 import { ensureKubevirtBinaries, pinnedKubevirtVersions } from '../../kubevirt/binaries.ts';
 import { kubevirtCrdFiles } from '../../kubevirt/crds.ts';
-import { ensureKubevirtImages } from '../../kubevirt/images.ts';
+import { ensureKubevirtImages, type LauncherDebian } from '../../kubevirt/images.ts';
+import { isRelease, parseVirshVersion } from '../../kubevirt/image-checks.ts';
 import { launcherUri, startKubevirt, vmiManifest, type Kubevirt } from '../../kubevirt/kubevirt.ts';
 import { nodeApiserverArgs, nodeLeftovers, startNode, type Node } from '../../node/kubelet.ts';
 import { run } from '../../support/process.ts';
@@ -87,6 +88,7 @@ function realKubevirt(version: string): void {
     let kv: Kubevirt | undefined;
     let tmp = '';
     let containerDiskReference = '';
+    let launcherDebian: LauncherDebian | undefined;
     const timings: Record<string, number> = {};
     let suiteStart = 0;
 
@@ -183,6 +185,7 @@ function realKubevirt(version: string): void {
       t = Date.now();
       const images = await ensureKubevirtImages({ binaries: bins });
       containerDiskReference = images.containerDiskReference;
+      launcherDebian = images.launcherDebian;
       const [op, test, helm] = [await operatorImage(), await testImage(), await ensureHelm()];
       timings.imagesMs = Date.now() - t;
       t = Date.now();
@@ -351,6 +354,27 @@ function realKubevirt(version: string): void {
         expect((await exec('root', ['id', '-u'])).trim()).toBe('0');
         expect((await virsh('root', ['domstate', domain('root')])).trim()).toBe('running');
         expect(await chain('root')).toEqual([OVERLAY, BASE]);
+      });
+
+      it("the launcher's libvirt and QEMU are its image's Debian's (virsh version over the operator's exec transport)", async () => {
+        const debian = launcherDebian!;
+        const kc = new KubeConfig();
+        kc.loadFromFile(c().kubeconfigPath);
+        for (const key of ['flat', 'root'] as const) {
+          // The transport the operator runs virsh with (ExecRunner, pods/exec into compute), as the admin:
+          // the chart's exec policy admits only the driver's own commands for the operator's account.
+          const runner = new ExecRunner({ kc, namespace: NS, pod: launchers[key]!.pod.metadata.name });
+          const r = await runner.run(['virsh', '-c', launcherUri(VMS[key].user), 'version'], { timeoutMs: 30_000 });
+          process.stderr.write(`[real-kubevirt ${version}] ${key} launcher, virsh version:\n${r.stdout}`);
+          expect(r.exitCode, r.stderr).toBe(0);
+          const v = parseVirshVersion(r.stdout);
+          const want = `libvirt ${debian.libvirt}.x and QEMU ${debian.qemu}.x (Debian ${debian.suite})`;
+          expect(isRelease(v.library, debian.libvirt), `${key}: library ${v.library}, want ${want}`).toBe(true);
+          expect(isRelease(v.compiledAgainst, debian.libvirt), `${key}: virsh ${v.compiledAgainst}, want ${want}`).toBe(
+            true,
+          );
+          expect(isRelease(v.hypervisor, debian.qemu), `${key}: QEMU ${v.hypervisor}, want ${want}`).toBe(true);
+        }
       });
     });
 
