@@ -1,9 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types.ts';
 import type { BlockJobDriver } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
 import { launcherCaches, testReconciler } from '../../../test/unit/support/reconciler.ts';
-import { launcherFixture } from '../../../test/unit/support/launcher.ts';
+import {
+  blockPullFixture,
+  launcherFixture,
+  runningStatusFixture,
+  TWO_IMAGE_CHAIN,
+} from '../../../test/unit/support/launcher.ts';
 import { NODE_LOOK_SPACING_MS } from './slots.ts';
 
 /**
@@ -13,36 +17,10 @@ import { NODE_LOOK_SPACING_MS } from './slots.ts';
  */
 describe('Reconciler: progress looks spaced per node', () => {
   it('one running pull on its node, statusUpdateIntervalMs 100 and a 50 ms poll: the next look in NODE_LOOK_SPACING_MS', async () => {
-    const chain = [
-      { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
-      { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
-    ];
-    const before = chain.map(({ position, path, format }) => ({ position, path, format }));
-    const status: BlockPullStatus = {
-      phase: 'Running',
-      reason: 'Pulling',
-      attempts: 1,
-      retries: 0,
-      backingChain: { before, current: before },
-      launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' },
-      job: { state: 'Running' },
-    };
+    const chain = [...TWO_IMAGE_CHAIN];
+    const status = runningStatusFixture(chain);
     let rv = 5;
-    let obj: Record<string, unknown> = {
-      apiVersion: API_VERSION,
-      kind: KIND,
-      metadata: {
-        name: 'p',
-        namespace: 'ns',
-        uid: 'u1',
-        resourceVersion: String(rv),
-        generation: 1,
-        finalizers: [FINALIZER],
-        creationTimestamp: '2026-11-27T09:00:00Z',
-      },
-      spec: { vmiName: 'vm', disk: 'rootdisk' },
-      status,
-    };
+    let obj: Record<string, unknown> = { ...blockPullFixture(String(rv)), status };
     const clients = {
       custom: {
         getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),

@@ -1,8 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types.ts';
+import { FINALIZER } from '../api/types.ts';
 import type { BlockJobDriver } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
-import { launcherFixture } from '../../../test/unit/support/launcher.ts';
+import {
+  blockPullFixture,
+  launcherFixture,
+  runningStatusFixture,
+  TWO_IMAGE_CHAIN,
+} from '../../../test/unit/support/launcher.ts';
 import { testReconciler } from '../../../test/unit/support/reconciler.ts';
 
 /**
@@ -12,37 +17,15 @@ import { testReconciler } from '../../../test/unit/support/reconciler.ts';
  * (a pod not controlled by a VMI of that name, a pod gone) is taken for it.
  */
 describe('Reconciler: deletion once the VMI is gone', () => {
-  const CHAIN = [
-    { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
-    { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
-  ];
-  const before = CHAIN.map(({ position, path, format }) => ({ position, path, format }));
-  const running: BlockPullStatus = {
-    phase: 'Running',
-    reason: 'Pulling',
-    attempts: 1,
-    retries: 0,
-    backingChain: { before, current: before },
-    launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' },
-    job: { state: 'Running' },
-  };
+  const CHAIN = [...TWO_IMAGE_CHAIN];
+  const running = runningStatusFixture(CHAIN);
 
   function world(pod: Record<string, unknown> | undefined) {
     let rv = 10;
+    const fixture = blockPullFixture(String(rv));
     let obj: Record<string, unknown> & { metadata: Record<string, unknown> } = {
-      apiVersion: API_VERSION,
-      kind: KIND,
-      metadata: {
-        name: 'p',
-        namespace: 'ns',
-        uid: 'u1',
-        resourceVersion: String(rv),
-        generation: 1,
-        finalizers: [FINALIZER],
-        creationTimestamp: '2026-11-27T09:00:00Z',
-        deletionTimestamp: '2026-11-27T10:00:00Z',
-      },
-      spec: { vmiName: 'vm', disk: 'rootdisk' },
+      ...fixture,
+      metadata: { ...fixture.metadata, deletionTimestamp: '2026-11-27T10:00:00Z' },
       status: running,
     };
     let jobRunning = true;

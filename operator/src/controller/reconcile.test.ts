@@ -4,7 +4,12 @@ import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../api/types
 import type { BlockJobDriver, BlockJobEvent, DiskInfo, SpaceInfo } from '../hypervisor/types.ts';
 import type { KubeClients } from '../kube/client.ts';
 import { LauncherUnavailableError } from '../kubevirt/transport.ts';
-import { blockPullFixture, launcherFixture } from '../../../test/unit/support/launcher.ts';
+import {
+  blockPullFixture,
+  launcherFixture,
+  runningStatusFixture,
+  TWO_IMAGE_CHAIN,
+} from '../../../test/unit/support/launcher.ts';
 import { DEFAULT_SAFETY_RESYNC_MS, type Reconciler } from './reconcile.ts';
 import { testReconciler, launcherCaches, EMPTY_CACHE } from '../../../test/unit/support/reconciler.ts';
 
@@ -198,11 +203,7 @@ describe('Reconciler while a job runs', () => {
  * real one does; `userPatch` plays a user's `kubectl patch` landing just before a status write.
  */
 describe('Reconciler persisted intent', () => {
-  const CHAIN = [
-    { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
-    { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
-  ];
-  const before = CHAIN.map(({ position, path, format }) => ({ position, path, format }));
+  const CHAIN = [...TWO_IMAGE_CHAIN];
   const { vmi, pod } = launcherFixture('node1');
 
   function world(spec: Record<string, unknown>, status: BlockPullStatus, jobRunning: boolean) {
@@ -287,15 +288,7 @@ describe('Reconciler persisted intent', () => {
       },
     };
   }
-  const runningStatus: BlockPullStatus = {
-    phase: 'Running',
-    reason: 'Pulling',
-    attempts: 1,
-    retries: 0,
-    backingChain: { before, current: before },
-    launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' },
-    job: { state: 'Running' },
-  };
+  const runningStatus: BlockPullStatus = runningStatusFixture(CHAIN);
 
   it('pause: the abort is recorded (Paused, Aborting) before it is made', async () => {
     const w = world({ paused: true }, runningStatus, true);
@@ -573,11 +566,7 @@ describe('Reconciler reads the BlockPull from the cache', () => {
  * itself: with the clock stopped (fake timers), it still finishes once the event arrives.
  */
 describe("Reconciler waits for QEMU's reason of a failed job", () => {
-  const CHAIN = [
-    { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
-    { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
-  ];
-  const before = CHAIN.map(({ position, path, format }) => ({ position, path, format }));
+  const CHAIN = [...TWO_IMAGE_CHAIN];
   const { vmi, pod } = launcherFixture('node1');
   const ENOSPC: BlockJobEvent = {
     domain: 'ns_vm',
@@ -596,15 +585,7 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
     let rv = 10;
     let obj: Record<string, unknown> = {
       ...blockPullFixture(String(rv), { createdAt: '2026-11-27T09:00:00Z' }),
-      status: {
-        phase: 'Running',
-        reason: 'Pulling',
-        attempts: 1,
-        retries: 0,
-        backingChain: { before, current: before },
-        launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' },
-        job: { state: 'Running' },
-      },
+      status: runningStatusFixture(CHAIN),
     };
     const clients = {
       custom: {
@@ -715,11 +696,7 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
  * answered look starts the count again, and the job's event subscription is kept meanwhile.
  */
 describe('Reconciler when a look gets no answer in time', () => {
-  const CHAIN = [
-    { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
-    { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
-  ];
-  const before = CHAIN.map(({ position, path, format }) => ({ position, path, format }));
+  const CHAIN = [...TWO_IMAGE_CHAIN];
   const { vmi, pod } = launcherFixture('node1');
   const T0 = Date.parse('2026-12-08T00:00:00Z');
 
@@ -727,15 +704,8 @@ describe('Reconciler when a look gets no answer in time', () => {
     let rv = 10;
     let obj: Record<string, unknown> = {
       ...blockPullFixture(String(rv)),
-      status: {
-        phase: 'Running',
-        reason: 'Adopted', // a job this process did not start (a leader change): the look is the same
-        attempts: 1,
-        retries: 0,
-        backingChain: { before, current: before },
-        launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' },
-        job: { state: 'Running' },
-      },
+      // Adopted: a job this process did not start (a leader change); the look is the same.
+      status: runningStatusFixture(CHAIN, 'Adopted'),
     };
     const calls = { statusPatches: 0, subscriptions: 0, stops: 0 };
     const clients = {

@@ -307,6 +307,19 @@ function noLauncherMessage(vmi: Vmi, pods: readonly Pod[]): string {
   return `${what}: ${refused.join('; ')}${more}`;
 }
 
+/** Where the VMI's domain is reached in `pod`: its compute container, with the URI of the runtime user. */
+function launcherIn(pod: Pod, vmiName: string, runtimeUser: number | undefined): LauncherPod {
+  const namespace = pod.metadata.namespace;
+  return {
+    namespace,
+    pod: pod.metadata.name,
+    node: pod.spec?.nodeName ?? '',
+    container: LAUNCHER_CONTAINER,
+    domain: domainName(namespace, vmiName),
+    uri: libvirtUri(runtimeUser),
+  };
+}
+
 /** From the cached VMI (or its absence), its launcher pods and migrations to the launcher to use (or why there is none). */
 export function locateLauncher(
   namespace: string,
@@ -356,14 +369,7 @@ export function locateLauncher(
   }
   return {
     kind: 'found',
-    launcher: {
-      namespace,
-      pod: pod.metadata.name,
-      node: pod.spec?.nodeName ?? '',
-      container: LAUNCHER_CONTAINER,
-      domain: domainName(namespace, vmiName),
-      uri: libvirtUri(vmi.status?.runtimeUser),
-    },
+    launcher: launcherIn(pod, vmiName, vmi.status?.runtimeUser),
     ...(migration !== undefined ? { migration } : {}),
     ...(isTerminating(pod) ? { terminating: true as const } : {}),
   };
@@ -394,14 +400,7 @@ export function orphanedLauncher(namespace: string, vmiName: string, rawPod: unk
     return undefined;
   return {
     kind: 'found',
-    launcher: {
-      namespace,
-      pod: pod.metadata.name,
-      node: pod.spec?.nodeName ?? '',
-      container: LAUNCHER_CONTAINER,
-      domain: domainName(namespace, vmiName),
-      uri: libvirtUri(pod.spec?.securityContext?.runAsUser ?? undefined),
-    },
+    launcher: launcherIn(pod, vmiName, pod.spec?.securityContext?.runAsUser ?? undefined),
     ...(isTerminating(pod) ? { terminating: true as const } : {}),
   };
 }

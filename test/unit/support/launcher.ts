@@ -1,5 +1,5 @@
 /** Informer-cache objects for the Reconciler's unit tests. */
-import { API_VERSION, FINALIZER, KIND } from '../../../operator/src/api/types.ts';
+import { API_VERSION, FINALIZER, KIND, type BlockPullStatus } from '../../../operator/src/api/types.ts';
 
 /**
  * A Running VMI with disk rootdisk on `node` and its launcher pod as KubeVirt makes it (controlled
@@ -58,5 +58,31 @@ export function blockPullFixture(
       creationTimestamp: options.createdAt ?? '2026-11-27T10:00:00Z',
     },
     spec: { vmiName: 'vm', disk: 'rootdisk' },
+  };
+}
+
+/** A two-image qcow2 chain of disk vda (top, base) as the driver reads it. */
+export const TWO_IMAGE_CHAIN = [
+  { position: 0, index: 1, path: '/d/top.qcow2', format: 'qcow2' },
+  { position: 1, index: 2, path: '/d/base.qcow2', format: 'qcow2' },
+] as const;
+
+/**
+ * The status of a BlockPull whose job of ours runs on launcherFixture's pod (node1, target vda),
+ * the chain read before the pull being `chain` (positions, paths and formats).
+ */
+export function runningStatusFixture(
+  chain: readonly { position: number; path: string; format: string }[] = TWO_IMAGE_CHAIN,
+  reason = 'Pulling',
+): BlockPullStatus {
+  const before = chain.map(({ position, path, format }) => ({ position, path, format }));
+  return {
+    phase: 'Running',
+    reason,
+    attempts: 1,
+    retries: 0,
+    backingChain: { before, current: before },
+    launcher: { pod: 'virt-launcher-vm-x', node: 'node1', container: 'compute', domain: 'ns_vm', target: 'vda' },
+    job: { state: 'Running' },
   };
 }
