@@ -21,7 +21,7 @@
  *   and the CPU seconds the operator, kube-apiserver and etcd used during each run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { run } from '../support/process.ts';
+import { cleanupOnSignals, run } from '../support/process.ts';
 import { createReadStream, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -40,7 +40,7 @@ import {
   type BlockPullView,
   type OperatorProcess,
 } from '../operator-fixture/fixture.ts';
-import { cpuSeconds, machineJiffies } from '../support/procfs.ts';
+import { cpuSeconds, loadAverages, machineJiffies } from '../support/procfs.ts';
 
 const NS = 'bench';
 const ALLOCATED_MIB = Number(process.env['BENCH_ALLOCATED_MIB'] ?? 2048);
@@ -79,11 +79,7 @@ async function cleanup(): Promise<void> {
   tmp = undefined;
 }
 
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    void cleanup().finally(() => process.exit(130));
-  });
-}
+cleanupOnSignals(cleanup);
 
 function track(c: ChildProcess): ChildProcess {
   children.add(c);
@@ -313,11 +309,7 @@ const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0);
 const f2 = (x: number): string => x.toFixed(2);
 const spread = (xs: readonly number[]): string =>
   `median ${f2(median(xs))} s, range ${f2(Math.min(...xs))}-${f2(Math.max(...xs))} s`;
-const load = (): string =>
-  os
-    .loadavg()
-    .map((x) => x.toFixed(2))
-    .join(' ');
+const load = loadAverages;
 
 async function main(): Promise<void> {
   tmp = await mkdtemp(path.join(os.tmpdir(), 'bp-bench-'));

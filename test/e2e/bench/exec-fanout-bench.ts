@@ -49,8 +49,8 @@ import {
 } from '../operator-fixture/fixture.ts';
 import { diffCounts, formatCounts, parseRequestTotals, type RequestCounts } from '../support/apiserver-metrics.ts';
 import { REPO_ROOT } from '../support/paths.ts';
-import { findProcesses, listPids, run } from '../support/process.ts';
-import { cpuSeconds, machineJiffies, memAvailableMiB, pssMiB, statusMiB } from '../support/procfs.ts';
+import { cleanupOnSignals, findProcesses, listPids, run } from '../support/process.ts';
+import { cpuSeconds, loadAverages, machineJiffies, memAvailableMiB, pssMiB, statusMiB } from '../support/procfs.ts';
 import { tcpConnectionsTo } from '../support/sockets.ts';
 import { sleep, waitFor } from '../support/wait.ts';
 import {
@@ -100,11 +100,7 @@ const REF = '/var/run/kubevirt-private/ref.qcow2';
 
 const say = (m: string): void => void process.stdout.write(`${m}\n`);
 const f = (x: number, d = 2): string => (Number.isFinite(x) ? x.toFixed(d) : String(x));
-const load = (): string =>
-  os
-    .loadavg()
-    .map((x) => x.toFixed(2))
-    .join(' ');
+const load = loadAverages;
 
 interface Pod {
   readonly index: number;
@@ -135,8 +131,7 @@ async function cleanup(): Promise<void> {
   if (tmp !== undefined) await rm(tmp, { recursive: true, force: true });
   tmp = undefined;
 }
-for (const sig of ['SIGINT', 'SIGTERM'] as const)
-  process.on(sig, () => void cleanup().finally(() => process.exit(130)));
+cleanupOnSignals(cleanup);
 
 /** The top image of a disk in the pod, as the recipe makes it. */
 function topOf(disk: string): string {

@@ -43,6 +43,7 @@ import {
   type OperatorProcess,
 } from '../operator-fixture/fixture.ts';
 import {
+  addCount,
   diffCounts,
   formatCounts,
   operatorRequests,
@@ -52,8 +53,10 @@ import {
 } from '../support/apiserver-metrics.ts';
 import { memoryLine, operatorTotals } from '../support/operator-metrics.ts';
 import { REPO_ROOT } from '../support/paths.ts';
+import { cleanupOnSignals } from '../support/process.ts';
 import { pool } from '../support/pool.ts';
-import { cpuSeconds, RssSampler, statusMiB } from '../support/procfs.ts';
+import { cpuSeconds, loadAverages, RssSampler, statusMiB } from '../support/procfs.ts';
+import { sleep } from '../support/wait.ts';
 
 const { values } = parseArgs({
   options: {
@@ -96,13 +99,8 @@ const WATCHED = [
 const operatorsOwn = operatorRequests(WATCHED);
 
 const say = (m: string): void => void process.stdout.write(`${m}\n`);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const fmt = (x: number, d = 1): string => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
-const load = (): string =>
-  os
-    .loadavg()
-    .map((x) => x.toFixed(2))
-    .join(' ');
+const load = loadAverages;
 const quantile = (xs: readonly number[], q: number): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? Number.NaN : s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
@@ -122,12 +120,11 @@ async function cleanup(): Promise<void> {
   if (tmp !== undefined) await rm(tmp, { recursive: true, force: true });
   tmp = undefined;
 }
-for (const sig of ['SIGINT', 'SIGTERM'] as const)
-  process.on(sig, () => void cleanup().finally(() => process.exit(130)));
+cleanupOnSignals(cleanup);
 
 /** The bench's own API requests in a measured window, subtracted from the API server's counts. */
 const own: RequestCounts = new Map();
-const count = (key: string, n = 1): void => void own.set(key, (own.get(key) ?? 0) + n);
+const count = (key: string, n = 1): void => addCount(own, key, n);
 
 interface Bp {
   metadata: { name: string; namespace: string; uid: string };

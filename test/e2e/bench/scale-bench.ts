@@ -24,6 +24,7 @@ import { z } from 'zod';
 import { installCrds, projectCrdFiles, VMI_CRD_FILE } from '../cluster/crds.ts';
 import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 import { REPO_ROOT } from '../support/paths.ts';
+import { cleanupOnSignals } from '../support/process.ts';
 import { startLauncher, type Launcher } from '../launcher/launcher.ts';
 import {
   buildOperator,
@@ -36,6 +37,7 @@ import {
   type OperatorProcess,
 } from '../operator-fixture/fixture.ts';
 import {
+  addCount,
   diffCounts,
   formatCounts,
   operatorRequests,
@@ -45,7 +47,8 @@ import {
 } from '../support/apiserver-metrics.ts';
 import { memoryLine, operatorTotals } from '../support/operator-metrics.ts';
 import { pool } from '../support/pool.ts';
-import { cpuSeconds, RssSampler, statusMiB } from '../support/procfs.ts';
+import { cpuSeconds, loadAverages, RssSampler, statusMiB } from '../support/procfs.ts';
+import { sleep } from '../support/wait.ts';
 
 const Args = z.object({
   count: z.number().int().min(10).max(20_000),
@@ -91,7 +94,6 @@ const OP_NS = 'bp-scale-system';
 const GROUP = { group: 'blockpull.dev', version: 'v1alpha1', plural: 'blockpulls' };
 const VMI = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances' };
 const say = (m: string): void => void process.stdout.write(`${m}\n`);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 let cp: ControlPlane | undefined;
 let operator: OperatorProcess | undefined;
@@ -107,12 +109,11 @@ async function cleanup(): Promise<void> {
   if (tmp !== undefined) await rm(tmp, { recursive: true, force: true });
   tmp = undefined;
 }
-for (const sig of ['SIGINT', 'SIGTERM'] as const)
-  process.on(sig, () => void cleanup().finally(() => process.exit(130)));
+cleanupOnSignals(cleanup);
 
 /** The bench's own API requests, subtracted from the API server's counts. */
 const own: RequestCounts = new Map();
-const count = (key: string, n = 1): void => void own.set(key, (own.get(key) ?? 0) + n);
+const count = (key: string, n = 1): void => addCount(own, key, n);
 
 const fmt = (x: number, d = 1): string => x.toFixed(d);
 
@@ -397,10 +398,7 @@ async function main(): Promise<void> {
   // --- report -------------------------------------------------------------------------------------
   say('');
   say(
-    `RESULT bench:scale ${N} BlockPulls; node ${nodeArgs.join(' ') || '(no flags)'} (${nWaiting} waiting for a VMI, ${nNotRunning} VMI not running, ${nCompleted} Completed, ${args.running} running); load ${os
-      .loadavg()
-      .map((x) => x.toFixed(2))
-      .join(' ')}`,
+    `RESULT bench:scale ${N} BlockPulls; node ${nodeArgs.join(' ') || '(no flags)'} (${nWaiting} waiting for a VMI, ${nNotRunning} VMI not running, ${nCompleted} Completed, ${args.running} running); load ${loadAverages()}`,
   );
   say(`| figure | measured | goal |`);
   say(`|---|---|---|`);

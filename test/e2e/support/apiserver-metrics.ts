@@ -3,6 +3,11 @@
  * scale bench reports as "API requests by verb and resource", independent of the operator.
  */
 
+/** Adds `n` requests under `key` (a bench's own requests, subtracted from the API server's counts by diffCounts). */
+export function addCount(counts: RequestCounts, key: string, n = 1): void {
+  counts.set(key, (counts.get(key) ?? 0) + n);
+}
+
 /** "VERB resource[/subresource]" -> count, summed over codes, scopes and other labels. */
 export type RequestCounts = Map<string, number>;
 

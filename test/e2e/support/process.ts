@@ -471,3 +471,12 @@ export async function crashDaemon(rec: DaemonRecord): Promise<void> {
     await sleep(20);
   }
 }
+
+/**
+ * On SIGINT or SIGTERM, run `cleanup` and exit 130: a bench stopped by hand leaves no daemon,
+ * mount or temporary directory behind.
+ */
+export function cleanupOnSignals(cleanup: () => Promise<unknown>): void {
+  for (const sig of ['SIGINT', 'SIGTERM'] as const)
+    process.on(sig, () => void cleanup().finally(() => process.exit(130)));
+}

@@ -1,5 +1,6 @@
 /** What the benches read about a process or the machine from /proc (Linux only). */
 import { readFileSync } from 'node:fs';
+import os from 'node:os';
 
 /** Clock ticks per second of /proc/<pid>/stat on Linux (USER_HZ). */
 const USER_HZ = 100;
@@ -79,4 +80,12 @@ export class RssSampler {
   stop(): void {
     clearInterval(this.#timer);
   }
+}
+
+/** The machine's load averages over 1, 5 and 15 minutes, "1.23 0.98 0.50", printed beside every figure. */
+export function loadAverages(): string {
+  return os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
 }
