@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { BlockJobDriver } from '../hypervisor/types.ts';
-import type { KubeClients } from '../kube/client.ts';
-import { launcherCaches, testReconciler } from '../../../test/unit/support/reconciler.ts';
+import { launcherCaches, oneObjectApi, testReconciler } from '../../../test/unit/support/reconciler.ts';
 import {
   blockPullFixture,
   launcherFixture,
@@ -19,21 +18,7 @@ describe('Reconciler: progress looks spaced per node', () => {
   it('one running pull on its node, statusUpdateIntervalMs 100 and a 50 ms poll: the next look in NODE_LOOK_SPACING_MS', async () => {
     const chain = [...TWO_IMAGE_CHAIN];
     const status = runningStatusFixture(chain);
-    let rv = 5;
-    let obj: Record<string, unknown> = { ...blockPullFixture(String(rv)), status };
-    const clients = {
-      custom: {
-        getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
-        patchNamespacedCustomObjectStatus: ({ body }: { body: { op: string; path: string; value: unknown }[] }) => {
-          obj = {
-            ...obj,
-            status: body[1]?.value,
-            metadata: { ...(obj['metadata'] as object), resourceVersion: String(++rv) },
-          };
-          return Promise.resolve(structuredClone(obj));
-        },
-      },
-    } as unknown as KubeClients;
+    const api = oneObjectApi({ ...blockPullFixture('5'), status });
     const driver: BlockJobDriver = {
       getDisk: () => Promise.resolve({ target: 'vda', alias: 'ua-rootdisk', chain }),
       getJob: () => Promise.resolve({ type: 'Block Pull', cur: 10, end: 100, bandwidth: 0 }),
@@ -44,7 +29,7 @@ describe('Reconciler: progress looks spaced per node', () => {
     };
     const { vmi, pod } = launcherFixture('node1');
     const r = testReconciler({
-      clients,
+      clients: api.clients,
       ...launcherCaches(vmi, pod),
       drivers: { kind: 'local', driverFor: () => Promise.resolve(driver) },
       statusUpdateIntervalMs: 100,

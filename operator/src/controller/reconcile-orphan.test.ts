@@ -1,14 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { FINALIZER } from '../api/types.ts';
 import type { BlockJobDriver } from '../hypervisor/types.ts';
-import type { KubeClients } from '../kube/client.ts';
 import {
   blockPullFixture,
   launcherFixture,
   runningStatusFixture,
   TWO_IMAGE_CHAIN,
 } from '../../../test/unit/support/launcher.ts';
-import { testReconciler } from '../../../test/unit/support/reconciler.ts';
+import { oneObjectApi, testReconciler } from '../../../test/unit/support/reconciler.ts';
 
 /**
  * A BlockPull deleted after its VMI vanished at once (finalizers removed by hand, or deleted with
@@ -21,32 +20,20 @@ describe('Reconciler: deletion once the VMI is gone', () => {
   const running = runningStatusFixture(CHAIN);
 
   function world(pod: Record<string, unknown> | undefined) {
-    let rv = 10;
-    const fixture = blockPullFixture(String(rv));
-    let obj: Record<string, unknown> & { metadata: Record<string, unknown> } = {
+    const fixture = blockPullFixture('10');
+    const api = oneObjectApi({
       ...fixture,
       metadata: { ...fixture.metadata, deletionTimestamp: '2026-11-27T10:00:00Z' },
       status: running,
-    };
+    });
     let jobRunning = true;
-    const calls = { aborts: [] as { domain: string; target: string }[], uris: [] as string[], finalizerRemoved: false };
-    const clients = {
-      custom: {
-        getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
-        patchNamespacedCustomObject: ({ body }: { body: { metadata: { finalizers: string[] } } }) => {
-          calls.finalizerRemoved = !body.metadata.finalizers.includes(FINALIZER);
-          obj = {
-            ...obj,
-            metadata: { ...obj.metadata, finalizers: body.metadata.finalizers, resourceVersion: String(++rv) },
-          };
-          return Promise.resolve(structuredClone(obj));
-        },
-        patchNamespacedCustomObjectStatus: ({ body }: { body: { op: string; path: string; value: unknown }[] }) => {
-          obj = { ...obj, status: body[1]?.value, metadata: { ...obj.metadata, resourceVersion: String(++rv) } };
-          return Promise.resolve(structuredClone(obj));
-        },
+    const calls = {
+      aborts: [] as { domain: string; target: string }[],
+      uris: [] as string[],
+      get finalizerRemoved(): boolean {
+        return !((api.stored()['metadata'] as { finalizers?: string[] }).finalizers ?? []).includes(FINALIZER);
       },
-    } as unknown as KubeClients;
+    };
     const driver: BlockJobDriver = {
       getDisk: () => Promise.resolve({ target: 'vda', alias: 'ua-rootdisk', chain: CHAIN }),
       getJob: () => Promise.resolve(jobRunning ? { type: 'Block Pull', cur: 10, end: 100, bandwidth: 0 } : null),
@@ -61,7 +48,7 @@ describe('Reconciler: deletion once the VMI is gone', () => {
     };
     const pods = pod === undefined ? [] : [pod];
     const r = testReconciler({
-      clients,
+      clients: api.clients,
       blockPulls: { get: () => undefined, list: () => [] },
       vmis: { get: () => undefined, list: () => [] }, // the VMI is gone
       pods: {

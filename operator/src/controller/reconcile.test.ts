@@ -11,7 +11,7 @@ import {
   TWO_IMAGE_CHAIN,
 } from '../../../test/unit/support/launcher.ts';
 import { DEFAULT_SAFETY_RESYNC_MS, type Reconciler } from './reconcile.ts';
-import { testReconciler, launcherCaches, EMPTY_CACHE } from '../../../test/unit/support/reconciler.ts';
+import { testReconciler, launcherCaches, EMPTY_CACHE, oneObjectApi } from '../../../test/unit/support/reconciler.ts';
 
 /**
  * The status write's refusals. The status patch sets metadata.resourceVersion to the one read, so
@@ -582,24 +582,11 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
    * event subscription; `afterDiskLook` runs at the end of each `getDisk`, once its result is made.
    */
   async function running() {
-    let rv = 10;
-    let obj: Record<string, unknown> = {
-      ...blockPullFixture(String(rv), { createdAt: '2026-11-27T09:00:00Z' }),
+    const api = oneObjectApi({
+      ...blockPullFixture('10', { createdAt: '2026-11-27T09:00:00Z' }),
       status: runningStatusFixture(CHAIN),
-    };
-    const clients = {
-      custom: {
-        getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
-        patchNamespacedCustomObjectStatus: ({ body }: { body: { value: unknown }[] }) => {
-          obj = {
-            ...obj,
-            metadata: { ...(obj['metadata'] as object), resourceVersion: String(++rv) },
-            status: body[1]!.value,
-          };
-          return Promise.resolve(structuredClone(obj));
-        },
-      },
-    } as unknown as KubeClients;
+    });
+    const clients = api.clients;
     let job: { type: string; cur: number; end: number; bandwidth: number } | null = {
       type: 'Block Pull',
       cur: 10,
@@ -632,7 +619,7 @@ describe("Reconciler waits for QEMU's reason of a failed job", () => {
       hooks,
       emit: (ev: BlockJobEvent) => emit!(ev),
       endJob: () => (job = null), // the job ended; its chain is short of the goal
-      status: () => obj['status'] as BlockPullStatus,
+      status: () => api.stored()['status'] as BlockPullStatus,
     };
   }
 
@@ -701,27 +688,16 @@ describe('Reconciler when a look gets no answer in time', () => {
   const T0 = Date.parse('2026-12-08T00:00:00Z');
 
   function world() {
-    let rv = 10;
-    let obj: Record<string, unknown> = {
-      ...blockPullFixture(String(rv)),
-      // Adopted: a job this process did not start (a leader change); the look is the same.
-      status: runningStatusFixture(CHAIN, 'Adopted'),
-    };
-    const calls = { statusPatches: 0, subscriptions: 0, stops: 0 };
-    const clients = {
-      custom: {
-        getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
-        patchNamespacedCustomObjectStatus: ({ body }: { body: { value: unknown }[] }) => {
-          calls.statusPatches++;
-          obj = {
-            ...obj,
-            metadata: { ...(obj['metadata'] as object), resourceVersion: String(++rv) },
-            status: body[1]!.value,
-          };
-          return Promise.resolve(structuredClone(obj));
-        },
+    // Adopted: a job this process did not start (a leader change); the look is the same.
+    const api = oneObjectApi({ ...blockPullFixture('10'), status: runningStatusFixture(CHAIN, 'Adopted') });
+    const clients = api.clients;
+    const calls = {
+      get statusPatches(): number {
+        return api.writes.status;
       },
-    } as unknown as KubeClients;
+      subscriptions: 0,
+      stops: 0,
+    };
     /** Whether `virsh blockjob` answers; the looks left hanging, to answer later. */
     const libvirt = { answers: true, hanging: [] as (() => void)[] };
     const jobNow = { type: 'Block Pull', cur: 10, end: 100, bandwidth: 0 };
@@ -748,7 +724,7 @@ describe('Reconciler when a look gets no answer in time', () => {
     const pass = async (atMs: number): Promise<BlockPullStatus> => {
       clock.ms = T0 + atMs;
       await r.reconcile('ns/p');
-      return obj['status'] as BlockPullStatus;
+      return api.stored()['status'] as BlockPullStatus;
     };
     /** libvirt answers the looks left hanging (their results go to the next reconcile). */
     const answerHanging = async (): Promise<void> => {

@@ -1,7 +1,7 @@
 /** One way to build a Reconciler, and a Controller, in unit tests: the settings the tests share, overridable. */
 import type { KubeConfig } from '@kubernetes/client-node';
 import { Controller, type ControllerOptions } from '../../../operator/src/controller/controller.ts';
-import { createKubeClients } from '../../../operator/src/kube/client.ts';
+import { createKubeClients, type KubeClients } from '../../../operator/src/kube/client.ts';
 import { createLogger, silentLogger } from '../../../operator/src/log.ts';
 import { Reconciler, type ReconcilerOptions } from '../../../operator/src/controller/reconcile.ts';
 
@@ -56,4 +56,43 @@ export function testController(kc: KubeConfig, options: Partial<ControllerOption
     maxPullsPerNode: 1,
     ...options,
   });
+}
+
+/**
+ * A fake API server holding one BlockPull: a GET returns a copy; a status patch (the status
+ * writer's JSON patch: the resourceVersion test, then the /status replace) stores the status; a
+ * merge patch of the object stores its finalizers; every write bumps the resourceVersion. It checks
+ * no resourceVersion: the persisted-intent tests in reconcile.test.ts play the conflicts.
+ */
+export function oneObjectApi(initial: Record<string, unknown>): {
+  readonly clients: KubeClients;
+  readonly stored: () => Record<string, unknown>;
+  readonly writes: { status: number; finalizers: number };
+} {
+  let obj = structuredClone(initial);
+  let rv = Number((obj['metadata'] as { resourceVersion?: string }).resourceVersion ?? '1');
+  const writes = { status: 0, finalizers: 0 };
+  const bumped = (change: Record<string, unknown>): Record<string, unknown> => {
+    obj = { ...obj, ...change };
+    obj['metadata'] = {
+      ...(obj['metadata'] as object),
+      ...(change['metadata'] as object),
+      resourceVersion: String(++rv),
+    };
+    return structuredClone(obj);
+  };
+  const clients = {
+    custom: {
+      getNamespacedCustomObject: () => Promise.resolve(structuredClone(obj)),
+      patchNamespacedCustomObjectStatus: ({ body }: { body: { value: unknown }[] }) => {
+        writes.status++;
+        return Promise.resolve(bumped({ status: body[1]?.value }));
+      },
+      patchNamespacedCustomObject: ({ body }: { body: { metadata: { finalizers: string[] } } }) => {
+        writes.finalizers++;
+        return Promise.resolve(bumped({ metadata: { finalizers: body.metadata.finalizers } }));
+      },
+    },
+  } as unknown as KubeClients;
+  return { clients, stored: () => obj, writes };
 }
