@@ -135,6 +135,19 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
     name: string,
   ): Promise<NonNullable<ReturnType<typeof BlockPullPolicySchema.parse>['status']>> =>
     BlockPullPolicySchema.parse(await policyJson(name)).status ?? {};
+  /** Sets (or with null removes) a VMI's finalizers, as KubeVirt's controllers hold and release it. */
+  const setVmiFinalizers = async (name: string, finalizers: string[] | null): Promise<void> => {
+    await kube.kubectl([
+      'patch',
+      'vmi',
+      name,
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ metadata: { finalizers } }),
+    ]);
+  };
   const policy = (name: string, spec: Record<string, unknown>): Record<string, unknown> => ({
     apiVersion: 'blockpull.dev/v1alpha1',
     kind: 'BlockPullPolicy',
@@ -476,16 +489,7 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
     expect((await statusOf('midpull')).selectedDisks).toBe(2);
     // As KubeVirt deletes a VMI: it stays, marked for deletion, while its finalizer's work (the
     // launcher pod going, QEMU with it) is done; the policy and the BlockPull see it meanwhile.
-    await kube.kubectl([
-      'patch',
-      'vmi',
-      'gone1',
-      '-n',
-      NS,
-      '--type=merge',
-      '-p',
-      JSON.stringify({ metadata: { finalizers: ['kubevirt.io/virtualMachineControllerFinalize'] } }),
-    ]);
+    await setVmiFinalizers('gone1', ['kubevirt.io/virtualMachineControllerFinalize']);
     await kube.kubectl(['delete', 'vmi', 'gone1', '-n', NS, '--wait=false']);
     const deleted = Date.now();
     await waitFor(
@@ -505,16 +509,7 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
     // KubeVirt's part ends: the launcher pod and the VMI go.
     // No kubelet here to confirm the pod's end: removed at once.
     await kube.kubectl(['delete', 'pod', gone.podName, '-n', NS, '--grace-period=0', '--force']);
-    await kube.kubectl([
-      'patch',
-      'vmi',
-      'gone1',
-      '-n',
-      NS,
-      '--type=merge',
-      '-p',
-      JSON.stringify({ metadata: { finalizers: null } }),
-    ]);
+    await setVmiFinalizers('gone1', null);
     const st = await waitFor('the policy Ready with the one disk left', 120_000, async () => {
       const s = await statusOf('midpull');
       return s.conditions?.find((c) => c.type === 'Ready')?.status === 'True' ? s : undefined;
