@@ -94,6 +94,7 @@ export const REASONS = [
   'InsufficientSpace', // Pending: the data to pull does not fit the active image's filesystem or the pod's ephemeral-storage limit
   'SnapshotInProgress', // Pending: KubeVirt takes a snapshot of the VM (VMI OverlaySnapshotActive, a VirtualMachineSnapshot not final, an image on a hot-plugged or utility volume); a running pull yields to it
   'BackupInProgress', // Pending: a VirtualMachineBackup of the VM is in progress; a running pull yields to it
+  'VolumesChangeInProgress', // Pending: KubeVirt migrates the VMI's volumes (VMI condition VolumesChange=True); a running pull yields to it
   'DataFileInChain', // Pending: an image the pull would write into or remove has a qcow2 data file (<dataStore>, KubeVirt's changed block tracking)
   'Pulling', // Running
   'Adopted', // Running: a pull already running on the disk was adopted

@@ -1751,6 +1751,12 @@ describe("decide: KubeVirt's own chain operations win (external snapshots, backu
     name: 'VirtualMachineBackup ns/bk-1',
     message: 'VirtualMachineBackup ns/bk-1 (Initiated) backs up VirtualMachine ns/vm1',
   } as const;
+  const VOLUMES = {
+    kind: 'volumeMigration',
+    name: 'the volume migration of VirtualMachineInstance ns/vm1',
+    message:
+      'VirtualMachineInstance ns/vm1 has condition VolumesChange=True: KubeVirt migrates its volumes to new claims',
+  } as const;
   const OVL = '/scratch/ovl-rootdisk.qcow2';
   // Inside the window: KubeVirt's overlay over the chain, and its active commit running.
   const WINDOW: DiskInfo = {
@@ -1778,6 +1784,7 @@ describe("decide: KubeVirt's own chain operations win (external snapshots, backu
     ['SnapshotInProgress', SNAPSHOT],
     ['SnapshotInProgress', VMSNAPSHOT],
     ['BackupInProgress', BACKUP],
+    ['VolumesChangeInProgress', VOLUMES],
   ] as const)('a pull applied during the operation → Pending/%s, no start, no chain recorded', (reason, op) => {
     for (const [what, disk, j] of [
       ['before the overlay', CHAIN3, null],
@@ -1817,6 +1824,7 @@ describe("decide: KubeVirt's own chain operations win (external snapshots, backu
   it.each([
     ['SnapshotInProgress', SNAPSHOT],
     ['BackupInProgress', BACKUP],
+    ['VolumesChangeInProgress', VOLUMES],
   ] as const)(
     'our running pull yields at once (%s): intent Aborting recorded with the abort, nothing counted',
     (reason, op) => {
@@ -1860,6 +1868,39 @@ describe("decide: KubeVirt's own chain operations win (external snapshots, backu
     expect(r.status.retries).toBe(1);
     expect(r.status.message).toMatch(/^resumed after KubeVirt's snapshot: /);
   });
+
+  it.each([
+    ['BackupInProgress', BACKUP, "KubeVirt's backup"],
+    ['VolumesChangeInProgress', VOLUMES, "KubeVirt's volume migration"],
+  ] as const)(
+    'yielded to %s: Aborted while it lasts, never a failure; resumed once it is gone (a new attempt, retries untouched)',
+    (reason, op, after) => {
+      const prior = withLauncher({
+        phase: 'Pending',
+        reason,
+        job: { state: 'Aborting' },
+        progress: { percent: '15%' },
+        retries: 1,
+      });
+      const d = decide(obs({ bp: bp({ status: prior }), hypervisor: ok(CHAIN3, null), chainOperations: [op] }));
+      expect(d.action).toEqual({ type: 'none' });
+      expect(d.status.phase).toBe('Pending');
+      expect(d.status.reason).toBe(reason);
+      expect(d.status.job).toEqual({ state: 'Aborted' });
+      expect(d.status.message).toMatch(new RegExp(`^yielded to ${op.name}: the pull is paused at 15%`));
+      // Still there at the next look: it keeps waiting, nothing started, nothing counted.
+      const w = decide(obs({ bp: bp({ status: d.status }), hypervisor: ok(CHAIN3, null), chainOperations: [op] }));
+      expect(w.action).toEqual({ type: 'none' });
+      expect(w.status.reason).toBe(reason);
+      expect(w.status.attempts).toBe(1);
+      // The operation is over (a volume migration: the condition removed or False): resumed.
+      const r = decide(obs({ bp: bp({ status: w.status }), hypervisor: ok(CHAIN3, null) }));
+      expect(r.action).toMatchObject({ type: 'startPull', domain: 'ns_vm1', target: 'vda' });
+      expect(r.status.attempts).toBe(2);
+      expect(r.status.retries).toBe(1);
+      expect(r.status.message?.startsWith(`resumed after ${after}: `)).toBe(true);
+    },
+  );
 
   it('a paused pull stays Paused during the window', () => {
     const d = decide(

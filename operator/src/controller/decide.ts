@@ -884,6 +884,14 @@ function migrationWait(f: LauncherFacts, base: BlockPullStatus, m: MigrationRequ
 const OPERATION_REASON: Readonly<Record<ChainOperationKind, Reason>> = {
   snapshot: 'SnapshotInProgress',
   backup: 'BackupInProgress',
+  volumeMigration: 'VolumesChangeInProgress',
+};
+
+/** How a resumed pull's message names the operation it yielded to, by the reason it waited with. */
+const RESUMED_AFTER: Readonly<Partial<Record<Reason, string>>> = {
+  SnapshotInProgress: "KubeVirt's snapshot",
+  BackupInProgress: "KubeVirt's backup",
+  VolumesChangeInProgress: "KubeVirt's volume migration",
 };
 
 /**
@@ -1437,11 +1445,12 @@ function startPull(f: IdleFacts): Decision {
     (retries > 0 && (prior.reason === 'JobFailed' || prior.reason === 'InsufficientSpace'));
   const reason: Reason = retrying ? 'Retrying' : 'Pulling';
   const startBase: BaseRef | undefined = goal.basePath !== undefined ? { path: goal.basePath } : undefined;
+  const after = isReason(prior.reason) ? RESUMED_AFTER[prior.reason] : undefined;
   const resumed =
     prior.reason === 'MigrationInProgress'
       ? `resumed after the migration on pod ${launcherPod.pod} (node ${launcherPod.node}): `
-      : prior.reason === 'SnapshotInProgress' || prior.reason === 'BackupInProgress'
-        ? `resumed after KubeVirt's ${prior.reason === 'SnapshotInProgress' ? 'snapshot' : 'backup'}: `
+      : after !== undefined
+        ? `resumed after ${after}: `
         : '';
   const retry = reason === 'Retrying' ? `retry ${retries}/${bp.spec.maxRetries}: ` : '';
   const status = withPhase(

@@ -121,6 +121,21 @@ describe('chooseEvents', () => {
       [{ type: 'Normal', reason: 'BackupInProgress', action: 'Abort', message: 'yielding', delivery: 'bestEffort' }],
     ],
     [
+      'abort to yield to a KubeVirt volume migration',
+      row({
+        decision: decision({ phase: 'Pending', reason: 'VolumesChangeInProgress', message: 'yielding' }, abort),
+      }),
+      [
+        {
+          type: 'Normal',
+          reason: 'VolumesChangeInProgress',
+          action: 'Abort',
+          message: 'yielding',
+          delivery: 'bestEffort',
+        },
+      ],
+    ],
+    [
       'abort to pause',
       row({ decision: decision({ phase: 'Paused', reason: 'Paused', message: 'paused at 5%' }, abort) }),
       [{ type: 'Normal', reason: 'Paused', action: 'Abort', message: 'paused at 5%', delivery: 'bestEffort' }],

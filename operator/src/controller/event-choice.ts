@@ -63,6 +63,7 @@ const ABORT_EVENT: ReadonlyMap<string, { readonly type: EventType; readonly reas
   ['MigrationInProgress', { type: 'Normal', reason: 'MigrationInProgress' }],
   ['SnapshotInProgress', { type: 'Normal', reason: 'SnapshotInProgress' }],
   ['BackupInProgress', { type: 'Normal', reason: 'BackupInProgress' }],
+  ['VolumesChangeInProgress', { type: 'Normal', reason: 'VolumesChangeInProgress' }],
 ]);
 
 export function chooseEvents(input: EventInput): ChosenEvent[] {

@@ -32,7 +32,13 @@ describe("KubeVirt's chain operations", () => {
     // A condition False, final snapshots, finished backups, another VM's: none either.
     expect(
       ops({
-        vmi: vmi({ conditions: [{ type: 'OverlaySnapshotActive', status: 'False' }] }),
+        vmi: vmi({
+          conditions: [
+            { type: 'OverlaySnapshotActive', status: 'False' },
+            // A volume migration cancelled (or refused): virt-controller sets the condition False.
+            { type: 'VolumesChange', status: 'False', reason: 'VolumesChangeCancellation' },
+          ],
+        }),
         snapshots: [
           snapshot('s1', 'Succeeded'),
           snapshot('s2', 'Failed'),
@@ -97,13 +103,37 @@ describe("KubeVirt's chain operations", () => {
     expect(ops({ backups: [backup('new')] })[0]?.kind).toBe('backup');
   });
 
-  it('snapshots come before backups', () => {
+  it('a volume migration: the VMI condition VolumesChange=True (as virt-controller sets it)', () => {
+    // virt-controller's syncVolumesUpdate: status True, message "migrate volumes", no reason.
+    const migrating = vmi({
+      conditions: [{ type: 'VolumesChange', status: 'True', message: 'migrate volumes' }],
+      migratedVolumes: [{ volumeName: 'rootdisk' }],
+    });
+    const [op] = ops({ vmi: migrating });
+    expect(op).toMatchObject({
+      kind: 'volumeMigration',
+      name: 'the volume migration of VirtualMachineInstance ns/vm1',
+    });
+    expect(op?.message).toMatch(/has condition VolumesChange=True: KubeVirt migrates its volumes to new claims$/);
+    expect(
+      ops({ vmi: vmi({ conditions: [{ type: 'VolumesChange', status: 'True', reason: 'R' }] }) })[0]?.message,
+    ).toMatch(/VolumesChange=True \(R\)/);
+    // Only True: Unknown is no operation either.
+    expect(ops({ vmi: vmi({ conditions: [{ type: 'VolumesChange', status: 'Unknown' }] }) })).toEqual([]);
+  });
+
+  it('snapshots come before backups, a volume migration last', () => {
     const all = ops({
-      vmi: vmi({ conditions: [{ type: 'OverlaySnapshotActive', status: 'True' }] }),
+      vmi: vmi({
+        conditions: [
+          { type: 'VolumesChange', status: 'True' },
+          { type: 'OverlaySnapshotActive', status: 'True' },
+        ],
+      }),
       backups: [backup('bk')],
       snapshots: [snapshot('s')],
     });
-    expect(all.map((o) => o.kind)).toEqual(['snapshot', 'snapshot', 'backup']);
+    expect(all.map((o) => o.kind)).toEqual(['snapshot', 'snapshot', 'backup', 'volumeMigration']);
   });
 
   it('the VM of a snapshot or backup: its source VirtualMachine; a tracker names none', () => {

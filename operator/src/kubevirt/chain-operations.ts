@@ -1,6 +1,6 @@
 /**
  * KubeVirt's own operations on a running VM's disk chains (KubeVirt 1.8 and later), which always
- * win over a pull: an external snapshot window and a VirtualMachineBackup. Pure: from the cached
+ * win over a pull: an external snapshot window, a VirtualMachineBackup and a volume migration. Pure: from the cached
  * VMI, VirtualMachineSnapshots, VirtualMachineBackups and the chain libvirt shows to the
  * operations under way (decide.ts waits for them; a running pull yields to them).
  *
@@ -11,6 +11,12 @@
  *   live on the hot-plugged scratch PVC `<snapshot>-snap-scratch`) is one whatever the objects say.
  * - VirtualMachineBackup (backup.kubevirt.io/v1alpha1): a libvirt backup job with checkpoints; in
  *   progress until its condition Complete or Failed is True.
+ * - Volume migration (a VM's `spec.updateVolumesStrategy: Migration`): virt-controller sets the VMI
+ *   condition VolumesChange=True when the VMI's volumes name new claims (status.migratedVolumes),
+ *   and the workload updater then migrates the VMI, libvirt copying those disks onto the new
+ *   claims. The condition is removed when the migration ends, or set False on a cancellation or an
+ *   invalid update; only True is an operation. A pull would race the copy (the copy may miss what
+ *   the pull writes, or the pull block the migration), so it waits for the condition to go.
  * The CRDs of both may be absent (KubeVirt 1.7): their lists are then empty.
  */
 import { z } from 'zod';
@@ -35,7 +41,10 @@ export const VMSNAPSHOT_FINAL_PHASES: readonly string[] = ['Succeeded', 'Failed'
 /** Where virt-launcher finds hot-plugged (and utility) volumes: `<dir>/<volume>` or `<dir>/<volume>.img`. */
 export const HOTPLUG_DISKS_DIR = '/var/run/kubevirt/hotplug-disks/';
 
-export type ChainOperationKind = 'snapshot' | 'backup';
+/** The VMI condition KubeVirt sets (True) while a volume migration of the VMI is under way. */
+export const VOLUMES_CHANGE_CONDITION = 'VolumesChange';
+
+export type ChainOperationKind = 'snapshot' | 'backup' | 'volumeMigration';
 
 /** A KubeVirt operation on the VM's disks under way: the pull waits (or yields) until it is over. */
 export interface ChainOperation {
@@ -93,16 +102,34 @@ export function operationVmKey(raw: unknown): string | undefined {
   return `${r.data.metadata.namespace}/${src.name}`;
 }
 
+/** The VMI's condition of that type if it is True, else undefined. */
+function trueCondition(vmi: Vmi, type: string): z.infer<typeof conditionSchema> | undefined {
+  const r = VmiOperationsSchema.safeParse(vmi);
+  const c = r.success ? r.data.status?.conditions?.find((x) => x.type === type) : undefined;
+  return c?.status === 'True' ? c : undefined;
+}
+
 /** The VMI's external snapshot, said by its condition OverlaySnapshotActive=True. */
 function overlayCondition(vmi: Vmi): ChainOperation | undefined {
-  const r = VmiOperationsSchema.safeParse(vmi);
-  const c = r.success ? r.data.status?.conditions?.find((x) => x.type === OVERLAY_SNAPSHOT_CONDITION) : undefined;
-  if (c?.status !== 'True') return undefined;
+  const c = trueCondition(vmi, OVERLAY_SNAPSHOT_CONDITION);
+  if (c === undefined) return undefined;
   const ns = vmi.metadata.namespace;
   return {
     kind: 'snapshot',
     name: `the external snapshot of VirtualMachineInstance ${ns}/${vmi.metadata.name}`,
     message: `VirtualMachineInstance ${ns}/${vmi.metadata.name} has condition ${OVERLAY_SNAPSHOT_CONDITION}=True${c.reason !== undefined ? ` (${c.reason})` : ''}: KubeVirt's snapshot overlays are on its disks`,
+  };
+}
+
+/** The VMI's volume migration, said by its condition VolumesChange=True. */
+function volumesChange(vmi: Vmi): ChainOperation | undefined {
+  const c = trueCondition(vmi, VOLUMES_CHANGE_CONDITION);
+  if (c === undefined) return undefined;
+  const ns = vmi.metadata.namespace;
+  return {
+    kind: 'volumeMigration',
+    name: `the volume migration of VirtualMachineInstance ${ns}/${vmi.metadata.name}`,
+    message: `VirtualMachineInstance ${ns}/${vmi.metadata.name} has condition ${VOLUMES_CHANGE_CONDITION}=True${c.reason !== undefined ? ` (${c.reason})` : ''}: KubeVirt migrates its volumes to new claims`,
   };
 }
 
@@ -204,7 +231,7 @@ export interface ChainOperationsInput {
   readonly backups: readonly unknown[];
 }
 
-/** Every KubeVirt operation on the VM's disks under way, external snapshots first. */
+/** Every KubeVirt operation on the VM's disks under way: external snapshots, backups, then a volume migration. */
 export function chainOperations(input: ChainOperationsInput): ChainOperation[] {
   const { vmi } = input;
   const ops: ChainOperation[] = [];
@@ -214,5 +241,7 @@ export function chainOperations(input: ChainOperationsInput): ChainOperation[] {
   const image = input.chain !== undefined ? imageOnForeignVolume(vmi, input.disk, input.chain) : undefined;
   if (image !== undefined) ops.push(image);
   ops.push(...openBackups(vmi, input.backups));
+  const volumes = volumesChange(vmi);
+  if (volumes !== undefined) ops.push(volumes);
   return ops;
 }

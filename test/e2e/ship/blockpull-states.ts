@@ -224,6 +224,23 @@ export function blockPullStates(): BlockPullState[] {
   );
   addDecided(
     decided(
+      'pending-volumeschangeinprogress',
+      {},
+      {
+        hypervisor: ok(CHAIN3),
+        chainOperations: [
+          {
+            kind: 'volumeMigration',
+            name: 'the volume migration of VirtualMachineInstance vms/web-1',
+            message:
+              'VirtualMachineInstance vms/web-1 has condition VolumesChange=True: KubeVirt migrates its volumes to new claims',
+          },
+        ],
+      },
+    ),
+  );
+  addDecided(
+    decided(
       'pending-datafileinchain',
       {},
       {
