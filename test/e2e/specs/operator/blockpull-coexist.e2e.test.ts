@@ -14,6 +14,11 @@
  *   virt-controller writes them (phase; conditions Progressing/Complete), on test-only CRDs
  *   installed half-way: until then the cluster is KubeVirt 1.7's (neither kind served), and the
  *   operator must start and work there;
+ * - a volume migration (a VM's updateVolumesStrategy Migration): virt-controller's object change,
+ *   the VMI condition VolumesChange=True (message "migrate volumes", no reason) with
+ *   status.migratedVolumes, ended here as its cancellation ends it (condition False, reason
+ *   VolumesChangeCancellation, migratedVolumes cleared): the stand-in cannot be migrated, and a
+ *   cancelled volume migration leaves the VMI on its pod and disks, as here;
  * - changed block tracking: Debian 12's libvirt 9.0 (the stand-in's) does not know `<dataStore>`
  *   and drops it from the domain, so the domain XML the operator reads comes from a scripted virsh
  *   answering as libvirt 10.10+ does for KubeVirt's CBT overlay (test/e2e/launcher/fake-launcher.ts).
@@ -48,7 +53,7 @@ import { sleep, waitFor } from '../../support/wait.ts';
 const NS = 'bp-coexist';
 const VMI = 'vm1';
 const MiB = 1024 * 1024;
-const DISKS = ['window', 'running', 'hotplug', 'vmsnap', 'backup'] as const;
+const DISKS = ['window', 'running', 'hotplug', 'vmsnap', 'backup', 'volnew', 'volrun'] as const;
 const TEST_CRDS = ['virtualmachinesnapshots.snapshot.kubevirt.io', 'virtualmachinebackups.backup.kubevirt.io'];
 
 describe("BlockPull and KubeVirt's own chain operations", () => {
@@ -418,6 +423,114 @@ describe("BlockPull and KubeVirt's own chain operations", () => {
     expect(done.status?.reason).toBe('Completed');
     expect(await chainOf(disk)).toEqual([chainBefore[0]]);
     expect(await launcher.compare(disk, ref)).toBe(true);
+  });
+
+  it('a volume migration (VMI VolumesChange=True): a new pull stays Pending/VolumesChangeInProgress, a running one yields within 2 s; both run and complete once it is over (attempts counted, retries untouched)', async () => {
+    const refs = { volnew: await launcher.reference('volnew'), volrun: await launcher.reference('volrun') };
+    const chains = { volnew: await chainOf('volnew'), volrun: await chainOf('volrun') };
+    await apply('volrun', 'volrun', { bandwidth: '1Mi' });
+    const before = await runningWithProgress('volrun');
+    expect(before.status?.attempts).toBe(1);
+
+    // virt-controller (vmi/storage.go syncVolumesUpdate): the VMI's volumes name new claims.
+    const migratedVolumes = (['volnew', 'volrun'] as const).map((v) => ({
+      volumeName: v,
+      sourcePVCInfo: { claimName: `${v}-src`, volumeMode: 'Filesystem' },
+      destinationPVCInfo: { claimName: `${v}-dst`, volumeMode: 'Filesystem' },
+    }));
+    const t0 = performance.now();
+    await patchVmiStatus({
+      conditions: [
+        {
+          type: 'VolumesChange',
+          status: 'True',
+          message: 'migrate volumes',
+          lastTransitionTime: new Date().toISOString(),
+        },
+      ],
+      migratedVolumes,
+    });
+    await waitFor(
+      'the pull job to be gone',
+      10_000,
+      async () => ((await jobOn('volrun')) === null ? true : undefined),
+      20,
+    );
+    const goneMs = Math.round(performance.now() - t0);
+    console.log(`volume migration: job gone ${goneMs} ms after the VolumesChange=True patch was sent`);
+    expect(goneMs).toBeLessThan(2_000);
+    const yielded = await waitFor('volrun Aborted', 30_000, async () => {
+      const bp = await getBlockPull(kube, NS, 'volrun');
+      return bp?.status?.phase === 'Pending' &&
+        bp.status.reason === 'VolumesChangeInProgress' &&
+        bp.status.job?.state === 'Aborted'
+        ? bp
+        : undefined;
+    });
+    expect(yielded.status?.message).toMatch(
+      /^yielded to the volume migration of VirtualMachineInstance bp-coexist\/vm1: the pull is paused at \d+%/,
+    );
+    expect(yielded.status?.attempts).toBe(1);
+    expect(yielded.status?.retries).toBe(0);
+    await waitFor('the VolumesChangeInProgress Event', 10_000, async () =>
+      (await eventReasons('volrun')).includes('VolumesChangeInProgress') ? true : undefined,
+    );
+
+    // A BlockPull applied during it: Pending with the reason, no job over several looks.
+    await apply('volnew', 'volnew');
+    const pending = await statusIs('volnew', 'Pending', 'VolumesChangeInProgress');
+    expect(pending.status?.message).toMatch(
+      /VolumesChange=True: KubeVirt migrates its volumes to new claims; the pull starts once it is over/,
+    );
+    expect(pending.status?.attempts ?? 0).toBe(0);
+    const t1 = Date.now();
+    while (Date.now() - t1 < 6_000) {
+      expect(await jobOn('volnew')).toBeNull();
+      expect(await jobOn('volrun')).toBeNull();
+      await sleep(250);
+    }
+    expect((await getBlockPull(kube, NS, 'volrun'))?.status?.reason).toBe('VolumesChangeInProgress');
+    expect(await chainOf('volnew')).toEqual(chains.volnew);
+
+    // virt-controller's cancelVolumeMigration: condition False (VolumesChangeCancellation), migratedVolumes cleared.
+    const cleared = performance.now();
+    await patchVmiStatus({
+      conditions: [
+        {
+          type: 'VolumesChange',
+          status: 'False',
+          reason: 'VolumesChangeCancellation',
+          lastTransitionTime: new Date().toISOString(),
+        },
+      ],
+      migratedVolumes: null,
+    });
+    const resumed = await runningWithProgress('volrun');
+    console.log(`volume migration over: volrun running again ${Math.round(performance.now() - cleared)} ms later`);
+    expect(resumed.status?.attempts).toBe(2);
+    expect(resumed.status?.retries).toBe(0);
+    expect(resumed.status?.message).toMatch(/^resumed after KubeVirt's volume migration: /);
+    expect(operator!.find(/^block pull started$/).filter((l) => l['blockpull'] === `${NS}/volrun`)).toHaveLength(2);
+    await kube.kubectl([
+      'patch',
+      'blockpull',
+      'volrun',
+      '-n',
+      NS,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ spec: { bandwidth: 0 } }),
+    ]);
+    for (const name of ['volnew', 'volrun'] as const) {
+      const done = await waitForPhase(kube, NS, name, ['Completed', 'Failed'], 120_000);
+      expect(done.status?.reason, name).toBe('Completed');
+      expect(done.status?.attempts, name).toBe(name === 'volrun' ? 2 : 1);
+      expect(done.status?.retries, name).toBe(0);
+      expect(await chainOf(name)).toEqual([chains[name][0]]);
+      expect(await launcher.compare(name, refs[name]), name).toBe(true);
+      expect([...(phases!.seen.get(name) ?? [])], name).not.toContain('Failed');
+    }
+    await patchVmiStatus({ conditions: [] });
   });
 
   describe('where VirtualMachineSnapshot and VirtualMachineBackup are served', () => {
