@@ -1902,6 +1902,28 @@ describe("decide: KubeVirt's own chain operations win (external snapshots, backu
     },
   );
 
+  it("a volume migration's VirtualMachineInstanceMigration does not keep a WaitForPull pull running: the condition wins", () => {
+    const migrating: LauncherLookup = {
+      ...FOUND,
+      migration: {
+        name: 'VirtualMachineInstanceMigration ns/kubevirt-workload-update-abcde',
+        message:
+          'VirtualMachineInstanceMigration ns/kubevirt-workload-update-abcde (phase Pending) migrates VirtualMachineInstance ns/vm1',
+      },
+    };
+    const d = decide(
+      obs({
+        bp: bp({ spec: { migrationPolicy: 'WaitForPull' }, status: withLauncher() }),
+        launcher: migrating,
+        hypervisor: ok(CHAIN3, job(10 * MiB, 64 * MiB)),
+        chainOperations: [VOLUMES],
+      }),
+    );
+    expect(d.action).toEqual({ type: 'abort', domain: 'ns_vm1', target: 'vda' });
+    expect(d.status.reason).toBe('VolumesChangeInProgress');
+    expect(d.status.job).toEqual({ state: 'Aborting' });
+  });
+
   it('a paused pull stays Paused during the window', () => {
     const d = decide(
       obs({
