@@ -454,7 +454,11 @@ describe('BlockPullPolicy end to end (operator process, kubectl, launcher stand-
       `window ${window.start}-${window.end} UTC: the pull was paused at ${progress?.currentBytes}/${progress?.totalBytes} bytes`,
     );
     expect(progress?.currentBytes).toBeGreaterThan(0);
-    const st = BlockPullPolicySchema.parse(await policyJson('nightly')).status;
+    // The policy writes its status at most every 2 s: the pause it made may be newer than its status.
+    const st = await waitFor('the policy status after the window closed', 15_000, async () => {
+      const s = BlockPullPolicySchema.parse(await policyJson('nightly')).status;
+      return s?.window?.open === false && s.active === 0 ? s : undefined;
+    });
     expect(st?.window?.open).toBe(false);
     expect(Date.parse(st?.window?.nextChange ?? '')).toBeGreaterThan(closedAt + 20 * 3600_000);
     expect(st?.conditions?.find((c) => c.type === 'Reconciling')).toMatchObject({
