@@ -109,29 +109,46 @@ function trueCondition(vmi: Vmi, type: string): z.infer<typeof conditionSchema> 
   return c?.status === 'True' ? c : undefined;
 }
 
-/** The VMI's external snapshot, said by its condition OverlaySnapshotActive=True. */
-function overlayCondition(vmi: Vmi): ChainOperation | undefined {
-  const c = trueCondition(vmi, OVERLAY_SNAPSHOT_CONDITION);
+/**
+ * The operation a True VMI condition says is under way: `what` names it ("the external snapshot"),
+ * `meaning` says what KubeVirt does to the disks meanwhile.
+ */
+function conditionOperation(
+  vmi: Vmi,
+  type: string,
+  kind: ChainOperationKind,
+  what: string,
+  meaning: string,
+): ChainOperation | undefined {
+  const c = trueCondition(vmi, type);
   if (c === undefined) return undefined;
-  const ns = vmi.metadata.namespace;
+  const vmiName = `VirtualMachineInstance ${vmi.metadata.namespace}/${vmi.metadata.name}`;
   return {
-    kind: 'snapshot',
-    name: `the external snapshot of VirtualMachineInstance ${ns}/${vmi.metadata.name}`,
-    message: `VirtualMachineInstance ${ns}/${vmi.metadata.name} has condition ${OVERLAY_SNAPSHOT_CONDITION}=True${c.reason !== undefined ? ` (${c.reason})` : ''}: KubeVirt's snapshot overlays are on its disks`,
+    kind,
+    name: `${what} of ${vmiName}`,
+    message: `${vmiName} has condition ${type}=True${c.reason !== undefined ? ` (${c.reason})` : ''}: ${meaning}`,
   };
 }
 
+/** The VMI's external snapshot, said by its condition OverlaySnapshotActive=True. */
+const overlayCondition = (vmi: Vmi): ChainOperation | undefined =>
+  conditionOperation(
+    vmi,
+    OVERLAY_SNAPSHOT_CONDITION,
+    'snapshot',
+    'the external snapshot',
+    "KubeVirt's snapshot overlays are on its disks",
+  );
+
 /** The VMI's volume migration, said by its condition VolumesChange=True. */
-function volumesChange(vmi: Vmi): ChainOperation | undefined {
-  const c = trueCondition(vmi, VOLUMES_CHANGE_CONDITION);
-  if (c === undefined) return undefined;
-  const ns = vmi.metadata.namespace;
-  return {
-    kind: 'volumeMigration',
-    name: `the volume migration of VirtualMachineInstance ${ns}/${vmi.metadata.name}`,
-    message: `VirtualMachineInstance ${ns}/${vmi.metadata.name} has condition ${VOLUMES_CHANGE_CONDITION}=True${c.reason !== undefined ? ` (${c.reason})` : ''}: KubeVirt migrates its volumes to new claims`,
-  };
-}
+const volumesChange = (vmi: Vmi): ChainOperation | undefined =>
+  conditionOperation(
+    vmi,
+    VOLUMES_CHANGE_CONDITION,
+    'volumeMigration',
+    'the volume migration',
+    'KubeVirt migrates its volumes to new claims',
+  );
 
 /** VirtualMachineSnapshots of the VM not in a final phase (no phase yet counts: just created), oldest name first. */
 function openSnapshots(vmi: Vmi, rawSnapshots: readonly unknown[]): ChainOperation[] {
